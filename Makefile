@@ -1,0 +1,51 @@
+# mmzoo: the two set-up commands are `make demo` and `make test`; both install what they need.
+# PKG=name restricts demo, test, bench and repro to one package.
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo $(CURDIR)/.tools/bin/uv)
+RUN := $(UV) run --no-sync
+PACKAGES := $(sort $(notdir $(wildcard packages/*)))
+PKG ?=
+SELECTED := $(if $(PKG),$(PKG),$(PACKAGES))
+TEST_PATHS := $(if $(PKG),packages/$(PKG),shared/tests $(addprefix packages/,$(PACKAGES)) tests)
+
+.PHONY: help setup demo test bench repro lint wheels clean
+
+help:
+	@echo "make demo    run every package's demo (PKG=name for one) and print a summary table"
+	@echo "make test    run the whole test suite (PKG=name for one package)"
+	@echo "make bench   run benchmarks/*.py; JSON lines to benchmarks/results/<device>.jsonl"
+	@echo "make repro   run every packages/*/repro.py (the papers' claims in miniature)"
+	@echo "make lint    ruff check"
+	@echo "make wheels  build every workspace member's wheel into dist/"
+
+# Installs uv through pip when it is missing, then the locked environment of the whole workspace.
+setup:
+	@command -v uv >/dev/null 2>&1 || test -x $(CURDIR)/.tools/bin/uv || \
+		$(PYTHON) -m pip install --quiet --target $(CURDIR)/.tools uv
+	$(UV) sync --all-packages --locked
+
+demo: setup
+	$(RUN) python scripts/run_demos.py $(SELECTED)
+
+test: setup
+	$(RUN) pytest $(TEST_PATHS)
+
+bench: setup
+	$(RUN) python scripts/run_bench.py $(if $(PKG),benchmarks/$(PKG).py,$(sort $(wildcard benchmarks/*.py)))
+
+repro: setup
+	@set -e; for p in $(SELECTED); do \
+		if [ -f packages/$$p/repro.py ]; then echo "== repro $$p"; $(RUN) python packages/$$p/repro.py; \
+		else echo "== repro $$p: no repro.py"; fi; done
+
+lint: setup
+	$(RUN) ruff check shared packages tests benchmarks scripts
+
+wheels: setup
+	rm -rf dist && $(UV) build --all-packages --wheel -o dist
+
+clean:
+	rm -rf dist runs .tools

@@ -1,0 +1,3 @@
+"""Preview-based Category Contrastive Learning for Knowledge Distillation (PCKD)."""
+
+__version__ = "0.1.0"

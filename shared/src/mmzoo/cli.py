@@ -1,0 +1,168 @@
+"""The LightningCLI every mmzoo package uses.
+
+A package's ``cli.py`` is one call::
+
+    def main(args=None):
+        return run_cli(PCKDModule, PCKDDataModule, package="pckd", args=args)
+
+What this adds to a plain :class:`~lightning.pytorch.cli.LightningCLI`:
+
+* Shipped configs are found by name: ``pckd fit --config demo`` reads ``pckd/configs/demo.yaml`` from the
+  installed package when no file called ``demo`` exists in the working directory.
+* Default callbacks: a progress bar, checkpointing (``last.ckpt`` plus the best checkpoint by the module's
+  ``checkpoint_monitor`` class attribute) and a learning-rate monitor (only when a logger is active).
+* Seeding: ``seed_everything`` defaults to 0, so two runs of the same config agree.
+* ``MMZOO_METRICS_JSON=path`` in the environment writes the final metrics as JSON (``make demo`` uses it).
+* Package-specific commands (feature extraction, dataset builders) are passed explicitly in
+  ``extra_commands`` and dispatched before Lightning parses anything.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import lightning.pytorch as pl
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.cli import LightningCLI
+
+__all__ = ["resolve_config", "shipped_configs", "run_cli", "default_callbacks", "write_metrics"]
+
+ExtraCommand = Callable[[list[str]], object]
+
+
+def shipped_configs(package: str) -> list[str]:
+    """Names (without ``.yaml``) of the configs shipped in ``<package>/configs/``, sorted."""
+    try:
+        root = importlib.resources.files(f"{package}.configs")
+    except ModuleNotFoundError:
+        return []
+    return sorted(p.name[: -len(".yaml")] for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def resolve_config(value: str, package: str) -> str:
+    """Map a ``--config`` value to a file path.
+
+    An existing file wins. Otherwise ``value`` (with or without ``.yaml``) names a config shipped in
+    ``<package>/configs/``. A value that is neither raises :class:`FileNotFoundError` listing the shipped names.
+    """
+    if Path(value).is_file():
+        return value
+    name = value[: -len(".yaml")] if value.endswith(".yaml") else value
+    if "/" not in name and name in shipped_configs(package):
+        return str(importlib.resources.files(f"{package}.configs") / f"{name}.yaml")
+    if value.lstrip().startswith(("{", "[")) or "\n" in value or ":" in value:
+        return value  # an inline YAML/JSON string, which jsonargparse accepts as a config
+    raise FileNotFoundError(
+        f"--config {value!r}: no such file, and no shipped config of that name in {package}. "
+        f"Shipped configs: {', '.join(shipped_configs(package)) or '(none)'}."
+    )
+
+
+def _resolve_args(args: Sequence[str], package: str) -> list[str]:
+    """Rewrite every ``--config X`` / ``--config=X`` in ``args`` through :func:`resolve_config`."""
+    out: list[str] = []
+    it = iter(args)
+    for arg in it:
+        if arg == "--config":
+            value = next(it, None)
+            if value is None:
+                raise ValueError("--config needs a value: a YAML file or the name of a shipped config")
+            out += [arg, resolve_config(value, package)]
+        elif arg.startswith("--config="):
+            out.append("--config=" + resolve_config(arg.split("=", 1)[1], package))
+        else:
+            out.append(arg)
+    return out
+
+
+class _LearningRateMonitorIfLogger(LearningRateMonitor):
+    """A :class:`LearningRateMonitor` that stays silent when the trainer runs with ``logger: false``."""
+
+    def on_train_start(self, trainer: pl.Trainer, *args, **kwargs) -> None:  # noqa: D401 (Lightning hook)
+        if not trainer.loggers:
+            self._disabled = True
+            return
+        self._disabled = False
+        super().on_train_start(trainer, *args, **kwargs)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, *args, **kwargs) -> None:
+        if not getattr(self, "_disabled", False):
+            super().on_train_batch_start(trainer, *args, **kwargs)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args, **kwargs) -> None:
+        if not getattr(self, "_disabled", False):
+            super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+def default_callbacks(model_class: type[pl.LightningModule]) -> list[Callback]:
+    """Progress bar, checkpointing (last + best by ``model_class.checkpoint_monitor``) and LR monitor."""
+    monitor = getattr(model_class, "checkpoint_monitor", None)
+    mode = getattr(model_class, "checkpoint_mode", "max")
+    checkpoint = ModelCheckpoint(
+        monitor=monitor,
+        mode=mode,
+        save_last=True,
+        save_top_k=1,
+        filename="best-{epoch}-{step}" if monitor else "{epoch}-{step}",
+        auto_insert_metric_name=False,
+    )
+    return [TQDMProgressBar(), checkpoint, _LearningRateMonitorIfLogger(logging_interval="step")]
+
+
+def run_cli(
+    model_class: type[pl.LightningModule],
+    datamodule_class: type[pl.LightningDataModule] | None,
+    package: str,
+    args: Sequence[str] | None = None,
+    extra_commands: dict[str, ExtraCommand] | None = None,
+    run: bool = True,
+) -> LightningCLI | object:
+    """Run the package's command line.
+
+    Args:
+        model_class: the package's LightningModule (not subclass mode: ``--help`` shows its arguments).
+        datamodule_class: the package's LightningDataModule, or None when the module needs no data.
+        package: the import name of the package; its ``configs/`` folder holds the shipped configs.
+        args: the command line without the program name; ``None`` reads ``sys.argv[1:]``.
+        extra_commands: package-specific commands, ``{"extract": fn}``; ``fn(rest_of_args)`` runs when the
+            first argument names it.
+        run: passed to LightningCLI; ``False`` only instantiates (tests use it).
+
+    Returns:
+        The LightningCLI object (its ``trainer`` and ``model`` can be inspected), or what an extra command
+        returned.
+    """
+    argv = list(sys.argv[1:] if args is None else args)
+    extra_commands = dict(extra_commands or {})
+    if argv and argv[0] in extra_commands:
+        return extra_commands[argv[0]](argv[1:])
+    if extra_commands and (not argv or argv[0] in ("-h", "--help")):
+        names = ", ".join(sorted(extra_commands))
+        print(f"{package}: Lightning subcommands fit|validate|test|predict, and {names} (`{package} NAME --help`).")
+    argv = _resolve_args(argv, package)
+    cli = LightningCLI(
+        model_class,
+        datamodule_class,
+        args=argv,
+        run=run,
+        seed_everything_default=0,
+        trainer_defaults={"callbacks": default_callbacks(model_class)},
+        save_config_kwargs={"overwrite": True},
+    )
+    out = os.environ.get("MMZOO_METRICS_JSON")
+    if run and out and cli.trainer.is_global_zero:
+        write_metrics(cli.trainer, out)
+    return cli
+
+
+def write_metrics(trainer: pl.Trainer, path: str | os.PathLike) -> dict[str, float]:
+    """Write the trainer's final scalar metrics (``callback_metrics``) as JSON; ``make demo`` reads them."""
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    return metrics

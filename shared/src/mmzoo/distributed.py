@@ -1,0 +1,103 @@
+"""All-gather with gradients for contrastive losses.
+
+Under DDP each rank holds B samples. A contrastive loss scores its own B rows against all W·B columns:
+
+    logits_r = x_r @ gather(y).T          # (B, W·B)
+    labels_r = arange(B) + rank · B
+
+``gather_with_grad`` is differentiable: its backward sums the incoming gradients over ranks (each rank's loss
+touches every gathered column) and returns this rank's slice. Together with DDP's gradient averaging the
+parameter gradients then equal those of one process computing the mean loss over the whole W·B batch.
+Outside a process group every function here is the identity on one rank.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["is_distributed", "rank_and_world", "gather_with_grad", "gather_no_grad", "rank_offset_labels"]
+
+
+def is_distributed() -> bool:
+    """True when a ``torch.distributed`` process group is initialised with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) outside a process group."""
+    if not is_distributed():
+        return 0, 1
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _check_equal_shapes(x: torch.Tensor) -> None:
+    """Raise a clear error instead of hanging when ranks hold tensors of different shapes."""
+    world = dist.get_world_size()
+    shape = torch.tensor(list(x.shape), dtype=torch.long, device=x.device)
+    ndims = torch.tensor([x.dim()], dtype=torch.long, device=x.device)
+    all_ndims = [torch.zeros_like(ndims) for _ in range(world)]
+    dist.all_gather(all_ndims, ndims)
+    if len({int(n) for n in all_ndims}) != 1:
+        raise ValueError(f"gather_with_grad: ranks hold tensors of different ranks (ndim {[int(n) for n in all_ndims]})")
+    shapes = [torch.zeros_like(shape) for _ in range(world)]
+    dist.all_gather(shapes, shape)
+    sizes = [tuple(int(v) for v in s) for s in shapes]
+    if len(set(sizes)) != 1:
+        mine = tuple(x.shape)
+        other = next(s for s in sizes if s != mine) if any(s != mine for s in sizes) else sizes[0]
+        raise ValueError(
+            f"gather_with_grad: this rank holds shape {mine} but another rank holds {other} (all: {sizes}). "
+            "Gathers need equal shapes on every rank: use drop_last=True in the training DataLoader."
+        )
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        world = dist.get_world_size()
+        ctx.rank = dist.get_rank()
+        ctx.batch = x.shape[0]
+        out = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(out, x.contiguous())
+        return torch.cat(out, dim=0)  # (W·B, ...)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        grad = grad.contiguous()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        start = ctx.rank * ctx.batch
+        return grad[start : start + ctx.batch]
+
+
+def gather_with_grad(x: torch.Tensor, check_shapes: bool = True) -> torch.Tensor:
+    """Concatenate ``x`` (B, ...) from every rank along dim 0 into (W·B, ...), differentiably.
+
+    Args:
+        x: this rank's tensor; every rank must hold the same shape.
+        check_shapes: gather the shapes first and raise ``ValueError`` naming both sizes on a mismatch
+            (one small extra collective; turn off only when shapes are guaranteed equal).
+    """
+    if not is_distributed():
+        return x
+    if check_shapes:
+        _check_equal_shapes(x)
+    return _GatherWithGrad.apply(x)
+
+
+@torch.no_grad()
+def gather_no_grad(x: torch.Tensor, check_shapes: bool = True) -> torch.Tensor:
+    """Concatenate ``x`` from every rank without gradients (queues, momentum features, evaluation)."""
+    if not is_distributed():
+        return x
+    if check_shapes:
+        _check_equal_shapes(x)
+    out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, x.contiguous())
+    return torch.cat(out, dim=0)
+
+
+def rank_offset_labels(batch: int, device: torch.device | None = None) -> torch.Tensor:
+    """Targets ``arange(B) + rank·B`` for a rank's B rows scored against the gathered W·B columns."""
+    rank, _ = rank_and_world()
+    return torch.arange(batch, device=device) + rank * batch

@@ -1,0 +1,162 @@
+"""Tiny synthetic inputs for tests: pattern videos, captions, feature files, and a two-process runner.
+
+:func:`make_pattern_video` writes a video whose frame k shows the binary code of k as a grid of black and
+white cells; :func:`decode_pattern` reads k back from a decoded frame, so a test can check exactly which
+frames a sampler returned. The cells are large enough to survive lossy compression.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "pattern_frame",
+    "decode_pattern",
+    "make_pattern_video",
+    "moving_shapes_video",
+    "random_captions",
+    "write_h5_features",
+    "write_npy_features",
+    "run_distributed",
+]
+
+_GRID = 4  # 4 × 4 cells → 16 bits, frame indices up to 65535
+
+
+def pattern_frame(k: int, height: int = 64, width: int = 64) -> torch.Tensor:
+    """uint8 (3, H, W) frame whose cells (row-major, 4×4 grid) are white where bit b of ``k`` is set."""
+    if not 0 <= k < 2 ** (_GRID * _GRID):
+        raise ValueError(f"pattern_frame: k must be in [0, {2 ** (_GRID * _GRID)}), got {k}")
+    img = torch.zeros(3, height, width, dtype=torch.uint8)
+    ch, cw = height // _GRID, width // _GRID
+    for b in range(_GRID * _GRID):
+        if (k >> b) & 1:
+            r, c = divmod(b, _GRID)
+            img[:, r * ch : (r + 1) * ch, c * cw : (c + 1) * cw] = 255
+    return img
+
+
+def decode_pattern(frame: torch.Tensor) -> int:
+    """Inverse of :func:`pattern_frame` on a decoded (3, H, W) frame: the mean of each cell's inner half."""
+    _, h, w = frame.shape
+    ch, cw = h // _GRID, w // _GRID
+    k = 0
+    for b in range(_GRID * _GRID):
+        r, c = divmod(b, _GRID)
+        cell = frame[:, r * ch + ch // 4 : (r + 1) * ch - ch // 4, c * cw + cw // 4 : (c + 1) * cw - cw // 4]
+        if cell.float().mean() > 127.5:
+            k |= 1 << b
+    return k
+
+
+def make_pattern_video(
+    path: str | os.PathLike,
+    num_frames: int = 48,
+    fps: float = 24.0,
+    height: int = 64,
+    width: int = 64,
+    gop: int = 12,
+) -> Path:
+    """Write an mp4 whose frame k shows :func:`pattern_frame` (k); keyframes every ``gop`` frames."""
+    from mmzoo.video import write_video
+
+    frames = torch.stack([pattern_frame(k, height, width) for k in range(num_frames)])
+    return write_video(path, frames, fps=fps, gop=gop)
+
+
+def moving_shapes_video(
+    num_frames: int = 16, height: int = 64, width: int = 64, seed: int = 0, num_shapes: int = 2
+) -> torch.Tensor:
+    """uint8 (T, 3, H, W): coloured squares moving with constant velocity over a dark background."""
+    g = torch.Generator().manual_seed(seed)
+    frames = torch.full((num_frames, 3, height, width), 16, dtype=torch.uint8)
+    for _ in range(num_shapes):
+        size = int(torch.randint(max(2, min(height, width) // 8), max(3, min(height, width) // 3), (1,), generator=g))
+        color = torch.randint(64, 256, (3,), generator=g).to(torch.uint8)
+        y0, x0 = (float(torch.randint(0, height - size, (1,), generator=g)), float(torch.randint(0, width - size, (1,), generator=g)))
+        vy, vx = (torch.rand(2, generator=g) * 4 - 2).tolist()
+        for t in range(num_frames):
+            y = int(min(max(0, y0 + vy * t), height - size))
+            x = int(min(max(0, x0 + vx * t), width - size))
+            frames[t, :, y : y + size, x : x + size] = color.view(3, 1, 1)
+    return frames
+
+
+_SUBJECTS = ["a man", "a woman", "a dog", "a child", "two people", "a cat", "a chef", "a player"]
+_VERBS = ["is riding", "is cooking", "is throwing", "is holding", "is opening", "is painting", "is kicking"]
+_OBJECTS = ["a red bicycle", "a large pizza", "a small ball", "a wooden door", "a blue car", "a white fence"]
+_PLACES = ["in the park", "in a kitchen", "on the street", "at the beach", "in a gym", "near a river"]
+
+
+def random_captions(n: int, seed: int = 0) -> list[str]:
+    """``n`` short English captions (subject, verb, object, place) drawn with a fixed seed."""
+    rng = random.Random(seed)
+    return [
+        f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_PLACES)}"
+        for _ in range(n)
+    ]
+
+
+def write_h5_features(
+    path: str | os.PathLike, features: Mapping[str, np.ndarray | torch.Tensor], group_key: str | None = None
+) -> Path:
+    """Write ``{video_id: (T, D) array}`` to an HDF5 file (under ``f[id][group_key]`` when given)."""
+    import h5py
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(path, "w") as f:
+        for vid, arr in features.items():
+            arr = arr.numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+            if group_key is None:
+                f.create_dataset(vid, data=arr)
+            else:
+                f.create_group(vid).create_dataset(group_key, data=arr)
+    return path
+
+
+def write_npy_features(
+    root: str | os.PathLike, features: Mapping[str, np.ndarray | torch.Tensor], npz_key: str | None = None
+) -> Path:
+    """Write ``{video_id: array}`` as ``root/<id>.npy`` (or ``.npz`` holding ``npz_key``)."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    for vid, arr in features.items():
+        arr = arr.numpy() if isinstance(arr, torch.Tensor) else np.asarray(arr)
+        if npz_key is None:
+            np.save(root / f"{vid}.npy", arr)
+        else:
+            np.savez(root / f"{vid}.npz", **{npz_key: arr})
+    return root
+
+
+def _worker(rank: int, world: int, init_file: str, fn: Callable, args: tuple, out_dir: str) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        result = fn(rank, world, *args)
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def run_distributed(fn: Callable, world_size: int = 2, args: tuple = ()) -> list:
+    """Run ``fn(rank, world_size, *args)`` in ``world_size`` CPU processes joined by a gloo group.
+
+    ``fn`` must be importable (a module-level function). Returns each rank's return value (saved with
+    ``torch.save``), in rank order. Used by the two-process equivalence tests of contrastive losses.
+    """
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory() as tmp:
+        init_file = os.path.join(tmp, "init")
+        mp.spawn(_worker, args=(world_size, init_file, fn, args, tmp), nprocs=world_size, join=True)
+        return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]

@@ -1,0 +1,498 @@
+"""Reading videos into uint8 ``T×C×H×W`` tensors, frame samplers, tensor transforms and a writer.
+
+Reading decodes only what a sampler asks for::
+
+    with VideoReader("clip.mp4") as reader:
+        idx = uniform_segment_indices(reader.num_frames, num_segments=8, train=False)
+        frames = reader.get_frames(idx)            # (8, 3, H, W) uint8
+    frames = normalize(center_crop(resize_short_side(frames, 224), 224), "clip")
+
+:class:`VideoReader` seeks to the keyframe before the first wanted frame and decodes forward; it seeks again
+when the next wanted frame lies more than ``seek_threshold`` frames ahead, so a sparse sample of a long video
+decodes a small fraction of its frames (``reader.frames_decoded`` counts them). PyAV is the default backend
+(its wheels carry FFmpeg); ``backend="torchcodec"`` uses torchcodec (CPU or CUDA decode) when installed.
+A missing, empty or corrupt file raises :class:`VideoDecodeError` naming the path.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from collections.abc import Sequence
+from fractions import Fraction
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "VideoDecodeError",
+    "VideoReader",
+    "read_video",
+    "uniform_segment_indices",
+    "fixed_fps_indices",
+    "sliding_window_indices",
+    "causal_window_indices",
+    "resize_short_side",
+    "center_crop",
+    "random_crop",
+    "normalize",
+    "NORMALIZATION",
+    "write_video",
+]
+
+log = logging.getLogger(__name__)
+
+Backend = Literal["pyav", "torchcodec"]
+
+#: Named (mean, std) statistics for :func:`normalize`, on pixel values scaled to [0, 1].
+NORMALIZATION: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "clip": ((0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)),
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "half": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+
+
+class VideoDecodeError(RuntimeError):
+    """A video could not be opened or decoded. ``path`` names the file."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot decode video {self.path!r}: {reason}")
+
+
+# --------------------------------------------------------------------------------------------------- reader
+
+
+class VideoReader:
+    """Random access to the frames of one video file (or in-memory bytes).
+
+    Args:
+        source: a path, or the encoded bytes of a video (e.g. a value from an LMDB store).
+        backend: ``"pyav"`` (default) or ``"torchcodec"`` (needs ``pip install 'mmzoo[torchcodec]'``).
+        device: torchcodec only: ``"cpu"`` or ``"cuda"`` decode.
+        seek_threshold: seek instead of decoding forward when the next wanted frame is more than this many
+            frames ahead; ``None`` uses the frame rate (one second).
+        name: how errors name an in-memory source (defaults to ``"<bytes>"``).
+
+    Attributes:
+        fps, num_frames, duration (seconds), height, width; ``frames_decoded`` counts decoded frames.
+
+    Raises:
+        VideoDecodeError: missing, empty, corrupt, or frameless video.
+    """
+
+    def __init__(
+        self,
+        source: str | os.PathLike | bytes,
+        backend: Backend = "pyav",
+        device: str = "cpu",
+        seek_threshold: int | None = None,
+        name: str | None = None,
+    ):
+        self.source = source
+        self.path = name or (str(source) if not isinstance(source, bytes | bytearray) else "<bytes>")
+        if backend not in ("pyav", "torchcodec"):
+            raise ValueError(f"backend must be 'pyav' or 'torchcodec', got {backend!r}")
+        self.backend = backend
+        self.frames_decoded = 0
+        if not isinstance(source, bytes | bytearray):
+            p = Path(source)
+            if not p.is_file():
+                raise VideoDecodeError(self.path, "file does not exist")
+            if p.stat().st_size == 0:
+                raise VideoDecodeError(self.path, "file is empty")
+        elif len(source) == 0:
+            raise VideoDecodeError(self.path, "empty byte string")
+        if backend == "pyav":
+            self._open_pyav()
+        else:
+            self._open_torchcodec(device)
+        if self.num_frames <= 0:
+            raise VideoDecodeError(self.path, "the video stream has no frames")
+        self.seek_threshold = int(seek_threshold if seek_threshold is not None else max(1, round(self.fps)))
+
+    # -- PyAV -------------------------------------------------------------------------------------------------
+    def _open_pyav(self) -> None:
+        import io
+
+        import av
+
+        try:
+            src = io.BytesIO(self.source) if isinstance(self.source, bytes | bytearray) else str(self.source)
+            self._container = av.open(src)
+            if not self._container.streams.video:
+                raise VideoDecodeError(self.path, "no video stream")
+            self._stream = self._container.streams.video[0]
+            self._stream.thread_type = "AUTO"
+        except av.FFmpegError as err:
+            raise VideoDecodeError(self.path, str(err)) from err
+        s = self._stream
+        rate = s.average_rate or s.guessed_rate or s.base_rate
+        if not rate:
+            raise VideoDecodeError(self.path, "the video stream has no frame rate")
+        self.fps = float(rate)
+        self._time_base = s.time_base or Fraction(1, 1_000_000)
+        self._start = s.start_time if s.start_time is not None else 0
+        if s.duration is not None:
+            self.duration = float(s.duration * self._time_base)
+        elif self._container.duration is not None:
+            self.duration = self._container.duration / 1_000_000
+        else:
+            self.duration = 0.0
+        self.num_frames = int(s.frames) if s.frames else int(math.floor(self.duration * self.fps + 0.5))
+        self.height, self.width = int(s.codec_context.height), int(s.codec_context.width)
+        self._iter = None
+        self._last = -1  # index of the last frame the decoder produced
+
+    def _frame_index(self, frame) -> int:
+        if frame.pts is None:
+            return self._last + 1
+        return int(round(float((frame.pts - self._start) * self._time_base) * self.fps))
+
+    def _seek(self, target: int) -> None:
+        import av
+
+        if target <= 0:
+            offset = self._start
+        else:
+            offset = self._start + int(Fraction(target) / Fraction(self.fps).limit_denominator(100000) / self._time_base)
+        try:
+            self._container.seek(offset, stream=self._stream, backward=True, any_frame=False)
+        except av.FFmpegError as err:
+            raise VideoDecodeError(self.path, f"seek to frame {target} failed: {err}") from err
+        self._iter = self._container.decode(self._stream)
+        self._last = -1
+
+    def _get_frames_pyav(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        import av
+
+        want = set(wanted)
+        out: dict[int, np.ndarray] = {}
+        for target in wanted:
+            if target in out:
+                continue
+            if self._iter is None or target <= self._last or target - self._last > self.seek_threshold:
+                self._seek(target)
+                restarted = False
+            else:
+                restarted = True  # continuing forward: no overshoot check needed
+            while True:
+                try:
+                    frame = next(self._iter)
+                except StopIteration:
+                    self._iter = None
+                    break
+                except av.FFmpegError as err:
+                    raise VideoDecodeError(self.path, f"decoding near frame {target} failed: {err}") from err
+                self.frames_decoded += 1
+                idx = self._frame_index(frame)
+                if not restarted and idx > target:
+                    # The seek landed after the target (inexact timestamps): restart from the beginning.
+                    self._seek(0)
+                    restarted = True
+                    continue
+                restarted = True
+                self._last = idx
+                if idx in want and idx not in out:
+                    out[idx] = frame.to_ndarray(format="rgb24")
+                if idx >= target:
+                    break
+        return out
+
+    # -- torchcodec -------------------------------------------------------------------------------------------
+    def _open_torchcodec(self, device: str) -> None:
+        try:
+            from torchcodec.decoders import VideoDecoder
+        except ImportError as err:
+            raise ImportError("backend='torchcodec' needs torchcodec: pip install 'mmzoo[torchcodec]'") from err
+        try:
+            src = bytes(self.source) if isinstance(self.source, bytes | bytearray) else str(self.source)
+            self._decoder = VideoDecoder(src, device=device)
+        except (RuntimeError, ValueError) as err:
+            raise VideoDecodeError(self.path, str(err)) from err
+        md = self._decoder.metadata
+        self.fps = float(md.average_fps)
+        self.num_frames = int(md.num_frames)
+        self.duration = float(md.duration_seconds or self.num_frames / self.fps)
+        self.height, self.width = int(md.height), int(md.width)
+
+    # -- public -----------------------------------------------------------------------------------------------
+    def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
+        """Frames at ``indices`` (any order, repeats allowed) as a uint8 tensor (T, 3, H, W).
+
+        Indices past the last decodable frame (a header that overstates the frame count) return the last
+        decodable frame, with a warning.
+        """
+        idx = [int(i) for i in indices]
+        if not idx:
+            raise ValueError("get_frames: indices is empty")
+        bad = [i for i in idx if i < 0 or i >= self.num_frames]
+        if bad:
+            raise IndexError(f"{self.path!r}: frame indices {bad[:5]} outside [0, {self.num_frames})")
+        if self.backend == "torchcodec":
+            try:
+                batch = self._decoder.get_frames_at(indices=idx)
+            except (RuntimeError, ValueError) as err:
+                raise VideoDecodeError(self.path, str(err)) from err
+            self.frames_decoded += len(set(idx))
+            return batch.data.cpu()
+        got = self._get_frames_pyav(sorted(set(idx)))
+        if not got:
+            raise VideoDecodeError(self.path, f"no frame could be decoded at indices {sorted(set(idx))[:5]}")
+        missing = [i for i in idx if i not in got]
+        if missing:
+            log.warning("%s: frames %s not decodable (header says %d frames); using the nearest earlier frame",
+                        self.path, missing[:5], self.num_frames)
+            keys = sorted(got)
+            for i in missing:
+                earlier = [k for k in keys if k < i]
+                got[i] = got[earlier[-1] if earlier else keys[0]]
+        arr = np.stack([got[i] for i in idx])  # (T, H, W, 3)
+        return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # (T, 3, H, W)
+
+    def get_frames_at_times(self, seconds: Sequence[float]) -> torch.Tensor:
+        """Frames nearest to the given timestamps (seconds from the start)."""
+        return self.get_frames([min(self.num_frames - 1, max(0, int(round(t * self.fps)))) for t in seconds])
+
+    def close(self) -> None:
+        if self.backend == "pyav" and getattr(self, "_container", None) is not None:
+            self._container.close()
+            self._container = None
+
+    def __enter__(self) -> VideoReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 (interpreter shutdown)
+            pass
+
+
+def read_video(
+    source: str | os.PathLike | bytes,
+    num_frames: int,
+    train: bool = False,
+    generator: torch.Generator | None = None,
+    backend: Backend = "pyav",
+) -> torch.Tensor:
+    """Read ``num_frames`` frames sampled by :func:`uniform_segment_indices` as uint8 (T, 3, H, W)."""
+    with VideoReader(source, backend=backend) as reader:
+        return reader.get_frames(uniform_segment_indices(reader.num_frames, num_frames, train, generator))
+
+
+# ------------------------------------------------------------------------------------------------- samplers
+
+
+def uniform_segment_indices(
+    num_frames: int, num_segments: int, train: bool = False, generator: torch.Generator | None = None
+) -> list[int]:
+    """TSN-style sampling: split ``[0, num_frames)`` into ``num_segments`` equal segments, one frame from each.
+
+    Segment k covers ``[k·L, (k+1)·L)`` with ``L = num_frames / num_segments``. In evaluation the frame is the
+    segment's centre, ``floor(k·L + L/2)``; in training it is ``floor(k·L + u·L)`` with ``u ~ U[0, 1)`` drawn
+    per segment. Videos shorter than ``num_segments`` repeat frames.
+    """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
+    if num_segments < 1:
+        raise ValueError(f"num_segments must be >= 1, got {num_segments}")
+    seg = num_frames / num_segments
+    if train:
+        u = torch.rand(num_segments, generator=generator).tolist()
+    else:
+        u = [0.5] * num_segments
+    return [min(num_frames - 1, int(math.floor(k * seg + u[k] * seg))) for k in range(num_segments)]
+
+
+def fixed_fps_indices(
+    num_frames: int,
+    video_fps: float,
+    target_fps: float,
+    start: float = 0.0,
+    end: float | None = None,
+    max_frames: int | None = None,
+) -> list[int]:
+    """Frames at a fixed rate: times ``t_k = start + k / target_fps`` for ``t_k < end``, index ``round(t_k·fps)``.
+
+    ``end`` defaults to the video's end. With ``max_frames``, the list is subsampled uniformly to that length.
+    """
+    if video_fps <= 0 or target_fps <= 0:
+        raise ValueError(f"video_fps and target_fps must be > 0, got {video_fps} and {target_fps}")
+    stop = num_frames / video_fps if end is None else min(end, num_frames / video_fps)
+    n = max(1, int(math.ceil((stop - start) * target_fps - 1e-9)))
+    idx = [min(num_frames - 1, int(round((start + k / target_fps) * video_fps))) for k in range(n)]
+    if max_frames is not None and len(idx) > max_frames:
+        idx = [idx[j] for j in uniform_segment_indices(len(idx), max_frames, train=False)]
+    return idx
+
+
+def sliding_window_indices(num_frames: int, window: int, stride: int, pad_last: bool = True) -> list[list[int]]:
+    """Consecutive windows of ``window`` frames every ``stride`` frames: ``[s, s+window)`` for s = 0, stride, ...
+
+    The last window is clamped to the last frame (repeating it) when ``pad_last`` and the video does not end on
+    a window boundary; without ``pad_last`` incomplete windows are dropped.
+    """
+    if window < 1 or stride < 1:
+        raise ValueError(f"window and stride must be >= 1, got {window} and {stride}")
+    out = []
+    s = 0
+    while s < num_frames:
+        if s + window > num_frames and not pad_last:
+            break
+        out.append([min(num_frames - 1, s + j) for j in range(window)])
+        if s + window >= num_frames:
+            break
+        s += stride
+    return out
+
+
+def causal_window_indices(t: int, window: int) -> list[int]:
+    """Streaming: the ``window`` frames ending at time step ``t`` (``[t-window+1, t]``), left-padded with frame 0.
+
+    No index exceeds ``t``: the window never looks at the future.
+    """
+    if t < 0 or window < 1:
+        raise ValueError(f"t must be >= 0 and window >= 1, got {t} and {window}")
+    return [max(0, t - window + 1 + j) for j in range(window)]
+
+
+# ----------------------------------------------------------------------------------------------- transforms
+
+
+def _check_video(x: torch.Tensor, fn: str) -> None:
+    if x.dim() != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"{fn}: expected a video tensor (T, C, H, W) with C in (1, 3), got shape {tuple(x.shape)}")
+
+
+def resize_short_side(x: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
+    """Resize (T, C, H, W) so that ``min(H, W) == size``, keeping the aspect ratio; dtype is preserved."""
+    _check_video(x, "resize_short_side")
+    h, w = x.shape[-2:]
+    scale = size / min(h, w)
+    new = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+    if new == (h, w):
+        return x
+    y = F.interpolate(x.float(), size=new, mode="bilinear", align_corners=False, antialias=antialias)
+    if x.dtype == torch.uint8:
+        return y.round_().clamp_(0, 255).to(torch.uint8)
+    return y.to(x.dtype)
+
+
+def center_crop(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Crop the central ``size`` (int or (h, w)) of (T, C, H, W)."""
+    _check_video(x, "center_crop")
+    th, tw = (size, size) if isinstance(size, int) else size
+    h, w = x.shape[-2:]
+    if th > h or tw > w:
+        raise ValueError(f"center_crop: crop {th}x{tw} larger than frames {h}x{w}")
+    top, left = (h - th) // 2, (w - tw) // 2
+    return x[..., top : top + th, left : left + tw]
+
+
+def random_crop(x: torch.Tensor, size: int | tuple[int, int], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Crop ``size`` at a random position (the same for every frame) of (T, C, H, W)."""
+    _check_video(x, "random_crop")
+    th, tw = (size, size) if isinstance(size, int) else size
+    h, w = x.shape[-2:]
+    if th > h or tw > w:
+        raise ValueError(f"random_crop: crop {th}x{tw} larger than frames {h}x{w}")
+    top = int(torch.randint(0, h - th + 1, (1,), generator=generator))
+    left = int(torch.randint(0, w - tw + 1, (1,), generator=generator))
+    return x[..., top : top + th, left : left + tw]
+
+
+def normalize(
+    x: torch.Tensor, stats: str | tuple[Sequence[float], Sequence[float]] = "imagenet"
+) -> torch.Tensor:
+    """uint8 (T, C, H, W) → float32 ``(x/255 - mean) / std``; ``stats`` is a name in :data:`NORMALIZATION`
+    (``clip``, ``imagenet``, ``half``) or a ``(mean, std)`` pair."""
+    _check_video(x, "normalize")
+    if isinstance(stats, str):
+        if stats not in NORMALIZATION:
+            raise KeyError(f"normalize: unknown statistics {stats!r}; known: {sorted(NORMALIZATION)}")
+        mean, std = NORMALIZATION[stats]
+    else:
+        mean, std = stats
+    m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
+    y = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    return (y - m) / s
+
+
+# --------------------------------------------------------------------------------------------------- writer
+
+
+def write_video(
+    path: str | os.PathLike,
+    frames: torch.Tensor,
+    fps: float = 8.0,
+    codec: str | None = None,
+    gop: int | None = None,
+    crf: int = 18,
+) -> Path:
+    """Write uint8 (T, 3, H, W) frames as ``.mp4`` (H.264, falling back to MPEG-4 Part 2) or ``.gif``.
+
+    Args:
+        path: output file; the suffix picks the container.
+        frames: uint8 (T, 3, H, W), or float in [0, 1] (converted).
+        fps: frame rate.
+        codec: override the codec (``libx264``, ``mpeg4``, ``gif``).
+        gop: keyframe interval (frames); ``None`` leaves the encoder's default.
+        crf: H.264 quality (lower is better).
+    """
+    import av
+
+    path = Path(path)
+    if frames.dim() != 4 or frames.shape[1] != 3:
+        raise ValueError(f"write_video: expected frames (T, 3, H, W), got {tuple(frames.shape)}")
+    if frames.dtype != torch.uint8:
+        frames = (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8)
+    arr = frames.permute(0, 2, 3, 1).contiguous().cpu().numpy()  # (T, H, W, 3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    suffix = path.suffix.lower()
+    h, w = arr.shape[1:3]
+    rate = Fraction(fps).limit_denominator(1000)
+    if suffix == ".gif":
+        with av.open(str(path), mode="w", format="gif") as out:
+            stream = out.add_stream(codec or "gif", rate=rate)
+            stream.width, stream.height, stream.pix_fmt = w, h, "rgb8"
+            for img in arr:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                    out.mux(packet)
+            for packet in stream.encode():
+                out.mux(packet)
+        return path
+    if h % 2 or w % 2:
+        raise ValueError(f"write_video: {suffix} needs even frame sizes, got {h}x{w}")
+    candidates = [codec] if codec else ["libx264", "mpeg4"]
+    last_err: Exception | None = None
+    for name in candidates:
+        try:
+            with av.open(str(path), mode="w") as out:
+                options = {"crf": str(crf)} if name == "libx264" else {}
+                if gop is not None:
+                    options["g"] = str(gop)
+                stream = out.add_stream(name, rate=rate, options=options)
+                stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+                if name == "mpeg4":
+                    stream.codec_context.bit_rate = 8_000_000
+                if gop is not None:
+                    stream.codec_context.gop_size = gop
+                for img in arr:
+                    for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                        out.mux(packet)
+                for packet in stream.encode():
+                    out.mux(packet)
+            return path
+        except (av.FFmpegError, ValueError) as err:  # codec not in this FFmpeg build
+            last_err = err
+    raise RuntimeError(f"write_video: no usable encoder among {candidates} for {str(path)!r}") from last_err

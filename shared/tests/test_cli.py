@@ -1,0 +1,58 @@
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+from toypkg import ToyData, ToyModule  # noqa: E402
+
+from mmzoo.cli import resolve_config, run_cli, shipped_configs  # noqa: E402
+
+
+def test_shipped_configs_found_by_name():
+    assert shipped_configs("toypkg") == ["demo"]
+    assert resolve_config("demo", "toypkg").endswith("toypkg/configs/demo.yaml")
+    assert resolve_config("demo.yaml", "toypkg").endswith("toypkg/configs/demo.yaml")
+
+
+def test_unknown_config_names_the_shipped_ones():
+    with pytest.raises(FileNotFoundError, match="Shipped configs: demo"):
+        resolve_config("nope", "toypkg")
+
+
+def test_fit_test_round_trip(tmp_path, monkeypatch):
+    monkeypatch.setenv("MMZOO_METRICS_JSON", str(tmp_path / "m.json"))
+    cli = run_cli(ToyModule, ToyData, "toypkg", args=["fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path)])
+    assert cli.model.hparams.hidden == 8  # the shipped config was read
+    ckpts = sorted(p.name for p in tmp_path.rglob("*.ckpt"))
+    assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
+    assert "val/loss" in json.loads((tmp_path / "m.json").read_text())
+    last = next(tmp_path.rglob("last.ckpt"))
+    cli = run_cli(ToyModule, ToyData, "toypkg",
+                  args=["test", "--config", "demo", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(last)])
+    assert "test/loss" in json.loads((tmp_path / "m.json").read_text())
+
+
+def test_seeding_makes_runs_repeatable(tmp_path):
+    losses = []
+    for i in range(2):
+        cli = run_cli(ToyModule, ToyData, "toypkg", args=[
+            "fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path / str(i)), "--trainer.logger", "false"])
+        losses.append(float(cli.trainer.callback_metrics["val/loss"]))
+    assert losses[0] == losses[1]
+
+
+def test_print_config(capsys):
+    with pytest.raises(SystemExit) as e:
+        run_cli(ToyModule, ToyData, "toypkg", args=["fit", "--config", "demo", "--print_config"])
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "hidden: 8" in out and "seed_everything: 0" in out
+
+
+def test_extra_commands_dispatch():
+    seen = []
+    assert run_cli(ToyModule, ToyData, "toypkg", args=["extract", "--x", "1"],
+                   extra_commands={"extract": lambda a: seen.append(a) or 7}) == 7
+    assert seen == [["--x", "1"]]
