@@ -1,0 +1,27 @@
+import json
+
+import torch
+
+from mmzoo.bench import emit, measure, pick_device
+from mmzoo.testing import moving_shapes_video, random_captions
+
+
+def test_measure_and_emit(tmp_path, monkeypatch, capsys):
+    calls = []
+    rec = measure(lambda: calls.append(1), items_per_call=4, device=torch.device("cpu"), warmup=2, iters=5)
+    assert len(calls) == 7
+    assert rec["device"] == "cpu" and rec["samples_per_s"] > 0 and rec["peak_mem_mb"] > 0
+    monkeypatch.setenv("MMZOO_BENCH_OUT", str(tmp_path))
+    emit({"bench": "x", **rec})
+    line = json.loads(capsys.readouterr().out.strip())
+    assert line["bench"] == "x"
+    assert json.loads((tmp_path / "cpu.jsonl").read_text())["step_ms"] == rec["step_ms"]
+    assert pick_device("cpu").type == "cpu"
+
+
+def test_synthetic_inputs_are_deterministic():
+    assert random_captions(3, seed=1) == random_captions(3, seed=1)
+    assert random_captions(3, seed=1) != random_captions(3, seed=2)
+    a, b = moving_shapes_video(4, seed=0), moving_shapes_video(4, seed=0)
+    assert a.shape == (4, 3, 64, 64) and torch.equal(a, b)
+    assert not torch.equal(a[0], a[-1])  # the shapes move

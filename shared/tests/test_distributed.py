@@ -1,0 +1,31 @@
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import dist_helpers  # noqa: E402
+
+from mmzoo.distributed import gather_with_grad, rank_and_world, rank_offset_labels  # noqa: E402
+from mmzoo.testing import run_distributed  # noqa: E402
+
+
+def test_identity_outside_process_group():
+    x = torch.randn(3, 2, requires_grad=True)
+    assert gather_with_grad(x) is x
+    assert rank_and_world() == (0, 1)
+    assert torch.equal(rank_offset_labels(3), torch.arange(3))
+
+
+def test_two_processes_match_one_process_on_whole_batch():
+    loss1, grad1 = dist_helpers.single_process()
+    results = run_distributed(dist_helpers.ddp_rank, world_size=2)
+    for loss2, grad2 in results:
+        # Each rank's loss is the mean over its rows; their average is the whole-batch mean.
+        torch.testing.assert_close(loss2, loss1)
+        torch.testing.assert_close(grad2, grad1)
+
+
+def test_unequal_shapes_raise_naming_both_sizes():
+    msgs = run_distributed(dist_helpers.uneven_rank, world_size=2)
+    assert "(3, 2)" in msgs[0] and "(4, 2)" in msgs[0] and "drop_last" in msgs[0]

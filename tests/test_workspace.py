@@ -1,0 +1,81 @@
+"""Cross-package checks: every member imports, every console script answers --help, the dependency rules hold."""
+
+import importlib
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproject.toml").exists())
+BIN = Path(sys.executable).parent
+
+#: Heavy, paper-specific dependencies and the packages allowed to declare them (ARCHITECTURE.md).
+HEAVY = {
+    "diffusers": {"evedit", "asdmllm"},
+    "torch-geometric": {"radartag"},
+    "open-clip-torch": {"shenet"},
+    "peft": {"asdmllm"},
+    "datasets": {"asdmllm", "pckd"},
+}
+
+
+def _meta(name: str) -> dict:
+    return tomllib.loads((ROOT / "packages" / name / "pyproject.toml").read_text())
+
+
+def _dep_names(deps: list[str]) -> set[str]:
+    import re
+
+    return {re.split(r"[<>=!~\[; ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in deps}
+
+
+def test_ten_packages_present():
+    assert len(PACKAGES) == 10, PACKAGES
+
+
+@pytest.mark.parametrize("name", ["mmzoo", "mmzoo.video", "mmzoo.features", "mmzoo.ops", "mmzoo.distributed",
+                                  "mmzoo.cli", "mmzoo.bench", "mmzoo.testing", *PACKAGES])
+def test_member_imports(name):
+    assert importlib.import_module(name).__name__ == name
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_pyproject_contract(name):
+    meta = _meta(name)
+    project = meta["project"]
+    assert project["name"] == name
+    assert project["scripts"] == {name: f"{name}.cli:main"}
+    assert meta["tool"]["uv"]["sources"]["mmzoo"] == {"workspace": True}
+    assert meta["tool"]["ruff"]["extend"] == "../../pyproject.toml"
+    deps = _dep_names(project["dependencies"])
+    assert "mmzoo" in deps
+    others = deps & (set(PACKAGES) - {name})
+    assert not others, f"{name} depends on other packages {others}: packages depend on mmzoo only"
+    for heavy, allowed in HEAVY.items():
+        if heavy in deps:
+            assert name in allowed, f"{name} declares {heavy}, which belongs to {sorted(allowed)} only"
+
+
+def test_mmzoo_depends_on_the_core_only():
+    meta = tomllib.loads((ROOT / "shared" / "pyproject.toml").read_text())
+    deps = _dep_names(meta["project"]["dependencies"])
+    assert deps <= {"torch", "lightning", "jsonargparse", "torchmetrics", "av", "numpy", "tqdm"}, deps
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_console_script_help(name):
+    proc = subprocess.run([str(BIN / name), "--help"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "fit" in proc.stdout and "test" in proc.stdout
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_package_layout(name):
+    pkg = ROOT / "packages" / name
+    for rel in ("README.md", "repro.py", f"src/{name}/cli.py", f"src/{name}/configs/tiny.yaml",
+                f"src/{name}/configs/demo.yaml"):
+        assert (pkg / rel).exists(), f"{name}: missing {rel}"
+    assert (ROOT / "benchmarks" / f"{name}.py").exists(), f"{name}: missing benchmarks/{name}.py"
