@@ -10,7 +10,6 @@ at small sizes only (the kernel needs CUDA). One JSON line per case.
 from __future__ import annotations
 
 import torch
-
 from mmzoo.bench import emit, measure, pick_device
 from mmzoo.ops import HAS_TRITON, token_max_sim_reference
 from mmzoo.ops.maxsim import token_max_sim_triton

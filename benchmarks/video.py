@@ -17,10 +17,9 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from tqdm import tqdm
-
 from mmzoo.bench import emit, peak_rss_mb
 from mmzoo.video import VideoReader, uniform_segment_indices
+from tqdm import tqdm
 
 SIZES = {"720p": (720, 1280), "1080p": (1080, 1920)}
 

@@ -120,9 +120,9 @@ def test_kernel_matches_reference_values_and_gradients():
         return
     # The interpreter must be chosen before triton is first imported, hence a fresh process.
     code = (
-        "import sys; sys.path.insert(0, %r); import test_ops; "
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_ops; "
         "[test_ops.check_kernel_against_reference(s, 'cpu') for s in test_ops.SHAPES]; print('kernel ok')"
-    ) % str(Path(__file__).parent)
+    )
     env = dict(os.environ, TRITON_INTERPRET="1")
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
