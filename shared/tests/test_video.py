@@ -162,3 +162,11 @@ def test_write_gif_and_mp4(tmp_path):
             assert [decode_pattern(f) for f in r.get_frames(range(6))] == list(range(6))
     with pytest.raises(ValueError, match="even frame sizes"):
         write_video(tmp_path / "odd.mp4", torch.zeros(2, 3, 5, 5, dtype=torch.uint8))
+
+
+def test_torchcodec_backend_matches_pyav(long_video):
+    pytest.importorskip("torchcodec.decoders", reason="torchcodec (and a system FFmpeg) is not installed")
+    idx = [0, 31, 150, 299]
+    with VideoReader(long_video, backend="torchcodec") as r:
+        assert r.num_frames == 300
+        assert [decode_pattern(f) for f in r.get_frames(idx)] == idx
