@@ -8,8 +8,9 @@ Reading decodes only what a sampler asks for::
     frames = normalize(center_crop(resize_short_side(frames, 224), 224), "clip")
 
 :class:`VideoReader` seeks to the keyframe before the first wanted frame and decodes forward; it seeks again
-when the next wanted frame lies more than ``seek_threshold`` frames ahead, so a sparse sample of a long video
-decodes a small fraction of its frames (``reader.frames_decoded`` counts them). PyAV is the default backend
+when the keyframe before the next wanted frame lies ahead of the decoder (keyframe positions are learnt while
+decoding; before any is known, when the frame lies more than ``seek_threshold`` frames ahead), so a sparse sample
+of a long video decodes a small fraction of its frames (``reader.frames_decoded`` counts them). PyAV is the default backend
 (its wheels carry FFmpeg); ``backend="torchcodec"`` uses torchcodec (CPU or CUDA decode) when installed.
 A missing, empty or corrupt file raises :class:`VideoDecodeError` naming the path.
 """
@@ -148,6 +149,7 @@ class VideoReader:
         self.height, self.width = int(s.codec_context.height), int(s.codec_context.width)
         self._iter = None
         self._last = -1  # index of the last frame the decoder produced
+        self._keyframes: set[int] = set()  # keyframe indices seen while decoding
 
     def _frame_index(self, frame) -> int:
         if frame.pts is None:
@@ -168,6 +170,26 @@ class VideoReader:
         self._iter = self._container.decode(self._stream)
         self._last = -1
 
+    def _gop_estimate(self) -> int | None:
+        """Smallest distance between keyframes seen so far (a regular GOP's length, or a multiple of it)."""
+        keys = sorted(self._keyframes)
+        gaps = [b - a for a, b in zip(keys, keys[1:]) if b > a]
+        return min(gaps) if gaps else None
+
+    def _should_seek(self, target: int) -> bool:
+        """Seek when the keyframe before ``target`` lies after the decoder's position: decoding forward from
+        there would redo frames that a seek skips. Without keyframe knowledge, seek past ``seek_threshold``."""
+        if self._iter is None or target <= self._last:
+            return True
+        if target - self._last <= 1:
+            return False
+        if any(self._last < k <= target for k in self._keyframes):
+            return True
+        gop = self._gop_estimate()
+        if gop is not None:
+            return (target // gop) * gop > self._last
+        return target - self._last > self.seek_threshold
+
     def _get_frames_pyav(self, wanted: list[int]) -> dict[int, np.ndarray]:
         import av
 
@@ -176,7 +198,7 @@ class VideoReader:
         for target in wanted:
             if target in out:
                 continue
-            if self._iter is None or target <= self._last or target - self._last > self.seek_threshold:
+            if self._should_seek(target):
                 self._seek(target)
                 restarted = False
             else:
@@ -191,6 +213,8 @@ class VideoReader:
                     raise VideoDecodeError(self.path, f"decoding near frame {target} failed: {err}") from err
                 self.frames_decoded += 1
                 idx = self._frame_index(frame)
+                if frame.key_frame:
+                    self._keyframes.add(idx)
                 if not restarted and idx > target:
                     # The seek landed after the target (inexact timestamps): restart from the beginning.
                     self._seek(0)
