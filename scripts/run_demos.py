@@ -2,7 +2,8 @@
 
 A package's demo is ``<name> fit --config demo`` followed by ``<name> test --config demo`` on the last
 checkpoint, unless its pyproject sets ``[tool.mmzoo] demo`` to a list of commands (each a list of arguments),
-with ``{ckpt}`` standing for the fit's last checkpoint and ``{out}`` for the package's demo folder.
+with ``{ckpt}`` standing for the last checkpoint of the most recent ``fit`` and ``{out}`` for the package's demo
+folder. Each Lightning command runs in its own ``{out}/step<i>`` folder.
 """
 
 from __future__ import annotations
@@ -38,7 +39,10 @@ def run_one(name: str) -> tuple[str, float, dict]:
     for i, cmd in enumerate(demo_commands(name)):
         args = [a.replace("{ckpt}", str(ckpt)).replace("{out}", str(out)) for a in cmd]
         if args[0] in ("fit", "validate", "test", "predict"):
-            args += ["--trainer.default_root_dir", str(out), "--trainer.logger", "false"]
+            root = out / f"step{i}"  # each command its own folder: a second fit must not version last.ckpt
+            args += ["--trainer.default_root_dir", str(root), "--trainer.logger", "false"]
+            if args[0] == "fit":
+                ckpt = root / "checkpoints" / "last.ckpt"
         env = dict(os.environ, MMZOO_METRICS_JSON=str(out / f"metrics_{i}.json"))
         print(f"\n=== {name} {' '.join(args)}", flush=True)
         proc = subprocess.run([name, *args], cwd=ROOT, env=env)
