@@ -21,7 +21,8 @@ def main(scripts: list[str]) -> int:
     for script in scripts:
         print(f"=== {script}", file=sys.stderr, flush=True)
         env = dict(os.environ, MMZOO_BENCH_OUT=str(out))
-        proc = subprocess.run([sys.executable, script], cwd=ROOT, env=env, capture_output=True, text=True)
+        # -P: the script's folder is not put on sys.path, so benchmarks/pckd.py cannot shadow the package pckd
+        proc = subprocess.run([sys.executable, "-P", script], cwd=ROOT, env=env, capture_output=True, text=True)
         sys.stderr.write(proc.stderr[-4000:])
         if proc.returncode != 0:
             failed.append(script)

@@ -56,3 +56,13 @@ def test_extra_commands_dispatch():
     assert run_cli(ToyModule, ToyData, "toypkg", args=["extract", "--x", "1"],
                    extra_commands={"extract": lambda a: seen.append(a) or 7}) == 7
     assert seen == [["--x", "1"]]
+
+
+def test_console_exit_status_is_zero(tmp_path, monkeypatch):
+    # Console scripts run sys.exit(main()): from the console run_cli must return None (status 0), not the CLI.
+    monkeypatch.setattr(sys, "argv", ["toypkg", "fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path),
+                                      "--trainer.max_epochs", "1"])
+    assert run_cli(ToyModule, ToyData, "toypkg") is None
+    monkeypatch.setattr(sys, "argv", ["toypkg", "extract"])
+    assert run_cli(ToyModule, ToyData, "toypkg", extra_commands={"extract": lambda a: "done"}) is None
+    assert run_cli(ToyModule, ToyData, "toypkg", extra_commands={"extract": lambda a: 3}) == 3

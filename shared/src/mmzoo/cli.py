@@ -134,13 +134,18 @@ def run_cli(
         run: passed to LightningCLI; ``False`` only instantiates (tests use it).
 
     Returns:
-        The LightningCLI object (its ``trainer`` and ``model`` can be inspected), or what an extra command
-        returned.
+        Called with ``args`` (from Python, as tests do): the LightningCLI object (its ``trainer`` and ``model``
+        can be inspected), or what an extra command returned. Called from the console (``args=None``): None, or
+        an extra command's int exit status, since console scripts pass the result to ``sys.exit``.
     """
-    argv = list(sys.argv[1:] if args is None else args)
+    from_console = args is None
+    argv = list(sys.argv[1:] if from_console else args)
     extra_commands = dict(extra_commands or {})
     if argv and argv[0] in extra_commands:
-        return extra_commands[argv[0]](argv[1:])
+        result = extra_commands[argv[0]](argv[1:])
+        if from_console:  # the console script does sys.exit(main()): only an int is an exit status
+            return result if isinstance(result, int) else None
+        return result
     if extra_commands and (not argv or argv[0] in ("-h", "--help")):
         names = ", ".join(sorted(extra_commands))
         print(f"{package}: Lightning subcommands fit|validate|test|predict, and {names} (`{package} NAME --help`).")
@@ -157,7 +162,8 @@ def run_cli(
     out = os.environ.get("MMZOO_METRICS_JSON")
     if run and out and cli.trainer.is_global_zero:
         write_metrics(cli.trainer, out)
-    return cli
+    # The console script does sys.exit(main()): return nothing there (exit status 0), the CLI object in Python.
+    return None if from_console else cli
 
 
 def write_metrics(trainer: pl.Trainer, path: str | os.PathLike) -> dict[str, float]:
