@@ -1,0 +1,479 @@
+"""Editing benchmarks (spec §4): LOVEU-TGVE-2023 (official layout), ZVE-50 (package-defined layout), any folder of
+videos with a prompts file; the synthetic generators of spec §8b; the LightningDataModule.
+
+Every dataset yields one item per (clip, target prompt)::
+
+    {"frames": uint8 (F, 3, S, S), "depth": float32 (F, S, S) or (0,) when no depth file, "source_prompt": str,
+     "target_prompt": str, "video_id": str, "edit_type": str, "group": str, "fps": float}
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from mmzoo.video import (
+    VideoDecodeError,
+    VideoReader,
+    center_crop,
+    resize_short_side,
+    uniform_segment_indices,
+    write_video,
+)
+from torch.utils.data import DataLoader, Dataset
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "LOVEU_COLUMNS",
+    "LOVEU_GROUPS",
+    "LOVEUDataset",
+    "ZVEDataset",
+    "VideoFolderDataset",
+    "EVEDataModule",
+    "collate_one",
+    "synthetic_clip",
+    "make_loveu",
+    "make_zve",
+]
+
+FramesMode = Literal["first", "uniform", "stride"]
+OnCorrupt = Literal["raise", "skip"]
+LOVEU_GROUPS = ("DAVIS_480p", "youtube_480p", "videvo_480p")
+#: edit type → column of the official CSV
+LOVEU_COLUMNS = {
+    "style": "Style Change Caption",
+    "object": "Object Change Caption",
+    "background": "Background Change Caption",
+    "multiple": "Multiple Changes Caption",
+}
+_HELP = "see README, Data preparation"
+
+
+def frame_indices(total: int, num_frames: int, mode: FramesMode, stride: int = 1) -> list[int]:
+    """Indices of the F frames to edit (spec §4.3): the first F, uniform segments, or every ``stride``-th."""
+    if mode == "first":
+        return list(range(min(total, num_frames)))
+    if mode == "uniform":
+        return uniform_segment_indices(total, num_frames, train=False)
+    return list(range(0, total, stride))[:num_frames]
+
+
+def _prepare_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize the short side to ``size`` and centre-crop size×size (spec §4.3). uint8 (F, 3, H, W)."""
+    return center_crop(resize_short_side(frames, size), size)
+
+
+def _prepare_depth(depth: torch.Tensor, size: int) -> torch.Tensor:
+    """Depth (F, H, W) through the same resize + crop as the frames (bilinear)."""
+    return _prepare_frames(depth[:, None].float(), size)[:, 0]
+
+
+class _ClipDataset(Dataset):
+    """Shared reading of one clip (video file or frame folder) plus optional precomputed depth."""
+
+    def __init__(self, num_frames: int, size: int, frames_mode: FramesMode, frame_stride: int, on_corrupt: OnCorrupt,
+                 use_depth_files: bool):
+        if num_frames < 1 or size < 1:
+            raise ValueError(f"num_frames={num_frames} and size={size} must be >= 1")
+        self.num_frames = num_frames
+        self.size = size
+        self.frames_mode = frames_mode
+        self.frame_stride = frame_stride
+        self.on_corrupt = on_corrupt
+        self.use_depth_files = use_depth_files
+        self.items: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def _read(self, video: Path | None, frame_dir: Path | None) -> tuple[torch.Tensor, list[int], float]:
+        if video is not None:
+            with VideoReader(video) as reader:
+                idx = frame_indices(reader.num_frames, self.num_frames, self.frames_mode, self.frame_stride)
+                return reader.get_frames(idx), idx, reader.fps
+        from torchvision.io import ImageReadMode, read_image
+
+        files = sorted(frame_dir.glob("*.jpg")) + sorted(frame_dir.glob("*.png"))
+        if not files:
+            raise VideoDecodeError(frame_dir, "no .jpg/.png frames in the folder")
+        idx = frame_indices(len(files), self.num_frames, self.frames_mode, self.frame_stride)
+        try:
+            frames = torch.stack([read_image(str(files[i]), ImageReadMode.RGB) for i in idx])
+        except RuntimeError as err:
+            raise VideoDecodeError(frame_dir, f"cannot decode a frame: {err}") from err
+        return frames, idx, 8.0
+
+    def _depth(self, depth_dir: Path | None, idx: list[int]) -> torch.Tensor:
+        if not self.use_depth_files or depth_dir is None:
+            return torch.zeros(0)
+        files = [depth_dir / f"{i:05d}.npy" for i in idx]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(f"missing depth map {missing[0]} (data.use_depth_files=true expects "
+                                    f"<depth dir>/%05d.npy per frame); {_HELP}")
+        return _prepare_depth(torch.stack([torch.from_numpy(np.load(f)).float() for f in files]), self.size)
+
+    def __getitem__(self, i: int) -> dict | None:
+        it = self.items[i]
+        try:
+            frames, idx, fps = self._read(it.get("video"), it.get("frame_dir"))
+        except VideoDecodeError as err:
+            if self.on_corrupt == "raise":
+                raise
+            log.warning("skipping corrupt clip %s: %s", err.path, err.reason)
+            return None
+        return {
+            "frames": _prepare_frames(frames, self.size),
+            "depth": self._depth(it.get("depth_dir"), idx),
+            "source_prompt": it["source_prompt"],
+            "target_prompt": it["target_prompt"],
+            "video_id": it["video_id"],
+            "edit_type": it["edit_type"],
+            "group": it["group"],
+            "fps": fps,
+        }
+
+
+class LOVEUDataset(_ClipDataset):
+    """LOVEU-TGVE-2023 in its official layout (spec §4.2)::
+
+        <data_root>/loveu-tgve-2023/LOVEU-TGVE-2023_Dataset.csv
+        <data_root>/loveu-tgve-2023/<group>/480p_videos/<Video name>.mp4     (source: videos)
+        <data_root>/loveu-tgve-2023/<group>/480p_frames/<Video name>/*.jpg   (source: frames)
+        <data_root>/loveu-tgve-2023/<group>/depth/<Video name>/%05d.npy      (optional, package-defined)
+
+    The CSV's group header rows (``DAVIS_480p``, ``youtube_480p``, ``videvo_480p``, the rows the official
+    script slices at 1:17, 19:42, 44:82) assign each following video to its group.
+
+    Args:
+        data_root: folder holding ``loveu-tgve-2023/``.
+        split: ``all`` or one group name.
+        edits: which edit columns to use (``style``, ``object``, ``background``, ``multiple``).
+    """
+
+    def __init__(self, data_root: str | Path, split: str = "all", edits: list[str] | None = None,
+                 num_frames: int = 8, size: int = 512, frames_mode: FramesMode = "uniform", frame_stride: int = 1,
+                 source: Literal["videos", "frames"] = "videos", on_corrupt: OnCorrupt = "raise",
+                 use_depth_files: bool = False):
+        super().__init__(num_frames, size, frames_mode, frame_stride, on_corrupt, use_depth_files)
+        root = Path(data_root) / "loveu-tgve-2023"
+        csv_path = root / "LOVEU-TGVE-2023_Dataset.csv"
+        if not csv_path.is_file():
+            raise FileNotFoundError(f"data.data_root={str(data_root)!r}: missing {csv_path} (the official "
+                                    f"LOVEU-TGVE-2023 annotations); {_HELP}")
+        if split != "all" and split not in LOVEU_GROUPS:
+            raise ValueError(f"data.split={split!r}: expected 'all' or one of {LOVEU_GROUPS}")
+        edits = list(edits or LOVEU_COLUMNS)
+        unknown = [e for e in edits if e not in LOVEU_COLUMNS]
+        if unknown:
+            raise ValueError(f"data.edits: unknown edit types {unknown}; expected a subset of {list(LOVEU_COLUMNS)}")
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            needed = ["Video name", "Our GT caption", *(LOVEU_COLUMNS[e] for e in edits)]
+            missing = [c for c in needed if c not in (reader.fieldnames or [])]
+            if missing:
+                raise KeyError(f"{csv_path}: missing columns {missing}; {_HELP}")
+            rows = list(reader)
+        group = None
+        for row in rows:
+            name = (row.get("Video name") or "").strip()
+            if name in LOVEU_GROUPS:
+                group = name
+                continue
+            if not name or not (row.get("Our GT caption") or "").strip():
+                continue  # blank separator rows
+            if group is None:
+                raise ValueError(f"{csv_path}: video {name!r} appears before any group header row {LOVEU_GROUPS}")
+            if split != "all" and group != split:
+                continue
+            video = root / group / "480p_videos" / f"{name}.mp4"
+            frame_dir = root / group / "480p_frames" / name
+            path = video if source == "videos" else frame_dir
+            if not path.exists():
+                raise FileNotFoundError(f"LOVEU-TGVE: missing {path} for video {name!r}; {_HELP}")
+            for e in edits:
+                self.items.append({
+                    "video": video if source == "videos" else None, "frame_dir": frame_dir if source == "frames"
+                    else None, "depth_dir": root / group / "depth" / name, "source_prompt": row["Our GT caption"],
+                    "target_prompt": row[LOVEU_COLUMNS[e]], "video_id": name, "edit_type": e, "group": group,
+                })
+
+
+class ZVEDataset(_ClipDataset):
+    """ZVE-50 in the layout this package defines (spec §4.1; the official files were never released)::
+
+        <data_root>/ZVE-50/annotations.json   [{"video_id", "source_prompt", "edits": [{"type", "prompt"}], "fps"?}]
+        <data_root>/ZVE-50/videos/<video_id>.mp4   or   <data_root>/ZVE-50/frames/<video_id>/00000.jpg ...
+        <data_root>/ZVE-50/depth/<video_id>/%05d.npy   (optional precomputed MiDaS maps)
+    """
+
+    def __init__(self, data_root: str | Path, num_frames: int = 8, size: int = 512, frames_mode: FramesMode = "uniform",
+                 frame_stride: int = 1, on_corrupt: OnCorrupt = "raise", use_depth_files: bool = False):
+        super().__init__(num_frames, size, frames_mode, frame_stride, on_corrupt, use_depth_files)
+        root = Path(data_root) / "ZVE-50"
+        ann_path = root / "annotations.json"
+        if not ann_path.is_file():
+            raise FileNotFoundError(f"data.data_root={str(data_root)!r}: missing {ann_path} (ZVE-50 annotations in "
+                                    f"the package layout); {_HELP}")
+        entries = json.loads(ann_path.read_text())
+        for k, e in enumerate(entries):
+            for key in ("video_id", "source_prompt", "edits"):
+                if key not in e:
+                    raise KeyError(f"{ann_path}: entry {k} lacks key {key!r}; {_HELP}")
+            vid = e["video_id"]
+            video, frame_dir = root / "videos" / f"{vid}.mp4", root / "frames" / vid
+            if not video.is_file() and not frame_dir.is_dir():
+                raise FileNotFoundError(f"ZVE-50: neither {video} nor {frame_dir} exists; {_HELP}")
+            for edit in e["edits"]:
+                if "prompt" not in edit:
+                    raise KeyError(f"{ann_path}: an edit of {vid!r} lacks key 'prompt'; {_HELP}")
+                self.items.append({
+                    "video": video if video.is_file() else None, "frame_dir": None if video.is_file() else frame_dir,
+                    "depth_dir": root / "depth" / vid, "source_prompt": e["source_prompt"],
+                    "target_prompt": edit["prompt"], "video_id": vid, "edit_type": edit.get("type", "object"),
+                    "group": "ZVE-50",
+                })
+
+
+class VideoFolderDataset(_ClipDataset):
+    """Any folder of videos with a prompts file::
+
+        <data_root>/prompts.json   {"<file>.mp4": {"source": str, "targets": [str, ...]}, ...}
+        <data_root>/<file>.mp4     <data_root>/depth/<file stem>/%05d.npy (optional)
+    """
+
+    def __init__(self, data_root: str | Path, num_frames: int = 8, size: int = 512, frames_mode: FramesMode = "uniform",
+                 frame_stride: int = 1, on_corrupt: OnCorrupt = "raise", use_depth_files: bool = False):
+        super().__init__(num_frames, size, frames_mode, frame_stride, on_corrupt, use_depth_files)
+        root = Path(data_root)
+        p = root / "prompts.json"
+        if not p.is_file():
+            raise FileNotFoundError(f"data.data_root={str(root)!r}: missing {p} ({{file: {{source, targets}}}}); "
+                                    f"{_HELP}")
+        for name, e in json.loads(p.read_text()).items():
+            if "source" not in e or "targets" not in e:
+                raise KeyError(f"{p}: entry {name!r} needs keys 'source' and 'targets'; {_HELP}")
+            if not (root / name).is_file():
+                raise FileNotFoundError(f"{p} names {name!r} but {root / name} does not exist; {_HELP}")
+            for k, target in enumerate(e["targets"]):
+                self.items.append({"video": root / name, "depth_dir": root / "depth" / Path(name).stem,
+                                   "source_prompt": e["source"], "target_prompt": target,
+                                   "video_id": Path(name).stem, "edit_type": f"edit{k}", "group": "folder"})
+
+
+def collate_one(items: list[dict | None]) -> dict | None:
+    """Batch of one clip (clips of different lengths are edited one at a time); None for a skipped clip."""
+    if len(items) != 1:
+        raise ValueError(f"EVE edits one clip per batch; got a batch of {len(items)} (set data.batch_size=1)")
+    return items[0]
+
+
+# ----------------------------------------------------------------------------------------------- synthetic
+
+COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 70, 220), "yellow": (230, 210, 40)}
+SHAPES = ("circle", "square")
+
+
+def synthetic_clip(num_frames: int = 8, size: int = 32, color: str = "red", shape: str = "circle", seed: int = 0,
+                   radius: float | None = None) -> dict[str, torch.Tensor]:
+    """A coloured shape moving on a textured grey background (spec §8b).
+
+    Returns ``frames`` uint8 (F, 3, S, S), ``depth`` float32 (F, S, S) (relative inverse depth: the shape is nearer,
+    the background a smooth ramp) and ``mask`` bool (F, S, S) of the shape."""
+    g = torch.Generator().manual_seed(seed)
+    r = radius if radius is not None else size * (0.16 + 0.06 * float(torch.rand((), generator=g)))
+    yy, xx = torch.meshgrid(torch.arange(size).float(), torch.arange(size).float(), indexing="ij")
+    phase = float(torch.rand((), generator=g)) * 6.28
+    texture = 128 + 12 * torch.sin(xx * 0.7 + phase) * torch.cos(yy * 0.5)  # (S, S) grey texture
+    ramp = 0.2 + 0.3 * yy / max(1, size - 1)  # background depth: nearer at the bottom
+    cy = r + float(torch.rand((), generator=g)) * (size - 2 * r)
+    cx0 = r + float(torch.rand((), generator=g)) * (size - 2 * r)
+    vx = (1 if float(torch.rand((), generator=g)) > 0.5 else -1) * size * 0.04
+    frames, depth, masks = [], [], []
+    col = torch.tensor(COLORS[color], dtype=torch.float32).view(3, 1, 1)
+    for t in range(num_frames):
+        span = max(1e-6, size - 2 * r)
+        p = (cx0 - r + vx * t) % (2 * span)
+        cx = r + (p if p <= span else 2 * span - p)  # bounces between the borders
+        if shape == "circle":
+            mask = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
+        else:
+            mask = ((yy - cy).abs() <= r * 0.886) & ((xx - cx).abs() <= r * 0.886)  # same area as the circle
+        img = texture.expand(3, -1, -1).clone()
+        img = torch.where(mask, col.expand(3, size, size), img)
+        frames.append(img.round().clamp(0, 255).to(torch.uint8))
+        depth.append(torch.where(mask, torch.full_like(ramp, 1.0), ramp))
+        masks.append(mask)
+    return {"frames": torch.stack(frames), "depth": torch.stack(depth), "mask": torch.stack(masks)}
+
+
+def _clip_spec(k: int) -> tuple[str, str, str]:
+    color = list(COLORS)[k % len(COLORS)]
+    shape = SHAPES[k % 2]
+    target = list(COLORS)[(k + 2) % len(COLORS)]
+    return color, shape, target
+
+
+def _write_depth(folder: Path, depth: torch.Tensor) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, d in enumerate(depth):
+        np.save(folder / f"{t:05d}.npy", d.numpy().astype(np.float32))
+
+
+def make_loveu(root: str | Path, n_videos: int = 3, frames: int = 8, size: int = 32, seed: int = 0) -> Path:
+    """Write a tiny LOVEU-TGVE-2023 in the official layout (CSV with group header rows, mp4s and jpg frames) plus
+    ground-truth depth; videos are spread over the three groups. Returns ``root``."""
+    from torchvision.io import write_jpeg
+
+    base = Path(root) / "loveu-tgve-2023"
+    base.mkdir(parents=True, exist_ok=True)
+    header = ["Video name", "Our GT caption", *LOVEU_COLUMNS.values()]
+    rows: list[list[str]] = []
+    per_group = [list(range(g, n_videos, 3)) for g in range(3)]
+    for g, group in enumerate(LOVEU_GROUPS):
+        if g > 0:
+            rows.append([""] * len(header))  # the blank separator row of the official CSV
+        rows.append([group] + [""] * (len(header) - 1))
+        for k in per_group[g]:
+            color, shape, target = _clip_spec(k)
+            name = f"clip{k:02d}"
+            clip = synthetic_clip(frames, size, color, shape, seed + k)
+            write_video(base / group / "480p_videos" / f"{name}.mp4", clip["frames"], fps=8.0)
+            fdir = base / group / "480p_frames" / name
+            fdir.mkdir(parents=True, exist_ok=True)
+            for t, img in enumerate(clip["frames"]):
+                write_jpeg(img, str(fdir / f"{t:05d}.jpg"), quality=95)
+            _write_depth(base / group / "depth" / name, clip["depth"])
+            other = "square" if shape == "circle" else "circle"
+            rows.append([name, f"a {color} {shape} moving on a grey background",
+                         f"a {color} {shape} moving on a grey background, watercolor style",
+                         f"a {target} {shape} moving on a grey background",
+                         f"a {color} {shape} moving on a dark background",
+                         f"a {target} {other} moving on a dark background"])
+    with open(base / "LOVEU-TGVE-2023_Dataset.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return Path(root)
+
+
+def make_zve(root: str | Path, n_videos: int = 2, frames: int = 8, size: int = 32, seed: int = 0,
+             as_frames: bool = False) -> Path:
+    """Write a tiny ZVE-50 in the package layout (annotations.json, videos/ or frames/, depth/). Returns ``root``."""
+    from torchvision.io import write_jpeg
+
+    base = Path(root) / "ZVE-50"
+    entries = []
+    for k in range(n_videos):
+        color, shape, target = _clip_spec(k)
+        vid = f"zve{k:02d}"
+        clip = synthetic_clip(frames, size, color, shape, seed + k)
+        if as_frames:
+            fdir = base / "frames" / vid
+            fdir.mkdir(parents=True, exist_ok=True)
+            for t, img in enumerate(clip["frames"]):
+                write_jpeg(img, str(fdir / f"{t:05d}.jpg"), quality=95)
+        else:
+            write_video(base / "videos" / f"{vid}.mp4", clip["frames"], fps=8.0)
+        _write_depth(base / "depth" / vid, clip["depth"])
+        entries.append({"video_id": vid, "source_prompt": f"a {color} {shape} moving on a grey background",
+                        "edits": [{"type": "object", "prompt": f"a {target} {shape} moving on a grey background"},
+                                  {"type": "style", "prompt": f"a {color} {shape} on a grey background, anime style"}],
+                        "fps": 8.0})
+    (base / "annotations.json").write_text(json.dumps(entries, indent=1))
+    return Path(root)
+
+
+# --------------------------------------------------------------------------------------------- DataModule
+
+
+class EVEDataModule(pl.LightningDataModule):
+    """Clips to edit. ``fit`` has nothing to train (EVE is zero-shot); its loaders are the same clips.
+
+    Args:
+        dataset: ``loveu`` (LOVEU-TGVE-2023), ``zve`` (ZVE-50 package layout) or ``folder`` (videos + prompts.json).
+        data_root: the folder holding the dataset (see each Dataset's layout).
+        split: LOVEU group (`all`, `DAVIS_480p`, `youtube_480p`, `videvo_480p`); ignored by the others.
+        edits: LOVEU edit columns to use.
+        num_frames: F frames per clip (spec §3.0: 8).
+        size: S, short side resized and centre-cropped to S×S (spec §3.0: 512).
+        frames_mode: `first`, `uniform` (default) or `stride` (spec §4.3).
+        frame_stride: stride of `frames_mode: stride`.
+        source: LOVEU only: read `480p_videos` (mp4 through mmzoo.video) or `480p_frames` (jpg).
+        use_depth_files: read precomputed depth maps (with `model.depth_model: precomputed`).
+        on_corrupt: `raise` or `skip` (logged with the path) for undecodable clips.
+        max_items: keep only the first N (clip, prompt) items (None = all).
+        generate_demo_data: write a tiny synthetic dataset of the chosen layout into `data_root` when it is absent.
+        demo_videos, demo_frames, demo_size: its size.
+        num_workers: DataLoader workers.
+    """
+
+    def __init__(self, dataset: Literal["loveu", "zve", "folder"] = "loveu", data_root: str = "data",
+                 split: str = "all", edits: list[str] | None = None, num_frames: int = 8, size: int = 512,
+                 frames_mode: FramesMode = "uniform", frame_stride: int = 1,
+                 source: Literal["videos", "frames"] = "videos", use_depth_files: bool = False,
+                 on_corrupt: OnCorrupt = "raise", max_items: int | None = None, generate_demo_data: bool = False,
+                 demo_videos: int = 2, demo_frames: int = 8, demo_size: int = 32, num_workers: int = 0):
+        super().__init__()
+        self.save_hyperparameters()
+        self.dataset_name = dataset
+        self.data_root = data_root
+        self.kw = {"num_frames": num_frames, "size": size, "frames_mode": frames_mode, "frame_stride": frame_stride,
+                   "on_corrupt": on_corrupt, "use_depth_files": use_depth_files}
+        self.split, self.edits, self.source = split, edits, source
+        self.max_items = max_items
+        self.generate_demo_data = generate_demo_data
+        self.demo = (demo_videos, demo_frames, demo_size)
+        self.num_workers = num_workers
+        self.data: Dataset | None = None
+
+    def prepare_data(self) -> None:
+        if not self.generate_demo_data:
+            return
+        n, f, s = self.demo
+        root = Path(self.data_root)
+        if self.dataset_name == "loveu" and not (root / "loveu-tgve-2023").exists():
+            make_loveu(root, n, f, s)
+        elif self.dataset_name == "zve" and not (root / "ZVE-50").exists():
+            make_zve(root, n, f, s)
+        elif self.dataset_name == "folder" and not (root / "prompts.json").exists():
+            raise ValueError("data.generate_demo_data supports dataset 'loveu' and 'zve' only")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.data is not None:
+            return
+        if self.dataset_name == "loveu":
+            data = LOVEUDataset(self.data_root, self.split, self.edits, source=self.source, **self.kw)
+        elif self.dataset_name == "zve":
+            data = ZVEDataset(self.data_root, **self.kw)
+        else:
+            data = VideoFolderDataset(self.data_root, **self.kw)
+        if len(data) == 0:
+            raise ValueError(f"data.data_root={self.data_root!r}: the {self.dataset_name} dataset has no items "
+                             f"(split={self.split!r}); {_HELP}")
+        if self.max_items is not None:
+            data.items = data.items[: self.max_items]
+        self.data = data
+
+    def _loader(self) -> DataLoader:
+        return DataLoader(self.data, batch_size=1, shuffle=False, num_workers=self.num_workers,
+                          collate_fn=collate_one)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader()
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader()

@@ -1,0 +1,237 @@
+"""EVEModule: Lightning's role in EVE (spec §2 protocol, issue 11).
+
+EVE trains nothing. ``predict`` edits every (clip, target prompt) of a benchmark and writes the outputs (Lightning
+splits the clips over GPUs); ``test`` / ``validate`` compute the metrics over the edits (re-using the edits that
+``predict`` wrote to ``output_dir`` when present, else editing). ``fit`` is accepted for CLI uniformity: it
+optimises no parameter (``configure_optimizers`` returns None, ``training_step`` returns None); the latent
+optimisation lives inside the pipeline and runs under a local ``torch.enable_grad()``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import zlib
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+
+from evedit.metrics import (
+    CLIPFrameConsistency,
+    CLIPTextScore,
+    DepthError,
+    FrameAccuracy,
+    MetricsConfig,
+    PickScore,
+    build_embedder,
+    clip_frame_consistency,
+    clip_text_score,
+    depth_error,
+    frame_accuracy,
+    pick_score,
+)
+from evedit.models import EditConfig, ModelConfig, build_components
+from evedit.pipeline import EVEPipeline
+
+log = logging.getLogger(__name__)
+
+__all__ = ["EVEModule", "save_edit", "depth_strip"]
+
+
+def depth_strip(source: torch.Tensor, depth01: torch.Tensor, edit: torch.Tensor) -> torch.Tensor:
+    """The side-by-side picture: rows source | depth | edit, frames left to right. uint8 (3, 3·H, F·W)."""
+    d = (depth01.clamp(0, 1) * 255).round().to(torch.uint8)[:, None].expand(-1, 3, -1, -1)  # (F, 3, H, W)
+    if d.shape[-2:] != source.shape[-2:]:
+        d = F.interpolate(d.float(), size=source.shape[-2:], mode="bilinear").round().to(torch.uint8)
+    rows = [torch.cat(list(x.cpu()), dim=-1) for x in (source, d, edit)]  # each (3, H, F·W)
+    return torch.cat(rows, dim=-2)  # (3, 3H, F·W)
+
+
+def save_edit(out_dir: Path, item: dict, edit: torch.Tensor, depth01: torch.Tensor, timing: dict,
+              write_videos: bool = True) -> Path:
+    """Write one edit: LOVEU submission frames ``<out>/<group>/<video>/<edit_type>/%05d.jpg`` + ``timing.json``,
+    and (``write_videos``) ``<out>/videos/<video>_<edit_type>.mp4/.gif`` and ``<out>/strips/...png``."""
+    from mmzoo.video import write_video
+    from torchvision.io import write_jpeg, write_png
+
+    folder = out_dir / item["group"] / item["video_id"] / item["edit_type"]
+    folder.mkdir(parents=True, exist_ok=True)
+    for t, img in enumerate(edit):
+        write_jpeg(img.contiguous(), str(folder / f"{t:05d}.jpg"), quality=95)
+    (folder / "timing.json").write_text(json.dumps(timing, indent=1))
+    if write_videos:
+        stem = f"{item['video_id']}_{item['edit_type']}"
+        fps = float(item.get("fps") or 8.0)
+        write_video(out_dir / "videos" / f"{stem}.mp4", edit, fps=fps)
+        write_video(out_dir / "videos" / f"{stem}.gif", edit, fps=fps)
+        (out_dir / "strips").mkdir(parents=True, exist_ok=True)
+        write_png(depth_strip(item["frames"], depth01, edit), str(out_dir / "strips" / f"{stem}.png"))
+    return folder
+
+
+def _load_edit(folder: Path, num_frames: int) -> tuple[torch.Tensor, dict] | None:
+    from torchvision.io import ImageReadMode, read_image
+
+    files = sorted(folder.glob("*.jpg"))
+    if len(files) != num_frames or not (folder / "timing.json").is_file():
+        return None
+    frames = torch.stack([read_image(str(f), ImageReadMode.RGB) for f in files])
+    return frames, json.loads((folder / "timing.json").read_text())
+
+
+class EVEModule(pl.LightningModule):
+    """Zero-shot video editing with EVE.
+
+    Args:
+        model: the frozen networks (backbone, checkpoint folders, depth estimator).
+        edit: the editing settings (steps, guidance, init, depth, temporal consistency constraints).
+        metrics: models of the metrics.
+        output_dir: where ``predict`` writes edits (and ``test`` looks for them); None = ``<default_root_dir>/edits``.
+        reuse_edits: ``test``/``validate`` read edits already written to ``output_dir`` instead of re-editing.
+        write_videos: also write mp4/gif and the source|depth|edit PNG strip of every edit.
+        seed: seed of the per-clip generator (for `sdedit`/`noise` init and η > 0); combined with the clip id.
+        num_threads: CPU intra-op threads for editing (None = torch's default); 1 is fastest for the tiny models
+            on a shared machine.
+    """
+
+    checkpoint_monitor = None
+
+    def __init__(self, model: ModelConfig | None = None, edit: EditConfig | None = None,
+                 metrics: MetricsConfig | None = None, output_dir: str | None = None, reuse_edits: bool = True,
+                 write_videos: bool = True, seed: int = 0, num_threads: int | None = None):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model_cfg = model or ModelConfig()
+        self.edit_cfg = edit or EditConfig()
+        self.metrics_cfg = metrics or MetricsConfig()
+        self.output_dir = output_dir
+        self.reuse_edits = reuse_edits
+        self.write_videos = write_videos
+        self.seed = seed
+        self.num_threads = num_threads
+        comps = build_components(self.model_cfg)
+        # frozen networks as submodules, so that Lightning moves them to the device
+        self.unet, self.vae, self.text_encoder = comps.unet, comps.vae, comps.text_encoder
+        self.depth_encoder, self.depth_estimator = comps.depth_encoder, comps.depth_estimator
+        self.pipe = EVEPipeline.from_components(comps)
+        self.pipe.set_progress_bar_config(disable=True)
+        self.clip = build_embedder(self.metrics_cfg.clip_path, self.metrics_cfg.resize,
+                                   self.metrics_cfg.local_files_only)
+        self.pick = None
+        if self.metrics_cfg.pickscore_path is not None:
+            self.pick = build_embedder(self.metrics_cfg.pickscore_path, self.metrics_cfg.resize,
+                                       self.metrics_cfg.local_files_only, key="metrics.pickscore_path")
+        self.stage_metrics = torch.nn.ModuleDict({stage: self._make_metrics() for stage in ("val", "test")})
+
+    def _make_metrics(self) -> torch.nn.ModuleDict:
+        m = {"clip_text": CLIPTextScore(), "clip_frame": CLIPFrameConsistency("all"),
+             "clip_frame_consec": CLIPFrameConsistency("consecutive"), "frame_acc": FrameAccuracy()}
+        if self.metrics_cfg.depth_error and self.depth_estimator is not None:
+            m["depth_err"] = DepthError()
+        if self.metrics_cfg.pickscore_path is not None:
+            m["pick_score"] = PickScore()
+        return torch.nn.ModuleDict(m)
+
+    # ------------------------------------------------------------------------------------------------ editing
+    def _out_dir(self) -> Path:
+        if self.output_dir is not None:
+            return Path(self.output_dir)
+        return Path(self.trainer.default_root_dir if self._trainer is not None else ".") / "edits"
+
+    def edit_clip(self, item: dict) -> tuple[torch.Tensor, torch.Tensor, dict]:
+        """Run the pipeline on one dataset item; returns (edited uint8 (F, 3, H, W), depth (F, H, W), timing)."""
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.seed + zlib.crc32(f"{item['video_id']}/{item['edit_type']}".encode()))
+        depth = item["depth"] if item["depth"].numel() else None
+        out = self.pipe(item["frames"], item["source_prompt"], [item["target_prompt"]], depth=depth,
+                        config=self.edit_cfg, generator=gen)
+        timing = dict(out.timings[0])
+        if out.losses[0]:
+            timing["update_loss_first"] = out.losses[0][0]["loss"]
+            timing["update_loss_last"] = out.losses[0][-1]["loss"]
+        return out.videos[0], out.depth, timing
+
+    def _log_csv(self, name: str, row: dict) -> None:
+        path = self._out_dir() / f"{name}_rank{self.global_rank}.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                w.writeheader()
+            w.writerow(row)
+
+    # ------------------------------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str) -> None:
+        if self.num_threads is not None and self.device.type == "cpu":
+            torch.set_num_threads(self.num_threads)
+
+    def configure_optimizers(self) -> None:
+        """EVE optimises latents inside the editing loop, never module parameters (spec §2)."""
+        return None
+
+    def training_step(self, batch: dict | None, batch_idx: int) -> None:
+        return None
+
+    def predict_step(self, batch: dict | None, batch_idx: int) -> dict | None:
+        if batch is None:
+            return None
+        edit, depth01, timing = self.edit_clip(batch)
+        folder = save_edit(self._out_dir(), batch, edit, depth01, timing, self.write_videos)
+        self._log_csv("edits", {"video_id": batch["video_id"], "edit_type": batch["edit_type"],
+                                "target_prompt": batch["target_prompt"], "folder": str(folder), **timing})
+        return {"video_id": batch["video_id"], "edit_type": batch["edit_type"], "folder": str(folder), **timing}
+
+    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        self._evaluate(batch, "val")
+
+    def test_step(self, batch: dict | None, batch_idx: int) -> None:
+        self._evaluate(batch, "test")
+
+    def _evaluate(self, batch: dict | None, stage: str) -> None:
+        if batch is None:
+            return
+        loaded = None
+        folder = self._out_dir() / batch["group"] / batch["video_id"] / batch["edit_type"]
+        if self.reuse_edits:
+            loaded = _load_edit(folder, batch["frames"].shape[0])
+        if loaded is not None:
+            edit, timing = loaded
+            depth01 = None
+        else:
+            edit, depth01, timing = self.edit_clip(batch)
+        metrics = self.stage_metrics[stage]
+        img = self.clip.embed_images(edit)  # (F, D)
+        tgt, src = self.clip.embed_text([batch["target_prompt"], batch["source_prompt"]])
+        values = {"clip_text": clip_text_score(img, tgt), "frame_acc": frame_accuracy(img, tgt, src)}
+        metrics["clip_text"].update(img, tgt)
+        metrics["frame_acc"].update(img, tgt, src)
+        if edit.shape[0] >= 2:
+            values["clip_frame"] = clip_frame_consistency(img, "all")
+            values["clip_frame_consec"] = clip_frame_consistency(img, "consecutive")
+            metrics["clip_frame"].update(img)
+            metrics["clip_frame_consec"].update(img)
+        if "depth_err" in metrics:
+            with torch.no_grad():
+                d_src = depth01 if depth01 is not None else self.pipe.prepare_depth(
+                    batch["frames"].to(self.device), None, self.edit_cfg)
+                d_edit = self.pipe.prepare_depth(edit.to(self.device), None, self.edit_cfg)
+            values["depth_err"] = depth_error(d_src.to(self.device), d_edit)
+            metrics["depth_err"].update(d_src.to(self.device), d_edit)
+        if self.pick is not None:
+            p_img = self.pick.embed_images(edit)
+            p_txt = self.pick.embed_text([batch["target_prompt"]])[0]
+            values["pick_score"] = pick_score(p_img, p_txt, self.pick.logit_scale)
+            metrics["pick_score"].update(p_img, p_txt, self.pick.logit_scale)
+        for name, metric in metrics.items():
+            if metric.update_called:
+                self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=1)
+        for key in ("total_s", "update_s", "peak_mb"):
+            if key in timing:
+                self.log(f"{stage}/{key.replace('total_s', 'time_s')}", float(timing[key]), on_step=False,
+                         on_epoch=True, batch_size=1, sync_dist=True)
+        self._log_csv(f"metrics_{stage}", {"video_id": batch["video_id"], "edit_type": batch["edit_type"],
+                                           **{k: float(v) for k, v in values.items()}, **timing})

@@ -1,0 +1,123 @@
+import json
+import logging
+
+import numpy as np
+import pytest
+import torch
+from mmzoo.video import VideoDecodeError, write_video
+
+from evedit.data import (
+    EVEDataModule,
+    LOVEUDataset,
+    VideoFolderDataset,
+    ZVEDataset,
+    collate_one,
+    frame_indices,
+    make_loveu,
+    make_zve,
+    synthetic_clip,
+)
+from evedit.models import normalize_depth, smooth_depth
+
+
+@pytest.fixture(scope="module")
+def loveu_root(tmp_path_factory):
+    return make_loveu(tmp_path_factory.mktemp("loveu"), n_videos=3, frames=6, size=32)
+
+
+def test_loveu_reads_official_layout(loveu_root):
+    csv_text = (loveu_root / "loveu-tgve-2023" / "LOVEU-TGVE-2023_Dataset.csv").read_text().splitlines()
+    assert csv_text[0].startswith("Video name,Our GT caption,Style Change Caption")
+    assert csv_text[1].startswith("DAVIS_480p")  # the group header row the official slicing skips
+    ds = LOVEUDataset(loveu_root, num_frames=4, size=16, use_depth_files=True)
+    assert len(ds) == 3 * 4  # every video × the four edit columns
+    item = ds[0]
+    assert item["frames"].shape == (4, 3, 16, 16) and item["frames"].dtype == torch.uint8
+    assert item["depth"].shape == (4, 16, 16)
+    assert item["group"] == "DAVIS_480p" and item["edit_type"] == "style"
+    assert "watercolor" in item["target_prompt"] and item["source_prompt"].startswith("a red circle")
+    groups = {it["group"] for it in ds.items}
+    assert groups == {"DAVIS_480p", "youtube_480p", "videvo_480p"}
+    only = LOVEUDataset(loveu_root, split="youtube_480p", edits=["object"], source="frames", num_frames=2, size=16)
+    assert len(only) == 1 and only[0]["frames"].shape == (2, 3, 16, 16)
+
+
+def test_loveu_missing_files_and_keys(tmp_path, loveu_root):
+    with pytest.raises(FileNotFoundError, match="LOVEU-TGVE-2023_Dataset.csv.*README, Data preparation"):
+        LOVEUDataset(tmp_path)
+    with pytest.raises(ValueError, match="data.edits"):
+        LOVEUDataset(loveu_root, edits=["colour"])
+    bad = tmp_path / "loveu-tgve-2023"
+    bad.mkdir()
+    (bad / "LOVEU-TGVE-2023_Dataset.csv").write_text("Video name,Our GT caption\nDAVIS_480p,\n")
+    with pytest.raises(KeyError, match="Style Change Caption"):
+        LOVEUDataset(tmp_path)
+
+
+def test_zve_videos_and_frames_layouts(tmp_path):
+    root = make_zve(tmp_path / "a", n_videos=2, frames=5, size=32)
+    ds = ZVEDataset(root, num_frames=5, size=32, use_depth_files=True)
+    assert len(ds) == 4
+    item = ds[1]
+    assert item["frames"].shape == (5, 3, 32, 32) and item["edit_type"] == "style" and item["depth"].shape == (5, 32, 32)
+    root_f = make_zve(tmp_path / "b", n_videos=1, frames=3, size=32, as_frames=True)
+    assert ZVEDataset(root_f, num_frames=3, size=16)[0]["frames"].shape == (3, 3, 16, 16)
+    ann = json.loads((root / "ZVE-50" / "annotations.json").read_text())
+    del ann[0]["edits"]
+    (root / "ZVE-50" / "annotations.json").write_text(json.dumps(ann))
+    with pytest.raises(KeyError, match="edits"):
+        ZVEDataset(root)
+
+
+def test_video_folder_and_corrupt_clips(tmp_path, caplog):
+    write_video(tmp_path / "good.mp4", synthetic_clip(4, 32)["frames"])
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    (tmp_path / "prompts.json").write_text(json.dumps({
+        "good.mp4": {"source": "a red circle", "targets": ["a blue circle"]},
+        "bad.mp4": {"source": "x", "targets": ["y"]},
+    }))
+    ds = VideoFolderDataset(tmp_path, num_frames=4, size=32, on_corrupt="skip")
+    assert ds[0]["frames"].shape == (4, 3, 32, 32) and ds[0]["depth"].numel() == 0
+    with caplog.at_level(logging.WARNING):
+        assert ds[1] is None
+    assert "bad.mp4" in caplog.text
+    with pytest.raises(VideoDecodeError):
+        VideoFolderDataset(tmp_path, num_frames=4, size=32, on_corrupt="raise")[1]
+    with pytest.raises(FileNotFoundError, match="depth map"):
+        VideoFolderDataset(tmp_path, num_frames=4, size=32, use_depth_files=True)[0]
+    assert collate_one([None]) is None
+    with pytest.raises(ValueError, match="batch_size=1"):
+        collate_one([ds[0], ds[0]])
+
+
+def test_datamodule_generates_demo_data(tmp_path):
+    dm = EVEDataModule("zve", str(tmp_path / "d"), num_frames=4, size=32, generate_demo_data=True, demo_videos=1,
+                       demo_frames=4, max_items=1)
+    dm.prepare_data()
+    dm.setup("test")
+    batch = next(iter(dm.test_dataloader()))
+    assert batch["frames"].shape == (4, 3, 32, 32) and len(dm.data) == 1
+
+
+def test_frame_indices_and_synthetic_clip():
+    assert frame_indices(10, 4, "first") == [0, 1, 2, 3]
+    assert frame_indices(10, 3, "stride", 3) == [0, 3, 6]
+    assert len(frame_indices(100, 8, "uniform")) == 8
+    clip = synthetic_clip(6, 32, "blue", "square", seed=3)
+    m = clip["mask"]
+    assert clip["frames"].shape == (6, 3, 32, 32) and m.any(dim=(1, 2)).all()
+    assert torch.equal(clip["frames"][0][:, m[0]][2].unique(), torch.tensor([220], dtype=torch.uint8))
+    assert (clip["depth"][m] == 1.0).all() and (clip["depth"][~m] < 1.0).all()
+
+
+def test_depth_normalisation_ranges_and_constant_maps():
+    d = torch.rand(3, 5, 5) * 7 + 2
+    per_frame = normalize_depth(d, "frame")
+    for f in per_frame:
+        assert f.min().item() == 0.0 and f.max().item() == pytest.approx(1.0)
+    clip = normalize_depth(d, "video")
+    assert clip.min().item() == 0.0 and clip.max().item() == pytest.approx(1.0)
+    assert torch.equal(normalize_depth(torch.full((2, 3, 3), 4.0)), torch.zeros(2, 3, 3))
+    s = smooth_depth(torch.arange(3.0).view(3, 1, 1), 3)
+    assert s.flatten().tolist() == [0.5, 1.0, 1.5]
+    assert np.isfinite(normalize_depth(torch.zeros(1, 2, 2), "frame").numpy()).all()

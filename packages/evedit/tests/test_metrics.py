@@ -1,0 +1,84 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from evedit.metrics import (
+    CLIPFrameConsistency,
+    CLIPTextScore,
+    DepthError,
+    FrameAccuracy,
+    PickScore,
+    build_embedder,
+    clip_frame_consistency,
+    clip_text_score,
+    depth_error,
+    frame_accuracy,
+    pick_score,
+)
+
+
+def test_clip_text_scale_and_frame_consistency_reference():
+    img = torch.randn(5, 8)
+    txt = torch.randn(8)
+    ref = 100 * torch.stack([F.cosine_similarity(i, txt, dim=0) for i in img]).mean()
+    assert clip_text_score(img, txt).item() == pytest.approx(ref.item(), rel=1e-5)
+    e = F.normalize(img, dim=-1)
+    cos = e @ e.T
+    off = cos[~torch.eye(5, dtype=torch.bool)].mean()
+    assert clip_frame_consistency(img, "all").item() == pytest.approx(off.item(), rel=1e-5)
+    consec = sum(F.cosine_similarity(img[i], img[i + 1], dim=0) for i in range(4)) / 4
+    assert clip_frame_consistency(img, "consecutive").item() == pytest.approx(consec.item(), rel=1e-5)
+    same = torch.randn(1, 8).expand(4, -1)
+    assert clip_frame_consistency(same).item() == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="2 frames"):
+        clip_frame_consistency(img[:1])
+
+
+def test_frame_accuracy_and_pick_score_constructed():
+    tgt, src = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 1.0])
+    img = torch.tensor([[1.0, 0.1], [0.2, 1.0], [1.0, 0.0], [0.0, 1.0]])
+    assert frame_accuracy(img, tgt, src).item() == pytest.approx(0.5)
+    s = torch.tensor(2.0)
+    assert pick_score(img[:1], tgt, s).item() == pytest.approx(torch.exp(s).item() * F.cosine_similarity(
+        img[0], tgt, dim=0).item(), rel=1e-5)
+
+
+def test_depth_error_normalises_per_clip():
+    d = torch.rand(2, 4, 4)
+    assert depth_error(d, d * 3 + 1).item() == pytest.approx(0.0, abs=1e-6)
+    assert depth_error(torch.zeros(1, 2, 2), torch.tensor([[[0.0, 1.0], [0.0, 1.0]]])).item() == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        depth_error(d, d[:1])
+
+
+def test_metric_classes_average_over_clips_like_the_functions():
+    clips = [torch.randn(4, 8) for _ in range(3)]
+    texts = [torch.randn(8) for _ in range(3)]
+    m_text, m_frame, m_acc, m_pick = CLIPTextScore(), CLIPFrameConsistency("consecutive"), FrameAccuracy(), PickScore()
+    m_depth = DepthError()
+    for img, txt in zip(clips, texts, strict=True):
+        m_text.update(img, txt)
+        m_frame.update(img)
+        m_acc.update(img, txt, -txt)
+        m_pick.update(img, txt, 1.0)
+        m_depth.update(img.view(4, 2, 4), img.view(4, 2, 4).flip(0))
+    ref = torch.stack([clip_text_score(i, t) for i, t in zip(clips, texts, strict=True)]).mean()
+    assert m_text.compute().item() == pytest.approx(ref.item(), rel=1e-5)
+    ref = torch.stack([clip_frame_consistency(i, "consecutive") for i in clips]).mean()
+    assert m_frame.compute().item() == pytest.approx(ref.item(), rel=1e-5)
+    ref = torch.stack([frame_accuracy(i, t, -t) for i, t in zip(clips, texts, strict=True)]).mean()
+    assert m_acc.compute().item() == pytest.approx(ref.item(), rel=1e-5)
+    assert m_pick.compute().item() == pytest.approx(torch.e * m_text.compute().item() / 100, rel=1e-5)
+    assert 0 <= m_depth.compute().item() <= 1
+    with pytest.raises(ValueError, match="no clip"):
+        CLIPTextScore().compute()
+
+
+def test_tiny_embedder_and_missing_weights(tmp_path):
+    emb = build_embedder("tiny", 32)
+    img = emb.embed_images(torch.randint(0, 255, (3, 3, 40, 40), dtype=torch.uint8))
+    txt = emb.embed_text(["a red circle", "a blue square"])
+    assert img.shape == (3, 32) and txt.shape == (2, 32)
+    torch.testing.assert_close(img.norm(dim=-1), torch.ones(3))
+    with pytest.raises(FileNotFoundError, match="metrics.clip_path"):
+        build_embedder(str(tmp_path / "nope"), 224)

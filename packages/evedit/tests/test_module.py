@@ -1,0 +1,75 @@
+"""fit / validate / test / predict on tiny.yaml through the CLI entry point (tiny random models, CPU)."""
+
+import math
+
+import pytest
+
+from evedit.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("evedit_run")
+
+
+def _args(root, *extra):
+    return ["--config", "tiny", "--data.data_root", str(root / "data"), "--trainer.default_root_dir", str(root),
+            "--trainer.logger", "false", "--model.output_dir", str(root / "edits"), *extra]
+
+
+def test_predict_writes_edits_then_test_scores_them(run_root):
+    main(args=["predict", *_args(run_root)])
+    edits = run_root / "edits"
+    frames = sorted((edits / "DAVIS_480p" / "clip00" / "object").glob("*.jpg"))
+    assert len(frames) == 4 and (edits / "DAVIS_480p" / "clip00" / "object" / "timing.json").is_file()
+    assert (edits / "videos" / "clip00_object.mp4").stat().st_size > 0
+    assert (edits / "videos" / "clip00_object.gif").stat().st_size > 0
+    assert (edits / "strips" / "clip00_object.png").stat().st_size > 0
+    assert (edits / "edits_rank0.csv").read_text().count("\n") == 3  # header + 2 edits
+    cli = main(args=["test", *_args(run_root)])  # re-uses the edits written by predict
+    m = cli.trainer.callback_metrics
+    for key in ("test/clip_text", "test/clip_frame", "test/clip_frame_consec", "test/frame_acc", "test/depth_err",
+                "test/time_s", "test/update_s"):
+        assert key in m and math.isfinite(float(m[key])), key
+    assert -1.0 <= float(m["test/clip_frame"]) <= 1.0
+    assert "clip_text" in (edits / "metrics_test_rank0.csv").read_text()
+
+
+def test_fit_and_validate_run_without_training(tmp_path):
+    cli = main(args=["fit", *_args(tmp_path), "--trainer.max_epochs", "1"])
+    before = {k: v.clone() for k, v in cli.model.state_dict().items()}
+    assert "val/clip_text" in cli.trainer.callback_metrics
+    assert cli.trainer.optimizers == [] or all(len(o.param_groups) == 0 for o in cli.trainer.optimizers)
+    after = cli.model.state_dict()
+    assert all((before[k] == after[k]).all() for k in before)  # EVE optimises latents, never weights
+    cli = main(args=["validate", *_args(tmp_path), "--model.reuse_edits", "false", "--data.max_items", "1"])
+    update_loss = float(cli.trainer.callback_metrics["val/update_s"])
+    assert update_loss >= 0.0
+
+
+def test_missing_weights_name_the_key(tmp_path):
+    from evedit.models import ModelConfig, build_components
+
+    with pytest.raises(FileNotFoundError, match="model.pretrained_path"):
+        build_components(ModelConfig(pretrained_path=None))
+    with pytest.raises(FileNotFoundError, match="model.pretrained_path"):
+        build_components(ModelConfig(pretrained_path=str(tmp_path / "sd15")))
+    (tmp_path / "sd15").mkdir()
+    with pytest.raises(FileNotFoundError, match="unet/"):
+        build_components(ModelConfig(pretrained_path=str(tmp_path / "sd15")))
+    with pytest.raises(ValueError, match="model.depth_model"):
+        ModelConfig(depth_model="tiny")
+
+
+def test_edit_command_on_one_video(tmp_path):
+    from mmzoo.video import write_video
+
+    from evedit.data import synthetic_clip
+
+    write_video(tmp_path / "clip.mp4", synthetic_clip(4, 32)["frames"], fps=8.0)
+    out = main(args=["edit", str(tmp_path / "clip.mp4"), "--source", "a red circle", "--prompt", "a blue circle",
+                     "--config", "tiny", "--num-frames", "4", "--size", "32", "--device", "cpu",
+                     "--out", str(tmp_path / "out")])
+    assert out.videos[0].shape == (4, 3, 32, 32)
+    assert (tmp_path / "out" / "strips" / "clip_prompt0.png").is_file()
+    assert len(list((tmp_path / "out" / "edit" / "clip" / "prompt0").glob("*.jpg"))) == 4

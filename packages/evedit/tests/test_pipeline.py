@@ -1,0 +1,230 @@
+"""Unit checks of spec §8d on the tiny random models."""
+
+import pytest
+import torch
+from diffusers import DDIMScheduler
+
+from evedit.models import (
+    DepthConfig,
+    EditConfig,
+    ModelConfig,
+    TCCConfig,
+    build_components,
+    build_tiny_variant,
+    set_cross_frame_attention,
+)
+from evedit.pipeline import DepthCondition, EVEPipeline, ddim_step
+
+F_, S = 3, 16  # frames, frame size (latents 8×8)
+
+
+def tiny_edit(**tcc) -> EditConfig:
+    return EditConfig(num_inference_steps=4, depth=DepthConfig(estimator_size=32), tcc=TCCConfig(**tcc))
+
+
+def _frames(seed=0):
+    from evedit.data import synthetic_clip
+
+    return synthetic_clip(F_, S, seed=seed)["frames"]
+
+
+def _inputs(pipe, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    z = torch.randn(F_, 4, S // 2, S // 2, generator=g)
+    emb_c, emb_u = pipe.encode_prompt(["a blue circle", ""]).chunk(2)
+    depth = torch.rand(F_, S, S, generator=g)
+    cond = pipe.encode_depth(depth, tiny_edit())
+    return z, emb_c, emb_u, cond
+
+
+def test_ddim_step_equals_scheduler_and_gradient_matches_finite_differences(tiny_pipe):
+    s = DDIMScheduler.from_config(tiny_pipe.scheduler.config)
+    s.set_timesteps(10)
+    tiny_pipe.scheduler.set_timesteps(10)
+    z, eps = torch.randn(2, 4, 4, 4), torch.randn(2, 4, 4, 4)
+    t = s.timesteps[3]
+    out = s.step(eps, t, z)
+    a_t, a_prev = tiny_pipe.alphas(t)
+    x0, z_prev = ddim_step(z, eps, a_t, a_prev)
+    torch.testing.assert_close(x0, out.pred_original_sample)
+    torch.testing.assert_close(z_prev, out.prev_sample)
+    # gradient of <x̂_0(z), v> w.r.t. z through the tiny UNet, against central differences (float64)
+    unet = build_components(ModelConfig(backbone="tiny", depth_model="precomputed")).unet.double()
+    emb = torch.randn(1, 16, 32, dtype=torch.float64)
+    z = torch.randn(1, 4, 4, 4, dtype=torch.float64, requires_grad=True)
+    v, d = torch.randn_like(z), torch.randn_like(z)
+
+    def f(x):
+        return (ddim_step(x, unet(x, t, encoder_hidden_states=emb).sample, a_t.double(), a_prev.double())[0] * v).sum()
+
+    (g,) = torch.autograd.grad(f(z), z)
+    h = 1e-5
+    with torch.no_grad():
+        fd = (f(z + h * d) - f(z - h * d)) / (2 * h)
+    assert (g * d).sum().item() == pytest.approx(fd.item(), rel=1e-5)
+
+
+def test_zero_depth_scale_reproduces_plain_unet_and_residual_lists_are_rebuilt(tiny_pipe):
+    z, emb_c, _, cond = _inputs(tiny_pipe)
+    t = torch.tensor(500)
+    emb = emb_c.expand(F_, -1, -1)
+    with torch.no_grad():
+        plain = tiny_pipe.denoise(z, t, emb, None)
+        zero = DepthCondition([c * 0.0 for c in cond.tensors], 0.0)
+        assert torch.equal(tiny_pipe.denoise(z, t, emb, zero), plain)  # bit for bit
+        d1 = tiny_pipe.denoise(z, t, emb, cond)
+        d2 = tiny_pipe.denoise(z, t, emb, cond)  # the depth branch twice
+        p2 = tiny_pipe.denoise(z, t, emb, None)  # then the text branch
+    assert torch.equal(d1, d2) and torch.equal(plain, p2)
+    assert not torch.allclose(d1, plain)  # the depth features do change the prediction
+    assert len(cond.tensors) == 2  # the UNet popped copies, not our list
+
+
+def test_update_step_zero_keeps_latent_and_never_touches_parameters(tiny_pipe):
+    z, emb_c, emb_u, cond = _inputs(tiny_pipe)
+    tiny_pipe.scheduler.set_timesteps(4)
+    t = tiny_pipe.scheduler.timesteps[0]
+    before = [p.detach().clone() for p in tiny_pipe.unet.parameters()]
+    z_same, _ = tiny_pipe.update_latents(z, t, emb_c, emb_u, cond, z * 0.5, tiny_edit(step=0.0))
+    assert torch.equal(z_same, z)
+    z_new, terms = tiny_pipe.update_latents(z, t, emb_c, emb_u, cond, z * 0.5, tiny_edit())
+    assert not torch.equal(z_new, z) and terms["loss"] > 0
+    assert all(torch.equal(a, b) for a, b in zip(before, tiny_pipe.unet.parameters(), strict=True))
+    assert all(p.grad is None for p in tiny_pipe.unet.parameters())
+
+
+def test_update_loss_falls_when_repeated(tiny_pipe):
+    z, emb_c, emb_u, cond = _inputs(tiny_pipe, seed=1)
+    tiny_pipe.scheduler.set_timesteps(4)
+    t = tiny_pipe.scheduler.timesteps[0]
+    ref = torch.randn_like(z)
+    losses = []
+    for _ in range(4):
+        z, terms = tiny_pipe.update_latents(z, t, emb_c, emb_u, cond, ref, tiny_edit(step=0.05))
+        losses.append(terms["loss"])
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+
+
+def test_agreement_vanishes_without_depth_and_chunked_gradient_equals_whole(tiny_pipe):
+    z, emb_c, emb_u, cond = _inputs(tiny_pipe)
+    tiny_pipe.scheduler.set_timesteps(4)
+    t = tiny_pipe.scheduler.timesteps[1]
+    zero = DepthCondition([c * 0.0 for c in cond.tensors], 0.0)
+    _, terms = tiny_pipe.update_latents(z, t, emb_c, emb_u, zero, None, tiny_edit())
+    assert terms["agr"] == 0.0
+    whole, tw = tiny_pipe.update_latents(z, t, emb_c, emb_u, cond, z, tiny_edit())
+    chunked, tc = tiny_pipe.update_latents(z, t, emb_c, emb_u, cond, z, tiny_edit(frame_chunk=2))
+    torch.testing.assert_close(chunked, whole, rtol=1e-4, atol=1e-5)
+    assert tc["loss"] == pytest.approx(tw["loss"], rel=1e-4)
+
+
+def test_inversion_then_denoising_reconstructs_source():
+    cfg = ModelConfig(backbone="tiny", depth_model="precomputed", tiny_pixel_space=True)
+    pipe = EVEPipeline.from_components(build_components(cfg)).to(torch.float64)
+    pipe.set_progress_bar_config(disable=True)
+    with torch.no_grad():  # a random UNet is far from smooth in z; damp it so that ε(z_t) ≈ ε(z_{t-1}) holds
+        pipe.unet.conv_out.weight.mul_(0.02)
+        pipe.unet.conv_out.bias.mul_(0.02)
+    z0 = torch.rand(2, 3, 16, 16, dtype=torch.float64) * 2 - 1
+    emb = pipe.encode_prompt(["a red circle"]).double()
+    steps = 25
+    traj = pipe.invert(z0, emb, None, steps)
+    pipe.scheduler.set_timesteps(steps)
+    z = traj[-1][0]
+    with torch.no_grad():
+        for t in pipe.scheduler.timesteps:
+            z = pipe.scheduler.step(pipe.predict_noise(z, t, emb, None, None, 1.0), t, z).prev_sample
+    err = (z - z0).abs().mean().item()
+    assert err < 0.02 * z0.abs().mean().item()
+    assert (traj[-1][0] - z0).abs().mean().item() > 0.3  # Z_T really is far from Z_0
+
+
+def test_edit_runs_end_to_end_with_every_init_and_temporal_reference(tiny_pipe):
+    frames = _frames()
+    out = tiny_pipe(frames, "a red circle", ["a blue circle", "a green circle"], config=tiny_edit())
+    assert len(out.videos) == 2 and out.videos[0].shape == frames.shape and out.videos[0].dtype == torch.uint8
+    assert out.depth.shape == (F_, S, S) and 0.0 <= out.depth.min() and out.depth.max() <= 1.0
+    assert {"depth_s", "inversion_s", "denoise_s", "update_s", "decode_s", "total_s"} <= set(out.timings[0])
+    assert len(out.losses[0]) == 2  # update on the first half of 4 steps, 1 iteration
+    for cfg in (EditConfig(num_inference_steps=2, init="sdedit", strength=0.5),
+                EditConfig(num_inference_steps=2, init="noise", init_shared_noise=False, tcc=TCCConfig(iters=0)),
+                EditConfig(num_inference_steps=2, tcc=TCCConfig(temporal_ref="inversion", latent_smooth=0.5,
+                                                                attention="sparse_causal"))):
+        cfg.depth.estimator_size = 32
+        out = tiny_pipe(frames, "a red circle", "a blue circle", config=cfg, generator=torch.Generator().manual_seed(0))
+        assert out.videos[0].shape == frames.shape
+    # cross-frame processors are removed after the call
+    assert all(type(p).__name__ != "CrossFrameAttnProcessor" for p in tiny_pipe.unet.attn_processors.values())
+
+
+@pytest.mark.parametrize("mode", ["first", "sparse_causal", "full"])
+def test_cross_frame_attention_identical_frames_and_no_mixing_of_halves(tiny_pipe, mode):
+    unet = tiny_pipe.unet
+    g = torch.Generator().manual_seed(0)
+    frame = torch.randn(1, 4, 8, 8, generator=g)
+    z = torch.cat([frame.expand(3, -1, -1, -1), torch.randn(3, 4, 8, 8, generator=g)])  # two halves of 3 frames
+    emb = torch.randn(2, 16, 32, generator=g).repeat_interleave(3, dim=0)  # one prompt per half
+    t = torch.tensor(10)
+    with torch.no_grad():
+        set_cross_frame_attention(unet, 3, "none")
+        stock = unet(z, t, encoder_hidden_states=emb).sample
+        set_cross_frame_attention(unet, 3, mode)
+        cross = unet(z, t, encoder_hidden_states=emb).sample
+        half = unet(z[:3], t, encoder_hidden_states=emb[:3]).sample  # first half alone
+        set_cross_frame_attention(unet, 3, "none")
+    # identical frames: attending to copies of the same keys gives the stock output
+    torch.testing.assert_close(cross[:3], stock[:3], rtol=1e-4, atol=1e-5)
+    # the first half is unaffected by the second (no mixing of CFG halves)
+    torch.testing.assert_close(cross[:3], half, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("backbone", ["controlnet_depth", "sd2_depth"])
+def test_alternative_backbones_edit(backbone):
+    comps = build_tiny_variant(ModelConfig(backbone="tiny", depth_model="precomputed"), backbone)
+    pipe = EVEPipeline.from_components(comps)
+    pipe.set_progress_bar_config(disable=True)
+    frames = _frames()
+    depth = torch.rand(F_, S, S)
+    out = pipe(frames, "a red circle", "a blue circle", depth=depth, config=EditConfig(num_inference_steps=2))
+    assert out.videos[0].shape == frames.shape and len(out.losses[0]) == 1
+
+
+def test_check_inputs_errors(tiny_pipe):
+    frames = _frames()
+    with pytest.raises(ValueError, match="uint8"):
+        tiny_pipe(frames.float(), "a", "b", config=tiny_edit())
+    with pytest.raises(ValueError, match="multiples"):
+        tiny_pipe(frames[..., :15, :15], "a", "b", config=tiny_edit())
+    with pytest.raises(ValueError, match="target_prompts"):
+        tiny_pipe(frames, "a", [], config=tiny_edit())
+    with pytest.raises(ValueError, match="depth"):
+        tiny_pipe(frames, "a", "b", depth=torch.rand(2, S, S), config=tiny_edit())
+    with pytest.raises(ValueError, match="empty"):
+        tiny_pipe(frames[:0], "a", "b", config=tiny_edit())
+
+
+def test_without_update_per_frame_noise_equals_diffusers_adapter_pipeline(tiny_pipe):
+    from diffusers import StableDiffusionAdapterPipeline
+    from diffusers.utils.torch_utils import randn_tensor
+
+    frames = _frames(seed=2)
+    raw = torch.rand(F_, S, S, generator=torch.Generator().manual_seed(3))
+    cfg = EditConfig(num_inference_steps=3, init="noise", init_shared_noise=False, tcc=TCCConfig(iters=0),
+                     depth=DepthConfig(norm="frame"))
+    ours = tiny_pipe(frames, "a red circle", "a blue circle", depth=raw, config=cfg,
+                     generator=torch.Generator().manual_seed(0)).videos[0]
+    ref_pipe = StableDiffusionAdapterPipeline(
+        vae=tiny_pipe.vae, text_encoder=tiny_pipe.text_encoder, tokenizer=tiny_pipe.tokenizer, unet=tiny_pipe.unet,
+        adapter=tiny_pipe.depth_encoder, scheduler=tiny_pipe.scheduler, safety_checker=None, feature_extractor=None,
+        requires_safety_checker=False)
+    ref_pipe.set_progress_bar_config(disable=True)
+    depth01 = tiny_pipe.prepare_depth(frames, raw, cfg)[:, None].expand(-1, 3, -1, -1)
+    emb_c, emb_u = tiny_pipe.encode_prompt(["a blue circle", ""]).chunk(2)
+    latents = randn_tensor((F_, 4, S // 2, S // 2), generator=torch.Generator().manual_seed(0))
+    ref = ref_pipe(image=depth01, prompt_embeds=emb_c.expand(F_, -1, -1), negative_prompt_embeds=emb_u.expand(F_, -1, -1),
+                   height=S, width=S, num_inference_steps=3, guidance_scale=cfg.guidance_scale, latents=latents,
+                   output_type="pt").images
+    ref = torch.as_tensor(ref)
+    ref = ref.permute(0, 3, 1, 2) if ref.shape[-1] == 3 else ref  # (F, 3, S, S) in [0, 1]
+    assert (ours.float() - ref * 255).abs().max().item() <= 1.0
