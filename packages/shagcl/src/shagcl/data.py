@@ -1,0 +1,592 @@
+"""Readers of the official VG150 and GQA200 scene-graph formats (spec §4), feature sources (§3.2.4), relation
+pair sampling (§3.7), training statistics (§3.5, §3.6.4), collate, and the LightningDataModule.
+
+Each reader parses its annotation files into per-image records (boxes xyxy in pixels, labels, relations with
+local indices and predicates in frequency order). The shared :class:`SceneGraphDataset` base turns a record
+into a training/evaluation sample: object features, sampled relation pairs and their union features.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from mmzoo.features import H5Features
+from torch.utils.data import DataLoader, Dataset
+
+from shagcl.gcl import VG150_PREDICATE_REMAP, VG150_PREDICATES_FREQ_ORDER
+from shagcl.models import box_iou
+
+__all__ = [
+    "SceneRecord",
+    "SyntheticFeaturesConfig",
+    "SceneGraphDataset",
+    "VG150Dataset",
+    "GQA200Dataset",
+    "TrainStatistics",
+    "compute_statistics",
+    "collate_scene_graphs",
+    "SGGDataModule",
+    "VG_CORRUPTED_IMAGE_IDS",
+]
+
+log = logging.getLogger(__name__)
+SEE_README = "see README, Data preparation"
+VG_CORRUPTED_IMAGE_IDS = (1592, 1722, 4616, 4617)
+
+
+@dataclass
+class SceneRecord:
+    """One annotated image: boxes (N, 4) xyxy pixels, labels (N,) 1-based, rels (G, 3) = (sub, obj, predicate)."""
+
+    image_id: str
+    filename: str
+    width: int
+    height: int
+    boxes: np.ndarray
+    labels: np.ndarray
+    rels: np.ndarray
+
+
+@dataclass
+class SyntheticFeaturesConfig:
+    """Synthetic features for tests/demos (§8a): r_i = class vector + noise, u_so = predicate vector + noise."""
+
+    feature_dim: int = 64
+    """P of the synthetic features (must equal model.config.feature_dim)."""
+    noise: float = 1.0
+    """Std of the Gaussian noise added to the class/predicate vectors."""
+    det_logit_scale: float = 3.0
+    """Synthetic detector logits = scale · onehot(label) + N(0, 1) (SGCls/SGDet)."""
+    box_jitter: float = 0.05
+    """SGDet: detections are GT boxes jittered by this fraction of their size."""
+    seed: int = 0
+    """Seed of the class/predicate vectors (noise is seeded per image index)."""
+
+
+class SceneGraphDataset(Dataset):
+    """Base of the format readers: features + pair sampling for one split.
+
+    Item dict: image_id str; image_size (2,) = (W, H); boxes (N, 4) the boxes the model sees (GT boxes, or
+    detections in SGDet); labels (N,) their object targets (GT labels; SGDet: matched GT label or 0);
+    det_logits (N, C_obj) or None; obj_feats (N, P); pair_idx (M, 2) local; pair_labels (M,) (0 = background);
+    union_feats (M, P); gt_boxes (G_obj, 4); gt_labels (G_obj,); gt_rels (G, 3).
+    Training samples ≤ ``max_fg_pairs`` labelled pairs plus background pairs up to ``max_pairs`` (§3.7);
+    evaluation uses all ordered pairs s ≠ o.
+    """
+
+    records: list[SceneRecord]
+    object_classes: list[str]
+    predicate_classes: list[str]
+
+    def _init_features(self, split: str, protocol: str, feature_source: str, feature_cache: str | None,
+                       synthetic: SyntheticFeaturesConfig, max_pairs: int, max_fg_pairs: int,
+                       filter_duplicate_rels: bool, samples_per_gt_rel: int) -> None:
+        self.split, self.protocol, self.feature_source = split, protocol, feature_source
+        self.train = split == "train"
+        self.max_pairs, self.max_fg_pairs = max_pairs, max_fg_pairs
+        self.filter_duplicate_rels, self.samples_per_gt_rel = filter_duplicate_rels, samples_per_gt_rel
+        self.synthetic = synthetic
+        self.epoch_seed = 0
+        if feature_source == "synthetic":
+            g = torch.Generator().manual_seed(synthetic.seed)
+            self.class_vectors = torch.randn(len(self.object_classes), synthetic.feature_dim, generator=g)
+            self.predicate_vectors = torch.randn(len(self.predicate_classes), synthetic.feature_dim, generator=g)
+        elif feature_source == "cached":
+            if not feature_cache or not Path(feature_cache).is_file():
+                raise FileNotFoundError(
+                    f"data.feature_cache={feature_cache!r}: no feature cache; write one with `shagcl extract` "
+                    f"({SEE_README})")
+            self.cache = {key: H5Features(feature_cache, dataset_key=key)
+                          for key in ("boxes", "obj_feats", "det_logits", "union_feats")}
+        else:
+            raise ValueError(f"data.feature_source={feature_source!r}: expected synthetic|cached")
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    # ---------------------------------------------------------------- features
+    def _synthetic_objects(self, rec: SceneRecord, g: torch.Generator):
+        cfg = self.synthetic
+        gt_boxes = torch.as_tensor(rec.boxes, dtype=torch.float32)
+        labels = torch.as_tensor(rec.labels, dtype=torch.long)
+        boxes = gt_boxes
+        if self.protocol == "sgdet":  # detections = jittered GT boxes
+            wh = (gt_boxes[:, 2:] - gt_boxes[:, :2]).repeat(1, 2)
+            boxes = (gt_boxes + cfg.box_jitter * wh * torch.randn(gt_boxes.shape, generator=g)).clamp_min(0)
+        feats = self.class_vectors[labels] + cfg.noise * torch.randn(len(labels), cfg.feature_dim, generator=g)
+        logits = None
+        if self.protocol != "predcls":
+            logits = torch.randn(len(labels), len(self.object_classes), generator=g)
+            logits[torch.arange(len(labels)), labels] += cfg.det_logit_scale
+        return boxes, feats, logits
+
+    def _synthetic_union(self, pair_labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        noise = torch.randn(len(pair_labels), self.synthetic.feature_dim, generator=g)
+        return self.predicate_vectors[pair_labels] + self.synthetic.noise * noise  # (M, P)
+
+    # ---------------------------------------------------------------- pairs
+    def _relation_map(self, rels: np.ndarray, n: int, g: torch.Generator) -> torch.Tensor:
+        """(N, N) label of every ordered pair; duplicate predicates on one pair: one chosen at random (training)."""
+        rel_map = torch.zeros(n, n, dtype=torch.long)
+        order = torch.randperm(len(rels), generator=g) if self.train and self.filter_duplicate_rels else \
+            torch.arange(len(rels))
+        for s, o, p in rels[order.numpy()]:
+            rel_map[s, o] = int(p)
+        return rel_map
+
+    def _sample_pairs(self, rel_map: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        n = rel_map.shape[0]
+        all_pairs = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"), -1).reshape(-1, 2)
+        all_pairs = all_pairs[all_pairs[:, 0] != all_pairs[:, 1]]  # (N(N-1), 2) ordered s != o
+        labels = rel_map[all_pairs[:, 0], all_pairs[:, 1]]
+        if not self.train:
+            return all_pairs, labels
+        fg = (labels > 0).nonzero().squeeze(1)
+        fg = fg[torch.randperm(len(fg), generator=g)[: self.max_fg_pairs]]
+        bg = (labels == 0).nonzero().squeeze(1)
+        bg = bg[torch.randperm(len(bg), generator=g)[: max(self.max_pairs - len(fg), 0)]]
+        keep = torch.cat([fg, bg])
+        return all_pairs[keep], labels[keep]
+
+    def _sgdet_targets(self, boxes, det_labels, gt_boxes, gt_labels, rels, g):
+        """SGDet training targets (§3.7): detections matched to GT (same label, IoU > 0.5); per GT relation at
+        most ``samples_per_gt_rel`` matched (head, tail) pairs drawn ∝ IoU(head)·IoU(tail); ≤ max_fg_pairs
+        foreground; background = other ordered pairs up to max_pairs. Returns object targets, pairs, labels."""
+        iou = box_iou(boxes, gt_boxes)  # (N, G_obj)
+        ok = (iou > 0.5) & (det_labels[:, None] == gt_labels[None, :])
+        iou_ok = torch.where(ok, iou, torch.zeros_like(iou))
+        best_iou, best_gt = iou.max(1) if iou.numel() else (torch.zeros(len(boxes)), torch.zeros(len(boxes)).long())
+        obj_targets = torch.where(best_iou >= 0.5, gt_labels[best_gt], torch.zeros_like(det_labels))
+        n = len(boxes)
+        rel_map = torch.zeros(n, n, dtype=torch.long)
+        fg_pairs, fg_labels = [], []
+        for s, o, p in rels:
+            heads, tails = iou_ok[:, s], iou_ok[:, o]
+            score = heads[:, None] * tails[None, :]  # (N, N)
+            score.fill_diagonal_(0)
+            cand = score.flatten().nonzero().squeeze(1)
+            if len(cand) == 0:
+                continue
+            if len(cand) > self.samples_per_gt_rel:
+                cand = cand[torch.multinomial(score.flatten()[cand], self.samples_per_gt_rel, generator=g)]
+            for c in cand.tolist():
+                i, j = divmod(c, n)
+                fg_pairs.append((i, j))
+                fg_labels.append(int(p))
+                rel_map[i, j] = int(p)
+        fg_t = torch.tensor(fg_pairs, dtype=torch.long).reshape(-1, 2)
+        lab_t = torch.tensor(fg_labels, dtype=torch.long)
+        sel = torch.randperm(len(fg_t), generator=g)[: self.max_fg_pairs]
+        fg_t, lab_t = fg_t[sel], lab_t[sel]
+        all_pairs = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"), -1).reshape(-1, 2)
+        all_pairs = all_pairs[(all_pairs[:, 0] != all_pairs[:, 1]) & (rel_map.flatten()[
+            all_pairs[:, 0] * n + all_pairs[:, 1]] == 0)]
+        bg = all_pairs[torch.randperm(len(all_pairs), generator=g)[: max(self.max_pairs - len(fg_t), 0)]]
+        pairs = torch.cat([fg_t, bg])
+        labels = torch.cat([lab_t, torch.zeros(len(bg), dtype=torch.long)])
+        return obj_targets, pairs, labels
+
+    def __getitem__(self, index: int) -> dict:
+        rec = self.records[index]
+        seed = index + (self.epoch_seed * 1_000_003 if self.train else 0)
+        g = torch.Generator().manual_seed(seed)
+        gt_boxes = torch.as_tensor(rec.boxes, dtype=torch.float32)
+        gt_labels = torch.as_tensor(rec.labels, dtype=torch.long)
+        gt_rels = torch.as_tensor(rec.rels, dtype=torch.long).reshape(-1, 3)
+        if self.feature_source == "synthetic":
+            boxes, obj_feats, det_logits = self._synthetic_objects(rec, g)
+        else:
+            boxes = self.cache["boxes"][rec.image_id].float()
+            obj_feats = self.cache["obj_feats"][rec.image_id].float()
+            det_logits = self.cache["det_logits"][rec.image_id].float() if self.protocol != "predcls" else None
+            if self.protocol != "sgdet" and len(boxes) != len(gt_boxes):
+                raise ValueError(f"feature cache: image {rec.image_id} has {len(boxes)} boxes, the annotations "
+                                 f"{len(gt_boxes)}; re-extract with --protocol {self.protocol}")
+        n = len(boxes)
+        if self.protocol == "sgdet" and self.train:
+            det_labels = det_logits[:, 1:].argmax(-1) + 1
+            labels, pairs, pair_labels = self._sgdet_targets(boxes, det_labels, gt_boxes, gt_labels, rec.rels, g)
+        elif self.protocol == "sgdet":
+            labels = torch.zeros(n, dtype=torch.long)
+            pairs, pair_labels = self._sample_pairs(torch.zeros(n, n, dtype=torch.long), g)
+        else:
+            labels = gt_labels
+            pairs, pair_labels = self._sample_pairs(self._relation_map(rec.rels, n, g), g)
+        if self.feature_source == "synthetic":
+            union = self._synthetic_union(pair_labels if self.protocol != "sgdet" or self.train else
+                                          self._sgdet_eval_labels(boxes, gt_boxes, gt_rels, pairs), g)
+        else:
+            all_union = self.cache["union_feats"][rec.image_id].float()  # (N(N-1), P), row-major s != o
+            row = pairs[:, 0] * (n - 1) + pairs[:, 1] - (pairs[:, 1] > pairs[:, 0]).long()
+            union = all_union[row]
+        return {"image_id": rec.image_id, "image_size": torch.tensor([rec.width, rec.height], dtype=torch.float32),
+                "boxes": boxes, "labels": labels, "det_logits": det_logits, "obj_feats": obj_feats,
+                "pair_idx": pairs, "pair_labels": pair_labels, "union_feats": union, "gt_boxes": gt_boxes,
+                "gt_labels": gt_labels, "gt_rels": gt_rels, "filename": rec.filename}
+
+    def _sgdet_eval_labels(self, boxes, gt_boxes, gt_rels, pairs) -> torch.Tensor:
+        """Synthetic union features at SGDet test time: the predicate of the GT pair each detection pair overlaps."""
+        best = box_iou(boxes, gt_boxes).argmax(1)  # detections are jittered GT boxes
+        rel_map = torch.zeros(len(gt_boxes), len(gt_boxes), dtype=torch.long)
+        for s, o, p in gt_rels.tolist():
+            rel_map[s, o] = p
+        return rel_map[best[pairs[:, 0]], best[pairs[:, 1]]]
+
+
+def _require(path: Path, what: str) -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"data.data_root: missing {str(path)!r} ({what}); {SEE_README}")
+    return path
+
+
+class VG150Dataset(SceneGraphDataset):
+    """Visual Genome VG150 in the Scene-Graph-Benchmark format (spec §4.1), under ``<data_root>/vg/``.
+
+    Files: ``VG-SGG-with-attri.h5`` (split, img_to_first/last_box/rel, labels, boxes_<box_scale>, relationships,
+    predicates), ``VG-SGG-dicts-with-attri.json``, ``image_data.json``. Splits: test = split 2; the first
+    ``num_val_images`` of split 0 are ``val``, the rest ``train``; images without boxes or relations are dropped.
+    Boxes cxcywh at the 1024 scale -> xyxy pixels; relation rows -> local indices; predicates re-indexed to
+    frequency order (``predicate_order=frequency``, §4.3) or kept (``file``).
+    """
+
+    H5_KEYS = ("split", "img_to_first_box", "img_to_last_box", "img_to_first_rel", "img_to_last_rel", "labels",
+               "relationships", "predicates")
+    DICT_KEYS = ("label_to_idx", "idx_to_label", "predicate_to_idx", "idx_to_predicate")
+
+    def __init__(self, data_root: str | Path, split: Literal["train", "val", "test"], protocol: str = "predcls",
+                 feature_source: str = "synthetic", feature_cache: str | None = None,
+                 synthetic: SyntheticFeaturesConfig | None = None, num_val_images: int = 5000,
+                 predicate_order: Literal["frequency", "file"] = "frequency", box_scale: int = 1024,
+                 max_pairs: int = 1024, max_fg_pairs: int = 256, filter_duplicate_rels: bool = True,
+                 samples_per_gt_rel: int = 4, max_images: int | None = None) -> None:
+        import h5py
+
+        root = Path(data_root) / "vg"
+        h5_path = _require(root / "VG-SGG-with-attri.h5", "VG150 annotations")
+        dicts_path = _require(root / "VG-SGG-dicts-with-attri.json", "VG150 vocabularies")
+        info_path = _require(root / "image_data.json", "VG image metadata")
+        dicts = json.loads(dicts_path.read_text())
+        for key in self.DICT_KEYS:
+            if key not in dicts:
+                raise KeyError(f"{dicts_path}: missing key {key!r}; {SEE_README}")
+        self.object_classes = ["__background__"] + sorted(dicts["label_to_idx"], key=dicts["label_to_idx"].get)
+        file_predicates = ["__background__"] + sorted(dicts["predicate_to_idx"], key=dicts["predicate_to_idx"].get)
+        if predicate_order == "frequency":
+            if len(file_predicates) != 51:
+                raise ValueError(f"data.predicate_order=frequency applies the official VG150 re-indexing and needs "
+                                 f"50 predicates; {dicts_path} has {len(file_predicates) - 1} (use 'file')")
+            remap = np.array(VG150_PREDICATE_REMAP)
+            self.predicate_classes = list(VG150_PREDICATES_FREQ_ORDER)
+        else:
+            remap = np.arange(len(file_predicates))
+            self.predicate_classes = file_predicates
+        image_data = [d for d in json.loads(info_path.read_text()) if d["image_id"] not in VG_CORRUPTED_IMAGE_IDS]
+        boxes_key = f"boxes_{box_scale}"
+        with h5py.File(h5_path, "r") as f:
+            for key in (*self.H5_KEYS, boxes_key):
+                if key not in f:
+                    raise KeyError(f"{h5_path}: missing dataset {key!r}; {SEE_README}")
+            arr = {key: f[key][:] for key in (*self.H5_KEYS, boxes_key)}
+        if len(image_data) != len(arr["split"]):
+            raise ValueError(f"{info_path} lists {len(image_data)} images (after dropping the 4 corrupted ones) but "
+                             f"{h5_path} has {len(arr['split'])}; the two files must come from the same release")
+        want = 2 if split == "test" else 0
+        keep = np.nonzero((arr["split"] == want) & (arr["img_to_first_box"] >= 0) & (arr["img_to_first_rel"] >= 0))[0]
+        if split == "val":
+            keep = keep[:num_val_images]
+        elif split == "train":
+            keep = keep[num_val_images:]
+        if max_images is not None:
+            keep = keep[:max_images]
+        self.records = []
+        for i in keep:
+            info = image_data[i]
+            b0, b1 = arr["img_to_first_box"][i], arr["img_to_last_box"][i]
+            r0, r1 = arr["img_to_first_rel"][i], arr["img_to_last_rel"][i]
+            cxcywh = arr[boxes_key][b0 : b1 + 1].astype(np.float64)
+            xyxy = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1)
+            xyxy = xyxy * max(info["width"], info["height"]) / box_scale
+            pairs = arr["relationships"][r0 : r1 + 1] - b0
+            preds = remap[arr["predicates"][r0 : r1 + 1, 0]]
+            rels = np.concatenate([pairs, preds[:, None]], 1).astype(np.int64)
+            self.records.append(SceneRecord(str(info["image_id"]), f"VG_100K/{info['image_id']}.jpg", info["width"],
+                                            info["height"], xyxy.astype(np.float32),
+                                            arr["labels"][b0 : b1 + 1, 0].astype(np.int64), rels))
+        self._init_features(split, protocol, feature_source, feature_cache, synthetic or SyntheticFeaturesConfig(),
+                            max_pairs, max_fg_pairs, filter_duplicate_rels, samples_per_gt_rel)
+
+
+class GQA200Dataset(SceneGraphDataset):
+    """GQA200 (the authors' split, spec §4.2), under ``<data_root>/gqa/``: ``GQA_200_ID_Info.json``,
+    ``GQA_200_Train.json``, ``GQA_200_Test.json``. Boxes are xyxy pixels as stored; relations local.
+
+    Images without objects or relations are dropped; val/test skip the ``skip_test_entry``-th entry (1-based,
+    counted before filtering; 5,580 officially); ``val`` = the first ``num_val_images`` kept test images.
+    """
+
+    SPLIT_KEYS = ("filenames_all", "img_info_all", "gt_boxes_all", "gt_classes_all", "relationships_all")
+
+    def __init__(self, data_root: str | Path, split: Literal["train", "val", "test"], protocol: str = "predcls",
+                 feature_source: str = "synthetic", feature_cache: str | None = None,
+                 synthetic: SyntheticFeaturesConfig | None = None, num_val_images: int = 5000,
+                 skip_test_entry: int | None = 5580, max_pairs: int = 1024, max_fg_pairs: int = 256,
+                 filter_duplicate_rels: bool = True, samples_per_gt_rel: int = 4,
+                 max_images: int | None = None) -> None:
+        root = Path(data_root) / "gqa"
+        info_path = _require(root / "GQA_200_ID_Info.json", "GQA200 vocabularies")
+        split_path = _require(root / f"GQA_200_{'Train' if split == 'train' else 'Test'}.json", "GQA200 split")
+        info = json.loads(info_path.read_text())
+        for key in ("ind_to_classes", "ind_to_predicates"):
+            if key not in info:
+                raise KeyError(f"{info_path}: missing key {key!r}; {SEE_README}")
+        self.object_classes = list(info["ind_to_classes"])
+        self.predicate_classes = list(info["ind_to_predicates"])
+        data = json.loads(split_path.read_text())
+        for key in self.SPLIT_KEYS:
+            if key not in data:
+                raise KeyError(f"{split_path}: missing key {key!r}; {SEE_README}")
+        self.records = []
+        for i, (fname, meta, boxes, classes, rels) in enumerate(zip(*(data[k] for k in self.SPLIT_KEYS),
+                                                                    strict=True)):
+            if split != "train" and skip_test_entry is not None and i + 1 == skip_test_entry:
+                continue
+            if len(classes) == 0 or len(rels) == 0:
+                continue
+            self.records.append(SceneRecord(Path(fname).stem, f"images/{fname}", int(meta["width"]),
+                                            int(meta["height"]), np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                                            np.asarray(classes, dtype=np.int64),
+                                            np.asarray(rels, dtype=np.int64).reshape(-1, 3)))
+        if split == "val":
+            self.records = self.records[:num_val_images]
+        if max_images is not None:
+            self.records = self.records[:max_images]
+        self._init_features(split, protocol, feature_source, feature_cache, synthetic or SyntheticFeaturesConfig(),
+                            max_pairs, max_fg_pairs, filter_duplicate_rels, samples_per_gt_rel)
+
+
+@dataclass
+class TrainStatistics:
+    """Training-split statistics: predicate_counts (C_rel,) (index 0 = background pairs), fg_matrix
+    (C_obj, C_obj, C_rel) co-occurrence counts for the frequency bias (§3.5), triplet_counts
+    (C_obj, C_obj, C_rel) GT triplet counts (zero-shot triplets are zeros there)."""
+
+    predicate_counts: torch.Tensor
+    fg_matrix: torch.Tensor
+    triplet_counts: torch.Tensor
+    object_classes: list[str] = field(default_factory=list)
+    predicate_classes: list[str] = field(default_factory=list)
+    dataset: str = "vg150"
+
+
+def compute_statistics(records: list[SceneRecord], num_obj_classes: int, num_predicates: int, max_pairs: int = 1024,
+                       filter_non_overlap: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Predicate counts, frequency-bias matrix F and triplet counts from training records (§3.5, §3.6.4).
+
+    F[s, o, p>0] counts GT triplets (duplicates kept); F[s, o, 0] = 1 + the number of overlapping ordered box
+    pairs with classes (s, o) (all ordered pairs if an image has none overlapping). ``filter_non_overlap``
+    drops relations between non-overlapping boxes from F (the VG side effect of the official code).
+    Reconstruction: the background count (predicate_counts[0]) is the number of background pairs the sampler
+    draws per epoch, Σ_img min(N(N−1) − #fg pairs, max_pairs − #fg pairs).
+    """
+    fg = np.zeros((num_obj_classes, num_obj_classes, num_predicates), dtype=np.int64)
+    trip = np.zeros_like(fg)
+    counts = np.zeros(num_predicates, dtype=np.int64)
+    for rec in records:
+        labels, rels = rec.labels, rec.rels
+        n = len(labels)
+        iou_inter = _overlap(rec.boxes)
+        np.add.at(trip, (labels[rels[:, 0]], labels[rels[:, 1]], rels[:, 2]), 1)
+        r = rels
+        if filter_non_overlap:
+            r = rels[iou_inter[rels[:, 0], rels[:, 1]]]
+        np.add.at(fg, (labels[r[:, 0]], labels[r[:, 1]], r[:, 2]), 1)
+        np.add.at(counts, rels[:, 2], 1)
+        offdiag = ~np.eye(n, dtype=bool)
+        pairs = np.argwhere(iou_inter & offdiag)
+        if len(pairs) == 0:
+            pairs = np.argwhere(offdiag)
+        np.add.at(fg, (labels[pairs[:, 0]], labels[pairs[:, 1]], 0), 1)
+        n_fg = len({(int(s), int(o)) for s, o, _ in rels})
+        counts[0] += max(min(n * (n - 1) - n_fg, max_pairs - n_fg), 0)
+    fg[:, :, 0] += 1
+    return torch.from_numpy(counts), torch.from_numpy(fg), torch.from_numpy(trip)
+
+
+def _overlap(boxes: np.ndarray) -> np.ndarray:
+    """(N, N) bool: boxes intersect (positive '+1' intersection area)."""
+    b = torch.as_tensor(boxes, dtype=torch.float32)
+    return (box_iou(b, b) > 0).numpy()
+
+
+def collate_scene_graphs(items: list[dict]) -> dict:
+    """Concatenate per-image items: objects (N = Σ N_i) and pairs (M = Σ M_i), pair_idx made global.
+
+    Adds num_objs, num_pairs, obj_image_sizes (N, 2), pair_image_sizes (M, 2), image_sizes (B, 2), and keeps
+    per-image lists local_pair_idx, gt_boxes, gt_labels, gt_rels, image_ids, filenames.
+    """
+    if not items:
+        raise ValueError("collate_scene_graphs: empty batch")
+    num_objs = [len(it["boxes"]) for it in items]
+    num_pairs = [len(it["pair_idx"]) for it in items]
+    offsets = np.cumsum([0, *num_objs[:-1]])
+    has_logits = items[0]["det_logits"] is not None
+    sizes = torch.stack([it["image_size"] for it in items])  # (B, 2)
+    return {
+        "image_ids": [it["image_id"] for it in items],
+        "filenames": [it["filename"] for it in items],
+        "image_sizes": sizes,
+        "num_objs": num_objs,
+        "num_pairs": num_pairs,
+        "boxes": torch.cat([it["boxes"] for it in items]),
+        "labels": torch.cat([it["labels"] for it in items]),
+        "det_logits": torch.cat([it["det_logits"] for it in items]) if has_logits else None,
+        "obj_feats": torch.cat([it["obj_feats"] for it in items]),
+        "obj_image_sizes": sizes.repeat_interleave(torch.tensor(num_objs), 0),
+        "pair_idx": torch.cat([it["pair_idx"] + int(off) for it, off in zip(items, offsets, strict=True)]),
+        "local_pair_idx": [it["pair_idx"] for it in items],
+        "pair_labels": torch.cat([it["pair_labels"] for it in items]),
+        "union_feats": torch.cat([it["union_feats"] for it in items]),
+        "pair_image_sizes": sizes.repeat_interleave(torch.tensor(num_pairs), 0),
+        "gt_boxes": [it["gt_boxes"] for it in items],
+        "gt_labels": [it["gt_labels"] for it in items],
+        "gt_rels": [it["gt_rels"] for it in items],
+    }
+
+
+class SGGDataModule(pl.LightningDataModule):
+    """VG150 / GQA200 scene graphs with synthetic or cached features.
+
+    Args:
+        dataset: vg150 | gqa200 (reader chosen by a plain branch).
+        data_root: folder holding ``vg/`` or ``gqa/`` (spec §4).
+        protocol: predcls | sgcls | sgdet (must equal model.config.protocol).
+        feature_source: synthetic (tests/demo) | cached (HDF5 written by ``shagcl extract``).
+        feature_cache: the HDF5 cache (cached source).
+        synthetic: synthetic-feature settings.
+        num_val_images: images carved as validation (VG: from train; GQA: from test), 5,000 officially.
+        predicate_order: VG only; frequency = the official re-indexing (§4.3), file = keep file ids.
+        box_scale: VG box key ``boxes_<box_scale>`` (1024 officially).
+        gqa_skip_test_entry: GQA entry skipped in val/test (5,580 officially; null: none).
+        max_pairs, max_fg_pairs: training pairs per image (1024, 256 officially, §3.7).
+        filter_duplicate_rels: one random predicate per ordered pair in training.
+        samples_per_gt_rel: SGDet positives per GT relation (NUM_SAMPLE_PER_GT_REL = 4).
+        statistics_filter_non_overlap: drop non-overlapping relations from the frequency-bias statistics (the
+            official VG side effect, §3.5).
+        max_train_images, max_eval_images: caps for quick runs (null: all).
+        batch_size, test_batch_size, num_workers, pin_memory, persistent_workers: loaders.
+        generate_demo_data: write a synthetic dataset in the official format to data_root when it is missing.
+        demo_num_images: size of that generated dataset.
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["vg150", "gqa200"] = "vg150",
+        data_root: str = "data",
+        protocol: Literal["predcls", "sgcls", "sgdet"] = "predcls",
+        feature_source: Literal["synthetic", "cached"] = "cached",
+        feature_cache: str | None = None,
+        synthetic: SyntheticFeaturesConfig | None = None,
+        num_val_images: int = 5000,
+        predicate_order: Literal["frequency", "file"] = "frequency",
+        box_scale: int = 1024,
+        gqa_skip_test_entry: int | None = 5580,
+        max_pairs: int = 1024,
+        max_fg_pairs: int = 256,
+        filter_duplicate_rels: bool = True,
+        samples_per_gt_rel: int = 4,
+        statistics_filter_non_overlap: bool = False,
+        max_train_images: int | None = None,
+        max_eval_images: int | None = None,
+        batch_size: int = 8,
+        test_batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        generate_demo_data: bool = False,
+        demo_num_images: int = 64,
+        demo_num_obj_classes: int = 8,
+        demo_num_predicates: int = 10,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.synthetic = synthetic or SyntheticFeaturesConfig()
+        self.datasets: dict[str, SceneGraphDataset] = {}
+        self._statistics: TrainStatistics | None = None
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        if hp.generate_demo_data:
+            from shagcl.testing import write_gqa200, write_vg150
+
+            if hp.dataset == "vg150" and not (Path(hp.data_root) / "vg" / "VG-SGG-with-attri.h5").is_file():
+                write_vg150(hp.data_root, hp.demo_num_images, hp.demo_num_obj_classes, hp.demo_num_predicates)
+            if hp.dataset == "gqa200" and not (Path(hp.data_root) / "gqa" / "GQA_200_ID_Info.json").is_file():
+                write_gqa200(hp.data_root, hp.demo_num_images * 3 // 4, hp.demo_num_images // 4,
+                             hp.demo_num_obj_classes, hp.demo_num_predicates)
+
+    def make_dataset(self, split: Literal["train", "val", "test"]) -> SceneGraphDataset:
+        hp = self.hparams
+        cap = hp.max_train_images if split == "train" else hp.max_eval_images
+        common = dict(protocol=hp.protocol, feature_source=hp.feature_source, feature_cache=hp.feature_cache,
+                      synthetic=self.synthetic, num_val_images=hp.num_val_images, max_pairs=hp.max_pairs,
+                      max_fg_pairs=hp.max_fg_pairs, filter_duplicate_rels=hp.filter_duplicate_rels,
+                      samples_per_gt_rel=hp.samples_per_gt_rel, max_images=cap)
+        if hp.dataset == "vg150":
+            return VG150Dataset(hp.data_root, split, predicate_order=hp.predicate_order, box_scale=hp.box_scale,
+                                **common)
+        elif hp.dataset == "gqa200":
+            return GQA200Dataset(hp.data_root, split, skip_test_entry=hp.gqa_skip_test_entry, **common)
+        raise ValueError(f"data.dataset={hp.dataset!r}: expected vg150|gqa200")
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()  # idempotent; lets tests call setup() alone
+        if "train" not in self.datasets:
+            self.datasets["train"] = self.make_dataset("train")
+        if stage in ("fit", "validate", None) and "val" not in self.datasets:
+            self.datasets["val"] = self.make_dataset("val")
+        if stage in ("test", "predict", None) and "test" not in self.datasets:
+            self.datasets["test"] = self.make_dataset("test")
+
+    def statistics(self) -> TrainStatistics:
+        """Training statistics (computed once from the train split)."""
+        if self._statistics is None:
+            if "train" not in self.datasets:
+                self.setup("fit")
+            train = self.datasets["train"]
+            counts, fg, trip = compute_statistics(train.records, len(train.object_classes),
+                                                  len(train.predicate_classes), self.hparams.max_pairs,
+                                                  self.hparams.statistics_filter_non_overlap)
+            self._statistics = TrainStatistics(counts, fg, trip, train.object_classes, train.predicate_classes,
+                                               self.hparams.dataset)
+        return self._statistics
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        hp = self.hparams
+        ds = self.datasets[split]
+        if len(ds) == 0:
+            raise ValueError(f"data: the {split} split of {hp.dataset} at {hp.data_root!r} has no usable image")
+        return DataLoader(ds, batch_size=hp.batch_size if train else hp.test_batch_size, shuffle=train,
+                          drop_last=train and len(ds) >= hp.batch_size, collate_fn=collate_scene_graphs,
+                          num_workers=hp.num_workers, pin_memory=hp.pin_memory,
+                          persistent_workers=hp.persistent_workers and hp.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        ds = self.datasets["train"]
+        ds.epoch_seed = self.trainer.current_epoch if self.trainer is not None else 0
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

@@ -1,0 +1,597 @@
+"""The SHA-GCL relation model (spec §3.2–3.6, §3.8): Stacked Hybrid-Attention object/edge context and the
+Group Collaborative Learning decoder with frequency bias.
+
+Reads top to bottom: config → box geometry → attention blocks → SHA encoder → SHA context → spatial (rect)
+branch → frequency bias → GCL decoder → the full :class:`SHAGCL` model. The model returns tensors
+(:class:`RelationOutput`), never a loss.
+
+Objects of all images in a batch are concatenated (``num_objs`` per image); pairs likewise (``num_pairs``).
+Attention runs inside each image only (pad per image, key-padding mask, padded outputs zeroed).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+from shagcl.gcl import classifier_sizes
+
+__all__ = [
+    "SHAGCLConfig",
+    "RelationOutput",
+    "encode_box_geometry",
+    "MultiHeadAttention",
+    "PositionwiseFeedForward",
+    "AttentionLayer",
+    "HybridAttentionLayer",
+    "SHAEncoder",
+    "SHAContext",
+    "RectFeatures",
+    "FrequencyBias",
+    "GCLDecoder",
+    "SHAGCL",
+    "frequency_bias_init",
+    "later_nms_relabel",
+    "load_glove",
+    "box_iou",
+]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SHAGCLConfig:
+    """Architecture and GCL settings (defaults: the paper's main setting, spec §3.9)."""
+
+    protocol: Literal["predcls", "sgcls", "sgdet"] = "predcls"
+    """PredCls (GT boxes + labels), SGCls (GT boxes), SGDet (detections); spec §2."""
+    num_obj_classes: int = 151
+    """C_obj including background (VG150: 151, GQA200: 201)."""
+    num_predicates: int = 51
+    """C_rel including background (VG150: 51, GQA200: 101)."""
+    feature_dim: int = 4096
+    """P: dimension of ROI features r_i and union features u_so (§3.2; 1024 with torchvision's box head)."""
+    hidden_dim: int = 512
+    """H: context width (§3.3)."""
+    num_heads: int = 8
+    """Attention heads (§3.3)."""
+    key_dim: int = 64
+    """d_k = d_v per head (§3.3)."""
+    ffn_dim: int = 2048
+    """Inner width of the 1x1-conv feed-forward (§3.3)."""
+    dropout: float = 0.1
+    """Dropout in attention, FFN and box MLP (§3.3)."""
+    obj_layers: int = 4
+    """Hybrid layers of the object encoder (§3.4)."""
+    edge_layers: int = 2
+    """Hybrid layers of the edge encoder (§3.4)."""
+    encoder: Literal["hybrid", "self", "cross"] = "hybrid"
+    """hybrid = SA + CA per stream (SHA); self = SA only; cross = CA only (ablation encoders, §3.9)."""
+    word_dim: int = 200
+    """D_w: word-embedding width (GloVe 6B-200d)."""
+    word_embeddings: Literal["glove", "random"] = "glove"
+    """Initialise the two class-embedding tables from GloVe (``glove_path``) or N(0, 1) (tests/demos)."""
+    glove_path: str | None = None
+    """Path to glove.6B.200d.txt (or a converted .pt); required when word_embeddings=glove."""
+    use_rect_features: bool = True
+    """Add the spatial 'rect' branch of the union feature (§3.2.2)."""
+    rect_size: int = 27
+    """Canvas side of the rasterised head/tail masks (27 = 4*7 - 1, §3.2.2)."""
+    use_frequency_bias: bool = True
+    """FB_k frequency bias in every classifier (USE_BIAS, §3.5)."""
+    decoder: Literal["gcl", "single"] = "gcl"
+    """gcl = grouped classifiers (GCL); single = one classifier with plain CE (the 'SHA' ablation)."""
+    group_split: Literal["divide", "average"] = "divide"
+    """Grouping rule (§3.6.2): 'divide μ' or equal-size 'average' groups."""
+    group_mu: float = 4.0
+    """μ of the divide rule (divide4 default, §3.6.2)."""
+    group_min_count: int = 200
+    """Count floor of the divide rule (the official 200; small for tiny datasets)."""
+    num_average_groups: int = 5
+    """Group count of the 'average' rule."""
+    count_source: Literal["computed", "official"] = "computed"
+    """Predicate counts for grouping/re-sampling: from the training annotations, or the official lists (§3.6.4)."""
+    background_mode: Literal["rand_insert", "rand_choose", "all_include"] = "rand_insert"
+    """ZERO_LABEL_PADDING_MODE (§3.6.5)."""
+    resample: bool = True
+    """Median re-sampling of foreground pairs per classifier (§3.6.4)."""
+    kd_mode: Literal["KL_logit_TopDown", "KL_logit_Neighbor", "KL_logit_BiDirection", "KL_logit_BottomUp",
+                     "None"] = "KL_logit_TopDown"
+    """Collaborative knowledge distillation mode (§3.6.6)."""
+    kd_coefficient: float = 1.0
+    """λ = KNOWLEDGE_LOSS_COEFFICIENT (§3.6.6)."""
+    no_relation_restrain: bool = True
+    """Down-weight KD on pairs whose label is background for the teacher (NO_RELATION_RESTRAIN)."""
+    no_relation_penalty: float = 0.1
+    """The down-weight (NO_RELATION_PENALTY, §3.6.6)."""
+    later_nms_threshold: float = 0.5
+    """SGDet object relabelling NMS IoU (TEST.RELATION.LATER_NMS_PREDICTION_THRES, §3.4)."""
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("predcls", "sgcls", "sgdet"):
+            raise ValueError(f"model.config.protocol={self.protocol!r}: expected predcls|sgcls|sgdet")
+        if self.num_obj_classes < 2 or self.num_predicates < 2:
+            raise ValueError("model.config.num_obj_classes and num_predicates include background and must be >= 2")
+        for key in ("feature_dim", "hidden_dim", "num_heads", "key_dim", "ffn_dim", "obj_layers", "edge_layers",
+                    "word_dim"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"model.config.dropout={self.dropout} must be in [0, 1)")
+        if self.word_embeddings == "glove" and not self.glove_path:
+            raise ValueError(
+                "model.config.glove_path is required when model.config.word_embeddings=glove: supply "
+                "glove.6B.200d.txt (https://nlp.stanford.edu/data/glove.6B.zip) or set word_embeddings: random"
+            )
+
+
+@dataclass
+class RelationOutput:
+    """What :class:`SHAGCL` returns for a batch.
+
+    obj_logits (N, C_obj) or None (PredCls); obj_labels (N,) predicted (PredCls: GT) classes; obj_scores (N,);
+    rel_logits: K tensors (M, n_k + 1), one per classifier (the last one is used at test).
+    """
+
+    obj_logits: torch.Tensor | None
+    obj_labels: torch.Tensor
+    obj_scores: torch.Tensor
+    rel_logits: list[torch.Tensor]
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """IoU of xyxy boxes with the '+1' pixel convention of maskrcnn-benchmark. a (N, 4), b (M, 4) -> (N, M)."""
+    area_a = (a[:, 2] - a[:, 0] + 1) * (a[:, 3] - a[:, 1] + 1)  # (N,)
+    area_b = (b[:, 2] - b[:, 0] + 1) * (b[:, 3] - b[:, 1] + 1)  # (M,)
+    lt = torch.maximum(a[:, None, :2], b[None, :, :2])  # (N, M, 2)
+    rb = torch.minimum(a[:, None, 2:], b[None, :, 2:])  # (N, M, 2)
+    wh = (rb - lt + 1).clamp_min(0)  # (N, M, 2)
+    inter = wh[..., 0] * wh[..., 1]
+    return inter / (area_a[:, None] + area_b[None, :] - inter)
+
+
+def encode_box_geometry(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+    """9-d box geometry (§3.2.3): [w/W, h/H, cx/W, cy/H, x1/W, y1/H, x2/W, y2/H, w·h/(W·H)].
+
+    boxes (N, 4) xyxy pixels; image_sizes (N, 2) = (W, H) of each box's image. w = x2 − x1 + 1, h = y2 − y1 + 1,
+    (cx, cy) = (x1 + w/2, y1 + h/2). Returns (N, 9).
+    """
+    w_img, h_img = image_sizes[:, 0:1].to(boxes), image_sizes[:, 1:2].to(boxes)  # (N, 1)
+    x1, y1, x2, y2 = boxes.unbind(-1)
+    w, h = (x2 - x1 + 1)[:, None], (y2 - y1 + 1)[:, None]  # (N, 1)
+    cx, cy = x1[:, None] + 0.5 * w, y1[:, None] + 0.5 * h
+    return torch.cat([w / w_img, h / h_img, cx / w_img, cy / h_img, x1[:, None] / w_img, y1[:, None] / h_img,
+                      x2[:, None] / w_img, y2[:, None] / h_img, w * h / (w_img * h_img)], dim=-1)  # (N, 9)
+
+
+class MultiHeadAttention(nn.Module):
+    """Scaled dot-product multi-head attention with post-LayerNorm residual on the query (§3.3):
+    out = LayerNorm(Q + Dropout(W_o · Attn(Q W_q, K W_k, V W_v))),  Attn = softmax(q kᵀ / √d_k) v.
+
+    Shapes: q (B, Nq, H), kv (B, Nk, H), key_pad (B, Nk) True at padding -> (B, Nq, H).
+    """
+
+    def __init__(self, hidden_dim: int, num_heads: int, key_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.num_heads, self.key_dim = num_heads, key_dim
+        self.w_q = nn.Linear(hidden_dim, num_heads * key_dim)
+        self.w_k = nn.Linear(hidden_dim, num_heads * key_dim)
+        self.w_v = nn.Linear(hidden_dim, num_heads * key_dim)
+        self.fc = nn.Linear(num_heads * key_dim, hidden_dim)
+        self.attn_dropout = nn.Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden_dim)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        std = math.sqrt(2.0 / (self.fc.out_features + self.key_dim))  # N(0, √(2/(H + d_k))), official init
+        for lin in (self.w_q, self.w_k, self.w_v):
+            nn.init.normal_(lin.weight, 0.0, std)
+            nn.init.zeros_(lin.bias)
+        nn.init.xavier_normal_(self.fc.weight)
+        nn.init.zeros_(self.fc.bias)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, key_pad: torch.Tensor) -> torch.Tensor:
+        b, nq, _ = q.shape
+        nk = kv.shape[1]
+        heads, dk = self.num_heads, self.key_dim
+        qh = self.w_q(q).view(b, nq, heads, dk).transpose(1, 2)  # (B, h, Nq, dk)
+        kh = self.w_k(kv).view(b, nk, heads, dk).transpose(1, 2)  # (B, h, Nk, dk)
+        vh = self.w_v(kv).view(b, nk, heads, dk).transpose(1, 2)  # (B, h, Nk, dk)
+        scores = qh @ kh.transpose(-1, -2) / math.sqrt(dk)  # (B, h, Nq, Nk)
+        scores = scores.float().masked_fill(key_pad[:, None, None, :], float("-inf"))
+        attn = self.attn_dropout(torch.nan_to_num(scores.softmax(-1)).to(vh))  # rows of all-padding -> 0
+        out = (attn @ vh).transpose(1, 2).reshape(b, nq, heads * dk)  # (B, Nq, h*dk)
+        return self.norm(q + self.dropout(self.fc(out)))
+
+
+class PositionwiseFeedForward(nn.Module):
+    """FFN(x) = LayerNorm(x + Dropout(W_2 ReLU(W_1 x))) (§3.3). x (B, N, H) -> (B, N, H).
+
+    The official 1×1 Conv1d layers are written as the equivalent per-position ``nn.Linear`` (same maths and
+    parameter count; much faster on CPU)."""
+
+    def __init__(self, hidden_dim: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.w_1 = nn.Linear(hidden_dim, ffn_dim)  # 1×1 conv H -> FFN
+        self.w_2 = nn.Linear(ffn_dim, hidden_dim)  # 1×1 conv FFN -> H
+        self.dropout = nn.Dropout(dropout)
+        self.norm = nn.LayerNorm(hidden_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.w_2(F.relu(self.w_1(x)))  # (B, N, H)
+        return self.norm(x + self.dropout(out))
+
+
+class AttentionLayer(nn.Module):
+    """Layer(Q, KV) = FFN(MHA(Q, KV, KV)), outputs zeroed at padded query slots (§3.3).
+
+    SA(X) = Layer(X, X); CA(X, Y) = Layer(X, Y). Shapes: q (B, Nq, H), kv (B, Nk, H), pad masks (B, N)."""
+
+    def __init__(self, hidden_dim: int, num_heads: int, key_dim: int, ffn_dim: int, dropout: float) -> None:
+        super().__init__()
+        self.attention = MultiHeadAttention(hidden_dim, num_heads, key_dim, dropout)
+        self.ffn = PositionwiseFeedForward(hidden_dim, ffn_dim, dropout)
+
+    def forward(self, q: torch.Tensor, kv: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        out = self.attention(q, kv, pad).masked_fill(pad[..., None], 0.0)
+        return self.ffn(out).masked_fill(pad[..., None], 0.0)
+
+
+class HybridAttentionLayer(nn.Module):
+    """One hybrid layer (§3.3): V' = SA_v(V) + CA_v(V, T),  T' = SA_t(T) + CA_t(T, V) (four cells).
+
+    ``mode='self'`` keeps only the SA cells, ``mode='cross'`` only the CA cells (ablation encoders).
+    Shapes: v, t (B, N, H), pad (B, N) -> two (B, N, H)."""
+
+    def __init__(self, hidden_dim: int, num_heads: int, key_dim: int, ffn_dim: int, dropout: float,
+                 mode: Literal["hybrid", "self", "cross"] = "hybrid") -> None:
+        super().__init__()
+        self.mode = mode
+        args = (hidden_dim, num_heads, key_dim, ffn_dim, dropout)
+        self.sa_v = AttentionLayer(*args) if mode != "cross" else None
+        self.sa_t = AttentionLayer(*args) if mode != "cross" else None
+        self.ca_v = AttentionLayer(*args) if mode != "self" else None
+        self.ca_t = AttentionLayer(*args) if mode != "self" else None
+
+    def forward(self, v: torch.Tensor, t: torch.Tensor, pad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        new_v = v.new_zeros(v.shape)
+        new_t = t.new_zeros(t.shape)
+        if self.sa_v is not None:
+            new_v = new_v + self.sa_v(v, v, pad)  # SA_v(V): intra-modal
+            new_t = new_t + self.sa_t(t, t, pad)  # SA_t(T)
+        if self.ca_v is not None:
+            new_v = new_v + self.ca_v(v, t, pad)  # CA_v(V, T): queries V, keys/values T
+            new_t = new_t + self.ca_t(t, v, pad)  # CA_t(T, V)
+        return new_v, new_t
+
+
+class SHAEncoder(nn.Module):
+    """Stacked Hybrid-Attention encoder (§3.3): L hybrid layers; returns V_L + T_L.
+
+    Shapes: v, t (B, N, H) padded per image, pad (B, N) True at padding -> (B, N, H)."""
+
+    def __init__(self, num_layers: int, hidden_dim: int, num_heads: int, key_dim: int, ffn_dim: int,
+                 dropout: float, mode: Literal["hybrid", "self", "cross"] = "hybrid") -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            HybridAttentionLayer(hidden_dim, num_heads, key_dim, ffn_dim, dropout, mode) for _ in range(num_layers)
+        )
+
+    def forward(self, v: torch.Tensor, t: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            v, t = layer(v, t, pad)
+        return v + t
+
+
+def _pad(x: torch.Tensor, num_objs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Concatenated (N, H) -> padded (B, N_max, H) and key-padding mask (B, N_max) True at padding."""
+    parts = list(x.split(list(num_objs)))
+    padded = pad_sequence(parts, batch_first=True)  # (B, N_max, H)
+    lengths = torch.as_tensor(list(num_objs), device=x.device)
+    pad = torch.arange(padded.shape[1], device=x.device)[None, :] >= lengths[:, None]  # (B, N_max)
+    return padded, pad
+
+
+def _unpad(x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    """Padded (B, N_max, H) -> concatenated (N, H) (image order kept)."""
+    return x[~pad]
+
+
+def later_nms_relabel(obj_probs: torch.Tensor, boxes: torch.Tensor, threshold: float = 0.5) -> torch.Tensor:
+    """SGDet object relabelling by per-class greedy NMS (§3.4 step 5), for one image.
+
+    Repeatedly take the highest (box, class) score among non-background classes, assign that class to that box,
+    zero that class for boxes overlapping it above ``threshold``, and retire the box. obj_probs (N, C_obj)
+    softmax scores, boxes (N, 4) -> labels (N,) in 1..C_obj−1.
+    Deviation: torchvision detections carry one box per detection, not per-class regressed boxes, so the
+    overlap is measured between the detection boxes.
+    """
+    scores = obj_probs.detach().clone().float()
+    scores[:, 0] = 0.0
+    n = scores.shape[0]
+    labels = torch.zeros(n, dtype=torch.long, device=scores.device)
+    overlap = box_iou(boxes, boxes) >= threshold  # (N, N)
+    for _ in range(n):
+        flat = int(scores.argmax())
+        box, cls = divmod(flat, scores.shape[1])
+        labels[box] = max(cls, 1)
+        scores[overlap[box], cls] = 0.0  # suppress this class on overlapping boxes
+        scores[box] = -1.0  # retire the box
+    return labels
+
+
+def load_glove(path: str | Path, names: Sequence[str], dim: int) -> torch.Tensor:
+    """Word vectors for class names from ``glove.6B.<dim>d.txt`` or a ``.pt`` holding {"words", "vectors"}.
+
+    A multi-word name not in the vocabulary uses its longest word; a name still missing gets N(0, 1) (§3.4).
+    Returns (len(names), dim).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"model.config.glove_path={str(path)!r} does not exist: supply glove.6B.200d.txt (from "
+            "https://nlp.stanford.edu/data/glove.6B.zip) or a converted .pt; see README, Data preparation"
+        )
+    wanted = set()
+    for name in names:
+        wanted.add(name)
+        wanted.update(name.split(" "))
+    vectors: dict[str, torch.Tensor] = {}
+    if path.suffix == ".pt":
+        blob = torch.load(path, map_location="cpu")
+        for word, vec in zip(blob["words"], blob["vectors"], strict=True):
+            if word in wanted:
+                vectors[word] = vec.float()
+    else:
+        with open(path, encoding="utf8") as fh:
+            for line in fh:
+                word, _, rest = line.rstrip().partition(" ")
+                if word in wanted:
+                    vectors[word] = torch.tensor([float(x) for x in rest.split(" ")])
+    out = torch.randn(len(names), dim)
+    for i, name in enumerate(names):
+        key = name if name in vectors else max(name.split(" "), key=len)
+        if key in vectors:
+            if vectors[key].numel() != dim:
+                raise ValueError(f"{path}: vectors have {vectors[key].numel()} dims, model.config.word_dim={dim}")
+            out[i] = vectors[key]
+    return out
+
+
+class SHAContext(nn.Module):
+    """Object and edge context with SHA encoders (§3.4).
+
+    Steps: textual input (PredCls: Emb1[label]; else softmax(detector logits) @ Emb1), box MLP, V0/T0 projections,
+    object encoder O, object prediction, edge inputs [r; O] and Emb2[predicted label], edge encoder E.
+    """
+
+    def __init__(self, cfg: SHAGCLConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        h = cfg.hidden_dim
+        self.obj_embed1 = nn.Embedding(cfg.num_obj_classes, cfg.word_dim)  # Emb1
+        self.obj_embed2 = nn.Embedding(cfg.num_obj_classes, cfg.word_dim)  # Emb2
+        nn.init.normal_(self.obj_embed1.weight)
+        nn.init.normal_(self.obj_embed2.weight)
+        self.box_mlp = nn.Sequential(nn.Linear(9, 32), nn.ReLU(), nn.Dropout(cfg.dropout),
+                                     nn.Linear(32, 128), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.lin_obj_visual = nn.Linear(cfg.feature_dim + 128, h)  # V0
+        self.lin_obj_textual = nn.Linear(cfg.word_dim, h)  # T0
+        self.lin_edge_visual = nn.Linear(cfg.feature_dim + h, h)  # Ve0
+        self.lin_edge_textual = nn.Linear(cfg.word_dim, h)  # Te0
+        enc = (h, cfg.num_heads, cfg.key_dim, cfg.ffn_dim, cfg.dropout, cfg.encoder)
+        self.obj_encoder = SHAEncoder(cfg.obj_layers, *enc)
+        self.edge_encoder = SHAEncoder(cfg.edge_layers, *enc)
+        self.obj_classifier = nn.Linear(h, cfg.num_obj_classes) if cfg.protocol != "predcls" else None
+
+    def set_word_vectors(self, vectors: torch.Tensor) -> None:
+        """Copy (C_obj, D_w) vectors (e.g. from :func:`load_glove`) into both embedding tables."""
+        with torch.no_grad():
+            self.obj_embed1.weight.copy_(vectors)
+            self.obj_embed2.weight.copy_(vectors)
+
+    def forward(
+        self, obj_feats: torch.Tensor, boxes: torch.Tensor, obj_image_sizes: torch.Tensor, num_objs: Sequence[int],
+        labels: torch.Tensor | None, det_logits: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
+        """obj_feats (N, P), boxes (N, 4), obj_image_sizes (N, 2), labels (N,) GT (PredCls and training),
+        det_logits (N, C_obj) (SGCls/SGDet). Returns edge context (N, H), obj_logits (N, C_obj) | None,
+        predicted labels (N,), object scores (N,)."""
+        cfg = self.cfg
+        if cfg.protocol == "predcls":
+            text = self.obj_embed1(labels)  # (N, D_w) Emb1[label]
+        else:
+            text = det_logits.detach().float().softmax(-1) @ self.obj_embed1.weight  # (N, D_w)
+        box_emb = self.box_mlp(encode_box_geometry(boxes, obj_image_sizes))  # (N, 128)
+        v0 = self.lin_obj_visual(torch.cat([obj_feats, box_emb], -1))  # (N, H)
+        t0 = self.lin_obj_textual(text)  # (N, H)
+        v0p, pad = _pad(v0, num_objs)  # (B, N_max, H)
+        t0p, _ = _pad(t0, num_objs)
+        obj_ctx = _unpad(self.obj_encoder(v0p, t0p, pad), pad)  # (N, H) object context O
+
+        if cfg.protocol == "predcls":
+            obj_logits = None
+            obj_labels = labels
+            obj_scores = torch.ones(labels.shape, device=labels.device)
+        else:
+            obj_logits = self.obj_classifier(obj_ctx)  # (N, C_obj)
+            probs = obj_logits.detach().float().softmax(-1)
+            if cfg.protocol == "sgdet" and not self.training:
+                obj_labels = torch.cat([later_nms_relabel(p, b, cfg.later_nms_threshold)
+                                        for p, b in zip(probs.split(list(num_objs)), boxes.split(list(num_objs)))])
+            else:
+                obj_labels = probs[:, 1:].argmax(-1) + 1  # argmax over foreground classes
+            obj_scores = probs.gather(1, obj_labels[:, None]).squeeze(1)
+
+        ve0 = self.lin_edge_visual(torch.cat([obj_feats, obj_ctx], -1))  # (N, H)
+        te0 = self.lin_edge_textual(self.obj_embed2(obj_labels))  # (N, H)
+        ve0p, pad = _pad(ve0, num_objs)
+        te0p, _ = _pad(te0, num_objs)
+        edge_ctx = _unpad(self.edge_encoder(ve0p, te0p, pad), pad)  # (N, H) edge context E
+        return edge_ctx, obj_logits, obj_labels, obj_scores
+
+
+class RectFeatures(nn.Module):
+    """Spatial 'rect' branch of the union feature (§3.2.2): head/tail boxes rasterised on an S×S canvas
+    (S = 27) -> Conv(2→128, 7, s2, p3) → ReLU → BN → MaxPool(3, s2, p1) → Conv(128→256, 3, p1) → ReLU → BN
+    → 256×7×7, then (Deviation) flattened and projected to P, added to the cached union feature u_so.
+    The paper adds the 256×7×7 map to the pooled union map before fc6/fc7; with cached (post-fc7) union
+    features that map is gone, so the branch joins after the box head instead.
+
+    Shapes: head_boxes, tail_boxes (M, 4) xyxy, image_sizes (M, 2) -> (M, P)."""
+
+    def __init__(self, feature_dim: int, rect_size: int = 27) -> None:
+        super().__init__()
+        self.rect_size = rect_size
+        self.conv = nn.Sequential(
+            nn.Conv2d(2, 128, 7, stride=2, padding=3), nn.ReLU(), nn.BatchNorm2d(128, momentum=0.01),
+            nn.MaxPool2d(3, stride=2, padding=1),
+            nn.Conv2d(128, 256, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(256, momentum=0.01),
+        )
+        side = (((rect_size + 1) // 2) + 1) // 2  # 27 -> 14 -> 7
+        self.proj = nn.Linear(256 * side * side, feature_dim)
+
+    def rasterise(self, boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+        """Binary masks (M, S, S) of boxes scaled onto an S×S canvas of their image."""
+        s = self.rect_size
+        scale = torch.stack([image_sizes[:, 0], image_sizes[:, 1]] * 2, -1).to(boxes)  # (M, 4) W H W H
+        b = boxes / scale * s  # (M, 4) canvas coordinates
+        grid = torch.arange(s, device=boxes.device, dtype=boxes.dtype) + 0.5  # pixel centres
+        in_x = (grid[None, :] >= b[:, 0:1].floor()) & (grid[None, :] <= b[:, 2:3].ceil())  # (M, S)
+        in_y = (grid[None, :] >= b[:, 1:2].floor()) & (grid[None, :] <= b[:, 3:4].ceil())  # (M, S)
+        return (in_y[:, :, None] & in_x[:, None, :]).to(boxes.dtype)  # (M, S, S)
+
+    def forward(self, head_boxes: torch.Tensor, tail_boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
+        rects = torch.stack([self.rasterise(head_boxes, image_sizes), self.rasterise(tail_boxes, image_sizes)], 1)
+        maps = self.conv(rects)  # (M, 256, 7, 7)
+        return self.proj(maps.flatten(1))  # (M, P)
+
+
+def frequency_bias_init(fg_matrix: torch.Tensor, num_fg: int, eps: float = 1e-3) -> torch.Tensor:
+    """Frequency-bias init for a classifier covering predicates 1..num_fg (§3.5):
+    FB[s, o, :] = log(F[s, o, S] / Σ_{c∈S} F[s, o, c] + 1e-3),  S = {0, 1..num_fg}.
+
+    fg_matrix (C_obj, C_obj, C_rel) counts. Returns (C_obj * C_obj, num_fg + 1), row s·C_obj + o."""
+    counts = fg_matrix[:, :, : num_fg + 1].double()  # (C, C, n+1)
+    total = counts.sum(-1, keepdim=True).clamp_min(1e-12)
+    return (counts / total + eps).log().reshape(-1, num_fg + 1).float()  # (C*C, n+1)
+
+
+class FrequencyBias(nn.Module):
+    """Trainable frequency bias FB_k indexed by ℓ_s·C_obj + ℓ_o (§3.5). Shapes: labels (M,), (M,) -> (M, n_k+1)."""
+
+    def __init__(self, num_obj_classes: int, num_outputs: int) -> None:
+        super().__init__()
+        self.num_obj_classes = num_obj_classes
+        self.table = nn.Embedding(num_obj_classes * num_obj_classes, num_outputs)
+        nn.init.zeros_(self.table.weight)
+
+    def reset_from_counts(self, fg_matrix: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.table.weight.copy_(frequency_bias_init(fg_matrix, self.table.embedding_dim - 1))
+
+    def forward(self, sub_labels: torch.Tensor, obj_labels: torch.Tensor) -> torch.Tensor:
+        return self.table(sub_labels * self.num_obj_classes + obj_labels)
+
+
+class GCLDecoder(nn.Module):
+    """Pair representation, union-feature gating and K group classifiers with growing label spaces (§3.5–3.6).
+
+        [h_i; t_i] = W_post E_i,  p_so = [h_s; t_o],  v_so = (W_g p_so) ⊙ u_so
+        logits_k(s, o) = A_k v_so + B_k p_so + FB_k[(ℓ_s, ℓ_o)],   classifier k covers {0} ∪ 1..n_k
+
+    With one group this is the single-classifier ('SHA') baseline.
+    """
+
+    def __init__(self, cfg: SHAGCLConfig, group_sizes: Sequence[int]) -> None:
+        super().__init__()
+        h, p = cfg.hidden_dim, cfg.feature_dim
+        self.group_sizes = [int(g) for g in group_sizes]
+        self.sizes = classifier_sizes(self.group_sizes)
+        if self.sizes[-1] != cfg.num_predicates - 1:
+            raise ValueError(f"group sizes {self.group_sizes} cover {self.sizes[-1]} predicates, "
+                             f"model.config.num_predicates - 1 = {cfg.num_predicates - 1}")
+        self.post_emb = nn.Linear(h, 2 * h)
+        nn.init.normal_(self.post_emb.weight, 0.0, 10.0 * (1.0 / h) ** 0.5)  # official init N(0, 10/√H)
+        nn.init.zeros_(self.post_emb.bias)
+        self.post_cat = nn.Linear(2 * h, p)  # W_g: pair representation -> union gate
+        self.rel_visual = nn.ModuleList(nn.Linear(p, n + 1) for n in self.sizes)  # A_k
+        self.ctx_compress = nn.ModuleList(nn.Linear(2 * h, n + 1) for n in self.sizes)  # B_k
+        for lin in [self.post_cat, *self.rel_visual, *self.ctx_compress]:
+            nn.init.xavier_normal_(lin.weight)
+            nn.init.zeros_(lin.bias)
+        self.freq_bias = (nn.ModuleList(FrequencyBias(cfg.num_obj_classes, n + 1) for n in self.sizes)
+                          if cfg.use_frequency_bias else None)
+
+    def reset_frequency_bias(self, fg_matrix: torch.Tensor) -> None:
+        if self.freq_bias is not None:
+            for fb in self.freq_bias:
+                fb.reset_from_counts(fg_matrix)
+
+    def forward(self, edge_ctx: torch.Tensor, pair_idx: torch.Tensor, union: torch.Tensor,
+                obj_labels: torch.Tensor, last_only: bool = False) -> list[torch.Tensor]:
+        """edge_ctx (N, H); pair_idx (M, 2) global object rows (s, o); union (M, P); obj_labels (N,).
+        Returns K logits (M, n_k + 1) (only the last classifier's when ``last_only``)."""
+        head, tail = self.post_emb(edge_ctx).chunk(2, dim=-1)  # (N, H) each
+        pair_rep = torch.cat([head[pair_idx[:, 0]], tail[pair_idx[:, 1]]], -1)  # (M, 2H) p_so
+        visual = self.post_cat(pair_rep) * union  # (M, P) v_so = g_so ⊙ u_so
+        sub_l, obj_l = obj_labels[pair_idx[:, 0]], obj_labels[pair_idx[:, 1]]
+        ks = [len(self.sizes) - 1] if last_only else range(len(self.sizes))
+        out = []
+        for k in ks:
+            logits = self.rel_visual[k](visual) + self.ctx_compress[k](pair_rep)  # (M, n_k+1)
+            if self.freq_bias is not None:
+                logits = logits + self.freq_bias[k](sub_l, obj_l)
+            out.append(logits)
+        return out
+
+
+class SHAGCL(nn.Module):
+    """The relation head: SHA context + GCL decoder (consumes cached/synthetic/detector features, §3.2.4).
+
+    The decoder's shape depends on the predicate grouping, which depends on training counts, so it is built
+    by :meth:`build_decoder` once the statistics are known (the LightningModule does this in ``setup``).
+
+    Batch keys used (concatenated over images): obj_feats (N, P), boxes (N, 4), obj_image_sizes (N, 2),
+    num_objs list[int], labels (N,) (GT labels: PredCls input; training targets), det_logits (N, C_obj)
+    (SGCls/SGDet), pair_idx (M, 2) global object rows, union_feats (M, P), pair_image_sizes (M, 2).
+    """
+
+    def __init__(self, cfg: SHAGCLConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.context = SHAContext(cfg)
+        self.rect = RectFeatures(cfg.feature_dim, cfg.rect_size) if cfg.use_rect_features else None
+        self.decoder: GCLDecoder | None = None
+
+    def build_decoder(self, group_sizes: Sequence[int], fg_matrix: torch.Tensor | None = None) -> None:
+        """Create the K classifiers for ``group_sizes`` and initialise their frequency bias from ``fg_matrix``."""
+        self.decoder = GCLDecoder(self.cfg, group_sizes)
+        if fg_matrix is not None:
+            self.decoder.reset_frequency_bias(fg_matrix)
+
+    def forward(self, batch: dict, last_only: bool = False) -> RelationOutput:
+        if self.decoder is None:
+            raise RuntimeError("SHAGCL.build_decoder(group_sizes, fg_matrix) must be called before forward")
+        if self.cfg.protocol != "predcls" and batch.get("det_logits") is None:
+            raise ValueError(f"protocol={self.cfg.protocol} needs detector logits in the batch ('det_logits')")
+        edge_ctx, obj_logits, obj_labels, obj_scores = self.context(
+            batch["obj_feats"], batch["boxes"], batch["obj_image_sizes"], batch["num_objs"], batch.get("labels"),
+            batch.get("det_logits"))
+        union = batch["union_feats"]  # (M, P)
+        pair_idx = batch["pair_idx"]
+        if self.rect is not None:
+            boxes = batch["boxes"]
+            union = union + self.rect(boxes[pair_idx[:, 0]], boxes[pair_idx[:, 1]], batch["pair_image_sizes"])
+        rel_logits = self.decoder(edge_ctx, pair_idx, union, obj_labels, last_only)
+        return RelationOutput(obj_logits, obj_labels, obj_scores, rel_logits)

@@ -1,0 +1,286 @@
+"""The LightningModule of SHA-GCL: batch → :class:`~shagcl.models.SHAGCL` → GCL losses (+ object loss) → logs;
+evaluation with the scene-graph recall metrics; prediction to JSON (and drawings).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+
+from shagcl.gcl import OFFICIAL_PREDICATE_COUNTS, group_predicates, median_resampling_rates
+from shagcl.losses import GCLLoss, ObjectLoss
+from shagcl.metrics import SGRecall, sort_relations, write_per_predicate_report
+from shagcl.models import SHAGCL, SHAGCLConfig, load_glove
+
+__all__ = ["SHAGCLModule"]
+
+log = logging.getLogger(__name__)
+
+
+class SHAGCLModule(pl.LightningModule):
+    """Trains the relation head (the detector is frozen/cached) with the GCL objective.
+
+    Args:
+        config: architecture and GCL settings.
+        lr: learning rate (the official BASE_LR 0.001 × batch 8 = 0.008, §3.9; set it directly, no batch scaling).
+        momentum, weight_decay: SGD; weight decay on weights only (biases 0), §3.9.
+        warmup_steps, warmup_factor: linear warm-up from ``warmup_factor`` over ``warmup_steps`` steps.
+        plateau_factor, plateau_patience, plateau_threshold: reduce-on-plateau of the lr on val/mR@100 (×0.1 after
+            2 validations without an absolute improvement of 0.001).
+        max_lr_reductions: stop training once the lr has been reduced this many times (3).
+        recall_ks: K of R@K / mR@K.
+        report_dir: where ``test`` writes the per-predicate recall CSV and PNG (null: the trainer's log_dir or
+            default_root_dir).
+        predict_dir: where ``predict`` writes scene_graphs.json and drawings (null: default_root_dir/predictions).
+        predict_top_k: triplets kept per image in predictions.
+        draw_images: how many predicted scene graphs to draw as PNG.
+    """
+
+    checkpoint_monitor = "val/mR@100"
+    checkpoint_mode = "max"
+
+    def __init__(
+        self,
+        config: SHAGCLConfig | None = None,
+        lr: float = 0.008,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        warmup_steps: int = 500,
+        warmup_factor: float = 0.1,
+        plateau_factor: float = 0.1,
+        plateau_patience: int = 2,
+        plateau_threshold: float = 1e-3,
+        max_lr_reductions: int = 3,
+        recall_ks: tuple[int, ...] = (20, 50, 100),
+        report_dir: str | None = None,
+        predict_dir: str | None = None,
+        predict_top_k: int = 20,
+        draw_images: int = 1,
+    ) -> None:
+        super().__init__()
+        # output locations are not stored in checkpoints: LightningCLI would restore them over the command line
+        self.save_hyperparameters(ignore=["report_dir", "predict_dir", "predict_top_k", "draw_images"])
+        self.report_dir, self.predict_dir = report_dir, predict_dir
+        self.predict_top_k, self.draw_images = predict_top_k, draw_images
+        self.config = config or SHAGCLConfig()
+        if 100 not in recall_ks and self.checkpoint_monitor == "val/mR@100":
+            raise ValueError("model.recall_ks must contain 100 (model selection uses val/mR@100)")
+        self.model = SHAGCL(self.config)
+        self.gcl_loss: GCLLoss | None = None
+        self.obj_loss = ObjectLoss()
+        self.val_recall = SGRecall(self.config.num_predicates, recall_ks)
+        self.test_recall = SGRecall(self.config.num_predicates, recall_ks)
+        self.predicate_names = [f"predicate{i}" for i in range(self.config.num_predicates)]
+        self.object_names = [f"object{i}" for i in range(self.config.num_obj_classes)]
+        self.register_buffer("seen_triplets", torch.zeros(0, dtype=torch.bool), persistent=False)
+        self.lr_scale, self.best_metric, self.bad_validations, self.lr_reductions = 1.0, -math.inf, 0, 0
+        self._predictions: list[dict] = []
+
+    # ------------------------------------------------------------------ set-up from the training statistics
+    def setup(self, stage: str) -> None:
+        """Build the GCL decoder from the datamodule's training statistics (Lightning calls this before it
+        restores a checkpoint, so the restored weights then overwrite the initial values)."""
+        if self.gcl_loss is not None:
+            return
+        dm = self.trainer.datamodule if self.trainer is not None else None
+        if dm is None or not hasattr(dm, "statistics"):
+            raise ValueError("SHAGCLModule needs an SGGDataModule (the decoder is built from training statistics)")
+        if dm.hparams.protocol != self.config.protocol:
+            raise ValueError(f"data.protocol={dm.hparams.protocol!r} differs from "
+                             f"model.config.protocol={self.config.protocol!r}")
+        self.build_from_statistics(dm.statistics())
+
+    def build_from_statistics(self, stats) -> None:
+        """Grouping, re-sampling rates, decoder, frequency-bias init and word vectors from ``stats``."""
+        cfg = self.config
+        if len(stats.object_classes) != cfg.num_obj_classes or len(stats.predicate_classes) != cfg.num_predicates:
+            raise ValueError(
+                f"the data has {len(stats.object_classes)} object / {len(stats.predicate_classes)} predicate classes "
+                f"(with background) but model.config.num_obj_classes={cfg.num_obj_classes}, "
+                f"num_predicates={cfg.num_predicates}")
+        counts = stats.predicate_counts
+        if cfg.count_source == "official":
+            if stats.dataset not in OFFICIAL_PREDICATE_COUNTS:
+                raise ValueError(f"model.config.count_source=official has no list for dataset {stats.dataset!r}")
+            counts = torch.tensor(OFFICIAL_PREDICATE_COUNTS[stats.dataset])
+            if len(counts) != cfg.num_predicates:
+                raise ValueError("model.config.count_source=official needs the full official predicate set")
+        if cfg.decoder == "single":
+            group_sizes = [cfg.num_predicates - 1]
+        else:
+            group_sizes = group_predicates(counts[1:].tolist(), cfg.group_mu, cfg.group_min_count, cfg.group_split,
+                                           cfg.num_average_groups)
+        rank_zero_info(f"shagcl: predicate groups {group_sizes}")
+        self.group_sizes = group_sizes
+        rates = median_resampling_rates(counts.tolist(), group_sizes)
+        self.model.build_decoder(group_sizes, stats.fg_matrix)
+        self.model.decoder.to(self.device)
+        single = cfg.decoder == "single"
+        self.gcl_loss = GCLLoss(group_sizes, rates, cfg.background_mode, "None" if single else cfg.kd_mode,
+                                cfg.kd_coefficient, cfg.no_relation_restrain, cfg.no_relation_penalty,
+                                resample=cfg.resample and not single).to(self.device)
+        self.seen_triplets = (stats.triplet_counts > 0).to(self.device)
+        self.predicate_names = list(stats.predicate_classes)
+        self.object_names = list(stats.object_classes)
+        if cfg.word_embeddings == "glove":
+            self.model.context.set_word_vectors(load_glove(cfg.glove_path, self.object_names, cfg.word_dim))
+
+    # ------------------------------------------------------------------ training
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        out = self.model(batch)
+        terms = self.gcl_loss(out.rel_logits, batch["pair_labels"])
+        loss = terms["loss"]
+        if out.obj_logits is not None:
+            terms["obj_loss"] = self.obj_loss(out.obj_logits, batch["labels"])
+            loss = loss + terms["obj_loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.global_step}: "
+                                     f"{ {k: float(v) for k, v in terms.items()} }")
+        bs = len(batch["num_objs"])
+        for name, value in terms.items():
+            if name != "loss":
+                self.log(f"train/{name}", value, batch_size=bs)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs)
+        return loss
+
+    # ------------------------------------------------------------------ evaluation
+    def _eval_images(self, batch: dict) -> tuple[list[dict], Any]:
+        out = self.model(batch, last_only=True)
+        probs = out.rel_logits[-1].float().softmax(-1)  # (M, C_rel) full label space incl. background
+        images = []
+        for i, (boxes, labels, scores, pairs, rel_probs) in enumerate(zip(
+                batch["boxes"].split(batch["num_objs"]), out.obj_labels.split(batch["num_objs"]),
+                out.obj_scores.split(batch["num_objs"]), batch["local_pair_idx"],
+                probs.split(batch["num_pairs"]), strict=True)):
+            gl, gr = batch["gt_labels"][i], batch["gt_rels"][i]
+            zero_shot = None
+            if self.seen_triplets.numel() and len(gr):
+                zero_shot = ~self.seen_triplets[gl[gr[:, 0]], gl[gr[:, 1]], gr[:, 2]]
+            images.append(dict(gt_boxes=batch["gt_boxes"][i], gt_labels=gl, gt_rels=gr, pred_boxes=boxes,
+                               pred_labels=labels, obj_scores=scores, pair_idx=pairs, rel_probs=rel_probs,
+                               zero_shot=zero_shot))
+        return images, out
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        images, _ = self._eval_images(batch)
+        self.val_recall.update(images)
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        images, _ = self._eval_images(batch)
+        self.test_recall.update(images)
+
+    def _log_recall(self, metric: SGRecall, stage: str) -> dict:
+        result = metric.compute()
+        for name, value in result.items():
+            if value.numel() == 1:
+                self.log(f"{stage}/{name}", value.to(self.device), sync_dist=True, prog_bar=name == "mR@100")
+        metric.reset()
+        return result
+
+    def on_validation_epoch_end(self) -> None:
+        result = self._log_recall(self.val_recall, "val")
+        if self.trainer.sanity_checking:
+            return
+        self._plateau_step(float(result["mR@100"]))
+
+    def on_test_epoch_end(self) -> None:
+        result = self._log_recall(self.test_recall, "test")
+        if self.trainer.is_global_zero:
+            out_dir = self.report_dir or self.trainer.log_dir or self.trainer.default_root_dir
+            csv_path, png_path = write_per_predicate_report(result["per_predicate"].cpu(), self.predicate_names,
+                                                            self.hparams.recall_ks, out_dir)
+            rank_zero_info(f"shagcl: per-predicate recall written to {csv_path} and {png_path}")
+
+    # ------------------------------------------------------------------ prediction
+    def predict_step(self, batch: dict, batch_idx: int) -> list[dict]:
+        images, _ = self._eval_images(batch)
+        graphs = []
+        for i, img in enumerate(images):
+            order, rel_class, triple = sort_relations(img["rel_probs"], img["obj_scores"], img["pair_idx"])
+            keep = order[: self.predict_top_k]
+            pairs = img["pair_idx"][keep]
+            labels = img["pred_labels"].tolist()
+            graphs.append({
+                "image_id": batch["image_ids"][i],
+                "filename": batch["filenames"][i],
+                "image_size": [int(v) for v in batch["image_sizes"][i].tolist()],
+                "boxes": [[round(float(v), 1) for v in b] for b in img["pred_boxes"].tolist()],
+                "labels": [self.object_names[c] for c in labels],
+                "label_ids": labels,
+                "scores": [round(float(s), 4) for s in img["obj_scores"].tolist()],
+                "triplets": [{"subject": int(s), "object": int(o), "predicate": self.predicate_names[int(p)],
+                              "predicate_id": int(p), "score": round(float(sc), 5)}
+                             for (s, o), p, sc in zip(pairs.tolist(), rel_class[: len(keep)].tolist(),
+                                                      triple[: len(keep)].tolist(), strict=True)],
+            })
+        self._predictions.extend(graphs)
+        return graphs
+
+    def on_predict_epoch_end(self) -> None:
+        from shagcl.drawing import draw_scene_graph
+
+        out_dir = Path(self.predict_dir or Path(self.trainer.default_root_dir) / "predictions")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "scene_graphs.json"
+        path.write_text(json.dumps(self._predictions, indent=1))
+        dm = self.trainer.datamodule
+        image_root = Path(dm.hparams.data_root) / ("vg" if dm.hparams.dataset == "vg150" else "gqa") if dm else None
+        for graph in self._predictions[: self.draw_images]:
+            draw_scene_graph(graph, out_dir / f"scene_graph_{graph['image_id']}.png", image_root)
+        rank_zero_info(f"shagcl: {len(self._predictions)} scene graphs written to {path}")
+        self._predictions = []
+
+    # ------------------------------------------------------------------ optimisation
+    def configure_optimizers(self):
+        decay, no_decay = [], []
+        for name, p in self.named_parameters():
+            if p.requires_grad:
+                (no_decay if name.endswith(".bias") else decay).append(p)
+        opt = torch.optim.SGD([{"params": decay, "weight_decay": self.hparams.weight_decay},
+                               {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr,
+                              momentum=self.hparams.momentum)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _lr_factor(self, step: int) -> float:
+        """Linear warm-up from warmup_factor, times the plateau reductions so far."""
+        warm = self.hparams.warmup_steps
+        alpha = min(step / warm, 1.0) if warm > 0 else 1.0
+        return (self.hparams.warmup_factor * (1 - alpha) + alpha) * self.lr_scale
+
+    def _plateau_step(self, value: float) -> None:
+        """Reduce-on-plateau on val/mR@100 (mode max, absolute threshold); stop after max_lr_reductions."""
+        hp = self.hparams
+        if value > self.best_metric + hp.plateau_threshold:
+            self.best_metric, self.bad_validations = value, 0
+            return
+        self.bad_validations += 1
+        if self.bad_validations > hp.plateau_patience:
+            self.lr_scale *= hp.plateau_factor
+            self.lr_reductions += 1
+            self.bad_validations = 0
+            rank_zero_info(f"shagcl: val/mR@100 plateaued; lr scale now {self.lr_scale:g} "
+                           f"(reduction {self.lr_reductions}/{hp.max_lr_reductions})")
+            if self.lr_reductions >= hp.max_lr_reductions:
+                self.trainer.should_stop = True
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["shagcl_plateau"] = {"lr_scale": self.lr_scale, "best": self.best_metric,
+                                        "bad": self.bad_validations, "reductions": self.lr_reductions,
+                                        "group_sizes": getattr(self, "group_sizes", None)}
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        state = checkpoint.get("shagcl_plateau")
+        if state:
+            self.lr_scale, self.best_metric = state["lr_scale"], state["best"]
+            self.bad_validations, self.lr_reductions = state["bad"], state["reductions"]
+            if state.get("group_sizes") and getattr(self, "group_sizes", None) not in (None, state["group_sizes"]):
+                raise ValueError(f"checkpoint was trained with predicate groups {state['group_sizes']}, the current "
+                                 f"data/config gives {self.group_sizes}")

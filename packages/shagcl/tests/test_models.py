@@ -1,0 +1,81 @@
+import torch
+
+from shagcl.models import (
+    SHAGCL,
+    FrequencyBias,
+    RectFeatures,
+    SHAEncoder,
+    SHAGCLConfig,
+    encode_box_geometry,
+    frequency_bias_init,
+    later_nms_relabel,
+)
+
+
+def tiny_config(**kw):
+    base = dict(num_obj_classes=5, num_predicates=6, feature_dim=16, hidden_dim=16, num_heads=2, key_dim=8,
+                ffn_dim=32, obj_layers=2, edge_layers=1, word_dim=8, word_embeddings="random", rect_size=27)
+    base.update(kw)
+    return SHAGCLConfig(**base)
+
+
+def test_box_geometry_known_box():
+    geo = encode_box_geometry(torch.tensor([[0.0, 0.0, 9.0, 19.0]]), torch.tensor([[100.0, 50.0]]))
+    torch.testing.assert_close(geo[0], torch.tensor([0.1, 0.4, 0.05, 0.2, 0.0, 0.0, 0.09, 0.38, 0.04]))
+
+
+def test_sha_padding_and_permutation():
+    torch.manual_seed(0)
+    enc = SHAEncoder(2, 16, 2, 8, 32, 0.1).eval()
+    v, t = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    pad = torch.tensor([[False] * 5, [False, False, False, True, True]])
+    both = enc(v, t, pad)
+    alone = enc(v[1:, :3], t[1:, :3], torch.zeros(1, 3, dtype=torch.bool))
+    torch.testing.assert_close(both[1, :3], alone[0], atol=1e-5, rtol=1e-5)  # padding does not leak
+    assert (both[1, 3:] == 0).all()
+    perm = torch.tensor([2, 0, 4, 1, 3])
+    out_perm = enc(v[:1, perm], t[:1, perm], pad[:1])
+    torch.testing.assert_close(out_perm[0], both[0, perm], atol=1e-5, rtol=1e-5)  # permutation equivariant
+    # the output is V_L + T_L of the last layer
+    vv, tt = v, t
+    for layer in enc.layers:
+        vv, tt = layer(vv, tt, pad)
+    torch.testing.assert_close(both, vv + tt)
+
+
+def test_frequency_bias_init_and_indexing():
+    fg = torch.zeros(3, 3, 4)
+    fg[1, 2] = torch.tensor([2.0, 6.0, 1.0, 1.0])
+    fg[..., 0] += 1
+    init = frequency_bias_init(fg, 2)  # S = {0, 1, 2}
+    row = init[1 * 3 + 2]
+    torch.testing.assert_close(row, (torch.tensor([3.0, 6.0, 1.0]) / 10 + 1e-3).log())
+    fb = FrequencyBias(3, 3)
+    fb.reset_from_counts(fg)
+    torch.testing.assert_close(fb(torch.tensor([1]), torch.tensor([2]))[0], row)
+
+
+def test_later_nms_relabel():
+    probs = torch.tensor([[0.1, 0.8, 0.1], [0.1, 0.6, 0.3], [0.2, 0.7, 0.1]])
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 1.0, 10.0, 10.0], [50.0, 50.0, 60.0, 60.0]])
+    assert later_nms_relabel(probs, boxes, 0.5).tolist() == [1, 2, 1]  # box 1 loses class 1 to overlapping box 0
+
+
+def test_rect_features_and_model_shapes():
+    rect = RectFeatures(16, 27)
+    masks = rect.rasterise(torch.tensor([[0.0, 0.0, 49.0, 99.0]]), torch.tensor([[100.0, 100.0]]))
+    assert masks.shape == (1, 27, 27) and masks[0, :, :13].all() and not masks[0, :, 15:].any()
+    assert rect(torch.rand(3, 4) * 10, torch.rand(3, 4) * 10 + 10, torch.full((3, 2), 40.0)).shape == (3, 16)
+    for protocol in ("predcls", "sgcls", "sgdet"):
+        model = SHAGCL(tiny_config(protocol=protocol))
+        model.build_decoder([2, 3], torch.ones(5, 5, 6))
+        batch = {"obj_feats": torch.randn(5, 16), "boxes": torch.tensor([[0.0, 0, 5, 5], [3, 3, 9, 9], [1, 1, 4, 8],
+                                                                          [0, 0, 5, 5], [2, 2, 7, 7]]),
+                 "obj_image_sizes": torch.full((5, 2), 20.0), "num_objs": [3, 2], "labels": torch.tensor([1, 2, 3, 4, 1]),
+                 "det_logits": torch.randn(5, 5), "pair_idx": torch.tensor([[0, 1], [1, 2], [2, 0], [3, 4]]),
+                 "union_feats": torch.randn(4, 16), "pair_image_sizes": torch.full((4, 2), 20.0)}
+        model.eval()
+        out = model(batch)
+        assert [t.shape for t in out.rel_logits] == [(4, 3), (4, 6)]
+        assert (out.obj_logits is None) == (protocol == "predcls")
+        assert (out.obj_labels >= 1).all() and out.obj_scores.shape == (5,)
