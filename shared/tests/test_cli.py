@@ -66,3 +66,10 @@ def test_console_exit_status_is_zero(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["toypkg", "extract"])
     assert run_cli(ToyModule, ToyData, "toypkg", extra_commands={"extract": lambda a: "done"}) is None
     assert run_cli(ToyModule, ToyData, "toypkg", extra_commands={"extract": lambda a: 3}) == 3
+
+
+def test_progress_bar_can_be_turned_off(tmp_path):
+    cli = run_cli(ToyModule, ToyData, "toypkg", args=[
+        "fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
+        "--trainer.max_epochs", "1"])
+    assert cli.trainer.progress_bar_callback is None

@@ -4,7 +4,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-import dist_helpers  # noqa: E402
+import mmzoo_dist_helpers as dist_helpers  # noqa: E402
 
 from mmzoo.distributed import gather_with_grad, rank_and_world, rank_offset_labels  # noqa: E402
 from mmzoo.testing import run_distributed  # noqa: E402

@@ -9,7 +9,7 @@ What this adds to a plain :class:`~lightning.pytorch.cli.LightningCLI`:
 
 * Shipped configs are found by name: ``pckd fit --config demo`` reads ``pckd/configs/demo.yaml`` from the
   installed package when no file called ``demo`` exists in the working directory.
-* Default callbacks: a progress bar, checkpointing (``last.ckpt`` plus the best checkpoint by the module's
+* Default callbacks: Lightning's progress bar (``enable_progress_bar``), checkpointing (``last.ckpt`` plus the best checkpoint by the module's
   ``checkpoint_monitor`` class attribute) and a learning-rate monitor (only when a logger is active).
 * Seeding: ``seed_everything`` defaults to 0, so two runs of the same config agree.
 * ``MMZOO_METRICS_JSON=path`` in the environment writes the final metrics as JSON (``make demo`` uses it).
@@ -27,7 +27,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import lightning.pytorch as pl
-from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
 __all__ = ["resolve_config", "shipped_configs", "run_cli", "default_callbacks", "write_metrics"]
@@ -100,7 +100,10 @@ class _LearningRateMonitorIfLogger(LearningRateMonitor):
 
 
 def default_callbacks(model_class: type[pl.LightningModule]) -> list[Callback]:
-    """Progress bar, checkpointing (last + best by ``model_class.checkpoint_monitor``) and LR monitor."""
+    """Checkpointing (last + best by ``model_class.checkpoint_monitor``) and LR monitor.
+
+    The progress bar is Lightning's own (``trainer.enable_progress_bar``, on by default), so turning it off works.
+    """
     monitor = getattr(model_class, "checkpoint_monitor", None)
     mode = getattr(model_class, "checkpoint_mode", "max")
     checkpoint = ModelCheckpoint(
@@ -111,7 +114,7 @@ def default_callbacks(model_class: type[pl.LightningModule]) -> list[Callback]:
         filename="best-{epoch}-{step}" if monitor else "{epoch}-{step}",
         auto_insert_metric_name=False,
     )
-    return [TQDMProgressBar(), checkpoint, _LearningRateMonitorIfLogger(logging_interval="step")]
+    return [checkpoint, _LearningRateMonitorIfLogger(logging_interval="step")]
 
 
 def run_cli(

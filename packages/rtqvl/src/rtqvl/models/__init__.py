@@ -1,0 +1,32 @@
+"""RTQ models: the video encoder (Refine + Temporal) and the BLIP query heads."""
+
+from rtqvl.models.rtq import (
+    RTQCaptioner,
+    RTQConfig,
+    RTQMultipleChoice,
+    RTQRetrieval,
+    RTQVideoQA,
+    build_model,
+    momentum_update,
+)
+from rtqvl.models.text import TextConfig, build_tokenizer
+from rtqvl.models.video import RTQVisionEncoder, VisionConfig, kmedoids, kmedoids_reference, refine_segments
+from rtqvl.models.weights import load_pretrained
+
+__all__ = [
+    "RTQCaptioner",
+    "RTQConfig",
+    "RTQMultipleChoice",
+    "RTQRetrieval",
+    "RTQVideoQA",
+    "RTQVisionEncoder",
+    "TextConfig",
+    "VisionConfig",
+    "build_model",
+    "build_tokenizer",
+    "kmedoids",
+    "kmedoids_reference",
+    "load_pretrained",
+    "momentum_update",
+    "refine_segments",
+]

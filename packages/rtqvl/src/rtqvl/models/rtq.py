@@ -1,0 +1,396 @@
+"""RTQ task models: the video encoder (R, T) plus BLIP's query heads (Q) for each task (spec §3.2).
+
+* :class:`RTQRetrieval`: ITC projections, momentum encoders and queues, ITM head, top-k re-ranking (§3.2a).
+* :class:`RTQCaptioner`: text decoder over the video tokens, beam search (§3.2b).
+* :class:`RTQVideoQA`: question encoder + answer decoder, beam search (§3.2c).
+* :class:`RTQMultipleChoice`: text encoder over "question: … answer: …", MLP classifier, momentum copy (§3.2d).
+
+Models return tensors; losses live in :mod:`rtqvl.losses` and the LightningModule combines them.
+Parameter names follow LAVIS' BLIP where transformers keeps them (``text_encoder.*``, ``text_decoder.*``,
+``vision_proj``, ``text_proj``, ``itm_head``, ``temp``, ``*_m``); the ViT uses transformers' names and
+:func:`rtqvl.models.weights.load_pretrained` maps LAVIS' ViT keys onto them.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
+
+from rtqvl.models.text import TextConfig, blip_text_config, build_tokenizer
+from rtqvl.models.video import RTQVisionEncoder, VisionConfig
+
+__all__ = [
+    "RTQConfig",
+    "RTQRetrieval",
+    "RTQCaptioner",
+    "RTQVideoQA",
+    "RTQMultipleChoice",
+    "build_model",
+    "momentum_update",
+]
+
+Task = Literal["retrieval", "captioning", "qa", "multiple_choice"]
+
+
+@dataclass
+class RTQConfig:
+    """The whole RTQ model: video encoder, MED text model and the task head settings (spec §3)."""
+
+    task: Task = "retrieval"
+    """Which query head: ``retrieval`` (ITC+ITM), ``captioning``, ``qa`` (open-ended), ``multiple_choice``."""
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    """Video encoder (ViT-B/16 + Refine + Temporal)."""
+    text: TextConfig = field(default_factory=TextConfig)
+    """BERT MED and tokenizer."""
+    pretrained_path: str | None = None
+    """BLIP checkpoint: LAVIS ``model_base_capfilt_large.pth`` (the paper's; spec §3.0) or a local transformers BLIP
+    folder; ``None`` = random init (tests, demos)."""
+    embed_dim: int = 256
+    """ITC projection size."""
+    queue_size: int = 14400
+    """ITC feature queue length (must be a multiple of the global batch)."""
+    momentum: float = 0.995
+    """EMA factor of the momentum encoders."""
+    temp_init: float = 0.07
+    """Initial ITC temperature (a checkpoint's ``temp`` overrides it)."""
+    k_test: int = 128
+    """Re-ranking: ITM on the top-k candidates per query."""
+    max_text_len: int = 35
+    """Max tokens of retrieval captions / QA questions."""
+    max_caption_len: int = 40
+    """Max tokens of training captions / multiple-choice strings."""
+    num_beams: int = 3
+    """Beam width of captioning / QA generation."""
+    gen_max_len: int = 32
+    """Max generated length (captioning 32, QA 5)."""
+    gen_min_len: int = 5
+    """Min generated length (captioning 5, QA 1)."""
+    repetition_penalty: float = 1.0
+    """Generation repetition penalty."""
+    tune_crossattn_only: bool = True
+    """Captioning / QA: train only the decoder's cross-attention (the video encoder is always trained)."""
+    num_choices: int = 5
+    """Multiple-choice candidates (NExT-QA: 5)."""
+
+    def __post_init__(self) -> None:
+        if self.k_test < 1:
+            raise ValueError(f"model.k_test={self.k_test} must be >= 1")
+        if self.queue_size < 1:
+            raise ValueError(f"model.queue_size={self.queue_size} must be >= 1")
+        if not 0.0 <= self.momentum <= 1.0:
+            raise ValueError(f"model.momentum={self.momentum} must be in [0, 1]")
+
+
+@torch.no_grad()
+def momentum_update(pairs: list[tuple[nn.Module, nn.Module]], m: float) -> None:
+    """EMA of the momentum models: θ_m ← m·θ_m + (1 − m)·θ (spec §3.2a)."""
+    for online, ema in pairs:
+        for p, p_m in zip(online.parameters(), ema.parameters(), strict=True):
+            p_m.mul_(m).add_(p.detach(), alpha=1.0 - m)
+
+
+def _frozen_copy(module: nn.Module) -> nn.Module:
+    ema = copy.deepcopy(module)
+    for p in ema.parameters():
+        p.requires_grad_(False)
+    return ema
+
+
+def _memory_mask(tokens: torch.Tensor) -> torch.Tensor:
+    return torch.ones(tokens.shape[:2], dtype=torch.long, device=tokens.device)  # all-ones memory mask
+
+
+class _TextInputs:
+    """Tokenisation shared by the heads (padding, truncation, first-token replacement)."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, texts: list[str], max_len: int, first_token: int | None, device, pad_to_max: bool = False):
+        tok = self.tokenizer(
+            list(texts),
+            padding="max_length" if pad_to_max else "longest",
+            truncation=True,
+            max_length=max_len,
+            return_tensors="pt",
+        )
+        ids = tok["input_ids"].to(device)
+        if first_token is not None:
+            ids = ids.clone()
+            ids[:, 0] = first_token  # [ENC] / [DEC] replaces [CLS]
+        return ids, tok["attention_mask"].to(device)
+
+
+class _RTQBase(nn.Module):
+    def __init__(self, config: RTQConfig):
+        super().__init__()
+        self.config = config
+        self.tokenizer = build_tokenizer(config.text.vocab_path)
+        self.text_inputs = _TextInputs(self.tokenizer)
+        self.visual_encoder = RTQVisionEncoder(config.vision)
+        self.text_cfg = blip_text_config(config.text, self.tokenizer, config.vision.hidden_size)
+
+    def momentum_pairs(self) -> list[tuple[nn.Module, nn.Module]]:
+        """(online, momentum) module pairs updated by EMA; empty for heads without momentum distillation."""
+        return []
+
+
+class RTQRetrieval(_RTQBase):
+    """Text-video retrieval head (spec §3.2a): ITC with momentum distillation and queues, ITM, re-ranking."""
+
+    def __init__(self, config: RTQConfig):
+        super().__init__(config)
+        d_v, d_t, e = config.vision.hidden_size, config.text.hidden_size, config.embed_dim
+        self.text_encoder = BlipTextModel(self.text_cfg, add_pooling_layer=False)
+        self.vision_proj = nn.Linear(d_v, e)
+        self.text_proj = nn.Linear(d_t, e)
+        self.itm_head = nn.Linear(d_t, 2)
+        self.temp = nn.Parameter(torch.tensor(config.temp_init))
+        self.visual_encoder_m = _frozen_copy(self.visual_encoder)
+        self.text_encoder_m = _frozen_copy(self.text_encoder)
+        self.vision_proj_m = _frozen_copy(self.vision_proj)
+        self.text_proj_m = _frozen_copy(self.text_proj)
+        q = config.queue_size
+        self.register_buffer("video_queue", F.normalize(torch.randn(e, q), dim=0))  # random unit vectors
+        self.register_buffer("text_queue", F.normalize(torch.randn(e, q), dim=0))
+        self.register_buffer("idx_queue", torch.full((1, q), -100, dtype=torch.long))  # index −100 = no match
+        self.register_buffer("queue_ptr", torch.zeros(1, dtype=torch.long))
+
+    def momentum_pairs(self):
+        return [
+            (self.visual_encoder, self.visual_encoder_m),
+            (self.text_encoder, self.text_encoder_m),
+            (self.vision_proj, self.vision_proj_m),
+            (self.text_proj, self.text_proj_m),
+        ]
+
+    def tokenize(self, texts: list[str], device, pad_to_max: bool = False):
+        """Caption ids ``[CLS] … [SEP]`` and mask (B, L) (``itm_logits`` swaps the first token for ``[ENC]``)."""
+        return self.text_inputs(texts, self.config.max_text_len, None, device, pad_to_max)
+
+    def encode_video(self, video: torch.Tensor, momentum: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """video (B, T, 3, H, W) → (L2-normalised feature (B, E), tokens (B, M, D))."""
+        enc, proj = (self.visual_encoder_m, self.vision_proj_m) if momentum else (self.visual_encoder, self.vision_proj)
+        out = enc(video)
+        return F.normalize(proj(out.global_feat), dim=-1), out.tokens
+
+    def encode_text(self, ids: torch.Tensor, mask: torch.Tensor, momentum: bool = False) -> torch.Tensor:
+        """Text-only encoder → L2-normalised ``text_proj`` of the first token (B, E)."""
+        enc, proj = (self.text_encoder_m, self.text_proj_m) if momentum else (self.text_encoder, self.text_proj)
+        h = enc(input_ids=ids, attention_mask=mask, is_decoder=False).last_hidden_state  # (B, L, D)
+        return F.normalize(proj(h[:, 0]), dim=-1)
+
+    def itm_logits(self, video_tokens: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Multimodal text encoder (first token ``[ENC]``) with cross-attention to video tokens → ITM logits (B, 2)."""
+        ids = ids.clone()
+        ids[:, 0] = self.tokenizer.enc_token_id
+        h = self.text_encoder(
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=video_tokens,
+            encoder_attention_mask=_memory_mask(video_tokens),
+            is_decoder=False,
+        ).last_hidden_state  # (B, L, D)
+        return self.itm_head(h[:, 0])  # (B, 2)
+
+    @torch.no_grad()
+    def enqueue(self, video_feat_m: torch.Tensor, text_feat_m: torch.Tensor, idx: torch.Tensor) -> None:
+        """FIFO update with the (all-gathered) momentum features (E) and video indices (spec §3.2a)."""
+        n = video_feat_m.shape[0]
+        q = self.video_queue.shape[1]
+        if q % n:
+            raise ValueError(
+                f"model.queue_size={q} must be a multiple of the global batch size {n} (batch × devices)"
+            )
+        ptr = int(self.queue_ptr)
+        self.video_queue[:, ptr : ptr + n] = video_feat_m.T
+        self.text_queue[:, ptr : ptr + n] = text_feat_m.T
+        self.idx_queue[:, ptr : ptr + n] = idx.view(1, -1)
+        self.queue_ptr[0] = (ptr + n) % q
+
+    @torch.no_grad()
+    def rerank(
+        self,
+        sim: torch.Tensor,
+        video_tokens: torch.Tensor,
+        text_ids: torch.Tensor,
+        text_mask: torch.Tensor,
+        k: int,
+        chunk: int = 128,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-k ITM re-ranking (spec §3.2a, inference): score = ITM_logit[:, 1] + cosine inside each query's top-k,
+        −100 elsewhere.
+
+        sim (N_t, N_v) cosine; video_tokens (N_v, M, D); text_ids / text_mask (N_t, L).
+        Returns (t2v scores (N_t, N_v), v2t scores (N_v, N_t)).
+        """
+        n_t, n_v = sim.shape
+        k_v, k_t = min(k, n_v), min(k, n_t)
+        t2v = sim.new_full((n_t, n_v), -100.0)
+        v2t = sim.new_full((n_v, n_t), -100.0)
+        # video → its top-k texts
+        top_t = sim.T.topk(k_t, dim=1).indices  # (N_v, k)
+        pairs_v = torch.arange(n_v, device=sim.device).repeat_interleave(k_t)
+        pairs_t = top_t.reshape(-1)
+        for s in range(0, pairs_v.numel(), chunk):
+            v, t = pairs_v[s : s + chunk], pairs_t[s : s + chunk]
+            logit = self.itm_logits(video_tokens[v], text_ids[t], text_mask[t])[:, 1].float()
+            v2t[v, t] = logit + sim[t, v]
+        # text → its top-k videos
+        top_v = sim.topk(k_v, dim=1).indices  # (N_t, k)
+        pairs_t = torch.arange(n_t, device=sim.device).repeat_interleave(k_v)
+        pairs_v = top_v.reshape(-1)
+        for s in range(0, pairs_t.numel(), chunk):
+            t, v = pairs_t[s : s + chunk], pairs_v[s : s + chunk]
+            logit = self.itm_logits(video_tokens[v], text_ids[t], text_mask[t])[:, 1].float()
+            t2v[t, v] = logit + sim[t, v]
+        return t2v, v2t
+
+
+def _freeze_all_but_crossattention(decoder: nn.Module) -> None:
+    for name, p in decoder.named_parameters():
+        p.requires_grad_("crossattention" in name)
+
+
+def _generate(decoder: BlipTextLMHeadModel, memory: torch.Tensor, memory_mask: torch.Tensor, cfg: RTQConfig, tok):
+    """Beam search from ``[DEC]`` with cross-attention to ``memory`` (B, M, D) → list of B strings."""
+    b = memory.shape[0]
+    bos = torch.full((b, 1), tok.bos_token_id, dtype=torch.long, device=memory.device)
+    out = decoder.generate(
+        input_ids=bos,
+        attention_mask=torch.ones_like(bos),
+        encoder_hidden_states=memory,
+        encoder_attention_mask=memory_mask,
+        num_beams=cfg.num_beams,
+        max_length=cfg.gen_max_len,
+        min_length=cfg.gen_min_len,
+        repetition_penalty=cfg.repetition_penalty,
+        do_sample=False,
+        eos_token_id=tok.sep_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.bos_token_id,
+    )  # (B, ≤ max_len)
+    return [s.strip() for s in tok.batch_decode(out[:, 1:], skip_special_tokens=True)]
+
+
+class RTQCaptioner(_RTQBase):
+    """Video captioning head (spec §3.2b): BLIP text decoder cross-attending to the video tokens."""
+
+    def __init__(self, config: RTQConfig):
+        super().__init__(config)
+        self.text_decoder = BlipTextLMHeadModel(self.text_cfg)
+        if config.tune_crossattn_only:
+            _freeze_all_but_crossattention(self.text_decoder)
+
+    def tokenize(self, captions: list[str], device):
+        """``[DEC] caption [SEP]`` ids and mask (B, L), padded to the longest, ≤ ``max_caption_len``."""
+        return self.text_inputs(captions, self.config.max_caption_len, self.tokenizer.bos_token_id, device)
+
+    def forward(self, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Next-token logits (B, L, V) of the caption given the video (B, T, 3, H, W)."""
+        tokens = self.visual_encoder(video).tokens  # (B, M, D)
+        return self.text_decoder(
+            input_ids=ids, attention_mask=mask, encoder_hidden_states=tokens,
+            encoder_attention_mask=_memory_mask(tokens), is_decoder=True,
+        ).logits  # (B, L, V)
+
+    @torch.no_grad()
+    def generate(self, video: torch.Tensor) -> list[str]:
+        tokens = self.visual_encoder(video).tokens
+        return _generate(self.text_decoder, tokens, _memory_mask(tokens), self.config, self.tokenizer)
+
+
+class RTQVideoQA(_RTQBase):
+    """Open-ended VideoQA head (spec §3.2c): question encoder over the video, answer decoder over the question."""
+
+    def __init__(self, config: RTQConfig):
+        super().__init__(config)
+        self.text_encoder = BlipTextModel(self.text_cfg, add_pooling_layer=False)
+        self.text_decoder = BlipTextLMHeadModel(self.text_cfg)
+        if config.tune_crossattn_only:
+            _freeze_all_but_crossattention(self.text_decoder)
+
+    def tokenize_question(self, questions: list[str], device):
+        return self.text_inputs(questions, self.config.max_text_len, self.tokenizer.enc_token_id, device)
+
+    def tokenize_answer(self, answers: list[str], device):
+        return self.text_inputs(answers, self.config.max_text_len, self.tokenizer.bos_token_id, device)
+
+    def encode_question(self, video: torch.Tensor, q_ids: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
+        tokens = self.visual_encoder(video).tokens  # (B, M, D)
+        return self.text_encoder(
+            input_ids=q_ids, attention_mask=q_mask, encoder_hidden_states=tokens,
+            encoder_attention_mask=_memory_mask(tokens), is_decoder=False,
+        ).last_hidden_state  # (B, Lq, D)
+
+    def forward(self, video, q_ids, q_mask, a_ids, a_mask) -> torch.Tensor:
+        """Answer next-token logits (B, La, V)."""
+        q_states = self.encode_question(video, q_ids, q_mask)
+        return self.text_decoder(
+            input_ids=a_ids, attention_mask=a_mask, encoder_hidden_states=q_states,
+            encoder_attention_mask=q_mask, is_decoder=True,
+        ).logits
+
+    @torch.no_grad()
+    def generate(self, video, q_ids, q_mask) -> list[str]:
+        q_states = self.encode_question(video, q_ids, q_mask)
+        return _generate(self.text_decoder, q_states, q_mask, self.config, self.tokenizer)
+
+
+class RTQMultipleChoice(_RTQBase):
+    """Multiple-choice QA head (spec §3.2d): 5 "question: … answer: …" strings scored by an MLP on [CLS]."""
+
+    def __init__(self, config: RTQConfig):
+        super().__init__(config)
+        d = config.text.hidden_size
+        self.text_encoder = BlipTextModel(self.text_cfg, add_pooling_layer=False)
+        self.cls_head = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, 1))
+        self.visual_encoder_m = _frozen_copy(self.visual_encoder)
+        self.text_encoder_m = _frozen_copy(self.text_encoder)
+        self.cls_head_m = _frozen_copy(self.cls_head)
+
+    def momentum_pairs(self):
+        return [
+            (self.visual_encoder, self.visual_encoder_m),
+            (self.text_encoder, self.text_encoder_m),
+            (self.cls_head, self.cls_head_m),
+        ]
+
+    def tokenize(self, texts: list[str], device):
+        """B·K candidate strings (first token kept as [CLS]) → ids, mask (B·K, L)."""
+        return self.text_inputs(texts, self.config.max_caption_len, None, device)
+
+    def forward(self, video: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, momentum: bool = False):
+        """video (B, T, 3, H, W), ids/mask (B·K, L) → logits (B, K)."""
+        venc, tenc, head = (
+            (self.visual_encoder_m, self.text_encoder_m, self.cls_head_m)
+            if momentum
+            else (self.visual_encoder, self.text_encoder, self.cls_head)
+        )
+        b = video.shape[0]
+        k = ids.shape[0] // b
+        tokens = venc(video).tokens.repeat_interleave(k, dim=0)  # (B·K, M, D)
+        h = tenc(
+            input_ids=ids, attention_mask=mask, encoder_hidden_states=tokens,
+            encoder_attention_mask=_memory_mask(tokens), is_decoder=False,
+        ).last_hidden_state  # (B·K, L, D)
+        return head(h[:, 0]).view(b, k)  # (B, K)
+
+
+def build_model(config: RTQConfig) -> _RTQBase:
+    """The task model named by ``config.task`` (plain branch, no registry)."""
+    if config.task == "retrieval":
+        return RTQRetrieval(config)
+    if config.task == "captioning":
+        return RTQCaptioner(config)
+    if config.task == "qa":
+        return RTQVideoQA(config)
+    if config.task == "multiple_choice":
+        return RTQMultipleChoice(config)
+    raise ValueError(f"model.task={config.task!r}: expected retrieval, captioning, qa or multiple_choice")

@@ -1,0 +1,432 @@
+"""RTQ video encoder: BLIP's ViT with Refine (k-medoids patch clustering) and Temporal modelling (message tokens).
+
+Spec §3.1. The ViT itself is transformers' BLIP vision stack (``BlipVisionEmbeddings`` + ``BlipEncoderLayer``),
+so its parameter names are transformers' (``embeddings.*``, ``encoder.layers.i.*``, ``post_layernorm``); RTQ adds
+only the temporal embedding and the message-token attention of the temporal blocks (``message_blocks.*``).
+
+Pipeline for a video batch ``(B, T, 3, H, W)``:
+
+1. patch embedding per frame → ``(B·T, 1+P, D)``; blocks ``0..K−1`` per frame;
+2. Refine before block ``K``: frames grouped into ``T'`` segments of ``d = T/T'`` frames; each segment keeps
+   ``C`` of its ``d·P`` patch tokens (k-medoids medoids) and the mean of its frames' CLS → ``(B·T', 1+C, D)``;
+3. blocks ``K..τ−1`` per segment; at ``τ`` the temporal embedding is added, then blocks ``τ..L−1`` first let
+   the segment CLS tokens of a video talk (message tokens), then run the ViT block per segment;
+4. final LayerNorm; global vector = mean of segment CLS, token memory = all segments' tokens concatenated
+   ``(B, T'·(1+C), D)`` (RTQ) or averaged over segments ``(B, 1+C, D)`` (RQ ablation, ``temporal_modeling="none"``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+from transformers.models.blip.configuration_blip import BlipVisionConfig
+from transformers.models.blip.modeling_blip import BlipEncoderLayer, BlipVisionEmbeddings
+
+__all__ = [
+    "VisionConfig",
+    "kmedoids",
+    "kmedoids_reference",
+    "refine_segments",
+    "MessageTokenAttention",
+    "RTQVisionEncoder",
+    "VideoEncoderOutput",
+    "resize_pos_embed",
+]
+
+RefineMode = Literal["kmedoids", "pooling", "sparse_sampling", "random", "none"]
+
+
+@dataclass
+class VisionConfig:
+    """ViT-B/16 (BLIP) plus RTQ's Refine and Temporal settings (spec §3.0, §3.1)."""
+
+    image_size: int = 224
+    """Input resolution (RTQ runs BLIP at 224 px; spec §3.0)."""
+    patch_size: int = 16
+    """ViT patch size (ViT-B/16)."""
+    hidden_size: int = 768
+    """Token width D."""
+    num_layers: int = 12
+    """Number of ViT blocks L."""
+    num_heads: int = 12
+    """Attention heads (also for the message-token attention)."""
+    mlp_dim: int = 3072
+    """MLP hidden width."""
+    layer_norm_eps: float = 1e-6
+    """LayerNorm epsilon of BLIP's ViT."""
+    num_frames: int = 12
+    """T: frames sampled per video (spec §3.3)."""
+    num_segments: int = 6
+    """T': segments after Refine; ``num_frames / num_segments`` frames are clustered together."""
+    cluster_block: int = 7
+    """K: Refine is applied right before this block (spec §3.1 step 3)."""
+    temporal_block: int = 11
+    """τ: temporal start block (11 retrieval, 7 captioning/QA; spec §3.1 step 4)."""
+    refine: RefineMode = "kmedoids"
+    """Token selection per segment: ``kmedoids`` (paper), ablations ``pooling`` (average the d frames),
+    ``sparse_sampling`` (uniform stride), ``random``, ``none`` (keep all d·P tokens)."""
+    cluster_tokens: int | None = None
+    """C: tokens kept per segment; ``None`` = P (patches per frame, the paper's budget)."""
+    kmedoids_max_iter: int = 100
+    """Maximum k-medoids iterations (official: 100)."""
+    temporal_modeling: Literal["message_token", "none"] = "message_token"
+    """``message_token`` = RTQ; ``none`` = the RQ ablation (no temporal embedding, segment maps averaged)."""
+    msg_fc_zero_init: bool = False
+    """Zero-init the message output projection W_msg. Official code ends with trunc-normal(0.02) (its zero init is
+    overwritten by the generic init; spec §3.1 step 5), which is the default here."""
+    drop_path_rate: float = 0.0
+    """Stochastic depth on the message-token branch."""
+    grad_checkpoint_last: int = 0
+    """Activation checkpointing on the last N ViT blocks (official: 4); memory only, no effect on results."""
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(f"vision.image_size={self.image_size} must be a multiple of vision.patch_size={self.patch_size}")
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"vision.num_heads={self.num_heads} must divide vision.hidden_size={self.hidden_size}")
+        if self.num_segments < 1 or self.num_frames % self.num_segments:
+            raise ValueError(
+                f"vision.num_segments={self.num_segments} must divide vision.num_frames={self.num_frames}"
+            )
+        if not 0 <= self.cluster_block <= self.temporal_block <= self.num_layers:
+            raise ValueError(
+                f"need 0 <= vision.cluster_block ({self.cluster_block}) <= vision.temporal_block "
+                f"({self.temporal_block}) <= vision.num_layers ({self.num_layers})"
+            )
+        if self.cluster_tokens is not None and self.cluster_tokens < 1:
+            raise ValueError(f"vision.cluster_tokens={self.cluster_tokens} must be >= 1 (or null for P)")
+
+    @property
+    def num_patches(self) -> int:
+        """P: patches per frame."""
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def frames_per_segment(self) -> int:
+        """d = T / T'."""
+        return self.num_frames // self.num_segments
+
+    @property
+    def tokens_per_segment(self) -> int:
+        """Patch tokens a segment keeps after Refine."""
+        d, p = self.frames_per_segment, self.num_patches
+        if self.refine == "pooling":
+            return p
+        if self.refine == "none":
+            return d * p
+        return min(self.cluster_tokens or p, d * p)
+
+    def blip_config(self) -> BlipVisionConfig:
+        """The transformers config of the ViT blocks."""
+        return BlipVisionConfig(
+            hidden_size=self.hidden_size,
+            intermediate_size=self.mlp_dim,
+            num_hidden_layers=self.num_layers,
+            num_attention_heads=self.num_heads,
+            image_size=self.image_size,
+            patch_size=self.patch_size,
+            hidden_act="gelu",
+            layer_norm_eps=self.layer_norm_eps,
+            attention_dropout=0.0,
+        )
+
+
+# ---------------------------------------------------------------------------------------------- k-medoids (R)
+
+
+def kmedoids_reference(tokens: torch.Tensor, num_clusters: int, max_iter: int = 100) -> torch.Tensor:
+    """Plain-loop k-medoids of one segment (the spec of :func:`kmedoids`, used as its test oracle).
+
+    tokens (N, D); returns sorted medoid indices (C,).
+    """
+    z = tokens.double()
+    n = z.shape[0]
+    dist = torch.cdist(z, z)
+    norms = z.norm(dim=1)
+    medoids = [int(torch.argmax(norms))]
+    while len(medoids) < min(num_clusters, n):
+        best, best_d = -1, -1.0
+        for j in range(n):
+            if j in medoids:
+                continue
+            dj = min(float(dist[j, m]) for m in medoids)
+            if dj > best_d:
+                best, best_d = j, dj
+        medoids.append(best)
+    for _ in range(max_iter):
+        assign = [min(range(len(medoids)), key=lambda k: (float(dist[i, medoids[k]]), k)) for i in range(n)]
+        new = list(medoids)
+        for k in range(len(medoids)):
+            members = [i for i in range(n) if assign[i] == k]
+            if members:
+                new[k] = min(members, key=lambda j: (sum(float(dist[j, i]) for i in members), j))
+        if new == medoids:
+            break
+        medoids = new
+    return torch.tensor(sorted(medoids), dtype=torch.long)
+
+
+@torch.no_grad()
+def kmedoids(tokens: torch.Tensor, num_clusters: int, max_iter: int = 100) -> torch.Tensor:
+    """Batched k-medoids with KKZ initialisation on raw token vectors (spec §3.1 step 3).
+
+    Δ_ij = ||z_i − z_j||₂ (float32). KKZ: the first medoid is the token of largest L2 norm; each next one is the
+    token farthest from its nearest chosen medoid (chosen tokens never win again; ties → lowest index). Then
+    ≤ ``max_iter`` rounds of: assign each token to its nearest medoid (ties → earliest medoid), replace each
+    medoid by the member minimising the summed distance to its cluster (ties → lowest index); a segment whose
+    medoids stop changing is a fixed point, so iterating until no segment changes equals the official stop rule.
+    Finally the indices are sorted ascending.
+
+    Args:
+        tokens: (S, N, D) S segments of N tokens.
+        num_clusters: C ≤ N.
+    Returns:
+        (S, C) int64 sorted medoid indices; no gradient.
+    """
+    s, n, _ = tokens.shape
+    c = min(num_clusters, n)
+    z = tokens.float()
+    with torch.autocast(device_type=z.device.type, enabled=False):  # clustering always in float32
+        dist = torch.cdist(z, z)  # (S, N, N)
+    rows = torch.arange(s, device=z.device)
+    medoids = torch.empty(s, c, dtype=torch.long, device=z.device)
+    medoids[:, 0] = z.norm(dim=-1).argmax(dim=-1)  # KKZ first pick: max norm
+    nearest = dist[rows, medoids[:, 0]]  # (S, N) distance to nearest chosen medoid
+    chosen = torch.zeros(s, n, dtype=torch.bool, device=z.device)
+    chosen[rows, medoids[:, 0]] = True
+    for k in range(1, c):
+        score = nearest.masked_fill(chosen, -1.0)  # chosen tokens never win; duplicates (0) come last
+        pick = score.argmax(dim=-1)  # (S,) first max → lowest index on ties
+        medoids[:, k] = pick
+        chosen[rows, pick] = True
+        nearest = torch.minimum(nearest, dist[rows, pick])
+    big = torch.finfo(dist.dtype).max
+    for _ in range(max_iter):
+        to_medoid = torch.gather(dist, 1, medoids.unsqueeze(-1).expand(s, c, n))  # (S, C, N)
+        assign = to_medoid.argmin(dim=1)  # (S, N) first min → earliest medoid
+        member = F.one_hot(assign, c).transpose(1, 2).to(dist.dtype)  # (S, C, N)
+        cost = member @ dist  # (S, C, N): Σ_{i∈k} Δ_ij for every candidate j
+        cost = cost.masked_fill(member == 0, big)  # candidates must belong to the cluster
+        new = cost.argmin(dim=-1)  # (S, C)
+        empty = member.sum(dim=-1) == 0
+        new = torch.where(empty, medoids, new)
+        if torch.equal(new, medoids):
+            break
+        medoids = new
+    return medoids.sort(dim=-1).values
+
+
+def refine_segments(
+    x: torch.Tensor,
+    num_videos: int,
+    num_segments: int,
+    mode: RefineMode,
+    num_tokens: int,
+    max_iter: int = 100,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Refine: merge each segment's d frames into ``1 + C`` tokens (spec §3.1 step 3).
+
+    Args:
+        x: (B·T, 1+P, D) per-frame tokens, frames of a video consecutive.
+        mode: ``kmedoids`` (paper), ``pooling``, ``sparse_sampling``, ``random``, ``none``.
+        num_tokens: C, tokens kept per segment (ignored by ``pooling``/``none``).
+    Returns:
+        (B·T', 1+C, D): ``[mean of the d frames' CLS ; selected patch tokens]`` (selection without gradient,
+        gathered tokens keep it).
+    """
+    bt, p1, dim = x.shape
+    t = bt // num_videos
+    d = t // num_segments
+    x = x.view(num_videos * num_segments, d, p1, dim)  # (B·T', d, 1+P, D)
+    cls = x[:, :, 0].mean(dim=1, keepdim=True)  # (B·T', 1, D) segment CLS = mean of frame CLS
+    patches = x[:, :, 1:]  # (B·T', d, P, D)
+    if mode == "pooling":
+        return torch.cat([cls, patches.mean(dim=1)], dim=1)  # (B·T', 1+P, D)
+    z = patches.reshape(num_videos * num_segments, d * (p1 - 1), dim)  # (B·T', N, D) frame-major
+    n = z.shape[1]
+    if mode == "none" or num_tokens >= n:
+        return torch.cat([cls, z], dim=1)  # (B·T', 1+N, D)
+    if mode == "kmedoids":
+        idx = kmedoids(z.detach(), num_tokens, max_iter)  # (B·T', C)
+    elif mode == "sparse_sampling":
+        idx = torch.linspace(0, n - 1, num_tokens, device=z.device).round().long()
+        idx = idx.unsqueeze(0).expand(z.shape[0], -1)  # (B·T', C) uniform stride
+    elif mode == "random":
+        scores = torch.rand(z.shape[0], n, generator=generator).to(z.device)
+        idx = scores.topk(num_tokens, dim=-1).indices.sort(dim=-1).values  # (B·T', C)
+    else:
+        raise ValueError(f"vision.refine={mode!r}: expected kmedoids, pooling, sparse_sampling, random or none")
+    sel = torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, dim))  # (B·T', C, D)
+    return torch.cat([cls, sel], dim=1)  # (B·T', 1+C, D)
+
+
+# ------------------------------------------------------------------------------------------ message tokens (T)
+
+
+def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Stochastic depth: drop the whole residual branch per sample with probability p."""
+    if p == 0.0 or not training:
+        return x
+    keep = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(1 - p)
+    return x * keep / (1 - p)
+
+
+class MessageTokenAttention(nn.Module):
+    """Message-token exchange of a temporal block (spec §3.1 step 5):
+
+        m ← m + W_msg( DropPath( MHSA( LN_msg(m) ) ) ),   m = [cls_1 … cls_T'] ∈ R^{T'×D} per video.
+
+    Shapes: cls (B, T', D) → (B, T', D). Attention is only among the segments of one video.
+    """
+
+    def __init__(self, dim: int, num_heads: int, eps: float, drop_path: float, zero_init: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, eps=eps)  # LN_msg
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)  # MHSA over T' tokens
+        self.fc = nn.Linear(dim, dim)  # W_msg
+        self.drop_path = drop_path
+        self.zero_init = zero_init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Generic init of the official encoder (trunc-normal 0.02, zero bias, LN 1/0); optional zero W_msg."""
+        for lin in (self.fc,):
+            nn.init.trunc_normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+        nn.init.trunc_normal_(self.attn.in_proj_weight, std=0.02)
+        nn.init.zeros_(self.attn.in_proj_bias)
+        nn.init.trunc_normal_(self.attn.out_proj.weight, std=0.02)
+        nn.init.zeros_(self.attn.out_proj.bias)
+        nn.init.ones_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+        if self.zero_init:
+            nn.init.zeros_(self.fc.weight)
+
+    def forward(self, cls: torch.Tensor) -> torch.Tensor:
+        h = self.norm(cls)  # (B, T', D)
+        h, _ = self.attn(h, h, h, need_weights=False)  # (B, T', D)
+        return cls + self.fc(_drop_path(h, self.drop_path, self.training))  # (B, T', D)
+
+
+def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
+    """Bicubic resize of a ViT position embedding (1, 1+G², D) to (1, 1+num_patches, D), CLS position kept.
+
+    Identity when the sizes already match (spec §3.0: BLIP's 24×24+1 → 14×14+1 at 224 px).
+    """
+    if pos.shape[1] == num_patches + 1:
+        return pos
+    cls, grid = pos[:, :1], pos[:, 1:]
+    old, new = int(math.isqrt(grid.shape[1])), int(math.isqrt(num_patches))
+    if old * old != grid.shape[1] or new * new != num_patches:
+        raise ValueError(f"position embedding of {grid.shape[1]} patches cannot be resized to {num_patches}")
+    dim = grid.shape[-1]
+    grid = grid.reshape(1, old, old, dim).permute(0, 3, 1, 2)  # (1, D, G, G)
+    grid = F.interpolate(grid.float(), size=(new, new), mode="bicubic", align_corners=False).to(pos.dtype)
+    grid = grid.permute(0, 2, 3, 1).reshape(1, new * new, dim)  # (1, P, D)
+    return torch.cat([cls, grid], dim=1)  # (1, 1+P, D)
+
+
+# ------------------------------------------------------------------------------------------------ the encoder
+
+
+@dataclass
+class VideoEncoderOutput:
+    """global_feat (B, D): mean of the final segment CLS; tokens (B, M, D): cross-attention memory,
+    M = T'·(1+C) (RTQ) or 1+C (RQ)."""
+
+    global_feat: torch.Tensor
+    tokens: torch.Tensor
+
+
+class RTQVisionEncoder(nn.Module):
+    """BLIP ViT with RTQ's Refine and Temporal modelling (spec §3.1).
+
+    Shapes: video (B, T, 3, H, W) float → :class:`VideoEncoderOutput`.
+    """
+
+    def __init__(self, config: VisionConfig):
+        super().__init__()
+        self.config = config
+        blip = config.blip_config()
+        self.embeddings = BlipVisionEmbeddings(blip)
+        self.encoder = nn.Module()
+        self.encoder.layers = nn.ModuleList([BlipEncoderLayer(blip) for _ in range(config.num_layers)])
+        self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.use_temporal = config.temporal_modeling == "message_token"
+        n_temporal = config.num_layers - config.temporal_block if self.use_temporal else 0
+        self.temporal_embedding = nn.Parameter(torch.zeros(config.num_segments, config.hidden_size))  # E_t
+        self.message_blocks = nn.ModuleList(
+            MessageTokenAttention(
+                config.hidden_size, config.num_heads, config.layer_norm_eps, config.drop_path_rate, config.msg_fc_zero_init
+            )
+            for _ in range(n_temporal)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Generic ViT init (trunc-normal 0.02 weights, zero biases, LN 1/0); pretrained weights load on top."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear) and not any(m is b.fc for b in self.message_blocks):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        nn.init.trunc_normal_(self.embeddings.position_embedding, std=0.02)
+        nn.init.trunc_normal_(self.embeddings.class_embedding, std=0.02)
+        nn.init.zeros_(self.temporal_embedding)
+        for b in self.message_blocks:
+            b.reset_parameters()
+
+    def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
+        layer = self.encoder.layers[i]
+        if self.training and i >= self.config.num_layers - self.config.grad_checkpoint_last:
+            return checkpoint(layer, x, use_reentrant=False)
+        return layer(x)
+
+    def forward(self, video: torch.Tensor, generator: torch.Generator | None = None) -> VideoEncoderOutput:
+        cfg = self.config
+        if video.ndim != 5 or video.shape[1] != cfg.num_frames or video.shape[2] != 3:
+            raise ValueError(
+                f"video must be (B, T={cfg.num_frames}, 3, H, W) (vision.num_frames), got {tuple(video.shape)}"
+            )
+        if video.shape[-1] != cfg.image_size or video.shape[-2] != cfg.image_size:
+            raise ValueError(f"video frames must be {cfg.image_size}x{cfg.image_size} (vision.image_size), got {tuple(video.shape[-2:])}")
+        b, t = video.shape[:2]
+        x = self.embeddings(video.flatten(0, 1))  # (B·T, 1+P, D)
+        segments = False
+        for i in range(cfg.num_layers):
+            if i == cfg.cluster_block and not segments:
+                x = refine_segments(
+                    x, b, cfg.num_segments, cfg.refine, cfg.tokens_per_segment, cfg.kmedoids_max_iter, generator
+                )  # (B·T', 1+C, D)
+                segments = True
+            if self.use_temporal and i == cfg.temporal_block:
+                n = x.shape[1]
+                x = x.view(b, cfg.num_segments, n, -1) + self.temporal_embedding[None, :, None]  # (B, T', 1+C, D)
+                x = x.flatten(0, 1)  # (B·T', 1+C, D)
+            if self.use_temporal and i >= cfg.temporal_block:
+                n = x.shape[1]
+                x = x.view(b, cfg.num_segments, n, -1)  # (B, T', 1+C, D)
+                cls = self.message_blocks[i - cfg.temporal_block](x[:, :, 0])  # (B, T', D)
+                x = torch.cat([cls.unsqueeze(2), x[:, :, 1:]], dim=2).flatten(0, 1)  # (B·T', 1+C, D)
+            x = self._block(i, x)
+        if not segments:  # cluster_block == num_layers: refine after the last block
+            x = refine_segments(x, b, cfg.num_segments, cfg.refine, cfg.tokens_per_segment, cfg.kmedoids_max_iter, generator)
+        x = self.post_layernorm(x)  # (B·T', 1+C, D)
+        n = x.shape[1]
+        x = x.view(b, cfg.num_segments, n, -1)  # (B, T', 1+C, D)
+        global_feat = x[:, :, 0].mean(dim=1)  # (B, D) mean of segment CLS
+        if self.use_temporal:
+            tokens = x.flatten(1, 2)  # (B, T'·(1+C), D)
+        else:
+            tokens = x.mean(dim=1)  # (B, 1+C, D) RQ: segment maps averaged
+        return VideoEncoderOutput(global_feat=global_feat, tokens=tokens)

@@ -1,0 +1,317 @@
+"""The RTQ LightningModule: one module, four task heads chosen by ``config.task`` (spec §3.2, §3.3).
+
+Step flow: batch → model → losses → ``self.log``. Retrieval evaluation encodes every text and video, builds the
+cosine matrix and re-ranks the top-k with ITM at epoch end; captioning / QA generate with beam search.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import lightning.pytorch as pl
+import torch
+
+from rtqvl.losses import AnswerLoss, CaptionLoss, ITCLoss, ITMLoss, MultipleChoiceLoss, alpha_ramp, itm_negative_indices
+from rtqvl.metrics import CaptionMetrics, NExTQAAccuracy, QAAccuracy, RetrievalMetrics
+from rtqvl.models.rtq import RTQConfig, build_model, momentum_update
+from rtqvl.models.weights import load_pretrained
+
+__all__ = ["RTQModule", "linear_warmup_cosine_lr", "param_groups"]
+
+log = logging.getLogger(__name__)
+
+
+def linear_warmup_cosine_lr(
+    epoch: int, step: int, peak: float, warmup_start: float, warmup_steps: int, min_lr: float, max_epochs: int
+) -> float:
+    """LAVIS ``linear_warmup_cosine_lr`` (spec §3.3): in epoch 0, ``min(peak, start + (peak − start)·step/warmup)``
+    (``step`` = iteration within the epoch); from epoch e ≥ 1, ``(peak − min)·½(1 + cos(π·e/E)) + min``."""
+    if epoch == 0:
+        if warmup_steps <= 0:
+            return peak
+        return min(peak, warmup_start + (peak - warmup_start) * step / warmup_steps)
+    return (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * epoch / max_epochs)) + min_lr
+
+
+def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """AdamW groups (spec §3.3): decay for trainable params with ndim ≥ 2 whose name has none of ``bias``, ``ln``,
+    ``bn``; no decay otherwise; frozen params excluded."""
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if not p.requires_grad:
+            continue
+        if p.ndim < 2 or "bias" in name or "ln" in name or "bn" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+class RTQModule(pl.LightningModule):
+    """RTQ fine-tuning on one task.
+
+    Args:
+        config: the model (task, video encoder, text model, head settings); ``None`` = defaults.
+        lr: peak learning rate (spec §3.3).
+        warmup_lr: warm-up start lr.
+        warmup_steps: linear warm-up iterations inside epoch 0.
+        min_lr: cosine floor.
+        weight_decay: AdamW decay of the decayed group.
+        betas: AdamW betas.
+        alpha: momentum-distillation weight α (retrieval ITC, multiple-choice).
+        alpha_ramp_epochs: epochs over which α ramps up (2 for retrieval, 1 for multiple-choice).
+        itc_weight, itm_weight: retrieval loss weights (1:1).
+        label_smoothing: captioning / answer CE label smoothing.
+        rerank: retrieval eval with ITM top-k re-ranking (False = cosine only).
+        caption_backend: ``auto`` | ``coco`` | ``python`` (see :mod:`rtqvl.metrics`).
+    """
+
+    checkpoint_monitor = "val/score"
+    checkpoint_mode = "max"
+
+    def __init__(
+        self,
+        config: RTQConfig | None = None,
+        lr: float = 2e-6,
+        warmup_lr: float = 2e-7,
+        warmup_steps: int = 500,
+        min_lr: float = 0.0,
+        weight_decay: float = 0.04,
+        betas: tuple[float, float] = (0.9, 0.999),
+        alpha: float = 0.4,
+        alpha_ramp_epochs: float = 2.0,
+        itc_weight: float = 1.0,
+        itm_weight: float = 1.0,
+        label_smoothing: float = 0.1,
+        rerank: bool = True,
+        caption_backend: str = "auto",
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = config or RTQConfig()
+        self.model = build_model(self.config)
+        if self.config.pretrained_path:
+            load_pretrained(self.model, self.config.pretrained_path)
+        task = self.config.task
+        if task == "retrieval":
+            self.itc = ITCLoss()
+            self.itm = ITMLoss()
+            self.val_metric, self.test_metric = RetrievalMetrics(), RetrievalMetrics()
+        elif task == "captioning":
+            self.lm_loss = CaptionLoss(label_smoothing)
+            self.val_metric, self.test_metric = CaptionMetrics(caption_backend), CaptionMetrics(caption_backend)
+        elif task == "qa":
+            self.lm_loss = AnswerLoss(label_smoothing)
+            self.val_metric, self.test_metric = QAAccuracy(), QAAccuracy()
+        else:
+            self.mc_loss = MultipleChoiceLoss()
+            self.val_metric, self.test_metric = NExTQAAccuracy(), NExTQAAccuracy()
+        self._eval_store: list[dict] = []
+
+    # ------------------------------------------------------------------------------------------- training
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
+        v = self.config.vision
+        if dm is not None and hasattr(dm, "hparams"):
+            for key, want in (("num_frames", v.num_frames), ("image_size", v.image_size)):
+                got = dm.hparams.get(key)
+                if got is not None and got != want:
+                    raise ValueError(f"data.{key}={got} must equal model.config.vision.{key}={want}")
+
+    def _alpha(self, batch_idx: int) -> float:
+        n = self._trainer.num_training_batches if self._trainer is not None else 1
+        n = int(n) if isinstance(n, int | float) and 0 < n < float("inf") else 1
+        return alpha_ramp(self.hparams.alpha, self.current_epoch, batch_idx, n, self.hparams.alpha_ramp_epochs)
+
+    def on_train_batch_start(self, batch, batch_idx: int) -> None:
+        hp = self.hparams
+        lr = linear_warmup_cosine_lr(self.current_epoch, batch_idx, hp.lr, hp.warmup_lr, hp.warmup_steps, hp.min_lr,
+                                     max(1, self.trainer.max_epochs or 1))
+        for opt in self.trainer.optimizers:
+            for g in opt.param_groups:
+                g["lr"] = lr
+
+    def _check_finite(self, loss: torch.Tensor, name: str) -> None:
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"{name} is {loss.item()} at step {self.global_step}; lower the lr or check data")
+
+    def training_step(self, batch: dict | None, batch_idx: int):
+        if batch is None:  # every clip of the batch was skipped (on_corrupt: skip)
+            return None
+        task = self.config.task
+        b = batch["video"].shape[0]
+        if task == "retrieval":
+            terms = self._retrieval_losses(batch, batch_idx)
+        elif task == "captioning":
+            ids, mask = self.model.tokenize(batch["caption"], self.device)
+            terms = {"loss_lm": self.lm_loss(self.model(batch["video"], ids, mask), ids, mask)}
+        elif task == "qa":
+            q = self.model.tokenize_question(batch["question"], self.device)
+            a = self.model.tokenize_answer(batch["answer"], self.device)
+            logits = self.model(batch["video"], *q, *a)
+            terms = {"loss_answer": self.lm_loss(logits, *a, batch["weight"].to(self.device))}
+        else:
+            terms = self._multiple_choice_losses(batch, batch_idx)
+        loss = sum(terms.values())
+        self._check_finite(loss, "train/loss")
+        for k, v in terms.items():
+            self.log(f"train/{k}", v, batch_size=b)
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        return loss
+
+    def _retrieval_losses(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        m = self.model
+        with torch.no_grad():
+            m.temp.clamp_(0.001, 0.5)  # spec §3.2a: clamp before every step
+        video, idx = batch["video"], batch["video_index"].to(self.device)
+        ids, mask = m.tokenize(batch["caption"], self.device)
+        v_feat, v_tokens = m.encode_video(video)  # (B, E), (B, M, D)
+        t_feat = m.encode_text(ids, mask)  # (B, E)
+        alpha = self._alpha(batch_idx)
+        with torch.no_grad():
+            momentum_update(m.momentum_pairs(), self.config.momentum)
+            v_m, _ = m.encode_video(video, momentum=True)
+            t_m = m.encode_text(ids, mask, momentum=True)
+        loss_itc, gathered = self.itc(v_feat, t_feat, v_m, t_m, idx, m.video_queue, m.text_queue, m.idx_queue,
+                                      m.temp, alpha)
+        m.enqueue(*gathered)
+        neg_video, neg_text = itm_negative_indices(t_feat @ v_feat.T, idx, m.temp.detach())
+        logits = torch.cat([
+            m.itm_logits(v_tokens, ids, mask),  # positives
+            m.itm_logits(v_tokens[neg_video], ids, mask),  # each text with a hard negative video
+            m.itm_logits(v_tokens, ids[neg_text], mask[neg_text]),  # each video with a hard negative text
+        ])  # (3B, 2)
+        loss_itm = self.itm(logits)
+        self.log("train/alpha", alpha, batch_size=video.shape[0])
+        return {"loss_itc": self.hparams.itc_weight * loss_itc, "loss_itm": self.hparams.itm_weight * loss_itm}
+
+    def _multiple_choice_losses(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        m = self.model
+        texts = [c for cands in batch["candidates"] for c in cands]  # B·K strings, video-major
+        ids, mask = m.tokenize(texts, self.device)
+        logits = m(batch["video"], ids, mask)  # (B, K)
+        alpha = self._alpha(batch_idx)
+        with torch.no_grad():
+            momentum_update(m.momentum_pairs(), self.config.momentum)
+            logits_m = m(batch["video"], ids, mask, momentum=True)
+        return {"loss_mc": self.mc_loss(logits, logits_m, batch["answer"].to(self.device), alpha)}
+
+    # ------------------------------------------------------------------------------------------ evaluation
+    def _eval_step(self, batch: dict | None, stage: str) -> None:
+        if batch is None:
+            return
+        task = self.config.task
+        metric = self.val_metric if stage == "val" else self.test_metric
+        m = self.model
+        if task == "retrieval":
+            ids, mask = m.tokenize(batch["caption"], self.device, pad_to_max=True)
+            v_feat, v_tokens = m.encode_video(batch["video"])
+            self._eval_store.append({
+                "v_feat": v_feat, "v_tokens": v_tokens, "t_feat": m.encode_text(ids, mask), "ids": ids, "mask": mask,
+                "video_index": batch["video_index"].to(self.device), "index": batch["index"].to(self.device),
+            })
+        elif task == "captioning":
+            metric.update(m.generate(batch["video"]), batch["references"], batch["index"].tolist())
+        elif task == "qa":
+            q = m.tokenize_question(batch["question"], self.device)
+            metric.update(m.generate(batch["video"], *q), batch["answer"])
+        else:
+            texts = [c for cands in batch["candidates"] for c in cands]
+            ids, mask = m.tokenize(texts, self.device)
+            metric.update(m(batch["video"], ids, mask).argmax(dim=1), batch["answer"].to(self.device), batch["type"])
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _gather_store(self) -> dict[str, torch.Tensor]:
+        store = {k: torch.cat([s[k] for s in self._eval_store]) for k in self._eval_store[0]}
+        if self.trainer.world_size > 1:
+            parts: list = [None] * self.trainer.world_size
+            torch.distributed.all_gather_object(parts, {k: v.cpu() for k, v in store.items()})
+            store = {k: torch.cat([p[k] for p in parts]).to(self.device) for k in store}
+        # drop DistributedSampler duplicates by item index
+        order = torch.argsort(store["index"])
+        keep = torch.ones_like(order, dtype=torch.bool)
+        keep[1:] = store["index"][order][1:] != store["index"][order][:-1]
+        return {k: v[order[keep]] for k, v in store.items()}
+
+    def _retrieval_epoch_end(self, stage: str) -> None:
+        if not self._eval_store:
+            raise ValueError(f"{stage}: the evaluation set produced no batches")
+        s = self._gather_store()
+        self._eval_store = []
+        # one column per video (first item of each video index), one row per text
+        vids, first = torch.unique(s["video_index"], return_inverse=True)
+        col = torch.full((len(vids),), -1, dtype=torch.long, device=self.device)
+        pos = torch.arange(len(first), device=self.device)
+        col.scatter_reduce_(0, first, pos, reduce="amin", include_self=False)
+        v_feat, v_tokens = s["v_feat"][col], s["v_tokens"][col]
+        sim = s["t_feat"].float() @ v_feat.float().T  # (N_t, N_v) cosine
+        if self.hparams.rerank:
+            t2v, v2t = self.model.rerank(sim, v_tokens, s["ids"], s["mask"], self.config.k_test)
+        else:
+            t2v, v2t = sim, sim.T
+        metric = self.val_metric if stage == "val" else self.test_metric
+        metric.update(t2v, first, v2t)
+        self._log_dict(metric.compute(), stage)
+        metric.reset()
+
+    def _log_dict(self, values: dict[str, float], stage: str) -> None:
+        task = self.config.task
+        if task == "retrieval":
+            score = values["r_mean"]
+        elif task == "captioning":
+            score = values["CIDEr"] + values["BLEU-4"]  # official selection: CIDEr + BLEU-4
+        else:
+            score = values["acc"]
+        # values come from data gathered over all ranks, so every rank logs the same number
+        for k, v in values.items():
+            self.log(f"{stage}/{k}", float(v), sync_dist=True)
+        self.log(f"{stage}/score", float(score), sync_dist=True)
+
+    def _epoch_end(self, stage: str) -> None:
+        task = self.config.task
+        if task == "retrieval":
+            self._retrieval_epoch_end(stage)
+            return
+        metric = self.val_metric if stage == "val" else self.test_metric
+        value = metric.compute()
+        values = {"acc": float(value)} if task == "qa" else value
+        self._log_dict(values, stage)
+        metric.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        if self.trainer.sanity_checking:
+            self._eval_store = []
+            self.val_metric.reset()
+            return
+        self._epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    def predict_step(self, batch: dict | None, batch_idx: int):
+        """Captions / answers / choice indices, or for retrieval the L2-normalised video and text features."""
+        if batch is None:
+            return None
+        m, task = self.model, self.config.task
+        if task == "retrieval":
+            ids, mask = m.tokenize(batch["caption"], self.device)
+            return {"video_id": batch["video_id"], "video_feat": m.encode_video(batch["video"])[0],
+                    "text_feat": m.encode_text(ids, mask)}
+        if task == "captioning":
+            return {"video_id": batch["video_id"], "caption": m.generate(batch["video"])}
+        if task == "qa":
+            return {"video_id": batch["video_id"], "answer": m.generate(batch["video"], *m.tokenize_question(batch["question"], self.device))}
+        texts = [c for cands in batch["candidates"] for c in cands]
+        ids, mask = m.tokenize(texts, self.device)
+        return {"qid": batch["qid"], "choice": m(batch["video"], ids, mask).argmax(dim=1)}
+
+    # ------------------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        hp = self.hparams
+        return torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))

@@ -1,0 +1,108 @@
+"""Synthetic data in RTQ's official formats (spec §8b, §8c): demo data, test fixtures and the repro's tasks.
+
+The *temporal-order* task: each video shows event A (a coloured square at a position) in its first half and event
+B in its second half; its caption is ``"{colour A} square on the {pos A} then {colour B} square on the {pos B}"``.
+A test gallery holding every clip together with its order-swapped twin can only be solved by a model that sees
+temporal order (spec §8c.1).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import tempfile
+from pathlib import Path
+
+import torch
+from mmzoo.video import write_video
+
+from rtqvl.data import write_lmdb
+
+__all__ = ["COLOURS", "POSITIONS", "event_frame", "order_clip", "encode_mp4", "order_pairs", "write_order_dataset"]
+
+COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (40, 60, 230), "yellow": (230, 220, 30),
+           "white": (235, 235, 235)}
+POSITIONS = ("left", "right", "top", "bottom")
+
+
+def event_frame(colour: str, position: str, size: int = 32) -> torch.Tensor:
+    """uint8 (3, S, S): a square of ``colour`` in the ``position`` half of a dark frame."""
+    img = torch.full((3, size, size), 20, dtype=torch.uint8)
+    q = size // 2
+    s = size * 3 // 8
+    y, x = {"left": (q - s // 2, 1), "right": (q - s // 2, size - s - 1), "top": (1, q - s // 2),
+            "bottom": (size - s - 1, q - s // 2)}[position]
+    img[:, y : y + s, x : x + s] = torch.tensor(COLOURS[colour], dtype=torch.uint8).view(3, 1, 1)
+    return img
+
+
+def order_clip(a: tuple[str, str], b: tuple[str, str], num_frames: int = 8, size: int = 32) -> torch.Tensor:
+    """uint8 (T, 3, S, S): event ``a`` in the first half of the frames, event ``b`` in the second."""
+    half = num_frames // 2
+    return torch.stack([event_frame(*(a if t < half else b), size=size) for t in range(num_frames)])
+
+
+def encode_mp4(frames: torch.Tensor, fps: float = 8.0) -> bytes:
+    """Raw mp4 bytes of uint8 (T, 3, H, W) frames (what a ClipBERT LMDB stores)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = write_video(Path(tmp) / "clip.mp4", frames, fps=fps, codec="mpeg4")
+        return path.read_bytes()
+
+
+def caption_of(a: tuple[str, str], b: tuple[str, str]) -> str:
+    return f"{a[0]} square on the {a[1]} then {b[0]} square on the {b[1]}"
+
+
+def order_pairs(num: int, rng: random.Random, exclude: set | None = None) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    """``num`` distinct ordered (A, B) event pairs with A, B of different colours and positions."""
+    events = [(c, p) for c in COLOURS for p in POSITIONS]
+    pairs = [(a, b) for a in events for b in events if a[0] != b[0] and a[1] != b[1]]
+    exclude = exclude or set()
+    pairs = [p for p in pairs if p not in exclude]
+    rng.shuffle(pairs)
+    return pairs[:num]
+
+
+def write_order_dataset(
+    root: str | Path,
+    num_train: int,
+    num_test: int,
+    seed: int = 0,
+    ann_dir: str = "txt_db/msrvtt_retrieval",
+    video_db: str = "vis_db/msrvtt",
+    num_frames: int = 8,
+    size: int = 32,
+    train_name: str = "train.jsonl",
+    extra_train_files: tuple[str, ...] = ("val.jsonl",),
+    test_name: str = "test.jsonl",
+) -> Path:
+    """Write the temporal-order task as ClipBERT retrieval data: an LMDB of mp4 bytes and jsonl annotations.
+
+    The test set holds ``num_test // 2`` pairs and their order-swapped twins; train pairs never use a test pair in
+    either order. Extra train files (the MSR-VTT layout's ``val.jsonl``) are written empty-free: one line each.
+    """
+    rng = random.Random(seed)
+    root = Path(root)
+    test_pairs = order_pairs(num_test // 2, rng)
+    test_all = []
+    for a, b in test_pairs:
+        test_all += [(a, b), (b, a)]
+    banned = set(test_all)
+    train_pairs = order_pairs(num_train, rng, exclude=banned)
+    videos: dict[str, bytes] = {}
+    lines: dict[str, list[dict]] = {train_name: [], test_name: []}
+    for split, pairs in ((train_name, train_pairs), (test_name, test_all)):
+        for i, (a, b) in enumerate(pairs):
+            vid = f"{Path(split).stem}{i:05d}"
+            videos[vid] = encode_mp4(order_clip(a, b, num_frames, size))
+            lines[split].append({"clip_name": vid, "caption": caption_of(a, b)})
+    ann = root / ann_dir
+    ann.mkdir(parents=True, exist_ok=True)
+    # the last train clip goes to the extra file(s) so the MSR-VTT layout (train.jsonl + val.jsonl) is complete
+    extra = lines[train_name][-len(extra_train_files):] if extra_train_files else []
+    for name, rows in ((train_name, lines[train_name][: len(lines[train_name]) - len(extra)]), (test_name, lines[test_name])):
+        (ann / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    for name, row in zip(extra_train_files, extra, strict=False):
+        (ann / name).write_text(json.dumps(row) + "\n", encoding="utf-8")
+    write_lmdb(root / video_db, videos)
+    return root

@@ -1,0 +1,159 @@
+"""Readers of the official formats on tiny files written in those formats (spec §4, §8b)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+
+import pytest
+import torch
+
+from rtqvl.data import (
+    CaptionDataset,
+    LMDBVideoStore,
+    NExTQADataset,
+    RetrievalDataset,
+    VideoQADataset,
+    collate,
+    convert_nextqa_csv,
+    head_tail_indices,
+    normalize_text,
+    uniform_eval_indices,
+    write_lmdb,
+)
+from rtqvl.synthetic import encode_mp4, order_clip
+
+COMMON = dict(num_frames=4, image_size=32, train=False)
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rtq_data")
+    clip = encode_mp4(order_clip(("red", "left"), ("blue", "top"), num_frames=8))
+    write_lmdb(root / "vis_db", {"video0": clip, "video1": clip, "video7010": clip, "bad": b"not a video"})
+    ann = root / "ann"
+    ann.mkdir()
+    (ann / "ret.jsonl").write_text(
+        json.dumps({"clip_name": "video0", "caption": "A man (is) cooking!"}) + "\n"
+        + json.dumps({"video": "video1", "caption": ["first caption", "second caption"]}) + "\n"
+    )
+    (ann / "cap_test.json").write_text(json.dumps([
+        {"image_id": "video0.mp4", "caption": "a red square"}, {"image_id": "video0.mp4", "caption": "red box"},
+        {"image_id": "video1.mp4", "caption": "blue"},
+    ]))
+    (ann / "cap_grouped.jsonl").write_text(json.dumps({"clip_name": "video0", "caption": ["x y", "y z"]}) + "\n")
+    (ann / "qa_test.json").write_text(json.dumps([
+        {"video": "video7010.mp4", "question": "What is red?", "answer": "square", "question_id": 12},
+    ]))
+    with open(ann / "test.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video", "frame_count", "width", "height", "question", "answer", "qid", "type",
+                    "a0", "a1", "a2", "a3", "a4"])
+        w.writerow(["video1", 8, 32, 32, "what happens first", 2, 4, "TP", "blue", "green", "red", "white", "none"])
+    return root
+
+
+def test_text_normaliser_and_samplers():
+    assert normalize_text('A "Man": (runs)!  fast~') == "a man runs fast"
+    assert len(normalize_text(" ".join(["w"] * 80)).split()) == 50
+    assert uniform_eval_indices(8, 4) == [0, 2, 4, 6]
+    assert uniform_eval_indices(10, 4) == [0, 2, 5, 7]
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        idx = head_tail_indices(12, 4, g)
+        assert idx[:2] == sorted(idx[:2]) and all(i < 6 for i in idx[:2]) and all(6 <= i < 12 for i in idx[2:])
+        assert len(set(idx)) == 4
+
+
+def test_retrieval_jsonl_string_and_list_captions(root):
+    ds = RetrievalDataset(root, "test", ["ret.jsonl"], "ann", "vis_db", **COMMON)
+    assert len(ds) == 3 and ds.num_videos == 2
+    assert [x["video_index"] for x in ds.items] == [0, 1, 1]
+    assert ds.items[0]["caption"] == "a man is cooking"
+    batch = collate([ds[i] for i in range(3)])
+    assert batch["video"].shape == (3, 4, 3, 32, 32) and batch["video"].dtype == torch.float32
+    assert batch["video_index"].tolist() == [0, 1, 1]
+    train = RetrievalDataset(root, "train", ["ret.jsonl"], "ann", "vis_db", num_frames=4, image_size=32, train=True)
+    assert train[1]["video"].shape == (4, 3, 32, 32)  # RandomResizedCrop + flip + RandAugment path
+
+
+def test_caption_json_and_grouped_jsonl(root):
+    ev = CaptionDataset(root, "test", ["cap_test.json"], "ann", "vis_db", **COMMON)
+    assert [x["video_id"] for x in ev.items] == ["video0", "video1"]
+    assert ev.items[0]["references"] == ["a red square", "red box"]
+    tr = CaptionDataset(root, "train", ["cap_grouped.jsonl"], "ann", "vis_db", num_frames=4, image_size=32, train=True)
+    assert [x["caption"] for x in tr.items] == ["x y", "y z"]
+
+
+def test_msrvtt_qa_json(root):
+    ds = VideoQADataset(root, "test", ["qa_test.json"], "ann", "vis_db", **COMMON)
+    item = ds[0]
+    assert item["video_id"] == "video7010" and item["question"] == "what is red?"
+    assert item["answer"] == "square" and item["weight"] == 1.0 and item["instance_id"] == 0
+    assert item["question_id"] == 12
+
+
+def test_nextqa_csv_conversion_and_reader(root):
+    out = root / "ann" / "nextqa_test.json"
+    assert convert_nextqa_csv([root / "ann" / "test.csv"], out) == 1
+    ds = NExTQADataset(root, "test", ["nextqa_test.json"], "ann", "vis_db", **COMMON)
+    item = ds[0]
+    assert item["answer"] == 2 and item["type"] == "TP" and len(item["candidates"]) == 5
+    assert item["candidates"][2] == "question what happens first? answer red"  # ":" removed by the normaliser
+    b = collate([item, item])
+    assert b["answer"].tolist() == [2, 2] and b["video"].shape == (2, 4, 3, 32, 32)
+
+
+def test_missing_files_and_keys(root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.jsonl.*README, Data preparation"):
+        RetrievalDataset(root, "test", ["nope.jsonl"], "ann", "vis_db", **COMMON)
+    with pytest.raises(FileNotFoundError, match="no LMDB"):
+        RetrievalDataset(root, "test", ["ret.jsonl"], "ann", "missing_db", **COMMON)
+    (tmp_path / "ann").mkdir()
+    write_lmdb(tmp_path / "db", {"v": b"x"})
+    (tmp_path / "ann" / "bad.json").write_text(json.dumps([{"video": "v.mp4", "question": "q"}]))
+    with pytest.raises(KeyError, match=r"\['answer', 'question_id'\]"):
+        VideoQADataset(tmp_path, "test", ["bad.json"], "ann", "db", **COMMON)
+    with pytest.raises(KeyError, match="not in the LMDB"):
+        LMDBVideoStore(root / "vis_db").get("video999")
+
+
+def test_corrupt_video_raise_or_skip(root, tmp_path, caplog):
+    (tmp_path / "ann").mkdir()
+    (tmp_path / "ann" / "c.jsonl").write_text(
+        json.dumps({"clip_name": "bad", "caption": "x"}) + "\n" + json.dumps({"clip_name": "video0", "caption": "y"}) + "\n")
+    import shutil
+
+    shutil.copytree(root / "vis_db", tmp_path / "vis_db")
+    strict = RetrievalDataset(tmp_path, "test", ["c.jsonl"], "ann", "vis_db", **COMMON)
+    from mmzoo.video import VideoDecodeError
+
+    with pytest.raises(VideoDecodeError):
+        strict[0]
+    skip = RetrievalDataset(tmp_path, "test", ["c.jsonl"], "ann", "vis_db", on_corrupt="skip", **COMMON)
+    with caplog.at_level(logging.WARNING):
+        assert skip[0] is None
+    assert "bad" in caplog.text
+    batch = collate([skip[0], skip[1]])
+    assert batch["video"].shape[0] == 1
+    assert collate([None]) is None
+
+
+def test_build_lmdb_command_packs_video_files(tmp_path):
+    from mmzoo.testing import make_pattern_video
+    from mmzoo.video import VideoReader
+
+    from rtqvl.cli import main
+    from rtqvl.data import LMDBVideoStore
+
+    videos = tmp_path / "videos" / "sub"
+    make_pattern_video(videos / "video7.mp4", num_frames=6)
+    make_pattern_video(videos / "video9.mp4", num_frames=8)
+    assert main(["build-lmdb", "--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "db")]) == 0
+    store = LMDBVideoStore(tmp_path / "db")
+    assert sorted(store.keys()) == ["video7", "video9"]
+    with VideoReader(store.get("video9")) as r:
+        assert r.num_frames == 8
+    with pytest.raises(FileNotFoundError, match="no video files"):
+        main(["build-lmdb", "--videos", str(tmp_path / "db"), "--out", str(tmp_path / "db2")])

@@ -1,0 +1,174 @@
+"""Video encoder (Refine + Temporal), k-medoids, weight loading (spec §8d)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from rtqvl_testlib import tiny_config, tiny_vision
+
+from rtqvl.models import RTQVisionEncoder, build_model, kmedoids, kmedoids_reference, load_pretrained, refine_segments
+from rtqvl.models.video import MessageTokenAttention, resize_pos_embed
+from rtqvl.models.weights import _VIT_RULES
+
+
+def test_kmedoids_matches_plain_loop_reference():
+    z = torch.randn(3, 20, 5)
+    got = kmedoids(z, 6)
+    for s in range(3):
+        assert torch.equal(got[s], kmedoids_reference(z[s], 6))
+
+
+def test_kmedoids_fixed_point_properties():
+    z = torch.randn(2, 30, 4)
+    med = kmedoids(z, 5)
+    assert torch.all(med[:, 1:] > med[:, :-1])  # sorted, distinct
+    for s in range(2):
+        d = torch.cdist(z[s].double(), z[s].double())
+        assign = d[:, med[s]].argmin(dim=1)
+        for k in range(5):
+            members = (assign == k).nonzero().view(-1)
+            costs = d[members][:, members].sum(dim=1)
+            assert members[costs.argmin()] == med[s, k]  # each medoid is its cluster's exact medoid
+
+
+def test_kkz_first_pick_is_max_norm():
+    z = torch.randn(1, 10, 3)
+    z[0, 7] *= 50
+    assert kmedoids(z, 1, max_iter=0)[0].tolist() == [7]  # initialisation only
+    # second KKZ pick = the token farthest from the first
+    far = int(torch.cdist(z[0], z[0])[7].argmax())
+    assert kmedoids(z, 2, max_iter=0)[0].tolist() == sorted([7, far])
+
+
+def test_duplicate_frames_keep_the_distinct_tokens():
+    p, d = 16, 8
+    frame = torch.randn(p, d) * 3
+    z = torch.cat([frame, frame]).unsqueeze(0)  # segment of two identical frames, N = 2P
+    med = kmedoids(z, p)[0]
+    assert torch.equal(torch.unique(z[0, med], dim=0), torch.unique(frame, dim=0))
+
+
+def test_refine_shapes_cls_mean_and_gradients():
+    b, t, p, d = 2, 4, 16, 8
+    x = torch.randn(b * t, 1 + p, d, requires_grad=True)
+    out = refine_segments(x, b, 2, "kmedoids", p)
+    assert out.shape == (b * 2, 1 + p, d)
+    assert torch.allclose(out[0, 0], x[:2, 0].mean(dim=0))  # segment CLS = mean of its frames' CLS
+    out.sum().backward()
+    assert x.grad[:, 1:].abs().sum() > 0  # gradient reaches the selected tokens
+    for mode, n in (("pooling", p), ("sparse_sampling", p), ("random", p), ("none", 2 * p)):
+        assert refine_segments(x.detach(), b, 2, mode, p).shape == (b * 2, 1 + n, d)
+
+
+def test_message_block_zero_fc_is_identity_and_runs_with_one_segment():
+    blk = MessageTokenAttention(16, 4, 1e-6, 0.0, zero_init=True)
+    nn_zero = torch.nn.init.zeros_
+    nn_zero(blk.fc.bias)
+    cls = torch.randn(3, 4, 16)
+    assert torch.equal(blk(cls), cls)
+    assert blk(torch.randn(2, 1, 16)).shape == (2, 1, 16)
+
+
+def test_encoder_shapes_rtq_vs_rq_and_video_permutation():
+    enc = RTQVisionEncoder(tiny_vision()).eval()
+    x = torch.randn(3, 4, 3, 32, 32)
+    out = enc(x)
+    assert out.global_feat.shape == (3, 64) and out.tokens.shape == (3, 2 * 17, 64)
+    perm = torch.tensor([2, 0, 1])
+    out_p = enc(x[perm])
+    torch.testing.assert_close(out_p.tokens, out.tokens[perm], atol=1e-5, rtol=1e-5)  # videos do not mix
+    rq = RTQVisionEncoder(tiny_vision(temporal_modeling="none")).eval()
+    assert rq(x).tokens.shape == (3, 17, 64)
+    assert len(rq.message_blocks) == 0
+
+
+def test_temporal_embedding_reaches_every_token_and_order_matters():
+    enc = RTQVisionEncoder(tiny_vision(cluster_block=1, temporal_block=1)).eval()
+    x = torch.randn(1, 4, 3, 32, 32)
+    swapped = x[:, [2, 3, 0, 1]]
+    with torch.no_grad():
+        enc.temporal_embedding.normal_()
+    a, b = enc(x), enc(swapped)
+    assert not torch.allclose(a.global_feat, b.global_feat, atol=1e-4)  # RTQ sees segment order
+    rq = RTQVisionEncoder(tiny_vision(temporal_modeling="none")).eval()
+    torch.testing.assert_close(rq(x).tokens, rq(swapped).tokens, atol=1e-5, rtol=1e-5)  # RQ is order-blind
+
+
+def test_pos_embed_resize():
+    pos = torch.randn(1, 1 + 24 * 24, 8)
+    out = resize_pos_embed(pos, 14 * 14)
+    assert out.shape == (1, 197, 8) and torch.equal(out[:, 0], pos[:, 0])
+    assert resize_pos_embed(out, 196) is out
+
+
+def _to_lavis(key: str) -> str:
+    """Inverse of the key mapping, for building a fake LAVIS checkpoint."""
+    import re
+
+    inv = {
+        "embeddings.class_embedding": "cls_token", "embeddings.position_embedding": "pos_embed",
+        "embeddings.patch_embedding.": "patch_embed.proj.", "post_layernorm.": "norm.",
+    }
+    for a, b in inv.items():
+        key = key.replace(a, b)
+    key = re.sub(r"encoder\.layers\.(\d+)\.layer_norm(\d)\.", r"blocks.\1.norm\2.", key) if key.startswith("visual") else key
+    key = re.sub(r"encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"blocks.\1.attn.qkv.", key)
+    key = re.sub(r"encoder\.layers\.(\d+)\.self_attn\.projection\.", r"blocks.\1.attn.proj.", key)
+    key = re.sub(r"encoder\.layers\.(\d+)\.mlp\.", r"blocks.\1.mlp.", key)
+    return key
+
+
+def test_load_lavis_checkpoint_roundtrip(tmp_path):
+    assert _VIT_RULES
+    src = build_model(tiny_config())
+    state = {_to_lavis(k): v for k, v in src.state_dict().items() if "message_blocks" not in k and "temporal_embedding" not in k}
+    # a 384-px style position embedding (8x8 grid) that must be resized to the model's 4x4
+    state["visual_encoder.pos_embed"] = torch.randn(1, 65, 64)
+    state["visual_encoder_m.pos_embed"] = state["visual_encoder.pos_embed"].clone()  # resized too (Deviation)
+    state["image_queue"] = torch.randn(32, 99)  # another queue size: dropped
+    torch.save({"model": state}, tmp_path / "model_base_capfilt_large.pth")
+    dst = build_model(tiny_config())
+    missing, dropped = load_pretrained(dst, str(tmp_path / "model_base_capfilt_large.pth"))
+    assert any("message_blocks" in k for k in missing)
+    assert any("video_queue" in k for k in dropped)
+    torch.testing.assert_close(dst.text_encoder.encoder.layer[1].crossattention.self.key.weight,
+                               src.text_encoder.encoder.layer[1].crossattention.self.key.weight)
+    torch.testing.assert_close(dst.visual_encoder.encoder.layers[2].self_attn.qkv.weight,
+                               src.visual_encoder.encoder.layers[2].self_attn.qkv.weight)
+    pe = dst.visual_encoder.embeddings.position_embedding
+    assert pe.shape == (1, 17, 64) and torch.equal(pe[:, 0], state["visual_encoder.pos_embed"][:, 0])
+    assert torch.equal(dst.visual_encoder_m.embeddings.position_embedding, pe)
+
+
+def test_missing_checkpoint_and_vocab_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model_base_capfilt_large.pth"):
+        build_model(tiny_config(pretrained_path=str(tmp_path / "nope.pth")))
+        load_pretrained(build_model(tiny_config()), str(tmp_path / "nope.pth"))
+    cfg = tiny_config()
+    cfg.text.vocab_path = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="vocab_path"):
+        build_model(cfg)
+
+
+def test_bad_video_shape():
+    enc = RTQVisionEncoder(tiny_vision())
+    with pytest.raises(ValueError, match="num_frames"):
+        enc(torch.randn(2, 3, 3, 32, 32))
+    with pytest.raises(ValueError, match="num_segments"):
+        tiny_vision(num_segments=3)
+
+
+def test_rerank_full_k_equals_itm_plus_cosine():
+    m = build_model(tiny_config()).eval()
+    video = torch.randn(3, 4, 3, 32, 32)
+    _, tokens = m.encode_video(video)
+    ids, mask = m.tokenize(["red square", "blue square on the left", "a dog"], "cpu")
+    sim = torch.randn(3, 3)
+    t2v, v2t = m.rerank(sim, tokens, ids, mask, k=10)
+    for i in range(3):
+        for j in range(3):
+            logit = m.itm_logits(tokens[j : j + 1], ids[i : i + 1], mask[i : i + 1])[0, 1]
+            assert torch.allclose(t2v[i, j], logit + sim[i, j], atol=1e-5)
+            assert torch.allclose(v2t[j, i], logit + sim[i, j], atol=1e-5)
+    t2v1, _ = m.rerank(sim, tokens, ids, mask, k=1)
+    assert ((t2v1 == -100).sum(dim=1) == 2).all()
