@@ -1,0 +1,697 @@
+"""Readers of the official SNP-S3 formats (spec §4), frame transforms, caption processing, collate, DataModule.
+
+Every annotation file is JSON-lines. Videos live in a folder (``clip_name`` + ``.mp4`` when it has no extension)
+or in an LMDB whose key is the basename without extension and whose value is the video file's bytes. Videos are
+decoded only through mmzoo.video.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from mmzoo.video import (
+    VideoDecodeError,
+    VideoReader,
+    center_crop,
+    normalize,
+    random_crop,
+    resize_short_side,
+    uniform_segment_indices,
+)
+from torch.utils.data import DataLoader, Dataset
+
+from snps3.masking import MSSMasker, bert_mlm_mask
+from snps3.significant import load_rank, load_same_lemma, significant_mask
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "DATASETS",
+    "TASK_OF",
+    "VideoStore",
+    "FrameTransform",
+    "CaptionProcessor",
+    "PretrainDataset",
+    "RetrievalDataset",
+    "QADataset",
+    "MCDataset",
+    "collate",
+    "SNPS3DataModule",
+    "read_jsonl",
+    "load_tokenizer",
+]
+
+DatasetName = Literal["webvid", "cc3m", "coco_vg", "msrvtt_7k", "msrvtt_9k", "didemo", "msvd", "msrvtt_qa", "msvd_qa",
+                      "msrvtt_mc"]
+Task = Literal["pretrain", "retrieval", "qa", "mc"]
+HINT = "see README, Data preparation"
+
+DATASETS: dict[str, dict] = {
+    # name: annotation files per split (relative to data_root), video store, images root
+    "webvid": {"train": ["webvid/annotations/train.jsonl"], "val": ["webvid/annotations/val.jsonl"],
+               "test": ["webvid/annotations/val.jsonl"], "videos": "webvid/videos", "images": "images"},
+    "cc3m": {"train": ["cc3m/cc_train.jsonl"], "val": ["cc3m/cc_val.jsonl"], "test": ["cc3m/cc_val.jsonl"],
+             "videos": "cc3m/videos", "images": "cc3m/images"},
+    "coco_vg": {"train": ["coco_vg/coco_train2017_pretrain_format_with_subfix.jsonl", "coco_vg/image_val_left.jsonl",
+                          "coco_vg/region_desc_pretrain_format_with_subfix.jsonl"],
+                "val": ["coco_vg/coco_val2017_pretrain_format_with_subfix.jsonl"],
+                "test": ["coco_vg/coco_val2017_pretrain_format_with_subfix.jsonl"],
+                "videos": "coco_vg/videos", "images": "coco_vg/images"},
+    "msrvtt_7k": {"train": ["msrvtt_retrieval/train_7k.jsonl"], "val": ["msrvtt_retrieval/val.jsonl"],
+                  "test": ["msrvtt_retrieval/test.jsonl"], "videos": "msrvtt_videos.lmdb"},
+    "msrvtt_9k": {"train": ["msrvtt_retrieval/train.jsonl"], "val": ["msrvtt_retrieval/val.jsonl"],
+                  "test": ["msrvtt_retrieval/test.jsonl"], "videos": "msrvtt_videos.lmdb"},
+    "didemo": {"train": ["didemo_retrieval/train.jsonl"], "val": ["didemo_retrieval/val.jsonl"],
+               "test": ["didemo_retrieval/test.jsonl"], "videos": "didemo_videos.lmdb"},
+    "msvd": {"train": ["msvd_retrieval/MSVD_train.jsonl"], "val": ["msvd_retrieval/MSVD_test.jsonl"],
+             "test": ["msvd_retrieval/MSVD_test.jsonl"], "videos": "YouTubeClips"},
+    "msrvtt_qa": {"train": ["msrvtt_qa_antmmf/train_antmmf.jsonl"], "val": ["msrvtt_qa_antmmf/val_antmmf.jsonl"],
+                  "test": ["msrvtt_qa_antmmf/test_antmmf.jsonl"], "videos": "msrvtt_videos.lmdb"},
+    "msvd_qa": {"train": ["msvd_qa/msvd_train_qa.jsonl"], "val": ["msvd_qa/msvd_test_qa.jsonl"],
+                "test": ["msvd_qa/msvd_test_qa.jsonl"], "videos": "YouTubeClips"},
+    "msrvtt_mc": {"train": ["msrvtt_retrieval/mc_test.jsonl"], "val": ["msrvtt_retrieval/mc_test.jsonl"],
+                  "test": ["msrvtt_retrieval/mc_test.jsonl"], "videos": "msrvtt_videos.lmdb"},
+}
+TASK_OF: dict[str, str] = {"webvid": "pretrain", "cc3m": "pretrain", "coco_vg": "pretrain", "msrvtt_7k": "retrieval",
+                           "msrvtt_9k": "retrieval", "didemo": "retrieval", "msvd": "retrieval", "msrvtt_qa": "qa",
+                           "msvd_qa": "qa", "msrvtt_mc": "mc"}
+
+
+def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
+    """Lines of a JSONL file; raises naming the file and line when a required key is missing."""
+    if not path.is_file():
+        raise FileNotFoundError(f"annotation file {str(path)!r} does not exist; {HINT}")
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{n + 1}: not valid JSON ({err}); {HINT}") from err
+            missing = [k for k in required if k not in row]
+            if missing:
+                raise KeyError(f"{path}:{n + 1}: missing key(s) {missing}; {HINT}")
+            rows.append(row)
+    if not rows:
+        raise ValueError(f"annotation file {str(path)!r} is empty; {HINT}")
+    return rows
+
+
+# ------------------------------------------------------------------------------------------------ video access
+
+_LMDB_ENVS: dict[tuple[str, int], object] = {}  # open LMDB environments per (path, process id)
+
+
+class VideoStore:
+    """A folder of video files or an LMDB (key = basename without extension, value = the file's bytes)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        if not path.exists():
+            raise FileNotFoundError(f"video store {str(path)!r} does not exist (a folder of videos or an LMDB); {HINT}")
+        self.is_lmdb = path.suffix == ".lmdb" or (path / "data.mdb").is_file()
+        self._env = None
+
+    def _lmdb(self):
+        if self._env is None:  # opened lazily, once per process (LMDB allows one handle per file and process)
+            import lmdb
+
+            key = (str(self.path.resolve()), os.getpid())
+            if key not in _LMDB_ENVS:
+                _LMDB_ENVS[key] = lmdb.open(key[0], readonly=True, lock=False, readahead=False, meminit=False)
+            self._env = _LMDB_ENVS[key]
+        return self._env
+
+    def source(self, clip_name: str) -> tuple[str | bytes, str]:
+        """(path or bytes, name for errors) of one clip."""
+        if self.is_lmdb:
+            key = Path(clip_name).stem if Path(clip_name).suffix else clip_name
+            with self._lmdb().begin() as txn:
+                value = txn.get(key.encode("utf-8"))
+            if value is None:
+                raise VideoDecodeError(f"{self.path}[{key}]", "key not in the LMDB")
+            return bytes(value), f"{self.path}[{key}]"
+        name = clip_name if Path(clip_name).suffix else clip_name + ".mp4"
+        return str(self.path / name), str(self.path / name)
+
+    def read(self, clip_name: str, num_frames: int, train: bool, start: float | None = None,
+             end: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+        """uint8 (T, 3, H, W): T equal segments of the clip (or of its [start, end] seconds); a random frame per
+        segment in training, the middle one in evaluation (spec §3.7)."""
+        src, name = self.source(clip_name)
+        with VideoReader(src, name=name) as reader:
+            first, stop = 0, reader.num_frames
+            if start is not None:
+                first = min(reader.num_frames - 1, max(0, int(start * reader.fps)))
+            if end is not None:
+                stop = max(first + 1, min(reader.num_frames, int(round(end * reader.fps))))
+            idx = [first + i for i in uniform_segment_indices(stop - first, num_frames, train, generator)]
+            return reader.get_frames(idx)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_env"] = None  # LMDB handles are not picklable
+        return state
+
+
+class FrameTransform:
+    """uint8 (T, 3, H, W) -> normalised float32 frames (spec §3.7).
+
+    ``crop`` (VST runs): train = random short side in ``train_scale``, random crop ``crop_size``, horizontal flip,
+    optional RandAugment; eval = short side ``eval_short_side``, centre crop. ``long_side`` (R50/PVT runs): scale the
+    long side to at most ``long_side`` (train: a random factor in [0.75, 1] of that, Reconstruction), no crop; the
+    collate pads frames of different sizes with a mask.
+    """
+
+    def __init__(self, mode: Literal["crop", "long_side"] = "crop", crop_size: int = 224,
+                 train_scale: Sequence[int] = (268, 336), eval_short_side: int = 268, long_side: int = 448,
+                 hflip: float = 0.5, randaugment: bool = True, stats: str = "imagenet"):
+        self.mode, self.crop_size, self.train_scale = mode, crop_size, tuple(train_scale)
+        self.eval_short_side, self.long_side, self.hflip = eval_short_side, long_side, hflip
+        self.randaugment, self.stats = randaugment, stats
+
+    def __call__(self, frames: torch.Tensor, train: bool, rng: random.Random) -> torch.Tensor:
+        if self.mode == "crop":
+            short = rng.randint(*self.train_scale) if train else self.eval_short_side
+            frames = resize_short_side(frames, max(short, self.crop_size))
+            frames = random_crop(frames, self.crop_size, torch.Generator().manual_seed(rng.getrandbits(31))) \
+                if train else center_crop(frames, self.crop_size)
+        else:
+            h, w = frames.shape[-2:]
+            target = self.long_side * (rng.uniform(0.75, 1.0) if train else 1.0)
+            scale = min(1.0, target / max(h, w))
+            if scale < 1.0:
+                size = (max(32, int(round(h * scale))), max(32, int(round(w * scale))))
+                frames = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True,
+                                       align_corners=False).round().clamp(0, 255).to(torch.uint8)
+        if train and self.hflip > 0 and rng.random() < self.hflip:
+            frames = frames.flip(-1)
+        if train and self.randaugment:
+            from torchvision.transforms import v2
+
+            torch.manual_seed(rng.getrandbits(31))
+            frames = v2.RandAugment()(frames)
+        return normalize(frames, self.stats)  # (T, 3, H, W) float32
+
+
+class CaptionProcessor:
+    """Tokenise, window-truncate, mask and pack captions as ``[CLS] x_1..x_n [SEP] [PAD]..`` of length L.
+
+    Truncation keeps ``L − 2`` tokens: a random window in training (pre-training), the head otherwise; the raw and
+    masked ids come from the same window (spec §7 weak spot 9).
+    """
+
+    def __init__(self, tokenizer, max_len: int = 30, masking: Literal["mssm", "mlm", "none"] = "none",
+                 mask_prob: float = 0.15, mssm: MSSMasker | None = None, significant: np.ndarray | None = None):
+        self.tok = tokenizer
+        self.significant = significant
+        self.max_len = max_len
+        self.masking, self.mask_prob, self.mssm = masking, mask_prob, mssm
+        self.cls_id, self.sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+        self.pad_id, self.mask_id = tokenizer.pad_token_id, tokenizer.mask_token_id
+        self.vocab_size = len(tokenizer)
+        if masking == "mssm" and mssm is None:
+            raise ValueError("data.masking='mssm' needs data.significant_words (the count_reprocess_*.json file)")
+
+    def tokens(self, caption: str, train_window: bool, rng: random.Random) -> list[int]:
+        ids = self.tok(caption, add_special_tokens=False)["input_ids"]
+        n = self.max_len - 2
+        if len(ids) > n:
+            start = rng.randint(0, len(ids) - n) if train_window else 0
+            ids = ids[start:start + n]
+        return ids
+
+    def pack(self, ids: Sequence[int], labels: Sequence[int] | None = None) -> tuple[torch.Tensor, ...]:
+        """ids -> (input_ids (L,), attention_mask (L,)[, labels (L,)])."""
+        pad = self.max_len - len(ids) - 2
+        input_ids = torch.tensor([self.cls_id, *ids, self.sep_id] + [self.pad_id] * pad)
+        mask = torch.tensor([1] * (len(ids) + 2) + [0] * pad)
+        if labels is None:
+            return input_ids, mask
+        return input_ids, mask, torch.tensor([-1, *labels, -1] + [-1] * pad)
+
+    def __call__(self, caption: str, train: bool, rng: random.Random, mask: bool = False) -> dict[str, torch.Tensor]:
+        """{input_ids, attention_mask} of the raw caption, plus {mlm_input_ids, mlm_labels} when ``mask``."""
+        ids = self.tokens(caption, train, rng)
+        input_ids, attn = self.pack(ids)
+        out = {"input_ids": input_ids, "attention_mask": attn}
+        if self.significant is not None:  # per-token significance of the raw caption (LVWM word choice)
+            sig = [bool(self.significant[i]) if i < len(self.significant) else False for i in ids]
+            out["word_significant"] = torch.tensor([False, *sig, False] + [False] * (self.max_len - len(ids) - 2))
+        if mask:
+            if self.masking == "mssm":
+                masked, labels = self.mssm(ids, rng)
+            elif self.masking == "mlm":
+                masked, labels = bert_mlm_mask(ids, rng, self.mask_id, self.vocab_size, self.mask_prob)
+            else:
+                masked, labels = list(ids), [-1] * len(ids)
+            out["mlm_input_ids"], _, out["mlm_labels"] = self.pack(masked, labels)
+        return out
+
+
+class _VideoTextBase(Dataset):
+    """Shared pieces: annotation files, the video store, frame reading with ``on_corrupt``."""
+
+    def __init__(self, data_root: str, split: str, dataset: str, files: Sequence[str] | None, video_store: str | None,
+                 processor: CaptionProcessor, transform: FrameTransform, num_frames: int, train: bool,
+                 on_corrupt: Literal["raise", "skip"], required: Sequence[str]):
+        self.root = Path(data_root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.data_root={data_root!r} does not exist; {HINT}")
+        if dataset not in DATASETS:
+            raise ValueError(f"data.dataset={dataset!r} is not one of {sorted(DATASETS)}")
+        files = list(files) if files else DATASETS[dataset][split]
+        self.rows = [r for f in files for r in read_jsonl(self.root / f, required)]
+        self.store = VideoStore(self.root / (video_store or DATASETS[dataset]["videos"]))
+        self.processor, self.transform = processor, transform
+        self.num_frames, self.train, self.on_corrupt = num_frames, train, on_corrupt
+        self.seed = 0
+
+    def _rng(self, index: int) -> random.Random:
+        return random.Random(random.getrandbits(63) if self.train else self.seed * 1_000_003 + index)
+
+    def _frames(self, clip_name: str, rng: random.Random, start=None, end=None) -> torch.Tensor | None:
+        try:
+            raw = self.store.read(clip_name, self.num_frames, self.train, start, end,
+                                  torch.Generator().manual_seed(rng.getrandbits(31)))
+        except VideoDecodeError as err:
+            if self.on_corrupt == "raise":
+                raise
+            log.warning("skipping corrupt video %s: %s", err.path, err.reason)
+            return None
+        return self.transform(raw, self.train, rng)
+
+
+class PretrainDataset(_VideoTextBase):
+    """Pre-training pairs (spec §4.1): lines ``{clip_name, caption, type: video|image, sen_id?, start?, end?}``.
+
+    Lines are grouped by ``(clip_name, start, end)`` (ordered by ``sen_id``); an item is one group and one of its
+    captions at random. Images (``type: image``, under ``images_root``) are repeated to T frames.
+
+    Item: frames (T, 3, H, W) float; input_ids, attention_mask (L,) raw caption; mlm_input_ids, mlm_labels (L,)
+    (data-side MSSM or MLM masking); neg_input_ids, neg_attention_mask (L,) an unmasked caption of another clip
+    (ITM negative; "this is a dummy text" after 3 failed draws); video_index ().
+    """
+
+    def __init__(self, data_root: str, split: str, dataset: str, processor: CaptionProcessor,
+                 transform: FrameTransform, num_frames: int, train: bool, files: Sequence[str] | None = None,
+                 video_store: str | None = None, images_root: str | None = None,
+                 on_corrupt: Literal["raise", "skip"] = "raise"):
+        super().__init__(data_root, split, dataset, files, video_store, processor, transform, num_frames, train,
+                         on_corrupt, required=("clip_name", "caption"))
+        groups: dict[tuple, list[dict]] = {}
+        for r in self.rows:
+            groups.setdefault((r["clip_name"], r.get("start"), r.get("end"), r.get("type", "video")), []).append(r)
+        self.groups = [(k, sorted(v, key=lambda r: r.get("sen_id", 0))) for k, v in groups.items()]
+        self.images = self.root / (images_root or DATASETS[dataset]["images"])
+        if any(k[3] == "image" for k, _ in self.groups) and not self.images.is_dir():
+            raise FileNotFoundError(f"image lines found but the images root {str(self.images)!r} does not exist; {HINT}")
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def _visual(self, key: tuple, rng: random.Random) -> torch.Tensor | None:
+        clip, start, end, kind = key
+        if kind == "image":
+            from torchvision.io import ImageReadMode, read_image
+
+            path = self.images / clip
+            try:
+                img = read_image(str(path), mode=ImageReadMode.RGB)  # (3, H, W)
+            except (RuntimeError, OSError) as err:
+                if self.on_corrupt == "raise":
+                    raise VideoDecodeError(path, f"cannot read image: {err}") from err
+                log.warning("skipping unreadable image %s", path)
+                return None
+            return self.transform(img[None].expand(self.num_frames, -1, -1, -1), self.train, rng)
+        return self._frames(clip, rng, start, end)
+
+    def __getitem__(self, index: int) -> dict | None:
+        rng = self._rng(index)
+        key, rows = self.groups[index]
+        frames = self._visual(key, rng)
+        if frames is None:
+            return None
+        item = self.processor(rng.choice(rows)["caption"], self.train, rng, mask=True)
+        neg = "this is a dummy text"
+        for _ in range(3):
+            j = rng.randrange(len(self.groups))
+            if self.groups[j][0][0] != key[0]:
+                neg = rng.choice(self.groups[j][1])["caption"]
+                break
+        neg_ids = self.processor(neg, self.train, rng)
+        item.update(frames=frames, neg_input_ids=neg_ids["input_ids"], neg_attention_mask=neg_ids["attention_mask"],
+                    video_index=torch.tensor(index))
+        return item
+
+
+class RetrievalDataset(_VideoTextBase):
+    """Text-video retrieval (spec §4.2). train lines ``{caption, clip_name, sen_id}``; val/test ``{caption,
+    clip_name, retrieval_key}``.
+
+    Training: one item per video with a random caption. Evaluation: one item per caption line. Ground truth is
+    built by exact caption string and ``clip_name``: item keys ``text_index`` (line), ``caption_index`` (unique
+    caption string), ``video_index`` (unique clip). Item: frames (T, 3, H, W), input_ids, attention_mask (L,).
+    """
+
+    def __init__(self, data_root: str, split: str, dataset: str, processor: CaptionProcessor,
+                 transform: FrameTransform, num_frames: int, train: bool, files: Sequence[str] | None = None,
+                 video_store: str | None = None, on_corrupt: Literal["raise", "skip"] = "raise"):
+        super().__init__(data_root, split, dataset, files, video_store, processor, transform, num_frames, train,
+                         on_corrupt, required=("caption", "clip_name"))
+        self.videos = sorted({r["clip_name"] for r in self.rows})
+        self.video_id = {v: i for i, v in enumerate(self.videos)}
+        self.captions = sorted({r["caption"] for r in self.rows})
+        self.caption_id = {c: i for i, c in enumerate(self.captions)}
+        self.by_video: dict[str, list[str]] = {}
+        for r in self.rows:
+            self.by_video.setdefault(r["clip_name"], []).append(r["caption"])
+
+    def __len__(self) -> int:
+        return len(self.videos) if self.train else len(self.rows)
+
+    def gt_matrix(self) -> torch.Tensor:
+        """(N_captions, N_videos) bool: caption string c matches video v when some line pairs them."""
+        gt = torch.zeros(len(self.captions), len(self.videos), dtype=torch.bool)
+        for r in self.rows:
+            gt[self.caption_id[r["caption"]], self.video_id[r["clip_name"]]] = True
+        return gt
+
+    def __getitem__(self, index: int) -> dict | None:
+        rng = self._rng(index)
+        if self.train:
+            clip = self.videos[index]
+            caption = rng.choice(self.by_video[clip])
+            text_index = -1
+        else:
+            clip, caption = self.rows[index]["clip_name"], self.rows[index]["caption"]
+            text_index = index
+        frames = self._frames(clip, rng)
+        if frames is None:
+            return None
+        item = self.processor(caption, False, rng)
+        item.update(frames=frames, video_index=torch.tensor(self.video_id[clip]), text_index=torch.tensor(text_index),
+                    caption_index=torch.tensor(self.caption_id[caption]))
+        return item
+
+
+class QADataset(_VideoTextBase):
+    """Open-ended QA (spec §4.3): lines ``{caption: question, clip_name, label}``; ``label`` is an answer index, an
+    answer string (resolved through ``answer_list``), or a list of them (multi-label: multi-hot target).
+
+    Item: frames, input_ids, attention_mask, and ``label`` () long (−1 = answer outside the vocabulary, counted
+    wrong) or ``labels`` (A,) multi-hot when the file has list labels.
+    """
+
+    def __init__(self, data_root: str, split: str, dataset: str, processor: CaptionProcessor,
+                 transform: FrameTransform, num_frames: int, train: bool, num_answers: int,
+                 answer_list: str | None = None, files: Sequence[str] | None = None, video_store: str | None = None,
+                 on_corrupt: Literal["raise", "skip"] = "raise"):
+        super().__init__(data_root, split, dataset, files, video_store, processor, transform, num_frames, train,
+                         on_corrupt, required=("caption", "clip_name", "label"))
+        self.num_answers = num_answers
+        self.answers: dict[str, int] = {}
+        if answer_list is not None:
+            path = self.root / answer_list
+            if not path.is_file():
+                raise FileNotFoundError(f"data.answer_list={answer_list!r}: {str(path)!r} does not exist; {HINT}")
+            self.answers = {a: i for i, a in enumerate(json.loads(path.read_text()))}
+        if any(isinstance(r["label"], str) or (isinstance(r["label"], list) and any(isinstance(x, str) for x in r["label"]))
+               for r in self.rows) and not self.answers:
+            raise ValueError(f"{dataset} {split}: string labels need data.answer_list (a JSON list of answers); {HINT}")
+        self.multi_label = any(isinstance(r["label"], list) for r in self.rows)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def _index(self, label) -> int:
+        i = self.answers.get(label, -1) if isinstance(label, str) else int(label)
+        return i if 0 <= i < self.num_answers else -1
+
+    def __getitem__(self, index: int) -> dict | None:
+        rng = self._rng(index)
+        row = self.rows[index]
+        frames = self._frames(row["clip_name"], rng)
+        if frames is None:
+            return None
+        item = self.processor(row["caption"], False, rng)
+        item["frames"] = frames
+        labels = row["label"] if isinstance(row["label"], list) else [row["label"]]
+        idx = [i for i in (self._index(x) for x in labels) if i >= 0]
+        if self.multi_label:
+            target = torch.zeros(self.num_answers)
+            target[idx] = 1.0
+            item["labels"] = target
+        else:
+            item["label"] = torch.tensor(idx[0] if idx else -1)
+        return item
+
+
+class MCDataset(_VideoTextBase):
+    """Multiple choice (spec §4.4): lines ``{qid, clip_name, title, answer: "2", options: [5 strings]}``.
+
+    Item: frames; option_ids, option_mask (5, L); answer () long.
+    """
+
+    def __init__(self, data_root: str, split: str, dataset: str, processor: CaptionProcessor,
+                 transform: FrameTransform, num_frames: int, files: Sequence[str] | None = None,
+                 video_store: str | None = None, on_corrupt: Literal["raise", "skip"] = "raise"):
+        super().__init__(data_root, split, dataset, files, video_store, processor, transform, num_frames, False,
+                         on_corrupt, required=("clip_name", "answer", "options"))
+        counts = {len(r["options"]) for r in self.rows}
+        if len(counts) != 1:
+            raise ValueError(f"{dataset}: every line needs the same number of options, found {sorted(counts)}")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, index: int) -> dict | None:
+        rng = self._rng(index)
+        row = self.rows[index]
+        frames = self._frames(row["clip_name"], rng)
+        if frames is None:
+            return None
+        opts = [self.processor(o, False, rng) for o in row["options"]]
+        return {"frames": frames, "option_ids": torch.stack([o["input_ids"] for o in opts]),
+                "option_mask": torch.stack([o["attention_mask"] for o in opts]), "answer": torch.tensor(int(row["answer"]))}
+
+
+def collate(items: list[dict | None]) -> dict[str, torch.Tensor] | None:
+    """Stack items (dropping skipped ones); frames of different sizes are padded to the largest H x W and a
+    ``pad_mask`` (B, H, W) (True = padding) is added. Returns None when every item was skipped."""
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    out = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "frames"}
+    sizes = {tuple(it["frames"].shape[-2:]) for it in items}
+    if len(sizes) == 1:
+        out["frames"] = torch.stack([it["frames"] for it in items])  # (B, T, 3, H, W)
+        return out
+    h, w = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    frames = items[0]["frames"].new_zeros(len(items), items[0]["frames"].shape[0], 3, h, w)
+    pad_mask = torch.ones(len(items), h, w, dtype=torch.bool)
+    for b, it in enumerate(items):
+        fh, fw = it["frames"].shape[-2:]
+        frames[b, :, :, :fh, :fw] = it["frames"]
+        pad_mask[b, :fh, :fw] = False
+    out["frames"], out["pad_mask"] = frames, pad_mask
+    return out
+
+
+def load_tokenizer(value: str, local: Path | None = None):
+    """BertTokenizerFast from a ``vocab.txt`` file, a tokenizer folder, or a hub id (``data.tokenizer``)."""
+    from transformers import BertTokenizerFast
+
+    local = Path(value) if local is None else local
+    if not local.exists() and (value.endswith(".txt") or Path(value).is_absolute() or value.startswith(".")):
+        raise FileNotFoundError(f"data.tokenizer={value!r}: {str(local)!r} does not exist; supply "
+                                f"bert-base-uncased's vocab.txt or tokenizer folder; {HINT}")
+    try:
+        if local.is_file():
+            if "vocab_file" in inspect.signature(BertTokenizerFast.__init__).parameters:  # transformers 4.x
+                return BertTokenizerFast(vocab_file=str(local), do_lower_case=True)
+            vocab = {w: i for i, w in enumerate(local.read_text(encoding="utf-8").splitlines())}
+            return BertTokenizerFast(vocab=vocab, do_lower_case=True)  # transformers 5.x
+        if local.is_dir():
+            return BertTokenizerFast.from_pretrained(str(local))
+        return BertTokenizerFast.from_pretrained(value)
+    except OSError as err:
+        raise FileNotFoundError(f"data.tokenizer={value!r}: no vocab.txt or tokenizer folder found (looked in "
+                                f"{str(local)!r}); supply bert-base-uncased's tokenizer; {HINT}") from err
+
+
+class SNPS3DataModule(pl.LightningDataModule):
+    """Data for every SNP-S3 stage: pre-training corpora, retrieval, QA and MC (spec §4)."""
+
+    def __init__(
+        self,
+        data_root: str,
+        dataset: DatasetName = "msrvtt_7k",
+        tokenizer: str = "bert-base-uncased",
+        annotation_files: dict[str, list[str]] | None = None,
+        video_store: str | None = None,
+        images_root: str | None = None,
+        num_frames: int = 16,
+        max_text_len: int = 30,
+        masking: Literal["mssm", "mlm", "none"] = "mssm",
+        mask_prob: float = 0.15,
+        significant_words: str | None = None,
+        same_lemma: str | None = None,
+        words_top_k: int = 3000,
+        transform: Literal["crop", "long_side"] = "crop",
+        crop_size: int = 224,
+        train_scale: tuple[int, int] = (268, 336),
+        eval_short_side: int = 268,
+        long_side: int = 448,
+        hflip: float = 0.5,
+        randaugment: bool = True,
+        num_answers: int = 0,
+        answer_list: str | None = None,
+        batch_size: int = 4,
+        eval_batch_size: int = 8,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+        generate_synthetic: bool = False,
+        synthetic_train: int = 24,
+        synthetic_test: int = 8,
+        synthetic_size: int = 32,
+    ):
+        """
+        Args:
+            data_root: folder holding the dataset's files (layout in the README, Data preparation).
+            dataset: which official format/file set; decides the task (pretrain / retrieval / qa / mc).
+            tokenizer: bert-base-uncased tokenizer: hub id, folder, or a ``vocab.txt``; relative paths are looked up
+                under ``data_root`` first.
+            annotation_files: override the official file names per split (``{"train": [...], "val": [...]}``).
+            video_store: override the video folder or ``.lmdb`` (relative to data_root).
+            images_root: override the images folder of image-text lines.
+            num_frames: T frames per clip (spec §3.7: 1 images, 4 WebVid, 16 fine-tuning).
+            max_text_len: L, text length including [CLS] and [SEP] (30; 28 WordPiece tokens).
+            masking: data-side masking of pre-training captions: ``mssm`` (S3), ``mlm`` (plain BERT), ``none``.
+            mask_prob: masking probability (0.15).
+            significant_words: ``count_reprocess_<corpus>.json`` (relative to data_root or absolute).
+            same_lemma: ``vocab_simi_list_new.json`` (MSSM random replacement); null = no same-lemma words.
+            words_top_k: K_top: significant iff rank <= K_top (3000).
+            transform: ``crop`` (VST) or ``long_side`` (R50/PVT, padded batches).
+            crop_size, train_scale, eval_short_side: ``crop`` mode sizes (224, [268, 336], 268).
+            long_side: ``long_side`` mode maximum long side (768 pre-training, 448 fine-tuning).
+            hflip: horizontal flip probability in training.
+            randaugment: RandAugment in training (VST runs).
+            num_answers: QA answer-vocabulary size.
+            answer_list: JSON list of answer strings (needed only for string labels).
+            batch_size, eval_batch_size: per-device batch sizes.
+            num_workers, pin_memory, persistent_workers: DataLoader settings.
+            on_corrupt: ``raise`` or ``skip`` (log a warning naming the file) for undecodable videos.
+            generate_synthetic: write the synthetic digits data (every official format) into data_root when absent.
+            synthetic_train, synthetic_test, synthetic_size: size of that synthetic data.
+        """
+        super().__init__()
+        if dataset not in DATASETS:
+            raise ValueError(f"data.dataset={dataset!r} is not one of {sorted(DATASETS)}")
+        self.save_hyperparameters()
+        self.task: str = TASK_OF[dataset]
+        self.datasets: dict[str, Dataset] = {}
+        self._processor: CaptionProcessor | None = None
+
+    def _path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else Path(self.hparams.data_root) / p
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        if hp.generate_synthetic and not (Path(hp.data_root) / "SYNTHETIC_DONE").is_file():
+            from snps3.synthetic import generate_synthetic_dataset
+
+            generate_synthetic_dataset(hp.data_root, hp.synthetic_train, hp.synthetic_test, size=hp.synthetic_size)
+
+    def build_tokenizer(self):
+        """BertTokenizerFast from a hub id, a folder, or a vocab.txt (relative paths under data_root first)."""
+        return load_tokenizer(self.hparams.tokenizer, self._path(self.hparams.tokenizer))
+
+    def processor(self) -> CaptionProcessor:
+
+        if self._processor is None:
+            hp = self.hparams
+            tok = self.build_tokenizer()
+            mssm, significant = None, None
+            if hp.masking == "mssm" and self.task == "pretrain" and hp.significant_words is None:
+                raise ValueError("data.masking='mssm' needs data.significant_words (count_reprocess_*.json); "
+                                 "mine one with `snps3 mine-words`")
+            if hp.significant_words is not None and self.task == "pretrain":
+                significant = significant_mask(load_rank(self._path(hp.significant_words), len(tok)), hp.words_top_k)
+            if hp.masking == "mssm" and self.task == "pretrain":
+                vocab = tok.get_vocab()
+                lemma_ids: list[list[int]] = [[] for _ in range(len(tok))]
+                if hp.same_lemma is not None:
+                    for i, words in enumerate(load_same_lemma(self._path(hp.same_lemma), len(tok))):
+                        lemma_ids[i] = [vocab[w] for w in words if w in vocab]
+                mssm = MSSMasker(significant, lemma_ids, tok.mask_token_id, hp.mask_prob)
+            masking = hp.masking if self.task == "pretrain" else "none"
+            self._processor = CaptionProcessor(tok, hp.max_text_len, masking, hp.mask_prob, mssm, significant)
+        return self._processor
+
+    def _transform(self) -> FrameTransform:
+        hp = self.hparams
+        return FrameTransform(hp.transform, hp.crop_size, hp.train_scale, hp.eval_short_side, hp.long_side, hp.hflip,
+                              hp.randaugment)
+
+    def make_dataset(self, split: str) -> Dataset:
+        hp = self.hparams
+        if not Path(hp.data_root).is_dir():
+            raise FileNotFoundError(f"data.data_root={hp.data_root!r} does not exist; {HINT}")
+        train = split == "train"
+        files = (hp.annotation_files or {}).get(split)
+        common = dict(data_root=hp.data_root, split=split, dataset=hp.dataset, processor=self.processor(),
+                      transform=self._transform(), num_frames=hp.num_frames, files=files, video_store=hp.video_store,
+                      on_corrupt=hp.on_corrupt)
+        if self.task == "pretrain":
+            return PretrainDataset(train=train, images_root=hp.images_root, **common)
+        if self.task == "retrieval":
+            return RetrievalDataset(train=train, **common)
+        if self.task == "qa":
+            return QADataset(train=train, num_answers=hp.num_answers, answer_list=hp.answer_list, **common)
+        return MCDataset(**common)
+
+    def setup(self, stage: str | None = None) -> None:
+        self.prepare_data()  # cheap when the data exists; makes `setup` usable without a Trainer
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}.get(stage or "fit")
+        if self.task == "mc":
+            splits = ["test"] if stage in ("test", "predict") else ["val"]
+        for s in splits:
+            if s not in self.datasets:
+                self.datasets[s] = self.make_dataset(s)
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(self.datasets[split], batch_size=hp.batch_size if train else hp.eval_batch_size,
+                          shuffle=train, drop_last=train, collate_fn=collate, num_workers=hp.num_workers,
+                          pin_memory=hp.pin_memory, persistent_workers=hp.persistent_workers and hp.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        if self.task == "mc":
+            raise ValueError("MSRVTT-MC is zero-shot (spec §3.6): run `snps3 test` with a retrieval checkpoint")
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

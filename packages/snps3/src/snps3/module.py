@@ -1,0 +1,442 @@
+"""The SNP-S3 LightningModule: pre-training (spec §3.4), retrieval / QA fine-tuning and zero-shot MC (spec §3.6)."""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from mmzoo.distributed import rank_and_world
+from torchmetrics import MeanMetric
+
+from snps3.losses import ITMLoss, LVWMLoss, MaskedLMLoss, MILNCELoss, MoCoLoss, QALoss, milnce_loss
+from snps3.masking import attentive_mask, restore_raw_ids, select_lvwm_words
+from snps3.metrics import retrieval_metrics
+from snps3.models import MomentumEncoders, SNPS3Config, SNPS3Model
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SNPS3Module", "in_batch_r1"]
+
+
+def in_batch_r1(sim: torch.Tensor) -> torch.Tensor:
+    """Fraction of rows whose arg-max is the diagonal: sim (B, B) -> scalar (pre-training monitor, spec §5)."""
+    return (sim.argmax(1) == torch.arange(sim.shape[0], device=sim.device)).float().mean()
+
+
+class SNPS3Module(pl.LightningModule):
+    """SNP-S3 training and evaluation.
+
+    ``task`` must match the data module's (decided by ``data.dataset``): ``pretrain`` (L1 + L2 + MLM text/cross +
+    ITM + LVWM, attentive masking on half the steps), ``retrieval`` (L1 + L2), ``qa`` (classification on the
+    cross pooler), ``mc`` (zero-shot option scoring by ``sim_head``). ``val/select`` is the model-selection score:
+    level-2 t2v mean recall (retrieval), accuracy (QA, MC), in-batch level-2 R@1 (pre-training).
+    """
+
+    checkpoint_monitor = "val/select"
+    checkpoint_mode = "max"
+
+    def __init__(
+        self,
+        config: SNPS3Config | None = None,
+        task: Literal["pretrain", "retrieval", "qa", "mc"] = "pretrain",
+        init_checkpoint: str | None = None,
+        with_moco: bool = True,
+        moco_queue_size: int = 16384,
+        moco_momentum: float = 0.9999,
+        temperature: float = 0.05,
+        use_l1: bool = True,
+        use_l2: bool = True,
+        use_mlm: bool = True,
+        use_itm: bool = True,
+        use_lvwm: bool = True,
+        text_mlm_input: Literal["raw", "masked"] = "raw",
+        attentive_mask_prob: float = 0.5,
+        lvwm_num_words: int = 3,
+        lvwm_stage: Literal["after", "before", "both"] = "after",
+        l2_chunk: int = 5,
+        eval_pair_batch: int = 256,
+        lr: float = 5e-5,
+        weight_decay: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.98),
+        warmup_iterations: int = 2000,
+        lr_steps: list[int] | None = None,
+        lr_step_unit: Literal["step", "epoch"] = "step",
+        nan_policy: Literal["raise", "skip"] = "raise",
+        num_threads: int | None = None,
+    ):
+        """
+        Args:
+            config: the architecture (``model.config.*``).
+            task: pretrain | retrieval | qa | mc; must equal the data module's task.
+            init_checkpoint: a pre-training checkpoint (Lightning ``.ckpt`` or a state dict) to initialise the model
+                from before fine-tuning (spec §3.6); missing/unexpected keys are logged.
+            with_moco: L1 with momentum encoders and queues (official default, also in fine-tuning); false = in-batch
+                MIL-NCE without temperature.
+            moco_queue_size: K, queue length (16384).
+            moco_momentum: m (0.9999).
+            temperature: τ of the MoCo branch (0.05).
+            use_l1, use_l2, use_mlm, use_itm, use_lvwm: pre-training terms (Table III: "GVTM" = L1+L2+ITM, "LVWM").
+            text_mlm_input: the text-only MLM pass reads the ``raw`` caption (official quirk) or the ``masked`` one.
+            attentive_mask_prob: probability per batch of attention-guided re-masking for the cross-modal pass (0.5).
+            lvwm_num_words: N_w words per caption (3).
+            lvwm_stage: word features after the shared BERT (``after``), from its embedding layer (``before``), or both.
+            l2_chunk: texts per chunk of the B² level-2 cross passes (5).
+            eval_pair_batch: text-video pairs per cross-encoder call in the N×N evaluation.
+            lr, weight_decay, betas: AdamW (no weight decay on biases and LayerNorm).
+            warmup_iterations: linear warm-up from 0.1·lr.
+            lr_steps: ×0.1 decay at each listed step (or epoch, see ``lr_step_unit``).
+            lr_step_unit: ``step`` or ``epoch``.
+            nan_policy: a non-finite loss raises (naming the terms) or skips the step with a warning.
+            num_threads: CPU intra-op threads (``torch.set_num_threads``) applied at setup; null keeps torch's
+                default. Tiny CPU runs on shared machines are much faster with 1.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = config or SNPS3Config()
+        self.model = SNPS3Model(self.config)
+        if init_checkpoint is not None:
+            self._load_init(init_checkpoint)
+        self.moco_active = with_moco and use_l1 and task in ("pretrain", "retrieval")
+        if self.moco_active:
+            self.momentum = MomentumEncoders(self.model)
+            self.moco_loss = MoCoLoss(moco_queue_size, self.model.hidden_size, temperature)
+        self.milnce_l1 = MILNCELoss()
+        self.lvwm_loss = LVWMLoss()
+        self.mlm_loss = MaskedLMLoss()
+        self.itm_loss = ITMLoss()
+        self.qa_loss = QALoss()
+        self.special_ids = (self.config.cls_token_id, self.config.sep_token_id, self.config.pad_token_id)
+        self.accuracy = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        self._eval: dict[str, list] = {}
+
+    def _load_init(self, path: str) -> None:
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=False)
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"model.init_checkpoint={path!r} does not exist: supply an SNP-S3 pre-training "
+                                    "checkpoint (none is released; pre-train with a pretrain_* config)") from err
+        state = state.get("state_dict", state)
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")} or state
+        missing, unexpected = self.model.load_state_dict(state, strict=False)
+        log.info("init_checkpoint %s: %d missing keys %s, %d unexpected keys %s", path, len(missing), missing[:5],
+                 len(unexpected), unexpected[:5])
+
+    def setup(self, stage: str) -> None:
+        if self.hparams.num_threads:
+            torch.set_num_threads(self.hparams.num_threads)
+        dm = getattr(self.trainer, "datamodule", None)
+        if dm is not None and getattr(dm, "task", self.hparams.task) != self.hparams.task:
+            raise ValueError(f"model.task={self.hparams.task!r} but data.dataset={dm.hparams.dataset!r} is a "
+                             f"{dm.task!r} dataset: set model.task={dm.task!r}")
+
+    # ------------------------------------------------------------------------------------------- shared pieces
+    def level2_matrix(self, ids: torch.Tensor, attn: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
+        """s[i, j] = sim_head(cross(caption_i, video_j)) for every local pair, in chunks of ``l2_chunk`` texts.
+
+        ids, attn (B_t, L), visual (B_v, T, D) -> (B_t, B_v).
+        """
+        rows = []
+        bv = visual.shape[0]
+        for a in range(0, ids.shape[0], self.hparams.l2_chunk):
+            ci, ca = ids[a:a + self.hparams.l2_chunk], attn[a:a + self.hparams.l2_chunk]
+            n = ci.shape[0]
+            out = self.model.cross(ci.repeat_interleave(bv, 0), ca.repeat_interleave(bv, 0),
+                                   visual.repeat(n, 1, 1))  # pairs (n·B_v)
+            rows.append(self.model.sim_score(out.pooled).view(n, bv))  # (n, B_v)
+        return torch.cat(rows, 0)  # (B_t, B_v)
+
+    def global_l1(self, batch: dict, t: torch.Tensor, v: torch.Tensor, train: bool) -> dict[str, torch.Tensor]:
+        """L1 (spec §3.4 a): MoCo (momentum update, keys, queue losses, enqueue) or in-batch MIL-NCE."""
+        if not self.moco_active:
+            return {"l1": self.milnce_l1(t, v)}
+        if train:
+            self.momentum.update(self.model, self.hparams.moco_momentum)
+        t_key, v_key = self.momentum.keys(batch["input_ids"], batch["attention_mask"], batch["frames"],
+                                          batch.get("pad_mask"))
+        out = self.moco_loss(t, v, t_key, v_key)
+        if train:
+            self.moco_loss.enqueue(t_key, v_key)
+        return out
+
+    def _check_finite(self, losses: dict[str, torch.Tensor]) -> bool:
+        bad = [k for k, v in losses.items() if not torch.isfinite(v)]
+        if not bad:
+            return True
+        if self.hparams.nan_policy == "raise":
+            raise FloatingPointError(f"non-finite loss terms {bad} at step {self.global_step} "
+                                     "(set model.nan_policy=skip to skip such steps)")
+        rank_zero_warn(f"skipping step {self.global_step}: non-finite loss terms {bad}")
+        return False
+
+    # ---------------------------------------------------------------------------------------------- pre-training
+    def pretrain_losses(self, batch: dict, train: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Every pre-training term (spec §3.4) and the monitors. Returns (losses, monitors)."""
+        hp, m = self.hparams, self.model
+        frames, pad_mask = batch["frames"], batch.get("pad_mask")
+        ids, attn = batch["input_ids"], batch["attention_mask"]  # raw caption (B, L)
+        mids, mlabels = batch["mlm_input_ids"], batch["mlm_labels"]  # data-side masked caption and labels (B, L)
+        attentive = train and hp.use_mlm and random.random() < hp.attentive_mask_prob
+        visual = m.encode_visual(frames, pad_mask)  # (B, T, D)
+        v = m.clip_embed(visual)  # (B, T, D)
+        text = m.encode_text(ids, attn, output_attentions=attentive)  # text-only pass on the raw caption
+        t = m.text_embed(text)  # (B, D)
+        losses: dict[str, torch.Tensor] = {}
+        mon: dict[str, torch.Tensor] = {}
+        if hp.use_l1:
+            losses.update({k: val for k, val in self.global_l1(batch, t, v, train).items() if k == "l1"})
+        mon["r1_l1"] = in_batch_r1(torch.logsumexp(torch.einsum("id,jcd->ijc", t, v), -1).detach())
+        cross_ids, labels = mids, mlabels
+        if attentive:  # spec §3.4 f: importance a_p = Σ_layers Σ_queries mean_heads A[q, p]
+            importance = sum((a.mean(1) * attn[:, :, None]).sum(1) for a in text.attentions)  # (B, L)
+            cross_ids, labels = attentive_mask(ids, attn, importance.detach(), self.special_ids,
+                                               self.config.mask_token_id)
+        cross = m.cross(cross_ids, attn, visual)  # (masked caption, own video)
+        if hp.use_mlm:
+            logits_c = m.mlm_logits(cross.text_hidden, "cross")  # (B, L, V)
+            losses["mlm_cross"] = self.mlm_loss(logits_c, labels)
+            text_h = text.hidden if hp.text_mlm_input == "raw" else m.encode_text(cross_ids, attn).hidden
+            losses["mlm_text"] = self.mlm_loss(m.mlm_logits(text_h, "text"), labels)
+            sel = labels >= 0
+            if sel.any():
+                mon["mlm_acc"] = (logits_c.argmax(-1)[sel] == labels[sel]).float().mean()
+        if hp.use_itm:
+            neg = m.cross(batch["neg_input_ids"], batch["neg_attention_mask"], visual)
+            logits = m.itm_head(torch.cat([cross.pooled, neg.pooled], 0))  # (2B, 2)
+            target = torch.cat([torch.ones_like(ids[:, 0]), torch.zeros_like(ids[:, 0])])  # (2B,)
+            losses["itm"] = self.itm_loss(logits, target)
+            mon["itm_acc"] = (logits.argmax(-1) == target).float().mean()
+        if hp.use_l2:
+            s = self.level2_matrix(mids, attn, visual)  # (B, B) on the data-side caption
+            losses["l2"] = milnce_loss(s[:, :, None])
+            mon["r1_l2"] = in_batch_r1(s.detach())
+        if hp.use_lvwm:
+            raw = restore_raw_ids(mids, mlabels)  # (B, L)
+            pos = select_lvwm_words(raw, attn, batch.get("word_significant"), self.special_ids, hp.lvwm_num_words)
+            gather = pos[:, :, None].expand(-1, -1, m.hidden_size)  # (B, N_w, D)
+            total = 0.0
+            if hp.lvwm_stage in ("after", "both"):
+                hidden = text.hidden if torch.equal(raw, ids) else m.encode_text(raw, attn).hidden
+                total = total + self.lvwm_loss(hidden.gather(1, gather), v)  # words after the shared BERT
+            if hp.lvwm_stage in ("before", "both"):
+                emb = m.bert.embeddings(input_ids=raw, token_type_ids=torch.zeros_like(raw))  # (B, L, D)
+                total = total + self.lvwm_loss(emb.gather(1, gather), v)
+            losses["lvwm"] = total
+        return losses, mon
+
+    # ---------------------------------------------------------------------------------------------- fine-tuning
+    def retrieval_losses(self, batch: dict, train: bool) -> dict[str, torch.Tensor]:
+        """Retrieval fine-tuning (spec §3.6): L1 + L2 on unmasked captions."""
+        m = self.model
+        visual = m.encode_visual(batch["frames"], batch.get("pad_mask"))  # (B, T, D)
+        losses = {}
+        if self.hparams.use_l1:
+            t = m.text_embed(m.encode_text(batch["input_ids"], batch["attention_mask"]))
+            losses.update({k: v for k, v in self.global_l1(batch, t, m.clip_embed(visual), train).items() if k == "l1"})
+        if self.hparams.use_l2:
+            losses["l2"] = milnce_loss(self.level2_matrix(batch["input_ids"], batch["attention_mask"], visual)[:, :, None])
+        return losses
+
+    def qa_forward(self, batch: dict) -> torch.Tensor:
+        """(B, num_answers) answer logits from the cross pooler on (question, video)."""
+        visual = self.model.encode_visual(batch["frames"], batch.get("pad_mask"))
+        return self.model.qa_logits(self.model.cross(batch["input_ids"], batch["attention_mask"], visual).pooled)
+
+    def mc_scores(self, batch: dict) -> torch.Tensor:
+        """(B, n_options) sim_head scores of every option against its video (zero-shot MC, spec §3.6)."""
+        visual = self.model.encode_visual(batch["frames"], batch.get("pad_mask"))  # (B, T, D)
+        b, n, length = batch["option_ids"].shape
+        out = self.model.cross(batch["option_ids"].view(b * n, length), batch["option_mask"].view(b * n, length),
+                               visual.repeat_interleave(n, 0))  # (B·n) pairs
+        return self.model.sim_score(out.pooled).view(b, n)  # (B, n)
+
+    @staticmethod
+    def qa_correct(logits: torch.Tensor, batch: dict) -> torch.Tensor:
+        """Per question 1 if the arg-max answer is right (answers outside the vocabulary count wrong)."""
+        pred = logits.argmax(-1)
+        if "labels" in batch:
+            return batch["labels"].gather(1, pred[:, None]).squeeze(1).gt(0).float()
+        return (pred == batch["label"]).float()
+
+    # ----------------------------------------------------------------------------------------------- steps
+    def training_step(self, batch: dict | None, batch_idx: int):
+        if batch is None:
+            return None
+        task = self.hparams.task
+        mon: dict[str, torch.Tensor] = {}
+        if task == "pretrain":
+            losses, mon = self.pretrain_losses(batch, train=True)
+        elif task == "retrieval":
+            losses = self.retrieval_losses(batch, train=True)
+        elif task == "qa":
+            losses = {"qa": self.qa_loss(self.qa_forward(batch), batch.get("labels", batch.get("label")))}
+        else:
+            raise ValueError("model.task='mc' is zero-shot: run `snps3 test` with a retrieval checkpoint")
+        if not losses:
+            raise ValueError("every loss term is switched off (model.use_l1/use_l2/use_mlm/use_itm/use_lvwm)")
+        if not self._check_finite(losses):
+            return None
+        loss = sum(losses.values())  # unweighted sum (spec §3.4 Total)
+        b = batch["frames"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        for k, val in {**losses, **mon}.items():
+            self.log(f"train/{'loss_' if k in losses else ''}{k}", val, batch_size=b)
+        return loss
+
+    def _eval_step(self, batch: dict | None, stage: str) -> None:
+        if batch is None:
+            return
+        task = self.hparams.task
+        b = batch["frames"].shape[0]
+        if task == "pretrain":
+            losses, mon = self.pretrain_losses(batch, train=False)
+            self.log(f"{stage}/loss", sum(losses.values()), sync_dist=True, batch_size=b)
+            for k, val in {**losses, **mon}.items():
+                self.log(f"{stage}/{'loss_' if k in losses else ''}{k}", val, sync_dist=True, batch_size=b)
+            if "r1_l2" in mon:
+                self.log(f"{stage}/select", mon["r1_l2"], sync_dist=True, batch_size=b)
+        elif task == "retrieval":
+            self._collect(batch)
+        elif task == "qa":
+            self.accuracy[stage].update(self.qa_correct(self.qa_forward(batch), batch))
+            self.log(f"{stage}/acc", self.accuracy[stage], batch_size=b)
+            self.log(f"{stage}/select", self.accuracy[stage], batch_size=b)
+        else:
+            correct = (self.mc_scores(batch).argmax(-1) == batch["answer"]).float()
+            self.accuracy[stage].update(correct)
+            self.log(f"{stage}/mc_acc", self.accuracy[stage], batch_size=b)
+            self.log(f"{stage}/select", self.accuracy[stage], batch_size=b)
+
+    def validation_step(self, batch: dict | None, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict | None, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
+        """qa: predicted answer index; mc: predicted option; retrieval/pretrain: level-1 text and clip embeddings."""
+        task = self.hparams.task
+        if task == "qa":
+            return {"answer": self.qa_forward(batch).argmax(-1)}
+        if task == "mc":
+            return {"option": self.mc_scores(batch).argmax(-1)}
+        m = self.model
+        return {"text_embed": m.text_embed(m.encode_text(batch["input_ids"], batch["attention_mask"])),
+                "clip_embed": m.clip_embed(m.encode_visual(batch["frames"], batch.get("pad_mask")))}
+
+    # ------------------------------------------------------------------------------------ N×N retrieval evaluation
+    def on_validation_epoch_start(self) -> None:
+        self._eval = {}
+
+    def on_test_epoch_start(self) -> None:
+        self._eval = {}
+
+    def _collect(self, batch: dict) -> None:
+        m = self.model
+        visual = m.encode_visual(batch["frames"], batch.get("pad_mask"))  # (B, T, D)
+        rec = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+               "t": m.text_embed(m.encode_text(batch["input_ids"], batch["attention_mask"])),
+               "visual": visual, "v": m.clip_embed(visual), "text_index": batch["text_index"],
+               "caption_index": batch["caption_index"], "video_index": batch["video_index"]}
+        for k, val in rec.items():
+            self._eval.setdefault(k, []).append(val.detach())
+
+    def on_validation_epoch_end(self) -> None:
+        if self.hparams.task == "retrieval" and self._eval:
+            self._retrieval_epoch_end("val")
+
+    def on_test_epoch_end(self) -> None:
+        if self.hparams.task == "retrieval" and self._eval:
+            self._retrieval_epoch_end("test")
+
+    def _gathered(self) -> dict[str, torch.Tensor]:
+        """Concatenate this epoch's records over batches and ranks (DistributedSampler gives equal counts)."""
+        out = {}
+        for k, vals in self._eval.items():
+            x = torch.cat(vals, 0)
+            if self.trainer.world_size > 1:
+                x = self.all_gather(x).flatten(0, 1)
+            out[k] = x
+        return out
+
+    @torch.no_grad()
+    def _retrieval_epoch_end(self, stage: str) -> None:
+        """Full N_text × N_video level-1 and level-2 matrices (spec §3.6), R@K / MdR both directions."""
+        from tqdm import tqdm
+
+        rec = self._gathered()
+        _, first_text = _unique_first(rec["text_index"])
+        vid_ids, first_vid = _unique_first(rec["video_index"])
+        ids, attn = rec["input_ids"][first_text], rec["attention_mask"][first_text]
+        t, cap = rec["t"][first_text], rec["caption_index"][first_text]
+        visual, v = rec["visual"][first_vid], rec["v"][first_vid]
+        # ground truth: caption string c matches every video any line pairs with c
+        pair = torch.zeros(int(rec["caption_index"].max()) + 1, len(vid_ids), dtype=torch.bool, device=t.device)
+        col = torch.searchsorted(vid_ids, rec["video_index"])
+        pair[rec["caption_index"], col] = True
+        gt = pair[cap]  # (N_t, N_v)
+        sim1 = torch.logsumexp(torch.einsum("id,jcd->ijc", t.float(), v.float()), -1)  # (N_t, N_v) level 1
+        # level 2: N_t·N_v cross passes; rows split over ranks, pairs batched
+        rank, world = rank_and_world()
+        rows = list(range(rank, len(t), world))
+        n_rows = math.ceil(len(t) / world)
+        sim2_local = t.new_zeros(n_rows, len(v))
+        pairs = [(r, j) for r in range(len(rows)) for j in range(len(v))]
+        step = self.hparams.eval_pair_batch
+        bar = tqdm(range(0, len(pairs), step), desc=f"{stage}: level-2 {len(t)}x{len(v)} cross passes",
+                   disable=rank != 0 or len(pairs) <= step)
+        for a in bar:
+            chunk = torch.tensor(pairs[a:a + step], device=t.device)
+            ti = torch.tensor(rows, device=t.device)[chunk[:, 0]]
+            out = self.model.cross(ids[ti], attn[ti], visual[chunk[:, 1]])
+            sim2_local[chunk[:, 0], chunk[:, 1]] = self.model.sim_score(out.pooled).float()
+        if world > 1:
+            allrows = self.all_gather(sim2_local)  # (W, n_rows, N_v)
+            sim2 = t.new_zeros(len(t), len(v))
+            for r in range(world):
+                idx = list(range(r, len(t), world))
+                sim2[idx] = allrows[r, :len(idx)]
+        else:
+            sim2 = sim2_local
+        n = len(first_text)
+        for name, sim in (("l1", sim1), ("l2", sim2)):
+            for direction, s, g in (("t2v", sim, gt), ("v2t", sim.T, gt.T)):
+                for k, val in retrieval_metrics(s, g).items():
+                    self.log(f"{stage}/{name}_simi_{direction}-{k}", val, sync_dist=True, batch_size=n)
+        self.log(f"{stage}/select", retrieval_metrics(sim2, gt)["mean_recall"], sync_dist=True, batch_size=n)
+        self._eval = {}
+
+    # --------------------------------------------------------------------------------------------- optimiser
+    def configure_optimizers(self):
+        """AdamW (betas 0.9/0.98), no weight decay on biases/LayerNorm; linear warm-up from 0.1·lr, ×0.1 steps."""
+        hp = self.hparams
+        decay, no_decay = [], []
+        for p in self.parameters():
+            if not p.requires_grad:
+                continue
+            (no_decay if p.ndim < 2 else decay).append(p)  # biases and LayerNorm weights are the 1-D tensors
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+        steps = sorted(hp.lr_steps or [])
+
+        def factor(step: int) -> float:
+            warm = 1.0
+            if hp.warmup_iterations > 0 and step < hp.warmup_iterations:
+                warm = 0.1 + 0.9 * step / hp.warmup_iterations
+            now = self.trainer.current_epoch if hp.lr_step_unit == "epoch" else step
+            return warm * 0.1 ** sum(now >= s for s in steps)
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def _unique_first(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted unique values of ``index`` and the position of each one's first occurrence."""
+    uniq, inverse = torch.unique(index, return_inverse=True)
+    first = torch.full((len(uniq),), len(index), dtype=torch.long, device=index.device)
+    first.scatter_reduce_(0, inverse, torch.arange(len(index), device=index.device), reduce="amin")
+    return uniq, first

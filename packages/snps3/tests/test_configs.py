@@ -1,0 +1,28 @@
+import pytest
+from mmzoo.cli import shipped_configs
+
+from snps3.cli import main
+
+CONFIGS = shipped_configs("snps3")
+
+
+def test_paper_configs_are_shipped():
+    for name in ("tiny", "demo", "pretrain_coco_vg_pvt", "pretrain_coco_vg_r50", "pretrain_cc3m_vst",
+                 "pretrain_webvid_vst", "msrvtt_7k_retrieval", "msrvtt_9k_retrieval", "didemo_retrieval",
+                 "msvd_retrieval", "msrvtt_qa", "msvd_qa", "msrvtt_mc"):
+        assert name in CONFIGS, name
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_every_shipped_config_parses(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["fit", "--config", name, "--print_config"])
+    assert exc.value.code in (0, None)
+    assert "model:" in capsys.readouterr().out
+
+
+def test_extra_commands_help():
+    for cmd in ("mine-words", "lemma-table", "synthetic-data"):
+        with pytest.raises(SystemExit) as exc:
+            main([cmd, "--help"])
+        assert exc.value.code == 0

@@ -1,0 +1,55 @@
+import torch
+from torchmetrics import MeanMetric
+
+from snps3.metrics import RetrievalMetrics, best_gt_rank, retrieval_metrics
+
+
+def test_multi_gt_rank_and_mdr_hand_example():
+    sim = torch.tensor([
+        [0.9, 0.8, 0.1, 0.0],  # gt {1, 2}: best gt (0.8) ranked second -> r = 1
+        [0.1, 0.2, 0.3, 0.4],  # gt {3}: r = 0
+        [0.5, 0.4, 0.3, 0.2],  # gt {2}: r = 2
+        [0.0, 0.9, 0.8, 0.7],  # gt {0}: r = 3
+    ])
+    gt = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    assert best_gt_rank(sim, gt).tolist() == [1, 0, 2, 3]
+    m = retrieval_metrics(sim, gt, ks=(1, 2, 3))
+    assert m["R@1"] == 25.0 and m["R@2"] == 50.0 and m["R@3"] == 75.0
+    assert m["MdR"] == 2.5  # median([1, 0, 2, 3]) + 1
+    assert m["MnR"] == 2.5
+    torch.testing.assert_close(m["mean_recall"], torch.tensor(50.0))
+
+
+def test_metric_class_matches_function_over_batches():
+    g = torch.Generator().manual_seed(0)
+    sim = torch.randn(13, 9, generator=g)
+    gt = torch.zeros(13, 9, dtype=torch.bool)
+    gt[torch.arange(13), torch.randint(0, 9, (13,), generator=g)] = True
+    gt[0, 3] = True
+    ref = retrieval_metrics(sim, gt)
+    metric = RetrievalMetrics()
+    for rows in (slice(0, 5), slice(5, 6), slice(6, 13)):
+        metric.update(sim[rows], gt[rows])
+    out = metric.compute()
+    for k in ref:
+        torch.testing.assert_close(out[k], ref[k])
+    # plain loop reference for R@5
+    r5 = sum(int(sorted(sim[i].tolist(), reverse=True).index(max(sim[i][gt[i]].tolist())) < 5) for i in range(13))
+    torch.testing.assert_close(out["R@5"], torch.tensor(100.0 * r5 / 13))
+
+
+def test_ties_are_pessimistic():
+    sim = torch.tensor([[1.0, 1.0, 0.0]])
+    assert best_gt_rank(sim, torch.tensor([[False, True, False]])).tolist() == [1]
+
+
+def test_qa_accuracy_counts_out_of_vocabulary_as_wrong():
+    from snps3.module import SNPS3Module
+
+    logits = torch.tensor([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
+    correct = SNPS3Module.qa_correct(logits, {"label": torch.tensor([1, 1, -1])})
+    acc = MeanMetric()
+    acc.update(correct)
+    torch.testing.assert_close(acc.compute(), torch.tensor(1 / 3))
+    multi = SNPS3Module.qa_correct(logits, {"labels": torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0]])})
+    assert multi.tolist() == [1.0, 0.0, 1.0]

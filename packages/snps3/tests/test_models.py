@@ -1,0 +1,113 @@
+import pytest
+import torch
+
+from snps3.models import SNPS3Config, SNPS3Model, StrideOnePatchEmbed3d, VideoSwinEncoder, convert_video_swin_checkpoint
+
+
+def cfg(**kw):
+    base = dict(bert=None, vocab_size=209, hidden_size=16, num_layers=4, num_heads=2, intermediate_size=32,
+                max_position_embeddings=64, visual_encoder="tiny_cnn", tiny_cnn_channels=8)
+    base.update(kw)
+    return SNPS3Config(**base)
+
+
+def test_snp_shares_the_text_encoder_and_p3e_does_not():
+    snp = SNPS3Model(cfg())
+    assert snp.cross_bert is snp.bert
+    assert snp.cross_pooler.dense.weight is not snp.bert.pooler.dense.weight
+    torch.testing.assert_close(snp.cross_pooler.dense.weight, snp.bert.pooler.dense.weight)  # initialised as a copy
+    p3e = SNPS3Model(cfg(arch="p3e", p3e_cross_layers=3))
+    assert p3e.cross_bert is not p3e.bert
+    assert len(p3e.cross_bert.encoder.layer) == 3
+    torch.testing.assert_close(p3e.cross_bert.encoder.layer[0].output.dense.weight,
+                               p3e.bert.encoder.layer[0].output.dense.weight)
+    n_snp = sum(p.numel() for p in snp.parameters())
+    n_p3e = sum(p.numel() for p in p3e.parameters())
+    emb = sum(p.numel() for p in snp.bert.embeddings.parameters())
+    layer = sum(p.numel() for p in snp.bert.encoder.layer[0].parameters())
+    assert n_p3e - n_snp == emb + 3 * layer  # Table II: one embedding block + the P3E cross layers
+
+
+def test_cross_input_assembly():
+    torch.manual_seed(0)
+    m = SNPS3Model(cfg(num_layers=2)).eval()
+    b, length, t, d = 2, 7, 3, 16
+    ids = torch.randint(104, 209, (b, length))
+    ids[:, 0], ids[:, 5], ids[:, 6] = 101, 102, 0
+    attn = (ids != 0).long()
+    visual = torch.randn(b, t, d)
+    out = m.cross(ids, attn, visual)
+    assert out.text_hidden.shape == (b, length, d) and out.visual_hidden.shape == (b, t, d)
+    # reference: the same sequence built by hand through the BERT embedding tables
+    e = m.bert.embeddings
+    text = e.LayerNorm(e.word_embeddings(ids) + e.position_embeddings(torch.arange(length)) + e.token_type_embeddings.weight[0])
+    vis_in = torch.cat([visual, e.word_embeddings.weight[102].expand(b, 1, d)], 1)
+    vis = e.LayerNorm(vis_in + e.position_embeddings(torch.arange(t + 1)) + e.token_type_embeddings.weight[1])
+    mask = torch.cat([attn, torch.ones(b, t + 1, dtype=torch.long)], 1)
+    h = torch.cat([text, vis], 1)
+    ext = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
+    h = m.bert.encoder(h, attention_mask=ext).last_hidden_state
+    torch.testing.assert_close(out.text_hidden, h[:, :length])
+    torch.testing.assert_close(out.visual_hidden, h[:, length:length + t])  # trailing visual [SEP] dropped
+    torch.testing.assert_close(out.pooled, m.cross_pooler(h))
+    with torch.no_grad():
+        m.cross_pooler.dense.weight.add_(1.0)
+    assert not torch.allclose(m.cross(ids, attn, visual).pooled, out.pooled)
+
+
+def test_heads_and_shapes():
+    m = SNPS3Model(cfg(num_layers=2, num_answers=7)).eval()
+    frames = torch.randn(2, 3, 3, 64, 64)
+    vis = m.encode_visual(frames)
+    assert vis.shape == (2, 3, 16)
+    v = m.clip_embed(vis)
+    torch.testing.assert_close(v.norm(dim=-1), torch.ones(2, 3))
+    ids = torch.tensor([[101, 150, 151, 102, 0], [101, 160, 102, 0, 0]])
+    text = m.encode_text(ids, (ids != 0).long(), output_attentions=True)
+    assert len(text.attentions) == 2 and text.attentions[0].shape == (2, 2, 5, 5)
+    assert m.mlm_logits(text.hidden, "text").shape == (2, 5, 209)
+    cross = m.cross(ids, (ids != 0).long(), vis)
+    assert m.sim_score(cross.pooled).shape == (2,) and m.qa_logits(cross.pooled).shape == (2, 7)
+    with pytest.raises(ValueError, match="B, T, 3, H, W"):
+        m.encode_visual(torch.randn(2, 3, 64, 64))
+
+
+def test_padding_mask_excludes_padded_positions():
+    m = SNPS3Model(cfg(num_layers=1)).eval()
+    frames = torch.randn(1, 2, 3, 64, 128)
+    mask = torch.zeros(1, 64, 128, dtype=torch.bool)
+    mask[:, :, 64:] = True
+    full = m.encode_visual(frames[..., :64], None)
+    torch.testing.assert_close(m.encode_visual(frames, mask), full, atol=1e-5, rtol=1e-5)
+
+
+def test_video_swin_patch_embedding_keeps_time_steps():
+    pe = StrideOnePatchEmbed3d([2, 4, 4], 3, 8, torch.nn.LayerNorm)
+    assert pe(torch.randn(1, 3, 5, 32, 32)).shape == (1, 5, 8, 8, 8)
+    enc = VideoSwinEncoder(cfg(visual_encoder="video_swin", swin_embed_dim=8, swin_depths=[1, 1, 1, 1],
+                               swin_heads=[1, 1, 1, 1], swin_window=[2, 7, 7]), 16)
+    assert enc(torch.randn(2, 3, 3, 64, 64)).shape == (2, 3, 16)
+
+
+def test_video_swin_checkpoint_key_mapping():
+    state = {"module.patch_embed.proj.weight": 1, "layers.1.blocks.0.mlp.fc1.weight": 2,
+             "layers.2.downsample.reduction.weight": 3, "norm.bias": 4, "layers.0.blocks.1.attn.qkv.weight": 5}
+    out = convert_video_swin_checkpoint(state)
+    assert out == {"patch_embed.proj.weight": 1, "features.2.0.mlp.0.weight": 2, "features.5.reduction.weight": 3,
+                   "norm.bias": 4, "features.0.1.attn.qkv.weight": 5}
+    from torchvision.models.video.swin_transformer import SwinTransformer3d
+
+    keys = set(SwinTransformer3d([2, 4, 4], 8, [1, 1, 1, 1], [1, 1, 1, 1], [2, 7, 7]).state_dict())
+    assert {"features.2.0.mlp.0.weight", "features.5.reduction.weight", "features.0.0.attn.qkv.weight"} <= keys
+
+
+def test_missing_weights_name_the_key(tmp_path):
+    with pytest.raises(FileNotFoundError, match="model.config.visual_weights"):
+        SNPS3Model(cfg(visual_encoder="resnet50", visual_weights=str(tmp_path / "r50.pth")))
+    with pytest.raises(FileNotFoundError, match="model.config.bert"):
+        SNPS3Model(cfg(bert=str(tmp_path / "no_bert_here")))
+
+
+def test_config_validation():
+    with pytest.raises(ValueError, match="num_heads"):
+        cfg(num_heads=3)
