@@ -1,0 +1,252 @@
+"""Spec §8c in miniature: a tiny LLaVA that learned a stereotype is de-biased faster by ASD than by plain FT.
+
+1. Data (scikit-learn digits 0–3 = four "occupations"; background hue = race, border = gender), written in the
+   SocialCounterfactuals format and read back with the package's reader:
+   * biased pre-training set: digit k shown with hue k mod 2 in 90 % of images, glyph degraded (noise σ=0.6, erasing);
+   * counterfactual debias set: clean digits rendered under every hue × border (balanced);
+   * held-out counterfactual test set from other digit instances.
+2. Pre-train the tiny LLaVA (concept_qa answers) on the biased set → large Skew on the test set.
+3. From that checkpoint, four debias fine-tunes with an identical small budget: FT, resample-only, SFLoss-only, ASD
+   (Skew refreshed each epoch with the answer-likelihood scorer, Skew@K with K = 25 % of the pool).
+4. Test-set race MaxSkew / MinSkew (the stereotyped attribute) and concept accuracy, over 3 seeds → mean ± std in
+   ``repro_results.json``. Gate: ASD's |MinSkew| and MaxSkew below FT's, ASD's concept accuracy at most 2 points
+   below FT's. The ordering "each component between FT and ASD" is recorded but not gated.
+
+Run: ``uv run --no-sync python packages/asdmllm/repro.py`` (``--quick`` for a smoke run). Exit 1 when the gate fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from asdmllm.data import SocialCounterfactualsDataset, collate, make_socialcounterfactuals
+from asdmllm.metrics import SkewMetric, per_sample_skew
+from asdmllm.models import MLLMConfig
+from asdmllm.module import ASDModule, DebiasConfig, SkewConfig
+from asdmllm.sampling import ResampledEpochSampler, bias_aware_resample
+
+OCCUPATIONS = ["nurse", "chef", "pilot", "dancer"]  # digits 0-3; distinct first characters (see concept_acc)
+QUESTIONS = {"occupation": "Job?"}  # short prompts keep the CPU run short
+PROMPT = "<image>\n{instruction} A:"
+RACES, GENDERS = ["White", "Black"], ["male", "female"]
+VARIANTS = {  # name → (resample, sfloss)
+    "FT": (False, False),
+    "resample_only": (True, False),
+    "sfloss_only": (False, True),
+    "ASD": (True, True),
+}
+
+
+def build_data(root: Path, seed: int, quick: bool, names=("debias", "test")):
+    n_bias, n_cf = (60, 6) if quick else (160, 10)
+    if "biased" in names:
+        make_socialcounterfactuals(
+            root / "biased",
+            OCCUPATIONS,
+            RACES,
+            GENDERS,
+            n_bias,
+            32,
+            seed,
+            "digits",
+            (0.0, 0.5),
+            bias=0.9,
+            glyph_noise=0.6,
+            erase=True,
+        )
+    if "debias" in names:
+        make_socialcounterfactuals(
+            root / "debias", OCCUPATIONS, RACES, GENDERS, n_cf, 32, seed + 1, "digits", (0.5, 0.75)
+        )
+        make_socialcounterfactuals(
+            root / "test", OCCUPATIONS, RACES, GENDERS, n_cf, 32, seed + 2, "digits", (0.75, 1.0)
+        )
+    out = {}
+    for name in names:
+        ds = SocialCounterfactualsDataset(root / name, "all", image_size=32, questions=QUESTIONS)
+        out[name] = (ds, [ds[i] for i in range(len(ds))])  # decoded once, kept in memory
+    return out
+
+
+def make_module(resample: bool, sfloss: bool, seed: int) -> ASDModule:
+    torch.manual_seed(seed)
+    return ASDModule(
+        mllm=MLLMConfig(prompt_template=PROMPT),
+        debias=DebiasConfig("asd", resample=resample, sfloss=sfloss, seed=seed),
+        skew=SkewConfig(scorer="answer_logprob", mode="topk", topk=0.25),
+    )
+
+
+def train(module: ASDModule, data, epochs: int, steps: int, lr: float, seed: int, batch_size: int = 16) -> None:
+    """``epochs`` × ``steps`` AdamW steps; ASD's Skew refresh + resampling at each epoch start (as ASDModule does)."""
+    ds, items = data
+    info = ds.info("train")
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr)
+    sampler = ResampledEpochSampler(len(items), seed)
+    probe = DataLoader(items, batch_size=64, collate_fn=collate)
+    debias = module.debias
+    for epoch in range(epochs):
+        sample_skew = None
+        if debias.use_resample or debias.use_sfloss:  # §3.3 refresh with the current model
+            table = module.estimate_skew(probe, info)
+            sample_skew = per_sample_skew(table, ds.concept_ids, ds.attribute_ids)
+        sampler.set_epoch(epoch)
+        if debias.use_resample:
+            sampler.set_indices(
+                bias_aware_resample(
+                    sample_skew, debias.tau1, debias.tau2, torch.Generator().manual_seed(seed + 1000 * epoch)
+                )
+            )
+        loader = DataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=collate, drop_last=True)
+        module.train()
+        for step, batch in enumerate(loader):
+            if step >= steps:
+                break
+            inputs = module.mllm.build_inputs(batch["instruction"], batch["answer"])
+            logits = module.mllm(batch["image"], inputs["input_ids"], inputs["attention_mask"])
+            skew = (
+                sample_skew[batch["index"]]
+                if (sample_skew is not None and debias.use_sfloss)
+                else logits.new_zeros(len(batch["index"]))
+            )
+            loss = module.loss_fn(logits, inputs["labels"], skew)["loss"]
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+
+@torch.no_grad()
+def evaluate(module: ASDModule, data) -> dict[str, float]:
+    ds, items = data
+    info = ds.info("test")
+    module.eval()
+    sc = module.skew_config
+    metric = SkewMetric(
+        info.attribute_types,
+        [len(v) for v in info.attribute_values],
+        info.group_ids,
+        sc.mode,
+        sc.topk,
+        sc.zero_count,
+        sc.alpha,
+        sc.clip,
+    )
+    correct = 0
+    first = torch.tensor([module.mllm._encode(" " + c)[1] for c in info.concepts])  # first letter after the space
+    for batch in DataLoader(items, batch_size=64, collate_fn=collate):
+        scores = module.score(batch["image"], batch["concept"], info, "own")  # (B, C), own concept only
+        metric.update(scores, batch["attributes"], batch["concept"], batch["index"])
+        # concept accuracy: argmax over the 4 occupations of the answer's first-character probability (one forward;
+        # the occupations have distinct first characters)
+        inputs = module.mllm.build_inputs([info.questions[0]] * len(batch["index"]), [""] * len(batch["index"]))
+        logits = module.mllm(batch["image"], inputs["input_ids"], inputs["attention_mask"])  # (B, L, V)
+        pos = inputs["prompt_lengths"]  # input at pos is the answer's leading " "; its logits predict the first letter
+        letter_logits = logits[torch.arange(len(pos)), pos][:, first]  # (B, 4)
+        correct += int((letter_logits.argmax(-1) == batch["concept"]).sum())
+    out = {k: float(v) for k, v in metric.compute().items()}
+    out["concept_acc"] = 100.0 * correct / len(items)
+    return out
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    return {"mean": statistics.mean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--pretrain-steps", type=int, default=200)
+    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--quick", action="store_true", help="smoke run: small data, few steps, no gate")
+    parser.add_argument("--out", default=str(Path(__file__).with_name("repro_results.json")))
+    args = parser.parse_args()
+    if args.quick:
+        args.pretrain_steps, args.epochs, args.steps, args.seeds = 20, 2, 2, args.seeds[:2]
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+    start = time.time()
+    per_seed: dict[str, list[dict[str, float]]] = {"pretrained": [], **{v: [] for v in VARIANTS}}
+    # one biased pre-training (seed 0) shared by all seeds, to fit the CPU budget; the seeds vary the debias/test
+    # data, the sampling and the resampling draws
+    with tempfile.TemporaryDirectory() as tmp:
+        biased = build_data(Path(tmp), 0, args.quick, ("biased",))["biased"]
+    base = make_module(False, False, 0)
+    train(base, biased, 1, args.pretrain_steps, 3e-3, 0)  # AdamW 3e-3 (spec §8c)
+    state = {k: v.clone() for k, v in base.state_dict().items()}
+    print(f"pre-training done ({time.time() - start:.0f}s)", flush=True)
+    for seed in args.seeds:
+        with tempfile.TemporaryDirectory() as tmp:
+            data = build_data(Path(tmp), seed, args.quick)
+        per_seed["pretrained"].append(evaluate(base, data["test"]))
+        for name, (resample, sfloss) in VARIANTS.items():
+            module = make_module(resample, sfloss, seed)
+            module.load_state_dict(state)
+            train(module, data["debias"], args.epochs, args.steps, args.lr, seed)
+            per_seed[name].append(evaluate(module, data["test"]))
+        print(
+            f"seed {seed} done ({time.time() - start:.0f}s): "
+            + ", ".join(
+                f"{k} min {v[-1]['race/min_skew']:.2f} max {v[-1]['race/max_skew']:.2f} acc {v[-1]['concept_acc']:.0f}"
+                for k, v in per_seed.items()
+            ),
+            flush=True,
+        )
+    keys = [
+        "race/max_skew",
+        "race/min_skew",
+        "gender/max_skew",
+        "gender/min_skew",
+        "max_skew",
+        "min_skew",
+        "concept_acc",
+    ]
+    summary = {name: {k: mean_std([r[k] for r in rows]) for k in keys} for name, rows in per_seed.items()}
+    ft, asd = summary["FT"], summary["ASD"]
+    gate = {
+        "asd_abs_min_skew_below_ft": abs(asd["race/min_skew"]["mean"]) < abs(ft["race/min_skew"]["mean"]),
+        "asd_max_skew_below_ft": asd["race/max_skew"]["mean"] < ft["race/max_skew"]["mean"],
+        "asd_acc_within_2_points_of_ft": asd["concept_acc"]["mean"] >= ft["concept_acc"]["mean"] - 2.0,
+    }
+    between = {
+        name: abs(asd["race/min_skew"]["mean"])
+        <= abs(summary[name]["race/min_skew"]["mean"])
+        <= abs(ft["race/min_skew"]["mean"])
+        for name in ("resample_only", "sfloss_only")
+    }
+    passed = all(gate.values())
+    result = {
+        "experiment": "spec §8c: digits stereotype, FT vs resample-only vs SFLoss-only vs ASD (tiny LLaVA, CPU)",
+        "settings": vars(args) | {"scorer": "answer_logprob", "skew": "topk K=25%, laplace, clip 3"},
+        "seeds": args.seeds,
+        "summary": summary,
+        "per_seed": per_seed,
+        "gate": gate,
+        "components_between_ft_and_asd_on_min_skew (not gated)": between,
+        "passed": passed,
+        "seconds": round(time.time() - start, 1),
+    }
+    if not args.quick:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+    for name, s in summary.items():
+        print(
+            f"{name:>14}: race MinSkew {s['race/min_skew']['mean']:+.3f}±{s['race/min_skew']['std']:.3f}  "
+            f"MaxSkew {s['race/max_skew']['mean']:+.3f}±{s['race/max_skew']['std']:.3f}  "
+            f"acc {s['concept_acc']['mean']:.1f}±{s['concept_acc']['std']:.1f}"
+        )
+    print("gate:", gate, "components between:", between, "PASSED" if passed else "FAILED")
+    return 0 if (passed or args.quick) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,836 @@
+"""Readers of SocialCounterfactuals, CMSC and FairFace (spec §4), generators writing those formats (spec §8b), the
+collate function and the LightningDataModule.
+
+Every reader exposes the same description of its samples, which the module needs for Skew:
+
+* ``concepts`` (names, the concept vocabulary), ``concept_groups`` (group name per concept),
+  ``questions`` (the concept question of each concept's group, spec §4.4);
+* ``attribute_types`` (e.g. ``["gender", "race"]``) and ``attribute_values`` (value names per type);
+* ``concept_ids`` (N,) long (-1 for unlabelled FairFace images) and ``attribute_ids`` (N, T) long (-1 unknown).
+
+``__getitem__`` returns ``{"image": uint8 (3, S, S), "instruction": str, "answer": str, "concept": long,
+"attributes": long (T,), "index": long}`` (``None`` for a corrupt image under ``on_corrupt: skip``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from .sampling import ResampledEpochSampler
+
+__all__ = [
+    "DEFAULT_QUESTIONS",
+    "CMSC_CONCEPTS",
+    "EvalSetInfo",
+    "SocialCounterfactualsDataset",
+    "CMSCDataset",
+    "FairFaceDataset",
+    "collate",
+    "make_socialcounterfactuals",
+    "make_cmsc",
+    "make_fairface",
+    "render_counterfactual_image",
+    "DemoDataConfig",
+    "DebiasDataModule",
+]
+
+log = logging.getLogger(__name__)
+
+SEE_README = "see README, Data preparation"
+
+DEFAULT_QUESTIONS: dict[str, str] = {
+    "occupation": "What is the occupation of the person in the image?",
+    "personality": "Which word best describes the personality of the person in the image?",
+    "responsibility": "What is the person in the image most associated with?",
+    "education": "What best describes the education of the person in the image?",
+}
+"""Reconstruction (spec §4.4): one concept question per concept group."""
+
+CAPTION_INSTRUCTION = "Describe the person in the image."
+
+CMSC_CONCEPTS: dict[str, list[str]] = {
+    "personality": ["compassionate", "belligerent", "authority", "pleasant", "unpleasant"],
+    "responsibility": ["tool", "weapon", "career", "family", "chef", "earning money"],
+    "education": ["middle school", "high school", "university", "good student", "bad student", "science", "arts"],
+}
+"""The 18 CMSC social concepts in three groups (spec §4.2; names from summaries of the paper)."""
+
+FAIRFACE_HEADER = ["file", "age", "gender", "race", "service_test"]
+FAIRFACE_VALUES = {
+    "age": ["0-2", "3-9", "10-19", "20-29", "30-39", "40-49", "50-59", "60-69", "more than 70"],
+    "gender": ["Male", "Female"],
+    "race": ["White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern"],
+}
+
+SCOUNTER_COLUMNS = ["image", "caption", "a1_type", "a1", "a2_type", "a2", "counterfactual_set", "a1a2"]
+CMSC_COLUMNS = ["image", "caption", "concept", "concept_group", "gender", "race", "age", "counterfactual_set"]
+
+
+@dataclass
+class EvalSetInfo:
+    """What the module needs to score one evaluation set: its name and vocabularies."""
+
+    name: str
+    concepts: list[str]
+    concept_groups: list[str]
+    questions: list[str]
+    attribute_types: list[str]
+    attribute_values: list[list[str]]
+
+    @property
+    def group_ids(self) -> list[int]:
+        names = sorted(set(self.concept_groups))
+        return [names.index(g) for g in self.concept_groups]
+
+
+# ------------------------------------------------------------------------------------------------ images
+def load_image(data: bytes | str | Path, size: int) -> torch.Tensor:
+    """Decode an image, resize its short side to ``size`` and centre-crop → uint8 (3, size, size).
+
+    Deviation: LLaVA-1.5 pads to a square before resizing; we resize + centre-crop (the datasets are square faces).
+    """
+    with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+        img = img.convert("RGB")
+        w, h = img.size
+        scale = size / min(w, h)
+        img = img.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.BICUBIC)
+        w, h = img.size
+        left, top = (w - size) // 2, (h - size) // 2
+        img = img.crop((left, top, left + size, top + size))
+        arr = np.asarray(img, dtype=np.uint8).copy()
+    return torch.from_numpy(arr).permute(2, 0, 1)  # (3, S, S)
+
+
+def _split_of(key: str) -> str:
+    """Deterministic split by hash (spec §4.1): crc32 mod 10 → 0–7 train, 8 val, 9 test."""
+    bucket = zlib.crc32(key.encode("utf-8")) % 10
+    return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
+
+
+def _parquet_files(root: Path, what: str) -> list[str]:
+    files = sorted(str(p) for p in (root / "data").glob("*.parquet"))
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.data_root: {what} directory '{root}' does not exist; {SEE_README}")
+    if not files:
+        raise FileNotFoundError(f"'{root / 'data'}': no *.parquet shards of {what}; {SEE_README}")
+    return files
+
+
+def _read_parquet(files: list[str], required: list[str], what: str):
+    """The shards as a datasets.Dataset with undecoded images; checks the required columns."""
+    import datasets
+
+    ds = datasets.load_dataset("parquet", data_files={"train": files}, split="train")
+    missing = [c for c in required if c not in ds.column_names]
+    if missing:
+        raise KeyError(f"{what} parquet '{files[0]}': missing columns {missing} (has {ds.column_names}); {SEE_README}")
+    return ds.cast_column("image", datasets.Image(decode=False))
+
+
+class _CounterfactualDataset(Dataset):
+    """Shared item logic of the two counterfactual readers (rows already parsed into vocabularies)."""
+
+    questions_by_group: dict[str, str]
+    instruction_mode: str
+    image_size: int
+    on_corrupt: str
+
+    def _finish(
+        self,
+        rows: list[int],
+        captions: list[str],
+        sets: list[str],
+        concept_names: list[str],
+        group_of: dict[str, str],
+        attr_types: list[str],
+        attr_rows: list[dict[str, str]],
+    ) -> None:
+        self.concepts = sorted(set(concept_names))
+        self.concept_groups = [group_of[c] for c in self.concepts]
+        for g in set(self.concept_groups):
+            if g not in self.questions_by_group:
+                raise KeyError(f"data.questions has no question for concept group {g!r}; add one")
+        self.questions = [self.questions_by_group[g] for g in self.concept_groups]
+        self.attribute_types = attr_types
+        self.attribute_values = [sorted({r[t] for r in attr_rows if r.get(t)}) for t in attr_types]
+        self._rows = rows
+        self._captions = [captions[r] for r in rows]
+        self._sets = [sets[r] for r in rows]
+        c_index = {c: i for i, c in enumerate(self.concepts)}
+        self.concept_ids = torch.tensor([c_index[concept_names[r]] for r in rows], dtype=torch.long)
+        a_index = [{v: i for i, v in enumerate(vals)} for vals in self.attribute_values]
+        self.attribute_ids = torch.tensor(
+            [[a_index[t].get(attr_rows[r].get(name, ""), -1) for t, name in enumerate(attr_types)] for r in rows],
+            dtype=torch.long,
+        ).view(len(rows), len(attr_types))  # (N, T)
+
+    def info(self, name: str) -> EvalSetInfo:
+        return EvalSetInfo(
+            name, self.concepts, self.concept_groups, self.questions, self.attribute_types, self.attribute_values
+        )
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        row = self._rows[index]
+        record = self._table[row]["image"]
+        try:
+            image = load_image(record["bytes"] if record.get("bytes") else record["path"], self.image_size)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            where = f"{self._source} row {row} (set {self._sets[index]!r})"
+            if self.on_corrupt == "raise":
+                raise ValueError(f"corrupt image at {where}: {err}") from err
+            log.warning("skipping corrupt image at %s: %s", where, err)
+            return None
+        c = int(self.concept_ids[index])
+        if self.instruction_mode == "concept_qa":
+            instruction, answer = self.questions[c], self.concepts[c]
+        else:
+            instruction, answer = CAPTION_INSTRUCTION, self._captions[index]
+        return {
+            "image": image,
+            "instruction": instruction,
+            "answer": answer,
+            "concept": torch.tensor(c),
+            "attributes": self.attribute_ids[index],
+            "index": torch.tensor(index),
+        }
+
+
+class SocialCounterfactualsDataset(_CounterfactualDataset):
+    """SocialCounterfactuals (spec §4.1): ``<data_root>/data/*.parquet`` with the hub columns
+    ``image, caption, a1_type, a1, a2_type, a2, counterfactual_set, a1a2``.
+
+    The concept is the caption text after ``a2 + " "``. Attribute types are read from the ``a1_type``/``a2_type``
+    values (a row lacking a type gets -1 for it). ``family`` keeps one intersectional family, e.g. ``race-gender``
+    (the two ``a*_type`` values joined by ``-``, in any order), or ``all``. ``intersectional`` adds the type ``{a1_type}x{a2_type}``
+    with the ``a1a2`` values. Reconstruction: splits by crc32 of ``counterfactual_set`` (or of the occupation,
+    ``split_by: occupation``): 0–7 train, 8 val, 9 test.
+    """
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        split: Literal["train", "val", "test", "all"] = "train",
+        image_size: int = 336,
+        instruction_mode: Literal["concept_qa", "caption"] = "concept_qa",
+        family: str = "race-gender",
+        intersectional: bool = False,
+        split_by: Literal["counterfactual_set", "occupation"] = "counterfactual_set",
+        questions: dict[str, str] | None = None,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        root = Path(data_root).expanduser()
+        self._source = str(root)
+        self.image_size, self.instruction_mode, self.on_corrupt = image_size, instruction_mode, on_corrupt
+        self.questions_by_group = dict(DEFAULT_QUESTIONS if questions is None else questions)
+        self._table = _read_parquet(
+            _parquet_files(root, "SocialCounterfactuals"), SCOUNTER_COLUMNS, "SocialCounterfactuals"
+        )
+        meta = self._table.select_columns([c for c in SCOUNTER_COLUMNS if c != "image"]).to_dict()
+        captions, sets = list(meta["caption"]), list(meta["counterfactual_set"])
+        concept_names, attr_rows, families = [], [], []
+        for i, caption in enumerate(captions):
+            a2 = meta["a2"][i]
+            parts = caption.split(a2 + " ", 1)
+            if len(parts) != 2 or not parts[1].strip():
+                raise ValueError(f"{root}: row {i} caption {caption!r} has no concept after a2={a2!r}; {SEE_README}")
+            concept_names.append(parts[1].strip().rstrip("."))
+            t1, t2 = meta["a1_type"][i], meta["a2_type"][i]
+            row = {t1: meta["a1"][i], t2: a2}
+            if intersectional:
+                row[f"{t1}x{t2}"] = meta["a1a2"][i]
+            attr_rows.append(row)
+            families.append("-".join(sorted([t1, t2])))
+        known = sorted(set(families))
+        family = family if family == "all" else "-".join(sorted(family.split("-")))  # order-insensitive
+        if family != "all" and family not in known:
+            raise ValueError(f"data.family={family!r} not in {root}; families present: {known}")
+        keep = [i for i in range(len(captions)) if family == "all" or families[i] == family]
+        attr_types = sorted({t for i in keep for t in attr_rows[i]})
+        split_key = sets if split_by == "counterfactual_set" else concept_names
+        rows = [i for i in keep if split == "all" or _split_of(split_key[i]) == split]
+        if not rows:
+            raise ValueError(f"{root}: split {split!r} of family {family!r} is empty")
+        self._finish(
+            rows, captions, sets, concept_names, dict.fromkeys(concept_names, "occupation"), attr_types, attr_rows
+        )
+
+
+class CMSCDataset(_CounterfactualDataset):
+    """CMSC (spec §4.2, package layout): ``<data_root>/data/*.parquet`` with columns
+    ``image, caption, concept, concept_group, gender, race, age, counterfactual_set``.
+
+    Reconstruction: the release split is unknown; split by crc32 of ``counterfactual_set`` as for SocialCounterfactuals.
+    """
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        split: Literal["train", "val", "test", "all"] = "train",
+        image_size: int = 336,
+        instruction_mode: Literal["concept_qa", "caption"] = "concept_qa",
+        questions: dict[str, str] | None = None,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        root = Path(data_root).expanduser()
+        self._source = str(root)
+        self.image_size, self.instruction_mode, self.on_corrupt = image_size, instruction_mode, on_corrupt
+        self.questions_by_group = dict(DEFAULT_QUESTIONS if questions is None else questions)
+        self._table = _read_parquet(_parquet_files(root, "CMSC"), CMSC_COLUMNS, "CMSC")
+        meta = self._table.select_columns([c for c in CMSC_COLUMNS if c != "image"]).to_dict()
+        captions, sets, concept_names = list(meta["caption"]), list(meta["counterfactual_set"]), list(meta["concept"])
+        group_of: dict[str, str] = {}
+        for c, g in zip(concept_names, meta["concept_group"], strict=True):
+            if group_of.setdefault(c, g) != g:
+                raise ValueError(f"{root}: concept {c!r} appears in groups {group_of[c]!r} and {g!r}")
+        attr_types = ["age", "gender", "race"]
+        attr_rows = [{t: meta[t][i] for t in attr_types} for i in range(len(captions))]
+        rows = [i for i in range(len(captions)) if split == "all" or _split_of(sets[i]) == split]
+        if not rows:
+            raise ValueError(f"{root}: CMSC split {split!r} is empty")
+        self._finish(rows, captions, sets, concept_names, group_of, attr_types, attr_rows)
+
+
+class FairFaceDataset(Dataset):
+    """FairFace (spec §4.3): ``<data_root>/fairface_label_{split}.csv`` (header ``file,age,gender,race,service_test``)
+    with images at ``<data_root>/<file>``. Used for evaluation only: images carry no concept (``concept = -1``); every
+    image is in the pool of every query concept (``concepts``, ``concept_groups``).
+    """
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        concepts: list[str],
+        concept_groups: list[str],
+        split: Literal["val", "train"] = "val",
+        image_size: int = 336,
+        questions: dict[str, str] | None = None,
+        max_images: int | None = None,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+    ) -> None:
+        root = Path(data_root).expanduser()
+        label_file = root / f"fairface_label_{split}.csv"
+        if not label_file.is_file():
+            raise FileNotFoundError(f"data.fairface_root: missing '{label_file}' (FairFace labels); {SEE_README}")
+        if len(concepts) != len(concept_groups) or not concepts:
+            raise ValueError(
+                "FairFace needs a non-empty concept list with one group per concept (data.fairface_concepts)"
+            )
+        with label_file.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            missing = [c for c in FAIRFACE_HEADER[:4] if c not in (reader.fieldnames or [])]
+            if missing:
+                raise KeyError(f"'{label_file}': missing columns {missing}; {SEE_README}")
+            records = list(reader)
+        if max_images is not None:
+            records = records[:max_images]
+        if not records:
+            raise ValueError(f"'{label_file}' has no rows")
+        self.root, self.image_size, self.on_corrupt = root, image_size, on_corrupt
+        self.files = [r["file"] for r in records]
+        self.concepts, self.concept_groups = list(concepts), list(concept_groups)
+        q = DEFAULT_QUESTIONS if questions is None else questions
+        self.questions = [q[g] for g in concept_groups]
+        self.attribute_types = ["age", "gender", "race"]
+        self.attribute_values = [FAIRFACE_VALUES[t] for t in self.attribute_types]
+        index = [{v: i for i, v in enumerate(vals)} for vals in self.attribute_values]
+        self.attribute_ids = torch.tensor(
+            [[index[t].get(r[name], -1) for t, name in enumerate(self.attribute_types)] for r in records]
+        )  # (N, 3)
+        self.concept_ids = torch.full((len(records),), -1, dtype=torch.long)
+
+    def info(self, name: str) -> EvalSetInfo:
+        return EvalSetInfo(
+            name, self.concepts, self.concept_groups, self.questions, self.attribute_types, self.attribute_values
+        )
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        path = self.root / self.files[index]
+        try:
+            image = load_image(path, self.image_size)
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            if self.on_corrupt == "raise":
+                raise ValueError(f"corrupt or missing FairFace image '{path}': {err}") from err
+            log.warning("skipping corrupt FairFace image %s: %s", path, err)
+            return None
+        return {
+            "image": image,
+            "instruction": "",
+            "answer": "",
+            "concept": torch.tensor(-1),
+            "attributes": self.attribute_ids[index],
+            "index": torch.tensor(index),
+        }
+
+
+def collate(items: list[dict[str, Any] | None]) -> dict[str, Any]:
+    """Stack a list of items (``None`` = skipped corrupt image) → images (B, 3, S, S), concept (B,), attributes (B, T),
+    index (B,), instruction / answer lists. An all-skipped batch gives ``{"image": empty}`` (B = 0)."""
+    items = [it for it in items if it is not None]
+    if not items:
+        return {
+            "image": torch.zeros(0, 3, 1, 1, dtype=torch.uint8),
+            "instruction": [],
+            "answer": [],
+            "concept": torch.zeros(0, dtype=torch.long),
+            "attributes": torch.zeros(0, 0, dtype=torch.long),
+            "index": torch.zeros(0, dtype=torch.long),
+        }
+    return {
+        "image": torch.stack([it["image"] for it in items]),  # (B, 3, S, S)
+        "instruction": [it["instruction"] for it in items],
+        "answer": [it["answer"] for it in items],
+        "concept": torch.stack([it["concept"] for it in items]),  # (B,)
+        "attributes": torch.stack([it["attributes"] for it in items]),  # (B, T)
+        "index": torch.stack([it["index"] for it in items]),  # (B,)
+    }
+
+
+# -------------------------------------------------------------------------------------- synthetic generators
+_HUES = [(200, 60, 60), (60, 110, 200), (70, 170, 80), (200, 170, 50), (150, 80, 180), (60, 180, 180), (120, 120, 120)]
+
+
+def _shape_glyph(k: int, rng: np.random.Generator) -> np.ndarray:
+    """A procedural 8×8 glyph for class ``k`` (fallback when scikit-learn's digits are not wanted)."""
+    g = np.zeros((8, 8), dtype=np.float32)
+    kind = k % 6
+    if kind == 0:
+        g[3:5, 1:7] = 1  # horizontal bar
+    elif kind == 1:
+        g[1:7, 3:5] = 1  # vertical bar
+    elif kind == 2:
+        g[3:5, 1:7] = 1
+        g[1:7, 3:5] = 1  # cross
+    elif kind == 3:
+        g[1:7, 1:7] = 1
+        g[2:6, 2:6] = 0  # box
+    elif kind == 4:
+        np.fill_diagonal(g, 1)  # diagonal
+    else:
+        g[1:7, 1] = 1
+        g[6, 1:7] = 1  # L shape
+    g += rng.normal(0, 0.1, g.shape).astype(np.float32)
+    return np.clip(g, 0, 1)
+
+
+def _glyphs(source: str, classes: int, instance_fraction: tuple[float, float]) -> list[list[np.ndarray]]:
+    """Per class, the list of 8×8 glyphs in [0, 1] (digits: sklearn's load_digits instances in the given fraction)."""
+    if source == "digits":
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        out = []
+        for k in range(classes):
+            imgs = digits.images[digits.target == k % 10] / 16.0
+            lo, hi = (int(f * len(imgs)) for f in instance_fraction)
+            out.append([im.astype(np.float32) for im in imgs[lo:hi]])
+        return out
+    rng = np.random.default_rng(0)
+    return [[_shape_glyph(k, rng) for _ in range(50)] for k in range(classes)]
+
+
+def render_counterfactual_image(
+    glyph: np.ndarray, hue: int, border: int, size: int, offset: tuple[int, int], noise: np.ndarray | None = None
+) -> np.ndarray:
+    """Person-free image (spec §8b): the concept glyph (upsampled ×size/16) on a background hue (race-like attribute)
+    with a border pattern (gender-like: 0 solid, 1 dashed, 2 double). → uint8 (size, size, 3)."""
+    bg = np.array(_HUES[hue % len(_HUES)], dtype=np.float32)
+    img = np.broadcast_to(bg, (size, size, 3)).copy()
+    scale = max(1, size // 16)
+    big = np.kron(glyph, np.ones((scale, scale), dtype=np.float32))  # (8·scale, 8·scale)
+    y, x = offset
+    patch = img[y : y + big.shape[0], x : x + big.shape[1]]
+    patch[:] = patch * (1 - big[..., None]) + 255.0 * big[..., None]
+    b = max(1, size // 16)
+    edge = np.zeros((size, size), dtype=bool)
+    edge[:b], edge[-b:], edge[:, :b], edge[:, -b:] = True, True, True, True
+    if border % 3 == 1:
+        stripes = (np.add.outer(np.arange(size), np.arange(size)) // 2) % 2 == 0
+        edge &= stripes
+    elif border % 3 == 2:
+        edge[2 * b : 3 * b, 2 * b : -2 * b] = True
+        edge[-3 * b : -2 * b, 2 * b : -2 * b] = True
+    img[edge] = 0.0
+    if noise is not None:
+        img = img + noise
+    return np.clip(img, 0, 255).astype(np.uint8)
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def make_socialcounterfactuals(
+    root: str | Path,
+    occupations: list[str],
+    races: list[str],
+    genders: list[str],
+    n_sets: int,
+    image_size: int = 32,
+    seed: int = 0,
+    glyph_source: Literal["digits", "shapes"] = "shapes",
+    instance_fraction: tuple[float, float] = (0.0, 1.0),
+    bias: float | None = None,
+    glyph_noise: float = 0.0,
+    erase: bool = False,
+) -> Path:
+    """Write a SocialCounterfactuals-format shard ``root/data/train-00000-of-00001.parquet`` (spec §8b).
+
+    Counterfactual sets (``bias=None``): per occupation ``k`` and set, one glyph rendered under every race × gender
+    (identical position/noise). Biased sets (``bias=p``): one image per set, race ``k mod |races|`` with probability
+    ``p`` (else another race), random gender — the stereotype of the repro experiment (spec §8c). ``glyph_noise``
+    (σ, in glyph units) and ``erase`` degrade the glyph so the hue becomes a shortcut.
+    """
+    import datasets
+
+    rng = np.random.default_rng(seed)
+    glyphs = _glyphs(glyph_source, len(occupations), instance_fraction)
+    columns: dict[str, list] = {c: [] for c in SCOUNTER_COLUMNS}
+    for k, occupation in enumerate(occupations):
+        for s in range(n_sets):
+            pool = glyphs[k]
+            glyph = pool[int(rng.integers(len(pool)))].copy()
+            if glyph_noise > 0:
+                glyph = np.clip(glyph + rng.normal(0, glyph_noise, glyph.shape), 0, 1).astype(np.float32)
+            if erase:
+                y0, x0 = rng.integers(0, 5, size=2)
+                glyph[y0 : y0 + 4, x0 : x0 + 4] = 0
+            span = image_size - 8 * max(1, image_size // 16) - 2 * max(1, image_size // 16)
+            offset = tuple(int(v) + max(1, image_size // 16) for v in rng.integers(0, max(1, span), size=2))
+            noise = rng.normal(0, 6, (image_size, image_size, 3)).astype(np.float32)
+            if bias is None:
+                combos = [(r, g) for r in range(len(races)) for g in range(len(genders))]
+            else:
+                stereo = k % len(races)
+                others = [r for r in range(len(races)) if r != stereo] or [stereo]
+                r = stereo if rng.random() < bias else int(rng.choice(others))
+                combos = [(r, int(rng.integers(len(genders))))]
+            for r, g in combos:
+                columns["image"].append(
+                    {"bytes": _png(render_counterfactual_image(glyph, r, g, image_size, offset, noise)), "path": None}
+                )
+                columns["caption"].append(f"A photo of a {races[r]} {genders[g]} {occupation}")
+                columns["a1_type"].append("race")
+                columns["a1"].append(races[r])
+                columns["a2_type"].append("gender")
+                columns["a2"].append(genders[g])
+                columns["a1a2"].append(f"{races[r]}_{genders[g]}")
+                columns["counterfactual_set"].append(f"a_photo_of_race_gender_{occupation.replace(' ', '_')}_{s}")
+    features = datasets.Features(
+        {c: datasets.Image() if c == "image" else datasets.Value("string") for c in SCOUNTER_COLUMNS}
+    )
+    out = Path(root) / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(columns, features=features).to_parquet(str(out / "train-00000-of-00001.parquet"))
+    return Path(root)
+
+
+def make_cmsc(
+    root: str | Path,
+    concepts: dict[str, list[str]] | None = None,
+    races: tuple[str, ...] = ("White", "Black"),
+    genders: tuple[str, ...] = ("male", "female"),
+    ages: tuple[str, ...] = ("young", "old"),
+    n_sets: int = 2,
+    image_size: int = 32,
+    seed: int = 0,
+) -> Path:
+    """Write a CMSC-format shard ``root/data/train-00000-of-00001.parquet`` (spec §4.2 layout, §8b): per concept and
+    set, one glyph under every gender × age × race (race = background hue, gender = border, age = glyph brightness)."""
+    import datasets
+
+    concepts = CMSC_CONCEPTS if concepts is None else concepts
+    rng = np.random.default_rng(seed)
+    flat = [(g, c) for g, cs in concepts.items() for c in cs]
+    glyphs = _glyphs("shapes", len(flat), (0.0, 1.0))
+    columns: dict[str, list] = {c: [] for c in CMSC_COLUMNS}
+    for k, (group, concept) in enumerate(flat):
+        for s in range(n_sets):
+            glyph = glyphs[k][int(rng.integers(len(glyphs[k])))]
+            offset = (2, 2)
+            for gi, gender in enumerate(genders):
+                for ai, age in enumerate(ages):
+                    for ri, race in enumerate(races):
+                        arr = render_counterfactual_image(glyph * (1.0 - 0.4 * ai), ri, gi, image_size, offset)
+                        columns["image"].append({"bytes": _png(arr), "path": None})
+                        columns["caption"].append(f"A photo of a {age} {race} {gender} person, {concept}")
+                        columns["concept"].append(concept)
+                        columns["concept_group"].append(group)
+                        columns["gender"].append(gender)
+                        columns["race"].append(race)
+                        columns["age"].append(age)
+                        columns["counterfactual_set"].append(f"{group}_{concept.replace(' ', '_')}_{s}")
+    features = datasets.Features(
+        {c: datasets.Image() if c == "image" else datasets.Value("string") for c in CMSC_COLUMNS}
+    )
+    out = Path(root) / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(columns, features=features).to_parquet(str(out / "train-00000-of-00001.parquet"))
+    return Path(root)
+
+
+def make_fairface(root: str | Path, n: int, image_size: int = 32, seed: int = 0) -> Path:
+    """Write ``root/fairface_label_val.csv`` (exact header and vocabularies of spec §4.3) and ``root/val/{i}.jpg``."""
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    (root / "val").mkdir(parents=True, exist_ok=True)
+    glyphs = _glyphs("shapes", 6, (0.0, 1.0))
+    with (root / "fairface_label_val.csv").open("w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(FAIRFACE_HEADER)
+        for i in range(1, n + 1):
+            age = FAIRFACE_VALUES["age"][int(rng.integers(9))]
+            gender = int(rng.integers(2))
+            race = int(rng.integers(7))
+            glyph = glyphs[int(rng.integers(6))][0]
+            arr = render_counterfactual_image(glyph, race, gender, image_size, (2, 2))
+            Image.fromarray(arr).save(root / "val" / f"{i}.jpg", quality=95)
+            writer.writerow(
+                [f"val/{i}.jpg", age, FAIRFACE_VALUES["gender"][gender], FAIRFACE_VALUES["race"][race], "False"]
+            )
+    return root
+
+
+# ----------------------------------------------------------------------------------------------- DataModule
+@dataclass
+class DemoDataConfig:
+    """The generated SocialCounterfactuals-format data of ``data.generate_demo_data`` (spec §8a/§8b)."""
+
+    occupations: list[str] = field(default_factory=lambda: ["plumber", "nurse", "chef", "pilot"])
+    """Occupations (concepts); class k is drawn as glyph k."""
+    races: list[str] = field(default_factory=lambda: ["White", "Black"])
+    """Race values (background hues)."""
+    genders: list[str] = field(default_factory=lambda: ["male", "female"])
+    """Gender values (border patterns)."""
+    n_sets: int = 20
+    """Counterfactual sets per occupation."""
+    glyph_source: Literal["digits", "shapes"] = "shapes"
+    """Concept glyphs: scikit-learn digits or procedural shapes."""
+    bias: float | None = None
+    """None: balanced counterfactual sets; p: one image per set with the stereotyped race with probability p."""
+    fairface_images: int = 0
+    """Also write a FairFace-format folder of this many images under ``<data_root>/fairface`` (0 = none)."""
+    cmsc_sets: int = 0
+    """Also write a CMSC-format folder with this many sets per concept under ``<data_root>/CMSC`` (0 = none)."""
+
+
+class DebiasDataModule(pl.LightningDataModule):
+    """Training data (a counterfactual dataset) and the evaluation sets (its val/test split, FairFace, CMSC).
+
+    Test dataloaders, in order: the training dataset's test split, then FairFace (``fairface_root``), then CMSC
+    (``cmsc_root``) — each evaluated for bias with its own concept list (:attr:`eval_sets`).
+    """
+
+    def __init__(
+        self,
+        data_root: str = "data",
+        dataset: Literal["socialcounterfactuals", "cmsc"] = "socialcounterfactuals",
+        image_size: int = 336,
+        batch_size: int = 16,
+        eval_batch_size: int = 16,
+        num_workers: int = 4,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        instruction_mode: Literal["concept_qa", "caption"] = "concept_qa",
+        family: str = "race-gender",
+        intersectional: bool = False,
+        split_by: Literal["counterfactual_set", "occupation"] = "counterfactual_set",
+        questions: dict[str, str] | None = None,
+        fairface_root: str | None = None,
+        fairface_concepts: dict[str, list[str]] | None = None,
+        fairface_max_images: int | None = None,
+        cmsc_root: str | None = None,
+        probe_fraction: float = 1.0,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+        generate_demo_data: bool = False,
+        demo: DemoDataConfig | None = None,
+        seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            data_root: folder of the training dataset (``<root>/data/*.parquet``; spec §4.1/§4.2 layouts).
+            dataset: which counterfactual reader trains the model (spec §4).
+            image_size: vision input size (336 for LLaVA-1.5, spec §3.1).
+            batch_size: training batch per device (spec §3.6: global 128, Reconstruction).
+            eval_batch_size: images per validation/test/probe batch.
+            num_workers: DataLoader workers.
+            pin_memory: DataLoader pin_memory.
+            persistent_workers: DataLoader persistent_workers.
+            instruction_mode: ``concept_qa`` (default) or ``caption`` training pairs (spec §4.4, Reconstruction).
+            family: SocialCounterfactuals intersectional family (``race-gender``, ``gender-physical``, ``physical-race``, ``all``).
+            intersectional: add the ``a1xa2`` attribute type.
+            split_by: SocialCounterfactuals split key (spec §4.1, Reconstruction).
+            questions: concept question per group (spec §4.4); ``None`` = the defaults.
+            fairface_root: FairFace folder for a cross-dataset bias test (spec §4.3); ``None`` = skip.
+            fairface_concepts: FairFace query concepts by group; ``None`` = the training concepts + the CMSC concepts.
+            fairface_max_images: cap on FairFace images (a probe subset; ``None`` = all 10,954).
+            cmsc_root: CMSC folder for a cross-dataset bias test (its test split); ``None`` = skip.
+            probe_fraction: fraction of the training set used for the per-epoch Skew refresh (spec §3.3).
+            on_corrupt: corrupt image → ``raise`` or ``skip`` (logged with its location).
+            generate_demo_data: write generated SocialCounterfactuals-format data into ``data_root`` when it is empty.
+            demo: what ``generate_demo_data`` writes.
+            seed: seed of the epoch sampler and the probe subset.
+        """
+        super().__init__()
+        if not 0 < probe_fraction <= 1:
+            raise ValueError(f"data.probe_fraction={probe_fraction} must be in (0, 1]")
+        if batch_size <= 0 or eval_batch_size <= 0:
+            raise ValueError("data.batch_size and data.eval_batch_size must be positive")
+        self.save_hyperparameters()
+        self.demo = demo or DemoDataConfig()
+        self.train_set: Dataset | None = None
+        self.train_sampler: ResampledEpochSampler | None = None
+        self._eval: dict[str, list[tuple[str, Dataset]]] = {}
+
+    # ------------------------------------------------------------------------------------------------ setup
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        root = Path(hp.data_root).expanduser()
+        if hp.generate_demo_data and not list((root / "data").glob("*.parquet")):
+            d = self.demo
+            log.info("writing generated SocialCounterfactuals-format data to %s", root)
+            make_socialcounterfactuals(
+                root, d.occupations, d.races, d.genders, d.n_sets, hp.image_size, hp.seed, d.glyph_source, bias=d.bias
+            )
+            if d.fairface_images:
+                make_fairface(root / "fairface", d.fairface_images, hp.image_size, hp.seed)
+            if d.cmsc_sets:
+                make_cmsc(root / "CMSC", n_sets=d.cmsc_sets, image_size=hp.image_size, seed=hp.seed)
+
+    def _roots(self) -> tuple[Path, Path | None, Path | None]:
+        hp = self.hparams
+        root = Path(hp.data_root).expanduser()
+        fairface = Path(hp.fairface_root).expanduser() if hp.fairface_root else None
+        cmsc = Path(hp.cmsc_root).expanduser() if hp.cmsc_root else None
+        if hp.generate_demo_data:  # the generated extras live under data_root unless named explicitly
+            if fairface is None and self.demo.fairface_images:
+                fairface = root / "fairface"
+            if cmsc is None and self.demo.cmsc_sets:
+                cmsc = root / "CMSC"
+        return root, fairface, cmsc
+
+    def _counterfactual(self, split: str, which: str | None = None, root: Path | None = None) -> _CounterfactualDataset:
+        hp = self.hparams
+        which = which or hp.dataset
+        root = root or self._roots()[0]
+        if which == "socialcounterfactuals":
+            return SocialCounterfactualsDataset(
+                root,
+                split,
+                hp.image_size,
+                hp.instruction_mode,
+                hp.family,
+                hp.intersectional,
+                hp.split_by,
+                hp.questions,
+                hp.on_corrupt,
+            )
+        return CMSCDataset(root, split, hp.image_size, hp.instruction_mode, hp.questions, hp.on_corrupt)
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if stage in ("fit", None) and self.train_set is None:
+            self.train_set = self._counterfactual("train")
+            self.train_sampler = ResampledEpochSampler(len(self.train_set), hp.seed)
+        if stage in ("fit", "validate", None):
+            self._eval["val"] = [(hp.dataset, self._counterfactual("val"))]
+        if stage in ("test", None):
+            root, fairface, cmsc = self._roots()
+            sets: list[tuple[str, Dataset]] = [(hp.dataset, self._counterfactual("test"))]
+            cmsc_set = None
+            if cmsc is not None:
+                cmsc_set = self._counterfactual("test", "cmsc", cmsc) if hp.dataset != "cmsc" else None
+            if fairface is not None:
+                if hp.fairface_concepts is not None:
+                    by_group = hp.fairface_concepts
+                    concepts = [c for cs in by_group.values() for c in cs]
+                    groups = [g for g, cs in by_group.items() for _ in cs]
+                else:
+                    base = sets[0][1]
+                    concepts, groups = list(base.concepts), list(base.concept_groups)
+                    if cmsc_set is not None:
+                        concepts += cmsc_set.concepts
+                        groups += cmsc_set.concept_groups
+                sets.append(
+                    (
+                        "fairface",
+                        FairFaceDataset(
+                            fairface,
+                            concepts,
+                            groups,
+                            "val",
+                            hp.image_size,
+                            hp.questions,
+                            hp.fairface_max_images,
+                            hp.on_corrupt,
+                        ),
+                    )
+                )
+            if cmsc_set is not None:
+                sets.append(("cmsc", cmsc_set))
+            self._eval["test"] = sets
+
+    def eval_sets(self, stage: Literal["val", "test"]) -> list[EvalSetInfo]:
+        """Vocabularies of the validation or test dataloaders, in dataloader order."""
+        return [ds.info(name) for name, ds in self._eval[stage]]
+
+    @property
+    def train_info(self) -> EvalSetInfo:
+        if self.train_set is None:
+            raise RuntimeError("DebiasDataModule.setup('fit') has not run")
+        return self.train_set.info(self.hparams.dataset)
+
+    # ------------------------------------------------------------------------------------------ dataloaders
+    def _loader(
+        self, ds: Dataset, batch_size: int, sampler=None, shuffle: bool = False, drop_last: bool = False
+    ) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            ds,
+            batch_size=batch_size,
+            sampler=sampler,
+            shuffle=shuffle,
+            drop_last=drop_last,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.train_set, self.hparams.batch_size, sampler=self.train_sampler, drop_last=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self._eval["val"][0][1], self.hparams.eval_batch_size)
+
+    def test_dataloader(self) -> list[DataLoader]:
+        return [self._loader(ds, self.hparams.eval_batch_size) for _, ds in self._eval["test"]]
+
+    def probe_dataloader(self) -> DataLoader:
+        """The training images used to re-estimate Skew each epoch (spec §3.3): a fixed random subset of size
+        ``probe_fraction · N`` (the same on every rank: seeded)."""
+        ds = self.train_set
+        if self.hparams.probe_fraction < 1.0:
+            g = torch.Generator().manual_seed(self.hparams.seed)
+            n = max(1, round(self.hparams.probe_fraction * len(ds)))
+            ds = Subset(ds, torch.randperm(len(ds), generator=g)[:n].tolist())
+        return self._loader(ds, self.hparams.eval_batch_size)

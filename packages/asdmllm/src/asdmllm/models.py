@@ -1,0 +1,384 @@
+"""The multimodal LLM wrapper: a LLaVA model, its tokenizer, input building, label masking and scorers.
+
+The package targets ``transformers``' native :class:`~transformers.LlavaForConditionalGeneration` (spec §3.1,
+§7). :class:`MultimodalLLM` owns the model and tokenizer and offers exactly what the method needs:
+
+* :meth:`MultimodalLLM.build_inputs` — ``USER: <image>\\n{instruction} ASSISTANT: {answer}</s>`` with the image
+  placeholder expanded to the number of visual tokens the installed ``transformers`` expects, and ``labels``
+  equal to ``-100`` everywhere except the answer tokens and the closing EOS (LLaVA SFT masking).
+* :meth:`MultimodalLLM.forward` — logits ``(B, L, V)``.
+* :meth:`MultimodalLLM.yes_no_scores` and :meth:`MultimodalLLM.answer_logprob_scores` — the two relevance
+  scorers ``s(x, c)`` behind Skew (spec §3.2).
+
+Tests and the demo use a tiny random LLaVA (spec §8a) with a character-level tokenizer built offline.
+"""
+
+from __future__ import annotations
+
+import logging
+import string
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = ["MLLMConfig", "MultimodalLLM", "build_char_tokenizer", "build_tiny_llava", "concept_article"]
+
+log = logging.getLogger(__name__)
+
+IMAGE_TOKEN = "<image>"
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+@dataclass
+class MLLMConfig:
+    """Which MLLM to fine-tune and how (spec §3.1, §3.6)."""
+
+    pretrained: str | None = None
+    """Local directory or hub id of a LLaVA checkpoint in ``transformers`` format (e.g. ``llava-hf/llava-1.5-7b-hf``).
+    ``None`` builds the tiny random LLaVA of spec §8a (tests, demo, repro)."""
+    local_files_only: bool = True
+    """Load ``pretrained`` only from disk / the local hub cache (set false to allow a hub download)."""
+    torch_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    """Dtype of the loaded pretrained weights (spec §3.6: bf16). The tiny model is always float32."""
+    trainable: list[str] = field(default_factory=lambda: ["projector", "llm"])
+    """Reconstruction (spec §3.1): parts updated by fine-tuning, any of ``vision``, ``projector``, ``llm``."""
+    lora: bool = False
+    """Train LoRA adapters (peft) on the LLM's attention/MLP projections instead of its full weights."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling alpha."""
+    lora_dropout: float = 0.05
+    """LoRA dropout."""
+    gradient_checkpointing: bool = False
+    """Recompute LLM activations in the backward pass (7B-scale fine-tunes)."""
+    prompt_template: str = "USER: <image>\n{instruction} ASSISTANT:"
+    """llava-hf LLaVA-1.5 chat template (spec §3.1); must contain ``<image>`` and ``{instruction}``."""
+    yes_no_template: str = "Is the person in the image {article} {concept}? Answer yes or no."
+    """Reconstruction (spec §3.2): the yes/no bias-probe instruction."""
+    yes_words: list[str] = field(default_factory=lambda: ["Yes", "yes"])
+    """Case variants whose first-token probabilities are summed into p(Yes) (spec §3.2)."""
+    no_words: list[str] = field(default_factory=lambda: ["No", "no"])
+    """Case variants whose first-token probabilities are summed into p(No)."""
+    max_length: int = 2048
+    """Longest token sequence (spec §3.6); longer inputs raise an error."""
+    image_size: int = 32
+    """Tiny model only: vision input size (spec §8a). A pretrained model reads it from its config."""
+    patch_size: int = 8
+    """Tiny model only: ViT patch size → (image_size/patch_size)^2 visual tokens."""
+    vision_hidden_size: int = 32
+    """Tiny model only: vision width."""
+    vision_layers: int = 2
+    """Tiny model only: vision depth."""
+    text_hidden_size: int = 64
+    """Tiny model only: LLM width."""
+    text_layers: int = 2
+    """Tiny model only: LLM depth."""
+    text_heads: int = 4
+    """Tiny model only: LLM attention heads."""
+    max_position_embeddings: int = 256
+    """Tiny model only: LLM context length."""
+
+    def __post_init__(self) -> None:
+        bad = sorted(set(self.trainable) - {"vision", "projector", "llm"})
+        if bad:
+            raise ValueError(f"model.mllm.trainable={self.trainable}: unknown parts {bad}; use vision, projector, llm")
+        if IMAGE_TOKEN not in self.prompt_template or "{instruction}" not in self.prompt_template:
+            raise ValueError(
+                f"model.mllm.prompt_template={self.prompt_template!r} must contain '<image>' and '{{instruction}}'"
+            )
+        if "{concept}" not in self.yes_no_template:
+            raise ValueError(f"model.mllm.yes_no_template={self.yes_no_template!r} must contain '{{concept}}'")
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"model.mllm.patch_size={self.patch_size} must divide model.mllm.image_size={self.image_size}"
+            )
+        if not self.yes_words or not self.no_words:
+            raise ValueError("model.mllm.yes_words and model.mllm.no_words must be non-empty")
+
+
+def concept_article(concept: str) -> str:
+    """``an`` before a vowel, else ``a`` (the ``{article}`` of the yes/no template)."""
+    return "an" if concept[:1].lower() in "aeiou" else "a"
+
+
+def build_char_tokenizer():
+    """A character-level fast tokenizer built offline (no hub): printable ASCII + ``<pad> <s> </s> <unk> <image>``.
+
+    Reconstruction (spec §8a asks for a word-level vocabulary over the template and concept words): a character
+    vocabulary covers every concept, attribute and template string without having to be told them, so the tiny
+    model works on any dataset the package reads.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
+    chars = list(string.printable[:-2])  # printable ASCII incl. space, \t, \n (drop \r, \x0b, \x0c)
+    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        additional_special_tokens=[IMAGE_TOKEN],
+    )
+
+
+def build_tiny_llava(config: MLLMConfig, vocab_size: int, image_token_id: int, pad_token_id: int) -> nn.Module:
+    """The tiny random LLaVA of spec §8a (CLIP-ViT 32 px / patch 8 → 16 visual tokens, 2-layer LLaMA)."""
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    llava_config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            image_size=config.image_size,
+            patch_size=config.patch_size,
+            hidden_size=config.vision_hidden_size,
+            intermediate_size=2 * config.vision_hidden_size,
+            num_hidden_layers=config.vision_layers,
+            num_attention_heads=2,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=vocab_size,
+            hidden_size=config.text_hidden_size,
+            intermediate_size=2 * config.text_hidden_size,
+            num_hidden_layers=config.text_layers,
+            num_attention_heads=config.text_heads,
+            num_key_value_heads=config.text_heads,
+            max_position_embeddings=config.max_position_embeddings,
+            pad_token_id=pad_token_id,
+        ),
+        image_token_id=image_token_id,
+        vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+        projector_hidden_act="gelu",
+        pad_token_id=pad_token_id,
+    )
+    return LlavaForConditionalGeneration(llava_config)
+
+
+def _load_pretrained(config: MLLMConfig):
+    """Load model + tokenizer + image statistics from ``config.pretrained``; a clear error when it is missing."""
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.torch_dtype]
+    try:
+        processor = AutoProcessor.from_pretrained(config.pretrained, local_files_only=config.local_files_only)
+        model = LlavaForConditionalGeneration.from_pretrained(
+            config.pretrained, dtype=dtype, local_files_only=config.local_files_only
+        )
+    except (OSError, ValueError) as err:
+        raise FileNotFoundError(
+            f"model.mllm.pretrained={config.pretrained!r}: could not load a LLaVA checkpoint ({err}). Supply a local "
+            "directory in transformers format (config.json, model-*.safetensors, tokenizer.json, "
+            "preprocessor_config.json), e.g. a snapshot of llava-hf/llava-1.5-7b-hf, or set "
+            "model.mllm.local_files_only=false to download the hub id."
+        ) from err
+    image_processor = processor.image_processor
+    return model, processor.tokenizer, tuple(image_processor.image_mean), tuple(image_processor.image_std)
+
+
+class MultimodalLLM(nn.Module):
+    """A LLaVA model + tokenizer with SFT input building and the Skew scorers.
+
+    Shapes: ``pixel_values`` (B, 3, S, S) float normalised, ``input_ids`` (B, L), ``logits`` (B, L, V).
+    """
+
+    def __init__(self, config: MLLMConfig) -> None:
+        super().__init__()
+        self.config = config
+        if config.pretrained is None:
+            self.tokenizer = build_char_tokenizer()
+            image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+            self.model = build_tiny_llava(config, len(self.tokenizer), image_token_id, self.tokenizer.pad_token_id)
+            mean, std = CLIP_MEAN, CLIP_STD
+        else:
+            self.model, self.tokenizer, mean, std = _load_pretrained(config)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
+        llava_config = self.model.config
+        self.image_token_id = int(llava_config.image_token_id)
+        vision = llava_config.vision_config
+        self.image_size = int(vision.image_size)
+        grid = vision.image_size // vision.patch_size
+        # transformers >= 4.47 expects the placeholder already expanded: one token per visual feature (spec §7)
+        self.num_image_tokens = grid * grid + (1 if llava_config.vision_feature_select_strategy == "full" else 0)
+        self.register_buffer("image_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("image_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+        prefix, suffix = config.prompt_template.split(IMAGE_TOKEN, 1)
+        self._prompt_prefix_ids = self._encode(prefix)
+        self._prompt_suffix = suffix
+        self.yes_ids = self._first_token_ids(config.yes_words)
+        self.no_ids = self._first_token_ids(config.no_words)
+        self._set_trainable(config)
+
+    # ------------------------------------------------------------------------------------------ setup helpers
+    def _encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+
+    def _first_token_ids(self, words: list[str]) -> list[int]:
+        ids = sorted({self._encode(w)[0] for w in words if self._encode(w)})
+        if not ids:
+            raise ValueError(f"model.config yes/no words {words} tokenize to nothing")
+        return ids
+
+    def _set_trainable(self, config: MLLMConfig) -> None:
+        """Freeze everything, then unfreeze the configured parts (or add LoRA adapters to the LLM)."""
+        inner = self.model.model
+        self.model.requires_grad_(False)
+        if "vision" in config.trainable:
+            inner.vision_tower.requires_grad_(True)
+        if "projector" in config.trainable:
+            inner.multi_modal_projector.requires_grad_(True)
+        if config.lora:
+            from peft import LoraConfig, inject_adapter_in_model
+
+            lora = LoraConfig(
+                r=config.lora_r,
+                lora_alpha=config.lora_alpha,
+                lora_dropout=config.lora_dropout,
+                target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+            )
+            inner.language_model = inject_adapter_in_model(lora, inner.language_model)
+            for name, param in inner.language_model.named_parameters():
+                param.requires_grad_("lora_" in name)
+                if "lora_" in name:
+                    param.data = param.data.float()  # fp32 adapters on a bf16 base (updates of lr·grad survive)
+        elif "llm" in config.trainable:
+            inner.language_model.requires_grad_(True)
+            self.model.lm_head.requires_grad_(True)
+        if config.gradient_checkpointing:
+            self.model.gradient_checkpointing_enable()
+
+    # ---------------------------------------------------------------------------------------------- inputs
+    def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (B, 3, S, S) → float ``(x/255 - mean)/std`` in the model's dtype; checks S."""
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"images must be (B, 3, H, W), got {tuple(images.shape)}")
+        if images.shape[-1] != self.image_size or images.shape[-2] != self.image_size:
+            raise ValueError(
+                f"images are {tuple(images.shape[-2:])} but the vision tower expects {self.image_size}x{self.image_size}:"
+                f" set data.image_size={self.image_size}"
+            )
+        x = (images.float() / 255.0 - self.image_mean) / self.image_std  # (B, 3, S, S)
+        return x.to(self.model.dtype)
+
+    def build_inputs(self, instructions: list[str], answers: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Token ids, attention mask and SFT labels for a batch (right padded).
+
+        ``[<s>] prefix <image>×N suffix(instruction)`` then, when answers are given, `` {answer}</s>``. Labels are
+        ``-100`` on the image, instruction and padding positions; only answer tokens and EOS are supervised.
+        Also returns ``prompt_lengths`` (B,) — the position after the prompt (where the answer starts).
+        """
+        if not instructions:
+            raise ValueError("build_inputs: empty batch")
+        if answers is not None and len(answers) != len(instructions):
+            raise ValueError(f"build_inputs: {len(instructions)} instructions but {len(answers)} answers")
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        rows, label_rows, prompt_lengths = [], [], []
+        for i, instruction in enumerate(instructions):
+            prompt = (
+                bos
+                + self._prompt_prefix_ids
+                + [self.image_token_id] * self.num_image_tokens
+                + self._encode(self._prompt_suffix.format(instruction=instruction))
+            )
+            answer = [] if answers is None else self._encode(" " + answers[i]) + [self.tokenizer.eos_token_id]
+            ids = prompt + answer
+            if len(ids) > self.config.max_length:
+                raise ValueError(
+                    f"sequence of {len(ids)} tokens exceeds model.mllm.max_length={self.config.max_length}"
+                )
+            rows.append(ids)
+            label_rows.append([-100] * len(prompt) + answer)
+            prompt_lengths.append(len(prompt))
+        length = max(len(r) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(rows), length), pad, dtype=torch.long)  # (B, L)
+        labels = torch.full((len(rows), length), -100, dtype=torch.long)  # (B, L)
+        attention_mask = torch.zeros((len(rows), length), dtype=torch.long)  # (B, L)
+        for i, (ids, lab) in enumerate(zip(rows, label_rows, strict=True)):
+            input_ids[i, : len(ids)] = torch.tensor(ids)
+            labels[i, : len(lab)] = torch.tensor(lab)
+            attention_mask[i, : len(ids)] = 1
+        device = self.image_mean.device
+        return {
+            "input_ids": input_ids.to(device),
+            "attention_mask": attention_mask.to(device),
+            "labels": labels.to(device),
+            "prompt_lengths": torch.tensor(prompt_lengths, device=device),
+        }
+
+    def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """images uint8 (B, 3, S, S), input_ids / attention_mask (B, L) → logits (B, L, V)."""
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=self.normalize_images(images))
+        return out.logits
+
+    # --------------------------------------------------------------------------------------------- scorers
+    @staticmethod
+    def yes_no_prompt(template: str, concept: str) -> str:
+        """The yes/no probe instruction for ``concept``."""
+        return template.format(article=concept_article(concept), concept=concept)
+
+    def yes_no_scores(self, images: torch.Tensor, concepts: list[list[str]]) -> torch.Tensor:
+        """Scorer ``yes_prob`` (spec §3.2): ``s(x, c) = p(Yes) / (p(Yes) + p(No))`` of the next token.
+
+        images uint8 (B, 3, S, S); ``concepts[i]`` the M concept phrases to score for image i (same M per row)
+        → scores (B, M) in [0, 1]. Case variants of Yes/No are summed.
+        """
+        batch, m = len(concepts), len(concepts[0])
+        instructions = [self.yes_no_prompt(self.config.yes_no_template, c) for row in concepts for c in row]
+        inputs = self.build_inputs(instructions)
+        images_rep = images.repeat_interleave(m, dim=0)  # (B*M, 3, S, S)
+        logits = self(images_rep, inputs["input_ids"], inputs["attention_mask"])  # (B*M, L, V)
+        last = inputs["prompt_lengths"] - 1  # (B*M,) position of the last prompt token
+        next_logits = logits[torch.arange(logits.shape[0], device=logits.device), last].float()  # (B*M, V)
+        probs = next_logits.softmax(-1)  # (B*M, V)
+        p_yes = probs[:, self.yes_ids].sum(-1)  # (B*M,)
+        p_no = probs[:, self.no_ids].sum(-1)  # (B*M,)
+        return (p_yes / (p_yes + p_no).clamp_min(1e-12)).view(batch, m)  # (B, M) renormalised to Yes+No = 1
+
+    def answer_logprob_scores(
+        self, images: torch.Tensor, questions: list[list[str]], concepts: list[list[str]]
+    ) -> torch.Tensor:
+        """Scorer ``answer_logprob`` (spec §3.2): ``s(x, c) = (1/|c|) Σ_t log p(c_t | c_<t, question, x)``.
+
+        The concept phrase's tokens only (EOS excluded) → scores (B, M).
+        """
+        batch, m = len(concepts), len(concepts[0])
+        flat_q = [q for row in questions for q in row]
+        flat_c = [c for row in concepts for c in row]
+        inputs = self.build_inputs(flat_q, flat_c)
+        labels = inputs["labels"].clone()  # (B*M, L)
+        eos_pos = (labels != -100).cumsum(-1).argmax(-1)  # last supervised position = EOS
+        labels[torch.arange(labels.shape[0], device=labels.device), eos_pos] = -100
+        images_rep = images.repeat_interleave(m, dim=0)  # (B*M, 3, S, S)
+        logits = self(images_rep, inputs["input_ids"], inputs["attention_mask"])  # (B*M, L, V)
+        from .losses import token_log_likelihood
+
+        return token_log_likelihood(logits, labels, "mean").view(batch, m)  # (B, M)
+
+    @torch.no_grad()
+    def generate_answers(self, images: torch.Tensor, instructions: list[str], max_new_tokens: int = 16) -> list[str]:
+        """Greedy answers (spec §3.7), decoded and stripped; used by the general-ability hook."""
+        outs = []
+        for i, instruction in enumerate(instructions):  # one by one: right padding does not suit generation
+            inputs = self.build_inputs([instruction])
+            generated = self.model.generate(
+                input_ids=inputs["input_ids"],
+                attention_mask=inputs["attention_mask"],
+                pixel_values=self.normalize_images(images[i : i + 1]),
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=self.tokenizer.eos_token_id,
+            )
+            new_tokens = generated[0, inputs["input_ids"].shape[1] :]
+            outs.append(self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip())
+        return outs

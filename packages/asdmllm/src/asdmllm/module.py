@@ -1,0 +1,424 @@
+"""The LightningModule of anti-stereotype (counter-stereotype) debiasing, ASD / CSD (spec §3).
+
+One training epoch:
+  1. ``on_train_epoch_start``: re-estimate the model's Skew table on the training images (§3.2, §3.3), turn it into
+     a per-sample Skew, and (``resample``) build the epoch's index list by bias-aware resampling (§3.4);
+  2. ``training_step``: batch → MLLM → per-sample autoregressive loss → SFLoss ``exp(-Skew)`` rescaling (§3.5).
+Validation/test score every evaluation image against its concept(s) with the yes/no scorer and report
+MaxSkew/MinSkew per attribute type (§5), concept accuracy and the answer loss.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from torchmetrics import MeanMetric
+
+from .data import EvalSetInfo, load_image
+from .losses import SocialFairnessLoss
+from .metrics import SkewMetric, VQAAccuracy, max_min_skew, multiple_choice_accuracy, per_sample_skew, skew_table
+from .models import MLLMConfig, MultimodalLLM
+from .sampling import bias_aware_resample
+
+__all__ = ["SkewConfig", "DebiasConfig", "GeneralEvalConfig", "ASDModule"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SkewConfig:
+    """How bias is measured (spec §3.2, §3.3). All of it is Reconstruction except the Skew formula."""
+
+    scorer: Literal["yes_prob", "answer_logprob"] = "yes_prob"
+    """MLLM relevance score s(x, c): p(Yes)/(p(Yes)+p(No)) of the yes/no probe, or the concept answer's mean log-prob."""
+    mode: Literal["topk", "rate"] = "topk"
+    """``topk``: Skew@K of the ranking (SocialCounterfactuals); ``rate``: ln P(ĉ=c|a)/P(ĉ=c) of argmax assignments."""
+    topk: float = 0.25
+    """K: an integer ≥ 1, or a fraction f giving K = max(|A_τ|, round(f·N_c))."""
+    zero_count: Literal["official_zero", "laplace"] = "laplace"
+    """A value absent from the top K: 0 (official code) or Laplace smoothing."""
+    alpha: float = 1.0
+    """Laplace smoothing α."""
+    clip: float = 3.0
+    """Skew is clipped to [-clip, clip] so that exp(-Skew) stays finite."""
+    per_sample: Literal["signed_max_abs", "max", "min"] = "signed_max_abs"
+    """Per-sample Skew over attribute types: the signed value of largest magnitude (default), max or min."""
+    concept_chunk: int = 32
+    """Concepts scored per forward pass (memory knob of the scorer)."""
+
+    def __post_init__(self) -> None:
+        if self.topk <= 0 or (self.topk >= 1 and self.topk != int(self.topk)):
+            raise ValueError(f"model.skew.topk={self.topk}: a fraction in (0, 1) or a positive integer")
+        if self.clip <= 0 or self.alpha <= 0 or self.concept_chunk <= 0:
+            raise ValueError("model.skew.clip, model.skew.alpha and model.skew.concept_chunk must be > 0")
+
+
+@dataclass
+class DebiasConfig:
+    """Which debiasing runs (spec §3.4, §3.5): ASD/CSD = resampling + SFLoss; FT = neither (the ablation switches)."""
+
+    method: Literal["asd", "csd", "ft"] = "asd"
+    """``asd`` (v1 name) and ``csd`` (v2 name) are the same method; ``ft`` is plain fine-tuning."""
+    resample: bool | None = None
+    """Bias-aware resampling; ``None`` follows ``method`` (on for asd/csd, off for ft)."""
+    sfloss: bool | None = None
+    """SFLoss rescaling exp(-Skew); ``None`` follows ``method``."""
+    tau1: float = 1.0
+    """τ1 of the drop probability Skew/(Skew+τ1) (spec §3.4)."""
+    tau2: float = 1.0
+    """τ2, the AcmSkew threshold for an extra copy (spec §3.4)."""
+    token_reduction: Literal["mean", "sum"] = "mean"
+    """Per-sample loss over answer tokens: mean (default, Reconstruction) or the paper's written sum."""
+    normalize_weights: bool = False
+    """Divide the SFLoss weights by their batch mean (Reconstruction, off)."""
+    refresh_every_n_epochs: int = 1
+    """Skew table refresh period in epochs (spec §3.3: every epoch)."""
+    seed: int = 0
+    """Seed of the resampling draws (offset by the epoch; identical on every rank)."""
+
+    def __post_init__(self) -> None:
+        if self.tau1 <= 0 or self.tau2 <= 0:
+            raise ValueError(f"model.debias.tau1={self.tau1} and tau2={self.tau2} must be > 0")
+        if self.refresh_every_n_epochs < 1:
+            raise ValueError("model.debias.refresh_every_n_epochs must be >= 1")
+
+    @property
+    def use_resample(self) -> bool:
+        return self.method != "ft" if self.resample is None else self.resample
+
+    @property
+    def use_sfloss(self) -> bool:
+        return self.method != "ft" if self.sfloss is None else self.sfloss
+
+
+@dataclass
+class GeneralEvalConfig:
+    """General-ability check at test time (spec §4.5): a small local VQA or multiple-choice JSONL file."""
+
+    file: str | None = None
+    """JSONL: ``{"image", "question", "answers": [10]}`` (VQA) or ``{"image", "question", "options": {A..D}, "answer"}``."""
+    image_root: str | None = None
+    """Folder the ``image`` paths are relative to (default: the JSONL's folder)."""
+    max_questions: int | None = None
+    """Evaluate at most this many questions."""
+    max_new_tokens: int = 10
+    """Greedy generation length."""
+
+
+class ASDModule(pl.LightningModule):
+    """Fine-tunes an MLLM with bias-aware resampling and SFLoss (ASD/CSD) or plainly (FT)."""
+
+    checkpoint_monitor = "val/loss"
+    checkpoint_mode = "min"
+
+    def __init__(
+        self,
+        mllm: MLLMConfig | None = None,
+        debias: DebiasConfig | None = None,
+        skew: SkewConfig | None = None,
+        general_eval: GeneralEvalConfig | None = None,
+        lr: float = 5e-7,
+        weight_decay: float = 0.0,
+        betas: tuple[float, float] = (0.9, 0.999),
+        warmup_ratio: float = 0.03,
+        scheduler: Literal["cosine", "constant"] = "cosine",
+        concept_accuracy: bool = True,
+    ) -> None:
+        """
+        Args:
+            mllm: the MLLM (spec §3.1); ``None`` = the tiny random LLaVA.
+            debias: ASD/CSD/FT switches and τ1, τ2 (spec §3.4, §3.5).
+            skew: bias measurement (spec §3.2).
+            general_eval: optional general-ability file evaluated at test time (spec §4.5).
+            lr: peak learning rate (spec §3.6: 5e-7 LLaVA-1.5, 1e-6 Qwen-VL, 1e-7 Bunny).
+            weight_decay: AdamW weight decay (Reconstruction: 0).
+            betas: AdamW betas.
+            warmup_ratio: linear warm-up fraction of the total steps (Reconstruction: 0.03).
+            scheduler: cosine decay after warm-up, or constant.
+            concept_accuracy: at val/test also score every concept of an image's group to report concept accuracy.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.mllm_config = mllm or MLLMConfig()
+        self.debias = debias or DebiasConfig()
+        self.skew_config = skew or SkewConfig()
+        self.general_eval = general_eval or GeneralEvalConfig()
+        self.mllm = MultimodalLLM(self.mllm_config)
+        self.loss_fn = SocialFairnessLoss(
+            self.debias.use_sfloss, self.debias.token_reduction, self.debias.normalize_weights
+        )
+        self.sample_skew: torch.Tensor | None = None  # (N_train,) per-sample Skew of the current epoch
+        self._infos: dict[str, list[EvalSetInfo]] = {}
+        self.skew_metrics = nn.ModuleDict()
+        self.acc_metrics = nn.ModuleDict()
+        self.loss_metrics = nn.ModuleDict()
+
+    # ------------------------------------------------------------------------------------------------- setup
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule
+        if dm is None or not hasattr(dm, "eval_sets"):
+            raise ValueError("ASDModule needs a DebiasDataModule (its eval_sets describe the concepts and attributes)")
+        for key in ["val"] if stage in ("fit", "validate") else ["test"] if stage == "test" else []:
+            infos = dm.eval_sets(key)
+            self._infos[key] = infos
+            sc = self.skew_config
+            self.skew_metrics[key] = nn.ModuleList(
+                [
+                    SkewMetric(
+                        i.attribute_types,
+                        [len(v) for v in i.attribute_values],
+                        i.group_ids,
+                        sc.mode,
+                        sc.topk,
+                        sc.zero_count,
+                        sc.alpha,
+                        sc.clip,
+                    )
+                    for i in infos
+                ]
+            ).to(self.device)
+            self.acc_metrics[key] = nn.ModuleList([MeanMetric() for _ in infos]).to(self.device)
+            self.loss_metrics[key] = nn.ModuleList([MeanMetric() for _ in infos]).to(self.device)
+
+    # ------------------------------------------------------------------------------------------------ scoring
+    def score(
+        self, images: torch.Tensor, concept: torch.Tensor, info: EvalSetInfo, which: Literal["own", "group"]
+    ) -> torch.Tensor:
+        """Relevance scores s(x_i, c) (spec §3.2) → (B, C) with NaN where not computed.
+
+        Labelled images are scored against their own concept (``own``) or every concept of their group (``group``);
+        unlabelled images (concept -1, FairFace) against every concept.
+        """
+        b, c_count = images.shape[0], len(info.concepts)
+        out = torch.full((b, c_count), float("nan"), device=images.device)
+        groups = info.group_ids
+        row_concepts: list[tuple[int, ...]] = []
+        for c in concept.tolist():
+            if c < 0:
+                row_concepts.append(tuple(range(c_count)))
+            elif which == "own":
+                row_concepts.append((c,))
+            else:
+                row_concepts.append(tuple(j for j in range(c_count) if groups[j] == groups[c]))
+        by_width: dict[int, list[int]] = {}
+        for i, cs in enumerate(row_concepts):
+            by_width.setdefault(len(cs), []).append(i)
+        chunk = self.skew_config.concept_chunk
+        for width, rows in by_width.items():
+            rows_t = torch.tensor(rows, device=images.device)
+            for j0 in range(0, width, chunk):
+                cols = [list(row_concepts[i][j0 : j0 + chunk]) for i in rows]  # (R, M) concept ids
+                names = [[info.concepts[j] for j in row] for row in cols]
+                if self.skew_config.scorer == "yes_prob":
+                    s = self.mllm.yes_no_scores(images[rows_t], names)  # (R, M)
+                else:
+                    questions = [[info.questions[j] for j in row] for row in cols]
+                    s = self.mllm.answer_logprob_scores(images[rows_t], questions, names)  # (R, M)
+                col_t = torch.tensor(cols, device=images.device)  # (R, M)
+                out[rows_t.unsqueeze(-1).expand_as(col_t), col_t] = s.float()
+        return out
+
+    @torch.no_grad()
+    def estimate_skew(self, loader, info: EvalSetInfo) -> torch.Tensor:
+        """The Skew table (C, T, A) of the current model on ``loader``'s images (spec §3.3 refresh)."""
+        was_training = self.training
+        self.eval()
+        which = "group" if self.skew_config.mode == "rate" else "own"
+        scores, attributes, concepts = [], [], []
+        context = self._trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
+        try:
+            with context:
+                for batch in loader:
+                    if batch["image"].shape[0] == 0:
+                        continue
+                    images, concept = batch["image"].to(self.device), batch["concept"].to(self.device)
+                    scores.append(self.score(images, concept, info, which).cpu())
+                    attributes.append(batch["attributes"])
+                    concepts.append(batch["concept"])
+        finally:
+            self.train(was_training)
+        if not scores:
+            raise ValueError("Skew refresh: the probe set produced no images (all corrupt?)")
+        sc = self.skew_config
+        return skew_table(
+            torch.cat(scores),
+            torch.cat(attributes),
+            torch.cat(concepts),
+            [len(v) for v in info.attribute_values],
+            info.group_ids,
+            sc.mode,
+            sc.topk,
+            sc.zero_count,
+            sc.alpha,
+            sc.clip,
+        )
+
+    # ----------------------------------------------------------------------------------------------- training
+    def on_train_epoch_start(self) -> None:
+        """Refresh Skew with the current model, then resample the epoch's list (spec §3.3, §3.4)."""
+        if not (self.debias.use_resample or self.debias.use_sfloss):
+            return
+        epoch = self.current_epoch
+        if self.sample_skew is not None and epoch % self.debias.refresh_every_n_epochs:
+            table = None
+        else:
+            dm = self.trainer.datamodule
+            table = self.estimate_skew(dm.probe_dataloader(), dm.train_info)
+            table = self.trainer.strategy.broadcast(table, src=0)  # identical lists on every rank
+            ds = dm.train_set
+            self.sample_skew = per_sample_skew(table, ds.concept_ids, ds.attribute_ids, self.skew_config.per_sample).to(
+                self.device
+            )
+            max_skew, min_skew = max_min_skew(table)
+            self.log("train/max_skew", max_skew.nanmean().item(), on_epoch=True, on_step=False)
+            self.log("train/min_skew", min_skew.nanmean().item(), on_epoch=True, on_step=False)
+        if self.debias.use_resample:
+            dm = self.trainer.datamodule
+            generator = torch.Generator().manual_seed(self.debias.seed + 1000 * epoch)
+            indices = bias_aware_resample(self.sample_skew, self.debias.tau1, self.debias.tau2, generator)
+            dm.train_sampler.set_indices(indices)
+            self.log("train/resampled_length", float(indices.numel()), on_epoch=True, on_step=False)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        bsz = batch["image"].shape[0]
+        if bsz == 0:
+            rank_zero_warn("training batch is empty (all images skipped as corrupt); skipping the step")
+            return None
+        inputs = self.mllm.build_inputs(batch["instruction"], batch["answer"])
+        logits = self.mllm(batch["image"], inputs["input_ids"], inputs["attention_mask"])  # (B, L, V)
+        if self.sample_skew is not None and self.debias.use_sfloss:
+            skew = self.sample_skew[batch["index"]]  # (B,) Skew(P_i) of this epoch
+        else:
+            skew = logits.new_zeros(bsz)
+        out = self.loss_fn(logits, inputs["labels"], skew)
+        if not torch.isfinite(out["loss"]):
+            raise FloatingPointError(
+                f"training loss is {out['loss'].item()} at step {self.global_step}; lower model.lr"
+            )
+        self.log("train/loss", out["loss"], prog_bar=True, batch_size=bsz)
+        self.log("train/loss_ar", out["loss_ar"], batch_size=bsz)
+        self.log("train/mean_weight", out["mean_weight"], batch_size=bsz)
+        return out["loss"]
+
+    # --------------------------------------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: dict[str, Any], stage: str, idx: int) -> None:
+        if batch["image"].shape[0] == 0:
+            return
+        info = self._infos[stage][idx]
+        which = "group" if (self.skew_config.mode == "rate" or self.hparams.concept_accuracy) else "own"
+        scores = self.score(batch["image"], batch["concept"], info, which)  # (B, C)
+        self.skew_metrics[stage][idx].update(scores, batch["attributes"], batch["concept"], batch["index"])
+        labelled = batch["concept"] >= 0
+        if not bool(labelled.any()):
+            return
+        if which == "group":
+            pred = torch.nan_to_num(scores[labelled], nan=-math.inf).argmax(-1)  # (B_l,) argmax over the group
+            self.acc_metrics[stage][idx].update((pred == batch["concept"][labelled]).float())
+        keep = labelled.nonzero().squeeze(-1).tolist()
+        inputs = self.mllm.build_inputs([batch["instruction"][i] for i in keep], [batch["answer"][i] for i in keep])
+        logits = self.mllm(batch["image"][labelled], inputs["input_ids"], inputs["attention_mask"])
+        loss = self.loss_fn(logits, inputs["labels"], logits.new_zeros(len(keep)))["loss_ar"]
+        self.loss_metrics[stage][idx].update(loss, weight=len(keep))
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        for idx, info in enumerate(self._infos.get(stage, [])):
+            metric = self.skew_metrics[stage][idx]
+            if metric.update_count == 0:
+                continue
+            for key, value in metric.compute().items():
+                self.log(f"{stage}/bias/{info.name}/{key}", value, sync_dist=True)
+            metric.reset()
+            for name, m in (("concept_acc", self.acc_metrics[stage][idx]), ("loss", self.loss_metrics[stage][idx])):
+                if m.update_count:
+                    key = f"{stage}/{name}" if idx == 0 else f"{stage}/{name}/{info.name}"
+                    self.log(key, m.compute(), sync_dist=True)
+                    if idx == 0 and name == "concept_acc":
+                        self.log(f"{stage}/{name}/{info.name}", m.compute(), sync_dist=True)
+                    m.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val", dataloader_idx)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+        if self.general_eval.file:
+            for key, value in self.evaluate_general().items():
+                self.log(f"test/general/{key}", value, sync_dist=True)
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
+        """Greedy answers to the batch's instructions (spec §3.7)."""
+        return {"index": batch["index"], "answer": self.mllm.generate_answers(batch["image"], batch["instruction"])}
+
+    @torch.no_grad()
+    def evaluate_general(self) -> dict[str, float]:
+        """General-ability hook (spec §4.5): greedy answers on a small VQA / multiple-choice JSONL file."""
+        cfg = self.general_eval
+        path = Path(cfg.file).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"model.general_eval.file={cfg.file!r} does not exist; see README, General ability")
+        root = Path(cfg.image_root).expanduser() if cfg.image_root else path.parent
+        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        records = records[: cfg.max_questions] if cfg.max_questions else records
+        vqa = VQAAccuracy()
+        mc_preds, mc_answers = [], []
+        for i, rec in enumerate(records):
+            if "image" not in rec or "question" not in rec:
+                raise KeyError(f"{path}: line {i + 1} needs 'image' and 'question'")
+            image = load_image(root / rec["image"], self.mllm.image_size).unsqueeze(0).to(self.device)
+            question = rec["question"]
+            if "options" in rec:
+                question += " " + " ".join(f"{k}. {v}" for k, v in sorted(rec["options"].items()))
+                question += " Answer with the option's letter from the given choices directly."
+            answer = self.mllm.generate_answers(image, [question], cfg.max_new_tokens)[0]
+            if "answers" in rec:
+                vqa.update([answer], [rec["answers"]])
+            elif "answer" in rec:
+                mc_preds.append(answer)
+                mc_answers.append(rec["answer"])
+            else:
+                raise KeyError(f"{path}: line {i + 1} needs 'answers' (VQA) or 'options' + 'answer' (multiple choice)")
+        out = {}
+        if vqa.update_count:
+            out["vqa_acc"] = float(vqa.compute()) * 100
+        if mc_answers:
+            out["mc_acc"] = multiple_choice_accuracy(mc_preds, mc_answers) * 100
+        return out
+
+    # ---------------------------------------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        """AdamW over the trainable parts (vision tower frozen by default), linear warm-up then cosine decay
+        (LLaVA convention, spec §3.6)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("no trainable parameters: check model.mllm.trainable / model.mllm.lora")
+        hp = self.hparams
+        optimizer = torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(hp.warmup_ratio * total)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            if hp.scheduler == "constant":
+                return 1.0
+            progress = (step - warmup) / max(1, total - warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -1,0 +1,136 @@
+import csv
+
+import pytest
+import torch
+
+from asdmllm.data import (
+    CMSCDataset,
+    DebiasDataModule,
+    FairFaceDataset,
+    SocialCounterfactualsDataset,
+    collate,
+    make_cmsc,
+    make_fairface,
+    make_socialcounterfactuals,
+)
+
+OCC = ["plumber", "nurse", "chef"]
+
+
+@pytest.fixture(scope="module")
+def scounter_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("scounter")
+    return make_socialcounterfactuals(root, OCC, ["White", "Black"], ["male", "female"], n_sets=10, image_size=32)
+
+
+def test_socialcounterfactuals_official_columns(scounter_root):
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(scounter_root / "data" / "train-00000-of-00001.parquet")
+    assert set(table.column_names) == {
+        "image",
+        "caption",
+        "a1_type",
+        "a1",
+        "a2_type",
+        "a2",
+        "counterfactual_set",
+        "a1a2",
+    }
+    assert table.column("caption")[0].as_py() == "A photo of a White male plumber"
+
+
+def test_socialcounterfactuals_reader_batch(scounter_root):
+    splits = {s: SocialCounterfactualsDataset(scounter_root, s, image_size=32) for s in ("train", "val", "test")}
+    assert sum(len(d) for d in splits.values()) == 3 * 10 * 4
+    assert not set(splits["train"]._sets) & set(splits["test"]._sets)  # no set shared across splits
+    ds = splits["train"]
+    assert ds.concepts == sorted(OCC) and ds.attribute_types == ["gender", "race"]
+    assert ds.attribute_values == [["female", "male"], ["Black", "White"]]
+    batch = collate([ds[i] for i in range(5)])
+    assert batch["image"].shape == (5, 3, 32, 32) and batch["image"].dtype == torch.uint8
+    assert batch["attributes"].shape == (5, 2) and batch["concept"].shape == (5,)
+    assert batch["instruction"][0] == "What is the occupation of the person in the image?"
+    assert batch["answer"][0] == ds.concepts[int(batch["concept"][0])]
+    cap = SocialCounterfactualsDataset(scounter_root, "train", image_size=32, instruction_mode="caption")
+    assert cap[0]["answer"].startswith("A photo of a ")
+
+
+def test_counterfactual_sets_differ_only_in_attributes(scounter_root):
+    ds = SocialCounterfactualsDataset(scounter_root, "all", image_size=32)
+    first = [i for i in range(len(ds)) if ds._sets[i] == ds._sets[0]]
+    assert len(first) == 4 and len({tuple(ds.attribute_ids[i].tolist()) for i in first}) == 4
+    assert len({int(ds.concept_ids[i]) for i in first}) == 1
+
+
+def test_missing_files_and_columns(tmp_path, scounter_root):
+    with pytest.raises(FileNotFoundError, match="see README, Data preparation"):
+        SocialCounterfactualsDataset(tmp_path / "nope", "train")
+    import pyarrow.parquet as pq
+
+    (tmp_path / "bad" / "data").mkdir(parents=True)
+    table = pq.read_table(scounter_root / "data" / "train-00000-of-00001.parquet").drop(["a1a2"])
+    pq.write_table(table, tmp_path / "bad" / "data" / "train-00000-of-00001.parquet")
+    with pytest.raises(KeyError, match="a1a2"):
+        SocialCounterfactualsDataset(tmp_path / "bad", "train")
+    with pytest.raises(ValueError, match="families present"):
+        SocialCounterfactualsDataset(scounter_root, "train", family="physical-race")
+
+
+def test_corrupt_image_raise_and_skip(tmp_path, scounter_root):
+    ds = SocialCounterfactualsDataset(scounter_root, "train", image_size=32)
+    ds._table = [{"image": {"bytes": b"not a png", "path": None}}] * (max(ds._rows) + 1)  # corrupt every image
+    with pytest.raises(ValueError, match="corrupt image"):
+        ds[0]
+    ds.on_corrupt = "skip"
+    assert ds[0] is None
+    assert collate([None, None])["image"].shape[0] == 0
+
+
+def test_cmsc_reader(tmp_path):
+    root = make_cmsc(tmp_path / "CMSC", {"personality": ["pleasant", "unpleasant"], "education": ["arts"]}, n_sets=6)
+    ds = CMSCDataset(root, "all", image_size=32)
+    assert len(ds) == 3 * 6 * 8 and ds.attribute_types == ["age", "gender", "race"]
+    assert ds.concept_groups == ["education", "personality", "personality"]
+    item = ds[0]
+    assert item["image"].shape == (3, 32, 32) and item["attributes"].shape == (3,)
+    assert item["instruction"] in (
+        "Which word best describes the personality of the person in the image?",
+        "What best describes the education of the person in the image?",
+    )
+
+
+def test_fairface_reader(tmp_path):
+    root = make_fairface(tmp_path / "ff", 6)
+    with (root / "fairface_label_val.csv").open() as fh:
+        assert next(csv.reader(fh)) == ["file", "age", "gender", "race", "service_test"]
+    ds = FairFaceDataset(root, ["nurse", "chef"], ["occupation", "occupation"], image_size=32)
+    assert len(ds) == 6 and ds[0]["concept"].item() == -1 and (ds.attribute_ids >= 0).all()
+    with pytest.raises(FileNotFoundError, match="fairface_label_val.csv"):
+        FairFaceDataset(tmp_path, ["nurse"], ["occupation"])
+    (root / "val" / "1.jpg").write_bytes(b"broken")
+    with pytest.raises(ValueError, match="1.jpg"):
+        ds[0]
+
+
+def test_datamodule_generates_and_lists_eval_sets(tmp_path):
+    dm = DebiasDataModule(
+        str(tmp_path / "d"),
+        image_size=32,
+        batch_size=4,
+        eval_batch_size=8,
+        num_workers=0,
+        generate_demo_data=True,
+        probe_fraction=0.5,
+    )
+    dm.demo.n_sets, dm.demo.fairface_images, dm.demo.cmsc_sets = 8, 5, 2
+    dm.prepare_data()
+    dm.setup("fit")
+    dm.setup("test")
+    names = [i.name for i in dm.eval_sets("test")]
+    assert names == ["socialcounterfactuals", "fairface", "cmsc"]
+    ff = dm.eval_sets("test")[1]
+    assert len(ff.concepts) == 4 + 18  # training occupations + CMSC concepts
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 32, 32)
+    assert len(dm.probe_dataloader().dataset) == round(0.5 * len(dm.train_set))
