@@ -1,0 +1,449 @@
+"""Readers of the official TSGV layout (spec §4), streaming windows, and the LightningDataModule.
+
+On-disk layout under ``data_root`` (one dataset folder, spec §4.2)::
+
+    train.json  val.json  test.json              {video: {duration, duration_frame, timestamps, sentences, anno_ids}}
+    feature/<video feature file>.hdf5             one [N, d_v] dataset per video (key = video name)
+    feature/<lm>_language_tokens_features_<split>.hdf5   one [n_tokens, d_s] dataset per anno_id (+ 'Integrity')
+
+Feature files are read only through :class:`mmzoo.features.H5Features`, lazily per window.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from mmzoo.features import H5Features
+from torch.utils.data import DataLoader, Dataset
+
+from .losses import gaussian_labels, hard_labels
+from .synthetic import SyntheticStreamConfig, write_synthetic_dataset
+
+__all__ = [
+    "Annotation",
+    "read_annotations",
+    "window_rows",
+    "eval_windows",
+    "TSGVTrainDataset",
+    "TSGVEvalDataset",
+    "TSGVDataModule",
+    "DEFAULT_FILES",
+]
+
+log = logging.getLogger(__name__)
+
+_SEE = "see README, Data preparation"
+
+DEFAULT_FILES: dict[str, tuple[str, str]] = {
+    "activitynet": ("activitynet_v1-3_c3d_{split}.hdf5", "bert-base-uncased"),
+    "tacos": ("tall_c3d_features.hdf5", "bert-base-uncased"),
+    "mad": ("CLIP_frames_features_5fps_{split}.hdf5", "CLIP"),
+}
+"""Per dataset: the video feature file name under ``feature/`` ({split} is substituted) and the language model."""
+
+
+@dataclass
+class Annotation:
+    """One moment–query pair. Times in seconds; ``num_frames`` = N feature rows of the video."""
+
+    video: str
+    anno_id: str
+    start: float
+    end: float
+    duration: float
+    num_frames: int
+    sentence: str
+
+    @property
+    def frame_span(self) -> tuple[float, float]:
+        """(s*, e*) in frame units: τ/D·(N−1) (spec §3.8)."""
+        scale = (self.num_frames - 1) / self.duration
+        return self.start * scale, self.end * scale
+
+
+def read_annotations(paths: list[Path], min_frames: int = 71) -> list[Annotation]:
+    """Read annotation JSON files (spec §4.2). Videos with N < ``min_frames`` are dropped (official: N ≤ 70),
+    timestamps are clipped to [0, D] and pairs with τ_s ≥ τ_e dropped (spec §3.10)."""
+    out: list[Annotation] = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation file {str(path)!r} does not exist; {_SEE}")
+        with open(path) as f:
+            videos = json.load(f)
+        for video, item in videos.items():
+            for key in ("duration", "duration_frame", "timestamps", "sentences", "anno_ids"):
+                if key not in item:
+                    raise KeyError(f"{str(path)!r}: video {video!r} lacks key {key!r}; {_SEE}")
+            if not len(item["timestamps"]) == len(item["sentences"]) == len(item["anno_ids"]):
+                raise ValueError(f"{str(path)!r}: video {video!r}: timestamps/sentences/anno_ids differ in length")
+            n, d = int(item["duration_frame"]), float(item["duration"])
+            if n < min_frames or d <= 0:
+                continue
+            for (s, e), sent, aid in zip(item["timestamps"], item["sentences"], item["anno_ids"], strict=True):
+                s, e = min(max(float(s), 0.0), d), min(max(float(e), 0.0), d)
+                if s >= e:
+                    continue
+                out.append(Annotation(video, str(aid), s, e, d, n, sent))
+    return out
+
+
+def window_rows(features: torch.Tensor, offset: int, start: int, length: int, num_frames: int):
+    """Rows [start, start+length) of a video, from ``features`` holding rows [offset, offset+len(features)).
+
+    Rows outside [0, N) are zero and flagged. Returns (length, D) float and (length,) bool (True = padding).
+    """
+    idx = torch.arange(start, start + length)
+    invalid = (idx < 0) | (idx >= num_frames)
+    rows = features.new_zeros(length, features.shape[-1])
+    ok = ~invalid
+    rows[ok] = features[idx[ok] - offset]
+    return rows, invalid
+
+
+def eval_windows(
+    video: torch.Tensor, times: torch.Tensor, short_memory: int, long_memory: int
+) -> dict[str, torch.Tensor]:
+    """Test windows ending at each time step (spec §3.1): short memory [t−M_s+1, t+1), long memory
+    [t−M_s+1−M_l, t−M_s+1). video (N, D), times (W,) -> short (W, M_s, D), long (W, M_l, D) and their masks."""
+    N = video.shape[0]
+    padded = torch.cat([video.new_zeros(short_memory + long_memory - 1, video.shape[1]), video])  # (P + N, D)
+    first = times - short_memory - long_memory + 1  # first row of the window (may be < 0)
+    idx = first[:, None] + torch.arange(short_memory + long_memory)[None]  # (W, M_l + M_s)
+    rows = padded[idx + short_memory + long_memory - 1]  # (W, M_l + M_s, D)
+    invalid = (idx < 0) | (idx >= N)
+    return {
+        "long": rows[:, :long_memory],
+        "long_mask": invalid[:, :long_memory],
+        "short": rows[:, long_memory:],
+        "short_mask": invalid[:, long_memory:],
+    }
+
+
+class _TSGVFiles:
+    """Opens and checks the annotation JSON, the video feature file and the sentence feature file of a split."""
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        split: str,
+        video_feature_file: str,
+        language_model: str,
+        min_frames: int,
+        max_text_len: int,
+    ):
+        root = Path(data_root)
+        if not root.is_dir():
+            raise FileNotFoundError(f"data.data_root={str(root)!r} does not exist; {_SEE}")
+        json_splits = split.split("&")  # 'train&val' (TACoS) reads train.json + val.json
+        self.annotations = read_annotations([root / f"{s}.json" for s in json_splits], min_frames)
+        video_path = root / "feature" / video_feature_file.format(split=split)
+        text_path = root / "feature" / f"{language_model}_language_tokens_features_{split}.hdf5"
+        for p, what in ((video_path, "video features"), (text_path, "sentence token features")):
+            if not p.is_file():
+                hint = " (make them with `tsgsv extract-text-features`)" if p == text_path else ""
+                raise FileNotFoundError(f"missing {what} {str(p)!r}{hint}; {_SEE}")
+        self.video = H5Features(video_path)
+        self.text = H5Features(text_path)
+        self.max_text_len = max_text_len
+        video_keys, text_keys = set(self.video.keys()), set(self.text.keys())
+        checked: set[str] = set()
+        for a in self.annotations:
+            if a.anno_id not in text_keys:
+                raise KeyError(f"{str(text_path)!r}: no sentence features for anno_id {a.anno_id!r}; {_SEE}")
+            if a.video in checked:
+                continue
+            if a.video not in video_keys:
+                raise KeyError(f"{str(video_path)!r}: no features for video {a.video!r}; {_SEE}")
+            shape = self.video.shape(a.video)
+            rows = shape[0] if len(shape) == 2 else math.prod(shape[:-1])
+            if rows != a.num_frames:
+                raise ValueError(
+                    f"{str(video_path)!r}: video {a.video!r} has {rows} feature rows but duration_frame="
+                    f"{a.num_frames} in the annotation JSON"
+                )
+            checked.add(a.video)
+        self._cache: dict[str, torch.Tensor] = {}
+
+    def video_rows(self, video: str, start: int, stop: int, preload: bool) -> tuple[torch.Tensor, int]:
+        """Rows [max(start,0), stop) of a video's features (N, d_v) -> (rows, offset of the first row)."""
+        lo = max(start, 0)
+        if preload:
+            if video not in self._cache:
+                self._cache[video] = self.video.read(video).reshape(-1, self.video.shape(video)[-1])
+            return self._cache[video][lo:stop], lo
+        rows = self.video.read(video, lo, max(stop, lo))
+        return rows.reshape(-1, rows.shape[-1]) if rows.ndim != 2 else rows, lo
+
+    def sentence(self, anno_id: str) -> tuple[torch.Tensor, int]:
+        """Token features padded/truncated to L tokens -> ((L, d_s), true length capped at L)."""
+        tokens = self.text[anno_id]
+        tokens = tokens.reshape(-1, tokens.shape[-1])[: self.max_text_len]
+        out = tokens.new_zeros(self.max_text_len, tokens.shape[-1])
+        out[: len(tokens)] = tokens
+        return out, len(tokens)
+
+
+class TSGVTrainDataset(Dataset):
+    """Training windows ("chunks", spec §3.10) of the official layout.
+
+    Each item is one window with short memory [a, a+M_s), long memory [a−M_l, a) and future memory
+    [a+M_s, a+M_s+M_f). Call :meth:`rechunk` with a new seed every epoch (the DataModule does).
+
+    Item keys: ``short`` (M_s, d_v), ``short_mask`` (M_s,) bool True = padding, ``long`` (M_l, d_v), ``long_mask``,
+    ``future`` (M_f, d_v), ``future_mask``, ``sentence`` (L, d_s), ``sentence_length`` (), ``labels`` (M_s, 3)
+    (start, end, sem), ``anno_index`` (), ``window_start`` ().
+    """
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        split: str = "train",
+        video_feature_file: str = DEFAULT_FILES["activitynet"][0],
+        language_model: str = "bert-base-uncased",
+        short_memory: int = 8,
+        long_memory: int = 64,
+        future_memory: int = 64,
+        max_text_len: int = 20,
+        min_frames: int = 71,
+        gaussian_label: bool = True,
+        label_widths: tuple[float, float, float] = (0.25, 0.25, 0.21),
+        chunk_interval: int = 1,
+        pos_expansion_ratio: float | None = None,
+        neg_pos_ratio: float = 25.0,
+        preload: bool = False,
+        seed: int = 0,
+    ):
+        self.files = _TSGVFiles(data_root, split, video_feature_file, language_model, min_frames, max_text_len)
+        self.annotations = self.files.annotations
+        self.short_memory, self.long_memory, self.future_memory = short_memory, long_memory, future_memory
+        self.gaussian_label = gaussian_label
+        self.label_widths = tuple(label_widths)
+        self.chunk_interval = chunk_interval
+        self.pos_expansion_ratio = pos_expansion_ratio
+        self.neg_pos_ratio = neg_pos_ratio
+        self.preload = preload
+        self.windows: list[tuple[int, int]] = []
+        self.rechunk(seed)
+
+    def rechunk(self, seed: int) -> None:
+        """Draw a new offset o ~ U{0 … M_s+chunk_interval−2} per annotation and tile the video with windows starting
+        at o+1−M_s, o+1, o+1+M_s, … while the window end ≤ N. With ``pos_expansion_ratio`` (MAD), windows
+        overlapping [s*−2ℓ, e*+2ℓ] are kept and others with probability min(1, (neg_pos_ratio−ratio+1)·ℓ/(N−o−ratio·ℓ))."""
+        g = torch.Generator().manual_seed(seed)
+        M = self.short_memory
+        windows = []
+        for i, a in enumerate(self.annotations):
+            o = int(torch.randint(0, M + self.chunk_interval - 1, (1,), generator=g))
+            starts = torch.arange(o + 1 - M, a.num_frames - M + 1, M)
+            if self.pos_expansion_ratio is not None:
+                s, e = a.frame_span
+                length = e - s
+                half = (self.pos_expansion_ratio - 1) / 2 * length
+                positive = (starts + M > s - half) & (starts <= e + half)
+                denom = a.num_frames - o - self.pos_expansion_ratio * length
+                rate = 1.0 if denom <= 0 else min(1.0, (self.neg_pos_ratio - self.pos_expansion_ratio + 1) * length / denom)
+                keep = positive | (torch.rand(len(starts), generator=g) < rate)
+                starts = starts[keep]
+            windows += [(i, int(s)) for s in starts]
+        self.windows = windows
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        i, a0 = self.windows[index]
+        ann = self.annotations[i]
+        M_s, M_l, M_f, N = self.short_memory, self.long_memory, self.future_memory, ann.num_frames
+        rows, offset = self.files.video_rows(ann.video, a0 - M_l, min(a0 + M_s + M_f, N), self.preload)
+        short, short_mask = window_rows(rows, offset, a0, M_s, N)
+        long, long_mask = window_rows(rows, offset, a0 - M_l, M_l, N)
+        future, future_mask = window_rows(rows, offset, a0 + M_s, M_f, N)
+        sentence, length = self.files.sentence(ann.anno_id)
+        s, e = ann.frame_span
+        frames = torch.arange(a0, a0 + M_s, dtype=torch.float32)
+        if self.gaussian_label:
+            labels = gaussian_labels(frames, torch.tensor(s), torch.tensor(e), self.label_widths)
+        else:
+            labels = hard_labels(frames, torch.tensor(s), torch.tensor(e))
+        return {
+            "short": short, "short_mask": short_mask, "long": long, "long_mask": long_mask,
+            "future": future, "future_mask": future_mask, "sentence": sentence,
+            "sentence_length": torch.tensor(length), "labels": labels,
+            "anno_index": torch.tensor(i), "window_start": torch.tensor(a0),
+        }  # fmt: skip
+
+
+class TSGVEvalDataset(Dataset):
+    """Evaluation items: one per annotation, in annotation order, holding the whole video's features; the
+    module cuts the test windows (one per time step, spec §2) and batches many per forward.
+
+    Item keys: ``video`` (N, d_v), ``sentence`` (L, d_s), ``sentence_length`` (), ``duration`` (s), ``target``
+    (τ_s, τ_e) seconds, ``num_frames`` N, ``anno_index``, ``anno_id``.
+
+    Args:
+        fraction / subset_seed: evaluate a fixed random subset of the annotations (official validation: 50 %
+            ANet/TACoS, 10 % MAD, seed 1949).
+    """
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        split: str = "test",
+        video_feature_file: str = DEFAULT_FILES["activitynet"][0],
+        language_model: str = "bert-base-uncased",
+        max_text_len: int = 20,
+        min_frames: int = 71,
+        fraction: float = 1.0,
+        subset_seed: int = 1949,
+    ):
+        if not 0 < fraction <= 1:
+            raise ValueError(f"evaluation fraction={fraction} must be in (0, 1]")
+        self.files = _TSGVFiles(data_root, split, video_feature_file, language_model, min_frames, max_text_len)
+        self.annotations = self.files.annotations
+        self.indices = list(range(len(self.annotations)))
+        if fraction < 1:
+            g = torch.Generator().manual_seed(subset_seed)
+            k = max(1, round(fraction * len(self.indices)))
+            self.indices = sorted(torch.randperm(len(self.indices), generator=g)[:k].tolist())
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, index: int) -> dict:
+        i = self.indices[index]
+        ann = self.annotations[i]
+        video, _ = self.files.video_rows(ann.video, 0, ann.num_frames, False)
+        sentence, length = self.files.sentence(ann.anno_id)
+        return {
+            "video": video, "sentence": sentence, "sentence_length": torch.tensor(length),
+            "duration": ann.duration, "target": (ann.start, ann.end), "num_frames": ann.num_frames,
+            "anno_index": i, "anno_id": ann.anno_id,
+        }  # fmt: skip
+
+
+def collate_annotations(items: list[dict]) -> list[dict]:
+    """Evaluation batches are lists of annotations (each holds a whole video)."""
+    return items
+
+
+class TSGVDataModule(pl.LightningDataModule):
+    """Data of ActivityNet Captions, TACoS or MAD in the official layout (spec §4).
+
+    Args:
+        data_root: the dataset folder holding ``train.json`` … and ``feature/``.
+        dataset: activitynet | tacos | mad — picks the default feature file names (DEFAULT_FILES).
+        video_feature_file: override of the video feature file under ``feature/`` ({split} substituted).
+        language_model: override of the sentence-feature file prefix (bert-base-uncased, CLIP).
+        train_split: ``train`` (ANet, MAD) or ``train&val`` (TACoS).
+        val_split / val_fraction: validation split and its fixed random subset (ANet val 0.5, TACoS test 0.5,
+            MAD val 0.1; seed 1949).
+        test_split: the test split.
+        short_memory / long_memory / future_memory / max_text_len: must equal the model's M_s, M_l, M_f, L.
+        min_frames: videos with fewer feature rows are dropped (official: N ≤ 70 dropped -> 71).
+        gaussian_label / label_widths: soft labels (official True, (0.25, 0.25, 0.21)).
+        pos_expansion_ratio / neg_pos_ratio: MAD window sub-sampling (5, 25); None disables it.
+        batch_size: training windows per step (per device).
+        preload: keep whole videos in RAM after the first read (small data); False reads windows lazily.
+        generate_demo_data: write a synthetic dataset in the official format to ``data_root`` when it has no
+            ``train.json`` (demo / tests only), with the generator settings ``demo``.
+    """
+
+    def __init__(
+        self,
+        data_root: str = "data/activitynet",
+        dataset: Literal["activitynet", "tacos", "mad"] = "activitynet",
+        video_feature_file: str | None = None,
+        language_model: str | None = None,
+        train_split: str = "train",
+        val_split: str = "val",
+        val_fraction: float = 0.5,
+        test_split: str = "test",
+        short_memory: int = 8,
+        long_memory: int = 64,
+        future_memory: int = 64,
+        max_text_len: int = 20,
+        min_frames: int = 71,
+        gaussian_label: bool = True,
+        label_widths: tuple[float, float, float] = (0.25, 0.25, 0.21),
+        pos_expansion_ratio: float | None = None,
+        neg_pos_ratio: float = 25.0,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        preload: bool = False,
+        generate_demo_data: bool = False,
+        demo: SyntheticStreamConfig | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.video_feature_file = video_feature_file or DEFAULT_FILES[dataset][0]
+        self.language_model = language_model or DEFAULT_FILES[dataset][1]
+        self.train_set: TSGVTrainDataset | None = None
+        self.val_set: TSGVEvalDataset | None = None
+        self.test_set: TSGVEvalDataset | None = None
+        self.demo = SyntheticStreamConfig(**demo) if isinstance(demo, dict) else demo
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        if hp.generate_demo_data and not (Path(hp.data_root) / "train.json").is_file():
+            cfg = replace(
+                self.demo or SyntheticStreamConfig(),
+                video_feature_file=self.video_feature_file,
+                language_model=self.language_model,
+            )
+            write_synthetic_dataset(hp.data_root, cfg)
+
+    def _eval_set(self, split: str, fraction: float) -> TSGVEvalDataset:
+        hp = self.hparams
+        return TSGVEvalDataset(
+            hp.data_root, split, self.video_feature_file, self.language_model, hp.max_text_len, hp.min_frames,
+            fraction,
+        )  # fmt: skip
+
+    def setup(self, stage: str | None = None) -> None:
+        hp = self.hparams
+        if stage in ("fit", None) and self.train_set is None:
+            self.train_set = TSGVTrainDataset(
+                hp.data_root, hp.train_split, self.video_feature_file, self.language_model, hp.short_memory,
+                hp.long_memory, hp.future_memory, hp.max_text_len, hp.min_frames, hp.gaussian_label,
+                tuple(hp.label_widths), 1, hp.pos_expansion_ratio, hp.neg_pos_ratio, hp.preload,
+            )  # fmt: skip
+        if stage in ("fit", "validate", None) and self.val_set is None:
+            self.val_set = self._eval_set(hp.val_split, hp.val_fraction)
+        if stage in ("test", "predict", None) and self.test_set is None:
+            self.test_set = self._eval_set(hp.test_split, 1.0)
+
+    def _loader(self, dataset: Dataset, train: bool) -> DataLoader:
+        hp = self.hparams
+        return DataLoader(
+            dataset,
+            batch_size=hp.batch_size if train else 1,
+            shuffle=train,
+            drop_last=False,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            collate_fn=None if train else collate_annotations,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        self.train_set.rechunk(seed=1000 * (torch.initial_seed() % 100003) + epoch)  # new windows every epoch
+        return self._loader(self.train_set, True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.val_set, False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.test_set, False)

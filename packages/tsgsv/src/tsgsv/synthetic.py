@@ -1,0 +1,159 @@
+"""Synthetic streaming-grounding data written in the official layout (spec §8b, §8c).
+
+The task (spec §8c): K event classes with unit "onset" prototypes o_k, one shared "ongoing activity" prototype a
+and a background prototype b. A video holds several non-overlapping events of distinct classes; the first
+``onset_frames`` frames of an event are o_k + noise, the rest a + noise, background b + noise. A query is a few
+token vectors: the class word w_k at a random position, other tokens random filler words. Deep inside an event
+the frames are class-agnostic, so deciding relevance needs the onset seen long before (beyond the short memory).
+
+Also :func:`write_synthetic_mad_raw` writes the raw MAD release format (for ``tsgsv convert-mad`` tests).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["SyntheticStreamConfig", "write_synthetic_dataset", "write_synthetic_mad_raw"]
+
+
+@dataclass
+class SyntheticStreamConfig:
+    """Generator settings (defaults: the spec §8c task)."""
+
+    videos_per_split: tuple[int, int, int] = (100, 25, 25)
+    """Videos of train / val / test."""
+    queries_per_video: int = 3
+    """Queries per video (each about a different event of the video)."""
+    frames: tuple[int, int] = (120, 200)
+    """Range of N (feature rows) per video, inclusive."""
+    events: tuple[int, int] = (3, 5)
+    """Events per video, inclusive."""
+    event_length: tuple[int, int] = (20, 50)
+    """Event length in frames, inclusive."""
+    onset_frames: int = 2
+    """Frames of an event showing its class-specific onset prototype."""
+    num_classes: int = 8
+    """K event classes."""
+    video_dim: int = 32
+    text_dim: int = 32
+    noise: float = 0.3
+    """σ of the Gaussian frame noise."""
+    tokens: tuple[int, int] = (6, 6)
+    """Range of tokens per query, inclusive (vary below/above 20 to test padding and truncation)."""
+    num_filler_words: int = 50
+    seconds_per_frame: float = 0.5
+    video_feature_file: str = "synthetic_features_{split}.hdf5"
+    language_model: str = "bert-base-uncased"
+    seed: int = 0
+    world_seed: int = 1234
+    """Seed of the prototypes and word vectors (shared by all splits and by different sample seeds)."""
+
+
+def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    x = rng.standard_normal((n, d))
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def write_synthetic_dataset(root: str | Path, cfg: SyntheticStreamConfig | None = None) -> Path:
+    """Write ``train.json``/``val.json``/``test.json`` and the HDF5 feature files under ``root``."""
+    import h5py
+
+    cfg = cfg or SyntheticStreamConfig()
+    root = Path(root)
+    (root / "feature").mkdir(parents=True, exist_ok=True)
+    world = np.random.default_rng(cfg.world_seed)
+    onset = _unit(world, cfg.num_classes, cfg.video_dim)  # o_k
+    activity, background = _unit(world, 2, cfg.video_dim)  # a, b
+    class_words = _unit(world, cfg.num_classes, cfg.text_dim)  # w_k
+    filler = _unit(world, cfg.num_filler_words, cfg.text_dim)
+    rng = np.random.default_rng(cfg.seed)
+    for split, num_videos in zip(("train", "val", "test"), cfg.videos_per_split, strict=True):
+        annotations, video_feats, text_feats = {}, {}, {}
+        for v in range(num_videos):
+            n = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
+            k = int(rng.integers(cfg.events[0], cfg.events[1] + 1))
+            lengths = rng.integers(cfg.event_length[0], cfg.event_length[1] + 1, size=k)
+            while lengths.sum() > n and k > 1:
+                k -= 1
+                lengths = lengths[:k]
+            free = n - int(lengths.sum())
+            cuts = np.sort(rng.integers(0, free + 1, size=k))
+            gaps = np.diff(np.concatenate([[0], cuts]))
+            classes = rng.choice(cfg.num_classes, size=k, replace=False)
+            feats = background + cfg.noise * rng.standard_normal((n, cfg.video_dim))
+            events, pos = [], 0
+            for gap, length, c in zip(gaps, lengths, classes, strict=True):
+                start = pos + int(gap)
+                feats[start : start + length] = activity + cfg.noise * rng.standard_normal((length, cfg.video_dim))
+                onset_len = min(cfg.onset_frames, int(length))
+                feats[start : start + onset_len] = onset[c] + cfg.noise * rng.standard_normal((onset_len, cfg.video_dim))
+                events.append((start, start + int(length), int(c)))
+                pos = start + int(length)
+            name = f"{split}_video_{v:04d}"
+            video_feats[name] = feats.astype(np.float32)
+            duration = n * cfg.seconds_per_frame
+            chosen = rng.choice(len(events), size=min(cfg.queries_per_video, len(events)), replace=False)
+            stamps, sentences, ids = [], [], []
+            for q, e in enumerate(chosen):
+                start, end, c = events[e]
+                # frame index -> seconds such that s* = τ/D·(N−1) recovers the frame index
+                stamps.append([start / (n - 1) * duration, (end - 1) / (n - 1) * duration])
+                sentences.append(f"event of class {c}")
+                aid = f"{name}_q{q}"
+                ids.append(aid)
+                n_tok = int(rng.integers(cfg.tokens[0], cfg.tokens[1] + 1))
+                toks = filler[rng.integers(0, cfg.num_filler_words, size=n_tok)]
+                toks[int(rng.integers(0, min(n_tok, 20)))] = class_words[c]
+                text_feats[aid] = (toks + 0.05 * rng.standard_normal(toks.shape)).astype(np.float32)
+            annotations[name] = {
+                "duration": duration, "duration_frame": n, "timestamps": stamps, "sentences": sentences,
+                "anno_ids": ids,
+            }  # fmt: skip
+        with open(root / f"{split}.json", "w") as f:
+            json.dump(annotations, f)
+        with h5py.File(root / "feature" / cfg.video_feature_file.format(split=split), "w") as f:
+            for name, arr in video_feats.items():
+                f.create_dataset(name, data=arr)
+        with h5py.File(root / "feature" / f"{cfg.language_model}_language_tokens_features_{split}.hdf5", "w") as f:
+            for aid, arr in text_feats.items():
+                f.create_dataset(aid, data=arr)
+            f.create_dataset("Integrity", data=np.ones(1))
+    return root
+
+
+def write_synthetic_mad_raw(root: str | Path, num_movies: int = 3, dim: int = 16, seed: int = 0) -> Path:
+    """Write the raw MAD release format: ``annotations/MAD_{train,val,test}.json`` (key -> movie, sentence,
+    ext_timestamps, movie_duration), ``features/CLIP_frames_features_5fps.h5`` (movie -> [N, dim]) and
+    ``features/CLIP_language_tokens_features.h5`` (key -> [n_tokens, dim])."""
+    import h5py
+
+    rng = np.random.default_rng(seed)
+    root = Path(root)
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "features").mkdir(parents=True, exist_ok=True)
+    frames, tokens = {}, {}
+    for split_index, split in enumerate(("train", "val", "test")):
+        anns = {}
+        for m in range(num_movies):
+            movie = f"{split}{m}"
+            n = int(rng.integers(100, 160))
+            frames[movie] = rng.standard_normal((n, dim)).astype(np.float32)
+            for q in range(2):
+                key = f"{split_index}{m}{q}"
+                s = float(rng.uniform(0, n / 5 - 5))
+                anns[key] = {"movie": movie, "sentence": f"sentence {key}", "ext_timestamps": [s, s + 4.0],
+                             "movie_duration": n / 5}  # fmt: skip
+                tokens[key] = rng.standard_normal((int(rng.integers(3, 25)), dim)).astype(np.float32)
+        with open(root / "annotations" / f"MAD_{split}.json", "w") as f:
+            json.dump(anns, f)
+    with h5py.File(root / "features" / "CLIP_frames_features_5fps.h5", "w") as f:
+        for k, v in frames.items():
+            f.create_dataset(k, data=v)
+    with h5py.File(root / "features" / "CLIP_language_tokens_features.h5", "w") as f:
+        for k, v in tokens.items():
+            f.create_dataset(k, data=v)
+    return root

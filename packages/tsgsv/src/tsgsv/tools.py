@@ -1,0 +1,130 @@
+"""Dataset tools run as subcommands: ``tsgsv extract-text-features`` (BERT token features, spec §4.2) and
+``tsgsv convert-mad`` (MAD release -> the official per-split layout, spec §4.2)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+__all__ = ["extract_text_features", "extract_text_features_command", "convert_mad", "convert_mad_command"]
+
+log = logging.getLogger(__name__)
+
+
+def extract_text_features(
+    data_root: str | Path, split: str, text_encoder: str, language_model: str = "bert-base-uncased",
+    device: str = "cpu",
+) -> Path:  # fmt: skip
+    """Write ``feature/<language_model>_language_tokens_features_<split>.hdf5`` for every anno_id of the split:
+    the second-to-last hidden layer (``hidden_states[-2]``) of BERT over the tokenized sentence with special
+    tokens, (n_tokens, 768) per annotation (official generation, spec §4.2).
+
+    ``text_encoder`` is a local folder or hub id of a BERT checkpoint (``bert-base-uncased`` in the paper).
+    """
+    import h5py
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    root = Path(data_root)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(text_encoder)
+        model = AutoModel.from_pretrained(text_encoder).to(device).eval()
+    except (OSError, ValueError) as err:
+        raise OSError(
+            f"--text_encoder {text_encoder!r} could not be loaded (give a local folder or a reachable hub id of a BERT "
+            f"checkpoint, e.g. bert-base-uncased); it is needed to write "
+            f"feature/{language_model}_language_tokens_features_{split}.hdf5"
+        ) from err
+    sentences: dict[str, str] = {}
+    for s in split.split("&"):
+        path = root / f"{s}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation file {str(path)!r} does not exist; see README, Data preparation")
+        for item in json.loads(path.read_text()).values():
+            sentences.update(zip(map(str, item["anno_ids"]), item["sentences"], strict=True))
+    out = root / "feature" / f"{language_model}_language_tokens_features_{split}.hdf5"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(out, "w") as f, torch.no_grad():
+        for anno_id, sentence in tqdm(sentences.items(), desc="text features", total=len(sentences)):
+            enc = tokenizer(sentence, return_tensors="pt", add_special_tokens=True).to(device)
+            hidden = model(**enc, output_hidden_states=True).hidden_states[-2][0]  # (n_tokens, 768)
+            f.create_dataset(anno_id, data=hidden.float().cpu().numpy())
+        f.create_dataset("Integrity", data=np.ones(1))
+    return out
+
+
+def extract_text_features_command(argv: list[str]) -> Path:
+    p = argparse.ArgumentParser(prog="tsgsv extract-text-features", description=extract_text_features.__doc__)
+    p.add_argument("--data_root", required=True, help="dataset folder holding <split>.json and feature/")
+    p.add_argument("--split", required=True, help="train, val, test or train&val")
+    p.add_argument("--text_encoder", default="bert-base-uncased", help="local path or hub id of the BERT model")
+    p.add_argument("--language_model", default="bert-base-uncased", help="file-name prefix of the output")
+    p.add_argument("--device", default="cpu")
+    a = p.parse_args(argv)
+    return extract_text_features(a.data_root, a.split, a.text_encoder, a.language_model, a.device)
+
+
+def convert_mad(annotations: str | Path, features: str | Path, out: str | Path) -> Path:
+    """Convert the MAD release into the official layout (spec §4.2).
+
+    Reads ``<annotations>/MAD_{train,val,test}.json`` ({key: {movie, sentence, ext_timestamps, movie_duration}}),
+    ``<features>/CLIP_frames_features_5fps.h5`` (movie -> [N, 512]) and
+    ``<features>/CLIP_language_tokens_features.h5`` (key -> [n_tokens, 512]); writes ``<out>/{split}.json``,
+    ``<out>/feature/CLIP_frames_features_5fps_{split}.hdf5`` and
+    ``<out>/feature/CLIP_language_tokens_features_{split}.hdf5``.
+    """
+    import h5py
+
+    annotations, features, out = Path(annotations), Path(features), Path(out)
+    frames_path = features / "CLIP_frames_features_5fps.h5"
+    tokens_path = features / "CLIP_language_tokens_features.h5"
+    for p in (frames_path, tokens_path):
+        if not p.is_file():
+            raise FileNotFoundError(f"MAD file {str(p)!r} does not exist; see README, Data preparation (MAD)")
+    (out / "feature").mkdir(parents=True, exist_ok=True)
+    with h5py.File(frames_path, "r") as frames, h5py.File(tokens_path, "r") as tokens:
+        for split in ("train", "val", "test"):
+            ann_path = annotations / f"MAD_{split}.json"
+            if not ann_path.is_file():
+                raise FileNotFoundError(f"MAD file {str(ann_path)!r} does not exist; see README, Data preparation")
+            by_movie: dict[str, list[tuple[str, dict]]] = defaultdict(list)
+            for key, a in json.loads(ann_path.read_text()).items():
+                by_movie[a["movie"]].append((str(key), a))
+            layout = {}
+            with (
+                h5py.File(out / "feature" / f"CLIP_frames_features_5fps_{split}.hdf5", "w") as vf,
+                h5py.File(out / "feature" / f"CLIP_language_tokens_features_{split}.hdf5", "w") as tf,
+            ):
+                for movie, items in tqdm(by_movie.items(), desc=f"MAD {split}", total=len(by_movie)):
+                    if movie not in frames:
+                        raise KeyError(f"{str(frames_path)!r}: no features for movie {movie!r}")
+                    arr = np.asarray(frames[movie], dtype=np.float32)
+                    vf.create_dataset(movie, data=arr)
+                    for key, _ in items:
+                        if key not in tokens:
+                            raise KeyError(f"{str(tokens_path)!r}: no token features for annotation {key!r}")
+                        tf.create_dataset(key, data=np.asarray(tokens[key], dtype=np.float32))
+                    layout[movie] = {
+                        "duration": float(items[0][1]["movie_duration"]),
+                        "duration_frame": int(arr.shape[0]),
+                        "timestamps": [list(map(float, a["ext_timestamps"])) for _, a in items],
+                        "sentences": [a["sentence"] for _, a in items],
+                        "anno_ids": [k for k, _ in items],
+                    }
+            (out / f"{split}.json").write_text(json.dumps(layout))
+    return out
+
+
+def convert_mad_command(argv: list[str]) -> Path:
+    p = argparse.ArgumentParser(prog="tsgsv convert-mad", description=convert_mad.__doc__)
+    p.add_argument("--annotations", required=True, help="folder holding MAD_{train,val,test}.json")
+    p.add_argument("--features", required=True, help="folder holding the two MAD CLIP .h5 files")
+    p.add_argument("--out", required=True, help="output dataset folder (data.data_root of the mad config)")
+    a = p.parse_args(argv)
+    return convert_mad(a.annotations, a.features, a.out)

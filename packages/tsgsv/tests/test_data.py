@@ -1,0 +1,159 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tsgsv.data import TSGVDataModule, TSGVEvalDataset, TSGVTrainDataset, eval_windows, read_annotations, window_rows
+from tsgsv.synthetic import SyntheticStreamConfig, write_synthetic_dataset
+
+FILE = "feats_{split}.hdf5"
+
+
+@pytest.fixture()
+def root(tmp_path):
+    cfg = SyntheticStreamConfig((3, 2, 2), 2, (80, 100), (2, 3), (15, 25), video_dim=6, text_dim=5, tokens=(3, 25),
+                                video_feature_file=FILE)  # fmt: skip
+    return write_synthetic_dataset(tmp_path / "ds", cfg)
+
+
+def _train(root, **kw):
+    return TSGVTrainDataset(root, "train", FILE, short_memory=4, long_memory=8, future_memory=8, **kw)
+
+
+def test_train_items_shapes_and_labels(root):
+    ds = _train(root)
+    item = ds[0]
+    assert item["short"].shape == (4, 6) and item["long"].shape == (8, 6) and item["future"].shape == (8, 6)
+    assert item["sentence"].shape == (20, 5) and 1 <= int(item["sentence_length"]) <= 20
+    assert item["labels"].shape == (4, 3) and item["labels"].max() <= 1
+    ann = ds.annotations[int(item["anno_index"])]
+    rows = h5py.File(root / "feature" / "feats_train.hdf5")[ann.video][()]
+    a0 = int(item["window_start"])
+    for k in range(4):
+        if 0 <= a0 + k < ann.num_frames:
+            np.testing.assert_allclose(item["short"][k].numpy(), rows[a0 + k])
+            assert not item["short_mask"][k]
+        else:
+            assert item["short_mask"][k] and item["short"][k].abs().sum() == 0
+
+
+def test_window_tiling_with_fixed_offset(root):
+    ds = _train(root)
+    M = 4
+    by_anno = {}
+    for i, a0 in ds.windows:
+        by_anno.setdefault(i, []).append(a0)
+    for i, starts in by_anno.items():
+        n = ds.annotations[i].num_frames
+        o = starts[0] + M - 1
+        assert 0 <= o <= M - 1
+        assert starts == list(range(o + 1 - M, n - M + 1, M))  # non-overlapping, window end <= N
+    before = list(ds.windows)
+    ds.rechunk(seed=123)
+    assert ds.windows != before
+
+
+def test_padding_at_start_and_future_beyond_end(root):
+    ds = _train(root)
+    first = next(k for k, (i, a0) in enumerate(ds.windows) if a0 < 0 or a0 == 0)
+    item = ds[first]
+    assert item["long_mask"].all()  # before the video start
+    last = max(range(len(ds.windows)), key=lambda k: ds.windows[k][1])
+    item = ds[last]
+    n = ds.annotations[ds.windows[last][0]].num_frames
+    a0 = ds.windows[last][1]
+    assert item["future_mask"].tolist() == [a0 + 4 + k >= n for k in range(8)]
+
+
+def test_sentence_truncation_and_integrity_ignored(root):
+    ds = _train(root)
+    with h5py.File(root / "feature" / "bert-base-uncased_language_tokens_features_train.hdf5") as f:
+        assert "Integrity" in f
+        n_tok = {k: f[k].shape[0] for k in f if k != "Integrity"}
+    for a in ds.annotations:
+        sent, length = ds.files.sentence(a.anno_id)
+        assert length == min(n_tok[a.anno_id], 20) and sent.shape == (20, 5)
+        assert sent[length:].abs().sum() == 0
+
+
+def test_filter_and_clipping(tmp_path, root):
+    data = json.loads((root / "train.json").read_text())
+    name = next(iter(data))
+    data[name]["timestamps"][0] = [-3.0, data[name]["duration"] + 10]
+    data["short_video"] = {"duration": 10.0, "duration_frame": 70, "timestamps": [[1, 2]], "sentences": ["x"],
+                           "anno_ids": ["short_q"]}  # fmt: skip
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    anns = read_annotations([tmp_path / "a.json"])
+    assert all(a.video != "short_video" for a in anns)  # N <= 70 dropped
+    a = next(a for a in anns if a.video == name)
+    assert a.start == 0.0 and a.end == data[name]["duration"]
+    data[name]["timestamps"][0] = [5.0, 5.0]
+    (tmp_path / "b.json").write_text(json.dumps(data))
+    assert len(read_annotations([tmp_path / "b.json"])) == len(anns) - 1  # τ_s >= τ_e dropped
+
+
+def test_eval_dataset_and_windows(root):
+    ds = TSGVEvalDataset(root, "test", FILE)
+    assert len(ds) == len(ds.annotations) == 4
+    item = ds[1]
+    N = item["num_frames"]
+    assert item["video"].shape == (N, 6)
+    w = eval_windows(item["video"], torch.arange(N), 4, 8)
+    assert w["short"].shape == (N, 4, 6) and w["long"].shape == (N, 8, 6)  # one test window per time step
+    for t in (0, 5, N - 1):
+        short, smask = window_rows(item["video"], 0, t - 3, 4, N)
+        long, lmask = window_rows(item["video"], 0, t - 11, 8, N)
+        torch.testing.assert_close(w["short"][t], short)
+        torch.testing.assert_close(w["long"][t], long)
+        assert torch.equal(w["short_mask"][t], smask) and torch.equal(w["long_mask"][t], lmask)
+    half = TSGVEvalDataset(root, "test", FILE, fraction=0.5)
+    assert len(half) == 2 and half.indices == TSGVEvalDataset(root, "test", FILE, fraction=0.5).indices
+
+
+def test_missing_files_and_keys(root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="data_root"):
+        _train(tmp_path / "nope")
+    with pytest.raises(FileNotFoundError, match="Data preparation"):
+        TSGVTrainDataset(root, "train", "other_{split}.hdf5")
+    (root / "feature" / "bert-base-uncased_language_tokens_features_val.hdf5").unlink()
+    with pytest.raises(FileNotFoundError, match="extract-text-features"):
+        TSGVEvalDataset(root, "val", FILE)
+    data = json.loads((root / "train.json").read_text())
+    name = next(iter(data))
+    data[name]["duration_frame"] += 1
+    (root / "train.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="duration_frame"):
+        _train(root)
+    del data[name]["anno_ids"]
+    (root / "train.json").write_text(json.dumps(data))
+    with pytest.raises(KeyError, match="anno_ids"):
+        _train(root)
+
+
+def test_mad_window_subsampling(root):
+    full = _train(root)
+    sub = _train(root, pos_expansion_ratio=5.0, neg_pos_ratio=6.0)
+    assert 0 < len(sub) <= len(full)
+    i0 = 0
+    s, e = sub.annotations[i0].frame_span
+    ell = e - s
+    kept = {a0 for i, a0 in sub.windows if i == i0}
+    o = min(kept) + 3
+    for a0 in range(o - 3, sub.annotations[i0].num_frames - 3, 4):
+        if a0 + 4 > s - 2 * ell and a0 <= e + 2 * ell:
+            assert a0 in kept
+
+
+def test_datamodule_generates_demo_data(tmp_path):
+    dm = TSGVDataModule(str(tmp_path / "demo"), video_feature_file=FILE, short_memory=4, long_memory=8,
+                        future_memory=8, batch_size=4, generate_demo_data=True,
+                        demo=SyntheticStreamConfig((2, 1, 1), 2, (80, 90), (2, 2), (10, 20), video_dim=6,
+                                                   text_dim=5))  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["short"].shape == (4, 4, 6) and batch["labels"].shape == (4, 4, 3)
+    val = next(iter(dm.val_dataloader()))
+    assert isinstance(val, list) and val[0]["video"].ndim == 2

@@ -1,0 +1,106 @@
+import pytest
+import torch
+
+from tsgsv.metrics import (
+    GroundingEvalConfig,
+    StreamingGroundingMetrics,
+    average_precision,
+    calibrated_average_precision,
+    downsample_scores,
+    evaluate_annotation,
+    frame_labels,
+    median_filter3,
+    proposal_grid,
+    recall_hits,
+    temporal_nms,
+)
+
+
+def test_proposal_counts():
+    assert len(proposal_grid(10, 4)) == 53
+    assert len(proposal_grid(128, 4)) == 1388
+    g2 = proposal_grid(40, 2)
+    assert set((g2[:, 1] - g2[:, 0]).tolist()) == {0, 1, 2, 3, 5, 7, 11, 15, 23, 31}
+    assert (proposal_grid(200, 4, max_proposal_len=20)[:, 1] - proposal_grid(200, 4, 20)[:, 0]).max() <= 20
+
+
+def test_median_filter_and_downsampling():
+    x = torch.tensor([[5.0], [1.0], [2.0], [9.0], [3.0]])
+    torch.testing.assert_close(median_filter3(x)[:, 0], torch.tensor([1.0, 2.0, 2.0, 3.0, 3.0]))
+    cfg = GroundingEvalConfig(min_num_segments=16, downsample_stride=2)
+    short = torch.rand(16, 3)
+    assert torch.equal(downsample_scores(short, cfg), short)  # untouched when T <= min_num_segments
+    long = torch.rand(50, 3)
+    out = downsample_scores(long, cfg)
+    assert out.shape == (25, 3)
+    idx = torch.linspace(0, 49, 25, dtype=torch.float64).floor().long()
+    torch.testing.assert_close(out, median_filter3(long)[idx])
+    assert downsample_scores(torch.rand(20, 3), cfg).shape == (16, 3)  # max(16, 20 // 2)
+
+
+def test_nms_keeps_top_non_overlapping():
+    seg = torch.tensor([[0.0, 10.0], [1.0, 10.0], [20.0, 30.0], [0.0, 9.0], [40.0, 50.0]])
+    score = torch.tensor([0.9, 0.8, 0.7, 0.6, 0.5])
+    assert temporal_nms(seg, score, 0.5, 5).tolist() == [0, 2, 4]
+    assert temporal_nms(seg, score, 0.5, 2).tolist() == [0, 2]
+
+
+def test_ap_cap_examples():
+    labels = torch.tensor([1, 0, 1, 0, 0, 0])
+    scores = torch.tensor([0.9, 0.8, 0.7, 0.3, 0.2, 0.1])
+    assert abs(average_precision(scores, labels) - 0.8333) < 1e-4
+    assert abs(calibrated_average_precision(scores, labels) - 0.9) < 1e-3
+    zeros = torch.zeros(6, dtype=torch.long)
+    assert average_precision(scores, zeros) == 1.0 and calibrated_average_precision(scores, zeros) == 1.0
+
+
+def test_recall_strict_iou():
+    moments = torch.tensor([[0.0, 2.0, 0.9], [0.0, 10.0, 0.8]])
+    hits = recall_hits(moments, (0.0, 4.0), [1, 2], [0.5, 0.4])
+    # IoU of [0,2] with [0,4] is exactly 0.5 -> not > 0.5, but > 0.4; [0,10] has IoU 0.4 -> never counts
+    assert hits.tolist() == [[0.0, 1.0], [0.0, 1.0]]
+
+
+def test_frame_labels_extension():
+    lab = frame_labels(2.0, 4.0, 10.0, 11, extension=0.0)  # s* = 2, e* = 4
+    assert lab.tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0]
+    lab = frame_labels(2.0, 4.0, 10.0, 11, extension=1.0)  # [0, 6]
+    assert lab.tolist() == [1] * 7 + [0] * 4
+    assert frame_labels(2.0, 4.0, 10.0, 11, 0.0, chunk_interval=4).tolist() == [0, 1, 0]
+
+
+def test_metric_matches_functions_over_batches():
+    torch.manual_seed(0)
+    cfg = GroundingEvalConfig(min_num_segments=16, downsample_stride=2, group_size=2)
+    metric = StreamingGroundingMetrics(cfg)
+    results = []
+    for _ in range(3):
+        batch = []
+        for _ in range(2):
+            n = int(torch.randint(20, 40, (1,)))
+            d = n * 0.5
+            s = float(torch.rand(1)) * d / 2
+            item = (torch.rand(n, 3), d, (s, s + d / 4), n)
+            batch.append(item)
+            results.append(evaluate_annotation(item[0], item[1], item[2], item[3], cfg))
+        metric.update(*[list(x) for x in zip(*batch, strict=True)])
+    out = metric.compute()
+    hits = torch.stack([r["hits"] for r in results]).mean(0)
+    assert torch.isclose(out["R@1,IoU=0.5"], hits[0, 1]) and torch.isclose(out["R@5,IoU=0.7"], hits[1, 2])
+    assert abs(float(out["mcAP"]) - sum(r["cap"] for r in results) / 6) < 1e-6
+    assert abs(float(out["mAP"]) - sum(r["ap"] for r in results) / 6) < 1e-6
+
+
+def test_perfect_scores_hit():
+    cfg = GroundingEvalConfig(min_num_segments=16, downsample_stride=2, group_size=2, map_label_extension=0.0)
+    n, d = 16, 15.0  # one second per frame, T = min_num_segments: no smoothing / downsampling
+    scores = torch.full((n, 3), 0.01)
+    scores[4, 0] = scores[9, 1] = 0.99  # (4, 9) lies on the g = 2 grid (length 5, start stride 2)
+    scores[4:10, 2] = 0.99
+    r = evaluate_annotation(scores, d, (4.0, 9.0), n, cfg)
+    assert r["hits"][0].tolist() == [1.0, 1.0, 1.0] and r["cap"] > 0.99
+
+
+def test_eval_config_errors():
+    with pytest.raises(ValueError, match="recall_at"):
+        GroundingEvalConfig(recall_at=[])

@@ -1,0 +1,154 @@
+import pytest
+import torch
+import torch.nn.functional as F
+
+from tsgsv.models import (
+    DecoderStack,
+    LanguageGuidedCompressor,
+    SentenceEncoder,
+    SpanPredictor,
+    StreamingTSGV,
+    TSGSVConfig,
+)
+
+
+def _cfg(**kw):
+    base = dict(video_dim=8, text_dim=6, hidden_dim=16, ffn_dim=32, num_heads=2, dropout=0.0, short_memory=4,
+                long_memory=8, future_memory=8, gru_layers=1, compressor_tokens=[3, 2], num_decoder_layers=2)
+    base.update(kw)
+    return TSGSVConfig(**base)
+
+
+def _inputs(cfg, B=3, future=True):
+    g = torch.Generator().manual_seed(0)
+    x = {
+        "short": torch.randn(B, cfg.short_memory, cfg.video_dim, generator=g),
+        "short_mask": torch.zeros(B, cfg.short_memory, dtype=torch.bool),
+        "long": torch.randn(B, cfg.long_memory, cfg.video_dim, generator=g),
+        "long_mask": torch.zeros(B, cfg.long_memory, dtype=torch.bool),
+        "sentence": torch.randn(B, cfg.max_text_len, cfg.text_dim, generator=g),
+        "sentence_length": torch.tensor([5, 20, 1][:B]),
+    }
+    if future:
+        x["future"] = torch.randn(B, cfg.future_memory, cfg.video_dim, generator=g)
+        x["future_mask"] = torch.zeros(B, cfg.future_memory, dtype=torch.bool)
+    return x
+
+
+def test_compressor_maps_and_query_dependence():
+    torch.manual_seed(0)
+    comp = LanguageGuidedCompressor(16, 4, 0.0, 0.0).eval()
+    x, q1, q2 = torch.randn(2, 10, 16), torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    assert comp(x, q1).shape == (2, 4, 16)
+    s1, s2 = comp.selection(x, q1), comp.selection(x, q2)
+    torch.testing.assert_close(s1["a_v"].sum(-1), torch.ones(2, 4))
+    torch.testing.assert_close(s1["a_q"].sum(-1), torch.ones(2, 4))
+    torch.testing.assert_close(s1["a_v"], s2["a_v"])  # query-agnostic selection
+    assert not torch.allclose(s1["a_q"], s2["a_q"])  # language-guided selection follows the query
+    # with g_v forced to 0 the output is LN(g_q · A_q X): it depends on the query
+    with torch.no_grad():
+        comp.visual_gate[3].weight.zero_()
+        comp.visual_gate[3].bias.zero_()  # tanh(0) = 0, GELU(0) = 0
+    assert float(comp.selection(x, q1)["g_v"].abs().max()) == 0.0
+    z1, z2 = comp(x, q1), comp(x, q2)
+    assert not torch.allclose(z1, z2)
+    s = comp.selection(x, q1)
+    ref = F.layer_norm(s["g_q"] * (s["a_q"] @ x), (16,))
+    torch.testing.assert_close(z1, ref)
+
+
+def test_decoder_is_causal():
+    torch.manual_seed(0)
+    dec = DecoderStack(_cfg(), 2).eval()
+    x, mem = torch.randn(1, 6, 16), torch.randn(1, 3, 16)
+    y = dec(x, mem)
+    x2 = x.clone()
+    x2[0, 3] += 1.0
+    y2 = dec(x2, mem)
+    changed = (y - y2).abs().amax(-1)[0] > 1e-6
+    assert changed.tolist() == [False, False, False, True, True, True]
+
+
+def test_model_causal_in_short_memory_and_twin_anticausal():
+    cfg = _cfg()
+    torch.manual_seed(0)
+    model = StreamingTSGV(cfg).eval()
+    x = _inputs(cfg, future=False)
+    out = model(**x)
+    x2 = {k: v.clone() for k, v in x.items()}
+    x2["short"][:, 1] += 1.0
+    out2 = model(**x2)
+    changed = (out.logits - out2.logits).abs().amax((0, 2)) > 1e-6
+    assert changed.tolist() == [False, True, True, True]
+    # backward twin decoder: causal on the reversed sequence = each step attends to itself and later steps
+    s, mem = torch.randn(1, 4, 16), torch.randn(1, 2, 16)
+    y = model.twin_backward(s.flip(1), mem).flip(1)
+    s2 = s.clone()
+    s2[0, 2] += 1.0
+    y2 = model.twin_backward(s2.flip(1), mem).flip(1)
+    assert ((y - y2).abs().amax(-1)[0] > 1e-6).tolist() == [True, True, True, False]
+
+
+def test_twin_runs_only_with_future():
+    cfg = _cfg()
+    model = StreamingTSGV(cfg)
+    out = model(**_inputs(cfg))
+    assert out.logits.shape == (3, 4, 3) and out.twin_logits.shape == (3, 4, 3)
+    assert out.twin_head_features.shape == (3, 4, 3, 16)
+    model.eval()
+    out = model(**_inputs(cfg, future=False))  # eval needs no future inputs
+    assert out.twin_logits is None
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [dict(compressor="token_learner"), dict(compressor="lstr"), dict(compressor="none"),
+     dict(future_usage="anticipation"), dict(future_usage="none"), dict(use_long_memory=False),
+     dict(num_decoder_layers=1, compressor_tokens=[4]), dict(pincer_memory="future"),
+     dict(linear_before=False, video_dim=16, text_dim=16)],
+)  # fmt: skip
+def test_ablation_variants_run(kw):
+    cfg = _cfg(**kw)
+    out = StreamingTSGV(cfg)(**_inputs(cfg))
+    assert out.logits.shape == (3, 4, 3) and torch.isfinite(out.logits).all()
+    out.logits.sum().backward()
+
+
+def test_predictor_cosine_by_hand():
+    head = SpanPredictor(4, temperature=16.0)
+    frames, query = torch.randn(1, 1, 4), torch.randn(1, 4)
+    logits, feats = head(frames, query)
+    pv = head.frame_proj(frames[0, 0]).view(3, 4)
+    ps = head.query_proj(query[0]).view(3, 4)
+    expect = torch.stack([16 * torch.dot(pv[c], ps[c]) / (pv[c].norm() * ps[c].norm()) for c in range(3)])
+    torch.testing.assert_close(logits[0, 0], expect)
+    big = head(torch.randn(5, 7, 4) * 100, torch.randn(5, 4))[0]
+    assert big.abs().max() <= 16.0 + 1e-4
+
+
+def test_sentence_padding_is_ignored():
+    cfg = _cfg()
+    enc = SentenceEncoder(cfg).eval()
+    tok = torch.randn(2, 20, 6)
+    lengths = torch.tensor([5, 9])
+    q_tokens, q = enc(tok, lengths)
+    tok2 = tok.clone()
+    tok2[0, 5:] = 7.0
+    tok2[1, 9:] = -3.0
+    q_tokens2, q2 = enc(tok2, lengths)
+    torch.testing.assert_close(q_tokens, q_tokens2)
+    torch.testing.assert_close(q, q2)
+    assert q_tokens[0, 5:].abs().max() == 0  # outputs padded back with zeros
+    torch.testing.assert_close(q, q_tokens.mean(1))  # mean over all L positions, padding included
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="num_heads"):
+        TSGSVConfig(hidden_dim=10, num_heads=3)
+    with pytest.raises(ValueError, match="linear_before"):
+        TSGSVConfig(linear_before=False, video_dim=500, hidden_dim=512, text_dim=512)
+    with pytest.raises(ValueError, match="video_dim"):
+        cfg = _cfg()
+        x = _inputs(cfg)
+        x["short"] = torch.randn(3, 4, 5)
+        StreamingTSGV(cfg)(**x)

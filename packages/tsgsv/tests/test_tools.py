@@ -1,0 +1,47 @@
+import json
+
+import h5py
+import numpy as np
+import pytest
+
+from tsgsv.cli import main
+from tsgsv.data import TSGVEvalDataset
+from tsgsv.synthetic import SyntheticStreamConfig, write_synthetic_dataset, write_synthetic_mad_raw
+
+
+def test_convert_mad_round_trip(tmp_path):
+    raw = write_synthetic_mad_raw(tmp_path / "raw", num_movies=2, dim=8)
+    out = main(args=["convert-mad", "--annotations", str(raw / "annotations"), "--features", str(raw / "features"),
+                     "--out", str(tmp_path / "mad")])  # fmt: skip
+    data = json.loads((out / "test.json").read_text())
+    assert set(data) == {"test0", "test1"}
+    with h5py.File(raw / "features" / "CLIP_frames_features_5fps.h5") as f:
+        assert data["test0"]["duration_frame"] == f["test0"].shape[0]
+    ds = TSGVEvalDataset(out, "test", "CLIP_frames_features_5fps_{split}.hdf5", "CLIP")
+    assert len(ds) == 4 and ds[0]["video"].shape[1] == 8
+
+
+def test_extract_text_features_with_tiny_bert(tmp_path):
+    transformers = pytest.importorskip("transformers")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "event", "of", "class", "0", "1", "2", "3", "4", "5", "6", "7"]
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(str(tmp_path / "bert" / "vocab.txt")).save_pretrained(tmp_path / "bert")
+    cfg = transformers.BertConfig(vocab_size=len(words), hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=16)  # fmt: skip
+    transformers.BertModel(cfg).save_pretrained(tmp_path / "bert")
+    root = write_synthetic_dataset(tmp_path / "ds", SyntheticStreamConfig((2, 1, 1), 2, (80, 90), (2, 2), (10, 20)))
+    out = main(args=["extract-text-features", "--data_root", str(root), "--split", "val", "--text_encoder",
+                     str(tmp_path / "bert")])  # fmt: skip
+    with h5py.File(out) as f:
+        keys = [k for k in f if k != "Integrity"]
+        assert len(keys) == 2
+        arr = np.asarray(f[keys[0]])
+        assert arr.shape == (6, 8)  # [CLS] event of class k [SEP]
+
+
+def test_extract_text_features_missing_model(tmp_path):
+    root = write_synthetic_dataset(tmp_path / "ds", SyntheticStreamConfig((1, 1, 1), 1, (80, 90), (2, 2), (10, 20)))
+    with pytest.raises(OSError, match="text_encoder"):
+        main(args=["extract-text-features", "--data_root", str(root), "--split", "val", "--text_encoder",
+                   str(tmp_path / "no_such_model")])  # fmt: skip
