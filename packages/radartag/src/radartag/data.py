@@ -1,0 +1,307 @@
+"""Readers of the official Kwai tagging files (spec §4), per-split graphs, and the LightningDataModule.
+
+Files under ``dataset_root`` for vertical ``<v>`` (apparel, cosmetic, food):
+
+    label_map_kwai_<v>.txt                   one tag per line (line index = tag id)
+    kwai_<v>_video_<split>_list.txt          <pid>[.mp4]<TAB><tag_id><TAB>…   (split: train, val, test)
+    tag_parents_<v>.json                     {"<tag>": ["<parent tag>", …]}     (r1 is_subtopic_of)
+    video_children_<v>.json                  {"<pid>": [<child pid>, …]}        (r3 is_followed_by)
+    video_feat/<pid>.npy                     [768] video content feature
+    tag_feat_bert/<tag>.npy                  [768] tag text feature
+
+Features are read only through :class:`mmzoo.features.NpyFolderFeatures`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import lightning.pytorch as pl
+import torch
+from mmzoo.features import NpyFolderFeatures
+from torch.utils.data import DataLoader, Dataset
+from torch_geometric.data import HeteroData
+
+from .models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, SUPERTOPIC, EdgeType
+from .sampler import BlockSampler
+from .synthetic import SyntheticKwaiConfig, write_synthetic_vertical
+
+__all__ = ["KwaiFiles", "read_kwai_files", "build_split_graph", "load_split_graph", "GraphBatch", "KwaiTagDataModule"]
+
+log = logging.getLogger(__name__)
+_SEE = "see README, Data preparation"
+
+
+@dataclass
+class KwaiFiles:
+    """Parsed text files of one vertical: tag names (label map + extra ontology tags), per-split video lists
+    (pid, tag ids), parent links (child id, parent id) and follow children {pid: [child pid]}."""
+
+    tags: list[str]
+    num_label_map_tags: int
+    videos: dict[str, list[tuple[int, list[int]]]]
+    parent_edges: list[tuple[int, int]]
+    children: dict[int, list[int]]
+
+
+def _read_list(path: Path, num_tags: int) -> list[tuple[int, list[int]]]:
+    out = []
+    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.rstrip("\n").split("\t")
+        try:
+            pid = int(parts[0].split(".")[0])
+            tags = [int(t) for t in parts[1:] if t.strip()]
+        except ValueError as err:
+            raise ValueError(f"{str(path)!r} line {line_no}: expected '<pid>.mp4<TAB><tag_id>…', got {line!r}") from err
+        if any(not 0 <= t < num_tags for t in tags):
+            raise ValueError(f"{str(path)!r} line {line_no}: tag id outside the label map (0..{num_tags - 1})")
+        out.append((pid, tags))
+    return out
+
+
+def read_kwai_files(root: str | Path, vertical: str) -> KwaiFiles:
+    """Read and check the text/JSON files of one vertical (spec §4.2, §4.3)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.dataset_root={str(root)!r} does not exist; {_SEE}")
+    names = {
+        "label_map": root / f"label_map_kwai_{vertical}.txt",
+        "parents": root / f"tag_parents_{vertical}.json",
+        "children": root / f"video_children_{vertical}.json",
+        **{s: root / f"kwai_{vertical}_video_{s}_list.txt" for s in ("train", "val", "test")},
+    }
+    for p in names.values():
+        if not p.is_file():
+            raise FileNotFoundError(f"missing {str(p)!r} (official Kwai {vertical} file); {_SEE}")
+    tags = [t for t in names["label_map"].read_text(encoding="utf-8").splitlines() if t.strip()]
+    num_label_map = len(tags)
+    tag_id = {t: i for i, t in enumerate(tags)}
+    parent_edges = []
+    for child, parents in json.loads(names["parents"].read_text(encoding="utf-8")).items():
+        for name in [child, *parents]:
+            if name not in tag_id:  # an ontology tag absent from the label map becomes an extra tag node
+                tag_id[name] = len(tags)
+                tags.append(name)
+        parent_edges += [(tag_id[child], tag_id[p]) for p in parents]
+    videos = {s: _read_list(names[s], num_label_map) for s in ("train", "val", "test")}
+    train_pids = {p for p, _ in videos["train"]}
+    for s in ("val", "test"):
+        overlap = train_pids & {p for p, _ in videos[s]}
+        if overlap:
+            raise ValueError(f"{s} videos overlap the training videos (e.g. pid {next(iter(overlap))}); {_SEE}")
+    children = {int(k): [int(c) for c in v] for k, v in json.loads(names["children"].read_text()).items()}
+    return KwaiFiles(tags, num_label_map, videos, parent_edges, children)
+
+
+def build_split_graph(root: str | Path, vertical: str, split: str, files: KwaiFiles | None = None) -> HeteroData:
+    """The graph of one split (spec §3.1): training videos (list order) then, for val/test, the evaluation
+    videos; all tags; r1 (and its reverse r1'), r2 for training videos only, r3 among videos present.
+
+    Node stores: ``video.x`` (N_v, d_v), ``video.pid``, ``video.label_ptr``/``video.label_col`` (CSR of every
+    video's tags: training labels and evaluation ground truth), ``video.num_train``; ``tag.x`` (K, d_t),
+    ``tag.names`` (list).
+    """
+    root = Path(root)
+    files = files or read_kwai_files(root, vertical)
+    vids = list(files.videos["train"]) + (list(files.videos[split]) if split != "train" else [])
+    pids = [p for p, _ in vids]
+    video_feats = NpyFolderFeatures(root / "video_feat")
+    tag_feats = NpyFolderFeatures(root / "tag_feat_bert")
+    try:
+        vx = torch.stack([video_feats[str(p)].reshape(-1) for p in pids]).float()
+    except (FileNotFoundError, KeyError) as err:
+        raise FileNotFoundError(f"missing video feature under {str(root / 'video_feat')!r}: {err}; {_SEE}") from err
+    try:
+        tx = torch.stack([tag_feats[t].reshape(-1) for t in files.tags]).float()
+    except (FileNotFoundError, KeyError) as err:
+        raise FileNotFoundError(f"missing tag feature under {str(root / 'tag_feat_bert')!r}: {err}; {_SEE}") from err
+    g = HeteroData()
+    g["video"].x = vx
+    g["video"].pid = torch.tensor(pids, dtype=torch.long)
+    g["video"].num_train = len(files.videos["train"])
+    lengths = torch.tensor([len(t) for _, t in vids], dtype=torch.long)
+    g["video"].label_ptr = torch.cat([torch.zeros(1, dtype=torch.long), lengths.cumsum(0)])
+    g["video"].label_col = torch.tensor([t for _, ts in vids for t in ts], dtype=torch.long)
+    g["tag"].x = tx
+    g["tag"].names = files.tags
+    n_train = g["video"].num_train
+    train_videos = torch.repeat_interleave(torch.arange(n_train), lengths[:n_train])
+    g[HAS_TAG].edge_index = torch.stack([train_videos, g["video"].label_col[: len(train_videos)]])
+    parents = torch.tensor(files.parent_edges, dtype=torch.long).reshape(-1, 2).T
+    g[SUBTOPIC].edge_index = parents
+    g[SUPERTOPIC].edge_index = parents.flip(0)
+    index = {p: i for i, p in enumerate(pids)}
+    follow = [(index[p], index[c]) for p, cs in files.children.items() if p in index for c in cs if c in index]
+    g[FOLLOWED_BY].edge_index = torch.tensor(follow, dtype=torch.long).reshape(-1, 2).T
+    return g
+
+
+def load_split_graph(root: str | Path, vertical: str, split: str, force_reload: bool = False) -> HeteroData:
+    """:func:`build_split_graph` cached as ``<root>/cache/<vertical>_<split>.pt`` (rebuilt with ``force_reload``)."""
+    cache = Path(root) / "cache" / f"{vertical}_{split}.pt"
+    if cache.is_file() and not force_reload:
+        return torch.load(cache, weights_only=False)
+    g = build_split_graph(root, vertical, split)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(g, cache)
+    return g
+
+
+def dense_labels(graph: HeteroData, videos: torch.Tensor, num_tags: int) -> torch.Tensor:
+    """(B, K) 0/1 label matrix of ``videos`` from the graph's label CSR (never materialised negative edges)."""
+    ptr, col = graph["video"].label_ptr, graph["video"].label_col
+    deg = ptr[videos + 1] - ptr[videos]
+    rows = torch.repeat_interleave(torch.arange(len(videos)), deg)
+    offsets = torch.cumsum(deg, 0) - deg
+    cols = col[ptr[videos][rows] + torch.arange(len(rows)) - offsets[rows]]
+    y = torch.zeros(len(videos), num_tags)
+    y[rows, cols] = 1.0
+    return y
+
+
+@dataclass
+class GraphBatch:
+    """A sampled mini-batch: input features of layer 0's source sets, the blocks, tag ids and dense labels (B, K)."""
+
+    video_x: torch.Tensor
+    tag_x: torch.Tensor
+    tag_ids: torch.Tensor
+    blocks: list
+    labels: torch.Tensor
+    num_videos: int
+
+    def to(self, device: torch.device) -> GraphBatch:
+        blocks = [(n, {r: e.to(device) for r, e in edges.items()}) for n, edges in self.blocks]
+        return GraphBatch(self.video_x.to(device), self.tag_x.to(device), self.tag_ids.to(device), blocks,
+                          self.labels.to(device), self.num_videos)  # fmt: skip
+
+
+class _VideoIds(Dataset):
+    def __init__(self, ids: torch.Tensor):
+        self.ids = ids
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, i: int) -> int:
+        return int(self.ids[i])
+
+
+class GraphCollator:
+    """Turns a list of video ids into a :class:`GraphBatch` by block sampling (runs in DataLoader workers)."""
+
+    def __init__(self, graph: HeteroData, sampler: BlockSampler, num_tags: int):
+        self.graph, self.sampler, self.num_tags = graph, sampler, num_tags
+
+    def __call__(self, ids: list[int]) -> GraphBatch:
+        videos = torch.tensor(ids, dtype=torch.long)
+        s = self.sampler.sample(videos)
+        return GraphBatch(
+            self.graph["video"].x[s.input_nodes["video"]], self.graph["tag"].x, torch.arange(self.num_tags),
+            s.blocks, dense_labels(self.graph, videos, self.num_tags), len(videos),
+        )  # fmt: skip
+
+
+class KwaiTagDataModule(pl.LightningDataModule):
+    """The Kwai micro-video tagging data of one vertical (spec §4), as per-split graphs with block sampling.
+
+    Args:
+        dataset_root: folder holding the official files of the vertical.
+        vertical: apparel | cosmetic | food (or any name matching the file names).
+        num_layers / relations: must match the model (checked by the module); relations follow the ablation flags.
+        use_follow / use_topic / bidirectional_topic: the model's relation flags (must match model.config).
+        fanout: sampled in-edges per destination, relation and layer (official 4).
+        eval_fanout: fanout at evaluation (official: same as training, stochastic; -1 = all neighbours).
+        exclude_batch_targets: drop has_tag edges of the batch videos from sampling (official False).
+        batch_size: videos per batch (official 1024), plus all tags.
+        eval_batch_size: evaluation videos per batch.
+        force_reload: rebuild the cached graphs.
+        generate_demo_data: write a synthetic vertical (official format) to ``dataset_root`` if it is missing.
+        demo: generator settings for ``generate_demo_data``.
+    """
+
+    def __init__(
+        self,
+        dataset_root: str = "data/kwai",
+        vertical: str = "cosmetic",
+        num_layers: int = 2,
+        use_follow: bool = True,
+        use_topic: bool = True,
+        bidirectional_topic: bool = False,
+        fanout: int = 4,
+        eval_fanout: int = 4,
+        exclude_batch_targets: bool = False,
+        batch_size: int = 1024,
+        eval_batch_size: int = 1024,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        force_reload: bool = False,
+        generate_demo_data: bool = False,
+        demo: SyntheticKwaiConfig | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.demo = SyntheticKwaiConfig(**demo) if isinstance(demo, dict) else demo
+        self.graphs: dict[str, HeteroData] = {}
+
+    @property
+    def relations(self) -> list[EdgeType]:
+        hp = self.hparams
+        rels = [FOLLOWED_BY] if hp.use_follow else []
+        if hp.use_topic:
+            rels += [SUBTOPIC] + ([SUPERTOPIC] if hp.bidirectional_topic else [])
+        return rels + [HAS_TAG]
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        root = Path(hp.dataset_root)
+        if hp.generate_demo_data and not (root / f"label_map_kwai_{hp.vertical}.txt").is_file():
+            write_synthetic_vertical(root, hp.vertical, self.demo or SyntheticKwaiConfig())
+
+    def graph(self, split: str) -> HeteroData:
+        if split not in self.graphs:
+            self.graphs[split] = load_split_graph(self.hparams.dataset_root, self.hparams.vertical, split,
+                                                  self.hparams.force_reload)  # fmt: skip
+        return self.graphs[split]
+
+    @property
+    def num_tags(self) -> int:
+        return self.graph("train")["tag"].num_nodes
+
+    def setup(self, stage: str | None = None) -> None:
+        self.graph("train")
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        hp = self.hparams
+        g = self.graph(split)
+        n_train = g["video"].num_train
+        ids = torch.arange(n_train) if split == "train" else torch.arange(n_train, g["video"].num_nodes)
+        sampler = BlockSampler(g, self.relations, hp.num_layers, hp.fanout if train else hp.eval_fanout,
+                               hp.exclude_batch_targets)  # fmt: skip
+        return DataLoader(
+            _VideoIds(ids),
+            batch_size=hp.batch_size if train else hp.eval_batch_size,
+            shuffle=train,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            collate_fn=GraphCollator(g, sampler, g["tag"].num_nodes),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

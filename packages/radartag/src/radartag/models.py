@@ -1,0 +1,432 @@
+"""RADAR (spec §3): input embedding, the Gated Graph Transformer (GGT, intra-relation message passing), the
+cross-relation combination with the Adversarial Aggregation Network (AAN), and the full model.
+
+Reads top to bottom: config, gradient-reversal layer, input embedding (§3.2), GGT attention as a PyG
+``MessagePassing`` layer (§3.3 stage 1), gated / sum updaters, reducers incl. the AAN (§3.4), one RADAR layer,
+the model. Edge types are PyG triples ``(src, relation, dst)``; node types ``video`` and ``tag``.
+
+Shape letters: N nodes, E edges, H heads, d_k = h / H, B batch videos, K tags.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch_geometric.nn import MessagePassing
+from torch_geometric.utils import softmax
+
+__all__ = [
+    "RadarConfig",
+    "EdgeType",
+    "SUBTOPIC",
+    "SUPERTOPIC",
+    "HAS_TAG",
+    "FOLLOWED_BY",
+    "GradientReversal",
+    "grad_reverse",
+    "InputEmbedding",
+    "GGTConv",
+    "GatedUpdater",
+    "SumUpdater",
+    "AdversarialAggregation",
+    "CommonReducer",
+    "MeanReducer",
+    "LMFReducer",
+    "SelfAttentionReducer",
+    "RadarLayer",
+    "RadarOutput",
+    "Radar",
+]
+
+EdgeType = tuple[str, str, str]
+SUBTOPIC: EdgeType = ("tag", "subtopic_of", "tag")  # r1: child tag -> parent tag
+SUPERTOPIC: EdgeType = ("tag", "supertopic_of", "tag")  # r1': parent -> child (bidirectional ablation)
+HAS_TAG: EdgeType = ("video", "has_tag", "tag")  # r2: labelled video -> its tags
+FOLLOWED_BY: EdgeType = ("video", "followed_by", "video")  # r3: followee's video -> follower's video
+
+
+@dataclass
+class RadarConfig:
+    """Architecture of RADAR (defaults: the official ``ourgnn_l2_kwai_<vertical>`` configs, spec §3.7)."""
+
+    video_dim: int = 768
+    """Width of the video content feature."""
+    tag_dim: int = 768
+    """Width of the tag text feature."""
+    num_tags: int | None = 3114
+    """Tag nodes incl. extra ontology tags (cosmetic 3114, apparel 4817, food 8640); null = taken from the data."""
+    hidden_dim: int = 768
+    """h."""
+    num_heads: int = 8
+    """Attention heads H (d_k = h / H)."""
+    num_layers: int = 2
+    """L RADAR layers."""
+    dropout: float = 0.2
+    """Dropout of the gate candidate, the AAN inputs and the scores."""
+    use_follow: bool = True
+    """Use r3 is_followed_by (False: ablation 'w/o follow', with video_emb_layer = 0)."""
+    use_topic: bool = True
+    """Use r1 is_subtopic_of (False: ablation 'w/o topic')."""
+    bidirectional_topic: bool = False
+    """Also use the reverse r1' supertopic_of (ablation)."""
+    updater: Literal["gate", "sum"] = "gate"
+    """GGT update: gated (paper) or sum (ablation 'w/o gate', SumUpdater)."""
+    reducer: Literal["aan", "common", "mean", "lmf", "self_attention"] = "aan"
+    """Combination of the visual (r2) and linguistic (r1) knowledge into tags: AAN (paper) or the ablations."""
+    lmf_rank: int = 3
+    """Rank of the LMF reducer."""
+    video_emb_layer: int = 2
+    """Layer whose video state is scored (= num_layers; 0 for the 'w/o follow' ablations)."""
+    layer_norm_mean_reducer: bool = True
+    """LayerNorm after the mean reducer (official option)."""
+
+    def __post_init__(self) -> None:
+        if self.hidden_dim % self.num_heads:
+            raise ValueError(
+                f"model.config.num_heads={self.num_heads} must divide model.config.hidden_dim={self.hidden_dim}"
+            )
+        if not 0 <= self.video_emb_layer <= self.num_layers:
+            raise ValueError(
+                f"model.config.video_emb_layer={self.video_emb_layer} must be in [0, num_layers={self.num_layers}]"
+            )
+        if self.num_layers < 1:
+            raise ValueError(f"model.config.num_layers={self.num_layers} must be >= 1")
+
+    @property
+    def relations(self) -> list[EdgeType]:
+        """Message-passing relations of every layer (label relations never pass messages)."""
+        rels = [FOLLOWED_BY] if self.use_follow else []
+        if self.use_topic:
+            rels.append(SUBTOPIC)
+            if self.bidirectional_topic:
+                rels.append(SUPERTOPIC)
+        rels.append(HAS_TAG)
+        return rels
+
+
+class GradientReversal(torch.autograd.Function):
+    """GRL: identity forward, gradient × (−1) backward (its own factor stays 1; the schedule scales the loss)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return -grad
+
+
+def grad_reverse(x: torch.Tensor) -> torch.Tensor:
+    """Apply the gradient-reversal layer."""
+    return GradientReversal.apply(x)
+
+
+class InputEmbedding(nn.Module):
+    """Layer 0 (spec §3.2):  h_v^0 = GELU(W_v BN(x_v) + b_v);  h_t^0 = GELU(W_t BN(x_t + E[t]) + b_t)."""
+
+    def __init__(self, config: RadarConfig):
+        super().__init__()
+        self.video_norm = nn.BatchNorm1d(config.video_dim)
+        self.video_proj = nn.Linear(config.video_dim, config.hidden_dim)
+        self.tag_embedding = nn.Embedding(config.num_tags, config.tag_dim)  # default N(0, 1) init
+        self.tag_norm = nn.BatchNorm1d(config.tag_dim)
+        self.tag_proj = nn.Linear(config.tag_dim, config.hidden_dim)
+
+    def forward(self, video_x: torch.Tensor, tag_x: torch.Tensor, tag_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """video_x (N_v, d_v), tag_x (N_t, d_t), tag_ids (N_t,) global ids -> {'video': (N_v, h), 'tag': (N_t, h)}."""
+        return {
+            "video": F.gelu(self.video_proj(self.video_norm(video_x))),
+            "tag": F.gelu(self.tag_proj(self.tag_norm(tag_x + self.tag_embedding(tag_ids)))),
+        }
+
+
+class GGTConv(MessagePassing):
+    r"""Intra-relation attention of the Gated Graph Transformer for one relation r (spec §3.3, stage 1):
+
+    .. math::
+        e_{ji} = \mu_r \langle q_i, k_j W^{att}_r \rangle / \sqrt{d_k}, \quad
+        \alpha_{ji} = \mathrm{softmax}_{j \in N_r(i)} e_{ji}, \quad
+        \tilde m_i^r = \Vert_{heads} \textstyle\sum_j \alpha_{ji}\, v_j W^{msg}_r
+
+    per head; the softmax runs per relation, per head, per destination (not across relations). A destination
+    without r-neighbours gets a zero message.
+
+    Shapes: q (N_dst, H, d_k), k and v (N_src, H, d_k) (already relation-transformed), edge_index (2, E) with
+    row 0 = source -> (N_dst, H·d_k). After a call, ``self.last_alpha`` (E, H) holds the attention weights.
+    """
+
+    def __init__(self):
+        super().__init__(aggr="add", node_dim=0)
+        self.last_alpha: torch.Tensor | None = None
+
+    def forward(
+        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, priority: torch.Tensor, edge_index: torch.Tensor
+    ) -> torch.Tensor:
+        out = self.propagate(edge_index, q=q, k=k, v=v, priority=priority, size=(k.shape[0], q.shape[0]))
+        return out.reshape(q.shape[0], -1)  # (N_dst, H·d_k)
+
+    def message(self, q_i, k_j, v_j, priority, index, ptr, size_i):  # noqa: D102 (PyG hook)
+        d_k = q_i.shape[-1]
+        e = (q_i * k_j).sum(-1) * priority / math.sqrt(d_k)  # (E, H)
+        alpha = softmax(e.float(), index, ptr, size_i).to(v_j.dtype)  # (E, H)  per destination, per head
+        self.last_alpha = alpha.detach()
+        return v_j * alpha.unsqueeze(-1)  # (E, H, d_k)
+
+
+class GatedUpdater(nn.Module):
+    """Gated update (the 'gated' in GGT), spec §3.3:  z = σ(W_z m̃ + U_z h + b_z),
+    ĥ = GELU(Dropout(W_s (h + m̃))),  m = z ⊙ ĥ + (1 − z) ⊙ h."""
+
+    def __init__(self, hidden_dim: int, dropout: float):
+        super().__init__()
+        self.w_z = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.u_z = nn.Linear(hidden_dim, hidden_dim)
+        self.w_s = nn.Linear(hidden_dim, hidden_dim, bias=False)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, message: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        """message m̃ (N, h), state h^{l−1} (N, h) -> (N, h)."""
+        z = torch.sigmoid(self.w_z(message) + self.u_z(state))
+        candidate = F.gelu(self.dropout(self.w_s(state + message)))
+        return z * candidate + (1 - z) * state
+
+
+class SumUpdater(nn.Module):
+    """Ablation 'w/o gate':  m = m̃ + h."""
+
+    def forward(self, message: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
+        return message + state
+
+
+def _encoder(h: int) -> nn.Sequential:
+    """Linear(h, h) → BatchNorm1d → GELU (an AAN encoder)."""
+    return nn.Sequential(nn.Linear(h, h), nn.BatchNorm1d(h), nn.GELU())
+
+
+class AdversarialAggregation(nn.Module):
+    """AAN (spec §3.4): fuse visual knowledge x1 (from videos, r2) and linguistic knowledge x2 (from tags, r1).
+
+    u_k = GELU(BN(U_k x_k)) (unique), c_k = GELU(BN(C x_k)) (shared common encoder);
+    AAN(x1, x2) = ½ [tanh(A1 c1 + a1) ⊙ c1 + tanh(A2 c2 + a2) ⊙ c2 + max(u1, u2)].
+    A shared source discriminator D(z) = wᵀz + b (w xavier-normal, b = 1) scores u_k directly and c_k through a
+    gradient-reversal layer; the losses are in :mod:`radartag.losses`.
+
+    Deviation: the official code initialises only the last layer's discriminator weight (earlier layers keep
+    uninitialised memory); here every layer's w is xavier-normal.
+    """
+
+    def __init__(self, hidden_dim: int, dropout: float):
+        super().__init__()
+        h = hidden_dim
+        self.dropout = nn.Dropout(dropout)
+        self.unique1, self.unique2, self.common = _encoder(h), _encoder(h), _encoder(h)
+        self.attend1, self.attend2 = nn.Linear(h, h), nn.Linear(h, h)
+        self.disc_weight = nn.Parameter(torch.empty(1, h))
+        self.disc_bias = nn.Parameter(torch.ones(1))
+        nn.init.xavier_normal_(self.disc_weight)
+
+    def discriminate(self, z: torch.Tensor) -> torch.Tensor:
+        """D(z) = wᵀz + b: (N, h) -> (N,) logits of 'linguistic source'."""
+        return F.linear(z, self.disc_weight, self.disc_bias).squeeze(-1)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x1, x2 (N, h) -> fused (N, h) and discriminator logits: ``unique`` (2N,) for [u1; u2] and ``common``
+        (2N,) for [GRL(c1); GRL(c2)], with source labels 0 (visual, x1) then 1 (linguistic, x2)."""
+        x1, x2 = self.dropout(x1), self.dropout(x2)
+        u1, u2 = self.unique1(x1), self.unique2(x2)
+        c1, c2 = self.common(x1), self.common(x2)
+        fused = 0.5 * (
+            torch.tanh(self.attend1(c1)) * c1 + torch.tanh(self.attend2(c2)) * c2 + torch.maximum(u1, u2)
+        )  # fmt: skip
+        logits = {
+            "unique": self.discriminate(torch.cat([u1, u2])),  # no gradient reversal
+            "common": self.discriminate(grad_reverse(torch.cat([c1, c2]))),  # D minimises, C maximises
+        }
+        return fused, logits
+
+
+class CommonReducer(nn.Module):
+    """Ablation 'common only':  (C x1 + C x2) / 2 with C = Linear → BN → GELU."""
+
+    def __init__(self, hidden_dim: int):
+        super().__init__()
+        self.common = _encoder(hidden_dim)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (self.common(x1) + self.common(x2))
+
+
+class MeanReducer(nn.Module):
+    """Ablation 'mean': mean of the relation messages."""
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (x1 + x2)
+
+
+class LMFReducer(nn.Module):
+    """Ablation 'LMF' (low-rank multimodal fusion): inputs padded with a constant 1, per-rank factors
+    W_k^r ∈ R^{(h+1)×h};  out = Σ_r Π_k ([x_k; 1] W_k^r)."""
+
+    def __init__(self, hidden_dim: int, rank: int):
+        super().__init__()
+        self.factors = nn.Parameter(torch.empty(2, rank, hidden_dim + 1, hidden_dim))
+        nn.init.xavier_normal_(self.factors)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        ones = x1.new_ones(x1.shape[0], 1)
+        p1 = torch.einsum("nd,rdh->rnh", torch.cat([x1, ones], 1), self.factors[0])  # (R, N, h)
+        p2 = torch.einsum("nd,rdh->rnh", torch.cat([x2, ones], 1), self.factors[1])  # (R, N, h)
+        return (p1 * p2).sum(0)  # (N, h)
+
+
+class SelfAttentionReducer(nn.Module):
+    """Ablation 'self-attention': 8-head self-attention over the 2 relation messages, residual, mean."""
+
+    def __init__(self, hidden_dim: int, num_heads: int):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        x = torch.stack([x1, x2], 1)  # (N, 2, h)
+        return (x + self.attn(x, x, x, need_weights=False)[0]).mean(1)  # (N, h)
+
+
+class RadarLayer(nn.Module):
+    """One RADAR layer: IMP (a GGT per relation + gated update), then CMP (spec §3.3).
+
+    Relation parameters W^att, W^msg ∈ R^{R×H×d_k×d_k} are xavier-uniform initialised as one tensor (official:
+    tiny values), priorities μ ∈ R^{R×H} start at 1.
+    """
+
+    def __init__(self, config: RadarConfig):
+        super().__init__()
+        c = config
+        self.relations = c.relations
+        h, H = c.hidden_dim, c.num_heads
+        self.num_heads, self.d_k = H, h // H
+        self.key = nn.ModuleDict({t: nn.Linear(h, h) for t in ("video", "tag")})
+        self.value = nn.ModuleDict({t: nn.Linear(h, h) for t in ("video", "tag")})
+        self.query = nn.ModuleDict({t: nn.Linear(h, h) for t in ("video", "tag")})
+        R = len(self.relations)
+        self.rel_att = nn.Parameter(torch.empty(R, H, self.d_k, self.d_k))
+        self.rel_msg = nn.Parameter(torch.empty(R, H, self.d_k, self.d_k))
+        self.rel_pri = nn.Parameter(torch.ones(R, H))
+        nn.init.xavier_uniform_(self.rel_att)
+        nn.init.xavier_uniform_(self.rel_msg)
+        self.conv = GGTConv()
+        dst_types = sorted({r[2] for r in self.relations})
+        self.updaters = nn.ModuleDict(
+            {t: GatedUpdater(h, c.dropout) if c.updater == "gate" else SumUpdater() for t in dst_types}
+        )
+        self.norms = nn.ModuleDict({t: nn.LayerNorm(h) for t in ("video", "tag")})
+        self.two_sources = HAS_TAG in self.relations and c.use_topic
+        self.reducer_kind = c.reducer
+        if self.two_sources:
+            if c.reducer == "aan":
+                self.reducer = AdversarialAggregation(h, c.dropout)
+            elif c.reducer == "common":
+                self.reducer = CommonReducer(h)
+            elif c.reducer == "mean":
+                self.reducer = MeanReducer()
+            elif c.reducer == "lmf":
+                self.reducer = LMFReducer(h, c.lmf_rank)
+            elif c.reducer == "self_attention":
+                self.reducer = SelfAttentionReducer(h, H)
+        self.norm_after_mean = c.layer_norm_mean_reducer
+
+    def relation_messages(
+        self, x: dict[str, torch.Tensor], num_dst: dict[str, int], edge_index_dict: dict[EdgeType, torch.Tensor]
+    ) -> dict[EdgeType, torch.Tensor]:
+        """Stage 1 (IMP): m_i^r for every relation r, on the destination prefix of its destination type."""
+        H, d_k = self.num_heads, self.d_k
+        out = {}
+        for r, rel in enumerate(self.relations):
+            src, _, dst = rel
+            x_dst = x[dst][: num_dst[dst]]
+            q = self.query[dst](x_dst).view(-1, H, d_k)  # (N_dst, H, d_k)
+            k = torch.einsum("nhd,hde->nhe", self.key[src](x[src]).view(-1, H, d_k), self.rel_att[r])  # (N_src, H, d_k)
+            v = torch.einsum("nhd,hde->nhe", self.value[src](x[src]).view(-1, H, d_k), self.rel_msg[r])
+            edge_index = edge_index_dict.get(rel, x_dst.new_zeros(2, 0, dtype=torch.long))
+            message = self.conv(q, k, v, self.rel_pri[r], edge_index)  # (N_dst, h)
+            out[rel] = self.updaters[dst](message, x_dst)
+        return out
+
+    def forward(
+        self, x: dict[str, torch.Tensor], num_dst: dict[str, int], edge_index_dict: dict[EdgeType, torch.Tensor]
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor] | None]:
+        """x: source-set states per type (N_src_τ, h); num_dst: destination prefix sizes; edge_index_dict: the
+        sampled block, local indices (row 0 into the source set, row 1 into the destination prefix).
+        Returns destination states per type (num_dst_τ, h) and the AAN discriminator logits (or None)."""
+        m = self.relation_messages(x, num_dst, edge_index_dict)
+        out: dict[str, torch.Tensor] = {}
+        video_in = [m[r] for r in self.relations if r[2] == "video"]
+        out["video"] = (
+            self.norms["video"](torch.stack(video_in).mean(0)) if video_in else x["video"][: num_dst["video"]]
+        )  # fmt: skip
+        disc = None
+        topic = [m[r] for r in self.relations if r[0] == "tag" and r[2] == "tag"]
+        if self.two_sources:
+            x1, x2 = m[HAS_TAG], torch.stack(topic).mean(0)  # visual, linguistic knowledge
+            if self.reducer_kind == "aan":
+                fused, disc = self.reducer(x1, x2)
+            else:
+                fused = self.reducer(x1, x2)
+            if self.reducer_kind != "mean" or self.norm_after_mean:
+                fused = self.norms["tag"](fused)
+            out["tag"] = fused
+        else:
+            tag_in = topic + ([m[HAS_TAG]] if HAS_TAG in m else [])
+            out["tag"] = self.norms["tag"](torch.stack(tag_in).mean(0)) if tag_in else x["tag"][: num_dst["tag"]]
+        return out, disc
+
+
+@dataclass
+class RadarOutput:
+    """Scores (B, K) ⟨h_v, h_t⟩ for the batch videos × all tags, and per layer the AAN discriminator logits."""
+
+    scores: torch.Tensor
+    discriminator_logits: list[dict[str, torch.Tensor]] = field(default_factory=list)
+
+
+class Radar(nn.Module):
+    """RADAR: input embedding → L RADAR layers on sampled blocks → dot-product scores (spec §3).
+
+    ``forward(video_x, tag_x, tag_ids, blocks, num_videos)``: ``video_x``/``tag_x`` are the features of layer 0's
+    source sets (the first ``num_videos`` videos are the batch; tags are all tags in id order), ``blocks`` lists,
+    from layer 1 to L, ``(num_dst, edge_index_dict)`` with destination prefixes (see :mod:`radartag.sampler`).
+    Score s(v, t) = ⟨normalize(h_v^{video_emb_layer}), h_t^L⟩ (dropout on both in training).
+    """
+
+    def __init__(self, config: RadarConfig):
+        super().__init__()
+        self.config = config
+        self.embedding = InputEmbedding(config)
+        self.layers = nn.ModuleList(RadarLayer(config) for _ in range(config.num_layers))
+        self.score_dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        video_x: torch.Tensor,
+        tag_x: torch.Tensor,
+        tag_ids: torch.Tensor,
+        blocks: list[tuple[dict[str, int], dict[EdgeType, torch.Tensor]]],
+        num_videos: int,
+    ) -> RadarOutput:
+        if len(blocks) != self.config.num_layers:
+            raise ValueError(f"got {len(blocks)} sampled blocks for model.config.num_layers={self.config.num_layers}")
+        x = self.embedding(video_x, tag_x, tag_ids)
+        video_states = [x["video"][:num_videos]]
+        disc = []
+        for layer, (num_dst, edges) in zip(self.layers, blocks, strict=True):
+            x, logits = layer(x, num_dst, edges)
+            video_states.append(x["video"][:num_videos])
+            if logits is not None:
+                disc.append(logits)
+        h_v = F.normalize(video_states[self.config.video_emb_layer], dim=-1)  # (B, h)
+        h_t = x["tag"][: self.config.num_tags]  # (K, h)
+        return RadarOutput(self.score_dropout(h_v) @ self.score_dropout(h_t).T, disc)  # (B, K)

@@ -1,0 +1,110 @@
+"""The LightningModule: sampled blocks → RADAR → 333·BCE + adversarial losses; evaluation → ranking metrics."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import lightning.pytorch as pl
+import torch
+
+from .data import GraphBatch
+from .losses import RadarLoss
+from .metrics import TaggingMetrics
+from .models import Radar, RadarConfig
+
+__all__ = ["RadarModule"]
+
+
+class RadarModule(pl.LightningModule):
+    """RADAR micro-video tagging (spec §3).
+
+    Args:
+        config: the architecture (:class:`~radartag.models.RadarConfig`); ``num_tags: null`` takes the count from
+            the data (label map + extra ontology tags).
+        lr / weight_decay: AdamW, constant LR (official 5e-4 / 1e-4).
+        bce_weight: weight of the tagging BCE (333).
+        lambda0 / adv_gamma: λ_p schedule constants (0.01, 20).
+        adv_total_step: total_step of the schedule (official steps_per_epoch × 40); null = the trainer's
+            estimated stepping batches.
+    """
+
+    checkpoint_monitor = "val/sample_mAP"
+    checkpoint_mode = "max"
+
+    def __init__(
+        self,
+        config: RadarConfig | None = None,
+        lr: float = 5e-4,
+        weight_decay: float = 1e-4,
+        bce_weight: float = 333.0,
+        lambda0: float = 0.01,
+        adv_gamma: float = 20.0,
+        adv_total_step: int | None = None,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = config or RadarConfig()
+        self.model: Radar | None = Radar(self.config) if self.config.num_tags else None
+        self.loss = RadarLoss(bce_weight, lambda0, adv_gamma, adv_total_step)
+        self.val_metrics = TaggingMetrics()
+        self.test_metrics = TaggingMetrics()
+
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        if dm is None:
+            return
+        num_tags = dm.num_tags
+        if self.model is None:
+            self.config = replace(self.config, num_tags=num_tags)
+            self.model = Radar(self.config)
+        elif self.config.num_tags != num_tags:
+            raise ValueError(
+                f"model.config.num_tags={self.config.num_tags} but the data has {num_tags} tags (label map + extra "
+                "ontology tags); set model.config.num_tags to it or to null"
+            )
+        for key in ("use_follow", "use_topic", "bidirectional_topic", "num_layers"):
+            if dm.hparams[key] != getattr(self.config, key):
+                raise ValueError(f"data.{key}={dm.hparams[key]} differs from model.config.{key}={getattr(self.config, key)}")
+
+    def on_fit_start(self) -> None:
+        if self.loss.total_step is None:
+            self.loss.total_step = int(self.trainer.estimated_stepping_batches)
+
+    def transfer_batch_to_device(self, batch: GraphBatch, device: torch.device, dataloader_idx: int) -> GraphBatch:
+        return batch.to(device)
+
+    def forward(self, batch: GraphBatch):
+        return self.model(batch.video_x, batch.tag_x, batch.tag_ids, batch.blocks, batch.num_videos)
+
+    def training_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        terms = self.loss(out.scores, batch.labels, out.discriminator_logits)
+        if not torch.isfinite(terms["loss"]):
+            raise FloatingPointError(f"non-finite training loss at step {self.global_step}: {terms}")
+        for name, value in terms.items():
+            self.log(f"train/{name}", value, batch_size=batch.num_videos, prog_bar=name == "loss")
+        return terms["loss"]
+
+    def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
+        self.val_metrics.update(self(batch).scores, batch.labels)
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self.val_metrics.compute().items():
+            self.log(f"val/{name}", value, sync_dist=True)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: GraphBatch, batch_idx: int) -> None:
+        self.test_metrics.update(self(batch).scores, batch.labels)
+
+    def on_test_epoch_end(self) -> None:
+        for name, value in self.test_metrics.compute().items():
+            self.log(f"test/{name}", value, sync_dist=True)
+        self.test_metrics.reset()
+
+    def predict_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
+        """Tag probabilities σ(s(v, t)) of the batch videos (B, K)."""
+        return torch.sigmoid(self(batch).scores)
+
+    def configure_optimizers(self):
+        """AdamW with a constant learning rate (official, spec §3.7)."""
+        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)

@@ -1,0 +1,25 @@
+import pytest
+import yaml
+from mmzoo.cli import resolve_config, shipped_configs
+
+from radartag.cli import main
+from radartag.models import RadarConfig
+
+CONFIGS = shipped_configs("radartag")
+
+
+def test_paper_configs_shipped():
+    assert {"tiny", "demo", "apparel", "cosmetic", "food"} <= set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_config_parses(name, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(args=["fit", "--config", name, "--print_config"])
+    assert exc.value.code in (0, None)
+    printed = yaml.safe_load(capsys.readouterr().out)
+    raw = yaml.safe_load(open(resolve_config(name, "radartag")))
+    RadarConfig(**{k: v for k, v in raw["model"]["config"].items() if k != "num_tags"})
+    for key in ("use_follow", "use_topic", "bidirectional_topic", "num_layers"):
+        assert raw["data"][key] == raw["model"]["config"][key], key
+    assert printed["model"]["config"]["hidden_dim"] == raw["model"]["config"]["hidden_dim"]

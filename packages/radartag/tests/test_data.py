@@ -1,0 +1,96 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from radartag.data import KwaiTagDataModule, build_split_graph, dense_labels, load_split_graph, read_kwai_files
+from radartag.models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, SUPERTOPIC
+from radartag.synthetic import SyntheticKwaiConfig, write_synthetic_vertical
+
+CFG = SyntheticKwaiConfig(num_users=20, num_parents=3, leaves_per_parent=4, follows=3, feature_dim=8, seed=1)
+
+
+@pytest.fixture()
+def root(tmp_path):
+    return write_synthetic_vertical(tmp_path / "kwai", "v", CFG)
+
+
+def test_files_and_node_order(root):
+    files = read_kwai_files(root, "v")
+    label_map = (root / "label_map_kwai_v.txt").read_text(encoding="utf-8").splitlines()
+    assert files.tags[: len(label_map)] == label_map
+    assert len(files.tags) == len(label_map) + 1  # one ontology parent absent from the label map
+    assert any(t == "美妆_0" for t in files.tags)  # non-ASCII names survive
+    lines = (root / "kwai_v_video_train_list.txt").read_text().splitlines()
+    assert any(line.split("\t")[0].endswith(".mp4") for line in lines)
+    assert any("." not in line.split("\t")[0] for line in lines)
+    g = build_split_graph(root, "v", "val", files)
+    n_train, n_val = len(files.videos["train"]), len(files.videos["val"])
+    assert g["video"].num_nodes == n_train + n_val and g["video"].num_train == n_train
+    assert g["video"].pid.tolist() == [p for p, _ in files.videos["train"]] + [p for p, _ in files.videos["val"]]
+    assert g["tag"].num_nodes == len(files.tags) and g["tag"].x.shape == (len(files.tags), 8)
+    np.testing.assert_allclose(g["video"].x[0].numpy(), np.load(root / "video_feat" / f"{files.videos['train'][0][0]}.npy"))
+
+
+def test_edge_counts_per_split(root):
+    files = read_kwai_files(root, "v")
+    parents = json.loads((root / "tag_parents_v.json").read_text(encoding="utf-8"))
+    n_parent_edges = sum(len(p) for p in parents.values())
+    for split in ("train", "val", "test"):
+        g = build_split_graph(root, "v", split, files)
+        n_train = g["video"].num_train
+        assert g[SUBTOPIC].edge_index.shape[1] == n_parent_edges
+        assert torch.equal(g[SUPERTOPIC].edge_index, g[SUBTOPIC].edge_index.flip(0))
+        assert g[HAS_TAG].edge_index.shape[1] == sum(len(t) for _, t in files.videos["train"])
+        assert (g[HAS_TAG].edge_index[0] < n_train).all()  # evaluation videos have no has_tag edges
+        present = set(g["video"].pid.tolist())
+        expect = sum(1 for p, cs in files.children.items() if p in present for c in cs if c in present)
+        assert g[FOLLOWED_BY].edge_index.shape[1] == expect  # children outside the split dropped
+        assert 999_999 not in present
+
+
+def test_dense_labels_and_cache(root):
+    g = load_split_graph(root, "v", "test")
+    assert (root / "cache" / "v_test.pt").is_file()
+    again = load_split_graph(root, "v", "test")
+    assert torch.equal(again[HAS_TAG].edge_index, g[HAS_TAG].edge_index)
+    files = read_kwai_files(root, "v")
+    n_train = g["video"].num_train
+    vids = torch.tensor([0, n_train])  # a training and an evaluation video
+    y = dense_labels(g, vids, g["tag"].num_nodes)
+    assert y[0].nonzero().flatten().tolist() == sorted(files.videos["train"][0][1])
+    assert y[1].nonzero().flatten().tolist() == sorted(files.videos["test"][0][1])
+
+
+def test_missing_files_and_bad_lines(root, tmp_path):
+    with pytest.raises(FileNotFoundError, match="dataset_root"):
+        read_kwai_files(tmp_path / "nope", "v")
+    (root / "video_children_v.json").unlink()
+    with pytest.raises(FileNotFoundError, match="video_children_v.json"):
+        read_kwai_files(root, "v")
+    (root / "video_children_v.json").write_text("{}")
+    path = root / "kwai_v_video_val_list.txt"
+    path.write_text(path.read_text() + "abc\t1\n")
+    with pytest.raises(ValueError, match="line"):
+        read_kwai_files(root, "v")
+
+
+def test_overlapping_eval_videos_rejected(root):
+    train = (root / "kwai_v_video_train_list.txt").read_text().splitlines()
+    path = root / "kwai_v_video_test_list.txt"
+    path.write_text(path.read_text() + train[0] + "\n")
+    with pytest.raises(ValueError, match="overlap"):
+        read_kwai_files(root, "v")
+
+
+def test_datamodule_batches(tmp_path):
+    dm = KwaiTagDataModule(str(tmp_path / "gen"), "v", batch_size=8, eval_batch_size=16, fanout=2,
+                           generate_demo_data=True, demo=CFG)  # fmt: skip
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.num_videos == 8 and batch.labels.shape == (8, dm.num_tags)
+    assert batch.video_x.shape[0] >= 8 and len(batch.blocks) == 2
+    val = next(iter(dm.val_dataloader()))
+    assert val.labels.sum() > 0

@@ -1,0 +1,48 @@
+import torch
+from sklearn.metrics import average_precision_score
+
+from radartag.metrics import TaggingMetrics, label_map, precision_recall_at_k, row_average_precision, sample_map
+
+
+def test_hand_example():
+    s = torch.tensor([[0.9, 0.8, 0.7, 0.1]])
+    y = torch.tensor([[0, 1, 1, 0]])
+    assert abs(float(row_average_precision(s, y)[0]) - 0.5833) < 1e-4
+    p1, _ = precision_recall_at_k(s, y, 1)
+    p3, r3 = precision_recall_at_k(s, y, 3)
+    assert float(p1[0]) == 0.0 and abs(float(p3[0]) - 0.6667) < 1e-4 and float(r3[0]) == 1.0
+    assert float(row_average_precision(torch.tensor([[0.5, 0.5]]), torch.tensor([[1, 0]]))[0]) == 0.5
+
+
+def test_matches_sklearn_with_ties():
+    torch.manual_seed(0)
+    s = torch.randint(0, 5, (20, 12)).float()  # many ties
+    y = (torch.rand(20, 12) > 0.7).long()
+    y[0] = 0  # a video without positives is skipped
+    ap = row_average_precision(s, y)
+    assert ap[0].isnan()
+    for i in range(1, 20):
+        if y[i].sum():
+            assert abs(float(ap[i]) - average_precision_score(y[i].numpy(), s[i].numpy())) < 1e-6
+    ref = [average_precision_score(y[:, j].numpy(), s[:, j].numpy()) for j in range(12) if y[:, j].sum()]
+    assert abs(float(label_map(s, y)) - sum(ref) / len(ref)) < 1e-6
+
+
+def test_topk_tie_break_toward_larger_index():
+    s = torch.tensor([[0.5, 0.5, 0.1]])
+    p1, _ = precision_recall_at_k(s, torch.tensor([[0, 1, 0]]), 1)
+    assert float(p1[0]) == 1.0  # index 1 wins the tie
+
+
+def test_metric_over_batches():
+    torch.manual_seed(1)
+    s, y = torch.randn(30, 10), (torch.rand(30, 10) > 0.7).long()
+    m = TaggingMetrics()
+    for i in range(0, 30, 7):
+        m.update(s[i : i + 7], y[i : i + 7])
+    out = m.compute()
+    valid = y.sum(1) > 0
+    assert abs(float(out["sample_mAP"]) - float(sample_map(s, y))) < 1e-6
+    assert abs(float(out["label_mAP"]) - float(label_map(s, y))) < 1e-6
+    assert abs(float(out["P@3"]) - float(precision_recall_at_k(s[valid], y[valid], 3)[0].mean())) < 1e-6
+    assert abs(float(out["R@10"]) - float(precision_recall_at_k(s[valid], y[valid], 10)[1].mean())) < 1e-6

@@ -1,0 +1,127 @@
+import torch
+import torch.nn.functional as F
+from torch_geometric.utils import softmax
+
+from radartag.models import (
+    FOLLOWED_BY,
+    HAS_TAG,
+    SUBTOPIC,
+    AdversarialAggregation,
+    GatedUpdater,
+    GGTConv,
+    Radar,
+    RadarConfig,
+    RadarLayer,
+    grad_reverse,
+)
+
+
+def test_ggt_attention_normalised_zero_message_and_permutation():
+    torch.manual_seed(0)
+    conv = GGTConv()
+    q, k, v = torch.randn(3, 2, 4), torch.randn(5, 2, 4), torch.randn(5, 2, 4)
+    pri = torch.ones(2)
+    ei = torch.tensor([[0, 1, 2, 3, 4, 0], [0, 0, 1, 1, 1, 0]])  # destination 2 has no neighbour
+    out = conv(q, k, v, pri, ei)
+    alpha = conv.last_alpha
+    sums = torch.zeros(3, 2).index_add_(0, ei[1], alpha)
+    torch.testing.assert_close(sums[:2], torch.ones(2, 2))
+    assert out[2].abs().max() == 0  # zero message without neighbours
+    perm = torch.tensor([5, 3, 1, 0, 4, 2])
+    torch.testing.assert_close(conv(q, k, v, pri, ei[:, perm]), out)
+    # plain loop reference for destination 1, head 0
+    e = torch.stack([(q[1, 0] * k[j, 0]).sum() / 2.0 for j in (2, 3, 4)])
+    ref = (torch.softmax(e, 0)[:, None] * v[[2, 3, 4], 0]).sum(0)
+    torch.testing.assert_close(out[1, :4], ref)
+
+
+def test_per_relation_softmax_differs_from_joint():
+    e_r1 = torch.tensor([1.0, 2.0])  # two r1 edges into node 0
+    e_r2 = torch.tensor([0.5])  # one r2 edge into node 0
+    per_rel = torch.cat([softmax(e_r1, torch.zeros(2, dtype=torch.long)), softmax(e_r2, torch.zeros(1, dtype=torch.long))])
+    joint = softmax(torch.cat([e_r1, e_r2]), torch.zeros(3, dtype=torch.long))
+    assert per_rel[2] == 1.0 and joint[2] < 1.0
+    assert not torch.allclose(per_rel, joint)
+
+
+def test_gate_equation():
+    torch.manual_seed(0)
+    gate = GatedUpdater(6, dropout=0.0)
+    h, m = torch.randn(4, 6), torch.randn(4, 6)
+    z = torch.sigmoid(gate.w_z(m) + gate.u_z(h))
+    torch.testing.assert_close(gate(m, h), z * F.gelu(gate.w_s(h + m)) + (1 - z) * h)
+    z0 = torch.sigmoid(gate.u_z(h))
+    torch.testing.assert_close(gate(torch.zeros_like(h), h), z0 * F.gelu(gate.w_s(h)) + (1 - z0) * h)
+
+
+def test_aan_formula_and_labels():
+    torch.manual_seed(0)
+    aan = AdversarialAggregation(6, dropout=0.0).eval()
+    x1, x2 = torch.randn(5, 6), torch.randn(5, 6)
+    fused, logits = aan(x1, x2)
+    u1, u2, c1, c2 = aan.unique1(x1), aan.unique2(x2), aan.common(x1), aan.common(x2)
+    ref = 0.5 * (torch.tanh(aan.attend1(c1)) * c1 + torch.tanh(aan.attend2(c2)) * c2 + torch.maximum(u1, u2))
+    torch.testing.assert_close(fused, ref)
+    torch.testing.assert_close(logits["unique"], torch.cat([u1, u2]) @ aan.disc_weight[0] + aan.disc_bias)
+    assert float(aan.disc_bias) == 1.0
+
+
+def test_grl_identity_forward_negated_backward():
+    x = torch.randn(3, requires_grad=True)
+    y = grad_reverse(x)
+    torch.testing.assert_close(y, x)
+    (y * torch.tensor([1.0, 2.0, 3.0])).sum().backward()
+    torch.testing.assert_close(x.grad, -torch.tensor([1.0, 2.0, 3.0]))
+
+
+def test_common_encoder_gradient_reversed_and_scaled():
+    from radartag.losses import discriminator_losses
+
+    torch.manual_seed(0)
+    aan = AdversarialAggregation(4, dropout=0.0)
+    x1, x2 = torch.randn(6, 4), torch.randn(6, 4)
+
+    def grads(lam):
+        aan.zero_grad()
+        _, logits = aan(x1, x2)
+        _, dc = discriminator_losses([logits], lam)
+        dc.backward()
+        return aan.common[0].weight.grad.clone(), aan.disc_weight.grad.clone()
+
+    enc, disc = grads(0.5)
+    # reference without the GRL: the encoder gradient has the opposite sign, the discriminator's is unchanged
+    aan.zero_grad()
+    c = torch.cat([aan.common(x1), aan.common(x2)])
+    y = torch.cat([torch.zeros(6), torch.ones(6)])
+    loss = 0.5 * F.binary_cross_entropy_with_logits(aan.discriminate(c), y) / 2
+    loss.backward()
+    torch.testing.assert_close(enc, -aan.common[0].weight.grad)
+    torch.testing.assert_close(disc, aan.disc_weight.grad)
+    enc2, _ = grads(1.0)
+    torch.testing.assert_close(enc2, 2 * enc)  # scaled by λ_p
+
+
+def test_radar_layer_and_model_shapes():
+    cfg = RadarConfig(video_dim=8, tag_dim=8, num_tags=5, hidden_dim=8, num_heads=2)
+    layer = RadarLayer(cfg)
+    assert layer.rel_att.shape == (3, 2, 4, 4) and torch.all(layer.rel_pri == 1)
+    x = {"video": torch.randn(6, 8), "tag": torch.randn(5, 8)}
+    edges = {FOLLOWED_BY: torch.tensor([[3, 4], [0, 1]]), SUBTOPIC: torch.tensor([[0, 1], [4, 4]]),
+             HAS_TAG: torch.tensor([[5, 2], [0, 3]])}  # fmt: skip
+    out, disc = layer(x, {"video": 2, "tag": 5}, edges)
+    assert out["video"].shape == (2, 8) and out["tag"].shape == (5, 8) and disc["unique"].shape == (10,)
+    model = Radar(cfg)
+    blocks = [({"video": 6, "tag": 5}, {HAS_TAG: torch.tensor([[6, 7], [0, 1]])}), ({"video": 2, "tag": 5}, edges)]
+    res = model(torch.randn(8, 8), torch.randn(5, 8), torch.arange(5), blocks, 2)
+    assert res.scores.shape == (2, 5) and len(res.discriminator_logits) == 2
+
+
+def test_ablation_variants_run():
+    for kw in (dict(use_follow=False, video_emb_layer=0, reducer="mean"), dict(use_topic=False),
+               dict(bidirectional_topic=True), dict(updater="sum"), dict(reducer="common"), dict(reducer="lmf"),
+               dict(reducer="self_attention"), dict(num_layers=1, video_emb_layer=1)):  # fmt: skip
+        cfg = RadarConfig(video_dim=8, tag_dim=8, num_tags=5, hidden_dim=8, num_heads=2, **kw)
+        model = Radar(cfg)
+        blocks = [({"video": 2, "tag": 5}, {})] * cfg.num_layers
+        out = model(torch.randn(2, 8), torch.randn(5, 8), torch.arange(5), blocks, 2)
+        assert out.scores.shape == (2, 5) and torch.isfinite(out.scores).all()

@@ -1,0 +1,48 @@
+import math
+
+import torch
+
+from radartag.cli import main
+from radartag.data import KwaiTagDataModule
+from radartag.losses import RadarLoss
+from radartag.models import Radar, RadarConfig
+from radartag.synthetic import SyntheticKwaiConfig
+
+
+def _args(tmp_path):
+    return ["--config", "tiny", "--data.dataset_root", str(tmp_path / "data"), "--trainer.default_root_dir",
+            str(tmp_path), "--trainer.logger", "false"]  # fmt: skip
+
+
+def test_fit_validate_test_tiny(tmp_path):
+    cli = main(args=["fit", *_args(tmp_path)])
+    m = cli.trainer.callback_metrics
+    assert math.isfinite(float(m["train/loss"])) and 0 <= float(m["val/sample_mAP"]) <= 1
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    cli = main(args=["validate", *_args(tmp_path), "--ckpt_path", str(ckpt)])
+    assert "val/label_mAP" in cli.trainer.callback_metrics
+    cli = main(args=["test", *_args(tmp_path), "--ckpt_path", str(ckpt)])
+    m = cli.trainer.callback_metrics
+    for key in ("test/sample_mAP", "test/label_mAP", "test/P@1", "test/P@3", "test/R@5", "test/R@10"):
+        assert 0.0 <= float(m[key]) <= 1.0, key
+
+
+def test_loss_falls_on_repeated_batch(tmp_path):
+    dm = KwaiTagDataModule(str(tmp_path / "d"), "v", batch_size=32, fanout=3, generate_demo_data=True,
+                           demo=SyntheticKwaiConfig(num_users=20, num_parents=3, leaves_per_parent=4, feature_dim=8))  # fmt: skip
+    dm.prepare_data()
+    batch = next(iter(dm.train_dataloader()))
+    torch.manual_seed(0)
+    model = Radar(RadarConfig(video_dim=8, tag_dim=8, num_tags=dm.num_tags, hidden_dim=16, num_heads=2, dropout=0.0))
+    loss_fn = RadarLoss(total_step=10)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(10):
+        out = model(batch.video_x, batch.tag_x, batch.tag_ids, batch.blocks, batch.num_videos)
+        loss = loss_fn(out.scores, batch.labels, out.discriminator_logits)["loss"]
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    assert losses[-1] < 0.8 * losses[0], losses

@@ -1,0 +1,43 @@
+import json
+
+import pytest
+
+from radartag.cli import main
+from radartag.data import read_kwai_files
+from radartag.synthetic import SyntheticKwaiConfig, write_synthetic_vertical
+from radartag.tools import _break_cycles
+
+
+def test_build_ontology_writes_official_json(tmp_path):
+    root = write_synthetic_vertical(tmp_path / "k", "v", SyntheticKwaiConfig(num_users=40, num_parents=3,
+                                                                             leaves_per_parent=3, feature_dim=8))  # fmt: skip
+    # videos of the synthetic vertical carry leaves only; add parent tags so that child/parent pairs co-occur
+    files = read_kwai_files(root, "v")
+    parent_of = {}
+    for child, ps in json.loads((root / "tag_parents_v.json").read_text(encoding="utf-8")).items():
+        parent_of[files.tags.index(child)] = files.tags.index(ps[0])
+    lines = []
+    for pid, tags in files.videos["train"]:
+        tags = sorted(set(tags) | {parent_of[t] for t in tags if parent_of.get(t, 99) < files.num_label_map_tags})
+        lines.append(f"{pid}.mp4\t" + "\t".join(map(str, tags)))
+    (root / "kwai_v_video_train_list.txt").write_text("\n".join(lines) + "\n")
+    names = files.tags
+    labelled = [[names[c], names[p], 1] for c, p in list(parent_of.items())[:4] if p < files.num_label_map_tags]
+    labelled += [[names[p], names[c], 0] for c, p in list(parent_of.items())[:4] if p < files.num_label_map_tags]
+    (tmp_path / "pairs.json").write_text(json.dumps(labelled, ensure_ascii=False))
+    out = main(args=["build-ontology", "--dataset_root", str(root), "--vertical", "v", "--labelled_pairs",
+                     str(tmp_path / "pairs.json"), "--out", str(tmp_path / "onto.json")])  # fmt: skip
+    onto = json.loads(out.read_text(encoding="utf-8"))
+    assert isinstance(onto, dict) and all(isinstance(v, list) for v in onto.values())
+    found = {(c, p) for c, ps in onto.items() for p in ps}
+    assert found and all(c in names and p in names for c, p in found)
+
+
+def test_break_cycles_drops_weakest_edge():
+    edges = {(0, 1): 0.9, (1, 2): 0.6, (2, 0): 0.8, (2, 3): 0.7}
+    assert _break_cycles(edges) == {(0, 1): 0.9, (2, 0): 0.8, (2, 3): 0.7}
+
+
+def test_extract_features_needs_something(tmp_path):
+    with pytest.raises(ValueError, match="nothing to do"):
+        main(args=["extract-features", "--dataset_root", str(tmp_path), "--vertical", "v"])
