@@ -1,0 +1,363 @@
+"""Data: CIFAR-100 (python pickles, or an HF datasets id / parquet export), ImageNet folders, sklearn digits.
+
+Every training sample is an image with V views (spec §3.1): V = 4 gives the rotations by 0°, 90°, 180°, 270°
+(``torch.rot90(x, k, dims=(-2, -1))``), each view cropped independently after one shared horizontal flip.
+Batches are dicts ``{"image": (B, V, C, H, W) float, "label": (B,) long}`` for training and
+``{"image": (B, C, H, W), "label": (B,)}`` for evaluation (un-rotated, no augmentation).
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = [
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "make_views",
+    "CIFAR100Dataset",
+    "ImageNetDataset",
+    "DigitsDataset",
+    "digits_splits",
+    "PCKDDataModule",
+]
+
+log = logging.getLogger(__name__)
+
+CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)  # spec §3.1
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+README_HINT = "see README, Data preparation"
+
+
+def _random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
+    """RandomCrop(size=H, padding) on a (C, H, W) tensor with zero padding."""
+    _, h, w = x.shape
+    padded = F.pad(x, (padding, padding, padding, padding))  # (C, H+2p, W+2p)
+    top = int(torch.randint(0, 2 * padding + 1, (1,), generator=generator))
+    left = int(torch.randint(0, 2 * padding + 1, (1,), generator=generator))
+    return padded[:, top : top + h, left : left + w]  # (C, H, W)
+
+
+def make_views(
+    image: torch.Tensor,
+    num_views: int,
+    flip: bool,
+    crop_padding: int,
+    mean: tuple[float, ...] | None,
+    std: tuple[float, ...] | None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Spec §3.1 view builder: (C, H, W) float in [0, 1] → (V, C, H, W).
+
+    1. with probability 0.5 flip horizontally (one flip shared by all views), if ``flip``;
+    2. view k = rot90(image, k) counter-clockwise, k = 0..V−1;
+    3. per view: RandomCrop(H, padding=crop_padding) (skipped when 0), then Normalize(mean, std) (if given).
+    """
+    if flip and bool(torch.rand((), generator=generator) < 0.5):
+        image = image.flip(-1)
+    views = []
+    for k in range(num_views):
+        view = torch.rot90(image, k, dims=(-2, -1))  # (C, H, W), requires H == W for k odd
+        if crop_padding > 0:
+            view = _random_crop(view, crop_padding, generator)
+        if mean is not None and std is not None:
+            view = (view - view.new_tensor(mean)[:, None, None]) / view.new_tensor(std)[:, None, None]
+        views.append(view)
+    return torch.stack(views)  # (V, C, H, W)
+
+
+def _normalize(x: torch.Tensor, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    return (x - x.new_tensor(mean)[:, None, None]) / x.new_tensor(std)[:, None, None]
+
+
+class CIFAR100Dataset(Dataset):
+    """CIFAR-100 in the official python format (spec §4.1): ``<data_root>/cifar-100-python/{train,test,meta}``.
+
+    Each pickle's ``data`` is uint8 (N, 3072), channel-planar (1024 R, 1024 G, 1024 B, each row-major 32×32);
+    labels are ``fine_labels``. Alternatively ``hf_dataset`` names a Hugging Face datasets id (e.g.
+    ``uoft-cs/cifar100``) or a local parquet file/folder, read through ``datasets`` (columns ``img`` and
+    ``fine_label``).
+
+    Item: ``{"image": (V, 3, 32, 32) float if train else (3, 32, 32), "label": long}``.
+    """
+
+    def __init__(
+        self,
+        data_root: str,
+        split: Literal["train", "test"],
+        train: bool,
+        num_views: int = 4,
+        hf_dataset: str | None = None,
+    ) -> None:
+        self.train, self.num_views = train, num_views
+        self.num_classes = 100
+        if hf_dataset:
+            self.images, self.labels = _load_hf_cifar(hf_dataset, split)
+        else:
+            folder = Path(data_root) / "cifar-100-python"
+            for name in ("train", "test", "meta"):
+                if not (folder / name).is_file():
+                    raise FileNotFoundError(
+                        f"data.data_root={data_root!r}: missing 'cifar-100-python/{name}' (CIFAR-100 python "
+                        f"version; cifar-100-python/{{train,test,meta}} are all needed); {README_HINT}"
+                    )
+            with open(folder / split, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+            for key in ("data", "fine_labels"):
+                if key not in entry:
+                    raise KeyError(f"{folder / split}: missing key {key!r} (official CIFAR-100 pickle); {README_HINT}")
+            data = np.asarray(entry["data"], dtype=np.uint8)
+            if data.ndim != 2 or data.shape[1] != 3072:
+                raise ValueError(f"{folder / split}: 'data' has shape {data.shape}, expected (N, 3072)")
+            self.images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())  # (N, 3, 32, 32) uint8, planar → CHW
+            self.labels = torch.as_tensor(entry["fine_labels"], dtype=torch.long)  # (N,)
+            with open(folder / "meta", "rb") as fh:
+                self.class_names = list(pickle.load(fh, encoding="latin1")["fine_label_names"])
+            self.num_classes = len(self.class_names)
+            if len(self.labels) and int(self.labels.max()) >= self.num_classes:
+                raise ValueError(
+                    f"{folder / split}: label {int(self.labels.max())} >= {self.num_classes} fine_label_names in meta"
+                )
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"CIFAR-100 {split}: {len(self.images)} images but {len(self.labels)} labels")
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        image = self.images[idx].float() / 255.0  # (3, 32, 32) in [0, 1]
+        if self.train:
+            image = make_views(image, self.num_views, True, 4, CIFAR100_MEAN, CIFAR100_STD)  # (V, 3, 32, 32)
+        else:
+            image = _normalize(image, CIFAR100_MEAN, CIFAR100_STD)
+        return {"image": image, "label": self.labels[idx]}
+
+
+def _load_hf_cifar(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Read CIFAR-100 through ``datasets``: a hub id (from the local cache unless online) or parquet files."""
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError("data.hf_dataset needs the 'datasets' package: pip install 'pckd[hf]'") from err
+    path = Path(name)
+    if path.exists():
+        files = [str(path)] if path.is_file() else sorted(str(p) for p in path.glob(f"**/{split}*.parquet"))
+        if not files:
+            raise FileNotFoundError(f"data.hf_dataset={name!r}: no '{split}*.parquet' file; {README_HINT}")
+        ds = datasets.load_dataset("parquet", data_files={split: files}, split=split)
+    else:
+        ds = datasets.load_dataset(name, split=split)
+    for key in ("img", "fine_label"):
+        if key not in ds.column_names:
+            raise KeyError(f"data.hf_dataset={name!r}: missing column {key!r} (have {ds.column_names})")
+    images = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1) for im in ds["img"]])
+    return images, torch.as_tensor(ds["fine_label"], dtype=torch.long)  # (N, 3, 32, 32) uint8, (N,)
+
+
+class ImageNetDataset(Dataset):
+    """ILSVRC-2012 in ImageFolder layout (spec §4.3): ``<data_root>/{train,val}/<wnid>/*.JPEG``.
+
+    Reconstruction: training = RandomResizedCrop(224) + flip once per image, then the V rotations;
+    evaluation = resize 256 → centre crop 224. Item as :class:`CIFAR100Dataset` with 224×224 images.
+    """
+
+    def __init__(self, data_root: str, split: Literal["train", "val"], train: bool, num_views: int = 4) -> None:
+        from torchvision import transforms
+        from torchvision.datasets import ImageFolder
+
+        folder = Path(data_root) / split
+        if not folder.is_dir():
+            raise FileNotFoundError(
+                f"data.data_root={data_root!r}: missing folder '{split}/<wnid>/*.JPEG'; {README_HINT}"
+            )
+        if train:
+            tf = transforms.Compose(
+                [transforms.RandomResizedCrop(224), transforms.RandomHorizontalFlip(), transforms.ToTensor()]
+            )
+        else:
+            tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
+        self.folder = ImageFolder(str(folder), transform=tf)
+        self.num_classes = len(self.folder.classes)
+        self.train, self.num_views = train, num_views
+
+    def __len__(self) -> int:
+        return len(self.folder)
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        image, label = self.folder[idx]  # (3, 224, 224) in [0, 1]
+        if self.train:
+            image = make_views(image, self.num_views, False, 0, IMAGENET_MEAN, IMAGENET_STD)  # (V, 3, 224, 224)
+        else:
+            image = _normalize(image, IMAGENET_MEAN, IMAGENET_STD)
+        return {"image": image, "label": torch.tensor(label, dtype=torch.long)}
+
+
+def digits_splits(seed: int = 0) -> dict[str, np.ndarray]:
+    """Stratified index split of sklearn's 1,797 digits (spec §8c).
+
+    ``teacher_train`` 1,000; ``train`` (student) 300 ⊂ teacher_train; ``test`` 497; ``val`` = the remaining 300
+    images, in neither training set (model selection never uses ``test``).
+    Deviation: the spec's counts (1,000 + 497) leave 300 images unassigned; they become ``val``.
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    y = load_digits().target
+    idx = np.arange(len(y))
+    teacher, rest = train_test_split(idx, train_size=1000, stratify=y, random_state=seed)
+    val, test = train_test_split(rest, train_size=300, stratify=y[rest], random_state=seed)
+    student, _ = train_test_split(teacher, train_size=300, stratify=y[teacher], random_state=seed)
+    return {"teacher_train": np.sort(teacher), "train": np.sort(student), "val": np.sort(val), "test": np.sort(test)}
+
+
+class DigitsDataset(Dataset):
+    """scikit-learn's bundled 8×8 ``digits`` (no download), pixels scaled to [0, 1], one channel.
+
+    ``label_noise`` > 0 flips that fraction of labels to a different random class (training split only;
+    ``noisy_mask`` marks them). Item: ``{"image": (V, 1, 8, 8) if train else (1, 8, 8), "label", "index"}``.
+    """
+
+    def __init__(
+        self,
+        split: Literal["teacher_train", "train", "val", "test"],
+        train: bool,
+        num_views: int = 4,
+        split_seed: int = 0,
+        label_noise: float = 0.0,
+        noise_seed: int = 0,
+    ) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        idx = digits_splits(split_seed)[split]
+        self.images = torch.as_tensor(digits.images[idx], dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
+        self.labels = torch.as_tensor(digits.target[idx], dtype=torch.long)  # (N,)
+        self.noisy_mask = torch.zeros(len(idx), dtype=torch.bool)
+        if label_noise > 0:
+            g = torch.Generator().manual_seed(noise_seed)
+            flip = torch.randperm(len(idx), generator=g)[: int(round(label_noise * len(idx)))]
+            shift = torch.randint(1, 10, (len(flip),), generator=g)
+            self.labels[flip] = (self.labels[flip] + shift) % 10  # a different class
+            self.noisy_mask[flip] = True
+        self.train, self.num_views = train, num_views
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+        image = self.images[idx]  # (1, 8, 8)
+        if self.train:
+            image = make_views(image, self.num_views, False, 0, None, None)  # (V, 1, 8, 8)
+        return {"image": image, "label": self.labels[idx], "index": torch.tensor(idx)}
+
+
+class PCKDDataModule(pl.LightningDataModule):
+    """Picks the reader by ``dataset`` and serves 4-view training batches and plain evaluation batches."""
+
+    def __init__(
+        self,
+        dataset: Literal["cifar100", "imagenet", "digits"] = "cifar100",
+        data_root: str = "data",
+        hf_dataset: str | None = None,
+        num_views: int = 4,
+        batch_size: int = 64,
+        eval_batch_size: int = 32,
+        num_workers: int = 4,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        train_split: str | None = None,
+        val_split: str | None = None,
+        test_split: str | None = None,
+        digits_split_seed: int = 0,
+        label_noise: float = 0.0,
+    ) -> None:
+        """
+        Args:
+            dataset: which reader (spec §4): CIFAR-100 pickles, ImageNet folders, or sklearn digits.
+            data_root: folder holding ``cifar-100-python/`` (CIFAR) or ``train/``, ``val/`` (ImageNet).
+            hf_dataset: CIFAR-100 only: read from this HF datasets id or local parquet file/folder instead.
+            num_views: views per training image; 4 = the rotations of spec §3.1, 1 = plain training (CE, KD).
+            batch_size: images per training batch (each gives ``num_views`` network inputs); spec §3.9: 64.
+            eval_batch_size: images per evaluation batch (spec §3.9: 32).
+            num_workers: DataLoader workers.
+            pin_memory: DataLoader pin_memory.
+            persistent_workers: DataLoader persistent_workers (only with workers > 0).
+            train_split: training split; default ``train``.
+            val_split: validation split; default ``test`` for CIFAR-100 (RepDistiller evaluates every epoch on
+                the test set), ``val`` for ImageNet and digits; ``none`` disables validation.
+            test_split: test split; default ``test`` (ImageNet: ``val``).
+            digits_split_seed: seed of the stratified digits split.
+            label_noise: digits only: fraction of training labels flipped (spec §8c preview check).
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        if num_views < 1:
+            raise ValueError(f"data.num_views={num_views} must be >= 1")
+        if batch_size < 1 or eval_batch_size < 1:
+            raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
+        if not 0.0 <= label_noise < 1.0:
+            raise ValueError(f"data.label_noise={label_noise} must be in [0, 1)")
+        defaults = {
+            "cifar100": ("train", "test", "test"),
+            "imagenet": ("train", "val", "val"),
+            "digits": ("train", "val", "test"),
+        }[dataset]
+        self.train_split = train_split or defaults[0]
+        self.val_split = val_split or defaults[1]
+        self.test_split = test_split or defaults[2]
+        self.num_classes = {"cifar100": 100, "imagenet": 1000, "digits": 10}[dataset]
+        self.datasets: dict[str, Dataset] = {}
+
+    def _build(self, split: str, train: bool) -> Dataset:
+        h = self.hparams
+        if h.dataset == "cifar100":
+            return CIFAR100Dataset(h.data_root, split, train, h.num_views, h.hf_dataset)
+        if h.dataset == "imagenet":
+            return ImageNetDataset(h.data_root, split, train, h.num_views)
+        noise = h.label_noise if train else 0.0
+        return DigitsDataset(split, train, h.num_views, h.digits_split_seed, noise)
+
+    def setup(self, stage: str | None = None) -> None:
+        if stage in ("fit", None):
+            self.datasets["train"] = self._build(self.train_split, train=True)
+            self.num_classes = getattr(self.datasets["train"], "num_classes", self.num_classes)
+        if stage in ("fit", "validate", None) and self.val_split != "none":
+            self.datasets["val"] = self._build(self.val_split, train=False)
+        if stage in ("test", None):
+            self.datasets["test"] = self._build(self.test_split, train=False)
+        if stage == "predict":
+            self.datasets["predict"] = self._build(self.test_split, train=False)
+
+    def _loader(self, key: str, train: bool) -> DataLoader:
+        h = self.hparams
+        return DataLoader(
+            self.datasets[key],
+            batch_size=h.batch_size if train else h.eval_batch_size,
+            shuffle=train,
+            drop_last=train,  # L_CC gathers across ranks: equal shapes on every rank
+            num_workers=h.num_workers,
+            pin_memory=h.pin_memory,
+            persistent_workers=h.persistent_workers and h.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader | list:
+        return self._loader("val", False) if "val" in self.datasets else []
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("predict", False)

@@ -1,0 +1,63 @@
+"""Readers of the official formats on tiny generated files (spec §4, §8b)."""
+
+import pickle
+
+import numpy as np
+import pytest
+import torch
+
+from pckd.data import CIFAR100_MEAN, CIFAR100_STD, CIFAR100Dataset, DigitsDataset, digits_splits, make_views
+from pckd.testing import write_cifar100_python
+
+
+def test_cifar_planar_layout_round_trip(tmp_path):
+    folder = write_cifar100_python(tmp_path, num_classes=3, n_train_per_class=2, n_test_per_class=1)
+    with open(folder / "train", "rb") as fh:
+        entry = pickle.load(fh, encoding="latin1")
+    # a known planar pattern: R plane = row index, G plane = column index, B plane = 7
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    entry["data"][0] = np.concatenate([rows.ravel(), cols.ravel(), np.full(1024, 7)]).astype(np.uint8)
+    with open(folder / "train", "wb") as fh:
+        pickle.dump(entry, fh)
+    ds = CIFAR100Dataset(str(tmp_path), "train", train=False)
+    assert len(ds) == 6 and ds.num_classes == 3
+    img = ds[0]["image"] * torch.tensor(CIFAR100_STD)[:, None, None] + torch.tensor(CIFAR100_MEAN)[:, None, None]
+    img = (img * 255).round()
+    assert img[0, 5, 9] == 5 and img[1, 5, 9] == 9 and img[2, 5, 9] == 7  # channel, row, column
+    assert ds[0]["label"].dtype == torch.long and int(ds.labels.max()) < 3
+
+
+def test_cifar_train_items_have_four_views(tmp_path):
+    write_cifar100_python(tmp_path, num_classes=2, n_train_per_class=2, n_test_per_class=1)
+    item = CIFAR100Dataset(str(tmp_path), "train", train=True)[0]
+    assert item["image"].shape == (4, 3, 32, 32)
+
+
+def test_cifar_missing_file_names_it(tmp_path):
+    write_cifar100_python(tmp_path, num_classes=2)
+    (tmp_path / "cifar-100-python" / "meta").unlink()
+    with pytest.raises(FileNotFoundError, match=r"cifar-100-python/meta.*README, Data preparation"):
+        CIFAR100Dataset(str(tmp_path), "train", train=False)
+
+
+def test_view_builder_is_rot90_and_view0_matches_plain():
+    x = torch.rand(3, 6, 6)
+    views = make_views(x, 4, flip=False, crop_padding=0, mean=None, std=None)
+    for k in range(4):
+        torch.testing.assert_close(views[k], torch.rot90(x, k, dims=(-2, -1)))
+    torch.testing.assert_close(views[0], x)
+    # numpy rot90 on HWC gives the same image as torch.rot90 on CHW
+    np.testing.assert_allclose(np.rot90(x.permute(1, 2, 0).numpy(), 1).copy(), views[1].permute(1, 2, 0).numpy())
+
+
+def test_digits_splits_and_label_noise():
+    s = digits_splits(0)
+    assert [len(s[k]) for k in ("teacher_train", "train", "val", "test")] == [1000, 300, 300, 497]
+    assert set(s["train"]) <= set(s["teacher_train"]) and not set(s["test"]) & set(s["teacher_train"])
+    assert not set(s["val"]) & (set(s["teacher_train"]) | set(s["test"]))
+    clean = DigitsDataset("train", train=True)
+    noisy = DigitsDataset("train", train=True, label_noise=0.3)
+    assert int(noisy.noisy_mask.sum()) == 90
+    assert (noisy.labels[noisy.noisy_mask] != clean.labels[noisy.noisy_mask]).all()
+    assert (noisy.labels[~noisy.noisy_mask] == clean.labels[~noisy.noisy_mask]).all()
+    assert clean[0]["image"].shape == (4, 1, 8, 8) and float(clean.images.max()) <= 1.0

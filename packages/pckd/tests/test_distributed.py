@@ -1,0 +1,23 @@
+"""L_CC gathers profiles across ranks: 2 processes equal 1 process on the whole batch (STYLE 2.10)."""
+
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import pckd_dist_helpers  # noqa: E402
+from mmzoo.testing import run_distributed  # noqa: E402
+
+from pckd.losses import CategoryContrastiveLoss  # noqa: E402
+
+
+def test_two_ranks_equal_one_process():
+    u, w, labels = pckd_dist_helpers.cc_inputs()
+    u1, w1 = u.clone().requires_grad_(True), w.clone().requires_grad_(True)
+    full = CategoryContrastiveLoss(4.0, 0.07)(u1, w1, labels).mean()
+    full.backward()
+    outs = run_distributed(pckd_dist_helpers.cc_rank, world_size=2)
+    assert abs(sum(o[0] for o in outs) / 2 - full.item()) < 1e-5
+    torch.testing.assert_close(torch.cat([outs[0][1], outs[1][1]]), u1.grad, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(torch.cat([outs[0][2], outs[1][2]]), w1.grad, rtol=1e-4, atol=1e-6)

@@ -1,0 +1,96 @@
+"""fit/validate/test on tiny.yaml through the CLI, and the loss falling on one repeated batch."""
+
+import pytest
+import torch
+
+from pckd.cli import main
+from pckd.models import PCKDConfig
+from pckd.module import PCKDModule
+from pckd.testing import write_cifar100_python, write_repdistiller_checkpoint
+
+
+def test_tiny_fit_validate_test(tmp_path):
+    write_cifar100_python(tmp_path / "data", num_classes=10, n_train_per_class=4, n_test_per_class=2)
+    teacher = write_repdistiller_checkpoint(tmp_path / "resnet8_vanilla" / "ckpt_epoch_240.pth", "resnet8", 10)
+    common = [
+        "--config",
+        "tiny",
+        "--data.data_root",
+        str(tmp_path / "data"),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--model.teacher_checkpoint",
+        str(teacher),
+        "--model.teacher_random_init",
+        "false",
+    ]
+    cli = main(args=["fit", *common])
+    metrics = cli.trainer.callback_metrics
+    for key in ("ce", "kd", "cc", "ca", "fa", "preview_mean", "preview_hard_frac"):
+        assert f"train/{key}" in metrics and torch.isfinite(metrics[f"train/{key}"])
+    assert "val/acc1" in metrics
+    before = torch.load(teacher, weights_only=False)["model"]
+    after = cli.model.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the teacher never changes
+    ckpt = tmp_path / "checkpoints" / "last.ckpt"
+    assert ckpt.is_file()
+    cli = main(args=["test", *common, "--ckpt_path", str(ckpt)])
+    for key in ("test/acc1", "test/acc1_last", "test/acc1_best", "test/acc5"):
+        assert key in cli.trainer.callback_metrics
+
+
+def _module(method="pckd", **kw):
+    cfg = PCKDConfig(student_arch="digits_student64", teacher_arch="digits_teacher", num_classes=4, in_channels=1)
+    return PCKDModule(cfg, method=method, teacher_random_init=True, **kw)
+
+
+def _small_cfg():
+    return PCKDConfig("digits_student64", "digits_teacher", num_classes=4, in_channels=1, align_hidden_mult=2)
+
+
+def test_loss_finite_and_falls_on_repeated_batch():
+    torch.manual_seed(0)
+    module = PCKDModule(_small_cfg(), teacher_random_init=True, optimizer="adam", lr=1e-2, weight_decay=0.0).train()
+    image, label = torch.rand(8, 4, 1, 8, 8), torch.arange(8) % 4
+    opt = module.configure_optimizers()["optimizer"]
+    losses = []
+    for _ in range(8):
+        out = module.compute_losses(image, label, epoch=1)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        losses.append(float(out["loss"]))
+    assert all(torch.isfinite(torch.tensor(losses)))
+    assert losses[-1] < losses[0]
+    assert out["ca"] > 0  # 64-d student vs 64-d teacher: L_CA is active
+
+
+def test_only_ce_weight_equals_plain_ce():
+    torch.manual_seed(0)
+    module = _module(w_kd=0.0, w_cc=0.0, w_ca=0.0, w_fa=0.0).eval()  # BN running stats: same for 1 or 4 views
+    image, label = torch.rand(6, 4, 1, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1])
+    out = module.compute_losses(image, label, epoch=1)
+    plain = torch.nn.functional.cross_entropy(module.student(image[:, 0]), label)
+    torch.testing.assert_close(out["loss"], plain)
+
+
+def test_teacher_stays_in_eval_mode_and_outside_the_optimizer():
+    module = _module().train()
+    assert not module.teacher.training
+    opt_params = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    assert not any(id(p) in opt_params for p in module.teacher.parameters())
+
+
+def test_bad_inputs_raise():
+    module = _module()
+    with pytest.raises(ValueError, match="batch\\['image'\\]"):
+        module.compute_losses(torch.rand(2, 4, 3, 8, 8), torch.zeros(2, dtype=torch.long), epoch=1)
+    with pytest.raises(ValueError, match="empty batch"):
+        module.compute_losses(torch.rand(0, 4, 1, 8, 8), torch.zeros(0, dtype=torch.long), epoch=1)
+    with pytest.raises(ValueError, match="model.teacher_checkpoint is not set"):
+        PCKDModule(PCKDConfig(student_arch="resnet8", teacher_arch="resnet8", num_classes=10))
+    with pytest.raises(FileNotFoundError, match="model.teacher_checkpoint"):
+        PCKDModule(
+            PCKDConfig(student_arch="resnet8", teacher_arch="resnet8", num_classes=10),
+            teacher_checkpoint="/nonexistent/ckpt_epoch_240.pth",
+        )
