@@ -1,0 +1,304 @@
+"""Data of spec §4.2 (package-defined format; the Koubei dataset is not public):
+
+    <data_root>/hierarchy.json
+    <data_root>/annotations/{train,val,test}.jsonl
+    <data_root>/features/{train,val,test}.h5     (or features/<video_id>.npz)
+    <kg_path>                                    (Numberbatch text/.gz, or <name>.npy + <name>.vocab.txt)
+
+A batch is a dict: ``f2d`` (B, T, D2), ``f3d`` (B, T, D3), ``text`` (B, Dt), ``regions`` (B, T, R, Dr),
+``region_mask`` (B, T, R) bool, ``keywords`` (B, K, G), ``keyword_mask`` (B, K) bool, ``target1`` (B, L1),
+``target2`` (B, L2) float multi-hot, ``video_id`` list[str].
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from mmzoo.features import H5Features, NpyFolderFeatures
+from torch.utils.data import DataLoader, Dataset
+
+from kevsr.knowledge import KnowledgeEmbeddings, candidate_terms, extract_keywords, normalize_term
+
+__all__ = ["Hierarchy", "KEVSRDataset", "KEVSRDataModule", "FEATURE_KEYS"]
+
+log = logging.getLogger(__name__)
+README_HINT = "see README, Data preparation"
+FEATURE_KEYS = ("f2d", "f3d", "text", "regions", "region_mask")
+
+
+@dataclass
+class Hierarchy:
+    """Two-level label hierarchy: names per level, parent index μ of each level-2 label, KG term per label."""
+
+    level1: list[str]
+    level2: list[str]
+    parent_index: torch.Tensor  # (L2,) long
+    kg1: list[str | None]
+    kg2: list[str | None]
+
+    @classmethod
+    def from_json(cls, path: Path) -> Hierarchy:
+        if not path.is_file():
+            raise FileNotFoundError(f"missing {str(path)!r} (label hierarchy); {README_HINT}")
+        data = json.loads(path.read_text(encoding="utf-8"))
+        for key in ("level1", "level2"):
+            if key not in data:
+                raise KeyError(f"{path}: missing key {key!r}; {README_HINT}")
+        level1 = [e["name"] for e in data["level1"]]
+        index1 = {n: i for i, n in enumerate(level1)}
+        parents = []
+        for e in data["level2"]:
+            if e.get("parent") not in index1:
+                raise KeyError(f"{path}: level-2 label {e['name']!r} has unknown parent {e.get('parent')!r}")
+            parents.append(index1[e["parent"]])
+
+        def kg(e: dict) -> str | None:
+            return e["kg"] if "kg" in e else e["name"]  # explicit null: no KG entity (learnable vector)
+
+        return cls(
+            level1=level1,
+            level2=[e["name"] for e in data["level2"]],
+            parent_index=torch.tensor(parents, dtype=torch.long),
+            kg1=[kg(e) for e in data["level1"]],
+            kg2=[kg(e) for e in data["level2"]],
+        )
+
+    def label_vectors(self, kg: KnowledgeEmbeddings | None, level: int, dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, G) KG vectors of a level's labels and (L,) bool: which labels matched a KG entity."""
+        terms = self.kg1 if level == 1 else self.kg2
+        vectors = torch.zeros(len(terms), dim)
+        found = torch.zeros(len(terms), dtype=torch.bool)
+        for i, term in enumerate(terms):
+            vec = None if (term is None or kg is None) else kg.get(term)
+            if vec is not None:
+                vectors[i], found[i] = vec, True
+        return vectors, found
+
+
+def read_annotations(path: Path) -> list[dict]:
+    if not path.is_file():
+        raise FileNotFoundError(f"missing {str(path)!r} (one JSON object per video); {README_HINT}")
+    rows = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, start=1):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            for key in ("video_id", "text", "label_paths"):
+                if key not in row:
+                    raise KeyError(f"{path}:{lineno}: missing key {key!r}; {README_HINT}")
+            rows.append(row)
+    return rows
+
+
+class KEVSRDataset(Dataset):
+    """One split of the spec §4.2 format. Items are dicts with the batch keys of the module docstring (unbatched).
+
+    Features are read lazily per item through mmzoo.features; regions are cropped/padded to ``num_regions``,
+    keywords (from the annotation, or extracted from the description when missing) are mapped to KG vectors,
+    those not in the KG dropped, the rest cropped/padded to ``num_keywords``.
+    """
+
+    def __init__(
+        self,
+        data_root: str,
+        split: str,
+        hierarchy: Hierarchy,
+        kg: KnowledgeEmbeddings | None,
+        kg_dim: int,
+        num_regions: int,
+        num_keywords: int,
+        feature_format: Literal["h5", "npz"] = "h5",
+        tokenizer: Literal["whitespace", "spacy", "jieba"] = "whitespace",
+    ) -> None:
+        root = Path(data_root)
+        self.rows = read_annotations(root / "annotations" / f"{split}.jsonl")
+        self.hierarchy, self.kg, self.kg_dim = hierarchy, kg, kg_dim
+        self.num_regions, self.num_keywords = num_regions, num_keywords
+        index1 = {n: i for i, n in enumerate(hierarchy.level1)}
+        index2 = {n: i for i, n in enumerate(hierarchy.level2)}
+        self.targets1 = torch.zeros(len(self.rows), len(index1))
+        self.targets2 = torch.zeros(len(self.rows), len(index2))
+        for i, row in enumerate(self.rows):
+            for path in row["label_paths"]:
+                l1, l2 = path[0], path[1] if len(path) > 1 else None
+                if l1 not in index1 or (l2 is not None and l2 not in index2):
+                    raise KeyError(f"{split}.jsonl, video {row['video_id']!r}: label path {path} not in hierarchy.json")
+                self.targets1[i, index1[l1]] = 1.0
+                if l2 is not None:
+                    self.targets2[i, index2[l2]] = 1.0
+        self.keywords: list[list[str]] = []
+        for row in self.rows:
+            kws = row.get("keywords")
+            if kws is None:
+                kws = extract_keywords(row["text"], kg, num_keywords, tokenizer) if kg is not None else []
+            kws = [k for k in kws if kg is not None and k in kg][:num_keywords]
+            self.keywords.append(kws)
+        if feature_format == "h5":
+            path = root / "features" / f"{split}.h5"
+            if not path.is_file():
+                raise FileNotFoundError(f"missing {str(path)!r} (HDF5 features, one group per video); {README_HINT}")
+            self.readers = {k: H5Features(path, dataset_key=k) for k in FEATURE_KEYS}
+        else:
+            folder = root / "features"
+            if not folder.is_dir():
+                raise FileNotFoundError(f"missing folder {str(folder)!r} (<video_id>.npz features); {README_HINT}")
+            self.readers = {k: NpyFolderFeatures(folder, suffix=".npz", npz_key=k) for k in FEATURE_KEYS}
+        first = self.rows[0]["video_id"] if self.rows else None
+        if first is not None and first not in self.readers["f2d"]:
+            raise KeyError(f"features for video {first!r} ({split}) not found in {root / 'features'}; {README_HINT}")
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, idx: int) -> dict:
+        vid = self.rows[idx]["video_id"]
+        feats = {k: self.readers[k][vid] for k in FEATURE_KEYS}
+        regions, mask = feats["regions"], feats["region_mask"] > 0  # (T, R', Dr), (T, R')
+        t, r, dr = regions.shape
+        n = self.num_regions
+        out_regions = regions.new_zeros(t, n, dr)
+        out_mask = torch.zeros(t, n, dtype=torch.bool)
+        out_regions[:, : min(r, n)] = regions[:, :n]
+        out_mask[:, : min(r, n)] = mask[:, :n]
+        keywords = torch.zeros(self.num_keywords, self.kg_dim)
+        kw_mask = torch.zeros(self.num_keywords, dtype=torch.bool)
+        for k, term in enumerate(self.keywords[idx]):
+            keywords[k], kw_mask[k] = self.kg.get(term), True
+        return {
+            "video_id": vid,
+            "f2d": feats["f2d"],
+            "f3d": feats["f3d"],
+            "text": feats["text"].reshape(-1),
+            "regions": out_regions,
+            "region_mask": out_mask,
+            "keywords": keywords,
+            "keyword_mask": kw_mask,
+            "target1": self.targets1[idx],
+            "target2": self.targets2[idx],
+        }
+
+
+class KEVSRDataModule(pl.LightningDataModule):
+    """Reads the spec §4.2 folder (or generates the synthetic digits data set there on first use)."""
+
+    def __init__(
+        self,
+        data_root: str = "data/koubei",
+        kg_path: str | None = None,
+        kg_lang: Literal["en", "zh", "none"] = "en",
+        feature_format: Literal["h5", "npz"] = "h5",
+        tokenizer: Literal["whitespace", "spacy", "jieba"] = "whitespace",
+        num_regions: int = 10,
+        num_keywords: int = 10,
+        kg_dim: int = 300,
+        batch_size: int = 32,
+        eval_batch_size: int = 64,
+        num_workers: int = 4,
+        pin_memory: bool = False,
+        persistent_workers: bool = False,
+        generate: Literal["none", "digits", "random"] = "none",
+        generate_seed: int = 0,
+    ) -> None:
+        """
+        Args:
+            data_root: folder with hierarchy.json, annotations/ and features/ (spec §4.2).
+            kg_path: KG embeddings (Numberbatch text/.gz, or .npy + .vocab.txt); null = no KG (every label gets a
+                learnable vector, no keywords).
+            kg_lang: language of the ConceptNet URIs to keep (``none``: any).
+            feature_format: ``h5`` (features/<split>.h5) or ``npz`` (features/<video_id>.npz).
+            tokenizer: keyword candidates: ``whitespace``, ``spacy`` (English), ``jieba`` (Chinese, optional extra).
+            num_regions: regions per keyframe N_r (pad/crop).
+            num_keywords: keywords per video N_k (spec §3.7: 10).
+            kg_dim: width of the KG vectors (checked against the file).
+            batch_size: training batch (reconstruction: 32).
+            eval_batch_size: evaluation batch.
+            num_workers: DataLoader workers.
+            pin_memory: DataLoader pin_memory.
+            persistent_workers: DataLoader persistent_workers (only with workers > 0).
+            generate: ``digits`` / ``random``: write the synthetic data set of spec §8c / §8b into data_root (and the
+                KG file to kg_path) when hierarchy.json is missing; ``none`` never writes.
+            generate_seed: seed of the generator.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.hierarchy: Hierarchy | None = None
+        self.kg: KnowledgeEmbeddings | None = None
+        self.datasets: dict[str, KEVSRDataset] = {}
+
+    def prepare_data(self) -> None:
+        h = self.hparams
+        if h.generate != "none" and not (Path(h.data_root) / "hierarchy.json").is_file():
+            from kevsr.synthetic import write_digits_dataset, write_random_dataset
+
+            if h.generate == "digits":
+                write_digits_dataset(h.data_root, h.kg_path, seed=h.generate_seed)
+            else:
+                write_random_dataset(h.data_root, h.kg_path, seed=h.generate_seed)
+
+    def _load_knowledge(self) -> None:
+        h = self.hparams
+        self.hierarchy = Hierarchy.from_json(Path(h.data_root) / "hierarchy.json")
+        if h.kg_path is None:
+            return
+        vocab = {normalize_term(t) for t in self.hierarchy.kg1 + self.hierarchy.kg2 if t}
+        for split in ("train", "val", "test"):
+            path = Path(h.data_root) / "annotations" / f"{split}.jsonl"
+            if path.is_file():
+                for row in read_annotations(path):
+                    vocab.update(normalize_term(k) for k in row.get("keywords") or [])
+                    if row.get("keywords") is None:
+                        vocab.update(candidate_terms(row["text"], h.tokenizer))
+        self.kg = KnowledgeEmbeddings.load(h.kg_path, vocab, h.kg_lang)
+        if self.kg.dim != h.kg_dim:
+            raise ValueError(f"data.kg_path has {self.kg.dim}-d vectors but data.kg_dim={h.kg_dim}")
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.hierarchy is None:
+            self.prepare_data()  # no-op unless generation is asked for and the data are missing
+            self._load_knowledge()
+        h = self.hparams
+        splits = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in splits.get(stage, ("train", "val", "test")):
+            if split not in self.datasets:
+                self.datasets[split] = KEVSRDataset(
+                    h.data_root,
+                    split,
+                    self.hierarchy,
+                    self.kg,
+                    h.kg_dim,
+                    h.num_regions,
+                    h.num_keywords,
+                    h.feature_format,
+                    h.tokenizer,
+                )
+
+    def _loader(self, split: str, train: bool) -> DataLoader:
+        h = self.hparams
+        return DataLoader(
+            self.datasets[split],
+            batch_size=h.batch_size if train else h.eval_batch_size,
+            shuffle=train,
+            drop_last=False,
+            num_workers=h.num_workers,
+            pin_memory=h.pin_memory,
+            persistent_workers=h.persistent_workers and h.num_workers > 0,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)

@@ -1,0 +1,150 @@
+"""``kevsr extract``: videos (read through mmzoo.video) → the feature files of spec §4.2 (reconstruction, §4.3).
+
+Per video: N_f keyframes at segment centres; f2d = ResNet global feature; regions = the top N_r Faster R-CNN
+boxes (score ≥ threshold) pooled by RoIAlign from the ResNet C5 map; f3d = a torchvision video model on the
+``clip_len`` frames centred at each keyframe; text = BERT [CLS] of the description. Every model is loaded
+from a local file or folder; a missing one raises an error naming it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from mmzoo.video import VideoDecodeError, VideoReader, normalize, resize_short_side, uniform_segment_indices
+
+from kevsr.data import read_annotations
+
+log = logging.getLogger(__name__)
+
+
+def _require(path: str | None, flag: str, what: str) -> str:
+    if not path or not Path(path).exists():
+        raise FileNotFoundError(f"kevsr extract {flag}={path!r}: supply {what} (local file, no download)")
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kevsr extract", description=__doc__.splitlines()[0])
+    p.add_argument("--data-root", required=True, help="folder with annotations/<split>.jsonl; writes features/")
+    p.add_argument("--split", required=True, choices=["train", "val", "test"])
+    p.add_argument("--videos-dir", required=True, help="videos as <video_id>.mp4 unless the annotation has video_path")
+    p.add_argument("--resnet", choices=["resnet50", "resnet152"], default="resnet50")
+    p.add_argument("--resnet-weights", required=True, help="torchvision ResNet state_dict (.pth)")
+    p.add_argument("--video-model", choices=["r3d_18", "r2plus1d_18", "mc3_18"], default="r3d_18")
+    p.add_argument("--video-model-weights", required=True, help="torchvision video model state_dict (.pth)")
+    p.add_argument("--detector-weights", required=True, help="torchvision fasterrcnn_resnet50_fpn state_dict (.pth)")
+    p.add_argument("--bert", required=True, help="local transformers BERT folder (bert-base-chinese / -uncased)")
+    p.add_argument("--num-frames", type=int, default=12, help="N_f keyframes (spec §3.7)")
+    p.add_argument("--clip-len", type=int, default=16, help="N_c frames per 3D clip (spec §3.1)")
+    p.add_argument("--num-regions", type=int, default=10, help="N_r boxes per keyframe")
+    p.add_argument("--score-threshold", type=float, default=0.2)
+    p.add_argument("--on-corrupt", choices=["raise", "skip"], default="raise")
+    p.add_argument("--device", default="cpu")
+    return p
+
+
+class FeatureExtractor:
+    """The models of spec §4.3, built from local weights."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        import torchvision
+        from torchvision.models import detection, video
+        from transformers import AutoModel, AutoTokenizer
+
+        dev = torch.device(args.device)
+        resnet = torchvision.models.resnet50() if args.resnet == "resnet50" else torchvision.models.resnet152()
+        resnet.load_state_dict(
+            torch.load(_require(args.resnet_weights, "--resnet-weights", "ResNet weights"), map_location="cpu")
+        )
+        self.trunk = torch.nn.Sequential(*list(resnet.children())[:-2]).eval().to(dev)  # up to C5
+        builders = {"r3d_18": video.r3d_18, "r2plus1d_18": video.r2plus1d_18, "mc3_18": video.mc3_18}
+        vmodel = builders[args.video_model]()
+        vmodel.load_state_dict(
+            torch.load(
+                _require(args.video_model_weights, "--video-model-weights", "video model weights"), map_location="cpu"
+            )
+        )
+        vmodel.fc = torch.nn.Identity()
+        self.video_model = vmodel.eval().to(dev)
+        det = detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
+        det.load_state_dict(
+            torch.load(
+                _require(args.detector_weights, "--detector-weights", "Faster R-CNN weights"), map_location="cpu"
+            )
+        )
+        self.detector = det.eval().to(dev)
+        self.tokenizer = AutoTokenizer.from_pretrained(_require(args.bert, "--bert", "a BERT folder"))
+        self.bert = AutoModel.from_pretrained(args.bert).eval().to(dev)
+        self.args, self.device = args, dev
+
+    @torch.no_grad()
+    def __call__(self, reader: VideoReader, text: str) -> dict[str, np.ndarray]:
+        from torchvision.ops import roi_align
+
+        a, dev = self.args, self.device
+        n = reader.num_frames
+        keys = uniform_segment_indices(n, a.num_frames, train=False)
+        frames = reader.get_frames(keys).to(dev)  # (T, 3, H, W) uint8
+        x = normalize(resize_short_side(frames, 224), "imagenet")  # (T, 3, h, w)
+        c5 = self.trunk(x)  # (T, 2048, h/32, w/32)
+        f2d = c5.mean(dim=(2, 3))  # (T, 2048)
+        dets = self.detector(list(frames.float() / 255.0))
+        t = len(keys)
+        regions = torch.zeros(t, a.num_regions, c5.shape[1], device=dev)
+        mask = torch.zeros(t, a.num_regions, dtype=torch.uint8)
+        boxes_out = np.zeros((t, a.num_regions, 4), np.float32)
+        scale = c5.shape[-1] / frames.shape[-1]
+        for j, d in enumerate(dets):
+            keep = d["scores"] >= a.score_threshold
+            boxes = d["boxes"][keep][: a.num_regions]  # sorted by score
+            if len(boxes):
+                pooled = roi_align(c5[j : j + 1], [boxes], output_size=(7, 7), spatial_scale=scale, aligned=True)
+                regions[j, : len(boxes)] = pooled.mean(dim=(2, 3))  # (n, 2048)
+                mask[j, : len(boxes)] = 1
+                boxes_out[j, : len(boxes)] = boxes.cpu().numpy()
+        f3d = []
+        for k in keys:
+            idx = [min(max(k - a.clip_len // 2 + i, 0), n - 1) for i in range(a.clip_len)]
+            clip = normalize(resize_short_side(reader.get_frames(idx), 112), "imagenet")  # (C_len, 3, h, w)
+            f3d.append(self.video_model(clip.permute(1, 0, 2, 3)[None].to(dev))[0])  # (D3,)
+        tok = self.tokenizer(text, return_tensors="pt", truncation=True, max_length=128).to(dev)
+        cls = self.bert(**tok).last_hidden_state[0, 0]  # (768,)
+        return {
+            "f2d": f2d.cpu().numpy(),
+            "f3d": torch.stack(f3d).cpu().numpy(),
+            "text": cls.cpu().numpy(),
+            "regions": regions.cpu().numpy(),
+            "region_mask": mask.numpy(),
+            "region_boxes": boxes_out,
+        }
+
+
+def main(argv: list[str]) -> Path:
+    import h5py
+    from tqdm import tqdm
+
+    args = build_parser().parse_args(argv)
+    root = Path(args.data_root)
+    rows = read_annotations(root / "annotations" / f"{args.split}.jsonl")
+    extractor = FeatureExtractor(args)
+    out = root / "features" / f"{args.split}.h5"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with h5py.File(out, "w") as f:
+        for row in tqdm(rows, desc=f"kevsr extract {args.split}", total=len(rows)):
+            path = row.get("video_path") or str(Path(args.videos_dir) / f"{row['video_id']}.mp4")
+            try:
+                reader = VideoReader(path)
+                feats = extractor(reader, row["text"])
+            except VideoDecodeError as err:
+                if args.on_corrupt == "raise":
+                    raise
+                log.warning("skipping corrupt video %s: %s", err.path, err)
+                continue
+            g = f.create_group(row["video_id"])
+            for key, arr in feats.items():
+                g.create_dataset(key, data=arr)
+    return out

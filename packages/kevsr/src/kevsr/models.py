@@ -1,0 +1,394 @@
+"""The two-stream model of "Knowledge-enhanced Multi-perspective Video Representation Learning for Scene
+Recognition" (spec §3): the temporal stream S1 (used at inference) and the knowledge-enhanced non-temporal
+stream S2 (training only), both giving hierarchical two-level label scores.
+
+Shapes: B videos, T = N_f keyframes, R = N_r regions per frame, K = N_k keywords, D = d latent width,
+G = KG embedding width (300), L1 / L2 = labels of level 1 / level 2.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+__all__ = [
+    "KEVSRConfig",
+    "FrameRefiner",
+    "HierarchicalScores",
+    "TemporalStream",
+    "RegionReasoner",
+    "LocalAttentionPool",
+    "KeywordFusion",
+    "LabelMatchingHead",
+    "NonTemporalStream",
+    "KEVSRModel",
+    "refine_level2",
+]
+
+
+@dataclass
+class KEVSRConfig:
+    """Architecture of both streams (spec §3.1–3.3, §3.6–3.7). Widths of the input features come from the files."""
+
+    dim: int = 768
+    """Latent size d (spec §3.7; grid {192, 384, 768})."""
+    f2d_dim: int = 2048
+    """Width of the per-keyframe 2D feature f2D (ResNet)."""
+    f3d_dim: int = 1024
+    """Width of the per-keyframe 3D feature f3D (I3D)."""
+    text_dim: int = 768
+    """Width of the description feature f_text (BERT)."""
+    region_dim: int = 2048
+    """Width of a region feature fR (Faster R-CNN box → ResNet)."""
+    kg_dim: int = 300
+    """Width of the KG entity embeddings G (ConceptNet Numberbatch: 300)."""
+    num_frames: int = 12
+    """Keyframes per video N_f (spec §3.7)."""
+    num_regions: int = 10
+    """Regions per keyframe N_r (not given; reconstruction 10, padded + masked)."""
+    num_keywords: int = 10
+    """Keywords per video N_k (spec §3.7; written N_r in the paper's settings)."""
+    num_level1: int = 6
+    """Level-1 labels |L_1| (Koubei: 6); must match hierarchy.json."""
+    num_level2: int = 320
+    """Level-2 labels |L_2| (Koubei: 320); must match hierarchy.json."""
+    dropout: float = 0.5
+    """Dropout p (spec §3.1: keep probability 0.5)."""
+    temporal_layers: int = 2
+    """Transformer layers of the temporal encoder (reconstruction: 2)."""
+    temporal_heads: int = 12
+    """Attention heads of the temporal encoder (reconstruction: 12)."""
+    temporal_dropout: float = 0.1
+    """Dropout inside the temporal Transformer (reconstruction: 0.1)."""
+    region_layers: int = 1
+    """Transformer layers of the inner-frame region reasoning (reconstruction: 1)."""
+    region_heads: int = 12
+    """Attention heads of the region Transformer (reconstruction: 12)."""
+    assign_softmax_over: Literal["keywords", "frames"] = "keywords"
+    """Axis of the keyword-cluster soft assignment a_{j,k} (reconstruction: NetVLAD's, over keywords)."""
+    nt_fusion: Literal["knowledge", "mean", "transformer"] = "knowledge"
+    """S2 video fusion: keyword clusters (full model), frame mean (w/o-know), Transformer (w/o-know & w-temp)."""
+    keyword_source: Literal["kg", "random_shared"] = "kg"
+    """Keyword embeddings: the KG vectors of each video's keywords, or N_k learnable vectors shared by all (w/o-kw)."""
+    freeze_label_kg: bool = True
+    """Keep KG-matched label embeddings frozen (reconstruction; gives label scalability)."""
+    init_std: float = 0.02
+    """Std of the Gaussian weight init (spec §3.1: Gaussian; std reconstruction)."""
+
+    def __post_init__(self) -> None:
+        for key in ("dim", "num_frames", "num_regions", "num_keywords", "num_level1", "num_level2", "kg_dim"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
+        for key in ("temporal_heads", "region_heads"):
+            if self.dim % getattr(self, key) != 0:
+                raise ValueError(f"model.config.{key}={getattr(self, key)} must divide dim={self.dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.config.dropout={self.dropout} must be in [0, 1)")
+
+
+def _mlp(dim_in: int, hidden: int, dim_out: int, dropout: float) -> nn.Sequential:
+    """φ(x) = W2 · Dropout(GELU(W1 x + b1)) + b2 (dropout after the hidden layer: reconstruction)."""
+    return nn.Sequential(nn.Linear(dim_in, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim_out))
+
+
+def refine_level2(basic1: torch.Tensor, basic2: torch.Tensor, parent_index: torch.Tensor) -> torch.Tensor:
+    """Refined level-2 scores, spec §3.2:  s_{q2} = s'_{1, μ(q2)} + s'_{2, q2}.
+
+    basic1 (B, L1), basic2 (B, L2), parent_index (L2,) = μ. Returns (B, L2).
+    """
+    return basic2 + basic1[:, parent_index]  # (B, L2)
+
+
+class FrameRefiner(nn.Module):
+    """One refinement branch τ ∈ {g, l} (spec §3.2):
+
+        e^con_j = [f2D_j ; f3D_j ; f_text];  e^ref_j = W2 GELU(W1 e^con_j + b1) + b2
+        f_j = LayerNorm(Dropout(e^ref_j) + W3 e^con_j)     (W3 without bias: reconstruction)
+
+    Shapes: f2d (B, T, D2), f3d (B, T, D3), text (B, Dt) → (B, T, D).
+    """
+
+    def __init__(self, dim_in: int, dim: int, dropout: float) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim_in, dim), nn.GELU(), nn.Linear(dim, dim))  # W1, W2
+        self.dropout = nn.Dropout(dropout)
+        self.residual = nn.Linear(dim_in, dim, bias=False)  # W3
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, f2d: torch.Tensor, f3d: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        t = f2d.shape[1]
+        e_con = torch.cat([f2d, f3d, text[:, None, :].expand(-1, t, -1)], dim=-1)  # (B, T, D2+D3+Dt)
+        return self.norm(self.dropout(self.mlp(e_con)) + self.residual(e_con))  # (B, T, D)
+
+
+class HierarchicalScores(nn.Module):
+    """S1 heads (spec §3.2): per level s'_i = W5^i GELU(W4^i e + b4^i) + b5^i; level 2 refined by the parent."""
+
+    def __init__(self, dim: int, num_level1: int, num_level2: int, dropout: float) -> None:
+        super().__init__()
+        self.head1 = _mlp(dim, dim, num_level1, dropout)
+        self.head2 = _mlp(dim, dim, num_level2, dropout)
+
+    def forward(self, video: torch.Tensor, parent_index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """video (B, D) → {"basic1", "basic2", "level1" (B, L1), "level2" (B, L2)} (level* = refined)."""
+        b1, b2 = self.head1(video), self.head2(video)  # (B, L1), (B, L2)
+        return {"basic1": b1, "basic2": b2, "level1": b1, "level2": refine_level2(b1, b2, parent_index)}
+
+
+class TemporalStream(nn.Module):
+    """S1 (spec §3.2): f^g frames + [CLS] + learned positions → Transformer → e^t = o_0 → hierarchical scores."""
+
+    def __init__(self, cfg: KEVSRConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.refine = FrameRefiner(cfg.f2d_dim + cfg.f3d_dim + cfg.text_dim, d, cfg.dropout)  # τ = g
+        self.cls = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos = nn.Parameter(torch.zeros(1, cfg.num_frames + 1, d))
+        layer = nn.TransformerEncoderLayer(d, cfg.temporal_heads, 4 * d, cfg.temporal_dropout, "gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.temporal_layers, enable_nested_tensor=False)
+        self.heads = HierarchicalScores(d, cfg.num_level1, cfg.num_level2, cfg.dropout)
+        self.num_frames = cfg.num_frames
+
+    def forward(self, batch: dict[str, torch.Tensor], parent_index: torch.Tensor) -> dict[str, torch.Tensor]:
+        f_g = self.refine(batch["f2d"], batch["f3d"], batch["text"])  # (B, T, D)
+        b, t, _ = f_g.shape
+        if t > self.num_frames:
+            raise ValueError(f"{t} keyframes but model.config.num_frames={self.num_frames} position embeddings")
+        tokens = torch.cat([self.cls.expand(b, -1, -1), f_g], dim=1) + self.pos[:, : t + 1]  # (B, T+1, D)
+        e_t = self.encoder(tokens)[:, 0]  # (B, D) output at [CLS]
+        return self.heads(e_t, parent_index)
+
+
+class RegionReasoner(nn.Module):
+    """Inner-frame reasoning (spec §3.3a.1): Linear + LayerNorm projection, then a Transformer over the R regions
+    of each keyframe (no position embedding, key-padding mask). (B, T, R, Dr), mask (B, T, R) → (B, T, R, D)."""
+
+    def __init__(self, cfg: KEVSRConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.proj = nn.Sequential(nn.Linear(cfg.region_dim, d), nn.LayerNorm(d))
+        layer = nn.TransformerEncoderLayer(d, cfg.region_heads, 4 * d, cfg.temporal_dropout, "gelu", batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, cfg.region_layers, enable_nested_tensor=False)
+
+    def forward(self, regions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, t, r, _ = regions.shape
+        x = self.proj(regions).flatten(0, 1)  # (B·T, R, D)
+        m = mask.flatten(0, 1)  # (B·T, R) True = valid
+        pad = ~m
+        pad[~m.any(dim=1)] = False  # a frame without any region attends to its zero padding (output unused)
+        out = self.encoder(x, src_key_padding_mask=pad)  # (B·T, R, D)
+        return out.view(b, t, r, -1)  # (B, T, R, D)
+
+
+class LocalAttentionPool(nn.Module):
+    """Local region attention (spec §3.3a.2), single head, d_K = d, no residual:
+
+        α_{j,m} = softmax_m(Q_j · K_{j,m} / √d),  f'^l_j = Σ_m α_{j,m} U_{j,m}
+
+    frame (B, T, D) = f^l, regions (B, T, R, D), mask (B, T, R) → (B, T, D); a frame without valid regions → 0.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.q, self.k, self.v = nn.Linear(dim, dim), nn.Linear(dim, dim), nn.Linear(dim, dim)
+        self.scale = 1.0 / math.sqrt(dim)
+
+    def attention(self, frame: torch.Tensor, regions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The weights α (B, T, R): sum to 1 over valid regions, all 0 for a frame without any."""
+        logits = torch.einsum("btd,btrd->btr", self.q(frame), self.k(regions)).float() * self.scale  # (B, T, R)
+        logits = logits.masked_fill(~mask, float("-inf"))
+        alpha = torch.softmax(logits, dim=-1)
+        return torch.nan_to_num(alpha, nan=0.0)  # fully masked rows: softmax of all -inf = NaN → 0
+
+    def forward(self, frame: torch.Tensor, regions: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        alpha = self.attention(frame, regions, mask).to(regions.dtype)  # (B, T, R)
+        return torch.einsum("btr,btrd->btd", alpha, self.v(regions))  # (B, T, D)
+
+
+class KeywordFusion(nn.Module):
+    """Knowledge-enhanced video fusion (spec §3.3b), NetVLAD-style with keyword-generated clusters:
+
+        w_k = φ_w(g_k) ∈ R^d,  c_k = φ_c(g_k) ∈ R,  z_k = φ_z(g_k) ∈ R^d
+        a_{j,k} = softmax(w_k · f'_j + c_k)            (axis: keywords (default) or frames)
+        f^kw_k = Σ_j a_{j,k} (f'_j − z_k)
+        e'^nt = (1/|K_v|) Σ_k f^kw_k + (1/N_f) Σ_j f'_j;   e^nt = W^nt e'^nt + b^nt
+
+    frames (B, T, D), keywords (B, K, G), keyword_mask (B, K) → e^nt (B, D). A video without keywords uses the
+    frame mean only (reconstruction).
+    """
+
+    def __init__(self, kg_dim: int, dim: int, softmax_over: str, dropout: float) -> None:
+        super().__init__()
+        self.phi_w = _mlp(kg_dim, dim, dim, dropout)
+        self.phi_c = _mlp(kg_dim, dim, 1, dropout)
+        self.phi_z = _mlp(kg_dim, dim, dim, dropout)
+        self.out = nn.Linear(dim, dim)  # W^nt, b^nt
+        self.softmax_over = softmax_over
+
+    def assignment(self, frames: torch.Tensor, keywords: torch.Tensor, keyword_mask: torch.Tensor) -> torch.Tensor:
+        """a (B, T, K); masked keywords get 0."""
+        w = self.phi_w(keywords)  # (B, K, D)
+        c = self.phi_c(keywords).squeeze(-1)  # (B, K)
+        logits = (torch.einsum("btd,bkd->btk", frames, w) + c[:, None, :]).float()  # (B, T, K)
+        logits = logits.masked_fill(~keyword_mask[:, None, :], float("-inf"))
+        dim = -1 if self.softmax_over == "keywords" else 1
+        return torch.nan_to_num(torch.softmax(logits, dim=dim), nan=0.0)  # (B, T, K)
+
+    def forward(self, frames: torch.Tensor, keywords: torch.Tensor, keyword_mask: torch.Tensor) -> torch.Tensor:
+        a = self.assignment(frames, keywords, keyword_mask).to(frames.dtype)  # (B, T, K)
+        z = self.phi_z(keywords)  # (B, K, D)
+        # Σ_j a_jk (f'_j − z_k) = Σ_j a_jk f'_j − (Σ_j a_jk) z_k
+        f_kw = torch.einsum("btk,btd->bkd", a, frames) - a.sum(dim=1)[..., None] * z  # (B, K, D)
+        m = keyword_mask.to(frames.dtype)  # (B, K)
+        kw_mean = (f_kw * m[..., None]).sum(dim=1) / m.sum(dim=1, keepdim=True).clamp_min(1.0)  # (B, D), 0 if none
+        return self.out(kw_mean + frames.mean(dim=1))  # (B, D)
+
+
+class LabelMatchingHead(nn.Module):
+    """Knowledge-enhanced label prediction for one level (spec §3.3c):
+
+        ê_v = W7 GELU(W6 e^nt + b6) + b7,  ê_q = W9 GELU(W8 e^label_q + b8) + b9,  s'_{v,q} = ê_v · ê_q
+
+    ``e^label_q`` = the label's KG vector (frozen by default) where it exists, else a learnable vector. Each
+    label's score depends on its own vector only, so appending a label changes no existing score.
+    """
+
+    def __init__(self, dim: int, kg_dim: int, num_labels: int, dropout: float, freeze_kg: bool) -> None:
+        super().__init__()
+        self.video_mlp = _mlp(dim, dim, dim, dropout)
+        self.label_mlp = _mlp(kg_dim, dim, dim, dropout)
+        self.register_buffer("label_kg", torch.zeros(num_labels, kg_dim))  # KG vectors (set from the data)
+        self.register_buffer("has_kg", torch.zeros(num_labels, dtype=torch.bool))
+        self.learned = nn.Parameter(torch.randn(num_labels, kg_dim) * 0.02)  # labels without a KG entity
+        self.freeze_kg = freeze_kg
+
+    def set_label_vectors(self, vectors: torch.Tensor, has_kg: torch.Tensor) -> None:
+        """vectors (L, G) KG embeddings of the labels (rows with has_kg False are ignored)."""
+        if vectors.shape != self.label_kg.shape:
+            raise ValueError(f"label KG vectors {tuple(vectors.shape)} != expected {tuple(self.label_kg.shape)}")
+        self.label_kg.copy_(vectors)
+        self.has_kg.copy_(has_kg)
+        with torch.no_grad():
+            self.learned[has_kg] = vectors[has_kg].to(self.learned.dtype)  # start from KG where not frozen
+
+    def label_embeddings(self) -> torch.Tensor:
+        """e^label (L, G)."""
+        kg = self.label_kg if self.freeze_kg else self.learned
+        return torch.where(self.has_kg[:, None], kg, self.learned)
+
+    def score(self, video: torch.Tensor, label_vectors: torch.Tensor) -> torch.Tensor:
+        """Basic scores of arbitrary label vectors: video (B, D), label_vectors (L, G) → (B, L)."""
+        return self.video_mlp(video) @ self.label_mlp(label_vectors).T  # (B, L)
+
+    def forward(self, video: torch.Tensor) -> torch.Tensor:
+        return self.score(video, self.label_embeddings())  # (B, L)
+
+
+class NonTemporalStream(nn.Module):
+    """S2 (spec §3.3): f^l frames → region attention → keyword fusion → label-embedding matching."""
+
+    def __init__(self, cfg: KEVSRConfig) -> None:
+        super().__init__()
+        d = cfg.dim
+        self.cfg = cfg
+        self.refine = FrameRefiner(cfg.f2d_dim + cfg.f3d_dim + cfg.text_dim, d, cfg.dropout)  # τ = l
+        self.regions = RegionReasoner(cfg)
+        self.local_attention = LocalAttentionPool(d)
+        self.fusion: nn.Module
+        if cfg.nt_fusion == "knowledge":
+            self.fusion = KeywordFusion(cfg.kg_dim, d, cfg.assign_softmax_over, cfg.dropout)
+        elif cfg.nt_fusion == "mean":
+            self.fusion = nn.Linear(d, d)  # e^nt = W^nt mean_j f'_j + b^nt
+        else:
+            self.region_in = nn.Linear(cfg.region_dim, d)
+            self.fusion_cls = nn.Parameter(torch.zeros(1, 1, d))
+            layer = nn.TransformerEncoderLayer(
+                d, cfg.region_heads, 4 * d, cfg.temporal_dropout, "gelu", batch_first=True
+            )
+            self.fusion = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
+        if cfg.keyword_source == "random_shared":
+            self.shared_keywords = nn.Parameter(torch.randn(cfg.num_keywords, cfg.kg_dim) * cfg.init_std)
+        self.head1 = LabelMatchingHead(d, cfg.kg_dim, cfg.num_level1, cfg.dropout, cfg.freeze_label_kg)
+        self.head2 = LabelMatchingHead(d, cfg.kg_dim, cfg.num_level2, cfg.dropout, cfg.freeze_label_kg)
+
+    def video_embedding(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """e^nt (B, D)."""
+        f_l = self.refine(batch["f2d"], batch["f3d"], batch["text"])  # (B, T, D)
+        mask = batch["region_mask"]  # (B, T, R) bool
+        if self.cfg.nt_fusion == "transformer":
+            # Reconstruction of "w/o-know & w-temp": [CLS] + frames + all regions → Transformer → [CLS]
+            b = f_l.shape[0]
+            regions = self.region_in(batch["regions"]).flatten(1, 2)  # (B, T·R, D)
+            tokens = torch.cat([self.fusion_cls.expand(b, -1, -1), f_l, regions], dim=1)  # (B, 1+T+T·R, D)
+            valid = torch.cat([mask.new_ones(b, 1 + f_l.shape[1]), mask.flatten(1)], dim=1)  # (B, 1+T+T·R)
+            return self.fusion(tokens, src_key_padding_mask=~valid)[:, 0]  # (B, D)
+        regions = self.regions(batch["regions"], mask)  # (B, T, R, D)
+        frames = self.local_attention(f_l, regions, mask)  # (B, T, D) f'^l
+        if self.cfg.nt_fusion == "mean":
+            return self.fusion(frames.mean(dim=1))  # (B, D)
+        if self.cfg.keyword_source == "random_shared":
+            b = frames.shape[0]
+            keywords = self.shared_keywords[None].expand(b, -1, -1)  # (B, K, G)
+            kw_mask = torch.ones(b, keywords.shape[1], dtype=torch.bool, device=frames.device)
+        else:
+            keywords, kw_mask = batch["keywords"], batch["keyword_mask"]  # (B, K, G), (B, K)
+        return self.fusion(frames, keywords, kw_mask)  # (B, D)
+
+    def forward(self, batch: dict[str, torch.Tensor], parent_index: torch.Tensor) -> dict[str, torch.Tensor]:
+        e_nt = self.video_embedding(batch)
+        b1, b2 = self.head1(e_nt), self.head2(e_nt)  # (B, L1), (B, L2)
+        return {"basic1": b1, "basic2": b2, "level1": b1, "level2": refine_level2(b1, b2, parent_index)}
+
+
+class KEVSRModel(nn.Module):
+    """Both streams. ``streams``: ``both`` (full model), ``temporal`` (MMBT-like S1 only), ``nontemporal``
+    (the Ours-S2 rows). Inference uses S1 only (spec §3.5), so S2 can be absent from a checkpoint."""
+
+    def __init__(self, cfg: KEVSRConfig, streams: Literal["both", "temporal", "nontemporal"] = "both") -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.temporal = TemporalStream(cfg) if streams in ("both", "temporal") else None
+        self.nontemporal = NonTemporalStream(cfg) if streams in ("both", "nontemporal") else None
+        self.register_buffer("parent_index", torch.zeros(cfg.num_level2, dtype=torch.long))  # μ(q2)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Gaussian init (std ``init_std``) for Linear layers and the [CLS]/position vectors; LayerNorm at 1/0."""
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, std=self.cfg.init_std)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if self.temporal is not None:
+            nn.init.normal_(self.temporal.cls, std=self.cfg.init_std)
+            nn.init.normal_(self.temporal.pos, std=self.cfg.init_std)
+
+    def set_hierarchy(self, parent_index: torch.Tensor) -> None:
+        if parent_index.shape != self.parent_index.shape:
+            raise ValueError(
+                f"hierarchy has {len(parent_index)} level-2 labels, model expects {len(self.parent_index)}"
+            )
+        self.parent_index.copy_(parent_index)
+
+    def forward_temporal(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.temporal(batch, self.parent_index)
+
+    def forward_nontemporal(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.nontemporal(batch, self.parent_index)
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
+        """batch: f2d (B, T, D2), f3d (B, T, D3), text (B, Dt), regions (B, T, R, Dr), region_mask (B, T, R) bool,
+        keywords (B, K, G), keyword_mask (B, K) → {"t": S1 scores, "nt": S2 scores} for the streams present."""
+        out = {}
+        if self.temporal is not None:
+            out["t"] = self.forward_temporal(batch)
+        if self.nontemporal is not None:
+            out["nt"] = self.forward_nontemporal(batch)
+        return out

@@ -1,0 +1,227 @@
+"""The LightningModule: both streams in training, the temporal stream at inference (spec §3.4–3.5, §5)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics.classification import MultilabelF1Score
+
+from kevsr.losses import HierarchicalLoss, SelfDistillationLoss
+from kevsr.metrics import RPAtAccuracy
+from kevsr.models import KEVSRConfig, KEVSRModel
+
+__all__ = ["KEVSRModule"]
+
+
+class KEVSRModule(pl.LightningModule):
+    """J = β^t J^t + β^nt J^nt + β^distill J^distill (spec §3.4); evaluation on the temporal stream S1
+    (or on S2 when ``streams: nontemporal``), with the S2 metrics also logged under ``*/s2_*`` when both exist.
+
+    Logged: ``{val,test}/f1_l2`` (headline), ``f1_l1``, ``f1_all`` (both levels concatenated), ``rp90_l2``,
+    ``rp90_l1``, ``rp90_all``; train: ``train/loss``, ``train/loss_t``, ``train/loss_nt``, ``train/loss_distill``.
+    """
+
+    checkpoint_monitor = "val/f1_l2"
+    checkpoint_mode = "max"
+
+    def __init__(
+        self,
+        config: KEVSRConfig,
+        streams: Literal["both", "temporal", "nontemporal"] = "both",
+        beta_t: float = 1.0,
+        beta_nt: float = 1.0,
+        beta_distill: float = 1.0,
+        beta1: float = 1.0,
+        beta2: float = 1.0,
+        nt_beta1: float = 1.0,
+        nt_beta2: float = 1.0,
+        distill_stop_grad: Literal["none", "nt", "t"] = "none",
+        lr: float = 1e-4,
+        weight_decay: float = 0.01,
+        warmup_ratio: float = 0.05,
+        rp_accuracy: float = 0.9,
+        rp_mode: Literal["threshold", "top1"] = "threshold",
+        threshold: float = 0.0,
+        consistent_paths: bool = False,
+    ) -> None:
+        """
+        Args:
+            config: architecture (spec §3).
+            streams: ``both`` (full model), ``temporal`` (MMBT baseline), ``nontemporal`` (the Ours-S2 rows).
+            beta_t: β^t, weight of the S1 loss (spec §3.4: 1).
+            beta_nt: β^nt, weight of the S2 loss (1).
+            beta_distill: β^distill, weight of the self-distillation (1).
+            beta1: β1, level-1 weight in J^t and J^distill (1).
+            beta2: β2, level-2 weight in J^t and J^distill (1).
+            nt_beta1: β1 of the S2 loss (1; 0 = the "Ours-S2 w/o-hier" row).
+            nt_beta2: β2 of the S2 loss (1).
+            distill_stop_grad: ``none`` mutual distillation, ``nt`` detach S2, ``t`` detach S1 (reconstruction).
+            lr: AdamW learning rate (reconstruction 1e-4; grid {1e-1, 3e-4, 1e-4, 3e-5, 1e-5}).
+            weight_decay: AdamW weight decay (reconstruction 0.01).
+            warmup_ratio: linear warm-up over this fraction of the steps, then constant (reconstruction 5%).
+            rp_accuracy: the accuracy constraint of RP@X (0.9).
+            rp_mode: RP@90% definition: ``threshold`` (all labels ≥ θ) or ``top1`` (reconstruction).
+            threshold: prediction threshold on refined scores (0 = sigmoid 0.5).
+            consistent_paths: at prediction, keep a level-2 label only if its parent is predicted.
+        """
+        super().__init__()
+        self.save_hyperparameters()
+        self.config = config
+        self.model = KEVSRModel(config, streams)
+        self.loss_t = HierarchicalLoss(beta1, beta2)
+        self.loss_nt = HierarchicalLoss(nt_beta1, nt_beta2)
+        self.loss_distill = SelfDistillationLoss(beta1, beta2, distill_stop_grad)
+        self.eval_streams = ["t"] if streams != "nontemporal" else ["nt"]
+        if streams == "both":
+            self.eval_streams.append("nt")
+        l1, l2 = config.num_level1, config.num_level2
+        self.metrics = nn.ModuleDict()
+        for stage in ("val", "test"):
+            for stream in self.eval_streams:
+                for level, n in (("l1", l1), ("l2", l2), ("all", l1 + l2)):
+                    key = f"{stage}_{stream}_{level}"
+                    self.metrics[f"{key}_f1"] = MultilabelF1Score(num_labels=n, average="micro", threshold=0.5)
+                    self.metrics[f"{key}_rp"] = RPAtAccuracy(rp_accuracy, rp_mode)
+
+    # -------------------------------------------------------------- data-derived buffers (hierarchy, label KG)
+    def setup(self, stage: str) -> None:
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is None or getattr(dm, "hierarchy", None) is None:
+            return
+        h, cfg = dm.hierarchy, self.config
+        if (len(h.level1), len(h.level2)) != (cfg.num_level1, cfg.num_level2):
+            raise ValueError(
+                f"hierarchy.json has {len(h.level1)} level-1 / {len(h.level2)} level-2 labels but "
+                f"model.config.num_level1={cfg.num_level1}, num_level2={cfg.num_level2}"
+            )
+        self.model.set_hierarchy(h.parent_index)
+        if self.model.nontemporal is not None:
+            for level, head in ((1, self.model.nontemporal.head1), (2, self.model.nontemporal.head2)):
+                vectors, found = h.label_vectors(dm.kg, level, cfg.kg_dim)
+                head.set_label_vectors(vectors, found)
+        split = next(iter(dm.datasets.values()), None)
+        if split is not None and len(split):
+            item = split[0]
+            widths = {
+                "f2d_dim": item["f2d"].shape[-1],
+                "f3d_dim": item["f3d"].shape[-1],
+                "text_dim": item["text"].shape[-1],
+                "region_dim": item["regions"].shape[-1],
+            }
+            for key, width in widths.items():
+                if getattr(cfg, key) != width:
+                    raise ValueError(f"model.config.{key}={getattr(cfg, key)} but the feature files have {width}")
+
+    # -------------------------------------------------------------- training
+    def _check_batch(self, batch: dict) -> None:
+        f2d = batch["f2d"]
+        if f2d.dim() != 3 or f2d.shape[0] == 0:
+            raise ValueError(f"batch['f2d'] must be a non-empty (B, T, D), got {tuple(f2d.shape)}")
+        if batch["regions"].shape[:2] != f2d.shape[:2] or batch["region_mask"].shape != batch["regions"].shape[:3]:
+            raise ValueError(
+                f"regions {tuple(batch['regions'].shape)} / region_mask {tuple(batch['region_mask'].shape)} "
+                f"do not match f2d {tuple(f2d.shape)}"
+            )
+
+    def compute_losses(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Every term of spec §3.4 for one batch, plus the scores of each stream."""
+        self._check_batch(batch)
+        out = self.model(batch)
+        t1, t2 = batch["target1"], batch["target2"]
+        zero = batch["f2d"].new_zeros(())
+        terms = {"loss_t": zero, "loss_nt": zero, "loss_distill": zero}
+        if "t" in out:
+            terms["loss_t"] = self.loss_t(out["t"], t1, t2)
+        if "nt" in out:
+            terms["loss_nt"] = self.loss_nt(out["nt"], t1, t2)
+        if "t" in out and "nt" in out and self.hparams.beta_distill != 0:
+            terms["loss_distill"] = self.loss_distill(out["t"], out["nt"])
+        h = self.hparams
+        terms["loss"] = (
+            h.beta_t * terms["loss_t"] + h.beta_nt * terms["loss_nt"] + h.beta_distill * terms["loss_distill"]
+        )
+        terms["scores"] = out
+        return terms
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        terms = self.compute_losses(batch)
+        if not torch.isfinite(terms["loss"]):
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step}: "
+                + ", ".join(f"{k}={float(terms[k]):.4g}" for k in ("loss_t", "loss_nt", "loss_distill"))
+            )
+        bs = batch["f2d"].shape[0]
+        for key in ("loss", "loss_t", "loss_nt", "loss_distill"):
+            self.log(f"train/{key}", terms[key], batch_size=bs, prog_bar=key == "loss")
+        return terms["loss"]
+
+    # -------------------------------------------------------------- evaluation
+    def _eval_step(self, batch: dict, stage: str) -> None:
+        self._check_batch(batch)
+        t1, t2 = batch["target1"], batch["target2"]
+        for stream in self.eval_streams:
+            scores = self.model.forward_temporal(batch) if stream == "t" else self.model.forward_nontemporal(batch)
+            s1, s2 = scores["level1"], scores["level2"]
+            for level, s, t in (
+                ("l1", s1, t1),
+                ("l2", s2, t2),
+                ("all", torch.cat([s1, s2], 1), torch.cat([t1, t2], 1)),
+            ):
+                key = f"{stage}_{stream}_{level}"
+                self.metrics[f"{key}_f1"].update(torch.sigmoid(s.float() - self.hparams.threshold), t.long())
+                self.metrics[f"{key}_rp"].update(s, t)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        for stream in self.eval_streams:
+            prefix = "" if stream == self.eval_streams[0] else "s2_"
+            for level in ("l1", "l2", "all"):
+                key = f"{stage}_{stream}_{level}"
+                for name in ("f1", "rp"):
+                    value = self.metrics[f"{key}_{name}"].compute()
+                    self.metrics[f"{key}_{name}"].reset()
+                    label = "f1" if name == "f1" else "rp90"
+                    self.log(f"{stage}/{prefix}{label}_{level}", value, sync_dist=True)
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._eval_epoch_end("test")
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Inference (spec §3.5): S1 only (S2 when trained alone). Returns refined scores and the predicted
+        labels (score > threshold), level-2 optionally filtered to predicted parents."""
+        scores = (
+            self.model.forward_temporal(batch)
+            if self.model.temporal is not None
+            else self.model.forward_nontemporal(batch)
+        )
+        pred1 = scores["level1"] > self.hparams.threshold  # (B, L1)
+        pred2 = scores["level2"] > self.hparams.threshold  # (B, L2)
+        if self.hparams.consistent_paths:
+            pred2 = pred2 & pred1[:, self.model.parent_index]
+        return {
+            "video_id": batch["video_id"],
+            "level1": scores["level1"],
+            "level2": scores["level2"],
+            "pred1": pred1,
+            "pred2": pred2,
+        }
+
+    # -------------------------------------------------------------- optimizer
+    def configure_optimizers(self):
+        h = self.hparams
+        opt = torch.optim.AdamW([p for p in self.parameters() if p.requires_grad], lr=h.lr, weight_decay=h.weight_decay)
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        warmup = max(int(h.warmup_ratio * total), 1)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
