@@ -1,0 +1,460 @@
+"""Readers of the CLIP4Clip-standard formats of MSR-VTT, MSVD, DiDeMo and ActivityNet Captions (spec §4), the
+in-memory digits task (spec §8c), the collate function and :class:`SHENetDataModule`.
+
+Every dataset item is a dict::
+
+    video        (T, 3, S, S) float32 CLIP-normalised frames (zero-padded to T = max_frames)
+    video_mask   (T,) bool, True for real frames
+    video_index  int, the video's index in the split's gallery
+    captions     list[str]: one caption (training pairs) or all queries of the video (evaluation)
+    text_ids     list[int]: global query index of each caption (evaluation order)
+
+Training items are (video, caption) pairs ("unfold sentences"); evaluation items are videos with all their queries
+(MSR-VTT 1k-A: one; MSVD: ~40 captions; DiDeMo/ActivityNet: one paragraph).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import pickle
+from dataclasses import asdict
+from pathlib import Path
+from typing import Literal
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.utilities import rank_zero_info
+from mmzoo.video import VideoDecodeError, VideoReader, center_crop, normalize, resize_short_side
+from torch.utils.data import DataLoader, Dataset
+
+from shenet.hierarchy import CachedParser, ParserConfig, ParseTable, build_parser
+from shenet.tokenization import TextEncoder, collate_texts
+
+__all__ = [
+    "load_frames",
+    "MSRVTTDataset",
+    "MSVDDataset",
+    "DiDeMoDataset",
+    "ActivityNetDataset",
+    "DigitsDataset",
+    "RetrievalCollate",
+    "SHENetDataModule",
+]
+
+log = logging.getLogger(__name__)
+Split = Literal["train", "val", "test"]
+_HINT = "see README, Data preparation"
+VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp")
+
+
+def load_frames(path: str | Path, max_frames: int, image_size: int, fps: float = 1.0, start: float | None = None,
+                end: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames at ``fps`` (spec §3.10): 1 fps, ``linspace(0, n-1, max_frames)`` when more, shorter side resized to
+    ``image_size``, centre crop, CLIP normalisation, zero padding.
+
+    Returns video (max_frames, 3, S, S) float32 and mask (max_frames,) bool.
+    Deviation: resizing is bilinear with antialiasing (mmzoo.video), not bicubic.
+    """
+    with VideoReader(path) as reader:
+        t0 = max(0.0, start or 0.0)
+        t1 = reader.duration if end is None or reader.duration <= 0 else min(end, reader.duration)
+        if t1 <= 0:
+            t1 = reader.num_frames / reader.fps
+        n = max(1, int(math.ceil((t1 - t0) * fps - 1e-6)))
+        idx = [min(reader.num_frames - 1, int(round((t0 + k / fps) * reader.fps))) for k in range(n)]
+        if len(idx) > max_frames:
+            pick = torch.linspace(0, len(idx) - 1, max_frames).round().long().tolist()  # uniform subsampling
+            idx = [idx[j] for j in pick]
+        frames = reader.get_frames(idx)  # (n, 3, H, W) uint8
+    frames = normalize(center_crop(resize_short_side(frames, image_size), image_size), "clip")  # (n, 3, S, S)
+    video = torch.zeros(max_frames, 3, image_size, image_size)
+    video[: len(idx)] = frames
+    mask = torch.zeros(max_frames, dtype=torch.bool)
+    mask[: len(idx)] = True
+    return video, mask
+
+
+def _require(path: Path, what: str, key: str = "data.data_root") -> Path:
+    if not path.is_file():
+        raise FileNotFoundError(f"{key}={str(path.parent)!r}: missing {path.name!r} ({what}); {_HINT}")
+    return path
+
+
+def _read_lines(path: Path) -> list[str]:
+    return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
+
+
+class _VideoTextDataset(Dataset):
+    """Shared machinery: ``self.videos`` (video ids in gallery order), ``self.queries`` (video ids → captions) and a
+    video-path index built from ``videos_dir``."""
+
+    dataset_name = "?"
+
+    def __init__(self, data_root: str | Path, split: Split, videos_dir: str | Path | None, max_frames: int,
+                 image_size: int, fps: float, on_corrupt: Literal["raise", "skip"]):
+        if split not in ("train", "val", "test"):
+            raise ValueError(f"split must be train|val|test, got {split!r}")
+        self.root = Path(data_root)
+        if not self.root.is_dir():
+            raise FileNotFoundError(f"data.data_root={str(self.root)!r} is not a directory ({self.dataset_name} "
+                                    f"annotations expected); {_HINT}")
+        self.split = split
+        self.videos_dir = Path(videos_dir) if videos_dir else self.root / "videos"
+        self.max_frames, self.image_size, self.fps, self.on_corrupt = max_frames, image_size, fps, on_corrupt
+        self.train = split == "train"
+        self.videos: list[str] = []
+        self.captions: dict[str, list[str]] = {}
+        self.intervals: dict[str, tuple[float | None, float | None]] = {}
+
+    # -- built by subclasses, then finished here -----------------------------------------------------------
+    def _finish(self) -> None:
+        missing = [v for v in self.videos if not self.captions.get(v)]
+        if missing:
+            raise KeyError(f"{self.dataset_name} {self.split}: videos without captions, e.g. {missing[:3]}; {_HINT}")
+        if not self.videos_dir.is_dir():
+            raise FileNotFoundError(f"data.videos_dir={str(self.videos_dir)!r}: no such folder ({self.dataset_name} "
+                                    f"videos); {_HINT}")
+        index: dict[str, Path] = {}
+        for p in sorted(self.videos_dir.rglob("*")):
+            if p.suffix.lower() in VIDEO_EXTS:
+                index.setdefault(p.name, p)
+                index.setdefault(p.stem, p)
+        self.paths = {v: index.get(v) or index.get(Path(v).stem) for v in self.videos}
+        absent = [v for v, p in self.paths.items() if p is None]
+        if absent:
+            msg = (f"{self.dataset_name} {self.split}: {len(absent)} of {len(self.videos)} videos not found under "
+                   f"data.videos_dir={str(self.videos_dir)!r}, e.g. {absent[:3]}")
+            if self.on_corrupt == "raise" or len(absent) == len(self.videos):
+                raise FileNotFoundError(f"{msg}; {_HINT}")
+            log.warning("%s; skipping them (data.on_corrupt=skip)", msg)
+            self.videos = [v for v in self.videos if self.paths[v] is not None]
+        self.video_index = {v: i for i, v in enumerate(self.videos)}
+        if self.train:
+            self.items = [(v, [c], [-1]) for v in self.videos for c in self.captions[v]]
+        else:
+            self.items, k = [], 0
+            for v in self.videos:
+                n = len(self.captions[v])
+                self.items.append((v, self.captions[v], list(range(k, k + n))))
+                k += n
+        self.num_queries = sum(len(c) for _, c, _ in self.items)
+
+    def texts(self) -> list[str]:
+        """Every caption of the split (for parsing ahead of training)."""
+        return [c for _, caps, _ in self.items for c in caps]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        vid, caps, ids = self.items[i]
+        start, end = self.intervals.get(vid, (None, None))
+        try:
+            video, mask = load_frames(self.paths[vid], self.max_frames, self.image_size, self.fps, start, end)
+        except VideoDecodeError as err:
+            if self.on_corrupt == "raise":
+                raise
+            log.warning("skipping corrupt video %s (%s): it is fed as an all-padding video", err.path, err)
+            video = torch.zeros(self.max_frames, 3, self.image_size, self.image_size)
+            mask = torch.zeros(self.max_frames, dtype=torch.bool)
+        return {"video": video, "video_mask": mask, "video_index": self.video_index[vid], "captions": caps,
+                "text_ids": ids}
+
+
+class MSRVTTDataset(_VideoTextDataset):
+    """MSR-VTT (spec §4): ``MSRVTT_data.json`` + ``MSRVTT_train.9k.csv`` (train: every caption of the listed videos)
+    and ``MSRVTT_JSFUSION_test.csv`` (val/test: 1000 queries, query i ↔ video i). Videos ``<video_id>.mp4|webm``."""
+
+    dataset_name = "MSR-VTT"
+
+    def __init__(self, data_root, split: Split = "train", videos_dir=None, max_frames: int = 12,
+                 image_size: int = 224, fps: float = 1.0, on_corrupt: Literal["raise", "skip"] = "raise",
+                 train_csv: str = "MSRVTT_train.9k.csv"):
+        super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
+        if self.train:
+            data = json.loads(_require(self.root / "MSRVTT_data.json", "MSR-VTT annotations").read_text())
+            if "sentences" not in data:
+                raise KeyError(f"{self.root / 'MSRVTT_data.json'}: missing key 'sentences'; {_HINT}")
+            with open(_require(self.root / train_csv, "MSR-VTT train split; data.train_csv")) as f:
+                rows = list(csv.DictReader(f))
+            if rows and "video_id" not in rows[0]:
+                raise KeyError(f"{self.root / train_csv}: missing column 'video_id'; {_HINT}")
+            self.videos = list(dict.fromkeys(r["video_id"] for r in rows))
+            wanted = set(self.videos)
+            for s in data["sentences"]:
+                if s["video_id"] in wanted:
+                    self.captions.setdefault(s["video_id"], []).append(s["caption"])
+        else:
+            path = _require(self.root / "MSRVTT_JSFUSION_test.csv", "MSR-VTT 1k-A test split")
+            with open(path) as f:
+                rows = list(csv.DictReader(f))
+            for key in ("video_id", "sentence"):
+                if rows and key not in rows[0]:
+                    raise KeyError(f"{path}: missing column {key!r}; {_HINT}")
+            for r in rows:
+                self.videos.append(r["video_id"])
+                self.captions.setdefault(r["video_id"], []).append(r["sentence"])
+            self.videos = list(dict.fromkeys(self.videos))
+        self._finish()
+
+
+class MSVDDataset(_VideoTextDataset):
+    """MSVD (spec §4): ``raw-captions.pkl`` (video id → list of token lists) and ``{train,val,test}_list.txt``.
+    Evaluation is multi-caption: every caption of every video is a query."""
+
+    dataset_name = "MSVD"
+
+    def __init__(self, data_root, split: Split = "train", videos_dir=None, max_frames: int = 12,
+                 image_size: int = 224, fps: float = 1.0, on_corrupt: Literal["raise", "skip"] = "raise"):
+        super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
+        with open(_require(self.root / "raw-captions.pkl", "MSVD captions"), "rb") as f:
+            raw = pickle.load(f)
+        self.videos = _read_lines(_require(self.root / f"{split}_list.txt", f"MSVD {split} split"))
+        for v in self.videos:
+            if v not in raw:
+                raise KeyError(f"{self.root / 'raw-captions.pkl'}: no captions for video {v!r} of "
+                               f"{split}_list.txt; {_HINT}")
+            self.captions[v] = [" ".join(tokens) for tokens in raw[v]]
+        self._finish()
+
+
+class DiDeMoDataset(_VideoTextDataset):
+    """DiDeMo (spec §4): ``{split}_data.json`` (list of {video, times, description}) and ``{split}_list.txt``.
+    Paragraph retrieval: all descriptions of a video joined in file order; the clip is the whole video.
+    Deviation: the whole decoded video is used rather than CLIP4Clip's fixed 0-31 s window (identical for the
+    DiDeMo clips, which last at most about 30 s)."""
+
+    dataset_name = "DiDeMo"
+
+    def __init__(self, data_root, split: Split = "train", videos_dir=None, max_frames: int = 64,
+                 image_size: int = 224, fps: float = 1.0, on_corrupt: Literal["raise", "skip"] = "raise"):
+        super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
+        names = _read_lines(_require(self.root / f"{split}_list.txt", f"DiDeMo {split} split"))
+        data = json.loads(_require(self.root / f"{split}_data.json", f"DiDeMo {split} annotations").read_text())
+        parts: dict[str, list[str]] = {}
+        for k, row in enumerate(data):
+            for key in ("video", "description"):
+                if key not in row:
+                    raise KeyError(f"{self.root / f'{split}_data.json'}: entry {k} lacks key {key!r}; {_HINT}")
+            parts.setdefault(row["video"], []).append(row["description"].strip())
+        self.videos = [v for v in names if v in parts]
+        self.captions = {v: [" ".join(parts[v])] for v in self.videos}
+        self._finish()
+
+
+class ActivityNetDataset(_VideoTextDataset):
+    """ActivityNet Captions (spec §4): ``train.json``/``val_1.json`` ({"v_<id>": {duration, timestamps, sentences}})
+    and ``train_ids.json``/``val_ids.json``; val and test both read ``val_1``. Paragraph retrieval over the whole
+    video (0 to ceil(duration)); video files are ``<id without v_>.<ext>``."""
+
+    dataset_name = "ActivityNet"
+
+    def __init__(self, data_root, split: Split = "train", videos_dir=None, max_frames: int = 64,
+                 image_size: int = 224, fps: float = 1.0, on_corrupt: Literal["raise", "skip"] = "raise"):
+        super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
+        ann, ids = ("train.json", "train_ids.json") if self.train else ("val_1.json", "val_ids.json")
+        data = json.loads(_require(self.root / ann, "ActivityNet captions").read_text())
+        keys = json.loads(_require(self.root / ids, "ActivityNet split ids").read_text())
+        for k in keys:
+            if k not in data:
+                continue
+            if "sentences" not in data[k]:
+                raise KeyError(f"{self.root / ann}: entry {k!r} lacks key 'sentences'; {_HINT}")
+            vid = k[2:] if k.startswith("v_") else k
+            self.videos.append(vid)
+            self.captions[vid] = [" ".join(s.strip() for s in data[k]["sentences"])]
+            if "duration" in data[k]:
+                self.intervals[vid] = (0.0, float(math.ceil(data[k]["duration"])))
+        self._finish()
+
+
+class DigitsDataset(Dataset):
+    """The in-memory digits task of spec §8c (see :mod:`shenet.synthetic`); same item dict as the video readers."""
+
+    def __init__(self, split: Split = "train", num_videos: int = 512, seed: int = 0, image_size: int = 32,
+                 scale: int = 2):
+        from shenet.synthetic import digit_images, make_split, render_video
+
+        self.split, self.train = split, split == "train"
+        self.specs = make_split(split, num_videos, seed)
+        images, labels = digit_images(split)
+        g = torch.Generator().manual_seed(seed + 17)
+        frames = torch.stack([render_video(s, images, labels, g, scale) for s in self.specs])  # (N, T, 3, h, w)
+        self.frames = frames
+        self.image_size = image_size
+        self.num_queries = len(self.specs)
+
+    def texts(self) -> list[str]:
+        return [s.caption for s in self.specs]
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __getitem__(self, i: int) -> dict:
+        video = normalize(center_crop(resize_short_side(self.frames[i], self.image_size), self.image_size), "clip")
+        return {"video": video, "video_mask": torch.ones(video.shape[0], dtype=torch.bool), "video_index": i,
+                "captions": [self.specs[i].caption], "text_ids": [-1 if self.train else i]}
+
+
+class RetrievalCollate:
+    """Batch items: stacks videos and encodes every caption with :class:`~shenet.tokenization.TextEncoder`.
+
+    Output: video (B, T, 3, S, S), video_mask (B, T), video_index (B,), the ``text_*`` tensors (N_text, ...),
+    caption_video (N_text,) index of each caption's video within the batch, text_ids (N_text,) global query ids.
+    """
+
+    def __init__(self, text_encoder: TextEncoder):
+        self.text_encoder = text_encoder
+
+    def __call__(self, items: list[dict]) -> dict:
+        if not items:
+            raise ValueError("RetrievalCollate: empty batch")
+        captions, owner, ids = [], [], []
+        for b, it in enumerate(items):
+            captions += it["captions"]
+            owner += [b] * len(it["captions"])
+            ids += it["text_ids"]
+        batch = {
+            "video": torch.stack([it["video"] for it in items]),
+            "video_mask": torch.stack([it["video_mask"] for it in items]),
+            "video_index": torch.tensor([it["video_index"] for it in items], dtype=torch.long),
+            "caption_video": torch.tensor(owner, dtype=torch.long),
+            "text_ids": torch.tensor(ids, dtype=torch.long),
+        }
+        batch.update(collate_texts([self.text_encoder(c) for c in captions]))
+        return batch
+
+
+class SHENetDataModule(pl.LightningDataModule):
+    """Data for SHE-Net: one of the four datasets (spec §4) or the digits task (spec §8c).
+
+    Every caption of the splits in use is parsed once in ``setup`` (spaCy's ``nlp.pipe`` when the backend is spaCy)
+    and the parses are handed to the workers, so training never parses a caption twice.
+
+    Args:
+        dataset: msrvtt | msvd | didemo | activitynet | digits.
+        data_root: folder of the official annotation files (for ``digits``: unused).
+        videos_dir: folder of the video files (searched recursively); default ``<data_root>/videos``.
+        train_csv: MSR-VTT training split file (``MSRVTT_train.9k.csv`` or ``MSRVTT_train.7k.csv``).
+        max_frames: frames per video at 1 fps (spec §3.10: 12 MSR-VTT/MSVD, 64 DiDeMo/ActivityNet).
+        max_words: text tokens incl. SOT/EOT (spec §3.10: 32 captions, 64 paragraphs).
+        image_size: frame size (224 for CLIP).
+        fps: sampling rate (spec §3.10: 1).
+        parser: syntax parser settings (spec §3.2).
+        batch_size: training pairs per device (global batch = batch_size × devices; spec §3.10 gives global sizes).
+        eval_batch_size: videos per evaluation batch.
+        num_workers, pin_memory, persistent_workers: DataLoader settings.
+        on_corrupt: ``raise`` or ``skip`` (a corrupt video is logged and fed as an all-padding video).
+        generate_demo_data: write the digits task in MSR-VTT format into ``data_root`` when it is missing.
+        demo_num_train, demo_num_test: sizes of the generated demo data / digits splits.
+        seed: seed of the generated data.
+    """
+
+    def __init__(
+        self,
+        dataset: Literal["msrvtt", "msvd", "didemo", "activitynet", "digits"] = "msrvtt",
+        data_root: str = "data/msrvtt",
+        videos_dir: str | None = None,
+        train_csv: str = "MSRVTT_train.9k.csv",
+        max_frames: int = 12,
+        max_words: int = 32,
+        image_size: int = 224,
+        fps: float = 1.0,
+        parser: ParserConfig | None = None,
+        batch_size: int = 128,
+        eval_batch_size: int = 16,
+        num_workers: int = 4,
+        pin_memory: bool = True,
+        persistent_workers: bool = False,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+        generate_demo_data: bool = False,
+        demo_num_train: int = 160,
+        demo_num_test: int = 40,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.parser_cfg = parser or ParserConfig()
+        if max_frames < 1 or max_words < 3 or batch_size < 1 or eval_batch_size < 1:
+            raise ValueError("data.max_frames >= 1, data.max_words >= 3 and batch sizes >= 1 are required")
+        self.datasets: dict[str, Dataset] = {}
+        self.parser_backend: str | None = None
+        self._text_encoder: TextEncoder | None = None
+
+    def prepare_data(self) -> None:
+        hp = self.hparams
+        if hp.generate_demo_data and hp.dataset == "msrvtt" and not (Path(hp.data_root) / "MSRVTT_data.json").is_file():
+            from shenet.synthetic import write_msrvtt_digits
+
+            rank_zero_info(f"writing the digits demo data (MSR-VTT format) to {hp.data_root}")
+            write_msrvtt_digits(hp.data_root, hp.demo_num_train, hp.demo_num_test, hp.seed)
+
+    def make_dataset(self, split: Split) -> Dataset:
+        hp = self.hparams
+        common = dict(videos_dir=hp.videos_dir, max_frames=hp.max_frames, image_size=hp.image_size, fps=hp.fps,
+                      on_corrupt=hp.on_corrupt)
+        if hp.dataset == "msrvtt":
+            return MSRVTTDataset(hp.data_root, split, train_csv=hp.train_csv, **common)
+        if hp.dataset == "msvd":
+            return MSVDDataset(hp.data_root, split, **common)
+        if hp.dataset == "didemo":
+            return DiDeMoDataset(hp.data_root, split, **common)
+        if hp.dataset == "activitynet":
+            return ActivityNetDataset(hp.data_root, split, **common)
+        n = hp.demo_num_train if split == "train" else hp.demo_num_test
+        return DigitsDataset(split, n, hp.seed, hp.image_size)
+
+    def setup(self, stage: str | None = None) -> None:
+        wanted = {"fit": ("train", "val"), "validate": ("val",), "test": ("test",), "predict": ("test",)}
+        for split in wanted.get(stage or "fit", ("train", "val", "test")):
+            if split not in self.datasets:
+                self.datasets[split] = self.make_dataset(split)
+        texts = [t for ds in self.datasets.values() for t in ds.texts()]
+        self.text_encoder.parser.prefill(texts)
+
+    @property
+    def text_encoder(self) -> TextEncoder:
+        if self._text_encoder is None:
+            parser: CachedParser = build_parser(self.parser_cfg)
+            self.parser_backend = parser.name
+            rank_zero_info(f"shenet: syntax parser backend = {parser.name}")
+            caps = self.parser_cfg.caps
+            self._text_encoder = TextEncoder(parser, self.hparams.max_words, caps["verb"], caps["noun"], caps["adj"])
+        return self._text_encoder
+
+    def _loader(self, split: Split, train: bool) -> DataLoader:
+        hp = self.hparams
+        enc = self.text_encoder
+        frozen = TextEncoder(ParseTable(enc.parser.cache, enc.parser.name), hp.max_words, *enc.slots.values())
+        return DataLoader(
+            self.datasets[split],
+            batch_size=hp.batch_size if train else hp.eval_batch_size,
+            shuffle=train,
+            drop_last=train,  # the gathered contrastive loss needs equal batches on every rank
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            collate_fn=RetrievalCollate(frozen),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", False)
+
+    def num_queries(self, split: Split) -> int:
+        return self.datasets[split].num_queries
+
+    def state_dict(self) -> dict:
+        """Recorded in checkpoints so runs with different parsers are never mixed silently (spec §9)."""
+        return {"parser_backend": self.parser_backend, "parser": asdict(self.parser_cfg)}

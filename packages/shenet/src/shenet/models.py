@@ -1,0 +1,575 @@
+"""SHE-Net (Yu et al., arXiv:2404.14066): CLIP text/video towers, the text syntax hierarchy's node features, the
+syntax-guided visual representation and the syntax-guided similarity (spec §3.1-3.6, §3.9).
+
+Reading order: config → CLIP backbone → text side (node features, hierarchy enhancement) → video side (frames,
+patches, optional temporal transformer) → syntax-guided pooling and similarity → :class:`SHENet`.
+
+Shape letters: B batch (B_t texts, B_v videos), L text tokens, V/M/A verb/noun/adjective slots, T frames,
+P patches per frame, D embedding dim. All features are L2-normalised; ``cos`` is a dot product.
+
+Reconstruction (spec §1 item 6): the paper states the two uses of the syntax hierarchy (guide the visual
+representation, guide the similarity) and the levels (text: sentence/verb/noun/adjective; video: video/frame/patch),
+not the equations; everything below follows spec §3.3-3.6 and each choice is a config key.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import zipfile
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from mmzoo.ops import token_max_sim
+from torch import nn
+
+__all__ = [
+    "SHENetConfig",
+    "TextFeatures",
+    "VideoFeatures",
+    "build_clip",
+    "TemporalTransformer",
+    "hierarchy_enhance",
+    "masked_softmax",
+    "syntax_guided_similarity",
+    "aggregate_similarity",
+    "sentence_guided_similarity",
+    "SHENet",
+]
+
+log = logging.getLogger(__name__)
+
+LEVELS = ("sentence", "verb", "noun", "adj")
+
+
+@dataclass
+class SHENetConfig:
+    """Architecture of SHE-Net (spec §3). Defaults are the spec's main setting (ViT-B/32, meanP, all levels)."""
+
+    clip_model: Literal["ViT-B-32", "ViT-B-16", "custom"] = "ViT-B-32"
+    """open_clip architecture (spec §3.1); ``custom`` builds a CLIP from the ``custom_*`` keys (tests, demo)."""
+    pretrained: str | None = None
+    """CLIP weights: a local open_clip state-dict file, OpenAI's TorchScript ``ViT-B-32.pt``/``ViT-B-16.pt``, or an
+    open_clip pretrained tag (``openai``, downloads). Required unless ``random_init`` is true."""
+    random_init: bool = False
+    """Build CLIP with random weights (tests and demos only)."""
+    custom_embed_dim: int = 32
+    """``custom`` CLIP: joint embedding dim D."""
+    custom_image_size: int = 32
+    """``custom`` CLIP: input frame size."""
+    custom_patch_size: int = 16
+    """``custom`` CLIP: ViT patch size (P = (image_size / patch_size)^2)."""
+    custom_vision_width: int = 64
+    custom_vision_layers: int = 2
+    custom_vision_head_width: int = 32
+    custom_text_width: int = 64
+    custom_text_layers: int = 2
+    custom_text_heads: int = 2
+    custom_context_length: int = 32
+    """``custom`` CLIP: text context length (>= data.max_words)."""
+
+    temporal: Literal["meanP", "seqTransf"] = "meanP"
+    """Temporal head on frame features (spec §3.1): none (meanP) or CLIP4Clip's seqTransf."""
+    temporal_layers: int = 4
+    """seqTransf layers (CLIP4Clip: 4, initialised from the first CLIP text blocks when widths match)."""
+    temporal_heads: int = 8
+    """seqTransf heads."""
+    max_frames: int = 12
+    """Frame position embeddings of seqTransf (>= data.max_frames)."""
+
+    levels: list[str] = field(default_factory=lambda: list(LEVELS))
+    """Text hierarchy levels in use (spec §3.9), a subset of sentence, verb, noun, adj; sentence is required."""
+    text_enhance: Literal["none", "mean", "gated"] = "mean"
+    """Bottom-up hierarchy enhancement of node features (spec §3.3). Reconstruction."""
+    guide_visual: bool = True
+    """Syntax-guided visual representation (spec §3.5); False: verbs see the mean frame, nouns the mean patch."""
+    guide_similarity: bool = True
+    """Syntax-guided similarity (spec §3.6); False: S = S1 (sentence-video level only)."""
+    sentence_guidance: bool = False
+    """With ``guide_visual``, the sentence-level video feature is text-conditioned too: v_ik = norm(Σ_t α_{0,t} f_t)
+    (root → frames attention) instead of the mean frame. Off by default (spec §3.6: S1 = cos(s, v)). Reconstruction:
+    with it, ``guide_similarity=False`` still keeps a syntax-guided visual representation, so the ablation row
+    "+ syntax-guided visual representation" differs from the baseline."""
+    guided_pooling: Literal["softmax", "max"] = "softmax"
+    """Guided pooling: softmax attention with temperatures (spec §3.5), or hard max (``max``: verb-frame and
+    noun-patch scores are token max-similarities, mmzoo.ops.token_max_sim; noun pooling is then not hierarchical)."""
+    noun_temporal: Literal["parent", "root", "uniform"] = "parent"
+    """Frame weights pooling a noun's regions over time: its parent verb's (root's when attached to the root),
+    always the root's, or uniform over valid frames. Reconstruction (spec §3.5)."""
+    tau_frame: float = 0.01
+    """Temperature τ_f of the verb/root → frame softmax (spec §3.5). Reconstruction."""
+    tau_patch: float = 0.01
+    """Temperature τ_p of the noun → patch softmax (spec §3.5). Reconstruction."""
+    learnable_tau: bool = False
+    """Learn τ_f, τ_p (log-parameterised)."""
+    sim_weights: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    """Weights (w1, w2, w3) of the sentence, verb and noun similarities (spec §3.6). Reconstruction."""
+    sim_weighting: Literal["fixed", "learned"] = "fixed"
+    """``learned``: softmax over three learnable logits (zero-init) replaces ``sim_weights``."""
+
+    def __post_init__(self) -> None:
+        bad = [lv for lv in self.levels if lv not in LEVELS]
+        if bad:
+            raise ValueError(f"model.config.levels has unknown levels {bad}; choose from {list(LEVELS)}")
+        if "sentence" not in self.levels:
+            raise ValueError("model.config.levels must contain 'sentence' (the H1 level is always used)")
+        if len(self.sim_weights) != 3 or any(w < 0 for w in self.sim_weights) or self.sim_weights[0] <= 0:
+            raise ValueError(f"model.config.sim_weights={self.sim_weights}: three weights >= 0 with w1 > 0 expected")
+        if self.tau_frame <= 0 or self.tau_patch <= 0:
+            raise ValueError("model.config.tau_frame and tau_patch must be > 0")
+        if self.clip_model != "custom" and self.pretrained is None and not self.random_init:
+            raise ValueError(
+                f"model.config.pretrained is not set: supply CLIP {self.clip_model} weights (a local open_clip "
+                f"state-dict file, OpenAI's TorchScript {self.clip_model}.pt, or the open_clip tag 'openai'), or set "
+                "model.config.random_init: true for a randomly initialised model"
+            )
+        if self.custom_image_size % self.custom_patch_size:
+            raise ValueError(f"model.config.custom_patch_size={self.custom_patch_size} must divide "
+                             f"custom_image_size={self.custom_image_size}")
+
+
+# --------------------------------------------------------------------------------------------------- CLIP
+
+
+def _is_torchscript(path: Path) -> bool:
+    """OpenAI's original checkpoints are TorchScript archives (a zip with ``code/`` and ``constants.pkl``)."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any(n.endswith("constants.pkl") for n in z.namelist())
+
+
+def build_clip(cfg: SHENetConfig) -> nn.Module:
+    """An open_clip ``CLIP`` from ``cfg`` (spec §3.1, §9), with the visual tower returning patch tokens.
+
+    Raises:
+        FileNotFoundError / ValueError: missing weights, naming ``model.config.pretrained``.
+    """
+    import open_clip
+    from open_clip.model import CLIP
+
+    if cfg.clip_model == "custom":
+        vision = dict(image_size=cfg.custom_image_size, patch_size=cfg.custom_patch_size,
+                      width=cfg.custom_vision_width, layers=cfg.custom_vision_layers,
+                      head_width=cfg.custom_vision_head_width)
+        text = dict(context_length=cfg.custom_context_length, vocab_size=49408, width=cfg.custom_text_width,
+                    heads=cfg.custom_text_heads, layers=cfg.custom_text_layers)
+        clip = CLIP(cfg.custom_embed_dim, vision, text)
+        if cfg.pretrained is not None:
+            clip.load_state_dict(torch.load(cfg.pretrained, map_location="cpu", weights_only=True))
+    elif cfg.pretrained is None:
+        clip = open_clip.create_model(cfg.clip_model, pretrained=None)
+    else:
+        path = Path(cfg.pretrained)
+        if path.suffix in (".pt", ".pth", ".bin", ".safetensors") and not path.is_file():
+            raise FileNotFoundError(f"model.config.pretrained={cfg.pretrained!r}: no such file; supply the CLIP "
+                                    f"{cfg.clip_model} checkpoint (OpenAI's {cfg.clip_model}.pt or an open_clip "
+                                    "state dict)")
+        if path.is_file() and _is_torchscript(path):
+            clip = open_clip.load_openai_model(str(path), device="cpu")
+        else:
+            clip = open_clip.create_model(cfg.clip_model, pretrained=cfg.pretrained)
+    clip.visual.output_tokens = True
+    return clip
+
+
+class TemporalTransformer(nn.Module):
+    """CLIP4Clip's seqTransf head: ``f'_t = f_t + Transformer(f_t + pos_t)`` (residual to the input frames).
+
+    Args:
+        width: D; layers, heads: transformer size; max_frames: number of frame position embeddings.
+    """
+
+    def __init__(self, width: int, layers: int, heads: int, max_frames: int):
+        super().__init__()
+        from open_clip.transformer import Transformer
+
+        self.frame_position = nn.Embedding(max_frames, width)
+        self.transformer = Transformer(width, layers, heads)
+        nn.init.normal_(self.frame_position.weight, std=0.01)
+
+    def init_from_clip(self, clip: nn.Module) -> None:
+        """CLIP4Clip init: blocks copied from the first text-transformer blocks and position embeddings from CLIP's
+        text positional embedding, when the widths match (otherwise the random init stays)."""
+        text_blocks = clip.transformer.resblocks
+        if clip.transformer.width != self.frame_position.weight.shape[1]:
+            return
+        for mine, theirs in zip(self.transformer.resblocks, text_blocks, strict=False):
+            mine.load_state_dict(theirs.state_dict())
+        n = min(self.frame_position.weight.shape[0], clip.positional_embedding.shape[0])
+        with torch.no_grad():
+            self.frame_position.weight[:n] = clip.positional_embedding[:n]
+
+    def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """frames (B, T, D), frame_mask (B, T) bool → (B, T, D)."""
+        T = frames.shape[1]
+        if T > self.frame_position.weight.shape[0]:
+            raise ValueError(f"seqTransf: {T} frames but model.config.max_frames="
+                             f"{self.frame_position.weight.shape[0]}")
+        x = frames + self.frame_position.weight[:T][None]  # (B, T, D)
+        pad = torch.zeros(frame_mask.shape, dtype=x.dtype, device=x.device)
+        pad = pad.masked_fill(~frame_mask, float("-inf"))  # (B, T)
+        heads = self.transformer.resblocks[0].attn.num_heads
+        attn_mask = pad[:, None, None, :].expand(-1, heads, T, -1).reshape(-1, T, T)  # (B·heads, T, T)
+        return frames + self.transformer(x, attn_mask=attn_mask)  # (B, T, D)
+
+
+# ------------------------------------------------------------------------------------------- feature bundles
+
+
+@dataclass
+class TextFeatures:
+    """Encoded texts (spec §3.3). Shapes: sentence (B, D); verbs/nouns/adjs (B, V|M|A, D) raw node features;
+    verbs_enh/nouns_enh the hierarchy-enhanced ones; masks (B, V|M|A) bool; noun_parent (B, M) long (verb slot or
+    -1 = root)."""
+
+    sentence: torch.Tensor
+    verbs: torch.Tensor
+    nouns: torch.Tensor
+    verbs_enh: torch.Tensor
+    nouns_enh: torch.Tensor
+    verb_mask: torch.Tensor
+    noun_mask: torch.Tensor
+    noun_parent: torch.Tensor
+
+    def apply(self, fn) -> TextFeatures:
+        """A copy with ``fn`` applied to every tensor (gather, slice, move)."""
+        return TextFeatures(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return self.sentence.shape[0]
+
+
+@dataclass
+class VideoFeatures:
+    """Encoded videos (spec §3.4). Shapes: video (B, D); frames (B, T, D); patches (B, T, P, D); frame_mask (B, T)."""
+
+    video: torch.Tensor
+    frames: torch.Tensor
+    patches: torch.Tensor
+    frame_mask: torch.Tensor
+
+    def apply(self, fn) -> VideoFeatures:
+        """A copy with ``fn`` applied to every tensor (gather, slice, move)."""
+        return VideoFeatures(**{f.name: fn(getattr(self, f.name)) for f in fields(self)})
+
+    def __len__(self) -> int:
+        return self.video.shape[0]
+
+
+# ----------------------------------------------------------------------------------------- text hierarchy
+
+
+def _children_mean(children: torch.Tensor, child_mask: torch.Tensor, child_parent: torch.Tensor, n_parents: int):
+    """Mean of each parent's children. children (B, C, D), child_mask (B, C), child_parent (B, C) in [-1, n_parents)
+    → (mean (B, n_parents, D), has_children (B, n_parents) bool)."""
+    slots = torch.arange(n_parents, device=children.device)
+    assign = (child_parent[..., None] == slots) & child_mask[..., None]  # (B, C, n_parents)
+    assign = assign.to(children.dtype)
+    count = assign.sum(1)  # (B, n_parents)
+    total = torch.einsum("bcp,bcd->bpd", assign, children)  # (B, n_parents, D)
+    return total / count.clamp_min(1.0)[..., None], count > 0
+
+
+def hierarchy_enhance(
+    verbs: torch.Tensor,
+    nouns: torch.Tensor,
+    adjs: torch.Tensor | None,
+    noun_mask: torch.Tensor,
+    adj_mask: torch.Tensor | None,
+    noun_parent: torch.Tensor,
+    adj_parent: torch.Tensor | None,
+    mode: str = "mean",
+    gate_noun: torch.Tensor | None = None,
+    gate_verb: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Bottom-up hierarchy enhancement (spec §3.3), on L2-normalised node features:
+
+        n'_m = norm( n_m + mean_{a ∈ adj(m)} a )          u'_j = norm( u_j + mean_{m ∈ nouns(j)} n'_m )
+
+    ``gated``: ``x' = norm( x + σ(w·[x; c̄]) c̄ )`` with learnable vectors ``w`` (``gate_noun``, ``gate_verb``; (2D,)).
+    ``none``: the inputs unchanged. Nodes without children are only re-normalised. ``adjs=None`` skips the adjective
+    step (the adj level switched off).
+
+    Shapes: verbs (B, V, D), nouns (B, M, D), adjs (B, A, D); masks (B, M|A) bool; noun_parent (B, M), adj_parent
+    (B, A) long (-1 = root). Returns (verbs', nouns'), same shapes.
+
+    Reconstruction: the paper's enhancement equations are not transcribed (spec §3.3).
+    """
+    if mode == "none":
+        return verbs, nouns
+
+    def combine(x, child_mean, has, gate):
+        if mode == "gated":
+            g = torch.sigmoid(torch.cat([x, child_mean], -1) @ gate)[..., None]  # (B, N, 1)  σ(w·[x; c̄])
+            y = x + g * child_mean
+        else:
+            y = x + child_mean  # x + mean of children
+        return torch.where(has[..., None], F.normalize(y, dim=-1), F.normalize(x, dim=-1))
+
+    if adjs is not None:
+        adj_mean, has_adj = _children_mean(adjs, adj_mask, adj_parent, nouns.shape[1])  # (B, M, D)
+        nouns_enh = combine(nouns, adj_mean, has_adj, gate_noun)
+    else:
+        nouns_enh = F.normalize(nouns, dim=-1)
+    noun_mean, has_noun = _children_mean(nouns_enh, noun_mask, noun_parent, verbs.shape[1])  # (B, V, D)
+    verbs_enh = combine(verbs, noun_mean, has_noun, gate_verb)
+    return verbs_enh, nouns_enh
+
+
+# ------------------------------------------------------------------------------- syntax-guided similarity
+
+
+def masked_softmax(logits: torch.Tensor, mask: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """Softmax over ``dim`` in float32 with masked entries at weight 0 (an all-masked row gives all zeros)."""
+    logits = logits.float().masked_fill(~mask, float("-inf"))
+    w = torch.softmax(logits, dim=dim)
+    return torch.nan_to_num(w, nan=0.0)
+
+
+def syntax_guided_similarity(
+    text: TextFeatures,
+    video: VideoFeatures,
+    tau_frame: float | torch.Tensor = 0.01,
+    tau_patch: float | torch.Tensor = 0.01,
+    guide_visual: bool = True,
+    pooling: str = "softmax",
+    noun_temporal: str = "parent",
+    use_verbs: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Level similarities S1, S2, S3 of every text against every video (spec §3.5-3.6), each (B_t, B_v):
+
+        S1(i,k) = cos(s_i, v_k)
+        α_{j,t} = softmax_t( cos(u_j, f_t) / τ_f )           g_j = norm( Σ_t α_{j,t} f_t )          (verb → frames)
+        α_{0,t} = softmax_t( cos(s_i, f_t) / τ_f )                                                    (root → frames)
+        β_{m,t,q} = softmax_q( cos(n_m, p_{t,q}) / τ_p )      r_m = norm( Σ_t α_{π(m),t} Σ_q β_{m,t,q} p_{t,q} )
+        S2(i,k) = mean_j cos(u'_j, g_j)                       S3(i,k) = mean_m cos(n'_m, r_m)
+
+    Attention uses the raw node features (u, n), the scores the enhanced ones (u', n'). ``guide_visual=False``: g =
+    mean of valid frames, r = mean of all valid patches. ``pooling="max"``: S2 = mean_j max_t cos(u'_j, f_t) and
+    S3 = mean_m max_{t,q} cos(n'_m, p_{t,q}) through :func:`mmzoo.ops.token_max_sim` (the τ → 0 limit, without the
+    hierarchical frame gating). ``noun_temporal``: the frame weights that pool r over time — ``parent`` (α_{π(m)},
+    α_0 for root nouns), ``root`` (α_0) or ``uniform``; ``use_verbs=False`` makes ``parent`` behave as ``root``.
+    A text without verbs/nouns gets S2/S3 = 0 (the aggregation leaves that level out).
+
+    Shapes: text.* (B_t, ...), video.* (B_v, ...) as in :class:`TextFeatures` / :class:`VideoFeatures`.
+    """
+    s, fm = text.sentence, video.frame_mask  # (B_t, D), (B_v, T)
+    f, p = video.frames, video.patches  # (B_v, T, D), (B_v, T, P, D)
+    S1 = s @ video.video.T  # (B_t, B_v)
+    vm, nm = text.verb_mask, text.noun_mask  # (B_t, V), (B_t, M)
+    n_verbs = vm.sum(-1).clamp_min(1).to(S1.dtype)  # (B_t,)
+    n_nouns = nm.sum(-1).clamp_min(1).to(S1.dtype)  # (B_t,)
+    Bv, T, P, D = p.shape
+
+    if pooling == "max":
+        S2, _ = token_max_sim(text.verbs_enh, vm, f, fm)  # (B_t, B_v)  mean_j max_t
+        patch_mask = fm[:, :, None].expand(-1, -1, P).reshape(Bv, T * P)  # (B_v, T·P)
+        S3, _ = token_max_sim(text.nouns_enh, nm, p.reshape(Bv, T * P, D), patch_mask)  # (B_t, B_v)
+        return S1, S2.to(S1.dtype), S3.to(S1.dtype)
+
+    if not guide_visual:
+        fw = fm.to(f.dtype) / fm.sum(-1, keepdim=True).clamp_min(1).to(f.dtype)  # (B_v, T) uniform frame weights
+        g = F.normalize(torch.einsum("bt,btd->bd", fw, f), dim=-1)  # (B_v, D) mean frame
+        r = F.normalize(torch.einsum("bt,btqd->bd", fw, p), dim=-1)  # (B_v, D) mean patch
+        S2 = torch.einsum("ajd,bd->abj", text.verbs_enh, g)  # (B_t, B_v, V)
+        S3 = torch.einsum("amd,bd->abm", text.nouns_enh, r)  # (B_t, B_v, M)
+    else:
+        frame_valid = fm[None, :, None, :]  # (1, B_v, 1, T)
+        # verb -> frames (temporal guidance)
+        alpha = masked_softmax(torch.einsum("ajd,btd->abjt", text.verbs, f) / tau_frame, frame_valid)  # (B_t,B_v,V,T)
+        g = F.normalize(torch.einsum("abjt,btd->abjd", alpha.to(f.dtype), f), dim=-1)  # (B_t, B_v, V, D)
+        S2 = torch.einsum("ajd,abjd->abj", text.verbs_enh, g)  # (B_t, B_v, V)  cos(u'_j, g_j)
+        # frame weights for each noun: its parent's, the root's, or uniform
+        alpha0 = masked_softmax(torch.einsum("ad,btd->abt", s, f) / tau_frame, fm[None])  # (B_t, B_v, T)
+        if noun_temporal == "uniform":
+            w_noun = (fm.to(alpha0.dtype) / fm.sum(-1, keepdim=True).clamp_min(1))[None, :, None, :]
+            w_noun = w_noun.expand(s.shape[0], -1, text.nouns.shape[1], -1)  # (B_t, B_v, M, T)
+        elif noun_temporal == "root" or not use_verbs:
+            w_noun = alpha0[:, :, None, :].expand(-1, -1, text.nouns.shape[1], -1)  # (B_t, B_v, M, T)
+        else:
+            parent = text.noun_parent  # (B_t, M)
+            idx = parent.clamp_min(0)[:, None, :, None].expand(-1, Bv, -1, T)  # (B_t, B_v, M, T)
+            from_verb = torch.gather(alpha, 2, idx)  # (B_t, B_v, M, T)  α_{π(m), t}
+            w_noun = torch.where((parent >= 0)[:, None, :, None], from_verb, alpha0[:, :, None, :])
+        # noun -> patches within each frame (spatial guidance), pooled over time with w_noun
+        beta = torch.softmax((torch.einsum("amd,btqd->abmtq", text.nouns, p) / tau_patch).float(), -1)  # (B_t,B_v,M,T,P)
+        gamma = (w_noun[..., None] * beta).to(p.dtype)  # (B_t, B_v, M, T, P)  α_{π(m),t} β_{m,t,q}
+        r = F.normalize(torch.einsum("abmtq,btqd->abmd", gamma, p), dim=-1)  # (B_t, B_v, M, D)
+        S3 = torch.einsum("amd,abmd->abm", text.nouns_enh, r)  # (B_t, B_v, M)  cos(n'_m, r_m)
+    S2 = (S2 * vm[:, None, :]).sum(-1) / n_verbs[:, None]  # (B_t, B_v)  mean over verbs
+    S3 = (S3 * nm[:, None, :]).sum(-1) / n_nouns[:, None]  # (B_t, B_v)  mean over nouns
+    return S1, S2.to(S1.dtype), S3.to(S1.dtype)
+
+
+def sentence_guided_similarity(text: TextFeatures, video: VideoFeatures, tau_frame: float | torch.Tensor) -> torch.Tensor:
+    """Sentence level with a text-conditioned video feature (root → frames):
+
+        α_{0,t} = softmax_t( cos(s_i, f_t) / τ_f )        S1(i,k) = cos( s_i, norm(Σ_t α_{0,t} f_t) )
+
+    text.sentence (B_t, D), video.frames (B_v, T, D) → (B_t, B_v). Reconstruction (config ``sentence_guidance``).
+    """
+    s, f, fm = text.sentence, video.frames, video.frame_mask
+    alpha0 = masked_softmax(torch.einsum("ad,btd->abt", s, f) / tau_frame, fm[None])  # (B_t, B_v, T)
+    v = F.normalize(torch.einsum("abt,btd->abd", alpha0.to(f.dtype), f), dim=-1)  # (B_t, B_v, D)
+    return torch.einsum("ad,abd->ab", s, v)  # (B_t, B_v)
+
+
+def aggregate_similarity(levels: torch.Tensor, available: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """S(i,k) = Σ_{l ∈ avail(i)} w_l S_l(i,k) / Σ_{l ∈ avail(i)} w_l   (spec §3.6).
+
+    levels (3, B_t, B_v); available (B_t, 3) bool (level 1 always); weights (3,) ≥ 0 → (B_t, B_v).
+    """
+    w = weights[None, :] * available.to(weights.dtype)  # (B_t, 3)
+    w = w / w.sum(-1, keepdim=True)  # renormalised over available levels
+    return torch.einsum("il,lik->ik", w.to(levels.dtype), levels)  # (B_t, B_v)
+
+
+# -------------------------------------------------------------------------------------------------- SHE-Net
+
+
+def _to(x: torch.Tensor, device, dtype: torch.dtype) -> torch.Tensor:
+    """Move to ``device``; floating tensors also to ``dtype`` (masks and indices keep theirs)."""
+    return x.to(device, dtype) if x.is_floating_point() else x.to(device)
+
+
+class SHENet(nn.Module):
+    """SHE-Net: CLIP towers + syntax hierarchy node features + syntax-guided similarity.
+
+    ``encode_text`` / ``encode_video`` give :class:`TextFeatures` / :class:`VideoFeatures`; ``similarity`` scores
+    every text against every video and returns ``{"S": (B_t, B_v), "S1", "S2", "S3"}``; ``similarity_matrix`` does
+    the same in chunks for evaluation.
+    """
+
+    def __init__(self, config: SHENetConfig):
+        super().__init__()
+        self.config = config
+        self.clip = build_clip(config)
+        D = self.embed_dim
+        self.temporal = None
+        if config.temporal == "seqTransf":
+            self.temporal = TemporalTransformer(D, config.temporal_layers, config.temporal_heads, config.max_frames)
+            self.temporal.init_from_clip(self.clip)
+        self.gate_noun = self.gate_verb = None
+        if config.text_enhance == "gated":
+            self.gate_noun = nn.Parameter(torch.zeros(2 * D))  # zero-init gates (spec §3.3)
+            self.gate_verb = nn.Parameter(torch.zeros(2 * D))
+        self.log_tau = None
+        if config.learnable_tau:
+            self.log_tau = nn.Parameter(torch.tensor([math.log(config.tau_frame), math.log(config.tau_patch)]))
+        self.sim_logits = nn.Parameter(torch.zeros(3)) if config.sim_weighting == "learned" else None
+        self.register_buffer("fixed_weights", torch.tensor(config.sim_weights, dtype=torch.float32), persistent=False)
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.clip.text_projection.shape[1])
+
+    @property
+    def logit_scale(self) -> torch.Tensor:
+        """λ = exp(CLIP logit scale), clamped at 100 (spec §3.7)."""
+        return self.clip.logit_scale.exp().clamp(max=100.0)
+
+    def taus(self) -> tuple[torch.Tensor | float, torch.Tensor | float]:
+        if self.log_tau is None:
+            return self.config.tau_frame, self.config.tau_patch
+        t = self.log_tau.exp()
+        return t[0], t[1]
+
+    def level_weights(self) -> torch.Tensor:
+        """(w1, w2, w3): fixed config weights, or softmax of the learned logits."""
+        if self.sim_logits is not None:
+            return torch.softmax(self.sim_logits.float(), 0)
+        return self.fixed_weights
+
+    # -- text ---------------------------------------------------------------------------------------------------
+    def encode_text(self, batch: dict[str, torch.Tensor]) -> TextFeatures:
+        """Sentence and node features (spec §3.3) from the ``text_*`` tensors of :func:`shenet.tokenization.
+        collate_texts`: input_ids (B, L); verb/noun/adj_pool (B, V|M|A, L); masks; parents."""
+        ids = batch["text_input_ids"]  # (B, L)
+        clip = self.clip
+        L = ids.shape[1]
+        if L > clip.positional_embedding.shape[0]:
+            raise ValueError(f"texts of {L} tokens exceed CLIP's context length {clip.positional_embedding.shape[0]}"
+                             " (data.max_words)")
+        x = clip.token_embedding(ids) + clip.positional_embedding[:L]  # (B, L, W)
+        x = clip.transformer(x, attn_mask=clip.attn_mask[:L, :L])  # (B, L, W)
+        x = clip.ln_final(x)  # (B, L, W)
+        tokens = x @ clip.text_projection  # (B, L, D)  every token projected like the EOT token
+        eot = ids.argmax(-1)  # (B,)  EOT has the largest id
+        sentence = F.normalize(tokens[torch.arange(ids.shape[0], device=ids.device), eot], dim=-1)  # (B, D)
+
+        def pool(name: str) -> torch.Tensor:  # node feature = mean of its BPE pieces' features
+            return F.normalize(torch.einsum("bnl,bld->bnd", batch[f"text_{name}_pool"].to(tokens.dtype), tokens), dim=-1)
+
+        verbs, nouns = pool("verb"), pool("noun")  # (B, V, D), (B, M, D)
+        vm, nm = batch["text_verb_mask"], batch["text_noun_mask"]
+        use_adj = "adj" in self.config.levels
+        adjs = pool("adj") if use_adj else None  # (B, A, D)
+        verbs_enh, nouns_enh = hierarchy_enhance(
+            verbs, nouns, adjs, nm, batch["text_adj_mask"] if use_adj else None, batch["text_noun_parent"],
+            batch["text_adj_parent"] if use_adj else None, self.config.text_enhance, self.gate_noun, self.gate_verb,
+        )
+        return TextFeatures(sentence, verbs, nouns, verbs_enh, nouns_enh, vm.bool(), nm.bool(),
+                            batch["text_noun_parent"])
+
+    # -- video --------------------------------------------------------------------------------------------------
+    def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> VideoFeatures:
+        """video (B, T, 3, H, W) normalised frames, video_mask (B, T) bool → :class:`VideoFeatures` (spec §3.4)."""
+        if video.dim() != 5:
+            raise ValueError(f"encode_video: expected video (B, T, 3, H, W), got {tuple(video.shape)}")
+        B, T = video.shape[:2]
+        visual = self.clip.visual
+        pooled, tokens = visual(video.flatten(0, 1))  # (B·T, D), (B·T, P, W)
+        frames = pooled.view(B, T, -1)  # (B, T, D)
+        patches = (tokens @ visual.proj).view(B, T, tokens.shape[1], -1)  # (B, T, P, D)
+        mask = video_mask.bool()
+        if self.temporal is not None:
+            frames = self.temporal(frames, mask)  # (B, T, D)
+        frames = F.normalize(frames, dim=-1)
+        patches = F.normalize(patches, dim=-1)
+        w = mask.to(frames.dtype)
+        video_emb = F.normalize((frames * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1), dim=-1)  # (B, D)
+        return VideoFeatures(video_emb, frames, patches, mask)
+
+    # -- similarity ---------------------------------------------------------------------------------------------
+    def similarity(self, text: TextFeatures, video: VideoFeatures) -> dict[str, torch.Tensor]:
+        """Level and aggregated similarities (spec §3.6), each (B_t, B_v)."""
+        cfg = self.config
+        tau_f, tau_p = self.taus()
+        if cfg.guide_visual and cfg.sentence_guidance:
+            S1 = sentence_guided_similarity(text, video, tau_f)  # (B_t, B_v) text-conditioned video feature
+        else:
+            S1 = text.sentence @ video.video.T  # (B_t, B_v) CLIP4Clip meanP
+        if not cfg.guide_similarity:
+            return {"S": S1, "S1": S1}
+        _, S2, S3 = syntax_guided_similarity(text, video, tau_f, tau_p, cfg.guide_visual, cfg.guided_pooling,
+                                             cfg.noun_temporal, use_verbs="verb" in cfg.levels)
+        available = torch.stack([
+            torch.ones_like(text.verb_mask[:, 0]),
+            text.verb_mask.any(-1) & ("verb" in cfg.levels),
+            text.noun_mask.any(-1) & ("noun" in cfg.levels),
+        ], dim=-1)  # (B_t, 3)
+        S = aggregate_similarity(torch.stack([S1, S2, S3]), available, self.level_weights().to(S1.device))
+        return {"S": S, "S1": S1, "S2": S2, "S3": S3}
+
+    @torch.no_grad()
+    def similarity_matrix(self, text: TextFeatures, video: VideoFeatures, text_chunk: int = 32,
+                          video_chunk: int = 256, device: torch.device | None = None, progress: bool = False):
+        """The aggregated S for all texts × all videos, computed in (text_chunk × video_chunk) blocks on ``device``
+        (features may live on the CPU, e.g. in fp16); returns float32 (N_t, N_v) on the CPU."""
+        from tqdm.auto import tqdm
+
+        device = device or self.fixed_weights.device
+        dtype = next(self.parameters()).dtype
+        Nt, Nv = len(text), len(video)
+        out = torch.empty(Nt, Nv)
+        starts = range(0, Nt, text_chunk)
+        for a in tqdm(starts, desc="similarity (text chunks)", total=len(starts), disable=not progress, leave=False):
+            t = text.apply(lambda x, a=a: _to(x[a:a + text_chunk], device, dtype))
+            for b in range(0, Nv, video_chunk):
+                v = video.apply(lambda x, b=b: _to(x[b:b + video_chunk], device, dtype))
+                out[a:a + text_chunk, b:b + video_chunk] = self.similarity(t, v)["S"].float().cpu()
+        return out

@@ -1,0 +1,140 @@
+"""The digits text-video task of spec §8c, where syntax matters, and a writer of it in the official MSR-VTT format.
+
+Each video has T = 4 frames; a frame is a 2×2 grid of 8×8 scikit-learn digits (upscaled by ``scale``). One cell
+holds the *target* digit with an attribute and an action rendered by construction — adjective ``bright``/``dim``
+(intensity ×1.0 / ×0.4), action ``appears`` (present in frames 2-3), ``vanishes`` (frames 0-1) or ``stays`` (all
+frames) — and the other cells hold distractor digits (other digit names) with random attributes and actions.
+Caption: ``"a {adj} {digit} {verb}"`` plus, with probability ``p_near``, ``" near a {distractor}"``.
+The evidence sits in one cell and a subset of frames, so text-guided frame and patch selection should beat mean
+pooling. Train, val and test videos use disjoint digit images (see :func:`digit_images`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+__all__ = ["DIGIT_NAMES", "ADJECTIVES", "ACTIONS", "DigitsSpec", "digit_images", "render_video", "make_split",
+           "write_msrvtt_digits"]
+
+DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+ADJECTIVES = {"bright": 1.0, "dim": 0.4}
+ACTIONS = {"appears": (2, 3), "vanishes": (0, 1), "stays": (0, 1, 2, 3)}
+NUM_FRAMES = 4
+
+
+@dataclass(frozen=True)
+class DigitsSpec:
+    """One video: the target (digit, adjective, action), its cell, and distractors ``(cell, digit, adj, action)``."""
+
+    digit: int
+    adj: str
+    action: str
+    cell: int
+    distractors: tuple[tuple[int, int, str, str], ...]
+    near: int | None
+
+    @property
+    def caption(self) -> str:
+        text = f"a {self.adj} {DIGIT_NAMES[self.digit]} {self.action}"
+        return text + (f" near a {DIGIT_NAMES[self.near]}" if self.near is not None else "")
+
+
+def digit_images(split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """scikit-learn digits of one split: images (N, 8, 8) in [0, 1] and labels (N,); train = images [0, 1200),
+    val = [1200, 1500), test = [1500, 1797)."""
+    from sklearn.datasets import load_digits
+
+    d = load_digits()
+    images = torch.tensor(d.images, dtype=torch.float32) / 16.0
+    labels = torch.tensor(d.target, dtype=torch.long)
+    sl = {"train": slice(0, 1200), "val": slice(1200, 1500), "test": slice(1500, None)}[split]
+    return images[sl], labels[sl]
+
+
+def render_video(spec: DigitsSpec, images: torch.Tensor, labels: torch.Tensor, g: torch.Generator,
+                 scale: int = 2) -> torch.Tensor:
+    """uint8 (T, 3, 16·scale, 16·scale) frames of ``spec``; digit images drawn at random from ``images``."""
+    frames = torch.zeros(NUM_FRAMES, 16, 16)
+    for cell, digit, adj, action in ((spec.cell, spec.digit, spec.adj, spec.action), *spec.distractors):
+        pool = (labels == digit).nonzero().flatten()
+        img = images[pool[int(torch.randint(len(pool), (1,), generator=g))]] * ADJECTIVES[adj]  # (8, 8)
+        r, c = divmod(cell, 2)
+        for t in ACTIONS[action]:
+            frames[t, 8 * r:8 * r + 8, 8 * c:8 * c + 8] = img
+    frames = frames.repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # (T, 16s, 16s)
+    return (frames[:, None].expand(-1, 3, -1, -1) * 255).round().to(torch.uint8)  # (T, 3, 16s, 16s)
+
+
+def _random_spec(g: torch.Generator, digit: int, adj: str, action: str, p_near: float) -> DigitsSpec:
+    def pick(seq):
+        return seq[int(torch.randint(len(seq), (1,), generator=g))]
+
+    cells = torch.randperm(4, generator=g).tolist()
+    others = [d for d in range(10) if d != digit]
+    distractors = tuple((c, pick(others), pick(list(ADJECTIVES)), pick(list(ACTIONS))) for c in cells[1:])
+    near = distractors[0][1] if float(torch.rand(1, generator=g)) < p_near else None
+    return DigitsSpec(digit, adj, action, cells[0], distractors, near)
+
+
+def make_split(split: str, num_videos: int, seed: int, p_near: float = 0.5) -> list[DigitsSpec]:
+    """Video specs of one split. ``train``: random targets. ``test``/``val``: groups of 4 — a random target and three
+    hard negatives differing from it in exactly one of digit, adjective, action (spec §8c)."""
+    g = torch.Generator().manual_seed(seed + {"train": 0, "val": 1, "test": 2}[split])
+    specs: list[DigitsSpec] = []
+    adjs, acts = list(ADJECTIVES), list(ACTIONS)
+    while len(specs) < num_videos:
+        digit = int(torch.randint(10, (1,), generator=g))
+        adj = adjs[int(torch.randint(2, (1,), generator=g))]
+        action = acts[int(torch.randint(3, (1,), generator=g))]
+        if split == "train":
+            specs.append(_random_spec(g, digit, adj, action, p_near))
+            continue
+        other_digit = (digit + 1 + int(torch.randint(9, (1,), generator=g))) % 10
+        other_adj = adjs[1 - adjs.index(adj)]
+        other_act = [a for a in acts if a != action][int(torch.randint(2, (1,), generator=g))]
+        for d, a, v in ((digit, adj, action), (other_digit, adj, action), (digit, other_adj, action),
+                        (digit, adj, other_act)):
+            specs.append(_random_spec(g, d, a, v, p_near))
+    return specs[:num_videos]
+
+
+def write_msrvtt_digits(root: str | Path, num_train: int = 160, num_test: int = 40, seed: int = 0,
+                        scale: int = 2) -> Path:
+    """Write the digits task in the official MSR-VTT layout (spec §4): ``MSRVTT_data.json``,
+    ``MSRVTT_train.9k.csv``, ``MSRVTT_JSFUSION_test.csv`` and ``videos/video<k>.mp4`` (4 frames at 1 fps)."""
+    from mmzoo.video import write_video
+
+    root = Path(root)
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    videos, sentences, train_ids, test_rows = [], [], [], []
+    g = torch.Generator().manual_seed(seed)
+    k = 0
+    for split, n in (("train", num_train), ("test", num_test)):
+        images, labels = digit_images(split)
+        for spec in make_split(split, n, seed):
+            vid = f"video{k}"
+            write_video(root / "videos" / f"{vid}.mp4", render_video(spec, images, labels, g, scale), fps=1.0)
+            videos.append({"video_id": vid, "url": "", "category": 0, "start time": 0.0, "end time": 4.0,
+                           "split": "train" if split == "train" else "test", "id": k})
+            sentences.append({"caption": spec.caption, "video_id": vid, "sen_id": k})
+            if split == "train":
+                train_ids.append(vid)
+            else:
+                test_rows.append((f"ret{k}", f"msr{k}", vid, spec.caption))
+            k += 1
+    (root / "MSRVTT_data.json").write_text(json.dumps({"info": {"source": "shenet digits"}, "videos": videos,
+                                                       "sentences": sentences}))
+    with open(root / "MSRVTT_train.9k.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["video_id"])
+        w.writerows([v] for v in train_ids)
+    with open(root / "MSRVTT_JSFUSION_test.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["key", "vid_key", "video_id", "sentence"])
+        w.writerows(test_rows)
+    return root

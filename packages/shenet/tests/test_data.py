@@ -1,0 +1,171 @@
+"""Readers of the official formats (spec §4, §8b): tiny files written in each format and read back."""
+
+import csv
+import json
+import pickle
+
+import pytest
+import torch
+from mmzoo.testing import make_pattern_video
+from mmzoo.video import VideoDecodeError, write_video
+
+from shenet.data import (
+    ActivityNetDataset,
+    DiDeMoDataset,
+    DigitsDataset,
+    MSRVTTDataset,
+    MSVDDataset,
+    RetrievalCollate,
+    SHENetDataModule,
+    load_frames,
+)
+from shenet.hierarchy import ParserConfig, build_parser
+from shenet.tokenization import TextEncoder
+
+KW = dict(max_frames=4, image_size=32)
+
+
+def video(path, seconds=3, fps=4):
+    """A video of ``seconds`` at ``fps`` -> ``seconds`` frames at 1 fps."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".avi":
+        return write_video(path, torch.randint(0, 255, (seconds * fps, 3, 48, 64), dtype=torch.uint8), fps=fps,
+                           codec="mpeg4")
+    return make_pattern_video(path, num_frames=seconds * fps, fps=fps, height=48, width=64, gop=4)
+
+
+def write_msrvtt(root):
+    videos = [f"video{k}" for k in range(4)]
+    sentences = [{"caption": f"a man plays guitar {k} {j}", "video_id": v, "sen_id": 10 * k + j}
+                 for k, v in enumerate(videos) for j in range(2)]
+    (root / "MSRVTT_data.json").parent.mkdir(parents=True, exist_ok=True)
+    (root / "MSRVTT_data.json").write_text(json.dumps({"info": {}, "videos": [
+        {"video_id": v, "url": "", "category": 0, "start time": 0.0, "end time": 3.0, "split": "train", "id": k}
+        for k, v in enumerate(videos)], "sentences": sentences}))
+    with open(root / "MSRVTT_train.9k.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["video_id"], ["video0"], ["video1"]])
+    with open(root / "MSRVTT_JSFUSION_test.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["key", "vid_key", "video_id", "sentence"], ["ret0", "msr2", "video2", "a dog runs"],
+                                 ["ret1", "msr3", "video3", "a cat sleeps"]])
+    video(root / "videos" / "video0.mp4", seconds=6)  # 6 s -> subsampled to 4 frames
+    video(root / "videos" / "video1.mp4", seconds=2)  # 2 s -> 2 frames + padding
+    video(root / "videos" / "video2.mp4")
+    video(root / "videos" / "sub" / "video3.mkv")  # any extension, searched recursively
+
+
+def test_load_frames_1fps_subsample_and_pad(tmp_path):
+    path = video(tmp_path / "v.mp4", seconds=6)
+    v, m = load_frames(path, 4, 32)
+    assert v.shape == (4, 3, 32, 32) and m.all()
+    path = video(tmp_path / "w.mp4", seconds=2)
+    v, m = load_frames(path, 4, 32)
+    assert m.tolist() == [True, True, False, False] and v[2:].abs().sum() == 0
+
+
+def test_msrvtt(tmp_path):
+    write_msrvtt(tmp_path)
+    train = MSRVTTDataset(tmp_path, "train", **KW)
+    assert len(train) == 4 and train.texts()[0] == "a man plays guitar 0 0"  # unfolded pairs
+    item = train[0]
+    assert item["video"].shape == (4, 3, 32, 32) and item["video_mask"].all()
+    assert train[2]["video_mask"].tolist() == [True, True, False, False]
+    test = MSRVTTDataset(tmp_path, "test", **KW)
+    assert len(test) == 2 and test[1]["captions"] == ["a cat sleeps"] and test[1]["text_ids"] == [1]
+    (tmp_path / "MSRVTT_JSFUSION_test.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="MSRVTT_JSFUSION_test.csv.*README, Data preparation"):
+        MSRVTTDataset(tmp_path, "test", **KW)
+
+
+def test_msvd_multi_caption(tmp_path):
+    with open(tmp_path / "raw-captions.pkl", "wb") as f:
+        pickle.dump({"vidA": [["a", "man", "sings"], ["someone", "sings"]], "vidB": [["a", "dog", "runs"]]}, f)
+    (tmp_path / "train_list.txt").write_text("vidA\n")
+    (tmp_path / "test_list.txt").write_text("vidA\nvidB\n")
+    video(tmp_path / "videos" / "vidA.avi")
+    video(tmp_path / "videos" / "vidB.mp4")
+    train = MSVDDataset(tmp_path, "train", **KW)
+    assert train.texts() == ["a man sings", "someone sings"] and len(train) == 2
+    test = MSVDDataset(tmp_path, "test", **KW)
+    assert len(test) == 2 and test.num_queries == 3
+    assert test[0]["captions"] == ["a man sings", "someone sings"] and test[1]["text_ids"] == [2]
+    with pytest.raises(FileNotFoundError, match="val_list.txt"):
+        MSVDDataset(tmp_path, "val", **KW)
+
+
+def test_didemo_paragraphs(tmp_path):
+    rows = [{"video": "a.mp4", "times": [[0, 0]], "description": "a man walks in."},
+            {"video": "b.mp4", "times": [[1, 2]], "description": "a dog barks."},
+            {"video": "a.mp4", "times": [[2, 3]], "description": "he sits down."}]
+    (tmp_path / "test_data.json").write_text(json.dumps(rows))
+    (tmp_path / "test_list.txt").write_text("a.mp4\nb.mp4\n")
+    video(tmp_path / "videos" / "a.mp4")
+    video(tmp_path / "videos" / "b.mp4")
+    ds = DiDeMoDataset(tmp_path, "test", **KW)
+    assert ds.texts() == ["a man walks in. he sits down.", "a dog barks."]
+    (tmp_path / "test_data.json").write_text(json.dumps([{"video": "a.mp4"}]))
+    with pytest.raises(KeyError, match="description"):
+        DiDeMoDataset(tmp_path, "test", **KW)
+
+
+def test_activitynet_paragraphs(tmp_path):
+    ann = {"v_abc": {"duration": 2.5, "timestamps": [[0, 1], [1, 2.5]], "sentences": ["A man cooks.", " He eats."]},
+           "v_xyz": {"duration": 3.0, "timestamps": [[0, 3]], "sentences": ["Kids play."]}}
+    (tmp_path / "val_1.json").write_text(json.dumps(ann))
+    (tmp_path / "val_ids.json").write_text(json.dumps(["v_abc", "v_xyz"]))
+    video(tmp_path / "videos" / "abc.mp4")
+    video(tmp_path / "videos" / "xyz.mp4")
+    ds = ActivityNetDataset(tmp_path, "test", **KW)
+    assert ds.videos == ["abc", "xyz"] and ds.texts() == ["A man cooks. He eats.", "Kids play."]
+    assert ds[0]["video_mask"].sum() == 3  # 0 .. ceil(2.5) s at 1 fps
+    with pytest.raises(FileNotFoundError, match="train.json"):
+        ActivityNetDataset(tmp_path, "train", **KW)
+
+
+def test_missing_and_corrupt_videos(tmp_path):
+    write_msrvtt(tmp_path)
+    (tmp_path / "videos" / "video2.mp4").write_bytes(b"not a video")
+    with pytest.raises(VideoDecodeError):
+        MSRVTTDataset(tmp_path, "test", **KW)[0]
+    ds = MSRVTTDataset(tmp_path, "test", on_corrupt="skip", **KW)
+    item = ds[0]  # logged, fed as an all-padding video
+    assert not item["video_mask"].any()
+    (tmp_path / "videos" / "sub" / "video3.mkv").unlink()
+    with pytest.raises(FileNotFoundError, match="not found under data.videos_dir"):
+        MSRVTTDataset(tmp_path, "test", **KW)
+    assert len(MSRVTTDataset(tmp_path, "test", on_corrupt="skip", **KW)) == 1
+
+
+def test_collate_and_digits():
+    ds = DigitsDataset("val", num_videos=8, seed=0, image_size=32)
+    assert ds.texts()[0].startswith("a ") and ds[0]["video"].shape == (4, 3, 32, 32)
+    enc = TextEncoder(build_parser(ParserConfig(backend="heuristic")), 16, 4, 8, 8)
+    batch = RetrievalCollate(enc)([ds[i] for i in range(3)])
+    assert batch["video"].shape == (3, 4, 3, 32, 32) and batch["text_input_ids"].shape == (3, 16)
+    assert batch["caption_video"].tolist() == [0, 1, 2] and batch["text_ids"].tolist() == [0, 1, 2]
+    assert batch["text_noun_mask"].any(-1).all()
+    with pytest.raises(ValueError, match="empty batch"):
+        RetrievalCollate(enc)([])
+
+
+def test_datamodule_generates_demo_data(tmp_path):
+    dm = SHENetDataModule(dataset="msrvtt", data_root=str(tmp_path / "d"), max_frames=4, max_words=16, image_size=32,
+                          parser=ParserConfig(backend="heuristic"), batch_size=4, num_workers=0, pin_memory=False,
+                          generate_demo_data=True, demo_num_train=8, demo_num_test=4)
+    dm.prepare_data()
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["video"].shape == (4, 4, 3, 32, 32) and dm.num_queries("val") == 4
+    assert dm.state_dict()["parser_backend"] == "heuristic"
+
+
+def test_parse_command_writes_cache(tmp_path):
+    from shenet.cli import main
+    from shenet.hierarchy import PrecomputedParser
+
+    write_msrvtt(tmp_path)
+    out = main(args=["parse", "--dataset", "msrvtt", "--data_root", str(tmp_path), "--backend", "heuristic"])
+    parser = PrecomputedParser(out)
+    assert out == tmp_path / "shenet_parses.json"
+    assert set(parser.entries) == {"a man plays guitar 0 0", "a man plays guitar 0 1", "a man plays guitar 1 0",
+                                   "a man plays guitar 1 1", "a dog runs", "a cat sleeps"}
+    assert [n.level for n in parser("a dog runs").nodes] == ["noun", "verb"]

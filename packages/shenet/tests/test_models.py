@@ -1,0 +1,214 @@
+"""SHE-Net components against plain-loop references (spec §3.3-3.6, §8d)."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from shenet.models import (
+    SHENet,
+    SHENetConfig,
+    TextFeatures,
+    VideoFeatures,
+    aggregate_similarity,
+    hierarchy_enhance,
+    masked_softmax,
+    syntax_guided_similarity,
+)
+
+D, V, M, T, P = 8, 2, 3, 4, 3
+
+
+def norm(x):
+    return F.normalize(x, dim=-1)
+
+
+def make_text(Bt=3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    verbs, nouns = norm(torch.randn(Bt, V, D, generator=g)), norm(torch.randn(Bt, M, D, generator=g))
+    verb_mask = torch.tensor([[True, True], [True, False], [False, False]])[:Bt]
+    noun_mask = torch.tensor([[True, True, True], [True, True, False], [True, False, False]])[:Bt]
+    noun_parent = torch.tensor([[0, 1, -1], [0, -1, -1], [-1, -1, -1]])[:Bt]
+    return TextFeatures(norm(torch.randn(Bt, D, generator=g)), verbs, nouns, norm(verbs + 0.1), norm(nouns - 0.1),
+                        verb_mask, noun_mask, noun_parent)
+
+
+def make_video(Bv=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    frames, patches = norm(torch.randn(Bv, T, D, generator=g)), norm(torch.randn(Bv, T, P, D, generator=g))
+    mask = torch.tensor([[True] * T, [True, True, False, False]])[:Bv]
+    video = norm((frames * mask[..., None]).sum(1))
+    return VideoFeatures(video, frames, patches, mask)
+
+
+def loop_similarity(text, video, tau_f, tau_p):
+    """Spec §3.5-3.6 written as plain loops."""
+    Bt, Bv = len(text), len(video)
+    S1, S2, S3 = torch.zeros(Bt, Bv), torch.zeros(Bt, Bv), torch.zeros(Bt, Bv)
+    for i in range(Bt):
+        for k in range(Bv):
+            valid = [t for t in range(T) if video.frame_mask[k, t]]
+            f = video.frames[k, valid]
+            p = video.patches[k, valid]
+            S1[i, k] = text.sentence[i] @ video.video[k]
+            a0 = torch.softmax(f @ text.sentence[i] / tau_f, 0)
+            alphas, s2 = {}, []
+            for j in range(V):
+                alphas[j] = torch.softmax(f @ text.verbs[i, j] / tau_f, 0)
+                if text.verb_mask[i, j]:
+                    g = norm(sum(alphas[j][t] * f[t] for t in range(len(valid))))
+                    s2.append(text.verbs_enh[i, j] @ g)
+            s3 = []
+            for m in range(M):
+                if not text.noun_mask[i, m]:
+                    continue
+                par = int(text.noun_parent[i, m])
+                w = alphas[par] if par >= 0 else a0
+                r = torch.zeros(D)
+                for t in range(len(valid)):
+                    beta = torch.softmax(p[t] @ text.nouns[i, m] / tau_p, 0)
+                    r = r + w[t] * sum(beta[q] * p[t, q] for q in range(P))
+                s3.append(text.nouns_enh[i, m] @ norm(r))
+            S2[i, k] = torch.stack(s2).mean() if s2 else 0.0
+            S3[i, k] = torch.stack(s3).mean() if s3 else 0.0
+    return S1, S2, S3
+
+
+def test_guided_similarity_matches_loops():
+    text, video = make_text(), make_video()
+    got = syntax_guided_similarity(text, video, 0.5, 0.3)
+    for a, b in zip(got, loop_similarity(text, video, 0.5, 0.3), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_verb_frame_weights_masked_and_sharp():
+    logits = torch.tensor([[0.1, 0.9, 0.3, 5.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    w = masked_softmax(logits / 0.01, mask)
+    assert w[0, 3] == 0 and torch.allclose(w.sum(), torch.tensor(1.0))
+    assert torch.allclose(w, torch.tensor([[0.0, 1.0, 0.0, 0.0]]), atol=1e-6)  # τ→0: the argmax valid frame
+    assert masked_softmax(logits, torch.zeros_like(mask)).sum() == 0  # all masked: no weight, no NaN
+
+
+def test_noun_pooling_uses_parent_weights():
+    """A noun attached to verb 1 takes verb 1's frames; with τ tiny the region comes from verb 1's best frame."""
+    text, video = make_text(1), make_video(1)
+    text.noun_parent[0] = torch.tensor([1, 1, 1])
+    text.verb_mask[0] = True
+    S_parent = syntax_guided_similarity(text, video, 1e-4, 1e-4)[2]
+    best_t = int((video.frames[0] @ text.verbs[0, 1]).argmax())
+    expected = []
+    for m in range(M):
+        q = int((video.patches[0, best_t] @ text.nouns[0, m]).argmax())
+        expected.append(text.nouns_enh[0, m] @ video.patches[0, best_t, q])
+    torch.testing.assert_close(S_parent[0, 0], torch.stack(expected).mean(), atol=1e-4, rtol=1e-4)
+    S_root = syntax_guided_similarity(text, video, 1e-4, 1e-4, noun_temporal="root")[2]
+    S_nov = syntax_guided_similarity(text, video, 1e-4, 1e-4, use_verbs=False)[2]
+    torch.testing.assert_close(S_root, S_nov)
+
+
+def test_max_pooling_is_token_max():
+    text, video = make_text(), make_video()
+    S1, S2, S3 = syntax_guided_similarity(text, video, pooling="max")
+    for i in range(3):
+        for k in range(2):
+            valid = video.frame_mask[k]
+            vs = [(text.verbs_enh[i, j] @ video.frames[k, valid].T).max() for j in range(V) if text.verb_mask[i, j]]
+            ns = [(text.nouns_enh[i, m] @ video.patches[k, valid].reshape(-1, D).T).max() for m in range(M)
+                  if text.noun_mask[i, m]]
+            assert torch.allclose(S2[i, k], torch.stack(vs).mean() if vs else torch.tensor(0.0), atol=1e-5)
+            assert torch.allclose(S3[i, k], torch.stack(ns).mean(), atol=1e-5)
+
+
+def test_unguided_visual_uses_means():
+    text, video = make_text(), make_video()
+    _, S2, S3 = syntax_guided_similarity(text, video, guide_visual=False)
+    k = 1
+    g = norm(video.frames[k, :2].mean(0))
+    r = norm(video.patches[k, :2].reshape(-1, D).mean(0))
+    assert torch.allclose(S2[0, k], (text.verbs_enh[0] @ g).mean(), atol=1e-5)
+    assert torch.allclose(S3[1, k], (text.nouns_enh[1, :2] @ r).mean(), atol=1e-5)
+
+
+def test_aggregation_renormalises_missing_levels():
+    levels = torch.tensor([[[0.9]], [[0.3]], [[0.6]]]).expand(3, 2, 1)  # (3, B_t=2, B_v=1)
+    avail = torch.tensor([[True, True, True], [True, False, True]])
+    S = aggregate_similarity(levels, avail, torch.tensor([2.0, 1.0, 1.0]))
+    assert torch.allclose(S[:, 0], torch.tensor([(1.8 + 0.3 + 0.6) / 4, (1.8 + 0.6) / 3]))
+
+
+def test_hierarchy_enhance_formula():
+    g = torch.Generator().manual_seed(0)
+    verbs, nouns, adjs = (norm(torch.randn(1, n, D, generator=g)) for n in (2, 3, 2))
+    noun_mask = torch.tensor([[True, True, True]])
+    adj_mask = torch.tensor([[True, True]])
+    noun_parent = torch.tensor([[0, 0, -1]])
+    adj_parent = torch.tensor([[1, 1]])
+    u2, n2 = hierarchy_enhance(verbs, nouns, adjs, noun_mask, adj_mask, noun_parent, adj_parent, "mean")
+    n_ref = nouns.clone()
+    n_ref[0, 1] = norm(nouns[0, 1] + (adjs[0, 0] + adjs[0, 1]) / 2)
+    torch.testing.assert_close(n2, n_ref)
+    u_ref = verbs.clone()
+    u_ref[0, 0] = norm(verbs[0, 0] + (n_ref[0, 0] + n_ref[0, 1]) / 2)
+    torch.testing.assert_close(u2, u_ref)  # verb 1 has no children: only normalised
+    same = hierarchy_enhance(verbs, nouns, adjs, noun_mask, adj_mask, noun_parent, adj_parent, "none")
+    assert same[0] is verbs and same[1] is nouns
+    gate = torch.zeros(2 * D)
+    ug, ng = hierarchy_enhance(verbs, nouns, adjs, noun_mask, adj_mask, noun_parent, adj_parent, "gated", gate, gate)
+    torch.testing.assert_close(ng[0, 1], norm(nouns[0, 1] + 0.5 * (adjs[0, 0] + adjs[0, 1]) / 2))
+
+
+def tiny(**kw):
+    return SHENet(SHENetConfig(clip_model="custom", random_init=True, max_frames=T, **kw))
+
+
+def text_batch(Bt=3, L=8):
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1, 1000, (Bt, L), generator=g)
+    ids[:, 0], ids[:, -1] = 49406, 49407
+    pool = lambda n: torch.softmax(torch.randn(Bt, n, L, generator=g), -1)  # noqa: E731
+    return {"text_input_ids": ids, "text_verb_pool": pool(4), "text_noun_pool": pool(8), "text_adj_pool": pool(8),
+            "text_verb_mask": torch.rand(Bt, 4, generator=g) > 0.3, "text_noun_mask": torch.rand(Bt, 8, generator=g) > 0.3,
+            "text_adj_mask": torch.rand(Bt, 8, generator=g) > 0.5, "text_noun_parent": torch.randint(-1, 4, (Bt, 8), generator=g),
+            "text_adj_parent": torch.randint(-1, 8, (Bt, 8), generator=g)}
+
+
+def test_model_guidance_off_is_meanP_and_chunking_exact():
+    torch.manual_seed(0)
+    model = tiny()
+    text = model.encode_text(text_batch(5))
+    video = model.encode_video(torch.randn(3, T, 3, 32, 32), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]).bool())
+    assert video.patches.shape == (3, T, 4, 32) and video.frames.shape == (3, T, 32)
+    full = model.similarity(text, video)["S"].detach()
+    chunked = model.similarity_matrix(text, video, text_chunk=2, video_chunk=2)
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
+    model.config.guide_similarity = False
+    model.config.sentence_guidance = True  # text-conditioned sentence level: attention over frames
+    a0 = torch.softmax((text.sentence @ video.frames[1, :2].T) / model.config.tau_frame, -1)  # (B_t, 2)
+    guided = (text.sentence * norm(a0 @ video.frames[1, :2])).sum(-1)
+    torch.testing.assert_close(model.similarity(text, video)["S"][:, 1], guided, atol=1e-5, rtol=1e-5)
+    model.config.guide_visual = False
+    meanp = model.similarity(text, video)["S"]
+    frames = video.frames * video.frame_mask[..., None]
+    ref = text.sentence @ norm(frames.sum(1) / video.frame_mask.sum(1, keepdim=True)).T
+    torch.testing.assert_close(meanp, ref)
+
+
+def test_seqtransf_and_learned_weights_run():
+    model = tiny(temporal="seqTransf", temporal_layers=1, temporal_heads=2, text_enhance="gated", learnable_tau=True,
+                 sim_weighting="learned")
+    text = model.encode_text(text_batch(2))
+    video = model.encode_video(torch.randn(2, T, 3, 32, 32), torch.ones(2, T, dtype=torch.bool))
+    S = model.similarity(text, video)["S"]
+    S.sum().backward()
+    assert model.sim_logits.grad is not None and model.log_tau.grad is not None and model.gate_noun.grad is not None
+
+
+def test_config_errors():
+    with pytest.raises(ValueError, match="model.config.pretrained"):
+        SHENetConfig()
+    with pytest.raises(ValueError, match="levels"):
+        SHENetConfig(clip_model="custom", levels=["verb"])
+    with pytest.raises(FileNotFoundError, match="model.config.pretrained"):
+        SHENet(SHENetConfig(pretrained="/nonexistent/ViT-B-32.pt"))
+    with pytest.raises(ValueError, match="expected video"):
+        tiny().encode_video(torch.randn(2, 3, 32, 32), torch.ones(2, 1, dtype=torch.bool))
