@@ -176,7 +176,7 @@ class PVTv2Encoder(nn.Module):
         try:
             import timm
         except ImportError as err:
-            raise ImportError("model.config.visual_encoder='pvt_v2_b2' needs timm: pip install timm") from err
+            raise ImportError("model.config.visual_encoder='pvt_v2_b2' needs timm: pip install 'snps3[pvt]'") from err
         self.body = timm.create_model("pvt_v2_b2", pretrained=False, num_classes=0, global_pool="")
         if weights is not None:
             _load_state_dict(self.body, weights, "model.config.visual_weights", "PVTv2 release pvt_v2_b2.pth")
