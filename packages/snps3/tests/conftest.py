@@ -21,14 +21,3 @@ def synthetic_root(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("snps3_synthetic")
     return generate_synthetic_dataset(root, num_train=12, num_test=5, num_frames=6, size=32, seed=0)
-
-
-@pytest.fixture(autouse=True, scope="session")
-def _one_cpu_thread():
-    """Tiny models: one intra-op thread avoids oversubscription on shared CPUs."""
-    import torch
-
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)

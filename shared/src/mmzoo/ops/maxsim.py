@@ -56,6 +56,11 @@ def _weights(mask: torch.Tensor, weights: torch.Tensor | None) -> torch.Tensor:
     return weights.to(torch.float32) * m
 
 
+def _needs_grad(*tensors: torch.Tensor | None) -> bool:
+    """Whether autograd will ask for gradients of any of ``tensors``."""
+    return torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in tensors)
+
+
 def _chunk_scores(t, tm, w, v, vm, u):
     """Scores of all texts against one chunk of videos. Shapes: t (B_t, L_t, D), v (C, L_v, D)."""
     sim = torch.einsum("ild,jmd->ijlm", t.float(), v.float())  # (B_t, C, L_t, L_v)
@@ -85,9 +90,7 @@ def token_max_sim_reference(
     tm, vm = text_mask.bool(), video_mask.bool()
     w, u = _weights(tm, text_weights), _weights(vm, video_weights)
     t2v, v2t = [], []
-    needs_grad = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (text, video, text_weights, video_weights)
-    )
+    needs_grad = _needs_grad(text, video, text_weights, video_weights)
     for s in range(0, video.shape[0], chunk_size):
         args = (text, tm, w, video[s : s + chunk_size], vm[s : s + chunk_size], u[s : s + chunk_size])
         a, b = checkpoint(_chunk_scores, *args, use_reentrant=False) if needs_grad else _chunk_scores(*args)
@@ -293,9 +296,7 @@ def token_max_sim_triton(
     tm, vm = text_mask.bool(), video_mask.bool()
     w = _weights(tm, text_weights).contiguous()
     u = _weights(vm, video_weights).contiguous()
-    save = torch.is_grad_enabled() and any(
-        x is not None and x.requires_grad for x in (text, video, text_weights, video_weights)
-    )
+    save = _needs_grad(text, video, text_weights, video_weights)
     return _TokenMaxSimTriton.apply(
         text.contiguous(), tm.to(torch.int8).contiguous(), video.contiguous(), vm.to(torch.int8).contiguous(), w, u, save
     )
