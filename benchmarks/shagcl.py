@@ -1,7 +1,8 @@
 """SHA-GCL relation head: train-step and inference throughput (images/s) and peak memory.
 
 Paper size on CUDA (VG150: 151 classes, 51 predicates, H = 512, P = 4096, 8 images x 20 objects, 1024 training
-pairs per image, divide-4 groups, rect branch on); a small size on CPU (< 2 min).
+pairs per image, divide-4 groups, rect branch on, the default feature path: trainable fc6/fc7 on 256x7x7 pooled
+object maps and the official union path on 4-level 1024x7x7 union maps); a small size on CPU (< 2 min).
 """
 
 from __future__ import annotations
@@ -29,11 +30,13 @@ def random_batch(images: int, objects: int, pairs: int, cfg: SHAGCLConfig, devic
                          torch.randint(0, objects, (images * pairs,), device=device)], -1)
     local[:, 1] = torch.where(local[:, 0] == local[:, 1], (local[:, 1] + 1) % objects, local[:, 1])
     offset = torch.arange(images, device=device).repeat_interleave(pairs)[:, None] * objects
-    return {"obj_feats": torch.randn(n, cfg.feature_dim, device=device).relu(),
+    c, r = cfg.roi_channels, cfg.roi_resolution
+    return {"obj_pooled": torch.randn(n, c, r, r, device=device).relu(),
             "boxes": torch.cat([xy, xy + wh], -1), "obj_image_sizes": torch.full((n, 2), 600.0, device=device),
             "num_objs": [objects] * images, "labels": torch.randint(1, cfg.num_obj_classes, (n,), device=device),
             "det_logits": torch.randn(n, cfg.num_obj_classes, device=device),
-            "pair_idx": local + offset, "union_feats": torch.randn(images * pairs, cfg.feature_dim, device=device).relu(),
+            "pair_idx": local + offset,
+            "union_pooled": torch.randn(images * pairs, cfg.fpn_levels * c, r, r, device=device).relu(),
             "pair_image_sizes": torch.full((images * pairs, 2), 600.0, device=device),
             "pair_labels": torch.where(torch.rand(images * pairs, device=device) < 0.25,
                                        torch.randint(1, cfg.num_predicates, (images * pairs,), device=device), 0)}
@@ -52,7 +55,7 @@ def main() -> None:
         groups = group_predicates(counts[1:], 4.0, 200)
     else:
         cfg = SHAGCLConfig(word_embeddings="random", feature_dim=256, hidden_dim=64, num_heads=2, key_dim=32,
-                           ffn_dim=128, obj_layers=2, edge_layers=1, word_dim=32)
+                           ffn_dim=128, obj_layers=2, edge_layers=1, word_dim=32, roi_channels=16)
         images, objects, train_pairs, iters = 2, 8, 56, 3
         groups = group_predicates(counts[1:], 4.0, 200)
     torch.manual_seed(0)

@@ -6,8 +6,8 @@ median re-sampling, Top-Down KD, test with the last classifier), (iii) GCL witho
 test set: mean per-class recall (mR analogue); on a test set with the training distribution: accuracy (R analogue).
 Gate over 3 seeds: mR(GCL) >= mR(single CE) + 5 points.
 
-Experiment 2 (gated): end-to-end mini SGG in the VG150 format (300 train / 100 test synthetic images, Zipf predicate
-counts, noisy predicate-encoding union features), tiny SHA encoder, PredCls: SHA + one classifier (CE, frequency
+Experiment 2 (gated): end-to-end mini SGG in the VG150 format (300 train / 100 test synthetic images, exactly
+Zipf-shaped predicate counts per split, noisy predicate-encoding union features), tiny SHA encoder, PredCls: SHA + one classifier (CE, frequency
 bias) vs SHA + GCL, scored by the package's evaluator. Gate: mean mR@50(GCL) > mean mR@50(single).
 
 Writes packages/shagcl/repro_results.json (mean ± std over seeds); exits 1 when a gate fails.
@@ -121,7 +121,8 @@ def experiment2(seed: int, root: Path, steps: int = 600, group_min_count: int = 
         dm.setup(None)
         cfg = SHAGCLConfig(num_obj_classes=9, num_predicates=21, feature_dim=32, hidden_dim=32, num_heads=2,
                            key_dim=16, ffn_dim=64, obj_layers=1, edge_layers=1, word_dim=16, word_embeddings="random",
-                           use_rect_features=False, decoder=decoder, group_min_count=group_min_count)
+                           use_rect_features=False, decoder=decoder, group_min_count=group_min_count,
+                           trainable_box_head=False, union_features="simplified")  # synthetic post-fc7 features
         module = SHAGCLModule(cfg)
         module.build_from_statistics(dm.statistics())
         opt = torch.optim.Adam(module.parameters(), lr=3e-3)
@@ -169,7 +170,10 @@ def main() -> int:
     e2 = []
     for s in SEEDS:
         with tempfile.TemporaryDirectory() as tmp:
-            write_vg150(tmp, n_images=400, n_test=100, n_obj_classes=8, n_predicates=20, seed=s, min_obj=4, max_obj=8)
+            # 350 split-0 images = 300 train + 50 val (carved first), 100 test (spec §8c.2: 300 train / 100 test);
+            # exact Zipf counts per part (id order = training-frequency order, spec §3.6.1)
+            write_vg150(tmp, n_images=450, n_test=100, n_obj_classes=8, n_predicates=20, seed=s, min_obj=4, max_obj=8,
+                        predicate_counts="quota", n_val=50)
             e2.append(experiment2(s, Path(tmp)))
     summary2 = {f"{m}/{k}": mean_std([r[m][k] for r in e2]) for m in ("single", "gcl") for k in ("R@50", "mR@50", "mR@100")}
     gate2 = summary2["gcl/mR@50"]["mean"] > summary2["single/mR@50"]["mean"]

@@ -14,7 +14,7 @@ from shagcl.data import (
     compute_statistics,
 )
 from shagcl.gcl import VG150_PREDICATE_REMAP
-from shagcl.testing import write_gqa200, write_vg150
+from shagcl.testing import write_gqa200, write_vg150, zipf_quota_predicates
 
 
 @pytest.fixture(scope="module")
@@ -93,12 +93,29 @@ def test_items_collate_and_statistics(vg_root):
 
 def test_sgdet_training_targets(tmp_path):
     write_vg150(tmp_path, n_images=8, n_obj_classes=4, n_predicates=5)
-    ds = VG150Dataset(tmp_path, "train", protocol="sgdet", predicate_order="file", num_val_images=0,
-                      synthetic=SyntheticFeaturesConfig(feature_dim=8, box_jitter=0.01, det_logit_scale=20.0))
-    item = ds[0]
-    assert (item["labels"] == item["gt_labels"]).all()  # tiny jitter: every detection matches its GT box
-    assert (item["pair_labels"] > 0).sum() == len({(s, o) for s, o, _ in item["gt_rels"].tolist()}) or \
-        (item["pair_labels"] > 0).sum() >= 1
+    kw = dict(protocol="sgdet", predicate_order="file", num_val_images=0,
+              synthetic=SyntheticFeaturesConfig(feature_dim=8, box_jitter=0.01, det_logit_scale=20.0))
+    item = VG150Dataset(tmp_path, "train", sgdet_add_gt_boxes=False, **kw)[0]
+    n = len(item["gt_labels"])
+    assert len(item["boxes"]) == n and (item["labels"] == item["gt_labels"]).all()  # tiny jitter: all match
+    assert (item["pair_labels"] > 0).sum() >= 1
+
+
+def test_sgdet_adds_gt_boxes_to_training_proposals(tmp_path):
+    """Spec §3.7: in SGDet training the GT boxes join the detections (configurable); never at test."""
+    write_vg150(tmp_path, n_images=8, n_obj_classes=4, n_predicates=5, n_test=2)
+    kw = dict(protocol="sgdet", predicate_order="file", num_val_images=0,
+              synthetic=SyntheticFeaturesConfig(feature_dim=8, box_jitter=0.3, det_logit_scale=20.0))
+    item = VG150Dataset(tmp_path, "train", **kw)[0]
+    n = len(item["gt_labels"])
+    assert len(item["boxes"]) == 2 * n and item["obj_feats"].shape == (2 * n, 8) and item["det_logits"].shape[0] == 2 * n
+    torch.testing.assert_close(item["boxes"][n:], item["gt_boxes"])
+    assert (item["labels"][n:] == item["gt_labels"]).all()  # a GT box is matched to itself
+    gt_pairs = {(s + n, o + n) for s, o, _ in item["gt_rels"].tolist()}
+    fg = {tuple(p) for p, lab in zip(item["pair_idx"].tolist(), item["pair_labels"].tolist()) if lab > 0}
+    assert gt_pairs <= fg  # every GT relation has its GT-box pair as a positive
+    test = VG150Dataset(tmp_path, "test", **kw)[0]
+    assert len(test["boxes"]) == len(test["gt_labels"])
 
 
 def test_datamodule_generates_demo_data(tmp_path):
@@ -107,3 +124,13 @@ def test_datamodule_generates_demo_data(tmp_path):
     dm.setup("fit")
     stats = dm.statistics()
     assert stats.predicate_counts.shape == (11,) and len(dm.datasets["val"]) == 2
+
+
+def test_quota_predicates_are_exactly_zipf_and_frequency_ordered(tmp_path):
+    ids = zipf_quota_predicates(np.random.default_rng(0), 1000, 20)
+    counts = np.bincount(ids, minlength=21)[1:]
+    assert counts.sum() == 1000 and (np.diff(counts) <= 0).all() and counts[-1] >= 5  # 1000·20^-1.5/Σ ≈ 5.5
+    write_vg150(tmp_path, n_images=60, n_test=10, n_predicates=8, predicate_counts="quota", n_val=5)
+    train = VG150Dataset(tmp_path, "train", predicate_order="file", num_val_images=5)
+    train_counts = np.bincount(np.concatenate([r.rels[:, 2] for r in train.records]), minlength=9)[1:]
+    assert (np.diff(train_counts) <= 0).all()  # the training split itself is in frequency order (spec §3.6.1)

@@ -63,3 +63,25 @@ def test_sorting_never_picks_background(tmp_path):
     torch.testing.assert_close(score, torch.tensor([0.35, 0.025]))
     csv_path, png_path = write_per_predicate_report(torch.rand(2, 3), ["bg", "on", "has"], (20, 50, 100), tmp_path)
     assert csv_path.read_text().splitlines()[1].startswith("1,on,") and png_path.stat().st_size > 0
+
+
+def test_two_processes_count_padded_duplicates_once():
+    """An odd-size test set on 2 gloo processes (the DistributedSampler repeats image 0) equals 1 process."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import shagcl_dist_helpers as h
+    from mmzoo.testing import run_distributed
+
+    images = h.random_images()
+    ref = sgg_recall(images, h.NUM_PREDICATES, h.KS)
+    padded = sgg_recall(images + images[:1], h.NUM_PREDICATES, h.KS)
+    assert float(padded["R@1"]) != float(ref["R@1"])  # the duplicate would change the numbers
+    one = SGRecall(h.NUM_PREDICATES, h.KS)
+    one.update(images + images[:1])  # duplicates inside one process are merged as well
+    outs = run_distributed(h.evaluate_rank, world_size=2)
+    for got in (*outs, one.compute()):
+        for key in ("R@1", "R@3", "mR@1", "mR@3", "ng-R@3", "ng-mR@3"):
+            torch.testing.assert_close(got[key], ref[key])
+        torch.testing.assert_close(got["per_predicate"], ref["per_predicate"])

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from shagcl.models import (
@@ -6,6 +7,7 @@ from shagcl.models import (
     RectFeatures,
     SHAEncoder,
     SHAGCLConfig,
+    UnionFeatures,
     encode_box_geometry,
     frequency_bias_init,
     later_nms_relabel,
@@ -14,7 +16,8 @@ from shagcl.models import (
 
 def tiny_config(**kw):
     base = dict(num_obj_classes=5, num_predicates=6, feature_dim=16, hidden_dim=16, num_heads=2, key_dim=8,
-                ffn_dim=32, obj_layers=2, edge_layers=1, word_dim=8, word_embeddings="random", rect_size=27)
+                ffn_dim=32, obj_layers=2, edge_layers=1, word_dim=8, word_embeddings="random", rect_size=27,
+                trainable_box_head=False, union_features="simplified")
     base.update(kw)
     return SHAGCLConfig(**base)
 
@@ -62,9 +65,9 @@ def test_later_nms_relabel():
 
 
 def test_rect_features_and_model_shapes():
-    rect = RectFeatures(16, 27)
+    rect = RectFeatures(8, 27, feature_dim=16)
     masks = rect.rasterise(torch.tensor([[0.0, 0.0, 49.0, 99.0]]), torch.tensor([[100.0, 100.0]]))
-    assert masks.shape == (1, 27, 27) and masks[0, :, :13].all() and not masks[0, :, 15:].any()
+    assert masks.shape == (1, 27, 27) and masks[0, :, :15].all() and not masks[0, :, 15:].any()  # ceil(13.23) = 14
     assert rect(torch.rand(3, 4) * 10, torch.rand(3, 4) * 10 + 10, torch.full((3, 2), 40.0)).shape == (3, 16)
     for protocol in ("predcls", "sgcls", "sgdet"):
         model = SHAGCL(tiny_config(protocol=protocol))
@@ -79,3 +82,48 @@ def test_rect_features_and_model_shapes():
         assert [t.shape for t in out.rel_logits] == [(4, 3), (4, 6)]
         assert (out.obj_logits is None) == (protocol == "predcls")
         assert (out.obj_labels >= 1).all() and out.obj_scores.shape == (5,)
+
+
+def test_rect_masks_hand_example():
+    """Official rasterisation: the box scaled by (27/W, 27/H); cell (y, x) in the mask iff
+    floor(x1) <= x <= ceil(x2) and floor(y1) <= y <= ceil(y2)."""
+    rect = RectFeatures(8, 27)
+    head = torch.tensor([[4.6, 8.0, 11.2, 16.0]])  # image 54 x 27: x scaled by 1/2 -> [2.3, 5.6], y by 1 -> [8, 16]
+    tail = torch.tensor([[0.0, 0.0, 53.0, 26.0]])  # the whole image
+    size = torch.tensor([[54.0, 27.0]])
+    expected = torch.zeros(27, 27)
+    expected[8:17, 2:7] = 1  # rows 8..16, columns 2..6
+    torch.testing.assert_close(rect.rasterise(head, size)[0], expected)
+    assert rect.rasterise(tail, size)[0].all()
+    maps = rect(head, tail, size)  # (M, C, 7, 7): added to the pooled union map
+    assert maps.shape == (1, 8, 7, 7)
+
+
+def test_official_union_path_and_trainable_box_head(tmp_path):
+    cfg = tiny_config(trainable_box_head=True, union_features="official", roi_channels=8)
+    union = UnionFeatures(cfg)
+    boxes = torch.tensor([[0.0, 0.0, 5.0, 5.0], [3.0, 3.0, 9.0, 9.0], [1.0, 1.0, 4.0, 8.0]])
+    out = union(torch.randn(3, 4 * 8, 7, 7), boxes, boxes.flip(0), torch.full((3, 2), 20.0))
+    assert out.shape == (3, 16) and (out >= 0).all()  # fc7 + ReLU of the union branch
+    assert union.reduce.in_channels == 32 and union.reduce.out_channels == 8  # 4 levels -> C, 3x3 conv
+    model = SHAGCL(cfg)
+    model.build_decoder([2, 3], torch.ones(5, 5, 6))
+    batch = {"obj_pooled": torch.randn(5, 8, 7, 7), "boxes": torch.tensor([[0.0, 0, 5, 5], [3, 3, 9, 9], [1, 1, 4, 8],
+                                                                            [0, 0, 5, 5], [2, 2, 7, 7]]),
+             "obj_image_sizes": torch.full((5, 2), 20.0), "num_objs": [3, 2], "labels": torch.tensor([1, 2, 3, 4, 1]),
+             "pair_idx": torch.tensor([[0, 1], [1, 2], [2, 0], [3, 4]]), "union_pooled": torch.randn(4, 32, 7, 7),
+             "pair_image_sizes": torch.full((4, 2), 20.0)}
+    assert [t.shape for t in model(batch).rel_logits] == [(4, 3), (4, 6)]
+    with pytest.raises(ValueError, match="object_stage pooled"):
+        model({**batch, "obj_pooled": None, "obj_feats": torch.randn(5, 16)})
+    # fc6/fc7 copies start from a detector's box head (torchvision key names)
+    state = {"roi_heads.box_head.fc6.weight": torch.randn(16, 8 * 49), "roi_heads.box_head.fc6.bias": torch.randn(16),
+             "roi_heads.box_head.fc7.weight": torch.randn(16, 16), "roi_heads.box_head.fc7.bias": torch.randn(16),
+             "roi_heads.box_predictor.cls_score.weight": torch.randn(5, 16)}
+    torch.save({"model": state}, tmp_path / "det.pth")
+    assert model.load_box_head(tmp_path / "det.pth") == 2
+    for head in (model.box_head, model.union.box_head):
+        torch.testing.assert_close(head.fc6.weight, state["roi_heads.box_head.fc6.weight"])
+        torch.testing.assert_close(head.fc7.bias, state["roi_heads.box_head.fc7.bias"])
+    with pytest.raises(FileNotFoundError, match="box_head_checkpoint"):
+        model.load_box_head(tmp_path / "missing.pth")

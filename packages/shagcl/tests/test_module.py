@@ -32,13 +32,14 @@ def test_fit_validate_test_predict(trained):
     assert len(graphs) == 8 and graphs[0]["triplets"] and list((root / "pred").glob("scene_graph_*.png"))
 
 
-def _tiny_module(tmp_path, protocol):
+def _tiny_module(tmp_path, protocol, pooled=False):
     dm = SGGDataModule(data_root=str(tmp_path), protocol=protocol, feature_source="synthetic",
-                       synthetic=SyntheticFeaturesConfig(feature_dim=16), predicate_order="file", num_val_images=2,
-                       max_pairs=32, max_fg_pairs=8, generate_demo_data=True, demo_num_images=32)
+                       synthetic=SyntheticFeaturesConfig(feature_dim=16, pooled=pooled), predicate_order="file",
+                       num_val_images=2, max_pairs=32, max_fg_pairs=8, generate_demo_data=True, demo_num_images=32)
     cfg = SHAGCLConfig(protocol=protocol, num_obj_classes=9, num_predicates=11, feature_dim=16, hidden_dim=16,
                        num_heads=2, key_dim=8, ffn_dim=32, obj_layers=1, edge_layers=1, word_dim=8,
-                       word_embeddings="random", use_rect_features=False, group_min_count=1)
+                       word_embeddings="random", use_rect_features=pooled, group_min_count=1, roi_channels=8,
+                       trainable_box_head=pooled, union_features="official" if pooled else "simplified")
     module = SHAGCLModule(cfg)
     dm.setup("fit")
     module.build_from_statistics(dm.statistics())
@@ -71,3 +72,23 @@ def test_sgcls_step_has_object_loss_and_kd(tmp_path):
     assert any(k.endswith("_DKS_loss") for k in terms)
     assert all(torch.isfinite(v) for v in terms.values())
     assert torch.isfinite(module.obj_loss(out.obj_logits, batch["labels"]))
+
+
+def test_trainable_box_head_fc6_changes_after_a_step(tmp_path):
+    """trainable_box_head (the default, spec §3.9): fc6/fc7 run on pooled ROI maps and are optimised."""
+    module, batch = _tiny_module(tmp_path, "predcls", pooled=True)
+    assert batch["obj_pooled"].shape[1:] == (8, 7, 7) and batch["union_pooled"].shape[1:] == (32, 7, 7)
+    opt = module.configure_optimizers()["optimizer"]
+    fc6 = {name: p.detach().clone() for name, p in module.named_parameters() if ".fc6." in name}
+    assert set(fc6) == {"model.box_head.fc6.weight", "model.box_head.fc6.bias", "model.union.box_head.fc6.weight",
+                        "model.union.box_head.fc6.bias"}
+    torch.manual_seed(0)
+    loss = module.gcl_loss(module.model(batch).rel_logits, batch["pair_labels"])["loss"]
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    params = dict(module.named_parameters())
+    for name in ("model.box_head.fc6.weight", "model.union.box_head.fc6.weight"):
+        assert not torch.equal(params[name], fc6[name])
+    frozen, _ = _tiny_module(tmp_path / "frozen", "predcls")
+    assert frozen.model.box_head is None and frozen.model.union is None  # cached post-fc7 features: no fc6 copy

@@ -68,18 +68,31 @@ class SyntheticFeaturesConfig:
     """SGDet: detections are GT boxes jittered by this fraction of their size."""
     seed: int = 0
     """Seed of the class/predicate vectors (noise is seeded per image index)."""
+    pooled: bool = False
+    """Also emit pooled ROI maps (class / predicate map + noise): obj_pooled (N, C, R, R) and union_pooled
+    (M, L·C, R, R), the inputs of the trainable box head and the official union path."""
+    pooled_channels: int = 8
+    """C of the synthetic pooled maps (must equal model.config.roi_channels)."""
+    pooled_resolution: int = 7
+    """R of the synthetic pooled maps (model.config.roi_resolution)."""
+    pooled_levels: int = 4
+    """L of the synthetic union maps (model.config.fpn_levels)."""
 
 
 class SceneGraphDataset(Dataset):
     """Base of the format readers: features + pair sampling for one split.
 
-    Item dict: image_id str; image_size (2,) = (W, H); boxes (N, 4) the boxes the model sees (GT boxes, or
-    detections in SGDet); labels (N,) their object targets (GT labels; SGDet: matched GT label or 0);
-    det_logits (N, C_obj) or None; obj_feats (N, P); pair_idx (M, 2) local; pair_labels (M,) (0 = background);
-    union_feats (M, P); gt_boxes (G_obj, 4); gt_labels (G_obj,); gt_rels (G, 3).
+    Item dict: index; image_id str; image_size (2,) = (W, H); boxes (N, 4) the boxes the model sees (GT boxes,
+    or detections in SGDet, plus the GT boxes in SGDet training with ``sgdet_add_gt_boxes``); labels (N,) their
+    object targets (GT labels; SGDet: matched GT label or 0); det_logits (N, C_obj) or None; obj_feats (N, P) and
+    obj_pooled (N, C, R, R) (either may be None: what the cache / synthetic source holds); pair_idx (M, 2) local;
+    pair_labels (M,) (0 = background); union_feats (M, P) and union_pooled (M, L·C, R, R) (either may be None);
+    gt_boxes (G_obj, 4); gt_labels (G_obj,); gt_rels (G, 3).
     Training samples ≤ ``max_fg_pairs`` labelled pairs plus background pairs up to ``max_pairs`` (§3.7);
     evaluation uses all ordered pairs s ≠ o.
     """
+
+    CACHE_KEYS = ("boxes", "obj_feats", "obj_pooled", "det_logits", "union_feats", "union_pooled", "num_det")
 
     records: list[SceneRecord]
     object_classes: list[str]
@@ -87,8 +100,9 @@ class SceneGraphDataset(Dataset):
 
     def _init_features(self, split: str, protocol: str, feature_source: str, feature_cache: str | None,
                        synthetic: SyntheticFeaturesConfig, max_pairs: int, max_fg_pairs: int,
-                       filter_duplicate_rels: bool, samples_per_gt_rel: int) -> None:
+                       filter_duplicate_rels: bool, samples_per_gt_rel: int, sgdet_add_gt_boxes: bool = True) -> None:
         self.split, self.protocol, self.feature_source = split, protocol, feature_source
+        self.sgdet_add_gt_boxes = sgdet_add_gt_boxes
         self.train = split == "train"
         self.max_pairs, self.max_fg_pairs = max_pairs, max_fg_pairs
         self.filter_duplicate_rels, self.samples_per_gt_rel = filter_duplicate_rels, samples_per_gt_rel
@@ -103,8 +117,21 @@ class SceneGraphDataset(Dataset):
                 raise FileNotFoundError(
                     f"data.feature_cache={feature_cache!r}: no feature cache; write one with `shagcl extract` "
                     f"({SEE_README})")
-            self.cache = {key: H5Features(feature_cache, dataset_key=key)
-                          for key in ("boxes", "obj_feats", "det_logits", "union_feats")}
+            import h5py
+
+            with h5py.File(feature_cache, "r") as f:
+                first = next((f[k] for k in f if hasattr(f[k], "keys")), None)
+                present = set(first.keys()) if first is not None else set()
+            self.cache = {key: H5Features(feature_cache, dataset_key=key) for key in self.CACHE_KEYS
+                          if key in present}
+            missing = [k for k in ("boxes", "det_logits") if k not in self.cache]
+            if "obj_feats" not in self.cache and "obj_pooled" not in self.cache:
+                missing.append("obj_feats or obj_pooled")
+            if "union_feats" not in self.cache and "union_pooled" not in self.cache:
+                missing.append("union_feats or union_pooled")
+            if first is not None and missing:
+                raise KeyError(f"data.feature_cache={feature_cache!r}: the cache lacks {missing}; re-extract with "
+                               f"`shagcl extract` ({SEE_README})")
         else:
             raise ValueError(f"data.feature_source={feature_source!r}: expected synthetic|cached")
 
@@ -125,7 +152,27 @@ class SceneGraphDataset(Dataset):
         if self.protocol != "predcls":
             logits = torch.randn(len(labels), len(self.object_classes), generator=g)
             logits[torch.arange(len(labels)), labels] += cfg.det_logit_scale
+        if self.protocol == "sgdet" and self.train and self.sgdet_add_gt_boxes:  # GT boxes join the proposals
+            gt_feats = self.class_vectors[labels] + cfg.noise * torch.randn(len(labels), cfg.feature_dim, generator=g)
+            gt_logits = torch.randn(len(labels), len(self.object_classes), generator=g)
+            gt_logits[torch.arange(len(labels)), labels] += cfg.det_logit_scale
+            boxes, feats = torch.cat([boxes, gt_boxes]), torch.cat([feats, gt_feats])
+            logits = torch.cat([logits, gt_logits])
         return boxes, feats, logits
+
+    def _synthetic_pooled(self, obj_classes: torch.Tensor, pair_classes: torch.Tensor, g: torch.Generator
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pooled maps: obj (N, C, R, R) = class map + noise, union (M, L·C, R, R) = predicate map + noise."""
+        cfg = self.synthetic
+        c, r, lv = cfg.pooled_channels, cfg.pooled_resolution, cfg.pooled_levels
+        if not hasattr(self, "class_maps"):
+            gm = torch.Generator().manual_seed(cfg.seed + 1)
+            self.class_maps = torch.randn(len(self.object_classes), c, r, r, generator=gm)
+            self.predicate_maps = torch.randn(len(self.predicate_classes), lv * c, r, r, generator=gm)
+        obj = self.class_maps[obj_classes] + cfg.noise * torch.randn(len(obj_classes), c, r, r, generator=g)
+        union = self.predicate_maps[pair_classes] + cfg.noise * torch.randn(len(pair_classes), lv * c, r, r,
+                                                                             generator=g)
+        return obj, union
 
     def _synthetic_union(self, pair_labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         noise = torch.randn(len(pair_labels), self.synthetic.feature_dim, generator=g)
@@ -155,15 +202,17 @@ class SceneGraphDataset(Dataset):
         keep = torch.cat([fg, bg])
         return all_pairs[keep], labels[keep]
 
-    def _sgdet_targets(self, boxes, det_labels, gt_boxes, gt_labels, rels, g):
-        """SGDet training targets (§3.7): detections matched to GT (same label, IoU > 0.5); per GT relation at
-        most ``samples_per_gt_rel`` matched (head, tail) pairs drawn ∝ IoU(head)·IoU(tail); ≤ max_fg_pairs
-        foreground; background = other ordered pairs up to max_pairs. Returns object targets, pairs, labels."""
+    def _sgdet_targets(self, boxes, gt_boxes, gt_labels, rels, g):
+        """SGDet training targets (§3.7): every proposal gets the label of its best-IoU GT box when IoU >= 0.5,
+        else 0 (the official ``assign_label_to_proposals``); a proposal matches a GT object with that same label
+        and IoU > 0.5; per GT relation at most ``samples_per_gt_rel`` matched (head, tail) pairs drawn ∝
+        IoU(head)·IoU(tail); ≤ max_fg_pairs foreground; background = other ordered pairs up to max_pairs.
+        Returns object targets, pairs, labels."""
         iou = box_iou(boxes, gt_boxes)  # (N, G_obj)
-        ok = (iou > 0.5) & (det_labels[:, None] == gt_labels[None, :])
-        iou_ok = torch.where(ok, iou, torch.zeros_like(iou))
         best_iou, best_gt = iou.max(1) if iou.numel() else (torch.zeros(len(boxes)), torch.zeros(len(boxes)).long())
-        obj_targets = torch.where(best_iou >= 0.5, gt_labels[best_gt], torch.zeros_like(det_labels))
+        obj_targets = torch.where(best_iou >= 0.5, gt_labels[best_gt], torch.zeros_like(best_gt))
+        ok = (iou > 0.5) & (obj_targets[:, None] == gt_labels[None, :])
+        iou_ok = torch.where(ok, iou, torch.zeros_like(iou))
         n = len(boxes)
         rel_map = torch.zeros(n, n, dtype=torch.long)
         fg_pairs, fg_labels = [], []
@@ -200,19 +249,18 @@ class SceneGraphDataset(Dataset):
         gt_boxes = torch.as_tensor(rec.boxes, dtype=torch.float32)
         gt_labels = torch.as_tensor(rec.labels, dtype=torch.long)
         gt_rels = torch.as_tensor(rec.rels, dtype=torch.long).reshape(-1, 3)
+        obj_pooled = union_pooled = None
         if self.feature_source == "synthetic":
             boxes, obj_feats, det_logits = self._synthetic_objects(rec, g)
+            n_all = len(boxes)
         else:
-            boxes = self.cache["boxes"][rec.image_id].float()
-            obj_feats = self.cache["obj_feats"][rec.image_id].float()
-            det_logits = self.cache["det_logits"][rec.image_id].float() if self.protocol != "predcls" else None
+            boxes, obj_feats, obj_pooled, det_logits, n_all = self._cached_objects(rec)
             if self.protocol != "sgdet" and len(boxes) != len(gt_boxes):
                 raise ValueError(f"feature cache: image {rec.image_id} has {len(boxes)} boxes, the annotations "
                                  f"{len(gt_boxes)}; re-extract with --protocol {self.protocol}")
         n = len(boxes)
         if self.protocol == "sgdet" and self.train:
-            det_labels = det_logits[:, 1:].argmax(-1) + 1
-            labels, pairs, pair_labels = self._sgdet_targets(boxes, det_labels, gt_boxes, gt_labels, rec.rels, g)
+            labels, pairs, pair_labels = self._sgdet_targets(boxes, gt_boxes, gt_labels, rec.rels, g)
         elif self.protocol == "sgdet":
             labels = torch.zeros(n, dtype=torch.long)
             pairs, pair_labels = self._sample_pairs(torch.zeros(n, n, dtype=torch.long), g)
@@ -220,16 +268,43 @@ class SceneGraphDataset(Dataset):
             labels = gt_labels
             pairs, pair_labels = self._sample_pairs(self._relation_map(rec.rels, n, g), g)
         if self.feature_source == "synthetic":
-            union = self._synthetic_union(pair_labels if self.protocol != "sgdet" or self.train else
-                                          self._sgdet_eval_labels(boxes, gt_boxes, gt_rels, pairs), g)
+            pair_classes = pair_labels if self.protocol != "sgdet" or self.train else \
+                self._sgdet_eval_labels(boxes, gt_boxes, gt_rels, pairs)
+            union = self._synthetic_union(pair_classes, g)
+            if self.synthetic.pooled:  # own generator: the feature stream above stays as without pooled maps
+                gp = torch.Generator().manual_seed(seed + 7919)
+                obj_classes = gt_labels if self.protocol != "sgdet" else gt_labels[box_iou(boxes, gt_boxes).argmax(1)]
+                obj_pooled, union_pooled = self._synthetic_pooled(obj_classes, pair_classes, gp)
         else:
-            all_union = self.cache["union_feats"][rec.image_id].float()  # (N(N-1), P), row-major s != o
-            row = pairs[:, 0] * (n - 1) + pairs[:, 1] - (pairs[:, 1] > pairs[:, 0]).long()
-            union = all_union[row]
-        return {"image_id": rec.image_id, "image_size": torch.tensor([rec.width, rec.height], dtype=torch.float32),
+            # rows of the cached ordered pairs s != o of all n_all boxes (row-major)
+            row = pairs[:, 0] * (n_all - 1) + pairs[:, 1] - (pairs[:, 1] > pairs[:, 0]).long()
+            union = self.cache["union_feats"][rec.image_id].float()[row] if "union_feats" in self.cache else None
+            if "union_pooled" in self.cache and len(row):
+                lo, hi = int(row.min()), int(row.max()) + 1  # read only the needed row range
+                union_pooled = self.cache["union_pooled"].read(rec.image_id, lo, hi)[row - lo]
+        return {"index": index, "image_id": rec.image_id,
+                "image_size": torch.tensor([rec.width, rec.height], dtype=torch.float32),
                 "boxes": boxes, "labels": labels, "det_logits": det_logits, "obj_feats": obj_feats,
-                "pair_idx": pairs, "pair_labels": pair_labels, "union_feats": union, "gt_boxes": gt_boxes,
+                "pair_idx": pairs, "pair_labels": pair_labels, "union_feats": union, "obj_pooled": obj_pooled,
+                "union_pooled": union_pooled, "gt_boxes": gt_boxes,
                 "gt_labels": gt_labels, "gt_rels": gt_rels, "filename": rec.filename}
+
+    def _cached_objects(self, rec: SceneRecord):
+        """Boxes, obj_feats | None, obj_pooled | None, det_logits | None and the cached box count of one image.
+
+        An SGDet cache of a training image may hold the GT boxes after the detections (``num_det`` = number of
+        detections, written by ``shagcl extract``); they are used in training when ``sgdet_add_gt_boxes``."""
+        vid = rec.image_id
+        boxes = self.cache["boxes"][vid].float()
+        n_all = len(boxes)
+        n_det = int(self.cache["num_det"][vid].reshape(-1)[0]) if "num_det" in self.cache else n_all
+        n_use = n_all if (self.protocol == "sgdet" and self.train and self.sgdet_add_gt_boxes) else n_det
+
+        def rows(key: str) -> torch.Tensor | None:
+            return self.cache[key].read(vid, 0, n_use).float() if key in self.cache else None
+
+        det_logits = rows("det_logits") if self.protocol != "predcls" else None
+        return boxes[:n_use], rows("obj_feats"), rows("obj_pooled"), det_logits, n_all
 
     def _sgdet_eval_labels(self, boxes, gt_boxes, gt_rels, pairs) -> torch.Tensor:
         """Synthetic union features at SGDet test time: the predicate of the GT pair each detection pair overlaps."""
@@ -265,7 +340,7 @@ class VG150Dataset(SceneGraphDataset):
                  synthetic: SyntheticFeaturesConfig | None = None, num_val_images: int = 5000,
                  predicate_order: Literal["frequency", "file"] = "frequency", box_scale: int = 1024,
                  max_pairs: int = 1024, max_fg_pairs: int = 256, filter_duplicate_rels: bool = True,
-                 samples_per_gt_rel: int = 4, max_images: int | None = None) -> None:
+                 samples_per_gt_rel: int = 4, max_images: int | None = None, sgdet_add_gt_boxes: bool = True) -> None:
         import h5py
 
         root = Path(data_root) / "vg"
@@ -320,7 +395,7 @@ class VG150Dataset(SceneGraphDataset):
                                             info["height"], xyxy.astype(np.float32),
                                             arr["labels"][b0 : b1 + 1, 0].astype(np.int64), rels))
         self._init_features(split, protocol, feature_source, feature_cache, synthetic or SyntheticFeaturesConfig(),
-                            max_pairs, max_fg_pairs, filter_duplicate_rels, samples_per_gt_rel)
+                            max_pairs, max_fg_pairs, filter_duplicate_rels, samples_per_gt_rel, sgdet_add_gt_boxes)
 
 
 class GQA200Dataset(SceneGraphDataset):
@@ -338,7 +413,7 @@ class GQA200Dataset(SceneGraphDataset):
                  synthetic: SyntheticFeaturesConfig | None = None, num_val_images: int = 5000,
                  skip_test_entry: int | None = 5580, max_pairs: int = 1024, max_fg_pairs: int = 256,
                  filter_duplicate_rels: bool = True, samples_per_gt_rel: int = 4,
-                 max_images: int | None = None) -> None:
+                 max_images: int | None = None, sgdet_add_gt_boxes: bool = True) -> None:
         root = Path(data_root) / "gqa"
         info_path = _require(root / "GQA_200_ID_Info.json", "GQA200 vocabularies")
         split_path = _require(root / f"GQA_200_{'Train' if split == 'train' else 'Test'}.json", "GQA200 split")
@@ -368,7 +443,7 @@ class GQA200Dataset(SceneGraphDataset):
         if max_images is not None:
             self.records = self.records[:max_images]
         self._init_features(split, protocol, feature_source, feature_cache, synthetic or SyntheticFeaturesConfig(),
-                            max_pairs, max_fg_pairs, filter_duplicate_rels, samples_per_gt_rel)
+                            max_pairs, max_fg_pairs, filter_duplicate_rels, samples_per_gt_rel, sgdet_add_gt_boxes)
 
 
 @dataclass
@@ -425,11 +500,19 @@ def _overlap(boxes: np.ndarray) -> np.ndarray:
     return (box_iou(b, b) > 0).numpy()
 
 
+def _cat_optional(items: list[dict], key: str) -> torch.Tensor | None:
+    """Concatenate one feature key over the items, or None when the items do not carry it."""
+    if any(it.get(key) is None for it in items):
+        return None
+    return torch.cat([it[key] for it in items])
+
+
 def collate_scene_graphs(items: list[dict]) -> dict:
     """Concatenate per-image items: objects (N = Σ N_i) and pairs (M = Σ M_i), pair_idx made global.
 
     Adds num_objs, num_pairs, obj_image_sizes (N, 2), pair_image_sizes (M, 2), image_sizes (B, 2), and keeps
-    per-image lists local_pair_idx, gt_boxes, gt_labels, gt_rels, image_ids, filenames.
+    per-image lists local_pair_idx, gt_boxes, gt_labels, gt_rels, image_ids, image_index (dataset indices, used to
+    count DistributedSampler duplicates once), filenames.
     """
     if not items:
         raise ValueError("collate_scene_graphs: empty batch")
@@ -440,6 +523,7 @@ def collate_scene_graphs(items: list[dict]) -> dict:
     sizes = torch.stack([it["image_size"] for it in items])  # (B, 2)
     return {
         "image_ids": [it["image_id"] for it in items],
+        "image_index": [int(it["index"]) for it in items],
         "filenames": [it["filename"] for it in items],
         "image_sizes": sizes,
         "num_objs": num_objs,
@@ -447,12 +531,14 @@ def collate_scene_graphs(items: list[dict]) -> dict:
         "boxes": torch.cat([it["boxes"] for it in items]),
         "labels": torch.cat([it["labels"] for it in items]),
         "det_logits": torch.cat([it["det_logits"] for it in items]) if has_logits else None,
-        "obj_feats": torch.cat([it["obj_feats"] for it in items]),
+        "obj_feats": _cat_optional(items, "obj_feats"),
+        "obj_pooled": _cat_optional(items, "obj_pooled"),
         "obj_image_sizes": sizes.repeat_interleave(torch.tensor(num_objs), 0),
         "pair_idx": torch.cat([it["pair_idx"] + int(off) for it, off in zip(items, offsets, strict=True)]),
         "local_pair_idx": [it["pair_idx"] for it in items],
         "pair_labels": torch.cat([it["pair_labels"] for it in items]),
-        "union_feats": torch.cat([it["union_feats"] for it in items]),
+        "union_feats": _cat_optional(items, "union_feats"),
+        "union_pooled": _cat_optional(items, "union_pooled"),
         "pair_image_sizes": sizes.repeat_interleave(torch.tensor(num_pairs), 0),
         "gt_boxes": [it["gt_boxes"] for it in items],
         "gt_labels": [it["gt_labels"] for it in items],
@@ -477,6 +563,8 @@ class SGGDataModule(pl.LightningDataModule):
         max_pairs, max_fg_pairs: training pairs per image (1024, 256 officially, §3.7).
         filter_duplicate_rels: one random predicate per ordered pair in training.
         samples_per_gt_rel: SGDet positives per GT relation (NUM_SAMPLE_PER_GT_REL = 4).
+        sgdet_add_gt_boxes: SGDet training adds the GT boxes to the proposals (spec §3.7, as the official code);
+            a cached source needs them in the cache (``shagcl extract --protocol sgdet`` writes them for train).
         statistics_filter_non_overlap: drop non-overlapping relations from the frequency-bias statistics (the
             official VG side effect, §3.5).
         max_train_images, max_eval_images: caps for quick runs (null: all).
@@ -501,6 +589,7 @@ class SGGDataModule(pl.LightningDataModule):
         max_fg_pairs: int = 256,
         filter_duplicate_rels: bool = True,
         samples_per_gt_rel: int = 4,
+        sgdet_add_gt_boxes: bool = True,
         statistics_filter_non_overlap: bool = False,
         max_train_images: int | None = None,
         max_eval_images: int | None = None,
@@ -537,7 +626,8 @@ class SGGDataModule(pl.LightningDataModule):
         common = dict(protocol=hp.protocol, feature_source=hp.feature_source, feature_cache=hp.feature_cache,
                       synthetic=self.synthetic, num_val_images=hp.num_val_images, max_pairs=hp.max_pairs,
                       max_fg_pairs=hp.max_fg_pairs, filter_duplicate_rels=hp.filter_duplicate_rels,
-                      samples_per_gt_rel=hp.samples_per_gt_rel, max_images=cap)
+                      samples_per_gt_rel=hp.samples_per_gt_rel, max_images=cap,
+                      sgdet_add_gt_boxes=hp.sgdet_add_gt_boxes)
         if hp.dataset == "vg150":
             return VG150Dataset(hp.data_root, split, predicate_order=hp.predicate_order, box_scale=hp.box_scale,
                                 **common)

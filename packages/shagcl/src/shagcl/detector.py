@@ -1,15 +1,20 @@
 """Feature extraction with a torchvision Faster R-CNN (spec §3.2.4, ``detector`` source), cached to HDF5 so that
 relation training does not rerun the detector: ``shagcl extract --help``.
 
-Per image the cache holds (group ``<image_id>``): ``boxes`` (N, 4) xyxy pixels (GT boxes for PredCls/SGCls,
-up to 80 detections for SGDet), ``obj_feats`` (N, P) box-head features r_i, ``det_logits`` (N, C_obj) the
-detector's class logits, ``union_feats`` (N(N−1), P) box-head features of the union box of every ordered pair
-s ≠ o (row-major over s, then o), ``det_scores`` (N,). Stored as float16.
+Per image the cache holds (group ``<image_id>``, float16 except boxes): ``boxes`` (N, 4) xyxy pixels (GT boxes
+for PredCls/SGCls; up to 80 detections for SGDet, followed in the train split by the GT boxes, ``num_det`` (1,)
+= number of detections), ``det_logits`` (N, C_obj) the detector's class logits, ``det_scores`` (N,), and
 
-Deviations (README): the paper's detector is maskrcnn-benchmark ResNeXt-101-32x8d-FPN with 4096-d fc6/fc7 copies
-fine-tuned with the relation head, and union features from a 4-level ROIAlign + 3×3 conv. Here the detector's
-own (frozen) box head is applied to the union box through torchvision's MultiScaleRoIAlign (P = 1024), and the
-trainable spatial 'rect' branch runs in the relation model on top of the cached feature.
+* objects (``--object_stage``): ``obj_pooled`` (N, 256, 7, 7) the ROIAlign maps fc6 consumes (``pooled``, the
+  default: the relation head trains its own fc6/fc7 copies, spec §3.2.1), or ``obj_feats`` (N, P) the detector's
+  frozen box-head output (``fc7``);
+* pairs, every ordered pair s ≠ o (row-major over s, then o) (``--union_stage``): ``union_pooled`` (N(N−1), 4·256,
+  7, 7) ROIAlign of the union box on all four FPN levels, concatenated (``pooled``, the default: the official
+  union path, spec §3.2.2), or ``union_feats`` (N(N−1), P) the detector's box head on the union box at the one
+  level MultiScaleRoIAlign picks (``fc7``, the compact simplified path).
+
+Deviation (README): the paper's detector is maskrcnn-benchmark ResNeXt-101-32x8d-FPN (P = 4096); here torchvision
+ResNet-50-FPN (P = 1024).
 """
 
 from __future__ import annotations
@@ -55,46 +60,75 @@ def build_detector(num_classes: int, checkpoint: str | None, min_size: int = 600
 class FasterRCNNFeatures(nn.Module):
     """Object and union features from a frozen torchvision Faster R-CNN.
 
-    forward(image (3, H, W) float in [0, 1], boxes (N, 4) xyxy pixels or None) -> dict with boxes, obj_feats
-    (N, P), det_logits (N, C), union_feats (N(N−1), P), det_scores (N,). With ``boxes=None`` the detector's own
-    detections (SGDet) are used.
+    forward(image (3, H, W) float in [0, 1], boxes (N, 4) xyxy pixels or None, extra_boxes (E, 4) or None) -> dict
+    (see the module docstring). With ``boxes=None`` the detector's own detections (SGDet) are used, followed by
+    ``extra_boxes`` (the GT boxes of a training image); ``num_det`` counts the detections.
     """
 
-    def __init__(self, detector: nn.Module) -> None:
+    def __init__(self, detector: nn.Module, object_stage: str = "pooled", union_stage: str = "pooled",
+                 chunk: int = 256) -> None:
         super().__init__()
         self.detector = detector.eval().requires_grad_(False)
+        self.object_stage, self.union_stage, self.chunk = object_stage, union_stage, chunk
 
-    def _box_features(self, features, boxes_t: torch.Tensor, image_size) -> torch.Tensor:
-        roi = self.detector.roi_heads
-        pooled = roi.box_roi_pool(features, [boxes_t], [image_size])  # (N, 256, 7, 7) level chosen by size
-        return roi.box_head(pooled)  # (N, P) fc6 -> fc7
+    def _all_levels(self, features, boxes_t: torch.Tensor) -> torch.Tensor:
+        """ROIAlign 7×7 (sampling ratio 2) of ``boxes_t`` on every FPN level, concatenated: (M, L·256, 7, 7)."""
+        from torchvision.ops import roi_align
+
+        pool = self.detector.roi_heads.box_roi_pool
+        rois = torch.cat([boxes_t.new_zeros(len(boxes_t), 1), boxes_t], 1)  # (M, 5) batch index 0
+        maps = [roi_align(features[name], rois, pool.output_size, spatial_scale=scale,
+                          sampling_ratio=pool.sampling_ratio) for name, scale in zip(pool.featmap_names, pool.scales)]
+        return torch.cat(maps, 1)
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None,
+                extra_boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
         det = self.detector
+        roi = det.roi_heads
         scores = None
         if boxes is None:
             out = det([image])[0]
             boxes, scores = out["boxes"], out["scores"]
+        num_det = len(boxes)
+        if extra_boxes is not None and len(extra_boxes):
+            boxes = torch.cat([boxes, extra_boxes.to(boxes)])
         images, _ = det.transform([image])
         features = det.backbone(images.tensors)
-        h_t, w_t = images.image_sizes[0]
+        size_t = images.image_sizes[0]
+        h_t, w_t = size_t
         ratio = torch.tensor([w_t / image.shape[-1], h_t / image.shape[-2]] * 2, device=boxes.device)
         boxes_t = boxes.float() * ratio  # (N, 4) in the transformed image
-        obj_feats = self._box_features(features, boxes_t, images.image_sizes[0])
-        det_logits, _ = det.roi_heads.box_predictor(obj_feats)  # (N, C)
+        obj_pooled = roi.box_roi_pool(features, [boxes_t], [size_t])  # (N, 256, 7, 7) level chosen by box size
+        obj_feats = roi.box_head(obj_pooled)  # (N, P) fc6 -> fc7
+        det_logits, _ = roi.box_predictor(obj_feats)  # (N, C)
         n = len(boxes)
         s, o = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
         keep = s != o
         s, o = s[keep], o[keep]  # (N(N-1),) row-major ordered pairs
         union = torch.cat([torch.minimum(boxes_t[s, :2], boxes_t[o, :2]),
                            torch.maximum(boxes_t[s, 2:], boxes_t[o, 2:])], -1)  # (N(N-1), 4)
-        union_feats = self._box_features(features, union, images.image_sizes[0]) if len(union) else \
-            obj_feats.new_zeros(0, obj_feats.shape[1])
+        parts = []
+        for chunk in union.split(self.chunk):
+            if self.union_stage == "pooled":
+                parts.append(self._all_levels(features, chunk).half().cpu())
+            else:
+                parts.append(roi.box_head(roi.box_roi_pool(features, [chunk], [size_t])).half().cpu())
+        width = (len(roi.box_roi_pool.featmap_names) * obj_pooled.shape[1], *obj_pooled.shape[2:]) \
+            if self.union_stage == "pooled" else (obj_feats.shape[1],)
+        union_out = torch.cat(parts) if parts else torch.zeros(0, *width, dtype=torch.float16)
         if scores is None:
             scores = det_logits.softmax(-1)[:, 1:].max(-1).values
-        return {"boxes": boxes.float(), "obj_feats": obj_feats, "det_logits": det_logits, "union_feats": union_feats,
-                "det_scores": scores}
+        else:
+            scores = torch.cat([scores, det_logits[num_det:].softmax(-1)[:, 1:].max(-1).values])
+        out = {"boxes": boxes.float(), "det_logits": det_logits, "det_scores": scores,
+               "num_det": torch.tensor([num_det])}
+        if self.object_stage == "pooled":
+            out["obj_pooled"] = obj_pooled
+        else:
+            out["obj_feats"] = obj_feats
+        out["union_pooled" if self.union_stage == "pooled" else "union_feats"] = union_out
+        return out
 
 
 def extract_main(argv: list[str]) -> Path:
@@ -121,6 +155,14 @@ def extract_main(argv: list[str]) -> Path:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max_images", type=int, default=None)
     p.add_argument("--num_val_images", type=int, default=5000)
+    p.add_argument("--object_stage", choices=["pooled", "fc7"], default="pooled",
+                   help="pooled: ROIAlign maps for the relation head's trainable fc6/fc7 (paper, spec §3.2.1); "
+                        "fc7: the detector's frozen box-head features")
+    p.add_argument("--union_stage", choices=["pooled", "fc7"], default="pooled",
+                   help="pooled: all-level union ROIAlign maps, the official union path (spec §3.2.2; "
+                        "≈ 100 kB per ordered pair); fc7: the detector's box head on the union box (2 kB per pair)")
+    p.add_argument("--sgdet_gt_boxes", choices=["true", "false"], default="true",
+                   help="SGDet: also cache the GT boxes of training images after the detections (spec §3.7)")
     p.add_argument("--random_weights", action="store_true", help="random detector (tests only)")
     args = p.parse_args(argv)
 
@@ -132,17 +174,17 @@ def extract_main(argv: list[str]) -> Path:
                               predicate_order="file")
         else:
             ds = GQA200Dataset(args.data_root, split, num_val_images=args.num_val_images, max_images=args.max_images)
-        records += ds.records
+        records += [(split, rec) for rec in ds.records]
     num_classes = args.num_classes or len(ds.object_classes)
     image_root = Path(args.data_root) / ("vg" if args.dataset == "vg150" else "gqa")
     detector = build_detector(num_classes, args.checkpoint, args.min_size, args.max_size, args.detections_per_img,
                               allow_random=args.random_weights)
-    extractor = FasterRCNNFeatures(detector).to(args.device)
+    extractor = FasterRCNNFeatures(detector, args.object_stage, args.union_stage).to(args.device)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
     with h5py.File(out, "a") as f:
-        for rec in tqdm(records, desc="shagcl extract", total=len(records)):
+        for split, rec in tqdm(records, desc="shagcl extract", total=len(records)):
             if rec.image_id in seen or rec.image_id in f:
                 continue
             seen.add(rec.image_id)
@@ -154,13 +196,17 @@ def extract_main(argv: list[str]) -> Path:
                 log.warning("%s: file size %s differs from the annotation's %s; using the file", path, pil.size,
                             (rec.width, rec.height))
             image = pil_to_tensor(pil).float().div(255).to(args.device)
-            boxes = None if args.protocol == "sgdet" else torch.as_tensor(rec.boxes, device=args.device)
-            if boxes is not None and pil.size != (rec.width, rec.height):
-                boxes = boxes * torch.tensor([pil.size[0] / rec.width, pil.size[1] / rec.height] * 2,
-                                             device=args.device)
-            feats = extractor(image, boxes)
+            gt = torch.as_tensor(rec.boxes, device=args.device)
+            if pil.size != (rec.width, rec.height):
+                gt = gt * torch.tensor([pil.size[0] / rec.width, pil.size[1] / rec.height] * 2, device=args.device)
+            if args.protocol == "sgdet":
+                extra = gt if split == "train" and args.sgdet_gt_boxes == "true" else None
+                feats = extractor(image, None, extra)
+            else:
+                feats = extractor(image, gt)
             grp = f.create_group(rec.image_id)
             for key, value in feats.items():
-                grp.create_dataset(key, data=value.cpu().to(torch.float16 if key != "boxes" else torch.float32).numpy())
+                dtype = {"boxes": torch.float32, "num_det": torch.int64}.get(key, torch.float16)
+                grp.create_dataset(key, data=value.cpu().to(dtype).numpy())
     log.info("wrote %d images to %s", len(seen), out)
     return out

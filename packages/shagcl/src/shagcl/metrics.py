@@ -137,10 +137,13 @@ def sgg_recall(images: Sequence[dict], num_predicates: int, ks: Sequence[int] = 
                iou_threshold: float = 0.5) -> dict[str, torch.Tensor]:
     """R@K, mR@K, ng-R@K, ng-mR@K (and zR@K when ``zero_shot`` is given) over a list of images.
 
-    Each image is a dict with the arguments of :func:`image_recall_stats` (``zero_shot`` optional). Returns
+    Each image is a dict with the arguments of :func:`image_recall_stats` (``zero_shot`` optional; an
+    ``image_index`` key is ignored). Returns
     scalars ``R@K`` etc. plus ``per_predicate`` (C_rel − 1, len(ks)) recall in predicate order.
     """
-    stats = [s for s in (image_recall_stats(ks=ks, iou_threshold=iou_threshold, **img) for img in images) if s]
+    stats = [s for s in (image_recall_stats(ks=ks, iou_threshold=iou_threshold,
+                                            **{k: v for k, v in img.items() if k != "image_index"})
+                         for img in images) if s]
     n = len(ks)
     cat = lambda key, width: torch.cat([s[key].reshape(-1, width) for s in stats if key in s]) if any(  # noqa: E731
         key in s for s in stats) else torch.zeros(0, width)
@@ -151,48 +154,74 @@ def sgg_recall(images: Sequence[dict], num_predicates: int, ks: Sequence[int] = 
 class SGRecall(Metric):
     """Scene-graph recall (R@K, mR@K, ng-R@K, ng-mR@K, zR@K) accumulated image by image.
 
-    ``update(images)`` takes a list of per-image dicts as in :func:`sgg_recall`; ``compute()`` returns the same
-    dict. States are per-image rows concatenated across processes (``dist_reduce_fx="cat"``); images duplicated
-    by a DistributedSampler are counted twice (evaluate on one process for exact numbers).
+    ``update(images)`` takes a list of per-image dicts as in :func:`sgg_recall`, plus an optional
+    ``image_index`` (int, the dataset index). States are per-image rows tagged with that index and concatenated
+    across processes (``dist_reduce_fx="cat"``); ``compute()`` keeps one copy of every index, so the images a
+    ``DistributedSampler`` repeats to pad the last batch are counted once (rows without an index, or with a
+    negative one, are never merged). Returns the same dict as :func:`sgg_recall`.
 
     Example:
         >>> m = SGRecall(num_predicates=3, ks=(1,))
         >>> box = torch.tensor([[0., 0., 9., 9.], [20., 20., 29., 29.]])
         >>> img = dict(gt_boxes=box, gt_labels=torch.tensor([1, 2]), gt_rels=torch.tensor([[0, 1, 2]]),
         ...            pred_boxes=box, pred_labels=torch.tensor([1, 2]), obj_scores=torch.ones(2),
-        ...            pair_idx=torch.tensor([[0, 1], [1, 0]]), rel_probs=torch.tensor([[.1, .2, .7], [.8, .1, .1]]))
-        >>> m.update([img]); float(m.compute()["R@1"])
+        ...            pair_idx=torch.tensor([[0, 1], [1, 0]]), rel_probs=torch.tensor([[.1, .2, .7], [.8, .1, .1]]),
+        ...            image_index=0)
+        >>> m.update([img, img]); float(m.compute()["R@1"])  # the repeated image counts once
         1.0
     """
 
     higher_is_better = True
     is_differentiable = False
     full_state_update = False
+    STATES = ("recall", "per_pred", "ng_recall", "ng_per_pred", "zs_recall")
 
     def __init__(self, num_predicates: int, ks: Sequence[int] = (20, 50, 100), iou_threshold: float = 0.5) -> None:
         super().__init__()
         self.num_predicates = num_predicates
         self.ks = tuple(int(k) for k in ks)
         self.iou_threshold = iou_threshold
-        for name in ("recall", "per_pred", "ng_recall", "ng_per_pred", "zs_recall"):
+        for name in self.STATES:
             self.add_state(name, default=[], dist_reduce_fx="cat")
 
     def update(self, images: Sequence[dict]) -> None:
         for img in images:
+            img = dict(img)
+            index = img.pop("image_index", None)
             s = image_recall_stats(ks=self.ks, iou_threshold=self.iou_threshold, **img)
             if s is None:
                 continue
-            self.recall.append(s["recall"][None])
-            self.per_pred.append(s["per_pred"])
-            self.ng_recall.append(s["ng_recall"][None])
-            self.ng_per_pred.append(s["ng_per_pred"])
+            tag = float(-1 if index is None else int(index))
+
+            def tagged(rows: torch.Tensor, tag: float = tag) -> torch.Tensor:  # prepend the image index column
+                rows = rows.reshape(-1, rows.shape[-1]).float()
+                return torch.cat([rows.new_full((rows.shape[0], 1), tag), rows], 1)
+
+            self.recall.append(tagged(s["recall"]))
+            self.per_pred.append(tagged(s["per_pred"]))
+            self.ng_recall.append(tagged(s["ng_recall"]))
+            self.ng_per_pred.append(tagged(s["ng_per_pred"]))
             if "zs_recall" in s:
-                self.zs_recall.append(s["zs_recall"][None])
+                self.zs_recall.append(tagged(s["zs_recall"]))
 
     def _cat(self, state, width: int) -> torch.Tensor:
+        """Rows (R, 1 + width) [image index, values...] with repeated (index, key) rows dropped -> (R', width).
+
+        The key is the index for one-row-per-image states and (index, predicate) for the per-predicate states
+        (a predicate appears once per image)."""
         if isinstance(state, torch.Tensor):
-            return state.reshape(-1, width)
-        return torch.cat(state).reshape(-1, width) if state else torch.zeros(0, width, device=self.device)
+            rows = state.reshape(-1, width + 1)
+        else:
+            rows = torch.cat(state).reshape(-1, width + 1) if state else torch.zeros(0, width + 1, device=self.device)
+        keyed = rows[:, 0] >= 0
+        if bool(keyed.any()):
+            key_width = 2 if width == len(self.ks) + 1 else 1  # per-predicate rows: (index, predicate)
+            keys = rows[keyed][:, :key_width]
+            _, inverse = torch.unique(keys, dim=0, return_inverse=True)
+            first = torch.full((int(inverse.max()) + 1,), keys.shape[0], dtype=torch.long, device=rows.device)
+            first = first.scatter_reduce(0, inverse, torch.arange(keys.shape[0], device=rows.device), "amin")
+            rows = torch.cat([rows[~keyed], rows[keyed][first.sort().values]])
+        return rows[:, 1:]
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = len(self.ks)

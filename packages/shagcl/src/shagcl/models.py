@@ -36,6 +36,8 @@ __all__ = [
     "SHAEncoder",
     "SHAContext",
     "RectFeatures",
+    "BoxHead",
+    "UnionFeatures",
     "FrequencyBias",
     "GCLDecoder",
     "SHAGCL",
@@ -82,6 +84,26 @@ class SHAGCLConfig:
     """Initialise the two class-embedding tables from GloVe (``glove_path``) or N(0, 1) (tests/demos)."""
     glove_path: str | None = None
     """Path to glove.6B.200d.txt (or a converted .pt); required when word_embeddings=glove."""
+    trainable_box_head: bool = True
+    """The relation head's own fc6/fc7 copies are trained on pooled ROI maps (spec §3.2.1, §3.9: 'relation-head
+    copies of fc6/fc7 are trainable'; the official ``roi_heads.relation.box_feature_extractor``). The batch then
+    carries ``obj_pooled`` (N, roi_channels, R, R), from an ``shagcl extract --object_stage pooled`` cache.
+    False: the batch carries frozen post-fc7 features ``obj_feats`` (N, P) (``--object_stage fc7``, synthetic)."""
+    union_features: Literal["official", "simplified"] = "official"
+    """official (§3.2.2): ROIAlign of the union box on all ``fpn_levels`` levels, concatenated (``union_pooled``
+    (M, L·C, R, R) in the batch), 3×3 conv + ReLU to C channels, plus the rect map, then the union branch's own
+    trainable fc6/fc7. simplified: the batch carries the detector's frozen box-head feature of the union box
+    ``union_feats`` (M, P) and the rect map is projected to P and added after it (compact cache)."""
+    roi_channels: int = 256
+    """C: FPN channels of the pooled ROI maps (256 for FPN)."""
+    roi_resolution: int = 7
+    """R: ROIAlign output side (7, spec §3.2.1)."""
+    fpn_levels: int = 4
+    """L: FPN levels pooled for the official union feature (P2–P5, spec §3.2.2)."""
+    box_head_checkpoint: str | None = None
+    """Detector state dict (torchvision fasterrcnn_resnet50_fpn, the one given to ``shagcl extract``) whose box
+    head ``roi_heads.box_head.fc6/fc7`` initialises the relation head's fc6/fc7 copies (object and union),
+    as the official code does; null: random init (tests/demos)."""
     use_rect_features: bool = True
     """Add the spatial 'rect' branch of the union feature (§3.2.2)."""
     rect_size: int = 27
@@ -125,6 +147,13 @@ class SHAGCLConfig:
                     "word_dim"):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
+        if self.union_features not in ("official", "simplified"):
+            raise ValueError(f"model.config.union_features={self.union_features!r}: expected official|simplified")
+        if (self.union_features == "official" and self.use_rect_features
+                and (((self.rect_size + 1) // 2) + 1) // 2 != self.roi_resolution):
+            raise ValueError(f"model.config.rect_size={self.rect_size} gives a "
+                             f"{(((self.rect_size + 1) // 2) + 1) // 2}-wide rect map, the union map is "
+                             f"roi_resolution={self.roi_resolution} wide: use rect_size = 4*roi_resolution - 1")
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.config.dropout={self.dropout} must be in [0, 1)")
         if self.word_embeddings == "glove" and not self.glove_path:
@@ -442,39 +471,85 @@ class SHAContext(nn.Module):
 
 
 class RectFeatures(nn.Module):
-    """Spatial 'rect' branch of the union feature (§3.2.2): head/tail boxes rasterised on an S×S canvas
-    (S = 27) -> Conv(2→128, 7, s2, p3) → ReLU → BN → MaxPool(3, s2, p1) → Conv(128→256, 3, p1) → ReLU → BN
-    → 256×7×7, then (Deviation) flattened and projected to P, added to the cached union feature u_so.
-    The paper adds the 256×7×7 map to the pooled union map before fc6/fc7; with cached (post-fc7) union
-    features that map is gone, so the branch joins after the box head instead.
+    """Spatial 'rect' branch of the union feature (§3.2.2): the head and tail boxes rescaled to an S×S canvas of
+    their image (S = 27) and rasterised as two binary masks -> Conv(2→C/2, 7, s2, p3) → ReLU → BN → MaxPool(3, s2,
+    p1) → Conv(C/2→C, 3, p1) → ReLU → BN (momentum 0.01) -> (M, C, 7, 7), added to the pooled union map
+    (``union_features: official``). With ``feature_dim`` set (``union_features: simplified``) the map is
+    flattened and projected to P, to be added to a cached post-fc7 union feature instead.
 
-    Shapes: head_boxes, tail_boxes (M, 4) xyxy, image_sizes (M, 2) -> (M, P)."""
+    Shapes: head_boxes, tail_boxes (M, 4) xyxy pixels, image_sizes (M, 2) = (W, H) -> (M, C, 7, 7) or (M, P)."""
 
-    def __init__(self, feature_dim: int, rect_size: int = 27) -> None:
+    def __init__(self, channels: int = 256, rect_size: int = 27, feature_dim: int | None = None) -> None:
         super().__init__()
         self.rect_size = rect_size
         self.conv = nn.Sequential(
-            nn.Conv2d(2, 128, 7, stride=2, padding=3), nn.ReLU(), nn.BatchNorm2d(128, momentum=0.01),
+            nn.Conv2d(2, channels // 2, 7, stride=2, padding=3), nn.ReLU(), nn.BatchNorm2d(channels // 2, momentum=0.01),
             nn.MaxPool2d(3, stride=2, padding=1),
-            nn.Conv2d(128, 256, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(256, momentum=0.01),
+            nn.Conv2d(channels // 2, channels, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(channels, momentum=0.01),
         )
         side = (((rect_size + 1) // 2) + 1) // 2  # 27 -> 14 -> 7
-        self.proj = nn.Linear(256 * side * side, feature_dim)
+        self.proj = nn.Linear(channels * side * side, feature_dim) if feature_dim is not None else None
 
     def rasterise(self, boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
-        """Binary masks (M, S, S) of boxes scaled onto an S×S canvas of their image."""
+        """Binary masks (M, S, S): the box scaled by (S/W, S/H); canvas cell (y, x) (integers 0..S−1) is inside when
+        floor(x1) <= x <= ceil(x2) and floor(y1) <= y <= ceil(y2) (the official rasterisation)."""
         s = self.rect_size
         scale = torch.stack([image_sizes[:, 0], image_sizes[:, 1]] * 2, -1).to(boxes)  # (M, 4) W H W H
         b = boxes / scale * s  # (M, 4) canvas coordinates
-        grid = torch.arange(s, device=boxes.device, dtype=boxes.dtype) + 0.5  # pixel centres
+        grid = torch.arange(s, device=boxes.device, dtype=boxes.dtype)  # integer cells 0..S-1
         in_x = (grid[None, :] >= b[:, 0:1].floor()) & (grid[None, :] <= b[:, 2:3].ceil())  # (M, S)
         in_y = (grid[None, :] >= b[:, 1:2].floor()) & (grid[None, :] <= b[:, 3:4].ceil())  # (M, S)
         return (in_y[:, :, None] & in_x[:, None, :]).to(boxes.dtype)  # (M, S, S)
 
     def forward(self, head_boxes: torch.Tensor, tail_boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch.Tensor:
         rects = torch.stack([self.rasterise(head_boxes, image_sizes), self.rasterise(tail_boxes, image_sizes)], 1)
-        maps = self.conv(rects)  # (M, 256, 7, 7)
-        return self.proj(maps.flatten(1))  # (M, P)
+        maps = self.conv(rects)  # (M, C, 7, 7)
+        return maps if self.proj is None else self.proj(maps.flatten(1))
+
+
+class BoxHead(nn.Module):
+    """The box head MLP on pooled ROI maps (§3.2.1): flatten → fc6 → ReLU → fc7 → ReLU, (N, C, R, R) -> (N, P).
+
+    Parameter names equal torchvision's ``TwoMLPHead`` (``fc6``, ``fc7``), so a detector's
+    ``roi_heads.box_head`` loads into it (:meth:`SHAGCL.load_box_head`); init otherwise Kaiming-uniform (a=1),
+    bias 0 (maskrcnn-benchmark ``make_fc``)."""
+
+    def __init__(self, channels: int, resolution: int, feature_dim: int) -> None:
+        super().__init__()
+        self.fc6 = nn.Linear(channels * resolution * resolution, feature_dim)
+        self.fc7 = nn.Linear(feature_dim, feature_dim)
+        for lin in (self.fc6, self.fc7):
+            nn.init.kaiming_uniform_(lin.weight, a=1)
+            nn.init.zeros_(lin.bias)
+
+    def forward(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.fc7(F.relu(self.fc6(pooled.flatten(1)))))
+
+
+class UnionFeatures(nn.Module):
+    """The official union feature u_so (§3.2.2, ``union_features: official``):
+
+        x = ReLU(Conv3×3(L·C → C)(cat_l ROIAlign_l(union box)))  (+ rect map of the head/tail masks)
+        u_so = fc7(fc6(x))   (the union branch's own trainable box-head copy)
+
+    Shapes: union_pooled (M, L·C, R, R) (all-level ROIAlign of the union boxes, from the feature cache),
+    head_boxes, tail_boxes (M, 4), image_sizes (M, 2) -> (M, P)."""
+
+    def __init__(self, cfg: SHAGCLConfig) -> None:
+        super().__init__()
+        c = cfg.roi_channels
+        self.reduce = nn.Conv2d(cfg.fpn_levels * c, c, 3, padding=1)  # maskrcnn-benchmark make_conv3x3 + ReLU
+        nn.init.kaiming_uniform_(self.reduce.weight, a=1)
+        nn.init.zeros_(self.reduce.bias)
+        self.rect = RectFeatures(c, cfg.rect_size) if cfg.use_rect_features else None
+        self.box_head = BoxHead(c, cfg.roi_resolution, cfg.feature_dim)
+
+    def forward(self, union_pooled: torch.Tensor, head_boxes: torch.Tensor, tail_boxes: torch.Tensor,
+                image_sizes: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.reduce(union_pooled))  # (M, C, R, R)
+        if self.rect is not None:
+            x = x + self.rect(head_boxes, tail_boxes, image_sizes).to(x)
+        return self.box_head(x)  # (M, P)
 
 
 def frequency_bias_init(fg_matrix: torch.Tensor, num_fg: int, eps: float = 1e-3) -> torch.Tensor:
@@ -562,17 +637,78 @@ class SHAGCL(nn.Module):
     The decoder's shape depends on the predicate grouping, which depends on training counts, so it is built
     by :meth:`build_decoder` once the statistics are known (the LightningModule does this in ``setup``).
 
-    Batch keys used (concatenated over images): obj_feats (N, P), boxes (N, 4), obj_image_sizes (N, 2),
-    num_objs list[int], labels (N,) (GT labels: PredCls input; training targets), det_logits (N, C_obj)
-    (SGCls/SGDet), pair_idx (M, 2) global object rows, union_feats (M, P), pair_image_sizes (M, 2).
+    Batch keys used (concatenated over images): obj_pooled (N, C, R, R) (``trainable_box_head``) or obj_feats
+    (N, P), boxes (N, 4), obj_image_sizes (N, 2), num_objs list[int], labels (N,) (GT labels: PredCls input;
+    training targets), det_logits (N, C_obj) (SGCls/SGDet), pair_idx (M, 2) global object rows, union_pooled
+    (M, L·C, R, R) (``union_features: official``) or union_feats (M, P), pair_image_sizes (M, 2).
     """
 
     def __init__(self, cfg: SHAGCLConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.context = SHAContext(cfg)
-        self.rect = RectFeatures(cfg.feature_dim, cfg.rect_size) if cfg.use_rect_features else None
+        simplified = cfg.union_features == "simplified"
+        self.rect = RectFeatures(cfg.roi_channels, cfg.rect_size, cfg.feature_dim) if (
+            simplified and cfg.use_rect_features) else None
         self.decoder: GCLDecoder | None = None
+        self.box_head = BoxHead(cfg.roi_channels, cfg.roi_resolution, cfg.feature_dim) if cfg.trainable_box_head \
+            else None  # the relation head's fc6/fc7 copy for object ROI features (§3.2.1)
+        self.union = UnionFeatures(cfg) if not simplified else None
+
+    def load_box_head(self, path: str | Path) -> int:
+        """Initialise every fc6/fc7 copy (object and union branch) from the detector state dict at ``path``
+        (``roi_heads.box_head.fc6/fc7``; a dict holding ``model``/``state_dict`` also works), as the official code
+        maps ``roi_heads.box.feature_extractor`` onto the relation head. Returns how many heads were loaded."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"model.config.box_head_checkpoint={str(path)!r} does not exist: supply the detector state dict "
+                "given to `shagcl extract --checkpoint` (its box head initialises fc6/fc7), or null for random "
+                "init; see README, Data preparation")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        for key in ("model", "state_dict"):
+            if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+                state = state[key]
+        prefix = "roi_heads.box_head."
+        head = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        if set(head) != {"fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias"}:
+            raise KeyError(f"{path}: no torchvision box head ({prefix}fc6/fc7) in the state dict")
+        heads = [h for h in (self.box_head, self.union.box_head if self.union is not None else None) if h is not None]
+        for h in heads:
+            if h.fc6.weight.shape != head["fc6.weight"].shape or h.fc7.weight.shape != head["fc7.weight"].shape:
+                raise ValueError(
+                    f"{path}: box head fc6 {tuple(head['fc6.weight'].shape)}, fc7 {tuple(head['fc7.weight'].shape)} "
+                    f"vs model.config roi_channels·roi_resolution² -> feature_dim = {tuple(h.fc6.weight.shape)}")
+            h.load_state_dict(head)
+        return len(heads)
+
+    def object_features(self, batch: dict) -> torch.Tensor:
+        """r_i (N, P): the trainable fc6/fc7 on pooled ROI maps, or the batch's cached post-fc7 features."""
+        key = "obj_pooled" if self.box_head is not None else "obj_feats"
+        if batch.get(key) is None:
+            raise ValueError(
+                f"model.config.trainable_box_head={self.box_head is not None} needs '{key}' in the batch: "
+                + ("extract the cache with `shagcl extract --object_stage pooled` (or set synthetic.pooled: true), "
+                   "or set trainable_box_head: false" if key == "obj_pooled" else
+                   "extract with `--object_stage fc7`, or set trainable_box_head: true"))
+        return self.box_head(batch[key].float()) if self.box_head is not None else batch[key]
+
+    def union_features(self, batch: dict) -> torch.Tensor:
+        """u_so (M, P) of every pair in the batch (official or simplified path, see the config)."""
+        key = "union_pooled" if self.union is not None else "union_feats"
+        if batch.get(key) is None:
+            raise ValueError(
+                f"model.config.union_features={self.cfg.union_features} needs '{key}' in the batch: extract the "
+                f"cache with `shagcl extract --union_stage {'pooled' if key == 'union_pooled' else 'fc7'}`"
+                + (" (or set synthetic.pooled: true)" if key == "union_pooled" else ""))
+        boxes, pair_idx = batch["boxes"], batch["pair_idx"]
+        if self.union is not None:
+            return self.union(batch[key].float(), boxes[pair_idx[:, 0]], boxes[pair_idx[:, 1]],
+                              batch["pair_image_sizes"])
+        union = batch[key]
+        if self.rect is not None:
+            union = union + self.rect(boxes[pair_idx[:, 0]], boxes[pair_idx[:, 1]], batch["pair_image_sizes"])
+        return union
 
     def build_decoder(self, group_sizes: Sequence[int], fg_matrix: torch.Tensor | None = None) -> None:
         """Create the K classifiers for ``group_sizes`` and initialise their frequency bias from ``fg_matrix``."""
@@ -586,12 +722,8 @@ class SHAGCL(nn.Module):
         if self.cfg.protocol != "predcls" and batch.get("det_logits") is None:
             raise ValueError(f"protocol={self.cfg.protocol} needs detector logits in the batch ('det_logits')")
         edge_ctx, obj_logits, obj_labels, obj_scores = self.context(
-            batch["obj_feats"], batch["boxes"], batch["obj_image_sizes"], batch["num_objs"], batch.get("labels"),
-            batch.get("det_logits"))
-        union = batch["union_feats"]  # (M, P)
-        pair_idx = batch["pair_idx"]
-        if self.rect is not None:
-            boxes = batch["boxes"]
-            union = union + self.rect(boxes[pair_idx[:, 0]], boxes[pair_idx[:, 1]], batch["pair_image_sizes"])
-        rel_logits = self.decoder(edge_ctx, pair_idx, union, obj_labels, last_only)
+            self.object_features(batch), batch["boxes"], batch["obj_image_sizes"], batch["num_objs"],
+            batch.get("labels"), batch.get("det_logits"))
+        union = self.union_features(batch)  # (M, P)
+        rel_logits = self.decoder(edge_ctx, batch["pair_idx"], union, obj_labels, last_only)
         return RelationOutput(obj_logits, obj_labels, obj_scores, rel_logits)

@@ -131,6 +131,11 @@ class SHAGCLModule(pl.LightningModule):
         self.object_names = list(stats.object_classes)
         if cfg.word_embeddings == "glove":
             self.model.context.set_word_vectors(load_glove(cfg.glove_path, self.object_names, cfg.word_dim))
+        if cfg.box_head_checkpoint:
+            self.model.load_box_head(cfg.box_head_checkpoint)
+        elif cfg.trainable_box_head or cfg.union_features == "official":
+            rank_zero_info("shagcl: model.config.box_head_checkpoint is null: the relation head's fc6/fc7 start "
+                           "from random weights (the paper starts them from the detector's box head)")
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -165,7 +170,7 @@ class SHAGCLModule(pl.LightningModule):
                 zero_shot = ~self.seen_triplets[gl[gr[:, 0]], gl[gr[:, 1]], gr[:, 2]]
             images.append(dict(gt_boxes=batch["gt_boxes"][i], gt_labels=gl, gt_rels=gr, pred_boxes=boxes,
                                pred_labels=labels, obj_scores=scores, pair_idx=pairs, rel_probs=rel_probs,
-                               zero_shot=zero_shot))
+                               zero_shot=zero_shot, image_index=batch["image_index"][i]))
         return images, out
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:

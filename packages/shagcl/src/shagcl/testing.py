@@ -4,16 +4,35 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-__all__ = ["write_vg150", "write_gqa200", "zipf_predicates"]
+__all__ = ["write_vg150", "write_gqa200", "zipf_predicates", "zipf_quota_predicates"]
 
 
 def zipf_predicates(rng: np.random.Generator, n: int, num_predicates: int, exponent: float = 1.5) -> np.ndarray:
-    """Draw ``n`` predicate ids in 1..num_predicates with probability ∝ p^(−exponent) (long-tailed)."""
+    """Draw ``n`` predicate ids in 1..num_predicates with probability ∝ p^(−exponent) (long-tailed).
+
+    The sampled counts follow the Zipf law only in expectation: rare ids can come out in any order and with
+    counts far below their expectation (e.g. 2 instead of 7)."""
     p = np.arange(1, num_predicates + 1, dtype=float) ** -exponent
     return rng.choice(np.arange(1, num_predicates + 1), size=n, p=p / p.sum())
+
+
+def zipf_quota_predicates(rng: np.random.Generator, n: int, num_predicates: int, exponent: float = 1.5) -> np.ndarray:
+    """``n`` predicate ids whose counts are exactly the Zipf shape: count_p = n·p^(−exponent)/Σ_q q^(−exponent),
+    rounded by largest remainder (so they sum to n and are non-increasing in p), in random order.
+
+    Unlike :func:`zipf_predicates`, id order is the frequency order (spec §3.6.1) and the tail does not fluctuate,
+    like the fixed ``2000·p^(−1.5)`` counts of spec §8c.1."""
+    w = np.arange(1, num_predicates + 1, dtype=float) ** -exponent
+    exact = n * w / w.sum()
+    counts = np.floor(exact).astype(int)
+    rest = n - counts.sum()
+    counts[np.argsort(-(exact - counts), kind="stable")[:rest]] += 1  # largest remainder (ties: lower id first)
+    ids = np.repeat(np.arange(1, num_predicates + 1), counts)
+    return ids[rng.permutation(n)]
 
 
 def _scene(rng: np.random.Generator, n_obj_classes: int, n_predicates: int, min_obj: int, max_obj: int,
@@ -36,10 +55,15 @@ def _scene(rng: np.random.Generator, n_obj_classes: int, n_predicates: int, min_
 
 def write_vg150(root: str | Path, n_images: int = 32, n_obj_classes: int = 8, n_predicates: int = 10, seed: int = 0,
                 n_test: int | None = None, min_obj: int = 3, max_obj: int = 6, exponent: float = 1.5,
-                with_images: bool = False, empty_images: int = 1) -> Path:
+                with_images: bool = False, empty_images: int = 1,
+                predicate_counts: Literal["sampled", "quota"] = "sampled", n_val: int = 0) -> Path:
     """Write ``root/vg/{VG-SGG-with-attri.h5, VG-SGG-dicts-with-attri.json, image_data.json}`` (§4.1).
 
-    Predicate ids are Zipf distributed (id 1 most frequent), so the frequency order equals the file order.
+    Predicate ids are Zipf distributed with id 1 the most frequent: ``predicate_counts="sampled"`` draws every
+    relation's predicate independently (:func:`zipf_predicates`; the order and the tail hold only in
+    expectation), ``"quota"`` gives each part exactly Zipf-shaped counts (:func:`zipf_quota_predicates`), so the
+    file order is the training-frequency order; the parts are the first ``n_val`` split-0 images (the loader's
+    val carve-out), the other split-0 images (train) and the split-2 images (test).
     The last ``n_test`` images (default a quarter) get split 2, the rest 0; ``empty_images`` extra train images
     have no relation (−1 ranges). Boxes are stored as cxcywh at the scale where the longer side is 1024.
     Returns the ``vg`` folder.
@@ -53,11 +77,27 @@ def write_vg150(root: str | Path, n_images: int = 32, n_obj_classes: int = 8, n_
     boxes_1024, labels_all, rel_pairs, rel_preds = [], [], [], []
     first_box, last_box, first_rel, last_rel, split, image_data = [], [], [], [], [], []
     total = n_images + empty_images
+    scenes = []
     for i in range(total):
         width, height = int(rng.integers(200, 400)), int(rng.integers(200, 400))
         boxes, labels, rels = _scene(rng, n_obj_classes, n_predicates, min_obj, max_obj, width, height, exponent)
         if i >= n_images:
             rels = rels[:0]
+        scenes.append((width, height, boxes, labels, rels))
+    if predicate_counts == "quota":  # re-draw every split's predicates with exact Zipf counts
+        n_train_split = n_images - n_test
+        for lo, hi in ((0, min(n_val, n_train_split)), (min(n_val, n_train_split), n_train_split),
+                       (n_train_split, n_images)):
+            members = range(lo, hi)
+            quota = zipf_quota_predicates(rng, sum(len(scenes[i][4]) for i in members), n_predicates, exponent)
+            start = 0
+            for i in members:
+                rels = scenes[i][4]
+                rels[:, 2] = quota[start : start + len(rels)]
+                start += len(rels)
+    elif predicate_counts != "sampled":
+        raise ValueError(f"predicate_counts={predicate_counts!r}: expected sampled|quota")
+    for i, (width, height, boxes, labels, rels) in enumerate(scenes):
         base = len(labels_all)
         scale = 1024 / max(width, height)
         for b, lab in zip(boxes, labels, strict=True):
