@@ -139,7 +139,13 @@ class PCKDModule(pl.LightningModule):
             self.teacher = build_backbone(config.teacher_arch, config.num_classes, config.in_channels)
             if teacher_checkpoint:
                 state = load_teacher_state_dict(teacher_checkpoint, config.teacher_arch)
-                missing, unexpected = self.teacher.load_state_dict(state, strict=False)
+                try:
+                    missing, unexpected = self.teacher.load_state_dict(state, strict=False)
+                except RuntimeError as err:  # shape mismatch (e.g. another width or num_classes)
+                    raise KeyError(
+                        f"model.teacher_checkpoint={teacher_checkpoint!r} does not match "
+                        f"model.config.teacher_arch={config.teacher_arch!r} / num_classes={config.num_classes}: {err}"
+                    ) from err
                 if missing or unexpected:
                     raise KeyError(
                         f"model.teacher_checkpoint={teacher_checkpoint!r} does not match "
