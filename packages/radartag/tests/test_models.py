@@ -1,3 +1,4 @@
+import pytest
 import torch
 import torch.nn.functional as F
 from torch_geometric.utils import softmax
@@ -7,6 +8,7 @@ from radartag.models import (
     HAS_TAG,
     SUBTOPIC,
     AdversarialAggregation,
+    CommonUniqueAggregation,
     GatedUpdater,
     GGTConv,
     Radar,
@@ -119,9 +121,80 @@ def test_radar_layer_and_model_shapes():
 def test_ablation_variants_run():
     for kw in (dict(use_follow=False, video_emb_layer=0, reducer="mean"), dict(use_topic=False),
                dict(bidirectional_topic=True), dict(updater="sum"), dict(reducer="common"), dict(reducer="lmf"),
-               dict(reducer="self_attention"), dict(num_layers=1, video_emb_layer=1)):  # fmt: skip
+               dict(reducer="self_attention"), dict(num_layers=1, video_emb_layer=1), dict(attention="mutual"),
+               dict(attention="mutual", updater="sum", reducer="common_unique", adv_layers=1)):  # fmt: skip
         cfg = RadarConfig(video_dim=8, tag_dim=8, num_tags=5, hidden_dim=8, num_heads=2, **kw)
         model = Radar(cfg)
         blocks = [({"video": 2, "tag": 5}, {})] * cfg.num_layers
         out = model(torch.randn(2, 8), torch.randn(5, 8), torch.arange(5), blocks, 2)
         assert out.scores.shape == (2, 5) and torch.isfinite(out.scores).all()
+
+
+def _mutual_inputs():
+    torch.manual_seed(0)
+    x = {"video": torch.randn(6, 8), "tag": torch.randn(5, 8)}
+    edges = {FOLLOWED_BY: torch.tensor([[3, 4, 5], [0, 1, 1]]), SUBTOPIC: torch.tensor([[0, 1, 2], [4, 4, 3]]),
+             HAS_TAG: torch.tensor([[5, 2, 3], [4, 3, 0]])}  # fmt: skip
+    return x, {"video": 2, "tag": 5}, edges
+
+
+def test_mutual_attention_joint_softmax_over_relations():
+    """Ablation 'mutual attention' (reconstruction): one softmax per destination and head over the incoming edges of
+    all relations into that type; videos (only r3 enters them) are unchanged w.r.t. per-relation attention."""
+    x, num_dst, edges = _mutual_inputs()
+    cfg = RadarConfig(video_dim=8, tag_dim=8, num_tags=5, hidden_dim=8, num_heads=2, dropout=0.0, attention="mutual")
+    mutual = RadarLayer(cfg).eval()
+    per_rel = RadarLayer(RadarConfig(**{**cfg.__dict__, "attention": "relation"})).eval()
+    per_rel.load_state_dict(mutual.state_dict())
+    with torch.no_grad():
+        for p in (mutual.rel_att, mutual.rel_msg):
+            p.normal_()  # larger relation matrices than the tiny xavier init, so attention is not uniform
+        per_rel.load_state_dict(mutual.state_dict())
+        m_mut = mutual.relation_messages(x, num_dst, edges)
+        m_rel = per_rel.relation_messages(x, num_dst, edges)
+    torch.testing.assert_close(m_mut[FOLLOWED_BY], m_rel[FOLLOWED_BY])  # a single relation into videos
+    assert not torch.allclose(m_mut[HAS_TAG], m_rel[HAS_TAG])
+    # plain-loop reference of the jointly normalised message of tag 4 (one r1 edge pair 0->4, 1->4 and one r2 edge
+    # 5->4), head 0, before the (sum) update: recompute alphas by hand
+    H, d_k = 2, 4
+    pri = mutual.rel_pri.detach()
+    r_sub, r_has = mutual.relations.index(SUBTOPIC), mutual.relations.index(HAS_TAG)
+    q = mutual.query["tag"](x["tag"]).view(-1, H, d_k)[4, 0]
+    k_tag = torch.einsum("nhd,hde->nhe", mutual.key["tag"](x["tag"]).view(-1, H, d_k), mutual.rel_att[r_sub])
+    k_vid = torch.einsum("nhd,hde->nhe", mutual.key["video"](x["video"]).view(-1, H, d_k), mutual.rel_att[r_has])
+    v_tag = torch.einsum("nhd,hde->nhe", mutual.value["tag"](x["tag"]).view(-1, H, d_k), mutual.rel_msg[r_sub])
+    v_vid = torch.einsum("nhd,hde->nhe", mutual.value["video"](x["video"]).view(-1, H, d_k), mutual.rel_msg[r_has])
+    e = torch.stack([(q * k_tag[0, 0]).sum() * pri[r_sub, 0], (q * k_tag[1, 0]).sum() * pri[r_sub, 0],
+                     (q * k_vid[5, 0]).sum() * pri[r_has, 0]]) / 2.0  # fmt: skip
+    a = torch.softmax(e, 0)  # joint over both relations
+    assert float(a.sum()) == pytest.approx(1.0) and float(a[:2].sum()) < 1.0
+    conv = GGTConv()
+    with torch.no_grad():
+        ei_sub = edges[SUBTOPIC]
+        qs = mutual.query["tag"](x["tag"]).view(-1, H, d_k)
+        from radartag.models import mutual_attention
+
+        alphas = mutual_attention([GGTConv.logits(qs, k_tag, pri[r_sub], ei_sub),
+                                   GGTConv.logits(qs, k_vid, pri[r_has], edges[HAS_TAG])],
+                                  [ei_sub[1], edges[HAS_TAG][1]], 5)  # fmt: skip
+        msg_sub = conv(qs, k_tag, v_tag, pri[r_sub], ei_sub, alphas[0])
+        msg_has = conv(qs, k_vid, v_vid, pri[r_has], edges[HAS_TAG], alphas[1])
+    torch.testing.assert_close(msg_sub[4, :d_k], a[0] * v_tag[0, 0] + a[1] * v_tag[1, 0])
+    torch.testing.assert_close(msg_has[4, :d_k], a[2] * v_vid[5, 0])
+    # attention over all relations into a tag sums to 1 per destination and head (tags with any in-edge)
+    sums = torch.zeros(5, H).index_add_(0, ei_sub[1], alphas[0]).index_add_(0, edges[HAS_TAG][1], alphas[1])
+    torch.testing.assert_close(sums[[0, 3, 4]], torch.ones(3, H))
+
+
+def test_common_unique_reducer_formula_and_adv_layers():
+    torch.manual_seed(0)
+    red = CommonUniqueAggregation(6, dropout=0.0).eval()
+    x1, x2 = torch.randn(5, 6), torch.randn(5, 6)
+    fused, logits = red(x1, x2)
+    u1, u2, c1, c2 = red.unique1(x1), red.unique2(x2), red.common(x1), red.common(x2)
+    torch.testing.assert_close(fused, red.fusion(0.5 * ((c1 + c2) / 2 + torch.maximum(u1, u2))))
+    assert logits["unique"].shape == logits["common"].shape == (10,)
+    cfg = RadarConfig(video_dim=8, tag_dim=8, num_tags=5, hidden_dim=8, num_heads=2, reducer="common_unique",
+                      attention="mutual", updater="sum", adv_layers=1)  # fmt: skip
+    out = Radar(cfg)(torch.randn(2, 8), torch.randn(5, 8), torch.arange(5), [({"video": 2, "tag": 5}, {})] * 2, 2)
+    assert len(out.discriminator_logits) == 1  # one discriminator layer, as in the official ablation configs

@@ -63,3 +63,119 @@ def test_exclude_batch_targets():
     num_dst, edges = s.blocks[0]
     src_ids = s.input_nodes["video"][edges[HAS_TAG][0]]
     assert not set(src_ids.tolist()) & set(batch.tolist())
+
+
+def _random_graph(num_videos: int, num_tags: int, follows: int, dim: int = 4) -> HeteroData:
+    g = torch.Generator().manual_seed(num_videos)
+    data = HeteroData()
+    data["video"].x = torch.randn(num_videos, dim, generator=g)
+    data["video"].num_train = num_videos
+    data["tag"].x = torch.randn(num_tags, dim, generator=g)
+    tags = torch.randint(0, num_tags, (num_videos, 3), generator=g)
+    data["video"].label_ptr = torch.arange(0, 3 * num_videos + 1, 3)
+    data["video"].label_col = tags.reshape(-1)
+    data[HAS_TAG].edge_index = torch.stack([torch.arange(num_videos).repeat_interleave(3), tags.reshape(-1)])
+    data[FOLLOWED_BY].edge_index = torch.randint(0, num_videos, (2, num_videos * follows), generator=g)
+    data[SUBTOPIC].edge_index = torch.stack([torch.arange(num_tags), torch.randint(0, 5, (num_tags,), generator=g)])
+    return data
+
+
+def test_batch_bounded_by_batch_not_graph():
+    """Scale check (the 200k-video version is in `make bench`): the sampled batch of a 20k-video graph obeys the same
+    size bound as that of a 2k-video graph — batch videos B, all K tags, fanout f, L = 2 layers:
+    V_1 ≤ B + f·B + f·K and V_0 ≤ V_1 + f·V_1 + f·K input videos, at most f in-edges per destination and relation."""
+    from radartag.data import GraphCollator
+
+    B, K, f, L = 16, 40, 3, 2
+    v1 = B + f * B + f * K
+    bound_videos = v1 + f * v1 + f * K
+    sizes = {}
+    for num_videos in (2_000, 20_000):
+        graph = _random_graph(num_videos, K, follows=20)  # in-degree ~20 > f: sampling is what bounds the batch
+        sampler = BlockSampler(graph, RELS, num_layers=L, fanout=f)
+        collate = GraphCollator(graph, sampler, K)
+        for seed in range(3):
+            ids = torch.randperm(num_videos, generator=torch.Generator().manual_seed(seed))[:B].tolist()
+            batch = collate(ids)
+            n_in = batch.video_x.shape[0]
+            assert n_in <= bound_videos
+            assert batch.tag_x.shape[0] == K and batch.labels.shape == (B, K)
+            num_edges = sum(e.shape[1] for _, edges in batch.blocks for e in edges.values())
+            assert num_edges <= f * (bound_videos + 2 * K) * L
+            sizes.setdefault(num_videos, []).append(n_in)
+    # a tenfold larger graph does not grow the batch beyond the bound (sizes are ~ equal: both near the bound)
+    assert max(sizes[20_000]) <= bound_videos and max(sizes[2_000]) <= bound_videos
+    assert max(sizes[20_000]) < 20_000 // 10
+
+
+def test_pyg_sampler_missing_pyg_lib_is_a_clear_error(tmp_path):
+    """pyg-lib (and torch-sparse) have no wheels on PyPI: data.sampler=pyg must say so instead of failing deep in PyG."""
+    import pytest
+    import torch_geometric.typing
+
+    from radartag.data import KwaiTagDataModule
+    from radartag.sampler import PYG_LIB_MISSING, PygNeighborSampler
+    from radartag.synthetic import SyntheticKwaiConfig
+
+    if torch_geometric.typing.WITH_PYG_LIB:
+        pytest.skip("pyg-lib is installed")
+    with pytest.raises(ImportError, match="pyg-lib") as err:
+        PygNeighborSampler(_graph(), RELS, 2, fanout=3)
+    assert str(err.value) == PYG_LIB_MISSING and "PyPI" in PYG_LIB_MISSING
+    dm = KwaiTagDataModule(str(tmp_path / "k"), "v", sampler="pyg", generate_demo_data=True,
+                           demo=SyntheticKwaiConfig(num_users=6, num_parents=2, leaves_per_parent=2, follows=2,
+                                                    feature_dim=4))  # fmt: skip
+    dm.prepare_data()
+    with pytest.raises(ImportError, match="data.sampler='pyg'"):
+        dm.train_dataloader()
+
+
+def test_blocks_from_pyg_output_hop_major_to_prefix_blocks():
+    """Conversion of PyG's hop-major sampler output (hand-built, 2 hops) into destination-prefix blocks."""
+    from torch_geometric.sampler import HeteroSamplerOutput
+
+    from radartag.models import Radar, RadarConfig
+    from radartag.sampler import blocks_from_pyg_output
+
+    out = HeteroSamplerOutput(
+        node={"video": torch.tensor([7, 3, 5, 9, 1]), "tag": torch.tensor([0, 1, 2])},
+        row={FOLLOWED_BY: torch.tensor([2, 3, 4]), HAS_TAG: torch.tensor([1, 3]), SUBTOPIC: torch.tensor([1])},
+        col={FOLLOWED_BY: torch.tensor([0, 1, 2]), HAS_TAG: torch.tensor([0, 2]), SUBTOPIC: torch.tensor([0])},
+        edge={},
+        num_sampled_nodes={"video": [2, 2, 1], "tag": [3, 0, 0]},
+        num_sampled_edges={FOLLOWED_BY: [2, 1], HAS_TAG: [2, 0], SUBTOPIC: [1, 0]},
+    )
+    s = blocks_from_pyg_output(out, RELS, num_layers=2)
+    assert torch.equal(s.batch_videos, torch.tensor([7, 3]))
+    (dst1, e1), (dst2, e2) = s.blocks
+    assert dst1 == {"video": 4, "tag": 3} and dst2 == {"video": 2, "tag": 3}
+    assert e1[FOLLOWED_BY].tolist() == [[2, 3, 4], [0, 1, 2]]  # layer 1: edges of hops 1 and 2
+    assert e2[FOLLOWED_BY].tolist() == [[2, 3], [0, 1]]  # layer 2: hop-1 edges into the seeds only
+    assert e2[HAS_TAG].tolist() == [[1, 3], [0, 2]] and e2[SUBTOPIC].tolist() == [[1], [0]]
+    for (num_dst, edges), num_src in zip(s.blocks, ({"video": 5, "tag": 3}, dst1), strict=True):
+        for rel, ei in edges.items():
+            assert int(ei[0].max()) < num_src[rel[0]] and int(ei[1].max()) < num_dst[rel[2]]
+    cfg = RadarConfig(video_dim=4, tag_dim=4, num_tags=3, hidden_dim=8, num_heads=2)
+    res = Radar(cfg)(torch.randn(5, 4), torch.randn(3, 4), torch.arange(3), s.blocks, len(s.batch_videos))
+    assert res.scores.shape == (2, 3)
+
+
+def test_pyg_sampler_with_pyg_lib():
+    """Runs only where pyg-lib is installed (not installable from PyPI)."""
+    import pytest
+
+    pytest.importorskip("pyg_lib")
+    from radartag.sampler import PygNeighborSampler
+
+    data = _graph()
+    batch = torch.tensor([9, 2, 5])
+    s = PygNeighborSampler(data, RELS, 2, fanout=3).sample(batch)
+    assert torch.equal(s.batch_videos, batch.sort().values)
+    assert torch.equal(s.input_nodes["tag"][:6].sort().values, torch.arange(6))
+    full = {r: set(map(tuple, data[r].edge_index.T.tolist())) for r in RELS}
+    for _num_dst, edges in s.blocks:
+        for rel, ei in edges.items():
+            if ei.numel():
+                assert torch.bincount(ei[1]).max() <= 3
+                pairs = zip(s.input_nodes[rel[0]][ei[0]].tolist(), s.input_nodes[rel[2]][ei[1]].tolist(), strict=True)
+                assert set(pairs) <= full[rel]

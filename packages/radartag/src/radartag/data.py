@@ -18,6 +18,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -26,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import HeteroData
 
 from .models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, SUPERTOPIC, EdgeType
-from .sampler import BlockSampler
+from .sampler import BlockSampler, PygNeighborSampler
 from .synthetic import SyntheticKwaiConfig, write_synthetic_vertical
 
 __all__ = ["KwaiFiles", "read_kwai_files", "build_split_graph", "load_split_graph", "GraphBatch", "KwaiTagDataModule"]
@@ -195,7 +196,7 @@ class _VideoIds(Dataset):
 class GraphCollator:
     """Turns a list of video ids into a :class:`GraphBatch` by block sampling (runs in DataLoader workers)."""
 
-    def __init__(self, graph: HeteroData, sampler: BlockSampler, num_tags: int):
+    def __init__(self, graph: HeteroData, sampler: BlockSampler | PygNeighborSampler, num_tags: int):
         self.graph, self.sampler, self.num_tags = graph, sampler, num_tags
 
     def __call__(self, ids: list[int]) -> GraphBatch:
@@ -203,7 +204,7 @@ class GraphCollator:
         s = self.sampler.sample(videos)
         return GraphBatch(
             self.graph["video"].x[s.input_nodes["video"]], self.graph["tag"].x, torch.arange(self.num_tags),
-            s.blocks, dense_labels(self.graph, videos, self.num_tags), len(videos),
+            s.blocks, dense_labels(self.graph, s.batch_videos, self.num_tags), len(s.batch_videos),
         )  # fmt: skip
 
 
@@ -218,6 +219,8 @@ class KwaiTagDataModule(pl.LightningDataModule):
         fanout: sampled in-edges per destination, relation and layer (official 4).
         eval_fanout: fanout at evaluation (official: same as training, stochastic; -1 = all neighbours).
         exclude_batch_targets: drop has_tag edges of the batch videos from sampling (official False).
+        sampler: ``block`` (pure-torch per-block sampler, DGL semantics, default) or ``pyg`` (PyG's compiled neighbour
+            sampler; needs pyg-lib, which is not on PyPI — an ImportError says so when it is missing).
         batch_size: videos per batch (official 1024), plus all tags.
         eval_batch_size: evaluation videos per batch.
         force_reload: rebuild the cached graphs.
@@ -236,6 +239,7 @@ class KwaiTagDataModule(pl.LightningDataModule):
         fanout: int = 4,
         eval_fanout: int = 4,
         exclude_batch_targets: bool = False,
+        sampler: Literal["block", "pyg"] = "block",
         batch_size: int = 1024,
         eval_batch_size: int = 1024,
         num_workers: int = 0,
@@ -282,8 +286,11 @@ class KwaiTagDataModule(pl.LightningDataModule):
         g = self.graph(split)
         n_train = g["video"].num_train
         ids = torch.arange(n_train) if split == "train" else torch.arange(n_train, g["video"].num_nodes)
-        sampler = BlockSampler(g, self.relations, hp.num_layers, hp.fanout if train else hp.eval_fanout,
-                               hp.exclude_batch_targets)  # fmt: skip
+        if hp.sampler not in ("block", "pyg"):
+            raise ValueError(f"data.sampler={hp.sampler!r}: expected 'block' or 'pyg'")
+        sampler_cls = PygNeighborSampler if hp.sampler == "pyg" else BlockSampler
+        sampler = sampler_cls(g, self.relations, hp.num_layers, hp.fanout if train else hp.eval_fanout,
+                              hp.exclude_batch_targets)  # fmt: skip
         return DataLoader(
             _VideoIds(ids),
             batch_size=hp.batch_size if train else hp.eval_batch_size,

@@ -31,9 +31,11 @@ __all__ = [
     "grad_reverse",
     "InputEmbedding",
     "GGTConv",
+    "mutual_attention",
     "GatedUpdater",
     "SumUpdater",
     "AdversarialAggregation",
+    "CommonUniqueAggregation",
     "CommonReducer",
     "MeanReducer",
     "LMFReducer",
@@ -76,8 +78,17 @@ class RadarConfig:
     """Also use the reverse r1' supertopic_of (ablation)."""
     updater: Literal["gate", "sum"] = "gate"
     """GGT update: gated (paper) or sum (ablation 'w/o gate', SumUpdater)."""
-    reducer: Literal["aan", "common", "mean", "lmf", "self_attention"] = "aan"
-    """Combination of the visual (r2) and linguistic (r1) knowledge into tags: AAN (paper) or the ablations."""
+    attention: Literal["relation", "mutual"] = "relation"
+    """GGT attention normalisation: softmax within each relation (paper) or 'mutual' (Table 3 ablation 'mutual
+    attention', reconstruction): one softmax per destination and head over the incoming edges of all relations, so
+    the relations compete for attention mass; the per-relation messages are then updated and reduced as usual."""
+    reducer: Literal["aan", "common_unique", "common", "mean", "lmf", "self_attention"] = "aan"
+    """Combination of the visual (r2) and linguistic (r1) knowledge into tags: AAN (paper) or the ablations
+    ('common_unique': the official mutual-attention row's reducer, Linear((mean(c1, c2) + max(u1, u2)) / 2) with the
+    adversarial losses)."""
+    adv_layers: int | None = None
+    """Layers (from the first) whose tag fusion feeds the adversarial losses: null = all (main model); 1 in several
+    official ablation configs (one discriminator)."""
     lmf_rank: int = 3
     """Rank of the LMF reducer."""
     video_emb_layer: int = 2
@@ -96,6 +107,8 @@ class RadarConfig:
             )
         if self.num_layers < 1:
             raise ValueError(f"model.config.num_layers={self.num_layers} must be >= 1")
+        if self.adv_layers is not None and self.adv_layers < 0:
+            raise ValueError(f"model.config.adv_layers={self.adv_layers} must be >= 0 or null")
 
     @property
     def relations(self) -> list[EdgeType]:
@@ -154,28 +167,49 @@ class GGTConv(MessagePassing):
         \tilde m_i^r = \Vert_{heads} \textstyle\sum_j \alpha_{ji}\, v_j W^{msg}_r
 
     per head; the softmax runs per relation, per head, per destination (not across relations). A destination
-    without r-neighbours gets a zero message.
+    without r-neighbours gets a zero message. For the 'mutual attention' ablation the caller passes ``alpha``
+    normalised jointly over several relations (see :func:`mutual_attention`) and the layer only aggregates.
 
     Shapes: q (N_dst, H, d_k), k and v (N_src, H, d_k) (already relation-transformed), edge_index (2, E) with
-    row 0 = source -> (N_dst, H·d_k). After a call, ``self.last_alpha`` (E, H) holds the attention weights.
+    row 0 = source, alpha (E, H) or None -> (N_dst, H·d_k). After a call, ``self.last_alpha`` (E, H) holds the
+    attention weights.
     """
 
     def __init__(self):
         super().__init__(aggr="add", node_dim=0)
         self.last_alpha: torch.Tensor | None = None
 
+    @staticmethod
+    def logits(q: torch.Tensor, k: torch.Tensor, priority: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
+        """e_ji = μ_r ⟨q_i, k_j⟩ / sqrt(d_k) for every edge j -> i: (E, H)."""
+        return (q[edge_index[1]] * k[edge_index[0]]).sum(-1) * priority / math.sqrt(q.shape[-1])
+
     def forward(
-        self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, priority: torch.Tensor, edge_index: torch.Tensor
+        self,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        priority: torch.Tensor,
+        edge_index: torch.Tensor,
+        alpha: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        out = self.propagate(edge_index, q=q, k=k, v=v, priority=priority, size=(k.shape[0], q.shape[0]))
+        if alpha is None:
+            alpha = softmax(self.logits(q, k, priority, edge_index).float(), edge_index[1], num_nodes=q.shape[0])
+        self.last_alpha = alpha.detach()
+        out = self.propagate(edge_index, v=v, alpha=alpha.to(v.dtype), size=(k.shape[0], q.shape[0]))
         return out.reshape(q.shape[0], -1)  # (N_dst, H·d_k)
 
-    def message(self, q_i, k_j, v_j, priority, index, ptr, size_i):  # noqa: D102 (PyG hook)
-        d_k = q_i.shape[-1]
-        e = (q_i * k_j).sum(-1) * priority / math.sqrt(d_k)  # (E, H)
-        alpha = softmax(e.float(), index, ptr, size_i).to(v_j.dtype)  # (E, H)  per destination, per head
-        self.last_alpha = alpha.detach()
+    def message(self, v_j: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:  # noqa: D102 (PyG hook)
         return v_j * alpha.unsqueeze(-1)  # (E, H, d_k)
+
+
+def mutual_attention(logits: list[torch.Tensor], dst: list[torch.Tensor], num_dst: int) -> list[torch.Tensor]:
+    """'Mutual attention' ablation (reconstruction, see :class:`RadarConfig`): one softmax per destination and head
+    over the incoming edges of all relations into that node type (relations compete), split back per relation.
+
+    logits[r] (E_r, H), dst[r] (E_r,) destination indices -> alpha[r] (E_r, H)."""
+    alpha = softmax(torch.cat(logits).float(), torch.cat(dst), num_nodes=num_dst)
+    return list(alpha.split([len(e) for e in logits]))
 
 
 class GatedUpdater(nn.Module):
@@ -250,6 +284,37 @@ class AdversarialAggregation(nn.Module):
         return fused, logits
 
 
+class CommonUniqueAggregation(nn.Module):
+    """Reducer of the official mutual-attention ablation ('common_unique'): the AAN's unique and shared common
+    encoders and discriminator, but fused as Linear((mean(c1, c2) + max(u1, u2)) / 2) without the tanh gates.
+    Returns the fused features and discriminator logits like :class:`AdversarialAggregation`."""
+
+    def __init__(self, hidden_dim: int, dropout: float):
+        super().__init__()
+        h = hidden_dim
+        self.dropout = nn.Dropout(dropout)
+        self.unique1, self.unique2, self.common = _encoder(h), _encoder(h), _encoder(h)
+        self.fusion = nn.Linear(h, h)
+        self.disc_weight = nn.Parameter(torch.empty(1, h))
+        self.disc_bias = nn.Parameter(torch.ones(1))
+        nn.init.xavier_normal_(self.disc_weight)
+
+    def discriminate(self, z: torch.Tensor) -> torch.Tensor:
+        """D(z) = wᵀz + b: (N, h) -> (N,) logits of 'linguistic source'."""
+        return F.linear(z, self.disc_weight, self.disc_bias).squeeze(-1)
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        x1, x2 = self.dropout(x1), self.dropout(x2)
+        u1, u2 = self.unique1(x1), self.unique2(x2)
+        c1, c2 = self.common(x1), self.common(x2)
+        fused = self.fusion(0.5 * (0.5 * (c1 + c2) + torch.maximum(u1, u2)))
+        logits = {
+            "unique": self.discriminate(torch.cat([u1, u2])),
+            "common": self.discriminate(grad_reverse(torch.cat([c1, c2]))),
+        }
+        return fused, logits
+
+
 class CommonReducer(nn.Module):
     """Ablation 'common only':  (C x1 + C x2) / 2 with C = Linear → BN → GELU."""
 
@@ -319,6 +384,7 @@ class RadarLayer(nn.Module):
         nn.init.xavier_uniform_(self.rel_att)
         nn.init.xavier_uniform_(self.rel_msg)
         self.conv = GGTConv()
+        self.attention = c.attention
         dst_types = sorted({r[2] for r in self.relations})
         self.updaters = nn.ModuleDict(
             {t: GatedUpdater(h, c.dropout) if c.updater == "gate" else SumUpdater() for t in dst_types}
@@ -329,6 +395,8 @@ class RadarLayer(nn.Module):
         if self.two_sources:
             if c.reducer == "aan":
                 self.reducer = AdversarialAggregation(h, c.dropout)
+            elif c.reducer == "common_unique":
+                self.reducer = CommonUniqueAggregation(h, c.dropout)
             elif c.reducer == "common":
                 self.reducer = CommonReducer(h)
             elif c.reducer == "mean":
@@ -344,16 +412,27 @@ class RadarLayer(nn.Module):
     ) -> dict[EdgeType, torch.Tensor]:
         """Stage 1 (IMP): m_i^r for every relation r, on the destination prefix of its destination type."""
         H, d_k = self.num_heads, self.d_k
-        out = {}
+        qkv = {}
         for r, rel in enumerate(self.relations):
             src, _, dst = rel
-            x_dst = x[dst][: num_dst[dst]]
-            q = self.query[dst](x_dst).view(-1, H, d_k)  # (N_dst, H, d_k)
+            q = self.query[dst](x[dst][: num_dst[dst]]).view(-1, H, d_k)  # (N_dst, H, d_k)
             k = torch.einsum("nhd,hde->nhe", self.key[src](x[src]).view(-1, H, d_k), self.rel_att[r])  # (N_src, H, d_k)
             v = torch.einsum("nhd,hde->nhe", self.value[src](x[src]).view(-1, H, d_k), self.rel_msg[r])
-            edge_index = edge_index_dict.get(rel, x_dst.new_zeros(2, 0, dtype=torch.long))
-            message = self.conv(q, k, v, self.rel_pri[r], edge_index)  # (N_dst, h)
-            out[rel] = self.updaters[dst](message, x_dst)
+            edge_index = edge_index_dict.get(rel, q.new_zeros(2, 0, dtype=torch.long))
+            qkv[rel] = (q, k, v, edge_index)
+        alpha: dict[EdgeType, torch.Tensor | None] = dict.fromkeys(self.relations)
+        if self.attention == "mutual":  # one softmax over all relations into the same destination type
+            for dst in {rel[2] for rel in self.relations}:
+                rels = [rel for rel in self.relations if rel[2] == dst]
+                logits = [GGTConv.logits(qkv[rel][0], qkv[rel][1], self.rel_pri[self.relations.index(rel)],
+                                         qkv[rel][3]) for rel in rels]  # fmt: skip
+                alpha.update(zip(rels, mutual_attention(logits, [qkv[rel][3][1] for rel in rels], num_dst[dst]),
+                                 strict=True))  # fmt: skip
+        out = {}
+        for r, rel in enumerate(self.relations):
+            q, k, v, edge_index = qkv[rel]
+            message = self.conv(q, k, v, self.rel_pri[r], edge_index, alpha[rel])  # (N_dst, h)
+            out[rel] = self.updaters[rel[2]](message, x[rel[2]][: num_dst[rel[2]]])
         return out
 
     def forward(
@@ -372,7 +451,7 @@ class RadarLayer(nn.Module):
         topic = [m[r] for r in self.relations if r[0] == "tag" and r[2] == "tag"]
         if self.two_sources:
             x1, x2 = m[HAS_TAG], torch.stack(topic).mean(0)  # visual, linguistic knowledge
-            if self.reducer_kind == "aan":
+            if self.reducer_kind in ("aan", "common_unique"):
                 fused, disc = self.reducer(x1, x2)
             else:
                 fused = self.reducer(x1, x2)
@@ -422,10 +501,10 @@ class Radar(nn.Module):
         x = self.embedding(video_x, tag_x, tag_ids)
         video_states = [x["video"][:num_videos]]
         disc = []
-        for layer, (num_dst, edges) in zip(self.layers, blocks, strict=True):
+        for i, (layer, (num_dst, edges)) in enumerate(zip(self.layers, blocks, strict=True)):
             x, logits = layer(x, num_dst, edges)
             video_states.append(x["video"][:num_videos])
-            if logits is not None:
+            if logits is not None and (self.config.adv_layers is None or i < self.config.adv_layers):
                 disc.append(logits)
         h_v = F.normalize(video_states[self.config.video_emb_layer], dim=-1)  # (B, h)
         h_t = x["tag"][: self.config.num_tags]  # (K, h)

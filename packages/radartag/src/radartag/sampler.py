@@ -6,7 +6,9 @@ without replacement; the layer's source set of a type is its destinations (as a 
 reached nodes; that source set is the destination set of the layer below. :class:`BlockSampler` reproduces this.
 
 Deviation from PyG's ``NeighborLoader`` (usable only with pyg-lib): PyG samples each node's neighbours once for
-all layers; here every layer samples anew, as DGL blocks do.
+all layers; here every layer samples anew, as DGL blocks do. :class:`PygNeighborSampler` (``data.sampler: pyg``) is
+the optional PyG path; it needs the compiled ``pyg-lib``, which has no wheels on PyPI (nor does ``torch-sparse``:
+source only), and raises an ImportError naming this when it is missing.
 """
 
 from __future__ import annotations
@@ -18,7 +20,13 @@ from torch_geometric.data import HeteroData
 
 from .models import HAS_TAG, EdgeType
 
-__all__ = ["CSC", "SampledBatch", "BlockSampler"]
+__all__ = ["CSC", "SampledBatch", "BlockSampler", "PygNeighborSampler", "blocks_from_pyg_output", "PYG_LIB_MISSING"]
+
+PYG_LIB_MISSING = (
+    "data.sampler='pyg' needs the compiled 'pyg-lib' package, which is not on PyPI (and 'torch-sparse' ships source "
+    "only): install a pyg-lib wheel matching your torch/CUDA from https://data.pyg.org/whl/ , or use the default "
+    "pure-torch sampler (data.sampler: block)"
+)
 
 
 class CSC:
@@ -130,3 +138,78 @@ class BlockSampler:
             dst = {t: torch.cat(parts) for t, parts in src_nodes.items()}
         blocks.reverse()  # layer 1 first
         return SampledBatch(dst, blocks, batch_videos)
+
+
+def blocks_from_pyg_output(out, relations: list[EdgeType], num_layers: int) -> SampledBatch:
+    """Turn PyG's hop-major :class:`~torch_geometric.sampler.HeteroSamplerOutput` (non-disjoint, directional) into
+    destination-prefix blocks.
+
+    PyG orders nodes by hop (seeds first) and edges by hop; ``num_sampled_nodes[τ][h]`` counts hop-h nodes (h = 0:
+    seeds), ``num_sampled_edges[r][h]`` the edges sampled at hop h + 1. Layer l (1…L) then has the destinations of
+    hops ≤ L − l and the edges of hops ≤ L − l + 1 (PyG's ``trim_to_layer``): every node's neighbours are sampled
+    once for all layers, unlike the per-block sampling of :class:`BlockSampler`.
+    """
+    if out.num_sampled_nodes is None or out.num_sampled_edges is None:
+        raise RuntimeError("the PyG sampler returned no per-hop counts (needs pyg-lib > 0.1.0)")
+    blocks = []
+    for layer in range(1, num_layers + 1):
+        hops = num_layers - layer  # destination hops 0..hops, edge hops 1..hops+1
+        num_dst = {t: int(sum(out.num_sampled_nodes.get(t, [0])[: hops + 1])) for t in ("video", "tag")}
+        edges = {}
+        for rel in relations:
+            n = int(sum(out.num_sampled_edges.get(rel, [0])[: hops + 1]))
+            row = out.row.get(rel, torch.zeros(0, dtype=torch.long))[:n]
+            col = out.col.get(rel, torch.zeros(0, dtype=torch.long))[:n]
+            edges[rel] = torch.stack([row.long(), col.long()])
+        blocks.append((num_dst, edges))
+    nodes = {t: out.node.get(t, torch.zeros(0, dtype=torch.long)).long() for t in ("video", "tag")}
+    return SampledBatch(nodes, blocks, nodes["video"][: int(out.num_sampled_nodes["video"][0])])
+
+
+class PygNeighborSampler:
+    """Optional sampler on PyG's compiled neighbour sampling (``torch_geometric.sampler.NeighborSampler``, the engine
+    of ``LinkNeighborLoader``), selected by ``data.sampler: pyg``. Same seeds as :class:`BlockSampler` (batch videos,
+    sorted, + all tags, as the endpoints of batch-video × tag pairs), ``fanout`` in-edges per relation and hop,
+    directional subgraphs; labels stay a dense per-batch matrix.
+
+    Needs ``pyg-lib`` (no PyPI wheels): raises ImportError (:data:`PYG_LIB_MISSING`) without it.
+    ``exclude_batch_targets`` is not supported on this path.
+    """
+
+    def __init__(
+        self,
+        graph: HeteroData,
+        relations: list[EdgeType],
+        num_layers: int,
+        fanout: int = 4,
+        exclude_batch_targets: bool = False,
+    ):
+        import torch_geometric.typing
+
+        if not torch_geometric.typing.WITH_PYG_LIB:
+            raise ImportError(PYG_LIB_MISSING)
+        if exclude_batch_targets:
+            raise ValueError("data.exclude_batch_targets=true is only supported by data.sampler: block")
+        from torch_geometric.sampler import NeighborSampler
+
+        self.num_tags = graph["tag"].num_nodes
+        self.relations, self.num_layers = relations, num_layers
+        data = HeteroData()
+        for t in ("video", "tag"):
+            data[t].num_nodes = graph[t].num_nodes
+        for rel in relations:
+            data[rel].edge_index = (
+                graph[rel].edge_index if rel in graph.edge_types else torch.zeros(2, 0, dtype=torch.long)
+            )  # fmt: skip
+        self.sampler = NeighborSampler(data, {rel: [fanout] * num_layers for rel in relations},
+                                       subgraph_type="directional")  # fmt: skip
+
+    def sample(self, batch_videos: torch.Tensor, generator: torch.Generator | None = None) -> SampledBatch:
+        """Seeds = the (sorted, unique) ``batch_videos`` + all tags; ``generator`` is unused (pyg-lib's own RNG)."""
+        from torch_geometric.sampler import EdgeSamplerInput
+
+        n = max(len(batch_videos), self.num_tags)
+        pairs = torch.arange(n)
+        inputs = EdgeSamplerInput(None, batch_videos.long()[pairs % len(batch_videos)], pairs % self.num_tags,
+                                  input_type=HAS_TAG)  # fmt: skip
+        return blocks_from_pyg_output(self.sampler.sample_from_edges(inputs), self.relations, self.num_layers)

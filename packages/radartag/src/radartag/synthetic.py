@@ -105,7 +105,7 @@ def write_synthetic_vertical(root: str | Path, vertical: str, cfg: SyntheticKwai
             for kf in range(cfg.videos_per_user):
                 kids = children.setdefault(str(pid_of[(f, kf)]), [])
                 kids += [pid_of[(u, k)] for k in range(cfg.videos_per_user)]
-    children[str(pid_of[(0, 0)])].append(999_999)  # a child outside every split: dropped by the loader
+    children.setdefault(str(pid_of[(0, 0)]), []).append(999_999)  # a child outside every split: dropped by the loader
     pids = rng.permutation(list(video_tags))
     n_train, n_val = int(cfg.split[0] * len(pids)), int(cfg.split[1] * len(pids))
     splits = {"train": pids[:n_train], "val": pids[n_train : n_train + n_val], "test": pids[n_train + n_val :]}
