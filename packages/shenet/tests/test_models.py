@@ -182,6 +182,7 @@ def test_model_guidance_off_is_meanP_and_chunking_exact():
     chunked = model.similarity_matrix(text, video, text_chunk=2, video_chunk=2)
     torch.testing.assert_close(chunked, full, atol=1e-5, rtol=1e-5)
     model.config.guide_similarity = False
+    meanp_ref = model.similarity(text, video)["S"]  # spec §3.6 with guide_visual on: S = S1 = cos(s, mean frame)
     model.config.sentence_guidance = True  # text-conditioned sentence level: attention over frames
     a0 = torch.softmax((text.sentence @ video.frames[1, :2].T) / model.config.tau_frame, -1)  # (B_t, 2)
     guided = (text.sentence * norm(a0 @ video.frames[1, :2])).sum(-1)
@@ -191,6 +192,18 @@ def test_model_guidance_off_is_meanP_and_chunking_exact():
     frames = video.frames * video.frame_mask[..., None]
     ref = text.sentence @ norm(frames.sum(1) / video.frame_mask.sum(1, keepdim=True)).T
     torch.testing.assert_close(meanp, ref)
+    torch.testing.assert_close(meanp_ref, ref)  # why sentence_guidance exists: without it the row equals meanP
+
+
+def test_guide_visual_without_effect_warns(caplog):
+    with caplog.at_level("WARNING", logger="shenet.models"):
+        tiny(guide_similarity=False)
+    assert "guide_visual has no effect" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="shenet.models"):
+        tiny(guide_similarity=False, sentence_guidance=True)
+        tiny(guide_similarity=False, guide_visual=False)
+    assert "guide_visual has no effect" not in caplog.text
 
 
 def test_seqtransf_and_learned_weights_run():

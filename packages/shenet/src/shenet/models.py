@@ -447,6 +447,10 @@ class SHENet(nn.Module):
     def __init__(self, config: SHENetConfig):
         super().__init__()
         self.config = config
+        if config.guide_visual and not config.guide_similarity and not config.sentence_guidance:
+            log.warning("model.config.guide_visual has no effect with guide_similarity=false and "
+                        "sentence_guidance=false: S = cos(s, mean frame), the meanP baseline (see README, "
+                        "'Deviations and reconstructions')")
         self.clip = build_clip(config)
         D = self.embed_dim
         self.temporal = None

@@ -41,10 +41,10 @@ class BertAdam(Optimizer):
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                g = p.grad.float()
+                g = p.grad if p.grad.dtype == torch.float32 else p.grad.float()
                 if group["max_grad_norm"] > 0:
-                    norm = g.norm()
-                    g = g * (group["max_grad_norm"] / norm).clamp(max=1.0) if norm > 0 else g  # per-tensor clip
+                    scale = (group["max_grad_norm"] / g.norm().clamp_min(1e-12)).clamp(max=1.0)
+                    g = g * scale  # per-tensor clip (no host sync)
                 state = self.state[p]
                 if not state:
                     state["exp_avg"] = torch.zeros_like(p, dtype=torch.float32)
@@ -52,10 +52,16 @@ class BertAdam(Optimizer):
                 m, v = state["exp_avg"], state["exp_avg_sq"]
                 m.mul_(b1).add_(g, alpha=1 - b1)
                 v.mul_(b2).addcmul_(g, g, value=1 - b2)
-                update = m / (v.sqrt() + group["eps"])  # no bias correction
-                if group["weight_decay"] > 0:
-                    update = update + group["weight_decay"] * p.float()  # decoupled weight decay
-                p.add_(update.to(p.dtype), alpha=-group["lr"])
+                denom = v.sqrt().add_(group["eps"])  # no bias correction
+                if p.dtype == torch.float32:  # in place: p ← p − lr (m / denom + wd p)
+                    if group["weight_decay"] > 0:
+                        p.mul_(1 - group["lr"] * group["weight_decay"])  # decoupled weight decay
+                    p.addcdiv_(m, denom, value=-group["lr"])
+                else:
+                    update = m / denom
+                    if group["weight_decay"] > 0:
+                        update = update + group["weight_decay"] * p.float()  # decoupled weight decay
+                    p.add_(update.to(p.dtype), alpha=-group["lr"])
         return loss
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 __all__ = ["DIGIT_NAMES", "ADJECTIVES", "ACTIONS", "DigitsSpec", "digit_images", "render_video", "make_split",
-           "write_msrvtt_digits"]
+           "caption_matches", "oracle_recall_at_1", "write_msrvtt_digits"]
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ADJECTIVES = {"bright": 1.0, "dim": 0.4}
@@ -101,6 +101,33 @@ def make_split(split: str, num_videos: int, seed: int, p_near: float = 0.5) -> l
                         (digit, adj, other_act)):
             specs.append(_random_spec(g, d, a, v, p_near))
     return specs[:num_videos]
+
+
+def caption_matches(query: DigitsSpec, video: DigitsSpec, order_blind: bool = False) -> bool:
+    """Whether ``video`` satisfies ``query``'s caption: some cell shows the caption's (digit, adjective, action) and,
+    with a "near a {digit}" clause, some other cell shows that digit. Any cell counts — a distractor of another
+    video can fit a caption exactly. ``order_blind``: ``appears`` and ``vanishes`` are not told apart (they differ
+    only in frame order, which frame-order-invariant pooling — meanP and the softmax pooling of spec §3.5 — cannot
+    see)."""
+
+    def act(a: str) -> str:
+        return "moves" if order_blind and a in ("appears", "vanishes") else a
+
+    cells = [(video.cell, video.digit, video.adj, video.action), *video.distractors]
+    hit = any((d, a, act(v)) == (query.digit, query.adj, act(query.action)) for _, d, a, v in cells)
+    if not hit or query.near is None:
+        return hit
+    return any(d == query.near for _, d, _, _ in cells)  # near ≠ the caption's digit: necessarily another cell
+
+
+def oracle_recall_at_1(specs: list[DigitsSpec], order_blind: bool = False) -> float:
+    """Expected text→video R@1 (percent) on the gallery ``specs`` (caption i ↔ video i) of a perfect caption matcher
+    that scores every video satisfying the caption equally and breaks ties at random: mean over queries of
+    1 / #(matching videos). The ceiling of the §8c task's R@1 (chance: 100 / len(specs))."""
+    total = 0.0
+    for q in specs:
+        total += 1.0 / sum(caption_matches(q, v, order_blind) for v in specs)  # ≥ 1: a video matches its caption
+    return 100.0 * total / len(specs)
 
 
 def write_msrvtt_digits(root: str | Path, num_train: int = 160, num_test: int = 40, seed: int = 0,
