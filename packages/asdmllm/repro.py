@@ -2,17 +2,27 @@
 
 1. Data (scikit-learn digits 0–3 = four "occupations"; background hue = race, border = gender), written in the
    SocialCounterfactuals format and read back with the package's reader:
+   * general pre-training set: clean digits under every hue × border (balanced), instances disjoint from the rest;
    * biased pre-training set: digit k shown with hue k mod 2 in 90 % of images, glyph degraded (noise σ=0.6, erasing);
    * counterfactual debias set: clean digits rendered under every hue × border (balanced);
    * held-out counterfactual test set from other digit instances.
-2. Pre-train the tiny LLaVA (concept_qa answers) on the biased set → large Skew on the test set.
-3. From that checkpoint, four debias fine-tunes with an identical small budget: FT, resample-only, SFLoss-only, ASD
+   Glyphs are centred (``jitter=False``): with a random offset per set the tiny 16-token ViT does not learn the digits
+   in a CPU budget (concept accuracy stays at chance even on balanced data), so the §8c premise cannot be met.
+2. Pre-train the tiny LLaVA (concept_qa answers, vision tower trainable): first on the general set (it learns the
+   digits — the role of the real MLLM's general pre-training, without which, at the spec's settings, the tiny model
+   only learns the hue shortcut), then 400 steps on the biased set (AdamW 3e-4; the spec's 3e-3 wipes out the digits within 100 steps,
+   judged on the debias training set) → it learns the stereotype. Precondition (spec §8c
+   premise, checked on the debias *training* set, never on the test set): concept accuracy ≥ 50 % (chance 25 %) and
+   race MinSkew < −1; otherwise the script stops with exit 2.
+3. From that checkpoint, four debias fine-tunes (vision tower frozen, spec §3.1) with an identical small budget
+   (``epoch_length: nominal``: every variant gets the same number of steps): FT, resample-only, SFLoss-only, ASD
    (Skew refreshed each epoch with the answer-likelihood scorer, Skew@K with K = 25 % of the pool).
 4. Test-set race MaxSkew / MinSkew (the stereotyped attribute) and concept accuracy, over 3 seeds → mean ± std in
    ``repro_results.json``. Gate: ASD's |MinSkew| and MaxSkew below FT's, ASD's concept accuracy at most 2 points
    below FT's. The ordering "each component between FT and ASD" is recorded but not gated.
 
-Run: ``uv run --no-sync python packages/asdmllm/repro.py`` (``--quick`` for a smoke run). Exit 1 when the gate fails.
+Run: ``uv run --no-sync python packages/asdmllm/repro.py`` (``--quick`` for a smoke run). Exit 1 when the gate fails,
+exit 2 when the premise is not met.
 """
 
 from __future__ import annotations
@@ -38,6 +48,7 @@ OCCUPATIONS = ["nurse", "chef", "pilot", "dancer"]  # digits 0-3; distinct first
 QUESTIONS = {"occupation": "Job?"}  # short prompts keep the CPU run short
 PROMPT = "<image>\n{instruction} A:"
 RACES, GENDERS = ["White", "Black"], ["male", "female"]
+GLYPH_NOISE = 0.6  # σ of the biased pre-training glyph noise (spec §8c)
 VARIANTS = {  # name → (resample, sfloss)
     "FT": (False, False),
     "resample_only": (True, False),
@@ -48,6 +59,19 @@ VARIANTS = {  # name → (resample, sfloss)
 
 def build_data(root: Path, seed: int, quick: bool, names=("debias", "test")):
     n_bias, n_cf = (60, 6) if quick else (160, 10)
+    if "general" in names:  # instances of the biased set's half, balanced hues: teaches the digits, not the hue
+        make_socialcounterfactuals(
+            root / "general",
+            OCCUPATIONS,
+            RACES,
+            GENDERS,
+            n_bias // 4,
+            32,
+            seed + 100,
+            "digits",
+            (0.0, 0.5),
+            jitter=False,
+        )
     if "biased" in names:
         make_socialcounterfactuals(
             root / "biased",
@@ -60,15 +84,16 @@ def build_data(root: Path, seed: int, quick: bool, names=("debias", "test")):
             "digits",
             (0.0, 0.5),
             bias=0.9,
-            glyph_noise=0.6,
+            glyph_noise=GLYPH_NOISE,
             erase=True,
+            jitter=False,
         )
     if "debias" in names:
         make_socialcounterfactuals(
-            root / "debias", OCCUPATIONS, RACES, GENDERS, n_cf, 32, seed + 1, "digits", (0.5, 0.75)
+            root / "debias", OCCUPATIONS, RACES, GENDERS, n_cf, 32, seed + 1, "digits", (0.5, 0.75), jitter=False
         )
         make_socialcounterfactuals(
-            root / "test", OCCUPATIONS, RACES, GENDERS, n_cf, 32, seed + 2, "digits", (0.75, 1.0)
+            root / "test", OCCUPATIONS, RACES, GENDERS, n_cf, 32, seed + 2, "digits", (0.75, 1.0), jitter=False
         )
     out = {}
     for name in names:
@@ -77,13 +102,31 @@ def build_data(root: Path, seed: int, quick: bool, names=("debias", "test")):
     return out
 
 
-def make_module(resample: bool, sfloss: bool, seed: int) -> ASDModule:
+def make_module(resample: bool, sfloss: bool, seed: int, trainable=("projector", "llm")) -> ASDModule:
     torch.manual_seed(seed)
     return ASDModule(
-        mllm=MLLMConfig(prompt_template=PROMPT),
+        mllm=MLLMConfig(prompt_template=PROMPT, trainable=list(trainable)),
         debias=DebiasConfig("asd", resample=resample, sfloss=sfloss, seed=seed),
         skew=SkewConfig(scorer="answer_logprob", mode="topk", topk=0.25),
     )
+
+
+def take_steps(loader: DataLoader, sampler: ResampledEpochSampler, steps: int):
+    """Exactly ``steps`` batches from ``loader``: truncated, or re-iterated (a fresh shuffle per pass when no resampled
+    list is installed) when one pass is shorter. (The first version of this script stopped after one pass, so its
+    "200 pre-training steps" were 40.)"""
+    if len(loader) == 0:
+        raise ValueError("take_steps: the loader yields no batch")
+    done, passes, epoch = 0, 0, sampler.epoch
+    while done < steps:
+        sampler.set_epoch(epoch + 100_000 * passes)
+        for batch in loader:
+            yield batch
+            done += 1
+            if done >= steps:
+                break
+        passes += 1
+    sampler.set_epoch(epoch)
 
 
 def train(module: ASDModule, data, epochs: int, steps: int, lr: float, seed: int, batch_size: int = 16) -> None:
@@ -92,7 +135,7 @@ def train(module: ASDModule, data, epochs: int, steps: int, lr: float, seed: int
     info = ds.info("train")
     params = [p for p in module.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr)
-    sampler = ResampledEpochSampler(len(items), seed)
+    sampler = ResampledEpochSampler(len(items), seed, fixed_length=True)  # equal step budget for every variant
     probe = DataLoader(items, batch_size=64, collate_fn=collate)
     debias = module.debias
     for epoch in range(epochs):
@@ -109,9 +152,7 @@ def train(module: ASDModule, data, epochs: int, steps: int, lr: float, seed: int
             )
         loader = DataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=collate, drop_last=True)
         module.train()
-        for step, batch in enumerate(loader):
-            if step >= steps:
-                break
+        for batch in take_steps(loader, sampler, steps):
             inputs = module.mllm.build_inputs(batch["instruction"], batch["answer"])
             logits = module.mllm(batch["image"], inputs["input_ids"], inputs["attention_mask"])
             skew = (
@@ -143,19 +184,46 @@ def evaluate(module: ASDModule, data) -> dict[str, float]:
     )
     correct = 0
     first = torch.tensor([module.mllm._encode(" " + c)[1] for c in info.concepts])  # first letter after the space
+    race = info.attribute_types.index("race")
+    own_scores, concepts, races, hits = [], [], [], []
     for batch in DataLoader(items, batch_size=64, collate_fn=collate):
         scores = module.score(batch["image"], batch["concept"], info, "own")  # (B, C), own concept only
         metric.update(scores, batch["attributes"], batch["concept"], batch["index"])
+        own_scores.append(scores.gather(1, batch["concept"].unsqueeze(1)).squeeze(1))
+        concepts.append(batch["concept"])
+        races.append(batch["attributes"][:, race])
         # concept accuracy: argmax over the 4 occupations of the answer's first-character probability (one forward;
         # the occupations have distinct first characters)
         inputs = module.mllm.build_inputs([info.questions[0]] * len(batch["index"]), [""] * len(batch["index"]))
         logits = module.mllm(batch["image"], inputs["input_ids"], inputs["attention_mask"])  # (B, L, V)
         pos = inputs["prompt_lengths"]  # input at pos is the answer's leading " "; its logits predict the first letter
         letter_logits = logits[torch.arange(len(pos)), pos][:, first]  # (B, 4)
-        correct += int((letter_logits.argmax(-1) == batch["concept"]).sum())
+        hit = letter_logits.argmax(-1) == batch["concept"]
+        correct += int(hit.sum())
+        hits.append(hit)
     out = {k: float(v) for k, v in metric.compute().items()}
     out["concept_acc"] = 100.0 * correct / len(items)
+    # the stereotype in plain numbers: digit k's stereotyped hue is k mod 2 (as in the biased pre-training set)
+    own, concept, hue, hit = torch.cat(own_scores), torch.cat(concepts), torch.cat(races), torch.cat(hits)
+    stereo = hue == concept % len(RACES)
+    out["acc_stereotyped_hue"] = 100.0 * float(hit[stereo].float().mean())
+    out["acc_other_hue"] = 100.0 * float(hit[~stereo].float().mean())
+    rates = []
+    for c in range(len(info.concepts)):  # share of the stereotyped hue among the top 25 % of concept c's pool
+        pool = (concept == c).nonzero().squeeze(1)
+        k = max(1, round(0.25 * pool.numel()))
+        top = pool[own[pool].topk(k).indices]
+        rates.append(float(stereo[top].float().mean()))
+    out["stereotype_rate_top25"] = 100.0 * statistics.mean(rates)  # 50 = no bias, 100 = full stereotype
     return out
+
+
+def _fmt(r: dict[str, float]) -> str:
+    return (
+        f"acc {r['concept_acc']:.1f} (stereotyped hue {r['acc_stereotyped_hue']:.1f} / other {r['acc_other_hue']:.1f}), "
+        f"stereotype rate in top 25 % {r['stereotype_rate_top25']:.1f}, race MinSkew {r['race/min_skew']:+.2f} "
+        f"MaxSkew {r['race/max_skew']:+.2f}"
+    )
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
@@ -165,7 +233,12 @@ def mean_std(values: list[float]) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--pretrain-steps", type=int, default=200)
+    parser.add_argument("--general-steps", type=int, default=200, help="general pre-training steps")
+    parser.add_argument("--general-lr", type=float, default=1e-3)
+    parser.add_argument(
+        "--pretrain-lr", type=float, default=3e-4, help="biased pre-training LR (spec: 3e-3, see docstring)"
+    )
+    parser.add_argument("--pretrain-steps", type=int, default=400, help="biased pre-training steps (spec: ≈400)")
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--lr", type=float, default=3e-4)
@@ -173,18 +246,33 @@ def main() -> int:
     parser.add_argument("--out", default=str(Path(__file__).with_name("repro_results.json")))
     args = parser.parse_args()
     if args.quick:
-        args.pretrain_steps, args.epochs, args.steps, args.seeds = 20, 2, 2, args.seeds[:2]
+        args.general_steps, args.pretrain_steps, args.epochs, args.steps, args.seeds = 20, 20, 2, 2, args.seeds[:2]
     torch.set_num_threads(max(1, torch.get_num_threads()))
     start = time.time()
     per_seed: dict[str, list[dict[str, float]]] = {"pretrained": [], **{v: [] for v in VARIANTS}}
-    # one biased pre-training (seed 0) shared by all seeds, to fit the CPU budget; the seeds vary the debias/test
-    # data, the sampling and the resampling draws
+    # one pre-training (seed 0) shared by all seeds, to fit the CPU budget; the seeds vary the debias/test data, the
+    # sampling and the resampling draws. The vision tower is trained here (the tiny model's "CLIP pre-training").
     with tempfile.TemporaryDirectory() as tmp:
-        biased = build_data(Path(tmp), 0, args.quick, ("biased",))["biased"]
-    base = make_module(False, False, 0)
-    train(base, biased, 1, args.pretrain_steps, 3e-3, 0)  # AdamW 3e-3 (spec §8c)
+        pre = build_data(Path(tmp), 0, args.quick, ("general", "biased", "debias"))
+    base = make_module(False, False, 0, trainable=("vision", "projector", "llm"))
+    train(base, pre["general"], 1, args.general_steps, args.general_lr, 0)
+    general = evaluate(base, pre["debias"])
+    train(base, pre["biased"], 1, args.pretrain_steps, args.pretrain_lr, 0)
     state = {k: v.clone() for k, v in base.state_dict().items()}
-    print(f"pre-training done ({time.time() - start:.0f}s)", flush=True)
+    premise = evaluate(base, pre["debias"])  # the debias training set of seed 0 (not the test set)
+    print(
+        f"pre-training done ({time.time() - start:.0f}s); on the debias training set: after general "
+        f"{_fmt(general)}; after biased {_fmt(premise)}",
+        flush=True,
+    )
+    premise_ok = premise["concept_acc"] >= 50.0 and premise["race/min_skew"] < -1.0
+    if not premise_ok and not args.quick:
+        print(
+            "PREMISE NOT MET (spec §8c: the pre-trained model must know the digits, acc >= 50 %, and the stereotype, "
+            "race MinSkew < -1); no debias runs",
+            flush=True,
+        )
+        return 2
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
             data = build_data(Path(tmp), seed, args.quick)
@@ -210,6 +298,9 @@ def main() -> int:
         "max_skew",
         "min_skew",
         "concept_acc",
+        "acc_stereotyped_hue",
+        "acc_other_hue",
+        "stereotype_rate_top25",
     ]
     summary = {name: {k: mean_std([r[k] for r in rows]) for k in keys} for name, rows in per_seed.items()}
     ft, asd = summary["FT"], summary["ASD"]
@@ -227,8 +318,20 @@ def main() -> int:
     passed = all(gate.values())
     result = {
         "experiment": "spec §8c: digits stereotype, FT vs resample-only vs SFLoss-only vs ASD (tiny LLaVA, CPU)",
-        "settings": vars(args) | {"scorer": "answer_logprob", "skew": "topk K=25%, laplace, clip 3"},
+        "settings": vars(args)
+        | {
+            "scorer": "answer_logprob",
+            "skew": "topk K=25%, laplace, clip 3",
+            "pretraining": "general (balanced clean digits, AdamW general_lr) then biased (90% hue, σ=0.6 + erasing, "
+            "AdamW pretrain_lr); vision trainable; glyphs centred (jitter=False)",
+            "debias": f"vision frozen, epoch_length nominal, batch 16, AdamW {args.lr}",
+        },
         "seeds": args.seeds,
+        "premise (debias training set of seed 0, before debiasing)": {
+            "after_general_pretraining": general,
+            "after_biased_pretraining": premise,
+            "met": premise_ok,
+        },
         "summary": summary,
         "per_seed": per_seed,
         "gate": gate,
@@ -242,7 +345,8 @@ def main() -> int:
         print(
             f"{name:>14}: race MinSkew {s['race/min_skew']['mean']:+.3f}±{s['race/min_skew']['std']:.3f}  "
             f"MaxSkew {s['race/max_skew']['mean']:+.3f}±{s['race/max_skew']['std']:.3f}  "
-            f"acc {s['concept_acc']['mean']:.1f}±{s['concept_acc']['std']:.1f}"
+            f"acc {s['concept_acc']['mean']:.1f}±{s['concept_acc']['std']:.1f}  "
+            f"stereotype rate {s['stereotype_rate_top25']['mean']:.1f}"
         )
     print("gate:", gate, "components between:", between, "PASSED" if passed else "FAILED")
     return 0 if (passed or args.quick) else 1

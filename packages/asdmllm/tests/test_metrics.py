@@ -176,7 +176,7 @@ def test_resample_rejects_bad_input():
 
 
 def test_epoch_sampler_cycles_and_truncates():
-    sampler = ResampledEpochSampler(6, seed=0)
+    sampler = ResampledEpochSampler(6, seed=0, fixed_length=True)
     assert sorted(sampler) == list(range(6))
     sampler.set_indices(torch.tensor([1, 2]))
     assert list(sampler) == [1, 2, 1, 2, 1, 2]
@@ -184,3 +184,15 @@ def test_epoch_sampler_cycles_and_truncates():
     assert list(sampler) == list(range(6)) and len(sampler) == 6
     with pytest.raises(ValueError):
         sampler.set_indices(torch.tensor([7]))
+
+
+def test_epoch_sampler_length_follows_resampled_list():
+    """Default (spec §3.4, ``epoch_length: resampled``): the epoch is exactly the resampled list."""
+    sampler = ResampledEpochSampler(6, seed=0)
+    assert len(sampler) == 6 and sorted(sampler) == list(range(6))
+    sampler.set_indices(torch.tensor([1, 2, 2]))
+    assert len(sampler) == 3 and list(sampler) == [1, 2, 2]
+    sampler.set_indices(torch.arange(6).repeat(2))
+    assert len(sampler) == 12 and list(sampler) == list(range(6)) * 2
+    loader = torch.utils.data.DataLoader(range(6), batch_size=4, sampler=sampler, drop_last=True)
+    assert len(loader) == 3 and len(list(loader)) == 3

@@ -94,3 +94,51 @@ def test_general_eval_hook_vqa_and_mc(tmp_path):
     module.general_eval.file = str(tmp_path / "bad.jsonl")
     with pytest.raises(KeyError, match="answers"):
         module.evaluate_general()
+
+
+@pytest.mark.parametrize("epoch_length", ["resampled", "nominal"])
+def test_epoch_length_follows_resampled_list(tmp_path, monkeypatch, epoch_length):
+    """Spec §3.4: the epoch is the resampled list (its length varies per epoch); ``nominal`` keeps len(train set)."""
+    import lightning.pytorch as pl
+
+    import asdmllm.module as module_lib
+    from asdmllm.data import DebiasDataModule, DemoDataConfig
+    from asdmllm.module import SkewConfig
+
+    lengths = iter([16, 24])  # the resampled list of epoch 0 and epoch 1
+    monkeypatch.setattr(module_lib, "bias_aware_resample", lambda skew, t1, t2, g: torch.arange(next(lengths)) % 5)
+    dm = DebiasDataModule(
+        data_root=str(tmp_path / "data"),
+        image_size=32,
+        batch_size=8,
+        eval_batch_size=64,
+        num_workers=0,
+        generate_demo_data=True,
+        demo=DemoDataConfig(n_sets=3),
+    )
+    module = ASDModule(debias=DebiasConfig("asd", epoch_length=epoch_length), skew=SkewConfig(scorer="answer_logprob"))
+    seen: list[list[int]] = []
+
+    class Record(pl.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append([trainer.num_training_batches, 0])
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            seen[-1][1] += 1
+            assert int(batch["index"].max()) < 5 or epoch_length == "nominal"
+
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        max_epochs=2,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Record()],
+    )
+    trainer.fit(module, dm)
+    nominal = len(dm.train_set) // 8
+    expected = [[2, 2], [3, 3]] if epoch_length == "resampled" else [[nominal, nominal]] * 2
+    assert seen == expected
+    assert module._nominal_total_steps() == 2 * nominal  # the LR schedule counts nominal epochs (spec §3.4)

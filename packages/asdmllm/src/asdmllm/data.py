@@ -492,13 +492,15 @@ def make_socialcounterfactuals(
     bias: float | None = None,
     glyph_noise: float = 0.0,
     erase: bool = False,
+    jitter: bool = True,
 ) -> Path:
     """Write a SocialCounterfactuals-format shard ``root/data/train-00000-of-00001.parquet`` (spec §8b).
 
     Counterfactual sets (``bias=None``): per occupation ``k`` and set, one glyph rendered under every race × gender
     (identical position/noise). Biased sets (``bias=p``): one image per set, race ``k mod |races|`` with probability
     ``p`` (else another race), random gender — the stereotype of the repro experiment (spec §8c). ``glyph_noise``
-    (σ, in glyph units) and ``erase`` degrade the glyph so the hue becomes a shortcut.
+    (σ, in glyph units) and ``erase`` degrade the glyph so the hue becomes a shortcut. ``jitter=False`` centres the
+    glyph instead of placing it at a random offset per set.
     """
     import datasets
 
@@ -515,7 +517,10 @@ def make_socialcounterfactuals(
                 y0, x0 = rng.integers(0, 5, size=2)
                 glyph[y0 : y0 + 4, x0 : x0 + 4] = 0
             span = image_size - 8 * max(1, image_size // 16) - 2 * max(1, image_size // 16)
-            offset = tuple(int(v) + max(1, image_size // 16) for v in rng.integers(0, max(1, span), size=2))
+            if jitter:
+                offset = tuple(int(v) + max(1, image_size // 16) for v in rng.integers(0, max(1, span), size=2))
+            else:
+                offset = (span // 2 + max(1, image_size // 16),) * 2
             noise = rng.normal(0, 6, (image_size, image_size, 3)).astype(np.float32)
             if bias is None:
                 combos = [(r, g) for r in range(len(races)) for g in range(len(genders))]
@@ -817,6 +822,12 @@ class DebiasDataModule(pl.LightningDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
+        """The epoch's training loader. While fitting an ASDModule, its Skew refresh + resampling for the coming epoch
+        runs first, so the loader's length is that of the resampled list (``model.debias.epoch_length: resampled``)."""
+        trainer = self.trainer
+        module = trainer.lightning_module if trainer is not None else None
+        if module is not None and trainer.state.fn == "fit" and hasattr(module, "prepare_epoch"):
+            module.prepare_epoch(trainer.current_epoch)
         return self._loader(self.train_set, self.hparams.batch_size, sampler=self.train_sampler, drop_last=True)
 
     def val_dataloader(self) -> DataLoader:

@@ -1,7 +1,10 @@
-"""The multimodal LLM wrapper: a LLaVA model, its tokenizer, input building, label masking and scorers.
+"""The multimodal LLM wrapper: a LLaVA (or Qwen2-VL) model, its tokenizer, input building, label masking, scorers.
 
 The package targets ``transformers``' native :class:`~transformers.LlavaForConditionalGeneration` (spec §3.1,
-§7). :class:`MultimodalLLM` owns the model and tokenizer and offers exactly what the method needs:
+§7). ``model.mllm.arch: qwen2_vl | qwen2_5_vl`` selects the native ``Qwen2VLForConditionalGeneration`` /
+``Qwen2_5_VLForConditionalGeneration`` instead — the successors of the paper's Qwen-VL, which itself is a
+``trust_remote_code`` model and is not supported. :class:`MultimodalLLM` owns the model and tokenizer and offers
+exactly what the method needs:
 
 * :meth:`MultimodalLLM.build_inputs` — ``USER: <image>\\n{instruction} ASSISTANT: {answer}</s>`` with the image
   placeholder expanded to the number of visual tokens the installed ``transformers`` expects, and ``labels``
@@ -23,11 +26,21 @@ from typing import Literal
 import torch
 from torch import nn
 
-__all__ = ["MLLMConfig", "MultimodalLLM", "build_char_tokenizer", "build_tiny_llava", "concept_article"]
+__all__ = [
+    "MLLMConfig",
+    "MultimodalLLM",
+    "build_char_tokenizer",
+    "build_tiny_llava",
+    "build_tiny_qwen2_vl",
+    "concept_article",
+    "qwen2_vl_patchify",
+]
 
 log = logging.getLogger(__name__)
 
 IMAGE_TOKEN = "<image>"
+QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO_PAD = "<|vision_start|>", "<|vision_end|>", "<|video_pad|>"
+QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
@@ -36,9 +49,13 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 class MLLMConfig:
     """Which MLLM to fine-tune and how (spec §3.1, §3.6)."""
 
+    arch: Literal["llava", "qwen2_vl", "qwen2_5_vl"] = "llava"
+    """Model family, all native ``transformers`` classes: LLaVA-1.5 (the paper's main model), or Qwen2-VL / Qwen2.5-VL
+    (the native successors of the paper's Qwen-VL, which needs remote code; see README)."""
     pretrained: str | None = None
-    """Local directory or hub id of a LLaVA checkpoint in ``transformers`` format (e.g. ``llava-hf/llava-1.5-7b-hf``).
-    ``None`` builds the tiny random LLaVA of spec §8a (tests, demo, repro)."""
+    """Local directory or hub id of a checkpoint of ``arch`` in ``transformers`` format (e.g.
+    ``llava-hf/llava-1.5-7b-hf``, ``Qwen/Qwen2-VL-7B-Instruct``). ``None`` builds the tiny random model of spec §8a
+    (tests, demo, repro)."""
     local_files_only: bool = True
     """Load ``pretrained`` only from disk / the local hub cache (set false to allow a hub download)."""
     torch_dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
@@ -56,7 +73,10 @@ class MLLMConfig:
     gradient_checkpointing: bool = False
     """Recompute LLM activations in the backward pass (7B-scale fine-tunes)."""
     prompt_template: str = "USER: <image>\n{instruction} ASSISTANT:"
-    """llava-hf LLaVA-1.5 chat template (spec §3.1); must contain ``<image>`` and ``{instruction}``."""
+    """llava-hf LLaVA-1.5 chat template (spec §3.1); must contain ``<image>`` and ``{instruction}``. For Qwen2-VL the
+    ``<image>`` marker becomes ``<|vision_start|><|image_pad|>×N<|vision_end|>``."""
+    answer_prefix: str = " "
+    """Text between the prompt and the answer (LLaVA template: a space; Qwen chat template: empty)."""
     yes_no_template: str = "Is the person in the image {article} {concept}? Answer yes or no."
     """Reconstruction (spec §3.2): the yes/no bias-probe instruction."""
     yes_words: list[str] = field(default_factory=lambda: ["Yes", "yes"])
@@ -66,9 +86,12 @@ class MLLMConfig:
     max_length: int = 2048
     """Longest token sequence (spec §3.6); longer inputs raise an error."""
     image_size: int = 32
-    """Tiny model only: vision input size (spec §8a). A pretrained model reads it from its config."""
+    """Vision input size of the tiny model (spec §8a) and of Qwen2-VL models (fixed resolution, a multiple of
+    patch × merge size, e.g. 448 → 256 visual tokens). A pretrained LLaVA reads it from its config."""
     patch_size: int = 8
-    """Tiny model only: ViT patch size → (image_size/patch_size)^2 visual tokens."""
+    """Tiny model only: ViT patch size → (image_size/patch_size)^2 visual tokens (÷ merge² for Qwen2-VL)."""
+    spatial_merge_size: int = 2
+    """Tiny Qwen2-VL model only: patches merged per side by the vision merger."""
     vision_hidden_size: int = 32
     """Tiny model only: vision width."""
     vision_layers: int = 2
@@ -92,6 +115,11 @@ class MLLMConfig:
             )
         if "{concept}" not in self.yes_no_template:
             raise ValueError(f"model.mllm.yes_no_template={self.yes_no_template!r} must contain '{{concept}}'")
+        if self.arch in QWEN_ARCHS and self.image_size % (self.patch_size * self.spatial_merge_size):
+            raise ValueError(
+                f"model.mllm.image_size={self.image_size} must be a multiple of patch_size × spatial_merge_size "
+                f"({self.patch_size} × {self.spatial_merge_size}) for {self.arch}"
+            )
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"model.mllm.patch_size={self.patch_size} must divide model.mllm.image_size={self.image_size}"
@@ -105,8 +133,9 @@ def concept_article(concept: str) -> str:
     return "an" if concept[:1].lower() in "aeiou" else "a"
 
 
-def build_char_tokenizer():
-    """A character-level fast tokenizer built offline (no hub): printable ASCII + ``<pad> <s> </s> <unk> <image>``.
+def build_char_tokenizer(extra_specials: tuple[str, ...] = ()):
+    """A character-level fast tokenizer built offline (no hub): printable ASCII + ``<pad> <s> </s> <unk> <image>``
+    (+ ``extra_specials`` appended at the end of the vocabulary, e.g. Qwen2-VL's vision start/end tokens).
 
     Reconstruction (spec §8a asks for a word-level vocabulary over the template and concept words): a character
     vocabulary covers every concept, attribute and template string without having to be told them, so the tiny
@@ -117,7 +146,7 @@ def build_char_tokenizer():
 
     specials = ["<pad>", "<s>", "</s>", "<unk>", IMAGE_TOKEN]
     chars = list(string.printable[:-2])  # printable ASCII incl. space, \t, \n (drop \r, \x0b, \x0c)
-    vocab = {tok: i for i, tok in enumerate(specials + chars)}
+    vocab = {tok: i for i, tok in enumerate(specials + chars + list(extra_specials))}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
@@ -127,7 +156,7 @@ def build_char_tokenizer():
         bos_token="<s>",
         eos_token="</s>",
         unk_token="<unk>",
-        additional_special_tokens=[IMAGE_TOKEN],
+        additional_special_tokens=[IMAGE_TOKEN, *extra_specials],
     )
 
 
@@ -163,21 +192,95 @@ def build_tiny_llava(config: MLLMConfig, vocab_size: int, image_token_id: int, p
     return LlavaForConditionalGeneration(llava_config)
 
 
+def build_tiny_qwen2_vl(
+    config: MLLMConfig, vocab_size: int, image_token_id: int, pad_token_id: int, eos_token_id: int, special_ids: dict
+) -> nn.Module:
+    """A tiny random Qwen2-VL / Qwen2.5-VL (the spec §8a sizes; patch 4, merge 2 → 16 visual tokens at 32 px)."""
+    import transformers
+
+    heads = config.text_heads
+    half_head = config.text_hidden_size // heads // 2
+    section = [half_head - 2 * (half_head // 3), half_head // 3, half_head // 3]  # M-RoPE (t, h, w), sums to head/2
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=config.text_hidden_size,
+        intermediate_size=2 * config.text_hidden_size,
+        num_hidden_layers=config.text_layers,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        max_position_embeddings=config.max_position_embeddings,
+        rope_parameters={"rope_type": "default", "mrope_section": section, "rope_theta": 10000.0},
+        pad_token_id=pad_token_id,
+        bos_token_id=None,
+        eos_token_id=eos_token_id,
+    )
+    common = dict(
+        depth=config.vision_layers,
+        num_heads=2,
+        patch_size=config.patch_size,
+        spatial_merge_size=config.spatial_merge_size,
+        temporal_patch_size=2,
+    )
+    if config.arch == "qwen2_vl":
+        vision = dict(common, embed_dim=config.vision_hidden_size, hidden_size=config.text_hidden_size, mlp_ratio=2)
+        cls, cfg_cls = transformers.Qwen2VLForConditionalGeneration, transformers.Qwen2VLConfig
+    else:
+        vision = dict(
+            common,
+            hidden_size=config.vision_hidden_size,
+            intermediate_size=2 * config.vision_hidden_size,
+            out_hidden_size=config.text_hidden_size,
+            window_size=config.patch_size * config.spatial_merge_size * 2,
+            fullatt_block_indexes=[config.vision_layers - 1],
+        )
+        cls, cfg_cls = transformers.Qwen2_5_VLForConditionalGeneration, transformers.Qwen2_5_VLConfig
+    return cls(cfg_cls(text_config=text, vision_config=vision, image_token_id=image_token_id, **special_ids))
+
+
+def qwen2_vl_patchify(pixels: torch.Tensor, patch_size: int, merge_size: int, temporal_patch_size: int) -> torch.Tensor:
+    """Normalised images (B, 3, S, S) → Qwen2-VL ``pixel_values`` (B·g², 3·T·P·P) with g = S/P, in the order of
+    ``transformers``' Qwen2VLImageProcessor (the still image repeated over the T temporal frames, patches grouped
+    merge × merge)."""
+    b, c, h, w = pixels.shape
+    gh, gw = h // patch_size, w // patch_size
+    x = pixels.unsqueeze(1).expand(b, temporal_patch_size, c, h, w)
+    x = x.reshape(
+        b, temporal_patch_size, c, gh // merge_size, merge_size, patch_size, gw // merge_size, merge_size, patch_size
+    )
+    x = x.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)  # (B, gh/m, gw/m, m, m, C, T, P, P)
+    return x.reshape(b * gh * gw, c * temporal_patch_size * patch_size * patch_size)
+
+
+def _model_class(arch: str):
+    import transformers
+
+    return {
+        "llava": transformers.LlavaForConditionalGeneration,
+        "qwen2_vl": transformers.Qwen2VLForConditionalGeneration,
+        "qwen2_5_vl": transformers.Qwen2_5_VLForConditionalGeneration,
+    }[arch]
+
+
 def _load_pretrained(config: MLLMConfig):
     """Load model + tokenizer + image statistics from ``config.pretrained``; a clear error when it is missing."""
-    from transformers import AutoProcessor, LlavaForConditionalGeneration
+    from transformers import AutoProcessor
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.torch_dtype]
+    example = {
+        "llava": "llava-hf/llava-1.5-7b-hf",
+        "qwen2_vl": "Qwen/Qwen2-VL-7B-Instruct",
+        "qwen2_5_vl": "Qwen/Qwen2.5-VL-7B-Instruct",
+    }[config.arch]
     try:
         processor = AutoProcessor.from_pretrained(config.pretrained, local_files_only=config.local_files_only)
-        model = LlavaForConditionalGeneration.from_pretrained(
+        model = _model_class(config.arch).from_pretrained(
             config.pretrained, dtype=dtype, local_files_only=config.local_files_only
         )
     except (OSError, ValueError) as err:
         raise FileNotFoundError(
-            f"model.mllm.pretrained={config.pretrained!r}: could not load a LLaVA checkpoint ({err}). Supply a local "
-            "directory in transformers format (config.json, model-*.safetensors, tokenizer.json, "
-            "preprocessor_config.json), e.g. a snapshot of llava-hf/llava-1.5-7b-hf, or set "
+            f"model.mllm.pretrained={config.pretrained!r}: could not load a {config.arch} checkpoint ({err}). Supply a "
+            "local directory in transformers format (config.json, model-*.safetensors, tokenizer.json, "
+            f"preprocessor_config.json), e.g. a snapshot of {example}, or set "
             "model.mllm.local_files_only=false to download the hub id."
         ) from err
     image_processor = processor.image_processor
@@ -185,7 +288,7 @@ def _load_pretrained(config: MLLMConfig):
 
 
 class MultimodalLLM(nn.Module):
-    """A LLaVA model + tokenizer with SFT input building and the Skew scorers.
+    """A LLaVA / Qwen2-VL model + tokenizer with SFT input building and the Skew scorers.
 
     Shapes: ``pixel_values`` (B, 3, S, S) float normalised, ``input_ids`` (B, L), ``logits`` (B, L, V).
     """
@@ -193,22 +296,55 @@ class MultimodalLLM(nn.Module):
     def __init__(self, config: MLLMConfig) -> None:
         super().__init__()
         self.config = config
+        self.is_qwen = config.arch in QWEN_ARCHS
         if config.pretrained is None:
-            self.tokenizer = build_char_tokenizer()
-            image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
-            self.model = build_tiny_llava(config, len(self.tokenizer), image_token_id, self.tokenizer.pad_token_id)
+            if self.is_qwen:
+                self.tokenizer = build_char_tokenizer((QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO_PAD))
+                ids = {
+                    "vision_start_token_id": self.tokenizer.convert_tokens_to_ids(QWEN_VISION_START),
+                    "vision_end_token_id": self.tokenizer.convert_tokens_to_ids(QWEN_VISION_END),
+                    "video_token_id": self.tokenizer.convert_tokens_to_ids(QWEN_VIDEO_PAD),
+                }
+                self.model = build_tiny_qwen2_vl(
+                    config,
+                    len(self.tokenizer),
+                    self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN),
+                    self.tokenizer.pad_token_id,
+                    self.tokenizer.eos_token_id,
+                    ids,
+                )
+            else:
+                self.tokenizer = build_char_tokenizer()
+                image_token_id = self.tokenizer.convert_tokens_to_ids(IMAGE_TOKEN)
+                self.model = build_tiny_llava(config, len(self.tokenizer), image_token_id, self.tokenizer.pad_token_id)
             mean, std = CLIP_MEAN, CLIP_STD
         else:
             self.model, self.tokenizer, mean, std = _load_pretrained(config)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.unk_token or self.tokenizer.eos_token
-        llava_config = self.model.config
-        self.image_token_id = int(llava_config.image_token_id)
-        vision = llava_config.vision_config
-        self.image_size = int(vision.image_size)
-        grid = vision.image_size // vision.patch_size
-        # transformers >= 4.47 expects the placeholder already expanded: one token per visual feature (spec §7)
-        self.num_image_tokens = grid * grid + (1 if llava_config.vision_feature_select_strategy == "full" else 0)
+        model_config = self.model.config
+        self.image_token_id = int(model_config.image_token_id)
+        vision = model_config.vision_config
+        if self.is_qwen:
+            # fixed resolution (Reconstruction): S/P patches per side, merged m × m into one visual token
+            self.image_size = config.image_size
+            self.qwen_patch = (int(vision.patch_size), int(vision.spatial_merge_size), int(vision.temporal_patch_size))
+            unit = self.qwen_patch[0] * self.qwen_patch[1]
+            if self.image_size % unit:
+                raise ValueError(
+                    f"model.mllm.image_size={self.image_size} must be a multiple of {unit} (patch × merge of the model)"
+                )
+            self.num_image_tokens = (self.image_size // unit) ** 2
+            self._image_marker = (
+                [int(model_config.vision_start_token_id)],
+                [int(model_config.vision_end_token_id)],
+            )
+        else:
+            self.image_size = int(vision.image_size)
+            grid = vision.image_size // vision.patch_size
+            # transformers >= 4.47 expects the placeholder already expanded: one token per visual feature (spec §7)
+            self.num_image_tokens = grid * grid + (1 if model_config.vision_feature_select_strategy == "full" else 0)
+            self._image_marker = ([], [])
         self.register_buffer("image_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("image_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
         prefix, suffix = config.prompt_template.split(IMAGE_TOKEN, 1)
@@ -232,10 +368,16 @@ class MultimodalLLM(nn.Module):
         """Freeze everything, then unfreeze the configured parts (or add LoRA adapters to the LLM)."""
         inner = self.model.model
         self.model.requires_grad_(False)
+        if self.is_qwen:  # the merger (patch merge + MLP into the LLM width) is Qwen2-VL's projector
+            vision_parts = [m for name, m in inner.visual.named_children() if name != "merger"]
+            projector = inner.visual.merger
+        else:
+            vision_parts, projector = [inner.vision_tower], inner.multi_modal_projector
         if "vision" in config.trainable:
-            inner.vision_tower.requires_grad_(True)
+            for part in vision_parts:
+                part.requires_grad_(True)
         if "projector" in config.trainable:
-            inner.multi_modal_projector.requires_grad_(True)
+            projector.requires_grad_(True)
         if config.lora:
             from peft import LoraConfig, inject_adapter_in_model
 
@@ -272,7 +414,8 @@ class MultimodalLLM(nn.Module):
     def build_inputs(self, instructions: list[str], answers: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Token ids, attention mask and SFT labels for a batch (right padded).
 
-        ``[<s>] prefix <image>×N suffix(instruction)`` then, when answers are given, `` {answer}</s>``. Labels are
+        ``[<s>] prefix <image>×N suffix(instruction)`` then, when answers are given, ``{answer_prefix}{answer}</s>``
+        (Qwen2-VL: ``<|vision_start|> <|image_pad|>×N <|vision_end|>`` and its EOS ``<|im_end|>``). Labels are
         ``-100`` on the image, instruction and padding positions; only answer tokens and EOS are supervised.
         Also returns ``prompt_lengths`` (B,) — the position after the prompt (where the answer starts).
         """
@@ -286,10 +429,16 @@ class MultimodalLLM(nn.Module):
             prompt = (
                 bos
                 + self._prompt_prefix_ids
+                + self._image_marker[0]
                 + [self.image_token_id] * self.num_image_tokens
+                + self._image_marker[1]
                 + self._encode(self._prompt_suffix.format(instruction=instruction))
             )
-            answer = [] if answers is None else self._encode(" " + answers[i]) + [self.tokenizer.eos_token_id]
+            answer = (
+                []
+                if answers is None
+                else self._encode(self.config.answer_prefix + answers[i]) + [self.tokenizer.eos_token_id]
+            )
             ids = prompt + answer
             if len(ids) > self.config.max_length:
                 raise ValueError(
@@ -317,8 +466,22 @@ class MultimodalLLM(nn.Module):
 
     def forward(self, images: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """images uint8 (B, 3, S, S), input_ids / attention_mask (B, L) → logits (B, L, V)."""
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, pixel_values=self.normalize_images(images))
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, **self.vision_inputs(images, input_ids))
         return out.logits
+
+    def vision_inputs(self, images: torch.Tensor, input_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The model's image arguments: LLaVA ``pixel_values`` (B, 3, S, S); Qwen2-VL flattened patches (B·g², 3·T·P²)
+        with ``image_grid_thw`` (B, 3) and ``mm_token_type_ids`` (B, L) (1 on image tokens, for M-RoPE)."""
+        pixels = self.normalize_images(images)
+        if not self.is_qwen:
+            return {"pixel_values": pixels}
+        patch, merge, temporal = self.qwen_patch
+        grid = self.image_size // patch
+        return {
+            "pixel_values": qwen2_vl_patchify(pixels, patch, merge, temporal),
+            "image_grid_thw": torch.tensor([[1, grid, grid]] * images.shape[0], device=images.device),
+            "mm_token_type_ids": (input_ids == self.image_token_id).int(),
+        }
 
     # --------------------------------------------------------------------------------------------- scorers
     @staticmethod
@@ -373,7 +536,7 @@ class MultimodalLLM(nn.Module):
             generated = self.model.generate(
                 input_ids=inputs["input_ids"],
                 attention_mask=inputs["attention_mask"],
-                pixel_values=self.normalize_images(images[i : i + 1]),
+                **self.vision_inputs(images[i : i + 1], inputs["input_ids"]),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,

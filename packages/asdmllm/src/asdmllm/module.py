@@ -1,8 +1,10 @@
 """The LightningModule of anti-stereotype (counter-stereotype) debiasing, ASD / CSD (spec §3).
 
 One training epoch:
-  1. ``on_train_epoch_start``: re-estimate the model's Skew table on the training images (§3.2, §3.3), turn it into
-     a per-sample Skew, and (``resample``) build the epoch's index list by bias-aware resampling (§3.4);
+  1. :meth:`ASDModule.prepare_epoch` (run by the DataModule's ``train_dataloader`` before the epoch's loader is built,
+     else by ``on_train_epoch_start``): re-estimate the model's Skew table on the training images (§3.2, §3.3), turn
+     it into a per-sample Skew, and (``resample``) build the epoch's index list by bias-aware resampling (§3.4); by
+     default the epoch is exactly that list (``debias.epoch_length: resampled``);
   2. ``training_step``: batch → MLLM → per-sample autoregressive loss → SFLoss ``exp(-Skew)`` rescaling (§3.5).
 Validation/test score every evaluation image against its concept(s) with the yes/no scorer and report
 MaxSkew/MinSkew per attribute type (§5), concept accuracy and the answer loss.
@@ -83,6 +85,10 @@ class DebiasConfig:
     """Divide the SFLoss weights by their batch mean (Reconstruction, off)."""
     refresh_every_n_epochs: int = 1
     """Skew table refresh period in epochs (spec §3.3: every epoch)."""
+    epoch_length: Literal["resampled", "nominal"] = "resampled"
+    """With resampling: an epoch is one pass over the resampled list, whose length varies (spec §3.4, default), or
+    the list truncated/cycled to ``len(train set)`` (``nominal``: fixed epoch length). The LR schedule counts steps
+    of the nominal epoch either way (spec §3.4)."""
     seed: int = 0
     """Seed of the resampling draws (offset by the epoch; identical on every rank)."""
 
@@ -158,6 +164,8 @@ class ASDModule(pl.LightningModule):
             self.debias.use_sfloss, self.debias.token_reduction, self.debias.normalize_weights
         )
         self.sample_skew: torch.Tensor | None = None  # (N_train,) per-sample Skew of the current epoch
+        self._prepared_epoch: int | None = None  # epoch whose Skew refresh / resampling has run
+        self._epoch_stats: dict[str, float] = {}  # logged in on_train_epoch_start
         self._infos: dict[str, list[EvalSetInfo]] = {}
         self.skew_metrics = nn.ModuleDict()
         self.acc_metrics = nn.ModuleDict()
@@ -168,6 +176,13 @@ class ASDModule(pl.LightningModule):
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "eval_sets"):
             raise ValueError("ASDModule needs a DebiasDataModule (its eval_sets describe the concepts and attributes)")
+        if stage == "fit" and self.debias.use_resample:
+            resampled = self.debias.epoch_length == "resampled"
+            dm.train_sampler.fixed_length = not resampled
+            if resampled and self.trainer.reload_dataloaders_every_n_epochs != 1:
+                # the epoch's length is the resampled list's: the loader is rebuilt each epoch after resampling
+                log.info("model.debias.epoch_length=resampled: setting trainer.reload_dataloaders_every_n_epochs=1")
+                self.trainer.reload_dataloaders_every_n_epochs = 1
         for key in ["val"] if stage in ("fit", "validate") else ["test"] if stage == "test" else []:
             infos = dm.eval_sets(key)
             self._infos[key] = infos
@@ -264,15 +279,18 @@ class ASDModule(pl.LightningModule):
         )
 
     # ----------------------------------------------------------------------------------------------- training
-    def on_train_epoch_start(self) -> None:
-        """Refresh Skew with the current model, then resample the epoch's list (spec §3.3, §3.4)."""
-        if not (self.debias.use_resample or self.debias.use_sfloss):
+    def prepare_epoch(self, epoch: int) -> None:
+        """Refresh Skew with the current model, then resample the epoch's list (spec §3.3, §3.4); once per epoch.
+
+        Called by the DataModule's ``train_dataloader`` (so that a rebuilt loader has the resampled epoch's length)
+        and by ``on_train_epoch_start`` (a no-op when it already ran for ``epoch``).
+        """
+        if self._prepared_epoch == epoch or not (self.debias.use_resample or self.debias.use_sfloss):
             return
-        epoch = self.current_epoch
-        if self.sample_skew is not None and epoch % self.debias.refresh_every_n_epochs:
-            table = None
-        else:
-            dm = self.trainer.datamodule
+        self._prepared_epoch = epoch
+        self._epoch_stats = {}
+        dm = self.trainer.datamodule
+        if self.sample_skew is None or epoch % self.debias.refresh_every_n_epochs == 0:
             table = self.estimate_skew(dm.probe_dataloader(), dm.train_info)
             table = self.trainer.strategy.broadcast(table, src=0)  # identical lists on every rank
             ds = dm.train_set
@@ -280,14 +298,19 @@ class ASDModule(pl.LightningModule):
                 self.device
             )
             max_skew, min_skew = max_min_skew(table)
-            self.log("train/max_skew", max_skew.nanmean().item(), on_epoch=True, on_step=False)
-            self.log("train/min_skew", min_skew.nanmean().item(), on_epoch=True, on_step=False)
+            self._epoch_stats["train/max_skew"] = max_skew.nanmean().item()
+            self._epoch_stats["train/min_skew"] = min_skew.nanmean().item()
         if self.debias.use_resample:
-            dm = self.trainer.datamodule
             generator = torch.Generator().manual_seed(self.debias.seed + 1000 * epoch)
             indices = bias_aware_resample(self.sample_skew, self.debias.tau1, self.debias.tau2, generator)
             dm.train_sampler.set_indices(indices)
-            self.log("train/resampled_length", float(indices.numel()), on_epoch=True, on_step=False)
+            self._epoch_stats["train/resampled_length"] = float(indices.numel())
+
+    def on_train_epoch_start(self) -> None:
+        """Skew refresh + resampling (if the DataModule has not triggered it yet), and their logs."""
+        self.prepare_epoch(self.current_epoch)
+        for key, value in self._epoch_stats.items():
+            self.log(key, value, on_epoch=True, on_step=False)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         bsz = batch["image"].shape[0]
@@ -401,6 +424,19 @@ class ASDModule(pl.LightningModule):
         return out
 
     # ---------------------------------------------------------------------------------------------- optimizer
+    def _nominal_total_steps(self) -> int:
+        """Optimizer steps of the run counted in nominal epochs of ``len(train set)/batch`` (spec §3.4); the resampled
+        epochs' lengths vary and are not known in advance."""
+        t = self.trainer
+        if not (self.debias.use_resample and self.debias.epoch_length == "resampled"):
+            return max(1, int(t.estimated_stepping_batches))
+        dm = t.datamodule
+        per_epoch = len(dm.train_set) // (dm.hparams.batch_size * max(1, t.world_size))  # drop_last
+        limit = t.limit_train_batches
+        per_epoch = min(per_epoch, int(limit)) if isinstance(limit, int) else int(per_epoch * float(limit))
+        steps = math.ceil(max(1, per_epoch) / t.accumulate_grad_batches) * max(1, t.max_epochs or 1)
+        return max(1, min(steps, t.max_steps) if t.max_steps != -1 else steps)
+
     def configure_optimizers(self):
         """AdamW over the trainable parts (vision tower frozen by default), linear warm-up then cosine decay
         (LLaVA convention, spec §3.6)."""
@@ -409,7 +445,7 @@ class ASDModule(pl.LightningModule):
             raise ValueError("no trainable parameters: check model.mllm.trainable / model.mllm.lora")
         hp = self.hparams
         optimizer = torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self._nominal_total_steps()
         warmup = int(hp.warmup_ratio * total)
 
         def factor(step: int) -> float:
@@ -420,5 +456,5 @@ class ASDModule(pl.LightningModule):
             progress = (step - warmup) / max(1, total - warmup)
             return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)  # constant after ``total`` (cosine end)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -50,24 +50,28 @@ def bias_aware_resample(
 
 
 class ResampledEpochSampler(Sampler[int]):
-    """Serves a per-epoch index list of fixed nominal length ``num_samples``.
+    """Serves one epoch's index list: a seeded permutation (plain shuffling, the FT baseline) or the resampled list.
 
-    Without a list it yields a seeded permutation (plain shuffling, the FT baseline). :meth:`set_indices` installs
-    the list built by :func:`bias_aware_resample`; it is read lazily in ``__iter__``, so a list set in the
-    module's ``on_train_epoch_start`` is used for that epoch.
+    :meth:`set_indices` installs the list built by :func:`bias_aware_resample`. Two epoch lengths
+    (``model.debias.epoch_length``):
 
-    Deviation (spec §3.4 lets the epoch length vary): Lightning fixes the number of batches per epoch when the
-    loader is built, so the (shuffled) resampled list is truncated or cycled to ``num_samples``. Resampling changes
-    an epoch's composition, not its length; the LR schedule counts steps of the nominal epoch, as the spec asks.
+    * ``fixed_length=False`` (``resampled``, default, spec §3.4): the epoch is exactly the resampled list, so its
+      length changes from epoch to epoch. ``len(sampler)`` follows the installed list; the trainer must rebuild the
+      training loader each epoch *after* the list is installed (ASDModule sets
+      ``reload_dataloaders_every_n_epochs=1`` and the DataModule builds the list in ``train_dataloader``).
+    * ``fixed_length=True`` (``nominal``): the shuffled list is truncated or cycled to ``num_samples`` — resampling
+      changes an epoch's composition, not its length (equal step budgets, e.g. the §8c experiment).
+
     With DDP Lightning wraps this sampler and shards its output; the list is identical on every rank (built from the
     same broadcast Skew table and a shared seed).
     """
 
-    def __init__(self, num_samples: int, seed: int = 0) -> None:
+    def __init__(self, num_samples: int, seed: int = 0, fixed_length: bool = False) -> None:
         if num_samples <= 0:
             raise ValueError("ResampledEpochSampler: empty training set")
         self.num_samples = num_samples
         self.seed = seed
+        self.fixed_length = fixed_length
         self.epoch = 0
         self.indices: torch.Tensor | None = None
 
@@ -88,8 +92,13 @@ class ResampledEpochSampler(Sampler[int]):
             generator = torch.Generator().manual_seed(self.seed + self.epoch)
             yield from torch.randperm(self.num_samples, generator=generator).tolist()
             return
+        if not self.fixed_length:
+            yield from self.indices.tolist()
+            return
         reps = -(-self.num_samples // self.indices.numel())
         yield from self.indices.repeat(reps)[: self.num_samples].tolist()
 
     def __len__(self) -> int:
-        return self.num_samples
+        if self.indices is None or self.fixed_length:
+            return self.num_samples
+        return int(self.indices.numel())

@@ -1,0 +1,65 @@
+"""Qwen2-VL / Qwen2.5-VL through their native transformers classes (the successors of the paper's Qwen-VL)."""
+
+import math
+
+import pytest
+import torch
+
+from asdmllm.models import MLLMConfig, MultimodalLLM, qwen2_vl_patchify
+
+QWEN_TEMPLATE = "<|im_start|>user\n<image>{instruction}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def test_patchify_matches_transformers_image_processor():
+    from transformers import Qwen2VLImageProcessor
+
+    torch.manual_seed(0)
+    pixels = torch.randn(2, 3, 16, 16)
+    processor = Qwen2VLImageProcessor(
+        patch_size=4, merge_size=2, temporal_patch_size=2, do_resize=False, do_rescale=False, do_normalize=False
+    )
+    ref = processor(images=[pixels[0], pixels[1]], return_tensors="pt")
+    assert ref["image_grid_thw"].tolist() == [[1, 4, 4]] * 2
+    assert torch.allclose(qwen2_vl_patchify(pixels, 4, 2, 2), ref["pixel_values"], atol=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["qwen2_vl", "qwen2_5_vl"])
+def test_tiny_qwen_inputs_scores_and_training_step(arch):
+    torch.manual_seed(0)
+    m = MultimodalLLM(MLLMConfig(arch=arch, patch_size=4, prompt_template=QWEN_TEMPLATE, answer_prefix=""))
+    assert type(m.model).__name__ == {"qwen2_vl": "Qwen2VLForConditionalGeneration"}.get(
+        arch, "Qwen2_5_VLForConditionalGeneration"
+    )
+    assert m.num_image_tokens == (32 // 4 // 2) ** 2
+    inputs = m.build_inputs(["Job?", "Which job is it?"], ["nurse", "chef"])
+    ids, labels = inputs["input_ids"], inputs["labels"]
+    start = m.tokenizer.convert_tokens_to_ids("<|vision_start|>")
+    end = m.tokenizer.convert_tokens_to_ids("<|vision_end|>")
+    for b, answer in enumerate(["nurse", "chef"]):
+        row = ids[b].tolist()
+        first = row.index(m.image_token_id)
+        assert row[first - 1] == start and row[first + m.num_image_tokens] == end
+        assert row.count(m.image_token_id) == m.num_image_tokens
+        assert labels[b][labels[b] != -100].tolist() == m._encode(answer) + [m.tokenizer.eos_token_id]
+    images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
+    logits = m(images, ids, inputs["attention_mask"])
+    assert logits.shape == (*ids.shape, len(m.tokenizer))
+    from asdmllm.losses import autoregressive_loss
+
+    loss = autoregressive_loss(logits, labels).mean()
+    loss.backward()
+    visual = m.model.model.visual
+    assert all(p.grad is None for n, p in visual.named_parameters() if not n.startswith("merger"))  # frozen
+    assert any(p.grad is not None for p in visual.merger.parameters()) and math.isfinite(loss.item())
+    with torch.no_grad():
+        s = m.yes_no_scores(images, [["nurse", "chef"]] * 2)
+        a = m.answer_logprob_scores(images, [["Job?", "Job?"]] * 2, [["nurse", "chef"]] * 2)
+    assert s.shape == a.shape == (2, 2) and ((s > 0) & (s < 1)).all() and (a < 0).all()
+    assert len(m.generate_answers(images[:1], ["Job?"], max_new_tokens=2)) == 1
+
+
+def test_qwen_image_size_and_missing_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="multiple of patch_size"):
+        MLLMConfig(arch="qwen2_vl", image_size=36, patch_size=4)
+    with pytest.raises(FileNotFoundError, match="Qwen/Qwen2-VL-7B-Instruct"):
+        MultimodalLLM(MLLMConfig(arch="qwen2_vl", pretrained=str(tmp_path / "missing"), image_size=448, patch_size=14))

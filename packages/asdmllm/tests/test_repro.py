@@ -1,0 +1,26 @@
+"""The §8c script's training loop runs exactly the requested number of steps (it once stopped after one pass)."""
+
+import importlib.util
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader
+
+from asdmllm.sampling import ResampledEpochSampler
+
+
+def _repro():
+    spec = importlib.util.spec_from_file_location("asdmllm_repro", Path(__file__).parents[1] / "repro.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_take_steps_cycles_and_truncates():
+    take_steps = _repro().take_steps
+    sampler = ResampledEpochSampler(10, seed=0, fixed_length=True)
+    loader = DataLoader(range(10), batch_size=4, sampler=sampler, drop_last=True)  # 2 batches per pass
+    batches = list(take_steps(loader, sampler, 5))
+    assert len(batches) == 5 and len(list(take_steps(loader, sampler, 1))) == 1
+    assert not torch.equal(batches[0], batches[2])  # a fresh shuffle on the second pass
+    assert sampler.epoch == 0
