@@ -242,7 +242,43 @@ def _encoder(h: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(h, h), nn.BatchNorm1d(h), nn.GELU())
 
 
-class AdversarialAggregation(nn.Module):
+class _UniqueCommonDiscriminated(nn.Module):
+    """Shared parts of the AAN and its 'common_unique' ablation: dropout, the unique encoders U_1, U_2, the shared
+    common encoder C and the source discriminator D(z) = wᵀz + b (w xavier-normal, b = 1). Subclasses fuse."""
+
+    def __init__(self, hidden_dim: int, dropout: float):
+        super().__init__()
+        h = hidden_dim
+        self.dropout = nn.Dropout(dropout)
+        self.unique1, self.unique2, self.common = _encoder(h), _encoder(h), _encoder(h)
+        self.disc_weight = nn.Parameter(torch.empty(1, h))
+        self.disc_bias = nn.Parameter(torch.ones(1))
+
+    def _init_discriminator(self) -> None:
+        """Subclasses call this last, after building their fusion layers (the official parameter draw order)."""
+        nn.init.xavier_normal_(self.disc_weight)
+
+    def discriminate(self, z: torch.Tensor) -> torch.Tensor:
+        """D(z) = wᵀz + b: (N, h) -> (N,) logits of 'linguistic source'."""
+        return F.linear(z, self.disc_weight, self.disc_bias).squeeze(-1)
+
+    def fuse(self, u1: torch.Tensor, u2: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
+        raise TypeError(f"{type(self).__name__} must define fuse()")
+
+    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """x1, x2 (N, h) -> fused (N, h) and discriminator logits: ``unique`` (2N,) for [u1; u2] and ``common``
+        (2N,) for [GRL(c1); GRL(c2)], with source labels 0 (visual, x1) then 1 (linguistic, x2)."""
+        x1, x2 = self.dropout(x1), self.dropout(x2)
+        u1, u2 = self.unique1(x1), self.unique2(x2)
+        c1, c2 = self.common(x1), self.common(x2)
+        logits = {
+            "unique": self.discriminate(torch.cat([u1, u2])),  # no gradient reversal
+            "common": self.discriminate(grad_reverse(torch.cat([c1, c2]))),  # D minimises, C maximises
+        }
+        return self.fuse(u1, u2, c1, c2), logits
+
+
+class AdversarialAggregation(_UniqueCommonDiscriminated):
     """AAN (spec §3.4): fuse visual knowledge x1 (from videos, r2) and linguistic knowledge x2 (from tags, r1).
 
     u_k = GELU(BN(U_k x_k)) (unique), c_k = GELU(BN(C x_k)) (shared common encoder);
@@ -255,64 +291,28 @@ class AdversarialAggregation(nn.Module):
     """
 
     def __init__(self, hidden_dim: int, dropout: float):
-        super().__init__()
-        h = hidden_dim
-        self.dropout = nn.Dropout(dropout)
-        self.unique1, self.unique2, self.common = _encoder(h), _encoder(h), _encoder(h)
-        self.attend1, self.attend2 = nn.Linear(h, h), nn.Linear(h, h)
-        self.disc_weight = nn.Parameter(torch.empty(1, h))
-        self.disc_bias = nn.Parameter(torch.ones(1))
-        nn.init.xavier_normal_(self.disc_weight)
+        super().__init__(hidden_dim, dropout)
+        self.attend1, self.attend2 = nn.Linear(hidden_dim, hidden_dim), nn.Linear(hidden_dim, hidden_dim)
+        self._init_discriminator()
 
-    def discriminate(self, z: torch.Tensor) -> torch.Tensor:
-        """D(z) = wᵀz + b: (N, h) -> (N,) logits of 'linguistic source'."""
-        return F.linear(z, self.disc_weight, self.disc_bias).squeeze(-1)
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """x1, x2 (N, h) -> fused (N, h) and discriminator logits: ``unique`` (2N,) for [u1; u2] and ``common``
-        (2N,) for [GRL(c1); GRL(c2)], with source labels 0 (visual, x1) then 1 (linguistic, x2)."""
-        x1, x2 = self.dropout(x1), self.dropout(x2)
-        u1, u2 = self.unique1(x1), self.unique2(x2)
-        c1, c2 = self.common(x1), self.common(x2)
-        fused = 0.5 * (
+    def fuse(self, u1: torch.Tensor, u2: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
+        return 0.5 * (
             torch.tanh(self.attend1(c1)) * c1 + torch.tanh(self.attend2(c2)) * c2 + torch.maximum(u1, u2)
         )  # fmt: skip
-        logits = {
-            "unique": self.discriminate(torch.cat([u1, u2])),  # no gradient reversal
-            "common": self.discriminate(grad_reverse(torch.cat([c1, c2]))),  # D minimises, C maximises
-        }
-        return fused, logits
 
 
-class CommonUniqueAggregation(nn.Module):
+class CommonUniqueAggregation(_UniqueCommonDiscriminated):
     """Reducer of the official mutual-attention ablation ('common_unique'): the AAN's unique and shared common
     encoders and discriminator, but fused as Linear((mean(c1, c2) + max(u1, u2)) / 2) without the tanh gates.
     Returns the fused features and discriminator logits like :class:`AdversarialAggregation`."""
 
     def __init__(self, hidden_dim: int, dropout: float):
-        super().__init__()
-        h = hidden_dim
-        self.dropout = nn.Dropout(dropout)
-        self.unique1, self.unique2, self.common = _encoder(h), _encoder(h), _encoder(h)
-        self.fusion = nn.Linear(h, h)
-        self.disc_weight = nn.Parameter(torch.empty(1, h))
-        self.disc_bias = nn.Parameter(torch.ones(1))
-        nn.init.xavier_normal_(self.disc_weight)
+        super().__init__(hidden_dim, dropout)
+        self.fusion = nn.Linear(hidden_dim, hidden_dim)
+        self._init_discriminator()
 
-    def discriminate(self, z: torch.Tensor) -> torch.Tensor:
-        """D(z) = wᵀz + b: (N, h) -> (N,) logits of 'linguistic source'."""
-        return F.linear(z, self.disc_weight, self.disc_bias).squeeze(-1)
-
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x1, x2 = self.dropout(x1), self.dropout(x2)
-        u1, u2 = self.unique1(x1), self.unique2(x2)
-        c1, c2 = self.common(x1), self.common(x2)
-        fused = self.fusion(0.5 * (0.5 * (c1 + c2) + torch.maximum(u1, u2)))
-        logits = {
-            "unique": self.discriminate(torch.cat([u1, u2])),
-            "common": self.discriminate(grad_reverse(torch.cat([c1, c2]))),
-        }
-        return fused, logits
+    def fuse(self, u1: torch.Tensor, u2: torch.Tensor, c1: torch.Tensor, c2: torch.Tensor) -> torch.Tensor:
+        return self.fusion(0.5 * (0.5 * (c1 + c2) + torch.maximum(u1, u2)))
 
 
 class CommonReducer(nn.Module):
