@@ -50,6 +50,9 @@ def test_dataset_reads_the_format(tmp_path, fmt):
     assert item["regions"].shape == (4, 3, 16) and item["region_mask"].dtype == torch.bool
     assert item["keywords"].shape == (3, 8) and item["keyword_mask"].all()
     assert ds[2]["keyword_mask"].sum() == 1  # "unknown_term" is not in the KG
+    vocab = kg.vocabulary()  # keyword_ids index the loaded KG terms (the table tuned by freeze_keyword_kg: false)
+    for k in range(3):
+        torch.testing.assert_close(kg.get(vocab[int(item["keyword_ids"][k])]), item["keywords"][k])
     assert ds[0]["keyword_mask"].any()  # no keywords in the annotation: extracted from the text
     assert item["target1"].tolist() == [1.0, 1.0] and item["target2"].tolist() == [0, 1, 1, 0, 0]
     assert ds[2]["target1"].tolist() == [0.0, 1.0] and ds[2]["target2"].sum() == 0  # level-1-only path

@@ -6,7 +6,8 @@
     <kg_path>                                    (Numberbatch text/.gz, or <name>.npy + <name>.vocab.txt)
 
 A batch is a dict: ``f2d`` (B, T, D2), ``f3d`` (B, T, D3), ``text`` (B, Dt), ``regions`` (B, T, R, Dr),
-``region_mask`` (B, T, R) bool, ``keywords`` (B, K, G), ``keyword_mask`` (B, K) bool, ``target1`` (B, L1),
+``region_mask`` (B, T, R) bool, ``keywords`` (B, K, G), ``keyword_mask`` (B, K) bool,
+``keyword_ids`` (B, K) long (index in the loaded KG terms, sorted; 0 at padding), ``target1`` (B, L1),
 ``target2`` (B, L2) float multi-hot, ``video_id`` list[str].
 """
 
@@ -140,6 +141,7 @@ class KEVSRDataset(Dataset):
                 kws = extract_keywords(row["text"], kg, num_keywords, tokenizer) if kg is not None else []
             kws = [k for k in kws if kg is not None and k in kg][:num_keywords]
             self.keywords.append(kws)
+        self.keyword_index = {t: i for i, t in enumerate(kg.vocabulary())} if kg is not None else {}
         if feature_format == "h5":
             path = root / "features" / f"{split}.h5"
             if not path.is_file():
@@ -169,8 +171,10 @@ class KEVSRDataset(Dataset):
         out_mask[:, : min(r, n)] = mask[:, :n]
         keywords = torch.zeros(self.num_keywords, self.kg_dim)
         kw_mask = torch.zeros(self.num_keywords, dtype=torch.bool)
+        kw_ids = torch.zeros(self.num_keywords, dtype=torch.long)
         for k, term in enumerate(self.keywords[idx]):
             keywords[k], kw_mask[k] = self.kg.get(term), True
+            kw_ids[k] = self.keyword_index[normalize_term(term)]
         return {
             "video_id": vid,
             "f2d": feats["f2d"],
@@ -180,6 +184,7 @@ class KEVSRDataset(Dataset):
             "region_mask": out_mask,
             "keywords": keywords,
             "keyword_mask": kw_mask,
+            "keyword_ids": kw_ids,
             "target1": self.targets1[idx],
             "target2": self.targets2[idx],
         }
@@ -231,6 +236,11 @@ class KEVSRDataModule(pl.LightningDataModule):
         self.hierarchy: Hierarchy | None = None
         self.kg: KnowledgeEmbeddings | None = None
         self.datasets: dict[str, KEVSRDataset] = {}
+
+    @property
+    def keyword_vocab(self) -> list[str]:
+        """Terms indexed by ``keyword_ids`` (the loaded KG rows, sorted); empty without a KG."""
+        return self.kg.vocabulary() if self.kg is not None else []
 
     def prepare_data(self) -> None:
         h = self.hparams

@@ -21,6 +21,11 @@ from kevsr.data import read_annotations
 log = logging.getLogger(__name__)
 
 
+RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
+VIDEO_MODELS = ("r3d_18", "r2plus1d_18", "mc3_18")
+DETECTORS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn")
+
+
 def _require(path: str | None, flag: str, what: str) -> str:
     if not path or not Path(path).exists():
         raise FileNotFoundError(f"kevsr extract {flag}={path!r}: supply {what} (local file, no download)")
@@ -32,16 +37,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", required=True, help="folder with annotations/<split>.jsonl; writes features/")
     p.add_argument("--split", required=True, choices=["train", "val", "test"])
     p.add_argument("--videos-dir", required=True, help="videos as <video_id>.mp4 unless the annotation has video_path")
-    p.add_argument("--resnet", choices=["resnet50", "resnet152"], default="resnet50")
+    p.add_argument("--resnet", choices=sorted(RESNETS), default="resnet50", help="torchvision ResNet for f2d/regions")
     p.add_argument("--resnet-weights", required=True, help="torchvision ResNet state_dict (.pth)")
-    p.add_argument("--video-model", choices=["r3d_18", "r2plus1d_18", "mc3_18"], default="r3d_18")
+    p.add_argument("--video-model", choices=sorted(VIDEO_MODELS), default="r3d_18", help="torchvision video model")
     p.add_argument("--video-model-weights", required=True, help="torchvision video model state_dict (.pth)")
-    p.add_argument("--detector-weights", required=True, help="torchvision fasterrcnn_resnet50_fpn state_dict (.pth)")
+    p.add_argument("--detector", choices=sorted(DETECTORS), default="fasterrcnn_resnet50_fpn")
+    p.add_argument("--detector-weights", required=True, help="torchvision Faster R-CNN state_dict (.pth)")
+    p.add_argument("--detector-num-classes", type=int, default=91, help="classes of the detector (COCO: 91)")
     p.add_argument("--bert", required=True, help="local transformers BERT folder (bert-base-chinese / -uncased)")
     p.add_argument("--num-frames", type=int, default=12, help="N_f keyframes (spec §3.7)")
     p.add_argument("--clip-len", type=int, default=16, help="N_c frames per 3D clip (spec §3.1)")
     p.add_argument("--num-regions", type=int, default=10, help="N_r boxes per keyframe")
-    p.add_argument("--score-threshold", type=float, default=0.2)
+    p.add_argument("--score-threshold", type=float, default=0.2, help="keep boxes scoring at least this")
+    p.add_argument("--image-size", type=int, default=224, help="short side of the frames fed to the ResNet")
+    p.add_argument("--clip-size", type=int, default=112, help="short side of the frames fed to the video model")
     p.add_argument("--on-corrupt", choices=["raise", "skip"], default="raise")
     p.add_argument("--device", default="cpu")
     return p
@@ -55,29 +64,27 @@ class FeatureExtractor:
         from torchvision.models import detection, video
         from transformers import AutoModel, AutoTokenizer
 
+        for path, flag, what in (
+            (args.resnet_weights, "--resnet-weights", "ResNet weights"),
+            (args.video_model_weights, "--video-model-weights", "video model weights"),
+            (args.detector_weights, "--detector-weights", "Faster R-CNN weights"),
+            (args.bert, "--bert", "a BERT folder"),
+        ):
+            _require(path, flag, what)  # every file is checked before any model is built
         dev = torch.device(args.device)
-        resnet = torchvision.models.resnet50() if args.resnet == "resnet50" else torchvision.models.resnet152()
-        resnet.load_state_dict(
-            torch.load(_require(args.resnet_weights, "--resnet-weights", "ResNet weights"), map_location="cpu")
-        )
+        resnet = getattr(torchvision.models, args.resnet)(weights=None)
+        resnet.load_state_dict(torch.load(args.resnet_weights, map_location="cpu"))
         self.trunk = torch.nn.Sequential(*list(resnet.children())[:-2]).eval().to(dev)  # up to C5
-        builders = {"r3d_18": video.r3d_18, "r2plus1d_18": video.r2plus1d_18, "mc3_18": video.mc3_18}
-        vmodel = builders[args.video_model]()
-        vmodel.load_state_dict(
-            torch.load(
-                _require(args.video_model_weights, "--video-model-weights", "video model weights"), map_location="cpu"
-            )
-        )
+        vmodel = getattr(video, args.video_model)(weights=None)
+        vmodel.load_state_dict(torch.load(args.video_model_weights, map_location="cpu"))
         vmodel.fc = torch.nn.Identity()
         self.video_model = vmodel.eval().to(dev)
-        det = detection.fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None)
-        det.load_state_dict(
-            torch.load(
-                _require(args.detector_weights, "--detector-weights", "Faster R-CNN weights"), map_location="cpu"
-            )
+        det = getattr(detection, args.detector)(
+            weights=None, weights_backbone=None, num_classes=args.detector_num_classes
         )
+        det.load_state_dict(torch.load(args.detector_weights, map_location="cpu"))
         self.detector = det.eval().to(dev)
-        self.tokenizer = AutoTokenizer.from_pretrained(_require(args.bert, "--bert", "a BERT folder"))
+        self.tokenizer = AutoTokenizer.from_pretrained(args.bert)
         self.bert = AutoModel.from_pretrained(args.bert).eval().to(dev)
         self.args, self.device = args, dev
 
@@ -89,7 +96,7 @@ class FeatureExtractor:
         n = reader.num_frames
         keys = uniform_segment_indices(n, a.num_frames, train=False)
         frames = reader.get_frames(keys).to(dev)  # (T, 3, H, W) uint8
-        x = normalize(resize_short_side(frames, 224), "imagenet")  # (T, 3, h, w)
+        x = normalize(resize_short_side(frames, a.image_size), "imagenet")  # (T, 3, h, w)
         c5 = self.trunk(x)  # (T, 2048, h/32, w/32)
         f2d = c5.mean(dim=(2, 3))  # (T, 2048)
         dets = self.detector(list(frames.float() / 255.0))
@@ -109,7 +116,7 @@ class FeatureExtractor:
         f3d = []
         for k in keys:
             idx = [min(max(k - a.clip_len // 2 + i, 0), n - 1) for i in range(a.clip_len)]
-            clip = normalize(resize_short_side(reader.get_frames(idx), 112), "imagenet")  # (C_len, 3, h, w)
+            clip = normalize(resize_short_side(reader.get_frames(idx), a.clip_size), "imagenet")  # (C_len, 3, h, w)
             f3d.append(self.video_model(clip.permute(1, 0, 2, 3)[None].to(dev))[0])  # (D3,)
         tok = self.tokenizer(text, return_tensors="pt", truncation=True, max_length=128).to(dev)
         cls = self.bert(**tok).last_hidden_state[0, 0]  # (768,)
@@ -137,8 +144,8 @@ def main(argv: list[str]) -> Path:
         for row in tqdm(rows, desc=f"kevsr extract {args.split}", total=len(rows)):
             path = row.get("video_path") or str(Path(args.videos_dir) / f"{row['video_id']}.mp4")
             try:
-                reader = VideoReader(path)
-                feats = extractor(reader, row["text"])
+                with VideoReader(path) as reader:
+                    feats = extractor(reader, row["text"])
             except VideoDecodeError as err:
                 if args.on_corrupt == "raise":
                     raise

@@ -58,6 +58,10 @@ class KnowledgeEmbeddings:
     def get(self, term: str) -> torch.Tensor | None:
         return self.vectors.get(normalize_term(term))
 
+    def vocabulary(self) -> list[str]:
+        """The loaded (normalised) terms in a fixed, sorted order: the ids of ``keyword_ids``."""
+        return sorted(self.vectors)
+
     @classmethod
     def load(
         cls, path: str, vocabulary: Iterable[str] | None = None, lang: Literal["en", "zh", "none"] = "en"

@@ -24,6 +24,7 @@ __all__ = [
     "LocalAttentionPool",
     "KeywordFusion",
     "LabelMatchingHead",
+    "KeywordOffsets",
     "NonTemporalStream",
     "KEVSRModel",
     "refine_level2",
@@ -76,8 +77,14 @@ class KEVSRConfig:
     """Keyword embeddings: the KG vectors of each video's keywords, or N_k learnable vectors shared by all (w/o-kw)."""
     freeze_label_kg: bool = True
     """Keep KG-matched label embeddings frozen (reconstruction; gives label scalability)."""
-    init_std: float = 0.02
-    """Std of the Gaussian weight init (spec §3.1: Gaussian; std reconstruction)."""
+    freeze_keyword_kg: bool = True
+    """Keep the keywords' KG embeddings frozen (reconstruction, spec §7); ``false`` learns a per-term offset,
+    initialised at 0, added to each keyword's KG vector (the vocabulary = the KG terms the data module loaded)."""
+    init_std: float | None = None
+    """Std of the Gaussian init of the Linear weights (spec §3.1: Gaussian; std reconstruction). ``null``
+    (default): 1/sqrt(fan_in) per layer, which keeps S2's deep un-normalised chain (value projection → fusion →
+    video MLP · label MLP) from vanishing; a fixed 0.02 (BERT's value) makes S2's scores ≈1e-5 at init at
+    d = 64 (1000x below S1), so S2 starts at a saddle and learns very slowly."""
 
     def __post_init__(self) -> None:
         for key in ("dim", "num_frames", "num_regions", "num_keywords", "num_level1", "num_level2", "kg_dim"):
@@ -86,8 +93,14 @@ class KEVSRConfig:
         for key in ("temporal_heads", "region_heads"):
             if self.dim % getattr(self, key) != 0:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must divide dim={self.dim}")
+        if self.init_std is not None and self.init_std <= 0:
+            raise ValueError(f"model.config.init_std={self.init_std} must be > 0 (or null: 1/sqrt(fan_in))")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.config.dropout={self.dropout} must be in [0, 1)")
+
+
+EMBEDDING_STD = 0.02
+"""Std of the randomly initialised embedding tables (learnable label vectors, shared w/o-kw keywords, [CLS])."""
 
 
 def _mlp(dim_in: int, hidden: int, dim_out: int, dropout: float) -> nn.Sequential:
@@ -263,7 +276,7 @@ class LabelMatchingHead(nn.Module):
         self.label_mlp = _mlp(kg_dim, dim, dim, dropout)
         self.register_buffer("label_kg", torch.zeros(num_labels, kg_dim))  # KG vectors (set from the data)
         self.register_buffer("has_kg", torch.zeros(num_labels, dtype=torch.bool))
-        self.learned = nn.Parameter(torch.randn(num_labels, kg_dim) * 0.02)  # labels without a KG entity
+        self.learned = nn.Parameter(torch.randn(num_labels, kg_dim) * EMBEDDING_STD)  # labels without a KG entity
         self.freeze_kg = freeze_kg
 
     def set_label_vectors(self, vectors: torch.Tensor, has_kg: torch.Tensor) -> None:
@@ -286,6 +299,38 @@ class LabelMatchingHead(nn.Module):
 
     def forward(self, video: torch.Tensor) -> torch.Tensor:
         return self.score(video, self.label_embeddings())  # (B, L)
+
+
+class KeywordOffsets(nn.Module):
+    """Learnable offsets of the keywords' KG vectors (``freeze_keyword_kg: false``): g_k = G_{kw_k} + δ_{kw_k}.
+
+    ``delta`` (V, G) starts at 0 (so training starts from the KG vectors; weight decay pulls back towards them)
+    and its size V is set from the data (:meth:`resize`) or from a checkpoint being loaded.
+    """
+
+    def __init__(self, kg_dim: int) -> None:
+        super().__init__()
+        self.delta = nn.Parameter(torch.zeros(0, kg_dim))
+
+    def resize(self, vocab_size: int) -> None:
+        """A zero offset per term of the keyword vocabulary (call before the optimizer is built)."""
+        if self.delta.shape[0] != vocab_size:
+            self.delta = nn.Parameter(self.delta.new_zeros(vocab_size, self.delta.shape[1]))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:  # noqa: ANN001 (torch hook signature)
+        saved = state_dict.get(prefix + "delta")
+        if saved is not None and saved.shape != self.delta.shape:
+            self.delta = nn.Parameter(self.delta.new_zeros(saved.shape))  # the checkpoint's vocabulary size
+        super()._load_from_state_dict(state_dict, prefix, *args)
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        """ids (B, K) long → (B, K, G)."""
+        if self.delta.shape[0] == 0:
+            raise RuntimeError(
+                "model.config.freeze_keyword_kg=false but the keyword vocabulary is empty: the data module sets it "
+                "(KEVSRModule.setup), or call model.nontemporal.keyword_delta.resize(len(datamodule.keyword_vocab))"
+            )
+        return self.delta[ids]
 
 
 class NonTemporalStream(nn.Module):
@@ -311,7 +356,10 @@ class NonTemporalStream(nn.Module):
             )
             self.fusion = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
         if cfg.keyword_source == "random_shared":
-            self.shared_keywords = nn.Parameter(torch.randn(cfg.num_keywords, cfg.kg_dim) * cfg.init_std)
+            self.shared_keywords = nn.Parameter(torch.randn(cfg.num_keywords, cfg.kg_dim) * EMBEDDING_STD)
+        self.tune_keywords = cfg.nt_fusion == "knowledge" and cfg.keyword_source == "kg" and not cfg.freeze_keyword_kg
+        if self.tune_keywords:
+            self.keyword_delta = KeywordOffsets(cfg.kg_dim)
         self.head1 = LabelMatchingHead(d, cfg.kg_dim, cfg.num_level1, cfg.dropout, cfg.freeze_label_kg)
         self.head2 = LabelMatchingHead(d, cfg.kg_dim, cfg.num_level2, cfg.dropout, cfg.freeze_label_kg)
 
@@ -330,13 +378,22 @@ class NonTemporalStream(nn.Module):
         frames = self.local_attention(f_l, regions, mask)  # (B, T, D) f'^l
         if self.cfg.nt_fusion == "mean":
             return self.fusion(frames.mean(dim=1))  # (B, D)
-        if self.cfg.keyword_source == "random_shared":
-            b = frames.shape[0]
-            keywords = self.shared_keywords[None].expand(b, -1, -1)  # (B, K, G)
-            kw_mask = torch.ones(b, keywords.shape[1], dtype=torch.bool, device=frames.device)
-        else:
-            keywords, kw_mask = batch["keywords"], batch["keyword_mask"]  # (B, K, G), (B, K)
+        keywords, kw_mask = self.keyword_vectors(batch)
         return self.fusion(frames, keywords, kw_mask)  # (B, D)
+
+    def keyword_vectors(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keyword embeddings g_k fed to the fusion (B, K, G) and their mask (B, K): the KG vectors of the
+        batch (plus the learned offsets when ``freeze_keyword_kg: false``) or the shared random ones (w/o-kw)."""
+        if self.cfg.keyword_source == "random_shared":
+            b = batch["f2d"].shape[0]
+            keywords = self.shared_keywords[None].expand(b, -1, -1)  # (B, K, G)
+            return keywords, torch.ones(b, keywords.shape[1], dtype=torch.bool, device=keywords.device)
+        keywords, kw_mask = batch["keywords"], batch["keyword_mask"]  # (B, K, G), (B, K)
+        if self.tune_keywords:
+            if "keyword_ids" not in batch:
+                raise KeyError("model.config.freeze_keyword_kg=false needs batch['keyword_ids'] (KEVSRDataset)")
+            keywords = keywords + self.keyword_delta(batch["keyword_ids"])  # fine-tuned KG vectors
+        return keywords, kw_mask
 
     def forward(self, batch: dict[str, torch.Tensor], parent_index: torch.Tensor) -> dict[str, torch.Tensor]:
         e_nt = self.video_embedding(batch)
@@ -357,18 +414,20 @@ class KEVSRModel(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Gaussian init (std ``init_std``) for Linear layers and the [CLS]/position vectors; LayerNorm at 1/0."""
+        """Gaussian init of the Linear layers (std ``init_std``, or 1/sqrt(fan_in) when null; zero biases) and of
+        the [CLS]/position vectors (std ``init_std`` or 0.02); LayerNorm at 1/0."""
+        std = self.cfg.init_std
         for m in self.modules():
             if isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, std=self.cfg.init_std)
+                nn.init.normal_(m.weight, std=std if std is not None else m.in_features**-0.5)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
         if self.temporal is not None:
-            nn.init.normal_(self.temporal.cls, std=self.cfg.init_std)
-            nn.init.normal_(self.temporal.pos, std=self.cfg.init_std)
+            nn.init.normal_(self.temporal.cls, std=std or EMBEDDING_STD)
+            nn.init.normal_(self.temporal.pos, std=std or EMBEDDING_STD)
 
     def set_hierarchy(self, parent_index: torch.Tensor) -> None:
         if parent_index.shape != self.parent_index.shape:

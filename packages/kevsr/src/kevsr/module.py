@@ -102,6 +102,8 @@ class KEVSRModule(pl.LightningModule):
             for level, head in ((1, self.model.nontemporal.head1), (2, self.model.nontemporal.head2)):
                 vectors, found = h.label_vectors(dm.kg, level, cfg.kg_dim)
                 head.set_label_vectors(vectors, found)
+            if self.model.nontemporal.tune_keywords:
+                self.model.nontemporal.keyword_delta.resize(len(dm.keyword_vocab))
         split = next(iter(dm.datasets.values()), None)
         if split is not None and len(split):
             item = split[0]

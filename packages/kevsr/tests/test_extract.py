@@ -1,0 +1,149 @@
+"""``kevsr extract`` end to end on generated videos with tiny randomly initialised models (no downloads)."""
+
+import json
+import logging
+
+import h5py
+import pytest
+import torch
+
+from kevsr.cli import main
+from kevsr.data import Hierarchy, KEVSRDataset
+
+
+def _tiny_models(tmp_path):
+    """Small torchvision architectures with random weights (saved in float16 to keep the files small) and a
+    tiny BERT built from a config with its own word-piece vocabulary."""
+    import torchvision
+    from torchvision.models import detection, video
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    torch.manual_seed(0)
+
+    def save(model, name):
+        torch.save(
+            {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, tmp_path / name
+        )
+        return str(tmp_path / name)
+
+    paths = {
+        "resnet": save(torchvision.models.resnet18(weights=None), "resnet18.pth"),
+        "video": save(video.mc3_18(weights=None), "mc3_18.pth"),
+        "detector": save(
+            detection.fasterrcnn_mobilenet_v3_large_320_fpn(weights=None, weights_backbone=None, num_classes=2),
+            "det.pth",
+        ),
+    }
+    bert = tmp_path / "bert"
+    bert.mkdir()
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "spicy", "hot", "pot", "with", "friends", "cinema"]
+    (bert / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    BertTokenizerFast(vocab_file=str(bert / "vocab.txt")).save_pretrained(bert)
+    cfg = BertConfig(
+        vocab_size=len(vocab),
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=128,
+    )
+    BertModel(cfg).save_pretrained(bert)
+    paths["bert"] = str(bert)
+    return paths
+
+
+def test_extract_end_to_end_on_generated_videos(tmp_path):
+    from mmzoo.testing import make_pattern_video
+
+    root, videos = tmp_path / "data", tmp_path / "videos"
+    (root / "annotations").mkdir(parents=True)
+    videos.mkdir()
+    make_pattern_video(videos / "v0.mp4", num_frames=20, fps=8, height=48, width=64, gop=5)
+    make_pattern_video(tmp_path / "elsewhere.mp4", num_frames=12, fps=8, height=64, width=48, gop=4)
+    (videos / "broken.mp4").write_bytes(b"not a video")
+    rows = [
+        {"video_id": "v0", "text": "spicy hot pot with friends", "label_paths": [["food", "hot pot"]]},
+        {
+            "video_id": "v1",
+            "text": "cinema",
+            "label_paths": [["leisure", None]],
+            "video_path": str(tmp_path / "elsewhere.mp4"),
+        },
+        {"video_id": "broken", "text": "cinema", "label_paths": [["leisure", "cinema"]]},
+    ]
+    (root / "annotations" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    hierarchy = {
+        "level1": [{"name": "food"}, {"name": "leisure"}],
+        "level2": [{"name": "hot pot", "parent": "food"}, {"name": "cinema", "parent": "leisure"}],
+    }
+    (root / "hierarchy.json").write_text(json.dumps(hierarchy))
+    m = _tiny_models(tmp_path)
+    args = [
+        "extract",
+        "--data-root",
+        str(root),
+        "--split",
+        "test",
+        "--videos-dir",
+        str(videos),
+        "--resnet",
+        "resnet18",
+        "--resnet-weights",
+        m["resnet"],
+        "--video-model",
+        "mc3_18",
+        "--video-model-weights",
+        m["video"],
+        "--detector",
+        "fasterrcnn_mobilenet_v3_large_320_fpn",
+        "--detector-weights",
+        m["detector"],
+        "--detector-num-classes",
+        "2",
+        "--bert",
+        m["bert"],
+        "--num-frames",
+        "3",
+        "--clip-len",
+        "4",
+        "--num-regions",
+        "2",
+        "--score-threshold",
+        "0.0",
+        "--image-size",
+        "64",
+        "--clip-size",
+        "32",
+    ]
+    with pytest.raises(FileNotFoundError, match="--detector-weights"):
+        main(args=[str(tmp_path / "missing.pth") if a == m["detector"] else a for a in args])
+    with pytest.raises(Exception, match="broken"):  # on_corrupt: raise (default) names the file
+        main(args=args)
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append  # independent of the root logger's state left by other tests
+    logging.getLogger("kevsr.extract").addHandler(handler)
+    try:
+        out = main(args=[*args, "--on-corrupt", "skip"])
+    finally:
+        logging.getLogger("kevsr.extract").removeHandler(handler)
+    assert any("broken" in r.getMessage() for r in records)  # the skipped video is logged with its path
+
+    assert out == root / "features" / "test.h5" and out.is_file()
+    with h5py.File(out) as f:
+        assert sorted(f) == ["v0", "v1"]
+        for vid in ("v0", "v1"):
+            g = f[vid]
+            assert g["f2d"].shape == (3, 512) and g["f3d"].shape == (3, 512) and g["text"].shape == (16,)
+            assert g["regions"].shape == (3, 2, 512) and g["region_boxes"].shape == (3, 2, 4)
+            assert g["region_mask"].shape == (3, 2) and g["region_mask"].dtype == "uint8"
+        mask = f["v0"]["region_mask"][()]
+        assert mask.sum() > 0  # the random 2-class detector proposes boxes; their features are pooled
+        assert (abs(f["v0"]["regions"][()][mask > 0]).sum(-1) > 0).all()
+
+    # the training pipeline reads the extracted file
+    keep = rows[:2]
+    (root / "annotations" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in keep))
+    ds = KEVSRDataset(str(root), "test", Hierarchy.from_json(root / "hierarchy.json"), None, 8, 2, 3)
+    item = ds[1]
+    assert item["f2d"].shape == (3, 512) and item["regions"].shape == (3, 2, 512) and item["text"].shape == (16,)
