@@ -44,6 +44,8 @@ def run_one(name: str) -> tuple[str, float, dict]:
             if args[0] == "fit":
                 ckpt = root / "checkpoints" / "last.ckpt"
         env = dict(os.environ, MMZOO_METRICS_JSON=str(out / f"metrics_{i}.json"))
+        # the package's console script sits beside this interpreter, also when the venv is not activated
+        env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
         print(f"\n=== {name} {' '.join(args)}", flush=True)
         proc = subprocess.run([name, *args], cwd=ROOT, env=env)
         if proc.returncode != 0:
