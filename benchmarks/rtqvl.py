@@ -1,4 +1,5 @@
-"""RTQ benchmark: retrieval train step, video encoding (inference) and the k-medoids Refine op.
+"""RTQ benchmark: retrieval train step, video encoding (inference) and the k-medoids Refine op (PyTorch reference
+and, on CUDA, the Triton path of ``rtqvl.ops``).
 
 One JSON line per case (mmzoo.bench). Paper size on CUDA (ViT-B/16 + BERT-base, 12→6 frames, 224 px, batch 8 per
 GPU); a tiny model on CPU (finishes in well under 2 minutes). Random weights: speed does not depend on them.
@@ -21,6 +22,7 @@ import torch  # noqa: E402
 from mmzoo.bench import emit, measure, pick_device  # noqa: E402
 from rtqvl.models import RTQConfig, TextConfig, VisionConfig, kmedoids  # noqa: E402
 from rtqvl.module import RTQModule  # noqa: E402
+from rtqvl.ops import HAS_TRITON, kmedoids_triton  # noqa: E402
 
 
 def _vocab_dir(tmp: str) -> str:
@@ -81,8 +83,13 @@ def main() -> None:
         s, n, d = (b * cfg.vision.num_segments, cfg.vision.frames_per_segment * cfg.vision.num_patches,
                    cfg.vision.hidden_size)
         z = torch.randn(s, n, d, device=device)
-        emit({"bench": "rtqvl", "case": f"kmedoids_{size}", "batch": s,
-              **measure(lambda: kmedoids(z, cfg.vision.num_patches), s, device, warmup=1, iters=5 if paper else 3)})
+        c = cfg.vision.num_patches
+        emit({"bench": "rtqvl", "case": f"kmedoids_torch_{size}", "batch": s,
+              **measure(lambda: kmedoids(z, c), s, device, warmup=1, iters=5 if paper else 3)})
+        if device.type == "cuda" and HAS_TRITON:  # the Triton kernels need CUDA (the CPU interpreter is for tests)
+            same = bool(torch.equal(kmedoids_triton(z, c), kmedoids(z, c)))
+            emit({"bench": "rtqvl", "case": f"kmedoids_triton_{size}", "batch": s, "same_medoids_as_torch": same,
+                  **measure(lambda: kmedoids_triton(z, c), s, device, warmup=1, iters=5)})
 
 
 if __name__ == "__main__":

@@ -6,13 +6,19 @@
    segments, so it can at best guess between twins). Metric: text→video R@1 after ITM re-ranking, and
    "order accuracy" = share of captions whose video scores above its twin (ties count ½).
    Gate: RTQ R@1 − RQ R@1 ≥ 20 points (the spec's expected margin, fixed before the first run).
+   The miniature stands in for a *pretrained* image-text model, so its random weights are drawn with std 0.2
+   (``RTQConfig.init_std``) instead of the official 0.02 (which expects checkpoint weights on top): at 0.02 every
+   clip and caption of the tiny encoders gets the same [CLS] feature (cosine ≈ 1), momentum ITC has no gradient and
+   both models stay at chance (the first honest run). 0.2 and 30 epochs were chosen on a validation set (the same
+   task generated with seed 100, never one of the reported seeds' test sets) by watching training ITC, cosine R@1
+   and order accuracy, before the reported runs.
 2. Refinement premise (redundancy). Segments of two near-duplicate frames (frame 2 = frame 1 + small noise) with a
    small object present in frame 2 only; tokens = raw 8×8 pixel patches (P = 16 per frame, N = 32, C = P = 16).
    k-medoids vs random vs sparse_sampling token selection: fraction of object tokens kept, and nearest-neighbour
    classification (object colour) of mean-pooled refined tokens. Gate: k-medoids keeps ≥ 90 % of object tokens
    and ≥ 30 points more than random.
 
-Run: ``python packages/rtqvl/repro.py`` (about 10 min on an idle 2-core CPU).
+Run: ``python packages/rtqvl/repro.py --workers 6`` (temporal: 6 runs × 30 epochs, about 5 CPU-minutes each).
 """
 
 from __future__ import annotations
@@ -34,16 +40,21 @@ from rtqvl.module import RTQModule
 from rtqvl.synthetic import write_order_dataset
 
 SEEDS = (0, 1, 2)
+EPOCHS = 30
 TEMPORAL_GATE = 20.0
 KEEP_GATE, KEEP_MARGIN = 90.0, 30.0
 OUT = Path(__file__).parent / "repro_results.json"
+
+
+INIT_STD = 0.2  # random-init miniature (RTQConfig.init_std); fixed on a validation set, see module docstring
 
 
 def _config(temporal: str) -> RTQConfig:
     vision = VisionConfig(image_size=32, patch_size=8, hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128,
                           num_frames=4, num_segments=2, cluster_block=2, temporal_block=3, temporal_modeling=temporal)
     text = TextConfig(vocab_path="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, dropout=0.0)
-    return RTQConfig(task="retrieval", vision=vision, text=text, embed_dim=32, queue_size=64, k_test=8, max_text_len=16)
+    return RTQConfig(task="retrieval", vision=vision, text=text, embed_dim=32, queue_size=64, k_test=8, max_text_len=16,
+                     init_std=INIT_STD)
 
 
 def _order_accuracy(module: RTQModule, dm: RTQDataModule) -> float:
@@ -146,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", choices=["all", "temporal", "redundancy"], default="all",
                     help="run one experiment (its gates only); default both")
-    ap.add_argument("--epochs", type=int, default=6, help="training epochs of the temporal experiment")
+    ap.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs of the temporal experiment")
     ap.add_argument("--seeds", type=int, default=len(SEEDS), help="number of seeds (3 for the reported numbers)")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="temporal runs (seed × model) in parallel processes, one torch thread each")
     args = ap.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(1)  # tiny models: one thread is as fast and avoids oversubscription on busy machines
@@ -156,7 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = json.loads(OUT.read_text()) if OUT.is_file() and args.only != "all" else {}
     results.update({"seeds": list(SEEDS), "experiments": args.only})
     if args.only in ("all", "temporal"):
-        results["temporal_order"] = _run_temporal(args.epochs, t0, SEEDS[: args.seeds])
+        results["temporal_order"] = _run_temporal(args.epochs, t0, SEEDS[: args.seeds], args.workers)
+        results["temporal_order"].update({"epochs": args.epochs, "init_std": INIT_STD})
+        results.pop("temporal_order_status", None)  # a note about an older temporal result
     if args.only in ("all", "redundancy"):
         _run_redundancy(results)
     gates = {}
@@ -177,18 +192,41 @@ def main(argv: list[str] | None = None) -> int:
     return 0 if all(g["pass"] for g in gates.values()) else 1
 
 
-def _run_temporal(epochs: int, t0: float, seeds: tuple[int, ...]) -> dict:
-    out = {}
+def _temporal_job(job: tuple[str, str, str, int, int]) -> tuple[str, int, dict[str, float], float]:
+    """One (model, seed) run in a worker process (module-level so it can be pickled)."""
+    root, name, temporal, seed, epochs = job
+    torch.set_num_threads(1)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    t = time.time()
+    return name, seed, temporal_experiment(Path(root), temporal, seed, epochs=epochs), time.time() - t
+
+
+def _run_temporal(epochs: int, t0: float, seeds: tuple[int, ...], workers: int = 1) -> dict:
+    out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        runs: dict[str, dict[str, list[float]]] = {"RTQ": {}, "RQ": {}}
+        jobs = []
         for seed in seeds:
             root = Path(tmp) / f"seed{seed}"
             write_order_dataset(root, num_train=193, num_test=32, seed=seed)
-            for name, temporal in (("RTQ", "message_token"), ("RQ", "none")):
-                r = temporal_experiment(root, temporal, seed, epochs=epochs)
-                for k, v in r.items():
-                    runs[name].setdefault(k, []).append(v)
-                print(f"seed {seed} {name}: {r}  ({time.time() - t0:.0f}s)", flush=True)
+            jobs += [(str(root), name, temporal, seed, epochs) for name, temporal in (("RTQ", "message_token"), ("RQ", "none"))]
+        if workers > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(workers) as pool:
+                done = []
+                for r in pool.imap_unordered(_temporal_job, jobs):
+                    print(f"seed {r[1]} {r[0]}: {r[2]}  ({r[3]:.0f}s run, {time.time() - t0:.0f}s total)", flush=True)
+                    done.append(r)
+        else:
+            done = []
+            for job in jobs:
+                r = _temporal_job(job)
+                print(f"seed {r[1]} {r[0]}: {r[2]}  ({r[3]:.0f}s run, {time.time() - t0:.0f}s total)", flush=True)
+                done.append(r)
+        runs: dict[str, dict[str, list[float]]] = {"RTQ": {}, "RQ": {}}
+        for name, _, r, _ in sorted(done, key=lambda x: (x[0], x[1])):
+            for k, v in r.items():
+                runs[name].setdefault(k, []).append(v)
         for name in runs:
             out[name] = {k: _summary(v) for k, v in runs[name].items()}
     return out

@@ -172,3 +172,14 @@ def test_rerank_full_k_equals_itm_plus_cosine():
             assert torch.allclose(v2t[j, i], logit + sim[i, j], atol=1e-5)
     t2v1, _ = m.rerank(sim, tokens, ids, mask, k=1)
     assert ((t2v1 == -100).sum(dim=1) == 2).all()
+
+
+def test_init_std_redraws_weights_and_syncs_momentum():
+    model = build_model(tiny_config(init_std=0.2))
+    w = model.visual_encoder.encoder.layers[0].self_attn.qkv.weight
+    assert 0.15 < float(w.std()) < 0.25  # trunc-normal(0.2) clipped at ±2
+    for online, ema in model.momentum_pairs():
+        for a, b in zip(online.parameters(), ema.parameters(), strict=True):
+            assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="init_std"):
+        tiny_config(init_std=0.0)

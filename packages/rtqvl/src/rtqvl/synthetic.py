@@ -43,9 +43,14 @@ def order_clip(a: tuple[str, str], b: tuple[str, str], num_frames: int = 8, size
 
 
 def encode_mp4(frames: torch.Tensor, fps: float = 8.0) -> bytes:
-    """Raw mp4 bytes of uint8 (T, 3, H, W) frames (what a ClipBERT LMDB stores)."""
+    """Raw mp4 bytes of uint8 (T, 3, H, W) frames (what a ClipBERT LMDB stores).
+
+    All-intra (GOP 1): an event then decodes to the same pixels at any position in the clip. With inter-coded frames
+    the codec's drift differs between the first and the second half, which tells even an order-blind model (RQ)
+    which event came first.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_video(Path(tmp) / "clip.mp4", frames, fps=fps, codec="mpeg4")
+        path = write_video(Path(tmp) / "clip.mp4", frames, fps=fps, codec="mpeg4", gop=1)
         return path.read_bytes()
 
 

@@ -10,7 +10,16 @@ from rtqvl.models.rtq import (
     momentum_update,
 )
 from rtqvl.models.text import TextConfig, build_tokenizer
-from rtqvl.models.video import RTQVisionEncoder, VisionConfig, kmedoids, kmedoids_reference, refine_segments
+from rtqvl.models.video import (
+    RTQVisionEncoder,
+    VisionConfig,
+    kmedoids,
+    kmedoids_reference,
+    refine_segments,
+    spectral_medoids,
+    temporal_shift,
+    token_shift,
+)
 from rtqvl.models.weights import load_pretrained
 
 __all__ = [
@@ -29,4 +38,7 @@ __all__ = [
     "load_pretrained",
     "momentum_update",
     "refine_segments",
+    "spectral_medoids",
+    "temporal_shift",
+    "token_shift",
 ]

@@ -77,6 +77,11 @@ class RTQConfig:
     """Captioning / QA: train only the decoder's cross-attention (the video encoder is always trained)."""
     num_choices: int = 5
     """Multiple-choice candidates (NExT-QA: 5)."""
+    init_std: float | None = None
+    """Random-init miniatures only: redraw every Linear / Embedding weight (trunc-normal, this std) before training.
+    ``None`` = the official init (trunc-normal 0.02, meant to be overwritten by the BLIP checkpoint). At width 64
+    the 0.02 init makes the tiny encoders' [CLS] outputs identical for every input (cosine ≈ 1), so momentum ITC
+    has no gradient to start from; ``repro.py`` uses 0.2 (README, Repro results)."""
 
     def __post_init__(self) -> None:
         if self.k_test < 1:
@@ -85,6 +90,8 @@ class RTQConfig:
             raise ValueError(f"model.queue_size={self.queue_size} must be >= 1")
         if not 0.0 <= self.momentum <= 1.0:
             raise ValueError(f"model.momentum={self.momentum} must be in [0, 1]")
+        if self.init_std is not None and self.init_std <= 0:
+            raise ValueError(f"model.init_std={self.init_std} must be > 0 (or null for the official init)")
 
 
 @torch.no_grad()
@@ -386,11 +393,27 @@ class RTQMultipleChoice(_RTQBase):
 def build_model(config: RTQConfig) -> _RTQBase:
     """The task model named by ``config.task`` (plain branch, no registry)."""
     if config.task == "retrieval":
-        return RTQRetrieval(config)
-    if config.task == "captioning":
-        return RTQCaptioner(config)
-    if config.task == "qa":
-        return RTQVideoQA(config)
-    if config.task == "multiple_choice":
-        return RTQMultipleChoice(config)
-    raise ValueError(f"model.task={config.task!r}: expected retrieval, captioning, qa or multiple_choice")
+        model: _RTQBase = RTQRetrieval(config)
+    elif config.task == "captioning":
+        model = RTQCaptioner(config)
+    elif config.task == "qa":
+        model = RTQVideoQA(config)
+    elif config.task == "multiple_choice":
+        model = RTQMultipleChoice(config)
+    else:
+        raise ValueError(f"model.task={config.task!r}: expected retrieval, captioning, qa or multiple_choice")
+    if config.init_std is not None:
+        reinit_weights(model, config.init_std)
+    return model
+
+
+@torch.no_grad()
+def reinit_weights(model: _RTQBase, std: float) -> None:
+    """Redraw every Linear / Embedding weight of the online modules with trunc-normal(std) and copy them to the
+    momentum modules (``RTQConfig.init_std``)."""
+    momentum = {id(m) for _, ema in model.momentum_pairs() for m in ema.modules()}
+    for m in model.modules():
+        if id(m) not in momentum and isinstance(m, nn.Linear | nn.Embedding):
+            nn.init.trunc_normal_(m.weight, std=std)
+    for online, ema in model.momentum_pairs():
+        ema.load_state_dict(online.state_dict())

@@ -13,6 +13,10 @@ Pipeline for a video batch ``(B, T, 3, H, W)``:
    the segment CLS tokens of a video talk (message tokens), then run the ViT block per segment;
 4. final LayerNorm; global vector = mean of segment CLS, token memory = all segments' tokens concatenated
    ``(B, T'·(1+C), D)`` (RTQ) or averaged over segments ``(B, 1+C, D)`` (RQ ablation, ``temporal_modeling="none"``).
+
+Ablations of the official code, by config: Refine ``spectral`` / ``token_shift`` / ``temporal_shift`` (besides
+``pooling``, ``sparse_sampling``, ``random``, ``none``) and Temporal ``divided_attention`` (TimeSformer) /
+``video_proxy`` (CLIP-ViP; memory ``(B, M + T'·C, D)``, global vector = first proxy).
 """
 
 from __future__ import annotations
@@ -32,14 +36,22 @@ __all__ = [
     "VisionConfig",
     "kmedoids",
     "kmedoids_reference",
+    "kmedoids_from_distances",
+    "kkz_init",
+    "spectral_medoids",
+    "token_shift",
+    "temporal_shift",
     "refine_segments",
     "MessageTokenAttention",
+    "DividedTemporalAttention",
     "RTQVisionEncoder",
     "VideoEncoderOutput",
     "resize_pos_embed",
 ]
 
-RefineMode = Literal["kmedoids", "pooling", "sparse_sampling", "random", "none"]
+RefineMode = Literal["kmedoids", "spectral", "pooling", "sparse_sampling", "random", "token_shift", "temporal_shift", "none"]
+TemporalMode = Literal["message_token", "divided_attention", "video_proxy", "none"]
+_SHIFT_MODES = ("token_shift", "temporal_shift")
 
 
 @dataclass
@@ -69,17 +81,34 @@ class VisionConfig:
     temporal_block: int = 11
     """τ: temporal start block (11 retrieval, 7 captioning/QA; spec §3.1 step 4)."""
     refine: RefineMode = "kmedoids"
-    """Token selection per segment: ``kmedoids`` (paper), ablations ``pooling`` (average the d frames),
-    ``sparse_sampling`` (uniform stride), ``random``, ``none`` (keep all d·P tokens)."""
+    """Token selection per segment: ``kmedoids`` (paper), ablations ``spectral`` (normalised spectral clustering,
+    medoids picked in the spectral embedding; CenterCLIP), ``pooling`` (average the d frames), ``sparse_sampling``
+    (uniform stride), ``random``, ``none`` (keep all d·P tokens), and the shift ablations ``token_shift`` (TokShift:
+    a channel fraction of each frame's CLS moves one frame forward / back) and ``temporal_shift`` (TSM on the patch
+    tokens); the shift modes merge no frames, so they need ``num_segments == num_frames``."""
+    spectral_sigma: float = 2.0
+    """σ of the heat-kernel affinity ``exp(−||z_i − z_j|| / 2σ²)`` of ``refine: spectral`` (CenterCLIP default)."""
+    shift_fold_div: int = 8
+    """Shift ablations: ``D / shift_fold_div`` channels move one frame back and as many one frame forward
+    (official: 8)."""
     cluster_tokens: int | None = None
     """C: tokens kept per segment; ``None`` = P (patches per frame, the paper's budget)."""
     kmedoids_max_iter: int = 100
     """Maximum k-medoids iterations (official: 100)."""
-    temporal_modeling: Literal["message_token", "none"] = "message_token"
-    """``message_token`` = RTQ; ``none`` = the RQ ablation (no temporal embedding, segment maps averaged)."""
+    kmedoids_impl: Literal["torch", "triton"] = "torch"
+    """k-medoids implementation: ``torch`` (reference) or ``triton`` (:mod:`rtqvl.ops`: Triton distance /
+    assignment / cost kernels on CUDA; falls back to ``torch`` on CPU). Same algorithm and tie rules; the kernels
+    are tested against the reference under the Triton CPU interpreter."""
+    temporal_modeling: TemporalMode = "message_token"
+    """``message_token`` = RTQ; ``none`` = the RQ ablation (no temporal embedding, segment maps averaged); the
+    paper's comparison rows ``divided_attention`` (TimeSformer divided space-time attention in blocks τ..L−1) and
+    ``video_proxy`` (CLIP-ViP video proxy tokens from block τ)."""
+    num_proxies: int = 4
+    """M: video proxy tokens of ``temporal_modeling: video_proxy`` (official configs: 1, 2, 4)."""
     msg_fc_zero_init: bool = False
-    """Zero-init the message output projection W_msg. Official code ends with trunc-normal(0.02) (its zero init is
-    overwritten by the generic init; spec §3.1 step 5), which is the default here."""
+    """Zero-init the message output projection W_msg (and the divided attention's temporal_fc). Official code ends
+    with trunc-normal(0.02) (its zero init is overwritten by the generic init; spec §3.1 step 5), the default
+    here."""
     drop_path_rate: float = 0.0
     """Stochastic depth on the message-token branch."""
     grad_checkpoint_last: int = 0
@@ -101,6 +130,19 @@ class VisionConfig:
             )
         if self.cluster_tokens is not None and self.cluster_tokens < 1:
             raise ValueError(f"vision.cluster_tokens={self.cluster_tokens} must be >= 1 (or null for P)")
+        if self.refine in _SHIFT_MODES and self.num_segments != self.num_frames:
+            raise ValueError(
+                f"vision.refine={self.refine} merges no frames: set vision.num_segments ({self.num_segments}) "
+                f"= vision.num_frames ({self.num_frames})"
+            )
+        if self.shift_fold_div < 2:
+            raise ValueError(f"vision.shift_fold_div={self.shift_fold_div} must be >= 2")
+        if self.num_proxies < 1:
+            raise ValueError(f"vision.num_proxies={self.num_proxies} must be >= 1")
+        if self.temporal_modeling == "video_proxy" and self.temporal_block == self.num_layers:
+            raise ValueError(
+                f"vision.temporal_modeling=video_proxy needs vision.temporal_block < vision.num_layers ({self.num_layers})"
+            )
 
     @property
     def num_patches(self) -> int:
@@ -116,7 +158,7 @@ class VisionConfig:
     def tokens_per_segment(self) -> int:
         """Patch tokens a segment keeps after Refine."""
         d, p = self.frames_per_segment, self.num_patches
-        if self.refine == "pooling":
+        if self.refine in ("pooling", *_SHIFT_MODES):
             return p
         if self.refine == "none":
             return d * p
@@ -189,16 +231,21 @@ def kmedoids(tokens: torch.Tensor, num_clusters: int, max_iter: int = 100) -> to
     Returns:
         (S, C) int64 sorted medoid indices; no gradient.
     """
-    s, n, _ = tokens.shape
-    c = min(num_clusters, n)
     z = tokens.float()
     with torch.autocast(device_type=z.device.type, enabled=False):  # clustering always in float32
         dist = torch.cdist(z, z)  # (S, N, N)
-    rows = torch.arange(s, device=z.device)
-    medoids = torch.empty(s, c, dtype=torch.long, device=z.device)
-    medoids[:, 0] = z.norm(dim=-1).argmax(dim=-1)  # KKZ first pick: max norm
+    return kmedoids_from_distances(dist, z.norm(dim=-1), num_clusters, max_iter)
+
+
+def kkz_init(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int) -> torch.Tensor:
+    """KKZ initialisation: dist (S, N, N), norms (S, N) → (S, C) medoid indices in pick order (spec §3.1 step 3)."""
+    s, n = norms.shape
+    c = min(num_clusters, n)
+    rows = torch.arange(s, device=dist.device)
+    medoids = torch.empty(s, c, dtype=torch.long, device=dist.device)
+    medoids[:, 0] = norms.argmax(dim=-1)  # KKZ first pick: max norm
     nearest = dist[rows, medoids[:, 0]]  # (S, N) distance to nearest chosen medoid
-    chosen = torch.zeros(s, n, dtype=torch.bool, device=z.device)
+    chosen = torch.zeros(s, n, dtype=torch.bool, device=dist.device)
     chosen[rows, medoids[:, 0]] = True
     for k in range(1, c):
         score = nearest.masked_fill(chosen, -1.0)  # chosen tokens never win; duplicates (0) come last
@@ -206,6 +253,15 @@ def kmedoids(tokens: torch.Tensor, num_clusters: int, max_iter: int = 100) -> to
         medoids[:, k] = pick
         chosen[rows, pick] = True
         nearest = torch.minimum(nearest, dist[rows, pick])
+    return medoids
+
+
+@torch.no_grad()
+def kmedoids_from_distances(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int, max_iter: int = 100) -> torch.Tensor:
+    """The k-medoids of :func:`kmedoids` on a given distance matrix dist (S, N, N) and token norms (S, N)."""
+    s, n, _ = dist.shape
+    c = min(num_clusters, n)
+    medoids = kkz_init(dist, norms, c)
     big = torch.finfo(dist.dtype).max
     for _ in range(max_iter):
         to_medoid = torch.gather(dist, 1, medoids.unsqueeze(-1).expand(s, c, n))  # (S, C, N)
@@ -222,6 +278,70 @@ def kmedoids(tokens: torch.Tensor, num_clusters: int, max_iter: int = 100) -> to
     return medoids.sort(dim=-1).values
 
 
+@torch.no_grad()
+def spectral_medoids(tokens: torch.Tensor, num_clusters: int, sigma: float = 2.0, max_iter: int = 100) -> torch.Tensor:
+    """``refine: spectral`` ablation: normalised spectral clustering whose medoids are the kept tokens (CenterCLIP's
+    ``batch_spectral_clustering`` with its default heat-kernel graph; Reconstruction where RTQ's text is silent).
+
+    W_ij = exp(−||z_i − z_j||₂ / 2σ²) (Euclidean distance, not squared, as in the official helper);
+    L_sym = I − D^{−½} W D^{−½}; the eigenvectors of the C smallest eigenvalues give a C-d embedding per token,
+    rows L2-normalised (+1e-6); :func:`kmedoids` (KKZ, same tie and stop rules) runs in that embedding and its
+    medoid indices select the original tokens. (The official code takes an SVD of L_sym, which for this PSD
+    matrix spans the same subspaces, plus an optional sign correction that cannot change Euclidean distances.)
+
+    Args:
+        tokens: (S, N, D) S segments of N tokens.
+        num_clusters: C ≤ N.
+    Returns:
+        (S, C) int64 sorted medoid indices; no gradient.
+    """
+    n = tokens.shape[1]
+    c = min(num_clusters, n)
+    z = tokens.float()
+    with torch.autocast(device_type=z.device.type, enabled=False):
+        w = torch.exp(-torch.cdist(z, z) / (2.0 * sigma**2))  # (S, N, N) affinity, diagonal 1
+        inv_sqrt_deg = w.sum(dim=-1).rsqrt()  # (S, N)
+        lap = torch.eye(n, device=z.device) - inv_sqrt_deg.unsqueeze(-1) * w * inv_sqrt_deg.unsqueeze(-2)
+        _, vecs = torch.linalg.eigh(lap)  # ascending eigenvalues
+    q = vecs[:, :, :c]  # (S, N, C): eigenvectors of the C smallest eigenvalues
+    q = q / (q.norm(dim=-1, keepdim=True) + 1e-6)
+    return kmedoids(q, c, max_iter)
+
+
+def _shift(x: torch.Tensor, fold_div: int) -> torch.Tensor:
+    """x (B, T, …, D): channels [0, D/f) take frame t+1's values (shift back), [D/f, 2D/f) frame t−1's (shift
+    forward), zeros where no neighbour exists; the rest unchanged."""
+    fold = x.shape[-1] // fold_div
+    out = x.clone()
+    out[:, :-1, ..., :fold] = x[:, 1:, ..., :fold]
+    out[:, -1, ..., :fold] = 0
+    out[:, 1:, ..., fold : 2 * fold] = x[:, :-1, ..., fold : 2 * fold]
+    out[:, 0, ..., fold : 2 * fold] = 0
+    return out
+
+
+def token_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch.Tensor:
+    """TokShift (Zhang et al., MM 2021; CenterCLIP ``token_shift``): only the CLS token of each frame is shifted —
+    its first ``D/fold_div`` channels come from the next frame, the next ``D/fold_div`` from the previous frame
+    (zero-padded at the clip ends); patch tokens are unchanged.
+
+    x (B·T, 1+P, D) frames of a video consecutive → same shape.
+    """
+    bt, n, dim = x.shape
+    v = x.view(bt // num_frames, num_frames, n, dim)
+    cls = _shift(v[:, :, :1], fold_div)  # (B, T, 1, D)
+    return torch.cat([cls, v[:, :, 1:]], dim=2).view(bt, n, dim)
+
+
+def temporal_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch.Tensor:
+    """TSM on the patch tokens, CLS untouched (CenterCLIP ``temporal_shift_wo_cls``): the same channel shift as
+    :func:`token_shift`, applied to every patch token. x (B·T, 1+P, D) → same shape."""
+    bt, n, dim = x.shape
+    v = x.view(bt // num_frames, num_frames, n, dim)
+    patches = _shift(v[:, :, 1:], fold_div)  # (B, T, P, D)
+    return torch.cat([v[:, :, :1], patches], dim=2).view(bt, n, dim)
+
+
 def refine_segments(
     x: torch.Tensor,
     num_videos: int,
@@ -230,13 +350,17 @@ def refine_segments(
     num_tokens: int,
     max_iter: int = 100,
     generator: torch.Generator | None = None,
+    spectral_sigma: float = 2.0,
+    shift_fold_div: int = 8,
+    kmedoids_impl: str = "torch",
 ) -> torch.Tensor:
     """Refine: merge each segment's d frames into ``1 + C`` tokens (spec §3.1 step 3).
 
     Args:
         x: (B·T, 1+P, D) per-frame tokens, frames of a video consecutive.
-        mode: ``kmedoids`` (paper), ``pooling``, ``sparse_sampling``, ``random``, ``none``.
-        num_tokens: C, tokens kept per segment (ignored by ``pooling``/``none``).
+        mode: ``kmedoids`` (paper), ``spectral``, ``pooling``, ``sparse_sampling``, ``random``, ``none``, or the
+            shift ablations ``token_shift`` / ``temporal_shift`` (need ``num_segments`` = T; no tokens dropped).
+        num_tokens: C, tokens kept per segment (ignored by ``pooling``/``none``/shift modes).
     Returns:
         (B·T', 1+C, D): ``[mean of the d frames' CLS ; selected patch tokens]`` (selection without gradient,
         gathered tokens keep it).
@@ -244,6 +368,10 @@ def refine_segments(
     bt, p1, dim = x.shape
     t = bt // num_videos
     d = t // num_segments
+    if mode in _SHIFT_MODES:
+        if d != 1:
+            raise ValueError(f"vision.refine={mode} needs vision.num_segments = vision.num_frames ({t})")
+        return (token_shift if mode == "token_shift" else temporal_shift)(x, t, shift_fold_div)
     x = x.view(num_videos * num_segments, d, p1, dim)  # (B·T', d, 1+P, D)
     cls = x[:, :, 0].mean(dim=1, keepdim=True)  # (B·T', 1, D) segment CLS = mean of frame CLS
     patches = x[:, :, 1:]  # (B·T', d, P, D)
@@ -253,8 +381,14 @@ def refine_segments(
     n = z.shape[1]
     if mode == "none" or num_tokens >= n:
         return torch.cat([cls, z], dim=1)  # (B·T', 1+N, D)
-    if mode == "kmedoids":
+    if mode == "kmedoids" and kmedoids_impl == "triton":
+        from rtqvl.ops import kmedoids_fast  # Triton on CUDA, the reference elsewhere
+
+        idx = kmedoids_fast(z.detach(), num_tokens, max_iter)  # (B·T', C)
+    elif mode == "kmedoids":
         idx = kmedoids(z.detach(), num_tokens, max_iter)  # (B·T', C)
+    elif mode == "spectral":
+        idx = spectral_medoids(z.detach(), num_tokens, spectral_sigma, max_iter)  # (B·T', C)
     elif mode == "sparse_sampling":
         idx = torch.linspace(0, n - 1, num_tokens, device=z.device).round().long()
         idx = idx.unsqueeze(0).expand(z.shape[0], -1)  # (B·T', C) uniform stride
@@ -262,7 +396,10 @@ def refine_segments(
         scores = torch.rand(z.shape[0], n, generator=generator).to(z.device)
         idx = scores.topk(num_tokens, dim=-1).indices.sort(dim=-1).values  # (B·T', C)
     else:
-        raise ValueError(f"vision.refine={mode!r}: expected kmedoids, pooling, sparse_sampling, random or none")
+        raise ValueError(
+            f"vision.refine={mode!r}: expected kmedoids, spectral, pooling, sparse_sampling, random, token_shift, "
+            "temporal_shift or none"
+        )
     sel = torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, dim))  # (B·T', C, D)
     return torch.cat([cls, sel], dim=1)  # (B·T', 1+C, D)
 
@@ -315,6 +452,82 @@ class MessageTokenAttention(nn.Module):
         return cls + self.fc(_drop_path(h, self.drop_path, self.training))  # (B, T', D)
 
 
+class DividedTemporalAttention(nn.Module):
+    """Temporal half of TimeSformer's divided space-time attention (``temporal_modeling: divided_attention``;
+    the official ``DividedSpaceTimeBlock``), run before the pretrained spatial block of each temporal block:
+
+        cls_t ← mean_t' cls_t'  (every segment's CLS replaced by the video mean),
+        x_{·,p} ← x_{·,p} + W_t( DropPath( MHSA_t( LN_t( x_{·,p} ) ) ) )  over the T' tokens at patch slot p.
+
+    After Refine, slot p of two segments holds their p-th medoids (the official code attends over them all the
+    same). Shapes: x (B, T', 1+C, D) → (B, T', 1+C, D).
+    """
+
+    def __init__(self, dim: int, num_heads: int, drop_path: float, zero_init: bool):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)  # LN_t (official: nn.LayerNorm default eps 1e-5)
+        self.attn = nn.MultiheadAttention(dim, num_heads, batch_first=True)  # MHSA_t over T' tokens
+        self.fc = nn.Linear(dim, dim)  # W_t (temporal_fc)
+        self.drop_path = drop_path
+        self.zero_init = zero_init
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Generic init (trunc-normal 0.02, zero bias, LN 1/0); optional zero W_t (see ``msg_fc_zero_init``)."""
+        nn.init.trunc_normal_(self.fc.weight, std=0.02)
+        nn.init.zeros_(self.fc.bias)
+        nn.init.trunc_normal_(self.attn.in_proj_weight, std=0.02)
+        nn.init.zeros_(self.attn.in_proj_bias)
+        nn.init.trunc_normal_(self.attn.out_proj.weight, std=0.02)
+        nn.init.zeros_(self.attn.out_proj.bias)
+        nn.init.ones_(self.norm.weight)
+        nn.init.zeros_(self.norm.bias)
+        if self.zero_init:
+            nn.init.zeros_(self.fc.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, n, dim = x.shape
+        cls = x[:, :, :1].mean(dim=1, keepdim=True).expand(b, t, 1, dim)  # (B, T', 1, D) video-mean CLS
+        p = x[:, :, 1:].transpose(1, 2).reshape(b * (n - 1), t, dim)  # (B·C, T', D) one sequence per slot
+        h = self.norm(p)
+        h, _ = self.attn(h, h, h, need_weights=False)
+        p = p + self.fc(_drop_path(h, self.drop_path, self.training))  # (B·C, T', D)
+        p = p.view(b, n - 1, t, dim).transpose(1, 2)  # (B, T', C, D)
+        return torch.cat([cls, p], dim=2)  # (B, T', 1+C, D)
+
+
+def video_proxy_block(layer: BlipEncoderLayer, x: torch.Tensor, num_proxies: int, num_segments: int) -> torch.Tensor:
+    """One CLIP-ViP block (``temporal_modeling: video_proxy``; the official ``CLIPViPBlock``) with the pretrained
+    spatial block's weights (LN1, qkv, projection, LN2, MLP):
+
+    * proxies (queries) attend to every token of the video: ``[proxies ; all segments' patches]``;
+    * the patches of segment t (queries) attend to ``[proxies ; patches of segment t]``;
+    * residual, then the MLP on every token.
+
+    Shapes: x (B, M + T'·C, D) = ``[M proxies ; segment 0 patches ; … ; segment T'−1 patches]`` → same shape.
+    """
+    attn = layer.self_attn
+    b, n, dim = x.shape
+    m, t = num_proxies, num_segments
+    c = (n - m) // t
+    heads = attn.num_heads
+    h = layer.layer_norm1(x)
+    q, k, v = attn.qkv(h).view(b, n, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)  # each (B, H, N, Dh)
+
+    def per_segment(y: torch.Tensor) -> torch.Tensor:  # (B, H, M+T'C, Dh) → (B·T', H, M+C, Dh)
+        prox = y[:, :, :m].unsqueeze(1).expand(b, t, heads, m, -1)
+        seg = y[:, :, m:].view(b, heads, t, c, -1).transpose(1, 2)  # (B, T', H, C, Dh)
+        return torch.cat([prox, seg], dim=3).flatten(0, 1)
+
+    q_seg = q[:, :, m:].view(b, heads, t, c, -1).transpose(1, 2).flatten(0, 1)  # (B·T', H, C, Dh)
+    out_seg = F.scaled_dot_product_attention(q_seg, per_segment(k), per_segment(v))  # (B·T', H, C, Dh)
+    out_seg = out_seg.view(b, t, heads, c, -1).transpose(1, 2).reshape(b, heads, t * c, -1)  # (B, H, T'C, Dh)
+    out_prox = F.scaled_dot_product_attention(q[:, :, :m], k, v)  # (B, H, M, Dh) proxies see everything
+    out = torch.cat([out_prox, out_seg], dim=2).transpose(1, 2).reshape(b, n, dim)  # (B, N, D)
+    x = x + attn.projection(out)
+    return x + layer.mlp(layer.layer_norm2(x))
+
+
 def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
     """Bicubic resize of a ViT position embedding (1, 1+G², D) to (1, 1+num_patches, D), CLS position kept.
 
@@ -338,8 +551,8 @@ def resize_pos_embed(pos: torch.Tensor, num_patches: int) -> torch.Tensor:
 
 @dataclass
 class VideoEncoderOutput:
-    """global_feat (B, D): mean of the final segment CLS; tokens (B, M, D): cross-attention memory,
-    M = T'·(1+C) (RTQ) or 1+C (RQ)."""
+    """global_feat (B, D): mean of the final segment CLS (first proxy for ``video_proxy``); tokens (B, M, D):
+    cross-attention memory, M = T'·(1+C) (RTQ, divided attention), 1+C (RQ) or proxies + T'·C (video proxy)."""
 
     global_feat: torch.Tensor
     tokens: torch.Tensor
@@ -359,21 +572,32 @@ class RTQVisionEncoder(nn.Module):
         self.encoder = nn.Module()
         self.encoder.layers = nn.ModuleList([BlipEncoderLayer(blip) for _ in range(config.num_layers)])
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.use_temporal = config.temporal_modeling == "message_token"
-        n_temporal = config.num_layers - config.temporal_block if self.use_temporal else 0
+        mode = config.temporal_modeling
+        self.use_temporal = mode != "none"
+        n_temporal = config.num_layers - config.temporal_block
         self.temporal_embedding = nn.Parameter(torch.zeros(config.num_segments, config.hidden_size))  # E_t
         self.message_blocks = nn.ModuleList(
             MessageTokenAttention(
                 config.hidden_size, config.num_heads, config.layer_norm_eps, config.drop_path_rate, config.msg_fc_zero_init
             )
-            for _ in range(n_temporal)
+            for _ in range(n_temporal if mode == "message_token" else 0)
+        )
+        self.divided_blocks = nn.ModuleList(
+            DividedTemporalAttention(config.hidden_size, config.num_heads, config.drop_path_rate, config.msg_fc_zero_init)
+            for _ in range(n_temporal if mode == "divided_attention" else 0)
+        )
+        # CLIP-ViP proxy embeddings (Reconstruction: RTQ's code starts all M proxies as copies of the mean segment
+        # CLS, which keeps them identical; CLIP-ViP gives each proxy its own learnable embedding)
+        self.proxy_embedding = (
+            nn.Parameter(torch.zeros(config.num_proxies, config.hidden_size)) if mode == "video_proxy" else None
         )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Generic ViT init (trunc-normal 0.02 weights, zero biases, LN 1/0); pretrained weights load on top."""
+        temporal_fcs = [b.fc for b in (*self.message_blocks, *self.divided_blocks)]
         for m in self.modules():
-            if isinstance(m, nn.Linear) and not any(m is b.fc for b in self.message_blocks):
+            if isinstance(m, nn.Linear) and not any(m is fc for fc in temporal_fcs):
                 nn.init.trunc_normal_(m.weight, std=0.02)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -383,7 +607,9 @@ class RTQVisionEncoder(nn.Module):
         nn.init.trunc_normal_(self.embeddings.position_embedding, std=0.02)
         nn.init.trunc_normal_(self.embeddings.class_embedding, std=0.02)
         nn.init.zeros_(self.temporal_embedding)
-        for b in self.message_blocks:
+        if self.proxy_embedding is not None:
+            nn.init.trunc_normal_(self.proxy_embedding, std=0.02)
+        for b in (*self.message_blocks, *self.divided_blocks):
             b.reset_parameters()
 
     def _block(self, i: int, x: torch.Tensor) -> torch.Tensor:
@@ -402,26 +628,39 @@ class RTQVisionEncoder(nn.Module):
             raise ValueError(f"video frames must be {cfg.image_size}x{cfg.image_size} (vision.image_size), got {tuple(video.shape[-2:])}")
         b, t = video.shape[:2]
         x = self.embeddings(video.flatten(0, 1))  # (B·T, 1+P, D)
+        mode = cfg.temporal_modeling
         segments = False
         for i in range(cfg.num_layers):
             if i == cfg.cluster_block and not segments:
-                x = refine_segments(
-                    x, b, cfg.num_segments, cfg.refine, cfg.tokens_per_segment, cfg.kmedoids_max_iter, generator
-                )  # (B·T', 1+C, D)
+                x = self._refine(x, b, generator)  # (B·T', 1+C, D)
                 segments = True
             if self.use_temporal and i == cfg.temporal_block:
                 n = x.shape[1]
                 x = x.view(b, cfg.num_segments, n, -1) + self.temporal_embedding[None, :, None]  # (B, T', 1+C, D)
-                x = x.flatten(0, 1)  # (B·T', 1+C, D)
+                if mode == "video_proxy":
+                    proxies = x[:, :, 0].mean(dim=1, keepdim=True) + self.proxy_embedding  # (B, M, D)
+                    x = torch.cat([proxies, x[:, :, 1:].flatten(1, 2)], dim=1)  # (B, M + T'·C, D)
+                else:
+                    x = x.flatten(0, 1)  # (B·T', 1+C, D)
             if self.use_temporal and i >= cfg.temporal_block:
+                j = i - cfg.temporal_block
+                if mode == "video_proxy":
+                    x = video_proxy_block(self.encoder.layers[i], x, cfg.num_proxies, cfg.num_segments)
+                    continue
                 n = x.shape[1]
                 x = x.view(b, cfg.num_segments, n, -1)  # (B, T', 1+C, D)
-                cls = self.message_blocks[i - cfg.temporal_block](x[:, :, 0])  # (B, T', D)
-                x = torch.cat([cls.unsqueeze(2), x[:, :, 1:]], dim=2).flatten(0, 1)  # (B·T', 1+C, D)
+                if mode == "message_token":
+                    cls = self.message_blocks[j](x[:, :, 0])  # (B, T', D)
+                    x = torch.cat([cls.unsqueeze(2), x[:, :, 1:]], dim=2)
+                else:
+                    x = self.divided_blocks[j](x)
+                x = x.flatten(0, 1)  # (B·T', 1+C, D)
             x = self._block(i, x)
         if not segments:  # cluster_block == num_layers: refine after the last block
-            x = refine_segments(x, b, cfg.num_segments, cfg.refine, cfg.tokens_per_segment, cfg.kmedoids_max_iter, generator)
-        x = self.post_layernorm(x)  # (B·T', 1+C, D)
+            x = self._refine(x, b, generator)
+        x = self.post_layernorm(x)  # (B·T', 1+C, D), or (B, M + T'·C, D) for video proxies
+        if mode == "video_proxy":
+            return VideoEncoderOutput(global_feat=x[:, 0], tokens=x)  # official: the first proxy token
         n = x.shape[1]
         x = x.view(b, cfg.num_segments, n, -1)  # (B, T', 1+C, D)
         global_feat = x[:, :, 0].mean(dim=1)  # (B, D) mean of segment CLS
@@ -430,3 +669,10 @@ class RTQVisionEncoder(nn.Module):
         else:
             tokens = x.mean(dim=1)  # (B, 1+C, D) RQ: segment maps averaged
         return VideoEncoderOutput(global_feat=global_feat, tokens=tokens)
+
+    def _refine(self, x: torch.Tensor, num_videos: int, generator: torch.Generator | None) -> torch.Tensor:
+        cfg = self.config
+        return refine_segments(
+            x, num_videos, cfg.num_segments, cfg.refine, cfg.tokens_per_segment, cfg.kmedoids_max_iter, generator,
+            cfg.spectral_sigma, cfg.shift_fold_div, cfg.kmedoids_impl,
+        )

@@ -1,0 +1,149 @@
+"""Ablation switches of the official code (spec §3.1): spectral refine, token / temporal shift, divided space-time
+attention and CLIP-ViP video proxies — one hand-checkable property each."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from rtqvl_testlib import tiny_config, tiny_vision
+from transformers.models.blip.modeling_blip import BlipEncoderLayer
+
+from rtqvl.models import RTQVisionEncoder, build_model
+from rtqvl.models.video import (
+    DividedTemporalAttention,
+    VisionConfig,
+    refine_segments,
+    spectral_medoids,
+    temporal_shift,
+    token_shift,
+    video_proxy_block,
+)
+
+
+def _frames(b: int = 2, t: int = 3, n: int = 5, d: int = 16) -> torch.Tensor:
+    """(B·T, N, D) with value = 1000·b + 100·t + n + 0.01·channel, so every entry names its origin."""
+    bi, ti, ni, ci = torch.meshgrid(torch.arange(b), torch.arange(t), torch.arange(n), torch.arange(d), indexing="ij")
+    return (1000.0 * bi + 100.0 * ti + ni + 0.01 * ci).reshape(b * t, n, d)
+
+
+def test_token_shift_moves_one_eighth_of_cls_channels_each_way():
+    b, t, n, d = 2, 3, 5, 16  # fold = 16 / 8 = 2 channels each way
+    x = _frames(b, t, n, d)
+    out = token_shift(x, t, fold_div=8).view(b, t, n, d)
+    v = x.view(b, t, n, d)
+    # CLS channels 0–1 come from the next frame (zero at the last), 2–3 from the previous (zero at the first)
+    assert torch.equal(out[:, :-1, 0, :2], v[:, 1:, 0, :2]) and torch.all(out[:, -1, 0, :2] == 0)
+    assert torch.equal(out[:, 1:, 0, 2:4], v[:, :-1, 0, 2:4]) and torch.all(out[:, 0, 0, 2:4] == 0)
+    assert torch.equal(out[:, :, 0, 4:], v[:, :, 0, 4:])  # the other 3/4 of the channels stay
+    assert torch.equal(out[:, :, 1:], v[:, :, 1:])  # patch tokens untouched
+    assert out[0, 0, 0, 0] == 100.0  # frame 0 reads frame 1 of the same video, never another video
+    assert out[1, 1, 0, 2] == 1000.0 + 0.02
+
+
+def test_temporal_shift_moves_patch_channels_and_keeps_cls():
+    b, t, n, d = 2, 3, 5, 16
+    x = _frames(b, t, n, d)
+    out = temporal_shift(x, t, fold_div=8).view(b, t, n, d)
+    v = x.view(b, t, n, d)
+    assert torch.equal(out[:, :, 0], v[:, :, 0])
+    assert torch.equal(out[:, :-1, 1:, :2], v[:, 1:, 1:, :2]) and torch.all(out[:, -1, 1:, :2] == 0)
+    assert torch.equal(out[:, 1:, 1:, 2:4], v[:, :-1, 1:, 2:4]) and torch.all(out[:, 0, 1:, 2:4] == 0)
+    assert torch.equal(out[:, :, 1:, 4:], v[:, :, 1:, 4:])
+
+
+def test_shift_refine_needs_one_frame_per_segment():
+    with pytest.raises(ValueError, match="num_segments"):
+        tiny_vision(refine="token_shift")  # 4 frames, 2 segments
+    x = torch.randn(2 * 4, 17, 64)
+    assert refine_segments(x, 2, 4, "token_shift", 16).shape == (8, 17, 64)
+    enc = RTQVisionEncoder(tiny_vision(refine="token_shift", num_segments=4)).eval()
+    out = enc(torch.randn(2, 4, 3, 32, 32))
+    assert out.tokens.shape == (2, 4 * 17, 64)
+
+
+def test_spectral_picks_one_token_per_obvious_cluster():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0], [50.0, 50.0]])
+    pts = centres.repeat_interleave(5, dim=0) + 0.3 * torch.randn(20, 2, generator=g)  # 4 clusters of 5
+    perm = torch.randperm(20, generator=g)
+    z = pts[perm].unsqueeze(0)  # (1, 20, 2) shuffled
+    cluster = (torch.arange(20) // 5)[perm]
+    med = spectral_medoids(z, 4, sigma=2.0)[0]
+    assert torch.all(med[1:] > med[:-1])  # sorted, distinct
+    assert sorted(cluster[med].tolist()) == [0, 1, 2, 3]  # exactly one token from every cluster
+
+
+def test_spectral_refine_shapes_and_gradient():
+    x = torch.randn(2 * 4, 17, 8, requires_grad=True)
+    out = refine_segments(x, 2, 2, "spectral", 16)
+    assert out.shape == (4, 17, 8)
+    out.sum().backward()
+    assert x.grad[:, 1:].abs().sum() > 0
+    enc = RTQVisionEncoder(tiny_vision(refine="spectral")).eval()
+    assert enc(torch.randn(2, 4, 3, 32, 32)).tokens.shape == (2, 2 * 17, 64)
+
+
+def test_divided_attention_mixes_only_one_patch_slot_across_segments():
+    torch.manual_seed(0)
+    blk = DividedTemporalAttention(16, 4, 0.0, zero_init=False).eval()
+    for p in (blk.attn.in_proj_weight, blk.attn.out_proj.weight, blk.fc.weight):
+        torch.nn.init.normal_(p, std=0.5)  # O(1) weights so cross-segment effects are far above rounding
+    x = torch.randn(2, 3, 6, 16)  # (B, T', 1+C, D)
+    out = blk(x)
+    assert torch.allclose(out[:, :, 0], x[:, :, 0].mean(dim=1, keepdim=True).expand(2, 3, 16))  # mean CLS
+    y = x.clone()
+    y[0, 1, 2] += 1.0  # perturb patch slot 1 (token 2) of segment 1, video 0
+    diff = (blk(y) - out).abs().sum(dim=-1)  # (B, T', 1+C)
+    assert torch.all(diff[0, :, 2] > 0)  # that slot changes in every segment of the video
+    diff[0, :, 2] = 0
+    assert torch.all(diff == 0)  # nothing else: no other slot, no other video
+    zero = DividedTemporalAttention(16, 4, 0.0, zero_init=True).eval()
+    torch.nn.init.zeros_(zero.fc.bias)
+    assert torch.equal(zero(x)[:, :, 1:], x[:, :, 1:])  # zero W_t: patches pass through
+
+
+def test_video_proxy_block_patches_see_own_segment_and_proxies_see_all():
+    torch.manual_seed(0)
+    layer = BlipEncoderLayer(VisionConfig(image_size=32, patch_size=8, hidden_size=16, num_heads=4, mlp_dim=32,
+                                          num_layers=1, num_frames=2, num_segments=2, cluster_block=0,
+                                          temporal_block=0).blip_config()).eval()
+    for p in layer.parameters():
+        torch.nn.init.normal_(p, std=0.5)
+    m, t, c = 2, 3, 4
+    x = torch.randn(2, m + t * c, 16)
+    out = video_proxy_block(layer, x, m, t)
+    assert out.shape == x.shape
+    y = x.clone()
+    y[0, m + c : m + 2 * c] += 1.0  # perturb segment 1's patches of video 0
+    diff = (video_proxy_block(layer, y, m, t) - out).abs().sum(dim=-1)  # (B, M + T'C)
+    assert torch.all(diff[0, :m] > 0)  # proxies attend to every segment
+    assert torch.all(diff[0, m + c : m + 2 * c] > 0)
+    assert torch.all(diff[0, m : m + c] == 0) and torch.all(diff[0, m + 2 * c :] == 0)  # other segments: no
+    assert torch.all(diff[1] == 0)  # videos never mix
+
+
+@pytest.mark.parametrize("mode", ["divided_attention", "video_proxy"])
+def test_temporal_variants_shapes_and_order_sensitivity(mode):
+    torch.manual_seed(0)
+    enc = RTQVisionEncoder(tiny_vision(temporal_modeling=mode, num_proxies=3)).eval()
+    with torch.no_grad():
+        enc.temporal_embedding.normal_()
+    x = torch.randn(2, 4, 3, 32, 32)
+    out = enc(x)
+    m = 3 + 2 * 16 if mode == "video_proxy" else 2 * 17
+    assert out.global_feat.shape == (2, 64) and out.tokens.shape == (2, m, 64)
+    swapped = enc(x[:, [2, 3, 0, 1]])  # segments swapped
+    assert not torch.allclose(swapped.global_feat, out.global_feat, atol=1e-4)  # order is visible
+    if mode == "video_proxy":
+        assert torch.equal(out.global_feat, out.tokens[:, 0])  # the first proxy (official)
+    else:
+        assert len(enc.divided_blocks) == 1 and len(enc.message_blocks) == 0
+
+
+@pytest.mark.parametrize("mode", ["divided_attention", "video_proxy"])
+def test_temporal_variants_retrieval_head_runs(mode):
+    model = build_model(tiny_config(vision=tiny_vision(temporal_modeling=mode, num_proxies=2))).eval()
+    video = torch.randn(2, 4, 3, 32, 32)
+    v, tokens = model.encode_video(video)
+    ids, mask = model.tokenize(["red square on the left", "blue square on the top"], "cpu")
+    assert v.shape == (2, 32) and model.itm_logits(tokens, ids, mask).shape == (2, 2)
