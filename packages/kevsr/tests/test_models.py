@@ -75,23 +75,7 @@ def test_keyword_kg_vectors_tuned_only_when_unfrozen(freeze):
     from kevsr.module import KEVSRModule
 
     torch.manual_seed(0)
-    cfg = KEVSRConfig(
-        dim=8,
-        f2d_dim=6,
-        f3d_dim=4,
-        text_dim=3,
-        region_dim=6,
-        kg_dim=5,
-        num_frames=2,
-        num_regions=2,
-        num_keywords=3,
-        num_level1=2,
-        num_level2=3,
-        temporal_heads=2,
-        region_heads=2,
-        dropout=0.0,
-        freeze_keyword_kg=freeze,
-    )
+    cfg = _toy_cfg(dim=8, freeze_keyword_kg=freeze)
     module = KEVSRModule(cfg, streams="nontemporal")
     stream = module.model.nontemporal
     assert stream.tune_keywords is not freeze
@@ -132,9 +116,9 @@ def _toy_problem(seed=0, b=32):
     return batch
 
 
-def _toy_cfg(**kw):
+def _toy_cfg(dim=16, **kw):
     return KEVSRConfig(
-        dim=16,
+        dim=dim,
         f2d_dim=6,
         f3d_dim=4,
         text_dim=3,

@@ -407,6 +407,20 @@ def refine_segments(
 # ------------------------------------------------------------------------------------------ message tokens (T)
 
 
+def _init_residual_attention(norm: nn.LayerNorm, attn: nn.MultiheadAttention, fc: nn.Linear, zero_fc: bool) -> None:
+    """Official generic init of a pre-norm attention residual: trunc-normal 0.02 weights, zero biases, LN 1/0;
+    the output projection ``fc`` zeroed when ``zero_fc`` (the block then starts as the identity)."""
+    for weight, bias in ((fc.weight, fc.bias), (attn.in_proj_weight, attn.in_proj_bias)):
+        nn.init.trunc_normal_(weight, std=0.02)
+        nn.init.zeros_(bias)
+    nn.init.trunc_normal_(attn.out_proj.weight, std=0.02)
+    nn.init.zeros_(attn.out_proj.bias)
+    nn.init.ones_(norm.weight)
+    nn.init.zeros_(norm.bias)
+    if zero_fc:
+        nn.init.zeros_(fc.weight)
+
+
 def _drop_path(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Stochastic depth: drop the whole residual branch per sample with probability p."""
     if p == 0.0 or not training:
@@ -434,17 +448,7 @@ class MessageTokenAttention(nn.Module):
 
     def reset_parameters(self) -> None:
         """Generic init of the official encoder (trunc-normal 0.02, zero bias, LN 1/0); optional zero W_msg."""
-        for lin in (self.fc,):
-            nn.init.trunc_normal_(lin.weight, std=0.02)
-            nn.init.zeros_(lin.bias)
-        nn.init.trunc_normal_(self.attn.in_proj_weight, std=0.02)
-        nn.init.zeros_(self.attn.in_proj_bias)
-        nn.init.trunc_normal_(self.attn.out_proj.weight, std=0.02)
-        nn.init.zeros_(self.attn.out_proj.bias)
-        nn.init.ones_(self.norm.weight)
-        nn.init.zeros_(self.norm.bias)
-        if self.zero_init:
-            nn.init.zeros_(self.fc.weight)
+        _init_residual_attention(self.norm, self.attn, self.fc, self.zero_init)
 
     def forward(self, cls: torch.Tensor) -> torch.Tensor:
         h = self.norm(cls)  # (B, T', D)
@@ -474,16 +478,7 @@ class DividedTemporalAttention(nn.Module):
 
     def reset_parameters(self) -> None:
         """Generic init (trunc-normal 0.02, zero bias, LN 1/0); optional zero W_t (see ``msg_fc_zero_init``)."""
-        nn.init.trunc_normal_(self.fc.weight, std=0.02)
-        nn.init.zeros_(self.fc.bias)
-        nn.init.trunc_normal_(self.attn.in_proj_weight, std=0.02)
-        nn.init.zeros_(self.attn.in_proj_bias)
-        nn.init.trunc_normal_(self.attn.out_proj.weight, std=0.02)
-        nn.init.zeros_(self.attn.out_proj.bias)
-        nn.init.ones_(self.norm.weight)
-        nn.init.zeros_(self.norm.bias)
-        if self.zero_init:
-            nn.init.zeros_(self.fc.weight)
+        _init_residual_attention(self.norm, self.attn, self.fc, self.zero_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, n, dim = x.shape
