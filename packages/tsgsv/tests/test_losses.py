@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from tsgsv.losses import TSGSVLoss, focal_bce_loss, gaussian_labels, span_loss, twin_kd_loss, twin_regression_loss
+from tsgsv.losses import (
+    TSGSVLoss,
+    focal_bce_loss,
+    gaussian_labels,
+    kd_weight_schedule,
+    span_loss,
+    twin_kd_loss,
+    twin_regression_loss,
+)
 from tsgsv.models import TSGSVOutput
 
 
@@ -106,3 +114,42 @@ def test_loss_module_checks_shapes():
     with pytest.raises(ValueError, match="do not match"):
         TSGSVLoss(4)(TSGSVOutput(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3, 4)), torch.zeros(2, 5, 3),
                      torch.zeros(2, 4, dtype=torch.bool))  # fmt: skip
+
+
+def test_kd_weight_warmup_schedule():
+    # λ_p = λ · (2 / (1 + e^{−10p}) − 1)
+    assert kd_weight_schedule(0.4, 0.0) == 0.0
+    assert abs(kd_weight_schedule(0.4, 1.0) - 0.4 * (2 / (1 + math.exp(-10)) - 1)) < 1e-12
+    assert abs(kd_weight_schedule(0.4, 0.1) - 0.4 * 0.46211716) < 1e-7  # tanh(0.5)
+    assert kd_weight_schedule(0.4, 2.0) == kd_weight_schedule(0.4, 1.0)  # p clamped to [0, 1]
+    values = [kd_weight_schedule(0.2, p / 10) for p in range(11)]
+    assert values == sorted(values) and values[-1] < 0.2
+
+
+def test_loss_kd_weight_override():
+    torch.manual_seed(0)
+    out = TSGSVOutput(torch.randn(2, 4, 3), torch.randn(2, 4, 3, 8), torch.randn(2, 4, 3), torch.randn(2, 4, 3, 8))
+    y, invalid = torch.rand(2, 4, 3), torch.zeros(2, 4, dtype=torch.bool)
+    loss = TSGSVLoss(8, kd_weight=0.4)
+    terms = loss(out, y, invalid, kd_weight=0.1)
+    ref = twin_kd_loss(out.logits, out.twin_logits, y, invalid, 0.1, 3.0)
+    torch.testing.assert_close(terms["loss"], ref["loss"])
+    torch.testing.assert_close(loss(out, y, invalid)["loss"], twin_kd_loss(out.logits, out.twin_logits, y, invalid, 0.4,
+                                                                        3.0)["loss"])  # fmt: skip
+
+
+def test_module_kd_warmup_hook():
+    from types import SimpleNamespace
+
+    from tsgsv.models import TSGSVConfig
+    from tsgsv.module import TSGSVModule
+
+    cfg = TSGSVConfig(video_dim=8, text_dim=8, hidden_dim=16, ffn_dim=16, num_heads=2, short_memory=4, long_memory=8,
+                      future_memory=8, gru_layers=1, compressor_tokens=[2])  # fmt: skip
+    off = TSGSVModule(cfg, kd_weight=0.4)
+    warm = TSGSVModule(cfg, kd_weight=0.4, kd_warmup=True)
+    for step in (0, 10, 50, 100):
+        fake = SimpleNamespace(global_step=step, estimated_stepping_batches=100)
+        off._trainer, warm._trainer = fake, fake
+        assert off.current_kd_weight() == 0.4  # default: constant λ (official configs)
+        assert abs(warm.current_kd_weight() - kd_weight_schedule(0.4, step / 100)) < 1e-12

@@ -91,6 +91,26 @@ def test_metric_matches_functions_over_batches():
     assert abs(float(out["mAP"]) - sum(r["ap"] for r in results) / 6) < 1e-6
 
 
+def test_metric_deduplicates_annotation_indices():
+    cfg = GroundingEvalConfig(min_num_segments=16, downsample_stride=2, group_size=2, map_label_extension=0.0)
+    g = torch.Generator().manual_seed(1)
+    items = [(torch.rand(30, 3, generator=g), 15.0, (2.0 + i, 6.0 + i), 30) for i in range(3)]
+    ref = StreamingGroundingMetrics(cfg)
+    ref.update(*[list(x) for x in zip(*items, strict=True)], indices=[0, 1, 2])
+    dup = StreamingGroundingMetrics(cfg)
+    for k in (0, 1, 2, 0, 1):  # repeats of annotations 0 and 1 count once
+        dup.update(*[[x] for x in items[k]], indices=[k])
+    for key, value in ref.compute().items():
+        torch.testing.assert_close(dup.compute()[key], value)
+    anon = StreamingGroundingMetrics(cfg)  # without indices every update counts
+    for k in (0, 0):
+        anon.update(*[[x] for x in items[k]])
+    single = StreamingGroundingMetrics(cfg)
+    single.update(*[[x] for x in items[0]])
+    torch.testing.assert_close(anon.compute()["mcAP"], single.compute()["mcAP"])
+    assert float(StreamingGroundingMetrics(cfg).compute()["mcAP"]) == 0.0  # empty: zeros, no error
+
+
 def test_perfect_scores_hit():
     cfg = GroundingEvalConfig(min_num_segments=16, downsample_stride=2, group_size=2, map_label_extension=0.0)
     n, d = 16, 15.0  # one second per frame, T = min_num_segments: no smoothing / downsampling
@@ -104,3 +124,39 @@ def test_perfect_scores_hit():
 def test_eval_config_errors():
     with pytest.raises(ValueError, match="recall_at"):
         GroundingEvalConfig(recall_at=[])
+
+
+def test_ddp_padding_is_not_counted(tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    import tsgsv_dist_helpers as h
+    from mmzoo.testing import run_distributed
+
+    from tsgsv.data import TSGVEvalDataset, collate_annotations
+    from tsgsv.synthetic import SyntheticStreamConfig, write_synthetic_dataset
+
+    # 3 test annotations (not divisible by 2): the sampler pads rank 1 with a repeat of annotation 0
+    write_synthetic_dataset(tmp_path, SyntheticStreamConfig((1, 1, 3), 1, (75, 90), (2, 2), (15, 25), video_dim=8,
+                                                            text_dim=8, video_feature_file="f_{split}.hdf5", seed=3))  # fmt: skip
+    module = h.tiny_eval_module()
+    ds = TSGVEvalDataset(tmp_path, "test", "f_{split}.hdf5")
+    assert len(ds) == 3
+    single = StreamingGroundingMetrics(module.eval_config)
+    padded = StreamingGroundingMetrics(module.eval_config)  # what sum states without indices would give
+    for i in range(3):
+        module._evaluate(collate_annotations([ds[i]]), single)
+    for i in (0, 2, 1, 0):
+        item = ds[i]
+        scores = module.stream_scores(item["video"], item["sentence"], item["sentence_length"])
+        padded.update([scores], [item["duration"]], [item["target"]], [item["num_frames"]])
+    one = {k: float(v) for k, v in single.compute().items()}
+    naive = {k: float(v) for k, v in padded.compute().items()}
+    assert one["mcAP"] != pytest.approx(naive["mcAP"], abs=1e-6)  # the padding repeat would change the metric
+    results = run_distributed(h.ddp_tiny_eval, world_size=2, args=(str(tmp_path),))
+    assert sorted(results[0][0] + results[1][0]) == [0, 0, 1, 2]  # padded: annotation 0 evaluated twice
+    for _, metrics in results:
+        assert metrics.keys() == one.keys()
+        for key, value in one.items():
+            assert metrics[key] == pytest.approx(value, abs=1e-6), key

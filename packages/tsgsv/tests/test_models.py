@@ -3,8 +3,10 @@ import torch
 import torch.nn.functional as F
 
 from tsgsv.models import (
+    CQACompressor,
     DecoderStack,
     LanguageGuidedCompressor,
+    SCDMCompressor,
     SentenceEncoder,
     SpanPredictor,
     StreamingTSGV,
@@ -57,6 +59,59 @@ def test_compressor_maps_and_query_dependence():
     torch.testing.assert_close(z1, ref)
 
 
+def test_scdm_compressor_by_hand():
+    torch.manual_seed(0)
+    comp = SCDMCompressor(8, 3, 0.0).eval()
+    x, q1, q2 = torch.randn(2, 10, 8), torch.randn(2, 5, 8), torch.randn(2, 5, 8)
+    z1 = comp(x, q1)
+    assert z1.shape == (2, 3, 8)
+    assert not torch.allclose(z1, comp(x, q2))  # the modulation follows the query
+    f = comp.visual_mlp(x).transpose(1, 2).softmax(-1) @ x  # TokenLearner selection (B, n, h)
+    m = comp.modulation(f, q1)
+    torch.testing.assert_close(m["rho"].sum(-1), torch.ones(2, 3))  # attention over the query tokens sums to 1
+    # plain-loop reference of one token's attention and modulation
+    b, i = 1, 2
+    scores = torch.stack([comp.w_att(torch.tanh(comp.w_f(f[b, i]) + comp.w_q(q1[b, l])))[0] for l in range(5)])
+    rho = scores.softmax(0)
+    ctx = (rho[:, None] * q1[b]).sum(0)
+    gamma, beta = torch.tanh(comp.w_gamma[1](ctx)), torch.tanh(comp.w_beta[1](ctx))
+    torch.testing.assert_close(z1[b, i], F.layer_norm(f[b, i] + gamma * f[b, i] + beta, (8,)))
+    # zero γ/β projections: no modulation, Z = LN(F), independent of the query
+    with torch.no_grad():
+        for lin in (comp.w_gamma[1], comp.w_beta[1]):
+            lin.weight.zero_()
+            lin.bias.zero_()
+    torch.testing.assert_close(comp(x, q1), F.layer_norm(f, (8,)))
+    torch.testing.assert_close(comp(x, q1), comp(x, q2))
+
+
+def test_cqa_compressor_by_hand():
+    torch.manual_seed(0)
+    comp = CQACompressor(8, 3, 0.0).eval()
+    x, q = torch.randn(2, 10, 8), torch.randn(2, 5, 8)
+    z = comp(x, q)
+    assert z.shape == (2, 3, 8)
+    f = comp.select_norm(comp.visual_mlp(x).transpose(1, 2).softmax(-1) @ x)  # (B, n, h)
+    att = comp.attention(f, q)
+    torch.testing.assert_close(att["s_r"].sum(2), torch.ones(2, 3))  # row softmax over query tokens
+    torch.testing.assert_close(att["s_c"].sum(1), torch.ones(2, 5))  # column softmax over selected tokens
+    # plain loops: S[i,l] = <F_i, Q_l>; A_i = Σ_l S_r[i,l] Q_l; B_i = Σ_l Σ_j S_r[i,l] S_c[j,l] F_j
+    for b in range(2):
+        sim = torch.tensor([[float(f[b, i] @ q[b, l]) for l in range(5)] for i in range(3)])
+        s_r, s_c = sim.softmax(1), sim.softmax(0)
+        for i in range(3):
+            a_i = sum(s_r[i, l] * q[b, l] for l in range(5))
+            b_i = sum(s_r[i, l] * s_c[j, l] * f[b, j] for l in range(5) for j in range(3))
+            torch.testing.assert_close(att["a"][b, i], a_i, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(att["b"][b, i], b_i, atol=1e-5, rtol=1e-4)
+    w1, w2, w3, w4 = comp.proj
+    ref = F.layer_norm(w1(f) + w2(att["a"]) + w3(f * att["a"]) + w4(f * att["b"]), (8,))
+    torch.testing.assert_close(z, ref)
+    # a query identical for every token gives a uniform row softmax: A = that query token
+    same = q[:, :1].expand(-1, 5, -1)
+    torch.testing.assert_close(comp.attention(f, same)["a"], q[:, :1].expand(-1, 3, -1))
+
+
 def test_decoder_is_causal():
     torch.manual_seed(0)
     dec = DecoderStack(_cfg(), 2).eval()
@@ -102,7 +157,8 @@ def test_twin_runs_only_with_future():
 
 @pytest.mark.parametrize(
     "kw",
-    [dict(compressor="token_learner"), dict(compressor="lstr"), dict(compressor="none"),
+    [dict(compressor="token_learner"), dict(compressor="lstr"), dict(compressor="none"), dict(compressor="scdm"),
+     dict(compressor="cqa"),
      dict(future_usage="anticipation"), dict(future_usage="none"), dict(use_long_memory=False),
      dict(num_decoder_layers=1, compressor_tokens=[4]), dict(pincer_memory="future"),
      dict(linear_before=False, video_dim=16, text_dim=16)],

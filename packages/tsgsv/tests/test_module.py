@@ -1,3 +1,4 @@
+import json
 import math
 
 import torch
@@ -14,9 +15,10 @@ def _tiny_args(tmp_path):
 
 
 def test_fit_validate_test_tiny(tmp_path):
-    cli = main(args=["fit", *_tiny_args(tmp_path)])
+    cli = main(args=["fit", *_tiny_args(tmp_path), "--model.kd_warmup", "true"])
     metrics = cli.trainer.callback_metrics
     assert math.isfinite(float(metrics["train/loss"]))
+    assert 0.0 < float(metrics["train/kd_weight"]) < 0.2  # the λ warm-up hook ran (λ = 0.2 in tiny.yaml)
     assert "val/R@1,IoU=0.5" in metrics and "val/mcAP" in metrics and "val/selection" in metrics
     ckpt = tmp_path / "checkpoints" / "last.ckpt"
     assert ckpt.is_file()
@@ -26,6 +28,32 @@ def test_fit_validate_test_tiny(tmp_path):
     m = cli.trainer.callback_metrics
     for key in ("test/R@1,IoU=0.3", "test/R@5,IoU=0.7", "test/mAP", "test/mcAP"):
         assert 0.0 <= float(m[key]) <= 1.0, key
+    # predict: one JSON line per test annotation (README, "Predictions")
+    out = tmp_path / "pred" / "tiny.jsonl"
+    main(args=["predict", *_tiny_args(tmp_path), "--ckpt_path", str(ckpt), "--model.predictions_file", str(out)])
+    _check_predictions(out, tmp_path / "data")
+
+
+def _check_predictions(path, data_root):
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    test = json.loads((data_root / "test.json").read_text())
+    expect = {aid: (v, info) for v, info in test.items() for aid in info["anno_ids"]}
+    assert sorted(r["anno_id"] for r in lines) == sorted(expect)
+    for r in lines:
+        video, info = expect[r["anno_id"]]
+        assert r["video"] == video and r["num_frames"] == info["duration_frame"]
+        assert len(r["scores"]) == info["duration_frame"] and all(len(row) == 3 for row in r["scores"])
+        assert all(0.0 <= v <= 1.0 for row in r["scores"] for v in row)
+        assert 1 <= len(r["moments"]) <= 5  # max(recall_at) proposals after NMS
+        scores = [m[2] for m in r["moments"]]
+        assert scores == sorted(scores, reverse=True)
+        assert all(0.0 <= m[0] <= m[1] <= info["duration"] + 1e-6 for m in r["moments"])
+
+
+def test_predict_tiny_without_checkpoint(tmp_path):
+    """`tsgsv predict --config tiny` works end to end (random weights) and writes the default predictions file."""
+    main(args=["predict", *_tiny_args(tmp_path)])
+    _check_predictions(tmp_path / "predictions.jsonl", tmp_path / "data")
 
 
 def test_loss_falls_on_repeated_batch(tmp_path):

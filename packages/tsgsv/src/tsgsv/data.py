@@ -285,7 +285,8 @@ class TSGVEvalDataset(Dataset):
     module cuts the test windows (one per time step, spec §2) and batches many per forward.
 
     Item keys: ``video`` (N, d_v), ``sentence`` (L, d_s), ``sentence_length`` (), ``duration`` (s), ``target``
-    (τ_s, τ_e) seconds, ``num_frames`` N, ``anno_index``, ``anno_id``.
+    (τ_s, τ_e) seconds, ``num_frames`` N, ``anno_index`` (unique within the split: the metrics deduplicate DDP
+    padding by it), ``anno_id``, ``video_name``, ``query`` (the sentence text).
 
     Args:
         fraction / subset_seed: evaluate a fixed random subset of the annotations (official validation: 50 %
@@ -324,7 +325,7 @@ class TSGVEvalDataset(Dataset):
         return {
             "video": video, "sentence": sentence, "sentence_length": torch.tensor(length),
             "duration": ann.duration, "target": (ann.start, ann.end), "num_frames": ann.num_frames,
-            "anno_index": i, "anno_id": ann.anno_id,
+            "anno_index": i, "anno_id": ann.anno_id, "video_name": ann.video, "query": ann.sentence,
         }  # fmt: skip
 
 

@@ -5,10 +5,12 @@
 * :func:`span_loss` — channel-weighted sum 0.5·L_start + 0.5·L_end + 1.0·L_sem.
 * :func:`twin_kd_loss` — the official ``tpn_type='KD'`` total: main (1−λ) + twin + λ·KD(main ← stopgrad σ(twin)).
 * :func:`twin_regression_loss` — the ``tpn_type='twinnet'`` variant: main + twin + λ·‖A(H_main) − sg(H_twin)‖².
+* :func:`kd_weight_schedule` — the official (unused by default) λ warm-up λ_p = λ·(2/(1+e^{−10p}) − 1).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -22,6 +24,7 @@ __all__ = [
     "span_loss",
     "twin_kd_loss",
     "twin_regression_loss",
+    "kd_weight_schedule",
     "TSGSVLoss",
 ]
 
@@ -134,6 +137,13 @@ def twin_regression_loss(
     return {"loss": main + twin + kd_weight * reg, "loss_main": main, "loss_twin": twin, "loss_twinnet": reg}
 
 
+def kd_weight_schedule(kd_weight: float, progress: float) -> float:
+    """λ warm-up hook of the official code (spec §3.8):  λ_p = λ · (2 / (1 + exp(−10 p)) − 1),  p = iter / max_iter
+    clamped to [0, 1]. λ_0 = 0, rising to λ · 0.99991 at p = 1 (half of λ at p ≈ 0.11). Off in every official config."""
+    p = min(max(float(progress), 0.0), 1.0)
+    return kd_weight * (2.0 / (1.0 + math.exp(-10.0 * p)) - 1.0)
+
+
 class TSGSVLoss(nn.Module):
     """Loss module: holds λ, γ, the channel weights and (``twinnet`` variant) the regressor A = Linear(h, h).
 
@@ -160,16 +170,20 @@ class TSGSVLoss(nn.Module):
         self.channel_weights = tuple(channel_weights)
         self.regressor = nn.Linear(hidden_dim, hidden_dim) if tpn_type == "twinnet" else None
 
-    def forward(self, output, targets: torch.Tensor, invalid: torch.Tensor) -> dict[str, torch.Tensor]:
-        """output: :class:`~tsgsv.models.TSGSVOutput`; targets (B, M_s, 3); invalid (B, M_s) bool."""
+    def forward(
+        self, output, targets: torch.Tensor, invalid: torch.Tensor, kd_weight: float | None = None
+    ) -> dict[str, torch.Tensor]:
+        """output: :class:`~tsgsv.models.TSGSVOutput`; targets (B, M_s, 3); invalid (B, M_s) bool.
+        ``kd_weight`` overrides λ for this call (the warm-up schedule); None uses the configured λ."""
         if targets.shape != output.logits.shape:
             raise ValueError(f"targets {tuple(targets.shape)} do not match logits {tuple(output.logits.shape)}")
+        lam = self.kd_weight if kd_weight is None else kd_weight
         if self.tpn_type == "KD":
             return twin_kd_loss(
-                output.logits, output.twin_logits, targets, invalid, self.kd_weight, self.gamma, self.channel_weights
+                output.logits, output.twin_logits, targets, invalid, lam, self.gamma, self.channel_weights
             )
         regressed = self.regressor(output.head_features) if output.twin_head_features is not None else None
         return twin_regression_loss(
             output.logits, output.twin_logits, regressed, output.twin_head_features, targets, invalid,
-            self.kd_weight, self.gamma, self.channel_weights,
+            lam, self.gamma, self.channel_weights,
         )  # fmt: skip

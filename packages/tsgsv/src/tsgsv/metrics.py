@@ -5,7 +5,7 @@ Post-processing of one annotation's streamed scores (T', 3): :func:`median_filte
 
 Metrics: frame-level AP / calibrated AP (:func:`average_precision`, :func:`calibrated_average_precision`) of
 p_sem against the (extended) moment, and recall R@n,IoU=m (:func:`recall_hits`). :class:`StreamingGroundingMetrics`
-accumulates them per annotation (sum states, so memory stays bounded however long the test split is).
+accumulates a few numbers per annotation (deduplicated by annotation index, so DDP padding is not counted).
 """
 
 from __future__ import annotations
@@ -215,11 +215,14 @@ def evaluate_annotation(
 class StreamingGroundingMetrics(Metric):
     """R@n,IoU=m, mAP and mcAP over annotations (spec §5).
 
-    ``update(scores, durations, targets, num_frames)`` takes, per annotation, the full streamed score array
-    (T', 3) in time order; each annotation is post-processed at once and only its sufficient statistics are kept
-    (``sum`` states: bounded memory however long the split). Deviation: the spec suggests ``cat`` list states;
-    sums give the same means with bounded memory. Under DDP an annotation duplicated by the sampler's padding is
-    counted twice (at most world_size − 1 duplicates).
+    ``update(scores, durations, targets, num_frames, indices)`` takes, per annotation, the full streamed score
+    array (T', 3) in time order; each annotation is post-processed at once and only its per-annotation results
+    (hits, AP, cAP: a few numbers) are kept in ``cat`` list states, so memory stays small however long the videos.
+
+    ``indices`` are unique annotation indices (the evaluation batches carry ``anno_index``). Under DDP the
+    distributed sampler pads the split with repeated annotations so every rank gets as many; ``compute()`` keeps
+    one result per index, so every annotation counts exactly once (as in one process). An index < 0 (the default
+    when ``indices`` is omitted) is never deduplicated.
 
     ``compute()`` returns ``{"R@n,IoU=m": …, "mAP": …, "mcAP": …}`` (recalls and APs in [0, 1]).
     """
@@ -231,10 +234,10 @@ class StreamingGroundingMetrics(Metric):
     def __init__(self, cfg: GroundingEvalConfig | None = None):
         super().__init__()
         self.cfg = cfg or GroundingEvalConfig()
-        self.add_state("hits", torch.zeros(len(self.cfg.recall_at), len(self.cfg.iou_thresholds)), "sum")
-        self.add_state("ap_sum", torch.zeros((), dtype=torch.float64), "sum")
-        self.add_state("cap_sum", torch.zeros((), dtype=torch.float64), "sum")
-        self.add_state("count", torch.zeros((), dtype=torch.long), "sum")
+        self.add_state("indices", [], dist_reduce_fx="cat")
+        self.add_state("hits", [], dist_reduce_fx="cat")
+        self.add_state("ap", [], dist_reduce_fx="cat")
+        self.add_state("cap", [], dist_reduce_fx="cat")
 
     def update(
         self,
@@ -242,20 +245,40 @@ class StreamingGroundingMetrics(Metric):
         durations: list[float],
         targets: list[tuple[float, float]],
         num_frames: list[int],
+        indices: list[int] | None = None,
     ) -> None:
-        for s, d, t, n in zip(scores, durations, targets, num_frames, strict=True):
+        indices = [-1] * len(scores) if indices is None else [int(i) for i in indices]
+        for s, d, t, n, i in zip(scores, durations, targets, num_frames, indices, strict=True):
             r = evaluate_annotation(s.detach().cpu(), float(d), (float(t[0]), float(t[1])), int(n), self.cfg)
-            self.hits += r["hits"].to(self.hits)
-            self.ap_sum += r["ap"]
-            self.cap_sum += r["cap"]
-            self.count += 1
+            self.indices.append(torch.tensor([i], dtype=torch.long, device=self.device))
+            self.hits.append(r["hits"].to(self.device, torch.float32).unsqueeze(0))  # (1, len(n), len(m))
+            self.ap.append(torch.tensor([r["ap"]], dtype=torch.float64, device=self.device))
+            self.cap.append(torch.tensor([r["cap"]], dtype=torch.float64, device=self.device))
+
+    @staticmethod
+    def _cat(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+        return torch.cat(state) if isinstance(state, list) else state
 
     def compute(self) -> dict[str, torch.Tensor]:
-        count = self.count.clamp(min=1)
+        R, M = len(self.cfg.recall_at), len(self.cfg.iou_thresholds)
+        if isinstance(self.indices, list) and not self.indices:
+            indices = torch.zeros(0, dtype=torch.long)
+            hits, ap, cap = torch.zeros(0, R, M), torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+        else:
+            indices, hits = self._cat(self.indices), self._cat(self.hits).reshape(-1, R, M)
+            ap, cap = self._cat(self.ap), self._cat(self.cap)
+        keep = torch.ones(len(indices), dtype=torch.bool, device=indices.device)
+        seen: set[int] = set()
+        for k, i in enumerate(indices.tolist()):  # one result per annotation index (drops DDP padding repeats)
+            if i >= 0:
+                keep[k] = i not in seen
+                seen.add(i)
+        count = keep.sum().clamp(min=1)
+        hits_sum = hits[keep].sum(0)
         out = {}
         for i, n in enumerate(self.cfg.recall_at):
             for j, m in enumerate(self.cfg.iou_thresholds):
-                out[f"R@{n},IoU={m:g}"] = self.hits[i, j] / count
-        out["mAP"] = (self.ap_sum / count).float()
-        out["mcAP"] = (self.cap_sum / count).float()
+                out[f"R@{n},IoU={m:g}"] = hits_sum[i, j] / count
+        out["mAP"] = (ap[keep].sum() / count).float()
+        out["mcAP"] = (cap[keep].sum() / count).float()
         return out

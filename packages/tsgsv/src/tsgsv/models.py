@@ -26,6 +26,8 @@ __all__ = [
     "LanguageGuidedCompressor",
     "TokenLearnerCompressor",
     "LSTRCompressor",
+    "SCDMCompressor",
+    "CQACompressor",
     "IdentityCompressor",
     "DecoderStack",
     "PincerLayer",
@@ -35,7 +37,7 @@ __all__ = [
     "causal_mask",
 ]
 
-CompressorKind = Literal["language_guided", "token_learner", "lstr", "none"]
+CompressorKind = Literal["language_guided", "token_learner", "lstr", "scdm", "cqa", "none"]
 
 
 @dataclass
@@ -69,8 +71,9 @@ class TSGSVConfig:
     gru_dropout: float = 0.5
     """Dropout between GRU layers."""
     compressor: CompressorKind = "language_guided"
-    """Long/future memory compressor: language_guided (the paper's MultimodalTokenLearner), token_learner,
-    lstr or none (ablations, spec §3.4)."""
+    """Long/future memory compressor: language_guided (the paper's MultimodalTokenLearner); ablations (spec §3.4):
+    token_learner, lstr, scdm (TokenLearner + semantic-conditioned modulation), cqa (TokenLearner + context-query
+    attention) or none."""
     compressor_tokens: list[int] = field(default_factory=lambda: [16, 16])
     """Output tokens of each stacked compressor stage (ANet/MAD [16, 16], TACoS [16])."""
     gate_dropout: float = 0.4
@@ -284,6 +287,82 @@ class LSTRCompressor(nn.Module):
         return self.decoder(tgt, x)
 
 
+def _token_learner_mlp(h: int, n: int, dropout: float) -> nn.Sequential:
+    """MLP_v = Linear(h,h) → GELU → Dropout → Linear(h,n) → Dropout: one selection score per output token."""
+    return nn.Sequential(nn.Linear(h, h), nn.GELU(), nn.Dropout(dropout), nn.Linear(h, n), nn.Dropout(dropout))
+
+
+class SCDMCompressor(nn.Module):
+    """Ablation: TokenLearner selection followed by semantic-conditioned dynamic modulation (official
+    ``SCDMTokenLearner``; SCDM = Yuan et al., NeurIPS 2019), spec §3.4.
+
+    F = softmax_T(MLP_v(X)ᵀ) X  (B, n, h);  for every selected token i an additive attention over the L query tokens
+    ρ_i = softmax_L(w · tanh(W_f F_i + b_f + W_q Q_l))  (W_q without bias, Dropout on both inputs, w without bias);
+    c_i = Σ_l ρ_il Q_l;  γ_i = tanh(W_γ c_i + b_γ), β_i = tanh(W_β c_i + b_β);
+    Z_i = LayerNorm_{no affine}(F_i + γ_i ⊙ F_i + β_i).
+    The softmax runs over all L positions, zero padding included (the query tokens are zero there).
+    """
+
+    def __init__(self, hidden_dim: int, num_tokens: int, dropout: float):
+        super().__init__()
+        h = hidden_dim
+        self.visual_mlp = _token_learner_mlp(h, num_tokens, dropout)
+        self.w_f = nn.Sequential(nn.Dropout(dropout), nn.Linear(h, h))
+        self.w_q = nn.Sequential(nn.Dropout(dropout), nn.Linear(h, h, bias=False))
+        self.w_att = nn.Linear(h, 1, bias=False)
+        self.w_gamma = nn.Sequential(nn.Dropout(dropout), nn.Linear(h, h), nn.Tanh())
+        self.w_beta = nn.Sequential(nn.Dropout(dropout), nn.Linear(h, h), nn.Tanh())
+        self.norm = nn.LayerNorm(h, elementwise_affine=False)
+
+    def modulation(self, selected: torch.Tensor, query_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """selected F (B, n, h), query Q (B, L, h) -> attention ρ (B, n, L), context c, γ, β (B, n, h)."""
+        scores = self.w_att(torch.tanh(self.w_f(selected).unsqueeze(2) + self.w_q(query_tokens).unsqueeze(1)))
+        rho = scores.squeeze(-1).softmax(-1)  # (B, n, L)
+        context = rho @ query_tokens  # (B, n, h)
+        return {"rho": rho, "context": context, "gamma": self.w_gamma(context), "beta": self.w_beta(context)}
+
+    def forward(self, x: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
+        """x (B, T, h), query_tokens (B, L, h) -> (B, n, h)."""
+        f = self.visual_mlp(x).transpose(1, 2).softmax(-1) @ x  # (B, n, h)
+        m = self.modulation(f, query_tokens)
+        return self.norm(f + m["gamma"] * f + m["beta"])
+
+
+class CQACompressor(nn.Module):
+    """Ablation: TokenLearner selection followed by context-query attention fusion (official ``CQATokenLearner``;
+    CQA as in QANet / VSLNet), spec §3.4.
+
+    F = LayerNorm(softmax_T(MLP_v(X)ᵀ) X)  (B, n, h);  S = Drop(F) Drop(Q)ᵀ  (B, n, L) (plain dot product);
+    S_r = softmax over L, S_c = softmax over n;  A = S_r Q (context-to-query), B = S_r S_cᵀ F (query-to-context);
+    Z = LayerNorm(W_1 F + W_2 A + W_3 (F ⊙ A) + W_4 (F ⊙ B)), the W_i Linear(h, h) with bias (the official code sums
+    four projections instead of projecting the concatenation [F; A; F⊙A; F⊙B], which is the same linear map).
+    """
+
+    def __init__(self, hidden_dim: int, num_tokens: int, dropout: float):
+        super().__init__()
+        h = hidden_dim
+        self.visual_mlp = _token_learner_mlp(h, num_tokens, dropout)
+        self.select_norm = nn.LayerNorm(h)
+        self.drop = nn.Dropout(dropout)
+        self.proj = nn.ModuleList(nn.Linear(h, h) for _ in range(4))
+        self.fusion_norm = nn.LayerNorm(h)
+
+    def attention(self, selected: torch.Tensor, query_tokens: torch.Tensor) -> dict[str, torch.Tensor]:
+        """selected F (B, n, h), query Q (B, L, h) -> S_r, S_c (B, n, L); A, B (B, n, h)."""
+        sim = self.drop(selected) @ self.drop(query_tokens).transpose(1, 2)  # (B, n, L)
+        s_r, s_c = sim.softmax(2), sim.softmax(1)
+        a = s_r @ query_tokens  # (B, n, h)
+        b = s_r @ s_c.transpose(1, 2) @ selected  # (B, n, h)
+        return {"s_r": s_r, "s_c": s_c, "a": a, "b": b}
+
+    def forward(self, x: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:
+        """x (B, T, h), query_tokens (B, L, h) -> (B, n, h)."""
+        f = self.select_norm(self.visual_mlp(x).transpose(1, 2).softmax(-1) @ x)  # (B, n, h)
+        att = self.attention(f, query_tokens)
+        w1, w2, w3, w4 = self.proj
+        return self.fusion_norm(w1(f) + w2(att["a"]) + w3(f * att["a"]) + w4(f * att["b"]))
+
+
 class IdentityCompressor(nn.Module):
     """Ablation 'no compressor' (official ``DoNothingCompressor``): the memory is used as it is."""
 
@@ -390,6 +469,12 @@ class StreamingTSGV(nn.Module):
                 stages.append(TokenLearnerCompressor(h, n, c.num_heads, c.dropout))
             elif c.compressor == "lstr":
                 stages.append(LSTRCompressor(h, n, c.num_heads, c.dropout))
+            elif c.compressor == "scdm":
+                stages.append(SCDMCompressor(h, n, c.dropout))
+            elif c.compressor == "cqa":
+                stages.append(CQACompressor(h, n, c.dropout))
+            else:
+                raise ValueError(f"model.config.compressor={c.compressor!r} is not one of {CompressorKind.__args__}")
         self.compressors = nn.ModuleList(stages)
         if not c.use_long_memory:
             self.null_memory = nn.Parameter(torch.zeros(1, 1, h))

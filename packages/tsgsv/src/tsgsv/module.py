@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Literal
+from pathlib import Path
+from typing import IO, Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torchmetrics.functional.classification import binary_average_precision
 
 from .data import eval_windows
-from .losses import TSGSVLoss
+from .losses import TSGSVLoss, kd_weight_schedule
 from .metrics import GroundingEvalConfig, StreamingGroundingMetrics, calibrated_average_precision, streaming_proposals
 from .models import StreamingTSGV, TSGSVConfig
 
@@ -30,11 +33,16 @@ class TSGSVModule(pl.LightningModule):
         tpn_type: ``KD`` (distil the twin's probabilities, paper) or ``twinnet`` (feature regression ablation).
         kd_weight: λ of the distillation term (ANet 0.4, TACoS/MAD 0.2). With ``config.future_usage != 'twin'``
             only the main span loss is used.
+        kd_warmup: warm λ up per step as λ·(2/(1+e^{−10p}) − 1), p = step / total steps (the official, unused hook,
+            spec §3.8; False in every official config). Logged as ``train/kd_weight``.
         focal_gamma: γ of the focal BCE (3).
         channel_weights: (start, end, sem) loss weights (0.5, 0.5, 1.0).
         eval_window_batch: test windows per forward pass (official val batch 256 / 128).
         selection_metric: metric logged as ``val/selection`` for checkpointing (ANet/TACoS R@1,IoU=0.5; MAD
             R@1,IoU=0.3).
+        predictions_file: JSON-lines file ``predict`` writes, one line per annotation (format: README,
+            "Predictions"); None writes ``<trainer.default_root_dir>/predictions.jsonl``. Under DDP rank r > 0
+            writes ``<stem>.rank<r>.jsonl`` beside it.
     """
 
     checkpoint_monitor = "val/selection"
@@ -51,13 +59,18 @@ class TSGSVModule(pl.LightningModule):
         flat_fraction: float = 0.4,
         tpn_type: Literal["KD", "twinnet"] = "KD",
         kd_weight: float = 0.4,
+        kd_warmup: bool = False,
         focal_gamma: float = 3.0,
         channel_weights: tuple[float, float, float] = (0.5, 0.5, 1.0),
         eval_window_batch: int = 256,
         selection_metric: str = "R@1,IoU=0.5",
+        predictions_file: str | None = None,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # predictions_file is a run-time output path: kept out of the checkpoint's hyperparameters, which LightningCLI
+        # would otherwise apply over the command line of `predict --ckpt_path ...`
+        self.save_hyperparameters(ignore=["predictions_file"])
+        self.predictions_file = predictions_file
         self.config = config or TSGSVConfig()
         self.eval_config = evaluation or GroundingEvalConfig()
         self.model = StreamingTSGV(self.config)
@@ -67,6 +80,7 @@ class TSGSVModule(pl.LightningModule):
         names = [f"R@{n},IoU={m:g}" for n in self.eval_config.recall_at for m in self.eval_config.iou_thresholds]
         if selection_metric not in names + ["mAP", "mcAP"]:
             raise ValueError(f"model.selection_metric={selection_metric!r} is not one of {names + ['mAP', 'mcAP']}")
+        self._predictions: IO[str] | None = None
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -79,6 +93,14 @@ class TSGSVModule(pl.LightningModule):
                 )
 
     # ----------------------------------------------------------------------------------------- training
+    def current_kd_weight(self) -> float:
+        """λ for the current step: the configured λ, or with ``kd_warmup`` λ·(2/(1+e^{−10p}) − 1), p = global_step /
+        the trainer's estimated total steps."""
+        if not self.hparams.kd_warmup:
+            return self.hparams.kd_weight
+        total = max(int(self.trainer.estimated_stepping_batches), 1)
+        return kd_weight_schedule(self.hparams.kd_weight, self.global_step / total)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         use_future = self.config.future_usage == "twin"
         out = self.model(
@@ -86,12 +108,14 @@ class TSGSVModule(pl.LightningModule):
             batch["sentence_length"], batch["future"] if use_future else None,
             batch["future_mask"] if use_future else None,
         )  # fmt: skip
-        terms = self.loss(out, batch["labels"], batch["short_mask"])
+        kd_weight = self.current_kd_weight()
+        terms = self.loss(out, batch["labels"], batch["short_mask"], kd_weight)
         if not torch.isfinite(terms["loss"]):
             raise FloatingPointError(f"non-finite training loss at step {self.global_step}: {terms}")
         B = batch["short"].shape[0]
         for name, value in terms.items():
             self.log(f"train/{name}", value, batch_size=B, prog_bar=name == "loss")
+        self.log("train/kd_weight", kd_weight, batch_size=B)
         # training-time log only (spec §5): AP/cAP of σ(x_main[:, last, sem]) vs y_sem[:, last] > 0.3
         last_prob = torch.sigmoid(out.logits[:, -1, 2].detach().float())
         last_label = (batch["labels"][:, -1, 2] > 0.3).long()
@@ -125,7 +149,7 @@ class TSGSVModule(pl.LightningModule):
         for item in batch:
             scores = self.stream_scores(item["video"].to(self.device), item["sentence"].to(self.device),
                                         item["sentence_length"].to(self.device))  # fmt: skip
-            metric.update([scores], [item["duration"]], [item["target"]], [item["num_frames"]])
+            metric.update([scores], [item["duration"]], [item["target"]], [item["num_frames"]], [item["anno_index"]])
 
     def validation_step(self, batch: list[dict], batch_idx: int) -> None:
         self._evaluate(batch, self.val_metrics)
@@ -145,15 +169,42 @@ class TSGSVModule(pl.LightningModule):
             self.log(f"test/{name}", value, sync_dist=True)
         self.test_metrics.reset()
 
+    def predictions_path(self) -> Path:
+        """Where ``predict`` writes its JSON lines (``predictions_file``, per-rank suffix under DDP)."""
+        path = Path(self.predictions_file or Path(self.trainer.default_root_dir) / "predictions.jsonl")
+        rank = self.trainer.global_rank
+        return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
+
+    def on_predict_epoch_start(self) -> None:
+        path = self.predictions_path()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._predictions = open(path, "w")
+
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
-        """Per annotation: anno_id, streamed scores (T', 3) and ranked moments (K, 3) (start_sec, end_sec, score)."""
+        """Per annotation: anno_id, streamed scores (T', 3) and ranked moments (K, 3) (start_sec, end_sec, score).
+        Each annotation is also written at once as one JSON line to :meth:`predictions_path` (README, "Predictions")."""
         out = []
         for item in batch:
             scores = self.stream_scores(item["video"].to(self.device), item["sentence"].to(self.device),
-                                        item["sentence_length"].to(self.device))  # fmt: skip
-            moments = streaming_proposals(scores.cpu(), item["duration"], self.eval_config)
-            out.append({"anno_id": item["anno_id"], "scores": scores.cpu(), "moments": moments})
+                                        item["sentence_length"].to(self.device)).cpu()  # fmt: skip
+            moments = streaming_proposals(scores, item["duration"], self.eval_config)
+            out.append({"anno_id": item["anno_id"], "scores": scores, "moments": moments})
+            if self._predictions is not None:
+                record = {
+                    "anno_id": item["anno_id"], "video": item.get("video_name"), "query": item.get("query"),
+                    "duration": float(item["duration"]), "num_frames": int(item["num_frames"]),
+                    "chunk_interval": self.eval_config.chunk_interval,
+                    "moments": [[round(float(v), 6) for v in m] for m in moments],
+                    "scores": [[round(float(v), 6) for v in row] for row in scores],
+                }  # fmt: skip
+                self._predictions.write(json.dumps(record) + "\n")
         return out
+
+    def on_predict_epoch_end(self) -> None:
+        if self._predictions is not None:
+            self._predictions.close()
+            self._predictions = None
+            rank_zero_info(f"tsgsv predict: wrote {self.predictions_path()}")
 
     # ----------------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
