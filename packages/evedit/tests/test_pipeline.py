@@ -106,6 +106,35 @@ def test_update_loss_falls_when_repeated(tiny_pipe):
     assert losses[-1] < losses[0]
 
 
+@pytest.mark.parametrize("t_index", [0, 2])
+def test_one_update_step_descends_the_objective(tiny_pipe, t_index):
+    """Sign and direction of the update (spec §3.4): Ẑ_t moves along −∇L of L = λ_tmp·L_tmp + λ_agr·L_agr, recomputed
+    here independently through ``tcc_loss``, and one small step lowers L at the same t."""
+    from evedit.losses import tcc_loss
+
+    z, emb_c, emb_u, cond = _inputs(tiny_pipe, seed=2)
+    tiny_pipe.scheduler.set_timesteps(4)
+    t = tiny_pipe.scheduler.timesteps[t_index]
+    a_t, a_prev = tiny_pipe.alphas(t)
+    ref = torch.randn_like(z)
+
+    def objective(x):
+        x0_text, _ = ddim_step(x, tiny_pipe.predict_noise(x, t, emb_c, None, None, 1.0), a_t, a_prev)
+        x0_depth, _ = ddim_step(x, tiny_pipe.predict_noise(x, t, emb_c, None, cond, 1.0), a_t, a_prev)
+        return tcc_loss(x0_depth, x0_text, ref, lambda_tmp=1.0, lambda_agr=0.5)["loss"]
+
+    zg = z.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(objective(zg), zg)
+    cfg = tiny_edit(step=1e-3)
+    z_new, terms = tiny_pipe.update_latents(z, t, emb_c, emb_u, cond, ref, cfg)
+    step = -(z_new - z)
+    cos = torch.nn.functional.cosine_similarity(step.flatten(), g.flatten(), dim=0)
+    assert cos.item() > 0.999  # the step is along +∇L, subtracted: descent
+    with torch.no_grad():
+        assert terms["loss"] == pytest.approx(objective(z).item(), rel=1e-4)
+        assert objective(z_new).item() < objective(z).item()
+
+
 def test_agreement_vanishes_without_depth_and_chunked_gradient_equals_whole(tiny_pipe):
     z, emb_c, emb_u, cond = _inputs(tiny_pipe)
     tiny_pipe.scheduler.set_timesteps(4)
