@@ -108,12 +108,13 @@ class FasterRCNNFeatures(nn.Module):
         s, o = s[keep], o[keep]  # (N(N-1),) row-major ordered pairs
         union = torch.cat([torch.minimum(boxes_t[s, :2], boxes_t[o, :2]),
                            torch.maximum(boxes_t[s, 2:], boxes_t[o, 2:])], -1)  # (N(N-1), 4)
-        parts = []
+        parts = []  # stored as float16 on the host: the cache's storage format (module docstring)
         for chunk in union.split(self.chunk):
             if self.union_stage == "pooled":
-                parts.append(self._all_levels(features, chunk).half().cpu())
+                part = self._all_levels(features, chunk)
             else:
-                parts.append(roi.box_head(roi.box_roi_pool(features, [chunk], [size_t])).half().cpu())
+                part = roi.box_head(roi.box_roi_pool(features, [chunk], [size_t]))
+            parts.append(part.to(device="cpu", dtype=torch.float16))
         width = (len(roi.box_roi_pool.featmap_names) * obj_pooled.shape[1], *obj_pooled.shape[2:]) \
             if self.union_stage == "pooled" else (obj_feats.shape[1],)
         union_out = torch.cat(parts) if parts else torch.zeros(0, *width, dtype=torch.float16)
