@@ -20,25 +20,9 @@ import torch
 from mmzoo.bench import emit, measure, pick_device
 from radartag.data import GraphCollator
 from radartag.losses import RadarLoss
-from radartag.models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, Radar, RadarConfig
+from radartag.models import Radar, RadarConfig
 from radartag.sampler import BlockSampler
-from torch_geometric.data import HeteroData
-
-
-def random_graph(num_videos: int, num_tags: int, dim: int, follows_per_video: int, seed: int = 0) -> HeteroData:
-    g = torch.Generator().manual_seed(seed)
-    data = HeteroData()
-    data["video"].x = torch.randn(num_videos, dim, generator=g)
-    data["video"].num_train = num_videos
-    data["tag"].x = torch.randn(num_tags, dim, generator=g)
-    tags = torch.randint(0, num_tags, (num_videos, 4), generator=g)
-    data["video"].label_ptr = torch.arange(0, 4 * num_videos + 1, 4)
-    data["video"].label_col = tags.reshape(-1)
-    data[HAS_TAG].edge_index = torch.stack([torch.arange(num_videos).repeat_interleave(4), tags.reshape(-1)])
-    data[FOLLOWED_BY].edge_index = torch.randint(0, num_videos, (2, num_videos * follows_per_video), generator=g)
-    child = torch.arange(num_tags)
-    data[SUBTOPIC].edge_index = torch.stack([child, torch.randint(0, max(num_tags // 10, 1), (num_tags,), generator=g)])
-    return data
+from radartag.synthetic import random_graph
 
 
 def main() -> None:

@@ -3,6 +3,7 @@ from torch_geometric.data import HeteroData
 
 from radartag.models import FOLLOWED_BY, HAS_TAG, SUBTOPIC
 from radartag.sampler import CSC, BlockSampler
+from radartag.synthetic import random_graph
 
 
 def _graph():
@@ -65,21 +66,6 @@ def test_exclude_batch_targets():
     assert not set(src_ids.tolist()) & set(batch.tolist())
 
 
-def _random_graph(num_videos: int, num_tags: int, follows: int, dim: int = 4) -> HeteroData:
-    g = torch.Generator().manual_seed(num_videos)
-    data = HeteroData()
-    data["video"].x = torch.randn(num_videos, dim, generator=g)
-    data["video"].num_train = num_videos
-    data["tag"].x = torch.randn(num_tags, dim, generator=g)
-    tags = torch.randint(0, num_tags, (num_videos, 3), generator=g)
-    data["video"].label_ptr = torch.arange(0, 3 * num_videos + 1, 3)
-    data["video"].label_col = tags.reshape(-1)
-    data[HAS_TAG].edge_index = torch.stack([torch.arange(num_videos).repeat_interleave(3), tags.reshape(-1)])
-    data[FOLLOWED_BY].edge_index = torch.randint(0, num_videos, (2, num_videos * follows), generator=g)
-    data[SUBTOPIC].edge_index = torch.stack([torch.arange(num_tags), torch.randint(0, 5, (num_tags,), generator=g)])
-    return data
-
-
 def test_batch_bounded_by_batch_not_graph():
     """Scale check (the 200k-video version is in `make bench`): the sampled batch of a 20k-video graph obeys the same
     size bound as that of a 2k-video graph — batch videos B, all K tags, fanout f, L = 2 layers:
@@ -91,7 +77,7 @@ def test_batch_bounded_by_batch_not_graph():
     bound_videos = v1 + f * v1 + f * K
     sizes = {}
     for num_videos in (2_000, 20_000):
-        graph = _random_graph(num_videos, K, follows=20)  # in-degree ~20 > f: sampling is what bounds the batch
+        graph = random_graph(num_videos, K, dim=4, follows_per_video=20, seed=num_videos)  # in-degree ~20 > f: sampling is what bounds the batch
         sampler = BlockSampler(graph, RELS, num_layers=L, fanout=f)
         collate = GraphCollator(graph, sampler, K)
         for seed in range(3):

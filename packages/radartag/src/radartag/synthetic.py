@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SyntheticKwaiConfig", "write_synthetic_vertical"]
+__all__ = ["SyntheticKwaiConfig", "random_graph", "write_synthetic_vertical"]
 
 
 @dataclass
@@ -119,3 +119,27 @@ def write_synthetic_vertical(root: str | Path, vertical: str, cfg: SyntheticKwai
     (root / f"tag_parents_{vertical}.json").write_text(json.dumps(tag_parents, ensure_ascii=False), encoding="utf-8")
     (root / f"video_children_{vertical}.json").write_text(json.dumps(children))
     return root
+
+
+def random_graph(num_videos: int, num_tags: int, dim: int, follows_per_video: int, seed: int = 0):
+    """An in-memory heterogeneous graph of random structure for scale checks (benchmark, sampler tests): videos
+    with 4 random tags each, ``follows_per_video``·N random follow edges, and a tag ontology whose parents are the
+    first tenth of the tags. Every video is a training video. Returns a ``HeteroData``."""
+    import torch
+    from torch_geometric.data import HeteroData
+
+    from radartag.models import FOLLOWED_BY, HAS_TAG, SUBTOPIC
+
+    g = torch.Generator().manual_seed(seed)
+    data = HeteroData()
+    data["video"].x = torch.randn(num_videos, dim, generator=g)
+    data["video"].num_train = num_videos
+    data["tag"].x = torch.randn(num_tags, dim, generator=g)
+    tags = torch.randint(0, num_tags, (num_videos, 4), generator=g)
+    data["video"].label_ptr = torch.arange(0, 4 * num_videos + 1, 4)
+    data["video"].label_col = tags.reshape(-1)
+    data[HAS_TAG].edge_index = torch.stack([torch.arange(num_videos).repeat_interleave(4), tags.reshape(-1)])
+    data[FOLLOWED_BY].edge_index = torch.randint(0, num_videos, (2, num_videos * follows_per_video), generator=g)
+    parents = torch.randint(0, max(num_tags // 10, 1), (num_tags,), generator=g)
+    data[SUBTOPIC].edge_index = torch.stack([torch.arange(num_tags), parents])
+    return data
