@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 
 from mmzoo.bench import emit, measure, pick_device
@@ -25,3 +26,13 @@ def test_synthetic_inputs_are_deterministic():
     a, b = moving_shapes_video(4, seed=0), moving_shapes_video(4, seed=0)
     assert a.shape == (4, 3, 64, 64) and torch.equal(a, b)
     assert not torch.equal(a[0], a[-1])  # the shapes move
+
+
+def test_run_in_triton_interpreter_sets_the_flag_and_reports_failures(tmp_path):
+    from mmzoo.testing import run_in_triton_interpreter
+
+    checks = tmp_path / "my_checks.py"
+    checks.write_text("import os\n\ndef flag():\n    return os.environ.get('TRITON_INTERPRET')\n")
+    assert run_in_triton_interpreter(checks, "print(my_checks.flag())", timeout=120).strip() == "1"
+    with pytest.raises(AssertionError, match=r"my_checks\.py.*TRITON_INTERPRET=1[\s\S]*ZeroDivisionError"):
+        run_in_triton_interpreter(checks, "1 / 0", timeout=120)

@@ -1,15 +1,11 @@
 """token_max_sim: the reference against a plain loop, and the Triton kernel against the reference
 (under TRITON_INTERPRET=1 on CPU, natively on CUDA)."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
 from mmzoo.ops import HAS_TRITON, token_max_sim, token_max_sim_reference
+from mmzoo.testing import run_in_triton_interpreter
 
 
 def loop_reference(t, tm, v, vm, w=None, u=None):
@@ -119,11 +115,7 @@ def test_kernel_matches_reference_values_and_gradients():
             check_kernel_against_reference(shape, "cuda")
         return
     # The interpreter must be chosen before triton is first imported, hence a fresh process.
-    code = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_ops; "
-        "[test_ops.check_kernel_against_reference(s, 'cpu') for s in test_ops.SHAPES]; print('kernel ok')"
+    out = run_in_triton_interpreter(
+        __file__, "[test_ops.check_kernel_against_reference(s, 'cpu') for s in test_ops.SHAPES]; print('kernel ok')"
     )
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "kernel ok" in proc.stdout
+    assert "kernel ok" in out

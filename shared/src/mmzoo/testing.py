@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import random
+import subprocess
+import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -25,6 +27,7 @@ __all__ = [
     "write_h5_features",
     "write_npy_features",
     "run_distributed",
+    "run_in_triton_interpreter",
 ]
 
 _GRID = 4  # 4 × 4 cells → 16 bits, frame indices up to 65535
@@ -160,3 +163,20 @@ def run_distributed(fn: Callable, world_size: int = 2, args: tuple = ()) -> list
         init_file = os.path.join(tmp, "init")
         mp.spawn(_worker, args=(world_size, init_file, fn, args, tmp), nprocs=world_size, join=True)
         return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
+
+
+def run_in_triton_interpreter(test_file: str | os.PathLike, statement: str, timeout: float = 600.0) -> str:
+    """Run ``statement`` in a fresh Python process with ``TRITON_INTERPRET=1``; return its stdout.
+
+    Triton picks the interpreter when it is first imported, so a CPU check of a kernel needs a process that
+    has not imported it yet. ``test_file``'s module is imported first under its own name (its folder goes on
+    ``sys.path``), so ``statement`` can call the checks defined there, e.g. ``"test_ops.check('cpu')"``.
+    Raises ``AssertionError`` with the end of the child's stderr when it exits with an error.
+    """
+    test_file = Path(test_file)
+    code = f"import sys; sys.path.insert(0, {str(test_file.parent)!r}); import {test_file.stem}; {statement}"
+    env = dict(os.environ, TRITON_INTERPRET="1")
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise AssertionError(f"{test_file.name}: {statement!r} failed under TRITON_INTERPRET=1:\n{proc.stderr[-3000:]}")
+    return proc.stdout

@@ -470,7 +470,10 @@ def write_video(
         frames: uint8 (T, 3, H, W), or float in [0, 1] (converted).
         fps: frame rate.
         codec: override the codec (``libx264``, ``mpeg4``, ``gif``).
-        gop: keyframe interval (frames); ``None`` leaves the encoder's default.
+        gop: keyframe interval (frames); ``None`` leaves the encoder's default. With inter-coded frames a
+            frame decodes slightly differently depending on its distance from the last keyframe, so a
+            single decoded frame carries a cue to its position; synthetic tasks where frame order must not
+            be recoverable from one frame should write all-intra clips (``gop=1``).
         crf: H.264 quality (lower is better).
     """
     import av
