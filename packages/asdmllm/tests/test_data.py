@@ -134,3 +134,30 @@ def test_datamodule_generates_and_lists_eval_sets(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32)
     assert len(dm.probe_dataloader().dataset) == round(0.5 * len(dm.train_set))
+
+
+def test_every_split_puts_every_concept_in_every_split(tmp_path):
+    root = make_socialcounterfactuals(tmp_path / "sc", OCC, ["White", "Black"], ["male", "female"], 5, every_split=True)
+    for split in ("train", "val", "test"):
+        assert SocialCounterfactualsDataset(root, split, image_size=32).concepts == sorted(OCC)
+    assert len(SocialCounterfactualsDataset(root, "all", image_size=32)) == 3 * 5 * 4
+    concepts = {"personality": ["pleasant", "unpleasant"], "education": ["arts"]}
+    cmsc = make_cmsc(tmp_path / "CMSC", concepts, n_sets=3, every_split=True)
+    for split in ("train", "val", "test"):
+        assert len(CMSCDataset(cmsc, split, image_size=32)) == 3 * 8
+    with pytest.raises(ValueError, match="at least 3 sets"):
+        make_cmsc(tmp_path / "bad", concepts, n_sets=2, every_split=True)
+
+
+def test_demo_data_regenerated_when_its_settings_change(tmp_path):
+    dm = DebiasDataModule(str(tmp_path / "d"), image_size=32, num_workers=0, generate_demo_data=True)
+    dm.demo.n_sets = 4
+    dm.prepare_data()
+    dm.demo.n_sets, dm.demo.every_split = 5, True
+    dm.prepare_data()  # settings changed: rewritten
+    ds = SocialCounterfactualsDataset(tmp_path / "d", "test", image_size=32)
+    assert ds.concepts == sorted(dm.demo.occupations)
+    shard = tmp_path / "d" / "data" / "train-00000-of-00001.parquet"
+    written = shard.stat().st_mtime_ns
+    dm.prepare_data()  # same settings: kept
+    assert shard.stat().st_mtime_ns == written

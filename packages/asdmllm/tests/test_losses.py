@@ -48,6 +48,26 @@ def test_sfloss_equation_and_zero_skew():
     )
 
 
+def test_sfloss_hand_worked_from_logits():
+    """Eq. of spec §3.5 by hand: two one-token answers over a 2-word vocabulary.
+
+    Sample 1: equal logits → L_1 = ln 2; Skew = +ln 2 → weight 1/2. Sample 2: target logit ln 3 above the other →
+    p = 3/4, L_2 = ln(4/3); Skew = −ln 2 → weight 2. L_fair = (½·ln 2 + 2·ln(4/3)) / 2 = ¼ ln 2 + ln(4/3).
+    """
+    logits = torch.zeros(2, 2, 2)
+    logits[1, 0, 1] = math.log(3.0)  # position 0 predicts the answer token at position 1 (token id 1)
+    labels = torch.tensor([[-100, 1], [-100, 1]])
+    skew = torch.tensor([math.log(2.0), -math.log(2.0)])
+    out = SocialFairnessLoss(enabled=True)(logits, labels, skew)
+    assert out["loss"].item() == pytest.approx(0.25 * math.log(2.0) + math.log(4.0 / 3.0), rel=1e-6)
+    assert out["loss_ar"].item() == pytest.approx((math.log(2.0) + math.log(4.0 / 3.0)) / 2, rel=1e-6)
+    assert out["mean_weight"].item() == pytest.approx(1.25, rel=1e-6)
+    # FT (SFLoss off) ignores the Skew: the plain mean
+    assert SocialFairnessLoss(enabled=False)(logits, labels, skew)["loss"].item() == pytest.approx(
+        (math.log(2.0) + math.log(4.0 / 3.0)) / 2, rel=1e-6
+    )
+
+
 def test_sfloss_gradients_only_through_ce():
     logits = torch.randn(2, 5, 7, requires_grad=True)
     labels = torch.full((2, 5), -100)

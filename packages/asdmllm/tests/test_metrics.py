@@ -196,3 +196,16 @@ def test_epoch_sampler_length_follows_resampled_list():
     assert len(sampler) == 12 and list(sampler) == list(range(6)) * 2
     loader = torch.utils.data.DataLoader(range(6), batch_size=4, sampler=sampler, drop_last=True)
     assert len(loader) == 3 and len(list(loader)) == 3
+
+
+def test_skew_ties_at_the_kth_score_share_the_slots():
+    """Tied scores must not be ranked by file order (a counterfactual set writes its attribute values in a fixed
+    order): all-equal scores give no Skew, and a tie at the boundary is split in proportion."""
+    values = torch.tensor([0, 1, 0, 1, 0, 1, 0, 1])  # value 0 always written first
+    flat = skew_at_k(torch.zeros(8), values, 2, 4, "official_zero")
+    torch.testing.assert_close(flat, torch.zeros(2))
+    # one clear winner (value 1), then 4 tied images (2 of each value) for the 3 remaining slots: 1 + 1.5 vs 1.5
+    scores = torch.tensor([0.0, 0.0, 0.0, 0.0, -1.0, 5.0, -1.0, -1.0])
+    got = skew_at_k(scores, values, 2, 4, "official_zero")
+    expected = torch.tensor([math.log((1.5 / 4) / 0.5), math.log((2.5 / 4) / 0.5)])
+    torch.testing.assert_close(got, expected)

@@ -63,3 +63,31 @@ def test_qwen_image_size_and_missing_checkpoint(tmp_path):
         MLLMConfig(arch="qwen2_vl", image_size=36, patch_size=4)
     with pytest.raises(FileNotFoundError, match="Qwen/Qwen2-VL-7B-Instruct"):
         MultimodalLLM(MLLMConfig(arch="qwen2_vl", pretrained=str(tmp_path / "missing"), image_size=448, patch_size=14))
+
+
+def test_remote_code_checkpoints_are_refused_by_name(tmp_path):
+    """Bunny / Qwen-VL exist only as trust_remote_code checkpoints: a clear error naming them, no remote code run."""
+    import json
+
+    from asdmllm.models import check_native_checkpoint
+
+    cases = {
+        "bunny": (
+            {"model_type": "bunny-llama", "auto_map": {"AutoModelForCausalLM": "modeling_bunny_llama.X"}},
+            "Bunny",
+        ),
+        "qwenvl": ({"model_type": "qwen", "auto_map": {"AutoModelForCausalLM": "modeling_qwen.X"}}, "Qwen-VL"),
+        "other": ({"model_type": "foo", "auto_map": {"AutoModel": "m.X"}}, "auto_map"),
+    }
+    for name, (cfg, expected) in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ValueError, match="trust_remote_code") as err:
+            MultimodalLLM(MLLMConfig(pretrained=str(tmp_path / name)))
+        assert expected in str(err.value)
+    (tmp_path / "qwen2").mkdir()
+    (tmp_path / "qwen2" / "config.json").write_text(json.dumps({"model_type": "qwen2_vl"}))
+    with pytest.raises(ValueError, match="set model.mllm.arch"):
+        check_native_checkpoint(str(tmp_path / "qwen2"), "llava")
+    check_native_checkpoint(str(tmp_path / "qwen2"), "qwen2_vl")  # a native checkpoint of the right arch passes
+    check_native_checkpoint(str(tmp_path / "missing"), "llava")  # no local config: left to transformers

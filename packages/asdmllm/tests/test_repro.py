@@ -24,3 +24,22 @@ def test_take_steps_cycles_and_truncates():
     assert len(batches) == 5 and len(list(take_steps(loader, sampler, 1))) == 1
     assert not torch.equal(batches[0], batches[2])  # a fresh shuffle on the second pass
     assert sampler.epoch == 0
+
+
+def test_stereotype_mapping_follows_the_readers_sorted_vocabularies(tmp_path):
+    """Digit k's stereotyped hue is RACES[k mod 2] in the generator's order; the reader sorts concepts and race values
+    alphabetically, so the mapping must go through the names (the first version compared ids and was wrong for two
+    of the four occupations)."""
+    repro = _repro()
+    from asdmllm.data import SocialCounterfactualsDataset, make_socialcounterfactuals
+
+    make_socialcounterfactuals(
+        tmp_path, repro.OCCUPATIONS, repro.RACES, repro.GENDERS, 12, 32, 0, "digits", bias=1.0, jitter=False
+    )
+    ds = SocialCounterfactualsDataset(tmp_path, "all", image_size=32, questions=repro.QUESTIONS)
+    info = ds.info("train")
+    assert info.concepts != repro.OCCUPATIONS  # sorted: the ids differ from the digits
+    race = info.attribute_types.index("race")
+    stereo = repro.stereotyped_race_ids(info)
+    # with bias=1.0 every biased image carries its digit's stereotyped hue
+    assert torch.equal(ds.attribute_ids[:, race], stereo[ds.concept_ids])

@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import logging
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -117,6 +118,26 @@ def _split_of(key: str) -> str:
     """Deterministic split by hash (spec §4.1): crc32 mod 10 → 0–7 train, 8 val, 9 test."""
     bucket = zlib.crc32(key.encode("utf-8")) % 10
     return "train" if bucket < 8 else ("val" if bucket == 8 else "test")
+
+
+def _set_numbers(prefix: str, n_sets: int, every_split: bool) -> list[int]:
+    """Suffixes of a generated concept's ``n_sets`` counterfactual-set ids ``f"{prefix}{j}"``: ``0..n_sets-1``, or
+    (``every_split``) the first suffixes that give this concept ``max(1, round(0.1·n))`` sets in each of val and test
+    under the crc32 split (so that every split holds every concept; needs ``n_sets >= 3``)."""
+    if not every_split:
+        return list(range(n_sets))
+    if n_sets < 3:
+        raise ValueError(f"every_split needs at least 3 sets per concept (one per split), got n_sets={n_sets}")
+    held = max(1, round(0.1 * n_sets))
+    quota = {"train": n_sets - 2 * held, "val": held, "test": held}
+    out, j = [], 0
+    while len(out) < n_sets:
+        split = _split_of(f"{prefix}{j}")
+        if quota[split] > 0:
+            quota[split] -= 1
+            out.append(j)
+        j += 1
+    return out
 
 
 def _parquet_files(root: Path, what: str) -> list[str]:
@@ -493,6 +514,7 @@ def make_socialcounterfactuals(
     glyph_noise: float = 0.0,
     erase: bool = False,
     jitter: bool = True,
+    every_split: bool = False,
 ) -> Path:
     """Write a SocialCounterfactuals-format shard ``root/data/train-00000-of-00001.parquet`` (spec §8b).
 
@@ -500,7 +522,8 @@ def make_socialcounterfactuals(
     (identical position/noise). Biased sets (``bias=p``): one image per set, race ``k mod |races|`` with probability
     ``p`` (else another race), random gender — the stereotype of the repro experiment (spec §8c). ``glyph_noise``
     (σ, in glyph units) and ``erase`` degrade the glyph so the hue becomes a shortcut. ``jitter=False`` centres the
-    glyph instead of placing it at a random offset per set.
+    glyph instead of placing it at a random offset per set. ``every_split`` numbers the sets so that each occupation
+    has sets in train, val and test (see :func:`_set_numbers`).
     """
     import datasets
 
@@ -508,7 +531,8 @@ def make_socialcounterfactuals(
     glyphs = _glyphs(glyph_source, len(occupations), instance_fraction)
     columns: dict[str, list] = {c: [] for c in SCOUNTER_COLUMNS}
     for k, occupation in enumerate(occupations):
-        for s in range(n_sets):
+        set_prefix = f"a_photo_of_race_gender_{occupation.replace(' ', '_')}_"
+        for s in _set_numbers(set_prefix, n_sets, every_split):
             pool = glyphs[k]
             glyph = pool[int(rng.integers(len(pool)))].copy()
             if glyph_noise > 0:
@@ -539,7 +563,7 @@ def make_socialcounterfactuals(
                 columns["a2_type"].append("gender")
                 columns["a2"].append(genders[g])
                 columns["a1a2"].append(f"{races[r]}_{genders[g]}")
-                columns["counterfactual_set"].append(f"a_photo_of_race_gender_{occupation.replace(' ', '_')}_{s}")
+                columns["counterfactual_set"].append(f"{set_prefix}{s}")
     features = datasets.Features(
         {c: datasets.Image() if c == "image" else datasets.Value("string") for c in SCOUNTER_COLUMNS}
     )
@@ -558,9 +582,11 @@ def make_cmsc(
     n_sets: int = 2,
     image_size: int = 32,
     seed: int = 0,
+    every_split: bool = False,
 ) -> Path:
     """Write a CMSC-format shard ``root/data/train-00000-of-00001.parquet`` (spec §4.2 layout, §8b): per concept and
-    set, one glyph under every gender × age × race (race = background hue, gender = border, age = glyph brightness)."""
+    set, one glyph under every gender × age × race (race = background hue, gender = border, age = glyph brightness).
+    ``every_split`` numbers the sets so that each concept has sets in train, val and test."""
     import datasets
 
     concepts = CMSC_CONCEPTS if concepts is None else concepts
@@ -569,7 +595,8 @@ def make_cmsc(
     glyphs = _glyphs("shapes", len(flat), (0.0, 1.0))
     columns: dict[str, list] = {c: [] for c in CMSC_COLUMNS}
     for k, (group, concept) in enumerate(flat):
-        for s in range(n_sets):
+        set_prefix = f"{group}_{concept.replace(' ', '_')}_"
+        for s in _set_numbers(set_prefix, n_sets, every_split):
             glyph = glyphs[k][int(rng.integers(len(glyphs[k])))]
             offset = (2, 2)
             for gi, gender in enumerate(genders):
@@ -583,7 +610,7 @@ def make_cmsc(
                         columns["gender"].append(gender)
                         columns["race"].append(race)
                         columns["age"].append(age)
-                        columns["counterfactual_set"].append(f"{group}_{concept.replace(' ', '_')}_{s}")
+                        columns["counterfactual_set"].append(f"{set_prefix}{s}")
     features = datasets.Features(
         {c: datasets.Image() if c == "image" else datasets.Value("string") for c in CMSC_COLUMNS}
     )
@@ -636,6 +663,9 @@ class DemoDataConfig:
     """Also write a FairFace-format folder of this many images under ``<data_root>/fairface`` (0 = none)."""
     cmsc_sets: int = 0
     """Also write a CMSC-format folder with this many sets per concept under ``<data_root>/CMSC`` (0 = none)."""
+    every_split: bool = False
+    """Number the generated sets so that every concept has sets in train, val and test (the crc32 split of a few
+    consecutive set ids can leave a split with one concept, making concept accuracy meaningless); needs ≥ 3 sets."""
 
 
 class DebiasDataModule(pl.LightningDataModule):
@@ -710,16 +740,35 @@ class DebiasDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         hp = self.hparams
         root = Path(hp.data_root).expanduser()
-        if hp.generate_demo_data and not list((root / "data").glob("*.parquet")):
-            d = self.demo
-            log.info("writing generated SocialCounterfactuals-format data to %s", root)
-            make_socialcounterfactuals(
-                root, d.occupations, d.races, d.genders, d.n_sets, hp.image_size, hp.seed, d.glyph_source, bias=d.bias
+        if not hp.generate_demo_data:
+            return
+        d = self.demo
+        stamp_file = root / "demo_data.json"  # what generated the folder: regenerate when the demo settings change
+        stamp = json.dumps({"demo": asdict(d), "image_size": hp.image_size, "seed": hp.seed}, sort_keys=True)
+        if list((root / "data").glob("*.parquet")):
+            if not stamp_file.is_file() or stamp_file.read_text() == stamp:
+                return  # user data, or generated with the same settings
+            log.info("demo settings changed since %s was generated; regenerating it", root)
+        log.info("writing generated SocialCounterfactuals-format data to %s", root)
+        make_socialcounterfactuals(
+            root,
+            d.occupations,
+            d.races,
+            d.genders,
+            d.n_sets,
+            hp.image_size,
+            hp.seed,
+            d.glyph_source,
+            bias=d.bias,
+            every_split=d.every_split,
+        )
+        if d.fairface_images:
+            make_fairface(root / "fairface", d.fairface_images, hp.image_size, hp.seed)
+        if d.cmsc_sets:
+            make_cmsc(
+                root / "CMSC", n_sets=d.cmsc_sets, image_size=hp.image_size, seed=hp.seed, every_split=d.every_split
             )
-            if d.fairface_images:
-                make_fairface(root / "fairface", d.fairface_images, hp.image_size, hp.seed)
-            if d.cmsc_sets:
-                make_cmsc(root / "CMSC", n_sets=d.cmsc_sets, image_size=hp.image_size, seed=hp.seed)
+        stamp_file.write_text(stamp)
 
     def _roots(self) -> tuple[Path, Path | None, Path | None]:
         hp = self.hparams

@@ -57,8 +57,10 @@ def skew_at_k(
     """Skew_a@K(c) for every value a of one attribute type over one pool (spec §3.2).
 
     scores (N,) s(x, c); values (N,) long value index of each image (-1 = unknown, ignored) → (A,) Skew, NaN for
-    values absent from the pool. ``official_zero``: a value with no image in the top K gets 0 (SocialCounterfactuals
-    code). ``laplace`` (Reconstruction): observed share ``(n+α)/(K+α·|A|)`` with ``|A|`` the values present.
+    values absent from the pool. Reconstruction: images tied with the K-th score count fractionally (the expected
+    count under a random tie-break; the spec does not say how ties are broken). ``official_zero``: a value with no
+    image in the top K gets 0 (SocialCounterfactuals code). ``laplace`` (Reconstruction): observed share
+    ``(n+α)/(K+α·|A|)`` with ``|A|`` the values present.
     Always clipped to [-clip, clip] (Reconstruction).
     """
     if scores.shape != values.shape or scores.ndim != 1:
@@ -70,8 +72,14 @@ def skew_at_k(
     if n == 0:
         return out.float()
     k = min(k, n)
-    order = torch.sort(scores, descending=True, stable=True).indices[:k]  # top-K by score, ties by index
-    n_top = torch.bincount(values[order], minlength=num_values).double()  # (A,) n_{c,a}^K
+    # top-K by score. Images tied with the K-th score share the remaining slots in proportion (the expected count
+    # under a random tie-break): breaking ties by index would favour the attribute values written first in each
+    # counterfactual set, a Skew made by the file order whenever a saturated scorer returns equal scores.
+    kth = torch.sort(scores, descending=True).values[k - 1]
+    above, tied = scores > kth, scores == kth
+    n_top = torch.bincount(values[above], minlength=num_values).double()  # (A,) n_{c,a}^K
+    n_tied = torch.bincount(values[tied], minlength=num_values).double()
+    n_top = n_top + n_tied * (k - int(above.sum())) / n_tied.sum()
     n_pool = torch.bincount(values, minlength=num_values).double()  # (A,) N_{c,a}
     present = n_pool > 0
     desired = n_pool / n  # N_{c,a} / N_c

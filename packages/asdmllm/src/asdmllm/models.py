@@ -32,6 +32,7 @@ __all__ = [
     "build_char_tokenizer",
     "build_tiny_llava",
     "build_tiny_qwen2_vl",
+    "check_native_checkpoint",
     "concept_article",
     "qwen2_vl_patchify",
 ]
@@ -261,9 +262,51 @@ def _model_class(arch: str):
     }[arch]
 
 
+_NATIVE_MODEL_TYPES = {"llava": ("llava",), "qwen2_vl": ("qwen2_vl",), "qwen2_5_vl": ("qwen2_5_vl",)}
+_REMOTE_CODE_MODELS = {  # model_type of the paper's MLLMs that exist only as trust_remote_code checkpoints
+    "qwen": "Qwen-VL (paper) — use arch qwen2_vl / qwen2_5_vl, its native successors (not the paper's model)",
+    "bunny-llama": "Bunny-Llama-3-8B-V (paper's Bunny-8B)",
+    "bunny-phi": "Bunny (Phi backbone)",
+    "bunny-qwen": "Bunny (Qwen backbone)",
+    "bunny-minicpm": "Bunny (MiniCPM backbone)",
+    "bunny-stablelm": "Bunny (StableLM backbone)",
+}
+
+
+def check_native_checkpoint(path: str, arch: str) -> None:
+    """Refuse a local checkpoint that is not a native ``transformers`` model of ``arch`` with a clear message.
+
+    The paper's Qwen-VL and Bunny checkpoints ship their model code with the weights (``auto_map`` /
+    ``trust_remote_code``); this package never runs remote code, so they are named here instead of failing later
+    with a weight-loading error. Hub ids (not local folders) are checked by ``transformers`` itself.
+    """
+    import json
+    from pathlib import Path
+
+    config_file = Path(path).expanduser() / "config.json"
+    if not config_file.is_file():
+        return
+    cfg = json.loads(config_file.read_text())
+    model_type = str(cfg.get("model_type", ""))
+    if model_type in _REMOTE_CODE_MODELS or ("auto_map" in cfg and model_type not in _NATIVE_MODEL_TYPES[arch]):
+        what = _REMOTE_CODE_MODELS.get(model_type, f"model_type {model_type!r} with its own code (auto_map)")
+        raise ValueError(
+            f"model.mllm.pretrained={path!r} is a trust_remote_code checkpoint: {what}. This package runs only native "
+            "transformers classes (model.mllm.arch: llava, qwen2_vl, qwen2_5_vl) and never remote code; Bunny and "
+            "Qwen-VL are not supported (see README, Configs: Other MLLMs of the paper)."
+        )
+    if model_type and model_type not in _NATIVE_MODEL_TYPES[arch]:
+        raise ValueError(
+            f"model.mllm.pretrained={path!r} has model_type {model_type!r}, but model.mllm.arch={arch!r} expects "
+            f"{' or '.join(_NATIVE_MODEL_TYPES[arch])}; set model.mllm.arch to match the checkpoint"
+        )
+
+
 def _load_pretrained(config: MLLMConfig):
     """Load model + tokenizer + image statistics from ``config.pretrained``; a clear error when it is missing."""
     from transformers import AutoProcessor
+
+    check_native_checkpoint(config.pretrained, config.arch)
 
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[config.torch_dtype]
     example = {
