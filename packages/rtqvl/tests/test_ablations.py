@@ -13,6 +13,7 @@ from rtqvl.models.video import (
     DividedTemporalAttention,
     VisionConfig,
     refine_segments,
+    spectral_affinity,
     spectral_medoids,
     temporal_shift,
     token_shift,
@@ -147,3 +148,73 @@ def test_temporal_variants_retrieval_head_runs(mode):
     v, tokens = model.encode_video(video)
     ids, mask = model.tokenize(["red square on the left", "blue square on the top"], "cpu")
     assert v.shape == (2, 32) and model.itm_logits(tokens, ids, mask).shape == (2, 2)
+
+
+def test_spectral_knn_graph_by_hand():
+    # four 1-D tokens 0, 1, 3, 10; σ² = ½ so W_ij = exp(−|z_i − z_j|). k = 2: each row keeps itself + its nearest
+    # neighbour: 0→1, 1→0, 3→1, 10→3. Either-end (OR) graph: edges 0–1, 1–3, 3–10; mutual (AND): only 0–1.
+    z = torch.tensor([0.0, 1.0, 3.0, 10.0]).view(1, 4, 1)
+    sigma = 0.5**0.5
+    dense = spectral_affinity(z, sigma)
+    want = torch.exp(-(z - z.transpose(1, 2)).abs())
+    assert torch.allclose(dense, want, atol=1e-6)
+    edges_or = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
+    edges_and = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)
+    knn = spectral_affinity(z, sigma, graph="knn", knn_k=2)
+    assert torch.allclose(knn, want * edges_or, atol=1e-6)
+    mutual = spectral_affinity(z, sigma, graph="knn", knn_k=2, mutual=True)
+    assert torch.allclose(mutual, want * edges_and, atol=1e-6)
+    assert torch.allclose(spectral_affinity(z, sigma, graph="knn", knn_k=4), dense)  # k = N: the dense graph
+
+
+def test_spectral_knn_config_and_refine():
+    assert tiny_vision().knn_neighbours == 10  # official adaptive k: 5·d with d = 2, P = 16 < 100
+    assert tiny_vision(spectral_knn_k=7).knn_neighbours == 7
+    assert VisionConfig().knn_neighbours == 5 * 2 + 5  # P = 196 >= 100
+    with pytest.raises(ValueError, match="spectral_graph"):
+        tiny_vision(spectral_graph="cosine")
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [50.0, 0.0], [0.0, 50.0], [50.0, 50.0]])
+    pts = centres.repeat_interleave(5, dim=0) + 0.3 * torch.randn(20, 2, generator=g)  # 4 clusters of 5
+    med = spectral_medoids(pts.unsqueeze(0), 4, sigma=2.0, graph="knn", knn_k=5)[0]
+    assert sorted((med // 5).tolist()) == [0, 1, 2, 3]  # one token from every cluster on the kNN graph too
+    enc = RTQVisionEncoder(tiny_vision(refine="spectral", spectral_graph="knn", spectral_knn_mutual=True)).eval()
+    assert enc(torch.randn(2, 4, 3, 32, 32)).tokens.shape == (2, 2 * 17, 64)
+
+
+def test_prior_divided_attention_runs_on_raw_frames_before_refine():
+    cfg = tiny_vision(temporal_modeling="divided_attention", temporal_placement="prior", temporal_block=2,
+                      msg_fc_zero_init=True)  # blocks 0, 1 divided (T = 4 frames), Refine before block 2
+    torch.manual_seed(0)
+    enc = RTQVisionEncoder(cfg).eval()
+    assert len(enc.divided_blocks) == 2 and enc.temporal_embedding.shape == (4, 64)  # one row per raw frame
+    seen = []
+    enc.divided_blocks[0].register_forward_pre_hook(lambda mod, inp: seen.append(tuple(inp[0].shape)))
+    x = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        out = enc(x)
+        assert seen == [(2, 4, 17, 64)]  # (B, T, 1+P, D): raw frames, all P = 16 patches, before Refine
+        assert out.tokens.shape == (2, 2 * 17, 64)  # Refine to T' = 2 segments, tokens concatenated
+        # by hand: with W_t = 0 and E = 0 a divided block only replaces every frame's CLS by the video mean
+        h = enc.embeddings(x.flatten(0, 1))  # (B·T, 1+P, D)
+        for i in range(2):
+            v = h.view(2, 4, 17, 64)
+            v = torch.cat([v[:, :, :1].mean(dim=1, keepdim=True).expand(2, 4, 1, 64), v[:, :, 1:]], dim=2)
+            h = enc.encoder.layers[i](v.flatten(0, 1))
+        h = refine_segments(h, 2, 2, "kmedoids", 16)
+        for i in range(2, 4):
+            h = enc.encoder.layers[i](h)
+        h = enc.post_layernorm(h).view(2, 2, 17, 64)
+        assert torch.allclose(out.tokens, h.flatten(1, 2), atol=1e-5)
+        assert torch.allclose(out.global_feat, h[:, :, 0].mean(dim=1), atol=1e-5)
+        enc.temporal_embedding.normal_()  # a frame-order signal from block 0 on
+        assert not torch.allclose(enc(x[:, [2, 3, 0, 1]]).global_feat, enc(x).global_feat, atol=1e-4)
+
+
+def test_prior_placement_validation():
+    with pytest.raises(ValueError, match="divided_attention"):
+        tiny_vision(temporal_placement="prior", temporal_block=2)  # message tokens are posterior only
+    with pytest.raises(ValueError, match="temporal_block"):
+        tiny_vision(temporal_modeling="divided_attention", temporal_placement="prior", temporal_block=3)  # τ > K
+    with pytest.raises(ValueError, match="temporal_placement"):
+        tiny_vision(temporal_placement="middle")

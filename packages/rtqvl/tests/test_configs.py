@@ -17,7 +17,8 @@ CONFIGS = shipped_configs("rtqvl")
 def test_expected_configs_are_shipped():
     for name in ("tiny", "demo", "msrvtt_retrieval", "didemo_retrieval", "activitynet_retrieval", "msrvtt_caption",
                  "msvd_caption", "msrvtt_qa", "nextqa", "msrvtt_retrieval_rq", "msrvtt_retrieval_spectral",
-                 "msrvtt_retrieval_token_shift", "msrvtt_retrieval_divst", "msrvtt_retrieval_vip"):
+                 "msrvtt_retrieval_token_shift", "msrvtt_retrieval_divst", "msrvtt_retrieval_divst_prior",
+                 "msrvtt_retrieval_vip"):
         assert name in CONFIGS, name
 
 
@@ -35,6 +36,7 @@ def test_print_config(name, capsys):
         ("msrvtt_retrieval_spectral", "refine", "spectral"),
         ("msrvtt_retrieval_token_shift", "refine", "token_shift"),
         ("msrvtt_retrieval_divst", "temporal_modeling", "divided_attention"),
+        ("msrvtt_retrieval_divst_prior", "temporal_placement", "prior"),
         ("msrvtt_retrieval_vip", "temporal_modeling", "video_proxy"),
     ],
 )
@@ -47,4 +49,8 @@ def test_ablation_rows_differ_from_rtq_only_in_their_switch(name, key, value):
     assert row[key] == value
     VisionConfig(**row)  # valid as a whole
     changed = {k for k in set(base) | set(row) if base.get(k) != row.get(k)}
-    assert changed <= {key, "num_segments", "spectral_sigma", "shift_fold_div", "num_proxies"}
+    allowed = {key, "num_segments", "spectral_sigma", "shift_fold_div", "num_proxies"}
+    if key == "temporal_placement":  # divided attention on the raw frames before Refine: blocks 0..τ−1, τ = K
+        allowed |= {"temporal_modeling", "temporal_block"}
+        assert row["temporal_modeling"] == "divided_attention" and row["temporal_block"] == row["cluster_block"]
+    assert changed <= allowed

@@ -109,3 +109,59 @@ def test_nextqa_per_type():
     m.update(preds[:2], labels[:2], types[:2])
     m.update(preds[2:], labels[2:], types[2:])
     assert m.compute() == pytest.approx(got)
+
+
+def _brute_force_tie_mean(scores, positives, k):
+    """Average over every order of each query's tied group: hit@k and rank of the best GT (plain loops)."""
+    import itertools
+
+    hits, ranks = [], []
+    for s, pos in zip(scores.tolist(), positives.tolist(), strict=True):
+        best = max(v for v, p in zip(s, pos, strict=True) if p)
+        higher = sum(v > best for v in s)
+        group = [p for v, p in zip(s, pos, strict=True) if v == best]
+        perms = list(itertools.permutations(group))
+        first = [next(i for i, p in enumerate(order) if p) for order in perms]
+        hits.append(sum(higher + f < k for f in first) / len(perms))
+        ranks.append(sum(higher + f for f in first) / len(perms))
+    return torch.tensor(hits, dtype=torch.float64), torch.tensor(ranks, dtype=torch.float64)
+
+
+def test_tie_rule_mean_against_brute_force():
+    from rtqvl.metrics import recall_at_k, retrieval_ranks
+
+    g = torch.Generator().manual_seed(3)
+    s = torch.randint(0, 3, (10, 6), generator=g).float()  # many ties
+    pos = torch.zeros(10, 6, dtype=torch.bool)
+    pos[torch.arange(10), torch.arange(10) % 6] = True
+    pos[0, 1] = pos[3, 5] = True  # two queries with two GT items
+    for k in (1, 2, 5):
+        want_hit, want_rank = _brute_force_tie_mean(s, pos, k)
+        assert torch.allclose(recall_at_k(s, pos, k, ties="mean"), want_hit)
+        assert torch.allclose(retrieval_ranks(s, pos, ties="mean"), want_rank)
+        assert torch.equal(recall_at_k(s, pos, k), (retrieval_ranks(s, pos) < k).double())  # optimistic = spec
+
+
+def test_tied_twin_counts_as_half_a_hit_under_mean_and_a_hit_under_spec_rule():
+    # an order-blind model scores a clip and its order-swapped twin identically: the spec's strictly-higher rule
+    # ranks both first (R@1 100); the mean rule (official argsort, on average) gives R@1 50
+    s = torch.tensor([[0.9, 0.9, 0.1], [0.9, 0.9, 0.1]])
+    gt = torch.tensor([0, 1])
+    assert retrieval_metrics(s, gt)["t2v_R@1"] == 100.0
+    m = retrieval_metrics(s, gt, ties="mean")
+    assert m["t2v_R@1"] == 50.0 and m["t2v_R@5"] == 100.0 and m["t2v_MnR"] == 1.5
+    metric = RetrievalMetrics(ties="mean")
+    metric.update(s, gt)
+    assert metric.compute()["t2v_R@1"] == 50.0
+    with pytest.raises(ValueError, match="ties"):
+        RetrievalMetrics(ties="pessimistic")
+
+
+def test_module_passes_the_tie_rule_to_its_retrieval_metrics():
+    from rtqvl_testlib import tiny_config
+
+    from rtqvl.module import RTQModule
+
+    module = RTQModule(tiny_config(), rank_ties="mean")
+    assert module.val_metric.ties == module.test_metric.ties == "mean"
+    assert RTQModule(tiny_config()).test_metric.ties == "optimistic"  # the spec §5 rule by default

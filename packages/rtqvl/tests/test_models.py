@@ -94,6 +94,27 @@ def test_temporal_embedding_reaches_every_token_and_order_matters():
     torch.testing.assert_close(rq(x).tokens, rq(swapped).tokens, atol=1e-5, rtol=1e-5)  # RQ is order-blind
 
 
+def test_zero_temporal_embedding_leaves_rtq_order_blind():
+    # the temporal embedding is RTQ's only source of segment order: the message attention is permutation-equivariant
+    # over the segment CLS tokens, the global vector is their mean, and the text side's cross-attention has no
+    # visual positions, so with E = 0 (its init, spec §3.1) swapping the segments permutes the memory and leaves the
+    # global vector unchanged — order is learnt only as fast as E grows (README, Repro results)
+    enc = RTQVisionEncoder(tiny_vision()).eval()
+    assert torch.count_nonzero(enc.temporal_embedding) == 0  # zero-initialised
+    x = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        a, b = enc(x), enc(x[:, [2, 3, 0, 1]])
+    torch.testing.assert_close(a.global_feat, b.global_feat, atol=1e-5, rtol=1e-5)
+    n = 17  # tokens per segment: the memory of the swapped clip is the original's two segment blocks swapped
+    torch.testing.assert_close(b.tokens, torch.cat([a.tokens[:, n:], a.tokens[:, :n]], dim=1), atol=1e-5, rtol=1e-5)
+    # ... but E gets a gradient at zero through the global vector and every memory token (so it can start to grow)
+    w = torch.randn(64, 3)
+    for out in (enc(x).global_feat, enc(x).tokens[:, 5]):
+        enc.temporal_embedding.grad = None
+        (out @ w).square().sum().backward()
+        assert torch.all(enc.temporal_embedding.grad.abs().sum(dim=1) > 0)  # both segments' rows
+
+
 def test_pos_embed_resize():
     pos = torch.randn(1, 1 + 24 * 24, 8)
     out = resize_pos_embed(pos, 14 * 14)

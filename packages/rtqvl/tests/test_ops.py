@@ -3,13 +3,9 @@ natively on CUDA; and the CPU fallback."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from mmzoo.testing import run_in_triton_interpreter
 
 from rtqvl.models import kmedoids, refine_segments
 from rtqvl.models.video import kmedoids_from_distances
@@ -67,11 +63,5 @@ def test_triton_kmedoids_matches_reference():
         check_triton_against_reference("cuda")
         return
     # the interpreter must be chosen before triton is first imported, hence a fresh process
-    code = (
-        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); import test_ops; "
-        "test_ops.check_triton_against_reference('cpu'); print('kernel ok')"
-    )
-    env = dict(os.environ, TRITON_INTERPRET="1")
-    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "kernel ok" in proc.stdout
+    out = run_in_triton_interpreter(__file__, "test_ops.check_triton_against_reference('cpu'); print('kernel ok')")
+    assert "kernel ok" in out

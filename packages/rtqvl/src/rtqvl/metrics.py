@@ -20,6 +20,7 @@ from torchmetrics import Metric
 
 __all__ = [
     "retrieval_ranks",
+    "recall_at_k",
     "retrieval_metrics",
     "RetrievalMetrics",
     "caption_tokenize",
@@ -39,29 +40,77 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------- retrieval
 
 
-def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
-    """0-based rank of the best-ranked ground truth of each query: the number of gallery items scored strictly
-    higher than it (spec §5).
+TIE_RULES = ("optimistic", "mean")
 
-    scores (Q, G); positives (Q, G) bool (at least one True per row). Returns (Q,) int64.
-    """
+
+def _check_ties(ties: str) -> None:
+    if ties not in TIE_RULES:
+        raise ValueError(f"ties={ties!r}: expected one of {TIE_RULES}")
+
+
+def _tie_counts(scores: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per query: h = items scored strictly above the best GT, e = non-GT items tied with it, g = GT items tied
+    with it (≥ 1). All (Q,) int64."""
     if not positives.any(dim=1).all():
         raise ValueError("retrieval_ranks: every query needs at least one ground-truth item")
     s = scores.float()
     gt_score = s.masked_fill(~positives, float("-inf")).max(dim=1).values  # (Q,) best GT score
-    return (s > gt_score[:, None]).sum(dim=1)
+    tied = s == gt_score[:, None]
+    return (s > gt_score[:, None]).sum(dim=1), (tied & ~positives).sum(dim=1), (tied & positives).sum(dim=1)
 
 
-def _rank_stats(ranks: torch.Tensor, prefix: str) -> dict[str, float]:
-    r = ranks.float()
-    out = {f"{prefix}R@{k}": float(100.0 * (r < k).float().mean()) for k in (1, 5, 10)}
+def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor, ties: str = "optimistic") -> torch.Tensor:
+    """0-based rank of the best-ranked ground truth of each query.
+
+    ``ties="optimistic"`` (spec §5): the number of gallery items scored strictly higher, so a GT tied with other
+    items is ranked above all of them (two identical gallery items can both be "rank 0"). ``ties="mean"``: the
+    expected rank when tied items are put in a uniformly random order (what the official ``argsort`` evaluation,
+    which never gives two items the same rank, yields on average): ``h + e / (g + 1)`` with h items strictly
+    higher, e non-GT items and g GT items tied with the best GT score (float).
+
+    scores (Q, G); positives (Q, G) bool (at least one True per row). Returns (Q,) int64 (optimistic) or float.
+    """
+    _check_ties(ties)
+    h, e, g = _tie_counts(scores, positives)
+    if ties == "optimistic":
+        return h
+    return h.double() + e.double() / (g.double() + 1.0)
+
+
+def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, k: int, ties: str = "optimistic") -> torch.Tensor:
+    """Per-query probability (Q,) that the best-ranked GT is within the top k.
+
+    ``optimistic`` (spec §5): 1[h < k]. ``mean``: the probability over uniformly random orders of the tied items,
+    ``1 − Π_{i<m} (e − i) / (e + g − i)`` with m = k − h free slots (0 when m ≤ 0): one minus the chance that the
+    first m places of the tied group all go to non-GT items (e.g. a GT tied with one other item at the top:
+    R@1 = ½).
+    """
+    _check_ties(ties)
+    h, e, g = _tie_counts(scores, positives)
+    if ties == "optimistic":
+        return (h < k).double()
+    m = k - h  # (Q,) slots of the top k left for the tied group
+    miss = torch.ones_like(h, dtype=torch.float64)
+    e, g = e.double(), g.double()
+    for i in range(k):  # i-th place of the tied group still goes to a non-GT item
+        step = (e - i).clamp(min=0.0) / (e + g - i).clamp(min=1.0)
+        miss = torch.where(m > i, miss * step, miss)
+    return torch.where(m > 0, 1.0 - miss, torch.zeros_like(miss))
+
+
+def _rank_stats(scores: torch.Tensor, positives: torch.Tensor, prefix: str, ties: str) -> dict[str, float]:
+    r = retrieval_ranks(scores, positives, ties).double()
+    out = {f"{prefix}R@{k}": float(100.0 * recall_at_k(scores, positives, k, ties).mean()) for k in (1, 5, 10)}
     out[f"{prefix}MdR"] = float((r + 1).median()) if r.numel() % 2 else float((r + 1).quantile(0.5))
     out[f"{prefix}MnR"] = float((r + 1).mean())
     return out
 
 
 def retrieval_metrics(
-    t2v_scores: torch.Tensor, text_to_video: torch.Tensor, v2t_scores: torch.Tensor | None = None
+    t2v_scores: torch.Tensor,
+    text_to_video: torch.Tensor,
+    v2t_scores: torch.Tensor | None = None,
+    ties: str = "optimistic",
 ) -> dict[str, float]:
     """Text→video and video→text R@1/5/10, MdR, MnR and their selection metric (mean of t2v R@1/5/10).
 
@@ -70,6 +119,8 @@ def retrieval_metrics(
         text_to_video: (N_t,) ground-truth video column of each text.
         v2t_scores: (N_v, N_t) scores for the video→text direction (default ``t2v_scores.T``); a video's GT texts
             are all texts pointing to it, and its rank is that of the best-ranked one.
+        ties: ``optimistic`` (spec §5: rank = items scored strictly higher) or ``mean`` (expected value over random
+            orders of tied items, as the official argsort evaluation on average); see :func:`retrieval_ranks`.
     Returns:
         ``{"t2v_R@1", …, "t2v_MdR", "t2v_MnR", "v2t_R@1", …, "r_mean"}``.
     """
@@ -78,17 +129,18 @@ def retrieval_metrics(
         raise ValueError(f"text_to_video must be ({n_t},), got {tuple(text_to_video.shape)}")
     cols = torch.arange(n_v, device=t2v_scores.device)
     pos_t2v = text_to_video.view(-1, 1).to(cols.device) == cols.view(1, -1)  # (N_t, N_v)
-    out = _rank_stats(retrieval_ranks(t2v_scores, pos_t2v), "t2v_")
+    out = _rank_stats(t2v_scores, pos_t2v, "t2v_", ties)
     v2t = t2v_scores.T if v2t_scores is None else v2t_scores
     pos_v2t = pos_t2v.T
     has = pos_v2t.any(dim=1)
-    out.update(_rank_stats(retrieval_ranks(v2t[has], pos_v2t[has]), "v2t_"))
+    out.update(_rank_stats(v2t[has], pos_v2t[has], "v2t_", ties))
     out["r_mean"] = (out["t2v_R@1"] + out["t2v_R@5"] + out["t2v_R@10"]) / 3
     return out
 
 
 class RetrievalMetrics(Metric):
-    """Accumulates score-matrix rows (texts) and their GT video; ``compute`` calls :func:`retrieval_metrics`.
+    """Accumulates score-matrix rows (texts) and their GT video; ``compute`` calls :func:`retrieval_metrics` with
+    this metric's tie rule (``ties``: ``optimistic``, the spec's, or ``mean``).
 
     Retrieval needs every pair, so the states are concatenated rows (one row per text, all videos as columns).
     """
@@ -96,8 +148,10 @@ class RetrievalMetrics(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self):
+    def __init__(self, ties: str = "optimistic"):
         super().__init__()
+        _check_ties(ties)
+        self.ties = ties
         self.add_state("t2v", default=[], dist_reduce_fx="cat")
         self.add_state("v2t", default=[], dist_reduce_fx="cat")
         self.add_state("gt", default=[], dist_reduce_fx="cat")
@@ -111,7 +165,7 @@ class RetrievalMetrics(Metric):
         t2v = torch.cat(self.t2v) if isinstance(self.t2v, list) else self.t2v
         v2t = torch.cat(self.v2t) if isinstance(self.v2t, list) else self.v2t
         gt = torch.cat(self.gt) if isinstance(self.gt, list) else self.gt
-        return retrieval_metrics(t2v, gt, v2t.T)
+        return retrieval_metrics(t2v, gt, v2t.T, self.ties)
 
 
 # ---------------------------------------------------------------------------------------------- captioning

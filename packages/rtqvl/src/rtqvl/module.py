@@ -64,6 +64,9 @@ class RTQModule(pl.LightningModule):
         itc_weight, itm_weight: retrieval loss weights (1:1).
         label_smoothing: captioning / answer CE label smoothing.
         rerank: retrieval eval with ITM top-k re-ranking (False = cosine only).
+        rank_ties: retrieval rank rule for tied scores: ``optimistic`` (spec §5: rank = items scored strictly
+            higher, so a tie counts as a hit) or ``mean`` (expected rank / R@K over random orders of the tied items,
+            what the official argsort evaluation gives on average); see :func:`rtqvl.metrics.retrieval_ranks`.
         caption_backend: ``auto`` | ``coco`` | ``python`` (see :mod:`rtqvl.metrics`).
     """
 
@@ -86,6 +89,7 @@ class RTQModule(pl.LightningModule):
         label_smoothing: float = 0.1,
         rerank: bool = True,
         caption_backend: str = "auto",
+        rank_ties: str = "optimistic",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -97,7 +101,7 @@ class RTQModule(pl.LightningModule):
         if task == "retrieval":
             self.itc = ITCLoss()
             self.itm = ITMLoss()
-            self.val_metric, self.test_metric = RetrievalMetrics(), RetrievalMetrics()
+            self.val_metric, self.test_metric = RetrievalMetrics(rank_ties), RetrievalMetrics(rank_ties)
         elif task == "captioning":
             self.lm_loss = CaptionLoss(label_smoothing)
             self.val_metric, self.test_metric = CaptionMetrics(caption_backend), CaptionMetrics(caption_backend)

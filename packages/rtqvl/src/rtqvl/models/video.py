@@ -38,6 +38,7 @@ __all__ = [
     "kmedoids_reference",
     "kmedoids_from_distances",
     "kkz_init",
+    "spectral_affinity",
     "spectral_medoids",
     "token_shift",
     "temporal_shift",
@@ -51,6 +52,8 @@ __all__ = [
 
 RefineMode = Literal["kmedoids", "spectral", "pooling", "sparse_sampling", "random", "token_shift", "temporal_shift", "none"]
 TemporalMode = Literal["message_token", "divided_attention", "video_proxy", "none"]
+TemporalPlacement = Literal["posterior", "prior"]
+SpectralGraph = Literal["heat_kernel", "knn"]
 _SHIFT_MODES = ("token_shift", "temporal_shift")
 
 
@@ -88,6 +91,15 @@ class VisionConfig:
     tokens); the shift modes merge no frames, so they need ``num_segments == num_frames``."""
     spectral_sigma: float = 2.0
     """σ of the heat-kernel affinity ``exp(−||z_i − z_j|| / 2σ²)`` of ``refine: spectral`` (CenterCLIP default)."""
+    spectral_graph: SpectralGraph = "heat_kernel"
+    """Graph of ``refine: spectral`` (official ``spectral_graph``): ``heat_kernel`` = the dense affinity above;
+    ``knn`` = the same affinities kept only on k-nearest-neighbour edges (official ``KNN`` mode)."""
+    spectral_knn_k: int = 0
+    """k of ``spectral_graph: knn`` (each token's k largest affinities, itself included). Values < 5 select the
+    official adaptive k: ``5·d`` when P < 100, else ``5·d + 5`` (d = frames per segment)."""
+    spectral_knn_mutual: bool = False
+    """``spectral_graph: knn``: keep an edge when it is among the k nearest of *both* ends (mutual kNN) instead of
+    either end (official default ``mutual=False``, a symmetric OR)."""
     shift_fold_div: int = 8
     """Shift ablations: ``D / shift_fold_div`` channels move one frame back and as many one frame forward
     (official: 8)."""
@@ -103,6 +115,11 @@ class VisionConfig:
     """``message_token`` = RTQ; ``none`` = the RQ ablation (no temporal embedding, segment maps averaged); the
     paper's comparison rows ``divided_attention`` (TimeSformer divided space-time attention in blocks τ..L−1) and
     ``video_proxy`` (CLIP-ViP video proxy tokens from block τ)."""
+    temporal_placement: TemporalPlacement = "posterior"
+    """Where ``temporal_modeling: divided_attention`` runs: ``posterior`` = blocks τ..L−1 on the T' refined segments
+    (after Refine); ``prior`` = blocks 0..τ−1 on the T raw frames, *before* Refine (official ``prior_temporal_cfg``;
+    needs τ ≤ K), with a T-row temporal embedding added before block 0 and plain ViT blocks from τ on. The other
+    temporal modes are posterior only."""
     num_proxies: int = 4
     """M: video proxy tokens of ``temporal_modeling: video_proxy`` (official configs: 1, 2, 4)."""
     msg_fc_zero_init: bool = False
@@ -135,6 +152,21 @@ class VisionConfig:
                 f"vision.refine={self.refine} merges no frames: set vision.num_segments ({self.num_segments}) "
                 f"= vision.num_frames ({self.num_frames})"
             )
+        if self.temporal_placement not in ("posterior", "prior"):
+            raise ValueError(f"vision.temporal_placement={self.temporal_placement!r}: expected posterior or prior")
+        if self.temporal_placement == "prior":
+            if self.temporal_modeling != "divided_attention":
+                raise ValueError(
+                    "vision.temporal_placement=prior is only defined for vision.temporal_modeling=divided_attention, "
+                    f"got {self.temporal_modeling}"
+                )
+            if not 1 <= self.temporal_block <= self.cluster_block:
+                raise ValueError(
+                    f"vision.temporal_placement=prior runs divided attention in blocks 0..τ−1 before Refine: need "
+                    f"1 <= vision.temporal_block ({self.temporal_block}) <= vision.cluster_block ({self.cluster_block})"
+                )
+        if self.spectral_graph not in ("heat_kernel", "knn"):
+            raise ValueError(f"vision.spectral_graph={self.spectral_graph!r}: expected heat_kernel or knn")
         if self.shift_fold_div < 2:
             raise ValueError(f"vision.shift_fold_div={self.shift_fold_div} must be >= 2")
         if self.num_proxies < 1:
@@ -163,6 +195,19 @@ class VisionConfig:
         if self.refine == "none":
             return d * p
         return min(self.cluster_tokens or p, d * p)
+
+    @property
+    def knn_neighbours(self) -> int:
+        """k of the spectral kNN graph: ``spectral_knn_k``, or the official adaptive value when it is < 5."""
+        if self.spectral_knn_k >= 5:
+            return self.spectral_knn_k
+        d = self.frames_per_segment
+        return 5 * d if self.num_patches < 100 else 5 * d + 5
+
+    @property
+    def temporal_rows(self) -> int:
+        """Rows of the temporal embedding: T' (posterior placement) or T (prior: added to the raw frames)."""
+        return self.num_frames if self.temporal_placement == "prior" else self.num_segments
 
     def blip_config(self) -> BlipVisionConfig:
         """The transformers config of the ViT blocks."""
@@ -278,12 +323,43 @@ def kmedoids_from_distances(dist: torch.Tensor, norms: torch.Tensor, num_cluster
     return medoids.sort(dim=-1).values
 
 
+def spectral_affinity(
+    tokens: torch.Tensor, sigma: float = 2.0, graph: str = "heat_kernel", knn_k: int = 10, mutual: bool = False
+) -> torch.Tensor:
+    """Graph of ``refine: spectral`` (CenterCLIP ``constructW``): tokens (S, N, D) → W (S, N, N).
+
+    ``heat_kernel``: W_ij = exp(−||z_i − z_j||₂ / 2σ²) (Euclidean distance, not squared, as in the official helper).
+    ``knn``: the same W kept where W_ij is among row i's ``knn_k`` largest values (the token itself, W_ii = 1,
+    counts as one of them; every value ≥ the k-th largest is kept) — for i's row *or* j's row (symmetric OR), or
+    for both when ``mutual`` — and zero elsewhere.
+    """
+    z = tokens.float()
+    w = torch.exp(-torch.cdist(z, z) / (2.0 * sigma**2))  # (S, N, N), diagonal 1
+    if graph == "heat_kernel":
+        return w
+    if graph != "knn":
+        raise ValueError(f"vision.spectral_graph={graph!r}: expected heat_kernel or knn")
+    k = min(knn_k, w.shape[-1])
+    kth = w.topk(k, dim=-1).values[..., -1:]  # (S, N, 1) k-th largest affinity of each row
+    near = w >= kth  # (S, N, N) j among i's k nearest
+    mask = near & near.transpose(-2, -1) if mutual else near | near.transpose(-2, -1)
+    return w * mask
+
+
 @torch.no_grad()
-def spectral_medoids(tokens: torch.Tensor, num_clusters: int, sigma: float = 2.0, max_iter: int = 100) -> torch.Tensor:
+def spectral_medoids(
+    tokens: torch.Tensor,
+    num_clusters: int,
+    sigma: float = 2.0,
+    max_iter: int = 100,
+    graph: str = "heat_kernel",
+    knn_k: int = 10,
+    mutual: bool = False,
+) -> torch.Tensor:
     """``refine: spectral`` ablation: normalised spectral clustering whose medoids are the kept tokens (CenterCLIP's
     ``batch_spectral_clustering`` with its default heat-kernel graph; Reconstruction where RTQ's text is silent).
 
-    W_ij = exp(−||z_i − z_j||₂ / 2σ²) (Euclidean distance, not squared, as in the official helper);
+    W = :func:`spectral_affinity` (heat kernel, or its kNN graph with ``graph="knn"``);
     L_sym = I − D^{−½} W D^{−½}; the eigenvectors of the C smallest eigenvalues give a C-d embedding per token,
     rows L2-normalised (+1e-6); :func:`kmedoids` (KKZ, same tie and stop rules) runs in that embedding and its
     medoid indices select the original tokens. (The official code takes an SVD of L_sym, which for this PSD
@@ -299,7 +375,7 @@ def spectral_medoids(tokens: torch.Tensor, num_clusters: int, sigma: float = 2.0
     c = min(num_clusters, n)
     z = tokens.float()
     with torch.autocast(device_type=z.device.type, enabled=False):
-        w = torch.exp(-torch.cdist(z, z) / (2.0 * sigma**2))  # (S, N, N) affinity, diagonal 1
+        w = spectral_affinity(z, sigma, graph, knn_k, mutual)  # (S, N, N) affinity, diagonal 1
         inv_sqrt_deg = w.sum(dim=-1).rsqrt()  # (S, N)
         lap = torch.eye(n, device=z.device) - inv_sqrt_deg.unsqueeze(-1) * w * inv_sqrt_deg.unsqueeze(-2)
         _, vecs = torch.linalg.eigh(lap)  # ascending eigenvalues
@@ -353,6 +429,9 @@ def refine_segments(
     spectral_sigma: float = 2.0,
     shift_fold_div: int = 8,
     kmedoids_impl: str = "torch",
+    spectral_graph: str = "heat_kernel",
+    spectral_knn_k: int = 10,
+    spectral_knn_mutual: bool = False,
 ) -> torch.Tensor:
     """Refine: merge each segment's d frames into ``1 + C`` tokens (spec §3.1 step 3).
 
@@ -388,7 +467,9 @@ def refine_segments(
     elif mode == "kmedoids":
         idx = kmedoids(z.detach(), num_tokens, max_iter)  # (B·T', C)
     elif mode == "spectral":
-        idx = spectral_medoids(z.detach(), num_tokens, spectral_sigma, max_iter)  # (B·T', C)
+        idx = spectral_medoids(
+            z.detach(), num_tokens, spectral_sigma, max_iter, spectral_graph, spectral_knn_k, spectral_knn_mutual
+        )  # (B·T', C)
     elif mode == "sparse_sampling":
         idx = torch.linspace(0, n - 1, num_tokens, device=z.device).round().long()
         idx = idx.unsqueeze(0).expand(z.shape[0], -1)  # (B·T', C) uniform stride
@@ -569,8 +650,10 @@ class RTQVisionEncoder(nn.Module):
         self.post_layernorm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         mode = config.temporal_modeling
         self.use_temporal = mode != "none"
-        n_temporal = config.num_layers - config.temporal_block
-        self.temporal_embedding = nn.Parameter(torch.zeros(config.num_segments, config.hidden_size))  # E_t
+        self.prior = config.temporal_placement == "prior"
+        # temporal blocks: τ..L−1 after Refine (posterior), or 0..τ−1 on the raw frames before Refine (prior)
+        n_temporal = config.temporal_block if self.prior else config.num_layers - config.temporal_block
+        self.temporal_embedding = nn.Parameter(torch.zeros(config.temporal_rows, config.hidden_size))  # E_t
         self.message_blocks = nn.ModuleList(
             MessageTokenAttention(
                 config.hidden_size, config.num_heads, config.layer_norm_eps, config.drop_path_rate, config.msg_fc_zero_init
@@ -626,9 +709,20 @@ class RTQVisionEncoder(nn.Module):
         mode = cfg.temporal_modeling
         segments = False
         for i in range(cfg.num_layers):
+            if self.prior and i < cfg.temporal_block:  # divided attention on the T raw frames, before Refine
+                n = x.shape[1]
+                x = x.view(b, t, n, -1)  # (B, T, 1+P, D)
+                if i == 0:
+                    x = x + self.temporal_embedding[None, :, None]  # T-row temporal embedding before block 0
+                x = self.divided_blocks[i](x).flatten(0, 1)  # (B·T, 1+P, D)
+                x = self._block(i, x)
+                continue
             if i == cfg.cluster_block and not segments:
                 x = self._refine(x, b, generator)  # (B·T', 1+C, D)
                 segments = True
+            if self.prior:
+                x = self._block(i, x)
+                continue
             if self.use_temporal and i == cfg.temporal_block:
                 n = x.shape[1]
                 x = x.view(b, cfg.num_segments, n, -1) + self.temporal_embedding[None, :, None]  # (B, T', 1+C, D)
@@ -669,5 +763,6 @@ class RTQVisionEncoder(nn.Module):
         cfg = self.config
         return refine_segments(
             x, num_videos, cfg.num_segments, cfg.refine, cfg.tokens_per_segment, cfg.kmedoids_max_iter, generator,
-            cfg.spectral_sigma, cfg.shift_fold_div, cfg.kmedoids_impl,
+            cfg.spectral_sigma, cfg.shift_fold_div, cfg.kmedoids_impl, cfg.spectral_graph, cfg.knn_neighbours,
+            cfg.spectral_knn_mutual,
         )
