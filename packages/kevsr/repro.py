@@ -7,7 +7,8 @@ routine. d = 64, 3 seeds, 8 epochs of AdamW 3e-3 (fixed; no model selection on t
 1. ``Ours-S2`` beats ``Ours-S2 w/o-kw`` (random shared keywords) on level-2 F1 and RP@90% (gated: F1).
 2. ``Ours-S2`` beats ``Ours-S2 w/o-know`` (frame mean instead of the keyword fusion) (reported).
 3. The full model evaluated with its temporal stream is not worse than ``streams: temporal`` (MMBT-like), and
-   gains when the temporal inputs are noisy (reported; the noisy run needs ``--noisy``).
+   gains when the temporal inputs are noisy (reported; the noisy run needs ``--noisy``). ``--diagnose SEED ...``
+   runs only the diagnostics of the full model's collapse on the VALIDATION split (repro_diagnostics.json).
 4. Label scalability: train with digit 9 never positive; on 9-videos of the test split the S2 stream ranks
    "nine" with a mean reciprocal rank above the variant whose label vectors are random learnable ones (gated).
    Gated protocol (``in_training``, the spec's wording "train with digit 9 never positive but with its KG label
@@ -84,17 +85,42 @@ def load(name: str, **gen) -> tuple[KEVSRDataModule, dict[str, dict]]:
     return dm, splits
 
 
-def train(module: KEVSRModule, data: dict, epochs: int, seed: int, lr: float = 3e-3, batch: int = 32) -> KEVSRModule:
+def train(
+    module: KEVSRModule,
+    data: dict,
+    epochs: int,
+    seed: int,
+    lr: float = 3e-3,
+    batch: int = 32,
+    warmup: float = 0.0,
+    distill_ramp_epochs: float = 0.0,
+    on_epoch=None,  # noqa: ANN001 (callable(epoch) for --diagnose)
+) -> KEVSRModule:
+    """AdamW, constant ``lr`` (optionally a linear warm-up over the fraction ``warmup`` of the steps and a linear
+    ramp of β^distill from 0 to its value over ``distill_ramp_epochs``: --diagnose only)."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     n = len(data["f2d"])
-    for _ in range(epochs):
+    per_epoch = -(-n // batch)
+    warm_steps = max(int(warmup * epochs * per_epoch), 1)
+    beta = module.hparams.beta_distill
+    step = 0
+    for epoch in range(epochs):
         module.train()
         for idx in torch.randperm(n).split(batch):
+            for group in opt.param_groups:
+                group["lr"] = lr * min(1.0, (step + 1) / warm_steps)
+            if distill_ramp_epochs > 0:
+                module.hparams.beta_distill = beta * min(1.0, step / (distill_ramp_epochs * per_epoch))
             loss = module.compute_losses({k: v[idx] for k, v in data.items()})["loss"]
             opt.zero_grad()
             loss.backward()
             opt.step()
+            step += 1
+        if on_epoch is not None:
+            module.eval()
+            on_epoch(epoch)
+    module.hparams.beta_distill = beta
     return module.eval()
 
 
@@ -125,10 +151,35 @@ def mrr(s: torch.Tensor, target: torch.Tensor, label: int) -> float:
     return float((1.0 / rank.float()).mean())
 
 
+def label_diagnostics(
+    s: torch.Tensor, target: torch.Tensor, s_train: torch.Tensor, train_target: torch.Tensor, label: int
+) -> dict:
+    """Why claim 4's MRR is what it is (reported only). ``auc``: P(score of ``label`` on a test video that has
+    it > on one that has not), i.e. does the label's score carry the signal at all; ``last``: fraction of the
+    label's test videos where it is ranked last; ``train_gap``: mean training score of ``label`` minus the mean
+    training score of the other labels where they are negatives (the bias the training put on it); ``mrr_debiased``:
+    MRR after subtracting each label's mean training score (a diagnostic, not the claim's protocol)."""
+    rows = target[:, label] > 0
+    pos, neg = s[rows, label], s[~rows, label]
+    rank = (s[rows] > s[rows][:, label : label + 1]).sum(dim=1) + 1
+    pad = s.shape[1] - train_target.shape[1]  # the appended protocol trains without ``label``
+    train_target = torch.cat([train_target, train_target.new_zeros(len(train_target), pad)], dim=1)
+    others = torch.arange(s.shape[1]) != label
+    neg_train = s_train[:, others][train_target[:, others] == 0]
+    bias = s_train.mean(0)
+    return {
+        "auc": float((pos[:, None] > neg[None, :]).float().mean()),
+        "last": float((rank == s.shape[1]).float().mean()),
+        "train_gap": float(s_train[:, label].mean() - neg_train.mean()),
+        "mrr_debiased": mrr(s - bias, target, label),
+    }
+
+
 def unseen_label_run(
     dm: KEVSRDataModule, data: dict, train9: dict, label: int, protocol: str, kg_labels: bool, epochs: int, seed: int
-) -> float:
-    """Claim 4, one seed: MRR of level-2 label ``label`` (the last one) on the test videos that have it."""
+) -> tuple[float, dict]:
+    """Claim 4, one seed: MRR of level-2 label ``label`` (the last one) on the test videos that have it, and the
+    :func:`label_diagnostics`."""
     h = dm.hierarchy
     vectors, found = h.label_vectors(dm.kg, 2, BASE.kg_dim)  # (10, G)
     if not kg_labels:  # every label gets a random (KG-scale) learnable vector instead
@@ -142,7 +193,9 @@ def unseen_label_run(
             module.model.nontemporal.head1.learned.data.copy_(torch.randn_like(module.model.nontemporal.head1.learned))
             module.model.nontemporal.head2.learned.data.copy_(vectors)
         module = train(module, data["train"], epochs, seed)
-        return mrr(scores(module, data["test"], "nt"), data["test"]["target2"], label)
+        s, s_train = scores(module, data["test"], "nt"), scores(module, data["train"], "nt")
+        test2, train2 = data["test"]["target2"], data["train"]["target2"]
+        return mrr(s, test2, label), label_diagnostics(s, test2, s_train, train2, label)
     # appended: train on the other labels only, then add the new label's vector to the table
     torch.manual_seed(seed)
     module = KEVSRModule(replace(BASE, num_level2=label), streams="nontemporal")
@@ -157,11 +210,119 @@ def unseen_label_run(
     if not kg_labels:
         stream.head2.learned.data.copy_(vectors[:label])
     module = train(module, train9, epochs, seed)
-    with torch.no_grad():
-        e_nt = stream.video_embedding(data["test"])  # (N, D)
+
+    @torch.no_grad()
+    def appended(split: dict) -> torch.Tensor:
+        e_nt = stream.video_embedding(split)  # (N, D)
         table = torch.cat([stream.head2.label_embeddings(), vectors[label:]])  # (10, G): the new label appended
-        level2 = stream.head2.score(e_nt, table) + stream.head1(e_nt)[:, h.parent_index]  # refined, spec §3.3c
-    return mrr(level2, data["test"]["target2"], label)
+        return stream.head2.score(e_nt, table) + stream.head1(e_nt)[:, h.parent_index]  # refined, spec §3.3c
+
+    s, s_train = appended(data["test"]), appended(train9)
+    return mrr(s, data["test"]["target2"], label), label_diagnostics(
+        s, data["test"]["target2"], s_train, train9["target2"], label
+    )
+
+
+class SquaredDistillation(torch.nn.Module):
+    """--diagnose only (not the spec): β1 mean_v ‖s^t_1 − s^nt_1‖² + β2 mean_v ‖s^t_2 − s^nt_2‖² (smooth at 0)."""
+
+    def forward(self, t: dict, nt: dict) -> torch.Tensor:
+        return sum(((t[k] - nt[k]) ** 2).sum(dim=1).mean() for k in ("level1", "level2"))
+
+
+@torch.no_grad()
+def cls_spread(module: KEVSRModule, data: dict) -> float:
+    """Mean over dimensions of the across-video std of S1's [CLS] output e^t (0 = input-independent)."""
+    stream = module.model.temporal
+    f_g = stream.refine(data["f2d"], data["f3d"], data["text"])  # (N, T, D)
+    tokens = torch.cat([stream.cls.expand(len(f_g), -1, -1), f_g], dim=1) + stream.pos[:, : f_g.shape[1] + 1]
+    return float(stream.encoder(tokens)[:, 0].std(dim=0).mean())
+
+
+def gradient_probe(module: KEVSRModule, data: dict, n: int = 64) -> dict:
+    """On the first ``n`` training videos (eval mode): per-video norm of ∂J/∂s^t_2 for S1's CE and for the
+    distillation, and the norm of each term's gradient on S1's parameters (and their cosine)."""
+    batch = {k: v[:n] for k, v in data.items()}
+    out = module.model(batch)
+    s2 = out["t"]["level2"]
+    ce = module.loss_t(out["t"], batch["target1"], batch["target2"])
+    dist = module.loss_distill(out["t"], out["nt"])
+    params = list(module.model.temporal.parameters())
+    res = {}
+    flat = {}
+    for name, term in (("ce", ce), ("distill", dist)):
+        g_s = torch.autograd.grad(term, s2, retain_graph=True)[0] * n  # undo the mean over videos
+        g_p = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
+        flat[name] = torch.cat([g.flatten() for g in g_p if g is not None])
+        res[f"score_grad_per_video_{name}"] = float(g_s.norm(dim=1).mean())
+        res[f"s1_param_grad_{name}"] = float(flat[name].norm())
+    res["s1_param_grad_cos"] = float(torch.nn.functional.cosine_similarity(flat["ce"], flat["distill"], dim=0))
+    return res
+
+
+DIAGNOSE = {  # name: (module kwargs, train kwargs, epochs, squared distance)
+    "temporal": (dict(streams="temporal"), {}, 8, False),
+    "full": (dict(streams="both"), {}, 8, False),
+    "full_stopgrad_nt": (dict(streams="both", distill_stop_grad="nt"), {}, 8, False),
+    "full_stopgrad_t": (dict(streams="both", distill_stop_grad="t"), {}, 8, False),
+    "full_init_std_0.02": (dict(streams="both", config_kw=dict(init_std=0.02)), {}, 8, False),
+    "full_squared_distance": (dict(streams="both"), {}, 8, True),
+    "full_distill_ramp_2_epochs": (dict(streams="both"), dict(distill_ramp_epochs=2.0), 8, False),
+    "full_lr_1e-3": (dict(streams="both"), dict(lr=1e-3), 8, False),
+    "full_spec_recipe_lr_1e-4_warmup_30_epochs": (dict(streams="both"), dict(lr=1e-4, warmup=0.05), 30, False),
+    "full_beta_distill_0.1": (dict(streams="both", beta_distill=0.1), {}, 8, False),
+}
+
+
+def diagnose(seeds: list[int], log: logging.Logger) -> dict:
+    """Claim 3's collapse on the VALIDATION split (``--diagnose``): the settings of :data:`DIAGNOSE`, 1 run per
+    seed; the spec's ``full`` run also records per-epoch S1/S2 F1, the spread of S1's [CLS] output and the
+    :func:`gradient_probe`, then trains 4 more epochs without distillation (does S1 recover?)."""
+    dm, data = load("clean")
+    train_split, val = data["train"], data["val"]
+    out: dict = {"split": "val", "seeds": seeds, "settings": {}}
+    for name, (mod_kw, train_kw, epochs, squared) in DIAGNOSE.items():
+        mod_kw = dict(mod_kw)
+        cfg_kw = mod_kw.pop("config_kw", {})
+        per_seed = []
+        for seed in seeds:
+            module = build(dm, cfg_kw, mod_kw, seed)
+            if squared:
+                module.loss_distill = SquaredDistillation()
+            track: list = []
+
+            def on_epoch(epoch: int, module: KEVSRModule = module, track: list = track) -> None:
+                with torch.no_grad():
+                    row = {"epoch": epoch, "s1_f1": evaluate(scores(module, val, "t"), val["target2"])["f1"]}
+                    row["s2_f1"] = evaluate(scores(module, val, "nt"), val["target2"])["f1"]
+                    row["s1_cls_spread"] = cls_spread(module, val)
+                row.update(gradient_probe(module, train_split))
+                track.append(row)
+
+            if name == "full":
+                module.eval()
+                on_epoch(-1)  # at init
+            module = train(module, train_split, epochs, seed, on_epoch=on_epoch if name == "full" else None, **train_kw)
+            run = {}
+            for stream in ("t", "nt"):
+                if (module.model.temporal if stream == "t" else module.model.nontemporal) is not None:
+                    run[f"{'s1' if stream == 't' else 's2'}_f1"] = evaluate(
+                        scores(module, val, stream), val["target2"]
+                    )["f1"]
+            if module.model.temporal is not None:
+                run["s1_cls_spread"] = cls_spread(module, val)
+            if name == "full":
+                run["per_epoch"] = track
+                module.hparams.beta_distill = 0.0
+                module = train(module, train_split, 4, seed + 1)
+                run["after_4_epochs_without_distillation"] = {
+                    "s1_f1": evaluate(scores(module, val, "t"), val["target2"])["f1"],
+                    "s1_cls_spread": cls_spread(module, val),
+                }
+            per_seed.append(run)
+            log.info("diagnose %-42s seed %d %s", name, seed, {k: v for k, v in run.items() if k != "per_epoch"})
+        out["settings"][name] = per_seed
+    return out
 
 
 def ms(xs: list[float]) -> dict:
@@ -172,12 +333,25 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="1 seed, 1 epoch: checks the script runs")
     p.add_argument("--noisy", action="store_true", help="also run claim 3's noisy-temporal-input comparison")
+    p.add_argument(
+        "--diagnose",
+        type=int,
+        nargs="+",
+        metavar="SEED",
+        help="only run claim 3's collapse diagnostics on the validation split with these seeds "
+        "(writes repro_diagnostics.json)",
+    )
     a = p.parse_args(argv)
     seeds, epochs = ([0], 1) if a.smoke else ([0, 1, 2], 8)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("kevsr.repro")
     torch.set_num_threads(1)
     t0 = time.time()
+    if a.diagnose:
+        diag = diagnose(a.diagnose, log)
+        diag["seconds"] = time.time() - t0
+        (HERE / "repro_diagnostics.json").write_text(json.dumps(diag, indent=1))
+        return 0
     res: dict = {"seeds": seeds, "epochs": epochs, "level2": {}}
 
     dm, data = load("clean")
@@ -197,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         )
 
     res["noisy_temporal"] = {}
-    for name in ("full", "temporal") if a.noisy else ():
+    for name in ("full", "full_stopgrad_t", "temporal") if a.noisy else ():
         dm_noisy, noisy = load("noisy_temporal", temporal_noise=1.0)
         cfg_kw, mod_kw = VARIANTS[name]
         runs = [
@@ -208,21 +382,30 @@ def main(argv: list[str] | None = None) -> int:
             for s in seeds
         ]
         res["noisy_temporal"][name] = {k: ms([r[k] for r in runs]) for k in ("f1", "rp90")}
-        log.info("noisy %-8s F1 %.3f", name, res["noisy_temporal"][name]["f1"]["mean"])
+        log.info("noisy %-16s F1 %.3f", name, res["noisy_temporal"][name]["f1"]["mean"])
 
     dm9, data9 = load("never_nine", never_positive_in_train=(9,))
     nine = dm9.hierarchy.level2.index("nine")
     assert nine == BASE.num_level2 - 1, "the appended label must be the last one"
     train9 = dict(data9["train"], target2=data9["train"]["target2"][:, :nine])  # "nine" is not a trained label
-    res["unseen_nine_mrr"] = {}
+    res["unseen_nine_mrr"], res["unseen_nine_diagnostics"] = {}, {}
     for protocol in ("appended", "in_training"):
-        res["unseen_nine_mrr"][protocol] = {}
+        res["unseen_nine_mrr"][protocol], res["unseen_nine_diagnostics"][protocol] = {}, {}
         for name, kg_labels in (("kg_label_vectors", True), ("random_label_vectors", False)):
-            runs = []
+            runs, diags = [], []
             for seed in seeds:
-                runs.append(unseen_label_run(dm9, data9, train9, nine, protocol, kg_labels, epochs, seed))
+                value, diag = unseen_label_run(dm9, data9, train9, nine, protocol, kg_labels, epochs, seed)
+                runs.append(value)
+                diags.append(diag)
             res["unseen_nine_mrr"][protocol][name] = ms(runs)
-            log.info("unseen 'nine' MRR %-11s %-22s %.3f", protocol, name, statistics.mean(runs))
+            res["unseen_nine_diagnostics"][protocol][name] = {k: ms([d[k] for d in diags]) for k in diags[0]}
+            log.info(
+                "unseen 'nine' MRR %-11s %-22s %.3f  (%s)",
+                protocol,
+                name,
+                statistics.mean(runs),
+                ", ".join(f"{k} {statistics.mean(d[k] for d in diags):.3f}" for k in diags[0]),
+            )
 
     l2 = res["level2"]
     gate1 = l2["s2"]["f1"]["mean"] > l2["s2_wo_kw"]["f1"]["mean"]
@@ -239,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
         ),
         "3_noisy_full_gain_f1": (
             res["noisy_temporal"]["full"]["f1"]["mean"] - res["noisy_temporal"]["temporal"]["f1"]["mean"]
+            if a.noisy
+            else None
+        ),
+        "3_noisy_full_stopgrad_t_gain_f1": (
+            res["noisy_temporal"]["full_stopgrad_t"]["f1"]["mean"] - res["noisy_temporal"]["temporal"]["f1"]["mean"]
             if a.noisy
             else None
         ),

@@ -44,6 +44,28 @@ def test_self_distillation_is_mean_euclidean_norm():
     assert torch.isfinite(a.grad).all()
 
 
+def test_self_distillation_gradient_by_hand():
+    """∂/∂s^t of (1/|V|) Σ_v ‖s^t_v − s^nt_v‖_2 is (s^t_v − s^nt_v) / (|V| ‖s^t_v − s^nt_v‖): a unit vector per video
+    and level (divided by |V|), whatever the distance; the opposite for s^nt (mutual); 0 where the streams agree."""
+    t1 = torch.tensor([[3.0, 0.0], [1.0, 1.0]], requires_grad=True)  # video 0 differs by (3, -4); video 1 agrees
+    nt1 = torch.tensor([[0.0, 4.0], [1.0, 1.0]], requires_grad=True)
+    t2 = torch.tensor([[30.0, 0.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)  # 10x the distance: same gradient
+    nt2 = torch.tensor([[0.0, 40.0, 0.0], [0.0, 0.0, 0.0]], requires_grad=True)
+    self_distillation_loss(t1, t2, nt1, nt2, beta1=1.0, beta2=1.0).backward()
+    expected1 = torch.tensor([[0.6, -0.8], [0.0, 0.0]]) / 2  # (3, -4) / 5, mean over 2 videos
+    expected2 = torch.tensor([[0.6, -0.8, 0.0], [0.0, 0.0, 0.0]]) / 2
+    torch.testing.assert_close(t1.grad, expected1)
+    torch.testing.assert_close(nt1.grad, -expected1)
+    torch.testing.assert_close(t2.grad, expected2)
+    torch.testing.assert_close(nt2.grad, -expected2)
+    for stop in ("t", "nt"):
+        a, b = t1.detach().clone().requires_grad_(), nt1.detach().clone().requires_grad_()
+        self_distillation_loss(a, a, b, b, 1.0, 1.0, stop_grad=stop).backward()
+        assert (a.grad is None) == (stop == "t") and (b.grad is None) == (stop == "nt")
+        learner = b if stop == "t" else a
+        torch.testing.assert_close(learner.grad.abs(), 2 * expected1.abs())  # both levels share the tensors
+
+
 def test_self_distillation_stop_grad():
     t = torch.randn(2, 3, requires_grad=True)
     nt = torch.randn(2, 3, requires_grad=True)

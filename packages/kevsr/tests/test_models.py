@@ -102,6 +102,24 @@ def test_keyword_kg_vectors_tuned_only_when_unfrozen(freeze):
         torch.testing.assert_close(fresh.model.nontemporal.keyword_vectors(batch)[0], after)
 
 
+def test_s2_uses_the_keyword_kg_vectors_at_inference_and_s1_does_not():
+    """The KG path of claim 4: S2's scores of a video change with its keywords' KG vectors (e.g. an unseen label's
+    synonyms at test time), S1's do not."""
+    from kevsr.models import KEVSRModel
+
+    torch.manual_seed(0)
+    model = KEVSRModel(_toy_cfg(dim=8)).eval()
+    batch = _batch()
+    other = dict(batch, keywords=torch.randn_like(batch["keywords"]))
+    with torch.no_grad():
+        a, b = model(batch), model(other)
+    torch.testing.assert_close(a["t"]["level2"], b["t"]["level2"])
+    assert not torch.allclose(a["nt"]["level2"], b["nt"]["level2"])
+    masked = dict(other, keywords=torch.where(batch["keyword_mask"][..., None], batch["keywords"], 9.0))
+    with torch.no_grad():
+        torch.testing.assert_close(model(masked)["nt"]["level2"], a["nt"]["level2"])  # padded keywords ignored
+
+
 def _toy_problem(seed=0, b=32):
     """A learnable toy batch: level-2 label = argmax of the first 3 f2d dims averaged over frames."""
     g = torch.Generator().manual_seed(seed)

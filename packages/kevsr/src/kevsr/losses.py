@@ -57,8 +57,10 @@ def self_distillation_loss(
     """Self-distillation, spec §3.4:  J^distill_i = (1/|V|) Σ_v ‖s^t_{v,L_i} − s^nt_{v,L_i}‖_2,
     J^distill = β1 J_1 + β2 J_2, with ε inside the square root (finite gradient at 0).
 
-    t1, nt1 (B, L1); t2, nt2 (B, L2): refined scores of S1 and S2. ``stop_grad``: ``none`` (mutual, default),
-    ``nt`` (detach S2: only S1 learns from S2) or ``t`` (detach S1). Scalar.
+    t1, nt1 (B, L1); t2, nt2 (B, L2): refined scores of S1 and S2 (the logits of the multi-label CE: no
+    sigmoid, no temperature, no normalisation). ``stop_grad``: ``none`` (mutual, default), ``nt`` (detach S2:
+    only S1 learns from S2) or ``t`` (detach S1). Scalar. The gradient w.r.t. one video's scores of a level is
+    the unit vector (s^t − s^nt)/‖s^t − s^nt‖ divided by B, whatever the distance (README, Deviations).
     """
     if stop_grad == "nt":
         nt1, nt2 = nt1.detach(), nt2.detach()
