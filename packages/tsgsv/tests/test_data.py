@@ -157,3 +157,27 @@ def test_datamodule_generates_demo_data(tmp_path):
     assert batch["short"].shape == (4, 4, 6) and batch["labels"].shape == (4, 4, 3)
     val = next(iter(dm.val_dataloader()))
     assert isinstance(val, list) and val[0]["video"].ndim == 2
+
+
+def test_synthetic_events_file_matches_features_and_queries(tmp_path):
+    """write_events (oracle analyses of repro.py): every event is listed with its onset frames, the draw is unchanged,
+    and each query's moment is one of the listed events."""
+    kw = dict(videos_per_split=(2, 1, 1), queries_per_video=2, frames=(80, 90), events=(2, 3), event_length=(10, 20),
+              video_dim=6, text_dim=5, video_feature_file=FILE)  # fmt: skip
+    plain = write_synthetic_dataset(tmp_path / "plain", SyntheticStreamConfig(**kw))
+    root = write_synthetic_dataset(tmp_path / "ev", SyntheticStreamConfig(**kw, write_events=True))
+    assert not (plain / "events_train.json").exists()
+    anns = json.loads((root / "train.json").read_text())
+    assert anns == json.loads((plain / "train.json").read_text())
+    events = json.loads((root / "events_train.json").read_text())
+    with h5py.File(root / "feature" / "feats_train.hdf5") as f:
+        for video, item in anns.items():
+            feats = f[video][()]
+            for a, b, c in events[video]:
+                assert 0 <= a < b <= item["duration_frame"] and 0 <= c < 8
+                onset, rest = feats[a : a + 2].mean(0), feats[a + 2 : b].mean(0)
+                assert np.linalg.norm(onset - rest) > 0.5  # onset prototype differs from the ongoing activity
+            n, d = item["duration_frame"], item["duration"]
+            starts = {a for a, _, _ in events[video]}
+            for ts, _ in item["timestamps"]:
+                assert round(ts / d * (n - 1)) in starts

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["SyntheticStreamConfig", "write_synthetic_dataset", "write_synthetic_mad_raw"]
+__all__ = ["SyntheticStreamConfig", "synthetic_prototypes", "write_synthetic_dataset", "write_synthetic_mad_raw"]
 
 
 @dataclass
@@ -51,11 +51,26 @@ class SyntheticStreamConfig:
     seed: int = 0
     world_seed: int = 1234
     """Seed of the prototypes and word vectors (shared by all splits and by different sample seeds)."""
+    write_events: bool = False
+    """Also write ``events_<split>.json`` ({video: [[first_frame, end_frame, class], ...]}, every event of the video;
+    not part of the official layout) for oracle analyses (``repro.py --oracle``). Does not change the data drawn."""
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
     x = rng.standard_normal((n, d))
     return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def synthetic_prototypes(cfg: SyntheticStreamConfig) -> dict[str, np.ndarray]:
+    """The world of ``cfg.world_seed``: onset prototypes o_k (K, d_v), ``activity`` a and ``background`` b (d_v,),
+    class words w_k (K, d_s) and filler words (n_filler, d_s), all unit vectors."""
+    world = np.random.default_rng(cfg.world_seed)
+    onset = _unit(world, cfg.num_classes, cfg.video_dim)
+    activity, background = _unit(world, 2, cfg.video_dim)
+    class_words = _unit(world, cfg.num_classes, cfg.text_dim)
+    filler = _unit(world, cfg.num_filler_words, cfg.text_dim)
+    return {"onset": onset, "activity": activity, "background": background, "class_words": class_words,
+            "filler": filler}  # fmt: skip
 
 
 def write_synthetic_dataset(root: str | Path, cfg: SyntheticStreamConfig | None = None) -> Path:
@@ -65,14 +80,12 @@ def write_synthetic_dataset(root: str | Path, cfg: SyntheticStreamConfig | None 
     cfg = cfg or SyntheticStreamConfig()
     root = Path(root)
     (root / "feature").mkdir(parents=True, exist_ok=True)
-    world = np.random.default_rng(cfg.world_seed)
-    onset = _unit(world, cfg.num_classes, cfg.video_dim)  # o_k
-    activity, background = _unit(world, 2, cfg.video_dim)  # a, b
-    class_words = _unit(world, cfg.num_classes, cfg.text_dim)  # w_k
-    filler = _unit(world, cfg.num_filler_words, cfg.text_dim)
+    world = synthetic_prototypes(cfg)
+    onset, activity, background = world["onset"], world["activity"], world["background"]  # o_k, a, b
+    class_words, filler = world["class_words"], world["filler"]  # w_k, filler words
     rng = np.random.default_rng(cfg.seed)
     for split, num_videos in zip(("train", "val", "test"), cfg.videos_per_split, strict=True):
-        annotations, video_feats, text_feats = {}, {}, {}
+        annotations, video_feats, text_feats, all_events = {}, {}, {}, {}
         for v in range(num_videos):
             n = int(rng.integers(cfg.frames[0], cfg.frames[1] + 1))
             k = int(rng.integers(cfg.events[0], cfg.events[1] + 1))
@@ -95,6 +108,7 @@ def write_synthetic_dataset(root: str | Path, cfg: SyntheticStreamConfig | None 
                 pos = start + int(length)
             name = f"{split}_video_{v:04d}"
             video_feats[name] = feats.astype(np.float32)
+            all_events[name] = [list(e) for e in events]
             duration = n * cfg.seconds_per_frame
             chosen = rng.choice(len(events), size=min(cfg.queries_per_video, len(events)), replace=False)
             stamps, sentences, ids = [], [], []
@@ -115,6 +129,9 @@ def write_synthetic_dataset(root: str | Path, cfg: SyntheticStreamConfig | None 
             }  # fmt: skip
         with open(root / f"{split}.json", "w") as f:
             json.dump(annotations, f)
+        if cfg.write_events:
+            with open(root / f"events_{split}.json", "w") as f:
+                json.dump(all_events, f)
         with h5py.File(root / "feature" / cfg.video_feature_file.format(split=split), "w") as f:
             for name, arr in video_feats.items():
                 f.create_dataset(name, data=arr)
