@@ -165,3 +165,59 @@ def test_pyg_sampler_with_pyg_lib():
                 assert torch.bincount(ei[1]).max() <= 3
                 pairs = zip(s.input_nodes[rel[0]][ei[0]].tolist(), s.input_nodes[rel[2]][ei[1]].tolist(), strict=True)
                 assert set(pairs) <= full[rel]
+
+
+def test_sample_positions_uniform_without_replacement():
+    """Floyd's algorithm draws k distinct positions per node, uniformly over the k-subsets (here 2 of 4: each
+    position with probability 1/2, each of the 6 pairs with probability 1/6)."""
+    from radartag.sampler import sample_positions
+
+    n = 6000
+    start, deg = torch.full((n,), 10), torch.full((n,), 4)
+    pos, owner = sample_positions(start, deg, torch.full((n,), 2), torch.Generator().manual_seed(0))
+    assert torch.equal(owner, torch.arange(n).repeat_interleave(2))
+    pairs = pos.view(n, 2).sort(1).values - 10
+    assert (pairs[:, 0] < pairs[:, 1]).all() and pairs.min() >= 0 and pairs.max() < 4
+    freq = torch.bincount(pos - 10, minlength=4) / n
+    assert torch.allclose(freq, torch.full((4,), 0.5), atol=0.03)
+    pair_freq = torch.bincount(pairs[:, 0] * 4 + pairs[:, 1], minlength=16)[[1, 2, 3, 6, 7, 11]] / n
+    assert torch.allclose(pair_freq, torch.full((6,), 1 / 6), atol=0.03)
+    # k >= degree: every position once
+    pos, owner = sample_positions(torch.tensor([0, 5]), torch.tensor([2, 3]), torch.tensor([4, 4]), None)
+    assert pos.tolist() == [0, 1, 5, 6, 7] and owner.tolist() == [0, 0, 1, 1, 1]
+
+
+def test_sampling_cost_independent_of_degree():
+    """Issue item: sampling is O(batch · fanout), not O(graph). Destinations of in-degree 10^12 (a virtual edge list,
+    never materialised: an O(degree) step would need terabytes) are sampled at once, in the CSC and in a
+    BlockSampler whose tag seeds have such degrees."""
+    huge = 10**12
+    csc = CSC(torch.zeros(2, 0, dtype=torch.long), 3)
+    csc.ptr = torch.tensor([0, huge, huge + 2, 2 * huge + 2])
+    csc.src = torch.zeros(1, dtype=torch.long).expand(2 * huge + 2)  # stride-0 view: every source is video 0
+    src, owner = csc.sample(torch.tensor([2, 1, 0]), 4, torch.Generator().manual_seed(0))
+    assert owner.tolist() == [0] * 4 + [1] * 2 + [2] * 4 and (src == 0).all()
+    data = _graph()
+    sampler = BlockSampler(data, RELS, num_layers=2, fanout=3)
+    tag_csc = sampler.csc[HAS_TAG]
+    n_tags = len(tag_csc.ptr) - 1
+    tag_csc.ptr = torch.arange(n_tags + 1) * huge
+    tag_csc.src = torch.arange(30)[7:8].expand(n_tags * huge)  # every tag is carried by 10^12 "copies" of video 7
+    s = sampler.sample(torch.tensor([5, 2]), torch.Generator().manual_seed(1))
+    for num_dst, edges in s.blocks:
+        assert torch.equal(torch.bincount(edges[HAS_TAG][1], minlength=num_dst["tag"]), torch.full((n_tags,), 3))
+        assert (s.input_nodes["video"][edges[HAS_TAG][0]] == 7).all()
+
+
+def test_exclude_batch_targets_with_fanout():
+    """With a fanout, excluded sources never appear and each tag keeps min(fanout, allowed in-edges) edges."""
+    data = _graph()
+    ei = data[HAS_TAG].edge_index
+    batch = torch.unique(ei[0])[:8]
+    allowed = torch.bincount(ei[1][~torch.isin(ei[0], batch)], minlength=6)
+    csc = CSC(ei, 6)
+    for seed in range(5):
+        src, owner = csc.sample(torch.arange(6), 2, torch.Generator().manual_seed(seed), exclude_src=batch)
+        assert not torch.isin(src, batch).any()
+        assert torch.equal(torch.bincount(owner, minlength=6), allowed.clamp(max=2))
+        assert set(zip(src.tolist(), owner.tolist(), strict=True)) <= set(map(tuple, ei.T.tolist()))

@@ -5,6 +5,13 @@ are the destinations of layer L; per relation, each destination draws up to ``fa
 without replacement; the layer's source set of a type is its destinations (as a prefix) followed by the newly
 reached nodes; that source set is the destination set of the layer below. :class:`BlockSampler` reproduces this.
 
+Cost per batch is O(batch · fanout^L + tags · fanout) (times a log), independent of the graph size: fan-out
+positions are drawn directly in each destination's CSC segment (:func:`sample_positions`, Floyd's algorithm — no
+candidate list, although every tag is a seed and a tag's in-degree grows with the graph), and sampled nodes get
+local ids by sorting the sampled ids (:func:`relabel`), not through a graph-sized lookup table. Only the one-off
+CSC index (and, with ``exclude_batch_targets``, a one-off out-edge index) is O(graph). Full-neighbour sampling
+(fanout −1) costs the size of its output.
+
 Deviation from PyG's ``NeighborLoader`` (usable only with pyg-lib): PyG samples each node's neighbours once for
 all layers; here every layer samples anew, as DGL blocks do. :class:`PygNeighborSampler` (``data.sampler: pyg``) is
 the optional PyG path; it needs the compiled ``pyg-lib``, which has no wheels on PyPI (nor does ``torch-sparse``:
@@ -20,7 +27,7 @@ from torch_geometric.data import HeteroData
 
 from .models import HAS_TAG, EdgeType
 
-__all__ = ["CSC", "SampledBatch", "BlockSampler", "PygNeighborSampler", "blocks_from_pyg_output", "PYG_LIB_MISSING"]
+__all__ = ["CSC", "sample_positions", "relabel", "SampledBatch", "BlockSampler", "PygNeighborSampler", "blocks_from_pyg_output", "PYG_LIB_MISSING"]
 
 PYG_LIB_MISSING = (
     "data.sampler='pyg' needs the compiled 'pyg-lib' package, which is not on PyPI (and 'torch-sparse' ships source "
@@ -29,8 +36,45 @@ PYG_LIB_MISSING = (
 )
 
 
+def sample_positions(
+    start: torch.Tensor, deg: torch.Tensor, k: torch.Tensor, generator: torch.Generator | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """For every node i, ``k[i] ≤ deg[i]`` distinct positions drawn uniformly without replacement from
+    ``start[i] … start[i] + deg[i] − 1``, in O(Σ k + n·max(k)²) — independent of the degrees (no candidate is
+    enumerated). Nodes with ``k = deg`` take all their positions; the others use Floyd's algorithm, vectorised over
+    nodes (for j = deg − k … deg − 1: draw t uniform in [0, j]; take j if t was already taken, else t).
+    Returns (positions (Σ k,), owner index into the nodes (Σ k,)), grouped by owner."""
+    k = torch.minimum(k, deg)
+    full = k == deg
+    idx_full = full.nonzero().squeeze(1)
+    owner_full = torch.repeat_interleave(idx_full, deg[idx_full])
+    offsets = torch.cumsum(deg[idx_full], 0) - deg[idx_full]
+    rank = torch.arange(len(owner_full)) - torch.repeat_interleave(offsets, deg[idx_full])
+    pos_full = start[owner_full] + rank
+    idx = (~full).nonzero().squeeze(1)
+    if len(idx) == 0:
+        return pos_full, owner_full
+    d, kk = deg[idx], k[idx]
+    kmax = int(kk.max())
+    chosen = torch.full((len(idx), kmax), -1, dtype=torch.long)
+    for i in range(kmax):
+        active = i < kk
+        j = d - kk + i  # (n,) the Floyd step's upper end (valid where active)
+        t = (torch.rand(len(idx), generator=generator, dtype=torch.float64) * (j + 1).double()).long()
+        t = torch.minimum(t, j)
+        taken = (chosen[:, :i] == t[:, None]).any(1)
+        chosen[:, i] = torch.where(active, torch.where(taken, j, t), chosen[:, i])
+    valid = chosen >= 0
+    owner_part = idx[:, None].expand_as(chosen)[valid]
+    pos_part = (start[idx][:, None] + chosen)[valid]
+    pos, owner = torch.cat([pos_full, pos_part]), torch.cat([owner_full, owner_part])
+    order = torch.argsort(owner, stable=True)
+    return pos[order], owner[order]
+
+
 class CSC:
-    """Incoming edges of one relation, grouped by destination: ``ptr`` (N_dst + 1,), ``src`` (E,) sorted by dst."""
+    """Incoming edges of one relation, grouped by destination: ``ptr`` (N_dst + 1,), ``src`` (E,) sorted by dst.
+    Out-edges (for ``exclude_src``) are indexed lazily, once."""
 
     def __init__(self, edge_index: torch.Tensor, num_dst: int):
         order = torch.argsort(edge_index[1], stable=True)
@@ -38,32 +82,76 @@ class CSC:
         counts = torch.bincount(edge_index[1], minlength=num_dst)
         self.ptr = torch.zeros(num_dst + 1, dtype=torch.long)
         self.ptr[1:] = counts.cumsum(0)
+        self._out: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def _out_dst(self, sources: torch.Tensor) -> torch.Tensor:
+        """Destinations of every out-edge of ``sources`` (unique ids): O(their out-degree) after a one-off index."""
+        if self._out is None:
+            dst = torch.repeat_interleave(torch.arange(len(self.ptr) - 1), self.ptr[1:] - self.ptr[:-1])
+            order = torch.argsort(self.src, stable=True)
+            num_src = int(self.src.max()) + 1 if len(self.src) else 0
+            out_ptr = torch.zeros(num_src + 1, dtype=torch.long)
+            out_ptr[1:] = torch.bincount(self.src, minlength=num_src).cumsum(0)
+            self._out = (out_ptr, dst[order])
+        out_ptr, out_dst = self._out
+        sources = sources[sources < len(out_ptr) - 1]
+        start, deg = out_ptr[sources], out_ptr[sources + 1] - out_ptr[sources]
+        pos, _ = sample_positions(start, deg, deg, None)  # all of them
+        return out_dst[pos]
 
     def sample(
         self, dst: torch.Tensor, fanout: int, generator: torch.Generator | None, exclude_src: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Up to ``fanout`` in-edges per node of ``dst`` (global ids), uniformly without replacement (all when
-        fanout < 0). ``exclude_src`` (bool over source ids) drops candidate edges from those sources first.
-        Returns (src global ids (E',), position in ``dst`` of each edge's destination (E',))."""
+        fanout < 0) among the edges whose source is not in ``exclude_src`` (global source ids, or None).
+        Returns (src global ids (E',), position in ``dst`` of each edge's destination (E',)), grouped by destination.
+
+        Cost O(len(dst) · fanout + excluded edges), independent of the degrees (and so of the graph size): positions
+        are drawn by :func:`sample_positions`; with ``exclude_src``, a destination with x excluded in-edges draws
+        fanout + x positions, drops the excluded ones and keeps a random ``fanout`` of the rest (uniform among the
+        allowed edges by symmetry). fanout < 0 returns every in-edge (cost = output size)."""
         start, deg = self.ptr[dst], self.ptr[dst + 1] - self.ptr[dst]
-        owner = torch.repeat_interleave(torch.arange(len(dst)), deg)  # (E_cand,) index into dst
-        offsets = torch.cumsum(deg, 0) - deg
-        pos = start[owner] + torch.arange(len(owner)) - offsets[owner]  # edge positions in self.src
+        if fanout == 0:
+            empty = torch.zeros(0, dtype=torch.long)
+            return empty, empty
+        want = deg if fanout < 0 else deg.clamp(max=fanout)
+        if exclude_src is not None and len(exclude_src) and fanout >= 0:
+            hit = self._out_dst(torch.unique(exclude_src))  # destinations of the excluded edges (with repeats)
+            hit, counts = torch.unique(hit, return_counts=True)  # sorted global destination ids
+            n_ex = torch.zeros_like(deg)  # excluded in-edges per destination
+            if len(hit):
+                where = torch.searchsorted(hit, dst).clamp(max=len(hit) - 1)
+                n_ex = torch.where(hit[where] == dst, counts[where], n_ex)
+            want = deg.clamp(max=fanout) + n_ex
+        pos, owner = sample_positions(start, deg, want, generator)
         src = self.src[pos]
-        if exclude_src is not None:
-            keep = ~exclude_src[src]
-            src, owner = src[keep], owner[keep]
+        if exclude_src is None or not len(exclude_src):
+            return src, owner
+        keep = ~torch.isin(src, exclude_src)
+        src, owner = src[keep], owner[keep]
         if fanout < 0 or len(src) == 0:
             return src, owner
-        if fanout == 0:
-            return src[:0], owner[:0]
-        keys = torch.rand(len(src), generator=generator, dtype=torch.float64)  # random keys + segment sort
+        keys = torch.rand(len(src), generator=generator, dtype=torch.float64)  # random order within a destination
         order = torch.argsort(owner.double() + keys)
         src, owner = src[order], owner[order]
-        seg_start = torch.searchsorted(owner, owner, side="left")
-        rank = torch.arange(len(owner)) - seg_start  # rank within its destination's candidates
+        rank = torch.arange(len(owner)) - torch.searchsorted(owner, owner, side="left")
         keep = rank < fanout
         return src[keep], owner[keep]
+
+
+def relabel(prefix: torch.Tensor, parts: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Local ids without an O(graph) lookup table: the node set is ``prefix`` (unique global ids, kept in order as
+    the destination prefix) followed by the nodes of ``parts`` not in it, in order of first appearance.
+    Returns (node set (N,), local ids of each part). Cost O(M log M), M = total length."""
+    allids = torch.cat([prefix, *parts])
+    uniq, inverse = torch.unique(allids, return_inverse=True)
+    first = torch.full((len(uniq),), len(allids), dtype=torch.long)
+    first = first.scatter_reduce(0, inverse, torch.arange(len(allids)), reduce="amin")
+    order = torch.argsort(first)  # the prefix's nodes first (positions 0…len(prefix)−1), then new nodes
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    local = rank[inverse]
+    return uniq[order], list(local[len(prefix):].split([len(p) for p in parts]))
 
 
 @dataclass
@@ -112,30 +200,21 @@ class BlockSampler:
     def sample(self, batch_videos: torch.Tensor, generator: torch.Generator | None = None) -> SampledBatch:
         """Seeds = ``batch_videos`` (global video ids) + all tags; blocks built from layer L down to 1."""
         dst = {"video": batch_videos.long(), "tag": torch.arange(self.num_nodes["tag"])}
-        exclude = None
-        if self.exclude_batch_targets:
-            exclude = torch.zeros(self.num_nodes["video"], dtype=torch.bool)
-            exclude[batch_videos] = True
+        exclude = torch.unique(batch_videos.long()) if self.exclude_batch_targets else None
         blocks = []
         for _ in range(self.num_layers):
-            lookup = {t: torch.full((n,), -1, dtype=torch.long) for t, n in self.num_nodes.items()}
-            src_nodes = {}
-            for t, nodes in dst.items():
-                lookup[t][nodes] = torch.arange(len(nodes))
-                src_nodes[t] = [nodes]
             sampled = {}
             for rel in self.relations:
-                s, owner = self.csc[rel].sample(dst[rel[2]], self.fanout, generator,
-                                                exclude if rel == HAS_TAG else None)  # fmt: skip
-                sampled[rel] = (s, owner)
-                new = torch.unique(s)
-                new = new[lookup[rel[0]][new] < 0]
-                size = sum(len(x) for x in src_nodes[rel[0]])
-                lookup[rel[0]][new] = torch.arange(size, size + len(new))
-                src_nodes[rel[0]].append(new)
-            edges = {rel: torch.stack([lookup[rel[0]][s], owner]) for rel, (s, owner) in sampled.items()}
-            blocks.append(({t: len(n) for t, n in dst.items()}, edges))
-            dst = {t: torch.cat(parts) for t, parts in src_nodes.items()}
+                sampled[rel] = self.csc[rel].sample(dst[rel[2]], self.fanout, generator,
+                                                    exclude if rel == HAS_TAG else None)  # fmt: skip
+            src_nodes, edges = {}, {}
+            for t, nodes in dst.items():
+                rels = [rel for rel in self.relations if rel[0] == t]
+                src_nodes[t], local = relabel(nodes, [sampled[rel][0] for rel in rels])
+                for rel, src_local in zip(rels, local, strict=True):
+                    edges[rel] = torch.stack([src_local, sampled[rel][1]])
+            blocks.append(({t: len(n) for t, n in dst.items()}, {rel: edges[rel] for rel in self.relations}))
+            dst = src_nodes
         blocks.reverse()  # layer 1 first
         return SampledBatch(dst, blocks, batch_videos)
 
