@@ -2,21 +2,27 @@
 preserves the source layout and (2) the per-step latent update with the temporal constraints reduces flicker at
 comparable text alignment.
 
-Stage 1 trains a tiny pixel-space text-to-image UNet on synthetic single frames (a coloured circle/square on a
-textured grey background, captions "a <colour> <shape> moving on a grey background", empty prompt with p = 0.1).
-Stage 2 freezes it and trains a tiny T2I-Adapter on the ground-truth depth. Then synthetic clips are edited from
-"red" to "blue" with six variants (full, w/o depth, w/o update, w/o L_tmp, w/o L_agr, per-frame), and measured
-analytically: layout IoU of the (saturation-segmented) edited object against the source mask, colour accuracy of
-the object, and flicker (consecutive-frame change of the background pixels and of the object's mean colour).
+Stage 1 trains a tiny pixel-space text-to-image UNet (spec §8a widths 32/64, `vae: identity`) on synthetic single
+32×32 frames (a coloured circle/square on a textured grey background, captions "a <colour> <shape> moving on a grey
+background", empty prompt with p = 0.1; 1.5k steps, batch 32, AdamW 1e-3, ε-prediction, SD's scaled-linear
+schedule). Stage 2 freezes it and trains a tiny T2I-Adapter on the ground-truth depth (1k steps). Then 20 synthetic
+clips (F = 8) per seed are edited from "red" to "blue" with six variants (full, w/o depth, w/o update, w/o L_tmp,
+w/o L_agr, per-frame), T = 20, w = 3, and measured analytically: layout IoU of the (saturation-segmented) edited
+object against the source mask, colour accuracy of the object, and flicker (consecutive-frame change of the
+background pixels and of the object's mean colour).
 
-Update step: the spec's tcc.step = 0.1 is relative to SD latents (unit rms); this pixel-space model's Z_0 has rms
-≈ 0.23, so the default step is rescaled by that ratio (``--tcc-step``; ``--tcc-step 0.1`` = the unscaled value).
+Latent scale: the identity VAE gets a scaling factor, Z_0 = x / rms(x) over training frames (≈ 4.4; the role of
+SD's 0.18215), so that the noise schedule sees unit-rms data and the spec's update step tcc.step = 0.1 applies
+unchanged (``--pixel-scale 1`` = raw pixels, the earlier miniature).
 
-Seeds: the frozen models are trained once (seed 0); each of the >= 3 evaluation seeds draws a new set of clips and
-new editing noise. Writes packages/evedit/repro_results.json (mean ± std over seeds) and exits 1 when the gate
-fails:  IoU(full) > IoU(w/o depth),  flicker(full) < flicker(w/o update),  flicker(full) < flicker(per-frame).
+Seeds: the frozen models are trained once (seed 0); each evaluation seed draws a new set of clips and new editing
+noise (``--seeds``; the gate seeds are 0 1 2, fresh confirmation seeds 100 101 102, validation seed 50 for
+diagnostics). Writes packages/evedit/repro_results.json (mean ± std over seeds) and exits 1 when the gate fails:
+IoU(full) > IoU(w/o depth),  flicker(full) < flicker(w/o update),  flicker(full) < flicker(per-frame).
 
-    python packages/evedit/repro.py [--quick]
+    python packages/evedit/repro.py [--quick]                       # CPU miniature (16², see --preset cpu)
+    python packages/evedit/repro.py --preset spec --device cuda     # spec §8c sizes (a GPU; hours on a CPU)
+    python packages/evedit/repro.py --diagnose --seeds 50           # evidence on validation clips
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ from evedit.models import DepthConfig, EditConfig, ModelConfig, TCCConfig, build
 from evedit.pipeline import DepthCondition, EVEPipeline
 
 OUT = Path(__file__).resolve().parent / "repro_results.json"
-SIZE = 16
+SIZE = 32  # spec §8c (set by --size)
 
 
 def caption(color: str, shape: str) -> str:
@@ -56,26 +62,27 @@ def sample_frames(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
     return torch.stack(frames), torch.stack(depth), caps
 
 
-def train(pipe: EVEPipeline, steps_unet: int, steps_adapter: int, batch: int) -> dict:
-    """Stage 1 (UNet, text only) then stage 2 (adapter, UNet frozen); ε-prediction, AdamW 1e-3."""
+def train(pipe: EVEPipeline, steps_unet: int, steps_adapter: int, batch: int, lr: float = 1e-3) -> dict:
+    """Stage 1 (UNet, text only) then stage 2 (adapter, UNet frozen); ε-prediction, AdamW, Z_0 = pixel_scale·x."""
     g = torch.Generator().manual_seed(0)
     sched = pipe.scheduler
+    dev = pipe.exec_device
     log = {}
     for stage, module, steps in (("unet", pipe.unet, steps_unet), ("adapter", pipe.depth_encoder, steps_adapter)):
         module.train().requires_grad_(True)
-        opt = torch.optim.AdamW(module.parameters(), lr=1e-3)
+        opt = torch.optim.AdamW(module.parameters(), lr=lr)
         t0, losses = time.time(), []
         for step in range(steps):
             frames, depth, caps = sample_frames(batch, g)
-            x0 = frames.float() / 127.5 - 1.0  # (B, 3, S, S) pixel space
+            x0 = (frames.float() / 127.5 - 1.0).to(dev) * pipe.pixel_scale  # (B, 3, S, S) Z_0 (encode_frames)
             drop = torch.rand(batch, generator=g) < 0.1
             emb = pipe.encode_prompt(["" if d else c for c, d in zip(caps, drop, strict=True)])
-            noise = torch.randn(x0.shape, generator=g)
-            t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g)
+            noise = torch.randn(x0.shape, generator=g).to(dev)
+            t = torch.randint(0, sched.config.num_train_timesteps, (batch,), generator=g).to(dev)
             zt = sched.add_noise(x0, noise, t)
             cond = None
             if stage == "adapter":
-                feats = pipe.depth_encoder(depth[:, None].expand(-1, 3, -1, -1))
+                feats = pipe.depth_encoder(depth[:, None].expand(-1, 3, -1, -1).to(dev))
                 cond = DepthCondition(list(feats))
             pred = pipe.denoise(zt, t, emb, cond)
             loss = F.mse_loss(pred, noise)
@@ -83,7 +90,7 @@ def train(pipe: EVEPipeline, steps_unet: int, steps_adapter: int, batch: int) ->
             loss.backward()
             opt.step()
             losses.append(loss.item())
-            if step % 50 == 0:
+            if step % 250 == 0:
                 print(f"[{stage}] step {step} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} "
                       f"({time.time() - t0:.0f}s)", flush=True)
         module.eval().requires_grad_(False)
@@ -114,12 +121,14 @@ def measure(edit: torch.Tensor, mask: torch.Tensor, target: str) -> dict[str, fl
             "flicker_obj": flick_obj}
 
 
-SD_LATENT_RMS = 1.0  # SD's VAE latents × 0.18215 have unit variance by construction (the scaling factor's purpose)
-
-
-def pixel_latent_rms(n: int = 256) -> float:
-    """rms of Z_0 = frames in [−1, 1] over n *training* frames (stage-1 distribution; no evaluation clip is used)."""
-    frames, _, _ = sample_frames(n, torch.Generator().manual_seed(1))
+def pixel_latent_rms(n: int = 256, size: int = 32) -> float:
+    """rms of x = frames in [−1, 1] over n *training* frames (stage-1 distribution; no evaluation clip is used)."""
+    global SIZE
+    old, SIZE = SIZE, size
+    try:
+        frames, _, _ = sample_frames(n, torch.Generator().manual_seed(1))
+    finally:
+        SIZE = old
     return (frames.float() / 127.5 - 1.0).pow(2).mean().sqrt().item()
 
 
@@ -141,43 +150,112 @@ def variants(steps: int, guidance: float, tcc_step: float = 0.1) -> dict[str, Ed
     }
 
 
+def eval_clips(seed: int, n: int, frames: int) -> list[tuple[str, dict]]:
+    """The n clips (shape, clip) of one evaluation seed: new clips and new editing noise per seed."""
+    g = torch.Generator().manual_seed(1000 + seed)
+    return [(SHAPES[k % 2], synthetic_clip(frames, SIZE, "red", SHAPES[k % 2],
+                                           seed=int(torch.randint(1 << 30, (1,), generator=g)))) for k in range(n)]
+
+
+def edit_and_measure(pipe: EVEPipeline, shape: str, clip: dict, ecfg: EditConfig, noise_seed: int) -> dict:
+    out = pipe(clip["frames"], caption("red", shape), caption("blue", shape), depth=clip["depth"], config=ecfg,
+               generator=torch.Generator().manual_seed(noise_seed))
+    m = measure(out.videos[0], clip["mask"], "blue")
+    m["seconds"] = out.timings[0]["total_s"]
+    return m
+
+
+def _mean(rows: list[dict]) -> dict[str, float]:
+    return {k: sum(r[k] for r in rows) / len(rows) for k in rows[0]}
+
+
+def _fmt(m: dict[str, float]) -> str:
+    return (f"IoU {m['iou']:.3f}  colour {m['color_acc']:.3f}  flicker {m['flicker']:.2f} (bg {m['flicker_bg']:.2f}, "
+            f"obj {m['flicker_obj']:.2f})")
+
+
 def diagnose(pipe: EVEPipeline, a: argparse.Namespace, z0_rms: float) -> None:
-    """Why the gate fails (README): on held-out clips (seeds 7000, 7001; never the evaluation clips) print
-    (1) whether the frozen UNet follows the colour word from pure noise (no depth), and (2) for the spec's unscaled
-    step 0.1 and for ``--tcc-step``: per update, t, L before → after one step, rms(ΔẐ_t), the signal
-    sqrt(ᾱ_t)·rms(Z_0) and rms(Ẑ_t), then the edit's IoU / colour accuracy / flicker against `w/o update`."""
-    print("(0) x̂_0 error of the text-only UNet on training-distribution frames (data rms shown for scale)")
-    frames, _, caps = sample_frames(16, torch.Generator().manual_seed(5))
-    x0 = frames.float() / 127.5 - 1.0
+    """Evidence for the README, on validation clips only (``--seeds``, e.g. 50; never the gate's seeds):
+    (0) x̂_0 error of the frozen text-only UNet against t; (1) whether it follows the colour word from pure noise,
+    with and without depth; (2) per update: t, the loss terms before → after one step, rms(ΔẐ_t) against the
+    signal sqrt(ᾱ_t)·rms(Z_0); (3) the ablation and a few update settings (diagnostic only, the gate uses the spec
+    defaults) on ``--clips`` validation clips; (4) no model: L_tmp of a perfect edit and of no edit."""
+    parts = a.diagnose_parts
+    if "0" in parts:
+        _diagnose_x0(pipe, z0_rms)
+    if "1" in parts:
+        _diagnose_colour(pipe, a)
+    if "2" in parts:
+        _diagnose_update(pipe, a, z0_rms)
+    if "3" in parts:
+        _diagnose_ablation(pipe, a)
+    if "4" in parts:
+        _diagnose_probe(pipe, a)
+
+
+def _diagnose_probe(pipe: EVEPipeline, a: argparse.Namespace) -> None:
+    """(4) no model: L_tmp of hand-made edits of validation clips, in the scaled latent space Z = pixel_scale·x."""
+    from evedit.losses import temporal_loss
+
+    blue = (torch.tensor(COLORS["blue"]).float().view(1, 3, 1, 1) / 127.5 - 1.0) * pipe.pixel_scale
+    sums: dict[str, float] = {}
+    clips = eval_clips(a.seeds[0], 20, a.frames)
+    for _, clip in clips:
+        z0 = (clip["frames"].float() / 127.5 - 1.0) * pipe.pixel_scale
+        edit = torch.where(clip["mask"][:, None], blue, z0)  # the requested edit done perfectly
+        for name, x, ref in (("perfect edit, temporal_ref source", edit, z0), ("no edit, temporal_ref source", z0, z0),
+                             ("perfect edit, temporal_ref none", edit, None), ("no edit, temporal_ref none", z0, None)):
+            sums[name] = sums.get(name, 0.0) + temporal_loss(x, ref).item() / len(clips)
+    print(f"(4) L_tmp of hand-made edits, mean over {len(clips)} validation clips (seed {a.seeds[0]})")
+    for name, v in sums.items():
+        print(f"  {name:36s} {v:.4f}")
+
+
+def _diagnose_x0(pipe: EVEPipeline, z0_rms: float) -> None:
+    dev = pipe.exec_device
+    print(f"(0) x̂_0 error of the text-only UNet (Z_0 rms {z0_rms * pipe.pixel_scale:.3f})")
+    frames, _, caps = sample_frames(32, torch.Generator().manual_seed(5))
+    x0 = (frames.float() / 127.5 - 1.0).to(dev) * pipe.pixel_scale
     emb = pipe.encode_prompt(caps)
     g = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for t in (10, 100, 300, 500, 700, 900, 990):
-            tt = torch.full((x0.shape[0],), t)
-            noise = torch.randn(x0.shape, generator=g)
+            tt = torch.full((x0.shape[0],), t, device=dev)
+            noise = torch.randn(x0.shape, generator=g).to(dev)
             eps = pipe.denoise(pipe.scheduler.add_noise(x0, noise, tt), tt, emb, None)
-            a_t = pipe.scheduler.alphas_cumprod[t]
-            err = ((1 - a_t).sqrt() / a_t.sqrt() * (eps - noise)).pow(2).mean().sqrt()
-            print(f"  t={t:4d}  eps-MSE {(eps - noise).pow(2).mean():.4f}  x0 error rms {err:.3f}  (data rms {z0_rms:.3f})")
-    print("(1) colour word from noise: share of saturated pixels whose nearest palette colour is the prompted one")
-    for color in COLORS:
-        shares, sat_frac = [], []
-        for shape in SHAPES:
-            clip = synthetic_clip(a.frames, SIZE, "red", shape, seed=7000)
-            ecfg = EditConfig(num_inference_steps=a.steps, guidance_scale=a.guidance, init="noise",
-                              init_shared_noise=False, depth=DepthConfig(scale=0.0, estimator_size=SIZE),
-                              tcc=TCCConfig(iters=0))
-            out = pipe(clip["frames"], caption("red", shape), caption(color, shape), depth=clip["depth"],
-                       config=ecfg, generator=torch.Generator().manual_seed(3))
-            x = out.videos[0].float()
-            sat = (x.amax(1) - x.amin(1)) > 60
-            nearest = ((x.permute(0, 2, 3, 1)[..., None, :] - PALETTE) ** 2).sum(-1).argmin(-1)
-            hit = (nearest == 1 + list(COLORS).index(color)) & sat
-            shares.append(hit.sum().item() / max(1, sat.sum().item()))
-            sat_frac.append(sat.float().mean().item())
-        print(f"  prompt {color:7s} share {sum(shares) / len(shares):.3f}  (saturated pixels: "
-              f"{sum(sat_frac) / len(sat_frac):.2f} of the frame; a source frame has ~0.1)")
-    print(f"(2) the update step; rms(Z_0) of training frames = {z0_rms:.3f}")
+            a_t = float(pipe.scheduler.alphas_cumprod[t])
+            err = ((1 - a_t) ** 0.5 / a_t ** 0.5 * (eps - noise)).pow(2).mean().sqrt()
+            print(f"  t={t:4d}  ε-MSE {(eps - noise).pow(2).mean():.4f}  x̂_0 error rms {err:.3f}")
+
+
+def _diagnose_colour(pipe: EVEPipeline, a: argparse.Namespace) -> None:
+    print("(1) from pure noise (init noise, independent per frame), colour word followed? share of saturated pixels "
+          "nearest to the prompted colour; saturated share of the frame (a source frame: ~0.12)")
+    for scale in (0.0, 1.0):
+        for color in COLORS:
+            shares, sat_frac = [], []
+            for shape in SHAPES:
+                clip = synthetic_clip(a.frames, SIZE, "red", shape, seed=7000)
+                ecfg = EditConfig(num_inference_steps=a.steps, guidance_scale=a.guidance, init="noise",
+                                  init_shared_noise=False, depth=DepthConfig(scale=scale, estimator_size=SIZE),
+                                  tcc=TCCConfig(iters=0))
+                out = pipe(clip["frames"], caption("red", shape), caption(color, shape), depth=clip["depth"],
+                           config=ecfg, generator=torch.Generator().manual_seed(3))
+                x = out.videos[0].float()
+                sat = (x.amax(1) - x.amin(1)) > 60
+                nearest = ((x.permute(0, 2, 3, 1)[..., None, :] - PALETTE) ** 2).sum(-1).argmin(-1)
+                hit = (nearest == 1 + list(COLORS).index(color)) & sat
+                shares.append(hit.sum().item() / max(1, sat.sum().item()))
+                sat_frac.append(sat.float().mean().item())
+                if color == "blue":
+                    m = measure(out.videos[0], clip["mask"], "blue")
+                    print(f"    depth {scale:.0f} {shape}: layout IoU with the depth's mask {m['iou']:.3f}")
+            print(f"  depth scale {scale:.0f}  prompt {color:7s} share {sum(shares) / len(shares):.3f}  saturated "
+                  f"{sum(sat_frac) / len(sat_frac):.2f}")
+
+
+def _diagnose_update(pipe: EVEPipeline, a: argparse.Namespace, z0_rms: float) -> None:
+    print(f"(2) the update, per step (tcc.step {a.tcc_step:.4f}, validation seed {a.seeds[0]})")
     original = pipe.update_latents
 
     def traced(z, t, emb_c, emb_u, cond, ref, config):
@@ -185,90 +263,117 @@ def diagnose(pipe: EVEPipeline, a: argparse.Namespace, z0_rms: float) -> None:
         frozen = dataclasses.replace(config, tcc=dataclasses.replace(config.tcc, step=0.0))
         _, after = original(z_new, t, emb_c, emb_u, cond, ref, frozen)
         a_t, _ = pipe.alphas(t)
-        print(f"    t={int(t):4d}  L {terms['loss']:.4f} -> {after['loss']:.4f}  rms(dZ) {(z_new - z).pow(2).mean().sqrt():.3f}"
-              f"  signal {float(a_t) ** 0.5 * z0_rms:.3f}  rms(Z_t) {z.pow(2).mean().sqrt():.3f}")
+        print(f"    t={int(t):4d}  L {terms['loss']:.4f} -> {after['loss']:.4f}  (tmp {terms['tmp']:.4f} -> "
+              f"{after['tmp']:.4f}, agr {terms['agr']:.4f} -> {after['agr']:.4f})  rms(ΔẐ) "
+              f"{(z_new - z).pow(2).mean().sqrt():.3f}  signal {float(a_t) ** 0.5 * z0_rms * pipe.pixel_scale:.3f}")
         return z_new, terms
 
     pipe.update_latents = traced
     try:
-        for seed in (7000, 7001):
-            shape = SHAPES[seed % 2]
-            clip = synthetic_clip(a.frames, SIZE, "red", shape, seed=seed)
-            for name, iters, step in (("w/o update", 0, a.tcc_step), ("full", 1, 0.1), ("full", 1, a.tcc_step)):
-                ecfg = EditConfig(num_inference_steps=a.steps, guidance_scale=a.guidance,
-                                  depth=DepthConfig(estimator_size=SIZE), tcc=TCCConfig(iters=iters, step=step))
-                print(f"  clip {seed} {name} (tcc.step {step:.4f})")
-                out = pipe(clip["frames"], caption("red", shape), caption("blue", shape), depth=clip["depth"],
-                           config=ecfg, generator=torch.Generator().manual_seed(seed))
-                m = measure(out.videos[0], clip["mask"], "blue")
-                print(f"    IoU {m['iou']:.3f}  colour acc {m['color_acc']:.3f}  flicker {m['flicker']:.2f}")
+        shape, clip = eval_clips(a.seeds[0], 1, a.frames)[0]
+        out_cfg = variants(a.steps, a.guidance, a.tcc_step)["full"]
+        print(f"  {_fmt(edit_and_measure(pipe, shape, clip, out_cfg, a.seeds[0] * 100))}")
     finally:
         pipe.update_latents = original
 
 
+def _diagnose_ablation(pipe: EVEPipeline, a: argparse.Namespace) -> None:
+    clips = eval_clips(a.seeds[0], a.clips, a.frames)
+    print(f"(3) {len(clips)} validation clips (seed {a.seeds[0]}), mean; the gate variants then update settings")
+    table = dict(variants(a.steps, a.guidance, a.tcc_step))
+    base = table["full"]
+    for label, tcc in (("temporal_ref none", {"temporal_ref": "none"}),
+                       ("temporal_ref inversion", {"temporal_ref": "inversion"}),
+                       ("step ×0.25", {"step": a.tcc_step * 0.25}),
+                       ("update_until 0.25", {"update_until": 0.25}),
+                       ("agree_target depth", {"agree_target": "depth"})):
+        table[f"full, {label}"] = dataclasses.replace(base, tcc=dataclasses.replace(base.tcc, **tcc))
+    for name, ecfg in table.items():
+        rows = [edit_and_measure(pipe, shape, clip, ecfg, a.seeds[0] * 100 + k) for k, (shape, clip) in
+                enumerate(clips)]
+        print(f"  {name:28s} {_fmt(_mean(rows))}", flush=True)
+
+
+PRESETS = {
+    "spec": {"clips": 20, "frames": 8, "size": 32, "steps": 20, "train_steps": 1500, "adapter_steps": 1000, "batch": 32,
+             "channels": [32, 64]},  # spec §8c (§8a widths)
+    "cpu": {"clips": 3, "frames": 6, "size": 16, "steps": 10, "train_steps": 1500, "adapter_steps": 200, "batch": 16,
+            "channels": [16, 32]},  # reduced for a shared CPU
+}
+
+
 def main() -> int:
+    global SIZE
     p = argparse.ArgumentParser()
-    p.add_argument("--quick", action="store_true", help="a smoke run (few steps, few clips); no gate")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--clips", type=int, default=3)
-    p.add_argument("--frames", type=int, default=6)
-    p.add_argument("--steps", type=int, default=10)  # spec §8c: T = 20 (halved for CPU time)
+    p.add_argument("--quick", action="store_true", help="a smoke run (few steps, few clips); no gate, nothing written")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                   help="evaluation seeds (gate: 0 1 2; fresh confirmation: 100 101 102; validation: 50)")
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
+                   help="sizes: 'spec' = spec §8c (32², batch 32, widths 32/64, 1.5k + 1k steps, 20 clips of 8 frames, "
+                        "T = 20; a GPU run), 'cpu' = the CPU miniature (16², batch 16, widths 16/32, 1.5k + 200 steps, "
+                        "3 clips of 6 frames, T = 10). Each flag below overrides its preset value")
+    p.add_argument("--clips", type=int, help="clips per seed (spec §8c: 20)")
+    p.add_argument("--frames", type=int, help="frames per clip (spec §8c: 8)")
+    p.add_argument("--size", type=int, help="frame side (spec §8c: 32)")
+    p.add_argument("--steps", type=int, help="DDIM steps T (spec §8c: 20)")
     p.add_argument("--guidance", type=float, default=3.0)  # spec §8c: w = 3
-    p.add_argument("--train-steps", type=int, default=300)  # spec §8c: ~1.5k at batch 32 (reduced for CPU time)
-    p.add_argument("--adapter-steps", type=int, default=200)  # spec §8c: ~1k (reduced for CPU time)
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--channels", type=int, nargs="+", default=[16, 32])
+    p.add_argument("--train-steps", type=int, help="stage-1 UNet steps (spec §8c: ~1.5k)")
+    p.add_argument("--adapter-steps", type=int, help="stage-2 adapter steps (spec §8c: ~1k)")
+    p.add_argument("--batch", type=int, help="training batch (spec §8c: 32)")
+    p.add_argument("--lr", type=float, default=1e-3)  # spec §8c: AdamW 1e-3
+    p.add_argument("--channels", type=int, nargs="+", help="UNet/adapter widths (spec §8a: 32 64)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=OUT, help="where the results JSON goes")
     p.add_argument("--cache", type=Path, default=None,
                    help="file for the trained UNet/adapter/text encoder: loaded when it exists, else written")
     p.add_argument("--diagnose", action="store_true",
-                   help="print the diagnostics of 'why the gate fails' (held-out clips) instead of the ablation")
-    p.add_argument("--tcc-step", type=float, default=None,
-                   help="update step s (edit.tcc.step). Default: the spec's 0.1, chosen for SD latents of unit rms, "
-                        "rescaled to this pixel-space model's latent scale: 0.1 × rms(Z_0 of training frames) / 1.0 "
-                        "(≈ 0.023: the frames are mostly mid-grey, i.e. ≈ 0 in [−1, 1]). The update moves every "
-                        "element of Ẑ_t by s·sqrt(1−ᾱ_t) whatever the data's scale, so an unscaled 0.1 moves Ẑ_T "
-                        "by ~4× its signal sqrt(ᾱ_T)·rms(Z_0). Pass 0.1 for the unscaled spec value.")
+                   help="print the diagnostics (validation clips of --seeds) instead of the ablation")
+    p.add_argument("--diagnose-parts", default="0123", help="which diagnostics (0-4, see diagnose()) to print")
+    p.add_argument("--pixel-scale", type=float, default=None,
+                   help="the identity VAE's scaling factor (model.tiny_pixel_scale). Default 1 / rms(x) of training "
+                        "frames (≈ 4.4), so Z_0 has unit rms like SD's latents; 1 = raw pixels (the old miniature)")
+    p.add_argument("--clip-sample", action="store_true",
+                   help="the sampler clips x̂_0 to the data range ±pixel scale (model.tiny_clip_sample)")
+    p.add_argument("--tcc-step", type=float, default=0.1,
+                   help="update step s (edit.tcc.step); the spec's 0.1 is meant for unit-rms latents")
     a = p.parse_args()
+    for key, value in PRESETS[a.preset].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
     if a.quick:
-        a.seeds, a.clips, a.steps, a.train_steps, a.adapter_steps, a.batch = 1, 1, 4, 2, 2, 4
+        a.seeds, a.clips, a.steps, a.train_steps, a.adapter_steps, a.batch = a.seeds[:1], 1, 4, 2, 2, 4
+    SIZE = a.size
     torch.set_num_threads(a.threads)
-    z0_rms = pixel_latent_rms()
-    if a.tcc_step is None:
-        a.tcc_step = 0.1 * z0_rms / SD_LATENT_RMS
-    print(f"rms(Z_0) of training frames {z0_rms:.4f}; tcc.step = {a.tcc_step:.4f}", flush=True)
+    z0_rms = pixel_latent_rms(size=a.size)
+    if a.pixel_scale is None:
+        a.pixel_scale = 1.0 / z0_rms
+    print(f"rms(x) of training frames {z0_rms:.4f}; pixel scale {a.pixel_scale:.4f}; tcc.step {a.tcc_step:.4f}",
+          flush=True)
     t_start = time.time()
     cfg = ModelConfig(backbone="tiny", depth_model="precomputed", tiny_pixel_space=True, tiny_channels=a.channels,
-                      tiny_max_length=12)
-    pipe = EVEPipeline.from_components(build_components(cfg))
+                      tiny_max_length=12, tiny_pixel_scale=a.pixel_scale, tiny_clip_sample=a.clip_sample)
+    pipe = EVEPipeline.from_components(build_components(cfg)).to(a.device)
     pipe.set_progress_bar_config(disable=True)
     modules = {"unet": pipe.unet, "adapter": pipe.depth_encoder, "text": pipe.text_encoder}
     if a.cache is not None and a.cache.exists():
-        state = torch.load(a.cache)
+        state = torch.load(a.cache, map_location=a.device)
         for key, module in modules.items():
             module.load_state_dict(state[key])
             module.eval().requires_grad_(False)
         train_log = state["log"]
     else:
-        train_log = train(pipe, a.train_steps, a.adapter_steps, a.batch)
+        train_log = train(pipe, a.train_steps, a.adapter_steps, a.batch, a.lr)
         if a.cache is not None:
             torch.save({**{k: m.state_dict() for k, m in modules.items()}, "log": train_log}, a.cache)
     if a.diagnose:
         diagnose(pipe, a, z0_rms)
         return 0
     results: dict[str, dict[str, list[float]]] = {}
-    for seed in range(a.seeds):
-        g = torch.Generator().manual_seed(1000 + seed)
-        for k in range(a.clips):
-            shape = SHAPES[k % 2]
-            clip = synthetic_clip(a.frames, SIZE, "red", shape, seed=int(torch.randint(1 << 30, (1,), generator=g)))
+    for seed in a.seeds:
+        for k, (shape, clip) in enumerate(eval_clips(seed, a.clips, a.frames)):
             for name, ecfg in variants(a.steps, a.guidance, a.tcc_step).items():
-                gen = torch.Generator().manual_seed(seed * 100 + k)
-                out = pipe(clip["frames"], caption("red", shape), caption("blue", shape), depth=clip["depth"],
-                           config=ecfg, generator=gen)
-                m = measure(out.videos[0], clip["mask"], "blue")
-                m["seconds"] = out.timings[0]["total_s"]
+                m = edit_and_measure(pipe, shape, clip, ecfg, seed * 100 + k)
                 per = results.setdefault(name, {})
                 for key, v in m.items():
                     per.setdefault(f"{key}@{seed}", []).append(v)
@@ -277,8 +382,8 @@ def main() -> int:
     for name, per in results.items():
         row = {}
         for key in ("iou", "color_acc", "flicker", "flicker_bg", "flicker_obj", "seconds"):
-            seed_means = torch.tensor([sum(per[f"{key}@{s}"]) / len(per[f"{key}@{s}"]) for s in range(a.seeds)])
-            row[key] = {"mean": seed_means.mean().item(), "std": seed_means.std().item() if a.seeds > 1 else 0.0}
+            seed_means = torch.tensor([sum(per[f"{key}@{s}"]) / len(per[f"{key}@{s}"]) for s in a.seeds])
+            row[key] = {"mean": seed_means.mean().item(), "std": seed_means.std().item() if len(a.seeds) > 1 else 0.0}
         table[name] = row
     full, nodepth, noupd, perframe = (table[n] for n in ("full", "w/o depth", "w/o update", "per-frame"))
     gate = {
@@ -286,13 +391,15 @@ def main() -> int:
         "flicker(full) < flicker(w/o update)": full["flicker"]["mean"] < noupd["flicker"]["mean"],
         "flicker(full) < flicker(per-frame)": full["flicker"]["mean"] < perframe["flicker"]["mean"],
     }
-    report = {"command": " ".join(["python packages/evedit/repro.py", *sys.argv[1:]]), "args": vars(a), "z0_rms": z0_rms,
-              "training": train_log, "results": table, "gate": gate, "passed": all(gate.values()),
-              "seconds": time.time() - t_start}
-    print(f"{'variant':12s} {'IoU':>14s} {'colour acc':>14s} {'flicker':>14s} {'s/clip':>8s}")
+    report = {"command": " ".join(["python packages/evedit/repro.py", *sys.argv[1:]]), "args": vars(a),
+              "x_rms": z0_rms, "device": str(a.device), "training": train_log, "results": table, "gate": gate,
+              "passed": all(gate.values()), "seconds": time.time() - t_start}
+    print(f"{'variant':12s} {'IoU':>14s} {'colour acc':>14s} {'flicker':>14s} {'flicker bg':>14s} {'flicker obj':>14s}"
+          f" {'s/clip':>8s}")
     for name, row in table.items():
         print(f"{name:12s} " + " ".join(f"{row[k]['mean']:7.3f}±{row[k]['std']:.3f}" for k in
-                                         ("iou", "color_acc", "flicker")) + f" {row['seconds']['mean']:8.2f}")
+                                         ("iou", "color_acc", "flicker", "flicker_bg", "flicker_obj"))
+              + f" {row['seconds']['mean']:8.2f}")
     print(json.dumps(gate, indent=1))
     if a.quick:
         return 0

@@ -169,6 +169,19 @@ def test_inversion_then_denoising_reconstructs_source():
     assert (traj[-1][0] - z0).abs().mean().item() > 0.3  # Z_T really is far from Z_0
 
 
+def test_pixel_scale_is_the_identity_vae_scaling_factor():
+    """`vae: identity` with a scaling factor (SD's 0.18215 role): Z_0 = scale·x, decoding divides it back out."""
+    cfg = ModelConfig(backbone="tiny", depth_model="precomputed", tiny_pixel_space=True, tiny_channels=[8, 16],
+                      tiny_pixel_scale=4.0)
+    pipe = EVEPipeline.from_components(build_components(cfg))
+    frames = _frames()
+    z0 = pipe.encode_frames(frames, EditConfig())
+    torch.testing.assert_close(z0, (frames.float() / 127.5 - 1.0) * 4.0)
+    assert torch.equal(pipe.decode_latents(z0, EditConfig()), frames)
+    with pytest.raises(ValueError, match="tiny_pixel_scale"):
+        ModelConfig(backbone="tiny", tiny_pixel_space=True, tiny_pixel_scale=0.0)
+
+
 def test_edit_runs_end_to_end_with_every_init_and_temporal_reference(tiny_pipe):
     frames = _frames()
     out = tiny_pipe(frames, "a red circle", ["a blue circle", "a green circle"], config=tiny_edit())

@@ -65,6 +65,14 @@ class ModelConfig:
     the optimised latent and its gradient stay float32."""
     tiny_pixel_space: bool = False
     """`tiny` only: no VAE (pixel space, 3 channels, factor 1; spec §8a `vae: identity`)."""
+    tiny_pixel_scale: float = 1.0
+    """`tiny_pixel_space` only: the identity VAE's scaling factor, Z_0 = scale·x with x in [−1, 1] (the role of
+    SD's 0.18215: latents of unit rms, so the noise schedule and `edit.tcc.step` act as they do for SD). The repro
+    sets 1 / rms(x) of its training frames; 1.0 = unscaled pixels."""
+    tiny_clip_sample: bool = False
+    """`tiny` only: the DDIM scheduler clips x̂_0 to ±tiny_pixel_scale (the data range of a pixel-space model, as
+    pixel-space DDPM/DDIM samplers do; SD's latent scheduler does not clip). Sampling and inversion only: the
+    update's differentiable x̂_0 is never clipped."""
     tiny_channels: list[int] = field(default_factory=lambda: [32, 64])
     """`tiny` only: UNet / VAE / adapter block widths (spec §8a)."""
     tiny_cross_attention_dim: int = 32
@@ -79,6 +87,8 @@ class ModelConfig:
             raise ValueError("model.depth_model='tiny' needs model.backbone='tiny'")
         if self.backbone == "tiny" and len(self.tiny_channels) < 1:
             raise ValueError("model.tiny_channels must list at least one width")
+        if self.tiny_pixel_scale <= 0:
+            raise ValueError(f"model.tiny_pixel_scale must be > 0, got {self.tiny_pixel_scale}")
 
 
 @dataclass
@@ -234,6 +244,7 @@ class EVEComponents:
     depth_estimator: nn.Module | None  # DPTForDepthEstimation; None = precomputed depth
     scheduler: object
     backbone: str
+    pixel_scale: float = 1.0  # vae None only: Z_0 = pixel_scale·x (the identity VAE's scaling factor)
 
 
 def _need_dir(path: str | None, key: str, what: str, local_only: bool) -> str:
@@ -320,10 +331,11 @@ def _build_tiny(cfg: ModelConfig) -> EVEComponents:
     )
     scheduler = DDIMScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        clip_sample=False, set_alpha_to_one=False, steps_offset=1,
-    )  # the SD v1.5 scheduler config (spec §3.3)
+        clip_sample=cfg.tiny_clip_sample, clip_sample_range=cfg.tiny_pixel_scale if cfg.tiny_pixel_space else 1.0,
+        set_alpha_to_one=False, steps_offset=1,
+    )  # the SD v1.5 scheduler config (spec §3.3); clip_sample off unless tiny_clip_sample
     return EVEComponents(unet, vae, text_encoder, tokenizer, depth_encoder, _build_depth_estimator(cfg), scheduler,
-                         "sd15_t2i_adapter_depth")
+                         "sd15_t2i_adapter_depth", cfg.tiny_pixel_scale if cfg.tiny_pixel_space else 1.0)
 
 
 def build_tiny_variant(cfg: ModelConfig, backbone: Literal["controlnet_depth", "sd2_depth"]) -> EVEComponents:

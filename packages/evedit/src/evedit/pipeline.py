@@ -106,18 +106,19 @@ class EVEPipeline(DiffusionPipeline):
     ControlNetModel; None for SD2-depth), ``depth_estimator`` (DPTForDepthEstimation; None = depth given)."""
 
     def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, depth_encoder=None, depth_estimator=None,
-                 backbone: str = "sd15_t2i_adapter_depth"):
+                 backbone: str = "sd15_t2i_adapter_depth", pixel_scale: float = 1.0):
         super().__init__()
         self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                               depth_encoder=depth_encoder, depth_estimator=depth_estimator)
         self.backbone = backbone
+        self.pixel_scale = pixel_scale  # vae None: Z_0 = pixel_scale·x (identity VAE's scaling factor)
         self.inverse_scheduler = DDIMInverseScheduler.from_config(scheduler.config)
         self.vae_scale_factor = 1 if vae is None else 2 ** (len(vae.config.block_out_channels) - 1)
 
     @classmethod
     def from_components(cls, comps: EVEComponents) -> EVEPipeline:
         return cls(comps.vae, comps.text_encoder, comps.tokenizer, comps.unet, comps.scheduler, comps.depth_encoder,
-                   comps.depth_estimator, comps.backbone)
+                   comps.depth_estimator, comps.backbone, comps.pixel_scale)
 
     @property
     def exec_device(self) -> torch.device:
@@ -187,10 +188,11 @@ class EVEPipeline(DiffusionPipeline):
     # ------------------------------------------------------------------------------------------------ VAE
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor, config: EditConfig) -> torch.Tensor:
-        """Z_0 = s·E_I(x) with x = frames in [−1, 1] (pixel space: Z_0 = x). (F, 3, H, W) uint8 → (F, C, h, w)."""
+        """Z_0 = s·E_I(x) with x = frames in [−1, 1] (pixel space: Z_0 = pixel_scale·x). (F, 3, H, W) uint8 →
+        (F, C, h, w)."""
         x = frames.to(self.exec_device).float() / 127.5 - 1.0
         if self.vae is None:
-            return x
+            return x * self.pixel_scale
         out = [self.vae.encode(c.to(self.vae.dtype)).latent_dist.mean for c in x.split(config.vae_batch)]
         return torch.cat(out).float() * self.vae.config.scaling_factor
 
@@ -198,7 +200,7 @@ class EVEPipeline(DiffusionPipeline):
     def decode_latents(self, z: torch.Tensor, config: EditConfig) -> torch.Tensor:
         """x = D(z / s), clamped to [−1, 1] and mapped to uint8 (F, 3, H, W)."""
         if self.vae is None:
-            x = z
+            x = z / self.pixel_scale
         else:
             zs = (z / self.vae.config.scaling_factor).to(self.vae.dtype)
             x = torch.cat([self.vae.decode(c).sample for c in zs.split(config.vae_batch)]).float()
