@@ -22,8 +22,13 @@ def _uv() -> str:
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory):
     out = tmp_path_factory.mktemp("dist")
-    proc = subprocess.run([_uv(), "build", "--all-packages", "--wheel", "-o", str(out)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
+    proc = subprocess.run(
+        [_uv(), "build", "--all-packages", "--wheel", "-o", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out
 
@@ -42,8 +47,12 @@ def test_wheels_install_into_clean_venv(wheels, tmp_path):
     venv = tmp_path / "venv"
     subprocess.run([_uv(), "venv", "-q", "--python", sys.executable, str(venv)], check=True, timeout=300)
     py = venv / "bin" / "python"
-    proc = subprocess.run([_uv(), "pip", "install", "-q", "--python", str(py), *map(str, wheels.glob("*.whl"))],
-                          capture_output=True, text=True, timeout=1200)
+    proc = subprocess.run(
+        [_uv(), "pip", "install", "-q", "--python", str(py), *map(str, wheels.glob("*.whl"))],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     # One process for all packages (a fresh venv compiles every module on first import, so one process per
     # package costs minutes): each imports, and parses its shipped tiny config found by name inside the wheel.

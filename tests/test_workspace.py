@@ -36,8 +36,20 @@ def test_ten_packages_present():
     assert len(PACKAGES) == 10, PACKAGES
 
 
-@pytest.mark.parametrize("name", ["mmzoo", "mmzoo.video", "mmzoo.features", "mmzoo.ops", "mmzoo.distributed",
-                                  "mmzoo.cli", "mmzoo.bench", "mmzoo.testing", *PACKAGES])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "mmzoo",
+        "mmzoo.video",
+        "mmzoo.features",
+        "mmzoo.ops",
+        "mmzoo.distributed",
+        "mmzoo.cli",
+        "mmzoo.bench",
+        "mmzoo.testing",
+        *PACKAGES,
+    ],
+)
 def test_member_imports(name):
     assert importlib.import_module(name).__name__ == name
 
@@ -75,7 +87,12 @@ def test_console_script_help(name):
 @pytest.mark.parametrize("name", PACKAGES)
 def test_package_layout(name):
     pkg = ROOT / "packages" / name
-    for rel in ("README.md", "repro.py", f"src/{name}/cli.py", f"src/{name}/configs/tiny.yaml",
-                f"src/{name}/configs/demo.yaml"):
+    for rel in (
+        "README.md",
+        "repro.py",
+        f"src/{name}/cli.py",
+        f"src/{name}/configs/tiny.yaml",
+        f"src/{name}/configs/demo.yaml",
+    ):
         assert (pkg / rel).exists(), f"{name}: missing {rel}"
     assert (ROOT / "benchmarks" / f"{name}.py").exists(), f"{name}: missing benchmarks/{name}.py"

@@ -23,22 +23,40 @@ def test_unknown_config_names_the_shipped_ones():
 
 def test_fit_test_round_trip(tmp_path, monkeypatch):
     monkeypatch.setenv("MMZOO_METRICS_JSON", str(tmp_path / "m.json"))
-    cli = run_cli(ToyModule, ToyData, "toypkg", args=["fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path)])
+    cli = run_cli(
+        ToyModule, ToyData, "toypkg", args=["fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path)]
+    )
     assert cli.model.hparams.hidden == 8  # the shipped config was read
     ckpts = sorted(p.name for p in tmp_path.rglob("*.ckpt"))
     assert "last.ckpt" in ckpts and any(n.startswith("best-") for n in ckpts)
     assert "val/loss" in json.loads((tmp_path / "m.json").read_text())
     last = next(tmp_path.rglob("last.ckpt"))
-    cli = run_cli(ToyModule, ToyData, "toypkg",
-                  args=["test", "--config", "demo", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(last)])
+    cli = run_cli(
+        ToyModule,
+        ToyData,
+        "toypkg",
+        args=["test", "--config", "demo", "--trainer.default_root_dir", str(tmp_path), "--ckpt_path", str(last)],
+    )
     assert "test/loss" in json.loads((tmp_path / "m.json").read_text())
 
 
 def test_seeding_makes_runs_repeatable(tmp_path):
     losses = []
     for i in range(2):
-        cli = run_cli(ToyModule, ToyData, "toypkg", args=[
-            "fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path / str(i)), "--trainer.logger", "false"])
+        cli = run_cli(
+            ToyModule,
+            ToyData,
+            "toypkg",
+            args=[
+                "fit",
+                "--config",
+                "demo",
+                "--trainer.default_root_dir",
+                str(tmp_path / str(i)),
+                "--trainer.logger",
+                "false",
+            ],
+        )
         losses.append(float(cli.trainer.callback_metrics["val/loss"]))
     assert losses[0] == losses[1]
 
@@ -53,15 +71,26 @@ def test_print_config(capsys):
 
 def test_extra_commands_dispatch():
     seen = []
-    assert run_cli(ToyModule, ToyData, "toypkg", args=["extract", "--x", "1"],
-                   extra_commands={"extract": lambda a: seen.append(a) or 7}) == 7
+    assert (
+        run_cli(
+            ToyModule,
+            ToyData,
+            "toypkg",
+            args=["extract", "--x", "1"],
+            extra_commands={"extract": lambda a: seen.append(a) or 7},
+        )
+        == 7
+    )
     assert seen == [["--x", "1"]]
 
 
 def test_console_exit_status_is_zero(tmp_path, monkeypatch):
     # Console scripts run sys.exit(main()): from the console run_cli must return None (status 0), not the CLI.
-    monkeypatch.setattr(sys, "argv", ["toypkg", "fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path),
-                                      "--trainer.max_epochs", "1"])
+    monkeypatch.setattr(
+        sys,
+        "argv",
+        ["toypkg", "fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1"],
+    )
     assert run_cli(ToyModule, ToyData, "toypkg") is None
     monkeypatch.setattr(sys, "argv", ["toypkg", "extract"])
     assert run_cli(ToyModule, ToyData, "toypkg", extra_commands={"extract": lambda a: "done"}) is None
@@ -69,7 +98,20 @@ def test_console_exit_status_is_zero(tmp_path, monkeypatch):
 
 
 def test_progress_bar_can_be_turned_off(tmp_path):
-    cli = run_cli(ToyModule, ToyData, "toypkg", args=[
-        "fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path), "--trainer.enable_progress_bar", "false",
-        "--trainer.max_epochs", "1"])
+    cli = run_cli(
+        ToyModule,
+        ToyData,
+        "toypkg",
+        args=[
+            "fit",
+            "--config",
+            "demo",
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.enable_progress_bar",
+            "false",
+            "--trainer.max_epochs",
+            "1",
+        ],
+    )
     assert cli.trainer.progress_bar_callback is None

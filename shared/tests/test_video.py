@@ -144,7 +144,9 @@ def test_transforms():
     r = random_crop(x, (10, 20), generator=torch.Generator().manual_seed(1))
     assert r.shape == (2, 3, 10, 20)
     n = normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8), "imagenet")
-    assert torch.allclose(n[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225]))
+    assert torch.allclose(
+        n[0, :, 0, 0], (1 - torch.tensor([0.485, 0.456, 0.406])) / torch.tensor([0.229, 0.224, 0.225])
+    )
     with pytest.raises(KeyError, match="unknown statistics"):
         normalize(x, "nope")
     with pytest.raises(ValueError, match="larger than frames"):

@@ -39,7 +39,9 @@ def _check_equal_shapes(x: torch.Tensor) -> None:
     all_ndims = [torch.zeros_like(ndims) for _ in range(world)]
     dist.all_gather(all_ndims, ndims)
     if len({int(n) for n in all_ndims}) != 1:
-        raise ValueError(f"gather_with_grad: ranks hold tensors of different ranks (ndim {[int(n) for n in all_ndims]})")
+        raise ValueError(
+            f"gather_with_grad: ranks hold tensors of different ranks (ndim {[int(n) for n in all_ndims]})"
+        )
     shapes = [torch.zeros_like(shape) for _ in range(world)]
     dist.all_gather(shapes, shape)
     sizes = [tuple(int(v) for v in s) for s in shapes]

@@ -83,7 +83,10 @@ def moving_shapes_video(
     for _ in range(num_shapes):
         size = int(torch.randint(max(2, min(height, width) // 8), max(3, min(height, width) // 3), (1,), generator=g))
         color = torch.randint(64, 256, (3,), generator=g).to(torch.uint8)
-        y0, x0 = (float(torch.randint(0, height - size, (1,), generator=g)), float(torch.randint(0, width - size, (1,), generator=g)))
+        y0, x0 = (
+            float(torch.randint(0, height - size, (1,), generator=g)),
+            float(torch.randint(0, width - size, (1,), generator=g)),
+        )
         vy, vx = (torch.rand(2, generator=g) * 4 - 2).tolist()
         for t in range(num_frames):
             y = int(min(max(0, y0 + vy * t), height - size))
@@ -102,8 +105,7 @@ def random_captions(n: int, seed: int = 0) -> list[str]:
     """``n`` short English captions (subject, verb, object, place) drawn with a fixed seed."""
     rng = random.Random(seed)
     return [
-        f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_PLACES)}"
-        for _ in range(n)
+        f"{rng.choice(_SUBJECTS)} {rng.choice(_VERBS)} {rng.choice(_OBJECTS)} {rng.choice(_PLACES)}" for _ in range(n)
     ]
 
 

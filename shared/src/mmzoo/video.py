@@ -162,7 +162,9 @@ class VideoReader:
         if target <= 0:
             offset = self._start
         else:
-            offset = self._start + int(Fraction(target) / Fraction(self.fps).limit_denominator(100000) / self._time_base)
+            offset = self._start + int(
+                Fraction(target) / Fraction(self.fps).limit_denominator(100000) / self._time_base
+            )
         try:
             self._container.seek(offset, stream=self._stream, backward=True, any_frame=False)
         except av.FFmpegError as err:
@@ -270,8 +272,12 @@ class VideoReader:
             raise VideoDecodeError(self.path, f"no frame could be decoded at indices {sorted(set(idx))[:5]}")
         missing = [i for i in idx if i not in got]
         if missing:
-            log.warning("%s: frames %s not decodable (header says %d frames); using the nearest earlier frame",
-                        self.path, missing[:5], self.num_frames)
+            log.warning(
+                "%s: frames %s not decodable (header says %d frames); using the nearest earlier frame",
+                self.path,
+                missing[:5],
+                self.num_frames,
+            )
             keys = sorted(got)
             for i in missing:
                 earlier = [k for k in keys if k < i]
@@ -434,9 +440,7 @@ def random_crop(x: torch.Tensor, size: int | tuple[int, int], generator: torch.G
     return x[..., top : top + th, left : left + tw]
 
 
-def normalize(
-    x: torch.Tensor, stats: str | tuple[Sequence[float], Sequence[float]] = "imagenet"
-) -> torch.Tensor:
+def normalize(x: torch.Tensor, stats: str | tuple[Sequence[float], Sequence[float]] = "imagenet") -> torch.Tensor:
     """uint8 (T, C, H, W) → float32 ``(x/255 - mean) / std``; ``stats`` is a name in :data:`NORMALIZATION`
     (``clip``, ``imagenet``, ``half``) or a ``(mean, std)`` pair."""
     _check_video(x, "normalize")

@@ -35,7 +35,9 @@ _NEG = -1e30
 
 def _check(t: torch.Tensor, tm: torch.Tensor, v: torch.Tensor, vm: torch.Tensor, w, u) -> None:
     if t.dim() != 3 or v.dim() != 3:
-        raise ValueError(f"token_max_sim: text (B_t, L_t, D) and video (B_v, L_v, D) expected, got {tuple(t.shape)} and {tuple(v.shape)}")
+        raise ValueError(
+            f"token_max_sim: text (B_t, L_t, D) and video (B_v, L_v, D) expected, got {tuple(t.shape)} and {tuple(v.shape)}"
+        )
     if t.shape[-1] != v.shape[-1]:
         raise ValueError(f"token_max_sim: feature sizes differ: text D={t.shape[-1]}, video D={v.shape[-1]}")
     if tm.shape != t.shape[:2]:
@@ -136,13 +138,33 @@ def _forward_kernel():
 
     @triton.jit
     def kernel(
-        T, V, TM, VM, W, U,  # inputs: (B_t, L_t, D), (B_v, L_v, D), masks int8, weights float32
-        T2V, V2T,  # outputs (B_t, B_v) float32
-        ROWMAX, ROWARG, COLMAX, COLARG,  # saved for backward: (B_t, B_v, L_t) and (B_t, B_v, L_v)
-        B_v, L_t, L_v, D,
-        s_tb, s_tl, s_td, s_vb, s_vl, s_vd,
-        BLOCK_L: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-        SAVE: tl.constexpr, IEEE: tl.constexpr,
+        T,
+        V,
+        TM,
+        VM,
+        W,
+        U,  # inputs: (B_t, L_t, D), (B_v, L_v, D), masks int8, weights float32
+        T2V,
+        V2T,  # outputs (B_t, B_v) float32
+        ROWMAX,
+        ROWARG,
+        COLMAX,
+        COLARG,  # saved for backward: (B_t, B_v, L_t) and (B_t, B_v, L_v)
+        B_v,
+        L_t,
+        L_v,
+        D,
+        s_tb,
+        s_tl,
+        s_td,
+        s_vb,
+        s_vl,
+        s_vd,
+        BLOCK_L: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+        BLOCK_D: tl.constexpr,
+        SAVE: tl.constexpr,
+        IEEE: tl.constexpr,
     ):
         # One program scores text i against video j: a (BLOCK_L × BLOCK_M) tile of similarities at a time.
         i = tl.program_id(0)
@@ -165,11 +187,13 @@ def _forward_kernel():
                 d_in = (d0 + offs_d) < D
                 t_blk = tl.load(
                     T + i * s_tb + offs_l[:, None] * s_tl + (d0 + offs_d)[None, :] * s_td,
-                    mask=l_in[:, None] & d_in[None, :], other=0.0,
+                    mask=l_in[:, None] & d_in[None, :],
+                    other=0.0,
                 )
                 v_blk = tl.load(
                     V + j * s_vb + offs_m[:, None] * s_vl + (d0 + offs_d)[None, :] * s_vd,
-                    mask=m_in[:, None] & d_in[None, :], other=0.0,
+                    mask=m_in[:, None] & d_in[None, :],
+                    other=0.0,
                 )
                 if IEEE:
                     acc += tl.dot(t_blk, tl.trans(v_blk), input_precision="ieee")
@@ -230,11 +254,33 @@ class _TokenMaxSimTriton(torch.autograd.Function):
         else:
             rowmax = rowarg = colmax = colarg = t2v  # never written when SAVE is False
         _forward_kernel()[(b_t, b_v)](
-            t, v, tm, vm, w, u, t2v, v2t, rowmax, rowarg, colmax, colarg,
-            b_v, l_t, l_v, d,
-            t.stride(0), t.stride(1), t.stride(2), v.stride(0), v.stride(1), v.stride(2),
-            BLOCK_L=_next_pow2(l_t), BLOCK_M=32, BLOCK_D=min(64, _next_pow2(d)),
-            SAVE=save, IEEE=t.dtype == torch.float32,
+            t,
+            v,
+            tm,
+            vm,
+            w,
+            u,
+            t2v,
+            v2t,
+            rowmax,
+            rowarg,
+            colmax,
+            colarg,
+            b_v,
+            l_t,
+            l_v,
+            d,
+            t.stride(0),
+            t.stride(1),
+            t.stride(2),
+            v.stride(0),
+            v.stride(1),
+            v.stride(2),
+            BLOCK_L=_next_pow2(l_t),
+            BLOCK_M=32,
+            BLOCK_D=min(64, _next_pow2(d)),
+            SAVE=save,
+            IEEE=t.dtype == torch.float32,
         )
         if save:
             ctx.save_for_backward(t, v, w, u, rowmax, rowarg.long(), colmax, colarg.long())
@@ -298,5 +344,11 @@ def token_max_sim_triton(
     u = _weights(vm, video_weights).contiguous()
     save = _needs_grad(text, video, text_weights, video_weights)
     return _TokenMaxSimTriton.apply(
-        text.contiguous(), tm.to(torch.int8).contiguous(), video.contiguous(), vm.to(torch.int8).contiguous(), w, u, save
+        text.contiguous(),
+        tm.to(torch.int8).contiguous(),
+        video.contiguous(),
+        vm.to(torch.int8).contiguous(),
+        w,
+        u,
+        save,
     )
