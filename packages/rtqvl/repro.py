@@ -26,6 +26,10 @@
    classification (object colour) of mean-pooled refined tokens. Gate: k-medoids keeps ≥ 90 % of object tokens
    and ≥ 30 points more than random.
 
+3. Scale diagnostic (``--only scale``, no gate, → repro_scale.json): RTQ trained on the validation task (seed 100)
+   with the official from-scratch init and with ``init_std`` 0.2, tracing the RMS of every ViT block's input
+   (block τ: where E_t is added), of E_t and of the ViT weights before training and after every epoch.
+
 Run: ``python packages/rtqvl/repro.py --workers 9`` (temporal: 9 runs × 30 epochs, about 5 CPU-minutes each);
 fresh seeds: ``--only temporal --seeds 200 201 202 --out packages/rtqvl/repro_results_fresh_seeds.json``.
 """
@@ -54,17 +58,18 @@ EPOCHS = 30
 TEMPORAL_GATE = 20.0
 KEEP_GATE, KEEP_MARGIN = 90.0, 30.0
 OUT = Path(__file__).parent / "repro_results.json"
+SCALE_OUT = Path(__file__).parent / "repro_scale.json"
 
 
 INIT_STD = 0.2  # random-init miniature (RTQConfig.init_std); fixed on a validation set, see module docstring
 
 
-def _config(temporal: str) -> RTQConfig:
+def _config(temporal: str, init_std: float | None = INIT_STD) -> RTQConfig:
     vision = VisionConfig(image_size=32, patch_size=8, hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128,
                           num_frames=4, num_segments=2, cluster_block=2, temporal_block=3, temporal_modeling=temporal)
     text = TextConfig(vocab_path="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, dropout=0.0)
     return RTQConfig(task="retrieval", vision=vision, text=text, embed_dim=32, queue_size=64, k_test=8, max_text_len=16,
-                     init_std=INIT_STD)
+                     init_std=init_std)
 
 
 def _twin(i: int) -> int:
@@ -126,7 +131,10 @@ def _set_oracle_embedding(module: RTQModule, dm: RTQDataModule, seed: int) -> fl
     return seen["rms"]
 
 
-def temporal_experiment(data_root: Path, temporal: str, seed: int, epochs: int, oracle: bool = False) -> dict[str, float]:
+def temporal_experiment(
+    data_root: Path, temporal: str, seed: int, epochs: int, oracle: bool = False, init_std: float | None = INIT_STD,
+    callbacks: tuple[pl.Callback, ...] = (),
+) -> dict[str, float]:
     """Train one model on the order task and score its test set (clips and their order-swapped twins).
 
     R@1 / R@5 (t2v, after ITM re-ranking) under both tie rules: ``mean`` (a tie with the twin counts ½, the
@@ -136,13 +144,13 @@ def temporal_experiment(data_root: Path, temporal: str, seed: int, epochs: int, 
     pl.seed_everything(seed, verbose=False)
     dm = RTQDataModule("msrvtt_retrieval", str(data_root), num_frames=4, image_size=32, batch_size=16,
                        eval_batch_size=32, num_workers=0, augment=False, randaugment=False)
-    module = RTQModule(_config(temporal), lr=1e-3, warmup_lr=1e-4, warmup_steps=8, min_lr=1e-5, alpha=0.4)
+    module = RTQModule(_config(temporal, init_std), lr=1e-3, warmup_lr=1e-4, warmup_steps=8, min_lr=1e-5, alpha=0.4)
     out: dict[str, float] = {}
     if oracle:
         out["oracle_E_std"] = _set_oracle_embedding(module, dm, seed)
     trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0)
+                         limit_val_batches=0, callbacks=list(callbacks))
     trainer.fit(module, datamodule=dm)
     captured: dict[str, torch.Tensor] = {}
     update = module.test_metric.update
@@ -168,6 +176,91 @@ def temporal_experiment(data_root: Path, temporal: str, seed: int, epochs: int, 
                 "temporal_embedding_rms": float(module.model.visual_encoder.temporal_embedding.pow(2).mean().sqrt()),
                 "tokens_rms_at_tau": tokens_rms, "twin_video_cosine": twin_cos})
     return out
+
+
+class ScaleTrace(pl.Callback):
+    """Scale diagnostics of the video encoder (``--only scale``): before training and after every epoch, on a fixed
+    batch (the first ``n`` held-out clips, eval mode, no RNG consumed, so the traced run equals an untraced one),
+    the RMS of the input of every ViT block (block τ's input is where RTQ adds E_t), of E_t itself, of the
+    embedding output (patch conv + CLS + position embedding) and the mean weight RMS of the ViT blocks' Linear
+    layers (qkv, projection, MLP)."""
+
+    def __init__(self, data_root: Path, n: int = 16):
+        self.data_root, self.n = data_root, n
+        self.trace: list[dict] = []
+
+    def _record(self, module: RTQModule, epoch: int) -> None:
+        with torch.random.fork_rng(devices=[]):  # iterating a DataLoader draws from the global RNG: restore it
+            self._measure(module, epoch)
+
+    def _measure(self, module: RTQModule, epoch: int) -> None:
+        enc = module.model.visual_encoder
+        if not hasattr(self, "video"):
+            dm = RTQDataModule("msrvtt_retrieval", str(self.data_root), num_frames=4, image_size=32, batch_size=16,
+                               eval_batch_size=self.n, num_workers=0, augment=False, randaugment=False)
+            dm.setup("test")
+            self.video = next(iter(dm.test_dataloader()))["video"]
+        rms: dict[int, float] = {}
+        hooks = [layer.register_forward_pre_hook(lambda mod, inp, i=i: rms.__setitem__(i, _rms(inp[0])))
+                 for i, layer in enumerate(enc.encoder.layers)]
+        was_training = enc.training
+        enc.eval()
+        with torch.no_grad():
+            embed = _rms(enc.embeddings(self.video.flatten(0, 1)))
+            enc(self.video)
+        enc.train(was_training)
+        for h in hooks:
+            h.remove()
+        linears = [m.weight for layer in enc.encoder.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
+        self.trace.append({
+            "epoch": epoch, "block_input_rms": [rms[i] for i in range(len(rms))],
+            "tokens_rms_at_tau": rms[enc.config.temporal_block], "temporal_embedding_rms": _rms(enc.temporal_embedding),
+            "embeddings_out_rms": embed, "vit_linear_weight_rms": sum(_rms(w) for w in linears) / len(linears),
+        })
+
+    def on_fit_start(self, trainer, pl_module) -> None:
+        self._record(pl_module, 0)
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._record(pl_module, trainer.current_epoch + 1)
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().float().pow(2).mean().sqrt())
+
+
+VALIDATION_SEED = 100  # the task used to choose init_std / epochs (never a reported seed)
+
+
+def _scale_job(job: tuple[str, float | None, int, int]) -> tuple[str, dict]:
+    """One traced RTQ run on the validation task (module-level so it can be pickled)."""
+    root, init_std, seed, epochs = job
+    torch.set_num_threads(1)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    t = time.time()
+    trace = ScaleTrace(Path(root))
+    out = temporal_experiment(Path(root), "message_token", seed, epochs, init_std=init_std, callbacks=(trace,))
+    name = "official_init_0.02" if init_std is None else f"init_std_{init_std}"
+    return name, {"init_std": init_std, "validation": out, "trace": trace.trace, "seconds": round(time.time() - t, 1)}
+
+
+def scale_experiment(epochs: int, inits: list[float | None], workers: int = 1, seed: int = VALIDATION_SEED) -> dict:
+    """Where the block-τ token scale comes from: RTQ (``message_token``) trained on the validation task (seed 100)
+    with each init in ``inits`` (``None`` = the official from-scratch init: trunc-normal 0.02 Linear / embedding
+    weights, CLS and position embedding trunc-normal 0.02, patch conv PyTorch default), traced by
+    :class:`ScaleTrace`. Diagnostic only: no gate, the reported seeds are not touched."""
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / f"seed{seed}"
+        write_order_dataset(root, num_train=193, num_test=32, seed=seed)
+        jobs = [(str(root), init, seed, epochs) for init in inits]
+        if workers > 1:
+            import multiprocessing as mp
+
+            with mp.get_context("spawn").Pool(min(workers, len(jobs))) as pool:
+                done = pool.map(_scale_job, jobs)
+        else:
+            done = [_scale_job(j) for j in jobs]
+    return {"seed": seed, "split": "validation (task seed 100, held-out clips)", "epochs": epochs, **dict(done)}
 
 
 def _patches(frames: torch.Tensor, p: int = 8) -> torch.Tensor:
@@ -233,21 +326,32 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["all", "temporal", "redundancy"], default="all",
-                    help="run one experiment (its gates only); default both")
+    ap.add_argument("--only", choices=["all", "temporal", "redundancy", "scale"], default="all",
+                    help="run one experiment (its gates only); default both gated ones; 'scale' = the token-scale "
+                         "diagnostic on the validation task (no gate, writes --out, default repro_scale.json)")
     ap.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs of the temporal experiment")
     ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
                     help="seeds (each one generates its own task and trains every model); default 0 1 2")
     ap.add_argument("--no-oracle", dest="oracle", action="store_false",
                     help="skip the RTQ-oracle diagnostic rows (temporal embedding drawn at the token scale)")
-    ap.add_argument("--out", type=Path, default=OUT, help="results JSON (default packages/rtqvl/repro_results.json)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="results JSON (default packages/rtqvl/repro_results.json; --only scale: repro_scale.json)")
+    ap.add_argument("--scale-inits", nargs="+", default=["none", str(INIT_STD)],
+                    help="--only scale: inits to trace ('none' = the official from-scratch init, or a std)")
     ap.add_argument("--workers", type=int, default=1,
                     help="temporal runs (seed × model) in parallel processes, one torch thread each")
     args = ap.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(1)  # tiny models: one thread is as fast and avoids oversubscription on busy machines
     t0 = time.time()
-    out: Path = args.out
+    if args.only == "scale":
+        inits = [None if v.lower() == "none" else float(v) for v in args.scale_inits]
+        res = scale_experiment(args.epochs, inits, args.workers)
+        res["seconds"] = round(time.time() - t0, 1)
+        (args.out or SCALE_OUT).write_text(json.dumps(res, indent=1))
+        print(json.dumps({k: v for k, v in res.items()}, indent=1))
+        return 0
+    out: Path = args.out or OUT
     seeds = tuple(args.seeds)
     # a partial run (--only) updates its own experiment in an existing results file and keeps the other one
     results: dict = json.loads(out.read_text()) if out.is_file() and args.only != "all" else {}

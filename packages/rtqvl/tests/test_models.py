@@ -195,6 +195,35 @@ def test_rerank_full_k_equals_itm_plus_cosine():
     assert ((t2v1 == -100).sum(dim=1) == 2).all()
 
 
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().pow(2).mean().sqrt())
+
+
+def test_from_scratch_init_is_the_official_one():
+    """A model built without a checkpoint gets the official from-scratch init (LAVIS VisionTransformer + RTQ
+    encoder): CLS / position embedding trunc-normal 0.02 — not the std-1 ``torch.randn`` of transformers'
+    ``BlipVisionEmbeddings``, which only ``BlipPreTrainedModel.post_init`` (not used here) would reset —, Linear
+    weights trunc-normal 0.02 with zero bias, LayerNorm 1 / 0, E_t = 0; the text side gets transformers'
+    ``post_init`` with ``BlipTextConfig.initializer_range`` 0.02 (BERT's normal 0.02)."""
+    model = build_model(tiny_config())
+    enc = model.visual_encoder
+    for p in (enc.embeddings.class_embedding, enc.embeddings.position_embedding):
+        assert 0.01 < _rms(p) < 0.03
+    blocks = [m for layer in enc.encoder.layers for m in layer.modules()]
+    for m in blocks:
+        if isinstance(m, torch.nn.Linear):
+            assert 0.015 < _rms(m.weight) < 0.025 and not m.bias.any()
+        elif isinstance(m, torch.nn.LayerNorm):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and not m.bias.any()
+    assert not enc.temporal_embedding.any()
+    assert 0.015 < _rms(model.text_encoder.embeddings.word_embeddings.weight) < 0.025
+    assert 0.015 < _rms(model.text_encoder.encoder.layer[0].attention.self.query.weight) < 0.025
+    # the repro's init_std redraws Linear / Embedding weights only: CLS, position and temporal embeddings keep
+    # the official init
+    big = build_model(tiny_config(init_std=0.2)).visual_encoder
+    assert 0.01 < _rms(big.embeddings.position_embedding) < 0.03 and not big.temporal_embedding.any()
+
+
 def test_init_std_redraws_weights_and_syncs_momentum():
     model = build_model(tiny_config(init_std=0.2))
     w = model.visual_encoder.encoder.layers[0].self_attn.qkv.weight
