@@ -8,7 +8,8 @@ routine. d = 64, 3 seeds, 8 epochs of AdamW 3e-3 (fixed; no model selection on t
 2. ``Ours-S2`` beats ``Ours-S2 w/o-know`` (frame mean instead of the keyword fusion) (reported).
 3. The full model evaluated with its temporal stream is not worse than ``streams: temporal`` (MMBT-like), and
    gains when the temporal inputs are noisy (reported; the noisy run needs ``--noisy``). ``--diagnose SEED ...``
-   runs only the diagnostics of the full model's collapse on the VALIDATION split (repro_diagnostics.json).
+   runs only the diagnostics of the full model's collapse on the VALIDATION split (repro_diagnostics.json;
+   ``--only NAME ...`` runs a subset of them and writes repro_diagnostics_<first NAME>.json).
 4. Label scalability: train with digit 9 never positive; on 9-videos of the test split the S2 stream ranks
    "nine" with a mean reciprocal rank above the variant whose label vectors are random learnable ones (gated).
    Gated protocol (``in_training``, the spec's wording "train with digit 9 never positive but with its KG label
@@ -94,10 +95,12 @@ def train(
     batch: int = 32,
     warmup: float = 0.0,
     distill_ramp_epochs: float = 0.0,
+    distill_start_epoch: int = 0,
     on_epoch=None,  # noqa: ANN001 (callable(epoch) for --diagnose)
 ) -> KEVSRModule:
-    """AdamW, constant ``lr`` (optionally a linear warm-up over the fraction ``warmup`` of the steps and a linear
-    ramp of β^distill from 0 to its value over ``distill_ramp_epochs``: --diagnose only)."""
+    """AdamW, constant ``lr`` (optionally a linear warm-up over the fraction ``warmup`` of the steps; β^distill
+    = 0 for the first ``distill_start_epoch`` epochs, then a linear ramp from 0 to its value over
+    ``distill_ramp_epochs``: --diagnose only)."""
     torch.manual_seed(seed)
     opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.01)
     n = len(data["f2d"])
@@ -110,8 +113,10 @@ def train(
         for idx in torch.randperm(n).split(batch):
             for group in opt.param_groups:
                 group["lr"] = lr * min(1.0, (step + 1) / warm_steps)
-            if distill_ramp_epochs > 0:
-                module.hparams.beta_distill = beta * min(1.0, step / (distill_ramp_epochs * per_epoch))
+            on_step = step - distill_start_epoch * per_epoch  # steps since the distillation was switched on
+            if distill_start_epoch > 0 or distill_ramp_epochs > 0:
+                ramp = min(1.0, on_step / (distill_ramp_epochs * per_epoch)) if distill_ramp_epochs > 0 else 1.0
+                module.hparams.beta_distill = beta * ramp if on_step >= 0 else 0.0
             loss = module.compute_losses({k: v[idx] for k, v in data.items()})["loss"]
             opt.zero_grad()
             loss.backward()
@@ -239,6 +244,21 @@ def cls_spread(module: KEVSRModule, data: dict) -> float:
     return float(stream.encoder(tokens)[:, 0].std(dim=0).mean())
 
 
+@torch.no_grad()
+def score_agreement(module: KEVSRModule, data: dict) -> dict:
+    """Level-2 refined scores of both streams on ``data``: each stream's across-video spread (mean over labels of
+    the std over videos), the correlation of the two streams' video-centred scores (their input-dependent parts),
+    and the mean Euclidean distance between them (the distillation term, level 2)."""
+    t, nt = scores(module, data, "t"), scores(module, data, "nt")
+    tc, ntc = t - t.mean(0), nt - nt.mean(0)
+    return {
+        "s1_score_spread": float(t.std(dim=0).mean()),
+        "s2_score_spread": float(nt.std(dim=0).mean()),
+        "stream_corr": float((tc * ntc).sum() / (tc.norm() * ntc.norm() + 1e-12)),
+        "distance_l2": float((t - nt).norm(dim=1).mean()),
+    }
+
+
 def gradient_probe(module: KEVSRModule, data: dict, n: int = 64) -> dict:
     """On the first ``n`` training videos (eval mode): per-video norm of ∂J/∂s^t_2 for S1's CE and for the
     distillation, and the norm of each term's gradient on S1's parameters (and their cosine)."""
@@ -271,10 +291,24 @@ DIAGNOSE = {  # name: (module kwargs, train kwargs, epochs, squared distance)
     "full_lr_1e-3": (dict(streams="both"), dict(lr=1e-3), 8, False),
     "full_spec_recipe_lr_1e-4_warmup_30_epochs": (dict(streams="both"), dict(lr=1e-4, warmup=0.05), 30, False),
     "full_beta_distill_0.1": (dict(streams="both", beta_distill=0.1), {}, 8, False),
+    "full_distill_start_epoch_3": (dict(streams="both"), dict(distill_start_epoch=3), 8, False),
+    "full_distill_start_epoch_4": (dict(streams="both"), dict(distill_start_epoch=4), 8, False),
+    "full_distill_start_epoch_4_ramp_2_epochs": (
+        dict(streams="both"),
+        dict(distill_start_epoch=4, distill_ramp_epochs=2.0),
+        8,
+        False,
+    ),
 }
+TRACKED = (
+    "full",
+    "full_distill_start_epoch_3",
+    "full_distill_start_epoch_4",
+    "full_distill_start_epoch_4_ramp_2_epochs",
+)  # per-epoch rows in --diagnose
 
 
-def diagnose(seeds: list[int], log: logging.Logger) -> dict:
+def diagnose(seeds: list[int], log: logging.Logger, only: list[str] | None = None) -> dict:
     """Claim 3's collapse on the VALIDATION split (``--diagnose``): the settings of :data:`DIAGNOSE`, 1 run per
     seed; the spec's ``full`` run also records per-epoch S1/S2 F1, the spread of S1's [CLS] output and the
     :func:`gradient_probe`, then trains 4 more epochs without distillation (does S1 recover?)."""
@@ -282,6 +316,8 @@ def diagnose(seeds: list[int], log: logging.Logger) -> dict:
     train_split, val = data["train"], data["val"]
     out: dict = {"split": "val", "seeds": seeds, "settings": {}}
     for name, (mod_kw, train_kw, epochs, squared) in DIAGNOSE.items():
+        if only and name not in only:
+            continue
         mod_kw = dict(mod_kw)
         cfg_kw = mod_kw.pop("config_kw", {})
         per_seed = []
@@ -296,13 +332,16 @@ def diagnose(seeds: list[int], log: logging.Logger) -> dict:
                     row = {"epoch": epoch, "s1_f1": evaluate(scores(module, val, "t"), val["target2"])["f1"]}
                     row["s2_f1"] = evaluate(scores(module, val, "nt"), val["target2"])["f1"]
                     row["s1_cls_spread"] = cls_spread(module, val)
+                    row.update(score_agreement(module, val))
                 row.update(gradient_probe(module, train_split))
                 track.append(row)
 
-            if name == "full":
+            if name in TRACKED:
                 module.eval()
                 on_epoch(-1)  # at init
-            module = train(module, train_split, epochs, seed, on_epoch=on_epoch if name == "full" else None, **train_kw)
+            module = train(
+                module, train_split, epochs, seed, on_epoch=on_epoch if name in TRACKED else None, **train_kw
+            )
             run = {}
             for stream in ("t", "nt"):
                 if (module.model.temporal if stream == "t" else module.model.nontemporal) is not None:
@@ -311,8 +350,9 @@ def diagnose(seeds: list[int], log: logging.Logger) -> dict:
                     )["f1"]
             if module.model.temporal is not None:
                 run["s1_cls_spread"] = cls_spread(module, val)
-            if name == "full":
+            if name in TRACKED:
                 run["per_epoch"] = track
+            if name == "full":
                 module.hparams.beta_distill = 0.0
                 module = train(module, train_split, 4, seed + 1)
                 run["after_4_epochs_without_distillation"] = {
@@ -341,6 +381,12 @@ def main(argv: list[str] | None = None) -> int:
         help="only run claim 3's collapse diagnostics on the validation split with these seeds "
         "(writes repro_diagnostics.json)",
     )
+    p.add_argument(
+        "--only",
+        nargs="+",
+        metavar="NAME",
+        help="with --diagnose: only these settings of DIAGNOSE (writes repro_diagnostics_<first name>.json)",
+    )
     a = p.parse_args(argv)
     seeds, epochs = ([0], 1) if a.smoke else ([0, 1, 2], 8)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -348,9 +394,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     t0 = time.time()
     if a.diagnose:
-        diag = diagnose(a.diagnose, log)
+        diag = diagnose(a.diagnose, log, a.only)
         diag["seconds"] = time.time() - t0
-        (HERE / "repro_diagnostics.json").write_text(json.dumps(diag, indent=1))
+        name = f"repro_diagnostics_{a.only[0]}.json" if a.only else "repro_diagnostics.json"
+        (HERE / name).write_text(json.dumps(diag, indent=1))
         return 0
     res: dict = {"seeds": seeds, "epochs": epochs, "level2": {}}
 
