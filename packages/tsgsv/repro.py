@@ -23,6 +23,9 @@ moment). Nothing is tuned on the test split: the generator and the training reci
     python packages/tsgsv/repro.py --variants full short_only            # the gate only -> repro_results_partial.json
     python packages/tsgsv/repro.py --seeds 0 --variants full short_only --eval-split val   # 1-seed diagnostic
     python packages/tsgsv/repro.py --oracle        # no training: what a window of 1 / 8 / 72 frames can reveal
+    python packages/tsgsv/repro.py --seeds 0 --variants full --epochs 40 --eval-every 10 --eval-split val \
+        --probes no_long wrong_query sentence_class    # long diagnostic run, scored (and probed) every 10 epochs
+    python packages/tsgsv/repro.py --matching-check 600 --focal-gamma 0   # isolated query-frame matching task
 
 The gate's two variants run first, seed by seed. While running, the results so far are rewritten after every run
 into ``<out>.running.json``; ``repro_results.json`` is written only by a complete default run (every variant, seeds
@@ -150,6 +153,112 @@ def selection_stats(model, batch: dict[str, torch.Tensor]) -> str:
     return out
 
 
+def sentence_class(text: str) -> int:
+    """Class k of a synthetic query, from its sentence text ``"event of class k"`` (tsgsv.synthetic)."""
+    return int(text.rsplit(" ", 1)[-1])
+
+
+def nearest_centroid_accuracy(
+    train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor
+) -> float:
+    """Accuracy of a nearest-class-centroid classifier (cosine) fitted on (train_x, train_y), scored on (test_x,
+    test_y). x (n, d) features, y (n,) integer classes; test classes without a training example count as errors."""
+    classes = train_y.unique()
+    centroids = torch.stack([train_x[train_y == c].mean(0) for c in classes])  # (C, d)
+    sim = torch.nn.functional.normalize(test_x, dim=-1) @ torch.nn.functional.normalize(centroids, dim=-1).T
+    return float((classes[sim.argmax(1)] == test_y).float().mean())
+
+
+@torch.no_grad()
+def sentence_probe(model: StreamingTSGV, train: TSGVTrainDataset, test: TSGVEvalDataset) -> dict[str, float]:
+    """Probe ``sentence_class``: does the queried class survive the sentence encoder? Nearest-class-centroid accuracy
+    (chance 1/K) of the pooled query q (§3.2) and of its projection P_s(q) for the sem channel (§3.7), centroids from
+    the training queries, scored on the evaluation split's queries."""
+    was_training = model.training
+    model.eval()
+
+    def features(files, annotations) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        tokens, lengths = zip(*(files.sentence(a.anno_id) for a in annotations), strict=True)
+        device = next(model.parameters()).device
+        _, q = model.encode_sentence(torch.stack(tokens).to(device), torch.tensor(lengths, device=device))
+        h = q.shape[-1]
+        q_sem = model.head.query_proj(q).view(len(q), 3, h)[:, 2]  # P_s(q) of the sem channel
+        y = torch.tensor([sentence_class(a.sentence) for a in annotations])
+        return q.cpu(), q_sem.cpu(), y
+
+    tr_q, tr_sem, tr_y = features(train.files, train.annotations)
+    te_q, te_sem, te_y = features(test.files, [test.annotations[i] for i in test.indices])
+    model.train(was_training)
+    return {"q": nearest_centroid_accuracy(tr_q, tr_y, te_q, te_y),
+            "P_s(q)_sem": nearest_centroid_accuracy(tr_sem, tr_y, te_sem, te_y)}  # fmt: skip
+
+
+def matching_batch(world: dict[str, torch.Tensor], batch: int, generator: torch.Generator):
+    """One batch of the isolated query-frame matching task of :func:`matching_check` (the §8c generator's vectors):
+    8 frames = an onset o_c (2 frames, starting at frame 0…3) in ongoing activity, σ = 0.3 noise; a 6-token query of
+    class k (the class word at a random position among filler words), k = c for half of the samples. Target of every
+    frame from the onset on: 1 iff c = k. Returns short (B, 8, d_v), sentence (B, 20, d_s), lengths (B,),
+    targets (B, 8), valid (B, 8)."""
+    g, B = generator, batch
+    c = torch.randint(0, 8, (B,), generator=g)
+    match = torch.rand(B, generator=g) < 0.5
+    k = torch.where(match, c, (c + torch.randint(1, 8, (B,), generator=g)) % 8)
+    pos = torch.randint(0, 4, (B,), generator=g)
+    short = world["activity"].expand(B, 8, -1).clone()
+    for b in range(B):
+        short[b, pos[b] : pos[b] + 2] = world["onset"][c[b]]
+    short += 0.3 * torch.randn(short.shape, generator=g)
+    tokens = world["filler"][torch.randint(0, len(world["filler"]), (B, 6), generator=g)]
+    tokens[torch.arange(B), torch.randint(0, 6, (B,), generator=g)] = world["class_words"][k]
+    sentence = torch.zeros(B, 20, tokens.shape[-1])
+    sentence[:, :6] = tokens + 0.05 * torch.randn(tokens.shape, generator=g)
+    valid = torch.arange(8)[None] >= pos[:, None]
+    return short, sentence, torch.full((B,), 6), (match[:, None] & valid).float(), valid
+
+
+def matching_check(steps: int, gamma: float, report_every: int = 100) -> list[tuple[int, float, float]]:
+    """Diagnostic (no long memory, no twin, no Gaussian labels): can the short-memory model learn to match the class
+    of an onset in its window with the queried class? Trains the ``short_only`` model of the repro on
+    :func:`matching_batch` with the focal soft BCE of exponent ``gamma`` (spec §3.8: 3; 0 = plain BCE) on the sem
+    channel only, AdamW 1e-3, batch 64. Returns (step, training loss, accuracy of p_sem > 0.5 at the last frame on
+    512 fresh samples) every ``report_every`` steps."""
+    torch.manual_seed(0)
+    w = synthetic_prototypes(SyntheticStreamConfig(world_seed=1234))
+    world = {k: torch.tensor(w[k]).float() for k in ("onset", "activity", "class_words", "filler")}
+    g = torch.Generator().manual_seed(1)
+    cfg = TSGSVConfig(video_dim=32, text_dim=32, hidden_dim=64, ffn_dim=128, num_heads=4, dropout=0.1,
+                      short_memory=8, long_memory=64, future_memory=64, gru_layers=1, gru_dropout=0.0,
+                      num_decoder_layers=2, **VARIANTS["short_only"])  # fmt: skip
+    model = StreamingTSGV(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=5e-4)
+
+    def logits(short: torch.Tensor, sentence: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        B = len(short)
+        no_long = torch.zeros(B, 64, 32)
+        return model(short, torch.zeros(B, 8, dtype=torch.bool), no_long, torch.zeros(B, 64, dtype=torch.bool),
+                     sentence, lengths).logits[..., 2]  # fmt: skip
+
+    out = []
+    for step in range(steps + 1):
+        short, sentence, lengths, y, valid = matching_batch(world, 64, g)
+        model.train()
+        x = logits(short, sentence, lengths)
+        factor = (torch.sigmoid(x) - y).abs().pow(gamma).detach()
+        loss = (factor * torch.nn.functional.binary_cross_entropy_with_logits(x, y, reduction="none"))[valid].mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % report_every == 0:
+            model.eval()
+            with torch.no_grad():
+                short, sentence, lengths, y, _ = matching_batch(world, 512, g)
+                p = torch.sigmoid(logits(short, sentence, lengths))[:, -1]
+                acc = float(((p > 0.5).float() == y[:, -1]).float().mean())
+            out.append((step, float(loss.detach()), acc))
+            print(f"matching check (gamma {gamma:g}) step {step}: loss {out[-1][1]:.4f}  accuracy {acc:.3f}", flush=True)
+    return out
+
+
 @contextlib.contextmanager
 def long_memory_zeroed():
     """Probe ``no_long``: inside this context the test windows of ``TSGSVModule.stream_scores`` get a zeroed long
@@ -170,14 +279,16 @@ def long_memory_zeroed():
 
 def run_variant(
     name: str, root: Path, seed: int, epochs: int, device: torch.device, split: str = "test",
-    probes: tuple[str, ...] = (),
+    probes: tuple[str, ...] = (), eval_every: int = 0, focal_gamma: float = 3.0,
 ) -> dict[str, float]:
+    """Train one variant for ``epochs`` epochs and score it on ``split`` (plus ``probes``). With ``eval_every`` = k > 0
+    it is also scored (with the probes) after every k-th epoch; those scores are stored as ``epoch<e>/<metric>``."""
     torch.manual_seed(seed)
     cfg = TSGSVConfig(video_dim=32, text_dim=32, hidden_dim=64, ffn_dim=128, num_heads=4, dropout=0.1,
                       short_memory=8, long_memory=64, future_memory=64, gru_layers=1, gru_dropout=0.0,
                       num_decoder_layers=2, **{**VARIANTS, **DIAGNOSTIC_VARIANTS}[name])  # fmt: skip
     eval_cfg = GroundingEvalConfig(map_label_extension=0.0)
-    module = TSGSVModule(cfg, eval_cfg, lr=1e-3, kd_weight=0.2, eval_window_batch=1024)
+    module = TSGSVModule(cfg, eval_cfg, lr=1e-3, kd_weight=0.2, focal_gamma=focal_gamma, eval_window_batch=1024)
     if name == "oracle_memory":
         world = synthetic_prototypes(SyntheticStreamConfig(world_seed=1234 + seed))
         protos = torch.tensor(np.concatenate([world["onset"], world["activity"][None], world["background"][None]]))
@@ -187,6 +298,42 @@ def run_variant(
     opt = torch.optim.AdamW(module.parameters(), lr=1e-3, weight_decay=5e-4)
     steps = epochs * ((len(train) + 63) // 64)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps + epochs, pct_start=0.1)
+    test = TSGVEvalDataset(root, split, FILE)
+
+    def evaluate(probe: str | None = None) -> dict[str, float]:
+        metric = StreamingGroundingMetrics(eval_cfg)
+        for i in range(len(test)):
+            item = test[i]
+            if probe == "wrong_query":  # the next annotation's sentence: same video, another event and class
+                other = test[(i + 1) % len(test)]
+                item = {**item, "sentence": other["sentence"], "sentence_length": other["sentence_length"]}
+            with long_memory_zeroed() if probe == "no_long" else contextlib.nullcontext():
+                scores = module.stream_scores(item["video"].to(device), item["sentence"].to(device),
+                                              item["sentence_length"].to(device))  # fmt: skip
+            metric.update([scores.cpu()], [item["duration"]], [item["target"]], [item["num_frames"]])
+        return {k: float(v) for k, v in metric.compute().items()}
+
+    def score(epoch: int) -> dict[str, float]:
+        """The unprobed metrics and every probe, printed; the model is left in train mode."""
+        module.eval()
+        result = evaluate()
+        print(f"  seed {seed} {name} after epoch {epoch} ({split}): mcAP {result['mcAP']:.4f}  "
+              f"R@1,IoU=0.5 {result['R@1,IoU=0.5']:.4f}", flush=True)  # fmt: skip
+        for probe in probes:
+            if probe == "sentence_class":
+                acc = sentence_probe(module.model, train, test)
+                result.update({f"sentence_class/{k}": v for k, v in acc.items()})
+                print(f"  seed {seed} {name} probe sentence_class: nearest-centroid accuracy of q {acc['q']:.3f}, "
+                      f"of P_s(q)_sem {acc['P_s(q)_sem']:.3f} (chance 1/8)", flush=True)  # fmt: skip
+                continue
+            r = evaluate(probe)
+            result.update({f"{probe}/{k}": v for k, v in r.items()})
+            print(f"  seed {seed} {name} probe {probe}: mcAP {r['mcAP']:.4f}  R@1,IoU=0.5 {r['R@1,IoU=0.5']:.4f}"
+                  f"  (unprobed: {result['mcAP']:.4f}, {result['R@1,IoU=0.5']:.4f})", flush=True)  # fmt: skip
+        module.train()
+        return result
+
+    curve: dict[str, float] = {}
     use_future = cfg.future_usage == "twin"
     for epoch in range(epochs):
         module.train()
@@ -208,28 +355,10 @@ def run_variant(
             total, count = total + float(terms["loss_main"].detach()), count + 1
         print(f"  seed {seed} {name} epoch {epoch}: main-head train loss {total / max(count, 1):.4f}"
               + selection_stats(module.model, b), flush=True)  # fmt: skip
-    module.eval()
-    test = TSGVEvalDataset(root, split, FILE)
-
-    def evaluate(probe: str | None = None) -> dict[str, float]:
-        metric = StreamingGroundingMetrics(eval_cfg)
-        for i in range(len(test)):
-            item = test[i]
-            if probe == "wrong_query":  # the next annotation's sentence: same video, another event and class
-                other = test[(i + 1) % len(test)]
-                item = {**item, "sentence": other["sentence"], "sentence_length": other["sentence_length"]}
-            with long_memory_zeroed() if probe == "no_long" else contextlib.nullcontext():
-                scores = module.stream_scores(item["video"].to(device), item["sentence"].to(device),
-                                              item["sentence_length"].to(device))  # fmt: skip
-            metric.update([scores.cpu()], [item["duration"]], [item["target"]], [item["num_frames"]])
-        return {k: float(v) for k, v in metric.compute().items()}
-
-    result = evaluate()
-    for probe in probes:
-        r = evaluate(probe)
-        result.update({f"{probe}/{k}": v for k, v in r.items()})
-        print(f"  seed {seed} {name} probe {probe}: mcAP {r['mcAP']:.4f}  R@1,IoU=0.5 {r['R@1,IoU=0.5']:.4f}"
-              f"  (unprobed: {result['mcAP']:.4f}, {result['R@1,IoU=0.5']:.4f})", flush=True)  # fmt: skip
+        if eval_every and (epoch + 1) % eval_every == 0 and epoch + 1 < epochs:
+            curve.update({f"epoch{epoch + 1}/{k}": v for k, v in score(epoch + 1).items()})
+    result = score(epochs)
+    result.update(curve)
     return result
 
 
@@ -264,9 +393,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
     p.add_argument("--oracle", action="store_true",
                    help="no training: print what a window of W = 1, M_s, M_s + M_l frames can reveal (mcAP of an oracle)")
-    p.add_argument("--probes", nargs="*", default=[], choices=["no_long", "wrong_query"],
+    p.add_argument("--probes", nargs="*", default=[], choices=["no_long", "wrong_query", "sentence_class"],
                    help="also score each trained model with its long memory zeroed (no_long) and with the sentence of "
-                   "another annotation of the same video (wrong_query); printed and stored as '<probe>/<metric>'")
+                   "another annotation of the same video (wrong_query); printed and stored as '<probe>/<metric>'; "
+                   "sentence_class: nearest-class-centroid accuracy of the pooled query q and of P_s(q)_sem")
+    p.add_argument("--focal-gamma", type=float, default=3.0,
+                   help="diagnostic only: γ of the focal BCE (spec §3.8 and the default: 3; 0 = plain soft BCE)")
+    p.add_argument("--matching-check", type=int, default=0, metavar="STEPS",
+                   help="no repro: train the short-memory model STEPS steps on the isolated query-frame matching task "
+                   "(matching_check) with --focal-gamma, print loss and accuracy every 100 steps")
+    p.add_argument("--eval-every", type=int, default=0,
+                   help="also score (with the probes) after every k-th epoch; stored as 'epoch<e>/<metric>' in per_run")
     p.add_argument("--eval-split", default="test", choices=["test", "val"],
                    help="split the metrics are computed on; use val (10 videos, 30 annotations) for diagnostics")
     p.add_argument("--out", default=None,
@@ -274,11 +411,16 @@ def main(argv: list[str] | None = None) -> int:
                    "variants, seeds 0 1 2, 10 epochs, test split — else repro_results_partial.json)")
     args = p.parse_args(argv)
     default_run = (args.variants == list(VARIANTS) and args.seeds == [0, 1, 2] and args.epochs == 10
-                   and args.eval_split == "test")  # fmt: skip
+                   and args.eval_split == "test" and not args.probes and not args.eval_every
+                   and args.focal_gamma == 3.0)  # fmt: skip
     here = Path(__file__).parent
     out = Path(args.out) if args.out else here / ("repro_results.json" if default_run else "repro_results_partial.json")
     # results are rewritten after every run into <out>.running.json; <out> itself is written only when all runs ended
     running = out.with_name(out.stem + ".running.json")
+    if args.matching_check:
+        torch.set_num_threads(1)
+        matching_check(args.matching_check, args.focal_gamma)
+        return 0
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cpu":
         torch.set_num_threads(1)  # tiny models: one intra-op thread is fastest, and robust on shared machines
@@ -297,11 +439,14 @@ def main(argv: list[str] | None = None) -> int:
             "task": "spec §8c synthetic streaming grounding (mcAP with rho = 0)",
             "command": "python packages/tsgsv/repro.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "seeds": args.seeds, "seeds_done": seeds_done, "epochs": args.epochs, "eval_split": args.eval_split,
+            "focal_gamma": args.focal_gamma,
             "device": str(device),
             "seconds": round(time.time() - t0, 1), "complete": complete,
             "gate": "mcAP(full) >= mcAP(short_only) + 0.05 and R@1,IoU=0.5(full) > R@1,IoU=0.5(short_only)",
             "gate_passed": gate_passed(summary), "results": summary,
         }  # fmt: skip
+        if args.probes or args.eval_every:
+            result["per_run"] = {v: dict(zip(seeds_done[v], rs, strict=True)) for v, rs in runs.items()}
         (out if complete else running).write_text(json.dumps(result, indent=1))
         if complete:
             running.unlink(missing_ok=True)
@@ -321,7 +466,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"seed {seed} {args.eval_split}: " + json.dumps(window_oracle(roots[seed], args.eval_split, [1, 8, 72])))
             return 0
         for seed, v in order:
-            r = run_variant(v, roots[seed], seed, args.epochs, device, args.eval_split, tuple(args.probes))
+            r = run_variant(v, roots[seed], seed, args.epochs, device, args.eval_split, tuple(args.probes),
+                            args.eval_every, args.focal_gamma)  # fmt: skip
             runs[v].append(r)
             seeds_done[v].append(seed)
             print(f"seed {seed} {v:13s} mcAP {r['mcAP']:.4f}  R@1,IoU=0.5 {r['R@1,IoU=0.5']:.4f}  "
