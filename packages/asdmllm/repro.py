@@ -7,7 +7,9 @@
    * biased pre-training set: digit k shown with hue ``RACES[k mod 2]`` in 90 % of images, glyph degraded (noise
      σ=0.6, erasing) — the stereotype;
    * counterfactual debias set: clean digits rendered under every hue × border (balanced);
-   * held-out counterfactual validation set (premise checks, diagnostics) and test set (the gate).
+   * held-out counterfactual validation set (premise checks, diagnostics) and test set (the gate). The test set
+     renders every digit instance of its range once (``--test-set every_test_instance``, since round 6; before, 40 sets
+     per occupation drew their glyphs with replacement, ≈ 26 distinct glyphs per occupation: ``--test-set sampled``).
    Glyphs are centred (``jitter=False``): with a random offset per set the tiny 16-token ViT does not learn the digits
    in a CPU budget (concept accuracy stays at chance even on balanced data), so the §8c premise cannot be met.
 2. Pre-train the tiny LLaVA (concept_qa answers, vision tower trainable): first on the general set (it learns the
@@ -26,6 +28,9 @@
    Diagnostics per run: accuracy on stereotyped-hue vs other-hue images, the share of errors that name an occupation
    whose stereotyped hue is the image's hue (with its chance level), the stereotype rate in the top 25 %, and the
    paired win rate (share of same-glyph, same-border pairs whose stereotyped-hue render scores higher; 50 = no bias).
+   Noise (not gated): per seed a paired bootstrap of ASD − FT over the test images (digit instances resampled within
+   each occupation; evaluation sampling only) beside the between-seed spread; ``--pool FILE ...`` pools the per-seed
+   differences of several result files (mean and 95 % t-interval).
 
 Run: ``uv run --no-sync python packages/asdmllm/repro.py`` (``--quick`` for a smoke run; ``--eval-split val`` scores
 on the validation split, gates nothing and writes nothing). Exit 1 when the gate fails, exit 2 when the premise is
@@ -36,17 +41,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from asdmllm.data import SocialCounterfactualsDataset, collate, make_socialcounterfactuals
-from asdmllm.metrics import SkewMetric, per_sample_skew
+from asdmllm.data import SocialCounterfactualsDataset, _glyphs, collate, make_socialcounterfactuals
+from asdmllm.metrics import SkewMetric, max_min_skew, per_sample_skew, skew_table
 from asdmllm.models import MLLMConfig
 from asdmllm.module import ASDModule, DebiasConfig, SkewConfig
 from asdmllm.sampling import ResampledEpochSampler, bias_aware_resample
@@ -65,7 +72,37 @@ VARIANTS = {  # name → (resample, sfloss)
 }
 
 
-def build_data(root: Path, seed: int, quick: bool, names=("debias", "val", "test"), eval_sets: int = 40):
+# counterfactual splits per test-set protocol: split → (seed offset, digit-instance fraction, every instance once?).
+# * "sampled" (up to round 5): the debias set draws 10 sets per occupation from 50–75 %, the test set draws
+#   ``eval_sets`` sets per occupation with replacement from 75–100 % (≈ 26 distinct glyphs per occupation for 40 sets).
+# * "every_test_instance" (default since round 6): the same debias set (identical training), the test set renders every
+#   instance of 75–100 % once (45–46 glyphs per occupation, none repeated): only the evaluation changes.
+# * "every_instance" (round 6, first try; not the default because it also changes the training data): the debias set
+#   draws from 50–60 %, the test set renders every instance of 60–100 % once (71–74 per occupation).
+# The validation split is the same in all three.
+CF_SPLITS = {
+    "sampled": {"debias": (1, (0.5, 0.75), False), "val": (3, (0.4, 0.5), False), "test": (2, (0.75, 1.0), False)},
+    "every_test_instance": {
+        "debias": (1, (0.5, 0.75), False),
+        "val": (3, (0.4, 0.5), False),
+        "test": (2, (0.75, 1.0), True),
+    },
+    "every_instance": {
+        "debias": (1, (0.5, 0.6), False),
+        "val": (3, (0.4, 0.5), False),
+        "test": (2, (0.6, 1.0), True),
+    },
+}
+
+
+def build_data(
+    root: Path,
+    seed: int,
+    quick: bool,
+    names=("debias", "val", "test"),
+    eval_sets: int = 40,
+    test_set: str = "every_test_instance",
+):
     n_bias, n_cf = (60, 6) if quick else (160, 10)
     n_eval = n_cf if quick else eval_sets
     if "general" in names:  # instances of the biased set's, balanced hues: teaches the digits, not the hue
@@ -97,18 +134,24 @@ def build_data(root: Path, seed: int, quick: bool, names=("debias", "val", "test
             erase=True,
             jitter=False,
         )
-    if "debias" in names:
-        make_socialcounterfactuals(
-            root / "debias", OCCUPATIONS, RACES, GENDERS, n_cf, 32, seed + 1, "digits", (0.5, 0.75), jitter=False
-        )
-    if "val" in names:  # digit instances of none of the other sets: premise checks and diagnostics
-        make_socialcounterfactuals(
-            root / "val", OCCUPATIONS, RACES, GENDERS, n_eval, 32, seed + 3, "digits", (0.4, 0.5), jitter=False
-        )
-    if "test" in names:
-        make_socialcounterfactuals(
-            root / "test", OCCUPATIONS, RACES, GENDERS, n_eval, 32, seed + 2, "digits", (0.75, 1.0), jitter=False
-        )
+    # val: digit instances of none of the other sets (premise checks and diagnostics); test: the gate
+    for name in ("debias", "val", "test"):
+        if name in names:
+            offset, fraction, each_once = CF_SPLITS[test_set][name]
+            n = n_cf if name == "debias" else (10**6 if each_once and not quick else n_eval)  # each once: the pool
+            make_socialcounterfactuals(
+                root / name,
+                OCCUPATIONS,
+                RACES,
+                GENDERS,
+                n,
+                32,
+                seed + offset,
+                "digits",
+                fraction,
+                jitter=False,
+                each_instance_once=each_once,
+            )
     out = {}
     for name in names:
         ds = SocialCounterfactualsDataset(root / name, "all", image_size=32, questions=QUESTIONS)
@@ -132,8 +175,14 @@ def take_steps(loader: DataLoader, sampler: ResampledEpochSampler, steps: int):
     if len(loader) == 0:
         raise ValueError("take_steps: the loader yields no batch")
     done, passes, epoch = 0, 0, sampler.epoch
+    listed = sampler.indices  # the resampled list, if one is installed
     while done < steps:
         sampler.set_epoch(epoch + 100_000 * passes)
+        if listed is not None and sampler.fixed_length:
+            # continue through the resampled list where the last pass stopped (each pass serves ``num_samples`` of its
+            # cyclic repetition); before this fix every pass restarted at the list's head, so a run longer than one
+            # pass (the large-budget control) only ever saw the first ``num_samples`` entries of a longer list
+            sampler.set_indices(listed.roll(-((passes * sampler.num_samples) % listed.numel())))
         for batch in loader:
             yield batch
             done += 1
@@ -141,12 +190,18 @@ def take_steps(loader: DataLoader, sampler: ResampledEpochSampler, steps: int):
                 break
         passes += 1
     sampler.set_epoch(epoch)
+    if listed is not None:
+        sampler.set_indices(listed)
 
 
 def train(
     module: ASDModule, data, epochs: int, steps: int, lr: float, seed: int, batch_size: int = 16, trace: bool = False
-) -> None:
-    """``epochs`` × ``steps`` AdamW steps; ASD's Skew refresh + resampling at each epoch start (as ASDModule does)."""
+) -> dict[str, int]:
+    """``epochs`` × ``steps`` AdamW steps; ASD's Skew refresh + resampling at each epoch start (as ASDModule does).
+
+    Returns the budget actually spent: optimizer ``steps`` and training ``samples`` (the same for every variant: the
+    resampled list changes an epoch's composition, not its length), and ``listed``, the summed length of the
+    resampled lists (the nominal epoch length for plain shuffling)."""
     ds, items = data
     info = ds.info("train")
     params = [p for p in module.parameters() if p.requires_grad]
@@ -154,6 +209,7 @@ def train(
     sampler = ResampledEpochSampler(len(items), seed, fixed_length=True)  # equal step budget for every variant
     probe = DataLoader(items, batch_size=64, collate_fn=collate)
     debias = module.debias
+    budget = {"steps": 0, "samples": 0, "listed": 0}
     for epoch in range(epochs):
         sample_skew = None
         if debias.use_resample or debias.use_sfloss:  # §3.3 refresh with the current model
@@ -174,6 +230,7 @@ def train(
                     sample_skew, debias.tau1, debias.tau2, torch.Generator().manual_seed(seed + 1000 * epoch)
                 )
             )
+        budget["listed"] += len(items) if sampler.indices is None else sampler.indices.numel()
         loader = DataLoader(items, batch_size=batch_size, sampler=sampler, collate_fn=collate, drop_last=True)
         module.train()
         for batch in take_steps(loader, sampler, steps):
@@ -188,6 +245,9 @@ def train(
             opt.zero_grad()
             loss.backward()
             opt.step()
+            budget["steps"] += 1
+            budget["samples"] += len(batch["index"])
+    return budget
 
 
 def stereotyped_race_ids(info) -> torch.Tensor:
@@ -201,8 +261,29 @@ def stereotyped_race_ids(info) -> torch.Tensor:
     return torch.tensor([races.index(RACES[OCCUPATIONS.index(c) % len(RACES)]) for c in info.concepts])
 
 
+def counterfactual_instances(
+    n_sets: int, seed: int, fraction: tuple[float, float], each_once: bool = False
+) -> dict[str, int]:
+    """Set id → the digit instance its glyph was drawn from (occupation k's j-th instance → ``1000·k + j``).
+
+    Replays :func:`make_socialcounterfactuals`' draws for balanced, centred, clean sets (per set: the instance, then
+    the pixel noise); ``tests/test_repro.py`` checks the replay against the generated images. Drawn with replacement
+    (``each_once=False``), a split of ``n_sets`` sets per occupation holds fewer distinct glyphs than sets."""
+    rng = np.random.default_rng(seed)
+    pools = _glyphs("digits", len(OCCUPATIONS), fraction)
+    out = {}
+    for k, occupation in enumerate(OCCUPATIONS):
+        for s in range(min(n_sets, len(pools[k])) if each_once else n_sets):
+            j = s if each_once else int(rng.integers(len(pools[k])))
+            rng.normal(0, 6, (32, 32, 3))  # the set's pixel noise
+            out[f"a_photo_of_race_gender_{occupation}_{s}"] = 1000 * k + j
+    return out
+
+
 @torch.no_grad()
-def evaluate(module: ASDModule, data) -> dict[str, float]:
+def evaluate(module: ASDModule, data, keep: dict | None = None) -> dict[str, float]:
+    """Scores one split; ``keep`` (optional) receives the per-image tensors (``own`` score, ``pred``, ``concept``,
+    ``race``) and ``sets`` (set id of each image), in the split's row order, for the paired bootstrap."""
     ds, items = data
     info = ds.info("test")
     module.eval()
@@ -263,6 +344,121 @@ def evaluate(module: ASDModule, data) -> dict[str, float]:
         top = pool[own[pool].topk(k).indices]
         rates.append(float(stereo[top].float().mean()))
     out["stereotype_rate_top25"] = 100.0 * statistics.mean(rates)  # 50 = no bias, 100 = full stereotype
+    if keep is not None:
+        keep.update(
+            own=own, pred=pred, concept=concept, race=hue, sets=[ds._sets[int(item["index"])] for item in items]
+        )
+    return out
+
+
+def race_skew_and_acc(kept: dict, rows: torch.Tensor, group_ids: list[int], sc: SkewConfig) -> dict[str, float]:
+    """Race MaxSkew / MinSkew and concept accuracy of the images ``rows`` (repeats allowed) of one ``evaluate``'s
+    ``keep``, computed as :class:`SkewMetric` computes them (own-concept pools, K = ``sc.topk`` of each pool)."""
+    own, concept = kept["own"][rows], kept["concept"][rows]
+    scores = torch.full((rows.numel(), len(group_ids)), float("nan"))
+    scores[torch.arange(rows.numel()), concept] = own
+    table = skew_table(
+        scores,
+        kept["race"][rows].unsqueeze(1),
+        concept,
+        [len(RACES)],
+        group_ids,
+        sc.mode,
+        sc.topk,
+        sc.zero_count,
+        sc.alpha,
+        sc.clip,
+    )
+    max_skew, min_skew = max_min_skew(table)
+    acc = 100.0 * float((kept["pred"][rows] == concept).float().mean())
+    return {"race/min_skew": float(min_skew[0]), "race/max_skew": float(max_skew[0]), "concept_acc": acc}
+
+
+def paired_bootstrap(
+    ref: dict, new: dict, clusters: list[int], group_ids: list[int], sc: SkewConfig, n_boot: int, seed: int
+) -> dict[str, dict[str, float]]:
+    """Paired bootstrap over the test images of ``new − ref`` (e.g. ASD − FT, both scored on the same images).
+
+    The resampling unit is the digit instance (``clusters``, one id per image: the 4 renders of a set share a glyph,
+    and sets drawn from the same instance share it too), drawn with replacement within each occupation so that every
+    pool keeps its concept; both variants see the same draw. → per statistic the observed difference, the bootstrap
+    standard deviation and the 95 % percentile interval (evaluation-sampling noise only: the trained models are fixed).
+    """
+    gen = torch.Generator().manual_seed(seed)
+    concept = ref["concept"]
+    ids = torch.tensor(clusters)
+    strata = []  # per concept: the image rows of each of its clusters
+    for c in concept.unique().tolist():
+        rows = (concept == c).nonzero().squeeze(1)
+        strata.append([rows[ids[rows] == u] for u in ids[rows].unique().tolist()])
+    everything = torch.arange(concept.numel())
+    observed = {
+        k: v - race_skew_and_acc(ref, everything, group_ids, sc)[k]
+        for k, v in race_skew_and_acc(new, everything, group_ids, sc).items()
+    }
+    draws: dict[str, list[float]] = {k: [] for k in observed}
+    for _ in range(n_boot):
+        rows = torch.cat(
+            [members[int(p)] for members in strata for p in torch.randint(len(members), (len(members),), generator=gen)]
+        )
+        a, b = race_skew_and_acc(ref, rows, group_ids, sc), race_skew_and_acc(new, rows, group_ids, sc)
+        for k in draws:
+            draws[k].append(b[k] - a[k])
+    out = {}
+    for k, values in draws.items():
+        v = torch.tensor(values)
+        out[k] = {
+            "observed": observed[k],
+            "std": float(v.std()),
+            "ci95": [float(v.quantile(0.025)), float(v.quantile(0.975))],
+        }
+    return out
+
+
+def noise_summary(per_seed: dict[str, list[dict]], boot: dict[int, dict], images: dict[int, dict]) -> dict:
+    """ASD − FT per seed, its spread between seeds (training randomness + the seed's data draws + evaluation
+    sampling) and within a seed (the paired bootstrap: evaluation sampling alone), and the standard error of the
+    seed mean the gate compares."""
+    out: dict = {"scored_images_per_seed": {str(k): v for k, v in images.items()}, "asd_minus_ft": {}}
+    for k in ("concept_acc", "race/min_skew", "race/max_skew"):
+        diffs = [a[k] - f[k] for a, f in zip(per_seed["ASD"], per_seed["FT"])]
+        between = statistics.stdev(diffs) if len(diffs) > 1 else float("nan")
+        within = math.sqrt(statistics.mean(b[k]["std"] ** 2 for b in boot.values()))
+        out["asd_minus_ft"][k] = {
+            "per_seed": diffs,
+            "per_seed_ci95": [boot[seed][k]["ci95"] for seed in boot],
+            "mean": statistics.mean(diffs),
+            "between_seed_std": between,
+            "within_seed_std": within,
+            "std_of_seed_mean": between / math.sqrt(len(diffs)),
+        }
+    return out
+
+
+def pool_results(paths: list[str]) -> dict[str, dict[str, float]]:
+    """ASD − FT per seed pooled over result files (seeds must not repeat): mean, std, standard error and the 95 %
+    t-interval of the mean, per gated statistic. The files' protocols should agree (see their ``settings``)."""
+    from scipy.stats import t as student_t
+
+    diffs: dict[str, list[float]] = {"concept_acc": [], "race/min_skew": [], "race/max_skew": []}
+    seeds: list[int] = []
+    for path in paths:
+        result = json.loads(Path(path).read_text())
+        if set(seeds) & set(result["seeds"]):
+            raise ValueError(f"--pool: {path} repeats seeds {sorted(set(seeds) & set(result['seeds']))}")
+        seeds += result["seeds"]
+        for ft, asd in zip(result["per_seed"]["FT"], result["per_seed"]["ASD"]):
+            for k in diffs:
+                diffs[k].append(asd[k] - ft[k])
+    out = {}
+    for k, values in diffs.items():
+        mean, std = statistics.mean(values), statistics.stdev(values)
+        half = float(student_t.ppf(0.975, len(values) - 1)) * std / math.sqrt(len(values))
+        out[k] = {"seeds": len(values), "mean": mean, "std": std, "ci95": [mean - half, mean + half]}
+        print(
+            f"ASD − FT {k} over seeds {seeds}: mean {mean:+.3f}, std {std:.3f}, 95 % CI of the mean "
+            f"[{mean - half:+.3f}, {mean + half:+.3f}]; per seed {', '.join(f'{v:+.2f}' for v in values)}"
+        )
     return out
 
 
@@ -306,14 +502,52 @@ def main() -> int:
         default="test",
         help="split the debias variants are scored on; 'val' (diagnostics, iterating) writes nothing and gates nothing",
     )
-    parser.add_argument("--eval-sets", type=int, default=40, help="counterfactual sets per occupation in val / test")
+    parser.add_argument(
+        "--eval-sets",
+        type=int,
+        default=40,
+        help="counterfactual sets per occupation in val (and in test with --test-set sampled)",
+    )
+    parser.add_argument(
+        "--test-set",
+        choices=list(CF_SPLITS),
+        default="every_test_instance",
+        help="every_test_instance (default since round 6): the test set renders every digit instance of 75-100 %% "
+        "once; sampled (rounds <= 5): --eval-sets sets per occupation drawn with replacement from 75-100 %%; "
+        "every_instance: debias from 50-60 %% instead of 50-75 %%, test every instance of 60-100 %% once",
+    )
     parser.add_argument("--trace", action="store_true", help="print the training Skew at every refresh")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument(
         "--pretrained-cache", default=None, help="diagnostics: load the pre-trained state from / save it to this file"
     )
+    parser.add_argument(
+        "--bootstrap",
+        type=int,
+        default=1000,
+        help="paired bootstrap draws over the scored images for ASD − FT per seed (0 = off; not gated)",
+    )
+    parser.add_argument(
+        "--dump", default=None, help="save the per-image scores / predictions of every run (torch.save)"
+    )
+    parser.add_argument(
+        "--bootstrap-unit",
+        choices=["instance", "set", "image"],
+        default="instance",
+        help="what the paired bootstrap resamples: digit instances (default; renders of one glyph are correlated), "
+        "counterfactual sets or single images (both understate the evaluation noise)",
+    )
+    parser.add_argument(
+        "--pool",
+        nargs="+",
+        default=None,
+        help="no training: pool ASD − FT per seed over these result files and print mean and 95 %% CI",
+    )
     parser.add_argument("--out", default=str(Path(__file__).with_name("repro_results.json")))
     args = parser.parse_args()
+    if args.pool:
+        pool_results(args.pool)
+        return 0
     diagnostic = args.quick or args.eval_split == "val" or set(args.variants) != set(VARIANTS)
     if args.quick:
         args.general_steps, args.pretrain_steps, args.epochs, args.steps, args.seeds = 20, 20, 2, 2, args.seeds[:2]
@@ -324,7 +558,9 @@ def main() -> int:
     # one pre-training (seed 0) shared by all seeds, to fit the CPU budget; the seeds vary the debias/val/test data, the
     # sampling and the resampling draws. The vision tower is trained here (the tiny model's "CLIP pre-training").
     with tempfile.TemporaryDirectory() as tmp:
-        pre = build_data(Path(tmp), 0, args.quick, ("general", "biased", "val"), eval_sets=args.eval_sets)
+        pre = build_data(
+            Path(tmp), 0, args.quick, ("general", "biased", "val"), eval_sets=args.eval_sets, test_set=args.test_set
+        )
     base = make_module(False, False, 0, trainable=("vision", "projector", "llm"))
     cache = Path(args.pretrained_cache) if args.pretrained_cache else None
     if cache is not None and cache.exists():
@@ -357,9 +593,12 @@ def main() -> int:
         )
         return 2
     control: dict[str, dict[str, float]] = {}
+    boot: dict[int, dict] = {}  # seed → paired bootstrap of ASD − FT
+    images: dict[int, dict[str, int]] = {}  # seed → scored images, counterfactual sets, distinct digit instances
+    dumps: dict[int, dict] = {}
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            data = build_data(Path(tmp), seed, args.quick, eval_sets=args.eval_sets)
+            data = build_data(Path(tmp), seed, args.quick, eval_sets=args.eval_sets, test_set=args.test_set)
         if args.control_steps and seed == args.seeds[0]:
             # spec §8c control: with a large budget every variant converges (the claim is about small budgets)
             for name in args.variants:
@@ -368,13 +607,44 @@ def main() -> int:
                 train(module, data["debias"], args.epochs, args.control_steps, args.lr, seed)
                 control[name] = evaluate(module, data[args.eval_split])
                 print(f"  control (seed {seed}) {name} on {args.eval_split}: {_fmt(control[name])}", flush=True)
-        per_seed["pretrained"].append(evaluate(base, data[args.eval_split]))
+        kept: dict[str, dict] = {"pretrained": {}}
+        per_seed["pretrained"].append(evaluate(base, data[args.eval_split], kept["pretrained"]))
         for name in args.variants:
             module = make_module(*VARIANTS[name], seed)
             module.load_state_dict(state)
-            train(module, data["debias"], args.epochs, args.steps, args.lr, seed, trace=args.trace)
-            per_seed[name].append(evaluate(module, data[args.eval_split]))
-            print(f"  seed {seed} {name} on {args.eval_split}: {_fmt(per_seed[name][-1])}", flush=True)
+            budget = train(module, data["debias"], args.epochs, args.steps, args.lr, seed, trace=args.trace)
+            kept[name] = {}
+            per_seed[name].append(evaluate(module, data[args.eval_split], kept[name]) | budget)
+            print(f"  seed {seed} {name} on {args.eval_split}: {_fmt(per_seed[name][-1])}, budget {budget}", flush=True)
+        offset, fraction, each_once = CF_SPLITS[args.test_set][args.eval_split]
+        n_sets = 10**6 if each_once else len(set(kept["pretrained"]["sets"])) // len(OCCUPATIONS)
+        instance_of = counterfactual_instances(n_sets, seed + offset, fraction, each_once)
+        clusters = {  # the bootstrap's resampling unit (instance: the honest one; set / image ignore shared glyphs)
+            "instance": [instance_of[s] for s in kept["pretrained"]["sets"]],
+            "set": [sorted(instance_of).index(s) for s in kept["pretrained"]["sets"]],
+            "image": list(range(len(kept["pretrained"]["sets"]))),
+        }[args.bootstrap_unit]
+        images[seed] = {
+            "images": len(clusters),
+            "sets": len(set(kept["pretrained"]["sets"])),
+            "instances": len({instance_of[s] for s in kept["pretrained"]["sets"]}),
+        }
+        if args.bootstrap and {"FT", "ASD"} <= set(args.variants):
+            group_ids = data[args.eval_split][0].info("test").group_ids
+            sc = make_module(False, False, seed).skew_config
+            boot[seed] = paired_bootstrap(kept["FT"], kept["ASD"], clusters, group_ids, sc, args.bootstrap, seed)
+            for k, b in boot[seed].items():  # the helper reproduces evaluate()'s numbers
+                assert abs(b["observed"] - (per_seed["ASD"][-1][k] - per_seed["FT"][-1][k])) < 1e-4, k
+            print(
+                f"  seed {seed} ASD − FT, paired bootstrap over {images[seed]}: "
+                + ", ".join(
+                    f"{k} {b['observed']:+.3f} [{b['ci95'][0]:+.3f}, {b['ci95'][1]:+.3f}]"
+                    for k, b in boot[seed].items()
+                ),
+                flush=True,
+            )
+        if args.dump:
+            dumps[seed] = {name: {k: v for k, v in d.items()} | {"clusters": clusters} for name, d in kept.items()}
         print(
             f"seed {seed} done ({time.time() - start:.0f}s): "
             + ", ".join(
@@ -406,6 +676,16 @@ def main() -> int:
             f"acc {s['concept_acc']['mean']:.1f}±{s['concept_acc']['std']:.1f}  "
             f"stereotype rate {s['stereotype_rate_top25']['mean']:.1f}  paired win rate {s['paired_stereotype_win_rate']['mean']:.1f}"
         )
+    noise = noise_summary(per_seed, boot, images) if boot else {}
+    for k, v in noise.get("asd_minus_ft", {}).items():
+        print(
+            f"ASD − FT {k}: per seed {', '.join(f'{d:+.3f}' for d in v['per_seed'])}; between-seed std "
+            f"{v['between_seed_std']:.3f}, within-seed (bootstrap) std {v['within_seed_std']:.3f}, "
+            f"std of the {len(args.seeds)}-seed mean {v['std_of_seed_mean']:.3f}",
+            flush=True,
+        )
+    if args.dump:
+        torch.save(dumps, args.dump)
     if diagnostic:  # validation split, a subset of the variants or --quick: no gate, nothing written
         print(f"diagnostic run on the {args.eval_split} split ({time.time() - start:.0f}s): no gate")
         return 0
@@ -431,8 +711,15 @@ def main() -> int:
             "pretraining": "general (balanced clean digits, AdamW general_lr) then biased (90% hue, σ=0.6 + erasing, "
             "AdamW pretrain_lr); vision trainable; glyphs centred (jitter=False)",
             "debias": f"vision frozen, epoch_length nominal, batch 16, AdamW {args.lr}",
-            "data": "digit instances: pre-training 0-40 %, val 40-50 %, debias 50-75 %, test 75-100 %; "
-            f"debias 10 sets per occupation, val/test {args.eval_sets}",
+            "data": "digit instances: pre-training 0-40 %, val 40-50 %, "
+            + {
+                "every_instance": "debias 50-60 %, test 60-100 %; debias 10 sets per occupation (drawn with "
+                f"replacement), val {args.eval_sets}, test every instance once",
+                "every_test_instance": "debias 50-75 %, test 75-100 %; debias 10 sets per occupation (drawn with "
+                f"replacement), val {args.eval_sets}, test every instance once",
+                "sampled": "debias 50-75 %, test 75-100 %; debias 10 sets per occupation, "
+                f"val/test {args.eval_sets} (drawn with replacement)",
+            }[args.test_set],
         },
         "seeds": args.seeds,
         "premise (validation set of seed 0, before debiasing)": {
@@ -445,6 +732,7 @@ def main() -> int:
         "gate": gate,
         "components_between_ft_and_asd_on_min_skew (not gated)": between,
         "control_large_budget (first seed, not gated)": control,
+        "noise (ASD − FT per seed with a paired bootstrap over the scored images; not gated)": noise,
         "paired_stereotype_win_rate_below_ft (not gated; 50 = no bias)": {
             name: summary[name]["paired_stereotype_win_rate"]["mean"] < ft["paired_stereotype_win_rate"]["mean"]
             for name in ("resample_only", "sfloss_only", "ASD")

@@ -515,6 +515,7 @@ def make_socialcounterfactuals(
     erase: bool = False,
     jitter: bool = True,
     every_split: bool = False,
+    each_instance_once: bool = False,
 ) -> Path:
     """Write a SocialCounterfactuals-format shard ``root/data/train-00000-of-00001.parquet`` (spec §8b).
 
@@ -523,7 +524,9 @@ def make_socialcounterfactuals(
     ``p`` (else another race), random gender — the stereotype of the repro experiment (spec §8c). ``glyph_noise``
     (σ, in glyph units) and ``erase`` degrade the glyph so the hue becomes a shortcut. ``jitter=False`` centres the
     glyph instead of placing it at a random offset per set. ``every_split`` numbers the sets so that each occupation
-    has sets in train, val and test (see :func:`_set_numbers`).
+    has sets in train, val and test (see :func:`_set_numbers`). Each set's glyph instance is drawn at random (with
+    replacement) from the occupation's pool; ``each_instance_once`` instead renders set ``j`` from the pool's ``j``-th
+    instance, so no glyph repeats (``n_sets`` is then capped at the pool size: a large ``n_sets`` uses every instance).
     """
     import datasets
 
@@ -532,9 +535,10 @@ def make_socialcounterfactuals(
     columns: dict[str, list] = {c: [] for c in SCOUNTER_COLUMNS}
     for k, occupation in enumerate(occupations):
         set_prefix = f"a_photo_of_race_gender_{occupation.replace(' ', '_')}_"
-        for s in _set_numbers(set_prefix, n_sets, every_split):
-            pool = glyphs[k]
-            glyph = pool[int(rng.integers(len(pool)))].copy()
+        pool = glyphs[k]
+        count = min(n_sets, len(pool)) if each_instance_once else n_sets
+        for j, s in enumerate(_set_numbers(set_prefix, count, every_split)):
+            glyph = pool[j if each_instance_once else int(rng.integers(len(pool)))].copy()
             if glyph_noise > 0:
                 glyph = np.clip(glyph + rng.normal(0, glyph_noise, glyph.shape), 0, 1).astype(np.float32)
             if erase:
