@@ -54,8 +54,16 @@ def main() -> None:
                             impl(t, tm, v, vm)
 
                 rec = measure(step, items_per_call=bt * bv, device=device, warmup=2, iters=5)
-                emit({"bench": "ops.token_max_sim", "case": f"{name}_{impl_name}", "dtype": str(dtype).split(".")[-1],
-                      "batch": f"{bt}x{bv}", "shape": [bt, lt, bv, lv, d], **rec})
+                emit(
+                    {
+                        "bench": "ops.token_max_sim",
+                        "case": f"{name}_{impl_name}",
+                        "dtype": str(dtype).split(".")[-1],
+                        "batch": f"{bt}x{bv}",
+                        "shape": [bt, lt, bv, lv, d],
+                        **rec,
+                    }
+                )
 
 
 if __name__ == "__main__":

@@ -35,11 +35,25 @@ def _vocab_dir(tmp: str) -> str:
 
 def _config(paper: bool, tmp: str) -> tuple[RTQConfig, int, int]:
     if paper:
-        cfg = RTQConfig(task="retrieval", vision=VisionConfig(grad_checkpoint_last=4),
-                        text=TextConfig(vocab_path=_vocab_dir(tmp)), queue_size=14400)
+        cfg = RTQConfig(
+            task="retrieval",
+            vision=VisionConfig(grad_checkpoint_last=4),
+            text=TextConfig(vocab_path=_vocab_dir(tmp)),
+            queue_size=14400,
+        )
         return cfg, 8, 224
-    vision = VisionConfig(image_size=32, patch_size=8, hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128,
-                          num_frames=4, num_segments=2, cluster_block=2, temporal_block=3)
+    vision = VisionConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=64,
+        num_layers=4,
+        num_heads=4,
+        mlp_dim=128,
+        num_frames=4,
+        num_segments=2,
+        cluster_block=2,
+        temporal_block=3,
+    )
     text = TextConfig(vocab_path="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
     return RTQConfig(task="retrieval", vision=vision, text=text, embed_dim=32, queue_size=64, max_text_len=16), 8, 32
 
@@ -57,9 +71,11 @@ def main() -> None:
         module.log = lambda *args, **kw: None
         opt = torch.optim.AdamW([q for q in module.parameters() if q.requires_grad], lr=1e-5)
         t = cfg.vision.num_frames
-        batch = {"video": torch.randn(b, t, 3, px, px, device=device),
-                 "caption": ["a man is cooking a large pizza in a kitchen"] * b,
-                 "video_index": torch.arange(b, device=device)}
+        batch = {
+            "video": torch.randn(b, t, 3, px, px, device=device),
+            "caption": ["a man is cooking a large pizza in a kitchen"] * b,
+            "video_index": torch.arange(b, device=device),
+        }
         amp = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=paper)
 
         def train_step():
@@ -69,27 +85,55 @@ def main() -> None:
             loss.backward()
             opt.step()
 
-        emit({"bench": "rtqvl", "case": f"retrieval_train_step_{size}", "batch": b,
-              **measure(train_step, b, device, warmup=2, iters=5 if paper else 3)})
+        emit(
+            {
+                "bench": "rtqvl",
+                "case": f"retrieval_train_step_{size}",
+                "batch": b,
+                **measure(train_step, b, device, warmup=2, iters=5 if paper else 3),
+            }
+        )
 
         def encode():
             with torch.no_grad(), amp:
                 module.model.encode_video(batch["video"])
 
         module.eval()
-        emit({"bench": "rtqvl", "case": f"video_encode_{size}", "batch": b,
-              **measure(encode, b, device, warmup=2, iters=5 if paper else 3)})
+        emit(
+            {
+                "bench": "rtqvl",
+                "case": f"video_encode_{size}",
+                "batch": b,
+                **measure(encode, b, device, warmup=2, iters=5 if paper else 3),
+            }
+        )
         # Refine alone: B·T' segments of N = d·P tokens → C medoids
-        s, n, d = (b * cfg.vision.num_segments, cfg.vision.frames_per_segment * cfg.vision.num_patches,
-                   cfg.vision.hidden_size)
+        s, n, d = (
+            b * cfg.vision.num_segments,
+            cfg.vision.frames_per_segment * cfg.vision.num_patches,
+            cfg.vision.hidden_size,
+        )
         z = torch.randn(s, n, d, device=device)
         c = cfg.vision.num_patches
-        emit({"bench": "rtqvl", "case": f"kmedoids_torch_{size}", "batch": s,
-              **measure(lambda: kmedoids(z, c), s, device, warmup=1, iters=5 if paper else 3)})
+        emit(
+            {
+                "bench": "rtqvl",
+                "case": f"kmedoids_torch_{size}",
+                "batch": s,
+                **measure(lambda: kmedoids(z, c), s, device, warmup=1, iters=5 if paper else 3),
+            }
+        )
         if device.type == "cuda" and HAS_TRITON:  # the Triton kernels need CUDA (the CPU interpreter is for tests)
             same = bool(torch.equal(kmedoids_triton(z, c), kmedoids(z, c)))
-            emit({"bench": "rtqvl", "case": f"kmedoids_triton_{size}", "batch": s, "same_medoids_as_torch": same,
-                  **measure(lambda: kmedoids_triton(z, c), s, device, warmup=1, iters=5)})
+            emit(
+                {
+                    "bench": "rtqvl",
+                    "case": f"kmedoids_triton_{size}",
+                    "batch": s,
+                    "same_medoids_as_torch": same,
+                    **measure(lambda: kmedoids_triton(z, c), s, device, warmup=1, iters=5),
+                }
+            )
 
 
 if __name__ == "__main__":

@@ -26,20 +26,32 @@ def random_batch(images: int, objects: int, pairs: int, cfg: SHAGCLConfig, devic
     n = images * objects
     xy = torch.rand(n, 2, device=device) * 400
     wh = torch.rand(n, 2, device=device) * 150 + 10
-    local = torch.stack([torch.randint(0, objects, (images * pairs,), device=device),
-                         torch.randint(0, objects, (images * pairs,), device=device)], -1)
+    local = torch.stack(
+        [
+            torch.randint(0, objects, (images * pairs,), device=device),
+            torch.randint(0, objects, (images * pairs,), device=device),
+        ],
+        -1,
+    )
     local[:, 1] = torch.where(local[:, 0] == local[:, 1], (local[:, 1] + 1) % objects, local[:, 1])
     offset = torch.arange(images, device=device).repeat_interleave(pairs)[:, None] * objects
     c, r = cfg.roi_channels, cfg.roi_resolution
-    return {"obj_pooled": torch.randn(n, c, r, r, device=device).relu(),
-            "boxes": torch.cat([xy, xy + wh], -1), "obj_image_sizes": torch.full((n, 2), 600.0, device=device),
-            "num_objs": [objects] * images, "labels": torch.randint(1, cfg.num_obj_classes, (n,), device=device),
-            "det_logits": torch.randn(n, cfg.num_obj_classes, device=device),
-            "pair_idx": local + offset,
-            "union_pooled": torch.randn(images * pairs, cfg.fpn_levels * c, r, r, device=device).relu(),
-            "pair_image_sizes": torch.full((images * pairs, 2), 600.0, device=device),
-            "pair_labels": torch.where(torch.rand(images * pairs, device=device) < 0.25,
-                                       torch.randint(1, cfg.num_predicates, (images * pairs,), device=device), 0)}
+    return {
+        "obj_pooled": torch.randn(n, c, r, r, device=device).relu(),
+        "boxes": torch.cat([xy, xy + wh], -1),
+        "obj_image_sizes": torch.full((n, 2), 600.0, device=device),
+        "num_objs": [objects] * images,
+        "labels": torch.randint(1, cfg.num_obj_classes, (n,), device=device),
+        "det_logits": torch.randn(n, cfg.num_obj_classes, device=device),
+        "pair_idx": local + offset,
+        "union_pooled": torch.randn(images * pairs, cfg.fpn_levels * c, r, r, device=device).relu(),
+        "pair_image_sizes": torch.full((images * pairs, 2), 600.0, device=device),
+        "pair_labels": torch.where(
+            torch.rand(images * pairs, device=device) < 0.25,
+            torch.randint(1, cfg.num_predicates, (images * pairs,), device=device),
+            0,
+        ),
+    }
 
 
 def main() -> None:
@@ -54,8 +66,18 @@ def main() -> None:
         images, objects, train_pairs, iters = 8, 20, 1024, 10
         groups = group_predicates(counts[1:], 4.0, 200)
     else:
-        cfg = SHAGCLConfig(word_embeddings="random", feature_dim=256, hidden_dim=64, num_heads=2, key_dim=32,
-                           ffn_dim=128, obj_layers=2, edge_layers=1, word_dim=32, roi_channels=16)
+        cfg = SHAGCLConfig(
+            word_embeddings="random",
+            feature_dim=256,
+            hidden_dim=64,
+            num_heads=2,
+            key_dim=32,
+            ffn_dim=128,
+            obj_layers=2,
+            edge_layers=1,
+            word_dim=32,
+            roi_channels=16,
+        )
         images, objects, train_pairs, iters = 2, 8, 56, 3
         groups = group_predicates(counts[1:], 4.0, 200)
     torch.manual_seed(0)
@@ -75,8 +97,16 @@ def main() -> None:
         loss.backward()
         opt.step()
 
-    emit({"bench": "shagcl", "case": "train_step", "batch": images, "objects": objects, "pairs": train_pairs,
-          **measure(train_step, items_per_call=images, device=device, warmup=2, iters=iters)})
+    emit(
+        {
+            "bench": "shagcl",
+            "case": "train_step",
+            "batch": images,
+            "objects": objects,
+            "pairs": train_pairs,
+            **measure(train_step, items_per_call=images, device=device, warmup=2, iters=iters),
+        }
+    )
     test_batch = random_batch(images, objects, objects * (objects - 1), cfg, device)
 
     @torch.no_grad()
@@ -85,8 +115,16 @@ def main() -> None:
         with torch.autocast(device.type, dtype=torch.float16, enabled=paper):
             model(test_batch, last_only=True).rel_logits[-1].float().softmax(-1)
 
-    emit({"bench": "shagcl", "case": "inference_all_pairs", "batch": images, "objects": objects,
-          "pairs": objects * (objects - 1), **measure(infer, items_per_call=images, device=device, warmup=2, iters=iters)})
+    emit(
+        {
+            "bench": "shagcl",
+            "case": "inference_all_pairs",
+            "batch": images,
+            "objects": objects,
+            "pairs": objects * (objects - 1),
+            **measure(infer, items_per_call=images, device=device, warmup=2, iters=iters),
+        }
+    )
 
 
 if __name__ == "__main__":

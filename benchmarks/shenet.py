@@ -31,11 +31,17 @@ def text_batch(B: int, L: int, device, g: torch.Generator) -> dict[str, torch.Te
     def pool(n):
         return torch.softmax(torch.randn(B, n, L, generator=g), -1)
 
-    batch = {"text_input_ids": ids, "text_verb_pool": pool(4), "text_noun_pool": pool(8), "text_adj_pool": pool(8),
-             "text_verb_mask": torch.rand(B, 4, generator=g) > 0.5, "text_noun_mask": torch.rand(B, 8, generator=g) > 0.4,
-             "text_adj_mask": torch.rand(B, 8, generator=g) > 0.6,
-             "text_noun_parent": torch.randint(-1, 4, (B, 8), generator=g),
-             "text_adj_parent": torch.randint(-1, 8, (B, 8), generator=g)}
+    batch = {
+        "text_input_ids": ids,
+        "text_verb_pool": pool(4),
+        "text_noun_pool": pool(8),
+        "text_adj_pool": pool(8),
+        "text_verb_mask": torch.rand(B, 4, generator=g) > 0.5,
+        "text_noun_mask": torch.rand(B, 8, generator=g) > 0.4,
+        "text_adj_mask": torch.rand(B, 8, generator=g) > 0.6,
+        "text_noun_parent": torch.randint(-1, 4, (B, 8), generator=g),
+        "text_adj_parent": torch.randint(-1, 8, (B, 8), generator=g),
+    }
     return {k: v.to(device) for k, v in batch.items()}
 
 
@@ -88,9 +94,16 @@ def bench_case(case, config, device, B, T, S, L, N_eval, warmup, iters, autocast
     def n(*shape):
         return torch.nn.functional.normalize(torch.randn(*shape, generator=g), dim=-1).half()
 
-    text = TextFeatures(n(N_eval, D), n(N_eval, 4, D), n(N_eval, 8, D), n(N_eval, 4, D), n(N_eval, 8, D),
-                        torch.rand(N_eval, 4, generator=g) > 0.5, torch.rand(N_eval, 8, generator=g) > 0.4,
-                        torch.randint(-1, 4, (N_eval, 8), generator=g))
+    text = TextFeatures(
+        n(N_eval, D),
+        n(N_eval, 4, D),
+        n(N_eval, 8, D),
+        n(N_eval, 4, D),
+        n(N_eval, 8, D),
+        torch.rand(N_eval, 4, generator=g) > 0.5,
+        torch.rand(N_eval, 8, generator=g) > 0.4,
+        torch.randint(-1, 4, (N_eval, 8), generator=g),
+    )
     vids = VideoFeatures(n(N_eval, D), n(N_eval, T, D), n(N_eval, T, P, D), torch.ones(N_eval, T, dtype=torch.bool))
     model.eval()
 
@@ -98,8 +111,15 @@ def bench_case(case, config, device, B, T, S, L, N_eval, warmup, iters, autocast
         with autocast:
             model.similarity_matrix(text, vids, text_chunk=32, video_chunk=256 if cuda else 64, device=device)
 
-    emit({"bench": "shenet", "case": f"eval_similarity_{case}", "batch": N_eval,
-          **measure(evaluate, N_eval, device, 1, 2 if cuda else 1)})
+    emit(
+        {
+            "bench": "shenet",
+            "case": f"eval_similarity_{case}",
+            "batch": N_eval,
+            **measure(evaluate, N_eval, device, 1, 2 if cuda else 1),
+        }
+    )
+
 
 if __name__ == "__main__":
     main()

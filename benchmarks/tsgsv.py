@@ -61,7 +61,15 @@ def main() -> None:
         opt.step()
 
     model.train()
-    emit({"bench": "tsgsv", "case": "train_step", "batch": B, "hidden": cfg.hidden_dim, **measure(train_step, B, device, 2, 5)})
+    emit(
+        {
+            "bench": "tsgsv",
+            "case": "train_step",
+            "batch": B,
+            "hidden": cfg.hidden_dim,
+            **measure(train_step, B, device, 2, 5),
+        }
+    )
     model.eval()
     infer_batch = batch(cfg, Bi, device, False)
 
@@ -69,7 +77,15 @@ def main() -> None:
     def infer():
         model(**infer_batch)
 
-    emit({"bench": "tsgsv", "case": "stream_windows", "batch": Bi, "hidden": cfg.hidden_dim, **measure(infer, Bi, device, 2, 5)})
+    emit(
+        {
+            "bench": "tsgsv",
+            "case": "stream_windows",
+            "batch": Bi,
+            "hidden": cfg.hidden_dim,
+            **measure(infer, Bi, device, 2, 5),
+        }
+    )
 
 
 if __name__ == "__main__":

@@ -87,18 +87,28 @@ def main() -> None:
                 idx = uniform_segment_indices(n, k, train=False)
                 cases = {"naive_pyav_decode_all": lambda idx=idx, clip=clip: naive_decode_all(clip, idx)}
                 for backend in backends:
+
                     def sample(idx=idx, clip=clip, backend=backend):
-                        with VideoReader(clip, backend=backend, device=device if backend == "torchcodec" else "cpu") as rd:
+                        with VideoReader(
+                            clip, backend=backend, device=device if backend == "torchcodec" else "cpu"
+                        ) as rd:
                             return rd.get_frames(idx)
+
                     cases[f"mmzoo_{backend}"] = sample
                 for case, fn in cases.items():
                     secs_taken = timed(fn, args.repeats)
-                    emit({
-                        "bench": "video", "case": case, "clip": f"{size}_{secs}s", "batch": k,
-                        "device": "cpu" if case != "mmzoo_torchcodec" else device,
-                        "step_ms": round(secs_taken * 1000, 1), "samples_per_s": round(k / secs_taken, 2),
-                        "peak_mem_mb": round(peak_rss_mb(), 1),
-                    })
+                    emit(
+                        {
+                            "bench": "video",
+                            "case": case,
+                            "clip": f"{size}_{secs}s",
+                            "batch": k,
+                            "device": "cpu" if case != "mmzoo_torchcodec" else device,
+                            "step_ms": round(secs_taken * 1000, 1),
+                            "samples_per_s": round(k / secs_taken, 2),
+                            "peak_mem_mb": round(peak_rss_mb(), 1),
+                        }
+                    )
 
 
 if __name__ == "__main__":

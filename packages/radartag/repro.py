@@ -172,7 +172,9 @@ def run_probes(seeds: list[int], epochs: int, out: Path) -> None:
             dm = KwaiTagDataModule(str(root), "syn")
             torch.manual_seed(seed)
             per_seed.append({**feature_probes(dm, epochs), "followee_vote": premise(dm, epochs)["followee_vote"]})
-            print(f"seed {seed}: " + ", ".join(f"{k} {v['sample_mAP']:.4f}" for k, v in per_seed[-1].items()), flush=True)
+            print(
+                f"seed {seed}: " + ", ".join(f"{k} {v['sample_mAP']:.4f}" for k, v in per_seed[-1].items()), flush=True
+            )
     summary = {k: {"mean": statistics.mean(p[k]["sample_mAP"] for p in per_seed),
                    "std": statistics.pstdev(p[k]["sample_mAP"] for p in per_seed),
                    "runs": [p[k]["sample_mAP"] for p in per_seed]} for k in per_seed[0]}  # fmt: skip
@@ -191,8 +193,16 @@ def _predict(model: Radar, loader) -> dict[str, float]:
     return evaluate(torch.cat(scores), torch.cat(labels))
 
 
-def train_radar(root: Path, variant: str, seed: int, epochs: int, batch_size: int, lr: float, fanout: int = FANOUT,
-                eval_fanout: int = EVAL_FANOUT) -> dict[str, float]:
+def train_radar(
+    root: Path,
+    variant: str,
+    seed: int,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    fanout: int = FANOUT,
+    eval_fanout: int = EVAL_FANOUT,
+) -> dict[str, float]:
     """Train one RADAR variant; the epoch with the best val sample mAP is evaluated on the test split. Also reports
     ``val_sample_mAP_without_r3``: the selected model on val with the follow edges removed from its sampled blocks
     (how much of the score the follow relation carries)."""
@@ -234,8 +244,15 @@ def _without_follow(loader):
         yield b
 
 
-def run_seed(seed: int, variants: list[str], epochs: int, batch_size: int, lr: float, fanout: int = FANOUT,
-             eval_fanout: int = EVAL_FANOUT) -> tuple[dict, dict]:
+def run_seed(
+    seed: int,
+    variants: list[str],
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    fanout: int = FANOUT,
+    eval_fanout: int = EVAL_FANOUT,
+) -> tuple[dict, dict]:
     """Premise check and every variant on one generated vertical (seed = generator and training seed)."""
     torch.set_num_threads(1)  # tiny models: one intra-op thread is fastest, and robust on shared machines
     t0 = time.time()
@@ -249,8 +266,11 @@ def run_seed(seed: int, variants: list[str], epochs: int, batch_size: int, lr: f
               f"probe {prem['own_feature_probe']['sample_mAP']:.4f}", flush=True)  # fmt: skip
         for v in variants:
             torch.manual_seed(seed)
-            r = vanilla(dm, epochs) if v == "vanilla" else train_radar(root, v, seed, epochs, batch_size, lr, fanout,
-                                                                             eval_fanout)
+            r = (
+                vanilla(dm, epochs)
+                if v == "vanilla"
+                else train_radar(root, v, seed, epochs, batch_size, lr, fanout, eval_fanout)
+            )
             runs[v] = r
             print(f"seed {seed} {v:16s} test sample mAP {r['sample_mAP']:.4f}  label mAP {r['label_mAP']:.4f}  "
                   f"P@1 {r['P@1']:.4f}  R@5 {r['R@5']:.4f}  (val {r['val_sample_mAP']:.4f}, "
@@ -289,7 +309,8 @@ def main(argv: list[str] | None = None) -> int:
         for v, rs in runs.items()
     }  # fmt: skip
     prem = {
-        name: statistics.mean(p[name]["sample_mAP"] for p in premises) for name in ("followee_vote", "own_feature_probe")
+        name: statistics.mean(p[name]["sample_mAP"] for p in premises)
+        for name in ("followee_vote", "own_feature_probe")
     }
     gate = None
     if {"radar", "wo_follow", "vanilla"} <= set(summary):

@@ -65,11 +65,30 @@ INIT_STD = 0.2  # random-init miniature (RTQConfig.init_std); fixed on a validat
 
 
 def _config(temporal: str, init_std: float | None = INIT_STD) -> RTQConfig:
-    vision = VisionConfig(image_size=32, patch_size=8, hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128,
-                          num_frames=4, num_segments=2, cluster_block=2, temporal_block=3, temporal_modeling=temporal)
+    vision = VisionConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=64,
+        num_layers=4,
+        num_heads=4,
+        mlp_dim=128,
+        num_frames=4,
+        num_segments=2,
+        cluster_block=2,
+        temporal_block=3,
+        temporal_modeling=temporal,
+    )
     text = TextConfig(vocab_path="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, dropout=0.0)
-    return RTQConfig(task="retrieval", vision=vision, text=text, embed_dim=32, queue_size=64, k_test=8, max_text_len=16,
-                     init_std=init_std)
+    return RTQConfig(
+        task="retrieval",
+        vision=vision,
+        text=text,
+        embed_dim=32,
+        queue_size=64,
+        k_test=8,
+        max_text_len=16,
+        init_std=init_std,
+    )
 
 
 def _twin(i: int) -> int:
@@ -132,7 +151,12 @@ def _set_oracle_embedding(module: RTQModule, dm: RTQDataModule, seed: int) -> fl
 
 
 def temporal_experiment(
-    data_root: Path, temporal: str, seed: int, epochs: int, oracle: bool = False, init_std: float | None = INIT_STD,
+    data_root: Path,
+    temporal: str,
+    seed: int,
+    epochs: int,
+    oracle: bool = False,
+    init_std: float | None = INIT_STD,
     callbacks: tuple[pl.Callback, ...] = (),
 ) -> dict[str, float]:
     """Train one model on the order task and score its test set (clips and their order-swapped twins).
@@ -142,15 +166,33 @@ def temporal_experiment(
     of strictly higher scores, under which a tie counts as a full hit for both twins). Order accuracy on the
     cosine (ITC) scores and on the re-ranked (ITM + cosine) scores."""
     pl.seed_everything(seed, verbose=False)
-    dm = RTQDataModule("msrvtt_retrieval", str(data_root), num_frames=4, image_size=32, batch_size=16,
-                       eval_batch_size=32, num_workers=0, augment=False, randaugment=False)
+    dm = RTQDataModule(
+        "msrvtt_retrieval",
+        str(data_root),
+        num_frames=4,
+        image_size=32,
+        batch_size=16,
+        eval_batch_size=32,
+        num_workers=0,
+        augment=False,
+        randaugment=False,
+    )
     module = RTQModule(_config(temporal, init_std), lr=1e-3, warmup_lr=1e-4, warmup_steps=8, min_lr=1e-5, alpha=0.4)
     out: dict[str, float] = {}
     if oracle:
         out["oracle_E_std"] = _set_oracle_embedding(module, dm, seed)
-    trainer = pl.Trainer(accelerator="cpu", devices=1, max_epochs=epochs, logger=False, enable_checkpointing=False,
-                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0,
-                         limit_val_batches=0, callbacks=list(callbacks))
+    trainer = pl.Trainer(
+        accelerator="cpu",
+        devices=1,
+        max_epochs=epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        callbacks=list(callbacks),
+    )
     trainer.fit(module, datamodule=dm)
     captured: dict[str, torch.Tensor] = {}
     update = module.test_metric.update
@@ -168,13 +210,21 @@ def temporal_experiment(
     dm.setup("test")
     t_feat, v_feat, tokens_rms = _test_features(module, dm)
     twin_cos = float((v_feat * v_feat[[_twin(i) for i in range(len(v_feat))]]).sum(dim=1).mean())
-    out.update({"R@1": mean["t2v_R@1"], "R@5": mean["t2v_R@5"], "R@1_spec_ties": spec["t2v_R@1"],
-                "R@5_spec_ties": spec["t2v_R@5"], "order_acc": _order_accuracy(t_feat @ v_feat.T),
-                "order_acc_reranked": _order_accuracy(t2v),
-                # why order is (not) seen: size of the learnt temporal embedding against the tokens it is added to,
-                # and how alike a clip's and its order-swapped twin's video features are
-                "temporal_embedding_rms": float(module.model.visual_encoder.temporal_embedding.pow(2).mean().sqrt()),
-                "tokens_rms_at_tau": tokens_rms, "twin_video_cosine": twin_cos})
+    out.update(
+        {
+            "R@1": mean["t2v_R@1"],
+            "R@5": mean["t2v_R@5"],
+            "R@1_spec_ties": spec["t2v_R@1"],
+            "R@5_spec_ties": spec["t2v_R@5"],
+            "order_acc": _order_accuracy(t_feat @ v_feat.T),
+            "order_acc_reranked": _order_accuracy(t2v),
+            # why order is (not) seen: size of the learnt temporal embedding against the tokens it is added to,
+            # and how alike a clip's and its order-swapped twin's video features are
+            "temporal_embedding_rms": float(module.model.visual_encoder.temporal_embedding.pow(2).mean().sqrt()),
+            "tokens_rms_at_tau": tokens_rms,
+            "twin_video_cosine": twin_cos,
+        }
+    )
     return out
 
 
@@ -196,13 +246,24 @@ class ScaleTrace(pl.Callback):
     def _measure(self, module: RTQModule, epoch: int) -> None:
         enc = module.model.visual_encoder
         if not hasattr(self, "video"):
-            dm = RTQDataModule("msrvtt_retrieval", str(self.data_root), num_frames=4, image_size=32, batch_size=16,
-                               eval_batch_size=self.n, num_workers=0, augment=False, randaugment=False)
+            dm = RTQDataModule(
+                "msrvtt_retrieval",
+                str(self.data_root),
+                num_frames=4,
+                image_size=32,
+                batch_size=16,
+                eval_batch_size=self.n,
+                num_workers=0,
+                augment=False,
+                randaugment=False,
+            )
             dm.setup("test")
             self.video = next(iter(dm.test_dataloader()))["video"]
         rms: dict[int, float] = {}
-        hooks = [layer.register_forward_pre_hook(lambda mod, inp, i=i: rms.__setitem__(i, _rms(inp[0])))
-                 for i, layer in enumerate(enc.encoder.layers)]
+        hooks = [
+            layer.register_forward_pre_hook(lambda mod, inp, i=i: rms.__setitem__(i, _rms(inp[0])))
+            for i, layer in enumerate(enc.encoder.layers)
+        ]
         was_training = enc.training
         enc.eval()
         with torch.no_grad():
@@ -212,11 +273,16 @@ class ScaleTrace(pl.Callback):
         for h in hooks:
             h.remove()
         linears = [m.weight for layer in enc.encoder.layers for m in layer.modules() if isinstance(m, torch.nn.Linear)]
-        self.trace.append({
-            "epoch": epoch, "block_input_rms": [rms[i] for i in range(len(rms))],
-            "tokens_rms_at_tau": rms[enc.config.temporal_block], "temporal_embedding_rms": _rms(enc.temporal_embedding),
-            "embeddings_out_rms": embed, "vit_linear_weight_rms": sum(_rms(w) for w in linears) / len(linears),
-        })
+        self.trace.append(
+            {
+                "epoch": epoch,
+                "block_input_rms": [rms[i] for i in range(len(rms))],
+                "tokens_rms_at_tau": rms[enc.config.temporal_block],
+                "temporal_embedding_rms": _rms(enc.temporal_embedding),
+                "embeddings_out_rms": embed,
+                "vit_linear_weight_rms": sum(_rms(w) for w in linears) / len(linears),
+            }
+        )
 
     def on_fit_start(self, trainer, pl_module) -> None:
         self._record(pl_module, 0)
@@ -291,7 +357,9 @@ def redundancy_experiment(
             cells = torch.randperm(16, generator=g)[:2]  # the object covers two patches of frame 2 only
             for cell in cells.tolist():
                 r, q = divmod(cell, 4)
-                f2[:, r * 8 : r * 8 + 8, q * 8 : q * 8 + 8] = colours[c].view(3, 1, 1) + 0.02 * torch.randn(3, 8, 8, generator=g)
+                f2[:, r * 8 : r * 8 + 8, q * 8 : q * 8 + 8] = colours[c].view(3, 1, 1) + 0.02 * torch.randn(
+                    3, 8, 8, generator=g
+                )
             z = _patches(torch.stack([f1, f2]))  # (2, 16, 192)
             tokens.append(torch.cat([torch.zeros(2, 1, 192), z], dim=1))  # (2, 1+P, D) with a dummy CLS
             m = torch.zeros(32, dtype=torch.bool)
@@ -326,20 +394,45 @@ def main(argv: list[str] | None = None) -> int:
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--only", choices=["all", "temporal", "redundancy", "scale"], default="all",
-                    help="run one experiment (its gates only); default both gated ones; 'scale' = the token-scale "
-                         "diagnostic on the validation task (no gate, writes --out, default repro_scale.json)")
+    ap.add_argument(
+        "--only",
+        choices=["all", "temporal", "redundancy", "scale"],
+        default="all",
+        help="run one experiment (its gates only); default both gated ones; 'scale' = the token-scale "
+        "diagnostic on the validation task (no gate, writes --out, default repro_scale.json)",
+    )
     ap.add_argument("--epochs", type=int, default=EPOCHS, help="training epochs of the temporal experiment")
-    ap.add_argument("--seeds", type=int, nargs="+", default=list(SEEDS),
-                    help="seeds (each one generates its own task and trains every model); default 0 1 2")
-    ap.add_argument("--no-oracle", dest="oracle", action="store_false",
-                    help="skip the RTQ-oracle diagnostic rows (temporal embedding drawn at the token scale)")
-    ap.add_argument("--out", type=Path, default=None,
-                    help="results JSON (default packages/rtqvl/repro_results.json; --only scale: repro_scale.json)")
-    ap.add_argument("--scale-inits", nargs="+", default=["none", str(INIT_STD)],
-                    help="--only scale: inits to trace ('none' = the official from-scratch init, or a std)")
-    ap.add_argument("--workers", type=int, default=1,
-                    help="temporal runs (seed × model) in parallel processes, one torch thread each")
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=list(SEEDS),
+        help="seeds (each one generates its own task and trains every model); default 0 1 2",
+    )
+    ap.add_argument(
+        "--no-oracle",
+        dest="oracle",
+        action="store_false",
+        help="skip the RTQ-oracle diagnostic rows (temporal embedding drawn at the token scale)",
+    )
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results JSON (default packages/rtqvl/repro_results.json; --only scale: repro_scale.json)",
+    )
+    ap.add_argument(
+        "--scale-inits",
+        nargs="+",
+        default=["none", str(INIT_STD)],
+        help="--only scale: inits to trace ('none' = the official from-scratch init, or a std)",
+    )
+    ap.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="temporal runs (seed × model) in parallel processes, one torch thread each",
+    )
     args = ap.parse_args(argv)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(1)  # tiny models: one thread is as fast and avoids oversubscription on busy machines
@@ -368,13 +461,17 @@ def main(argv: list[str] | None = None) -> int:
         margin = t["RTQ"]["R@1"]["mean"] - t["RQ"]["R@1"]["mean"]
         gates["temporal: RTQ R@1 - RQ R@1 >= 20"] = {"value": margin, "pass": margin >= TEMPORAL_GATE}
         # the same margin under the spec §5 tie rule (a tied twin counts as a hit), reported, not gated
-        results["temporal_order"]["margin_spec_ties"] = t["RTQ"]["R@1_spec_ties"]["mean"] - t["RQ"]["R@1_spec_ties"]["mean"]
+        results["temporal_order"]["margin_spec_ties"] = (
+            t["RTQ"]["R@1_spec_ties"]["mean"] - t["RQ"]["R@1_spec_ties"]["mean"]
+        )
     if "redundancy" in results:
         keep_km = results["redundancy"]["kmedoids"]["object_tokens_kept"]["mean"]
         keep_rand = results["redundancy"]["random"]["object_tokens_kept"]["mean"]
         gates["redundancy: kmedoids keeps >= 90% of object tokens"] = {"value": keep_km, "pass": keep_km >= KEEP_GATE}
-        gates["redundancy: kmedoids keeps >= random + 30"] = {"value": keep_km - keep_rand,
-                                                              "pass": keep_km - keep_rand >= KEEP_MARGIN}
+        gates["redundancy: kmedoids keeps >= random + 30"] = {
+            "value": keep_km - keep_rand,
+            "pass": keep_km - keep_rand >= KEEP_MARGIN,
+        }
     results["gates"] = {**results.get("gates", {}), **gates}
     results["seconds"] = round(time.time() - t0, 1)
     out.write_text(json.dumps(results, indent=1))

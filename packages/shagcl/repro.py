@@ -39,7 +39,7 @@ def make_task(seed: int, num_pred: int = 20, dim: int = 32, background: int = 10
     """Class-conditional Gaussians N(μ_c, I) with μ_c ~ N(0, spread² I); ``spread`` sets the class overlap
     (``calibrate()`` reports the accuracy of a classifier trained on balanced data, ≈ 0.7 is the target)."""
     g = torch.Generator().manual_seed(seed)
-    counts = [background] + [max(int(2000 * p ** -1.5), 20) for p in range(1, num_pred + 1)]
+    counts = [background] + [max(int(2000 * p**-1.5), 20) for p in range(1, num_pred + 1)]
     means = torch.randn(num_pred + 1, dim, generator=g) * spread
 
     def sample(per_class):
@@ -102,8 +102,10 @@ def experiment1(seed: int) -> dict:
     out = {"groups": groups}
     with torch.no_grad():
         for name, head in results.items():
-            out[name] = {"mR": float(per_class_recall(fg_predict(head, xb), yb, num_pred)),
-                         "R": float((fg_predict(head, xn) == yn).float().mean())}
+            out[name] = {
+                "mR": float(per_class_recall(fg_predict(head, xb), yb, num_pred)),
+                "R": float((fg_predict(head, xn) == yn).float().mean()),
+            }
     return out
 
 
@@ -115,14 +117,36 @@ def experiment2(seed: int, root: Path, steps: int = 600, group_min_count: int = 
     out = {}
     for decoder in ("single", "gcl"):
         torch.manual_seed(seed)
-        dm = SGGDataModule(data_root=str(root), feature_source="synthetic", predicate_order="file",
-                           synthetic=SyntheticFeaturesConfig(feature_dim=32, noise=2.0, seed=seed), num_val_images=50,
-                           max_pairs=64, max_fg_pairs=16, batch_size=8, test_batch_size=16)
+        dm = SGGDataModule(
+            data_root=str(root),
+            feature_source="synthetic",
+            predicate_order="file",
+            synthetic=SyntheticFeaturesConfig(feature_dim=32, noise=2.0, seed=seed),
+            num_val_images=50,
+            max_pairs=64,
+            max_fg_pairs=16,
+            batch_size=8,
+            test_batch_size=16,
+        )
         dm.setup(None)
-        cfg = SHAGCLConfig(num_obj_classes=9, num_predicates=21, feature_dim=32, hidden_dim=32, num_heads=2,
-                           key_dim=16, ffn_dim=64, obj_layers=1, edge_layers=1, word_dim=16, word_embeddings="random",
-                           use_rect_features=False, decoder=decoder, group_min_count=group_min_count,
-                           trainable_box_head=False, union_features="simplified")  # synthetic post-fc7 features
+        cfg = SHAGCLConfig(
+            num_obj_classes=9,
+            num_predicates=21,
+            feature_dim=32,
+            hidden_dim=32,
+            num_heads=2,
+            key_dim=16,
+            ffn_dim=64,
+            obj_layers=1,
+            edge_layers=1,
+            word_dim=16,
+            word_embeddings="random",
+            use_rect_features=False,
+            decoder=decoder,
+            group_min_count=group_min_count,
+            trainable_box_head=False,
+            union_features="simplified",
+        )  # synthetic post-fc7 features
         module = SHAGCLModule(cfg)
         module.build_from_statistics(dm.statistics())
         opt = torch.optim.Adam(module.parameters(), lr=3e-3)
@@ -131,8 +155,9 @@ def experiment2(seed: int, root: Path, steps: int = 600, group_min_count: int = 
         module.train()
         while step < steps:
             train.epoch_seed = step
-            for batch in torch.utils.data.DataLoader(train, batch_size=8, shuffle=True, drop_last=True,
-                                                     collate_fn=collate_scene_graphs):
+            for batch in torch.utils.data.DataLoader(
+                train, batch_size=8, shuffle=True, drop_last=True, collate_fn=collate_scene_graphs
+            ):
                 out_m = module.model(batch)
                 loss = module.gcl_loss(out_m.rel_logits, batch["pair_labels"])["loss"]
                 opt.zero_grad()
@@ -165,23 +190,46 @@ def main() -> int:
     t0 = time.time()
     torch.set_num_threads(1)  # tiny models: one thread is fastest (no OpenMP spin-waits)
     e1 = [experiment1(s) for s in SEEDS]
-    summary1 = {f"{m}/{k}": mean_std([r[m][k] for r in e1]) for m in ("single_ce", "gcl", "gcl_no_kd") for k in ("mR", "R")}
+    summary1 = {
+        f"{m}/{k}": mean_std([r[m][k] for r in e1]) for m in ("single_ce", "gcl", "gcl_no_kd") for k in ("mR", "R")
+    }
     gate1 = summary1["gcl/mR"]["mean"] >= summary1["single_ce/mR"]["mean"] + 0.05
     e2 = []
     for s in SEEDS:
         with tempfile.TemporaryDirectory() as tmp:
             # 350 split-0 images = 300 train + 50 val (carved first), 100 test (spec §8c.2: 300 train / 100 test);
             # exact Zipf counts per part (id order = training-frequency order, spec §3.6.1)
-            write_vg150(tmp, n_images=450, n_test=100, n_obj_classes=8, n_predicates=20, seed=s, min_obj=4, max_obj=8,
-                        predicate_counts="quota", n_val=50)
+            write_vg150(
+                tmp,
+                n_images=450,
+                n_test=100,
+                n_obj_classes=8,
+                n_predicates=20,
+                seed=s,
+                min_obj=4,
+                max_obj=8,
+                predicate_counts="quota",
+                n_val=50,
+            )
             e2.append(experiment2(s, Path(tmp)))
-    summary2 = {f"{m}/{k}": mean_std([r[m][k] for r in e2]) for m in ("single", "gcl") for k in ("R@50", "mR@50", "mR@100")}
+    summary2 = {
+        f"{m}/{k}": mean_std([r[m][k] for r in e2]) for m in ("single", "gcl") for k in ("R@50", "mR@50", "mR@100")
+    }
     gate2 = summary2["gcl/mR@50"]["mean"] > summary2["single/mR@50"]["mean"]
     result = {
-        "experiment1_decoder_long_tail": {"groups": e1[0]["groups"], **summary1,
-                                          "gate": "mR(gcl) >= mR(single_ce) + 0.05", "passed": gate1},
-        "experiment2_mini_sgg_predcls": {"groups": e2[0]["groups"], "steps": 600, **summary2,
-                                         "gate": "mR@50(gcl) > mR@50(single)", "passed": gate2},
+        "experiment1_decoder_long_tail": {
+            "groups": e1[0]["groups"],
+            **summary1,
+            "gate": "mR(gcl) >= mR(single_ce) + 0.05",
+            "passed": gate1,
+        },
+        "experiment2_mini_sgg_predcls": {
+            "groups": e2[0]["groups"],
+            "steps": 600,
+            **summary2,
+            "gate": "mR@50(gcl) > mR@50(single)",
+            "passed": gate2,
+        },
         "seeds": list(SEEDS),
         "seconds": round(time.time() - t0, 1),
         "command": "python packages/shagcl/repro.py",
@@ -189,7 +237,9 @@ def main() -> int:
     OUT.write_text(json.dumps(result, indent=1))
     for name, block in result.items():
         if isinstance(block, dict):
-            print(name, {k: (f"{v['mean']:.3f}±{v['std']:.3f}" if isinstance(v, dict) else v) for k, v in block.items()})
+            print(
+                name, {k: (f"{v['mean']:.3f}±{v['std']:.3f}" if isinstance(v, dict) else v) for k, v in block.items()}
+            )
     print("repro_results.json written; gates:", gate1, gate2)
     return 0 if gate1 and gate2 else 1
 

@@ -62,10 +62,23 @@ VARIANTS = {
     "no_guided_visual": dict(guide_visual=False, guide_similarity=True),
     "meanP_baseline": dict(guide_visual=False, guide_similarity=False),
 }
-TINY = dict(clip_model="custom", random_init=True, custom_embed_dim=32, custom_image_size=32, custom_patch_size=16,
-            custom_vision_width=64, custom_vision_layers=2, custom_vision_head_width=32, custom_text_width=64,
-            custom_text_layers=2, custom_text_heads=2, custom_context_length=32, max_frames=4, tau_frame=0.05,
-            tau_patch=0.05)
+TINY = dict(
+    clip_model="custom",
+    random_init=True,
+    custom_embed_dim=32,
+    custom_image_size=32,
+    custom_patch_size=16,
+    custom_vision_width=64,
+    custom_vision_layers=2,
+    custom_vision_head_width=32,
+    custom_text_width=64,
+    custom_text_layers=2,
+    custom_text_heads=2,
+    custom_context_length=32,
+    max_frames=4,
+    tau_frame=0.05,
+    tau_patch=0.05,
+)
 
 
 def batches(dataset, collate, batch_size, steps, seed):
@@ -74,7 +87,7 @@ def batches(dataset, collate, batch_size, steps, seed):
     while done < steps:
         order = torch.randperm(len(dataset), generator=g).tolist()
         for s in range(0, len(order) - batch_size + 1, batch_size):
-            yield collate([dataset[i] for i in order[s:s + batch_size]])
+            yield collate([dataset[i] for i in order[s : s + batch_size]])
             done += 1
             if done == steps:
                 return
@@ -145,8 +158,14 @@ def train_step(model, loss_fn, batch, opt) -> dict[str, float]:
     loss.backward()
     named = dict(model.named_parameters())
     d = {"loss": loss.item(), "logit_scale": float(model.logit_scale.detach())}
-    for key, t in (("sentence", text.sentence), ("verb_nodes", text.verbs), ("noun_nodes", text.nouns),
-                   ("video", video.video), ("frames", video.frames), ("patches", video.patches)):
+    for key, t in (
+        ("sentence", text.sentence),
+        ("verb_nodes", text.verbs),
+        ("noun_nodes", text.nouns),
+        ("video", video.video),
+        ("frames", video.frames),
+        ("patches", video.patches),
+    ):
         d[f"grad_{key}"] = _norm(t)
     for branch, prefixes in BRANCHES.items():
         sq = [p.grad.pow(2).sum() for n, p in named.items() if n.startswith(prefixes) and p.grad is not None]
@@ -197,8 +216,13 @@ def run(task: tuple[str, int, argparse.Namespace]) -> tuple[str, int, dict]:
                 best, best_key = step, key
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
             model.train()
-    out = {"final_loss": curve[-1]["loss"], "last_step": args.steps, "best_step": best,
-           "val": next(c["val"] for c in curve if c["step"] == best), "curve": curve}
+    out = {
+        "final_loss": curve[-1]["loss"],
+        "last_step": args.steps,
+        "best_step": best,
+        "val": next(c["val"] for c in curve if c["step"] == best),
+        "curve": curve,
+    }
     if not args.skip_test:
         out["test_last"] = evaluate(model, test, collate, True)
     model.load_state_dict(best_state)
@@ -210,24 +234,37 @@ def run(task: tuple[str, int, argparse.Namespace]) -> tuple[str, int, dict]:
 
 
 def summary(values: list[float]) -> dict:
-    return {"values": values, "mean": statistics.mean(values),
-            "std": statistics.stdev(values) if len(values) > 1 else 0.0}
+    return {
+        "values": values,
+        "mean": statistics.mean(values),
+        "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+    }
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=600, help="maximum training steps (the lr schedule's length)")
-    ap.add_argument("--eval_every", type=int, default=50,
-                    help="score the val gallery every k steps and keep the best val checkpoint (0: last step only)")
+    ap.add_argument(
+        "--eval_every",
+        type=int,
+        default=50,
+        help="score the val gallery every k steps and keep the best val checkpoint (0: last step only)",
+    )
     ap.add_argument("--batch_size", type=int, default=32)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--num_train", type=int, default=2048)
     ap.add_argument("--seeds", type=int, nargs="+", default=[100, 101, 102])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
-    ap.add_argument("--train_token_embedding", action="store_true",
-                    help="also train CLIP's 49408-row token embedding (slow on a CPU)")
-    ap.add_argument("--skip_test", action="store_true",
-                    help="diagnostic runs: never score the test gallery (val, train probe and curves only)")
+    ap.add_argument(
+        "--train_token_embedding",
+        action="store_true",
+        help="also train CLIP's 49408-row token embedding (slow on a CPU)",
+    )
+    ap.add_argument(
+        "--skip_test",
+        action="store_true",
+        help="diagnostic runs: never score the test gallery (val, train probe and curves only)",
+    )
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--workers", type=int, default=1, help="runs in parallel processes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per run")
@@ -237,13 +274,19 @@ def main(argv=None) -> int:
     tasks = [(v, s, args) for s in args.seeds for v in args.variants]  # seed-major: each worker reuses its data
     per_run: dict[str, dict[int, dict]] = {v: {} for v in args.variants}
     pool = multiprocessing.get_context("spawn").Pool(args.workers) if args.workers > 1 else None
-    for variant, seed, out in (pool.imap_unordered(run, tasks) if pool else map(run, tasks)):
+    for variant, seed, out in pool.imap_unordered(run, tasks) if pool else map(run, tasks):
         per_run[variant][seed] = out
-        test = "" if args.skip_test else (f"test t2v R@1 {out['test']['R@1']:.1f} (group acc "
-                                          f"{out['test']['group_acc']:.1f}), ")
-        print(f"{variant} seed {seed}: best val step {out['best_step']}: {test}val R@1 {out['val']['R@1']:.1f} "
-              f"(group acc {out['val']['group_acc']:.1f}), train-probe R@1 {out['train_probe']['R@1']:.1f}, "
-              f"final loss {out['final_loss']:.3f}  ({time.time() - t0:.0f} s)", flush=True)
+        test = (
+            ""
+            if args.skip_test
+            else (f"test t2v R@1 {out['test']['R@1']:.1f} (group acc {out['test']['group_acc']:.1f}), ")
+        )
+        print(
+            f"{variant} seed {seed}: best val step {out['best_step']}: {test}val R@1 {out['val']['R@1']:.1f} "
+            f"(group acc {out['val']['group_acc']:.1f}), train-probe R@1 {out['train_probe']['R@1']:.1f}, "
+            f"final loss {out['final_loss']:.3f}  ({time.time() - t0:.0f} s)",
+            flush=True,
+        )
         Path(args.out).with_suffix(".partial.json").write_text(json.dumps(per_run, indent=1))  # survives a kill
     if pool:
         pool.close()
@@ -251,15 +294,19 @@ def main(argv=None) -> int:
     test_specs = make_split("test", 200, 0)
     val_specs = make_split("val", 200, 0)
     results: dict[str, dict] = {
-        "protocol": (f"train up to {args.steps} steps, score the val gallery every {args.eval_every} steps, report "
-                     "the test metrics of the checkpoint with the best val R@1 (ties: val group accuracy, then the "
-                     "earliest step); test_last_* are the last step's, recorded for comparison only"),
+        "protocol": (
+            f"train up to {args.steps} steps, score the val gallery every {args.eval_every} steps, report "
+            "the test metrics of the checkpoint with the best val R@1 (ties: val group accuracy, then the "
+            "earliest step); test_last_* are the last step's, recorded for comparison only"
+        ),
         "ceiling": {  # properties of the galleries, not of any model
             "test_oracle_R@1": oracle_recall_at_1(test_specs),
             "test_oracle_R@1_order_blind": oracle_recall_at_1(test_specs, order_blind=True),
             "val_oracle_R@1": oracle_recall_at_1(val_specs),
             "val_oracle_R@1_order_blind": oracle_recall_at_1(val_specs, order_blind=True),
-            "chance_R@1": 100 / 200, "chance_group_acc": 25.0},
+            "chance_R@1": 100 / 200,
+            "chance_group_acc": 25.0,
+        },
     }
     for variant, runs in per_run.items():
         seeds = sorted(runs)
@@ -289,8 +336,11 @@ def main(argv=None) -> int:
         passed = margin >= GATE
         results["gate"] = {"full_minus_meanP": margin, "required": GATE, "passed": passed}
     settings = {k: v for k, v in vars(args).items() if k != "out"}
-    results["settings"] = settings | {"model": TINY, "seconds": round(time.time() - t0, 1),
-                                      "command": "python packages/shenet/repro.py " + " ".join(argv or sys.argv[1:])}
+    results["settings"] = settings | {
+        "model": TINY,
+        "seconds": round(time.time() - t0, 1),
+        "command": "python packages/shenet/repro.py " + " ".join(argv or sys.argv[1:]),
+    }
     # the per-run curves go to a compact side file so the results file stays readable
     curves_path = Path(args.out).with_name(Path(args.out).stem + "_curves.json")
     curves = {k: results[k].pop("curves") for k in per_run}
@@ -299,17 +349,26 @@ def main(argv=None) -> int:
     Path(args.out).write_text(json.dumps(results, indent=1))
     Path(args.out).with_suffix(".partial.json").unlink(missing_ok=True)
     c = results["ceiling"]
-    print(f"test gallery: chance R@1 0.5, oracle R@1 {c['test_oracle_R@1']:.1f} "
-          f"({c['test_oracle_R@1_order_blind']:.1f} for frame-order-blind models)")
+    print(
+        f"test gallery: chance R@1 0.5, oracle R@1 {c['test_oracle_R@1']:.1f} "
+        f"({c['test_oracle_R@1_order_blind']:.1f} for frame-order-blind models)"
+    )
     for k in per_run:
         v = results[k]
-        test = "" if args.skip_test else (f"test t2v R@1 {v['mean']:.1f} ± {v['std']:.1f}   group acc "
-                                          f"{v['test_group_acc']['mean']:.1f}   ")
-        print(f"{k:24s} {test}val R@1 {v['val_R@1']['mean']:.1f}   train-probe R@1 {v['train_probe_R@1']['mean']:.1f}"
-              f"   best val steps {v['best_val_step']}")
+        test = (
+            ""
+            if args.skip_test
+            else (f"test t2v R@1 {v['mean']:.1f} ± {v['std']:.1f}   group acc {v['test_group_acc']['mean']:.1f}   ")
+        )
+        print(
+            f"{k:24s} {test}val R@1 {v['val_R@1']['mean']:.1f}   train-probe R@1 {v['train_probe_R@1']['mean']:.1f}"
+            f"   best val steps {v['best_val_step']}"
+        )
     if passed is not None:
-        print(f"gate: full - meanP = {results['gate']['full_minus_meanP']:.1f} (>= {GATE}): "
-              f"{'PASS' if passed else 'FAIL'}")
+        print(
+            f"gate: full - meanP = {results['gate']['full_minus_meanP']:.1f} (>= {GATE}): "
+            f"{'PASS' if passed else 'FAIL'}"
+        )
     return 0 if passed in (True, None) else 1
 
 

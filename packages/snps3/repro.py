@@ -45,9 +45,19 @@ HERE = Path(__file__).parent
 
 
 def tiny_config(arch: str = "snp") -> SNPS3Config:
-    return SNPS3Config(arch=arch, bert=None, vocab_size=len(synthetic_vocab()), hidden_size=64, num_layers=2,
-                       num_heads=2, intermediate_size=128, max_position_embeddings=64, visual_encoder="tiny_cnn",
-                       tiny_cnn_channels=32, p3e_cross_layers=1)
+    return SNPS3Config(
+        arch=arch,
+        bert=None,
+        vocab_size=len(synthetic_vocab()),
+        hidden_size=64,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=128,
+        max_position_embeddings=64,
+        visual_encoder="tiny_cnn",
+        tiny_cnn_channels=32,
+        p3e_cross_layers=1,
+    )
 
 
 def make_batch(items, idx, proc: CaptionProcessor, rng: random.Random) -> dict[str, torch.Tensor]:
@@ -68,7 +78,7 @@ def evaluate(module: SNPS3Module, test, proc: CaptionProcessor) -> dict[str, flo
     ids = torch.stack([e["input_ids"] for e in enc])
     attn = torch.stack([e["attention_mask"] for e in enc])
     frames = torch.stack([s.video for s in test])
-    visual = torch.cat([m.encode_visual(frames[a:a + 50]) for a in range(0, len(test), 50)])  # (N, T, D)
+    visual = torch.cat([m.encode_visual(frames[a : a + 50]) for a in range(0, len(test), 50)])  # (N, T, D)
     # masked content word: positions 2, 3, 4 hold colour, digit, verb ("[CLS] a colour digit verb ...")
     pos = torch.tensor([2 + (i % 3) for i in range(len(test))])
     masked = ids.clone()
@@ -80,8 +90,11 @@ def evaluate(module: SNPS3Module, test, proc: CaptionProcessor) -> dict[str, flo
     t = m.text_embed(m.encode_text(ids, attn))
     sim1 = torch.logsumexp(torch.einsum("id,jcd->ijc", t, m.clip_embed(visual)), -1)
     sim2 = module.level2_matrix(ids, attn, visual)  # (N, N) level-2, all N² cross passes
-    return {"content_word_acc": 100 * acc.item(), "R@1_l2": retrieval_metrics(sim2, gt)["R@1"].item(),
-            "R@1_l1": retrieval_metrics(sim1, gt)["R@1"].item()}
+    return {
+        "content_word_acc": 100 * acc.item(),
+        "R@1_l2": retrieval_metrics(sim2, gt)["R@1"].item(),
+        "R@1_l1": retrieval_metrics(sim1, gt)["R@1"].item(),
+    }
 
 
 def run(variant: str, seed: int, steps: int, batch_size: int, train, test, tok, significant, top_k) -> dict:
@@ -90,9 +103,18 @@ def run(variant: str, seed: int, steps: int, batch_size: int, train, test, tok, 
     rng = random.Random(seed)
     mssm = MSSMasker(significant, [[] for _ in range(len(significant))], tok.mask_token_id)
     proc = CaptionProcessor(tok, 20, "mssm" if variant == "mssm_lvwm" else "mlm", 0.15, mssm, significant)
-    module = SNPS3Module(tiny_config(), task="pretrain", with_moco=True, moco_queue_size=512, moco_momentum=0.99,
-                         use_lvwm=variant == "mssm_lvwm", attentive_mask_prob=0.5, lr=1e-3, weight_decay=1e-3,
-                         warmup_iterations=20)
+    module = SNPS3Module(
+        tiny_config(),
+        task="pretrain",
+        with_moco=True,
+        moco_queue_size=512,
+        moco_momentum=0.99,
+        use_lvwm=variant == "mssm_lvwm",
+        attentive_mask_prob=0.5,
+        lr=1e-3,
+        weight_decay=1e-3,
+        warmup_iterations=20,
+    )
     opt_cfg = module.configure_optimizers()
     opt, sched = opt_cfg["optimizer"], opt_cfg["lr_scheduler"]["scheduler"]
     module.train()
@@ -120,10 +142,15 @@ def param_counts() -> dict:
     base = BertConfig()  # bert-base-uncased sizes
     emb = sum(p.numel() for p in BertEmbeddings(base).parameters())
     layer = sum(p.numel() for p in BertLayer(base).parameters())
-    return {"tiny_snp": tiny["snp"], "tiny_p3e": tiny["p3e"], "tiny_difference": tiny["p3e"] - tiny["snp"],
-            "bert_base_embedding_block": emb, "bert_base_layer": layer,
-            "paper_size_difference_p3e_minus_snp": emb + 3 * layer,
-            "paper_table_II_difference": 45.1e6}
+    return {
+        "tiny_snp": tiny["snp"],
+        "tiny_p3e": tiny["p3e"],
+        "tiny_difference": tiny["p3e"] - tiny["snp"],
+        "bert_base_embedding_block": emb,
+        "bert_base_layer": layer,
+        "paper_size_difference_p3e_minus_snp": emb + 3 * layer,
+        "paper_table_II_difference": 45.1e6,
+    }
 
 
 def main(argv=None) -> int:
@@ -147,20 +174,38 @@ def main(argv=None) -> int:
     rank = np.asarray(table["rank"])
     top_k = content_top_k(rank)
     significant = significant_mask(rank, top_k)
-    results: dict = {"config": {"steps": a.steps, "seeds": a.seeds, "batch_size": a.batch_size, "train": 600,
-                                "test": 200, "frames": 4, "words_top_k": top_k,
-                                "significant_words": [vocab[i] for i in np.flatnonzero(significant)]}}
+    results: dict = {
+        "config": {
+            "steps": a.steps,
+            "seeds": a.seeds,
+            "batch_size": a.batch_size,
+            "train": 600,
+            "test": 200,
+            "frames": 4,
+            "words_top_k": top_k,
+            "significant_words": [vocab[i] for i in np.flatnonzero(significant)],
+        }
+    }
     for variant in ("mlm", "mssm_lvwm"):
         runs = [run(variant, s, a.steps, a.batch_size, train, test, tok, significant, top_k) for s in a.seeds]
-        results[variant] = {k: {"mean": statistics.mean(r[k] for r in runs),
-                                "std": statistics.pstdev(r[k] for r in runs), "runs": [r[k] for r in runs]}
-                            for k in runs[0]}
+        results[variant] = {
+            k: {
+                "mean": statistics.mean(r[k] for r in runs),
+                "std": statistics.pstdev(r[k] for r in runs),
+                "runs": [r[k] for r in runs],
+            }
+            for k in runs[0]
+        }
     results["params"] = param_counts()
     acc_gain = results["mssm_lvwm"]["content_word_acc"]["mean"] - results["mlm"]["content_word_acc"]["mean"]
     r1_diff = results["mssm_lvwm"]["R@1_l2"]["mean"] - results["mlm"]["R@1_l2"]["mean"]
     gate = acc_gain >= 5.0 and r1_diff >= -2.0
-    results["gate"] = {"content_word_acc_gain": acc_gain, "R@1_l2_difference": r1_diff,
-                       "rule": "acc gain >= 5 points and R@1_l2 difference >= -2 points", "passed": gate}
+    results["gate"] = {
+        "content_word_acc_gain": acc_gain,
+        "R@1_l2_difference": r1_diff,
+        "rule": "acc gain >= 5 points and R@1_l2 difference >= -2 points",
+        "passed": gate,
+    }
     Path(a.out).write_text(json.dumps(results, indent=1))
     print(json.dumps(results["gate"], indent=1))
     print(json.dumps(results["params"], indent=1))

@@ -108,7 +108,7 @@ def window_oracle(root: Path, split: str, windows: list[int]) -> dict:
     back: list[int] = []
     for video, item in anns.items():
         n, d = item["duration_frame"], item["duration"]
-        for (ts, te) in item["timestamps"]:
+        for ts, te in item["timestamps"]:
             labels = frame_labels(ts, te, d, n, 0.0)
             first = round(ts / d * (n - 1))
             target = next(i for i, (a, _, _) in enumerate(events[video]) if a == first)
@@ -123,8 +123,10 @@ def window_oracle(root: Path, split: str, windows: list[int]) -> dict:
     back_t = torch.tensor(back, dtype=torch.float32)
     return {
         "mcAP": {str(w): statistics.mean(v) for w, v in caps.items()},
-        "positive_frames": len(back), "onset_back_mean": float(back_t.mean()),
-        "onset_back_max": int(back_t.max()), "frac_onset_beyond_short_memory": float((back_t >= 8).float().mean()),
+        "positive_frames": len(back),
+        "onset_back_mean": float(back_t.mean()),
+        "onset_back_max": int(back_t.max()),
+        "frac_onset_beyond_short_memory": float((back_t >= 8).float().mean()),
     }
 
 
@@ -255,7 +257,9 @@ def matching_check(steps: int, gamma: float, report_every: int = 100) -> list[tu
                 p = torch.sigmoid(logits(short, sentence, lengths))[:, -1]
                 acc = float(((p > 0.5).float() == y[:, -1]).float().mean())
             out.append((step, float(loss.detach()), acc))
-            print(f"matching check (gamma {gamma:g}) step {step}: loss {out[-1][1]:.4f}  accuracy {acc:.3f}", flush=True)
+            print(
+                f"matching check (gamma {gamma:g}) step {step}: loss {out[-1][1]:.4f}  accuracy {acc:.3f}", flush=True
+            )
     return out
 
 
@@ -278,8 +282,15 @@ def long_memory_zeroed():
 
 
 def run_variant(
-    name: str, root: Path, seed: int, epochs: int, device: torch.device, split: str = "test",
-    probes: tuple[str, ...] = (), eval_every: int = 0, focal_gamma: float = 3.0,
+    name: str,
+    root: Path,
+    seed: int,
+    epochs: int,
+    device: torch.device,
+    split: str = "test",
+    probes: tuple[str, ...] = (),
+    eval_every: int = 0,
+    focal_gamma: float = 3.0,
 ) -> dict[str, float]:
     """Train one variant for ``epochs`` epochs and score it on ``split`` (plus ``probes``). With ``eval_every`` = k > 0
     it is also scored (with the probes) after every k-th epoch; those scores are stored as ``epoch<e>/<metric>``."""
@@ -386,29 +397,61 @@ def gate_passed(summary: dict[str, dict]) -> bool | None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS) + list(DIAGNOSTIC_VARIANTS),
-                   help="variants to run (default: the five of the repro; no_compressor and oracle_memory are "
-                   "diagnostics)")
+    p.add_argument(
+        "--variants",
+        nargs="+",
+        default=list(VARIANTS),
+        choices=list(VARIANTS) + list(DIAGNOSTIC_VARIANTS),
+        help="variants to run (default: the five of the repro; no_compressor and oracle_memory are diagnostics)",
+    )
     p.add_argument("--epochs", type=int, default=10, help="training epochs per run (spec §8c: ~10)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when available)")
-    p.add_argument("--oracle", action="store_true",
-                   help="no training: print what a window of W = 1, M_s, M_s + M_l frames can reveal (mcAP of an oracle)")
-    p.add_argument("--probes", nargs="*", default=[], choices=["no_long", "wrong_query", "sentence_class"],
-                   help="also score each trained model with its long memory zeroed (no_long) and with the sentence of "
-                   "another annotation of the same video (wrong_query); printed and stored as '<probe>/<metric>'; "
-                   "sentence_class: nearest-class-centroid accuracy of the pooled query q and of P_s(q)_sem")
-    p.add_argument("--focal-gamma", type=float, default=3.0,
-                   help="diagnostic only: γ of the focal BCE (spec §3.8 and the default: 3; 0 = plain soft BCE)")
-    p.add_argument("--matching-check", type=int, default=0, metavar="STEPS",
-                   help="no repro: train the short-memory model STEPS steps on the isolated query-frame matching task "
-                   "(matching_check) with --focal-gamma, print loss and accuracy every 100 steps")
-    p.add_argument("--eval-every", type=int, default=0,
-                   help="also score (with the probes) after every k-th epoch; stored as 'epoch<e>/<metric>' in per_run")
-    p.add_argument("--eval-split", default="test", choices=["test", "val"],
-                   help="split the metrics are computed on; use val (10 videos, 30 annotations) for diagnostics")
-    p.add_argument("--out", default=None,
-                   help="result JSON (default: repro_results.json beside this file for the complete default run — all "
-                   "variants, seeds 0 1 2, 10 epochs, test split — else repro_results_partial.json)")
+    p.add_argument(
+        "--oracle",
+        action="store_true",
+        help="no training: print what a window of W = 1, M_s, M_s + M_l frames can reveal (mcAP of an oracle)",
+    )
+    p.add_argument(
+        "--probes",
+        nargs="*",
+        default=[],
+        choices=["no_long", "wrong_query", "sentence_class"],
+        help="also score each trained model with its long memory zeroed (no_long) and with the sentence of "
+        "another annotation of the same video (wrong_query); printed and stored as '<probe>/<metric>'; "
+        "sentence_class: nearest-class-centroid accuracy of the pooled query q and of P_s(q)_sem",
+    )
+    p.add_argument(
+        "--focal-gamma",
+        type=float,
+        default=3.0,
+        help="diagnostic only: γ of the focal BCE (spec §3.8 and the default: 3; 0 = plain soft BCE)",
+    )
+    p.add_argument(
+        "--matching-check",
+        type=int,
+        default=0,
+        metavar="STEPS",
+        help="no repro: train the short-memory model STEPS steps on the isolated query-frame matching task "
+        "(matching_check) with --focal-gamma, print loss and accuracy every 100 steps",
+    )
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="also score (with the probes) after every k-th epoch; stored as 'epoch<e>/<metric>' in per_run",
+    )
+    p.add_argument(
+        "--eval-split",
+        default="test",
+        choices=["test", "val"],
+        help="split the metrics are computed on; use val (10 videos, 30 annotations) for diagnostics",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="result JSON (default: repro_results.json beside this file for the complete default run — all "
+        "variants, seeds 0 1 2, 10 epochs, test split — else repro_results_partial.json)",
+    )
     args = p.parse_args(argv)
     default_run = (args.variants == list(VARIANTS) and args.seeds == [0, 1, 2] and args.epochs == 10
                    and args.eval_split == "test" and not args.probes and not args.eval_every
@@ -456,22 +499,34 @@ def main(argv: list[str] | None = None) -> int:
         roots = {
             seed: write_synthetic_dataset(
                 Path(tmp) / f"data_{seed}",
-                SyntheticStreamConfig(videos_per_split=(100, 10, 34), queries_per_video=3, video_feature_file=FILE,
-                                      seed=seed, world_seed=1234 + seed, write_events=True),
+                SyntheticStreamConfig(
+                    videos_per_split=(100, 10, 34),
+                    queries_per_video=3,
+                    video_feature_file=FILE,
+                    seed=seed,
+                    world_seed=1234 + seed,
+                    write_events=True,
+                ),
             )  # fmt: skip
             for seed in args.seeds
         }
         if args.oracle:
             for seed in args.seeds:
-                print(f"seed {seed} {args.eval_split}: " + json.dumps(window_oracle(roots[seed], args.eval_split, [1, 8, 72])))
+                print(
+                    f"seed {seed} {args.eval_split}: "
+                    + json.dumps(window_oracle(roots[seed], args.eval_split, [1, 8, 72]))
+                )
             return 0
         for seed, v in order:
             r = run_variant(v, roots[seed], seed, args.epochs, device, args.eval_split, tuple(args.probes),
                             args.eval_every, args.focal_gamma)  # fmt: skip
             runs[v].append(r)
             seeds_done[v].append(seed)
-            print(f"seed {seed} {v:13s} mcAP {r['mcAP']:.4f}  R@1,IoU=0.5 {r['R@1,IoU=0.5']:.4f}  "
-                  f"R@5,IoU=0.5 {r['R@5,IoU=0.5']:.4f}  ({time.time() - t0:.0f}s)", flush=True)
+            print(
+                f"seed {seed} {v:13s} mcAP {r['mcAP']:.4f}  R@1,IoU=0.5 {r['R@1,IoU=0.5']:.4f}  "
+                f"R@5,IoU=0.5 {r['R@5,IoU=0.5']:.4f}  ({time.time() - t0:.0f}s)",
+                flush=True,
+            )
             write(complete=False)
     result = write(complete=True)
     for v, s in result["results"].items():

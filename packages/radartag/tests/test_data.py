@@ -30,7 +30,9 @@ def test_files_and_node_order(root):
     assert g["video"].num_nodes == n_train + n_val and g["video"].num_train == n_train
     assert g["video"].pid.tolist() == [p for p, _ in files.videos["train"]] + [p for p, _ in files.videos["val"]]
     assert g["tag"].num_nodes == len(files.tags) and g["tag"].x.shape == (len(files.tags), 8)
-    np.testing.assert_allclose(g["video"].x[0].numpy(), np.load(root / "video_feat" / f"{files.videos['train'][0][0]}.npy"))
+    np.testing.assert_allclose(
+        g["video"].x[0].numpy(), np.load(root / "video_feat" / f"{files.videos['train'][0][0]}.npy")
+    )
 
 
 def test_edge_counts_per_split(root):

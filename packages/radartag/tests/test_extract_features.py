@@ -42,7 +42,9 @@ def tiny_bert(tmp_path):
 def test_text_features_bert_mean_and_cls(vertical, tiny_bert, tmp_path):
     from transformers import AutoModel, AutoTokenizer
 
-    main(args=["extract-features", "--dataset_root", str(vertical), "--vertical", "v", "--text_encoder", str(tiny_bert)])
+    main(
+        args=["extract-features", "--dataset_root", str(vertical), "--vertical", "v", "--text_encoder", str(tiny_bert)]
+    )
     files = read_kwai_files(vertical, "v")  # label-map tags + the extra ontology tag
     assert len(files.tags) > files.num_label_map_tags
     written = {p.stem for p in (vertical / "tag_feat_bert").glob("*.npy")}

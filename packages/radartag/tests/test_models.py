@@ -40,7 +40,9 @@ def test_ggt_attention_normalised_zero_message_and_permutation():
 def test_per_relation_softmax_differs_from_joint():
     e_r1 = torch.tensor([1.0, 2.0])  # two r1 edges into node 0
     e_r2 = torch.tensor([0.5])  # one r2 edge into node 0
-    per_rel = torch.cat([softmax(e_r1, torch.zeros(2, dtype=torch.long)), softmax(e_r2, torch.zeros(1, dtype=torch.long))])
+    per_rel = torch.cat(
+        [softmax(e_r1, torch.zeros(2, dtype=torch.long)), softmax(e_r2, torch.zeros(1, dtype=torch.long))]
+    )
     joint = softmax(torch.cat([e_r1, e_r2]), torch.zeros(3, dtype=torch.long))
     assert per_rel[2] == 1.0 and joint[2] < 1.0
     assert not torch.allclose(per_rel, joint)

@@ -12,7 +12,9 @@ def _graph():
     data["video"].num_nodes = 30
     data["tag"].num_nodes = 6
     data[FOLLOWED_BY].edge_index = torch.randint(0, 30, (2, 200), generator=g)
-    data[HAS_TAG].edge_index = torch.stack([torch.randint(0, 30, (60,), generator=g), torch.randint(0, 6, (60,), generator=g)])
+    data[HAS_TAG].edge_index = torch.stack(
+        [torch.randint(0, 30, (60,), generator=g), torch.randint(0, 6, (60,), generator=g)]
+    )
     data[SUBTOPIC].edge_index = torch.tensor([[0, 1, 2, 3], [4, 4, 5, 5]])
     return data
 
@@ -77,7 +79,9 @@ def test_batch_bounded_by_batch_not_graph():
     bound_videos = v1 + f * v1 + f * K
     sizes = {}
     for num_videos in (2_000, 20_000):
-        graph = random_graph(num_videos, K, dim=4, follows_per_video=20, seed=num_videos)  # in-degree ~20 > f: sampling is what bounds the batch
+        graph = random_graph(
+            num_videos, K, dim=4, follows_per_video=20, seed=num_videos
+        )  # in-degree ~20 > f: sampling is what bounds the batch
         sampler = BlockSampler(graph, RELS, num_layers=L, fanout=f)
         collate = GraphCollator(graph, sampler, K)
         for seed in range(3):

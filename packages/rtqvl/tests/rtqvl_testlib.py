@@ -10,8 +10,18 @@ from rtqvl.models import RTQConfig, TextConfig, VisionConfig
 
 
 def tiny_vision(**over) -> VisionConfig:
-    kw = dict(image_size=32, patch_size=8, hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128, num_frames=4,
-              num_segments=2, cluster_block=2, temporal_block=3)
+    kw = dict(
+        image_size=32,
+        patch_size=8,
+        hidden_size=64,
+        num_layers=4,
+        num_heads=4,
+        mlp_dim=128,
+        num_frames=4,
+        num_segments=2,
+        cluster_block=2,
+        temporal_block=3,
+    )
     kw.update(over)
     return VisionConfig(**kw)
 
@@ -19,13 +29,21 @@ def tiny_vision(**over) -> VisionConfig:
 def tiny_config(task: str = "retrieval", **over) -> RTQConfig:
     vision = over.pop("vision", tiny_vision())
     text = TextConfig(vocab_path="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, dropout=0.0)
-    kw = dict(task=task, vision=vision, text=text, embed_dim=32, queue_size=16, k_test=4, max_text_len=16,
-              max_caption_len=16, num_beams=2, gen_max_len=6, gen_min_len=2)
+    kw = dict(
+        task=task,
+        vision=vision,
+        text=text,
+        embed_dim=32,
+        queue_size=16,
+        k_test=4,
+        max_text_len=16,
+        max_caption_len=16,
+        num_beams=2,
+        gen_max_len=6,
+        gen_min_len=2,
+    )
     kw.update(over)
     return RTQConfig(**kw)
-
-
-
 
 
 def itc_inputs(world: int, b: int = 4, e: int = 8, q: int = 8):

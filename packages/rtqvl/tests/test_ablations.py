@@ -105,9 +105,20 @@ def test_divided_attention_mixes_only_one_patch_slot_across_segments():
 
 def test_video_proxy_block_patches_see_own_segment_and_proxies_see_all():
     torch.manual_seed(0)
-    layer = BlipEncoderLayer(VisionConfig(image_size=32, patch_size=8, hidden_size=16, num_heads=4, mlp_dim=32,
-                                          num_layers=1, num_frames=2, num_segments=2, cluster_block=0,
-                                          temporal_block=0).blip_config()).eval()
+    layer = BlipEncoderLayer(
+        VisionConfig(
+            image_size=32,
+            patch_size=8,
+            hidden_size=16,
+            num_heads=4,
+            mlp_dim=32,
+            num_layers=1,
+            num_frames=2,
+            num_segments=2,
+            cluster_block=0,
+            temporal_block=0,
+        ).blip_config()
+    ).eval()
     for p in layer.parameters():
         torch.nn.init.normal_(p, std=0.5)
     m, t, c = 2, 3, 4
@@ -183,8 +194,9 @@ def test_spectral_knn_config_and_refine():
 
 
 def test_prior_divided_attention_runs_on_raw_frames_before_refine():
-    cfg = tiny_vision(temporal_modeling="divided_attention", temporal_placement="prior", temporal_block=2,
-                      msg_fc_zero_init=True)  # blocks 0, 1 divided (T = 4 frames), Refine before block 2
+    cfg = tiny_vision(
+        temporal_modeling="divided_attention", temporal_placement="prior", temporal_block=2, msg_fc_zero_init=True
+    )  # blocks 0, 1 divided (T = 4 frames), Refine before block 2
     torch.manual_seed(0)
     enc = RTQVisionEncoder(cfg).eval()
     assert len(enc.divided_blocks) == 2 and enc.temporal_embedding.shape == (4, 64)  # one row per raw frame

@@ -15,10 +15,23 @@ CONFIGS = shipped_configs("rtqvl")
 
 
 def test_expected_configs_are_shipped():
-    for name in ("tiny", "demo", "msrvtt_retrieval", "didemo_retrieval", "activitynet_retrieval", "msrvtt_caption",
-                 "msvd_caption", "msrvtt_qa", "nextqa", "msrvtt_retrieval_rq", "msrvtt_retrieval_spectral",
-                 "msrvtt_retrieval_token_shift", "msrvtt_retrieval_divst", "msrvtt_retrieval_divst_prior",
-                 "msrvtt_retrieval_vip"):
+    for name in (
+        "tiny",
+        "demo",
+        "msrvtt_retrieval",
+        "didemo_retrieval",
+        "activitynet_retrieval",
+        "msrvtt_caption",
+        "msvd_caption",
+        "msrvtt_qa",
+        "nextqa",
+        "msrvtt_retrieval_rq",
+        "msrvtt_retrieval_spectral",
+        "msrvtt_retrieval_token_shift",
+        "msrvtt_retrieval_divst",
+        "msrvtt_retrieval_divst_prior",
+        "msrvtt_retrieval_vip",
+    ):
         assert name in CONFIGS, name
 
 

@@ -35,21 +35,47 @@ def root(tmp_path_factory):
     ann = root / "ann"
     ann.mkdir()
     (ann / "ret.jsonl").write_text(
-        json.dumps({"clip_name": "video0", "caption": "A man (is) cooking!"}) + "\n"
-        + json.dumps({"video": "video1", "caption": ["first caption", "second caption"]}) + "\n"
+        json.dumps({"clip_name": "video0", "caption": "A man (is) cooking!"})
+        + "\n"
+        + json.dumps({"video": "video1", "caption": ["first caption", "second caption"]})
+        + "\n"
     )
-    (ann / "cap_test.json").write_text(json.dumps([
-        {"image_id": "video0.mp4", "caption": "a red square"}, {"image_id": "video0.mp4", "caption": "red box"},
-        {"image_id": "video1.mp4", "caption": "blue"},
-    ]))
+    (ann / "cap_test.json").write_text(
+        json.dumps(
+            [
+                {"image_id": "video0.mp4", "caption": "a red square"},
+                {"image_id": "video0.mp4", "caption": "red box"},
+                {"image_id": "video1.mp4", "caption": "blue"},
+            ]
+        )
+    )
     (ann / "cap_grouped.jsonl").write_text(json.dumps({"clip_name": "video0", "caption": ["x y", "y z"]}) + "\n")
-    (ann / "qa_test.json").write_text(json.dumps([
-        {"video": "video7010.mp4", "question": "What is red?", "answer": "square", "question_id": 12},
-    ]))
+    (ann / "qa_test.json").write_text(
+        json.dumps(
+            [
+                {"video": "video7010.mp4", "question": "What is red?", "answer": "square", "question_id": 12},
+            ]
+        )
+    )
     with open(ann / "test.csv", "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["video", "frame_count", "width", "height", "question", "answer", "qid", "type",
-                    "a0", "a1", "a2", "a3", "a4"])
+        w.writerow(
+            [
+                "video",
+                "frame_count",
+                "width",
+                "height",
+                "question",
+                "answer",
+                "qid",
+                "type",
+                "a0",
+                "a1",
+                "a2",
+                "a3",
+                "a4",
+            ]
+        )
         w.writerow(["video1", 8, 32, 32, "what happens first", 2, 4, "TP", "blue", "green", "red", "white", "none"])
     return root
 
@@ -122,7 +148,11 @@ def test_missing_files_and_keys(root, tmp_path):
 def test_corrupt_video_raise_or_skip(root, tmp_path, caplog):
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "c.jsonl").write_text(
-        json.dumps({"clip_name": "bad", "caption": "x"}) + "\n" + json.dumps({"clip_name": "video0", "caption": "y"}) + "\n")
+        json.dumps({"clip_name": "bad", "caption": "x"})
+        + "\n"
+        + json.dumps({"clip_name": "video0", "caption": "y"})
+        + "\n"
+    )
     import shutil
 
     shutil.copytree(root / "vis_db", tmp_path / "vis_db")

@@ -50,8 +50,10 @@ def test_itc_soft_targets_with_alpha():
     y = torch.eye(2)
     q_v2t = a * F.softmax(vm @ tm.T / 0.07, 1) + (1 - a) * y
     q_t2v = a * F.softmax(tm @ vm.T / 0.07, 1) + (1 - a) * y
-    ref = 0.5 * (-(q_v2t * F.log_softmax(v @ tm.T / 0.07, 1)).sum(1).mean()
-                 - (q_t2v * F.log_softmax(t @ vm.T / 0.07, 1)).sum(1).mean())
+    ref = 0.5 * (
+        -(q_v2t * F.log_softmax(v @ tm.T / 0.07, 1)).sum(1).mean()
+        - (q_t2v * F.log_softmax(t @ vm.T / 0.07, 1)).sum(1).mean()
+    )
     torch.testing.assert_close(got, ref)
 
 

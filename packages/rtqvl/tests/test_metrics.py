@@ -38,7 +38,13 @@ def test_retrieval_against_naive_including_ties():
     for k in (1, 5, 10):
         assert m[f"t2v_R@{k}"] == pytest.approx(100 * (r < k).float().mean().item())
     assert m["t2v_MnR"] == pytest.approx((r + 1).float().mean().item())
-    assert m["t2v_MdR"] == pytest.approx(float(torch.tensor((r + 1).tolist(), dtype=torch.float64).median() if len(r) % 2 else (r + 1).float().quantile(0.5)))
+    assert m["t2v_MdR"] == pytest.approx(
+        float(
+            torch.tensor((r + 1).tolist(), dtype=torch.float64).median()
+            if len(r) % 2
+            else (r + 1).float().quantile(0.5)
+        )
+    )
     rv = _naive_ranks(s.T, gt)
     assert m["v2t_R@1"] == pytest.approx(100 * (rv < 1).float().mean().item())
     assert m["r_mean"] == pytest.approx((m["t2v_R@1"] + m["t2v_R@5"] + m["t2v_R@10"]) / 3)
@@ -71,7 +77,9 @@ def test_caption_scores_hand_checked():
     assert rouge_l(p, r) == pytest.approx(1.0)
     # hand-worked ROUGE-L: hyp "a b c", ref "a c d e": LCS 2, P 2/3, R 1/2
     P, R, beta = 2 / 3, 1 / 2, 1.2
-    assert rouge_l([["a", "b", "c"]], [[["a", "c", "d", "e"]]]) == pytest.approx((1 + beta**2) * P * R / (R + beta**2 * P))
+    assert rouge_l([["a", "b", "c"]], [[["a", "c", "d", "e"]]]) == pytest.approx(
+        (1 + beta**2) * P * R / (R + beta**2 * P)
+    )
     # CIDEr-D: a perfect match on a 2-image corpus scores 10× the cosine of identical TF-IDF vectors (= 10)
     refs = [[["a", "red", "car", "on", "the", "road"]], [["two", "dogs", "play", "in", "snow"]]]
     assert cider_d([refs[0][0], refs[1][0]], refs) == pytest.approx(10.0)

@@ -127,12 +127,18 @@ def _to_lavis(key: str) -> str:
     import re
 
     inv = {
-        "embeddings.class_embedding": "cls_token", "embeddings.position_embedding": "pos_embed",
-        "embeddings.patch_embedding.": "patch_embed.proj.", "post_layernorm.": "norm.",
+        "embeddings.class_embedding": "cls_token",
+        "embeddings.position_embedding": "pos_embed",
+        "embeddings.patch_embedding.": "patch_embed.proj.",
+        "post_layernorm.": "norm.",
     }
     for a, b in inv.items():
         key = key.replace(a, b)
-    key = re.sub(r"encoder\.layers\.(\d+)\.layer_norm(\d)\.", r"blocks.\1.norm\2.", key) if key.startswith("visual") else key
+    key = (
+        re.sub(r"encoder\.layers\.(\d+)\.layer_norm(\d)\.", r"blocks.\1.norm\2.", key)
+        if key.startswith("visual")
+        else key
+    )
     key = re.sub(r"encoder\.layers\.(\d+)\.self_attn\.qkv\.", r"blocks.\1.attn.qkv.", key)
     key = re.sub(r"encoder\.layers\.(\d+)\.self_attn\.projection\.", r"blocks.\1.attn.proj.", key)
     key = re.sub(r"encoder\.layers\.(\d+)\.mlp\.", r"blocks.\1.mlp.", key)
@@ -142,7 +148,11 @@ def _to_lavis(key: str) -> str:
 def test_load_lavis_checkpoint_roundtrip(tmp_path):
     assert _VIT_RULES
     src = build_model(tiny_config())
-    state = {_to_lavis(k): v for k, v in src.state_dict().items() if "message_blocks" not in k and "temporal_embedding" not in k}
+    state = {
+        _to_lavis(k): v
+        for k, v in src.state_dict().items()
+        if "message_blocks" not in k and "temporal_embedding" not in k
+    }
     # a 384-px style position embedding (8x8 grid) that must be resized to the model's 4x4
     state["visual_encoder.pos_embed"] = torch.randn(1, 65, 64)
     state["visual_encoder_m.pos_embed"] = state["visual_encoder.pos_embed"].clone()  # resized too (Deviation)
@@ -152,10 +162,14 @@ def test_load_lavis_checkpoint_roundtrip(tmp_path):
     missing, dropped = load_pretrained(dst, str(tmp_path / "model_base_capfilt_large.pth"))
     assert any("message_blocks" in k for k in missing)
     assert any("video_queue" in k for k in dropped)
-    torch.testing.assert_close(dst.text_encoder.encoder.layer[1].crossattention.self.key.weight,
-                               src.text_encoder.encoder.layer[1].crossattention.self.key.weight)
-    torch.testing.assert_close(dst.visual_encoder.encoder.layers[2].self_attn.qkv.weight,
-                               src.visual_encoder.encoder.layers[2].self_attn.qkv.weight)
+    torch.testing.assert_close(
+        dst.text_encoder.encoder.layer[1].crossattention.self.key.weight,
+        src.text_encoder.encoder.layer[1].crossattention.self.key.weight,
+    )
+    torch.testing.assert_close(
+        dst.visual_encoder.encoder.layers[2].self_attn.qkv.weight,
+        src.visual_encoder.encoder.layers[2].self_attn.qkv.weight,
+    )
     pe = dst.visual_encoder.embeddings.position_embedding
     assert pe.shape == (1, 17, 64) and torch.equal(pe[:, 0], state["visual_encoder.pos_embed"][:, 0])
     assert torch.equal(dst.visual_encoder_m.embeddings.position_embedding, pe)

@@ -14,9 +14,22 @@ from rtqvl.module import RTQModule, linear_warmup_cosine_lr, param_groups
 
 def test_cli_fit_validate_test_tiny(tmp_path):
     common = [
-        "--config", "tiny", "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
-        "--data.data_root", str(tmp_path / "data"), "--data.demo_num_train", "17", "--data.demo_num_test", "8",
-        "--trainer.limit_val_batches", "1", "--trainer.limit_test_batches", "1",
+        "--config",
+        "tiny",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger",
+        "false",
+        "--data.data_root",
+        str(tmp_path / "data"),
+        "--data.demo_num_train",
+        "17",
+        "--data.demo_num_test",
+        "8",
+        "--trainer.limit_val_batches",
+        "1",
+        "--trainer.limit_test_batches",
+        "1",
     ]
     cli = main(["fit", *common, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2"])
     m = cli.trainer.callback_metrics
@@ -34,8 +47,12 @@ def test_cli_fit_validate_test_tiny(tmp_path):
 
 def _retrieval_batch(b=4):
     g = torch.Generator().manual_seed(0)
-    caps = ["red square on the left then blue square on the top", "green square on the right",
-            "white square then yellow square", "blue square on the bottom"]
+    caps = [
+        "red square on the left then blue square on the top",
+        "green square on the right",
+        "white square then yellow square",
+        "blue square on the bottom",
+    ]
     return {"video": torch.randn(b, 4, 3, 32, 32, generator=g), "caption": caps[:b], "video_index": torch.arange(b)}
 
 
@@ -65,11 +82,19 @@ def test_generation_and_choice_heads_train_and_evaluate(task):
     mod = _quiet(RTQModule(tiny_config(task, tune_crossattn_only=False), lr=1e-3))
     video = torch.randn(2, 4, 3, 32, 32)
     if task == "captioning":
-        batch = {"video": video, "caption": ["a red square", "a blue square then a dog"],
-                 "references": [["a red square"], ["a blue square"]], "index": torch.arange(2)}
+        batch = {
+            "video": video,
+            "caption": ["a red square", "a blue square then a dog"],
+            "references": [["a red square"], ["a blue square"]],
+            "index": torch.arange(2),
+        }
     elif task == "qa":
-        batch = {"video": video, "question": ["what is red", "what comes first"], "answer": ["square", "blue"],
-                 "weight": torch.ones(2)}
+        batch = {
+            "video": video,
+            "question": ["what is red", "what comes first"],
+            "answer": ["square", "blue"],
+            "weight": torch.ones(2),
+        }
     else:
         cands = [[f"question what is red answer {c}" for c in ("red", "blue", "green", "white", "dog")]] * 2
         batch = {"video": video, "candidates": cands, "answer": torch.tensor([0, 3]), "type": ["DC", "TN"]}
@@ -114,7 +139,12 @@ def test_weight_decay_groups():
     net.frozen.weight.requires_grad_(False)
     decay, no_decay = param_groups(net, 0.04)
     assert [id(p) for p in decay["params"]] == [id(net.fc.weight)]
-    assert {id(p) for p in no_decay["params"]} == {id(net.fc.bias), id(net.ln.weight), id(net.ln.bias), id(net.frozen.bias)}
+    assert {id(p) for p in no_decay["params"]} == {
+        id(net.fc.bias),
+        id(net.ln.weight),
+        id(net.ln.bias),
+        id(net.frozen.bias),
+    }
     assert decay["weight_decay"] == 0.04 and no_decay["weight_decay"] == 0.0
 
 

@@ -28,8 +28,9 @@ def check_triton_against_reference(device: str) -> None:
 
     for seed, (s, n, d, c) in enumerate(CASES):
         z = _tokens(s, n, d, seed).to(device)
-        torch.testing.assert_close(pairwise_distance_triton(z), torch.cdist(z.double(), z.double()).float(),
-                                   rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            pairwise_distance_triton(z), torch.cdist(z.double(), z.double()).float(), rtol=1e-5, atol=1e-5
+        )
         # same distances → the same medoids as the reference iteration (the float32 sums may differ in the last
         # bits from torch.cdist's, which can flip a near-tie on the way, so the distances are shared here)
         dist, norms = pairwise_distance_triton(z), z.norm(dim=-1)
@@ -53,8 +54,9 @@ def test_cpu_fallback_is_the_reference():
     z = torch.randn(2, 30, 4)
     assert torch.equal(kmedoids_fast(z, 7), kmedoids(z, 7))
     x = torch.randn(2 * 4, 17, 8)
-    assert torch.equal(refine_segments(x, 2, 2, "kmedoids", 16, kmedoids_impl="triton"),
-                       refine_segments(x, 2, 2, "kmedoids", 16))
+    assert torch.equal(
+        refine_segments(x, 2, 2, "kmedoids", 16, kmedoids_impl="triton"), refine_segments(x, 2, 2, "kmedoids", 16)
+    )
 
 
 @pytest.mark.skipif(not HAS_TRITON, reason="triton is not installed")

@@ -22,8 +22,19 @@ def random_images(n: int = 5, seed: int = 0) -> list[dict]:
         if i == 0:  # a perfectly predicted image: counting it twice would raise R and mR
             probs[0, gt_rels[0, 2]] += 10.0
             probs[1, gt_rels[1, 2]] += 10.0
-        images.append(dict(gt_boxes=boxes, gt_labels=labels, gt_rels=gt_rels, pred_boxes=boxes, pred_labels=labels,
-                           obj_scores=torch.ones(3), pair_idx=pairs, rel_probs=probs, image_index=i))
+        images.append(
+            dict(
+                gt_boxes=boxes,
+                gt_labels=labels,
+                gt_rels=gt_rels,
+                pred_boxes=boxes,
+                pred_labels=labels,
+                obj_scores=torch.ones(3),
+                pair_idx=pairs,
+                rel_probs=probs,
+                image_index=i,
+            )
+        )
     return images
 
 

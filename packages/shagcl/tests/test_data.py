@@ -39,8 +39,18 @@ def test_vg_boxes_splits_and_remap(vg_root):
     assert len(val) == 3 and len(train) == int(((split == 0) & (first_rel >= 0)).sum()) - 3 and len(test) == 5
     assert val.records[0].image_id == str(info["image_id"])  # the first train images are val
     scale = max(info["width"], info["height"]) / 1024
-    expected = np.stack([cxcywh[:, 0] - cxcywh[:, 2] / 2, cxcywh[:, 1] - cxcywh[:, 3] / 2,
-                         cxcywh[:, 0] + cxcywh[:, 2] / 2, cxcywh[:, 1] + cxcywh[:, 3] / 2], 1) * scale
+    expected = (
+        np.stack(
+            [
+                cxcywh[:, 0] - cxcywh[:, 2] / 2,
+                cxcywh[:, 1] - cxcywh[:, 3] / 2,
+                cxcywh[:, 0] + cxcywh[:, 2] / 2,
+                cxcywh[:, 1] + cxcywh[:, 3] / 2,
+            ],
+            1,
+        )
+        * scale
+    )
     np.testing.assert_allclose(val.records[0].boxes, expected, rtol=1e-5)
     np.testing.assert_array_equal(val.records[0].rels[:, :2], raw_pairs - b0)  # absolute -> local
     np.testing.assert_array_equal(val.records[0].rels[:, 2], np.array(VG150_PREDICATE_REMAP)[raw_preds])
@@ -73,8 +83,14 @@ def test_gqa_skip_and_val_cut(tmp_path):
 
 
 def test_items_collate_and_statistics(vg_root):
-    ds = VG150Dataset(vg_root, "train", num_val_images=3, max_pairs=12, max_fg_pairs=3,
-                      synthetic=SyntheticFeaturesConfig(feature_dim=8))
+    ds = VG150Dataset(
+        vg_root,
+        "train",
+        num_val_images=3,
+        max_pairs=12,
+        max_fg_pairs=3,
+        synthetic=SyntheticFeaturesConfig(feature_dim=8),
+    )
     item = ds[0]
     assert item["pair_idx"].shape[0] <= 12 and (item["pair_labels"] > 0).sum() <= 3
     assert (item["pair_idx"][:, 0] != item["pair_idx"][:, 1]).all()
@@ -93,8 +109,12 @@ def test_items_collate_and_statistics(vg_root):
 
 def test_sgdet_training_targets(tmp_path):
     write_vg150(tmp_path, n_images=8, n_obj_classes=4, n_predicates=5)
-    kw = dict(protocol="sgdet", predicate_order="file", num_val_images=0,
-              synthetic=SyntheticFeaturesConfig(feature_dim=8, box_jitter=0.01, det_logit_scale=20.0))
+    kw = dict(
+        protocol="sgdet",
+        predicate_order="file",
+        num_val_images=0,
+        synthetic=SyntheticFeaturesConfig(feature_dim=8, box_jitter=0.01, det_logit_scale=20.0),
+    )
     item = VG150Dataset(tmp_path, "train", sgdet_add_gt_boxes=False, **kw)[0]
     n = len(item["gt_labels"])
     assert len(item["boxes"]) == n and (item["labels"] == item["gt_labels"]).all()  # tiny jitter: all match
@@ -104,11 +124,17 @@ def test_sgdet_training_targets(tmp_path):
 def test_sgdet_adds_gt_boxes_to_training_proposals(tmp_path):
     """Spec §3.7: in SGDet training the GT boxes join the detections (configurable); never at test."""
     write_vg150(tmp_path, n_images=8, n_obj_classes=4, n_predicates=5, n_test=2)
-    kw = dict(protocol="sgdet", predicate_order="file", num_val_images=0,
-              synthetic=SyntheticFeaturesConfig(feature_dim=8, box_jitter=0.3, det_logit_scale=20.0))
+    kw = dict(
+        protocol="sgdet",
+        predicate_order="file",
+        num_val_images=0,
+        synthetic=SyntheticFeaturesConfig(feature_dim=8, box_jitter=0.3, det_logit_scale=20.0),
+    )
     item = VG150Dataset(tmp_path, "train", **kw)[0]
     n = len(item["gt_labels"])
-    assert len(item["boxes"]) == 2 * n and item["obj_feats"].shape == (2 * n, 8) and item["det_logits"].shape[0] == 2 * n
+    assert (
+        len(item["boxes"]) == 2 * n and item["obj_feats"].shape == (2 * n, 8) and item["det_logits"].shape[0] == 2 * n
+    )
     torch.testing.assert_close(item["boxes"][n:], item["gt_boxes"])
     assert (item["labels"][n:] == item["gt_labels"]).all()  # a GT box is matched to itself
     gt_pairs = {(s + n, o + n) for s, o, _ in item["gt_rels"].tolist()}
@@ -119,8 +145,14 @@ def test_sgdet_adds_gt_boxes_to_training_proposals(tmp_path):
 
 
 def test_datamodule_generates_demo_data(tmp_path):
-    dm = SGGDataModule(data_root=str(tmp_path), feature_source="synthetic", predicate_order="file",
-                       num_val_images=2, generate_demo_data=True, demo_num_images=12)
+    dm = SGGDataModule(
+        data_root=str(tmp_path),
+        feature_source="synthetic",
+        predicate_order="file",
+        num_val_images=2,
+        generate_demo_data=True,
+        demo_num_images=12,
+    )
     dm.setup("fit")
     stats = dm.statistics()
     assert stats.predicate_counts.shape == (11,) and len(dm.datasets["val"]) == 2

@@ -16,10 +16,17 @@ VG = OFFICIAL_PREDICATE_COUNTS["vg150"]
 GQA = OFFICIAL_PREDICATE_COUNTS["gqa200"]
 
 
-@pytest.mark.parametrize(("counts", "mu", "expected"), [
-    (VG, 3, [3, 3, 8, 6, 20, 10]), (VG, 4, [4, 6, 9, 19, 12]), (VG, 5, [4, 8, 10, 28]),
-    (GQA, 3, [4, 4, 11, 16, 31, 34]), (GQA, 4, [5, 10, 20, 65]), (GQA, 5, [7, 14, 28, 51]),
-])
+@pytest.mark.parametrize(
+    ("counts", "mu", "expected"),
+    [
+        (VG, 3, [3, 3, 8, 6, 20, 10]),
+        (VG, 4, [4, 6, 9, 19, 12]),
+        (VG, 5, [4, 8, 10, 28]),
+        (GQA, 3, [4, 4, 11, 16, 31, 34]),
+        (GQA, 4, [5, 10, 20, 65]),
+        (GQA, 5, [7, 14, 28, 51]),
+    ],
+)
 def test_grouping_reproduces_official_presets(counts, mu, expected):
     assert group_predicates(counts[1:], mu, 200) == expected
 
@@ -37,8 +44,9 @@ def test_average_grouping_and_vg_divide4_names():
 def test_median_rates_worked_values():
     rates = median_resampling_rates(VG, [4, 6, 9, 19, 12])
     torch.testing.assert_close(rates[0, :5], torch.tensor([0.1892, 0.5234, 0.8524, 1, 1]), atol=1e-4, rtol=0)
-    torch.testing.assert_close(rates[1, :6], torch.tensor([0.0612, 0.1694, 0.2759, 0.3914, 0.5909, 0.8518]),
-                               atol=1e-4, rtol=0)
+    torch.testing.assert_close(
+        rates[1, :6], torch.tensor([0.0612, 0.1694, 0.2759, 0.3914, 0.5909, 0.8518]), atol=1e-4, rtol=0
+    )
     assert (rates[0, 5:] == 0).all() and (rates[1, 11:] == 0).all()  # zero beyond n_k
     assert rates.min() >= 0 and (rates[rates > 0] >= 0.01).all()  # floor 0.01
     # medians m_3..m_5 = 6712, 1319, 653.5: a class with count == median has rate 1

@@ -27,8 +27,10 @@ def test_smoothed_kl_by_hand():
 
 
 def test_kd_two_samples_weights_and_gradients():
-    logits = [torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]], requires_grad=True),
-              torch.tensor([[5.0, 0.0, 1.0, 3.0], [1.0, 1.0, 0.0, 0.0]], requires_grad=True)]
+    logits = [
+        torch.tensor([[0.0, 1.0, 0.0], [0.0, 0.0, 2.0]], requires_grad=True),
+        torch.tensor([[5.0, 0.0, 1.0, 3.0], [1.0, 1.0, 0.0, 0.0]], requires_grad=True),
+    ]
     labels = torch.tensor([1, 3])  # sample 2 is background for classifier 1 (n_1 = 2) -> weight 0.1
     assignment = torch.ones(2, 2, dtype=torch.bool)
     out = collaborative_kd_loss(logits, labels, assignment, 2, [2, 3])

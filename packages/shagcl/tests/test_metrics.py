@@ -4,16 +4,33 @@ from shagcl.metrics import SGRecall, sgg_recall, sort_relations, write_per_predi
 
 BOXES3 = torch.tensor([[0.0, 0.0, 9.0, 9.0], [20.0, 20.0, 29.0, 29.0], [40.0, 40.0, 49.0, 49.0]])
 PAIRS3 = torch.tensor([[0, 1], [1, 2], [0, 2], [1, 0], [2, 0], [2, 1]])
-PROBS3 = torch.tensor([[0.1, 0.7, 0.05, 0.15], [0.1, 0.0, 0.3, 0.6], [0.3, 0.5, 0.1, 0.1]] + [[0.97, 0.01, 0.01, 0.01]] * 3)
+PROBS3 = torch.tensor(
+    [[0.1, 0.7, 0.05, 0.15], [0.1, 0.0, 0.3, 0.6], [0.3, 0.5, 0.1, 0.1]] + [[0.97, 0.01, 0.01, 0.01]] * 3
+)
 
 
 def _images(zero_shot=False):
-    img1 = dict(gt_boxes=BOXES3, gt_labels=torch.tensor([1, 2, 3]), gt_rels=torch.tensor([[0, 1, 1], [1, 2, 2], [0, 2, 1]]),
-                pred_boxes=BOXES3, pred_labels=torch.tensor([1, 2, 3]), obj_scores=torch.ones(3), pair_idx=PAIRS3,
-                rel_probs=PROBS3, zero_shot=torch.tensor([False, False, True]) if zero_shot else None)
-    img2 = dict(gt_boxes=BOXES3[:2], gt_labels=torch.tensor([1, 1]), gt_rels=torch.tensor([[0, 1, 1]]),
-                pred_boxes=BOXES3[:2], pred_labels=torch.tensor([1, 1]), obj_scores=torch.ones(2),
-                pair_idx=PAIRS3[[0, 3]], rel_probs=PROBS3[[0, 3]])
+    img1 = dict(
+        gt_boxes=BOXES3,
+        gt_labels=torch.tensor([1, 2, 3]),
+        gt_rels=torch.tensor([[0, 1, 1], [1, 2, 2], [0, 2, 1]]),
+        pred_boxes=BOXES3,
+        pred_labels=torch.tensor([1, 2, 3]),
+        obj_scores=torch.ones(3),
+        pair_idx=PAIRS3,
+        rel_probs=PROBS3,
+        zero_shot=torch.tensor([False, False, True]) if zero_shot else None,
+    )
+    img2 = dict(
+        gt_boxes=BOXES3[:2],
+        gt_labels=torch.tensor([1, 1]),
+        gt_rels=torch.tensor([[0, 1, 1]]),
+        pred_boxes=BOXES3[:2],
+        pred_labels=torch.tensor([1, 1]),
+        obj_scores=torch.ones(2),
+        pair_idx=PAIRS3[[0, 3]],
+        rel_probs=PROBS3[[0, 3]],
+    )
     empty = dict(img2, gt_rels=torch.zeros(0, 3, dtype=torch.long))  # no GT relation: skipped
     return [img1, img2, empty]
 
@@ -50,9 +67,16 @@ def test_iou_threshold_boundary():
     for pred_x2, expected in ((4.0, 1.0), (3.0, 0.0)):  # '+1' IoU 50/100 = 0.5 matches, 40/100 does not
         pred = gt.clone()
         pred[0, 2] = pred_x2
-        img = dict(gt_boxes=gt, gt_labels=torch.tensor([1, 2]), gt_rels=torch.tensor([[0, 1, 1]]), pred_boxes=pred,
-                   pred_labels=torch.tensor([1, 2]), obj_scores=torch.ones(2), pair_idx=torch.tensor([[0, 1]]),
-                   rel_probs=torch.tensor([[0.2, 0.8]]))
+        img = dict(
+            gt_boxes=gt,
+            gt_labels=torch.tensor([1, 2]),
+            gt_rels=torch.tensor([[0, 1, 1]]),
+            pred_boxes=pred,
+            pred_labels=torch.tensor([1, 2]),
+            obj_scores=torch.ones(2),
+            pair_idx=torch.tensor([[0, 1]]),
+            rel_probs=torch.tensor([[0.2, 0.8]]),
+        )
         assert float(sgg_recall([img], 2, ks=(1,))["R@1"]) == expected
 
 

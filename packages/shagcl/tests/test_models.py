@@ -15,9 +15,22 @@ from shagcl.models import (
 
 
 def tiny_config(**kw):
-    base = dict(num_obj_classes=5, num_predicates=6, feature_dim=16, hidden_dim=16, num_heads=2, key_dim=8,
-                ffn_dim=32, obj_layers=2, edge_layers=1, word_dim=8, word_embeddings="random", rect_size=27,
-                trainable_box_head=False, union_features="simplified")
+    base = dict(
+        num_obj_classes=5,
+        num_predicates=6,
+        feature_dim=16,
+        hidden_dim=16,
+        num_heads=2,
+        key_dim=8,
+        ffn_dim=32,
+        obj_layers=2,
+        edge_layers=1,
+        word_dim=8,
+        word_embeddings="random",
+        rect_size=27,
+        trainable_box_head=False,
+        union_features="simplified",
+    )
     base.update(kw)
     return SHAGCLConfig(**base)
 
@@ -72,11 +85,17 @@ def test_rect_features_and_model_shapes():
     for protocol in ("predcls", "sgcls", "sgdet"):
         model = SHAGCL(tiny_config(protocol=protocol))
         model.build_decoder([2, 3], torch.ones(5, 5, 6))
-        batch = {"obj_feats": torch.randn(5, 16), "boxes": torch.tensor([[0.0, 0, 5, 5], [3, 3, 9, 9], [1, 1, 4, 8],
-                                                                          [0, 0, 5, 5], [2, 2, 7, 7]]),
-                 "obj_image_sizes": torch.full((5, 2), 20.0), "num_objs": [3, 2], "labels": torch.tensor([1, 2, 3, 4, 1]),
-                 "det_logits": torch.randn(5, 5), "pair_idx": torch.tensor([[0, 1], [1, 2], [2, 0], [3, 4]]),
-                 "union_feats": torch.randn(4, 16), "pair_image_sizes": torch.full((4, 2), 20.0)}
+        batch = {
+            "obj_feats": torch.randn(5, 16),
+            "boxes": torch.tensor([[0.0, 0, 5, 5], [3, 3, 9, 9], [1, 1, 4, 8], [0, 0, 5, 5], [2, 2, 7, 7]]),
+            "obj_image_sizes": torch.full((5, 2), 20.0),
+            "num_objs": [3, 2],
+            "labels": torch.tensor([1, 2, 3, 4, 1]),
+            "det_logits": torch.randn(5, 5),
+            "pair_idx": torch.tensor([[0, 1], [1, 2], [2, 0], [3, 4]]),
+            "union_feats": torch.randn(4, 16),
+            "pair_image_sizes": torch.full((4, 2), 20.0),
+        }
         model.eval()
         out = model(batch)
         assert [t.shape for t in out.rel_logits] == [(4, 3), (4, 6)]
@@ -108,18 +127,27 @@ def test_official_union_path_and_trainable_box_head(tmp_path):
     assert union.reduce.in_channels == 32 and union.reduce.out_channels == 8  # 4 levels -> C, 3x3 conv
     model = SHAGCL(cfg)
     model.build_decoder([2, 3], torch.ones(5, 5, 6))
-    batch = {"obj_pooled": torch.randn(5, 8, 7, 7), "boxes": torch.tensor([[0.0, 0, 5, 5], [3, 3, 9, 9], [1, 1, 4, 8],
-                                                                            [0, 0, 5, 5], [2, 2, 7, 7]]),
-             "obj_image_sizes": torch.full((5, 2), 20.0), "num_objs": [3, 2], "labels": torch.tensor([1, 2, 3, 4, 1]),
-             "pair_idx": torch.tensor([[0, 1], [1, 2], [2, 0], [3, 4]]), "union_pooled": torch.randn(4, 32, 7, 7),
-             "pair_image_sizes": torch.full((4, 2), 20.0)}
+    batch = {
+        "obj_pooled": torch.randn(5, 8, 7, 7),
+        "boxes": torch.tensor([[0.0, 0, 5, 5], [3, 3, 9, 9], [1, 1, 4, 8], [0, 0, 5, 5], [2, 2, 7, 7]]),
+        "obj_image_sizes": torch.full((5, 2), 20.0),
+        "num_objs": [3, 2],
+        "labels": torch.tensor([1, 2, 3, 4, 1]),
+        "pair_idx": torch.tensor([[0, 1], [1, 2], [2, 0], [3, 4]]),
+        "union_pooled": torch.randn(4, 32, 7, 7),
+        "pair_image_sizes": torch.full((4, 2), 20.0),
+    }
     assert [t.shape for t in model(batch).rel_logits] == [(4, 3), (4, 6)]
     with pytest.raises(ValueError, match="object_stage pooled"):
         model({**batch, "obj_pooled": None, "obj_feats": torch.randn(5, 16)})
     # fc6/fc7 copies start from a detector's box head (torchvision key names)
-    state = {"roi_heads.box_head.fc6.weight": torch.randn(16, 8 * 49), "roi_heads.box_head.fc6.bias": torch.randn(16),
-             "roi_heads.box_head.fc7.weight": torch.randn(16, 16), "roi_heads.box_head.fc7.bias": torch.randn(16),
-             "roi_heads.box_predictor.cls_score.weight": torch.randn(5, 16)}
+    state = {
+        "roi_heads.box_head.fc6.weight": torch.randn(16, 8 * 49),
+        "roi_heads.box_head.fc6.bias": torch.randn(16),
+        "roi_heads.box_head.fc7.weight": torch.randn(16, 16),
+        "roi_heads.box_head.fc7.bias": torch.randn(16),
+        "roi_heads.box_predictor.cls_score.weight": torch.randn(5, 16),
+    }
     torch.save({"model": state}, tmp_path / "det.pth")
     assert model.load_box_head(tmp_path / "det.pth") == 2
     for head in (model.box_head, model.union.box_head):

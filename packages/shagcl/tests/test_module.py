@@ -33,13 +33,37 @@ def test_fit_validate_test_predict(trained):
 
 
 def _tiny_module(tmp_path, protocol, pooled=False):
-    dm = SGGDataModule(data_root=str(tmp_path), protocol=protocol, feature_source="synthetic",
-                       synthetic=SyntheticFeaturesConfig(feature_dim=16, pooled=pooled), predicate_order="file",
-                       num_val_images=2, max_pairs=32, max_fg_pairs=8, generate_demo_data=True, demo_num_images=32)
-    cfg = SHAGCLConfig(protocol=protocol, num_obj_classes=9, num_predicates=11, feature_dim=16, hidden_dim=16,
-                       num_heads=2, key_dim=8, ffn_dim=32, obj_layers=1, edge_layers=1, word_dim=8,
-                       word_embeddings="random", use_rect_features=pooled, group_min_count=1, roi_channels=8,
-                       trainable_box_head=pooled, union_features="official" if pooled else "simplified")
+    dm = SGGDataModule(
+        data_root=str(tmp_path),
+        protocol=protocol,
+        feature_source="synthetic",
+        synthetic=SyntheticFeaturesConfig(feature_dim=16, pooled=pooled),
+        predicate_order="file",
+        num_val_images=2,
+        max_pairs=32,
+        max_fg_pairs=8,
+        generate_demo_data=True,
+        demo_num_images=32,
+    )
+    cfg = SHAGCLConfig(
+        protocol=protocol,
+        num_obj_classes=9,
+        num_predicates=11,
+        feature_dim=16,
+        hidden_dim=16,
+        num_heads=2,
+        key_dim=8,
+        ffn_dim=32,
+        obj_layers=1,
+        edge_layers=1,
+        word_dim=8,
+        word_embeddings="random",
+        use_rect_features=pooled,
+        group_min_count=1,
+        roi_channels=8,
+        trainable_box_head=pooled,
+        union_features="official" if pooled else "simplified",
+    )
     module = SHAGCLModule(cfg)
     dm.setup("fit")
     module.build_from_statistics(dm.statistics())
@@ -80,8 +104,12 @@ def test_trainable_box_head_fc6_changes_after_a_step(tmp_path):
     assert batch["obj_pooled"].shape[1:] == (8, 7, 7) and batch["union_pooled"].shape[1:] == (32, 7, 7)
     opt = module.configure_optimizers()["optimizer"]
     fc6 = {name: p.detach().clone() for name, p in module.named_parameters() if ".fc6." in name}
-    assert set(fc6) == {"model.box_head.fc6.weight", "model.box_head.fc6.bias", "model.union.box_head.fc6.weight",
-                        "model.union.box_head.fc6.bias"}
+    assert set(fc6) == {
+        "model.box_head.fc6.weight",
+        "model.box_head.fc6.bias",
+        "model.union.box_head.fc6.weight",
+        "model.union.box_head.fc6.bias",
+    }
     torch.manual_seed(0)
     loss = module.gcl_loss(module.model(batch).rel_logits, batch["pair_labels"])["loss"]
     opt.zero_grad()

@@ -13,9 +13,16 @@ B, D, V, M, T, P = 4, 8, 2, 3, 3, 4
 def features(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     n = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
-    text = TextFeatures(n(B, D), n(B, V, D), n(B, M, D), n(B, V, D), n(B, M, D),
-                        torch.rand(B, V, generator=g) > 0.3, torch.rand(B, M, generator=g) > 0.3,
-                        torch.randint(-1, V, (B, M), generator=g))
+    text = TextFeatures(
+        n(B, D),
+        n(B, V, D),
+        n(B, M, D),
+        n(B, V, D),
+        n(B, M, D),
+        torch.rand(B, V, generator=g) > 0.3,
+        torch.rand(B, M, generator=g) > 0.3,
+        torch.randint(-1, V, (B, M), generator=g),
+    )
     frames = n(B, T, D)
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[1, 2] = False
@@ -58,8 +65,11 @@ def run(text, video, aux_weight):
     text, video = text.apply(leaf), video.apply(leaf)
     out = SHENetContrastiveLoss(aux_weight)(text, video, net, net.logit_scale_log.exp())
     out["loss"].backward()
-    return {"loss": out["loss"].detach(), "inputs": [x.grad.clone() for x in leaves],
-            "params": {k: p.grad.clone() for k, p in net.named_parameters()}}
+    return {
+        "loss": out["loss"].detach(),
+        "inputs": [x.grad.clone() for x in leaves],
+        "params": {k: p.grad.clone() for k, p in net.named_parameters()},
+    }
 
 
 def ddp_rank(rank: int, world: int, aux_weight: float):

@@ -29,24 +29,50 @@ def video(path, seconds=3, fps=4):
     """A video of ``seconds`` at ``fps`` -> ``seconds`` frames at 1 fps."""
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.suffix == ".avi":
-        return write_video(path, torch.randint(0, 255, (seconds * fps, 3, 48, 64), dtype=torch.uint8), fps=fps,
-                           codec="mpeg4")
+        return write_video(
+            path, torch.randint(0, 255, (seconds * fps, 3, 48, 64), dtype=torch.uint8), fps=fps, codec="mpeg4"
+        )
     return make_pattern_video(path, num_frames=seconds * fps, fps=fps, height=48, width=64, gop=4)
 
 
 def write_msrvtt(root):
     videos = [f"video{k}" for k in range(4)]
-    sentences = [{"caption": f"a man plays guitar {k} {j}", "video_id": v, "sen_id": 10 * k + j}
-                 for k, v in enumerate(videos) for j in range(2)]
+    sentences = [
+        {"caption": f"a man plays guitar {k} {j}", "video_id": v, "sen_id": 10 * k + j}
+        for k, v in enumerate(videos)
+        for j in range(2)
+    ]
     (root / "MSRVTT_data.json").parent.mkdir(parents=True, exist_ok=True)
-    (root / "MSRVTT_data.json").write_text(json.dumps({"info": {}, "videos": [
-        {"video_id": v, "url": "", "category": 0, "start time": 0.0, "end time": 3.0, "split": "train", "id": k}
-        for k, v in enumerate(videos)], "sentences": sentences}))
+    (root / "MSRVTT_data.json").write_text(
+        json.dumps(
+            {
+                "info": {},
+                "videos": [
+                    {
+                        "video_id": v,
+                        "url": "",
+                        "category": 0,
+                        "start time": 0.0,
+                        "end time": 3.0,
+                        "split": "train",
+                        "id": k,
+                    }
+                    for k, v in enumerate(videos)
+                ],
+                "sentences": sentences,
+            }
+        )
+    )
     with open(root / "MSRVTT_train.9k.csv", "w", newline="") as f:
         csv.writer(f).writerows([["video_id"], ["video0"], ["video1"]])
     with open(root / "MSRVTT_JSFUSION_test.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["key", "vid_key", "video_id", "sentence"], ["ret0", "msr2", "video2", "a dog runs"],
-                                 ["ret1", "msr3", "video3", "a cat sleeps"]])
+        csv.writer(f).writerows(
+            [
+                ["key", "vid_key", "video_id", "sentence"],
+                ["ret0", "msr2", "video2", "a dog runs"],
+                ["ret1", "msr3", "video3", "a cat sleeps"],
+            ]
+        )
     video(root / "videos" / "video0.mp4", seconds=6)  # 6 s -> subsampled to 4 frames
     video(root / "videos" / "video1.mp4", seconds=2)  # 2 s -> 2 frames + padding
     video(root / "videos" / "video2.mp4")
@@ -93,9 +119,11 @@ def test_msvd_multi_caption(tmp_path):
 
 
 def test_didemo_paragraphs(tmp_path):
-    rows = [{"video": "a.mp4", "times": [[0, 0]], "description": "a man walks in."},
-            {"video": "b.mp4", "times": [[1, 2]], "description": "a dog barks."},
-            {"video": "a.mp4", "times": [[2, 3]], "description": "he sits down."}]
+    rows = [
+        {"video": "a.mp4", "times": [[0, 0]], "description": "a man walks in."},
+        {"video": "b.mp4", "times": [[1, 2]], "description": "a dog barks."},
+        {"video": "a.mp4", "times": [[2, 3]], "description": "he sits down."},
+    ]
     (tmp_path / "test_data.json").write_text(json.dumps(rows))
     (tmp_path / "test_list.txt").write_text("a.mp4\nb.mp4\n")
     video(tmp_path / "videos" / "a.mp4")
@@ -108,8 +136,10 @@ def test_didemo_paragraphs(tmp_path):
 
 
 def test_activitynet_paragraphs(tmp_path):
-    ann = {"v_abc": {"duration": 2.5, "timestamps": [[0, 1], [1, 2.5]], "sentences": ["A man cooks.", " He eats."]},
-           "v_xyz": {"duration": 3.0, "timestamps": [[0, 3]], "sentences": ["Kids play."]}}
+    ann = {
+        "v_abc": {"duration": 2.5, "timestamps": [[0, 1], [1, 2.5]], "sentences": ["A man cooks.", " He eats."]},
+        "v_xyz": {"duration": 3.0, "timestamps": [[0, 3]], "sentences": ["Kids play."]},
+    }
     (tmp_path / "val_1.json").write_text(json.dumps(ann))
     (tmp_path / "val_ids.json").write_text(json.dumps(["v_abc", "v_xyz"]))
     video(tmp_path / "videos" / "abc.mp4")
@@ -148,9 +178,20 @@ def test_collate_and_digits():
 
 
 def test_datamodule_generates_demo_data(tmp_path):
-    dm = SHENetDataModule(dataset="msrvtt", data_root=str(tmp_path / "d"), max_frames=4, max_words=16, image_size=32,
-                          parser=ParserConfig(backend="heuristic"), batch_size=4, num_workers=0, pin_memory=False,
-                          generate_demo_data=True, demo_num_train=8, demo_num_test=4)
+    dm = SHENetDataModule(
+        dataset="msrvtt",
+        data_root=str(tmp_path / "d"),
+        max_frames=4,
+        max_words=16,
+        image_size=32,
+        parser=ParserConfig(backend="heuristic"),
+        batch_size=4,
+        num_workers=0,
+        pin_memory=False,
+        generate_demo_data=True,
+        demo_num_train=8,
+        demo_num_test=4,
+    )
     dm.prepare_data()
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
@@ -166,6 +207,12 @@ def test_parse_command_writes_cache(tmp_path):
     out = main(args=["parse", "--dataset", "msrvtt", "--data_root", str(tmp_path), "--backend", "heuristic"])
     parser = PrecomputedParser(out)
     assert out == tmp_path / "shenet_parses.json"
-    assert set(parser.entries) == {"a man plays guitar 0 0", "a man plays guitar 0 1", "a man plays guitar 1 0",
-                                   "a man plays guitar 1 1", "a dog runs", "a cat sleeps"}
+    assert set(parser.entries) == {
+        "a man plays guitar 0 0",
+        "a man plays guitar 0 1",
+        "a man plays guitar 1 0",
+        "a man plays guitar 1 1",
+        "a dog runs",
+        "a cat sleeps",
+    }
     assert [n.level for n in parser("a dog runs").nodes] == ["noun", "verb"]

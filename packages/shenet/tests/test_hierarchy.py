@@ -26,23 +26,34 @@ def nodes(h: SyntaxHierarchy):
 def test_heuristic_fixed_sentences():
     p = HeuristicParser()
     assert nodes(p("a man in a red shirt is playing a guitar")) == [
-        ("noun", "man", "playing"), ("adj", "red", "shirt"), ("noun", "shirt", "playing"),
-        ("verb", "playing", "ROOT"), ("noun", "guitar", "playing")]
+        ("noun", "man", "playing"),
+        ("adj", "red", "shirt"),
+        ("noun", "shirt", "playing"),
+        ("verb", "playing", "ROOT"),
+        ("noun", "guitar", "playing"),
+    ]
     assert nodes(p("two dogs run on the green grass")) == [
-        ("noun", "dogs", "run"), ("verb", "run", "ROOT"), ("adj", "green", "grass"), ("noun", "grass", "run")]
+        ("noun", "dogs", "run"),
+        ("verb", "run", "ROOT"),
+        ("adj", "green", "grass"),
+        ("noun", "grass", "run"),
+    ]
     # copula-only caption: no verb node, nouns hang from the root
     assert nodes(p("a woman is on stage")) == [("noun", "woman", "ROOT"), ("noun", "stage", "ROOT")]
     # the digits task vocabulary parses exactly
     assert nodes(p("a dim seven vanishes near a three")) == [
-        ("adj", "dim", "seven"), ("noun", "seven", "vanishes"), ("verb", "vanishes", "ROOT"),
-        ("noun", "three", "vanishes")]
+        ("adj", "dim", "seven"),
+        ("noun", "seven", "vanishes"),
+        ("verb", "vanishes", "ROOT"),
+        ("noun", "three", "vanishes"),
+    ]
 
 
 def test_heuristic_spans_and_compounds():
     text = "The Soccer player kicks the ball"
     h = HeuristicParser()(text)
     for n in h.nodes:
-        assert text[n.char_start:n.char_end] == n.text
+        assert text[n.char_start : n.char_end] == n.text
     assert nodes(h)[0] == ("noun", "Soccer player", "kicks")
 
 
@@ -55,25 +66,35 @@ def _doc(words, pos, deps, heads):
 
 def test_spacy_rules_on_hand_set_parse():
     # "a man in a red shirt is playing a guitar", parse fixed by hand
-    doc = _doc(["a", "man", "in", "a", "red", "shirt", "is", "playing", "a", "guitar"],
-               ["DET", "NOUN", "ADP", "DET", "ADJ", "NOUN", "AUX", "VERB", "DET", "NOUN"],
-               ["det", "nsubj", "prep", "det", "amod", "pobj", "aux", "ROOT", "det", "dobj"],
-               [1, 7, 1, 5, 5, 2, 7, 7, 9, 7])
+    doc = _doc(
+        ["a", "man", "in", "a", "red", "shirt", "is", "playing", "a", "guitar"],
+        ["DET", "NOUN", "ADP", "DET", "ADJ", "NOUN", "AUX", "VERB", "DET", "NOUN"],
+        ["det", "nsubj", "prep", "det", "amod", "pobj", "aux", "ROOT", "det", "dobj"],
+        [1, 7, 1, 5, 5, 2, 7, 7, 9, 7],
+    )
     assert nodes(hierarchy_from_doc(doc)) == [
-        ("noun", "man", "playing"), ("adj", "red", "shirt"), ("noun", "shirt", "playing"),
-        ("verb", "playing", "ROOT"), ("noun", "guitar", "playing")]
+        ("noun", "man", "playing"),
+        ("adj", "red", "shirt"),
+        ("noun", "shirt", "playing"),
+        ("verb", "playing", "ROOT"),
+        ("noun", "guitar", "playing"),
+    ]
 
 
 def test_spacy_compound_and_predicative_adjective():
-    doc = _doc(["the", "soccer", "player", "kicks", "the", "ball"],
-               ["DET", "NOUN", "NOUN", "VERB", "DET", "NOUN"],
-               ["det", "compound", "nsubj", "ROOT", "det", "dobj"], [2, 2, 3, 3, 5, 3])
+    doc = _doc(
+        ["the", "soccer", "player", "kicks", "the", "ball"],
+        ["DET", "NOUN", "NOUN", "VERB", "DET", "NOUN"],
+        ["det", "compound", "nsubj", "ROOT", "det", "dobj"],
+        [2, 2, 3, 3, 5, 3],
+    )
     h = hierarchy_from_doc(doc)
     assert nodes(h) == [("noun", "soccer player", "kicks"), ("verb", "kicks", "ROOT"), ("noun", "ball", "kicks")]
     assert (h.nodes[0].char_start, h.nodes[0].char_end) == (4, 17)
     # "the car is red": acomp of an AUX root -> the subject noun; copula -> no verb
-    doc = _doc(["the", "car", "is", "red"], ["DET", "NOUN", "AUX", "ADJ"], ["det", "nsubj", "ROOT", "acomp"],
-               [1, 2, 2, 2])
+    doc = _doc(
+        ["the", "car", "is", "red"], ["DET", "NOUN", "AUX", "ADJ"], ["det", "nsubj", "ROOT", "acomp"], [1, 2, 2, 2]
+    )
     assert nodes(hierarchy_from_doc(doc)) == [("noun", "car", "ROOT"), ("adj", "red", "car")]
     # an adjective with no noun head and no subject: the closest noun
     doc = _doc(["happy", "and", "dogs"], ["ADJ", "CCONJ", "NOUN"], ["ROOT", "cc", "conj"], [0, 0, 0])
@@ -85,8 +106,12 @@ def test_caps_drop_and_reparent():
     capped = apply_caps(h, {"verb": 1, "noun": 8, "adj": 8})
     assert [n.text for n in capped.nodes if n.level == "verb"] == ["plays"]
     # nouns whose verb was dropped go to the root; the others keep theirs (re-indexed)
-    assert nodes(capped) == [("noun", "man", "plays"), ("verb", "plays", "ROOT"), ("noun", "girl", "plays"),
-                             ("noun", "dog", "ROOT")]
+    assert nodes(capped) == [
+        ("noun", "man", "plays"),
+        ("verb", "plays", "ROOT"),
+        ("noun", "girl", "plays"),
+        ("noun", "dog", "ROOT"),
+    ]
     paragraph = ParserConfig(paragraph=True)
     assert paragraph.caps == {"verb": 8, "noun": 16, "adj": 16}
     assert ParserConfig().caps == {"verb": 4, "noun": 8, "adj": 8}
@@ -128,9 +153,17 @@ def test_spacy_model_on_fixed_sentences():
 
     p = SpacyParser(nlp)
     assert nodes(p("a man in a red shirt is playing a guitar")) == [
-        ("noun", "man", "playing"), ("adj", "red", "shirt"), ("noun", "shirt", "playing"),
-        ("verb", "playing", "ROOT"), ("noun", "guitar", "playing")]
+        ("noun", "man", "playing"),
+        ("adj", "red", "shirt"),
+        ("noun", "shirt", "playing"),
+        ("verb", "playing", "ROOT"),
+        ("noun", "guitar", "playing"),
+    ]
     assert nodes(p("two dogs run on the green grass")) == [
-        ("noun", "dogs", "run"), ("verb", "run", "ROOT"), ("adj", "green", "grass"), ("noun", "grass", "run")]
+        ("noun", "dogs", "run"),
+        ("verb", "run", "ROOT"),
+        ("adj", "green", "grass"),
+        ("noun", "grass", "run"),
+    ]
     assert nodes(p("a woman is on stage")) == [("noun", "woman", "ROOT"), ("noun", "stage", "ROOT")]
     assert nodes(p("the soccer player kicks the ball"))[0] == ("noun", "soccer player", "kicks")

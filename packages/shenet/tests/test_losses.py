@@ -61,4 +61,4 @@ def test_two_processes_match_one_process():
     per = h.B // 2
     for rank, r in enumerate(ranks):
         for g_rank, g_single in zip(r["inputs"], single["inputs"], strict=True):
-            torch.testing.assert_close(g_rank / 2, g_single[rank * per:(rank + 1) * per], atol=1e-6, rtol=1e-5)
+            torch.testing.assert_close(g_rank / 2, g_single[rank * per : (rank + 1) * per], atol=1e-6, rtol=1e-5)

@@ -12,8 +12,10 @@ def naive(scores: np.ndarray, gt: np.ndarray) -> dict:
     for the ground truth (stable sort with positives placed first among equals)."""
     Q, G = scores.shape
     out = {}
-    for prefix, S, pos in (("t2v_", scores, [[g] for g in gt]),
-                           ("v2t_", scores.T, [list(np.nonzero(gt == v)[0]) for v in range(G)])):
+    for prefix, S, pos in (
+        ("t2v_", scores, [[g] for g in gt]),
+        ("v2t_", scores.T, [list(np.nonzero(gt == v)[0]) for v in range(G)]),
+    ):
         ranks = []
         for row, p in zip(S, pos, strict=True):
             row = np.nan_to_num(row, nan=-np.inf)

@@ -28,8 +28,16 @@ def make_text(Bt=3, seed=0):
     verb_mask = torch.tensor([[True, True], [True, False], [False, False]])[:Bt]
     noun_mask = torch.tensor([[True, True, True], [True, True, False], [True, False, False]])[:Bt]
     noun_parent = torch.tensor([[0, 1, -1], [0, -1, -1], [-1, -1, -1]])[:Bt]
-    return TextFeatures(norm(torch.randn(Bt, D, generator=g)), verbs, nouns, norm(verbs + 0.1), norm(nouns - 0.1),
-                        verb_mask, noun_mask, noun_parent)
+    return TextFeatures(
+        norm(torch.randn(Bt, D, generator=g)),
+        verbs,
+        nouns,
+        norm(verbs + 0.1),
+        norm(nouns - 0.1),
+        verb_mask,
+        noun_mask,
+        noun_parent,
+    )
 
 
 def make_video(Bv=2, seed=1):
@@ -113,8 +121,11 @@ def test_max_pooling_is_token_max():
         for k in range(2):
             valid = video.frame_mask[k]
             vs = [(text.verbs_enh[i, j] @ video.frames[k, valid].T).max() for j in range(V) if text.verb_mask[i, j]]
-            ns = [(text.nouns_enh[i, m] @ video.patches[k, valid].reshape(-1, D).T).max() for m in range(M)
-                  if text.noun_mask[i, m]]
+            ns = [
+                (text.nouns_enh[i, m] @ video.patches[k, valid].reshape(-1, D).T).max()
+                for m in range(M)
+                if text.noun_mask[i, m]
+            ]
             assert torch.allclose(S2[i, k], torch.stack(vs).mean() if vs else torch.tensor(0.0), atol=1e-5)
             assert torch.allclose(S3[i, k], torch.stack(ns).mean(), atol=1e-5)
 
@@ -166,17 +177,26 @@ def text_batch(Bt=3, L=8):
     ids = torch.randint(1, 1000, (Bt, L), generator=g)
     ids[:, 0], ids[:, -1] = 49406, 49407
     pool = lambda n: torch.softmax(torch.randn(Bt, n, L, generator=g), -1)  # noqa: E731
-    return {"text_input_ids": ids, "text_verb_pool": pool(4), "text_noun_pool": pool(8), "text_adj_pool": pool(8),
-            "text_verb_mask": torch.rand(Bt, 4, generator=g) > 0.3, "text_noun_mask": torch.rand(Bt, 8, generator=g) > 0.3,
-            "text_adj_mask": torch.rand(Bt, 8, generator=g) > 0.5, "text_noun_parent": torch.randint(-1, 4, (Bt, 8), generator=g),
-            "text_adj_parent": torch.randint(-1, 8, (Bt, 8), generator=g)}
+    return {
+        "text_input_ids": ids,
+        "text_verb_pool": pool(4),
+        "text_noun_pool": pool(8),
+        "text_adj_pool": pool(8),
+        "text_verb_mask": torch.rand(Bt, 4, generator=g) > 0.3,
+        "text_noun_mask": torch.rand(Bt, 8, generator=g) > 0.3,
+        "text_adj_mask": torch.rand(Bt, 8, generator=g) > 0.5,
+        "text_noun_parent": torch.randint(-1, 4, (Bt, 8), generator=g),
+        "text_adj_parent": torch.randint(-1, 8, (Bt, 8), generator=g),
+    }
 
 
 def test_model_guidance_off_is_meanP_and_chunking_exact():
     torch.manual_seed(0)
     model = tiny()
     text = model.encode_text(text_batch(5))
-    video = model.encode_video(torch.randn(3, T, 3, 32, 32), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]).bool())
+    video = model.encode_video(
+        torch.randn(3, T, 3, 32, 32), torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]]).bool()
+    )
     assert video.patches.shape == (3, T, 4, 32) and video.frames.shape == (3, T, 32)
     full = model.similarity(text, video)["S"].detach()
     chunked = model.similarity_matrix(text, video, text_chunk=2, video_chunk=2)
@@ -207,8 +227,14 @@ def test_guide_visual_without_effect_warns(caplog):
 
 
 def test_seqtransf_and_learned_weights_run():
-    model = tiny(temporal="seqTransf", temporal_layers=1, temporal_heads=2, text_enhance="gated", learnable_tau=True,
-                 sim_weighting="learned")
+    model = tiny(
+        temporal="seqTransf",
+        temporal_layers=1,
+        temporal_heads=2,
+        text_enhance="gated",
+        learnable_tau=True,
+        sim_weighting="learned",
+    )
     text = model.encode_text(text_batch(2))
     video = model.encode_video(torch.randn(2, T, 3, 32, 32), torch.ones(2, T, dtype=torch.bool))
     S = model.similarity(text, video)["S"]

@@ -13,8 +13,14 @@ from shenet.tokenization import TextEncoder
 
 
 def test_fit_validate_test_tiny(tmp_path):
-    common = ["--config", "tiny", "--trainer.default_root_dir", str(tmp_path), "--data.data_root",
-              str(tmp_path / "data")]
+    common = [
+        "--config",
+        "tiny",
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--data.data_root",
+        str(tmp_path / "data"),
+    ]
     cli = main(args=["fit", *common])
     metrics = cli.trainer.callback_metrics
     for key in ("train/loss", "val/t2v_R@1", "val/v2t_MnR"):

@@ -17,7 +17,7 @@ def test_ids_match_open_clip_tokenizer():
     for text in ["a man in a red shirt is playing a guitar", "Two dogs run, on the green-grass!"]:
         ref = [tok.encoder["<start_of_text>"]] + tok.encode(text) + [tok.encoder["<end_of_text>"]]
         ids = enc(text).input_ids
-        assert ids[: len(ref)].tolist() == ref and not ids[len(ref):].any()
+        assert ids[: len(ref)].tolist() == ref and not ids[len(ref) :].any()
 
 
 def test_node_spans_recover_characters():

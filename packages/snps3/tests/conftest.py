@@ -4,8 +4,18 @@ from snps3.models import SNPS3Config, SNPS3Model
 
 
 def tiny_config(**overrides) -> SNPS3Config:
-    kw = dict(bert=None, vocab_size=209, hidden_size=16, num_layers=2, num_heads=2, intermediate_size=32,
-              max_position_embeddings=64, visual_encoder="tiny_cnn", tiny_cnn_channels=8, num_answers=5)
+    kw = dict(
+        bert=None,
+        vocab_size=209,
+        hidden_size=16,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        visual_encoder="tiny_cnn",
+        tiny_cnn_channels=8,
+        num_answers=5,
+    )
     kw.update(overrides)
     return SNPS3Config(**kw)
 

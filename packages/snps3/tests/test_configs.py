@@ -7,9 +7,21 @@ CONFIGS = shipped_configs("snps3")
 
 
 def test_paper_configs_are_shipped():
-    for name in ("tiny", "demo", "pretrain_coco_vg_pvt", "pretrain_coco_vg_r50", "pretrain_cc3m_vst",
-                 "pretrain_webvid_vst", "msrvtt_7k_retrieval", "msrvtt_9k_retrieval", "didemo_retrieval",
-                 "msvd_retrieval", "msrvtt_qa", "msvd_qa", "msrvtt_mc"):
+    for name in (
+        "tiny",
+        "demo",
+        "pretrain_coco_vg_pvt",
+        "pretrain_coco_vg_r50",
+        "pretrain_cc3m_vst",
+        "pretrain_webvid_vst",
+        "msrvtt_7k_retrieval",
+        "msrvtt_9k_retrieval",
+        "didemo_retrieval",
+        "msvd_retrieval",
+        "msrvtt_qa",
+        "msvd_qa",
+        "msrvtt_mc",
+    ):
         assert name in CONFIGS, name
 
 

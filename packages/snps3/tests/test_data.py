@@ -19,10 +19,25 @@ from snps3.data import (
 
 
 def dm(root, dataset="webvid", **kw):
-    args = dict(data_root=str(root), dataset=dataset, tokenizer="vocab.txt", num_frames=3, max_text_len=16,
-                masking="mssm", significant_words="count_reprocess_synthetic.json", same_lemma="vocab_simi_list_new.json",
-                words_top_k=17, crop_size=32, train_scale=(32, 36), eval_short_side=32, randaugment=False,
-                num_answers=18, answer_list="msrvtt_qa_antmmf/answers.json", batch_size=4, eval_batch_size=4)
+    args = dict(
+        data_root=str(root),
+        dataset=dataset,
+        tokenizer="vocab.txt",
+        num_frames=3,
+        max_text_len=16,
+        masking="mssm",
+        significant_words="count_reprocess_synthetic.json",
+        same_lemma="vocab_simi_list_new.json",
+        words_top_k=17,
+        crop_size=32,
+        train_scale=(32, 36),
+        eval_short_side=32,
+        randaugment=False,
+        num_answers=18,
+        answer_list="msrvtt_qa_antmmf/answers.json",
+        batch_size=4,
+        eval_batch_size=4,
+    )
     args.update(kw)
     return SNPS3DataModule(**args)
 
@@ -126,8 +141,10 @@ def test_corrupt_video_raise_or_skip(synthetic_root, tmp_path, caplog):
     (root / "webvid" / "videos" / "bad.mp4").write_bytes(b"not a video")
     good = (Path(synthetic_root) / "webvid" / "videos" / "train00000.mp4").read_bytes()
     (root / "webvid" / "videos" / "good.mp4").write_bytes(good)
-    rows = [{"clip_name": "bad", "caption": "a red one rises", "type": "video"},
-            {"clip_name": "good", "caption": "a blue two falls", "type": "video"}]
+    rows = [
+        {"clip_name": "bad", "caption": "a red one rises", "type": "video"},
+        {"clip_name": "good", "caption": "a blue two falls", "type": "video"},
+    ]
     (root / "webvid" / "annotations" / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = dm(root, images_root="webvid")
     d.setup("validate")

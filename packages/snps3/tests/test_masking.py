@@ -87,8 +87,9 @@ def test_attentive_mask_count_specials_and_mask_token():
     importance = torch.rand(ids.shape)
     importance[:, 0] = 1e6  # huge importance on [CLS] must not matter
     for seed in range(20):
-        masked, labels = attentive_mask(ids, attn, importance, (101, 102, 0), MASK,
-                                        generator=torch.Generator().manual_seed(seed))
+        masked, labels = attentive_mask(
+            ids, attn, importance, (101, 102, 0), MASK, generator=torch.Generator().manual_seed(seed)
+        )
         chosen0 = (labels[0] >= 0).nonzero().flatten().tolist()
         assert len(chosen0) == max(int(0.15 * 7), 1) == 1
         assert (labels[1] >= 0).sum() == 1 and labels[1, 1] == 160  # at least one mask
@@ -107,12 +108,14 @@ def test_restore_raw_ids():
 
 
 def test_lvwm_word_selection_fallbacks():
-    ids = torch.tensor([
-        [101, 10, 11, 12, 13, 102],  # significant 11, 12 -> topped up to 3 from {2, 3}
-        [101, 20, 21, 22, 23, 102],  # none significant -> other positions 1..4
-        [101, 102, 0, 0, 0, 0],  # nothing -> 0, 1, 2
-        [101, 30, 31, 32, 33, 102],  # 4 significant -> 3 distinct of them
-    ])
+    ids = torch.tensor(
+        [
+            [101, 10, 11, 12, 13, 102],  # significant 11, 12 -> topped up to 3 from {2, 3}
+            [101, 20, 21, 22, 23, 102],  # none significant -> other positions 1..4
+            [101, 102, 0, 0, 0, 0],  # nothing -> 0, 1, 2
+            [101, 30, 31, 32, 33, 102],  # 4 significant -> 3 distinct of them
+        ]
+    )
     attn = (ids != 0).long()
     sig = torch.zeros_like(ids, dtype=torch.bool)
     sig[0, [2, 3]] = True

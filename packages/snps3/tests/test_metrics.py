@@ -5,12 +5,14 @@ from snps3.metrics import RetrievalMetrics, best_gt_rank, retrieval_metrics
 
 
 def test_multi_gt_rank_and_mdr_hand_example():
-    sim = torch.tensor([
-        [0.9, 0.8, 0.1, 0.0],  # gt {1, 2}: best gt (0.8) ranked second -> r = 1
-        [0.1, 0.2, 0.3, 0.4],  # gt {3}: r = 0
-        [0.5, 0.4, 0.3, 0.2],  # gt {2}: r = 2
-        [0.0, 0.9, 0.8, 0.7],  # gt {0}: r = 3
-    ])
+    sim = torch.tensor(
+        [
+            [0.9, 0.8, 0.1, 0.0],  # gt {1, 2}: best gt (0.8) ranked second -> r = 1
+            [0.1, 0.2, 0.3, 0.4],  # gt {3}: r = 0
+            [0.5, 0.4, 0.3, 0.2],  # gt {2}: r = 2
+            [0.0, 0.9, 0.8, 0.7],  # gt {0}: r = 3
+        ]
+    )
     gt = torch.tensor([[0, 1, 1, 0], [0, 0, 0, 1], [0, 0, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
     assert best_gt_rank(sim, gt).tolist() == [1, 0, 2, 3]
     m = retrieval_metrics(sim, gt, ks=(1, 2, 3))

@@ -5,8 +5,17 @@ from snps3.models import SNPS3Config, SNPS3Model, StrideOnePatchEmbed3d, VideoSw
 
 
 def cfg(**kw):
-    base = dict(bert=None, vocab_size=209, hidden_size=16, num_layers=4, num_heads=2, intermediate_size=32,
-                max_position_embeddings=64, visual_encoder="tiny_cnn", tiny_cnn_channels=8)
+    base = dict(
+        bert=None,
+        vocab_size=209,
+        hidden_size=16,
+        num_layers=4,
+        num_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        visual_encoder="tiny_cnn",
+        tiny_cnn_channels=8,
+    )
     base.update(kw)
     return SNPS3Config(**base)
 
@@ -19,8 +28,9 @@ def test_snp_shares_the_text_encoder_and_p3e_does_not():
     p3e = SNPS3Model(cfg(arch="p3e", p3e_cross_layers=3))
     assert p3e.cross_bert is not p3e.bert
     assert len(p3e.cross_bert.encoder.layer) == 3
-    torch.testing.assert_close(p3e.cross_bert.encoder.layer[0].output.dense.weight,
-                               p3e.bert.encoder.layer[0].output.dense.weight)
+    torch.testing.assert_close(
+        p3e.cross_bert.encoder.layer[0].output.dense.weight, p3e.bert.encoder.layer[0].output.dense.weight
+    )
     n_snp = sum(p.numel() for p in snp.parameters())
     n_p3e = sum(p.numel() for p in p3e.parameters())
     emb = sum(p.numel() for p in snp.bert.embeddings.parameters())
@@ -40,7 +50,9 @@ def test_cross_input_assembly():
     assert out.text_hidden.shape == (b, length, d) and out.visual_hidden.shape == (b, t, d)
     # reference: the same sequence built by hand through the BERT embedding tables
     e = m.bert.embeddings
-    text = e.LayerNorm(e.word_embeddings(ids) + e.position_embeddings(torch.arange(length)) + e.token_type_embeddings.weight[0])
+    text = e.LayerNorm(
+        e.word_embeddings(ids) + e.position_embeddings(torch.arange(length)) + e.token_type_embeddings.weight[0]
+    )
     vis_in = torch.cat([visual, e.word_embeddings.weight[102].expand(b, 1, d)], 1)
     vis = e.LayerNorm(vis_in + e.position_embeddings(torch.arange(t + 1)) + e.token_type_embeddings.weight[1])
     mask = torch.cat([attn, torch.ones(b, t + 1, dtype=torch.long)], 1)
@@ -48,7 +60,7 @@ def test_cross_input_assembly():
     ext = (1.0 - mask[:, None, None, :].float()) * torch.finfo(torch.float32).min
     h = m.bert.encoder(h, attention_mask=ext).last_hidden_state
     torch.testing.assert_close(out.text_hidden, h[:, :length])
-    torch.testing.assert_close(out.visual_hidden, h[:, length:length + t])  # trailing visual [SEP] dropped
+    torch.testing.assert_close(out.visual_hidden, h[:, length : length + t])  # trailing visual [SEP] dropped
     torch.testing.assert_close(out.pooled, m.cross_pooler(h))
     with torch.no_grad():
         m.cross_pooler.dense.weight.add_(1.0)
@@ -84,17 +96,35 @@ def test_padding_mask_excludes_padded_positions():
 def test_video_swin_patch_embedding_keeps_time_steps():
     pe = StrideOnePatchEmbed3d([2, 4, 4], 3, 8, torch.nn.LayerNorm)
     assert pe(torch.randn(1, 3, 5, 32, 32)).shape == (1, 5, 8, 8, 8)
-    enc = VideoSwinEncoder(cfg(visual_encoder="video_swin", swin_embed_dim=8, swin_depths=[1, 1, 1, 1],
-                               swin_heads=[1, 1, 1, 1], swin_window=[2, 7, 7]), 16)
+    enc = VideoSwinEncoder(
+        cfg(
+            visual_encoder="video_swin",
+            swin_embed_dim=8,
+            swin_depths=[1, 1, 1, 1],
+            swin_heads=[1, 1, 1, 1],
+            swin_window=[2, 7, 7],
+        ),
+        16,
+    )
     assert enc(torch.randn(2, 3, 3, 64, 64)).shape == (2, 3, 16)
 
 
 def test_video_swin_checkpoint_key_mapping():
-    state = {"module.patch_embed.proj.weight": 1, "layers.1.blocks.0.mlp.fc1.weight": 2,
-             "layers.2.downsample.reduction.weight": 3, "norm.bias": 4, "layers.0.blocks.1.attn.qkv.weight": 5}
+    state = {
+        "module.patch_embed.proj.weight": 1,
+        "layers.1.blocks.0.mlp.fc1.weight": 2,
+        "layers.2.downsample.reduction.weight": 3,
+        "norm.bias": 4,
+        "layers.0.blocks.1.attn.qkv.weight": 5,
+    }
     out = convert_video_swin_checkpoint(state)
-    assert out == {"patch_embed.proj.weight": 1, "features.2.0.mlp.0.weight": 2, "features.5.reduction.weight": 3,
-                   "norm.bias": 4, "features.0.1.attn.qkv.weight": 5}
+    assert out == {
+        "patch_embed.proj.weight": 1,
+        "features.2.0.mlp.0.weight": 2,
+        "features.5.reduction.weight": 3,
+        "norm.bias": 4,
+        "features.0.1.attn.qkv.weight": 5,
+    }
     from torchvision.models.video.swin_transformer import SwinTransformer3d
 
     keys = set(SwinTransformer3d([2, 4, 4], 8, [1, 1, 1, 1], [1, 1, 1, 1], [2, 7, 7]).state_dict())

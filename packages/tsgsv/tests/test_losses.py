@@ -75,8 +75,10 @@ def test_kd_total_and_detached_target():
     inv = torch.zeros(2, 4, dtype=torch.bool)
     lam = 0.4
     terms = twin_kd_loss(main, twin, y, inv, lam, 3.0)
-    expect = (1 - lam) * span_loss(main, y, inv, 3.0) + span_loss(twin, y, inv, 3.0) + lam * span_loss(
-        main, torch.sigmoid(twin).detach(), inv, 3.0
+    expect = (
+        (1 - lam) * span_loss(main, y, inv, 3.0)
+        + span_loss(twin, y, inv, 3.0)
+        + lam * span_loss(main, torch.sigmoid(twin).detach(), inv, 3.0)
     )
     torch.testing.assert_close(terms["loss"], expect)
     terms["loss"].backward()

@@ -15,8 +15,20 @@ from tsgsv.models import (
 
 
 def _cfg(**kw):
-    base = dict(video_dim=8, text_dim=6, hidden_dim=16, ffn_dim=32, num_heads=2, dropout=0.0, short_memory=4,
-                long_memory=8, future_memory=8, gru_layers=1, compressor_tokens=[3, 2], num_decoder_layers=2)
+    base = dict(
+        video_dim=8,
+        text_dim=6,
+        hidden_dim=16,
+        ffn_dim=32,
+        num_heads=2,
+        dropout=0.0,
+        short_memory=4,
+        long_memory=8,
+        future_memory=8,
+        gru_layers=1,
+        compressor_tokens=[3, 2],
+        num_decoder_layers=2,
+    )
     base.update(kw)
     return TSGSVConfig(**base)
 

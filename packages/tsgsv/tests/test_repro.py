@@ -25,7 +25,9 @@ def repro():
 def test_nearest_centroid_accuracy_by_hand(repro):
     train_x = torch.tensor([[1.0, 0.0], [2.0, 0.1], [0.0, 1.0], [0.1, 3.0]])
     train_y = torch.tensor([0, 0, 5, 5])
-    test_x = torch.tensor([[3.0, 0.2], [0.2, 1.0], [1.0, 1.1]])  # cosine: class 0, class 5, class 5 (closer to (0.05,2))
+    test_x = torch.tensor(
+        [[3.0, 0.2], [0.2, 1.0], [1.0, 1.1]]
+    )  # cosine: class 0, class 5, class 5 (closer to (0.05,2))
     assert repro.nearest_centroid_accuracy(train_x, train_y, test_x, torch.tensor([0, 5, 5])) == 1.0
     assert repro.nearest_centroid_accuracy(train_x, train_y, test_x, torch.tensor([0, 0, 7])) == pytest.approx(1 / 3)
 

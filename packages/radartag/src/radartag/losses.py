@@ -34,9 +34,7 @@ def adversarial_lambda(step: int, total_step: int, lambda0: float = 0.01, gamma:
     return lambda0 * (2.0 / (1.0 + math.exp(-gamma * p)) - 1.0)
 
 
-def discriminator_losses(
-    layer_logits: list[dict[str, torch.Tensor]], lam: float
-) -> tuple[torch.Tensor, torch.Tensor]:
+def discriminator_losses(layer_logits: list[dict[str, torch.Tensor]], lam: float) -> tuple[torch.Tensor, torch.Tensor]:
     """L_du = mean_l L_du^l / 2 and L_dc = mean_l L_dc^l / 2 (spec §3.4), where per layer
     L_du^l = mean BCEWithLogits(D(u_k), y_k) and L_dc^l = λ_p · mean BCEWithLogits(D(GRL(c_k)), y_k), source labels
     y = 0 for the visual branch (first half of the logits) and 1 for the linguistic branch (second half)."""

@@ -64,7 +64,9 @@ class RadarModule(pl.LightningModule):
             )
         for key in ("use_follow", "use_topic", "bidirectional_topic", "num_layers"):
             if dm.hparams[key] != getattr(self.config, key):
-                raise ValueError(f"data.{key}={dm.hparams[key]} differs from model.config.{key}={getattr(self.config, key)}")
+                raise ValueError(
+                    f"data.{key}={dm.hparams[key]} differs from model.config.{key}={getattr(self.config, key)}"
+                )
 
     def on_fit_start(self) -> None:
         if self.loss.total_step is None:

@@ -27,7 +27,16 @@ from torch_geometric.data import HeteroData
 
 from .models import HAS_TAG, EdgeType
 
-__all__ = ["CSC", "sample_positions", "relabel", "SampledBatch", "BlockSampler", "PygNeighborSampler", "blocks_from_pyg_output", "PYG_LIB_MISSING"]
+__all__ = [
+    "CSC",
+    "sample_positions",
+    "relabel",
+    "SampledBatch",
+    "BlockSampler",
+    "PygNeighborSampler",
+    "blocks_from_pyg_output",
+    "PYG_LIB_MISSING",
+]
 
 PYG_LIB_MISSING = (
     "data.sampler='pyg' needs the compiled 'pyg-lib' package, which is not on PyPI (and 'torch-sparse' ships source "
@@ -151,7 +160,7 @@ def relabel(prefix: torch.Tensor, parts: list[torch.Tensor]) -> tuple[torch.Tens
     rank = torch.empty_like(order)
     rank[order] = torch.arange(len(order))
     local = rank[inverse]
-    return uniq[order], list(local[len(prefix):].split([len(p) for p in parts]))
+    return uniq[order], list(local[len(prefix) :].split([len(p) for p in parts]))
 
 
 @dataclass

@@ -96,7 +96,9 @@ def write_synthetic_vertical(root: str | Path, vertical: str, cfg: SyntheticKwai
     mix = rng.standard_normal((d, d)) / np.sqrt(d)
     for pid, tags in video_tags.items():
         mean = leaf_vec[tags].mean(0)
-        np.save(root / "video_feat" / f"{pid}.npy", (mix @ mean + cfg.noise * rng.standard_normal(d)).astype(np.float32))
+        np.save(
+            root / "video_feat" / f"{pid}.npy", (mix @ mean + cfg.noise * rng.standard_normal(d)).astype(np.float32)
+        )
     for name, vec in tag_vec.items():
         np.save(root / "tag_feat_bert" / f"{name}.npy", (vec + 0.01 * rng.standard_normal(d)).astype(np.float32))
     children: dict[str, list[int]] = {}

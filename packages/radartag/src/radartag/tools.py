@@ -208,7 +208,9 @@ def extract_features(
         net = torchvision.models.get_model(image_encoder, weights=None)
         net.load_state_dict(torch.load(image_weights, map_location="cpu", weights_only=True))
         if not hasattr(net, "fc"):
-            raise ValueError(f"--image_encoder {image_encoder!r}: only encoders with an 'fc' head (ResNets) are supported")
+            raise ValueError(
+                f"--image_encoder {image_encoder!r}: only encoders with an 'fc' head (ResNets) are supported"
+            )
         net.fc = torch.nn.Identity()
         net = net.to(device).eval()
         (root / "video_feat").mkdir(exist_ok=True)
@@ -242,5 +244,3 @@ def extract_features_command(argv: list[str]) -> Path:
     a = p.parse_args(argv)
     return extract_features(a.dataset_root, a.vertical, a.text_encoder, a.pooling, a.video_dir, a.image_encoder,
                             a.image_weights, a.num_frames, a.device)  # fmt: skip
-
-

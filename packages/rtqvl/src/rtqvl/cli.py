@@ -48,5 +48,10 @@ def convert_nextqa(argv: list[str]) -> int:
 
 
 def main(args: list[str] | None = None):
-    return run_cli(RTQModule, RTQDataModule, package="rtqvl", args=args,
-                   extra_commands={"build-lmdb": build_lmdb, "convert-nextqa": convert_nextqa})
+    return run_cli(
+        RTQModule,
+        RTQDataModule,
+        package="rtqvl",
+        args=args,
+        extra_commands={"build-lmdb": build_lmdb, "convert-nextqa": convert_nextqa},
+    )

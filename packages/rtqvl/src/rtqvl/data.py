@@ -57,7 +57,13 @@ _SEE = "see README, Data preparation"
 
 # dataset → (annotation folder, video LMDB, train files, val files, test files), all relative to data_root
 LAYOUT: dict[str, tuple[str, str, list[str], list[str], list[str]]] = {
-    "msrvtt_retrieval": ("txt_db/msrvtt_retrieval", "vis_db/msrvtt", ["train.jsonl", "val.jsonl"], ["test.jsonl"], ["test.jsonl"]),
+    "msrvtt_retrieval": (
+        "txt_db/msrvtt_retrieval",
+        "vis_db/msrvtt",
+        ["train.jsonl", "val.jsonl"],
+        ["test.jsonl"],
+        ["test.jsonl"],
+    ),
     "didemo": ("txt_db/didemo_retrieval", "vis_db/didemo", ["train.jsonl"], ["test.jsonl"], ["test.jsonl"]),
     "activitynet": ("txt_db/anet_retrieval", "vis_db/anet", ["train.jsonl"], ["dev.jsonl"], ["val1.jsonl"]),
     "msrvtt_caption": ("txt_db/msrvtt_caption", "vis_db/msrvtt", ["train.jsonl"], ["test.jsonl"], ["test.jsonl"]),
@@ -162,11 +168,28 @@ class VideoTransform:
     uint8 (T, 3, H, W) → float32 (T, 3, S, S).
     """
 
-    OPS = ("Identity", "AutoContrast", "Brightness", "Sharpness", "Equalize", "ShearX", "ShearY", "TranslateX",
-           "TranslateY", "Rotate")
+    OPS = (
+        "Identity",
+        "AutoContrast",
+        "Brightness",
+        "Sharpness",
+        "Equalize",
+        "ShearX",
+        "ShearY",
+        "TranslateX",
+        "TranslateY",
+        "Rotate",
+    )
 
-    def __init__(self, image_size: int, train: bool, randaugment: bool = True, magnitude: int = 5, num_ops: int = 2,
-                 augment: bool = True):
+    def __init__(
+        self,
+        image_size: int,
+        train: bool,
+        randaugment: bool = True,
+        magnitude: int = 5,
+        num_ops: int = 2,
+        augment: bool = True,
+    ):
         self.size = image_size
         self.train = train and augment
         self.randaugment = randaugment
@@ -184,9 +207,23 @@ class VideoTransform:
             factor = m * 1.8 + 0.1  # enhance factor (1.0 at level 5)
             return TF.adjust_brightness(img, factor) if op == "Brightness" else TF.adjust_sharpness(img, factor)
         if op == "ShearX":
-            return TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0, shear=[math.degrees(math.atan(sign * 0.3 * m)), 0.0], fill=fill)
+            return TF.affine(
+                img,
+                angle=0.0,
+                translate=[0, 0],
+                scale=1.0,
+                shear=[math.degrees(math.atan(sign * 0.3 * m)), 0.0],
+                fill=fill,
+            )
         if op == "ShearY":
-            return TF.affine(img, angle=0.0, translate=[0, 0], scale=1.0, shear=[0.0, math.degrees(math.atan(sign * 0.3 * m))], fill=fill)
+            return TF.affine(
+                img,
+                angle=0.0,
+                translate=[0, 0],
+                scale=1.0,
+                shear=[0.0, math.degrees(math.atan(sign * 0.3 * m))],
+                fill=fill,
+            )
         if op == "TranslateX":
             return TF.affine(img, angle=0.0, translate=[int(sign * 10 * m), 0], scale=1.0, shear=[0.0, 0.0], fill=fill)
         if op == "TranslateY":
@@ -315,10 +352,23 @@ class RetrievalDataset(_VideoDataset):
     Item: ``video`` (T, 3, S, S) float32, ``caption`` str, ``video_id`` str, ``video_index`` int, ``index`` int.
     """
 
-    def __init__(self, data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt="raise",
-                 randaugment=True, augment=True):
-        super().__init__(data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt,
-                         randaugment, augment)
+    def __init__(
+        self,
+        data_root,
+        split,
+        files,
+        ann_dir,
+        video_db,
+        num_frames,
+        image_size,
+        train,
+        on_corrupt="raise",
+        randaugment=True,
+        augment=True,
+    ):
+        super().__init__(
+            data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt, randaugment, augment
+        )
         video_index: dict[str, int] = {}
         for path in self.paths:
             for ln, row in enumerate(_read_json_list(path)):
@@ -339,10 +389,23 @@ class CaptionDataset(_VideoDataset):
     Item: ``video``, ``caption`` (train) / ``references`` list[str] (eval), ``video_id``, ``index``.
     """
 
-    def __init__(self, data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt="raise",
-                 randaugment=True, augment=True):
-        super().__init__(data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt,
-                         randaugment, augment)
+    def __init__(
+        self,
+        data_root,
+        split,
+        files,
+        ann_dir,
+        video_db,
+        num_frames,
+        image_size,
+        train,
+        on_corrupt="raise",
+        randaugment=True,
+        augment=True,
+    ):
+        super().__init__(
+            data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt, randaugment, augment
+        )
         groups: dict[str, list[str]] = {}
         for path in self.paths:
             for ln, row in enumerate(_read_json_list(path)):
@@ -364,18 +427,36 @@ class VideoQADataset(_VideoDataset):
     ``instance_id`` (position), ``index``.
     """
 
-    def __init__(self, data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt="raise",
-                 randaugment=True, augment=True):
-        super().__init__(data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt,
-                         randaugment, augment)
+    def __init__(
+        self,
+        data_root,
+        split,
+        files,
+        ann_dir,
+        video_db,
+        num_frames,
+        image_size,
+        train,
+        on_corrupt="raise",
+        randaugment=True,
+        augment=True,
+    ):
+        super().__init__(
+            data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt, randaugment, augment
+        )
         for path in self.paths:
             for ln, row in enumerate(_read_json_list(path)):
                 _require(row, ["video", "question", "answer", "question_id"], path, ln)
-                self.items.append({
-                    "video_id": _video_key(row["video"]), "question": normalize_text(row["question"]),
-                    "answer": str(row["answer"]), "weight": 1.0, "question_id": row["question_id"],
-                    "instance_id": len(self.items),
-                })
+                self.items.append(
+                    {
+                        "video_id": _video_key(row["video"]),
+                        "question": normalize_text(row["question"]),
+                        "answer": str(row["answer"]),
+                        "weight": 1.0,
+                        "question_id": row["question_id"],
+                        "instance_id": len(self.items),
+                    }
+                )
 
 
 class NExTQADataset(_VideoDataset):
@@ -385,24 +466,56 @@ class NExTQADataset(_VideoDataset):
     ``type`` str, ``qid``, ``video_id``, ``index``.
     """
 
-    def __init__(self, data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt="raise",
-                 randaugment=True, augment=True, num_choices: int = 5):
-        super().__init__(data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt,
-                         randaugment, augment)
+    def __init__(
+        self,
+        data_root,
+        split,
+        files,
+        ann_dir,
+        video_db,
+        num_frames,
+        image_size,
+        train,
+        on_corrupt="raise",
+        randaugment=True,
+        augment=True,
+        num_choices: int = 5,
+    ):
+        super().__init__(
+            data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt, randaugment, augment
+        )
         keys = ["video", "qid", "type", "question", "answer"] + [f"a{k}" for k in range(num_choices)]
         for path in self.paths:
             for ln, row in enumerate(_read_json_list(path)):
                 _require(row, keys, path, ln)
                 q = row["question"]
                 cands = [normalize_text(f"question: {q}? answer: {row[f'a{k}']}") for k in range(num_choices)]
-                self.items.append({
-                    "video_id": _video_key(row["video"]), "candidates": cands, "answer": int(row["answer"]),
-                    "type": str(row["type"]), "qid": row["qid"],
-                })
+                self.items.append(
+                    {
+                        "video_id": _video_key(row["video"]),
+                        "candidates": cands,
+                        "answer": int(row["answer"]),
+                        "type": str(row["type"]),
+                        "qid": row["qid"],
+                    }
+                )
 
 
-NEXTQA_CSV_HEADER = ["video", "frame_count", "width", "height", "question", "answer", "qid", "type",
-                     "a0", "a1", "a2", "a3", "a4"]
+NEXTQA_CSV_HEADER = [
+    "video",
+    "frame_count",
+    "width",
+    "height",
+    "question",
+    "answer",
+    "qid",
+    "type",
+    "a0",
+    "a1",
+    "a2",
+    "a3",
+    "a4",
+]
 
 
 def convert_nextqa_csv(csv_paths: Sequence[str | Path], out_path: str | Path) -> int:
@@ -418,8 +531,16 @@ def convert_nextqa_csv(csv_paths: Sequence[str | Path], out_path: str | Path) ->
             if missing:
                 raise KeyError(f"{str(p)!r}: missing column(s) {missing}; {_SEE}")
             for r in reader:
-                rows.append({"video": r["video"], "qid": int(r["qid"]), "type": r["type"], "question": r["question"],
-                             "answer": int(r["answer"]), **{f"a{k}": r[f"a{k}"] for k in range(5)}})
+                rows.append(
+                    {
+                        "video": r["video"],
+                        "qid": int(r["qid"]),
+                        "type": r["type"],
+                        "question": r["question"],
+                        "answer": int(r["answer"]),
+                        **{f"a{k}": r[f"a{k}"] for k in range(5)},
+                    }
+                )
     Path(out_path).parent.mkdir(parents=True, exist_ok=True)
     Path(out_path).write_text(json.dumps(rows), encoding="utf-8")
     return len(rows)
@@ -500,18 +621,34 @@ class RTQDataModule(pl.LightningDataModule):
         if hp.generate_demo_data and not (Path(hp.data_root) / self.video_db / "data.mdb").is_file():
             from rtqvl.synthetic import write_order_dataset
 
-            write_order_dataset(hp.data_root, hp.demo_num_train, hp.demo_num_test, seed=0, ann_dir=self.ann_dir,
-                                video_db=self.video_db)
+            write_order_dataset(
+                hp.data_root, hp.demo_num_train, hp.demo_num_test, seed=0, ann_dir=self.ann_dir, video_db=self.video_db
+            )
 
     def _make(self, split: str, train: bool) -> Dataset:
         hp = self.hparams
         cls = {
-            "msrvtt_retrieval": RetrievalDataset, "didemo": RetrievalDataset, "activitynet": RetrievalDataset,
-            "msrvtt_caption": CaptionDataset, "msvd_caption": CaptionDataset, "msrvtt_qa": VideoQADataset,
+            "msrvtt_retrieval": RetrievalDataset,
+            "didemo": RetrievalDataset,
+            "activitynet": RetrievalDataset,
+            "msrvtt_caption": CaptionDataset,
+            "msvd_caption": CaptionDataset,
+            "msrvtt_qa": VideoQADataset,
             "nextqa": NExTQADataset,
         }[hp.dataset]
-        return cls(hp.data_root, split, self.files[split], self.ann_dir, self.video_db, hp.num_frames, hp.image_size,
-                   train, hp.on_corrupt, hp.randaugment, hp.augment)
+        return cls(
+            hp.data_root,
+            split,
+            self.files[split],
+            self.ann_dir,
+            self.video_db,
+            hp.num_frames,
+            hp.image_size,
+            train,
+            hp.on_corrupt,
+            hp.randaugment,
+            hp.augment,
+        )
 
     def setup(self, stage: str | None = None) -> None:
         if stage in ("fit", None):
@@ -527,9 +664,14 @@ class RTQDataModule(pl.LightningDataModule):
     def _loader(self, split: str, train: bool) -> DataLoader:
         hp = self.hparams
         return DataLoader(
-            self.datasets[split], batch_size=hp.batch_size if train else hp.eval_batch_size, shuffle=train,
-            drop_last=train, num_workers=hp.num_workers, pin_memory=hp.pin_memory,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0, collate_fn=collate,
+            self.datasets[split],
+            batch_size=hp.batch_size if train else hp.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            collate_fn=collate,
         )
 
     def train_dataloader(self) -> DataLoader:

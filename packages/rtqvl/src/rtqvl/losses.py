@@ -167,8 +167,10 @@ def caption_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, la
     """
     targets = _shifted_targets(ids, mask)  # (B, L−1)
     return F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-        ignore_index=-100, label_smoothing=label_smoothing,
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        label_smoothing=label_smoothing,
     )
 
 
@@ -196,8 +198,11 @@ def answer_loss(
     b = logits.shape[0]
     targets = _shifted_targets(ids, mask)  # (B, L−1)
     per_tok = F.cross_entropy(
-        logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-        ignore_index=-100, label_smoothing=label_smoothing, reduction="none",
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        targets.reshape(-1),
+        ignore_index=-100,
+        label_smoothing=label_smoothing,
+        reduction="none",
     ).view(b, -1)  # (B, L−1), zeros at ignored positions
     per_sample = per_tok.sum(dim=1)  # (B,)
     if weights is not None:

@@ -232,7 +232,9 @@ def cider_d(preds: list[list[str]], refs: list[list[list[str]]], sigma: float = 
     """CIDEr-D (pycocoevalcap): TF-IDF n-gram (1..4) cosine with clipping and a Gaussian length penalty,
     document frequencies over the references of the evaluated corpus, ×10."""
     n_max = 4
-    crefs = [[Counter({g: c for n in range(1, n_max + 1) for g, c in _ngrams(r, n).items()}) for r in rs] for rs in refs]
+    crefs = [
+        [Counter({g: c for n in range(1, n_max + 1) for g, c in _ngrams(r, n).items()}) for r in rs] for rs in refs
+    ]
     ctest = [Counter({g: c for n in range(1, n_max + 1) for g, c in _ngrams(h, n).items()}) for h in preds]
     df: Counter = Counter()
     for rs in crefs:
@@ -347,14 +349,39 @@ class CaptionMetrics(Metric):
 
 # ------------------------------------------------------------------------------------------------------ QA
 
-_CONTRACTIONS = {"dont": "don't", "doesnt": "doesn't", "isnt": "isn't", "arent": "aren't", "cant": "can't",
-                 "wont": "won't", "didnt": "didn't", "wasnt": "wasn't", "im": "i'm", "ive": "i've",
-                 "youre": "you're", "thats": "that's", "whats": "what's", "hes": "he's", "shes": "she's"}
-_DIGITS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6",
-           "seven": "7", "eight": "8", "nine": "9", "ten": "10"}
+_CONTRACTIONS = {
+    "dont": "don't",
+    "doesnt": "doesn't",
+    "isnt": "isn't",
+    "arent": "aren't",
+    "cant": "can't",
+    "wont": "won't",
+    "didnt": "didn't",
+    "wasnt": "wasn't",
+    "im": "i'm",
+    "ive": "i've",
+    "youre": "you're",
+    "thats": "that's",
+    "whats": "what's",
+    "hes": "he's",
+    "shes": "she's",
+}
+_DIGITS = {
+    "none": "0",
+    "zero": "0",
+    "one": "1",
+    "two": "2",
+    "three": "3",
+    "four": "4",
+    "five": "5",
+    "six": "6",
+    "seven": "7",
+    "eight": "8",
+    "nine": "9",
+    "ten": "10",
+}
 _ARTICLES = {"a", "an", "the"}
-_PUNCT_VQA = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",",
-              "?", "!"]
+_PUNCT_VQA = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
 _PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
 _COMMA_NUM = re.compile(r"(\d)(,)(\d)")
 
@@ -436,8 +463,9 @@ class NExTQAAccuracy(Metric):
 
     def update(self, preds: torch.Tensor, labels: torch.Tensor, types: Sequence[str]) -> None:
         ok = (preds.view(-1) == labels.view(-1)).float().cpu()
-        groups = torch.tensor([1 + _TYPE_GROUPS.index(t[:1].upper()) if t[:1].upper() in _TYPE_GROUPS else 0
-                               for t in types])
+        groups = torch.tensor(
+            [1 + _TYPE_GROUPS.index(t[:1].upper()) if t[:1].upper() in _TYPE_GROUPS else 0 for t in types]
+        )
         self.correct[0] += ok.sum()
         self.total[0] += ok.numel()
         for g in range(1, 4):

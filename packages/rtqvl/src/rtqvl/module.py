@@ -130,8 +130,15 @@ class RTQModule(pl.LightningModule):
 
     def on_train_batch_start(self, batch, batch_idx: int) -> None:
         hp = self.hparams
-        lr = linear_warmup_cosine_lr(self.current_epoch, batch_idx, hp.lr, hp.warmup_lr, hp.warmup_steps, hp.min_lr,
-                                     max(1, self.trainer.max_epochs or 1))
+        lr = linear_warmup_cosine_lr(
+            self.current_epoch,
+            batch_idx,
+            hp.lr,
+            hp.warmup_lr,
+            hp.warmup_steps,
+            hp.min_lr,
+            max(1, self.trainer.max_epochs or 1),
+        )
         for opt in self.trainer.optimizers:
             for g in opt.param_groups:
                 g["lr"] = lr
@@ -177,15 +184,18 @@ class RTQModule(pl.LightningModule):
             momentum_update(m.momentum_pairs(), self.config.momentum)
             v_m, _ = m.encode_video(video, momentum=True)
             t_m = m.encode_text(ids, mask, momentum=True)
-        loss_itc, gathered = self.itc(v_feat, t_feat, v_m, t_m, idx, m.video_queue, m.text_queue, m.idx_queue,
-                                      m.temp, alpha)
+        loss_itc, gathered = self.itc(
+            v_feat, t_feat, v_m, t_m, idx, m.video_queue, m.text_queue, m.idx_queue, m.temp, alpha
+        )
         m.enqueue(*gathered)
         neg_video, neg_text = itm_negative_indices(t_feat @ v_feat.T, idx, m.temp.detach())
-        logits = torch.cat([
-            m.itm_logits(v_tokens, ids, mask),  # positives
-            m.itm_logits(v_tokens[neg_video], ids, mask),  # each text with a hard negative video
-            m.itm_logits(v_tokens, ids[neg_text], mask[neg_text]),  # each video with a hard negative text
-        ])  # (3B, 2)
+        logits = torch.cat(
+            [
+                m.itm_logits(v_tokens, ids, mask),  # positives
+                m.itm_logits(v_tokens[neg_video], ids, mask),  # each text with a hard negative video
+                m.itm_logits(v_tokens, ids[neg_text], mask[neg_text]),  # each video with a hard negative text
+            ]
+        )  # (3B, 2)
         loss_itm = self.itm(logits)
         self.log("train/alpha", alpha, batch_size=video.shape[0])
         return {"loss_itc": self.hparams.itc_weight * loss_itc, "loss_itm": self.hparams.itm_weight * loss_itm}
@@ -211,10 +221,17 @@ class RTQModule(pl.LightningModule):
         if task == "retrieval":
             ids, mask = m.tokenize(batch["caption"], self.device, pad_to_max=True)
             v_feat, v_tokens = m.encode_video(batch["video"])
-            self._eval_store.append({
-                "v_feat": v_feat, "v_tokens": v_tokens, "t_feat": m.encode_text(ids, mask), "ids": ids, "mask": mask,
-                "video_index": batch["video_index"].to(self.device), "index": batch["index"].to(self.device),
-            })
+            self._eval_store.append(
+                {
+                    "v_feat": v_feat,
+                    "v_tokens": v_tokens,
+                    "t_feat": m.encode_text(ids, mask),
+                    "ids": ids,
+                    "mask": mask,
+                    "video_index": batch["video_index"].to(self.device),
+                    "index": batch["index"].to(self.device),
+                }
+            )
         elif task == "captioning":
             metric.update(m.generate(batch["video"]), batch["references"], batch["index"].tolist())
         elif task == "qa":
@@ -305,12 +322,18 @@ class RTQModule(pl.LightningModule):
         m, task = self.model, self.config.task
         if task == "retrieval":
             ids, mask = m.tokenize(batch["caption"], self.device)
-            return {"video_id": batch["video_id"], "video_feat": m.encode_video(batch["video"])[0],
-                    "text_feat": m.encode_text(ids, mask)}
+            return {
+                "video_id": batch["video_id"],
+                "video_feat": m.encode_video(batch["video"])[0],
+                "text_feat": m.encode_text(ids, mask),
+            }
         if task == "captioning":
             return {"video_id": batch["video_id"], "caption": m.generate(batch["video"])}
         if task == "qa":
-            return {"video_id": batch["video_id"], "answer": m.generate(batch["video"], *m.tokenize_question(batch["question"], self.device))}
+            return {
+                "video_id": batch["video_id"],
+                "answer": m.generate(batch["video"], *m.tokenize_question(batch["question"], self.device)),
+            }
         texts = [c for cands in batch["candidates"] for c in cands]
         ids, mask = m.tokenize(texts, self.device)
         return {"qid": batch["qid"], "choice": m(batch["video"], ids, mask).argmax(dim=1)}

@@ -38,8 +38,9 @@ def _kernels():
     import triton.language as tl
 
     @triton.jit
-    def dist_kernel(Z, OUT, N, D, s_zs, s_zn, s_zd,
-                    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr):
+    def dist_kernel(
+        Z, OUT, N, D, s_zs, s_zn, s_zd, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr, BLOCK_D: tl.constexpr
+    ):
         s = tl.program_id(0)
         offs_i = tl.program_id(1) * BLOCK_I + tl.arange(0, BLOCK_I)
         offs_j = tl.program_id(2) * BLOCK_J + tl.arange(0, BLOCK_J)
@@ -48,14 +49,21 @@ def _kernels():
         acc = tl.zeros([BLOCK_I, BLOCK_J], tl.float32)
         for d0 in range(0, D, BLOCK_D):
             d_in = (d0 + offs_d) < D
-            a = tl.load(Z + s * s_zs + offs_i[:, None] * s_zn + (d0 + offs_d)[None, :] * s_zd,
-                        mask=i_in[:, None] & d_in[None, :], other=0.0).to(tl.float32)
-            b = tl.load(Z + s * s_zs + offs_j[:, None] * s_zn + (d0 + offs_d)[None, :] * s_zd,
-                        mask=j_in[:, None] & d_in[None, :], other=0.0).to(tl.float32)
+            a = tl.load(
+                Z + s * s_zs + offs_i[:, None] * s_zn + (d0 + offs_d)[None, :] * s_zd,
+                mask=i_in[:, None] & d_in[None, :],
+                other=0.0,
+            ).to(tl.float32)
+            b = tl.load(
+                Z + s * s_zs + offs_j[:, None] * s_zn + (d0 + offs_d)[None, :] * s_zd,
+                mask=j_in[:, None] & d_in[None, :],
+                other=0.0,
+            ).to(tl.float32)
             diff = a[:, None, :] - b[None, :, :]  # (BI, BJ, BD)
             acc += tl.sum(diff * diff, axis=2)
-        tl.store(OUT + s * N * N + offs_i[:, None] * N + offs_j[None, :], tl.sqrt(acc),
-                 mask=i_in[:, None] & j_in[None, :])
+        tl.store(
+            OUT + s * N * N + offs_i[:, None] * N + offs_j[None, :], tl.sqrt(acc), mask=i_in[:, None] & j_in[None, :]
+        )
 
     @triton.jit
     def assign_kernel(DIST, MED, ASSIGN, N, C, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
@@ -68,8 +76,11 @@ def _kernels():
             offs_k = k0 + tl.arange(0, BLOCK_C)
             k_in = offs_k < C
             med = tl.load(MED + s * C + offs_k, mask=k_in, other=0)
-            d = tl.load(DIST + s * N * N + offs_n[:, None] * N + med[None, :],
-                        mask=n_in[:, None] & k_in[None, :], other=float("inf"))  # (BN, BC) Δ(token, medoid)
+            d = tl.load(
+                DIST + s * N * N + offs_n[:, None] * N + med[None, :],
+                mask=n_in[:, None] & k_in[None, :],
+                other=float("inf"),
+            )  # (BN, BC) Δ(token, medoid)
             blk_min = tl.min(d, axis=1)
             blk_k = tl.min(tl.where(d == blk_min[:, None], offs_k[None, :], C), axis=1)  # first minimum
             better = blk_min < best  # strict: an earlier medoid keeps a tie

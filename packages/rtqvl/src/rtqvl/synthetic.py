@@ -20,8 +20,13 @@ from rtqvl.data import write_lmdb
 
 __all__ = ["COLOURS", "POSITIONS", "event_frame", "order_clip", "encode_mp4", "order_pairs", "write_order_dataset"]
 
-COLOURS = {"red": (230, 30, 30), "green": (30, 200, 30), "blue": (40, 60, 230), "yellow": (230, 220, 30),
-           "white": (235, 235, 235)}
+COLOURS = {
+    "red": (230, 30, 30),
+    "green": (30, 200, 30),
+    "blue": (40, 60, 230),
+    "yellow": (230, 220, 30),
+    "white": (235, 235, 235),
+}
 POSITIONS = ("left", "right", "top", "bottom")
 
 
@@ -30,8 +35,12 @@ def event_frame(colour: str, position: str, size: int = 32) -> torch.Tensor:
     img = torch.full((3, size, size), 20, dtype=torch.uint8)
     q = size // 2
     s = size * 3 // 8
-    y, x = {"left": (q - s // 2, 1), "right": (q - s // 2, size - s - 1), "top": (1, q - s // 2),
-            "bottom": (size - s - 1, q - s // 2)}[position]
+    y, x = {
+        "left": (q - s // 2, 1),
+        "right": (q - s // 2, size - s - 1),
+        "top": (1, q - s // 2),
+        "bottom": (size - s - 1, q - s // 2),
+    }[position]
     img[:, y : y + s, x : x + s] = torch.tensor(COLOURS[colour], dtype=torch.uint8).view(3, 1, 1)
     return img
 
@@ -58,7 +67,9 @@ def caption_of(a: tuple[str, str], b: tuple[str, str]) -> str:
     return f"{a[0]} square on the {a[1]} then {b[0]} square on the {b[1]}"
 
 
-def order_pairs(num: int, rng: random.Random, exclude: set | None = None) -> list[tuple[tuple[str, str], tuple[str, str]]]:
+def order_pairs(
+    num: int, rng: random.Random, exclude: set | None = None
+) -> list[tuple[tuple[str, str], tuple[str, str]]]:
     """``num`` distinct ordered (A, B) event pairs with A, B of different colours and positions."""
     events = [(c, p) for c in COLOURS for p in POSITIONS]
     pairs = [(a, b) for a in events for b in events if a[0] != b[0] and a[1] != b[1]]
@@ -104,8 +115,11 @@ def write_order_dataset(
     ann = root / ann_dir
     ann.mkdir(parents=True, exist_ok=True)
     # the last train clip goes to the extra file(s) so the MSR-VTT layout (train.jsonl + val.jsonl) is complete
-    extra = lines[train_name][-len(extra_train_files):] if extra_train_files else []
-    for name, rows in ((train_name, lines[train_name][: len(lines[train_name]) - len(extra)]), (test_name, lines[test_name])):
+    extra = lines[train_name][-len(extra_train_files) :] if extra_train_files else []
+    for name, rows in (
+        (train_name, lines[train_name][: len(lines[train_name]) - len(extra)]),
+        (test_name, lines[test_name]),
+    ):
         (ann / name).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     for name, row in zip(extra_train_files, extra, strict=False):
         (ann / name).write_text(json.dumps(row) + "\n", encoding="utf-8")

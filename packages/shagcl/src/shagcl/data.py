@@ -98,9 +98,19 @@ class SceneGraphDataset(Dataset):
     object_classes: list[str]
     predicate_classes: list[str]
 
-    def _init_features(self, split: str, protocol: str, feature_source: str, feature_cache: str | None,
-                       synthetic: SyntheticFeaturesConfig, max_pairs: int, max_fg_pairs: int,
-                       filter_duplicate_rels: bool, samples_per_gt_rel: int, sgdet_add_gt_boxes: bool = True) -> None:
+    def _init_features(
+        self,
+        split: str,
+        protocol: str,
+        feature_source: str,
+        feature_cache: str | None,
+        synthetic: SyntheticFeaturesConfig,
+        max_pairs: int,
+        max_fg_pairs: int,
+        filter_duplicate_rels: bool,
+        samples_per_gt_rel: int,
+        sgdet_add_gt_boxes: bool = True,
+    ) -> None:
         self.split, self.protocol, self.feature_source = split, protocol, feature_source
         self.sgdet_add_gt_boxes = sgdet_add_gt_boxes
         self.train = split == "train"
@@ -116,22 +126,24 @@ class SceneGraphDataset(Dataset):
             if not feature_cache or not Path(feature_cache).is_file():
                 raise FileNotFoundError(
                     f"data.feature_cache={feature_cache!r}: no feature cache; write one with `shagcl extract` "
-                    f"({SEE_README})")
+                    f"({SEE_README})"
+                )
             import h5py
 
             with h5py.File(feature_cache, "r") as f:
                 first = next((f[k] for k in f if hasattr(f[k], "keys")), None)
                 present = set(first.keys()) if first is not None else set()
-            self.cache = {key: H5Features(feature_cache, dataset_key=key) for key in self.CACHE_KEYS
-                          if key in present}
+            self.cache = {key: H5Features(feature_cache, dataset_key=key) for key in self.CACHE_KEYS if key in present}
             missing = [k for k in ("boxes", "det_logits") if k not in self.cache]
             if "obj_feats" not in self.cache and "obj_pooled" not in self.cache:
                 missing.append("obj_feats or obj_pooled")
             if "union_feats" not in self.cache and "union_pooled" not in self.cache:
                 missing.append("union_feats or union_pooled")
             if first is not None and missing:
-                raise KeyError(f"data.feature_cache={feature_cache!r}: the cache lacks {missing}; re-extract with "
-                               f"`shagcl extract` ({SEE_README})")
+                raise KeyError(
+                    f"data.feature_cache={feature_cache!r}: the cache lacks {missing}; re-extract with "
+                    f"`shagcl extract` ({SEE_README})"
+                )
         else:
             raise ValueError(f"data.feature_source={feature_source!r}: expected synthetic|cached")
 
@@ -160,8 +172,9 @@ class SceneGraphDataset(Dataset):
             logits = torch.cat([logits, gt_logits])
         return boxes, feats, logits
 
-    def _synthetic_pooled(self, obj_classes: torch.Tensor, pair_classes: torch.Tensor, g: torch.Generator
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _synthetic_pooled(
+        self, obj_classes: torch.Tensor, pair_classes: torch.Tensor, g: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Pooled maps: obj (N, C, R, R) = class map + noise, union (M, L·C, R, R) = predicate map + noise."""
         cfg = self.synthetic
         c, r, lv = cfg.pooled_channels, cfg.pooled_resolution, cfg.pooled_levels
@@ -170,8 +183,9 @@ class SceneGraphDataset(Dataset):
             self.class_maps = torch.randn(len(self.object_classes), c, r, r, generator=gm)
             self.predicate_maps = torch.randn(len(self.predicate_classes), lv * c, r, r, generator=gm)
         obj = self.class_maps[obj_classes] + cfg.noise * torch.randn(len(obj_classes), c, r, r, generator=g)
-        union = self.predicate_maps[pair_classes] + cfg.noise * torch.randn(len(pair_classes), lv * c, r, r,
-                                                                             generator=g)
+        union = self.predicate_maps[pair_classes] + cfg.noise * torch.randn(
+            len(pair_classes), lv * c, r, r, generator=g
+        )
         return obj, union
 
     def _synthetic_union(self, pair_labels: torch.Tensor, g: torch.Generator) -> torch.Tensor:
@@ -182,8 +196,11 @@ class SceneGraphDataset(Dataset):
     def _relation_map(self, rels: np.ndarray, n: int, g: torch.Generator) -> torch.Tensor:
         """(N, N) label of every ordered pair; duplicate predicates on one pair: one chosen at random (training)."""
         rel_map = torch.zeros(n, n, dtype=torch.long)
-        order = torch.randperm(len(rels), generator=g) if self.train and self.filter_duplicate_rels else \
-            torch.arange(len(rels))
+        order = (
+            torch.randperm(len(rels), generator=g)
+            if self.train and self.filter_duplicate_rels
+            else torch.arange(len(rels))
+        )
         for s, o, p in rels[order.numpy()]:
             rel_map[s, o] = int(p)
         return rel_map
@@ -235,8 +252,9 @@ class SceneGraphDataset(Dataset):
         sel = torch.randperm(len(fg_t), generator=g)[: self.max_fg_pairs]
         fg_t, lab_t = fg_t[sel], lab_t[sel]
         all_pairs = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"), -1).reshape(-1, 2)
-        all_pairs = all_pairs[(all_pairs[:, 0] != all_pairs[:, 1]) & (rel_map.flatten()[
-            all_pairs[:, 0] * n + all_pairs[:, 1]] == 0)]
+        all_pairs = all_pairs[
+            (all_pairs[:, 0] != all_pairs[:, 1]) & (rel_map.flatten()[all_pairs[:, 0] * n + all_pairs[:, 1]] == 0)
+        ]
         bg = all_pairs[torch.randperm(len(all_pairs), generator=g)[: max(self.max_pairs - len(fg_t), 0)]]
         pairs = torch.cat([fg_t, bg])
         labels = torch.cat([lab_t, torch.zeros(len(bg), dtype=torch.long)])
@@ -256,8 +274,10 @@ class SceneGraphDataset(Dataset):
         else:
             boxes, obj_feats, obj_pooled, det_logits, n_all = self._cached_objects(rec)
             if self.protocol != "sgdet" and len(boxes) != len(gt_boxes):
-                raise ValueError(f"feature cache: image {rec.image_id} has {len(boxes)} boxes, the annotations "
-                                 f"{len(gt_boxes)}; re-extract with --protocol {self.protocol}")
+                raise ValueError(
+                    f"feature cache: image {rec.image_id} has {len(boxes)} boxes, the annotations "
+                    f"{len(gt_boxes)}; re-extract with --protocol {self.protocol}"
+                )
         n = len(boxes)
         if self.protocol == "sgdet" and self.train:
             labels, pairs, pair_labels = self._sgdet_targets(boxes, gt_boxes, gt_labels, rec.rels, g)
@@ -268,8 +288,11 @@ class SceneGraphDataset(Dataset):
             labels = gt_labels
             pairs, pair_labels = self._sample_pairs(self._relation_map(rec.rels, n, g), g)
         if self.feature_source == "synthetic":
-            pair_classes = pair_labels if self.protocol != "sgdet" or self.train else \
-                self._sgdet_eval_labels(boxes, gt_boxes, gt_rels, pairs)
+            pair_classes = (
+                pair_labels
+                if self.protocol != "sgdet" or self.train
+                else self._sgdet_eval_labels(boxes, gt_boxes, gt_rels, pairs)
+            )
             union = self._synthetic_union(pair_classes, g)
             if self.synthetic.pooled:  # own generator: the feature stream above stays as without pooled maps
                 gp = torch.Generator().manual_seed(seed + 7919)
@@ -282,12 +305,24 @@ class SceneGraphDataset(Dataset):
             if "union_pooled" in self.cache and len(row):
                 lo, hi = int(row.min()), int(row.max()) + 1  # read only the needed row range
                 union_pooled = self.cache["union_pooled"].read(rec.image_id, lo, hi)[row - lo]
-        return {"index": index, "image_id": rec.image_id,
-                "image_size": torch.tensor([rec.width, rec.height], dtype=torch.float32),
-                "boxes": boxes, "labels": labels, "det_logits": det_logits, "obj_feats": obj_feats,
-                "pair_idx": pairs, "pair_labels": pair_labels, "union_feats": union, "obj_pooled": obj_pooled,
-                "union_pooled": union_pooled, "gt_boxes": gt_boxes,
-                "gt_labels": gt_labels, "gt_rels": gt_rels, "filename": rec.filename}
+        return {
+            "index": index,
+            "image_id": rec.image_id,
+            "image_size": torch.tensor([rec.width, rec.height], dtype=torch.float32),
+            "boxes": boxes,
+            "labels": labels,
+            "det_logits": det_logits,
+            "obj_feats": obj_feats,
+            "pair_idx": pairs,
+            "pair_labels": pair_labels,
+            "union_feats": union,
+            "obj_pooled": obj_pooled,
+            "union_pooled": union_pooled,
+            "gt_boxes": gt_boxes,
+            "gt_labels": gt_labels,
+            "gt_rels": gt_rels,
+            "filename": rec.filename,
+        }
 
     def _cached_objects(self, rec: SceneRecord):
         """Boxes, obj_feats | None, obj_pooled | None, det_logits | None and the cached box count of one image.
@@ -331,16 +366,36 @@ class VG150Dataset(SceneGraphDataset):
     frequency order (``predicate_order=frequency``, §4.3) or kept (``file``).
     """
 
-    H5_KEYS = ("split", "img_to_first_box", "img_to_last_box", "img_to_first_rel", "img_to_last_rel", "labels",
-               "relationships", "predicates")
+    H5_KEYS = (
+        "split",
+        "img_to_first_box",
+        "img_to_last_box",
+        "img_to_first_rel",
+        "img_to_last_rel",
+        "labels",
+        "relationships",
+        "predicates",
+    )
     DICT_KEYS = ("label_to_idx", "idx_to_label", "predicate_to_idx", "idx_to_predicate")
 
-    def __init__(self, data_root: str | Path, split: Literal["train", "val", "test"], protocol: str = "predcls",
-                 feature_source: str = "synthetic", feature_cache: str | None = None,
-                 synthetic: SyntheticFeaturesConfig | None = None, num_val_images: int = 5000,
-                 predicate_order: Literal["frequency", "file"] = "frequency", box_scale: int = 1024,
-                 max_pairs: int = 1024, max_fg_pairs: int = 256, filter_duplicate_rels: bool = True,
-                 samples_per_gt_rel: int = 4, max_images: int | None = None, sgdet_add_gt_boxes: bool = True) -> None:
+    def __init__(
+        self,
+        data_root: str | Path,
+        split: Literal["train", "val", "test"],
+        protocol: str = "predcls",
+        feature_source: str = "synthetic",
+        feature_cache: str | None = None,
+        synthetic: SyntheticFeaturesConfig | None = None,
+        num_val_images: int = 5000,
+        predicate_order: Literal["frequency", "file"] = "frequency",
+        box_scale: int = 1024,
+        max_pairs: int = 1024,
+        max_fg_pairs: int = 256,
+        filter_duplicate_rels: bool = True,
+        samples_per_gt_rel: int = 4,
+        max_images: int | None = None,
+        sgdet_add_gt_boxes: bool = True,
+    ) -> None:
         import h5py
 
         root = Path(data_root) / "vg"
@@ -355,8 +410,10 @@ class VG150Dataset(SceneGraphDataset):
         file_predicates = ["__background__"] + sorted(dicts["predicate_to_idx"], key=dicts["predicate_to_idx"].get)
         if predicate_order == "frequency":
             if len(file_predicates) != 51:
-                raise ValueError(f"data.predicate_order=frequency applies the official VG150 re-indexing and needs "
-                                 f"50 predicates; {dicts_path} has {len(file_predicates) - 1} (use 'file')")
+                raise ValueError(
+                    f"data.predicate_order=frequency applies the official VG150 re-indexing and needs "
+                    f"50 predicates; {dicts_path} has {len(file_predicates) - 1} (use 'file')"
+                )
             remap = np.array(VG150_PREDICATE_REMAP)
             self.predicate_classes = list(VG150_PREDICATES_FREQ_ORDER)
         else:
@@ -370,8 +427,10 @@ class VG150Dataset(SceneGraphDataset):
                     raise KeyError(f"{h5_path}: missing dataset {key!r}; {SEE_README}")
             arr = {key: f[key][:] for key in (*self.H5_KEYS, boxes_key)}
         if len(image_data) != len(arr["split"]):
-            raise ValueError(f"{info_path} lists {len(image_data)} images (after dropping the 4 corrupted ones) but "
-                             f"{h5_path} has {len(arr['split'])}; the two files must come from the same release")
+            raise ValueError(
+                f"{info_path} lists {len(image_data)} images (after dropping the 4 corrupted ones) but "
+                f"{h5_path} has {len(arr['split'])}; the two files must come from the same release"
+            )
         want = 2 if split == "test" else 0
         keep = np.nonzero((arr["split"] == want) & (arr["img_to_first_box"] >= 0) & (arr["img_to_first_rel"] >= 0))[0]
         if split == "val":
@@ -391,11 +450,29 @@ class VG150Dataset(SceneGraphDataset):
             pairs = arr["relationships"][r0 : r1 + 1] - b0
             preds = remap[arr["predicates"][r0 : r1 + 1, 0]]
             rels = np.concatenate([pairs, preds[:, None]], 1).astype(np.int64)
-            self.records.append(SceneRecord(str(info["image_id"]), f"VG_100K/{info['image_id']}.jpg", info["width"],
-                                            info["height"], xyxy.astype(np.float32),
-                                            arr["labels"][b0 : b1 + 1, 0].astype(np.int64), rels))
-        self._init_features(split, protocol, feature_source, feature_cache, synthetic or SyntheticFeaturesConfig(),
-                            max_pairs, max_fg_pairs, filter_duplicate_rels, samples_per_gt_rel, sgdet_add_gt_boxes)
+            self.records.append(
+                SceneRecord(
+                    str(info["image_id"]),
+                    f"VG_100K/{info['image_id']}.jpg",
+                    info["width"],
+                    info["height"],
+                    xyxy.astype(np.float32),
+                    arr["labels"][b0 : b1 + 1, 0].astype(np.int64),
+                    rels,
+                )
+            )
+        self._init_features(
+            split,
+            protocol,
+            feature_source,
+            feature_cache,
+            synthetic or SyntheticFeaturesConfig(),
+            max_pairs,
+            max_fg_pairs,
+            filter_duplicate_rels,
+            samples_per_gt_rel,
+            sgdet_add_gt_boxes,
+        )
 
 
 class GQA200Dataset(SceneGraphDataset):
@@ -408,12 +485,23 @@ class GQA200Dataset(SceneGraphDataset):
 
     SPLIT_KEYS = ("filenames_all", "img_info_all", "gt_boxes_all", "gt_classes_all", "relationships_all")
 
-    def __init__(self, data_root: str | Path, split: Literal["train", "val", "test"], protocol: str = "predcls",
-                 feature_source: str = "synthetic", feature_cache: str | None = None,
-                 synthetic: SyntheticFeaturesConfig | None = None, num_val_images: int = 5000,
-                 skip_test_entry: int | None = 5580, max_pairs: int = 1024, max_fg_pairs: int = 256,
-                 filter_duplicate_rels: bool = True, samples_per_gt_rel: int = 4,
-                 max_images: int | None = None, sgdet_add_gt_boxes: bool = True) -> None:
+    def __init__(
+        self,
+        data_root: str | Path,
+        split: Literal["train", "val", "test"],
+        protocol: str = "predcls",
+        feature_source: str = "synthetic",
+        feature_cache: str | None = None,
+        synthetic: SyntheticFeaturesConfig | None = None,
+        num_val_images: int = 5000,
+        skip_test_entry: int | None = 5580,
+        max_pairs: int = 1024,
+        max_fg_pairs: int = 256,
+        filter_duplicate_rels: bool = True,
+        samples_per_gt_rel: int = 4,
+        max_images: int | None = None,
+        sgdet_add_gt_boxes: bool = True,
+    ) -> None:
         root = Path(data_root) / "gqa"
         info_path = _require(root / "GQA_200_ID_Info.json", "GQA200 vocabularies")
         split_path = _require(root / f"GQA_200_{'Train' if split == 'train' else 'Test'}.json", "GQA200 split")
@@ -428,22 +516,38 @@ class GQA200Dataset(SceneGraphDataset):
             if key not in data:
                 raise KeyError(f"{split_path}: missing key {key!r}; {SEE_README}")
         self.records = []
-        for i, (fname, meta, boxes, classes, rels) in enumerate(zip(*(data[k] for k in self.SPLIT_KEYS),
-                                                                    strict=True)):
+        for i, (fname, meta, boxes, classes, rels) in enumerate(zip(*(data[k] for k in self.SPLIT_KEYS), strict=True)):
             if split != "train" and skip_test_entry is not None and i + 1 == skip_test_entry:
                 continue
             if len(classes) == 0 or len(rels) == 0:
                 continue
-            self.records.append(SceneRecord(Path(fname).stem, f"images/{fname}", int(meta["width"]),
-                                            int(meta["height"]), np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-                                            np.asarray(classes, dtype=np.int64),
-                                            np.asarray(rels, dtype=np.int64).reshape(-1, 3)))
+            self.records.append(
+                SceneRecord(
+                    Path(fname).stem,
+                    f"images/{fname}",
+                    int(meta["width"]),
+                    int(meta["height"]),
+                    np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                    np.asarray(classes, dtype=np.int64),
+                    np.asarray(rels, dtype=np.int64).reshape(-1, 3),
+                )
+            )
         if split == "val":
             self.records = self.records[:num_val_images]
         if max_images is not None:
             self.records = self.records[:max_images]
-        self._init_features(split, protocol, feature_source, feature_cache, synthetic or SyntheticFeaturesConfig(),
-                            max_pairs, max_fg_pairs, filter_duplicate_rels, samples_per_gt_rel, sgdet_add_gt_boxes)
+        self._init_features(
+            split,
+            protocol,
+            feature_source,
+            feature_cache,
+            synthetic or SyntheticFeaturesConfig(),
+            max_pairs,
+            max_fg_pairs,
+            filter_duplicate_rels,
+            samples_per_gt_rel,
+            sgdet_add_gt_boxes,
+        )
 
 
 @dataclass
@@ -460,8 +564,13 @@ class TrainStatistics:
     dataset: str = "vg150"
 
 
-def compute_statistics(records: list[SceneRecord], num_obj_classes: int, num_predicates: int, max_pairs: int = 1024,
-                       filter_non_overlap: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def compute_statistics(
+    records: list[SceneRecord],
+    num_obj_classes: int,
+    num_predicates: int,
+    max_pairs: int = 1024,
+    filter_non_overlap: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Predicate counts, frequency-bias matrix F and triplet counts from training records (§3.5, §3.6.4).
 
     F[s, o, p>0] counts GT triplets (duplicates kept); F[s, o, 0] = 1 + the number of overlapping ordered box
@@ -617,20 +726,34 @@ class SGGDataModule(pl.LightningDataModule):
             if hp.dataset == "vg150" and not (Path(hp.data_root) / "vg" / "VG-SGG-with-attri.h5").is_file():
                 write_vg150(hp.data_root, hp.demo_num_images, hp.demo_num_obj_classes, hp.demo_num_predicates)
             if hp.dataset == "gqa200" and not (Path(hp.data_root) / "gqa" / "GQA_200_ID_Info.json").is_file():
-                write_gqa200(hp.data_root, hp.demo_num_images * 3 // 4, hp.demo_num_images // 4,
-                             hp.demo_num_obj_classes, hp.demo_num_predicates)
+                write_gqa200(
+                    hp.data_root,
+                    hp.demo_num_images * 3 // 4,
+                    hp.demo_num_images // 4,
+                    hp.demo_num_obj_classes,
+                    hp.demo_num_predicates,
+                )
 
     def make_dataset(self, split: Literal["train", "val", "test"]) -> SceneGraphDataset:
         hp = self.hparams
         cap = hp.max_train_images if split == "train" else hp.max_eval_images
-        common = dict(protocol=hp.protocol, feature_source=hp.feature_source, feature_cache=hp.feature_cache,
-                      synthetic=self.synthetic, num_val_images=hp.num_val_images, max_pairs=hp.max_pairs,
-                      max_fg_pairs=hp.max_fg_pairs, filter_duplicate_rels=hp.filter_duplicate_rels,
-                      samples_per_gt_rel=hp.samples_per_gt_rel, max_images=cap,
-                      sgdet_add_gt_boxes=hp.sgdet_add_gt_boxes)
+        common = dict(
+            protocol=hp.protocol,
+            feature_source=hp.feature_source,
+            feature_cache=hp.feature_cache,
+            synthetic=self.synthetic,
+            num_val_images=hp.num_val_images,
+            max_pairs=hp.max_pairs,
+            max_fg_pairs=hp.max_fg_pairs,
+            filter_duplicate_rels=hp.filter_duplicate_rels,
+            samples_per_gt_rel=hp.samples_per_gt_rel,
+            max_images=cap,
+            sgdet_add_gt_boxes=hp.sgdet_add_gt_boxes,
+        )
         if hp.dataset == "vg150":
-            return VG150Dataset(hp.data_root, split, predicate_order=hp.predicate_order, box_scale=hp.box_scale,
-                                **common)
+            return VG150Dataset(
+                hp.data_root, split, predicate_order=hp.predicate_order, box_scale=hp.box_scale, **common
+            )
         elif hp.dataset == "gqa200":
             return GQA200Dataset(hp.data_root, split, skip_test_entry=hp.gqa_skip_test_entry, **common)
         raise ValueError(f"data.dataset={hp.dataset!r}: expected vg150|gqa200")
@@ -650,11 +773,16 @@ class SGGDataModule(pl.LightningDataModule):
             if "train" not in self.datasets:
                 self.setup("fit")
             train = self.datasets["train"]
-            counts, fg, trip = compute_statistics(train.records, len(train.object_classes),
-                                                  len(train.predicate_classes), self.hparams.max_pairs,
-                                                  self.hparams.statistics_filter_non_overlap)
-            self._statistics = TrainStatistics(counts, fg, trip, train.object_classes, train.predicate_classes,
-                                               self.hparams.dataset)
+            counts, fg, trip = compute_statistics(
+                train.records,
+                len(train.object_classes),
+                len(train.predicate_classes),
+                self.hparams.max_pairs,
+                self.hparams.statistics_filter_non_overlap,
+            )
+            self._statistics = TrainStatistics(
+                counts, fg, trip, train.object_classes, train.predicate_classes, self.hparams.dataset
+            )
         return self._statistics
 
     def _loader(self, split: str, train: bool) -> DataLoader:
@@ -662,10 +790,16 @@ class SGGDataModule(pl.LightningDataModule):
         ds = self.datasets[split]
         if len(ds) == 0:
             raise ValueError(f"data: the {split} split of {hp.dataset} at {hp.data_root!r} has no usable image")
-        return DataLoader(ds, batch_size=hp.batch_size if train else hp.test_batch_size, shuffle=train,
-                          drop_last=train and len(ds) >= hp.batch_size, collate_fn=collate_scene_graphs,
-                          num_workers=hp.num_workers, pin_memory=hp.pin_memory,
-                          persistent_workers=hp.persistent_workers and hp.num_workers > 0)
+        return DataLoader(
+            ds,
+            batch_size=hp.batch_size if train else hp.test_batch_size,
+            shuffle=train,
+            drop_last=train and len(ds) >= hp.batch_size,
+            collate_fn=collate_scene_graphs,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         ds = self.datasets["train"]

@@ -31,24 +31,40 @@ __all__ = ["FasterRCNNFeatures", "extract_main", "build_detector"]
 log = logging.getLogger(__name__)
 
 
-def build_detector(num_classes: int, checkpoint: str | None, min_size: int = 600, max_size: int = 1000,
-                   detections_per_img: int = 80, allow_random: bool = False) -> nn.Module:
+def build_detector(
+    num_classes: int,
+    checkpoint: str | None,
+    min_size: int = 600,
+    max_size: int = 1000,
+    detections_per_img: int = 80,
+    allow_random: bool = False,
+) -> nn.Module:
     """A torchvision ``fasterrcnn_resnet50_fpn`` with ``num_classes`` (incl. background) loaded from ``checkpoint``
     (a state dict, or a dict with ``model``/``state_dict``). ``allow_random`` builds random weights (tests only)."""
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
-    model = fasterrcnn_resnet50_fpn(weights=None, weights_backbone=None, num_classes=num_classes, min_size=min_size,
-                                    max_size=max_size, box_detections_per_img=detections_per_img)
+    model = fasterrcnn_resnet50_fpn(
+        weights=None,
+        weights_backbone=None,
+        num_classes=num_classes,
+        min_size=min_size,
+        max_size=max_size,
+        box_detections_per_img=detections_per_img,
+    )
     if checkpoint is None:
         if allow_random:
             return model.eval()
-        raise FileNotFoundError("--checkpoint (detector_checkpoint) is required: a torchvision fasterrcnn_resnet50_fpn "
-                                f"state dict trained on the dataset's {num_classes - 1} classes; see README, "
-                                "Data preparation")
+        raise FileNotFoundError(
+            "--checkpoint (detector_checkpoint) is required: a torchvision fasterrcnn_resnet50_fpn "
+            f"state dict trained on the dataset's {num_classes - 1} classes; see README, "
+            "Data preparation"
+        )
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"--checkpoint {checkpoint!r} does not exist (detector_checkpoint: a torchvision "
-                                "fasterrcnn_resnet50_fpn state dict); see README, Data preparation")
+        raise FileNotFoundError(
+            f"--checkpoint {checkpoint!r} does not exist (detector_checkpoint: a torchvision "
+            "fasterrcnn_resnet50_fpn state dict); see README, Data preparation"
+        )
     state = torch.load(path, map_location="cpu", weights_only=True)
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
@@ -65,8 +81,9 @@ class FasterRCNNFeatures(nn.Module):
     ``extra_boxes`` (the GT boxes of a training image); ``num_det`` counts the detections.
     """
 
-    def __init__(self, detector: nn.Module, object_stage: str = "pooled", union_stage: str = "pooled",
-                 chunk: int = 256) -> None:
+    def __init__(
+        self, detector: nn.Module, object_stage: str = "pooled", union_stage: str = "pooled", chunk: int = 256
+    ) -> None:
         super().__init__()
         self.detector = detector.eval().requires_grad_(False)
         self.object_stage, self.union_stage, self.chunk = object_stage, union_stage, chunk
@@ -77,13 +94,16 @@ class FasterRCNNFeatures(nn.Module):
 
         pool = self.detector.roi_heads.box_roi_pool
         rois = torch.cat([boxes_t.new_zeros(len(boxes_t), 1), boxes_t], 1)  # (M, 5) batch index 0
-        maps = [roi_align(features[name], rois, pool.output_size, spatial_scale=scale,
-                          sampling_ratio=pool.sampling_ratio) for name, scale in zip(pool.featmap_names, pool.scales)]
+        maps = [
+            roi_align(features[name], rois, pool.output_size, spatial_scale=scale, sampling_ratio=pool.sampling_ratio)
+            for name, scale in zip(pool.featmap_names, pool.scales)
+        ]
         return torch.cat(maps, 1)
 
     @torch.no_grad()
-    def forward(self, image: torch.Tensor, boxes: torch.Tensor | None = None,
-                extra_boxes: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def forward(
+        self, image: torch.Tensor, boxes: torch.Tensor | None = None, extra_boxes: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         det = self.detector
         roi = det.roi_heads
         scores = None
@@ -106,8 +126,9 @@ class FasterRCNNFeatures(nn.Module):
         s, o = torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij")
         keep = s != o
         s, o = s[keep], o[keep]  # (N(N-1),) row-major ordered pairs
-        union = torch.cat([torch.minimum(boxes_t[s, :2], boxes_t[o, :2]),
-                           torch.maximum(boxes_t[s, 2:], boxes_t[o, 2:])], -1)  # (N(N-1), 4)
+        union = torch.cat(
+            [torch.minimum(boxes_t[s, :2], boxes_t[o, :2]), torch.maximum(boxes_t[s, 2:], boxes_t[o, 2:])], -1
+        )  # (N(N-1), 4)
         parts = []  # stored as float16 on the host: the cache's storage format (module docstring)
         for chunk in union.split(self.chunk):
             if self.union_stage == "pooled":
@@ -115,15 +136,22 @@ class FasterRCNNFeatures(nn.Module):
             else:
                 part = roi.box_head(roi.box_roi_pool(features, [chunk], [size_t]))
             parts.append(part.to(device="cpu", dtype=torch.float16))
-        width = (len(roi.box_roi_pool.featmap_names) * obj_pooled.shape[1], *obj_pooled.shape[2:]) \
-            if self.union_stage == "pooled" else (obj_feats.shape[1],)
+        width = (
+            (len(roi.box_roi_pool.featmap_names) * obj_pooled.shape[1], *obj_pooled.shape[2:])
+            if self.union_stage == "pooled"
+            else (obj_feats.shape[1],)
+        )
         union_out = torch.cat(parts) if parts else torch.zeros(0, *width, dtype=torch.float16)
         if scores is None:
             scores = det_logits.softmax(-1)[:, 1:].max(-1).values
         else:
             scores = torch.cat([scores, det_logits[num_det:].softmax(-1)[:, 1:].max(-1).values])
-        out = {"boxes": boxes.float(), "det_logits": det_logits, "det_scores": scores,
-               "num_det": torch.tensor([num_det])}
+        out = {
+            "boxes": boxes.float(),
+            "det_logits": det_logits,
+            "det_scores": scores,
+            "num_det": torch.tensor([num_det]),
+        }
         if self.object_stage == "pooled":
             out["obj_pooled"] = obj_pooled
         else:
@@ -145,9 +173,15 @@ def extract_main(argv: list[str]) -> Path:
     p.add_argument("--dataset", choices=["vg150", "gqa200"], default="vg150")
     p.add_argument("--data_root", required=True, help="folder holding vg/ or gqa/ (spec §4)")
     p.add_argument("--split", choices=["train", "val", "test", "all"], default="all")
-    p.add_argument("--protocol", choices=["predcls", "sgcls", "sgdet"], default="predcls",
-                   help="predcls/sgcls: features of the GT boxes; sgdet: of the detector's detections")
-    p.add_argument("--checkpoint", default=None, help="detector_checkpoint: torchvision fasterrcnn_resnet50_fpn state dict")
+    p.add_argument(
+        "--protocol",
+        choices=["predcls", "sgcls", "sgdet"],
+        default="predcls",
+        help="predcls/sgcls: features of the GT boxes; sgdet: of the detector's detections",
+    )
+    p.add_argument(
+        "--checkpoint", default=None, help="detector_checkpoint: torchvision fasterrcnn_resnet50_fpn state dict"
+    )
     p.add_argument("--num_classes", type=int, default=None, help="detector classes incl. background (default: data)")
     p.add_argument("--output", required=True, help="HDF5 cache to write (data.feature_cache)")
     p.add_argument("--min_size", type=int, default=600, help="shorter side (spec §3.9: 600)")
@@ -156,14 +190,26 @@ def extract_main(argv: list[str]) -> Path:
     p.add_argument("--device", default="cpu")
     p.add_argument("--max_images", type=int, default=None)
     p.add_argument("--num_val_images", type=int, default=5000)
-    p.add_argument("--object_stage", choices=["pooled", "fc7"], default="pooled",
-                   help="pooled: ROIAlign maps for the relation head's trainable fc6/fc7 (paper, spec §3.2.1); "
-                        "fc7: the detector's frozen box-head features")
-    p.add_argument("--union_stage", choices=["pooled", "fc7"], default="pooled",
-                   help="pooled: all-level union ROIAlign maps, the official union path (spec §3.2.2; "
-                        "≈ 100 kB per ordered pair); fc7: the detector's box head on the union box (2 kB per pair)")
-    p.add_argument("--sgdet_gt_boxes", choices=["true", "false"], default="true",
-                   help="SGDet: also cache the GT boxes of training images after the detections (spec §3.7)")
+    p.add_argument(
+        "--object_stage",
+        choices=["pooled", "fc7"],
+        default="pooled",
+        help="pooled: ROIAlign maps for the relation head's trainable fc6/fc7 (paper, spec §3.2.1); "
+        "fc7: the detector's frozen box-head features",
+    )
+    p.add_argument(
+        "--union_stage",
+        choices=["pooled", "fc7"],
+        default="pooled",
+        help="pooled: all-level union ROIAlign maps, the official union path (spec §3.2.2; "
+        "≈ 100 kB per ordered pair); fc7: the detector's box head on the union box (2 kB per pair)",
+    )
+    p.add_argument(
+        "--sgdet_gt_boxes",
+        choices=["true", "false"],
+        default="true",
+        help="SGDet: also cache the GT boxes of training images after the detections (spec §3.7)",
+    )
     p.add_argument("--random_weights", action="store_true", help="random detector (tests only)")
     args = p.parse_args(argv)
 
@@ -171,15 +217,26 @@ def extract_main(argv: list[str]) -> Path:
     records = []
     for split in splits:
         if args.dataset == "vg150":
-            ds = VG150Dataset(args.data_root, split, num_val_images=args.num_val_images, max_images=args.max_images,
-                              predicate_order="file")
+            ds = VG150Dataset(
+                args.data_root,
+                split,
+                num_val_images=args.num_val_images,
+                max_images=args.max_images,
+                predicate_order="file",
+            )
         else:
             ds = GQA200Dataset(args.data_root, split, num_val_images=args.num_val_images, max_images=args.max_images)
         records += [(split, rec) for rec in ds.records]
     num_classes = args.num_classes or len(ds.object_classes)
     image_root = Path(args.data_root) / ("vg" if args.dataset == "vg150" else "gqa")
-    detector = build_detector(num_classes, args.checkpoint, args.min_size, args.max_size, args.detections_per_img,
-                              allow_random=args.random_weights)
+    detector = build_detector(
+        num_classes,
+        args.checkpoint,
+        args.min_size,
+        args.max_size,
+        args.detections_per_img,
+        allow_random=args.random_weights,
+    )
     extractor = FasterRCNNFeatures(detector, args.object_stage, args.union_stage).to(args.device)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -194,8 +251,12 @@ def extract_main(argv: list[str]) -> Path:
                 raise FileNotFoundError(f"image {str(path)!r} missing; see README, Data preparation")
             pil = Image.open(path).convert("RGB")
             if pil.size != (rec.width, rec.height):
-                log.warning("%s: file size %s differs from the annotation's %s; using the file", path, pil.size,
-                            (rec.width, rec.height))
+                log.warning(
+                    "%s: file size %s differs from the annotation's %s; using the file",
+                    path,
+                    pil.size,
+                    (rec.width, rec.height),
+                )
             image = pil_to_tensor(pil).float().div(255).to(args.device)
             gt = torch.as_tensor(rec.boxes, device=args.device)
             if pil.size != (rec.width, rec.height):

@@ -27,17 +27,160 @@ __all__ = [
 # Training triplet counts per predicate in frequency order; index 0 is the background count (spec §3.6.4).
 OFFICIAL_PREDICATE_COUNTS: dict[str, list[int]] = {
     "vg150": [
-        3024465, 109355, 67144, 47326, 31347, 21748, 15300, 10011, 11059, 10764, 6712, 5086, 4810, 3757, 4260,
-        3167, 2273, 1829, 1603, 1413, 1225, 793, 809, 676, 352, 663, 752, 565, 504, 644, 601, 551, 460, 394, 379,
-        397, 429, 364, 333, 299, 270, 234, 171, 208, 163, 157, 151, 71, 114, 44, 4,
+        3024465,
+        109355,
+        67144,
+        47326,
+        31347,
+        21748,
+        15300,
+        10011,
+        11059,
+        10764,
+        6712,
+        5086,
+        4810,
+        3757,
+        4260,
+        3167,
+        2273,
+        1829,
+        1603,
+        1413,
+        1225,
+        793,
+        809,
+        676,
+        352,
+        663,
+        752,
+        565,
+        504,
+        644,
+        601,
+        551,
+        460,
+        394,
+        379,
+        397,
+        429,
+        364,
+        333,
+        299,
+        270,
+        234,
+        171,
+        208,
+        163,
+        157,
+        151,
+        71,
+        114,
+        44,
+        4,
     ],
     "gqa200": [
-        200000, 64218, 47205, 32126, 25203, 21104, 15890, 15676, 7688, 6966, 6596, 6044, 5250, 4260, 4180, 4131,
-        2859, 2559, 2368, 2351, 2134, 1673, 1532, 1373, 1273, 1175, 1139, 1123, 1077, 941, 916, 849, 835, 808, 782,
-        767, 628, 603, 569, 540, 494, 416, 412, 412, 398, 395, 394, 390, 345, 327, 302, 301, 292, 275, 270, 267,
-        267, 264, 258, 251, 233, 233, 229, 224, 215, 214, 209, 204, 198, 195, 192, 191, 185, 181, 176, 158, 158,
-        154, 151, 148, 143, 136, 131, 130, 130, 128, 127, 125, 124, 124, 121, 118, 112, 112, 106, 105, 104, 103,
-        102, 52, 52,
+        200000,
+        64218,
+        47205,
+        32126,
+        25203,
+        21104,
+        15890,
+        15676,
+        7688,
+        6966,
+        6596,
+        6044,
+        5250,
+        4260,
+        4180,
+        4131,
+        2859,
+        2559,
+        2368,
+        2351,
+        2134,
+        1673,
+        1532,
+        1373,
+        1273,
+        1175,
+        1139,
+        1123,
+        1077,
+        941,
+        916,
+        849,
+        835,
+        808,
+        782,
+        767,
+        628,
+        603,
+        569,
+        540,
+        494,
+        416,
+        412,
+        412,
+        398,
+        395,
+        394,
+        390,
+        345,
+        327,
+        302,
+        301,
+        292,
+        275,
+        270,
+        267,
+        267,
+        264,
+        258,
+        251,
+        233,
+        233,
+        229,
+        224,
+        215,
+        214,
+        209,
+        204,
+        198,
+        195,
+        192,
+        191,
+        185,
+        181,
+        176,
+        158,
+        158,
+        154,
+        151,
+        148,
+        143,
+        136,
+        131,
+        130,
+        130,
+        128,
+        127,
+        125,
+        124,
+        124,
+        121,
+        118,
+        112,
+        112,
+        106,
+        105,
+        104,
+        103,
+        102,
+        52,
+        52,
     ],
 }
 
@@ -59,7 +202,10 @@ VG150_PREDICATES_FREQ_ORDER: list[str] = [
 
 
 def group_predicates(
-    counts: Sequence[int], mu: float = 4.0, min_count: int = 200, mode: Literal["divide", "average"] = "divide",
+    counts: Sequence[int],
+    mu: float = 4.0,
+    min_count: int = 200,
+    mode: Literal["divide", "average"] = "divide",
     num_average_groups: int = 5,
 ) -> list[int]:
     """Split predicates (already in descending-frequency order, background excluded) into groups (§3.6.2).
@@ -119,8 +265,9 @@ def map_labels_to_classifier(labels: torch.Tensor, n_k: int) -> torch.Tensor:
     return torch.where(labels <= n_k, labels, torch.zeros_like(labels))
 
 
-def median_resampling_rates(counts: Sequence[float], group_sizes: Sequence[int], min_rate: float = 0.01,
-                            background_factor: float = 10.0) -> torch.Tensor:
+def median_resampling_rates(
+    counts: Sequence[float], group_sizes: Sequence[int], min_rate: float = 0.01, background_factor: float = 10.0
+) -> torch.Tensor:
     """Median re-sampling rates φ_k(c) of every classifier (§3.6.4), as a (K, C_rel) float tensor.
 
     counts: (C_rel,) training counts, index 0 = background. With m_k = median(N_1..N_{n_k}):
@@ -133,8 +280,11 @@ def median_resampling_rates(counts: Sequence[float], group_sizes: Sequence[int],
         raise ValueError(f"group sizes sum to {sizes[-1]} but there are {counts_t.numel() - 1} predicate counts")
     rates = torch.zeros(len(sizes), counts_t.numel(), dtype=torch.float64)
     for k, n_k in enumerate(sizes):
-        median = counts_t[1 : n_k + 1].median() if n_k % 2 == 1 else counts_t[1 : n_k + 1].sort().values[
-            n_k // 2 - 1 : n_k // 2 + 1].mean()  # the usual median (mean of the two middle values when n_k is even)
+        median = (
+            counts_t[1 : n_k + 1].median()
+            if n_k % 2 == 1
+            else counts_t[1 : n_k + 1].sort().values[n_k // 2 - 1 : n_k // 2 + 1].mean()
+        )  # the usual median (mean of the two middle values when n_k is even)
         n = counts_t[: n_k + 1].clamp_min(1e-12)
         r = torch.where(n > median, (median / n).clamp_min(min_rate), torch.ones_like(n))
         if counts_t[0] > median:
@@ -192,5 +342,7 @@ def assign_pairs(
         all_k = (~fg & (background_choice < rand_choose_prob))[None, :] & (ks <= k_b)
         assignment |= all_k | one
     else:
-        raise ValueError(f"model.config.background_mode={background_mode!r}: expected rand_insert|rand_choose|all_include")
+        raise ValueError(
+            f"model.config.background_mode={background_mode!r}: expected rand_insert|rand_choose|all_include"
+        )
     return assignment, k_b

@@ -30,7 +30,10 @@ KDMode = Literal["KL_logit_TopDown", "KL_logit_Neighbor", "KL_logit_BiDirection"
 
 
 def group_ce_loss(
-    logits: Sequence[torch.Tensor], labels: torch.Tensor, assignment: torch.Tensor, num_active: int,
+    logits: Sequence[torch.Tensor],
+    labels: torch.Tensor,
+    assignment: torch.Tensor,
+    num_active: int,
     sizes: Sequence[int],
 ) -> dict[int, torch.Tensor]:
     """Per-classifier cross-entropy ``k_CE_loss`` (§3.6.5):  L_CE(k) = mean_{i∈S_k} CE(logits_k[i], ŷ_i^k)
@@ -168,11 +171,21 @@ class GCLLoss(nn.Module):
         rates = self.rates if self.resample else (self.rates > 0).float()
         u = torch.rand(labels.shape, generator=generator, device=labels.device if generator is None else "cpu")
         v = torch.rand(labels.shape, generator=generator, device=labels.device if generator is None else "cpu")
-        assignment, k_b = assign_pairs(labels, self.group_sizes, rates, u.to(labels.device), v.to(labels.device),
-                                       self.background_mode)
+        assignment, k_b = assign_pairs(
+            labels, self.group_sizes, rates, u.to(labels.device), v.to(labels.device), self.background_mode
+        )
         ce = group_ce_loss(logits, labels, assignment, k_b, self.sizes)
-        kd = collaborative_kd_loss(logits, labels, assignment, k_b, self.sizes, self.kd_mode, self.kd_coefficient,
-                                   self.restrain, self.no_relation_penalty)
+        kd = collaborative_kd_loss(
+            logits,
+            labels,
+            assignment,
+            k_b,
+            self.sizes,
+            self.kd_mode,
+            self.kd_coefficient,
+            self.restrain,
+            self.no_relation_penalty,
+        )
         terms: dict[str, torch.Tensor] = {f"{k}_CE_loss": v for k, v in ce.items()}
         terms.update({f"{k}_DKS_loss": v for k, v in kd.items()})
         terms["loss"] = torch.stack(list(terms.values())).sum()

@@ -22,8 +22,9 @@ from shagcl.models import box_iou
 __all__ = ["image_recall_stats", "sgg_recall", "SGRecall", "sort_relations", "write_per_predicate_report"]
 
 
-def sort_relations(rel_probs: torch.Tensor, obj_scores: torch.Tensor, pair_idx: torch.Tensor
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def sort_relations(
+    rel_probs: torch.Tensor, obj_scores: torch.Tensor, pair_idx: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Post-processing (§3.8): rel_score = max_{c>=1} p_c, rel_class = argmax_{c>=1}, triple score =
     rel_score · s_sub · s_obj; pairs sorted by triple score (descending).
 
@@ -42,8 +43,11 @@ def _match(gt_boxes, gt_labels, gt_rels, pred_boxes, pred_labels, pred_pairs, pr
     iou = box_iou(gt_boxes.float(), pred_boxes.float())  # (N_gt, N_pred)
     gs, go, gp = gt_rels[:, 0], gt_rels[:, 1], gt_rels[:, 2]
     ps, po = pred_pairs[:, 0], pred_pairs[:, 1]
-    same = ((gt_labels[gs][:, None] == pred_labels[ps][None, :]) & (gt_labels[go][:, None] == pred_labels[po][None, :])
-            & (gp[:, None] == pred_classes[None, :]))  # (G, M')
+    same = (
+        (gt_labels[gs][:, None] == pred_labels[ps][None, :])
+        & (gt_labels[go][:, None] == pred_labels[po][None, :])
+        & (gp[:, None] == pred_classes[None, :])
+    )  # (G, M')
     boxes_ok = (iou[gs][:, ps] >= iou_threshold) & (iou[go][:, po] >= iou_threshold)  # (G, M')
     return same & boxes_ok
 
@@ -67,10 +71,17 @@ def _per_predicate(hits: torch.Tensor, predicates: torch.Tensor) -> torch.Tensor
 
 
 def image_recall_stats(
-    gt_boxes: torch.Tensor, gt_labels: torch.Tensor, gt_rels: torch.Tensor,
-    pred_boxes: torch.Tensor, pred_labels: torch.Tensor, obj_scores: torch.Tensor,
-    pair_idx: torch.Tensor, rel_probs: torch.Tensor,
-    ks: Sequence[int] = (20, 50, 100), iou_threshold: float = 0.5, zero_shot: torch.Tensor | None = None,
+    gt_boxes: torch.Tensor,
+    gt_labels: torch.Tensor,
+    gt_rels: torch.Tensor,
+    pred_boxes: torch.Tensor,
+    pred_labels: torch.Tensor,
+    obj_scores: torch.Tensor,
+    pair_idx: torch.Tensor,
+    rel_probs: torch.Tensor,
+    ks: Sequence[int] = (20, 50, 100),
+    iou_threshold: float = 0.5,
+    zero_shot: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor] | None:
     """Sufficient statistics of one image; ``None`` when the image has no GT relation (it is skipped).
 
@@ -86,8 +97,9 @@ def image_recall_stats(
     ks = list(ks)
     order, rel_class, _ = sort_relations(rel_probs.float(), obj_scores.float(), pair_idx)
     pairs = pair_idx[order]
-    match = _match(gt_boxes, gt_labels, gt_rels, pred_boxes, pred_labels, pairs[: max(ks)], rel_class[: max(ks)],
-                   iou_threshold)
+    match = _match(
+        gt_boxes, gt_labels, gt_rels, pred_boxes, pred_labels, pairs[: max(ks)], rel_class[: max(ks)], iou_threshold
+    )
     hits = _hits_at_k(match, ks)  # (G, len(ks))
     out = {"recall": hits.float().mean(0), "per_pred": _per_predicate(hits, gt_rels[:, 2])}
     # no graph constraint: every (pair, predicate >= 1) scored s_sub · s_obj · p_c; global top-K
@@ -95,8 +107,9 @@ def image_recall_stats(
     top = cand.flatten().topk(min(max(ks), cand.numel())).indices
     ng_pairs = pair_idx[top // cand.shape[1]]
     ng_class = top % cand.shape[1] + 1
-    ng_hits = _hits_at_k(_match(gt_boxes, gt_labels, gt_rels, pred_boxes, pred_labels, ng_pairs, ng_class,
-                                iou_threshold), ks)
+    ng_hits = _hits_at_k(
+        _match(gt_boxes, gt_labels, gt_rels, pred_boxes, pred_labels, ng_pairs, ng_class, iou_threshold), ks
+    )
     out["ng_recall"] = ng_hits.float().mean(0)
     out["ng_per_pred"] = _per_predicate(ng_hits, gt_rels[:, 2])
     if zero_shot is not None and bool(zero_shot.any()):
@@ -133,22 +146,40 @@ def _compute(recall, per_pred, ng_recall, ng_per_pred, zs_recall, num_predicates
     return out
 
 
-def sgg_recall(images: Sequence[dict], num_predicates: int, ks: Sequence[int] = (20, 50, 100),
-               iou_threshold: float = 0.5) -> dict[str, torch.Tensor]:
+def sgg_recall(
+    images: Sequence[dict], num_predicates: int, ks: Sequence[int] = (20, 50, 100), iou_threshold: float = 0.5
+) -> dict[str, torch.Tensor]:
     """R@K, mR@K, ng-R@K, ng-mR@K (and zR@K when ``zero_shot`` is given) over a list of images.
 
     Each image is a dict with the arguments of :func:`image_recall_stats` (``zero_shot`` optional; an
     ``image_index`` key is ignored). Returns
     scalars ``R@K`` etc. plus ``per_predicate`` (C_rel − 1, len(ks)) recall in predicate order.
     """
-    stats = [s for s in (image_recall_stats(ks=ks, iou_threshold=iou_threshold,
-                                            **{k: v for k, v in img.items() if k != "image_index"})
-                         for img in images) if s]
+    stats = [
+        s
+        for s in (
+            image_recall_stats(
+                ks=ks, iou_threshold=iou_threshold, **{k: v for k, v in img.items() if k != "image_index"}
+            )
+            for img in images
+        )
+        if s
+    ]
     n = len(ks)
-    cat = lambda key, width: torch.cat([s[key].reshape(-1, width) for s in stats if key in s]) if any(  # noqa: E731
-        key in s for s in stats) else torch.zeros(0, width)
-    return _compute(cat("recall", n), cat("per_pred", n + 1), cat("ng_recall", n), cat("ng_per_pred", n + 1),
-                    cat("zs_recall", n), num_predicates, ks)
+
+    def cat(key: str, width: int) -> torch.Tensor:
+        rows = [s[key].reshape(-1, width) for s in stats if key in s]
+        return torch.cat(rows) if rows else torch.zeros(0, width)
+
+    return _compute(
+        cat("recall", n),
+        cat("per_pred", n + 1),
+        cat("ng_recall", n),
+        cat("ng_per_pred", n + 1),
+        cat("zs_recall", n),
+        num_predicates,
+        ks,
+    )
 
 
 class SGRecall(Metric):
@@ -225,13 +256,24 @@ class SGRecall(Metric):
 
     def compute(self) -> dict[str, torch.Tensor]:
         n = len(self.ks)
-        return _compute(self._cat(self.recall, n), self._cat(self.per_pred, n + 1), self._cat(self.ng_recall, n),
-                        self._cat(self.ng_per_pred, n + 1), self._cat(self.zs_recall, n), self.num_predicates,
-                        self.ks)
+        return _compute(
+            self._cat(self.recall, n),
+            self._cat(self.per_pred, n + 1),
+            self._cat(self.ng_recall, n),
+            self._cat(self.ng_per_pred, n + 1),
+            self._cat(self.zs_recall, n),
+            self.num_predicates,
+            self.ks,
+        )
 
 
-def write_per_predicate_report(table: torch.Tensor, predicate_names: Sequence[str], ks: Sequence[int],
-                               out_dir: str | Path, prefix: str = "per_predicate_recall") -> tuple[Path, Path]:
+def write_per_predicate_report(
+    table: torch.Tensor,
+    predicate_names: Sequence[str],
+    ks: Sequence[int],
+    out_dir: str | Path,
+    prefix: str = "per_predicate_recall",
+) -> tuple[Path, Path]:
     """Write the per-predicate recall table as CSV and a bar chart PNG (recall@K per predicate, the SGG plot).
 
     table (C_rel − 1, len(ks)); predicate_names (C_rel,) with background first. Returns (csv_path, png_path).

@@ -126,8 +126,9 @@ class SHAGCLConfig:
     """ZERO_LABEL_PADDING_MODE (§3.6.5)."""
     resample: bool = True
     """Median re-sampling of foreground pairs per classifier (§3.6.4)."""
-    kd_mode: Literal["KL_logit_TopDown", "KL_logit_Neighbor", "KL_logit_BiDirection", "KL_logit_BottomUp",
-                     "None"] = "KL_logit_TopDown"
+    kd_mode: Literal["KL_logit_TopDown", "KL_logit_Neighbor", "KL_logit_BiDirection", "KL_logit_BottomUp", "None"] = (
+        "KL_logit_TopDown"
+    )
     """Collaborative knowledge distillation mode (§3.6.6)."""
     kd_coefficient: float = 1.0
     """λ = KNOWLEDGE_LOSS_COEFFICIENT (§3.6.6)."""
@@ -143,17 +144,30 @@ class SHAGCLConfig:
             raise ValueError(f"model.config.protocol={self.protocol!r}: expected predcls|sgcls|sgdet")
         if self.num_obj_classes < 2 or self.num_predicates < 2:
             raise ValueError("model.config.num_obj_classes and num_predicates include background and must be >= 2")
-        for key in ("feature_dim", "hidden_dim", "num_heads", "key_dim", "ffn_dim", "obj_layers", "edge_layers",
-                    "word_dim"):
+        for key in (
+            "feature_dim",
+            "hidden_dim",
+            "num_heads",
+            "key_dim",
+            "ffn_dim",
+            "obj_layers",
+            "edge_layers",
+            "word_dim",
+        ):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
         if self.union_features not in ("official", "simplified"):
             raise ValueError(f"model.config.union_features={self.union_features!r}: expected official|simplified")
-        if (self.union_features == "official" and self.use_rect_features
-                and (((self.rect_size + 1) // 2) + 1) // 2 != self.roi_resolution):
-            raise ValueError(f"model.config.rect_size={self.rect_size} gives a "
-                             f"{(((self.rect_size + 1) // 2) + 1) // 2}-wide rect map, the union map is "
-                             f"roi_resolution={self.roi_resolution} wide: use rect_size = 4*roi_resolution - 1")
+        if (
+            self.union_features == "official"
+            and self.use_rect_features
+            and (((self.rect_size + 1) // 2) + 1) // 2 != self.roi_resolution
+        ):
+            raise ValueError(
+                f"model.config.rect_size={self.rect_size} gives a "
+                f"{(((self.rect_size + 1) // 2) + 1) // 2}-wide rect map, the union map is "
+                f"roi_resolution={self.roi_resolution} wide: use rect_size = 4*roi_resolution - 1"
+            )
         if not 0 <= self.dropout < 1:
             raise ValueError(f"model.config.dropout={self.dropout} must be in [0, 1)")
         if self.word_embeddings == "glove" and not self.glove_path:
@@ -198,8 +212,20 @@ def encode_box_geometry(boxes: torch.Tensor, image_sizes: torch.Tensor) -> torch
     x1, y1, x2, y2 = boxes.unbind(-1)
     w, h = (x2 - x1 + 1)[:, None], (y2 - y1 + 1)[:, None]  # (N, 1)
     cx, cy = x1[:, None] + 0.5 * w, y1[:, None] + 0.5 * h
-    return torch.cat([w / w_img, h / h_img, cx / w_img, cy / h_img, x1[:, None] / w_img, y1[:, None] / h_img,
-                      x2[:, None] / w_img, y2[:, None] / h_img, w * h / (w_img * h_img)], dim=-1)  # (N, 9)
+    return torch.cat(
+        [
+            w / w_img,
+            h / h_img,
+            cx / w_img,
+            cy / h_img,
+            x1[:, None] / w_img,
+            y1[:, None] / h_img,
+            x2[:, None] / w_img,
+            y2[:, None] / h_img,
+            w * h / (w_img * h_img),
+        ],
+        dim=-1,
+    )  # (N, 9)
 
 
 class MultiHeadAttention(nn.Module):
@@ -282,8 +308,15 @@ class HybridAttentionLayer(nn.Module):
     ``mode='self'`` keeps only the SA cells, ``mode='cross'`` only the CA cells (ablation encoders).
     Shapes: v, t (B, N, H), pad (B, N) -> two (B, N, H)."""
 
-    def __init__(self, hidden_dim: int, num_heads: int, key_dim: int, ffn_dim: int, dropout: float,
-                 mode: Literal["hybrid", "self", "cross"] = "hybrid") -> None:
+    def __init__(
+        self,
+        hidden_dim: int,
+        num_heads: int,
+        key_dim: int,
+        ffn_dim: int,
+        dropout: float,
+        mode: Literal["hybrid", "self", "cross"] = "hybrid",
+    ) -> None:
         super().__init__()
         self.mode = mode
         args = (hidden_dim, num_heads, key_dim, ffn_dim, dropout)
@@ -309,8 +342,16 @@ class SHAEncoder(nn.Module):
 
     Shapes: v, t (B, N, H) padded per image, pad (B, N) True at padding -> (B, N, H)."""
 
-    def __init__(self, num_layers: int, hidden_dim: int, num_heads: int, key_dim: int, ffn_dim: int,
-                 dropout: float, mode: Literal["hybrid", "self", "cross"] = "hybrid") -> None:
+    def __init__(
+        self,
+        num_layers: int,
+        hidden_dim: int,
+        num_heads: int,
+        key_dim: int,
+        ffn_dim: int,
+        dropout: float,
+        mode: Literal["hybrid", "self", "cross"] = "hybrid",
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             HybridAttentionLayer(hidden_dim, num_heads, key_dim, ffn_dim, dropout, mode) for _ in range(num_layers)
@@ -412,8 +453,9 @@ class SHAContext(nn.Module):
         self.obj_embed2 = nn.Embedding(cfg.num_obj_classes, cfg.word_dim)  # Emb2
         nn.init.normal_(self.obj_embed1.weight)
         nn.init.normal_(self.obj_embed2.weight)
-        self.box_mlp = nn.Sequential(nn.Linear(9, 32), nn.ReLU(), nn.Dropout(cfg.dropout),
-                                     nn.Linear(32, 128), nn.ReLU(), nn.Dropout(cfg.dropout))
+        self.box_mlp = nn.Sequential(
+            nn.Linear(9, 32), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(32, 128), nn.ReLU(), nn.Dropout(cfg.dropout)
+        )
         self.lin_obj_visual = nn.Linear(cfg.feature_dim + 128, h)  # V0
         self.lin_obj_textual = nn.Linear(cfg.word_dim, h)  # T0
         self.lin_edge_visual = nn.Linear(cfg.feature_dim + h, h)  # Ve0
@@ -430,8 +472,13 @@ class SHAContext(nn.Module):
             self.obj_embed2.weight.copy_(vectors)
 
     def forward(
-        self, obj_feats: torch.Tensor, boxes: torch.Tensor, obj_image_sizes: torch.Tensor, num_objs: Sequence[int],
-        labels: torch.Tensor | None, det_logits: torch.Tensor | None,
+        self,
+        obj_feats: torch.Tensor,
+        boxes: torch.Tensor,
+        obj_image_sizes: torch.Tensor,
+        num_objs: Sequence[int],
+        labels: torch.Tensor | None,
+        det_logits: torch.Tensor | None,
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor]:
         """obj_feats (N, P), boxes (N, 4), obj_image_sizes (N, 2), labels (N,) GT (PredCls and training),
         det_logits (N, C_obj) (SGCls/SGDet). Returns edge context (N, H), obj_logits (N, C_obj) | None,
@@ -456,8 +503,12 @@ class SHAContext(nn.Module):
             obj_logits = self.obj_classifier(obj_ctx)  # (N, C_obj)
             probs = obj_logits.detach().float().softmax(-1)
             if cfg.protocol == "sgdet" and not self.training:
-                obj_labels = torch.cat([later_nms_relabel(p, b, cfg.later_nms_threshold)
-                                        for p, b in zip(probs.split(list(num_objs)), boxes.split(list(num_objs)))])
+                obj_labels = torch.cat(
+                    [
+                        later_nms_relabel(p, b, cfg.later_nms_threshold)
+                        for p, b in zip(probs.split(list(num_objs)), boxes.split(list(num_objs)))
+                    ]
+                )
             else:
                 obj_labels = probs[:, 1:].argmax(-1) + 1  # argmax over foreground classes
             obj_scores = probs.gather(1, obj_labels[:, None]).squeeze(1)
@@ -483,9 +534,13 @@ class RectFeatures(nn.Module):
         super().__init__()
         self.rect_size = rect_size
         self.conv = nn.Sequential(
-            nn.Conv2d(2, channels // 2, 7, stride=2, padding=3), nn.ReLU(), nn.BatchNorm2d(channels // 2, momentum=0.01),
+            nn.Conv2d(2, channels // 2, 7, stride=2, padding=3),
+            nn.ReLU(),
+            nn.BatchNorm2d(channels // 2, momentum=0.01),
             nn.MaxPool2d(3, stride=2, padding=1),
-            nn.Conv2d(channels // 2, channels, 3, padding=1), nn.ReLU(), nn.BatchNorm2d(channels, momentum=0.01),
+            nn.Conv2d(channels // 2, channels, 3, padding=1),
+            nn.ReLU(),
+            nn.BatchNorm2d(channels, momentum=0.01),
         )
         side = (((rect_size + 1) // 2) + 1) // 2  # 27 -> 14 -> 7
         self.proj = nn.Linear(channels * side * side, feature_dim) if feature_dim is not None else None
@@ -544,8 +599,9 @@ class UnionFeatures(nn.Module):
         self.rect = RectFeatures(c, cfg.rect_size) if cfg.use_rect_features else None
         self.box_head = BoxHead(c, cfg.roi_resolution, cfg.feature_dim)
 
-    def forward(self, union_pooled: torch.Tensor, head_boxes: torch.Tensor, tail_boxes: torch.Tensor,
-                image_sizes: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, union_pooled: torch.Tensor, head_boxes: torch.Tensor, tail_boxes: torch.Tensor, image_sizes: torch.Tensor
+    ) -> torch.Tensor:
         x = F.relu(self.reduce(union_pooled))  # (M, C, R, R)
         if self.rect is not None:
             x = x + self.rect(head_boxes, tail_boxes, image_sizes).to(x)
@@ -594,8 +650,10 @@ class GCLDecoder(nn.Module):
         self.group_sizes = [int(g) for g in group_sizes]
         self.sizes = classifier_sizes(self.group_sizes)
         if self.sizes[-1] != cfg.num_predicates - 1:
-            raise ValueError(f"group sizes {self.group_sizes} cover {self.sizes[-1]} predicates, "
-                             f"model.config.num_predicates - 1 = {cfg.num_predicates - 1}")
+            raise ValueError(
+                f"group sizes {self.group_sizes} cover {self.sizes[-1]} predicates, "
+                f"model.config.num_predicates - 1 = {cfg.num_predicates - 1}"
+            )
         self.post_emb = nn.Linear(h, 2 * h)
         nn.init.normal_(self.post_emb.weight, 0.0, 10.0 * (1.0 / h) ** 0.5)  # official init N(0, 10/√H)
         nn.init.zeros_(self.post_emb.bias)
@@ -605,16 +663,25 @@ class GCLDecoder(nn.Module):
         for lin in [self.post_cat, *self.rel_visual, *self.ctx_compress]:
             nn.init.xavier_normal_(lin.weight)
             nn.init.zeros_(lin.bias)
-        self.freq_bias = (nn.ModuleList(FrequencyBias(cfg.num_obj_classes, n + 1) for n in self.sizes)
-                          if cfg.use_frequency_bias else None)
+        self.freq_bias = (
+            nn.ModuleList(FrequencyBias(cfg.num_obj_classes, n + 1) for n in self.sizes)
+            if cfg.use_frequency_bias
+            else None
+        )
 
     def reset_frequency_bias(self, fg_matrix: torch.Tensor) -> None:
         if self.freq_bias is not None:
             for fb in self.freq_bias:
                 fb.reset_from_counts(fg_matrix)
 
-    def forward(self, edge_ctx: torch.Tensor, pair_idx: torch.Tensor, union: torch.Tensor,
-                obj_labels: torch.Tensor, last_only: bool = False) -> list[torch.Tensor]:
+    def forward(
+        self,
+        edge_ctx: torch.Tensor,
+        pair_idx: torch.Tensor,
+        union: torch.Tensor,
+        obj_labels: torch.Tensor,
+        last_only: bool = False,
+    ) -> list[torch.Tensor]:
         """edge_ctx (N, H); pair_idx (M, 2) global object rows (s, o); union (M, P); obj_labels (N,).
         Returns K logits (M, n_k + 1) (only the last classifier's when ``last_only``)."""
         head, tail = self.post_emb(edge_ctx).chunk(2, dim=-1)  # (N, H) each
@@ -648,11 +715,15 @@ class SHAGCL(nn.Module):
         self.cfg = cfg
         self.context = SHAContext(cfg)
         simplified = cfg.union_features == "simplified"
-        self.rect = RectFeatures(cfg.roi_channels, cfg.rect_size, cfg.feature_dim) if (
-            simplified and cfg.use_rect_features) else None
+        self.rect = (
+            RectFeatures(cfg.roi_channels, cfg.rect_size, cfg.feature_dim)
+            if (simplified and cfg.use_rect_features)
+            else None
+        )
         self.decoder: GCLDecoder | None = None
-        self.box_head = BoxHead(cfg.roi_channels, cfg.roi_resolution, cfg.feature_dim) if cfg.trainable_box_head \
-            else None  # the relation head's fc6/fc7 copy for object ROI features (§3.2.1)
+        self.box_head = (
+            BoxHead(cfg.roi_channels, cfg.roi_resolution, cfg.feature_dim) if cfg.trainable_box_head else None
+        )  # the relation head's fc6/fc7 copy for object ROI features (§3.2.1)
         self.union = UnionFeatures(cfg) if not simplified else None
 
     def load_box_head(self, path: str | Path) -> int:
@@ -664,13 +735,14 @@ class SHAGCL(nn.Module):
             raise FileNotFoundError(
                 f"model.config.box_head_checkpoint={str(path)!r} does not exist: supply the detector state dict "
                 "given to `shagcl extract --checkpoint` (its box head initialises fc6/fc7), or null for random "
-                "init; see README, Data preparation")
+                "init; see README, Data preparation"
+            )
         state = torch.load(path, map_location="cpu", weights_only=True)
         for key in ("model", "state_dict"):
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
         prefix = "roi_heads.box_head."
-        head = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+        head = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
         if set(head) != {"fc6.weight", "fc6.bias", "fc7.weight", "fc7.bias"}:
             raise KeyError(f"{path}: no torchvision box head ({prefix}fc6/fc7) in the state dict")
         heads = [h for h in (self.box_head, self.union.box_head if self.union is not None else None) if h is not None]
@@ -678,7 +750,8 @@ class SHAGCL(nn.Module):
             if h.fc6.weight.shape != head["fc6.weight"].shape or h.fc7.weight.shape != head["fc7.weight"].shape:
                 raise ValueError(
                     f"{path}: box head fc6 {tuple(head['fc6.weight'].shape)}, fc7 {tuple(head['fc7.weight'].shape)} "
-                    f"vs model.config roi_channels·roi_resolution² -> feature_dim = {tuple(h.fc6.weight.shape)}")
+                    f"vs model.config roi_channels·roi_resolution² -> feature_dim = {tuple(h.fc6.weight.shape)}"
+                )
             h.load_state_dict(head)
         return len(heads)
 
@@ -688,9 +761,13 @@ class SHAGCL(nn.Module):
         if batch.get(key) is None:
             raise ValueError(
                 f"model.config.trainable_box_head={self.box_head is not None} needs '{key}' in the batch: "
-                + ("extract the cache with `shagcl extract --object_stage pooled` (or set synthetic.pooled: true), "
-                   "or set trainable_box_head: false" if key == "obj_pooled" else
-                   "extract with `--object_stage fc7`, or set trainable_box_head: true"))
+                + (
+                    "extract the cache with `shagcl extract --object_stage pooled` (or set synthetic.pooled: true), "
+                    "or set trainable_box_head: false"
+                    if key == "obj_pooled"
+                    else "extract with `--object_stage fc7`, or set trainable_box_head: true"
+                )
+            )
         return self.box_head(batch[key].float()) if self.box_head is not None else batch[key]
 
     def union_features(self, batch: dict) -> torch.Tensor:
@@ -700,11 +777,13 @@ class SHAGCL(nn.Module):
             raise ValueError(
                 f"model.config.union_features={self.cfg.union_features} needs '{key}' in the batch: extract the "
                 f"cache with `shagcl extract --union_stage {'pooled' if key == 'union_pooled' else 'fc7'}`"
-                + (" (or set synthetic.pooled: true)" if key == "union_pooled" else ""))
+                + (" (or set synthetic.pooled: true)" if key == "union_pooled" else "")
+            )
         boxes, pair_idx = batch["boxes"], batch["pair_idx"]
         if self.union is not None:
-            return self.union(batch[key].float(), boxes[pair_idx[:, 0]], boxes[pair_idx[:, 1]],
-                              batch["pair_image_sizes"])
+            return self.union(
+                batch[key].float(), boxes[pair_idx[:, 0]], boxes[pair_idx[:, 1]], batch["pair_image_sizes"]
+            )
         union = batch[key]
         if self.rect is not None:
             union = union + self.rect(boxes[pair_idx[:, 0]], boxes[pair_idx[:, 1]], batch["pair_image_sizes"])
@@ -722,8 +801,13 @@ class SHAGCL(nn.Module):
         if self.cfg.protocol != "predcls" and batch.get("det_logits") is None:
             raise ValueError(f"protocol={self.cfg.protocol} needs detector logits in the batch ('det_logits')")
         edge_ctx, obj_logits, obj_labels, obj_scores = self.context(
-            self.object_features(batch), batch["boxes"], batch["obj_image_sizes"], batch["num_objs"],
-            batch.get("labels"), batch.get("det_logits"))
+            self.object_features(batch),
+            batch["boxes"],
+            batch["obj_image_sizes"],
+            batch["num_objs"],
+            batch.get("labels"),
+            batch.get("det_logits"),
+        )
         union = self.union_features(batch)  # (M, P)
         rel_logits = self.decoder(edge_ctx, batch["pair_idx"], union, obj_labels, last_only)
         return RelationOutput(obj_logits, obj_labels, obj_scores, rel_logits)

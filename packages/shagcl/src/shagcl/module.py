@@ -93,8 +93,9 @@ class SHAGCLModule(pl.LightningModule):
         if dm is None or not hasattr(dm, "statistics"):
             raise ValueError("SHAGCLModule needs an SGGDataModule (the decoder is built from training statistics)")
         if dm.hparams.protocol != self.config.protocol:
-            raise ValueError(f"data.protocol={dm.hparams.protocol!r} differs from "
-                             f"model.config.protocol={self.config.protocol!r}")
+            raise ValueError(
+                f"data.protocol={dm.hparams.protocol!r} differs from model.config.protocol={self.config.protocol!r}"
+            )
         self.build_from_statistics(dm.statistics())
 
     def build_from_statistics(self, stats) -> None:
@@ -104,7 +105,8 @@ class SHAGCLModule(pl.LightningModule):
             raise ValueError(
                 f"the data has {len(stats.object_classes)} object / {len(stats.predicate_classes)} predicate classes "
                 f"(with background) but model.config.num_obj_classes={cfg.num_obj_classes}, "
-                f"num_predicates={cfg.num_predicates}")
+                f"num_predicates={cfg.num_predicates}"
+            )
         counts = stats.predicate_counts
         if cfg.count_source == "official":
             if stats.dataset not in OFFICIAL_PREDICATE_COUNTS:
@@ -115,17 +117,25 @@ class SHAGCLModule(pl.LightningModule):
         if cfg.decoder == "single":
             group_sizes = [cfg.num_predicates - 1]
         else:
-            group_sizes = group_predicates(counts[1:].tolist(), cfg.group_mu, cfg.group_min_count, cfg.group_split,
-                                           cfg.num_average_groups)
+            group_sizes = group_predicates(
+                counts[1:].tolist(), cfg.group_mu, cfg.group_min_count, cfg.group_split, cfg.num_average_groups
+            )
         rank_zero_info(f"shagcl: predicate groups {group_sizes}")
         self.group_sizes = group_sizes
         rates = median_resampling_rates(counts.tolist(), group_sizes)
         self.model.build_decoder(group_sizes, stats.fg_matrix)
         self.model.decoder.to(self.device)
         single = cfg.decoder == "single"
-        self.gcl_loss = GCLLoss(group_sizes, rates, cfg.background_mode, "None" if single else cfg.kd_mode,
-                                cfg.kd_coefficient, cfg.no_relation_restrain, cfg.no_relation_penalty,
-                                resample=cfg.resample and not single).to(self.device)
+        self.gcl_loss = GCLLoss(
+            group_sizes,
+            rates,
+            cfg.background_mode,
+            "None" if single else cfg.kd_mode,
+            cfg.kd_coefficient,
+            cfg.no_relation_restrain,
+            cfg.no_relation_penalty,
+            resample=cfg.resample and not single,
+        ).to(self.device)
         self.seen_triplets = (stats.triplet_counts > 0).to(self.device)
         self.predicate_names = list(stats.predicate_classes)
         self.object_names = list(stats.object_classes)
@@ -134,8 +144,10 @@ class SHAGCLModule(pl.LightningModule):
         if cfg.box_head_checkpoint:
             self.model.load_box_head(cfg.box_head_checkpoint)
         elif cfg.trainable_box_head or cfg.union_features == "official":
-            rank_zero_info("shagcl: model.config.box_head_checkpoint is null: the relation head's fc6/fc7 start "
-                           "from random weights (the paper starts them from the detector's box head)")
+            rank_zero_info(
+                "shagcl: model.config.box_head_checkpoint is null: the relation head's fc6/fc7 start "
+                "from random weights (the paper starts them from the detector's box head)"
+            )
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
@@ -146,8 +158,9 @@ class SHAGCLModule(pl.LightningModule):
             terms["obj_loss"] = self.obj_loss(out.obj_logits, batch["labels"])
             loss = loss + terms["obj_loss"]
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.global_step}: "
-                                     f"{ {k: float(v) for k, v in terms.items()} }")
+            raise FloatingPointError(
+                f"non-finite loss at step {self.global_step}: { {k: float(v) for k, v in terms.items()} }"
+            )
         bs = len(batch["num_objs"])
         for name, value in terms.items():
             if name != "loss":
@@ -160,17 +173,34 @@ class SHAGCLModule(pl.LightningModule):
         out = self.model(batch, last_only=True)
         probs = out.rel_logits[-1].float().softmax(-1)  # (M, C_rel) full label space incl. background
         images = []
-        for i, (boxes, labels, scores, pairs, rel_probs) in enumerate(zip(
-                batch["boxes"].split(batch["num_objs"]), out.obj_labels.split(batch["num_objs"]),
-                out.obj_scores.split(batch["num_objs"]), batch["local_pair_idx"],
-                probs.split(batch["num_pairs"]), strict=True)):
+        for i, (boxes, labels, scores, pairs, rel_probs) in enumerate(
+            zip(
+                batch["boxes"].split(batch["num_objs"]),
+                out.obj_labels.split(batch["num_objs"]),
+                out.obj_scores.split(batch["num_objs"]),
+                batch["local_pair_idx"],
+                probs.split(batch["num_pairs"]),
+                strict=True,
+            )
+        ):
             gl, gr = batch["gt_labels"][i], batch["gt_rels"][i]
             zero_shot = None
             if self.seen_triplets.numel() and len(gr):
                 zero_shot = ~self.seen_triplets[gl[gr[:, 0]], gl[gr[:, 1]], gr[:, 2]]
-            images.append(dict(gt_boxes=batch["gt_boxes"][i], gt_labels=gl, gt_rels=gr, pred_boxes=boxes,
-                               pred_labels=labels, obj_scores=scores, pair_idx=pairs, rel_probs=rel_probs,
-                               zero_shot=zero_shot, image_index=batch["image_index"][i]))
+            images.append(
+                dict(
+                    gt_boxes=batch["gt_boxes"][i],
+                    gt_labels=gl,
+                    gt_rels=gr,
+                    pred_boxes=boxes,
+                    pred_labels=labels,
+                    obj_scores=scores,
+                    pair_idx=pairs,
+                    rel_probs=rel_probs,
+                    zero_shot=zero_shot,
+                    image_index=batch["image_index"][i],
+                )
+            )
         return images, out
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -199,8 +229,9 @@ class SHAGCLModule(pl.LightningModule):
         result = self._log_recall(self.test_recall, "test")
         if self.trainer.is_global_zero:
             out_dir = self.report_dir or self.trainer.log_dir or self.trainer.default_root_dir
-            csv_path, png_path = write_per_predicate_report(result["per_predicate"].cpu(), self.predicate_names,
-                                                            self.hparams.recall_ks, out_dir)
+            csv_path, png_path = write_per_predicate_report(
+                result["per_predicate"].cpu(), self.predicate_names, self.hparams.recall_ks, out_dir
+            )
             rank_zero_info(f"shagcl: per-predicate recall written to {csv_path} and {png_path}")
 
     # ------------------------------------------------------------------ prediction
@@ -212,19 +243,29 @@ class SHAGCLModule(pl.LightningModule):
             keep = order[: self.predict_top_k]
             pairs = img["pair_idx"][keep]
             labels = img["pred_labels"].tolist()
-            graphs.append({
-                "image_id": batch["image_ids"][i],
-                "filename": batch["filenames"][i],
-                "image_size": [int(v) for v in batch["image_sizes"][i].tolist()],
-                "boxes": [[round(float(v), 1) for v in b] for b in img["pred_boxes"].tolist()],
-                "labels": [self.object_names[c] for c in labels],
-                "label_ids": labels,
-                "scores": [round(float(s), 4) for s in img["obj_scores"].tolist()],
-                "triplets": [{"subject": int(s), "object": int(o), "predicate": self.predicate_names[int(p)],
-                              "predicate_id": int(p), "score": round(float(sc), 5)}
-                             for (s, o), p, sc in zip(pairs.tolist(), rel_class[: len(keep)].tolist(),
-                                                      triple[: len(keep)].tolist(), strict=True)],
-            })
+            graphs.append(
+                {
+                    "image_id": batch["image_ids"][i],
+                    "filename": batch["filenames"][i],
+                    "image_size": [int(v) for v in batch["image_sizes"][i].tolist()],
+                    "boxes": [[round(float(v), 1) for v in b] for b in img["pred_boxes"].tolist()],
+                    "labels": [self.object_names[c] for c in labels],
+                    "label_ids": labels,
+                    "scores": [round(float(s), 4) for s in img["obj_scores"].tolist()],
+                    "triplets": [
+                        {
+                            "subject": int(s),
+                            "object": int(o),
+                            "predicate": self.predicate_names[int(p)],
+                            "predicate_id": int(p),
+                            "score": round(float(sc), 5),
+                        }
+                        for (s, o), p, sc in zip(
+                            pairs.tolist(), rel_class[: len(keep)].tolist(), triple[: len(keep)].tolist(), strict=True
+                        )
+                    ],
+                }
+            )
         self._predictions.extend(graphs)
         return graphs
 
@@ -248,9 +289,11 @@ class SHAGCLModule(pl.LightningModule):
         for name, p in self.named_parameters():
             if p.requires_grad:
                 (no_decay if name.endswith(".bias") else decay).append(p)
-        opt = torch.optim.SGD([{"params": decay, "weight_decay": self.hparams.weight_decay},
-                               {"params": no_decay, "weight_decay": 0.0}], lr=self.hparams.lr,
-                              momentum=self.hparams.momentum)
+        opt = torch.optim.SGD(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.lr,
+            momentum=self.hparams.momentum,
+        )
         sched = torch.optim.lr_scheduler.LambdaLR(opt, self._lr_factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
@@ -271,15 +314,21 @@ class SHAGCLModule(pl.LightningModule):
             self.lr_scale *= hp.plateau_factor
             self.lr_reductions += 1
             self.bad_validations = 0
-            rank_zero_info(f"shagcl: val/mR@100 plateaued; lr scale now {self.lr_scale:g} "
-                           f"(reduction {self.lr_reductions}/{hp.max_lr_reductions})")
+            rank_zero_info(
+                f"shagcl: val/mR@100 plateaued; lr scale now {self.lr_scale:g} "
+                f"(reduction {self.lr_reductions}/{hp.max_lr_reductions})"
+            )
             if self.lr_reductions >= hp.max_lr_reductions:
                 self.trainer.should_stop = True
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["shagcl_plateau"] = {"lr_scale": self.lr_scale, "best": self.best_metric,
-                                        "bad": self.bad_validations, "reductions": self.lr_reductions,
-                                        "group_sizes": getattr(self, "group_sizes", None)}
+        checkpoint["shagcl_plateau"] = {
+            "lr_scale": self.lr_scale,
+            "best": self.best_metric,
+            "bad": self.bad_validations,
+            "reductions": self.lr_reductions,
+            "group_sizes": getattr(self, "group_sizes", None),
+        }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         state = checkpoint.get("shagcl_plateau")
@@ -287,5 +336,7 @@ class SHAGCLModule(pl.LightningModule):
             self.lr_scale, self.best_metric = state["lr_scale"], state["best"]
             self.bad_validations, self.lr_reductions = state["bad"], state["reductions"]
             if state.get("group_sizes") and getattr(self, "group_sizes", None) not in (None, state["group_sizes"]):
-                raise ValueError(f"checkpoint was trained with predicate groups {state['group_sizes']}, the current "
-                                 f"data/config gives {self.group_sizes}")
+                raise ValueError(
+                    f"checkpoint was trained with predicate groups {state['group_sizes']}, the current "
+                    f"data/config gives {self.group_sizes}"
+                )

@@ -35,8 +35,16 @@ def zipf_quota_predicates(rng: np.random.Generator, n: int, num_predicates: int,
     return ids[rng.permutation(n)]
 
 
-def _scene(rng: np.random.Generator, n_obj_classes: int, n_predicates: int, min_obj: int, max_obj: int,
-           width: int, height: int, exponent: float):
+def _scene(
+    rng: np.random.Generator,
+    n_obj_classes: int,
+    n_predicates: int,
+    min_obj: int,
+    max_obj: int,
+    width: int,
+    height: int,
+    exponent: float,
+):
     """One synthetic image: boxes (N, 4) xyxy pixels, labels (N,) 1-based, relations (R, 3) local."""
     n = int(rng.integers(min_obj, max_obj + 1))
     x1 = rng.uniform(0, width * 0.7, n)
@@ -53,10 +61,21 @@ def _scene(rng: np.random.Generator, n_obj_classes: int, n_predicates: int, min_
     return boxes, labels, rels
 
 
-def write_vg150(root: str | Path, n_images: int = 32, n_obj_classes: int = 8, n_predicates: int = 10, seed: int = 0,
-                n_test: int | None = None, min_obj: int = 3, max_obj: int = 6, exponent: float = 1.5,
-                with_images: bool = False, empty_images: int = 1,
-                predicate_counts: Literal["sampled", "quota"] = "sampled", n_val: int = 0) -> Path:
+def write_vg150(
+    root: str | Path,
+    n_images: int = 32,
+    n_obj_classes: int = 8,
+    n_predicates: int = 10,
+    seed: int = 0,
+    n_test: int | None = None,
+    min_obj: int = 3,
+    max_obj: int = 6,
+    exponent: float = 1.5,
+    with_images: bool = False,
+    empty_images: int = 1,
+    predicate_counts: Literal["sampled", "quota"] = "sampled",
+    n_val: int = 0,
+) -> Path:
     """Write ``root/vg/{VG-SGG-with-attri.h5, VG-SGG-dicts-with-attri.json, image_data.json}`` (§4.1).
 
     Predicate ids are Zipf distributed with id 1 the most frequent: ``predicate_counts="sampled"`` draws every
@@ -86,8 +105,11 @@ def write_vg150(root: str | Path, n_images: int = 32, n_obj_classes: int = 8, n_
         scenes.append((width, height, boxes, labels, rels))
     if predicate_counts == "quota":  # re-draw every split's predicates with exact Zipf counts
         n_train_split = n_images - n_test
-        for lo, hi in ((0, min(n_val, n_train_split)), (min(n_val, n_train_split), n_train_split),
-                       (n_train_split, n_images)):
+        for lo, hi in (
+            (0, min(n_val, n_train_split)),
+            (min(n_val, n_train_split), n_train_split),
+            (n_train_split, n_images),
+        ):
             members = range(lo, hi)
             quota = zipf_quota_predicates(rng, sum(len(scenes[i][4]) for i in members), n_predicates, exponent)
             start = 0
@@ -117,8 +139,16 @@ def write_vg150(root: str | Path, n_images: int = 32, n_obj_classes: int = 8, n_
             rel_preds.append([p])
         split.append(2 if n_images - n_test <= i < n_images else 0)
         image_id = 10 + i
-        image_data.append({"image_id": image_id, "width": width, "height": height, "coco_id": None,
-                           "flickr_id": None, "url": f"https://example.invalid/{image_id}.jpg"})
+        image_data.append(
+            {
+                "image_id": image_id,
+                "width": width,
+                "height": height,
+                "coco_id": None,
+                "flickr_id": None,
+                "url": f"https://example.invalid/{image_id}.jpg",
+            }
+        )
         if with_images:
             from PIL import Image
 
@@ -155,9 +185,17 @@ def write_vg150(root: str | Path, n_images: int = 32, n_obj_classes: int = 8, n_
     return out
 
 
-def write_gqa200(root: str | Path, n_train: int = 24, n_test: int = 8, n_obj_classes: int = 8,
-                 n_predicates: int = 10, seed: int = 0, min_obj: int = 3, max_obj: int = 6,
-                 exponent: float = 1.5) -> Path:
+def write_gqa200(
+    root: str | Path,
+    n_train: int = 24,
+    n_test: int = 8,
+    n_obj_classes: int = 8,
+    n_predicates: int = 10,
+    seed: int = 0,
+    min_obj: int = 3,
+    max_obj: int = 6,
+    exponent: float = 1.5,
+) -> Path:
     """Write ``root/gqa/{GQA_200_ID_Info.json, GQA_200_Train.json, GQA_200_Test.json}`` (§4.2). Returns the folder."""
     rng = np.random.default_rng(seed)
     out = Path(root) / "gqa"
@@ -166,8 +204,13 @@ def write_gqa200(root: str | Path, n_train: int = 24, n_test: int = 8, n_obj_cla
     predicates = ["__background__", *[f"predicate{i}" for i in range(1, n_predicates + 1)]]
     counts = np.zeros(n_predicates + 1, dtype=int)
     for name, n in (("Train", n_train), ("Test", n_test)):
-        split = {"filenames_all": [], "img_info_all": [], "gt_boxes_all": [], "gt_classes_all": [],
-                 "relationships_all": []}
+        split = {
+            "filenames_all": [],
+            "img_info_all": [],
+            "gt_boxes_all": [],
+            "gt_classes_all": [],
+            "relationships_all": [],
+        }
         for i in range(n):
             width, height = int(rng.integers(200, 400)), int(rng.integers(200, 400))
             boxes, labels, rels = _scene(rng, n_obj_classes, n_predicates, min_obj, max_obj, width, height, exponent)
@@ -179,8 +222,11 @@ def write_gqa200(root: str | Path, n_train: int = 24, n_test: int = 8, n_obj_cla
             split["gt_classes_all"].append(labels.tolist())
             split["relationships_all"].append(rels.tolist())
         (out / f"GQA_200_{name}.json").write_text(json.dumps(split))
-    info = {"ind_to_classes": classes, "ind_to_predicates": predicates,
-            "rel_count": {p: int(c) for p, c in zip(predicates, counts, strict=True)},
-            "rel_name_to_id": {p: i for i, p in enumerate(predicates)}}
+    info = {
+        "ind_to_classes": classes,
+        "ind_to_predicates": predicates,
+        "rel_count": {p: int(c) for p, c in zip(predicates, counts, strict=True)},
+        "rel_name_to_id": {p: i for i, p in enumerate(predicates)},
+    }
     (out / "GQA_200_ID_Info.json").write_text(json.dumps(info))
     return out

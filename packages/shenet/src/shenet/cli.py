@@ -26,8 +26,7 @@ def parse_command(argv: list[str]) -> Path:
     ap.add_argument("--spacy_model", default="en_core_web_sm")
     ap.add_argument("--out", default=None, help="default: <data_root>/shenet_parses.json")
     args = ap.parse_args(argv)
-    dm = SHENetDataModule(dataset=args.dataset, data_root=args.data_root, videos_dir=args.videos_dir,
-                          on_corrupt="skip")
+    dm = SHENetDataModule(dataset=args.dataset, data_root=args.data_root, videos_dir=args.videos_dir, on_corrupt="skip")
     texts = [t for split in ("train", "val", "test") for t in dm.make_dataset(split).texts()]
     parser = build_parser(ParserConfig(backend=args.backend, spacy_model=args.spacy_model)).parser
     out = Path(args.out) if args.out else Path(args.data_root) / "shenet_parses.json"
@@ -35,8 +34,7 @@ def parse_command(argv: list[str]) -> Path:
 
 
 def main(args: list[str] | None = None):
-    return run_cli(SHENetModule, SHENetDataModule, package="shenet", args=args,
-                   extra_commands={"parse": parse_command})
+    return run_cli(SHENetModule, SHENetDataModule, package="shenet", args=args, extra_commands={"parse": parse_command})
 
 
 if __name__ == "__main__":

@@ -50,8 +50,14 @@ _HINT = "see README, Data preparation"
 VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp")
 
 
-def load_frames(path: str | Path, max_frames: int, image_size: int, fps: float = 1.0, start: float | None = None,
-                end: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def load_frames(
+    path: str | Path,
+    max_frames: int,
+    image_size: int,
+    fps: float = 1.0,
+    start: float | None = None,
+    end: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Frames at ``fps`` (spec §3.10): 1 fps, ``linspace(0, n-1, max_frames)`` when more, shorter side resized to
     ``image_size``, centre crop, CLIP normalisation, zero padding.
 
@@ -93,14 +99,24 @@ class _VideoTextDataset(Dataset):
 
     dataset_name = "?"
 
-    def __init__(self, data_root: str | Path, split: Split, videos_dir: str | Path | None, max_frames: int,
-                 image_size: int, fps: float, on_corrupt: Literal["raise", "skip"]):
+    def __init__(
+        self,
+        data_root: str | Path,
+        split: Split,
+        videos_dir: str | Path | None,
+        max_frames: int,
+        image_size: int,
+        fps: float,
+        on_corrupt: Literal["raise", "skip"],
+    ):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train|val|test, got {split!r}")
         self.root = Path(data_root)
         if not self.root.is_dir():
-            raise FileNotFoundError(f"data.data_root={str(self.root)!r} is not a directory ({self.dataset_name} "
-                                    f"annotations expected); {_HINT}")
+            raise FileNotFoundError(
+                f"data.data_root={str(self.root)!r} is not a directory ({self.dataset_name} "
+                f"annotations expected); {_HINT}"
+            )
         self.split = split
         self.videos_dir = Path(videos_dir) if videos_dir else self.root / "videos"
         self.max_frames, self.image_size, self.fps, self.on_corrupt = max_frames, image_size, fps, on_corrupt
@@ -115,8 +131,9 @@ class _VideoTextDataset(Dataset):
         if missing:
             raise KeyError(f"{self.dataset_name} {self.split}: videos without captions, e.g. {missing[:3]}; {_HINT}")
         if not self.videos_dir.is_dir():
-            raise FileNotFoundError(f"data.videos_dir={str(self.videos_dir)!r}: no such folder ({self.dataset_name} "
-                                    f"videos); {_HINT}")
+            raise FileNotFoundError(
+                f"data.videos_dir={str(self.videos_dir)!r}: no such folder ({self.dataset_name} videos); {_HINT}"
+            )
         index: dict[str, Path] = {}
         for p in sorted(self.videos_dir.rglob("*")):
             if p.suffix.lower() in VIDEO_EXTS:
@@ -125,8 +142,10 @@ class _VideoTextDataset(Dataset):
         self.paths = {v: index.get(v) or index.get(Path(v).stem) for v in self.videos}
         absent = [v for v, p in self.paths.items() if p is None]
         if absent:
-            msg = (f"{self.dataset_name} {self.split}: {len(absent)} of {len(self.videos)} videos not found under "
-                   f"data.videos_dir={str(self.videos_dir)!r}, e.g. {absent[:3]}")
+            msg = (
+                f"{self.dataset_name} {self.split}: {len(absent)} of {len(self.videos)} videos not found under "
+                f"data.videos_dir={str(self.videos_dir)!r}, e.g. {absent[:3]}"
+            )
             if self.on_corrupt == "raise" or len(absent) == len(self.videos):
                 raise FileNotFoundError(f"{msg}; {_HINT}")
             log.warning("%s; skipping them (data.on_corrupt=skip)", msg)
@@ -160,8 +179,13 @@ class _VideoTextDataset(Dataset):
             log.warning("skipping corrupt video %s (%s): it is fed as an all-padding video", err.path, err)
             video = torch.zeros(self.max_frames, 3, self.image_size, self.image_size)
             mask = torch.zeros(self.max_frames, dtype=torch.bool)
-        return {"video": video, "video_mask": mask, "video_index": self.video_index[vid], "captions": caps,
-                "text_ids": ids}
+        return {
+            "video": video,
+            "video_mask": mask,
+            "video_index": self.video_index[vid],
+            "captions": caps,
+            "text_ids": ids,
+        }
 
 
 class MSRVTTDataset(_VideoTextDataset):
@@ -170,9 +194,17 @@ class MSRVTTDataset(_VideoTextDataset):
 
     dataset_name = "MSR-VTT"
 
-    def __init__(self, data_root, split: Split = "train", videos_dir=None, max_frames: int = 12,
-                 image_size: int = 224, fps: float = 1.0, on_corrupt: Literal["raise", "skip"] = "raise",
-                 train_csv: str = "MSRVTT_train.9k.csv"):
+    def __init__(
+        self,
+        data_root,
+        split: Split = "train",
+        videos_dir=None,
+        max_frames: int = 12,
+        image_size: int = 224,
+        fps: float = 1.0,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+        train_csv: str = "MSRVTT_train.9k.csv",
+    ):
         super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
         if self.train:
             data = json.loads(_require(self.root / "MSRVTT_data.json", "MSR-VTT annotations").read_text())
@@ -207,16 +239,25 @@ class MSVDDataset(_VideoTextDataset):
 
     dataset_name = "MSVD"
 
-    def __init__(self, data_root, split: Split = "train", videos_dir=None, max_frames: int = 12,
-                 image_size: int = 224, fps: float = 1.0, on_corrupt: Literal["raise", "skip"] = "raise"):
+    def __init__(
+        self,
+        data_root,
+        split: Split = "train",
+        videos_dir=None,
+        max_frames: int = 12,
+        image_size: int = 224,
+        fps: float = 1.0,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+    ):
         super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
         with open(_require(self.root / "raw-captions.pkl", "MSVD captions"), "rb") as f:
             raw = pickle.load(f)
         self.videos = _read_lines(_require(self.root / f"{split}_list.txt", f"MSVD {split} split"))
         for v in self.videos:
             if v not in raw:
-                raise KeyError(f"{self.root / 'raw-captions.pkl'}: no captions for video {v!r} of "
-                               f"{split}_list.txt; {_HINT}")
+                raise KeyError(
+                    f"{self.root / 'raw-captions.pkl'}: no captions for video {v!r} of {split}_list.txt; {_HINT}"
+                )
             self.captions[v] = [" ".join(tokens) for tokens in raw[v]]
         self._finish()
 
@@ -229,8 +270,16 @@ class DiDeMoDataset(_VideoTextDataset):
 
     dataset_name = "DiDeMo"
 
-    def __init__(self, data_root, split: Split = "train", videos_dir=None, max_frames: int = 64,
-                 image_size: int = 224, fps: float = 1.0, on_corrupt: Literal["raise", "skip"] = "raise"):
+    def __init__(
+        self,
+        data_root,
+        split: Split = "train",
+        videos_dir=None,
+        max_frames: int = 64,
+        image_size: int = 224,
+        fps: float = 1.0,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+    ):
         super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
         names = _read_lines(_require(self.root / f"{split}_list.txt", f"DiDeMo {split} split"))
         data = json.loads(_require(self.root / f"{split}_data.json", f"DiDeMo {split} annotations").read_text())
@@ -252,8 +301,16 @@ class ActivityNetDataset(_VideoTextDataset):
 
     dataset_name = "ActivityNet"
 
-    def __init__(self, data_root, split: Split = "train", videos_dir=None, max_frames: int = 64,
-                 image_size: int = 224, fps: float = 1.0, on_corrupt: Literal["raise", "skip"] = "raise"):
+    def __init__(
+        self,
+        data_root,
+        split: Split = "train",
+        videos_dir=None,
+        max_frames: int = 64,
+        image_size: int = 224,
+        fps: float = 1.0,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+    ):
         super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
         ann, ids = ("train.json", "train_ids.json") if self.train else ("val_1.json", "val_ids.json")
         data = json.loads(_require(self.root / ann, "ActivityNet captions").read_text())
@@ -274,8 +331,9 @@ class ActivityNetDataset(_VideoTextDataset):
 class DigitsDataset(Dataset):
     """The in-memory digits task of spec §8c (see :mod:`shenet.synthetic`); same item dict as the video readers."""
 
-    def __init__(self, split: Split = "train", num_videos: int = 512, seed: int = 0, image_size: int = 32,
-                 scale: int = 2):
+    def __init__(
+        self, split: Split = "train", num_videos: int = 512, seed: int = 0, image_size: int = 32, scale: int = 2
+    ):
         from shenet.synthetic import digit_images, make_split, render_video
 
         self.split, self.train = split, split == "train"
@@ -295,8 +353,13 @@ class DigitsDataset(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         video = normalize(center_crop(resize_short_side(self.frames[i], self.image_size), self.image_size), "clip")
-        return {"video": video, "video_mask": torch.ones(video.shape[0], dtype=torch.bool), "video_index": i,
-                "captions": [self.specs[i].caption], "text_ids": [-1 if self.train else i]}
+        return {
+            "video": video,
+            "video_mask": torch.ones(video.shape[0], dtype=torch.bool),
+            "video_index": i,
+            "captions": [self.specs[i].caption],
+            "text_ids": [-1 if self.train else i],
+        }
 
 
 class RetrievalCollate:
@@ -394,8 +457,13 @@ class SHENetDataModule(pl.LightningDataModule):
 
     def make_dataset(self, split: Split) -> Dataset:
         hp = self.hparams
-        common = dict(videos_dir=hp.videos_dir, max_frames=hp.max_frames, image_size=hp.image_size, fps=hp.fps,
-                      on_corrupt=hp.on_corrupt)
+        common = dict(
+            videos_dir=hp.videos_dir,
+            max_frames=hp.max_frames,
+            image_size=hp.image_size,
+            fps=hp.fps,
+            on_corrupt=hp.on_corrupt,
+        )
         if hp.dataset == "msrvtt":
             return MSRVTTDataset(hp.data_root, split, train_csv=hp.train_csv, **common)
         if hp.dataset == "msvd":

@@ -67,16 +67,21 @@ class SyntaxHierarchy:
 
     def to_json(self) -> dict:
         """The precomputed-cache entry of this parse (spec §3.2 format)."""
-        return {"nodes": [dict(level=n.level, text=n.text, char_start=n.char_start, char_end=n.char_end,
-                               parent=n.parent) for n in self.nodes]}
+        return {
+            "nodes": [
+                dict(level=n.level, text=n.text, char_start=n.char_start, char_end=n.char_end, parent=n.parent)
+                for n in self.nodes
+            ]
+        }
 
     @staticmethod
     def from_json(text: str, entry: dict) -> SyntaxHierarchy:
         nodes = []
         for k, n in enumerate(entry["nodes"]):
             if n["level"] not in ("verb", "noun", "adj"):
-                raise ValueError(f"parse cache entry for {text!r}: node {k} has level {n['level']!r}; "
-                                 "expected verb|noun|adj")
+                raise ValueError(
+                    f"parse cache entry for {text!r}: node {k} has level {n['level']!r}; expected verb|noun|adj"
+                )
             nodes.append(SyntaxNode(n["level"], n["text"], int(n["char_start"]), int(n["char_end"]), int(n["parent"])))
         return SyntaxHierarchy(text, tuple(nodes))
 
@@ -106,10 +111,18 @@ class ParserConfig:
 
     def __post_init__(self) -> None:
         if self.backend == "precomputed" and not self.cache_file:
-            raise ValueError("parser.backend='precomputed' needs parser.cache_file (a JSON parse cache; "
-                             "write one with `shenet parse`)")
-        for key in ("max_verbs", "max_nouns", "max_adjs", "paragraph_max_verbs", "paragraph_max_nouns",
-                    "paragraph_max_adjs"):
+            raise ValueError(
+                "parser.backend='precomputed' needs parser.cache_file (a JSON parse cache; "
+                "write one with `shenet parse`)"
+            )
+        for key in (
+            "max_verbs",
+            "max_nouns",
+            "max_adjs",
+            "paragraph_max_verbs",
+            "paragraph_max_nouns",
+            "paragraph_max_adjs",
+        ):
             if getattr(self, key) < 0:
                 raise ValueError(f"parser.{key}={getattr(self, key)} must be >= 0")
 
@@ -166,9 +179,32 @@ _VERBS = set(
     "enter enters leave leaves left turn turns roll rolls slide slides skate skates ski skis surf surfs "
     "paint paints draw draws write writes read reads type types wash washes clean cleans brush brushes".split()
 )
-_NOT_VERBS_ING = {"thing", "things", "nothing", "something", "anything", "everything", "king", "ring", "spring",
-                  "evening", "morning", "ceiling", "clothing", "building", "buildings", "wedding", "painting",
-                  "string", "wing", "swing", "sibling", "darling", "pudding", "stocking"}
+_NOT_VERBS_ING = {
+    "thing",
+    "things",
+    "nothing",
+    "something",
+    "anything",
+    "everything",
+    "king",
+    "ring",
+    "spring",
+    "evening",
+    "morning",
+    "ceiling",
+    "clothing",
+    "building",
+    "buildings",
+    "wedding",
+    "painting",
+    "string",
+    "wing",
+    "swing",
+    "sibling",
+    "darling",
+    "pudding",
+    "stocking",
+}
 _ADJS = set(
     # colours
     "red green blue yellow black white orange purple pink brown grey gray golden silver dark light bright dim "
@@ -360,7 +396,7 @@ def hierarchy_from_doc(doc) -> SyntaxHierarchy:
         parents.append(parent)
     text = doc.text
     nodes = tuple(
-        SyntaxNode(level_of[ti], text[spans[ti][0]:spans[ti][1]], spans[ti][0], spans[ti][1], p)
+        SyntaxNode(level_of[ti], text[spans[ti][0] : spans[ti][1]], spans[ti][0], spans[ti][1], p)
         for ti, p in zip(order, parents, strict=True)
     )
     return SyntaxHierarchy(text, nodes)
@@ -377,15 +413,19 @@ class PrecomputedParser:
     def __init__(self, cache_file: str | Path):
         path = Path(cache_file)
         if not path.is_file():
-            raise FileNotFoundError(f"parser.cache_file={str(path)!r}: no such parse cache; write one with "
-                                    "`shenet parse` (see README, Text parsing)")
+            raise FileNotFoundError(
+                f"parser.cache_file={str(path)!r}: no such parse cache; write one with "
+                "`shenet parse` (see README, Text parsing)"
+            )
         self.path = path
         self.entries: dict = json.loads(path.read_text())
 
     def __call__(self, text: str) -> SyntaxHierarchy:
         if text not in self.entries:
-            raise KeyError(f"parser.cache_file={str(self.path)!r} has no parse of the text {text!r}; regenerate the "
-                           "cache with `shenet parse` for this dataset")
+            raise KeyError(
+                f"parser.cache_file={str(self.path)!r} has no parse of the text {text!r}; regenerate the "
+                "cache with `shenet parse` for this dataset"
+            )
         return SyntaxHierarchy.from_json(text, self.entries[text])
 
 
@@ -420,7 +460,9 @@ class CachedParser:
             parses = (hierarchy_from_doc(d) for d in docs)
         else:
             parses = (self.parser(t) for t in todo)
-        bar = tqdm(parses, total=len(todo), desc=f"parsing captions ({self.name})", disable=not progress or len(todo) < 2000)
+        bar = tqdm(
+            parses, total=len(todo), desc=f"parsing captions ({self.name})", disable=not progress or len(todo) < 2000
+        )
         for t, h in zip(todo, bar, strict=True):
             self.cache[t] = apply_caps(h, self.caps)
 

@@ -32,8 +32,10 @@ def symmetric_infonce_loss(
     logit_scale λ; labels (B,) long. On one process N = B, ``sim_v2t = sim_t2v.T`` and ``labels = arange(B)``.
     """
     if sim_t2v.dim() != 2 or sim_t2v.shape != sim_v2t.shape or sim_t2v.shape[0] != labels.shape[0]:
-        raise ValueError(f"symmetric_infonce_loss: sim_t2v {tuple(sim_t2v.shape)}, sim_v2t {tuple(sim_v2t.shape)} "
-                         f"and labels {tuple(labels.shape)} must be (B, N), (B, N), (B,)")
+        raise ValueError(
+            f"symmetric_infonce_loss: sim_t2v {tuple(sim_t2v.shape)}, sim_v2t {tuple(sim_v2t.shape)} "
+            f"and labels {tuple(labels.shape)} must be (B, N), (B, N), (B,)"
+        )
     if sim_t2v.shape[0] == 0:
         raise ValueError("symmetric_infonce_loss: empty batch")
     t2v = F.cross_entropy(logit_scale * sim_t2v.float(), labels)  # −1/B Σ_i log softmax_k(λ S)[i]
@@ -100,7 +102,9 @@ class SHENetContrastiveLoss(nn.Module):
                     out[f"loss_{key}"] = symmetric_infonce_loss(rows[key], cols[key], logit_scale, labels)
                     total = total + self.aux_weight * out[f"loss_{key}"]
         if not torch.isfinite(total):
-            raise FloatingPointError(f"SHE-Net loss is not finite ({float(total)}): check the learning rate, the "
-                                     "logit scale and the input frames")
+            raise FloatingPointError(
+                f"SHE-Net loss is not finite ({float(total)}): check the learning rate, the "
+                "logit scale and the input frames"
+            )
         out["loss"] = total
         return out

@@ -24,8 +24,9 @@ def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tens
     scores (Q, G) float (NaN/−inf entries are padding and never counted); positives (Q, G) bool, ≥ 1 per row.
     """
     if scores.shape != positives.shape or scores.dim() != 2:
-        raise ValueError(f"retrieval_ranks: scores {tuple(scores.shape)} and positives {tuple(positives.shape)} "
-                         "must both be (Q, G)")
+        raise ValueError(
+            f"retrieval_ranks: scores {tuple(scores.shape)} and positives {tuple(positives.shape)} must both be (Q, G)"
+        )
     if not bool(positives.any(-1).all()):
         raise ValueError("retrieval_ranks: a query has no ground-truth gallery item")
     s = scores.float().nan_to_num(nan=float("-inf"))
@@ -78,8 +79,10 @@ class RetrievalMetrics(Metric):
 
     def update(self, scores: torch.Tensor, query_gt: torch.Tensor, query_ids: torch.Tensor) -> None:
         if scores.dim() != 2 or query_gt.shape != scores.shape[:1] or query_ids.shape != scores.shape[:1]:
-            raise ValueError(f"RetrievalMetrics.update: scores (q, G), query_gt (q,), query_ids (q,) expected, got "
-                             f"{tuple(scores.shape)}, {tuple(query_gt.shape)}, {tuple(query_ids.shape)}")
+            raise ValueError(
+                f"RetrievalMetrics.update: scores (q, G), query_gt (q,), query_ids (q,) expected, got "
+                f"{tuple(scores.shape)}, {tuple(query_gt.shape)}, {tuple(query_ids.shape)}"
+            )
         self.scores.append(scores.float())
         self.query_gt.append(query_gt.long())
         self.query_ids.append(query_ids.long())

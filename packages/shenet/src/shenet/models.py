@@ -127,8 +127,10 @@ class SHENetConfig:
                 "model.config.random_init: true for a randomly initialised model"
             )
         if self.custom_image_size % self.custom_patch_size:
-            raise ValueError(f"model.config.custom_patch_size={self.custom_patch_size} must divide "
-                             f"custom_image_size={self.custom_image_size}")
+            raise ValueError(
+                f"model.config.custom_patch_size={self.custom_patch_size} must divide "
+                f"custom_image_size={self.custom_image_size}"
+            )
 
 
 # --------------------------------------------------------------------------------------------------- CLIP
@@ -152,11 +154,20 @@ def build_clip(cfg: SHENetConfig) -> nn.Module:
     from open_clip.model import CLIP
 
     if cfg.clip_model == "custom":
-        vision = dict(image_size=cfg.custom_image_size, patch_size=cfg.custom_patch_size,
-                      width=cfg.custom_vision_width, layers=cfg.custom_vision_layers,
-                      head_width=cfg.custom_vision_head_width)
-        text = dict(context_length=cfg.custom_context_length, vocab_size=49408, width=cfg.custom_text_width,
-                    heads=cfg.custom_text_heads, layers=cfg.custom_text_layers)
+        vision = dict(
+            image_size=cfg.custom_image_size,
+            patch_size=cfg.custom_patch_size,
+            width=cfg.custom_vision_width,
+            layers=cfg.custom_vision_layers,
+            head_width=cfg.custom_vision_head_width,
+        )
+        text = dict(
+            context_length=cfg.custom_context_length,
+            vocab_size=49408,
+            width=cfg.custom_text_width,
+            heads=cfg.custom_text_heads,
+            layers=cfg.custom_text_layers,
+        )
         clip = CLIP(cfg.custom_embed_dim, vision, text)
         if cfg.pretrained is not None:
             clip.load_state_dict(torch.load(cfg.pretrained, map_location="cpu", weights_only=True))
@@ -165,9 +176,11 @@ def build_clip(cfg: SHENetConfig) -> nn.Module:
     else:
         path = Path(cfg.pretrained)
         if path.suffix in (".pt", ".pth", ".bin", ".safetensors") and not path.is_file():
-            raise FileNotFoundError(f"model.config.pretrained={cfg.pretrained!r}: no such file; supply the CLIP "
-                                    f"{cfg.clip_model} checkpoint (OpenAI's {cfg.clip_model}.pt or an open_clip "
-                                    "state dict)")
+            raise FileNotFoundError(
+                f"model.config.pretrained={cfg.pretrained!r}: no such file; supply the CLIP "
+                f"{cfg.clip_model} checkpoint (OpenAI's {cfg.clip_model}.pt or an open_clip "
+                "state dict)"
+            )
         if path.is_file() and _is_torchscript(path):
             clip = open_clip.load_openai_model(str(path), device="cpu")
         else:
@@ -207,8 +220,7 @@ class TemporalTransformer(nn.Module):
         """frames (B, T, D), frame_mask (B, T) bool → (B, T, D)."""
         T = frames.shape[1]
         if T > self.frame_position.weight.shape[0]:
-            raise ValueError(f"seqTransf: {T} frames but model.config.max_frames="
-                             f"{self.frame_position.weight.shape[0]}")
+            raise ValueError(f"seqTransf: {T} frames but model.config.max_frames={self.frame_position.weight.shape[0]}")
         x = frames + self.frame_position.weight[:T][None]  # (B, T, D)
         pad = torch.zeros(frame_mask.shape, dtype=x.dtype, device=x.device)
         pad = pad.masked_fill(~frame_mask, float("-inf"))  # (B, T)
@@ -396,7 +408,9 @@ def syntax_guided_similarity(
             from_verb = torch.gather(alpha, 2, idx)  # (B_t, B_v, M, T)  α_{π(m), t}
             w_noun = torch.where((parent >= 0)[:, None, :, None], from_verb, alpha0[:, :, None, :])
         # noun -> patches within each frame (spatial guidance), pooled over time with w_noun
-        beta = torch.softmax((torch.einsum("amd,btqd->abmtq", text.nouns, p) / tau_patch).float(), -1)  # (B_t,B_v,M,T,P)
+        beta = torch.softmax(
+            (torch.einsum("amd,btqd->abmtq", text.nouns, p) / tau_patch).float(), -1
+        )  # (B_t,B_v,M,T,P)
         gamma = (w_noun[..., None] * beta).to(p.dtype)  # (B_t, B_v, M, T, P)  α_{π(m),t} β_{m,t,q}
         r = F.normalize(torch.einsum("abmtq,btqd->abmd", gamma, p), dim=-1)  # (B_t, B_v, M, D)
         S3 = torch.einsum("amd,abmd->abm", text.nouns_enh, r)  # (B_t, B_v, M)  cos(n'_m, r_m)
@@ -405,7 +419,9 @@ def syntax_guided_similarity(
     return S1, S2.to(S1.dtype), S3.to(S1.dtype)
 
 
-def sentence_guided_similarity(text: TextFeatures, video: VideoFeatures, tau_frame: float | torch.Tensor) -> torch.Tensor:
+def sentence_guided_similarity(
+    text: TextFeatures, video: VideoFeatures, tau_frame: float | torch.Tensor
+) -> torch.Tensor:
     """Sentence level with a text-conditioned video feature (root → frames):
 
         α_{0,t} = softmax_t( cos(s_i, f_t) / τ_f )        S1(i,k) = cos( s_i, norm(Σ_t α_{0,t} f_t) )
@@ -448,9 +464,11 @@ class SHENet(nn.Module):
         super().__init__()
         self.config = config
         if config.guide_visual and not config.guide_similarity and not config.sentence_guidance:
-            log.warning("model.config.guide_visual has no effect with guide_similarity=false and "
-                        "sentence_guidance=false: S = cos(s, mean frame), the meanP baseline (see README, "
-                        "'Deviations and reconstructions')")
+            log.warning(
+                "model.config.guide_visual has no effect with guide_similarity=false and "
+                "sentence_guidance=false: S = cos(s, mean frame), the meanP baseline (see README, "
+                "'Deviations and reconstructions')"
+            )
         self.clip = build_clip(config)
         D = self.embed_dim
         self.temporal = None
@@ -496,8 +514,10 @@ class SHENet(nn.Module):
         clip = self.clip
         L = ids.shape[1]
         if L > clip.positional_embedding.shape[0]:
-            raise ValueError(f"texts of {L} tokens exceed CLIP's context length {clip.positional_embedding.shape[0]}"
-                             " (data.max_words)")
+            raise ValueError(
+                f"texts of {L} tokens exceed CLIP's context length {clip.positional_embedding.shape[0]}"
+                " (data.max_words)"
+            )
         x = clip.token_embedding(ids) + clip.positional_embedding[:L]  # (B, L, W)
         x = clip.transformer(x, attn_mask=clip.attn_mask[:L, :L])  # (B, L, W)
         x = clip.ln_final(x)  # (B, L, W)
@@ -506,18 +526,29 @@ class SHENet(nn.Module):
         sentence = F.normalize(tokens[torch.arange(ids.shape[0], device=ids.device), eot], dim=-1)  # (B, D)
 
         def pool(name: str) -> torch.Tensor:  # node feature = mean of its BPE pieces' features
-            return F.normalize(torch.einsum("bnl,bld->bnd", batch[f"text_{name}_pool"].to(tokens.dtype), tokens), dim=-1)
+            return F.normalize(
+                torch.einsum("bnl,bld->bnd", batch[f"text_{name}_pool"].to(tokens.dtype), tokens), dim=-1
+            )
 
         verbs, nouns = pool("verb"), pool("noun")  # (B, V, D), (B, M, D)
         vm, nm = batch["text_verb_mask"], batch["text_noun_mask"]
         use_adj = "adj" in self.config.levels
         adjs = pool("adj") if use_adj else None  # (B, A, D)
         verbs_enh, nouns_enh = hierarchy_enhance(
-            verbs, nouns, adjs, nm, batch["text_adj_mask"] if use_adj else None, batch["text_noun_parent"],
-            batch["text_adj_parent"] if use_adj else None, self.config.text_enhance, self.gate_noun, self.gate_verb,
+            verbs,
+            nouns,
+            adjs,
+            nm,
+            batch["text_adj_mask"] if use_adj else None,
+            batch["text_noun_parent"],
+            batch["text_adj_parent"] if use_adj else None,
+            self.config.text_enhance,
+            self.gate_noun,
+            self.gate_verb,
         )
-        return TextFeatures(sentence, verbs, nouns, verbs_enh, nouns_enh, vm.bool(), nm.bool(),
-                            batch["text_noun_parent"])
+        return TextFeatures(
+            sentence, verbs, nouns, verbs_enh, nouns_enh, vm.bool(), nm.bool(), batch["text_noun_parent"]
+        )
 
     # -- video --------------------------------------------------------------------------------------------------
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> VideoFeatures:
@@ -549,19 +580,37 @@ class SHENet(nn.Module):
             S1 = text.sentence @ video.video.T  # (B_t, B_v) CLIP4Clip meanP
         if not cfg.guide_similarity:
             return {"S": S1, "S1": S1}
-        _, S2, S3 = syntax_guided_similarity(text, video, tau_f, tau_p, cfg.guide_visual, cfg.guided_pooling,
-                                             cfg.noun_temporal, use_verbs="verb" in cfg.levels)
-        available = torch.stack([
-            torch.ones_like(text.verb_mask[:, 0]),
-            text.verb_mask.any(-1) & ("verb" in cfg.levels),
-            text.noun_mask.any(-1) & ("noun" in cfg.levels),
-        ], dim=-1)  # (B_t, 3)
+        _, S2, S3 = syntax_guided_similarity(
+            text,
+            video,
+            tau_f,
+            tau_p,
+            cfg.guide_visual,
+            cfg.guided_pooling,
+            cfg.noun_temporal,
+            use_verbs="verb" in cfg.levels,
+        )
+        available = torch.stack(
+            [
+                torch.ones_like(text.verb_mask[:, 0]),
+                text.verb_mask.any(-1) & ("verb" in cfg.levels),
+                text.noun_mask.any(-1) & ("noun" in cfg.levels),
+            ],
+            dim=-1,
+        )  # (B_t, 3)
         S = aggregate_similarity(torch.stack([S1, S2, S3]), available, self.level_weights().to(S1.device))
         return {"S": S, "S1": S1, "S2": S2, "S3": S3}
 
     @torch.no_grad()
-    def similarity_matrix(self, text: TextFeatures, video: VideoFeatures, text_chunk: int = 32,
-                          video_chunk: int = 256, device: torch.device | None = None, progress: bool = False):
+    def similarity_matrix(
+        self,
+        text: TextFeatures,
+        video: VideoFeatures,
+        text_chunk: int = 32,
+        video_chunk: int = 256,
+        device: torch.device | None = None,
+        progress: bool = False,
+    ):
         """The aggregated S for all texts × all videos, computed in (text_chunk × video_chunk) blocks on ``device``
         (features may live on the CPU, e.g. in fp16); returns float32 (N_t, N_v) on the CPU."""
         from tqdm.auto import tqdm
@@ -572,8 +621,8 @@ class SHENet(nn.Module):
         out = torch.empty(Nt, Nv)
         starts = range(0, Nt, text_chunk)
         for a in tqdm(starts, desc="similarity (text chunks)", total=len(starts), disable=not progress, leave=False):
-            t = text.apply(lambda x, a=a: _to(x[a:a + text_chunk], device, dtype))
+            t = text.apply(lambda x, a=a: _to(x[a : a + text_chunk], device, dtype))
             for b in range(0, Nv, video_chunk):
-                v = video.apply(lambda x, b=b: _to(x[b:b + video_chunk], device, dtype))
-                out[a:a + text_chunk, b:b + video_chunk] = self.similarity(t, v)["S"].float().cpu()
+                v = video.apply(lambda x, b=b: _to(x[b : b + video_chunk], device, dtype))
+                out[a : a + text_chunk, b : b + video_chunk] = self.similarity(t, v)["S"].float().cpu()
         return out

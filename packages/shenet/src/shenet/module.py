@@ -74,8 +74,10 @@ class SHENetModule(pl.LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         B = batch["video"].shape[0]
         if batch["text_input_ids"].shape[0] != B:
-            raise ValueError(f"training batches pair one caption with each video; got {batch['text_input_ids'].shape[0]} "
-                             f"captions for {B} videos")
+            raise ValueError(
+                f"training batches pair one caption with each video; got {batch['text_input_ids'].shape[0]} "
+                f"captions for {B} videos"
+            )
         text = self.model.encode_text(batch)  # TextFeatures (B, ...)
         video = self.model.encode_video(batch["video"], batch["video_mask"])  # VideoFeatures (B, ...)
         losses = self.loss(text, video, self.model.similarity, self.model.logit_scale)
@@ -87,8 +89,14 @@ class SHENetModule(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         groups = param_groups(self.model.named_parameters(), hp.lr, hp.coef_lr, hp.weight_decay)
-        opt = BertAdam(groups, lr=hp.lr, betas=tuple(hp.betas), eps=hp.eps, weight_decay=hp.weight_decay,
-                       max_grad_norm=hp.max_grad_norm)
+        opt = BertAdam(
+            groups,
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+            eps=hp.eps,
+            weight_decay=hp.weight_decay,
+            max_grad_norm=hp.max_grad_norm,
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, total, hp.warmup_proportion))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
@@ -122,8 +130,10 @@ class SHENetModule(pl.LightningModule):
         if world > 1:  # evaluation only: unequal shard sizes, so gather Python objects
             parts = [None] * world
             dist.all_gather_object(parts, local)
-            local = {k: (_cat([p[k] for p in parts]) if k in ("text", "video") else torch.cat([p[k] for p in parts]))
-                     for k in local}
+            local = {
+                k: (_cat([p[k] for p in parts]) if k in ("text", "video") else torch.cat([p[k] for p in parts]))
+                for k in local
+            }
         vid_order, vid_keep = _unique(local["video_index"])
         txt_order, txt_keep = _unique(local["text_ids"])
         video: VideoFeatures = local["video"].apply(lambda x: x[vid_order][vid_keep])
@@ -146,15 +156,23 @@ class SHENetModule(pl.LightningModule):
         rank, world = rank_and_world()
         rows = torch.arange(rank, len(text), world)  # this rank's share of the query rows
         sub = text.apply(lambda x: x[rows])
-        scores = self.model.similarity_matrix(sub, video, self.hparams.eval_text_chunk, self.hparams.eval_video_chunk,
-                                              device=self.device, progress=rank == 0)
+        scores = self.model.similarity_matrix(
+            sub,
+            video,
+            self.hparams.eval_text_chunk,
+            self.hparams.eval_video_chunk,
+            device=self.device,
+            progress=rank == 0,
+        )
         metric.update(scores, query_gt[rows], text_ids[rows])
         results = metric.compute()
         metric.reset()
         for name, value in results.items():
             self.log(f"{stage}/{name}", value.to(self.device), sync_dist=True)
-        rank_zero_info(f"{stage}: {len(text)} queries x {len(video)} videos: "
-                       + ", ".join(f"{k}={float(v):.2f}" for k, v in results.items()))
+        rank_zero_info(
+            f"{stage}: {len(text)} queries x {len(video)} videos: "
+            + ", ".join(f"{k}={float(v):.2f}" for k, v in results.items())
+        )
 
     def on_validation_epoch_end(self) -> None:
         self._eval_epoch_end("val", self.val_metrics)
@@ -166,8 +184,12 @@ class SHENetModule(pl.LightningModule):
         """Sentence and video embeddings of a batch (the pair-dependent S needs all features; see ``test``)."""
         text = self.model.encode_text(batch)
         video = self.model.encode_video(batch["video"], batch["video_mask"])
-        return {"text_ids": batch["text_ids"], "sentence": text.sentence, "video_index": batch["video_index"],
-                "video": video.video}
+        return {
+            "text_ids": batch["text_ids"],
+            "sentence": text.sentence,
+            "video_index": batch["video_index"],
+            "video": video.video,
+        }
 
 
 def _unique(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

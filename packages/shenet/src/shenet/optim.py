@@ -23,12 +23,20 @@ class BertAdam(Optimizer):
         max_grad_norm: per-tensor clipping threshold c (spec: 1.0; ≤ 0 disables).
     """
 
-    def __init__(self, params, lr: float = 1e-4, betas: tuple[float, float] = (0.9, 0.98), eps: float = 1e-6,
-                 weight_decay: float = 0.2, max_grad_norm: float = 1.0):
+    def __init__(
+        self,
+        params,
+        lr: float = 1e-4,
+        betas: tuple[float, float] = (0.9, 0.98),
+        eps: float = 1e-6,
+        weight_decay: float = 0.2,
+        max_grad_norm: float = 1.0,
+    ):
         if lr < 0 or eps <= 0 or not (0 <= betas[0] < 1 and 0 <= betas[1] < 1):
             raise ValueError(f"BertAdam: invalid lr={lr}, betas={betas} or eps={eps}")
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
-                                      max_grad_norm=max_grad_norm))
+        super().__init__(
+            params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay, max_grad_norm=max_grad_norm)
+        )
 
     @torch.no_grad()
     def step(self, closure=None):

@@ -18,8 +18,18 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["DIGIT_NAMES", "ADJECTIVES", "ACTIONS", "DigitsSpec", "digit_images", "render_video", "make_split",
-           "caption_matches", "oracle_recall_at_1", "write_msrvtt_digits"]
+__all__ = [
+    "DIGIT_NAMES",
+    "ADJECTIVES",
+    "ACTIONS",
+    "DigitsSpec",
+    "digit_images",
+    "render_video",
+    "make_split",
+    "caption_matches",
+    "oracle_recall_at_1",
+    "write_msrvtt_digits",
+]
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 ADJECTIVES = {"bright": 1.0, "dim": 0.4}
@@ -56,8 +66,9 @@ def digit_images(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     return images[sl], labels[sl]
 
 
-def render_video(spec: DigitsSpec, images: torch.Tensor, labels: torch.Tensor, g: torch.Generator,
-                 scale: int = 2) -> torch.Tensor:
+def render_video(
+    spec: DigitsSpec, images: torch.Tensor, labels: torch.Tensor, g: torch.Generator, scale: int = 2
+) -> torch.Tensor:
     """uint8 (T, 3, 16·scale, 16·scale) frames of ``spec``; digit images drawn at random from ``images``."""
     frames = torch.zeros(NUM_FRAMES, 16, 16)
     for cell, digit, adj, action in ((spec.cell, spec.digit, spec.adj, spec.action), *spec.distractors):
@@ -65,7 +76,7 @@ def render_video(spec: DigitsSpec, images: torch.Tensor, labels: torch.Tensor, g
         img = images[pool[int(torch.randint(len(pool), (1,), generator=g))]] * ADJECTIVES[adj]  # (8, 8)
         r, c = divmod(cell, 2)
         for t in ACTIONS[action]:
-            frames[t, 8 * r:8 * r + 8, 8 * c:8 * c + 8] = img
+            frames[t, 8 * r : 8 * r + 8, 8 * c : 8 * c + 8] = img
     frames = frames.repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # (T, 16s, 16s)
     return (frames[:, None].expand(-1, 3, -1, -1) * 255).round().to(torch.uint8)  # (T, 3, 16s, 16s)
 
@@ -97,8 +108,12 @@ def make_split(split: str, num_videos: int, seed: int, p_near: float = 0.5) -> l
         other_digit = (digit + 1 + int(torch.randint(9, (1,), generator=g))) % 10
         other_adj = adjs[1 - adjs.index(adj)]
         other_act = [a for a in acts if a != action][int(torch.randint(2, (1,), generator=g))]
-        for d, a, v in ((digit, adj, action), (other_digit, adj, action), (digit, other_adj, action),
-                        (digit, adj, other_act)):
+        for d, a, v in (
+            (digit, adj, action),
+            (other_digit, adj, action),
+            (digit, other_adj, action),
+            (digit, adj, other_act),
+        ):
             specs.append(_random_spec(g, d, a, v, p_near))
     return specs[:num_videos]
 
@@ -130,8 +145,9 @@ def oracle_recall_at_1(specs: list[DigitsSpec], order_blind: bool = False) -> fl
     return 100.0 * total / len(specs)
 
 
-def write_msrvtt_digits(root: str | Path, num_train: int = 160, num_test: int = 40, seed: int = 0,
-                        scale: int = 2) -> Path:
+def write_msrvtt_digits(
+    root: str | Path, num_train: int = 160, num_test: int = 40, seed: int = 0, scale: int = 2
+) -> Path:
     """Write the digits task in the official MSR-VTT layout (spec §4): ``MSRVTT_data.json``,
     ``MSRVTT_train.9k.csv``, ``MSRVTT_JSFUSION_test.csv`` and ``videos/video<k>.mp4`` (4 frames at 1 fps)."""
     from mmzoo.video import write_video
@@ -146,16 +162,26 @@ def write_msrvtt_digits(root: str | Path, num_train: int = 160, num_test: int = 
         for spec in make_split(split, n, seed):
             vid = f"video{k}"
             write_video(root / "videos" / f"{vid}.mp4", render_video(spec, images, labels, g, scale), fps=1.0)
-            videos.append({"video_id": vid, "url": "", "category": 0, "start time": 0.0, "end time": 4.0,
-                           "split": "train" if split == "train" else "test", "id": k})
+            videos.append(
+                {
+                    "video_id": vid,
+                    "url": "",
+                    "category": 0,
+                    "start time": 0.0,
+                    "end time": 4.0,
+                    "split": "train" if split == "train" else "test",
+                    "id": k,
+                }
+            )
             sentences.append({"caption": spec.caption, "video_id": vid, "sen_id": k})
             if split == "train":
                 train_ids.append(vid)
             else:
                 test_rows.append((f"ret{k}", f"msr{k}", vid, spec.caption))
             k += 1
-    (root / "MSRVTT_data.json").write_text(json.dumps({"info": {"source": "shenet digits"}, "videos": videos,
-                                                       "sentences": sentences}))
+    (root / "MSRVTT_data.json").write_text(
+        json.dumps({"info": {"source": "shenet digits"}, "videos": videos, "sentences": sentences})
+    )
     with open(root / "MSRVTT_train.9k.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["video_id"])

@@ -122,14 +122,32 @@ class TextEncoder:
             want = "verb" if n.level == "noun" else "noun"
             parent_slot = slot[p] if p >= 0 and p in slot and h.nodes[p].level == want else -1
             (noun_parent if n.level == "noun" else adj_parent)[slot[i]] = parent_slot
-        enc = EncodedText(input_ids, pools["verb"], pools["noun"], pools["adj"], masks["verb"], masks["noun"],
-                          masks["adj"], noun_parent, adj_parent)
+        enc = EncodedText(
+            input_ids,
+            pools["verb"],
+            pools["noun"],
+            pools["adj"],
+            masks["verb"],
+            masks["noun"],
+            masks["adj"],
+            noun_parent,
+            adj_parent,
+        )
         self._cache[text] = enc
         return enc
 
 
 def collate_texts(encoded: list[EncodedText]) -> dict[str, torch.Tensor]:
     """Stack :class:`EncodedText` items into a batch dict of ``text_*`` tensors (leading dim = number of texts)."""
-    keys = ("input_ids", "verb_pool", "noun_pool", "adj_pool", "verb_mask", "noun_mask", "adj_mask", "noun_parent",
-            "adj_parent")
+    keys = (
+        "input_ids",
+        "verb_pool",
+        "noun_pool",
+        "adj_pool",
+        "verb_mask",
+        "noun_mask",
+        "adj_mask",
+        "noun_parent",
+        "adj_parent",
+    )
     return {f"text_{k}": torch.stack([getattr(e, k) for e in encoded]) for k in keys}

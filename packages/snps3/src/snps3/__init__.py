@@ -6,5 +6,15 @@ from snps3.models import SNPS3Config, SNPS3Model
 from snps3.module import SNPS3Module
 
 __version__ = "0.1.0"
-__all__ = ["SNPS3Config", "SNPS3Model", "SNPS3Module", "SNPS3DataModule", "MoCoLoss", "MILNCELoss", "LVWMLoss",
-           "milnce_loss", "moco_contrastive_loss", "__version__"]
+__all__ = [
+    "SNPS3Config",
+    "SNPS3Model",
+    "SNPS3Module",
+    "SNPS3DataModule",
+    "MoCoLoss",
+    "MILNCELoss",
+    "LVWMLoss",
+    "milnce_loss",
+    "moco_contrastive_loss",
+    "__version__",
+]

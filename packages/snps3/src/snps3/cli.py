@@ -28,9 +28,13 @@ def synthetic_command(argv: list[str]):
 def main(args=None):
     """Run the CLI. With ``args`` (tests, Python use) returns the LightningCLI object (or the extra command's result);
     as the console script (``args=None``) returns None so the process exits with status 0."""
-    return run_cli(SNPS3Module, SNPS3DataModule, package="snps3", args=args,
-                   extra_commands={"mine-words": mine_command, "lemma-table": lemma_command,
-                                   "synthetic-data": synthetic_command})
+    return run_cli(
+        SNPS3Module,
+        SNPS3DataModule,
+        package="snps3",
+        args=args,
+        extra_commands={"mine-words": mine_command, "lemma-table": lemma_command, "synthetic-data": synthetic_command},
+    )
 
 
 if __name__ == "__main__":

@@ -52,40 +52,94 @@ __all__ = [
     "load_tokenizer",
 ]
 
-DatasetName = Literal["webvid", "cc3m", "coco_vg", "msrvtt_7k", "msrvtt_9k", "didemo", "msvd", "msrvtt_qa", "msvd_qa",
-                      "msrvtt_mc"]
+DatasetName = Literal[
+    "webvid", "cc3m", "coco_vg", "msrvtt_7k", "msrvtt_9k", "didemo", "msvd", "msrvtt_qa", "msvd_qa", "msrvtt_mc"
+]
 Task = Literal["pretrain", "retrieval", "qa", "mc"]
 HINT = "see README, Data preparation"
 
 DATASETS: dict[str, dict] = {
     # name: annotation files per split (relative to data_root), video store, images root
-    "webvid": {"train": ["webvid/annotations/train.jsonl"], "val": ["webvid/annotations/val.jsonl"],
-               "test": ["webvid/annotations/val.jsonl"], "videos": "webvid/videos", "images": "images"},
-    "cc3m": {"train": ["cc3m/cc_train.jsonl"], "val": ["cc3m/cc_val.jsonl"], "test": ["cc3m/cc_val.jsonl"],
-             "videos": "cc3m/videos", "images": "cc3m/images"},
-    "coco_vg": {"train": ["coco_vg/coco_train2017_pretrain_format_with_subfix.jsonl", "coco_vg/image_val_left.jsonl",
-                          "coco_vg/region_desc_pretrain_format_with_subfix.jsonl"],
-                "val": ["coco_vg/coco_val2017_pretrain_format_with_subfix.jsonl"],
-                "test": ["coco_vg/coco_val2017_pretrain_format_with_subfix.jsonl"],
-                "videos": "coco_vg/videos", "images": "coco_vg/images"},
-    "msrvtt_7k": {"train": ["msrvtt_retrieval/train_7k.jsonl"], "val": ["msrvtt_retrieval/val.jsonl"],
-                  "test": ["msrvtt_retrieval/test.jsonl"], "videos": "msrvtt_videos.lmdb"},
-    "msrvtt_9k": {"train": ["msrvtt_retrieval/train.jsonl"], "val": ["msrvtt_retrieval/val.jsonl"],
-                  "test": ["msrvtt_retrieval/test.jsonl"], "videos": "msrvtt_videos.lmdb"},
-    "didemo": {"train": ["didemo_retrieval/train.jsonl"], "val": ["didemo_retrieval/val.jsonl"],
-               "test": ["didemo_retrieval/test.jsonl"], "videos": "didemo_videos.lmdb"},
-    "msvd": {"train": ["msvd_retrieval/MSVD_train.jsonl"], "val": ["msvd_retrieval/MSVD_test.jsonl"],
-             "test": ["msvd_retrieval/MSVD_test.jsonl"], "videos": "YouTubeClips"},
-    "msrvtt_qa": {"train": ["msrvtt_qa_antmmf/train_antmmf.jsonl"], "val": ["msrvtt_qa_antmmf/val_antmmf.jsonl"],
-                  "test": ["msrvtt_qa_antmmf/test_antmmf.jsonl"], "videos": "msrvtt_videos.lmdb"},
-    "msvd_qa": {"train": ["msvd_qa/msvd_train_qa.jsonl"], "val": ["msvd_qa/msvd_test_qa.jsonl"],
-                "test": ["msvd_qa/msvd_test_qa.jsonl"], "videos": "YouTubeClips"},
-    "msrvtt_mc": {"train": ["msrvtt_retrieval/mc_test.jsonl"], "val": ["msrvtt_retrieval/mc_test.jsonl"],
-                  "test": ["msrvtt_retrieval/mc_test.jsonl"], "videos": "msrvtt_videos.lmdb"},
+    "webvid": {
+        "train": ["webvid/annotations/train.jsonl"],
+        "val": ["webvid/annotations/val.jsonl"],
+        "test": ["webvid/annotations/val.jsonl"],
+        "videos": "webvid/videos",
+        "images": "images",
+    },
+    "cc3m": {
+        "train": ["cc3m/cc_train.jsonl"],
+        "val": ["cc3m/cc_val.jsonl"],
+        "test": ["cc3m/cc_val.jsonl"],
+        "videos": "cc3m/videos",
+        "images": "cc3m/images",
+    },
+    "coco_vg": {
+        "train": [
+            "coco_vg/coco_train2017_pretrain_format_with_subfix.jsonl",
+            "coco_vg/image_val_left.jsonl",
+            "coco_vg/region_desc_pretrain_format_with_subfix.jsonl",
+        ],
+        "val": ["coco_vg/coco_val2017_pretrain_format_with_subfix.jsonl"],
+        "test": ["coco_vg/coco_val2017_pretrain_format_with_subfix.jsonl"],
+        "videos": "coco_vg/videos",
+        "images": "coco_vg/images",
+    },
+    "msrvtt_7k": {
+        "train": ["msrvtt_retrieval/train_7k.jsonl"],
+        "val": ["msrvtt_retrieval/val.jsonl"],
+        "test": ["msrvtt_retrieval/test.jsonl"],
+        "videos": "msrvtt_videos.lmdb",
+    },
+    "msrvtt_9k": {
+        "train": ["msrvtt_retrieval/train.jsonl"],
+        "val": ["msrvtt_retrieval/val.jsonl"],
+        "test": ["msrvtt_retrieval/test.jsonl"],
+        "videos": "msrvtt_videos.lmdb",
+    },
+    "didemo": {
+        "train": ["didemo_retrieval/train.jsonl"],
+        "val": ["didemo_retrieval/val.jsonl"],
+        "test": ["didemo_retrieval/test.jsonl"],
+        "videos": "didemo_videos.lmdb",
+    },
+    "msvd": {
+        "train": ["msvd_retrieval/MSVD_train.jsonl"],
+        "val": ["msvd_retrieval/MSVD_test.jsonl"],
+        "test": ["msvd_retrieval/MSVD_test.jsonl"],
+        "videos": "YouTubeClips",
+    },
+    "msrvtt_qa": {
+        "train": ["msrvtt_qa_antmmf/train_antmmf.jsonl"],
+        "val": ["msrvtt_qa_antmmf/val_antmmf.jsonl"],
+        "test": ["msrvtt_qa_antmmf/test_antmmf.jsonl"],
+        "videos": "msrvtt_videos.lmdb",
+    },
+    "msvd_qa": {
+        "train": ["msvd_qa/msvd_train_qa.jsonl"],
+        "val": ["msvd_qa/msvd_test_qa.jsonl"],
+        "test": ["msvd_qa/msvd_test_qa.jsonl"],
+        "videos": "YouTubeClips",
+    },
+    "msrvtt_mc": {
+        "train": ["msrvtt_retrieval/mc_test.jsonl"],
+        "val": ["msrvtt_retrieval/mc_test.jsonl"],
+        "test": ["msrvtt_retrieval/mc_test.jsonl"],
+        "videos": "msrvtt_videos.lmdb",
+    },
 }
-TASK_OF: dict[str, str] = {"webvid": "pretrain", "cc3m": "pretrain", "coco_vg": "pretrain", "msrvtt_7k": "retrieval",
-                           "msrvtt_9k": "retrieval", "didemo": "retrieval", "msvd": "retrieval", "msrvtt_qa": "qa",
-                           "msvd_qa": "qa", "msrvtt_mc": "mc"}
+TASK_OF: dict[str, str] = {
+    "webvid": "pretrain",
+    "cc3m": "pretrain",
+    "coco_vg": "pretrain",
+    "msrvtt_7k": "retrieval",
+    "msrvtt_9k": "retrieval",
+    "didemo": "retrieval",
+    "msvd": "retrieval",
+    "msrvtt_qa": "qa",
+    "msvd_qa": "qa",
+    "msrvtt_mc": "mc",
+}
 
 
 def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
@@ -147,8 +201,15 @@ class VideoStore:
         name = clip_name if Path(clip_name).suffix else clip_name + ".mp4"
         return str(self.path / name), str(self.path / name)
 
-    def read(self, clip_name: str, num_frames: int, train: bool, start: float | None = None,
-             end: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    def read(
+        self,
+        clip_name: str,
+        num_frames: int,
+        train: bool,
+        start: float | None = None,
+        end: float | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """uint8 (T, 3, H, W): T equal segments of the clip (or of its [start, end] seconds); a random frame per
         segment in training, the middle one in evaluation (spec §3.7)."""
         src, name = self.source(clip_name)
@@ -176,9 +237,17 @@ class FrameTransform:
     collate pads frames of different sizes with a mask.
     """
 
-    def __init__(self, mode: Literal["crop", "long_side"] = "crop", crop_size: int = 224,
-                 train_scale: Sequence[int] = (268, 336), eval_short_side: int = 268, long_side: int = 448,
-                 hflip: float = 0.5, randaugment: bool = True, stats: str = "imagenet"):
+    def __init__(
+        self,
+        mode: Literal["crop", "long_side"] = "crop",
+        crop_size: int = 224,
+        train_scale: Sequence[int] = (268, 336),
+        eval_short_side: int = 268,
+        long_side: int = 448,
+        hflip: float = 0.5,
+        randaugment: bool = True,
+        stats: str = "imagenet",
+    ):
         self.mode, self.crop_size, self.train_scale = mode, crop_size, tuple(train_scale)
         self.eval_short_side, self.long_side, self.hflip = eval_short_side, long_side, hflip
         self.randaugment, self.stats = randaugment, stats
@@ -187,16 +256,23 @@ class FrameTransform:
         if self.mode == "crop":
             short = rng.randint(*self.train_scale) if train else self.eval_short_side
             frames = resize_short_side(frames, max(short, self.crop_size))
-            frames = random_crop(frames, self.crop_size, torch.Generator().manual_seed(rng.getrandbits(31))) \
-                if train else center_crop(frames, self.crop_size)
+            frames = (
+                random_crop(frames, self.crop_size, torch.Generator().manual_seed(rng.getrandbits(31)))
+                if train
+                else center_crop(frames, self.crop_size)
+            )
         else:
             h, w = frames.shape[-2:]
             target = self.long_side * (rng.uniform(0.75, 1.0) if train else 1.0)
             scale = min(1.0, target / max(h, w))
             if scale < 1.0:
                 size = (max(32, int(round(h * scale))), max(32, int(round(w * scale))))
-                frames = F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True,
-                                       align_corners=False).round().clamp(0, 255).to(torch.uint8)
+                frames = (
+                    F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
+                    .round()
+                    .clamp(0, 255)
+                    .to(torch.uint8)
+                )
         if train and self.hflip > 0 and rng.random() < self.hflip:
             frames = frames.flip(-1)
         if train and self.randaugment:
@@ -214,8 +290,15 @@ class CaptionProcessor:
     masked ids come from the same window (spec §7 weak spot 9).
     """
 
-    def __init__(self, tokenizer, max_len: int = 30, masking: Literal["mssm", "mlm", "none"] = "none",
-                 mask_prob: float = 0.15, mssm: MSSMasker | None = None, significant: np.ndarray | None = None):
+    def __init__(
+        self,
+        tokenizer,
+        max_len: int = 30,
+        masking: Literal["mssm", "mlm", "none"] = "none",
+        mask_prob: float = 0.15,
+        mssm: MSSMasker | None = None,
+        significant: np.ndarray | None = None,
+    ):
         self.tok = tokenizer
         self.significant = significant
         self.max_len = max_len
@@ -231,7 +314,7 @@ class CaptionProcessor:
         n = self.max_len - 2
         if len(ids) > n:
             start = rng.randint(0, len(ids) - n) if train_window else 0
-            ids = ids[start:start + n]
+            ids = ids[start : start + n]
         return ids
 
     def pack(self, ids: Sequence[int], labels: Sequence[int] | None = None) -> tuple[torch.Tensor, ...]:
@@ -265,9 +348,20 @@ class CaptionProcessor:
 class _VideoTextBase(Dataset):
     """Shared pieces: annotation files, the video store, frame reading with ``on_corrupt``."""
 
-    def __init__(self, data_root: str, split: str, dataset: str, files: Sequence[str] | None, video_store: str | None,
-                 processor: CaptionProcessor, transform: FrameTransform, num_frames: int, train: bool,
-                 on_corrupt: Literal["raise", "skip"], required: Sequence[str]):
+    def __init__(
+        self,
+        data_root: str,
+        split: str,
+        dataset: str,
+        files: Sequence[str] | None,
+        video_store: str | None,
+        processor: CaptionProcessor,
+        transform: FrameTransform,
+        num_frames: int,
+        train: bool,
+        on_corrupt: Literal["raise", "skip"],
+        required: Sequence[str],
+    ):
         self.root = Path(data_root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.data_root={data_root!r} does not exist; {HINT}")
@@ -285,8 +379,9 @@ class _VideoTextBase(Dataset):
 
     def _frames(self, clip_name: str, rng: random.Random, start=None, end=None) -> torch.Tensor | None:
         try:
-            raw = self.store.read(clip_name, self.num_frames, self.train, start, end,
-                                  torch.Generator().manual_seed(rng.getrandbits(31)))
+            raw = self.store.read(
+                clip_name, self.num_frames, self.train, start, end, torch.Generator().manual_seed(rng.getrandbits(31))
+            )
         except VideoDecodeError as err:
             if self.on_corrupt == "raise":
                 raise
@@ -306,19 +401,42 @@ class PretrainDataset(_VideoTextBase):
     (ITM negative; "this is a dummy text" after 3 failed draws); video_index ().
     """
 
-    def __init__(self, data_root: str, split: str, dataset: str, processor: CaptionProcessor,
-                 transform: FrameTransform, num_frames: int, train: bool, files: Sequence[str] | None = None,
-                 video_store: str | None = None, images_root: str | None = None,
-                 on_corrupt: Literal["raise", "skip"] = "raise"):
-        super().__init__(data_root, split, dataset, files, video_store, processor, transform, num_frames, train,
-                         on_corrupt, required=("clip_name", "caption"))
+    def __init__(
+        self,
+        data_root: str,
+        split: str,
+        dataset: str,
+        processor: CaptionProcessor,
+        transform: FrameTransform,
+        num_frames: int,
+        train: bool,
+        files: Sequence[str] | None = None,
+        video_store: str | None = None,
+        images_root: str | None = None,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+    ):
+        super().__init__(
+            data_root,
+            split,
+            dataset,
+            files,
+            video_store,
+            processor,
+            transform,
+            num_frames,
+            train,
+            on_corrupt,
+            required=("clip_name", "caption"),
+        )
         groups: dict[tuple, list[dict]] = {}
         for r in self.rows:
             groups.setdefault((r["clip_name"], r.get("start"), r.get("end"), r.get("type", "video")), []).append(r)
         self.groups = [(k, sorted(v, key=lambda r: r.get("sen_id", 0))) for k, v in groups.items()]
         self.images = self.root / (images_root or DATASETS[dataset]["images"])
         if any(k[3] == "image" for k, _ in self.groups) and not self.images.is_dir():
-            raise FileNotFoundError(f"image lines found but the images root {str(self.images)!r} does not exist; {HINT}")
+            raise FileNotFoundError(
+                f"image lines found but the images root {str(self.images)!r} does not exist; {HINT}"
+            )
 
     def __len__(self) -> int:
         return len(self.groups)
@@ -353,8 +471,12 @@ class PretrainDataset(_VideoTextBase):
                 neg = rng.choice(self.groups[j][1])["caption"]
                 break
         neg_ids = self.processor(neg, self.train, rng)
-        item.update(frames=frames, neg_input_ids=neg_ids["input_ids"], neg_attention_mask=neg_ids["attention_mask"],
-                    video_index=torch.tensor(index))
+        item.update(
+            frames=frames,
+            neg_input_ids=neg_ids["input_ids"],
+            neg_attention_mask=neg_ids["attention_mask"],
+            video_index=torch.tensor(index),
+        )
         return item
 
 
@@ -367,11 +489,32 @@ class RetrievalDataset(_VideoTextBase):
     caption string), ``video_index`` (unique clip). Item: frames (T, 3, H, W), input_ids, attention_mask (L,).
     """
 
-    def __init__(self, data_root: str, split: str, dataset: str, processor: CaptionProcessor,
-                 transform: FrameTransform, num_frames: int, train: bool, files: Sequence[str] | None = None,
-                 video_store: str | None = None, on_corrupt: Literal["raise", "skip"] = "raise"):
-        super().__init__(data_root, split, dataset, files, video_store, processor, transform, num_frames, train,
-                         on_corrupt, required=("caption", "clip_name"))
+    def __init__(
+        self,
+        data_root: str,
+        split: str,
+        dataset: str,
+        processor: CaptionProcessor,
+        transform: FrameTransform,
+        num_frames: int,
+        train: bool,
+        files: Sequence[str] | None = None,
+        video_store: str | None = None,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+    ):
+        super().__init__(
+            data_root,
+            split,
+            dataset,
+            files,
+            video_store,
+            processor,
+            transform,
+            num_frames,
+            train,
+            on_corrupt,
+            required=("caption", "clip_name"),
+        )
         self.videos = sorted({r["clip_name"] for r in self.rows})
         self.video_id = {v: i for i, v in enumerate(self.videos)}
         self.captions = sorted({r["caption"] for r in self.rows})
@@ -403,8 +546,12 @@ class RetrievalDataset(_VideoTextBase):
         if frames is None:
             return None
         item = self.processor(caption, False, rng)
-        item.update(frames=frames, video_index=torch.tensor(self.video_id[clip]), text_index=torch.tensor(text_index),
-                    caption_index=torch.tensor(self.caption_id[caption]))
+        item.update(
+            frames=frames,
+            video_index=torch.tensor(self.video_id[clip]),
+            text_index=torch.tensor(text_index),
+            caption_index=torch.tensor(self.caption_id[caption]),
+        )
         return item
 
 
@@ -416,12 +563,34 @@ class QADataset(_VideoTextBase):
     wrong) or ``labels`` (A,) multi-hot when the file has list labels.
     """
 
-    def __init__(self, data_root: str, split: str, dataset: str, processor: CaptionProcessor,
-                 transform: FrameTransform, num_frames: int, train: bool, num_answers: int,
-                 answer_list: str | None = None, files: Sequence[str] | None = None, video_store: str | None = None,
-                 on_corrupt: Literal["raise", "skip"] = "raise"):
-        super().__init__(data_root, split, dataset, files, video_store, processor, transform, num_frames, train,
-                         on_corrupt, required=("caption", "clip_name", "label"))
+    def __init__(
+        self,
+        data_root: str,
+        split: str,
+        dataset: str,
+        processor: CaptionProcessor,
+        transform: FrameTransform,
+        num_frames: int,
+        train: bool,
+        num_answers: int,
+        answer_list: str | None = None,
+        files: Sequence[str] | None = None,
+        video_store: str | None = None,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+    ):
+        super().__init__(
+            data_root,
+            split,
+            dataset,
+            files,
+            video_store,
+            processor,
+            transform,
+            num_frames,
+            train,
+            on_corrupt,
+            required=("caption", "clip_name", "label"),
+        )
         self.num_answers = num_answers
         self.answers: dict[str, int] = {}
         if answer_list is not None:
@@ -429,8 +598,14 @@ class QADataset(_VideoTextBase):
             if not path.is_file():
                 raise FileNotFoundError(f"data.answer_list={answer_list!r}: {str(path)!r} does not exist; {HINT}")
             self.answers = {a: i for i, a in enumerate(json.loads(path.read_text()))}
-        if any(isinstance(r["label"], str) or (isinstance(r["label"], list) and any(isinstance(x, str) for x in r["label"]))
-               for r in self.rows) and not self.answers:
+        if (
+            any(
+                isinstance(r["label"], str)
+                or (isinstance(r["label"], list) and any(isinstance(x, str) for x in r["label"]))
+                for r in self.rows
+            )
+            and not self.answers
+        ):
             raise ValueError(f"{dataset} {split}: string labels need data.answer_list (a JSON list of answers); {HINT}")
         self.multi_label = any(isinstance(r["label"], list) for r in self.rows)
 
@@ -466,11 +641,31 @@ class MCDataset(_VideoTextBase):
     Item: frames; option_ids, option_mask (5, L); answer () long.
     """
 
-    def __init__(self, data_root: str, split: str, dataset: str, processor: CaptionProcessor,
-                 transform: FrameTransform, num_frames: int, files: Sequence[str] | None = None,
-                 video_store: str | None = None, on_corrupt: Literal["raise", "skip"] = "raise"):
-        super().__init__(data_root, split, dataset, files, video_store, processor, transform, num_frames, False,
-                         on_corrupt, required=("clip_name", "answer", "options"))
+    def __init__(
+        self,
+        data_root: str,
+        split: str,
+        dataset: str,
+        processor: CaptionProcessor,
+        transform: FrameTransform,
+        num_frames: int,
+        files: Sequence[str] | None = None,
+        video_store: str | None = None,
+        on_corrupt: Literal["raise", "skip"] = "raise",
+    ):
+        super().__init__(
+            data_root,
+            split,
+            dataset,
+            files,
+            video_store,
+            processor,
+            transform,
+            num_frames,
+            False,
+            on_corrupt,
+            required=("clip_name", "answer", "options"),
+        )
         counts = {len(r["options"]) for r in self.rows}
         if len(counts) != 1:
             raise ValueError(f"{dataset}: every line needs the same number of options, found {sorted(counts)}")
@@ -485,8 +680,12 @@ class MCDataset(_VideoTextBase):
         if frames is None:
             return None
         opts = [self.processor(o, False, rng) for o in row["options"]]
-        return {"frames": frames, "option_ids": torch.stack([o["input_ids"] for o in opts]),
-                "option_mask": torch.stack([o["attention_mask"] for o in opts]), "answer": torch.tensor(int(row["answer"]))}
+        return {
+            "frames": frames,
+            "option_ids": torch.stack([o["input_ids"] for o in opts]),
+            "option_mask": torch.stack([o["attention_mask"] for o in opts]),
+            "answer": torch.tensor(int(row["answer"])),
+        }
 
 
 def collate(items: list[dict | None]) -> dict[str, torch.Tensor] | None:
@@ -517,8 +716,10 @@ def load_tokenizer(value: str, local: Path | None = None):
 
     local = Path(value) if local is None else local
     if not local.exists() and (value.endswith(".txt") or Path(value).is_absolute() or value.startswith(".")):
-        raise FileNotFoundError(f"data.tokenizer={value!r}: {str(local)!r} does not exist; supply "
-                                f"bert-base-uncased's vocab.txt or tokenizer folder; {HINT}")
+        raise FileNotFoundError(
+            f"data.tokenizer={value!r}: {str(local)!r} does not exist; supply "
+            f"bert-base-uncased's vocab.txt or tokenizer folder; {HINT}"
+        )
     try:
         if local.is_file():
             if "vocab_file" in inspect.signature(BertTokenizerFast.__init__).parameters:  # transformers 4.x
@@ -529,8 +730,10 @@ def load_tokenizer(value: str, local: Path | None = None):
             return BertTokenizerFast.from_pretrained(str(local))
         return BertTokenizerFast.from_pretrained(value)
     except OSError as err:
-        raise FileNotFoundError(f"data.tokenizer={value!r}: no vocab.txt or tokenizer folder found (looked in "
-                                f"{str(local)!r}); supply bert-base-uncased's tokenizer; {HINT}") from err
+        raise FileNotFoundError(
+            f"data.tokenizer={value!r}: no vocab.txt or tokenizer folder found (looked in "
+            f"{str(local)!r}); supply bert-base-uncased's tokenizer; {HINT}"
+        ) from err
 
 
 class SNPS3DataModule(pl.LightningDataModule):
@@ -630,8 +833,10 @@ class SNPS3DataModule(pl.LightningDataModule):
             tok = self.build_tokenizer()
             mssm, significant = None, None
             if hp.masking == "mssm" and self.task == "pretrain" and hp.significant_words is None:
-                raise ValueError("data.masking='mssm' needs data.significant_words (count_reprocess_*.json); "
-                                 "mine one with `snps3 mine-words`")
+                raise ValueError(
+                    "data.masking='mssm' needs data.significant_words (count_reprocess_*.json); "
+                    "mine one with `snps3 mine-words`"
+                )
             if hp.significant_words is not None and self.task == "pretrain":
                 significant = significant_mask(load_rank(self._path(hp.significant_words), len(tok)), hp.words_top_k)
             if hp.masking == "mssm" and self.task == "pretrain":
@@ -647,8 +852,9 @@ class SNPS3DataModule(pl.LightningDataModule):
 
     def _transform(self) -> FrameTransform:
         hp = self.hparams
-        return FrameTransform(hp.transform, hp.crop_size, hp.train_scale, hp.eval_short_side, hp.long_side, hp.hflip,
-                              hp.randaugment)
+        return FrameTransform(
+            hp.transform, hp.crop_size, hp.train_scale, hp.eval_short_side, hp.long_side, hp.hflip, hp.randaugment
+        )
 
     def make_dataset(self, split: str) -> Dataset:
         hp = self.hparams
@@ -656,9 +862,17 @@ class SNPS3DataModule(pl.LightningDataModule):
             raise FileNotFoundError(f"data.data_root={hp.data_root!r} does not exist; {HINT}")
         train = split == "train"
         files = (hp.annotation_files or {}).get(split)
-        common = dict(data_root=hp.data_root, split=split, dataset=hp.dataset, processor=self.processor(),
-                      transform=self._transform(), num_frames=hp.num_frames, files=files, video_store=hp.video_store,
-                      on_corrupt=hp.on_corrupt)
+        common = dict(
+            data_root=hp.data_root,
+            split=split,
+            dataset=hp.dataset,
+            processor=self.processor(),
+            transform=self._transform(),
+            num_frames=hp.num_frames,
+            files=files,
+            video_store=hp.video_store,
+            on_corrupt=hp.on_corrupt,
+        )
         if self.task == "pretrain":
             return PretrainDataset(train=train, images_root=hp.images_root, **common)
         if self.task == "retrieval":
@@ -669,7 +883,9 @@ class SNPS3DataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         self.prepare_data()  # cheap when the data exists; makes `setup` usable without a Trainer
-        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}.get(stage or "fit")
+        splits = {"fit": ["train", "val"], "validate": ["val"], "test": ["test"], "predict": ["test"]}.get(
+            stage or "fit"
+        )
         if self.task == "mc":
             splits = ["test"] if stage in ("test", "predict") else ["val"]
         for s in splits:
@@ -678,9 +894,16 @@ class SNPS3DataModule(pl.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         hp = self.hparams
-        return DataLoader(self.datasets[split], batch_size=hp.batch_size if train else hp.eval_batch_size,
-                          shuffle=train, drop_last=train, collate_fn=collate, num_workers=hp.num_workers,
-                          pin_memory=hp.pin_memory, persistent_workers=hp.persistent_workers and hp.num_workers > 0)
+        return DataLoader(
+            self.datasets[split],
+            batch_size=hp.batch_size if train else hp.eval_batch_size,
+            shuffle=train,
+            drop_last=train,
+            collate_fn=collate,
+            num_workers=hp.num_workers,
+            pin_memory=hp.pin_memory,
+            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+        )
 
     def train_dataloader(self) -> DataLoader:
         if self.task == "mc":

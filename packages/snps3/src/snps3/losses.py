@@ -55,8 +55,15 @@ def milnce_loss(sim: torch.Tensor) -> torch.Tensor:
     return (torch.logaddexp(col, row) - numerator).mean()
 
 
-def moco_contrastive_loss(t: torch.Tensor, v: torch.Tensor, t_key: torch.Tensor, v_key: torch.Tensor,
-                          queue_t: torch.Tensor, queue_v: torch.Tensor, tau: float = 0.05) -> dict[str, torch.Tensor]:
+def moco_contrastive_loss(
+    t: torch.Tensor,
+    v: torch.Tensor,
+    t_key: torch.Tensor,
+    v_key: torch.Tensor,
+    queue_t: torch.Tensor,
+    queue_v: torch.Tensor,
+    tau: float = 0.05,
+) -> dict[str, torch.Tensor]:
     """Cross-modal MoCo global contrast L1 (spec §3.4 a):
 
         L_t = (1/B) Σ_b [ lse({t_b·v̂_{b,c}/τ}_c ∪ {t_b·k/τ}_{k∈Q_v}) − lse({t_b·v̂_{b,c}/τ}_c) ]
@@ -161,7 +168,7 @@ class MoCoQueue(nn.Module):
         if n > size:
             keys, n = keys[-size:], size
         end = min(int(self.ptr) + n, size)
-        self.keys[end - n:end] = keys.to(self.keys.dtype)
+        self.keys[end - n : end] = keys.to(self.keys.dtype)
         self.ptr.fill_(end % size)
         return True
 
@@ -175,10 +182,13 @@ class MoCoLoss(nn.Module):
         self.queue_t = MoCoQueue(queue_size, dim)
         self.queue_v = MoCoQueue(queue_size, dim)
 
-    def forward(self, t: torch.Tensor, v: torch.Tensor, t_key: torch.Tensor, v_key: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(
+        self, t: torch.Tensor, v: torch.Tensor, t_key: torch.Tensor, v_key: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """t (B, D), v (B, T, D) queries; t_key (B, D), v_key (B, T, D) momentum keys -> {l1, l1_t, l1_v}."""
-        return moco_contrastive_loss(t, v, t_key, v_key, self.queue_t.keys.clone(), self.queue_v.keys.clone(),
-                                     self.temperature)
+        return moco_contrastive_loss(
+            t, v, t_key, v_key, self.queue_t.keys.clone(), self.queue_v.keys.clone(), self.temperature
+        )
 
     @torch.no_grad()
     def enqueue(self, t_key: torch.Tensor, v_key: torch.Tensor) -> None:

@@ -46,8 +46,9 @@ class MSSMasker:
     word, not its first character.
     """
 
-    def __init__(self, significant: np.ndarray, same_lemma_ids: Sequence[Sequence[int]], mask_id: int,
-                 prob: float = 0.15):
+    def __init__(
+        self, significant: np.ndarray, same_lemma_ids: Sequence[Sequence[int]], mask_id: int, prob: float = 0.15
+    ):
         self.significant = np.asarray(significant, dtype=bool)
         self.significant_ids = np.flatnonzero(self.significant)
         if len(self.significant_ids) == 0:
@@ -91,8 +92,9 @@ class MSSMasker:
         return ids, labels
 
 
-def bert_mlm_mask(tokens: Sequence[int], rng: random.Random, mask_id: int, vocab_size: int,
-                  prob: float = 0.15) -> tuple[list[int], list[int]]:
+def bert_mlm_mask(
+    tokens: Sequence[int], rng: random.Random, mask_id: int, vocab_size: int, prob: float = 0.15
+) -> tuple[list[int], list[int]]:
     """Plain BERT masking (the "MLM" ablation, spec §3.5 item 5): each token with probability ``prob``,
     80 % [MASK] / 10 % a uniformly random vocabulary id / 10 % unchanged."""
     ids = list(tokens)
@@ -108,9 +110,15 @@ def bert_mlm_mask(tokens: Sequence[int], rng: random.Random, mask_id: int, vocab
     return ids, labels
 
 
-def attentive_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor, importance: torch.Tensor,
-                   special_ids: Sequence[int], mask_id: int, prob: float = 0.15,
-                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def attentive_mask(
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    importance: torch.Tensor,
+    special_ids: Sequence[int],
+    mask_id: int,
+    prob: float = 0.15,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Attention-guided masking (spec §3.4 f): per caption sample ``max(⌊prob·n_valid⌋, 1)`` positions without
     replacement with probability ∝ ``a_p + 1e-6`` (a_p = 0 at [CLS]/[SEP]/[PAD]) and replace them by [MASK].
 
@@ -140,9 +148,14 @@ def restore_raw_ids(masked_ids: torch.Tensor, labels: torch.Tensor) -> torch.Ten
     return torch.where(labels >= 0, labels, masked_ids)
 
 
-def select_lvwm_words(raw_ids: torch.Tensor, attention_mask: torch.Tensor, significant: torch.Tensor | None,
-                      special_ids: Sequence[int], num_words: int = 3,
-                      generator: torch.Generator | None = None) -> torch.Tensor:
+def select_lvwm_words(
+    raw_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    significant: torch.Tensor | None,
+    special_ids: Sequence[int],
+    num_words: int = 3,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Choose exactly ``num_words`` positions per caption for LVWM (spec §3.4 e step 2).
 
     Significant positions (``significant[id]``) first; if none, the other non-special positions; if none at all,

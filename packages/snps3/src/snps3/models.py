@@ -130,9 +130,12 @@ class TinyCNNEncoder(nn.Module):
     def __init__(self, hidden_size: int, channels: int = 32):
         super().__init__()
         self.net = nn.Sequential(
-            nn.Conv2d(3, channels, 4, stride=4), nn.ReLU(),
-            nn.Conv2d(channels, channels, 4, stride=4), nn.ReLU(),
-            nn.Conv2d(channels, channels, 2, stride=2), nn.ReLU(),
+            nn.Conv2d(3, channels, 4, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 4, stride=4),
+            nn.ReLU(),
+            nn.Conv2d(channels, channels, 2, stride=2),
+            nn.ReLU(),
         )
         self.proj = nn.Conv2d(channels, hidden_size, 1)
 
@@ -154,7 +157,9 @@ class ResNet50Encoder(nn.Module):
         net = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
         if weights is not None:
             _load_state_dict(net, weights, "model.config.visual_weights", "torchvision ResNet-50 ImageNet state dict")
-        self.body = nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4)
+        self.body = nn.Sequential(
+            net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
+        )
         self.proj = nn.Conv2d(2048, hidden_size, 1)
 
     def forward(self, frames: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -223,7 +228,7 @@ def convert_video_swin_checkpoint(state: dict[str, torch.Tensor]) -> dict[str, t
         k = key
         for prefix in ("module.", "enc_img.", "backbone.", "swin."):
             if k.startswith(prefix):
-                k = k[len(prefix):]
+                k = k[len(prefix) :]
         if k.startswith("layers."):
             parts = k.split(".")
             stage = int(parts[1])
@@ -248,9 +253,14 @@ class VideoSwinEncoder(nn.Module):
         from torchvision.models.video.swin_transformer import SwinTransformer3d
 
         self.swin = SwinTransformer3d(
-            patch_size=[2, 4, 4], embed_dim=cfg.swin_embed_dim, depths=list(cfg.swin_depths),
-            num_heads=list(cfg.swin_heads), window_size=list(cfg.swin_window),
-            stochastic_depth_prob=cfg.swin_drop_path, num_classes=1, patch_embed=StrideOnePatchEmbed3d,
+            patch_size=[2, 4, 4],
+            embed_dim=cfg.swin_embed_dim,
+            depths=list(cfg.swin_depths),
+            num_heads=list(cfg.swin_heads),
+            window_size=list(cfg.swin_window),
+            stochastic_depth_prob=cfg.swin_drop_path,
+            num_classes=1,
+            patch_embed=StrideOnePatchEmbed3d,
         )
         self.swin.head = nn.Identity()
         if cfg.visual_weights is not None:
@@ -264,8 +274,14 @@ class VideoSwinEncoder(nn.Module):
             state = state.get("state_dict", state.get("model", state))
             missing, unexpected = self.swin.load_state_dict(convert_video_swin_checkpoint(state), strict=False)
             missing = [k for k in missing if "relative_position_index" not in k]
-            log.info("video_swin weights %s: %d missing keys %s, %d unexpected keys %s",
-                     path, len(missing), missing[:5], len(unexpected), unexpected[:5])
+            log.info(
+                "video_swin weights %s: %d missing keys %s, %d unexpected keys %s",
+                path,
+                len(missing),
+                missing[:5],
+                len(unexpected),
+                unexpected[:5],
+            )
         width = cfg.swin_embed_dim * 8
         self.proj = nn.Identity() if width == hidden_size else nn.Linear(width, hidden_size)
 
@@ -353,8 +369,11 @@ class SNPS3Model(nn.Module):
         self.cfg = cfg
         if cfg.bert is None:
             bert_cfg = BertConfig(
-                vocab_size=cfg.vocab_size, hidden_size=cfg.hidden_size, num_hidden_layers=cfg.num_layers,
-                num_attention_heads=cfg.num_heads, intermediate_size=cfg.intermediate_size,
+                vocab_size=cfg.vocab_size,
+                hidden_size=cfg.hidden_size,
+                num_hidden_layers=cfg.num_layers,
+                num_attention_heads=cfg.num_heads,
+                intermediate_size=cfg.intermediate_size,
                 max_position_embeddings=cfg.max_position_embeddings,
             )
             bert_cfg._attn_implementation = "eager"
@@ -388,10 +407,14 @@ class SNPS3Model(nn.Module):
         elif cfg.visual_encoder == "video_swin":
             self.visual = VideoSwinEncoder(cfg, d)
         else:
-            raise ValueError(f"model.config.visual_encoder={cfg.visual_encoder!r} is not one of "
-                             "video_swin, pvt_v2_b2, resnet50, tiny_cnn")
+            raise ValueError(
+                f"model.config.visual_encoder={cfg.visual_encoder!r} is not one of "
+                "video_swin, pvt_v2_b2, resnet50, tiny_cnn"
+            )
         self.clip_mlp = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d))  # MLP_v (spec §3.2 item 4)
-        self.sim_head = nn.Sequential(nn.Dropout(cfg.sim_head_dropout), nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, 1))
+        self.sim_head = nn.Sequential(
+            nn.Dropout(cfg.sim_head_dropout), nn.Linear(d, 2 * d), nn.ReLU(), nn.Linear(2 * d, 1)
+        )
         self.mlm_text = MLMHead(d, v, cfg.mlm_ln_eps)
         self.mlm_cross = MLMHead(d, v, cfg.mlm_ln_eps)
         self.itm_head = nn.Linear(d, 2)
@@ -408,8 +431,9 @@ class SNPS3Model(nn.Module):
         """(V, D) word-embedding matrix the MLM decoders are tied to."""
         return self.bert.embeddings.word_embeddings.weight
 
-    def encode_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                    output_attentions: bool = False) -> TextOutput:
+    def encode_text(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool = False
+    ) -> TextOutput:
         """Text-only pass. input_ids, attention_mask (B, L) -> TextOutput."""
         return text_forward(self.bert, input_ids, attention_mask, output_attentions)
 
@@ -438,14 +462,18 @@ class SNPS3Model(nn.Module):
         t = visual_embed.shape[1]
         text_emb = bert.embeddings(input_ids=input_ids, token_type_ids=torch.zeros_like(input_ids))  # (B, L, D)
         sep = bert.embeddings.word_embeddings.weight[self.cfg.sep_token_id]  # (D,)
-        vis_in = torch.cat([visual_embed, sep.view(1, 1, -1).expand(b, 1, -1).to(visual_embed.dtype)], dim=1)  # (B, T+1, D)
+        vis_in = torch.cat(
+            [visual_embed, sep.view(1, 1, -1).expand(b, 1, -1).to(visual_embed.dtype)], dim=1
+        )  # (B, T+1, D)
         pos = torch.arange(t + 1, device=input_ids.device).unsqueeze(0).expand(b, -1)  # (B, T+1)
-        vis_emb = bert.embeddings(inputs_embeds=vis_in, token_type_ids=torch.ones_like(pos), position_ids=pos)  # (B, T+1, D)
+        vis_emb = bert.embeddings(
+            inputs_embeds=vis_in, token_type_ids=torch.ones_like(pos), position_ids=pos
+        )  # (B, T+1, D)
         hidden = torch.cat([text_emb, vis_emb], dim=1)  # (B, L+T+1, D)
         mask = torch.cat([attention_mask, attention_mask.new_ones(b, t + 1)], dim=1)  # (B, L+T+1)
         out = bert.encoder(hidden, attention_mask=_additive_mask(mask, hidden.dtype)).last_hidden_state  # (B, L+T+1, D)
         pooler = self.cross_pooler if self.p3e_cross is None else self.p3e_cross.pooler
-        return CrossOutput(text_hidden=out[:, :length], visual_hidden=out[:, length:length + t], pooled=pooler(out))
+        return CrossOutput(text_hidden=out[:, :length], visual_hidden=out[:, length : length + t], pooled=pooler(out))
 
     # -- heads --------------------------------------------------------------------------------------------------
     def sim_score(self, pooled: torch.Tensor) -> torch.Tensor:
@@ -465,10 +493,17 @@ class SNPS3Model(nn.Module):
 
 def text_forward(bert, input_ids: torch.Tensor, attention_mask: torch.Tensor, output_attentions: bool) -> TextOutput:
     """Text-only BERT pass (token type 0, positions 0..L-1); attentions via the eager attention when requested."""
-    out = bert(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids),
-               output_attentions=output_attentions)
-    return TextOutput(hidden=out.last_hidden_state, pooled=out.pooler_output,
-                      attentions=tuple(out.attentions) if output_attentions else None)
+    out = bert(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        token_type_ids=torch.zeros_like(input_ids),
+        output_attentions=output_attentions,
+    )
+    return TextOutput(
+        hidden=out.last_hidden_state,
+        pooled=out.pooler_output,
+        attentions=tuple(out.attentions) if output_attentions else None,
+    )
 
 
 class MomentumEncoders(nn.Module):
@@ -497,8 +532,9 @@ class MomentumEncoders(nn.Module):
                 pk.mul_(momentum).add_(pq.detach(), alpha=1.0 - momentum)
 
     @torch.no_grad()
-    def keys(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, frames: torch.Tensor,
-             pad_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    def keys(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, frames: torch.Tensor, pad_mask: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Momentum keys: text (B, D) and clips (B, T, D), both L2-normalised."""
         text = text_forward(self.bert, input_ids, attention_mask, False)
         t_key = F.normalize(text.pooled, dim=-1)  # (B, D)

@@ -118,21 +118,31 @@ class SNPS3Module(pl.LightningModule):
         try:
             state = torch.load(path, map_location="cpu", weights_only=False)
         except FileNotFoundError as err:
-            raise FileNotFoundError(f"model.init_checkpoint={path!r} does not exist: supply an SNP-S3 pre-training "
-                                    "checkpoint (none is released; pre-train with a pretrain_* config)") from err
+            raise FileNotFoundError(
+                f"model.init_checkpoint={path!r} does not exist: supply an SNP-S3 pre-training "
+                "checkpoint (none is released; pre-train with a pretrain_* config)"
+            ) from err
         state = state.get("state_dict", state)
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")} or state
+        state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")} or state
         missing, unexpected = self.model.load_state_dict(state, strict=False)
-        log.info("init_checkpoint %s: %d missing keys %s, %d unexpected keys %s", path, len(missing), missing[:5],
-                 len(unexpected), unexpected[:5])
+        log.info(
+            "init_checkpoint %s: %d missing keys %s, %d unexpected keys %s",
+            path,
+            len(missing),
+            missing[:5],
+            len(unexpected),
+            unexpected[:5],
+        )
 
     def setup(self, stage: str) -> None:
         if self.hparams.num_threads:
             torch.set_num_threads(self.hparams.num_threads)
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "task", self.hparams.task) != self.hparams.task:
-            raise ValueError(f"model.task={self.hparams.task!r} but data.dataset={dm.hparams.dataset!r} is a "
-                             f"{dm.task!r} dataset: set model.task={dm.task!r}")
+            raise ValueError(
+                f"model.task={self.hparams.task!r} but data.dataset={dm.hparams.dataset!r} is a "
+                f"{dm.task!r} dataset: set model.task={dm.task!r}"
+            )
 
     # ------------------------------------------------------------------------------------------- shared pieces
     def level2_matrix(self, ids: torch.Tensor, attn: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
@@ -143,10 +153,11 @@ class SNPS3Module(pl.LightningModule):
         rows = []
         bv = visual.shape[0]
         for a in range(0, ids.shape[0], self.hparams.l2_chunk):
-            ci, ca = ids[a:a + self.hparams.l2_chunk], attn[a:a + self.hparams.l2_chunk]
+            ci, ca = ids[a : a + self.hparams.l2_chunk], attn[a : a + self.hparams.l2_chunk]
             n = ci.shape[0]
-            out = self.model.cross(ci.repeat_interleave(bv, 0), ca.repeat_interleave(bv, 0),
-                                   visual.repeat(n, 1, 1))  # pairs (n·B_v)
+            out = self.model.cross(
+                ci.repeat_interleave(bv, 0), ca.repeat_interleave(bv, 0), visual.repeat(n, 1, 1)
+            )  # pairs (n·B_v)
             rows.append(self.model.sim_score(out.pooled).view(n, bv))  # (n, B_v)
         return torch.cat(rows, 0)  # (B_t, B_v)
 
@@ -156,8 +167,9 @@ class SNPS3Module(pl.LightningModule):
             return {"l1": self.milnce_l1(t, v)}
         if train:
             self.momentum.update(self.model, self.hparams.moco_momentum)
-        t_key, v_key = self.momentum.keys(batch["input_ids"], batch["attention_mask"], batch["frames"],
-                                          batch.get("pad_mask"))
+        t_key, v_key = self.momentum.keys(
+            batch["input_ids"], batch["attention_mask"], batch["frames"], batch.get("pad_mask")
+        )
         out = self.moco_loss(t, v, t_key, v_key)
         if train:
             self.moco_loss.enqueue(t_key, v_key)
@@ -168,8 +180,9 @@ class SNPS3Module(pl.LightningModule):
         if not bad:
             return True
         if self.hparams.nan_policy == "raise":
-            raise FloatingPointError(f"non-finite loss terms {bad} at step {self.global_step} "
-                                     "(set model.nan_policy=skip to skip such steps)")
+            raise FloatingPointError(
+                f"non-finite loss terms {bad} at step {self.global_step} (set model.nan_policy=skip to skip such steps)"
+            )
         rank_zero_warn(f"skipping step {self.global_step}: non-finite loss terms {bad}")
         return False
 
@@ -193,8 +206,9 @@ class SNPS3Module(pl.LightningModule):
         cross_ids, labels = mids, mlabels
         if attentive:  # spec §3.4 f: importance a_p = Σ_layers Σ_queries mean_heads A[q, p]
             importance = sum((a.mean(1) * attn[:, :, None]).sum(1) for a in text.attentions)  # (B, L)
-            cross_ids, labels = attentive_mask(ids, attn, importance.detach(), self.special_ids,
-                                               self.config.mask_token_id)
+            cross_ids, labels = attentive_mask(
+                ids, attn, importance.detach(), self.special_ids, self.config.mask_token_id
+            )
         cross = m.cross(cross_ids, attn, visual)  # (masked caption, own video)
         if hp.use_mlm:
             logits_c = m.mlm_logits(cross.text_hidden, "cross")  # (B, L, V)
@@ -238,7 +252,9 @@ class SNPS3Module(pl.LightningModule):
             t = m.text_embed(m.encode_text(batch["input_ids"], batch["attention_mask"]))
             losses.update({k: v for k, v in self.global_l1(batch, t, m.clip_embed(visual), train).items() if k == "l1"})
         if self.hparams.use_l2:
-            losses["l2"] = milnce_loss(self.level2_matrix(batch["input_ids"], batch["attention_mask"], visual)[:, :, None])
+            losses["l2"] = milnce_loss(
+                self.level2_matrix(batch["input_ids"], batch["attention_mask"], visual)[:, :, None]
+            )
         return losses
 
     def qa_forward(self, batch: dict) -> torch.Tensor:
@@ -250,8 +266,11 @@ class SNPS3Module(pl.LightningModule):
         """(B, n_options) sim_head scores of every option against its video (zero-shot MC, spec §3.6)."""
         visual = self.model.encode_visual(batch["frames"], batch.get("pad_mask"))  # (B, T, D)
         b, n, length = batch["option_ids"].shape
-        out = self.model.cross(batch["option_ids"].view(b * n, length), batch["option_mask"].view(b * n, length),
-                               visual.repeat_interleave(n, 0))  # (B·n) pairs
+        out = self.model.cross(
+            batch["option_ids"].view(b * n, length),
+            batch["option_mask"].view(b * n, length),
+            visual.repeat_interleave(n, 0),
+        )  # (B·n) pairs
         return self.model.sim_score(out.pooled).view(b, n)  # (B, n)
 
     @staticmethod
@@ -325,8 +344,10 @@ class SNPS3Module(pl.LightningModule):
         if task == "mc":
             return {"option": self.mc_scores(batch).argmax(-1)}
         m = self.model
-        return {"text_embed": m.text_embed(m.encode_text(batch["input_ids"], batch["attention_mask"])),
-                "clip_embed": m.clip_embed(m.encode_visual(batch["frames"], batch.get("pad_mask")))}
+        return {
+            "text_embed": m.text_embed(m.encode_text(batch["input_ids"], batch["attention_mask"])),
+            "clip_embed": m.clip_embed(m.encode_visual(batch["frames"], batch.get("pad_mask"))),
+        }
 
     # ------------------------------------------------------------------------------------ N×N retrieval evaluation
     def on_validation_epoch_start(self) -> None:
@@ -338,10 +359,16 @@ class SNPS3Module(pl.LightningModule):
     def _collect(self, batch: dict) -> None:
         m = self.model
         visual = m.encode_visual(batch["frames"], batch.get("pad_mask"))  # (B, T, D)
-        rec = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
-               "t": m.text_embed(m.encode_text(batch["input_ids"], batch["attention_mask"])),
-               "visual": visual, "v": m.clip_embed(visual), "text_index": batch["text_index"],
-               "caption_index": batch["caption_index"], "video_index": batch["video_index"]}
+        rec = {
+            "input_ids": batch["input_ids"],
+            "attention_mask": batch["attention_mask"],
+            "t": m.text_embed(m.encode_text(batch["input_ids"], batch["attention_mask"])),
+            "visual": visual,
+            "v": m.clip_embed(visual),
+            "text_index": batch["text_index"],
+            "caption_index": batch["caption_index"],
+            "video_index": batch["video_index"],
+        }
         for k, val in rec.items():
             self._eval.setdefault(k, []).append(val.detach())
 
@@ -387,10 +414,13 @@ class SNPS3Module(pl.LightningModule):
         sim2_local = t.new_zeros(n_rows, len(v))
         pairs = [(r, j) for r in range(len(rows)) for j in range(len(v))]
         step = self.hparams.eval_pair_batch
-        bar = tqdm(range(0, len(pairs), step), desc=f"{stage}: level-2 {len(t)}x{len(v)} cross passes",
-                   disable=rank != 0 or len(pairs) <= step)
+        bar = tqdm(
+            range(0, len(pairs), step),
+            desc=f"{stage}: level-2 {len(t)}x{len(v)} cross passes",
+            disable=rank != 0 or len(pairs) <= step,
+        )
         for a in bar:
-            chunk = torch.tensor(pairs[a:a + step], device=t.device)
+            chunk = torch.tensor(pairs[a : a + step], device=t.device)
             ti = torch.tensor(rows, device=t.device)[chunk[:, 0]]
             out = self.model.cross(ids[ti], attn[ti], visual[chunk[:, 1]])
             sim2_local[chunk[:, 0], chunk[:, 1]] = self.model.sim_score(out.pooled).float()
@@ -399,7 +429,7 @@ class SNPS3Module(pl.LightningModule):
             sim2 = t.new_zeros(len(t), len(v))
             for r in range(world):
                 idx = list(range(r, len(t), world))
-                sim2[idx] = allrows[r, :len(idx)]
+                sim2[idx] = allrows[r, : len(idx)]
         else:
             sim2 = sim2_local
         n = len(first_text)
@@ -419,8 +449,11 @@ class SNPS3Module(pl.LightningModule):
             if not p.requires_grad:
                 continue
             (no_decay if p.ndim < 2 else decay).append(p)  # biases and LayerNorm weights are the 1-D tensors
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=hp.lr,
+            betas=tuple(hp.betas),
+        )
         steps = sorted(hp.lr_steps or [])
 
         def factor(step: int) -> float:

@@ -38,8 +38,18 @@ __all__ = [
     "lemma_command",
 ]
 
-OFFICIAL_KEYS = ("id", "name", "total_count", "verb_count", "noun_count", "adj_count", "rank",
-                 "verb_percentage", "noun_percentage", "adj_percentage")
+OFFICIAL_KEYS = (
+    "id",
+    "name",
+    "total_count",
+    "verb_count",
+    "noun_count",
+    "adj_count",
+    "rank",
+    "verb_percentage",
+    "noun_percentage",
+    "adj_percentage",
+)
 ABANDON_WEBVID = ("background", "backgrounds", "be", "is", "was", "were", "are")
 """Words dropped when mining WebVid (official list)."""
 ABANDON_COCO_VG = ("be", "is", "was", "were", "are")
@@ -70,8 +80,9 @@ def spacy_tagger(model: str = "en_core_web_sm", batch_size: int = 256) -> Tagger
     return tag
 
 
-def count_pos(captions: Iterable[str], tagger: Tagger, batch_size: int = 256, total: int | None = None,
-              progress: bool = True) -> Counter:
+def count_pos(
+    captions: Iterable[str], tagger: Tagger, batch_size: int = 256, total: int | None = None, progress: bool = True
+) -> Counter:
     """Count ``(POS, token.text)`` for every token whose coarse POS is VERB, NOUN, ADJ or NUM (step 1)."""
     from tqdm import tqdm
 
@@ -106,8 +117,9 @@ def tie_sharing_rank(total_count: np.ndarray) -> np.ndarray:
     return np.searchsorted(neg_sorted, -np.asarray(total_count, dtype=np.int64), side="left").astype(np.int64)
 
 
-def build_count_table(counts: Counter, vocab: Sequence[str], abandon: Iterable[str] = ABANDON_WEBVID,
-                      percentage_threshold: float = 0.25) -> dict[str, list]:
+def build_count_table(
+    counts: Counter, vocab: Sequence[str], abandon: Iterable[str] = ABANDON_WEBVID, percentage_threshold: float = 0.25
+) -> dict[str, list]:
     """Map ``(POS, string)`` counts to vocabulary ids by exact match and build the official 10-key table (step 2-5).
 
     Strings not in the vocabulary, strings of length 1 and ``abandon`` words are dropped; NUM is not counted.
@@ -141,9 +153,15 @@ def build_count_table(counts: Counter, vocab: Sequence[str], abandon: Iterable[s
     }
 
 
-def mine_significant_words(captions: Iterable[str], vocab: Sequence[str], tagger: Tagger | None = None,
-                           spacy_model: str | None = None, abandon: Iterable[str] = ABANDON_WEBVID,
-                           total: int | None = None, progress: bool = True) -> dict[str, list]:
+def mine_significant_words(
+    captions: Iterable[str],
+    vocab: Sequence[str],
+    tagger: Tagger | None = None,
+    spacy_model: str | None = None,
+    abandon: Iterable[str] = ABANDON_WEBVID,
+    total: int | None = None,
+    progress: bool = True,
+) -> dict[str, list]:
     """Mine the significant-word table of a caption corpus (spec §3.3). Give ``tagger`` or ``spacy_model``.
 
     Raises OSError naming ``en_core_web_sm`` when neither a tagger nor an installed spaCy model is available.
@@ -168,9 +186,11 @@ def load_rank(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
     """``rank`` list of a ``count_reprocess_*.json`` as int64 (V,); checks its length against ``vocab_size``."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"significant-word file {str(path)!r} does not exist (official "
-                                "count_reprocess_webvid.json, or mine one with `snps3 mine-words`); see README, "
-                                "Data preparation")
+        raise FileNotFoundError(
+            f"significant-word file {str(path)!r} does not exist (official "
+            "count_reprocess_webvid.json, or mine one with `snps3 mine-words`); see README, "
+            "Data preparation"
+        )
     table = json.loads(path.read_text())
     if "rank" not in table:
         raise KeyError(f"{str(path)!r}: missing key 'rank' (expected the official 10-key format)")
@@ -204,8 +224,10 @@ def load_same_lemma(path: str | Path, vocab_size: int | None = None) -> list[lis
     """Read ``vocab_simi_list_new.json`` (a list of length V of string lists)."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"same-lemma file {str(path)!r} does not exist (official vocab_simi_list_new.json, "
-                                "or build one with `snps3 lemma-table`); see README, Data preparation")
+        raise FileNotFoundError(
+            f"same-lemma file {str(path)!r} does not exist (official vocab_simi_list_new.json, "
+            "or build one with `snps3 lemma-table`); see README, Data preparation"
+        )
     table = json.loads(path.read_text())
     if not isinstance(table, list) or (vocab_size is not None and len(table) != vocab_size):
         raise ValueError(f"{str(path)!r}: expected a JSON list of length {vocab_size} (one list per vocabulary id)")
@@ -238,12 +260,19 @@ def mine_command(argv: list[str]) -> Path:
     p.add_argument("annotations", nargs="+", help="JSONL annotation files with a 'caption' key per line")
     p.add_argument("--vocab", required=True, help="WordPiece vocab.txt (bert-base-uncased)")
     p.add_argument("--out", required=True, help="output JSON path, e.g. count_reprocess_webvid.json")
-    p.add_argument("--spacy-model", default="en_core_web_sm", help="spaCy model name or folder (default en_core_web_sm)")
+    p.add_argument(
+        "--spacy-model", default="en_core_web_sm", help="spaCy model name or folder (default en_core_web_sm)"
+    )
     p.add_argument("--abandon", choices=["webvid", "coco_vg"], default="webvid", help="official abandon list")
     a = p.parse_args(argv)
     captions, n = _caption_lines(a.annotations)
-    table = mine_significant_words(captions, read_vocab(a.vocab), spacy_model=a.spacy_model,
-                                   abandon=ABANDON_WEBVID if a.abandon == "webvid" else ABANDON_COCO_VG, total=n)
+    table = mine_significant_words(
+        captions,
+        read_vocab(a.vocab),
+        spacy_model=a.spacy_model,
+        abandon=ABANDON_WEBVID if a.abandon == "webvid" else ABANDON_COCO_VG,
+        total=n,
+    )
     out = write_count_json(table, a.out)
     log.info("wrote %s", out)
     return out
@@ -254,7 +283,9 @@ def lemma_command(argv: list[str]) -> Path:
     p = argparse.ArgumentParser(prog="snps3 lemma-table", description=lemma_command.__doc__)
     p.add_argument("--vocab", required=True, help="WordPiece vocab.txt")
     p.add_argument("--out", required=True, help="output JSON path (vocab_simi_list_new.json)")
-    p.add_argument("--spacy-model", default="en_core_web_sm", help="spaCy model name or folder (default en_core_web_sm)")
+    p.add_argument(
+        "--spacy-model", default="en_core_web_sm", help="spaCy model name or folder (default en_core_web_sm)"
+    )
     a = p.parse_args(argv)
     import spacy
     from tqdm import tqdm
@@ -262,8 +293,10 @@ def lemma_command(argv: list[str]) -> Path:
     try:
         nlp = spacy.load(a.spacy_model, disable=["parser", "ner"])
     except OSError as err:
-        raise OSError(f"spaCy model {a.spacy_model!r} not found: install en_core_web_sm "
-                      "(`python -m spacy download en_core_web_sm`) or pass --spacy-model PATH") from err
+        raise OSError(
+            f"spaCy model {a.spacy_model!r} not found: install en_core_web_sm "
+            "(`python -m spacy download en_core_web_sm`) or pass --spacy-model PATH"
+        ) from err
     vocab = read_vocab(a.vocab)
 
     def lemmatize(words: Sequence[str]) -> list[str]:

@@ -39,8 +39,28 @@ __all__ = [
 COLOURS = {"red": (1.0, 0.2, 0.2), "green": (0.2, 1.0, 0.2), "blue": (0.3, 0.4, 1.0), "yellow": (1.0, 1.0, 0.2)}
 DIGIT_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 MOTIONS = {"rises": (-1, 0), "falls": (1, 0), "slides": (0, 1), "drifts": (0, -1)}  # verb -> (dy, dx)
-FILLERS = ["the", "of", "with", "while", "it", "this", "some", "and", "at", "to", "for", "from", "by", "then",
-           "there", "on", "in", "as", "its", "an"]
+FILLERS = [
+    "the",
+    "of",
+    "with",
+    "while",
+    "it",
+    "this",
+    "some",
+    "and",
+    "at",
+    "to",
+    "for",
+    "from",
+    "by",
+    "then",
+    "there",
+    "on",
+    "in",
+    "as",
+    "its",
+    "an",
+]
 QUESTION_WORDS = ["what", "colour", "number", "how", "does", "move", "which", "digit", "is", "a"]
 
 
@@ -84,8 +104,9 @@ def _digit_images() -> tuple[np.ndarray, np.ndarray]:
     return d.images.astype(np.float32) / 16.0, d.target
 
 
-def digit_clip(image: np.ndarray, colour: str, motion: str, num_frames: int = 8, size: int = 32,
-               digit_size: int = 16) -> torch.Tensor:
+def digit_clip(
+    image: np.ndarray, colour: str, motion: str, num_frames: int = 8, size: int = 32, digit_size: int = 16
+) -> torch.Tensor:
     """uint8 (T, 3, size, size): the tinted digit moving in the ``motion`` direction across the canvas."""
     img = torch.from_numpy(image)[None, None]  # (1, 1, 8, 8)
     img = F.interpolate(img, size=(digit_size, digit_size), mode="bilinear", align_corners=False)[0, 0]  # (d, d)
@@ -98,7 +119,7 @@ def digit_clip(image: np.ndarray, colour: str, motion: str, num_frames: int = 8,
         f = t / max(1, num_frames - 1)
         y = span // 2 if dy == 0 else int(round(span * (f if dy > 0 else 1 - f)))
         x = span // 2 if dx == 0 else int(round(span * (f if dx > 0 else 1 - f)))
-        frames[t, :, y:y + digit_size, x:x + digit_size] = glyph
+        frames[t, :, y : y + digit_size, x : x + digit_size] = glyph
     return frames
 
 
@@ -111,14 +132,21 @@ def make_caption(colour: str, digit: int, motion: str, rng: random.Random) -> st
 class SyntheticSample:
     """One synthetic clip: its attributes, frames (uint8 (T, 3, S, S)) and captions."""
 
-    def __init__(self, image: np.ndarray, digit: int, colour: str, motion: str, captions: list[str],
-                 num_frames: int, size: int):
+    def __init__(
+        self, image: np.ndarray, digit: int, colour: str, motion: str, captions: list[str], num_frames: int, size: int
+    ):
         self.digit, self.colour, self.motion, self.captions = digit, colour, motion, captions
         self.frames = digit_clip(image, colour, motion, num_frames, size)
 
 
-def sample_items(n: int, seed: int, num_frames: int = 8, size: int = 32, captions_per_clip: int = 1,
-                 image_range: tuple[int, int] | None = None) -> list[SyntheticSample]:
+def sample_items(
+    n: int,
+    seed: int,
+    num_frames: int = 8,
+    size: int = 32,
+    captions_per_clip: int = 1,
+    image_range: tuple[int, int] | None = None,
+) -> list[SyntheticSample]:
     """``n`` random clips (digit image drawn from scikit-learn digits, indices in ``image_range`` when given, so
     train and test can use disjoint images; uniform colour and motion)."""
     images, targets = _digit_images()
@@ -138,8 +166,9 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
-def generate_synthetic_dataset(root: str | Path, num_train: int = 24, num_test: int = 8, num_frames: int = 8,
-                               size: int = 32, seed: int = 0) -> Path:
+def generate_synthetic_dataset(
+    root: str | Path, num_train: int = 24, num_test: int = 8, num_frames: int = 8, size: int = 32, seed: int = 0
+) -> Path:
     """Write every official format the package reads, filled with synthetic digits clips (spec §8b).
 
     Under ``root``: ``vocab.txt``; ``count_reprocess_synthetic.json`` and ``vocab_simi_list_new.json``;
@@ -187,11 +216,18 @@ def generate_synthetic_dataset(root: str | Path, num_train: int = 24, num_test: 
     _write_jsonl(root / "webvid" / "annotations" / "train.jsonl", pre_train)
     _write_jsonl(root / "webvid" / "annotations" / "val.jsonl", pre_val)
     # -- retrieval (MSRVTT format) ------------------------------------------------------------------------
-    ret_train = [{"caption": c, "clip_name": n, "sen_id": j} for n, s in clips[:num_train] for j, c in enumerate(s.captions)]
+    ret_train = [
+        {"caption": c, "clip_name": n, "sen_id": j} for n, s in clips[:num_train] for j, c in enumerate(s.captions)
+    ]
     ret_test = [{"caption": s.captions[0], "clip_name": n, "retrieval_key": n} for n, s in clips[num_train:]]
     if len(ret_test) >= 2:  # one caption shared by two videos: multi-GT
-        ret_test.append({"caption": ret_test[0]["caption"], "clip_name": ret_test[1]["clip_name"],
-                         "retrieval_key": ret_test[1]["clip_name"]})
+        ret_test.append(
+            {
+                "caption": ret_test[0]["caption"],
+                "clip_name": ret_test[1]["clip_name"],
+                "retrieval_key": ret_test[1]["clip_name"],
+            }
+        )
     for split in ("train_7k", "train"):
         _write_jsonl(root / "msrvtt_retrieval" / f"{split}.jsonl", ret_train)
     for split in ("val", "test"):
@@ -204,7 +240,9 @@ def generate_synthetic_dataset(root: str | Path, num_train: int = 24, num_test: 
             others.append(make_caption(s.colour, (s.digit + 1 + len(others)) % 10, s.motion, rng))
         answer = i % 5
         options = others[:answer] + [s.captions[0]] + others[answer:4]
-        mc.append({"qid": f"mc{i}", "clip_name": name, "title": s.captions[0], "answer": str(answer), "options": options})
+        mc.append(
+            {"qid": f"mc{i}", "clip_name": name, "title": s.captions[0], "answer": str(answer), "options": options}
+        )
     _write_jsonl(root / "msrvtt_retrieval" / "mc_test.jsonl", mc)
     # -- QA (answers: colours then digit words then motions) ----------------------------------------------
     answers = list(COLOURS) + DIGIT_WORDS + list(MOTIONS)
@@ -216,7 +254,9 @@ def generate_synthetic_dataset(root: str | Path, num_train: int = 24, num_test: 
         for i, (name, s) in enumerate(part):
             q = i % 3
             if q == 0:
-                rows.append({"caption": "what colour is the digit", "clip_name": name, "label": answers.index(s.colour)})
+                rows.append(
+                    {"caption": "what colour is the digit", "clip_name": name, "label": answers.index(s.colour)}
+                )
             elif q == 1:
                 label = DIGIT_WORDS[s.digit] if kinds == "mixed" else answers.index(DIGIT_WORDS[s.digit])
                 rows.append({"caption": "what number is shown", "clip_name": name, "label": label})

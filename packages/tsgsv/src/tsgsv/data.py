@@ -248,7 +248,11 @@ class TSGVTrainDataset(Dataset):
                 half = (self.pos_expansion_ratio - 1) / 2 * length
                 positive = (starts + M > s - half) & (starts <= e + half)
                 denom = a.num_frames - o - self.pos_expansion_ratio * length
-                rate = 1.0 if denom <= 0 else min(1.0, (self.neg_pos_ratio - self.pos_expansion_ratio + 1) * length / denom)
+                rate = (
+                    1.0
+                    if denom <= 0
+                    else min(1.0, (self.neg_pos_ratio - self.pos_expansion_ratio + 1) * length / denom)
+                )
                 keep = positive | (torch.rand(len(starts), generator=g) < rate)
                 starts = starts[keep]
             windows += [(i, int(s)) for s in starts]

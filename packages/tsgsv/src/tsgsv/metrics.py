@@ -263,7 +263,11 @@ class StreamingGroundingMetrics(Metric):
         R, M = len(self.cfg.recall_at), len(self.cfg.iou_thresholds)
         if isinstance(self.indices, list) and not self.indices:
             indices = torch.zeros(0, dtype=torch.long)
-            hits, ap, cap = torch.zeros(0, R, M), torch.zeros(0, dtype=torch.float64), torch.zeros(0, dtype=torch.float64)
+            hits, ap, cap = (
+                torch.zeros(0, R, M),
+                torch.zeros(0, dtype=torch.float64),
+                torch.zeros(0, dtype=torch.float64),
+            )
         else:
             indices, hits = self._cat(self.indices), self._cat(self.hits).reshape(-1, R, M)
             ap, cap = self._cat(self.ap), self._cat(self.cap)

@@ -526,7 +526,9 @@ class StreamingTSGV(nn.Module):
             encoded_sentence = self.encode_sentence(sentence, sentence_length)
         query_tokens, query = encoded_sentence  # (B, L, h), (B, h)
         if short.shape[-1] != self.config.video_dim:
-            raise ValueError(f"video features have width {short.shape[-1]}, model.config.video_dim={self.config.video_dim}")
+            raise ValueError(
+                f"video features have width {short.shape[-1]}, model.config.video_dim={self.config.video_dim}"
+            )
         B, M_s = short.shape[:2]
         e_s = self.video_projection(short, short_mask)  # (B, M_s, h)
         if self.config.use_long_memory:

@@ -103,7 +103,9 @@ def write_synthetic_dataset(root: str | Path, cfg: SyntheticStreamConfig | None 
                 start = pos + int(gap)
                 feats[start : start + length] = activity + cfg.noise * rng.standard_normal((length, cfg.video_dim))
                 onset_len = min(cfg.onset_frames, int(length))
-                feats[start : start + onset_len] = onset[c] + cfg.noise * rng.standard_normal((onset_len, cfg.video_dim))
+                feats[start : start + onset_len] = onset[c] + cfg.noise * rng.standard_normal(
+                    (onset_len, cfg.video_dim)
+                )
                 events.append((start, start + int(length), int(c)))
                 pos = start + int(length)
             name = f"{split}_video_{v:04d}"

@@ -212,9 +212,7 @@ class RTQRetrieval(_RTQBase):
         n = video_feat_m.shape[0]
         q = self.video_queue.shape[1]
         if q % n:
-            raise ValueError(
-                f"model.queue_size={q} must be a multiple of the global batch size {n} (batch × devices)"
-            )
+            raise ValueError(f"model.queue_size={q} must be a multiple of the global batch size {n} (batch × devices)")
         ptr = int(self.queue_ptr)
         self.video_queue[:, ptr : ptr + n] = video_feat_m.T
         self.text_queue[:, ptr : ptr + n] = text_feat_m.T
@@ -303,8 +301,11 @@ class RTQCaptioner(_RTQBase):
         """Next-token logits (B, L, V) of the caption given the video (B, T, 3, H, W)."""
         tokens = self.visual_encoder(video).tokens  # (B, M, D)
         return self.text_decoder(
-            input_ids=ids, attention_mask=mask, encoder_hidden_states=tokens,
-            encoder_attention_mask=_memory_mask(tokens), is_decoder=True,
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=tokens,
+            encoder_attention_mask=_memory_mask(tokens),
+            is_decoder=True,
         ).logits  # (B, L, V)
 
     @torch.no_grad()
@@ -332,16 +333,22 @@ class RTQVideoQA(_RTQBase):
     def encode_question(self, video: torch.Tensor, q_ids: torch.Tensor, q_mask: torch.Tensor) -> torch.Tensor:
         tokens = self.visual_encoder(video).tokens  # (B, M, D)
         return self.text_encoder(
-            input_ids=q_ids, attention_mask=q_mask, encoder_hidden_states=tokens,
-            encoder_attention_mask=_memory_mask(tokens), is_decoder=False,
+            input_ids=q_ids,
+            attention_mask=q_mask,
+            encoder_hidden_states=tokens,
+            encoder_attention_mask=_memory_mask(tokens),
+            is_decoder=False,
         ).last_hidden_state  # (B, Lq, D)
 
     def forward(self, video, q_ids, q_mask, a_ids, a_mask) -> torch.Tensor:
         """Answer next-token logits (B, La, V)."""
         q_states = self.encode_question(video, q_ids, q_mask)
         return self.text_decoder(
-            input_ids=a_ids, attention_mask=a_mask, encoder_hidden_states=q_states,
-            encoder_attention_mask=q_mask, is_decoder=True,
+            input_ids=a_ids,
+            attention_mask=a_mask,
+            encoder_hidden_states=q_states,
+            encoder_attention_mask=q_mask,
+            is_decoder=True,
         ).logits
 
     @torch.no_grad()
@@ -384,8 +391,11 @@ class RTQMultipleChoice(_RTQBase):
         k = ids.shape[0] // b
         tokens = venc(video).tokens.repeat_interleave(k, dim=0)  # (B·K, M, D)
         h = tenc(
-            input_ids=ids, attention_mask=mask, encoder_hidden_states=tokens,
-            encoder_attention_mask=_memory_mask(tokens), is_decoder=False,
+            input_ids=ids,
+            attention_mask=mask,
+            encoder_hidden_states=tokens,
+            encoder_attention_mask=_memory_mask(tokens),
+            is_decoder=False,
         ).last_hidden_state  # (B·K, L, D)
         return head(h[:, 0]).view(b, k)  # (B, K)
 

@@ -50,7 +50,9 @@ __all__ = [
     "resize_pos_embed",
 ]
 
-RefineMode = Literal["kmedoids", "spectral", "pooling", "sparse_sampling", "random", "token_shift", "temporal_shift", "none"]
+RefineMode = Literal[
+    "kmedoids", "spectral", "pooling", "sparse_sampling", "random", "token_shift", "temporal_shift", "none"
+]
 TemporalMode = Literal["message_token", "divided_attention", "video_proxy", "none"]
 TemporalPlacement = Literal["posterior", "prior"]
 SpectralGraph = Literal["heat_kernel", "knn"]
@@ -133,13 +135,13 @@ class VisionConfig:
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
-            raise ValueError(f"vision.image_size={self.image_size} must be a multiple of vision.patch_size={self.patch_size}")
+            raise ValueError(
+                f"vision.image_size={self.image_size} must be a multiple of vision.patch_size={self.patch_size}"
+            )
         if self.hidden_size % self.num_heads:
             raise ValueError(f"vision.num_heads={self.num_heads} must divide vision.hidden_size={self.hidden_size}")
         if self.num_segments < 1 or self.num_frames % self.num_segments:
-            raise ValueError(
-                f"vision.num_segments={self.num_segments} must divide vision.num_frames={self.num_frames}"
-            )
+            raise ValueError(f"vision.num_segments={self.num_segments} must divide vision.num_frames={self.num_frames}")
         if not 0 <= self.cluster_block <= self.temporal_block <= self.num_layers:
             raise ValueError(
                 f"need 0 <= vision.cluster_block ({self.cluster_block}) <= vision.temporal_block "
@@ -302,7 +304,9 @@ def kkz_init(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int) -> torc
 
 
 @torch.no_grad()
-def kmedoids_from_distances(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int, max_iter: int = 100) -> torch.Tensor:
+def kmedoids_from_distances(
+    dist: torch.Tensor, norms: torch.Tensor, num_clusters: int, max_iter: int = 100
+) -> torch.Tensor:
     """The k-medoids of :func:`kmedoids` on a given distance matrix dist (S, N, N) and token norms (S, N)."""
     s, n, _ = dist.shape
     c = min(num_clusters, n)
@@ -656,12 +660,18 @@ class RTQVisionEncoder(nn.Module):
         self.temporal_embedding = nn.Parameter(torch.zeros(config.temporal_rows, config.hidden_size))  # E_t
         self.message_blocks = nn.ModuleList(
             MessageTokenAttention(
-                config.hidden_size, config.num_heads, config.layer_norm_eps, config.drop_path_rate, config.msg_fc_zero_init
+                config.hidden_size,
+                config.num_heads,
+                config.layer_norm_eps,
+                config.drop_path_rate,
+                config.msg_fc_zero_init,
             )
             for _ in range(n_temporal if mode == "message_token" else 0)
         )
         self.divided_blocks = nn.ModuleList(
-            DividedTemporalAttention(config.hidden_size, config.num_heads, config.drop_path_rate, config.msg_fc_zero_init)
+            DividedTemporalAttention(
+                config.hidden_size, config.num_heads, config.drop_path_rate, config.msg_fc_zero_init
+            )
             for _ in range(n_temporal if mode == "divided_attention" else 0)
         )
         # CLIP-ViP proxy embeddings (Reconstruction: RTQ's code starts all M proxies as copies of the mean segment
@@ -703,7 +713,9 @@ class RTQVisionEncoder(nn.Module):
                 f"video must be (B, T={cfg.num_frames}, 3, H, W) (vision.num_frames), got {tuple(video.shape)}"
             )
         if video.shape[-1] != cfg.image_size or video.shape[-2] != cfg.image_size:
-            raise ValueError(f"video frames must be {cfg.image_size}x{cfg.image_size} (vision.image_size), got {tuple(video.shape[-2:])}")
+            raise ValueError(
+                f"video frames must be {cfg.image_size}x{cfg.image_size} (vision.image_size), got {tuple(video.shape[-2:])}"
+            )
         b, t = video.shape[:2]
         x = self.embeddings(video.flatten(0, 1))  # (B·T, 1+P, D)
         mode = cfg.temporal_modeling
@@ -762,7 +774,17 @@ class RTQVisionEncoder(nn.Module):
     def _refine(self, x: torch.Tensor, num_videos: int, generator: torch.Generator | None) -> torch.Tensor:
         cfg = self.config
         return refine_segments(
-            x, num_videos, cfg.num_segments, cfg.refine, cfg.tokens_per_segment, cfg.kmedoids_max_iter, generator,
-            cfg.spectral_sigma, cfg.shift_fold_div, cfg.kmedoids_impl, cfg.spectral_graph, cfg.knn_neighbours,
+            x,
+            num_videos,
+            cfg.num_segments,
+            cfg.refine,
+            cfg.tokens_per_segment,
+            cfg.kmedoids_max_iter,
+            generator,
+            cfg.spectral_sigma,
+            cfg.shift_fold_div,
+            cfg.kmedoids_impl,
+            cfg.spectral_graph,
+            cfg.knn_neighbours,
             cfg.spectral_knn_mutual,
         )

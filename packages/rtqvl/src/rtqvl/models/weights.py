@@ -121,8 +121,13 @@ def load_pretrained(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
             loaded[k] = loaded["visual_encoder.embeddings.position_embedding"]
     missing = [k for k in own if k not in loaded]
     model.load_state_dict(loaded, strict=False)
-    log.info("loaded %d tensors from %s; %d missing (new RTQ modules / heads), %d dropped", len(loaded), path,
-             len(missing), len(dropped))
+    log.info(
+        "loaded %d tensors from %s; %d missing (new RTQ modules / heads), %d dropped",
+        len(loaded),
+        path,
+        len(missing),
+        len(dropped),
+    )
     if missing:
         log.info("missing keys: %s", ", ".join(missing[:50]) + (" …" if len(missing) > 50 else ""))
     if dropped:
