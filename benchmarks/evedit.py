@@ -39,19 +39,46 @@ def sd15_sized_components(dtype: torch.dtype) -> EVEComponents:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     unet = UNet2DConditionModel(
-        sample_size=64, cross_attention_dim=768, attention_head_dim=8, layers_per_block=2,
+        sample_size=64,
+        cross_attention_dim=768,
+        attention_head_dim=8,
+        layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280),
         down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
     )
-    vae = AutoencoderKL(block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-                        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2)
-    text = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                        num_attention_heads=12, max_position_embeddings=77, vocab_size=49408))
-    adapter = T2IAdapter(in_channels=3, channels=[320, 640, 1280, 1280], num_res_blocks=2, downscale_factor=8,
-                         adapter_type="full_adapter")
-    sched = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                          set_alpha_to_one=False, steps_offset=1)
+    vae = AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        layers_per_block=2,
+    )
+    text = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_hidden_layers=12,
+            num_attention_heads=12,
+            max_position_embeddings=77,
+            vocab_size=49408,
+        )
+    )
+    adapter = T2IAdapter(
+        in_channels=3,
+        channels=[320, 640, 1280, 1280],
+        num_res_blocks=2,
+        downscale_factor=8,
+        adapter_type="full_adapter",
+    )
+    sched = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
     for m in (unet, vae, text, adapter):
         m.to(dtype).eval().requires_grad_(False)
     return EVEComponents(unet, vae, text, WordTokenizer(49408, 77), adapter, None, sched, "sd15_t2i_adapter_depth")
@@ -81,19 +108,40 @@ def main() -> None:
         "per_frame": TCCConfig(iters=0),
     }
     for case, tcc in cases.items():
-        cfg = EditConfig(num_inference_steps=steps, depth=DepthConfig(), tcc=tcc,
-                         init="noise" if case == "per_frame" else "ddim_inversion",
-                         init_shared_noise=case != "per_frame")
+        cfg = EditConfig(
+            num_inference_steps=steps,
+            depth=DepthConfig(),
+            tcc=tcc,
+            init="noise" if case == "per_frame" else "ddim_inversion",
+            init_shared_noise=case != "per_frame",
+        )
         last: dict = {}
 
         def run(cfg=cfg, last=last) -> None:
-            out = pipe(frames, "a red car driving on a road", "a blue car driving on a road", depth=depth,
-                       config=cfg, generator=torch.Generator().manual_seed(0))
+            out = pipe(
+                frames,
+                "a red car driving on a road",
+                "a blue car driving on a road",
+                depth=depth,
+                config=cfg,
+                generator=torch.Generator().manual_seed(0),
+            )
             last.update(out.timings[0])
 
         rec = measure(run, items_per_call=1, device=device, warmup=warmup, iters=iters)
-        emit({"bench": "evedit", "case": case, "batch": 1, "frames": frames_n, "size": size, "steps": steps, **rec,
-              "update_s": round(last.get("update_s", 0.0), 3), "inversion_s": round(last.get("inversion_s", 0.0), 3)})
+        emit(
+            {
+                "bench": "evedit",
+                "case": case,
+                "batch": 1,
+                "frames": frames_n,
+                "size": size,
+                "steps": steps,
+                **rec,
+                "update_s": round(last.get("update_s", 0.0), 3),
+                "inversion_s": round(last.get("inversion_s", 0.0), 3),
+            }
+        )
 
 
 if __name__ == "__main__":

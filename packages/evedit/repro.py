@@ -92,8 +92,11 @@ def train(pipe: EVEPipeline, steps_unet: int, steps_adapter: int, batch: int, lr
             opt.step()
             losses.append(loss.item())
             if step % 250 == 0:
-                print(f"[{stage}] step {step} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} "
-                      f"({time.time() - t0:.0f}s)", flush=True)
+                print(
+                    f"[{stage}] step {step} loss {sum(losses[-100:]) / len(losses[-100:]):.4f} "
+                    f"({time.time() - t0:.0f}s)",
+                    flush=True,
+                )
         module.eval().requires_grad_(False)
         log[stage] = {"final_loss": sum(losses[-50:]) / max(1, len(losses[-50:])), "seconds": time.time() - t0}
     return log
@@ -118,8 +121,13 @@ def measure(edit: torch.Tensor, mask: torch.Tensor, target: str) -> dict[str, fl
     flick_bg = ((x[1:] - x[:-1]).abs().mean(1)[bg]).mean().item()
     means = torch.stack([x[f][:, mask[f]].mean(1) for f in range(x.shape[0])])  # (F, 3) object mean colour
     flick_obj = (means[1:] - means[:-1]).abs().mean().item()
-    return {"iou": iou, "color_acc": acc, "flicker": 0.5 * (flick_bg + flick_obj), "flicker_bg": flick_bg,
-            "flicker_obj": flick_obj}
+    return {
+        "iou": iou,
+        "color_acc": acc,
+        "flicker": 0.5 * (flick_bg + flick_obj),
+        "flicker_bg": flick_bg,
+        "flicker_obj": flick_obj,
+    }
 
 
 def pixel_latent_rms(n: int = 256, size: int = 32) -> float:
@@ -138,8 +146,14 @@ def variants(steps: int, guidance: float, tcc_step: float = 0.1) -> dict[str, Ed
         depth = DepthConfig(scale=kw.pop("scale", 1.0), estimator_size=SIZE)
         init = kw.pop("init", "ddim_inversion")
         shared = kw.pop("init_shared_noise", True)
-        return EditConfig(num_inference_steps=steps, guidance_scale=guidance, init=init, init_shared_noise=shared,
-                          depth=depth, tcc=TCCConfig(step=tcc_step, **kw))
+        return EditConfig(
+            num_inference_steps=steps,
+            guidance_scale=guidance,
+            init=init,
+            init_shared_noise=shared,
+            depth=depth,
+            tcc=TCCConfig(step=tcc_step, **kw),
+        )
 
     return {
         "full": cfg(),
@@ -158,8 +172,13 @@ def eval_clips(seed: int, n: int, frames: int, split: str = "test") -> list[tupl
     """The n clips (shape, clip) of one evaluation seed: new clips and new editing noise per seed. ``split`` 'val'
     draws from a separate generator stream (offset 7e6), so no validation clip is a test clip of any seed."""
     g = torch.Generator().manual_seed(SPLIT_OFFSET[split] + seed)
-    return [(SHAPES[k % 2], synthetic_clip(frames, SIZE, "red", SHAPES[k % 2],
-                                           seed=int(torch.randint(1 << 30, (1,), generator=g)))) for k in range(n)]
+    return [
+        (
+            SHAPES[k % 2],
+            synthetic_clip(frames, SIZE, "red", SHAPES[k % 2], seed=int(torch.randint(1 << 30, (1,), generator=g))),
+        )
+        for k in range(n)
+    ]
 
 
 def noise_base(seed: int, split: str) -> int:
@@ -168,8 +187,14 @@ def noise_base(seed: int, split: str) -> int:
 
 
 def edit_and_measure(pipe: EVEPipeline, shape: str, clip: dict, ecfg: EditConfig, noise_seed: int) -> dict:
-    out = pipe(clip["frames"], caption("red", shape), caption("blue", shape), depth=clip["depth"], config=ecfg,
-               generator=torch.Generator().manual_seed(noise_seed))
+    out = pipe(
+        clip["frames"],
+        caption("red", shape),
+        caption("blue", shape),
+        depth=clip["depth"],
+        config=ecfg,
+        generator=torch.Generator().manual_seed(noise_seed),
+    )
     m = measure(out.videos[0], clip["mask"], "blue")
     m["seconds"] = out.timings[0]["total_s"]
     return m
@@ -180,8 +205,10 @@ def _mean(rows: list[dict]) -> dict[str, float]:
 
 
 def _fmt(m: dict[str, float]) -> str:
-    return (f"IoU {m['iou']:.3f}  colour {m['color_acc']:.3f}  flicker {m['flicker']:.2f} (bg {m['flicker_bg']:.2f}, "
-            f"obj {m['flicker_obj']:.2f})")
+    return (
+        f"IoU {m['iou']:.3f}  colour {m['color_acc']:.3f}  flicker {m['flicker']:.2f} (bg {m['flicker_bg']:.2f}, "
+        f"obj {m['flicker_obj']:.2f})"
+    )
 
 
 def diagnose(pipe: EVEPipeline, a: argparse.Namespace, z0_rms: float) -> None:
@@ -213,8 +240,12 @@ def _diagnose_probe(pipe: EVEPipeline, a: argparse.Namespace) -> None:
     for _, clip in clips:
         z0 = (clip["frames"].float() / 127.5 - 1.0) * pipe.pixel_scale
         edit = torch.where(clip["mask"][:, None], blue, z0)  # the requested edit done perfectly
-        for name, x, ref in (("perfect edit, temporal_ref source", edit, z0), ("no edit, temporal_ref source", z0, z0),
-                             ("perfect edit, temporal_ref none", edit, None), ("no edit, temporal_ref none", z0, None)):
+        for name, x, ref in (
+            ("perfect edit, temporal_ref source", edit, z0),
+            ("no edit, temporal_ref source", z0, z0),
+            ("perfect edit, temporal_ref none", edit, None),
+            ("no edit, temporal_ref none", z0, None),
+        ):
             sums[name] = sums.get(name, 0.0) + temporal_loss(x, ref).item() / len(clips)
     print(f"(4) L_tmp of hand-made edits, mean over {len(clips)} validation clips (seed {a.seeds[0]})")
     for name, v in sums.items():
@@ -234,23 +265,36 @@ def _diagnose_x0(pipe: EVEPipeline, z0_rms: float) -> None:
             noise = torch.randn(x0.shape, generator=g).to(dev)
             eps = pipe.denoise(pipe.scheduler.add_noise(x0, noise, tt), tt, emb, None)
             a_t = float(pipe.scheduler.alphas_cumprod[t])
-            err = ((1 - a_t) ** 0.5 / a_t ** 0.5 * (eps - noise)).pow(2).mean().sqrt()
+            err = ((1 - a_t) ** 0.5 / a_t**0.5 * (eps - noise)).pow(2).mean().sqrt()
             print(f"  t={t:4d}  ε-MSE {(eps - noise).pow(2).mean():.4f}  x̂_0 error rms {err:.3f}")
 
 
 def _diagnose_colour(pipe: EVEPipeline, a: argparse.Namespace) -> None:
-    print("(1) from pure noise (init noise, independent per frame), colour word followed? share of saturated pixels "
-          "nearest to the prompted colour; saturated share of the frame (a source frame: ~0.12)")
+    print(
+        "(1) from pure noise (init noise, independent per frame), colour word followed? share of saturated pixels "
+        "nearest to the prompted colour; saturated share of the frame (a source frame: ~0.12)"
+    )
     for scale in (0.0, 1.0):
         for color in COLORS:
             shares, sat_frac = [], []
             for shape in SHAPES:
                 clip = synthetic_clip(a.frames, SIZE, "red", shape, seed=7000)
-                ecfg = EditConfig(num_inference_steps=a.steps, guidance_scale=a.guidance, init="noise",
-                                  init_shared_noise=False, depth=DepthConfig(scale=scale, estimator_size=SIZE),
-                                  tcc=TCCConfig(iters=0))
-                out = pipe(clip["frames"], caption("red", shape), caption(color, shape), depth=clip["depth"],
-                           config=ecfg, generator=torch.Generator().manual_seed(3))
+                ecfg = EditConfig(
+                    num_inference_steps=a.steps,
+                    guidance_scale=a.guidance,
+                    init="noise",
+                    init_shared_noise=False,
+                    depth=DepthConfig(scale=scale, estimator_size=SIZE),
+                    tcc=TCCConfig(iters=0),
+                )
+                out = pipe(
+                    clip["frames"],
+                    caption("red", shape),
+                    caption(color, shape),
+                    depth=clip["depth"],
+                    config=ecfg,
+                    generator=torch.Generator().manual_seed(3),
+                )
                 x = out.videos[0].float()
                 sat = (x.amax(1) - x.amin(1)) > 60
                 nearest = ((x.permute(0, 2, 3, 1)[..., None, :] - PALETTE) ** 2).sum(-1).argmin(-1)
@@ -260,8 +304,10 @@ def _diagnose_colour(pipe: EVEPipeline, a: argparse.Namespace) -> None:
                 if color == "blue":
                     m = measure(out.videos[0], clip["mask"], "blue")
                     print(f"    depth {scale:.0f} {shape}: layout IoU with the depth's mask {m['iou']:.3f}")
-            print(f"  depth scale {scale:.0f}  prompt {color:7s} share {sum(shares) / len(shares):.3f}  saturated "
-                  f"{sum(sat_frac) / len(sat_frac):.2f}")
+            print(
+                f"  depth scale {scale:.0f}  prompt {color:7s} share {sum(shares) / len(shares):.3f}  saturated "
+                f"{sum(sat_frac) / len(sat_frac):.2f}"
+            )
 
 
 def _diagnose_update(pipe: EVEPipeline, a: argparse.Namespace, z0_rms: float) -> None:
@@ -273,9 +319,11 @@ def _diagnose_update(pipe: EVEPipeline, a: argparse.Namespace, z0_rms: float) ->
         frozen = dataclasses.replace(config, tcc=dataclasses.replace(config.tcc, step=0.0))
         _, after = original(z_new, t, emb_c, emb_u, cond, ref, frozen)
         a_t, _ = pipe.alphas(t)
-        print(f"    t={int(t):4d}  L {terms['loss']:.4f} -> {after['loss']:.4f}  (tmp {terms['tmp']:.4f} -> "
-              f"{after['tmp']:.4f}, agr {terms['agr']:.4f} -> {after['agr']:.4f})  rms(ΔẐ) "
-              f"{(z_new - z).pow(2).mean().sqrt():.3f}  signal {float(a_t) ** 0.5 * z0_rms * pipe.pixel_scale:.3f}")
+        print(
+            f"    t={int(t):4d}  L {terms['loss']:.4f} -> {after['loss']:.4f}  (tmp {terms['tmp']:.4f} -> "
+            f"{after['tmp']:.4f}, agr {terms['agr']:.4f} -> {after['agr']:.4f})  rms(ΔẐ) "
+            f"{(z_new - z).pow(2).mean().sqrt():.3f}  signal {float(a_t) ** 0.5 * z0_rms * pipe.pixel_scale:.3f}"
+        )
         return z_new, terms
 
     pipe.update_latents = traced
@@ -289,29 +337,52 @@ def _diagnose_update(pipe: EVEPipeline, a: argparse.Namespace, z0_rms: float) ->
 
 def _diagnose_ablation(pipe: EVEPipeline, a: argparse.Namespace) -> None:
     clips = eval_clips(a.seeds[0], a.clips, a.frames, a.eval_split)
-    print(f"(3) {len(clips)} validation clips ({a.eval_split} stream, seed {a.seeds[0]}), mean; the gate variants "
-          "then update settings")
+    print(
+        f"(3) {len(clips)} validation clips ({a.eval_split} stream, seed {a.seeds[0]}), mean; the gate variants "
+        "then update settings"
+    )
     table = dict(variants(a.steps, a.guidance, a.tcc_step))
     base = table["full"]
-    for label, tcc in (("temporal_ref none", {"temporal_ref": "none"}),
-                       ("temporal_ref inversion", {"temporal_ref": "inversion"}),
-                       ("update_until 0.25", {"update_until": 0.25}),
-                       ("agree_target depth", {"agree_target": "depth"})):
+    for label, tcc in (
+        ("temporal_ref none", {"temporal_ref": "none"}),
+        ("temporal_ref inversion", {"temporal_ref": "inversion"}),
+        ("update_until 0.25", {"update_until": 0.25}),
+        ("agree_target depth", {"agree_target": "depth"}),
+    ):
         table[f"full, {label}"] = dataclasses.replace(base, tcc=dataclasses.replace(base.tcc, **tcc))
     for factor in a.diagnose_step_factors:
         table[f"full, step ×{factor:g}"] = dataclasses.replace(
-            base, tcc=dataclasses.replace(base.tcc, step=a.tcc_step * factor))
+            base, tcc=dataclasses.replace(base.tcc, step=a.tcc_step * factor)
+        )
     for name, ecfg in table.items():
-        rows = [edit_and_measure(pipe, shape, clip, ecfg, noise_base(a.seeds[0], a.eval_split) + k)
-                for k, (shape, clip) in enumerate(clips)]
+        rows = [
+            edit_and_measure(pipe, shape, clip, ecfg, noise_base(a.seeds[0], a.eval_split) + k)
+            for k, (shape, clip) in enumerate(clips)
+        ]
         print(f"  {name:28s} {_fmt(_mean(rows))}", flush=True)
 
 
 PRESETS = {
-    "spec": {"clips": 20, "frames": 8, "size": 32, "steps": 20, "train_steps": 1500, "adapter_steps": 1000, "batch": 32,
-             "channels": [32, 64]},  # spec §8c (§8a widths)
-    "cpu": {"clips": 3, "frames": 6, "size": 16, "steps": 10, "train_steps": 1500, "adapter_steps": 200, "batch": 16,
-            "channels": [16, 32]},  # reduced for a shared CPU
+    "spec": {
+        "clips": 20,
+        "frames": 8,
+        "size": 32,
+        "steps": 20,
+        "train_steps": 1500,
+        "adapter_steps": 1000,
+        "batch": 32,
+        "channels": [32, 64],
+    },  # spec §8c (§8a widths)
+    "cpu": {
+        "clips": 3,
+        "frames": 6,
+        "size": 16,
+        "steps": 10,
+        "train_steps": 1500,
+        "adapter_steps": 200,
+        "batch": 16,
+        "channels": [16, 32],
+    },  # reduced for a shared CPU
 }
 
 
@@ -319,15 +390,28 @@ def main() -> int:
     global SIZE
     p = argparse.ArgumentParser()
     p.add_argument("--quick", action="store_true", help="a smoke run (few steps, few clips); no gate, nothing written")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
-                   help="evaluation seeds (gate: 0 1 2; fresh confirmation: 100-102, 300-305; diagnostics: 50)")
-    p.add_argument("--eval-split", choices=["test", "val"], default="test",
-                   help="'val' = validation clips (their own generator stream, never a test clip): the ablation "
-                        "is printed and written to --out (default repro_results_val.json); the gate is not asserted")
-    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu",
-                   help="sizes: 'spec' = spec §8c (32², batch 32, widths 32/64, 1.5k + 1k steps, 20 clips of 8 frames, "
-                        "T = 20; a GPU run), 'cpu' = the CPU miniature (16², batch 16, widths 16/32, 1.5k + 200 steps, "
-                        "3 clips of 6 frames, T = 10). Each flag below overrides its preset value")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="evaluation seeds (gate: 0 1 2; fresh confirmation: 100-102, 300-305; diagnostics: 50)",
+    )
+    p.add_argument(
+        "--eval-split",
+        choices=["test", "val"],
+        default="test",
+        help="'val' = validation clips (their own generator stream, never a test clip): the ablation "
+        "is printed and written to --out (default repro_results_val.json); the gate is not asserted",
+    )
+    p.add_argument(
+        "--preset",
+        choices=sorted(PRESETS),
+        default="cpu",
+        help="sizes: 'spec' = spec §8c (32², batch 32, widths 32/64, 1.5k + 1k steps, 20 clips of 8 frames, "
+        "T = 20; a GPU run), 'cpu' = the CPU miniature (16², batch 16, widths 16/32, 1.5k + 200 steps, "
+        "3 clips of 6 frames, T = 10). Each flag below overrides its preset value",
+    )
     p.add_argument("--clips", type=int, help="clips per seed (spec §8c: 20)")
     p.add_argument("--frames", type=int, help="frames per clip (spec §8c: 8)")
     p.add_argument("--size", type=int, help="frame side (spec §8c: 32)")
@@ -340,22 +424,49 @@ def main() -> int:
     p.add_argument("--channels", type=int, nargs="+", help="UNet/adapter widths (spec §8a: 32 64)")
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--out", type=Path, default=None,
-                   help="where the results JSON goes (default repro_results.json; repro_results_val.json for val)")
-    p.add_argument("--cache", type=Path, default=None,
-                   help="file for the trained UNet/adapter/text encoder: loaded when it exists, else written")
-    p.add_argument("--diagnose", action="store_true",
-                   help="print the diagnostics (validation clips of --seeds) instead of the ablation")
+    p.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="where the results JSON goes (default repro_results.json; repro_results_val.json for val)",
+    )
+    p.add_argument(
+        "--cache",
+        type=Path,
+        default=None,
+        help="file for the trained UNet/adapter/text encoder: loaded when it exists, else written",
+    )
+    p.add_argument(
+        "--diagnose",
+        action="store_true",
+        help="print the diagnostics (validation clips of --seeds) instead of the ablation",
+    )
     p.add_argument("--diagnose-parts", default="0123", help="which diagnostics (0-4, see diagnose()) to print")
-    p.add_argument("--diagnose-step-factors", type=float, nargs="+", default=[0.25],
-                   help="diagnostic (3): rows 'full' with tcc.step multiplied by each factor")
-    p.add_argument("--pixel-scale", type=float, default=None,
-                   help="the identity VAE's scaling factor (model.tiny_pixel_scale). Default 1 / rms(x) of training "
-                        "frames (≈ 4.4), so Z_0 has unit rms like SD's latents; 1 = raw pixels (the old miniature)")
-    p.add_argument("--clip-sample", action="store_true",
-                   help="the sampler clips x̂_0 to the data range ±pixel scale (model.tiny_clip_sample)")
-    p.add_argument("--tcc-step", type=float, default=0.1,
-                   help="update step s (edit.tcc.step); the spec's 0.1 is meant for unit-rms latents")
+    p.add_argument(
+        "--diagnose-step-factors",
+        type=float,
+        nargs="+",
+        default=[0.25],
+        help="diagnostic (3): rows 'full' with tcc.step multiplied by each factor",
+    )
+    p.add_argument(
+        "--pixel-scale",
+        type=float,
+        default=None,
+        help="the identity VAE's scaling factor (model.tiny_pixel_scale). Default 1 / rms(x) of training "
+        "frames (≈ 4.4), so Z_0 has unit rms like SD's latents; 1 = raw pixels (the old miniature)",
+    )
+    p.add_argument(
+        "--clip-sample",
+        action="store_true",
+        help="the sampler clips x̂_0 to the data range ±pixel scale (model.tiny_clip_sample)",
+    )
+    p.add_argument(
+        "--tcc-step",
+        type=float,
+        default=0.1,
+        help="update step s (edit.tcc.step); the spec's 0.1 is meant for unit-rms latents",
+    )
     a = p.parse_args()
     for key, value in PRESETS[a.preset].items():
         if getattr(a, key) is None:
@@ -369,11 +480,20 @@ def main() -> int:
     z0_rms = pixel_latent_rms(size=a.size)
     if a.pixel_scale is None:
         a.pixel_scale = 1.0 / z0_rms
-    print(f"rms(x) of training frames {z0_rms:.4f}; pixel scale {a.pixel_scale:.4f}; tcc.step {a.tcc_step:.4f}",
-          flush=True)
+    print(
+        f"rms(x) of training frames {z0_rms:.4f}; pixel scale {a.pixel_scale:.4f}; tcc.step {a.tcc_step:.4f}",
+        flush=True,
+    )
     t_start = time.time()
-    cfg = ModelConfig(backbone="tiny", depth_model="precomputed", tiny_pixel_space=True, tiny_channels=a.channels,
-                      tiny_max_length=12, tiny_pixel_scale=a.pixel_scale, tiny_clip_sample=a.clip_sample)
+    cfg = ModelConfig(
+        backbone="tiny",
+        depth_model="precomputed",
+        tiny_pixel_space=True,
+        tiny_channels=a.channels,
+        tiny_max_length=12,
+        tiny_pixel_scale=a.pixel_scale,
+        tiny_clip_sample=a.clip_sample,
+    )
     pipe = EVEPipeline.from_components(build_components(cfg)).to(a.device)
     pipe.set_progress_bar_config(disable=True)
     modules = {"unet": pipe.unet, "adapter": pipe.depth_encoder, "text": pipe.text_encoder}
@@ -412,15 +532,31 @@ def main() -> int:
         "flicker(full) < flicker(w/o update)": full["flicker"]["mean"] < noupd["flicker"]["mean"],
         "flicker(full) < flicker(per-frame)": full["flicker"]["mean"] < perframe["flicker"]["mean"],
     }
-    report = {"command": " ".join(["python packages/evedit/repro.py", *sys.argv[1:]]), "args": vars(a),
-              "x_rms": z0_rms, "device": str(a.device), "training": train_log, "results": table, "gate": gate,
-              "passed": all(gate.values()), "eval_split": a.eval_split, "seconds": time.time() - t_start}
-    print(f"{'variant':12s} {'IoU':>14s} {'colour acc':>14s} {'flicker':>14s} {'flicker bg':>14s} {'flicker obj':>14s}"
-          f" {'s/clip':>8s}")
+    report = {
+        "command": " ".join(["python packages/evedit/repro.py", *sys.argv[1:]]),
+        "args": vars(a),
+        "x_rms": z0_rms,
+        "device": str(a.device),
+        "training": train_log,
+        "results": table,
+        "gate": gate,
+        "passed": all(gate.values()),
+        "eval_split": a.eval_split,
+        "seconds": time.time() - t_start,
+    }
+    print(
+        f"{'variant':12s} {'IoU':>14s} {'colour acc':>14s} {'flicker':>14s} {'flicker bg':>14s} {'flicker obj':>14s}"
+        f" {'s/clip':>8s}"
+    )
     for name, row in table.items():
-        print(f"{name:12s} " + " ".join(f"{row[k]['mean']:7.3f}±{row[k]['std']:.3f}" for k in
-                                         ("iou", "color_acc", "flicker", "flicker_bg", "flicker_obj"))
-              + f" {row['seconds']['mean']:8.2f}")
+        print(
+            f"{name:12s} "
+            + " ".join(
+                f"{row[k]['mean']:7.3f}±{row[k]['std']:.3f}"
+                for k in ("iou", "color_acc", "flicker", "flicker_bg", "flicker_obj")
+            )
+            + f" {row['seconds']['mean']:8.2f}"
+        )
     print(json.dumps(gate, indent=1))
     if a.quick:
         return 0

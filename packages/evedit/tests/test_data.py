@@ -59,7 +59,9 @@ def test_zve_videos_and_frames_layouts(tmp_path):
     ds = ZVEDataset(root, num_frames=5, size=32, use_depth_files=True)
     assert len(ds) == 4
     item = ds[1]
-    assert item["frames"].shape == (5, 3, 32, 32) and item["edit_type"] == "style" and item["depth"].shape == (5, 32, 32)
+    assert (
+        item["frames"].shape == (5, 3, 32, 32) and item["edit_type"] == "style" and item["depth"].shape == (5, 32, 32)
+    )
     root_f = make_zve(tmp_path / "b", n_videos=1, frames=3, size=32, as_frames=True)
     assert ZVEDataset(root_f, num_frames=3, size=16)[0]["frames"].shape == (3, 3, 16, 16)
     ann = json.loads((root / "ZVE-50" / "annotations.json").read_text())
@@ -72,10 +74,14 @@ def test_zve_videos_and_frames_layouts(tmp_path):
 def test_video_folder_and_corrupt_clips(tmp_path, caplog):
     write_video(tmp_path / "good.mp4", synthetic_clip(4, 32)["frames"])
     (tmp_path / "bad.mp4").write_bytes(b"not a video")
-    (tmp_path / "prompts.json").write_text(json.dumps({
-        "good.mp4": {"source": "a red circle", "targets": ["a blue circle"]},
-        "bad.mp4": {"source": "x", "targets": ["y"]},
-    }))
+    (tmp_path / "prompts.json").write_text(
+        json.dumps(
+            {
+                "good.mp4": {"source": "a red circle", "targets": ["a blue circle"]},
+                "bad.mp4": {"source": "x", "targets": ["y"]},
+            }
+        )
+    )
     ds = VideoFolderDataset(tmp_path, num_frames=4, size=32, on_corrupt="skip")
     assert ds[0]["frames"].shape == (4, 3, 32, 32) and ds[0]["depth"].numel() == 0
     with caplog.at_level(logging.WARNING):
@@ -91,8 +97,16 @@ def test_video_folder_and_corrupt_clips(tmp_path, caplog):
 
 
 def test_datamodule_generates_demo_data(tmp_path):
-    dm = EVEDataModule("zve", str(tmp_path / "d"), num_frames=4, size=32, generate_demo_data=True, demo_videos=1,
-                       demo_frames=4, max_items=1)
+    dm = EVEDataModule(
+        "zve",
+        str(tmp_path / "d"),
+        num_frames=4,
+        size=32,
+        generate_demo_data=True,
+        demo_videos=1,
+        demo_frames=4,
+        max_items=1,
+    )
     dm.prepare_data()
     dm.setup("test")
     batch = next(iter(dm.test_dataloader()))

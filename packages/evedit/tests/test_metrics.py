@@ -39,8 +39,9 @@ def test_frame_accuracy_and_pick_score_constructed():
     img = torch.tensor([[1.0, 0.1], [0.2, 1.0], [1.0, 0.0], [0.0, 1.0]])
     assert frame_accuracy(img, tgt, src).item() == pytest.approx(0.5)
     s = torch.tensor(2.0)
-    assert pick_score(img[:1], tgt, s).item() == pytest.approx(torch.exp(s).item() * F.cosine_similarity(
-        img[0], tgt, dim=0).item(), rel=1e-5)
+    assert pick_score(img[:1], tgt, s).item() == pytest.approx(
+        torch.exp(s).item() * F.cosine_similarity(img[0], tgt, dim=0).item(), rel=1e-5
+    )
 
 
 def test_depth_error_normalises_per_clip():

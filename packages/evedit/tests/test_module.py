@@ -13,8 +13,19 @@ def run_root(tmp_path_factory):
 
 
 def _args(root, *extra):
-    return ["--config", "tiny", "--data.data_root", str(root / "data"), "--trainer.default_root_dir", str(root),
-            "--trainer.logger", "false", "--model.output_dir", str(root / "edits"), *extra]
+    return [
+        "--config",
+        "tiny",
+        "--data.data_root",
+        str(root / "data"),
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger",
+        "false",
+        "--model.output_dir",
+        str(root / "edits"),
+        *extra,
+    ]
 
 
 def test_predict_writes_edits_then_test_scores_them(run_root):
@@ -28,8 +39,15 @@ def test_predict_writes_edits_then_test_scores_them(run_root):
     assert (edits / "edits_rank0.csv").read_text().count("\n") == 3  # header + 2 edits
     cli = main(args=["test", *_args(run_root)])  # re-uses the edits written by predict
     m = cli.trainer.callback_metrics
-    for key in ("test/clip_text", "test/clip_frame", "test/clip_frame_consec", "test/frame_acc", "test/depth_err",
-                "test/time_s", "test/update_s"):
+    for key in (
+        "test/clip_text",
+        "test/clip_frame",
+        "test/clip_frame_consec",
+        "test/frame_acc",
+        "test/depth_err",
+        "test/time_s",
+        "test/update_s",
+    ):
         assert key in m and math.isfinite(float(m[key])), key
     assert -1.0 <= float(m["test/clip_frame"]) <= 1.0
     assert "clip_text" in (edits / "metrics_test_rank0.csv").read_text()
@@ -67,9 +85,26 @@ def test_edit_command_on_one_video(tmp_path):
     from evedit.data import synthetic_clip
 
     write_video(tmp_path / "clip.mp4", synthetic_clip(4, 32)["frames"], fps=8.0)
-    out = main(args=["edit", str(tmp_path / "clip.mp4"), "--source", "a red circle", "--prompt", "a blue circle",
-                     "--config", "tiny", "--num-frames", "4", "--size", "32", "--device", "cpu",
-                     "--out", str(tmp_path / "out")])
+    out = main(
+        args=[
+            "edit",
+            str(tmp_path / "clip.mp4"),
+            "--source",
+            "a red circle",
+            "--prompt",
+            "a blue circle",
+            "--config",
+            "tiny",
+            "--num-frames",
+            "4",
+            "--size",
+            "32",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "out"),
+        ]
+    )
     assert out.videos[0].shape == (4, 3, 32, 32)
     assert (tmp_path / "out" / "strips" / "clip_prompt0.png").is_file()
     assert len(list((tmp_path / "out" / "edit" / "clip" / "prompt0").glob("*.jpg"))) == 4

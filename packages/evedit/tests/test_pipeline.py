@@ -171,8 +171,9 @@ def test_inversion_then_denoising_reconstructs_source():
 
 def test_pixel_scale_is_the_identity_vae_scaling_factor():
     """`vae: identity` with a scaling factor (SD's 0.18215 role): Z_0 = scale·x, decoding divides it back out."""
-    cfg = ModelConfig(backbone="tiny", depth_model="precomputed", tiny_pixel_space=True, tiny_channels=[8, 16],
-                      tiny_pixel_scale=4.0)
+    cfg = ModelConfig(
+        backbone="tiny", depth_model="precomputed", tiny_pixel_space=True, tiny_channels=[8, 16], tiny_pixel_scale=4.0
+    )
     pipe = EVEPipeline.from_components(build_components(cfg))
     frames = _frames()
     z0 = pipe.encode_frames(frames, EditConfig())
@@ -189,10 +190,13 @@ def test_edit_runs_end_to_end_with_every_init_and_temporal_reference(tiny_pipe):
     assert out.depth.shape == (F_, S, S) and 0.0 <= out.depth.min() and out.depth.max() <= 1.0
     assert {"depth_s", "inversion_s", "denoise_s", "update_s", "decode_s", "total_s"} <= set(out.timings[0])
     assert len(out.losses[0]) == 2  # update on the first half of 4 steps, 1 iteration
-    for cfg in (EditConfig(num_inference_steps=2, init="sdedit", strength=0.5),
-                EditConfig(num_inference_steps=2, init="noise", init_shared_noise=False, tcc=TCCConfig(iters=0)),
-                EditConfig(num_inference_steps=2, tcc=TCCConfig(temporal_ref="inversion", latent_smooth=0.5,
-                                                                attention="sparse_causal"))):
+    for cfg in (
+        EditConfig(num_inference_steps=2, init="sdedit", strength=0.5),
+        EditConfig(num_inference_steps=2, init="noise", init_shared_noise=False, tcc=TCCConfig(iters=0)),
+        EditConfig(
+            num_inference_steps=2, tcc=TCCConfig(temporal_ref="inversion", latent_smooth=0.5, attention="sparse_causal")
+        ),
+    ):
         cfg.depth.estimator_size = 32
         out = tiny_pipe(frames, "a red circle", "a blue circle", config=cfg, generator=torch.Generator().manual_seed(0))
         assert out.videos[0].shape == frames.shape
@@ -252,21 +256,42 @@ def test_without_update_per_frame_noise_equals_diffusers_adapter_pipeline(tiny_p
 
     frames = _frames(seed=2)
     raw = torch.rand(F_, S, S, generator=torch.Generator().manual_seed(3))
-    cfg = EditConfig(num_inference_steps=3, init="noise", init_shared_noise=False, tcc=TCCConfig(iters=0),
-                     depth=DepthConfig(norm="frame"))
-    ours = tiny_pipe(frames, "a red circle", "a blue circle", depth=raw, config=cfg,
-                     generator=torch.Generator().manual_seed(0)).videos[0]
+    cfg = EditConfig(
+        num_inference_steps=3,
+        init="noise",
+        init_shared_noise=False,
+        tcc=TCCConfig(iters=0),
+        depth=DepthConfig(norm="frame"),
+    )
+    ours = tiny_pipe(
+        frames, "a red circle", "a blue circle", depth=raw, config=cfg, generator=torch.Generator().manual_seed(0)
+    ).videos[0]
     ref_pipe = StableDiffusionAdapterPipeline(
-        vae=tiny_pipe.vae, text_encoder=tiny_pipe.text_encoder, tokenizer=tiny_pipe.tokenizer, unet=tiny_pipe.unet,
-        adapter=tiny_pipe.depth_encoder, scheduler=tiny_pipe.scheduler, safety_checker=None, feature_extractor=None,
-        requires_safety_checker=False)
+        vae=tiny_pipe.vae,
+        text_encoder=tiny_pipe.text_encoder,
+        tokenizer=tiny_pipe.tokenizer,
+        unet=tiny_pipe.unet,
+        adapter=tiny_pipe.depth_encoder,
+        scheduler=tiny_pipe.scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     ref_pipe.set_progress_bar_config(disable=True)
     depth01 = tiny_pipe.prepare_depth(frames, raw, cfg)[:, None].expand(-1, 3, -1, -1)
     emb_c, emb_u = tiny_pipe.encode_prompt(["a blue circle", ""]).chunk(2)
     latents = randn_tensor((F_, 4, S // 2, S // 2), generator=torch.Generator().manual_seed(0))
-    ref = ref_pipe(image=depth01, prompt_embeds=emb_c.expand(F_, -1, -1), negative_prompt_embeds=emb_u.expand(F_, -1, -1),
-                   height=S, width=S, num_inference_steps=3, guidance_scale=cfg.guidance_scale, latents=latents,
-                   output_type="pt").images
+    ref = ref_pipe(
+        image=depth01,
+        prompt_embeds=emb_c.expand(F_, -1, -1),
+        negative_prompt_embeds=emb_u.expand(F_, -1, -1),
+        height=S,
+        width=S,
+        num_inference_steps=3,
+        guidance_scale=cfg.guidance_scale,
+        latents=latents,
+        output_type="pt",
+    ).images
     ref = torch.as_tensor(ref)
     ref = ref.permute(0, 3, 1, 2) if ref.shape[-1] == 3 else ref  # (F, 3, S, S) in [0, 1]
     assert (ours.float() - ref * 255).abs().max().item() <= 1.0

@@ -78,8 +78,15 @@ def _prepare_depth(depth: torch.Tensor, size: int) -> torch.Tensor:
 class _ClipDataset(Dataset):
     """Shared reading of one clip (video file or frame folder) plus optional precomputed depth."""
 
-    def __init__(self, num_frames: int, size: int, frames_mode: FramesMode, frame_stride: int, on_corrupt: OnCorrupt,
-                 use_depth_files: bool):
+    def __init__(
+        self,
+        num_frames: int,
+        size: int,
+        frames_mode: FramesMode,
+        frame_stride: int,
+        on_corrupt: OnCorrupt,
+        use_depth_files: bool,
+    ):
         if num_frames < 1 or size < 1:
             raise ValueError(f"num_frames={num_frames} and size={size} must be >= 1")
         self.num_frames = num_frames
@@ -116,8 +123,10 @@ class _ClipDataset(Dataset):
         files = [depth_dir / f"{i:05d}.npy" for i in idx]
         missing = [f for f in files if not f.is_file()]
         if missing:
-            raise FileNotFoundError(f"missing depth map {missing[0]} (data.use_depth_files=true expects "
-                                    f"<depth dir>/%05d.npy per frame); {_HELP}")
+            raise FileNotFoundError(
+                f"missing depth map {missing[0]} (data.use_depth_files=true expects "
+                f"<depth dir>/%05d.npy per frame); {_HELP}"
+            )
         return _prepare_depth(torch.stack([torch.from_numpy(np.load(f)).float() for f in files]), self.size)
 
     def __getitem__(self, i: int) -> dict | None:
@@ -158,16 +167,27 @@ class LOVEUDataset(_ClipDataset):
         edits: which edit columns to use (``style``, ``object``, ``background``, ``multiple``).
     """
 
-    def __init__(self, data_root: str | Path, split: str = "all", edits: list[str] | None = None,
-                 num_frames: int = 8, size: int = 512, frames_mode: FramesMode = "uniform", frame_stride: int = 1,
-                 source: Literal["videos", "frames"] = "videos", on_corrupt: OnCorrupt = "raise",
-                 use_depth_files: bool = False):
+    def __init__(
+        self,
+        data_root: str | Path,
+        split: str = "all",
+        edits: list[str] | None = None,
+        num_frames: int = 8,
+        size: int = 512,
+        frames_mode: FramesMode = "uniform",
+        frame_stride: int = 1,
+        source: Literal["videos", "frames"] = "videos",
+        on_corrupt: OnCorrupt = "raise",
+        use_depth_files: bool = False,
+    ):
         super().__init__(num_frames, size, frames_mode, frame_stride, on_corrupt, use_depth_files)
         root = Path(data_root) / "loveu-tgve-2023"
         csv_path = root / "LOVEU-TGVE-2023_Dataset.csv"
         if not csv_path.is_file():
-            raise FileNotFoundError(f"data.data_root={str(data_root)!r}: missing {csv_path} (the official "
-                                    f"LOVEU-TGVE-2023 annotations); {_HELP}")
+            raise FileNotFoundError(
+                f"data.data_root={str(data_root)!r}: missing {csv_path} (the official "
+                f"LOVEU-TGVE-2023 annotations); {_HELP}"
+            )
         if split != "all" and split not in LOVEU_GROUPS:
             raise ValueError(f"data.split={split!r}: expected 'all' or one of {LOVEU_GROUPS}")
         edits = list(edits or LOVEU_COLUMNS)
@@ -199,29 +219,46 @@ class LOVEUDataset(_ClipDataset):
             if not path.exists():
                 raise FileNotFoundError(f"LOVEU-TGVE: missing {path} for video {name!r}; {_HELP}")
             for e in edits:
-                self.items.append({
-                    "video": video if source == "videos" else None, "frame_dir": frame_dir if source == "frames"
-                    else None, "depth_dir": root / group / "depth" / name, "source_prompt": row["Our GT caption"],
-                    "target_prompt": row[LOVEU_COLUMNS[e]], "video_id": name, "edit_type": e, "group": group,
-                })
+                self.items.append(
+                    {
+                        "video": video if source == "videos" else None,
+                        "frame_dir": frame_dir if source == "frames" else None,
+                        "depth_dir": root / group / "depth" / name,
+                        "source_prompt": row["Our GT caption"],
+                        "target_prompt": row[LOVEU_COLUMNS[e]],
+                        "video_id": name,
+                        "edit_type": e,
+                        "group": group,
+                    }
+                )
 
 
 class ZVEDataset(_ClipDataset):
     """ZVE-50 in the layout this package defines (spec §4.1; the official files were never released)::
 
-        <data_root>/ZVE-50/annotations.json   [{"video_id", "source_prompt", "edits": [{"type", "prompt"}], "fps"?}]
-        <data_root>/ZVE-50/videos/<video_id>.mp4   or   <data_root>/ZVE-50/frames/<video_id>/00000.jpg ...
-        <data_root>/ZVE-50/depth/<video_id>/%05d.npy   (optional precomputed MiDaS maps)
+    <data_root>/ZVE-50/annotations.json   [{"video_id", "source_prompt", "edits": [{"type", "prompt"}], "fps"?}]
+    <data_root>/ZVE-50/videos/<video_id>.mp4   or   <data_root>/ZVE-50/frames/<video_id>/00000.jpg ...
+    <data_root>/ZVE-50/depth/<video_id>/%05d.npy   (optional precomputed MiDaS maps)
     """
 
-    def __init__(self, data_root: str | Path, num_frames: int = 8, size: int = 512, frames_mode: FramesMode = "uniform",
-                 frame_stride: int = 1, on_corrupt: OnCorrupt = "raise", use_depth_files: bool = False):
+    def __init__(
+        self,
+        data_root: str | Path,
+        num_frames: int = 8,
+        size: int = 512,
+        frames_mode: FramesMode = "uniform",
+        frame_stride: int = 1,
+        on_corrupt: OnCorrupt = "raise",
+        use_depth_files: bool = False,
+    ):
         super().__init__(num_frames, size, frames_mode, frame_stride, on_corrupt, use_depth_files)
         root = Path(data_root) / "ZVE-50"
         ann_path = root / "annotations.json"
         if not ann_path.is_file():
-            raise FileNotFoundError(f"data.data_root={str(data_root)!r}: missing {ann_path} (ZVE-50 annotations in "
-                                    f"the package layout); {_HELP}")
+            raise FileNotFoundError(
+                f"data.data_root={str(data_root)!r}: missing {ann_path} (ZVE-50 annotations in "
+                f"the package layout); {_HELP}"
+            )
         entries = json.loads(ann_path.read_text())
         for k, e in enumerate(entries):
             for key in ("video_id", "source_prompt", "edits"):
@@ -234,38 +271,61 @@ class ZVEDataset(_ClipDataset):
             for edit in e["edits"]:
                 if "prompt" not in edit:
                     raise KeyError(f"{ann_path}: an edit of {vid!r} lacks key 'prompt'; {_HELP}")
-                self.items.append({
-                    "video": video if video.is_file() else None, "frame_dir": None if video.is_file() else frame_dir,
-                    "depth_dir": root / "depth" / vid, "source_prompt": e["source_prompt"],
-                    "target_prompt": edit["prompt"], "video_id": vid, "edit_type": edit.get("type", "object"),
-                    "group": "ZVE-50",
-                })
+                self.items.append(
+                    {
+                        "video": video if video.is_file() else None,
+                        "frame_dir": None if video.is_file() else frame_dir,
+                        "depth_dir": root / "depth" / vid,
+                        "source_prompt": e["source_prompt"],
+                        "target_prompt": edit["prompt"],
+                        "video_id": vid,
+                        "edit_type": edit.get("type", "object"),
+                        "group": "ZVE-50",
+                    }
+                )
 
 
 class VideoFolderDataset(_ClipDataset):
     """Any folder of videos with a prompts file::
 
-        <data_root>/prompts.json   {"<file>.mp4": {"source": str, "targets": [str, ...]}, ...}
-        <data_root>/<file>.mp4     <data_root>/depth/<file stem>/%05d.npy (optional)
+    <data_root>/prompts.json   {"<file>.mp4": {"source": str, "targets": [str, ...]}, ...}
+    <data_root>/<file>.mp4     <data_root>/depth/<file stem>/%05d.npy (optional)
     """
 
-    def __init__(self, data_root: str | Path, num_frames: int = 8, size: int = 512, frames_mode: FramesMode = "uniform",
-                 frame_stride: int = 1, on_corrupt: OnCorrupt = "raise", use_depth_files: bool = False):
+    def __init__(
+        self,
+        data_root: str | Path,
+        num_frames: int = 8,
+        size: int = 512,
+        frames_mode: FramesMode = "uniform",
+        frame_stride: int = 1,
+        on_corrupt: OnCorrupt = "raise",
+        use_depth_files: bool = False,
+    ):
         super().__init__(num_frames, size, frames_mode, frame_stride, on_corrupt, use_depth_files)
         root = Path(data_root)
         p = root / "prompts.json"
         if not p.is_file():
-            raise FileNotFoundError(f"data.data_root={str(root)!r}: missing {p} ({{file: {{source, targets}}}}); "
-                                    f"{_HELP}")
+            raise FileNotFoundError(
+                f"data.data_root={str(root)!r}: missing {p} ({{file: {{source, targets}}}}); {_HELP}"
+            )
         for name, e in json.loads(p.read_text()).items():
             if "source" not in e or "targets" not in e:
                 raise KeyError(f"{p}: entry {name!r} needs keys 'source' and 'targets'; {_HELP}")
             if not (root / name).is_file():
                 raise FileNotFoundError(f"{p} names {name!r} but {root / name} does not exist; {_HELP}")
             for k, target in enumerate(e["targets"]):
-                self.items.append({"video": root / name, "depth_dir": root / "depth" / Path(name).stem,
-                                   "source_prompt": e["source"], "target_prompt": target,
-                                   "video_id": Path(name).stem, "edit_type": f"edit{k}", "group": "folder"})
+                self.items.append(
+                    {
+                        "video": root / name,
+                        "depth_dir": root / "depth" / Path(name).stem,
+                        "source_prompt": e["source"],
+                        "target_prompt": target,
+                        "video_id": Path(name).stem,
+                        "edit_type": f"edit{k}",
+                        "group": "folder",
+                    }
+                )
 
 
 def collate_one(items: list[dict | None]) -> dict | None:
@@ -281,8 +341,14 @@ COLORS = {"red": (220, 40, 40), "green": (40, 190, 60), "blue": (40, 70, 220), "
 SHAPES = ("circle", "square")
 
 
-def synthetic_clip(num_frames: int = 8, size: int = 32, color: str = "red", shape: str = "circle", seed: int = 0,
-                   radius: float | None = None) -> dict[str, torch.Tensor]:
+def synthetic_clip(
+    num_frames: int = 8,
+    size: int = 32,
+    color: str = "red",
+    shape: str = "circle",
+    seed: int = 0,
+    radius: float | None = None,
+) -> dict[str, torch.Tensor]:
     """A coloured shape moving on a textured grey background (spec §8b).
 
     Returns ``frames`` uint8 (F, 3, S, S), ``depth`` float32 (F, S, S) (relative inverse depth: the shape is nearer,
@@ -352,11 +418,16 @@ def make_loveu(root: str | Path, n_videos: int = 3, frames: int = 8, size: int =
                 write_jpeg(img, str(fdir / f"{t:05d}.jpg"), quality=95)
             _write_depth(base / group / "depth" / name, clip["depth"])
             other = "square" if shape == "circle" else "circle"
-            rows.append([name, f"a {color} {shape} moving on a grey background",
-                         f"a {color} {shape} moving on a grey background, watercolor style",
-                         f"a {target} {shape} moving on a grey background",
-                         f"a {color} {shape} moving on a dark background",
-                         f"a {target} {other} moving on a dark background"])
+            rows.append(
+                [
+                    name,
+                    f"a {color} {shape} moving on a grey background",
+                    f"a {color} {shape} moving on a grey background, watercolor style",
+                    f"a {target} {shape} moving on a grey background",
+                    f"a {color} {shape} moving on a dark background",
+                    f"a {target} {other} moving on a dark background",
+                ]
+            )
     with open(base / "LOVEU-TGVE-2023_Dataset.csv", "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(header)
@@ -364,8 +435,9 @@ def make_loveu(root: str | Path, n_videos: int = 3, frames: int = 8, size: int =
     return Path(root)
 
 
-def make_zve(root: str | Path, n_videos: int = 2, frames: int = 8, size: int = 32, seed: int = 0,
-             as_frames: bool = False) -> Path:
+def make_zve(
+    root: str | Path, n_videos: int = 2, frames: int = 8, size: int = 32, seed: int = 0, as_frames: bool = False
+) -> Path:
     """Write a tiny ZVE-50 in the package layout (annotations.json, videos/ or frames/, depth/). Returns ``root``."""
     from torchvision.io import write_jpeg
 
@@ -383,10 +455,17 @@ def make_zve(root: str | Path, n_videos: int = 2, frames: int = 8, size: int = 3
         else:
             write_video(base / "videos" / f"{vid}.mp4", clip["frames"], fps=8.0)
         _write_depth(base / "depth" / vid, clip["depth"])
-        entries.append({"video_id": vid, "source_prompt": f"a {color} {shape} moving on a grey background",
-                        "edits": [{"type": "object", "prompt": f"a {target} {shape} moving on a grey background"},
-                                  {"type": "style", "prompt": f"a {color} {shape} on a grey background, anime style"}],
-                        "fps": 8.0})
+        entries.append(
+            {
+                "video_id": vid,
+                "source_prompt": f"a {color} {shape} moving on a grey background",
+                "edits": [
+                    {"type": "object", "prompt": f"a {target} {shape} moving on a grey background"},
+                    {"type": "style", "prompt": f"a {color} {shape} on a grey background, anime style"},
+                ],
+                "fps": 8.0,
+            }
+        )
     (base / "annotations.json").write_text(json.dumps(entries, indent=1))
     return Path(root)
 
@@ -415,18 +494,38 @@ class EVEDataModule(pl.LightningDataModule):
         num_workers: DataLoader workers.
     """
 
-    def __init__(self, dataset: Literal["loveu", "zve", "folder"] = "loveu", data_root: str = "data",
-                 split: str = "all", edits: list[str] | None = None, num_frames: int = 8, size: int = 512,
-                 frames_mode: FramesMode = "uniform", frame_stride: int = 1,
-                 source: Literal["videos", "frames"] = "videos", use_depth_files: bool = False,
-                 on_corrupt: OnCorrupt = "raise", max_items: int | None = None, generate_demo_data: bool = False,
-                 demo_videos: int = 2, demo_frames: int = 8, demo_size: int = 32, num_workers: int = 0):
+    def __init__(
+        self,
+        dataset: Literal["loveu", "zve", "folder"] = "loveu",
+        data_root: str = "data",
+        split: str = "all",
+        edits: list[str] | None = None,
+        num_frames: int = 8,
+        size: int = 512,
+        frames_mode: FramesMode = "uniform",
+        frame_stride: int = 1,
+        source: Literal["videos", "frames"] = "videos",
+        use_depth_files: bool = False,
+        on_corrupt: OnCorrupt = "raise",
+        max_items: int | None = None,
+        generate_demo_data: bool = False,
+        demo_videos: int = 2,
+        demo_frames: int = 8,
+        demo_size: int = 32,
+        num_workers: int = 0,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.dataset_name = dataset
         self.data_root = data_root
-        self.kw = {"num_frames": num_frames, "size": size, "frames_mode": frames_mode, "frame_stride": frame_stride,
-                   "on_corrupt": on_corrupt, "use_depth_files": use_depth_files}
+        self.kw = {
+            "num_frames": num_frames,
+            "size": size,
+            "frames_mode": frames_mode,
+            "frame_stride": frame_stride,
+            "on_corrupt": on_corrupt,
+            "use_depth_files": use_depth_files,
+        }
         self.split, self.edits, self.source = split, edits, source
         self.max_items = max_items
         self.generate_demo_data = generate_demo_data
@@ -456,15 +555,16 @@ class EVEDataModule(pl.LightningDataModule):
         else:
             data = VideoFolderDataset(self.data_root, **self.kw)
         if len(data) == 0:
-            raise ValueError(f"data.data_root={self.data_root!r}: the {self.dataset_name} dataset has no items "
-                             f"(split={self.split!r}); {_HELP}")
+            raise ValueError(
+                f"data.data_root={self.data_root!r}: the {self.dataset_name} dataset has no items "
+                f"(split={self.split!r}); {_HELP}"
+            )
         if self.max_items is not None:
             data.items = data.items[: self.max_items]
         self.data = data
 
     def _loader(self) -> DataLoader:
-        return DataLoader(self.data, batch_size=1, shuffle=False, num_workers=self.num_workers,
-                          collate_fn=collate_one)
+        return DataLoader(self.data, batch_size=1, shuffle=False, num_workers=self.num_workers, collate_fn=collate_one)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader()

@@ -37,13 +37,24 @@ def configs_from_yaml(path_or_name: str) -> tuple[ModelConfig, EditConfig]:
     """The ``model.model`` and ``model.edit`` sections of a config (file or shipped name) as dataclasses."""
     cfg = yaml.safe_load(Path(resolve_config(path_or_name, "evedit")).read_text()) or {}
     section = cfg.get("model", {}) or {}
-    return (_dataclass_from(ModelConfig, section.get("model"), "model.model"),
-            _dataclass_from(EditConfig, section.get("edit"), "model.edit"))
+    return (
+        _dataclass_from(ModelConfig, section.get("model"), "model.model"),
+        _dataclass_from(EditConfig, section.get("edit"), "model.edit"),
+    )
 
 
-def edit_video(video: str | Path, source_prompt: str, target_prompts: list[str], model: ModelConfig,
-               edit: EditConfig, num_frames: int = 8, size: int = 512, device: str = "cpu",
-               pipeline: EVEPipeline | None = None, seed: int = 0) -> EVEPipelineOutput:
+def edit_video(
+    video: str | Path,
+    source_prompt: str,
+    target_prompts: list[str],
+    model: ModelConfig,
+    edit: EditConfig,
+    num_frames: int = 8,
+    size: int = 512,
+    device: str = "cpu",
+    pipeline: EVEPipeline | None = None,
+    seed: int = 0,
+) -> EVEPipelineOutput:
     """Edit the F uniformly sampled frames of one video (resized and centre-cropped to size×size)."""
     with VideoReader(video) as reader:
         frames = reader.get_frames(frame_indices(reader.num_frames, num_frames, "uniform"))
@@ -74,8 +85,7 @@ def edit_command(argv: list[str]) -> EVEPipelineOutput:
         fps = reader.fps
         src = _prepare_frames(reader.get_frames(frame_indices(reader.num_frames, a.num_frames, "uniform")), a.size)
     for k, (video, timing) in enumerate(zip(out.videos, out.timings, strict=True)):
-        item = {"group": "edit", "video_id": Path(a.video).stem, "edit_type": f"prompt{k}", "fps": fps,
-                "frames": src}
+        item = {"group": "edit", "video_id": Path(a.video).stem, "edit_type": f"prompt{k}", "fps": fps, "frames": src}
         folder = save_edit(Path(a.out), item, video, out.depth, timing)
         log.info("edit %d (%s) written to %s in %.1f s", k, a.prompt[k], folder, timing["total_s"])
     return out

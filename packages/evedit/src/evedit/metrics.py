@@ -80,8 +80,10 @@ def depth_error(depth_source: torch.Tensor, depth_edit: torch.Tensor) -> torch.T
     """Structure error: ``mean |d_src − d_edit|`` of two (F, H, W) depth clips, each min-max normalised over the
     clip (video normalisation; a constant clip maps to 0)."""
     if depth_source.shape != depth_edit.shape or depth_source.dim() != 3:
-        raise ValueError(f"depth_error: expected two (F, H, W) maps of one shape, got {tuple(depth_source.shape)} "
-                         f"and {tuple(depth_edit.shape)}")
+        raise ValueError(
+            f"depth_error: expected two (F, H, W) maps of one shape, got {tuple(depth_source.shape)} "
+            f"and {tuple(depth_edit.shape)}"
+        )
 
     def norm(d: torch.Tensor) -> torch.Tensor:
         d = d.float()
@@ -214,15 +216,17 @@ class CLIPEmbedder(nn.Module):
     @torch.no_grad()
     def embed_text(self, prompts: list[str]) -> torch.Tensor:
         length = min(77, getattr(self.tokenizer, "model_max_length", 77))
-        ids = self.tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
-                             return_tensors="pt").input_ids.to(self.mean.device)
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.mean.device)
         emb = self.model.get_text_features(input_ids=ids)
         emb = emb if isinstance(emb, torch.Tensor) else emb.pooler_output
         return F.normalize(emb.float(), dim=-1)  # (N, D)
 
 
-def build_embedder(path: str, resize: int, local_files_only: bool = True, key: str = "metrics.clip_path"
-                   ) -> CLIPEmbedder:
+def build_embedder(
+    path: str, resize: int, local_files_only: bool = True, key: str = "metrics.clip_path"
+) -> CLIPEmbedder:
     """A :class:`CLIPEmbedder` from a local CLIP folder, or ``tiny`` (random tiny CLIP, image 32, word tokenizer)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig
 
@@ -232,18 +236,34 @@ def build_embedder(path: str, resize: int, local_files_only: bool = True, key: s
         with torch.random.fork_rng():
             torch.manual_seed(0)
             cfg = CLIPConfig(
-                text_config=CLIPTextConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                           num_attention_heads=4, vocab_size=1000, max_position_embeddings=77,
-                                           bos_token_id=1, eos_token_id=2, pad_token_id=0).to_dict(),
-                vision_config=CLIPVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=2,
-                                               num_attention_heads=4, image_size=32, patch_size=8).to_dict(),
+                text_config=CLIPTextConfig(
+                    hidden_size=32,
+                    intermediate_size=37,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    vocab_size=1000,
+                    max_position_embeddings=77,
+                    bos_token_id=1,
+                    eos_token_id=2,
+                    pad_token_id=0,
+                ).to_dict(),
+                vision_config=CLIPVisionConfig(
+                    hidden_size=32,
+                    intermediate_size=37,
+                    num_hidden_layers=2,
+                    num_attention_heads=4,
+                    image_size=32,
+                    patch_size=8,
+                ).to_dict(),
                 projection_dim=32,
             )
             return CLIPEmbedder(CLIPModel(cfg), WordTokenizer(1000, 16), resize=min(resize, 64))
     if not Path(path).is_dir() and local_files_only:
-        raise FileNotFoundError(f"{key}={path!r}: no such folder. Supply a local copy of the CLIP model (e.g. "
-                                "openai/clip-vit-large-patch14: config.json, weights, tokenizer files) or `tiny`; "
-                                "see README, Weights")
+        raise FileNotFoundError(
+            f"{key}={path!r}: no such folder. Supply a local copy of the CLIP model (e.g. "
+            "openai/clip-vit-large-patch14: config.json, weights, tokenizer files) or `tiny`; "
+            "see README, Weights"
+        )
     model = CLIPModel.from_pretrained(path, local_files_only=local_files_only)
     tokenizer = CLIPTokenizer.from_pretrained(path, local_files_only=local_files_only)
     return CLIPEmbedder(model, tokenizer, resize)

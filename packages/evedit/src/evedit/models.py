@@ -288,13 +288,24 @@ def _build_depth_estimator(cfg: ModelConfig) -> nn.Module | None:
     if cfg.depth_model == "tiny":
         torch.manual_seed(0)  # inside build_components' fork_rng
         config = DPTConfig(
-            image_size=32, patch_size=16, hidden_size=32, fusion_hidden_size=32, num_hidden_layers=2,
-            backbone_out_indices=[0, 1, 2, 3], num_attention_heads=4, intermediate_size=37, is_hybrid=False,
+            image_size=32,
+            patch_size=16,
+            hidden_size=32,
+            fusion_hidden_size=32,
+            num_hidden_layers=2,
+            backbone_out_indices=[0, 1, 2, 3],
+            num_attention_heads=4,
+            intermediate_size=37,
+            is_hybrid=False,
             neck_hidden_sizes=[16, 32],
         )  # spec §8a
         return DPTForDepthEstimation(config)
-    path = _need_dir(cfg.depth_model, "model.depth_model", "a MiDaS DPTForDepthEstimation (Intel/dpt-hybrid-midas)",
-                     cfg.local_files_only)
+    path = _need_dir(
+        cfg.depth_model,
+        "model.depth_model",
+        "a MiDaS DPTForDepthEstimation (Intel/dpt-hybrid-midas)",
+        cfg.local_files_only,
+    )
     return DPTForDepthEstimation.from_pretrained(path, local_files_only=cfg.local_files_only)
 
 
@@ -308,34 +319,64 @@ def _build_tiny(cfg: ModelConfig) -> EVEComponents:
     latent = 3 if cfg.tiny_pixel_space else 4
     factor = 1 if cfg.tiny_pixel_space else 2 ** (n - 1)
     unet = UNet2DConditionModel(
-        block_out_channels=tuple(ch), layers_per_block=2, sample_size=32, in_channels=latent, out_channels=latent,
+        block_out_channels=tuple(ch),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=latent,
+        out_channels=latent,
         down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
-        cross_attention_dim=cfg.tiny_cross_attention_dim, norm_num_groups=min(32, ch[0]),
+        cross_attention_dim=cfg.tiny_cross_attention_dim,
+        norm_num_groups=min(32, ch[0]),
         attention_head_dim=8,
     )  # spec §8a (diffusers' adapter-pipeline test UNet)
     vae = None
     if not cfg.tiny_pixel_space:
         vae = AutoencoderKL(
-            block_out_channels=ch, down_block_types=["DownEncoderBlock2D"] * n, up_block_types=["UpDecoderBlock2D"] * n,
-            latent_channels=4, norm_num_groups=min(32, ch[0]),
+            block_out_channels=ch,
+            down_block_types=["DownEncoderBlock2D"] * n,
+            up_block_types=["UpDecoderBlock2D"] * n,
+            latent_channels=4,
+            norm_num_groups=min(32, ch[0]),
         )
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        hidden_size=cfg.tiny_cross_attention_dim, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        vocab_size=cfg.tiny_vocab_size, max_position_embeddings=max(77, cfg.tiny_max_length),
-        bos_token_id=1, eos_token_id=2, pad_token_id=0,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=cfg.tiny_cross_attention_dim,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            vocab_size=cfg.tiny_vocab_size,
+            max_position_embeddings=max(77, cfg.tiny_max_length),
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+        )
+    )
     tokenizer = WordTokenizer(cfg.tiny_vocab_size, cfg.tiny_max_length)
     depth_encoder: nn.Module | None = T2IAdapter(
         in_channels=3, channels=ch, num_res_blocks=2, downscale_factor=factor, adapter_type="full_adapter"
     )
     scheduler = DDIMScheduler(
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", num_train_timesteps=1000,
-        clip_sample=cfg.tiny_clip_sample, clip_sample_range=cfg.tiny_pixel_scale if cfg.tiny_pixel_space else 1.0,
-        set_alpha_to_one=False, steps_offset=1,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=cfg.tiny_clip_sample,
+        clip_sample_range=cfg.tiny_pixel_scale if cfg.tiny_pixel_space else 1.0,
+        set_alpha_to_one=False,
+        steps_offset=1,
     )  # the SD v1.5 scheduler config (spec §3.3); clip_sample off unless tiny_clip_sample
-    return EVEComponents(unet, vae, text_encoder, tokenizer, depth_encoder, _build_depth_estimator(cfg), scheduler,
-                         "sd15_t2i_adapter_depth", cfg.tiny_pixel_scale if cfg.tiny_pixel_space else 1.0)
+    return EVEComponents(
+        unet,
+        vae,
+        text_encoder,
+        tokenizer,
+        depth_encoder,
+        _build_depth_estimator(cfg),
+        scheduler,
+        "sd15_t2i_adapter_depth",
+        cfg.tiny_pixel_scale if cfg.tiny_pixel_space else 1.0,
+    )
 
 
 def build_tiny_variant(cfg: ModelConfig, backbone: Literal["controlnet_depth", "sd2_depth"]) -> EVEComponents:
@@ -372,13 +413,18 @@ def _load_pretrained(cfg: ModelConfig) -> EVEComponents:
         "controlnet_depth": "Stable Diffusion v1.5 (runwayml/stable-diffusion-v1-5)",
         "sd2_depth": "stabilityai/stable-diffusion-2-depth",
     }[cfg.backbone]
-    root = _need_dir(cfg.pretrained_path, "model.pretrained_path", f"{base} in diffusers layout (unet/ vae/ "
-                     "text_encoder/ tokenizer/ scheduler/)", lo)
+    root = _need_dir(
+        cfg.pretrained_path,
+        "model.pretrained_path",
+        f"{base} in diffusers layout (unet/ vae/ text_encoder/ tokenizer/ scheduler/)",
+        lo,
+    )
     if lo:
         for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             if not (Path(root) / sub).is_dir():
-                raise FileNotFoundError(f"model.pretrained_path={root!r}: missing the '{sub}/' folder of {base}; "
-                                        "see README, Weights")
+                raise FileNotFoundError(
+                    f"model.pretrained_path={root!r}: missing the '{sub}/' folder of {base}; see README, Weights"
+                )
     unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=lo)
     vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=lo)
     text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", local_files_only=lo)
@@ -386,15 +432,19 @@ def _load_pretrained(cfg: ModelConfig) -> EVEComponents:
     scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler", local_files_only=lo)
     depth_encoder: nn.Module | None = None
     if cfg.backbone in ("sd15_t2i_adapter_depth", "sd14_t2i_adapter_depth"):
-        hub = "TencentARC/t2iadapter_depth_sd15v2" if cfg.backbone.startswith("sd15") else \
-            "TencentARC/t2iadapter_depth_sd14v1"
+        hub = (
+            "TencentARC/t2iadapter_depth_sd15v2"
+            if cfg.backbone.startswith("sd15")
+            else "TencentARC/t2iadapter_depth_sd14v1"
+        )
         path = _need_dir(cfg.adapter_path, "model.adapter_path", f"the depth T2I-Adapter ({hub})", lo)
         depth_encoder = T2IAdapter.from_pretrained(path, local_files_only=lo)
     elif cfg.backbone == "controlnet_depth":
         path = _need_dir(cfg.adapter_path, "model.adapter_path", "lllyasviel/sd-controlnet-depth", lo)
         depth_encoder = ControlNetModel.from_pretrained(path, local_files_only=lo)
-    return EVEComponents(unet, vae, text_encoder, tokenizer, depth_encoder, _build_depth_estimator(cfg), scheduler,
-                         cfg.backbone)
+    return EVEComponents(
+        unet, vae, text_encoder, tokenizer, depth_encoder, _build_depth_estimator(cfg), scheduler, cfg.backbone
+    )
 
 
 # ------------------------------------------------------------------------------------------------------- depth
@@ -456,8 +506,10 @@ class CrossFrameAttnProcessor:
 
     def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None):
         if hidden_states.shape[0] % self.num_frames:
-            raise ValueError(f"cross-frame attention: batch {hidden_states.shape[0]} is not a multiple of "
-                             f"num_frames={self.num_frames}")
+            raise ValueError(
+                f"cross-frame attention: batch {hidden_states.shape[0]} is not a multiple of "
+                f"num_frames={self.num_frames}"
+            )
         b, n, _ = hidden_states.shape
         query = attn.to_q(hidden_states)  # (B, N, C)
         key = self._frames(attn.to_k(hidden_states))  # (B, M·N, C)

@@ -50,8 +50,9 @@ def depth_strip(source: torch.Tensor, depth01: torch.Tensor, edit: torch.Tensor)
     return torch.cat(rows, dim=-2)  # (3, 3H, F·W)
 
 
-def save_edit(out_dir: Path, item: dict, edit: torch.Tensor, depth01: torch.Tensor, timing: dict,
-              write_videos: bool = True) -> Path:
+def save_edit(
+    out_dir: Path, item: dict, edit: torch.Tensor, depth01: torch.Tensor, timing: dict, write_videos: bool = True
+) -> Path:
     """Write one edit: LOVEU submission frames ``<out>/<group>/<video>/<edit_type>/%05d.jpg`` + ``timing.json``,
     and (``write_videos``) ``<out>/videos/<video>_<edit_type>.mp4/.gif`` and ``<out>/strips/...png``."""
     from mmzoo.video import write_video
@@ -99,9 +100,17 @@ class EVEModule(pl.LightningModule):
 
     checkpoint_monitor = None
 
-    def __init__(self, model: ModelConfig | None = None, edit: EditConfig | None = None,
-                 metrics: MetricsConfig | None = None, output_dir: str | None = None, reuse_edits: bool = True,
-                 write_videos: bool = True, seed: int = 0, num_threads: int | None = None):
+    def __init__(
+        self,
+        model: ModelConfig | None = None,
+        edit: EditConfig | None = None,
+        metrics: MetricsConfig | None = None,
+        output_dir: str | None = None,
+        reuse_edits: bool = True,
+        write_videos: bool = True,
+        seed: int = 0,
+        num_threads: int | None = None,
+    ):
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = model or ModelConfig()
@@ -118,17 +127,26 @@ class EVEModule(pl.LightningModule):
         self.depth_encoder, self.depth_estimator = comps.depth_encoder, comps.depth_estimator
         self.pipe = EVEPipeline.from_components(comps)
         self.pipe.set_progress_bar_config(disable=True)
-        self.clip = build_embedder(self.metrics_cfg.clip_path, self.metrics_cfg.resize,
-                                   self.metrics_cfg.local_files_only)
+        self.clip = build_embedder(
+            self.metrics_cfg.clip_path, self.metrics_cfg.resize, self.metrics_cfg.local_files_only
+        )
         self.pick = None
         if self.metrics_cfg.pickscore_path is not None:
-            self.pick = build_embedder(self.metrics_cfg.pickscore_path, self.metrics_cfg.resize,
-                                       self.metrics_cfg.local_files_only, key="metrics.pickscore_path")
+            self.pick = build_embedder(
+                self.metrics_cfg.pickscore_path,
+                self.metrics_cfg.resize,
+                self.metrics_cfg.local_files_only,
+                key="metrics.pickscore_path",
+            )
         self.stage_metrics = torch.nn.ModuleDict({stage: self._make_metrics() for stage in ("val", "test")})
 
     def _make_metrics(self) -> torch.nn.ModuleDict:
-        m = {"clip_text": CLIPTextScore(), "clip_frame": CLIPFrameConsistency("all"),
-             "clip_frame_consec": CLIPFrameConsistency("consecutive"), "frame_acc": FrameAccuracy()}
+        m = {
+            "clip_text": CLIPTextScore(),
+            "clip_frame": CLIPFrameConsistency("all"),
+            "clip_frame_consec": CLIPFrameConsistency("consecutive"),
+            "frame_acc": FrameAccuracy(),
+        }
         if self.metrics_cfg.depth_error and self.depth_estimator is not None:
             m["depth_err"] = DepthError()
         if self.metrics_cfg.pickscore_path is not None:
@@ -146,8 +164,14 @@ class EVEModule(pl.LightningModule):
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed + zlib.crc32(f"{item['video_id']}/{item['edit_type']}".encode()))
         depth = item["depth"] if item["depth"].numel() else None
-        out = self.pipe(item["frames"], item["source_prompt"], [item["target_prompt"]], depth=depth,
-                        config=self.edit_cfg, generator=gen)
+        out = self.pipe(
+            item["frames"],
+            item["source_prompt"],
+            [item["target_prompt"]],
+            depth=depth,
+            config=self.edit_cfg,
+            generator=gen,
+        )
         timing = dict(out.timings[0])
         if out.losses[0]:
             timing["update_loss_first"] = out.losses[0][0]["loss"]
@@ -181,8 +205,16 @@ class EVEModule(pl.LightningModule):
             return None
         edit, depth01, timing = self.edit_clip(batch)
         folder = save_edit(self._out_dir(), batch, edit, depth01, timing, self.write_videos)
-        self._log_csv("edits", {"video_id": batch["video_id"], "edit_type": batch["edit_type"],
-                                "target_prompt": batch["target_prompt"], "folder": str(folder), **timing})
+        self._log_csv(
+            "edits",
+            {
+                "video_id": batch["video_id"],
+                "edit_type": batch["edit_type"],
+                "target_prompt": batch["target_prompt"],
+                "folder": str(folder),
+                **timing,
+            },
+        )
         return {"video_id": batch["video_id"], "edit_type": batch["edit_type"], "folder": str(folder), **timing}
 
     def validation_step(self, batch: dict | None, batch_idx: int) -> None:
@@ -216,8 +248,11 @@ class EVEModule(pl.LightningModule):
             metrics["clip_frame_consec"].update(img)
         if "depth_err" in metrics:
             with torch.no_grad():
-                d_src = depth01 if depth01 is not None else self.pipe.prepare_depth(
-                    batch["frames"].to(self.device), None, self.edit_cfg)
+                d_src = (
+                    depth01
+                    if depth01 is not None
+                    else self.pipe.prepare_depth(batch["frames"].to(self.device), None, self.edit_cfg)
+                )
                 d_edit = self.pipe.prepare_depth(edit.to(self.device), None, self.edit_cfg)
             values["depth_err"] = depth_error(d_src.to(self.device), d_edit)
             metrics["depth_err"].update(d_src.to(self.device), d_edit)
@@ -231,7 +266,20 @@ class EVEModule(pl.LightningModule):
                 self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=1)
         for key in ("total_s", "update_s", "peak_mb"):
             if key in timing:
-                self.log(f"{stage}/{key.replace('total_s', 'time_s')}", float(timing[key]), on_step=False,
-                         on_epoch=True, batch_size=1, sync_dist=True)
-        self._log_csv(f"metrics_{stage}", {"video_id": batch["video_id"], "edit_type": batch["edit_type"],
-                                           **{k: float(v) for k, v in values.items()}, **timing})
+                self.log(
+                    f"{stage}/{key.replace('total_s', 'time_s')}",
+                    float(timing[key]),
+                    on_step=False,
+                    on_epoch=True,
+                    batch_size=1,
+                    sync_dist=True,
+                )
+        self._log_csv(
+            f"metrics_{stage}",
+            {
+                "video_id": batch["video_id"],
+                "edit_type": batch["edit_type"],
+                **{k: float(v) for k, v in values.items()},
+                **timing,
+            },
+        )

@@ -35,7 +35,10 @@ __all__ = ["DepthCondition", "EVEPipeline", "EVEPipelineOutput", "ddim_step"]
 
 
 def ddim_step(
-    z_t: torch.Tensor, model_output: torch.Tensor, alpha_t: torch.Tensor | float, alpha_prev: torch.Tensor | float,
+    z_t: torch.Tensor,
+    model_output: torch.Tensor,
+    alpha_t: torch.Tensor | float,
+    alpha_prev: torch.Tensor | float,
     prediction_type: str = "epsilon",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Differentiable deterministic DDIM step (η = 0), written out because the update needs its gradient::
@@ -105,11 +108,28 @@ class EVEPipeline(DiffusionPipeline):
     ``scheduler`` (DDIM; its config also builds the inverse scheduler), ``depth_encoder`` (T2IAdapter or
     ControlNetModel; None for SD2-depth), ``depth_estimator`` (DPTForDepthEstimation; None = depth given)."""
 
-    def __init__(self, vae, text_encoder, tokenizer, unet, scheduler, depth_encoder=None, depth_estimator=None,
-                 backbone: str = "sd15_t2i_adapter_depth", pixel_scale: float = 1.0):
+    def __init__(
+        self,
+        vae,
+        text_encoder,
+        tokenizer,
+        unet,
+        scheduler,
+        depth_encoder=None,
+        depth_estimator=None,
+        backbone: str = "sd15_t2i_adapter_depth",
+        pixel_scale: float = 1.0,
+    ):
         super().__init__()
-        self.register_modules(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                              depth_encoder=depth_encoder, depth_estimator=depth_estimator)
+        self.register_modules(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            depth_encoder=depth_encoder,
+            depth_estimator=depth_estimator,
+        )
         self.backbone = backbone
         self.pixel_scale = pixel_scale  # vae None: Z_0 = pixel_scale·x (identity VAE's scaling factor)
         self.inverse_scheduler = DDIMInverseScheduler.from_config(scheduler.config)
@@ -117,16 +137,31 @@ class EVEPipeline(DiffusionPipeline):
 
     @classmethod
     def from_components(cls, comps: EVEComponents) -> EVEPipeline:
-        return cls(comps.vae, comps.text_encoder, comps.tokenizer, comps.unet, comps.scheduler, comps.depth_encoder,
-                   comps.depth_estimator, comps.backbone, comps.pixel_scale)
+        return cls(
+            comps.vae,
+            comps.text_encoder,
+            comps.tokenizer,
+            comps.unet,
+            comps.scheduler,
+            comps.depth_encoder,
+            comps.depth_estimator,
+            comps.backbone,
+            comps.pixel_scale,
+        )
 
     @property
     def exec_device(self) -> torch.device:
         return next(self.unet.parameters()).device
 
     # ------------------------------------------------------------------------------------------ inputs, text
-    def check_inputs(self, frames: torch.Tensor, source_prompt: str, target_prompts: list[str],
-                     depth: torch.Tensor | None, config: EditConfig) -> None:
+    def check_inputs(
+        self,
+        frames: torch.Tensor,
+        source_prompt: str,
+        target_prompts: list[str],
+        depth: torch.Tensor | None,
+        config: EditConfig,
+    ) -> None:
         if frames.dim() != 4 or frames.shape[1] != 3 or frames.dtype != torch.uint8:
             raise ValueError(f"frames: expected uint8 (F, 3, H, W), got {frames.dtype} {tuple(frames.shape)}")
         if frames.shape[0] < 1:
@@ -141,8 +176,10 @@ class EVEPipeline(DiffusionPipeline):
         if depth is not None and (depth.dim() != 3 or depth.shape[0] != frames.shape[0]):
             raise ValueError(f"depth: expected (F, H', W') with F={frames.shape[0]}, got {tuple(depth.shape)}")
         if depth is None and self.depth_estimator is None:
-            raise ValueError("depth is None and the pipeline has no depth_estimator (model.depth_model=precomputed "
-                             "needs depth maps with the data)")
+            raise ValueError(
+                "depth is None and the pipeline has no depth_estimator (model.depth_model=precomputed "
+                "needs depth maps with the data)"
+            )
         if config.tcc.temporal_ref == "inversion" and config.init != "ddim_inversion":
             raise ValueError("edit.tcc.temporal_ref='inversion' needs edit.init='ddim_inversion'")
 
@@ -150,8 +187,9 @@ class EVEPipeline(DiffusionPipeline):
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
         """Text embeddings (N, L, D) of the frozen text encoder (last hidden state, as Stable Diffusion)."""
         length = getattr(self.tokenizer, "model_max_length", 77)
-        ids = self.tokenizer(prompts, padding="max_length", max_length=length, truncation=True,
-                             return_tensors="pt").input_ids.to(self.exec_device)
+        ids = self.tokenizer(
+            prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.exec_device)
         return self.text_encoder(ids)[0]  # (N, L, D)
 
     # ------------------------------------------------------------------------------------------------- depth
@@ -207,8 +245,9 @@ class EVEPipeline(DiffusionPipeline):
         return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
     # ---------------------------------------------------------------------------------------------- denoiser
-    def denoise(self, z: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor,
-                cond: DepthCondition | None) -> torch.Tensor:
+    def denoise(
+        self, z: torch.Tensor, t: torch.Tensor, text_emb: torch.Tensor, cond: DepthCondition | None
+    ) -> torch.Tensor:
         """ε_θ(z_t, t, c, M): the frozen UNet with the depth features added (``cond=None``: text-only branch).
 
         z (N, C, h, w), text_emb (N, L, D); returns float32 (N, C, h, w). The adapter's residual list is rebuilt
@@ -221,15 +260,28 @@ class EVEPipeline(DiffusionPipeline):
             d = cond.tensors[0] if cond is not None else z.new_zeros(z.shape[0], 1, *z.shape[-2:])
             z_in = torch.cat([z_in, d.to(dtype)], dim=1)  # (N, C+1, h, w) depth as the 5th input channel
         elif cond is not None and self.backbone == "controlnet_depth":
-            down, mid = self.depth_encoder(z_in, t, encoder_hidden_states=emb, controlnet_cond=cond.tensors[0],
-                                           conditioning_scale=cond.scale, return_dict=False)
+            down, mid = self.depth_encoder(
+                z_in,
+                t,
+                encoder_hidden_states=emb,
+                controlnet_cond=cond.tensors[0],
+                conditioning_scale=cond.scale,
+                return_dict=False,
+            )
             extra = {"down_block_additional_residuals": down, "mid_block_additional_residual": mid}
         elif cond is not None:
             extra = {"down_intrablock_additional_residuals": [f.clone() for f in cond.tensors]}
         return self.unet(z_in, t, encoder_hidden_states=emb, return_dict=False, **extra)[0].float()
 
-    def predict_noise(self, z: torch.Tensor, t: torch.Tensor, emb_c: torch.Tensor, emb_u: torch.Tensor | None,
-                      cond: DepthCondition | None, guidance: float) -> torch.Tensor:
+    def predict_noise(
+        self,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        emb_c: torch.Tensor,
+        emb_u: torch.Tensor | None,
+        cond: DepthCondition | None,
+        guidance: float,
+    ) -> torch.Tensor:
         """ε̃ = ε_u + w(ε_c − ε_u) (spec §3.5), both halves in one batch [uncond frames; cond frames];
         ``emb_u=None`` or w = 1 gives the conditional prediction only. emb_* (1, L, D)."""
         n = z.shape[0]
@@ -251,8 +303,9 @@ class EVEPipeline(DiffusionPipeline):
 
     # -------------------------------------------------------------------------------------------- inversion
     @torch.no_grad()
-    def invert(self, z0: torch.Tensor, emb: torch.Tensor, cond: DepthCondition | None,
-               num_steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    def invert(
+        self, z0: torch.Tensor, emb: torch.Tensor, cond: DepthCondition | None, num_steps: int
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Deterministic DDIM inversion with the depth features, guidance 1 (spec §3.3)::
 
             ε = ε_θ(Z_t, t, c_inv, M);   Z_{t+1} = sqrt(ᾱ_{t+1})·(Z_t − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t) + sqrt(1−ᾱ_{t+1})·ε
@@ -268,8 +321,9 @@ class EVEPipeline(DiffusionPipeline):
             traj.append((z, out.pred_original_sample))
         return traj
 
-    def prepare_latents(self, z0: torch.Tensor, config: EditConfig, traj: list | None,
-                        generator: torch.Generator | None) -> tuple[torch.Tensor, int]:
+    def prepare_latents(
+        self, z0: torch.Tensor, config: EditConfig, traj: list | None, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, int]:
         """Ẑ at the first denoising step and the index of that step (spec §3.3 `init`)."""
         timesteps = self.scheduler.timesteps
         if config.init == "ddim_inversion":
@@ -282,9 +336,16 @@ class EVEPipeline(DiffusionPipeline):
         return self.scheduler.add_noise(z0, noise.contiguous(), timesteps[start : start + 1]), start
 
     # ------------------------------------------------------------------------------------------- the update
-    def update_latents(self, z: torch.Tensor, t: torch.Tensor, emb_c: torch.Tensor, emb_u: torch.Tensor,
-                       cond: DepthCondition | None, ref: torch.Tensor | None, config: EditConfig
-                       ) -> tuple[torch.Tensor, dict[str, float]]:
+    def update_latents(
+        self,
+        z: torch.Tensor,
+        t: torch.Tensor,
+        emb_c: torch.Tensor,
+        emb_u: torch.Tensor,
+        cond: DepthCondition | None,
+        ref: torch.Tensor | None,
+        config: EditConfig,
+    ) -> tuple[torch.Tensor, dict[str, float]]:
         """One "parameter update" of the learnable latent Ẑ_t (spec §3.4, figure)::
 
             x̂'_0 = DDIM x̂_0(Ẑ_t, ε_u(Ẑ_t, t, p, None))        x̂_0 = DDIM x̂_0(Ẑ_t, ε_u(Ẑ_t, t, p, M))
@@ -311,10 +372,12 @@ class EVEPipeline(DiffusionPipeline):
                 b = min(n, a + size)
                 zc = z[a:b].detach().requires_grad_(True)  # (f, C, h, w) learnable Ẑ_t of this chunk
                 sub = cond.slice(a, b) if cond is not None else None
-                x0_text, _ = ddim_step(zc, self.predict_noise(zc, t, emb_c, w_u, None, config.guidance_scale),
-                                       a_t, a_prev, pred)  # text-only branch x̂'_0
-                x0_depth, _ = ddim_step(zc, self.predict_noise(zc, t, emb_c, w_u, sub, config.guidance_scale),
-                                        a_t, a_prev, pred)  # depth-guided branch x̂_0
+                x0_text, _ = ddim_step(
+                    zc, self.predict_noise(zc, t, emb_c, w_u, None, config.guidance_scale), a_t, a_prev, pred
+                )  # text-only branch x̂'_0
+                x0_depth, _ = ddim_step(
+                    zc, self.predict_noise(zc, t, emb_c, w_u, sub, config.guidance_scale), a_t, a_prev, pred
+                )  # depth-guided branch x̂_0
                 own = 0 if a == 0 else 1  # the overlap frame's L_agr term belongs to the previous chunk
                 tmp = temporal_loss(x0_depth, ref[a:b] if ref is not None else None, tcc.temporal_pairs)
                 tmp = tmp * ((b - a - 1) / (n - 1) if n > 1 else 0.0)
@@ -385,8 +448,7 @@ class EVEPipeline(DiffusionPipeline):
 
             videos, timings, losses = [], [], []
             for prompt in prompts:
-                video, timing, history = self._denoise_clip(prompt, z0, traj, cond, emb_null, config, generator,
-                                                            timer)
+                video, timing, history = self._denoise_clip(prompt, z0, traj, cond, emb_null, config, generator, timer)
                 timing.update(depth_s=t_depth, inversion_s=t_inv)
                 timing["total_s"] = t_depth + t_inv + timing["denoise_s"] + timing["decode_s"]
                 if device.type == "cuda":
@@ -401,9 +463,17 @@ class EVEPipeline(DiffusionPipeline):
                 self.unet.disable_gradient_checkpointing()
         return EVEPipelineOutput(videos=videos, depth=depth01.cpu(), timings=timings, losses=losses)
 
-    def _denoise_clip(self, prompt: str, z0: torch.Tensor, traj: list | None, cond: DepthCondition,
-                      emb_null: torch.Tensor, config: EditConfig, generator: torch.Generator | None, timer: _Timer
-                      ) -> tuple[torch.Tensor, dict[str, float], list[dict[str, float]]]:
+    def _denoise_clip(
+        self,
+        prompt: str,
+        z0: torch.Tensor,
+        traj: list | None,
+        cond: DepthCondition,
+        emb_null: torch.Tensor,
+        config: EditConfig,
+        generator: torch.Generator | None,
+        timer: _Timer,
+    ) -> tuple[torch.Tensor, dict[str, float], list[dict[str, float]]]:
         """Steps 3-4 for one target prompt: the denoising loop with per-step updates, then decoding."""
         tcc = config.tcc
         self.scheduler.set_timesteps(config.num_inference_steps, device=z0.device)
