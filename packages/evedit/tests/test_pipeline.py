@@ -295,3 +295,14 @@ def test_without_update_per_frame_noise_equals_diffusers_adapter_pipeline(tiny_p
     ref = torch.as_tensor(ref)
     ref = ref.permute(0, 3, 1, 2) if ref.shape[-1] == 3 else ref  # (F, 3, S, S) in [0, 1]
     assert (ours.float() - ref * 255).abs().max().item() <= 1.0
+
+
+def test_to_moves_the_depth_encoder_and_estimator():
+    """`pipe.to(device or dtype)` reaches every network, the optional depth encoder and estimator included."""
+    pipe = EVEPipeline.from_components(build_components(ModelConfig(backbone="tiny", depth_model="tiny")))
+    assert {"depth_encoder", "depth_estimator"} <= set(pipe.components)
+    pipe.to(torch.float64)
+    for name in ("unet", "vae", "text_encoder", "depth_encoder", "depth_estimator"):
+        module = getattr(pipe, name)
+        assert module is not None, name
+        assert {p.dtype for p in module.parameters()} == {torch.float64}, name

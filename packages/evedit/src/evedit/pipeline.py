@@ -108,6 +108,10 @@ class EVEPipeline(DiffusionPipeline):
     ``scheduler`` (DDIM; its config also builds the inverse scheduler), ``depth_encoder`` (T2IAdapter or
     ControlNetModel; None for SD2-depth), ``depth_estimator`` (DPTForDepthEstimation; None = depth given)."""
 
+    # Arguments with a default count as modules only when listed here; otherwise `.to(device/dtype)` and
+    # `.components` leave them out, and a GPU pipeline would keep its depth encoder and estimator on the CPU.
+    _optional_components = ["depth_encoder", "depth_estimator"]
+
     def __init__(
         self,
         vae,
