@@ -1,10 +1,12 @@
 """token_max_sim: the reference against a plain loop, and the Triton kernel against the reference
 (under TRITON_INTERPRET=1 on CPU, natively on CUDA)."""
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from mmzoo.ops import HAS_TRITON, token_max_sim, token_max_sim_reference
+from mmzoo.ops import HAS_TRITON, token_max_sim, token_max_sim_reference, triton_pays_off
 from mmzoo.testing import run_in_triton_interpreter
 
 
@@ -119,3 +121,23 @@ def test_kernel_matches_reference_values_and_gradients():
         __file__, "[test_ops.check_kernel_against_reference(s, 'cpu') for s in test_ops.SHAPES]; print('kernel ok')"
     )
     assert "kernel ok" in out
+
+
+def test_kernel_is_taken_only_for_half_precision_inference():
+    """The dispatch rule of token_max_sim (measured: the kernel wins only in bf16/fp16 without a backward pass)."""
+
+    def fake(dtype, cuda=True, grad=False):  # only the attributes the rule reads; no GPU needed
+        return SimpleNamespace(is_cuda=cuda, dtype=dtype, requires_grad=grad)
+
+    bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
+    assert triton_pays_off(fake(bf16), fake(bf16))
+    assert triton_pays_off(fake(fp16), fake(bf16), None, None)
+    assert not triton_pays_off(fake(fp32), fake(fp32))  # exact float32 products: slower than cuBLAS
+    assert not triton_pays_off(fake(bf16), fake(fp32))
+    assert not triton_pays_off(fake(bf16, cuda=False), fake(bf16, cuda=False))
+    assert not triton_pays_off(fake(bf16, grad=True), fake(bf16))  # training: the reference's backward is faster
+    assert not triton_pays_off(fake(bf16), fake(bf16), None, fake(fp32, grad=True))  # a weight needing a gradient
+    with torch.no_grad():
+        assert triton_pays_off(fake(bf16, grad=True), fake(bf16))
+    t, tm, v, vm, w, u = make_inputs()
+    assert not triton_pays_off(t, v, w, u)  # real CPU tensors: the reference

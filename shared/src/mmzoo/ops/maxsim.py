@@ -14,7 +14,8 @@ with token weights ``w`` (B_t, L_t) and ``u`` (B_v, L_v) given, or uniform over 
 
 Neither path materialises the (B_t, B_v, L_t, L_v) tensor at once: the reference works in chunks of videos
 (``chunk_size``), recomputing each chunk in the backward pass (activation checkpointing); the Triton kernel
-works in tiles.
+works in tiles. :func:`token_max_sim` takes the kernel only where it was measured to be faster
+(:func:`triton_pays_off`: CUDA, bf16/fp16, no gradient).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import importlib.util
 import torch
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["HAS_TRITON", "token_max_sim", "token_max_sim_reference", "token_max_sim_triton"]
+__all__ = ["HAS_TRITON", "token_max_sim", "token_max_sim_reference", "token_max_sim_triton", "triton_pays_off"]
 
 #: Triton ships with CUDA builds of torch on Linux; it is imported only when the kernel is first used.
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -122,9 +123,26 @@ def token_max_sim(
     Raises:
         ValueError: shapes that do not match, naming the argument.
     """
-    if text.is_cuda and HAS_TRITON:
+    if HAS_TRITON and triton_pays_off(text, video, text_weights, video_weights):
         return token_max_sim_triton(text, text_mask, video, video_mask, text_weights, video_weights)
     return token_max_sim_reference(text, text_mask, video, video_mask, text_weights, video_weights)
+
+
+def triton_pays_off(text: torch.Tensor, video: torch.Tensor, *weights: torch.Tensor | None) -> bool:
+    """Whether :func:`token_max_sim` takes the Triton kernel: CUDA, half precision (bf16/fp16) and no gradient.
+
+    Measured on an H100 (``benchmarks/ops.py``, shared/README.md): in bf16 evaluation the kernel is 1.6-4× faster
+    than the reference and needs a tenth of its memory; in float32 its exact (non-TF32) products make it 4-9×
+    slower than the reference's cuBLAS matmuls, and a training step (forward + backward) is about 2× slower in
+    either precision. Both paths compute the same function; ``token_max_sim_triton`` can still be called directly.
+    """
+    if not (text.is_cuda and video.is_cuda):
+        return False
+    half = (torch.bfloat16, torch.float16)
+    if text.dtype not in half or video.dtype not in half:
+        return False
+    needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (text, video, *weights))
+    return not needs_grad
 
 
 # ----------------------------------------------------------------------------------------------- Triton path
