@@ -21,8 +21,9 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 import torch  # noqa: E402
 from mmzoo.bench import emit, measure, pick_device  # noqa: E402
 from rtqvl.models import RTQConfig, TextConfig, VisionConfig, kmedoids  # noqa: E402
+from rtqvl.models.video import kmedoids_from_distances  # noqa: E402
 from rtqvl.module import RTQModule  # noqa: E402
-from rtqvl.ops import HAS_TRITON, kmedoids_triton  # noqa: E402
+from rtqvl.ops import HAS_TRITON, kmedoids_triton, pairwise_distance_triton  # noqa: E402
 
 
 def _vocab_dir(tmp: str) -> str:
@@ -124,13 +125,17 @@ def main() -> None:
             }
         )
         if device.type == "cuda" and HAS_TRITON:  # the Triton kernels need CUDA (the CPU interpreter is for tests)
-            same = bool(torch.equal(kmedoids_triton(z, c), kmedoids(z, c)))
+            got = kmedoids_triton(z, c)
+            # torch.cdist's float32 distances differ from the kernel's in the last bits, which can flip near-ties;
+            # on the kernel's own distances the reference iteration must give exactly the kernel's medoids
+            on_own = kmedoids_from_distances(pairwise_distance_triton(z), z.norm(dim=-1), c)
             emit(
                 {
                     "bench": "rtqvl",
                     "case": f"kmedoids_triton_{size}",
                     "batch": s,
-                    "same_medoids_as_torch": same,
+                    "segments_same_as_torch": round((got == kmedoids(z, c)).all(dim=1).float().mean().item(), 4),
+                    "same_as_torch_on_kernel_distances": bool(torch.equal(got, on_own)),
                     **measure(lambda: kmedoids_triton(z, c), s, device, warmup=1, iters=5),
                 }
             )

@@ -7,7 +7,7 @@ import torch
 from rtqvl_testlib import tiny_config, tiny_vision
 
 from rtqvl.models import RTQVisionEncoder, build_model, kmedoids, kmedoids_reference, load_pretrained, refine_segments
-from rtqvl.models.video import MessageTokenAttention, resize_pos_embed
+from rtqvl.models.video import MessageTokenAttention, euclidean_distances, resize_pos_embed
 from rtqvl.models.weights import _VIT_RULES
 
 
@@ -46,6 +46,23 @@ def test_duplicate_frames_keep_the_distinct_tokens():
     z = torch.cat([frame, frame]).unsqueeze(0)  # segment of two identical frames, N = 2P
     med = kmedoids(z, p)[0]
     assert torch.equal(torch.unique(z[0, med], dim=0), torch.unique(frame, dim=0))
+
+
+def test_kmedoids_is_exact_beyond_cdists_matmul_threshold():
+    """Above 25 tokens torch.cdist's default uses the matmul form, whose rounding breaks the spec's exact ties
+    (Δ_ii = 0, duplicates at distance 0); the distances here are ViT-sized (D = 256, norms ≈ 160)."""
+    p, d = 40, 256
+    frame = torch.randn(p, d, generator=torch.Generator().manual_seed(0)) * 10
+    z = torch.cat([frame, frame]).unsqueeze(0)  # N = 80 tokens, every one duplicated
+    dist = euclidean_distances(z)
+    assert torch.all(dist[0].diagonal() == 0) and torch.all(dist[0, :p, p:].diagonal() == 0)
+    assert torch.equal(dist, dist.transpose(1, 2))
+    med = kmedoids(z, p)[0]
+    assert torch.equal(torch.unique(z[0, med], dim=0), torch.unique(frame, dim=0))  # duplicates are picked last
+    y = torch.randn(2, 60, d, generator=torch.Generator().manual_seed(1)) * 10
+    got = kmedoids(y, 30)  # clusters of one or two tokens: exact ties between the two members' costs
+    for s in range(2):
+        assert torch.equal(got[s], kmedoids_reference(y[s], 30))
 
 
 def test_refine_shapes_cls_mean_and_gradients():

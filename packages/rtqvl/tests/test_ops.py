@@ -67,3 +67,17 @@ def test_triton_kmedoids_matches_reference():
     # the interpreter must be chosen before triton is first imported, hence a fresh process
     out = run_in_triton_interpreter(__file__, "test_ops.check_triton_against_reference('cpu'); print('kernel ok')")
     assert "kernel ok" in out
+
+
+def test_kmedoids_ignores_autocast():
+    """Under bf16 autocast (Lightning's bf16-mixed) the clustering still runs in float32: same medoids, no overflow
+    of the masking value in the cost matrix."""
+    z = torch.randn(4, 50, 16, generator=torch.Generator().manual_seed(0))
+    want = kmedoids(z, 8)
+    x = torch.randn(2 * 4, 17, 8, generator=torch.Generator().manual_seed(1))
+    want_refined = refine_segments(x, 2, 2, "kmedoids", 16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(kmedoids(z, 8), want)
+        assert torch.equal(kmedoids_from_distances(torch.cdist(z, z), z.norm(dim=-1), 8), want)
+        got_refined = refine_segments(x, 2, 2, "kmedoids", 16)
+    assert got_refined.shape == want_refined.shape

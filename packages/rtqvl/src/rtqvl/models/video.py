@@ -229,6 +229,16 @@ class VisionConfig:
 # ---------------------------------------------------------------------------------------------- k-medoids (R)
 
 
+def euclidean_distances(z: torch.Tensor) -> torch.Tensor:
+    """Δ_ij = ||z_i − z_j||₂ for z (…, N, D), from the coordinate differences.
+
+    ``torch.cdist``'s default switches to the matmul form ||z_i||² + ||z_j||² − 2⟨z_i, z_j⟩ above 25 tokens, whose
+    cancellation leaves Δ_ii and the distance between exact duplicates at about 1e-2 (ViT-B token norms) instead
+    of 0; the spec's tie rules (ties → lowest index; a duplicate of a chosen token is picked last) need the zeros.
+    """
+    return torch.cdist(z, z, compute_mode="donot_use_mm_for_euclid_dist")
+
+
 def kmedoids_reference(tokens: torch.Tensor, num_clusters: int, max_iter: int = 100) -> torch.Tensor:
     """Plain-loop k-medoids of one segment (the spec of :func:`kmedoids`, used as its test oracle).
 
@@ -236,7 +246,7 @@ def kmedoids_reference(tokens: torch.Tensor, num_clusters: int, max_iter: int = 
     """
     z = tokens.double()
     n = z.shape[0]
-    dist = torch.cdist(z, z)
+    dist = euclidean_distances(z)
     norms = z.norm(dim=1)
     medoids = [int(torch.argmax(norms))]
     while len(medoids) < min(num_clusters, n):
@@ -265,7 +275,7 @@ def kmedoids_reference(tokens: torch.Tensor, num_clusters: int, max_iter: int = 
 def kmedoids(tokens: torch.Tensor, num_clusters: int, max_iter: int = 100) -> torch.Tensor:
     """Batched k-medoids with KKZ initialisation on raw token vectors (spec §3.1 step 3).
 
-    Δ_ij = ||z_i − z_j||₂ (float32). KKZ: the first medoid is the token of largest L2 norm; each next one is the
+    Δ_ij = ||z_i − z_j||₂ (float32, from coordinate differences: :func:`euclidean_distances`). KKZ: the first medoid is the token of largest L2 norm; each next one is the
     token farthest from its nearest chosen medoid (chosen tokens never win again; ties → lowest index). Then
     ≤ ``max_iter`` rounds of: assign each token to its nearest medoid (ties → earliest medoid), replace each
     medoid by the member minimising the summed distance to its cluster (ties → lowest index); a segment whose
@@ -280,7 +290,7 @@ def kmedoids(tokens: torch.Tensor, num_clusters: int, max_iter: int = 100) -> to
     """
     z = tokens.float()
     with torch.autocast(device_type=z.device.type, enabled=False):  # clustering always in float32
-        dist = torch.cdist(z, z)  # (S, N, N)
+        dist = euclidean_distances(z)  # (S, N, N)
     return kmedoids_from_distances(dist, z.norm(dim=-1), num_clusters, max_iter)
 
 
@@ -307,7 +317,15 @@ def kkz_init(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int) -> torc
 def kmedoids_from_distances(
     dist: torch.Tensor, norms: torch.Tensor, num_clusters: int, max_iter: int = 100
 ) -> torch.Tensor:
-    """The k-medoids of :func:`kmedoids` on a given distance matrix dist (S, N, N) and token norms (S, N)."""
+    """The k-medoids of :func:`kmedoids` on a given distance matrix dist (S, N, N) and token norms (S, N).
+
+    Always float32 with autocast off: under mixed precision the cost matmul would otherwise run in bf16/fp16,
+    which rounds the summed distances (changing which medoid wins) and cannot hold the masking value."""
+    with torch.autocast(device_type=dist.device.type, enabled=False):
+        return _kmedoids_float32(dist.float(), norms.float(), num_clusters, max_iter)
+
+
+def _kmedoids_float32(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int, max_iter: int) -> torch.Tensor:
     s, n, _ = dist.shape
     c = min(num_clusters, n)
     medoids = kkz_init(dist, norms, c)
