@@ -251,3 +251,20 @@ def test_config_errors():
         SHENet(SHENetConfig(pretrained="/nonexistent/ViT-B-32.pt"))
     with pytest.raises(ValueError, match="expected video"):
         tiny().encode_video(torch.randn(2, 3, 32, 32), torch.ones(2, 1, dtype=torch.bool))
+
+
+def test_similarity_matrix_moves_each_video_chunk_once(monkeypatch):
+    """Patch features dominate evaluation traffic: each video chunk goes to the device once, not once per text chunk."""
+    import shenet.models as models
+
+    torch.manual_seed(0)
+    model = tiny()
+    text = model.encode_text(text_batch(5))
+    video = model.encode_video(torch.randn(3, T, 3, 32, 32), torch.ones(3, T, dtype=torch.bool))
+    moved = []
+    to = models._to
+    monkeypatch.setattr(models, "_to", lambda x, *a: moved.append(tuple(x.shape)) or to(x, *a))
+    with torch.no_grad():
+        out = model.similarity_matrix(text, video, text_chunk=2, video_chunk=2)
+    assert [s for s in moved if len(s) == 4] == [(2, T, 4, 32), (1, T, 4, 32)]  # (B_v, T, P, D) patch chunks
+    torch.testing.assert_close(out, model.similarity(text, video)["S"].detach(), atol=1e-5, rtol=1e-5)

@@ -612,17 +612,22 @@ class SHENet(nn.Module):
         progress: bool = False,
     ):
         """The aggregated S for all texts × all videos, computed in (text_chunk × video_chunk) blocks on ``device``
-        (features may live on the CPU, e.g. in fp16); returns float32 (N_t, N_v) on the CPU."""
+        (features may live on the CPU, e.g. in fp16); returns float32 (N_t, N_v) on the CPU.
+
+        Videos are the outer loop: each video chunk (its patch features are by far the largest input) is moved to
+        ``device`` once, and its column of S comes back to the CPU in one copy."""
         from tqdm.auto import tqdm
 
         device = device or self.fixed_weights.device
         dtype = next(self.parameters()).dtype
         Nt, Nv = len(text), len(video)
         out = torch.empty(Nt, Nv)
-        starts = range(0, Nt, text_chunk)
-        for a in tqdm(starts, desc="similarity (text chunks)", total=len(starts), disable=not progress, leave=False):
-            t = text.apply(lambda x, a=a: _to(x[a : a + text_chunk], device, dtype))
-            for b in range(0, Nv, video_chunk):
-                v = video.apply(lambda x, b=b: _to(x[b : b + video_chunk], device, dtype))
-                out[a : a + text_chunk, b : b + video_chunk] = self.similarity(t, v)["S"].float().cpu()
+        starts = range(0, Nv, video_chunk)
+        for b in tqdm(starts, desc="similarity (video chunks)", total=len(starts), disable=not progress, leave=False):
+            v = video.apply(lambda x, b=b: _to(x[b : b + video_chunk], device, dtype))
+            column = torch.empty(Nt, min(video_chunk, Nv - b), device=device)
+            for a in range(0, Nt, text_chunk):
+                t = text.apply(lambda x, a=a: _to(x[a : a + text_chunk], device, dtype))
+                column[a : a + text_chunk] = self.similarity(t, v)["S"].float()
+            out[:, b : b + video_chunk] = column.cpu()
         return out
