@@ -167,3 +167,14 @@ def test_nan_loss_raises_or_skips():
         m._check_finite({"l1": torch.tensor(1.0), "l2": torch.tensor(float("nan"))})
     m.hparams.nan_policy = "skip"
     assert not m._check_finite({"l2": torch.tensor(float("inf"))})
+
+
+def test_retrieval_evaluation_under_bf16_mixed(synthetic_root, tmp_path):
+    """bf16-mixed stores bf16 features; the level-2 score matrix must still be float32 (it once took t's dtype and
+    the first validation epoch failed writing float32 scores into it)."""
+    args = ["--data.dataset", "msrvtt_7k", "--model.task", "retrieval", "--trainer.precision", "bf16-mixed"]
+    cli = main(["fit", *base(synthetic_root, tmp_path), *args, "--trainer.limit_train_batches", "1"])
+    assert cli.trainer.precision == "bf16-mixed"
+    cli.trainer.test(cli.model, datamodule=cli.datamodule)
+    m = finite_metrics(cli, "test/")
+    assert 0.0 <= m["test/l2_simi_t2v-R@1"] <= 100.0

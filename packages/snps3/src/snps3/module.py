@@ -411,7 +411,7 @@ class SNPS3Module(pl.LightningModule):
         rank, world = rank_and_world()
         rows = list(range(rank, len(t), world))
         n_rows = math.ceil(len(t) / world)
-        sim2_local = t.new_zeros(n_rows, len(v))
+        sim2_local = torch.zeros(n_rows, len(v), device=t.device)  # float32 even when t is bf16 (bf16-mixed)
         pairs = [(r, j) for r in range(len(rows)) for j in range(len(v))]
         step = self.hparams.eval_pair_batch
         bar = tqdm(
@@ -426,7 +426,7 @@ class SNPS3Module(pl.LightningModule):
             sim2_local[chunk[:, 0], chunk[:, 1]] = self.model.sim_score(out.pooled).float()
         if world > 1:
             allrows = self.all_gather(sim2_local)  # (W, n_rows, N_v)
-            sim2 = t.new_zeros(len(t), len(v))
+            sim2 = torch.zeros(len(t), len(v), device=t.device)
             for r in range(world):
                 idx = list(range(r, len(t), world))
                 sim2[idx] = allrows[r, : len(idx)]
