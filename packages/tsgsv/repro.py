@@ -130,6 +130,52 @@ def window_oracle(root: Path, split: str, windows: list[int]) -> dict:
     }
 
 
+def grid_oracle(root: Path, split: str, cfg: GroundingEvalConfig) -> dict:
+    """What the inference pipeline (median filter, downsampling, proposal grid, NMS) lets through (no training).
+
+    ``cap``: the share of annotations for which *some* grid proposal reaches IoU > m (an upper bound on R@n for any
+    n and any scores). ``perfect_onehot`` / ``perfect_3frame``: R@1 and R@5 when p_start and p_end are 1 exactly on
+    the ground-truth start / end frame (one frame, or that frame and its two neighbours) and 0 elsewhere, and
+    ``perfect_gaussian`` with a bump of σ = 2 frames around each boundary instead: perfect boundary predictors fed
+    through the official post-processing."""
+    from tsgsv.metrics import downsample_scores, proposal_grid, recall_hits, streaming_proposals, temporal_iou
+
+    anns = json.loads((root / f"{split}.json").read_text())
+    best: list[float] = []
+    hits = {"perfect_onehot": [], "perfect_3frame": [], "perfect_gaussian": []}
+    for item in anns.values():
+        n, d = item["duration_frame"], item["duration"]
+        t_len = downsample_scores(torch.zeros(n, 3), cfg).shape[0]
+        grid = proposal_grid(t_len, cfg.group_size, cfg.max_proposal_len).double() / max(t_len - 1, 1) * d
+        for ts, te in item["timestamps"]:
+            best.append(float(temporal_iou(grid, torch.tensor([ts, te], dtype=torch.float64)).max()))
+            s, e = round(ts / d * (n - 1)), round(te / d * (n - 1))
+            frames = torch.arange(n, dtype=torch.float32)
+            for name, width in (("perfect_onehot", 0), ("perfect_3frame", 1), ("perfect_gaussian", None)):
+                scores = torch.zeros(n, 3)
+                if width is None:  # a smooth bump, σ = 2 frames, peak 1 on the boundary frame
+                    scores[:, 0] = torch.exp(-0.5 * ((frames - s) / 2.0) ** 2)
+                    scores[:, 1] = torch.exp(-0.5 * ((frames - e) / 2.0) ** 2)
+                else:
+                    scores[max(s - width, 0) : s + width + 1, 0] = 1.0
+                    scores[max(e - width, 0) : e + width + 1, 1] = 1.0
+                moments = streaming_proposals(scores, d, cfg)
+                hits[name].append(recall_hits(moments, (ts, te), cfg.recall_at, cfg.iou_thresholds))
+    out: dict = {
+        "annotations": len(best),
+        "mean_best_iou": statistics.mean(best),
+        "cap": {f"IoU>{m}": sum(b > m for b in best) / len(best) for m in cfg.iou_thresholds},
+    }
+    for name, rows in hits.items():
+        h = torch.stack(rows).mean(0)  # (len(recall_at), len(iou))
+        out[name] = {
+            f"R@{n},IoU={m}": round(float(h[i, j]), 4)
+            for i, n in enumerate(cfg.recall_at)
+            for j, m in enumerate(cfg.iou_thresholds)
+        }
+    return out
+
+
 @torch.no_grad()
 def selection_stats(model, batch: dict[str, torch.Tensor]) -> str:
     """Entropy of the first compressor stage's selection maps over the M_l frames, as a fraction of ln(M_l) (1.0 =
@@ -516,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
                     f"seed {seed} {args.eval_split}: "
                     + json.dumps(window_oracle(roots[seed], args.eval_split, [1, 8, 72]))
                 )
+                grid = grid_oracle(roots[seed], args.eval_split, GroundingEvalConfig(map_label_extension=0.0))
+                print(f"seed {seed} {args.eval_split} proposal grid: " + json.dumps(grid))
             return 0
         for seed, v in order:
             r = run_variant(v, roots[seed], seed, args.epochs, device, args.eval_split, tuple(args.probes),
