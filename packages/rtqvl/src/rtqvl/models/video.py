@@ -275,8 +275,9 @@ def kmedoids_reference(tokens: torch.Tensor, num_clusters: int, max_iter: int = 
 def kmedoids(tokens: torch.Tensor, num_clusters: int, max_iter: int = 100) -> torch.Tensor:
     """Batched k-medoids with KKZ initialisation on raw token vectors (spec §3.1 step 3).
 
-    Δ_ij = ||z_i − z_j||₂ (float32, from coordinate differences: :func:`euclidean_distances`). KKZ: the first medoid is the token of largest L2 norm; each next one is the
-    token farthest from its nearest chosen medoid (chosen tokens never win again; ties → lowest index). Then
+    Δ_ij = ||z_i − z_j||₂ (float32, from coordinate differences: :func:`euclidean_distances`). KKZ: the first
+    medoid is the token of largest L2 norm; each next one is the token farthest from its nearest chosen medoid
+    (chosen tokens never win again; ties → lowest index). Then
     ≤ ``max_iter`` rounds of: assign each token to its nearest medoid (ties → earliest medoid), replace each
     medoid by the member minimising the summed distance to its cluster (ties → lowest index); a segment whose
     medoids stop changing is a fixed point, so iterating until no segment changes equals the official stop rule.
