@@ -235,6 +235,17 @@ class SquaredDistillation(torch.nn.Module):
         return sum(((t[k] - nt[k]) ** 2).sum(dim=1).mean() for k in ("level1", "level2"))
 
 
+class ProbabilityDistillation(torch.nn.Module):
+    """--diagnose only (not the spec): the spec's mean Euclidean norm per level, on sigmoid(score) instead of the raw
+    scores, so the distance is bounded (≤ √L) and saturated labels stop pulling (mutual, β1 = β2 = 1, ε = 1e-8)."""
+
+    def forward(self, t: dict, nt: dict) -> torch.Tensor:
+        return sum(
+            torch.sqrt(((t[k].float().sigmoid() - nt[k].float().sigmoid()) ** 2).sum(dim=1) + 1e-8).mean()
+            for k in ("level1", "level2")
+        )
+
+
 @torch.no_grad()
 def cls_spread(module: KEVSRModule, data: dict) -> float:
     """Mean over dimensions of the across-video std of S1's [CLS] output e^t (0 = input-independent)."""
@@ -280,13 +291,14 @@ def gradient_probe(module: KEVSRModule, data: dict, n: int = 64) -> dict:
     return res
 
 
-DIAGNOSE = {  # name: (module kwargs, train kwargs, epochs, squared distance)
+DIAGNOSE = {  # name: (module kwargs, train kwargs, epochs, distance: False = the spec's, True = squared, or a Module)
     "temporal": (dict(streams="temporal"), {}, 8, False),
     "full": (dict(streams="both"), {}, 8, False),
     "full_stopgrad_nt": (dict(streams="both", distill_stop_grad="nt"), {}, 8, False),
     "full_stopgrad_t": (dict(streams="both", distill_stop_grad="t"), {}, 8, False),
     "full_init_std_0.02": (dict(streams="both", config_kw=dict(init_std=0.02)), {}, 8, False),
     "full_squared_distance": (dict(streams="both"), {}, 8, True),
+    "full_probability_distance": (dict(streams="both"), {}, 8, ProbabilityDistillation),
     "full_distill_ramp_2_epochs": (dict(streams="both"), dict(distill_ramp_epochs=2.0), 8, False),
     "full_lr_1e-3": (dict(streams="both"), dict(lr=1e-3), 8, False),
     "full_spec_recipe_lr_1e-4_warmup_30_epochs": (dict(streams="both"), dict(lr=1e-4, warmup=0.05), 30, False),
@@ -323,8 +335,10 @@ def diagnose(seeds: list[int], log: logging.Logger, only: list[str] | None = Non
         per_seed = []
         for seed in seeds:
             module = build(dm, cfg_kw, mod_kw, seed)
-            if squared:
+            if squared is True:
                 module.loss_distill = SquaredDistillation()
+            elif squared:
+                module.loss_distill = squared()
             track: list = []
 
             def on_epoch(epoch: int, module: KEVSRModule = module, track: list = track) -> None:
