@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmzoo.bench import emit, measure, pick_device
-from mmzoo.testing import moving_shapes_video, random_captions
+from mmzoo.testing import load_script, moving_shapes_video, random_captions
 
 
 def test_measure_and_emit(tmp_path, monkeypatch, capsys):
@@ -36,3 +36,14 @@ def test_run_in_triton_interpreter_sets_the_flag_and_reports_failures(tmp_path):
     assert run_in_triton_interpreter(checks, "print(my_checks.flag())", timeout=120).strip() == "1"
     with pytest.raises(AssertionError, match=r"my_checks\.py.*TRITON_INTERPRET=1[\s\S]*ZeroDivisionError"):
         run_in_triton_interpreter(checks, "1 / 0", timeout=120)
+
+
+def test_load_script_imports_by_path(tmp_path):
+    script = tmp_path / "pkg" / "repro.py"
+    script.parent.mkdir()
+    script.write_text("VALUE = 41\n\ndef bump(x):\n    return x + 1\n")
+    module = load_script(script)
+    assert module.__name__ == "pkg_repro" and module.bump(module.VALUE) == 42
+    assert load_script(script, "other").__name__ == "other"
+    with pytest.raises(FileNotFoundError, match="nothere.py"):
+        load_script(tmp_path / "nothere.py")

@@ -1,12 +1,12 @@
 """The §8c script's training loop runs exactly the requested number of steps (it once stopped after one pass)."""
 
-import importlib.util
 import io
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from mmzoo.testing import load_script
 from PIL import Image
 from torch.utils.data import DataLoader
 
@@ -14,10 +14,7 @@ from asdmllm.sampling import ResampledEpochSampler
 
 
 def _repro():
-    spec = importlib.util.spec_from_file_location("asdmllm_repro", Path(__file__).parents[1] / "repro.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(Path(__file__).parents[1] / "repro.py")
 
 
 def test_take_steps_cycles_and_truncates():

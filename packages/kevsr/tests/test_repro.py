@@ -1,19 +1,16 @@
 """Diagnostics of repro.py (spec §8c, claim 3): the alternative distillation distances it tries."""
 
-import importlib.util
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from mmzoo.testing import load_script
 
 
 @pytest.fixture(scope="module")
 def repro():
-    spec = importlib.util.spec_from_file_location("kevsr_repro", Path(__file__).parents[1] / "repro.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(Path(__file__).parents[1] / "repro.py")
 
 
 def test_probability_distillation_by_hand(repro):

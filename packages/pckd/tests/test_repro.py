@@ -1,16 +1,14 @@
 """The digits repro's wiring (repro.py, spec §8c): the recipe's optimizer and the validation-only β selection."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import torch
+from mmzoo.testing import load_script
 
 from pckd.models import build_backbone
 
-_spec = importlib.util.spec_from_file_location("pckd_repro", Path(__file__).resolve().parents[1] / "repro.py")
-repro = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(repro)
+repro = load_script(Path(__file__).resolve().parents[1] / "repro.py")
 
 
 class _Tiny:

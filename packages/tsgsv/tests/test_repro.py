@@ -1,11 +1,11 @@
 """Diagnostics of repro.py (spec §8c): the sentence-class probe."""
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from mmzoo.testing import load_script
 
 from tsgsv.data import TSGVEvalDataset, TSGVTrainDataset
 from tsgsv.models import StreamingTSGV, TSGSVConfig
@@ -16,10 +16,7 @@ FILE = "feats_{split}.hdf5"
 
 @pytest.fixture(scope="module")
 def repro():
-    spec = importlib.util.spec_from_file_location("tsgsv_repro", Path(__file__).parents[1] / "repro.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(Path(__file__).parents[1] / "repro.py")
 
 
 def test_nearest_centroid_accuracy_by_hand(repro):

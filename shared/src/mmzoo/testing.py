@@ -1,4 +1,4 @@
-"""Tiny synthetic inputs for tests: pattern videos, captions, feature files, and a two-process runner.
+"""Tiny synthetic inputs for tests: pattern videos, captions, feature files, a two-process runner, a script loader.
 
 :func:`make_pattern_video` writes a video whose frame k shows the binary code of k as a grid of black and
 white cells; :func:`decode_pattern` reads k back from a decoded frame, so a test can check exactly which
@@ -7,6 +7,7 @@ frames a sampler returned. The cells are large enough to survive lossy compressi
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
 import subprocess
@@ -14,6 +15,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 import torch
@@ -28,6 +30,7 @@ __all__ = [
     "write_npy_features",
     "run_distributed",
     "run_in_triton_interpreter",
+    "load_script",
 ]
 
 _GRID = 4  # 4 × 4 cells → 16 bits, frame indices up to 65535
@@ -182,3 +185,16 @@ def run_in_triton_interpreter(test_file: str | os.PathLike, statement: str, time
     if proc.returncode != 0:
         raise AssertionError(f"{test_file.name}: {statement!r} failed under TRITON_INTERPRET=1:\n{proc.stderr[-3000:]}")
     return proc.stdout
+
+
+def load_script(path: str | os.PathLike, name: str | None = None) -> ModuleType:
+    """Import a script that is not part of an installed package (a package's ``repro.py``) from its path, so tests
+    can call its functions. ``name`` (default ``<folder>_<stem>``, e.g. ``pckd_repro``) becomes the module's
+    ``__name__``; the module is not added to ``sys.modules``."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"load_script: no script at {path}")
+    spec = importlib.util.spec_from_file_location(name or f"{path.parent.name}_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
