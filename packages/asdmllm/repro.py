@@ -52,7 +52,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from asdmllm.data import SocialCounterfactualsDataset, _glyphs, collate, make_socialcounterfactuals
+from asdmllm.data import SocialCounterfactualsDataset, collate, glyph_pools, make_socialcounterfactuals
 from asdmllm.metrics import SkewMetric, max_min_skew, per_sample_skew, skew_table
 from asdmllm.models import MLLMConfig
 from asdmllm.module import ASDModule, DebiasConfig, SkewConfig
@@ -270,7 +270,7 @@ def counterfactual_instances(
     the pixel noise); ``tests/test_repro.py`` checks the replay against the generated images. Drawn with replacement
     (``each_once=False``), a split of ``n_sets`` sets per occupation holds fewer distinct glyphs than sets."""
     rng = np.random.default_rng(seed)
-    pools = _glyphs("digits", len(OCCUPATIONS), fraction)
+    pools = glyph_pools("digits", len(OCCUPATIONS), fraction)
     out = {}
     for k, occupation in enumerate(OCCUPATIONS):
         for s in range(min(n_sets, len(pools[k])) if each_once else n_sets):
@@ -334,7 +334,8 @@ def evaluate(module: ASDModule, data, keep: dict | None = None) -> dict[str, flo
     gender = info.attribute_types.index("gender")
     pairs: dict[tuple[str, int], dict[bool, float]] = {}
     for j, i in enumerate(int(item["index"]) for item in items):  # the loader above is not shuffled
-        pairs.setdefault((ds._sets[i], int(ds.attribute_ids[i, gender])), {})[bool(stereo[j])] = float(own[j])
+        key = (ds.counterfactual_sets[i], int(ds.attribute_ids[i, gender]))
+        pairs.setdefault(key, {})[bool(stereo[j])] = float(own[j])
     wins = [0.5 if p[True] == p[False] else float(p[True] > p[False]) for p in pairs.values() if len(p) == 2]
     out["paired_stereotype_win_rate"] = 100.0 * statistics.mean(wins)
     rates = []
@@ -346,7 +347,11 @@ def evaluate(module: ASDModule, data, keep: dict | None = None) -> dict[str, flo
     out["stereotype_rate_top25"] = 100.0 * statistics.mean(rates)  # 50 = no bias, 100 = full stereotype
     if keep is not None:
         keep.update(
-            own=own, pred=pred, concept=concept, race=hue, sets=[ds._sets[int(item["index"])] for item in items]
+            own=own,
+            pred=pred,
+            concept=concept,
+            race=hue,
+            sets=[ds.counterfactual_sets[int(item["index"])] for item in items],
         )
     return out
 

@@ -43,7 +43,9 @@ def test_socialcounterfactuals_official_columns(scounter_root):
 def test_socialcounterfactuals_reader_batch(scounter_root):
     splits = {s: SocialCounterfactualsDataset(scounter_root, s, image_size=32) for s in ("train", "val", "test")}
     assert sum(len(d) for d in splits.values()) == 3 * 10 * 4
-    assert not set(splits["train"]._sets) & set(splits["test"]._sets)  # no set shared across splits
+    assert not set(splits["train"].counterfactual_sets) & set(
+        splits["test"].counterfactual_sets
+    )  # no set shared across splits
     ds = splits["train"]
     assert ds.concepts == sorted(OCC) and ds.attribute_types == ["gender", "race"]
     assert ds.attribute_values == [["female", "male"], ["Black", "White"]]
@@ -58,7 +60,7 @@ def test_socialcounterfactuals_reader_batch(scounter_root):
 
 def test_counterfactual_sets_differ_only_in_attributes(scounter_root):
     ds = SocialCounterfactualsDataset(scounter_root, "all", image_size=32)
-    first = [i for i in range(len(ds)) if ds._sets[i] == ds._sets[0]]
+    first = [i for i in range(len(ds)) if ds.counterfactual_sets[i] == ds.counterfactual_sets[0]]
     assert len(first) == 4 and len({tuple(ds.attribute_ids[i].tolist()) for i in first}) == 4
     assert len({int(ds.concept_ids[i]) for i in first}) == 1
 

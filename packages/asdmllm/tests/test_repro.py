@@ -86,7 +86,7 @@ def test_instance_replay_matches_the_generated_images(tmp_path, each_once):
     repro = _repro()
     from asdmllm.data import (
         SocialCounterfactualsDataset,
-        _glyphs,
+        glyph_pools,
         make_socialcounterfactuals,
         render_counterfactual_image,
     )
@@ -108,16 +108,16 @@ def test_instance_replay_matches_the_generated_images(tmp_path, each_once):
     )
     ds = SocialCounterfactualsDataset(tmp_path, "all", image_size=32, questions=repro.QUESTIONS)
     instance_of = repro.counterfactual_instances(n_sets, 7, fraction, each_once)
-    assert set(instance_of) == set(ds._sets)
-    pools = _glyphs("digits", len(repro.OCCUPATIONS), fraction)
+    assert set(instance_of) == set(ds.counterfactual_sets)
+    pools = glyph_pools("digits", len(repro.OCCUPATIONS), fraction)
     if each_once:  # one set per instance of every pool
-        assert len(set(ds._sets)) == sum(len(p) for p in pools) == len(set(instance_of.values()))
+        assert len(set(ds.counterfactual_sets)) == sum(len(p) for p in pools) == len(set(instance_of.values()))
     names = {
         t: (ds.attribute_types.index(t), ds.attribute_values[ds.attribute_types.index(t)]) for t in ("race", "gender")
     }
     for i in range(0, len(ds), 3):
         image = np.asarray(Image.open(io.BytesIO(ds._table[ds._rows[i]]["image"]["bytes"])), dtype=np.float32)
-        k, j = divmod(instance_of[ds._sets[i]], 1000)
+        k, j = divmod(instance_of[ds.counterfactual_sets[i]], 1000)
         race = repro.RACES.index(names["race"][1][int(ds.attribute_ids[i, names["race"][0]])])
         gender = repro.GENDERS.index(names["gender"][1][int(ds.attribute_ids[i, names["gender"][0]])])
         errors = [  # centred glyph of a 32 px image: offset 8 (make_socialcounterfactuals, jitter=False)

@@ -43,6 +43,7 @@ __all__ = [
     "make_cmsc",
     "make_fairface",
     "render_counterfactual_image",
+    "glyph_pools",
     "DemoDataConfig",
     "DebiasDataModule",
 ]
@@ -188,7 +189,7 @@ class _CounterfactualDataset(Dataset):
         self.attribute_values = [sorted({r[t] for r in attr_rows if r.get(t)}) for t in attr_types]
         self._rows = rows
         self._captions = [captions[r] for r in rows]
-        self._sets = [sets[r] for r in rows]
+        self.counterfactual_sets = [sets[r] for r in rows]  # per item, the id of its counterfactual set
         c_index = {c: i for i, c in enumerate(self.concepts)}
         self.concept_ids = torch.tensor([c_index[concept_names[r]] for r in rows], dtype=torch.long)
         a_index = [{v: i for i, v in enumerate(vals)} for vals in self.attribute_values]
@@ -211,7 +212,7 @@ class _CounterfactualDataset(Dataset):
         try:
             image = load_image(record["bytes"] if record.get("bytes") else record["path"], self.image_size)
         except (UnidentifiedImageError, OSError, ValueError) as err:
-            where = f"{self._source} row {row} (set {self._sets[index]!r})"
+            where = f"{self._source} row {row} (set {self.counterfactual_sets[index]!r})"
             if self.on_corrupt == "raise":
                 raise ValueError(f"corrupt image at {where}: {err}") from err
             log.warning("skipping corrupt image at %s: %s", where, err)
@@ -451,8 +452,9 @@ def _shape_glyph(k: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(g, 0, 1)
 
 
-def _glyphs(source: str, classes: int, instance_fraction: tuple[float, float]) -> list[list[np.ndarray]]:
-    """Per class, the list of 8×8 glyphs in [0, 1] (digits: sklearn's load_digits instances in the given fraction)."""
+def glyph_pools(source: str, classes: int, instance_fraction: tuple[float, float]) -> list[list[np.ndarray]]:
+    """Per class, the list of 8×8 glyphs in [0, 1] that the generated datasets draw from (``digits``: sklearn's
+    load_digits instances of digit ``k mod 10`` in the given fraction of each digit's instances; else drawn shapes)."""
     if source == "digits":
         from sklearn.datasets import load_digits
 
@@ -531,7 +533,7 @@ def make_socialcounterfactuals(
     import datasets
 
     rng = np.random.default_rng(seed)
-    glyphs = _glyphs(glyph_source, len(occupations), instance_fraction)
+    glyphs = glyph_pools(glyph_source, len(occupations), instance_fraction)
     columns: dict[str, list] = {c: [] for c in SCOUNTER_COLUMNS}
     for k, occupation in enumerate(occupations):
         set_prefix = f"a_photo_of_race_gender_{occupation.replace(' ', '_')}_"
@@ -596,7 +598,7 @@ def make_cmsc(
     concepts = CMSC_CONCEPTS if concepts is None else concepts
     rng = np.random.default_rng(seed)
     flat = [(g, c) for g, cs in concepts.items() for c in cs]
-    glyphs = _glyphs("shapes", len(flat), (0.0, 1.0))
+    glyphs = glyph_pools("shapes", len(flat), (0.0, 1.0))
     columns: dict[str, list] = {c: [] for c in CMSC_COLUMNS}
     for k, (group, concept) in enumerate(flat):
         set_prefix = f"{group}_{concept.replace(' ', '_')}_"
@@ -629,7 +631,7 @@ def make_fairface(root: str | Path, n: int, image_size: int = 32, seed: int = 0)
     rng = np.random.default_rng(seed)
     root = Path(root)
     (root / "val").mkdir(parents=True, exist_ok=True)
-    glyphs = _glyphs("shapes", 6, (0.0, 1.0))
+    glyphs = glyph_pools("shapes", 6, (0.0, 1.0))
     with (root / "fairface_label_val.csv").open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(FAIRFACE_HEADER)
