@@ -206,6 +206,24 @@ def sentence_class(text: str) -> int:
     return int(text.rsplit(" ", 1)[-1])
 
 
+def wrong_query_partners(videos: list[str]) -> list[int]:
+    """Probe ``wrong_query``: for annotation i (``videos[i]`` its video), the index of the next annotation of the same
+    video, cyclically within that video. The synthetic events of one video have distinct classes, so the partner's
+    sentence names a class of another event of this video. A video with a single annotation has no partner: ValueError
+    (borrowing another video's sentence could name a class that also occurs in this one)."""
+    members: dict[str, list[int]] = {}
+    for i, v in enumerate(videos):
+        members.setdefault(v, []).append(i)
+    alone = [v for v, idx in members.items() if len(idx) < 2]
+    if alone:
+        raise ValueError(f"wrong_query probe: videos with a single annotation have no partner: {alone[:5]}")
+    partner = [0] * len(videos)
+    for idx in members.values():
+        for j, i in enumerate(idx):
+            partner[i] = idx[(j + 1) % len(idx)]
+    return partner
+
+
 def nearest_centroid_accuracy(
     train_x: torch.Tensor, train_y: torch.Tensor, test_x: torch.Tensor, test_y: torch.Tensor
 ) -> float:
@@ -357,12 +375,16 @@ def run_variant(
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, 1e-3, total_steps=steps + epochs, pct_start=0.1)
     test = TSGVEvalDataset(root, split, FILE)
 
+    partners = None
+    if "wrong_query" in probes:
+        partners = wrong_query_partners([test.annotations[i].video for i in test.indices])
+
     def evaluate(probe: str | None = None) -> dict[str, float]:
         metric = StreamingGroundingMetrics(eval_cfg)
         for i in range(len(test)):
             item = test[i]
-            if probe == "wrong_query":  # the next annotation's sentence: same video, another event and class
-                other = test[(i + 1) % len(test)]
+            if probe == "wrong_query":  # another annotation's sentence: same video, another event and class
+                other = test[partners[i]]
                 item = {**item, "sentence": other["sentence"], "sentence_length": other["sentence_length"]}
             with long_memory_zeroed() if probe == "no_long" else contextlib.nullcontext():
                 scores = module.stream_scores(item["video"].to(device), item["sentence"].to(device),

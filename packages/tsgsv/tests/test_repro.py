@@ -99,3 +99,19 @@ def test_grid_oracle_smooth_boundaries_reach_every_moment(repro, tmp_path):
     assert out["annotations"] > 0 and out["cap"]["IoU>0.5"] == 1.0
     assert out["perfect_gaussian"]["R@1,IoU=0.5"] == 1.0
     assert out["perfect_onehot"]["R@5,IoU=0.3"] == 0.0
+
+
+def test_wrong_query_partners_stay_in_the_video(repro, tmp_path):
+    """Probe wrong_query: each annotation borrows the sentence of another annotation of its own video (cyclically),
+    never one of the next video, so the borrowed class is another event's of the same video."""
+    assert repro.wrong_query_partners(["a", "a", "b", "b", "b", "a"]) == [1, 5, 3, 4, 2, 0]
+    with pytest.raises(ValueError, match="single annotation.*'c'"):
+        repro.wrong_query_partners(["a", "a", "c"])
+    cfg = SyntheticStreamConfig((2, 3, 2), 3, video_feature_file=FILE)
+    test = TSGVEvalDataset(write_synthetic_dataset(tmp_path / "ds", cfg), "val", FILE)
+    anns = [test.annotations[i] for i in test.indices]
+    partners = repro.wrong_query_partners([a.video for a in anns])
+    assert len(set(a.video for a in anns)) == 3 and sorted(partners) == list(range(len(anns)))
+    for i, j in enumerate(partners):
+        assert i != j and anns[i].video == anns[j].video
+        assert repro.sentence_class(anns[i].sentence) != repro.sentence_class(anns[j].sentence)
