@@ -26,6 +26,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from mmzoo.data import worker_options
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -870,9 +871,7 @@ class DebiasDataModule(pl.LightningDataModule):
             sampler=sampler,
             shuffle=shuffle,
             drop_last=drop_last,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            **worker_options(hp),
             collate_fn=collate,
         )
 

@@ -21,6 +21,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from mmzoo.data import SplitLoaders, worker_options
 from mmzoo.features import H5Features, NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
 
@@ -190,7 +191,7 @@ class KEVSRDataset(Dataset):
         }
 
 
-class KEVSRDataModule(pl.LightningDataModule):
+class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
     """Reads the spec §4.2 folder (or generates the synthetic digits data set there on first use)."""
 
     def __init__(
@@ -296,19 +297,5 @@ class KEVSRDataModule(pl.LightningDataModule):
             batch_size=h.batch_size if train else h.eval_batch_size,
             shuffle=train,
             drop_last=False,
-            num_workers=h.num_workers,
-            pin_memory=h.pin_memory,
-            persistent_workers=h.persistent_workers and h.num_workers > 0,
+            **worker_options(h),
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mmzoo.data import SplitLoaders, worker_options
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = [
@@ -261,8 +262,10 @@ class DigitsDataset(Dataset):
         return {"image": image, "label": self.labels[idx], "index": torch.tensor(idx)}
 
 
-class PCKDDataModule(pl.LightningDataModule):
+class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
     """Picks the reader by ``dataset`` and serves 4-view training batches and plain evaluation batches."""
+
+    predict_split = "predict"
 
     def __init__(
         self,
@@ -345,19 +348,8 @@ class PCKDDataModule(pl.LightningDataModule):
             batch_size=h.batch_size if train else h.eval_batch_size,
             shuffle=train,
             drop_last=train,  # L_CC gathers across ranks: equal shapes on every rank
-            num_workers=h.num_workers,
-            pin_memory=h.pin_memory,
-            persistent_workers=h.persistent_workers and h.num_workers > 0,
+            **worker_options(h),
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
 
     def val_dataloader(self) -> DataLoader | list:
         return self._loader("val", False) if "val" in self.datasets else []
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("predict", False)

@@ -22,6 +22,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from mmzoo.data import SplitLoaders, worker_options
 from mmzoo.features import NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import HeteroData
@@ -208,7 +209,7 @@ class GraphCollator:
         )  # fmt: skip
 
 
-class KwaiTagDataModule(pl.LightningDataModule):
+class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
     """The Kwai micro-video tagging data of one vertical (spec §4), as per-split graphs with block sampling.
 
     Args:
@@ -295,20 +296,6 @@ class KwaiTagDataModule(pl.LightningDataModule):
             _VideoIds(ids),
             batch_size=hp.batch_size if train else hp.eval_batch_size,
             shuffle=train,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            **worker_options(hp),
             collate_fn=GraphCollator(g, sampler, g["tag"].num_nodes),
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

@@ -29,6 +29,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
+from mmzoo.data import SplitLoaders, worker_options
 from mmzoo.video import VideoDecodeError, VideoReader, normalize
 from torch.utils.data import DataLoader, Dataset
 
@@ -564,7 +565,7 @@ def collate(items: list[dict | None]) -> dict | None:
 # ------------------------------------------------------------------------------------------------ DataModule
 
 
-class RTQDataModule(pl.LightningDataModule):
+class RTQDataModule(SplitLoaders, pl.LightningDataModule):
     """Data for one RTQ task/dataset (spec §4). ``dataset`` picks the reader and the default file layout
     (:data:`LAYOUT`); every file name can be overridden.
 
@@ -668,20 +669,6 @@ class RTQDataModule(pl.LightningDataModule):
             batch_size=hp.batch_size if train else hp.eval_batch_size,
             shuffle=train,
             drop_last=train,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            **worker_options(hp),
             collate_fn=collate,
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

@@ -17,6 +17,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from mmzoo.data import SplitLoaders, worker_options
 from mmzoo.features import H5Features
 from torch.utils.data import DataLoader, Dataset
 
@@ -655,7 +656,7 @@ def collate_scene_graphs(items: list[dict]) -> dict:
     }
 
 
-class SGGDataModule(pl.LightningDataModule):
+class SGGDataModule(SplitLoaders, pl.LightningDataModule):
     """VG150 / GQA200 scene graphs with synthetic or cached features.
 
     Args:
@@ -796,21 +797,10 @@ class SGGDataModule(pl.LightningDataModule):
             shuffle=train,
             drop_last=train and len(ds) >= hp.batch_size,
             collate_fn=collate_scene_graphs,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            **worker_options(hp),
         )
 
     def train_dataloader(self) -> DataLoader:
         ds = self.datasets["train"]
         ds.epoch_seed = self.trainer.current_epoch if self.trainer is not None else 0
         return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

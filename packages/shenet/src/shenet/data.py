@@ -27,6 +27,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from mmzoo.data import SplitLoaders, worker_options
 from mmzoo.video import VideoDecodeError, VideoReader, center_crop, normalize, resize_short_side
 from torch.utils.data import DataLoader, Dataset
 
@@ -391,7 +392,7 @@ class RetrievalCollate:
         return batch
 
 
-class SHENetDataModule(pl.LightningDataModule):
+class SHENetDataModule(SplitLoaders, pl.LightningDataModule):
     """Data for SHE-Net: one of the four datasets (spec §4) or the digits task (spec §8c).
 
     Every caption of the splits in use is parsed once in ``setup`` (spaCy's ``nlp.pipe`` when the backend is spaCy)
@@ -502,23 +503,9 @@ class SHENetDataModule(pl.LightningDataModule):
             batch_size=hp.batch_size if train else hp.eval_batch_size,
             shuffle=train,
             drop_last=train,  # the gathered contrastive loss needs equal batches on every rank
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            **worker_options(hp),
             collate_fn=RetrievalCollate(frozen),
         )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
 
     def num_queries(self, split: Split) -> int:
         return self.datasets[split].num_queries

@@ -20,6 +20,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mmzoo.data import SplitLoaders, worker_options
 from mmzoo.video import (
     VideoDecodeError,
     VideoReader,
@@ -736,7 +737,7 @@ def load_tokenizer(value: str, local: Path | None = None):
         ) from err
 
 
-class SNPS3DataModule(pl.LightningDataModule):
+class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
     """Data for every SNP-S3 stage: pre-training corpora, retrieval, QA and MC (spec §4)."""
 
     def __init__(
@@ -900,21 +901,10 @@ class SNPS3DataModule(pl.LightningDataModule):
             shuffle=train,
             drop_last=train,
             collate_fn=collate,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            **worker_options(hp),
         )
 
     def train_dataloader(self) -> DataLoader:
         if self.task == "mc":
             raise ValueError("MSRVTT-MC is zero-shot (spec §3.6): run `snps3 test` with a retrieval checkpoint")
         return self._loader("train", True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("val", False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", False)
-
-    def predict_dataloader(self) -> DataLoader:
-        return self._loader("test", False)

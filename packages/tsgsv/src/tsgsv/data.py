@@ -20,6 +20,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from mmzoo.data import worker_options
 from mmzoo.features import H5Features
 from torch.utils.data import DataLoader, Dataset
 
@@ -433,9 +434,7 @@ class TSGVDataModule(pl.LightningDataModule):
             batch_size=hp.batch_size if train else 1,
             shuffle=train,
             drop_last=False,
-            num_workers=hp.num_workers,
-            pin_memory=hp.pin_memory,
-            persistent_workers=hp.persistent_workers and hp.num_workers > 0,
+            **worker_options(hp),
             collate_fn=None if train else collate_annotations,
         )
 

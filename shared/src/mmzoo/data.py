@@ -1,0 +1,46 @@
+"""DataLoader plumbing that the packages' LightningDataModules share.
+
+Every package's datamodule takes ``num_workers``, ``pin_memory`` and ``persistent_workers`` as init arguments (so they
+are config keys under ``data.init_args``) and builds its loaders with one ``_loader(split, train)`` method.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["SplitLoaders", "worker_options"]
+
+
+def worker_options(hparams: Any) -> dict[str, Any]:
+    """The ``DataLoader`` keyword arguments ``num_workers``, ``pin_memory`` and ``persistent_workers`` from a
+    datamodule's ``hparams``. ``persistent_workers`` is passed only as far as it is valid: torch refuses it without
+    worker processes, so it is ``False`` whenever ``num_workers`` is 0."""
+    return {
+        "num_workers": hparams.num_workers,
+        "pin_memory": hparams.pin_memory,
+        "persistent_workers": bool(hparams.persistent_workers and hparams.num_workers > 0),
+    }
+
+
+class SplitLoaders:
+    """Mixin for a ``LightningDataModule`` (list it first among the bases) whose loaders all come from
+    ``self._loader(split, train)``: fit trains on ``"train"`` (``train=True``: shuffled), validation reads ``"val"``,
+    test and predict read ``"test"`` (``predict_split`` changes the latter). A package overrides a single hook where it
+    must do more, e.g. reseed its training set each epoch before returning ``super().train_dataloader()``."""
+
+    predict_split = "test"
+
+    def _loader(self, split: str, train: bool):  # pragma: no cover - every user defines it
+        raise NotImplementedError(f"{type(self).__name__} must define _loader(split, train)")
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+    def test_dataloader(self):
+        return self._loader("test", False)
+
+    def predict_dataloader(self):
+        return self._loader(self.predict_split, False)
