@@ -2,7 +2,8 @@
 
 Cases: 8 and 16 frames sampled uniformly (eval centres) from generated H.264 clips. On a GPU machine the default
 is the full grid (720p and 1080p, 30 s and 5 min); on a CPU the 30 s clips only (``--full`` forces the grid).
-torchcodec is measured too when installed. One JSON line per case (see mmzoo.bench).
+torchcodec is measured too when installed. One JSON line per case (see mmzoo.bench). With ``MMZOO_BENCH_SMOKE=1`` it
+runs one 2 s clip of 96×64 once per case (a check that the script runs, not a timing; records say ``"smoke": true``).
 
     python benchmarks/video.py [--full] [--cache DIR]
 """
@@ -10,6 +11,7 @@ torchcodec is measured too when installed. One JSON line per case (see mmzoo.ben
 from __future__ import annotations
 
 import argparse
+import os
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -69,8 +71,11 @@ def main() -> None:
     ap.add_argument("--cache", default="benchmarks/.cache", help="where generated clips are kept")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
+    smoke = bool(os.environ.get("MMZOO_BENCH_SMOKE"))
     full = args.full or torch.cuda.is_available()
-    durations = [30, 300] if full else [30]
+    durations = [2] if smoke else [30, 300] if full else [30]
+    sizes = {"smoke": (64, 96)} if smoke else SIZES
+    repeats = 1 if smoke else args.repeats
     try:
         import torchcodec  # noqa: F401
 
@@ -78,7 +83,7 @@ def main() -> None:
     except ImportError:
         backends = ["pyav"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    for size, (h, w) in SIZES.items():
+    for size, (h, w) in sizes.items():
         for secs in durations:
             clip = make_clip(Path(args.cache) / f"clip_{size}_{secs}s.mp4", h, w, secs)
             with VideoReader(clip) as r:
@@ -96,7 +101,7 @@ def main() -> None:
 
                     cases[f"mmzoo_{backend}"] = sample
                 for case, fn in cases.items():
-                    secs_taken = timed(fn, args.repeats)
+                    secs_taken = timed(fn, repeats)
                     emit(
                         {
                             "bench": "video",
@@ -107,6 +112,7 @@ def main() -> None:
                             "step_ms": round(secs_taken * 1000, 1),
                             "samples_per_s": round(k / secs_taken, 2),
                             "peak_mem_mb": round(peak_rss_mb(), 1),
+                            **({"smoke": True} if smoke else {}),
                         }
                     )
 

@@ -8,6 +8,7 @@ from mmzoo.testing import load_script, moving_shapes_video, random_captions
 
 
 def test_measure_and_emit(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("MMZOO_BENCH_SMOKE", raising=False)
     calls = []
     rec = measure(lambda: calls.append(1), items_per_call=4, device=torch.device("cpu"), warmup=2, iters=5)
     assert len(calls) == 7
@@ -18,6 +19,14 @@ def test_measure_and_emit(tmp_path, monkeypatch, capsys):
     assert line["bench"] == "x"
     assert json.loads((tmp_path / "cpu.jsonl").read_text())["step_ms"] == rec["step_ms"]
     assert pick_device("cpu").type == "cpu"
+    assert "smoke" not in rec
+
+
+def test_measure_smoke_mode_calls_once_and_says_so(monkeypatch):
+    monkeypatch.setenv("MMZOO_BENCH_SMOKE", "1")
+    calls = []
+    rec = measure(lambda: calls.append(1), items_per_call=4, device=torch.device("cpu"), warmup=3, iters=10)
+    assert len(calls) == 1 and rec["iters"] == 1 and rec["smoke"] is True
 
 
 def test_synthetic_inputs_are_deterministic():

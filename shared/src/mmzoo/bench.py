@@ -5,6 +5,9 @@ JSON line (and appends it to ``benchmarks/results/<device>.jsonl`` when ``MMZOO_
 
     rec = measure(step, items_per_call=batch, warmup=3, iters=10, device=device)
     emit({"bench": "pckd", "case": "train_step", "batch": batch, **rec})
+
+With ``MMZOO_BENCH_SMOKE=1`` in the environment :func:`measure` calls the step once, without warm-up, and marks the
+record ``"smoke": true``: a check that a benchmark still runs (the workspace tests use it), not a timing.
 """
 
 from __future__ import annotations
@@ -61,6 +64,9 @@ def measure(
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
+    smoke = bool(os.environ.get("MMZOO_BENCH_SMOKE"))
+    if smoke:
+        warmup, iters = 0, 1
     for _ in range(warmup):
         fn()
     _sync(device)
@@ -84,6 +90,7 @@ def measure(
         "samples_per_s": round(items_per_call / median, 2),
         "peak_mem_mb": round(peak, 1),
         "iters": iters,
+        **({"smoke": True} if smoke else {}),
     }
 
 
