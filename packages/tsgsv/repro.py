@@ -509,6 +509,14 @@ def main(argv: list[str] | None = None) -> int:
         help="also score (with the probes) after every k-th epoch; stored as 'epoch<e>/<metric>' in per_run",
     )
     p.add_argument(
+        "--train-videos",
+        type=int,
+        default=100,
+        help="diagnostic only: training videos per seed (3 annotations each; spec §8c and the default: 100, i.e. 300 "
+        "annotations). The validation and test videos are drawn after them from the same stream, so another value "
+        "also draws other validation and test videos",
+    )
+    p.add_argument(
         "--eval-split",
         default="test",
         choices=["test", "val"],
@@ -523,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     default_run = (args.variants == list(VARIANTS) and args.seeds == [0, 1, 2] and args.epochs == 10
                    and args.eval_split == "test" and not args.probes and not args.eval_every
-                   and args.focal_gamma == 3.0)  # fmt: skip
+                   and args.focal_gamma == 3.0 and args.train_videos == 100)  # fmt: skip
     here = Path(__file__).parent
     out = Path(args.out) if args.out else here / ("repro_results.json" if default_run else "repro_results_partial.json")
     # results are rewritten after every run into <out>.running.json; <out> itself is written only when all runs ended
@@ -550,7 +558,7 @@ def main(argv: list[str] | None = None) -> int:
             "task": "spec §8c synthetic streaming grounding (mcAP with rho = 0)",
             "command": "python packages/tsgsv/repro.py " + " ".join(argv if argv is not None else sys.argv[1:]),
             "seeds": args.seeds, "seeds_done": seeds_done, "epochs": args.epochs, "eval_split": args.eval_split,
-            "focal_gamma": args.focal_gamma,
+            "focal_gamma": args.focal_gamma, "train_videos": args.train_videos,
             "device": str(device),
             "seconds": round(time.time() - t0, 1), "complete": complete,
             "gate": "mcAP(full) >= mcAP(short_only) + 0.05 and R@1,IoU=0.5(full) > R@1,IoU=0.5(short_only)",
@@ -568,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
             seed: write_synthetic_dataset(
                 Path(tmp) / f"data_{seed}",
                 SyntheticStreamConfig(
-                    videos_per_split=(100, 10, 34),
+                    videos_per_split=(args.train_videos, 10, 34),
                     queries_per_video=3,
                     video_feature_file=FILE,
                     seed=seed,
