@@ -529,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         "variants, seeds 0 1 2, 10 epochs, test split — else repro_results_partial.json)",
     )
     args = p.parse_args(argv)
+    if args.train_videos < 1:
+        p.error(f"--train-videos must be at least 1, got {args.train_videos}")
     default_run = (args.variants == list(VARIANTS) and args.seeds == [0, 1, 2] and args.epochs == 10
                    and args.eval_split == "test" and not args.probes and not args.eval_every
                    and args.focal_gamma == 3.0 and args.train_videos == 100)  # fmt: skip

@@ -115,3 +115,9 @@ def test_wrong_query_partners_stay_in_the_video(repro, tmp_path):
     for i, j in enumerate(partners):
         assert i != j and anns[i].video == anns[j].video
         assert repro.sentence_class(anns[i].sentence) != repro.sentence_class(anns[j].sentence)
+
+
+def test_train_videos_must_be_positive(repro, capsys):
+    with pytest.raises(SystemExit) as exc:
+        repro.main(["--train-videos", "0", "--oracle"])
+    assert exc.value.code == 2 and "--train-videos must be at least 1, got 0" in capsys.readouterr().err
