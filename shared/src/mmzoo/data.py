@@ -30,9 +30,6 @@ class SplitLoaders:
 
     predict_split = "test"
 
-    def _loader(self, split: str, train: bool):  # pragma: no cover - every user defines it
-        raise NotImplementedError(f"{type(self).__name__} must define _loader(split, train)")
-
     def train_dataloader(self):
         return self._loader("train", True)
 
