@@ -11,7 +11,6 @@ runs one 2 s clip of 96×64 once per case (a check that the script runs, not a t
 from __future__ import annotations
 
 import argparse
-import os
 import time
 from fractions import Fraction
 from pathlib import Path
@@ -19,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 import torch
-from mmzoo.bench import emit, peak_rss_mb
+from mmzoo.bench import emit, peak_rss_mb, smoke_mode
 from mmzoo.video import VideoReader, uniform_segment_indices
 from tqdm import tqdm
 
@@ -71,7 +70,7 @@ def main() -> None:
     ap.add_argument("--cache", default="benchmarks/.cache", help="where generated clips are kept")
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
-    smoke = bool(os.environ.get("MMZOO_BENCH_SMOKE"))
+    smoke = smoke_mode()
     full = args.full or torch.cuda.is_available()
     durations = [2] if smoke else [30, 300] if full else [30]
     sizes = {"smoke": (64, 96)} if smoke else SIZES

@@ -27,6 +27,8 @@ def test_measure_smoke_mode_calls_once_and_says_so(monkeypatch):
     calls = []
     rec = measure(lambda: calls.append(1), items_per_call=4, device=torch.device("cpu"), warmup=3, iters=10)
     assert len(calls) == 1 and rec["iters"] == 1 and rec["smoke"] is True
+    monkeypatch.setenv("MMZOO_BENCH_SMOKE", "0")  # "0" switches it off
+    assert "smoke" not in measure(lambda: None, items_per_call=1, device=torch.device("cpu"), warmup=0, iters=2)
 
 
 def test_synthetic_inputs_are_deterministic():

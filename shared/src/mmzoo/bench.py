@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["device_name", "measure", "emit", "peak_rss_mb", "pick_device"]
+__all__ = ["device_name", "measure", "emit", "peak_rss_mb", "pick_device", "smoke_mode"]
 
 
 def pick_device(requested: str | None = None) -> torch.device:
@@ -50,6 +50,11 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def smoke_mode() -> bool:
+    """Whether ``MMZOO_BENCH_SMOKE`` asks for a smoke run (set and not ``0`` or empty)."""
+    return os.environ.get("MMZOO_BENCH_SMOKE", "").strip() not in ("", "0")
+
+
 def measure(
     fn: Callable[[], object],
     items_per_call: int,
@@ -64,7 +69,7 @@ def measure(
     """
     if iters < 1:
         raise ValueError(f"iters must be >= 1, got {iters}")
-    smoke = bool(os.environ.get("MMZOO_BENCH_SMOKE"))
+    smoke = smoke_mode()
     if smoke:
         warmup, iters = 0, 1
     for _ in range(warmup):
