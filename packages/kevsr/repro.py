@@ -291,25 +291,25 @@ def gradient_probe(module: KEVSRModule, data: dict, n: int = 64) -> dict:
     return res
 
 
-DIAGNOSE = {  # name: (module kwargs, train kwargs, epochs, distance: False = the spec's, True = squared, or a Module)
-    "temporal": (dict(streams="temporal"), {}, 8, False),
-    "full": (dict(streams="both"), {}, 8, False),
-    "full_stopgrad_nt": (dict(streams="both", distill_stop_grad="nt"), {}, 8, False),
-    "full_stopgrad_t": (dict(streams="both", distill_stop_grad="t"), {}, 8, False),
-    "full_init_std_0.02": (dict(streams="both", config_kw=dict(init_std=0.02)), {}, 8, False),
-    "full_squared_distance": (dict(streams="both"), {}, 8, True),
+DIAGNOSE = {  # name: (module kwargs, train kwargs, epochs, distillation loss class; None = the spec's)
+    "temporal": (dict(streams="temporal"), {}, 8, None),
+    "full": (dict(streams="both"), {}, 8, None),
+    "full_stopgrad_nt": (dict(streams="both", distill_stop_grad="nt"), {}, 8, None),
+    "full_stopgrad_t": (dict(streams="both", distill_stop_grad="t"), {}, 8, None),
+    "full_init_std_0.02": (dict(streams="both", config_kw=dict(init_std=0.02)), {}, 8, None),
+    "full_squared_distance": (dict(streams="both"), {}, 8, SquaredDistillation),
     "full_probability_distance": (dict(streams="both"), {}, 8, ProbabilityDistillation),
-    "full_distill_ramp_2_epochs": (dict(streams="both"), dict(distill_ramp_epochs=2.0), 8, False),
-    "full_lr_1e-3": (dict(streams="both"), dict(lr=1e-3), 8, False),
-    "full_spec_recipe_lr_1e-4_warmup_30_epochs": (dict(streams="both"), dict(lr=1e-4, warmup=0.05), 30, False),
-    "full_beta_distill_0.1": (dict(streams="both", beta_distill=0.1), {}, 8, False),
-    "full_distill_start_epoch_3": (dict(streams="both"), dict(distill_start_epoch=3), 8, False),
-    "full_distill_start_epoch_4": (dict(streams="both"), dict(distill_start_epoch=4), 8, False),
+    "full_distill_ramp_2_epochs": (dict(streams="both"), dict(distill_ramp_epochs=2.0), 8, None),
+    "full_lr_1e-3": (dict(streams="both"), dict(lr=1e-3), 8, None),
+    "full_spec_recipe_lr_1e-4_warmup_30_epochs": (dict(streams="both"), dict(lr=1e-4, warmup=0.05), 30, None),
+    "full_beta_distill_0.1": (dict(streams="both", beta_distill=0.1), {}, 8, None),
+    "full_distill_start_epoch_3": (dict(streams="both"), dict(distill_start_epoch=3), 8, None),
+    "full_distill_start_epoch_4": (dict(streams="both"), dict(distill_start_epoch=4), 8, None),
     "full_distill_start_epoch_4_ramp_2_epochs": (
         dict(streams="both"),
         dict(distill_start_epoch=4, distill_ramp_epochs=2.0),
         8,
-        False,
+        None,
     ),
 }
 TRACKED = (
@@ -327,7 +327,7 @@ def diagnose(seeds: list[int], log: logging.Logger, only: list[str] | None = Non
     dm, data = load("clean")
     train_split, val = data["train"], data["val"]
     out: dict = {"split": "val", "seeds": seeds, "settings": {}}
-    for name, (mod_kw, train_kw, epochs, squared) in DIAGNOSE.items():
+    for name, (mod_kw, train_kw, epochs, distill_loss) in DIAGNOSE.items():
         if only and name not in only:
             continue
         mod_kw = dict(mod_kw)
@@ -335,10 +335,8 @@ def diagnose(seeds: list[int], log: logging.Logger, only: list[str] | None = Non
         per_seed = []
         for seed in seeds:
             module = build(dm, cfg_kw, mod_kw, seed)
-            if squared is True:
-                module.loss_distill = SquaredDistillation()
-            elif squared:
-                module.loss_distill = squared()
+            if distill_loss is not None:
+                module.loss_distill = distill_loss()
             track: list = []
 
             def on_epoch(epoch: int, module: KEVSRModule = module, track: list = track) -> None:

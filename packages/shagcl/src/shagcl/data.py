@@ -803,4 +803,4 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         ds = self.datasets["train"]
         ds.epoch_seed = self.trainer.current_epoch if self.trainer is not None else 0
-        return self._loader("train", True)
+        return super().train_dataloader()

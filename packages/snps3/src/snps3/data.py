@@ -907,4 +907,4 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if self.task == "mc":
             raise ValueError("MSRVTT-MC is zero-shot (spec §3.6): run `snps3 test` with a retrieval checkpoint")
-        return self._loader("train", True)
+        return super().train_dataloader()
