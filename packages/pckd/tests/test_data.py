@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from pckd.data import CIFAR100_MEAN, CIFAR100_STD, CIFAR100Dataset, DigitsDataset, digits_splits, make_views
+from pckd.data import (
+    CIFAR100_MEAN,
+    CIFAR100_STD,
+    CIFAR100Dataset,
+    DigitsDataset,
+    PCKDDataModule,
+    digits_splits,
+    make_views,
+)
 from pckd.testing import write_cifar100_python
 
 
@@ -61,3 +69,23 @@ def test_digits_splits_and_label_noise():
     assert (noisy.labels[noisy.noisy_mask] != clean.labels[noisy.noisy_mask]).all()
     assert (noisy.labels[~noisy.noisy_mask] == clean.labels[~noisy.noisy_mask]).all()
     assert clean[0]["image"].shape == (4, 1, 8, 8) and float(clean.images.max()) <= 1.0
+
+
+def test_generate_demo_data_writes_cifar_folder_once(tmp_path):
+    root = tmp_path / "tiny_cifar"
+    dm = PCKDDataModule(dataset="cifar100", data_root=str(root), batch_size=4, num_workers=0, generate_demo_data=True)
+    dm.prepare_data()
+    train = root / "cifar-100-python" / "train"
+    assert train.is_file()
+    stamp = train.stat().st_mtime_ns
+    dm.prepare_data()  # an existing folder is left as it is
+    assert train.stat().st_mtime_ns == stamp
+    dm.setup("fit")
+    assert dm.num_classes == 10 and len(dm.datasets["train"]) == 40
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 4, 3, 32, 32)
+
+
+def test_generate_demo_data_refuses_other_readers(tmp_path):
+    with pytest.raises(ValueError, match="generate_demo_data"):
+        PCKDDataModule(dataset="digits", data_root=str(tmp_path), generate_demo_data=True)

@@ -283,6 +283,7 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
         test_split: str | None = None,
         digits_split_seed: int = 0,
         label_noise: float = 0.0,
+        generate_demo_data: bool = False,
     ) -> None:
         """
         Args:
@@ -301,6 +302,8 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
             test_split: test split; default ``test`` (ImageNet: ``val``).
             digits_split_seed: seed of the stratified digits split.
             label_noise: digits only: fraction of training labels flipped (spec §8c preview check).
+            generate_demo_data: CIFAR-100 only: when ``<data_root>/cifar-100-python/`` is absent, write a tiny
+                random folder in the official format there (10 classes, 4 train + 2 test images each; spec §8a).
         """
         super().__init__()
         self.save_hyperparameters()
@@ -310,6 +313,9 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
             raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
         if not 0.0 <= label_noise < 1.0:
             raise ValueError(f"data.label_noise={label_noise} must be in [0, 1)")
+        if generate_demo_data and (dataset != "cifar100" or hf_dataset):
+            raise ValueError("data.generate_demo_data writes CIFAR-100 pickles: it needs data.dataset=cifar100 "
+                             "and no data.hf_dataset")  # fmt: skip
         defaults = {
             "cifar100": ("train", "test", "test"),
             "imagenet": ("train", "val", "val"),
@@ -320,6 +326,13 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
         self.test_split = test_split or defaults[2]
         self.num_classes = {"cifar100": 100, "imagenet": 1000, "digits": 10}[dataset]
         self.datasets: dict[str, Dataset] = {}
+
+    def prepare_data(self) -> None:
+        h = self.hparams
+        if h.generate_demo_data and not (Path(h.data_root) / "cifar-100-python").is_dir():
+            from .testing import write_cifar100_python
+
+            write_cifar100_python(h.data_root)
 
     def _build(self, split: str, train: bool) -> Dataset:
         h = self.hparams
