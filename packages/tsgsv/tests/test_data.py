@@ -1,4 +1,5 @@
 import json
+import math
 
 import h5py
 import numpy as np
@@ -6,7 +7,7 @@ import pytest
 import torch
 
 from tsgsv.data import TSGVDataModule, TSGVEvalDataset, TSGVTrainDataset, eval_windows, read_annotations, window_rows
-from tsgsv.synthetic import SyntheticStreamConfig, write_synthetic_dataset
+from tsgsv.synthetic import SyntheticStreamConfig, frame_stamp, write_synthetic_dataset
 
 FILE = "feats_{split}.hdf5"
 
@@ -179,5 +180,23 @@ def test_synthetic_events_file_matches_features_and_queries(tmp_path):
                 assert np.linalg.norm(onset - rest) > 0.5  # onset prototype differs from the ongoing activity
             n, d = item["duration_frame"], item["duration"]
             starts = {a for a, _, _ in events[video]}
-            for ts, _ in item["timestamps"]:
-                assert round(ts / d * (n - 1)) in starts
+            ends = {b - 1 for _, b, _ in events[video]}
+            for ts, te in item["timestamps"]:  # the official frame conversion gives the event's frames exactly
+                assert math.floor(ts / d * (n - 1)) in starts and math.floor(te / d * (n - 1)) in ends
+
+
+def test_frame_stamp_round_trips_through_the_official_conversion():
+    assert math.floor(11 / 119 * 60.0 / 60.0 * 119) == 10  # the plain formula loses a frame here (N = 120)
+    for n in range(71, 260, 7):
+        duration = n * 0.5
+        for frame in range(n):
+            stamp = frame_stamp(frame, n, duration)
+            assert math.floor(stamp / duration * (n - 1)) == frame
+            assert stamp - frame / (n - 1) * duration < 1e-9
+
+
+def test_eval_windows_stay_on_the_input_device():
+    video = torch.zeros(30, 4, device="meta")  # any non-CPU device: the index must be built beside `times`
+    windows = eval_windows(video, torch.arange(30, device="meta"), 8, 64)
+    assert {w.device.type for w in windows.values()} == {"meta"}
+    assert windows["long"].shape == (30, 64, 4) and windows["short_mask"].shape == (30, 8)

@@ -194,9 +194,13 @@ def test_predictor_cosine_by_hand():
     assert big.abs().max() <= 16.0 + 1e-4
 
 
-def test_sentence_padding_is_ignored():
-    cfg = _cfg()
+@pytest.mark.parametrize("final_norm", [True, False])
+def test_sentence_padding_is_ignored(final_norm):
+    cfg = _cfg(sentence_final_norm=final_norm)
     enc = SentenceEncoder(cfg).eval()
+    if final_norm:  # a non-trivial affine map, so the test sees where the norm sits
+        torch.nn.init.normal_(enc.final_norm.weight)
+        torch.nn.init.normal_(enc.final_norm.bias)
     tok = torch.randn(2, 20, 6)
     lengths = torch.tensor([5, 9])
     q_tokens, q = enc(tok, lengths)
@@ -206,8 +210,16 @@ def test_sentence_padding_is_ignored():
     q_tokens2, q2 = enc(tok2, lengths)
     torch.testing.assert_close(q_tokens, q_tokens2)
     torch.testing.assert_close(q, q2)
-    assert q_tokens[0, 5:].abs().max() == 0  # outputs padded back with zeros
     torch.testing.assert_close(q, q_tokens.mean(1))  # mean over all L positions, padding included
+    if final_norm:  # official norm_after=True: LayerNorm of the zero-padded GRU output, so padding = the bias
+        torch.testing.assert_close(q_tokens[0, 5:], enc.final_norm.bias.expand(15, -1))
+        plain = SentenceEncoder(_cfg(sentence_final_norm=False)).eval()
+        plain.load_state_dict({k: v for k, v in enc.state_dict().items() if not k.startswith("final_norm")})
+        raw, _ = plain(tok, lengths)
+        expect = F.layer_norm(raw, (16,), enc.final_norm.weight, enc.final_norm.bias)
+        torch.testing.assert_close(q_tokens, expect)
+    else:
+        assert q_tokens[0, 5:].abs().max() == 0  # outputs padded back with zeros
 
 
 def test_config_errors():

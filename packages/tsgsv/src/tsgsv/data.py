@@ -116,7 +116,7 @@ def eval_windows(
     N = video.shape[0]
     padded = torch.cat([video.new_zeros(short_memory + long_memory - 1, video.shape[1]), video])  # (P + N, D)
     first = times - short_memory - long_memory + 1  # first row of the window (may be < 0)
-    idx = first[:, None] + torch.arange(short_memory + long_memory)[None]  # (W, M_l + M_s)
+    idx = first[:, None] + torch.arange(short_memory + long_memory, device=times.device)[None]  # (W, M_l + M_s)
     rows = padded[idx + short_memory + long_memory - 1]  # (W, M_l + M_s, D)
     invalid = (idx < 0) | (idx >= N)
     return {

@@ -70,6 +70,11 @@ class TSGSVConfig:
     """Layers of the bidirectional sentence GRU."""
     gru_dropout: float = 0.5
     """Dropout between GRU layers."""
+    sentence_final_norm: bool = True
+    """LayerNorm(h) on every sentence token after the GRU (padding included, which becomes its bias), before Q and
+    the pooled q are taken. Official: ``RNNSentenceEncoder(norm_after=True)`` by default, and no official config
+    overrides it (``norm_after=False`` is set on the video encoder only). Deviation from spec §3.2 item 4, which
+    reads "no final norm"; ``false`` gives the spec's reading."""
     compressor: CompressorKind = "language_guided"
     """Long/future memory compressor: language_guided (the paper's MultimodalTokenLearner); ablations (spec §3.4):
     token_learner, lstr, scdm (TokenLearner + semantic-conditioned modulation), cqa (TokenLearner + context-query
@@ -148,10 +153,11 @@ class PositionalEncoding(nn.Module):
 
 
 class SentenceEncoder(nn.Module):
-    """Token projection + 2-layer bidirectional GRU, directions fused by mean (spec §3.2).
+    """Token projection + 2-layer bidirectional GRU, directions fused by mean, then (``sentence_final_norm``,
+    official) a LayerNorm on every position (spec §3.2).
 
-    Returns the token sequence Q (B, L, h) (zero beyond the true length) and the pooled query
-    q = (1/L) Σ_l Q_l (B, h), a plain mean over all L positions, padding included (official).
+    Returns the token sequence Q (B, L, h) (beyond the true length: zero without the final norm, its bias with it)
+    and the pooled query q = (1/L) Σ_l Q_l (B, h), a plain mean over all L positions, padding included (official).
     """
 
     def __init__(self, config: TSGSVConfig):
@@ -170,6 +176,7 @@ class SentenceEncoder(nn.Module):
             bidirectional=True,
             dropout=config.gru_dropout if config.gru_layers > 1 else 0.0,
         )
+        self.final_norm = nn.LayerNorm(h) if config.sentence_final_norm else nn.Identity()
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, L, d_s), lengths (B,) -> (Q (B, L, h), q (B, h))."""
@@ -180,7 +187,7 @@ class SentenceEncoder(nn.Module):
         packed = pack_padded_sequence(x, lengths.clamp(min=1).cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.gru(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=L)  # (B, L, 2h)
-        tokens_out = out.view(B, L, 2, -1).mean(2)  # (B, L, h)   mean of forward and backward
+        tokens_out = self.final_norm(out.view(B, L, 2, -1).mean(2))  # (B, L, h)   mean of both directions, then LN
         return tokens_out, tokens_out.mean(1)  # q: mean over all L positions (padding included)
 
 

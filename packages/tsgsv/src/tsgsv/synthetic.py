@@ -12,6 +12,7 @@ Also :func:`write_synthetic_mad_raw` writes the raw MAD release format (for ``ts
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,6 +55,17 @@ class SyntheticStreamConfig:
     write_events: bool = False
     """Also write ``events_<split>.json`` ({video: [[first_frame, end_frame, class], ...]}, every event of the video;
     not part of the official layout) for oracle analyses (``repro.py --oracle``). Does not change the data drawn."""
+
+
+def frame_stamp(frame: int, num_frames: int, duration: float) -> float:
+    """Seconds of frame ``frame`` such that the official conversion ⌊τ/D·(N−1)⌋ (spec §5) gives ``frame`` back.
+
+    ``frame/(N−1)·D`` alone can land one ulp below the frame (e.g. 3.9999999999999996 → 3); the stamp is moved up
+    to the next float until the conversion is exact."""
+    stamp = frame / (num_frames - 1) * duration
+    while math.floor(stamp / duration * (num_frames - 1)) < frame:
+        stamp = math.nextafter(stamp, math.inf)
+    return stamp
 
 
 def _unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -116,8 +128,8 @@ def write_synthetic_dataset(root: str | Path, cfg: SyntheticStreamConfig | None 
             stamps, sentences, ids = [], [], []
             for q, e in enumerate(chosen):
                 start, end, c = events[e]
-                # frame index -> seconds such that s* = τ/D·(N−1) recovers the frame index
-                stamps.append([start / (n - 1) * duration, (end - 1) / (n - 1) * duration])
+                # frame index -> seconds such that ⌊τ/D·(N−1)⌋ recovers the frame index
+                stamps.append([frame_stamp(start, n, duration), frame_stamp(end - 1, n, duration)])
                 sentences.append(f"event of class {c}")
                 aid = f"{name}_q{q}"
                 ids.append(aid)
