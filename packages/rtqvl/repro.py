@@ -106,8 +106,8 @@ def _order_accuracy(scores: torch.Tensor) -> float:
 
 
 def _test_features(module: RTQModule, dm: RTQDataModule) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """Test-set caption features (N, E), clip features (N, E) (file order) and the RMS of the tokens entering
-    block τ (where RTQ adds its temporal embedding) over the test clips."""
+    """Test-set caption features (N, E), clip features (N, E) (file order) and the RMS of block τ's input over the
+    test clips (its pre-hook sees the tokens after the temporal embedding E was added, so E is included)."""
     module.eval()
     enc = module.model.visual_encoder
     sq: list[float] = []
