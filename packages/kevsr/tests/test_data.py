@@ -91,3 +91,18 @@ def test_extract_names_missing_weights(tmp_path):
     ]
     with pytest.raises(FileNotFoundError, match="--resnet-weights"):
         main(args=args)
+
+
+@pytest.mark.parametrize("level", ["level1", "level2"])
+def test_hierarchy_refuses_repeated_label_names(tmp_path, level):
+    import json
+
+    data = {
+        "level1": [{"name": "food"}, {"name": "leisure"}],
+        "level2": [{"name": "bar", "parent": "food"}, {"name": "cinema", "parent": "leisure"}],
+    }
+    data[level].append(dict(data[level][0]))  # the same name twice: paths would land on the last one
+    path = tmp_path / "hierarchy.json"
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=f"{level} names must be unique.*'(food|bar)'"):
+        Hierarchy.from_json(path)

@@ -1,5 +1,6 @@
 """fit/validate/test on tiny.yaml through the CLI; loss falls on a repeated batch; S1-only inference."""
 
+import pytest
 import torch
 
 from kevsr.cli import main
@@ -58,3 +59,13 @@ def test_tiny_fit_test_and_s1_only_inference(tmp_path):
         opt.step()
         losses.append(loss.item())
     assert all(torch.isfinite(torch.tensor(losses))) and losses[-1] < losses[0]
+
+
+def test_setup_without_a_hierarchy_warns():
+    from kevsr.models import KEVSRConfig
+
+    cfg = KEVSRConfig(dim=16, f2d_dim=6, f3d_dim=4, text_dim=3, region_dim=6, kg_dim=5, num_frames=2, num_regions=2,
+                      num_keywords=3, num_level1=2, num_level2=3, temporal_heads=2, region_heads=2)  # fmt: skip
+    module = KEVSRModule(cfg, streams="both")
+    with pytest.warns(UserWarning, match="no datamodule with a label hierarchy"):
+        module.setup("fit")

@@ -53,6 +53,11 @@ class Hierarchy:
             if key not in data:
                 raise KeyError(f"{path}: missing key {key!r}; {README_HINT}")
         level1 = [e["name"] for e in data["level1"]]
+        for key in ("level1", "level2"):  # a repeated name would silently map every path to its last entry
+            names = [e["name"] for e in data[key]]
+            repeated = sorted({n for n in names if names.count(n) > 1})
+            if repeated:
+                raise ValueError(f"{path}: {key} names must be unique; repeated: {repeated}")
         index1 = {n: i for i, n in enumerate(level1)}
         parents = []
         for e in data["level2"]:

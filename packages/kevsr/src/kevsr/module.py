@@ -6,6 +6,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics.classification import MultilabelF1Score
 
@@ -90,6 +91,11 @@ class KEVSRModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if dm is None or getattr(dm, "hierarchy", None) is None:
+            rank_zero_warn(
+                "KEVSRModule: no datamodule with a label hierarchy, so model.parent_index is left as it is (from a "
+                "checkpoint or model.set_hierarchy; freshly built it puts every level-2 label under level-1 label 0). "
+                "Train with KEVSRDataModule, or call module.model.set_hierarchy(parent_index) first."
+            )
             return
         h, cfg = dm.hierarchy, self.config
         if (len(h.level1), len(h.level2)) != (cfg.num_level1, cfg.num_level2):
