@@ -35,6 +35,19 @@ def test_no_supervised_tokens_raises():
         token_log_likelihood(torch.randn(1, 4, 5), torch.full((1, 4), -100))
 
 
+def test_unknown_token_reduction_raises():  # it used to fall through to the sum
+    with pytest.raises(ValueError, match="'avg'"):
+        autoregressive_loss(torch.randn(1, 4, 5), torch.tensor([[-100, 1, 2, 3]]), "avg")
+
+
+@pytest.mark.parametrize("key,value", [("token_reduction", "avg"), ("epoch_length", "nomimal"), ("method", "asdd")])
+def test_debias_config_refuses_unknown_choices(key, value):
+    from asdmllm.module import DebiasConfig
+
+    with pytest.raises(ValueError, match=f"model.debias.{key}='{value}'"):
+        DebiasConfig(**{key: value})
+
+
 def test_sfloss_equation_and_zero_skew():
     per_sample = torch.tensor([1.0, 2.0, 0.5, 3.0])
     skew = torch.tensor([0.5, -1.0, 0.0, 2.0])

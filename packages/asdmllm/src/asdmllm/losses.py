@@ -25,6 +25,8 @@ def token_log_likelihood(
         raise ValueError(
             f"logits (B, L, V) and labels (B, L) expected, got {tuple(logits.shape)} and {tuple(labels.shape)}"
         )
+    if reduction not in ("mean", "sum"):
+        raise ValueError(f"token reduction must be 'mean' or 'sum', got {reduction!r}")
     shift_logits = logits[:, :-1].float()  # (B, L-1, V) predicts positions 1..L-1
     shift_labels = labels[:, 1:]  # (B, L-1)
     mask = shift_labels != -100  # (B, L-1)

@@ -97,6 +97,11 @@ class DebiasConfig:
             raise ValueError(f"model.debias.tau1={self.tau1} and tau2={self.tau2} must be > 0")
         if self.refresh_every_n_epochs < 1:
             raise ValueError("model.debias.refresh_every_n_epochs must be >= 1")
+        choices = {"method": ("asd", "csd", "ft"), "token_reduction": ("mean", "sum"),
+                   "epoch_length": ("resampled", "nominal")}  # fmt: skip
+        for key, allowed in choices.items():  # the CLI checks these Literals; the Python API does not
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"model.debias.{key}={getattr(self, key)!r} must be one of {allowed}")
 
     @property
     def use_resample(self) -> bool:
