@@ -200,3 +200,26 @@ def test_eval_windows_stay_on_the_input_device():
     windows = eval_windows(video, torch.arange(30, device="meta"), 8, 64)
     assert {w.device.type for w in windows.values()} == {"meta"}
     assert windows["long"].shape == (30, 64, 4) and windows["short_mask"].shape == (30, 8)
+
+
+def test_singleton_axes_read_the_same_lazily_and_preloaded(root):
+    path = root / "feature" / "feats_train.hdf5"
+    with h5py.File(path, "a") as f:  # store every video as (1, N, d), as some feature dumps do
+        for key in list(f):
+            rows = f[key][()]
+            del f[key]
+            f[key] = rows[None]
+    lazy, eager = _train(root, preload=False), _train(root, preload=True)
+    for i in range(0, len(lazy), 3):
+        a, b = lazy[i], eager[i]
+        for key in ("short", "long", "future"):
+            torch.testing.assert_close(a[key], b[key])
+        assert a["short_mask"].equal(b["short_mask"])
+
+
+def test_window_rows_refuses_rows_it_was_not_given():
+    video = torch.arange(12.0).reshape(12, 1)
+    rows, pad = window_rows(video[4:9], 4, 4, 5, 12)  # inside what was given: rows 4..8
+    assert rows[:, 0].tolist() == [4.0, 5.0, 6.0, 7.0, 8.0] and not pad.any()
+    with pytest.raises(ValueError, match=r"rows \[2, 8\) of a 12-frame video"):  # needs rows 2, 3: not given
+        window_rows(video[4:9], 4, 2, 6, 12)

@@ -104,7 +104,13 @@ def window_rows(features: torch.Tensor, offset: int, start: int, length: int, nu
     invalid = (idx < 0) | (idx >= num_frames)
     rows = features.new_zeros(length, features.shape[-1])
     ok = ~invalid
-    rows[ok] = features[idx[ok] - offset]
+    local = idx[ok] - offset
+    if len(local) and (int(local.min()) < 0 or int(local.max()) >= len(features)):
+        raise ValueError(
+            f"window_rows: rows [{start}, {start + length}) of a {num_frames}-frame video are not all inside the "
+            f"{len(features)} rows given from row {offset}"
+        )  # a negative index would wrap around silently
+    rows[ok] = features[local]
     return rows, invalid
 
 
@@ -179,8 +185,10 @@ class _TSGVFiles:
             if video not in self._cache:
                 self._cache[video] = self.video.read(video).reshape(-1, self.video.shape(video)[-1])
             return self._cache[video][lo:stop], lo
-        rows = self.video.read(video, lo, max(stop, lo))
-        return rows.reshape(-1, rows.shape[-1]) if rows.ndim != 2 else rows, lo
+        shape = self.video.shape(video)
+        if len(shape) != 2:  # singleton axes (spec §4.2, e.g. (1, N, d)): the rows are not the first axis
+            return self.video.read(video).reshape(-1, shape[-1])[lo:stop], lo
+        return self.video.read(video, lo, max(stop, lo)), lo
 
     def sentence(self, anno_id: str) -> tuple[torch.Tensor, int]:
         """Token features padded/truncated to L tokens -> ((L, d_s), true length capped at L)."""
