@@ -6,7 +6,9 @@
    * general pre-training set: clean digits under every hue × border (balanced);
    * biased pre-training set: digit k shown with hue ``RACES[k mod 2]`` in 90 % of images, glyph degraded (noise
      σ=0.6, erasing) — the stereotype;
-   * counterfactual debias set: clean digits rendered under every hue × border (balanced);
+   * counterfactual debias set: clean digits rendered under every hue × border (balanced), every digit instance of its
+     range once (``--debias-set every_instance``, spec §8c, since round 7; before, 10 sets per occupation drew their
+     glyphs with replacement: ``--debias-set sampled``);
    * held-out counterfactual validation set (premise checks, diagnostics) and test set (the gate). The test set
      renders every digit instance of its range once (``--test-set every_test_instance``, since round 6; before, 40 sets
      per occupation drew their glyphs with replacement, ≈ 26 distinct glyphs per occupation: ``--test-set sampled``).
@@ -102,6 +104,7 @@ def build_data(
     names=("debias", "val", "test"),
     eval_sets: int = 40,
     test_set: str = "every_test_instance",
+    debias_set: str = "every_instance",
 ):
     n_bias, n_cf = (60, 6) if quick else (160, 10)
     n_eval = n_cf if quick else eval_sets
@@ -138,7 +141,11 @@ def build_data(
     for name in ("debias", "val", "test"):
         if name in names:
             offset, fraction, each_once = CF_SPLITS[test_set][name]
-            n = n_cf if name == "debias" else (10**6 if each_once and not quick else n_eval)  # each once: the pool
+            if name == "debias":  # spec §8c: "every clean digit image rendered in both hues"
+                each_once = debias_set == "every_instance" and not quick
+                n = 10**6 if each_once else n_cf
+            else:
+                n = 10**6 if each_once and not quick else n_eval  # each once: the whole pool
             make_socialcounterfactuals(
                 root / name,
                 OCCUPATIONS,
@@ -521,6 +528,14 @@ def main() -> int:
         "once; sampled (rounds <= 5): --eval-sets sets per occupation drawn with replacement from 75-100 %%; "
         "every_instance: debias from 50-60 %% instead of 50-75 %%, test every instance of 60-100 %% once",
     )
+    parser.add_argument(
+        "--debias-set",
+        choices=["every_instance", "sampled"],
+        default="every_instance",
+        help="every_instance (default since round 7; spec §8c: every clean digit image of the debias range, rendered "
+        "under every hue x border, each once: 179 sets, 716 images); sampled (rounds <= 6): 10 sets per occupation, "
+        "glyphs drawn with replacement (33-38 distinct glyphs, 160 images)",
+    )
     parser.add_argument("--trace", action="store_true", help="print the training Skew at every refresh")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument(
@@ -603,7 +618,14 @@ def main() -> int:
     dumps: dict[int, dict] = {}
     for seed in args.seeds:
         with tempfile.TemporaryDirectory() as tmp:
-            data = build_data(Path(tmp), seed, args.quick, eval_sets=args.eval_sets, test_set=args.test_set)
+            data = build_data(
+                Path(tmp),
+                seed,
+                args.quick,
+                eval_sets=args.eval_sets,
+                test_set=args.test_set,
+                debias_set=args.debias_set,
+            )
         if args.control_steps and seed == args.seeds[0]:
             # spec §8c control: with a large budget every variant converges (the claim is about small budgets)
             for name in args.variants:
@@ -718,13 +740,20 @@ def main() -> int:
             "debias": f"vision frozen, epoch_length nominal, batch 16, AdamW {args.lr}",
             "data": "digit instances: pre-training 0-40 %, val 40-50 %, "
             + {
-                "every_instance": "debias 50-60 %, test 60-100 %; debias 10 sets per occupation (drawn with "
-                f"replacement), val {args.eval_sets}, test every instance once",
-                "every_test_instance": "debias 50-75 %, test 75-100 %; debias 10 sets per occupation (drawn with "
-                f"replacement), val {args.eval_sets}, test every instance once",
-                "sampled": "debias 50-75 %, test 75-100 %; debias 10 sets per occupation, "
-                f"val/test {args.eval_sets} (drawn with replacement)",
-            }[args.test_set],
+                "every_instance": "debias 50-60 %, test 60-100 %; ",
+                "every_test_instance": "debias 50-75 %, test 75-100 %; ",
+                "sampled": "debias 50-75 %, test 75-100 %; ",
+            }[args.test_set]
+            + {
+                "every_instance": "debias every instance once",
+                "sampled": "debias 10 sets per occupation (drawn with replacement)",
+            }[args.debias_set]
+            + f", val {args.eval_sets}"
+            + (
+                f", test {args.eval_sets} (drawn with replacement)"
+                if args.test_set == "sampled"
+                else ", test every instance once"
+            ),
         },
         "seeds": args.seeds,
         "premise (validation set of seed 0, before debiasing)": {

@@ -157,3 +157,20 @@ def test_paired_bootstrap_and_pooling(tmp_path):
     assert pooled["concept_acc"]["mean"] == pytest.approx(0.3333333) and pooled["race/min_skew"]["mean"] == 0
     with pytest.raises(ValueError, match="repeats seeds"):
         repro.pool_results([a, a])
+
+
+@pytest.mark.parametrize("debias_set", ["every_instance", "sampled"])
+def test_debias_set_renders_every_instance_once_or_samples(tmp_path, debias_set):
+    from asdmllm.data import glyph_pools
+
+    repro = _repro()
+    data = repro.build_data(tmp_path, 0, False, names=("debias",), debias_set=debias_set)
+    ds, items = data["debias"]
+    pools = glyph_pools("digits", len(repro.OCCUPATIONS), repro.CF_SPLITS["every_test_instance"]["debias"][1])
+    renders = len(repro.RACES) * len(repro.GENDERS)
+    if debias_set == "every_instance":  # spec §8c: every clean digit image of the range, each once
+        assert len(items) == renders * sum(len(p) for p in pools)
+        instances = repro.counterfactual_instances(10**6, 1, (0.5, 0.75), each_once=True)
+        assert len(set(instances.values())) == sum(len(p) for p in pools)
+    else:
+        assert len(items) == renders * 10 * len(repro.OCCUPATIONS)
