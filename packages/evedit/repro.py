@@ -141,7 +141,9 @@ def pixel_latent_rms(n: int = 256, size: int = 32) -> float:
     return (frames.float() / 127.5 - 1.0).pow(2).mean().sqrt().item()
 
 
-def variants(steps: int, guidance: float, tcc_step: float = 0.1) -> dict[str, EditConfig]:
+def variants(
+    steps: int, guidance: float, tcc_step: float = 0.1, inversion_timestep: str = "destination"
+) -> dict[str, EditConfig]:
     def cfg(**kw) -> EditConfig:
         depth = DepthConfig(scale=kw.pop("scale", 1.0), estimator_size=SIZE)
         init = kw.pop("init", "ddim_inversion")
@@ -151,6 +153,7 @@ def variants(steps: int, guidance: float, tcc_step: float = 0.1) -> dict[str, Ed
             guidance_scale=guidance,
             init=init,
             init_shared_noise=shared,
+            inversion_timestep=inversion_timestep,
             depth=depth,
             tcc=TCCConfig(step=tcc_step, **kw),
         )
@@ -329,7 +332,7 @@ def _diagnose_update(pipe: EVEPipeline, a: argparse.Namespace, z0_rms: float) ->
     pipe.update_latents = traced
     try:
         shape, clip = eval_clips(a.seeds[0], 1, a.frames, a.eval_split)[0]
-        out_cfg = variants(a.steps, a.guidance, a.tcc_step)["full"]
+        out_cfg = variants(a.steps, a.guidance, a.tcc_step, a.inversion_timestep)["full"]
         print(f"  {_fmt(edit_and_measure(pipe, shape, clip, out_cfg, noise_base(a.seeds[0], a.eval_split)))}")
     finally:
         pipe.update_latents = original
@@ -341,7 +344,7 @@ def _diagnose_ablation(pipe: EVEPipeline, a: argparse.Namespace) -> None:
         f"(3) {len(clips)} validation clips ({a.eval_split} stream, seed {a.seeds[0]}), mean; the gate variants "
         "then update settings"
     )
-    table = dict(variants(a.steps, a.guidance, a.tcc_step))
+    table = dict(variants(a.steps, a.guidance, a.tcc_step, a.inversion_timestep))
     base = table["full"]
     for label, tcc in (
         ("temporal_ref none", {"temporal_ref": "none"}),
@@ -467,6 +470,13 @@ def main() -> int:
         default=0.1,
         help="update step s (edit.tcc.step); the spec's 0.1 is meant for unit-rms latents",
     )
+    p.add_argument(
+        "--inversion-timestep",
+        choices=["destination", "source"],
+        default="destination",
+        help="edit.inversion_timestep: the UNet asked at each inversion step's destination timestep (diffusers' "
+        "convention, default) or at its source t (spec §3.3's equation)",
+    )
     a = p.parse_args()
     for key, value in PRESETS[a.preset].items():
         if getattr(a, key) is None:
@@ -513,7 +523,7 @@ def main() -> int:
     results: dict[str, dict[str, list[float]]] = {}
     for seed in a.seeds:
         for k, (shape, clip) in enumerate(eval_clips(seed, a.clips, a.frames, a.eval_split)):
-            for name, ecfg in variants(a.steps, a.guidance, a.tcc_step).items():
+            for name, ecfg in variants(a.steps, a.guidance, a.tcc_step, a.inversion_timestep).items():
                 m = edit_and_measure(pipe, shape, clip, ecfg, noise_base(seed, a.eval_split) + k)
                 per = results.setdefault(name, {})
                 for key, v in m.items():

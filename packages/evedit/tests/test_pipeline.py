@@ -306,3 +306,23 @@ def test_to_moves_the_depth_encoder_and_estimator():
         module = getattr(pipe, name)
         assert module is not None, name
         assert {p.dtype for p in module.parameters()} == {torch.float64}, name
+
+
+@pytest.mark.parametrize("timestep", ["destination", "source"])
+def test_inversion_asks_the_unet_at_the_chosen_timestep(timestep, monkeypatch):
+    cfg = ModelConfig(backbone="tiny", depth_model="precomputed", tiny_pixel_space=True)
+    pipe = EVEPipeline.from_components(build_components(cfg))
+    pipe.set_progress_bar_config(disable=True)
+    asked = []
+    real = pipe.predict_noise
+
+    def spy(z, t, *args):
+        asked.append(int(t))
+        return real(z, t, *args)
+
+    monkeypatch.setattr(pipe, "predict_noise", spy)
+    traj = pipe.invert(torch.rand(2, 3, 16, 16) * 2 - 1, pipe.encode_prompt(["a red circle"]), None, 4, timestep)
+    destinations = [int(t) for t in pipe.inverse_scheduler.timesteps]  # 1, 251, 501, 751: where each step lands
+    assert destinations == [1, 251, 501, 751] and len(traj) == 4
+    # destination: the diffusers convention; source: spec §3.3's ε_θ(Z_t, t) at the step's start (0 for the first)
+    assert asked == (destinations if timestep == "destination" else [0, 1, 251, 501])

@@ -169,6 +169,11 @@ class EditConfig:
     """`sdedit`/`noise`: one noise tensor shared by all frames (false = independent per frame)."""
     inversion_prompt: Literal["source", "null"] = "source"
     """Text of the inversion branch: the source prompt, or the empty prompt (the figure draws no text there)."""
+    inversion_timestep: Literal["destination", "source"] = "destination"
+    """Timestep the UNet is asked at in each inversion step Z_t → Z_{t+1}: ``destination`` (t+1; diffusers'
+    ``DDIMInverseScheduler`` convention, which spec §3.3 names, so the first step sees the clean Z_0 at the first
+    timestep) or ``source`` (t, as spec §3.3's equation ε_θ(Z_t, t) writes it; the first step asks at timestep 0).
+    Reconstruction: the spec's tool and its equation disagree."""
     vae_batch: int = 8
     """Frames per VAE encode/decode call."""
     depth: DepthConfig = field(default_factory=DepthConfig)

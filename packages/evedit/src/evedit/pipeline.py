@@ -19,6 +19,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -308,18 +309,27 @@ class EVEPipeline(DiffusionPipeline):
     # -------------------------------------------------------------------------------------------- inversion
     @torch.no_grad()
     def invert(
-        self, z0: torch.Tensor, emb: torch.Tensor, cond: DepthCondition | None, num_steps: int
+        self,
+        z0: torch.Tensor,
+        emb: torch.Tensor,
+        cond: DepthCondition | None,
+        num_steps: int,
+        timestep: Literal["destination", "source"] = "destination",
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Deterministic DDIM inversion with the depth features, guidance 1 (spec §3.3)::
 
             ε = ε_θ(Z_t, t, c_inv, M);   Z_{t+1} = sqrt(ᾱ_{t+1})·(Z_t − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t) + sqrt(1−ᾱ_{t+1})·ε
 
+        ``timestep`` (``edit.inversion_timestep``): the UNet is asked at the step's destination timestep (diffusers'
+        inverse-scheduler convention, default) or at its source t, as the equation writes it (0 for the first step).
         Returns the trajectory [(Z_t, x̂_0 at t)] from the least to the most noisy step (the last Z is Z_T)."""
         self.inverse_scheduler.set_timesteps(num_steps, device=z0.device)
+        ratio = self.inverse_scheduler.config.num_train_timesteps // num_steps
         z = z0
         traj = []
         for t in self.progress_bar(self.inverse_scheduler.timesteps):
-            eps = self.predict_noise(z, t, emb, None, cond, 1.0)
+            asked = t if timestep == "destination" else (t - ratio).clamp_min(0)
+            eps = self.predict_noise(z, asked, emb, None, cond, 1.0)
             out = self.inverse_scheduler.step(eps, t, z)
             z = out.prev_sample
             traj.append((z, out.pred_original_sample))
@@ -447,7 +457,7 @@ class EVEPipeline(DiffusionPipeline):
             traj = None
             if config.init == "ddim_inversion":
                 emb_inv = emb_src if config.inversion_prompt == "source" else emb_null
-                traj = self.invert(z0, emb_inv, cond, config.num_inference_steps)
+                traj = self.invert(z0, emb_inv, cond, config.num_inference_steps, config.inversion_timestep)
             t_inv = timer.now() - t0
 
             videos, timings, losses = [], [], []
