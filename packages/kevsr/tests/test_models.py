@@ -24,6 +24,34 @@ def test_keyword_fusion_single_keyword_and_frame_axis():
     torch.testing.assert_close(a.sum(dim=1), torch.ones(1, 2))
 
 
+def test_keyword_softmax_leaves_the_frame_part_independent_of_the_assignment():
+    """With the softmax over keywords (the default), Σ_k a_jk = 1, so (1/|K|) Σ_k Σ_j a_jk f'_j = (N_f/|K|)·mean_j f'_j:
+    e' = (1 + N_f/|K|)·mean_j f'_j − (1/|K|) Σ_k A_k z_k, A_k = Σ_j a_jk. The assignment (φ_w, φ_c) reaches e' only
+    through the weights A_k of the keyword vectors z_k; over frames it also weights the frames."""
+    torch.manual_seed(0)
+    frames, kw, mask = (
+        torch.randn(2, 5, 4),
+        torch.randn(2, 3, 5),
+        torch.tensor([[True, True, True], [True, True, False]]),
+    )
+    for axis in ("keywords", "frames"):
+        fusion = KeywordFusion(5, 4, axis, 0.0).eval()
+        with torch.no_grad():  # z_k = 0: what remains is the frame part of e'
+            fusion.phi_z[-1].weight.zero_()
+            fusion.phi_z[-1].bias.zero_()
+        before = fusion(frames, kw, mask)
+        with torch.no_grad():
+            for p in (*fusion.phi_w.parameters(), *fusion.phi_c.parameters()):
+                p.normal_()  # a different assignment
+        after = fusion(frames, kw, mask)
+        if axis == "keywords":
+            k = mask.sum(1, keepdim=True).float()
+            torch.testing.assert_close(before, fusion.out((1 + 5 / k) * frames.mean(1)))
+            torch.testing.assert_close(after, before)
+        else:
+            assert not torch.allclose(after, before, atol=1e-4)
+
+
 def test_keyword_fusion_without_keywords_uses_frame_mean():
     fusion = KeywordFusion(5, 4, "keywords", 0.0).eval()
     frames = torch.randn(2, 3, 4)
