@@ -73,7 +73,8 @@ def social_fairness_loss(
 class SocialFairnessLoss(nn.Module):
     """SFLoss on top of the autoregressive loss (spec §3.5); ``enabled=False`` is plain FT (all weights 1).
 
-    forward(logits (B, L, V), labels (B, L), skew (B,)) → dict(loss, loss_ar, mean_weight).
+    forward(logits (B, L, V), labels (B, L), skew (B,)) → dict(loss, loss_ar, mean_weight); ``mean_weight`` is the
+    batch mean of the raw weights exp(−Skew), before any ``normalize_weights`` (after it the mean would always be 1).
     """
 
     def __init__(
