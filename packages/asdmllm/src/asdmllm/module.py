@@ -18,7 +18,7 @@ import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args, get_type_hints
 
 import lightning.pytorch as pl
 import torch
@@ -97,9 +97,9 @@ class DebiasConfig:
             raise ValueError(f"model.debias.tau1={self.tau1} and tau2={self.tau2} must be > 0")
         if self.refresh_every_n_epochs < 1:
             raise ValueError("model.debias.refresh_every_n_epochs must be >= 1")
-        choices = {"method": ("asd", "csd", "ft"), "token_reduction": ("mean", "sum"),
-                   "epoch_length": ("resampled", "nominal")}  # fmt: skip
-        for key, allowed in choices.items():  # the CLI checks these Literals; the Python API does not
+        hints = get_type_hints(DebiasConfig)
+        for key in ("method", "token_reduction", "epoch_length"):  # the CLI checks these Literals; Python does not
+            allowed = get_args(hints[key])
             if getattr(self, key) not in allowed:
                 raise ValueError(f"model.debias.{key}={getattr(self, key)!r} must be one of {allowed}")
 
