@@ -40,6 +40,17 @@ def test_skew_at_k_laplace_hand_case():
     assert skew_at_k(scores, values, 2, 4, "laplace", clip=0.5)[1].item() == pytest.approx(-0.5)  # clipped
 
 
+def test_skew_at_k_laplace_counts_every_value_of_the_type():
+    # Spec §3.2: the denominator is K + α·|A_τ| with |A_τ| the number of values of the type, present or not.
+    # Pool of 8 (4 A, 4 B) of a type with 3 values; C never appears. Top-4 all A:
+    # Skew_A = ln((4+1)/(4+3)/0.5) = ln(10/7), Skew_B = ln((0+1)/(4+3)/0.5) = ln(2/7); C undefined.
+    scores, values = _pool_all_a_on_top()
+    s = skew_at_k(scores, values, 3, 4, "laplace", alpha=1.0, clip=10)
+    assert s[0].item() == pytest.approx(math.log(10 / 7), rel=1e-5)
+    assert s[1].item() == pytest.approx(math.log(2 / 7), rel=1e-5)
+    assert math.isnan(s[2].item())
+
+
 def test_skew_absent_value_is_nan_and_unknown_ignored():
     s = skew_at_k(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 0, -1]), 3, 1, "official_zero")
     assert s[0].item() == 0.0 and math.isnan(s[1].item()) and math.isnan(s[2].item())

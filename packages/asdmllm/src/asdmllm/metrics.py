@@ -60,7 +60,7 @@ def skew_at_k(
     values absent from the pool. Reconstruction: images tied with the K-th score count fractionally (the expected
     count under a random tie-break; the spec does not say how ties are broken). ``official_zero``: a value with no
     image in the top K gets 0 (SocialCounterfactuals code). ``laplace`` (Reconstruction): observed share
-    ``(n+α)/(K+α·|A|)`` with ``|A|`` the values present.
+    ``(n+α)/(K+α·|A_τ|)`` with ``|A_τ| = num_values``, every value of the type, present in the pool or not.
     Always clipped to [-clip, clip] (Reconstruction).
     """
     if scores.shape != values.shape or scores.ndim != 1:
@@ -87,7 +87,7 @@ def skew_at_k(
         observed = n_top / k
         skew = torch.where(n_top > 0, torch.log(observed / desired.clamp_min(1e-300)), torch.zeros_like(observed))
     elif zero_count == "laplace":
-        observed = (n_top + alpha) / (k + alpha * int(present.sum()))
+        observed = (n_top + alpha) / (k + alpha * num_values)
         skew = torch.log(observed / desired.clamp_min(1e-300))
     else:
         raise ValueError(f"skew.zero_count={zero_count!r}: use official_zero or laplace")
