@@ -30,6 +30,11 @@
    with the official from-scratch init and with ``init_std`` 0.2, tracing the RMS of every ViT block's input
    (block τ: where E_t is added), of E_t and of the ViT weights before training and after every epoch.
 
+4. E step probe (``--e-step-probe``, no gate, no test pass, → repro_e_step_probe.json): the RTQ run of the first
+   ``--seeds`` seed (default 0), trained exactly as in 1., with :class:`EStepProbe` recording at every optimizer step
+   the lr, RMS(ΔE) / lr, the gradient of E, AdamW's second moment for E and, per epoch, the directional consistency
+   of E's gradient against a random walk with the same step lengths.
+
 Run: ``python packages/rtqvl/repro.py --workers 9`` (temporal: 9 runs × 30 epochs, about 5 CPU-minutes each);
 fresh seeds: ``--only temporal --seeds 200 201 202 --out packages/rtqvl/repro_results_fresh_seeds.json``.
 """
@@ -158,8 +163,10 @@ def temporal_experiment(
     oracle: bool = False,
     init_std: float | None = INIT_STD,
     callbacks: tuple[pl.Callback, ...] = (),
+    evaluate: bool = True,
 ) -> dict[str, float]:
     """Train one model on the order task and score its test set (clips and their order-swapped twins).
+    ``evaluate=False`` stops after training (no test pass, no test metric; used by ``--e-step-probe``).
 
     R@1 / R@5 (t2v, after ITM re-ranking) under both tie rules: ``mean`` (a tie with the twin counts ½, the
     expected result of the official argsort ranking; the gate's rule) and ``spec`` (the spec §5 rule, rank = number
@@ -194,6 +201,8 @@ def temporal_experiment(
         callbacks=list(callbacks),
     )
     trainer.fit(module, datamodule=dm)
+    if not evaluate:
+        return out
     captured: dict[str, torch.Tensor] = {}
     update = module.test_metric.update
 
@@ -295,6 +304,159 @@ def _rms(t: torch.Tensor) -> float:
     return float(t.detach().float().pow(2).mean().sqrt())
 
 
+# ---------------------------------------------------------------------------------------- E step probe (diagnostic)
+def consistency_ratio(grads: torch.Tensor) -> float:
+    """Directional consistency of a window of W gradients ``grads`` (W, ...): ‖Σᵢ gᵢ‖₂ / Σᵢ ‖gᵢ‖₂, norms over all
+    elements of each gᵢ. 1 = every gradient points the same way; 0 = they cancel (e.g. alternating ±g over an even
+    window); an isotropic random walk of W equal-length steps gives ≈ 1/√W (see :func:`random_walk_consistency`)."""
+    flat = grads.detach().double().flatten(1)
+    total = float(flat.norm(dim=1).sum())
+    return float(flat.sum(dim=0).norm()) / total if total > 0 else 0.0
+
+
+def order_part(t: torch.Tensor) -> torch.Tensor:
+    """The part of a temporal-embedding-shaped tensor (T', D) (or a stack (..., T', D)) that can tell segment orders
+    apart: its rows minus their mean. Adding the same vector to every segment (the mean) is order-blind."""
+    return t - t.mean(dim=-2, keepdim=True)
+
+
+def random_walk_consistency(
+    norms: list[float], shape: tuple[int, ...], draws: int = 500, seed: int = 0, project=None
+) -> tuple[float, float]:
+    """Reference for :func:`consistency_ratio`: mean and std over ``draws`` walks whose steps have the given
+    ``norms`` and independent Gaussian-isotropic directions in a tensor of ``shape`` (first passed through
+    ``project``, e.g. :func:`order_part`, when the measured gradients were), scored by the same function. Uses its
+    own generator, so it consumes no global RNG."""
+    g = torch.Generator().manual_seed(seed)
+    w = torch.tensor(norms, dtype=torch.float64).view(-1, *([1] * len(shape)))
+    vals = []
+    for _ in range(draws):
+        d = torch.randn(len(norms), *shape, generator=g, dtype=torch.float64)
+        if project is not None:
+            d = project(d)
+        d = d / d.flatten(1).norm(dim=1).clamp_min(1e-300).view_as(w)
+        vals.append(consistency_ratio(d * w))
+    t = torch.tensor(vals)
+    return float(t.mean()), float(t.std())
+
+
+class EStepProbe(pl.Callback):
+    """Optimisation statistics of the temporal embedding E (``visual_encoder.temporal_embedding``) at every
+    optimizer step (``--e-step-probe``). Before the step (``on_before_optimizer_step``, after backward): the lr of
+    E's param group, E and its gradient g. After it (``on_train_batch_end``): ΔE and AdamW's state for E. It only
+    copies tensors (no RNG, no forward pass), so the probed run is the unprobed one. All "rms" values are
+    element-wise RMS over E's T'·D entries. Per step:
+
+    * ``delta_rms_over_lr`` = RMS(ΔE) / lr (AdamW's per-element step is ≈ lr·m̂/(√v̂ + ε), so ≤ ≈ 1 unless the
+      gradient is steady);
+    * ``grad_rms`` = RMS(g), ``grad_order_rms`` = RMS(order_part(g));
+    * ``sqrt_exp_avg_sq_rms`` = √mean(v) of the raw second moment v (``exp_avg_sq``), ``sqrt_v_hat_rms`` = the
+      same after bias correction, v̂ = v / (1 − β₂ᵗ), and ``v_hat_over_grad`` = sqrt_v_hat_rms / grad_rms (1 for a
+      steady gradient; ≫ 1 when v̂ still remembers larger earlier gradients);
+    * ``adam_step_rms`` = RMS(m̂ / (√v̂ + ε)): the Adam step per unit lr predicted from the state (excludes the
+      decoupled weight decay, lr·wd·E, which is included in ΔE).
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+        self.grads: list[torch.Tensor] = []  # g per step, for the consistency windows
+        self.weight_decay: float | None = None
+        self._batch = 0
+
+    @staticmethod
+    def _e(pl_module) -> torch.nn.Parameter:
+        return pl_module.model.visual_encoder.temporal_embedding
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx: int) -> None:
+        self._batch = batch_idx
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        e = self._e(pl_module)
+        group = next(g for g in optimizer.param_groups if any(p is e for p in g["params"]))
+        self.weight_decay = group["weight_decay"]
+        self._pending = {
+            "lr": float(group["lr"]),
+            "betas": tuple(group["betas"]),
+            "eps": float(group["eps"]),
+            "e": e.detach().clone(),
+            "g": e.grad.detach().clone(),
+        }
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
+        e, p = self._e(pl_module), self._pending
+        state = trainer.optimizers[0].state[e]
+        t = int(state["step"])
+        (b1, b2), g, lr = p["betas"], p["g"], p["lr"]
+        v_hat = state["exp_avg_sq"] / (1 - b2**t)
+        m_hat = state["exp_avg"] / (1 - b1**t)
+        delta = e.detach() - p["e"]
+        self.grads.append(g)
+        self.rows.append(
+            {
+                "step": len(self.rows),
+                "epoch": trainer.current_epoch,
+                "batch": self._batch,
+                "lr": lr,
+                "delta_rms_over_lr": _rms(delta) / lr,
+                "delta_max_over_lr": float(delta.abs().max()) / lr,
+                "grad_rms": _rms(g),
+                "grad_order_rms": _rms(order_part(g)),
+                "sqrt_exp_avg_sq_rms": float(state["exp_avg_sq"].mean().sqrt()),
+                "sqrt_v_hat_rms": float(v_hat.mean().sqrt()),
+                "v_hat_over_grad": float(v_hat.mean().sqrt()) / max(_rms(g), 1e-30),
+                "adam_step_rms": _rms(m_hat / (v_hat.sqrt() + p["eps"])),
+                "E_rms": _rms(e),
+                "E_order_rms": _rms(order_part(e.detach())),
+            }
+        )
+
+    def summary(self, draws: int = 500) -> list[dict]:
+        """Per-epoch summary; the consistency window is the epoch's steps (one pass over the training set)."""
+        out = []
+        for ep in sorted({r["epoch"] for r in self.rows}):
+            idx = [i for i, r in enumerate(self.rows) if r["epoch"] == ep]
+            rows = [self.rows[i] for i in idx]
+            g = torch.stack([self.grads[i] for i in idx])
+            go = order_part(g)
+            shape = tuple(g.shape[1:])
+            rw_full = random_walk_consistency([float(x.norm()) for x in g], shape, draws, seed=ep)
+            rw_order = random_walk_consistency([float(x.norm()) for x in go], shape, draws, seed=ep, project=order_part)
+            e_start = self.rows[idx[0] - 1]["E_rms"] if idx[0] > 0 else 0.0
+
+            def mean(key: str, rows=rows) -> float:
+                return statistics.mean(r[key] for r in rows)
+
+            out.append(
+                {
+                    "epoch": ep,
+                    "steps": len(rows),
+                    "lr_min": min(r["lr"] for r in rows),
+                    "lr_max": max(r["lr"] for r in rows),
+                    "sum_lr": sum(r["lr"] for r in rows),
+                    "delta_rms_over_lr_mean": mean("delta_rms_over_lr"),
+                    "delta_rms_over_lr_min": min(r["delta_rms_over_lr"] for r in rows),
+                    "delta_rms_over_lr_max": max(r["delta_rms_over_lr"] for r in rows),
+                    "path_rms": sum(r["delta_rms_over_lr"] * r["lr"] for r in rows),
+                    "grad_rms_mean": mean("grad_rms"),
+                    "grad_order_rms_mean": mean("grad_order_rms"),
+                    "sqrt_exp_avg_sq_rms_end": rows[-1]["sqrt_exp_avg_sq_rms"],
+                    "sqrt_v_hat_rms_mean": mean("sqrt_v_hat_rms"),
+                    "v_hat_over_grad_mean": mean("v_hat_over_grad"),
+                    "adam_step_rms_mean": mean("adam_step_rms"),
+                    "consistency": consistency_ratio(g),
+                    "consistency_order_part": consistency_ratio(go),
+                    "random_walk_consistency": rw_full[0],
+                    "random_walk_consistency_std": rw_full[1],
+                    "random_walk_consistency_order_part": rw_order[0],
+                    "random_walk_consistency_order_part_std": rw_order[1],
+                    "E_rms_start": e_start,
+                    "E_rms_end": rows[-1]["E_rms"],
+                    "E_order_rms_end": rows[-1]["E_order_rms"],
+                }
+            )
+        return out
+
+
 VALIDATION_SEED = 100  # the task used to choose init_std / epochs (never a reported seed)
 
 
@@ -317,7 +479,7 @@ def scale_experiment(epochs: int, inits: list[float | None], workers: int = 1, s
     :class:`ScaleTrace`. Diagnostic only: no gate, the reported seeds are not touched."""
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / f"seed{seed}"
-        write_order_dataset(root, num_train=193, num_test=32, seed=seed)
+        _write_task(root, seed)
         jobs = [(str(root), init, seed, epochs) for init in inits]
         if workers > 1:
             import multiprocessing as mp
@@ -327,6 +489,91 @@ def scale_experiment(epochs: int, inits: list[float | None], workers: int = 1, s
         else:
             done = [_scale_job(j) for j in jobs]
     return {"seed": seed, "split": "validation (task seed 100, held-out clips)", "epochs": epochs, **dict(done)}
+
+
+E_PROBE_OUT = Path(__file__).parent / "repro_e_step_probe.json"
+
+
+def e_step_probe(seed: int, epochs: int, draws: int = 500) -> dict:
+    """``--e-step-probe``: the main run's RTQ training (``message_token``, task and model seed ``seed``, exactly as
+    :func:`_run_temporal` trains it) traced by :class:`EStepProbe`. Training statistics only: no validation, no
+    test pass, no gate."""
+    probe = EStepProbe()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / f"seed{seed}"
+        _write_task(root, seed)
+        temporal_experiment(root, "message_token", seed, epochs, callbacks=(probe,), evaluate=False)
+    epochs_out = probe.summary(draws)
+    rows, later = probe.rows, [e for e in epochs_out if e["epoch"] >= 1]
+    later_rows = [r for r in rows if r["epoch"] >= 1]
+    first = rows[0]
+    final = rows[-1]
+    overall = {
+        "steps": len(rows),
+        "sum_lr": sum(r["lr"] for r in rows),
+        "path_rms": sum(r["delta_rms_over_lr"] * r["lr"] for r in rows),
+        "E_rms_final": final["E_rms"],
+        "E_order_rms_final": final["E_order_rms"],
+        "E_weight_decay": probe.weight_decay,
+        "first_step_grad_rms": first["grad_rms"],
+        "first_step_delta_rms_over_lr": first["delta_rms_over_lr"],
+    }
+    if later:
+        overall.update(
+            {
+                "epochs_1_on_delta_rms_over_lr_mean": statistics.mean(r["delta_rms_over_lr"] for r in later_rows),
+                "epochs_1_on_delta_rms_over_lr_median": statistics.median(r["delta_rms_over_lr"] for r in later_rows),
+                "epochs_1_on_grad_rms_mean": statistics.mean(r["grad_rms"] for r in later_rows),
+                "epoch_0_grad_rms_mean": statistics.mean(r["grad_rms"] for r in rows if r["epoch"] == 0),
+                "epochs_1_on_v_hat_over_grad_mean": statistics.mean(r["v_hat_over_grad"] for r in later_rows),
+                "epochs_1_on_consistency_mean": statistics.mean(e["consistency"] for e in later),
+                "epochs_1_on_consistency_order_part_mean": statistics.mean(e["consistency_order_part"] for e in later),
+                "epochs_1_on_random_walk_consistency_mean": statistics.mean(
+                    e["random_walk_consistency"] for e in later
+                ),
+                "epochs_1_on_random_walk_consistency_order_part_mean": statistics.mean(
+                    e["random_walk_consistency_order_part"] for e in later
+                ),
+                "epochs_1_on_path_rms": sum(e["path_rms"] for e in later),
+                "epochs_1_on_sum_lr": sum(e["sum_lr"] for e in later),
+            }
+        )
+    # the probed run must be the reported one: its final E against repro_results.json's RTQ run of this seed
+    check = None
+    if OUT.is_file():
+        res = json.loads(OUT.read_text())
+        try:
+            i = res["seeds"].index(seed)
+            if epochs == res["temporal_order"].get("epochs"):
+                check = {
+                    "repro_results_E_rms": res["temporal_order"]["RTQ"]["temporal_embedding_rms"]["runs"][i],
+                    "probe_E_rms": final["E_rms"],
+                }
+        except (KeyError, ValueError, IndexError):
+            check = None
+    return {
+        "seed": seed,
+        "epochs": epochs,
+        "model": "RTQ (message_token), init_std 0.2, AdamW lr 1e-3 (warm-up 1e-4 over 8 steps, cosine to 1e-5)",
+        "parameter": "model.visual_encoder.temporal_embedding (E, zero-initialised)",
+        "definitions": {
+            "rms": "element-wise RMS over E's entries",
+            "delta_rms_over_lr": "RMS(E after step - E before step) / lr of that step",
+            "sqrt_v_hat_rms": "sqrt(mean(exp_avg_sq / (1 - beta2^t))), the RMS of AdamW's bias-corrected "
+            "denominator sqrt(v_hat); v_hat_over_grad = sqrt_v_hat_rms / RMS(g) of the same step",
+            "adam_step_rms": "RMS(m_hat / (sqrt(v_hat) + eps)), the step per unit lr from the optimizer state",
+            "order_part": "rows of a (T', D) tensor minus their mean (the part that distinguishes segment orders)",
+            "consistency": "||sum_i g_i||_2 / sum_i ||g_i||_2 over the steps of one epoch (1 = one direction, 0 = "
+            "cancelling); random_walk_consistency = the same ratio for walks with the same step norms and "
+            "isotropic Gaussian directions (order part: projected the same way), mean over draws",
+            "path_rms": "sum over steps of RMS(delta E); the per-element bound of 'about lr per step' is sum_lr",
+        },
+        "random_walk_draws": draws,
+        "overall": overall,
+        "matches_reported_run": check,
+        "per_epoch": epochs_out,
+        "steps_epoch_0": [r for r in rows if r["epoch"] == 0],
+    }
 
 
 def _patches(frames: torch.Tensor, p: int = 8) -> torch.Tensor:
@@ -386,6 +633,11 @@ def redundancy_experiment(
     return out
 
 
+def _write_task(root: Path, seed: int) -> None:
+    """The temporal order task of one seed (train clips + test clips with their order-swapped twins)."""
+    write_order_dataset(root, num_train=193, num_test=32, seed=seed)
+
+
 def _summary(values: list[float]) -> dict[str, float]:
     return {"mean": statistics.mean(values), "std": statistics.pstdev(values), "runs": values}
 
@@ -428,6 +680,12 @@ def main(argv: list[str] | None = None) -> int:
         help="--only scale: inits to trace ('none' = the official from-scratch init, or a std)",
     )
     ap.add_argument(
+        "--e-step-probe",
+        action="store_true",
+        help="diagnostic, no gate, no test pass: per-step AdamW statistics of the temporal embedding E in the RTQ "
+        "run of the first --seeds seed (default 0) → --out (default repro_e_step_probe.json)",
+    )
+    ap.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -437,6 +695,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     torch.set_num_threads(1)  # tiny models: one thread is as fast and avoids oversubscription on busy machines
     t0 = time.time()
+    if args.e_step_probe:
+        res = e_step_probe(args.seeds[0], args.epochs)
+        argv_used = sys.argv[1:] if argv is None else argv
+        res["command"] = " ".join(["python packages/rtqvl/repro.py", *argv_used])
+        res["seconds"] = round(time.time() - t0, 1)
+        (args.out or E_PROBE_OUT).write_text(json.dumps(res, indent=1))
+        print(json.dumps({k: res[k] for k in ("overall", "matches_reported_run", "seconds")}, indent=1))
+        return 0
     if args.only == "scale":
         inits = [None if v.lower() == "none" else float(v) for v in args.scale_inits]
         res = scale_experiment(args.epochs, inits, args.workers)
@@ -499,7 +765,7 @@ def _run_temporal(epochs: int, t0: float, seeds: tuple[int, ...], workers: int =
         jobs = []
         for seed in seeds:
             root = Path(tmp) / f"seed{seed}"
-            write_order_dataset(root, num_train=193, num_test=32, seed=seed)
+            _write_task(root, seed)
             jobs += [(str(root), name, temporal, orc, seed, epochs) for name, temporal, orc in models]
         if workers > 1:
             import multiprocessing as mp
