@@ -2,7 +2,9 @@
 
 Data (``kevsr.synthetic.write_digits_dataset``): 800 train / 200 val / 300 test videos of N_f = 6 noisy sklearn
 digit frames, hierarchy low/mid/high → ten digit words, a 32-d synthetic KG, keywords from the real extraction
-routine. d = 64, 3 seeds, 8 epochs of AdamW 3e-3 (fixed; no model selection on test). Claims:
+routine; generated once with generator seed 0 into runs/repro_data/kevsr (again when ``DIGITS_VERSION`` or the
+arguments change) and shared by every model seed. d = 64, 3 seeds, 8 epochs of AdamW 3e-3 (fixed; no model
+selection on test). Claims:
 
 1. ``Ours-S2`` beats ``Ours-S2 w/o-kw`` (random shared keywords) on level-2 F1 and RP@90% (gated: F1).
 2. ``Ours-S2`` beats ``Ours-S2 w/o-know`` (frame mean instead of the keyword fusion) (reported).
@@ -71,12 +73,11 @@ VARIANTS = {
 
 
 def load(name: str, **gen) -> tuple[KEVSRDataModule, dict[str, dict]]:
-    """Generate (once) and read every split into memory."""
-    from kevsr.synthetic import write_digits_dataset
+    """Generate (once per generator version and arguments) and read every split into memory. Every model seed
+    uses the same data, generator seed 0."""
+    from kevsr.synthetic import ensure_generated
 
-    root = DATA / name
-    if not (root / "hierarchy.json").is_file():
-        write_digits_dataset(root, root / "kg.txt.gz", seed=0, **gen)
+    root = ensure_generated(DATA / name, DATA / name / "kg.txt.gz", "digits", seed=0, owned=True, **gen)
     dm = KEVSRDataModule(str(root), str(root / "kg.txt.gz"), num_regions=5, num_keywords=10, kg_dim=32, num_workers=0)
     dm.setup(None)
     splits = {}

@@ -1,4 +1,7 @@
-"""Readers of the spec §4.2 format on generated files (spec §8b)."""
+"""Readers of the spec §4.2 format on generated files (spec §8b) and the digits generator of spec §8c."""
+
+import json
+import math
 
 import numpy as np
 import pytest
@@ -6,7 +9,7 @@ import torch
 
 from kevsr.data import Hierarchy, KEVSRDataset
 from kevsr.knowledge import KnowledgeEmbeddings, extract_keywords
-from kevsr.synthetic import write_kg_file, write_random_dataset
+from kevsr.synthetic import DIGIT_WORDS, SYNONYMS, write_digits_dataset, write_kg_file, write_random_dataset
 
 
 def test_kg_reader_plain_gz_uris_bare_and_npy(tmp_path):
@@ -95,8 +98,6 @@ def test_extract_names_missing_weights(tmp_path):
 
 @pytest.mark.parametrize("level", ["level1", "level2"])
 def test_hierarchy_refuses_repeated_label_names(tmp_path, level):
-    import json
-
     data = {
         "level1": [{"name": "food"}, {"name": "leisure"}],
         "level2": [{"name": "bar", "parent": "food"}, {"name": "cinema", "parent": "leisure"}],
@@ -106,3 +107,98 @@ def test_hierarchy_refuses_repeated_label_names(tmp_path, level):
     path.write_text(json.dumps(data))
     with pytest.raises(ValueError, match=f"{level} names must be unique.*'(food|bar)'"):
         Hierarchy.from_json(path)
+
+
+def _digits_videos(root) -> list[tuple[set[int], list[int], list[str]]]:
+    """(positive digits, digit shown by each frame, description words) per video of a digits data set written
+    with ``frame_noise = 0``: every frame's f2d is then an sklearn digit image / 16, matched back to its class
+    (the 1797 images are pairwise distinct)."""
+    import h5py
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    by_image = {img.astype(np.int64).tobytes(): int(t) for img, t in zip(digits.images, digits.target)}
+    assert len(by_image) == len(digits.images)
+    out = []
+    for split in ("train", "val", "test"):
+        rows = [json.loads(line) for line in (root / "annotations" / f"{split}.jsonl").read_text().splitlines()]
+        with h5py.File(root / "features" / f"{split}.h5", "r") as f:
+            for row in rows:
+                pixels = np.rint(f[row["video_id"]]["f2d"][()] * 16).astype(np.int64)  # (N_f, 64)
+                frames = [by_image[p.reshape(8, 8).tobytes()] for p in pixels]
+                pos = {DIGIT_WORDS.index(path[1]) for path in row["label_paths"]}
+                out.append((pos, frames, row["text"].split()))
+    return out
+
+
+@pytest.fixture(scope="module")
+def digits_videos(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    write_digits_dataset(root, root / "kg.txt.gz", seed=3, sizes=(200, 50, 50), frame_noise=0.0)
+    return _digits_videos(root)
+
+
+def test_digits_positive_frames_are_60_percent_in_expectation(digits_videos):
+    counts = [sum(d in pos for d in frames) for pos, frames, _ in digits_videos]
+    assert len(digits_videos) == 300 and all(len(frames) == 6 for _, frames, _ in digits_videos)
+    share = np.mean(counts) / 6
+    # spec §8c: 60% of the frames; the standard error over 300 videos is ≈ 0.005, a 4-of-6 rounding gives 0.667
+    assert abs(share - 0.6) < 0.025, share
+    assert set(counts) == {3, 4}  # floor(0.6 · 6) = 3, plus one more with probability 0.6
+    assert all(1 <= len(pos) <= 2 for pos, _, _ in digits_videos)
+
+
+def test_digits_descriptions_use_synonyms_never_the_digit_word(digits_videos):
+    fillers = {"the", "a", "video", "shows"} | {f"thing{i}" for i in range(30)}
+    with_synonym = 0
+    for pos, _, words in digits_videos:
+        assert not set(words) & set(DIGIT_WORDS), words  # the label's own KG term never appears
+        synonyms = [w for w in words if w not in fillers]
+        allowed = {s for d in pos for s in SYNONYMS[DIGIT_WORDS[d]]}
+        assert set(synonyms) <= allowed, (pos, words)  # only the positive digits' synonyms
+        assert len(words) - len(synonyms) == 4  # 4 distractor / filler words
+        with_synonym += sum(any(s in words for s in SYNONYMS[DIGIT_WORDS[d]]) for d in pos)
+    n_pos = sum(len(pos) for pos, _, _ in digits_videos)
+    assert abs(with_synonym / n_pos - 0.7) < 0.07  # a synonym of each positive digit with probability 0.7
+
+
+def test_digits_positive_frame_share_argument(tmp_path):
+    for share, expected in ((0.5, {3}), (1.0, {6}), (0.05, {1})):  # 0.05 · 6 = 0.3: at least one positive frame
+        root = write_digits_dataset(
+            tmp_path / str(share),
+            tmp_path / f"{share}.gz",
+            sizes=(12, 2, 2),
+            frame_noise=0.0,
+            positive_frame_share=share,
+        )
+        assert {sum(d in pos for d in frames) for pos, frames, _ in _digits_videos(root)} == expected
+    for bad in (0.0, -0.1, 1.5, math.nan, "0.6"):
+        with pytest.raises(ValueError, match="positive_frame_share"):
+            write_digits_dataset(tmp_path / "bad", tmp_path / "bad.gz", positive_frame_share=bad)
+
+
+def test_ensure_generated_rewrites_stale_copies_and_leaves_user_data(tmp_path, monkeypatch):
+    import kevsr.synthetic as synthetic
+
+    calls = []
+    real = synthetic.write_random_dataset
+    monkeypatch.setattr(synthetic, "write_random_dataset", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    root, kg = tmp_path / "gen", tmp_path / "gen" / "kg.txt"
+    synthetic.ensure_generated(root, kg, "random", seed=3)
+    stamp = json.loads((root / synthetic.STAMP_FILE).read_text())
+    assert len(calls) == 1 and stamp == {"kind": "random", "version": synthetic.RANDOM_VERSION, "seed": 3}
+    synthetic.ensure_generated(root, kg, "random", seed=3)
+    assert len(calls) == 1  # up to date: not written again
+    synthetic.ensure_generated(root, kg, "random", seed=4)
+    assert len(calls) == 2  # other arguments: written again
+    monkeypatch.setattr(synthetic, "RANDOM_VERSION", synthetic.RANDOM_VERSION + 1)
+    synthetic.ensure_generated(root, kg, "random", seed=4)
+    assert len(calls) == 3  # a newer generator: written again, and stamped with its version
+    assert json.loads((root / synthetic.STAMP_FILE).read_text())["version"] == synthetic.RANDOM_VERSION
+    (root / synthetic.STAMP_FILE).unlink()  # no stamp: the user's own data, unless the caller owns the folder
+    synthetic.ensure_generated(root, kg, "random", seed=5)
+    assert len(calls) == 3 and not (root / synthetic.STAMP_FILE).exists()
+    synthetic.ensure_generated(root, kg, "random", seed=5, owned=True)
+    assert len(calls) == 4
+    with pytest.raises(ValueError, match="generate='video'"):
+        synthetic.ensure_generated(root, kg, "video")

@@ -234,7 +234,8 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
             pin_memory: DataLoader pin_memory.
             persistent_workers: DataLoader persistent_workers (only with workers > 0).
             generate: ``digits`` / ``random``: write the synthetic data set of spec §8c / §8b into data_root (and the
-                KG file to kg_path) when hierarchy.json is missing; ``none`` never writes.
+                KG file to kg_path) when hierarchy.json is missing, and again when a copy stamped by an earlier
+                generator version is there (``kevsr.synthetic.ensure_generated``); ``none`` never writes.
             generate_seed: seed of the generator.
         """
         super().__init__()
@@ -250,13 +251,10 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         h = self.hparams
-        if h.generate != "none" and not (Path(h.data_root) / "hierarchy.json").is_file():
-            from kevsr.synthetic import write_digits_dataset, write_random_dataset
+        if h.generate != "none":
+            from kevsr.synthetic import ensure_generated
 
-            if h.generate == "digits":
-                write_digits_dataset(h.data_root, h.kg_path, seed=h.generate_seed)
-            else:
-                write_random_dataset(h.data_root, h.kg_path, seed=h.generate_seed)
+            ensure_generated(h.data_root, h.kg_path, h.generate, seed=h.generate_seed)
 
     def _load_knowledge(self) -> None:
         h = self.hparams

@@ -5,11 +5,22 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
-__all__ = ["write_kg_file", "write_features", "write_random_dataset", "write_digits_dataset"]
+__all__ = [
+    "write_kg_file",
+    "write_features",
+    "write_random_dataset",
+    "write_digits_dataset",
+    "ensure_generated",
+    "DIGITS_VERSION",
+]
+
+log = logging.getLogger(__name__)
 
 
 def write_kg_file(path: str | Path, vectors: dict[str, np.ndarray], uri_lang: str | None = "en") -> Path:
@@ -132,6 +143,11 @@ SYNONYMS = {
     "nine": ["nonet", "ennead"],
 }
 LEVEL1 = {"low": [0, 1, 2, 3], "mid": [4, 5, 6], "high": [7, 8, 9]}
+# Version of write_digits_dataset's output: raised whenever the same arguments give different files, so that
+# callers caching a generated copy (repro.py) regenerate it. 2: synonyms only in the descriptions, positive-frame
+# share 60% in expectation (1: the digit word itself could be drawn; round(0.6 N_f) positive frames).
+DIGITS_VERSION = 2
+RANDOM_VERSION = 1  # the same for write_random_dataset
 
 
 def write_digits_dataset(
@@ -146,16 +162,30 @@ def write_digits_dataset(
     temporal_noise: float = 0.0,
     never_positive_in_train: tuple[int, ...] = (),
     feature_format: str = "h5",
+    positive_frame_share: float = 0.6,
 ) -> Path:
     """Spec §8c: synthetic "videos" of sklearn digits with a digit-word KG (see the spec for the recipe).
 
     Level 1 = low (0–3) / mid (4–6) / high (7–9); level 2 = the ten digit words. Each video has 1–2 positive
-    digits; 60% of its N_f frames show a positive digit, 40% a distractor digit. f2d = noisy 64-d pixels,
-    f3d = mean of neighbouring frames' pixels, regions = 4 quadrants + the whole frame (64-d, N_r = 5),
-    text = random projection of the description's bag of words (a synonym of each positive digit with p = 0.7
-    plus 4 distractor words). Keywords are left to the extraction routine. ``temporal_noise`` adds noise to
-    the temporal inputs (f2d, f3d) only; ``never_positive_in_train`` removes videos with those digits from train.
+    digits; a share ``positive_frame_share`` (spec: 60%) of its N_f frames show a positive digit, the rest a
+    distractor digit (one that is not positive for the video). f2d = noisy 64-d pixels, f3d = mean of
+    neighbouring frames' pixels, regions = 4 quadrants + the whole frame (64-d, N_r = 5), text = random
+    projection of the description's bag of words: for each positive digit, with p = 0.7, one of its two
+    synonyms (never the digit word itself, which is the label's KG term), plus 4 words drawn from the 30
+    distractor terms and the filler words "the a video shows". Keywords are left to the extraction routine.
+    ``temporal_noise`` adds noise to the temporal inputs (f2d, f3d) only; ``never_positive_in_train`` removes
+    videos with those digits from train.
+
+    Number of positive frames per video: with s = ``positive_frame_share`` · N_f, it is floor(s), plus one
+    more with probability frac(s), so the share is exactly ``positive_frame_share`` in expectation (N_f = 6:
+    3 or 4 frames, mean 3.6) instead of being rounded to the same count for every video (round(3.6) = 4 of 6
+    = 67%). A video keeps at least one positive frame, which raises the expected share above
+    ``positive_frame_share`` only when s < 1 (small N_f or share). The KG, the text projection and the split
+    of the digit images depend only on ``seed``, as before; the per-video draws include one extra uniform
+    number for the rounding.
     """
+    if not (isinstance(positive_frame_share, (int, float)) and 0.0 < positive_frame_share <= 1.0):
+        raise ValueError(f"positive_frame_share must be a number in (0, 1], got {positive_frame_share!r}")
     from sklearn.datasets import load_digits
 
     rng = np.random.default_rng(seed)
@@ -207,7 +237,9 @@ def write_digits_dataset(
             k = int(rng.integers(1, 3))
             pos = [int(x) for x in rng.choice(allowed, size=k, replace=False)]
             neg = [d for d in range(10) if d not in pos]
-            n_pos = int(round(0.6 * num_frames))
+            share = positive_frame_share * num_frames
+            n_pos = int(np.floor(share)) + int(rng.random() < share - np.floor(share))
+            n_pos = min(max(n_pos, 1), num_frames)
             frame_digits = [int(rng.choice(pos)) for _ in range(n_pos)]
             frame_digits += [int(rng.choice(neg)) for _ in range(num_frames - n_pos)]
             frame_digits = [frame_digits[j] for j in rng.permutation(num_frames)]
@@ -217,7 +249,7 @@ def write_digits_dataset(
             f3d = np.stack([pixels[max(j - 1, 0) : j + 2].mean(0) for j in range(num_frames)])
             f2d = pixels + temporal_noise * rng.standard_normal(pixels.shape)
             f3d = f3d + temporal_noise * rng.standard_normal(f3d.shape)
-            words = [str(rng.choice(SYNONYMS[DIGIT_WORDS[d]] + [DIGIT_WORDS[d]])) for d in pos if rng.random() < 0.7]
+            words = [str(rng.choice(SYNONYMS[DIGIT_WORDS[d]])) for d in pos if rng.random() < 0.7]
             words += [str(w) for w in rng.choice(distractors + ["the", "a", "video", "shows"], size=4)]
             words = [words[j] for j in rng.permutation(len(words))]
             bag = np.zeros(len(vocab), np.float32)
@@ -241,4 +273,42 @@ def write_digits_dataset(
             }
         _write_jsonl(root / "annotations" / f"{split}.jsonl", rows)
         write_features(root, split, items, feature_format)
+    return root
+
+
+STAMP_FILE = "generator.json"
+
+
+def ensure_generated(
+    root: str | Path,
+    kg_path: str | Path | None,
+    kind: Literal["digits", "random"],
+    seed: int = 0,
+    owned: bool = False,
+    **kwargs,
+) -> Path:
+    """Write a synthetic data set (``digits``: spec §8c, ``random``: spec §8b) into ``root`` unless an up-to-date
+    copy is there, and stamp it (``generator.json``: kind, generator version, seed, arguments).
+
+    A stamped copy made by another generator version or with other arguments is written again (same file names,
+    overwritten), so a cached copy never silently outlives a change of the generator. A folder that has
+    ``hierarchy.json`` but no stamp is the user's own data (or a copy older than the stamps) and is left alone,
+    unless ``owned`` says that ``root`` belongs to the caller (a script's cache), which then rewrites it.
+    """
+    root = Path(root)
+    if kind not in ("digits", "random"):
+        raise ValueError(f"generate={kind!r}: use digits or random")
+    version = DIGITS_VERSION if kind == "digits" else RANDOM_VERSION
+    stamp = json.dumps({"kind": kind, "version": version, "seed": seed, **kwargs}, sort_keys=True, default=list)
+    stamp_file = root / STAMP_FILE
+    if (root / "hierarchy.json").is_file():
+        if not stamp_file.is_file():
+            if not owned:
+                return root
+        elif stamp_file.read_text() == stamp:
+            return root
+        log.warning("%s: regenerating the synthetic %s data set (generator version or arguments changed)", root, kind)
+    writer = write_digits_dataset if kind == "digits" else write_random_dataset
+    writer(root, kg_path, seed=seed, **kwargs)
+    stamp_file.write_text(stamp)
     return root
