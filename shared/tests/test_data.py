@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, TensorDataset
 
-from mmzoo.data import SplitLoaders, worker_options
+from mmzoo.data import SplitLoaders, reload_train_loader_every_epoch, worker_options
 
 
 @pytest.mark.parametrize(
@@ -38,3 +38,42 @@ def test_split_loaders_dispatch_and_override_lightnings_hooks():
     assert _PredictOwn().predict_dataloader() == ("predict", False)
     # Lightning calls a datamodule's hook only when it is overridden; the mixin's count as overrides
     assert all(is_overridden(f"{s}_dataloader", dm) for s in ("train", "val", "test", "predict"))
+
+
+class _CountingData(pl.LightningDataModule):
+    """Draws a new 'epoch seed' in train_dataloader(), as the packages that resample per epoch do."""
+
+    def __init__(self, reload: bool):
+        super().__init__()
+        self.reload, self.calls = reload, []
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.reload:
+            reload_train_loader_every_epoch(self.trainer, "new draws every epoch")
+
+    def train_dataloader(self):
+        self.calls.append(self.trainer.current_epoch)
+        return DataLoader(TensorDataset(torch.randn(4, 2)), batch_size=2)
+
+
+class _Tiny(pl.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.layer = torch.nn.Linear(2, 1)
+
+    def training_step(self, batch, batch_idx):
+        return self.layer(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("reload", [False, True])
+def test_reload_train_loader_every_epoch_makes_lightning_call_the_hook_each_epoch(reload):
+    dm = _CountingData(reload)
+    trainer = pl.Trainer(max_epochs=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False, reload_dataloaders_every_n_epochs=0)  # fmt: skip
+    trainer.fit(_Tiny(), datamodule=dm)
+    # without the helper Lightning builds the training loader once, and every epoch replays epoch 0's draws
+    assert dm.calls == ([0, 1, 2] if reload else [0])
+    reload_train_loader_every_epoch(None, "no trainer")  # a datamodule used on its own: nothing to do

@@ -6,9 +6,28 @@ are config keys under ``data.init_args``) and builds its loaders with one ``_loa
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
-__all__ = ["SplitLoaders", "worker_options"]
+__all__ = ["SplitLoaders", "reload_train_loader_every_epoch", "worker_options"]
+
+log = logging.getLogger(__name__)
+
+
+def reload_train_loader_every_epoch(trainer: Any, reason: str) -> None:
+    """Make Lightning call the datamodule's ``train_dataloader()`` at the start of every epoch.
+
+    A datamodule that draws new training samples per epoch inside ``train_dataloader()`` (new windows, new pair
+    sampling) needs this: with Lightning's default ``reload_dataloaders_every_n_epochs=0`` the hook runs once per fit
+    and every epoch would replay the first one's draws. Call it from ``setup("fit")``; ``reason`` names what the
+    reload is for (logged once when the setting is changed). A value other than 0 or 1 set by the user is overridden
+    too, since any other period would replay draws. ``trainer`` may be None (a datamodule used without a trainer).
+    """
+    if trainer is None or trainer.reload_dataloaders_every_n_epochs == 1:
+        return
+    log.info("setting trainer.reload_dataloaders_every_n_epochs=1 (was %s): %s",
+             trainer.reload_dataloaders_every_n_epochs, reason)  # fmt: skip
+    trainer.reload_dataloaders_every_n_epochs = 1
 
 
 def worker_options(hparams: Any) -> dict[str, Any]:
@@ -26,7 +45,8 @@ class SplitLoaders:
     """Mixin for a ``LightningDataModule`` (list it first among the bases) whose loaders all come from
     ``self._loader(split, train)``: fit trains on ``"train"`` (``train=True``: shuffled), validation reads ``"val"``,
     test and predict read ``"test"`` (``predict_split`` changes the latter). A package overrides a single hook where it
-    must do more, e.g. reseed its training set each epoch before returning ``super().train_dataloader()``."""
+    must do more, e.g. reseed its training set each epoch before returning ``super().train_dataloader()`` (and calls
+    :func:`reload_train_loader_every_epoch` in ``setup("fit")`` so that the hook runs every epoch)."""
 
     predict_split = "test"
 
