@@ -223,3 +223,15 @@ def test_window_rows_refuses_rows_it_was_not_given():
     assert rows[:, 0].tolist() == [4.0, 5.0, 6.0, 7.0, 8.0] and not pad.any()
     with pytest.raises(ValueError, match=r"rows \[2, 8\) of a 12-frame video"):  # needs rows 2, 3: not given
         window_rows(video[4:9], 4, 2, 6, 12)
+
+
+def test_datamodule_makes_lightning_rebuild_the_training_windows_every_epoch(root):
+    # train_dataloader() draws new windows; with Lightning's default (reload 0) it would run once per fit
+    from types import SimpleNamespace
+
+    dm = TSGVDataModule(str(root), video_feature_file=FILE, short_memory=4, long_memory=8, future_memory=8)
+    dm.trainer = SimpleNamespace(reload_dataloaders_every_n_epochs=0, current_epoch=0)
+    dm.setup("test")
+    assert dm.trainer.reload_dataloaders_every_n_epochs == 0  # evaluation needs no reload
+    dm.setup("fit")
+    assert dm.trainer.reload_dataloaders_every_n_epochs == 1

@@ -23,6 +23,7 @@ from typing import Any, Literal, get_args, get_type_hints
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from mmzoo.data import reload_train_loader_every_epoch
 from torch import nn
 from torchmetrics import MeanMetric
 
@@ -184,10 +185,8 @@ class ASDModule(pl.LightningModule):
         if stage == "fit" and self.debias.use_resample:
             resampled = self.debias.epoch_length == "resampled"
             dm.train_sampler.fixed_length = not resampled
-            if resampled and self.trainer.reload_dataloaders_every_n_epochs != 1:
-                # the epoch's length is the resampled list's: the loader is rebuilt each epoch after resampling
-                log.info("model.debias.epoch_length=resampled: setting trainer.reload_dataloaders_every_n_epochs=1")
-                self.trainer.reload_dataloaders_every_n_epochs = 1
+            if resampled:  # the epoch's length is the resampled list's: the loader is rebuilt each epoch
+                reload_train_loader_every_epoch(self.trainer, "model.debias.epoch_length=resampled")
         for key in ["val"] if stage in ("fit", "validate") else ["test"] if stage == "test" else []:
             infos = dm.eval_sets(key)
             self._infos[key] = infos

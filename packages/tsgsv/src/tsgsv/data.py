@@ -20,7 +20,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from mmzoo.data import worker_options
+from mmzoo.data import reload_train_loader_every_epoch, worker_options
 from mmzoo.features import H5Features
 from torch.utils.data import DataLoader, Dataset
 
@@ -424,6 +424,8 @@ class TSGVDataModule(pl.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         hp = self.hparams
+        if stage == "fit":  # train_dataloader() draws new windows: it must run every epoch (official regenerate)
+            reload_train_loader_every_epoch(self.trainer, "tsgsv draws new training windows every epoch")
         if stage in ("fit", None) and self.train_set is None:
             self.train_set = TSGVTrainDataset(
                 hp.data_root, hp.train_split, self.video_feature_file, self.language_model, hp.short_memory,
