@@ -7,6 +7,7 @@ import torch
 
 from shagcl.data import (
     GQA200Dataset,
+    SceneRecord,
     SGGDataModule,
     SyntheticFeaturesConfig,
     VG150Dataset,
@@ -166,3 +167,100 @@ def test_quota_predicates_are_exactly_zipf_and_frequency_ordered(tmp_path):
     train = VG150Dataset(tmp_path, "train", predicate_order="file", num_val_images=5)
     train_counts = np.bincount(np.concatenate([r.rels[:, 2] for r in train.records]), minlength=9)[1:]
     assert (np.diff(train_counts) <= 0).all()  # the training split itself is in frequency order (spec §3.6.1)
+
+
+def test_sgdet_background_pairs_only_among_matched_proposals():
+    """Spec §3.7: SGDet background = other ordered pairs of non-background proposals (the official sampler zeroes
+    the rows and columns of proposals without a matched label)."""
+    ds = VG150Dataset.__new__(VG150Dataset)
+    ds.samples_per_gt_rel, ds.max_fg_pairs, ds.max_pairs = 4, 256, 1024
+    gt_boxes = torch.tensor([[0.0, 0, 50, 50], [40, 40, 100, 100], [0, 60, 30, 100]])
+    gt_labels = torch.tensor([3, 5, 2])
+    rels = np.array([[0, 1, 7]])
+    boxes = torch.tensor(  # matched to GT 0, 1, 2, then two far from every GT object
+        [[0.0, 0, 50, 50], [40, 40, 100, 100], [0, 60, 30, 100], [300, 300, 350, 350], [400, 10, 450, 60]]
+    )
+    targets, pairs, labels = ds._sgdet_targets(boxes, gt_boxes, gt_labels, rels, torch.Generator().manual_seed(0))
+    assert targets.tolist() == [3, 5, 2, 0, 0]
+    assert pairs[labels > 0].tolist() == [[0, 1]] and labels[labels > 0].tolist() == [7]
+    bg = {tuple(p) for p in pairs[labels == 0].tolist()}
+    assert bg == {(1, 0), (0, 2), (2, 0), (1, 2), (2, 1)}  # all ordered matched pairs except the labelled one
+    targets, pairs, labels = ds._sgdet_targets(boxes[3:], gt_boxes, gt_labels, rels, torch.Generator())
+    assert targets.tolist() == [0, 0] and len(pairs) == 1 and labels.tolist() == [0]  # nothing matched: one pair
+
+
+def test_statistics_filtered_images_dropped_and_background_overlap_without_plus_one():
+    """§3.5: with the non-overlap filter an image left without relations adds nothing to F; background pairs
+    are the pairs with a positive intersection area without the '+1' (official box_filter, to_move=0)."""
+    boxes = np.array([[0, 0, 10, 10], [50, 50, 60, 60], [10.5, 0, 20, 10]], np.float32)  # 0 and 2: 0.5 px apart
+    lonely = SceneRecord("1", "", 100, 100, boxes, np.array([1, 2, 3]), np.array([[0, 1, 1]]))
+    counts, fg, trip = compute_statistics([lonely], 4, 3, filter_non_overlap=True)
+    assert fg[..., 0].sum() == 16 and fg[..., 1:].sum() == 0  # only the +1 prior: the image was dropped
+    assert trip[1, 2, 1] == 1 and counts[1] == 1  # triplet and predicate counts still see the relation
+    _, fg, _ = compute_statistics([lonely], 4, 3, filter_non_overlap=False)
+    assert fg[1, 2, 1] == 1
+    assert fg[1, 3, 0] == fg[3, 1, 0] == fg[1, 2, 0] == 2  # no pair overlaps: all six ordered pairs count
+    touching = np.array([[0, 0, 10, 10], [5, 5, 20, 20], [10.5, 0, 20, 10]], np.float32)  # 0/1 overlap
+    rec = SceneRecord("2", "", 100, 100, touching, np.array([1, 2, 3]), np.array([[0, 1, 1]]))
+    _, fg, _ = compute_statistics([rec], 4, 3, filter_non_overlap=True)
+    assert fg[1, 2, 0] == fg[2, 1, 0] == fg[2, 3, 0] == fg[3, 2, 0] == 2
+    assert fg[1, 3, 0] == fg[3, 1, 0] == 1  # 0.5 px apart: not overlapping
+
+
+def test_fit_reseeds_training_pairs_every_epoch(tmp_path):
+    """The training loader is rebuilt every epoch, so pair sampling (bg subset, fg cap, duplicate predicates)
+    differs between epochs, as the official sampler that draws anew every iteration."""
+    import lightning.pytorch as pl
+
+    from shagcl.models import SHAGCLConfig
+    from shagcl.module import SHAGCLModule
+
+    seen = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            ds = trainer.datamodule.datasets["train"]
+            seen.append((ds.epoch_seed, ds[0]["pair_idx"].tolist()))
+
+    dm = SGGDataModule(
+        data_root=str(tmp_path),
+        feature_source="synthetic",
+        synthetic=SyntheticFeaturesConfig(feature_dim=8),
+        predicate_order="file",
+        num_val_images=2,
+        max_pairs=3,
+        max_fg_pairs=1,
+        batch_size=2,
+        generate_demo_data=True,
+        demo_num_images=12,
+    )
+    cfg = dict(num_heads=1, key_dim=8, ffn_dim=8, obj_layers=1, edge_layers=1, word_dim=4, group_min_count=1)
+    module = SHAGCLModule(
+        SHAGCLConfig(
+            num_obj_classes=9,
+            num_predicates=11,
+            feature_dim=8,
+            hidden_dim=8,
+            word_embeddings="random",
+            trainable_box_head=False,
+            union_features="simplified",
+            use_rect_features=False,
+            **cfg,
+        ),
+        warmup_steps=0,
+    )
+    trainer = pl.Trainer(
+        max_epochs=3,
+        limit_train_batches=1,
+        limit_val_batches=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Probe()],
+        accelerator="cpu",
+    )
+    trainer.fit(module, datamodule=dm)
+    assert trainer.reload_dataloaders_every_n_epochs == 1
+    assert [s for s, _ in seen] == [0, 1, 2]
+    assert len({str(p) for _, p in seen}) > 1  # different pairs drawn for the same image

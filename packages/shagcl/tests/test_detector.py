@@ -112,3 +112,65 @@ def test_extract_sgdet_caches_gt_boxes_for_training(tmp_path):
     with h5py.File(out) as f:
         rec_t = test.records[0]
         assert int(f[rec_t.image_id]["num_det"][0]) == len(f[rec_t.image_id]["boxes"])  # no GT boxes at test
+
+
+def test_extract_keeps_boxes_in_the_annotation_frame(tmp_path):
+    """An image file smaller than the size listed in image_data.json: features are pooled on the file, but the
+    cached boxes stay in the annotation's frame (the frame of gt_boxes and image_size)."""
+    from PIL import Image
+
+    from shagcl.models import box_iou
+
+    write_vg150(tmp_path, n_images=4, n_test=2, n_obj_classes=3, n_predicates=4, with_images=True, max_obj=3)
+    kw = dict(predicate_order="file", num_val_images=0)
+    for split in ("test", "train"):
+        rec = VG150Dataset(tmp_path, split, **kw).records[0]
+        path = tmp_path / "vg" / rec.filename
+        with Image.open(path) as im:
+            small = im.resize((im.size[0] // 2, im.size[1] // 2))
+        small.save(path)
+    fc7 = ["--object_stage", "fc7", "--union_stage", "fc7"]
+    out = tmp_path / "predcls.h5"
+    main(args=["extract", "--data_root", str(tmp_path), "--split", "test", "--output", str(out), *SMALL, *fc7])
+    ds = VG150Dataset(tmp_path, "test", protocol="predcls", feature_source="cached", feature_cache=str(out), **kw)
+    item = ds[0]
+    torch.testing.assert_close(item["boxes"], item["gt_boxes"])
+    assert torch.allclose(box_iou(item["boxes"], item["gt_boxes"]).diag(), torch.ones(len(item["boxes"])))
+    out = tmp_path / "sgdet.h5"
+    main(
+        args=["extract", "--data_root", str(tmp_path), "--split", "train", "--output", str(out), "--protocol", "sgdet"]
+        + [*SMALL, *fc7, "--detections_per_img", "4"]
+    )
+    ds = VG150Dataset(tmp_path, "train", protocol="sgdet", feature_source="cached", feature_cache=str(out), **kw)
+    rec = ds.records[0]
+    with h5py.File(out) as f:
+        boxes, num_det = torch.as_tensor(f[rec.image_id]["boxes"][:]), int(f[rec.image_id]["num_det"][0])
+    torch.testing.assert_close(boxes[num_det:], torch.as_tensor(rec.boxes))  # the GT rows of a training image
+    assert (boxes[:num_det, 2] <= rec.width).all() and (boxes[:num_det, 3] <= rec.height).all()
+
+
+def test_filter_duplicate_detections_one_per_proposal():
+    """NMS_FILTER_DUPLICATES: per-class NMS, then each proposal keeps its best class among those it survived."""
+    from torchvision.ops import nms
+
+    from shagcl.detector import filter_duplicate_detections
+
+    box = [0.0, 0.0, 10.0, 10.0]
+    boxes = torch.tensor([box, box, [50.0, 50.0, 60.0, 60.0], box])[:, None, :].repeat(1, 3, 1)  # (P=4, C=3, 4)
+    scores = torch.tensor(
+        [
+            [0.10, 0.50, 0.40],  # wins class 1; loses class 2 to proposal 1
+            [0.10, 0.45, 0.45],  # suppressed in class 1, wins class 2
+            [0.965, 0.02, 0.015],  # alone at its place: survives both classes, keeps class 1
+            [0.40, 0.30, 0.30],  # suppressed in both classes: dropped
+        ]
+    )
+    props, labels, kept_scores, kept_boxes = filter_duplicate_detections(boxes, scores, 0.01, 0.3, 80)
+    assert props.tolist() == [0, 1, 2] and labels.tolist() == [1, 2, 1]
+    torch.testing.assert_close(kept_scores, torch.tensor([0.50, 0.45, 0.02]))
+    assert torch.equal(kept_boxes, boxes[[0, 1, 2], 0])
+    # without the filter every surviving (proposal, class) is a detection: proposal 2 would appear twice
+    per_class = [(i, c) for c in (1, 2) for i in nms(boxes[:, c], scores[:, c], 0.3).tolist() if scores[i, c] > 0.01]
+    assert sorted(per_class) == [(0, 1), (1, 2), (2, 1), (2, 2)]
+    assert filter_duplicate_detections(boxes, scores, 0.03, 0.3, 80)[0].tolist() == [0, 1]  # score threshold
+    assert filter_duplicate_detections(boxes, scores, 0.01, 0.3, 2)[0].tolist() == [0, 1]  # detections_per_img

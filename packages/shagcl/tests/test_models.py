@@ -155,3 +155,38 @@ def test_official_union_path_and_trainable_box_head(tmp_path):
         torch.testing.assert_close(head.fc7.bias, state["roi_heads.box_head.fc7.bias"])
     with pytest.raises(FileNotFoundError, match="box_head_checkpoint"):
         model.load_box_head(tmp_path / "missing.pth")
+
+
+def test_self_attention_encoder_is_transformer_context():
+    """encoder='self' (§3.9 ablation): the official TransformerContext, one fused stream
+    Linear([r; text; box]) → SA layers, then Linear([r; O; Emb2[label]]) → SA layers (no separate streams)."""
+    from shagcl.models import SelfAttentionEncoder
+
+    for protocol in ("predcls", "sgcls"):
+        cfg = tiny_config(protocol=protocol, encoder="self")
+        model = SHAGCL(cfg)
+        ctx = model.context
+        assert isinstance(ctx.obj_encoder, SelfAttentionEncoder) and len(ctx.obj_encoder.layers) == cfg.obj_layers
+        assert isinstance(ctx.edge_encoder, SelfAttentionEncoder) and len(ctx.edge_encoder.layers) == cfg.edge_layers
+        assert ctx.lin_obj.in_features == cfg.feature_dim + cfg.word_dim + 128
+        assert ctx.lin_edge.in_features == cfg.feature_dim + cfg.hidden_dim + cfg.word_dim
+        assert not hasattr(ctx, "lin_obj_textual") and not hasattr(ctx, "lin_edge_textual")
+        model.build_decoder([2, 3], torch.ones(5, 5, 6))
+        model.eval()
+        batch = {
+            "obj_feats": torch.randn(5, 16),
+            "boxes": torch.tensor([[0.0, 0, 5, 5], [3, 3, 9, 9], [1, 1, 4, 8], [0, 0, 5, 5], [2, 2, 7, 7]]),
+            "obj_image_sizes": torch.full((5, 2), 20.0),
+            "num_objs": [3, 2],
+            "labels": torch.tensor([1, 2, 3, 4, 1]),
+            "det_logits": torch.randn(5, 5),
+            "pair_idx": torch.tensor([[0, 1], [1, 2], [2, 0], [3, 4]]),
+            "union_feats": torch.randn(4, 16),
+            "pair_image_sizes": torch.full((4, 2), 20.0),
+        }
+        out = model(batch)
+        assert [t.shape for t in out.rel_logits] == [(4, 3), (4, 6)]
+        assert all(torch.isfinite(t).all() for t in out.rel_logits)
+        # attention stays inside an image: the second image's logits ignore the first image's features
+        other = dict(batch, obj_feats=torch.cat([torch.randn(3, 16), batch["obj_feats"][3:]]))
+        torch.testing.assert_close(model(other).rel_logits[-1][3:], out.rel_logits[-1][3:])

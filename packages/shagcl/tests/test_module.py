@@ -120,3 +120,35 @@ def test_trainable_box_head_fc6_changes_after_a_step(tmp_path):
         assert not torch.equal(params[name], fc6[name])
     frozen, _ = _tiny_module(tmp_path / "frozen", "predcls")
     assert frozen.model.box_head is None and frozen.model.union is None  # cached post-fc7 features: no fc6 copy
+
+
+def test_plateau_schedule_matches_official():
+    """WarmupReduceLROnPlateau (patience 2, threshold 0.001 absolute, cooldown 0): ×0.1 at the second consecutive
+    validation without improvement, the count restarts after a reduction, and training stops after 3."""
+    from types import SimpleNamespace
+
+    small = dict(feature_dim=8, hidden_dim=8, num_heads=1, key_dim=8, ffn_dim=8, union_features="simplified")
+    module = SHAGCLModule(SHAGCLConfig(word_embeddings="random", trainable_box_head=False, **small))
+    module._trainer = SimpleNamespace(should_stop=False)
+    history = []
+    for value in (0.1, 0.2, 0.2005, 0.2, 0.25, 0.2, 0.2, 0.2, 0.2):
+        module._plateau_step(value)
+        history.append((module.lr_reductions, module.trainer.should_stop))
+    # 0.2005 is within the threshold of 0.2: a bad validation; 0.25 resets the count
+    assert [r for r, _ in history] == [0, 0, 0, 1, 1, 1, 2, 2, 3]
+    assert [s for _, s in history] == [False] * 8 + [True]
+    assert module.lr_scale == pytest.approx(1e-3) and module.best_metric == 0.25
+
+
+def test_frequency_bias_tables_get_no_weight_decay(tmp_path):
+    """Official make_optimizer: weight decay 0 for every parameter named '*bias*' (biases and the freq_bias
+    tables); the other weights get weight_decay."""
+    module, _ = _tiny_module(tmp_path, "predcls")
+    opt = module.configure_optimizers()["optimizer"]
+    names = {id(p): n for n, p in module.named_parameters()}
+    by_decay = {g["weight_decay"]: {names[id(p)] for p in g["params"]} for g in opt.param_groups}
+    assert set(by_decay) == {1e-4, 0.0}
+    tables = {n for n in names.values() if n.startswith("model.decoder.freq_bias.")}
+    assert tables and tables <= by_decay[0.0]
+    assert all(n.endswith(".bias") or "freq_bias" in n for n in by_decay[0.0])
+    assert "model.decoder.post_cat.weight" in by_decay[1e-4] and "model.decoder.post_cat.bias" in by_decay[0.0]

@@ -17,7 +17,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from mmzoo.data import SplitLoaders, worker_options
+from mmzoo.data import SplitLoaders, reload_train_loader_every_epoch, worker_options
 from mmzoo.features import H5Features
 from torch.utils.data import DataLoader, Dataset
 
@@ -224,8 +224,9 @@ class SceneGraphDataset(Dataset):
         """SGDet training targets (§3.7): every proposal gets the label of its best-IoU GT box when IoU >= 0.5,
         else 0 (the official ``assign_label_to_proposals``); a proposal matches a GT object with that same label
         and IoU > 0.5; per GT relation at most ``samples_per_gt_rel`` matched (head, tail) pairs drawn ∝
-        IoU(head)·IoU(tail); ≤ max_fg_pairs foreground; background = other ordered pairs up to max_pairs.
-        Returns object targets, pairs, labels."""
+        IoU(head)·IoU(tail); ≤ max_fg_pairs foreground; background = other ordered pairs of proposals with a
+        non-background target (the official sampler zeroes the rows and columns of unmatched proposals), up to
+        max_pairs. Returns object targets, pairs, labels."""
         iou = box_iou(boxes, gt_boxes)  # (N, G_obj)
         best_iou, best_gt = iou.max(1) if iou.numel() else (torch.zeros(len(boxes)), torch.zeros(len(boxes)).long())
         obj_targets = torch.where(best_iou >= 0.5, gt_labels[best_gt], torch.zeros_like(best_gt))
@@ -253,9 +254,17 @@ class SceneGraphDataset(Dataset):
         sel = torch.randperm(len(fg_t), generator=g)[: self.max_fg_pairs]
         fg_t, lab_t = fg_t[sel], lab_t[sel]
         all_pairs = torch.stack(torch.meshgrid(torch.arange(n), torch.arange(n), indexing="ij"), -1).reshape(-1, 2)
-        all_pairs = all_pairs[
-            (all_pairs[:, 0] != all_pairs[:, 1]) & (rel_map.flatten()[all_pairs[:, 0] * n + all_pairs[:, 1]] == 0)
-        ]
+        all_pairs = all_pairs[all_pairs[:, 0] != all_pairs[:, 1]]
+        matched = obj_targets > 0
+        bg_ok = (
+            (rel_map.flatten()[all_pairs[:, 0] * n + all_pairs[:, 1]] == 0)
+            & matched[all_pairs[:, 0]]
+            & matched[all_pairs[:, 1]]
+        )
+        if len(fg_t) or bg_ok.any():
+            all_pairs = all_pairs[bg_ok]
+        else:  # nothing matched: one background pair keeps the image in the batch (the official fake relation)
+            all_pairs = all_pairs[:1]
         bg = all_pairs[torch.randperm(len(all_pairs), generator=g)[: max(self.max_pairs - len(fg_t), 0)]]
         pairs = torch.cat([fg_t, bg])
         labels = torch.cat([lab_t, torch.zeros(len(bg), dtype=torch.long)])
@@ -575,8 +584,9 @@ def compute_statistics(
     """Predicate counts, frequency-bias matrix F and triplet counts from training records (§3.5, §3.6.4).
 
     F[s, o, p>0] counts GT triplets (duplicates kept); F[s, o, 0] = 1 + the number of overlapping ordered box
-    pairs with classes (s, o) (all ordered pairs if an image has none overlapping). ``filter_non_overlap``
-    drops relations between non-overlapping boxes from F (the VG side effect of the official code).
+    pairs with classes (s, o) (positive intersection area, no '+1'; all ordered pairs if an image has none
+    overlapping). ``filter_non_overlap`` drops relations between non-overlapping boxes ('+1' convention) from F and
+    images left without relations from F entirely (the VG side effect of the official loader).
     Reconstruction: the background count (predicate_counts[0]) is the number of background pairs the sampler
     draws per epoch, Σ_img min(N(N−1) − #fg pairs, max_pairs − #fg pairs).
     """
@@ -586,28 +596,33 @@ def compute_statistics(
     for rec in records:
         labels, rels = rec.labels, rec.rels
         n = len(labels)
-        iou_inter = _overlap(rec.boxes)
         np.add.at(trip, (labels[rels[:, 0]], labels[rels[:, 1]], rels[:, 2]), 1)
+        np.add.at(counts, rels[:, 2], 1)
+        n_fg = len({(int(s), int(o)) for s, o, _ in rels})
+        counts[0] += max(min(n * (n - 1) - n_fg, max_pairs - n_fg), 0)
         r = rels
         if filter_non_overlap:
-            r = rels[iou_inter[rels[:, 0], rels[:, 1]]]
+            r = rels[_overlap(rec.boxes, 1.0)[rels[:, 0], rels[:, 1]]]
+            if len(r) == 0:  # the official loader drops the image
+                continue
         np.add.at(fg, (labels[r[:, 0]], labels[r[:, 1]], r[:, 2]), 1)
-        np.add.at(counts, rels[:, 2], 1)
         offdiag = ~np.eye(n, dtype=bool)
-        pairs = np.argwhere(iou_inter & offdiag)
+        pairs = np.argwhere(_overlap(rec.boxes, 0.0) & offdiag)
         if len(pairs) == 0:
             pairs = np.argwhere(offdiag)
         np.add.at(fg, (labels[pairs[:, 0]], labels[pairs[:, 1]], 0), 1)
-        n_fg = len({(int(s), int(o)) for s, o, _ in rels})
-        counts[0] += max(min(n * (n - 1) - n_fg, max_pairs - n_fg), 0)
     fg[:, :, 0] += 1
     return torch.from_numpy(counts), torch.from_numpy(fg), torch.from_numpy(trip)
 
 
-def _overlap(boxes: np.ndarray) -> np.ndarray:
-    """(N, N) bool: boxes intersect (positive '+1' intersection area)."""
-    b = torch.as_tensor(boxes, dtype=torch.float32)
-    return (box_iou(b, b) > 0).numpy()
+def _overlap(boxes: np.ndarray, to_move: float) -> np.ndarray:
+    """(N, N) bool: positive intersection area, widths/heights computed as x2 − x1 + ``to_move`` (the official
+    bbox_overlaps: 1 in the relation filter, 0 in the background-pair filter)."""
+    b = np.asarray(boxes, dtype=np.float64)
+    lt = np.maximum(b[:, None, :2], b[None, :, :2])
+    rb = np.minimum(b[:, None, 2:], b[None, :, 2:])
+    wh = np.clip(rb - lt + to_move, 0.0, None)  # (N, N, 2)
+    return wh[..., 0] * wh[..., 1] > 0
 
 
 def _cat_optional(items: list[dict], key: str) -> torch.Tensor | None:
@@ -760,6 +775,10 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
         raise ValueError(f"data.dataset={hp.dataset!r}: expected vg150|gqa200")
 
     def setup(self, stage: str | None = None) -> None:
+        if stage == "fit":
+            reload_train_loader_every_epoch(
+                self.trainer, "shagcl resamples duplicate predicates, relation pairs and SGDet positives every epoch"
+            )
         self.prepare_data()  # idempotent; lets tests call setup() alone
         if "train" not in self.datasets:
             self.datasets["train"] = self.make_dataset("train")

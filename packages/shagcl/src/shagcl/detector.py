@@ -13,6 +13,14 @@ for PredCls/SGCls; up to 80 detections for SGDet, followed in the train split by
   union path, spec §3.2.2), or ``union_feats`` (N(N−1), P) the detector's box head on the union box at the one
   level MultiScaleRoIAlign picks (``fc7``, the compact simplified path).
 
+Boxes are stored in the annotation's frame (the image size listed in ``image_data.json`` / the GQA JSON): when the
+image file's size differs, boxes are rescaled to the file only to pool features and scaled back before they are
+written, as the official loader does.
+
+SGDet detections follow the official post-processing (``MODEL.ROI_HEADS``): per-class NMS at IoU 0.3 over the
+(proposal, class) scores above 0.01, and with ``filter_duplicates`` (NMS_FILTER_DUPLICATES: True) at most one
+detection per proposal, its best class among those surviving NMS; at most 80 per image.
+
 Deviation (README): the paper's detector is maskrcnn-benchmark ResNeXt-101-32x8d-FPN (P = 4096); here torchvision
 ResNet-50-FPN (P = 1024).
 """
@@ -26,7 +34,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-__all__ = ["FasterRCNNFeatures", "extract_main", "build_detector"]
+__all__ = ["FasterRCNNFeatures", "extract_main", "build_detector", "filter_duplicate_detections"]
 
 log = logging.getLogger(__name__)
 
@@ -38,9 +46,12 @@ def build_detector(
     max_size: int = 1000,
     detections_per_img: int = 80,
     allow_random: bool = False,
+    score_thresh: float = 0.01,
+    nms_thresh: float = 0.3,
 ) -> nn.Module:
     """A torchvision ``fasterrcnn_resnet50_fpn`` with ``num_classes`` (incl. background) loaded from ``checkpoint``
-    (a state dict, or a dict with ``model``/``state_dict``). ``allow_random`` builds random weights (tests only)."""
+    (a state dict, or a dict with ``model``/``state_dict``). ``allow_random`` builds random weights (tests only).
+    ``score_thresh`` / ``nms_thresh``: detection post-processing (official ROI_HEADS.SCORE_THRESH 0.01, NMS 0.3)."""
     from torchvision.models.detection import fasterrcnn_resnet50_fpn
 
     model = fasterrcnn_resnet50_fpn(
@@ -50,6 +61,8 @@ def build_detector(
         min_size=min_size,
         max_size=max_size,
         box_detections_per_img=detections_per_img,
+        box_score_thresh=score_thresh,
+        box_nms_thresh=nms_thresh,
     )
     if checkpoint is None:
         if allow_random:
@@ -73,20 +86,76 @@ def build_detector(
     return model.eval()
 
 
+def filter_duplicate_detections(
+    boxes_per_cls: torch.Tensor,
+    scores: torch.Tensor,
+    score_thresh: float,
+    nms_thresh: float,
+    detections_per_img: int,
+    per_class_topn: int = 300,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Detection post-processing with NMS_FILTER_DUPLICATES (the official box-head post-processor).
+
+    boxes_per_cls (P, C, 4) regressed boxes of every proposal for every class, scores (P, C) softmax (column 0 =
+    background). Per foreground class: the proposals scoring above ``score_thresh``, greedy NMS at ``nms_thresh``
+    (at most ``per_class_topn`` kept). Each proposal then keeps only its best-scoring class among those it survived
+    NMS for (none: dropped), so one proposal gives at most one detection. Sorted by score, at most
+    ``detections_per_img``. Returns proposal indices (D,), labels (D,), scores (D,), boxes (D, 4)."""
+    from torchvision.ops import nms
+
+    survived = torch.zeros_like(scores, dtype=torch.bool)
+    for c in range(1, scores.shape[1]):
+        idx = (scores[:, c] > score_thresh).nonzero().squeeze(1)
+        if len(idx) == 0:
+            continue
+        keep = nms(boxes_per_cls[idx, c].float(), scores[idx, c].float(), nms_thresh)[:per_class_topn]
+        survived[idx[keep], c] = True
+    best, labels = torch.where(survived, scores, torch.zeros_like(scores)).max(1)  # (P,) best surviving class
+    props = best.nonzero().squeeze(1)
+    props = props[best[props].argsort(descending=True)][:detections_per_img]
+    labels = labels[props]
+    return props, labels, best[props], boxes_per_cls[props, labels]
+
+
 class FasterRCNNFeatures(nn.Module):
     """Object and union features from a frozen torchvision Faster R-CNN.
 
     forward(image (3, H, W) float in [0, 1], boxes (N, 4) xyxy pixels or None, extra_boxes (E, 4) or None) -> dict
     (see the module docstring). With ``boxes=None`` the detector's own detections (SGDet) are used, followed by
-    ``extra_boxes`` (the GT boxes of a training image); ``num_det`` counts the detections.
+    ``extra_boxes`` (the GT boxes of a training image); ``num_det`` counts the detections. Boxes are in the frame of
+    ``image``. ``filter_duplicates``: at most one detection per proposal (official NMS_FILTER_DUPLICATES: True);
+    false: torchvision's post-processing (every surviving (proposal, class)).
     """
 
     def __init__(
-        self, detector: nn.Module, object_stage: str = "pooled", union_stage: str = "pooled", chunk: int = 256
+        self,
+        detector: nn.Module,
+        object_stage: str = "pooled",
+        union_stage: str = "pooled",
+        chunk: int = 256,
+        filter_duplicates: bool = True,
     ) -> None:
         super().__init__()
         self.detector = detector.eval().requires_grad_(False)
         self.object_stage, self.union_stage, self.chunk = object_stage, union_stage, chunk
+        self.filter_duplicates = filter_duplicates
+
+    def _detect(self, images, features) -> tuple[torch.Tensor, torch.Tensor]:
+        """SGDet detections of one transformed image: boxes (D, 4) in the transformed frame, scores (D,)."""
+        from torchvision.ops import boxes as box_ops
+
+        det, roi = self.detector, self.detector.roi_heads
+        proposals, _ = det.rpn(images, features)
+        size_t = images.image_sizes[0]
+        class_logits, box_regression = roi.box_predictor(roi.box_head(roi.box_roi_pool(features, proposals, [size_t])))
+        if not self.filter_duplicates:
+            boxes, scores, _ = roi.postprocess_detections(class_logits, box_regression, proposals, [size_t])
+            return boxes[0], scores[0]
+        boxes_per_cls = box_ops.clip_boxes_to_image(roi.box_coder.decode(box_regression, proposals), size_t)
+        _, _, scores, boxes = filter_duplicate_detections(
+            boxes_per_cls, class_logits.softmax(-1), roi.score_thresh, roi.nms_thresh, roi.detections_per_img
+        )
+        return boxes, scores
 
     def _all_levels(self, features, boxes_t: torch.Tensor) -> torch.Tensor:
         """ROIAlign 7×7 (sampling ratio 2) of ``boxes_t`` on every FPN level, concatenated: (M, L·256, 7, 7)."""
@@ -106,18 +175,18 @@ class FasterRCNNFeatures(nn.Module):
     ) -> dict[str, torch.Tensor]:
         det = self.detector
         roi = det.roi_heads
-        scores = None
-        if boxes is None:
-            out = det([image])[0]
-            boxes, scores = out["boxes"], out["scores"]
-        num_det = len(boxes)
-        if extra_boxes is not None and len(extra_boxes):
-            boxes = torch.cat([boxes, extra_boxes.to(boxes)])
         images, _ = det.transform([image])
         features = det.backbone(images.tensors)
         size_t = images.image_sizes[0]
         h_t, w_t = size_t
-        ratio = torch.tensor([w_t / image.shape[-1], h_t / image.shape[-2]] * 2, device=boxes.device)
+        ratio = torch.tensor([w_t / image.shape[-1], h_t / image.shape[-2]] * 2, device=image.device)
+        scores = None
+        if boxes is None:
+            boxes_det, scores = self._detect(images, features)
+            boxes = boxes_det / ratio  # back to the frame of ``image``
+        num_det = len(boxes)
+        if extra_boxes is not None and len(extra_boxes):
+            boxes = torch.cat([boxes, extra_boxes.to(boxes)])
         boxes_t = boxes.float() * ratio  # (N, 4) in the transformed image
         obj_pooled = roi.box_roi_pool(features, [boxes_t], [size_t])  # (N, 256, 7, 7) level chosen by box size
         obj_feats = roi.box_head(obj_pooled)  # (N, P) fc6 -> fc7
@@ -210,6 +279,15 @@ def extract_main(argv: list[str]) -> Path:
         default="true",
         help="SGDet: also cache the GT boxes of training images after the detections (spec §3.7)",
     )
+    p.add_argument("--score_thresh", type=float, default=0.01, help="SGDet detection score threshold (official 0.01)")
+    p.add_argument("--nms_thresh", type=float, default=0.3, help="SGDet per-class NMS IoU (official ROI_HEADS.NMS 0.3)")
+    p.add_argument(
+        "--filter_duplicates",
+        choices=["true", "false"],
+        default="true",
+        help="SGDet: at most one detection per proposal, its best class surviving NMS (official "
+        "NMS_FILTER_DUPLICATES: True); false: every surviving (proposal, class), torchvision's default",
+    )
     p.add_argument("--random_weights", action="store_true", help="random detector (tests only)")
     args = p.parse_args(argv)
 
@@ -236,8 +314,12 @@ def extract_main(argv: list[str]) -> Path:
         args.max_size,
         args.detections_per_img,
         allow_random=args.random_weights,
+        score_thresh=args.score_thresh,
+        nms_thresh=args.nms_thresh,
     )
-    extractor = FasterRCNNFeatures(detector, args.object_stage, args.union_stage).to(args.device)
+    extractor = FasterRCNNFeatures(
+        detector, args.object_stage, args.union_stage, filter_duplicates=args.filter_duplicates == "true"
+    ).to(args.device)
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
@@ -258,14 +340,17 @@ def extract_main(argv: list[str]) -> Path:
                     (rec.width, rec.height),
                 )
             image = pil_to_tensor(pil).float().div(255).to(args.device)
-            gt = torch.as_tensor(rec.boxes, device=args.device)
-            if pil.size != (rec.width, rec.height):
-                gt = gt * torch.tensor([pil.size[0] / rec.width, pil.size[1] / rec.height] * 2, device=args.device)
+            gt = torch.as_tensor(rec.boxes, dtype=torch.float32, device=args.device)  # annotation frame
+            # boxes go to the file's frame only to pool features; the cache keeps the annotation frame
+            to_file = torch.tensor([pil.size[0] / rec.width, pil.size[1] / rec.height] * 2, device=args.device)
             if args.protocol == "sgdet":
-                extra = gt if split == "train" and args.sgdet_gt_boxes == "true" else None
+                extra = gt * to_file if split == "train" and args.sgdet_gt_boxes == "true" else None
                 feats = extractor(image, None, extra)
+                num_det = int(feats["num_det"][0])
+                feats["boxes"] = torch.cat([feats["boxes"][:num_det] / to_file, gt[: len(feats["boxes"]) - num_det]])
             else:
-                feats = extractor(image, gt)
+                feats = extractor(image, gt * to_file)
+                feats["boxes"] = gt
             grp = f.create_group(rec.image_id)
             for key, value in feats.items():
                 dtype = {"boxes": torch.float32, "num_det": torch.int64}.get(key, torch.float16)

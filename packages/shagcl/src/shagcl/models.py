@@ -34,6 +34,7 @@ __all__ = [
     "AttentionLayer",
     "HybridAttentionLayer",
     "SHAEncoder",
+    "SelfAttentionEncoder",
     "SHAContext",
     "RectFeatures",
     "BoxHead",
@@ -77,7 +78,8 @@ class SHAGCLConfig:
     edge_layers: int = 2
     """Hybrid layers of the edge encoder (§3.4)."""
     encoder: Literal["hybrid", "self", "cross"] = "hybrid"
-    """hybrid = SA + CA per stream (SHA); self = SA only; cross = CA only (ablation encoders, §3.9)."""
+    """hybrid = SA + CA per stream (SHA); self = the official 'Self-Attention' encoder TransformerContext (one
+    fused stream Linear([r; text; box]) then self-attention layers, §3.9); cross = CA cells only (ablation)."""
     word_dim: int = 200
     """D_w: word-embedding width (GloVe 6B-200d)."""
     word_embeddings: Literal["glove", "random"] = "glove"
@@ -305,7 +307,8 @@ class AttentionLayer(nn.Module):
 class HybridAttentionLayer(nn.Module):
     """One hybrid layer (§3.3): V' = SA_v(V) + CA_v(V, T),  T' = SA_t(T) + CA_t(T, V) (four cells).
 
-    ``mode='self'`` keeps only the SA cells, ``mode='cross'`` only the CA cells (ablation encoders).
+    ``mode='self'`` keeps only the SA cells (two independent SA streams; the 'self' ablation config uses
+    :class:`SelfAttentionEncoder` instead), ``mode='cross'`` only the CA cells (ablation encoder).
     Shapes: v, t (B, N, H), pad (B, N) -> two (B, N, H)."""
 
     def __init__(
@@ -361,6 +364,24 @@ class SHAEncoder(nn.Module):
         for layer in self.layers:
             v, t = layer(v, t, pad)
         return v + t
+
+
+class SelfAttentionEncoder(nn.Module):
+    """Plain transformer encoder of TransformerContext (the 'Self-Attention' ablation, §3.9): L SA layers on one
+    stream. Shapes: x (B, N, H) padded per image, pad (B, N) -> (B, N, H)."""
+
+    def __init__(
+        self, num_layers: int, hidden_dim: int, num_heads: int, key_dim: int, ffn_dim: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            AttentionLayer(hidden_dim, num_heads, key_dim, ffn_dim, dropout) for _ in range(num_layers)
+        )
+
+    def forward(self, x: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x, x, pad)
+        return x
 
 
 def _pad(x: torch.Tensor, num_objs: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -443,6 +464,9 @@ class SHAContext(nn.Module):
 
     Steps: textual input (PredCls: Emb1[label]; else softmax(detector logits) @ Emb1), box MLP, V0/T0 projections,
     object encoder O, object prediction, edge inputs [r; O] and Emb2[predicted label], edge encoder E.
+
+    ``encoder='self'`` is the official TransformerContext instead: one stream Linear([r; text; box]) → SA encoder
+    → O, then Linear([r; O; Emb2[predicted label]]) → SA encoder → E.
     """
 
     def __init__(self, cfg: SHAGCLConfig) -> None:
@@ -456,13 +480,19 @@ class SHAContext(nn.Module):
         self.box_mlp = nn.Sequential(
             nn.Linear(9, 32), nn.ReLU(), nn.Dropout(cfg.dropout), nn.Linear(32, 128), nn.ReLU(), nn.Dropout(cfg.dropout)
         )
-        self.lin_obj_visual = nn.Linear(cfg.feature_dim + 128, h)  # V0
-        self.lin_obj_textual = nn.Linear(cfg.word_dim, h)  # T0
-        self.lin_edge_visual = nn.Linear(cfg.feature_dim + h, h)  # Ve0
-        self.lin_edge_textual = nn.Linear(cfg.word_dim, h)  # Te0
-        enc = (h, cfg.num_heads, cfg.key_dim, cfg.ffn_dim, cfg.dropout, cfg.encoder)
-        self.obj_encoder = SHAEncoder(cfg.obj_layers, *enc)
-        self.edge_encoder = SHAEncoder(cfg.edge_layers, *enc)
+        enc = (h, cfg.num_heads, cfg.key_dim, cfg.ffn_dim, cfg.dropout)
+        if cfg.encoder == "self":  # TransformerContext: one fused stream
+            self.lin_obj = nn.Linear(cfg.feature_dim + cfg.word_dim + 128, h)
+            self.lin_edge = nn.Linear(cfg.feature_dim + h + cfg.word_dim, h)
+            self.obj_encoder = SelfAttentionEncoder(cfg.obj_layers, *enc)
+            self.edge_encoder = SelfAttentionEncoder(cfg.edge_layers, *enc)
+        else:
+            self.lin_obj_visual = nn.Linear(cfg.feature_dim + 128, h)  # V0
+            self.lin_obj_textual = nn.Linear(cfg.word_dim, h)  # T0
+            self.lin_edge_visual = nn.Linear(cfg.feature_dim + h, h)  # Ve0
+            self.lin_edge_textual = nn.Linear(cfg.word_dim, h)  # Te0
+            self.obj_encoder = SHAEncoder(cfg.obj_layers, *enc, cfg.encoder)
+            self.edge_encoder = SHAEncoder(cfg.edge_layers, *enc, cfg.encoder)
         self.obj_classifier = nn.Linear(h, cfg.num_obj_classes) if cfg.protocol != "predcls" else None
 
     def set_word_vectors(self, vectors: torch.Tensor) -> None:
@@ -489,11 +519,15 @@ class SHAContext(nn.Module):
         else:
             text = det_logits.detach().float().softmax(-1) @ self.obj_embed1.weight  # (N, D_w)
         box_emb = self.box_mlp(encode_box_geometry(boxes, obj_image_sizes))  # (N, 128)
-        v0 = self.lin_obj_visual(torch.cat([obj_feats, box_emb], -1))  # (N, H)
-        t0 = self.lin_obj_textual(text)  # (N, H)
-        v0p, pad = _pad(v0, num_objs)  # (B, N_max, H)
-        t0p, _ = _pad(t0, num_objs)
-        obj_ctx = _unpad(self.obj_encoder(v0p, t0p, pad), pad)  # (N, H) object context O
+        if cfg.encoder == "self":
+            x0p, pad = _pad(self.lin_obj(torch.cat([obj_feats, text, box_emb], -1)), num_objs)  # (B, N_max, H)
+            obj_ctx = _unpad(self.obj_encoder(x0p, pad), pad)  # (N, H)
+        else:
+            v0 = self.lin_obj_visual(torch.cat([obj_feats, box_emb], -1))  # (N, H)
+            t0 = self.lin_obj_textual(text)  # (N, H)
+            v0p, pad = _pad(v0, num_objs)  # (B, N_max, H)
+            t0p, _ = _pad(t0, num_objs)
+            obj_ctx = _unpad(self.obj_encoder(v0p, t0p, pad), pad)  # (N, H) object context O
 
         if cfg.protocol == "predcls":
             obj_logits = None
@@ -513,6 +547,10 @@ class SHAContext(nn.Module):
                 obj_labels = probs[:, 1:].argmax(-1) + 1  # argmax over foreground classes
             obj_scores = probs.gather(1, obj_labels[:, None]).squeeze(1)
 
+        if cfg.encoder == "self":
+            e0 = self.lin_edge(torch.cat([obj_feats, obj_ctx, self.obj_embed2(obj_labels)], -1))  # (N, H)
+            e0p, pad = _pad(e0, num_objs)
+            return _unpad(self.edge_encoder(e0p, pad), pad), obj_logits, obj_labels, obj_scores
         ve0 = self.lin_edge_visual(torch.cat([obj_feats, obj_ctx], -1))  # (N, H)
         te0 = self.lin_edge_textual(self.obj_embed2(obj_labels))  # (N, H)
         ve0p, pad = _pad(ve0, num_objs)

@@ -30,7 +30,7 @@ class SHAGCLModule(pl.LightningModule):
     Args:
         config: architecture and GCL settings.
         lr: learning rate (the official BASE_LR 0.001 × batch 8 = 0.008, §3.9; set it directly, no batch scaling).
-        momentum, weight_decay: SGD; weight decay on weights only (biases 0), §3.9.
+        momentum, weight_decay: SGD; weight decay on weights only (0 on biases and frequency-bias tables), §3.9.
         warmup_steps, warmup_factor: linear warm-up from ``warmup_factor`` over ``warmup_steps`` steps.
         plateau_factor, plateau_patience, plateau_threshold: reduce-on-plateau of the lr on val/mR@100 (×0.1 after
             2 validations without an absolute improvement of 0.001).
@@ -285,10 +285,12 @@ class SHAGCLModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
+        # official make_optimizer rule: no weight decay on any parameter whose name contains "bias", which covers
+        # the biases and the frequency-bias tables (decoder.freq_bias.*.table.weight)
         decay, no_decay = [], []
         for name, p in self.named_parameters():
             if p.requires_grad:
-                (no_decay if name.endswith(".bias") else decay).append(p)
+                (no_decay if "bias" in name else decay).append(p)
         opt = torch.optim.SGD(
             [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
             lr=self.hparams.lr,
@@ -304,13 +306,16 @@ class SHAGCLModule(pl.LightningModule):
         return (self.hparams.warmup_factor * (1 - alpha) + alpha) * self.lr_scale
 
     def _plateau_step(self, value: float) -> None:
-        """Reduce-on-plateau on val/mR@100 (mode max, absolute threshold); stop after max_lr_reductions."""
+        """Reduce-on-plateau on val/mR@100 as the official WarmupReduceLROnPlateau (cooldown 0): a validation that
+        does not beat the best by more than ``plateau_threshold`` (absolute) is bad; after ``plateau_patience``
+        consecutive bad ones the lr is multiplied by ``plateau_factor`` and the count restarts; training stops once
+        the lr has been reduced ``max_lr_reductions`` times."""
         hp = self.hparams
         if value > self.best_metric + hp.plateau_threshold:
             self.best_metric, self.bad_validations = value, 0
             return
         self.bad_validations += 1
-        if self.bad_validations > hp.plateau_patience:
+        if self.bad_validations >= hp.plateau_patience:
             self.lr_scale *= hp.plateau_factor
             self.lr_reductions += 1
             self.bad_validations = 0
