@@ -38,3 +38,24 @@ def test_extra_commands_help():
         with pytest.raises(SystemExit) as exc:
             main([cmd, "--help"])
         assert exc.value.code == 0
+
+
+def _data_section(name):
+    from pathlib import Path
+
+    import yaml
+
+    import snps3.configs
+
+    return yaml.safe_load((Path(snps3.configs.__file__).parent / f"{name}.yaml").read_text())["data"]
+
+
+def test_frame_transforms_of_paper_configs():
+    # spec §3.7: flip only for VST runs; R50/PVT runs use the long-side resize (official variant) and no flip
+    for name in ("pretrain_coco_vg_pvt", "pretrain_coco_vg_r50"):
+        data = _data_section(name)
+        assert data["transform"] == "long_side" and data["hflip"] == 0 and data["long_side_scale"] == "official"
+        assert data["long_side"] == 768
+    for name in ("pretrain_cc3m_vst", "pretrain_webvid_vst", "msrvtt_7k_retrieval", "msvd_qa"):
+        data = _data_section(name)
+        assert data["transform"] == "crop" and data["hflip"] == 0.5

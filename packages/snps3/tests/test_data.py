@@ -66,12 +66,18 @@ def test_retrieval_eval_items_and_multi_gt(synthetic_root):
     d.setup("test")
     ds = d.datasets["test"]
     assert isinstance(ds, RetrievalDataset) and ds.store.is_lmdb
-    assert len(ds) == 6 and len(ds.videos) == 5  # 5 lines + one caption shared by two videos
+    assert len(ds.rows) == 6 and len(ds) == len(ds.videos) == 5  # 5 lines + one caption shared by two videos
     gt = ds.gt_matrix()
     assert gt.sum(1).max() == 2  # the shared caption has two ground-truth videos
+    reads = []
+    store_read = ds.store.read
+    ds.store.read = lambda clip, *a, **k: reads.append(clip) or store_read(clip, *a, **k)
     batch = collate([ds[i] for i in range(len(ds))])
-    assert batch["frames"].shape == (6, 3, 3, 32, 32)
-    assert batch["text_index"].tolist() == list(range(6))
+    assert sorted(reads) == sorted(ds.videos)  # every test video decoded exactly once
+    assert batch["frames"].shape == (5, 3, 3, 32, 32)
+    assert sorted(batch["text_index"].tolist()) == list(range(6)) and batch["input_ids"].shape == (6, 16)
+    for line, vid in zip(batch["text_index"].tolist(), batch["text_video_index"].tolist()):
+        assert ds.videos[vid] == ds.rows[line]["clip_name"]
     d.setup("fit")
     assert len(d.datasets["train"]) == 12  # one item per training video
 
@@ -157,10 +163,128 @@ def test_corrupt_video_raise_or_skip(synthetic_root, tmp_path, caplog):
     d2 = dm(root, images_root="webvid", on_corrupt="skip")
     d2.setup("validate")
     with caplog.at_level("WARNING"):
-        assert d2.datasets["val"][bad_index] is None
+        placeholder = d2.datasets["val"][bad_index]
     assert "bad.mp4" in caplog.text
+    # evaluation keeps the item (blank frames, flagged) so the test set and batch sizes do not change
+    assert bool(placeholder["unreadable"]) and placeholder["frames"].shape == (3, 3, 32, 32)
     batch = collate([d2.datasets["val"][i] for i in range(2)])
-    assert batch["frames"].shape[0] == 1
+    assert batch["frames"].shape[0] == 2 and batch["unreadable"].tolist() == [i == bad_index for i in range(2)]
+
+
+def _mini_webvid(root: Path, synthetic_root, rows: list[dict], videos: dict[str, bytes], split: str) -> Path:
+    (root / "webvid" / "videos").mkdir(parents=True)
+    (root / "webvid" / "annotations").mkdir(parents=True)
+    for name in ("vocab.txt", "count_reprocess_synthetic.json", "vocab_simi_list_new.json"):
+        (root / name).write_text((Path(synthetic_root) / name).read_text())
+    for name, data in videos.items():
+        (root / "webvid" / "videos" / f"{name}.mp4").write_bytes(data)
+    (root / "webvid" / "annotations" / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return root
+
+
+def test_training_skip_substitutes_and_keeps_full_batches(synthetic_root, tmp_path, caplog):
+    src = Path(synthetic_root) / "webvid" / "videos"
+    videos = {"bad": b"not a video", **{f"good{i}": (src / f"train0000{i}.mp4").read_bytes() for i in range(3)}}
+    rows = [{"clip_name": n, "caption": f"a red {n} rises", "type": "video"} for n in videos]
+    root = _mini_webvid(tmp_path / "r", synthetic_root, rows, videos, "train")
+    d = dm(
+        root, images_root="webvid", on_corrupt="skip", annotation_files={"train": ["webvid/annotations/train.jsonl"]}
+    )
+    d.datasets["train"] = d.make_dataset("train")
+    ds = d.datasets["train"]
+    bad = next(i for i, (k, _) in enumerate(ds.groups) if k[0] == "bad")
+    with caplog.at_level("WARNING"):
+        item = ds[bad]
+        batches = list(d.train_dataloader())
+    assert item is not None and int(item["video_index"]) == (bad + 1) % len(ds)  # the next readable item
+    assert "bad.mp4" in caplog.text and "replacements so far" in caplog.text
+    assert [b["frames"].shape[0] for b in batches] == [4]  # never shrinks (DDP ranks stay in step)
+    d_raise = dm(root, images_root="webvid", annotation_files={"train": ["webvid/annotations/train.jsonl"]})
+    with pytest.raises(Exception, match="bad.mp4"):
+        d_raise.make_dataset("train")[bad]
+
+
+def test_retrieval_eval_reports_unreadable_videos(synthetic_root, tmp_path):
+    import lightning.pytorch as pl
+
+    from snps3.models import SNPS3Config
+    from snps3.module import SNPS3Module
+
+    root = tmp_path / "ret"
+    (root / "msrvtt_retrieval").mkdir(parents=True)
+    (root / "videos").mkdir()
+    (root / "vocab.txt").write_text((Path(synthetic_root) / "vocab.txt").read_text())
+    good = (Path(synthetic_root) / "webvid" / "videos" / "train00000.mp4").read_bytes()
+    (root / "videos" / "good.mp4").write_bytes(good)
+    (root / "videos" / "bad.mp4").write_bytes(b"not a video")
+    rows = [{"caption": "a red one rises", "clip_name": "good"}, {"caption": "a blue two falls", "clip_name": "bad"}]
+    (root / "msrvtt_retrieval" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    d = dm(root, "msrvtt_7k", video_store="videos", on_corrupt="skip", masking="none", significant_words=None)
+    config = SNPS3Config(
+        bert=None,
+        vocab_size=209,
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        visual_encoder="tiny_cnn",
+        tiny_cnn_channels=8,
+    )
+    module = SNPS3Module(config=config, task="retrieval", with_moco=False)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False
+    )
+    with pytest.warns(UserWarning, match=r"1 evaluation item\(s\) have unreadable videos.*'bad'"):
+        trainer.test(module, datamodule=d)
+    assert "test/l2_simi_t2v-R@1" in trainer.callback_metrics  # the 2x2 matrix: the test set is unchanged
+
+
+def test_long_side_official_and_at_most_sizes():
+    sizes = {}
+    for mode in ("at_most", "official"):
+        t = FrameTransform("long_side", long_side=448, randaugment=False, hflip=0.0, long_side_scale=mode)
+        for h, w in ((480, 640), (240, 320)):
+            img = torch.zeros(1, 3, h, w, dtype=torch.uint8)
+            sizes[mode, w, "eval"] = tuple(t(img, False, random.Random(0)).shape[-2:])
+            sizes[mode, w, "train"] = {tuple(t(img, True, random.Random(s)).shape[-2:]) for s in range(60)}
+    assert sizes["at_most", 640, "eval"] == (336, 448) and sizes["at_most", 320, "eval"] == (240, 320)  # no upscale
+    assert all(336 <= max(s) <= 448 for s in sizes["at_most", 640, "train"])
+    assert sizes["at_most", 320, "train"] == {(240, 320)}
+    assert sizes["official", 640, "eval"] == (336, 448) and sizes["official", 320, "eval"] == (336, 448)  # up-scaled
+    for w in (640, 320):
+        longs = {s[1] for s in sizes["official", w, "train"]}
+        assert longs <= set(range(224, 449, 32)) and len(longs) >= 5  # long side from {224, 256, ..., 448}
+        assert all(s[0] == int(s[1] * 0.75) for s in sizes["official", w, "train"])
+    with pytest.raises(ValueError, match="long_side_scale"):
+        FrameTransform("long_side", long_side_scale="bigger")
+
+
+def test_empty_caption_uses_asr_or_warns(synthetic_root, tmp_path, caplog):
+    good = (Path(synthetic_root) / "webvid" / "videos" / "train00000.mp4").read_bytes()
+    rows = [{"clip_name": "v", "caption": "", "type": "video", "start": 0.0, "end": 0.5}]
+    root = _mini_webvid(tmp_path / "asr", synthetic_root, rows, {"v": good}, "val")
+    (root / "asr").mkdir()
+    (root / "asr" / "v.json").write_text(json.dumps({"start": [0.0, 5.0], "end": [1.0, 6.0], "text": ["red", "blue"]}))
+    vocab = (root / "vocab.txt").read_text().splitlines()
+    with caplog.at_level("WARNING"):
+        d = dm(root, images_root="webvid")
+        d.setup("validate")
+        plain = d.datasets["val"][0]
+    assert "empty caption" in caplog.text and int(plain["attention_mask"].sum()) == 2  # [CLS] [SEP]
+    d = dm(root, images_root="webvid", asr_root="asr")
+    d.setup("validate")
+    item = d.datasets["val"][0]
+    assert int(item["attention_mask"].sum()) == 3 and vocab[int(item["input_ids"][1])] == "red"  # overlapping only
+
+
+def test_official_pretraining_val_names_and_qa_answer_count(synthetic_root):
+    from snps3.data import DATASETS
+
+    assert DATASETS["coco_vg"]["val"] == DATASETS["coco_vg"]["test"] == ["coco_vg/image_val.jsonl"]
+    assert DATASETS["cc3m"]["val"] == ["cc3m/image_val.jsonl"]
+    with pytest.raises(ValueError, match="data.num_answers=0"):
+        dm(synthetic_root, "msrvtt_qa", num_answers=0).setup("fit")
 
 
 def test_caption_window_truncation_shares_raw_and_masked(synthetic_root):

@@ -141,3 +141,64 @@ def test_missing_weights_name_the_key(tmp_path):
 def test_config_validation():
     with pytest.raises(ValueError, match="num_heads"):
         cfg(num_heads=3)
+
+
+def _to_pvt_release_names(key: str) -> str:
+    """timm pvt_v2 key -> the PVT release naming (patch_embed1, block1.0, norm1, dwconv.dwconv)."""
+    import re
+
+    key = key.replace("patch_embed.", "patch_embed1.")
+    for i in (1, 2, 3):
+        key = key.replace(f"stages.{i}.downsample.", f"patch_embed{i + 1}.")
+    key = re.sub(r"stages\.(\d+)\.blocks\.(\d+)", lambda m: f"block{int(m.group(1)) + 1}.{m.group(2)}", key)
+    key = re.sub(r"^stages\.(\d+)\.norm", lambda m: f"norm{int(m.group(1)) + 1}", key)
+    return key.replace(".dwconv.", ".dwconv.dwconv.")
+
+
+def test_pvt_release_checkpoint_loads_every_tensor(tmp_path, caplog):
+    timm = pytest.importorskip("timm")
+    from snps3.models import PVTv2Encoder, is_pvt_release_format
+
+    src = timm.create_model("pvt_v2_b0", pretrained=False, num_classes=0, global_pool="")
+    torch.manual_seed(0)
+    ref = {k: v + 1.0 if v.is_floating_point() else v for k, v in src.state_dict().items()}  # perturbed weights
+    release = {_to_pvt_release_names(k): v for k, v in ref.items()}
+    release["head.weight"], release["head.bias"] = torch.zeros(1000, 256), torch.zeros(1000)  # classifier
+    assert is_pvt_release_format(release) and not is_pvt_release_format(ref)
+    assert not set(release) & set(ref) - {"head.weight"}  # no name in common: strict=False alone loads nothing
+    torch.save(release, tmp_path / "pvt_v2_b0.pth")
+    with caplog.at_level("WARNING"):
+        enc = PVTv2Encoder(16, str(tmp_path / "pvt_v2_b0.pth"), variant="pvt_v2_b0")
+    got = enc.body.state_dict()
+    assert set(got) == set(ref)
+    assert all(torch.equal(got[k], ref[k]) for k in ref)
+    assert "missing" not in caplog.text  # only the classifier is left over, and that is expected
+    assert enc(torch.zeros(1, 1, 3, 64, 64)).shape == (1, 1, 16)
+
+
+def test_wrong_weight_files_raise_naming_key_and_file(tmp_path, caplog):
+    wrong = tmp_path / "wrong.ckpt"
+    torch.save({"state_dict": {"module.model.foo.weight": torch.zeros(3)}}, wrong)
+    from snps3.module import SNPS3Module
+
+    with pytest.raises(ValueError, match=r"model\.init_checkpoint=.*wrong\.ckpt"):
+        SNPS3Module(config=cfg(), task="retrieval", init_checkpoint=str(wrong))
+    with pytest.raises(ValueError, match=r"model\.config\.visual_weights=.*wrong\.ckpt"):
+        SNPS3Model(
+            cfg(
+                visual_encoder="video_swin",
+                visual_weights=str(wrong),
+                swin_embed_dim=8,
+                swin_depths=[1, 1, 1, 1],
+                swin_heads=[1, 1, 1, 1],
+                swin_window=[2, 7, 7],
+            )
+        )
+    # a partial checkpoint loads but warns about the tensors it lacks; a missing QA head is expected (info)
+    src = SNPS3Module(config=cfg(), task="retrieval")
+    state = {f"model.{k}": v for k, v in src.model.state_dict().items() if not k.startswith("sim_head.")}
+    torch.save({"state_dict": state}, tmp_path / "partial.ckpt")
+    with caplog.at_level("WARNING"):
+        m = SNPS3Module(config=cfg(num_answers=7), task="qa", init_checkpoint=str(tmp_path / "partial.ckpt"))
+    assert "sim_head.1.weight" in caplog.text and "qa_head" not in caplog.text
+    assert torch.equal(m.model.bert.embeddings.word_embeddings.weight, src.model.bert.embeddings.word_embeddings.weight)

@@ -178,3 +178,87 @@ def test_retrieval_evaluation_under_bf16_mixed(synthetic_root, tmp_path):
     cli.trainer.test(cli.model, datamodule=cli.datamodule)
     m = finite_metrics(cli, "test/")
     assert 0.0 <= m["test/l2_simi_t2v-R@1"] <= 100.0
+
+
+def _tiny(**kw):
+    from snps3.models import SNPS3Config
+
+    args = dict(
+        bert=None,
+        vocab_size=209,
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        visual_encoder="tiny_cnn",
+        tiny_cnn_channels=8,
+    )
+    args.update(kw)
+    return SNPS3Config(**args)
+
+
+def test_qa_answer_counts_must_agree(synthetic_root):
+    from types import SimpleNamespace
+
+    import pytest
+
+    from snps3.data import SNPS3DataModule
+    from snps3.module import SNPS3Module
+
+    for n_model, n_data in ((5, 18), (0, 18)):
+        module = SNPS3Module(config=_tiny(num_answers=n_model), task="qa", with_moco=False)
+        d = SNPS3DataModule(str(synthetic_root), "msrvtt_qa", tokenizer="vocab.txt", num_answers=n_data)
+        module._trainer = SimpleNamespace(datamodule=d)
+        with pytest.raises(ValueError, match=r"data\.num_answers.*model\.config\.num_answers"):
+            module.setup("fit")
+    module = SNPS3Module(config=_tiny(num_answers=18), task="qa", with_moco=False)
+    module._trainer = SimpleNamespace(datamodule=d)
+    module.setup("fit")  # equal sizes: fine
+
+
+def test_lvwm_without_significant_words_warns_once(synthetic_root):
+    import warnings
+
+    import pytest
+
+    from snps3.data import SNPS3DataModule
+    from snps3.module import SNPS3Module
+
+    d = SNPS3DataModule(
+        str(synthetic_root),
+        "webvid",
+        tokenizer="vocab.txt",
+        num_frames=2,
+        max_text_len=16,
+        masking="mlm",
+        crop_size=32,
+        train_scale=(32, 36),
+        eval_short_side=32,
+        randaugment=False,
+        batch_size=3,
+    )
+    d.setup("fit")
+    batch = next(iter(d.train_dataloader()))
+    assert "word_significant" not in batch
+    module = SNPS3Module(config=_tiny(), task="pretrain", with_moco=False, use_itm=False, use_l2=False)
+    with pytest.warns(UserWarning, match="data.significant_words is null"):
+        assert "lvwm" in module.pretrain_losses(batch, train=False)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        module.pretrain_losses(batch, train=False)
+
+
+def test_gather_rows_uneven_ranks():
+    import torch.nn.functional as F
+
+    from snps3.module import gather_rows
+
+    ranks = [torch.arange(6.0).view(3, 2), torch.arange(10.0, 12.0).view(1, 2)]  # 3 lines on rank 0, 1 on rank 1
+
+    def fake_all_gather(t):  # what each rank contributes, stacked on a leading rank dimension
+        if t.ndim == 0:
+            return torch.tensor([len(r) for r in ranks])
+        return torch.stack([F.pad(r, (0, 0, 0, t.shape[0] - len(r))) for r in ranks])
+
+    torch.testing.assert_close(gather_rows(ranks[0], fake_all_gather), torch.cat(ranks))

@@ -70,8 +70,8 @@ DATASETS: dict[str, dict] = {
     },
     "cc3m": {
         "train": ["cc3m/cc_train.jsonl"],
-        "val": ["cc3m/cc_val.jsonl"],
-        "test": ["cc3m/cc_val.jsonl"],
+        "val": ["cc3m/image_val.jsonl"],  # official cc_videoswin.yml: annotations/image_val.jsonl
+        "test": ["cc3m/image_val.jsonl"],
         "videos": "cc3m/videos",
         "images": "cc3m/images",
     },
@@ -81,8 +81,8 @@ DATASETS: dict[str, dict] = {
             "coco_vg/image_val_left.jsonl",
             "coco_vg/region_desc_pretrain_format_with_subfix.jsonl",
         ],
-        "val": ["coco_vg/coco_val2017_pretrain_format_with_subfix.jsonl"],
-        "test": ["coco_vg/coco_val2017_pretrain_format_with_subfix.jsonl"],
+        "val": ["coco_vg/image_val.jsonl"],  # official coco_vg_{pvt,resnet}.yml: annotations/image_val.jsonl
+        "test": ["coco_vg/image_val.jsonl"],
         "videos": "coco_vg/videos",
         "images": "coco_vg/images",
     },
@@ -233,9 +233,15 @@ class FrameTransform:
     """uint8 (T, 3, H, W) -> normalised float32 frames (spec §3.7).
 
     ``crop`` (VST runs): train = random short side in ``train_scale``, random crop ``crop_size``, horizontal flip,
-    optional RandAugment; eval = short side ``eval_short_side``, centre crop. ``long_side`` (R50/PVT runs): scale the
-    long side to at most ``long_side`` (train: a random factor in [0.75, 1] of that, Reconstruction), no crop; the
-    collate pads frames of different sizes with a mask.
+    optional RandAugment; eval = short side ``eval_short_side``, centre crop. ``long_side`` (R50/PVT runs), no crop;
+    the collate pads frames of different sizes with a mask. Two readings of spec §3.7 "scale the long side to at
+    most ``long_side``, random scale in training" (``long_side_scale``):
+
+    * ``at_most``: only down-scales, to a long side of at most ``long_side`` (train: a random factor in [0.75, 1]
+      of it; Reconstruction);
+    * ``official``: always resizes the long side to exactly a target (up or down), the target being ``long_side``
+      in evaluation and drawn uniformly from {224, 256, ..., ``long_side``} (multiples of 32, plus ``long_side``)
+      in training; the short side is truncated to an integer (the official code's rule).
     """
 
     def __init__(
@@ -248,10 +254,27 @@ class FrameTransform:
         hflip: float = 0.5,
         randaugment: bool = True,
         stats: str = "imagenet",
+        long_side_scale: Literal["at_most", "official"] = "at_most",
     ):
+        if long_side_scale not in ("at_most", "official"):
+            raise ValueError(f"data.long_side_scale={long_side_scale!r} must be 'at_most' or 'official'")
         self.mode, self.crop_size, self.train_scale = mode, crop_size, tuple(train_scale)
         self.eval_short_side, self.long_side, self.hflip = eval_short_side, long_side, hflip
-        self.randaugment, self.stats = randaugment, stats
+        self.randaugment, self.stats, self.long_side_scale = randaugment, stats, long_side_scale
+
+    def long_side_size(self, h: int, w: int, train: bool, rng: random.Random) -> tuple[int, int]:
+        """Output (H, W) of the ``long_side`` mode for an (h, w) frame."""
+        if self.long_side_scale == "official":
+            scales = [32 * i for i in range(7, 25) if 32 * i <= self.long_side]
+            if self.long_side not in scales:
+                scales.append(self.long_side)
+            target = rng.choice(scales) if train else self.long_side
+            return (target, max(1, int(target * w / h))) if h >= w else (max(1, int(target * h / w)), target)
+        target = self.long_side * (rng.uniform(0.75, 1.0) if train else 1.0)
+        scale = min(1.0, target / max(h, w))
+        if scale >= 1.0:
+            return h, w
+        return max(32, int(round(h * scale))), max(32, int(round(w * scale)))
 
     def __call__(self, frames: torch.Tensor, train: bool, rng: random.Random) -> torch.Tensor:
         if self.mode == "crop":
@@ -264,10 +287,8 @@ class FrameTransform:
             )
         else:
             h, w = frames.shape[-2:]
-            target = self.long_side * (rng.uniform(0.75, 1.0) if train else 1.0)
-            scale = min(1.0, target / max(h, w))
-            if scale < 1.0:
-                size = (max(32, int(round(h * scale))), max(32, int(round(w * scale))))
+            size = self.long_side_size(h, w, train, rng)
+            if size != (h, w):
                 frames = (
                     F.interpolate(frames.float(), size=size, mode="bilinear", antialias=True, align_corners=False)
                     .round()
@@ -330,6 +351,14 @@ class CaptionProcessor:
     def __call__(self, caption: str, train: bool, rng: random.Random, mask: bool = False) -> dict[str, torch.Tensor]:
         """{input_ids, attention_mask} of the raw caption, plus {mlm_input_ids, mlm_labels} when ``mask``."""
         ids = self.tokens(caption, train, rng)
+        if not ids:
+            self.num_empty = getattr(self, "num_empty", 0) + 1
+            if self.num_empty in (1, 10, 100, 1000, 10000):
+                log.warning(
+                    "empty caption (%d so far in this process): encoded as [CLS] [SEP] only; for pre-training lines "
+                    "set data.asr_root to use ASR text instead (spec §4.1)",
+                    self.num_empty,
+                )
         input_ids, attn = self.pack(ids)
         out = {"input_ids": input_ids, "attention_mask": attn}
         if self.significant is not None:  # per-token significance of the raw caption (LVWM word choice)
@@ -375,8 +404,21 @@ class _VideoTextBase(Dataset):
         self.num_frames, self.train, self.on_corrupt = num_frames, train, on_corrupt
         self.seed = 0
 
+    MAX_SUBSTITUTES = 100
+    """Training under ``on_corrupt: skip``: how many following items are tried in place of an unreadable one."""
+
     def _rng(self, index: int) -> random.Random:
         return random.Random(random.getrandbits(63) if self.train else self.seed * 1_000_003 + index)
+
+    def _unreadable(self, name: str, reason: str) -> torch.Tensor | None:
+        """Record an unreadable video/image under ``on_corrupt: skip``; evaluation gets blank (mean-colour)
+        frames in its place so the test set and the per-rank batch sizes stay unchanged."""
+        self._failed.append(name)
+        log.warning("unreadable %s (%s)", name, reason)
+        if self.train:
+            return None
+        size = self.transform.crop_size
+        return torch.zeros(self.num_frames, 3, size, size)  # normalised zeros = the mean colour
 
     def _frames(self, clip_name: str, rng: random.Random, start=None, end=None) -> torch.Tensor | None:
         try:
@@ -386,9 +428,50 @@ class _VideoTextBase(Dataset):
         except VideoDecodeError as err:
             if self.on_corrupt == "raise":
                 raise
-            log.warning("skipping corrupt video %s: %s", err.path, err.reason)
-            return None
+            return self._unreadable(str(err.path), err.reason)
         return self.transform(raw, self.train, rng)
+
+    def _item(self, index: int) -> dict | None:
+        raise NotImplementedError
+
+    def __getitem__(self, index: int) -> dict:
+        """Item ``index``. Under ``on_corrupt: skip`` an unreadable clip is replaced in training by the next readable
+        item (``index + 1``, ``index + 2``, ..., with a warning and a running count), so batches never shrink and
+        every rank sees the same batch size; evaluation items keep their place with blank frames and
+        ``unreadable`` = True (the module reports them at the end of the epoch)."""
+        self._failed: list[str] = []
+        item = self._item(index)
+        if not self.train:
+            item["unreadable"] = torch.tensor(bool(self._failed))
+            item["item_index"] = torch.tensor(index)
+            return item
+        if item is not None:
+            return item
+        failed = list(self._failed)
+        for offset in range(1, min(len(self), self.MAX_SUBSTITUTES + 1)):
+            j = (index + offset) % len(self)
+            self._failed = []
+            item = self._item(j)
+            if item is not None:
+                self.num_substituted = getattr(self, "num_substituted", 0) + 1
+                log.warning(
+                    "on_corrupt=skip: training item %d (%s) is unreadable and was replaced by item %d "
+                    "(%d replacements so far in this process)",
+                    index,
+                    ", ".join(failed),
+                    j,
+                    self.num_substituted,
+                )
+                return item
+            failed += self._failed
+        raise RuntimeError(
+            f"on_corrupt=skip: training item {index} and the next {self.MAX_SUBSTITUTES} items are all unreadable "
+            f"(e.g. {failed[:3]}); check the video store"
+        )
+
+    def describe(self, index: int) -> str:
+        """The video (or image) an item reads, for messages."""
+        return str(self.rows[index]["clip_name"])
 
 
 class PretrainDataset(_VideoTextBase):
@@ -415,6 +498,7 @@ class PretrainDataset(_VideoTextBase):
         video_store: str | None = None,
         images_root: str | None = None,
         on_corrupt: Literal["raise", "skip"] = "raise",
+        asr_root: str | None = None,
     ):
         super().__init__(
             data_root,
@@ -429,6 +513,9 @@ class PretrainDataset(_VideoTextBase):
             on_corrupt,
             required=("clip_name", "caption"),
         )
+        self.asr_root = None if asr_root is None else self.root / asr_root
+        if self.asr_root is not None and not self.asr_root.is_dir():
+            raise FileNotFoundError(f"data.asr_root={asr_root!r}: {str(self.asr_root)!r} is not a folder; {HINT}")
         groups: dict[tuple, list[dict]] = {}
         for r in self.rows:
             groups.setdefault((r["clip_name"], r.get("start"), r.get("end"), r.get("type", "video")), []).append(r)
@@ -442,6 +529,25 @@ class PretrainDataset(_VideoTextBase):
     def __len__(self) -> int:
         return len(self.groups)
 
+    def describe(self, index: int) -> str:
+        return str(self.groups[index][0][0])
+
+    def asr_caption(self, clip: str, start: float | None, end: float | None) -> str:
+        """Caption from the clip's ASR file (spec §4.1, optional): ``<asr_root>/<basename>.json`` with parallel
+        lists ``start``, ``end``, ``text``; the texts of the segments overlapping ``[start, end]`` (all segments
+        when the line has no time span) joined by spaces. "" when the file is absent."""
+        path = self.asr_root / (Path(clip).stem + ".json")
+        if not path.is_file():
+            return ""
+        asr = json.loads(path.read_text(encoding="utf-8"))
+        lo = -float("inf") if start is None else start
+        hi = float("inf") if end is None else end
+        return " ".join(
+            str(t)
+            for s0, e0, t in zip(asr["start"], asr["end"], asr["text"])
+            if e0 >= lo and s0 <= hi and str(t).strip()
+        )
+
     def _visual(self, key: tuple, rng: random.Random) -> torch.Tensor | None:
         clip, start, end, kind = key
         if kind == "image":
@@ -453,18 +559,20 @@ class PretrainDataset(_VideoTextBase):
             except (RuntimeError, OSError) as err:
                 if self.on_corrupt == "raise":
                     raise VideoDecodeError(path, f"cannot read image: {err}") from err
-                log.warning("skipping unreadable image %s", path)
-                return None
+                return self._unreadable(str(path), f"cannot read image: {err}")
             return self.transform(img[None].expand(self.num_frames, -1, -1, -1), self.train, rng)
         return self._frames(clip, rng, start, end)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def _item(self, index: int) -> dict | None:
         rng = self._rng(index)
         key, rows = self.groups[index]
         frames = self._visual(key, rng)
         if frames is None:
             return None
-        item = self.processor(rng.choice(rows)["caption"], self.train, rng, mask=True)
+        caption = rng.choice(rows)["caption"]
+        if not caption.strip() and self.asr_root is not None:
+            caption = self.asr_caption(key[0], key[1], key[2])
+        item = self.processor(caption, self.train, rng, mask=True)
         neg = "this is a dummy text"
         for _ in range(3):
             j = rng.randrange(len(self.groups))
@@ -485,9 +593,11 @@ class RetrievalDataset(_VideoTextBase):
     """Text-video retrieval (spec §4.2). train lines ``{caption, clip_name, sen_id}``; val/test ``{caption,
     clip_name, retrieval_key}``.
 
-    Training: one item per video with a random caption. Evaluation: one item per caption line. Ground truth is
-    built by exact caption string and ``clip_name``: item keys ``text_index`` (line), ``caption_index`` (unique
-    caption string), ``video_index`` (unique clip). Item: frames (T, 3, H, W), input_ids, attention_mask (L,).
+    One item per video, decoded once. Training: the video with one random caption; input_ids, attention_mask (L,).
+    Evaluation: the video with every caption line that names it; input_ids, attention_mask (n, L) and per line
+    ``text_index`` (line), ``caption_index`` (unique caption string), ``text_video_index`` (n,), which ``collate``
+    concatenates over the batch. Ground truth is built by exact caption string and ``clip_name``. Item keys
+    ``video_index`` (unique clip) and frames (T, 3, H, W).
     """
 
     def __init__(
@@ -521,11 +631,16 @@ class RetrievalDataset(_VideoTextBase):
         self.captions = sorted({r["caption"] for r in self.rows})
         self.caption_id = {c: i for i, c in enumerate(self.captions)}
         self.by_video: dict[str, list[str]] = {}
-        for r in self.rows:
+        self.lines_by_video: dict[str, list[int]] = {}
+        for n, r in enumerate(self.rows):
             self.by_video.setdefault(r["clip_name"], []).append(r["caption"])
+            self.lines_by_video.setdefault(r["clip_name"], []).append(n)
 
     def __len__(self) -> int:
-        return len(self.videos) if self.train else len(self.rows)
+        return len(self.videos)
+
+    def describe(self, index: int) -> str:
+        return self.videos[index]
 
     def gt_matrix(self) -> torch.Tensor:
         """(N_captions, N_videos) bool: caption string c matches video v when some line pairs them."""
@@ -534,26 +649,35 @@ class RetrievalDataset(_VideoTextBase):
             gt[self.caption_id[r["caption"]], self.video_id[r["clip_name"]]] = True
         return gt
 
-    def __getitem__(self, index: int) -> dict | None:
+    def _item(self, index: int) -> dict | None:
         rng = self._rng(index)
-        if self.train:
-            clip = self.videos[index]
-            caption = rng.choice(self.by_video[clip])
-            text_index = -1
-        else:
-            clip, caption = self.rows[index]["clip_name"], self.rows[index]["caption"]
-            text_index = index
+        clip = self.videos[index]
         frames = self._frames(clip, rng)
         if frames is None:
             return None
-        item = self.processor(caption, False, rng)
-        item.update(
-            frames=frames,
-            video_index=torch.tensor(self.video_id[clip]),
-            text_index=torch.tensor(text_index),
-            caption_index=torch.tensor(self.caption_id[caption]),
-        )
-        return item
+        video = torch.tensor(self.video_id[clip])
+        if self.train:
+            caption = rng.choice(self.by_video[clip])
+            item = self.processor(caption, False, rng)
+            item.update(
+                frames=frames,
+                video_index=video,
+                text_index=torch.tensor(-1),
+                caption_index=torch.tensor(self.caption_id[caption]),
+            )
+            return item
+        lines = self.lines_by_video[clip]
+        texts = [self.processor(self.rows[n]["caption"], False, rng) for n in lines]
+        return {
+            "frames": frames,
+            "video_index": video,
+            "input_ids": torch.stack([t["input_ids"] for t in texts]),  # (n, L)
+            "attention_mask": torch.stack([t["attention_mask"] for t in texts]),  # (n, L)
+            "text_index": torch.tensor(lines),
+            "caption_index": torch.tensor([self.caption_id[self.rows[n]["caption"]] for n in lines]),
+            "text_video_index": video.repeat(len(lines)),
+            "num_captions": torch.tensor(len(lines)),
+        }
 
 
 class QADataset(_VideoTextBase):
@@ -617,7 +741,7 @@ class QADataset(_VideoTextBase):
         i = self.answers.get(label, -1) if isinstance(label, str) else int(label)
         return i if 0 <= i < self.num_answers else -1
 
-    def __getitem__(self, index: int) -> dict | None:
+    def _item(self, index: int) -> dict | None:
         rng = self._rng(index)
         row = self.rows[index]
         frames = self._frames(row["clip_name"], rng)
@@ -674,7 +798,7 @@ class MCDataset(_VideoTextBase):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getitem__(self, index: int) -> dict | None:
+    def _item(self, index: int) -> dict | None:
         rng = self._rng(index)
         row = self.rows[index]
         frames = self._frames(row["clip_name"], rng)
@@ -689,13 +813,18 @@ class MCDataset(_VideoTextBase):
         }
 
 
+PER_LINE_KEYS = ("input_ids", "attention_mask", "text_index", "caption_index", "text_video_index")
+"""Retrieval evaluation items (one per video) hold these per caption line; ``collate`` concatenates them."""
+
+
 def collate(items: list[dict | None]) -> dict[str, torch.Tensor] | None:
-    """Stack items (dropping skipped ones); frames of different sizes are padded to the largest H x W and a
+    """Stack items (dropping skipped ones; retrieval evaluation's per-line keys are concatenated); frames of different sizes are padded to the largest H x W and a
     ``pad_mask`` (B, H, W) (True = padding) is added. Returns None when every item was skipped."""
     items = [it for it in items if it is not None]
     if not items:
         return None
-    out = {k: torch.stack([it[k] for it in items]) for k in items[0] if k != "frames"}
+    per_line = PER_LINE_KEYS if "num_captions" in items[0] else ()
+    out = {k: (torch.cat if k in per_line else torch.stack)([it[k] for it in items]) for k in items[0] if k != "frames"}
     sizes = {tuple(it["frames"].shape[-2:]) for it in items}
     if len(sizes) == 1:
         out["frames"] = torch.stack([it["frames"] for it in items])  # (B, T, 3, H, W)
@@ -748,6 +877,7 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
         annotation_files: dict[str, list[str]] | None = None,
         video_store: str | None = None,
         images_root: str | None = None,
+        asr_root: str | None = None,
         num_frames: int = 16,
         max_text_len: int = 30,
         masking: Literal["mssm", "mlm", "none"] = "mssm",
@@ -760,6 +890,7 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
         train_scale: tuple[int, int] = (268, 336),
         eval_short_side: int = 268,
         long_side: int = 448,
+        long_side_scale: Literal["at_most", "official"] = "at_most",
         hflip: float = 0.5,
         randaugment: bool = True,
         num_answers: int = 0,
@@ -784,6 +915,8 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
             annotation_files: override the official file names per split (``{"train": [...], "val": [...]}``).
             video_store: override the video folder or ``.lmdb`` (relative to data_root).
             images_root: override the images folder of image-text lines.
+            asr_root: optional folder of HowTo100M-style ASR files (``<video basename>.json`` with lists ``start``,
+                ``end``, ``text``) used for pre-training lines with an empty caption (spec §4.1); null = unused.
             num_frames: T frames per clip (spec §3.7: 1 images, 4 WebVid, 16 fine-tuning).
             max_text_len: L, text length including [CLS] and [SEP] (30; 28 WordPiece tokens).
             masking: data-side masking of pre-training captions: ``mssm`` (S3), ``mlm`` (plain BERT), ``none``.
@@ -794,6 +927,9 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
             transform: ``crop`` (VST) or ``long_side`` (R50/PVT, padded batches).
             crop_size, train_scale, eval_short_side: ``crop`` mode sizes (224, [268, 336], 268).
             long_side: ``long_side`` mode maximum long side (768 pre-training, 448 fine-tuning).
+            long_side_scale: ``at_most`` (only down-scale; train factor in [0.75, 1]) or ``official`` (resize the
+                long side to exactly ``long_side`` in evaluation, to a random one of {224, 256, ..., long_side}
+                in training, up-scaling small frames); see ``FrameTransform``.
             hflip: horizontal flip probability in training.
             randaugment: RandAugment in training (VST runs).
             num_answers: QA answer-vocabulary size.
@@ -854,7 +990,14 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
     def _transform(self) -> FrameTransform:
         hp = self.hparams
         return FrameTransform(
-            hp.transform, hp.crop_size, hp.train_scale, hp.eval_short_side, hp.long_side, hp.hflip, hp.randaugment
+            hp.transform,
+            hp.crop_size,
+            hp.train_scale,
+            hp.eval_short_side,
+            hp.long_side,
+            hp.hflip,
+            hp.randaugment,
+            long_side_scale=hp.long_side_scale,
         )
 
     def make_dataset(self, split: str) -> Dataset:
@@ -875,10 +1018,15 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
             on_corrupt=hp.on_corrupt,
         )
         if self.task == "pretrain":
-            return PretrainDataset(train=train, images_root=hp.images_root, **common)
+            return PretrainDataset(train=train, images_root=hp.images_root, asr_root=hp.asr_root, **common)
         if self.task == "retrieval":
             return RetrievalDataset(train=train, **common)
         if self.task == "qa":
+            if hp.num_answers <= 0:
+                raise ValueError(
+                    f"data.num_answers={hp.num_answers}: QA needs the answer-vocabulary size (1500 MSRVTT-QA, "
+                    "1000 MSVD-QA), equal to model.config.num_answers"
+                )
             return QADataset(train=train, num_answers=hp.num_answers, answer_list=hp.answer_list, **common)
         return MCDataset(**common)
 

@@ -31,6 +31,8 @@ __all__ = [
     "TextOutput",
     "CrossOutput",
     "convert_video_swin_checkpoint",
+    "load_checked",
+    "is_pvt_release_format",
 ]
 
 
@@ -70,8 +72,9 @@ class SNPS3Config:
     """Visual backbone (spec §3.2 item 2): VST, PVT, R50, or a 3-layer CNN for tests and demos."""
     visual_weights: str | None = None
     """Local path of the backbone's pretrained state dict (VIOLET `ckpt_video-swin.pt` or torchvision
-    `swin3d_s` weights for video_swin, `pvt_v2_b2.pth` for PVT, torchvision ImageNet weights for resnet50); null
-    keeps the random initialisation."""
+    `swin3d_s` weights for video_swin, `pvt_v2_b2.pth` for PVT (release or timm key names), torchvision ImageNet
+    weights for resnet50); null keeps the random initialisation. A file matching (almost) none of the backbone's
+    tensor names raises."""
     swin_embed_dim: int = 96
     """Video Swin embedding width (output width = 8x)."""
     swin_depths: list[int] = field(default_factory=lambda: [2, 2, 18, 2])
@@ -156,7 +159,8 @@ class ResNet50Encoder(nn.Module):
 
         net = resnet50(weights=None, norm_layer=FrozenBatchNorm2d)
         if weights is not None:
-            _load_state_dict(net, weights, "model.config.visual_weights", "torchvision ResNet-50 ImageNet state dict")
+            state = _read_state(weights, "model.config.visual_weights", "torchvision ResNet-50 ImageNet state dict")
+            load_checked(net, state, "model.config.visual_weights", weights, expected_leftovers=("fc.",))
         self.body = nn.Sequential(
             net.conv1, net.bn1, net.relu, net.maxpool, net.layer1, net.layer2, net.layer3, net.layer4
         )
@@ -176,16 +180,20 @@ class PVTv2Encoder(nn.Module):
     1x1 convolution to D (spec §7 weak spot 5).
     """
 
-    def __init__(self, hidden_size: int, weights: str | None = None):
+    def __init__(self, hidden_size: int, weights: str | None = None, variant: str = "pvt_v2_b2"):
         super().__init__()
         try:
             import timm
+            from timm.models.pvt_v2 import checkpoint_filter_fn
         except ImportError as err:
             raise ImportError("model.config.visual_encoder='pvt_v2_b2' needs timm: pip install 'snps3[pvt]'") from err
-        self.body = timm.create_model("pvt_v2_b2", pretrained=False, num_classes=0, global_pool="")
+        self.body = timm.create_model(variant, pretrained=False, num_classes=0, global_pool="")
         if weights is not None:
-            _load_state_dict(self.body, weights, "model.config.visual_weights", "PVTv2 release pvt_v2_b2.pth")
-        self.proj = nn.Conv2d(512, hidden_size, 1)
+            state = _read_state(weights, "model.config.visual_weights", "PVTv2 release pvt_v2_b2.pth")
+            if is_pvt_release_format(state):  # PVT release names (patch_embed1, block1.0, norm1, dwconv.dwconv)
+                state = checkpoint_filter_fn(state, self.body)
+            load_checked(self.body, state, "model.config.visual_weights", weights, expected_leftovers=("head.",))
+        self.proj = nn.Conv2d(self.body.num_features, hidden_size, 1)
 
     def forward(self, frames: torch.Tensor, pad_mask: torch.Tensor | None = None) -> torch.Tensor:
         """frames (B, T, 3, H, W) -> (B, T, D)."""
@@ -272,15 +280,13 @@ class VideoSwinEncoder(nn.Module):
                 )
             state = torch.load(path, map_location="cpu", weights_only=True)
             state = state.get("state_dict", state.get("model", state))
-            missing, unexpected = self.swin.load_state_dict(convert_video_swin_checkpoint(state), strict=False)
-            missing = [k for k in missing if "relative_position_index" not in k]
-            log.info(
-                "video_swin weights %s: %d missing keys %s, %d unexpected keys %s",
-                path,
-                len(missing),
-                missing[:5],
-                len(unexpected),
-                unexpected[:5],
+            load_checked(
+                self.swin,
+                convert_video_swin_checkpoint(state),
+                "model.config.visual_weights",
+                cfg.visual_weights,
+                expected_leftovers=("head.",),
+                ignore_missing=("relative_position_index",),
             )
         width = cfg.swin_embed_dim * 8
         self.proj = nn.Identity() if width == hidden_size else nn.Linear(width, hidden_size)
@@ -295,13 +301,68 @@ class VideoSwinEncoder(nn.Module):
         return masked_spatial_mean(fmap, _frames_pad_mask(pad_mask, t)).view(b, t, -1)  # (B, T, D)
 
 
-def _load_state_dict(module: nn.Module, path: str, key: str, what: str) -> None:
+def _read_state(path: str, key: str, what: str) -> dict[str, torch.Tensor]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{key}={path!r} does not exist: supply the {what}")
     state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("state_dict", state.get("model", state))
+    return state.get("state_dict", state.get("model", state))
+
+
+def is_pvt_release_format(state: dict[str, torch.Tensor]) -> bool:
+    """True for state dicts named like the PVT release (``patch_embed1.*``, ``block1.0.*``), not like timm."""
+    return "patch_embed.proj.weight" not in state and any(k.startswith(("patch_embed1.", "block1.")) for k in state)
+
+
+MIN_LOADED_FRACTION = 0.1
+"""A checkpoint that fills fewer than this share of a module's tensors is treated as the wrong file."""
+
+
+def load_checked(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    key: str,
+    path: str,
+    expected_leftovers: tuple[str, ...] = (),
+    ignore_missing: tuple[str, ...] = (),
+) -> tuple[list[str], list[str]]:
+    """``load_state_dict(strict=False)`` that checks how much of ``module`` the checkpoint actually fills.
+
+    Raises a ValueError naming the config ``key`` and the file when fewer than ``MIN_LOADED_FRACTION`` of the
+    module's tensors (or none) have a same-named entry in ``state`` (a wrong or mis-prefixed checkpoint).
+    Otherwise missing and unexpected keys are logged as warnings, except keys starting with
+    ``expected_leftovers`` (e.g. a classifier head) and missing keys containing ``ignore_missing``, which are
+    logged at info level. Returns (missing, unexpected) as ``load_state_dict`` does.
+    """
+    target = [k for k in module.state_dict() if not any(s in k for s in ignore_missing)]
+    loaded = [k for k in target if k in state]
+    if not loaded or len(loaded) < MIN_LOADED_FRACTION * len(target):
+        sample = list(state)[:3]
+        raise ValueError(
+            f"{key}={path!r}: only {len(loaded)} of the {len(target)} expected tensors have a matching name in "
+            f"the file (its keys look like {sample}, the model's like {target[:3]}); is this the right "
+            "checkpoint, with the right key prefix?"
+        )
     missing, unexpected = module.load_state_dict(state, strict=False)
-    log.info("%s=%s: %d missing keys %s, %d unexpected keys", key, path, len(missing), missing[:5], len(unexpected))
+    missing = [k for k in missing if not any(s in k for s in ignore_missing)]
+    quiet_missing = [k for k in missing if k.startswith(expected_leftovers)]
+    quiet_unexpected = [k for k in unexpected if k.startswith(expected_leftovers)]
+    loud_missing = [k for k in missing if k not in quiet_missing]
+    loud_unexpected = [k for k in unexpected if k not in quiet_unexpected]
+    log.info("%s=%s: loaded %d of %d tensors", key, path, len(loaded), len(target))
+    if loud_missing or loud_unexpected:
+        log.warning(
+            "%s=%s: %d tensors missing from the file (kept at their initialisation) %s; "
+            "%d entries of the file unused %s",
+            key,
+            path,
+            len(loud_missing),
+            loud_missing[:8],
+            len(loud_unexpected),
+            loud_unexpected[:8],
+        )
+    if quiet_missing or quiet_unexpected:
+        log.info("%s=%s: expected leftovers %s", key, path, (quiet_missing + quiet_unexpected)[:8])
+    return missing, unexpected
 
 
 # ------------------------------------------------------------------------------------------------------- heads

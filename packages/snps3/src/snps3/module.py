@@ -16,11 +16,11 @@ from torchmetrics import MeanMetric
 from snps3.losses import ITMLoss, LVWMLoss, MaskedLMLoss, MILNCELoss, MoCoLoss, QALoss, milnce_loss
 from snps3.masking import attentive_mask, restore_raw_ids, select_lvwm_words
 from snps3.metrics import retrieval_metrics
-from snps3.models import MomentumEncoders, SNPS3Config, SNPS3Model
+from snps3.models import MomentumEncoders, SNPS3Config, SNPS3Model, load_checked
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SNPS3Module", "in_batch_r1"]
+__all__ = ["SNPS3Module", "in_batch_r1", "gather_rows"]
 
 
 def in_batch_r1(sim: torch.Tensor) -> torch.Tensor:
@@ -74,7 +74,8 @@ class SNPS3Module(pl.LightningModule):
             config: the architecture (``model.config.*``).
             task: pretrain | retrieval | qa | mc; must equal the data module's task.
             init_checkpoint: a pre-training checkpoint (Lightning ``.ckpt`` or a state dict) to initialise the model
-                from before fine-tuning (spec §3.6); missing/unexpected keys are logged.
+                from before fine-tuning (spec §3.6); a file that fills (almost) none of the model raises, missing or
+                unexpected keys are logged as warnings.
             with_moco: L1 with momentum encoders and queues (official default, also in fine-tuning); false = in-batch
                 MIL-NCE without temperature.
             moco_queue_size: K, queue length (16384).
@@ -113,6 +114,7 @@ class SNPS3Module(pl.LightningModule):
         self.special_ids = (self.config.cls_token_id, self.config.sep_token_id, self.config.pad_token_id)
         self.accuracy = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self._eval: dict[str, list] = {}
+        self._unreadable: dict[str, list[int]] = {}
 
     def _load_init(self, path: str) -> None:
         try:
@@ -124,15 +126,12 @@ class SNPS3Module(pl.LightningModule):
             ) from err
         state = state.get("state_dict", state)
         state = {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")} or state
-        missing, unexpected = self.model.load_state_dict(state, strict=False)
-        log.info(
-            "init_checkpoint %s: %d missing keys %s, %d unexpected keys %s",
-            path,
-            len(missing),
-            missing[:5],
-            len(unexpected),
-            unexpected[:5],
-        )
+        # a QA head absent from (or differently sized in) a pre-training/retrieval checkpoint is expected
+        if self.model.qa_head is not None:
+            own = self.model.qa_head.weight.shape
+            if "qa_head.weight" in state and state["qa_head.weight"].shape != own:
+                state = {k: v for k, v in state.items() if not k.startswith("qa_head.")}
+        load_checked(self.model, state, "model.init_checkpoint", path, expected_leftovers=("qa_head.",))
 
     def setup(self, stage: str) -> None:
         if self.hparams.num_threads:
@@ -143,6 +142,14 @@ class SNPS3Module(pl.LightningModule):
                 f"model.task={self.hparams.task!r} but data.dataset={dm.hparams.dataset!r} is a "
                 f"{dm.task!r} dataset: set model.task={dm.task!r}"
             )
+        if dm is not None and self.hparams.task == "qa":
+            n_data, n_model = getattr(dm.hparams, "num_answers", None), self.config.num_answers
+            if n_data is not None and (n_data <= 0 or n_data != n_model):
+                raise ValueError(
+                    f"QA needs data.num_answers (= {n_data}) and model.config.num_answers (= {n_model}) to be the "
+                    "same positive answer-vocabulary size (1500 MSRVTT-QA, 1000 MSVD-QA); otherwise every label "
+                    "falls outside the head and nothing is learned"
+                )
 
     # ------------------------------------------------------------------------------------------- shared pieces
     def level2_matrix(self, ids: torch.Tensor, attn: torch.Tensor, visual: torch.Tensor) -> torch.Tensor:
@@ -230,6 +237,12 @@ class SNPS3Module(pl.LightningModule):
             mon["r1_l2"] = in_batch_r1(s.detach())
         if hp.use_lvwm:
             raw = restore_raw_ids(mids, mlabels)  # (B, L)
+            if "word_significant" not in batch and not getattr(self, "_warned_lvwm_words", False):
+                self._warned_lvwm_words = True
+                rank_zero_warn(
+                    "model.use_lvwm is on but data.significant_words is null: LVWM picks random non-special words "
+                    "instead of significant ones (spec §3.4 e); set data.significant_words to a count_reprocess_*.json"
+                )
             pos = select_lvwm_words(raw, attn, batch.get("word_significant"), self.special_ids, hp.lvwm_num_words)
             gather = pos[:, :, None].expand(-1, -1, m.hidden_size)  # (B, N_w, D)
             total = 0.0
@@ -311,6 +324,8 @@ class SNPS3Module(pl.LightningModule):
             return
         task = self.hparams.task
         b = batch["frames"].shape[0]
+        if "unreadable" in batch and batch["unreadable"].any():
+            self._unreadable.setdefault(stage, []).extend(batch["item_index"][batch["unreadable"]].tolist())
         if task == "pretrain":
             losses, mon = self.pretrain_losses(batch, train=False)
             self.log(f"{stage}/loss", sum(losses.values()), sync_dist=True, batch_size=b)
@@ -351,42 +366,69 @@ class SNPS3Module(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------ N×N retrieval evaluation
     def on_validation_epoch_start(self) -> None:
-        self._eval = {}
+        self._eval, self._unreadable = {}, {}
 
     def on_test_epoch_start(self) -> None:
-        self._eval = {}
+        self._eval, self._unreadable = {}, {}
+
+    def _report_unreadable(self, stage: str) -> int:
+        """Warn (count and names) about evaluation items whose video could not be read (``on_corrupt: skip``:
+        they were scored on blank frames). Collective over ranks; returns the total count."""
+        local = sorted(set(self._unreadable.get(stage, [])))
+        total = len(local)
+        if self.trainer.world_size > 1:
+            count = torch.tensor(float(total), device=self.device)
+            total = int(self.trainer.strategy.reduce(count, reduce_op="sum").item())
+        if not total:
+            return 0
+        ds = getattr(getattr(self.trainer, "datamodule", None), "datasets", {}).get(stage)
+        names = [ds.describe(i) if hasattr(ds, "describe") else str(i) for i in local]
+        if local:
+            log.warning("%s: unreadable videos on this rank (%d): %s", stage, len(local), names)
+        rank_zero_warn(
+            f"{stage}: {total} evaluation item(s) have unreadable videos (data.on_corrupt=skip) and were scored "
+            f"on blank frames, so these metrics are not those of the complete {stage} set; e.g. {names[:10]}"
+        )
+        return total
 
     def _collect(self, batch: dict) -> None:
+        """Record one evaluation batch: per caption line (text side) and per video (visual side). Batches from
+        ``RetrievalDataset`` hold each video once with all its lines (``text_video_index``); a batch of one line per
+        item (no ``text_video_index``) pairs line b with video b."""
         m = self.model
         visual = m.encode_visual(batch["frames"], batch.get("pad_mask"))  # (B, T, D)
         rec = {
-            "input_ids": batch["input_ids"],
+            "input_ids": batch["input_ids"],  # (N_lines, L)
             "attention_mask": batch["attention_mask"],
             "t": m.text_embed(m.encode_text(batch["input_ids"], batch["attention_mask"])),
-            "visual": visual,
-            "v": m.clip_embed(visual),
             "text_index": batch["text_index"],
             "caption_index": batch["caption_index"],
+            "text_video_index": batch.get("text_video_index", batch["video_index"]),
+            "visual": visual,  # (B, T, D)
+            "v": m.clip_embed(visual),
             "video_index": batch["video_index"],
         }
         for k, val in rec.items():
             self._eval.setdefault(k, []).append(val.detach())
 
     def on_validation_epoch_end(self) -> None:
+        self._report_unreadable("val")
         if self.hparams.task == "retrieval" and self._eval:
             self._retrieval_epoch_end("val")
 
     def on_test_epoch_end(self) -> None:
+        self._report_unreadable("test")
         if self.hparams.task == "retrieval" and self._eval:
             self._retrieval_epoch_end("test")
 
     def _gathered(self) -> dict[str, torch.Tensor]:
-        """Concatenate this epoch's records over batches and ranks (DistributedSampler gives equal counts)."""
+        """Concatenate this epoch's records over batches and ranks (ranks may hold different numbers of caption
+        lines: videos have different caption counts)."""
         out = {}
         for k, vals in self._eval.items():
             x = torch.cat(vals, 0)
             if self.trainer.world_size > 1:
-                x = self.all_gather(x).flatten(0, 1)
+                x = gather_rows(x, self.all_gather)
             out[k] = x
         return out
 
@@ -403,7 +445,7 @@ class SNPS3Module(pl.LightningModule):
         visual, v = rec["visual"][first_vid], rec["v"][first_vid]
         # ground truth: caption string c matches every video any line pairs with c
         pair = torch.zeros(int(rec["caption_index"].max()) + 1, len(vid_ids), dtype=torch.bool, device=t.device)
-        col = torch.searchsorted(vid_ids, rec["video_index"])
+        col = torch.searchsorted(vid_ids, rec["text_video_index"])
         pair[rec["caption_index"], col] = True
         gt = pair[cap]  # (N_t, N_v)
         sim1 = torch.logsumexp(torch.einsum("id,jcd->ijc", t.float(), v.float()), -1)  # (N_t, N_v) level 1
@@ -465,6 +507,16 @@ class SNPS3Module(pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+def gather_rows(x: torch.Tensor, all_gather) -> torch.Tensor:
+    """Concatenate ``x`` (N_rank, ...) over ranks when N_rank differs between ranks: sizes first, then tensors
+    padded to the largest size. ``all_gather`` is ``LightningModule.all_gather`` (stacks a new leading rank dim)."""
+    sizes = all_gather(torch.tensor(x.shape[0], device=x.device)).flatten()  # (W,)
+    most = int(sizes.max())
+    padded = torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))], 0)  # (most, ...)
+    stacked = all_gather(padded)  # (W, most, ...)
+    return torch.cat([stacked[r, : int(n)] for r, n in enumerate(sizes.tolist())], 0)
 
 
 def _unique_first(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
