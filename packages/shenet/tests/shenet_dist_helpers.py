@@ -77,3 +77,48 @@ def ddp_rank(rank: int, world: int, aux_weight: float):
     per = B // world
     sl = slice(rank * per, (rank + 1) * per)
     return run(text.apply(lambda x: x[sl]), video.apply(lambda x: x[sl]), aux_weight)
+
+
+# ------------------------------------------------------------------------- evaluation across two processes
+
+EVAL_VIDEOS = 7  # odd: the sharding below pads rank 1 with a repeat, as DistributedSampler does
+
+
+def eval_module():
+    """A tiny random SHE-Net (same weights in every process: fixed seed)."""
+    from shenet.models import SHENetConfig
+    from shenet.module import SHENetModule
+
+    torch.manual_seed(0)
+    cfg = SHENetConfig(clip_model="custom", random_init=True, max_frames=4, tau_frame=0.05, tau_patch=0.05)
+    return SHENetModule(cfg, eval_text_chunk=2, eval_video_chunk=3, eval_feature_dtype="float32").eval()
+
+
+def eval_batches(indices: list[int], batch_size: int = 2) -> list[dict]:
+    """Evaluation batches of the digits test split over the given video indices."""
+    from shenet.data import DigitsDataset, RetrievalCollate
+    from shenet.hierarchy import ParserConfig, build_parser
+    from shenet.tokenization import TextEncoder
+
+    ds = DigitsDataset("test", num_videos=EVAL_VIDEOS, seed=3, image_size=32)
+    collate = RetrievalCollate(TextEncoder(build_parser(ParserConfig(backend="heuristic")), 16, 4, 8, 8))
+    return [collate([ds[i] for i in indices[a : a + batch_size]]) for a in range(0, len(indices), batch_size)]
+
+
+def evaluate(indices: list[int]) -> dict[str, float]:
+    """The metrics SHENetModule logs at the end of a test epoch over ``indices`` (this process's shard)."""
+    module = eval_module()
+    logged: dict[str, float] = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    with torch.no_grad():
+        for batch in eval_batches(indices):
+            module.test_step(batch, 0)
+    module.on_test_epoch_end()
+    return logged
+
+
+def eval_rank(rank: int, world: int) -> dict[str, float]:
+    """DistributedSampler's sharding of the test videos (padded to a multiple of ``world`` by repeats)."""
+    total = -(-EVAL_VIDEOS // world) * world
+    padded = [i % EVAL_VIDEOS for i in range(total)]
+    return evaluate(padded[rank::world])

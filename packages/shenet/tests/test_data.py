@@ -216,3 +216,44 @@ def test_parse_command_writes_cache(tmp_path):
         "a cat sleeps",
     }
     assert [n.level for n in parser("a dog runs").nodes] == ["noun", "verb"]
+
+
+def test_split_annotation_mismatch_raises_or_warns(tmp_path, caplog):
+    import logging
+
+    d = tmp_path / "didemo"
+    d.mkdir()
+    (d / "test_data.json").write_text(json.dumps([{"video": "x1.mov", "times": [[0, 0]], "description": "a dog"}]))
+    (d / "test_list.txt").write_text("x1\n")  # ids without the extension: nothing matches
+    with pytest.raises(ValueError, match=r"test_list.txt \(e.g. 'x1'\).*test_data.json \(e.g. 'x1.mov'\)"):
+        DiDeMoDataset(d, "test", **KW)
+    a = tmp_path / "anet"
+    a.mkdir()
+    ann = {"v_abc": {"duration": 2.0, "sentences": ["a man runs."]}, "v_xyz": {"duration": 2.0, "sentences": ["b"]}}
+    (a / "val_1.json").write_text(json.dumps(ann))
+    (a / "val_ids.json").write_text(json.dumps(["abc", "xyz"]))  # ids without the v_ prefix
+    with pytest.raises(ValueError, match=r"val_ids.json \(e.g. 'abc'\).*val_1.json \(e.g. 'v_abc'\)"):
+        ActivityNetDataset(a, "test", **KW)
+    (a / "val_ids.json").write_text(json.dumps(["v_abc", "xyz", "v_gone"]))  # partly matching: warn with the count
+    video(a / "videos" / "abc.mp4")
+    with caplog.at_level(logging.WARNING, logger="shenet.data"):
+        ds = ActivityNetDataset(a, "test", **KW)
+    assert ds.videos == ["abc"]
+    assert "2 of 3 ids" in caplog.text and "'xyz'" in caplog.text
+
+
+def test_checkpoint_parser_record_is_compared():
+    import warnings
+    from dataclasses import asdict
+
+    dm = SHENetDataModule(dataset="digits", parser=ParserConfig(backend="heuristic"), num_workers=0)
+    same = {"parser_backend": "heuristic", "parser": asdict(ParserConfig(backend="heuristic"))}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dm.load_state_dict(same)  # the run's own record: silent
+    other = {"parser_backend": "spacy", "parser": asdict(ParserConfig(backend="spacy"))}
+    with pytest.warns(UserWarning, match="parser backend 'spacy' in the checkpoint, 'heuristic' now"):
+        dm.load_state_dict(other)
+    capped = {**same, "parser": asdict(ParserConfig(backend="heuristic", max_nouns=2))}
+    with pytest.warns(UserWarning, match="node caps"):
+        dm.load_state_dict(capped)

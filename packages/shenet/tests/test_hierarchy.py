@@ -167,3 +167,27 @@ def test_spacy_model_on_fixed_sentences():
     ]
     assert nodes(p("a woman is on stage")) == [("noun", "woman", "ROOT"), ("noun", "stage", "ROOT")]
     assert nodes(p("the soccer player kicks the ball"))[0] == ("noun", "soccer player", "kicks")
+
+
+@pytest.mark.parametrize(
+    ("node", "why"),
+    [
+        (dict(level="noun", text="guitar", char_start=5, char_end=6, parent=-1), r"text\[5:6\] = ' ' is not"),
+        (dict(level="noun", text="guitar", char_start=19, char_end=25, parent=7), "parent 7 is not -1"),
+        (dict(level="noun", text="guitar", char_start=19, char_end=25, parent=1), "parent 1 is a noun node"),
+        (dict(level="verb", text="playing", char_start=9, char_end=16, parent=1), "a verb's parent is root"),
+        (dict(level="noun", text="guitar", char_start=19, char_end=99, parent=-1), "is not the node text"),
+    ],
+)
+def test_cache_entries_are_validated(tmp_path, node, why):
+    text = "a man is playing a guitar"
+    man = dict(level="noun", text="man", char_start=2, char_end=5, parent=-1)
+    path = tmp_path / "parses.json"
+    path.write_text(json.dumps({text: {"nodes": [dict(node), man]}}))
+    with pytest.raises(ValueError, match=why) as err:
+        PrecomputedParser(path)(text)
+    msg = str(err.value)
+    assert str(path) in msg and repr(text) in msg and "node 0" in msg
+    valid = dict(level="noun", text="guitar", char_start=19, char_end=25, parent=-1)
+    path.write_text(json.dumps({text: {"nodes": [valid, man]}}))
+    assert [n.text for n in PrecomputedParser(path)(text).nodes] == ["guitar", "man"]

@@ -268,3 +268,135 @@ def test_similarity_matrix_moves_each_video_chunk_once(monkeypatch):
         out = model.similarity_matrix(text, video, text_chunk=2, video_chunk=2)
     assert [s for s in moved if len(s) == 4] == [(2, T, 4, 32), (1, T, 4, 32)]  # (B_v, T, P, D) patch chunks
     torch.testing.assert_close(out, model.similarity(text, video)["S"].detach(), atol=1e-5, rtol=1e-5)
+
+
+def _noun_batch(Bt=2):
+    b = text_batch(Bt)
+    b["text_verb_mask"][:, 0] = True
+    b["text_noun_mask"][:, :2] = True
+    b["text_noun_parent"][:, :2] = 0  # nouns under the first verb
+    return b
+
+
+def test_noun_level_off_keeps_nouns_out_of_S():
+    torch.manual_seed(0)
+    video = torch.randn(2, T, 3, 32, 32)
+    vmask = torch.ones(2, T, dtype=torch.bool)
+    base = _noun_batch()
+    moved = {**base, "text_noun_pool": base["text_noun_pool"].flip(-1)}  # other tokens under the noun nodes
+    masked = {**base, "text_noun_mask": torch.zeros_like(base["text_noun_mask"])}  # no noun nodes at all
+    scores = {}
+    for levels in (["sentence", "verb", "noun", "adj"], ["sentence", "verb"]):
+        torch.manual_seed(0)
+        model = tiny(levels=levels).eval()
+        with torch.no_grad():
+            v = model.encode_video(video, vmask)
+            scores[len(levels)] = [model.similarity(model.encode_text(b), v)["S"] for b in (base, moved, masked)]
+    assert not torch.allclose(scores[4][0], scores[4][1])  # with the noun level, nouns do move S
+    assert not torch.allclose(scores[4][0], scores[4][2])
+    torch.testing.assert_close(scores[2][1], scores[2][0], rtol=0, atol=0)  # without it, they must not
+    torch.testing.assert_close(scores[2][2], scores[2][0], rtol=0, atol=0)
+
+
+def test_hierarchy_enhance_without_nouns_only_normalises_verbs():
+    g = torch.Generator().manual_seed(0)
+    verbs, nouns = torch.randn(1, 2, D, generator=g), norm(torch.randn(1, 3, D, generator=g))
+    mask, parent = torch.ones(1, 3, dtype=torch.bool), torch.zeros(1, 3, dtype=torch.long)
+    on, _ = hierarchy_enhance(verbs, nouns, None, mask, None, parent, None)
+    off, _ = hierarchy_enhance(verbs, nouns, None, mask, None, parent, None, use_nouns=False)
+    torch.testing.assert_close(off, norm(verbs))
+    assert not torch.allclose(on[0, 0], off[0, 0])
+
+
+def test_seqtransf_uses_quick_gelu():
+    from open_clip.transformer import QuickGELU
+
+    model = tiny(temporal="seqTransf", temporal_layers=2, temporal_heads=2)
+    acts = {type(b.mlp.gelu) for b in model.temporal.transformer.resblocks}
+    assert acts == {QuickGELU}  # CLIP4Clip's TransformerClip blocks
+
+
+def _act(clip):
+    return {type(b.mlp.gelu) for b in [*clip.transformer.resblocks, *clip.visual.transformer.resblocks]}
+
+
+def test_quick_gelu_state_dict_file_custom(tmp_path):
+    from open_clip.transformer import QuickGELU
+
+    from shenet.models import build_clip
+
+    torch.manual_seed(0)
+    ref = build_clip(SHENetConfig(clip_model="custom", random_init=True, quick_gelu=True)).eval()
+    assert _act(ref) == {QuickGELU}
+    path = tmp_path / "quickgelu.pt"
+    torch.save(ref.state_dict(), path)
+    loaded = build_clip(SHENetConfig(clip_model="custom", pretrained=str(path), quick_gelu=True)).eval()
+    assert _act(loaded) == {QuickGELU}
+    ids = torch.randint(1, 1000, (2, 32))  # the custom context length
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encode_text(ids), ref.encode_text(ids))
+    gelu = build_clip(SHENetConfig(clip_model="custom", pretrained=str(path))).eval()  # auto: custom = nn.GELU
+    assert _act(gelu) == {torch.nn.GELU}
+    with torch.no_grad():
+        assert not torch.allclose(gelu.encode_text(ids), ref.encode_text(ids))
+
+
+def test_openai_architectures_get_quick_gelu(tmp_path, monkeypatch):
+    """ViT-B-32 with OpenAI weights as a state-dict file or the ``openai`` tag: open_clip's create_model must be
+    asked for QuickGELU (it builds nn.GELU otherwise); ``quick_gelu: false`` overrides for GELU checkpoints."""
+    import open_clip
+    from open_clip.model import CLIP
+
+    from shenet.models import build_clip
+
+    calls = []
+
+    def create_model(name, pretrained=None, force_quick_gelu=False, **kw):
+        calls.append((name, pretrained, force_quick_gelu))
+        vision = dict(image_size=32, patch_size=16, width=64, layers=1, head_width=32)
+        return CLIP(32, vision, dict(context_length=16, width=32, heads=2, layers=1), quick_gelu=force_quick_gelu)
+
+    monkeypatch.setattr(open_clip, "create_model", create_model)
+    path = tmp_path / "ViT-B-32-openai.pt"
+    torch.save({}, path)  # an open_clip state-dict file (not TorchScript)
+    build_clip(SHENetConfig(pretrained=str(path)))
+    build_clip(SHENetConfig(pretrained="openai"))
+    build_clip(SHENetConfig(pretrained=str(path), quick_gelu=False))
+    build_clip(SHENetConfig(pretrained="laion2b_s34b_b79k"))  # a GELU-trained open_clip tag
+    assert calls == [
+        ("ViT-B-32", str(path), True),
+        ("ViT-B-32", "openai", True),
+        ("ViT-B-32", str(path), False),
+        ("ViT-B-32", "laion2b_s34b_b79k", False),
+    ]
+    with pytest.raises(ValueError, match="quick_gelu"):
+        SHENetConfig(pretrained="openai", quick_gelu=False)
+
+
+def test_random_vit_b32_is_quick_gelu_and_architecture_checked():
+    from open_clip.transformer import QuickGELU
+
+    from shenet.models import build_clip, check_architecture
+
+    clip = build_clip(SHENetConfig(random_init=True))  # the real open_clip ViT-B-32 (random weights)
+    assert _act(clip) == {QuickGELU}
+    check_architecture(clip, "ViT-B-32", "ViT-B-32.pt")
+    with pytest.raises(ValueError, match=r"patch size 32 \(expected 16\).*model.config.clip_model"):
+        check_architecture(clip, "ViT-B-16", "ViT-B-32.pt")
+
+
+def test_torchscript_checkpoint_of_other_architecture_raises(tmp_path, monkeypatch):
+    import open_clip
+
+    import shenet.models as models
+
+    other = models.build_clip(SHENetConfig(clip_model="custom", random_init=True))  # patch 16, width 64
+    monkeypatch.setattr(models, "_is_torchscript", lambda path: True)
+    monkeypatch.setattr(open_clip, "load_openai_model", lambda *a, **k: other)
+    path = tmp_path / "ViT-B-16.pt"
+    path.write_bytes(b"x")
+    with pytest.raises(ValueError, match="does not hold a ViT-B-32 CLIP: patch size 16 \\(expected 32\\)") as err:
+        models.build_clip(SHENetConfig(pretrained=str(path)))
+    assert "model.config.clip_model" in str(err.value)
+    with pytest.raises(ValueError, match="quick_gelu=false"):
+        models.build_clip(SHENetConfig(pretrained=str(path), quick_gelu=False))

@@ -1,8 +1,11 @@
 """Fit/validate/test through the CLI on tiny.yaml (spec §8a) and the loss falling on a repeated batch."""
 
 import math
+import sys
+from pathlib import Path
 
 import torch
+from mmzoo.testing import run_distributed
 
 from shenet.cli import main
 from shenet.data import DigitsDataset, RetrievalCollate
@@ -10,6 +13,9 @@ from shenet.hierarchy import ParserConfig, build_parser
 from shenet.models import SHENetConfig
 from shenet.module import SHENetModule
 from shenet.tokenization import TextEncoder
+
+sys.path.insert(0, str(Path(__file__).parent))
+import shenet_dist_helpers as h  # noqa: E402
 
 
 def test_fit_validate_test_tiny(tmp_path):
@@ -52,3 +58,53 @@ def test_loss_falls_on_repeated_batch():
         losses.append(float(loss.detach()))
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
+
+
+class _RecordingMetric:
+    """Stands in for RetrievalMetrics: records where the tensors it is handed live."""
+
+    def __init__(self):
+        self.devices: list[torch.device] = []
+
+    def update(self, *tensors):
+        self.devices += [t.device for t in tensors]
+
+    def compute(self):
+        return {"t2v_R@1": torch.tensor(0.0)}
+
+    def reset(self):
+        pass
+
+
+def test_eval_metric_inputs_on_module_device(monkeypatch):
+    # The metric syncs across ranks with all_gather, which NCCL cannot do on CPU tensors, so the scores (computed
+    # into a CPU matrix) and ids must reach the metric on the module's device. Without a GPU, the module is made
+    # to report the meta device while the similarity itself runs on the CPU.
+    module = h.eval_module()
+    with torch.no_grad():
+        for batch in h.eval_batches([0, 1, 2]):
+            module.test_step(batch, 0)
+    similarity_matrix = module.model.similarity_matrix
+    calls = []
+
+    def on_cpu(*args, **kwargs):
+        calls.append(kwargs["device"])
+        return similarity_matrix(*args, **{**kwargs, "device": torch.device("cpu")})
+
+    monkeypatch.setattr(module.model, "similarity_matrix", on_cpu)
+    monkeypatch.setattr(module, "_device", torch.device("meta"))
+    metric = _RecordingMetric()
+    module._eval_epoch_end("test", metric)
+    assert calls == [torch.device("meta")]  # the similarity is asked to run on the module's device
+    assert len(metric.devices) == 3
+    assert all(d.type == "meta" for d in metric.devices), metric.devices
+
+
+def test_two_process_evaluation_matches_one_process():
+    single = h.evaluate(list(range(h.EVAL_VIDEOS)))
+    ranks = run_distributed(h.eval_rank, world_size=2)
+    assert set(single) == {f"test/{d}_{m}" for d in ("t2v", "v2t") for m in ("R@1", "R@5", "R@10", "MdR", "MnR")}
+    for r in ranks:  # every rank logs the metric of the whole gallery (7 queries), not of its own shard
+        assert r.keys() == single.keys()
+        for k in single:
+            assert math.isclose(r[k], single[k], rel_tol=1e-6), (k, r[k], single[k])

@@ -14,10 +14,31 @@ def encoder(max_words=32):
 def test_ids_match_open_clip_tokenizer():
     enc = encoder(32)
     tok = SimpleTokenizer()
-    for text in ["a man in a red shirt is playing a guitar", "Two dogs run, on the green-grass!"]:
+    texts = [
+        "a man in a red shirt is playing a guitar",
+        "Two dogs run, on the green-grass!",
+        "tom &amp; jerry cartoon plays",  # HTML entities are unescaped, as open_clip does
+        "a \u201cfunny\u201d clip &lt;b&gt;now",  # curly quotes straightened by ftfy
+        "caf\u00e9 owner\u00a0talks  fast\tnow",
+        "\uff26\uff55\uff4c\uff4c-width letters",
+    ]
+    for text in texts:
         ref = [tok.encoder["<start_of_text>"]] + tok.encode(text) + [tok.encoder["<end_of_text>"]]
         ids = enc(text).input_ids
-        assert ids[: len(ref)].tolist() == ref and not ids[len(ref) :].any()
+        assert ids[: len(ref)].tolist() == ref and not ids[len(ref) :].any(), text
+
+
+def test_cleaned_chunks_keep_node_alignment():
+    enc = encoder(32)
+    tok = SimpleTokenizer()
+    text = "tom &amp; jerry cartoon plays"
+    e = enc(text)
+    nouns = [n.text for n in HeuristicParser()(text).nodes if n.level == "noun"]
+    decoded = [tok.decode(e.input_ids[e.noun_pool[k].nonzero().flatten()].tolist()).strip() for k in range(len(nouns))]
+    # words outside the changed chunk keep their own tokens; the node inside it ("amp" of "&amp;") gets the chunk's
+    # cleaned token "&"
+    assert nouns == ["tom", "amp", "jerry cartoon"] and decoded == ["tom", "&", "jerry cartoon"]
+    assert "&" in tok.decode(e.input_ids.tolist()) and "amp" not in tok.decode(e.input_ids.tolist())
 
 
 def test_node_spans_recover_characters():

@@ -26,7 +26,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mmzoo.data import SplitLoaders, worker_options
 from mmzoo.video import VideoDecodeError, VideoReader, center_crop, normalize, resize_short_side
 from torch.utils.data import DataLoader, Dataset
@@ -263,6 +263,29 @@ class MSVDDataset(_VideoTextDataset):
         self._finish()
 
 
+def _matched(ids: list[str], annotated, split_file: Path, ann_file: Path, dataset: str) -> list[str]:
+    """The ids of ``split_file`` that ``ann_file`` annotates (in split order). Raises when none match (a naming
+    mismatch such as a missing extension or ``v_`` prefix); warns with the count when only some do."""
+    kept = [v for v in ids if v in annotated]
+    if ids and not kept:
+        raise ValueError(
+            f"{dataset}: none of the {len(ids)} ids of {split_file} (e.g. {ids[0]!r}) is annotated in {ann_file} "
+            f"(e.g. {next(iter(annotated), None)!r}); the two files name videos differently; {_HINT}"
+        )
+    dropped = [v for v in ids if v not in annotated]
+    if dropped:
+        log.warning(
+            "%s: %d of %d ids of %s have no annotation in %s and are skipped (e.g. %r)",
+            dataset,
+            len(dropped),
+            len(ids),
+            split_file,
+            ann_file,
+            dropped[0],
+        )
+    return kept
+
+
 class DiDeMoDataset(_VideoTextDataset):
     """DiDeMo (spec §4): ``{split}_data.json`` (list of {video, times, description}) and ``{split}_list.txt``.
     Paragraph retrieval: all descriptions of a video joined in file order; the clip is the whole video.
@@ -290,7 +313,9 @@ class DiDeMoDataset(_VideoTextDataset):
                 if key not in row:
                     raise KeyError(f"{self.root / f'{split}_data.json'}: entry {k} lacks key {key!r}; {_HINT}")
             parts.setdefault(row["video"], []).append(row["description"].strip())
-        self.videos = [v for v in names if v in parts]
+        self.videos = _matched(
+            names, parts, self.root / f"{split}_list.txt", self.root / f"{split}_data.json", self.dataset_name
+        )
         self.captions = {v: [" ".join(parts[v])] for v in self.videos}
         self._finish()
 
@@ -316,9 +341,7 @@ class ActivityNetDataset(_VideoTextDataset):
         ann, ids = ("train.json", "train_ids.json") if self.train else ("val_1.json", "val_ids.json")
         data = json.loads(_require(self.root / ann, "ActivityNet captions").read_text())
         keys = json.loads(_require(self.root / ids, "ActivityNet split ids").read_text())
-        for k in keys:
-            if k not in data:
-                continue
+        for k in _matched(keys, data, self.root / ids, self.root / ann, self.dataset_name):
             if "sentences" not in data[k]:
                 raise KeyError(f"{self.root / ann}: entry {k!r} lacks key 'sentences'; {_HINT}")
             vid = k[2:] if k.startswith("v_") else k
@@ -513,3 +536,26 @@ class SHENetDataModule(SplitLoaders, pl.LightningDataModule):
     def state_dict(self) -> dict:
         """Recorded in checkpoints so runs with different parsers are never mixed silently (spec §9)."""
         return {"parser_backend": self.parser_backend, "parser": asdict(self.parser_cfg)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Lightning hands over the checkpoint's record when it resumes, validates or tests from a checkpoint:
+        compare the parser backend and node caps it was trained with against this run's and warn loudly on a
+        difference (the node sets, hence the scores, depend on the parser; spec §9). A warning rather than an
+        error: a ``precomputed`` cache written by the same parser is a legitimate switch."""
+        recorded = state_dict.get("parser_backend")
+        current = self.parser_backend or self.text_encoder.parser.name
+        problems = []
+        if recorded is not None and recorded != current:
+            problems.append(f"parser backend {recorded!r} in the checkpoint, {current!r} now")
+        then = state_dict.get("parser") or {}
+        pre = "paragraph_" if then.get("paragraph") else ""
+        caps_then = {lv: then.get(f"{pre}max_{lv}s") for lv in ("verb", "noun", "adj")}
+        if then and caps_then != self.parser_cfg.caps:
+            problems.append(f"node caps {caps_then} in the checkpoint, {self.parser_cfg.caps} now")
+        if problems:
+            rank_zero_warn(
+                "shenet: the checkpoint was trained with a different syntax parser (" + "; ".join(problems) + "). "
+                "Texts now get other hierarchy nodes than in training, so results mix two parsers; set "
+                "data.parser to the checkpoint's settings unless this is intended (e.g. a precomputed cache "
+                "written by the same parser)."
+            )

@@ -75,14 +75,33 @@ class SyntaxHierarchy:
         }
 
     @staticmethod
-    def from_json(text: str, entry: dict) -> SyntaxHierarchy:
+    def from_json(text: str, entry: dict, source: str | Path = "parse cache") -> SyntaxHierarchy:
+        """A cache entry (spec §3.2 format) checked against its text: each node's span must be a character span of
+        ``text`` holding the node's ``text``, and its parent -1 (root) or a node of the level above (noun → verb,
+        adj → noun; verbs hang from the root). ``source`` (the cache file) is named in the errors."""
+        raw = entry["nodes"]
+        parent_level = {"verb": (), "noun": ("verb",), "adj": ("noun",)}
         nodes = []
-        for k, n in enumerate(entry["nodes"]):
-            if n["level"] not in ("verb", "noun", "adj"):
-                raise ValueError(
-                    f"parse cache entry for {text!r}: node {k} has level {n['level']!r}; expected verb|noun|adj"
+        for k, n in enumerate(raw):
+
+            def bad(why: str, k=k, n=n) -> ValueError:
+                return ValueError(f"{source}: parse of {text!r}: node {k} {n}: {why}")
+
+            if n["level"] not in parent_level:
+                raise bad(f"level {n['level']!r}; expected verb|noun|adj")
+            start, end, parent = int(n["char_start"]), int(n["char_end"]), int(n["parent"])
+            if not 0 <= start < end <= len(text) or text[start:end] != n["text"]:
+                raise bad(
+                    f"text[{start}:{end}] = {text[start:end]!r} is not the node text {n['text']!r} "
+                    "(char_start/char_end must be character offsets into the raw text)"
                 )
-            nodes.append(SyntaxNode(n["level"], n["text"], int(n["char_start"]), int(n["char_end"]), int(n["parent"])))
+            if parent != -1:
+                if not 0 <= parent < len(raw) or parent == k:
+                    raise bad(f"parent {parent} is not -1 (root) or the index of another node (0..{len(raw) - 1})")
+                if raw[parent]["level"] not in parent_level[n["level"]]:
+                    allowed = " or ".join(("root", *parent_level[n["level"]]))
+                    raise bad(f"parent {parent} is a {raw[parent]['level']} node; a {n['level']}'s parent is {allowed}")
+            nodes.append(SyntaxNode(n["level"], n["text"], start, end, parent))
         return SyntaxHierarchy(text, tuple(nodes))
 
 
@@ -426,7 +445,7 @@ class PrecomputedParser:
                 f"parser.cache_file={str(self.path)!r} has no parse of the text {text!r}; regenerate the "
                 "cache with `shenet parse` for this dataset"
             )
-        return SyntaxHierarchy.from_json(text, self.entries[text])
+        return SyntaxHierarchy.from_json(text, self.entries[text], f"parser.cache_file={str(self.path)!r}")
 
 
 @dataclass

@@ -31,6 +31,8 @@ __all__ = [
     "TextFeatures",
     "VideoFeatures",
     "build_clip",
+    "uses_quick_gelu",
+    "check_architecture",
     "TemporalTransformer",
     "hierarchy_enhance",
     "masked_softmax",
@@ -70,6 +72,12 @@ class SHENetConfig:
     custom_text_heads: int = 2
     custom_context_length: int = 32
     """``custom`` CLIP: text context length (>= data.max_words)."""
+    quick_gelu: bool | None = None
+    """Transformer MLP activation of CLIP: QuickGELU (``x·σ(1.702x)``, what OpenAI's CLIP was trained with) or
+    nn.GELU. ``null`` = auto: QuickGELU for the OpenAI architectures ``ViT-B-32``/``ViT-B-16`` (spec §3.1: OpenAI
+    weights, whether given as TorchScript, as an open_clip state-dict file or as the ``openai`` tag), the activation
+    open_clip records for any other pretrained tag, nn.GELU for ``custom``. Set ``false`` for a local file of
+    weights trained with GELU (e.g. LAION's open_clip checkpoints)."""
 
     temporal: Literal["meanP", "seqTransf"] = "meanP"
     """Temporal head on frame features (spec §3.1): none (meanP) or CLIP4Clip's seqTransf."""
@@ -126,6 +134,11 @@ class SHENetConfig:
                 f"state-dict file, OpenAI's TorchScript {self.clip_model}.pt, or the open_clip tag 'openai'), or set "
                 "model.config.random_init: true for a randomly initialised model"
             )
+        if self.quick_gelu is False and self.pretrained == "openai":
+            raise ValueError(
+                "model.config.quick_gelu=false contradicts model.config.pretrained='openai': OpenAI's CLIP "
+                "weights were trained with QuickGELU (leave quick_gelu null or set it true)"
+            )
         if self.custom_image_size % self.custom_patch_size:
             raise ValueError(
                 f"model.config.custom_patch_size={self.custom_patch_size} must divide "
@@ -144,11 +157,67 @@ def _is_torchscript(path: Path) -> bool:
         return any(n.endswith("constants.pkl") for n in z.namelist())
 
 
+def uses_quick_gelu(cfg: SHENetConfig) -> bool:
+    """The resolved ``model.config.quick_gelu``: the explicit value; else, for an open_clip pretrained tag, what
+    open_clip records for those weights (True for ``openai``, False e.g. for LAION's); else True for the OpenAI
+    architectures (a local file: OpenAI's weights, spec §3.1) and False for ``custom``."""
+    if cfg.quick_gelu is not None:
+        return cfg.quick_gelu
+    if cfg.clip_model == "custom":
+        return False
+    if cfg.pretrained is not None:
+        from open_clip.pretrained import get_pretrained_cfg
+
+        tag = get_pretrained_cfg(cfg.clip_model, cfg.pretrained)
+        if tag:
+            return bool(tag.get("quick_gelu", False))
+    return True
+
+
+def check_architecture(clip: nn.Module, clip_model: str, source: str) -> None:
+    """Raise when ``clip`` (loaded from ``source``) is not the open_clip architecture ``clip_model``: compares the
+    patch size, the vision/text widths and depths and the embedding dim with open_clip's model config."""
+    import open_clip
+
+    want = open_clip.get_model_config(clip_model)
+    if want is None:
+        return
+    vis, txt = want["vision_cfg"], want["text_cfg"]
+    expected = {
+        "patch size": vis["patch_size"],
+        "vision width": vis["width"],
+        "vision layers": vis["layers"],
+        "text width": txt["width"],
+        "text layers": txt["layers"],
+        "embed dim": want["embed_dim"],
+    }
+    found = {
+        "patch size": clip.visual.conv1.kernel_size[0],
+        "vision width": clip.visual.conv1.out_channels,
+        "vision layers": len(clip.visual.transformer.resblocks),
+        "text width": clip.transformer.width,
+        "text layers": len(clip.transformer.resblocks),
+        "embed dim": int(clip.text_projection.shape[1]),
+    }
+    diff = {k: (found[k], expected[k]) for k in expected if found[k] != expected[k]}
+    if diff:
+        detail = ", ".join(f"{k} {f} (expected {e})" for k, (f, e) in diff.items())
+        raise ValueError(
+            f"model.config.pretrained={source!r} does not hold a {clip_model} CLIP: {detail}; set "
+            "model.config.clip_model to the checkpoint's architecture or supply the matching checkpoint"
+        )
+
+
 def build_clip(cfg: SHENetConfig) -> nn.Module:
     """An open_clip ``CLIP`` from ``cfg`` (spec §3.1, §9), with the visual tower returning patch tokens.
 
+    The MLP activation follows :func:`uses_quick_gelu`: open_clip's ``create_model`` builds nn.GELU for
+    ``ViT-B-32``/``ViT-B-16`` whatever weights it loads (only its TorchScript loader builds QuickGELU), so OpenAI
+    weights given as a state-dict file or as the ``openai`` tag need ``force_quick_gelu``.
+
     Raises:
-        FileNotFoundError / ValueError: missing weights, naming ``model.config.pretrained``.
+        FileNotFoundError / ValueError: missing weights, naming ``model.config.pretrained``; a TorchScript
+        checkpoint of another architecture, naming ``model.config.clip_model``.
     """
     import open_clip
     from open_clip.model import CLIP
@@ -168,11 +237,11 @@ def build_clip(cfg: SHENetConfig) -> nn.Module:
             heads=cfg.custom_text_heads,
             layers=cfg.custom_text_layers,
         )
-        clip = CLIP(cfg.custom_embed_dim, vision, text)
+        clip = CLIP(cfg.custom_embed_dim, vision, text, quick_gelu=uses_quick_gelu(cfg))
         if cfg.pretrained is not None:
             clip.load_state_dict(torch.load(cfg.pretrained, map_location="cpu", weights_only=True))
     elif cfg.pretrained is None:
-        clip = open_clip.create_model(cfg.clip_model, pretrained=None)
+        clip = open_clip.create_model(cfg.clip_model, pretrained=None, force_quick_gelu=uses_quick_gelu(cfg))
     else:
         path = Path(cfg.pretrained)
         if path.suffix in (".pt", ".pth", ".bin", ".safetensors") and not path.is_file():
@@ -182,9 +251,17 @@ def build_clip(cfg: SHENetConfig) -> nn.Module:
                 "state dict)"
             )
         if path.is_file() and _is_torchscript(path):
+            if cfg.quick_gelu is False:
+                raise ValueError(
+                    f"model.config.quick_gelu=false, but {cfg.pretrained!r} is OpenAI's TorchScript CLIP, which "
+                    "open_clip always builds with QuickGELU (the activation it was trained with)"
+                )
             clip = open_clip.load_openai_model(str(path), device="cpu")
+            check_architecture(clip, cfg.clip_model, cfg.pretrained)
         else:
-            clip = open_clip.create_model(cfg.clip_model, pretrained=cfg.pretrained)
+            clip = open_clip.create_model(
+                cfg.clip_model, pretrained=cfg.pretrained, force_quick_gelu=uses_quick_gelu(cfg)
+            )
     clip.visual.output_tokens = True
     return clip
 
@@ -198,10 +275,11 @@ class TemporalTransformer(nn.Module):
 
     def __init__(self, width: int, layers: int, heads: int, max_frames: int):
         super().__init__()
-        from open_clip.transformer import Transformer
+        from open_clip.transformer import QuickGELU, Transformer
 
         self.frame_position = nn.Embedding(max_frames, width)
-        self.transformer = Transformer(width, layers, heads)
+        # CLIP4Clip's TransformerClip blocks use QuickGELU, like the OpenAI text blocks its weights come from
+        self.transformer = Transformer(width, layers, heads, act_layer=QuickGELU)
         nn.init.normal_(self.frame_position.weight, std=0.01)
 
     def init_from_clip(self, clip: nn.Module) -> None:
@@ -297,6 +375,7 @@ def hierarchy_enhance(
     mode: str = "mean",
     gate_noun: torch.Tensor | None = None,
     gate_verb: torch.Tensor | None = None,
+    use_nouns: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Bottom-up hierarchy enhancement (spec §3.3), on L2-normalised node features:
 
@@ -304,7 +383,8 @@ def hierarchy_enhance(
 
     ``gated``: ``x' = norm( x + σ(w·[x; c̄]) c̄ )`` with learnable vectors ``w`` (``gate_noun``, ``gate_verb``; (2D,)).
     ``none``: the inputs unchanged. Nodes without children are only re-normalised. ``adjs=None`` skips the adjective
-    step (the adj level switched off).
+    step (the adj level switched off); ``use_nouns=False`` skips the noun step (the noun level switched off: verbs
+    are only re-normalised, so nouns cannot reach the verb similarity).
 
     Shapes: verbs (B, V, D), nouns (B, M, D), adjs (B, A, D); masks (B, M|A) bool; noun_parent (B, M), adj_parent
     (B, A) long (-1 = root). Returns (verbs', nouns'), same shapes.
@@ -327,6 +407,8 @@ def hierarchy_enhance(
         nouns_enh = combine(nouns, adj_mean, has_adj, gate_noun)
     else:
         nouns_enh = F.normalize(nouns, dim=-1)
+    if not use_nouns:
+        return F.normalize(verbs, dim=-1), nouns_enh
     noun_mean, has_noun = _children_mean(nouns_enh, noun_mask, noun_parent, verbs.shape[1])  # (B, V, D)
     verbs_enh = combine(verbs, noun_mean, has_noun, gate_verb)
     return verbs_enh, nouns_enh
@@ -545,6 +627,7 @@ class SHENet(nn.Module):
             self.config.text_enhance,
             self.gate_noun,
             self.gate_verb,
+            use_nouns="noun" in self.config.levels,
         )
         return TextFeatures(
             sentence, verbs, nouns, verbs_enh, nouns_enh, vm.bool(), nm.bool(), batch["text_noun_parent"]

@@ -164,7 +164,9 @@ class SHENetModule(pl.LightningModule):
             device=self.device,
             progress=rank == 0,
         )
-        metric.update(scores, query_gt[rows], text_ids[rows])
+        # similarity_matrix returns CPU scores; the metric's cross-rank sync (all_gather) needs tensors on the
+        # process group's device (NCCL has no CPU backend), so hand it everything on this module's device
+        metric.update(scores.to(self.device), query_gt[rows].to(self.device), text_ids[rows].to(self.device))
         results = metric.compute()
         metric.reset()
         for name, value in results.items():

@@ -57,7 +57,13 @@ class DigitsSpec:
 def digit_images(split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """scikit-learn digits of one split: images (N, 8, 8) in [0, 1] and labels (N,); train = images [0, 1200),
     val = [1200, 1500), test = [1500, 1797)."""
-    from sklearn.datasets import load_digits
+    try:
+        from sklearn.datasets import load_digits
+    except ImportError as err:  # declared in pyproject; only this synthetic task needs it
+        raise ImportError(
+            "the digits task (data.dataset: digits, data.generate_demo_data, the demo/tiny configs, repro.py) needs "
+            "scikit-learn's bundled digits images: pip install scikit-learn"
+        ) from err
 
     d = load_digits()
     images = torch.tensor(d.images, dtype=torch.float32) / 16.0

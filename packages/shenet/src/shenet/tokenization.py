@@ -4,6 +4,12 @@ CLIP's BPE encodes each regex word on its own, so a text's token ids are the con
 encoding word by word gives every word its token span (offset +1 for the start-of-text token). A hierarchy node
 covers the words whose character spans overlap its own; its pooling row is uniform over those words' tokens.
 
+Text cleaning follows open_clip's tokenizer (ftfy ``fix_text``, HTML unescaping, whitespace collapsing,
+lower-casing), applied to each whitespace-separated chunk of the raw text so that character offsets survive: a chunk
+the cleaning leaves unchanged (up to case) keeps exact per-word offsets; a chunk it changes (``&amp;`` → ``&``) maps
+all its tokens to the chunk's span. The ids equal open_clip's unless ftfy repairs mojibake across a whitespace
+character.
+
 Reconstruction: nodes are matched to words by character overlap (both come from the same raw string) rather than
 by sequential string matching; the result is the same whenever the two tokenisations agree on word boundaries, and
 it also handles contractions that spaCy and CLIP split differently.
@@ -11,9 +17,11 @@ it also handles contractions that spaCy and CLIP split differently.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import torch
+from open_clip.tokenizer import basic_clean as _basic_clean
 
 from shenet.hierarchy import SyntaxHierarchy
 
@@ -70,13 +78,24 @@ class TextEncoder:
         tok_start, tok_end)`` with token positions counted from 1 (SOT is position 0)."""
         ids: list[int] = []
         words = []
-        for m in self.tokenizer.pat.finditer(text.lower()):
-            pieces = self.tokenizer.encode(m.group(0))
-            if not pieces:
-                continue
-            words.append((m.start(), m.end(), 1 + len(ids), 1 + len(ids) + len(pieces)))
-            ids.extend(pieces)
+        for chunk in re.finditer(r"\S+", text):
+            raw = chunk.group(0)
+            clean = _basic_clean(raw).lower()
+            exact = clean == raw.lower() and len(clean) == len(raw)  # offsets within the chunk still hold
+            for m in self.tokenizer.pat.finditer(clean):
+                pieces = self._bpe(m.group(0))
+                if not pieces:
+                    continue
+                cs, ce = (chunk.start() + m.start(), chunk.start() + m.end()) if exact else chunk.span()
+                words.append((cs, ce, 1 + len(ids), 1 + len(ids) + len(pieces)))
+                ids.extend(pieces)
         return ids, words
+
+    def _bpe(self, word: str) -> list[int]:
+        """BPE ids of one already-cleaned regex word (``SimpleTokenizer.encode`` without re-cleaning)."""
+        tok = self.tokenizer
+        token = "".join(tok.byte_encoder[b] for b in word.encode("utf-8"))
+        return [tok.encoder[piece] for piece in tok.bpe(token).split(" ")]
 
     def node_tokens(self, h: SyntaxHierarchy, words, length: int) -> list[list[int]]:
         """Token positions (< ``length - 1``, i.e. not truncated away) covered by each node of ``h``."""
