@@ -7,7 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from toypkg import ToyData, ToyModule  # noqa: E402
 
-from mmzoo.cli import resolve_config, run_cli, shipped_configs  # noqa: E402
+from mmzoo.cli import _resolve_args, resolve_config, run_cli, shipped_configs  # noqa: E402
 
 
 def test_shipped_configs_found_by_name():
@@ -67,6 +67,22 @@ def test_print_config(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "hidden: 8" in out and "seed_everything: 0" in out
+
+
+def test_short_config_flag_finds_shipped_configs(capsys):
+    shipped = resolve_config("demo", "toypkg")
+    assert _resolve_args(["fit", "-c", "demo", "--x", "1"], "toypkg") == ["fit", "-c", shipped, "--x", "1"]
+    assert _resolve_args(["fit", "-c=demo"], "toypkg") == ["fit", "-c=" + shipped]
+    assert _resolve_args(["fit", "-cdemo.yaml"], "toypkg") == ["fit", "-c=" + shipped]
+    with pytest.raises(FileNotFoundError, match="Shipped configs: demo"):
+        _resolve_args(["fit", "-c", "nope"], "toypkg")
+    with pytest.raises(ValueError, match="-c needs a value"):
+        _resolve_args(["fit", "-c"], "toypkg")
+    for form in (["-c", "demo"], ["-c=demo"]):
+        with pytest.raises(SystemExit) as e:
+            run_cli(ToyModule, ToyData, "toypkg", args=["fit", *form, "--print_config"])
+        assert e.value.code == 0
+        assert "hidden: 8" in capsys.readouterr().out
 
 
 def test_extra_commands_dispatch():

@@ -1,12 +1,14 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mmzoo_dist_helpers as dist_helpers  # noqa: E402
 
-from mmzoo.distributed import gather_with_grad, rank_and_world, rank_offset_labels  # noqa: E402
+import mmzoo.distributed as distributed  # noqa: E402
+from mmzoo.distributed import gather_no_grad, gather_with_grad, rank_and_world, rank_offset_labels  # noqa: E402
 from mmzoo.testing import run_distributed  # noqa: E402
 
 
@@ -29,3 +31,20 @@ def test_two_processes_match_one_process_on_whole_batch():
 def test_unequal_shapes_raise_naming_both_sizes():
     msgs = run_distributed(dist_helpers.uneven_rank, world_size=2)
     assert "(3, 2)" in msgs[0] and "(4, 2)" in msgs[0] and "drop_last" in msgs[0]
+
+
+@pytest.mark.parametrize("gather", [gather_with_grad, gather_no_grad])
+def test_shape_mismatch_names_the_gather_called(monkeypatch, gather):
+    """Collectives stubbed: this rank holds (3, 2), the other rank (4, 2)."""
+
+    def all_gather(out, x):
+        for k, o in enumerate(out):
+            o.copy_(x if k == 0 or x.numel() == 1 else torch.tensor([4, 2]))
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "all_gather", all_gather)
+    with pytest.raises(
+        ValueError, match=rf"^{gather.__name__}: this rank holds shape \(3, 2\) but another rank holds \(4, 2\)"
+    ):
+        gather(torch.zeros(3, 2))

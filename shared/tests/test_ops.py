@@ -131,7 +131,8 @@ def test_kernel_is_taken_only_for_half_precision_inference():
 
     bf16, fp16, fp32 = torch.bfloat16, torch.float16, torch.float32
     assert triton_pays_off(fake(bf16), fake(bf16))
-    assert triton_pays_off(fake(fp16), fake(bf16), None, None)
+    assert triton_pays_off(fake(fp16), fake(fp16), None, None)
+    assert not triton_pays_off(fake(fp16), fake(bf16))  # mixed half dtypes: the kernel would need float32
     assert not triton_pays_off(fake(fp32), fake(fp32))  # exact float32 products: slower than cuBLAS
     assert not triton_pays_off(fake(bf16), fake(fp32))
     assert not triton_pays_off(fake(bf16, cuda=False), fake(bf16, cuda=False))
@@ -141,3 +142,64 @@ def test_kernel_is_taken_only_for_half_precision_inference():
         assert triton_pays_off(fake(bf16, grad=True), fake(bf16))
     t, tm, v, vm, w, u = make_inputs()
     assert not triton_pays_off(t, v, w, u)  # real CPU tensors: the reference
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_reference_stays_float32_under_autocast(dtype):
+    """Autocast would turn the einsum into a half-precision matmul (and -1e30 overflows fp16)."""
+    t, tm, v, vm, w, u = make_inputs(bt=4, lt=8, bv=5, lv=12, d=64, seed=4)
+    a32, b32 = token_max_sim_reference(t, tm, v, vm, w, u)
+    t.requires_grad_()
+    try:
+        with torch.autocast("cpu", dtype=dtype):
+            a, b = token_max_sim_reference(t, tm, v, vm, w, u, chunk_size=2)
+    except RuntimeError as err:
+        if "autocast" in str(err).lower():
+            pytest.skip(f"CPU autocast with {dtype} is not supported by this torch build: {err}")
+        raise
+    assert a.dtype == b.dtype == torch.float32
+    torch.testing.assert_close(a, a32, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(b, b32, rtol=1e-5, atol=1e-5)
+    # the checkpointed backward recomputes under the same rule
+    (ga,) = torch.autograd.grad(a.sum() + b.sum(), t)
+    t2 = t.detach().clone().requires_grad_()
+    a2, b2 = token_max_sim_reference(t2, tm, v, vm, w, u, chunk_size=2)
+    (g2,) = torch.autograd.grad(a2.sum() + b2.sum(), t2)
+    torch.testing.assert_close(ga, g2, rtol=1e-5, atol=1e-5)
+
+
+def test_reference_takes_half_precision_inputs():
+    t, tm, v, vm, w, u = make_inputs(seed=5)
+    for dtype in (torch.bfloat16, torch.float16):
+        th, vh = t.to(dtype), v.to(dtype)
+        a, b = token_max_sim_reference(th, tm, vh, vm, w, u)  # products of the half values, in float32
+        ea, eb = loop_reference(th.double(), tm, vh.double(), vm, w, u)
+        assert a.dtype == torch.float32
+        torch.testing.assert_close(a.double(), ea, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(b.double(), eb, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="needs CUDA and triton")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_token_max_sim_takes_the_kernel_in_half_precision_on_cuda(dtype, monkeypatch):
+    """The configuration token_max_sim actually sends to the kernel: CUDA, one half dtype, no gradient."""
+    import mmzoo.ops.maxsim as maxsim
+
+    calls = []
+    kernel = maxsim.token_max_sim_triton
+    monkeypatch.setattr(maxsim, "token_max_sim_triton", lambda *a: calls.append(1) or kernel(*a))
+    for shape in SHAPES:
+        t, tm, v, vm, w, u = (x.cuda() for x in make_inputs(*shape, seed=6))
+        t, v = t.to(dtype), v.to(dtype)
+        with torch.no_grad():
+            a, b = maxsim.token_max_sim(t, tm, v, vm, w, u)
+        ar, br = token_max_sim_reference(t.float(), tm, v.float(), vm, w, u)  # the same half values, float32
+        torch.testing.assert_close(a, ar, rtol=1e-3, atol=1e-3)
+        torch.testing.assert_close(b, br, rtol=1e-3, atol=1e-3)
+    assert len(calls) == len(SHAPES)
+    # mixed half dtypes stay on the reference; called directly, the kernel promotes them to float32
+    t, tm, v, vm, w, u = (x.cuda() for x in make_inputs(seed=7))
+    ar, br = token_max_sim_reference(t.half().float(), tm, v.bfloat16().float(), vm, w, u)
+    a, b = kernel(t.half(), tm, v.bfloat16(), vm, w, u)
+    torch.testing.assert_close(a, ar, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(b, br, rtol=1e-4, atol=1e-4)

@@ -1,4 +1,6 @@
+import logging
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -122,6 +124,25 @@ def test_fixed_fps():
     assert fixed_fps_indices(300, 30.0, 1.0) == [0, 30, 60, 90, 120, 150, 180, 210, 240, 270]
     assert fixed_fps_indices(300, 30.0, 2.0, start=1.0, end=3.0) == [30, 45, 60, 75]
     assert fixed_fps_indices(300, 30.0, 1.0, max_frames=5) == [30, 90, 150, 210, 270]
+    assert fixed_fps_indices(300, 30.0, 1.0, start=9.5, end=20.0) == [285]  # end clipped to the video's 10 s
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "name"),
+    [
+        ({"start": 10.0}, "start"),  # the video lasts 10 s
+        ({"start": 12.0}, "start"),
+        ({"start": -1.0}, "start"),
+        ({"start": 3.0, "end": 2.0}, "end"),
+        ({"start": 3.0, "end": 3.0}, "end"),
+        ({"num_frames": 0}, "num_frames"),
+        ({"target_fps": 0.0}, "target_fps"),
+    ],
+)
+def test_fixed_fps_rejects_bad_windows(kwargs, name):
+    args = {"num_frames": 300, "video_fps": 30.0, "target_fps": 1.0, **kwargs}
+    with pytest.raises(ValueError, match=rf"\b{name}\b"):
+        fixed_fps_indices(**args)
 
 
 def test_sliding_and_causal_windows():
@@ -166,9 +187,160 @@ def test_write_gif_and_mp4(tmp_path):
         write_video(tmp_path / "odd.mp4", torch.zeros(2, 3, 5, 5, dtype=torch.uint8))
 
 
+@pytest.mark.parametrize(
+    ("fps", "stored"),
+    [
+        (30000 / 1001, Fraction(30000, 1001)),
+        (24000 / 1001, Fraction(24000, 1001)),
+        (60000 / 1001, Fraction(60000, 1001)),
+        (25.0, Fraction(25)),
+        (Fraction(30000, 1001), Fraction(30000, 1001)),
+    ],
+)
+def test_write_video_keeps_common_rates_exact(tmp_path, fps, stored):
+    import av
+
+    p = write_video(tmp_path / "r.mp4", torch.stack([pattern_frame(k, 32, 32) for k in range(4)]), fps=fps)
+    with av.open(str(p)) as c:
+        assert c.streams.video[0].average_rate == stored
+
+
 def test_torchcodec_backend_matches_pyav(long_video):
     pytest.importorskip("torchcodec.decoders", reason="torchcodec (and a system FFmpeg) is not installed")
     idx = [0, 31, 150, 299]
     with VideoReader(long_video, backend="torchcodec") as r:
         assert r.num_frames == 300
         assert [decode_pattern(f) for f in r.get_frames(idx)] == idx
+
+
+# ------------------------------------------------------------------------- timestamps, gaps, seeks, containers
+
+
+def _write_timed(path, pts, rate=30, fmt=None, codec="libx264", options=None, size=32):
+    """Frame k shows pattern k and carries timestamp ``pts[k]`` (in units of 1/rate)."""
+    import av
+
+    with av.open(str(path), "w", format=fmt) as out:
+        stream = out.add_stream(codec, rate=rate, options=options or {})
+        stream.width = stream.height = size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.time_base = Fraction(1, rate)
+        for k, q in enumerate(pts):
+            frame = av.VideoFrame.from_ndarray(pattern_frame(k, size, size).permute(1, 2, 0).numpy(), format="rgb24")
+            frame.pts, frame.time_base = q, Fraction(1, rate)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def vfr_video(tmp_path_factory):
+    # timestamp 30 is missing (a one-frame gap) and 45..49 too (a five-frame gap)
+    pts = list(range(30)) + list(range(31, 45)) + list(range(50, 70))
+    path = _write_timed(tmp_path_factory.mktemp("vfr") / "vfr.mp4", pts, options={"g": "10", "bf": "0"})
+    return path, pts
+
+
+def _expected_vfr(reader, pts, tolerance=1):
+    """index -> pattern of the nearest frame (earlier on a tie), or None where no frame lies within tolerance;
+    and the set of indices that have a frame of their own."""
+    at = [round(float(Fraction(q, 30)) * reader.fps) for q in pts]  # index of each frame by its timestamp
+    out = {}
+    for k in range(reader.num_frames):
+        p = min(range(len(pts)), key=lambda p: (abs(at[p] - k), at[p], p))
+        out[k] = p if abs(at[p] - k) <= tolerance else None
+    return out, set(at)
+
+
+def test_variable_frame_rate_substitutes_only_the_nearest_frame(vfr_video):
+    path, pts = vfr_video
+    with VideoReader(path) as r:
+        expected, exact = _expected_vfr(r, pts)
+        ok = [k for k, p in expected.items() if p is not None]
+        gaps = [k for k, p in expected.items() if p is None]
+        assert len(gaps) >= 2 and len(ok) == r.num_frames - len(gaps)
+        assert set(ok) - exact  # the file does have indices without a frame of their own
+        assert [decode_pattern(f) for f in r.get_frames(ok)] == [expected[k] for k in ok]
+    # the answer for an index does not depend on the other indices requested with it
+    for k in ok[::7] + [ok[-1]]:
+        with VideoReader(path) as r:
+            assert decode_pattern(r.get_frames([k])[0]) == expected[k]
+    with VideoReader(path) as r:
+        sample = [0, ok[len(ok) // 2], ok[-1]]
+        assert [decode_pattern(f) for f in r.get_frames(sample)] == [expected[k] for k in sample]
+
+
+def test_variable_frame_rate_gap_raises(vfr_video):
+    path, pts = vfr_video
+    with VideoReader(path) as r:
+        expected, exact = _expected_vfr(r, pts)
+        gap = next(k for k, p in expected.items() if p is None)
+        one = next(k for k, p in expected.items() if p is not None and k not in exact)
+    for idx in ([gap], [0, gap], [0, 5, gap, gap + 10]):
+        with VideoReader(path) as r, pytest.raises(VideoDecodeError, match=rf"vfr\.mp4.*index {gap}\b"):
+            r.get_frames(idx)
+    with VideoReader(path, tolerance=0) as r, pytest.raises(VideoDecodeError, match=rf"index {one}\b"):
+        r.get_frames([0, one])
+    with pytest.raises(ValueError, match="tolerance"):
+        VideoReader(path, tolerance=-1)
+
+
+def test_truncated_file_raises_instead_of_repeating_frames(tmp_path):
+    full = _write_timed(tmp_path / "full.mkv", list(range(60)), fmt="matroska", options={"g": "10"})
+    cut = tmp_path / "cut.mkv"
+    cut.write_bytes(full.read_bytes()[: full.stat().st_size // 2])
+    with VideoReader(cut) as r:
+        assert r.num_frames == 60  # the header still promises the whole clip
+        assert [decode_pattern(f) for f in r.get_frames([0, 5])] == [0, 5]
+    for idx in (uniform_segment_indices(60, 8), [55], [0, 55]):
+        with (
+            VideoReader(cut) as r,
+            pytest.raises(VideoDecodeError, match=r"cut\.mkv.*frame \d+ not decodable: the file ends"),
+        ):
+            r.get_frames(idx)
+
+
+def test_header_that_overstates_the_count_a_little_gets_the_last_frame(tmp_path, caplog):
+    # e.g. a duration-based count when the audio outlasts the video: a few indices past the stream's end
+    full = _write_timed(tmp_path / "full.mkv", list(range(60)), fmt="matroska", options={"g": "10"})
+    with VideoReader(full) as r, caplog.at_level(logging.WARNING, logger="mmzoo.video"):
+        r.num_frames = 64  # the header counts 4 frames more than the stream holds (margin: 10 % of 64 = 6)
+        assert [decode_pattern(f) for f in r.get_frames([10, 59, 62, 63])] == [10, 59, 59, 59]
+    assert sum("the stream ends at frame 59" in m for m in caplog.messages) == 1  # warned once per reader
+    with VideoReader(full, end_margin=0.0) as r, pytest.raises(VideoDecodeError, match="frame 63 not decodable"):
+        r.num_frames = 64
+        r.get_frames([63])  # no margin: only ``tolerance`` (1 frame) past the end
+    with pytest.raises(ValueError, match="end_margin"):
+        VideoReader(full, end_margin=1.0)
+
+
+@pytest.mark.parametrize("shift", [40, 1000])
+def test_seek_landing_after_the_target_is_recovered(long_video, monkeypatch, shift):
+    # Containers with inexact seeking (e.g. MPEG-TS) can land on a keyframe after the wanted frame.
+    real_seek = VideoReader._seek
+    monkeypatch.setattr(VideoReader, "_seek", lambda self, target: real_seek(self, target + shift))
+    idx = [20, 132, 215, 261, 299]
+    with VideoReader(long_video) as r:
+        assert [decode_pattern(f) for f in r.get_frames(idx)] == idx
+        assert [decode_pattern(f) for f in r.get_frames([3, 100])] == [3, 100]  # backwards again
+
+
+@pytest.mark.parametrize(
+    ("name", "codec", "options"),
+    [
+        ("bframes.avi", "mpeg4", {"g": "12", "bf": "2"}),  # first decoded timestamp 1, stream start 0
+        ("h264.avi", "libx264", {"g": "12"}),  # timestamps come out of the decoder in decode order
+    ],
+)
+def test_avi_frame_origin_and_timestamp_order(tmp_path, name, codec, options):
+    path = _write_timed(tmp_path / name, list(range(40)), rate=25, fmt="avi", codec=codec, options=options)
+    idx = [0, 1, 2, 3, 4, 13, 20, 27, 39]
+    with VideoReader(path) as r:
+        assert [decode_pattern(f) for f in r.get_frames(idx)] == idx
+    for k in (3, 20, 39):
+        with VideoReader(path) as r:
+            assert decode_pattern(r.get_frames([k])[0]) == k
+    with VideoReader(path) as r:
+        assert [decode_pattern(f) for f in r.get_frames(range(40))] == list(range(40))

@@ -7,8 +7,8 @@ A package's ``cli.py`` is one call::
 
 What this adds to a plain :class:`~lightning.pytorch.cli.LightningCLI`:
 
-* Shipped configs are found by name: ``pckd fit --config demo`` reads ``pckd/configs/demo.yaml`` from the
-  installed package when no file called ``demo`` exists in the working directory.
+* Shipped configs are found by name: ``pckd fit --config demo`` (or ``-c demo``) reads ``pckd/configs/demo.yaml``
+  from the installed package when no file called ``demo`` exists in the working directory.
 * Default callbacks: Lightning's progress bar (``enable_progress_bar``), checkpointing (``last.ckpt`` plus the best checkpoint by the module's
   ``checkpoint_monitor`` class attribute) and a learning-rate monitor (only when a logger is active).
 * Seeding: ``seed_everything`` defaults to 0, so two runs of the same config agree.
@@ -64,17 +64,21 @@ def resolve_config(value: str, package: str) -> str:
 
 
 def _resolve_args(args: Sequence[str], package: str) -> list[str]:
-    """Rewrite every ``--config X`` / ``--config=X`` in ``args`` through :func:`resolve_config`."""
+    """Rewrite every ``--config X`` / ``--config=X`` (and the short forms ``-c X``, ``-c=X``, ``-cX``) in
+    ``args`` through :func:`resolve_config`."""
     out: list[str] = []
     it = iter(args)
     for arg in it:
-        if arg == "--config":
+        if arg in ("--config", "-c"):
             value = next(it, None)
             if value is None:
-                raise ValueError("--config needs a value: a YAML file or the name of a shipped config")
+                raise ValueError(f"{arg} needs a value: a YAML file or the name of a shipped config")
             out += [arg, resolve_config(value, package)]
         elif arg.startswith("--config="):
             out.append("--config=" + resolve_config(arg.split("=", 1)[1], package))
+        elif arg.startswith("-c") and not arg.startswith("--"):
+            value = arg[3:] if arg.startswith("-c=") else arg[2:]
+            out.append("-c=" + resolve_config(value, package))
         else:
             out.append(arg)
     return out

@@ -31,17 +31,15 @@ def rank_and_world() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _check_equal_shapes(x: torch.Tensor) -> None:
-    """Raise a clear error instead of hanging when ranks hold tensors of different shapes."""
+def _check_equal_shapes(x: torch.Tensor, caller: str) -> None:
+    """Raise a clear error (naming ``caller``) instead of hanging when ranks hold tensors of different shapes."""
     world = dist.get_world_size()
     shape = torch.tensor(list(x.shape), dtype=torch.long, device=x.device)
     ndims = torch.tensor([x.dim()], dtype=torch.long, device=x.device)
     all_ndims = [torch.zeros_like(ndims) for _ in range(world)]
     dist.all_gather(all_ndims, ndims)
     if len({int(n) for n in all_ndims}) != 1:
-        raise ValueError(
-            f"gather_with_grad: ranks hold tensors of different ranks (ndim {[int(n) for n in all_ndims]})"
-        )
+        raise ValueError(f"{caller}: ranks hold tensors of different ranks (ndim {[int(n) for n in all_ndims]})")
     shapes = [torch.zeros_like(shape) for _ in range(world)]
     dist.all_gather(shapes, shape)
     sizes = [tuple(int(v) for v in s) for s in shapes]
@@ -49,7 +47,7 @@ def _check_equal_shapes(x: torch.Tensor) -> None:
         mine = tuple(x.shape)
         other = next(s for s in sizes if s != mine) if any(s != mine for s in sizes) else sizes[0]
         raise ValueError(
-            f"gather_with_grad: this rank holds shape {mine} but another rank holds {other} (all: {sizes}). "
+            f"{caller}: this rank holds shape {mine} but another rank holds {other} (all: {sizes}). "
             "Gathers need equal shapes on every rank: use drop_last=True in the training DataLoader."
         )
 
@@ -83,7 +81,7 @@ def gather_with_grad(x: torch.Tensor, check_shapes: bool = True) -> torch.Tensor
     if not is_distributed():
         return x
     if check_shapes:
-        _check_equal_shapes(x)
+        _check_equal_shapes(x, "gather_with_grad")
     return _GatherWithGrad.apply(x)
 
 
@@ -93,7 +91,7 @@ def gather_no_grad(x: torch.Tensor, check_shapes: bool = True) -> torch.Tensor:
     if not is_distributed():
         return x
     if check_shapes:
-        _check_equal_shapes(x)
+        _check_equal_shapes(x, "gather_no_grad")
     out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out, dim=0)

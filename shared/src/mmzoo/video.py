@@ -10,16 +10,23 @@ Reading decodes only what a sampler asks for::
 :class:`VideoReader` seeks to the keyframe before the first wanted frame and decodes forward; it seeks again
 when the keyframe before the next wanted frame lies ahead of the decoder (keyframe positions are learnt while
 decoding; before any is known, when the frame lies more than ``seek_threshold`` frames ahead), so a sparse sample
-of a long video decodes a small fraction of its frames (``reader.frames_decoded`` counts them). PyAV is the default backend
-(its wheels carry FFmpeg); ``backend="torchcodec"`` uses torchcodec (CPU or CUDA decode) when installed.
+of a long video decodes a small fraction of its frames (``reader.frames_decoded`` counts them). A seek that lands
+after the wanted frame (inexact container indexes, e.g. MPEG-TS) is retried from earlier, then from the start.
+Frame indices come from timestamps measured from the first decoded frame; an index without a frame of its own
+(variable frame rate, a header that overstates the frame count) gets the nearest frame at most ``tolerance``
+frames away, and raises :class:`VideoDecodeError` beyond that. PyAV is the default backend (its wheels carry
+FFmpeg); ``backend="torchcodec"`` uses torchcodec (CPU or CUDA decode) when installed.
 A missing, empty or corrupt file raises :class:`VideoDecodeError` naming the path.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import logging
 import math
 import os
+from collections import deque
 from collections.abc import Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -72,6 +79,15 @@ class VideoDecodeError(RuntimeError):
 class VideoReader:
     """Random access to the frames of one video file (or in-memory bytes).
 
+    Frame ``k`` is the frame shown at ``k / fps`` seconds after the first frame (``fps`` is the average rate):
+    a decoded frame's index is ``round((pts - pts_0) · time_base · fps)``, with ``pts_0`` the first decoded
+    frame's timestamp. In a constant-rate file every index has exactly one frame. Where timestamps leave an index
+    without a frame (variable frame rate, dropped frames) or a header counts more frames than the file holds, the
+    nearest decoded frame is returned if it lies at most ``tolerance`` frames away (on a tie, the earlier one), and an index
+    past the end of a stream that ends at most ``end_margin`` of its count early gets the last frame;
+    farther than that, :class:`VideoDecodeError` names the file and the index. The answer for an index never
+    depends on which other indices are requested with it.
+
     Args:
         source: a path, or the encoded bytes of a video (e.g. a value from an LMDB store).
         backend: ``"pyav"`` (default) or ``"torchcodec"`` (needs ``pip install 'mmzoo[torchcodec]'``).
@@ -79,6 +95,11 @@ class VideoReader:
         seek_threshold: seek instead of decoding forward when the next wanted frame is more than this many
             frames ahead; ``None`` uses the frame rate (one second).
         name: how errors name an in-memory source (defaults to ``"<bytes>"``).
+        tolerance: PyAV only: how many frames away from a requested index a substitute frame may lie.
+        end_margin: PyAV only: share of the header's frame count by which the stream may end early (a header or
+            duration estimate that overstates the count): an index past the last decodable frame but within
+            ``max(tolerance, end_margin · num_frames)`` of it gets that frame, with one warning per reader; a
+            stream that ends earlier than that (a truncated file) raises.
 
     Attributes:
         fps, num_frames, duration (seconds), height, width; ``frames_decoded`` counts decoded frames.
@@ -87,6 +108,10 @@ class VideoReader:
         VideoDecodeError: missing, empty, corrupt, or frameless video.
     """
 
+    #: Frames decoded from the start of the file on the first read, to find ``pts_0`` and whether the
+    #: container carries timestamps in decode order (then they are sorted back into presentation order).
+    PROBE_FRAMES = 8
+
     def __init__(
         self,
         source: str | os.PathLike | bytes,
@@ -94,12 +119,21 @@ class VideoReader:
         device: str = "cpu",
         seek_threshold: int | None = None,
         name: str | None = None,
+        tolerance: int = 1,
+        end_margin: float = 0.1,
     ):
         self.source = source
         self.path = name or (str(source) if not isinstance(source, bytes | bytearray) else "<bytes>")
         if backend not in ("pyav", "torchcodec"):
             raise ValueError(f"backend must be 'pyav' or 'torchcodec', got {backend!r}")
+        if tolerance < 0:
+            raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+        if not 0 <= end_margin < 1:
+            raise ValueError(f"end_margin must be in [0, 1), got {end_margin}")
+        self.end_margin = float(end_margin)
+        self._warned_end = False
         self.backend = backend
+        self.tolerance = int(tolerance)
         self.frames_decoded = 0
         if not isinstance(source, bytes | bytearray):
             p = Path(source)
@@ -118,7 +152,7 @@ class VideoReader:
         self.seek_threshold = int(seek_threshold if seek_threshold is not None else max(1, round(self.fps)))
 
     # -- PyAV -------------------------------------------------------------------------------------------------
-    def _open_pyav(self) -> None:
+    def _open_container(self) -> None:
         import io
 
         import av
@@ -132,13 +166,15 @@ class VideoReader:
             self._stream.thread_type = "AUTO"
         except av.FFmpegError as err:
             raise VideoDecodeError(self.path, str(err)) from err
+
+    def _open_pyav(self) -> None:
+        self._open_container()
         s = self._stream
         rate = s.average_rate or s.guessed_rate or s.base_rate
         if not rate:
             raise VideoDecodeError(self.path, "the video stream has no frame rate")
         self.fps = float(rate)
         self._time_base = s.time_base or Fraction(1, 1_000_000)
-        self._start = s.start_time if s.start_time is not None else 0
         if s.duration is not None:
             self.duration = float(s.duration * self._time_base)
         elif self._container.duration is not None:
@@ -147,30 +183,102 @@ class VideoReader:
             self.duration = 0.0
         self.num_frames = int(s.frames) if s.frames else int(math.floor(self.duration * self.fps + 0.5))
         self.height, self.width = int(s.codec_context.height), int(s.codec_context.width)
-        self._iter = None
-        self._last = -1  # index of the last frame the decoder produced
+        self._origin: int | None = None  # pts of the first frame, found by _probe on the first read
+        self._reorder = 0  # > 0: timestamps arrive in decode order; sort them over this many frames
         self._keyframes: set[int] = set()  # keyframe indices seen while decoding
+        self._seek_unreliable = False  # a seek landed after its target even when retried from earlier
+        self._reset_run(None, from_start=False)
 
-    def _frame_index(self, frame) -> int:
-        if frame.pts is None:
-            return self._last + 1
-        return int(round(float((frame.pts - self._start) * self._time_base) * self.fps))
+    # A "run" is one forward pass of the decoder since the last seek (or since the start of the file). Its state:
+    # _iter yields (index, frame) in presentation order; _prev is the frame with the largest index <= the last
+    # target searched (None before the first); _ahead is the first frame past that target, if already decoded;
+    # _from_start says the run began at the file's first frame (so nothing precedes its first frame); _eof that
+    # the decoder is exhausted.
+    def _reset_run(self, frames, from_start: bool) -> None:
+        self._iter = None if frames is None else self._indexed(frames)
+        self._prev = None
+        self._ahead = None
+        self._from_start = from_start
+        self._eof = False
+
+    def _decoded(self):
+        """The decoder's frames from the container's current position, counted in ``frames_decoded``."""
+        for frame in self._container.decode(self._stream):
+            self.frames_decoded += 1
+            yield frame
+
+    def _indexed(self, frames):
+        """(index, frame) pairs in presentation order. When the container stores timestamps in decode order,
+        the frames come out in the right order with shuffled timestamps: hand out the smallest pending timestamp
+        to each frame, holding ``_reorder`` frames back."""
+        last = -1
+        pending: deque = deque()
+        stamps: list[int] = []  # heap of the pending frames' timestamps (reordering only)
+        for frame in itertools.chain(frames, [None]):
+            if frame is not None:
+                if self._reorder and frame.pts is not None:
+                    heapq.heappush(stamps, frame.pts)
+                pending.append(frame)
+            while pending and (frame is None or len(pending) > self._reorder):
+                f = pending.popleft()
+                pts = (heapq.heappop(stamps) if stamps else None) if self._reorder else f.pts
+                last = self._frame_index(pts, last)
+                if f.key_frame:
+                    self._keyframes.add(last)
+                yield last, f
+
+    def _frame_index(self, pts: int | None, last: int) -> int:
+        if pts is None:
+            return last + 1
+        return int(round(float((pts - self._origin) * self._time_base) * self.fps))
+
+    def _probe(self) -> None:
+        """Decode the first frames (kept as the start of a run) to find ``pts_0`` and the timestamp order."""
+        import av
+
+        frames = self._decoded()
+        head = []
+        try:
+            for frame in frames:
+                head.append(frame)
+                if len(head) >= self.PROBE_FRAMES:
+                    break
+        except av.FFmpegError as err:
+            raise VideoDecodeError(self.path, f"decoding the first frames failed: {err}") from err
+        if not head:
+            raise VideoDecodeError(self.path, "no frame could be decoded")
+        stamps = [f.pts for f in head if f.pts is not None]
+        self._origin = min(stamps) if stamps else 0
+        if any(b < a for a, b in zip(stamps, stamps[1:])):
+            rank = {p: r for r, p in enumerate(sorted(stamps))}
+            self._reorder = max(abs(rank[p] - i) for i, p in enumerate(stamps)) + 2
+        self._reset_run(itertools.chain(head, frames), from_start=True)
+
+    def _restart(self) -> None:
+        """Reopen the file and decode from its first frame (no seek)."""
+        self._container.close()
+        self._open_container()
+        self._reset_run(self._decoded(), from_start=True)
 
     def _seek(self, target: int) -> None:
         import av
 
         if target <= 0:
-            offset = self._start
+            offset = self._origin
         else:
-            offset = self._start + int(
+            offset = self._origin + int(
                 Fraction(target) / Fraction(self.fps).limit_denominator(100000) / self._time_base
             )
         try:
             self._container.seek(offset, stream=self._stream, backward=True, any_frame=False)
         except av.FFmpegError as err:
             raise VideoDecodeError(self.path, f"seek to frame {target} failed: {err}") from err
-        self._iter = self._container.decode(self._stream)
-        self._last = -1
+        self._reset_run(self._decoded(), from_start=False)
+
+    def _last(self) -> int:
+        """Index of the last frame the current run produced (-1 if none)."""
+        item = self._ahead or self._prev
+        return item[0] if item is not None else -1
 
     def _gop_estimate(self) -> int | None:
         """Smallest distance between keyframes seen so far (a regular GOP's length, or a multiple of it)."""
@@ -178,57 +286,117 @@ class VideoReader:
         gaps = [b - a for a, b in zip(keys, keys[1:]) if b > a]
         return min(gaps) if gaps else None
 
+    def _can_continue(self, target: int) -> bool:
+        """Whether the current run can answer ``target``: it has not passed it (or ended after reaching it)."""
+        if self._iter is None and not self._eof:
+            return False
+        if self._prev is not None:
+            return self._prev[0] <= target
+        return self._from_start
+
     def _should_seek(self, target: int) -> bool:
         """Seek when the keyframe before ``target`` lies after the decoder's position: decoding forward from
         there would redo frames that a seek skips. Without keyframe knowledge, seek past ``seek_threshold``."""
-        if self._iter is None or target <= self._last:
-            return True
-        if target - self._last <= 1:
+        last = self._last()
+        if self._eof or (self._ahead is not None and self._ahead[0] > target) or target - last <= 1:
             return False
-        if any(self._last < k <= target for k in self._keyframes):
+        if any(last < k <= target for k in self._keyframes):
             return True
         gop = self._gop_estimate()
         if gop is not None:
-            return (target // gop) * gop > self._last
-        return target - self._last > self.seek_threshold
+            return (target // gop) * gop > last
+        return target - last > self.seek_threshold
 
-    def _get_frames_pyav(self, wanted: list[int]) -> dict[int, np.ndarray]:
+    def _advance(self, target: int) -> None:
+        """Decode forward until the run holds ``target``, or a frame past it, or the file ends."""
         import av
 
-        want = set(wanted)
-        out: dict[int, np.ndarray] = {}
-        for target in wanted:
-            if target in out:
-                continue
-            if self._should_seek(target):
-                self._seek(target)
-                restarted = False
+        if self._ahead is not None:
+            if self._ahead[0] > target:
+                return
+            self._prev, self._ahead = self._ahead, None
+        while self._iter is not None and (self._prev is None or self._prev[0] < target):
+            try:
+                item = next(self._iter)
+            except StopIteration:
+                self._iter, self._eof = None, True
+                break
+            except av.FFmpegError as err:
+                self._iter = None
+                raise VideoDecodeError(self.path, f"decoding near frame {target} failed: {err}") from err
+            if item[0] > target:
+                self._ahead = item
+                break
+            if self._prev is None or item[0] > self._prev[0]:
+                self._prev = item
+
+    def _resolve(self, target: int) -> np.ndarray | None:
+        """The frame for ``target`` from the run's neighbours of it; None when the run started after it."""
+        prev, ahead = self._prev, self._ahead
+        if prev is None and not self._from_start:
+            return None  # the seek overshot: frames before the first decoded one are unknown
+        candidates = [c for c in (prev, ahead) if c is not None]
+        if not candidates:
+            return None
+        idx, frame = min(candidates, key=lambda c: (abs(c[0] - target), c[0]))
+        if ahead is None and self._eof and target > idx and target - idx <= self._end_margin():
+            # the header (or the duration estimate) counts a few more frames than the stream holds
+            if not self._warned_end:
+                log.warning("%s: the stream ends at frame %d, the header counts %d; later indices get frame %d",
+                            self.path, idx, self.num_frames, idx)  # fmt: skip
+                self._warned_end = True
+            return frame.to_ndarray(format="rgb24")
+        if abs(idx - target) > self.tolerance:
+            if ahead is None:
+                raise VideoDecodeError(
+                    self.path,
+                    f"frame {target} not decodable: the file ends at frame {idx} (header says {self.num_frames})",
+                )
+            raise VideoDecodeError(
+                self.path,
+                f"no frame within {self.tolerance} frame(s) of index {target}: the frames around it are "
+                f"{prev[0] if prev else None} and {ahead[0]} (a gap in the timestamps)",
+            )
+        if idx != target:
+            log.debug("%s: frame %d substituted by frame %d", self.path, target, idx)
+        return frame.to_ndarray(format="rgb24")
+
+    def _end_margin(self) -> int:
+        """How far past the last decodable frame an index may lie and still get that frame: ``tolerance``, or
+        ``end_margin`` of the header's count if larger (headers and duration-based estimates often count a few
+        frames too many, e.g. when the audio outlasts the video); a file cut shorter than that raises."""
+        return max(self.tolerance, int(self.end_margin * self.num_frames))
+
+    def _find(self, target: int) -> np.ndarray:
+        """Decode the frame for ``target``: continue the run, or seek. A seek that lands after the target is
+        retried from one seek threshold (or GOP) earlier, then by decoding from the start of the file."""
+        if not self._can_continue(target) or (self._should_seek(target) and not self._seek_unreliable):
+            if self._seek_unreliable:
+                self._restart()
             else:
-                restarted = True  # continuing forward: no overshoot check needed
-            while True:
-                try:
-                    frame = next(self._iter)
-                except StopIteration:
-                    self._iter = None
-                    break
-                except av.FFmpegError as err:
-                    raise VideoDecodeError(self.path, f"decoding near frame {target} failed: {err}") from err
-                self.frames_decoded += 1
-                idx = self._frame_index(frame)
-                if frame.key_frame:
-                    self._keyframes.add(idx)
-                if not restarted and idx > target:
-                    # The seek landed after the target (inexact timestamps): restart from the beginning.
-                    self._seek(0)
-                    restarted = True
-                    continue
-                restarted = True
-                self._last = idx
-                if idx in want and idx not in out:
-                    out[idx] = frame.to_ndarray(format="rgb24")
-                if idx >= target:
-                    break
-        return out
+                self._seek(target)
+        self._advance(target)
+        got = self._resolve(target)
+        if got is None and not self._from_start:
+            back = target - max(self.seek_threshold, self._gop_estimate() or 0)
+            if back > 0:
+                self._seek(back)
+                self._advance(target)
+                got = self._resolve(target)
+                # landing after the target from this far back too: stop trusting seeks in this file
+                self._seek_unreliable = got is None
+            if got is None:
+                self._restart()
+                self._advance(target)
+                got = self._resolve(target)
+        if got is None:
+            raise VideoDecodeError(self.path, f"no frame could be decoded at index {target}")
+        return got
+
+    def _get_frames_pyav(self, wanted: list[int]) -> dict[int, np.ndarray]:
+        if self._origin is None:
+            self._probe()
+        return {target: self._find(target) for target in wanted}
 
     # -- torchcodec -------------------------------------------------------------------------------------------
     def _open_torchcodec(self, device: str) -> None:
@@ -251,8 +419,8 @@ class VideoReader:
     def get_frames(self, indices: Sequence[int]) -> torch.Tensor:
         """Frames at ``indices`` (any order, repeats allowed) as a uint8 tensor (T, 3, H, W).
 
-        Indices past the last decodable frame (a header that overstates the frame count) return the last
-        decodable frame, with a warning.
+        PyAV: an index without a frame of its own gets the nearest decoded frame within ``tolerance`` frames
+        (see the class docstring); otherwise :class:`VideoDecodeError` names the file and the index.
         """
         idx = [int(i) for i in indices]
         if not idx:
@@ -268,20 +436,6 @@ class VideoReader:
             self.frames_decoded += len(set(idx))
             return batch.data.cpu()
         got = self._get_frames_pyav(sorted(set(idx)))
-        if not got:
-            raise VideoDecodeError(self.path, f"no frame could be decoded at indices {sorted(set(idx))[:5]}")
-        missing = [i for i in idx if i not in got]
-        if missing:
-            log.warning(
-                "%s: frames %s not decodable (header says %d frames); using the nearest earlier frame",
-                self.path,
-                missing[:5],
-                self.num_frames,
-            )
-            keys = sorted(got)
-            for i in missing:
-                earlier = [k for k in keys if k < i]
-                got[i] = got[earlier[-1] if earlier else keys[0]]
         arr = np.stack([got[i] for i in idx])  # (T, H, W, 3)
         return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # (T, 3, H, W)
 
@@ -353,11 +507,24 @@ def fixed_fps_indices(
 ) -> list[int]:
     """Frames at a fixed rate: times ``t_k = start + k / target_fps`` for ``t_k < end``, index ``round(t_k·fps)``.
 
-    ``end`` defaults to the video's end. With ``max_frames``, the list is subsampled uniformly to that length.
+    ``end`` defaults to the video's end (a later ``end`` is clipped to it). With ``max_frames``, the list is
+    subsampled uniformly to that length.
+
+    Raises:
+        ValueError: a rate <= 0, ``start`` negative or not before the video's end, ``end <= start``.
     """
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if video_fps <= 0 or target_fps <= 0:
         raise ValueError(f"video_fps and target_fps must be > 0, got {video_fps} and {target_fps}")
-    stop = num_frames / video_fps if end is None else min(end, num_frames / video_fps)
+    length = num_frames / video_fps
+    if start < 0:
+        raise ValueError(f"start must be >= 0 seconds, got {start}")
+    if start >= length:
+        raise ValueError(f"start={start} s is at or past the end of the video ({length:.3f} s)")
+    if end is not None and end <= start:
+        raise ValueError(f"end must be > start, got start={start} and end={end}")
+    stop = length if end is None else min(end, length)
     n = max(1, int(math.ceil((stop - start) * target_fps - 1e-9)))
     idx = [min(num_frames - 1, int(round((start + k / target_fps) * video_fps))) for k in range(n)]
     if max_frames is not None and len(idx) > max_frames:
@@ -462,7 +629,7 @@ def normalize(x: torch.Tensor, stats: str | tuple[Sequence[float], Sequence[floa
 def write_video(
     path: str | os.PathLike,
     frames: torch.Tensor,
-    fps: float = 8.0,
+    fps: float | Fraction = 8.0,
     codec: str | None = None,
     gop: int | None = None,
     crf: int = 18,
@@ -472,7 +639,8 @@ def write_video(
     Args:
         path: output file; the suffix picks the container.
         frames: uint8 (T, 3, H, W), or float in [0, 1] (converted).
-        fps: frame rate.
+        fps: frame rate; a float is stored as the nearest fraction with denominator <= 1001, or pass a
+            :class:`~fractions.Fraction`.
         codec: override the codec (``libx264``, ``mpeg4``, ``gif``).
         gop: keyframe interval (frames); ``None`` leaves the encoder's default. With inter-coded frames a
             frame decodes slightly differently depending on its distance from the last keyframe, so a
@@ -491,7 +659,8 @@ def write_video(
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
     h, w = arr.shape[1:3]
-    rate = Fraction(fps).limit_denominator(1000)
+    # NTSC rates (30000/1001, 24000/1001, 60000/1001) survive the float round trip exactly
+    rate = fps if isinstance(fps, Fraction) else Fraction(fps).limit_denominator(1001)
     if suffix == ".gif":
         with av.open(str(path), mode="w", format="gif") as out:
             stream = out.add_stream(codec or "gif", rate=rate)

@@ -15,7 +15,7 @@ with token weights ``w`` (B_t, L_t) and ``u`` (B_v, L_v) given, or uniform over 
 Neither path materialises the (B_t, B_v, L_t, L_v) tensor at once: the reference works in chunks of videos
 (``chunk_size``), recomputing each chunk in the backward pass (activation checkpointing); the Triton kernel
 works in tiles. :func:`token_max_sim` takes the kernel only where it was measured to be faster
-(:func:`triton_pays_off`: CUDA, bf16/fp16, no gradient).
+(:func:`triton_pays_off`: CUDA, text and video both bf16 or both fp16, no gradient).
 """
 
 from __future__ import annotations
@@ -65,8 +65,14 @@ def _needs_grad(*tensors: torch.Tensor | None) -> bool:
 
 
 def _chunk_scores(t, tm, w, v, vm, u):
-    """Scores of all texts against one chunk of videos. Shapes: t (B_t, L_t, D), v (C, L_v, D)."""
-    sim = torch.einsum("ild,jmd->ijlm", t.float(), v.float())  # (B_t, C, L_t, L_v)
+    """Scores of all texts against one chunk of videos, in float32 even under autocast (which would otherwise
+    run the einsum in half precision). Shapes: t (B_t, L_t, D), v (C, L_v, D)."""
+    with torch.autocast(device_type=t.device.type, enabled=False):
+        return _chunk_scores_fp32(t.float(), tm, w.float(), v.float(), vm, u.float())
+
+
+def _chunk_scores_fp32(t, tm, w, v, vm, u):
+    sim = torch.einsum("ild,jmd->ijlm", t, v)  # (B_t, C, L_t, L_v)
     valid = tm[:, None, :, None] & vm[None, :, None, :]  # (B_t, C, L_t, L_v)
     sim = sim.masked_fill(~valid, _NEG)
     t_max = sim.amax(dim=3)  # (B_t, C, L_t): best video token per text token
@@ -87,8 +93,9 @@ def token_max_sim_reference(
     video_weights: torch.Tensor | None = None,
     chunk_size: int = 64,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Plain-PyTorch reference of :func:`token_max_sim`: chunks of ``chunk_size`` videos, float32 accumulation,
-    each chunk recomputed in backward so peak memory is O(B_t · chunk · L_t · L_v)."""
+    """Plain-PyTorch reference of :func:`token_max_sim`: chunks of ``chunk_size`` videos, each chunk recomputed
+    in backward so peak memory is O(B_t · chunk · L_t · L_v). Products and sums are float32 whatever the input
+    dtype, with autocast switched off inside."""
     _check(text, text_mask, video, video_mask, text_weights, video_weights)
     tm, vm = text_mask.bool(), video_mask.bool()
     w, u = _weights(tm, text_weights), _weights(vm, video_weights)
@@ -129,7 +136,8 @@ def token_max_sim(
 
 
 def triton_pays_off(text: torch.Tensor, video: torch.Tensor, *weights: torch.Tensor | None) -> bool:
-    """Whether :func:`token_max_sim` takes the Triton kernel: CUDA, half precision (bf16/fp16) and no gradient.
+    """Whether :func:`token_max_sim` takes the Triton kernel: CUDA, text and video both bf16 (or both fp16),
+    and no gradient.
 
     Measured on an H100 (``benchmarks/ops.py``, shared/README.md): in bf16 evaluation the kernel is 1.6-4× faster
     than the reference and needs a tenth of its memory; in float32 its exact (non-TF32) products make it 4-9×
@@ -138,9 +146,8 @@ def triton_pays_off(text: torch.Tensor, video: torch.Tensor, *weights: torch.Ten
     """
     if not (text.is_cuda and video.is_cuda):
         return False
-    half = (torch.bfloat16, torch.float16)
-    if text.dtype not in half or video.dtype not in half:
-        return False
+    if text.dtype != video.dtype or text.dtype not in (torch.bfloat16, torch.float16):
+        return False  # float32, or a bf16/fp16 mix (which the kernel would have to run in float32)
     needs_grad = torch.is_grad_enabled() and any(x is not None and x.requires_grad for x in (text, video, *weights))
     return not needs_grad
 
@@ -354,9 +361,13 @@ def token_max_sim_triton(
     """The Triton path of :func:`token_max_sim` (CUDA tensors, or CPU under ``TRITON_INTERPRET=1``).
 
     The forward kernel never forms more than one (L_t-block × 32) similarity tile per program. The backward
-    gathers the arg-max tokens saved by the forward (O(B_t·B_v·(L_t+L_v)) memory), in chunks.
+    gathers the arg-max tokens saved by the forward (O(B_t·B_v·(L_t+L_v)) memory), in chunks. Text and video
+    of different dtypes are both cast to their promoted dtype first (bf16 with fp16 gives float32).
     """
     _check(text, text_mask, video, video_mask, text_weights, video_weights)
+    if text.dtype != video.dtype:
+        common = torch.promote_types(text.dtype, video.dtype)
+        text, video = text.to(common), video.to(common)
     tm, vm = text_mask.bool(), video_mask.bool()
     w = _weights(tm, text_weights).contiguous()
     u = _weights(vm, video_weights).contiguous()
