@@ -89,3 +89,15 @@ def test_generate_demo_data_writes_cifar_folder_once(tmp_path):
 def test_generate_demo_data_refuses_other_readers(tmp_path):
     with pytest.raises(ValueError, match="generate_demo_data"):
         PCKDDataModule(dataset="digits", data_root=str(tmp_path), generate_demo_data=True)
+
+
+@pytest.mark.parametrize("bad_label", [-1, 3])
+def test_cifar_label_outside_the_class_range_raises(tmp_path, bad_label):
+    folder = write_cifar100_python(tmp_path, num_classes=3, n_train_per_class=2, n_test_per_class=1)
+    with open(folder / "train", "rb") as fh:
+        entry = pickle.load(fh, encoding="latin1")
+    entry["fine_labels"][4] = bad_label  # meta names 3 classes: valid labels are 0, 1, 2
+    with open(folder / "train", "wb") as fh:
+        pickle.dump(entry, fh)
+    with pytest.raises(ValueError, match=f"label {bad_label} of row 4 is outside 0..2"):
+        CIFAR100Dataset(str(tmp_path), "train", train=False)

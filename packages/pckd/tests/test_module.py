@@ -94,3 +94,26 @@ def test_bad_inputs_raise():
             PCKDConfig(student_arch="resnet8", teacher_arch="resnet8", num_classes=10),
             teacher_checkpoint="/nonexistent/ckpt_epoch_240.pth",
         )
+
+
+@pytest.mark.parametrize(
+    "method,weights",
+    [
+        ("pckd", {}),
+        ("pckd", {"w_cc": 0.0}),  # the shipped pckd_wo_cc ablation
+        ("pckd", {"w_fa": 0.0}),
+        ("pckd", {"w_kd": 0.0, "w_cc": 0.0, "w_fa": 0.0, "w_ca": 0.0}),
+        ("kd", {}),
+    ],
+)
+def test_every_optimised_parameter_gets_a_gradient(method, weights):
+    """DDP with find_unused_parameters=False (Lightning's default) stops at the second step when a parameter that
+    requires grad gets none; a head switched off by a zero weight must be frozen and left out of the optimizer."""
+    torch.manual_seed(0)
+    module = PCKDModule(_small_cfg(), method=method, teacher_random_init=True, **weights).train()
+    out = module.compute_losses(torch.rand(4, 4, 1, 8, 8), torch.arange(4), epoch=1)
+    out["loss"].backward()
+    no_grad = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert no_grad == []
+    opt_params = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    assert opt_params == {id(p) for p in module.parameters() if p.requires_grad}

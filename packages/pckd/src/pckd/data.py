@@ -125,12 +125,15 @@ class CIFAR100Dataset(Dataset):
             with open(folder / "meta", "rb") as fh:
                 self.class_names = list(pickle.load(fh, encoding="latin1")["fine_label_names"])
             self.num_classes = len(self.class_names)
-            if len(self.labels) and int(self.labels.max()) >= self.num_classes:
-                raise ValueError(
-                    f"{folder / split}: label {int(self.labels.max())} >= {self.num_classes} fine_label_names in meta"
-                )
         if len(self.images) != len(self.labels):
             raise ValueError(f"CIFAR-100 {split}: {len(self.images)} images but {len(self.labels)} labels")
+        bad = (self.labels < 0) | (self.labels >= self.num_classes)  # (N,)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(
+                f"CIFAR-100 {split}: label {int(self.labels[i])} of row {i} is outside 0..{self.num_classes - 1} "
+                f"({int(bad.sum())} such rows; the class count comes from meta's fine_label_names)"
+            )
 
     def __len__(self) -> int:
         return len(self.labels)

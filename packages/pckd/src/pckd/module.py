@@ -167,6 +167,12 @@ class PCKDModule(pl.LightningModule):
             self.embed_s = Embed(d_s, d_s)  # E_s
             self.embed_t = Embed(d_s, d_t)  # E_t: student feature → teacher center space
             self.align = AlignHead(d_s, config.align_hidden_mult * d_t, d_t)  # H
+            # A head whose loss weight is 0 never receives a gradient. Freeze it: DDP (Lightning's default
+            # find_unused_parameters=False) otherwise waits for its gradients and stops at the next step.
+            # The heads are still built so that the random initialisation of everything after them is unchanged.
+            for head, weight in ((self.embed_s, w_cc), (self.embed_t, w_cc), (self.align, w_fa)):
+                if weight == 0:
+                    head.requires_grad_(False)
         self.kd_loss = PerSampleKDLoss(kd_temperature)
         self.cc_loss = CategoryContrastiveLoss(cc_temperature, cc_base_temperature)
         self.ca_loss = CenterAlignmentLoss()
@@ -320,12 +326,12 @@ class PCKDModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- optimizer (spec §3.9)
     def trainable_modules(self) -> list[nn.Module]:
-        """Student + E_s + E_t + H; the teacher is never optimised."""
+        """Student + E_s + E_t + H; the teacher is never optimised (nor a head frozen because its weight is 0)."""
         return [m for m in (self.student, self.embed_s, self.embed_t, self.align) if m is not None]
 
     def configure_optimizers(self):
         h = self.hparams
-        params = [p for m in self.trainable_modules() for p in m.parameters()]
+        params = [p for m in self.trainable_modules() for p in m.parameters() if p.requires_grad]
         if h.optimizer == "sgd":
             opt = torch.optim.SGD(params, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
         else:

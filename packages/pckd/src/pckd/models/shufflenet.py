@@ -1,7 +1,7 @@
 """ShuffleNet V1 (groups 3, 960-d) and V2 (net size 1, 1024-d) of the RepDistiller zoo for 32×32 inputs.
 
 Module names follow RepDistiller: V1 ``conv1, bn1, layer{1,2,3}.{j}.conv1/bn1/conv2/bn2/conv3/bn3, linear``;
-V2 ``conv1, bn1, layer{1,2,3}.{j}.conv*/bn*, conv2, bn2, linear``.
+V2 ``conv1, bn1, layer{1,2,3}.{j}.conv*/bn*, conv2, bn2, linear``. Both stems are a 1×1 convolution 3 → 24.
 """
 
 from __future__ import annotations
@@ -136,7 +136,7 @@ class ShuffleV2(nn.Module):
         super().__init__()
         out_channels = (116, 232, 464, 1024)
         num_blocks = (3, 7, 3)
-        self.conv1 = nn.Conv2d(3, 24, 3, stride=1, padding=1, bias=False)
+        self.conv1 = nn.Conv2d(3, 24, 1, bias=False)  # 1×1 stem, as RepDistiller's ShuffleV2 (and V1)
         self.bn1 = nn.BatchNorm2d(24)
         self.in_channels = 24
         self.layer1 = self._make_layer(out_channels[0], num_blocks[0])
