@@ -235,3 +235,79 @@ def test_datamodule_makes_lightning_rebuild_the_training_windows_every_epoch(roo
     assert dm.trainer.reload_dataloaders_every_n_epochs == 0  # evaluation needs no reload
     dm.setup("fit")
     assert dm.trainer.reload_dataloaders_every_n_epochs == 1
+
+
+def _write_layout(root, videos, split="test", n_frames=80, dim=4, text_dim=3):
+    """A minimal dataset in the official layout: ``videos`` = {video: [(anno_id, sentence), ...]}."""
+    (root / "feature").mkdir(parents=True, exist_ok=True)
+    layout = {}
+    with (
+        h5py.File(root / "feature" / "f.hdf5", "a") as vf,
+        h5py.File(root / "feature" / f"lm_language_tokens_features_{split}.hdf5", "a") as tf,
+    ):
+        for v, anns in videos.items():
+            vf[v] = np.random.default_rng(0).standard_normal((n_frames, dim)).astype(np.float32)
+            for aid, _ in anns:
+                if aid not in tf:
+                    tf[aid] = np.random.default_rng(1).standard_normal((5, text_dim)).astype(np.float32)
+            layout[v] = {"duration": 40.0, "duration_frame": n_frames, "timestamps": [[1.0, 5.0]] * len(anns),
+                         "sentences": [s for _, s in anns], "anno_ids": [a for a, _ in anns]}  # fmt: skip
+    (root / f"{split}.json").write_text(json.dumps(layout))
+    return root
+
+
+def test_validation_subset_is_the_official_draw(tmp_path):
+    # official TSGVDataset.sample_dataset: random.seed(1949); random.sample(range(n), int(portion * n))
+    import random
+
+    root = _write_layout(tmp_path, {f"v{i}": [(f"q{i}_{j}", f"s{i}_{j}") for j in range(3)] for i in range(15)})
+    ds = TSGVEvalDataset(root, "test", "f.hdf5", "lm", fraction=0.5)
+    n = len(ds.annotations)
+    assert n == 45 and len(ds) == 22  # int(0.5 * 45), not round
+    state = random.getstate()
+    random.seed(1949)
+    official = random.sample(list(range(n)), int(0.5 * n))
+    random.setstate(state)
+    assert ds.indices == sorted(official)
+
+
+def test_duplicate_anno_id_with_different_sentences_is_refused(tmp_path):
+    root = _write_layout(tmp_path, {"v0": [("q0", "a man runs")], "v1": [("q0", "a dog sleeps")]})
+    with pytest.raises(ValueError, match="anno_id 'q0' is used twice"):
+        TSGVEvalDataset(root, "test", "f.hdf5", "lm")
+
+
+def test_training_windows_are_the_same_on_every_rank(root):
+    """Ranks whose torch seeds differ (no seed_everything, or a random one per process) must still draw one window
+    list: the base seed comes from rank 0 (the strategy's broadcast)."""
+
+    class Strategy:
+        def broadcast(self, obj, src=0):
+            return 7000  # rank 0's value
+
+    class Trainer:
+        reload_dataloaders_every_n_epochs = 1
+        current_epoch = 3
+        strategy = Strategy()
+
+    windows = []
+    for rank_seed in (11, 12):
+        torch.manual_seed(rank_seed)
+        dm = TSGVDataModule(str(root), video_feature_file=FILE, short_memory=4, long_memory=8, future_memory=8,
+                            batch_size=4)  # fmt: skip
+        dm.trainer = Trainer()
+        dm.setup("fit")
+        dm.train_dataloader()
+        windows.append(list(dm.train_set.windows))
+    assert windows[0] == windows[1]
+    ds = _train(root)
+    ds.rechunk(7000 + 3)
+    assert ds.windows == windows[0]
+
+
+def test_repeated_video_key_is_refused(tmp_path):
+    root = _write_layout(tmp_path, {"v0": [("q0", "a man runs")], "v1": [("q1", "a dog sleeps")]})
+    text = (root / "test.json").read_text().replace('"v1"', '"v0"')  # two entries named v0: json keeps the last
+    (root / "test.json").write_text(text)
+    with pytest.raises(ValueError, match="video 'v0' appears twice"):
+        TSGVEvalDataset(root, "test", "f.hdf5", "lm")

@@ -232,3 +232,22 @@ def test_config_errors():
         x = _inputs(cfg)
         x["short"] = torch.randn(3, 4, 5)
         StreamingTSGV(cfg)(**x)
+
+
+def test_short_memory_only_keeps_no_unused_parameters():
+    """Ablation 'short memory only' without a twin: every kept parameter gets a gradient (DDP refuses unused ones),
+    and the other modules start from the same weights as when the compressors are kept (here: for a twin branch)."""
+    kw = dict(video_dim=6, text_dim=5, hidden_dim=16, ffn_dim=16, num_heads=2, short_memory=4, long_memory=8,
+              future_memory=8, compressor_tokens=[4], use_long_memory=False)  # fmt: skip
+    torch.manual_seed(0)
+    short_only = StreamingTSGV(TSGSVConfig(**kw, future_usage="none"))
+    torch.manual_seed(0)
+    with_long = StreamingTSGV(TSGSVConfig(**kw, future_usage="twin"))
+    assert len(short_only.compressors) == 0 and len(with_long.compressors) == 1
+    B = 2
+    out = short_only(torch.randn(B, 4, 6), torch.zeros(B, 4, dtype=torch.bool), torch.randn(B, 8, 6),
+                     torch.zeros(B, 8, dtype=torch.bool), torch.randn(B, 20, 5), torch.tensor([3, 5]))  # fmt: skip
+    out.logits.sum().backward()
+    assert [n for n, p in short_only.named_parameters() if p.grad is None] == []
+    torch.testing.assert_close(short_only.decoder.state_dict(), with_long.decoder.state_dict())
+    torch.testing.assert_close(short_only.head.state_dict(), with_long.head.state_dict())

@@ -1,12 +1,14 @@
 import json
 import math
 
+import pytest
 import torch
 
 from tsgsv.cli import main
 from tsgsv.data import TSGVTrainDataset
 from tsgsv.losses import TSGSVLoss
 from tsgsv.models import StreamingTSGV, TSGSVConfig
+from tsgsv.module import TSGSVModule
 
 
 def _tiny_args(tmp_path):
@@ -80,3 +82,8 @@ def test_loss_falls_on_repeated_batch(tmp_path):
         opt.step()
         losses.append(float(loss))
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_twinnet_loss_needs_the_twin_branch():
+    with pytest.raises(ValueError, match="tpn_type=twinnet"):
+        TSGSVModule(TSGSVConfig(future_usage="none"), tpn_type="twinnet")

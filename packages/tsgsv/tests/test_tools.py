@@ -62,3 +62,27 @@ def test_extract_text_features_missing_model(tmp_path):
     with pytest.raises(OSError, match="text_encoder"):
         main(args=["extract-text-features", "--data_root", str(root), "--split", "val", "--text_encoder",
                    str(tmp_path / "no_such_model")])  # fmt: skip
+
+
+def test_convert_mad_refuses_two_durations_for_one_movie(tmp_path):
+    raw = write_synthetic_mad_raw(tmp_path / "raw", num_movies=1, dim=8)
+    path = raw / "annotations" / "MAD_train.json"
+    anns = json.loads(path.read_text())
+    first = next(iter(anns))
+    anns[first]["movie_duration"] += 1.0
+    path.write_text(json.dumps(anns))
+    with pytest.raises(ValueError, match="several movie_duration"):
+        main(args=["convert-mad", "--annotations", str(raw / "annotations"), "--features", str(raw / "features"),
+                   "--out", str(tmp_path / "mad")])  # fmt: skip
+
+
+def test_extract_text_features_refuses_an_anno_id_with_two_sentences(tmp_path):
+    root = tmp_path / "ds"
+    root.mkdir()
+    (root / "val.json").write_text(json.dumps({
+        "v0": {"duration": 10.0, "duration_frame": 80, "timestamps": [[1, 2]], "sentences": ["a"], "anno_ids": ["q"]},
+        "v1": {"duration": 10.0, "duration_frame": 80, "timestamps": [[1, 2]], "sentences": ["b"], "anno_ids": ["q"]},
+    }))  # fmt: skip
+    with pytest.raises(ValueError, match="anno_id 'q' names two different sentences"):
+        main(args=["extract-text-features", "--data_root", str(root), "--split", "val", "--text_encoder",
+                   str(tmp_path / "no_such_model")])  # fmt: skip

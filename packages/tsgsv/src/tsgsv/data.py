@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import random
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
@@ -73,11 +74,13 @@ def read_annotations(paths: list[Path], min_frames: int = 71) -> list[Annotation
     """Read annotation JSON files (spec §4.2). Videos with N < ``min_frames`` are dropped (official: N ≤ 70),
     timestamps are clipped to [0, D] and pairs with τ_s ≥ τ_e dropped (spec §3.10)."""
     out: list[Annotation] = []
+    seen: dict[str, tuple[str, str, str]] = {}  # anno_id -> (file, video, sentence): ids key the sentence features
+    dropped_videos = dropped_pairs = 0
     for path in paths:
         if not path.is_file():
             raise FileNotFoundError(f"annotation file {str(path)!r} does not exist; {_SEE}")
         with open(path) as f:
-            videos = json.load(f)
+            videos = json.load(f, object_pairs_hook=_unique_video_keys(path))
         for video, item in videos.items():
             for key in ("duration", "duration_frame", "timestamps", "sentences", "anno_ids"):
                 if key not in item:
@@ -86,13 +89,45 @@ def read_annotations(paths: list[Path], min_frames: int = 71) -> list[Annotation
                 raise ValueError(f"{str(path)!r}: video {video!r}: timestamps/sentences/anno_ids differ in length")
             n, d = int(item["duration_frame"]), float(item["duration"])
             if n < min_frames or d <= 0:
+                dropped_videos += 1
                 continue
             for (s, e), sent, aid in zip(item["timestamps"], item["sentences"], item["anno_ids"], strict=True):
                 s, e = min(max(float(s), 0.0), d), min(max(float(e), 0.0), d)
                 if s >= e:
+                    dropped_pairs += 1
                     continue
-                out.append(Annotation(video, str(aid), s, e, d, n, sent))
+                aid = str(aid)
+                if aid in seen and seen[aid][2] != sent:
+                    raise ValueError(
+                        f"anno_id {aid!r} is used twice with different sentences ({seen[aid][0]!r}, video "
+                        f"{seen[aid][1]!r}: {seen[aid][2]!r}; {str(path)!r}, video {video!r}: {sent!r}). anno_ids key the "
+                        f"sentence features, so one of them would silently get the other's features: make the ids unique "
+                        f"and extract the sentence features again; {_SEE}"
+                    )
+                if aid in seen:
+                    log.warning("anno_id %r appears twice (%s, video %r and %s, video %r) with the same sentence",
+                                aid, seen[aid][0], seen[aid][1], path, video)  # fmt: skip
+                seen[aid] = (str(path), video, sent)
+                out.append(Annotation(video, aid, s, e, d, n, sent))
+    if dropped_videos or dropped_pairs:  # the official filters, made visible
+        log.info("%s: kept %d annotations; dropped %d videos with fewer than %d feature rows (or no duration) and %d "
+                 "moments with start >= end after clipping", ", ".join(map(str, paths)), len(out), dropped_videos,
+                 min_frames, dropped_pairs)  # fmt: skip
     return out
+
+
+def _unique_video_keys(path: Path):
+    """``json.load`` hook that refuses a repeated key at the top level (a repeated video name would silently drop the
+    first entry's annotations)."""
+
+    def hook(pairs: list[tuple[str, object]]) -> dict:
+        keys = [k for k, _ in pairs]
+        if len(set(keys)) != len(keys) and all(isinstance(v, dict) and "anno_ids" in v for _, v in pairs):
+            dup = next(k for k in keys if keys.count(k) > 1)
+            raise ValueError(f"{str(path)!r}: video {dup!r} appears twice; merge its annotations into one entry")
+        return dict(pairs)
+
+    return hook
 
 
 def window_rows(features: torch.Tensor, offset: int, start: int, length: int, num_frames: int):
@@ -303,7 +338,8 @@ class TSGVEvalDataset(Dataset):
 
     Args:
         fraction / subset_seed: evaluate a fixed random subset of the annotations (official validation: 50 %
-            ANet/TACoS, 10 % MAD, seed 1949).
+            ANet/TACoS, 10 % MAD, seed 1949), drawn as the official code does (Python ``random.sample`` of
+            ``int(fraction·n)`` annotation indices), so it is the same subset.
     """
 
     def __init__(
@@ -322,10 +358,9 @@ class TSGVEvalDataset(Dataset):
         self.files = _TSGVFiles(data_root, split, video_feature_file, language_model, min_frames, max_text_len)
         self.annotations = self.files.annotations
         self.indices = list(range(len(self.annotations)))
-        if fraction < 1:
-            g = torch.Generator().manual_seed(subset_seed)
-            k = max(1, round(fraction * len(self.indices)))
-            self.indices = sorted(torch.randperm(len(self.indices), generator=g)[:k].tolist())
+        if fraction < 1:  # the official subset: random.seed(1949); random.sample(range(n), int(fraction * n))
+            k = max(1, int(fraction * len(self.indices)))
+            self.indices = sorted(random.Random(subset_seed).sample(self.indices, k))
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -404,6 +439,7 @@ class TSGVDataModule(pl.LightningDataModule):
         self.val_set: TSGVEvalDataset | None = None
         self.test_set: TSGVEvalDataset | None = None
         self.demo = SyntheticStreamConfig(**demo) if isinstance(demo, dict) else demo
+        self._window_seed: int | None = None
 
     def prepare_data(self) -> None:
         hp = self.hparams
@@ -426,6 +462,7 @@ class TSGVDataModule(pl.LightningDataModule):
         hp = self.hparams
         if stage == "fit":  # train_dataloader() draws new windows: it must run every epoch (official regenerate)
             reload_train_loader_every_epoch(self.trainer, "tsgsv draws new training windows every epoch")
+            self._window_seed = self._shared_window_seed()
         if stage in ("fit", None) and self.train_set is None:
             self.train_set = TSGVTrainDataset(
                 hp.data_root, hp.train_split, self.video_feature_file, self.language_model, hp.short_memory,
@@ -448,9 +485,19 @@ class TSGVDataModule(pl.LightningDataModule):
             collate_fn=None if train else collate_annotations,
         )
 
+    def _shared_window_seed(self) -> int:
+        """Base seed of the per-epoch window draws, taken from rank 0 under DDP: every rank must hold the same windows
+        (the distributed sampler splits one list), even when the ranks' torch seeds differ (no ``seed_everything``, or
+        ``seed_everything: true`` under torchrun / SLURM), else the ranks would hold different window lists of
+        different lengths and step different numbers of batches."""
+        seed = 1000 * (torch.initial_seed() % 100003)
+        strategy = getattr(self.trainer, "strategy", None) if self.trainer is not None else None
+        return int(strategy.broadcast(seed, src=0)) if strategy is not None else seed
+
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        self.train_set.rechunk(seed=1000 * (torch.initial_seed() % 100003) + epoch)  # new windows every epoch
+        base = self._window_seed if self._window_seed is not None else self._shared_window_seed()
+        self.train_set.rechunk(seed=base + epoch)  # new windows every epoch, the same on every rank
         return self._loader(self.train_set, True)
 
     def val_dataloader(self) -> DataLoader:

@@ -482,7 +482,10 @@ class StreamingTSGV(nn.Module):
                 stages.append(CQACompressor(h, n, c.dropout))
             else:
                 raise ValueError(f"model.config.compressor={c.compressor!r} is not one of {CompressorKind.__args__}")
-        self.compressors = nn.ModuleList(stages)
+        # The compressors serve the long memory and the twin's future memory. With neither (ablation 'short memory only')
+        # they are still built, so that every other module starts from the same weights as in the variants that use
+        # them, but not kept: parameters without gradient would stop DDP (unused parameters) and sit in the optimizer.
+        self.compressors = nn.ModuleList(stages if c.use_long_memory or c.future_usage == "twin" else [])
         if not c.use_long_memory:
             self.null_memory = nn.Parameter(torch.zeros(1, 1, h))
             nn.init.xavier_normal_(self.null_memory)

@@ -72,6 +72,11 @@ class TSGSVModule(pl.LightningModule):
         self.save_hyperparameters(ignore=["predictions_file"])
         self.predictions_file = predictions_file
         self.config = config or TSGSVConfig()
+        if tpn_type == "twinnet" and self.config.future_usage != "twin":
+            raise ValueError(
+                f"model.tpn_type=twinnet regresses the twin branch's features, which needs model.config.future_usage="
+                f"twin (got {self.config.future_usage!r}); use tpn_type KD without a twin branch"
+            )
         self.eval_config = evaluation or GroundingEvalConfig()
         self.model = StreamingTSGV(self.config)
         self.loss = TSGSVLoss(self.config.hidden_dim, tpn_type, kd_weight, focal_gamma, tuple(channel_weights))

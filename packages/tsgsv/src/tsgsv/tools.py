@@ -32,6 +32,19 @@ def extract_text_features(
     from transformers import AutoModel, AutoTokenizer
 
     root = Path(data_root)
+    sentences: dict[str, str] = {}
+    for s in split.split("&"):
+        path = root / f"{s}.json"
+        if not path.is_file():
+            raise FileNotFoundError(f"annotation file {str(path)!r} does not exist; see README, Data preparation")
+        for item in json.loads(path.read_text()).values():
+            for anno_id, sentence in zip(map(str, item["anno_ids"]), item["sentences"], strict=True):
+                if sentences.get(anno_id, sentence) != sentence:  # one HDF5 dataset per id: the first would be lost
+                    raise ValueError(
+                        f"anno_id {anno_id!r} names two different sentences ({sentences[anno_id]!r}, {sentence!r}); "
+                        "make the anno_ids of the split unique"
+                    )
+                sentences[anno_id] = sentence
     try:
         tokenizer = AutoTokenizer.from_pretrained(text_encoder)
         model = AutoModel.from_pretrained(text_encoder).to(device).eval()
@@ -41,13 +54,6 @@ def extract_text_features(
             f"checkpoint, e.g. bert-base-uncased); it is needed to write "
             f"feature/{language_model}_language_tokens_features_{split}.hdf5"
         ) from err
-    sentences: dict[str, str] = {}
-    for s in split.split("&"):
-        path = root / f"{s}.json"
-        if not path.is_file():
-            raise FileNotFoundError(f"annotation file {str(path)!r} does not exist; see README, Data preparation")
-        for item in json.loads(path.read_text()).values():
-            sentences.update(zip(map(str, item["anno_ids"]), item["sentences"], strict=True))
     out = root / "feature" / f"{language_model}_language_tokens_features_{split}.hdf5"
     out.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(out, "w") as f, torch.no_grad():
@@ -102,6 +108,10 @@ def convert_mad(annotations: str | Path, features: str | Path, out: str | Path) 
                 h5py.File(out / "feature" / f"CLIP_language_tokens_features_{split}.hdf5", "w") as tf,
             ):
                 for movie, items in tqdm(by_movie.items(), desc=f"MAD {split}", total=len(by_movie)):
+                    durations = {float(a["movie_duration"]) for _, a in items}
+                    if len(durations) != 1:  # one duration per movie scales every timestamp of it
+                        raise ValueError(f"{str(ann_path)!r}: movie {movie!r} has several movie_duration values "
+                                         f"{sorted(durations)}")  # fmt: skip
                     if movie not in frames:
                         raise KeyError(f"{str(frames_path)!r}: no features for movie {movie!r}")
                     arr = np.asarray(frames[movie], dtype=np.float32)
