@@ -202,3 +202,76 @@ def test_ensure_generated_rewrites_stale_copies_and_leaves_user_data(tmp_path, m
     assert len(calls) == 4
     with pytest.raises(ValueError, match="generate='video'"):
         synthetic.ensure_generated(root, kg, "video")
+
+
+def _rewrite_train(root, edit):
+    """Apply ``edit(rows)`` to annotations/train.jsonl and write it back."""
+    path = root / "annotations" / "train.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in edit(rows)) + "\n")
+
+
+def test_annotations_refuse_wrong_parents_repeated_ids_and_bad_json(tmp_path):
+    root = write_random_dataset(tmp_path / "d", None, sizes=(4, 1, 1))
+    h = Hierarchy.from_json(root / "hierarchy.json")  # hot pot's parent is food
+    _rewrite_train(root, lambda rows: [dict(rows[0], label_paths=[["leisure", "hot pot"]]), *rows[1:]])
+    with pytest.raises(ValueError, match="'hot pot' under 'leisure'.*parent in hierarchy.json is 'food'"):
+        KEVSRDataset(str(root), "train", h, None, 8, 3, 3)
+    _rewrite_train(root, lambda rows: [dict(rows[0], label_paths=[["food", "hot pot"]]), *rows[1:], rows[1]])
+    with pytest.raises(ValueError, match=r"train\.jsonl:5: video_id .* already on line 2"):
+        KEVSRDataset(str(root), "train", h, None, 8, 3, 3)
+    (root / "annotations" / "train.jsonl").write_text('{"video_id": "a", "text": "x", "label_paths": []}\n{oops\n')
+    with pytest.raises(ValueError, match=r"train\.jsonl:2: not a JSON object"):
+        KEVSRDataset(str(root), "train", h, None, 8, 3, 3)
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npz"])
+def test_videos_without_features_are_found_at_setup(tmp_path, fmt):
+    root = write_random_dataset(tmp_path / "d", None, feature_format=fmt, sizes=(4, 1, 1))
+    h = Hierarchy.from_json(root / "hierarchy.json")
+    _rewrite_train(root, lambda rows: [*rows, dict(rows[0], video_id="never_extracted")])  # not the first row
+    with pytest.raises(KeyError, match=r"1 of 5 videos have no features.*never_extracted"):
+        KEVSRDataset(str(root), "train", h, None, 8, 3, 3, feature_format=fmt)
+    with pytest.warns(UserWarning, match="dropping 1 of 5"):
+        ds = KEVSRDataset(str(root), "train", h, None, 8, 3, 3, feature_format=fmt, missing_features="drop")
+    assert len(ds) == 4 and len(ds.targets1) == 4 and "never_extracted" not in [r["video_id"] for r in ds.rows]
+    assert all(ds[i]["video_id"] == ds.rows[i]["video_id"] for i in range(4))
+
+
+def test_repeated_keywords_count_once(tmp_path):
+    root = write_random_dataset(tmp_path / "d", tmp_path / "kg.txt.gz", sizes=(4, 1, 1))
+    h = Hierarchy.from_json(root / "hierarchy.json")
+    kg = KnowledgeEmbeddings.load(str(tmp_path / "kg.txt.gz"), ["hot_pot", "cinema", "broth"])
+    _rewrite_train(root, lambda rows: [dict(rows[0], keywords=["Hot Pot", "hot_pot", "/c/en/hot_pot", "cinema"])])
+    item = KEVSRDataset(str(root), "train", h, kg, 8, 3, 3)[0]
+    assert item["keyword_mask"].tolist() == [True, True, False]  # hot_pot once, cinema; the third slot is padding
+    torch.testing.assert_close(item["keywords"][1], kg.get("cinema"))
+
+
+def test_kg_uris_in_labels_and_chinese_phrases(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from kevsr.knowledge import candidate_terms
+
+    write_kg_file(tmp_path / "kg.txt", {"火锅店": np.ones(4, np.float32), "hot_pot": np.zeros(4, np.float32)}, "zh")
+    kg = KnowledgeEmbeddings.load(str(tmp_path / "kg.txt"), None, lang="zh")
+    assert "/c/zh/火锅店" in kg  # a label's kg written as a ConceptNet URI finds its row
+    monkeypatch.setitem(sys.modules, "jieba", types.SimpleNamespace(lcut=lambda text: ["火锅", "店"]))
+    assert "火锅店" in candidate_terms("火锅店", "jieba")  # Chinese phrases have no "_" in ConceptNet
+    assert "hot_pot" in candidate_terms("hot pot", "whitespace")
+
+
+def test_a_kg_that_matches_nothing_is_reported(tmp_path):
+    """A KG file in another language than data.kg_lang (or the wrong file) used to leave every label on a learnable
+    vector and every video without keywords, silently."""
+    from kevsr.data import KEVSRDataModule
+
+    root = write_random_dataset(tmp_path / "d", None, sizes=(4, 1, 1))
+    write_kg_file(tmp_path / "other.txt", {"volcano": np.ones(8, np.float32)}, uri_lang="en")
+    dm = KEVSRDataModule(str(root), str(tmp_path / "other.txt"), kg_dim=8, num_regions=3, num_keywords=3)
+    with pytest.warns(UserWarning) as record:
+        dm.setup("fit")
+    text = " ".join(str(w.message) for w in record)
+    assert "level 1: none of the 2 label KG terms" in text and "level 2: none of the" in text
+    assert "train: no video has a keyword found in the KG" in text

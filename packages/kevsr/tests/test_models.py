@@ -238,3 +238,33 @@ def test_full_model_s1_learns_under_mutual_distillation():
     with torch.no_grad():
         s1 = module.model.forward_temporal(batch)["level2"]
     assert micro_f1(s1, batch["target2"]) > 0.5
+
+
+@pytest.mark.parametrize(
+    "streams, overrides",
+    [
+        ("both", {}),
+        ("temporal", {}),
+        ("nontemporal", {}),
+        ("nontemporal", {"nt_fusion": "transformer"}),  # koubei_s2_wo_know_w_temp
+        ("nontemporal", {"nt_fusion": "mean"}),  # koubei_s2_wo_know
+        ("nontemporal", {"keyword_source": "random_shared"}),  # koubei_s2_wo_kw
+        ("nontemporal", {"nt_fusion": "mean", "keyword_source": "random_shared"}),
+        ("both", {"freeze_keyword_kg": False}),
+    ],
+)
+def test_every_trainable_parameter_gets_a_gradient(streams, overrides):
+    """DDP (find_unused_parameters=False, Lightning's default) stops with "parameters that were not used in
+    producing the loss" when a built module never enters the loss, e.g. the region reasoning of the
+    w/o-know & w-temp row, whose Transformer fusion reads the raw regions."""
+    from kevsr.module import KEVSRModule
+
+    torch.manual_seed(0)
+    module = KEVSRModule(_toy_cfg(dim=8, **overrides), streams=streams)
+    if streams != "temporal" and module.model.nontemporal.tune_keywords:
+        module.model.nontemporal.keyword_delta.resize(4)
+    module.model.set_hierarchy(torch.tensor([0, 0, 1]))
+    batch = _batch()
+    module.compute_losses(batch)["loss"].backward()
+    unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
+    assert not unused, f"parameters outside the loss (DDP would stop): {unused}"

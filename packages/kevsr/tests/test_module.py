@@ -1,5 +1,7 @@
 """fit/validate/test on tiny.yaml through the CLI; loss falls on a repeated batch; S1-only inference."""
 
+import json
+
 import pytest
 import torch
 
@@ -29,6 +31,16 @@ def test_tiny_fit_test_and_s1_only_inference(tmp_path):
     cli = main(args=["test", *_args(tmp_path), "--ckpt_path", str(ckpt)])
     for key in ("test/f1_l1", "test/f1_l2", "test/f1_all", "test/rp90_l1", "test/rp90_l2", "test/s2_rp90_l2"):
         assert key in cli.trainer.callback_metrics
+
+    # `kevsr predict` writes one JSON line per test video: predicted label names and every refined score
+    out = tmp_path / "predictions.jsonl"  # tiny.yaml has no logger: the log folder is default_root_dir
+    cli = main(args=["predict", *_args(tmp_path), "--ckpt_path", str(ckpt)])
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    hierarchy = cli.datamodule.hierarchy
+    assert [r["video_id"] for r in rows] == [r["video_id"] for r in cli.datamodule.datasets["test"].rows]
+    for r in rows:
+        assert len(r["level1_scores"]) == len(hierarchy.level1) and len(r["level2_scores"]) == len(hierarchy.level2)
+        assert r["level2"] == [n for n, s in zip(hierarchy.level2, r["level2_scores"]) if s > 0]
 
     # inference never touches S2: drop it from the checkpoint and load into a temporal-only model
     full = cli.model.eval()

@@ -21,6 +21,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.data import SplitLoaders, worker_options
 from mmzoo.features import H5Features, NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
@@ -91,15 +92,22 @@ class Hierarchy:
 def read_annotations(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"missing {str(path)!r} (one JSON object per video); {README_HINT}")
-    rows = []
+    rows, seen = [], {}
     with open(path, encoding="utf-8") as fh:
         for lineno, line in enumerate(fh, start=1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not a JSON object ({err}); {README_HINT}") from err
             for key in ("video_id", "text", "label_paths"):
                 if key not in row:
                     raise KeyError(f"{path}:{lineno}: missing key {key!r}; {README_HINT}")
+            vid = row["video_id"]
+            if vid in seen:  # one feature group per id: a repeat would train twice on one video, maybe relabelled
+                raise ValueError(f"{path}:{lineno}: video_id {vid!r} already on line {seen[vid]}; ids must be unique")
+            seen[vid] = lineno
             rows.append(row)
     return rows
 
@@ -123,31 +131,10 @@ class KEVSRDataset(Dataset):
         num_keywords: int,
         feature_format: Literal["h5", "npz"] = "h5",
         tokenizer: Literal["whitespace", "spacy", "jieba"] = "whitespace",
+        missing_features: Literal["raise", "drop"] = "raise",
     ) -> None:
         root = Path(data_root)
         self.rows = read_annotations(root / "annotations" / f"{split}.jsonl")
-        self.hierarchy, self.kg, self.kg_dim = hierarchy, kg, kg_dim
-        self.num_regions, self.num_keywords = num_regions, num_keywords
-        index1 = {n: i for i, n in enumerate(hierarchy.level1)}
-        index2 = {n: i for i, n in enumerate(hierarchy.level2)}
-        self.targets1 = torch.zeros(len(self.rows), len(index1))
-        self.targets2 = torch.zeros(len(self.rows), len(index2))
-        for i, row in enumerate(self.rows):
-            for path in row["label_paths"]:
-                l1, l2 = path[0], path[1] if len(path) > 1 else None
-                if l1 not in index1 or (l2 is not None and l2 not in index2):
-                    raise KeyError(f"{split}.jsonl, video {row['video_id']!r}: label path {path} not in hierarchy.json")
-                self.targets1[i, index1[l1]] = 1.0
-                if l2 is not None:
-                    self.targets2[i, index2[l2]] = 1.0
-        self.keywords: list[list[str]] = []
-        for row in self.rows:
-            kws = row.get("keywords")
-            if kws is None:
-                kws = extract_keywords(row["text"], kg, num_keywords, tokenizer) if kg is not None else []
-            kws = [k for k in kws if kg is not None and k in kg][:num_keywords]
-            self.keywords.append(kws)
-        self.keyword_index = {t: i for i, t in enumerate(kg.vocabulary())} if kg is not None else {}
         if feature_format == "h5":
             path = root / "features" / f"{split}.h5"
             if not path.is_file():
@@ -158,9 +145,60 @@ class KEVSRDataset(Dataset):
             if not folder.is_dir():
                 raise FileNotFoundError(f"missing folder {str(folder)!r} (<video_id>.npz features); {README_HINT}")
             self.readers = {k: NpyFolderFeatures(folder, suffix=".npz", npz_key=k) for k in FEATURE_KEYS}
-        first = self.rows[0]["video_id"] if self.rows else None
-        if first is not None and first not in self.readers["f2d"]:
-            raise KeyError(f"features for video {first!r} ({split}) not found in {root / 'features'}; {README_HINT}")
+        # Every id is checked here, not when its item is first read (possibly hours into training).
+        available = set(self.readers["f2d"].keys()) if self.rows else set()
+        missing = [r["video_id"] for r in self.rows if r["video_id"] not in available]
+        if missing and missing_features == "raise":
+            raise KeyError(
+                f"{split}: {len(missing)} of {len(self.rows)} videos have no features in {root / 'features'} "
+                f"(e.g. {missing[:5]}); remove them from {split}.jsonl or set data.missing_features: drop; "
+                f"{README_HINT}"
+            )
+        if missing:  # drop: the same rows on every rank, so DDP ranks keep equal batch counts
+            rank_zero_warn(f"{split}: dropping {len(missing)} of {len(self.rows)} videos without features "
+                           f"(data.missing_features: drop), e.g. {missing[:5]}")  # fmt: skip
+            gone = set(missing)
+            self.rows = [r for r in self.rows if r["video_id"] not in gone]
+        self.hierarchy, self.kg, self.kg_dim = hierarchy, kg, kg_dim
+        self.num_regions, self.num_keywords = num_regions, num_keywords
+        index1 = {n: i for i, n in enumerate(hierarchy.level1)}
+        index2 = {n: i for i, n in enumerate(hierarchy.level2)}
+        self.targets1 = torch.zeros(len(self.rows), len(index1))
+        self.targets2 = torch.zeros(len(self.rows), len(index2))
+        for i, row in enumerate(self.rows):
+            for path in row["label_paths"]:
+                if not isinstance(path, (list, tuple)) or not 1 <= len(path) <= 2:
+                    raise ValueError(f"{split}.jsonl, video {row['video_id']!r}: label path {path!r} is not "
+                                     "[level1_name, level2_name or null]")  # fmt: skip
+                l1, l2 = path[0], path[1] if len(path) > 1 else None
+                if l1 not in index1 or (l2 is not None and l2 not in index2):
+                    raise KeyError(f"{split}.jsonl, video {row['video_id']!r}: label path {path} not in hierarchy.json")
+                if l2 is not None and int(hierarchy.parent_index[index2[l2]]) != index1[l1]:
+                    parent = hierarchy.level1[int(hierarchy.parent_index[index2[l2]])]
+                    raise ValueError(
+                        f"{split}.jsonl, video {row['video_id']!r}: label path {path} puts {l2!r} under {l1!r}, "
+                        f"but its parent in hierarchy.json is {parent!r}"
+                    )
+                self.targets1[i, index1[l1]] = 1.0
+                if l2 is not None:
+                    self.targets2[i, index2[l2]] = 1.0
+        self.keywords: list[list[str]] = []
+        for row in self.rows:
+            kws = row.get("keywords")
+            if kws is None:
+                kws = extract_keywords(row["text"], kg, num_keywords, tokenizer) if kg is not None else []
+            # distinct terms (after the KG's normalisation: "Hot Pot" = "hot_pot"), those in the KG, at most N_k
+            kws = list(dict.fromkeys(normalize_term(k) for k in kws if kg is not None and k in kg))[:num_keywords]
+            self.keywords.append(kws)
+        self.keyword_index = {t: i for i, t in enumerate(kg.vocabulary())} if kg is not None else {}
+        if kg is not None and self.rows:
+            with_kw = sum(bool(k) for k in self.keywords)
+            log.info("%s: %d of %d videos have at least one KG keyword", split, with_kw, len(self.rows))
+            if with_kw == 0:
+                rank_zero_warn(
+                    f"{split}: no video has a keyword found in the KG (check data.kg_lang and the KG file's "
+                    "language); the knowledge fusion then reduces to the frame mean"
+                )
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -216,6 +254,7 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
         persistent_workers: bool = False,
         generate: Literal["none", "digits", "random"] = "none",
         generate_seed: int = 0,
+        missing_features: Literal["raise", "drop"] = "raise",
     ) -> None:
         """
         Args:
@@ -237,6 +276,8 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
                 KG file to kg_path) when hierarchy.json is missing, and again when a copy stamped by an earlier
                 generator version is there (``kevsr.synthetic.ensure_generated``); ``none`` never writes.
             generate_seed: seed of the generator.
+            missing_features: an annotated video without features (e.g. skipped as corrupt by ``kevsr extract
+                --on-corrupt skip``): ``raise`` (at setup, naming them) or ``drop`` it from the split with a warning.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -272,6 +313,16 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
         self.kg = KnowledgeEmbeddings.load(h.kg_path, vocab, h.kg_lang)
         if self.kg.dim != h.kg_dim:
             raise ValueError(f"data.kg_path has {self.kg.dim}-d vectors but data.kg_dim={h.kg_dim}")
+        for level, terms in ((1, self.hierarchy.kg1), (2, self.hierarchy.kg2)):
+            named = [t for t in terms if t]
+            found = sum(t in self.kg for t in named)
+            log.info("level %d: %d of %d labels have a KG vector (%d have kg: null)", level, found, len(terms),
+                     len(terms) - len(named))  # fmt: skip
+            if named and found == 0:
+                rank_zero_warn(
+                    f"level {level}: none of the {len(named)} label KG terms is in {h.kg_path} with "
+                    f"kg_lang={h.kg_lang!r}; every label of the level gets a learnable vector"
+                )
 
     def setup(self, stage: str | None = None) -> None:
         if self.hierarchy is None:
@@ -291,6 +342,7 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
                     h.num_keywords,
                     h.feature_format,
                     h.tokenizer,
+                    h.missing_features,
                 )
 
     def _loader(self, split: str, train: bool) -> DataLoader:

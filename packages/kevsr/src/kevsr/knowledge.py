@@ -25,8 +25,9 @@ README_HINT = "see README, Data preparation"
 
 
 def normalize_term(term: str) -> str:
-    """ConceptNet normalisation: lower-case, trimmed, inner whitespace → ``_``."""
-    return re.sub(r"\s+", "_", term.strip().lower())
+    """ConceptNet normalisation: lower-case, trimmed, inner whitespace → ``_``. A ConceptNet URI given as a label's
+    ``kg`` or as a keyword (``/c/zh/火锅``) is reduced to its term, the key under which the loader stores rows."""
+    return re.sub(r"\s+", "_", _bare(term.strip())[1].strip().lower())
 
 
 def _bare(term: str) -> tuple[str | None, str]:
@@ -135,7 +136,10 @@ def candidate_terms(text: str, tokenizer: Literal["whitespace", "spacy", "jieba"
     else:
         words = [w for w in re.split(r"[^\w]+", text) if w]
     words = [normalize_term(w) for w in words]
-    return words + [f"{a}_{b}" for a, b in zip(words, words[1:])]
+    # Two-word phrases: ConceptNet joins the words of a phrase with "_" (hot_pot); Chinese terms have no
+    # separator (火锅店), so jieba's adjacent tokens are joined without one.
+    sep = "" if tokenizer == "jieba" else "_"
+    return words + [f"{a}{sep}{b}" for a, b in zip(words, words[1:])]
 
 
 def extract_keywords(

@@ -341,8 +341,12 @@ class NonTemporalStream(nn.Module):
         d = cfg.dim
         self.cfg = cfg
         self.refine = FrameRefiner(cfg.f2d_dim + cfg.f3d_dim + cfg.text_dim, d, cfg.dropout)  # τ = l
-        self.regions = RegionReasoner(cfg)
-        self.local_attention = LocalAttentionPool(d)
+        # Only modules the forward pass uses are built: under DDP (find_unused_parameters=False) a parameter that
+        # gets no gradient stops training. The Transformer replacement (w/o-know & w-temp) has no region reasoning
+        # or local attention; shared random keywords exist only where the keyword fusion reads them.
+        if cfg.nt_fusion != "transformer":
+            self.regions = RegionReasoner(cfg)
+            self.local_attention = LocalAttentionPool(d)
         self.fusion: nn.Module
         if cfg.nt_fusion == "knowledge":
             self.fusion = KeywordFusion(cfg.kg_dim, d, cfg.assign_softmax_over, cfg.dropout)
@@ -355,7 +359,7 @@ class NonTemporalStream(nn.Module):
                 d, cfg.region_heads, 4 * d, cfg.temporal_dropout, "gelu", batch_first=True
             )
             self.fusion = nn.TransformerEncoder(layer, 1, enable_nested_tensor=False)
-        if cfg.keyword_source == "random_shared":
+        if cfg.nt_fusion == "knowledge" and cfg.keyword_source == "random_shared":
             self.shared_keywords = nn.Parameter(torch.randn(cfg.num_keywords, cfg.kg_dim) * EMBEDDING_STD)
         self.tune_keywords = cfg.nt_fusion == "knowledge" and cfg.keyword_source == "kg" and not cfg.freeze_keyword_kg
         if self.tune_keywords:
