@@ -75,3 +75,49 @@ def itc_worker(rank: int, world: int):
     rows = torch.arange(rank * b, (rank + 1) * b)
     loss, grad, gathered = itc_loss_and_grad(*inputs, rows)
     return loss, grad, gathered
+
+
+def retrieval_eval_batch(items: list[int]) -> dict:
+    """Evaluation batch of the given items of a fixed 5-item retrieval set (items 3 and 4 share video 3)."""
+    g = torch.Generator().manual_seed(1)
+    videos = torch.randn(5, 4, 3, 32, 32, generator=g)
+    captions = ["red square", "blue square on the left", "green square", "white square then dog", "a dog"]
+    video_index = [0, 1, 2, 3, 3]
+    sel = torch.tensor(items, dtype=torch.long)
+    return {
+        "video": videos[sel],
+        "caption": [captions[i] for i in items],
+        "video_index": torch.tensor([video_index[i] for i in items]),
+        "index": sel,
+    }
+
+
+def retrieval_eval_logs(rank: int, world: int, shards: list[list[int]]) -> dict[str, float]:
+    """Run RTQModule's retrieval evaluation (eval steps on this rank's items, then the epoch end) and return what
+    it logs. ``shards[rank]`` = this rank's items, each a list of batches (an empty list: the rank has none)."""
+    from types import SimpleNamespace
+
+    from rtqvl.module import RTQModule
+
+    torch.manual_seed(0)
+    mod = RTQModule(tiny_config(queue_size=8, k_test=3)).eval()
+    logged: dict[str, float] = {}
+    mod.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    mod._trainer = SimpleNamespace(world_size=world, global_rank=rank, sanity_checking=False)
+    with torch.no_grad():
+        for items in shards[rank]:
+            mod.validation_step(retrieval_eval_batch(items), 0)
+        mod.on_validation_epoch_end()
+    return logged
+
+
+def retrieval_eval_worker(rank: int, world: int) -> list[dict[str, float]]:
+    # DistributedSampler layout of 5 items over 2 ranks (rank 1's last item is padding, a repeat of item 0)
+    padded = retrieval_eval_logs(rank, world, [[[0, 2], [4]], [[1, 3], [0]]])
+    # rank 1 holds no batch at all (every clip skipped): it must still join the gather
+    empty = retrieval_eval_logs(rank, world, [[[0, 1], [2, 3, 4]], []])
+    return [padded, empty]
+
+
+def two_process_worker(rank: int, world: int) -> dict:
+    return {"itc": itc_worker(rank, world), "retrieval_eval": retrieval_eval_worker(rank, world)}

@@ -199,3 +199,40 @@ def test_synthetic_event_decodes_identically_in_either_half():
     with VideoReader(encode_mp4(order_clip(b, a))) as r:
         ba = r.get_frames(list(range(8)))
     assert torch.equal(ab[:4], ba[4:]) and torch.equal(ab[4:], ba[:4])
+
+
+def test_training_skip_replaces_an_unreadable_clip(root, tmp_path, caplog):
+    # dropping it would shrink the batch: the ITC queue needs a constant global batch, DDP gathers equal shapes
+    import shutil
+
+    from mmzoo.video import VideoDecodeError
+
+    (tmp_path / "ann").mkdir()
+    rows = [{"clip_name": "bad", "caption": "x"}] + [{"clip_name": "video0", "caption": "y"}]
+    (tmp_path / "ann" / "c.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    shutil.copytree(root / "vis_db", tmp_path / "vis_db")
+    common = {**COMMON, "train": True, "augment": False}
+    ds = RetrievalDataset(tmp_path, "train", ["c.jsonl"], "ann", "vis_db", on_corrupt="skip", **common)
+    with caplog.at_level(logging.WARNING):
+        items = [ds[0] for _ in range(3)]
+    assert "bad" in caplog.text
+    assert all(x is not None and x["video_id"] == "video0" and x["index"] == 1 for x in items)
+    assert collate([ds[0], ds[1]])["video"].shape[0] == 2
+    (tmp_path / "ann" / "all_bad.jsonl").write_text(json.dumps(rows[0]) + "\n")
+    ds = RetrievalDataset(tmp_path, "train", ["all_bad.jsonl"], "ann", "vis_db", on_corrupt="skip", **common)
+    with pytest.raises(VideoDecodeError, match="substitutes"):
+        ds[0]
+
+
+def test_build_lmdb_keys_are_the_ids_the_readers_look_up(tmp_path):
+    from mmzoo.testing import make_pattern_video
+
+    from rtqvl.cli import main
+    from rtqvl.data import LMDBVideoStore, video_key
+
+    make_pattern_video(tmp_path / "videos" / "clip7.trim.mp4", num_frames=6)
+    assert main(["build-lmdb", "--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "db")]) == 0
+    assert LMDBVideoStore(tmp_path / "db").keys() == [video_key("clip7.trim.mp4")] == ["clip7"]
+    make_pattern_video(tmp_path / "videos" / "other" / "clip7.mp4", num_frames=6)
+    with pytest.raises(ValueError, match="share the video id 'clip7'"):
+        main(["build-lmdb", "--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "db2")])

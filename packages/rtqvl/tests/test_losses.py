@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from mmzoo.testing import run_distributed
-from rtqvl_testlib import itc_inputs, itc_loss_and_grad, itc_worker, tiny_config
+from rtqvl_testlib import itc_inputs, itc_loss_and_grad, tiny_config
 
 from rtqvl.losses import (
     alpha_ramp,
@@ -119,10 +118,10 @@ def test_queue_wraparound_divisibility_and_ema():
     torch.testing.assert_close(ema.weight, 0.995 * before + 0.005 * online.weight.detach())
 
 
-def test_itc_two_processes_equal_one_process():
+def test_itc_two_processes_equal_one_process(two_process_results):
     world = 2
     single = itc_loss_and_grad(*itc_inputs(world), torch.arange(8))
-    ranks = run_distributed(itc_worker, world_size=world)
+    ranks = [r["itc"] for r in two_process_results]  # itc_worker on each rank
     torch.testing.assert_close(sum(r[0] for r in ranks) / world, single[0])  # mean of rank losses
     torch.testing.assert_close(sum(r[1] for r in ranks) / world, single[1])  # DDP averages gradients
     torch.testing.assert_close(ranks[0][2][2], single[2][2])  # both ranks enqueue the whole batch's indices

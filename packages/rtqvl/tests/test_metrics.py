@@ -173,3 +173,15 @@ def test_module_passes_the_tie_rule_to_its_retrieval_metrics():
     module = RTQModule(tiny_config(), rank_ties="mean")
     assert module.val_metric.ties == module.test_metric.ties == "mean"
     assert RTQModule(tiny_config()).test_metric.ties == "optimistic"  # the spec §5 rule by default
+
+
+def test_qa_accuracies_count_a_repeated_question_once():
+    # DistributedSampler pads the last batches with repeated items; the official merge keeps one per question
+    m = QAAccuracy()
+    m.update(["dog", "cat"], ["dog", "dog"], [0, 1])
+    m.update(["dog"], ["dog"], [0])  # padding: item 0 again
+    assert m.compute().item() == pytest.approx(50.0)
+    n = NExTQAAccuracy()
+    n.update(torch.tensor([0, 1]), torch.tensor([0, 0]), ["CW", "TN"], [0, 1])
+    n.update(torch.tensor([0]), torch.tensor([0]), ["CW"], [0])
+    assert n.compute() == pytest.approx({"acc": 50.0, "acc_C": 100.0, "acc_T": 0.0})

@@ -94,10 +94,17 @@ def test_generation_and_choice_heads_train_and_evaluate(task):
             "question": ["what is red", "what comes first"],
             "answer": ["square", "blue"],
             "weight": torch.ones(2),
+            "index": torch.arange(2),
         }
     else:
         cands = [[f"question what is red answer {c}" for c in ("red", "blue", "green", "white", "dog")]] * 2
-        batch = {"video": video, "candidates": cands, "answer": torch.tensor([0, 3]), "type": ["DC", "TN"]}
+        batch = {
+            "video": video,
+            "candidates": cands,
+            "answer": torch.tensor([0, 3]),
+            "type": ["DC", "TN"],
+            "index": torch.arange(2),
+        }
     opt = torch.optim.AdamW([p for p in mod.parameters() if p.requires_grad], lr=1e-3)
     losses = []
     for _ in range(4):
@@ -153,3 +160,32 @@ def test_nan_loss_is_an_error():
     with pytest.raises(FloatingPointError, match="train/loss"):
         mod._check_finite(torch.tensor(float("nan")), "train/loss")
     assert mod.training_step(None, 0) is None  # an all-skipped batch is skipped
+
+
+def test_retrieval_evaluation_on_two_processes_equals_one_process(two_process_results):
+    # each rank: retrieval_eval_worker (DistributedSampler padding; a rank without batches); re-ranking is sharded
+    # over the ranks, and the gathered score matrix must not be synced a second time by the metric
+    from rtqvl_testlib import retrieval_eval_logs
+
+    single = retrieval_eval_logs(0, 1, [[[0, 1, 2], [3, 4]]])
+    assert {"val/t2v_R@1", "val/v2t_R@1", "val/v2t_MnR", "val/score"} <= set(single)
+    for rank in (r["retrieval_eval"] for r in two_process_results):
+        for logs in rank:  # padded shards and a rank without batches
+            assert logs.keys() == single.keys()
+            for k, v in single.items():
+                assert logs[k] == pytest.approx(v, abs=1e-4), k
+
+
+@pytest.mark.parametrize(
+    "vision",
+    [{}, {"temporal_modeling": "none"}, {"temporal_modeling": "divided_attention"}, {"refine": "spectral"}],
+)
+def test_every_trainable_parameter_gets_a_gradient(vision):
+    # DDP (strategy auto: find_unused_parameters=False) stops at the second step on a trainable parameter that
+    # never receives a gradient, e.g. the RQ ablation's temporal embedding
+    from rtqvl_testlib import tiny_vision
+
+    torch.manual_seed(0)
+    mod = _quiet(RTQModule(tiny_config(vision=tiny_vision(**vision), queue_size=8)))
+    mod.training_step(_retrieval_batch(), 0).backward()
+    assert [n for n, p in mod.named_parameters() if p.requires_grad and p.grad is None] == []

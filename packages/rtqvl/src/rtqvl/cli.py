@@ -1,7 +1,7 @@
 """``rtqvl`` command line: Lightning's fit / validate / test / predict plus data tools.
 
 Extra commands: ``rtqvl build-lmdb --videos DIR --out vis_db/NAME`` (pack video files into a ClipBERT LMDB, keys =
-file stems), ``rtqvl convert-nextqa --csv train.csv val.csv --out train.json`` (official CSVs → converted JSON).
+video ids), ``rtqvl convert-nextqa --csv train.csv val.csv --out train.json`` (official CSVs → converted JSON).
 """
 
 from __future__ import annotations
@@ -12,18 +12,19 @@ from pathlib import Path
 
 from mmzoo.cli import run_cli
 
-from rtqvl.data import RTQDataModule, convert_nextqa_csv, write_lmdb
+from rtqvl.data import RTQDataModule, convert_nextqa_csv, video_key, write_lmdb
 from rtqvl.module import RTQModule
 
 __all__ = ["main", "build_lmdb", "convert_nextqa"]
 
 log = logging.getLogger(__name__)
 
-_VIDEO_EXT = (".mp4", ".avi", ".webm", ".mkv", ".mov")
+_VIDEO_EXT = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".wmv", ".flv")
 
 
 def build_lmdb(argv: list[str]) -> int:
-    """Pack every video file under ``--videos`` (recursively) into an LMDB keyed by file stem."""
+    """Pack every video file under ``--videos`` (recursively) into an LMDB keyed by video id (the file name up to
+    its first '.', as the annotation readers strip it); two files with the same id are an error."""
     p = argparse.ArgumentParser(prog="rtqvl build-lmdb", description=build_lmdb.__doc__)
     p.add_argument("--videos", required=True, help="folder of video files (searched recursively)")
     p.add_argument("--out", required=True, help="output LMDB folder, e.g. data/vis_db/msrvtt")
@@ -31,7 +32,13 @@ def build_lmdb(argv: list[str]) -> int:
     files = sorted(f for f in Path(a.videos).rglob("*") if f.suffix.lower() in _VIDEO_EXT)
     if not files:
         raise FileNotFoundError(f"--videos {a.videos!r}: no video files ({', '.join(_VIDEO_EXT)}) found")
-    write_lmdb(a.out, {f.stem: f for f in files})
+    videos: dict[str, Path] = {}
+    for f in files:
+        key = video_key(f.name)  # the readers look videos up by the name up to its first '.'
+        if key in videos:
+            raise ValueError(f"--videos {a.videos!r}: {str(videos[key])!r} and {str(f)!r} share the video id {key!r}")
+        videos[key] = f
+    write_lmdb(a.out, videos)
     log.info("wrote %d videos to %s", len(files), a.out)
     return 0
 

@@ -45,6 +45,7 @@ __all__ = [
     "VideoQADataset",
     "NExTQADataset",
     "convert_nextqa_csv",
+    "video_key",
     "collate",
     "RTQDataModule",
 ]
@@ -284,13 +285,16 @@ def _require(row: dict, keys: Sequence[str], path: Path, line: int) -> None:
         raise KeyError(f"{str(path)!r} item {line}: missing key(s) {missing}; {_SEE}")
 
 
-def _video_key(name: str) -> str:
+def video_key(name: str) -> str:
     """Video id without extension (``video7010.mp4`` → ``video7010``)."""
     return str(name).split("/")[-1].split(".")[0]
 
 
 class _VideoDataset(Dataset):
     """Common video loading: LMDB bytes → sampled frames → transform; ``on_corrupt`` raise | skip."""
+
+    MAX_SUBSTITUTES = 20
+    """Training with ``on_corrupt: skip``: how many random substitutes to try for an unreadable clip."""
 
     def __init__(
         self,
@@ -334,7 +338,7 @@ class _VideoDataset(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> dict | None:
+    def _load_item(self, i: int) -> dict | None:
         item = dict(self.items[i])
         video = self.load_video(item["video_id"])
         if video is None:
@@ -342,6 +346,21 @@ class _VideoDataset(Dataset):
         item["video"] = video
         item["index"] = i
         return item
+
+    def __getitem__(self, i: int) -> dict | None:
+        """Item ``i``; with ``on_corrupt: skip`` an unreadable clip gives ``None`` in evaluation (dropped from the
+        batch) and, in training, another randomly drawn item (as ClipBERT does), so that every training batch keeps
+        its size: the ITC queue needs a constant global batch and DDP gathers need equal shapes on every rank."""
+        item = self._load_item(i)
+        if item is not None or not self.train:
+            return item
+        for _ in range(self.MAX_SUBSTITUTES):
+            item = self._load_item(random.randrange(len(self.items)))
+            if item is not None:
+                return item
+        raise VideoDecodeError(
+            f"{self.store.path}", f"{self.MAX_SUBSTITUTES} randomly drawn substitutes for item {i} were unreadable too"
+        )
 
 
 class RetrievalDataset(_VideoDataset):
@@ -375,7 +394,7 @@ class RetrievalDataset(_VideoDataset):
             for ln, row in enumerate(_read_json_list(path)):
                 vid_key = "clip_name" if "clip_name" in row else "video"
                 _require(row, [vid_key, "caption"], path, ln)
-                vid = _video_key(row[vid_key])
+                vid = video_key(row[vid_key])
                 captions = row["caption"] if isinstance(row["caption"], list) else [row["caption"]]
                 vi = video_index.setdefault(vid, len(video_index))
                 for c in captions:
@@ -413,7 +432,7 @@ class CaptionDataset(_VideoDataset):
                 vid_key = next((k for k in ("clip_name", "video", "image_id") if k in row), "clip_name")
                 _require(row, [vid_key, "caption"], path, ln)
                 caps = row["caption"] if isinstance(row["caption"], list) else [row["caption"]]
-                groups.setdefault(_video_key(row[vid_key]), []).extend(caps)
+                groups.setdefault(video_key(row[vid_key]), []).extend(caps)
         for vid, caps in groups.items():
             if train:
                 self.items += [{"video_id": vid, "caption": normalize_text(c)} for c in caps]
@@ -450,7 +469,7 @@ class VideoQADataset(_VideoDataset):
                 _require(row, ["video", "question", "answer", "question_id"], path, ln)
                 self.items.append(
                     {
-                        "video_id": _video_key(row["video"]),
+                        "video_id": video_key(row["video"]),
                         "question": normalize_text(row["question"]),
                         "answer": str(row["answer"]),
                         "weight": 1.0,
@@ -493,7 +512,7 @@ class NExTQADataset(_VideoDataset):
                 cands = [normalize_text(f"question: {q}? answer: {row[f'a{k}']}") for k in range(num_choices)]
                 self.items.append(
                     {
-                        "video_id": _video_key(row["video"]),
+                        "video_id": video_key(row["video"]),
                         "candidates": cands,
                         "answer": int(row["answer"]),
                         "type": str(row["type"]),
@@ -579,7 +598,8 @@ class RTQDataModule(SplitLoaders, pl.LightningDataModule):
         randaugment: RandAugment in training (spec §3.1).
         augment: master switch of the training augmentation (crop, flip, RandAugment); off for tasks where
             left/right matters (the synthetic demo).
-        on_corrupt: ``raise`` or ``skip`` (log a warning naming the video) for undecodable / missing videos.
+        on_corrupt: ``raise`` or ``skip`` (log a warning naming the video) for undecodable / missing videos;
+            ``skip`` drops the clip from evaluation and replaces it by a random other clip in training.
         generate_demo_data: write a synthetic dataset in the ClipBERT retrieval format to ``data_root`` when it has
             none (demo / tests; see :mod:`rtqvl.synthetic`).
     """

@@ -143,13 +143,16 @@ class RetrievalMetrics(Metric):
     this metric's tie rule (``ties``: ``optimistic``, the spec's, or ``mean``).
 
     Retrieval needs every pair, so the states are concatenated rows (one row per text, all videos as columns).
+    Under DDP ``compute`` concatenates every rank's rows; a caller that already holds the whole matrix on every rank
+    (as :class:`rtqvl.module.RTQModule` does) passes ``sync_on_compute=False``, otherwise each text would appear once
+    per rank and every video→text rank would be counted ``world_size`` times over.
     """
 
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, ties: str = "optimistic"):
-        super().__init__()
+    def __init__(self, ties: str = "optimistic", **kwargs):
+        super().__init__(**kwargs)
         _check_ties(ties)
         self.ties = ties
         self.add_state("t2v", default=[], dist_reduce_fx="cat")
@@ -414,23 +417,55 @@ def qa_accuracy(preds: Sequence[str], answers: Sequence[str]) -> float:
     return 100.0 * sum(normalize_answer(p) == a.strip().lower() for p, a in zip(preds, answers)) / len(preds)
 
 
+def _cat(state) -> torch.Tensor:
+    return torch.cat(state) if isinstance(state, list) else state
+
+
+def _first_of_each_id(ids: torch.Tensor) -> torch.Tensor:
+    """Boolean mask keeping the first occurrence of every id ≥ 0 (DistributedSampler pads the last batches with
+    repeated items); negative ids (no id given) are always kept."""
+    keep = torch.ones_like(ids, dtype=torch.bool)
+    named = (ids >= 0).nonzero().view(-1)
+    if named.numel():
+        order = named[torch.argsort(ids[named], stable=True)]
+        dup = torch.zeros_like(order, dtype=torch.bool)
+        dup[1:] = ids[order][1:] == ids[order][:-1]
+        keep[order[dup]] = False
+    return keep
+
+
 class QAAccuracy(Metric):
-    """Open-ended QA accuracy; states are summed counts."""
+    """Open-ended QA accuracy. States are per-question hits and dataset indices (``ids``), concatenated over ranks;
+    a question seen twice (DistributedSampler padding) counts once, as the official per-question-id merge does."""
 
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self):
-        super().__init__()
-        self.add_state("correct", default=torch.tensor(0.0), dist_reduce_fx="sum")
-        self.add_state("total", default=torch.tensor(0.0), dist_reduce_fx="sum")
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("hits", default=[], dist_reduce_fx="cat")
+        self.add_state("ids", default=[], dist_reduce_fx="cat")
+        self._auto_id = 0
 
-    def update(self, preds: Sequence[str], answers: Sequence[str]) -> None:
-        self.correct += qa_accuracy(preds, answers) * len(preds) / 100.0
-        self.total += len(preds)
+    def update(self, preds: Sequence[str], answers: Sequence[str], ids: Sequence[int] | None = None) -> None:
+        if len(preds) != len(answers):
+            raise ValueError(f"QAAccuracy: {len(preds)} predictions but {len(answers)} answers")
+        hits = [float(normalize_answer(p) == a.strip().lower()) for p, a in zip(preds, answers)]
+        if ids is None:  # no ids: every question is distinct
+            ids = range(-1 - self._auto_id, -1 - self._auto_id - len(hits), -1)
+            self._auto_id += len(hits)
+        self.hits.append(torch.tensor(hits, dtype=torch.float32, device=self.device))
+        self.ids.append(torch.as_tensor(list(ids), dtype=torch.long, device=self.device))
+
+    def reset(self) -> None:
+        super().reset()
+        self._auto_id = 0
 
     def compute(self) -> torch.Tensor:
-        return 100.0 * self.correct / self.total.clamp(min=1)
+        if isinstance(self.hits, list) and not self.hits:
+            return torch.tensor(0.0, device=self.device)
+        hits, ids = _cat(self.hits), _cat(self.ids)
+        return 100.0 * hits[_first_of_each_id(ids)].mean()
 
 
 _TYPE_GROUPS = ("C", "T", "D")
@@ -451,27 +486,46 @@ def nextqa_accuracy(preds: torch.Tensor, labels: torch.Tensor, types: Sequence[s
 
 
 class NExTQAAccuracy(Metric):
-    """NExT-QA accuracy with per-type counts (summed states)."""
+    """NExT-QA accuracy overall and per type. States are per-question hits, type groups and dataset indices
+    (``ids``), concatenated over ranks; a question seen twice (DistributedSampler padding) counts once."""
 
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self):
-        super().__init__()
-        self.add_state("correct", default=torch.zeros(4), dist_reduce_fx="sum")  # all, C, T, D
-        self.add_state("total", default=torch.zeros(4), dist_reduce_fx="sum")
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.add_state("hits", default=[], dist_reduce_fx="cat")
+        self.add_state("groups", default=[], dist_reduce_fx="cat")  # 0 other, 1 C, 2 T, 3 D
+        self.add_state("ids", default=[], dist_reduce_fx="cat")
+        self._auto_id = 0
 
-    def update(self, preds: torch.Tensor, labels: torch.Tensor, types: Sequence[str]) -> None:
-        ok = (preds.view(-1) == labels.view(-1)).float().cpu()
-        groups = torch.tensor(
-            [1 + _TYPE_GROUPS.index(t[:1].upper()) if t[:1].upper() in _TYPE_GROUPS else 0 for t in types]
-        )
-        self.correct[0] += ok.sum()
-        self.total[0] += ok.numel()
-        for g in range(1, 4):
-            self.correct[g] += ok[groups == g].sum()
-            self.total[g] += (groups == g).sum()
+    def update(
+        self, preds: torch.Tensor, labels: torch.Tensor, types: Sequence[str], ids: Sequence[int] | None = None
+    ) -> None:
+        ok = (preds.view(-1) == labels.view(-1)).float().to(self.device)
+        if ok.numel() != len(types):
+            raise ValueError(f"NExTQAAccuracy: {ok.numel()} predictions but {len(types)} types")
+        groups = [1 + _TYPE_GROUPS.index(t[:1].upper()) if t[:1].upper() in _TYPE_GROUPS else 0 for t in types]
+        if ids is None:  # no ids: every question is distinct
+            ids = range(-1 - self._auto_id, -1 - self._auto_id - ok.numel(), -1)
+            self._auto_id += ok.numel()
+        self.hits.append(ok)
+        self.groups.append(torch.tensor(groups, dtype=torch.long, device=self.device))
+        self.ids.append(torch.as_tensor(list(ids), dtype=torch.long, device=self.device))
+
+    def reset(self) -> None:
+        super().reset()
+        self._auto_id = 0
 
     def compute(self) -> dict[str, float]:
-        names = ["acc"] + [f"acc_{g}" for g in _TYPE_GROUPS]
-        return {n: float(100.0 * self.correct[i] / self.total[i]) for i, n in enumerate(names) if self.total[i] > 0}
+        if isinstance(self.hits, list) and not self.hits:
+            return {}
+        ids = _cat(self.ids)
+        keep = _first_of_each_id(ids)
+        hits, groups = _cat(self.hits)[keep], _cat(self.groups)[keep]
+        out = {"acc": float(100.0 * hits.mean())}
+        for g, name in enumerate(_TYPE_GROUPS, start=1):
+            sel = groups == g
+            if sel.any():
+                out[f"acc_{name}"] = float(100.0 * hits[sel].mean())
+        return out

@@ -101,7 +101,9 @@ class RTQModule(pl.LightningModule):
         if task == "retrieval":
             self.itc = ITCLoss()
             self.itm = ITMLoss()
-            self.val_metric, self.test_metric = RetrievalMetrics(rank_ties), RetrievalMetrics(rank_ties)
+            # every rank holds the whole gathered score matrix (_retrieval_epoch_end): no second sync in compute()
+            self.val_metric = RetrievalMetrics(rank_ties, sync_on_compute=False)
+            self.test_metric = RetrievalMetrics(rank_ties, sync_on_compute=False)
         elif task == "captioning":
             self.lm_loss = CaptionLoss(label_smoothing)
             self.val_metric, self.test_metric = CaptionMetrics(caption_backend), CaptionMetrics(caption_backend)
@@ -236,11 +238,16 @@ class RTQModule(pl.LightningModule):
             metric.update(m.generate(batch["video"]), batch["references"], batch["index"].tolist())
         elif task == "qa":
             q = m.tokenize_question(batch["question"], self.device)
-            metric.update(m.generate(batch["video"], *q), batch["answer"])
+            metric.update(m.generate(batch["video"], *q), batch["answer"], batch["index"].tolist())
         else:
             texts = [c for cands in batch["candidates"] for c in cands]
             ids, mask = m.tokenize(texts, self.device)
-            metric.update(m(batch["video"], ids, mask).argmax(dim=1), batch["answer"].to(self.device), batch["type"])
+            metric.update(
+                m(batch["video"], ids, mask).argmax(dim=1),
+                batch["answer"].to(self.device),
+                batch["type"],
+                batch["index"].tolist(),
+            )
 
     def validation_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -248,12 +255,19 @@ class RTQModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def _gather_store(self) -> dict[str, torch.Tensor]:
-        store = {k: torch.cat([s[k] for s in self._eval_store]) for k in self._eval_store[0]}
-        if self.trainer.world_size > 1:
+    def _gather_store(self, stage: str) -> dict[str, torch.Tensor]:
+        store = (
+            {k: torch.cat([s[k] for s in self._eval_store]) for k in self._eval_store[0]} if self._eval_store else None
+        )
+        if self.trainer.world_size > 1:  # a rank without batches (all clips skipped) still joins the gather
             parts: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(parts, {k: v.cpu() for k, v in store.items()})
-            store = {k: torch.cat([p[k] for p in parts]).to(self.device) for k in store}
+            torch.distributed.all_gather_object(
+                parts, None if store is None else {k: v.cpu() for k, v in store.items()}
+            )
+            parts = [p for p in parts if p is not None]
+            store = {k: torch.cat([p[k] for p in parts]).to(self.device) for k in parts[0]} if parts else None
+        if store is None:
+            raise ValueError(f"{stage}: the evaluation set produced no batches")
         # drop DistributedSampler duplicates by item index
         order = torch.argsort(store["index"])
         keep = torch.ones_like(order, dtype=torch.bool)
@@ -261,9 +275,7 @@ class RTQModule(pl.LightningModule):
         return {k: v[order[keep]] for k, v in store.items()}
 
     def _retrieval_epoch_end(self, stage: str) -> None:
-        if not self._eval_store:
-            raise ValueError(f"{stage}: the evaluation set produced no batches")
-        s = self._gather_store()
+        s = self._gather_store(stage)
         self._eval_store = []
         # one column per video (first item of each video index), one row per text
         vids, first = torch.unique(s["video_index"], return_inverse=True)
@@ -273,7 +285,12 @@ class RTQModule(pl.LightningModule):
         v_feat, v_tokens = s["v_feat"][col], s["v_tokens"][col]
         sim = s["t_feat"].float() @ v_feat.float().T  # (N_t, N_v) cosine
         if self.hparams.rerank:
-            t2v, v2t = self.model.rerank(sim, v_tokens, s["ids"], s["mask"], self.config.k_test)
+            # each rank re-ranks a slice of the queries; rows of other ranks are 0 here and summed in
+            rank, world = self.trainer.global_rank, self.trainer.world_size
+            t2v, v2t = self.model.rerank(sim, v_tokens, s["ids"], s["mask"], self.config.k_test, shard=(rank, world))
+            if world > 1:
+                torch.distributed.all_reduce(t2v)
+                torch.distributed.all_reduce(v2t)
         else:
             t2v, v2t = sim, sim.T
         metric = self.val_metric if stage == "val" else self.test_metric

@@ -228,28 +228,39 @@ class RTQRetrieval(_RTQBase):
         text_mask: torch.Tensor,
         k: int,
         chunk: int = 128,
+        shard: tuple[int, int] = (0, 1),
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k ITM re-ranking (spec §3.2a, inference): score = ITM_logit[:, 1] + cosine inside each query's top-k,
         −100 elsewhere.
 
         sim (N_t, N_v) cosine; video_tokens (N_v, M, D); text_ids / text_mask (N_t, L).
+        shard = (rank, world): score only this rank's contiguous slice of the query rows of each direction and
+        leave the other rows at 0, so that summing the results of all ranks gives the full matrices.
         Returns (t2v scores (N_t, N_v), v2t scores (N_v, N_t)).
         """
         n_t, n_v = sim.shape
         k_v, k_t = min(k, n_v), min(k, n_t)
-        t2v = sim.new_full((n_t, n_v), -100.0)
-        v2t = sim.new_full((n_v, n_t), -100.0)
+        rank, world = shard
+
+        def rows(n: int) -> torch.Tensor:
+            step = -(-n // world)
+            return torch.arange(rank * step, min(n, (rank + 1) * step), device=sim.device)
+
+        t2v, v2t = sim.new_zeros((n_t, n_v)), sim.new_zeros((n_v, n_t))
+        mine_t, mine_v = rows(n_t), rows(n_v)
+        t2v[mine_t] = -100.0
+        v2t[mine_v] = -100.0
         # video → its top-k texts
-        top_t = sim.T.topk(k_t, dim=1).indices  # (N_v, k)
-        pairs_v = torch.arange(n_v, device=sim.device).repeat_interleave(k_t)
+        top_t = sim.T[mine_v].topk(k_t, dim=1).indices  # (N_v / world, k)
+        pairs_v = mine_v.repeat_interleave(k_t)
         pairs_t = top_t.reshape(-1)
         for s in range(0, pairs_v.numel(), chunk):
             v, t = pairs_v[s : s + chunk], pairs_t[s : s + chunk]
             logit = self.itm_logits(video_tokens[v], text_ids[t], text_mask[t])[:, 1].float()
             v2t[v, t] = logit + sim[t, v]
         # text → its top-k videos
-        top_v = sim.topk(k_v, dim=1).indices  # (N_t, k)
-        pairs_t = torch.arange(n_t, device=sim.device).repeat_interleave(k_v)
+        top_v = sim[mine_t].topk(k_v, dim=1).indices  # (N_t / world, k)
+        pairs_t = mine_t.repeat_interleave(k_v)
         pairs_v = top_v.reshape(-1)
         for s in range(0, pairs_t.numel(), chunk):
             t, v = pairs_t[s : s + chunk], pairs_v[s : s + chunk]

@@ -676,7 +676,11 @@ class RTQVisionEncoder(nn.Module):
         self.prior = config.temporal_placement == "prior"
         # temporal blocks: τ..L−1 after Refine (posterior), or 0..τ−1 on the raw frames before Refine (prior)
         n_temporal = config.temporal_block if self.prior else config.num_layers - config.temporal_block
-        self.temporal_embedding = nn.Parameter(torch.zeros(config.temporal_rows, config.hidden_size))  # E_t
+        # E_t; frozen in the RQ ablation (temporal_modeling: none), where it never enters the graph: a trainable
+        # parameter without a gradient stops DDP (find_unused_parameters=False) at the second step
+        self.temporal_embedding = nn.Parameter(
+            torch.zeros(config.temporal_rows, config.hidden_size), requires_grad=self.use_temporal
+        )
         self.message_blocks = nn.ModuleList(
             MessageTokenAttention(
                 config.hidden_size,
