@@ -40,6 +40,19 @@ def test_fit_test_round_trip(tmp_path, monkeypatch):
     assert "test/loss" in json.loads((tmp_path / "m.json").read_text())
 
 
+def test_a_checkpoint_overriding_a_model_setting_says_so(tmp_path, caplog):
+    root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
+    run_cli(ToyModule, ToyData, "toypkg", args=["fit", "--config", "demo", *root])
+    last = str(next(tmp_path.rglob("last.ckpt")))
+    with caplog.at_level("WARNING", logger="mmzoo.cli"):
+        cli = run_cli(ToyModule, ToyData, "toypkg",
+                      args=["test", "--config", "demo", "--model.lr", "0.5", *root, "--ckpt_path", last])  # fmt: skip
+    assert cli.model.hparams.lr == 0.05  # Lightning keeps the checkpoint's value ...
+    said = [m for m in caplog.messages if "model.lr" in m]
+    assert len(said) == 1 and "0.05" in said[0] and "0.5" in said[0]  # ... and the user is told
+    assert not [m for m in caplog.messages if "model.hidden" in m]  # unchanged values are not reported
+
+
 def test_seeding_makes_runs_repeatable(tmp_path):
     losses = []
     for i in range(2):

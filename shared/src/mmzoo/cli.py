@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import importlib.resources
 import json
+import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -33,6 +34,7 @@ from lightning.pytorch.cli import LightningCLI
 __all__ = ["resolve_config", "shipped_configs", "run_cli", "default_callbacks", "write_metrics"]
 
 ExtraCommand = Callable[[list[str]], object]
+log = logging.getLogger(__name__)
 
 
 def shipped_configs(package: str) -> list[str]:
@@ -121,6 +123,40 @@ def default_callbacks(model_class: type[pl.LightningModule]) -> list[Callback]:
     return [checkpoint, _LearningRateMonitorIfLogger(logging_interval="step")]
 
 
+def _flatten(value: object, prefix: str) -> dict[str, object]:
+    """A parsed (nested) config section as ``{"model.a.b": value}``."""
+    if hasattr(value, "as_dict"):
+        value = value.as_dict()
+    if isinstance(value, dict):
+        out: dict[str, object] = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}"))
+        return out
+    return {prefix: value}
+
+
+class _CLI(LightningCLI):
+    """LightningCLI that says which model settings a checkpoint overrides.
+
+    With ``--ckpt_path``, Lightning replaces the model's arguments by the hyperparameters saved in the checkpoint,
+    whatever the config files and the command line said (e.g. a test-time threshold). That stays so (the
+    checkpoint defines the model it holds), but every value that changes is logged as a warning instead of
+    being dropped in silence.
+    """
+
+    def _parse_ckpt_path(self) -> None:
+        sub = self.config.get("subcommand")
+        before = _flatten(self.config[sub].get("model"), "model") if sub else {}
+        super()._parse_ckpt_path()
+        if not sub:
+            return
+        after = _flatten(self.config[sub].get("model"), "model")
+        for key in sorted(set(before) & set(after)):
+            if before[key] != after[key]:
+                log.warning("%s: the checkpoint's value %r replaces %r (Lightning restores the hyperparameters "
+                            "saved in --ckpt_path)", key, after[key], before[key])  # fmt: skip
+
+
 def run_cli(
     model_class: type[pl.LightningModule],
     datamodule_class: type[pl.LightningDataModule] | None,
@@ -157,7 +193,7 @@ def run_cli(
         names = ", ".join(sorted(extra_commands))
         print(f"{package}: Lightning subcommands fit|validate|test|predict, and {names} (`{package} NAME --help`).")
     argv = _resolve_args(argv, package)
-    cli = LightningCLI(
+    cli = _CLI(
         model_class,
         datamodule_class,
         args=argv,
