@@ -28,7 +28,7 @@ def loveu_root(tmp_path_factory):
 def test_loveu_reads_official_layout(loveu_root):
     csv_text = (loveu_root / "loveu-tgve-2023" / "LOVEU-TGVE-2023_Dataset.csv").read_text().splitlines()
     assert csv_text[0].startswith("Video name,Our GT caption,Style Change Caption")
-    assert csv_text[1].startswith("DAVIS_480p")  # the group header row the official slicing skips
+    assert csv_text[1].startswith("DAVIS Videos:")  # the official group header row the official slicing skips
     ds = LOVEUDataset(loveu_root, num_frames=4, size=16, use_depth_files=True)
     assert len(ds) == 3 * 4  # every video × the four edit columns
     item = ds[0]
@@ -40,6 +40,55 @@ def test_loveu_reads_official_layout(loveu_root):
     assert groups == {"DAVIS_480p", "youtube_480p", "videvo_480p"}
     only = LOVEUDataset(loveu_root, split="youtube_480p", edits=["object"], source="frames", num_frames=2, size=16)
     assert len(only) == 1 and only[0]["frames"].shape == (2, 3, 16, 16)
+
+
+def _write_loveu_csv(root, lines):
+    base = root / "loveu-tgve-2023"
+    base.mkdir(parents=True, exist_ok=True)
+    head = "Video name,Our GT caption,Style Change Caption,Object Change Caption,Background Change Caption,"
+    (base / "LOVEU-TGVE-2023_Dataset.csv").write_text(head + "Multiple Changes Caption\n" + "\n".join(lines) + "\n")
+    for group, name in (("DAVIS_480p", "bmx"), ("youtube_480p", "salsa"), ("videvo_480p", "swans")):
+        write_video(base / group / "480p_videos" / f"{name}.mp4", synthetic_clip(4, 16)["frames"], fps=8.0)
+    return base
+
+
+def test_loveu_reads_the_official_group_labels(tmp_path):
+    """The official CSV labels its groups 'DAVIS Videos:' / 'Youtube Videos:' / 'Videvo Videos:' (the rows the
+    official script's df[1:17], df[19:42], df[44:82] skip); captions carry stray spaces."""
+    _write_loveu_csv(
+        tmp_path,
+        [
+            "DAVIS Videos:,,,,,",
+            "bmx, a man rides a bmx ,s1,o1,b1,m1",
+            ",,,,,",
+            "Youtube Videos:,,,,,",
+            "salsa,people dance,s2, o2 ,b2,m2",
+            ",,,,,",
+            "Videvo Videos:,,,,,",
+            "swans,swans swim,s3,o3,b3,m3",
+        ],
+    )
+    ds = LOVEUDataset(tmp_path, num_frames=2, size=16)
+    assert [(it["group"], it["video_id"]) for it in ds.items[::4]] == [
+        ("DAVIS_480p", "bmx"),
+        ("youtube_480p", "salsa"),
+        ("videvo_480p", "swans"),
+    ]
+    assert ds.items[0]["source_prompt"] == "a man rides a bmx" and ds.items[5]["target_prompt"] == "o2"
+
+
+def test_loveu_bad_rows_are_errors_not_dropped(tmp_path):
+    rows = ["DAVIS Videos:,,,,,", "bmx,a bmx,s,o,b,m", "Youtube Videos:,,,,,", "salsa,dance,s,o,b,m"]
+    _write_loveu_csv(tmp_path, [*rows, "salsa,dance again,s,o,b,m"])
+    with pytest.raises(ValueError, match="'salsa' is listed twice"):
+        LOVEUDataset(tmp_path)
+    _write_loveu_csv(tmp_path, [*rows, "swans,,s,o,b,m"])
+    with pytest.raises(ValueError, match="'swans' has edit captions but no 'Our GT caption'"):
+        LOVEUDataset(tmp_path)
+    _write_loveu_csv(tmp_path, [*rows[:3], "salsa,dance,s,o,b, "])
+    with pytest.raises(ValueError, match="Multiple Changes Caption"):
+        LOVEUDataset(tmp_path)
+    assert len(LOVEUDataset(tmp_path, edits=["style", "object"])) == 4  # the empty column left out
 
 
 def test_loveu_missing_files_and_keys(tmp_path, loveu_root):
@@ -135,3 +184,44 @@ def test_depth_normalisation_ranges_and_constant_maps():
     s = smooth_depth(torch.arange(3.0).view(3, 1, 1), 3)
     assert s.flatten().tolist() == [0.5, 1.0, 1.5]
     assert np.isfinite(normalize_depth(torch.zeros(1, 2, 2), "frame").numpy()).all()
+
+
+def test_evaluation_loaders_never_repeat_clips_across_processes(tmp_path):
+    """Under 3 processes, 5 clips: validation/test give each clip to exactly one process (a padding sampler would
+    score 1 clip twice); one process per clip count is the lower bound."""
+    from types import SimpleNamespace
+
+    make_zve(tmp_path, n_videos=2, frames=4, size=16)  # 4 items
+    dm = EVEDataModule(dataset="zve", data_root=str(tmp_path), num_frames=2, size=16)
+    dm.setup("test")
+    dm.data.items = dm.data.items + dm.data.items[:1]  # 5 items
+    seen = []
+    for rank in range(3):
+        dm.trainer = SimpleNamespace(world_size=3, global_rank=rank)
+        for loader in (dm.test_dataloader(), dm.val_dataloader()):
+            assert isinstance(loader.sampler, torch.utils.data.DistributedSampler)  # Lightning keeps it
+        seen += list(iter(dm.test_dataloader().sampler))
+    assert sorted(seen) == list(range(5))
+    dm.trainer = SimpleNamespace(world_size=8, global_rank=0)
+    with pytest.raises(ValueError, match="5 clips cannot be split over 8 processes"):
+        dm.test_dataloader()
+
+
+def test_zve_and_folder_reject_edits_that_share_an_output_folder(tmp_path):
+    """Two edits of one video without distinct types (the type defaults to 'object') would write the same folder."""
+    make_zve(tmp_path, n_videos=1, frames=4, size=16)
+    ann = tmp_path / "ZVE-50" / "annotations.json"
+    entries = json.loads(ann.read_text())
+    entries[0]["edits"] = [{"prompt": "a blue circle"}, {"prompt": "a green circle"}]
+    ann.write_text(json.dumps(entries))
+    with pytest.raises(ValueError, match="two edits of type 'object'"):
+        ZVEDataset(tmp_path)
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for name in ("clip.mp4", "clip.mkv"):
+        write_video(folder / name, synthetic_clip(4, 16)["frames"], fps=8.0)
+    (folder / "prompts.json").write_text(
+        json.dumps({n: {"source": "a red circle", "targets": ["a blue circle"]} for n in ("clip.mp4", "clip.mkv")})
+    )
+    with pytest.raises(ValueError, match="'clip' has two edits of type 'edit0'"):
+        VideoFolderDataset(folder)

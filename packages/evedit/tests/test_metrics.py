@@ -83,3 +83,56 @@ def test_tiny_embedder_and_missing_weights(tmp_path):
     torch.testing.assert_close(img.norm(dim=-1), torch.ones(3))
     with pytest.raises(FileNotFoundError, match="metrics.clip_path"):
         build_embedder(str(tmp_path / "nope"), 224)
+
+
+def test_clip_preprocessing_matches_the_official_pil_pipeline():
+    """LOVEU's run_eval.py: PIL resize to 480² (bicubic), then CLIPProcessor (bicubic short side 224, crop, norm).
+    PIL antialiases its downsampling; a textured frame exposes an aliased resize."""
+    from PIL import Image
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
+
+    from evedit.metrics import CLIPEmbedder
+
+    yy, xx = torch.meshgrid(torch.arange(512.0), torch.arange(512.0), indexing="ij")
+    img = torch.stack(
+        [
+            128 + 100 * torch.sin(xx * 0.9) * torch.cos(yy * 0.7),
+            128 + 60 * torch.sin(xx * 0.05),
+            128 + 80 * torch.sin(yy * 1.3),
+        ]
+    )
+    frame = img.round().clamp(0, 255).to(torch.uint8)[None]  # (1, 3, 512, 512)
+    cfg = CLIPConfig(
+        text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4},
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "image_size": 224,
+            "patch_size": 32,
+        },
+        projection_dim=32,
+    )
+    emb = CLIPEmbedder(CLIPModel(cfg), tokenizer=None, resize=480)
+    pil = Image.fromarray(frame[0].permute(1, 2, 0).numpy()).resize((480, 480), Image.BICUBIC)
+    ref = CLIPImageProcessor()(images=[pil], return_tensors="pt").pixel_values  # OpenAI CLIP defaults
+    diff = (emb.preprocess(frame) - ref).abs()
+    assert diff.mean() < 0.02 and diff.max() < 0.2
+
+
+def test_stage_means_leave_out_metrics_no_process_updated():
+    """The epoch-end means: a metric no process updated (e.g. peak memory on CPU) is left out instead of raising,
+    the count is summed through ``reduce_count`` before deciding (a process without clips still joins the sync),
+    and every metric is reset for the next epoch."""
+    from evedit.metrics import CLIPTextScore, ScalarMean, compute_clip_means
+
+    metrics = {"clip_text": CLIPTextScore(), "time_s": ScalarMean(), "peak_mb": ScalarMean()}
+    metrics["clip_text"].update(torch.tensor([[1.0, 0.0]]), torch.tensor([1.0, 0.0]))  # 100
+    metrics["clip_text"].update(torch.tensor([[0.0, 1.0]]), torch.tensor([1.0, 0.0]))  # 0
+    metrics["time_s"].update(3.0)
+    metrics["time_s"].update(5.0)
+    seen = []
+    out = compute_clip_means(metrics, lambda c: seen.append(float(c)) or c)
+    assert {k: float(v) for k, v in out.items()} == pytest.approx({"clip_text": 50.0, "time_s": 4.0})
+    assert seen == [2.0, 2.0, 0.0] and all(int(m.count) == 0 for m in metrics.values())

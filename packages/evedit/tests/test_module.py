@@ -108,3 +108,25 @@ def test_edit_command_on_one_video(tmp_path):
     assert out.videos[0].shape == (4, 3, 32, 32)
     assert (tmp_path / "out" / "strips" / "clip_prompt0.png").is_file()
     assert len(list((tmp_path / "out" / "edit" / "clip" / "prompt0").glob("*.jpg"))) == 4
+
+
+def test_test_reuses_only_edits_made_with_the_same_settings(tmp_path):
+    """`test` after `predict` must not score edits that other settings wrote to the same output_dir (an ablation
+    run with the shipped config's fixed output_dir would otherwise silently score the full method's edits)."""
+    import torch
+
+    from evedit.models import EditConfig, ModelConfig, TCCConfig
+    from evedit.module import _load_edit, edit_settings_id, save_edit
+
+    model = ModelConfig(backbone="tiny", depth_model="tiny")
+    full = edit_settings_id(model, EditConfig(), seed=0)
+    ablation = edit_settings_id(model, EditConfig(tcc=TCCConfig(iters=0)), seed=0)
+    assert len({full, ablation, edit_settings_id(model, EditConfig(), seed=1)}) == 3
+    assert full == edit_settings_id(ModelConfig(backbone="tiny", depth_model="tiny"), EditConfig(), seed=0)
+    source = torch.randint(0, 255, (3, 3, 16, 16), dtype=torch.uint8)
+    item = {"group": "g", "video_id": "v", "edit_type": "object", "frames": source}
+    folder = save_edit(tmp_path, item, source, torch.rand(3, 16, 16), {"total_s": 1.0, "settings_id": full}, False)
+    loaded = _load_edit(folder, source, full)
+    assert loaded is not None and loaded[0].shape == source.shape and loaded[1]["total_s"] == 1.0
+    assert _load_edit(folder, source, ablation) is None
+    assert _load_edit(folder, torch.zeros(3, 3, 32, 32, dtype=torch.uint8), full) is None  # other frame size

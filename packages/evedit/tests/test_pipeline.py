@@ -326,3 +326,70 @@ def test_inversion_asks_the_unet_at_the_chosen_timestep(timestep, monkeypatch):
     assert destinations == [1, 251, 501, 751] and len(traj) == 4
     # destination: the diffusers convention; source: spec §3.3's ε_θ(Z_t, t) at the step's start (0 for the first)
     assert asked == (destinations if timestep == "destination" else [0, 1, 251, 501])
+
+
+def test_pretrained_scheduler_never_clips_latents():
+    """An SD scheduler_config.json without `clip_sample` makes DDIM (and the inverse scheduler built from it) clip
+    x̂_0 to ±1; SD latents span several units, so the loaded scheduler must have clipping off."""
+    from diffusers import DDIMInverseScheduler
+
+    from evedit.models import latent_ddim_scheduler
+
+    sd_config = {
+        "_class_name": "PNDMScheduler",
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "num_train_timesteps": 1000,
+        "set_alpha_to_one": False,
+        "skip_prk_steps": True,
+        "steps_offset": 1,
+    }
+    loaded = DDIMScheduler.from_config(sd_config)
+    assert loaded.config.clip_sample  # diffusers' default when the key is absent
+    sched = latent_ddim_scheduler(loaded)
+    assert not sched.config.clip_sample and not DDIMInverseScheduler.from_config(sched.config).config.clip_sample
+    assert sched.config.steps_offset == 1 and sched.config.beta_schedule == "scaled_linear"
+    sched.set_timesteps(10)
+    z = torch.full((1, 4, 2, 2), 3.0)
+    out = sched.step(torch.zeros_like(z), sched.timesteps[-1], z).pred_original_sample
+    assert out.max() > 2.0  # x̂_0 = z/sqrt(ᾱ) is not clipped to 1
+    kept = DDIMScheduler.from_config({**sd_config, "clip_sample": False})
+    assert latent_ddim_scheduler(kept) is kept
+
+
+def test_depth_estimator_input_matches_the_dpt_image_processor(tiny_pipe):
+    """The MiDaS input: the DPT image processor's (PIL, antialiased) bicubic resize of a 512² frame to the 384²
+    estimator input, mean = std = 0.5; a textured frame shows an aliased downsampling."""
+    from PIL import Image
+    from transformers import DPTImageProcessor
+
+    from evedit.models import EditConfig
+
+    class _Seen(Exception):
+        pass
+
+    def capture(pixel_values, **kw):
+        got["x"] = pixel_values
+        raise _Seen
+
+    yy, xx = torch.meshgrid(torch.arange(512.0), torch.arange(512.0), indexing="ij")
+    img = torch.stack(
+        [
+            128 + 100 * torch.sin(xx * 0.9) * torch.cos(yy * 0.7),
+            128 + 60 * torch.sin(xx * 0.1),
+            128 + 80 * torch.sin(yy * 1.3),
+        ]
+    )
+    frames = img.round().clamp(0, 255).to(torch.uint8)[None]  # (1, 3, 512, 512)
+    got = {}
+    est = tiny_pipe.depth_estimator
+    est.forward = capture
+    try:
+        with pytest.raises(_Seen):
+            tiny_pipe.estimate_depth(frames, EditConfig())
+    finally:
+        del est.forward  # back to the class's forward
+    proc = DPTImageProcessor(size={"height": 384, "width": 384}, resample=Image.BICUBIC, image_mean=0.5, image_std=0.5)
+    ref = proc(images=[Image.fromarray(frames[0].permute(1, 2, 0).numpy())], return_tensors="pt").pixel_values
+    assert (got["x"] - ref).abs().mean() < 0.008  # 0.002 antialiased, 0.020 without

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 __all__ = [
     "LOVEU_COLUMNS",
     "LOVEU_GROUPS",
+    "LOVEU_HEADER_LABELS",
     "LOVEUDataset",
     "ZVEDataset",
     "VideoFolderDataset",
@@ -46,6 +47,8 @@ __all__ = [
 FramesMode = Literal["first", "uniform", "stride"]
 OnCorrupt = Literal["raise", "skip"]
 LOVEU_GROUPS = ("DAVIS_480p", "youtube_480p", "videvo_480p")
+#: the group header rows of the official CSV ("Video name" column), in the order of LOVEU_GROUPS
+LOVEU_HEADER_LABELS = ("DAVIS Videos:", "Youtube Videos:", "Videvo Videos:")
 #: edit type → column of the official CSV
 LOVEU_COLUMNS = {
     "style": "Style Change Caption",
@@ -63,6 +66,19 @@ def frame_indices(total: int, num_frames: int, mode: FramesMode, stride: int = 1
     if mode == "uniform":
         return uniform_segment_indices(total, num_frames, train=False)
     return list(range(0, total, stride))[:num_frames]
+
+
+def loveu_group_of_header(name: str) -> str | None:
+    """The group folder a LOVEU CSV header row opens, or None when ``name`` is not a header row.
+
+    The official CSV labels its groups ``DAVIS Videos:``, ``Youtube Videos:``, ``Videvo Videos:``; the folder names
+    themselves (``DAVIS_480p`` ...) are accepted too. Case, surrounding spaces and the trailing colon do not matter."""
+    s = name.strip().lower().rstrip(":").strip()
+    for suffix in (" videos", "_480p"):
+        if s.endswith(suffix):
+            s = s[: -len(suffix)].strip()
+            break
+    return {"davis": LOVEU_GROUPS[0], "youtube": LOVEU_GROUPS[1], "videvo": LOVEU_GROUPS[2]}.get(s)
 
 
 def _prepare_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -99,6 +115,19 @@ class _ClipDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def _check_unique(self, where: Path) -> None:
+        """Each (video, edit type) names one output folder: a repeated pair would overwrite another edit and be
+        scored in its place."""
+        seen: set[tuple[str, str]] = set()
+        for it in self.items:
+            key = (it["group"], it["video_id"], it["edit_type"])
+            if key in seen:
+                raise ValueError(
+                    f"{where}: video {it['video_id']!r} has two edits of type {it['edit_type']!r} (each (video, type) "
+                    f"pair names one output folder); {_HELP}"
+                )
+            seen.add(key)
 
     def _read(self, video: Path | None, frame_dir: Path | None) -> tuple[torch.Tensor, list[int], float]:
         if video is not None:
@@ -158,8 +187,11 @@ class LOVEUDataset(_ClipDataset):
         <data_root>/loveu-tgve-2023/<group>/480p_frames/<Video name>/*.jpg   (source: frames)
         <data_root>/loveu-tgve-2023/<group>/depth/<Video name>/%05d.npy      (optional, package-defined)
 
-    The CSV's group header rows (``DAVIS_480p``, ``youtube_480p``, ``videvo_480p``, the rows the official
-    script slices at 1:17, 19:42, 44:82) assign each following video to its group.
+    The CSV's group header rows (``DAVIS Videos:``, ``Youtube Videos:``, ``Videvo Videos:`` in the official file; the
+    folder names ``DAVIS_480p`` ... are accepted too), which the official script skips by slicing its rows at 1:17,
+    19:42, 44:82, assign each following video to its group. Captions are stripped of surrounding spaces (as the
+    official script does); a video row without its source caption, with an empty caption of a selected edit, or
+    listed twice is an error.
 
     Args:
         data_root: folder holding ``loveu-tgve-2023/``.
@@ -202,15 +234,39 @@ class LOVEUDataset(_ClipDataset):
                 raise KeyError(f"{csv_path}: missing columns {missing}; {_HELP}")
             rows = list(reader)
         group = None
-        for row in rows:
+        seen: set[str] = set()
+        captions = list(LOVEU_COLUMNS.values())
+        for i, row in enumerate(rows):  # i = the row's index in the official script's pandas frame
             name = (row.get("Video name") or "").strip()
-            if name in LOVEU_GROUPS:
-                group = name
+            source_prompt = (row.get("Our GT caption") or "").strip()
+            header = loveu_group_of_header(name) if name else None
+            if header is not None:
+                group = header
                 continue
-            if not name or not (row.get("Our GT caption") or "").strip():
+            if not name and not source_prompt:
                 continue  # blank separator rows
+            if not source_prompt:
+                if any((row.get(c) or "").strip() for c in captions):
+                    raise ValueError(f"{csv_path} row {i}: video {name!r} has edit captions but no 'Our GT caption'")
+                log.warning(
+                    "LOVEU-TGVE: %s row %d: skipping row %r (no captions, not a group header)", csv_path, i, name
+                )
+                continue
+            if not name:
+                raise ValueError(f"{csv_path} row {i}: a row with captions has no 'Video name'")
             if group is None:
-                raise ValueError(f"{csv_path}: video {name!r} appears before any group header row {LOVEU_GROUPS}")
+                raise ValueError(
+                    f"{csv_path}: video {name!r} appears before any group header row {LOVEU_HEADER_LABELS}"
+                )
+            if name in seen:
+                raise ValueError(f"{csv_path} row {i}: video {name!r} is listed twice")
+            seen.add(name)
+            targets = {e: (row.get(LOVEU_COLUMNS[e]) or "").strip() for e in edits}
+            empty = [LOVEU_COLUMNS[e] for e, t in targets.items() if not t]
+            if empty:
+                raise ValueError(
+                    f"{csv_path} row {i}: video {name!r} has an empty {empty} (leave that edit out with data.edits)"
+                )
             if split != "all" and group != split:
                 continue
             video = root / group / "480p_videos" / f"{name}.mp4"
@@ -224,8 +280,8 @@ class LOVEUDataset(_ClipDataset):
                         "video": video if source == "videos" else None,
                         "frame_dir": frame_dir if source == "frames" else None,
                         "depth_dir": root / group / "depth" / name,
-                        "source_prompt": row["Our GT caption"],
-                        "target_prompt": row[LOVEU_COLUMNS[e]],
+                        "source_prompt": source_prompt,
+                        "target_prompt": targets[e],
                         "video_id": name,
                         "edit_type": e,
                         "group": group,
@@ -283,6 +339,7 @@ class ZVEDataset(_ClipDataset):
                         "group": "ZVE-50",
                     }
                 )
+        self._check_unique(ann_path)
 
 
 class VideoFolderDataset(_ClipDataset):
@@ -326,6 +383,7 @@ class VideoFolderDataset(_ClipDataset):
                         "group": "folder",
                     }
                 )
+        self._check_unique(p)
 
 
 def collate_one(items: list[dict | None]) -> dict | None:
@@ -406,7 +464,7 @@ def make_loveu(root: str | Path, n_videos: int = 3, frames: int = 8, size: int =
     for g, group in enumerate(LOVEU_GROUPS):
         if g > 0:
             rows.append([""] * len(header))  # the blank separator row of the official CSV
-        rows.append([group] + [""] * (len(header) - 1))
+        rows.append([LOVEU_HEADER_LABELS[g]] + [""] * (len(header) - 1))  # the official group label
         for k in per_group[g]:
             color, shape, target = _clip_spec(k)
             name = f"clip{k:02d}"
@@ -563,17 +621,37 @@ class EVEDataModule(pl.LightningDataModule):
             data.items = data.items[: self.max_items]
         self.data = data
 
-    def _loader(self) -> DataLoader:
-        return DataLoader(self.data, batch_size=1, shuffle=False, num_workers=self.num_workers, collate_fn=collate_one)
+    def _loader(self, evaluate: bool = False) -> DataLoader:
+        """One clip per batch. ``evaluate`` under several processes: each clip goes to exactly one process
+        (Lightning's default DistributedSampler would pad the last round with repeated clips, which the metrics
+        would then count twice); predict gets the same from Lightning itself."""
+        sampler = None
+        world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
+        if evaluate and world > 1:
+            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+            if len(self.data) < world:
+                raise ValueError(f"{len(self.data)} clips cannot be split over {world} processes: use fewer devices")
+            sampler = UnrepeatedDistributedSampler(
+                self.data, num_replicas=world, rank=self.trainer.global_rank, shuffle=False
+            )
+        return DataLoader(
+            self.data,
+            batch_size=1,
+            shuffle=False,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            collate_fn=collate_one,
+        )
 
     def train_dataloader(self) -> DataLoader:
         return self._loader()
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader()
+        return self._loader(evaluate=True)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader()
+        return self._loader(evaluate=True)
 
     def predict_dataloader(self) -> DataLoader:
         return self._loader()

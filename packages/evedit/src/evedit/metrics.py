@@ -29,6 +29,8 @@ __all__ = [
     "FrameAccuracy",
     "PickScore",
     "DepthError",
+    "ScalarMean",
+    "compute_clip_means",
     "MetricsConfig",
     "CLIPEmbedder",
     "build_embedder",
@@ -163,6 +165,30 @@ class DepthError(_ClipMean):
         self._add(depth_error(depth_source, depth_edit))
 
 
+class ScalarMean(_ClipMean):
+    """Mean over clips of a per-clip number (editing time, peak memory). ``update(value)``."""
+
+    higher_is_better = False
+
+    def update(self, value: torch.Tensor | float) -> None:
+        self._add(torch.as_tensor(value, dtype=torch.float64))
+
+
+def compute_clip_means(metrics: dict[str, _ClipMean], reduce_count) -> dict[str, torch.Tensor]:
+    """Compute (summed over processes) and reset every metric of one stage; leave out those no process updated.
+
+    Called by every process at the end of an evaluation epoch, whatever it saw: processes may hold different
+    numbers of clips (the evaluation sampler does not repeat clips to even them out, and skipped corrupt clips add
+    nothing), and one that logged a metric the others never logged would wait for them forever.
+    ``reduce_count(tensor) -> tensor`` sums a count over processes (identity on one process)."""
+    out = {}
+    for name, metric in metrics.items():
+        if int(reduce_count(metric.count.detach().clone().float())) > 0:
+            out[name] = metric.compute()
+        metric.reset()
+    return out
+
+
 # ------------------------------------------------------------------------------------------------- models
 
 
@@ -186,8 +212,8 @@ class MetricsConfig:
 class CLIPEmbedder(nn.Module):
     """L2-normalised CLIP embeddings of frames and prompts (the injected model of the metrics).
 
-    Frames uint8 (F, 3, H, W) → resized to ``resize``² → bicubic resize of the short side and centre crop to the
-    model's input size → CLIP normalisation → image embeddings (F, D)."""
+    Frames uint8 (F, 3, H, W) → resized to ``resize``² → bicubic resize to the model's input size (antialiased, as
+    PIL does in the official script) → CLIP normalisation → image embeddings (F, D)."""
 
     def __init__(self, model: nn.Module, tokenizer: object, resize: int = 480):
         super().__init__()
@@ -203,12 +229,22 @@ class CLIPEmbedder(nn.Module):
     def logit_scale(self) -> torch.Tensor:
         return self.model.logit_scale.detach()
 
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 frames (F, 3, H, W) → normalised CLIP input (F, 3, S, S), as the LOVEU-TGVE script prepares them:
+        PIL bicubic resize to ``resize``² (stored as uint8 images), then the CLIP processor's bicubic resize (short
+        side; square frames need no crop) and normalisation. PIL's downsampling filters are antialiased, hence
+        ``antialias=True`` (without it a textured 512² frame moves by ~0.2 normalised units per pixel)."""
+        x = frames.to(self.mean.device).float()  # (F, 3, H, W) in [0, 255]
+        x = F.interpolate(x, size=(self.resize, self.resize), mode="bicubic", align_corners=False, antialias=True)
+        x = x.round().clamp(0, 255) / 255.0  # the script's resized frames are uint8 images
+        x = F.interpolate(
+            x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False, antialias=True
+        )
+        return (x.clamp(0, 1) - self.mean) / self.std
+
     @torch.no_grad()
     def embed_images(self, frames: torch.Tensor) -> torch.Tensor:
-        x = frames.to(self.mean.device).float() / 255.0  # (F, 3, H, W)
-        x = F.interpolate(x, size=(self.resize, self.resize), mode="bicubic", align_corners=False)
-        x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bicubic", align_corners=False)
-        x = (x.clamp(0, 1) - self.mean) / self.std
+        x = self.preprocess(frames)  # (F, 3, S, S)
         emb = self.model.get_image_features(pixel_values=x.to(self.model.dtype))
         emb = emb if isinstance(emb, torch.Tensor) else emb.pooler_output
         return F.normalize(emb.float(), dim=-1)  # (F, D)

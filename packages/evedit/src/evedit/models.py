@@ -29,6 +29,7 @@ __all__ = [
     "WordTokenizer",
     "build_components",
     "build_tiny_variant",
+    "latent_ddim_scheduler",
     "normalize_depth",
     "smooth_depth",
     "CrossFrameAttnProcessor",
@@ -407,6 +408,20 @@ def build_tiny_variant(cfg: ModelConfig, backbone: Literal["controlnet_depth", "
     return comps
 
 
+def latent_ddim_scheduler(scheduler):
+    """The checkpoint's DDIM scheduler with ``clip_sample`` off.
+
+    DDIM (and the inverse scheduler built from its config) clips x̂_0 to ±1 unless the config says otherwise; a
+    ``scheduler_config.json`` without the key (older or converted SD copies) would clip SD latents, whose range is
+    several units, at every sampling and inversion step. Latent diffusion never clips (spec §3.3)."""
+    from diffusers import DDIMScheduler
+
+    if not scheduler.config.get("clip_sample", True):
+        return scheduler
+    log.warning("the checkpoint's scheduler config clips x0 to +-1 (clip_sample true or absent): turned off")
+    return DDIMScheduler.from_config(scheduler.config, clip_sample=False)
+
+
 def _load_pretrained(cfg: ModelConfig) -> EVEComponents:
     from diffusers import AutoencoderKL, ControlNetModel, DDIMScheduler, T2IAdapter, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
@@ -434,7 +449,7 @@ def _load_pretrained(cfg: ModelConfig) -> EVEComponents:
     vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=lo)
     text_encoder = CLIPTextModel.from_pretrained(root, subfolder="text_encoder", local_files_only=lo)
     tokenizer = CLIPTokenizer.from_pretrained(root, subfolder="tokenizer", local_files_only=lo)
-    scheduler = DDIMScheduler.from_pretrained(root, subfolder="scheduler", local_files_only=lo)
+    scheduler = latent_ddim_scheduler(DDIMScheduler.from_pretrained(root, subfolder="scheduler", local_files_only=lo))
     depth_encoder: nn.Module | None = None
     if cfg.backbone in ("sd15_t2i_adapter_depth", "sd14_t2i_adapter_depth"):
         hub = (

@@ -10,9 +10,11 @@ optimisation lives inside the pipeline and runs under a local ``torch.enable_gra
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import logging
 import zlib
+from dataclasses import asdict
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -26,9 +28,11 @@ from evedit.metrics import (
     FrameAccuracy,
     MetricsConfig,
     PickScore,
+    ScalarMean,
     build_embedder,
     clip_frame_consistency,
     clip_text_score,
+    compute_clip_means,
     depth_error,
     frame_accuracy,
     pick_score,
@@ -73,14 +77,30 @@ def save_edit(
     return folder
 
 
-def _load_edit(folder: Path, num_frames: int) -> tuple[torch.Tensor, dict] | None:
+def edit_settings_id(model: ModelConfig, edit: EditConfig, seed: int) -> str:
+    """A short fingerprint of everything that decides an edit (networks, edit settings, seed), written with every
+    edit so that ``test`` re-uses only edits made with the settings it is asked to score."""
+    blob = json.dumps({"model": asdict(model), "edit": asdict(edit), "seed": seed}, sort_keys=True, default=str)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+def _load_edit(folder: Path, source: torch.Tensor, settings_id: str) -> tuple[torch.Tensor, dict] | None:
+    """The edit stored in ``folder`` if it was made with ``settings_id`` from a clip shaped like ``source``."""
     from torchvision.io import ImageReadMode, read_image
 
     files = sorted(folder.glob("*.jpg"))
-    if len(files) != num_frames or not (folder / "timing.json").is_file():
+    if len(files) != source.shape[0] or not (folder / "timing.json").is_file():
+        return None
+    timing = json.loads((folder / "timing.json").read_text())
+    if timing.get("settings_id") != settings_id:
+        log.warning("not re-using %s: it was edited with other settings (or an older version); editing again", folder)
         return None
     frames = torch.stack([read_image(str(f), ImageReadMode.RGB) for f in files])
-    return frames, json.loads((folder / "timing.json").read_text())
+    if frames.shape != source.shape:
+        log.warning("not re-using %s: frames %s, the clip is %s; editing again", folder, tuple(frames.shape),
+                    tuple(source.shape))  # fmt: skip
+        return None
+    return frames, timing
 
 
 class EVEModule(pl.LightningModule):
@@ -91,7 +111,8 @@ class EVEModule(pl.LightningModule):
         edit: the editing settings (steps, guidance, init, depth, temporal consistency constraints).
         metrics: models of the metrics.
         output_dir: where ``predict`` writes edits (and ``test`` looks for them); None = ``<default_root_dir>/edits``.
-        reuse_edits: ``test``/``validate`` read edits already written to ``output_dir`` instead of re-editing.
+        reuse_edits: ``test``/``validate`` read edits already written to ``output_dir`` instead of re-editing, when
+            they were made with the same model, edit settings and seed (an edit made otherwise is redone).
         write_videos: also write mp4/gif and the source|depth|edit PNG strip of every edit.
         seed: seed of the per-clip generator (for `sdedit`/`noise` init and η > 0); combined with the clip id.
         num_threads: CPU intra-op threads for editing (None = torch's default); 1 is fastest for the tiny models
@@ -121,6 +142,7 @@ class EVEModule(pl.LightningModule):
         self.write_videos = write_videos
         self.seed = seed
         self.num_threads = num_threads
+        self.settings_id = edit_settings_id(self.model_cfg, self.edit_cfg, seed)
         comps = build_components(self.model_cfg)
         # frozen networks as submodules, so that Lightning moves them to the device
         self.unet, self.vae, self.text_encoder = comps.unet, comps.vae, comps.text_encoder
@@ -151,6 +173,8 @@ class EVEModule(pl.LightningModule):
             m["depth_err"] = DepthError()
         if self.metrics_cfg.pickscore_path is not None:
             m["pick_score"] = PickScore()
+        for key in ("time_s", "update_s", "peak_mb"):  # per-edit cost (spec §5 efficiency)
+            m[key] = ScalarMean()
         return torch.nn.ModuleDict(m)
 
     # ------------------------------------------------------------------------------------------------ editing
@@ -173,6 +197,7 @@ class EVEModule(pl.LightningModule):
             generator=gen,
         )
         timing = dict(out.timings[0])
+        timing["settings_id"] = self.settings_id  # stored with the edit (timing.json), checked before re-use
         if out.losses[0]:
             timing["update_loss_first"] = out.losses[0][0]["loss"]
             timing["update_loss_last"] = out.losses[0][-1]["loss"]
@@ -223,13 +248,26 @@ class EVEModule(pl.LightningModule):
     def test_step(self, batch: dict | None, batch_idx: int) -> None:
         self._evaluate(batch, "test")
 
+    def on_validation_epoch_end(self) -> None:
+        self._log_stage("val")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_stage("test")
+
+    def _log_stage(self, stage: str) -> None:
+        """Every process logs the same stage means (metric states and counts summed over processes)."""
+        reduce = (lambda c: self.trainer.strategy.reduce(c, reduce_op="sum")) if self._trainer is not None else None
+        values = compute_clip_means(dict(self.stage_metrics[stage].items()), reduce or (lambda c: c))
+        for name, value in values.items():
+            self.log(f"{stage}/{name}", value.to(self.device), batch_size=1, sync_dist=True)  # equal on every rank
+
     def _evaluate(self, batch: dict | None, stage: str) -> None:
         if batch is None:
             return
         loaded = None
         folder = self._out_dir() / batch["group"] / batch["video_id"] / batch["edit_type"]
         if self.reuse_edits:
-            loaded = _load_edit(folder, batch["frames"].shape[0])
+            loaded = _load_edit(folder, batch["frames"], self.settings_id)
         if loaded is not None:
             edit, timing = loaded
             depth01 = None
@@ -261,19 +299,9 @@ class EVEModule(pl.LightningModule):
             p_txt = self.pick.embed_text([batch["target_prompt"]])[0]
             values["pick_score"] = pick_score(p_img, p_txt, self.pick.logit_scale)
             metrics["pick_score"].update(p_img, p_txt, self.pick.logit_scale)
-        for name, metric in metrics.items():
-            if metric.update_called:
-                self.log(f"{stage}/{name}", metric, on_step=False, on_epoch=True, batch_size=1)
         for key in ("total_s", "update_s", "peak_mb"):
             if key in timing:
-                self.log(
-                    f"{stage}/{key.replace('total_s', 'time_s')}",
-                    float(timing[key]),
-                    on_step=False,
-                    on_epoch=True,
-                    batch_size=1,
-                    sync_dist=True,
-                )
+                metrics[key.replace("total_s", "time_s")].update(float(timing[key]))
         self._log_csv(
             f"metrics_{stage}",
             {

@@ -202,7 +202,8 @@ class EVEPipeline(DiffusionPipeline):
     def estimate_depth(self, frames: torch.Tensor, config: EditConfig) -> torch.Tensor:
         """MiDaS relative inverse depth of uint8 frames (F, 3, H, W) → (F, H, W) (spec §3.1, before normalising)."""
         s = config.depth.estimator_size
-        x = F.interpolate(frames.float() / 255.0, size=(s, s), mode="bicubic", align_corners=False)  # (F, 3, s, s)
+        x = frames.float() / 255.0  # (F, 3, H, W); antialiased like the DPT image processor's PIL resize
+        x = F.interpolate(x, size=(s, s), mode="bicubic", align_corners=False, antialias=True)  # (F, 3, s, s)
         x = ((x.clamp(0, 1) - 0.5) / 0.5).to(next(self.depth_estimator.parameters()).dtype)  # mean = std = 0.5
         return self.depth_estimator(pixel_values=x).predicted_depth.float()  # (F, s', s')
 
