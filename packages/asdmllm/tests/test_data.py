@@ -163,3 +163,44 @@ def test_demo_data_regenerated_when_its_settings_change(tmp_path):
     written = shard.stat().st_mtime_ns
     dm.prepare_data()  # same settings: kept
     assert shard.stat().st_mtime_ns == written
+
+
+def test_fairface_reader_rejects_unknown_labels_and_repeated_files(tmp_path):
+    """An out-of-vocabulary label (here 'Latino', the release says 'Latino_Hispanic') or a blank cell would silently
+    drop the image from that attribute's pools; a repeated file would count one face twice."""
+    root = make_fairface(tmp_path / "ff", 4)
+    label = root / "fairface_label_val.csv"
+    rows = label.read_text().splitlines()
+    fields = rows[1].split(",")
+    bad = [rows[0], ",".join(fields[:3] + ["Latino"] + fields[4:]), *rows[2:]]
+    label.write_text("\n".join(bad) + "\n")
+    with pytest.raises(ValueError, match="race values \\['Latino'\\]"):
+        FairFaceDataset(root, ["nurse"], ["occupation"], image_size=32)
+    label.write_text("\n".join([*rows, rows[2]]) + "\n")
+    with pytest.raises(ValueError, match="more than once"):
+        FairFaceDataset(root, ["nurse"], ["occupation"], image_size=32)
+    label.write_text("\n".join(rows) + "\n")
+    assert len(FairFaceDataset(root, ["nurse"], ["occupation"], image_size=32)) == 4
+
+
+def test_socialcounterfactuals_concept_ignores_attribute_order_in_caption(tmp_path):
+    """The concept is the caption after its attribute words, whichever order they are written in: with 'A photo of
+    a male White nurse' (a1 = White after a2 = male) a split on a2 alone would make 'White nurse' and 'Black nurse'
+    two concepts, each with one race, so the race Skew of every pool would be undefined."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = make_socialcounterfactuals(tmp_path, ["nurse", "chef"], ["White", "Black"], ["male", "female"], 2, 32)
+    shard = next((root / "data").glob("*.parquet"))
+    table = pq.read_table(shard)
+    rows = table.to_pydict()
+    swapped = [f"A photo of a {g} {r} {c.split()[-1]}" for g, r, c in zip(rows["a2"], rows["a1"], rows["caption"])]
+    pq.write_table(table.set_column(table.schema.get_field_index("caption"), "caption", pa.array(swapped)), shard)
+    ds = SocialCounterfactualsDataset(root, "all", image_size=32)
+    assert ds.concepts == ["chef", "nurse"]
+    rows["caption"] = [
+        c.replace(" male ", " female ") if a2 == "male" else c for c, a2 in zip(rows["caption"], rows["a2"])
+    ]
+    pq.write_table(pa.Table.from_pydict(rows, schema=table.schema), shard)
+    with pytest.raises(ValueError, match="no concept after a2='male'"):  # 'female' is not the word 'male'
+        SocialCounterfactualsDataset(root, "all", image_size=32)

@@ -148,6 +148,7 @@ def test_vqa_accuracy_and_metric():
     assert vqa_accuracy("2", answers) == pytest.approx(sum(min(c / 3, 1) for c in [2] * 3 + [3] * 7) / 10)
     assert vqa_accuracy("Three.", answers) == pytest.approx(1.0)
     assert normalize_vqa_answer("The Dog!") == "dog"
+    assert normalize_vqa_answer("None") == "0"  # official manualMap: 'none' -> '0' (answer "none" to "how many")
     m = VQAAccuracy()
     m.update(["2"], [answers])
     m.update(["3"], [answers])
@@ -157,6 +158,12 @@ def test_vqa_accuracy_and_metric():
 def test_multiple_choice_and_circular():
     assert multiple_choice_accuracy(["A", "b. cat", "C"], ["A", "B", "D"]) == pytest.approx(2 / 3)
     assert circular_eval_accuracy(["q1", "q1", "q2", "q2"], [True, True, True, False]) == 0.5
+
+
+def test_option_letter_skips_capitals_inside_words():
+    """'The answer is B' names B (not the H of 'The'); 'Answer: C' names C (not the A of 'Answer')."""
+    preds = ["The answer is B", "Answer: C", "(D) a cat", "b.", "none of them"]
+    assert multiple_choice_accuracy(preds, ["B", "C", "D", "B", "A"]) == pytest.approx(4 / 5)
 
 
 # ------------------------------------------------------------------------------------------ resampling (§3.4)

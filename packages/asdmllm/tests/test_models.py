@@ -91,3 +91,41 @@ def test_remote_code_checkpoints_are_refused_by_name(tmp_path):
         check_native_checkpoint(str(tmp_path / "qwen2"), "llava")
     check_native_checkpoint(str(tmp_path / "qwen2"), "qwen2_vl")  # a native checkpoint of the right arch passes
     check_native_checkpoint(str(tmp_path / "missing"), "llava")  # no local config: left to transformers
+
+
+def test_local_bf16_checkpoint_loads_its_weights_and_trains_fp32_parts(tmp_path):
+    """``model.mllm.pretrained`` = a local transformers snapshot: its weights arrive (not a random init), and with a
+    bf16 base (the LoRA config) the trained parts (projector, LoRA) are fp32, since an AdamW step of lr = 2e-5 is below
+    half a bf16 ulp of most weights and would be rounded away."""
+    import torch
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    from asdmllm.losses import autoregressive_loss
+    from asdmllm.models import IMAGE_TOKEN, build_char_tokenizer, build_tiny_llava
+
+    torch.manual_seed(0)
+    tok = build_char_tokenizer()
+    source = build_tiny_llava(MLLMConfig(), len(tok), tok.convert_tokens_to_ids(IMAGE_TOKEN), tok.pad_token_id)
+    source.save_pretrained(tmp_path / "llava")
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    LlavaProcessor(
+        image_processor=image_processor, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default"
+    ).save_pretrained(tmp_path / "llava")
+    m = MultimodalLLM(MLLMConfig(pretrained=str(tmp_path / "llava"), torch_dtype="bfloat16", lora=True, lora_r=2))
+    inner = m.model.model
+    expected = source.model.vision_tower.embeddings.patch_embedding.weight.to(torch.bfloat16)
+    assert torch.equal(inner.vision_tower.embeddings.patch_embedding.weight, expected)
+    assert inner.vision_tower.embeddings.patch_embedding.weight.dtype == torch.bfloat16
+    trained = {n: p for n, p in m.named_parameters() if p.requires_grad}
+    assert any("multi_modal_projector" in n for n in trained) and any("lora_" in n for n in trained)
+    assert {p.dtype for p in trained.values()} == {torch.float32}
+    before = inner.multi_modal_projector.linear_1.weight.detach().clone()
+    opt = torch.optim.AdamW(list(trained.values()), lr=2e-5)
+    inputs = m.build_inputs(["What is it?"] * 2, ["nurse", "chef"])
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = m(images, inputs["input_ids"], inputs["attention_mask"])
+    autoregressive_loss(logits, inputs["labels"]).mean().backward()
+    opt.step()
+    changed = (inner.multi_modal_projector.linear_1.weight != before).float().mean()
+    assert changed > 0.99  # kept in bf16, many of these weights would not move at all

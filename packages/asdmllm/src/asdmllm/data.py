@@ -18,6 +18,7 @@ import csv
 import io
 import json
 import logging
+import re
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -233,6 +234,21 @@ class _CounterfactualDataset(Dataset):
         }
 
 
+def _concept_after_attributes(caption: str, a1: str | None, a2: str | None) -> str:
+    """The concept of a SocialCounterfactuals caption: the text after its attribute words (spec §4.1: after
+    ``a2 + " "``). The words are matched whole (``male`` is not the end of ``female``), and when ``a1`` is written
+    after ``a2`` (``A photo of a male White nurse``) the concept starts after ``a1``, so that no attribute word is
+    left in the concept name (which would split one occupation into one concept per attribute value)."""
+    found = re.search(rf"(?<!\S){re.escape(a2)}\s", caption) if a2 else None
+    if found is None:
+        return ""
+    end = found.end()
+    after_a1 = re.search(rf"(?<!\S){re.escape(a1)}\s", caption) if a1 else None
+    if after_a1 is not None:
+        end = max(end, after_a1.end())
+    return caption[end:].strip().rstrip(".").strip()
+
+
 class SocialCounterfactualsDataset(_CounterfactualDataset):
     """SocialCounterfactuals (spec §4.1): ``<data_root>/data/*.parquet`` with the hub columns
     ``image, caption, a1_type, a1, a2_type, a2, counterfactual_set, a1a2``.
@@ -268,10 +284,10 @@ class SocialCounterfactualsDataset(_CounterfactualDataset):
         concept_names, attr_rows, families = [], [], []
         for i, caption in enumerate(captions):
             a2 = meta["a2"][i]
-            parts = caption.split(a2 + " ", 1)
-            if len(parts) != 2 or not parts[1].strip():
+            concept = _concept_after_attributes(caption, meta["a1"][i], a2)
+            if not concept:
                 raise ValueError(f"{root}: row {i} caption {caption!r} has no concept after a2={a2!r}; {SEE_README}")
-            concept_names.append(parts[1].strip().rstrip("."))
+            concept_names.append(concept)
             t1, t2 = meta["a1_type"][i], meta["a2_type"][i]
             row = {t1: meta["a1"][i], t2: a2}
             if intersectional:
@@ -371,6 +387,18 @@ class FairFaceDataset(Dataset):
         self.attribute_types = ["age", "gender", "race"]
         self.attribute_values = [FAIRFACE_VALUES[t] for t in self.attribute_types]
         index = [{v: i for i, v in enumerate(vals)} for vals in self.attribute_values]
+        # a label outside FairFace's vocabulary (another release's spelling, a blank cell) would silently drop that
+        # image from the attribute's pools and bias the Skew; a repeated file would count one face twice
+        for t, name in enumerate(self.attribute_types):
+            unknown = sorted({r[name] for r in records if r[name] not in index[t]}, key=str)
+            if unknown:
+                raise ValueError(
+                    f"'{label_file}': {name} values {unknown[:5]} are not FairFace's {self.attribute_values[t]}"
+                )
+        seen: set[str] = set()
+        repeated = sorted({f for f in self.files if f in seen or seen.add(f)})
+        if repeated:
+            raise ValueError(f"'{label_file}': files listed more than once: {repeated[:5]}")
         self.attribute_ids = torch.tensor(
             [[index[t].get(r[name], -1) for t, name in enumerate(self.attribute_types)] for r in records]
         )  # (N, 3)

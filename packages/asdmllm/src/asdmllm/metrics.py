@@ -31,6 +31,7 @@ __all__ = [
     "normalize_vqa_answer",
     "vqa_accuracy",
     "VQAAccuracy",
+    "option_letter",
     "multiple_choice_accuracy",
     "circular_eval_accuracy",
 ]
@@ -313,6 +314,7 @@ class SkewMetric(Metric):
 
 # ------------------------------------------------------------------------------------------ general ability
 _NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
+_NUMBER_WORDS["none"] = "0"  # the official VQA evaluation's manualMap also maps 'none' to '0'
 _ARTICLES = {"a", "an", "the"}
 _PUNCT = re.compile(r"[;/\[\]\"{}()=+\\_\-><@`,?!*#%^&$|~':]")
 
@@ -362,11 +364,26 @@ class VQAAccuracy(Metric):
         return (self.total / self.count.clamp_min(1)).float()
 
 
+_LEADING_LETTER = re.compile(r"^\(?(?:([A-H])(?=[.):\s]|$)|([a-h])(?=[.):]|$))")
+_STANDALONE_CAPITAL = re.compile(r"(?<![A-Za-z])([A-H])(?![A-Za-z])")
+
+
+def option_letter(prediction: str) -> str:
+    """The option letter a free-form answer names, ``""`` if none: a leading letter (``B``, ``B.``, ``(B)``,
+    ``b. cat``; lower case only when followed by ``.``, ``)``, ``:`` or the end), else the first capital A–H that
+    stands alone (``The answer is B``). A capital inside a word (the ``T`` of ``The``) is not an option letter."""
+    text = prediction.strip()
+    match = _LEADING_LETTER.match(text) or _STANDALONE_CAPITAL.search(text)
+    if match is None:
+        return ""
+    return next(g for g in match.groups() if g).upper()
+
+
 def multiple_choice_accuracy(predictions: list[str], answers: list[str]) -> float:
-    """Fraction of predictions whose first option letter (A–D) equals the answer letter."""
+    """Fraction of predictions whose option letter (:func:`option_letter`) equals the answer letter."""
     if len(predictions) != len(answers) or not answers:
         raise ValueError(f"multiple_choice_accuracy: {len(predictions)} predictions, {len(answers)} answers")
-    letters = [next((ch for ch in p.strip().upper() if ch in "ABCDEFGH"), "") for p in predictions]
+    letters = [option_letter(p) for p in predictions]
     return sum(p == a.strip().upper() for p, a in zip(letters, answers, strict=True)) / len(answers)
 
 

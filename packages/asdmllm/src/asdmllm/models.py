@@ -433,11 +433,17 @@ class MultimodalLLM(nn.Module):
             inner.language_model = inject_adapter_in_model(lora, inner.language_model)
             for name, param in inner.language_model.named_parameters():
                 param.requires_grad_("lora_" in name)
-                if "lora_" in name:
-                    param.data = param.data.float()  # fp32 adapters on a bf16 base (updates of lr·grad survive)
         elif "llm" in config.trainable:
             inner.language_model.requires_grad_(True)
             self.model.lm_head.requires_grad_(True)
+        # Trained weights of a bf16/fp16 checkpoint are kept in fp32 (the frozen base stays low-precision): an AdamW
+        # step of lr = 5e-7 … 2e-5 is below half a bf16 ulp of most weights and would be rounded away. Under
+        # ``precision: bf16-mixed`` autocast runs the mixed-dtype model in bf16.
+        low = [p for p in self.model.parameters() if p.requires_grad and p.dtype in (torch.bfloat16, torch.float16)]
+        if low:
+            log.info("keeping %d trainable %s tensors in float32", len(low), low[0].dtype)
+            for param in low:
+                param.data = param.data.float()
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
 

@@ -25,6 +25,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.data import reload_train_loader_every_epoch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics import MeanMetric
 
 from .data import EvalSetInfo, load_image
@@ -48,6 +49,9 @@ class SkewConfig:
     """``topk``: Skew@K of the ranking (SocialCounterfactuals); ``rate``: ln P(ĉ=c|a)/P(ĉ=c) of argmax assignments."""
     topk: float = 0.25
     """K: an integer ≥ 1, or a fraction f giving K = max(|A_τ|, round(f·N_c))."""
+    fairface_topk: float | None = 1000
+    """K of the FairFace pools (spec §3.2: the whole validation set per concept, K = 1000, the MaxSkew@1000
+    convention); same forms as ``topk``; ``None`` uses ``topk``."""
     zero_count: Literal["official_zero", "laplace"] = "laplace"
     """A value absent from the top K: 0 (official code) or Laplace smoothing."""
     alpha: float = 1.0
@@ -60,8 +64,12 @@ class SkewConfig:
     """Concepts scored per forward pass (memory knob of the scorer)."""
 
     def __post_init__(self) -> None:
-        if self.topk <= 0 or (self.topk >= 1 and self.topk != int(self.topk)):
-            raise ValueError(f"model.skew.topk={self.topk}: a fraction in (0, 1) or a positive integer")
+        for key in ("topk", "fairface_topk"):
+            k = getattr(self, key)
+            if k is not None and (k <= 0 or (k >= 1 and k != int(k))):
+                raise ValueError(f"model.skew.{key}={k}: a fraction in (0, 1) or a positive integer")
+        if self.topk is None:
+            raise ValueError("model.skew.topk must be set")
         if self.clip <= 0 or self.alpha <= 0 or self.concept_chunk <= 0:
             raise ValueError("model.skew.clip, model.skew.alpha and model.skew.concept_chunk must be > 0")
 
@@ -172,6 +180,8 @@ class ASDModule(pl.LightningModule):
         self.sample_skew: torch.Tensor | None = None  # (N_train,) per-sample Skew of the current epoch
         self._prepared_epoch: int | None = None  # epoch whose Skew refresh / resampling has run
         self._epoch_stats: dict[str, float] = {}  # logged in on_train_epoch_start
+        self._schedule_total: int | None = None  # optimizer steps the LR schedule spans (resampled epochs only)
+        self._warned_schedule_end = False
         self._infos: dict[str, list[EvalSetInfo]] = {}
         self.skew_metrics = nn.ModuleDict()
         self.acc_metrics = nn.ModuleDict()
@@ -198,7 +208,7 @@ class ASDModule(pl.LightningModule):
                         [len(v) for v in i.attribute_values],
                         i.group_ids,
                         sc.mode,
-                        sc.topk,
+                        sc.fairface_topk if (i.name == "fairface" and sc.fairface_topk is not None) else sc.topk,
                         sc.zero_count,
                         sc.alpha,
                         sc.clip,
@@ -247,6 +257,22 @@ class ASDModule(pl.LightningModule):
                 out[rows_t.unsqueeze(-1).expand_as(col_t), col_t] = s.float()
         return out
 
+    def _call_unsharded(self, method_name: str, *args: Any) -> Any:
+        """``getattr(self, method_name)(*args)`` with the model's full parameters available.
+
+        Outside the training/validation steps (the per-epoch Skew refresh, the general-ability hook) a sharding
+        strategy (``strategy: fsdp`` of the 7B configs, DeepSpeed ZeRO-3) holds only this rank's parameter shards,
+        so calling the model directly fails. The call is then routed through the wrapper's forward, as Lightning
+        does for ``training_step``; every rank must make the same calls (they do: each scores the whole probe set).
+        Single-device and DDP models hold full parameters and are called directly.
+        """
+        trainer = self._trainer
+        strategy = getattr(trainer, "strategy", None) if trainer is not None else None
+        wrapper = getattr(strategy, "model", None)
+        if wrapper is None or wrapper is self or isinstance(wrapper, DistributedDataParallel):
+            return getattr(self, method_name)(*args)
+        return strategy._forward_redirection(wrapper, self, method_name, *args)
+
     @torch.no_grad()
     def estimate_skew(self, loader, info: EvalSetInfo) -> torch.Tensor:
         """The Skew table (C, T, A) of the current model on ``loader``'s images (spec §3.3 refresh)."""
@@ -261,7 +287,7 @@ class ASDModule(pl.LightningModule):
                     if batch["image"].shape[0] == 0:
                         continue
                     images, concept = batch["image"].to(self.device), batch["concept"].to(self.device)
-                    scores.append(self.score(images, concept, info, which).cpu())
+                    scores.append(self._call_unsharded("score", images, concept, info, which).cpu())
                     attributes.append(batch["attributes"])
                     concepts.append(batch["concept"])
         finally:
@@ -319,8 +345,23 @@ class ASDModule(pl.LightningModule):
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
         bsz = batch["image"].shape[0]
         if bsz == 0:
+            if self.trainer.world_size > 1:  # the other ranks would wait forever in the gradient all-reduce
+                raise RuntimeError(
+                    f"training batch {batch_idx} of rank {self.global_rank} is empty: every image was skipped as "
+                    "corrupt (data.on_corrupt: skip). A rank cannot skip a step under DDP/FSDP; remove the corrupt "
+                    "images (their locations are logged above) or use data.on_corrupt: raise to find them"
+                )
             rank_zero_warn("training batch is empty (all images skipped as corrupt); skipping the step")
             return None
+        total = self._schedule_total
+        if total is not None and self.global_step >= total and not self._warned_schedule_end:
+            self._warned_schedule_end = True
+            rank_zero_warn(
+                f"optimizer step {self.global_step} is past the LR schedule's {total} steps, which count nominal epochs "
+                "(spec §3.4) while the resampled epochs are longer: the remaining steps of this run use the schedule's "
+                "final LR, 0. Use model.debias.epoch_length: nominal (fixed epoch length) or model.scheduler: constant "
+                "if that is not wanted"
+            )
         inputs = self.mllm.build_inputs(batch["instruction"], batch["answer"])
         logits = self.mllm(batch["image"], inputs["input_ids"], inputs["attention_mask"])  # (B, L, V)
         if self.sample_skew is not None and self.debias.use_sfloss:
@@ -362,15 +403,16 @@ class ASDModule(pl.LightningModule):
             metric = self.skew_metrics[stage][idx]
             if metric.update_count == 0:
                 continue
-            for key, value in metric.compute().items():
-                self.log(f"{stage}/bias/{info.name}/{key}", value, sync_dist=True)
+            for key, value in metric.compute().items():  # computed on the CPU (skew_table ranks there)
+                self.log(f"{stage}/bias/{info.name}/{key}", value.to(self.device), sync_dist=True)
             metric.reset()
             for name, m in (("concept_acc", self.acc_metrics[stage][idx]), ("loss", self.loss_metrics[stage][idx])):
                 if m.update_count:
+                    value = m.compute().to(self.device)
                     key = f"{stage}/{name}" if idx == 0 else f"{stage}/{name}/{info.name}"
-                    self.log(key, m.compute(), sync_dist=True)
+                    self.log(key, value, sync_dist=True)
                     if idx == 0 and name == "concept_acc":
-                        self.log(f"{stage}/{name}/{info.name}", m.compute(), sync_dist=True)
+                        self.log(f"{stage}/{name}/{info.name}", value, sync_dist=True)
                     m.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -392,6 +434,23 @@ class ASDModule(pl.LightningModule):
         """Greedy answers to the batch's instructions (spec §3.7)."""
         return {"index": batch["index"], "answer": self.mllm.generate_answers(batch["image"], batch["instruction"])}
 
+    def _generate_answers(self, images: torch.Tensor, instructions: list[str], max_new_tokens: int) -> list[str]:
+        return self.mllm.generate_answers(images, instructions, max_new_tokens)
+
+    def _general_answers(self, records: list[dict], root: Path, max_new_tokens: int, path: Path) -> list[str]:
+        """Greedy answers to the general-ability records (one image each), in order."""
+        answers = []
+        for i, rec in enumerate(records):
+            if "image" not in rec or "question" not in rec:
+                raise KeyError(f"{path}: line {i + 1} needs 'image' and 'question'")
+            image = load_image(root / rec["image"], self.mllm.image_size).unsqueeze(0).to(self.device)
+            question = rec["question"]
+            if "options" in rec:
+                question += " " + " ".join(f"{k}. {v}" for k, v in sorted(rec["options"].items()))
+                question += " Answer with the option's letter from the given choices directly."
+            answers.append(self._call_unsharded("_generate_answers", image, [question], max_new_tokens)[0])
+        return answers
+
     @torch.no_grad()
     def evaluate_general(self) -> dict[str, float]:
         """General-ability hook (spec §4.5): greedy answers on a small VQA / multiple-choice JSONL file."""
@@ -404,15 +463,10 @@ class ASDModule(pl.LightningModule):
         records = records[: cfg.max_questions] if cfg.max_questions else records
         vqa = VQAAccuracy()
         mc_preds, mc_answers = [], []
-        for i, rec in enumerate(records):
-            if "image" not in rec or "question" not in rec:
-                raise KeyError(f"{path}: line {i + 1} needs 'image' and 'question'")
-            image = load_image(root / rec["image"], self.mllm.image_size).unsqueeze(0).to(self.device)
-            question = rec["question"]
-            if "options" in rec:
-                question += " " + " ".join(f"{k}. {v}" for k, v in sorted(rec["options"].items()))
-                question += " Answer with the option's letter from the given choices directly."
-            answer = self.mllm.generate_answers(image, [question], cfg.max_new_tokens)[0]
+        context = self._trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
+        with context:  # an epoch-end hook runs outside the step's autocast (bf16 base + fp32 trained parts)
+            answers = self._general_answers(records, root, cfg.max_new_tokens, path)
+        for i, (rec, answer) in enumerate(zip(records, answers, strict=True)):
             if "answers" in rec:
                 vqa.update([answer], [rec["answers"]])
             elif "answer" in rec:
@@ -451,6 +505,9 @@ class ASDModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
         total = self._nominal_total_steps()
         warmup = int(hp.warmup_ratio * total)
+        resampled = self.debias.use_resample and self.debias.epoch_length == "resampled"
+        # a resampled run's length is unknown in advance: warn if it outlives the cosine schedule (LR 0 from then on)
+        self._schedule_total = total if resampled and hp.scheduler == "cosine" else None
 
         def factor(step: int) -> float:
             if step < warmup:
