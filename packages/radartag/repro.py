@@ -66,8 +66,9 @@ EPOCHS = 60
 
 VARIANTS = {
     "radar": dict(),
-    "wo_follow": dict(use_follow=False, video_emb_layer=0, reducer="mean"),
-    "wo_topic": dict(use_topic=False),
+    # official ourgnn_l2_wo_follow_*: MeanReducer(use_norm=True); ourgnn_l2_wo_topic_*: MeanReducer without norm
+    "wo_follow": dict(use_follow=False, video_emb_layer=0, reducer="mean", combine_norm=True),
+    "wo_topic": dict(use_topic=False, reducer="mean", combine_norm=False),
     "wo_gate": dict(updater="sum"),
     "mutual_attention": dict(attention="mutual", updater="sum", reducer="common_unique", adv_layers=1),
 }

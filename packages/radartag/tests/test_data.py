@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from radartag.data import KwaiTagDataModule, build_split_graph, dense_labels, load_split_graph, read_kwai_files
+from radartag.data import (
+    KwaiTagDataModule,
+    build_split_graph,
+    dense_labels,
+    load_split_graph,
+    read_kwai_files,
+    read_label_map,
+)
 from radartag.models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, SUPERTOPIC
 from radartag.synthetic import SyntheticKwaiConfig, write_synthetic_vertical
 
@@ -96,3 +103,47 @@ def test_datamodule_batches(tmp_path):
     assert batch.video_x.shape[0] >= 8 and len(batch.blocks) == 2
     val = next(iter(dm.val_dataloader()))
     assert val.labels.sum() > 0
+
+
+def test_label_map_line_index_is_tag_id(root):
+    """Only \\n, \\r\\n, \\r break lines (not \\u2028, \\x1c-\\x1e, \\x85 as str.splitlines would); a blank line is an
+    error naming the file and line (it would shift every later tag id)."""
+    path = root / "label_map_kwai_v.txt"
+    lines = path.read_text(encoding="utf-8").split("\n")[:-1]
+    odd = ["眼影\u2028教程", "粉底\x1c液", "a\x85b"]
+    path.write_bytes(("\r\n".join(lines[:2] + odd + lines[2:]) + "\r\n").encode("utf-8"))
+    assert read_label_map(path) == lines[:2] + odd + lines[2:]
+    path.write_text("\n".join(lines[:2] + [""] + lines[2:]) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"label_map_kwai_v\.txt' line 3 is blank"):
+        read_kwai_files(root, "v")
+    path.write_text("\n".join(lines) + "\n\n", encoding="utf-8")  # a trailing blank line would be tag id len(lines)
+    with pytest.raises(ValueError, match=f"line {len(lines) + 1} is blank"):
+        read_kwai_files(root, "v")
+    path.write_text("\n".join(lines), encoding="utf-8")  # no final line end
+    assert read_kwai_files(root, "v").tags[: len(lines)] == lines
+
+
+def test_duplicate_pid_in_a_list_rejected(root):
+    path = root / "kwai_v_video_val_list.txt"
+    lines = path.read_text().splitlines()
+    pid = lines[0].split("\t")[0].split(".")[0]
+    path.write_text("\n".join([*lines, f"{pid}\t0"]) + "\n")
+    with pytest.raises(
+        ValueError, match=rf"val_list\.txt'.*pid {pid} is listed twice \(lines 1 and {len(lines) + 1}\)"
+    ):
+        read_kwai_files(root, "v")
+
+
+def test_video_children_key_with_extension_named(root):
+    path = root / "video_children_v.json"
+    children = json.loads(path.read_text())
+    key = next(iter(children))
+    children[f"{key}.mp4"] = children.pop(key)
+    path.write_text(json.dumps(children))
+    with pytest.raises(ValueError, match=rf"video_children_v\.json'.*key '{key}\.mp4'"):
+        read_kwai_files(root, "v")
+
+
+def test_generator_rejects_more_follows_than_users(tmp_path):
+    with pytest.raises(ValueError, match="demo.follows=6 needs demo.num_users > 6"):
+        write_synthetic_vertical(tmp_path / "k", "v", SyntheticKwaiConfig(num_users=6, follows=6))

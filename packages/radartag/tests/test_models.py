@@ -1,19 +1,28 @@
+import importlib.util
+import math
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
+from mmzoo.cli import resolve_config
 from torch_geometric.utils import softmax
 
 from radartag.models import (
     FOLLOWED_BY,
     HAS_TAG,
     SUBTOPIC,
+    SUPERTOPIC,
     AdversarialAggregation,
+    CommonReducer,
     CommonUniqueAggregation,
     GatedUpdater,
     GGTConv,
     Radar,
     RadarConfig,
     RadarLayer,
+    SelfAttentionReducer,
     grad_reverse,
 )
 
@@ -200,3 +209,121 @@ def test_common_unique_reducer_formula_and_adv_layers():
                       attention="mutual", updater="sum", adv_layers=1)  # fmt: skip
     out = Radar(cfg)(torch.randn(2, 8), torch.randn(5, 8), torch.arange(5), [({"video": 2, "tag": 5}, {})] * 2, 2)
     assert len(out.discriminator_logits) == 1  # one discriminator layer, as in the official ablation configs
+
+
+def _is_layer_normed(t: torch.Tensor) -> bool:
+    """Rows with mean 0 and variance 1 (a fresh LayerNorm: weight 1, bias 0)."""
+    mean_ok = torch.allclose(t.mean(1), torch.zeros(len(t)), atol=1e-4)
+    return mean_ok and torch.allclose(t.var(1, unbiased=False), torch.ones(len(t)), atol=1e-2)
+
+
+def _repro_variants() -> dict:
+    spec = importlib.util.spec_from_file_location("radartag_repro", Path(__file__).parents[1] / "repro.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.VARIANTS
+
+
+def _yaml_model_config(name: str) -> dict:
+    raw = yaml.safe_load(open(resolve_config(name, "radartag")))["model"]["config"]
+    keep = ("use_follow", "use_topic", "bidirectional_topic", "updater", "attention", "reducer", "combine_norm",
+            "adv_layers", "video_emb_layer")  # fmt: skip
+    return {k: raw[k] for k in keep}
+
+
+# Official Table 3 configs (configs/recommendation/ourgnn/) as config keys, and where the official reducer applies a
+# LayerNorm: (videos, tags); None = videos receive no relation and keep their previous state (no reducer at all).
+# CommonUniqueReducer / CommonReducer always norm; MeanReducer only with use_norm=True (the wo_follow and
+# wo_topic_follow configs); LMFReducer never; SelfAttentionReducer only with use_norm=True (never set).
+OFFICIAL_NORM_ROWS = {
+    "ourgnn_l2_kwai_v (main)": (dict(), (True, True)),
+    "_wo_gated": (dict(updater="sum", adv_layers=1), (True, True)),
+    "_bi": (dict(bidirectional_topic=True), (True, True)),
+    "_common_only": (dict(reducer="common"), (True, True)),
+    "_mean_reduce": (dict(reducer="mean"), (False, False)),
+    "_lmf3": (dict(reducer="lmf"), (False, False)),
+    "_selfatt_reduce": (dict(reducer="self_attention"), (False, False)),
+    "wo_topic": (dict(use_topic=False, reducer="mean"), (False, False)),
+    "wo_follow": (dict(use_follow=False, video_emb_layer=0, reducer="mean", combine_norm=True), (None, True)),
+    "wo_topic_follow": (
+        dict(use_follow=False, use_topic=False, video_emb_layer=0, reducer="mean", combine_norm=True),
+        (None, True),
+    ),  # fmt: skip
+    "cosmetic_mutual_attention.yaml": (_yaml_model_config("cosmetic_mutual_attention"), (True, True)),
+    "demo.yaml": (_yaml_model_config("demo"), (True, True)),
+    "repro wo_follow": (_repro_variants()["wo_follow"], (None, True)),
+    "repro wo_topic": (_repro_variants()["wo_topic"], (False, False)),
+}
+
+
+@pytest.mark.parametrize("row", OFFICIAL_NORM_ROWS)
+def test_combine_norm_where_the_official_reducer_norms(row):
+    kw, (video_norm, tag_norm) = OFFICIAL_NORM_ROWS[row]
+    torch.manual_seed(0)
+    n_video, n_tag, h = 6, 5, 8
+    edges = {FOLLOWED_BY: torch.tensor([[0, 1, 2], [1, 2, 3]]), SUBTOPIC: torch.tensor([[0, 1], [3, 4]]),
+             SUPERTOPIC: torch.tensor([[3, 4], [0, 1]]), HAS_TAG: torch.tensor([[0, 1, 2], [0, 1, 2]])}  # fmt: skip
+    x = {"video": 3 * torch.randn(n_video, h) + 2, "tag": 3 * torch.randn(n_tag, h) + 2}  # far from normed
+    layer = RadarLayer(RadarConfig(video_dim=h, tag_dim=h, num_tags=n_tag, hidden_dim=h, num_heads=2, **kw)).eval()
+    with torch.no_grad():
+        out, _ = layer(x, {"video": n_video, "tag": n_tag}, {r: edges[r] for r in layer.relations})
+    if video_norm is None:
+        assert torch.equal(out["video"], x["video"])  # no relation into videos: previous state, no norm
+    else:
+        assert _is_layer_normed(out["video"]) == video_norm
+    assert _is_layer_normed(out["tag"]) == tag_norm
+    assert (len(layer.norms) > 0) == (tag_norm or bool(video_norm))  # no unused LayerNorm parameters
+
+
+def test_combine_norm_defaults_and_older_key():
+    def cfg(**kw):
+        return RadarConfig(video_dim=8, tag_dim=8, num_tags=5, hidden_dim=8, num_heads=2, **kw)
+
+    expected = {"aan": True, "common_unique": True, "common": True, "mean": False, "lmf": False,
+                "self_attention": False}  # fmt: skip
+    assert {r: cfg(reducer=r).norm_combined for r in expected} == expected
+    assert cfg(reducer="lmf", combine_norm=True).norm_combined and not cfg(combine_norm=False).norm_combined
+    assert cfg(reducer="mean", layer_norm_mean_reducer=True).norm_combined  # older configs keep their meaning
+    assert not cfg(reducer="lmf", layer_norm_mean_reducer=True).norm_combined  # only read for the mean reducer
+    with pytest.raises(ValueError, match="combine_norm"):
+        cfg(reducer="mean", combine_norm=False, layer_norm_mean_reducer=True)
+
+
+def test_common_reducer_dropout_on_both_inputs():
+    """Official CommonReducer: Dropout on x1 and x2 before the shared encoder C, then (C x1' + C x2') / 2."""
+    torch.manual_seed(0)
+    red = CommonReducer(6, dropout=0.5).train()
+    x1, x2 = torch.randn(8, 6), torch.randn(8, 6)
+    torch.manual_seed(1)
+    out = red(x1, x2)
+    torch.manual_seed(1)
+    d1, d2 = F.dropout(x1, 0.5, True), F.dropout(x2, 0.5, True)
+    assert not torch.equal(d1, x1)
+    torch.testing.assert_close(out, 0.5 * (red.common(d1) + red.common(d2)))
+    red.eval()
+    torch.testing.assert_close(red(x1, x2), 0.5 * (red.common(x1) + red.common(x2)))  # no dropout at evaluation
+
+
+def test_self_attention_reducer_hand_case():
+    """Official SelfAttentionReducer: per head softmax over the 2 messages, residual, mean; Q/K/V linears only."""
+    torch.manual_seed(0)
+    h, H = 6, 2
+    red = SelfAttentionReducer(h, H)
+    assert {n for n, _ in red.named_parameters()} == {f"{p}.{w}" for p in ("query", "key", "value")
+                                                      for w in ("weight", "bias")}  # fmt: skip
+    x1, x2 = torch.randn(3, h), torch.randn(3, h)
+    out = red(x1, x2)
+    d = h // H
+    for n in range(3):
+        xs = [x1[n], x2[n]]
+        rows = []
+        for i in range(2):
+            q = red.query(xs[i])
+            heads = []
+            for head in range(H):
+                s = slice(head * d, (head + 1) * d)
+                logits = torch.stack([(q[s] * red.key(xs[j])[s]).sum() / math.sqrt(d) for j in range(2)])
+                a = torch.softmax(logits, 0)
+                heads.append(a[0] * red.value(xs[0])[s] + a[1] * red.value(xs[1])[s])
+            rows.append(xs[i] + torch.cat(heads))
+        torch.testing.assert_close(out[n], (rows[0] + rows[1]) / 2)

@@ -1,11 +1,15 @@
 import math
+from types import SimpleNamespace
 
+import pytest
 import torch
 
+import radartag.module
 from radartag.cli import main
 from radartag.data import KwaiTagDataModule
 from radartag.losses import RadarLoss
 from radartag.models import Radar, RadarConfig
+from radartag.module import RadarModule
 from radartag.synthetic import SyntheticKwaiConfig
 
 
@@ -46,3 +50,35 @@ def test_loss_falls_on_repeated_batch(tmp_path):
         opt.step()
         losses.append(float(loss.detach()))
     assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_feature_width_mismatch_named_at_setup(tmp_path):
+    dm = KwaiTagDataModule(str(tmp_path / "d"), "v", generate_demo_data=True,
+                           demo=SyntheticKwaiConfig(num_users=8, num_parents=2, leaves_per_parent=2, feature_dim=8))  # fmt: skip
+    dm.prepare_data()
+    for kw, key in ((dict(video_dim=16, tag_dim=8), "video_dim"), (dict(video_dim=8, tag_dim=12), "tag_dim")):
+        module = RadarModule(RadarConfig(num_tags=None, hidden_dim=8, num_heads=2, **kw))
+        module._trainer = SimpleNamespace(datamodule=dm)
+        folder = "video_feat" if key == "video_dim" else "tag_feat_bert"
+        with pytest.raises(ValueError, match=rf"model\.config\.{key}={kw[key]} .*{folder}'.* width 8"):
+            module.setup("fit")
+    module = RadarModule(RadarConfig(video_dim=8, tag_dim=8, num_tags=None, hidden_dim=8, num_heads=2))
+    module._trainer = SimpleNamespace(datamodule=dm)
+    module.setup("fit")  # matching widths pass
+    assert module.model is not None
+
+
+def test_skipped_videos_logged(monkeypatch):
+    """Spec §5: evaluation videos without a positive tag are skipped by the sample metrics and counted in a log line."""
+    module = RadarModule(RadarConfig(video_dim=8, tag_dim=8, num_tags=4, hidden_dim=8, num_heads=2))
+    logged, lines = {}, []
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, float(value)))
+    monkeypatch.setattr(radartag.module, "rank_zero_info", lines.append)
+    labels = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]])
+    module.val_metrics.update(torch.randn(3, 4), labels)
+    module.on_validation_epoch_end()
+    assert logged["val/skipped_videos"] == 1.0 and "val/sample_mAP" in logged
+    assert len(lines) == 1 and "1 of 3 evaluation videos" in lines[0]
+    module.test_metrics.update(torch.randn(2, 4), labels[[0, 2]])
+    module.on_test_epoch_end()
+    assert logged["test/skipped_videos"] == 0.0 and len(lines) == 1  # nothing skipped: no line

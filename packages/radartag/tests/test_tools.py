@@ -41,3 +41,19 @@ def test_break_cycles_drops_weakest_edge():
 def test_extract_features_needs_something(tmp_path):
     with pytest.raises(ValueError, match="nothing to do"):
         main(args=["extract-features", "--dataset_root", str(tmp_path), "--vertical", "v"])
+
+
+def test_tools_reject_blank_label_map_line(tmp_path):
+    """Both tools read the label map like the loader: a blank line (it would shift later tag ids) is an error."""
+    root = write_synthetic_vertical(tmp_path / "k", "v", SyntheticKwaiConfig(num_users=6, num_parents=2, follows=2,
+                                                                            leaves_per_parent=2, feature_dim=8))  # fmt: skip
+    path = root / "label_map_kwai_v.txt"
+    lines = path.read_text(encoding="utf-8").split("\n")
+    path.write_text("\n".join([lines[0], "", *lines[1:]]), encoding="utf-8")
+    with pytest.raises(ValueError, match=r"label_map_kwai_v\.txt' line 2 is blank"):
+        main(args=["extract-features", "--dataset_root", str(root), "--vertical", "v", "--text_encoder",
+                   str(tmp_path / "no_model")])  # fmt: skip
+    (tmp_path / "pairs.json").write_text("[]")
+    with pytest.raises(ValueError, match=r"label_map_kwai_v\.txt' line 2 is blank"):
+        main(args=["build-ontology", "--dataset_root", str(root), "--vertical", "v", "--labelled_pairs",
+                   str(tmp_path / "pairs.json"), "--out", str(tmp_path / "onto.json")])  # fmt: skip

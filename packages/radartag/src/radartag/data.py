@@ -31,7 +31,16 @@ from .models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, SUPERTOPIC, EdgeType
 from .sampler import BlockSampler, PygNeighborSampler
 from .synthetic import SyntheticKwaiConfig, write_synthetic_vertical
 
-__all__ = ["KwaiFiles", "read_kwai_files", "build_split_graph", "load_split_graph", "GraphBatch", "KwaiTagDataModule"]
+__all__ = [
+    "KwaiFiles",
+    "read_lines",
+    "read_label_map",
+    "read_kwai_files",
+    "build_split_graph",
+    "load_split_graph",
+    "GraphBatch",
+    "KwaiTagDataModule",
+]
 
 log = logging.getLogger(__name__)
 _SEE = "see README, Data preparation"
@@ -49,12 +58,32 @@ class KwaiFiles:
     children: dict[int, list[int]]
 
 
+def read_lines(path: Path) -> list[str]:
+    """The lines of a UTF-8 text file as the official reader sees them (``readlines``): broken at ``\\n``, ``\\r\\n``
+    and ``\\r`` only (not at the other separators of :meth:`str.splitlines`), without their line ends; a final line
+    end does not open an empty last line."""
+    lines = path.read_text(encoding="utf-8").split("\n")  # read_text translates \r\n and \r to \n
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
+def read_label_map(path: Path) -> list[str]:
+    """Tag names of ``label_map_kwai_<v>.txt``, one per line, line index = tag id (spec §4.2); names are stripped of
+    surrounding white space (official). A blank line would shift every later tag id, so it is an error."""
+    tags = [line.strip() for line in read_lines(path)]
+    for line_no, tag in enumerate(tags, 1):
+        if not tag:
+            raise ValueError(f"{str(path)!r} line {line_no} is blank: every line names the tag whose id is its line "
+                             f"index (0-based), so a blank line would shift the ids of all later tags; remove it")  # fmt: skip
+    return tags
+
+
 def _read_list(path: Path, num_tags: int) -> list[tuple[int, list[int]]]:
     out = []
-    for line_no, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    seen: dict[int, int] = {}
+    for line_no, line in enumerate(read_lines(path), 1):
         if not line.strip():
             continue
-        parts = line.rstrip("\n").split("\t")
+        parts = line.strip().split("\t")
         try:
             pid = int(parts[0].split(".")[0])
             tags = [int(t) for t in parts[1:] if t.strip()]
@@ -62,8 +91,24 @@ def _read_list(path: Path, num_tags: int) -> list[tuple[int, list[int]]]:
             raise ValueError(f"{str(path)!r} line {line_no}: expected '<pid>.mp4<TAB><tag_id>…', got {line!r}") from err
         if any(not 0 <= t < num_tags for t in tags):
             raise ValueError(f"{str(path)!r} line {line_no}: tag id outside the label map (0..{num_tags - 1})")
+        if pid in seen:
+            raise ValueError(f"{str(path)!r}: pid {pid} is listed twice (lines {seen[pid]} and {line_no}); every "
+                             "video must appear once")  # fmt: skip
+        seen[pid] = line_no
         out.append((pid, tags))
     return out
+
+
+def _read_children(path: Path) -> dict[int, list[int]]:
+    """``video_children_<v>.json``: {"<pid>": [<child pid>, …]} with bare integer pids (no ``.mp4``)."""
+    children = {}
+    for key, values in json.loads(path.read_text(encoding="utf-8")).items():
+        try:
+            children[int(key)] = [int(c) for c in values]
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{str(path)!r}: key {key!r} -> {values!r}: expected a bare integer pid (e.g. \"10600\", "
+                             f"not \"10600.mp4\") mapped to a list of integer child pids") from err  # fmt: skip
+    return children
 
 
 def read_kwai_files(root: str | Path, vertical: str) -> KwaiFiles:
@@ -80,7 +125,7 @@ def read_kwai_files(root: str | Path, vertical: str) -> KwaiFiles:
     for p in names.values():
         if not p.is_file():
             raise FileNotFoundError(f"missing {str(p)!r} (official Kwai {vertical} file); {_SEE}")
-    tags = [t for t in names["label_map"].read_text(encoding="utf-8").splitlines() if t.strip()]
+    tags = read_label_map(names["label_map"])
     num_label_map = len(tags)
     tag_id = {t: i for i, t in enumerate(tags)}
     parent_edges = []
@@ -96,7 +141,7 @@ def read_kwai_files(root: str | Path, vertical: str) -> KwaiFiles:
         overlap = train_pids & {p for p, _ in videos[s]}
         if overlap:
             raise ValueError(f"{s} videos overlap the training videos (e.g. pid {next(iter(overlap))}); {_SEE}")
-    children = {int(k): [int(c) for c in v] for k, v in json.loads(names["children"].read_text()).items()}
+    children = _read_children(names["children"])
     return KwaiFiles(tags, num_label_map, videos, parent_edges, children)
 
 

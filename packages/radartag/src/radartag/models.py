@@ -93,8 +93,13 @@ class RadarConfig:
     """Rank of the LMF reducer."""
     video_emb_layer: int = 2
     """Layer whose video state is scored (= num_layers; 0 for the 'w/o follow' ablations)."""
-    layer_norm_mean_reducer: bool = True
-    """LayerNorm after the mean reducer (official option)."""
+    combine_norm: bool | None = None
+    """LayerNorm on the combined messages of every node type that receives messages (end of CMP). null = the
+    official default of ``reducer``: on for 'aan', 'common_unique' and 'common' (always normed in the official
+    code), off for 'mean' and 'self_attention' (official ``use_norm=False``) and 'lmf' (no norm in the official
+    code). The official 'w/o follow' and 'w/o topic & follow' configs set it on (MeanReducer ``use_norm=True``)."""
+    layer_norm_mean_reducer: bool | None = None
+    """Older name of ``combine_norm``, read only with ``reducer: mean`` and ``combine_norm: null`` (null = unset)."""
 
     def __post_init__(self) -> None:
         if self.hidden_dim % self.num_heads:
@@ -109,6 +114,25 @@ class RadarConfig:
             raise ValueError(f"model.config.num_layers={self.num_layers} must be >= 1")
         if self.adv_layers is not None and self.adv_layers < 0:
             raise ValueError(f"model.config.adv_layers={self.adv_layers} must be >= 0 or null")
+        if (
+            self.reducer == "mean"
+            and self.combine_norm is not None
+            and self.layer_norm_mean_reducer is not None
+            and self.combine_norm != self.layer_norm_mean_reducer
+        ):
+            raise ValueError(
+                f"model.config.combine_norm={self.combine_norm} contradicts its older name "
+                f"model.config.layer_norm_mean_reducer={self.layer_norm_mean_reducer}; set only combine_norm"
+            )
+
+    @property
+    def norm_combined(self) -> bool:
+        """Whether the combined messages are LayerNorm-ed (``combine_norm`` resolved, see there)."""
+        if self.combine_norm is not None:
+            return self.combine_norm
+        if self.reducer == "mean" and self.layer_norm_mean_reducer is not None:
+            return self.layer_norm_mean_reducer
+        return self.reducer in ("aan", "common_unique", "common")
 
     @property
     def relations(self) -> list[EdgeType]:
@@ -316,13 +340,16 @@ class CommonUniqueAggregation(_UniqueCommonDiscriminated):
 
 
 class CommonReducer(nn.Module):
-    """Ablation 'common only':  (C x1 + C x2) / 2 with C = Linear → BN → GELU."""
+    """Ablation 'common only':  (C x1' + C x2') / 2 with x_k' = Dropout(x_k) (as in the AAN) and the shared
+    C = Linear → BN → GELU."""
 
-    def __init__(self, hidden_dim: int):
+    def __init__(self, hidden_dim: int, dropout: float):
         super().__init__()
+        self.dropout = nn.Dropout(dropout)
         self.common = _encoder(hidden_dim)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        x1, x2 = self.dropout(x1), self.dropout(x2)
         return 0.5 * (self.common(x1) + self.common(x2))
 
 
@@ -350,19 +377,31 @@ class LMFReducer(nn.Module):
 
 
 class SelfAttentionReducer(nn.Module):
-    """Ablation 'self-attention': 8-head self-attention over the 2 relation messages, residual, mean."""
+    """Ablation 'self-attention': multi-head self-attention over the 2 relation messages of a node, residual, mean.
+
+    With X = [x1; x2] (2, h) per node and per head: Q, K, V = Linear(X) (with bias), A = softmax_j(q_i·k_j / √d_k)
+    over the 2 messages, out = mean_i (x_i + Σ_j A_ij v_j) — no output projection, no dropout (official)."""
 
     def __init__(self, hidden_dim: int, num_heads: int):
         super().__init__()
-        self.attn = nn.MultiheadAttention(hidden_dim, num_heads, batch_first=True)
+        self.num_heads, self.d_k = num_heads, hidden_dim // num_heads
+        self.query = nn.Linear(hidden_dim, hidden_dim)
+        self.key = nn.Linear(hidden_dim, hidden_dim)
+        self.value = nn.Linear(hidden_dim, hidden_dim)
 
     def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         x = torch.stack([x1, x2], 1)  # (N, 2, h)
-        return (x + self.attn(x, x, x, need_weights=False)[0]).mean(1)  # (N, h)
+        shape = (x.shape[0], 2, self.num_heads, self.d_k)
+        q, k, v = self.query(x).view(shape), self.key(x).view(shape), self.value(x).view(shape)
+        att = torch.einsum("nihd,njhd->nijh", q, k).div(math.sqrt(self.d_k)).softmax(2)  # (N, 2, 2, H)
+        out = torch.einsum("nijh,njhd->nihd", att, v).reshape_as(x)  # (N, 2, h)
+        return (x + out).mean(1)  # (N, h)
 
 
 class RadarLayer(nn.Module):
-    """One RADAR layer: IMP (a GGT per relation + gated update), then CMP (spec §3.3).
+    """One RADAR layer: IMP (a GGT per relation + gated update), then CMP (spec §3.3): videos average their relation
+    messages, tags combine visual and linguistic knowledge with the reducer; both then get a LayerNorm per node type
+    when ``combine_norm`` resolves to on (main model: on; see :class:`RadarConfig`).
 
     Relation parameters W^att, W^msg ∈ R^{R×H×d_k×d_k} are xavier-uniform initialised as one tensor (official:
     tiny values), priorities μ ∈ R^{R×H} start at 1.
@@ -389,7 +428,9 @@ class RadarLayer(nn.Module):
         self.updaters = nn.ModuleDict(
             {t: GatedUpdater(h, c.dropout) if c.updater == "gate" else SumUpdater() for t in dst_types}
         )
-        self.norms = nn.ModuleDict({t: nn.LayerNorm(h) for t in ("video", "tag")})
+        self.combine_norm = c.norm_combined
+        norm_types = [t for t in ("video", "tag") if t in dst_types and self.combine_norm]  # (parameter order kept)
+        self.norms = nn.ModuleDict({t: nn.LayerNorm(h) for t in norm_types})
         self.two_sources = HAS_TAG in self.relations and c.use_topic
         self.reducer_kind = c.reducer
         if self.two_sources:
@@ -398,14 +439,17 @@ class RadarLayer(nn.Module):
             elif c.reducer == "common_unique":
                 self.reducer = CommonUniqueAggregation(h, c.dropout)
             elif c.reducer == "common":
-                self.reducer = CommonReducer(h)
+                self.reducer = CommonReducer(h, c.dropout)
             elif c.reducer == "mean":
                 self.reducer = MeanReducer()
             elif c.reducer == "lmf":
                 self.reducer = LMFReducer(h, c.lmf_rank)
             elif c.reducer == "self_attention":
                 self.reducer = SelfAttentionReducer(h, H)
-        self.norm_after_mean = c.layer_norm_mean_reducer
+
+    def _norm(self, node_type: str, x: torch.Tensor) -> torch.Tensor:
+        """LayerNorm of the combined messages when ``combine_norm`` resolves to on, else identity."""
+        return self.norms[node_type](x) if self.combine_norm else x
 
     def relation_messages(
         self, x: dict[str, torch.Tensor], num_dst: dict[str, int], edge_index_dict: dict[EdgeType, torch.Tensor]
@@ -445,8 +489,8 @@ class RadarLayer(nn.Module):
         out: dict[str, torch.Tensor] = {}
         video_in = [m[r] for r in self.relations if r[2] == "video"]
         out["video"] = (
-            self.norms["video"](torch.stack(video_in).mean(0)) if video_in else x["video"][: num_dst["video"]]
-        )  # fmt: skip
+            self._norm("video", torch.stack(video_in).mean(0)) if video_in else x["video"][: num_dst["video"]]
+        )
         disc = None
         topic = [m[r] for r in self.relations if r[0] == "tag" and r[2] == "tag"]
         if self.two_sources:
@@ -455,12 +499,10 @@ class RadarLayer(nn.Module):
                 fused, disc = self.reducer(x1, x2)
             else:
                 fused = self.reducer(x1, x2)
-            if self.reducer_kind != "mean" or self.norm_after_mean:
-                fused = self.norms["tag"](fused)
-            out["tag"] = fused
+            out["tag"] = self._norm("tag", fused)
         else:
             tag_in = topic + ([m[HAS_TAG]] if HAS_TAG in m else [])
-            out["tag"] = self.norms["tag"](torch.stack(tag_in).mean(0)) if tag_in else x["tag"][: num_dst["tag"]]
+            out["tag"] = self._norm("tag", torch.stack(tag_in).mean(0)) if tag_in else x["tag"][: num_dst["tag"]]
         return out, disc
 
 

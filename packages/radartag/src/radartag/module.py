@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 
 from .data import GraphBatch
 from .losses import RadarLoss
@@ -67,6 +69,15 @@ class RadarModule(pl.LightningModule):
                 raise ValueError(
                     f"data.{key}={dm.hparams[key]} differs from model.config.{key}={getattr(self.config, key)}"
                 )
+        graph = dm.graph("train")
+        for key, node_type, folder in (("video_dim", "video", "video_feat"), ("tag_dim", "tag", "tag_feat_bert")):
+            width = graph[node_type].x.shape[1]
+            if width != getattr(self.config, key):
+                raise ValueError(
+                    f"model.config.{key}={getattr(self.config, key)} but the {node_type} features under "
+                    f"{str(Path(dm.hparams.dataset_root) / folder)!r} have width {width}; set model.config.{key} "
+                    f"to {width}"
+                )
 
     def on_fit_start(self) -> None:
         if self.loss.total_step is None:
@@ -90,18 +101,26 @@ class RadarModule(pl.LightningModule):
     def validation_step(self, batch: GraphBatch, batch_idx: int) -> None:
         self.val_metrics.update(self(batch).scores, batch.labels)
 
+    def _log_metrics(self, stage: str, metrics: TaggingMetrics) -> None:
+        """Log the ranking metrics and the number of evaluation videos without a positive tag (skipped by the
+        sample-based metrics, spec §5), also as a log line."""
+        for name, value in metrics.compute().items():
+            self.log(f"{stage}/{name}", value, sync_dist=True)
+        skipped, total = int(metrics.skipped), int(metrics.skipped + metrics.count)
+        self.log(f"{stage}/skipped_videos", float(skipped), sync_dist=True, reduce_fx="sum")
+        if skipped:
+            rank_zero_info(f"radartag {stage}: {skipped} of {total} evaluation videos have no positive tag and are "
+                           "skipped by the sample-based metrics (sample mAP, P@k, R@k)")  # fmt: skip
+        metrics.reset()
+
     def on_validation_epoch_end(self) -> None:
-        for name, value in self.val_metrics.compute().items():
-            self.log(f"val/{name}", value, sync_dist=True)
-        self.val_metrics.reset()
+        self._log_metrics("val", self.val_metrics)
 
     def test_step(self, batch: GraphBatch, batch_idx: int) -> None:
         self.test_metrics.update(self(batch).scores, batch.labels)
 
     def on_test_epoch_end(self) -> None:
-        for name, value in self.test_metrics.compute().items():
-            self.log(f"test/{name}", value, sync_dist=True)
-        self.test_metrics.reset()
+        self._log_metrics("test", self.test_metrics)
 
     def predict_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
         """Tag probabilities σ(s(v, t)) of the batch videos (B, K)."""

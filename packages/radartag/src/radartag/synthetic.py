@@ -69,6 +69,8 @@ def write_synthetic_vertical(root: str | Path, vertical: str, cfg: SyntheticKwai
     tag_parents[leaves[0]].append(parents[1])  # one tag with two parents
     num_leaves = len(leaves)
     fav = np.stack([rng.choice(num_leaves, cfg.favourites, replace=False) for _ in range(cfg.num_users)])
+    if cfg.follows > cfg.num_users - 1:  # the draw below could never pick enough distinct followees
+        raise ValueError(f"demo.follows={cfg.follows} needs demo.num_users > {cfg.follows} (got {cfg.num_users})")
     followees = []
     for u in range(cfg.num_users):
         similar = [v for v in range(cfg.num_users) if v != u and set(fav[v]) & set(fav[u])]

@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .data import read_label_map, read_lines
+
 __all__ = ["pair_features", "build_ontology", "build_ontology_command", "extract_features", "extract_features_command"]
 
 log = logging.getLogger(__name__)
@@ -97,11 +99,11 @@ def build_ontology(
     from sklearn.linear_model import LogisticRegression
 
     root = Path(root)
-    tags = [t for t in (root / f"label_map_kwai_{vertical}.txt").read_text(encoding="utf-8").splitlines() if t.strip()]
+    tags = read_label_map(root / f"label_map_kwai_{vertical}.txt")
     tag_id = {t: i for i, t in enumerate(tags)}
     lists = []
-    for line in (root / f"kwai_{vertical}_video_train_list.txt").read_text(encoding="utf-8").splitlines():
-        parts = line.split("\t")
+    for line in read_lines(root / f"kwai_{vertical}_video_train_list.txt"):
+        parts = line.strip().split("\t")
         if len(parts) > 1:
             lists.append([int(t) for t in parts[1:] if t.strip()])
     text = None
@@ -180,17 +182,17 @@ def extract_features(
     if text_encoder:
         from transformers import AutoModel, AutoTokenizer
 
+        names = read_label_map(root / f"label_map_kwai_{vertical}.txt")  # the data is checked before the model loads
+        parents_file = root / f"tag_parents_{vertical}.json"
+        if parents_file.is_file():
+            for child, ps in json.loads(parents_file.read_text(encoding="utf-8")).items():
+                names += [n for n in [child, *ps] if n not in names]
         try:
             tokenizer = AutoTokenizer.from_pretrained(text_encoder)
             model = AutoModel.from_pretrained(text_encoder).to(device).eval()
         except (OSError, ValueError) as err:
             raise OSError(f"--text_encoder {text_encoder!r} could not be loaded (give a local folder or a reachable hub "
                           "id); it writes tag_feat_bert/<tag name>.npy") from err  # fmt: skip
-        names = [t for t in (root / f"label_map_kwai_{vertical}.txt").read_text(encoding="utf-8").splitlines() if t]
-        parents_file = root / f"tag_parents_{vertical}.json"
-        if parents_file.is_file():
-            for child, ps in json.loads(parents_file.read_text(encoding="utf-8")).items():
-                names += [n for n in [child, *ps] if n not in names]
         (root / "tag_feat_bert").mkdir(exist_ok=True)
         with torch.no_grad():
             for name in tqdm(names, desc="tag features", total=len(names)):
