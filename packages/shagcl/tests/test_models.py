@@ -35,6 +35,21 @@ def tiny_config(**kw):
     return SHAGCLConfig(**base)
 
 
+def _toy_batch() -> dict:
+    """Two images (3 + 2 objects, 16-d features, 5 classes) and four candidate pairs."""
+    return {
+        "obj_feats": torch.randn(5, 16),
+        "boxes": torch.tensor([[0.0, 0, 5, 5], [3, 3, 9, 9], [1, 1, 4, 8], [0, 0, 5, 5], [2, 2, 7, 7]]),
+        "obj_image_sizes": torch.full((5, 2), 20.0),
+        "num_objs": [3, 2],
+        "labels": torch.tensor([1, 2, 3, 4, 1]),
+        "det_logits": torch.randn(5, 5),
+        "pair_idx": torch.tensor([[0, 1], [1, 2], [2, 0], [3, 4]]),
+        "union_feats": torch.randn(4, 16),
+        "pair_image_sizes": torch.full((4, 2), 20.0),
+    }
+
+
 def test_box_geometry_known_box():
     geo = encode_box_geometry(torch.tensor([[0.0, 0.0, 9.0, 19.0]]), torch.tensor([[100.0, 50.0]]))
     torch.testing.assert_close(geo[0], torch.tensor([0.1, 0.4, 0.05, 0.2, 0.0, 0.0, 0.09, 0.38, 0.04]))
@@ -85,17 +100,7 @@ def test_rect_features_and_model_shapes():
     for protocol in ("predcls", "sgcls", "sgdet"):
         model = SHAGCL(tiny_config(protocol=protocol))
         model.build_decoder([2, 3], torch.ones(5, 5, 6))
-        batch = {
-            "obj_feats": torch.randn(5, 16),
-            "boxes": torch.tensor([[0.0, 0, 5, 5], [3, 3, 9, 9], [1, 1, 4, 8], [0, 0, 5, 5], [2, 2, 7, 7]]),
-            "obj_image_sizes": torch.full((5, 2), 20.0),
-            "num_objs": [3, 2],
-            "labels": torch.tensor([1, 2, 3, 4, 1]),
-            "det_logits": torch.randn(5, 5),
-            "pair_idx": torch.tensor([[0, 1], [1, 2], [2, 0], [3, 4]]),
-            "union_feats": torch.randn(4, 16),
-            "pair_image_sizes": torch.full((4, 2), 20.0),
-        }
+        batch = _toy_batch()
         model.eval()
         out = model(batch)
         assert [t.shape for t in out.rel_logits] == [(4, 3), (4, 6)]
@@ -173,17 +178,7 @@ def test_self_attention_encoder_is_transformer_context():
         assert not hasattr(ctx, "lin_obj_textual") and not hasattr(ctx, "lin_edge_textual")
         model.build_decoder([2, 3], torch.ones(5, 5, 6))
         model.eval()
-        batch = {
-            "obj_feats": torch.randn(5, 16),
-            "boxes": torch.tensor([[0.0, 0, 5, 5], [3, 3, 9, 9], [1, 1, 4, 8], [0, 0, 5, 5], [2, 2, 7, 7]]),
-            "obj_image_sizes": torch.full((5, 2), 20.0),
-            "num_objs": [3, 2],
-            "labels": torch.tensor([1, 2, 3, 4, 1]),
-            "det_logits": torch.randn(5, 5),
-            "pair_idx": torch.tensor([[0, 1], [1, 2], [2, 0], [3, 4]]),
-            "union_feats": torch.randn(4, 16),
-            "pair_image_sizes": torch.full((4, 2), 20.0),
-        }
+        batch = _toy_batch()
         out = model(batch)
         assert [t.shape for t in out.rel_logits] == [(4, 3), (4, 6)]
         assert all(torch.isfinite(t).all() for t in out.rel_logits)
