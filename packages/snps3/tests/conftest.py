@@ -31,3 +31,9 @@ def synthetic_root(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("snps3_synthetic")
     return generate_synthetic_dataset(root, num_train=12, num_test=5, num_frames=6, size=32, seed=0)
+
+
+@pytest.fixture
+def make_config():
+    """The tiny config factory, for tests that need their own variant (``make_config(num_layers=1)``)."""
+    return tiny_config

@@ -204,10 +204,9 @@ def test_training_skip_substitutes_and_keeps_full_batches(synthetic_root, tmp_pa
         d_raise.make_dataset("train")[bad]
 
 
-def test_retrieval_eval_reports_unreadable_videos(synthetic_root, tmp_path):
+def test_retrieval_eval_reports_unreadable_videos(synthetic_root, tmp_path, make_config):
     import lightning.pytorch as pl
 
-    from snps3.models import SNPS3Config
     from snps3.module import SNPS3Module
 
     root = tmp_path / "ret"
@@ -220,17 +219,7 @@ def test_retrieval_eval_reports_unreadable_videos(synthetic_root, tmp_path):
     rows = [{"caption": "a red one rises", "clip_name": "good"}, {"caption": "a blue two falls", "clip_name": "bad"}]
     (root / "msrvtt_retrieval" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     d = dm(root, "msrvtt_7k", video_store="videos", on_corrupt="skip", masking="none", significant_words=None)
-    config = SNPS3Config(
-        bert=None,
-        vocab_size=209,
-        hidden_size=16,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        visual_encoder="tiny_cnn",
-        tiny_cnn_channels=8,
-    )
+    config = make_config(num_layers=1, num_answers=0)
     module = SNPS3Module(config=config, task="retrieval", with_moco=False)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, logger=False, enable_progress_bar=False, enable_model_summary=False

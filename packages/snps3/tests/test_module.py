@@ -180,25 +180,7 @@ def test_retrieval_evaluation_under_bf16_mixed(synthetic_root, tmp_path):
     assert 0.0 <= m["test/l2_simi_t2v-R@1"] <= 100.0
 
 
-def _tiny(**kw):
-    from snps3.models import SNPS3Config
-
-    args = dict(
-        bert=None,
-        vocab_size=209,
-        hidden_size=16,
-        num_layers=1,
-        num_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=64,
-        visual_encoder="tiny_cnn",
-        tiny_cnn_channels=8,
-    )
-    args.update(kw)
-    return SNPS3Config(**args)
-
-
-def test_qa_answer_counts_must_agree(synthetic_root):
+def test_qa_answer_counts_must_agree(synthetic_root, make_config):
     from types import SimpleNamespace
 
     import pytest
@@ -207,17 +189,17 @@ def test_qa_answer_counts_must_agree(synthetic_root):
     from snps3.module import SNPS3Module
 
     for n_model, n_data in ((5, 18), (0, 18)):
-        module = SNPS3Module(config=_tiny(num_answers=n_model), task="qa", with_moco=False)
+        module = SNPS3Module(config=make_config(num_layers=1, num_answers=n_model), task="qa", with_moco=False)
         d = SNPS3DataModule(str(synthetic_root), "msrvtt_qa", tokenizer="vocab.txt", num_answers=n_data)
         module._trainer = SimpleNamespace(datamodule=d)
         with pytest.raises(ValueError, match=r"data\.num_answers.*model\.config\.num_answers"):
             module.setup("fit")
-    module = SNPS3Module(config=_tiny(num_answers=18), task="qa", with_moco=False)
+    module = SNPS3Module(config=make_config(num_layers=1, num_answers=18), task="qa", with_moco=False)
     module._trainer = SimpleNamespace(datamodule=d)
     module.setup("fit")  # equal sizes: fine
 
 
-def test_lvwm_without_significant_words_warns_once(synthetic_root):
+def test_lvwm_without_significant_words_warns_once(synthetic_root, make_config):
     import warnings
 
     import pytest
@@ -241,7 +223,9 @@ def test_lvwm_without_significant_words_warns_once(synthetic_root):
     d.setup("fit")
     batch = next(iter(d.train_dataloader()))
     assert "word_significant" not in batch
-    module = SNPS3Module(config=_tiny(), task="pretrain", with_moco=False, use_itm=False, use_l2=False)
+    module = SNPS3Module(
+        config=make_config(num_layers=1, num_answers=0), task="pretrain", with_moco=False, use_itm=False, use_l2=False
+    )
     with pytest.warns(UserWarning, match="data.significant_words is null"):
         assert "lvwm" in module.pretrain_losses(batch, train=False)[0]
     with warnings.catch_warnings():
