@@ -7,6 +7,7 @@ decoded only through mmzoo.video.
 
 from __future__ import annotations
 
+import abc
 import inspect
 import json
 import logging
@@ -375,7 +376,7 @@ class CaptionProcessor:
         return out
 
 
-class _VideoTextBase(Dataset):
+class _VideoTextBase(Dataset, abc.ABC):
     """Shared pieces: annotation files, the video store, frame reading with ``on_corrupt``."""
 
     def __init__(
@@ -431,8 +432,9 @@ class _VideoTextBase(Dataset):
             return self._unreadable(str(err.path), err.reason)
         return self.transform(raw, self.train, rng)
 
+    @abc.abstractmethod
     def _item(self, index: int) -> dict | None:
-        raise NotImplementedError
+        """The item at ``index`` as the task's dataset builds it; None when its clip is unreadable under skip."""
 
     def __getitem__(self, index: int) -> dict:
         """Item ``index``. Under ``on_corrupt: skip`` an unreadable clip is replaced in training by the next readable
