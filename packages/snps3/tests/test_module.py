@@ -1,6 +1,7 @@
 import math
 import random
 
+import pytest
 import torch
 
 from snps3.cli import main
@@ -167,6 +168,24 @@ def test_nan_loss_raises_or_skips():
         m._check_finite({"l1": torch.tensor(1.0), "l2": torch.tensor(float("nan"))})
     m.hparams.nan_policy = "skip"
     assert not m._check_finite({"l2": torch.tensor(float("inf"))})
+
+
+@pytest.mark.parametrize("world_size", [1, 2])
+def test_a_skipped_step_keeps_every_ddp_rank_in_the_all_reduce(monkeypatch, make_config, world_size):
+    from types import SimpleNamespace
+
+    from snps3.module import SNPS3Module
+
+    m = SNPS3Module(make_config(num_layers=1, num_answers=0), task="retrieval", with_moco=False)
+    monkeypatch.setattr(SNPS3Module, "trainer", property(lambda self: SimpleNamespace(world_size=world_size)))
+    out = m._skipped_step_loss()
+    if world_size == 1:
+        assert out is None  # one process: Lightning skips backward and the optimizer step
+        return
+    out.backward()  # several: a zero loss whose backward reaches every trainable parameter
+    assert out.item() == 0.0
+    grads = [p.grad for p in m.parameters() if p.requires_grad]
+    assert all(g is not None and not g.any() for g in grads)
 
 
 def test_retrieval_evaluation_under_bf16_mixed(synthetic_root, tmp_path):

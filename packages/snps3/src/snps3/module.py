@@ -92,7 +92,8 @@ class SNPS3Module(pl.LightningModule):
             warmup_iterations: linear warm-up from 0.1·lr.
             lr_steps: ×0.1 decay at each listed step (or epoch, see ``lr_step_unit``).
             lr_step_unit: ``step`` or ``epoch``.
-            nan_policy: a non-finite loss raises (naming the terms) or skips the step with a warning.
+            nan_policy: a non-finite loss raises (naming the terms) or skips the step with a warning (under DDP the
+                skipping rank contributes zero gradients, so that no rank waits for it).
             num_threads: CPU intra-op threads (``torch.set_num_threads``) applied at setup; null keeps torch's
                 default. Tiny CPU runs on shared machines are much faster with 1.
         """
@@ -192,6 +193,15 @@ class SNPS3Module(pl.LightningModule):
             )
         rank_zero_warn(f"skipping step {self.global_step}: non-finite loss terms {bad}")
         return False
+
+    def _skipped_step_loss(self) -> torch.Tensor | None:
+        """What a skipped training step returns. On one process None (Lightning skips backward and the optimizer
+        step). Under DDP every rank must take part in the gradient all-reduce, so a rank that skips returns a zero
+        loss over all trainable parameters instead: its gradients are zero and the others' are averaged with them
+        (the optimizer still steps, so momentum and weight decay move the weights as on a zero-gradient step)."""
+        if self.trainer.world_size <= 1:
+            return None
+        return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
 
     # ---------------------------------------------------------------------------------------------- pre-training
     def pretrain_losses(self, batch: dict, train: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -311,7 +321,7 @@ class SNPS3Module(pl.LightningModule):
         if not losses:
             raise ValueError("every loss term is switched off (model.use_l1/use_l2/use_mlm/use_itm/use_lvwm)")
         if not self._check_finite(losses):
-            return None
+            return self._skipped_step_loss()
         loss = sum(losses.values())  # unweighted sum (spec §3.4 Total)
         b = batch["frames"].shape[0]
         self.log("train/loss", loss, prog_bar=True, batch_size=b)
