@@ -529,6 +529,33 @@ class Radar(nn.Module):
         self.embedding = InputEmbedding(config)
         self.layers = nn.ModuleList(RadarLayer(config) for _ in range(config.num_layers))
         self.score_dropout = nn.Dropout(config.dropout)
+        for p in self.unused_parameters():
+            p.requires_grad_(False)
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """Parameters built for every layer that the configured ablation never reaches from the loss; they are frozen
+        (``requires_grad=False``, left out of the optimizer) rather than not built, so that the random
+        initialisation of every other module and the checkpoint keys stay as they were, and DDP without
+        ``find_unused_parameters`` finds no trainable parameter without a gradient:
+
+        * the video query of every layer when no relation enters videos ('w/o follow');
+        * the tag key and value of every layer when no relation leaves tags ('w/o topic');
+        * the video query, updater and LayerNorm of the last layer when its video state is not scored
+          (``video_emb_layer < num_layers``; the video states of earlier layers feed the next layer's r2 keys);
+        * the AAN / common-unique discriminator of the layers past ``adv_layers`` (their logits are not in the loss).
+        """
+        c, unused = self.config, []  # modules and parameters
+        for i, layer in enumerate(self.layers):
+            into_video = any(rel[2] == "video" for rel in layer.relations)
+            if not into_video or (i == c.num_layers - 1 and c.video_emb_layer < c.num_layers):
+                unused.append(layer.query["video"])
+                unused += [d["video"] for d in (layer.updaters, layer.norms) if "video" in d]
+            if not any(rel[0] == "tag" for rel in layer.relations):
+                unused += [layer.key["tag"], layer.value["tag"]]
+            reducer = getattr(layer, "reducer", None)
+            if isinstance(reducer, _UniqueCommonDiscriminated) and c.adv_layers is not None and i >= c.adv_layers:
+                unused += [reducer.disc_weight, reducer.disc_bias]
+        return [p for u in unused for p in ([u] if isinstance(u, nn.Parameter) else u.parameters())]
 
     def forward(
         self,

@@ -127,5 +127,7 @@ class RadarModule(pl.LightningModule):
         return torch.sigmoid(self(batch).scores)
 
     def configure_optimizers(self):
-        """AdamW with a constant learning rate (official, spec §3.7)."""
-        return torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        """AdamW with a constant learning rate (official, spec §3.7), over the trainable parameters (the modules an
+        ablation never uses are frozen, see :meth:`~radartag.models.Radar.unused_parameters`)."""
+        params = [p for p in self.parameters() if p.requires_grad]
+        return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
