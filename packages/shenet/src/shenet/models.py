@@ -566,6 +566,30 @@ class SHENet(nn.Module):
             self.log_tau = nn.Parameter(torch.tensor([math.log(config.tau_frame), math.log(config.tau_patch)]))
         self.sim_logits = nn.Parameter(torch.zeros(3)) if config.sim_weighting == "learned" else None
         self.register_buffer("fixed_weights", torch.tensor(config.sim_weights, dtype=torch.float32), persistent=False)
+        for p in self.unused_parameters():
+            p.requires_grad_(False)
+
+    def unused_parameters(self) -> list[nn.Parameter]:
+        """The learnable extras that the config's similarity never reaches: they are frozen (kept, so checkpoints
+        keep their keys; left out of the optimiser by :func:`shenet.optim.param_groups`), since a trainable
+        parameter without a gradient stops DDP (``find_unused_parameters=False``).
+
+        - ``gate_noun``: used only with the syntax-guided similarity and the adjective level (nouns' children);
+        - ``gate_verb``: only with the syntax-guided similarity and the noun level (verbs' children);
+        - ``log_tau``: only with the guided visual representation, through the softmax pooling of S2/S3 or the
+          text-conditioned sentence level (``sentence_guidance``);
+        - ``sim_logits``: only with the syntax-guided similarity (otherwise S = S1).
+        """
+        cfg = self.config
+        gs, levels = cfg.guide_similarity, cfg.levels
+        tau_used = cfg.guide_visual and (cfg.sentence_guidance or (gs and cfg.guided_pooling == "softmax"))
+        used = {
+            "gate_noun": gs and "adj" in levels,
+            "gate_verb": gs and "noun" in levels,
+            "log_tau": tau_used,
+            "sim_logits": gs,
+        }
+        return [getattr(self, n) for n, u in used.items() if getattr(self, n) is not None and not u]
 
     @property
     def embed_dim(self) -> int:
