@@ -157,6 +157,12 @@ class SHAGCLModule(pl.LightningModule):
         if out.obj_logits is not None:
             terms["obj_loss"] = self.obj_loss(out.obj_logits, batch["labels"])
             loss = loss + terms["obj_loss"]
+        if self._several_processes():
+            # Only classifiers 1..K_b get a loss (spec §3.6.5), and K_b varies with the batch: a classifier above it
+            # would get no gradient on this rank, and DDP (find_unused_parameters=False) would stop at the next
+            # step. A zero-weighted term gives it a zero gradient here (its all-reduced gradient is then the other
+            # ranks' share). One process keeps the official behaviour (no gradient: SGD skips the classifier).
+            loss = loss + sum((logits.float() * 0.0).sum() for logits in out.rel_logits)
         if not torch.isfinite(loss):
             raise FloatingPointError(
                 f"non-finite loss at step {self.global_step}: { {k: float(v) for k, v in terms.items()} }"
@@ -167,6 +173,10 @@ class SHAGCLModule(pl.LightningModule):
                 self.log(f"train/{name}", value, batch_size=bs)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs)
         return loss
+
+    def _several_processes(self) -> bool:
+        """Training runs in more than one process (DDP), where every rank must give every parameter a gradient."""
+        return self._trainer is not None and self._trainer.world_size > 1
 
     # ------------------------------------------------------------------ evaluation
     def _eval_images(self, batch: dict) -> tuple[list[dict], Any]:
