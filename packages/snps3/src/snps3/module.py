@@ -116,6 +116,67 @@ class SNPS3Module(pl.LightningModule):
         self.accuracy = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
         self._eval: dict[str, list] = {}
         self._unreadable: dict[str, list[int]] = {}
+        self.unused_modules = self._unused_in_training()
+        for name in self.unused_modules:  # built (same initialisation, same checkpoint keys) but frozen
+            self.model.get_submodule(name).requires_grad_(False)
+        if self.unused_modules:
+            log.info("model.task=%s: frozen, no training loss reaches them: %s", task, self.unused_modules)
+
+    def _unused_in_training(self) -> list[str]:
+        """Submodules of ``self.model`` that no training loss term of this task and these switches reaches.
+
+        They are frozen (``requires_grad=False``, hence outside the optimiser) rather than left out, so that the
+        random initialisation of every other module and the checkpoint layout stay those of the full model. A
+        trainable tensor without a gradient would stop DDP with ``find_unused_parameters=False``; AdamW never
+        moved such tensors anyway (no gradient, no update, no weight decay). ``mc`` trains nothing; with every
+        loss term off nothing is frozen (the training step names the problem).
+        """
+        hp = self.hparams
+        if hp.task == "pretrain":
+            after = hp.use_lvwm and hp.lvwm_stage in ("after", "both")
+            before = hp.use_lvwm and hp.lvwm_stage in ("before", "both")
+            text_encoder = hp.use_l1 or hp.use_mlm or after  # text-only pass: L1 pooler, text MLM, LVWM words
+            text_embeddings = text_encoder or before
+            text_pooler = hp.use_l1
+            cross = hp.use_mlm or hp.use_itm or hp.use_l2  # cross pass: cross MLM, ITM, L2
+            cross_pooler = hp.use_itm or hp.use_l2
+            heads = {
+                "clip_mlp": hp.use_l1 or hp.use_lvwm,
+                "sim_head": hp.use_l2,
+                "itm_head": hp.use_itm,
+                "mlm_text": hp.use_mlm,
+                "mlm_cross": hp.use_mlm,
+            }
+            any_term = hp.use_l1 or hp.use_l2 or hp.use_mlm or hp.use_itm or hp.use_lvwm
+        elif hp.task == "retrieval":
+            text_encoder = text_embeddings = text_pooler = hp.use_l1
+            cross = cross_pooler = hp.use_l2
+            heads = {"clip_mlp": hp.use_l1, "sim_head": hp.use_l2}
+            any_term = hp.use_l1 or hp.use_l2
+        elif hp.task == "qa":
+            text_encoder = text_embeddings = text_pooler = False
+            cross = cross_pooler = any_term = True
+            heads = {"qa_head": True}
+        else:
+            return []
+        if not any_term:
+            return []
+        used = {
+            **dict.fromkeys(("clip_mlp", "sim_head", "itm_head", "mlm_text", "mlm_cross", "qa_head"), False),
+            **heads,
+            "bert.pooler": text_pooler,
+        }
+        if self.model.p3e_cross is None:  # SNP: the text BERT is also the cross encoder
+            used["bert.embeddings"] = text_embeddings or cross
+            used["bert.encoder"] = text_encoder or cross
+            used["cross_pooler"] = cross_pooler
+        else:
+            used["bert.embeddings"] = text_embeddings
+            used["bert.encoder"] = text_encoder
+            used["p3e_cross.embeddings"] = used["p3e_cross.encoder"] = cross
+            used["p3e_cross.pooler"] = cross_pooler
+        present = {name for name, _ in self.model.named_modules()}
+        return [name for name, u in used.items() if not u and name in present]
 
     def _load_init(self, path: str) -> None:
         try:
