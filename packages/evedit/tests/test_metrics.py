@@ -85,7 +85,7 @@ def test_tiny_embedder_and_missing_weights(tmp_path):
         build_embedder(str(tmp_path / "nope"), 224)
 
 
-def test_clip_preprocessing_matches_the_official_pil_pipeline():
+def test_clip_preprocessing_matches_the_official_pil_pipeline(textured_frame):
     """LOVEU's run_eval.py: PIL resize to 480² (bicubic), then CLIPProcessor (bicubic short side 224, crop, norm).
     PIL antialiases its downsampling; a textured frame exposes an aliased resize."""
     from PIL import Image
@@ -93,15 +93,7 @@ def test_clip_preprocessing_matches_the_official_pil_pipeline():
 
     from evedit.metrics import CLIPEmbedder
 
-    yy, xx = torch.meshgrid(torch.arange(512.0), torch.arange(512.0), indexing="ij")
-    img = torch.stack(
-        [
-            128 + 100 * torch.sin(xx * 0.9) * torch.cos(yy * 0.7),
-            128 + 60 * torch.sin(xx * 0.05),
-            128 + 80 * torch.sin(yy * 1.3),
-        ]
-    )
-    frame = img.round().clamp(0, 255).to(torch.uint8)[None]  # (1, 3, 512, 512)
+    frame = textured_frame(0.05)  # (1, 3, 512, 512)
     cfg = CLIPConfig(
         text_config={"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 1, "num_attention_heads": 4},
         vision_config={

@@ -358,7 +358,7 @@ def test_pretrained_scheduler_never_clips_latents():
     assert latent_ddim_scheduler(kept) is kept
 
 
-def test_depth_estimator_input_matches_the_dpt_image_processor(tiny_pipe):
+def test_depth_estimator_input_matches_the_dpt_image_processor(tiny_pipe, textured_frame):
     """The MiDaS input: the DPT image processor's (PIL, antialiased) bicubic resize of a 512² frame to the 384²
     estimator input, mean = std = 0.5; a textured frame shows an aliased downsampling."""
     from PIL import Image
@@ -373,15 +373,7 @@ def test_depth_estimator_input_matches_the_dpt_image_processor(tiny_pipe):
         got["x"] = pixel_values
         raise _Seen
 
-    yy, xx = torch.meshgrid(torch.arange(512.0), torch.arange(512.0), indexing="ij")
-    img = torch.stack(
-        [
-            128 + 100 * torch.sin(xx * 0.9) * torch.cos(yy * 0.7),
-            128 + 60 * torch.sin(xx * 0.1),
-            128 + 80 * torch.sin(yy * 1.3),
-        ]
-    )
-    frames = img.round().clamp(0, 255).to(torch.uint8)[None]  # (1, 3, 512, 512)
+    frames = textured_frame(0.1)  # (1, 3, 512, 512)
     got = {}
     est = tiny_pipe.depth_estimator
     est.forward = capture

@@ -7,8 +7,9 @@ from importlib import resources
 import pytest
 import torch
 import yaml
+from shagcl_testlib import synthetic_datamodule
 
-from shagcl.data import SGGDataModule, SyntheticFeaturesConfig, collate_scene_graphs
+from shagcl.data import collate_scene_graphs
 from shagcl.models import SHAGCLConfig
 from shagcl.module import SHAGCLModule
 
@@ -89,19 +90,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("grad_data")
     out = {}
     for protocol in ("predcls", "sgcls", "sgdet"):
-        dm = SGGDataModule(
-            data_root=str(root),
-            protocol=protocol,
-            feature_source="synthetic",
-            synthetic=SyntheticFeaturesConfig(feature_dim=16, pooled=True, pooled_channels=8),
-            predicate_order="file",
-            num_val_images=2,
-            max_pairs=32,
-            max_fg_pairs=8,
-            generate_demo_data=True,
-            demo_num_images=32,
-        )
-        dm.setup("fit")
+        dm = synthetic_datamodule(root, protocol, pooled=True, pooled_channels=8)
         batch = collate_scene_graphs([dm.datasets["train"][i] for i in range(4)])
         assert 10 not in batch["pair_labels"]  # K_b < K: the last classifier gets no loss from this batch
         rare = dict(batch, pair_labels=batch["pair_labels"].clone())

@@ -91,10 +91,6 @@ def test_sorting_never_picks_background(tmp_path):
 
 def test_two_processes_count_padded_duplicates_once():
     """An odd-size test set on 2 gloo processes (the DistributedSampler repeats image 0) equals 1 process."""
-    import sys
-    from pathlib import Path
-
-    sys.path.insert(0, str(Path(__file__).parent))
     import shagcl_dist_helpers as h
     from mmzoo.testing import run_distributed
 

@@ -2,9 +2,10 @@ import json
 
 import pytest
 import torch
+from shagcl_testlib import synthetic_datamodule
 
 from shagcl.cli import main
-from shagcl.data import SGGDataModule, SyntheticFeaturesConfig, collate_scene_graphs
+from shagcl.data import collate_scene_graphs
 from shagcl.models import SHAGCLConfig
 from shagcl.module import SHAGCLModule
 
@@ -33,18 +34,7 @@ def test_fit_validate_test_predict(trained):
 
 
 def _tiny_module(tmp_path, protocol, pooled=False):
-    dm = SGGDataModule(
-        data_root=str(tmp_path),
-        protocol=protocol,
-        feature_source="synthetic",
-        synthetic=SyntheticFeaturesConfig(feature_dim=16, pooled=pooled),
-        predicate_order="file",
-        num_val_images=2,
-        max_pairs=32,
-        max_fg_pairs=8,
-        generate_demo_data=True,
-        demo_num_images=32,
-    )
+    dm = synthetic_datamodule(tmp_path, protocol, pooled)
     cfg = SHAGCLConfig(
         protocol=protocol,
         num_obj_classes=9,
@@ -65,7 +55,6 @@ def _tiny_module(tmp_path, protocol, pooled=False):
         union_features="official" if pooled else "simplified",
     )
     module = SHAGCLModule(cfg)
-    dm.setup("fit")
     module.build_from_statistics(dm.statistics())
     batch = collate_scene_graphs([dm.datasets["train"][i] for i in range(4)])
     return module, batch

@@ -1,0 +1,25 @@
+"""Helpers shared by shagcl's test modules."""
+
+from __future__ import annotations
+
+from shagcl.data import SGGDataModule, SyntheticFeaturesConfig
+
+
+def synthetic_datamodule(root, protocol: str = "predcls", pooled: bool = False, **kw) -> SGGDataModule:
+    """A datamodule on 32 generated images with synthetic features (16-d; ``pooled`` adds the pooled inputs), set
+    up for fit: at most 32 pairs per image, 8 of them foreground, 2 validation images."""
+    synthetic = SyntheticFeaturesConfig(feature_dim=16, pooled=pooled, **kw)
+    dm = SGGDataModule(
+        data_root=str(root),
+        protocol=protocol,
+        feature_source="synthetic",
+        synthetic=synthetic,
+        predicate_order="file",
+        num_val_images=2,
+        max_pairs=32,
+        max_fg_pairs=8,
+        generate_demo_data=True,
+        demo_num_images=32,
+    )
+    dm.setup("fit")
+    return dm
