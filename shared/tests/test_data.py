@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, TensorDataset
 
-from mmzoo.data import SplitLoaders, reload_train_loader_every_epoch, worker_options
+from mmzoo.data import SplitLoaders, evaluation_sampler, reload_train_loader_every_epoch, worker_options
 
 
 @pytest.mark.parametrize(
@@ -77,3 +77,15 @@ def test_reload_train_loader_every_epoch_makes_lightning_call_the_hook_each_epoc
     # without the helper Lightning builds the training loader once, and every epoch replays epoch 0's draws
     assert dm.calls == ([0, 1, 2] if reload else [0])
     reload_train_loader_every_epoch(None, "no trainer")  # a datamodule used on its own: nothing to do
+
+
+def test_evaluation_sampler_gives_each_item_to_exactly_one_process():
+    data = list(range(10))
+    assert evaluation_sampler(data, None) is None
+    assert evaluation_sampler(data, SimpleNamespace(world_size=1, global_rank=0)) is None
+    shards = [list(evaluation_sampler(data, SimpleNamespace(world_size=4, global_rank=r))) for r in range(4)]
+    # Lightning's default sampler would pad 10 items to 12 (two repeated); here every item appears once
+    assert sorted(i for shard in shards for i in shard) == data
+    assert [len(s) for s in shards] == [3, 3, 2, 2]
+    with pytest.raises(ValueError, match="3 clips cannot be split over 4 processes"):
+        evaluation_sampler([0, 1, 2], SimpleNamespace(world_size=4, global_rank=0), unit="clips")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-__all__ = ["SplitLoaders", "reload_train_loader_every_epoch", "worker_options"]
+__all__ = ["SplitLoaders", "evaluation_sampler", "reload_train_loader_every_epoch", "worker_options"]
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,26 @@ def reload_train_loader_every_epoch(trainer: Any, reason: str) -> None:
     log.info("setting trainer.reload_dataloaders_every_n_epochs=1 (was %s): %s",
              trainer.reload_dataloaders_every_n_epochs, reason)  # fmt: skip
     trainer.reload_dataloaders_every_n_epochs = 1
+
+
+def evaluation_sampler(dataset: Any, trainer: Any, unit: str = "items"):
+    """A sampler that gives each evaluation item to exactly one process, or None on one process.
+
+    Lightning's default ``DistributedSampler`` pads the last round with repeated items so every rank holds the same
+    number; a metric accumulated over the epoch then counts those items twice. This one (Lightning's
+    ``UnrepeatedDistributedSampler``, in order) leaves the ranks uneven instead, so the module must not run a
+    collective per step during evaluation (``self.log(..., sync_dist=True)`` per batch would hang): accumulate in
+    torchmetrics metrics or gather once at epoch end. ``unit`` names the items in the error raised when there are
+    fewer of them than processes (a rank without any item would wait at the epoch-end collective).
+    """
+    world = getattr(trainer, "world_size", 1) if trainer is not None else 1
+    if world <= 1:
+        return None
+    from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+
+    if len(dataset) < world:
+        raise ValueError(f"{len(dataset)} {unit} cannot be split over {world} processes: use fewer devices")
+    return UnrepeatedDistributedSampler(dataset, num_replicas=world, rank=trainer.global_rank, shuffle=False)
 
 
 def worker_options(hparams: Any) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from mmzoo.data import evaluation_sampler
 from mmzoo.video import (
     VideoDecodeError,
     VideoReader,
@@ -625,16 +626,7 @@ class EVEDataModule(pl.LightningDataModule):
         """One clip per batch. ``evaluate`` under several processes: each clip goes to exactly one process
         (Lightning's default DistributedSampler would pad the last round with repeated clips, which the metrics
         would then count twice); predict gets the same from Lightning itself."""
-        sampler = None
-        world = getattr(self.trainer, "world_size", 1) if self.trainer is not None else 1
-        if evaluate and world > 1:
-            from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
-
-            if len(self.data) < world:
-                raise ValueError(f"{len(self.data)} clips cannot be split over {world} processes: use fewer devices")
-            sampler = UnrepeatedDistributedSampler(
-                self.data, num_replicas=world, rank=self.trainer.global_rank, shuffle=False
-            )
+        sampler = evaluation_sampler(self.data, self.trainer, unit="clips") if evaluate else None
         return DataLoader(
             self.data,
             batch_size=1,
