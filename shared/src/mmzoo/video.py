@@ -90,7 +90,11 @@ class VideoReader:
 
     Args:
         source: a path, or the encoded bytes of a video (e.g. a value from an LMDB store).
-        backend: ``"pyav"`` (default) or ``"torchcodec"`` (needs ``pip install 'mmzoo[torchcodec]'``).
+        backend: ``"pyav"`` (default) or ``"torchcodec"`` (needs ``pip install 'mmzoo[torchcodec]'``). torchcodec
+            numbers frames by position, not by timestamp: frame ``k`` is the ``k``-th frame in presentation order
+            (its exact mode scans the file, so ``num_frames`` is what the file holds). In a constant-rate file both
+            backends return the same frames; in a variable-rate file their indices differ, and the timestamp
+            rules above (``tolerance``, ``end_margin``) do not apply to torchcodec.
         device: torchcodec only: ``"cpu"`` or ``"cuda"`` decode.
         seek_threshold: seek instead of decoding forward when the next wanted frame is more than this many
             frames ahead; ``None`` uses the frame rate (one second).
