@@ -89,3 +89,19 @@ def test_evaluation_sampler_gives_each_item_to_exactly_one_process():
     assert [len(s) for s in shards] == [3, 3, 2, 2]
     with pytest.raises(ValueError, match="3 clips cannot be split over 4 processes"):
         evaluation_sampler([0, 1, 2], SimpleNamespace(world_size=4, global_rank=0), unit="clips")
+
+
+def test_lightning_eval_loader_pads_a_plain_loader_and_keeps_an_evaluation_sampler():
+    from mmzoo.testing import lightning_eval_loader
+
+    data = list(range(5))
+    plain = [list(lightning_eval_loader(DataLoader(data, batch_size=10), r, 2, "test"))[0].tolist() for r in range(2)]
+    assert plain == [[0, 2, 4], [1, 3, 0]]  # Lightning's default sampler repeats item 0 to even the ranks
+    shards = []
+    for r in range(2):
+        trainer = SimpleNamespace(world_size=2, global_rank=r)
+        loader = DataLoader(data, batch_size=10, sampler=evaluation_sampler(data, trainer))
+        shards.append(list(lightning_eval_loader(loader, r, 2))[0].tolist())
+    assert shards == [[0, 2, 4], [1, 3]]
+    with pytest.raises(ValueError, match="stage must be one of"):
+        lightning_eval_loader(DataLoader(data), 0, 2, "fit")

@@ -29,6 +29,7 @@ __all__ = [
     "write_h5_features",
     "write_npy_features",
     "run_distributed",
+    "lightning_eval_loader",
     "run_in_triton_interpreter",
     "load_script",
 ]
@@ -168,6 +169,26 @@ def run_distributed(fn: Callable, world_size: int = 2, args: tuple = ()) -> list
         init_file = os.path.join(tmp, "init")
         mp.spawn(_worker, args=(world_size, init_file, fn, args, tmp), nprocs=world_size, join=True)
         return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
+
+
+def lightning_eval_loader(loader, rank: int, world: int, stage: str = "validate"):
+    """``loader`` as Lightning's trainer hands it to an evaluation loop (``stage``: ``validate``, ``test`` or
+    ``predict``) on process ``rank`` of ``world``: a loader whose sampler is not a ``DistributedSampler`` gets
+    Lightning's default one (which pads the last round with repeated items); one that is, is kept. Lets a test run
+    a datamodule's evaluation loader inside :func:`run_distributed` exactly as a multi-GPU run would see it."""
+    from lightning.pytorch.trainer.connectors.data_connector import _get_distributed_sampler
+    from lightning.pytorch.trainer.states import RunningStage
+    from lightning.pytorch.utilities.data import _update_dataloader
+    from torch.utils.data import DistributedSampler
+
+    modes = {"validate": RunningStage.VALIDATING, "test": RunningStage.TESTING, "predict": RunningStage.PREDICTING}
+    if stage not in modes:
+        raise ValueError(f"stage must be one of {sorted(modes)}, got {stage!r}")
+    if world > 1 and not isinstance(loader.sampler, DistributedSampler):
+        mode = modes[stage]
+        sampler = _get_distributed_sampler(loader, False, overfit_batches=0, mode=mode, num_replicas=world, rank=rank)
+        loader = _update_dataloader(loader, sampler, mode=mode)
+    return loader
 
 
 def run_in_triton_interpreter(test_file: str | os.PathLike, statement: str, timeout: float = 600.0) -> str:
