@@ -22,7 +22,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from mmzoo.data import SplitLoaders, worker_options
+from mmzoo.data import SplitLoaders, evaluation_sampler, worker_options
 from mmzoo.features import H5Features, NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
 
@@ -346,11 +346,17 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
                 )
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        """Evaluation loaders (val/test/predict) under several processes give each video to exactly one process:
+        Lightning's default DistributedSampler would pad the last round with repeated videos, which the epoch's
+        F1 / RP@90% would then count twice. The module accumulates in torchmetrics states (no per-step collective),
+        so ranks may hold different numbers of videos."""
         h = self.hparams
+        data = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            data,
             batch_size=h.batch_size if train else h.eval_batch_size,
             shuffle=train,
+            sampler=None if train else evaluation_sampler(data, self.trainer, unit="videos"),
             drop_last=False,
             **worker_options(h),
         )

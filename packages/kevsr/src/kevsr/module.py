@@ -27,8 +27,8 @@ class PredictionWriter(BasePredictionWriter):
 
     Args:
         path: the JSONL file; ``None`` = ``predictions.jsonl`` in the trainer's log folder (``trainer.log_dir``,
-            else ``default_root_dir``). Under DDP each rank writes ``<stem>.rank<r>.jsonl`` (Lightning's
-            distributed sampler may repeat a few videos to even out the ranks).
+            else ``default_root_dir``). Under DDP each rank writes ``<stem>.rank<r>.jsonl``; every test video is in
+            exactly one of them.
     """
 
     def __init__(self, path: str | None = None) -> None:
