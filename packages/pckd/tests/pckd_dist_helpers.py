@@ -1,6 +1,7 @@
 """Importable rank functions for the two-process test (spawned workers unpickle them by module name)."""
 
 import torch
+from mmzoo.testing import lightning_eval_loader
 
 from pckd.losses import CategoryContrastiveLoss
 
@@ -22,3 +23,27 @@ def cc_rank(rank, world):
     loss.backward()
     # DDP averages gradients over ranks: scale by 1/world to compare with the whole-batch mean
     return loss.item(), u_l.grad / world, w_l.grad / world
+
+
+def test_rank(rank, world):
+    """One process's share of `test` on the digits test split (497 images): the dataset indices it saw and the
+    epoch's top-1 / top-5 accuracy (torchmetrics gathers every process's states in ``compute``)."""
+    from types import SimpleNamespace
+
+    from pckd.data import PCKDDataModule
+    from pckd.models import PCKDConfig
+    from pckd.module import PCKDModule
+
+    dm = PCKDDataModule(dataset="digits", eval_batch_size=64, num_workers=0)
+    dm.trainer = SimpleNamespace(world_size=world, global_rank=rank)
+    dm.setup("test")
+    loader = lightning_eval_loader(dm.test_dataloader(), rank, world, "test")
+    torch.manual_seed(0)
+    cfg = PCKDConfig(student_arch="digits_student64", teacher_arch=None, num_classes=10, in_channels=1)
+    module = PCKDModule(cfg, method="ce", top5=True).eval()
+    seen = []
+    with torch.no_grad():
+        for batch in loader:
+            seen += batch["index"].tolist()
+            module.test_step(batch, 0)
+    return {"seen": seen, "acc1": module.test_acc1.compute(), "acc5": module.test_acc5.compute()}

@@ -21,3 +21,15 @@ def test_two_ranks_equal_one_process():
     assert abs(sum(o[0] for o in outs) / 2 - full.item()) < 1e-5
     torch.testing.assert_close(torch.cat([outs[0][1], outs[1][1]]), u1.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(torch.cat([outs[0][2], outs[1][2]]), w1.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_ddp_test_counts_each_image_once_and_equals_one_process():
+    """497 test images on 2 processes: each image is evaluated once and top-1 / top-5 equal one process's
+    (Lightning's default sampler would repeat one image)."""
+    single = pckd_dist_helpers.test_rank(0, 1)
+    ranks = run_distributed(pckd_dist_helpers.test_rank, world_size=2)
+    seen = [i for r in ranks for i in r["seen"]]
+    assert len(single["seen"]) == 497 and sorted(seen) == sorted(single["seen"])
+    for r in ranks:
+        torch.testing.assert_close(r["acc1"], single["acc1"])
+        torch.testing.assert_close(r["acc5"], single["acc5"])

@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmzoo.data import SplitLoaders, worker_options
+from mmzoo.data import SplitLoaders, evaluation_sampler, worker_options
 from torch.utils.data import DataLoader, Dataset
 
 __all__ = [
@@ -358,11 +358,17 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
             self.datasets["predict"] = self._build(self.test_split, train=False)
 
     def _loader(self, key: str, train: bool) -> DataLoader:
+        """Evaluation loaders (val/test/predict) under several processes give each image to exactly one process:
+        Lightning's default DistributedSampler would pad the last round with repeated images, which the epoch's
+        top-1 / top-5 accuracy would then count twice. The module accumulates in torchmetrics states (no per-step
+        collective), so ranks may hold different numbers of images."""
         h = self.hparams
+        data = self.datasets[key]
         return DataLoader(
-            self.datasets[key],
+            data,
             batch_size=h.batch_size if train else h.eval_batch_size,
             shuffle=train,
+            sampler=None if train else evaluation_sampler(data, self.trainer, unit="images"),
             drop_last=train,  # L_CC gathers across ranks: equal shapes on every rank
             **worker_options(h),
         )
