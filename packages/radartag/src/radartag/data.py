@@ -22,7 +22,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from mmzoo.data import SplitLoaders, worker_options
+from mmzoo.data import SplitLoaders, evaluation_sampler, worker_options
 from mmzoo.features import NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import HeteroData
@@ -328,6 +328,11 @@ class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
         self.graph("train")
 
     def _loader(self, split: str, train: bool) -> DataLoader:
+        """Evaluation is mini-batched over the split's videos like training. Its loaders (val/test/predict) under
+        several processes give each video to exactly one process: Lightning's default DistributedSampler would pad
+        the last round with repeated videos, which the epoch's sample/label mAP, P@k and R@k would then count twice.
+        The module accumulates in torchmetrics states (no per-step collective), so ranks may hold different numbers
+        of videos."""
         hp = self.hparams
         g = self.graph(split)
         n_train = g["video"].num_train
@@ -337,10 +342,12 @@ class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
         sampler_cls = PygNeighborSampler if hp.sampler == "pyg" else BlockSampler
         sampler = sampler_cls(g, self.relations, hp.num_layers, hp.fanout if train else hp.eval_fanout,
                               hp.exclude_batch_targets)  # fmt: skip
+        videos = _VideoIds(ids)
         return DataLoader(
-            _VideoIds(ids),
+            videos,
             batch_size=hp.batch_size if train else hp.eval_batch_size,
             shuffle=train,
+            sampler=None if train else evaluation_sampler(videos, self.trainer, unit="videos"),
             **worker_options(hp),
             collate_fn=GraphCollator(g, sampler, g["tag"].num_nodes),
         )

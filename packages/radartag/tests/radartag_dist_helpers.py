@@ -1,0 +1,37 @@
+"""Importable rank functions for the multi-process tests (spawned workers unpickle them by module name)."""
+
+from types import SimpleNamespace
+
+import torch
+from mmzoo.testing import lightning_eval_loader
+
+from radartag.data import KwaiTagDataModule
+from radartag.models import RadarConfig
+from radartag.module import RadarModule
+from radartag.synthetic import SyntheticKwaiConfig
+
+# 9 validation and 19 test videos: neither divisible by 2
+DEMO = SyntheticKwaiConfig(num_users=23, num_parents=3, leaves_per_parent=4, feature_dim=8)
+
+
+def evaluate_rank(rank: int, world: int, root: str) -> dict:
+    """One process's share of validation and test (all neighbours at evaluation, so the scores are deterministic):
+    per stage the number of videos it scored and the epoch's metrics (torchmetrics gathers every process's states
+    in ``compute``)."""
+    dm = KwaiTagDataModule(root, "v", eval_fanout=-1, eval_batch_size=4, demo=DEMO)
+    dm.trainer = SimpleNamespace(world_size=world, global_rank=rank)
+    dm.setup("validate")
+    torch.manual_seed(0)
+    module = RadarModule(RadarConfig(video_dim=8, tag_dim=8, num_tags=dm.num_tags, hidden_dim=16, num_heads=2)).eval()
+    out = {}
+    for stage, loader, metric, mode in (
+        ("val", dm.val_dataloader(), module.val_metrics, "validate"),
+        ("test", dm.test_dataloader(), module.test_metrics, "test"),
+    ):
+        count = 0
+        with torch.no_grad():
+            for i, batch in enumerate(lightning_eval_loader(loader, rank, world, mode)):
+                count += batch.num_videos
+                getattr(module, f"{'validation' if stage == 'val' else 'test'}_step")(batch, i)
+        out[stage] = {"count": count, "metrics": metric.compute()}
+    return out
