@@ -92,32 +92,135 @@ def retrieval_eval_batch(items: list[int]) -> dict:
     }
 
 
-def retrieval_eval_logs(rank: int, world: int, shards: list[list[int]]) -> dict[str, float]:
+def retrieval_eval_logs(
+    rank: int, world: int, shards: list[list[int]], store: str = "pinned", seen: dict | None = None
+) -> dict[str, float]:
     """Run RTQModule's retrieval evaluation (eval steps on this rank's items, then the epoch end) and return what
-    it logs. ``shards[rank]`` = this rank's items, each a list of batches (an empty list: the rank has none)."""
+    it logs. ``shards[rank]`` = this rank's items, each a list of batches (an empty list: the rank has none).
+    ``store`` = ``eval_token_store``. ``seen`` (optional) receives what the rank held: ``store_rows`` (rows of its
+    token store), ``store_devices`` (devices of the store's tensors), ``eval_store_max_dim`` (largest ndim among the
+    other per-item tensors), ``itm_pairs`` (pairs it scored with ITM), ``t2v`` / ``v2t`` (the re-ranked matrices)."""
     from types import SimpleNamespace
 
     from rtqvl.module import RTQModule
 
     torch.manual_seed(0)
-    mod = RTQModule(tiny_config(queue_size=8, k_test=3)).eval()
+    mod = RTQModule(tiny_config(queue_size=8, k_test=3), eval_token_store=store).eval()
     logged: dict[str, float] = {}
     mod.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
     mod._trainer = SimpleNamespace(world_size=world, global_rank=rank, sanity_checking=False)
+    seen = {} if seen is None else seen
+    itm = mod.model.itm_logits
+    seen["itm_pairs"] = 0
+
+    def counting_itm(tokens, ids, mask):
+        seen["itm_pairs"] += tokens.shape[0]
+        return itm(tokens, ids, mask)
+
+    mod.model.itm_logits = counting_itm
+    update = mod.val_metric.update
+
+    def keep_scores(t2v, gt, v2t):
+        seen["t2v"], seen["v2t"] = t2v.clone(), v2t.clone()
+        update(t2v, gt, v2t)
+
+    mod.val_metric.update = keep_scores
     with torch.no_grad():
         for items in shards[rank]:
             mod.validation_step(retrieval_eval_batch(items), 0)
+        ts = mod._token_store
+        seen["store_rows"] = 0 if ts is None else len(ts)
+        seen["store_devices"] = set() if ts is None else {str(p.device) for p in ts.parts}
+        seen["eval_store_max_dim"] = max((v.ndim for e in mod._eval_store for v in e.values()), default=0)
         mod.on_validation_epoch_end()
     return logged
 
 
-def retrieval_eval_worker(rank: int, world: int) -> list[dict[str, float]]:
+def retrieval_eval_worker(rank: int, world: int) -> list:
     # DistributedSampler layout of 5 items over 2 ranks (rank 1's last item is padding, a repeat of item 0)
-    padded = retrieval_eval_logs(rank, world, [[[0, 2], [4]], [[1, 3], [0]]])
+    seen: dict = {}
+    padded = retrieval_eval_logs(rank, world, [[[0, 2], [4]], [[1, 3], [0]]], seen=seen)
     # rank 1 holds no batch at all (every clip skipped): it must still join the gather
     empty = retrieval_eval_logs(rank, world, [[[0, 1], [2, 3, 4]], []])
-    return [padded, empty]
+    return [padded, empty, seen]
+
+
+# ------------------------------------------------------------------ captioning / QA / NExT-QA under DDP padding
+
+# five evaluation items; the fake model answers item 0 right and the others wrong, so counting item 0 twice (the
+# DistributedSampler's padding of 5 items over 2 ranks) would change every metric
+GEN_TASKS = ("captioning", "qa", "multiple_choice")
+_REFS = ["a man is cooking food", "two dogs play in the snow", "a red car drives", "people dance", "a cat sleeps"]
+_PREDS = ["a man is cooking food", "a bird", "a bird", "a bird", "a bird"]
+_ANSWERS = ["dog", "cat", "red", "two", "blue"]
+_QA_PREDS = ["dog", "car", "car", "car", "car"]
+_CHOICE = [1, 2, 3, 4, 0]
+_PICK = [1, 0, 0, 0, 0]
+_TYPES = ["CW", "CH", "TN", "DC", "DL"]
+
+
+def gen_eval_batch(task: str, items: list[int]) -> dict:
+    """Batch of the given items; each clip's first pixel holds its item number (read by the fake model)."""
+    video = torch.zeros(len(items), 4, 3, 32, 32)
+    video[:, 0, 0, 0, 0] = torch.tensor(items, dtype=torch.float32)
+    batch = {"video": video, "index": torch.tensor(items)}
+    if task == "captioning":
+        batch["references"] = [[_REFS[i]] for i in items]
+    elif task == "qa":
+        batch["question"] = [f"what is item {i}" for i in items]
+        batch["answer"] = [_ANSWERS[i] for i in items]
+    else:
+        batch["candidates"] = [[f"question item {i} answer {c}" for c in range(5)] for i in items]
+        batch["answer"] = torch.tensor([_CHOICE[i] for i in items])
+        batch["type"] = [_TYPES[i] for i in items]
+    return batch
+
+
+def gen_eval_logs(task: str, rank: int, world: int, shards: list[list[list[int]]]) -> dict[str, float]:
+    """RTQModule's evaluation of ``task`` (eval steps on ``shards[rank]``, then the epoch end) with a fake model
+    whose outputs depend only on the item number; returns what it logs."""
+    from types import SimpleNamespace
+
+    from rtqvl.module import RTQModule
+
+    mod = RTQModule(tiny_config(task), caption_backend="python").eval()
+    logged: dict[str, float] = {}
+    mod.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    mod._trainer = SimpleNamespace(world_size=world, global_rank=rank, sanity_checking=False)
+
+    def item(video: torch.Tensor) -> list[int]:
+        return [int(v) for v in video[:, 0, 0, 0, 0]]
+
+    if task == "captioning":
+        mod.model.generate = lambda video: [_PREDS[i] for i in item(video)]
+    elif task == "qa":
+        mod.model.generate = lambda video, *q: [_QA_PREDS[i] for i in item(video)]
+    else:  # logits favouring choice _CHOICE[i] when _PICK[i] (right), else the next choice (wrong)
+
+        def choose(video, ids, mask, momentum=False):
+            picks = [(_CHOICE[i] + 1 - _PICK[i]) % 5 for i in item(video)]
+            return torch.nn.functional.one_hot(torch.tensor(picks), 5).float()
+
+        mod.model.forward = choose
+    with torch.no_grad():
+        for items in shards[rank]:
+            mod.validation_step(gen_eval_batch(task, items), 0)
+        mod.on_validation_epoch_end()
+    return logged
+
+
+# DistributedSampler (shuffle off) of 5 items over 2 ranks: rank r gets items r, r+2, ... and rank 1 ends with a
+# repeat of item 0; batches of 2
+GEN_SHARDS = [[[0, 2], [4]], [[1, 3], [0]]]
+
+
+def gen_eval_worker(rank: int, world: int) -> dict[str, dict[str, float]]:
+    return {task: gen_eval_logs(task, rank, world, GEN_SHARDS) for task in GEN_TASKS}
 
 
 def two_process_worker(rank: int, world: int) -> dict:
-    return {"itc": itc_worker(rank, world), "retrieval_eval": retrieval_eval_worker(rank, world)}
+    return {
+        "itc": itc_worker(rank, world),
+        "retrieval_eval": retrieval_eval_worker(rank, world),
+        "gen_eval": gen_eval_worker(rank, world),
+    }

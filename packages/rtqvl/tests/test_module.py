@@ -170,10 +170,81 @@ def test_retrieval_evaluation_on_two_processes_equals_one_process(two_process_re
     single = retrieval_eval_logs(0, 1, [[[0, 1, 2], [3, 4]]])
     assert {"val/t2v_R@1", "val/v2t_R@1", "val/v2t_MnR", "val/score"} <= set(single)
     for rank in (r["retrieval_eval"] for r in two_process_results):
-        for logs in rank:  # padded shards and a rank without batches
+        for logs in rank[:2]:  # padded shards and a rank without batches
             assert logs.keys() == single.keys()
             for k, v in single.items():
                 assert logs[k] == pytest.approx(v, abs=1e-4), k
+
+
+def test_retrieval_re_ranking_is_split_by_the_rank_holding_each_video(two_process_results):
+    # every rank keeps only the tokens of the items it encoded (3 each: rank 1's third is item 0 again) and scores
+    # the ITM pairs of the videos it holds: together the ranks score each candidate pair exactly once
+    from rtqvl_testlib import retrieval_eval_logs
+
+    single: dict = {}
+    retrieval_eval_logs(0, 1, [[[0, 2], [4], [1, 3]]], seen=single)
+    ranks = [r["retrieval_eval"][2] for r in two_process_results]
+    assert [r["store_rows"] for r in ranks] == [3, 3]
+    assert single["store_rows"] == 5
+    assert all(r["itm_pairs"] > 0 for r in ranks)
+    assert sum(r["itm_pairs"] for r in ranks) == single["itm_pairs"]
+    for r in ranks:
+        torch.testing.assert_close(r["t2v"], single["t2v"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(r["v2t"], single["v2t"], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["captioning", "qa", "multiple_choice"])
+def test_generation_and_choice_evaluation_on_two_processes_equals_one_process(task, two_process_results):
+    # 5 items over 2 ranks: DistributedSampler pads rank 1 with a repeat of item 0, the only item the fake model
+    # gets right; the metric must count it once, as one process does
+    from rtqvl_testlib import _ANSWERS, _PREDS, _QA_PREDS, _REFS, GEN_SHARDS, gen_eval_logs
+
+    from rtqvl.metrics import caption_metrics, qa_accuracy
+
+    single = gen_eval_logs(task, 0, 1, [[[0, 1, 2], [3, 4]]])
+    assert GEN_SHARDS[1][-1] == [0]  # the padding repeat is there
+    if task == "captioning":  # counting the repeat would change the metric
+        padded = caption_metrics([*_PREDS, _PREDS[0]], [[r] for r in [*_REFS, _REFS[0]]], "python")
+        assert padded["CIDEr"] != pytest.approx(single["val/CIDEr"])
+    elif task == "qa":
+        assert single["val/acc"] == pytest.approx(20.0)
+        assert qa_accuracy([*_QA_PREDS, _QA_PREDS[0]], [*_ANSWERS, _ANSWERS[0]]) == pytest.approx(100 / 3)
+    else:
+        assert single["val/acc"] == pytest.approx(20.0) and single["val/acc_C"] == pytest.approx(50.0)
+    for rank in two_process_results:
+        logs = rank["gen_eval"][task]
+        assert logs.keys() == single.keys()
+        for k, v in single.items():
+            assert logs[k] == pytest.approx(v, abs=1e-9), k
+
+
+@pytest.mark.parametrize("store", ["pinned", "cpu", "device"])
+def test_retrieval_token_store_locations_give_the_same_scores(store):
+    # the store location changes where the tokens wait, not the scores; the reference is the previous layout:
+    # every video's tokens in one tensor on the model's device, all pairs re-ranked from it
+    from rtqvl_testlib import retrieval_eval_batch, retrieval_eval_logs
+
+    seen: dict = {}
+    logs = retrieval_eval_logs(0, 1, [[[0, 1, 2], [3, 4]]], store=store, seen=seen)
+    ref: dict = {}
+    assert logs == retrieval_eval_logs(0, 1, [[[0, 1, 2], [3, 4]]], store="device", seen=ref)
+    assert torch.equal(seen["t2v"], ref["t2v"]) and torch.equal(seen["v2t"], ref["v2t"])
+
+    torch.manual_seed(0)
+    mod = RTQModule(tiny_config(queue_size=8, k_test=3)).eval()
+    m = mod.model
+    with torch.no_grad():
+        batch = retrieval_eval_batch([0, 1, 2, 3, 4])
+        ids, mask = m.tokenize(batch["caption"], "cpu", pad_to_max=True)
+        v_feat, tokens = m.encode_video(batch["video"])
+        cols = torch.tensor([0, 1, 2, 3])  # item 4 shares item 3's video
+        sim = m.encode_text(ids, mask) @ v_feat[cols].T
+        t2v, v2t = m.rerank(sim, tokens[cols], ids, mask, 3)
+    torch.testing.assert_close(seen["t2v"], t2v, rtol=0, atol=1e-5)
+    torch.testing.assert_close(seen["v2t"], v2t, rtol=0, atol=1e-5)
+    # the per-item records hold features and ids (≤ 2-D), not the (N, M, D) token sequences
+    assert seen["eval_store_max_dim"] <= 2 and seen["store_rows"] == 5
+    assert seen["store_devices"] == {"cpu"}  # host memory (the model is on the CPU here as well)
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ from rtqvl.losses import AnswerLoss, CaptionLoss, ITCLoss, ITMLoss, MultipleChoi
 from rtqvl.metrics import CaptionMetrics, NExTQAAccuracy, QAAccuracy, RetrievalMetrics
 from rtqvl.models.rtq import RTQConfig, build_model, momentum_update
 from rtqvl.models.weights import load_pretrained
+from rtqvl.token_store import StoreLocation, VideoTokenStore
 
 __all__ = ["RTQModule", "linear_warmup_cosine_lr", "param_groups"]
 
@@ -68,6 +69,10 @@ class RTQModule(pl.LightningModule):
             higher, so a tie counts as a hit) or ``mean`` (expected rank / R@K over random orders of the tied items,
             what the official argsort evaluation gives on average); see :func:`rtqvl.metrics.retrieval_ranks`.
         caption_backend: ``auto`` | ``coco`` | ``python`` (see :mod:`rtqvl.metrics`).
+        eval_token_store: where retrieval evaluation keeps the video token sequences for re-ranking (see
+            :class:`rtqvl.token_store.VideoTokenStore`): ``pinned`` (host memory, page-locked with CUDA; only each
+            re-ranking chunk's videos go to the device), ``cpu`` (plain host memory) or ``device`` (all on the
+            accelerator). The scores are the same either way.
     """
 
     checkpoint_monitor = "val/score"
@@ -90,6 +95,7 @@ class RTQModule(pl.LightningModule):
         rerank: bool = True,
         caption_backend: str = "auto",
         rank_ties: str = "optimistic",
+        eval_token_store: StoreLocation = "pinned",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -113,7 +119,9 @@ class RTQModule(pl.LightningModule):
         else:
             self.mc_loss = MultipleChoiceLoss()
             self.val_metric, self.test_metric = NExTQAAccuracy(), NExTQAAccuracy()
+        VideoTokenStore(eval_token_store)  # validates the choice
         self._eval_store: list[dict] = []
+        self._token_store: VideoTokenStore | None = None
 
     # ------------------------------------------------------------------------------------------- training
     def setup(self, stage: str) -> None:
@@ -223,11 +231,16 @@ class RTQModule(pl.LightningModule):
         if task == "retrieval":
             ids, mask = m.tokenize(batch["caption"], self.device, pad_to_max=True)
             v_feat, v_tokens = m.encode_video(batch["video"])
+            if self._token_store is None:
+                self._token_store = VideoTokenStore(self.hparams.eval_token_store)
+            # the token sequences go to the store (host memory by default); only their rows travel with the rest
+            rows = self._token_store.append(v_tokens) if self.hparams.rerank else torch.zeros(len(v_feat))
             self._eval_store.append(
                 {
                     "v_feat": v_feat,
-                    "v_tokens": v_tokens,
                     "t_feat": m.encode_text(ids, mask),
+                    "row": rows.to(self.device, torch.long),
+                    "rank": torch.full_like(rows, self.global_rank, dtype=torch.long, device=self.device),
                     "ids": ids,
                     "mask": mask,
                     "video_index": batch["video_index"].to(self.device),
@@ -268,8 +281,8 @@ class RTQModule(pl.LightningModule):
             store = {k: torch.cat([p[k] for p in parts]).to(self.device) for k in parts[0]} if parts else None
         if store is None:
             raise ValueError(f"{stage}: the evaluation set produced no batches")
-        # drop DistributedSampler duplicates by item index
-        order = torch.argsort(store["index"])
+        # drop DistributedSampler duplicates by item index (the first gathered copy stays)
+        order = torch.argsort(store["index"], stable=True)
         keep = torch.ones_like(order, dtype=torch.bool)
         keep[1:] = store["index"][order][1:] != store["index"][order][:-1]
         return {k: v[order[keep]] for k, v in store.items()}
@@ -277,20 +290,36 @@ class RTQModule(pl.LightningModule):
     def _retrieval_epoch_end(self, stage: str) -> None:
         s = self._gather_store(stage)
         self._eval_store = []
+        store, self._token_store = self._token_store, None
         # one column per video (first item of each video index), one row per text
         vids, first = torch.unique(s["video_index"], return_inverse=True)
         col = torch.full((len(vids),), -1, dtype=torch.long, device=self.device)
         pos = torch.arange(len(first), device=self.device)
         col.scatter_reduce_(0, first, pos, reduce="amin", include_self=False)
-        v_feat, v_tokens = s["v_feat"][col], s["v_tokens"][col]
+        v_feat = s["v_feat"][col]
         sim = s["t_feat"].float() @ v_feat.float().T  # (N_t, N_v) cosine
         if self.hparams.rerank:
-            # each rank re-ranks a slice of the queries; rows of other ranks are 0 here and summed in
-            rank, world = self.trainer.global_rank, self.trainer.world_size
-            t2v, v2t = self.model.rerank(sim, v_tokens, s["ids"], s["mask"], self.config.k_test, shard=(rank, world))
-            if world > 1:
-                torch.distributed.all_reduce(t2v)
-                torch.distributed.all_reduce(v2t)
+            # each video's tokens stay on the rank that encoded it (the kept copy's rank); that rank scores the
+            # ITM pairs of the video, fetching only each chunk's videos from its store; pair logits are summed
+            world = self.trainer.world_size
+            owner, row = s["rank"][col], s["row"][col]
+
+            def fetch(cols: torch.Tensor) -> torch.Tensor:
+                return store.fetch(row[cols], self.device)
+
+            def reduce(x: torch.Tensor) -> torch.Tensor:
+                torch.distributed.all_reduce(x)
+                return x
+
+            t2v, v2t = self.model.rerank(
+                sim,
+                fetch,
+                s["ids"],
+                s["mask"],
+                self.config.k_test,
+                owned=owner == self.global_rank,
+                reduce=reduce if world > 1 else None,
+            )
         else:
             t2v, v2t = sim, sim.T
         metric = self.val_metric if stage == "val" else self.test_metric
@@ -322,9 +351,20 @@ class RTQModule(pl.LightningModule):
         self._log_dict(values, stage)
         metric.reset()
 
+    def _reset_eval_store(self) -> None:
+        # a fresh store per evaluation epoch (nothing left over from an interrupted one)
+        self._eval_store = []
+        self._token_store = None
+
+    def on_validation_epoch_start(self) -> None:
+        self._reset_eval_store()
+
+    def on_test_epoch_start(self) -> None:
+        self._reset_eval_store()
+
     def on_validation_epoch_end(self) -> None:
         if self.trainer.sanity_checking:
-            self._eval_store = []
+            self._reset_eval_store()
             self.val_metric.reset()
             return
         self._epoch_end("val")

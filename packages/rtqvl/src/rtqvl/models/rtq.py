@@ -14,6 +14,7 @@ Parameter names follow LAVIS' BLIP where transformers keeps them (``text_encoder
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -223,49 +224,57 @@ class RTQRetrieval(_RTQBase):
     def rerank(
         self,
         sim: torch.Tensor,
-        video_tokens: torch.Tensor,
+        video_tokens: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
         text_ids: torch.Tensor,
         text_mask: torch.Tensor,
         k: int,
         chunk: int = 128,
-        shard: tuple[int, int] = (0, 1),
+        owned: torch.Tensor | None = None,
+        reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Top-k ITM re-ranking (spec §3.2a, inference): score = ITM_logit[:, 1] + cosine inside each query's top-k,
         −100 elsewhere.
 
-        sim (N_t, N_v) cosine; video_tokens (N_v, M, D); text_ids / text_mask (N_t, L).
-        shard = (rank, world): score only this rank's contiguous slice of the query rows of each direction and
-        leave the other rows at 0, so that summing the results of all ranks gives the full matrices.
-        Returns (t2v scores (N_t, N_v), v2t scores (N_v, N_t)).
+        sim (N_t, N_v) cosine; text_ids / text_mask (N_t, L). ``video_tokens``: the (N_v, M, D) token sequences
+        (any device), or a function mapping video columns (n,) to their (n, M, D) tokens on ``sim``'s device (a
+        store kept off the accelerator). Each distinct (text, video) pair among both directions' top-k is scored
+        once, in chunks of ``chunk`` pairs grouped by video, so a chunk needs the tokens of only a few videos.
+        Distributed: ``owned`` (N_v,) bool marks the videos whose pairs this process scores (the others' logits
+        stay 0) and ``reduce`` sums the pair logits over processes (an all-reduce); every video must be owned by
+        exactly one process. Returns (t2v scores (N_t, N_v), v2t scores (N_v, N_t)).
         """
         n_t, n_v = sim.shape
         k_v, k_t = min(k, n_v), min(k, n_t)
-        rank, world = shard
+        dev = sim.device
+        if callable(video_tokens):
+            fetch = video_tokens
+        else:
+            tokens = video_tokens
 
-        def rows(n: int) -> torch.Tensor:
-            step = -(-n // world)
-            return torch.arange(rank * step, min(n, (rank + 1) * step), device=sim.device)
+            def fetch(cols: torch.Tensor) -> torch.Tensor:
+                return tokens[cols.to(tokens.device)].to(dev)
 
-        t2v, v2t = sim.new_zeros((n_t, n_v)), sim.new_zeros((n_v, n_t))
-        mine_t, mine_v = rows(n_t), rows(n_v)
-        t2v[mine_t] = -100.0
-        v2t[mine_v] = -100.0
-        # video → its top-k texts
-        top_t = sim.T[mine_v].topk(k_t, dim=1).indices  # (N_v / world, k)
-        pairs_v = mine_v.repeat_interleave(k_t)
-        pairs_t = top_t.reshape(-1)
-        for s in range(0, pairs_v.numel(), chunk):
-            v, t = pairs_v[s : s + chunk], pairs_t[s : s + chunk]
-            logit = self.itm_logits(video_tokens[v], text_ids[t], text_mask[t])[:, 1].float()
-            v2t[v, t] = logit + sim[t, v]
-        # text → its top-k videos
-        top_v = sim[mine_t].topk(k_v, dim=1).indices  # (N_t / world, k)
-        pairs_t = mine_t.repeat_interleave(k_v)
-        pairs_v = top_v.reshape(-1)
-        for s in range(0, pairs_t.numel(), chunk):
-            t, v = pairs_t[s : s + chunk], pairs_v[s : s + chunk]
-            logit = self.itm_logits(video_tokens[v], text_ids[t], text_mask[t])[:, 1].float()
-            t2v[t, v] = logit + sim[t, v]
+        # candidate pairs: text → its top-k videos, then video → its top-k texts
+        t2v_t = torch.arange(n_t, device=dev).repeat_interleave(k_v)
+        t2v_v = sim.topk(k_v, dim=1).indices.reshape(-1)
+        v2t_v = torch.arange(n_v, device=dev).repeat_interleave(k_t)
+        v2t_t = sim.T.topk(k_t, dim=1).indices.reshape(-1)
+        key = torch.cat([t2v_v * n_t + t2v_t, v2t_v * n_t + v2t_t])  # sorted by key = grouped by video
+        pairs, where = torch.unique(key, return_inverse=True)
+        pair_v, pair_t = pairs // n_t, pairs % n_t
+        logits = sim.new_zeros(pairs.numel())
+        todo = torch.arange(pairs.numel(), device=dev) if owned is None else owned.to(dev)[pair_v].nonzero().view(-1)
+        for s in range(0, todo.numel(), chunk):
+            sel = todo[s : s + chunk]
+            cols, pos = torch.unique_consecutive(pair_v[sel], return_inverse=True)
+            t = pair_t[sel]
+            logits[sel] = self.itm_logits(fetch(cols)[pos], text_ids[t], text_mask[t])[:, 1].float()
+        if reduce is not None:
+            logits = reduce(logits)
+        score = logits[where] + sim[torch.cat([t2v_t, v2t_t]), torch.cat([t2v_v, v2t_v])]
+        t2v, v2t = sim.new_full((n_t, n_v), -100.0), sim.new_full((n_v, n_t), -100.0)
+        t2v[t2v_t, t2v_v] = score[: t2v_t.numel()]
+        v2t[v2t_v, v2t_t] = score[t2v_t.numel() :]
         return t2v, v2t
 
 
