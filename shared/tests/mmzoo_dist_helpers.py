@@ -54,3 +54,14 @@ def uneven_rank(rank: int, world: int):
     except ValueError as err:
         return str(err)
     return "no error"
+
+
+def indexed_mean_rank(rank: int, world: int):
+    """Rank 1 adds nothing; rank 0 adds three values, one of them twice (a padding repeat)."""
+    from mmzoo.metrics import IndexedMean
+
+    m = IndexedMean()
+    if rank == 0:
+        m.update(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([4, 7, 9]))
+        m.update(torch.tensor([1.0]), torch.tensor([4]))
+    return m.compute().item()
