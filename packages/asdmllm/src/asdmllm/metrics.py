@@ -18,6 +18,7 @@ import re
 from typing import Literal
 
 import torch
+from mmzoo.metrics import ListStateMetric, first_of_each_id
 from torchmetrics import Metric
 
 __all__ = [
@@ -231,12 +232,13 @@ def per_sample_skew(
     raise ValueError(f"skew.per_sample={rule!r}: use signed_max_abs, max or min")
 
 
-class SkewMetric(Metric):
+class SkewMetric(ListStateMetric):
     """Accumulates ``(scores, attributes, concept, sample id)`` across batches and ranks; ``compute`` ranks each pool.
 
     update(scores (B, C), attributes (B, T), concept (B,), ids (B,)); compute → dict with
     ``{type}/max_skew``, ``{type}/min_skew`` per attribute type and their means ``max_skew``, ``min_skew``.
-    Duplicates of a sample id (added by a distributed sampler) are dropped.
+    Duplicates of a sample id (added by a distributed sampler) are dropped. A rank without any sample takes part in
+    the sync and adds nothing.
     """
 
     full_state_update = False
@@ -260,6 +262,12 @@ class SkewMetric(Metric):
         self.num_values = list(num_values)
         self.concept_groups = list(concept_groups)
         self.mode, self.topk, self.zero_count, self.alpha, self.clip = mode, topk, zero_count, alpha, clip
+        self._row_specs = {
+            "scores": ((len(self.concept_groups),), torch.float32),
+            "attributes": ((len(self.num_values),), torch.long),
+            "concept": ((), torch.long),
+            "ids": ((), torch.long),
+        }
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("attributes", default=[], dist_reduce_fx="cat")
         self.add_state("concept", default=[], dist_reduce_fx="cat")
@@ -279,15 +287,11 @@ class SkewMetric(Metric):
 
     def table(self) -> torch.Tensor:
         """The (C, T, A) skew table of everything accumulated."""
-        cat = lambda x: torch.cat(x) if isinstance(x, list) else x  # noqa: E731 (list before sync, tensor after)
-        if isinstance(self.scores, list) and not self.scores:
+        scores, attributes = self._rows("scores"), self._rows("attributes")
+        concept, ids = self._rows("concept"), self._rows("ids")
+        if ids.numel() == 0:
             raise ValueError("SkewMetric.compute() before any update")
-        scores, attributes, concept, ids = cat(self.scores), cat(self.attributes), cat(self.concept), cat(self.ids)
-        order = torch.argsort(ids, stable=True)
-        ids_sorted = ids[order]
-        first = torch.ones_like(ids_sorted, dtype=torch.bool)
-        first[1:] = ids_sorted[1:] != ids_sorted[:-1]
-        keep = order[first]  # one row per sample id
+        keep = first_of_each_id(ids)  # one row per sample id
         return skew_table(
             scores[keep],
             attributes[keep],

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,15 +23,24 @@ from typing import Any, Literal, get_args, get_type_hints
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.data import reload_train_loader_every_epoch
+from mmzoo.distributed import is_distributed
+from mmzoo.metrics import IndexedMean
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torchmetrics import MeanMetric
 
 from .data import EvalSetInfo, load_image
-from .losses import SocialFairnessLoss
-from .metrics import SkewMetric, VQAAccuracy, max_min_skew, multiple_choice_accuracy, per_sample_skew, skew_table
+from .losses import SocialFairnessLoss, autoregressive_loss
+from .metrics import (
+    SkewMetric,
+    VQAAccuracy,
+    max_min_skew,
+    multiple_choice_accuracy,
+    per_sample_skew,
+    skew_table,
+)
 from .models import MLLMConfig, MultimodalLLM
 from .sampling import bias_aware_resample
 
@@ -216,8 +226,9 @@ class ASDModule(pl.LightningModule):
                     for i in infos
                 ]
             ).to(self.device)
-            self.acc_metrics[key] = nn.ModuleList([MeanMetric() for _ in infos]).to(self.device)
-            self.loss_metrics[key] = nn.ModuleList([MeanMetric() for _ in infos]).to(self.device)
+            # per-sample values keyed by dataset index: a repeat that a DistributedSampler pads with counts once
+            self.acc_metrics[key] = nn.ModuleList([IndexedMean() for _ in infos]).to(self.device)
+            self.loss_metrics[key] = nn.ModuleList([IndexedMean() for _ in infos]).to(self.device)
 
     # ------------------------------------------------------------------------------------------------ scoring
     def score(
@@ -389,31 +400,55 @@ class ASDModule(pl.LightningModule):
         labelled = batch["concept"] >= 0
         if not bool(labelled.any()):
             return
+        ids = batch["index"][labelled]
         if which == "group":
             pred = torch.nan_to_num(scores[labelled], nan=-math.inf).argmax(-1)  # (B_l,) argmax over the group
-            self.acc_metrics[stage][idx].update((pred == batch["concept"][labelled]).float())
+            self.acc_metrics[stage][idx].update((pred == batch["concept"][labelled]).float(), ids)
         keep = labelled.nonzero().squeeze(-1).tolist()
         inputs = self.mllm.build_inputs([batch["instruction"][i] for i in keep], [batch["answer"][i] for i in keep])
         logits = self.mllm(batch["image"][labelled], inputs["input_ids"], inputs["attention_mask"])
-        loss = self.loss_fn(logits, inputs["labels"], logits.new_zeros(len(keep)))["loss_ar"]
-        self.loss_metrics[stage][idx].update(loss, weight=len(keep))
+        per_sample = autoregressive_loss(logits, inputs["labels"], self.debias.token_reduction)  # (B_l,) answer loss
+        self.loss_metrics[stage][idx].update(per_sample, ids)
 
     def _eval_epoch_end(self, stage: str) -> None:
-        for idx, info in enumerate(self._infos.get(stage, [])):
-            metric = self.skew_metrics[stage][idx]
-            if metric.update_count == 0:
+        """Compute and log the epoch's evaluation metrics. Every rank makes the same collectives in the same order:
+        whether a metric is reported depends on the updates of all ranks together (one all-reduce of the counts), so
+        a rank that scored nothing (its whole shard corrupt and skipped) takes part and contributes nothing."""
+        infos = self._infos.get(stage, [])
+        metrics = [
+            (self.skew_metrics[stage][i], self.acc_metrics[stage][i], self.loss_metrics[stage][i])
+            for i in range(len(infos))
+        ]
+        counts = torch.tensor([[m.update_count for m in row] for row in metrics], dtype=torch.long).view(-1, 3)
+        if is_distributed():  # (sets, 3) updates over all ranks, reduced on the module's device (NCCL: no CPU)
+            counts = counts.to(self.device)
+            dist.all_reduce(counts)
+            counts = counts.cpu()
+        for idx, info in enumerate(infos):
+            skew_metric, acc_metric, loss_metric = metrics[idx]
+            if counts[idx, 0] == 0:
                 continue
-            for key, value in metric.compute().items():  # computed on the CPU (skew_table ranks there)
+            with warnings.catch_warnings():  # a rank without updates still syncs; its "compute before update" is fine
+                warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+                skew = skew_metric.compute()  # computed on the CPU (skew_table ranks there)
+                values = {
+                    name: m.compute().float().to(self.device)
+                    for name, m, n in (
+                        ("concept_acc", acc_metric, counts[idx, 1]),
+                        ("loss", loss_metric, counts[idx, 2]),
+                    )
+                    if n > 0
+                }
+            for key, value in skew.items():
                 self.log(f"{stage}/bias/{info.name}/{key}", value.to(self.device), sync_dist=True)
-            metric.reset()
-            for name, m in (("concept_acc", self.acc_metrics[stage][idx]), ("loss", self.loss_metrics[stage][idx])):
-                if m.update_count:
-                    value = m.compute().to(self.device)
-                    key = f"{stage}/{name}" if idx == 0 else f"{stage}/{name}/{info.name}"
-                    self.log(key, value, sync_dist=True)
-                    if idx == 0 and name == "concept_acc":
-                        self.log(f"{stage}/{name}/{info.name}", value, sync_dist=True)
-                    m.reset()
+            skew_metric.reset()
+            for name, value in values.items():  # already equal on every rank: the sync averages equal values
+                key = f"{stage}/{name}" if idx == 0 else f"{stage}/{name}/{info.name}"
+                self.log(key, value, sync_dist=True)
+                if idx == 0 and name == "concept_acc":
+                    self.log(f"{stage}/{name}/{info.name}", value, sync_dist=True)
+            acc_metric.reset()
+            loss_metric.reset()
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "val", dataloader_idx)
