@@ -2,6 +2,7 @@
 
 import torch
 import torch.distributed as dist
+from torchmetrics import Metric
 
 from snps3.losses import LVWMLoss, MILNCELoss
 
@@ -40,3 +41,113 @@ def two_rank(rank: int, world: int):
     grad = lin.weight.grad.clone()
     dist.all_reduce(grad)
     return loss.detach(), grad / world  # DDP averages parameter gradients over ranks
+
+
+# ---------------------------------------------------------------------------------------- evaluation under DDP
+# (test_distributed_eval.py) the epoch-end metrics of a fixed tiny model over a DistributedSampler's shards, or over
+# explicit per-rank item lists, compared there with one process over the same items.
+
+
+def _strategy():
+    def all_gather(t, group=None, sync_grads=False):  # Lightning's strategy.all_gather: a new leading rank dim
+        out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+        dist.all_gather(out, t.contiguous())
+        return torch.stack(out)
+
+    def reduce(t, reduce_op="sum"):
+        dist.all_reduce(t)
+        return t
+
+    from types import SimpleNamespace
+
+    return SimpleNamespace(all_gather=all_gather, reduce=reduce)
+
+
+def evaluate(root: str, task: str, items: list[int] | None = None, rank: int = 0, world: int = 1) -> dict:
+    """What ``SNPS3Module`` logs after testing ``task`` on the synthetic test split: one process over ``items`` (all
+    when None), or with ``items=None`` and world > 1 this rank's share of a padding ``DistributedSampler``. The logger
+    mimics Lightning's ``sync_dist`` with one all-reduce per logged value, so ranks that log differently fail."""
+    from types import SimpleNamespace
+
+    from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+    from snps3.data import SNPS3DataModule, collate
+    from snps3.models import SNPS3Config
+    from snps3.module import SNPS3Module
+
+    dataset = {"qa": "msrvtt_qa", "retrieval": "msrvtt_7k"}[task]
+    dm = SNPS3DataModule(
+        root,
+        dataset,
+        tokenizer="vocab.txt",
+        num_frames=2,
+        max_text_len=16,
+        masking="none",
+        significant_words=None,
+        crop_size=32,
+        eval_short_side=32,
+        randaugment=False,
+        num_answers=18,
+        answer_list="msrvtt_qa_antmmf/answers.json",
+    )
+    dm.setup("test")
+    ds = dm.datasets["test"]
+    config = SNPS3Config(
+        bert=None,
+        vocab_size=209,
+        hidden_size=16,
+        num_layers=1,
+        num_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+        visual_encoder="tiny_cnn",
+        tiny_cnn_channels=8,
+        num_answers=18,
+    )
+    torch.manual_seed(0)
+    module = SNPS3Module(config=config, task=task, with_moco=False, eval_pair_batch=7).eval()
+    module._trainer = SimpleNamespace(world_size=world, datamodule=dm, strategy=_strategy() if world > 1 else None)
+    logged, metric_objects = {}, {}
+
+    def log(name, value, **kw):
+        if isinstance(value, Metric):  # Lightning computes a logged metric object at the end of the epoch
+            metric_objects[name] = value
+            return
+        value = torch.as_tensor(value, dtype=torch.float64).clone()
+        if world > 1:
+            dist.all_reduce(value)
+            value /= world
+        logged[name] = value
+
+    module.log = log
+    if items is None and world > 1:
+        loader = DataLoader(
+            ds, batch_size=1, sampler=DistributedSampler(ds, world, rank, shuffle=False), collate_fn=collate
+        )
+    else:
+        subset = Subset(ds, list(range(len(ds))) if items is None else items)
+        loader = DataLoader(subset, batch_size=1, collate_fn=collate)
+    module.on_test_epoch_start()
+    with torch.no_grad():
+        for batch_idx, batch in enumerate(loader):
+            module.test_step(batch, batch_idx)
+    module.on_test_epoch_end()
+    for name, metric in metric_objects.items():
+        logged[name] = metric.compute().to(torch.float64)
+    return logged
+
+
+def two_rank_evaluation(rank: int, world: int, root: str) -> dict:
+    """Padded repeats (5 test items over 2 ranks: item 0 twice) and a rank without any item (all on rank 0)."""
+    import os
+    import threading
+
+    watchdog = threading.Timer(240, os._exit, (3,))  # a rank stuck in a collective fails the test, never hangs it
+    watchdog.daemon = True
+    watchdog.start()
+    out = {}
+    for task in ("qa", "retrieval"):
+        out[task, "padded"] = evaluate(root, task, None, rank, world)
+        out[task, "rank_without_items"] = evaluate(root, task, [0, 1, 2, 3, 4] if rank == 0 else [], rank, world)
+    watchdog.cancel()
+    return out

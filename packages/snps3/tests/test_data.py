@@ -204,6 +204,34 @@ def test_training_skip_substitutes_and_keeps_full_batches(synthetic_root, tmp_pa
         d_raise.make_dataset("train")[bad]
 
 
+def test_substitution_count_adds_up_over_loader_workers(synthetic_root, tmp_path, caplog):
+    """Under ``on_corrupt: skip`` every DataLoader worker substitutes in its own copy of the dataset; the reported
+    count is the total over all workers (it used to be each worker's own count, and 0 in the main process)."""
+    from torch.utils.data import DataLoader
+
+    src = Path(synthetic_root) / "webvid" / "videos"
+    videos = {
+        **{f"bad{i}": b"not a video" for i in range(3)},
+        **{f"good{i}": (src / f"train0000{i}.mp4").read_bytes() for i in range(3)},
+    }
+    rows = [{"clip_name": n, "caption": f"a red {n} rises", "type": "video"} for n in videos]
+    root = _mini_webvid(tmp_path / "w", synthetic_root, rows, videos, "train")
+    d = dm(
+        root, images_root="webvid", on_corrupt="skip", annotation_files={"train": ["webvid/annotations/train.jsonl"]}
+    )
+    ds = d.make_dataset("train")
+    bad = sorted(i for i, (k, _) in enumerate(ds.groups) if k[0].startswith("bad"))
+    assert bad == [0, 1, 2] and ds.num_substituted == 0
+    # workers 0 and 1 take alternate items: worker 0 replaces items 0 and 2, worker 1 item 1
+    loader = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate, multiprocessing_context="fork")
+    assert sum(b["frames"].shape[0] for b in loader) == len(ds)
+    assert ds.num_substituted == 3
+    with caplog.at_level("WARNING"):
+        ds[bad[0]]  # the main process adds to the same total
+    assert ds.num_substituted == 4
+    assert "in the main process (4 replacements so far on this rank" in caplog.text
+
+
 def test_retrieval_eval_reports_unreadable_videos(synthetic_root, tmp_path, make_config):
     import lightning.pytorch as pl
 

@@ -404,9 +404,28 @@ class _VideoTextBase(Dataset, abc.ABC):
         self.processor, self.transform = processor, transform
         self.num_frames, self.train, self.on_corrupt = num_frames, train, on_corrupt
         self.seed = 0
+        # substitutions under on_corrupt=skip: slot 0 counts this process, slot 1 + w DataLoader worker w. The tensor
+        # is in shared memory, so the workers (forked or spawned copies of this dataset) add to the counts that the
+        # process which built the dataset reads; each worker writes only its own slot.
+        self._substituted = torch.zeros(1 + self.COUNTED_WORKERS, dtype=torch.long).share_memory_()
 
     MAX_SUBSTITUTES = 100
     """Training under ``on_corrupt: skip``: how many following items are tried in place of an unreadable one."""
+    COUNTED_WORKERS = 64
+    """DataLoader workers with a substitution counter of their own (more share slots, and may miss a count)."""
+
+    @property
+    def num_substituted(self) -> int:
+        """Unreadable training items replaced so far by this dataset, summed over the process that built it and all
+        its DataLoader workers (``on_corrupt: skip``)."""
+        return int(self._substituted.sum())
+
+    def _count_substitution(self) -> tuple[str, int]:
+        """Count one substitution in this process's slot; returns who made it and the running total."""
+        info = torch.utils.data.get_worker_info()
+        slot = 0 if info is None else 1 + info.id % self.COUNTED_WORKERS
+        self._substituted[slot] += 1
+        return ("the main process" if info is None else f"loader worker {info.id}"), self.num_substituted
 
     def _rng(self, index: int) -> random.Random:
         return random.Random(random.getrandbits(63) if self.train else self.seed * 1_000_003 + index)
@@ -455,14 +474,15 @@ class _VideoTextBase(Dataset, abc.ABC):
             self._failed = []
             item = self._item(j)
             if item is not None:
-                self.num_substituted = getattr(self, "num_substituted", 0) + 1
+                who, total = self._count_substitution()
                 log.warning(
-                    "on_corrupt=skip: training item %d (%s) is unreadable and was replaced by item %d "
-                    "(%d replacements so far in this process)",
+                    "on_corrupt=skip: training item %d (%s) is unreadable and was replaced by item %d in %s "
+                    "(%d replacements so far on this rank, all its loader workers together)",
                     index,
                     ", ".join(failed),
                     j,
-                    self.num_substituted,
+                    who,
+                    total,
                 )
                 return item
             failed += self._failed

@@ -1,5 +1,7 @@
-"""Retrieval metrics with several ground-truth videos per caption (spec §5). QA / MC accuracy use torchmetrics'
-stock ``MeanMetric`` over per-question correctness (so answers outside the vocabulary count as wrong).
+"""Retrieval metrics with several ground-truth videos per caption (spec §5). QA / MC accuracy is the mean of
+per-question correctness (answers outside the vocabulary count as wrong) over distinct questions:
+``mmzoo.metrics.IndexedMean`` keeps each value with its dataset index, so a question that a ``DistributedSampler``
+repeats to pad its last round counts once.
 """
 
 from __future__ import annotations

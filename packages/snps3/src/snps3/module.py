@@ -5,13 +5,15 @@ from __future__ import annotations
 import logging
 import math
 import random
+import warnings
 from typing import Literal
 
 import lightning.pytorch as pl
 import torch
+import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.distributed import rank_and_world
-from torchmetrics import MeanMetric
+from mmzoo.metrics import IndexedMean
 
 from snps3.losses import ITMLoss, LVWMLoss, MaskedLMLoss, MILNCELoss, MoCoLoss, QALoss, milnce_loss
 from snps3.masking import attentive_mask, restore_raw_ids, select_lvwm_words
@@ -113,7 +115,8 @@ class SNPS3Module(pl.LightningModule):
         self.itm_loss = ITMLoss()
         self.qa_loss = QALoss()
         self.special_ids = (self.config.cls_token_id, self.config.sep_token_id, self.config.pad_token_id)
-        self.accuracy = torch.nn.ModuleDict({s: MeanMetric() for s in ("val", "test")})
+        # QA / MC correctness per question, keyed by dataset index: a repeat a DistributedSampler pads with counts once
+        self.accuracy = torch.nn.ModuleDict({s: IndexedMean() for s in ("val", "test")})
         self._eval: dict[str, list] = {}
         self._unreadable: dict[str, list[int]] = {}
         self.unused_modules = self._unused_in_training()
@@ -406,15 +409,11 @@ class SNPS3Module(pl.LightningModule):
                 self.log(f"{stage}/select", mon["r1_l2"], sync_dist=True, batch_size=b)
         elif task == "retrieval":
             self._collect(batch)
-        elif task == "qa":
-            self.accuracy[stage].update(self.qa_correct(self.qa_forward(batch), batch))
-            self.log(f"{stage}/acc", self.accuracy[stage], batch_size=b)
-            self.log(f"{stage}/select", self.accuracy[stage], batch_size=b)
+        elif task == "qa":  # logged at the end of the epoch (_accuracy_epoch_end)
+            self.accuracy[stage].update(self.qa_correct(self.qa_forward(batch), batch), batch["item_index"])
         else:
             correct = (self.mc_scores(batch).argmax(-1) == batch["answer"]).float()
-            self.accuracy[stage].update(correct)
-            self.log(f"{stage}/mc_acc", self.accuracy[stage], batch_size=b)
-            self.log(f"{stage}/select", self.accuracy[stage], batch_size=b)
+            self.accuracy[stage].update(correct, batch["item_index"])
 
     def validation_step(self, batch: dict | None, batch_idx: int) -> None:
         self._eval_step(batch, "val")
@@ -483,24 +482,50 @@ class SNPS3Module(pl.LightningModule):
             self._eval.setdefault(k, []).append(val.detach())
 
     def on_validation_epoch_end(self) -> None:
-        self._report_unreadable("val")
-        if self.hparams.task == "retrieval" and self._eval:
-            self._retrieval_epoch_end("val")
+        self._eval_epoch_end("val")
 
     def on_test_epoch_end(self) -> None:
-        self._report_unreadable("test")
-        if self.hparams.task == "retrieval" and self._eval:
-            self._retrieval_epoch_end("test")
+        self._eval_epoch_end("test")
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        """Epoch-end reports. Every rank runs the same collectives, including a rank that evaluated nothing: whether
+        a metric is reported is decided from all ranks' records together."""
+        self._report_unreadable(stage)
+        task = self.hparams.task
+        if task == "retrieval":
+            self._retrieval_epoch_end(stage)
+        elif task in ("qa", "mc"):
+            self._accuracy_epoch_end(stage)
+
+    def _accuracy_epoch_end(self, stage: str) -> None:
+        """QA / MC accuracy over the distinct questions of all ranks (the metric's sync gathers them)."""
+        metric = self.accuracy[stage]
+        with warnings.catch_warnings():  # a rank without questions still syncs; "compute before update" is expected
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+            value = metric.compute()
+        metric.reset()
+        if torch.isnan(value):  # no rank evaluated a question (the same on every rank: the value is gathered)
+            return
+        value = value.float().to(self.device)
+        self.log(f"{stage}/{'acc' if self.hparams.task == 'qa' else 'mc_acc'}", value, sync_dist=True)
+        self.log(f"{stage}/select", value, sync_dist=True)
 
     def _gathered(self) -> dict[str, torch.Tensor]:
         """Concatenate this epoch's records over batches and ranks (ranks may hold different numbers of caption
-        lines: videos have different caption counts)."""
+        lines: videos have different caption counts). A rank without records takes each record's row shape and dtype
+        from a rank that has them and contributes no rows; {} when no rank has any."""
+        local = {k: torch.cat(vals, 0) for k, vals in self._eval.items()}
+        if self.trainer.world_size <= 1:
+            return local
+        specs: list = [None] * self.trainer.world_size
+        dist.all_gather_object(specs, {k: (tuple(x.shape[1:]), x.dtype) for k, x in local.items()} or None)
+        spec = next((s for s in specs if s), None)
+        if spec is None:
+            return {}
         out = {}
-        for k, vals in self._eval.items():
-            x = torch.cat(vals, 0)
-            if self.trainer.world_size > 1:
-                x = gather_rows(x, self.all_gather)
-            out[k] = x
+        for k, (row, dtype) in spec.items():
+            x = local[k] if k in local else torch.empty((0, *row), dtype=dtype, device=self.device)
+            out[k] = gather_rows(x, self.all_gather)
         return out
 
     @torch.no_grad()
@@ -509,6 +534,9 @@ class SNPS3Module(pl.LightningModule):
         from tqdm import tqdm
 
         rec = self._gathered()
+        if not rec:
+            self._eval = {}
+            return
         _, first_text = _unique_first(rec["text_index"])
         vid_ids, first_vid = _unique_first(rec["video_index"])
         ids, attn = rec["input_ids"][first_text], rec["attention_mask"][first_text]

@@ -1,0 +1,23 @@
+"""Evaluation under DDP equals one process (2 gloo processes): QA accuracy counts a question the padding
+DistributedSampler repeats once, retrieval de-duplicates by index, and a rank without any evaluation item takes part
+in the epoch-end gathers with nothing instead of leaving the other rank waiting."""
+
+import sys
+from pathlib import Path
+
+import torch
+from mmzoo.testing import run_distributed
+
+sys.path.insert(0, str(Path(__file__).parent))
+import snps3_dist_helpers as helpers  # noqa: E402
+
+
+def test_ddp_evaluation_equals_one_process(synthetic_root):
+    root = str(synthetic_root)
+    single = {task: helpers.evaluate(root, task) for task in ("qa", "retrieval")}
+    assert len(single["qa"]) == 2 and "test/l2_simi_t2v-R@1" in single["retrieval"]
+    for got in run_distributed(helpers.two_rank_evaluation, world_size=2, args=(root,)):
+        for (task, case), logged in got.items():
+            assert set(logged) == set(single[task]), (task, case)
+            for key, value in single[task].items():
+                torch.testing.assert_close(logged[key], value, msg=f"{task} {case} {key}")
