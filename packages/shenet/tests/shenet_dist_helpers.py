@@ -79,9 +79,9 @@ def ddp_rank(rank: int, world: int, aux_weight: float):
     return run(text.apply(lambda x: x[sl]), video.apply(lambda x: x[sl]), aux_weight)
 
 
-# ------------------------------------------------------------------------- evaluation across two processes
+# ------------------------------------------------------------------------ evaluation across several processes
 
-EVAL_VIDEOS = 7  # odd: the sharding below pads rank 1 with a repeat, as DistributedSampler does
+EVAL_VIDEOS = 7  # divisible by neither 2 nor 3: DistributedSampler pads the last round with repeats
 
 
 def eval_module():
@@ -94,31 +94,111 @@ def eval_module():
     return SHENetModule(cfg, eval_text_chunk=2, eval_video_chunk=3, eval_feature_dtype="float32").eval()
 
 
+CAPTIONS = [
+    "a bright seven appears near a three",
+    "a dim two vanishes",
+    "a man in a red shirt is playing a guitar",
+    "two dogs run on the green grass",
+    "a bright nine stays near a small four",
+    "a woman is on stage",
+    "a dim one appears",
+]
+
+
+def eval_items() -> list[dict]:
+    """Seven evaluation items (random 32 x 32 frames, fixed captions); every third video has a second query
+    (MSVD-like multi-caption), with query ids numbered video by video as the dataset readers do."""
+    g = torch.Generator().manual_seed(3)
+    items, k = [], 0
+    for i in range(EVAL_VIDEOS):
+        captions = [CAPTIONS[i]] + ([CAPTIONS[(i + 1) % EVAL_VIDEOS]] if i % 3 == 0 else [])
+        mask = torch.ones(4, dtype=torch.bool)
+        mask[3:] = i % 2 == 0  # some videos are shorter (a padded frame)
+        items.append(
+            {
+                "video": torch.randn(4, 3, 32, 32, generator=g) * mask[:, None, None, None],
+                "video_mask": mask,
+                "video_index": i,
+                "captions": captions,
+                "text_ids": list(range(k, k + len(captions))),
+            }
+        )
+        k += len(captions)
+    return items
+
+
 def eval_batches(indices: list[int], batch_size: int = 2) -> list[dict]:
-    """Evaluation batches of the digits test split over the given video indices."""
-    from shenet.data import DigitsDataset, RetrievalCollate
+    """Evaluation batches of :func:`eval_items` over the given video indices."""
+    from shenet.data import RetrievalCollate
     from shenet.hierarchy import ParserConfig, build_parser
     from shenet.tokenization import TextEncoder
 
-    ds = DigitsDataset("test", num_videos=EVAL_VIDEOS, seed=3, image_size=32)
+    items = eval_items()
     collate = RetrievalCollate(TextEncoder(build_parser(ParserConfig(backend="heuristic")), 16, 4, 8, 8))
-    return [collate([ds[i] for i in indices[a : a + batch_size]]) for a in range(0, len(indices), batch_size)]
+    return [collate([items[i] for i in indices[a : a + batch_size]]) for a in range(0, len(indices), batch_size)]
 
 
-def evaluate(indices: list[int]) -> dict[str, float]:
-    """The metrics SHENetModule logs at the end of a test epoch over ``indices`` (this process's shard)."""
+def evaluate(indices: list[int]) -> dict:
+    """One test epoch of SHENetModule over ``indices`` (this process's shard): the metrics it logs, the assembled
+    score matrix with its ground truth and query ids, and the video indices each similarity call was given."""
     module = eval_module()
     logged: dict[str, float] = {}
     module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    out: dict = {"logged": logged, "scored_videos": []}
+    similarity_matrix, score_matrix = module.model.similarity_matrix, module._score_matrix
+
+    def scoring(text, video, *args, **kwargs):
+        out["scored_videos"].append(len(video))
+        return similarity_matrix(text, video, *args, **kwargs)
+
+    def assembled():
+        scores, query_gt, text_ids = score_matrix()
+        out.update(scores=scores.cpu(), query_gt=query_gt.cpu(), text_ids=text_ids.cpu())
+        return scores, query_gt, text_ids
+
+    module.model.similarity_matrix = scoring
+    module._score_matrix = assembled
     with torch.no_grad():
         for batch in eval_batches(indices):
             module.test_step(batch, 0)
     module.on_test_epoch_end()
-    return logged
+    return out
 
 
-def eval_rank(rank: int, world: int) -> dict[str, float]:
-    """DistributedSampler's sharding of the test videos (padded to a multiple of ``world`` by repeats)."""
-    total = -(-EVAL_VIDEOS // world) * world
-    padded = [i % EVAL_VIDEOS for i in range(total)]
-    return evaluate(padded[rank::world])
+def shard(rank: int, world: int) -> list[int]:
+    """The test videos Lightning's DistributedSampler (shuffle off) gives ``rank``: the last round padded with
+    repeats of the first items."""
+    from torch.utils.data import DistributedSampler
+
+    return list(DistributedSampler(range(EVAL_VIDEOS), num_replicas=world, rank=rank, shuffle=False))
+
+
+def eval_rank(rank: int, world: int) -> dict:
+    """:func:`evaluate` on this rank's DistributedSampler shard, with the Python-object collectives refused (they
+    would carry video features pickled)."""
+    import torch.distributed as dist
+
+    def refused(*args, **kwargs):
+        raise AssertionError("evaluation used a Python-object collective")
+
+    dist.all_gather_object = dist.gather_object = dist.broadcast_object_list = dist.scatter_object_list = refused
+    out = evaluate(shard(rank, world))
+    out["shard"] = shard(rank, world)
+    return out
+
+
+def eval_worlds(rank: int, world: int, init_file: str) -> dict[int, dict]:
+    """:func:`eval_rank` over 3 processes, then over 2 (ranks 0 and 1 re-joined in a new group), in one spawn of
+    3 processes (each process start costs seconds of imports). Rank 2 sits the second round out in a group of its
+    own, which the runner closes at the end. Returns ``{world size: result}``."""
+    import torch.distributed as dist
+
+    assert world == 3, world
+    out = {3: eval_rank(rank, world)}
+    dist.destroy_process_group()
+    if rank < 2:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+        out[2] = eval_rank(rank, 2)
+    else:
+        dist.init_process_group("gloo", init_method=f"file://{init_file}.solo", rank=0, world_size=1)
+    return out

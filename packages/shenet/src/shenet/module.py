@@ -3,6 +3,9 @@ chunked text × video similarity → retrieval metrics (validation/test)."""
 
 from __future__ import annotations
 
+import math
+from dataclasses import fields
+
 import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
@@ -14,7 +17,7 @@ from shenet.metrics import RetrievalMetrics
 from shenet.models import SHENet, SHENetConfig, TextFeatures, VideoFeatures
 from shenet.optim import BertAdam, param_groups, warmup_cosine
 
-__all__ = ["SHENetModule"]
+__all__ = ["SHENetModule", "evaluation_memory"]
 
 
 def _cat(feats: list):
@@ -66,8 +69,9 @@ class SHENetModule(pl.LightningModule):
             raise ValueError(f"eval_feature_dtype={eval_feature_dtype!r}: float16, bfloat16 or float32 expected")
         self.model = SHENet(self.config)
         self.loss = SHENetContrastiveLoss(aux_weight)
-        self.val_metrics = RetrievalMetrics()
-        self.test_metrics = RetrievalMetrics()
+        # every rank assembles the whole score matrix (see _score_matrix), so the metrics never sync across ranks
+        self.val_metrics = RetrievalMetrics(sync_on_compute=False)
+        self.test_metrics = RetrievalMetrics(sync_on_compute=False)
         self._eval: dict[str, list] = {}
 
     # -- training -----------------------------------------------------------------------------------------------
@@ -122,57 +126,74 @@ class SHENetModule(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
 
-    def _gathered(self):
-        """All ranks' evaluation features, duplicates removed, texts ordered by id and videos by index."""
+    def _score_matrix(self):
+        """The (texts × videos) score matrix of the whole split on every rank, in dataset order (texts by id,
+        videos by index), each text and video once, with each text's ground-truth column and its id.
+
+        Video features never leave their rank. The text features (small: sentence and node vectors) are gathered to
+        every rank; each rank scores all texts against the videos it holds, and only those score columns are
+        gathered. Repeats (DistributedSampler pads the last round with items of other ranks) are dropped: a text
+        by its id, a video by its index, which only the lowest rank holding it scores."""
         local = {k: (_cat(v) if k in ("text", "video") else torch.cat(v)) for k, v in self._eval.items()}
         self._eval = {}
-        _, world = rank_and_world()
-        if world > 1:  # evaluation only: unequal shard sizes, so gather Python objects
-            parts = [None] * world
-            dist.all_gather_object(parts, local)
-            local = {
-                k: (_cat([p[k] for p in parts]) if k in ("text", "video") else torch.cat([p[k] for p in parts]))
-                for k in local
-            }
-        vid_order, vid_keep = _unique(local["video_index"])
-        txt_order, txt_keep = _unique(local["text_ids"])
-        video: VideoFeatures = local["video"].apply(lambda x: x[vid_order][vid_keep])
-        video_ids = local["video_index"][vid_order][vid_keep]
-        text: TextFeatures = local["text"].apply(lambda x: x[txt_order][txt_keep])
-        text_ids = local["text_ids"][txt_order][txt_keep]
-        text_video = local["text_video"][txt_order][txt_keep]
-        # the gallery is the sorted video indices; map each text's video index to its gallery position
-        position = torch.full((int(video_ids.max()) + 1,), -1, dtype=torch.long)
-        position[video_ids] = torch.arange(len(video_ids))
-        query_gt = position[text_video]
-        if bool((query_gt < 0).any()):
-            raise RuntimeError("evaluation: a text's video is missing from the gathered gallery")
-        return text, video, text_ids, query_gt
-
-    def _eval_epoch_end(self, stage: str, metric: RetrievalMetrics) -> None:
-        if not self._eval:
-            return
-        text, video, text_ids, query_gt = self._gathered()
         rank, world = rank_and_world()
-        rows = torch.arange(rank, len(text), world)  # this rank's share of the query rows
-        sub = text.apply(lambda x: x[rows])
+        names = [f.name for f in fields(TextFeatures)]
+        text: TextFeatures = local["text"]
+        parts, _ = _gather_rows(
+            [getattr(text, n) for n in names] + [local["text_ids"], local["text_video"]], self.device
+        )
+        text_ids, text_video = parts[-2].cpu(), parts[-1].cpu()
+        order, keep = _unique(text_ids)
+        pick = order[keep]
+        text = TextFeatures(**{n: x.cpu()[pick] for n, x in zip(names, parts[: len(names)], strict=True)})
+        text_ids, text_video = text_ids[pick], text_video[pick]
+
+        held = local["video_index"]  # (n_local,) dataset indices of this rank's videos
+        (everyone,), counts = _gather_rows([held], self.device)
+        everyone = everyone.cpu()
+        first = torch.zeros(len(everyone), dtype=torch.bool)  # first occurrence over the ranks, in rank order
+        v_order, v_keep = _unique(everyone)
+        first[v_order[v_keep]] = True
+        start = sum(counts[:rank])
+        mine = first[start : start + len(held)]
+        video: VideoFeatures = local["video"].apply(lambda x: x[mine])
         scores = self.model.similarity_matrix(
-            sub,
+            text,
             video,
             self.hparams.eval_text_chunk,
             self.hparams.eval_video_chunk,
             device=self.device,
             progress=rank == 0,
-        )
-        # similarity_matrix returns CPU scores; the metric's cross-rank sync (all_gather) needs tensors on the
-        # process group's device (NCCL has no CPU backend), so hand it everything on this module's device
-        metric.update(scores.to(self.device), query_gt[rows].to(self.device), text_ids[rows].to(self.device))
+        )  # (N_text, n_own) float32 on the CPU
+        (columns, video_ids), _ = _gather_rows(
+            [scores.T.contiguous(), held[mine]], self.device
+        )  # (N_video, N_text), (N_video,)
+        v_order = torch.argsort(video_ids.cpu())
+        video_ids = video_ids.cpu()[v_order]
+        if bool((video_ids[1:] == video_ids[:-1]).any()):
+            raise RuntimeError("evaluation: a video was scored by two ranks")
+        scores = columns[v_order.to(columns.device)].T  # (N_text, N_video) in dataset order
+        # the gallery is the sorted video indices; map each text's video index to its gallery position
+        position = torch.full((int(video_ids.max()) + 1,), -1, dtype=torch.long)
+        position[video_ids] = torch.arange(len(video_ids))
+        query_gt = position[text_video.clamp_max(len(position) - 1)]
+        if bool((text_video >= len(position)).any() or (query_gt < 0).any()):
+            raise RuntimeError("evaluation: a text's video is missing from the gathered gallery")
+        return scores, query_gt, text_ids
+
+    def _eval_epoch_end(self, stage: str, metric: RetrievalMetrics) -> None:
+        if not self._eval:
+            return
+        scores, query_gt, text_ids = self._score_matrix()
+        # every rank holds the whole matrix, so the metric computes without a cross-rank sync (sync_on_compute is
+        # off); its inputs still go to this module's device, where the evaluation runs
+        metric.update(scores.to(self.device), query_gt.to(self.device), text_ids.to(self.device))
         results = metric.compute()
         metric.reset()
-        for name, value in results.items():
-            self.log(f"{stage}/{name}", value.to(self.device), sync_dist=True)
+        for name, value in results.items():  # equal on every rank: "max" keeps the value exact
+            self.log(f"{stage}/{name}", value.to(self.device), sync_dist=True, reduce_fx="max")
         rank_zero_info(
-            f"{stage}: {len(text)} queries x {len(video)} videos: "
+            f"{stage}: {scores.shape[0]} queries x {scores.shape[1]} videos: "
             + ", ".join(f"{k}={float(v):.2f}" for k, v in results.items())
         )
 
@@ -194,6 +215,42 @@ class SHENetModule(pl.LightningModule):
         }
 
 
+def evaluation_memory(
+    num_texts: int,
+    num_videos: int,
+    world: int,
+    frames: int,
+    patches: int,
+    dim: int = 512,
+    verbs: int = 4,
+    nouns: int = 8,
+    feature_bytes: int = 2,
+) -> dict[str, int]:
+    """Bytes of evaluation features and scores one of ``world`` ranks holds at the end of an epoch, by part:
+
+        videos  = ⌈N_v/W⌉ · (b·D·(1 + T + T·P) + T + 8)    this rank's videos (video, frame and patch features; frame
+                                                           mask, index); DistributedSampler gives each rank ⌈N_v/W⌉
+        texts   = N_t · (b·D·(1 + 2V + 2M) + V + 9M + 16)  every text, gathered (sentence, raw and enhanced verb and
+                                                           noun nodes; node masks, noun parents, id, video index)
+        scores  = N_t · N_v · 4                            the assembled float32 score matrix
+
+    with b = ``feature_bytes`` (``eval_feature_dtype``: 2 for float16), D = ``dim``, T = ``frames``, P = ``patches``
+    per frame, V / M = verb / noun slots (``data.parser`` caps). ``total`` is their sum; ``all_videos`` is the
+    videos term for the whole gallery (N_v videos), which every rank held when evaluation gathered all features.
+    The gathers also need transient buffers on the device of about the texts and the scores terms.
+    """
+    per_video = feature_bytes * dim * (1 + frames + frames * patches) + frames + 8
+    per_text = feature_bytes * dim * (1 + 2 * verbs + 2 * nouns) + verbs + 9 * nouns + 16
+    out = {
+        "videos": -(-num_videos // world) * per_video,
+        "texts": num_texts * per_text,
+        "scores": num_texts * num_videos * 4,
+    }
+    out["total"] = sum(out.values())
+    out["all_videos"] = num_videos * per_video
+    return out
+
+
 def _unique(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Sort order of ``ids`` and a mask keeping the first of each repeated id."""
     order = torch.argsort(ids, stable=True)
@@ -201,3 +258,44 @@ def _unique(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     keep = torch.ones_like(s, dtype=torch.bool)
     keep[1:] = s[1:] != s[:-1]
     return order, keep
+
+
+def _gather_rows(tensors: list[torch.Tensor], device: torch.device) -> tuple[list[torch.Tensor], list[int]]:
+    """Concatenate over ranks, in rank order, tensors whose leading dimension (rows) may differ between ranks.
+
+    All tensors of one call share this rank's row count. Two tensor collectives: the row counts, then the data, with
+    each row's bytes packed side by side (any dtype, bool included) and padded to the largest rank's count; the
+    padding is cut off again. ``device``: where the collectives run (the module's device: NCCL has no CPU tensors).
+    Returns the gathered tensors (on ``device``) and every rank's row count; on one process, the tensors as they are.
+    """
+    _, world = rank_and_world()
+    n = tensors[0].shape[0]
+    if world == 1:
+        return list(tensors), [n]
+    widths, packed = [], []
+    for t in tensors:
+        if t.shape[0] != n:
+            raise ValueError(f"_gather_rows: tensors with {t.shape[0]} and {n} rows")
+        cols = math.prod(t.shape[1:])
+        b = t.detach().to(device).contiguous().reshape(n, cols)
+        b = b.view(torch.uint8) if cols else torch.empty(n, 0, dtype=torch.uint8, device=device)
+        widths.append(b.shape[1])
+        packed.append(b)
+    packed = torch.cat(packed, 1)  # (n, bytes per row)
+    count = torch.tensor([n], dtype=torch.long, device=device)
+    counts = [torch.zeros_like(count) for _ in range(world)]
+    dist.all_gather(counts, count)
+    counts = [int(c) for c in counts]
+    buf = torch.zeros(max(counts), packed.shape[1], dtype=torch.uint8, device=device)
+    buf[:n] = packed
+    out = [torch.empty_like(buf) for _ in range(world)]
+    dist.all_gather(out, buf)
+    rows = torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])  # (Σ counts, bytes per row)
+    del out, buf
+    result, at = [], 0
+    for t, w in zip(tensors, widths, strict=True):
+        chunk = rows[:, at : at + w].contiguous()
+        at += w
+        x = chunk.view(t.dtype) if w else torch.empty(len(rows), 0, dtype=t.dtype, device=device)
+        result.append(x.reshape(len(rows), *t.shape[1:]))
+    return result, counts
