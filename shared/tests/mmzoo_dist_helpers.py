@@ -65,3 +65,23 @@ def indexed_mean_rank(rank: int, world: int):
         m.update(torch.tensor([1.0, 0.0, 1.0]), torch.tensor([4, 7, 9]))
         m.update(torch.tensor([1.0]), torch.tensor([4]))
     return m.compute().item()
+
+
+def uneven_rows(rank: int, n: int):
+    """Rank ``rank``'s rows for the uneven gather: a float16 (n, 2), a bool (n,) and an int64 (n, 3) tensor."""
+    base = torch.arange(n, dtype=torch.float32) + 10 * rank
+    return [torch.stack([base, -base], 1).half(), base.long() % 2 == 0, torch.stack([base.long()] * 3, 1)]
+
+
+def gather_uneven_rank(rank: int, world: int, counts: list[int], bad_rank: int | None = None):
+    """Gather ``counts[rank]`` rows per rank; ``bad_rank`` passes a float32 first tensor (other bytes per row)."""
+    from mmzoo.distributed import gather_uneven_rows
+
+    tensors = uneven_rows(rank, counts[rank])
+    if rank == bad_rank:
+        tensors[0] = tensors[0].float()
+    try:
+        gathered, got_counts = gather_uneven_rows(tensors)
+    except ValueError as err:
+        return str(err)
+    return gathered, got_counts

@@ -48,3 +48,27 @@ def test_shape_mismatch_names_the_gather_called(monkeypatch, gather):
         ValueError, match=rf"^{gather.__name__}: this rank holds shape \(3, 2\) but another rank holds \(4, 2\)"
     ):
         gather(torch.zeros(3, 2))
+
+
+def test_gather_uneven_rows_concatenates_in_rank_order_with_an_empty_rank():
+    counts = [2, 0, 3]
+    results = run_distributed(dist_helpers.gather_uneven_rank, 3, args=(counts,))
+    expected = [torch.cat(parts) for parts in zip(*(dist_helpers.uneven_rows(r, n) for r, n in enumerate(counts)))]
+    for gathered, got_counts in results:
+        assert got_counts == counts
+        for got, want in zip(gathered, expected, strict=True):
+            assert got.dtype == want.dtype
+            assert torch.equal(got, want)
+
+
+def test_gather_uneven_rows_refuses_ranks_that_disagree_on_the_row_layout():
+    results = run_distributed(dist_helpers.gather_uneven_rank, 2, args=([1, 2], 1))
+    assert all("disagree on the bytes per row" in r for r in results)
+
+
+def test_gather_uneven_rows_on_one_process_returns_the_tensors():
+    x, y = torch.arange(3), torch.zeros(3, 2)
+    (gx, gy), counts = distributed.gather_uneven_rows([x, y])
+    assert gx is x and gy is y and counts == [3]
+    with pytest.raises(ValueError, match="rows"):
+        distributed.gather_uneven_rows([x, torch.zeros(2)])

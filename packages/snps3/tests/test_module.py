@@ -250,18 +250,3 @@ def test_lvwm_without_significant_words_warns_once(synthetic_root, make_config):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         module.pretrain_losses(batch, train=False)
-
-
-def test_gather_rows_uneven_ranks():
-    import torch.nn.functional as F
-
-    from snps3.module import gather_rows
-
-    ranks = [torch.arange(6.0).view(3, 2), torch.arange(10.0, 12.0).view(1, 2)]  # 3 lines on rank 0, 1 on rank 1
-
-    def fake_all_gather(t):  # what each rank contributes, stacked on a leading rank dimension
-        if t.ndim == 0:
-            return torch.tensor([len(r) for r in ranks])
-        return torch.stack([F.pad(r, (0, 0, 0, t.shape[0] - len(r))) for r in ranks])
-
-    torch.testing.assert_close(gather_rows(ranks[0], fake_all_gather), torch.cat(ranks))

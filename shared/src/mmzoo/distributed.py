@@ -13,10 +13,20 @@ Outside a process group every function here is the identity on one rank.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import torch
 import torch.distributed as dist
 
-__all__ = ["is_distributed", "rank_and_world", "gather_with_grad", "gather_no_grad", "rank_offset_labels"]
+__all__ = [
+    "is_distributed",
+    "rank_and_world",
+    "gather_with_grad",
+    "gather_no_grad",
+    "gather_uneven_rows",
+    "rank_offset_labels",
+]
 
 
 def is_distributed() -> bool:
@@ -95,6 +105,63 @@ def gather_no_grad(x: torch.Tensor, check_shapes: bool = True) -> torch.Tensor:
     out = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(out, x.contiguous())
     return torch.cat(out, dim=0)
+
+
+@torch.no_grad()
+def gather_uneven_rows(
+    tensors: Sequence[torch.Tensor], device: torch.device | str | None = None
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Concatenate tensors over ranks, in rank order, when ranks hold different numbers of rows (evaluation
+    records, a rank with none included).
+
+    All tensors of one call share this rank's row count (their leading dimension) and may differ in dtype (bool and
+    16-bit included) and row shape; every rank passes the same row shapes and dtypes (an empty rank passes
+    ``(0, *row)`` tensors). Two tensor all-gathers: the row counts with each rank's bytes per row (a mismatch raises
+    a ``ValueError`` on every rank instead of hanging), then the rows with their bytes packed side by side, padded
+    to the largest count and cut back. ``device``: where the collectives run (the module's device under NCCL, which
+    has no CPU tensors; default: the first tensor's). Returns the gathered tensors on ``device`` and every rank's
+    row count; outside a process group, the tensors as they are and ``[rows]``.
+    """
+    if not tensors:
+        raise ValueError("gather_uneven_rows: no tensors")
+    n = tensors[0].shape[0]
+    for t in tensors:
+        if t.dim() == 0 or t.shape[0] != n:
+            raise ValueError(f"gather_uneven_rows: tensors with {tuple(t.shape)} and {n} rows")
+    if not is_distributed():
+        return list(tensors), [n]
+    device = torch.device(device) if device is not None else tensors[0].device
+    widths, packed = [], []
+    for t in tensors:
+        cols = math.prod(t.shape[1:])
+        b = t.detach().to(device).contiguous().reshape(n, cols)
+        b = b.view(torch.uint8) if cols else torch.empty(n, 0, dtype=torch.uint8, device=device)
+        widths.append(b.shape[1])
+        packed.append(b)
+    data = torch.cat(packed, 1)  # (n, bytes per row)
+    world = dist.get_world_size()
+    meta = torch.tensor([n, data.shape[1]], dtype=torch.long, device=device)
+    metas = [torch.zeros_like(meta) for _ in range(world)]
+    dist.all_gather(metas, meta)
+    counts = [int(m[0]) for m in metas]
+    row_bytes = sorted({int(m[1]) for m in metas})
+    if len(row_bytes) > 1:
+        raise ValueError(
+            f"gather_uneven_rows: ranks disagree on the bytes per row ({row_bytes}): shapes or dtypes differ"
+        )
+    buf = torch.zeros(max(counts), data.shape[1], dtype=torch.uint8, device=device)
+    buf[:n] = data
+    out = [torch.empty_like(buf) for _ in range(world)]
+    dist.all_gather(out, buf)
+    rows = torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])  # (Σ counts, bytes per row)
+    del out, buf
+    result, at = [], 0
+    for t, w in zip(tensors, widths, strict=True):
+        chunk = rows[:, at : at + w].contiguous()
+        at += w
+        x = chunk.view(t.dtype) if w else torch.empty(len(rows), 0, dtype=t.dtype, device=device)
+        result.append(x.reshape(len(rows), *t.shape[1:]))
+    return result, counts
 
 
 def rank_offset_labels(batch: int, device: torch.device | None = None) -> torch.Tensor:

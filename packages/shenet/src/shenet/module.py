@@ -3,14 +3,12 @@ chunked text × video similarity → retrieval metrics (validation/test)."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import fields
 
 import lightning.pytorch as pl
 import torch
-import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_info
-from mmzoo.distributed import rank_and_world
+from mmzoo.distributed import gather_uneven_rows, rank_and_world
 
 from shenet.losses import SHENetContrastiveLoss
 from shenet.metrics import RetrievalMetrics
@@ -139,7 +137,7 @@ class SHENetModule(pl.LightningModule):
         rank, world = rank_and_world()
         names = [f.name for f in fields(TextFeatures)]
         text: TextFeatures = local["text"]
-        parts, _ = _gather_rows(
+        parts, _ = gather_uneven_rows(
             [getattr(text, n) for n in names] + [local["text_ids"], local["text_video"]], self.device
         )
         text_ids, text_video = parts[-2].cpu(), parts[-1].cpu()
@@ -149,7 +147,7 @@ class SHENetModule(pl.LightningModule):
         text_ids, text_video = text_ids[pick], text_video[pick]
 
         held = local["video_index"]  # (n_local,) dataset indices of this rank's videos
-        (everyone,), counts = _gather_rows([held], self.device)
+        (everyone,), counts = gather_uneven_rows([held], self.device)
         everyone = everyone.cpu()
         first = torch.zeros(len(everyone), dtype=torch.bool)  # first occurrence over the ranks, in rank order
         v_order, v_keep = _unique(everyone)
@@ -165,7 +163,7 @@ class SHENetModule(pl.LightningModule):
             device=self.device,
             progress=rank == 0,
         )  # (N_text, n_own) float32 on the CPU
-        (columns, video_ids), _ = _gather_rows(
+        (columns, video_ids), _ = gather_uneven_rows(
             [scores.T.contiguous(), held[mine]], self.device
         )  # (N_video, N_text), (N_video,)
         v_order = torch.argsort(video_ids.cpu())
@@ -258,44 +256,3 @@ def _unique(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     keep = torch.ones_like(s, dtype=torch.bool)
     keep[1:] = s[1:] != s[:-1]
     return order, keep
-
-
-def _gather_rows(tensors: list[torch.Tensor], device: torch.device) -> tuple[list[torch.Tensor], list[int]]:
-    """Concatenate over ranks, in rank order, tensors whose leading dimension (rows) may differ between ranks.
-
-    All tensors of one call share this rank's row count. Two tensor collectives: the row counts, then the data, with
-    each row's bytes packed side by side (any dtype, bool included) and padded to the largest rank's count; the
-    padding is cut off again. ``device``: where the collectives run (the module's device: NCCL has no CPU tensors).
-    Returns the gathered tensors (on ``device``) and every rank's row count; on one process, the tensors as they are.
-    """
-    _, world = rank_and_world()
-    n = tensors[0].shape[0]
-    if world == 1:
-        return list(tensors), [n]
-    widths, packed = [], []
-    for t in tensors:
-        if t.shape[0] != n:
-            raise ValueError(f"_gather_rows: tensors with {t.shape[0]} and {n} rows")
-        cols = math.prod(t.shape[1:])
-        b = t.detach().to(device).contiguous().reshape(n, cols)
-        b = b.view(torch.uint8) if cols else torch.empty(n, 0, dtype=torch.uint8, device=device)
-        widths.append(b.shape[1])
-        packed.append(b)
-    packed = torch.cat(packed, 1)  # (n, bytes per row)
-    count = torch.tensor([n], dtype=torch.long, device=device)
-    counts = [torch.zeros_like(count) for _ in range(world)]
-    dist.all_gather(counts, count)
-    counts = [int(c) for c in counts]
-    buf = torch.zeros(max(counts), packed.shape[1], dtype=torch.uint8, device=device)
-    buf[:n] = packed
-    out = [torch.empty_like(buf) for _ in range(world)]
-    dist.all_gather(out, buf)
-    rows = torch.cat([o[:c] for o, c in zip(out, counts, strict=True)])  # (Σ counts, bytes per row)
-    del out, buf
-    result, at = [], 0
-    for t, w in zip(tensors, widths, strict=True):
-        chunk = rows[:, at : at + w].contiguous()
-        at += w
-        x = chunk.view(t.dtype) if w else torch.empty(len(rows), 0, dtype=t.dtype, device=device)
-        result.append(x.reshape(len(rows), *t.shape[1:]))
-    return result, counts

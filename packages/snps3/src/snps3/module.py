@@ -12,7 +12,7 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
-from mmzoo.distributed import rank_and_world
+from mmzoo.distributed import gather_uneven_rows, rank_and_world
 from mmzoo.metrics import IndexedMean
 
 from snps3.losses import ITMLoss, LVWMLoss, MaskedLMLoss, MILNCELoss, MoCoLoss, QALoss, milnce_loss
@@ -22,7 +22,7 @@ from snps3.models import MomentumEncoders, SNPS3Config, SNPS3Model, load_checked
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SNPS3Module", "in_batch_r1", "gather_rows"]
+__all__ = ["SNPS3Module", "in_batch_r1"]
 
 
 def in_batch_r1(sim: torch.Tensor) -> torch.Tensor:
@@ -525,7 +525,7 @@ class SNPS3Module(pl.LightningModule):
         out = {}
         for k, (row, dtype) in spec.items():
             x = local[k] if k in local else torch.empty((0, *row), dtype=dtype, device=self.device)
-            out[k] = gather_rows(x, self.all_gather)
+            out[k] = gather_uneven_rows([x], self.device)[0][0]
         return out
 
     @torch.no_grad()
@@ -606,16 +606,6 @@ class SNPS3Module(pl.LightningModule):
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def gather_rows(x: torch.Tensor, all_gather) -> torch.Tensor:
-    """Concatenate ``x`` (N_rank, ...) over ranks when N_rank differs between ranks: sizes first, then tensors
-    padded to the largest size. ``all_gather`` is ``LightningModule.all_gather`` (stacks a new leading rank dim)."""
-    sizes = all_gather(torch.tensor(x.shape[0], device=x.device)).flatten()  # (W,)
-    most = int(sizes.max())
-    padded = torch.cat([x, x.new_zeros((most - x.shape[0], *x.shape[1:]))], 0)  # (most, ...)
-    stacked = all_gather(padded)  # (W, most, ...)
-    return torch.cat([stacked[r, : int(n)] for r, n in enumerate(sizes.tolist())], 0)
 
 
 def _unique_first(index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
