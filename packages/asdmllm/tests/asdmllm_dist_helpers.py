@@ -6,7 +6,7 @@ import threading
 from types import SimpleNamespace
 
 import torch
-import torch.distributed as dist
+from mmzoo.testing import sync_dist_logger
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
 from asdmllm.data import SocialCounterfactualsDataset, collate
@@ -50,16 +50,7 @@ def evaluate(root: str, items: list[int], rank: int = 0, world: int = 1, corrupt
     module.setup("validate")
     subset = CorruptOn(Subset(ds, items), corrupt)
     sampler = DistributedSampler(subset, world, rank, shuffle=False) if world > 1 else None
-    logged = {}
-
-    def log(name, value, **kw):
-        value = torch.as_tensor(value, dtype=torch.float64).clone()
-        if world > 1:
-            dist.all_reduce(value)
-            value /= world
-        logged[name] = value
-
-    module.log = log
+    module.log, logged = sync_dist_logger(world)
     with torch.no_grad():
         for batch_idx, batch in enumerate(DataLoader(subset, batch_size=1, sampler=sampler, collate_fn=collate)):
             module.validation_step(batch, batch_idx)

@@ -2,6 +2,7 @@
 
 import torch
 import torch.distributed as dist
+from mmzoo.testing import sync_dist_logger
 from torchmetrics import Metric
 
 from snps3.losses import LVWMLoss, MILNCELoss
@@ -107,17 +108,14 @@ def evaluate(root: str, task: str, items: list[int] | None = None, rank: int = 0
     torch.manual_seed(0)
     module = SNPS3Module(config=config, task=task, with_moco=False, eval_pair_batch=7).eval()
     module._trainer = SimpleNamespace(world_size=world, datamodule=dm, strategy=_strategy() if world > 1 else None)
-    logged, metric_objects = {}, {}
+    sync_log, logged = sync_dist_logger(world)
+    metric_objects = {}
 
     def log(name, value, **kw):
         if isinstance(value, Metric):  # Lightning computes a logged metric object at the end of the epoch
             metric_objects[name] = value
             return
-        value = torch.as_tensor(value, dtype=torch.float64).clone()
-        if world > 1:
-            dist.all_reduce(value)
-            value /= world
-        logged[name] = value
+        sync_log(name, value)
 
     module.log = log
     if items is None and world > 1:

@@ -30,6 +30,7 @@ __all__ = [
     "write_npy_features",
     "run_distributed",
     "lightning_eval_loader",
+    "sync_dist_logger",
     "run_in_triton_interpreter",
     "load_script",
 ]
@@ -189,6 +190,25 @@ def lightning_eval_loader(loader, rank: int, world: int, stage: str = "validate"
         sampler = _get_distributed_sampler(loader, False, overfit_batches=0, mode=mode, num_replicas=world, rank=rank)
         loader = _update_dataloader(loader, sampler, mode=mode)
     return loader
+
+
+def sync_dist_logger(world: int) -> tuple[Callable, dict[str, torch.Tensor]]:
+    """A stand-in for ``LightningModule.log(..., sync_dist=True)`` inside :func:`run_distributed`: each call
+    all-reduces its value to the mean over ranks, as Lightning does, so ranks that log different names or different
+    numbers of values fail or hang as a real multi-GPU run would. Returns ``(log, logged)``: assign ``log`` to
+    ``module.log``; ``logged`` maps each name to its last value (float64)."""
+    logged: dict[str, torch.Tensor] = {}
+
+    def log(name: str, value, **kwargs) -> None:
+        value = torch.as_tensor(value, dtype=torch.float64).clone()
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(value)
+            value /= world
+        logged[name] = value
+
+    return log, logged
 
 
 def run_in_triton_interpreter(test_file: str | os.PathLike, statement: str, timeout: float = 600.0) -> str:
