@@ -494,6 +494,17 @@ class TSGVDataModule(pl.LightningDataModule):
         strategy = getattr(self.trainer, "strategy", None) if self.trainer is not None else None
         return int(strategy.broadcast(seed, src=0)) if strategy is not None else seed
 
+    def state_dict(self) -> dict:
+        """Saved in checkpoints: the base seed of the window draws, so that a resumed fit (``--ckpt_path``) draws
+        epoch e's windows from the first launch's seed + e, whatever global seed the relaunch has."""
+        return {"window_seed": self._window_seed}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        # runs after setup("fit") (which derived a base seed from this launch's global seed) and before the first
+        # train_dataloader() call; every rank reads the same checkpoint, so the ranks still agree
+        if state_dict.get("window_seed") is not None:
+            self._window_seed = int(state_dict["window_seed"])
+
     def train_dataloader(self) -> DataLoader:
         epoch = self.trainer.current_epoch if self.trainer is not None else 0
         base = self._window_seed if self._window_seed is not None else self._shared_window_seed()
