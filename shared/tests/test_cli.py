@@ -40,6 +40,35 @@ def test_fit_test_round_trip(tmp_path, monkeypatch):
     assert "test/loss" in json.loads((tmp_path / "m.json").read_text())
 
 
+class _WorseningToy(ToyModule):
+    """Validation "loss" = the epoch: the best checkpoint is epoch 0, the latest the last epoch."""
+
+    def validation_step(self, batch, batch_idx):
+        self.log("val/loss", float(self.current_epoch))
+
+
+def test_last_ckpt_is_the_latest_state_and_best_is_kept_beside_it(tmp_path):
+    import torch
+
+    root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
+    cli = run_cli(
+        _WorseningToy, ToyData, "toypkg", args=["fit", "--config", "demo", "--trainer.max_epochs", "3", *root]
+    )
+    names = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert names == ["best-0-2.ckpt", "last.ckpt"]
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 6)  # a monitored save_last would hold epoch 0 here
+    assert cli.trainer.checkpoint_callback.best_model_path.endswith("best-0-2.ckpt")
+    # resuming from last.ckpt continues after epoch 2, into the same folder
+    cli = run_cli(_WorseningToy, ToyData, "toypkg",
+                  args=["fit", "--config", "demo", "--trainer.max_epochs", "4", *root,
+                        "--ckpt_path", str(tmp_path / "checkpoints" / "last.ckpt")])  # fmt: skip
+    assert cli.trainer.global_step == 8
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 3
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["best-0-2.ckpt", "last.ckpt"]
+
+
 def test_a_checkpoint_overriding_a_model_setting_says_so(tmp_path, caplog):
     root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
     run_cli(ToyModule, ToyData, "toypkg", args=["fit", "--config", "demo", *root])

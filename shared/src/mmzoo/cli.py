@@ -9,8 +9,9 @@ What this adds to a plain :class:`~lightning.pytorch.cli.LightningCLI`:
 
 * Shipped configs are found by name: ``pckd fit --config demo`` (or ``-c demo``) reads ``pckd/configs/demo.yaml``
   from the installed package when no file called ``demo`` exists in the working directory.
-* Default callbacks: Lightning's progress bar (``enable_progress_bar``), checkpointing (``last.ckpt`` plus the best checkpoint by the module's
-  ``checkpoint_monitor`` class attribute) and a learning-rate monitor (only when a logger is active).
+* Default callbacks: Lightning's progress bar (``enable_progress_bar``), checkpointing (``last.ckpt``, the latest
+  state, plus the best checkpoint by the module's ``checkpoint_monitor`` class attribute) and a learning-rate monitor
+  (only when a logger is active).
 * Seeding: ``seed_everything`` defaults to 0, so two runs of the same config agree.
 * ``MMZOO_METRICS_JSON=path`` in the environment writes the final metrics as JSON (``make demo`` uses it).
 * Package-specific commands (feature extraction, dataset builders) are passed explicitly in
@@ -106,21 +107,31 @@ class _LearningRateMonitorIfLogger(LearningRateMonitor):
 
 
 def default_callbacks(model_class: type[pl.LightningModule]) -> list[Callback]:
-    """Checkpointing (last + best by ``model_class.checkpoint_monitor``) and LR monitor.
+    """Checkpointing and LR monitor. ``last.ckpt`` holds the latest state (rewritten at every checkpointing point,
+    one file); with ``model_class.checkpoint_monitor`` set, a second callback keeps ``best-<epoch>-<step>.ckpt`` by
+    that metric (``checkpoint_mode``) and is ``trainer.checkpoint_callback`` (so ``ckpt_path="best"`` finds it).
 
-    The progress bar is Lightning's own (``trainer.enable_progress_bar``, on by default), so turning it off works.
+    Two callbacks because Lightning (since 2.6) writes a monitored callback's ``last.ckpt`` only at the steps
+    where its top-k file is written, i.e. when the metric improves: ``last.ckpt`` would then be a stale copy of the
+    best, and ``fit --ckpt_path last.ckpt`` would resume from an older epoch. The progress bar is Lightning's own
+    (``trainer.enable_progress_bar``, on by default), so turning it off works.
     """
     monitor = getattr(model_class, "checkpoint_monitor", None)
     mode = getattr(model_class, "checkpoint_mode", "max")
-    checkpoint = ModelCheckpoint(
-        monitor=monitor,
-        mode=mode,
-        save_last=True,
-        save_top_k=1,
-        filename="best-{epoch}-{step}" if monitor else "{epoch}-{step}",
-        auto_insert_metric_name=False,
-    )
-    return [checkpoint, _LearningRateMonitorIfLogger(logging_interval="step")]
+    # monitor=None with top-1 overwrites one file each time; a fixed name without version counter makes it last.ckpt
+    latest = ModelCheckpoint(monitor=None, save_top_k=1, save_last=False, filename="last", enable_version_counter=False)
+    callbacks: list[Callback] = [latest]
+    if monitor:
+        best = ModelCheckpoint(
+            monitor=monitor,
+            mode=mode,
+            save_top_k=1,
+            save_last=False,
+            filename="best-{epoch}-{step}",
+            auto_insert_metric_name=False,
+        )
+        callbacks.insert(0, best)
+    return [*callbacks, _LearningRateMonitorIfLogger(logging_interval="step")]
 
 
 def _flatten(value: object, prefix: str) -> dict[str, object]:
