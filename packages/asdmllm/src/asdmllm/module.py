@@ -188,6 +188,7 @@ class ASDModule(pl.LightningModule):
             self.debias.use_sfloss, self.debias.token_reduction, self.debias.normalize_weights
         )
         self.sample_skew: torch.Tensor | None = None  # (N_train,) per-sample Skew of the current epoch
+        self._skew_epoch: int | None = None  # epoch at whose start ``sample_skew`` was estimated
         self._prepared_epoch: int | None = None  # epoch whose Skew refresh / resampling has run
         self._epoch_stats: dict[str, float] = {}  # logged in on_train_epoch_start
         self._schedule_total: int | None = None  # optimizer steps the LR schedule spans (resampled epochs only)
@@ -202,6 +203,8 @@ class ASDModule(pl.LightningModule):
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "eval_sets"):
             raise ValueError("ASDModule needs a DebiasDataModule (its eval_sets describe the concepts and attributes)")
+        if stage == "fit":  # a new fit estimates Skew afresh unless on_load_checkpoint (after setup) restores it
+            self.sample_skew, self._skew_epoch, self._prepared_epoch = None, None, None
         if stage == "fit" and self.debias.use_resample:
             resampled = self.debias.epoch_length == "resampled"
             dm.train_sampler.fixed_length = not resampled
@@ -331,21 +334,40 @@ class ASDModule(pl.LightningModule):
         self._prepared_epoch = epoch
         self._epoch_stats = {}
         dm = self.trainer.datamodule
-        if self.sample_skew is None or epoch % self.debias.refresh_every_n_epochs == 0:
+        refresh_epoch = epoch % self.debias.refresh_every_n_epochs == 0 and self._skew_epoch != epoch
+        if self.sample_skew is None or refresh_epoch:
             table = self.estimate_skew(dm.probe_dataloader(), dm.train_info)
             table = self.trainer.strategy.broadcast(table, src=0)  # identical lists on every rank
             ds = dm.train_set
             self.sample_skew = per_sample_skew(table, ds.concept_ids, ds.attribute_ids, self.skew_config.per_sample).to(
                 self.device
             )
+            self._skew_epoch = epoch
             max_skew, min_skew = max_min_skew(table)
             self._epoch_stats["train/max_skew"] = max_skew.nanmean().item()
             self._epoch_stats["train/min_skew"] = min_skew.nanmean().item()
+        self.sample_skew = self.sample_skew.to(self.device)  # restored from a checkpoint on the CPU
         if self.debias.use_resample:
             generator = torch.Generator().manual_seed(self.debias.seed + 1000 * epoch)
             indices = bias_aware_resample(self.sample_skew, self.debias.tau1, self.debias.tau2, generator)
             dm.train_sampler.set_indices(indices)
             self._epoch_stats["train/resampled_length"] = float(indices.numel())
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Keep the per-sample Skew and the epoch that estimated it: with ``refresh_every_n_epochs > 1`` a resumed run
+        goes on with the table of the last refresh (and a mid-epoch resume with the epoch's own table) instead of
+        re-estimating it with the current model; the epoch's resampled list follows from it and (seed, epoch)."""
+        skew = self.sample_skew
+        checkpoint["asdmllm_skew"] = {
+            "sample_skew": None if skew is None else skew.detach().cpu(),
+            "epoch": self._skew_epoch,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("asdmllm_skew")  # absent in checkpoints written before it was saved: re-estimated
+        if state is not None:
+            self.sample_skew, self._skew_epoch = state["sample_skew"], state["epoch"]
+            self._prepared_epoch = None  # the restored epoch's list is rebuilt from the restored Skew
 
     def on_train_epoch_start(self) -> None:
         """Skew refresh + resampling (if the DataModule has not triggered it yet), and their logs."""
