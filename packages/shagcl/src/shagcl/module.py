@@ -336,6 +336,16 @@ class SHAGCLModule(pl.LightningModule):
             if self.lr_reductions >= hp.max_lr_reductions:
                 self.trainer.should_stop = True
 
+    def on_train_start(self) -> None:
+        """A run resumed from a checkpoint written once the plateau rule had stopped training stays stopped (the
+        stop request itself is not part of the checkpoint, the reduction count is)."""
+        if self.lr_reductions >= self.hparams.max_lr_reductions:
+            rank_zero_info(
+                f"shagcl: the lr was already reduced {self.lr_reductions} times (model.max_lr_reductions="
+                f"{self.hparams.max_lr_reductions}): training is finished, nothing to resume"
+            )
+            self.trainer.should_stop = True
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["shagcl_plateau"] = {
             "lr_scale": self.lr_scale,
