@@ -96,3 +96,39 @@ def test_package_layout(name):
     ):
         assert (pkg / rel).exists(), f"{name}: missing {rel}"
     assert (ROOT / "benchmarks" / f"{name}.py").exists(), f"{name}: missing benchmarks/{name}.py"
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_config_dataclasses_load_with_weights_only(name):
+    """A module built in Python saves its config dataclasses in checkpoints; torch >= 2.6 loads checkpoints with
+    weights_only=True (Lightning's resume and load_from_checkpoint), so every one of them must be allow-listed."""
+    import dataclasses
+    import inspect
+    import io
+    import typing
+
+    import lightning.pytorch as pl
+    import torch
+    from mmzoo.cli import checkpoint_types
+
+    module = importlib.import_module(f"{name}.module")
+    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
+               if issubclass(c, pl.LightningModule) and c.__module__ == module.__name__]  # fmt: skip
+    assert classes, f"{name}.module defines no LightningModule"
+    safe = set(torch.serialization.get_safe_globals())
+    for cls in classes:
+        types = checkpoint_types(*typing.get_type_hints(cls.__init__).values())
+        assert types <= safe, f"{cls.__name__}: not allow-listed: {sorted(t.__name__ for t in types - safe)}"
+        for t in types:  # a round trip of every config that has defaults for all its fields
+            required = [f for f in dataclasses.fields(t) if f.default is dataclasses.MISSING
+                        and f.default_factory is dataclasses.MISSING]  # fmt: skip
+            if required:
+                continue
+            try:
+                config = t()
+            except ValueError:  # defaults that need a weights file or similar
+                continue
+            buf = io.BytesIO()
+            torch.save({"hyper_parameters": {"config": config}}, buf)
+            buf.seek(0)
+            assert torch.load(buf, weights_only=True)["hyper_parameters"]["config"] == config

@@ -7,7 +7,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from toypkg import ToyData, ToyModule  # noqa: E402
 
-from mmzoo.cli import _resolve_args, resolve_config, run_cli, shipped_configs  # noqa: E402
+from mmzoo.cli import _resolve_args, default_callbacks, resolve_config, run_cli, shipped_configs  # noqa: E402
 
 
 def test_shipped_configs_found_by_name():
@@ -173,3 +173,29 @@ def test_progress_bar_can_be_turned_off(tmp_path):
         ],
     )
     assert cli.trainer.progress_bar_callback is None
+
+
+def test_allow_in_checkpoints_lets_lightning_resume_a_module_built_in_python(tmp_path):
+    import lightning.pytorch as pl
+    import torch
+    from toypkg import ToyConfig, ToyConfigModule
+
+    from mmzoo.cli import allow_in_checkpoints, checkpoint_types
+
+    def trainer(epochs):
+        return pl.Trainer(max_epochs=epochs, default_root_dir=tmp_path, logger=False, enable_progress_bar=False,
+                          enable_model_summary=False, callbacks=default_callbacks(ToyConfigModule))  # fmt: skip
+
+    trainer(1).fit(ToyConfigModule(ToyConfig(hidden=6)), ToyData(n=32))
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    safe = set(torch.serialization.get_safe_globals())
+    if ToyConfig not in safe:  # torch's default weights_only=True load refuses the pickled config
+        with pytest.raises(Exception, match="weights_only"):
+            trainer(2).fit(ToyConfigModule(ToyConfig(hidden=6)), ToyData(n=32), ckpt_path=last)
+    allow_in_checkpoints(ToyConfigModule)
+    assert checkpoint_types(ToyConfig | None) == {ToyConfig}
+    t = trainer(2)
+    t.fit(ToyConfigModule(ToyConfig(hidden=6)), ToyData(n=32), ckpt_path=last)
+    assert t.current_epoch == 2
+    loaded = ToyConfigModule.load_from_checkpoint(last)
+    assert loaded.hparams.config == ToyConfig(hidden=6)

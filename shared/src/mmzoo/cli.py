@@ -20,11 +20,13 @@ What this adds to a plain :class:`~lightning.pytorch.cli.LightningCLI`:
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.resources
 import json
 import logging
 import os
 import sys
+import typing
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -32,7 +34,15 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
-__all__ = ["resolve_config", "shipped_configs", "run_cli", "default_callbacks", "write_metrics"]
+__all__ = [
+    "allow_in_checkpoints",
+    "checkpoint_types",
+    "resolve_config",
+    "shipped_configs",
+    "run_cli",
+    "default_callbacks",
+    "write_metrics",
+]
 
 ExtraCommand = Callable[[list[str]], object]
 log = logging.getLogger(__name__)
@@ -104,6 +114,41 @@ class _LearningRateMonitorIfLogger(LearningRateMonitor):
     def on_train_epoch_start(self, trainer: pl.Trainer, *args, **kwargs) -> None:
         if not getattr(self, "_disabled", False):
             super().on_train_epoch_start(trainer, *args, **kwargs)
+
+
+def checkpoint_types(*types: type) -> set[type]:
+    """The dataclasses among ``types`` and, recursively, among their fields' annotated types (``X | None``,
+    ``list[X]`` and the like included): what a checkpoint's saved hyperparameters may hold."""
+    found: set[type] = set()
+
+    def visit(t: object) -> None:
+        if isinstance(t, type) and dataclasses.is_dataclass(t):
+            if t in found:
+                return
+            found.add(t)
+            for hint in typing.get_type_hints(t).values():
+                visit(hint)
+        for arg in typing.get_args(t):
+            visit(arg)
+
+    for t in types:
+        visit(t)
+    return found
+
+
+def allow_in_checkpoints(module_class: type[pl.LightningModule]) -> None:
+    """Let ``torch.load(..., weights_only=True)`` read checkpoints of ``module_class`` built in Python: allow-list the
+    config dataclasses its ``__init__`` takes (and those nested in them, :func:`checkpoint_types`).
+
+    With torch >= 2.6 that is how Lightning loads ``Trainer.fit(ckpt_path=...)`` and ``load_from_checkpoint``. A
+    module built in Python saves its config objects themselves among the hyperparameters, which torch refuses to
+    read unless their classes are allow-listed (a module built by the CLI saves plain values). Each package calls
+    this once, after defining its LightningModule.
+    """
+    import torch
+
+    types = checkpoint_types(*typing.get_type_hints(module_class.__init__).values())
+    torch.serialization.add_safe_globals(sorted(types, key=lambda t: (t.__module__, t.__qualname__)))
 
 
 def default_callbacks(model_class: type[pl.LightningModule]) -> list[Callback]:

@@ -1,5 +1,7 @@
 """A toy package for the mmzoo.cli round-trip tests: a linear regressor on random data."""
 
+from dataclasses import dataclass
+
 import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader, TensorDataset
@@ -50,3 +52,18 @@ class ToyData(pl.LightningDataModule):
         return DataLoader(self.ds, batch_size=self.batch_size)
 
     train_dataloader = val_dataloader = test_dataloader = predict_dataloader = _dl
+
+
+@dataclass
+class ToyConfig:
+    hidden: int = 4
+    lr: float = 0.1
+
+
+class ToyConfigModule(ToyModule):
+    """ToyModule configured by a dataclass, as the packages' modules are."""
+
+    def __init__(self, config: ToyConfig | None = None):
+        config = config or ToyConfig()
+        super().__init__(config.hidden, config.lr)
+        self.save_hyperparameters({"config": config})

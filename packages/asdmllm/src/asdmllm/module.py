@@ -25,6 +25,7 @@ import lightning.pytorch as pl
 import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
+from mmzoo.cli import allow_in_checkpoints
 from mmzoo.data import reload_train_loader_every_epoch
 from mmzoo.distributed import is_distributed
 from mmzoo.metrics import IndexedMean
@@ -576,3 +577,7 @@ class ASDModule(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)  # constant after ``total`` (cosine end)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them
+allow_in_checkpoints(ASDModule)

@@ -20,6 +20,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
+from mmzoo.cli import allow_in_checkpoints
 
 from evedit.metrics import (
     CLIPFrameConsistency,
@@ -311,3 +312,7 @@ class EVEModule(pl.LightningModule):
                 **timing,
             },
         )
+
+
+# a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them
+allow_in_checkpoints(EVEModule)

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from mmzoo.cli import allow_in_checkpoints
 from torch import nn
 from torchmetrics.classification import MultilabelF1Score
 
@@ -288,3 +289,7 @@ class KEVSRModule(pl.LightningModule):
         warmup = max(int(h.warmup_ratio * total), 1)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+# a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them
+allow_in_checkpoints(KEVSRModule)

@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
+from mmzoo.cli import allow_in_checkpoints
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -349,3 +350,7 @@ class PCKDModule(pl.LightningModule):
             rank_zero_warn("method=pckd with data.num_views=1: PCKD expects the 4 rotated views (spec §3.1)")
         if not math.isfinite(self.hparams.w_cc):
             raise ValueError("model.w_cc must be finite")
+
+
+# a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them
+allow_in_checkpoints(PCKDModule)

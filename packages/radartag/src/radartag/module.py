@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from mmzoo.cli import allow_in_checkpoints
 
 from .data import GraphBatch
 from .losses import RadarLoss
@@ -131,3 +132,7 @@ class RadarModule(pl.LightningModule):
         ablation never uses are frozen, see :meth:`~radartag.models.Radar.unused_parameters`)."""
         params = [p for p in self.parameters() if p.requires_grad]
         return torch.optim.AdamW(params, lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+
+
+# a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them
+allow_in_checkpoints(RadarModule)

@@ -11,6 +11,7 @@ import math
 
 import lightning.pytorch as pl
 import torch
+from mmzoo.cli import allow_in_checkpoints
 
 from rtqvl.losses import AnswerLoss, CaptionLoss, ITCLoss, ITMLoss, MultipleChoiceLoss, alpha_ramp, itm_negative_indices
 from rtqvl.metrics import CaptionMetrics, NExTQAAccuracy, QAAccuracy, RetrievalMetrics
@@ -399,3 +400,7 @@ class RTQModule(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         return torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+
+
+# a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them
+allow_in_checkpoints(RTQModule)

@@ -13,6 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from mmzoo.cli import allow_in_checkpoints
 
 from shagcl.gcl import OFFICIAL_PREDICATE_COUNTS, group_predicates, median_resampling_rates
 from shagcl.losses import GCLLoss, ObjectLoss
@@ -365,3 +366,7 @@ class SHAGCLModule(pl.LightningModule):
                     f"checkpoint was trained with predicate groups {state['group_sizes']}, the current "
                     f"data/config gives {self.group_sizes}"
                 )
+
+
+# a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them
+allow_in_checkpoints(SHAGCLModule)

@@ -8,6 +8,7 @@ from dataclasses import fields
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from mmzoo.cli import allow_in_checkpoints
 from mmzoo.distributed import gather_uneven_rows, rank_and_world
 
 from shenet.losses import SHENetContrastiveLoss
@@ -211,6 +212,10 @@ class SHENetModule(pl.LightningModule):
             "video_index": batch["video_index"],
             "video": video.video,
         }
+
+
+# a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them
+allow_in_checkpoints(SHENetModule)
 
 
 def evaluation_memory(

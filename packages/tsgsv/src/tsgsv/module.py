@@ -10,6 +10,7 @@ from typing import IO, Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
+from mmzoo.cli import allow_in_checkpoints
 from torchmetrics.functional.classification import binary_average_precision
 
 from .data import eval_windows
@@ -231,3 +232,7 @@ class TSGSVModule(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+# a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them
+allow_in_checkpoints(TSGSVModule)
