@@ -72,6 +72,20 @@ class BertAdam(Optimizer):
                     p.add_(update.to(p.dtype), alpha=-group["lr"])
         return loss
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore as :meth:`torch.optim.Optimizer.load_state_dict`, but keep the moments in float32: the base
+        class casts every floating state tensor to its parameter's dtype, which for half-precision parameters
+        (``precision: bf16-true`` / ``16-true``) would round the saved float32 moments and make a resumed run
+        accumulate them in half precision from then on."""
+        saved = state_dict["state"]
+        ids = [i for g in state_dict["param_groups"] for i in g["params"]]
+        super().load_state_dict(state_dict)
+        params = [p for g in self.param_groups for p in g["params"]]
+        for i, p in zip(ids, params, strict=True):
+            for key in ("exp_avg", "exp_avg_sq"):
+                if key in saved.get(i, {}):
+                    self.state[p][key] = saved[i][key].to(device=p.device, dtype=torch.float32)
+
 
 def warmup_cosine(step: int, total_steps: int, warmup: float = 0.1) -> float:
     """LR multiplier: ``x / warmup`` for progress ``x = step / total < warmup``, else ``0.5 (1 + cos(π x))``."""

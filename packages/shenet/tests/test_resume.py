@@ -1,0 +1,109 @@
+"""Resuming ``fit`` from ``last.ckpt`` continues the method: a run of 2 epochs stopped after the first (as a
+pre-empted job is) and resumed ends with the same training state as an uninterrupted 2-epoch run.
+
+Method state and where it lives: the parameters (incl. the logit scale), BertAdam's first and second moments
+(optimizer state, kept in float32 whatever the parameters' dtype), the warm-up + cosine schedule (``LambdaLR``: its
+step count is scheduler state, its length is recomputed from ``max_epochs``, so the interrupted run is configured
+with the same ``max_epochs`` and stopped, not started with fewer epochs) and the parser record of the data module
+(``SHENetDataModule.state_dict``). The global RNG streams are not part of a checkpoint, so the test draws the data
+order and every random draw of an epoch from (seed, epoch); with that, the whole state dict must match too.
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from shenet.cli import main
+from shenet.data import SHENetDataModule
+from shenet.module import SHENetModule
+
+
+class _EpochSampler(Sampler):
+    """A shuffle drawn from (seed, epoch); it also reseeds the global RNGs there, so the epoch's random draws are a
+    function of the epoch too (the first ``next()`` of an epoch's loader lands here)."""
+
+    def __init__(self, dm, n: int):
+        self.dm, self.n = dm, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        seed = 100 + self.dm.trainer.current_epoch
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        yield from torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+_original_train_dataloader = SHENetDataModule.train_dataloader
+
+
+def _epoch_seeded_train_dataloader(self):
+    dl = _original_train_dataloader(self)
+    sampler = _EpochSampler(self, len(dl.dataset))
+    return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, drop_last=True, collate_fn=dl.collate_fn)
+
+
+def _stop_after_this_epoch(self):
+    self.trainer.should_stop = True
+
+
+def _fit(root, data_root, precision: str, *extra: str):
+    args = [
+        "fit",
+        "--config",
+        "tiny",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.precision",
+        precision,
+        "--trainer.max_epochs",
+        "2",
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--data.data_root",
+        str(data_root),
+    ]
+    return main(args=[*args, *extra]).trainer
+
+
+@pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
+def test_resume_continues_optimizer_and_schedule(tmp_path, monkeypatch, precision):
+    monkeypatch.setattr(SHENetDataModule, "train_dataloader", _epoch_seeded_train_dataloader)
+    data = tmp_path / "data"
+    full = _fit(tmp_path / "full", data, precision)
+    with monkeypatch.context() as m:
+        m.setattr(SHENetModule, "on_train_epoch_end", _stop_after_this_epoch, raising=False)
+        cut = _fit(tmp_path / "cut", data, precision)
+    assert cut.current_epoch == 1
+    resumed = _fit(
+        tmp_path / "cut", data, precision, "--ckpt_path", str(tmp_path / "cut" / "checkpoints" / "last.ckpt")
+    )
+
+    assert (full.current_epoch, full.global_step) == (resumed.current_epoch, resumed.global_step) == (2, 4)
+    sched_a, sched_b = full.lr_scheduler_configs[0].scheduler, resumed.lr_scheduler_configs[0].scheduler
+    assert sched_a.last_epoch == sched_b.last_epoch == 4
+    assert [g["lr"] for g in full.optimizers[0].param_groups] == [g["lr"] for g in resumed.optimizers[0].param_groups]
+    opt_a, opt_b = full.optimizers[0], resumed.optimizers[0]
+    params_a = [p for g in opt_a.param_groups for p in g["params"]]
+    params_b = [p for g in opt_b.param_groups for p in g["params"]]
+    for pa, pb in zip(params_a, params_b, strict=True):
+        for key in ("exp_avg", "exp_avg_sq"):
+            sa, sb = opt_a.state[pa][key], opt_b.state[pb][key]
+            assert sa.dtype == sb.dtype == torch.float32, (key, sb.dtype)
+            torch.testing.assert_close(sa, sb)
+    sa, sb = full.lightning_module.state_dict(), resumed.lightning_module.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], msg=k)
+    assert full.datamodule.state_dict() == resumed.datamodule.state_dict()
