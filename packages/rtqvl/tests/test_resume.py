@@ -1,0 +1,105 @@
+"""Resuming ``fit`` from ``last.ckpt`` continues the method: an interrupted run (1 epoch, then resume to 2) ends
+with the same training state as an uninterrupted 2-epoch run.
+
+Method state of a retrieval run and where it lives: the momentum encoders/projections (submodules), the ITC feature
+queues and the queue pointer (registered buffers), the temperature (a parameter), AdamW's moments (optimizer
+state), the learning rate (recomputed every batch from ``current_epoch`` and the batch index) and the distillation
+weight α (recomputed from the same counters). The global RNG streams are not part of a checkpoint, so the test
+draws the data order and the augmentation/dropout randomness from (seed, epoch) at the start of every epoch; with
+that, the whole state dict must match too.
+"""
+
+from __future__ import annotations
+
+import random
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Sampler
+
+from rtqvl.cli import main
+from rtqvl.data import RTQDataModule
+
+
+class _EpochSampler(Sampler):
+    """A shuffle drawn from (seed, epoch); it also reseeds the global RNGs there, so the epoch's augmentation and
+    dropout draws are a function of the epoch too (the first ``next()`` of an epoch's loader lands here)."""
+
+    def __init__(self, dm: pl.LightningDataModule, n: int):
+        self.dm, self.n = dm, n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        seed = 100 + self.dm.trainer.current_epoch
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        yield from torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
+
+
+def _epoch_seeded_train_dataloader(self):
+    dl = _original_train_dataloader(self)
+    sampler = _EpochSampler(self, len(dl.dataset))
+    return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, drop_last=True, collate_fn=dl.collate_fn)
+
+
+_original_train_dataloader = RTQDataModule.train_dataloader
+
+
+def _fit(root, max_epochs: int, *extra: str):
+    common = [
+        "fit",
+        "--config",
+        "tiny",
+        "--trainer.default_root_dir",
+        str(root),
+        "--trainer.logger",
+        "false",
+        "--trainer.enable_progress_bar",
+        "false",
+        "--trainer.max_epochs",
+        str(max_epochs),
+        "--trainer.limit_train_batches",
+        "2",
+        "--trainer.limit_val_batches",
+        "1",
+        "--data.data_root",
+        str(root.parent / "data"),
+        "--data.demo_num_train",
+        "17",
+        "--data.demo_num_test",
+        "8",
+        "--model.config.queue_size",
+        "24",  # 2 batches of 8 per epoch: the pointer stands at 16 after epoch 0, not at the wrap-around
+    ]
+    return main([*common, *extra]).trainer
+
+
+def test_resume_continues_momentum_queues_and_schedule(tmp_path, monkeypatch):
+    monkeypatch.setattr(RTQDataModule, "train_dataloader", _epoch_seeded_train_dataloader)
+    full = _fit(tmp_path / "full", 2)
+    _fit(tmp_path / "cut", 1)
+    resumed = _fit(tmp_path / "cut", 2, "--ckpt_path", str(tmp_path / "cut" / "checkpoints" / "last.ckpt"))
+
+    a, b = full.lightning_module, resumed.lightning_module
+    assert (full.current_epoch, full.global_step) == (resumed.current_epoch, resumed.global_step) == (2, 4)
+    ma, mb = a.model, b.model
+    assert int(ma.queue_ptr) == int(mb.queue_ptr) == (4 * 8) % 24
+    for name in ("video_queue", "text_queue", "idx_queue"):
+        torch.testing.assert_close(getattr(ma, name), getattr(mb, name), msg=name)
+    for (_, ema_a), (_, ema_b) in zip(ma.momentum_pairs(), mb.momentum_pairs(), strict=True):
+        for (n, pa), pb in zip(ema_a.named_parameters(), ema_b.parameters(), strict=True):
+            torch.testing.assert_close(pa, pb, msg=f"momentum {n}")
+    lr_a = [g["lr"] for g in full.optimizers[0].param_groups]
+    lr_b = [g["lr"] for g in resumed.optimizers[0].param_groups]
+    assert lr_a == lr_b
+    assert float(full.callback_metrics["train/alpha"]) == float(resumed.callback_metrics["train/alpha"])
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        torch.testing.assert_close(sa[k], sb[k], msg=k)
+    for st_a, st_b in zip(full.optimizers[0].state.values(), resumed.optimizers[0].state.values(), strict=True):
+        torch.testing.assert_close(st_a["exp_avg_sq"], st_b["exp_avg_sq"])
