@@ -105,3 +105,24 @@ def test_lightning_eval_loader_pads_a_plain_loader_and_keeps_an_evaluation_sampl
     assert shards == [[0, 2, 4], [1, 3]]
     with pytest.raises(ValueError, match="stage must be one of"):
         lightning_eval_loader(DataLoader(data), 0, 2, "fit")
+
+
+def test_epoch_seeded_train_dataloader_draws_each_epoch_from_seed_and_epoch():
+    from mmzoo.testing import epoch_seeded_train_dataloader
+
+    class DM(pl.LightningDataModule):
+        def train_dataloader(self):
+            return DataLoader(TensorDataset(torch.arange(10)), batch_size=3, shuffle=True)
+
+    dm = DM()
+    dm.trainer = SimpleNamespace(current_epoch=0)
+    loader = epoch_seeded_train_dataloader(DM)
+
+    def epoch(e):
+        dm.trainer.current_epoch = e
+        order = [int(i) for (b,) in loader(dm) for i in b]
+        return order, torch.rand(1).item()  # the global generator is reseeded when the epoch starts
+
+    first, again, other = epoch(0), epoch(0), epoch(1)
+    assert first == again and first[0] != other[0]
+    assert len(first[0]) == 9 and len(set(first[0])) == 9  # batches of 3, the partial last batch dropped

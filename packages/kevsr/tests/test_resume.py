@@ -7,6 +7,7 @@ of the two runs differ after the resumed epoch and are not compared.
 """
 
 import torch
+from mmzoo.testing import record_state_at_train_start
 
 from kevsr.cli import main
 from kevsr.module import KEVSRModule
@@ -41,12 +42,7 @@ def _fit(tmp_path, root, epochs, ckpt=None):
 
 
 def test_resume_keeps_restored_state_and_schedule(tmp_path, monkeypatch):
-    at_train_start: list[dict[str, torch.Tensor]] = []
-
-    def record(self):
-        at_train_start.append({k: v.detach().clone() for k, v in self.state_dict().items()})
-
-    monkeypatch.setattr(KEVSRModule, "on_train_start", record, raising=False)
+    at_train_start = record_state_at_train_start(monkeypatch, KEVSRModule)
     full = _fit(tmp_path, "full", 2)
     _fit(tmp_path, "part", 1)
     ckpt = tmp_path / "part" / "checkpoints" / "last.ckpt"

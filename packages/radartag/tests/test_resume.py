@@ -7,6 +7,7 @@ does not restore, so the parameters of the two runs differ after the resumed epo
 """
 
 import torch
+from mmzoo.testing import record_state_at_train_start
 
 from radartag.cli import main
 from radartag.module import RadarModule
@@ -34,12 +35,7 @@ def _fit(tmp_path, root, epochs, ckpt=None):
 
 
 def test_resume_continues_adversarial_schedule(tmp_path, monkeypatch):
-    at_train_start: list[dict[str, torch.Tensor]] = []
-
-    def record(self):
-        at_train_start.append({k: v.detach().clone() for k, v in self.state_dict().items()})
-
-    monkeypatch.setattr(RadarModule, "on_train_start", record, raising=False)
+    at_train_start = record_state_at_train_start(monkeypatch, RadarModule)
     full = _fit(tmp_path, "full", 2)
     part = _fit(tmp_path, "part", 1)
     ckpt = tmp_path / "part" / "checkpoints" / "last.ckpt"

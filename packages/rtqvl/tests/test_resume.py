@@ -11,42 +11,11 @@ that, the whole state dict must match too.
 
 from __future__ import annotations
 
-import random
-
-import lightning.pytorch as pl
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from mmzoo.testing import epoch_seeded_train_dataloader
 
 from rtqvl.cli import main
 from rtqvl.data import RTQDataModule
-
-
-class _EpochSampler(Sampler):
-    """A shuffle drawn from (seed, epoch); it also reseeds the global RNGs there, so the epoch's augmentation and
-    dropout draws are a function of the epoch too (the first ``next()`` of an epoch's loader lands here)."""
-
-    def __init__(self, dm: pl.LightningDataModule, n: int):
-        self.dm, self.n = dm, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        seed = 100 + self.dm.trainer.current_epoch
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        yield from torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-def _epoch_seeded_train_dataloader(self):
-    dl = _original_train_dataloader(self)
-    sampler = _EpochSampler(self, len(dl.dataset))
-    return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, drop_last=True, collate_fn=dl.collate_fn)
-
-
-_original_train_dataloader = RTQDataModule.train_dataloader
 
 
 def _fit(root, max_epochs: int, *extra: str):
@@ -79,7 +48,7 @@ def _fit(root, max_epochs: int, *extra: str):
 
 
 def test_resume_continues_momentum_queues_and_schedule(tmp_path, monkeypatch):
-    monkeypatch.setattr(RTQDataModule, "train_dataloader", _epoch_seeded_train_dataloader)
+    monkeypatch.setattr(RTQDataModule, "train_dataloader", epoch_seeded_train_dataloader(RTQDataModule))
     full = _fit(tmp_path / "full", 2)
     _fit(tmp_path / "cut", 1)
     resumed = _fit(tmp_path / "cut", 2, "--ckpt_path", str(tmp_path / "cut" / "checkpoints" / "last.ckpt"))

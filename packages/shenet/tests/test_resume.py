@@ -11,43 +11,13 @@ order and every random draw of an epoch from (seed, epoch); with that, the whole
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import pytest
 import torch
-from torch.utils.data import DataLoader, Sampler
+from mmzoo.testing import epoch_seeded_train_dataloader
 
 from shenet.cli import main
 from shenet.data import SHENetDataModule
 from shenet.module import SHENetModule
-
-
-class _EpochSampler(Sampler):
-    """A shuffle drawn from (seed, epoch); it also reseeds the global RNGs there, so the epoch's random draws are a
-    function of the epoch too (the first ``next()`` of an epoch's loader lands here)."""
-
-    def __init__(self, dm, n: int):
-        self.dm, self.n = dm, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        seed = 100 + self.dm.trainer.current_epoch
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        yield from torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-_original_train_dataloader = SHENetDataModule.train_dataloader
-
-
-def _epoch_seeded_train_dataloader(self):
-    dl = _original_train_dataloader(self)
-    sampler = _EpochSampler(self, len(dl.dataset))
-    return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, drop_last=True, collate_fn=dl.collate_fn)
 
 
 def _stop_after_this_epoch(self):
@@ -79,7 +49,7 @@ def _fit(root, data_root, precision: str, *extra: str):
 
 @pytest.mark.parametrize("precision", ["32-true", "bf16-true"])
 def test_resume_continues_optimizer_and_schedule(tmp_path, monkeypatch, precision):
-    monkeypatch.setattr(SHENetDataModule, "train_dataloader", _epoch_seeded_train_dataloader)
+    monkeypatch.setattr(SHENetDataModule, "train_dataloader", epoch_seeded_train_dataloader(SHENetDataModule))
     data = tmp_path / "data"
     full = _fit(tmp_path / "full", data, precision)
     with monkeypatch.context() as m:

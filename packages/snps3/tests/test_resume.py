@@ -11,42 +11,11 @@ RNG streams are not part of a checkpoint, so the test draws the data order and e
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import torch
-from torch.utils.data import DataLoader, Sampler
+from mmzoo.testing import epoch_seeded_train_dataloader
 
 from snps3.cli import main
 from snps3.data import SNPS3DataModule
-
-
-class _EpochSampler(Sampler):
-    """A shuffle drawn from (seed, epoch); it also reseeds the global RNGs there, so the epoch's augmentation,
-    masking and dropout draws are a function of the epoch too (the first ``next()`` of an epoch's loader lands
-    here)."""
-
-    def __init__(self, dm, n: int):
-        self.dm, self.n = dm, n
-
-    def __len__(self) -> int:
-        return self.n
-
-    def __iter__(self):
-        seed = 100 + self.dm.trainer.current_epoch
-        random.seed(seed)
-        np.random.seed(seed)
-        torch.manual_seed(seed)
-        yield from torch.randperm(self.n, generator=torch.Generator().manual_seed(seed)).tolist()
-
-
-_original_train_dataloader = SNPS3DataModule.train_dataloader
-
-
-def _epoch_seeded_train_dataloader(self):
-    dl = _original_train_dataloader(self)
-    sampler = _EpochSampler(self, len(dl.dataset))
-    return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=sampler, drop_last=True, collate_fn=dl.collate_fn)
 
 
 def _fit(root, data_root, max_epochs: int, *extra: str):
@@ -77,7 +46,7 @@ def _fit(root, data_root, max_epochs: int, *extra: str):
 
 
 def test_resume_continues_moco_queues_and_schedule(synthetic_root, tmp_path, monkeypatch):
-    monkeypatch.setattr(SNPS3DataModule, "train_dataloader", _epoch_seeded_train_dataloader)
+    monkeypatch.setattr(SNPS3DataModule, "train_dataloader", epoch_seeded_train_dataloader(SNPS3DataModule))
     full = _fit(tmp_path / "full", synthetic_root, 2)
     _fit(tmp_path / "cut", synthetic_root, 1)
     last = tmp_path / "cut" / "checkpoints" / "last.ckpt"

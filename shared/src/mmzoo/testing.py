@@ -31,6 +31,8 @@ __all__ = [
     "run_distributed",
     "lightning_eval_loader",
     "sync_dist_logger",
+    "epoch_seeded_train_dataloader",
+    "record_state_at_train_start",
     "run_in_triton_interpreter",
     "load_script",
 ]
@@ -209,6 +211,57 @@ def sync_dist_logger(world: int) -> tuple[Callable, dict[str, torch.Tensor]]:
         logged[name] = value
 
     return log, logged
+
+
+def epoch_seeded_train_dataloader(datamodule_class: type, seed: int = 100) -> Callable:
+    """A stand-in for ``datamodule_class.train_dataloader`` (monkeypatch it in) whose epoch is a function of
+    (``seed``, epoch) alone: the loader shuffles with a generator seeded by ``seed + current_epoch`` and, when an
+    epoch's iteration starts, reseeds Python's, numpy's and torch's global generators the same way, so the epoch's
+    augmentation, masking and dropout draws follow too (workers: ``num_workers: 0``). A resume restores no global
+    RNG, so this is what lets a test compare the whole state of an interrupted-and-resumed fit with an uninterrupted
+    one. The package's own loader supplies the dataset, batch size and collate function; the last partial batch is
+    dropped."""
+    from torch.utils.data import DataLoader, Sampler
+
+    original = datamodule_class.train_dataloader
+
+    class _EpochSeeded(Sampler):
+        def __init__(self, datamodule, n: int):
+            self.datamodule, self.n = datamodule, n
+
+        def __len__(self) -> int:
+            return self.n
+
+        def __iter__(self):
+            epoch_seed = seed + self.datamodule.trainer.current_epoch
+            random.seed(epoch_seed)
+            np.random.seed(epoch_seed)
+            torch.manual_seed(epoch_seed)
+            yield from torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch_seed)).tolist()
+
+    def train_dataloader(self):
+        dl = original(self)
+        n = len(dl.dataset)
+        return DataLoader(dl.dataset, batch_size=dl.batch_size, sampler=_EpochSeeded(self, n), drop_last=True,
+                          collate_fn=dl.collate_fn)  # fmt: skip
+
+    return train_dataloader
+
+
+def record_state_at_train_start(monkeypatch, module_class: type) -> list[dict[str, torch.Tensor]]:
+    """Patch ``module_class.on_train_start`` (with pytest's ``monkeypatch``) to record a copy of the module's
+    ``state_dict`` each time a fit starts training, i.e. after Lightning restored a ``--ckpt_path`` checkpoint:
+    a resume test compares the last entry with the checkpoint to see that nothing overwrote the restored state."""
+    states: list[dict[str, torch.Tensor]] = []
+    original = getattr(module_class, "on_train_start", None)
+
+    def on_train_start(self) -> None:
+        states.append({k: v.detach().clone() for k, v in self.state_dict().items()})
+        if original is not None:
+            original(self)
+
+    monkeypatch.setattr(module_class, "on_train_start", on_train_start, raising=False)
+    return states
 
 
 def run_in_triton_interpreter(test_file: str | os.PathLike, statement: str, timeout: float = 600.0) -> str:
