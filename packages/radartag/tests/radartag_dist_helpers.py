@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import torch
 from mmzoo.testing import lightning_eval_loader
 
+import radartag.module
 from radartag.data import KwaiTagDataModule
 from radartag.models import RadarConfig
 from radartag.module import RadarModule
@@ -35,3 +36,16 @@ def evaluate_rank(rank: int, world: int, root: str) -> dict:
                 getattr(module, f"{'validation' if stage == 'val' else 'test'}_step")(batch, i)
         out[stage] = {"count": count, "metrics": metric.compute()}
     return out
+
+
+def skipped_videos_rank(rank: int, world: int) -> tuple[dict, list]:
+    """Epoch-end logging of the videos without a positive tag when rank 0 holds one such video of 3 and rank 1 one
+    of 2: what the module logs and the line it prints."""
+    module = RadarModule(RadarConfig(video_dim=8, tag_dim=8, num_tags=4, hidden_dim=8, num_heads=2))
+    labels = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]])[: 3 - rank]
+    module.val_metrics.update(torch.randn(len(labels), 4), labels)
+    logged, lines = {}, []
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    radartag.module.rank_zero_info = lines.append
+    module.on_validation_epoch_end()
+    return {"skipped": logged["val/skipped_videos"]}, lines

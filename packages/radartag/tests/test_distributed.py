@@ -24,3 +24,10 @@ def test_ddp_evaluation_counts_each_video_once_and_equals_one_process(tmp_path):
             assert r[stage]["metrics"].keys() == single[stage]["metrics"].keys()
             for name, value in single[stage]["metrics"].items():
                 torch.testing.assert_close(r[stage]["metrics"][name], value, msg=f"{stage}/{name}")
+
+
+def test_skipped_videos_are_counted_over_all_ranks():
+    # the metric's sync in compute() is undone afterwards; the count and the line must still cover both ranks
+    for logged, lines in run_distributed(h.skipped_videos_rank, world_size=2):
+        assert logged["skipped"] == 2.0
+        assert len(lines) == 1 and "2 of 5 evaluation videos" in lines[0]

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.distributed import is_distributed
 
 from .data import GraphBatch
 from .losses import RadarLoss
@@ -107,8 +108,13 @@ class RadarModule(pl.LightningModule):
         sample-based metrics, spec §5), also as a log line."""
         for name, value in metrics.compute().items():
             self.log(f"{stage}/{name}", value, sync_dist=True)
-        skipped, total = int(metrics.skipped), int(metrics.skipped + metrics.count)
-        self.log(f"{stage}/skipped_videos", float(skipped), sync_dist=True, reduce_fx="sum")
+        # the metric's sync in compute() is undone afterwards: sum this rank's counts over the ranks once more, so
+        # the log line (rank 0) and the logged value both count every rank's videos
+        counts = torch.tensor([float(metrics.skipped), float(metrics.skipped + metrics.count)], device=self.device)
+        if is_distributed():
+            torch.distributed.all_reduce(counts)
+        skipped, total = (int(v) for v in counts.tolist())
+        self.log(f"{stage}/skipped_videos", float(skipped), sync_dist=True, reduce_fx="max")
         if skipped:
             rank_zero_info(f"radartag {stage}: {skipped} of {total} evaluation videos have no positive tag and are "
                            "skipped by the sample-based metrics (sample mAP, P@k, R@k)")  # fmt: skip
