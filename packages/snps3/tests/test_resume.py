@@ -12,7 +12,7 @@ RNG streams are not part of a checkpoint, so the test draws the data order and e
 from __future__ import annotations
 
 import torch
-from mmzoo.testing import epoch_seeded_train_dataloader
+from mmzoo.testing import assert_same_training_state, epoch_seeded_train_dataloader
 
 from snps3.cli import main
 from snps3.data import SNPS3DataModule
@@ -63,10 +63,4 @@ def test_resume_continues_moco_queues_and_schedule(synthetic_root, tmp_path, mon
         torch.testing.assert_close(pa, pb, msg=f"momentum {n}")
     sched_a, sched_b = ta.lr_scheduler_configs[0].scheduler, tb.lr_scheduler_configs[0].scheduler
     assert sched_a.last_epoch == sched_b.last_epoch == 4
-    assert [g["lr"] for g in ta.optimizers[0].param_groups] == [g["lr"] for g in tb.optimizers[0].param_groups]
-    sa, sb = a.state_dict(), b.state_dict()
-    assert sa.keys() == sb.keys()
-    for k in sa:
-        torch.testing.assert_close(sa[k], sb[k], msg=k)
-    for st_a, st_b in zip(ta.optimizers[0].state.values(), tb.optimizers[0].state.values(), strict=True):
-        torch.testing.assert_close(st_a["exp_avg_sq"], st_b["exp_avg_sq"])
+    assert_same_training_state(ta, tb)  # weights, buffers, AdamW moments, lrs

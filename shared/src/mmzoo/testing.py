@@ -33,6 +33,8 @@ __all__ = [
     "sync_dist_logger",
     "epoch_seeded_train_dataloader",
     "record_state_at_train_start",
+    "assert_started_from_checkpoint",
+    "assert_same_training_state",
     "run_in_triton_interpreter",
     "load_script",
 ]
@@ -262,6 +264,45 @@ def record_state_at_train_start(monkeypatch, module_class: type) -> list[dict[st
 
     monkeypatch.setattr(module_class, "on_train_start", on_train_start, raising=False)
     return states
+
+
+def assert_started_from_checkpoint(states: list[dict[str, torch.Tensor]], checkpoint: str | os.PathLike) -> None:
+    """The last state :func:`record_state_at_train_start` recorded is exactly the ``state_dict`` saved in
+    ``checkpoint``: nothing (``setup``, pretrained-weight loading, data-derived buffers) overwrote what the resume
+    restored."""
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    start = states[-1]
+    assert sorted(start) == sorted(saved), "the resumed module's state_dict keys differ from the checkpoint's"
+    for key, value in saved.items():
+        assert torch.equal(start[key].cpu(), value), f"{key} differs from the checkpoint when training starts"
+
+
+def assert_same_training_state(a, b) -> None:
+    """Trainers ``a`` and ``b`` ended in the same training state: epoch and step counters, every entry of the
+    module's ``state_dict``, each optimizer's learning rates and state tensors (dtype included, parameters matched
+    in order) and each LR scheduler's step count. For an uninterrupted fit against an interrupted-and-resumed one
+    whose epochs depend on (seed, epoch) only (:func:`epoch_seeded_train_dataloader`)."""
+    assert (a.current_epoch, a.global_step) == (b.current_epoch, b.global_step)
+    sa, sb = a.lightning_module.state_dict(), b.lightning_module.state_dict()
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], msg=key)
+    for opt_a, opt_b in zip(a.optimizers, b.optimizers, strict=True):
+        assert [g["lr"] for g in opt_a.param_groups] == [g["lr"] for g in opt_b.param_groups]
+        params_a = [p for g in opt_a.param_groups for p in g["params"]]
+        params_b = [p for g in opt_b.param_groups for p in g["params"]]
+        for i, (pa, pb) in enumerate(zip(params_a, params_b, strict=True)):
+            st_a, st_b = opt_a.state.get(pa, {}), opt_b.state.get(pb, {})
+            assert st_a.keys() == st_b.keys(), f"optimizer state of parameter {i}"
+            for key, va in st_a.items():
+                vb = st_b[key]
+                if isinstance(va, torch.Tensor):
+                    assert va.dtype == vb.dtype, f"optimizer {key} of parameter {i}: {va.dtype} vs {vb.dtype}"
+                    torch.testing.assert_close(va, vb, msg=f"optimizer {key} of parameter {i}")
+                else:
+                    assert va == vb, f"optimizer {key} of parameter {i}"
+    for ca, cb in zip(a.lr_scheduler_configs, b.lr_scheduler_configs, strict=True):
+        assert ca.scheduler.last_epoch == cb.scheduler.last_epoch
 
 
 def run_in_triton_interpreter(test_file: str | os.PathLike, statement: str, timeout: float = 600.0) -> str:
