@@ -39,10 +39,15 @@ test: setup
 bench: setup
 	$(RUN) python scripts/run_bench.py $(if $(PKG),benchmarks/$(PKG).py,$(sort $(wildcard benchmarks/*.py)))
 
+# Every selected repro runs even when an earlier one's gate fails (its script exits 1); the target then names the
+# packages whose gates failed and exits 1.
 repro: setup
-	@set -e; for p in $(SELECTED); do \
-		if [ -f packages/$$p/repro.py ]; then echo "== repro $$p"; $(RUN) python packages/$$p/repro.py; \
-		else echo "== repro $$p: no repro.py"; fi; done
+	@failed=""; for p in $(SELECTED); do \
+		if [ -f packages/$$p/repro.py ]; then echo "== repro $$p"; \
+			$(RUN) python packages/$$p/repro.py || failed="$$failed $$p"; \
+		else echo "== repro $$p: no repro.py"; fi; done; \
+	if [ -n "$$failed" ]; then echo "== repro: gate failed or run stopped for:$$failed"; exit 1; fi; \
+	echo "== repro: every gate passed"
 
 lint: setup
 	$(RUN) ruff check shared packages tests benchmarks scripts

@@ -132,3 +132,34 @@ def test_config_dataclasses_load_with_weights_only(name):
             torch.save({"hyper_parameters": {"config": config}}, buf)
             buf.seek(0)
             assert torch.load(buf, weights_only=True)["hyper_parameters"]["config"] == config
+
+
+def test_make_repro_runs_every_repro_and_names_the_failed_gates(tmp_path):
+    """One failing gate (a repro exits 1) must not stop the other packages' repros; the target fails at the end."""
+    import os
+    import shutil
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    shutil.copy(ROOT / "Makefile", tmp_path / "Makefile")
+    for name, code in (("alpha", 1), ("beta", 0), ("gamma", 0)):
+        pkg = tmp_path / "packages" / name
+        pkg.mkdir(parents=True)
+        (pkg / "repro.py").write_text(
+            f"from pathlib import Path\nPath('ran_{name}').touch()\nraise SystemExit({code})\n"
+        )
+    (tmp_path / "packages" / "delta").mkdir()  # a package without a repro.py
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}"}
+    # UV=true makes the setup step a no-op; RUN=env runs each script with the PATH's python.
+    proc = subprocess.run(["make", "repro", "UV=true", "RUN=env"], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert proc.returncode != 0
+    assert all((tmp_path / f"ran_{n}").exists() for n in ("alpha", "beta", "gamma")), proc.stdout
+    assert "gate failed or run stopped for: alpha\n" in proc.stdout
+    assert "delta: no repro.py" in proc.stdout
+
+    (tmp_path / "packages" / "alpha" / "repro.py").write_text("raise SystemExit(0)\n")
+    proc = subprocess.run(["make", "repro", "UV=true", "RUN=env", "PKG=alpha beta"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "every gate passed" in proc.stdout and "gamma" not in proc.stdout
