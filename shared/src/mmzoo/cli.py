@@ -12,6 +12,9 @@ What this adds to a plain :class:`~lightning.pytorch.cli.LightningCLI`:
 * Default callbacks: Lightning's progress bar (``enable_progress_bar``), checkpointing (``last.ckpt``, the latest
   state, plus the best checkpoint by the module's ``checkpoint_monitor`` class attribute) and a learning-rate monitor
   (only when a logger is active).
+* Predictions: a module with a ``prediction_rows`` method gets :class:`mmzoo.predict.PredictionWriter`, so
+  ``predict`` writes one JSON line per item (``--predictions.path``; default ``predictions.jsonl`` in the log
+  folder) instead of keeping the outputs in memory.
 * Seeding: ``seed_everything`` defaults to 0, so two runs of the same config agree.
 * ``MMZOO_METRICS_JSON=path`` in the environment writes the final metrics as JSON (``make demo`` uses it).
 * Package-specific commands (feature extraction, dataset builders) are passed explicitly in
@@ -33,6 +36,8 @@ from pathlib import Path
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
+
+from mmzoo.predict import PredictionWriter, writes_predictions
 
 __all__ = [
     "allow_in_checkpoints",
@@ -199,6 +204,18 @@ class _CLI(LightningCLI):
     checkpoint defines the model it holds), but every value that changes is logged as a warning instead of
     being dropped in silence.
     """
+
+    def add_arguments_to_parser(self, parser) -> None:
+        # a module with prediction_rows gets the JSON-lines prediction writer, its path under --predictions.path
+        if writes_predictions(self.model_class):
+            parser.add_lightning_class_args(PredictionWriter, "predictions")
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs):
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        if subcommand == "predict" and writes_predictions(self.model_class):
+            # the writer streams every batch to disk; Lightning would otherwise also keep all outputs in memory
+            parser.set_defaults(return_predictions=False)
+        return parser
 
     def _parse_ckpt_path(self) -> None:
         sub = self.config.get("subcommand")

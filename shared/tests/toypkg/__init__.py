@@ -38,6 +38,19 @@ class ToyModule(pl.LightningModule):
         return torch.optim.SGD(self.parameters(), lr=self.hparams.lr)
 
 
+class RowsToy(ToyModule):
+    """ToyModule whose ``predict`` rows carry the item's input sum (= its regression target) and the output."""
+
+    def predict_step(self, batch, batch_idx):
+        return {"x": batch[0], "y": self.net(batch[0])}
+
+    def prediction_rows(self, prediction):
+        return [{"target": round(float(x.sum()), 4), "y": float(y)} for x, y in zip(*prediction.values())]
+
+    def prediction_arrays(self, prediction):
+        return {"x": prediction["x"], "y": prediction["y"]}
+
+
 class ToyData(pl.LightningDataModule):
     def __init__(self, n: int = 64, batch_size: int = 16):
         super().__init__()

@@ -1,0 +1,126 @@
+"""What ``<name> predict`` writes: one JSON line per predicted item, and optionally a tensor file beside it.
+
+A package opts in by giving its LightningModule a ``prediction_rows`` method; :func:`mmzoo.cli.run_cli` then adds a
+:class:`PredictionWriter` to ``predict`` (its path is the ``--predictions.path`` key) and stops Lightning from also
+keeping every batch's output in memory (``return_predictions: false``)::
+
+    class MyModule(pl.LightningModule):
+        def predict_step(self, batch, batch_idx):
+            return {"id": batch["id"], "logits": self(batch)}
+
+        def prediction_rows(self, prediction) -> list[dict]:      # one JSON-serialisable dict per item
+            return [{"id": i, "pred": int(p)} for i, p in zip(prediction["id"], prediction["logits"].argmax(1))]
+
+        def prediction_arrays(self, prediction) -> dict[str, torch.Tensor]:   # optional: embeddings and the like
+            return {"logits": prediction["logits"]}
+
+Files: ``<path>`` (default ``predictions.jsonl`` in ``trainer.log_dir``, else ``trainer.default_root_dir``) and,
+when the module has ``prediction_arrays``, ``<path without suffix>.pt``: a ``torch.save`` dict of float/int tensors
+whose row ``i`` belongs to line ``i`` of the JSON-lines file (load it with ``torch.load(..., weights_only=True)``).
+Under several processes rank ``r`` writes ``<stem>.rank<r>.jsonl`` (and ``.rank<r>.pt``): Lightning gives each
+predicted item to exactly one process, so every item is in exactly one file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import BasePredictionWriter
+from lightning.pytorch.utilities import rank_zero_info
+
+__all__ = ["PredictionWriter", "prediction_file", "writes_predictions"]
+
+
+def writes_predictions(module_class: type) -> bool:
+    """Whether ``module_class`` opts in to :class:`PredictionWriter` (it defines ``prediction_rows``)."""
+    return callable(getattr(module_class, "prediction_rows", None))
+
+
+def prediction_file(trainer: pl.Trainer, path: str | Path | None, default_name: str = "predictions.jsonl") -> Path:
+    """The file this process writes predictions to: ``path`` (default ``default_name`` in ``trainer.log_dir``, else
+    ``trainer.default_root_dir``), with ``.rank<r>`` before the suffix on rank ``r`` when there are several
+    processes."""
+    out = Path(path) if path is not None else Path(trainer.log_dir or trainer.default_root_dir) / default_name
+    if trainer.world_size > 1:
+        out = out.with_name(f"{out.stem}.rank{trainer.global_rank}{out.suffix}")
+    return out
+
+
+class PredictionWriter(BasePredictionWriter):
+    """Writes each predicted batch as JSON lines (the module's ``prediction_rows``) as it comes, and, when the module
+    has ``prediction_arrays``, those tensors (on the CPU, concatenated over batches) at the end.
+
+    Args:
+        path: the JSON-lines file; ``None``: ``predictions.jsonl`` in the trainer's log folder. Under several
+            processes rank ``r`` writes ``<stem>.rank<r><suffix>``. The tensor file is the same path with ``.pt``.
+    """
+
+    def __init__(self, path: str | None = None) -> None:
+        super().__init__(write_interval="batch")
+        self.path = path
+        self.written: Path | None = None  # the JSON-lines file of the last predict run (tests read it)
+        self.arrays_written: Path | None = None
+        self._fh = None
+        self._arrays: dict[str, list[torch.Tensor]] = {}
+        self._rows = 0
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not writes_predictions(type(pl_module)):
+            raise TypeError(
+                f"{type(pl_module).__name__} has no prediction_rows method, which the prediction writer needs "
+                "(see mmzoo.predict)"
+            )
+        path = prediction_file(trainer, self.path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.written, self.arrays_written = path, None
+        self._fh = open(path, "w", encoding="utf-8")
+        self._arrays, self._rows = {}, 0
+
+    def write_on_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        prediction: Any,
+        batch_indices: Any,
+        batch: Any,
+        batch_idx: int,
+        dataloader_idx: int = 0,
+    ) -> None:
+        if prediction is None:  # a batch the module skipped (e.g. every item unreadable)
+            return
+        rows = pl_module.prediction_rows(prediction)
+        for row in rows:
+            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+        self._rows += len(rows)
+        arrays = getattr(pl_module, "prediction_arrays", None)
+        if arrays is None:
+            return
+        for key, value in arrays(prediction).items():
+            if len(value) != len(rows):
+                raise ValueError(
+                    f"{type(pl_module).__name__}.prediction_arrays: {key!r} has {len(value)} rows for "
+                    f"{len(rows)} prediction rows; row i of each array must belong to JSON line i"
+                )
+            self._arrays.setdefault(key, []).append(value.detach().cpu())
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._fh is None:
+            return
+        self._fh.close()
+        self._fh = None
+        message = f"predict: {self._rows} rows written to {self.written}"
+        if hasattr(pl_module, "prediction_arrays"):
+            self.arrays_written = self.written.with_suffix(".pt")
+            torch.save({k: torch.cat(v) for k, v in self._arrays.items()}, self.arrays_written)
+            self._arrays = {}
+            message += f", tensors to {self.arrays_written}"
+        rank_zero_info(message + (" (rank 0; each rank writes its own files)" if trainer.world_size > 1 else ""))
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if self._fh is not None:
+            self._fh.close()
+            self._fh = None
