@@ -36,6 +36,8 @@ def test_tiny_fit_test_and_s1_only_inference(tmp_path):
     out = tmp_path / "predictions.jsonl"  # tiny.yaml has no logger: the log folder is default_root_dir
     cli = main(args=["predict", *_args(tmp_path), "--ckpt_path", str(ckpt)])
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    main(args=["predict", *_args(tmp_path), "--ckpt_path", str(ckpt), "--predictions.path", str(tmp_path / "p.jsonl")])
+    assert (tmp_path / "p.jsonl").read_text(encoding="utf-8") == out.read_text(encoding="utf-8")
     hierarchy = cli.datamodule.hierarchy
     assert [r["video_id"] for r in rows] == [r["video_id"] for r in cli.datamodule.datasets["test"].rows]
     for r in rows:

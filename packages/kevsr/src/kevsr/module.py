@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import BasePredictionWriter
-from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
 from torch import nn
 from torchmetrics.classification import MultilabelF1Score
@@ -18,53 +15,7 @@ from kevsr.losses import HierarchicalLoss, SelfDistillationLoss
 from kevsr.metrics import RPAtAccuracy
 from kevsr.models import KEVSRConfig, KEVSRModel
 
-__all__ = ["KEVSRModule", "PredictionWriter"]
-
-
-class PredictionWriter(BasePredictionWriter):
-    """Writes ``kevsr predict``'s output: one JSON line per video with ``video_id``, the predicted level-1 and
-    level-2 label names (``pred1``/``pred2`` of :meth:`KEVSRModule.predict_step`) and the refined scores of every
-    label (``level1_scores``/``level2_scores``, in hierarchy.json order).
-
-    Args:
-        path: the JSONL file; ``None`` = ``predictions.jsonl`` in the trainer's log folder (``trainer.log_dir``,
-            else ``default_root_dir``). Under DDP each rank writes ``<stem>.rank<r>.jsonl``; every test video is in
-            exactly one of them.
-    """
-
-    def __init__(self, path: str | None = None) -> None:
-        super().__init__(write_interval="batch")
-        self.path, self.written, self._fh = path, None, None
-
-    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        path = Path(self.path or Path(trainer.log_dir or trainer.default_root_dir) / "predictions.jsonl")
-        if trainer.world_size > 1:
-            path = path.with_name(f"{path.stem}.rank{trainer.global_rank}{path.suffix}")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.written, self._fh = path, open(path, "w", encoding="utf-8")
-        h = getattr(getattr(trainer, "datamodule", None), "hierarchy", None)
-        cfg = pl_module.config
-        self._names1 = h.level1 if h is not None else [str(i) for i in range(cfg.num_level1)]
-        self._names2 = h.level2 if h is not None else [str(i) for i in range(cfg.num_level2)]
-
-    def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0):
-        s1, s2 = prediction["level1"].float().cpu(), prediction["level2"].float().cpu()
-        p1, p2 = prediction["pred1"].cpu(), prediction["pred2"].cpu()
-        for i, vid in enumerate(prediction["video_id"]):
-            row = {
-                "video_id": vid,
-                "level1": [self._names1[q] for q in p1[i].nonzero().flatten().tolist()],
-                "level2": [self._names2[q] for q in p2[i].nonzero().flatten().tolist()],
-                "level1_scores": [round(v, 5) for v in s1[i].tolist()],
-                "level2_scores": [round(v, 5) for v in s2[i].tolist()],
-            }
-            self._fh.write(json.dumps(row, ensure_ascii=False) + "\n")
-
-    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
-            rank_zero_info(f"predictions written to {self.written}")
+__all__ = ["KEVSRModule"]
 
 
 class KEVSRModule(pl.LightningModule):
@@ -275,11 +226,26 @@ class KEVSRModule(pl.LightningModule):
             "pred2": pred2,
         }
 
-    def configure_callbacks(self) -> list[pl.Callback]:
-        """The prediction writer (acts only in ``predict``; without it ``kevsr predict`` would keep the scores in
-        memory and write nothing). It writes into the run's log folder: the path is not a model argument because
-        LightningCLI replaces model arguments by the checkpoint's hyperparameters when ``--ckpt_path`` is given."""
-        return [PredictionWriter()]
+    def prediction_rows(self, prediction: dict) -> list[dict]:
+        """``kevsr predict``'s JSON lines (:mod:`mmzoo.predict`), one per video: ``video_id``, the predicted
+        level-1 and level-2 label names (``pred1``/``pred2`` of :meth:`predict_step`; indices as strings when the
+        run has no datamodule) and the refined scores of every label (``level1_scores``/``level2_scores``, in
+        hierarchy.json order)."""
+        h = getattr(getattr(self.trainer, "datamodule", None), "hierarchy", None)
+        names1 = h.level1 if h is not None else [str(i) for i in range(self.config.num_level1)]
+        names2 = h.level2 if h is not None else [str(i) for i in range(self.config.num_level2)]
+        s1, s2 = prediction["level1"].float().cpu(), prediction["level2"].float().cpu()
+        p1, p2 = prediction["pred1"].cpu(), prediction["pred2"].cpu()
+        return [
+            {
+                "video_id": vid,
+                "level1": [names1[q] for q in p1[i].nonzero().flatten().tolist()],
+                "level2": [names2[q] for q in p2[i].nonzero().flatten().tolist()],
+                "level1_scores": [round(v, 5) for v in s1[i].tolist()],
+                "level2_scores": [round(v, 5) for v in s2[i].tolist()],
+            }
+            for i, vid in enumerate(prediction["video_id"])
+        ]
 
     # -------------------------------------------------------------- optimizer
     def configure_optimizers(self):
