@@ -32,7 +32,7 @@ def test_fit_validate_test_tiny(tmp_path):
         assert 0.0 <= float(m[key]) <= 1.0, key
     # predict: one JSON line per test annotation (README, "Predictions")
     out = tmp_path / "pred" / "tiny.jsonl"
-    main(args=["predict", *_tiny_args(tmp_path), "--ckpt_path", str(ckpt), "--model.predictions_file", str(out)])
+    main(args=["predict", *_tiny_args(tmp_path), "--ckpt_path", str(ckpt), "--predictions.path", str(out)])
     _check_predictions(out, tmp_path / "data")
 
 

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import json
 import math
-from pathlib import Path
-from typing import IO, Literal
+from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
 from mmzoo.cli import allow_in_checkpoints
 from torchmetrics.functional.classification import binary_average_precision
 
@@ -41,9 +38,6 @@ class TSGSVModule(pl.LightningModule):
         eval_window_batch: test windows per forward pass (official val batch 256 / 128).
         selection_metric: metric logged as ``val/selection`` for checkpointing (ANet/TACoS R@1,IoU=0.5; MAD
             R@1,IoU=0.3).
-        predictions_file: JSON-lines file ``predict`` writes, one line per annotation (format: README,
-            "Predictions"); None writes ``<trainer.default_root_dir>/predictions.jsonl``. Under DDP rank r > 0
-            writes ``<stem>.rank<r>.jsonl`` beside it.
     """
 
     checkpoint_monitor = "val/selection"
@@ -65,13 +59,9 @@ class TSGSVModule(pl.LightningModule):
         channel_weights: tuple[float, float, float] = (0.5, 0.5, 1.0),
         eval_window_batch: int = 256,
         selection_metric: str = "R@1,IoU=0.5",
-        predictions_file: str | None = None,
     ):
         super().__init__()
-        # predictions_file is a run-time output path: kept out of the checkpoint's hyperparameters, which LightningCLI
-        # would otherwise apply over the command line of `predict --ckpt_path ...`
-        self.save_hyperparameters(ignore=["predictions_file"])
-        self.predictions_file = predictions_file
+        self.save_hyperparameters()
         self.config = config or TSGSVConfig()
         if tpn_type == "twinnet" and self.config.future_usage != "twin":
             raise ValueError(
@@ -86,7 +76,6 @@ class TSGSVModule(pl.LightningModule):
         names = [f"R@{n},IoU={m:g}" for n in self.eval_config.recall_at for m in self.eval_config.iou_thresholds]
         if selection_metric not in names + ["mAP", "mcAP"]:
             raise ValueError(f"model.selection_metric={selection_metric!r} is not one of {names + ['mAP', 'mcAP']}")
-        self._predictions: IO[str] | None = None
 
     def setup(self, stage: str) -> None:
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
@@ -175,42 +164,34 @@ class TSGSVModule(pl.LightningModule):
             self.log(f"test/{name}", value, sync_dist=True)
         self.test_metrics.reset()
 
-    def predictions_path(self) -> Path:
-        """Where ``predict`` writes its JSON lines (``predictions_file``, per-rank suffix under DDP)."""
-        path = Path(self.predictions_file or Path(self.trainer.default_root_dir) / "predictions.jsonl")
-        rank = self.trainer.global_rank
-        return path if rank == 0 else path.with_name(f"{path.stem}.rank{rank}{path.suffix}")
-
-    def on_predict_epoch_start(self) -> None:
-        path = self.predictions_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self._predictions = open(path, "w")
-
     def predict_step(self, batch: list[dict], batch_idx: int) -> list[dict]:
-        """Per annotation: anno_id, streamed scores (T', 3) and ranked moments (K, 3) (start_sec, end_sec, score).
-        Each annotation is also written at once as one JSON line to :meth:`predictions_path` (README, "Predictions")."""
+        """Per annotation: anno_id, streamed scores (T', 3), ranked moments (K, 3) (start_sec, end_sec, score) and
+        the annotation's video, query, duration and frame count (for :meth:`prediction_rows`)."""
         out = []
         for item in batch:
             scores = self.stream_scores(item["video"].to(self.device), item["sentence"].to(self.device),
                                         item["sentence_length"].to(self.device)).cpu()  # fmt: skip
             moments = streaming_proposals(scores, item["duration"], self.eval_config)
-            out.append({"anno_id": item["anno_id"], "scores": scores, "moments": moments})
-            if self._predictions is not None:
-                record = {
-                    "anno_id": item["anno_id"], "video": item.get("video_name"), "query": item.get("query"),
-                    "duration": float(item["duration"]), "num_frames": int(item["num_frames"]),
-                    "chunk_interval": self.eval_config.chunk_interval,
-                    "moments": [[round(float(v), 6) for v in m] for m in moments],
-                    "scores": [[round(float(v), 6) for v in row] for row in scores],
-                }  # fmt: skip
-                self._predictions.write(json.dumps(record) + "\n")
+            out.append({"anno_id": item["anno_id"], "scores": scores, "moments": moments,
+                        "video": item.get("video_name"), "query": item.get("query"),
+                        "duration": float(item["duration"]), "num_frames": int(item["num_frames"])})  # fmt: skip
         return out
 
-    def on_predict_epoch_end(self) -> None:
-        if self._predictions is not None:
-            self._predictions.close()
-            self._predictions = None
-            rank_zero_info(f"tsgsv predict: wrote {self.predictions_path()}")
+    def prediction_rows(self, prediction: list[dict]) -> list[dict]:
+        """``tsgsv predict``'s JSON lines (:mod:`mmzoo.predict`), one per annotation (fields: README, "Predictions")."""
+        return [
+            {
+                "anno_id": p["anno_id"],
+                "video": p["video"],
+                "query": p["query"],
+                "duration": p["duration"],
+                "num_frames": p["num_frames"],
+                "chunk_interval": self.eval_config.chunk_interval,
+                "moments": [[round(float(v), 6) for v in m] for m in p["moments"]],
+                "scores": [[round(float(v), 6) for v in row] for row in p["scores"]],
+            }  # fmt: skip
+            for p in prediction
+        ]
 
     # ----------------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
