@@ -28,9 +28,12 @@ def test_fit_validate_test_predict(trained):
     for k in (20, 50, 100):
         assert 0 <= float(m[f"test/R@{k}"]) <= 1 and 0 <= float(m[f"test/mR@{k}"]) <= 1
     assert (root / "per_predicate_recall.csv").is_file() and (root / "per_predicate_recall.png").is_file()
-    main(args=["predict", *common, "--ckpt_path", ckpt, "--model.predict_dir", str(root / "pred")])
-    graphs = json.loads((root / "pred" / "scene_graphs.json").read_text())
-    assert len(graphs) == 8 and graphs[0]["triplets"] and list((root / "pred").glob("scene_graph_*.png"))
+    out = root / "pred" / "scene_graphs.jsonl"
+    pred = main(args=["predict", *common, "--ckpt_path", ckpt, "--predictions.path", str(out)])
+    graphs = [json.loads(line) for line in out.read_text().splitlines()]
+    test_ids = [pred.datamodule.datasets["test"][i]["image_id"] for i in range(len(pred.datamodule.datasets["test"]))]
+    assert [g["image_id"] for g in graphs] == test_ids and graphs[0]["triplets"]
+    assert [p.name for p in (root / "pred").glob("scene_graph_*.png")] == [f"scene_graph_{test_ids[0]}.png"]
 
 
 def _tiny_module(tmp_path, protocol, pooled=False):

@@ -4,7 +4,6 @@ evaluation with the scene-graph recall metrics; prediction to JSON (and drawings
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -39,9 +38,9 @@ class SHAGCLModule(pl.LightningModule):
         recall_ks: K of R@K / mR@K.
         report_dir: where ``test`` writes the per-predicate recall CSV and PNG (null: the trainer's log_dir or
             default_root_dir).
-        predict_dir: where ``predict`` writes scene_graphs.json and drawings (null: default_root_dir/predictions).
         predict_top_k: triplets kept per image in predictions.
-        draw_images: how many predicted scene graphs to draw as PNG.
+        draw_images: how many predicted scene graphs (the first of each process) ``predict`` draws as PNG, beside
+            its JSON-lines file (``--predictions.path``).
     """
 
     checkpoint_monitor = "val/mR@100"
@@ -61,14 +60,13 @@ class SHAGCLModule(pl.LightningModule):
         max_lr_reductions: int = 3,
         recall_ks: tuple[int, ...] = (20, 50, 100),
         report_dir: str | None = None,
-        predict_dir: str | None = None,
         predict_top_k: int = 20,
         draw_images: int = 1,
     ) -> None:
         super().__init__()
         # output locations are not stored in checkpoints: LightningCLI would restore them over the command line
-        self.save_hyperparameters(ignore=["report_dir", "predict_dir", "predict_top_k", "draw_images"])
-        self.report_dir, self.predict_dir = report_dir, predict_dir
+        self.save_hyperparameters(ignore=["report_dir", "predict_top_k", "draw_images"])
+        self.report_dir = report_dir
         self.predict_top_k, self.draw_images = predict_top_k, draw_images
         self.config = config or SHAGCLConfig()
         if 100 not in recall_ks and self.checkpoint_monitor == "val/mR@100":
@@ -82,7 +80,7 @@ class SHAGCLModule(pl.LightningModule):
         self.object_names = [f"object{i}" for i in range(self.config.num_obj_classes)]
         self.register_buffer("seen_triplets", torch.zeros(0, dtype=torch.bool), persistent=False)
         self.lr_scale, self.best_metric, self.bad_validations, self.lr_reductions = 1.0, -math.inf, 0, 0
-        self._predictions: list[dict] = []
+        self._to_draw: list[dict] = []  # the first predicted graphs of this process, drawn at the end
 
     # ------------------------------------------------------------------ set-up from the training statistics
     def setup(self, stage: str) -> None:
@@ -277,22 +275,30 @@ class SHAGCLModule(pl.LightningModule):
                     ],
                 }
             )
-        self._predictions.extend(graphs)
+        self._to_draw.extend(graphs[: max(self.draw_images - len(self._to_draw), 0)])
         return graphs
 
+    def prediction_rows(self, prediction: list[dict]) -> list[dict]:
+        """``shagcl predict``'s JSON lines (:mod:`mmzoo.predict`): one scene graph per image, as
+        :meth:`predict_step` builds it (README, Quickstart)."""
+        return prediction
+
+    def on_predict_epoch_start(self) -> None:
+        self._to_draw = []
+
     def on_predict_epoch_end(self) -> None:
+        from mmzoo.predict import PredictionWriter
+
         from shagcl.drawing import draw_scene_graph
 
-        out_dir = Path(self.predict_dir or Path(self.trainer.default_root_dir) / "predictions")
-        out_dir.mkdir(parents=True, exist_ok=True)
-        path = out_dir / "scene_graphs.json"
-        path.write_text(json.dumps(self._predictions, indent=1))
+        writer = next((c for c in self.trainer.callbacks if isinstance(c, PredictionWriter)), None)
+        if writer is None or not self._to_draw:
+            return
         dm = self.trainer.datamodule
         image_root = Path(dm.hparams.data_root) / ("vg" if dm.hparams.dataset == "vg150" else "gqa") if dm else None
-        for graph in self._predictions[: self.draw_images]:
-            draw_scene_graph(graph, out_dir / f"scene_graph_{graph['image_id']}.png", image_root)
-        rank_zero_info(f"shagcl: {len(self._predictions)} scene graphs written to {path}")
-        self._predictions = []
+        for graph in self._to_draw:
+            draw_scene_graph(graph, writer.written.parent / f"scene_graph_{graph['image_id']}.png", image_root)
+        self._to_draw = []
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self):
