@@ -95,3 +95,14 @@ def test_several_processes_write_each_item_once(tmp_path):
     ds.setup()
     expected = sorted(map(tuple, ds.ds.tensors[0].tolist()))
     assert sorted(map(tuple, x.tolist())) == expected
+
+
+class NoArraysToy(RowsToy):
+    def prediction_arrays(self, prediction):
+        return {}  # e.g. a task of a multi-task module without embeddings
+
+
+def test_no_tensor_file_when_no_arrays(tmp_path):
+    root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
+    run_cli(NoArraysToy, ToyData, "toypkg", args=["predict", "--config", "demo", *root])
+    assert len(_read(tmp_path / "predictions.jsonl")) == 32 and not (tmp_path / "predictions.pt").exists()

@@ -15,7 +15,7 @@ keeping every batch's output in memory (``return_predictions: false``)::
             return {"logits": prediction["logits"]}
 
 Files: ``<path>`` (default ``predictions.jsonl`` in ``trainer.log_dir``, else ``trainer.default_root_dir``) and,
-when the module has ``prediction_arrays``, ``<path without suffix>.pt``: a ``torch.save`` dict of float/int tensors
+when the module's ``prediction_arrays`` gives tensors, ``<path without suffix>.pt``: a ``torch.save`` dict of float/int tensors
 whose row ``i`` belongs to line ``i`` of the JSON-lines file (load it with ``torch.load(..., weights_only=True)``).
 Under several processes rank ``r`` writes ``<stem>.rank<r>.jsonl`` (and ``.rank<r>.pt``): Lightning gives each
 predicted item to exactly one process, so every item is in exactly one file.
@@ -113,7 +113,7 @@ class PredictionWriter(BasePredictionWriter):
         self._fh.close()
         self._fh = None
         message = f"predict: {self._rows} rows written to {self.written}"
-        if hasattr(pl_module, "prediction_arrays"):
+        if self._arrays:  # prediction_arrays gave tensors (a multi-task module may give none for some tasks)
             self.arrays_written = self.written.with_suffix(".pt")
             torch.save({k: torch.cat(v) for k, v in self._arrays.items()}, self.arrays_written)
             self._arrays = {}
