@@ -208,6 +208,23 @@ class _CounterfactualDataset(Dataset):
     def __len__(self) -> int:
         return len(self._rows)
 
+    def describe(self, index: int) -> dict[str, Any]:
+        """What identifies item ``index``: ``source_row`` (its row in the parquet shards, read in name order),
+        ``image`` (the image's file name stored in the parquet; None when only its bytes are), ``counterfactual_set``,
+        ``concept`` and ``attributes`` (type → value, None when unknown)."""
+        record = self._table[self._rows[index]]["image"]
+        attrs = self.attribute_ids[index].tolist()
+        return {
+            "source_row": self._rows[index],
+            "image": record.get("path") or None,
+            "counterfactual_set": self.counterfactual_sets[index],
+            "concept": self.concepts[int(self.concept_ids[index])],
+            "attributes": {
+                t: (self.attribute_values[j][a] if a >= 0 else None)
+                for j, (t, a) in enumerate(zip(self.attribute_types, attrs))
+            },
+        }
+
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         row = self._rows[index]
         record = self._table[row]["image"]
@@ -842,6 +859,8 @@ class DebiasDataModule(pl.LightningDataModule):
             self.train_sampler = ResampledEpochSampler(len(self.train_set), hp.seed)
         if stage in ("fit", "validate", None):
             self._eval["val"] = [(hp.dataset, self._counterfactual("val"))]
+        if stage == "predict" and "predict" not in self._eval:  # the test split of the training dataset
+            self._eval["predict"] = [(hp.dataset, self._counterfactual("test"))]
         if stage in ("test", None):
             root, fairface, cmsc = self._roots()
             sets: list[tuple[str, Dataset]] = [(hp.dataset, self._counterfactual("test"))]
@@ -917,6 +936,10 @@ class DebiasDataModule(pl.LightningDataModule):
 
     def test_dataloader(self) -> list[DataLoader]:
         return [self._loader(ds, self.hparams.eval_batch_size) for _, ds in self._eval["test"]]
+
+    def predict_dataloader(self) -> DataLoader:
+        """The test split of ``data.dataset`` (FairFace and CMSC are bias tests only)."""
+        return self._loader(self._eval["predict"][0][1], self.hparams.eval_batch_size)
 
     def probe_dataloader(self) -> DataLoader:
         """The training images used to re-estimate Skew each epoch (spec §3.3): a fixed random subset of size

@@ -488,9 +488,41 @@ class ASDModule(pl.LightningModule):
             for key, value in self.evaluate_general().items():
                 self.log(f"test/general/{key}", value, sync_dist=True)
 
-    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any]:
-        """Greedy answers to the batch's instructions (spec §3.7)."""
-        return {"index": batch["index"], "answer": self.mllm.generate_answers(batch["image"], batch["instruction"])}
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Any] | None:
+        """Greedy answers to the batch's instructions (spec §3.7): ``index`` (B,) dataset indices, ``answer`` (the
+        generated texts), ``instruction`` and ``reference`` (the dataset's answer: the concept or the caption).
+        None for a batch whose images were all skipped as corrupt."""
+        if batch["image"].shape[0] == 0:
+            return None
+        return {
+            "index": batch["index"],
+            "answer": self.mllm.generate_answers(batch["image"], batch["instruction"]),
+            "instruction": list(batch["instruction"]),
+            "reference": list(batch["answer"]),
+        }
+
+    def prediction_rows(self, prediction: dict[str, Any]) -> list[dict[str, Any]]:
+        """One row per image of the predict split (the test split of ``data.dataset``): ``index`` (its index in that
+        split), what the dataset's ``describe`` gives (``source_row``: its row in the parquet shards; ``image``: the
+        image file name stored there, null when only bytes are; ``counterfactual_set``; ``concept``; ``attributes``,
+        type → value), ``instruction`` (the prompt's question), ``reference`` (the dataset's answer: the concept, or
+        the caption in ``caption`` mode) and ``answer`` (the greedy generation)."""
+        loaders = self._trainer.predict_dataloaders if self._trainer is not None else None
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if len(loaders) == 1 else None
+        describe = getattr(getattr(loaders, "dataset", None), "describe", None)
+        rows = []
+        for i, instruction, reference, answer in zip(
+            prediction["index"].tolist(),
+            prediction.get("instruction", [None] * len(prediction["answer"])),
+            prediction.get("reference", [None] * len(prediction["answer"])),
+            prediction["answer"],
+            strict=True,
+        ):
+            row = {"index": i, **(describe(i) if describe is not None else {})}
+            row.update(instruction=instruction, reference=reference, answer=answer)
+            rows.append(row)
+        return rows
 
     def _generate_answers(self, images: torch.Tensor, instructions: list[str], max_new_tokens: int) -> list[str]:
         return self.mllm.generate_answers(images, instructions, max_new_tokens)

@@ -504,7 +504,8 @@ class PretrainDataset(_VideoTextBase):
 
     Item: frames (T, 3, H, W) float; input_ids, attention_mask (L,) raw caption; mlm_input_ids, mlm_labels (L,)
     (data-side MSSM or MLM masking); neg_input_ids, neg_attention_mask (L,) an unmasked caption of another clip
-    (ITM negative; "this is a dummy text" after 3 failed draws); video_index ().
+    (ITM negative; "this is a dummy text" after 3 failed draws); video_index (); text_index () the annotation line
+    (position in ``rows``) whose caption was drawn.
     """
 
     def __init__(
@@ -538,10 +539,12 @@ class PretrainDataset(_VideoTextBase):
         self.asr_root = None if asr_root is None else self.root / asr_root
         if self.asr_root is not None and not self.asr_root.is_dir():
             raise FileNotFoundError(f"data.asr_root={asr_root!r}: {str(self.asr_root)!r} is not a folder; {HINT}")
-        groups: dict[tuple, list[dict]] = {}
-        for r in self.rows:
-            groups.setdefault((r["clip_name"], r.get("start"), r.get("end"), r.get("type", "video")), []).append(r)
-        self.groups = [(k, sorted(v, key=lambda r: r.get("sen_id", 0))) for k, v in groups.items()]
+        groups: dict[tuple, list[int]] = {}
+        for n, r in enumerate(self.rows):
+            groups.setdefault((r["clip_name"], r.get("start"), r.get("end"), r.get("type", "video")), []).append(n)
+        # per group, its annotation lines (positions in ``rows``) ordered by sen_id, and those lines themselves
+        self.group_lines = [sorted(v, key=lambda n: self.rows[n].get("sen_id", 0)) for v in groups.values()]
+        self.groups = [(k, [self.rows[n] for n in lines]) for k, lines in zip(groups, self.group_lines)]
         self.images = self.root / (images_root or DATASETS[dataset]["images"])
         if any(k[3] == "image" for k, _ in self.groups) and not self.images.is_dir():
             raise FileNotFoundError(
@@ -587,11 +590,12 @@ class PretrainDataset(_VideoTextBase):
 
     def _item(self, index: int) -> dict | None:
         rng = self._rng(index)
-        key, rows = self.groups[index]
+        key = self.groups[index][0]
         frames = self._visual(key, rng)
         if frames is None:
             return None
-        caption = rng.choice(rows)["caption"]
+        line = rng.choice(self.group_lines[index])
+        caption = self.rows[line]["caption"]
         if not caption.strip() and self.asr_root is not None:
             caption = self.asr_caption(key[0], key[1], key[2])
         item = self.processor(caption, self.train, rng, mask=True)
@@ -607,6 +611,7 @@ class PretrainDataset(_VideoTextBase):
             neg_input_ids=neg_ids["input_ids"],
             neg_attention_mask=neg_ids["attention_mask"],
             video_index=torch.tensor(index),
+            text_index=torch.tensor(line),
         )
         return item
 

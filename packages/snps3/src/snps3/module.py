@@ -422,18 +422,120 @@ class SNPS3Module(pl.LightningModule):
     def test_step(self, batch: dict | None, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        """qa: predicted answer index; mc: predicted option; retrieval/pretrain: level-1 text and clip embeddings."""
+    def predict_step(self, batch: dict | None, batch_idx: int) -> dict[str, torch.Tensor] | None:
+        """qa: predicted answer index ``answer`` (B,); mc: predicted option ``option`` (B,); retrieval/pretrain:
+        level-1 ``text_embed`` (one per caption line: N_lines, D) and ``clip_embed`` (B, T, D). Every task also
+        returns the dataset index of each item ``item_index`` (B,) and ``unreadable`` (B,) when the batch has them
+        (evaluation items), and the caption lines' ``text_index`` (and per item ``num_captions`` in retrieval)."""
+        if batch is None:
+            return None
         task = self.hparams.task
+        out = {k: batch[k] for k in ("item_index", "unreadable") if k in batch}
         if task == "qa":
-            return {"answer": self.qa_forward(batch).argmax(-1)}
+            return {**out, "answer": self.qa_forward(batch).argmax(-1)}
         if task == "mc":
-            return {"option": self.mc_scores(batch).argmax(-1)}
+            return {**out, "option": self.mc_scores(batch).argmax(-1)}
         m = self.model
+        out.update({k: batch[k] for k in ("text_index", "num_captions") if k in batch})
         return {
+            **out,
             "text_embed": m.text_embed(m.encode_text(batch["input_ids"], batch["attention_mask"])),
             "clip_embed": m.clip_embed(m.encode_visual(batch["frames"], batch.get("pad_mask"))),
         }
+
+    def _predict_dataset(self):
+        """The dataset ``predict`` reads (for names and ids), or None when it cannot be found."""
+        trainer = self._trainer
+        loaders = trainer.predict_dataloaders if trainer is not None else None
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0] if len(loaders) == 1 else None
+        return getattr(loaders, "dataset", None)
+
+    def _lines_per_item(self, prediction: dict) -> list[int]:
+        """Caption lines of each item of a retrieval/pretrain prediction (1 per item without ``num_captions``)."""
+        b = len(prediction["clip_embed"])
+        return prediction["num_captions"].tolist() if "num_captions" in prediction else [1] * b
+
+    def prediction_rows(self, prediction: dict) -> list[dict]:
+        """One row per item of the predict split (the ``test`` annotation files), in loader order.
+
+        Every row has ``item_index`` (the item's index in the predict dataset), ``unreadable`` (true: its video
+        could not be read under ``data.on_corrupt: skip`` and it was predicted from blank frames) and
+        ``clip_name`` (the annotation's video or image name). Names come from the predict dataset; when it cannot
+        be found, only the indices are written.
+
+        * ``qa`` (one row per question line): ``question`` (the line's ``caption``), ``answer_index`` (arg-max of
+          the answer logits) and ``answer`` (that answer's string in ``data.answer_list``; null without one).
+        * ``mc`` (one row per question line): ``qid`` (the line's, null if absent), ``option_index`` (the arg-max
+          option of the ``sim_head`` scores) and ``option`` (its text).
+        * ``retrieval`` (one row per video; its caption lines are those of the annotation files that name it):
+          ``text_index`` (the caption lines, positions in the concatenated annotation lines) and ``captions``
+          (their texts); the embeddings are in :meth:`prediction_arrays`.
+        * ``pretrain`` (one row per clip, segment or image): ``start``, ``end``, ``type`` of the group,
+          ``text_index`` (the annotation line whose caption was encoded) and ``caption`` (its text: empty when
+          the line's caption was empty, in which case ASR text was encoded if ``data.asr_root`` is set).
+        """
+        ds = self._predict_dataset()
+        task = self.hparams.task
+        b = len(prediction["answer" if task == "qa" else "option" if task == "mc" else "clip_embed"])
+        idx = prediction["item_index"].tolist() if "item_index" in prediction else [None] * b
+        unreadable = prediction["unreadable"].tolist() if "unreadable" in prediction else [None] * b
+        lines = prediction["text_index"].tolist() if "text_index" in prediction else [None] * b
+        counts = [1] * b if task in ("qa", "mc") else self._lines_per_item(prediction)
+        starts = [sum(counts[:j]) for j in range(b)]
+        known = getattr(ds, "rows", None) is not None and None not in idx
+        answer_names = {v: k for k, v in getattr(ds, "answers", {}).items()}
+        out = []
+        for j, i in enumerate(idx):
+            row = {"item_index": i}
+            own = lines[starts[j] : starts[j] + counts[j]]
+            if task == "qa":
+                a = int(prediction["answer"][j])
+                if known:
+                    row.update(clip_name=ds.rows[i]["clip_name"], question=ds.rows[i]["caption"])
+                row.update(unreadable=unreadable[j], answer_index=a, answer=answer_names.get(a))
+            elif task == "mc":
+                o = int(prediction["option"][j])
+                if known:
+                    row.update(qid=ds.rows[i].get("qid"), clip_name=ds.rows[i]["clip_name"])
+                row.update(unreadable=unreadable[j], option_index=o)
+                if known:
+                    row["option"] = ds.rows[i]["options"][o]
+            elif task == "retrieval":
+                if known and hasattr(ds, "videos"):
+                    row["clip_name"] = ds.videos[i]
+                row.update(unreadable=unreadable[j], text_index=own)
+                if known and None not in own:
+                    row["captions"] = [ds.rows[t]["caption"] for t in own]
+            else:
+                if known and hasattr(ds, "groups"):
+                    row.update(zip(("clip_name", "start", "end", "type"), ds.groups[i][0]))
+                row.update(unreadable=unreadable[j], text_index=own[0])
+                if known and own[0] is not None:
+                    row["caption"] = ds.rows[own[0]]["caption"]
+            out.append(row)
+        return out
+
+    def prediction_arrays(self, prediction: dict) -> dict[str, torch.Tensor]:
+        """Level-1 embeddings, row ``i`` belonging to JSON line ``i`` (retrieval and pretrain; nothing for qa, mc).
+
+        ``clip_embed`` (N, T, D): the L2-normalised clip embeddings ``v`` of the item's T frames. ``text_embed``:
+        pretrain (N, D), the encoded caption's ``t``; retrieval (N, K, D), the ``t`` of the video's caption lines in
+        the row's ``text_index`` order, K the most caption lines any video of the predict dataset has, and the
+        rows past a video's own lines NaN.
+        """
+        if self.hparams.task not in ("retrieval", "pretrain"):
+            return {}
+        text, clips = prediction["text_embed"], prediction["clip_embed"]
+        if self.hparams.task == "pretrain":
+            return {"text_embed": text, "clip_embed": clips}
+        counts = self._lines_per_item(prediction)
+        by_video = getattr(self._predict_dataset(), "lines_by_video", None)
+        k = max(map(len, by_video.values())) if by_video else max(counts)
+        padded = text.new_full((len(counts), k, text.shape[-1]), float("nan"))
+        for b, part in enumerate(text.split(counts)):
+            padded[b, : len(part)] = part
+        return {"text_embed": padded, "clip_embed": clips}
 
     # ------------------------------------------------------------------------------------ N×N retrieval evaluation
     def on_validation_epoch_start(self) -> None:
