@@ -1,3 +1,4 @@
+import json
 import math
 from types import SimpleNamespace
 
@@ -6,10 +7,11 @@ import torch
 
 import radartag.module
 from radartag.cli import main
-from radartag.data import KwaiTagDataModule
+from radartag.data import GraphCollator, KwaiTagDataModule, read_kwai_files
 from radartag.losses import RadarLoss
 from radartag.models import Radar, RadarConfig
 from radartag.module import RadarModule
+from radartag.sampler import BlockSampler
 from radartag.synthetic import SyntheticKwaiConfig
 
 
@@ -29,6 +31,29 @@ def test_fit_validate_test_tiny(tmp_path):
     m = cli.trainer.callback_metrics
     for key in ("test/sample_mAP", "test/label_mAP", "test/P@1", "test/P@3", "test/R@5", "test/R@10"):
         assert 0.0 <= float(m[key]) <= 1.0, key
+
+
+def test_predict_writes_a_row_per_test_video(tmp_path):
+    out = tmp_path / "p.jsonl"
+    cli = main(args=["predict", *_args(tmp_path), "--model.predict_top_k", "5", "--predictions.path", str(out)])
+    rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    files = read_kwai_files(tmp_path / "data", "tiny")
+    truth = {pid: sorted(set(tags)) for pid, tags in files.videos["test"]}
+    assert len(rows) == len(truth) > 0 and sorted(r["pid"] for r in rows) == sorted(truth)  # each test video once
+    # recompute every test video in one batch of the reversed split (full neighbourhoods: deterministic)
+    dm, model = cli.datamodule, cli.model.eval()
+    g = dm.graph("test")
+    nodes = torch.arange(g["video"].num_nodes - 1, g["video"].num_train - 1, -1)
+    batch = GraphCollator(g, BlockSampler(g, dm.relations, 2, -1), dm.num_tags)(nodes.tolist())
+    with torch.no_grad():
+        prob = dict(zip(g["video"].pid[nodes].tolist(), torch.sigmoid(model(batch).scores)))
+    for row in rows:
+        p = prob[row["pid"]]
+        expected = torch.argsort(p, stable=True).flip(0)[:5]
+        assert [t["tag"] for t in row["top_tags"]] == expected.tolist()
+        assert [t["prob"] for t in row["top_tags"]] == pytest.approx(p[expected].tolist(), abs=1e-5)
+        assert [t["name"] for t in row["top_tags"]] == [files.tags[t] for t in expected.tolist()]
+        assert row["labels"] == truth[row["pid"]] and row["label_names"] == [files.tags[t] for t in row["labels"]]
 
 
 def test_loss_falls_on_repeated_batch(tmp_path):

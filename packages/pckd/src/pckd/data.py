@@ -3,7 +3,9 @@
 Every training sample is an image with V views (spec §3.1): V = 4 gives the rotations by 0°, 90°, 180°, 270°
 (``torch.rot90(x, k, dims=(-2, -1))``), each view cropped independently after one shared horizontal flip.
 Batches are dicts ``{"image": (B, V, C, H, W) float, "label": (B,) long}`` for training and
-``{"image": (B, C, H, W), "label": (B,)}`` for evaluation (un-rotated, no augmentation).
+``{"image": (B, C, H, W), "label": (B,)}`` for evaluation (un-rotated, no augmentation), plus what identifies each
+image: ``"index"`` (B,) its position in the split, and ``"path"`` (ImageNet: list of file paths relative to
+``data_root``) or ``"digits_index"`` (digits: (B,) rows of ``sklearn.datasets.load_digits``).
 """
 
 from __future__ import annotations
@@ -89,7 +91,9 @@ class CIFAR100Dataset(Dataset):
     ``uoft-cs/cifar100``) or a local parquet file/folder, read through ``datasets`` (columns ``img`` and
     ``fine_label``).
 
-    Item: ``{"image": (V, 3, 32, 32) float if train else (3, 32, 32), "label": long}``.
+    Item: ``{"image": (V, 3, 32, 32) float if train else (3, 32, 32), "label": long, "index": long}`` (``index``:
+    the row of the split's pickle or parquet table). ``class_names``: the fine label names (meta, or the HF
+    ``fine_label`` feature), None when unknown.
     """
 
     def __init__(
@@ -102,8 +106,9 @@ class CIFAR100Dataset(Dataset):
     ) -> None:
         self.train, self.num_views = train, num_views
         self.num_classes = 100
+        self.class_names: list[str] | None = None
         if hf_dataset:
-            self.images, self.labels = _load_hf_cifar(hf_dataset, split)
+            self.images, self.labels, self.class_names = _load_hf_cifar(hf_dataset, split)
         else:
             folder = Path(data_root) / "cifar-100-python"
             for name in ("train", "test", "meta"):
@@ -144,10 +149,10 @@ class CIFAR100Dataset(Dataset):
             image = make_views(image, self.num_views, True, 4, CIFAR100_MEAN, CIFAR100_STD)  # (V, 3, 32, 32)
         else:
             image = _normalize(image, CIFAR100_MEAN, CIFAR100_STD)
-        return {"image": image, "label": self.labels[idx]}
+        return {"image": image, "label": self.labels[idx], "index": torch.tensor(idx)}
 
 
-def _load_hf_cifar(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_hf_cifar(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor, list[str] | None]:
     """Read CIFAR-100 through ``datasets``: a hub id (from the local cache unless online) or parquet files."""
     try:
         import datasets
@@ -165,14 +170,17 @@ def _load_hf_cifar(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         if key not in ds.column_names:
             raise KeyError(f"data.hf_dataset={name!r}: missing column {key!r} (have {ds.column_names})")
     images = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1) for im in ds["img"]])
-    return images, torch.as_tensor(ds["fine_label"], dtype=torch.long)  # (N, 3, 32, 32) uint8, (N,)
+    names = getattr(ds.features["fine_label"], "names", None)  # a ClassLabel feature knows its names
+    return images, torch.as_tensor(ds["fine_label"], dtype=torch.long), names  # (N, 3, 32, 32) uint8, (N,)
 
 
 class ImageNetDataset(Dataset):
     """ILSVRC-2012 in ImageFolder layout (spec §4.3): ``<data_root>/{train,val}/<wnid>/*.JPEG``.
 
     Reconstruction: training = RandomResizedCrop(224) + flip once per image, then the V rotations;
-    evaluation = resize 256 → centre crop 224. Item as :class:`CIFAR100Dataset` with 224×224 images.
+    evaluation = resize 256 → centre crop 224. Item as :class:`CIFAR100Dataset` with 224×224 images, plus
+    ``"path"``: the image file relative to ``data_root`` (``val/<wnid>/<name>.JPEG``); ``index`` is the position in
+    ImageFolder's sorted order. ``class_names``: the wnids (folder names), in class-index order.
     """
 
     def __init__(self, data_root: str, split: Literal["train", "val"], train: bool, num_views: int = 4) -> None:
@@ -192,6 +200,8 @@ class ImageNetDataset(Dataset):
             tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
         self.folder = ImageFolder(str(folder), transform=tf)
         self.num_classes = len(self.folder.classes)
+        self.class_names = list(self.folder.classes)
+        self.data_root = Path(data_root)
         self.train, self.num_views = train, num_views
 
     def __len__(self) -> int:
@@ -203,7 +213,9 @@ class ImageNetDataset(Dataset):
             image = make_views(image, self.num_views, False, 0, IMAGENET_MEAN, IMAGENET_STD)  # (V, 3, 224, 224)
         else:
             image = _normalize(image, IMAGENET_MEAN, IMAGENET_STD)
-        return {"image": image, "label": torch.tensor(label, dtype=torch.long)}
+        path = Path(self.folder.samples[idx][0]).relative_to(self.data_root).as_posix()
+        return {"image": image, "label": torch.tensor(label, dtype=torch.long), "index": torch.tensor(idx),
+                "path": path}  # fmt: skip
 
 
 def digits_splits(seed: int = 0) -> dict[str, np.ndarray]:
@@ -228,8 +240,11 @@ class DigitsDataset(Dataset):
     """scikit-learn's bundled 8×8 ``digits`` (no download), pixels scaled to [0, 1], one channel.
 
     ``label_noise`` > 0 flips that fraction of labels to a different random class (training split only;
-    ``noisy_mask`` marks them). Item: ``{"image": (V, 1, 8, 8) if train else (1, 8, 8), "label", "index"}``.
+    ``noisy_mask`` marks them). Item: ``{"image": (V, 1, 8, 8) if train else (1, 8, 8), "label", "index",
+    "digits_index"}``: ``index`` is the position in the split, ``digits_index`` the row of ``load_digits()``.
     """
+
+    class_names = None  # the class index is the digit
 
     def __init__(
         self,
@@ -246,6 +261,7 @@ class DigitsDataset(Dataset):
         idx = digits_splits(split_seed)[split]
         self.images = torch.as_tensor(digits.images[idx], dtype=torch.float32)[:, None] / 16.0  # (N, 1, 8, 8)
         self.labels = torch.as_tensor(digits.target[idx], dtype=torch.long)  # (N,)
+        self.rows = torch.as_tensor(idx, dtype=torch.long)  # (N,) rows of load_digits()
         self.noisy_mask = torch.zeros(len(idx), dtype=torch.bool)
         if label_noise > 0:
             g = torch.Generator().manual_seed(noise_seed)
@@ -262,7 +278,7 @@ class DigitsDataset(Dataset):
         image = self.images[idx]  # (1, 8, 8)
         if self.train:
             image = make_views(image, self.num_views, False, 0, None, None)  # (V, 1, 8, 8)
-        return {"image": image, "label": self.labels[idx], "index": torch.tensor(idx)}
+        return {"image": image, "label": self.labels[idx], "index": torch.tensor(idx), "digits_index": self.rows[idx]}
 
 
 class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
@@ -356,6 +372,11 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
             self.datasets["test"] = self._build(self.test_split, train=False)
         if stage == "predict":
             self.datasets["predict"] = self._build(self.test_split, train=False)
+
+    def class_names(self, split: str = "predict") -> list[str] | None:
+        """Names of the class indices as the split's files give them (CIFAR-100 meta / HF feature, ImageNet wnids);
+        None for digits, or when the split is not set up."""
+        return getattr(self.datasets.get(split), "class_names", None)
 
     def _loader(self, key: str, train: bool) -> DataLoader:
         """Evaluation loaders (val/test/predict) under several processes give each image to exactly one process:

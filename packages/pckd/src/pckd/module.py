@@ -321,9 +321,53 @@ class PCKDModule(pl.LightningModule):
             self.test_acc5.reset()
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict[str, torch.Tensor]:
+        """Student predictions of the un-rotated images: ``pred`` (B,), ``prob`` (B, K) softmax, ``label`` (B,), and
+        the batch's identities ``index`` (B,) plus ``path`` (ImageNet) or ``digits_index`` (digits) when present."""
         image = batch["image"][:, 0] if batch["image"].dim() == 5 else batch["image"]
         logits = self.student(image)
-        return {"pred": logits.argmax(dim=1), "prob": logits.softmax(dim=1), "label": batch["label"]}
+        out = {"pred": logits.argmax(dim=1), "prob": logits.softmax(dim=1), "label": batch["label"]}
+        for key in ("index", "path", "digits_index"):
+            if key in batch:
+                out[key] = batch[key]
+        return out
+
+    def prediction_rows(self, prediction: dict) -> list[dict]:
+        """One row per image of a predicted batch (what ``pckd predict`` writes, one JSON line each):
+
+        - ``index``: the image's position in the predicted split (CIFAR-100: the row of the test pickle or parquet
+          table; ImageNet: the position in ImageFolder's sorted file order; digits: the position in the split);
+        - ``path`` (ImageNet only): the image file relative to ``data.data_root``, e.g. ``val/<wnid>/<name>.JPEG``;
+        - ``digits_index`` (digits only): the row of ``sklearn.datasets.load_digits()``;
+        - ``pred``: the predicted class index (argmax of the student's logits) and ``pred_name`` its name;
+        - ``top5``: the five most probable classes (fewer when there are fewer classes), most probable first, each
+          ``{"class": index, "name": name, "prob": softmax probability}``;
+        - ``label``: the split's label of the image and ``label_name`` its name.
+
+        Names (``pred_name``, ``label_name``, ``name``) come from the data (CIFAR-100 fine label names, ImageNet
+        wnids) and are left out where it has none (digits, or predict without a datamodule).
+        """
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        names = dm.class_names("predict") if hasattr(dm, "class_names") else None
+        prob = prediction["prob"].detach().float().cpu()  # (B, K)
+        top_p, top_c = prob.topk(min(5, prob.shape[1]), dim=1)  # (B, 5)
+        preds, labels = prediction["pred"].tolist(), prediction["label"].tolist()
+        ids = {key: prediction[key] for key in ("index", "path", "digits_index") if key in prediction}
+        ids = {key: list(v) if isinstance(v, (list, tuple)) else v.tolist() for key, v in ids.items()}
+        rows = []
+        for i in range(len(preds)):
+            row = {key: v[i] for key, v in ids.items()}
+            row["pred"] = preds[i]
+            if names:
+                row["pred_name"] = names[preds[i]]
+            row["top5"] = [
+                {"class": c, **({"name": names[c]} if names else {}), "prob": p}
+                for c, p in zip(top_c[i].tolist(), top_p[i].tolist())
+            ]
+            row["label"] = labels[i]
+            if names:
+                row["label_name"] = names[labels[i]]
+            rows.append(row)
+        return rows
 
     # ----------------------------------------------------------------- optimizer (spec §3.9)
     def trainable_modules(self) -> list[nn.Module]:

@@ -213,7 +213,8 @@ def dense_labels(graph: HeteroData, videos: torch.Tensor, num_tags: int) -> torc
 
 @dataclass
 class GraphBatch:
-    """A sampled mini-batch: input features of layer 0's source sets, the blocks, tag ids and dense labels (B, K)."""
+    """A sampled mini-batch: input features of layer 0's source sets, the blocks, tag ids and dense labels (B, K);
+    ``pids`` (B,): the batch videos' pids (the ids of the list files), row order of ``labels``."""
 
     video_x: torch.Tensor
     tag_x: torch.Tensor
@@ -221,11 +222,12 @@ class GraphBatch:
     blocks: list
     labels: torch.Tensor
     num_videos: int
+    pids: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> GraphBatch:
         blocks = [(n, {r: e.to(device) for r, e in edges.items()}) for n, edges in self.blocks]
         return GraphBatch(self.video_x.to(device), self.tag_x.to(device), self.tag_ids.to(device), blocks,
-                          self.labels.to(device), self.num_videos)  # fmt: skip
+                          self.labels.to(device), self.num_videos, self.pids)  # fmt: skip
 
 
 class _VideoIds(Dataset):
@@ -248,9 +250,11 @@ class GraphCollator:
     def __call__(self, ids: list[int]) -> GraphBatch:
         videos = torch.tensor(ids, dtype=torch.long)
         s = self.sampler.sample(videos)
+        pids = getattr(self.graph["video"], "pid", None)  # graphs built outside the file readers may have none
         return GraphBatch(
             self.graph["video"].x[s.input_nodes["video"]], self.graph["tag"].x, torch.arange(self.num_tags),
             s.blocks, dense_labels(self.graph, s.batch_videos, self.num_tags), len(s.batch_videos),
+            None if pids is None else pids[s.batch_videos],
         )  # fmt: skip
 
 
@@ -323,6 +327,11 @@ class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
     @property
     def num_tags(self) -> int:
         return self.graph("train")["tag"].num_nodes
+
+    @property
+    def tag_names(self) -> list[str]:
+        """Tag name of every tag id: the label map's lines, then the extra ontology tags."""
+        return self.graph("train")["tag"].names
 
     def setup(self, stage: str | None = None) -> None:
         self.graph("train")

@@ -30,6 +30,7 @@ class RadarModule(pl.LightningModule):
         lambda0 / adv_gamma: λ_p schedule constants (0.01, 20).
         adv_total_step: total_step of the schedule (official steps_per_epoch × 40); null = the trainer's
             estimated stepping batches.
+        predict_top_k: tags per video in the rows ``radartag predict`` writes (see :meth:`prediction_rows`).
     """
 
     checkpoint_monitor = "val/sample_mAP"
@@ -44,9 +45,15 @@ class RadarModule(pl.LightningModule):
         lambda0: float = 0.01,
         adv_gamma: float = 20.0,
         adv_total_step: int | None = None,
+        predict_top_k: int = 10,
     ):
         super().__init__()
-        self.save_hyperparameters()
+        # predict_top_k is a run-time output setting: kept out of the checkpoint's hyperparameters, which LightningCLI
+        # would otherwise apply over the command line of `predict --ckpt_path ...`
+        self.save_hyperparameters(ignore=["predict_top_k"])
+        if predict_top_k < 1:
+            raise ValueError(f"model.predict_top_k={predict_top_k} must be >= 1")
+        self.predict_top_k = predict_top_k
         self.config = config or RadarConfig()
         self.model: Radar | None = Radar(self.config) if self.config.num_tags else None
         self.loss = RadarLoss(bce_weight, lambda0, adv_gamma, adv_total_step)
@@ -129,9 +136,43 @@ class RadarModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_metrics("test", self.test_metrics)
 
-    def predict_step(self, batch: GraphBatch, batch_idx: int) -> torch.Tensor:
-        """Tag probabilities σ(s(v, t)) of the batch videos (B, K)."""
-        return torch.sigmoid(self(batch).scores)
+    def predict_step(self, batch: GraphBatch, batch_idx: int) -> dict[str, torch.Tensor]:
+        """``prob``: tag probabilities σ(s(v, t)) of the batch videos (B, K); ``pid`` (B,): their pids; ``labels``
+        (B, K): their tags in the split's list file (0/1)."""
+        if batch.pids is None:
+            raise ValueError("predict needs the videos' pids: the graph has no video.pid (build it with the data "
+                             "module's readers)")  # fmt: skip
+        return {"pid": batch.pids, "prob": torch.sigmoid(self(batch).scores), "labels": batch.labels}
+
+    def prediction_rows(self, prediction: dict[str, torch.Tensor]) -> list[dict]:
+        """One row per video of a predicted batch (what ``radartag predict`` writes, one JSON line each):
+
+        - ``pid``: the video's id in the split's list file (``<pid>.mp4``), also the name of its ``video_feat`` file;
+        - ``top_tags``: the ``model.predict_top_k`` (default 10) most probable tags, most probable first, each
+          ``{"tag": tag id, "name": tag name, "prob": σ(score)}``; every tag node is ranked (label map and extra
+          ontology tags, as in evaluation), ties broken as the P@k / R@k metrics break them (toward the larger id);
+        - ``labels``: the tag ids the split's list file gives the video (ascending), ``label_names`` their names.
+
+        Tag ids are line indices of ``label_map_kwai_<v>.txt`` (then the extra ontology tags); names come from the
+        datamodule and are left out when predict runs without one.
+        """
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        names = getattr(dm, "tag_names", None)
+        prob = prediction["prob"].detach().float().cpu()  # (B, K)
+        k = min(self.predict_top_k, prob.shape[1])
+        top = torch.argsort(prob, dim=1, stable=True).flip(1)[:, :k]  # (B, k) the metrics' ranking
+        top_p = torch.gather(prob, 1, top)
+        labels = prediction["labels"].detach().cpu() > 0  # (B, K)
+        rows = []
+        for i, pid in enumerate(prediction["pid"].tolist()):
+            tags = [{"tag": t, **({"name": names[t]} if names else {}), "prob": p}
+                    for t, p in zip(top[i].tolist(), top_p[i].tolist())]  # fmt: skip
+            true = labels[i].nonzero().flatten().tolist()
+            row = {"pid": pid, "top_tags": tags, "labels": true}
+            if names:
+                row["label_names"] = [names[t] for t in true]
+            rows.append(row)
+        return rows
 
     def configure_optimizers(self):
         """AdamW with a constant learning rate (official, spec §3.7), over the trainable parameters (the modules an
