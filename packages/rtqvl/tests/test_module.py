@@ -260,3 +260,85 @@ def test_every_trainable_parameter_gets_a_gradient(vision):
     mod = _quiet(RTQModule(tiny_config(vision=tiny_vision(**vision), queue_size=8)))
     mod.training_step(_retrieval_batch(), 0).backward()
     assert [n for n, p in mod.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+@pytest.fixture(scope="module")
+def predict_root(tmp_path_factory):
+    """One synthetic video store (6 test clips) annotated for every task in the official formats."""
+    import json
+    import shutil
+
+    from rtqvl.synthetic import write_order_dataset
+
+    root = write_order_dataset(tmp_path_factory.mktemp("rtq_predict"), 2, 6)
+    ret = root / "txt_db" / "msrvtt_retrieval" / "test.jsonl"
+    videos = [json.loads(line)["clip_name"] for line in ret.read_text().splitlines()]
+    (root / "txt_db" / "msrvtt_caption").mkdir(parents=True)
+    shutil.copy(ret, root / "txt_db" / "msrvtt_caption" / "test.jsonl")  # {"clip_name", "caption"} reads as refs
+    qa = [
+        {"video": f"{v}.mp4", "question": f"What is {w}?", "answer": w, "question_id": 900 + k}
+        for k, (v, w) in enumerate(zip([*videos, videos[0]], ["red", "blue", "left", "top", "green", "two", "dog"]))
+    ]  # 7 questions: the first video has two
+    nextqa = [
+        {"video": v, "qid": 50 + k, "type": "TN" if k % 2 else "CW", "question": f"what happens {k}", "answer": k % 5}
+        | {f"a{c}": f"event {c} of clip {k}" for c in range(5)}
+        for k, v in enumerate(videos)
+    ]
+    for folder, name, rows in (("msrvtt_qa", "qa_test.json", qa), ("nextqa", "test.json", nextqa)):
+        (root / "annotations" / folder).mkdir(parents=True)
+        (root / "annotations" / folder / name).write_text(json.dumps(rows))
+    return root
+
+
+@pytest.mark.parametrize(
+    ("task", "dataset"),
+    [("retrieval", "msrvtt_retrieval"), ("captioning", "msrvtt_caption"), ("qa", "msrvtt_qa"),
+     ("multiple_choice", "nextqa")],
+)  # fmt: skip
+def test_cli_predict_writes_one_row_per_item(predict_root, tmp_path, task, dataset):
+    import json
+
+    out = tmp_path / "p.jsonl"
+    cli = main(
+        ["predict", "--config", "tiny", "--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false",
+         "--data.data_root", str(predict_root), "--data.dataset", dataset, "--data.video_db", "vis_db/msrvtt",
+         "--data.generate_demo_data", "false", "--data.eval_batch_size", "4", "--model.config.task", task,
+         # init 0.5: at the official 0.02 the random tiny decoders write one text for every video
+         "--model.config.init_std", "0.5", "--predictions.path", str(out)]
+    )  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    has_arrays = task in ("retrieval", "multiple_choice")  # captioning and QA write no tensor file
+    assert (tmp_path / "p.pt").exists() == has_arrays
+    arrays = torch.load(tmp_path / "p.pt", weights_only=True) if has_arrays else {}
+    ds = cli.datamodule.datasets["test"]
+    assert len(rows) == len(ds) == {"qa": 7}.get(task, 6)  # 2 batches
+    assert [r["index"] for r in rows] == list(range(len(ds)))  # each item once, in dataset order
+    m = cli.model.eval().model
+    outputs = set()
+    for i, row in enumerate(rows):
+        item = ds[row["index"]]
+        video = item["video"][None]
+        assert row["video_id"] == item["video_id"]
+        with torch.no_grad():
+            if task == "retrieval":
+                assert (row["video_index"], row["caption"]) == (item["video_index"], item["caption"])
+                ids, mask = m.tokenize([item["caption"]], "cpu")
+                torch.testing.assert_close(arrays["video_feat"][i], m.encode_video(video)[0][0], rtol=0, atol=1e-5)
+                torch.testing.assert_close(arrays["text_feat"][i], m.encode_text(ids, mask)[0], rtol=0, atol=1e-5)
+                outputs.add(tuple(arrays["video_feat"][i].tolist()))
+            elif task == "captioning":
+                assert row["caption"] == m.generate(video)[0]
+                outputs.add(row["caption"])
+            elif task == "qa":
+                assert (row["question_id"], row["question"]) == (item["question_id"], item["question"])
+                assert row["answer"] == m.generate(video, *m.tokenize_question([item["question"]], "cpu"))[0]
+                outputs.add(row["answer"])
+            else:
+                assert (row["qid"], row["type"]) == (item["qid"], item["type"])
+                scores = m(video, *m.tokenize(item["candidates"], "cpu"))[0]
+                torch.testing.assert_close(arrays["scores"][i], scores, rtol=1e-4, atol=1e-4)  # logits up to ~20
+                k = int(scores.argmax())
+                assert (row["choice"], row["candidate"]) == (k, item["candidates"][k])
+                assert row["answer_text"] == item["options"][k] == f"event {k} of clip {row['index']}"
+                outputs.add(k)
+    assert len(outputs) > 1  # the outputs differ between items, so a row paired with the wrong item would show

@@ -1,9 +1,11 @@
 """Fit/validate/test through the CLI on tiny.yaml (spec §8a) and the loss falling on a repeated batch."""
 
+import json
 import math
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from mmzoo.testing import run_distributed
 
@@ -38,6 +40,59 @@ def test_fit_validate_test_tiny(tmp_path):
     cli = main(args=["test", *common, "--ckpt_path", str(ckpt)])
     r1 = float(cli.trainer.callback_metrics["test/t2v_R@1"])
     assert 0.0 <= r1 <= 100.0
+
+
+@pytest.fixture(scope="module")
+def predict_roots(tmp_path_factory):
+    """The tiny digits data in the MSR-VTT layout (one query per video), and an MSVD layout over the same videos with
+    several captions for some videos, listed out of file order."""
+    import pickle
+
+    from shenet.synthetic import write_msrvtt_digits
+
+    msrvtt = write_msrvtt_digits(tmp_path_factory.mktemp("msrvtt"), 2, 6)
+    msvd = tmp_path_factory.mktemp("msvd")
+    captions = {
+        "video7": ["a dim five stays", "a five"],
+        "video3": ["a nine near a three"],
+        "video5": ["an eight appears", "a dim eight", "an eight near a two"],
+        "video2": ["an eight stays near a nine"],
+    }
+    (msvd / "raw-captions.pkl").write_bytes(pickle.dumps({v: [c.split() for c in cs] for v, cs in captions.items()}))
+    (msvd / "test_list.txt").write_text("\n".join(captions) + "\n")
+    return {"msrvtt": (msrvtt, []), "msvd": (msvd, ["--data.videos_dir", str(msrvtt / "videos")])}
+
+
+@pytest.mark.parametrize("dataset", ["msrvtt", "msvd"])
+def test_cli_predict_writes_one_row_per_query(predict_roots, tmp_path, dataset):
+    root, extra = predict_roots[dataset]
+    out = tmp_path / "p.jsonl"
+    cli = main(
+        args=["predict", "--config", "tiny", "--trainer.default_root_dir", str(tmp_path), "--data.dataset", dataset,
+              "--data.data_root", str(root), "--data.eval_batch_size", "3", *extra, "--predictions.path", str(out)]
+    )  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    arrays = torch.load(tmp_path / "p.pt", weights_only=True)
+    ds = cli.datamodule.datasets["test"]
+    assert len(rows) == ds.num_queries == {"msrvtt": 6, "msvd": 7}[dataset]
+    assert len(ds) == {"msrvtt": 6, "msvd": 4}[dataset]
+    assert [r["text_id"] for r in rows] == list(range(ds.num_queries))  # each query once, in evaluation order
+    assert arrays["sentence"].shape == arrays["video"].shape == (len(rows), 32)
+    collate = RetrievalCollate(cli.datamodule.text_encoder)
+    model = cli.model.eval().model
+    for j in range(len(ds)):  # each video and its queries encoded on their own
+        vid, caps, text_ids = ds.items[j]
+        mine = [i for i, r in enumerate(rows) if r["video_index"] == j]
+        assert [rows[i]["text_id"] for i in mine] == text_ids
+        assert [rows[i]["caption"] for i in mine] == caps
+        assert all(rows[i]["video_id"] == vid for i in mine)
+        batch = collate([ds[j]])
+        with torch.no_grad():
+            sentence = model.encode_text(batch).sentence  # (len(caps), D)
+            video = model.encode_video(batch["video"], batch["video_mask"]).video  # (1, D)
+        torch.testing.assert_close(arrays["sentence"][mine], sentence, rtol=0, atol=1e-5)
+        torch.testing.assert_close(arrays["video"][mine], video.expand(len(mine), -1), rtol=0, atol=1e-5)
+    assert len({tuple(v.tolist()) for v in arrays["video"]}) == len(ds)  # one embedding per video, distinct
 
 
 def test_loss_falls_on_repeated_batch():

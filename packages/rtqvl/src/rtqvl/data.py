@@ -482,8 +482,8 @@ class VideoQADataset(_VideoDataset):
 class NExTQADataset(_VideoDataset):
     """NExT-QA converted JSON (spec §4): ``[{"video", "qid", "type", "question", "answer": int, "a0".."a4"}]``.
 
-    Item: ``video``, ``candidates`` list of 5 normalised ``"question: {q}? answer: {a}"`` strings, ``answer`` int,
-    ``type`` str, ``qid``, ``video_id``, ``index``.
+    Item: ``video``, ``candidates`` list of 5 normalised ``"question: {q}? answer: {a}"`` strings, ``options`` the 5
+    answers as the annotation writes them, ``answer`` int, ``type`` str, ``qid``, ``video_id``, ``index``.
     """
 
     def __init__(
@@ -514,6 +514,7 @@ class NExTQADataset(_VideoDataset):
                     {
                         "video_id": video_key(row["video"]),
                         "candidates": cands,
+                        "options": [str(row[f"a{k}"]) for k in range(num_choices)],
                         "answer": int(row["answer"]),
                         "type": str(row["type"]),
                         "qid": row["qid"],

@@ -374,32 +374,121 @@ class RTQModule(pl.LightningModule):
         self._epoch_end("test")
 
     def predict_step(self, batch: dict | None, batch_idx: int):
-        """Captions / answers / choice indices, or for retrieval the L2-normalised video and text features."""
+        """What :meth:`prediction_rows` and :meth:`prediction_arrays` turn into the predictions file: the batch's
+        item ids with the captions / answers / chosen candidates, or for retrieval the L2-normalised video and text
+        features (``video_feat``, ``text_feat``)."""
         if batch is None:
             return None
         m, task = self.model, self.config.task
+        out = {"index": batch["index"], "video_id": batch["video_id"]}
         if task == "retrieval":
             ids, mask = m.tokenize(batch["caption"], self.device)
             return {
-                "video_id": batch["video_id"],
+                **out,
+                "video_index": batch["video_index"],
+                "caption": batch["caption"],
                 "video_feat": m.encode_video(batch["video"])[0],
                 "text_feat": m.encode_text(ids, mask),
             }
         if task == "captioning":
-            return {"video_id": batch["video_id"], "caption": m.generate(batch["video"])}
+            return {**out, "caption": m.generate(batch["video"])}
         if task == "qa":
             return {
-                "video_id": batch["video_id"],
+                **out,
+                "question_id": batch["question_id"],
+                "question": batch["question"],
                 "answer": m.generate(batch["video"], *m.tokenize_question(batch["question"], self.device)),
             }
         texts = [c for cands in batch["candidates"] for c in cands]
         ids, mask = m.tokenize(texts, self.device)
-        return {"qid": batch["qid"], "choice": m(batch["video"], ids, mask).argmax(dim=1)}
+        scores = m(batch["video"], ids, mask)  # (B, K)
+        return {
+            **out,
+            "qid": batch["qid"],
+            "type": batch["type"],
+            "candidates": batch["candidates"],
+            "options": batch.get("options"),
+            "scores": scores,
+            "choice": scores.argmax(dim=1),
+        }
+
+    def prediction_rows(self, prediction: dict) -> list[dict]:
+        """One JSON-serialisable dict per predicted item, in loader order. Every row has ``index`` (the item's
+        position in the predict split's dataset) and ``video_id``; then, by ``config.task``:
+
+        * ``retrieval`` (one row per caption): ``video_index`` (the video's gallery index; rows of the same video
+          share it) and ``caption`` (the normalised text that was encoded); the features are in
+          :meth:`prediction_arrays`.
+        * ``captioning`` (one row per video): ``caption``, the generated caption.
+        * ``qa`` (one row per question): ``question_id`` (the annotation's), ``question`` (normalised) and
+          ``answer``, the generated answer.
+        * ``multiple_choice`` (one row per question): ``qid`` and ``type`` (the annotation's), ``choice`` (index of
+          the highest-scoring candidate), ``candidate`` (that candidate's scored ``question: …? answer: …`` string)
+          and ``answer_text`` (its answer as written in the annotation); the candidate scores are in
+          :meth:`prediction_arrays`.
+        """
+        task = self.config.task
+        n = len(prediction["video_id"])
+        common = [
+            {"index": i, "video_id": v}
+            for i, v in zip(_plain(prediction["index"]), prediction["video_id"], strict=True)
+        ]
+        if task == "retrieval":
+            extra = [
+                {"video_index": vi, "caption": c}
+                for vi, c in zip(_plain(prediction["video_index"]), prediction["caption"], strict=True)
+            ]
+        elif task == "captioning":
+            extra = [{"caption": c} for c in prediction["caption"]]
+        elif task == "qa":
+            extra = [
+                {"question_id": q, "question": text, "answer": a}
+                for q, text, a in zip(
+                    _plain(prediction["question_id"]), prediction["question"], prediction["answer"], strict=True
+                )
+            ]
+        else:
+            options = prediction["options"] or [None] * n
+            extra = [
+                {
+                    "qid": q,
+                    "type": t,
+                    "choice": k,
+                    "candidate": cands[k],
+                    "answer_text": None if opts is None else opts[k],
+                }
+                for q, t, k, cands, opts in zip(
+                    _plain(prediction["qid"]),
+                    prediction["type"],
+                    _plain(prediction["choice"]),
+                    prediction["candidates"],
+                    options,
+                    strict=True,
+                )
+            ]
+        return [{**a, **b} for a, b in zip(common, extra, strict=True)]
+
+    def prediction_arrays(self, prediction: dict) -> dict[str, torch.Tensor]:
+        """Row ``i`` of each tensor belongs to JSON row ``i``. ``retrieval``: ``video_feat`` (N, E) and ``text_feat``
+        (N, E), the L2-normalised projections whose dot product is the cosine similarity before ITM re-ranking (the
+        video feature is repeated on every caption row of its video). ``multiple_choice``: ``scores`` (N, K), the
+        candidate logits. Captioning and QA: none."""
+        task = self.config.task
+        if task == "retrieval":
+            return {"video_feat": prediction["video_feat"].float(), "text_feat": prediction["text_feat"].float()}
+        if task == "multiple_choice":
+            return {"scores": prediction["scores"].float()}
+        return {}
 
     # ------------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
         hp = self.hparams
         return torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+
+
+def _plain(values) -> list:
+    """A tensor of ids or indices as a list of Python numbers; a list (string ids) as it is."""
+    return values.tolist() if isinstance(values, torch.Tensor) else list(values)
 
 
 # a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them

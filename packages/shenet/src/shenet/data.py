@@ -6,6 +6,7 @@ Every dataset item is a dict::
     video        (T, 3, S, S) float32 CLIP-normalised frames (zero-padded to T = max_frames)
     video_mask   (T,) bool, True for real frames
     video_index  int, the video's index in the split's gallery
+    video_id     str, the annotation's video id (the four datasets; the digits task has none)
     captions     list[str]: one caption (training pairs) or all queries of the video (evaluation)
     text_ids     list[int]: global query index of each caption (evaluation order)
 
@@ -184,6 +185,7 @@ class _VideoTextDataset(Dataset):
             "video": video,
             "video_mask": mask,
             "video_index": self.video_index[vid],
+            "video_id": vid,
             "captions": caps,
             "text_ids": ids,
         }
@@ -390,7 +392,8 @@ class RetrievalCollate:
     """Batch items: stacks videos and encodes every caption with :class:`~shenet.tokenization.TextEncoder`.
 
     Output: video (B, T, 3, S, S), video_mask (B, T), video_index (B,), the ``text_*`` tensors (N_text, ...),
-    caption_video (N_text,) index of each caption's video within the batch, text_ids (N_text,) global query ids.
+    caption_video (N_text,) index of each caption's video within the batch, text_ids (N_text,) global query ids,
+    captions (N_text strings), and video_id (B strings) when the items have one.
     """
 
     def __init__(self, text_encoder: TextEncoder):
@@ -410,7 +413,10 @@ class RetrievalCollate:
             "video_index": torch.tensor([it["video_index"] for it in items], dtype=torch.long),
             "caption_video": torch.tensor(owner, dtype=torch.long),
             "text_ids": torch.tensor(ids, dtype=torch.long),
+            "captions": captions,
         }
+        if "video_id" in items[0]:
+            batch["video_id"] = [it["video_id"] for it in items]
         batch.update(collate_texts([self.text_encoder(c) for c in captions]))
         return batch
 

@@ -202,15 +202,51 @@ class SHENetModule(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._eval_epoch_end("test", self.test_metrics)
 
-    def predict_step(self, batch: dict, batch_idx: int) -> dict[str, torch.Tensor]:
-        """Sentence and video embeddings of a batch (the pair-dependent S needs all features; see ``test``)."""
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        """Sentence and video embeddings of a batch, with the ids that :meth:`prediction_rows` writes. Only the
+        sentence-video level: the pair-dependent syntax-guided score needs the node, frame and patch features of
+        every pair (see ``test``)."""
         text = self.model.encode_text(batch)
         video = self.model.encode_video(batch["video"], batch["video_mask"])
         return {
             "text_ids": batch["text_ids"],
-            "sentence": text.sentence,
+            "captions": batch.get("captions"),
+            "caption_video": batch["caption_video"],
             "video_index": batch["video_index"],
+            "video_id": batch.get("video_id"),
+            "sentence": text.sentence,
             "video": video.video,
+        }
+
+    def prediction_rows(self, prediction: dict) -> list[dict]:
+        """One row per query text of the batch (a video with several captions, as in MSVD, gives several rows):
+
+        * ``text_id``: the query's index in the split's evaluation order (the row of ``test``'s score matrix);
+        * ``caption``: the query text as the annotation writes it;
+        * ``video_index``: its video's index in the split's gallery (the column of ``test``'s score matrix);
+        * ``video_id``: that video's annotation id (absent for the in-memory digits task, which has none).
+
+        The embeddings are in :meth:`prediction_arrays`."""
+        owner = prediction["caption_video"].tolist()
+        video_index = prediction["video_index"].tolist()
+        captions = prediction["captions"] or [None] * len(owner)
+        rows = []
+        for text_id, b, caption in zip(prediction["text_ids"].tolist(), owner, captions, strict=True):
+            row = {"text_id": text_id, "caption": caption, "video_index": video_index[b]}
+            if prediction["video_id"] is not None:
+                row["video_id"] = prediction["video_id"][b]
+            rows.append(row)
+        return rows
+
+    def prediction_arrays(self, prediction: dict) -> dict[str, torch.Tensor]:
+        """``sentence`` (N, D): the L2-normalised sentence embedding of row ``i``'s text; ``video`` (N, D): the
+        L2-normalised video embedding (masked mean of the frame features) of its video, repeated on every row of
+        that video. Their dot product is the sentence-video level S1 of SHE-Net's similarity (without
+        ``sentence_guidance``), not the aggregated score S, which also needs the verb/noun node and frame/patch
+        features of each pair."""
+        return {
+            "sentence": prediction["sentence"].float(),
+            "video": prediction["video"][prediction["caption_video"]].float(),
         }
 
 
