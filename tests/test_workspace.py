@@ -163,3 +163,25 @@ def test_make_repro_runs_every_repro_and_names_the_failed_gates(tmp_path):
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "every gate passed" in proc.stdout and "gamma" not in proc.stdout
+
+
+#: Packages whose ``predict`` writes something other than JSON lines (evedit: the edited frames of each clip).
+OWN_PREDICTION_OUTPUT = {"evedit"}
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_predict_writes_its_outputs(name):
+    """Every package's LightningModule gives ``predict`` rows to write (mmzoo.predict); LightningCLI alone would
+    discard them."""
+    import inspect
+
+    import lightning.pytorch as pl
+    from mmzoo.predict import writes_predictions
+
+    module = importlib.import_module(f"{name}.module")
+    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
+               if issubclass(c, pl.LightningModule) and c.__module__ == module.__name__]  # fmt: skip
+    if name in OWN_PREDICTION_OUTPUT:
+        assert not any(writes_predictions(c) for c in classes)
+        return
+    assert classes and all(writes_predictions(c) for c in classes), f"{name}: a module without prediction_rows"
