@@ -185,3 +185,75 @@ def test_predict_writes_its_outputs(name):
         assert not any(writes_predictions(c) for c in classes)
         return
     assert classes and all(writes_predictions(c) for c in classes), f"{name}: a module without prediction_rows"
+
+
+#: Imports a member may make without declaring them: each guarded in the code, with the reason.
+UNDECLARED_IMPORTS = {
+    "mmzoo": {"triton": "the token_max_sim kernel on CUDA only; Triton comes with torch's CUDA wheels"},
+    "rtqvl": {
+        "triton": "k-medoids kernel on CUDA only; Triton comes with torch's CUDA wheels",
+        "pycocoevalcap": "optional official captioning scorers (with Java); README: pip install pycocoevalcap",
+    },
+}
+
+
+def _imported_modules(src: Path) -> dict[str, set[str]]:
+    """Top-level names of the absolute imports in every .py file under ``src`` (function-level imports included),
+    with the files that make them."""
+    import ast
+
+    found: dict[str, set[str]] = {}
+    for path in src.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                names = [node.module]
+            else:
+                continue
+            for name in names:
+                found.setdefault(name.split(".")[0], set()).add(str(path.relative_to(ROOT)))
+    return found
+
+
+@pytest.mark.parametrize("name", ["mmzoo", *PACKAGES])
+def test_every_import_is_declared(name):
+    """What a member's code imports is in its own dependencies (or its extras; for packages also mmzoo's core
+    dependencies and the mmzoo extras they name), not merely present because another dependency pulls it in:
+    `pip install <name>` alone must give every import."""
+    import re
+    from importlib.metadata import packages_distributions
+
+    def norm(n: str) -> str:
+        return n.lower().replace("_", "-")
+
+    def extras(spec: str) -> list[str]:
+        m = re.search(r"\[([^\]]+)\]", spec)
+        return [e.strip() for e in m.group(1).split(",")] if m else []
+
+    mm = tomllib.loads((ROOT / "shared" / "pyproject.toml").read_text())["project"]
+    mm_extras = {k: _dep_names(v) for k, v in mm.get("optional-dependencies", {}).items()}
+    project = mm if name == "mmzoo" else _meta(name)["project"]
+    specs = list(project["dependencies"]) + [d for v in project.get("optional-dependencies", {}).values() for d in v]
+    allowed = _dep_names(specs) | {"mmzoo"}
+    if name == "mmzoo":
+        allowed |= set().union(*mm_extras.values())
+    else:
+        allowed |= _dep_names(mm["dependencies"])
+        for spec in specs:
+            if spec.startswith("mmzoo"):
+                for extra in extras(spec):
+                    allowed |= mm_extras.get(extra, set())
+    src = ROOT / ("shared" if name == "mmzoo" else f"packages/{name}") / "src"
+    dists = packages_distributions()
+    stdlib = set(sys.stdlib_module_names)
+    own = {p.name for p in src.iterdir() if p.is_dir()}
+    exempt = UNDECLARED_IMPORTS.get(name, {})
+    missing = {}
+    for module, files in _imported_modules(src).items():
+        if module in stdlib or module in own or module in exempt:
+            continue
+        provided = {norm(d) for d in dists.get(module, [])} or {norm(module)}
+        if not provided & allowed:
+            missing[module] = sorted(files)
+    assert not missing, f"{name} imports what it does not declare: {missing}"

@@ -125,13 +125,15 @@ def candidate_terms(text: str, tokenizer: Literal["whitespace", "spacy", "jieba"
         try:
             import jieba
         except ImportError as err:
-            raise ImportError("data.tokenizer=jieba needs the optional 'jieba' package: pip install jieba") from err
+            raise ImportError(
+                "data.tokenizer=jieba needs the optional 'jieba' package: pip install kevsr[zh] (or jieba)"
+            ) from err
         words = [w for w in jieba.lcut(text) if w.strip()]
     elif tokenizer == "spacy":
         try:
             import spacy
         except ImportError as err:
-            raise ImportError("data.tokenizer=spacy needs spaCy: pip install spacy") from err
+            raise ImportError("data.tokenizer=spacy needs spaCy: pip install kevsr[en] (or spacy)") from err
         words = [t.text for t in spacy.blank("en")(text) if not t.is_punct and not t.is_space]
     else:
         words = [w for w in re.split(r"[^\w]+", text) if w]

@@ -10,7 +10,7 @@ import math
 
 import torch
 import torch.nn.functional as F
-from lightning_utilities.core.rank_zero import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.distributed import gather_no_grad, gather_with_grad, rank_and_world
 from torch import nn
 
