@@ -85,7 +85,7 @@ def test_cli_predict_writes_one_row_per_query(predict_roots, tmp_path, dataset):
         mine = [i for i, r in enumerate(rows) if r["video_index"] == j]
         assert [rows[i]["text_id"] for i in mine] == text_ids
         assert [rows[i]["caption"] for i in mine] == caps
-        assert all(rows[i]["video_id"] == vid for i in mine)
+        assert all(rows[i]["video_id"] == vid and rows[i]["unreadable"] is False for i in mine)
         batch = collate([ds[j]])
         with torch.no_grad():
             sentence = model.encode_text(batch).sentence  # (len(caps), D)
@@ -93,6 +93,26 @@ def test_cli_predict_writes_one_row_per_query(predict_roots, tmp_path, dataset):
         torch.testing.assert_close(arrays["sentence"][mine], sentence, rtol=0, atol=1e-5)
         torch.testing.assert_close(arrays["video"][mine], video.expand(len(mine), -1), rtol=0, atol=1e-5)
     assert len({tuple(v.tolist()) for v in arrays["video"]}) == len(ds)  # one embedding per video, distinct
+
+
+def test_predict_flags_an_unreadable_video(predict_roots, tmp_path):
+    """With ``on_corrupt: skip`` a video that cannot be decoded is predicted as an empty one: its rows say so."""
+    import shutil
+
+    root = tmp_path / "data"
+    shutil.copytree(predict_roots["msrvtt"][0], root)
+    import csv
+
+    with open(root / "MSRVTT_JSFUSION_test.csv", newline="") as f:
+        first = next(csv.DictReader(f))["video_id"]  # a test video
+    broken = root / "videos" / f"{first}.mp4"
+    broken.write_bytes(b"not a video")
+    out = tmp_path / "p.jsonl"
+    main(args=["predict", "--config", "tiny", "--trainer.default_root_dir", str(tmp_path), "--data.data_root",
+               str(root), "--data.on_corrupt", "skip", "--predictions.path", str(out)])  # fmt: skip
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 6
+    assert [r["video_id"] for r in rows if r["unreadable"]] == [broken.stem]
 
 
 def test_loss_falls_on_repeated_batch():

@@ -7,6 +7,8 @@ Every dataset item is a dict::
     video_mask   (T,) bool, True for real frames
     video_index  int, the video's index in the split's gallery
     video_id     str, the annotation's video id (the four datasets; the digits task has none)
+    unreadable   bool, True when the video could not be decoded and ``data.on_corrupt: skip`` fed it as an
+                 all-padding video (the four datasets)
     captions     list[str]: one caption (training pairs) or all queries of the video (evaluation)
     text_ids     list[int]: global query index of each caption (evaluation order)
 
@@ -173,6 +175,7 @@ class _VideoTextDataset(Dataset):
     def __getitem__(self, i: int) -> dict:
         vid, caps, ids = self.items[i]
         start, end = self.intervals.get(vid, (None, None))
+        unreadable = False
         try:
             video, mask = load_frames(self.paths[vid], self.max_frames, self.image_size, self.fps, start, end)
         except VideoDecodeError as err:
@@ -181,11 +184,13 @@ class _VideoTextDataset(Dataset):
             log.warning("skipping corrupt video %s (%s): it is fed as an all-padding video", err.path, err)
             video = torch.zeros(self.max_frames, 3, self.image_size, self.image_size)
             mask = torch.zeros(self.max_frames, dtype=torch.bool)
+            unreadable = True
         return {
             "video": video,
             "video_mask": mask,
             "video_index": self.video_index[vid],
             "video_id": vid,
+            "unreadable": unreadable,
             "captions": caps,
             "text_ids": ids,
         }
@@ -393,7 +398,7 @@ class RetrievalCollate:
 
     Output: video (B, T, 3, S, S), video_mask (B, T), video_index (B,), the ``text_*`` tensors (N_text, ...),
     caption_video (N_text,) index of each caption's video within the batch, text_ids (N_text,) global query ids,
-    captions (N_text strings), and video_id (B strings) when the items have one.
+    captions (N_text strings), and video_id (B strings) and unreadable (B,) bool when the items have them.
     """
 
     def __init__(self, text_encoder: TextEncoder):
@@ -417,6 +422,8 @@ class RetrievalCollate:
         }
         if "video_id" in items[0]:
             batch["video_id"] = [it["video_id"] for it in items]
+        if "unreadable" in items[0]:
+            batch["unreadable"] = torch.tensor([it["unreadable"] for it in items], dtype=torch.bool)
         batch.update(collate_texts([self.text_encoder(c) for c in captions]))
         return batch
 

@@ -214,6 +214,7 @@ class SHENetModule(pl.LightningModule):
             "caption_video": batch["caption_video"],
             "video_index": batch["video_index"],
             "video_id": batch.get("video_id"),
+            "unreadable": batch.get("unreadable"),
             "sentence": text.sentence,
             "video": video.video,
         }
@@ -224,7 +225,9 @@ class SHENetModule(pl.LightningModule):
         * ``text_id``: the query's index in the split's evaluation order (the row of ``test``'s score matrix);
         * ``caption``: the query text as the annotation writes it;
         * ``video_index``: its video's index in the split's gallery (the column of ``test``'s score matrix);
-        * ``video_id``: that video's annotation id (absent for the in-memory digits task, which has none).
+        * ``video_id``: that video's annotation id (absent for the in-memory digits task, which has none);
+        * ``unreadable``: true when the video could not be decoded (``data.on_corrupt: skip``): its embedding is
+          that of an empty video and means nothing (absent for the digits task).
 
         The embeddings are in :meth:`prediction_arrays`."""
         owner = prediction["caption_video"].tolist()
@@ -235,6 +238,8 @@ class SHENetModule(pl.LightningModule):
             row = {"text_id": text_id, "caption": caption, "video_index": video_index[b]}
             if prediction["video_id"] is not None:
                 row["video_id"] = prediction["video_id"][b]
+            if prediction.get("unreadable") is not None:
+                row["unreadable"] = bool(prediction["unreadable"][b])
             rows.append(row)
         return rows
 
