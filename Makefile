@@ -18,7 +18,7 @@ help:
 	@echo "make test    run the whole test suite (PKG=name for one package)"
 	@echo "make bench   run benchmarks/*.py; JSON lines to benchmarks/results/<device>.jsonl"
 	@echo "make repro   run every packages/*/repro.py (the papers' claims in miniature)"
-	@echo "make lint    ruff check"
+	@echo "make lint    ruff check and ruff format --check"
 	@echo "make wheels  build every workspace member's wheel into dist/"
 
 # Installs uv through pip when it is missing, then the locked environment of the whole workspace. Bytecode is
@@ -51,6 +51,7 @@ repro: setup
 
 lint: setup
 	$(RUN) ruff check shared packages tests benchmarks scripts
+	$(RUN) ruff format --check shared packages tests benchmarks scripts
 
 wheels: setup
 	rm -rf dist && $(UV) build --all-packages --wheel -o dist
