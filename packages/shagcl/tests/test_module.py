@@ -144,3 +144,22 @@ def test_frequency_bias_tables_get_no_weight_decay(tmp_path):
     assert tables and tables <= by_decay[0.0]
     assert all(n.endswith(".bias") or "freq_bias" in n for n in by_decay[0.0])
     assert "model.decoder.post_cat.weight" in by_decay[1e-4] and "model.decoder.post_cat.bias" in by_decay[0.0]
+
+
+def test_test_on_two_processes_writes_the_report(trained, tmp_path):
+    """`shagcl test` on two processes (ddp_spawn on the CPU) ends and writes the per-predicate report: the report's
+    folder is looked up on every rank (Trainer.log_dir is a collective; asked on rank 0 alone it hung)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root, common, _ = trained
+    ckpt = str(root / "checkpoints" / "last.ckpt")
+    common = [a if a != str(root) else str(tmp_path) for a in common]  # the run folder; the data stays
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "shagcl"), "test", *common, "--ckpt_path", ckpt, "--trainer.devices", "2",
+         "--trainer.strategy", "ddp_spawn", "--trainer.accelerator", "cpu"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (tmp_path / "per_predicate_recall.csv").is_file()

@@ -236,8 +236,9 @@ class SHAGCLModule(pl.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         result = self._log_recall(self.test_recall, "test")
+        # on every rank: Trainer.log_dir broadcasts rank 0's folder, so calling it on rank 0 alone hangs
+        out_dir = self.report_dir or self.trainer.log_dir or self.trainer.default_root_dir
         if self.trainer.is_global_zero:
-            out_dir = self.report_dir or self.trainer.log_dir or self.trainer.default_root_dir
             csv_path, png_path = write_per_predicate_report(
                 result["per_predicate"].cpu(), self.predicate_names, self.hparams.recall_ks, out_dir
             )
