@@ -26,6 +26,7 @@ __all__ = [
     "gather_no_grad",
     "gather_uneven_rows",
     "rank_offset_labels",
+    "restore_output_capture",
 ]
 
 
@@ -168,3 +169,26 @@ def rank_offset_labels(batch: int, device: torch.device | None = None) -> torch.
     """Targets ``arange(B) + rank·B`` for a rank's B rows scored against the gathered W·B columns."""
     rank, _ = rank_and_world()
     return torch.arange(batch, device=device) + rank * batch
+
+
+def restore_output_capture(module: torch.nn.Module) -> int:
+    """Re-register the Hugging Face transformers models inside ``module`` for output capture; returns how many.
+
+    transformers (≥ 5) keeps, per model class, which outputs its forward can capture (hidden states, attentions) in a
+    process-wide registry that a model's ``__init__`` fills. A model built in one process and unpickled in another
+    (Lightning's ``ddp_spawn`` strategy, ``torch.multiprocessing``) never ran ``__init__`` there, so a forward that
+    asks for hidden states gets ``None`` (LLaVA's image features and DPT's depth backbone then fail). A LightningModule
+    holding such models calls this in ``setup``, which runs in every process. Without transformers, or with a version
+    that keeps no registry, it does nothing.
+    """
+    try:
+        from transformers import PreTrainedModel
+        from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+    except ImportError:
+        return 0
+    count = 0
+    for m in module.modules():
+        if isinstance(m, PreTrainedModel) and getattr(m, "_can_record_outputs", None) is not None:
+            _CAN_RECORD_REGISTRY[m] = m._can_record_outputs
+            count += 1
+    return count

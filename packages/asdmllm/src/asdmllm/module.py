@@ -27,7 +27,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
 from mmzoo.data import reload_train_loader_every_epoch
-from mmzoo.distributed import is_distributed
+from mmzoo.distributed import is_distributed, restore_output_capture
 from mmzoo.metrics import IndexedMean
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -201,6 +201,7 @@ class ASDModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------------- setup
     def setup(self, stage: str) -> None:
+        restore_output_capture(self)  # a model unpickled by ddp_spawn would return no hidden states
         dm = self.trainer.datamodule
         if dm is None or not hasattr(dm, "eval_sets"):
             raise ValueError("ASDModule needs a DebiasDataModule (its eval_sets describe the concepts and attributes)")

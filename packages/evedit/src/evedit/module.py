@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.distributed import restore_output_capture
 
 from evedit.metrics import (
     CLIPFrameConsistency,
@@ -216,6 +217,7 @@ class EVEModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
+        restore_output_capture(self)  # a depth model unpickled by ddp_spawn would return no hidden states
         if self.num_threads is not None and self.device.type == "cpu":
             torch.set_num_threads(self.num_threads)
 
