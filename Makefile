@@ -11,13 +11,14 @@ PKG ?=
 SELECTED := $(if $(PKG),$(PKG),$(PACKAGES))
 TEST_PATHS := $(if $(PKG),packages/$(PKG),shared/tests $(addprefix packages/,$(PACKAGES)) tests)
 
-.PHONY: help setup demo test bench repro lint wheels clean
+.PHONY: help setup demo test bench repro ddp lint wheels clean
 
 help:
 	@echo "make demo    run every package's demo (PKG=name for one) and print a summary table"
 	@echo "make test    run the whole test suite (PKG=name for one package)"
 	@echo "make bench   run benchmarks/*.py; JSON lines to benchmarks/results/<device>.jsonl"
 	@echo "make repro   run every packages/*/repro.py (the papers' claims in miniature)"
+	@echo "make ddp     every package's tiny fit/test/predict on 2 CPU processes (about 15 min)"
 	@echo "make lint    ruff check and ruff format --check"
 	@echo "make wheels  build every workspace member's wheel into dist/"
 
@@ -48,6 +49,9 @@ repro: setup
 		else echo "== repro $$p: no repro.py"; fi; done; \
 	if [ -n "$$failed" ]; then echo "== repro: gate failed or run stopped for:$$failed"; exit 1; fi; \
 	echo "== repro: every gate passed"
+
+ddp: setup
+	$(RUN) python scripts/ddp_check.py $(SELECTED)
 
 lint: setup
 	$(RUN) ruff check shared packages tests benchmarks scripts
