@@ -32,7 +32,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-__all__ = ["PredictionWriter", "prediction_file", "writes_predictions"]
+__all__ = ["PredictionWriter", "prediction_file", "predict_dataset", "writes_predictions"]
 
 
 def writes_predictions(module_class: type) -> bool:
@@ -48,6 +48,16 @@ def prediction_file(trainer: pl.Trainer, path: str | Path | None, default_name: 
     if trainer.world_size > 1:
         out = out.with_name(f"{out.stem}.rank{trainer.global_rank}{out.suffix}")
     return out
+
+
+def predict_dataset(module: pl.LightningModule):
+    """The dataset ``predict`` is reading (for a module's ``prediction_rows`` to look up ids and names), or None when
+    the module has no trainer or the trainer predicts from several loaders."""
+    trainer = module._trainer
+    loaders = trainer.predict_dataloaders if trainer is not None else None
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if len(loaders) == 1 else None
+    return getattr(loaders, "dataset", None)
 
 
 class PredictionWriter(BasePredictionWriter):

@@ -29,6 +29,7 @@ from mmzoo.cli import allow_in_checkpoints
 from mmzoo.data import reload_train_loader_every_epoch
 from mmzoo.distributed import is_distributed, restore_output_capture
 from mmzoo.metrics import IndexedMean
+from mmzoo.predict import predict_dataset
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
@@ -508,10 +509,7 @@ class ASDModule(pl.LightningModule):
         image file name stored there, null when only bytes are; ``counterfactual_set``; ``concept``; ``attributes``,
         type → value), ``instruction`` (the prompt's question), ``reference`` (the dataset's answer: the concept, or
         the caption in ``caption`` mode) and ``answer`` (the greedy generation)."""
-        loaders = self._trainer.predict_dataloaders if self._trainer is not None else None
-        if isinstance(loaders, (list, tuple)):
-            loaders = loaders[0] if len(loaders) == 1 else None
-        describe = getattr(getattr(loaders, "dataset", None), "describe", None)
+        describe = getattr(predict_dataset(self), "describe", None)
         rows = []
         for i, instruction, reference, answer in zip(
             prediction["index"].tolist(),

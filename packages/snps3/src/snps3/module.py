@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
 from mmzoo.distributed import gather_uneven_rows, rank_and_world
 from mmzoo.metrics import IndexedMean
+from mmzoo.predict import predict_dataset
 
 from snps3.losses import ITMLoss, LVWMLoss, MaskedLMLoss, MILNCELoss, MoCoLoss, QALoss, milnce_loss
 from snps3.masking import attentive_mask, restore_raw_ids, select_lvwm_words
@@ -443,14 +444,6 @@ class SNPS3Module(pl.LightningModule):
             "clip_embed": m.clip_embed(m.encode_visual(batch["frames"], batch.get("pad_mask"))),
         }
 
-    def _predict_dataset(self):
-        """The dataset ``predict`` reads (for names and ids), or None when it cannot be found."""
-        trainer = self._trainer
-        loaders = trainer.predict_dataloaders if trainer is not None else None
-        if isinstance(loaders, (list, tuple)):
-            loaders = loaders[0] if len(loaders) == 1 else None
-        return getattr(loaders, "dataset", None)
-
     def _lines_per_item(self, prediction: dict) -> list[int]:
         """Caption lines of each item of a retrieval/pretrain prediction (1 per item without ``num_captions``)."""
         b = len(prediction["clip_embed"])
@@ -475,7 +468,7 @@ class SNPS3Module(pl.LightningModule):
           ``text_index`` (the annotation line whose caption was encoded) and ``caption`` (its text: empty when
           the line's caption was empty, in which case ASR text was encoded if ``data.asr_root`` is set).
         """
-        ds = self._predict_dataset()
+        ds = predict_dataset(self)
         task = self.hparams.task
         b = len(prediction["answer" if task == "qa" else "option" if task == "mc" else "clip_embed"])
         idx = prediction["item_index"].tolist() if "item_index" in prediction else [None] * b
@@ -530,7 +523,7 @@ class SNPS3Module(pl.LightningModule):
         if self.hparams.task == "pretrain":
             return {"text_embed": text, "clip_embed": clips}
         counts = self._lines_per_item(prediction)
-        by_video = getattr(self._predict_dataset(), "lines_by_video", None)
+        by_video = getattr(predict_dataset(self), "lines_by_video", None)
         k = max(map(len, by_video.values())) if by_video else max(counts)
         padded = text.new_full((len(counts), k, text.shape[-1]), float("nan"))
         for b, part in enumerate(text.split(counts)):
