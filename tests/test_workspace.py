@@ -189,7 +189,10 @@ def test_predict_writes_its_outputs(name):
 
 #: Imports a member may make without declaring them: each guarded in the code, with the reason.
 UNDECLARED_IMPORTS = {
-    "mmzoo": {"triton": "the token_max_sim kernel on CUDA only; Triton comes with torch's CUDA wheels"},
+    "mmzoo": {
+        "triton": "the token_max_sim kernel on CUDA only; Triton comes with torch's CUDA wheels",
+        "transformers": "restore_output_capture acts on transformers models only, so it does nothing without it",
+    },
     "rtqvl": {
         "triton": "k-medoids kernel on CUDA only; Triton comes with torch's CUDA wheels",
         "pycocoevalcap": "optional official captioning scorers (with Java); README: pip install pycocoevalcap",
