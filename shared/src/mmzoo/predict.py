@@ -14,6 +14,9 @@ keeping every batch's output in memory (``return_predictions: false``)::
         def prediction_arrays(self, prediction) -> dict[str, torch.Tensor]:   # optional: embeddings and the like
             return {"logits": prediction["logits"]}
 
+From Python, a Trainer gets the same files with ``pl.Trainer(callbacks=[PredictionWriter(path)])`` (and
+``trainer.predict(..., return_predictions=False)``); without the callback ``trainer.predict`` returns the outputs.
+
 Files: ``<path>`` (default ``predictions.jsonl`` in ``trainer.log_dir``, else ``trainer.default_root_dir``) and,
 when the module's ``prediction_arrays`` gives tensors, ``<path without suffix>.pt``: a ``torch.save`` dict of float/int tensors
 whose row ``i`` belongs to line ``i`` of the JSON-lines file (load it with ``torch.load(..., weights_only=True)``).
