@@ -662,6 +662,8 @@ class RetrievalDataset(_VideoTextBase):
         for n, r in enumerate(self.rows):
             self.by_video.setdefault(r["clip_name"], []).append(r["caption"])
             self.lines_by_video.setdefault(r["clip_name"], []).append(n)
+        #: the most caption lines any one video has (the width of predict's per-video caption arrays)
+        self.max_lines = max(map(len, self.lines_by_video.values()), default=0)
 
     def __len__(self) -> int:
         return len(self.videos)

@@ -523,8 +523,7 @@ class SNPS3Module(pl.LightningModule):
         if self.hparams.task == "pretrain":
             return {"text_embed": text, "clip_embed": clips}
         counts = self._lines_per_item(prediction)
-        by_video = getattr(predict_dataset(self), "lines_by_video", None)
-        k = max(map(len, by_video.values())) if by_video else max(counts)
+        k = getattr(predict_dataset(self), "max_lines", None) or max(counts)
         padded = text.new_full((len(counts), k, text.shape[-1]), float("nan"))
         for b, part in enumerate(text.split(counts)):
             padded[b, : len(part)] = part
