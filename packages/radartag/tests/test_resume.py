@@ -51,3 +51,26 @@ def test_resume_continues_adversarial_schedule(tmp_path, monkeypatch):
     assert int(la.step) == int(lb.step) == a.global_step  # one schedule step per optimizer step
     assert la.total_step == lb.total_step
     assert float(a.callback_metrics["train/lambda_p"]) == float(b.callback_metrics["train/lambda_p"])
+
+
+def test_load_from_checkpoint_without_data_then_evaluate(tmp_path):
+    """``RadarModule.load_from_checkpoint`` in Python, with ``num_tags`` left to the data, builds the model from the
+    checkpoint's tag count; a Trainer given the datamodule then evaluates those weights unchanged."""
+    import lightning.pytorch as pl
+    import torch
+
+    fitted = _fit(tmp_path, "run", 1)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    assert fitted.model.hparams.config["num_tags"] is None  # the tiny config takes the count from the data
+
+    loaded = RadarModule.load_from_checkpoint(ckpt, map_location="cpu")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert loaded.config.num_tags == fitted.model.config.num_tags
+    assert loaded.state_dict().keys() == saved.keys()
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
+
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, limit_val_batches=1, enable_checkpointing=False)
+    got = trainer.validate(loaded, datamodule=fitted.datamodule, verbose=False)[0]
+    ref = trainer.validate(fitted.model, datamodule=fitted.datamodule, verbose=False)[0]
+    assert got == ref and got
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())

@@ -75,3 +75,28 @@ def test_resume_continues_plateau_rule_and_stays_stopped(tmp_path):
     # a run the plateau rule stopped does not train on when resumed with the same settings
     again = _fit(tmp_path, "full", 4, ["--ckpt_path", str(tmp_path / "full" / "checkpoints" / "last.ckpt")])
     assert again.trainer.global_step == a["step"] and again.model.lr_reductions == 2
+
+
+@pytest.mark.filterwarnings("ignore:.*exists and is not empty")
+def test_load_from_checkpoint_without_data_then_evaluate(tmp_path):
+    """``SHAGCLModule.load_from_checkpoint`` in Python builds the GCL decoder from the checkpoint's predicate groups
+    (no datamodule needed); a Trainer given the datamodule then fills in the loss and statistics without
+    re-initialising the loaded decoder, word embeddings or box head, and evaluates exactly as the fitted module."""
+    import lightning.pytorch as pl
+    import torch
+
+    from shagcl.module import SHAGCLModule
+
+    fitted = _fit(tmp_path, "run", 1)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    loaded = SHAGCLModule.load_from_checkpoint(ckpt, map_location="cpu")
+    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    assert loaded.group_sizes == list(fitted.model.group_sizes)
+    assert loaded.predicate_names == fitted.model.predicate_names and loaded.object_names == fitted.model.object_names
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
+
+    trainer = pl.Trainer(logger=False, enable_progress_bar=False, limit_val_batches=2, enable_checkpointing=False)
+    got = trainer.validate(loaded, datamodule=fitted.datamodule, verbose=False)[0]
+    ref = trainer.validate(fitted.model, datamodule=fitted.datamodule, verbose=False)[0]
+    assert got == ref and got
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())

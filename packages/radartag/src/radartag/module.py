@@ -88,6 +88,24 @@ class RadarModule(pl.LightningModule):
                     f"to {width}"
                 )
 
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["radartag_num_tags"] = self.config.num_tags
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """A module built without data (``RadarModule.load_from_checkpoint`` with ``config.num_tags: null``) takes
+        its tag count from the checkpoint, so the weights have a model to load into. Under a Trainer, ``setup``
+        has already built the model from the data and checks the count against it."""
+        if self.model is not None:
+            return
+        num_tags = checkpoint.get("radartag_num_tags")
+        if not num_tags:  # checkpoints written before the count was stored: the tag embedding table's rows
+            table = checkpoint.get("state_dict", {}).get("model.embedding.tag_embedding.weight")
+            num_tags = None if table is None else int(table.shape[0])
+        if not num_tags:
+            raise ValueError("the checkpoint records no tag count: pass config.num_tags to load_from_checkpoint")
+        self.config = replace(self.config, num_tags=num_tags)
+        self.model = Radar(self.config)
+
     def on_fit_start(self) -> None:
         if self.loss.total_step is None:
             self.loss.total_step = int(self.trainer.estimated_stepping_batches)

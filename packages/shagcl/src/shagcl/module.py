@@ -81,6 +81,7 @@ class SHAGCLModule(pl.LightningModule):
         self.register_buffer("seen_triplets", torch.zeros(0, dtype=torch.bool), persistent=False)
         self.lr_scale, self.best_metric, self.bad_validations, self.lr_reductions = 1.0, -math.inf, 0, 0
         self._to_draw: list[dict] = []  # the first predicted graphs of this process, drawn at the end
+        self._weights_from_checkpoint = False  # the decoder was built by on_load_checkpoint, before any data
 
     # ------------------------------------------------------------------ set-up from the training statistics
     def setup(self, stage: str) -> None:
@@ -120,9 +121,17 @@ class SHAGCLModule(pl.LightningModule):
                 counts[1:].tolist(), cfg.group_mu, cfg.group_min_count, cfg.group_split, cfg.num_average_groups
             )
         rank_zero_info(f"shagcl: predicate groups {group_sizes}")
+        # weights loaded before any data (load_from_checkpoint, then a Trainer): keep them, initialise nothing
+        restored = self._weights_from_checkpoint
+        if restored and list(group_sizes) != list(self.group_sizes):
+            raise ValueError(
+                f"the loaded checkpoint was trained with predicate groups {self.group_sizes}, the current "
+                f"data/config gives {group_sizes}"
+            )
         self.group_sizes = group_sizes
         rates = median_resampling_rates(counts.tolist(), group_sizes)
-        self.model.build_decoder(group_sizes, stats.fg_matrix)
+        if not restored:
+            self.model.build_decoder(group_sizes, stats.fg_matrix)
         self.model.decoder.to(self.device)
         single = cfg.decoder == "single"
         self.gcl_loss = GCLLoss(
@@ -138,6 +147,8 @@ class SHAGCLModule(pl.LightningModule):
         self.seen_triplets = (stats.triplet_counts > 0).to(self.device)
         self.predicate_names = list(stats.predicate_classes)
         self.object_names = list(stats.object_classes)
+        if restored:
+            return
         if cfg.word_embeddings == "glove":
             self.model.context.set_word_vectors(load_glove(cfg.glove_path, self.object_names, cfg.word_dim))
         if cfg.box_head_checkpoint:
@@ -361,10 +372,24 @@ class SHAGCLModule(pl.LightningModule):
             "bad": self.bad_validations,
             "reductions": self.lr_reductions,
             "group_sizes": getattr(self, "group_sizes", None),
+            "predicate_names": self.predicate_names,
+            "object_names": self.object_names,
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        """Restores the plateau rule's state. A module built without data (``SHAGCLModule.load_from_checkpoint``)
+        has no decoder yet: it is built here from the checkpoint's predicate groups, so the weights load, and a
+        later ``setup`` with a datamodule fills in the loss and the statistics without re-initialising them."""
         state = checkpoint.get("shagcl_plateau")
+        if self.model.decoder is None:
+            if not (state and state.get("group_sizes")):
+                raise ValueError("the checkpoint records no predicate groups (shagcl_plateau.group_sizes)")
+            self.group_sizes = list(state["group_sizes"])
+            self.model.build_decoder(self.group_sizes)
+            self._weights_from_checkpoint = True
+            for key in ("predicate_names", "object_names"):
+                if state.get(key):
+                    setattr(self, key, list(state[key]))
         if state:
             self.lr_scale, self.best_metric = state["lr_scale"], state["best"]
             self.bad_validations, self.lr_reductions = state["bad"], state["reductions"]
