@@ -187,6 +187,27 @@ def test_predict_writes_its_outputs(name):
     assert classes and all(writes_predictions(c) for c in classes), f"{name}: a module without prediction_rows"
 
 
+@pytest.mark.parametrize("name", PACKAGES)
+def test_build_gives_the_configured_objects_unrun(name, tmp_path, monkeypatch):
+    """``mmzoo.cli.build`` (the Python way into a package) makes the module and datamodule of the shipped tiny
+    config, with the trainer the CLI would run them on."""
+    import lightning.pytorch as pl
+    import yaml
+    from mmzoo.cli import build, resolve_config
+    from mmzoo.predict import PredictionWriter, writes_predictions
+
+    monkeypatch.chdir(tmp_path)  # tiny configs may name relative data folders
+    model, data, trainer = build(name, "tiny", "--trainer.max_epochs", "3")
+    assert isinstance(model, pl.LightningModule) and isinstance(data, pl.LightningDataModule)
+    assert model.__module__.startswith(f"{name}.") and data.__module__.startswith(f"{name}.")
+    assert trainer.max_epochs == 3 and trainer.global_step == 0
+    shipped = yaml.safe_load(Path(resolve_config("tiny", name)).read_text())
+    for key in ("limit_train_batches", "limit_val_batches"):  # the config's own trainer settings are applied
+        if key in shipped.get("trainer", {}):
+            assert getattr(trainer, key) == shipped["trainer"][key], key
+    assert any(isinstance(c, PredictionWriter) for c in trainer.callbacks) == writes_predictions(type(model))
+
+
 #: Imports a member may make without declaring them: each guarded in the code, with the reason.
 UNDECLARED_IMPORTS = {
     "mmzoo": {

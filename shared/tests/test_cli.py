@@ -199,3 +199,25 @@ def test_allow_in_checkpoints_lets_lightning_resume_a_module_built_in_python(tmp
     assert t.current_epoch == 2
     loaded = ToyConfigModule.load_from_checkpoint(last)
     assert loaded.hparams.config == ToyConfig(hidden=6)
+
+
+def test_build_makes_what_the_config_describes_without_running(tmp_path):
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from mmzoo.cli import build
+    from mmzoo.predict import PredictionWriter
+
+    root = str(tmp_path / "run")
+    model, data, trainer = build("toypkg", "demo", "--model.hidden", "5", "--trainer.default_root_dir", root)
+    assert type(model).__name__ == "RowsToy" and model.hparams.hidden == 5 and model.hparams.lr == 0.05  # YAML
+    assert type(data).__name__ == "ToyData" and data.n == 32
+    assert trainer.max_epochs == 2 and trainer.global_step == 0  # built, not run
+    assert any(isinstance(c, PredictionWriter) for c in trainer.callbacks)  # the CLI's callbacks come along
+    assert any(isinstance(c, ModelCheckpoint) for c in trainer.callbacks)
+    trainer.fit(model, datamodule=data)
+    assert trainer.current_epoch == 2 and any((tmp_path / "run").rglob("last.ckpt"))
+
+    with pytest.raises(ModuleNotFoundError, match="no mmzoo package 'nopkg'"):
+        build("nopkg", "demo")
+    with pytest.raises(FileNotFoundError, match="no shipped config of that name in toypkg"):
+        build("toypkg", "nope")

@@ -40,7 +40,9 @@ from lightning.pytorch.cli import LightningCLI
 from mmzoo.predict import PredictionWriter, writes_predictions
 
 __all__ = [
+    "Built",
     "allow_in_checkpoints",
+    "build",
     "checkpoint_types",
     "resolve_config",
     "shipped_configs",
@@ -247,7 +249,7 @@ def run_cli(
         args: the command line without the program name; ``None`` reads ``sys.argv[1:]``.
         extra_commands: package-specific commands, ``{"extract": fn}``; ``fn(rest_of_args)`` runs when the
             first argument names it.
-        run: passed to LightningCLI; ``False`` only instantiates (tests use it).
+        run: passed to LightningCLI; ``False`` only instantiates (what :func:`build` uses).
 
     Returns:
         Called with ``args`` (from Python, as tests do): the LightningCLI object (its ``trainer`` and ``model``
@@ -280,6 +282,33 @@ def run_cli(
         write_metrics(cli.trainer, out)
     # The console script does sys.exit(main()): return nothing there (exit status 0), the CLI object in Python.
     return None if from_console else cli
+
+
+class Built(typing.NamedTuple):
+    """What :func:`build` returns."""
+
+    model: pl.LightningModule
+    datamodule: pl.LightningDataModule | None
+    trainer: pl.Trainer
+
+
+def build(package: str, config: str, *overrides: str) -> Built:
+    """The module, datamodule and trainer that ``<package> fit --config <config> [overrides]`` describes, built
+    and not run: the config-driven way into a package from a script or notebook.
+
+    ``config`` is a shipped config's name or a YAML file, as on the command line; ``overrides`` are further
+    command-line arguments (``"--model.lr", "0.01"``). The trainer carries the CLI's callbacks (checkpointing,
+    the prediction writer of a module with ``prediction_rows``), and ``seed_everything`` has been applied::
+
+        model, data, trainer = build("pckd", "demo", "--trainer.max_epochs", "1")
+        trainer.fit(model, datamodule=data)
+    """
+    try:
+        main = importlib.import_module(f"{package}.cli").main
+    except ModuleNotFoundError as err:
+        raise ModuleNotFoundError(f"build: no mmzoo package {package!r} is installed ({err})") from err
+    cli = main(["--config", config, *overrides], run=False)
+    return Built(cli.model, cli.datamodule, cli.trainer)
 
 
 def write_metrics(trainer: pl.Trainer, path: str | os.PathLike) -> dict[str, float]:

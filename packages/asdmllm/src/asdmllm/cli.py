@@ -11,8 +11,13 @@ from .module import ASDModule
 __all__ = ["main"]
 
 
-def main(args: list[str] | None = None):
+def main(args: list[str] | None = None, run: bool = True):
     """Entry point of the ``asdmllm`` script; with ``args`` (tests) returns the LightningCLI or the command's result."""
     return run_cli(
-        ASDModule, DebiasDataModule, package="asdmllm", args=args, extra_commands={"build-cmsc": build_cmsc_main}
+        ASDModule,
+        DebiasDataModule,
+        package="asdmllm",
+        args=args,
+        run=run,
+        extra_commands={"build-cmsc": build_cmsc_main},
     )

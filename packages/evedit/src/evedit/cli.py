@@ -11,9 +11,11 @@ from evedit.module import EVEModule
 __all__ = ["main"]
 
 
-def main(args: list[str] | None = None):
+def main(args: list[str] | None = None, run: bool = True):
     """Entry point of the ``evedit`` script (``args`` without the program name; None reads sys.argv).
 
     Returns the LightningCLI object (or the ``edit`` command's output) when called with ``args`` (tests);
     from the console it returns None, so ``sys.exit(main())`` exits with status 0."""
-    return run_cli(EVEModule, EVEDataModule, package="evedit", args=args, extra_commands={"edit": edit_command})
+    return run_cli(
+        EVEModule, EVEDataModule, package="evedit", args=args, run=run, extra_commands={"edit": edit_command}
+    )

@@ -14,6 +14,8 @@ def _extract(argv: list[str]):
     return extract_main(argv)
 
 
-def main(args: list[str] | None = None):
+def main(args: list[str] | None = None, run: bool = True):
     """Entry point; with ``args`` (tests) returns the LightningCLI or the extra command's result."""
-    return run_cli(KEVSRModule, KEVSRDataModule, package="kevsr", args=args, extra_commands={"extract": _extract})
+    return run_cli(
+        KEVSRModule, KEVSRDataModule, package="kevsr", args=args, run=run, extra_commands={"extract": _extract}
+    )

@@ -23,8 +23,13 @@ def export_teacher(argv: list[str]) -> str:
     return args.output
 
 
-def main(args: list[str] | None = None):
+def main(args: list[str] | None = None, run: bool = True):
     """Entry point; with ``args`` (tests) returns the LightningCLI or the extra command's result."""
     return run_cli(
-        PCKDModule, PCKDDataModule, package="pckd", args=args, extra_commands={"export-teacher": export_teacher}
+        PCKDModule,
+        PCKDDataModule,
+        package="pckd",
+        args=args,
+        run=run,
+        extra_commands={"export-teacher": export_teacher},
     )

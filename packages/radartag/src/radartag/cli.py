@@ -12,12 +12,13 @@ from .tools import build_ontology_command, extract_features_command
 __all__ = ["main"]
 
 
-def main(args: list[str] | None = None):
+def main(args: list[str] | None = None, run: bool = True):
     return run_cli(
         RadarModule,
         KwaiTagDataModule,
         package="radartag",
         args=args,
+        run=run,
         extra_commands={"build-ontology": build_ontology_command, "extract-features": extract_features_command},
     )
 

@@ -54,11 +54,12 @@ def convert_nextqa(argv: list[str]) -> int:
     return 0
 
 
-def main(args: list[str] | None = None):
+def main(args: list[str] | None = None, run: bool = True):
     return run_cli(
         RTQModule,
         RTQDataModule,
         package="rtqvl",
         args=args,
+        run=run,
         extra_commands={"build-lmdb": build_lmdb, "convert-nextqa": convert_nextqa},
     )

@@ -16,9 +16,11 @@ def _extract(argv: list[str]):
     return extract_main(argv)
 
 
-def main(args: Sequence[str] | None = None):
+def main(args: Sequence[str] | None = None, run: bool = True):
     """Entry point of the ``shagcl`` console script; ``main(args=[...])`` returns the LightningCLI (tests)."""
-    return run_cli(SHAGCLModule, SGGDataModule, package="shagcl", args=args, extra_commands={"extract": _extract})
+    return run_cli(
+        SHAGCLModule, SGGDataModule, package="shagcl", args=args, run=run, extra_commands={"extract": _extract}
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,10 @@ def parse_command(argv: list[str]) -> Path:
     return write_parse_cache(texts, parser, out)
 
 
-def main(args: list[str] | None = None):
-    return run_cli(SHENetModule, SHENetDataModule, package="shenet", args=args, extra_commands={"parse": parse_command})
+def main(args: list[str] | None = None, run: bool = True):
+    return run_cli(
+        SHENetModule, SHENetDataModule, package="shenet", args=args, run=run, extra_commands={"parse": parse_command}
+    )
 
 
 if __name__ == "__main__":

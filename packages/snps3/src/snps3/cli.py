@@ -25,7 +25,7 @@ def synthetic_command(argv: list[str]):
     return generate_synthetic_dataset(a.root, a.num_train, a.num_test, size=a.size)
 
 
-def main(args=None):
+def main(args=None, run: bool = True):
     """Run the CLI. With ``args`` (tests, Python use) returns the LightningCLI object (or the extra command's result);
     as the console script (``args=None``) returns None so the process exits with status 0."""
     return run_cli(
@@ -33,6 +33,7 @@ def main(args=None):
         SNPS3DataModule,
         package="snps3",
         args=args,
+        run=run,
         extra_commands={"mine-words": mine_command, "lemma-table": lemma_command, "synthetic-data": synthetic_command},
     )
 

@@ -12,12 +12,13 @@ from .tools import convert_mad_command, extract_text_features_command
 __all__ = ["main"]
 
 
-def main(args: list[str] | None = None):
+def main(args: list[str] | None = None, run: bool = True):
     return run_cli(
         TSGSVModule,
         TSGVDataModule,
         package="tsgsv",
         args=args,
+        run=run,
         extra_commands={"extract-text-features": extract_text_features_command, "convert-mad": convert_mad_command},
     )
 
