@@ -3,8 +3,10 @@ resumed run equal those of an uninterrupted run."""
 
 import pytest
 import torch
+from mmzoo.testing import assert_loads_without_data
 
 from asdmllm.cli import main
+from asdmllm.module import ASDModule
 
 
 def _fit(tmp_path, name, data, extra):
@@ -59,3 +61,5 @@ def test_resume_continues_skew_table_resampling_and_schedule(tmp_path):
     # the data order is a function of (Skew, seed, epoch) and the tiny model has no dropout: same parameters
     for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
         torch.testing.assert_close(p, q, msg=name)
+    # from Python, the checkpoint loads without a datamodule and validates as `validate --ckpt_path` does
+    assert_loads_without_data(ASDModule, tmp_path / "full" / "checkpoints" / "last.ckpt", full, limit_val_batches=2)

@@ -4,8 +4,10 @@ uninterrupted one."""
 
 import pytest
 import torch
+from mmzoo.testing import assert_loads_without_data
 
 from evedit.cli import main
+from evedit.module import EVEModule
 
 TIMINGS = ("val/time_s", "val/update_s", "val/peak_mb")  # wall-clock and memory: not method state
 
@@ -52,3 +54,7 @@ def test_resume_keeps_frozen_weights_counters_and_edits(tmp_path):
     assert keys and keys == sorted(k for k in mb if k.startswith("val/") and k not in TIMINGS)
     for k in keys:  # the per-clip generator is seeded by (seed, clip): the last epoch's edits are the same
         torch.testing.assert_close(ma[k], mb[k], msg=k)
+    # from Python, the checkpoint loads without a datamodule and validates as `validate --ckpt_path` does
+    assert_loads_without_data(
+        EVEModule, tmp_path / "full" / "checkpoints" / "last.ckpt", full, ignore=TIMINGS, limit_val_batches=1
+    )

@@ -7,7 +7,7 @@ of the two runs differ after the resumed epoch and are not compared.
 """
 
 import torch
-from mmzoo.testing import assert_started_from_checkpoint, record_state_at_train_start
+from mmzoo.testing import assert_loads_without_data, assert_started_from_checkpoint, record_state_at_train_start
 
 from kevsr.cli import main
 from kevsr.module import KEVSRModule
@@ -62,3 +62,5 @@ def test_resume_keeps_restored_state_and_schedule(tmp_path, monkeypatch):
     for head in ("head1", "head2"):
         ha, hb = getattr(ma.nontemporal, head), getattr(mb.nontemporal, head)
         assert torch.equal(ha.label_kg, hb.label_kg) and torch.equal(ha.has_kg, hb.has_kg)
+    # from Python, the checkpoint loads without a datamodule and validates as `validate --ckpt_path` does
+    assert_loads_without_data(KEVSRModule, tmp_path / "full" / "checkpoints" / "last.ckpt", full, limit_val_batches=2)

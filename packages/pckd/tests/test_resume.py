@@ -6,9 +6,11 @@ so the parameters of the two runs differ after the resumed epoch and are not com
 """
 
 import torch
+from mmzoo.testing import assert_loads_without_data
 
 from pckd.cli import main
 from pckd.losses import PreviewWeights
+from pckd.module import PCKDModule
 from pckd.testing import write_cifar100_python
 
 
@@ -59,3 +61,5 @@ def test_resume_continues_preview_schedule_and_state(tmp_path, monkeypatch):
     assert all(torch.equal(ta[k], tb[k]) for k in ta)
     # the best validation top-1 carries over from the interrupted run instead of restarting at -1
     assert float(resumed.model.best_val_acc1) >= first_best >= 0
+    # from Python, the checkpoint loads without a datamodule and validates as `validate --ckpt_path` does
+    assert_loads_without_data(PCKDModule, tmp_path / "full" / "checkpoints" / "last.ckpt", full, limit_val_batches=2)

@@ -6,7 +6,7 @@ The batch order (shuffle), the neighbour sampling of each batch and dropout come
 does not restore, so the parameters of the two runs differ after the resumed epoch and are not compared.
 """
 
-from mmzoo.testing import assert_started_from_checkpoint, record_state_at_train_start
+from mmzoo.testing import assert_loads_without_data, assert_started_from_checkpoint, record_state_at_train_start
 
 from radartag.cli import main
 from radartag.module import RadarModule
@@ -56,21 +56,8 @@ def test_resume_continues_adversarial_schedule(tmp_path, monkeypatch):
 def test_load_from_checkpoint_without_data_then_evaluate(tmp_path):
     """``RadarModule.load_from_checkpoint`` in Python, with ``num_tags`` left to the data, builds the model from the
     checkpoint's tag count; a Trainer given the datamodule then evaluates those weights unchanged."""
-    import lightning.pytorch as pl
-    import torch
-
     fitted = _fit(tmp_path, "run", 1)
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
     assert fitted.model.hparams.config["num_tags"] is None  # the tiny config takes the count from the data
-
-    loaded = RadarModule.load_from_checkpoint(ckpt, map_location="cpu")
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    loaded = assert_loads_without_data(RadarModule, ckpt, fitted, limit_val_batches=1)
     assert loaded.config.num_tags == fitted.model.config.num_tags
-    assert loaded.state_dict().keys() == saved.keys()
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
-
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, limit_val_batches=1, enable_checkpointing=False)
-    got = trainer.validate(loaded, datamodule=fitted.datamodule, verbose=False)[0]
-    ref = trainer.validate(fitted.model, datamodule=fitted.datamodule, verbose=False)[0]
-    assert got == ref and got
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())

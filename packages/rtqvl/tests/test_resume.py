@@ -12,10 +12,11 @@ that, the whole state dict must match too.
 from __future__ import annotations
 
 import torch
-from mmzoo.testing import assert_same_training_state, epoch_seeded_train_dataloader
+from mmzoo.testing import assert_loads_without_data, assert_same_training_state, epoch_seeded_train_dataloader
 
 from rtqvl.cli import main
 from rtqvl.data import RTQDataModule
+from rtqvl.module import RTQModule
 
 
 def _fit(root, max_epochs: int, *extra: str):
@@ -64,3 +65,5 @@ def test_resume_continues_momentum_queues_and_schedule(tmp_path, monkeypatch):
             torch.testing.assert_close(pa, pb, msg=f"momentum {n}")
     assert float(full.callback_metrics["train/alpha"]) == float(resumed.callback_metrics["train/alpha"])
     assert_same_training_state(full, resumed)  # weights, buffers, AdamW moments, lrs
+    # from Python, the checkpoint loads without a datamodule and validates as `validate --ckpt_path` does
+    assert_loads_without_data(RTQModule, tmp_path / "full" / "checkpoints" / "last.ckpt", full, limit_val_batches=2)

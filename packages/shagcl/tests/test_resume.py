@@ -82,21 +82,12 @@ def test_load_from_checkpoint_without_data_then_evaluate(tmp_path):
     """``SHAGCLModule.load_from_checkpoint`` in Python builds the GCL decoder from the checkpoint's predicate groups
     (no datamodule needed); a Trainer given the datamodule then fills in the loss and statistics without
     re-initialising the loaded decoder, word embeddings or box head, and evaluates exactly as the fitted module."""
-    import lightning.pytorch as pl
-    import torch
+    from mmzoo.testing import assert_loads_without_data
 
     from shagcl.module import SHAGCLModule
 
     fitted = _fit(tmp_path, "run", 1)
     ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    loaded = SHAGCLModule.load_from_checkpoint(ckpt, map_location="cpu")
-    saved = torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+    loaded = assert_loads_without_data(SHAGCLModule, ckpt, fitted, limit_val_batches=2)
     assert loaded.group_sizes == list(fitted.model.group_sizes)
     assert loaded.predicate_names == fitted.model.predicate_names and loaded.object_names == fitted.model.object_names
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())
-
-    trainer = pl.Trainer(logger=False, enable_progress_bar=False, limit_val_batches=2, enable_checkpointing=False)
-    got = trainer.validate(loaded, datamodule=fitted.datamodule, verbose=False)[0]
-    ref = trainer.validate(fitted.model, datamodule=fitted.datamodule, verbose=False)[0]
-    assert got == ref and got
-    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in saved.items())

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from mmzoo.testing import assert_same_training_state, epoch_seeded_train_dataloader
+from mmzoo.testing import assert_loads_without_data, assert_same_training_state, epoch_seeded_train_dataloader
 
 from shenet.cli import main
 from shenet.data import SHENetDataModule
@@ -69,3 +69,8 @@ def test_resume_continues_optimizer_and_schedule(tmp_path, monkeypatch, precisio
             assert opt.state[p][key].dtype == torch.float32, (key, opt.state[p][key].dtype)
     assert_same_training_state(full, resumed)  # weights, BertAdam moments (dtype included), lrs
     assert full.datamodule.state_dict() == resumed.datamodule.state_dict()
+    # from Python, the checkpoint loads without a datamodule and validates as `validate --ckpt_path` does
+    if precision == "32-true":
+        assert_loads_without_data(
+            SHENetModule, tmp_path / "full" / "checkpoints" / "last.ckpt", full, limit_val_batches=1
+        )

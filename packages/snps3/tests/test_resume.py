@@ -12,10 +12,11 @@ RNG streams are not part of a checkpoint, so the test draws the data order and e
 from __future__ import annotations
 
 import torch
-from mmzoo.testing import assert_same_training_state, epoch_seeded_train_dataloader
+from mmzoo.testing import assert_loads_without_data, assert_same_training_state, epoch_seeded_train_dataloader
 
 from snps3.cli import main
 from snps3.data import SNPS3DataModule
+from snps3.module import SNPS3Module
 
 
 def _fit(root, data_root, max_epochs: int, *extra: str):
@@ -64,3 +65,5 @@ def test_resume_continues_moco_queues_and_schedule(synthetic_root, tmp_path, mon
     sched_a, sched_b = ta.lr_scheduler_configs[0].scheduler, tb.lr_scheduler_configs[0].scheduler
     assert sched_a.last_epoch == sched_b.last_epoch == 4
     assert_same_training_state(ta, tb)  # weights, buffers, AdamW moments, lrs
+    # from Python, the checkpoint loads without a datamodule and validates as `validate --ckpt_path` does
+    assert_loads_without_data(SNPS3Module, tmp_path / "full" / "checkpoints" / "last.ckpt", full, limit_val_batches=2)

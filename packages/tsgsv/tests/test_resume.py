@@ -5,7 +5,10 @@ The batch order (shuffle) and dropout come from the global RNG, which a resume d
 of the two runs differ after the resumed epoch and are not compared.
 """
 
+from mmzoo.testing import assert_loads_without_data
+
 from tsgsv.cli import main
+from tsgsv.module import TSGSVModule
 
 
 def _fit(tmp_path, root, epochs, seed, ckpt=None):
@@ -47,3 +50,5 @@ def test_resume_redraws_the_same_windows(tmp_path):
     assert (a.current_epoch, a.global_step) == (b.current_epoch, b.global_step)
     sa, sb = a.lr_scheduler_configs[0].scheduler, b.lr_scheduler_configs[0].scheduler
     assert sa.last_epoch == sb.last_epoch and sa.get_last_lr() == sb.get_last_lr()
+    # from Python, the checkpoint loads without a datamodule and validates as `validate --ckpt_path` does
+    assert_loads_without_data(TSGSVModule, tmp_path / "full" / "checkpoints" / "last.ckpt", full, limit_val_batches=2)

@@ -35,6 +35,7 @@ __all__ = [
     "record_state_at_train_start",
     "assert_started_from_checkpoint",
     "assert_same_training_state",
+    "assert_loads_without_data",
     "run_in_triton_interpreter",
     "load_script",
 ]
@@ -303,6 +304,47 @@ def assert_same_training_state(a, b) -> None:
                     assert va == vb, f"optimizer {key} of parameter {i}"
     for ca, cb in zip(a.lr_scheduler_configs, b.lr_scheduler_configs, strict=True):
         assert ca.scheduler.last_epoch == cb.scheduler.last_epoch
+
+
+def assert_loads_without_data(
+    module_class: type, checkpoint: str | os.PathLike, fitted, *, ignore: tuple[str, ...] = (), **trainer_kwargs
+):
+    """``module_class.load_from_checkpoint(checkpoint)`` in Python, before any datamodule, loads every saved tensor;
+    a Trainer then given the fitted run's datamodule validates it exactly as ``validate --ckpt_path`` does (the
+    fitted module, set up from the data, restoring the checkpoint), and nothing that ``setup`` builds from the data
+    re-initialises a loaded parameter; nor does a second ``setup`` of the fitted module (fit, then validate in one
+    session). The compared validations start from the same seed (evaluation may draw masks).
+    ``fitted``: the LightningCLI or Trainer of the run that wrote ``checkpoint``; ``ignore``: metrics not compared
+    (timings); ``trainer_kwargs`` go to the validating Trainer. Returns the loaded module."""
+    import lightning.pytorch as pl
+
+    if isinstance(fitted, pl.Trainer):
+        module, datamodule = fitted.lightning_module, fitted.datamodule
+    else:
+        module, datamodule = fitted.model, fitted.datamodule
+    loaded = module_class.load_from_checkpoint(checkpoint, map_location="cpu")
+    saved = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+    state = loaded.state_dict()
+    assert state.keys() == saved.keys(), "load_from_checkpoint: the state_dict keys differ from the checkpoint's"
+    for key, value in saved.items():
+        assert torch.equal(state[key].cpu(), value), f"load_from_checkpoint: {key} differs from the checkpoint"
+
+    options = dict(logger=False, enable_progress_bar=False, enable_checkpointing=False, accelerator="cpu")
+    trainer = pl.Trainer(**{**options, **trainer_kwargs})
+    # fit then validate/test on the same module (a notebook's order): its second setup keeps the trained parameters
+    before = {k: p.detach().clone() for k, p in module.named_parameters()}
+    trainer.validate(module, datamodule=datamodule, verbose=False)
+    for key, p in module.named_parameters():
+        assert torch.equal(p.detach(), before[key]), f"{key}: a second setup of the fitted module changed it"
+    pl.seed_everything(0, verbose=False)
+    got = trainer.validate(loaded, datamodule=datamodule, verbose=False)[0]
+    pl.seed_everything(0, verbose=False)
+    ref = trainer.validate(module, datamodule=datamodule, ckpt_path=str(checkpoint), verbose=False)[0]
+    got, ref = ({k: v for k, v in m.items() if k not in ignore} for m in (got, ref))
+    assert got and got == ref, f"validation of the loaded module {got} differs from validate --ckpt_path's {ref}"
+    for key, p in loaded.named_parameters():  # buffers may be evaluation bookkeeping (e.g. the last val score)
+        assert torch.equal(p.detach().cpu(), saved[key]), f"{key} differs from the checkpoint after validating"
+    return loaded
 
 
 def run_in_triton_interpreter(test_file: str | os.PathLike, statement: str, timeout: float = 600.0) -> str:

@@ -87,6 +87,8 @@ class KEVSRModule(pl.LightningModule):
                     key = f"{stage}_{stream}_{level}"
                     self.metrics[f"{key}_f1"] = MultilabelF1Score(num_labels=n, average="micro", threshold=0.5)
                     self.metrics[f"{key}_rp"] = RPAtAccuracy(rp_accuracy, rp_mode)
+        # the label KG vectors also initialise the trainable label table: set once, never over trained or loaded weights
+        self._label_vectors_set = False
 
     # -------------------------------------------------------------- data-derived buffers (hierarchy, label KG)
     def setup(self, stage: str) -> None:
@@ -105,12 +107,16 @@ class KEVSRModule(pl.LightningModule):
                 f"model.config.num_level1={cfg.num_level1}, num_level2={cfg.num_level2}"
             )
         self.model.set_hierarchy(h.parent_index)
-        if self.model.nontemporal is not None:
-            for level, head in ((1, self.model.nontemporal.head1), (2, self.model.nontemporal.head2)):
+        nt = self.model.nontemporal
+        if nt is not None and not self._label_vectors_set:
+            # only a fresh module: a second setup (fit, then test in one session) or a module loaded from a checkpoint
+            # before any data keeps its label tables, whose KG rows may have trained (freeze_label_kg: false)
+            for level, head in ((1, nt.head1), (2, nt.head2)):
                 vectors, found = h.label_vectors(dm.kg, level, cfg.kg_dim)
                 head.set_label_vectors(vectors, found)
-            if self.model.nontemporal.tune_keywords:
-                self.model.nontemporal.keyword_delta.resize(len(dm.keyword_vocab))
+            self._label_vectors_set = True
+        if nt is not None and nt.tune_keywords:
+            nt.keyword_delta.resize(len(dm.keyword_vocab))
         split = next(iter(dm.datasets.values()), None)
         if split is not None and len(split):
             item = split[0]
@@ -123,6 +129,9 @@ class KEVSRModule(pl.LightningModule):
             for key, width in widths.items():
                 if getattr(cfg, key) != width:
                     raise ValueError(f"model.config.{key}={getattr(cfg, key)} but the feature files have {width}")
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self._label_vectors_set = True  # the checkpoint holds the label tables; a later setup must not reset them
 
     # -------------------------------------------------------------- training
     def _check_batch(self, batch: dict) -> None:
