@@ -300,7 +300,7 @@ def build(package: str, config: str, *overrides: str) -> Built:
     command-line arguments (``"--model.lr", "0.01"``). The trainer carries the CLI's callbacks (checkpointing,
     the prediction writer of a module with ``prediction_rows``), and ``seed_everything`` has been applied::
 
-        model, data, trainer = build("pckd", "demo", "--trainer.max_epochs", "1")
+        model, data, trainer = build("radartag", "demo", "--trainer.max_epochs", "1")
         trainer.fit(model, datamodule=data)
     """
     try:
