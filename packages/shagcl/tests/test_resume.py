@@ -5,8 +5,10 @@ with that epoch's seed, and a run the plateau rule has stopped stays stopped."""
 import math
 
 import pytest
+from mmzoo.testing import assert_loads_without_data
 
 from shagcl.cli import main
+from shagcl.module import SHAGCLModule
 
 
 def _fit(tmp_path, name, epochs, extra=()):
@@ -76,18 +78,11 @@ def test_resume_continues_plateau_rule_and_stays_stopped(tmp_path):
     again = _fit(tmp_path, "full", 4, ["--ckpt_path", str(tmp_path / "full" / "checkpoints" / "last.ckpt")])
     assert again.trainer.global_step == a["step"] and again.model.lr_reductions == 2
 
-
-@pytest.mark.filterwarnings("ignore:.*exists and is not empty")
-def test_load_from_checkpoint_without_data_then_evaluate(tmp_path):
-    """``SHAGCLModule.load_from_checkpoint`` in Python builds the GCL decoder from the checkpoint's predicate groups
-    (no datamodule needed); a Trainer given the datamodule then fills in the loss and statistics without
-    re-initialising the loaded decoder, word embeddings or box head, and evaluates exactly as the fitted module."""
-    from mmzoo.testing import assert_loads_without_data
-
-    from shagcl.module import SHAGCLModule
-
-    fitted = _fit(tmp_path, "run", 1)
-    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
-    loaded = assert_loads_without_data(SHAGCLModule, ckpt, fitted, limit_val_batches=2)
-    assert loaded.group_sizes == list(fitted.model.group_sizes)
-    assert loaded.predicate_names == fitted.model.predicate_names and loaded.object_names == fitted.model.object_names
+    # from Python, the checkpoint loads without a datamodule (its predicate groups build the GCL decoder; class names
+    # come along) and a Trainer given the datamodule then validates as `validate --ckpt_path` does, without
+    # re-initialising the loaded decoder, word embeddings or box head
+    loaded = assert_loads_without_data(
+        SHAGCLModule, tmp_path / "full" / "checkpoints" / "last.ckpt", full, limit_val_batches=2
+    )
+    assert loaded.group_sizes == list(full.model.group_sizes)
+    assert loaded.predicate_names == full.model.predicate_names and loaded.object_names == full.model.object_names
