@@ -27,8 +27,7 @@ help:
 # (PYTHONDONTWRITEBYTECODE), every process, the spawned two-process tests included, would otherwise recompile
 # torch, Lightning and transformers from source on import.
 setup:
-	@command -v uv >/dev/null 2>&1 || test -x $(CURDIR)/.tools/bin/uv || \
-		$(PYTHON) -m pip install --quiet --target $(CURDIR)/.tools uv
+	@command -v $(UV) >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet --target $(CURDIR)/.tools uv
 	$(UV) sync --all-packages --locked --compile-bytecode
 
 demo: setup
