@@ -155,6 +155,19 @@ def test_console_exit_status_is_zero(tmp_path, monkeypatch):
     assert run_cli(ToyModule, ToyData, "toypkg", extra_commands={"extract": lambda a: 3}) == 3
 
 
+def test_console_run_does_not_warn_about_its_own_args(tmp_path, monkeypatch):
+    # run_cli passes the console's command line (config names resolved) to LightningCLI on purpose
+    import warnings
+
+    argv = ["toypkg", "fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1"]
+    monkeypatch.setattr(sys, "argv", argv)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        assert run_cli(ToyModule, ToyData, "toypkg") is None
+    assert not [w for w in seen if "args parameter" in str(w.message)]
+    assert sys.argv == argv  # left for Lightning's DDP launcher
+
+
 def test_progress_bar_can_be_turned_off(tmp_path):
     cli = run_cli(
         ToyModule,

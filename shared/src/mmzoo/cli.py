@@ -30,6 +30,7 @@ import logging
 import os
 import sys
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -268,15 +269,20 @@ def run_cli(
         names = ", ".join(sorted(extra_commands))
         print(f"{package}: Lightning subcommands fit|validate|test|predict, and {names} (`{package} NAME --help`).")
     argv = _resolve_args(argv, package)
-    cli = _CLI(
-        model_class,
-        datamodule_class,
-        args=argv,
-        run=run,
-        seed_everything_default=0,
-        trainer_defaults={"callbacks": default_callbacks(model_class)},
-        save_config_kwargs={"overwrite": True},
-    )
+    with warnings.catch_warnings():
+        # LightningCLI warns when it gets args while sys.argv holds some too. Here that is intended: argv is the
+        # console's command line with shipped config names resolved to files (sys.argv itself stays as it is,
+        # since Lightning's DDP launcher starts the other processes from it).
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter is intended to run from within")
+        cli = _CLI(
+            model_class,
+            datamodule_class,
+            args=argv,
+            run=run,
+            seed_everything_default=0,
+            trainer_defaults={"callbacks": default_callbacks(model_class)},
+            save_config_kwargs={"overwrite": True},
+        )
     out = os.environ.get("MMZOO_METRICS_JSON")
     if run and out and cli.trainer.is_global_zero:
         write_metrics(cli.trainer, out)
