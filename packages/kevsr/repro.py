@@ -400,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="with --diagnose: only these settings of DIAGNOSE (writes repro_diagnostics_<first name>.json)",
     )
+    p.add_argument("--out", default=str(OUT), help="results file (default: packages/kevsr/repro_results.json)")
     a = p.parse_args(argv)
     seeds, epochs = ([0], 1) if a.smoke else ([0, 1, 2], 8)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -498,7 +499,7 @@ def main(argv: list[str] | None = None) -> int:
     res["gates"] = {"claim1_f1": gate1, "claim4_mrr": gate4}
     res["seconds"] = time.time() - t0
     if not a.smoke:
-        OUT.write_text(json.dumps(res, indent=1))
+        Path(a.out).write_text(json.dumps(res, indent=1))
     log.info("%s", json.dumps(res["claims"]))
     return 0 if gate1 and gate4 else 1
 

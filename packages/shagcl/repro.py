@@ -184,7 +184,12 @@ def mean_std(values):
     return {"mean": float(t.mean()), "std": float(t.std()) if len(values) > 1 else 0.0, "values": values}
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(OUT), help="results file (default: packages/shagcl/repro_results.json)")
+    out = Path(ap.parse_args(argv).out)
     from shagcl.testing import write_vg150
 
     t0 = time.time()
@@ -232,15 +237,15 @@ def main() -> int:
         },
         "seeds": list(SEEDS),
         "seconds": round(time.time() - t0, 1),
-        "command": "python packages/shagcl/repro.py",
+        "command": " ".join(["python packages/shagcl/repro.py", *(sys.argv[1:] if argv is None else argv)]),
     }
-    OUT.write_text(json.dumps(result, indent=1))
+    out.write_text(json.dumps(result, indent=1))
     for name, block in result.items():
         if isinstance(block, dict):
             print(
                 name, {k: (f"{v['mean']:.3f}±{v['std']:.3f}" if isinstance(v, dict) else v) for k, v in block.items()}
             )
-    print("repro_results.json written; gates:", gate1, gate2)
+    print(f"{out} written; gates:", gate1, gate2)
     return 0 if gate1 and gate2 else 1
 
 
