@@ -159,7 +159,8 @@ def test_console_run_does_not_warn_about_its_own_args(tmp_path, monkeypatch):
     # run_cli passes the console's command line (config names resolved) to LightningCLI on purpose
     import warnings
 
-    argv = ["toypkg", "fit", "--config", "demo", "--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1"]
+    root = str(tmp_path)
+    argv = ["toypkg", "fit", "--config", "demo", "--trainer.default_root_dir", root, "--trainer.max_epochs", "1"]
     monkeypatch.setattr(sys, "argv", argv)
     with warnings.catch_warnings(record=True) as seen:
         warnings.simplefilter("always")
