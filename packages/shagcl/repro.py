@@ -15,6 +15,7 @@ Writes packages/shagcl/repro_results.json (mean ± std over seeds); exits 1 when
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -185,8 +186,6 @@ def mean_std(values):
 
 
 def main(argv: list[str] | None = None) -> int:
-    import argparse
-
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(OUT), help="results file (default: packages/shagcl/repro_results.json)")
     out = Path(ap.parse_args(argv).out)

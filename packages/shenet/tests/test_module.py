@@ -176,22 +176,18 @@ def test_eval_metric_inputs_on_module_device(monkeypatch):
     assert all(d.type == "meta" for d in metric.devices), metric.devices
 
 
-def _ranks_both_ways(scores: torch.Tensor, query_gt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    pos = torch.zeros(scores.shape, dtype=torch.bool)
-    pos[torch.arange(len(query_gt)), query_gt] = True
-    return retrieval_ranks(scores, pos), retrieval_ranks(scores.T, pos.T)
-
-
-def _tied(scores: torch.Tensor, query_gt: torch.Tensor, tol: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per text (t2v) and per video (v2t): whether a negative scores within ``tol`` of the best positive, so that
-    rounding at the level of ``tol`` can move the rank."""
+def _ranks_and_ties(
+    scores: torch.Tensor, query_gt: torch.Tensor, tol: float
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """t2v, then v2t: each query's 0-based rank, and whether a negative scores within ``tol`` of its best positive
+    (so that rounding at the level of ``tol`` can move that rank)."""
     pos = torch.zeros(scores.shape, dtype=torch.bool)
     pos[torch.arange(len(query_gt)), query_gt] = True
     out = []
     for m, p in ((scores, pos), (scores.T, pos.T)):
         best = m.masked_fill(~p, float("-inf")).amax(-1, keepdim=True)
-        out.append(((m - best).abs() <= tol).logical_and(~p).any(-1))
-    return out[0], out[1]
+        out.append((retrieval_ranks(m, p), ((m - best).abs() <= tol).logical_and(~p).any(-1)))
+    return out
 
 
 def test_distributed_evaluation_equals_one_process(tmp_path):
@@ -199,11 +195,10 @@ def test_distributed_evaluation_equals_one_process(tmp_path):
     # round with repeats of videos 0 (and 1). Each rank scores every query against its own videos only, with no
     # Python-object collective (video features stay on their rank), and the repeats count once.
     single = h.evaluate(list(range(h.EVAL_VIDEOS)))
-    single_ranks = _ranks_both_ways(single["scores"], single["query_gt"])
     # a video's second caption is the next video's first, so some scores tie exactly in one process; encoded in
     # other batches they may differ by rounding, which decides such a tie either way (on some CPUs, not others)
-    tied = _tied(single["scores"], single["query_gt"], 2e-6)
-    assert not tied[0].all() and not tied[1].all()
+    single_ranks = _ranks_and_ties(single["scores"], single["query_gt"], 2e-6)
+    assert not any(tied.all() for _, tied in single_ranks)
     n_text = sum(len(it["captions"]) for it in h.eval_items())
     assert single["scores"].shape == (n_text, h.EVAL_VIDEOS)
     names = {f"test/{d}_{m}" for d in ("t2v", "v2t") for m in ("R@1", "R@5", "R@10", "MdR", "MnR")}
@@ -228,7 +223,9 @@ def test_distributed_evaluation_equals_one_process(tmp_path):
             # process's rank (with no tie in the data the metrics are equal: test_metrics checks the formulas)
             expected = {f"test/{k}": float(v) for k, v in retrieval_metrics(r["scores"], r["query_gt"]).items()}
             assert r["logged"] == expected, (world, rank)
-            for mine, one, tie in zip(_ranks_both_ways(r["scores"], r["query_gt"]), single_ranks, tied, strict=True):
+            for (mine, _), (one, tie) in zip(
+                _ranks_and_ties(r["scores"], r["query_gt"], 2e-6), single_ranks, strict=True
+            ):
                 assert torch.equal(mine[~tie], one[~tie]), (world, rank)
         assert sum(sum(r["scored_videos"]) for r in ranks) == h.EVAL_VIDEOS
 
