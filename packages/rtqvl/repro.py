@@ -125,7 +125,7 @@ def _test_features(module: RTQModule, dm: RTQDataModule) -> tuple[torch.Tensor, 
     with torch.no_grad():
         for batch in dm.test_dataloader():
             v, _ = module.model.encode_video(batch["video"])
-            ids, mask = module.model.tokenize(batch["caption"], "cpu")
+            ids, mask = module.model.tokenize(batch["captions"], "cpu")  # one caption per clip here
             feats_v.append(v)
             feats_t.append(module.model.encode_text(ids, mask))
     hook.remove()

@@ -77,29 +77,58 @@ def itc_worker(rank: int, world: int):
     return loss, grad, gathered
 
 
-def retrieval_eval_batch(items: list[int]) -> dict:
-    """Evaluation batch of the given items of a fixed 5-item retrieval set (items 3 and 4 share video 3)."""
+# a fixed retrieval evaluation set of 5 videos and 8 captions, in the order a jsonl file would list them: video 1
+# has two captions, video 3 three, and their captions are interleaved with other videos' (text i ↔ RET_OWNER[i])
+RET_CAPTIONS = [
+    "red square",
+    "blue square on the left",
+    "green square",
+    "white square then dog",
+    "a blue square",
+    "a dog",
+    "yellow square",
+    "white then a dog",
+]
+RET_OWNER = [0, 1, 2, 3, 1, 3, 4, 3]
+
+
+def retrieval_eval_items(videos: list[int]) -> list[dict]:
+    """The evaluation items (one per video, with all its captions) of the given videos of the fixed set."""
     g = torch.Generator().manual_seed(1)
-    videos = torch.randn(5, 4, 3, 32, 32, generator=g)
-    captions = ["red square", "blue square on the left", "green square", "white square then dog", "a dog"]
-    video_index = [0, 1, 2, 3, 3]
-    sel = torch.tensor(items, dtype=torch.long)
-    return {
-        "video": videos[sel],
-        "caption": [captions[i] for i in items],
-        "video_index": torch.tensor([video_index[i] for i in items]),
-        "index": sel,
-    }
+    clips = torch.randn(5, 4, 3, 32, 32, generator=g)
+    items = []
+    for v in videos:
+        texts = [t for t, owner in enumerate(RET_OWNER) if owner == v]
+        items.append(
+            {
+                "video_id": f"video{v}",
+                "video_index": v,
+                "captions": [RET_CAPTIONS[t] for t in texts],
+                "text_index": texts,
+                "video": clips[v],
+                "index": v,
+            }
+        )
+    return items
+
+
+def retrieval_eval_batch(videos: list[int]) -> dict:
+    """Evaluation batch (the data module's collate) of the given videos of the fixed 5-video, 8-caption set."""
+    from rtqvl.data import collate
+
+    return collate(retrieval_eval_items(videos))
 
 
 def retrieval_eval_logs(
     rank: int, world: int, shards: list[list[int]], store: str = "pinned", seen: dict | None = None
 ) -> dict[str, float]:
-    """Run RTQModule's retrieval evaluation (eval steps on this rank's items, then the epoch end) and return what
-    it logs. ``shards[rank]`` = this rank's items, each a list of batches (an empty list: the rank has none).
+    """Run RTQModule's retrieval evaluation (eval steps on this rank's videos, then the epoch end) and return what
+    it logs. ``shards[rank]`` = this rank's videos, each a list of batches (an empty list: the rank has none).
     ``store`` = ``eval_token_store``. ``seen`` (optional) receives what the rank held: ``store_rows`` (rows of its
     token store), ``store_devices`` (devices of the store's tensors), ``eval_store_max_dim`` (largest ndim among the
-    other per-item tensors), ``itm_pairs`` (pairs it scored with ITM), ``t2v`` / ``v2t`` (the re-ranked matrices)."""
+    other per-video and per-text tensors), ``itm_pairs`` (pairs it scored with ITM), ``videos_encoded`` (videos
+    passed to ``encode_video``), ``t2v`` / ``v2t`` / ``gt`` (the re-ranked matrices and the texts' video columns
+    given to the metric)."""
     from types import SimpleNamespace
 
     from rtqvl.module import RTQModule
@@ -118,10 +147,18 @@ def retrieval_eval_logs(
         return itm(tokens, ids, mask)
 
     mod.model.itm_logits = counting_itm
+    encode_video = mod.model.encode_video
+    seen["videos_encoded"] = 0
+
+    def counting_encode_video(video, momentum=False):
+        seen["videos_encoded"] += video.shape[0]
+        return encode_video(video, momentum)
+
+    mod.model.encode_video = counting_encode_video
     update = mod.val_metric.update
 
     def keep_scores(t2v, gt, v2t):
-        seen["t2v"], seen["v2t"] = t2v.clone(), v2t.clone()
+        seen["t2v"], seen["v2t"], seen["gt"] = t2v.clone(), v2t.clone(), gt.clone()
         update(t2v, gt, v2t)
 
     mod.val_metric.update = keep_scores
@@ -131,13 +168,16 @@ def retrieval_eval_logs(
         ts = mod._token_store
         seen["store_rows"] = 0 if ts is None else len(ts)
         seen["store_devices"] = set() if ts is None else {str(p.device) for p in ts.parts}
-        seen["eval_store_max_dim"] = max((v.ndim for e in mod._eval_store for v in e.values()), default=0)
+        seen["eval_store_max_dim"] = max(
+            (v.ndim for e in mod._eval_store for part in e.values() for v in part.values()), default=0
+        )
         mod.on_validation_epoch_end()
     return logged
 
 
 def retrieval_eval_worker(rank: int, world: int) -> list:
-    # DistributedSampler layout of 5 items over 2 ranks (rank 1's last item is padding, a repeat of item 0)
+    # DistributedSampler layout of 5 videos over 2 ranks (rank 1's last video is padding, a repeat of video 0); the
+    # ranks hold 1 + 2 + 1 and 2 + 3 + 1 captions
     seen: dict = {}
     padded = retrieval_eval_logs(rank, world, [[[0, 2], [4]], [[1, 3], [0]]], seen=seen)
     # rank 1 holds no batch at all (every clip skipped): it must still join the gather

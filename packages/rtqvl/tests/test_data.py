@@ -39,6 +39,8 @@ def root(tmp_path_factory):
         + "\n"
         + json.dumps({"video": "video1", "caption": ["first caption", "second caption"]})
         + "\n"
+        + json.dumps({"clip_name": "video0", "caption": "Named again"})
+        + "\n"
     )
     (ann / "cap_test.json").write_text(
         json.dumps(
@@ -93,15 +95,28 @@ def test_text_normaliser_and_samplers():
 
 
 def test_retrieval_jsonl_string_and_list_captions(root):
+    # evaluation: one item per video with all its captions (from every line naming it) and their text indices
     ds = RetrievalDataset(root, "test", ["ret.jsonl"], "ann", "vis_db", **COMMON)
-    assert len(ds) == 3 and ds.num_videos == 2
-    assert [x["video_index"] for x in ds.items] == [0, 1, 1]
-    assert ds.items[0]["caption"] == "a man is cooking"
-    batch = collate([ds[i] for i in range(3)])
-    assert batch["video"].shape == (3, 4, 3, 32, 32) and batch["video"].dtype == torch.float32
-    assert batch["video_index"].tolist() == [0, 1, 1]
+    assert len(ds) == 2 and ds.num_videos == 2 and ds.num_texts == 4
+    assert [x["video_index"] for x in ds.items] == [0, 1]
+    assert ds.items[0]["captions"] == ["a man is cooking", "named again"]
+    assert [x["text_index"] for x in ds.items] == [[0, 3], [1, 2]]
+    batch = collate([ds[i] for i in range(2)])
+    assert batch["video"].shape == (2, 4, 3, 32, 32) and batch["video"].dtype == torch.float32
+    assert batch["video_index"].tolist() == [0, 1] and batch["index"].tolist() == [0, 1]
+    assert batch["captions"] == ["a man is cooking", "named again", "first caption", "second caption"]
+    assert batch["text_index"].tolist() == [0, 3, 1, 2] and batch["caption_video"].tolist() == [0, 0, 1, 1]
+    assert "caption" not in batch
+    # training: one item per caption (the contrastive sampling), in file order
     train = RetrievalDataset(root, "train", ["ret.jsonl"], "ann", "vis_db", num_frames=4, image_size=32, train=True)
+    assert [(x["caption"], x["video_index"]) for x in train.items] == [
+        ("a man is cooking", 0),
+        ("first caption", 1),
+        ("second caption", 1),
+        ("named again", 0),
+    ]
     assert train[1]["video"].shape == (4, 3, 32, 32)  # RandomResizedCrop + flip + RandAugment path
+    assert collate([train[0], train[1]])["caption"] == ["a man is cooking", "first caption"]
 
 
 def test_caption_json_and_grouped_jsonl(root):
@@ -148,7 +163,7 @@ def test_missing_files_and_keys(root, tmp_path):
 def test_corrupt_video_raise_or_skip(root, tmp_path, caplog):
     (tmp_path / "ann").mkdir()
     (tmp_path / "ann" / "c.jsonl").write_text(
-        json.dumps({"clip_name": "bad", "caption": "x"})
+        json.dumps({"clip_name": "bad", "caption": ["x", "z"]})
         + "\n"
         + json.dumps({"clip_name": "video0", "caption": "y"})
         + "\n"
@@ -167,6 +182,9 @@ def test_corrupt_video_raise_or_skip(root, tmp_path, caplog):
     assert "bad" in caplog.text
     batch = collate([skip[0], skip[1]])
     assert batch["video"].shape[0] == 1
+    # the skipped video's captions leave the evaluation with it
+    assert batch["captions"] == ["y"] and batch["text_index"].tolist() == [2]
+    assert batch["caption_video"].tolist() == [0]
     assert collate([None]) is None
 
 

@@ -177,15 +177,17 @@ def test_retrieval_evaluation_on_two_processes_equals_one_process(two_process_re
 
 
 def test_retrieval_re_ranking_is_split_by_the_rank_holding_each_video(two_process_results):
-    # every rank keeps only the tokens of the items it encoded (3 each: rank 1's third is item 0 again) and scores
+    # every rank keeps only the tokens of the videos it encoded (3 each: rank 1's third is video 0 again) and scores
     # the ITM pairs of the videos it holds: together the ranks score each candidate pair exactly once
-    from rtqvl_testlib import retrieval_eval_logs
+    from rtqvl_testlib import RET_OWNER, retrieval_eval_logs
 
     single: dict = {}
     retrieval_eval_logs(0, 1, [[[0, 2], [4], [1, 3]]], seen=single)
     ranks = [r["retrieval_eval"][2] for r in two_process_results]
     assert [r["store_rows"] for r in ranks] == [3, 3]
-    assert single["store_rows"] == 5
+    assert [r["videos_encoded"] for r in ranks] == [3, 3]  # one encoding per video, not per caption (4 and 6)
+    assert single["store_rows"] == single["videos_encoded"] == 5  # 5 videos, 8 captions
+    assert single["gt"].tolist() == RET_OWNER and all(r["gt"].tolist() == RET_OWNER for r in ranks)
     assert all(r["itm_pairs"] > 0 for r in ranks)
     assert sum(r["itm_pairs"] for r in ranks) == single["itm_pairs"]
     for r in ranks:
@@ -222,7 +224,9 @@ def test_generation_and_choice_evaluation_on_two_processes_equals_one_process(ta
 def test_retrieval_token_store_locations_give_the_same_scores(store):
     # the store location changes where the tokens wait, not the scores; the reference is the previous layout:
     # every video's tokens in one tensor on the model's device, all pairs re-ranked from it
-    from rtqvl_testlib import retrieval_eval_batch, retrieval_eval_logs
+    from rtqvl_testlib import RET_CAPTIONS, RET_OWNER, retrieval_eval_batch, retrieval_eval_logs
+
+    from rtqvl.metrics import retrieval_metrics
 
     seen: dict = {}
     logs = retrieval_eval_logs(0, 1, [[[0, 1, 2], [3, 4]]], store=store, seen=seen)
@@ -234,15 +238,18 @@ def test_retrieval_token_store_locations_give_the_same_scores(store):
     mod = RTQModule(tiny_config(queue_size=8, k_test=3)).eval()
     m = mod.model
     with torch.no_grad():
-        batch = retrieval_eval_batch([0, 1, 2, 3, 4])
-        ids, mask = m.tokenize(batch["caption"], "cpu", pad_to_max=True)
-        v_feat, tokens = m.encode_video(batch["video"])
-        cols = torch.tensor([0, 1, 2, 3])  # item 4 shares item 3's video
-        sim = m.encode_text(ids, mask) @ v_feat[cols].T
-        t2v, v2t = m.rerank(sim, tokens[cols], ids, mask, 3)
+        videos = retrieval_eval_batch([0, 1, 2, 3, 4])["video"]
+        ids, mask = m.tokenize(RET_CAPTIONS, "cpu", pad_to_max=True)  # the 8 captions in file order
+        v_feat, tokens = m.encode_video(videos)
+        sim = m.encode_text(ids, mask) @ v_feat.T
+        t2v, v2t = m.rerank(sim, tokens, ids, mask, 3)
     torch.testing.assert_close(seen["t2v"], t2v, rtol=0, atol=1e-5)
     torch.testing.assert_close(seen["v2t"], v2t, rtol=0, atol=1e-5)
-    # the per-item records hold features and ids (≤ 2-D), not the (N, M, D) token sequences
+    assert seen["gt"].tolist() == RET_OWNER
+    ref = retrieval_metrics(t2v, torch.tensor(RET_OWNER), v2t)
+    for k, v in ref.items():
+        assert logs[f"val/{k}"] == pytest.approx(v, abs=1e-9), k
+    # the per-video and per-text records hold features and ids (≤ 2-D), not the (N, M, D) token sequences
     assert seen["eval_store_max_dim"] <= 2 and seen["store_rows"] == 5
     assert seen["store_devices"] == {"cpu"}  # host memory (the model is on the CPU here as well)
 
@@ -316,13 +323,14 @@ def test_cli_predict_writes_one_row_per_item(predict_root, tmp_path, task, datas
     m = cli.model.eval().model
     outputs = set()
     for i, row in enumerate(rows):
-        item = ds[row["index"]]
+        item = ds[row["index"]]  # retrieval: one caption per video here, so text i is video item i's caption
         video = item["video"][None]
         assert row["video_id"] == item["video_id"]
         with torch.no_grad():
             if task == "retrieval":
-                assert (row["video_index"], row["caption"]) == (item["video_index"], item["caption"])
-                ids, mask = m.tokenize([item["caption"]], "cpu")
+                assert item["text_index"] == [row["index"]]
+                assert (row["video_index"], row["caption"]) == (item["video_index"], item["captions"][0])
+                ids, mask = m.tokenize(item["captions"], "cpu")
                 torch.testing.assert_close(arrays["video_feat"][i], m.encode_video(video)[0][0], rtol=0, atol=1e-5)
                 torch.testing.assert_close(arrays["text_feat"][i], m.encode_text(ids, mask)[0], rtol=0, atol=1e-5)
                 outputs.add(tuple(arrays["video_feat"][i].tolist()))
@@ -342,3 +350,163 @@ def test_cli_predict_writes_one_row_per_item(predict_root, tmp_path, task, datas
                 assert row["answer_text"] == item["options"][k] == f"event {k} of clip {row['index']}"
                 outputs.add(k)
     assert len(outputs) > 1  # the outputs differ between items, so a row paired with the wrong item would show
+
+
+@pytest.fixture(scope="module")
+def multi_caption_root(tmp_path_factory):
+    """Six synthetic clips in a ClipBERT LMDB (no clip the order-swapped twin of another, whose scores could tie)
+    with a multi-caption ClipBERT jsonl test set: caption lists, string captions, and one clip named again on a
+    later line (14 captions). Returns (root, the captions in file order as (video id, caption))."""
+    import json
+    import random
+
+    from rtqvl.data import write_lmdb
+    from rtqvl.synthetic import caption_of, encode_mp4, order_clip, order_pairs
+
+    root = tmp_path_factory.mktemp("rtq_multi")
+    pairs = []
+    for a, b in order_pairs(40, random.Random(0)):
+        if (b, a) not in pairs and len(pairs) < 6:
+            pairs.append((a, b))
+    v = [f"clip{i}" for i in range(6)]
+    write_lmdb(root / "vis_db" / "msrvtt", {v[i]: encode_mp4(order_clip(a, b)) for i, (a, b) in enumerate(pairs)})
+    base = [caption_of(a, b) for a, b in pairs]
+    lines = [
+        {"clip_name": v[0], "caption": [base[0], f"first {base[0]}", "A clip (red)!"]},
+        {"clip_name": v[1], "caption": base[1]},
+        {"video": f"{v[2]}.mp4", "caption": [base[2], "two things happen"]},
+        {"clip_name": v[3], "caption": [base[3], "one", "then another", f"{base[3]} again"]},
+        {"clip_name": v[1], "caption": "the second clip, named on a later line"},
+        {"clip_name": v[4], "caption": [base[4]]},
+        {"clip_name": v[5], "caption": [base[5], "last clip"]},
+    ]
+    ann = root / "txt_db" / "msrvtt_retrieval"
+    ann.mkdir(parents=True)
+    (ann / "test.jsonl").write_text("".join(json.dumps(row) + "\n" for row in lines), encoding="utf-8")
+    texts = []
+    for row in lines:
+        vid = (row.get("clip_name") or row["video"]).split(".")[0]
+        texts += [(vid, c) for c in (row["caption"] if isinstance(row["caption"], list) else [row["caption"]])]
+    return root, texts
+
+
+def _multi_caption_run(root, tmp_path, monkeypatch):
+    """A tiny retrieval module and data module on ``root`` (eval batches of 4 videos), with counters of the videos
+    the dataset decodes (by id) and of the clips ``encode_video`` sees."""
+    from collections import Counter
+
+    import lightning.pytorch as pl
+
+    from rtqvl.data import RetrievalDataset, RTQDataModule
+
+    decoded: Counter = Counter()
+    load = RetrievalDataset.load_video
+
+    def counting_load(self, video_id):
+        decoded[video_id] += 1
+        return load(self, video_id)
+
+    monkeypatch.setattr(RetrievalDataset, "load_video", counting_load)
+    torch.manual_seed(0)
+    # init 0.5: at the official 0.02 the tiny encoders give nearly the same feature for every clip and caption,
+    # and float rounding alone could reorder the scores
+    mod = RTQModule(tiny_config(k_test=3, init_std=0.5))
+    encoded = {"clips": 0}
+    encode = mod.model.encode_video
+
+    def counting_encode(video, momentum=False):
+        encoded["clips"] += video.shape[0]
+        return encode(video, momentum)
+
+    mod.model.encode_video = counting_encode
+    dm = RTQDataModule("msrvtt_retrieval", str(root), num_frames=4, image_size=32, eval_batch_size=4, num_workers=0)
+
+    def trainer(**kw):
+        return pl.Trainer(
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_checkpointing=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            default_root_dir=str(tmp_path),
+            **kw,
+        )
+
+    return mod, dm, trainer, decoded, encoded, encode
+
+
+def _multi_caption_reference(mod, dm, texts, encode):
+    """By hand from the model's encoders: every clip encoded alone, every caption of the file (in file order)
+    tokenised as evaluation does; the cosine matrix, its ITM re-ranking and each text's video column."""
+    from rtqvl.data import normalize_text
+
+    m = mod.model.eval()
+    ds = dm.datasets["test"]
+    vids = list(dict.fromkeys(v for v, _ in texts))  # order of first appearance
+    gt = torch.tensor([vids.index(v) for v, _ in texts])
+    with torch.no_grad():
+        feats, tokens = zip(*(encode(ds.load_video(v)[None]) for v in vids), strict=True)
+        v_feat, tokens = torch.cat(feats), torch.cat(tokens)
+        ids, mask = m.tokenize([normalize_text(c) for _, c in texts], "cpu", pad_to_max=True)
+        sim = m.encode_text(ids, mask) @ v_feat.T
+        t2v, v2t = m.rerank(sim, tokens, ids, mask, mod.config.k_test)
+    return vids, gt, v_feat, t2v, v2t
+
+
+def test_multi_caption_retrieval_test_encodes_each_video_once(multi_caption_root, tmp_path, monkeypatch):
+    # MSR-VTT full / MSVD style: 6 clips, 14 captions; each clip is decoded and encoded once per evaluation (not
+    # once per caption) and the metrics are those of the per-caption text × per-video feature matrix
+    from rtqvl.metrics import retrieval_metrics
+
+    root, texts = multi_caption_root
+    mod, dm, trainer, decoded, encoded, encode = _multi_caption_run(root, tmp_path, monkeypatch)
+    seen: dict = {}
+    update = mod.test_metric.update
+
+    def keep(t2v, gt, v2t):
+        seen.update(t2v=t2v.clone(), gt=gt.clone(), v2t=v2t.clone())
+        update(t2v, gt, v2t)
+
+    mod.test_metric.update = keep
+    logged = trainer().test(mod, datamodule=dm, verbose=False)[0]
+    assert len(texts) == 14 and len(dm.datasets["test"]) == 6 == dm.datasets["test"].num_videos
+    assert encoded["clips"] == 6
+    assert sorted(decoded) == sorted({v for v, _ in texts}) and set(decoded.values()) == {1}
+    vids, gt, _, t2v, v2t = _multi_caption_reference(mod, dm, texts, encode)
+    assert seen["gt"].tolist() == gt.tolist()
+    torch.testing.assert_close(seen["t2v"], t2v, rtol=1e-5, atol=1e-5)  # re-ranked scores reach ~10
+    torch.testing.assert_close(seen["v2t"], v2t, rtol=1e-5, atol=1e-5)
+    ref = retrieval_metrics(t2v, gt, v2t)
+    assert ref["t2v_R@1"] < 100.0  # the tiny random model does not solve it: a wrong pairing would show
+    for k, v in ref.items():
+        assert logged[f"test/{k}"] == pytest.approx(v, abs=1e-4), k
+
+
+def test_multi_caption_retrieval_predict_rows_per_caption_encode_each_video_once(
+    multi_caption_root, tmp_path, monkeypatch
+):
+    import json
+
+    from mmzoo.predict import PredictionWriter
+
+    from rtqvl.data import normalize_text
+
+    root, texts = multi_caption_root
+    mod, dm, trainer, decoded, encoded, encode = _multi_caption_run(root, tmp_path, monkeypatch)
+    out = tmp_path / "p.jsonl"
+    trainer(callbacks=[PredictionWriter(str(out))]).predict(mod, datamodule=dm, return_predictions=False)
+    assert encoded["clips"] == 6 and set(decoded.values()) == {1}
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    arrays = torch.load(tmp_path / "p.pt", weights_only=True)
+    assert sorted(r["index"] for r in rows) == list(range(14))  # one row per caption, each once
+    vids, gt, v_feat, _, _ = _multi_caption_reference(mod, dm, texts, encode)
+    m = mod.model
+    for i, row in enumerate(rows):
+        t = row["index"]
+        assert (row["video_id"], row["caption"]) == (texts[t][0], normalize_text(texts[t][1]))
+        assert row["video_index"] == int(gt[t])
+        torch.testing.assert_close(arrays["video_feat"][i], v_feat[gt[t]], rtol=0, atol=1e-5)
+        with torch.no_grad():
+            ids, mask = m.tokenize([row["caption"]], "cpu")
+            torch.testing.assert_close(arrays["text_feat"][i], m.encode_text(ids, mask)[0], rtol=0, atol=1e-5)

@@ -72,13 +72,14 @@ def test_slabs_are_powers_of_two_and_the_formula_matches_the_store():
     items, width, tokens, batch = 13, 4, 6, 4
     for start in range(0, items, batch):
         store.append(torch.zeros(min(batch, items - start), tokens, width))
-    mem = retrieval_eval_memory(items, items, tokens, width, eval_batch_size=batch)
+    mem = retrieval_eval_memory(3 * items, items, tokens, width, eval_batch_size=batch)  # 3 captions per video
     assert mem["host_tokens_GB"] * 1e9 == pytest.approx(items * tokens * width * 4)
     assert mem["host_allocated_GB"] * 1e9 == pytest.approx(store.allocated_bytes)
     for p in store.parts:  # each slab a power-of-two number of bytes minus less than one row
         size = p.numel() * p.element_size()
         assert (1 << (size - 1).bit_length()) - size < tokens * width * 4
-    # two processes each hold the padded half (7 of 13 items); the previous layout held all 13 on each device
-    half = retrieval_eval_memory(items, items, tokens, width, world_size=2, eval_batch_size=batch)
+    # two processes each hold the padded half (7 of 13 videos); the previous layout held one sequence per text (39)
+    # on each device
+    half = retrieval_eval_memory(3 * items, items, tokens, width, world_size=2, eval_batch_size=batch)
     assert half["host_tokens_GB"] * 1e9 == pytest.approx(7 * tokens * width * 4)
-    assert half["device_tokens_previous_GB"] * 1e9 == pytest.approx(items * tokens * width * 4)
+    assert half["device_tokens_previous_GB"] * 1e9 == pytest.approx(3 * items * tokens * width * 4)

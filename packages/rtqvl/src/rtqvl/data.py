@@ -366,10 +366,17 @@ class _VideoDataset(Dataset):
 class RetrievalDataset(_VideoDataset):
     """ClipBERT retrieval jsonl (MSR-VTT, DiDeMo, ActivityNet; spec §4).
 
-    Each line ``{"clip_name" | "video": id, "caption": str | [str]}``; lists are exploded to one item per caption.
-    ``video_index`` = order of first appearance of the video (the contrastive targets).
+    Each line ``{"clip_name" | "video": id, "caption": str | [str]}``. ``video_index`` = order of first appearance
+    of the video (the contrastive targets); ``text_index`` = position of a caption among all captions of the split,
+    in file order (lists expanded), i.e. the row of the text in the evaluation's score matrix.
 
-    Item: ``video`` (T, 3, S, S) float32, ``caption`` str, ``video_id`` str, ``video_index`` int, ``index`` int.
+    Training (one item per caption, the contrastive sampling): ``video`` (T, 3, S, S) float32, ``caption`` str,
+    ``video_id`` str, ``video_index`` int, ``index`` int.
+
+    Evaluation (one item per video, so that each video is decoded and encoded once however many captions it has,
+    e.g. MSR-VTT's 20 per video): ``video``, ``captions`` list[str] (all captions of the video, from every line
+    naming it), ``text_index`` list[int] (theirs), ``video_id``, ``video_index``, ``index`` (the item's position).
+    A video without captions is left out. :func:`collate` flattens the captions of a batch.
     """
 
     def __init__(
@@ -390,6 +397,7 @@ class RetrievalDataset(_VideoDataset):
             data_root, split, files, ann_dir, video_db, num_frames, image_size, train, on_corrupt, randaugment, augment
         )
         video_index: dict[str, int] = {}
+        texts: list[tuple[str, str, int]] = []  # (video id, normalised caption, video index) in file order
         for path in self.paths:
             for ln, row in enumerate(_read_json_list(path)):
                 vid_key = "clip_name" if "clip_name" in row else "video"
@@ -397,9 +405,18 @@ class RetrievalDataset(_VideoDataset):
                 vid = video_key(row[vid_key])
                 captions = row["caption"] if isinstance(row["caption"], list) else [row["caption"]]
                 vi = video_index.setdefault(vid, len(video_index))
-                for c in captions:
-                    self.items.append({"video_id": vid, "caption": normalize_text(c), "video_index": vi})
+                texts += [(vid, normalize_text(c), vi) for c in captions]
         self.num_videos = len(video_index)
+        self.num_texts = len(texts)
+        if train:
+            self.items = [{"video_id": vid, "caption": c, "video_index": vi} for vid, c, vi in texts]
+            return
+        groups: dict[int, dict] = {}  # by video index, i.e. in order of first appearance
+        for t, (vid, c, vi) in enumerate(texts):
+            group = groups.setdefault(vi, {"video_id": vid, "video_index": vi, "captions": [], "text_index": []})
+            group["captions"].append(c)
+            group["text_index"].append(t)
+        self.items = list(groups.values())
 
 
 class CaptionDataset(_VideoDataset):
@@ -568,17 +585,25 @@ def convert_nextqa_csv(csv_paths: Sequence[str | Path], out_path: str | Path) ->
 
 
 def collate(items: list[dict | None]) -> dict | None:
-    """Stack videos (B, T, 3, S, S); other keys become lists (numbers → tensors). Skipped items (None) are dropped;
-    an all-skipped batch gives None (the module skips that step)."""
+    """Stack videos (B, T, 3, S, S); other keys become lists (numbers → tensors). Skipped items (None) are dropped
+    with their captions; an all-skipped batch gives None (the module skips that step).
+
+    Evaluation retrieval items (one per video with its ``captions``): the batch's captions are flattened video by
+    video into ``captions`` (N_c strings), with ``text_index`` (N_c,) their split-level indices and ``caption_video``
+    (N_c,) the batch position of each caption's video."""
     items = [x for x in items if x is not None]
     if not items:
         return None
     out: dict = {"video": torch.stack([x["video"] for x in items])}
     for k in items[0]:
-        if k == "video":
+        if k in ("video", "captions", "text_index"):
             continue
         vals = [x[k] for x in items]
         out[k] = torch.tensor(vals) if isinstance(vals[0], int | float) and not isinstance(vals[0], bool) else vals
+    if "captions" in items[0]:
+        out["captions"] = [c for x in items for c in x["captions"]]
+        out["text_index"] = torch.tensor([t for x in items for t in x["text_index"]], dtype=torch.long)
+        out["caption_video"] = torch.tensor([b for b, x in enumerate(items) for _ in x["captions"]], dtype=torch.long)
     return out
 
 
@@ -600,7 +625,8 @@ class RTQDataModule(SplitLoaders, pl.LightningDataModule):
         augment: master switch of the training augmentation (crop, flip, RandAugment); off for tasks where
             left/right matters (the synthetic demo).
         on_corrupt: ``raise`` or ``skip`` (log a warning naming the video) for undecodable / missing videos;
-            ``skip`` drops the clip from evaluation and replaces it by a random other clip in training.
+            ``skip`` drops the clip (and, in retrieval, its captions) from evaluation and replaces it by a random
+            other clip in training.
         generate_demo_data: write a synthetic dataset in the ClipBERT retrieval format to ``data_root`` when it has
             none (demo / tests; see :mod:`rtqvl.synthetic`).
     """

@@ -1,7 +1,8 @@
 """The RTQ LightningModule: one module, four task heads chosen by ``config.task`` (spec §3.2, §3.3).
 
-Step flow: batch → model → losses → ``self.log``. Retrieval evaluation encodes every text and video, builds the
-cosine matrix and re-ranks the top-k with ITM at epoch end; captioning / QA generate with beam search.
+Step flow: batch → model → losses → ``self.log``. Retrieval evaluation encodes every video once and every caption
+once (evaluation batches hold videos with all their captions), builds the cosine matrix and re-ranks the top-k with
+ITM at epoch end; captioning / QA generate with beam search.
 """
 
 from __future__ import annotations
@@ -121,7 +122,8 @@ class RTQModule(pl.LightningModule):
             self.mc_loss = MultipleChoiceLoss()
             self.val_metric, self.test_metric = NExTQAAccuracy(), NExTQAAccuracy()
         VideoTokenStore(eval_token_store)  # validates the choice
-        self._eval_store: list[dict] = []
+        # retrieval evaluation, per batch: {"videos": per-video tensors, "texts": per-caption tensors}
+        self._eval_store: list[dict[str, dict[str, torch.Tensor]]] = []
         self._token_store: VideoTokenStore | None = None
 
     # ------------------------------------------------------------------------------------------- training
@@ -230,22 +232,29 @@ class RTQModule(pl.LightningModule):
         metric = self.val_metric if stage == "val" else self.test_metric
         m = self.model
         if task == "retrieval":
-            ids, mask = m.tokenize(batch["caption"], self.device, pad_to_max=True)
+            # each video of the batch once, each of its captions once (see RetrievalDataset / collate)
             v_feat, v_tokens = m.encode_video(batch["video"])
+            ids, mask = m.tokenize(batch["captions"], self.device, pad_to_max=True)
             if self._token_store is None:
                 self._token_store = VideoTokenStore(self.hparams.eval_token_store)
             # the token sequences go to the store (host memory by default); only their rows travel with the rest
             rows = self._token_store.append(v_tokens) if self.hparams.rerank else torch.zeros(len(v_feat))
+            video_index = batch["video_index"].to(self.device)
             self._eval_store.append(
                 {
-                    "v_feat": v_feat,
-                    "t_feat": m.encode_text(ids, mask),
-                    "row": rows.to(self.device, torch.long),
-                    "rank": torch.full_like(rows, self.global_rank, dtype=torch.long, device=self.device),
-                    "ids": ids,
-                    "mask": mask,
-                    "video_index": batch["video_index"].to(self.device),
-                    "index": batch["index"].to(self.device),
+                    "videos": {
+                        "v_feat": v_feat,
+                        "row": rows.to(self.device, torch.long),
+                        "rank": torch.full_like(rows, self.global_rank, dtype=torch.long, device=self.device),
+                        "video_index": video_index,
+                    },
+                    "texts": {
+                        "t_feat": m.encode_text(ids, mask),
+                        "ids": ids,
+                        "mask": mask,
+                        "text_index": batch["text_index"].to(self.device),
+                        "video_index": video_index[batch["caption_video"].to(self.device)],  # its positive video
+                    },
                 }
             )
         elif task == "captioning":
@@ -269,41 +278,44 @@ class RTQModule(pl.LightningModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def _gather_store(self, stage: str) -> dict[str, torch.Tensor]:
-        store = (
-            {k: torch.cat([s[k] for s in self._eval_store]) for k in self._eval_store[0]} if self._eval_store else None
-        )
+    def _gather_store(self, stage: str) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Every rank's evaluation records → (videos sorted by video index, texts sorted by text index), each kept
+        once: DistributedSampler's padding repeats a video (with its captions) on another rank, and the first
+        gathered copy stays, so every rank picks the same owner for each video."""
+
+        def cat(part: str) -> dict[str, torch.Tensor]:
+            return {k: torch.cat([e[part][k] for e in self._eval_store]) for k in self._eval_store[0][part]}
+
+        store = {part: cat(part) for part in ("videos", "texts")} if self._eval_store else None
         if self.trainer.world_size > 1:  # a rank without batches (all clips skipped) still joins the gather
             parts: list = [None] * self.trainer.world_size
-            torch.distributed.all_gather_object(
-                parts, None if store is None else {k: v.cpu() for k, v in store.items()}
-            )
+            local = None if store is None else {p: {k: v.cpu() for k, v in d.items()} for p, d in store.items()}
+            torch.distributed.all_gather_object(parts, local)
             parts = [p for p in parts if p is not None]
-            store = {k: torch.cat([p[k] for p in parts]).to(self.device) for k in parts[0]} if parts else None
+            store = (
+                {
+                    part: {k: torch.cat([p[part][k] for p in parts]).to(self.device) for k in parts[0][part]}
+                    for part in ("videos", "texts")
+                }
+                if parts
+                else None
+            )
         if store is None:
             raise ValueError(f"{stage}: the evaluation set produced no batches")
-        # drop DistributedSampler duplicates by item index (the first gathered copy stays)
-        order = torch.argsort(store["index"], stable=True)
-        keep = torch.ones_like(order, dtype=torch.bool)
-        keep[1:] = store["index"][order][1:] != store["index"][order][:-1]
-        return {k: v[order[keep]] for k, v in store.items()}
+        return _unique_by(store["videos"], "video_index"), _unique_by(store["texts"], "text_index")
 
     def _retrieval_epoch_end(self, stage: str) -> None:
-        s = self._gather_store(stage)
+        videos, texts = self._gather_store(stage)
         self._eval_store = []
         store, self._token_store = self._token_store, None
-        # one column per video (first item of each video index), one row per text
-        vids, first = torch.unique(s["video_index"], return_inverse=True)
-        col = torch.full((len(vids),), -1, dtype=torch.long, device=self.device)
-        pos = torch.arange(len(first), device=self.device)
-        col.scatter_reduce_(0, first, pos, reduce="amin", include_self=False)
-        v_feat = s["v_feat"][col]
-        sim = s["t_feat"].float() @ v_feat.float().T  # (N_t, N_v) cosine
+        # one column per video (by video index), one row per text (by text index); first[i] = text i's video column
+        first = torch.searchsorted(videos["video_index"], texts["video_index"])
+        sim = texts["t_feat"].float() @ videos["v_feat"].float().T  # (N_t, N_v) cosine
         if self.hparams.rerank:
             # each video's tokens stay on the rank that encoded it (the kept copy's rank); that rank scores the
             # ITM pairs of the video, fetching only each chunk's videos from its store; pair logits are summed
             world = self.trainer.world_size
-            owner, row = s["rank"][col], s["row"][col]
+            owner, row = videos["rank"], videos["row"]
 
             def fetch(cols: torch.Tensor) -> torch.Tensor:
                 return store.fetch(row[cols], self.device)
@@ -315,8 +327,8 @@ class RTQModule(pl.LightningModule):
             t2v, v2t = self.model.rerank(
                 sim,
                 fetch,
-                s["ids"],
-                s["mask"],
+                texts["ids"],
+                texts["mask"],
                 self.config.k_test,
                 owned=owner == self.global_rank,
                 reduce=reduce if world > 1 else None,
@@ -376,20 +388,24 @@ class RTQModule(pl.LightningModule):
     def predict_step(self, batch: dict | None, batch_idx: int):
         """What :meth:`prediction_rows` and :meth:`prediction_arrays` turn into the predictions file: the batch's
         item ids with the captions / answers / chosen candidates, or for retrieval the L2-normalised video and text
-        features (``video_feat``, ``text_feat``)."""
+        features (``video_feat``, ``text_feat``), one entry per caption: each video of the batch is encoded once and
+        its feature repeated on the entries of its captions."""
         if batch is None:
             return None
         m, task = self.model, self.config.task
-        out = {"index": batch["index"], "video_id": batch["video_id"]}
         if task == "retrieval":
-            ids, mask = m.tokenize(batch["caption"], self.device)
+            owner = batch["caption_video"]  # (N_c,) batch position of each caption's video
+            ids, mask = m.tokenize(batch["captions"], self.device)
+            v_feat = m.encode_video(batch["video"])[0]
             return {
-                **out,
-                "video_index": batch["video_index"],
-                "caption": batch["caption"],
-                "video_feat": m.encode_video(batch["video"])[0],
+                "index": batch["text_index"],
+                "video_id": [batch["video_id"][j] for j in owner.tolist()],
+                "video_index": batch["video_index"][owner],
+                "caption": batch["captions"],
+                "video_feat": v_feat[owner.to(v_feat.device)],
                 "text_feat": m.encode_text(ids, mask),
             }
+        out = {"index": batch["index"], "video_id": batch["video_id"]}
         if task == "captioning":
             return {**out, "caption": m.generate(batch["video"])}
         if task == "qa":
@@ -414,11 +430,12 @@ class RTQModule(pl.LightningModule):
 
     def prediction_rows(self, prediction: dict) -> list[dict]:
         """One JSON-serialisable dict per predicted item, in loader order. Every row has ``index`` (the item's
-        position in the predict split's dataset) and ``video_id``; then, by ``config.task``:
+        position in the predict split's dataset; for retrieval, the caption's position among the split's captions)
+        and ``video_id``; then, by ``config.task``:
 
-        * ``retrieval`` (one row per caption): ``video_index`` (the video's gallery index; rows of the same video
-          share it) and ``caption`` (the normalised text that was encoded); the features are in
-          :meth:`prediction_arrays`.
+        * ``retrieval`` (one row per caption, the captions of a video together, videos in loader order):
+          ``video_index`` (the video's gallery index; rows of the same video share it) and ``caption`` (the
+          normalised text that was encoded); the features are in :meth:`prediction_arrays`.
         * ``captioning`` (one row per video): ``caption``, the generated caption.
         * ``qa`` (one row per question): ``question_id`` (the annotation's), ``question`` (normalised) and
           ``answer``, the generated answer.
@@ -484,6 +501,14 @@ class RTQModule(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         return torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+
+
+def _unique_by(records: dict[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
+    """``records`` sorted by ``records[key]``, keeping the first copy of each key value (stable)."""
+    order = torch.argsort(records[key], stable=True)
+    keep = torch.ones_like(order, dtype=torch.bool)
+    keep[1:] = records[key][order][1:] != records[key][order][:-1]
+    return {k: v[order[keep]] for k, v in records.items()}
 
 
 def _plain(values) -> list:

@@ -138,8 +138,9 @@ def retrieval_eval_memory(
 ) -> dict[str, float]:
     """Memory of retrieval evaluation's video tokens and score matrices, in GB (1e9 bytes), per process.
 
-    One evaluation item per text (its video's tokens are stored with it), ``ceil(num_texts / world_size)`` items per
-    process (the DistributedSampler's padded share) in batches of ``eval_batch_size``.
+    One evaluation item per video (with all its captions; the video's tokens are stored once),
+    ``ceil(num_videos / world_size)`` items per process (the DistributedSampler's padded share) in batches of
+    ``eval_batch_size``.
 
     * ``host_tokens``: the items' token sequences in this process's store (host memory with ``pinned`` / ``cpu``);
       ``host_allocated``: the slabs holding them (:func:`slab_rows`, the same policy as the store).
@@ -149,12 +150,12 @@ def retrieval_eval_memory(
       halve for a 16-bit autocast).
     * ``device_scores``: the cosine and the two re-ranked matrices (float32) plus the candidate-pair index arrays
       (≤ 92 bytes per pair), on every process.
-    * ``device_tokens_previous``: what the previous layout kept on every accelerator (all gathered items' tokens;
-      the de-duplication copy briefly doubled it).
+    * ``device_tokens_previous``: what the previous layout kept on every accelerator (the tokens of all gathered
+      items, then one per text; the de-duplication copy briefly doubled it).
     The model and the encoders' own activations come on top.
     """
     row = tokens_per_video * width * bytes_per_value
-    items = math.ceil(num_texts / world_size)
+    items = math.ceil(num_videos / world_size)
     stored, free, allocated = 0, 0, 0
     for start in range(0, items, eval_batch_size):
         n = min(eval_batch_size, items - start)
