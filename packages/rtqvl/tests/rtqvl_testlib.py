@@ -46,6 +46,14 @@ def tiny_config(task: str = "retrieval", **over) -> RTQConfig:
     return RTQConfig(**kw)
 
 
+def quiet_trainer(root, **kw):
+    """A one-CPU Lightning Trainer without logger, checkpoints, progress bar or summary, writing under ``root``."""
+    import lightning.pytorch as pl
+
+    opts = dict(accelerator="cpu", devices=1, logger=False, enable_checkpointing=False, enable_progress_bar=False)
+    return pl.Trainer(**opts, enable_model_summary=False, default_root_dir=str(root), **kw)
+
+
 def itc_inputs(world: int, b: int = 4, e: int = 8, q: int = 8):
     g = torch.Generator().manual_seed(0)
     n = world * b

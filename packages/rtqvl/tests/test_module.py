@@ -6,7 +6,7 @@ import math
 
 import pytest
 import torch
-from rtqvl_testlib import tiny_config
+from rtqvl_testlib import quiet_trainer, tiny_config
 
 from rtqvl.cli import main
 from rtqvl.module import RTQModule, linear_warmup_cosine_lr, param_groups
@@ -395,8 +395,6 @@ def _multi_caption_run(root, tmp_path, monkeypatch):
     the dataset decodes (by id) and of the clips ``encode_video`` sees."""
     from collections import Counter
 
-    import lightning.pytorch as pl
-
     from rtqvl.data import RetrievalDataset, RTQDataModule
 
     decoded: Counter = Counter()
@@ -422,16 +420,7 @@ def _multi_caption_run(root, tmp_path, monkeypatch):
     dm = RTQDataModule("msrvtt_retrieval", str(root), num_frames=4, image_size=32, eval_batch_size=4, num_workers=0)
 
     def trainer(**kw):
-        return pl.Trainer(
-            accelerator="cpu",
-            devices=1,
-            logger=False,
-            enable_checkpointing=False,
-            enable_progress_bar=False,
-            enable_model_summary=False,
-            default_root_dir=str(tmp_path),
-            **kw,
-        )
+        return quiet_trainer(tmp_path, **kw)
 
     return mod, dm, trainer, decoded, encoded, encode
 

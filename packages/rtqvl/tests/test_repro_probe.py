@@ -10,6 +10,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+from rtqvl_testlib import quiet_trainer
 
 _spec = importlib.util.spec_from_file_location("rtqvl_repro", Path(__file__).parents[1] / "repro.py")
 repro = importlib.util.module_from_spec(_spec)
@@ -72,16 +73,7 @@ class _Toy(pl.LightningModule):
 def test_e_step_probe_on_a_constant_gradient(tmp_path):
     probe = repro.EStepProbe()
     data = torch.utils.data.DataLoader(torch.zeros(3, 1), batch_size=1)
-    trainer = pl.Trainer(
-        accelerator="cpu",
-        max_epochs=2,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        default_root_dir=tmp_path,
-        callbacks=[probe],
-    )
+    trainer = quiet_trainer(tmp_path, max_epochs=2, callbacks=[probe])
     trainer.fit(_Toy(), train_dataloaders=data)
     assert [(r["epoch"], r["batch"]) for r in probe.rows] == [(0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (1, 2)]
     c_rms = float(torch.tensor([1.0, 2.0, 0.5, 4.0, 1.0, 3.0, 2.0, 0.5]).pow(2).mean().sqrt())
