@@ -3,6 +3,7 @@
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -18,7 +19,8 @@ def test_two_ranks_equal_one_process():
     full = CategoryContrastiveLoss(4.0, 0.07)(u1, w1, labels).mean()
     full.backward()
     outs = run_distributed(pckd_dist_helpers.cc_rank, world_size=2)
-    assert abs(sum(o[0] for o in outs) / 2 - full.item()) < 1e-5
+    # relative: the loss is ~3e2 in float32, where one rounding step is ~3e-5 and the two paths sum in other orders
+    assert sum(o[0] for o in outs) / 2 == pytest.approx(full.item(), rel=1e-6, abs=0)
     torch.testing.assert_close(torch.cat([outs[0][1], outs[1][1]]), u1.grad, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(torch.cat([outs[0][2], outs[1][2]]), w1.grad, rtol=1e-4, atol=1e-6)
 
