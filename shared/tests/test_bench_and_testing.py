@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mmzoo.bench import emit, measure, pick_device
-from mmzoo.testing import load_script, moving_shapes_video, random_captions
+from mmzoo.testing import load_script, moving_shapes_video, random_captions, repeated_index_reads
 
 
 def test_measure_and_emit(tmp_path, monkeypatch, capsys):
@@ -58,3 +58,30 @@ def test_load_script_imports_by_path(tmp_path):
     assert load_script(script, "other").__name__ == "other"
     with pytest.raises(FileNotFoundError, match="nothere.py"):
         load_script(tmp_path / "nothere.py")
+
+
+def test_repeated_index_reads_flags_only_reads_whose_backward_accumulates():
+    w = torch.randn(5, 3, requires_grad=True)
+    twice, once = torch.tensor([0, 1, 1]), torch.tensor([0, 1, 2])
+    with repeated_index_reads() as hits:
+        w[twice]  # row 1 twice
+        w[:, torch.tensor([2, 2])]  # column 2 twice
+        w[twice, torch.tensor([0, 1, 2])]  # pairs (0,0) (1,1) (1,2): each element once
+        w[once]
+        w[torch.tensor([True, False, True, False, True])]
+        w.detach()[twice]  # no gradient
+        w.index_select(0, twice)  # sums its backward in a fixed order
+        with torch.no_grad():
+            w[twice]
+    assert len(hits) == 2
+    assert "w[twice]  # row 1 twice" in hits[0] and "column 2 twice" in hits[1]
+    assert hits[0].startswith(__file__)
+    with repeated_index_reads() as hits:  # the mode ends with the block
+        pass
+    w[twice]
+    assert hits == []
+    # the reason for the check: the accumulating backward of w[twice] and index_select's agree in value
+    g = torch.randn(3, 3)
+    (a,) = torch.autograd.grad(w[twice], w, g)
+    (b,) = torch.autograd.grad(w.index_select(0, twice), w, g)
+    torch.testing.assert_close(a, b)

@@ -13,12 +13,15 @@ import random
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping
+import traceback
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import torch
+from torch.overrides import TorchFunctionMode
 
 __all__ = [
     "pattern_frame",
@@ -38,6 +41,7 @@ __all__ = [
     "assert_loads_without_data",
     "run_in_triton_interpreter",
     "load_script",
+    "repeated_index_reads",
 ]
 
 _GRID = 4  # 4 × 4 cells → 16 bits, frame indices up to 65535
@@ -375,3 +379,41 @@ def load_script(path: str | os.PathLike, name: str | None = None) -> ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def _index_repeats(index) -> bool:
+    """Whether an indexing key selects some element twice through integer tensors (all tensor parts together)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    ints = [t for t in parts if torch.is_tensor(t) and not t.is_floating_point() and t.dtype != torch.bool]
+    if not ints or max(t.numel() for t in ints) < 2:
+        return False
+    keys = torch.stack([t.reshape(-1) for t in torch.broadcast_tensors(*ints)], dim=1)  # one row per selection
+    return torch.unique(keys, dim=0).shape[0] < keys.shape[0]
+
+
+class _RepeatedIndexReads(TorchFunctionMode):
+    def __init__(self, hits: list[str]):
+        super().__init__()
+        self.hits = hits
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.__getitem__ and torch.is_grad_enabled():
+            x, index = args[0], args[1]
+            if torch.is_tensor(x) and x.requires_grad and _index_repeats(index):
+                frame = traceback.extract_stack()[-2]
+                self.hits.append(f"{frame.filename}:{frame.lineno}: {frame.line}")
+        return func(*args, **(kwargs or {}))
+
+
+@contextmanager
+def repeated_index_reads() -> Iterator[list[str]]:
+    """Record every ``x[index]`` on a tensor that requires grad whose integer-tensor index picks a row twice.
+
+    Its backward is an accumulating ``index_put_``, which sums the repeated rows' gradients in a thread-dependent
+    order on CPU, so two runs of the same training differ in the last bits and then drift apart. ``index_select``,
+    ``F.embedding`` and ``gather`` sum in a fixed order. Yields the list of ``file:line: code`` places, filled as
+    the block runs.
+    """
+    hits: list[str] = []
+    with _RepeatedIndexReads(hits):
+        yield hits
