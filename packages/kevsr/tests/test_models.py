@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from mmzoo.testing import repeated_index_reads
 
 from kevsr.models import KEVSRConfig, KeywordFusion, LabelMatchingHead, LocalAttentionPool
 
@@ -265,6 +266,9 @@ def test_every_trainable_parameter_gets_a_gradient(streams, overrides):
         module.model.nontemporal.keyword_delta.resize(4)
     module.model.set_hierarchy(torch.tensor([0, 0, 1]))
     batch = _batch()
-    module.compute_losses(batch)["loss"].backward()
+    with repeated_index_reads() as repeated:  # a parent of several labels, a repeated keyword: fixed-order sums
+        loss = module.compute_losses(batch)["loss"]
+    assert repeated == []
+    loss.backward()
     unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, f"parameters outside the loss (DDP would stop): {unused}"

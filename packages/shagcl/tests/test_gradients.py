@@ -7,6 +7,7 @@ from importlib import resources
 import pytest
 import torch
 import yaml
+from mmzoo.testing import repeated_index_reads
 from shagcl_testlib import synthetic_datamodule
 
 from shagcl.data import collate_scene_graphs
@@ -108,9 +109,10 @@ def _step(settings: dict, stats, batch: dict, several_processes: bool) -> tuple[
     module.train()
     module._several_processes = lambda: several_processes
     torch.manual_seed(1)  # the same dropout and pair assignment in every call
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), repeated_index_reads() as repeated:
         warnings.simplefilter("ignore")  # self.log without a trainer
         loss = module.training_step(batch, 0)
+    assert repeated == []  # an object in several pairs: its gradients summed in a fixed order
     loss.backward()
     return module, loss.item()
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from mmzoo.cli import shipped_configs
+from mmzoo.testing import repeated_index_reads
 
 from shenet.data import DigitsDataset, RetrievalCollate
 from shenet.hierarchy import ParserConfig, build_parser
@@ -72,7 +73,10 @@ def test_every_trainable_parameter_gets_a_gradient(switches, aux_weight, batch):
     assert all(not p.requires_grad for p in module.model.unused_parameters())
     for p in module.model.unused_parameters():
         p.requires_grad_(True)  # for this pass only: the frozen set must be exactly the parameters the loss misses
-    module.training_step(batch, 0).backward()
+    with repeated_index_reads() as repeated:  # gradients of repeated rows summed in a fixed order (runs repeat)
+        loss = module.training_step(batch, 0)
+    assert repeated == []
+    loss.backward()
     missing = [n for n, p in module.named_parameters() if id(p) not in frozen and p.grad is None]
     assert not missing, f"trainable parameters without a gradient: {missing}"
     reached = [n for n, p in module.named_parameters() if id(p) in frozen and p.grad is not None]

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
@@ -113,7 +114,9 @@ def refine_level2(basic1: torch.Tensor, basic2: torch.Tensor, parent_index: torc
 
     basic1 (B, L1), basic2 (B, L2), parent_index (L2,) = μ. Returns (B, L2).
     """
-    return basic2 + basic1[:, parent_index]  # (B, L2)
+    # index_select: a parent's gradient sums over its children in a fixed order (the backward of
+    # basic1[:, parent_index] sums them in a thread-dependent order on CPU)
+    return basic2 + basic1.index_select(1, parent_index)  # (B, L2)
 
 
 class FrameRefiner(nn.Module):
@@ -330,7 +333,9 @@ class KeywordOffsets(nn.Module):
                 "model.config.freeze_keyword_kg=false but the keyword vocabulary is empty: the data module sets it "
                 "(KEVSRModule.setup), or call model.nontemporal.keyword_delta.resize(len(datamodule.keyword_vocab))"
             )
-        return self.delta[ids]
+        # F.embedding, not self.delta[ids]: a keyword repeated in the batch gets its gradients summed, and the
+        # backward of the indexing sums them in a thread-dependent order on CPU (runs would not repeat exactly)
+        return F.embedding(ids, self.delta)
 
 
 class NonTemporalStream(nn.Module):

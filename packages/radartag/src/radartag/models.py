@@ -205,8 +205,13 @@ class GGTConv(MessagePassing):
 
     @staticmethod
     def logits(q: torch.Tensor, k: torch.Tensor, priority: torch.Tensor, edge_index: torch.Tensor) -> torch.Tensor:
-        """e_ji = μ_r ⟨q_i, k_j⟩ / sqrt(d_k) for every edge j -> i: (E, H)."""
-        return (q[edge_index[1]] * k[edge_index[0]]).sum(-1) * priority / math.sqrt(q.shape[-1])
+        """e_ji = μ_r ⟨q_i, k_j⟩ / sqrt(d_k) for every edge j -> i: (E, H).
+
+        ``index_select``, not ``q[index]``: a node on several edges gets its gradients summed, and the backward of
+        ``q[index]`` (an accumulating ``index_put_``) adds them in a thread-dependent order on CPU, so two runs of one
+        training script would drift apart; ``index_select``'s backward sums in a fixed order."""
+        q_i, k_j = q.index_select(0, edge_index[1]), k.index_select(0, edge_index[0])
+        return (q_i * k_j).sum(-1) * priority / math.sqrt(q.shape[-1])
 
     def forward(
         self,

@@ -205,7 +205,9 @@ class RTQModule(pl.LightningModule):
         logits = torch.cat(
             [
                 m.itm_logits(v_tokens, ids, mask),  # positives
-                m.itm_logits(v_tokens[neg_video], ids, mask),  # each text with a hard negative video
+                # index_select: a video drawn as the negative of several texts gets its gradients summed in a fixed
+                # order (the backward of v_tokens[neg_video] sums them in a thread-dependent order on CPU)
+                m.itm_logits(v_tokens.index_select(0, neg_video), ids, mask),  # each text with a hard negative video
                 m.itm_logits(v_tokens, ids[neg_text], mask[neg_text]),  # each video with a hard negative text
             ]
         )  # (3B, 2)

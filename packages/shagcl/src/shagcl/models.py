@@ -723,7 +723,9 @@ class GCLDecoder(nn.Module):
         """edge_ctx (N, H); pair_idx (M, 2) global object rows (s, o); union (M, P); obj_labels (N,).
         Returns K logits (M, n_k + 1) (only the last classifier's when ``last_only``)."""
         head, tail = self.post_emb(edge_ctx).chunk(2, dim=-1)  # (N, H) each
-        pair_rep = torch.cat([head[pair_idx[:, 0]], tail[pair_idx[:, 1]]], -1)  # (M, 2H) p_so
+        # index_select: an object in several pairs gets its gradients summed in a fixed order (indexing with
+        # head[rows] would sum them in a thread-dependent order on CPU, so runs would not repeat exactly)
+        pair_rep = torch.cat([head.index_select(0, pair_idx[:, 0]), tail.index_select(0, pair_idx[:, 1])], -1)  # p_so
         visual = self.post_cat(pair_rep) * union  # (M, P) v_so = g_so ⊙ u_so
         sub_l, obj_l = obj_labels[pair_idx[:, 0]], obj_labels[pair_idx[:, 1]]
         ks = [len(self.sizes) - 1] if last_only else range(len(self.sizes))
