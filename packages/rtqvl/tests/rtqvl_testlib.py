@@ -54,6 +54,31 @@ def quiet_trainer(root, **kw):
     return pl.Trainer(**opts, enable_model_summary=False, default_root_dir=str(root), **kw)
 
 
+def count_rows(obj, method: str, counts: dict, key: str):
+    """Wrap ``obj.<method>`` so that every call adds the length of its first argument to ``counts[key]`` (set to 0
+    here); returns the unwrapped method."""
+    original = getattr(obj, method)
+    counts[key] = 0
+
+    def counting(first, *args, **kwargs):
+        counts[key] += first.shape[0]
+        return original(first, *args, **kwargs)
+
+    setattr(obj, method, counting)
+    return original
+
+
+def keep_metric_inputs(metric, seen: dict) -> None:
+    """Make a retrieval metric's ``update(t2v, gt, v2t)`` also store copies of its inputs in ``seen``."""
+    update = metric.update
+
+    def keep(t2v, gt, v2t):
+        seen.update(t2v=t2v.clone(), gt=gt.clone(), v2t=v2t.clone())
+        update(t2v, gt, v2t)
+
+    metric.update = keep
+
+
 def itc_inputs(world: int, b: int = 4, e: int = 8, q: int = 8):
     g = torch.Generator().manual_seed(0)
     n = world * b
@@ -147,29 +172,9 @@ def retrieval_eval_logs(
     mod.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
     mod._trainer = SimpleNamespace(world_size=world, global_rank=rank, sanity_checking=False)
     seen = {} if seen is None else seen
-    itm = mod.model.itm_logits
-    seen["itm_pairs"] = 0
-
-    def counting_itm(tokens, ids, mask):
-        seen["itm_pairs"] += tokens.shape[0]
-        return itm(tokens, ids, mask)
-
-    mod.model.itm_logits = counting_itm
-    encode_video = mod.model.encode_video
-    seen["videos_encoded"] = 0
-
-    def counting_encode_video(video, momentum=False):
-        seen["videos_encoded"] += video.shape[0]
-        return encode_video(video, momentum)
-
-    mod.model.encode_video = counting_encode_video
-    update = mod.val_metric.update
-
-    def keep_scores(t2v, gt, v2t):
-        seen["t2v"], seen["v2t"], seen["gt"] = t2v.clone(), v2t.clone(), gt.clone()
-        update(t2v, gt, v2t)
-
-    mod.val_metric.update = keep_scores
+    count_rows(mod.model, "itm_logits", seen, "itm_pairs")
+    count_rows(mod.model, "encode_video", seen, "videos_encoded")
+    keep_metric_inputs(mod.val_metric, seen)
     with torch.no_grad():
         for items in shards[rank]:
             mod.validation_step(retrieval_eval_batch(items), 0)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
 import torch
 from mmzoo.testing import repeated_index_reads
-from rtqvl_testlib import quiet_trainer, tiny_config
+from rtqvl_testlib import count_rows, keep_metric_inputs, quiet_trainer, tiny_config
 
 from rtqvl.cli import main
 from rtqvl.module import RTQModule, linear_warmup_cosine_lr, param_groups
@@ -413,20 +414,10 @@ def _multi_caption_run(root, tmp_path, monkeypatch):
     # init 0.5: at the official 0.02 the tiny encoders give nearly the same feature for every clip and caption,
     # and float rounding alone could reorder the scores
     mod = RTQModule(tiny_config(k_test=3, init_std=0.5))
-    encoded = {"clips": 0}
-    encode = mod.model.encode_video
-
-    def counting_encode(video, momentum=False):
-        encoded["clips"] += video.shape[0]
-        return encode(video, momentum)
-
-    mod.model.encode_video = counting_encode
+    encoded: dict = {}
+    encode = count_rows(mod.model, "encode_video", encoded, "clips")
     dm = RTQDataModule("msrvtt_retrieval", str(root), num_frames=4, image_size=32, eval_batch_size=4, num_workers=0)
-
-    def trainer(**kw):
-        return quiet_trainer(tmp_path, **kw)
-
-    return mod, dm, trainer, decoded, encoded, encode
+    return mod, dm, functools.partial(quiet_trainer, tmp_path), decoded, encoded, encode
 
 
 def _multi_caption_reference(mod, dm, texts, encode):
@@ -455,13 +446,7 @@ def test_multi_caption_retrieval_test_encodes_each_video_once(multi_caption_root
     root, texts = multi_caption_root
     mod, dm, trainer, decoded, encoded, encode = _multi_caption_run(root, tmp_path, monkeypatch)
     seen: dict = {}
-    update = mod.test_metric.update
-
-    def keep(t2v, gt, v2t):
-        seen.update(t2v=t2v.clone(), gt=gt.clone(), v2t=v2t.clone())
-        update(t2v, gt, v2t)
-
-    mod.test_metric.update = keep
+    keep_metric_inputs(mod.test_metric, seen)
     logged = trainer().test(mod, datamodule=dm, verbose=False)[0]
     assert len(texts) == 14 and len(dm.datasets["test"]) == 6 == dm.datasets["test"].num_videos
     assert encoded["clips"] == 6

@@ -13,6 +13,7 @@ import math
 import lightning.pytorch as pl
 import torch
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.metrics import first_of_each_id
 
 from rtqvl.losses import AnswerLoss, CaptionLoss, ITCLoss, ITMLoss, MultipleChoiceLoss, alpha_ramp, itm_negative_indices
 from rtqvl.metrics import CaptionMetrics, NExTQAAccuracy, QAAccuracy, RetrievalMetrics
@@ -506,11 +507,9 @@ class RTQModule(pl.LightningModule):
 
 
 def _unique_by(records: dict[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
-    """``records`` sorted by ``records[key]``, keeping the first copy of each key value (stable)."""
-    order = torch.argsort(records[key], stable=True)
-    keep = torch.ones_like(order, dtype=torch.bool)
-    keep[1:] = records[key][order][1:] != records[key][order][:-1]
-    return {k: v[order[keep]] for k, v in records.items()}
+    """``records`` sorted by ``records[key]``, keeping the first copy of each key value."""
+    rows = first_of_each_id(records[key])
+    return {k: v[rows] for k, v in records.items()}
 
 
 def _plain(values) -> list:
