@@ -175,6 +175,15 @@ def test_module_passes_the_tie_rule_to_its_retrieval_metrics():
     assert RTQModule(tiny_config()).test_metric.ties == "optimistic"  # the spec §5 rule by default
 
 
+def test_first_of_each_id_keeps_every_unnamed_row():
+    # ids < 0 are per-rank automatic ids: two ranks both number from -1, so they never mark a repeat
+    from rtqvl.metrics import _first_of_each_id
+
+    ids = torch.tensor([-1, 3, -1, 3, 2, -2, 2])
+    assert _first_of_each_id(ids).tolist() == [True, True, True, False, True, True, False]
+    assert _first_of_each_id(torch.empty(0, dtype=torch.long)).tolist() == []
+
+
 def test_qa_accuracies_count_a_repeated_question_once():
     # DistributedSampler pads the last batches with repeated items; the official merge keeps one per question
     m = QAAccuracy()

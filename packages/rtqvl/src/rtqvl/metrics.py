@@ -16,6 +16,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 
 import torch
+from mmzoo.metrics import first_of_each_id
 from torchmetrics import Metric
 
 __all__ = [
@@ -424,13 +425,9 @@ def _cat(state) -> torch.Tensor:
 def _first_of_each_id(ids: torch.Tensor) -> torch.Tensor:
     """Boolean mask keeping the first occurrence of every id ≥ 0 (DistributedSampler pads the last batches with
     repeated items); negative ids (no id given) are always kept."""
-    keep = torch.ones_like(ids, dtype=torch.bool)
-    named = (ids >= 0).nonzero().view(-1)
-    if named.numel():
-        order = named[torch.argsort(ids[named], stable=True)]
-        dup = torch.zeros_like(order, dtype=torch.bool)
-        dup[1:] = ids[order][1:] == ids[order][:-1]
-        keep[order[dup]] = False
+    keep = ids < 0
+    named = (~keep).nonzero().view(-1)
+    keep[named[first_of_each_id(ids[named])]] = True
     return keep
 
 

@@ -10,6 +10,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from mmzoo.cli import allow_in_checkpoints
 from mmzoo.distributed import gather_uneven_rows, rank_and_world
+from mmzoo.metrics import first_of_each_id
 
 from shenet.losses import SHENetContrastiveLoss
 from shenet.metrics import RetrievalMetrics
@@ -142,8 +143,7 @@ class SHENetModule(pl.LightningModule):
             [getattr(text, n) for n in names] + [local["text_ids"], local["text_video"]], self.device
         )
         text_ids, text_video = parts[-2].cpu(), parts[-1].cpu()
-        order, keep = _unique(text_ids)
-        pick = order[keep]
+        pick = first_of_each_id(text_ids)
         text = TextFeatures(**{n: x.cpu()[pick] for n, x in zip(names, parts[: len(names)], strict=True)})
         text_ids, text_video = text_ids[pick], text_video[pick]
 
@@ -151,8 +151,7 @@ class SHENetModule(pl.LightningModule):
         (everyone,), counts = gather_uneven_rows([held], self.device)
         everyone = everyone.cpu()
         first = torch.zeros(len(everyone), dtype=torch.bool)  # first occurrence over the ranks, in rank order
-        v_order, v_keep = _unique(everyone)
-        first[v_order[v_keep]] = True
+        first[first_of_each_id(everyone)] = True
         start = sum(counts[:rank])
         mine = first[start : start + len(held)]
         video: VideoFeatures = local["video"].apply(lambda x: x[mine])
@@ -293,12 +292,3 @@ def evaluation_memory(
     out["total"] = sum(out.values())
     out["all_videos"] = num_videos * per_video
     return out
-
-
-def _unique(ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sort order of ``ids`` and a mask keeping the first of each repeated id."""
-    order = torch.argsort(ids, stable=True)
-    s = ids[order]
-    keep = torch.ones_like(s, dtype=torch.bool)
-    keep[1:] = s[1:] != s[:-1]
-    return order, keep
