@@ -488,3 +488,21 @@ def test_multi_caption_retrieval_predict_rows_per_caption_encode_each_video_once
         with torch.no_grad():
             ids, mask = m.tokenize([row["caption"]], "cpu")
             torch.testing.assert_close(arrays["text_feat"][i], m.encode_text(ids, mask)[0], rtol=0, atol=1e-5)
+
+
+def test_retrieval_eval_on_training_items_names_the_missing_keys(multi_caption_root, tmp_path, monkeypatch):
+    # a custom evaluation set that yields training items (one "caption" each) gets an error naming the contract
+    from rtqvl.data import collate
+
+    root, _ = multi_caption_root
+    mod, dm, *_ = _multi_caption_run(root, tmp_path, monkeypatch)
+    dm.setup("test")
+    evaluation = [dm.datasets["test"][i] for i in range(2)]
+    drop = ("captions", "text_index")
+    batch = collate(
+        [{**{k: v for k, v in x.items() if k not in drop}, "caption": x["captions"][0]} for x in evaluation]
+    )
+    assert "caption" in batch and "captions" not in batch
+    for step in (mod.test_step, mod.predict_step):
+        with pytest.raises(KeyError, match=r"lacks \['captions', 'text_index', 'caption_video'\].*RetrievalDataset"):
+            step(batch, 0)

@@ -236,6 +236,7 @@ class RTQModule(pl.LightningModule):
         m = self.model
         if task == "retrieval":
             # each video of the batch once, each of its captions once (see RetrievalDataset / collate)
+            _check_retrieval_eval_batch(batch, stage)
             v_feat, v_tokens = m.encode_video(batch["video"])
             ids, mask = m.tokenize(batch["captions"], self.device, pad_to_max=True)
             if self._token_store is None:
@@ -397,6 +398,7 @@ class RTQModule(pl.LightningModule):
             return None
         m, task = self.model, self.config.task
         if task == "retrieval":
+            _check_retrieval_eval_batch(batch, "predict")
             owner = batch["caption_video"]  # (N_c,) batch position of each caption's video
             ids, mask = m.tokenize(batch["captions"], self.device)
             v_feat = m.encode_video(batch["video"])[0]
@@ -504,6 +506,21 @@ class RTQModule(pl.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         return torch.optim.AdamW(param_groups(self.model, hp.weight_decay), lr=hp.lr, betas=tuple(hp.betas))
+
+
+_RETRIEVAL_EVAL_KEYS = ("video", "video_id", "video_index", "captions", "text_index", "caption_video")
+
+
+def _check_retrieval_eval_batch(batch: dict, stage: str) -> None:
+    """Retrieval evaluation and prediction read one item per video with all of its captions; a batch of training
+    items (one ``caption`` each) would otherwise fail on a bare key lookup."""
+    missing = [k for k in _RETRIEVAL_EVAL_KEYS if k not in batch]
+    if missing:
+        raise KeyError(
+            f"rtqvl {stage}: a retrieval batch lacks {missing}; evaluation and prediction need one item per video "
+            "with all its captions, as RetrievalDataset(train=False) gives and rtqvl.data.collate batches them "
+            f"(batch keys: {sorted(batch)})"
+        )
 
 
 def _unique_by(records: dict[str, torch.Tensor], key: str) -> dict[str, torch.Tensor]:
