@@ -131,6 +131,50 @@ def test_video_swin_checkpoint_key_mapping():
     assert {"features.2.0.mlp.0.weight", "features.5.reduction.weight", "features.0.0.attn.qkv.weight"} <= keys
 
 
+@pytest.mark.parametrize("size", [(4, 14, 14), (2, 7, 14)])  # the whole window, and a clip smaller than it
+def test_video_swin_fixed_order_bias_equals_torchvision(size):
+    # same outputs and gradients as torchvision's attention with the same weights, and the same state-dict keys
+    from mmzoo.testing import repeated_index_reads
+    from torchvision.models.video.swin_transformer import ShiftedWindowAttention3d
+
+    from snps3.swin_attention import FixedOrderWindowAttention3d
+
+    torch.manual_seed(0)
+    args = dict(dim=8, window_size=[4, 7, 7], shift_size=[2, 3, 3], num_heads=2)
+    ref, ours = ShiftedWindowAttention3d(**args), FixedOrderWindowAttention3d(**args)
+    with torch.no_grad():
+        ref.relative_position_bias_table.normal_()
+    ours.load_state_dict(ref.state_dict())
+    x = torch.randn(1, *size, 8)
+    out_ref = ref(x)
+    with repeated_index_reads() as repeated:
+        out = ours(x)
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    assert repeated == []
+    (out_ref * torch.linspace(-1, 1, out_ref.numel()).view_as(out_ref)).sum().backward()
+    torch.testing.assert_close(out, out_ref)
+    g, g_ref = ours.relative_position_bias_table.grad, ref.relative_position_bias_table.grad
+    assert g_ref.abs().sum() > 0
+    torch.testing.assert_close(g, g_ref)
+    with repeated_index_reads() as repeated:  # torchvision's own lookup is what the replacement avoids
+        ref(x).sum().backward()
+    assert any("swin_transformer" in place for place in repeated)
+    enc = VideoSwinEncoder(
+        cfg(
+            visual_encoder="video_swin",
+            swin_embed_dim=8,
+            swin_depths=[1, 1, 1, 1],
+            swin_heads=[1, 1, 1, 1],
+            swin_window=[2, 7, 7],
+        ),  # fmt: skip
+        16,
+    )
+    from torchvision.models.video.swin_transformer import SwinTransformer3d
+
+    tv = SwinTransformer3d([2, 4, 4], 8, [1, 1, 1, 1], [1, 1, 1, 1], [2, 7, 7], num_classes=1)
+    assert set(enc.swin.features.state_dict()) == set(tv.features.state_dict())
+
+
 def test_missing_weights_name_the_key(tmp_path):
     with pytest.raises(FileNotFoundError, match="model.config.visual_weights"):
         SNPS3Model(cfg(visual_encoder="resnet50", visual_weights=str(tmp_path / "r50.pth")))

@@ -260,7 +260,10 @@ class VideoSwinEncoder(nn.Module):
         super().__init__()
         from torchvision.models.video.swin_transformer import SwinTransformer3d
 
+        from snps3.swin_attention import fixed_order_swin_block
+
         self.swin = SwinTransformer3d(
+            block=fixed_order_swin_block,
             patch_size=[2, 4, 4],
             embed_dim=cfg.swin_embed_dim,
             depths=list(cfg.swin_depths),
