@@ -344,3 +344,65 @@ def test_avi_frame_origin_and_timestamp_order(tmp_path, name, codec, options):
             assert decode_pattern(r.get_frames([k])[0]) == k
     with VideoReader(path) as r:
         assert [decode_pattern(f) for f in r.get_frames(range(40))] == list(range(40))
+
+
+def _decoder_threads() -> int:
+    """Threads of this process that FFmpeg named (``av:<codec>:…``)."""
+    import os
+
+    tasks = f"/proc/{os.getpid()}/task"
+    return sum(open(f"{tasks}/{t}/comm").read().startswith("av:") for t in os.listdir(tasks))
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="needs Linux /proc")
+@pytest.mark.parametrize("indices", [[0, 5, 200, 10], [299, 0], [150]])  # seek forward and back, restart, one seek
+def test_close_releases_the_decoder_threads_without_the_garbage_collector(long_video, indices):
+    # the decoding run's generator refers back to the reader; close() must not leave the decoder to the cyclic
+    # collector (which a forked DataLoader worker may run: see the test below)
+    import gc
+
+    gc.collect()
+    before = _decoder_threads()
+    gc.disable()
+    try:
+        with VideoReader(long_video) as r:
+            assert [decode_pattern(f) for f in r.get_frames(indices)] == indices
+            during = _decoder_threads()
+        after = _decoder_threads()
+    finally:
+        gc.enable()
+    if during == before:
+        pytest.skip("FFmpeg decoded on one thread here: nothing to release")
+    assert after == before
+
+
+def test_forked_child_can_collect_what_a_closed_reader_left(long_video):
+    # A DataLoader worker forked after the parent read a video: when the child's garbage collector freed a decoder
+    # whose threads live only in the parent, it waited for them forever (the worker hung)
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(
+        f"""
+        import gc, os
+        from mmzoo.video import VideoReader
+        gc.disable()
+        with VideoReader({str(long_video)!r}) as r:
+            r.get_frames([0, 5, 200, 10])
+        del r
+        pid = os.fork()
+        if pid == 0:
+            gc.collect()
+            with VideoReader({str(long_video)!r}) as r:
+                r.get_frames([3, 40])
+            os._exit(0)
+        print("child", os.waitpid(pid, 0)[1])
+        """
+    )
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("the forked child hung while collecting the parent's decoder")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["child", "0"]

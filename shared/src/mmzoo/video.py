@@ -199,11 +199,19 @@ class VideoReader:
     # _from_start says the run began at the file's first frame (so nothing precedes its first frame); _eof that
     # the decoder is exhausted.
     def _reset_run(self, frames, from_start: bool) -> None:
+        self._end_run()
         self._iter = None if frames is None else self._indexed(frames)
         self._prev = None
         self._ahead = None
         self._from_start = from_start
         self._eof = False
+
+    def _end_run(self) -> None:
+        """Close the current run's generators (they hold the decoder) and drop its frames."""
+        run = getattr(self, "_iter", None)
+        self._iter = self._prev = self._ahead = None
+        if run is not None:
+            run.close()
 
     def _decoded(self):
         """The decoder's frames from the container's current position, counted in ``frames_decoded``."""
@@ -260,6 +268,7 @@ class VideoReader:
 
     def _restart(self) -> None:
         """Reopen the file and decode from its first frame (no seek)."""
+        self._end_run()
         self._container.close()
         self._open_container()
         self._reset_run(self._decoded(), from_start=True)
@@ -448,9 +457,19 @@ class VideoReader:
         return self.get_frames([min(self.num_frames - 1, max(0, int(round(t * self.fps)))) for t in seconds])
 
     def close(self) -> None:
-        if self.backend == "pyav" and getattr(self, "_container", None) is not None:
-            self._container.close()
-            self._container = None
+        """Release the file and the decoder, with its threads, now.
+
+        The decoding run's generator refers back to the reader, so without this the decoder would wait for the
+        cyclic garbage collector. A collection that happens in a forked child (a DataLoader worker started in the
+        meantime) would then free a decoder whose threads exist only in the parent, and wait for them forever.
+        """
+        if self.backend != "pyav":
+            return
+        self._end_run()
+        self._stream = None
+        container, self._container = getattr(self, "_container", None), None
+        if container is not None:
+            container.close()
 
     def __enter__(self) -> VideoReader:
         return self
