@@ -356,8 +356,9 @@ def _decoder_threads() -> int:
 
 @pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="needs Linux /proc")
 @pytest.mark.parametrize("indices", [[0, 5, 200, 10], [299, 0], [150]])  # seek forward and back, restart, one seek
-def test_close_releases_the_decoder_threads_without_the_garbage_collector(long_video, indices):
-    # the decoding run's generator refers back to the reader; close() must not leave the decoder to the cyclic
+@pytest.mark.parametrize("ending", ["close", "drop"])
+def test_the_decoder_threads_end_without_the_garbage_collector(long_video, indices, ending):
+    # closed, or dropped without close(), a reader frees its decoder at once: nothing is left to the cyclic
     # collector (which a forked DataLoader worker may run: see the test below)
     import gc
 
@@ -365,9 +366,13 @@ def test_close_releases_the_decoder_threads_without_the_garbage_collector(long_v
     before = _decoder_threads()
     gc.disable()
     try:
-        with VideoReader(long_video) as r:
-            assert [decode_pattern(f) for f in r.get_frames(indices)] == indices
-            during = _decoder_threads()
+        r = VideoReader(long_video)
+        assert [decode_pattern(f) for f in r.get_frames(indices)] == indices
+        during = _decoder_threads()
+        if ending == "close":
+            r.close()
+        else:
+            del r
         after = _decoder_threads()
     finally:
         gc.enable()

@@ -26,6 +26,7 @@ import itertools
 import logging
 import math
 import os
+import weakref
 from collections import deque
 from collections.abc import Sequence
 from fractions import Fraction
@@ -213,30 +214,40 @@ class VideoReader:
         if run is not None:
             run.close()
 
+    # The run's generators see the reader through a weak proxy: a reader dropped without close() is then freed,
+    # and its decoder with it, as soon as the last reference goes (see close()).
     def _decoded(self):
         """The decoder's frames from the container's current position, counted in ``frames_decoded``."""
-        for frame in self._container.decode(self._stream):
-            self.frames_decoded += 1
+        return self._counted(weakref.proxy(self), self._container.decode(self._stream))
+
+    @staticmethod
+    def _counted(reader: VideoReader, frames):
+        for frame in frames:
+            reader.frames_decoded += 1
             yield frame
 
     def _indexed(self, frames):
         """(index, frame) pairs in presentation order. When the container stores timestamps in decode order,
         the frames come out in the right order with shuffled timestamps: hand out the smallest pending timestamp
         to each frame, holding ``_reorder`` frames back."""
+        return self._presentation_order(weakref.proxy(self), frames)
+
+    @staticmethod
+    def _presentation_order(reader: VideoReader, frames):
         last = -1
         pending: deque = deque()
         stamps: list[int] = []  # heap of the pending frames' timestamps (reordering only)
         for frame in itertools.chain(frames, [None]):
             if frame is not None:
-                if self._reorder and frame.pts is not None:
+                if reader._reorder and frame.pts is not None:
                     heapq.heappush(stamps, frame.pts)
                 pending.append(frame)
-            while pending and (frame is None or len(pending) > self._reorder):
+            while pending and (frame is None or len(pending) > reader._reorder):
                 f = pending.popleft()
-                pts = (heapq.heappop(stamps) if stamps else None) if self._reorder else f.pts
-                last = self._frame_index(pts, last)
+                pts = (heapq.heappop(stamps) if stamps else None) if reader._reorder else f.pts
+                last = reader._frame_index(pts, last)
                 if f.key_frame:
-                    self._keyframes.add(last)
+                    reader._keyframes.add(last)
                 yield last, f
 
     def _frame_index(self, pts: int | None, last: int) -> int:
