@@ -85,3 +85,12 @@ def gather_uneven_rank(rank: int, world: int, counts: list[int], bad_rank: int |
     except ValueError as err:
         return str(err)
     return gathered, got_counts
+
+
+def stuck_rank(rank: int, world: int):
+    """Rank 0 never ends (as a rank waiting in a collective the others skip); the others return at once."""
+    import time
+
+    if rank == 0:
+        time.sleep(3600)
+    return rank

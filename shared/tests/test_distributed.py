@@ -28,6 +28,15 @@ def test_two_processes_match_one_process_on_whole_batch():
         torch.testing.assert_close(grad2, grad1)
 
 
+def test_a_run_that_does_not_end_is_killed_and_named():
+    import time
+
+    start = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"run_distributed\(stuck_rank, world_size=2\): no end after 5 s"):
+        run_distributed(dist_helpers.stuck_rank, world_size=2, timeout=5)
+    assert time.monotonic() - start < 60
+
+
 def test_unequal_shapes_raise_naming_both_sizes():
     msgs = run_distributed(dist_helpers.uneven_rank, world_size=2)
     assert "(3, 2)" in msgs[0] and "(4, 2)" in msgs[0] and "drop_last" in msgs[0]

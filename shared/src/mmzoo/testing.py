@@ -167,17 +167,29 @@ def _worker(rank: int, world: int, init_file: str, fn: Callable, args: tuple, ou
         dist.destroy_process_group()
 
 
-def run_distributed(fn: Callable, world_size: int = 2, args: tuple = ()) -> list:
+def run_distributed(fn: Callable, world_size: int = 2, args: tuple = (), timeout: float = 300.0) -> list:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` CPU processes joined by a gloo group.
 
     ``fn`` must be importable (a module-level function). Returns each rank's return value (saved with
-    ``torch.save``), in rank order. Used by the two-process equivalence tests of contrastive losses.
+    ``torch.save``), in rank order. Used by the two-process equivalence tests of contrastive losses. A run that has
+    not ended after ``timeout`` seconds (a collective that only some ranks reach) is killed and raises
+    ``TimeoutError``, so a hang fails its test instead of stalling the suite.
     """
+    import time
+
     import torch.multiprocessing as mp
 
     with tempfile.TemporaryDirectory() as tmp:
         init_file = os.path.join(tmp, "init")
-        mp.spawn(_worker, args=(world_size, init_file, fn, args, tmp), nprocs=world_size, join=True)
+        context = mp.spawn(_worker, args=(world_size, init_file, fn, args, tmp), nprocs=world_size, join=False)
+        deadline = time.monotonic() + timeout
+        while not context.join(timeout=0.5):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    process.kill()
+                    process.join()
+                name = getattr(fn, "__qualname__", repr(fn))
+                raise TimeoutError(f"run_distributed({name}, world_size={world_size}): no end after {timeout:g} s")
         return [torch.load(os.path.join(tmp, f"rank{r}.pt"), weights_only=False) for r in range(world_size)]
 
 
