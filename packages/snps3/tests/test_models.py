@@ -93,19 +93,16 @@ def test_padding_mask_excludes_padded_positions():
     torch.testing.assert_close(m.encode_visual(frames, mask), full, atol=1e-5, rtol=1e-5)
 
 
+def tiny_video_swin() -> VideoSwinEncoder:
+    """Video Swin with embed 8, one block of one head per stage, window (2, 7, 7), projected to 16."""
+    swin = dict(swin_embed_dim=8, swin_depths=[1, 1, 1, 1], swin_heads=[1, 1, 1, 1], swin_window=[2, 7, 7])
+    return VideoSwinEncoder(cfg(visual_encoder="video_swin", **swin), 16)
+
+
 def test_video_swin_patch_embedding_keeps_time_steps():
     pe = StrideOnePatchEmbed3d([2, 4, 4], 3, 8, torch.nn.LayerNorm)
     assert pe(torch.randn(1, 3, 5, 32, 32)).shape == (1, 5, 8, 8, 8)
-    enc = VideoSwinEncoder(
-        cfg(
-            visual_encoder="video_swin",
-            swin_embed_dim=8,
-            swin_depths=[1, 1, 1, 1],
-            swin_heads=[1, 1, 1, 1],
-            swin_window=[2, 7, 7],
-        ),
-        16,
-    )
+    enc = tiny_video_swin()
     assert enc(torch.randn(2, 3, 3, 64, 64)).shape == (2, 3, 16)
 
 
@@ -159,16 +156,7 @@ def test_video_swin_fixed_order_bias_equals_torchvision(size):
     with repeated_index_reads() as repeated:  # torchvision's own lookup is what the replacement avoids
         ref(x).sum().backward()
     assert any("swin_transformer" in place for place in repeated)
-    enc = VideoSwinEncoder(
-        cfg(
-            visual_encoder="video_swin",
-            swin_embed_dim=8,
-            swin_depths=[1, 1, 1, 1],
-            swin_heads=[1, 1, 1, 1],
-            swin_window=[2, 7, 7],
-        ),  # fmt: skip
-        16,
-    )
+    enc = tiny_video_swin()
     from torchvision.models.video.swin_transformer import SwinTransformer3d
 
     tv = SwinTransformer3d([2, 4, 4], 8, [1, 1, 1, 1], [1, 1, 1, 1], [2, 7, 7], num_classes=1)
