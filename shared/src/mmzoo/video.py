@@ -468,11 +468,12 @@ class VideoReader:
         return self.get_frames([min(self.num_frames - 1, max(0, int(round(t * self.fps)))) for t in seconds])
 
     def close(self) -> None:
-        """Release the file and the decoder, with its threads, now.
+        """Release the file and the decoder, with its threads, now (a reader dropped unclosed does so when its last
+        reference goes).
 
-        The decoding run's generator refers back to the reader, so without this the decoder would wait for the
-        cyclic garbage collector. A collection that happens in a forked child (a DataLoader worker started in the
-        meantime) would then free a decoder whose threads exist only in the parent, and wait for them forever.
+        A decoder must never be left to the cyclic garbage collector: a collection in a forked child (a DataLoader
+        worker started in the meantime) would free a decoder whose threads exist only in the parent, and wait for
+        them forever. Hence the weak proxy in the run's generators, and their explicit close here.
         """
         if self.backend != "pyav":
             return
