@@ -1,5 +1,10 @@
+import gc
 import logging
 import math
+import os
+import subprocess
+import sys
+import textwrap
 from fractions import Fraction
 
 import pytest
@@ -348,20 +353,16 @@ def test_avi_frame_origin_and_timestamp_order(tmp_path, name, codec, options):
 
 def _decoder_threads() -> int:
     """Threads of this process that FFmpeg named (``av:<codec>:…``)."""
-    import os
-
     tasks = f"/proc/{os.getpid()}/task"
     return sum(open(f"{tasks}/{t}/comm").read().startswith("av:") for t in os.listdir(tasks))
 
 
-@pytest.mark.skipif(not __import__("os").path.isdir("/proc/self/task"), reason="needs Linux /proc")
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="needs Linux /proc")
 @pytest.mark.parametrize("indices", [[0, 5, 200, 10], [299, 0], [150]])  # seek forward and back, restart, one seek
 @pytest.mark.parametrize("ending", ["close", "drop"])
 def test_the_decoder_threads_end_without_the_garbage_collector(long_video, indices, ending):
     # closed, or dropped without close(), a reader frees its decoder at once: nothing is left to the cyclic
     # collector (which a forked DataLoader worker may run: see the test below)
-    import gc
-
     gc.collect()
     before = _decoder_threads()
     gc.disable()
@@ -384,10 +385,6 @@ def test_the_decoder_threads_end_without_the_garbage_collector(long_video, indic
 def test_forked_child_can_collect_what_a_closed_reader_left(long_video):
     # A DataLoader worker forked after the parent read a video: when the child's garbage collector freed a decoder
     # whose threads live only in the parent, it waited for them forever (the worker hung)
-    import subprocess
-    import sys
-    import textwrap
-
     code = textwrap.dedent(
         f"""
         import gc, os
