@@ -311,3 +311,13 @@ def test_repeated_video_key_is_refused(tmp_path):
     (root / "test.json").write_text(text)
     with pytest.raises(ValueError, match="video 'v0' appears twice"):
         TSGVEvalDataset(root, "test", "f.hdf5", "lm")
+
+
+def test_malformed_timestamp_names_the_file_video_and_id(tmp_path, root):
+    data = json.loads((root / "train.json").read_text())
+    name = next(iter(data))
+    data[name]["timestamps"][1] = [3.0]
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    aid = data[name]["anno_ids"][1]
+    with pytest.raises(ValueError, match=rf"a\.json.*{name}.*{aid}.*\[3\.0\] is not a \[start, end\] pair"):
+        read_annotations([tmp_path / "a.json"])

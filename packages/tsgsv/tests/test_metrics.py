@@ -33,9 +33,22 @@ def test_median_filter_and_downsampling():
     long = torch.rand(50, 3)
     out = downsample_scores(long, cfg)
     assert out.shape == (25, 3)
-    idx = torch.linspace(0, 49, 25, dtype=torch.float64).floor().long()
+    idx = torch.tensor([int(i * 49 / 24) for i in range(25)])  # round_down(linspace(0, 49, 25)), exact here
     torch.testing.assert_close(out, median_filter3(long)[idx])
     assert downsample_scores(torch.rand(20, 3), cfg).shape == (16, 3)  # max(16, 20 // 2)
+
+
+def test_downsampling_picks_the_official_rows():
+    """Spec §3.9 step 2 as the official evaluator computes it: numpy's linspace truncated to int. For T' = 556,
+    n_seg = 139 the step is 555/138, and 92·555/138 = 370 exactly, but the official linspace gives 369.99999999999994
+    → row 369 (torch.linspace gives 370.0 → row 370)."""
+    cfg = GroundingEvalConfig(min_num_segments=128, downsample_stride=4, median_filter=False)
+    rows = torch.arange(556, dtype=torch.float32)[:, None].expand(-1, 3)  # row t holds t
+    out = downsample_scores(rows, cfg)[:, 0].long()
+    assert len(out) == 139 and out[0] == 0 and out[-1] == 555
+    step = 555 / 138
+    assert out.tolist() == [int(i * step) if i < 138 else 555 for i in range(139)]  # float64 i·step, truncated
+    assert out[92] == 369 and out[91] == 365 and out[93] == 374
 
 
 def test_nms_keeps_top_non_overlapping():

@@ -90,3 +90,17 @@ def test_loss_falls_on_repeated_batch(tmp_path):
 def test_twinnet_loss_needs_the_twin_branch():
     with pytest.raises(ValueError, match="tpn_type=twinnet"):
         TSGSVModule(TSGSVConfig(future_usage="none"), tpn_type="twinnet")
+
+
+@pytest.mark.parametrize(("key", "file"), [("text_dim", "bert-base-uncased_language_tokens_features_val.hdf5"),
+                                           ("video_dim", "synthetic_features_val.hdf5")])  # fmt: skip
+def test_feature_width_mismatch_names_the_file_and_key(tmp_path, key, file):
+    """Features whose width differs from the model's are refused at setup, naming the file and the config key (a
+    sentence width mismatch used to surface as a bare matmul shape error deep inside the sentence encoder)."""
+    with pytest.raises(ValueError, match=rf"{file}.*model\.config\.{key}=8"):
+        main(args=["validate", *_tiny_args(tmp_path), f"--model.config.{key}", "8"])
+    cfg = TSGSVConfig(video_dim=16, text_dim=16, hidden_dim=32, ffn_dim=64, num_heads=2, short_memory=4,
+                      long_memory=8, future_memory=8, gru_layers=1, compressor_tokens=[4])  # fmt: skip
+    model = StreamingTSGV(cfg)
+    with pytest.raises(ValueError, match="model.config.text_dim=16"):  # the model itself checks too (Python API)
+        model.encode_sentence(torch.zeros(2, 20, 8), torch.tensor([3, 5]))

@@ -91,8 +91,11 @@ def read_annotations(paths: list[Path], min_frames: int = 71) -> list[Annotation
             if n < min_frames or d <= 0:
                 dropped_videos += 1
                 continue
-            for (s, e), sent, aid in zip(item["timestamps"], item["sentences"], item["anno_ids"], strict=True):
-                s, e = min(max(float(s), 0.0), d), min(max(float(e), 0.0), d)
+            for stamp, sent, aid in zip(item["timestamps"], item["sentences"], item["anno_ids"], strict=True):
+                if not isinstance(stamp, list | tuple) or len(stamp) != 2:
+                    raise ValueError(f"{str(path)!r}: video {video!r}, anno_id {aid!r}: timestamps entry {stamp!r} is not "
+                                     f"a [start, end] pair in seconds; {_SEE}")  # fmt: skip
+                s, e = min(max(float(stamp[0]), 0.0), d), min(max(float(stamp[1]), 0.0), d)
                 if s >= e:
                     dropped_pairs += 1
                     continue

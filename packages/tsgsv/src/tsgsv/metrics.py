@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_average_precision
@@ -83,7 +84,10 @@ def downsample_scores(scores: torch.Tensor, cfg: GroundingEvalConfig) -> torch.T
         scores = median_filter3(scores)
     n_seg = max(cfg.min_num_segments, T // cfg.downsample_stride)
     if n_seg != T:
-        idx = torch.linspace(0, T - 1, n_seg, dtype=torch.float64).floor().long()
+        # numpy's linspace, truncated, as the official evaluator: an index that is an integer in exact arithmetic can
+        # come out one ulp low there (T' = 556, n_seg = 139: 92·555/138 = 370 gives 369); torch.linspace rounds
+        # differently and would pick another row for ~7 % of lengths
+        idx = torch.from_numpy(np.linspace(0, T - 1, n_seg).astype(np.int64)).to(scores.device)
         scores = scores[idx]
     return scores
 

@@ -502,6 +502,10 @@ class StreamingTSGV(nn.Module):
 
     def encode_sentence(self, tokens: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """tokens (B, L, d_s), lengths (B,) -> (Q (B, L, h), q (B, h)). Computed once per query when streaming."""
+        if tokens.shape[-1] != self.config.text_dim:
+            raise ValueError(
+                f"sentence token features have width {tokens.shape[-1]}, model.config.text_dim={self.config.text_dim}"
+            )
         return self.sentence_encoder(tokens, lengths)
 
     def compress(self, memory: torch.Tensor, query_tokens: torch.Tensor) -> torch.Tensor:

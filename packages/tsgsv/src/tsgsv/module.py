@@ -86,6 +86,21 @@ class TSGSVModule(pl.LightningModule):
                 raise ValueError(
                     f"data.{key}={dm.hparams[key]} differs from model.config.{key}={getattr(self.config, key)}"
                 )
+        for dataset in (getattr(dm, "train_set", None), getattr(dm, "val_set", None), getattr(dm, "test_set", None)):
+            files = getattr(dataset, "files", None)
+            if files is None or not files.annotations:
+                continue
+            first = files.annotations[0]
+            for features, key, name in (
+                (files.video, "video_dim", first.video),
+                (files.text, "text_dim", first.anno_id),
+            ):
+                width = features.shape(name)[-1]
+                if width != getattr(self.config, key):
+                    raise ValueError(
+                        f"{str(features.path)!r}: {name!r} has features of width {width}, but model.config.{key}="
+                        f"{getattr(self.config, key)}"
+                    )
 
     # ----------------------------------------------------------------------------------------- training
     def current_kd_weight(self) -> float:
