@@ -101,3 +101,24 @@ def test_cifar_label_outside_the_class_range_raises(tmp_path, bad_label):
         pickle.dump(entry, fh)
     with pytest.raises(ValueError, match=f"label {bad_label} of row 4 is outside 0..2"):
         CIFAR100Dataset(str(tmp_path), "train", train=False)
+
+
+@pytest.mark.parametrize("command", ["validate", "test", "predict"])
+def test_class_count_mismatch_is_refused_outside_fit(tmp_path, command):
+    """A 20-class folder under a 10-class model (tiny.yaml): refused before any batch, naming the config key."""
+    from pckd.cli import main
+
+    write_cifar100_python(tmp_path / "data", num_classes=20, n_train_per_class=1, n_test_per_class=1)
+    args = [command, "--config", "tiny", "--data.data_root", str(tmp_path / "data"),
+            "--trainer.default_root_dir", str(tmp_path)]  # fmt: skip
+    with pytest.raises(ValueError, match=r"model.config.num_classes=10 but the dataset has 20 classes"):
+        main(args=args)
+    assert not (tmp_path / "predictions.jsonl").exists()
+
+
+def test_cifar_meta_without_fine_label_names_names_file_and_key(tmp_path):
+    folder = write_cifar100_python(tmp_path, num_classes=2)
+    with open(folder / "meta", "wb") as fh:
+        pickle.dump({"coarse_label_names": ["c"] * 20}, fh)
+    with pytest.raises(KeyError, match=r"cifar-100-python/meta: missing key 'fine_label_names'"):
+        CIFAR100Dataset(str(tmp_path), "test", train=False)

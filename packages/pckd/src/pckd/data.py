@@ -128,7 +128,11 @@ class CIFAR100Dataset(Dataset):
             self.images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())  # (N, 3, 32, 32) uint8, planar → CHW
             self.labels = torch.as_tensor(entry["fine_labels"], dtype=torch.long)  # (N,)
             with open(folder / "meta", "rb") as fh:
-                self.class_names = list(pickle.load(fh, encoding="latin1")["fine_label_names"])
+                meta = pickle.load(fh, encoding="latin1")
+            if not isinstance(meta, dict) or "fine_label_names" not in meta:
+                raise KeyError(f"{folder / 'meta'}: missing key 'fine_label_names' (official CIFAR-100 meta); "
+                               f"{README_HINT}")  # fmt: skip
+            self.class_names = list(meta["fine_label_names"])
             self.num_classes = len(self.class_names)
         if len(self.images) != len(self.labels):
             raise ValueError(f"CIFAR-100 {split}: {len(self.images)} images but {len(self.labels)} labels")
@@ -363,15 +367,19 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
         return DigitsDataset(split, train, h.num_views, h.digits_split_seed, noise)
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the stage's splits; ``num_classes`` becomes the class count their files give (CIFAR-100: meta's
+        fine_label_names; ImageNet: the class folders), for every stage, so the module can check it against
+        ``model.config.num_classes`` before any batch runs."""
         if stage in ("fit", None):
             self.datasets["train"] = self._build(self.train_split, train=True)
-            self.num_classes = getattr(self.datasets["train"], "num_classes", self.num_classes)
         if stage in ("fit", "validate", None) and self.val_split != "none":
             self.datasets["val"] = self._build(self.val_split, train=False)
         if stage in ("test", None):
             self.datasets["test"] = self._build(self.test_split, train=False)
         if stage == "predict":
             self.datasets["predict"] = self._build(self.test_split, train=False)
+        counts = {getattr(ds, "num_classes", self.num_classes) for ds in self.datasets.values()}
+        self.num_classes = max(counts, default=self.num_classes)
 
     def class_names(self, split: str = "predict") -> list[str] | None:
         """Names of the class indices as the split's files give them (CIFAR-100 meta / HF feature, ImageNet wnids);

@@ -384,12 +384,17 @@ class PCKDModule(pl.LightningModule):
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(h.lr_milestones), gamma=h.lr_gamma)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
-    def on_fit_start(self) -> None:
+    def setup(self, stage: str) -> None:
+        """Every stage (fit, validate, test, predict): the data's class count must equal the classifier's; otherwise
+        labels beyond the classifier stop the metrics with an unrelated error, or predictions are written silently."""
         dm = getattr(self.trainer, "datamodule", None)
         if dm is not None and getattr(dm, "num_classes", self.config.num_classes) != self.config.num_classes:
             raise ValueError(
                 f"model.config.num_classes={self.config.num_classes} but the dataset has {dm.num_classes} classes"
             )
+
+    def on_fit_start(self) -> None:
+        dm = getattr(self.trainer, "datamodule", None)
         if self.hparams.method == "pckd" and getattr(dm, "hparams", {}).get("num_views", 4) == 1:
             rank_zero_warn("method=pckd with data.num_views=1: PCKD expects the 4 rotated views (spec §3.1)")
         if not math.isfinite(self.hparams.w_cc):
