@@ -122,3 +122,52 @@ def test_cifar_meta_without_fine_label_names_names_file_and_key(tmp_path):
         pickle.dump({"coarse_label_names": ["c"] * 20}, fh)
     with pytest.raises(KeyError, match=r"cifar-100-python/meta: missing key 'fine_label_names'"):
         CIFAR100Dataset(str(tmp_path), "test", train=False)
+
+
+def _write_parquet(path, labels, names):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    pixels = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in labels]
+    features = datasets.Features({"img": datasets.Image(), "fine_label": datasets.ClassLabel(names=names)})
+    ds = datasets.Dataset.from_dict({"img": [Image.fromarray(p) for p in pixels], "fine_label": labels}, features)
+    ds.to_parquet(str(path))
+    return pixels
+
+
+def test_cifar_parquet_folder_reads_each_split_from_its_own_files(tmp_path):
+    names = ["apple", "bee", "cat"]
+    train = _write_parquet(tmp_path / "train-00000.parquet", [0, 2, 1, 2], names)
+    test = _write_parquet(tmp_path / "test-00000.parquet", [1, 0], names)
+    for split, pixels, labels in (("train", train, [0, 2, 1, 2]), ("test", test, [1, 0])):
+        ds = CIFAR100Dataset(None, split, train=False, hf_dataset=str(tmp_path))
+        assert ds.labels.tolist() == labels and ds.class_names == names and ds.num_classes == 3
+        assert torch.equal(ds.images, torch.from_numpy(np.stack(pixels)).permute(0, 3, 1, 2))
+
+
+def test_single_parquet_file_is_not_read_for_the_other_split(tmp_path):
+    """One file cannot give both splits: reading train-*.parquet as the test split would evaluate on training
+    images without a word."""
+    _write_parquet(tmp_path / "train-00000.parquet", [0, 1], ["a", "b"])
+    assert len(CIFAR100Dataset(None, "train", train=False, hf_dataset=str(tmp_path / "train-00000.parquet"))) == 2
+    with pytest.raises(ValueError, match=r"train-00000\.parquet.*serves only the split its name starts with.*'test'"):
+        CIFAR100Dataset(None, "test", train=False, hf_dataset=str(tmp_path / "train-00000.parquet"))
+
+
+def test_imagenet_train_and_val_with_different_class_folders_are_refused(tmp_path):
+    from PIL import Image
+
+    from pckd.data import ImageNetDataset
+
+    for split, wnids in (("train", ("n01", "n02", "n03")), ("val", ("n01", "n03"))):
+        for wnid in wnids:
+            (tmp_path / split / wnid).mkdir(parents=True)
+            Image.new("RGB", (8, 8)).save(tmp_path / split / wnid / "a.JPEG")
+    for split in ("train", "val"):  # val's n03 would become index 1, which is n02 in training
+        with pytest.raises(ValueError, match=r"'train/' and 'val/'|'val/' and 'train/'") as err:
+            ImageNetDataset(str(tmp_path), split, train=False)
+        assert "n02" in str(err.value)
+    (tmp_path / "val" / "n02").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "val" / "n02" / "a.JPEG")
+    assert ImageNetDataset(str(tmp_path), "val", train=False).class_names == ["n01", "n02", "n03"]

@@ -109,6 +109,8 @@ class CIFAR100Dataset(Dataset):
         self.class_names: list[str] | None = None
         if hf_dataset:
             self.images, self.labels, self.class_names = _load_hf_cifar(hf_dataset, split)
+            if self.class_names is not None:  # a ClassLabel column gives the class count, as meta does below
+                self.num_classes = len(self.class_names)
         else:
             folder = Path(data_root) / "cifar-100-python"
             for name in ("train", "test", "meta"):
@@ -164,6 +166,12 @@ def _load_hf_cifar(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor, l
         raise ImportError("data.hf_dataset needs the 'datasets' package: pip install 'pckd[hf]'") from err
     path = Path(name)
     if path.exists():
+        if path.is_file() and not path.name.startswith(split):
+            # one file cannot hold both splits: reading it for every split would evaluate on the training images
+            raise ValueError(
+                f"data.hf_dataset={name!r}: a single parquet file serves only the split its name starts with, not "
+                f"{split!r}; name a folder holding '{split}*.parquet' and the other split's files; {README_HINT}"
+            )
         files = [str(path)] if path.is_file() else sorted(str(p) for p in path.glob(f"**/{split}*.parquet"))
         if not files:
             raise FileNotFoundError(f"data.hf_dataset={name!r}: no '{split}*.parquet' file; {README_HINT}")
@@ -173,7 +181,7 @@ def _load_hf_cifar(name: str, split: str) -> tuple[torch.Tensor, torch.Tensor, l
     for key in ("img", "fine_label"):
         if key not in ds.column_names:
             raise KeyError(f"data.hf_dataset={name!r}: missing column {key!r} (have {ds.column_names})")
-    images = torch.stack([torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1) for im in ds["img"]])
+    images = torch.stack([torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1) for im in ds["img"]])
     names = getattr(ds.features["fine_label"], "names", None)  # a ClassLabel feature knows its names
     return images, torch.as_tensor(ds["fine_label"], dtype=torch.long), names  # (N, 3, 32, 32) uint8, (N,)
 
@@ -203,6 +211,16 @@ class ImageNetDataset(Dataset):
         else:
             tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
         self.folder = ImageFolder(str(folder), transform=tf)
+        other = Path(data_root) / ("val" if split == "train" else "train")
+        if other.is_dir():  # class indices come from each folder's own listing: both must list the same wnids
+            other_classes = sorted(d.name for d in other.iterdir() if d.is_dir())
+            if other_classes != self.folder.classes:
+                missing = sorted(set(other_classes) ^ set(self.folder.classes))
+                raise ValueError(
+                    f"data.data_root={data_root!r}: '{split}/' and '{other.name}/' hold different class folders "
+                    f"({len(self.folder.classes)} vs {len(other_classes)}; in one only: {missing[:5]}), so the "
+                    f"same class index would name different classes; {README_HINT}"
+                )
         self.num_classes = len(self.folder.classes)
         self.class_names = list(self.folder.classes)
         self.data_root = Path(data_root)
