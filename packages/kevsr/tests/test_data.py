@@ -109,6 +109,18 @@ def test_hierarchy_refuses_repeated_label_names(tmp_path, level):
         Hierarchy.from_json(path)
 
 
+def test_hierarchy_errors_name_the_file_and_entry(tmp_path):
+    """A label without a name, or a file that is not JSON, used to raise a bare KeyError('name') or a
+    JSONDecodeError that named neither the file nor the entry."""
+    path = tmp_path / "hierarchy.json"
+    path.write_text(json.dumps({"level1": [{"name": "food"}], "level2": [{"parent": "food", "kg": "bar"}]}))
+    with pytest.raises(KeyError, match=r"hierarchy\.json: level2\[0\] = .*needs a string 'name'"):
+        Hierarchy.from_json(path)
+    path.write_text('{"level1": [{"name": "food"}],')
+    with pytest.raises(ValueError, match=r"hierarchy\.json: not valid JSON"):
+        Hierarchy.from_json(path)
+
+
 def _digits_videos(root) -> list[tuple[set[int], list[int], list[str]]]:
     """(positive digits, digit shown by each frame, description words) per video of a digits data set written
     with ``frame_noise = 0``: every frame's f2d is then an sklearn digit image / 16, matched back to its class
@@ -223,6 +235,11 @@ def test_annotations_refuse_wrong_parents_repeated_ids_and_bad_json(tmp_path):
     (root / "annotations" / "train.jsonl").write_text('{"video_id": "a", "text": "x", "label_paths": []}\n{oops\n')
     with pytest.raises(ValueError, match=r"train\.jsonl:2: not a JSON object"):
         KEVSRDataset(str(root), "train", h, None, 8, 3, 3)
+    # keywords as one string used to be read character by character (silently no KG keyword)
+    row = {"video_id": "a", "text": "x", "label_paths": [], "keywords": "hot pot"}
+    (root / "annotations" / "train.jsonl").write_text(json.dumps(row) + "\n")
+    with pytest.raises(ValueError, match=r"train\.jsonl:1: .*'keywords' \(optional\) a list of strings"):
+        KEVSRDataset(str(root), "train", h, None, 8, 3, 3)
 
 
 @pytest.mark.parametrize("fmt", ["h5", "npz"])
@@ -275,3 +292,40 @@ def test_a_kg_that_matches_nothing_is_reported(tmp_path):
     text = " ".join(str(w.message) for w in record)
     assert "level 1: none of the 2 label KG terms" in text and "level 2: none of the" in text
     assert "train: no video has a keyword found in the KG" in text
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npz"])
+def test_inconsistent_feature_shapes_name_the_video_and_file(tmp_path, fmt):
+    """A video whose f3d has fewer keyframes than f2d, or whose region_mask does not match its regions, used to
+    fail later with a bare shape error (collate / concatenation / mask copy) that named neither."""
+    import h5py
+
+    root = write_random_dataset(tmp_path / "d", None, feature_format=fmt, sizes=(3, 1, 1))
+    h = Hierarchy.from_json(root / "hierarchy.json")
+
+    def edit(vid, key, fn):
+        if fmt == "h5":
+            with h5py.File(root / "features" / "train.h5", "a") as f:
+                arr = f[vid][key][()]
+                del f[vid][key]
+                f[vid].create_dataset(key, data=fn(arr))
+        else:
+            path = root / "features" / f"{vid}.npz"
+            with np.load(path) as z:
+                arrays = dict(z)
+            arrays[key] = fn(arrays[key])
+            np.savez(path, **arrays)
+
+    edit("train_000", "f3d", lambda a: a[:-1])  # 3 keyframes against f2d's 4
+    edit("train_001", "region_mask", lambda a: a[:, :-1])  # 2 mask columns against 3 regions
+    edit("train_002", "text", lambda a: np.stack([a, a]))  # two rows: not one video-level vector
+    ds = KEVSRDataset(str(root), "train", h, None, 8, 3, 3, feature_format=fmt)
+    source = "train.h5" if fmt == "h5" else None
+    for vid in ("train_000", "train_001", "train_002"):
+        i = [r["video_id"] for r in ds.rows].index(vid)
+        where = source or f"{vid}.npz"
+        with pytest.raises(ValueError, match=rf"{where}: video '{vid}' has feature shapes"):
+            ds[i]
+    write_random_dataset(tmp_path / "ok", None, feature_format=fmt, sizes=(3, 1, 1))
+    good = KEVSRDataset(str(tmp_path / "ok"), "train", h, None, 8, 3, 3, feature_format=fmt)
+    assert good[0]["f3d"].shape == (4, 8)  # consistent files still read

@@ -147,3 +147,20 @@ def test_extract_end_to_end_on_generated_videos(tmp_path):
     ds = KEVSRDataset(str(root), "test", Hierarchy.from_json(root / "hierarchy.json"), None, 8, 2, 3)
     item = ds[1]
     assert item["f2d"].shape == (3, 512) and item["regions"].shape == (3, 2, 512) and item["text"].shape == (16,)
+
+
+def test_video_model_clips_use_the_kinetics_statistics_of_torchvision_video_models():
+    """f3d's torchvision video models were trained on Kinetics clips normalised with Kinetics statistics, which
+    differ from ImageNet's (the ResNet trunk's); the clip fed to them must use the weights' own statistics."""
+    from torchvision.models.video import MC3_18_Weights, R2Plus1D_18_Weights, R3D_18_Weights
+
+    from kevsr.extract import clip_input
+
+    frames = torch.randint(0, 256, (4, 3, 8, 10), dtype=torch.uint8)  # (C_len, 3, H, W), short side already 8
+    got = clip_input(frames, 8)
+    assert got.shape == (1, 3, 4, 8, 10)
+    for weights in (R3D_18_Weights, R2Plus1D_18_Weights, MC3_18_Weights):
+        t = weights.DEFAULT.transforms()
+        mean, std = torch.tensor(t.mean).view(1, 3, 1, 1, 1), torch.tensor(t.std).view(1, 3, 1, 1, 1)
+        expected = (frames.permute(1, 0, 2, 3)[None].float() / 255.0 - mean) / std
+        torch.testing.assert_close(got, expected)

@@ -83,3 +83,32 @@ def test_setup_without_a_hierarchy_warns():
     module = KEVSRModule(cfg, streams="both")
     with pytest.warns(UserWarning, match="no datamodule with a label hierarchy"):
         module.setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("kg_dim", 16, r"model.config.kg_dim=16 but data.kg_path has 8-d vectors"),
+        ("num_regions", 5, r"model.config.num_regions=5 but data.num_regions=3"),
+        ("num_keywords", 4, r"model.config.num_keywords=4 but data.num_keywords=3"),
+    ],
+)
+def test_setup_names_model_and_data_sizes_that_disagree(tmp_path, key, value, message):
+    """A KG width that differs between model.config and the data used to fail inside the label-table copy with a
+    bare tensor-size error; N_r / N_k set on the model only were silently replaced by the data module's."""
+    import lightning.pytorch as pl
+
+    from kevsr.data import KEVSRDataModule
+    from kevsr.models import KEVSRConfig
+    from kevsr.synthetic import write_random_dataset
+
+    root = write_random_dataset(tmp_path / "d", tmp_path / "kg.txt.gz", sizes=(2, 2, 1))
+    dm = KEVSRDataModule(str(root), str(tmp_path / "kg.txt.gz"), kg_dim=8, num_regions=3, num_keywords=3,
+                         num_workers=0)  # fmt: skip
+    sizes = dict(dim=16, f2d_dim=16, f3d_dim=8, text_dim=12, region_dim=16, kg_dim=8, num_frames=4, num_regions=3,
+                 num_keywords=3, num_level1=2, num_level2=5, temporal_layers=1, temporal_heads=2, region_heads=2)  # fmt: skip
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.validate(KEVSRModule(KEVSRConfig(**sizes)), datamodule=dm)  # consistent sizes: runs
+    assert "val/f1_l2" in trainer.callback_metrics
+    with pytest.raises(ValueError, match=message):
+        trainer.validate(KEVSRModule(KEVSRConfig(**{**sizes, key: value})), datamodule=dm)

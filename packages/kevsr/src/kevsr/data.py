@@ -49,10 +49,16 @@ class Hierarchy:
     def from_json(cls, path: Path) -> Hierarchy:
         if not path.is_file():
             raise FileNotFoundError(f"missing {str(path)!r} (label hierarchy); {README_HINT}")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err}); {README_HINT}") from err
         for key in ("level1", "level2"):
-            if key not in data:
+            if not isinstance(data, dict) or key not in data:
                 raise KeyError(f"{path}: missing key {key!r}; {README_HINT}")
+            for i, e in enumerate(data[key]):
+                if not isinstance(e, dict) or not isinstance(e.get("name"), str):
+                    raise KeyError(f"{path}: {key}[{i}] = {e!r} needs a string 'name'; {README_HINT}")
         level1 = [e["name"] for e in data["level1"]]
         for key in ("level1", "level2"):  # a repeated name would silently map every path to its last entry
             names = [e["name"] for e in data[key]]
@@ -104,6 +110,12 @@ def read_annotations(path: Path) -> list[dict]:
             for key in ("video_id", "text", "label_paths"):
                 if key not in row:
                     raise KeyError(f"{path}:{lineno}: missing key {key!r}; {README_HINT}")
+            kws = row.get("keywords")
+            if not isinstance(row["label_paths"], list) or not (
+                kws is None or (isinstance(kws, list) and all(isinstance(k, str) for k in kws))
+            ):  # a bare string would be read one character at a time
+                raise ValueError(f"{path}:{lineno}: 'label_paths' must be a list of paths and 'keywords' (optional) "
+                                 f"a list of strings; {README_HINT}")  # fmt: skip
             vid = row["video_id"]
             if vid in seen:  # one feature group per id: a repeat would train twice on one video, maybe relabelled
                 raise ValueError(f"{path}:{lineno}: video_id {vid!r} already on line {seen[vid]}; ids must be unique")
@@ -203,9 +215,32 @@ class KEVSRDataset(Dataset):
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _check_shapes(self, vid: str, feats: dict[str, torch.Tensor]) -> None:
+        """f2d (T, D2), f3d (T, D3), text (Dt,) or (1, Dt), regions (T, R, Dr), region_mask (T, R) of one video
+        (spec §4.2); otherwise a ValueError naming the video and the feature source."""
+        shapes = {k: tuple(v.shape) for k, v in feats.items()}
+        f2d, f3d, text, regions, mask = (shapes[k] for k in FEATURE_KEYS)
+        ok = (
+            len(f2d) == 2
+            and len(f3d) == 2
+            and len(regions) == 3
+            and f3d[0] == f2d[0] == regions[0]
+            and mask == regions[:2]
+            and len(text) in (1, 2)
+            and (len(text) == 1 or text[0] == 1)
+        )
+        if not ok:
+            reader = self.readers["f2d"]
+            source = reader.path(vid) if callable(reader.path) else reader.path  # <video_id>.npz or <split>.h5
+            raise ValueError(
+                f"{source}: video {vid!r} has feature shapes {shapes}; expected f2d [N_f, D2], f3d [N_f, D3], "
+                f"text [Dt], regions [N_f, N_r, Dr], region_mask [N_f, N_r]; {README_HINT}"
+            )
+
     def __getitem__(self, idx: int) -> dict:
         vid = self.rows[idx]["video_id"]
         feats = {k: self.readers[k][vid] for k in FEATURE_KEYS}
+        self._check_shapes(vid, feats)
         regions, mask = feats["regions"], feats["region_mask"] > 0  # (T, R', Dr), (T, R')
         t, r, dr = regions.shape
         n = self.num_regions

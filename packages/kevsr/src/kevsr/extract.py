@@ -2,7 +2,8 @@
 
 Per video: N_f keyframes at segment centres; f2d = ResNet global feature; regions = the top N_r Faster R-CNN
 boxes (score ≥ threshold) pooled by RoIAlign from the ResNet C5 map; f3d = a torchvision video model on the
-``clip_len`` frames centred at each keyframe; text = BERT [CLS] of the description. Every model is loaded
+``clip_len`` frames centred at each keyframe (normalised with the Kinetics statistics those models were trained
+with, not ImageNet's); text = BERT [CLS] of the description. Every model is loaded
 from a local file or folder; a missing one raises an error naming it.
 """
 
@@ -24,6 +25,16 @@ log = logging.getLogger(__name__)
 RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152")
 VIDEO_MODELS = ("r3d_18", "r2plus1d_18", "mc3_18")
 DETECTORS = ("fasterrcnn_resnet50_fpn", "fasterrcnn_mobilenet_v3_large_fpn", "fasterrcnn_mobilenet_v3_large_320_fpn")
+# Input statistics of torchvision's Kinetics-400 video models (r3d_18, r2plus1d_18, mc3_18: their weights'
+# VideoClassification transform), which differ from ImageNet's; the ResNet trunk keeps ImageNet's.
+KINETICS_STATS = ((0.43216, 0.394666, 0.37645), (0.22803, 0.22145, 0.216989))
+
+
+def clip_input(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 clip (C_len, 3, H, W) → the video model's input (1, 3, C_len, h, w): short side ``size``,
+    normalised with the Kinetics statistics of torchvision's video models."""
+    clip = normalize(resize_short_side(frames, size), KINETICS_STATS)  # (C_len, 3, h, w)
+    return clip.permute(1, 0, 2, 3)[None]
 
 
 def _require(path: str | None, flag: str, what: str) -> str:
@@ -116,8 +127,8 @@ class FeatureExtractor:
         f3d = []
         for k in keys:
             idx = [min(max(k - a.clip_len // 2 + i, 0), n - 1) for i in range(a.clip_len)]
-            clip = normalize(resize_short_side(reader.get_frames(idx), a.clip_size), "imagenet")  # (C_len, 3, h, w)
-            f3d.append(self.video_model(clip.permute(1, 0, 2, 3)[None].to(dev))[0])  # (D3,)
+            clip = clip_input(reader.get_frames(idx), a.clip_size).to(dev)  # (1, 3, C_len, h, w)
+            f3d.append(self.video_model(clip)[0])  # (D3,)
         tok = self.tokenizer(text, return_tensors="pt", truncation=True, max_length=128).to(dev)
         cls = self.bert(**tok).last_hidden_state[0, 0]  # (768,)
         return {

@@ -108,6 +108,9 @@ class KEVSRModule(pl.LightningModule):
             )
         self.model.set_hierarchy(h.parent_index)
         nt = self.model.nontemporal
+        kg = getattr(dm, "kg", None)
+        if nt is not None and kg is not None and kg.dim != cfg.kg_dim:
+            raise ValueError(f"model.config.kg_dim={cfg.kg_dim} but data.kg_path has {kg.dim}-d vectors")
         if nt is not None and not self._label_vectors_set:
             # only a fresh module: a second setup (fit, then test in one session) or a module loaded from a checkpoint
             # before any data keeps its label tables, whose KG rows may have trained (freeze_label_kg: false)
@@ -129,6 +132,15 @@ class KEVSRModule(pl.LightningModule):
             for key, width in widths.items():
                 if getattr(cfg, key) != width:
                     raise ValueError(f"model.config.{key}={getattr(cfg, key)} but the feature files have {width}")
+            if nt is not None:  # S2 reads N_r regions and N_k keywords of G-d vectors as the data module pads them
+                sizes = {
+                    "kg_dim": ("data.kg_dim", item["keywords"].shape[-1]),
+                    "num_keywords": ("data.num_keywords", item["keywords"].shape[0]),
+                    "num_regions": ("data.num_regions", item["regions"].shape[1]),
+                }
+                for key, (data_key, size) in sizes.items():
+                    if getattr(cfg, key) != size:
+                        raise ValueError(f"model.config.{key}={getattr(cfg, key)} but {data_key}={size}")
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._label_vectors_set = True  # the checkpoint holds the label tables; a later setup must not reset them
