@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from asdmllm.data import (
+    CMSC_CONCEPTS,
     CMSCDataset,
     DebiasDataModule,
     FairFaceDataset,
@@ -89,6 +90,19 @@ def test_corrupt_image_raise_and_skip(tmp_path, scounter_root):
     assert collate([None, None])["image"].shape[0] == 0
 
 
+@pytest.mark.parametrize("cell", [None, {"bytes": None, "path": None}])
+def test_null_image_cell_is_a_corrupt_image_named_by_row(scounter_root, cell):
+    """A parquet row whose image cell is null (or holds neither bytes nor a path) used to raise a bare AttributeError
+    that named no row, under on_corrupt: skip too."""
+    ds = SocialCounterfactualsDataset(scounter_root, "train", image_size=32)
+    ds._table = [{"image": cell}] * (max(ds._rows) + 1)
+    with pytest.raises(ValueError, match=f"corrupt image at .* row {ds._rows[0]} .*neither bytes nor a path"):
+        ds[0]
+    assert ds.describe(0)["image"] is None
+    ds.on_corrupt = "skip"
+    assert ds[0] is None
+
+
 def test_cmsc_reader(tmp_path):
     root = make_cmsc(tmp_path / "CMSC", {"personality": ["pleasant", "unpleasant"], "education": ["arts"]}, n_sets=6)
     ds = CMSCDataset(root, "all", image_size=32)
@@ -132,10 +146,33 @@ def test_datamodule_generates_and_lists_eval_sets(tmp_path):
     names = [i.name for i in dm.eval_sets("test")]
     assert names == ["socialcounterfactuals", "fairface", "cmsc"]
     ff = dm.eval_sets("test")[1]
-    assert len(ff.concepts) == 4 + 18  # training occupations + CMSC concepts
+    # the union of the 4 training occupations and the 18 CMSC concepts: chef is in both and is queried once
+    assert len(ff.concepts) == len(set(ff.concepts)) == 4 + 18 - 1
+    assert ff.concept_groups[ff.concepts.index("chef")] == "occupation"
     batch = next(iter(dm.train_dataloader()))
     assert batch["image"].shape == (4, 3, 32, 32)
     assert len(dm.probe_dataloader().dataset) == round(0.5 * len(dm.train_set))
+
+
+def test_fairface_default_concepts_include_cmsc_without_a_cmsc_folder(tmp_path):
+    """Spec §3.2: the FairFace query concepts are the union of the evaluated occupations and CMSC's concepts, also when
+    no CMSC folder is evaluated (they used to be the occupations alone then)."""
+    kwargs = dict(image_size=32, num_workers=0, generate_demo_data=True)
+    dm = DebiasDataModule(str(tmp_path / "d"), **kwargs)
+    dm.demo.n_sets, dm.demo.fairface_images, dm.demo.every_split = 3, 3, True
+    dm.prepare_data()
+    dm.setup("test")
+    assert [i.name for i in dm.eval_sets("test")] == ["socialcounterfactuals", "fairface"]
+    ff = dm.eval_sets("test")[1]
+    cmsc = {c: g for g, cs in CMSC_CONCEPTS.items() for c in cs}
+    assert set(ff.concepts) == set(dm.demo.occupations) | set(cmsc) and len(ff.concepts) == len(set(ff.concepts))
+    assert all(
+        g == ("occupation" if c in dm.demo.occupations else cmsc[c]) for c, g in zip(ff.concepts, ff.concept_groups)
+    )
+    custom = DebiasDataModule(str(tmp_path / "d"), questions={"occupation": "Which job?"}, **kwargs)
+    custom.demo = dm.demo
+    with pytest.raises(KeyError, match="data.questions has no question .*'education'"):
+        custom.setup("test")  # the CMSC groups need questions too: named, not a bare KeyError
 
 
 def test_every_split_puts_every_concept_in_every_split(tmp_path):

@@ -48,6 +48,25 @@ def test_debias_config_refuses_unknown_choices(key, value):
         DebiasConfig(**{key: value})
 
 
+@pytest.mark.parametrize(
+    "which,key,value",
+    [
+        ("skew", "scorer", "yes"),
+        ("skew", "mode", "top_k"),
+        ("skew", "per_sample", "maxabs"),
+        ("mllm", "arch", "qwen2vl"),
+    ],
+)
+def test_skew_and_mllm_configs_refuse_unknown_choices(which, key, value):
+    """Built in Python (no CLI type check), an unknown scorer used to fall through to answer_logprob and an unknown
+    arch to a LLaVA."""
+    from asdmllm.module import SkewConfig
+
+    config = SkewConfig if which == "skew" else MLLMConfig
+    with pytest.raises(ValueError, match=f"model.{which}.{key}='{value}'"):
+        config(**{key: value})
+
+
 def test_sfloss_equation_and_zero_skew():
     per_sample = torch.tensor([1.0, 2.0, 0.5, 3.0])
     skew = torch.tensor([0.5, -1.0, 0.0, 2.0])

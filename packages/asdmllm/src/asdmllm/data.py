@@ -212,7 +212,7 @@ class _CounterfactualDataset(Dataset):
         """What identifies item ``index``: ``source_row`` (its row in the parquet shards, read in name order),
         ``image`` (the image's file name stored in the parquet; None when only its bytes are), ``counterfactual_set``,
         ``concept`` and ``attributes`` (type → value, None when unknown)."""
-        record = self._table[self._rows[index]]["image"]
+        record = self._table[self._rows[index]]["image"] or {}  # a null image cell
         attrs = self.attribute_ids[index].tolist()
         return {
             "source_row": self._rows[index],
@@ -227,9 +227,12 @@ class _CounterfactualDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         row = self._rows[index]
-        record = self._table[row]["image"]
+        record = self._table[row]["image"] or {}  # a null image cell
         try:
-            image = load_image(record["bytes"] if record.get("bytes") else record["path"], self.image_size)
+            source = record.get("bytes") or record.get("path")
+            if not source:
+                raise ValueError("the image cell holds neither bytes nor a path")
+            image = load_image(source, self.image_size)
         except (UnidentifiedImageError, OSError, ValueError) as err:
             where = f"{self._source} row {row} (set {self.counterfactual_sets[index]!r})"
             if self.on_corrupt == "raise":
@@ -400,6 +403,12 @@ class FairFaceDataset(Dataset):
         self.files = [r["file"] for r in records]
         self.concepts, self.concept_groups = list(concepts), list(concept_groups)
         q = DEFAULT_QUESTIONS if questions is None else questions
+        missing = sorted({g for g in concept_groups if g not in q})
+        if missing:
+            raise KeyError(
+                f"data.questions has no question for the FairFace query concept groups {missing} "
+                "(data.fairface_concepts, default: the training concepts + CMSC's); add one"
+            )
         self.questions = [q[g] for g in concept_groups]
         self.attribute_types = ["age", "gender", "race"]
         self.attribute_values = [FAIRFACE_VALUES[t] for t in self.attribute_types]
@@ -768,7 +777,8 @@ class DebiasDataModule(pl.LightningDataModule):
             split_by: SocialCounterfactuals split key (spec §4.1, Reconstruction).
             questions: concept question per group (spec §4.4); ``None`` = the defaults.
             fairface_root: FairFace folder for a cross-dataset bias test (spec §4.3); ``None`` = skip.
-            fairface_concepts: FairFace query concepts by group; ``None`` = the training concepts + the CMSC concepts.
+            fairface_concepts: FairFace query concepts by group; ``None`` = the union of the training concepts and
+                the CMSC concepts (those of the CMSC test set with ``cmsc_root``, else CMSC's 18), spec §3.2.
             fairface_max_images: cap on FairFace images (a probe subset; ``None`` = all 10,954).
             cmsc_root: CMSC folder for a cross-dataset bias test (its test split); ``None`` = skip.
             probe_fraction: fraction of the training set used for the per-epoch Skew refresh (spec §3.3).
@@ -872,12 +882,17 @@ class DebiasDataModule(pl.LightningDataModule):
                     by_group = hp.fairface_concepts
                     concepts = [c for cs in by_group.values() for c in cs]
                     groups = [g for g, cs in by_group.items() for _ in cs]
-                else:
+                else:  # spec §3.2: the union of the evaluated concepts and CMSC's (its 18 when no CMSC folder is read)
                     base = sets[0][1]
                     concepts, groups = list(base.concepts), list(base.concept_groups)
                     if cmsc_set is not None:
-                        concepts += cmsc_set.concepts
-                        groups += cmsc_set.concept_groups
+                        extra = list(zip(cmsc_set.concepts, cmsc_set.concept_groups, strict=True))
+                    else:
+                        extra = [(c, g) for g, cs in CMSC_CONCEPTS.items() for c in cs]
+                    for concept, group in extra:  # a name in both lists (e.g. chef) is queried once
+                        if concept not in concepts:
+                            concepts.append(concept)
+                            groups.append(group)
                 sets.append(
                     (
                         "fairface",

@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import string
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, get_args, get_type_hints
 
 import torch
 from torch import nn
@@ -44,6 +44,16 @@ QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO_PAD = "<|vision_start|>", "<|visi
 QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def check_choices(config: object, prefix: str, keys: tuple[str, ...]) -> None:
+    """Raise a ValueError naming ``prefix.key`` when a ``Literal`` field of the dataclass ``config`` holds a value
+    outside its choices: the CLI checks them, a config built in Python is not checked otherwise."""
+    hints = get_type_hints(type(config))
+    for key in keys:
+        allowed = get_args(hints[key])
+        if getattr(config, key) not in allowed:
+            raise ValueError(f"{prefix}.{key}={getattr(config, key)!r} must be one of {allowed}")
 
 
 @dataclass
@@ -107,6 +117,7 @@ class MLLMConfig:
     """Tiny model only: LLM context length."""
 
     def __post_init__(self) -> None:
+        check_choices(self, "model.mllm", ("arch", "torch_dtype"))  # an unknown arch would silently build a LLaVA
         bad = sorted(set(self.trainable) - {"vision", "projector", "llm"})
         if bad:
             raise ValueError(f"model.mllm.trainable={self.trainable}: unknown parts {bad}; use vision, projector, llm")

@@ -19,7 +19,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -43,7 +43,7 @@ from .metrics import (
     per_sample_skew,
     skew_table,
 )
-from .models import MLLMConfig, MultimodalLLM
+from .models import MLLMConfig, MultimodalLLM, check_choices
 from .sampling import bias_aware_resample
 
 __all__ = ["SkewConfig", "DebiasConfig", "GeneralEvalConfig", "ASDModule"]
@@ -84,6 +84,8 @@ class SkewConfig:
             raise ValueError("model.skew.topk must be set")
         if self.clip <= 0 or self.alpha <= 0 or self.concept_chunk <= 0:
             raise ValueError("model.skew.clip, model.skew.alpha and model.skew.concept_chunk must be > 0")
+        # an unknown scorer would fall to answer_logprob
+        check_choices(self, "model.skew", ("scorer", "mode", "zero_count", "per_sample"))
 
 
 @dataclass
@@ -118,11 +120,7 @@ class DebiasConfig:
             raise ValueError(f"model.debias.tau1={self.tau1} and tau2={self.tau2} must be > 0")
         if self.refresh_every_n_epochs < 1:
             raise ValueError("model.debias.refresh_every_n_epochs must be >= 1")
-        hints = get_type_hints(DebiasConfig)
-        for key in ("method", "token_reduction", "epoch_length"):  # the CLI checks these Literals; Python does not
-            allowed = get_args(hints[key])
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"model.debias.{key}={getattr(self, key)!r} must be one of {allowed}")
+        check_choices(self, "model.debias", ("method", "token_reduction", "epoch_length"))
 
     @property
     def use_resample(self) -> bool:
