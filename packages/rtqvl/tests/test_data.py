@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from rtqvl.data import (
+    NEXTQA_CSV_HEADER,
     CaptionDataset,
     LMDBVideoStore,
     NExTQADataset,
@@ -158,6 +159,43 @@ def test_missing_files_and_keys(root, tmp_path):
         VideoQADataset(tmp_path, "test", ["bad.json"], "ann", "db", **COMMON)
     with pytest.raises(KeyError, match="not in the LMDB"):
         LMDBVideoStore(root / "vis_db").get("video999")
+
+
+def test_malformed_annotations_name_the_file_and_line(tmp_path):
+    (tmp_path / "ann").mkdir()
+    write_lmdb(tmp_path / "db", {"v": b"x"})
+    ann = tmp_path / "ann"
+    cases = [
+        (
+            RetrievalDataset,
+            "a.jsonl",
+            '{"clip_name": "v", "caption": "x"}\n\n{"clip_name": "v", caption: 1}\n',
+            r"a\.jsonl' line 3: not valid JSON",
+        ),
+        (VideoQADataset, "b.json", '[{"video": "v"},]', r"b\.json': not valid JSON"),
+        (RetrievalDataset, "c.jsonl", '["v", "a caption"]\n', r"c\.jsonl' item 0: expected a JSON object, got list"),
+        (
+            CaptionDataset,
+            "d.jsonl",
+            json.dumps({"clip_name": "v", "caption": ["ok", 5]}) + "\n",
+            r"d\.jsonl' item 0: 'caption'",
+        ),
+    ]
+    row = {"video": "v", "qid": 1, "type": "CW", "question": "why", "answer": 0, **{f"a{k}": "x" for k in range(5)}}
+    for i, answer in enumerate(("two", 5)):
+        text = json.dumps([row, {**row, "answer": answer}])  # item 0 is valid
+        cases.append((NExTQADataset, f"n{i}.json", text, rf"n{i}\.json' item 1: 'answer' must be the index \(0\.\.4\)"))
+    for cls, name, text, pattern in cases:
+        (ann / name).write_text(text)
+        with pytest.raises(ValueError, match=pattern):
+            cls(tmp_path, "test", [name], "ann", "db", **COMMON)
+    with open(ann / "bad.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(NEXTQA_CSV_HEADER)
+        w.writerow(["v", 8, 32, 32, "why", 1, 7, "CW", "a", "b", "c", "d", "e"])
+        w.writerow(["v", 8, 32, 32, "why", "b", 8, "CW", "a", "b", "c", "d", "e"])
+    with pytest.raises(ValueError, match=r"bad\.csv' line 3: 'qid' and 'answer' must be integers"):
+        convert_nextqa_csv([ann / "bad.csv"], tmp_path / "out.json")
 
 
 def test_corrupt_video_raise_or_skip(root, tmp_path, caplog):

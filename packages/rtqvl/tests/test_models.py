@@ -192,6 +192,62 @@ def test_load_lavis_checkpoint_roundtrip(tmp_path):
     assert torch.equal(dst.visual_encoder_m.embeddings.position_embedding, pe)
 
 
+def test_queue_pointer_of_dropped_queues_is_not_loaded(tmp_path):
+    # a BLIP pre-training checkpoint holds queues of another (longer) size and their pointer; the queues are
+    # dropped, so a pointer into them (here 40, past this model's 16 slots) must not be loaded either
+    state = dict(build_model(tiny_config()).state_dict())
+    state.update(video_queue=torch.randn(32, 64), text_queue=torch.randn(32, 64), queue_ptr=torch.tensor([40]))
+    torch.save({"model": state}, tmp_path / "blip.pth")
+    model = build_model(tiny_config())
+    _, dropped = load_pretrained(model, str(tmp_path / "blip.pth"))
+    assert int(model.queue_ptr) == 0 and any(k.startswith("queue_ptr") for k in dropped)
+    model.enqueue(torch.randn(8, 32), torch.randn(8, 32), torch.arange(8))  # fails with the pointer at 40
+    assert int(model.queue_ptr) == 8
+    # queues of the model's size: the pointer comes with them
+    state.update(video_queue=torch.randn(32, 16), text_queue=torch.randn(32, 16), queue_ptr=torch.tensor([8]))
+    torch.save({"model": state}, tmp_path / "same.pth")
+    model = build_model(tiny_config())
+    load_pretrained(model, str(tmp_path / "same.pth"))
+    assert int(model.queue_ptr) == 8 and torch.equal(model.video_queue, state["video_queue"])
+    model.queue_ptr[0] = 12  # a pointer left by another global batch: a clear error, not a shape mismatch
+    with pytest.raises(ValueError, match="queue_ptr=12 .* global batch of 8"):
+        model.enqueue(torch.randn(8, 32), torch.randn(8, 32), torch.arange(8))
+
+
+@pytest.mark.parametrize("task", ["retrieval", "multiple_choice"])
+def test_checkpoint_without_momentum_copies_initialises_them_from_the_online_weights(tmp_path, task):
+    # a transformers BLIP folder (vision_model.* names) has no *_m copies: the momentum encoders must start as the
+    # loaded online weights, not at the random init they were built with
+    from safetensors.torch import save_file
+
+    src = build_model(tiny_config(task))
+    momentum = {head for head, _ in src.named_children() if head.endswith("_m")}
+    state = {}
+    for key, value in src.state_dict().items():
+        head = key.split(".")[0]
+        if head in momentum or "message_blocks" in key or "temporal_embedding" in key or "queue" in key:
+            continue
+        if head == "visual_encoder":
+            key = "vision_model." + key[len("visual_encoder.") :]
+        state[key] = value.clone().contiguous()
+    (tmp_path / "blip").mkdir()
+    save_file(state, str(tmp_path / "blip" / "model.safetensors"))
+    dst = build_model(tiny_config(task))
+    missing, _ = load_pretrained(dst, str(tmp_path / "blip"))
+    checked = 0
+    for online, ema in dst.momentum_pairs():
+        own = dict(online.named_parameters())
+        for name, p_m in ema.named_parameters():
+            torch.testing.assert_close(p_m, own[name], rtol=0, atol=0)
+            checked += 1
+    assert checked > 20
+    # the online weights are the checkpoint's (not the destination's own init)
+    assert torch.equal(
+        dst.text_encoder_m.embeddings.word_embeddings.weight, src.text_encoder.embeddings.word_embeddings.weight
+    )
+    assert not any(k.split(".")[0] in momentum and "message_blocks" not in k and "temporal" not in k for k in missing)
+
+
 def test_missing_checkpoint_and_vocab_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="model_base_capfilt_large.pth"):
         build_model(tiny_config(pretrained_path=str(tmp_path / "nope.pth")))

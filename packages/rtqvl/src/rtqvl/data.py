@@ -270,12 +270,25 @@ def _read_json_list(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {str(path)!r} not found; {_SEE}")
     if path.suffix == ".jsonl":
+        data = []
         with open(path, encoding="utf-8") as f:
-            return [json.loads(line) for line in f if line.strip()]
-    with open(path, encoding="utf-8") as f:
-        data = json.load(f)
-    if not isinstance(data, list):
-        raise ValueError(f"{str(path)!r}: expected a JSON list of objects; {_SEE}")
+            for ln, line in enumerate(f, start=1):
+                if line.strip():
+                    try:
+                        data.append(json.loads(line))
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{str(path)!r} line {ln}: not valid JSON ({err}); {_SEE}") from err
+    else:
+        with open(path, encoding="utf-8") as f:
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{str(path)!r}: not valid JSON ({err}); {_SEE}") from err
+        if not isinstance(data, list):
+            raise ValueError(f"{str(path)!r}: expected a JSON list of objects; {_SEE}")
+    for i, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise ValueError(f"{str(path)!r} item {i}: expected a JSON object, got {type(row).__name__}; {_SEE}")
     return data
 
 
@@ -283,6 +296,14 @@ def _require(row: dict, keys: Sequence[str], path: Path, line: int) -> None:
     missing = [k for k in keys if k not in row]
     if missing:
         raise KeyError(f"{str(path)!r} item {line}: missing key(s) {missing}; {_SEE}")
+
+
+def _captions(row: dict, path: Path, line: int) -> list[str]:
+    """``row["caption"]`` as a list of strings (a string or a list of strings in the file)."""
+    caps = row["caption"] if isinstance(row["caption"], list) else [row["caption"]]
+    if not all(isinstance(c, str) for c in caps):
+        raise ValueError(f"{str(path)!r} item {line}: 'caption' must be a string or a list of strings; {_SEE}")
+    return caps
 
 
 def video_key(name: str) -> str:
@@ -403,7 +424,7 @@ class RetrievalDataset(_VideoDataset):
                 vid_key = "clip_name" if "clip_name" in row else "video"
                 _require(row, [vid_key, "caption"], path, ln)
                 vid = video_key(row[vid_key])
-                captions = row["caption"] if isinstance(row["caption"], list) else [row["caption"]]
+                captions = _captions(row, path, ln)
                 vi = video_index.setdefault(vid, len(video_index))
                 texts += [(vid, normalize_text(c), vi) for c in captions]
         self.num_videos = len(video_index)
@@ -448,7 +469,7 @@ class CaptionDataset(_VideoDataset):
             for ln, row in enumerate(_read_json_list(path)):
                 vid_key = next((k for k in ("clip_name", "video", "image_id") if k in row), "clip_name")
                 _require(row, [vid_key, "caption"], path, ln)
-                caps = row["caption"] if isinstance(row["caption"], list) else [row["caption"]]
+                caps = _captions(row, path, ln)
                 groups.setdefault(video_key(row[vid_key]), []).extend(caps)
         for vid, caps in groups.items():
             if train:
@@ -525,6 +546,12 @@ class NExTQADataset(_VideoDataset):
         for path in self.paths:
             for ln, row in enumerate(_read_json_list(path)):
                 _require(row, keys, path, ln)
+                answer = row["answer"]
+                if isinstance(answer, bool) or not str(answer).strip().isdigit() or int(answer) >= num_choices:
+                    raise ValueError(
+                        f"{str(path)!r} item {ln}: 'answer' must be the index (0..{num_choices - 1}) of the right "
+                        f"candidate, got {answer!r}; {_SEE}"
+                    )
                 q = row["question"]
                 cands = [normalize_text(f"question: {q}? answer: {row[f'a{k}']}") for k in range(num_choices)]
                 self.items.append(
@@ -532,7 +559,7 @@ class NExTQADataset(_VideoDataset):
                         "video_id": video_key(row["video"]),
                         "candidates": cands,
                         "options": [str(row[f"a{k}"]) for k in range(num_choices)],
-                        "answer": int(row["answer"]),
+                        "answer": int(answer),
                         "type": str(row["type"]),
                         "qid": row["qid"],
                     }
@@ -569,13 +596,20 @@ def convert_nextqa_csv(csv_paths: Sequence[str | Path], out_path: str | Path) ->
             if missing:
                 raise KeyError(f"{str(p)!r}: missing column(s) {missing}; {_SEE}")
             for r in reader:
+                try:
+                    qid, answer = int(r["qid"]), int(r["answer"])
+                except (TypeError, ValueError) as err:
+                    raise ValueError(
+                        f"{str(p)!r} line {reader.line_num}: 'qid' and 'answer' must be integers, got "
+                        f"{r['qid']!r} and {r['answer']!r}; {_SEE}"
+                    ) from err
                 rows.append(
                     {
                         "video": r["video"],
-                        "qid": int(r["qid"]),
+                        "qid": qid,
                         "type": r["type"],
                         "question": r["question"],
-                        "answer": int(r["answer"]),
+                        "answer": answer,
                         **{f"a{k}": r[f"a{k}"] for k in range(5)},
                     }
                 )

@@ -215,6 +215,11 @@ class RTQRetrieval(_RTQBase):
         if q % n:
             raise ValueError(f"model.queue_size={q} must be a multiple of the global batch size {n} (batch × devices)")
         ptr = int(self.queue_ptr)
+        if ptr + n > q:
+            raise ValueError(
+                f"queue_ptr={ptr} leaves no room for a global batch of {n} in model.queue_size={q}: the queues were "
+                "filled with another global batch size (a checkpoint of a run with another batch size or device count)"
+            )
         self.video_queue[:, ptr : ptr + n] = video_feat_m.T
         self.text_queue[:, ptr : ptr + n] = text_feat_m.T
         self.idx_queue[:, ptr : ptr + n] = idx.view(1, -1)

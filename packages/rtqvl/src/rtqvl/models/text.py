@@ -18,7 +18,7 @@ from transformers.models.blip.configuration_blip import BlipTextConfig
 __all__ = ["TextConfig", "build_tokenizer", "blip_text_config", "TINY_VOCAB"]
 
 TINY_VOCAB = "tiny"
-"""``text.vocab_path: tiny`` selects the ~250-word vocabulary shipped for tests and demos (not for real data)."""
+"""``text.vocab_path: tiny`` selects the ~220-word vocabulary shipped for tests and demos (not for real data)."""
 
 
 @dataclass

@@ -10,8 +10,10 @@ Two sources, both local (nothing is downloaded):
 
 Rules: the position embedding is resized bicubically to the model's grid (online *and* momentum ViT —
 Deviation: the official loader resizes only the online one and leaves the momentum ``pos_embed`` at random init),
-keys whose shapes differ (queues of another size) are dropped, and missing keys (the new R/T modules, heads) are
-reported in the log and returned.
+keys whose shapes differ (queues of another size) are dropped, and so are the queue pointer and index queue when the
+feature queues they index were not loaded; a momentum parameter the checkpoint lacks (a transformers folder has no
+``*_m`` copies) is copied from its loaded online parameter; missing keys (the new R/T modules, heads) are reported
+in the log and returned.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ from rtqvl.models.video import resize_pos_embed
 __all__ = ["lavis_to_rtq_key", "hf_to_rtq_key", "read_checkpoint", "load_pretrained"]
 
 log = logging.getLogger(__name__)
+
+_QUEUES = ("video_queue", "text_queue")
 
 _VIT_RULES = [
     (r"^(visual_encoder(?:_m)?)\.cls_token$", r"\1.embeddings.class_embedding"),
@@ -114,11 +118,20 @@ def load_pretrained(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
             dropped.append(f"{key} (shape {tuple(value.shape)} vs {tuple(own[key].shape)})")
         else:
             loaded[key] = value
-    # momentum ViT position embedding: resize from the online one when the checkpoint lacks a usable copy
-    for prefix in ("visual_encoder_m",):
-        k = f"{prefix}.embeddings.position_embedding"
-        if k in own and k not in loaded and "visual_encoder.embeddings.position_embedding" in loaded:
-            loaded[k] = loaded["visual_encoder.embeddings.position_embedding"]
+    # the queue pointer indexes the checkpoint's queues: without them it points into a queue of another size
+    if not all(q in loaded for q in _QUEUES):
+        for k in ("queue_ptr", "idx_queue"):
+            if loaded.pop(k, None) is not None:
+                dropped.append(f"{k} (its feature queues were not loaded)")
+    # momentum copies the checkpoint lacks (a transformers BLIP folder has none) start as copies of the loaded online
+    # weights, as the momentum encoders are built from the online ones (LAVIS copy_params)
+    for k in own:
+        head, _, rest = k.partition(".")
+        if k in loaded or not head.endswith("_m"):
+            continue
+        online = f"{head[:-2]}.{rest}" if rest else head[:-2]
+        if online in loaded and loaded[online].shape == own[k].shape:
+            loaded[k] = loaded[online]
     missing = [k for k in own if k not in loaded]
     model.load_state_dict(loaded, strict=False)
     log.info(
