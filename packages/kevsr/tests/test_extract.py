@@ -164,3 +164,17 @@ def test_video_model_clips_use_the_kinetics_statistics_of_torchvision_video_mode
         mean, std = torch.tensor(t.mean).view(1, 3, 1, 1, 1), torch.tensor(t.std).view(1, 3, 1, 1, 1)
         expected = (frames.permute(1, 0, 2, 3)[None].float() / 255.0 - mean) / std
         torch.testing.assert_close(got, expected)
+
+
+def test_regions_pool_the_c5_cells_under_the_box_on_both_axes():
+    """A 480×852 frame resized to 224×398 gives a 7×13 C5 map (13 cells span 416 input pixels, not 398). A box is
+    pooled from the cells under it: here a map whose channels hold each cell's column and row centre in input
+    pixels, so the pooled means are the box's centre in input pixels on both axes."""
+    from kevsr.extract import pool_regions
+
+    rows, cols = torch.meshgrid(torch.arange(7.0), torch.arange(13.0), indexing="ij")
+    c5 = torch.stack([cols * 32 + 16, rows * 32 + 16])[None]  # (1, 2, 7, 13): a cell's centre in input pixels
+    box = torch.tensor([[200.0, 120.0, 600.0, 360.0]])  # x1, y1, x2, y2 in the 480×852 frame
+    got = pool_regions(c5, box, (480, 852), (224, 398))[0]
+    centre = torch.tensor([400.0 * 398 / 852, 240.0 * 224 / 480])  # the box centre, in input pixels
+    torch.testing.assert_close(got, centre, atol=0.5, rtol=0)

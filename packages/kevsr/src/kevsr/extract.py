@@ -37,6 +37,22 @@ def clip_input(frames: torch.Tensor, size: int) -> torch.Tensor:
     return clip.permute(1, 0, 2, 3)[None]
 
 
+C5_STRIDE = 32  # a torchvision ResNet's last stage: one C5 cell per 32×32 input pixels
+
+
+def pool_regions(c5: torch.Tensor, boxes: torch.Tensor, frame_hw: tuple[int, int], input_hw: tuple[int, int]):
+    """RoIAlign of one frame's ``boxes`` (n, 4) x1y1x2y2 in the decoded frame's pixels (``frame_hw``, where the
+    detector ran) on its C5 map ``c5`` (1, C, h', w') of the resized trunk input (``input_hw``) → (n, C) means of
+    7×7 bins. Boxes are rescaled to the trunk input per axis and then mapped by the trunk's stride: the C5 map's
+    own size rounds up (398 px → 13 cells, not 12.4), so dividing by it would stretch the boxes."""
+    from torchvision.ops import roi_align
+
+    (fh, fw), (ih, iw) = frame_hw, input_hw
+    rescale = boxes.new_tensor([iw / fw, ih / fh, iw / fw, ih / fh])
+    pooled = roi_align(c5, [boxes * rescale], output_size=(7, 7), spatial_scale=1.0 / C5_STRIDE, aligned=True)
+    return pooled.mean(dim=(2, 3))
+
+
 def _require(path: str | None, flag: str, what: str) -> str:
     if not path or not Path(path).exists():
         raise FileNotFoundError(f"kevsr extract {flag}={path!r}: supply {what} (local file, no download)")
@@ -101,8 +117,6 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def __call__(self, reader: VideoReader, text: str) -> dict[str, np.ndarray]:
-        from torchvision.ops import roi_align
-
         a, dev = self.args, self.device
         n = reader.num_frames
         keys = uniform_segment_indices(n, a.num_frames, train=False)
@@ -115,13 +129,12 @@ class FeatureExtractor:
         regions = torch.zeros(t, a.num_regions, c5.shape[1], device=dev)
         mask = torch.zeros(t, a.num_regions, dtype=torch.uint8)
         boxes_out = np.zeros((t, a.num_regions, 4), np.float32)
-        scale = c5.shape[-1] / frames.shape[-1]
         for j, d in enumerate(dets):
             keep = d["scores"] >= a.score_threshold
             boxes = d["boxes"][keep][: a.num_regions]  # sorted by score
             if len(boxes):
-                pooled = roi_align(c5[j : j + 1], [boxes], output_size=(7, 7), spatial_scale=scale, aligned=True)
-                regions[j, : len(boxes)] = pooled.mean(dim=(2, 3))  # (n, 2048)
+                pooled = pool_regions(c5[j : j + 1], boxes, frames.shape[-2:], x.shape[-2:])  # (n, 2048)
+                regions[j, : len(boxes)] = pooled
                 mask[j, : len(boxes)] = 1
                 boxes_out[j, : len(boxes)] = boxes.cpu().numpy()
         f3d = []
