@@ -34,3 +34,20 @@ def test_build_cmsc_tiny_pipeline_resumable(tmp_path, monkeypatch):
 def test_build_cmsc_missing_pipeline_message(tmp_path):
     with pytest.raises(FileNotFoundError, match="diffusers text-to-image"):
         main(args=["build-cmsc", "--pipeline", str(tmp_path / "sdxl"), "--out", str(tmp_path / "o")])
+
+
+def test_build_cmsc_rerun_refuses_sets_of_other_attributes_and_merges_only_asked_concepts(tmp_path):
+    pipe = build_tiny_text2image_pipeline()
+    cfg = CMSCBuildConfig(out=str(tmp_path / "CMSC"), concepts={"personality": ["pleasant"], "education": ["arts"]},
+                          genders=["man"], ages=["young"], races=["White"], sets_per_concept=1, image_size=32,
+                          num_inference_steps=1)  # fmt: skip
+    out = build_cmsc(pipe, cfg, progress=False)
+    # a rerun with another race list would keep the old sets and mix one-race sets with two-race ones
+    cfg.races = ["White", "Black"]
+    with pytest.raises(ValueError, match=r"personality_pleasant_0\.parquet was generated with other genders"):
+        build_cmsc(pipe, cfg, progress=False)
+    # a concept left out of the run stays in sets/ but not in the merged shards
+    cfg.races, cfg.concepts = ["White"], {"education": ["arts"]}
+    build_cmsc(pipe, cfg, progress=False)
+    assert (out / "sets" / "personality_pleasant_0.parquet").exists()
+    assert CMSCDataset(out, "all", image_size=32).concepts == ["arts"]

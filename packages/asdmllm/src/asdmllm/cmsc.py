@@ -109,14 +109,16 @@ def build_cmsc(pipe, cfg: CMSCBuildConfig, device: torch.device | str = "cpu", p
         for k in range(cfg.sets_per_concept)
     ]
     combos = [(gender, age, race) for gender in cfg.genders for age in cfg.ages for race in cfg.races]
-    done = 0
+    done, paths = 0, []
     for j, group, concept, k in tqdm(jobs, desc="build-cmsc sets", total=len(jobs), disable=not progress):
         set_id = f"{group}_{concept.replace(' ', '_')}_{k}"
         path = out / "sets" / f"{set_id}.parquet"
+        paths.append(path)
+        prompts = [cmsc_prompt(cfg, group, concept, *combo) for combo in combos]
         if path.exists():
+            _check_existing_set(path, combos, prompts)
             done += 1
             continue
-        prompts = [cmsc_prompt(cfg, group, concept, *combo) for combo in combos]
         seed = cfg.seed + 100003 * j + k
         generators = [torch.Generator(device=device).manual_seed(seed) for _ in prompts]  # shared initial noise
         images = pipe(
@@ -140,18 +142,32 @@ def build_cmsc(pipe, cfg: CMSCBuildConfig, device: torch.device | str = "cpu", p
         _write_atomic(datasets.Dataset.from_dict(rows, features=features).data.table, path)
     if done:
         log.info("build-cmsc: %d of %d sets already existed and were skipped", done, len(jobs))
-    _merge_shards(out, cfg.shard_size)
+    _merge_shards(out, sorted(paths), cfg.shard_size)
     return out
 
 
-def _merge_shards(out: Path, shard_size: int) -> None:
-    """Concatenate the per-set files into ``data/train-NNNNN-of-NNNNN.parquet`` (each shard written atomically)."""
+def _check_existing_set(path: Path, combos: list[tuple[str, str, str]], prompts: list[str]) -> None:
+    """A set file kept by a rerun must hold this run's images: the same gender × age × race rows and prompts."""
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path, columns=["gender", "age", "race", "caption"]).to_pydict()
+    have = sorted(zip(table["gender"], table["age"], table["race"], table["caption"], strict=True))
+    want = sorted((*combo, prompt) for combo, prompt in zip(combos, prompts, strict=True))
+    if have != want:
+        raise ValueError(
+            f"build-cmsc: {path} was generated with other genders, ages, races or prompts than this run's "
+            f"({len(have)} images there, {len(want)} asked for); delete it to regenerate it, or build into another --out"
+        )
+
+
+def _merge_shards(out: Path, files: list[Path], shard_size: int) -> None:
+    """Concatenate this run's per-set ``files`` into ``data/train-NNNNN-of-NNNNN.parquet`` (each shard written
+    atomically); set files of concepts no longer asked for stay in ``sets/`` but out of the shards."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    files = sorted((out / "sets").glob("*.parquet"))
     if not files:
-        raise ValueError(f"build-cmsc: no sets under {out / 'sets'}")
+        raise ValueError(f"build-cmsc: no sets to merge under {out / 'sets'} (no concepts, or sets_per_concept 0)")
     table = pa.concat_tables([pq.read_table(f) for f in files])
     (out / "data").mkdir(exist_ok=True)
     for old in (out / "data").glob("train-*.parquet"):
