@@ -120,6 +120,21 @@ def test_zve_videos_and_frames_layouts(tmp_path):
         ZVEDataset(root)
 
 
+def test_zve_annotated_fps_is_the_clips_frame_rate(tmp_path):
+    root = make_zve(tmp_path, n_videos=2, frames=3, size=32, as_frames=True)
+    path = root / "ZVE-50" / "annotations.json"
+    ann = json.loads(path.read_text())
+    ann[0]["fps"] = 12.5
+    del ann[1]["fps"]
+    path.write_text(json.dumps(ann))
+    ds = ZVEDataset(root, num_frames=3, size=32)
+    assert [ds[k]["fps"] for k in range(len(ds))] == [12.5, 12.5, 8.0, 8.0]  # frame folders carry no rate
+    ann[0]["fps"] = "fast"
+    path.write_text(json.dumps(ann))
+    with pytest.raises(ValueError, match=r"annotations.json: entry 0 \('zve00'\) has 'fps'"):
+        ZVEDataset(root)
+
+
 def test_video_folder_and_corrupt_clips(tmp_path, caplog):
     write_video(tmp_path / "good.mp4", synthetic_clip(4, 32)["frames"])
     (tmp_path / "bad.mp4").write_bytes(b"not a video")

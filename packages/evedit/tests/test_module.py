@@ -130,3 +130,50 @@ def test_test_reuses_only_edits_made_with_the_same_settings(tmp_path):
     assert loaded is not None and loaded[0].shape == source.shape and loaded[1]["total_s"] == 1.0
     assert _load_edit(folder, source, ablation) is None
     assert _load_edit(folder, torch.zeros(3, 3, 32, 32, dtype=torch.uint8), full) is None  # other frame size
+
+
+def test_depth_error_compares_estimator_maps_of_source_and_edit(tmp_path, monkeypatch):
+    """Spec §5: mean |d_src − d_edit| of clip-normalised MiDaS maps of the source and the edited frames. The source
+    map must come from the estimator (not from the depth files that guided the edit) and must not follow the edit's
+    depth.norm, so that a fresh and a re-used edit score alike."""
+    import torch
+    import torch.nn.functional as F
+
+    from evedit.data import synthetic_clip
+    from evedit.metrics import MetricsConfig
+    from evedit.models import DepthConfig, EditConfig, ModelConfig
+    from evedit.module import EVEModule
+
+    module = EVEModule(
+        ModelConfig(backbone="tiny", depth_model="tiny"),
+        EditConfig(num_inference_steps=2, depth=DepthConfig(norm="frame", estimator_size=32)),
+        MetricsConfig(clip_path="tiny", resize=32),
+        output_dir=str(tmp_path),
+        reuse_edits=False,
+        write_videos=False,
+    )
+    clip = synthetic_clip(3, 16, seed=1)
+    edit = synthetic_clip(3, 16, color="blue", seed=2)["frames"]
+    given = clip["depth"]  # the depth files that guided the edit
+    monkeypatch.setattr(module, "edit_clip", lambda item: (edit, given, {"total_s": 1.0}))
+    batch = {
+        "frames": clip["frames"],
+        "depth": given,
+        "source_prompt": "a red circle",
+        "target_prompt": "a blue circle",
+        "video_id": "v",
+        "edit_type": "object",
+        "group": "g",
+    }
+    module._evaluate(batch, "test")
+
+    def midas(frames):  # plain reference: estimator maps at the frame size, min-max over the clip
+        with torch.no_grad():
+            x = F.interpolate(frames.float() / 255, size=(32, 32), mode="bicubic", antialias=True).clamp(0, 1)
+            raw = module.depth_estimator(pixel_values=(x - 0.5) / 0.5).predicted_depth
+        d = F.interpolate(raw[:, None], size=(16, 16), mode="bicubic")[:, 0]
+        return (d - d.min()) / (d.max() - d.min())
+
+    expected = (midas(clip["frames"]) - midas(edit)).abs().mean()
+    got = module.stage_metrics["test"]["depth_err"].compute()
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)

@@ -151,6 +151,16 @@ def test_agreement_vanishes_without_depth_and_chunked_gradient_equals_whole(tiny
     assert tc["loss"] == pytest.approx(tw["loss"], rel=1e-4)
 
 
+@pytest.mark.parametrize("mode", ["first", "sparse_causal", "full"])
+def test_chunked_backward_refuses_cross_frame_attention(mode):
+    """The chunked gradient equals the clip's only when frames do not attend to each other; with cross-frame
+    attention a chunk of 2 frames of a 4-frame clip under cfg_in_update (batch 4) would even be read as one clip,
+    its CFG halves attending to each other."""
+    assert TCCConfig(frame_chunk=2).frame_chunk == 2 and TCCConfig(attention=mode).attention == mode
+    with pytest.raises(ValueError, match="edit.tcc.frame_chunk needs edit.tcc.attention='none'"):
+        TCCConfig(frame_chunk=2, attention=mode, cfg_in_update=True)
+
+
 def test_inversion_then_denoising_reconstructs_source():
     cfg = ModelConfig(backbone="tiny", depth_model="precomputed", tiny_pixel_space=True)
     pipe = EVEPipeline.from_components(build_components(cfg)).to(torch.float64)

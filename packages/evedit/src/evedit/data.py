@@ -176,7 +176,7 @@ class _ClipDataset(Dataset):
             "video_id": it["video_id"],
             "edit_type": it["edit_type"],
             "group": it["group"],
-            "fps": fps,
+            "fps": it.get("fps") or fps,  # an annotated frame rate, else the video's (frame folders: 8)
         }
 
 
@@ -296,6 +296,9 @@ class ZVEDataset(_ClipDataset):
     <data_root>/ZVE-50/annotations.json   [{"video_id", "source_prompt", "edits": [{"type", "prompt"}], "fps"?}]
     <data_root>/ZVE-50/videos/<video_id>.mp4   or   <data_root>/ZVE-50/frames/<video_id>/00000.jpg ...
     <data_root>/ZVE-50/depth/<video_id>/%05d.npy   (optional precomputed MiDaS maps)
+
+    An entry's optional ``fps`` is the clip's frame rate (the edited videos are written at it); without it a video
+    keeps its own and a frame folder gets 8.
     """
 
     def __init__(
@@ -322,6 +325,9 @@ class ZVEDataset(_ClipDataset):
                 if key not in e:
                     raise KeyError(f"{ann_path}: entry {k} lacks key {key!r}; {_HELP}")
             vid = e["video_id"]
+            fps = e.get("fps")
+            if fps is not None and (isinstance(fps, bool) or not isinstance(fps, int | float) or fps <= 0):
+                raise ValueError(f"{ann_path}: entry {k} ({vid!r}) has 'fps' {fps!r}; expected a number > 0; {_HELP}")
             video, frame_dir = root / "videos" / f"{vid}.mp4", root / "frames" / vid
             if not video.is_file() and not frame_dir.is_dir():
                 raise FileNotFoundError(f"ZVE-50: neither {video} nor {frame_dir} exists; {_HELP}")
@@ -338,6 +344,7 @@ class ZVEDataset(_ClipDataset):
                         "video_id": vid,
                         "edit_type": edit.get("type", "object"),
                         "group": "ZVE-50",
+                        "fps": float(fps) if fps is not None else None,
                     }
                 )
         self._check_unique(ann_path)

@@ -131,7 +131,8 @@ class TCCConfig:
     grad_checkpointing: bool = False
     """Gradient checkpointing in the UNet during the update's backward (GPU memory, spec §3.4)."""
     frame_chunk: int | None = None
-    """Backward over chunks of this many frames (one frame of overlap keeps L_tmp exact); None = all frames."""
+    """Backward over chunks of this many frames (one frame of overlap keeps L_tmp exact); None = all frames.
+    Needs `attention: none` (the chunked gradient equals the clip's only when the UNet treats frames apart)."""
     attention: Literal["none", "first", "sparse_causal", "full"] = "none"
     """Optional extra not in the figure: cross-frame self-attention (keys/values from frames {0} / {0, f-1} /
     all)."""
@@ -150,6 +151,12 @@ class TCCConfig:
             raise ValueError(f"edit.tcc.latent_smooth={self.latent_smooth} must lie in [0, 1]")
         if self.frame_chunk is not None and self.temporal_pairs == "key":
             raise ValueError("edit.tcc.frame_chunk needs edit.tcc.temporal_pairs='consecutive' (key pairs span chunks)")
+        if self.frame_chunk is not None and self.attention != "none":
+            raise ValueError(
+                f"edit.tcc.frame_chunk needs edit.tcc.attention='none', got {self.attention!r} (cross-frame attention "
+                "couples every frame, so a chunk's backward is not the clip's, and a chunk's CFG halves would be read "
+                "as one clip)"
+            )
 
 
 @dataclass

@@ -264,6 +264,15 @@ class EVEModule(pl.LightningModule):
         for name, value in values.items():
             self.log(f"{stage}/{name}", value.to(self.device), batch_size=1, sync_dist=True)  # equal on every rank
 
+    @torch.no_grad()
+    def _metric_depth(self, frames: torch.Tensor) -> torch.Tensor:
+        """MiDaS maps (F, H, W) of uint8 frames (F, 3, H, W) for the structure error (spec §5): the estimator's raw
+        maps at the frame size, which :func:`depth_error` normalises over the clip. Source and edit go through the
+        same estimator whatever guided the edit (depth files or the estimator) and whatever the edit's
+        ``depth.norm`` / ``depth.smooth_window``, so a fresh and a re-used edit score alike."""
+        raw = self.pipe.estimate_depth(frames.to(self.device), self.edit_cfg)  # (F, s', s')
+        return F.interpolate(raw[:, None], size=frames.shape[-2:], mode="bicubic", align_corners=False)[:, 0]
+
     def _evaluate(self, batch: dict | None, stage: str) -> None:
         if batch is None:
             return
@@ -273,9 +282,8 @@ class EVEModule(pl.LightningModule):
             loaded = _load_edit(folder, batch["frames"], self.settings_id)
         if loaded is not None:
             edit, timing = loaded
-            depth01 = None
         else:
-            edit, depth01, timing = self.edit_clip(batch)
+            edit, _, timing = self.edit_clip(batch)
         metrics = self.stage_metrics[stage]
         img = self.clip.embed_images(edit)  # (F, D)
         tgt, src = self.clip.embed_text([batch["target_prompt"], batch["source_prompt"]])
@@ -288,15 +296,9 @@ class EVEModule(pl.LightningModule):
             metrics["clip_frame"].update(img)
             metrics["clip_frame_consec"].update(img)
         if "depth_err" in metrics:
-            with torch.no_grad():
-                d_src = (
-                    depth01
-                    if depth01 is not None
-                    else self.pipe.prepare_depth(batch["frames"].to(self.device), None, self.edit_cfg)
-                )
-                d_edit = self.pipe.prepare_depth(edit.to(self.device), None, self.edit_cfg)
-            values["depth_err"] = depth_error(d_src.to(self.device), d_edit)
-            metrics["depth_err"].update(d_src.to(self.device), d_edit)
+            d_src, d_edit = self._metric_depth(batch["frames"]), self._metric_depth(edit)
+            values["depth_err"] = depth_error(d_src, d_edit)
+            metrics["depth_err"].update(d_src, d_edit)
         if self.pick is not None:
             p_img = self.pick.embed_images(edit)
             p_txt = self.pick.embed_text([batch["target_prompt"]])[0]
