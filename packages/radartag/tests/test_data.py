@@ -147,3 +147,36 @@ def test_video_children_key_with_extension_named(root):
 def test_generator_rejects_more_follows_than_users(tmp_path):
     with pytest.raises(ValueError, match="demo.follows=6 needs demo.num_users > 6"):
         write_synthetic_vertical(tmp_path / "k", "v", SyntheticKwaiConfig(num_users=6, follows=6))
+
+
+def test_json_values_that_are_not_lists_named(root):
+    """A follow child list or a parent list written as a bare string would be read digit by digit / character by
+    character (children [1, 0, 6, …], parent tags '美', '妆', …); both are errors naming the file and key."""
+    path = root / "video_children_v.json"
+    children = json.loads(path.read_text())
+    key = next(iter(children))
+    children[key] = str(children[key][0])
+    path.write_text(json.dumps(children))
+    with pytest.raises(ValueError, match=rf"video_children_v\.json'.*key '{key}' -> '\d+'.*list of integer child pids"):
+        read_kwai_files(root, "v")
+    path.write_text("{}")
+    path = root / "tag_parents_v.json"
+    parents = json.loads(path.read_text(encoding="utf-8"))
+    child = next(iter(parents))
+    parents[child] = parents[child][0]
+    path.write_text(json.dumps(parents, ensure_ascii=False), encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"tag_parents_v\.json'.*key '{child}'.*list of parent tag names"):
+        read_kwai_files(root, "v")
+
+
+def test_feature_of_another_width_named(root):
+    """Every feature file must hold one vector of the first file's width; the error names the odd file."""
+    files = read_kwai_files(root, "v")
+    pid = files.videos["train"][1][0]
+    np.save(root / "video_feat" / f"{pid}.npy", np.zeros((2, 8), np.float32))  # 16 values, not 8
+    with pytest.raises(ValueError, match=rf"video_feat/{pid}\.npy' holds 16 values.*holds 8"):
+        build_split_graph(root, "v", "train", files)
+    np.save(root / "video_feat" / f"{pid}.npy", np.zeros(8, np.float32))
+    np.save(root / "tag_feat_bert" / f"{files.tags[-1]}.npy", np.zeros(5, np.float32))
+    with pytest.raises(ValueError, match=rf"tag_feat_bert/{files.tags[-1]}\.npy' holds 5 values"):
+        build_split_graph(root, "v", "train", files)

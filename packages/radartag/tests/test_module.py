@@ -46,10 +46,10 @@ def test_predict_writes_a_row_per_test_video(tmp_path):
     nodes = torch.arange(g["video"].num_nodes - 1, g["video"].num_train - 1, -1)
     batch = GraphCollator(g, BlockSampler(g, dm.relations, 2, -1), dm.num_tags)(nodes.tolist())
     with torch.no_grad():
-        prob = dict(zip(g["video"].pid[nodes].tolist(), torch.sigmoid(model(batch).scores)))
+        score = dict(zip(g["video"].pid[nodes].tolist(), model(batch).scores))
     for row in rows:
-        p = prob[row["pid"]]
-        expected = torch.argsort(p, stable=True).flip(0)[:5]
+        p = torch.sigmoid(score[row["pid"]])
+        expected = torch.argsort(score[row["pid"]], stable=True).flip(0)[:5]
         assert [t["tag"] for t in row["top_tags"]] == expected.tolist()
         assert [t["prob"] for t in row["top_tags"]] == pytest.approx(p[expected].tolist(), abs=1e-5)
         assert [t["name"] for t in row["top_tags"]] == [files.tags[t] for t in expected.tolist()]
@@ -107,3 +107,16 @@ def test_skipped_videos_logged(monkeypatch):
     module.test_metrics.update(torch.randn(2, 4), labels[[0, 2]])
     module.on_test_epoch_end()
     assert logged["test/skipped_videos"] == 0.0 and len(lines) == 1  # nothing skipped: no line
+
+
+def test_prediction_rows_ranked_by_score_not_saturated_probability():
+    """σ rounds scores above ~17 to 1.0 in float32; the top tags follow the scores (the metrics' ranking), not the
+    tied probabilities (which would put the larger tag id first)."""
+    module = RadarModule(RadarConfig(video_dim=8, tag_dim=8, num_tags=4, hidden_dim=8, num_heads=2), predict_top_k=3)
+    scores = torch.tensor([[20.0, 30.0, 25.0, -3.0]])
+    prob = torch.sigmoid(scores)
+    assert prob[0, 0] == prob[0, 1] == prob[0, 2] == 1.0  # the case: three tied probabilities
+    rows = module.prediction_rows({"pid": torch.tensor([7]), "scores": scores, "prob": prob,
+                                   "labels": torch.tensor([[0, 1, 0, 0]])})  # fmt: skip
+    assert [t["tag"] for t in rows[0]["top_tags"]] == [1, 2, 0]
+    assert rows[0]["pid"] == 7 and rows[0]["labels"] == [1]

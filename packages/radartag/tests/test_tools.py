@@ -57,3 +57,20 @@ def test_tools_reject_blank_label_map_line(tmp_path):
     with pytest.raises(ValueError, match=r"label_map_kwai_v\.txt' line 2 is blank"):
         main(args=["build-ontology", "--dataset_root", str(root), "--vertical", "v", "--labelled_pairs",
                    str(tmp_path / "pairs.json"), "--out", str(tmp_path / "onto.json")])  # fmt: skip
+
+
+def test_build_ontology_bad_input_named(tmp_path):
+    """The builder reads the training list with the loader's checks (a tag id outside the label map used to end in an
+    IndexError deep in the co-occurrence count) and names a malformed labelled pair."""
+    root = write_synthetic_vertical(tmp_path / "k", "v", SyntheticKwaiConfig(num_users=8, num_parents=2,
+                                                                            leaves_per_parent=2, feature_dim=8))  # fmt: skip
+    pairs = tmp_path / "pairs.json"
+    pairs.write_text(json.dumps([["leaf_0_0", "leaf_0_1"]]))
+    args = ["build-ontology", "--dataset_root", str(root), "--vertical", "v", "--labelled_pairs", str(pairs)]
+    with pytest.raises(ValueError, match=r"pairs\.json'.*entry \['leaf_0_0', 'leaf_0_1'\] is not \[child"):
+        main(args=args)
+    path = root / "kwai_v_video_train_list.txt"
+    lines = path.read_text().splitlines()
+    path.write_text("\n".join([*lines, "555.mp4\t99"]) + "\n")
+    with pytest.raises(ValueError, match=rf"train_list\.txt' line {len(lines) + 1}: tag id outside the label map"):
+        main(args=args)

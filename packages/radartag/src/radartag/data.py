@@ -101,9 +101,15 @@ def _read_list(path: Path, num_tags: int) -> list[tuple[int, list[int]]]:
 
 def _read_children(path: Path) -> dict[int, list[int]]:
     """``video_children_<v>.json``: {"<pid>": [<child pid>, …]} with bare integer pids (no ``.mp4``)."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(raw, dict):
+        raise ValueError(f"{str(path)!r}: expected a JSON object {{\"<pid>\": [<child pid>, …]}}, got a "
+                         f"{type(raw).__name__}")  # fmt: skip
     children = {}
-    for key, values in json.loads(path.read_text(encoding="utf-8")).items():
+    for key, values in raw.items():
         try:
+            if not isinstance(values, list):  # a bare "10601" would otherwise be read digit by digit
+                raise TypeError(type(values).__name__)
             children[int(key)] = [int(c) for c in values]
         except (TypeError, ValueError) as err:
             raise ValueError(f"{str(path)!r}: key {key!r} -> {values!r}: expected a bare integer pid (e.g. \"10600\", "
@@ -129,7 +135,15 @@ def read_kwai_files(root: str | Path, vertical: str) -> KwaiFiles:
     num_label_map = len(tags)
     tag_id = {t: i for i, t in enumerate(tags)}
     parent_edges = []
-    for child, parents in json.loads(names["parents"].read_text(encoding="utf-8")).items():
+    ontology = json.loads(names["parents"].read_text(encoding="utf-8"))
+    if not isinstance(ontology, dict):
+        raise ValueError(f"{str(names['parents'])!r}: expected a JSON object {{\"<tag>\": [\"<parent tag>\", …]}}, "
+                         f"got a {type(ontology).__name__}")  # fmt: skip
+    for child, parents in ontology.items():
+        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+            # a bare "parent" string would otherwise be read character by character as parent tags
+            raise ValueError(f"{str(names['parents'])!r}: key {child!r} -> {parents!r}: expected a list of parent tag "
+                             "names")  # fmt: skip
         for name in [child, *parents]:
             if name not in tag_id:  # an ontology tag absent from the label map becomes an extra tag node
                 tag_id[name] = len(tags)
@@ -145,6 +159,23 @@ def read_kwai_files(root: str | Path, vertical: str) -> KwaiFiles:
     return KwaiFiles(tags, num_label_map, videos, parent_edges, children)
 
 
+def _stack_features(folder: Path, keys: list[str], kind: str) -> torch.Tensor:
+    """One feature vector per key from ``folder/<key>.npy``, stacked (N, d); every file must hold d values (the
+    first file's width), else the error names the file."""
+    store = NpyFolderFeatures(folder)
+    rows = []
+    for key in keys:
+        try:
+            row = store[key].reshape(-1)
+        except (FileNotFoundError, KeyError) as err:
+            raise FileNotFoundError(f"missing {kind} feature under {str(folder)!r}: {err}; {_SEE}") from err
+        if rows and len(row) != len(rows[0]):
+            raise ValueError(f"{str(store.path(key))!r} holds {len(row)} values, but {str(store.path(keys[0]))!r} "
+                             f"holds {len(rows[0])}: every {kind} feature must be one vector of the same width")  # fmt: skip
+        rows.append(row)
+    return torch.stack(rows).float()
+
+
 def build_split_graph(root: str | Path, vertical: str, split: str, files: KwaiFiles | None = None) -> HeteroData:
     """The graph of one split (spec §3.1): training videos (list order) then, for val/test, the evaluation
     videos; all tags; r1 (and its reverse r1'), r2 for training videos only, r3 among videos present.
@@ -157,16 +188,8 @@ def build_split_graph(root: str | Path, vertical: str, split: str, files: KwaiFi
     files = files or read_kwai_files(root, vertical)
     vids = list(files.videos["train"]) + (list(files.videos[split]) if split != "train" else [])
     pids = [p for p, _ in vids]
-    video_feats = NpyFolderFeatures(root / "video_feat")
-    tag_feats = NpyFolderFeatures(root / "tag_feat_bert")
-    try:
-        vx = torch.stack([video_feats[str(p)].reshape(-1) for p in pids]).float()
-    except (FileNotFoundError, KeyError) as err:
-        raise FileNotFoundError(f"missing video feature under {str(root / 'video_feat')!r}: {err}; {_SEE}") from err
-    try:
-        tx = torch.stack([tag_feats[t].reshape(-1) for t in files.tags]).float()
-    except (FileNotFoundError, KeyError) as err:
-        raise FileNotFoundError(f"missing tag feature under {str(root / 'tag_feat_bert')!r}: {err}; {_SEE}") from err
+    vx = _stack_features(root / "video_feat", [str(p) for p in pids], "video")
+    tx = _stack_features(root / "tag_feat_bert", files.tags, "tag")
     g = HeteroData()
     g["video"].x = vx
     g["video"].pid = torch.tensor(pids, dtype=torch.long)

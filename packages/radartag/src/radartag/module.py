@@ -155,12 +155,13 @@ class RadarModule(pl.LightningModule):
         self._log_metrics("test", self.test_metrics)
 
     def predict_step(self, batch: GraphBatch, batch_idx: int) -> dict[str, torch.Tensor]:
-        """``prob``: tag probabilities σ(s(v, t)) of the batch videos (B, K); ``pid`` (B,): their pids; ``labels``
-        (B, K): their tags in the split's list file (0/1)."""
+        """``scores`` s(v, t) (B, K) of the batch videos and their probabilities ``prob`` σ(s); ``pid`` (B,): their
+        pids; ``labels`` (B, K): their tags in the split's list file (0/1)."""
         if batch.pids is None:
             raise ValueError("predict needs the videos' pids: the graph has no video.pid (build it with the data "
                              "module's readers)")  # fmt: skip
-        return {"pid": batch.pids, "prob": torch.sigmoid(self(batch).scores), "labels": batch.labels}
+        scores = self(batch).scores
+        return {"pid": batch.pids, "scores": scores, "prob": torch.sigmoid(scores), "labels": batch.labels}
 
     def prediction_rows(self, prediction: dict[str, torch.Tensor]) -> list[dict]:
         """One row per video of a predicted batch (what ``radartag predict`` writes, one JSON line each):
@@ -177,8 +178,10 @@ class RadarModule(pl.LightningModule):
         dm = self.trainer.datamodule if self._trainer is not None else None
         names = getattr(dm, "tag_names", None)
         prob = prediction["prob"].detach().float().cpu()  # (B, K)
+        # ranked by the scores, as the metrics rank: σ rounds scores above ~17 to 1.0 in float32, tying them
+        scores = prediction.get("scores", prob).detach().float().cpu()
         k = min(self.predict_top_k, prob.shape[1])
-        top = torch.argsort(prob, dim=1, stable=True).flip(1)[:, :k]  # (B, k) the metrics' ranking
+        top = torch.argsort(scores, dim=1, stable=True).flip(1)[:, :k]  # (B, k) the metrics' ranking
         top_p = torch.gather(prob, 1, top)
         labels = prediction["labels"].detach().cpu() > 0  # (B, K)
         rows = []

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .data import read_label_map, read_lines
+from .data import _read_list, read_label_map
 
 __all__ = ["pair_features", "build_ontology", "build_ontology_command", "extract_features", "extract_features_command"]
 
@@ -101,11 +101,8 @@ def build_ontology(
     root = Path(root)
     tags = read_label_map(root / f"label_map_kwai_{vertical}.txt")
     tag_id = {t: i for i, t in enumerate(tags)}
-    lists = []
-    for line in read_lines(root / f"kwai_{vertical}_video_train_list.txt"):
-        parts = line.strip().split("\t")
-        if len(parts) > 1:
-            lists.append([int(t) for t in parts[1:] if t.strip()])
+    # the loader's reader: a malformed line or a tag id outside the label map is an error naming the file and line
+    lists = [ids for _, ids in _read_list(root / f"kwai_{vertical}_video_train_list.txt", len(tags)) if ids]
     text = None
     if (root / "tag_feat_bert").is_dir():
         try:
@@ -116,7 +113,10 @@ def build_ontology(
     index = {(int(a), int(b)): i for i, (a, b) in enumerate(pairs)}
     labelled = json.loads(Path(labelled_pairs).read_text(encoding="utf-8"))
     x_l, y_l = [], []
-    for child, parent, label in labelled:
+    for entry in labelled:
+        if not isinstance(entry, list) or len(entry) != 3 or entry[2] not in (0, 1):
+            raise ValueError(f"{str(labelled_pairs)!r}: entry {entry!r} is not [child tag, parent tag, 0|1]")
+        child, parent, label = entry
         if child not in tag_id or parent not in tag_id:
             raise KeyError(f"{str(labelled_pairs)!r}: tag {child!r} or {parent!r} is not in the label map")
         i = index.get((tag_id[child], tag_id[parent]))
