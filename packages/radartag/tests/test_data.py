@@ -180,3 +180,25 @@ def test_feature_of_another_width_named(root):
     np.save(root / "tag_feat_bert" / f"{files.tags[-1]}.npy", np.zeros(5, np.float32))
     with pytest.raises(ValueError, match=rf"tag_feat_bert/{files.tags[-1]}\.npy' holds 5 values"):
         build_split_graph(root, "v", "train", files)
+
+
+def test_cached_graph_is_rebuilt_when_its_files_change(root):
+    """A rewritten ontology (e.g. by build-ontology) must not be served from a stale cache; unchanged files are."""
+    import json
+    import os
+
+    g = load_split_graph(root, "v", "train")
+    cache = root / "cache" / "v_train.pt"
+    built = cache.stat().st_mtime_ns
+    load_split_graph(root, "v", "train")
+    assert cache.stat().st_mtime_ns == built  # served from the cache, not rewritten
+    parents = root / "tag_parents_v.json"
+    ontology = json.loads(parents.read_text(encoding="utf-8"))
+    child = next(c for c, ps in ontology.items() if ps)
+    dropped = len(ontology[child])
+    ontology[child] = []
+    parents.write_text(json.dumps(ontology), encoding="utf-8")
+    st = parents.stat()
+    os.utime(parents, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later write, even on a coarse clock
+    again = load_split_graph(root, "v", "train")
+    assert again[SUBTOPIC].edge_index.shape[1] == g[SUBTOPIC].edge_index.shape[1] - dropped

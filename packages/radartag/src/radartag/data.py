@@ -211,14 +211,33 @@ def build_split_graph(root: str | Path, vertical: str, split: str, files: KwaiFi
     return g
 
 
+def _input_stamp(root: Path, vertical: str) -> list:
+    """Size and modification time of the vertical's text/JSON files, and the modification time of the two feature
+    folders (a file added, removed or renamed there changes it): what a cached graph was built from."""
+    names = [f"label_map_kwai_{vertical}.txt", f"tag_parents_{vertical}.json", f"video_children_{vertical}.json",
+             *(f"kwai_{vertical}_video_{s}_list.txt" for s in ("train", "val", "test")), "video_feat", "tag_feat_bert"]  # fmt: skip
+    stamp = []
+    for name in names:
+        st = (root / name).stat() if (root / name).exists() else None
+        stamp.append([name, None if st is None else st.st_size if (root / name).is_file() else -1,
+                      None if st is None else st.st_mtime_ns])  # fmt: skip
+    return stamp
+
+
 def load_split_graph(root: str | Path, vertical: str, split: str, force_reload: bool = False) -> HeteroData:
-    """:func:`build_split_graph` cached as ``<root>/cache/<vertical>_<split>.pt`` (rebuilt with ``force_reload``)."""
-    cache = Path(root) / "cache" / f"{vertical}_{split}.pt"
+    """:func:`build_split_graph` cached as ``<root>/cache/<vertical>_<split>.pt``, rebuilt with ``force_reload`` or
+    when the input files changed since (e.g. ``radartag build-ontology`` rewrote the ontology)."""
+    root = Path(root)
+    cache = root / "cache" / f"{vertical}_{split}.pt"
+    stamp = _input_stamp(root, vertical)
     if cache.is_file() and not force_reload:
-        return torch.load(cache, weights_only=False)
+        saved = torch.load(cache, weights_only=False)
+        if isinstance(saved, dict) and saved.get("inputs") == stamp:
+            return saved["graph"]
+        log.info("rebuilding %s: its input files changed since it was built", cache)
     g = build_split_graph(root, vertical, split)
     cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(g, cache)
+    torch.save({"graph": g, "inputs": stamp}, cache)
     return g
 
 
