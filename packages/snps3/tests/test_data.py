@@ -102,6 +102,26 @@ def test_mc_items(synthetic_root):
     assert batch["option_ids"].shape == (2, 5, 16) and batch["answer"].tolist() == [0, 1]
 
 
+def test_mc_answer_must_index_an_option(synthetic_root, tmp_path):
+    """Spec §4.4: ``answer`` is the 0-based index of the right option; one that no option has raises naming the
+    file and the question instead of counting that question wrong."""
+    lines = Path(synthetic_root, "msrvtt_retrieval", "mc_test.jsonl").read_text().splitlines()
+    for bad in ("5", "b", "-1"):  # 5 = one past the last of 5 options (a 1-based file)
+        row = json.loads(lines[1])
+        row["answer"] = bad
+        (tmp_path / "mc.jsonl").write_text("\n".join([lines[0], json.dumps(row), *lines[2:]]) + "\n")
+        with pytest.raises(ValueError, match=r"mc\.jsonl: question 'mc1'.*'answer' = '" + bad):
+            dm(synthetic_root, "msrvtt_mc", annotation_files={"test": [str(tmp_path / "mc.jsonl")]}).setup("test")
+
+
+def test_lmdb_key_is_the_basename_without_extension(synthetic_root):
+    """Spec §4: the LMDB key is the video basename without extension, whatever folders ``clip_name`` names."""
+    store = VideoStore(Path(synthetic_root) / "msrvtt_videos.lmdb")
+    raw, _ = store.source("test00001")
+    for name in ("test00001.mp4", "clips/test00001", "clips/test00001.mp4"):
+        assert store.source(name)[0] == raw
+
+
 def test_folder_store_and_padding_collate(synthetic_root):
     store = VideoStore(Path(synthetic_root) / "webvid" / "videos")
     assert not store.is_lmdb

@@ -61,6 +61,21 @@ def test_json_round_trip_official_format(tmp_path):
         load_rank(tmp_path / "missing.json")
 
 
+def test_invalid_json_files_are_named(tmp_path):
+    from snps3.significant import load_same_lemma, mine_command
+
+    (tmp_path / "count.json").write_text('{"rank": [1, 2')
+    with pytest.raises(ValueError, match="significant-word file .*count.json.* not valid JSON"):
+        load_rank(tmp_path / "count.json")
+    (tmp_path / "lemma.json").write_text("[[], [")
+    with pytest.raises(ValueError, match="same-lemma file .*lemma.json.* not valid JSON"):
+        load_same_lemma(tmp_path / "lemma.json")
+    (tmp_path / "ann.jsonl").write_text('{"caption": "a dog"}\n{"caption": "a cat"\n')
+    (tmp_path / "vocab.txt").write_text("[PAD]\ndog\n")
+    with pytest.raises(ValueError, match=r"ann\.jsonl:2: not valid JSON"):
+        mine_command([str(tmp_path / "ann.jsonl"), "--vocab", str(tmp_path / "vocab.txt"), "--out", "x.json"])
+
+
 def test_mining_with_injected_tagger():
     def tagger(caps):
         return [[(w, "NOUN" if w in {"dog", "cat"} else "DET") for w in c.split()] for c in caps]

@@ -34,7 +34,7 @@ from mmzoo.video import (
 from torch.utils.data import DataLoader, Dataset
 
 from snps3.masking import MSSMasker, bert_mlm_mask
-from snps3.significant import load_rank, load_same_lemma, significant_mask
+from snps3.significant import load_rank, load_same_lemma, read_json, significant_mask
 
 log = logging.getLogger(__name__)
 
@@ -194,7 +194,7 @@ class VideoStore:
     def source(self, clip_name: str) -> tuple[str | bytes, str]:
         """(path or bytes, name for errors) of one clip."""
         if self.is_lmdb:
-            key = Path(clip_name).stem if Path(clip_name).suffix else clip_name
+            key = Path(clip_name).stem  # the basename without extension, also for a clip_name with folders
             with self._lmdb().begin() as txn:
                 value = txn.get(key.encode("utf-8"))
             if value is None:
@@ -399,7 +399,12 @@ class _VideoTextBase(Dataset, abc.ABC):
         if dataset not in DATASETS:
             raise ValueError(f"data.dataset={dataset!r} is not one of {sorted(DATASETS)}")
         files = list(files) if files else DATASETS[dataset][split]
-        self.rows = [r for f in files for r in read_jsonl(self.root / f, required)]
+        self.rows: list[dict] = []
+        self.row_files: list[Path] = []  # the annotation file of each row, for messages
+        for f in files:
+            part = read_jsonl(self.root / f, required)
+            self.rows += part
+            self.row_files += [self.root / f] * len(part)
         self.store = VideoStore(self.root / (video_store or DATASETS[dataset]["videos"]))
         self.processor, self.transform = processor, transform
         self.num_frames, self.train, self.on_corrupt = num_frames, train, on_corrupt
@@ -564,7 +569,7 @@ class PretrainDataset(_VideoTextBase):
         path = self.asr_root / (Path(clip).stem + ".json")
         if not path.is_file():
             return ""
-        asr = json.loads(path.read_text(encoding="utf-8"))
+        asr = read_json(path, "ASR file")
         lo = -float("inf") if start is None else start
         hi = float("inf") if end is None else end
         return " ".join(
@@ -751,7 +756,7 @@ class QADataset(_VideoTextBase):
             path = self.root / answer_list
             if not path.is_file():
                 raise FileNotFoundError(f"data.answer_list={answer_list!r}: {str(path)!r} does not exist; {HINT}")
-            self.answers = {a: i for i, a in enumerate(json.loads(path.read_text()))}
+            self.answers = {a: i for i, a in enumerate(read_json(path, "data.answer_list"))}
         if (
             any(
                 isinstance(r["label"], str)
@@ -823,6 +828,18 @@ class MCDataset(_VideoTextBase):
         counts = {len(r["options"]) for r in self.rows}
         if len(counts) != 1:
             raise ValueError(f"{dataset}: every line needs the same number of options, found {sorted(counts)}")
+        for row, path in zip(self.rows, self.row_files):  # an answer no option has would count silently wrong
+            answer, index = row["answer"], None
+            if isinstance(answer, int | str) and not isinstance(answer, bool):
+                try:
+                    index = int(answer)
+                except ValueError:
+                    pass
+            if index is None or not 0 <= index < len(row["options"]):
+                raise ValueError(
+                    f"{path}: question {row.get('qid')!r} (clip {row['clip_name']!r}): 'answer' = {answer!r} is not a "
+                    f"0-based index of one of its {len(row['options'])} 'options' (spec §4.4: e.g. \"2\"); {HINT}"
+                )
 
     def __len__(self) -> int:
         return len(self.rows)

@@ -34,6 +34,7 @@ __all__ = [
     "build_same_lemma_table",
     "load_same_lemma",
     "read_vocab",
+    "read_json",
     "mine_command",
     "lemma_command",
 ]
@@ -182,6 +183,14 @@ def write_count_json(table: dict[str, list], path: str | Path) -> Path:
     return path
 
 
+def read_json(path: Path, what: str):
+    """The JSON value stored in ``path``; a file that is not valid JSON raises a ValueError naming it and ``what``."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{what} {str(path)!r} is not valid JSON ({err})") from err
+
+
 def load_rank(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
     """``rank`` list of a ``count_reprocess_*.json`` as int64 (V,); checks its length against ``vocab_size``."""
     path = Path(path)
@@ -191,8 +200,8 @@ def load_rank(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
             "count_reprocess_webvid.json, or mine one with `snps3 mine-words`); see README, "
             "Data preparation"
         )
-    table = json.loads(path.read_text())
-    if "rank" not in table:
+    table = read_json(path, "significant-word file")
+    if not isinstance(table, dict) or "rank" not in table:
         raise KeyError(f"{str(path)!r}: missing key 'rank' (expected the official 10-key format)")
     rank = np.asarray(table["rank"], dtype=np.int64)
     if vocab_size is not None and len(rank) != vocab_size:
@@ -228,7 +237,7 @@ def load_same_lemma(path: str | Path, vocab_size: int | None = None) -> list[lis
             f"same-lemma file {str(path)!r} does not exist (official vocab_simi_list_new.json, "
             "or build one with `snps3 lemma-table`); see README, Data preparation"
         )
-    table = json.loads(path.read_text())
+    table = read_json(path, "same-lemma file")
     if not isinstance(table, list) or (vocab_size is not None and len(table) != vocab_size):
         raise ValueError(f"{str(path)!r}: expected a JSON list of length {vocab_size} (one list per vocabulary id)")
     return table
@@ -247,7 +256,10 @@ def _caption_lines(paths: Sequence[str]) -> tuple[list[str], int]:
         with open(p, encoding="utf-8") as f:
             for n, line in enumerate(f):
                 if line.strip():
-                    item = json.loads(line)
+                    try:
+                        item = json.loads(line)
+                    except json.JSONDecodeError as err:
+                        raise ValueError(f"{p}:{n + 1}: not valid JSON ({err})") from err
                     if "caption" not in item:
                         raise KeyError(f"{p}:{n + 1}: missing key 'caption'")
                     captions.append(item["caption"])
