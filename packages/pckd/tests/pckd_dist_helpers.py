@@ -1,9 +1,10 @@
 """Importable rank functions for the two-process test (spawned workers unpickle them by module name)."""
 
 import torch
+import torch.nn.functional as F
 from mmzoo.testing import lightning_eval_loader
 
-from pckd.losses import CategoryContrastiveLoss
+from pckd.losses import CategoryContrastiveLoss, CRDLoss
 
 
 def cc_inputs():
@@ -23,6 +24,42 @@ def cc_rank(rank, world):
     loss.backward()
     # DDP averages gradients over ranks: scale by 1/world to compare with the whole-batch mean
     return loss.item(), u_l.grad / world, w_l.grad / world
+
+
+def crd_inputs():
+    """A CRD step on 8 of 12 training images (3 classes): embeddings, indices and the sampled rows."""
+    g = torch.Generator().manual_seed(1)
+    v_s = F.normalize(torch.randn(8, 4, generator=g), dim=1)
+    v_t = F.normalize(torch.randn(8, 4, generator=g), dim=1)
+    index = torch.tensor([3, 0, 7, 11, 5, 2, 9, 4])
+    labels = torch.arange(12) % 3
+    negatives = torch.stack([(labels != labels[i]).nonzero()[:5, 0] for i in index.tolist()])  # (8, 5)
+    return v_s, v_t, index, labels, torch.cat([index[:, None], negatives], dim=1)
+
+
+def crd_step(v_s, v_t, index, labels, sample_idx):
+    torch.manual_seed(0)  # the same banks on every rank, as Lightning seeds every rank alike
+    crd = CRDLoss(feat_dim=4, num_negatives=5, temperature=0.07, momentum=0.5)
+    crd.init_memory(labels)
+    loss = crd(v_s, v_t, index, sample_idx=sample_idx)
+    return {"loss": loss.item(), **{k: getattr(crd, k).clone() for k in ("memory_s", "memory_t", "z_s", "z_t")}}
+
+
+def loss_ranks(rank, world):
+    """One spawn for both losses that talk across ranks: L_CC (gathered with gradients) and CRD (shared memory)."""
+    v_s, v_t, index, labels, sample_idx = crd_inputs()
+    n = index.shape[0] // world
+    sl = slice(rank * n, (rank + 1) * n)
+    torch.manual_seed(rank)  # ranks seeded differently draw different initial banks
+    crd = CRDLoss(feat_dim=4, num_negatives=5)
+    crd.init_memory(labels)
+    drawn = crd.memory_s.clone(), crd.memory_t.clone()
+    crd.broadcast_memory()
+    return {
+        "cc": cc_rank(rank, world),
+        "crd": crd_step(v_s[sl], v_t[sl], index[sl], labels, sample_idx[sl]),
+        "broadcast": (*drawn, crd.memory_s, crd.memory_t),
+    }
 
 
 def test_rank(rank, world):

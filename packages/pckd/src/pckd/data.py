@@ -223,6 +223,7 @@ class ImageNetDataset(Dataset):
                 )
         self.num_classes = len(self.folder.classes)
         self.class_names = list(self.folder.classes)
+        self.labels = torch.as_tensor(self.folder.targets, dtype=torch.long)  # (N,) in item-index order
         self.data_root = Path(data_root)
         self.train, self.num_views = train, num_views
 
@@ -398,6 +399,13 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
             self.datasets["predict"] = self._build(self.test_split, train=False)
         counts = {getattr(ds, "num_classes", self.num_classes) for ds in self.datasets.values()}
         self.num_classes = max(counts, default=self.num_classes)
+
+    def train_labels(self) -> torch.Tensor:
+        """Labels (N,) of the training split, position i = the item with ``index`` i (CRD's memory holds one row
+        per training image and draws each anchor's negatives from the other classes)."""
+        if "train" not in self.datasets:
+            raise RuntimeError("PCKDDataModule.train_labels: the training split is built by setup('fit')")
+        return self.datasets["train"].labels.clone()
 
     def class_names(self, split: str = "predict") -> list[str] | None:
         """Names of the class indices as the split's files give them (CIFAR-100 meta / HF feature, ImageNet wnids);

@@ -6,12 +6,13 @@ The paper's PDF numbers no equations in the spec's transcription; the equations 
 
 from __future__ import annotations
 
+import logging
 import math
 
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
-from mmzoo.distributed import gather_no_grad, gather_with_grad, rank_and_world
+from mmzoo.distributed import gather_no_grad, gather_with_grad, is_distributed, rank_and_world
 from torch import nn
 
 __all__ = [
@@ -27,7 +28,14 @@ __all__ = [
     "CenterAlignmentLoss",
     "CategoryContrastiveLoss",
     "PreviewWeights",
+    "crd_nce_loss",
+    "contrast_scores",
+    "momentum_memory_rows",
+    "sample_other_class_negatives",
+    "CRDLoss",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def per_sample_kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -215,3 +223,226 @@ class PreviewWeights(nn.Module):
 
     def forward(self, ce: torch.Tensor, epoch: int) -> torch.Tensor:
         return preview_weights(ce, epoch, self.lam, self.detach)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# CRD baseline (Contrastive Representation Distillation, Tian et al., ICLR 2020; RepDistiller; spec §3.10)
+
+
+def crd_nce_loss(probs: torch.Tensor, num_data: int, eps: float = 1e-7) -> torch.Tensor:
+    """CRD's NCE loss (the CRD paper's NCE objective, RepDistiller ``ContrastLoss``), noise distribution P_n = 1/N:
+
+        L = −(1/B) Σ_i [ log( P_i0 / (P_i0 + m·P_n + ε) ) + Σ_{k=1..m} log( m·P_n / (P_ik + m·P_n + ε) ) ]
+
+    probs (B, 1 + m): the normalised scores exp(s/τ)/Z of each anchor's positive (column 0) and its m negatives;
+    num_data N: the size of the memory bank (the training split). Returns a scalar.
+    """
+    if probs.dim() != 2 or probs.shape[1] < 2:
+        raise ValueError(f"CRD NCE: probs must be (B, 1 + m) with m >= 1, got {tuple(probs.shape)}")
+    b, m = probs.shape[0], probs.shape[1] - 1
+    m_pn = m / num_data  # m·P_n
+    p_pos, p_neg = probs[:, 0], probs[:, 1:]  # (B,), (B, m)
+    log_d1 = torch.log(p_pos / (p_pos + m_pn + eps))  # (B,) log of the posterior that the positive is data
+    log_d0 = torch.log(m_pn / (p_neg + m_pn + eps))  # (B, m) log of the posterior that each negative is noise
+    return -(log_d1.sum() + log_d0.sum()) / b
+
+
+def contrast_scores(
+    anchor: torch.Tensor, memory: torch.Tensor, sample_idx: torch.Tensor, temperature: float
+) -> torch.Tensor:
+    """Un-normalised contrast scores of CRD's memory (RepDistiller ``ContrastMemory``):  exp(⟨M[k], v_i⟩ / τ).
+
+    anchor (B, D) unit embeddings v_i of one side; memory (N, D) the other side's bank; sample_idx (B, 1 + m) rows
+    of the bank per anchor (column 0 the positive). Returns (B, 1 + m) in float32, autocast off: exp(1/0.07) ≈ 1.6e6
+    overflows float16.
+    """
+    rows = memory[sample_idx]  # (B, 1 + m, D)
+    with torch.autocast(anchor.device.type, enabled=False):
+        dots = torch.bmm(rows.float(), anchor.float()[:, :, None])[:, :, 0]  # (B, 1 + m) ⟨M[k], v_i⟩
+        return torch.exp(dots / temperature)
+
+
+def momentum_memory_rows(rows: torch.Tensor, embedding: torch.Tensor, momentum: float) -> torch.Tensor:
+    """CRD memory update of the rows of a batch's images:  M[i] ← normalise(μ·M[i] + (1 − μ)·v_i).
+
+    rows (B, D) the current rows; embedding (B, D) the batch's embeddings v_i (detached); μ the momentum.
+    Returns the new rows (B, D), unit L2 norm.
+    """
+    return F.normalize(rows * momentum + embedding.to(rows.dtype) * (1.0 - momentum), dim=1)
+
+
+def sample_other_class_negatives(
+    train_labels: torch.Tensor,
+    anchor_labels: torch.Tensor,
+    num_negatives: int,
+    generator: torch.Generator | None = None,
+    max_keys: int = 1 << 25,
+) -> torch.Tensor:
+    """m negatives per anchor, uniformly among the training images of the other classes (CRD's "exact" mode).
+
+    train_labels (N,) the label of every memory row; anchor_labels (B,). Returns (B, m) row indices, none of the
+    anchor's class. As RepDistiller's sampler: without replacement when the anchor's pool (the N − n_y images of
+    other classes) holds at least m images, with replacement from the pool otherwise (small datasets). Anchors are
+    drawn in chunks of at most ``max_keys`` random keys (all B·N at once would take 1.3 GB on ImageNet).
+    """
+    rows_per_chunk = max(1, max_keys // max(1, train_labels.shape[0]))
+    chunks = anchor_labels.split(rows_per_chunk)
+    return torch.cat([_sample_negatives(train_labels, y, num_negatives, generator) for y in chunks])  # (B, m)
+
+
+def _sample_negatives(
+    train_labels: torch.Tensor, anchor_labels: torch.Tensor, num_negatives: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    n, m = train_labels.shape[0], num_negatives
+    same = anchor_labels[:, None] == train_labels[None, :]  # (B, N) rows of the anchor's own class
+    pool = n - same.sum(dim=1)  # (B,) size of each anchor's pool
+    if bool((pool == 0).any()):
+        raise ValueError("CRD: an anchor's class holds every training image; negatives need a second class")
+    # random keys with the anchor's own class last: the first pool_b columns of the top-k are a random permutation
+    # of the pool, so the first m of them are m draws without replacement
+    keys = torch.rand(same.shape, device=train_labels.device, generator=generator)  # (B, N) in [0, 1)
+    shuffled = keys.masked_fill(same, -1.0).topk(min(m, n), dim=1).indices  # (B, min(m, N))
+    if bool((pool >= m).all()):
+        return shuffled  # (B, m)
+    # a pool smaller than m: uniform positions in [0, pool_b) of the permuted pool, with replacement
+    u = torch.rand((len(pool), m), device=train_labels.device, generator=generator)  # (B, m)
+    position = (u * pool[:, None]).long().clamp_max(pool[:, None] - 1)  # (B, m)
+    with_replacement = shuffled.gather(1, position)  # (B, m)
+    if m > n:  # every pool is smaller than m
+        return with_replacement
+    return torch.where((pool >= m)[:, None], shuffled, with_replacement)  # (B, m)
+
+
+class CRDLoss(nn.Module):
+    """CRD's symmetric contrastive loss with its two memory banks (spec §3.10; RepDistiller ``CRDLoss``).
+
+    Buffers (saved in checkpoints, so a resumed run continues with them): ``memory_s``, ``memory_t`` (N, D) one
+    row per training image (student and teacher embeddings), ``train_labels`` (N,) their labels (the negatives'
+    classes), ``z_s``, ``z_t`` the normalisation constants (−1 until the first step sets them). The banks have
+    N = 0 rows until :meth:`init_memory` (the module calls it in ``setup("fit")`` with the training split's labels);
+    a checkpoint loads into a module of any N.
+
+    One step, anchors v_s = E_s(f_S), v_t = E_t(f_T) (B, D) of the batch's images ``index`` (B,):
+
+        idx_i = [index_i, m negatives of other classes]                    (B, 1 + m)
+        P^s = exp(⟨M_t[idx], v_s⟩ / τ) / Z_s   (student-anchored, teacher memory)
+        P^t = exp(⟨M_s[idx], v_t⟩ / τ) / Z_t   (teacher-anchored, student memory)
+        L_CRD = NCE(P^s) + NCE(P^t)
+
+    Z = mean(exp(s/τ)) · N over the first step's scores, then fixed. Then M_s, M_t are updated at the rows of the
+    batch (:func:`momentum_memory_rows`).
+
+    Under DDP every rank holds the same banks: Z is the mean over every rank's first batch, and the update
+    all-gathers the batch indices and (detached) embeddings of every rank, so each rank applies the same update.
+    The loss itself is local (each rank's anchors against the shared banks); DDP's gradient averaging then gives
+    the gradient of the mean over the global batch.
+    """
+
+    def __init__(self, feat_dim: int = 128, num_negatives: int = 16384, temperature: float = 0.07,
+                 momentum: float = 0.5) -> None:  # fmt: skip
+        super().__init__()
+        if feat_dim < 1 or num_negatives < 1:
+            raise ValueError(f"CRD: feat_dim={feat_dim} and num_negatives={num_negatives} must be >= 1")
+        if temperature <= 0 or not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"CRD: temperature={temperature} must be > 0 and momentum={momentum} in [0, 1]")
+        self.feat_dim, self.num_negatives = feat_dim, num_negatives
+        self.temperature, self.momentum = temperature, momentum
+        self.register_buffer("memory_s", torch.empty(0, feat_dim))
+        self.register_buffer("memory_t", torch.empty(0, feat_dim))
+        self.register_buffer("train_labels", torch.empty(0, dtype=torch.long))
+        self.register_buffer("z_s", torch.tensor(-1.0))
+        self.register_buffer("z_t", torch.tensor(-1.0))
+
+    @property
+    def num_data(self) -> int:
+        return self.train_labels.shape[0]
+
+    @torch.no_grad()
+    def init_memory(self, train_labels: torch.Tensor) -> None:
+        """Banks for the N = len(train_labels) training images: rows uniform in ±1/sqrt(D/3) (RepDistiller's init),
+        Z unset. Draws from the global RNG; under DDP the module's ``on_fit_start`` then gives every rank rank 0's
+        banks (:meth:`broadcast_memory`)."""
+        train_labels = torch.as_tensor(train_labels, dtype=torch.long).flatten()  # (N,)
+        if train_labels.numel() == 0:
+            raise ValueError("CRD: the training split is empty")
+        device = self.memory_s.device
+        n, d = train_labels.shape[0], self.feat_dim
+        stdv = 1.0 / math.sqrt(d / 3)
+        self.memory_s = torch.rand(n, d, device=device) * (2 * stdv) - stdv  # (N, D)
+        self.memory_t = torch.rand(n, d, device=device) * (2 * stdv) - stdv  # (N, D)
+        self.train_labels = train_labels.to(device)
+        self.z_s.fill_(-1.0)
+        self.z_t.fill_(-1.0)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:  # fmt: skip
+        """Take the banks' size from the checkpoint (a module is built before it knows N)."""
+        for name in ("memory_s", "memory_t", "train_labels"):
+            saved = state_dict.get(prefix + name)
+            if isinstance(saved, torch.Tensor) and saved.shape != getattr(self, name).shape:
+                setattr(self, name, torch.empty_like(saved, device=getattr(self, name).device))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    #: buffers every rank keeps equal itself (gathered updates, Z from every rank's first batch), so DDP need not
+    #: broadcast them before each forward (51 MB per step on CIFAR-100, about 1.3 GB on ImageNet)
+    synced_buffers = ("memory_s", "memory_t", "train_labels", "z_s", "z_t")
+
+    @torch.no_grad()
+    def broadcast_memory(self) -> None:
+        """Copy rank 0's banks to every rank (once, before training: ranks seeded differently draw different
+        initial banks); a no-op outside a process group."""
+        if is_distributed():
+            torch.distributed.broadcast(self.memory_s, src=0)
+            torch.distributed.broadcast(self.memory_t, src=0)
+
+    def sample_indices(self, index: torch.Tensor) -> torch.Tensor:
+        """(B,) image indices → (B, 1 + m): the image itself (the "exact" positive), then m other-class images."""
+        negatives = sample_other_class_negatives(self.train_labels, self.train_labels[index], self.num_negatives)
+        return torch.cat([index[:, None], negatives], dim=1)  # (B, 1 + m)
+
+    @torch.no_grad()
+    def _set_z(self, z: torch.Tensor, scores: torch.Tensor) -> None:
+        """Z = mean(exp(s/τ)) · N over the first step's scores of every rank (equal batches on every rank)."""
+        if float(z) < 0:
+            mean = gather_no_grad(scores.detach().mean()[None]).mean()  # mean over the global first batch
+            z.fill_(float(mean) * self.num_data)
+            log.info("CRD: normalisation constant set to %.4g", float(z))
+
+    @torch.no_grad()
+    def update_memory(self, index: torch.Tensor, v_s: torch.Tensor, v_t: torch.Tensor) -> None:
+        """Momentum update of both banks at the rows of every rank's batch (gathered); where an index occurs twice
+        in the gathered batch (DistributedSampler pads with repeats), the last occurrence is used on every rank."""
+        index = gather_no_grad(index)  # (W·B,); checks that every rank holds B images
+        v_s = gather_no_grad(v_s.detach(), check_shapes=False)  # (W·B, D), forward checked v_s is (B, D)
+        v_t = gather_no_grad(v_t.detach(), check_shapes=False)  # (W·B, D)
+        order = torch.sort(index, stable=True).indices  # (W·B,) equal indices stay in gather order
+        sorted_index = index[order]
+        last = torch.ones_like(sorted_index, dtype=torch.bool)
+        last[:-1] = sorted_index[1:] != sorted_index[:-1]  # the last of each run of equal indices
+        keep = order[last]  # (U,) positions of unique indices
+        rows = index[keep]  # (U,)
+        self.memory_s.index_copy_(0, rows, momentum_memory_rows(self.memory_s[rows], v_s[keep], self.momentum))
+        self.memory_t.index_copy_(0, rows, momentum_memory_rows(self.memory_t[rows], v_t[keep], self.momentum))
+
+    def forward(self, v_s: torch.Tensor, v_t: torch.Tensor, index: torch.Tensor,
+                sample_idx: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """v_s, v_t (B, D) unit embeddings of the student's and the teacher's features; index (B,) the images'
+        rows in the banks; ``sample_idx`` (B, 1 + m) overrides the sampled rows (tests). Returns L_CRD (scalar) and
+        updates the banks."""
+        if self.num_data == 0:
+            raise RuntimeError("CRD: the memory banks are empty; call init_memory(train_labels) first")
+        if v_s.shape != v_t.shape or v_s.shape != (index.shape[0], self.feat_dim):
+            raise ValueError(
+                f"CRD: v_s {tuple(v_s.shape)}, v_t {tuple(v_t.shape)} must both be ({index.shape[0]}, {self.feat_dim})"
+            )
+        if sample_idx is None:
+            sample_idx = self.sample_indices(index)  # (B, 1 + m)
+        out_s = contrast_scores(v_s, self.memory_t, sample_idx, self.temperature)  # (B, 1 + m) student-anchored
+        out_t = contrast_scores(v_t, self.memory_s, sample_idx, self.temperature)  # (B, 1 + m) teacher-anchored
+        self._set_z(self.z_s, out_s)
+        self._set_z(self.z_t, out_t)
+        loss = crd_nce_loss(out_s / self.z_s, self.num_data) + crd_nce_loss(out_t / self.z_t, self.num_data)
+        self.update_memory(index, v_s, v_t)
+        return loss

@@ -17,6 +17,7 @@ from torchmetrics.classification import MulticlassAccuracy
 from pckd.losses import (
     CategoryContrastiveLoss,
     CenterAlignmentLoss,
+    CRDLoss,
     FeatureAlignmentLoss,
     PerSampleKDLoss,
     PreviewWeights,
@@ -64,11 +65,13 @@ def load_teacher_state_dict(path: str, arch: str) -> dict[str, torch.Tensor]:
 
 
 class PCKDModule(pl.LightningModule):
-    """Student training with PCKD (spec §3), vanilla KD, or plain cross-entropy (also: teacher training).
+    """Student training with PCKD (spec §3), vanilla KD, CRD, or plain cross-entropy (also: teacher training).
 
     ``method``: ``pckd`` = the full objective of spec §3.6; ``kd`` = RepDistiller's w_ce·L_CE + w_kd·L_KD on
-    the un-rotated view; ``ce`` = w_ce·L_CE only (student baseline, and teacher training with no teacher).
-    Ablations are weights: ``pckd_wo_kd`` w_kd = 0, ``pckd_wo_cc`` w_cc = 0, ``pckd_wo_preview`` preview false.
+    the un-rotated view; ``crd`` = RepDistiller's w_ce·L_CE + w_kd·L_KD + w_crd·L_CRD on the un-rotated view
+    (spec §3.10: CRD with w_kd = 0, "CRD+KD" with w_kd = 1); ``ce`` = w_ce·L_CE only (student baseline, and teacher
+    training with no teacher). Ablations are weights: ``pckd_wo_kd`` w_kd = 0, ``pckd_wo_cc`` w_cc = 0,
+    ``pckd_wo_preview`` preview false.
     """
 
     checkpoint_monitor = "val/acc1"
@@ -77,7 +80,7 @@ class PCKDModule(pl.LightningModule):
     def __init__(
         self,
         config: PCKDConfig,
-        method: Literal["ce", "kd", "pckd"] = "pckd",
+        method: Literal["ce", "kd", "crd", "pckd"] = "pckd",
         teacher_checkpoint: str | None = None,
         teacher_random_init: bool = False,
         w_ce: float = 1.0,
@@ -91,6 +94,11 @@ class PCKDModule(pl.LightningModule):
         preview: bool = True,
         preview_lambda: float = 1.005,
         detach_preview_weights: bool = True,
+        w_crd: float = 0.8,
+        crd_feat_dim: int = 128,
+        crd_num_negatives: int = 16384,
+        crd_temperature: float = 0.07,
+        crd_momentum: float = 0.5,
         optimizer: Literal["sgd", "adam"] = "sgd",
         lr: float = 0.05,
         momentum: float = 0.9,
@@ -102,9 +110,9 @@ class PCKDModule(pl.LightningModule):
         """
         Args:
             config: networks and heads (spec §3.2–3.3).
-            method: ``pckd`` | ``kd`` | ``ce`` (see class docstring).
+            method: ``pckd`` | ``kd`` | ``crd`` | ``ce`` (see class docstring).
             teacher_checkpoint: teacher weights (RepDistiller ``{"model": ...}``, bare state_dict, a pckd
-                checkpoint, or ``IMAGENET1K_V1`` for tv_resnet34); required for kd/pckd unless teacher_random_init.
+                checkpoint, or ``IMAGENET1K_V1`` for tv_resnet34); required for kd/crd/pckd unless teacher_random_init.
             teacher_random_init: tests/demos only: keep the teacher randomly initialised.
             w_ce: r, weight of L_CE (spec §3.6; the release's pckd branch uses 1).
             w_kd: δ, weight of the preview-weighted per-sample KD (spec §3.6: not published; 1.0 reconstruction).
@@ -118,6 +126,12 @@ class PCKDModule(pl.LightningModule):
             preview_lambda: λ of the threshold τ_e = λ^e (release: 1.005).
             detach_preview_weights: detach v_i from the graph (true, the paper's reading); false reproduces the
                 release, where the KD weights carry gradient into the CE terms.
+            w_crd: β of the CRD baseline (method ``crd``; RepDistiller -b 0.8, spec §3.10).
+            crd_feat_dim: CRD embedding width of both Embed heads, Linear(d → D) + L2 norm (128).
+            crd_num_negatives: CRD negatives per sample, from other classes (16,384); drawn with replacement when
+                an anchor's pool of other-class training images is smaller.
+            crd_temperature: CRD's NCE temperature τ (0.07).
+            crd_momentum: CRD memory momentum μ, M[i] ← normalise(μ·M[i] + (1 − μ)·v_i) (0.5).
             optimizer: ``sgd`` (RepDistiller recipe) or ``adam`` (digits repro).
             lr: learning rate (spec §3.9: 0.05; 0.01 for MobileNetV2/ShuffleV1/ShuffleV2 students).
             momentum: SGD momentum (0.9).
@@ -131,7 +145,14 @@ class PCKDModule(pl.LightningModule):
         self.config = config
         if method != "ce" and config.teacher_arch is None:
             raise ValueError(f"model.method={method!r} needs model.config.teacher_arch (null is only for 'ce')")
-        for key, value in (("kd_temperature", kd_temperature), ("lr", lr), ("preview_lambda", preview_lambda)):
+        for key, value in (
+            ("kd_temperature", kd_temperature),
+            ("lr", lr),
+            ("preview_lambda", preview_lambda),
+            ("crd_temperature", crd_temperature),
+            ("crd_feat_dim", crd_feat_dim),
+            ("crd_num_negatives", crd_num_negatives),
+        ):
             if value <= 0:
                 raise ValueError(f"model.{key}={value} must be > 0")
         self.student = build_backbone(config.student_arch, config.num_classes, config.in_channels)
@@ -174,6 +195,16 @@ class PCKDModule(pl.LightningModule):
             for head, weight in ((self.embed_s, w_cc), (self.embed_t, w_cc), (self.align, w_fa)):
                 if weight == 0:
                     head.requires_grad_(False)
+        self.crd_embed_s = self.crd_embed_t = self.crd_loss = None
+        if method == "crd":
+            if not 0.0 <= crd_momentum <= 1.0:
+                raise ValueError(f"model.crd_momentum={crd_momentum} must be in [0, 1]")
+            self.crd_embed_s = Embed(d_s, crd_feat_dim)  # CRD Embed on the student's penultimate feature
+            self.crd_embed_t = Embed(self.teacher.feature_dim, crd_feat_dim)  # on the teacher's (trainable head)
+            self.crd_loss = CRDLoss(crd_feat_dim, crd_num_negatives, crd_temperature, crd_momentum)
+            if w_crd == 0:  # frozen and out of the optimizer, as PCKD's heads at weight 0 (DDP)
+                self.crd_embed_s.requires_grad_(False)
+                self.crd_embed_t.requires_grad_(False)
         self.kd_loss = PerSampleKDLoss(kd_temperature)
         self.cc_loss = CategoryContrastiveLoss(cc_temperature, cc_base_temperature)
         self.ca_loss = CenterAlignmentLoss()
@@ -215,13 +246,17 @@ class PCKDModule(pl.LightningModule):
             raise ValueError(f"batch['label'] must be ({image.shape[0]},), got {tuple(label.shape)}")
         return image
 
-    def compute_losses(self, image: torch.Tensor, label: torch.Tensor, epoch: int) -> dict[str, torch.Tensor]:
+    def compute_losses(
+        self, image: torch.Tensor, label: torch.Tensor, epoch: int, index: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
         """Every term of spec §3.6 for one batch.
 
-        image (B, V, C, H, W) with view 0 un-rotated (or (B, C, H, W)); label (B,); epoch e ≥ 1 (preview).
-        Returns ``loss`` and the terms ``ce, kd, cc, ca, fa`` plus ``preview_mean``, ``preview_hard_frac``,
-        ``logits`` (B, K) of the un-rotated views.
-            L = r·L_CE + δ·Σ_i v_i·KL_i + (β/(V·B))·Σ_j v_i(j)·L_CC,j + a·L_CA + f·L_FA
+        image (B, V, C, H, W) with view 0 un-rotated (or (B, C, H, W)); label (B,); epoch e ≥ 1 (preview);
+        index (B,) the images' positions in the training split (method ``crd`` only: its memory rows).
+        Returns ``loss`` and the terms ``ce, kd, cc, ca, fa`` (and ``crd`` for method crd) plus ``preview_mean``,
+        ``preview_hard_frac``, ``logits`` (B, K) of the un-rotated views.
+            L = r·L_CE + δ·Σ_i v_i·KL_i + (β/(V·B))·Σ_j v_i(j)·L_CC,j + a·L_CA + f·L_FA      (pckd)
+            L = γ·L_CE + α·L_KD + β·L_CRD                                                    (crd; spec §3.10)
         """
         h = self.hparams
         image = self._check_batch(image, label)
@@ -243,6 +278,15 @@ class PCKDModule(pl.LightningModule):
                 teacher_logits0 = self.teacher.classifier_layer(f_t).view(b, v, -1)[:, 0]  # (B, K)
         if h.method == "kd":
             out["kd"] = self.kd_loss(logits0, teacher_logits0).sum()
+        elif h.method == "crd":
+            if h.w_kd != 0:
+                out["kd"] = self.kd_loss(logits0, teacher_logits0).sum()  # RepDistiller DistillKL(T)
+            out["crd"] = zero
+            if h.w_crd != 0:
+                self._check_crd_index(index, label)
+                v_s = self.crd_embed_s(f_s)  # (B, D) unit student embeddings
+                v_t = self.crd_embed_t(f_t)  # (B, D) unit teacher embeddings (frozen f_T, trainable head)
+                out["crd"] = self.crd_loss(v_s, v_t, index)  # NCE, both anchors; updates the memory banks
         elif h.method == "pckd":
             if h.preview:
                 weights = self.preview_weights(ce_i, epoch)  # (B,) v_i
@@ -259,22 +303,51 @@ class PCKDModule(pl.LightningModule):
                 out["ca"] = self.ca_loss(student_fc, self.teacher.classifier_layer)
             if h.w_fa != 0:
                 out["fa"] = self.fa_loss(self.align(f_s), f_t)
-        out["loss"] = (
-            h.w_ce * out["ce"] + h.w_kd * out["kd"] + h.w_cc * out["cc"] + h.w_ca * out["ca"] + h.w_fa * out["fa"]
-        )
+        if h.method == "crd":
+            out["loss"] = h.w_ce * out["ce"] + h.w_kd * out["kd"] + h.w_crd * out["crd"]
+        else:
+            out["loss"] = (
+                h.w_ce * out["ce"] + h.w_kd * out["kd"] + h.w_cc * out["cc"] + h.w_ca * out["ca"] + h.w_fa * out["fa"]
+            )
         out["preview_mean"] = weights.detach().mean()
         out["preview_hard_frac"] = (weights.detach() < 1).float().mean()
         out["logits"] = logits0.detach()
         return out
 
+    def _check_crd_index(self, index: torch.Tensor | None, label: torch.Tensor) -> None:
+        """CRD's memory rows are the images' positions in the training split, whose labels the module holds."""
+        if index is None:
+            raise ValueError("model.method=crd needs batch['index'] (the images' positions in the training split)")
+        n = self.crd_loss.num_data
+        if n == 0:
+            raise RuntimeError(
+                "model.method=crd: the memory banks are empty; fit with PCKDDataModule (its training labels size "
+                "them in setup) or call init_crd_memory(train_labels)"
+            )
+        if index.shape != label.shape or bool((index < 0).any()) or bool((index >= n).any()):
+            raise ValueError(f"batch['index'] {tuple(index.shape)} must hold positions in 0..{n - 1} of the training "
+                             f"split, one per label")  # fmt: skip
+        if not torch.equal(self.crd_loss.train_labels[index], label):
+            raise ValueError("batch['label'] differs from the training split's labels at batch['index']: CRD's memory "
+                             "needs the split it was sized from")  # fmt: skip
+
+    def init_crd_memory(self, train_labels: torch.Tensor) -> None:
+        """Size CRD's memory banks for the training split, whose labels (N,) choose each anchor's negatives."""
+        if self.crd_loss is None:
+            raise ValueError(f"init_crd_memory: model.method={self.hparams.method!r} has no CRD memory")
+        self.crd_loss.init_memory(train_labels)
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        out = self.compute_losses(batch["image"], batch["label"], epoch=self.current_epoch + 1)
+        out = self.compute_losses(
+            batch["image"], batch["label"], epoch=self.current_epoch + 1, index=batch.get("index")
+        )
+        terms = ("ce", "kd", "crd") if self.hparams.method == "crd" else ("ce", "kd", "cc", "ca", "fa")
         if not torch.isfinite(out["loss"]):
-            terms = {k: float(out[k]) for k in ("ce", "kd", "cc", "ca", "fa")}
-            raise FloatingPointError(f"non-finite PCKD loss at epoch {self.current_epoch}, step {batch_idx}: {terms}")
+            values = {k: float(out[k]) for k in terms}
+            raise FloatingPointError(f"non-finite PCKD loss at epoch {self.current_epoch}, step {batch_idx}: {values}")
         bs = batch["label"].shape[0]
         self.train_acc1(out["logits"], batch["label"])
-        for key in ("loss", "ce", "kd", "cc", "ca", "fa", "preview_mean", "preview_hard_frac"):
+        for key in ("loss", *terms, "preview_mean", "preview_hard_frac"):
             self.log(f"train/{key}", out[key], batch_size=bs, prog_bar=key == "loss")
         self.log("train/acc1", self.train_acc1, batch_size=bs, on_step=False, on_epoch=True)
         return out["loss"]
@@ -371,8 +444,10 @@ class PCKDModule(pl.LightningModule):
 
     # ----------------------------------------------------------------- optimizer (spec §3.9)
     def trainable_modules(self) -> list[nn.Module]:
-        """Student + E_s + E_t + H; the teacher is never optimised (nor a head frozen because its weight is 0)."""
-        return [m for m in (self.student, self.embed_s, self.embed_t, self.align) if m is not None]
+        """Student + E_s + E_t + H (pckd) or CRD's two Embed heads (crd); the teacher is never optimised (nor a head
+        frozen because its weight is 0)."""
+        heads = (self.embed_s, self.embed_t, self.align, self.crd_embed_s, self.crd_embed_t)
+        return [m for m in (self.student, *heads) if m is not None]
 
     def configure_optimizers(self):
         h = self.hparams
@@ -392,8 +467,25 @@ class PCKDModule(pl.LightningModule):
             raise ValueError(
                 f"model.config.num_classes={self.config.num_classes} but the dataset has {dm.num_classes} classes"
             )
+        if stage == "fit" and self.crd_loss is not None:
+            if hasattr(dm, "train_labels"):
+                labels = dm.train_labels()  # (N,)
+                # a module that already holds banks for this split (fit again in one session) keeps them; a resumed
+                # run loads its banks from the checkpoint after this hook
+                if not torch.equal(self.crd_loss.train_labels.cpu(), labels):
+                    self.crd_loss.init_memory(labels)
+            elif self.crd_loss.num_data == 0:
+                raise ValueError(
+                    "model.method=crd needs the training split's labels (its memory holds one row per image): fit "
+                    "with PCKDDataModule, or call init_crd_memory(train_labels) and pass batches with 'index'"
+                )
+            # DDP would broadcast the banks from rank 0 before every forward; every rank keeps them equal itself
+            names = [f"crd_loss.{b}" for b in CRDLoss.synced_buffers]
+            torch.nn.parallel.DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(self, names)
 
     def on_fit_start(self) -> None:
+        if self.crd_loss is not None:
+            self.crd_loss.broadcast_memory()  # every rank starts from rank 0's banks (or the checkpoint's, alike)
         dm = getattr(self.trainer, "datamodule", None)
         if self.hparams.method == "pckd" and getattr(dm, "hparams", {}).get("num_views", 4) == 1:
             rank_zero_warn("method=pckd with data.num_views=1: PCKD expects the 4 rotated views (spec §3.1)")
