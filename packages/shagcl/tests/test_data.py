@@ -189,6 +189,25 @@ def test_sgdet_background_pairs_only_among_matched_proposals():
     assert targets.tolist() == [0, 0] and len(pairs) == 1 and labels.tolist() == [0]  # nothing matched: one pair
 
 
+def test_sgdet_matched_pairs_not_drawn_are_not_background():
+    """Spec §3.7: every (head, tail) proposal pair matching a GT relation is foreground; beyond
+    ``samples_per_gt_rel`` only some are drawn, and the others must not come back as background pairs."""
+    ds = VG150Dataset.__new__(VG150Dataset)
+    ds.samples_per_gt_rel, ds.max_fg_pairs, ds.max_pairs = 4, 256, 1024
+    gt_boxes = torch.tensor([[0.0, 0, 50, 50], [100, 100, 150, 150]])
+    gt_labels = torch.tensor([1, 2])
+    rels = np.array([[0, 1, 3]])
+    shift = torch.tensor([[0.0, 0, 0, 0], [1, 1, 1, 1], [2, 0, 2, 0]])
+    boxes = torch.cat([gt_boxes[0] + shift, gt_boxes[1] + shift])  # proposals 0-2 match GT 0, 3-5 match GT 1
+    _, pairs, labels = ds._sgdet_targets(boxes, gt_boxes, gt_labels, rels, torch.Generator().manual_seed(0))
+    matched = {(h, t) for h in range(3) for t in range(3, 6)}  # 9 matched pairs, 4 drawn
+    fg = {tuple(p) for p in pairs[labels > 0].tolist()}
+    bg = {tuple(p) for p in pairs[labels == 0].tolist()}
+    assert len(fg) == 4 and fg <= matched and (labels[labels > 0] == 3).all()
+    assert not bg & matched
+    assert len(bg) == 6 * 5 - 9  # every other ordered pair of the six matched proposals
+
+
 def test_statistics_filtered_images_dropped_and_background_overlap_without_plus_one():
     """§3.5: with the non-overlap filter an image left without relations adds nothing to F; background pairs
     are the pairs with a positive intersection area without the '+1' (official box_filter, to_move=0)."""

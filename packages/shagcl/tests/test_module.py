@@ -163,3 +163,36 @@ def test_test_on_two_processes_writes_the_report(trained, tmp_path):
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "per_predicate_recall.csv").is_file()
+
+
+def test_official_counts_need_the_frequency_order():
+    """Spec §3.6.4: the official VG150 count list is in the frequency order of §4.3; with the file's alphabetical
+    ids it would group and re-sample the wrong predicates, so that combination is refused."""
+    from shagcl.data import TrainStatistics
+    from shagcl.gcl import VG150_PREDICATES_FREQ_ORDER
+
+    cfg = SHAGCLConfig(
+        num_obj_classes=3,
+        num_predicates=51,
+        feature_dim=8,
+        hidden_dim=8,
+        num_heads=1,
+        key_dim=8,
+        ffn_dim=8,
+        obj_layers=1,
+        edge_layers=1,
+        word_dim=4,
+        word_embeddings="random",
+        trainable_box_head=False,
+        union_features="simplified",
+        count_source="official",
+    )
+    zeros = torch.zeros(3, 3, 51)
+    alphabetical = ["__background__", *sorted(VG150_PREDICATES_FREQ_ORDER[1:])]
+    stats = TrainStatistics(torch.ones(51), zeros, zeros, ["bg", "a", "b"], alphabetical, "vg150")
+    with pytest.raises(ValueError, match="predicate_order=frequency"):
+        SHAGCLModule(cfg).build_from_statistics(stats)
+    stats.predicate_classes = list(VG150_PREDICATES_FREQ_ORDER)
+    module = SHAGCLModule(cfg)
+    module.build_from_statistics(stats)
+    assert module.group_sizes == [4, 6, 9, 19, 12]  # divide4 preset (spec §3.6.2)

@@ -225,8 +225,8 @@ class SceneGraphDataset(Dataset):
         else 0 (the official ``assign_label_to_proposals``); a proposal matches a GT object with that same label
         and IoU > 0.5; per GT relation at most ``samples_per_gt_rel`` matched (head, tail) pairs drawn ∝
         IoU(head)·IoU(tail); ≤ max_fg_pairs foreground; background = other ordered pairs of proposals with a
-        non-background target (the official sampler zeroes the rows and columns of unmatched proposals), up to
-        max_pairs. Returns object targets, pairs, labels."""
+        non-background target (the official sampler zeroes the rows and columns of unmatched proposals, and every
+        pair matching a GT relation, drawn or not), up to max_pairs. Returns object targets, pairs, labels."""
         iou = box_iou(boxes, gt_boxes)  # (N, G_obj)
         best_iou, best_gt = iou.max(1) if iou.numel() else (torch.zeros(len(boxes)), torch.zeros(len(boxes)).long())
         obj_targets = torch.where(best_iou >= 0.5, gt_labels[best_gt], torch.zeros_like(best_gt))
@@ -242,6 +242,7 @@ class SceneGraphDataset(Dataset):
             cand = score.flatten().nonzero().squeeze(1)
             if len(cand) == 0:
                 continue
+            rel_map.view(-1)[cand] = int(p)  # every matched pair leaves the background pool, drawn below or not
             if len(cand) > self.samples_per_gt_rel:
                 cand = cand[torch.multinomial(score.flatten()[cand], self.samples_per_gt_rel, generator=g)]
             for c in cand.tolist():

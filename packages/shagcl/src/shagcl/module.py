@@ -14,7 +14,12 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info
 from mmzoo.cli import allow_in_checkpoints
 
-from shagcl.gcl import OFFICIAL_PREDICATE_COUNTS, group_predicates, median_resampling_rates
+from shagcl.gcl import (
+    OFFICIAL_PREDICATE_COUNTS,
+    VG150_PREDICATES_FREQ_ORDER,
+    group_predicates,
+    median_resampling_rates,
+)
 from shagcl.losses import GCLLoss, ObjectLoss
 from shagcl.metrics import SGRecall, sort_relations, write_per_predicate_report
 from shagcl.models import SHAGCL, SHAGCLConfig, load_glove
@@ -114,6 +119,12 @@ class SHAGCLModule(pl.LightningModule):
             counts = torch.tensor(OFFICIAL_PREDICATE_COUNTS[stats.dataset])
             if len(counts) != cfg.num_predicates:
                 raise ValueError("model.config.count_source=official needs the full official predicate set")
+            if stats.dataset == "vg150" and list(stats.predicate_classes) != VG150_PREDICATES_FREQ_ORDER:
+                raise ValueError(
+                    "model.config.count_source=official lists the VG150 counts in frequency order (spec §3.6.4), "
+                    "but the data's predicates are not in that order: set data.predicate_order=frequency, or "
+                    "count_source=computed"
+                )
         if cfg.decoder == "single":
             group_sizes = [cfg.num_predicates - 1]
         else:
