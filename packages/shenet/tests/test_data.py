@@ -100,6 +100,11 @@ def test_msrvtt(tmp_path):
     (tmp_path / "MSRVTT_JSFUSION_test.csv").unlink()
     with pytest.raises(FileNotFoundError, match="MSRVTT_JSFUSION_test.csv.*README, Data preparation"):
         MSRVTTDataset(tmp_path, "test", **KW)
+    data = json.loads((tmp_path / "MSRVTT_data.json").read_text())
+    del data["sentences"][1]["caption"]
+    (tmp_path / "MSRVTT_data.json").write_text(json.dumps(data))
+    with pytest.raises(KeyError, match=r"MSRVTT_data.json: sentences\[1\] lacks key 'caption'"):
+        MSRVTTDataset(tmp_path, "train", **KW)
 
 
 def test_msvd_multi_caption(tmp_path):
@@ -116,6 +121,10 @@ def test_msvd_multi_caption(tmp_path):
     assert test[0]["captions"] == ["a man sings", "someone sings"] and test[1]["text_ids"] == [2]
     with pytest.raises(FileNotFoundError, match="val_list.txt"):
         MSVDDataset(tmp_path, "val", **KW)
+    with open(tmp_path / "raw-captions.pkl", "wb") as f:  # strings, not token lists: joining would space out letters
+        pickle.dump({"vidA": ["a man sings"], "vidB": [["a", "dog", "runs"]]}, f)
+    with pytest.raises(ValueError, match="raw-captions.pkl: the captions of video 'vidA' are strings"):
+        MSVDDataset(tmp_path, "test", **KW)
 
 
 def test_didemo_paragraphs(tmp_path):

@@ -177,6 +177,7 @@ def test_spacy_model_on_fixed_sentences():
         (dict(level="noun", text="guitar", char_start=19, char_end=25, parent=1), "parent 1 is a noun node"),
         (dict(level="verb", text="playing", char_start=9, char_end=16, parent=1), "a verb's parent is root"),
         (dict(level="noun", text="guitar", char_start=19, char_end=99, parent=-1), "is not the node text"),
+        (dict(level="noun", text="guitar", char_start=19, char_end=25), r"missing key\(s\) \['parent'\]"),
     ],
 )
 def test_cache_entries_are_validated(tmp_path, node, why):
@@ -191,3 +192,13 @@ def test_cache_entries_are_validated(tmp_path, node, why):
     valid = dict(level="noun", text="guitar", char_start=19, char_end=25, parent=-1)
     path.write_text(json.dumps({text: {"nodes": [valid, man]}}))
     assert [n.text for n in PrecomputedParser(path)(text).nodes] == ["guitar", "man"]
+
+
+def test_malformed_cache_names_the_file(tmp_path):
+    path = tmp_path / "parses.json"
+    path.write_text(json.dumps({"a dog runs": {"node": []}}))
+    with pytest.raises(ValueError, match=r"parses.json.*'a dog runs'.*expected an object"):
+        PrecomputedParser(path)("a dog runs")
+    path.write_text("{not json")
+    with pytest.raises(ValueError, match=r"parser.cache_file=.*parses.json.* is not valid JSON"):
+        PrecomputedParser(path)

@@ -138,6 +138,10 @@ def test_unguided_visual_uses_means():
     r = norm(video.patches[k, :2].reshape(-1, D).mean(0))
     assert torch.allclose(S2[0, k], (text.verbs_enh[0] @ g).mean(), atol=1e-5)
     assert torch.allclose(S3[1, k], (text.nouns_enh[1, :2] @ r).mean(), atol=1e-5)
+    # spec §3.9: guide_visual=False means mean frame / mean patch also when the guided pooling is the hard max
+    _, S2_max, S3_max = syntax_guided_similarity(text, video, guide_visual=False, pooling="max")
+    assert torch.allclose(S2_max[0, k], (text.verbs_enh[0] @ g).mean(), atol=1e-5)
+    assert torch.allclose(S3_max[1, k], (text.nouns_enh[1, :2] @ r).mean(), atol=1e-5)
 
 
 def test_aggregation_renormalises_missing_levels():

@@ -224,7 +224,10 @@ class MSRVTTDataset(_VideoTextDataset):
                 raise KeyError(f"{self.root / train_csv}: missing column 'video_id'; {_HINT}")
             self.videos = list(dict.fromkeys(r["video_id"] for r in rows))
             wanted = set(self.videos)
-            for s in data["sentences"]:
+            for k, s in enumerate(data["sentences"]):
+                for key in ("video_id", "caption"):
+                    if key not in s:
+                        raise KeyError(f"{self.root / 'MSRVTT_data.json'}: sentences[{k}] lacks key {key!r}; {_HINT}")
                 if s["video_id"] in wanted:
                     self.captions.setdefault(s["video_id"], []).append(s["caption"])
         else:
@@ -265,6 +268,12 @@ class MSVDDataset(_VideoTextDataset):
             if v not in raw:
                 raise KeyError(
                     f"{self.root / 'raw-captions.pkl'}: no captions for video {v!r} of {split}_list.txt; {_HINT}"
+                )
+            if any(isinstance(tokens, str) for tokens in raw[v]):
+                # " ".join of a string would space out its characters ("a dog" -> "a   d o g")
+                raise ValueError(
+                    f"{self.root / 'raw-captions.pkl'}: the captions of video {v!r} are strings; each caption must "
+                    f"be a list of word tokens, as in CLIP4Clip's raw-captions.pkl; {_HINT}"
                 )
             self.captions[v] = [" ".join(tokens) for tokens in raw[v]]
         self._finish()

@@ -79,6 +79,8 @@ class SyntaxHierarchy:
         """A cache entry (spec §3.2 format) checked against its text: each node's span must be a character span of
         ``text`` holding the node's ``text``, and its parent -1 (root) or a node of the level above (noun → verb,
         adj → noun; verbs hang from the root). ``source`` (the cache file) is named in the errors."""
+        if not isinstance(entry, dict) or not isinstance(entry.get("nodes"), list):
+            raise ValueError(f'{source}: parse of {text!r}: expected an object {{"nodes": [...]}}, got {entry!r}')
         raw = entry["nodes"]
         parent_level = {"verb": (), "noun": ("verb",), "adj": ("noun",)}
         nodes = []
@@ -87,6 +89,9 @@ class SyntaxHierarchy:
             def bad(why: str, k=k, n=n) -> ValueError:
                 return ValueError(f"{source}: parse of {text!r}: node {k} {n}: {why}")
 
+            missing = [key for key in ("level", "text", "char_start", "char_end", "parent") if key not in n]
+            if missing:
+                raise bad(f"missing key(s) {missing}")
             if n["level"] not in parent_level:
                 raise bad(f"level {n['level']!r}; expected verb|noun|adj")
             start, end, parent = int(n["char_start"]), int(n["char_end"]), int(n["parent"])
@@ -437,7 +442,12 @@ class PrecomputedParser:
                 "`shenet parse` (see README, Text parsing)"
             )
         self.path = path
-        self.entries: dict = json.loads(path.read_text())
+        try:
+            self.entries: dict = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"parser.cache_file={str(path)!r} is not valid JSON: {err}") from err
+        if not isinstance(self.entries, dict):
+            raise ValueError(f"parser.cache_file={str(path)!r}: expected an object mapping texts to parses")
 
     def __call__(self, text: str) -> SyntaxHierarchy:
         if text not in self.entries:

@@ -103,7 +103,8 @@ class SHENetConfig:
     "+ syntax-guided visual representation" differs from the baseline."""
     guided_pooling: Literal["softmax", "max"] = "softmax"
     """Guided pooling: softmax attention with temperatures (spec §3.5), or hard max (``max``: verb-frame and
-    noun-patch scores are token max-similarities, mmzoo.ops.token_max_sim; noun pooling is then not hierarchical)."""
+    noun-patch scores are token max-similarities, mmzoo.ops.token_max_sim; noun pooling is then not hierarchical).
+    Only read with ``guide_visual``: without it verbs and nouns see the mean frame and mean patch either way."""
     noun_temporal: Literal["parent", "root", "uniform"] = "parent"
     """Frame weights pooling a noun's regions over time: its parent verb's (root's when attached to the root),
     always the root's, or uniform over valid frames. Reconstruction (spec §3.5)."""
@@ -443,11 +444,12 @@ def syntax_guided_similarity(
         S2(i,k) = mean_j cos(u'_j, g_j)                       S3(i,k) = mean_m cos(n'_m, r_m)
 
     Attention uses the raw node features (u, n), the scores the enhanced ones (u', n'). ``guide_visual=False``: g =
-    mean of valid frames, r = mean of all valid patches. ``pooling="max"``: S2 = mean_j max_t cos(u'_j, f_t) and
-    S3 = mean_m max_{t,q} cos(n'_m, p_{t,q}) through :func:`mmzoo.ops.token_max_sim` (the τ → 0 limit, without the
-    hierarchical frame gating). ``noun_temporal``: the frame weights that pool r over time — ``parent`` (α_{π(m)},
-    α_0 for root nouns), ``root`` (α_0) or ``uniform``; ``use_verbs=False`` makes ``parent`` behave as ``root``.
-    A text without verbs/nouns gets S2/S3 = 0 (the aggregation leaves that level out).
+    mean of valid frames, r = mean of all valid patches, whatever ``pooling`` says. ``pooling="max"`` (with
+    ``guide_visual``): S2 = mean_j max_t cos(u'_j, f_t) and S3 = mean_m max_{t,q} cos(n'_m, p_{t,q}) through
+    :func:`mmzoo.ops.token_max_sim` (the τ → 0 limit, without the hierarchical frame gating). ``noun_temporal``: the
+    frame weights that pool r over time — ``parent`` (α_{π(m)}, α_0 for root nouns), ``root`` (α_0) or ``uniform``;
+    ``use_verbs=False`` makes ``parent`` behave as ``root``. A text without verbs/nouns gets S2/S3 = 0 (the
+    aggregation leaves that level out).
 
     Shapes: text.* (B_t, ...), video.* (B_v, ...) as in :class:`TextFeatures` / :class:`VideoFeatures`.
     """
@@ -459,13 +461,13 @@ def syntax_guided_similarity(
     n_nouns = nm.sum(-1).clamp_min(1).to(S1.dtype)  # (B_t,)
     Bv, T, P, D = p.shape
 
-    if pooling == "max":
+    if guide_visual and pooling == "max":
         S2, _ = token_max_sim(text.verbs_enh, vm, f, fm)  # (B_t, B_v)  mean_j max_t
         patch_mask = fm[:, :, None].expand(-1, -1, P).reshape(Bv, T * P)  # (B_v, T·P)
         S3, _ = token_max_sim(text.nouns_enh, nm, p.reshape(Bv, T * P, D), patch_mask)  # (B_t, B_v)
         return S1, S2.to(S1.dtype), S3.to(S1.dtype)
 
-    if not guide_visual:
+    if not guide_visual:  # spec §3.9: the means, whichever guided pooling the config names
         fw = fm.to(f.dtype) / fm.sum(-1, keepdim=True).clamp_min(1).to(f.dtype)  # (B_v, T) uniform frame weights
         g = F.normalize(torch.einsum("bt,btd->bd", fw, f), dim=-1)  # (B_v, D) mean frame
         r = F.normalize(torch.einsum("bt,btqd->bd", fw, p), dim=-1)  # (B_v, D) mean patch
