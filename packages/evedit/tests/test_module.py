@@ -28,7 +28,7 @@ def _args(root, *extra):
     ]
 
 
-def test_predict_writes_edits_then_test_scores_them(run_root):
+def test_predict_writes_edits_then_test_scores_them(run_root, monkeypatch):
     main(args=["predict", *_args(run_root)])
     edits = run_root / "edits"
     frames = sorted((edits / "DAVIS_480p" / "clip00" / "object").glob("*.jpg"))
@@ -37,7 +37,13 @@ def test_predict_writes_edits_then_test_scores_them(run_root):
     assert (edits / "videos" / "clip00_object.gif").stat().st_size > 0
     assert (edits / "strips" / "clip00_object.png").stat().st_size > 0
     assert (edits / "edits_rank0.csv").read_text().count("\n") == 3  # header + 2 edits
-    cli = main(args=["test", *_args(run_root)])  # re-uses the edits written by predict
+    from evedit.module import EVEModule
+
+    def edit_again(*args, **kwargs):
+        raise AssertionError("test edited a clip again instead of re-using predict's edit")
+
+    monkeypatch.setattr(EVEModule, "edit_clip", edit_again)
+    cli = main(args=["test", *_args(run_root)])  # re-uses the edits written by predict (same settings and inputs)
     m = cli.trainer.callback_metrics
     for key in (
         "test/clip_text",
@@ -130,6 +136,28 @@ def test_test_reuses_only_edits_made_with_the_same_settings(tmp_path):
     assert loaded is not None and loaded[0].shape == source.shape and loaded[1]["total_s"] == 1.0
     assert _load_edit(folder, source, ablation) is None
     assert _load_edit(folder, torch.zeros(3, 3, 32, 32, dtype=torch.uint8), full) is None  # other frame size
+
+
+def test_test_reuses_only_edits_made_from_the_same_inputs(tmp_path):
+    """An edit made with depth files (or from other frames or prompts) is not re-used for a run without them: the
+    data settings decide an edit as much as the model's."""
+    import torch
+
+    from evedit.module import _load_edit, edit_input_id, save_edit
+
+    source = torch.randint(0, 255, (3, 3, 16, 16), dtype=torch.uint8)
+    depth = torch.rand(3, 16, 16)
+    item = {"group": "g", "video_id": "v", "edit_type": "object", "frames": source, "depth": depth,
+            "source_prompt": "a cat", "target_prompt": "a tiger"}  # fmt: skip
+    with_depth = edit_input_id(item)
+    variants = [{**item, "depth": torch.zeros(0)}, {**item, "depth": depth + 0.5}, {**item, "target_prompt": "a dog"},
+                {**item, "frames": source.flip(0)}]  # fmt: skip
+    assert len({with_depth, *map(edit_input_id, variants)}) == 5
+    assert edit_input_id({**item, "depth": depth.clone()}) == with_depth
+    timing = {"total_s": 1.0, "settings_id": "s", "input_id": with_depth}
+    folder = save_edit(tmp_path, item, source, torch.rand(3, 16, 16), timing, False)
+    assert _load_edit(folder, source, "s", with_depth) is not None
+    assert _load_edit(folder, source, "s", edit_input_id(variants[0])) is None  # made with depth files, asked without
 
 
 def test_depth_error_compares_estimator_maps_of_source_and_edit(tmp_path, monkeypatch):

@@ -86,8 +86,25 @@ def edit_settings_id(model: ModelConfig, edit: EditConfig, seed: int) -> str:
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
 
-def _load_edit(folder: Path, source: torch.Tensor, settings_id: str) -> tuple[torch.Tensor, dict] | None:
-    """The edit stored in ``folder`` if it was made with ``settings_id`` from a clip shaped like ``source``."""
+def edit_input_id(item: dict) -> str:
+    """A short fingerprint of what an edit starts from: the source frames, the guiding depth files (when the data
+    gives them) and the two prompts. Data settings that change these (``data.use_depth_files``, frame sampling,
+    ``data.image_size``) change it, so ``test`` does not re-use an edit made from other inputs."""
+    h = hashlib.sha1()
+    for key in ("frames", "depth"):
+        value = item.get(key)
+        if isinstance(value, torch.Tensor) and value.numel():
+            h.update(f"{key}{tuple(value.shape)}{value.dtype}".encode())
+            h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    h.update(json.dumps([item.get("source_prompt"), item.get("target_prompt")]).encode())
+    return h.hexdigest()[:16]
+
+
+def _load_edit(
+    folder: Path, source: torch.Tensor, settings_id: str, input_id: str | None = None
+) -> tuple[torch.Tensor, dict] | None:
+    """The edit stored in ``folder`` if it was made with ``settings_id`` from a clip shaped like ``source`` (and,
+    given ``input_id``, from the same inputs: :func:`edit_input_id`)."""
     from torchvision.io import ImageReadMode, read_image
 
     files = sorted(folder.glob("*.jpg"))
@@ -96,6 +113,9 @@ def _load_edit(folder: Path, source: torch.Tensor, settings_id: str) -> tuple[to
     timing = json.loads((folder / "timing.json").read_text())
     if timing.get("settings_id") != settings_id:
         log.warning("not re-using %s: it was edited with other settings (or an older version); editing again", folder)
+        return None
+    if input_id is not None and timing.get("input_id") != input_id:
+        log.warning("not re-using %s: it was edited from other frames, depth or prompts; editing again", folder)
         return None
     frames = torch.stack([read_image(str(f), ImageReadMode.RGB) for f in files])
     if frames.shape != source.shape:
@@ -200,6 +220,7 @@ class EVEModule(pl.LightningModule):
         )
         timing = dict(out.timings[0])
         timing["settings_id"] = self.settings_id  # stored with the edit (timing.json), checked before re-use
+        timing["input_id"] = edit_input_id(item)  # likewise: the frames, depth and prompts it was made from
         if out.losses[0]:
             timing["update_loss_first"] = out.losses[0][0]["loss"]
             timing["update_loss_last"] = out.losses[0][-1]["loss"]
@@ -279,7 +300,7 @@ class EVEModule(pl.LightningModule):
         loaded = None
         folder = self._out_dir() / batch["group"] / batch["video_id"] / batch["edit_type"]
         if self.reuse_edits:
-            loaded = _load_edit(folder, batch["frames"], self.settings_id)
+            loaded = _load_edit(folder, batch["frames"], self.settings_id, edit_input_id(batch))
         if loaded is not None:
             edit, timing = loaded
         else:
