@@ -57,6 +57,10 @@ def test_predict_writes_edits_then_test_scores_them(run_root, monkeypatch):
         assert key in m and math.isfinite(float(m[key])), key
     assert -1.0 <= float(m["test/clip_frame"]) <= 1.0
     assert "clip_text" in (edits / "metrics_test_rank0.csv").read_text()
+    # spec §3.6's cost names: epoch means of the stored per-edit timings; the stages add up to the total
+    stages = [float(m[f"time/{k}"]) for k in ("depth_s", "inversion_s", "denoise_s")]
+    assert all(t > 0 for t in stages) and float(m["time/total_s"]) == pytest.approx(float(m["test/time_s"]))
+    assert sum(stages) <= float(m["time/total_s"]) and float(m["time/update_s"]) == float(m["test/update_s"])
 
 
 def test_fit_and_validate_run_without_training(tmp_path):
