@@ -8,7 +8,7 @@ import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, TensorDataset
 
-from mmzoo.data import SplitLoaders, evaluation_sampler, reload_train_loader_every_epoch, worker_options
+from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, reload_train_loader_every_epoch, worker_options
 
 
 @pytest.mark.parametrize(
@@ -126,3 +126,15 @@ def test_epoch_seeded_train_dataloader_draws_each_epoch_from_seed_and_epoch():
     first, again, other = epoch(0), epoch(0), epoch(1)
     assert first == again and first[0] != other[0]
     assert len(first[0]) == 9 and len(set(first[0])) == 9  # batches of 3, the partial last batch dropped
+
+
+def test_read_json_names_the_file_and_the_fault(tmp_path):
+    good = tmp_path / "a.json"
+    good.write_text('{"k": ["ü", 1]}', encoding="utf-8")
+    assert read_json(good) == {"k": ["ü", 1]}
+    bad = tmp_path / "b.json"
+    bad.write_text('[\n  {"video": "v"},\n]', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"annotation file '.*b\.json' is not valid JSON: .* \(line 3, column 1\)"):
+        read_json(bad, "annotation file")
+    with pytest.raises(FileNotFoundError):
+        read_json(tmp_path / "missing.json")

@@ -117,7 +117,7 @@ def test_hierarchy_errors_name_the_file_and_entry(tmp_path):
     with pytest.raises(KeyError, match=r"hierarchy\.json: level2\[0\] = .*needs a string 'name'"):
         Hierarchy.from_json(path)
     path.write_text('{"level1": [{"name": "food"}],')
-    with pytest.raises(ValueError, match=r"hierarchy\.json: not valid JSON"):
+    with pytest.raises(ValueError, match=r"label hierarchy .*hierarchy\.json' is not valid JSON"):
         Hierarchy.from_json(path)
 
 

@@ -72,6 +72,17 @@ def test_vg_missing_file_and_key(tmp_path):
         VG150Dataset(tmp_path / "b", "train", predicate_order="file", feature_source="cached", feature_cache=None)
 
 
+def test_malformed_json_names_the_file(tmp_path):
+    write_vg150(tmp_path, n_images=6)
+    (tmp_path / "vg" / "image_data.json").write_text('[{"image_id": 1,}]')
+    with pytest.raises(ValueError, match=r"VG image metadata .*image_data\.json' is not valid JSON"):
+        VG150Dataset(tmp_path, "train", predicate_order="file")
+    write_gqa200(tmp_path, n_train=2, n_test=2)
+    (tmp_path / "gqa" / "GQA_200_Train.json").write_text("{")
+    with pytest.raises(ValueError, match=r"GQA200 split .*GQA_200_Train\.json' is not valid JSON"):
+        GQA200Dataset(tmp_path, "train")
+
+
 def test_gqa_skip_and_val_cut(tmp_path):
     write_gqa200(tmp_path, n_train=6, n_test=8)
     test = GQA200Dataset(tmp_path, "test", skip_test_entry=3)

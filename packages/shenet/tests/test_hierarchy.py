@@ -200,5 +200,5 @@ def test_malformed_cache_names_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"parses.json.*'a dog runs'.*expected an object"):
         PrecomputedParser(path)("a dog runs")
     path.write_text("{not json")
-    with pytest.raises(ValueError, match=r"parser.cache_file=.*parses.json.* is not valid JSON"):
+    with pytest.raises(ValueError, match=r"parser.cache_file .*parses.json.* is not valid JSON"):
         PrecomputedParser(path)

@@ -1,4 +1,4 @@
-"""DataLoader plumbing that the packages' LightningDataModules share.
+"""DataLoader plumbing that the packages' LightningDataModules share, and the JSON reader of their annotation files.
 
 Every package's datamodule takes ``num_workers``, ``pin_memory`` and ``persistent_workers`` as init arguments (so they
 are config keys under ``data.init_args``) and builds its loaders with one ``_loader(split, train)`` method.
@@ -6,12 +6,27 @@ are config keys under ``data.init_args``) and builds its loaders with one ``_loa
 
 from __future__ import annotations
 
+import json
 import logging
+from pathlib import Path
 from typing import Any
 
-__all__ = ["SplitLoaders", "evaluation_sampler", "reload_train_loader_every_epoch", "worker_options"]
+__all__ = ["SplitLoaders", "evaluation_sampler", "read_json", "reload_train_loader_every_epoch", "worker_options"]
 
 log = logging.getLogger(__name__)
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """The JSON value stored in ``path`` (UTF-8). A file that is not valid JSON raises a ValueError naming ``what``,
+    the file, and the line and column of the fault; a missing file raises FileNotFoundError as ``open`` does."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{what} {str(path)!r} is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
+        ) from err
 
 
 def reload_train_loader_every_epoch(trainer: Any, reason: str) -> None:

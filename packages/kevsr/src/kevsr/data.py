@@ -22,7 +22,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from mmzoo.data import SplitLoaders, evaluation_sampler, worker_options
+from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, worker_options
 from mmzoo.features import H5Features, NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
 
@@ -49,10 +49,7 @@ class Hierarchy:
     def from_json(cls, path: Path) -> Hierarchy:
         if not path.is_file():
             raise FileNotFoundError(f"missing {str(path)!r} (label hierarchy); {README_HINT}")
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}: not valid JSON ({err}); {README_HINT}") from err
+        data = read_json(path, "label hierarchy")
         for key in ("level1", "level2"):
             if not isinstance(data, dict) or key not in data:
                 raise KeyError(f"{path}: missing key {key!r}; {README_HINT}")

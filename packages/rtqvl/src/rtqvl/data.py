@@ -29,7 +29,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from mmzoo.data import SplitLoaders, worker_options
+from mmzoo.data import SplitLoaders, read_json, worker_options
 from mmzoo.video import VideoDecodeError, VideoReader, normalize
 from torch.utils.data import DataLoader, Dataset
 
@@ -279,11 +279,7 @@ def _read_json_list(path: Path) -> list[dict]:
                     except json.JSONDecodeError as err:
                         raise ValueError(f"{str(path)!r} line {ln}: not valid JSON ({err}); {_SEE}") from err
     else:
-        with open(path, encoding="utf-8") as f:
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{str(path)!r}: not valid JSON ({err}); {_SEE}") from err
+        data = read_json(path, "annotation file")
         if not isinstance(data, list):
             raise ValueError(f"{str(path)!r}: expected a JSON list of objects; {_SEE}")
     for i, row in enumerate(data):

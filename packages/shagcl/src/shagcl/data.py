@@ -8,7 +8,6 @@ into a training/evaluation sample: object features, sampled relation pairs and t
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from mmzoo.data import SplitLoaders, reload_train_loader_every_epoch, worker_options
+from mmzoo.data import SplitLoaders, read_json, reload_train_loader_every_epoch, worker_options
 from mmzoo.features import H5Features
 from torch.utils.data import DataLoader, Dataset
 
@@ -413,7 +412,7 @@ class VG150Dataset(SceneGraphDataset):
         h5_path = _require(root / "VG-SGG-with-attri.h5", "VG150 annotations")
         dicts_path = _require(root / "VG-SGG-dicts-with-attri.json", "VG150 vocabularies")
         info_path = _require(root / "image_data.json", "VG image metadata")
-        dicts = json.loads(dicts_path.read_text())
+        dicts = read_json(dicts_path, "VG150 vocabularies")
         for key in self.DICT_KEYS:
             if key not in dicts:
                 raise KeyError(f"{dicts_path}: missing key {key!r}; {SEE_README}")
@@ -430,7 +429,9 @@ class VG150Dataset(SceneGraphDataset):
         else:
             remap = np.arange(len(file_predicates))
             self.predicate_classes = file_predicates
-        image_data = [d for d in json.loads(info_path.read_text()) if d["image_id"] not in VG_CORRUPTED_IMAGE_IDS]
+        image_data = [
+            d for d in read_json(info_path, "VG image metadata") if d["image_id"] not in VG_CORRUPTED_IMAGE_IDS
+        ]
         boxes_key = f"boxes_{box_scale}"
         with h5py.File(h5_path, "r") as f:
             for key in (*self.H5_KEYS, boxes_key):
@@ -516,13 +517,13 @@ class GQA200Dataset(SceneGraphDataset):
         root = Path(data_root) / "gqa"
         info_path = _require(root / "GQA_200_ID_Info.json", "GQA200 vocabularies")
         split_path = _require(root / f"GQA_200_{'Train' if split == 'train' else 'Test'}.json", "GQA200 split")
-        info = json.loads(info_path.read_text())
+        info = read_json(info_path, "GQA200 vocabularies")
         for key in ("ind_to_classes", "ind_to_predicates"):
             if key not in info:
                 raise KeyError(f"{info_path}: missing key {key!r}; {SEE_README}")
         self.object_classes = list(info["ind_to_classes"])
         self.predicate_classes = list(info["ind_to_predicates"])
-        data = json.loads(split_path.read_text())
+        data = read_json(split_path, "GQA200 split")
         for key in self.SPLIT_KEYS:
             if key not in data:
                 raise KeyError(f"{split_path}: missing key {key!r}; {SEE_README}")

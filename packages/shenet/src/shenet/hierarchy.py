@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
+from mmzoo.data import read_json
 
 __all__ = [
     "SyntaxNode",
@@ -442,10 +443,7 @@ class PrecomputedParser:
                 "`shenet parse` (see README, Text parsing)"
             )
         self.path = path
-        try:
-            self.entries: dict = json.loads(path.read_text())
-        except json.JSONDecodeError as err:
-            raise ValueError(f"parser.cache_file={str(path)!r} is not valid JSON: {err}") from err
+        self.entries: dict = read_json(path, "parser.cache_file")
         if not isinstance(self.entries, dict):
             raise ValueError(f"parser.cache_file={str(path)!r}: expected an object mapping texts to parses")
 

@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmzoo.data import SplitLoaders, worker_options
+from mmzoo.data import SplitLoaders, read_json, worker_options
 from mmzoo.video import (
     VideoDecodeError,
     VideoReader,
@@ -34,7 +34,7 @@ from mmzoo.video import (
 from torch.utils.data import DataLoader, Dataset
 
 from snps3.masking import MSSMasker, bert_mlm_mask
-from snps3.significant import load_rank, load_same_lemma, read_json, significant_mask
+from snps3.significant import load_rank, load_same_lemma, significant_mask
 
 log = logging.getLogger(__name__)
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
+from mmzoo.data import read_json
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,6 @@ __all__ = [
     "build_same_lemma_table",
     "load_same_lemma",
     "read_vocab",
-    "read_json",
     "mine_command",
     "lemma_command",
 ]
@@ -181,14 +181,6 @@ def write_count_json(table: dict[str, list], path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({k: table[k] for k in OFFICIAL_KEYS}))
     return path
-
-
-def read_json(path: Path, what: str):
-    """The JSON value stored in ``path``; a file that is not valid JSON raises a ValueError naming it and ``what``."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{what} {str(path)!r} is not valid JSON ({err})") from err
 
 
 def load_rank(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
