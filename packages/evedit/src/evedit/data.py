@@ -18,7 +18,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from mmzoo.data import evaluation_sampler
+from mmzoo.data import evaluation_sampler, read_json
 from mmzoo.video import (
     VideoDecodeError,
     VideoReader,
@@ -319,7 +319,7 @@ class ZVEDataset(_ClipDataset):
                 f"data.data_root={str(data_root)!r}: missing {ann_path} (ZVE-50 annotations in "
                 f"the package layout); {_HELP}"
             )
-        entries = json.loads(ann_path.read_text())
+        entries = read_json(ann_path, "ZVE-50 annotations")
         for k, e in enumerate(entries):
             for key in ("video_id", "source_prompt", "edits"):
                 if key not in e:
@@ -374,7 +374,7 @@ class VideoFolderDataset(_ClipDataset):
             raise FileNotFoundError(
                 f"data.data_root={str(root)!r}: missing {p} ({{file: {{source, targets}}}}); {_HELP}"
             )
-        for name, e in json.loads(p.read_text()).items():
+        for name, e in read_json(p, "prompts file").items():
             if "source" not in e or "targets" not in e:
                 raise KeyError(f"{p}: entry {name!r} needs keys 'source' and 'targets'; {_HELP}")
             if not (root / name).is_file():

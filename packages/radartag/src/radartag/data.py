@@ -14,7 +14,6 @@ Features are read only through :class:`mmzoo.features.NpyFolderFeatures`.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Literal
 
 import lightning.pytorch as pl
 import torch
-from mmzoo.data import SplitLoaders, evaluation_sampler, worker_options
+from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, worker_options
 from mmzoo.features import NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import HeteroData
@@ -101,7 +100,7 @@ def _read_list(path: Path, num_tags: int) -> list[tuple[int, list[int]]]:
 
 def _read_children(path: Path) -> dict[int, list[int]]:
     """``video_children_<v>.json``: {"<pid>": [<child pid>, …]} with bare integer pids (no ``.mp4``)."""
-    raw = json.loads(path.read_text(encoding="utf-8"))
+    raw = read_json(path, "follow file")
     if not isinstance(raw, dict):
         raise ValueError(f"{str(path)!r}: expected a JSON object {{\"<pid>\": [<child pid>, …]}}, got a "
                          f"{type(raw).__name__}")  # fmt: skip
@@ -135,7 +134,7 @@ def read_kwai_files(root: str | Path, vertical: str) -> KwaiFiles:
     num_label_map = len(tags)
     tag_id = {t: i for i, t in enumerate(tags)}
     parent_edges = []
-    ontology = json.loads(names["parents"].read_text(encoding="utf-8"))
+    ontology = read_json(names["parents"], "tag ontology")
     if not isinstance(ontology, dict):
         raise ValueError(f"{str(names['parents'])!r}: expected a JSON object {{\"<tag>\": [\"<parent tag>\", …]}}, "
                          f"got a {type(ontology).__name__}")  # fmt: skip

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mmzoo.data import read_json
 from tqdm import tqdm
 
 from .data import _read_list, read_label_map
@@ -111,7 +112,7 @@ def build_ontology(
             log.warning("tag text features incomplete under %s: the cosine feature is set to 0", root / "tag_feat_bert")
     pairs, feats = pair_features(lists, len(tags), text)
     index = {(int(a), int(b)): i for i, (a, b) in enumerate(pairs)}
-    labelled = json.loads(Path(labelled_pairs).read_text(encoding="utf-8"))
+    labelled = read_json(labelled_pairs, "labelled pairs")
     x_l, y_l = [], []
     for entry in labelled:
         if not isinstance(entry, list) or len(entry) != 3 or entry[2] not in (0, 1):
@@ -185,7 +186,7 @@ def extract_features(
         names = read_label_map(root / f"label_map_kwai_{vertical}.txt")  # the data is checked before the model loads
         parents_file = root / f"tag_parents_{vertical}.json"
         if parents_file.is_file():
-            for child, ps in json.loads(parents_file.read_text(encoding="utf-8")).items():
+            for child, ps in read_json(parents_file, "tag ontology").items():
                 names += [n for n in [child, *ps] if n not in names]
         try:
             tokenizer = AutoTokenizer.from_pretrained(text_encoder)

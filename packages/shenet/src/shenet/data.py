@@ -19,7 +19,6 @@ Training items are (video, caption) pairs ("unfold sentences"); evaluation items
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 import pickle
@@ -30,7 +29,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from mmzoo.data import SplitLoaders, worker_options
+from mmzoo.data import SplitLoaders, read_json, worker_options
 from mmzoo.video import VideoDecodeError, VideoReader, center_crop, normalize, resize_short_side
 from torch.utils.data import DataLoader, Dataset
 
@@ -215,7 +214,7 @@ class MSRVTTDataset(_VideoTextDataset):
     ):
         super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
         if self.train:
-            data = json.loads(_require(self.root / "MSRVTT_data.json", "MSR-VTT annotations").read_text())
+            data = read_json(_require(self.root / "MSRVTT_data.json", "MSR-VTT annotations"), "MSR-VTT annotations")
             if "sentences" not in data:
                 raise KeyError(f"{self.root / 'MSRVTT_data.json'}: missing key 'sentences'; {_HINT}")
             with open(_require(self.root / train_csv, "MSR-VTT train split; data.train_csv")) as f:
@@ -322,7 +321,9 @@ class DiDeMoDataset(_VideoTextDataset):
     ):
         super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
         names = _read_lines(_require(self.root / f"{split}_list.txt", f"DiDeMo {split} split"))
-        data = json.loads(_require(self.root / f"{split}_data.json", f"DiDeMo {split} annotations").read_text())
+        data = read_json(
+            _require(self.root / f"{split}_data.json", f"DiDeMo {split} annotations"), "DiDeMo annotations"
+        )
         parts: dict[str, list[str]] = {}
         for k, row in enumerate(data):
             for key in ("video", "description"):
@@ -355,8 +356,8 @@ class ActivityNetDataset(_VideoTextDataset):
     ):
         super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
         ann, ids = ("train.json", "train_ids.json") if self.train else ("val_1.json", "val_ids.json")
-        data = json.loads(_require(self.root / ann, "ActivityNet captions").read_text())
-        keys = json.loads(_require(self.root / ids, "ActivityNet split ids").read_text())
+        data = read_json(_require(self.root / ann, "ActivityNet captions"), "ActivityNet captions")
+        keys = read_json(_require(self.root / ids, "ActivityNet split ids"), "ActivityNet split ids")
         for k in _matched(keys, data, self.root / ids, self.root / ann, self.dataset_name):
             if "sentences" not in data[k]:
                 raise KeyError(f"{self.root / ann}: entry {k!r} lacks key 'sentences'; {_HINT}")

@@ -10,6 +10,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+from mmzoo.data import read_json
 from tqdm import tqdm
 
 __all__ = ["extract_text_features", "extract_text_features_command", "convert_mad", "convert_mad_command"]
@@ -37,7 +38,7 @@ def extract_text_features(
         path = root / f"{s}.json"
         if not path.is_file():
             raise FileNotFoundError(f"annotation file {str(path)!r} does not exist; see README, Data preparation")
-        for item in json.loads(path.read_text()).values():
+        for item in read_json(path, "annotation file").values():
             for anno_id, sentence in zip(map(str, item["anno_ids"]), item["sentences"], strict=True):
                 if sentences.get(anno_id, sentence) != sentence:  # one HDF5 dataset per id: the first would be lost
                     raise ValueError(
@@ -100,7 +101,7 @@ def convert_mad(annotations: str | Path, features: str | Path, out: str | Path) 
             if not ann_path.is_file():
                 raise FileNotFoundError(f"MAD file {str(ann_path)!r} does not exist; see README, Data preparation")
             by_movie: dict[str, list[tuple[str, dict]]] = defaultdict(list)
-            for key, a in json.loads(ann_path.read_text()).items():
+            for key, a in read_json(ann_path, "annotation file").items():
                 by_movie[a["movie"]].append((str(key), a))
             layout = {}
             with (
