@@ -8,9 +8,11 @@ G = KG embedding width (300), L1 / L2 = labels of level 1 / level 2.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +31,7 @@ __all__ = [
     "NonTemporalStream",
     "KEVSRModel",
     "refine_level2",
+    "bert_cls_token_id",
 ]
 
 
@@ -66,6 +69,17 @@ class KEVSRConfig:
     """Attention heads of the temporal encoder (reconstruction: 12)."""
     temporal_dropout: float = 0.1
     """Dropout inside the temporal Transformer (reconstruction: 0.1)."""
+    temporal_init_from_bert: str | None = None
+    """Spec §3.2's option ``temporal_encoder.init_from_bert``: a LOCAL transformers BERT folder (``config.json`` +
+    weights; nothing is downloaded). Set, S1's encoder is that pre-trained ``BertModel`` (MMBT-style: the frames
+    f^g are its input embeddings, after a [CLS] vector that starts from BERT's own [CLS] word embedding; BERT adds
+    its position and token-type embeddings and LayerNorm) and ``temporal_layers``, ``temporal_heads`` and
+    ``temporal_dropout`` are unused (BERT's config decides). Needs ``dim`` = BERT's hidden_size and
+    ``num_frames`` + 1 <= its max_position_embeddings. ``null`` (default): the Transformer encoder above."""
+    temporal_bert_config: dict[str, Any] | None = None
+    """Written into checkpoints, not set by hand: the architecture (``BertConfig.to_dict()``) of the
+    ``temporal_init_from_bert`` encoder. When set, the encoder is built from it without reading the folder, and
+    its weights must come from a loaded state dict (a forward pass before that raises)."""
     region_layers: int = 1
     """Transformer layers of the inner-frame region reasoning (reconstruction: 1)."""
     region_heads: int = 12
@@ -91,13 +105,16 @@ class KEVSRConfig:
         for key in ("dim", "num_frames", "num_regions", "num_keywords", "num_level1", "num_level2", "kg_dim"):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
-        for key in ("temporal_heads", "region_heads"):
+        heads = ("region_heads",) if self.temporal_init_from_bert else ("temporal_heads", "region_heads")
+        for key in heads:  # with BERT, its config gives the temporal heads
             if self.dim % getattr(self, key) != 0:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must divide dim={self.dim}")
         if self.init_std is not None and self.init_std <= 0:
             raise ValueError(f"model.config.init_std={self.init_std} must be > 0 (or null: 1/sqrt(fan_in))")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"model.config.dropout={self.dropout} must be in [0, 1)")
+        if self.temporal_bert_config is not None and self.temporal_init_from_bert is None:
+            raise ValueError("model.config.temporal_bert_config is set but temporal_init_from_bert is null")
 
 
 EMBEDDING_STD = 0.02
@@ -155,25 +172,131 @@ class HierarchicalScores(nn.Module):
         return {"basic1": b1, "basic2": b2, "level1": b1, "level2": refine_level2(b1, b2, parent_index)}
 
 
+BERT_CLS_TOKEN_ID = 101
+"""[CLS] id of the standard BERT vocabularies (bert-base-uncased / -cased), used when the folder names none."""
+
+
+def bert_cls_token_id(folder: str | Path, config: Any) -> int:
+    """The [CLS] token id of a local BERT folder: ``cls_token_id`` of its config.json if set, else the position of
+    the tokenizer's cls token (``cls_token`` of tokenizer_config.json, default ``[CLS]``) in tokenizer.json's or
+    vocab.txt's vocabulary, else :data:`BERT_CLS_TOKEN_ID` (101)."""
+    folder = Path(folder)
+    if isinstance(getattr(config, "cls_token_id", None), int):
+        return config.cls_token_id
+    token = "[CLS]"
+    tok_cfg = folder / "tokenizer_config.json"
+    if tok_cfg.is_file():
+        value = json.loads(tok_cfg.read_text(encoding="utf-8")).get("cls_token", token)
+        token = value.get("content", token) if isinstance(value, dict) else str(value)
+    tok_json = folder / "tokenizer.json"
+    if tok_json.is_file():
+        tok = json.loads(tok_json.read_text(encoding="utf-8"))
+        for added in tok.get("added_tokens") or []:
+            if added.get("content") == token:
+                return int(added["id"])
+        vocab = (tok.get("model") or {}).get("vocab")
+        if isinstance(vocab, dict) and token in vocab:
+            return int(vocab[token])
+    vocab_txt = folder / "vocab.txt"
+    if vocab_txt.is_file():
+        for i, line in enumerate(vocab_txt.read_text(encoding="utf-8").splitlines()):
+            if line.strip() == token:
+                return i
+    return BERT_CLS_TOKEN_ID
+
+
+def _bert_architecture(bert_config: Any) -> dict[str, Any]:
+    """``BertConfig.to_dict()`` without the classification label maps (irrelevant here, and keyed by ints)."""
+    return {k: v for k, v in bert_config.to_dict().items() if k not in ("id2label", "label2id")}
+
+
 class TemporalStream(nn.Module):
-    """S1 (spec §3.2): f^g frames + [CLS] + learned positions → Transformer → e^t = o_0 → hierarchical scores."""
+    """S1 (spec §3.2): f^g frames + [CLS] + learned positions → Transformer → e^t = o_0 → hierarchical scores.
+
+    With ``temporal_init_from_bert`` (MMBT-style): ``[cls; f^g_1 … f^g_T]`` are a pre-trained ``BertModel``'s
+    ``inputs_embeds`` (BERT adds its positions 0…T, token type 0 and LayerNorm; attention over all T + 1 tokens);
+    ``cls`` starts from BERT's [CLS] word embedding. BERT's word-embedding table is then dropped (frames replace
+    it: it would get no gradient, which DDP rejects, and would add vocab × d weights to every checkpoint), and so
+    is its pooler.
+    """
 
     def __init__(self, cfg: KEVSRConfig) -> None:
         super().__init__()
         d = cfg.dim
         self.refine = FrameRefiner(cfg.f2d_dim + cfg.f3d_dim + cfg.text_dim, d, cfg.dropout)  # τ = g
         self.cls = nn.Parameter(torch.zeros(1, 1, d))
-        self.pos = nn.Parameter(torch.zeros(1, cfg.num_frames + 1, d))
-        layer = nn.TransformerEncoderLayer(d, cfg.temporal_heads, 4 * d, cfg.temporal_dropout, "gelu", batch_first=True)
-        self.encoder = nn.TransformerEncoder(layer, cfg.temporal_layers, enable_nested_tensor=False)
+        self.uses_bert = cfg.temporal_init_from_bert is not None
+        self.bert_weights_pending = False  # True while a BERT built from its config awaits a state dict
+        if self.uses_bert:
+            self.encoder = self._build_bert(cfg)
+        else:
+            self.pos = nn.Parameter(torch.zeros(1, cfg.num_frames + 1, d))
+            layer = nn.TransformerEncoderLayer(
+                d, cfg.temporal_heads, 4 * d, cfg.temporal_dropout, "gelu", batch_first=True
+            )
+            self.encoder = nn.TransformerEncoder(layer, cfg.temporal_layers, enable_nested_tensor=False)
         self.heads = HierarchicalScores(d, cfg.num_level1, cfg.num_level2, cfg.dropout)
         self.num_frames = cfg.num_frames
+
+    def _build_bert(self, cfg: KEVSRConfig) -> nn.Module:
+        """The pre-trained BERT of ``temporal_init_from_bert`` (cls ← its [CLS] word embedding), or, with
+        ``temporal_bert_config`` (a checkpoint's model), the same architecture awaiting the checkpoint's weights."""
+        from transformers import BertConfig, BertModel
+
+        path = cfg.temporal_init_from_bert
+        if cfg.temporal_bert_config is not None:
+            bert = BertModel(BertConfig.from_dict(cfg.temporal_bert_config), add_pooling_layer=False)
+            self.bert_weights_pending = True
+            cls_id = None
+        else:
+            if not (Path(path) / "config.json").is_file():
+                raise FileNotFoundError(
+                    f"model.config.temporal_init_from_bert={path!r}: no local BERT folder there (config.json "
+                    "and weights, as save_pretrained writes them)"
+                )
+            bert = BertModel.from_pretrained(path, add_pooling_layer=False, local_files_only=True)
+            cls_id = bert_cls_token_id(path, bert.config)
+        bert.float().train()  # from_pretrained returns eval mode (no dropout); the stream's mode is set by its owner
+        bc = bert.config
+        if bc.hidden_size != cfg.dim:
+            raise ValueError(
+                f"model.config.dim={cfg.dim} must equal the hidden_size={bc.hidden_size} of the BERT at "
+                f"model.config.temporal_init_from_bert={path!r}"
+            )
+        if cfg.num_frames + 1 > bc.max_position_embeddings:
+            raise ValueError(
+                f"model.config.num_frames={cfg.num_frames} + 1 ([CLS]) exceeds the max_position_embeddings="
+                f"{bc.max_position_embeddings} of the BERT at model.config.temporal_init_from_bert={path!r}"
+            )
+        if cls_id is not None:
+            if not 0 <= cls_id < bc.vocab_size:
+                raise ValueError(f"[CLS] id {cls_id} outside the vocabulary ({bc.vocab_size}) of the BERT at {path!r}")
+            with torch.no_grad():
+                self.cls.copy_(bert.get_input_embeddings().weight[cls_id].view(1, 1, -1))
+        self.bert_architecture = _bert_architecture(bc)
+        bert.embeddings.word_embeddings = None  # frames are the input embeddings (see the class docstring)
+        return bert
+
+    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:  # noqa: ANN001 (torch hook signature)
+        if self.uses_bert and any(k.startswith(prefix + "encoder.") for k in state_dict):
+            self.bert_weights_pending = False
+        super()._load_from_state_dict(state_dict, prefix, *args)
 
     def forward(self, batch: dict[str, torch.Tensor], parent_index: torch.Tensor) -> dict[str, torch.Tensor]:
         f_g = self.refine(batch["f2d"], batch["f3d"], batch["text"])  # (B, T, D)
         b, t, _ = f_g.shape
         if t > self.num_frames:
             raise ValueError(f"{t} keyframes but model.config.num_frames={self.num_frames} position embeddings")
+        if self.uses_bert:
+            if self.bert_weights_pending:
+                raise RuntimeError(
+                    "model.config.temporal_bert_config is set, so the BERT encoder was built without weights: load a "
+                    "checkpoint's state dict first (to start from the folder, set temporal_bert_config: null)"
+                )
+            tokens = torch.cat([self.cls.expand(b, -1, -1), f_g], dim=1)  # (B, T+1, D); BERT adds the positions
+            mask = torch.ones(b, t + 1, dtype=torch.long, device=f_g.device)  # every keyframe is real
+            e_t = self.encoder(inputs_embeds=tokens, attention_mask=mask).last_hidden_state[:, 0]  # (B, D)
+            return self.heads(e_t, parent_index)
         tokens = torch.cat([self.cls.expand(b, -1, -1), f_g], dim=1) + self.pos[:, : t + 1]  # (B, T+1, D)
         e_t = self.encoder(tokens)[:, 0]  # (B, D) output at [CLS]
         return self.heads(e_t, parent_index)
@@ -424,9 +547,14 @@ class KEVSRModel(nn.Module):
 
     def reset_parameters(self) -> None:
         """Gaussian init of the Linear layers (std ``init_std``, or 1/sqrt(fan_in) when null; zero biases) and of
-        the [CLS]/position vectors (std ``init_std`` or 0.02); LayerNorm at 1/0."""
+        the [CLS]/position vectors (std ``init_std`` or 0.02); LayerNorm at 1/0. A BERT temporal encoder and its
+        [CLS] vector keep their pre-trained values."""
         std = self.cfg.init_std
+        bert = self.temporal is not None and self.temporal.uses_bert
+        keep = set(self.temporal.encoder.modules()) if bert else set()  # pre-trained (or checkpoint) BERT weights
         for m in self.modules():
+            if m in keep:
+                continue
             if isinstance(m, nn.Linear):
                 nn.init.normal_(m.weight, std=std if std is not None else m.in_features**-0.5)
                 if m.bias is not None:
@@ -434,7 +562,7 @@ class KEVSRModel(nn.Module):
             elif isinstance(m, nn.LayerNorm):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-        if self.temporal is not None:
+        if self.temporal is not None and not bert:  # with BERT: cls = its [CLS] word embedding
             nn.init.normal_(self.temporal.cls, std=std or EMBEDDING_STD)
             nn.init.normal_(self.temporal.pos, std=std or EMBEDDING_STD)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import lightning.pytorch as pl
@@ -144,6 +145,19 @@ class KEVSRModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._label_vectors_set = True  # the checkpoint holds the label tables; a later setup must not reset them
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        # A BERT temporal encoder (temporal_init_from_bert): save its architecture with the hyperparameters, so the
+        # checkpoint rebuilds it (weights from the state dict) without the BERT folder
+        temporal = self.model.temporal
+        hparams = checkpoint.get("hyper_parameters")
+        if temporal is None or not temporal.uses_bert or not isinstance(hparams, dict) or "config" not in hparams:
+            return
+        cfg, arch = hparams["config"], temporal.bert_architecture
+        if isinstance(cfg, KEVSRConfig):  # a module built in Python
+            hparams["config"] = dataclasses.replace(cfg, temporal_bert_config=arch)
+        elif isinstance(cfg, dict):  # through the CLI: the parsed config as a dict
+            hparams["config"] = {**cfg, "temporal_bert_config": arch}
 
     # -------------------------------------------------------------- training
     def _check_batch(self, batch: dict) -> None:
