@@ -257,6 +257,27 @@ def test_synthetic_event_decodes_identically_in_either_half():
     assert torch.equal(ab[:4], ba[4:]) and torch.equal(ab[4:], ba[:4])
 
 
+def test_order_task_test_set_has_distinct_clips(tmp_path):
+    """Seed 201's first 16 shuffled pairs hold a pair and its reverse: with both, the gallery would hold two
+    identical clips (and two identical captions), capping R@1 of their captions at ½ under the mean tie rule."""
+    import random
+
+    from rtqvl.synthetic import order_pairs, write_order_dataset
+
+    plain = order_pairs(16, random.Random(201))
+    assert any((b, a) in set(plain) for a, b in plain)  # the draw this guards against
+    pairs = order_pairs(16, random.Random(201), unordered=True)
+    assert len(pairs) == 16 and not any((b, a) in set(pairs) for a, b in pairs)
+    for seed in (0, 1, 2):  # seeds without such a twin draw the same pairs as before
+        assert order_pairs(16, random.Random(seed), unordered=True) == order_pairs(16, random.Random(seed))
+    root = write_order_dataset(tmp_path, num_train=2, num_test=32, seed=201)
+    rows = [json.loads(x) for x in (root / "txt_db/msrvtt_retrieval/test.jsonl").read_text().splitlines()]
+    captions = [r["caption"] for r in rows]
+    assert len(captions) == 32 and len(set(captions)) == 32
+    train = (root / "txt_db/msrvtt_retrieval/train.jsonl").read_text().splitlines()
+    assert not {json.loads(x)["caption"] for x in train} & set(captions)
+
+
 def test_training_skip_replaces_an_unreadable_clip(root, tmp_path, caplog):
     # dropping it would shrink the batch: the ITC queue needs a constant global batch, DDP gathers equal shapes
     import shutil

@@ -68,15 +68,30 @@ def caption_of(a: tuple[str, str], b: tuple[str, str]) -> str:
 
 
 def order_pairs(
-    num: int, rng: random.Random, exclude: set | None = None
+    num: int, rng: random.Random, exclude: set | None = None, unordered: bool = False
 ) -> list[tuple[tuple[str, str], tuple[str, str]]]:
-    """``num`` distinct ordered (A, B) event pairs with A, B of different colours and positions."""
+    """``num`` distinct ordered (A, B) event pairs with A, B of different colours and positions.
+
+    ``unordered``: never return both (A, B) and (B, A) (the second one drawn is skipped), so that adding every
+    pair's order-swapped twin gives ``2·num`` distinct clips. The draw is the same shuffle either way: when the
+    first ``num`` shuffled pairs hold no such twin, both settings return them unchanged.
+    """
     events = [(c, p) for c in COLOURS for p in POSITIONS]
     pairs = [(a, b) for a in events for b in events if a[0] != b[0] and a[1] != b[1]]
     exclude = exclude or set()
     pairs = [p for p in pairs if p not in exclude]
     rng.shuffle(pairs)
-    return pairs[:num]
+    if not unordered:
+        return pairs[:num]
+    out: list[tuple[tuple[str, str], tuple[str, str]]] = []
+    taken: set = set()
+    for a, b in pairs:
+        if len(out) == num:
+            break
+        if (b, a) not in taken:
+            out.append((a, b))
+            taken.add((a, b))
+    return out
 
 
 def write_order_dataset(
@@ -94,12 +109,14 @@ def write_order_dataset(
 ) -> Path:
     """Write the temporal-order task as ClipBERT retrieval data: an LMDB of mp4 bytes and jsonl annotations.
 
-    The test set holds ``num_test // 2`` pairs and their order-swapped twins; train pairs never use a test pair in
-    either order. Extra train files (the MSR-VTT layout's ``val.jsonl``) are written empty-free: one line each.
+    The test set holds ``num_test // 2`` pairs and their order-swapped twins, ``num_test`` distinct clips (no test
+    pair is the reverse of another); train pairs never use a test pair in either order. Extra train files (the
+    MSR-VTT layout's ``val.jsonl``) are written empty-free: one line each.
     """
     rng = random.Random(seed)
     root = Path(root)
-    test_pairs = order_pairs(num_test // 2, rng)
+    # a test pair and its reverse would put two identical clips (and two identical captions) in the gallery
+    test_pairs = order_pairs(num_test // 2, rng, unordered=True)
     test_all = []
     for a, b in test_pairs:
         test_all += [(a, b), (b, a)]
