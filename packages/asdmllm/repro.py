@@ -175,6 +175,20 @@ def make_module(resample: bool, sfloss: bool, seed: int, trainable=("projector",
     )
 
 
+SAMPLER_SEED_STRIDE = 1_000_000  # seed s shuffles with sampler seed s·stride (see debias_sampler)
+
+
+def debias_sampler(num_samples: int, seed: int) -> ResampledEpochSampler:
+    """The training sampler of one run of ``seed``: fixed epoch length (equal step budget for every variant).
+
+    Its plain shuffle (FT, SFLoss-only) is the permutation of sampler seed + epoch (+ 100 000 per extra pass, see
+    :func:`take_steps`). With the sampler seed equal to the run's seed, consecutive seeds shared their shuffles shifted
+    by one epoch (seed 1's epochs 0-3 were seed 0's epochs 1-4; the seeds' debias sets hold the same images at the same
+    indices, up to pixel noise), so the FT and SFLoss-only runs of "different seeds" saw the same batches. Seed s now
+    shuffles with sampler seed s·``SAMPLER_SEED_STRIDE``: seed 0 is unchanged, and no two seeds share a permutation."""
+    return ResampledEpochSampler(num_samples, SAMPLER_SEED_STRIDE * seed, fixed_length=True)
+
+
 def take_steps(loader: DataLoader, sampler: ResampledEpochSampler, steps: int):
     """Exactly ``steps`` batches from ``loader``: truncated, or re-iterated (a fresh shuffle per pass when no resampled
     list is installed) when one pass is shorter. (The first version of this script stopped after one pass, so its
@@ -201,8 +215,20 @@ def take_steps(loader: DataLoader, sampler: ResampledEpochSampler, steps: int):
         sampler.set_indices(listed)
 
 
+PRETRAIN_WEIGHT_DECAY = 0.01  # torch's AdamW default, with which the pre-trained model was made
+DEBIAS_WEIGHT_DECAY = 0.0  # the package's (ASDModule weight_decay, spec §3.6: AdamW, weight decay 0)
+
+
 def train(
-    module: ASDModule, data, epochs: int, steps: int, lr: float, seed: int, batch_size: int = 16, trace: bool = False
+    module: ASDModule,
+    data,
+    epochs: int,
+    steps: int,
+    lr: float,
+    seed: int,
+    batch_size: int = 16,
+    trace: bool = False,
+    weight_decay: float = DEBIAS_WEIGHT_DECAY,
 ) -> dict[str, int]:
     """``epochs`` × ``steps`` AdamW steps; ASD's Skew refresh + resampling at each epoch start (as ASDModule does).
 
@@ -212,8 +238,8 @@ def train(
     ds, items = data
     info = ds.info("train")
     params = [p for p in module.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=lr)
-    sampler = ResampledEpochSampler(len(items), seed, fixed_length=True)  # equal step budget for every variant
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    sampler = debias_sampler(len(items), seed)  # equal step budget for every variant
     probe = DataLoader(items, batch_size=64, collate_fn=collate)
     debias = module.debias
     budget = {"steps": 0, "samples": 0, "listed": 0}
@@ -588,9 +614,9 @@ def main() -> int:
         base.load_state_dict(saved["state"])
         general = saved["general"]
     else:
-        train(base, pre["general"], 1, args.general_steps, args.general_lr, 0)
+        train(base, pre["general"], 1, args.general_steps, args.general_lr, 0, weight_decay=PRETRAIN_WEIGHT_DECAY)
         general = evaluate(base, pre["val"])
-        train(base, pre["biased"], 1, args.pretrain_steps, args.pretrain_lr, 0)
+        train(base, pre["biased"], 1, args.pretrain_steps, args.pretrain_lr, 0, weight_decay=PRETRAIN_WEIGHT_DECAY)
         if cache is not None:
             torch.save({"state": base.state_dict(), "general": general}, cache)
     state = {k: v.clone() for k, v in base.state_dict().items()}
@@ -737,7 +763,7 @@ def main() -> int:
             "skew": "topk K=25%, laplace, clip 3",
             "pretraining": "general (balanced clean digits, AdamW general_lr) then biased (90% hue, σ=0.6 + erasing, "
             "AdamW pretrain_lr); vision trainable; glyphs centred (jitter=False)",
-            "debias": f"vision frozen, epoch_length nominal, batch 16, AdamW {args.lr}",
+            "debias": f"vision frozen, epoch_length nominal, batch 16, AdamW {args.lr} (weight decay {DEBIAS_WEIGHT_DECAY})",
             "data": "digit instances: pre-training 0-40 %, val 40-50 %, "
             + {
                 "every_instance": "debias 50-60 %, test 60-100 %; ",
