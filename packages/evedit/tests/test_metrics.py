@@ -81,7 +81,7 @@ def test_tiny_embedder_and_missing_weights(tmp_path):
     txt = emb.embed_text(["a red circle", "a blue square"])
     assert img.shape == (3, 32) and txt.shape == (2, 32)
     torch.testing.assert_close(img.norm(dim=-1), torch.ones(3))
-    with pytest.raises(FileNotFoundError, match="metrics.clip_path"):
+    with pytest.raises(FileNotFoundError, match=r"model\.metrics\.clip_path"):
         build_embedder(str(tmp_path / "nope"), 224)
 
 

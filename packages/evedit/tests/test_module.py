@@ -78,14 +78,14 @@ def test_fit_and_validate_run_without_training(tmp_path):
 def test_missing_weights_name_the_key(tmp_path):
     from evedit.models import ModelConfig, build_components
 
-    with pytest.raises(FileNotFoundError, match="model.pretrained_path"):
+    with pytest.raises(FileNotFoundError, match=r"model\.model\.pretrained_path"):
         build_components(ModelConfig(pretrained_path=None))
-    with pytest.raises(FileNotFoundError, match="model.pretrained_path"):
+    with pytest.raises(FileNotFoundError, match=r"model\.model\.pretrained_path"):
         build_components(ModelConfig(pretrained_path=str(tmp_path / "sd15")))
     (tmp_path / "sd15").mkdir()
     with pytest.raises(FileNotFoundError, match="unet/"):
         build_components(ModelConfig(pretrained_path=str(tmp_path / "sd15")))
-    with pytest.raises(ValueError, match="model.depth_model"):
+    with pytest.raises(ValueError, match=r"model\.model\.depth_model"):
         ModelConfig(depth_model="tiny")
 
 

@@ -157,7 +157,7 @@ def test_chunked_backward_refuses_cross_frame_attention(mode):
     attention a chunk of 2 frames of a 4-frame clip under cfg_in_update (batch 4) would even be read as one clip,
     its CFG halves attending to each other."""
     assert TCCConfig(frame_chunk=2).frame_chunk == 2 and TCCConfig(attention=mode).attention == mode
-    with pytest.raises(ValueError, match="edit.tcc.frame_chunk needs edit.tcc.attention='none'"):
+    with pytest.raises(ValueError, match="model.edit.tcc.frame_chunk needs model.edit.tcc.attention='none'"):
         TCCConfig(frame_chunk=2, attention=mode, cfg_in_update=True)
 
 

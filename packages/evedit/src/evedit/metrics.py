@@ -261,7 +261,7 @@ class CLIPEmbedder(nn.Module):
 
 
 def build_embedder(
-    path: str, resize: int, local_files_only: bool = True, key: str = "metrics.clip_path"
+    path: str, resize: int, local_files_only: bool = True, key: str = "model.metrics.clip_path"
 ) -> CLIPEmbedder:
     """A :class:`CLIPEmbedder` from a local CLIP folder, or ``tiny`` (random tiny CLIP, image 32, word tokenizer)."""
     from transformers import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPTokenizer, CLIPVisionConfig

@@ -85,11 +85,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         if self.backbone != "tiny" and self.depth_model == "tiny":
-            raise ValueError("model.depth_model='tiny' needs model.backbone='tiny'")
+            raise ValueError("model.model.depth_model='tiny' needs model.model.backbone='tiny'")
         if self.backbone == "tiny" and len(self.tiny_channels) < 1:
-            raise ValueError("model.tiny_channels must list at least one width")
+            raise ValueError("model.model.tiny_channels must list at least one width")
         if self.tiny_pixel_scale <= 0:
-            raise ValueError(f"model.tiny_pixel_scale must be > 0, got {self.tiny_pixel_scale}")
+            raise ValueError(f"model.model.tiny_pixel_scale must be > 0, got {self.tiny_pixel_scale}")
 
 
 @dataclass
@@ -142,18 +142,20 @@ class TCCConfig:
 
     def __post_init__(self) -> None:
         if self.iters < 0:
-            raise ValueError(f"edit.tcc.iters={self.iters} must be >= 0")
+            raise ValueError(f"model.edit.tcc.iters={self.iters} must be >= 0")
         if not 0.0 <= self.update_until <= 1.0:
-            raise ValueError(f"edit.tcc.update_until={self.update_until} must lie in [0, 1]")
+            raise ValueError(f"model.edit.tcc.update_until={self.update_until} must lie in [0, 1]")
         if self.frame_chunk is not None and self.frame_chunk < 2:
-            raise ValueError(f"edit.tcc.frame_chunk={self.frame_chunk} must be >= 2 (or null)")
+            raise ValueError(f"model.edit.tcc.frame_chunk={self.frame_chunk} must be >= 2 (or null)")
         if not 0.0 <= self.latent_smooth <= 1.0:
-            raise ValueError(f"edit.tcc.latent_smooth={self.latent_smooth} must lie in [0, 1]")
+            raise ValueError(f"model.edit.tcc.latent_smooth={self.latent_smooth} must lie in [0, 1]")
         if self.frame_chunk is not None and self.temporal_pairs == "key":
-            raise ValueError("edit.tcc.frame_chunk needs edit.tcc.temporal_pairs='consecutive' (key pairs span chunks)")
+            raise ValueError(
+                "model.edit.tcc.frame_chunk needs model.edit.tcc.temporal_pairs='consecutive' (key pairs span chunks)"
+            )
         if self.frame_chunk is not None and self.attention != "none":
             raise ValueError(
-                f"edit.tcc.frame_chunk needs edit.tcc.attention='none', got {self.attention!r} (cross-frame attention "
+                f"model.edit.tcc.frame_chunk needs model.edit.tcc.attention='none', got {self.attention!r} (cross-frame attention "
                 "couples every frame, so a chunk's backward is not the clip's, and a chunk's CFG halves would be read "
                 "as one clip)"
             )
@@ -191,13 +193,15 @@ class EditConfig:
 
     def __post_init__(self) -> None:
         if self.num_inference_steps < 1:
-            raise ValueError(f"edit.num_inference_steps={self.num_inference_steps} must be >= 1")
+            raise ValueError(f"model.edit.num_inference_steps={self.num_inference_steps} must be >= 1")
         if not 0.0 < self.strength <= 1.0:
-            raise ValueError(f"edit.strength={self.strength} must lie in (0, 1]")
+            raise ValueError(f"model.edit.strength={self.strength} must lie in (0, 1]")
         if self.vae_batch < 1:
-            raise ValueError(f"edit.vae_batch={self.vae_batch} must be >= 1")
+            raise ValueError(f"model.edit.vae_batch={self.vae_batch} must be >= 1")
         if self.eta != 0.0 and self.tcc.latent_smooth > 0:
-            raise ValueError("edit.tcc.latent_smooth > 0 needs edit.eta = 0 (the smoothed step is deterministic)")
+            raise ValueError(
+                "model.edit.tcc.latent_smooth > 0 needs model.edit.eta = 0 (the smoothed step is deterministic)"
+            )
 
 
 # --------------------------------------------------------------------------------------------------- tokenizer
@@ -267,7 +271,7 @@ def _need_dir(path: str | None, key: str, what: str, local_only: bool) -> str:
     if Path(path).is_dir() or not local_only:
         return path
     raise FileNotFoundError(
-        f"{key}={path!r}: no such folder. Supply a local copy of {what} (or set model.local_files_only=false to "
+        f"{key}={path!r}: no such folder. Supply a local copy of {what} (or set model.model.local_files_only=false to "
         "download a hub id); see README, Weights"
     )
 
@@ -315,7 +319,7 @@ def _build_depth_estimator(cfg: ModelConfig) -> nn.Module | None:
         return DPTForDepthEstimation(config)
     path = _need_dir(
         cfg.depth_model,
-        "model.depth_model",
+        "model.model.depth_model",
         "a MiDaS DPTForDepthEstimation (Intel/dpt-hybrid-midas)",
         cfg.local_files_only,
     )
@@ -442,7 +446,7 @@ def _load_pretrained(cfg: ModelConfig) -> EVEComponents:
     }[cfg.backbone]
     root = _need_dir(
         cfg.pretrained_path,
-        "model.pretrained_path",
+        "model.model.pretrained_path",
         f"{base} in diffusers layout (unet/ vae/ text_encoder/ tokenizer/ scheduler/)",
         lo,
     )
@@ -450,7 +454,7 @@ def _load_pretrained(cfg: ModelConfig) -> EVEComponents:
         for sub in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
             if not (Path(root) / sub).is_dir():
                 raise FileNotFoundError(
-                    f"model.pretrained_path={root!r}: missing the '{sub}/' folder of {base}; see README, Weights"
+                    f"model.model.pretrained_path={root!r}: missing the '{sub}/' folder of {base}; see README, Weights"
                 )
     unet = UNet2DConditionModel.from_pretrained(root, subfolder="unet", local_files_only=lo)
     vae = AutoencoderKL.from_pretrained(root, subfolder="vae", local_files_only=lo)
@@ -464,10 +468,10 @@ def _load_pretrained(cfg: ModelConfig) -> EVEComponents:
             if cfg.backbone.startswith("sd15")
             else "TencentARC/t2iadapter_depth_sd14v1"
         )
-        path = _need_dir(cfg.adapter_path, "model.adapter_path", f"the depth T2I-Adapter ({hub})", lo)
+        path = _need_dir(cfg.adapter_path, "model.model.adapter_path", f"the depth T2I-Adapter ({hub})", lo)
         depth_encoder = T2IAdapter.from_pretrained(path, local_files_only=lo)
     elif cfg.backbone == "controlnet_depth":
-        path = _need_dir(cfg.adapter_path, "model.adapter_path", "lllyasviel/sd-controlnet-depth", lo)
+        path = _need_dir(cfg.adapter_path, "model.model.adapter_path", "lllyasviel/sd-controlnet-depth", lo)
         depth_encoder = ControlNetModel.from_pretrained(path, local_files_only=lo)
     return EVEComponents(
         unet, vae, text_encoder, tokenizer, depth_encoder, _build_depth_estimator(cfg), scheduler, cfg.backbone

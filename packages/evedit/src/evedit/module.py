@@ -187,7 +187,7 @@ class EVEModule(pl.LightningModule):
                 self.metrics_cfg.pickscore_path,
                 self.metrics_cfg.resize,
                 self.metrics_cfg.local_files_only,
-                key="metrics.pickscore_path",
+                key="model.metrics.pickscore_path",
             )
         self.stage_metrics = torch.nn.ModuleDict({stage: self._make_metrics() for stage in ("val", "test")})
 

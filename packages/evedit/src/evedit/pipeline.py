@@ -182,11 +182,11 @@ class EVEPipeline(DiffusionPipeline):
             raise ValueError(f"depth: expected (F, H', W') with F={frames.shape[0]}, got {tuple(depth.shape)}")
         if depth is None and self.depth_estimator is None:
             raise ValueError(
-                "depth is None and the pipeline has no depth_estimator (model.depth_model=precomputed "
+                "depth is None and the pipeline has no depth_estimator (model.model.depth_model=precomputed "
                 "needs depth maps with the data)"
             )
         if config.tcc.temporal_ref == "inversion" and config.init != "ddim_inversion":
-            raise ValueError("edit.tcc.temporal_ref='inversion' needs edit.init='ddim_inversion'")
+            raise ValueError("model.edit.tcc.temporal_ref='inversion' needs model.edit.init='ddim_inversion'")
 
     @torch.no_grad()
     def encode_prompt(self, prompts: list[str]) -> torch.Tensor:
