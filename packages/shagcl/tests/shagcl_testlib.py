@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from shagcl.data import SGGDataModule, SyntheticFeaturesConfig
+from shagcl.models import SHAGCLConfig
 
 
 def synthetic_datamodule(root, protocol: str = "predcls", pooled: bool = False, **kw) -> SGGDataModule:
@@ -23,3 +24,25 @@ def synthetic_datamodule(root, protocol: str = "predcls", pooled: bool = False, 
     )
     dm.setup("fit")
     return dm
+
+
+def tiny_config(**overrides) -> SHAGCLConfig:
+    """A tiny model config (random word embeddings, simplified union features, no trainable box head); ``overrides``
+    replace any field."""
+    base = dict(
+        num_obj_classes=5,
+        num_predicates=6,
+        feature_dim=16,
+        hidden_dim=16,
+        num_heads=2,
+        key_dim=8,
+        ffn_dim=32,
+        obj_layers=2,
+        edge_layers=1,
+        word_dim=8,
+        word_embeddings="random",
+        rect_size=27,
+        trainable_box_head=False,
+        union_features="simplified",
+    )
+    return SHAGCLConfig(**{**base, **overrides})

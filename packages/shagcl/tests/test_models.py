@@ -1,38 +1,17 @@
 import pytest
 import torch
+from shagcl_testlib import tiny_config
 
 from shagcl.models import (
     SHAGCL,
     FrequencyBias,
     RectFeatures,
     SHAEncoder,
-    SHAGCLConfig,
     UnionFeatures,
     encode_box_geometry,
     frequency_bias_init,
     later_nms_relabel,
 )
-
-
-def tiny_config(**kw):
-    base = dict(
-        num_obj_classes=5,
-        num_predicates=6,
-        feature_dim=16,
-        hidden_dim=16,
-        num_heads=2,
-        key_dim=8,
-        ffn_dim=32,
-        obj_layers=2,
-        edge_layers=1,
-        word_dim=8,
-        word_embeddings="random",
-        rect_size=27,
-        trainable_box_head=False,
-        union_features="simplified",
-    )
-    base.update(kw)
-    return SHAGCLConfig(**base)
 
 
 def _toy_batch() -> dict:

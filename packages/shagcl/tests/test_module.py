@@ -2,7 +2,7 @@ import json
 
 import pytest
 import torch
-from shagcl_testlib import synthetic_datamodule
+from shagcl_testlib import synthetic_datamodule, tiny_config
 
 from shagcl.cli import main
 from shagcl.data import collate_scene_graphs
@@ -171,22 +171,7 @@ def test_official_counts_need_the_frequency_order():
     from shagcl.data import TrainStatistics
     from shagcl.gcl import VG150_PREDICATES_FREQ_ORDER
 
-    cfg = SHAGCLConfig(
-        num_obj_classes=3,
-        num_predicates=51,
-        feature_dim=8,
-        hidden_dim=8,
-        num_heads=1,
-        key_dim=8,
-        ffn_dim=8,
-        obj_layers=1,
-        edge_layers=1,
-        word_dim=4,
-        word_embeddings="random",
-        trainable_box_head=False,
-        union_features="simplified",
-        count_source="official",
-    )
+    cfg = tiny_config(num_obj_classes=3, num_predicates=51, count_source="official")
     zeros = torch.zeros(3, 3, 51)
     alphabetical = ["__background__", *sorted(VG150_PREDICATES_FREQ_ORDER[1:])]
     stats = TrainStatistics(torch.ones(51), zeros, zeros, ["bg", "a", "b"], alphabetical, "vg150")
