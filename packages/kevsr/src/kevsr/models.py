@@ -8,7 +8,6 @@ G = KG embedding width (300), L1 / L2 = labels of level 1 / level 2.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from mmzoo.data import read_json
 from torch import nn
 
 __all__ = [
@@ -186,11 +186,11 @@ def bert_cls_token_id(folder: str | Path, config: Any) -> int:
     token = "[CLS]"
     tok_cfg = folder / "tokenizer_config.json"
     if tok_cfg.is_file():
-        value = json.loads(tok_cfg.read_text(encoding="utf-8")).get("cls_token", token)
+        value = read_json(tok_cfg, "tokenizer_config.json").get("cls_token", token)
         token = value.get("content", token) if isinstance(value, dict) else str(value)
     tok_json = folder / "tokenizer.json"
     if tok_json.is_file():
-        tok = json.loads(tok_json.read_text(encoding="utf-8"))
+        tok = read_json(tok_json, "tokenizer.json")
         for added in tok.get("added_tokens") or []:
             if added.get("content") == token:
                 return int(added["id"])

@@ -116,17 +116,22 @@ def _read_children(path: Path) -> dict[int, list[int]]:
     return children
 
 
-def read_kwai_files(root: str | Path, vertical: str) -> KwaiFiles:
-    """Read and check the text/JSON files of one vertical (spec §4.2, §4.3)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FileNotFoundError(f"data.dataset_root={str(root)!r} does not exist; {_SEE}")
-    names = {
+def _kwai_paths(root: Path, vertical: str) -> dict[str, Path]:
+    """The text/JSON files of one vertical (spec §4.2), by role."""
+    return {
         "label_map": root / f"label_map_kwai_{vertical}.txt",
         "parents": root / f"tag_parents_{vertical}.json",
         "children": root / f"video_children_{vertical}.json",
         **{s: root / f"kwai_{vertical}_video_{s}_list.txt" for s in ("train", "val", "test")},
     }
+
+
+def read_kwai_files(root: str | Path, vertical: str) -> KwaiFiles:
+    """Read and check the text/JSON files of one vertical (spec §4.2, §4.3)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data.dataset_root={str(root)!r} does not exist; {_SEE}")
+    names = _kwai_paths(root, vertical)
     for p in names.values():
         if not p.is_file():
             raise FileNotFoundError(f"missing {str(p)!r} (official Kwai {vertical} file); {_SEE}")
@@ -213,13 +218,13 @@ def build_split_graph(root: str | Path, vertical: str, split: str, files: KwaiFi
 def _input_stamp(root: Path, vertical: str) -> list:
     """Size and modification time of the vertical's text/JSON files, and the modification time of the two feature
     folders (a file added, removed or renamed there changes it): what a cached graph was built from."""
-    names = [f"label_map_kwai_{vertical}.txt", f"tag_parents_{vertical}.json", f"video_children_{vertical}.json",
-             *(f"kwai_{vertical}_video_{s}_list.txt" for s in ("train", "val", "test")), "video_feat", "tag_feat_bert"]  # fmt: skip
     stamp = []
-    for name in names:
-        st = (root / name).stat() if (root / name).exists() else None
-        stamp.append([name, None if st is None else st.st_size if (root / name).is_file() else -1,
-                      None if st is None else st.st_mtime_ns])  # fmt: skip
+    for path in [*_kwai_paths(root, vertical).values(), root / "video_feat", root / "tag_feat_bert"]:
+        if not path.exists():
+            stamp.append([path.name, None, None])
+            continue
+        st = path.stat()
+        stamp.append([path.name, st.st_size if path.is_file() else -1, st.st_mtime_ns])
     return stamp
 
 
