@@ -8,7 +8,13 @@ import torch
 import torch.nn.functional as F
 
 from pckd.cli import main
-from pckd.losses import CRDLoss, crd_nce_loss, momentum_memory_rows, sample_other_class_negatives
+from pckd.losses import (
+    CRDLoss,
+    contrast_scores,
+    crd_nce_loss,
+    momentum_memory_rows,
+    sample_other_class_negatives,
+)
 from pckd.models import PCKDConfig
 from pckd.module import PCKDModule
 from pckd.testing import write_cifar100_python
@@ -109,10 +115,83 @@ def test_negatives_never_share_the_anchor_class(m):
     # uniform over the pool: every image of another class is drawn by some anchor of class 2 (pool: 0..159)
     drawn = sample_other_class_negatives(labels, torch.full((100,), 2), max(m, 40))
     assert set(drawn.flatten().tolist()) == set(range(160))
-    # anchors drawn in chunks (here one anchor per chunk) give the same guarantees
-    chunked = sample_other_class_negatives(labels, anchors, m, max_keys=170)
-    assert chunked.shape == (60, m) and not bool((labels[chunked] == anchors[:, None]).any())
-    assert not torch.equal(chunked[0], chunked[5])  # two class-0 anchors draw independently
+    assert not torch.equal(neg[0], neg[5])  # two class-0 anchors draw independently
+
+
+@pytest.mark.parametrize(
+    "pool_size,m",
+    [(6, 2), (40, 2), (3, 5)],  # a permutation per anchor (m > pool/8); repeats redrawn (m ≤ pool/8); pool < m
+)
+def test_negative_draws_are_uniform(pool_size, m):
+    # the anchor's class (1) lies between the two others in id order and its 4 rows are scattered: positions
+    # that skip its block of the class-sorted split must cover exactly the rows of classes 0 and 2
+    labels = torch.tensor([i % 2 * 2 for i in range(pool_size)])  # classes 0 and 2, interleaved
+    for row in (0, 2, pool_size // 2 + 2, pool_size + 3):
+        labels = torch.cat([labels[:row], torch.tensor([1]), labels[row:]])
+    others = [i for i, y in enumerate(labels.tolist()) if y != 1]
+    assert len(others) == pool_size
+    torch.manual_seed(0)
+    draws = sample_other_class_negatives(labels, torch.ones(6000, dtype=torch.long), m)  # (6000, m)
+    assert set(draws.flatten().tolist()) == set(others)
+    if m > pool_size:  # with replacement: each of the m slots uniform over the pool
+        counts = torch.bincount(draws.flatten(), minlength=len(labels))[others].float()
+        expected = 6000 * m / pool_size
+    else:  # distinct and uniform over the m-subsets of the pool
+        assert all(len(set(row)) == m for row in draws.tolist())
+        subsets = {}
+        for row in draws.tolist():
+            subsets[tuple(sorted(row))] = subsets.get(tuple(sorted(row)), 0) + 1
+        assert len(subsets) == math.comb(pool_size, m)
+        counts = torch.tensor(list(subsets.values()), dtype=torch.float)
+        expected = 6000 / math.comb(pool_size, m)
+    # chi-square over the cells, far below its mean + 5 sd (a biased sampler, e.g. one never drawing a row or
+    # favouring low positions, lands far above it)
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    dof = len(counts) - 1
+    assert chi2 < dof + 5 * math.sqrt(2 * dof)
+
+
+def test_class_index_rejects_negative_labels_and_unknown_anchor_classes():
+    with pytest.raises(ValueError, match="negative class id"):
+        sample_other_class_negatives(torch.tensor([0, -1, 1]), torch.tensor([0]), 1)
+    with pytest.raises(ValueError, match="does not occur"):
+        sample_other_class_negatives(torch.tensor([0, 1, 1]), torch.tensor([2]), 1)
+    with pytest.raises(ValueError, match="second class"):
+        sample_other_class_negatives(torch.tensor([1, 1]), torch.tensor([1]), 1)
+
+
+@pytest.mark.parametrize("num_data", [6, 400])  # scores by gathered rows; by one product with the whole bank
+def test_contrast_scores_and_their_gradient_equal_the_rows_dotted_one_by_one(num_data):
+    g = torch.Generator().manual_seed(3)
+    memory = F.normalize(torch.randn(num_data, 4, generator=g), dim=1)
+    anchor = F.normalize(torch.randn(3, 4, generator=g), dim=1).requires_grad_()
+    idx = torch.randint(0, num_data, (3, 40), generator=g)
+    assert (num_data * (4 + 3) <= 3 * 40 * 4) == (num_data == 6)  # the two cases take the two paths
+    scores = contrast_scores(anchor, memory, idx, 0.5)
+    weights = torch.rand(3, 40, generator=g)
+    (scores * weights).sum().backward()
+    reference_anchor = anchor.detach().clone().requires_grad_()
+    reference = torch.stack([torch.exp(memory[idx[i]] @ reference_anchor[i] / 0.5) for i in range(3)])
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(scores, reference.detach())
+    torch.testing.assert_close(anchor.grad, reference_anchor.grad)
+
+
+def test_backward_uses_the_banks_as_they_were_before_the_step_updated_them():
+    torch.manual_seed(0)
+    crd = CRDLoss(feat_dim=3, num_negatives=5, temperature=0.5, momentum=0.5)  # N = 6, 1 + m = 6: product path
+    crd.init_memory(torch.tensor([0, 0, 1, 1, 2, 2]))
+    idx = torch.tensor([[0, 2, 3, 4, 5, 4], [2, 0, 1, 4, 5, 4]])
+    v = F.normalize(torch.randn(2, 3), dim=1).requires_grad_()
+    mem_s, mem_t = crd.memory_s.clone(), crd.memory_t.clone()
+    crd(v, v, torch.tensor([0, 2]), sample_idx=idx).backward()
+    assert not torch.equal(crd.memory_s, mem_s)  # the step updated the banks
+    ref_v = v.detach().clone().requires_grad_()
+    out_s = torch.stack([torch.exp(mem_t[idx[i]] @ ref_v[i] / 0.5) for i in range(2)])
+    out_t = torch.stack([torch.exp(mem_s[idx[i]] @ ref_v[i] / 0.5) for i in range(2)])
+    z_s, z_t = float(out_s.mean()) * 6, float(out_t.mean()) * 6
+    (crd_nce_loss(out_s / z_s, 6) + crd_nce_loss(out_t / z_t, 6)).backward()
+    torch.testing.assert_close(v.grad, ref_v.grad)
 
 
 def _module(**kw):

@@ -31,6 +31,7 @@ __all__ = [
     "crd_nce_loss",
     "contrast_scores",
     "momentum_memory_rows",
+    "class_sorted_index",
     "sample_other_class_negatives",
     "CRDLoss",
 ]
@@ -255,10 +256,20 @@ def contrast_scores(
     anchor (B, D) unit embeddings v_i of one side; memory (N, D) the other side's bank; sample_idx (B, 1 + m) rows
     of the bank per anchor (column 0 the positive). Returns (B, 1 + m) in float32, autocast off: exp(1/0.07) ≈ 1.6e6
     overflows float16.
+
+    Two equal ways to get the dot products, whichever reads less memory: the rows M[idx] gathered per anchor
+    (B·(1 + m)·D values, RepDistiller's way), or every anchor against the whole bank, V·Mᵀ (N·D values read once,
+    a (B, N) product), then the sampled columns. On CIFAR-100 (N = 50,000, m = 16,384) the product reads about
+    B/3 times less and runs as one matrix product.
     """
-    rows = memory[sample_idx]  # (B, 1 + m, D)
+    b, k = sample_idx.shape
+    n, d = memory.shape
     with torch.autocast(anchor.device.type, enabled=False):
-        dots = torch.bmm(rows.float(), anchor.float()[:, :, None])[:, :, 0]  # (B, 1 + m) ⟨M[k], v_i⟩
+        if n * (d + b) <= b * k * d:
+            dots = (anchor.float() @ memory.float().T).gather(1, sample_idx)  # (B, N) → (B, 1 + m)
+        else:
+            rows = memory[sample_idx].float()  # (B, 1 + m, D)
+            dots = torch.bmm(rows, anchor.float()[:, :, None])[:, :, 0]  # (B, 1 + m) ⟨M[k], v_i⟩
         return torch.exp(dots / temperature)
 
 
@@ -271,46 +282,86 @@ def momentum_memory_rows(rows: torch.Tensor, embedding: torch.Tensor, momentum: 
     return F.normalize(rows * momentum + embedding.to(rows.dtype) * (1.0 - momentum), dim=1)
 
 
+def class_sorted_index(train_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The training split grouped by class, for :func:`sample_other_class_negatives`.
+
+    train_labels (N,) class ids ≥ 0. Returns ``order`` (N,) the row indices sorted by class (stable), ``start`` and
+    ``count`` (C,) where each class's rows begin in ``order`` and how many they are (C = the largest id + 1).
+    """
+    if train_labels.dim() != 1 or train_labels.numel() == 0:
+        raise ValueError(f"CRD: train_labels must be a non-empty (N,) tensor, got {tuple(train_labels.shape)}")
+    if int(train_labels.min()) < 0:
+        raise ValueError(f"CRD: train_labels holds a negative class id ({int(train_labels.min())})")
+    count = torch.bincount(train_labels)  # (C,)
+    start = torch.cumsum(count, 0) - count  # (C,)
+    return torch.argsort(train_labels, stable=True), start, count
+
+
 def sample_other_class_negatives(
     train_labels: torch.Tensor,
     anchor_labels: torch.Tensor,
     num_negatives: int,
     generator: torch.Generator | None = None,
-    max_keys: int = 1 << 25,
+    class_index: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """m negatives per anchor, uniformly among the training images of the other classes (CRD's "exact" mode).
 
-    train_labels (N,) the label of every memory row; anchor_labels (B,). Returns (B, m) row indices, none of the
-    anchor's class. As RepDistiller's sampler: without replacement when the anchor's pool (the N − n_y images of
-    other classes) holds at least m images, with replacement from the pool otherwise (small datasets). Anchors are
-    drawn in chunks of at most ``max_keys`` random keys (all B·N at once would take 1.3 GB on ImageNet).
+    train_labels (N,) the label of every memory row; anchor_labels (B,); ``class_index`` the split's
+    :func:`class_sorted_index` (computed when not given). Returns (B, m) row indices, none of the anchor's class. As
+    RepDistiller's sampler: without replacement when the anchor's pool (the N − n_y images of other classes) holds
+    at least m images, with replacement from the pool otherwise (small datasets).
+
+    Each anchor draws m positions in [0, pool) (:func:`_draw_positions`); a position p is the p-th image of the
+    class-sorted split once the anchor's own class is skipped, so no (B, N) mask or key table is built.
     """
-    rows_per_chunk = max(1, max_keys // max(1, train_labels.shape[0]))
-    chunks = anchor_labels.split(rows_per_chunk)
-    return torch.cat([_sample_negatives(train_labels, y, num_negatives, generator) for y in chunks])  # (B, m)
-
-
-def _sample_negatives(
-    train_labels: torch.Tensor, anchor_labels: torch.Tensor, num_negatives: int, generator: torch.Generator | None
-) -> torch.Tensor:
-    n, m = train_labels.shape[0], num_negatives
-    same = anchor_labels[:, None] == train_labels[None, :]  # (B, N) rows of the anchor's own class
-    pool = n - same.sum(dim=1)  # (B,) size of each anchor's pool
+    order, start, count = class_sorted_index(train_labels) if class_index is None else class_index
+    anchor_labels = anchor_labels.flatten()
+    if bool((anchor_labels >= count.shape[0]).any()):
+        raise ValueError("CRD: an anchor's class does not occur in the training split")
+    own = count[anchor_labels]  # (B,) size of each anchor's class
+    pool = train_labels.shape[0] - own  # (B,) size of each anchor's pool
     if bool((pool == 0).any()):
         raise ValueError("CRD: an anchor's class holds every training image; negatives need a second class")
-    # random keys with the anchor's own class last: the first pool_b columns of the top-k are a random permutation
-    # of the pool, so the first m of them are m draws without replacement
-    keys = torch.rand(same.shape, device=train_labels.device, generator=generator)  # (B, N) in [0, 1)
-    shuffled = keys.masked_fill(same, -1.0).topk(min(m, n), dim=1).indices  # (B, min(m, N))
-    if bool((pool >= m).all()):
-        return shuffled  # (B, m)
-    # a pool smaller than m: uniform positions in [0, pool_b) of the permuted pool, with replacement
-    u = torch.rand((len(pool), m), device=train_labels.device, generator=generator)  # (B, m)
-    position = (u * pool[:, None]).long().clamp_max(pool[:, None] - 1)  # (B, m)
-    with_replacement = shuffled.gather(1, position)  # (B, m)
-    if m > n:  # every pool is smaller than m
-        return with_replacement
-    return torch.where((pool >= m)[:, None], shuffled, with_replacement)  # (B, m)
+    position = _draw_positions(pool, num_negatives, generator)  # (B, m) in [0, pool_b)
+    position += (position >= start[anchor_labels][:, None]) * own[:, None]  # jump over the anchor's own class
+    return order.index_select(0, position.flatten()).view(position.shape)  # (B, m)
+
+
+def _uniform_positions(pool: torch.Tensor, m: int, generator: torch.Generator | None) -> torch.Tensor:
+    """(R,) pool sizes → (R, m) independent uniform draws in [0, pool_r)."""
+    u = torch.rand((pool.shape[0], m), device=pool.device, generator=generator)  # (R, m)
+    return (u * pool[:, None]).long().clamp_max(pool[:, None] - 1)
+
+
+def _draw_positions(pool: torch.Tensor, m: int, generator: torch.Generator | None) -> torch.Tensor:
+    """(B,) pool sizes → (B, m) positions in [0, pool_b): m distinct ones, uniform over the m-subsets, where
+    pool_b ≥ m; uniform with replacement where pool_b < m.
+
+    Distinct draws: where m is a small share of the pool (m ≤ pool/8, e.g. ImageNet), draw with replacement and
+    redraw the repeats until none is left (whichever copy is kept, the process treats every image alike, so each
+    m-subset is equally likely; a repeat is rare, so a round or two of sorting (R, m) suffices); otherwise (CIFAR:
+    m ≈ pool/3) the first m of a random permutation of the pool, per anchor.
+    """
+    out = torch.empty((pool.shape[0], m), dtype=torch.long, device=pool.device)  # (B, m)
+    distinct = pool >= m  # (B,)
+    if not bool(distinct.all()):
+        rows = (~distinct).nonzero()[:, 0]
+        out[rows] = _uniform_positions(pool[rows], m, generator)  # with replacement
+    sparse = distinct & (pool >= 8 * m)
+    if bool(sparse.any()):
+        rows = sparse.nonzero()[:, 0]
+        draw = _uniform_positions(pool[rows], m, generator)  # (R, m)
+        while True:
+            draw = draw.sort(dim=1).values
+            repeat = torch.zeros_like(draw, dtype=torch.bool)
+            repeat[:, 1:] = draw[:, 1:] == draw[:, :-1]  # every copy of a value after its first
+            if not bool(repeat.any()):
+                break
+            draw = torch.where(repeat, _uniform_positions(pool[rows], m, generator), draw)
+        out[rows] = draw
+    for row in (distinct & ~sparse).nonzero()[:, 0].tolist():
+        out[row] = torch.randperm(int(pool[row]), device=pool.device, generator=generator)[:m]
+    return out
 
 
 class CRDLoss(nn.Module):
@@ -352,6 +403,8 @@ class CRDLoss(nn.Module):
         self.register_buffer("train_labels", torch.empty(0, dtype=torch.long))
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
+        self._class_index: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # of train_labels
+        self._class_index_key: tuple[int, int, int] | None = None
 
     @property
     def num_data(self) -> int:
@@ -399,7 +452,13 @@ class CRDLoss(nn.Module):
 
     def sample_indices(self, index: torch.Tensor) -> torch.Tensor:
         """(B,) image indices → (B, 1 + m): the image itself (the "exact" positive), then m other-class images."""
-        negatives = sample_other_class_negatives(self.train_labels, self.train_labels[index], self.num_negatives)
+        labels = self.train_labels
+        key = (labels.data_ptr(), labels._version, labels.shape[0])  # a new or reloaded split changes the key
+        if self._class_index_key != key:
+            self._class_index, self._class_index_key = class_sorted_index(labels), key
+        negatives = sample_other_class_negatives(
+            labels, labels[index], self.num_negatives, class_index=self._class_index
+        )
         return torch.cat([index[:, None], negatives], dim=1)  # (B, 1 + m)
 
     @torch.no_grad()
@@ -423,8 +482,14 @@ class CRDLoss(nn.Module):
         last[:-1] = sorted_index[1:] != sorted_index[:-1]  # the last of each run of equal indices
         keep = order[last]  # (U,) positions of unique indices
         rows = index[keep]  # (U,)
-        self.memory_s.index_copy_(0, rows, momentum_memory_rows(self.memory_s[rows], v_s[keep], self.momentum))
-        self.memory_t.index_copy_(0, rows, momentum_memory_rows(self.memory_t[rows], v_t[keep], self.momentum))
+        # out of place: this step's scores may still need the banks as they were for their backward pass
+        # (contrast_scores' product path keeps the whole bank, not a gathered copy)
+        self.memory_s = self.memory_s.index_copy(
+            0, rows, momentum_memory_rows(self.memory_s[rows], v_s[keep], self.momentum)
+        )
+        self.memory_t = self.memory_t.index_copy(
+            0, rows, momentum_memory_rows(self.memory_t[rows], v_t[keep], self.momentum)
+        )
 
     def forward(self, v_s: torch.Tensor, v_t: torch.Tensor, index: torch.Tensor,
                 sample_idx: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
