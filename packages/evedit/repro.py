@@ -5,11 +5,12 @@ comparable text alignment.
 Stage 1 trains a tiny pixel-space text-to-image UNet (spec §8a widths 32/64, `vae: identity`) on synthetic single
 32×32 frames (a coloured circle/square on a textured grey background, captions "a <colour> <shape> moving on a grey
 background", empty prompt with p = 0.1; 1.5k steps, batch 32, AdamW 1e-3, ε-prediction, SD's scaled-linear
-schedule). Stage 2 freezes it and trains a tiny T2I-Adapter on the ground-truth depth (1k steps). Then 20 synthetic
-clips (F = 8) per seed are edited from "red" to "blue" with six variants (full, w/o depth, w/o update, w/o L_tmp,
-w/o L_agr, per-frame), T = 20, w = 3, and measured analytically: layout IoU of the (saturation-segmented) edited
-object against the source mask, colour accuracy of the object, and flicker (consecutive-frame change of the
-background pixels and of the object's mean colour).
+schedule). Stage 2 freezes it and trains a tiny T2I-Adapter on the ground-truth depth, normalised to [0, 1] by the
+pipeline's own ``prepare_depth`` exactly as at edit time (1k steps). Then 20 synthetic clips (F = 8) per seed are
+edited from "red" to "blue" with six variants (full, w/o depth, w/o update, w/o L_tmp, w/o L_agr, per-frame), T = 20,
+w = 3, and measured analytically: layout IoU of the (saturation-segmented) edited object against the source mask,
+colour accuracy of the object, and flicker (consecutive-frame change of the background pixels and of the object's
+mean colour).
 
 Latent scale: the identity VAE gets a scaling factor, Z_0 = x / rms(x) over training frames (≈ 4.4; the role of
 SD's 0.18215), so that the noise schedule sees unit-rms data and the spec's update step tcc.step = 0.1 applies
@@ -63,9 +64,34 @@ def sample_frames(n: int, g: torch.Generator) -> tuple[torch.Tensor, torch.Tenso
     return torch.stack(frames), torch.stack(depth), caps
 
 
-def train(pipe: EVEPipeline, steps_unet: int, steps_adapter: int, batch: int, lr: float = 1e-3) -> dict:
-    """Stage 1 (UNet, text only) then stage 2 (adapter, UNet frozen); ε-prediction, AdamW, Z_0 = pixel_scale·x."""
-    g = torch.Generator().manual_seed(0)
+def adapter_depth(pipe: EVEPipeline, frames: torch.Tensor, depth: torch.Tensor, ecfg: EditConfig) -> torch.Tensor:
+    """The depth the adapter is trained on: each training frame's raw depth map (B, S, S) through the pipeline's own
+    ``prepare_depth`` as a one-frame clip (resize to the frame, ``ecfg.depth.norm`` min-max normalisation,
+    smoothing), so that training sees the [0, 1] maps the adapter gets at edit time. (B, S, S) in [0, 1].
+
+    A training frame is normalised alone, an edited clip over all its frames (``depth.norm: video``); on these
+    synthetic scenes the two agree, since every frame holds the clip's minimum (the top row of the background ramp,
+    0.2) and maximum (the object, 1.0)."""
+    return torch.cat([pipe.prepare_depth(f[None], d[None], ecfg) for f, d in zip(frames, depth, strict=True)])
+
+
+TRAIN_SEED = 0  # generator of the training frames, noise and timesteps (the tiny models' init is seeded by config)
+
+
+def train(
+    pipe: EVEPipeline,
+    steps_unet: int,
+    steps_adapter: int,
+    batch: int,
+    lr: float = 1e-3,
+    ecfg: EditConfig | None = None,
+) -> dict:
+    """Stage 1 (UNet, text only) then stage 2 (adapter, UNet frozen); ε-prediction, AdamW, Z_0 = pixel_scale·x.
+
+    The adapter sees the depth normalised as at edit time (:func:`adapter_depth` with ``ecfg``'s depth settings;
+    default: the spec's, as every variant of :func:`variants` uses)."""
+    ecfg = ecfg or EditConfig(depth=DepthConfig(estimator_size=SIZE))
+    g = torch.Generator().manual_seed(TRAIN_SEED)
     sched = pipe.scheduler
     dev = pipe.exec_device
     log = {}
@@ -83,7 +109,8 @@ def train(pipe: EVEPipeline, steps_unet: int, steps_adapter: int, batch: int, lr
             zt = sched.add_noise(x0, noise, t)
             cond = None
             if stage == "adapter":
-                feats = pipe.depth_encoder(depth[:, None].expand(-1, 3, -1, -1).to(dev))
+                depth01 = adapter_depth(pipe, frames, depth, ecfg)  # (B, S, S) in [0, 1], as prepare_depth
+                feats = pipe.depth_encoder(depth01[:, None].expand(-1, 3, -1, -1))
                 cond = DepthCondition(list(feats))
             pred = pipe.denoise(zt, t, emb, cond)
             loss = F.mse_loss(pred, noise)
@@ -365,6 +392,69 @@ def _diagnose_ablation(pipe: EVEPipeline, a: argparse.Namespace) -> None:
         print(f"  {name:28s} {_fmt(_mean(rows))}", flush=True)
 
 
+#: training setting → the command-line flag that sets it (None: fixed by this script's recipe)
+TRAINING_FLAGS = {
+    "size": "--size",
+    "channels": "--channels",
+    "train_steps": "--train-steps",
+    "adapter_steps": "--adapter-steps",
+    "batch": "--batch",
+    "lr": "--lr",
+    "pixel_scale": "--pixel-scale",
+    "train_seed": None,
+    "adapter_depth": None,
+}
+
+
+def training_flags(a: argparse.Namespace, ecfg: EditConfig) -> dict:
+    """Everything the trained UNet/adapter/text encoder depend on (after presets and --quick are applied); stored
+    in the --cache file and compared when it is read back."""
+    return {
+        "size": a.size,
+        "channels": list(a.channels),
+        "train_steps": a.train_steps,
+        "adapter_steps": a.adapter_steps,
+        "batch": a.batch,
+        "lr": a.lr,
+        "pixel_scale": a.pixel_scale,
+        "train_seed": TRAIN_SEED,
+        "adapter_depth": f"prepare_depth(norm={ecfg.depth.norm}, smooth_window={ecfg.depth.smooth_window})",
+    }
+
+
+def save_cache(path: Path, flags: dict, modules: dict[str, torch.nn.Module], train_log: dict) -> None:
+    torch.save({**{k: m.state_dict() for k, m in modules.items()}, "log": train_log, "flags": flags}, path)
+
+
+def load_cache(path: Path, flags: dict, modules: dict[str, torch.nn.Module], device: str = "cpu") -> dict:
+    """Load the trained modules from ``path`` when it was written with the same training ``flags``; returns the
+    training log. Raises ValueError naming the file and every differing flag (the models would silently be the
+    wrong ones), KeyError when a module is missing."""
+    state = torch.load(path, map_location=device)
+    if not isinstance(state, dict) or "flags" not in state:
+        raise ValueError(
+            f"--cache {path}: the file records no training flags (written by an older repro.py, whose adapter was "
+            "trained on raw depth, or not a repro cache); delete it or give another --cache path"
+        )
+    stored = state["flags"]
+    differing = [k for k in (*flags, *(k for k in stored if k not in flags)) if stored.get(k) != flags.get(k)]
+    if differing:
+        what = "; ".join(
+            f"{TRAINING_FLAGS.get(k) or k}: cache {stored.get(k)!r}, this run {flags.get(k)!r}" for k in differing
+        )
+        raise ValueError(
+            f"--cache {path}: the cached models were trained with other settings ({what}); run with the cache's "
+            "settings, delete the file, or give another --cache path"
+        )
+    missing = [k for k in (*modules, "log") if k not in state]
+    if missing:
+        raise KeyError(f"--cache {path}: missing entries {missing}; delete it or give another --cache path")
+    for key, module in modules.items():
+        module.load_state_dict(state[key])
+        module.eval().requires_grad_(False)
+    return state["log"]
+
+
 PRESETS = {
     "spec": {
         "clips": 20,
@@ -437,7 +527,8 @@ def main() -> int:
         "--cache",
         type=Path,
         default=None,
-        help="file for the trained UNet/adapter/text encoder: loaded when it exists, else written",
+        help="file for the trained UNet/adapter/text encoder and the training flags: loaded when it exists and "
+        "was trained with the same flags (an error names any that differ), else written",
     )
     p.add_argument(
         "--diagnose",
@@ -507,16 +598,17 @@ def main() -> int:
     pipe = EVEPipeline.from_components(build_components(cfg)).to(a.device)
     pipe.set_progress_bar_config(disable=True)
     modules = {"unet": pipe.unet, "adapter": pipe.depth_encoder, "text": pipe.text_encoder}
+    depth_cfg = variants(a.steps, a.guidance, a.tcc_step, a.inversion_timestep)["full"]  # every variant's depth
+    flags = training_flags(a, depth_cfg)
     if a.cache is not None and a.cache.exists():
-        state = torch.load(a.cache, map_location=a.device)
-        for key, module in modules.items():
-            module.load_state_dict(state[key])
-            module.eval().requires_grad_(False)
-        train_log = state["log"]
+        try:
+            train_log = load_cache(a.cache, flags, modules, a.device)
+        except (ValueError, KeyError) as err:
+            p.error(err.args[0])
     else:
-        train_log = train(pipe, a.train_steps, a.adapter_steps, a.batch, a.lr)
+        train_log = train(pipe, a.train_steps, a.adapter_steps, a.batch, a.lr, depth_cfg)
         if a.cache is not None:
-            torch.save({**{k: m.state_dict() for k, m in modules.items()}, "log": train_log}, a.cache)
+            save_cache(a.cache, flags, modules, train_log)
     if a.diagnose:
         diagnose(pipe, a, z0_rms)
         return 0

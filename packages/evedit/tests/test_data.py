@@ -240,3 +240,60 @@ def test_zve_and_folder_reject_edits_that_share_an_output_folder(tmp_path):
     )
     with pytest.raises(ValueError, match="'clip' has two edits of type 'edit0'"):
         VideoFolderDataset(folder)
+
+
+def _wide_clip_with_depth(root, depth_shapes: dict[str, tuple[int, int]]):
+    """ZVE-50 frame folders of 2 frames 32×64 (H×W): a red box at rows 8–24, columns 28–44 on grey; one video per
+    depth-file size (H', W'), its depth 1.0 on the same box in frame-relative coordinates and 0.2 elsewhere."""
+    from torchvision.io import write_png
+
+    h, w, top, bottom, left, right = 32, 64, 8, 24, 28, 44
+    img = torch.full((3, h, w), 128, dtype=torch.uint8)
+    img[:, top:bottom, left:right] = torch.tensor([220, 40, 40], dtype=torch.uint8).view(3, 1, 1)
+    base = root / "ZVE-50"
+    entries = []
+    for vid, (dh, dw) in depth_shapes.items():
+        (base / "frames" / vid).mkdir(parents=True)
+        (base / "depth" / vid).mkdir(parents=True)
+        depth = np.full((dh, dw), 0.2, dtype=np.float32)
+        depth[top * dh // h : bottom * dh // h, left * dw // w : right * dw // w] = 1.0  # the box, scaled exactly
+        for t in range(2):
+            write_png(img, str(base / "frames" / vid / f"{t:05d}.png"))
+            np.save(base / "depth" / vid / f"{t:05d}.npy", depth)
+        entries.append({"video_id": vid, "source_prompt": "a red box", "edits": [{"type": "object", "prompt": "x"}]})
+    (base / "annotations.json").write_text(json.dumps(entries))
+    return root
+
+
+def test_depth_files_of_another_aspect_ratio_stay_aligned_with_the_frames(tmp_path):
+    """Frames 32×64 are resized to 16×32 and centre-cropped to columns 8–24; a square (16×16) or portrait (40×32)
+    depth map of the same scene must end up with its box exactly where the frames' box is (columns 6–14), not
+    where resizing + cropping the map at its own aspect ratio puts it (columns 7–11)."""
+    root = _wide_clip_with_depth(tmp_path, {"square": (16, 16), "portrait": (40, 32), "same": (32, 64)})
+    ds = ZVEDataset(root, num_frames=2, size=16, use_depth_files=True, frames_mode="first")
+    for k, vid in enumerate(("square", "portrait", "same")):
+        item = ds[k]
+        assert item["video_id"] == vid and item["depth"].shape == (2, 16, 16)
+        frames = item["frames"].int()
+        box_in_frames = (frames[:, 0] - frames[:, 1]) > 60  # (F, S, S) the red box after resize + crop
+        box_in_depth = item["depth"] > 0.6  # midway between background 0.2 and box 1.0
+        assert box_in_frames[:, 4:12, 6:14].all() and box_in_frames.sum() == 2 * 8 * 8
+        assert torch.equal(box_in_depth, box_in_frames), vid
+
+
+def test_bad_depth_files_name_the_file(tmp_path):
+    root = _wide_clip_with_depth(tmp_path, {"v": (16, 16)})
+    ds = ZVEDataset(root, num_frames=2, size=16, use_depth_files=True, frames_mode="first")
+    second = root / "ZVE-50" / "depth" / "v" / "00001.npy"
+    np.save(second, np.zeros((12, 16), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"00001\.npy: size \(12, 16\) differs from .*00000\.npy"):
+        ds[0]
+    np.save(second, np.zeros((1, 16, 16), dtype=np.float32))
+    with pytest.raises(ValueError, match=r"00001\.npy: expected a 2-D"):
+        ds[0]
+    np.save(second, np.full((16, 16), np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"00001\.npy: contains NaN"):
+        ds[0]
+    second.write_bytes(b"not an array")
+    with pytest.raises(ValueError, match=r"00001\.npy: cannot be read"):
+        ds[0]

@@ -18,6 +18,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
+import torch.nn.functional as F
 from mmzoo.data import evaluation_sampler, read_json
 from mmzoo.video import (
     VideoDecodeError,
@@ -87,9 +88,17 @@ def _prepare_frames(frames: torch.Tensor, size: int) -> torch.Tensor:
     return center_crop(resize_short_side(frames, size), size)
 
 
-def _prepare_depth(depth: torch.Tensor, size: int) -> torch.Tensor:
-    """Depth (F, H, W) through the same resize + crop as the frames (bilinear)."""
-    return _prepare_frames(depth[:, None].float(), size)[:, 0]
+def _prepare_depth(depth: torch.Tensor, frame_hw: tuple[int, int], size: int) -> torch.Tensor:
+    """Precomputed depth (F, H', W') aligned with the frames: (F, S, S).
+
+    A depth map covers the whole source frame, whatever its own resolution or aspect ratio (MiDaS is run on the
+    frame resized to its input size, e.g. 384×384), so it is first resized bicubically to the source frames' H×W
+    (spec §3.1) and then goes through exactly the frames' short-side resize + centre crop. Resizing and cropping the
+    map at its own aspect ratio would crop a different window than the frames'."""
+    d = depth[:, None].float()  # (F, 1, H', W')
+    if tuple(d.shape[-2:]) != tuple(frame_hw):
+        d = F.interpolate(d, size=tuple(frame_hw), mode="bicubic", align_corners=False)  # (F, 1, H, W)
+    return _prepare_frames(d, size)[:, 0]  # (F, S, S), the frames' resize + crop
 
 
 class _ClipDataset(Dataset):
@@ -147,7 +156,9 @@ class _ClipDataset(Dataset):
             raise VideoDecodeError(frame_dir, f"cannot decode a frame: {err}") from err
         return frames, idx, 8.0
 
-    def _depth(self, depth_dir: Path | None, idx: list[int]) -> torch.Tensor:
+    def _depth(self, depth_dir: Path | None, idx: list[int], frame_hw: tuple[int, int]) -> torch.Tensor:
+        """The clip's depth files (one 2-D float map per frame, one size for the clip, any aspect ratio), aligned
+        with the frames of source size ``frame_hw`` (see :func:`_prepare_depth`); (0,) without depth files."""
         if not self.use_depth_files or depth_dir is None:
             return torch.zeros(0)
         files = [depth_dir / f"{i:05d}.npy" for i in idx]
@@ -157,7 +168,23 @@ class _ClipDataset(Dataset):
                 f"missing depth map {missing[0]} (data.use_depth_files=true expects "
                 f"<depth dir>/%05d.npy per frame); {_HELP}"
             )
-        return _prepare_depth(torch.stack([torch.from_numpy(np.load(f)).float() for f in files]), self.size)
+        maps = []
+        for f in files:
+            try:
+                m = np.load(f)
+            except (OSError, ValueError) as err:
+                raise ValueError(f"depth map {f}: cannot be read as a .npy array ({err}); {_HELP}") from err
+            if m.ndim != 2 or not np.issubdtype(m.dtype, np.number):
+                raise ValueError(f"depth map {f}: expected a 2-D (H', W') numeric array, got {m.dtype} {m.shape}")
+            if maps and m.shape != maps[0].shape:
+                raise ValueError(
+                    f"depth map {f}: size {m.shape} differs from {files[0]} {tuple(maps[0].shape)} (the maps of a "
+                    "clip share one size)"
+                )
+            if not np.isfinite(m).all():
+                raise ValueError(f"depth map {f}: contains NaN or infinite values")
+            maps.append(torch.from_numpy(m.astype(np.float32)))
+        return _prepare_depth(torch.stack(maps), frame_hw, self.size)  # (F, S, S)
 
     def __getitem__(self, i: int) -> dict | None:
         it = self.items[i]
@@ -170,7 +197,7 @@ class _ClipDataset(Dataset):
             return None
         return {
             "frames": _prepare_frames(frames, self.size),
-            "depth": self._depth(it.get("depth_dir"), idx),
+            "depth": self._depth(it.get("depth_dir"), idx, tuple(frames.shape[-2:])),  # aligned with the frames
             "source_prompt": it["source_prompt"],
             "target_prompt": it["target_prompt"],
             "video_id": it["video_id"],
