@@ -400,8 +400,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="NAME",
         help="with --diagnose: only these settings of DIAGNOSE (writes repro_diagnostics_<first name>.json)",
     )
-    p.add_argument("--out", default=str(OUT), help="results file (default: packages/kevsr/repro_results.json)")
+    p.add_argument(
+        "--refine-hidden-dropout",
+        choices=("on", "off"),
+        default="on",
+        help="model.config.refine_hidden_dropout (dropout after the frame refinement MLP's hidden layer); off: the "
+        "model of the result files written before that dropout was added",
+    )
+    p.add_argument(
+        "--out",
+        help="results file (default: packages/kevsr/repro_results.json; with --diagnose repro_diagnostics*.json)",
+    )
     a = p.parse_args(argv)
+    global BASE
+    BASE = replace(BASE, refine_hidden_dropout=a.refine_hidden_dropout == "on")
     seeds, epochs = ([0], 1) if a.smoke else ([0, 1, 2], 8)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     log = logging.getLogger("kevsr.repro")
@@ -409,11 +421,12 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     if a.diagnose:
         diag = diagnose(a.diagnose, log, a.only)
+        diag["refine_hidden_dropout"] = BASE.refine_hidden_dropout
         diag["seconds"] = time.time() - t0
         name = f"repro_diagnostics_{a.only[0]}.json" if a.only else "repro_diagnostics.json"
-        (HERE / name).write_text(json.dumps(diag, indent=1))
+        Path(a.out or HERE / name).write_text(json.dumps(diag, indent=1))
         return 0
-    res: dict = {"seeds": seeds, "epochs": epochs, "level2": {}}
+    res: dict = {"seeds": seeds, "epochs": epochs, "refine_hidden_dropout": BASE.refine_hidden_dropout, "level2": {}}
 
     dm, data = load("clean")
     for name, (cfg_kw, mod_kw) in VARIANTS.items():
@@ -501,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     res["gates"] = {"claim1_f1_and_rp90": gate1, "claim4_mrr": gate4}
     res["seconds"] = time.time() - t0
     if not a.smoke:
-        Path(a.out).write_text(json.dumps(res, indent=1))
+        Path(a.out or OUT).write_text(json.dumps(res, indent=1))
     log.info("%s", json.dumps(res["claims"]))
     return 0 if gate1 and gate4 else 1
 

@@ -4,7 +4,14 @@ import pytest
 import torch
 from mmzoo.testing import repeated_index_reads
 
-from kevsr.models import KEVSRConfig, KeywordFusion, LabelMatchingHead, LocalAttentionPool
+from kevsr.models import (
+    FrameRefiner,
+    KEVSRConfig,
+    KeywordFusion,
+    KeywordOffsets,
+    LabelMatchingHead,
+    LocalAttentionPool,
+)
 
 
 def test_keyword_fusion_single_keyword_and_frame_axis():
@@ -111,7 +118,7 @@ def test_keyword_kg_vectors_tuned_only_when_unfrozen(freeze):
     if not freeze:
         with pytest.raises(RuntimeError, match="keyword vocabulary is empty"):
             stream.keyword_vectors(_batch())
-        stream.keyword_delta.resize(4)
+        stream.keyword_delta.set_vocabulary(["a", "b", "c", "d"])
     batch = _batch()
     before = stream.keyword_vectors(batch)[0].detach().clone()
     torch.testing.assert_close(before, batch["keywords"])  # starts at the KG vectors
@@ -263,7 +270,7 @@ def test_every_trainable_parameter_gets_a_gradient(streams, overrides):
     torch.manual_seed(0)
     module = KEVSRModule(_toy_cfg(dim=8, **overrides), streams=streams)
     if streams != "temporal" and module.model.nontemporal.tune_keywords:
-        module.model.nontemporal.keyword_delta.resize(4)
+        module.model.nontemporal.keyword_delta.set_vocabulary(["a", "b", "c", "d"])
     module.model.set_hierarchy(torch.tensor([0, 0, 1]))
     batch = _batch()
     with repeated_index_reads() as repeated:  # a parent of several labels, a repeated keyword: fixed-order sums
@@ -272,3 +279,139 @@ def test_every_trainable_parameter_gets_a_gradient(streams, overrides):
     loss.backward()
     unused = [n for n, p in module.named_parameters() if p.requires_grad and p.grad is None]
     assert not unused, f"parameters outside the loss (DDP would stop): {unused}"
+
+
+def _refiner_inputs(b=4, t=5):
+    g = torch.Generator().manual_seed(0)
+    return torch.randn(b, t, 6, generator=g), torch.randn(b, t, 4, generator=g), torch.randn(b, 3, generator=g)
+
+
+@pytest.mark.parametrize("hidden_dropout", [True, False])
+def test_frame_refiner_hidden_dropout_only_in_training_and_only_when_on(hidden_dropout):
+    """Spec §3.1: dropout after each MLP hidden layer, here W2 · Dropout(GELU(W1 e^con)); the input of W2 is the GELU
+    output with a fraction p of its entries zeroed and the rest scaled by 1/(1 − p), in train mode only."""
+    torch.manual_seed(0)
+    refiner = FrameRefiner(13, 64, dropout=0.5, hidden_dropout=hidden_dropout)
+    seen = {}
+    refiner.mlp[1][0].register_forward_hook(lambda m, args, out: seen.update(gelu=out.detach()))
+    refiner.mlp[2].register_forward_pre_hook(lambda m, args: seen.update(w2_in=args[0].detach()))
+    refiner.train()(*_refiner_inputs())
+    gelu, w2_in = seen["gelu"], seen["w2_in"]
+    if hidden_dropout:
+        dropped = w2_in == 0
+        assert 0.4 < dropped.float().mean() < 0.6  # p = 0.5 of 4 · 5 · 64 entries
+        torch.testing.assert_close(w2_in[~dropped], 2 * gelu[~dropped])
+    else:
+        torch.testing.assert_close(w2_in, gelu)
+    refiner.eval()(*_refiner_inputs())
+    torch.testing.assert_close(seen["w2_in"], seen["gelu"])
+
+
+@pytest.mark.parametrize("hidden_dropout", [True, False])
+def test_refine_hidden_dropout_reaches_both_streams(hidden_dropout):
+    from dataclasses import replace
+
+    from kevsr.models import KEVSRModel
+
+    cfg = replace(_toy_cfg(), dropout=0.3, refine_hidden_dropout=hidden_dropout)
+    model = KEVSRModel(cfg)
+    for refiner in (model.temporal.refine, model.nontemporal.refine):
+        hidden = refiner.mlp[1][1]
+        assert isinstance(hidden, torch.nn.Dropout if hidden_dropout else torch.nn.Identity)
+        assert not hidden_dropout or hidden.p == 0.3
+        assert refiner.dropout.p == 0.3  # the equation's Dropout on e^ref either way
+
+
+def test_frame_refiner_loads_state_dicts_of_the_layout_without_hidden_dropout():
+    """The Linear layers keep the keys mlp.0 / mlp.2 of the earlier Linear → GELU → Linear layout, so checkpoints
+    written before the hidden dropout load strictly and, in eval mode, compute the same features."""
+    from torch import nn
+
+    earlier = nn.Module()
+    earlier.mlp = nn.Sequential(nn.Linear(13, 8), nn.GELU(), nn.Linear(8, 8))
+    earlier.residual = nn.Linear(13, 8, bias=False)
+    earlier.norm = nn.LayerNorm(8)
+    for hidden_dropout in (True, False):
+        refiner = FrameRefiner(13, 8, dropout=0.5, hidden_dropout=hidden_dropout)
+        assert refiner.state_dict().keys() == earlier.state_dict().keys()
+        refiner.load_state_dict(earlier.state_dict())  # strict
+        f2d, f3d, text = _refiner_inputs()
+        e_con = torch.cat([f2d, f3d, text[:, None].expand(-1, 5, -1)], dim=-1)
+        with torch.no_grad():
+            torch.testing.assert_close(
+                refiner.eval()(f2d, f3d, text), earlier.norm(earlier.mlp(e_con) + earlier.residual(e_con))
+            )
+
+
+def test_keyword_offsets_are_mapped_by_term_when_loaded():
+    trained = KeywordOffsets(kg_dim=2)
+    trained.set_vocabulary(["broth", "cinema", "spicy"])
+    with torch.no_grad():
+        trained.delta.copy_(torch.tensor([[1.0, 1.0], [2.0, 2.0], [3.0, 3.0]]))
+    state = trained.state_dict()
+    assert KeywordOffsets.saved_vocabulary(state, "") == ["broth", "cinema", "spicy"]
+
+    # the data give another vocabulary (a term sorted in between shifts the ids, one term gone): moved by term
+    now = KeywordOffsets(kg_dim=2)
+    now.set_vocabulary(["broth", "movie", "spicy", "ticket"])
+    now.load_state_dict(state)
+    torch.testing.assert_close(now.delta.detach(), torch.tensor([[1.0, 1.0], [0.0, 0.0], [3.0, 3.0], [0.0, 0.0]]))
+    assert now.vocabulary == ["broth", "movie", "spicy", "ticket"]
+    assert KeywordOffsets.saved_vocabulary(now.state_dict(), "") == now.vocabulary
+    assert state["delta"].shape == (3, 2)  # the caller's state dict is left as it was
+
+    # no data yet: the checkpoint's vocabulary; data set later: moved by term
+    fresh = KeywordOffsets(kg_dim=2)
+    fresh.load_state_dict(state)
+    assert fresh.vocabulary == ["broth", "cinema", "spicy"]
+    fresh.set_vocabulary(["cinema", "karaoke"])
+    torch.testing.assert_close(fresh(torch.tensor([[0, 1]])), torch.tensor([[[2.0, 2.0], [0.0, 0.0]]]))
+
+
+def test_keyword_offsets_from_a_checkpoint_without_vocabulary():
+    """Checkpoints written before the vocabulary was saved: applied by row (with a warning) when the sizes agree,
+    a ValueError naming both sizes when they do not."""
+    legacy = {"delta": torch.arange(6.0).view(3, 2)}
+    same = KeywordOffsets(kg_dim=2)
+    same.set_vocabulary(["a", "b", "c"])
+    with pytest.warns(UserWarning, match="without their vocabulary"):
+        same.load_state_dict(legacy)  # strict: the missing vocabulary is not a missing key
+    torch.testing.assert_close(same.delta.detach(), legacy["delta"])
+    other = KeywordOffsets(kg_dim=2)
+    other.set_vocabulary(["a", "b"])
+    with pytest.raises(ValueError, match="have 3 rows but the data's keyword vocabulary .* has 2 terms"):
+        other.load_state_dict(legacy)
+    loaded = KeywordOffsets(kg_dim=2)
+    loaded.load_state_dict(legacy)  # no data yet
+    with pytest.raises(ValueError, match="have 3 rows"):
+        loaded.set_vocabulary(["a", "b"])
+
+
+def test_optimizer_state_of_keyword_offsets_is_mapped_by_term_on_resume():
+    """KEVSRModule.on_load_checkpoint moves AdamW's per-term moments to the data's vocabulary, as the offsets move."""
+    from kevsr.module import KEVSRModule
+
+    torch.manual_seed(0)
+    cfg = _toy_cfg(dim=8, freeze_keyword_kg=False)
+    a = KEVSRModule(cfg, streams="nontemporal")
+    a.model.nontemporal.keyword_delta.set_vocabulary(["a", "b", "c", "d"])
+    opt_a = torch.optim.AdamW([p for p in a.parameters() if p.requires_grad])
+    a.compute_losses(_batch())["loss"].backward()
+    opt_a.step()
+    checkpoint = {"state_dict": a.state_dict(), "optimizer_states": [opt_a.state_dict()]}
+
+    b = KEVSRModule(cfg, streams="nontemporal")
+    offsets = b.model.nontemporal.keyword_delta
+    offsets.set_vocabulary(["a", "aa", "b", "c", "d"])  # as setup() does with the new data
+    b.on_load_checkpoint(checkpoint)
+    b.load_state_dict(checkpoint["state_dict"])
+    opt_b = torch.optim.AdamW([p for p in b.parameters() if p.requires_grad])
+    opt_b.load_state_dict(checkpoint["optimizer_states"][0])
+    old = opt_a.state[a.model.nontemporal.keyword_delta.delta]
+    new = opt_b.state[offsets.delta]
+    for key in ("exp_avg", "exp_avg_sq"):
+        assert old[key][1:4].abs().sum() > 0  # rows b, c, d were trained (batch keyword ids 1–3)
+        torch.testing.assert_close(new[key][[0, 2, 3, 4]], old[key])
+        assert (new[key][1] == 0).all()
+    b.compute_losses(_batch())["loss"].backward()
+    opt_b.step()  # shapes agree

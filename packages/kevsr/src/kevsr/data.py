@@ -319,7 +319,8 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
 
     @property
     def keyword_vocab(self) -> list[str]:
-        """Terms indexed by ``keyword_ids`` (the loaded KG rows, sorted); empty without a KG."""
+        """Terms indexed by ``keyword_ids`` (the loaded KG rows, sorted); empty without a KG. It depends on the
+        annotations and the KG file; checkpoints save it with the learned keyword offsets (``KeywordOffsets``)."""
         return self.kg.vocabulary() if self.kg is not None else []
 
     def prepare_data(self) -> None:

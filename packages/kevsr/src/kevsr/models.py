@@ -8,6 +8,7 @@ G = KG embedding width (300), L1 / L2 = labels of level 1 / level 2.
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mmzoo.data import read_json
 from torch import nn
 
@@ -28,6 +30,7 @@ __all__ = [
     "KeywordFusion",
     "LabelMatchingHead",
     "KeywordOffsets",
+    "remap_rows",
     "NonTemporalStream",
     "KEVSRModel",
     "refine_level2",
@@ -63,6 +66,10 @@ class KEVSRConfig:
     """Level-2 labels |L_2| (Koubei: 320); must match hierarchy.json."""
     dropout: float = 0.5
     """Dropout p (spec §3.1: keep probability 0.5)."""
+    refine_hidden_dropout: bool = True
+    """Dropout (p = ``dropout``) after the hidden layer of both frame refinements' MLP, e^ref = W2 · Dropout(GELU(W1
+    e^con + b1)) + b2, besides the equation's Dropout on e^ref (spec §3.1: "after each MLP hidden layer";
+    reconstruction). ``false``: the equation's Dropout only. Either way the state-dict keys are the same."""
     temporal_layers: int = 2
     """Transformer layers of the temporal encoder (reconstruction: 2)."""
     temporal_heads: int = 12
@@ -117,6 +124,9 @@ class KEVSRConfig:
             raise ValueError("model.config.temporal_bert_config is set but temporal_init_from_bert is null")
 
 
+_EXTRA_STATE = "_extra_state"
+"""Suffix of a module's ``get_extra_state`` entry in a state dict (torch's name)."""
+
 EMBEDDING_STD = 0.02
 """Std of the randomly initialised embedding tables (learnable label vectors, shared w/o-kw keywords, [CLS])."""
 
@@ -139,15 +149,21 @@ def refine_level2(basic1: torch.Tensor, basic2: torch.Tensor, parent_index: torc
 class FrameRefiner(nn.Module):
     """One refinement branch τ ∈ {g, l} (spec §3.2):
 
-        e^con_j = [f2D_j ; f3D_j ; f_text];  e^ref_j = W2 GELU(W1 e^con_j + b1) + b2
+        e^con_j = [f2D_j ; f3D_j ; f_text];  e^ref_j = W2 Dropout(GELU(W1 e^con_j + b1)) + b2
         f_j = LayerNorm(Dropout(e^ref_j) + W3 e^con_j)     (W3 without bias: reconstruction)
+
+    Reconstruction: the Dropout after the hidden layer (spec §3.1, "after each MLP hidden layer"; not in the
+    paper's equation) is there when ``hidden_dropout`` is true (``model.config.refine_hidden_dropout``).
 
     Shapes: f2d (B, T, D2), f3d (B, T, D3), text (B, Dt) → (B, T, D).
     """
 
-    def __init__(self, dim_in: int, dim: int, dropout: float) -> None:
+    def __init__(self, dim_in: int, dim: int, dropout: float, hidden_dropout: bool = True) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(dim_in, dim), nn.GELU(), nn.Linear(dim, dim))  # W1, W2
+        # W1, [GELU, Dropout], W2: activation and hidden dropout share index 1, so W1 and W2 keep the keys mlp.0 and
+        # mlp.2 with or without the dropout (checkpoints from before refine_hidden_dropout load unchanged)
+        hidden = nn.Sequential(nn.GELU(), nn.Dropout(dropout) if hidden_dropout else nn.Identity())
+        self.mlp = nn.Sequential(nn.Linear(dim_in, dim), hidden, nn.Linear(dim, dim))
         self.dropout = nn.Dropout(dropout)
         self.residual = nn.Linear(dim_in, dim, bias=False)  # W3
         self.norm = nn.LayerNorm(dim)
@@ -223,7 +239,9 @@ class TemporalStream(nn.Module):
     def __init__(self, cfg: KEVSRConfig) -> None:
         super().__init__()
         d = cfg.dim
-        self.refine = FrameRefiner(cfg.f2d_dim + cfg.f3d_dim + cfg.text_dim, d, cfg.dropout)  # τ = g
+        self.refine = FrameRefiner(
+            cfg.f2d_dim + cfg.f3d_dim + cfg.text_dim, d, cfg.dropout, cfg.refine_hidden_dropout
+        )  # τ = g
         self.cls = nn.Parameter(torch.zeros(1, 1, d))
         self.uses_bert = cfg.temporal_init_from_bert is not None
         self.bert_weights_pending = False  # True while a BERT built from its config awaits a state dict
@@ -427,34 +445,127 @@ class LabelMatchingHead(nn.Module):
         return self.score(video, self.label_embeddings())  # (B, L)
 
 
+def remap_rows(values: torch.Tensor, terms: list[str], new_terms: list[str]) -> torch.Tensor:
+    """Rows of ``values`` (one per term of ``terms``) moved to the order of ``new_terms``: a term in both keeps its
+    row, a term only in ``new_terms`` gets zeros, a term only in ``terms`` is dropped. (V, ...) → (V', ...)."""
+    index = {t: i for i, t in enumerate(terms)}
+    dst = [j for j, t in enumerate(new_terms) if t in index]
+    out = values.new_zeros(len(new_terms), *values.shape[1:])  # (V', ...)
+    out[dst] = values[[index[new_terms[j]] for j in dst]]
+    return out
+
+
+def _encode_terms(terms: list[str]) -> torch.Tensor:
+    """A term list as a uint8 tensor (UTF-8 JSON): state dicts and their checkers expect tensors."""
+    data = bytearray(json.dumps(terms, ensure_ascii=False).encode("utf-8"))
+    return torch.frombuffer(data, dtype=torch.uint8).clone()  # (bytes,)
+
+
+def _decode_terms(data: torch.Tensor) -> list[str]:
+    return json.loads(data.cpu().numpy().tobytes().decode("utf-8"))
+
+
 class KeywordOffsets(nn.Module):
     """Learnable offsets of the keywords' KG vectors (``freeze_keyword_kg: false``): g_k = G_{kw_k} + δ_{kw_k}.
 
-    ``delta`` (V, G) starts at 0 (so training starts from the KG vectors; weight decay pulls back towards them)
-    and its size V is set from the data (:meth:`resize`) or from a checkpoint being loaded.
+    ``delta`` (V, G) starts at 0 (so training starts from the KG vectors; weight decay pulls back towards them),
+    one row per term of ``vocabulary``: the KG rows the data module loaded (``KEVSRDataModule.keyword_vocab``),
+    set by :meth:`set_vocabulary`. The vocabulary is saved with the weights (the state dict's
+    ``<prefix>_extra_state``, UTF-8 JSON as uint8), so offsets trained on one vocabulary and loaded where the data
+    give another (other annotations, another KG file) are mapped by term: a term in both keeps its offset, a term
+    new to the current vocabulary starts at 0, a term it lacks is dropped (no keyword can point at it). A module
+    without a vocabulary yet (``load_from_checkpoint`` before any data) takes the checkpoint's.
     """
 
     def __init__(self, kg_dim: int) -> None:
         super().__init__()
         self.delta = nn.Parameter(torch.zeros(0, kg_dim))
+        self.vocabulary: list[str] = []
 
-    def resize(self, vocab_size: int) -> None:
-        """A zero offset per term of the keyword vocabulary (call before the optimizer is built)."""
-        if self.delta.shape[0] != vocab_size:
-            self.delta = nn.Parameter(self.delta.new_zeros(vocab_size, self.delta.shape[1]))
+    def set_vocabulary(self, terms: list[str]) -> None:
+        """One offset per term of ``terms`` (call before the optimizer is built): zeros for a fresh module, the
+        present offsets moved by term (:func:`remap_rows`) when it already holds some."""
+        terms = list(terms)
+        if terms == self.vocabulary and len(terms) == self.delta.shape[0]:
+            return
+        if not self.vocabulary and self.delta.shape[0] > 0:  # loaded from a checkpoint that saved no vocabulary
+            self._check_unnamed_rows(self.delta.shape[0], terms)
+        else:
+            self._report_remap(self.vocabulary, terms)
+            self.delta = nn.Parameter(remap_rows(self.delta.detach(), self.vocabulary, terms))
+        self.vocabulary = terms
 
-    def _load_from_state_dict(self, state_dict, prefix, *args) -> None:  # noqa: ANN001 (torch hook signature)
+    @staticmethod
+    def _check_unnamed_rows(rows: int, terms: list[str]) -> None:
+        """Offsets from a checkpoint written before vocabularies were saved: usable by row only, if sizes agree."""
+        if rows != len(terms):
+            raise ValueError(
+                f"the checkpoint's keyword offsets (model.config.freeze_keyword_kg=false) have {rows} rows but the "
+                f"data's keyword vocabulary (data.kg_path rows needed by the annotations) has {len(terms)} terms, "
+                "and the checkpoint saved no vocabulary to map them by term: use the training run's data.kg_path and "
+                "annotations, or train again"
+            )
+        rank_zero_warn(
+            "the checkpoint's keyword offsets (model.config.freeze_keyword_kg=false) come without their vocabulary "
+            "(a checkpoint from an older kevsr): they are applied by row, which is right only if data.kg_path and "
+            "the annotations give the training run's terms"
+        )
+
+    @staticmethod
+    def _report_remap(old: list[str], new: list[str]) -> None:
+        if not old:
+            return  # a fresh module: nothing trained to move
+        old_set, new_set = set(old), set(new)
+        added = [t for t in new if t not in old_set]
+        dropped = [t for t in old if t not in new_set]
+        rank_zero_info(
+            f"keyword offsets (freeze_keyword_kg: false) mapped by term from {len(old)} trained terms to the data's "
+            f"{len(new)}: {len(old_set & new_set)} kept, {len(added)} new at 0 (e.g. {added[:5]}), {len(dropped)} "
+            f"dropped (e.g. {dropped[:5]})"
+        )
+
+    def get_extra_state(self) -> torch.Tensor:
+        return _encode_terms(self.vocabulary)
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.vocabulary = _decode_terms(state)
+
+    @staticmethod
+    def saved_vocabulary(state_dict: dict, prefix: str) -> list[str] | None:
+        """The vocabulary a state dict holds for the offsets at ``prefix`` (None: saved without one)."""
+        data = state_dict.get(prefix + _EXTRA_STATE)
+        return None if data is None else _decode_terms(data)
+
+    def _load_from_state_dict(  # noqa: ANN001 (torch hook signature)
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ) -> None:
+        # state_dict is load_state_dict's own copy: entries replaced here do not reach the caller's dict
         saved = state_dict.get(prefix + "delta")
-        if saved is not None and saved.shape != self.delta.shape:
-            self.delta = nn.Parameter(self.delta.new_zeros(saved.shape))  # the checkpoint's vocabulary size
-        super()._load_from_state_dict(state_dict, prefix, *args)
+        saved_terms = self.saved_vocabulary(state_dict, prefix)
+        if saved is not None:
+            if saved_terms is not None and len(saved_terms) != saved.shape[0]:
+                raise ValueError(f"{prefix}delta has {saved.shape[0]} rows but its saved vocabulary {len(saved_terms)}")
+            if not self.vocabulary:  # no data yet: the checkpoint's vocabulary and size
+                if saved.shape != self.delta.shape:
+                    self.delta = nn.Parameter(self.delta.new_zeros(saved.shape))
+            elif saved_terms is None:
+                self._check_unnamed_rows(saved.shape[0], self.vocabulary)
+            elif saved_terms != self.vocabulary:  # the data's vocabulary (set in setup) differs: move by term
+                self._report_remap(saved_terms, self.vocabulary)
+                state_dict[prefix + "delta"] = remap_rows(saved, saved_terms, self.vocabulary)
+                state_dict[prefix + _EXTRA_STATE] = _encode_terms(self.vocabulary)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        if saved_terms is None and prefix + _EXTRA_STATE in missing_keys:
+            missing_keys.remove(prefix + _EXTRA_STATE)  # an older checkpoint: handled above
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         """ids (B, K) long → (B, K, G)."""
         if self.delta.shape[0] == 0:
             raise RuntimeError(
                 "model.config.freeze_keyword_kg=false but the keyword vocabulary is empty: the data module sets it "
-                "(KEVSRModule.setup), or call model.nontemporal.keyword_delta.resize(len(datamodule.keyword_vocab))"
+                "(KEVSRModule.setup), or call model.nontemporal.keyword_delta.set_vocabulary(datamodule.keyword_vocab)"
             )
         # F.embedding, not self.delta[ids]: a keyword repeated in the batch gets its gradients summed, and the
         # backward of the indexing sums them in a thread-dependent order on CPU (runs would not repeat exactly)
@@ -468,7 +579,9 @@ class NonTemporalStream(nn.Module):
         super().__init__()
         d = cfg.dim
         self.cfg = cfg
-        self.refine = FrameRefiner(cfg.f2d_dim + cfg.f3d_dim + cfg.text_dim, d, cfg.dropout)  # τ = l
+        self.refine = FrameRefiner(
+            cfg.f2d_dim + cfg.f3d_dim + cfg.text_dim, d, cfg.dropout, cfg.refine_hidden_dropout
+        )  # τ = l
         # Only modules the forward pass uses are built: under DDP (find_unused_parameters=False) a parameter that
         # gets no gradient stops training. The Transformer replacement (w/o-know & w-temp) has no region reasoning
         # or local attention; shared random keywords exist only where the keyword fusion reads them.

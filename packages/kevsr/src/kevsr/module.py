@@ -14,7 +14,7 @@ from torchmetrics.classification import MultilabelF1Score
 
 from kevsr.losses import HierarchicalLoss, SelfDistillationLoss
 from kevsr.metrics import RPAtAccuracy
-from kevsr.models import KEVSRConfig, KEVSRModel
+from kevsr.models import KEVSRConfig, KEVSRModel, KeywordOffsets, remap_rows
 
 __all__ = ["KEVSRModule"]
 
@@ -119,8 +119,8 @@ class KEVSRModule(pl.LightningModule):
                 vectors, found = h.label_vectors(dm.kg, level, cfg.kg_dim)
                 head.set_label_vectors(vectors, found)
             self._label_vectors_set = True
-        if nt is not None and nt.tune_keywords:
-            nt.keyword_delta.resize(len(dm.keyword_vocab))
+        if nt is not None and nt.tune_keywords:  # offsets already there (a second setup) are moved by term
+            nt.keyword_delta.set_vocabulary(dm.keyword_vocab)
         split = next(iter(dm.datasets.values()), None)
         if split is not None and len(split):
             item = split[0]
@@ -145,6 +145,33 @@ class KEVSRModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self._label_vectors_set = True  # the checkpoint holds the label tables; a later setup must not reset them
+        self._remap_keyword_optimizer_state(checkpoint)
+
+    def _remap_keyword_optimizer_state(self, checkpoint: dict) -> None:
+        """Resuming a fit whose data give another keyword vocabulary than the checkpoint's (``freeze_keyword_kg:
+        false``): the optimizer's state of the keyword offsets (AdamW's moments, one row per term) is moved by term,
+        as :class:`KeywordOffsets` moves the offsets when the state dict is loaded (right after this hook)."""
+        nt = self.model.nontemporal
+        if nt is None or not nt.tune_keywords or not checkpoint.get("optimizer_states"):
+            return
+        offsets = nt.keyword_delta
+        prefix = next(name for name, m in self.named_modules() if m is offsets) + "."
+        saved = KeywordOffsets.saved_vocabulary(checkpoint.get("state_dict", {}), prefix)
+        if saved is None or not offsets.vocabulary or saved == offsets.vocabulary:
+            return
+        params = [p for p in self.parameters() if p.requires_grad]  # configure_optimizers' order
+        index = next(i for i, p in enumerate(params) if p is offsets.delta)
+        for opt in checkpoint["optimizer_states"]:
+            if sum(len(g["params"]) for g in opt.get("param_groups", [])) != len(params):
+                continue  # not an optimizer over this module's parameters
+            state = opt.get("state", {})
+            if index in state:  # a new dict: the inner one may be a live optimizer's (Optimizer.state_dict)
+                state[index] = {
+                    key: remap_rows(value, saved, offsets.vocabulary)
+                    if torch.is_tensor(value) and value.dim() == 2 and value.shape[0] == len(saved)
+                    else value
+                    for key, value in state[index].items()
+                }
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         # A BERT temporal encoder (temporal_init_from_bert): save its architecture with the hyperparameters, so the
