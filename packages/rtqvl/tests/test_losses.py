@@ -103,19 +103,53 @@ def test_multiple_choice_distillation_loss():
     torch.testing.assert_close(multiple_choice_loss(logits, logits_m, y, a), ref)
 
 
-def test_queue_wraparound_divisibility_and_ema():
+def test_queue_wraparound_and_ema():
     m = build_model(tiny_config(queue_size=16))
     for step in range(5):
         feats = F.normalize(torch.randn(8, 32), dim=-1)
         m.enqueue(feats, feats, torch.arange(8) + 100 * step)
         assert int(m.queue_ptr) == (8 * (step + 1)) % 16
     torch.testing.assert_close(m.video_queue[:, 0:8].T, feats)  # step 4 wrote slots 0..7
-    with pytest.raises(ValueError, match="multiple of the global batch"):
-        m.enqueue(torch.randn(3, 32), torch.randn(3, 32), torch.arange(3))
+    with pytest.raises(ValueError, match="global batch of 17 .* larger than model.queue_size=16"):
+        m.enqueue(torch.randn(17, 32), torch.randn(17, 32), torch.arange(17))
+    assert int(m.queue_ptr) == 8  # the refused batch left the queue as it was
     online, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
     before = ema.weight.detach().clone()
     momentum_update([(online, ema)], 0.995)
     torch.testing.assert_close(ema.weight, 0.995 * before + 0.005 * online.weight.detach())
+
+
+def _slot_queue_reference(size: int, ptr: int, batches: list[int]) -> tuple[list, int]:
+    """A plain ring of ``size`` slots: each batch's items go to slots ptr, ptr + 1, ... (mod size), one by one."""
+    slots: list = [None] * size
+    for step, n in enumerate(batches):
+        for i in range(n):
+            slots[(ptr + i) % size] = (step, i)
+        ptr = (ptr + n) % size
+    return slots, ptr
+
+
+@pytest.mark.parametrize("start", [0, 5, 12, 15])
+def test_enqueue_any_pointer_and_batch_size_matches_a_slot_reference(start):
+    # a checkpoint's queue_ptr need not be a multiple of this run's global batch: the batch wraps at the queue end
+    size, batches = 16, [8, 3, 16, 7, 1, 13, 5]
+    m = build_model(tiny_config(queue_size=size))
+    m.queue_ptr[0] = start
+    untouched = m.video_queue.clone()
+    feats = {}
+    for step, n in enumerate(batches):
+        ids = torch.arange(n) + 100 * step  # video index (step, i) -> 100 step + i
+        feats[step] = (torch.randn(n, 32), torch.randn(n, 32))
+        m.enqueue(*feats[step], ids)
+        slots, ptr = _slot_queue_reference(size, start, batches[: step + 1])
+        assert int(m.queue_ptr) == ptr
+        for k, slot in enumerate(slots):
+            if slot is None:  # never written
+                assert torch.equal(m.video_queue[:, k], untouched[:, k]) and int(m.idx_queue[0, k]) == -100
+                continue
+            s, i = slot
+            assert int(m.idx_queue[0, k]) == 100 * s + i, (step, k)
+            assert torch.equal(m.video_queue[:, k], feats[s][0][i]) and torch.equal(m.text_queue[:, k], feats[s][1][i])
 
 
 def test_itc_two_processes_equal_one_process(two_process_results):

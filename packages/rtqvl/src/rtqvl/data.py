@@ -367,7 +367,7 @@ class _VideoDataset(Dataset):
     def __getitem__(self, i: int) -> dict | None:
         """Item ``i``; with ``on_corrupt: skip`` an unreadable clip gives ``None`` in evaluation (dropped from the
         batch) and, in training, another randomly drawn item (as ClipBERT does), so that every training batch keeps
-        its size: the ITC queue needs a constant global batch and DDP gathers need equal shapes on every rank."""
+        its size: DDP gathers need equal shapes on every rank."""
         item = self._load_item(i)
         if item is not None or not self.train:
             return item

@@ -55,7 +55,7 @@ class RTQConfig:
     embed_dim: int = 256
     """ITC projection size."""
     queue_size: int = 14400
-    """ITC feature queue length (must be a multiple of the global batch)."""
+    """ITC feature queue length (at least the global batch; written circularly, so any batch size ≤ it works)."""
     momentum: float = 0.995
     """EMA factor of the momentum encoders."""
     temp_init: float = 0.07
@@ -209,20 +209,34 @@ class RTQRetrieval(_RTQBase):
 
     @torch.no_grad()
     def enqueue(self, video_feat_m: torch.Tensor, text_feat_m: torch.Tensor, idx: torch.Tensor) -> None:
-        """FIFO update with the (all-gathered) momentum features (E) and video indices (spec §3.2a)."""
+        """FIFO update with the (all-gathered) momentum features (E) and video indices (spec §3.2a).
+
+        The n columns of the global batch go to slots ``ptr, ptr + 1, …`` modulo K = ``queue_size``: a batch that
+        crosses the end of the queue is split there and continues at slot 0; then ``ptr ← (ptr + n) mod K``.
+        Deviation: the official code requires K to be a multiple of the global batch and writes ``[ptr, ptr + n)``;
+        for such a batch (and the pointers it leaves) both write the same slots. Here any pointer (one a checkpoint
+        saved with another global batch size) and any n ≤ K work.
+
+        video_feat_m, text_feat_m (n, E); idx (n,).
+        """
         n = video_feat_m.shape[0]
         q = self.video_queue.shape[1]
-        if q % n:
-            raise ValueError(f"model.queue_size={q} must be a multiple of the global batch size {n} (batch × devices)")
-        ptr = int(self.queue_ptr)
-        if ptr + n > q:
+        if n > q:
             raise ValueError(
-                f"queue_ptr={ptr} leaves no room for a global batch of {n} in model.queue_size={q}: the queues were "
-                "filled with another global batch size (a checkpoint of a run with another batch size or device count)"
+                f"a global batch of {n} (batch × devices) is larger than model.queue_size={q}: the queue must hold at "
+                "least one global batch; raise model.queue_size or lower the batch size"
             )
-        self.video_queue[:, ptr : ptr + n] = video_feat_m.T
-        self.text_queue[:, ptr : ptr + n] = text_feat_m.T
-        self.idx_queue[:, ptr : ptr + n] = idx.view(1, -1)
+        ptr = int(self.queue_ptr)
+        if not 0 <= ptr < q:
+            raise ValueError(f"queue_ptr={ptr} is outside the queue of model.queue_size={q} slots")
+        first = min(n, q - ptr)  # columns that fit before the end of the queue; the other n − first wrap to slot 0
+        for queue, cols in (
+            (self.video_queue, video_feat_m.T),
+            (self.text_queue, text_feat_m.T),
+            (self.idx_queue, idx.view(1, -1)),
+        ):
+            queue[:, ptr : ptr + first] = cols[:, :first]  # (E or 1, first)
+            queue[:, : n - first] = cols[:, first:]  # (E or 1, n − first)
         self.queue_ptr[0] = (ptr + n) % q
 
     @torch.no_grad()
