@@ -20,17 +20,19 @@ def make_problem(seed: int = 0, b: int = 4, t: int = 3, d: int = 6):
     return lin, words, clips, text
 
 
-def losses(lin, words, clips, text):
+def losses(lin, words, clips, text, reduction="mean"):
     v = torch.nn.functional.normalize(lin(clips), dim=-1)
     t = torch.nn.functional.normalize(lin(text), dim=-1)
-    return LVWMLoss()(lin(words), v) + MILNCELoss()(t, v)
+    return LVWMLoss()(lin(words), v, reduction) + MILNCELoss()(t, v, reduction)
 
 
 def single_process():
     lin, words, clips, text = make_problem()
     loss = losses(lin, words, clips, text)
     loss.backward()
-    return loss.detach(), lin.weight.grad.clone()
+    with torch.no_grad():
+        per_sample = losses(lin, words, clips, text, "none")  # (4,)
+    return loss.detach(), lin.weight.grad.clone(), per_sample
 
 
 def two_rank(rank: int, world: int):
@@ -41,7 +43,9 @@ def two_rank(rank: int, world: int):
     loss.backward()
     grad = lin.weight.grad.clone()
     dist.all_reduce(grad)
-    return loss.detach(), grad / world  # DDP averages parameter gradients over ranks
+    with torch.no_grad():
+        per_sample = losses(lin, words[sl], clips[sl], text[sl], "none")  # (2,) this rank's samples' terms
+    return loss.detach(), grad / world, per_sample  # DDP averages parameter gradients over ranks
 
 
 # ---------------------------------------------------------------------------------------- evaluation under DDP
@@ -67,7 +71,11 @@ def _strategy():
 def evaluate(root: str, task: str, items: list[int] | None = None, rank: int = 0, world: int = 1) -> dict:
     """What ``SNPS3Module`` logs after testing ``task`` on the synthetic test split: one process over ``items`` (all
     when None), or with ``items=None`` and world > 1 this rank's share of a padding ``DistributedSampler``. The logger
-    mimics Lightning's ``sync_dist`` with one all-reduce per logged value, so ranks that log differently fail."""
+    mimics Lightning's ``sync_dist`` with one all-reduce per logged value, so ranks that log differently fail.
+
+    ``pretrain`` (WebVid format, BERT masking, one item per batch) runs the terms whose value for an item does not
+    depend on the other items of its batch: L1 with MoCo (queue negatives only), MLM, ITM (the item's own negative
+    caption) and L2 on its one-item batch; LVWM, whose negatives are the gathered batch, is off."""
     from types import SimpleNamespace
 
     from torch.utils.data import DataLoader, DistributedSampler, Subset
@@ -76,14 +84,14 @@ def evaluate(root: str, task: str, items: list[int] | None = None, rank: int = 0
     from snps3.models import SNPS3Config
     from snps3.module import SNPS3Module
 
-    dataset = {"qa": "msrvtt_qa", "retrieval": "msrvtt_7k"}[task]
+    dataset = {"qa": "msrvtt_qa", "retrieval": "msrvtt_7k", "pretrain": "webvid"}[task]
     dm = SNPS3DataModule(
         root,
         dataset,
         tokenizer="vocab.txt",
         num_frames=2,
         max_text_len=16,
-        masking="none",
+        masking="mlm" if task == "pretrain" else "none",
         significant_words=None,
         crop_size=32,
         eval_short_side=32,
@@ -106,7 +114,10 @@ def evaluate(root: str, task: str, items: list[int] | None = None, rank: int = 0
         num_answers=18,
     )
     torch.manual_seed(0)
-    module = SNPS3Module(config=config, task=task, with_moco=False, eval_pair_batch=7).eval()
+    if task == "pretrain":
+        module = SNPS3Module(config=config, task=task, moco_queue_size=8, use_lvwm=False).eval()
+    else:
+        module = SNPS3Module(config=config, task=task, with_moco=False, eval_pair_batch=7).eval()
     module._trainer = SimpleNamespace(world_size=world, datamodule=dm, strategy=_strategy() if world > 1 else None)
     sync_log, logged = sync_dist_logger(world)
     metric_objects = {}
@@ -135,16 +146,21 @@ def evaluate(root: str, task: str, items: list[int] | None = None, rank: int = 0
     return logged
 
 
+EVALUATED_TASKS = ("qa", "retrieval", "pretrain")
+
+
 def two_rank_evaluation(rank: int, world: int, root: str) -> dict:
-    """Padded repeats (5 test items over 2 ranks: item 0 twice) and a rank without any item (all on rank 0)."""
+    """Padded repeats (5 test items over 2 ranks: item 0 twice) and a rank without any item (all on rank 0), for
+    every task of :data:`EVALUATED_TASKS`."""
     import os
     import threading
 
     watchdog = threading.Timer(240, os._exit, (3,))  # a rank stuck in a collective fails the test, never hangs it
     watchdog.daemon = True
     watchdog.start()
+    torch.set_num_threads(1)  # two ranks on a 2-core CPU: one thread each
     out = {}
-    for task in ("qa", "retrieval"):
+    for task in EVALUATED_TASKS:
         out[task, "padded"] = evaluate(root, task, None, rank, world)
         out[task, "rank_without_items"] = evaluate(root, task, [0, 1, 2, 3, 4] if rank == 0 else [], rank, world)
     watchdog.cancel()

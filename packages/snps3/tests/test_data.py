@@ -331,3 +331,39 @@ def test_caption_window_truncation_shares_raw_and_masked(synthetic_root):
     assert out["input_ids"].shape == (6,) and out["attention_mask"].sum() == 6
     lab = out["mlm_labels"] >= 0
     torch.testing.assert_close(torch.where(lab, out["mlm_labels"], out["mlm_input_ids"]), out["input_ids"])
+
+
+def test_answers_past_num_answers_warn_once_per_file(synthetic_root, monkeypatch, caplog):
+    """The answer list has 18 answers; with data.num_answers=14 the last 4 (the motions) and every label pointing at
+    them fall outside the vocabulary: one warning per file with the count and the limit, also when the split's
+    dataset is built again."""
+    import snps3.data as data
+
+    monkeypatch.setattr(data, "_WARNED_ANSWER_FILES", set(), raising=False)  # a fresh process
+    root = Path(synthetic_root)
+    names = json.loads((root / "msrvtt_qa_antmmf" / "answers.json").read_text())
+    with caplog.at_level("WARNING", logger="snps3.data"):
+        for _ in range(2):
+            d = dm(root, "msrvtt_qa", num_answers=14)
+            d.setup("fit")
+            d.setup("test")
+    messages = [r.getMessage() for r in caplog.records if "data.num_answers=14" in r.getMessage()]
+    expected = {str(root / "msrvtt_qa_antmmf" / "answers.json"): len(names) - 14}
+    for split in ("train", "val", "test"):
+        path = root / "msrvtt_qa_antmmf" / f"{split}_antmmf.jsonl"
+        count = 0
+        for line in path.read_text().splitlines():
+            labels = json.loads(line)["label"]
+            for x in labels if isinstance(labels, list) else [labels]:
+                count += (names.index(x) if isinstance(x, str) else x) >= 14
+        expected[str(path)] = count
+    assert all(expected.values())  # every file has answers past the limit
+    assert len(messages) == len(expected)  # once per file
+    for path, count in expected.items():
+        (msg,) = [m for m in messages if m.startswith(f"{path}: ")]
+        assert f": {count} " in msg and "out of vocabulary" in msg
+    assert d.datasets["val"]._index(names[-1]) == d.datasets["val"]._index(len(names) - 1) == -1  # still dropped
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="snps3.data"):
+        dm(root, "msrvtt_qa", num_answers=len(names)).setup("fit")  # the whole list fits: nothing to report
+    assert "num_answers" not in caplog.text

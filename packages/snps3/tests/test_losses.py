@@ -13,6 +13,7 @@ from mmzoo.testing import run_distributed  # noqa: E402
 from snps3.losses import (  # noqa: E402
     MoCoLoss,
     MoCoQueue,
+    itm_loss,
     masked_lm_loss,
     milnce_loss,
     moco_contrastive_loss,
@@ -53,6 +54,43 @@ def test_milnce_matches_closed_form_and_official_matrix(t):
     got = milnce_loss(sim)
     torch.testing.assert_close(got.double(), milnce_closed_loop(sim).double(), atol=1e-5, rtol=0)
     torch.testing.assert_close(got.double(), milnce_official_matrix(sim).double(), atol=1e-5, rtol=0)
+
+
+def test_per_sample_terms_match_loops():
+    """reduction="none": MIL-NCE term j, MoCo L_t / L_v per sample, MLM per token, ITM per pair, by plain loops."""
+    g = torch.Generator().manual_seed(1)
+    sim = torch.randn(4, 4, 3, generator=g, dtype=torch.float64)
+    terms = milnce_loss(sim, "none")
+    assert terms.shape == (4,)
+    for j in range(4):  # milnce_closed_loop on a batch: its mean over j; term j alone below
+        num = 3 * math.exp(sim[j, j, 1])
+        den = 3 * sum(math.exp(sim[i, j, 1]) for i in range(4))
+        den += sum(math.exp(sim[j, k, c]) for k in range(4) if k != j for c in range(3))
+        torch.testing.assert_close(terms[j].item(), -math.log(num / den), atol=1e-5, rtol=0)  # float32 inside
+    b, t, d, k, tau = 3, 2, 4, 5, 0.05
+    n = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
+    tq, vq, tk, vk, qt, qv = n(b, d), n(b, t, d), n(b, d), n(b, t, d), n(k, d), n(k, d)
+    out = moco_contrastive_loss(tq, vq, tk, vk, qt, qv, tau, reduction="none")
+    for i in range(b):
+        pos = [float(tq[i] @ vk[i, c]) / tau for c in range(t)]
+        neg = [float(tq[i] @ qv[j]) / tau for j in range(k)]
+        lt = math.log(sum(map(math.exp, pos + neg))) - math.log(sum(map(math.exp, pos)))
+        lv = 0.0
+        for c in range(t):
+            p = float(vq[i, c] @ tk[i]) / tau
+            lv += math.log(math.exp(p) + sum(math.exp(float(vq[i, c] @ qt[j]) / tau) for j in range(k))) - p
+        torch.testing.assert_close(out["l1_t"][i].item(), lt, atol=1e-4, rtol=1e-5)
+        torch.testing.assert_close(out["l1_v"][i].item(), lv / t, atol=1e-4, rtol=1e-5)
+    torch.testing.assert_close(out["l1"], (out["l1_t"] + out["l1_v"]) / 2)
+    logits, labels = torch.randn(2, 3, 5, generator=g), torch.tensor([[-1, 2, 4], [0, -1, -1]])
+    tokens = masked_lm_loss(logits, labels, "none")
+    for r in range(2):
+        for p in range(3):
+            ref = 0.0 if labels[r, p] < 0 else -F.log_softmax(logits[r, p], -1)[labels[r, p]].item()
+            torch.testing.assert_close(tokens[r, p].item(), ref, atol=1e-6, rtol=0)
+    itm_logits, target = torch.randn(4, 2, generator=g), torch.tensor([1, 1, 0, 0])
+    ref = [-F.log_softmax(itm_logits[i], -1)[target[i]].item() for i in range(4)]
+    torch.testing.assert_close(itm_loss(itm_logits, target, "none"), torch.tensor(ref), atol=1e-6, rtol=0)
 
 
 def test_l2_is_milnce_with_t1():
@@ -157,7 +195,11 @@ def test_qa_loss_index_and_multihot():
 
 
 def test_gathered_losses_two_processes_equal_one():
-    loss1, grad1 = snps3_dist_helpers.single_process()
-    for loss2, grad2 in run_distributed(snps3_dist_helpers.two_rank, world_size=2):
+    loss1, grad1, per_sample1 = snps3_dist_helpers.single_process()
+    torch.testing.assert_close(per_sample1.mean(), loss1)  # the per-sample terms are those the loss averages
+    ranks = run_distributed(snps3_dist_helpers.two_rank, world_size=2)
+    for loss2, grad2, _ in ranks:
         torch.testing.assert_close(loss2, loss1)
         torch.testing.assert_close(grad2, grad1)
+    # reduction="none": each rank returns the terms of its own samples, so that the ranks together hold each once
+    torch.testing.assert_close(torch.cat([r[2] for r in ranks]), per_sample1)

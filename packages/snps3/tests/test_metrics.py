@@ -1,7 +1,8 @@
+import pytest
 import torch
 from mmzoo.metrics import IndexedMean
 
-from snps3.metrics import RetrievalMetrics, best_gt_rank, retrieval_metrics
+from snps3.metrics import ItemWeightedMean, RetrievalMetrics, best_gt_rank, item_weighted_mean, retrieval_metrics
 
 
 def test_multi_gt_rank_and_mdr_hand_example():
@@ -55,3 +56,36 @@ def test_qa_accuracy_counts_out_of_vocabulary_as_wrong():
     torch.testing.assert_close(acc.compute(), torch.tensor(1 / 3, dtype=torch.float64))
     multi = SNPS3Module.qa_correct(logits, {"labels": torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 1.0]])})
     assert multi.tolist() == [1.0, 0.0, 1.0]
+
+
+def test_item_weighted_mean_counts_each_item_once():
+    """Σ values / Σ weights per term over distinct ids, against a plain loop; a repeated id (a padding repeat) is
+    dropped, a term without weight is NaN, and the Metric over batches equals the function on all rows."""
+    g = torch.Generator().manual_seed(0)
+    ids = torch.tensor([3, 0, 4, 1, 2, 3, 0])  # items 3 and 0 repeated at the end
+    values = torch.randn(7, 3, generator=g, dtype=torch.float64)
+    weights = torch.randint(1, 4, (7, 3), generator=g).double()
+    weights[:, 2] = 0.0  # e.g. no masked token anywhere
+    values[5:] += 100.0  # the repeats' rows differ (another batch): only the first row of an id counts
+    got = item_weighted_mean(values, weights, ids)
+    first = {}
+    for row, i in enumerate(ids.tolist()):
+        first.setdefault(i, row)
+    assert got["items"] == 5
+    for n in range(2):
+        num = sum(values[r, n].item() for r in first.values())
+        den = sum(weights[r, n].item() for r in first.values())
+        torch.testing.assert_close(got["mean"][n].item(), num / den)
+        torch.testing.assert_close(got["weight"][n].item(), den)
+    assert torch.isnan(got["mean"][2]) and got["weight"][2] == 0
+    metric = ItemWeightedMean(3)
+    with pytest.warns(UserWarning, match="called before the ``update``"):
+        empty = metric.compute()  # nothing added yet
+    assert empty["items"] == 0 and torch.isnan(empty["mean"]).all()
+    for rows in (slice(0, 2), slice(2, 5), slice(5, 7)):
+        metric.update(values[rows], weights[rows], ids[rows])
+    out = metric.compute()
+    for key in got:
+        torch.testing.assert_close(out[key], got[key], equal_nan=True)
+    with pytest.raises(ValueError, match=r"must be \(B, 3\)"):
+        metric.update(values[:, :2], weights[:, :2], ids)

@@ -250,3 +250,49 @@ def test_lvwm_without_significant_words_warns_once(synthetic_root, make_config):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         module.pretrain_losses(batch, train=False)
+
+
+@pytest.mark.parametrize(
+    "switches", [dict(with_moco=True, lvwm_stage="both"), dict(with_moco=False, text_mlm_input="masked")]
+)
+def test_per_item_pretraining_terms_reduce_to_the_batch_values(synthetic_root, make_config, switches):
+    """Evaluation keeps every pre-training term per item (to count each item once); Σ values / Σ weights of a batch's
+    items must give back the batch's own value of that term (MoCo or gathered MIL-NCE L1, token-level MLM, ITM
+    pairs, in-batch L2, LVWM before and after the BERT, and the monitors)."""
+    from snps3.data import SNPS3DataModule
+    from snps3.module import SNPS3Module
+
+    d = SNPS3DataModule(
+        str(synthetic_root),
+        "webvid",
+        tokenizer="vocab.txt",
+        num_frames=2,
+        max_text_len=16,
+        masking="mlm",
+        mask_prob=0.4,
+        significant_words="count_reprocess_synthetic.json",
+        words_top_k=17,
+        crop_size=32,
+        eval_short_side=32,
+        randaugment=False,
+        eval_batch_size=5,
+    )
+    d.setup("validate")
+    batch = next(iter(d.val_dataloader()))
+    torch.manual_seed(0)
+    module = SNPS3Module(config=make_config(num_layers=1), task="pretrain", moco_queue_size=8, **switches).eval()
+    with torch.no_grad():  # the same draws (LVWM's word choice) in both calls
+        torch.manual_seed(1)
+        losses, mon = module.pretrain_losses(batch, train=False)
+        torch.manual_seed(1)
+        per_loss, per_mon = module.pretrain_losses(batch, train=False, reduction="none")
+    names = module.pretrain_term_names()
+    assert sorted(per_loss) == sorted(losses) == sorted(names[0]) and sorted(per_mon) == sorted(names[1])
+    n_masked = (batch["mlm_labels"] >= 0).sum(1)
+    assert n_masked.min() != n_masked.max()  # items with different token counts: the MLM weights matter
+    for name, value in {**losses, **mon}.items():
+        values, weights = {**per_loss, **per_mon}[name]
+        assert values.shape == weights.shape == (5,), name
+        torch.testing.assert_close(values.sum() / weights.sum(), value.float(), msg=name)
+    torch.testing.assert_close(per_loss["mlm_cross"][1], n_masked.float())
+    assert not torch.allclose(per_loss["l1"][0], per_loss["l1"][0].mean())  # items differ: each keeps its own

@@ -714,12 +714,37 @@ class RetrievalDataset(_VideoTextBase):
         }
 
 
+_WARNED_ANSWER_FILES: set[tuple[str, int]] = set()
+"""(file, data.num_answers) pairs already warned about by :func:`_warn_answers_past_limit` in this process."""
+
+
+def _warn_answers_past_limit(path: Path, count: int, what: str, num_answers: int) -> None:
+    """Warn, once per file and answer-vocabulary size, that ``count`` answers of ``path`` have an index
+    ``>= num_answers`` and are therefore out of vocabulary (nothing when ``count <= 0``)."""
+    key = (str(path), num_answers)
+    if count <= 0 or key in _WARNED_ANSWER_FILES:
+        return
+    _WARNED_ANSWER_FILES.add(key)
+    log.warning(
+        "%s: %d %s have an index >= data.num_answers=%d (the answer vocabulary, the size of the QA head) and are "
+        "dropped as out of vocabulary: a question left without an answer in the vocabulary counts wrong in "
+        "evaluation and is skipped in training. Raise data.num_answers and model.config.num_answers if these "
+        "answers belong to the vocabulary.",
+        path,
+        count,
+        what,
+        num_answers,
+    )
+
+
 class QADataset(_VideoTextBase):
     """Open-ended QA (spec §4.3): lines ``{caption: question, clip_name, label}``; ``label`` is an answer index, an
     answer string (resolved through ``answer_list``), or a list of them (multi-label: multi-hot target).
 
     Item: frames, input_ids, attention_mask, and ``label`` () long (−1 = answer outside the vocabulary, counted
-    wrong) or ``labels`` (A,) multi-hot when the file has list labels.
+    wrong) or ``labels`` (A,) multi-hot when the file has list labels. The vocabulary is the first ``num_answers``
+    answers: an answer list with more entries, and labels whose index is past it (an int label, or a string at such
+    a position in the list), are reported with a warning once per file (how many, and the limit).
     """
 
     def __init__(
@@ -756,7 +781,9 @@ class QADataset(_VideoTextBase):
             path = self.root / answer_list
             if not path.is_file():
                 raise FileNotFoundError(f"data.answer_list={answer_list!r}: {str(path)!r} does not exist; {HINT}")
-            self.answers = {a: i for i, a in enumerate(read_json(path, "data.answer_list"))}
+            names = read_json(path, "data.answer_list")
+            self.answers = {a: i for i, a in enumerate(names)}
+            _warn_answers_past_limit(path, len(names) - num_answers, "answers of the list", num_answers)
         if (
             any(
                 isinstance(r["label"], str)
@@ -767,12 +794,22 @@ class QADataset(_VideoTextBase):
         ):
             raise ValueError(f"{dataset} {split}: string labels need data.answer_list (a JSON list of answers); {HINT}")
         self.multi_label = any(isinstance(r["label"], list) for r in self.rows)
+        past_limit: dict[Path, int] = {}  # per annotation file: labels whose answer index is >= num_answers
+        for row, path in zip(self.rows, self.row_files):
+            labels = row["label"] if isinstance(row["label"], list) else [row["label"]]
+            past_limit[path] = past_limit.get(path, 0) + sum(self._list_index(x) >= num_answers for x in labels)
+        for path, count in past_limit.items():
+            _warn_answers_past_limit(path, count, "answer labels", num_answers)
 
     def __len__(self) -> int:
         return len(self.rows)
 
+    def _list_index(self, label) -> int:
+        """The label's index in the answer list (an int label is one); −1 for a string the list lacks."""
+        return self.answers.get(label, -1) if isinstance(label, str) else int(label)
+
     def _index(self, label) -> int:
-        i = self.answers.get(label, -1) if isinstance(label, str) else int(label)
+        i = self._list_index(label)
         return i if 0 <= i < self.num_answers else -1
 
     def _item(self, index: int) -> dict | None:

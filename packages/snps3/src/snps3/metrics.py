@@ -1,16 +1,18 @@
 """Retrieval metrics with several ground-truth videos per caption (spec §5). QA / MC accuracy is the mean of
 per-question correctness (answers outside the vocabulary count as wrong) over distinct questions:
 ``mmzoo.metrics.IndexedMean`` keeps each value with its dataset index, so a question that a ``DistributedSampler``
-repeats to pad its last round counts once.
+repeats to pad its last round counts once. The pre-training validation losses and monitors are averaged the same
+way, over distinct items (:class:`ItemWeightedMean`).
 """
 
 from __future__ import annotations
 
 import torch
+from mmzoo.metrics import ListStateMetric, first_of_each_id
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
-__all__ = ["best_gt_rank", "retrieval_metrics", "RetrievalMetrics"]
+__all__ = ["best_gt_rank", "retrieval_metrics", "RetrievalMetrics", "item_weighted_mean", "ItemWeightedMean"]
 
 
 def best_gt_rank(sim: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
@@ -66,3 +68,57 @@ class RetrievalMetrics(Metric):
         out["MnR"] = r.mean() + 1
         out["mean_recall"] = torch.stack([out[f"R@{k}"] for k in self.ks]).mean()
         return out
+
+
+def item_weighted_mean(values: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Per column n: Σ_i values[i, n] / Σ_i weights[i, n] over the rows i of distinct ``ids`` (the first row of an id
+    that occurs more than once; a padding repeat's rows are its repeats).
+
+    values, weights (N_rows, N) float; ids (N_rows,) long -> ``{"mean": (N,), "weight": (N,), "items": ()}``, float64:
+    the ratios (NaN where the weights sum to 0), the weight sums and the number of distinct ids. With weights 1 this
+    is the mean over distinct items; with an item's masked-token count as weight and its token-loss sum as value,
+    the mean over their tokens.
+    """
+    keep = first_of_each_id(ids)
+    total = weights[keep].to(torch.float64).sum(0)  # (N,)
+    mean = values[keep].to(torch.float64).sum(0) / total  # (N,)
+    mean = torch.where(total > 0, mean, torch.full_like(mean, float("nan")))
+    items = torch.tensor(float(len(keep)), dtype=torch.float64, device=total.device)
+    return {"mean": mean, "weight": total, "items": items}
+
+
+class ItemWeightedMean(ListStateMetric):
+    """:func:`item_weighted_mean` of ``num_terms`` per-item terms over batches and ranks, each item counted once.
+
+    ``update(values (B, N), weights (B, N), ids (B,))``; ``compute()`` -> the function's dict (``items`` 0 and every
+    mean NaN when no rank added anything). A rank without items takes part in the sync and adds nothing.
+    """
+
+    full_state_update = False
+    higher_is_better = None
+
+    def __init__(self, num_terms: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.num_terms = num_terms
+        self._row_specs = {
+            "values": ((num_terms,), torch.float64),
+            "weights": ((num_terms,), torch.float64),
+            "ids": ((), torch.long),
+        }
+        self.add_state("values", default=[], dist_reduce_fx="cat")
+        self.add_state("weights", default=[], dist_reduce_fx="cat")
+        self.add_state("ids", default=[], dist_reduce_fx="cat")
+
+    def update(self, values: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor) -> None:
+        b = ids.shape[0]
+        if ids.ndim != 1 or values.shape != (b, self.num_terms) or weights.shape != values.shape:
+            raise ValueError(
+                f"ItemWeightedMean({self.num_terms}): values {tuple(values.shape)} and weights "
+                f"{tuple(weights.shape)} must be (B, {self.num_terms}) for ids {tuple(ids.shape)} (B,)"
+            )
+        self.values.append(values.detach().to(torch.float64))
+        self.weights.append(weights.detach().to(torch.float64))
+        self.ids.append(ids.long())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return item_weighted_mean(self._rows("values"), self._rows("weights"), self._rows("ids"))

@@ -19,17 +19,22 @@ from mmzoo.predict import predict_dataset
 
 from snps3.losses import ITMLoss, LVWMLoss, MaskedLMLoss, MILNCELoss, MoCoLoss, QALoss, milnce_loss
 from snps3.masking import attentive_mask, restore_raw_ids, select_lvwm_words
-from snps3.metrics import retrieval_metrics
+from snps3.metrics import ItemWeightedMean, retrieval_metrics
 from snps3.models import MomentumEncoders, SNPS3Config, SNPS3Model, load_checked
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SNPS3Module", "in_batch_r1"]
+__all__ = ["SNPS3Module", "in_batch_hits", "in_batch_r1"]
+
+
+def in_batch_hits(sim: torch.Tensor) -> torch.Tensor:
+    """1.0 for each row whose arg-max is the diagonal, else 0.0: sim (B, B) -> (B,)."""
+    return (sim.argmax(1) == torch.arange(sim.shape[0], device=sim.device)).float()
 
 
 def in_batch_r1(sim: torch.Tensor) -> torch.Tensor:
     """Fraction of rows whose arg-max is the diagonal: sim (B, B) -> scalar (pre-training monitor, spec §5)."""
-    return (sim.argmax(1) == torch.arange(sim.shape[0], device=sim.device)).float().mean()
+    return in_batch_hits(sim).mean()
 
 
 class SNPS3Module(pl.LightningModule):
@@ -119,6 +124,9 @@ class SNPS3Module(pl.LightningModule):
         self.special_ids = (self.config.cls_token_id, self.config.sep_token_id, self.config.pad_token_id)
         # QA / MC correctness per question, keyed by dataset index: a repeat a DistributedSampler pads with counts once
         self.accuracy = torch.nn.ModuleDict({s: IndexedMean() for s in ("val", "test")})
+        if task == "pretrain":  # validation losses and monitors per item, keyed by dataset index (the same)
+            n_terms = sum(map(len, self.pretrain_term_names()))
+            self.pretrain_terms = torch.nn.ModuleDict({s: ItemWeightedMean(n_terms) for s in ("val", "test")})
         self._eval: dict[str, list] = {}
         self._unreadable: dict[str, list[int]] = {}
         self.unused_modules = self._unused_in_training()
@@ -235,16 +243,19 @@ class SNPS3Module(pl.LightningModule):
             rows.append(self.model.sim_score(out.pooled).view(n, bv))  # (n, B_v)
         return torch.cat(rows, 0)  # (B_t, B_v)
 
-    def global_l1(self, batch: dict, t: torch.Tensor, v: torch.Tensor, train: bool) -> dict[str, torch.Tensor]:
-        """L1 (spec §3.4 a): MoCo (momentum update, keys, queue losses, enqueue) or in-batch MIL-NCE."""
+    def global_l1(
+        self, batch: dict, t: torch.Tensor, v: torch.Tensor, train: bool, reduction: Literal["mean", "none"] = "mean"
+    ) -> dict[str, torch.Tensor]:
+        """L1 (spec §3.4 a): MoCo (momentum update, keys, queue losses, enqueue) or in-batch MIL-NCE; scalars, or
+        per sample (B,) with ``reduction="none"``."""
         if not self.moco_active:
-            return {"l1": self.milnce_l1(t, v)}
+            return {"l1": self.milnce_l1(t, v, reduction)}
         if train:
             self.momentum.update(self.model, self.hparams.moco_momentum)
         t_key, v_key = self.momentum.keys(
             batch["input_ids"], batch["attention_mask"], batch["frames"], batch.get("pad_mask")
         )
-        out = self.moco_loss(t, v, t_key, v_key)
+        out = self.moco_loss(t, v, t_key, v_key, reduction)
         if train:
             self.moco_loss.enqueue(t_key, v_key)
         return out
@@ -270,9 +281,27 @@ class SNPS3Module(pl.LightningModule):
         return sum(p.sum() * 0.0 for p in self.parameters() if p.requires_grad)
 
     # ---------------------------------------------------------------------------------------------- pre-training
-    def pretrain_losses(self, batch: dict, train: bool) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-        """Every pre-training term (spec §3.4) and the monitors. Returns (losses, monitors)."""
+    def pretrain_term_names(self) -> tuple[list[str], list[str]]:
+        """(loss terms, monitors) that :meth:`pretrain_losses` returns with this module's switches."""
+        hp = self.hparams
+        losses = [k for k, on in (("l1", hp.use_l1), ("mlm_cross", hp.use_mlm), ("mlm_text", hp.use_mlm)) if on]
+        losses += [k for k, on in (("itm", hp.use_itm), ("l2", hp.use_l2), ("lvwm", hp.use_lvwm)) if on]
+        monitors = ["r1_l1"] + [k for k, on in (("mlm_acc", hp.use_mlm), ("itm_acc", hp.use_itm)) if on]
+        return losses, monitors + (["r1_l2"] if hp.use_l2 else [])
+
+    def pretrain_losses(
+        self, batch: dict, train: bool, reduction: Literal["mean", "none"] = "mean"
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """Every pre-training term (spec §3.4) and the monitors. Returns (losses, monitors).
+
+        ``reduction="mean"``: the batch's scalars (``mlm_acc`` only when a token is masked). ``"none"`` (evaluation):
+        every term and monitor of :meth:`pretrain_term_names` per item of the batch, as a pair (values (B,),
+        weights (B,)) whose Σ values / Σ weights is the batch's scalar: weight 1 per item, except for the token-level
+        MLM terms and ``mlm_acc`` (the item's sum over its masked tokens, weighted by their count). A contrastive
+        term's value for an item is its row of the batch's (for L1 without MoCo and LVWM: gathered) matrix.
+        """
         hp, m = self.hparams, self.model
+        per_item = reduction == "none"
         frames, pad_mask = batch["frames"], batch.get("pad_mask")
         ids, attn = batch["input_ids"], batch["attention_mask"]  # raw caption (B, L)
         mids, mlabels = batch["mlm_input_ids"], batch["mlm_labels"]  # data-side masked caption and labels (B, L)
@@ -281,11 +310,14 @@ class SNPS3Module(pl.LightningModule):
         v = m.clip_embed(visual)  # (B, T, D)
         text = m.encode_text(ids, attn, output_attentions=attentive)  # text-only pass on the raw caption
         t = m.text_embed(text)  # (B, D)
+        ones = torch.ones(ids.shape[0], device=ids.device)  # (B,) weight of a per-item term
         losses: dict[str, torch.Tensor] = {}
         mon: dict[str, torch.Tensor] = {}
         if hp.use_l1:
-            losses.update({k: val for k, val in self.global_l1(batch, t, v, train).items() if k == "l1"})
-        mon["r1_l1"] = in_batch_r1(torch.logsumexp(torch.einsum("id,jcd->ijc", t, v), -1).detach())
+            l1 = self.global_l1(batch, t, v, train, reduction)["l1"]
+            losses["l1"] = (l1, ones) if per_item else l1
+        hits = in_batch_hits(torch.logsumexp(torch.einsum("id,jcd->ijc", t, v), -1).detach())  # (B,)
+        mon["r1_l1"] = (hits, ones) if per_item else hits.mean()
         cross_ids, labels = mids, mlabels
         if attentive:  # spec §3.4 f: importance a_p = Σ_layers Σ_queries mean_heads A[q, p]
             importance = sum((a.mean(1) * attn[:, :, None]).sum(1) for a in text.attentions)  # (B, L)
@@ -295,22 +327,35 @@ class SNPS3Module(pl.LightningModule):
         cross = m.cross(cross_ids, attn, visual)  # (masked caption, own video)
         if hp.use_mlm:
             logits_c = m.mlm_logits(cross.text_hidden, "cross")  # (B, L, V)
-            losses["mlm_cross"] = self.mlm_loss(logits_c, labels)
             text_h = text.hidden if hp.text_mlm_input == "raw" else m.encode_text(cross_ids, attn).hidden
-            losses["mlm_text"] = self.mlm_loss(m.mlm_logits(text_h, "text"), labels)
-            sel = labels >= 0
-            if sel.any():
-                mon["mlm_acc"] = (logits_c.argmax(-1)[sel] == labels[sel]).float().mean()
+            logits_t = m.mlm_logits(text_h, "text")  # (B, L, V)
+            sel = labels >= 0  # (B, L) masked tokens
+            correct = (logits_c.argmax(-1) == labels) & sel  # (B, L)
+            if per_item:
+                n_masked = sel.sum(1).float()  # (B,) weight: the item's masked tokens
+                losses["mlm_cross"] = (self.mlm_loss(logits_c, labels, "none").sum(1), n_masked)
+                losses["mlm_text"] = (self.mlm_loss(logits_t, labels, "none").sum(1), n_masked)
+                mon["mlm_acc"] = (correct.sum(1).float(), n_masked)
+            else:
+                losses["mlm_cross"] = self.mlm_loss(logits_c, labels)
+                losses["mlm_text"] = self.mlm_loss(logits_t, labels)
+                if sel.any():
+                    mon["mlm_acc"] = correct[sel].float().mean()
         if hp.use_itm:
             neg = m.cross(batch["neg_input_ids"], batch["neg_attention_mask"], visual)
             logits = m.itm_head(torch.cat([cross.pooled, neg.pooled], 0))  # (2B, 2)
             target = torch.cat([torch.ones_like(ids[:, 0]), torch.zeros_like(ids[:, 0])])  # (2B,)
-            losses["itm"] = self.itm_loss(logits, target)
-            mon["itm_acc"] = (logits.argmax(-1) == target).float().mean()
+            itm, itm_hits = self.itm_loss(logits, target, reduction), (logits.argmax(-1) == target).float()
+            if per_item:  # an item's two pairs (its caption, its negative caption) -> their mean
+                losses["itm"] = (itm.view(2, -1).mean(0), ones)
+                mon["itm_acc"] = (itm_hits.view(2, -1).mean(0), ones)
+            else:
+                losses["itm"], mon["itm_acc"] = itm, itm_hits.mean()
         if hp.use_l2:
             s = self.level2_matrix(mids, attn, visual)  # (B, B) on the data-side caption
-            losses["l2"] = milnce_loss(s[:, :, None])
-            mon["r1_l2"] = in_batch_r1(s.detach())
+            l2, hits = milnce_loss(s[:, :, None], reduction), in_batch_hits(s.detach())
+            losses["l2"] = (l2, ones) if per_item else l2
+            mon["r1_l2"] = (hits, ones) if per_item else hits.mean()
         if hp.use_lvwm:
             raw = restore_raw_ids(mids, mlabels)  # (B, L)
             if "word_significant" not in batch and not getattr(self, "_warned_lvwm_words", False):
@@ -324,11 +369,11 @@ class SNPS3Module(pl.LightningModule):
             total = 0.0
             if hp.lvwm_stage in ("after", "both"):
                 hidden = text.hidden if torch.equal(raw, ids) else m.encode_text(raw, attn).hidden
-                total = total + self.lvwm_loss(hidden.gather(1, gather), v)  # words after the shared BERT
+                total = total + self.lvwm_loss(hidden.gather(1, gather), v, reduction)  # words after the shared BERT
             if hp.lvwm_stage in ("before", "both"):
                 emb = m.bert.embeddings(input_ids=raw, token_type_ids=torch.zeros_like(raw))  # (B, L, D)
-                total = total + self.lvwm_loss(emb.gather(1, gather), v)
-            losses["lvwm"] = total
+                total = total + self.lvwm_loss(emb.gather(1, gather), v, reduction)
+            losses["lvwm"] = (total, ones) if per_item else total
         return losses, mon
 
     # ---------------------------------------------------------------------------------------------- fine-tuning
@@ -399,16 +444,16 @@ class SNPS3Module(pl.LightningModule):
         if batch is None:
             return
         task = self.hparams.task
-        b = batch["frames"].shape[0]
         if "unreadable" in batch and batch["unreadable"].any():
             self._unreadable.setdefault(stage, []).extend(batch["item_index"][batch["unreadable"]].tolist())
-        if task == "pretrain":
-            losses, mon = self.pretrain_losses(batch, train=False)
-            self.log(f"{stage}/loss", sum(losses.values()), sync_dist=True, batch_size=b)
-            for k, val in {**losses, **mon}.items():
-                self.log(f"{stage}/{'loss_' if k in losses else ''}{k}", val, sync_dist=True, batch_size=b)
-            if "r1_l2" in mon:
-                self.log(f"{stage}/select", mon["r1_l2"], sync_dist=True, batch_size=b)
+        if task == "pretrain":  # logged at the end of the epoch (_pretrain_epoch_end)
+            losses, mon = self.pretrain_losses(batch, train=False, reduction="none")
+            terms = {**losses, **mon}
+            names = [k for group in self.pretrain_term_names() for k in group]
+            assert sorted(terms) == sorted(names), (sorted(terms), names)
+            values = torch.stack([terms[k][0] for k in names], 1)  # (B, N_terms)
+            weights = torch.stack([terms[k][1] for k in names], 1)  # (B, N_terms)
+            self.pretrain_terms[stage].update(values, weights, batch["item_index"])
         elif task == "retrieval":
             self._collect(batch)
         elif task == "qa":  # logged at the end of the epoch (_accuracy_epoch_end)
@@ -587,10 +632,40 @@ class SNPS3Module(pl.LightningModule):
         a metric is reported is decided from all ranks' records together."""
         self._report_unreadable(stage)
         task = self.hparams.task
-        if task == "retrieval":
+        if task == "pretrain":
+            self._pretrain_epoch_end(stage)
+        elif task == "retrieval":
             self._retrieval_epoch_end(stage)
         elif task in ("qa", "mc"):
             self._accuracy_epoch_end(stage)
+
+    def _pretrain_epoch_end(self, stage: str) -> None:
+        """Pre-training losses and monitors over the distinct items of all ranks (the metric's sync gathers them):
+        ``<stage>/loss_<term>`` (their sum ``<stage>/loss``), the monitors, and ``<stage>/select`` = ``r1_l2``.
+
+        Each item counts once, also one that a ``DistributedSampler`` repeats to pad its last round; an MLM loss
+        is the mean over the masked tokens of those items (0 when none was masked, as in training; ``mlm_acc`` is
+        then not logged)."""
+        metric = self.pretrain_terms[stage]
+        with warnings.catch_warnings():  # a rank without items still syncs; "compute before update" is expected
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+            out = metric.compute()
+        metric.reset()
+        if out["items"] == 0:  # no rank evaluated an item (the same on every rank: the records are gathered)
+            return
+        loss_names, monitor_names = self.pretrain_term_names()
+        mean = out["mean"].float().to(self.device)
+        weighted = dict(zip(loss_names + monitor_names, (out["weight"] > 0).tolist(), strict=True))
+        result = dict(zip(loss_names + monitor_names, mean, strict=True))
+        losses = {k: result[k] if weighted[k] else mean.new_zeros(()) for k in loss_names}
+        self.log(f"{stage}/loss", sum(losses.values()), sync_dist=True)
+        for k, val in losses.items():
+            self.log(f"{stage}/loss_{k}", val, sync_dist=True)
+        for k in monitor_names:
+            if weighted[k]:
+                self.log(f"{stage}/{k}", result[k], sync_dist=True)
+        if "r1_l2" in result:
+            self.log(f"{stage}/select", result["r1_l2"], sync_dist=True)
 
     def _accuracy_epoch_end(self, stage: str) -> None:
         """QA / MC accuracy over the distinct questions of all ranks (the metric's sync gathers them)."""
