@@ -13,7 +13,7 @@ from radartag.data import (
     read_label_map,
 )
 from radartag.models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, SUPERTOPIC
-from radartag.synthetic import SyntheticKwaiConfig, write_synthetic_vertical
+from radartag.synthetic import SyntheticKwaiConfig, stamp_path, write_synthetic_vertical
 
 CFG = SyntheticKwaiConfig(num_users=20, num_parents=3, leaves_per_parent=4, follows=3, feature_dim=8, seed=1)
 
@@ -202,3 +202,31 @@ def test_cached_graph_is_rebuilt_when_its_files_change(root):
     os.utime(parents, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a later write, even on a coarse clock
     again = load_split_graph(root, "v", "train")
     assert again[SUBTOPIC].edge_index.shape[1] == g[SUBTOPIC].edge_index.shape[1] - dropped
+
+
+def test_demo_vertical_is_rewritten_when_its_settings_change_and_the_graph_follows(tmp_path, caplog):
+    root = tmp_path / "gen"
+
+    def load(cfg):
+        dm = KwaiTagDataModule(str(root), "v", generate_demo_data=True, demo=cfg)
+        dm.prepare_data()
+        return load_split_graph(root, "v", "train")
+
+    first = load(CFG)
+    label_map = root / "label_map_kwai_v.txt"
+    written = label_map.stat().st_mtime_ns
+    torch.testing.assert_close(load(CFG)["video"].x, first["video"].x)
+    assert label_map.stat().st_mtime_ns == written  # same settings: the copy is reused, not written again
+    noisier = SyntheticKwaiConfig(**{**CFG.__dict__, "noise": CFG.noise * 3})
+    second = load(noisier)  # only the features change; the lists are the same draws
+    assert label_map.read_text() and label_map.stat().st_mtime_ns != written
+    assert not torch.allclose(second["video"].x, first["video"].x)
+    expected = torch.stack(
+        [torch.from_numpy(np.load(root / "video_feat" / f"{p}.npy")) for p in second["video"].pid.tolist()]
+    )
+    torch.testing.assert_close(second["video"].x, expected)  # the cached graph was rebuilt from the new files
+    # a vertical without the stamp is the user's: left as it is, with a warning
+    stamp_path(root, "v").unlink()
+    with caplog.at_level("WARNING"):
+        torch.testing.assert_close(load(CFG)["video"].x, second["video"].x)
+    assert "without the synthetic generator's stamp" in caplog.text

@@ -28,7 +28,7 @@ from torch_geometric.data import HeteroData
 
 from .models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, SUPERTOPIC, EdgeType
 from .sampler import BlockSampler, PygNeighborSampler
-from .synthetic import SyntheticKwaiConfig, write_synthetic_vertical
+from .synthetic import SyntheticKwaiConfig, ensure_synthetic_vertical
 
 __all__ = [
     "KwaiFiles",
@@ -320,7 +320,9 @@ class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
         batch_size: videos per batch (official 1024), plus all tags.
         eval_batch_size: evaluation videos per batch.
         force_reload: rebuild the cached graphs.
-        generate_demo_data: write a synthetic vertical (official format) to ``dataset_root`` if it is missing.
+        generate_demo_data: write a synthetic vertical (official format) to ``dataset_root`` if it is missing, or
+            again when the copy there was generated with other ``demo`` settings (a vertical without the
+            generator's stamp is the user's and is never overwritten).
         demo: generator settings for ``generate_demo_data``.
     """
 
@@ -361,8 +363,8 @@ class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
     def prepare_data(self) -> None:
         hp = self.hparams
         root = Path(hp.dataset_root)
-        if hp.generate_demo_data and not (root / f"label_map_kwai_{hp.vertical}.txt").is_file():
-            write_synthetic_vertical(root, hp.vertical, self.demo or SyntheticKwaiConfig())
+        if hp.generate_demo_data:  # written when missing or stamped with other settings
+            ensure_synthetic_vertical(root, hp.vertical, self.demo or SyntheticKwaiConfig())
 
     def graph(self, split: str) -> HeteroData:
         if split not in self.graphs:
