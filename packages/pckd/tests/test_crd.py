@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from pckd.cli import main
 from pckd.losses import (
     CRDLoss,
+    _uniform_positions,
     contrast_scores,
     crd_nce_loss,
     momentum_memory_rows,
@@ -149,6 +150,16 @@ def test_negative_draws_are_uniform(pool_size, m):
     chi2 = float(((counts - expected) ** 2 / expected).sum())
     dof = len(counts) - 1
     assert chi2 < dof + 5 * math.sqrt(2 * dof)
+
+
+def test_uniform_positions_reach_every_position_of_a_large_pool():
+    """Each of a pool's positions is equally likely: with 2^25 positions half of them are odd. (Scaled float32
+    draws, 2^24 steps, only ever give even positions there, and on ImageNet-sized pools unequal shares.)"""
+    pool = torch.tensor([2**25, 1_281_167])
+    draws = _uniform_positions(pool, 4000, torch.Generator().manual_seed(0))  # (2, 4000)
+    assert bool((draws >= 0).all()) and bool((draws < pool[:, None]).all())
+    odd = (draws[0] % 2).float().mean().item()
+    assert 0.45 < odd < 0.55
 
 
 def test_class_index_rejects_negative_labels_and_unknown_anchor_classes():

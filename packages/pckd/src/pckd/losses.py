@@ -328,8 +328,12 @@ def sample_other_class_negatives(
 
 
 def _uniform_positions(pool: torch.Tensor, m: int, generator: torch.Generator | None) -> torch.Tensor:
-    """(R,) pool sizes → (R, m) independent uniform draws in [0, pool_r)."""
-    u = torch.rand((pool.shape[0], m), device=pool.device, generator=generator)  # (R, m)
+    """(R,) pool sizes → (R, m) independent uniform draws in [0, pool_r).
+
+    u is drawn in float64: float32's 2^24 steps would leave positions unreachable for pools above 2^24 images and,
+    below it, give positions unequal shares (on ImageNet's 1.28M, 13 or 14 steps each: some rows drawn 8 % more).
+    """
+    u = torch.rand((pool.shape[0], m), device=pool.device, generator=generator, dtype=torch.float64)  # (R, m)
     return (u * pool[:, None]).long().clamp_max(pool[:, None] - 1)
 
 
