@@ -83,6 +83,35 @@ def test_malformed_json_names_the_file(tmp_path):
         GQA200Dataset(tmp_path, "train")
 
 
+def test_annotations_outside_their_image_or_vocabulary_are_refused_naming_file_and_image(tmp_path):
+    """A relation pointing at another image's box (VG: absolute rows outside the image's range; GQA: a negative
+    local index) or a predicate 0 would otherwise wrap silently to a wrong box or become background."""
+    write_vg150(tmp_path, n_images=6, n_test=2)
+    h5 = tmp_path / "vg" / "VG-SGG-with-attri.h5"
+    with h5py.File(h5, "r") as f:
+        image_ids = [d["image_id"] for d in json.loads((tmp_path / "vg" / "image_data.json").read_text())]
+        i = int(np.nonzero((f["split"][:] == 0) & (f["img_to_first_rel"][:] >= 0))[0][0])
+        r0, b1 = int(f["img_to_first_rel"][i]), int(f["img_to_last_box"][i])
+    with h5py.File(h5, "a") as f:
+        f["relationships"][r0, 1] = b1 + 1  # the first box of the next image
+    with pytest.raises(ValueError, match=rf"VG-SGG-with-attri.h5: image {image_ids[i]}: relation box indices"):
+        VG150Dataset(tmp_path, "train", predicate_order="file", num_val_images=0)
+    with h5py.File(h5, "a") as f:
+        f["relationships"][r0, 1] = int(f["img_to_first_box"][i])
+        f["predicates"][r0, 0] = 0
+    with pytest.raises(ValueError, match=rf"image {image_ids[i]}: predicates 0\.\."):
+        VG150Dataset(tmp_path, "train", predicate_order="file", num_val_images=0)
+
+    write_gqa200(tmp_path, n_train=3, n_test=2)
+    path = tmp_path / "gqa" / "GQA_200_Train.json"
+    data = json.loads(path.read_text())
+    data["relationships_all"][1][0][1] = -1
+    path.write_text(json.dumps(data))
+    name = data["filenames_all"][1]
+    with pytest.raises(ValueError, match=rf"GQA_200_Train.json: image {name}: relation box indices -1\.\."):
+        GQA200Dataset(tmp_path, "train")
+
+
 def test_gqa_skip_and_val_cut(tmp_path):
     write_gqa200(tmp_path, n_train=6, n_test=8)
     test = GQA200Dataset(tmp_path, "test", skip_test_entry=3)

@@ -366,6 +366,23 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def _check_annotations(
+    path: Path, image_id: str, num_boxes: int, labels: np.ndarray, rels: np.ndarray, num_obj: int, num_pred: int
+) -> None:
+    """Refuse an image whose annotations do not fit its boxes or the vocabularies: object labels in 1..num_obj−1,
+    relation subject/object indices in 0..num_boxes−1 (local), predicates in 1..num_pred−1 (before any re-indexing).
+    Unchecked, a negative index would silently wrap to another box and a predicate 0 would become background."""
+    problem = None
+    if len(labels) and (labels.min() < 1 or labels.max() >= num_obj):
+        problem = f"object labels {labels.min()}..{labels.max()} outside 1..{num_obj - 1}"
+    elif len(rels) and (rels[:, :2].min() < 0 or rels[:, :2].max() >= num_boxes):
+        problem = f"relation box indices {rels[:, :2].min()}..{rels[:, :2].max()} outside its {num_boxes} boxes"
+    elif len(rels) and (rels[:, 2].min() < 1 or rels[:, 2].max() >= num_pred):
+        problem = f"predicates {rels[:, 2].min()}..{rels[:, 2].max()} outside 1..{num_pred - 1}"
+    if problem:
+        raise ValueError(f"{path}: image {image_id}: {problem}; the annotation files do not belong together")
+
+
 class VG150Dataset(SceneGraphDataset):
     """Visual Genome VG150 in the Scene-Graph-Benchmark format (spec §4.1), under ``<data_root>/vg/``.
 
@@ -460,8 +477,18 @@ class VG150Dataset(SceneGraphDataset):
             xyxy = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1)
             xyxy = xyxy * max(info["width"], info["height"]) / box_scale
             pairs = arr["relationships"][r0 : r1 + 1] - b0
-            preds = remap[arr["predicates"][r0 : r1 + 1, 0]]
-            rels = np.concatenate([pairs, preds[:, None]], 1).astype(np.int64)
+            file_preds = arr["predicates"][r0 : r1 + 1, 0]
+            labels = arr["labels"][b0 : b1 + 1, 0].astype(np.int64)
+            _check_annotations(
+                h5_path,
+                str(info["image_id"]),
+                len(labels),
+                labels,
+                np.concatenate([pairs, file_preds[:, None]], 1),
+                len(self.object_classes),
+                len(file_predicates),
+            )
+            rels = np.concatenate([pairs, remap[file_preds][:, None]], 1).astype(np.int64)
             self.records.append(
                 SceneRecord(
                     str(info["image_id"]),
@@ -469,7 +496,7 @@ class VG150Dataset(SceneGraphDataset):
                     info["width"],
                     info["height"],
                     xyxy.astype(np.float32),
-                    arr["labels"][b0 : b1 + 1, 0].astype(np.int64),
+                    labels,
                     rels,
                 )
             )
@@ -533,17 +560,25 @@ class GQA200Dataset(SceneGraphDataset):
                 continue
             if len(classes) == 0 or len(rels) == 0:
                 continue
-            self.records.append(
-                SceneRecord(
-                    Path(fname).stem,
-                    f"images/{fname}",
-                    int(meta["width"]),
-                    int(meta["height"]),
-                    np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
-                    np.asarray(classes, dtype=np.int64),
-                    np.asarray(rels, dtype=np.int64).reshape(-1, 3),
-                )
+            rec = SceneRecord(
+                Path(fname).stem,
+                f"images/{fname}",
+                int(meta["width"]),
+                int(meta["height"]),
+                np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                np.asarray(classes, dtype=np.int64),
+                np.asarray(rels, dtype=np.int64).reshape(-1, 3),
             )
+            if len(rec.boxes) != len(rec.labels):
+                raise ValueError(
+                    f"{split_path}: image {fname}: {len(rec.boxes)} boxes in gt_boxes_all but {len(rec.labels)} "
+                    f"classes in gt_classes_all"
+                )
+            _check_annotations(
+                split_path, fname, len(rec.labels), rec.labels, rec.rels, len(self.object_classes),
+                len(self.predicate_classes),
+            )  # fmt: skip
+            self.records.append(rec)
         if split == "val":
             self.records = self.records[:num_val_images]
         if max_images is not None:
