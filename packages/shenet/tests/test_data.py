@@ -266,3 +266,44 @@ def test_checkpoint_parser_record_is_compared():
     capped = {**same, "parser": asdict(ParserConfig(backend="heuristic", max_nouns=2))}
     with pytest.warns(UserWarning, match="node caps"):
         dm.load_state_dict(capped)
+
+
+class _FakeReader:
+    """Stands in for mmzoo.video.VideoReader: a video of ``seconds`` at ``fps`` that records the frames asked for."""
+
+    requested: list[list[int]] = []
+
+    def __init__(self, seconds: float, fps: float):
+        self.duration, self.fps, self.num_frames = seconds, fps, int(seconds * fps)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def get_frames(self, idx):
+        _FakeReader.requested.append(list(idx))
+        return torch.zeros(len(idx), 3, 8, 8, dtype=torch.uint8)
+
+
+def test_load_frames_subsamples_as_clip4clip(monkeypatch):
+    # 20 s at 2 fps -> 20 frames at 1 fps -> 12 of them at np.linspace(0, 19, 12, dtype=int), CLIP4Clip's
+    # slice_framepos 2 (truncation: 0, 1, 3, ...; rounding would give 0, 2, 3, 5, 7, ...)
+    monkeypatch.setattr("shenet.data.VideoReader", lambda path: _FakeReader(20.0, 2.0))
+    _FakeReader.requested = []
+    _, mask = load_frames("unused.mp4", 12, 32)
+    seconds = [0, 1, 3, 5, 6, 8, 10, 12, 13, 15, 17, 19]
+    assert _FakeReader.requested == [[2 * s for s in seconds]] and mask.all()
+
+
+def test_didemo_clip_is_first_31_seconds(tmp_path, monkeypatch):
+    # spec §4: the DiDeMo clip is 0 to 31 s (annotations cover the first 30 s), also for longer videos
+    (tmp_path / "test_data.json").write_text(json.dumps([{"video": "a.mp4", "times": [[0, 1]], "description": "x"}]))
+    (tmp_path / "test_list.txt").write_text("a.mp4\n")
+    (tmp_path / "videos").mkdir()
+    (tmp_path / "videos" / "a.mp4").write_bytes(b"")
+    monkeypatch.setattr("shenet.data.VideoReader", lambda path: _FakeReader(40.0, 1.0))
+    _FakeReader.requested = []
+    item = DiDeMoDataset(tmp_path, "test", max_frames=64, image_size=32)[0]
+    assert _FakeReader.requested == [list(range(31))] and int(item["video_mask"].sum()) == 31

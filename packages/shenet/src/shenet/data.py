@@ -61,8 +61,9 @@ def load_frames(
     start: float | None = None,
     end: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Frames at ``fps`` (spec §3.10): 1 fps, ``linspace(0, n-1, max_frames)`` when more, shorter side resized to
-    ``image_size``, centre crop, CLIP normalisation, zero padding.
+    """Frames at ``fps`` (spec §3.10): 1 fps, ``linspace(0, n-1, max_frames)`` when more (truncated to integers, as
+    CLIP4Clip's ``slice_framepos 2``: ``np.linspace(..., dtype=int)``), shorter side resized to ``image_size``, centre
+    crop, CLIP normalisation, zero padding.
 
     Returns video (max_frames, 3, S, S) float32 and mask (max_frames,) bool.
     Deviation: resizing is bilinear with antialiasing (mmzoo.video), not bicubic.
@@ -75,8 +76,7 @@ def load_frames(
         n = max(1, int(math.ceil((t1 - t0) * fps - 1e-6)))
         idx = [min(reader.num_frames - 1, int(round((t0 + k / fps) * reader.fps))) for k in range(n)]
         if len(idx) > max_frames:
-            pick = torch.linspace(0, len(idx) - 1, max_frames).round().long().tolist()  # uniform subsampling
-            idx = [idx[j] for j in pick]
+            idx = [idx[j] for j in _uniform_indices(len(idx), max_frames)]
         frames = reader.get_frames(idx)  # (n, 3, H, W) uint8
     frames = normalize(center_crop(resize_short_side(frames, image_size), image_size), "clip")  # (n, 3, S, S)
     video = torch.zeros(max_frames, 3, image_size, image_size)
@@ -84,6 +84,15 @@ def load_frames(
     mask = torch.zeros(max_frames, dtype=torch.bool)
     mask[: len(idx)] = True
     return video, mask
+
+
+def _uniform_indices(n: int, k: int) -> list[int]:
+    """``k`` of ``n`` positions, as CLIP4Clip's ``np.linspace(0, n - 1, num=k, dtype=int)``: float64 positions
+    ``i·(n−1)/(k−1)`` truncated toward zero, the last one ``n − 1`` (rounding instead would pick other frames)."""
+    if k <= 1:
+        return [0] * k
+    step = (n - 1) / (k - 1)
+    return [int(i * step) for i in range(k - 1)] + [n - 1]
 
 
 def _require(path: Path, what: str, key: str = "data.data_root") -> Path:
@@ -303,9 +312,11 @@ def _matched(ids: list[str], annotated, split_file: Path, ann_file: Path, datase
 
 class DiDeMoDataset(_VideoTextDataset):
     """DiDeMo (spec §4): ``{split}_data.json`` (list of {video, times, description}) and ``{split}_list.txt``.
-    Paragraph retrieval: all descriptions of a video joined in file order; the clip is the whole video.
-    Deviation: the whole decoded video is used rather than CLIP4Clip's fixed 0-31 s window (identical for the
-    DiDeMo clips, which last at most about 30 s)."""
+    Paragraph retrieval: all descriptions of a video joined in file order; the clip is the video from 0 to 31 s
+    (CLIP4Clip's fixed window: DiDeMo videos longer than 30 s were annotated on their first 30 s only)."""
+
+    clip_end = 31.0
+    """End of the clip in seconds (spec §4: 0 to 31 s)."""
 
     dataset_name = "DiDeMo"
 
@@ -334,6 +345,7 @@ class DiDeMoDataset(_VideoTextDataset):
             names, parts, self.root / f"{split}_list.txt", self.root / f"{split}_data.json", self.dataset_name
         )
         self.captions = {v: [" ".join(parts[v])] for v in self.videos}
+        self.intervals = dict.fromkeys(self.videos, (0.0, self.clip_end))
         self._finish()
 
 
