@@ -86,3 +86,15 @@ def test_extract_text_features_refuses_an_anno_id_with_two_sentences(tmp_path):
     with pytest.raises(ValueError, match="anno_id 'q' names two different sentences"):
         main(args=["extract-text-features", "--data_root", str(root), "--split", "val", "--text_encoder",
                    str(tmp_path / "no_such_model")])  # fmt: skip
+
+
+def test_convert_mad_names_the_file_and_annotation_of_a_missing_key(tmp_path):
+    raw = write_synthetic_mad_raw(tmp_path / "raw", num_movies=1, dim=8)
+    path = raw / "annotations" / "MAD_val.json"
+    anns = json.loads(path.read_text())
+    first = next(iter(anns))
+    del anns[first]["ext_timestamps"]
+    path.write_text(json.dumps(anns))
+    with pytest.raises(KeyError, match=rf"MAD_val\.json.*{first}.*ext_timestamps"):
+        main(args=["convert-mad", "--annotations", str(raw / "annotations"), "--features", str(raw / "features"),
+                   "--out", str(tmp_path / "mad")])  # fmt: skip

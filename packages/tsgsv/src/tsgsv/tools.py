@@ -77,6 +77,9 @@ def extract_text_features_command(argv: list[str]) -> Path:
     return extract_text_features(a.data_root, a.split, a.text_encoder, a.language_model, a.device)
 
 
+_MAD_KEYS = ("movie", "sentence", "ext_timestamps", "movie_duration")
+
+
 def convert_mad(annotations: str | Path, features: str | Path, out: str | Path) -> Path:
     """Convert the MAD release into the official layout (spec §4.2).
 
@@ -102,6 +105,10 @@ def convert_mad(annotations: str | Path, features: str | Path, out: str | Path) 
                 raise FileNotFoundError(f"MAD file {str(ann_path)!r} does not exist; see README, Data preparation")
             by_movie: dict[str, list[tuple[str, dict]]] = defaultdict(list)
             for key, a in read_json(ann_path, "annotation file").items():
+                missing = [k for k in _MAD_KEYS if not isinstance(a, dict) or k not in a]
+                if missing:  # a bare KeyError('movie') would name neither the file nor the annotation
+                    raise KeyError(f"{str(ann_path)!r}: annotation {key!r} lacks key(s) {missing}; a MAD annotation "
+                                   f"holds {list(_MAD_KEYS)}")  # fmt: skip
                 by_movie[a["movie"]].append((str(key), a))
             layout = {}
             with (
