@@ -230,3 +230,31 @@ def test_demo_vertical_is_rewritten_when_its_settings_change_and_the_graph_follo
     with caplog.at_level("WARNING"):
         torch.testing.assert_close(load(CFG)["video"].x, second["video"].x)
     assert "without the synthetic generator's stamp" in caplog.text
+
+
+def test_list_line_with_space_separated_tags_rejected(root):
+    """'<pid>.mp4 3 5' (spaces, not tabs) would parse as pid <pid> with no tags: the video's labels would be lost
+    without a word. The reader names the file and line instead; tab-separated lines still read as before."""
+    path = root / "kwai_v_video_train_list.txt"
+    lines = path.read_text().splitlines()
+    pid, *tags = lines[0].split("\t")
+    assert tags, "the generator gives every video at least one tag"
+    before = read_kwai_files(root, "v").videos["train"][0]
+    assert before == (int(pid.split(".")[0]), [int(t) for t in tags])
+    lines[0] = " ".join([f"{pid.split('.')[0]}.mp4", *tags])
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"train_list\.txt' line 1: expected '<pid>\.mp4<TAB><tag_id>…'"):
+        read_kwai_files(root, "v")
+
+
+def test_video_children_values_that_are_not_integer_pids_named(root):
+    """int() would truncate 10601.7 to pid 10601 and read true as pid 1 (edges to videos the file never named)."""
+    path = root / "video_children_v.json"
+    children = json.loads(path.read_text())
+    key = next(iter(children))
+    for bad in (float(children[key][0]) + 0.5, True):
+        path.write_text(json.dumps({**children, key: [*children[key], bad]}))
+        with pytest.raises(ValueError, match=rf"video_children_v\.json'.*key '{key}'.*list of integer child pids"):
+            read_kwai_files(root, "v")
+    path.write_text(json.dumps({**children, key: [str(c) for c in children[key]]}))  # digit strings stay accepted
+    assert read_kwai_files(root, "v").children[int(key)] == children[key]

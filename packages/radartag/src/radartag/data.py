@@ -15,6 +15,7 @@ Features are read only through :class:`mmzoo.features.NpyFolderFeatures`.
 from __future__ import annotations
 
 import logging
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -76,6 +77,10 @@ def read_label_map(path: Path) -> list[str]:
     return tags
 
 
+_PID_FIELD = re.compile(r"\d+(\.\S*)?")
+"""First field of a list line: the integer pid, optionally followed by a file suffix (``10600.mp4``)."""
+
+
 def _read_list(path: Path, num_tags: int) -> list[tuple[int, list[int]]]:
     out = []
     seen: dict[int, int] = {}
@@ -83,11 +88,17 @@ def _read_list(path: Path, num_tags: int) -> list[tuple[int, list[int]]]:
         if not line.strip():
             continue
         parts = line.strip().split("\t")
+        name = parts[0].strip()
         try:
-            pid = int(parts[0].split(".")[0])
+            # the first field is the pid with an optional file suffix and nothing else: "10600.mp4 3 5" (tags
+            # separated by spaces) would otherwise be read as pid 10600 without tags, its labels silently lost
+            if not _PID_FIELD.fullmatch(name):
+                raise ValueError(name)
+            pid = int(name.split(".")[0])
             tags = [int(t) for t in parts[1:] if t.strip()]
         except ValueError as err:
-            raise ValueError(f"{str(path)!r} line {line_no}: expected '<pid>.mp4<TAB><tag_id>…', got {line!r}") from err
+            raise ValueError(f"{str(path)!r} line {line_no}: expected '<pid>.mp4<TAB><tag_id>…' (tab-separated), got "
+                             f"{line!r}") from err  # fmt: skip
         if any(not 0 <= t < num_tags for t in tags):
             raise ValueError(f"{str(path)!r} line {line_no}: tag id outside the label map (0..{num_tags - 1})")
         if pid in seen:
@@ -96,6 +107,14 @@ def _read_list(path: Path, num_tags: int) -> list[tuple[int, list[int]]]:
         seen[pid] = line_no
         out.append((pid, tags))
     return out
+
+
+def _integer_pid(value) -> int:
+    """A child pid of ``video_children``: a JSON integer (or a string of digits). ``int()`` alone would turn
+    10601.7 into pid 10601 and ``true`` into pid 1, linking videos the file never named."""
+    if isinstance(value, bool) or not isinstance(value, int | str) or (isinstance(value, str) and not value.isdigit()):
+        raise TypeError(repr(value))
+    return int(value)
 
 
 def _read_children(path: Path) -> dict[int, list[int]]:
@@ -109,7 +128,7 @@ def _read_children(path: Path) -> dict[int, list[int]]:
         try:
             if not isinstance(values, list):  # a bare "10601" would otherwise be read digit by digit
                 raise TypeError(type(values).__name__)
-            children[int(key)] = [int(c) for c in values]
+            children[int(key)] = [_integer_pid(c) for c in values]
         except (TypeError, ValueError) as err:
             raise ValueError(f"{str(path)!r}: key {key!r} -> {values!r}: expected a bare integer pid (e.g. \"10600\", "
                              f"not \"10600.mp4\") mapped to a list of integer child pids") from err  # fmt: skip
