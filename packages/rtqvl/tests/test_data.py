@@ -185,6 +185,11 @@ def test_malformed_annotations_name_the_file_and_line(tmp_path):
     for i, answer in enumerate(("two", 5)):
         text = json.dumps([row, {**row, "answer": answer}])  # item 0 is valid
         cases.append((NExTQADataset, f"n{i}.json", text, rf"n{i}\.json' item 1: 'answer' must be the index \(0\.\.4\)"))
+    qa = {"video": "v", "question": "what is it?", "answer": "a dog", "question_id": 1}
+    for i, bad in enumerate(({"answer": ["dog", "a dog"]}, {"answer": None}, {"question": ["what"]})):
+        text = json.dumps([qa, {**qa, **bad}])  # item 0 is valid
+        pattern = rf"q{i}\.json' item 1: 'question' must be a string and 'answer' one answer string"
+        cases.append((VideoQADataset, f"q{i}.json", text, pattern))
     for cls, name, text, pattern in cases:
         (ann / name).write_text(text)
         with pytest.raises(ValueError, match=pattern):

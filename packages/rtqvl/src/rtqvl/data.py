@@ -501,11 +501,23 @@ class VideoQADataset(_VideoDataset):
         for path in self.paths:
             for ln, row in enumerate(_read_json_list(path)):
                 _require(row, ["video", "question", "answer", "question_id"], path, ln)
+                answer = row["answer"]
+                # one answer string per question (spec §4); str() would turn a list of answers into the never
+                # matching "['a', 'b']" and null into "None"
+                if (
+                    not isinstance(row["question"], str)
+                    or isinstance(answer, bool)
+                    or not isinstance(answer, str | int | float)
+                ):
+                    raise ValueError(
+                        f"{str(path)!r} item {ln}: 'question' must be a string and 'answer' one answer string, got "
+                        f"{row['question']!r} and {answer!r}; {_SEE}"
+                    )
                 self.items.append(
                     {
                         "video_id": video_key(row["video"]),
                         "question": normalize_text(row["question"]),
-                        "answer": str(row["answer"]),
+                        "answer": str(answer),
                         "weight": 1.0,
                         "question_id": row["question_id"],
                         "instance_id": len(self.items),
