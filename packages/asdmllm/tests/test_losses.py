@@ -146,10 +146,12 @@ def test_yes_no_scorer_renormalised(mllm):
     images = torch.randint(0, 255, (2, 3, 32, 32), dtype=torch.uint8)
     with torch.no_grad():
         s = mllm.yes_no_scores(images, [["nurse", "chef"], ["pilot", "plumber"]])
-        inputs = mllm.build_inputs([mllm.yes_no_prompt(mllm.config.yes_no_template, "chef")])
+        inputs = mllm.build_inputs([mllm.yes_no_prompt(mllm.config.yes_no_template, "chef")], ["Yes"])
         logits = mllm(images[:1], inputs["input_ids"], inputs["attention_mask"])
     assert s.shape == (2, 2) and ((s > 0) & (s < 1)).all()
-    p = logits[0, int(inputs["prompt_lengths"][0]) - 1].softmax(-1)
+    pos = int(inputs["prompt_lengths"][0])  # the answer starts with answer_prefix's " "; its logits predict Y / N
+    assert inputs["labels"][0, pos].item() == mllm._encode(" ")[0] and inputs["labels"][0, pos + 1] in mllm.yes_ids
+    p = logits[0, pos].softmax(-1)
     yes, no = p[mllm.yes_ids].sum(), p[mllm.no_ids].sum()
     assert s[0, 1].item() == pytest.approx((yes / (yes + no)).item(), abs=1e-5)
     assert (yes / (yes + no) + no / (yes + no)).item() == pytest.approx(1.0)

@@ -1,13 +1,153 @@
-"""Qwen2-VL / Qwen2.5-VL through their native transformers classes (the successors of the paper's Qwen-VL)."""
+"""Input building with LLaVA-style (Llama SentencePiece) and character tokenizers, the yes/no scoring position, and
+Qwen2-VL / Qwen2.5-VL through their native transformers classes (the successors of the paper's Qwen-VL)."""
 
 import math
 
 import pytest
 import torch
 
-from asdmllm.models import MLLMConfig, MultimodalLLM, qwen2_vl_patchify
+from asdmllm.models import IMAGE_TOKEN, MLLMConfig, MultimodalLLM, qwen2_vl_patchify
+from asdmllm.testing import build_llama_style_tokenizer, save_tiny_llava
 
 QWEN_TEMPLATE = "<|im_start|>user\n<image>{instruction}<|im_end|>\n<|im_start|>assistant\n"
+TRAILING_SPACE_TEMPLATE = "USER: <image>\n{instruction} ASSISTANT: "  # the answer's space moved into the template
+LLAMA_CASES = {  # tokenizer legacy flag, prompt_template, answer_prefix
+    "legacy": (True, MLLMConfig.prompt_template, " "),
+    "legacy_trailing_space": (True, TRAILING_SPACE_TEMPLATE, ""),
+    "metaspace_trailing_space": (False, TRAILING_SPACE_TEMPLATE, ""),
+}
+
+
+def pieces(tok, text: str) -> list[str]:
+    return tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
+
+
+def encode(tok, text: str) -> list[int]:
+    return list(tok(text, add_special_tokens=False)["input_ids"])
+
+
+@pytest.fixture(scope="module")
+def llama_snapshots(tmp_path_factory) -> dict[bool, str]:
+    """Tiny random LLaVA snapshots with the Llama-style tokenizer, legacy (True) and transformers-5 Metaspace (False)."""
+    torch.manual_seed(0)
+    paths = {}
+    for legacy in (True, False):
+        path = tmp_path_factory.mktemp("llava_legacy" if legacy else "llava_metaspace")
+        save_tiny_llava(path, build_llama_style_tokenizer(legacy))
+        paths[legacy] = str(path)
+    return paths
+
+
+def llama_style_mllm(snapshots: dict[bool, str], case: str) -> MultimodalLLM:
+    legacy, template, answer_prefix = LLAMA_CASES[case]
+    config = MLLMConfig(
+        pretrained=snapshots[legacy], torch_dtype="float32", prompt_template=template, answer_prefix=answer_prefix
+    )
+    return MultimodalLLM(config)
+
+
+def test_llama_style_tokenizer_splits_like_llava():
+    """The test tokenizer reproduces the Llama behaviour the input building must cope with: the legacy pipeline gives
+    every encoded text a dummy-prefix ``▁`` (so `` Yes`` alone differs from the same text inside the conversation);
+    transformers 5's Metaspace adds it only at the start of a text that lacks one."""
+    legacy, metaspace = build_llama_style_tokenizer(True), build_llama_style_tokenizer(False)
+    assert pieces(legacy, " Yes") == ["▁", "▁Yes"]
+    assert pieces(legacy, "Yes") == pieces(metaspace, "Yes") == pieces(metaspace, " Yes") == ["▁Yes"]
+    text = "\nIs the person in the image a nurse? Answer yes or no. ASSISTANT: Yes"
+    assert pieces(legacy, text) == pieces(metaspace, text)
+    assert pieces(legacy, text)[:3] == ["▁", "\n", "I"]
+    assert pieces(legacy, text)[-6:] == ["▁", "ASS", "IST", "ANT", ":", "▁Yes"]
+    assert pieces(metaspace, "ASSISTANT:Yes")[-4:] == [":", "Y", "e", "s"]  # no ▁ inside a text
+    assert pieces(metaspace, "ASSISTANT: ")[-2:] == [":", "▁"]  # a template's trailing space, encoded alone
+    assert legacy.decode(encode(legacy, " Yes")[1:] + [legacy.eos_token_id]) == "Yes</s>"
+    assert legacy.convert_tokens_to_ids(IMAGE_TOKEN) == len(legacy) - 1
+
+
+@pytest.mark.parametrize("case", list(LLAMA_CASES))
+def test_text_after_the_image_is_tokenised_as_one_string(llama_snapshots, case):
+    """As LLaVA's ``tokenizer_image_token``: everything after ``<image>`` (instruction, answer prefix, answer) is
+    one tokenizer call; only the answer tokens and EOS are supervised, and ``prompt_lengths`` is where they start.
+    With a template ending in a space, ``▁Yes`` holds the template's space and the answer: it is an answer token."""
+    m = llama_style_mllm(llama_snapshots, case)
+    tok, cfg = m.tokenizer, m.config
+    instructions = [m.yes_no_prompt(cfg.yes_no_template, "nurse"), "What is the job?"]
+    answers = ["Yes", "a nurse"]
+    inputs = m.build_inputs(instructions, answers)
+    prefix, suffix = cfg.prompt_template.split(IMAGE_TOKEN)
+    head = [tok.bos_token_id] + encode(tok, prefix) + [m.image_token_id] * m.num_image_tokens
+    for b, (instruction, answer) in enumerate(zip(instructions, answers, strict=True)):
+        whole = head + encode(tok, suffix.format(instruction=instruction) + cfg.answer_prefix + answer)
+        whole = whole + [tok.eos_token_id]
+        ids, labels = inputs["input_ids"][b].tolist(), inputs["labels"][b].tolist()
+        assert ids[: len(whole)] == whole and set(ids[len(whole) :]) <= {tok.pad_token_id}
+        start = int(inputs["prompt_lengths"][b])
+        assert labels == [-100] * start + whole[start:] + [-100] * (len(ids) - len(whole))
+        assert tok.decode(whole[start:]) == answer + tok.eos_token
+        assert tok.decode(whole[:start]).endswith("ASSISTANT:")
+    default = MultimodalLLM(MLLMConfig(pretrained=llama_snapshots[LLAMA_CASES[case][0]], torch_dtype="float32"))
+    reference = default.build_inputs(instructions, answers)  # the llava-hf template with answer_prefix " "
+    for key in ("input_ids", "labels", "prompt_lengths"):
+        assert torch.equal(inputs[key], reference[key]), key
+
+
+@pytest.mark.parametrize("case", ["char", "legacy_trailing_space", "metaspace_trailing_space"])
+def test_yes_no_scores_are_read_where_training_puts_the_answer(llama_snapshots, case):
+    """p(Yes) is read at the position whose training label is the first answer token that tells Yes from No, in the
+    whole-text tokenisation of the probe answered by each word (``▁Yes``/``▁No`` for Llama; after the answer
+    prefix's own ``" "`` token for the character tokenizer)."""
+    torch.manual_seed(0)
+    m = MultimodalLLM(MLLMConfig()) if case == "char" else llama_style_mllm(llama_snapshots, case)
+    tok, cfg = m.tokenizer, m.config
+    instruction = m.yes_no_prompt(cfg.yes_no_template, "chef")
+    suffix = cfg.prompt_template.split(IMAGE_TOKEN)[1].format(instruction=instruction)
+    tails = {w: encode(tok, suffix + cfg.answer_prefix + w) for w in [*cfg.yes_words, *cfg.no_words]}
+    k = next(i for i, (y, n) in enumerate(zip(tails["Yes"], tails["No"], strict=False)) if y != n)
+    assert all(t[:k] == tails["Yes"][:k] for t in tails.values())
+    assert m.yes_ids == sorted({tails[w][k] for w in cfg.yes_words})
+    assert m.no_ids == sorted({tails[w][k] for w in cfg.no_words})
+    assert {tok.decode([i]).strip()[0] for i in m.yes_ids} == {"Y", "y"}
+    assert {tok.decode([i]).strip()[0] for i in m.no_ids} == {"N", "n"}
+    inputs = m.build_inputs([instruction], ["Yes"])  # the training sequence of the answer Yes
+    row = inputs["input_ids"][0].tolist()
+    offset = len(row) - 1 - len(tails["Yes"])  # where the text after <image> starts
+    assert row[offset:] == tails["Yes"] + [tok.eos_token_id]
+    assert int(inputs["prompt_lengths"][0]) <= offset + k and inputs["labels"][0, offset + k] == tails["Yes"][k]
+    images = torch.randint(0, 256, (1, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        score = m.yes_no_scores(images, [["chef"]])
+        p = m(images, inputs["input_ids"], inputs["attention_mask"])[0, offset + k - 1].softmax(-1)
+    yes, no = p[m.yes_ids].sum(), p[m.no_ids].sum()
+    assert score.item() == pytest.approx((yes / (yes + no)).item(), abs=1e-6)
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_character_tokenizer_inputs_equal_piecewise_encoding(arch):
+    """A character tokenizer has no dummy prefix and never merges, so the whole-text rule gives exactly the ids of
+    encoding the pieces apart (the rule before it): inputs of the tiny model, demo and repro are unchanged."""
+    qwen = arch == "qwen2_vl"
+    config = MLLMConfig(arch=arch, patch_size=4, prompt_template=QWEN_TEMPLATE, answer_prefix="") if qwen else None
+    m = MultimodalLLM(config or MLLMConfig())
+    tok, cfg = m.tokenizer, m.config
+    prefix, suffix = cfg.prompt_template.split(IMAGE_TOKEN)
+    start, end = ([tok.convert_tokens_to_ids(t)] for t in ("<|vision_start|>", "<|vision_end|>")) if qwen else ([], [])
+    instructions = ["Is the person in the image a nurse? Answer yes or no.", "Q?", "two\nlines  here"]
+    for answers in (["Yes", "a  chef", ""], None):
+        inputs = m.build_inputs(instructions, answers)
+        for b, instruction in enumerate(instructions):
+            image = start + [m.image_token_id] * m.num_image_tokens + end
+            prompt = (
+                [tok.bos_token_id] + encode(tok, prefix) + image + encode(tok, suffix.format(instruction=instruction))
+            )
+            answer = [] if answers is None else encode(tok, cfg.answer_prefix + answers[b]) + [tok.eos_token_id]
+            n = len(prompt) + len(answer)
+            assert inputs["input_ids"][b, :n].tolist() == prompt + answer
+            assert inputs["labels"][b, :n].tolist() == [-100] * len(prompt) + answer
+            assert int(inputs["prompt_lengths"][b]) == len(prompt) and int(inputs["attention_mask"][b].sum()) == n
+
+
+def test_yes_no_words_with_a_shared_scoring_token_are_refused():
+    with pytest.raises(ValueError, match="share a scoring token"):
+        MultimodalLLM(MLLMConfig(yes_words=["Yes"], no_words=["No", "Yo"]))  # " Yes" and " Yo" both score "Y"
 
 
 def test_patchify_matches_transformers_image_processor():
@@ -97,20 +237,11 @@ def test_local_bf16_checkpoint_loads_its_weights_and_trains_fp32_parts(tmp_path)
     """``model.mllm.pretrained`` = a local transformers snapshot: its weights arrive (not a random init), and with a
     bf16 base (the LoRA config) the trained parts (projector, LoRA) are fp32, since an AdamW step of lr = 2e-5 is below
     half a bf16 ulp of most weights and would be rounded away."""
-    import torch
-    from transformers import CLIPImageProcessor, LlavaProcessor
-
     from asdmllm.losses import autoregressive_loss
-    from asdmllm.models import IMAGE_TOKEN, build_char_tokenizer, build_tiny_llava
+    from asdmllm.models import build_char_tokenizer
 
     torch.manual_seed(0)
-    tok = build_char_tokenizer()
-    source = build_tiny_llava(MLLMConfig(), len(tok), tok.convert_tokens_to_ids(IMAGE_TOKEN), tok.pad_token_id)
-    source.save_pretrained(tmp_path / "llava")
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    LlavaProcessor(
-        image_processor=image_processor, tokenizer=tok, patch_size=8, vision_feature_select_strategy="default"
-    ).save_pretrained(tmp_path / "llava")
+    source = save_tiny_llava(tmp_path / "llava", build_char_tokenizer())
     m = MultimodalLLM(MLLMConfig(pretrained=str(tmp_path / "llava"), torch_dtype="bfloat16", lora=True, lora_r=2))
     inner = m.model.model
     expected = source.model.vision_tower.embeddings.patch_embedding.weight.to(torch.bfloat16)

@@ -7,8 +7,9 @@ The package targets ``transformers``' native :class:`~transformers.LlavaForCondi
 exactly what the method needs:
 
 * :meth:`MultimodalLLM.build_inputs` — ``USER: <image>\\n{instruction} ASSISTANT: {answer}</s>`` with the image
-  placeholder expanded to the number of visual tokens the installed ``transformers`` expects, and ``labels``
-  equal to ``-100`` everywhere except the answer tokens and the closing EOS (LLaVA SFT masking).
+  placeholder expanded to the number of visual tokens the installed ``transformers`` expects, the text after the
+  image tokenised as one string (as LLaVA's ``tokenizer_image_token`` does), and ``labels`` equal to ``-100``
+  everywhere except the answer tokens and the closing EOS (LLaVA SFT masking).
 * :meth:`MultimodalLLM.forward` — logits ``(B, L, V)``.
 * :meth:`MultimodalLLM.yes_no_scores` and :meth:`MultimodalLLM.answer_logprob_scores` — the two relevance
   scorers ``s(x, c)`` behind Skew (spec §3.2).
@@ -87,13 +88,15 @@ class MLLMConfig:
     """llava-hf LLaVA-1.5 chat template (spec §3.1); must contain ``<image>`` and ``{instruction}``. For Qwen2-VL the
     ``<image>`` marker becomes ``<|vision_start|><|image_pad|>×N<|vision_end|>``."""
     answer_prefix: str = " "
-    """Text between the prompt and the answer (LLaVA template: a space; Qwen chat template: empty)."""
+    """Text between the prompt and the answer (LLaVA template: a space; Qwen chat template: empty). It is tokenised
+    together with the prompt text after ``<image>`` and the answer, and supervised with the answer."""
     yes_no_template: str = "Is the person in the image {article} {concept}? Answer yes or no."
     """Reconstruction (spec §3.2): the yes/no bias-probe instruction."""
     yes_words: list[str] = field(default_factory=lambda: ["Yes", "yes"])
-    """Case variants whose first-token probabilities are summed into p(Yes) (spec §3.2)."""
+    """Case variants whose probabilities are summed into p(Yes) (spec §3.2): of each word's answer tokens after the
+    probe prompt, the first one after those all yes/no words share (see ``MultimodalLLM._yes_no_token_ids``)."""
     no_words: list[str] = field(default_factory=lambda: ["No", "no"])
-    """Case variants whose first-token probabilities are summed into p(No)."""
+    """Case variants whose probabilities are summed into p(No), read as for ``yes_words``."""
     max_length: int = 2048
     """Longest token sequence (spec §3.6); longer inputs raise an error."""
     image_size: int = 32
@@ -404,19 +407,74 @@ class MultimodalLLM(nn.Module):
         prefix, suffix = config.prompt_template.split(IMAGE_TOKEN, 1)
         self._prompt_prefix_ids = self._encode(prefix)
         self._prompt_suffix = suffix
-        self.yes_ids = self._first_token_ids(config.yes_words)
-        self.no_ids = self._first_token_ids(config.no_words)
+        self._yes_no_carrier, self.yes_ids, self.no_ids = self._yes_no_token_ids()
         self._set_trainable(config)
 
     # ------------------------------------------------------------------------------------------ setup helpers
     def _encode(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
 
-    def _first_token_ids(self, words: list[str]) -> list[int]:
-        ids = sorted({self._encode(w)[0] for w in words if self._encode(w)})
-        if not ids:
-            raise ValueError(f"model.config yes/no words {words} tokenize to nothing")
-        return ids
+    def _encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [list(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+    def _encode_with_answers(self, prompts: list[str], answers: list[str]) -> list[tuple[list[int], int]]:
+        """Tokenise each ``prompt + answer`` as one string → (its ids, the index of its first answer token).
+
+        Tokenising the pieces apart is not the same: LLaVA's (legacy SentencePiece) Llama tokenizer gives every
+        encoded text a leading ``▁``, so ``" Yes"`` alone is ``▁ ▁Yes`` while ``ASSISTANT: Yes`` ends in ``: ▁Yes``. The
+        boundary rule: when the ids of ``prompt`` alone are a prefix of the whole ids, the answer starts right after
+        them; otherwise a token crosses the boundary (e.g. ``▁Yes`` made of a template's trailing space and the
+        answer), and the answer starts at the first token that covers a character of ``answer`` (fast-tokenizer
+        offsets), so every answer character is supervised and the crossing token belongs to the answer.
+        """
+        full = self._encode_batch([p + a for p, a in zip(prompts, answers, strict=True)])
+        alone = self._encode_batch(prompts)
+        out = []
+        for prompt, answer, ids, head in zip(prompts, answers, full, alone, strict=True):
+            if ids[: len(head)] == head:
+                out.append((ids, len(head)))
+                continue
+            try:
+                enc = self.tokenizer(prompt + answer, add_special_tokens=False, return_offsets_mapping=True)
+            except NotImplementedError as err:
+                raise ValueError(
+                    f"the tokenizer merges prompt and answer tokens ({prompt[-20:]!r} + {answer[:20]!r}) and gives no "
+                    "character offsets to place the answer boundary; use a fast (tokenizers) tokenizer"
+                ) from err
+            ends = [end for _, end in enc["offset_mapping"]]
+            out.append((ids, next((k for k, end in enumerate(ends) if end > len(prompt)), len(ids))))
+        return out
+
+    def _yes_no_token_ids(self) -> tuple[list[int], list[int], list[int]]:
+        """(carrier, yes ids, no ids) of the ``yes_prob`` scorer, read where training puts the answer.
+
+        Each yes/no word is tokenised as the answer to a probe prompt, exactly as :meth:`build_inputs` does. The
+        answer tokens that all words share at their start form a lead (the character tokenizer's ``" "`` of
+        ``answer_prefix``; none for LLaVA's ``▁Yes`` / ``▁No``); each word's next token is its scoring id, so p(Yes)
+        is read at the position where a model fine-tuned on ``Yes`` answers predicts that token. ``carrier`` is the
+        lead plus the first yes word's scoring id: the answer tokens :meth:`yes_no_scores` expects in its input.
+        """
+        cfg = self.config
+        probe = self._prompt_suffix.format(instruction=self.yes_no_prompt(cfg.yes_no_template, "person"))
+        words = [*cfg.yes_words, *cfg.no_words]
+        split = self._encode_with_answers([probe] * len(words), [cfg.answer_prefix + w for w in words])
+        answers = [ids[start:] for ids, start in split]
+        n = 0
+        while all(len(a) > n for a in answers) and len({a[n] for a in answers}) == 1:
+            n += 1
+        if len({tuple(ids[:start]) for ids, start in split}) > 1 or any(len(a) <= n for a in answers):
+            raise ValueError(
+                f"model.mllm.yes_words={cfg.yes_words} / no_words={cfg.no_words}: after the probe prompt the words "
+                "do not split into a shared lead and a distinct next token"
+            )
+        yes = sorted({a[n] for a in answers[: len(cfg.yes_words)]})
+        no = sorted({a[n] for a in answers[len(cfg.yes_words) :]})
+        if set(yes) & set(no):
+            raise ValueError(
+                f"model.mllm.yes_words={cfg.yes_words} and no_words={cfg.no_words} share a scoring token "
+                f"{sorted(set(yes) & set(no))}; choose words that start differently"
+            )
+        return answers[0][: n + 1], yes, no
 
     def _set_trainable(self, config: MLLMConfig) -> None:
         """Freeze everything, then unfreeze the configured parts (or add LoRA adapters to the LLM)."""
@@ -474,39 +532,42 @@ class MultimodalLLM(nn.Module):
     def build_inputs(self, instructions: list[str], answers: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Token ids, attention mask and SFT labels for a batch (right padded).
 
-        ``[<s>] prefix <image>×N suffix(instruction)`` then, when answers are given, ``{answer_prefix}{answer}</s>``
-        (Qwen2-VL: ``<|vision_start|> <|image_pad|>×N <|vision_end|>`` and its EOS ``<|im_end|>``). Labels are
-        ``-100`` on the image, instruction and padding positions; only answer tokens and EOS are supervised.
-        Also returns ``prompt_lengths`` (B,) — the position after the prompt (where the answer starts).
+        ``[<s>] prefix <image>×N`` then the text after ``<image>`` — ``suffix(instruction)`` and, when answers are
+        given, ``{answer_prefix}{answer}`` — tokenised as one string, then ``</s>`` (Qwen2-VL:
+        ``<|vision_start|> <|image_pad|>×N <|vision_end|>`` and its EOS ``<|im_end|>``), as LLaVA's own code splits
+        the conversation only at ``<image>``. Labels are ``-100`` on the image, instruction and padding positions;
+        only the answer tokens (the tokens that hold ``answer_prefix + answer``, boundary rule in
+        :meth:`_encode_with_answers`) and EOS are supervised. Also returns ``prompt_lengths`` (B,) — the position
+        where the answer starts (without answers: the prompt's length).
         """
         if not instructions:
             raise ValueError("build_inputs: empty batch")
         if answers is not None and len(answers) != len(instructions):
             raise ValueError(f"build_inputs: {len(instructions)} instructions but {len(answers)} answers")
         bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        head = (
+            bos
+            + self._prompt_prefix_ids
+            + self._image_marker[0]
+            + [self.image_token_id] * self.num_image_tokens
+            + self._image_marker[1]
+        )
+        suffixes = [self._prompt_suffix.format(instruction=instruction) for instruction in instructions]
+        if answers is None:
+            tails, eos = [(ids, len(ids)) for ids in self._encode_batch(suffixes)], []
+        else:
+            tails = self._encode_with_answers(suffixes, [self.config.answer_prefix + a for a in answers])
+            eos = [self.tokenizer.eos_token_id]
         rows, label_rows, prompt_lengths = [], [], []
-        for i, instruction in enumerate(instructions):
-            prompt = (
-                bos
-                + self._prompt_prefix_ids
-                + self._image_marker[0]
-                + [self.image_token_id] * self.num_image_tokens
-                + self._image_marker[1]
-                + self._encode(self._prompt_suffix.format(instruction=instruction))
-            )
-            answer = (
-                []
-                if answers is None
-                else self._encode(self.config.answer_prefix + answers[i]) + [self.tokenizer.eos_token_id]
-            )
-            ids = prompt + answer
+        for tail, start in tails:
+            ids = head + tail + eos
             if len(ids) > self.config.max_length:
                 raise ValueError(
                     f"sequence of {len(ids)} tokens exceeds model.mllm.max_length={self.config.max_length}"
                 )
             rows.append(ids)
-            label_rows.append([-100] * len(prompt) + answer)
-            prompt_lengths.append(len(prompt))
+            label_rows.append([-100] * (len(head) + start) + tail[start:] + eos)
+            prompt_lengths.append(len(head) + start)
         length = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
         input_ids = torch.full((len(rows), length), pad, dtype=torch.long)  # (B, L)
@@ -554,14 +615,28 @@ class MultimodalLLM(nn.Module):
 
         images uint8 (B, 3, S, S); ``concepts[i]`` the M concept phrases to score for image i (same M per row)
         → scores (B, M) in [0, 1]. Case variants of Yes/No are summed.
+
+        The input is the training sequence of the answer ``yes_words[0]`` (:meth:`build_inputs`), cut after the
+        answer tokens all yes/no words share (``answer_prefix``'s own token, if the tokenizer gives it one); the
+        scores are read where the next token — ``▁Yes`` vs ``▁No`` for LLaVA — is predicted (see ``yes_ids``).
         """
         batch, m = len(concepts), len(concepts[0])
         instructions = [self.yes_no_prompt(self.config.yes_no_template, c) for row in concepts for c in row]
-        inputs = self.build_inputs(instructions)
+        inputs = self.build_inputs(instructions, [self.config.yes_words[0]] * len(instructions))
+        ids, start = inputs["input_ids"], inputs["prompt_lengths"]  # (B*M, L), (B*M,)
+        carrier = torch.tensor(self._yes_no_carrier, device=ids.device)  # (n,) shared lead + the yes token
+        at = (start.unsqueeze(1) + torch.arange(len(carrier), device=ids.device)).clamp_max(ids.shape[1] - 1)
+        bad = (ids.gather(1, at) != carrier).any(1).nonzero().flatten().tolist()  # rows tokenised unlike the probe
+        if bad:
+            raise ValueError(
+                f"yes/no probe: the answer start of {[instructions[i] for i in bad[:3]]} tokenises differently than "
+                "the probe prompt the yes/no token ids were read from (model.mllm.yes_no_template)"
+            )
+        pos = start + len(carrier) - 2  # (B*M,) its logits predict the token that tells Yes from No
+        cut = int(pos.max()) + 1
         images_rep = images.repeat_interleave(m, dim=0)  # (B*M, 3, S, S)
-        logits = self(images_rep, inputs["input_ids"], inputs["attention_mask"])  # (B*M, L, V)
-        last = inputs["prompt_lengths"] - 1  # (B*M,) position of the last prompt token
-        next_logits = logits[torch.arange(logits.shape[0], device=logits.device), last].float()  # (B*M, V)
+        logits = self(images_rep, ids[:, :cut], inputs["attention_mask"][:, :cut])  # (B*M, cut, V)
+        next_logits = logits[torch.arange(logits.shape[0], device=logits.device), pos].float()  # (B*M, V)
         probs = next_logits.softmax(-1)  # (B*M, V)
         p_yes = probs[:, self.yes_ids].sum(-1)  # (B*M,)
         p_no = probs[:, self.no_ids].sum(-1)  # (B*M,)
