@@ -10,7 +10,8 @@ from shenet.models import TextFeatures, VideoFeatures, aggregate_similarity, syn
 B, D, V, M, T, P = 4, 8, 2, 3, 3, 4
 
 
-def features(seed: int = 0):
+def features(seed: int = 0, empty_video: int | None = None):
+    """B random text-video pairs; ``empty_video``: that video has no valid frame (zero embedding, as encoded)."""
     g = torch.Generator().manual_seed(seed)
     n = lambda *s: F.normalize(torch.randn(*s, generator=g), dim=-1)  # noqa: E731
     text = TextFeatures(
@@ -27,6 +28,9 @@ def features(seed: int = 0):
     mask = torch.ones(B, T, dtype=torch.bool)
     mask[1, 2] = False
     video = VideoFeatures(n(B, D), frames, n(B, T, P, D), mask)
+    if empty_video is not None:
+        mask[empty_video] = False
+        video.video[empty_video] = 0.0
     return text, video
 
 
@@ -73,10 +77,14 @@ def run(text, video, aux_weight):
 
 
 def ddp_rank(rank: int, world: int, aux_weight: float):
-    text, video = features()
+    """This rank's slice of :func:`features`, with every video valid (key None) and with video 3 empty (key 3)."""
     per = B // world
     sl = slice(rank * per, (rank + 1) * per)
-    return run(text.apply(lambda x: x[sl]), video.apply(lambda x: x[sl]), aux_weight)
+    out = {}
+    for empty in (None, 3):
+        text, video = features(empty_video=empty)
+        out[empty] = run(text.apply(lambda x: x[sl]), video.apply(lambda x: x[sl]), aux_weight)
+    return out
 
 
 # ------------------------------------------------------------------------ evaluation across several processes
@@ -84,13 +92,14 @@ def ddp_rank(rank: int, world: int, aux_weight: float):
 EVAL_VIDEOS = 7  # divisible by neither 2 nor 3: DistributedSampler pads the last round with repeats
 
 
-def eval_module():
-    """A tiny random SHE-Net (same weights in every process: fixed seed)."""
+def eval_module(**config):
+    """A tiny random SHE-Net (same weights in every process: fixed seed); ``config`` overrides SHENetConfig keys."""
     from shenet.models import SHENetConfig
     from shenet.module import SHENetModule
 
     torch.manual_seed(0)
-    cfg = SHENetConfig(clip_model="custom", random_init=True, max_frames=4, tau_frame=0.05, tau_patch=0.05)
+    kw = dict(clip_model="custom", random_init=True, max_frames=4, tau_frame=0.05, tau_patch=0.05)
+    cfg = SHENetConfig(**{**kw, **config})
     return SHENetModule(cfg, eval_text_chunk=2, eval_video_chunk=3, eval_feature_dtype="float32").eval()
 
 
@@ -105,15 +114,18 @@ CAPTIONS = [
 ]
 
 
-def eval_items() -> list[dict]:
+def eval_items(empty_video: int | None = None) -> list[dict]:
     """Seven evaluation items (random 32 x 32 frames, fixed captions); every third video has a second query
-    (MSVD-like multi-caption), with query ids numbered video by video as the dataset readers do."""
+    (MSVD-like multi-caption), with query ids numbered video by video as the dataset readers do. ``empty_video``:
+    that video is all padding, as an unreadable one under ``data.on_corrupt: skip``."""
     g = torch.Generator().manual_seed(3)
     items, k = [], 0
     for i in range(EVAL_VIDEOS):
         captions = [CAPTIONS[i]] + ([CAPTIONS[(i + 1) % EVAL_VIDEOS]] if i % 3 == 0 else [])
         mask = torch.ones(4, dtype=torch.bool)
         mask[3:] = i % 2 == 0  # some videos are shorter (a padded frame)
+        if i == empty_video:
+            mask[:] = False
         items.append(
             {
                 "video": torch.randn(4, 3, 32, 32, generator=g) * mask[:, None, None, None],
@@ -127,21 +139,22 @@ def eval_items() -> list[dict]:
     return items
 
 
-def eval_batches(indices: list[int], batch_size: int = 2) -> list[dict]:
+def eval_batches(indices: list[int], batch_size: int = 2, empty_video: int | None = None) -> list[dict]:
     """Evaluation batches of :func:`eval_items` over the given video indices."""
     from shenet.data import RetrievalCollate
     from shenet.hierarchy import ParserConfig, build_parser
     from shenet.tokenization import TextEncoder
 
-    items = eval_items()
+    items = eval_items(empty_video)
     collate = RetrievalCollate(TextEncoder(build_parser(ParserConfig(backend="heuristic")), 16, 4, 8, 8))
     return [collate([items[i] for i in indices[a : a + batch_size]]) for a in range(0, len(indices), batch_size)]
 
 
-def evaluate(indices: list[int]) -> dict:
-    """One test epoch of SHENetModule over ``indices`` (this process's shard): the metrics it logs, the assembled
-    score matrix with its ground truth and query ids, and the video indices each similarity call was given."""
-    module = eval_module()
+def evaluate(indices: list[int], module=None, empty_video: int | None = None) -> dict:
+    """One test epoch of SHENetModule (default :func:`eval_module`) over ``indices`` (this process's shard): the
+    metrics it logs, the assembled score matrix with its ground truth and query ids, and the video indices each
+    similarity call was given."""
+    module = module or eval_module()
     logged: dict[str, float] = {}
     module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
     out: dict = {"logged": logged, "scored_videos": []}
@@ -159,7 +172,7 @@ def evaluate(indices: list[int]) -> dict:
     module.model.similarity_matrix = scoring
     module._score_matrix = assembled
     with torch.no_grad():
-        for batch in eval_batches(indices):
+        for batch in eval_batches(indices, empty_video=empty_video):
             module.test_step(batch, 0)
     module.on_test_epoch_end()
     return out

@@ -73,6 +73,23 @@ def test_padding_ignored():
         retrieval_ranks(S, torch.zeros_like(pos))
 
 
+def test_unscored_ground_truth_ranks_last():
+    """Video 1 has no valid frame, so evaluation scores it −inf against every text: it must rank last for its own
+    caption (text→video) and its caption last for it (video→text), not win the all-tied row."""
+    inf = float("-inf")
+    S = torch.tensor([[0.5, inf, 0.2, -0.6], [0.3, inf, 0.4, -0.7], [0.1, inf, 0.6, -0.8], [-0.4, inf, -0.5, -0.3]])
+    out = retrieval_metrics(S, torch.tensor([0, 1, 2, 3]))
+    t2v = retrieval_ranks(S, torch.eye(4, dtype=torch.bool))
+    v2t = retrieval_ranks(S.T, torch.eye(4, dtype=torch.bool))
+    assert t2v.tolist() == [0, 3, 0, 0]  # text 3 scores every real video below 0: video 1 still comes last
+    assert v2t.tolist() == [0, 3, 0, 0]
+    assert float(out["t2v_R@1"]) == float(out["v2t_R@1"]) == 75.0
+    assert float(out["v2t_MnR"]) == pytest.approx((1 + 4 + 1 + 1) / 4)
+    # a multi-caption video without frames: rank = #non-positive items (here the 2 texts of other videos)
+    pos = torch.tensor([[True, True, False, False]])
+    assert retrieval_ranks(torch.full((1, 4), inf), pos).tolist() == [2]
+
+
 def test_metric_accumulates_and_drops_duplicates():
     rng = np.random.default_rng(2)
     scores = torch.tensor(rng.normal(size=(10, 6)), dtype=torch.float32)

@@ -404,3 +404,71 @@ def test_torchscript_checkpoint_of_other_architecture_raises(tmp_path, monkeypat
     assert "model.config.clip_model" in str(err.value)
     with pytest.raises(ValueError, match="quick_gelu=false"):
         models.build_clip(SHENetConfig(pretrained=str(path), quick_gelu=False))
+
+
+# ------------------------------------------------------------------- a video without any valid frame (all padding)
+
+
+def test_seqtransf_all_padding_video_is_finite(plain_attention):
+    """An all-padding video has no frame to attend to; with the attention formula (NaN for a fully masked row) its
+    outputs must still be finite, and the other videos' outputs must be what they are without it."""
+    from shenet.models import TemporalTransformer
+
+    torch.manual_seed(0)
+    head = TemporalTransformer(D, 2, 2, T)
+    frames = torch.randn(3, T, D)
+    mask = torch.tensor([[True] * T, [False] * T, [True, True, False, False]])
+    for train in (True, False):
+        head.train(train)
+        with torch.set_grad_enabled(train):
+            out = head(frames, mask)
+            alone = head(frames[[0, 2]], mask[[0, 2]])
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out[[0, 2]], alone)
+
+
+EMPTY_VIDEO_MODES = {
+    "meanP_baseline": dict(guide_visual=False, guide_similarity=False),
+    "guided_softmax": dict(),
+    "seqTransf": dict(temporal="seqTransf", temporal_layers=1, temporal_heads=2),
+    "max_pooling": dict(guided_pooling="max"),
+    "unguided_visual": dict(guide_visual=False),
+    "sentence_guidance": dict(guide_similarity=False, sentence_guidance=True),
+    "uniform_noun_time_learned": dict(noun_temporal="uniform", learnable_tau=True, sim_weighting="learned"),
+}
+
+
+@pytest.mark.parametrize("mode", list(EMPTY_VIDEO_MODES))
+def test_all_padding_video_in_every_mode(plain_attention, mode):
+    """Video 1 has no valid frame: its embedding is zero and every score with it is 0 (finite, no NaN gradient);
+    training leaves its pair out (the loss is 3/4 of the loss without it); evaluation ranks it last (−inf)."""
+    from shenet.losses import SHENetContrastiveLoss
+
+    torch.manual_seed(0)
+    model = tiny(**EMPTY_VIDEO_MODES[mode])
+    batch = text_batch(4)
+    frames = torch.randn(4, T, 3, 32, 32)
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]).bool()
+    text, video = model.encode_text(batch), model.encode_video(frames * mask[..., None, None, None], mask)
+    assert torch.isfinite(video.frames).all() and torch.isfinite(video.patches).all()
+    assert torch.equal(video.video[1], torch.zeros_like(video.video[1]))
+    levels = model.similarity(text, video)
+    for name, S in levels.items():
+        assert torch.isfinite(S).all(), name
+        assert torch.equal(S[:, 1], torch.zeros_like(S[:, 1])), name
+
+    loss = SHENetContrastiveLoss(aux_weight=0.5)(text, video, model.similarity, model.logit_scale)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    keep = [0, 2, 3]
+    rest = SHENetContrastiveLoss(aux_weight=0.5)(
+        text.apply(lambda x: x[keep]), video.apply(lambda x: x[keep]), model.similarity, model.logit_scale
+    )["loss"]
+    torch.testing.assert_close(loss, rest * 3 / 4)
+
+    with torch.no_grad():
+        scores = model.similarity_matrix(text, video, text_chunk=3, video_chunk=3)
+    assert torch.isneginf(scores[:, 1]).all()
+    assert torch.isfinite(scores[:, keep]).all()
+    torch.testing.assert_close(scores[:, keep], levels["S"].detach()[:, keep])

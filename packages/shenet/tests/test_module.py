@@ -114,6 +114,10 @@ def test_predict_flags_an_unreadable_video(predict_roots, tmp_path):
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 6
     assert [r["video_id"] for r in rows if r["unreadable"]] == [broken.stem]
+    video = torch.load(tmp_path / "p.pt", weights_only=True)["video"]  # (6, D)
+    unreadable = torch.tensor([r["unreadable"] for r in rows])
+    assert torch.equal(video[unreadable], torch.zeros_like(video[unreadable]))  # the zero embedding
+    assert (video[~unreadable].norm(dim=-1) > 0.99).all()
 
 
 def test_loss_falls_on_repeated_batch():
@@ -134,6 +138,37 @@ def test_loss_falls_on_repeated_batch():
         losses.append(float(loss.detach()))
     assert all(math.isfinite(v) for v in losses)
     assert losses[-1] < losses[0]
+
+
+@pytest.mark.parametrize("temporal", ["meanP", "seqTransf"])
+def test_training_and_evaluation_with_an_all_padding_video(plain_attention, temporal):
+    """Video 2 is all padding, as an unreadable video kept by ``data.on_corrupt: skip``. Training: a finite loss and
+    finite gradients, the pair left out of the loss; evaluation: finite metrics, video 2 ranked last both ways."""
+    module = h.eval_module(temporal=temporal, temporal_layers=1, temporal_heads=2).train()
+    logged: dict[str, float] = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(torch.as_tensor(value).detach()))
+    batch = h.eval_batches([1, 2, 4, 5], batch_size=4, empty_video=2)[0]  # one caption per video
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert math.isfinite(float(loss.detach())) and logged["train/loss"] == pytest.approx(float(loss.detach()))
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)
+    with torch.no_grad():
+        rest = module.training_step(h.eval_batches([1, 4, 5], batch_size=3)[0], 0)
+    torch.testing.assert_close(loss.detach(), rest * 3 / 4)  # the batch without video 2, summed over B = 4
+
+    out = h.evaluate(list(range(h.EVAL_VIDEOS)), module.eval(), empty_video=2)
+    scores, query_gt = out["scores"], out["query_gt"]
+    assert all(math.isfinite(v) for v in out["logged"].values()) and len(out["logged"]) == 10
+    assert torch.isneginf(scores[:, 2]).all()
+    assert torch.isfinite(scores[:, [v for v in range(h.EVAL_VIDEOS) if v != 2]]).all()
+    pos = torch.zeros(scores.shape, dtype=torch.bool)
+    pos[torch.arange(len(query_gt)), query_gt] = True
+    t2v, v2t = retrieval_ranks(scores, pos), retrieval_ranks(scores.T, pos.T)
+    assert (t2v[query_gt == 2] == h.EVAL_VIDEOS - 1).all()  # its caption finds it last
+    assert int(v2t[2]) == len(query_gt) - int((query_gt == 2).sum())  # it finds its caption last
+    expected = {f"test/{k}": float(v) for k, v in retrieval_metrics(scores, query_gt).items()}
+    assert out["logged"] == expected
 
 
 class _RecordingMetric:

@@ -21,7 +21,11 @@ __all__ = ["symmetric_infonce_loss", "SHENetContrastiveLoss", "gather_features"]
 
 
 def symmetric_infonce_loss(
-    sim_t2v: torch.Tensor, sim_v2t: torch.Tensor, logit_scale: torch.Tensor | float, labels: torch.Tensor
+    sim_t2v: torch.Tensor,
+    sim_v2t: torch.Tensor,
+    logit_scale: torch.Tensor | float,
+    labels: torch.Tensor,
+    pair_valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Symmetric InfoNCE (spec §3.7):
 
@@ -30,16 +34,39 @@ def symmetric_infonce_loss(
     sim_t2v (B, N): this rank's B texts against all N videos (row i's positive at ``labels[i]``);
     sim_v2t (B, N): this rank's B videos against all N texts (the transposed columns of S);
     logit_scale λ; labels (B,) long. On one process N = B, ``sim_v2t = sim_t2v.T`` and ``labels = arange(B)``.
+
+    ``pair_valid`` (N,) bool, optional: False for a pair (text n, video n) whose video has no valid frame (all
+    padding: an unreadable video kept by ``data.on_corrupt: skip``). Such a pair leaves the batch: its rows leave
+    both sums and its text and video are nobody's negatives (their columns are left out of the softmaxes). The sums
+    are still divided by B, so L is (B − #invalid)/B times the loss of the batch without those pairs, and the mean
+    of the per-rank losses still equals the single-process loss. Deviation: the spec has no such case.
     """
     if sim_t2v.dim() != 2 or sim_t2v.shape != sim_v2t.shape or sim_t2v.shape[0] != labels.shape[0]:
         raise ValueError(
             f"symmetric_infonce_loss: sim_t2v {tuple(sim_t2v.shape)}, sim_v2t {tuple(sim_v2t.shape)} "
             f"and labels {tuple(labels.shape)} must be (B, N), (B, N), (B,)"
         )
-    if sim_t2v.shape[0] == 0:
+    B = sim_t2v.shape[0]
+    if B == 0:
         raise ValueError("symmetric_infonce_loss: empty batch")
-    t2v = F.cross_entropy(logit_scale * sim_t2v.float(), labels)  # −1/B Σ_i log softmax_k(λ S)[i]
-    v2t = F.cross_entropy(logit_scale * sim_v2t.float(), labels)  # −1/B Σ_k log softmax_i(λ S)[k]
+    logits_t2v, logits_v2t = logit_scale * sim_t2v.float(), logit_scale * sim_v2t.float()  # (B, N) each
+    if pair_valid is None:
+        t2v = F.cross_entropy(logits_t2v, labels)  # −1/B Σ_i log softmax_k(λ S)[i]
+        v2t = F.cross_entropy(logits_v2t, labels)  # −1/B Σ_k log softmax_i(λ S)[k]
+        return 0.5 * (t2v + v2t)
+    if pair_valid.shape != sim_t2v.shape[1:]:
+        raise ValueError(
+            f"symmetric_infonce_loss: pair_valid {tuple(pair_valid.shape)} must be ({sim_t2v.shape[1]},), one flag "
+            "per column"
+        )
+    keep = pair_valid[labels]  # (B,) rows whose pair is valid
+    # columns of invalid pairs leave the softmax of every kept row (which keeps its positive); the rows of invalid
+    # pairs stay finite and are zeroed below, so no row is all −inf (no NaN, and no host sync from indexing)
+    drop = keep[:, None] & ~pair_valid[None, :]  # (B, N)
+    t2v = F.cross_entropy(logits_t2v.masked_fill(drop, float("-inf")), labels, reduction="none")  # (B,)
+    v2t = F.cross_entropy(logits_v2t.masked_fill(drop, float("-inf")), labels, reduction="none")  # (B,)
+    t2v = torch.where(keep, t2v, torch.zeros_like(t2v)).sum() / B  # −1/B Σ_{valid i} log softmax_k(λ S)[i]
+    v2t = torch.where(keep, v2t, torch.zeros_like(v2t)).sum() / B  # −1/B Σ_{valid k} log softmax_i(λ S)[k]
     return 0.5 * (t2v + v2t)
 
 
@@ -63,6 +90,10 @@ class SHENetContrastiveLoss(nn.Module):
     Each rank scores its B texts against all W·B videos and all W·B texts against its B videos (the similarity is
     text-conditioned, so both blocks are computed), with labels offset by ``rank·B``. Averaging the per-rank losses
     (as DDP does with gradients) equals the single-process loss on the whole batch.
+
+    A pair whose video has no valid frame (``frame_mask`` all false: an unreadable video fed as padding by
+    ``data.on_corrupt: skip``) is left out of every term (see :func:`symmetric_infonce_loss`); a batch of such pairs
+    only gives a loss of 0.
 
     Args:
         aux_weight: β for the verb- and noun-level terms (spec §3.7; 0 by default).
@@ -90,16 +121,18 @@ class SHENetContrastiveLoss(nn.Module):
         if world == 1:
             rows = similarity(text, video)  # each (B, B)
             cols = {k: v.T for k, v in rows.items()}
+            video_all = video
         else:
             text_all, video_all = gather_features(text, video)
             rows = similarity(text, video_all)  # (B, W·B): my texts vs all videos
             cols = {k: v.T for k, v in similarity(text_all, video).items()}  # (B, W·B): my videos vs all texts
-        out = {"loss_S": symmetric_infonce_loss(rows["S"], cols["S"], logit_scale, labels)}
+        pair_valid = video_all.frame_mask.any(-1)  # (W·B,) False: a video without any valid frame
+        out = {"loss_S": symmetric_infonce_loss(rows["S"], cols["S"], logit_scale, labels, pair_valid)}
         total = out["loss_S"]
         if self.aux_weight > 0:
             for key in ("S2", "S3"):
                 if key in rows:
-                    out[f"loss_{key}"] = symmetric_infonce_loss(rows[key], cols[key], logit_scale, labels)
+                    out[f"loss_{key}"] = symmetric_infonce_loss(rows[key], cols[key], logit_scale, labels, pair_valid)
                     total = total + self.aux_weight * out[f"loss_{key}"]
         if not torch.isfinite(total):
             raise FloatingPointError(

@@ -5,7 +5,9 @@ best rank among its texts. rank = number of gallery items scored strictly higher
 ties go in the ground truth's favour; R@K = 100·mean(rank < K), MdR = median(rank + 1), MnR = mean(rank + 1).
 
 Deviation from stock torchmetrics: ``torchmetrics.retrieval`` has no median/mean rank and breaks ties by sort order,
-so this module computes ranks itself; NaN/−inf scores (padding) never outrank a ground truth.
+so this module computes ranks itself; NaN/−inf scores (padding) never outrank a ground truth, and a query whose
+ground truth has no score (all its positives NaN/−inf, e.g. a video without any readable frame, which
+:meth:`shenet.models.SHENet.similarity_matrix` scores −inf) ranks last.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tens
     """0-based rank of each query: #{gallery items with score > max positive score}.
 
     scores (Q, G) float (NaN/−inf entries are padding and never counted); positives (Q, G) bool, ≥ 1 per row.
+    A query whose positives are all NaN/−inf has no score for its ground truth and ranks last: #{non-positive items}
+    (ties would otherwise go in its favour, e.g. rank 0 for a video→text query of a video without frames).
     """
     if scores.shape != positives.shape or scores.dim() != 2:
         raise ValueError(
@@ -29,9 +33,11 @@ def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor) -> torch.Tens
         )
     if not bool(positives.any(-1).all()):
         raise ValueError("retrieval_ranks: a query has no ground-truth gallery item")
-    s = scores.float().nan_to_num(nan=float("-inf"))
+    s = scores.float().nan_to_num(nan=float("-inf"), neginf=float("-inf"))  # keep −inf (the default makes it finite)
     best = s.masked_fill(~positives, float("-inf")).amax(-1, keepdim=True)  # (Q, 1)
-    return (s > best).sum(-1)  # (Q,)
+    ahead = (s > best).sum(-1)  # (Q,)
+    unscored = best[:, 0] == float("-inf")  # (Q,) no positive has a score
+    return torch.where(unscored, (~positives).sum(-1), ahead)  # (Q,)
 
 
 def rank_metrics(ranks: torch.Tensor, prefix: str = "") -> dict[str, torch.Tensor]:

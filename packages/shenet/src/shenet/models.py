@@ -296,13 +296,19 @@ class TemporalTransformer(nn.Module):
             self.frame_position.weight[:n] = clip.positional_embedding[:n]
 
     def forward(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
-        """frames (B, T, D), frame_mask (B, T) bool → (B, T, D)."""
+        """frames (B, T, D), frame_mask (B, T) bool → (B, T, D).
+
+        Frames attend to the valid frames of their video. A video without any valid frame (all padding, e.g. an
+        unreadable video kept by ``data.on_corrupt: skip``) attends over all its frames instead: with every key masked
+        its attention rows would be softmax over −inf only, which some attention kernels turn into NaN. Its outputs
+        are finite and, its mask being all false, unused downstream."""
         T = frames.shape[1]
         if T > self.frame_position.weight.shape[0]:
             raise ValueError(f"seqTransf: {T} frames but model.config.max_frames={self.frame_position.weight.shape[0]}")
         x = frames + self.frame_position.weight[:T][None]  # (B, T, D)
+        keys = frame_mask | ~frame_mask.any(-1, keepdim=True)  # (B, T) no video without an attendable frame
         pad = torch.zeros(frame_mask.shape, dtype=x.dtype, device=x.device)
-        pad = pad.masked_fill(~frame_mask, float("-inf"))  # (B, T)
+        pad = pad.masked_fill(~keys, float("-inf"))  # (B, T)
         heads = self.transformer.resblocks[0].attn.num_heads
         attn_mask = pad[:, None, None, :].expand(-1, heads, T, -1).reshape(-1, T, T)  # (B·heads, T, T)
         return frames + self.transformer(x, attn_mask=attn_mask)  # (B, T, D)
@@ -661,7 +667,12 @@ class SHENet(nn.Module):
 
     # -- video --------------------------------------------------------------------------------------------------
     def encode_video(self, video: torch.Tensor, video_mask: torch.Tensor) -> VideoFeatures:
-        """video (B, T, 3, H, W) normalised frames, video_mask (B, T) bool → :class:`VideoFeatures` (spec §3.4)."""
+        """video (B, T, 3, H, W) normalised frames, video_mask (B, T) bool → :class:`VideoFeatures` (spec §3.4).
+
+        A video whose mask is all false (an unreadable video fed as padding by ``data.on_corrupt: skip``) is encoded
+        as the zero video embedding, with finite frame and patch features; :meth:`similarity` then gives it S = 0
+        against every text in every mode (its guided frame and region features are zero too), the loss leaves its
+        pair out and :meth:`similarity_matrix` ranks it last."""
         if video.dim() != 5:
             raise ValueError(f"encode_video: expected video (B, T, 3, H, W), got {tuple(video.shape)}")
         B, T = video.shape[:2]
@@ -675,6 +686,7 @@ class SHENet(nn.Module):
         frames = F.normalize(frames, dim=-1)
         patches = F.normalize(patches, dim=-1)
         w = mask.to(frames.dtype)
+        # a video without any valid frame gets the zero vector (0 / 1, and norm(0) = 0): every score with it is 0
         video_emb = F.normalize((frames * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1), dim=-1)  # (B, D)
         return VideoFeatures(video_emb, frames, patches, mask)
 
@@ -723,6 +735,10 @@ class SHENet(nn.Module):
         """The aggregated S for all texts × all videos, computed in (text_chunk × video_chunk) blocks on ``device``
         (features may live on the CPU, e.g. in fp16); returns float32 (N_t, N_v) on the CPU.
 
+        A video without any valid frame has no content to match: its column is −inf (its S of 0 would rank it above
+        every real video that scores below 0), so it ranks after every other video, and
+        :func:`shenet.metrics.retrieval_ranks` ranks its own captions' ground truth, and its video→text query, last.
+
         Videos are the outer loop: each video chunk (its patch features are by far the largest input) is moved to
         ``device`` once, and its column of S comes back to the CPU in one copy."""
         from tqdm.auto import tqdm
@@ -737,6 +753,7 @@ class SHENet(nn.Module):
             column = torch.empty(Nt, min(video_chunk, Nv - b), device=device)
             for a in range(0, Nt, text_chunk):
                 t = text.apply(lambda x, a=a: _to(x[a : a + text_chunk], device, dtype))
-                column[a : a + text_chunk] = self.similarity(t, v)["S"].float()
+                S = self.similarity(t, v)["S"].float()  # (text_chunk, video_chunk)
+                column[a : a + text_chunk] = S.masked_fill(~v.frame_mask.any(-1)[None], float("-inf"))
             out[:, b : b + video_chunk] = column.cpu()
         return out

@@ -225,8 +225,8 @@ class SHENetModule(pl.LightningModule):
         * ``caption``: the query text as the annotation writes it;
         * ``video_index``: its video's index in the split's gallery (the column of ``test``'s score matrix);
         * ``video_id``: that video's annotation id (absent for the in-memory digits task, which has none);
-        * ``unreadable``: true when the video could not be decoded (``data.on_corrupt: skip``): its embedding is
-          that of an empty video and means nothing (absent for the digits task).
+        * ``unreadable``: true when the video could not be decoded (``data.on_corrupt: skip``): it was fed as an
+          all-padding video and its embedding is the zero vector (absent for the digits task).
 
         The embeddings are in :meth:`prediction_arrays`."""
         owner = prediction["caption_video"].tolist()
