@@ -321,3 +321,41 @@ def test_malformed_timestamp_names_the_file_video_and_id(tmp_path, root):
     aid = data[name]["anno_ids"][1]
     with pytest.raises(ValueError, match=rf"a\.json.*{name}.*{aid}.*\[3\.0\] is not a \[start, end\] pair"):
         read_annotations([tmp_path / "a.json"])
+
+
+def _rewrite(path, key, width):
+    """Replace dataset ``key`` of an HDF5 file by features of the same rows and another width."""
+    with h5py.File(path, "r+") as f:
+        rows = f[key].shape[0]
+        del f[key]
+        f.create_dataset(key, data=np.ones((rows, width), dtype=np.float32))
+
+
+def test_every_video_feature_width_is_checked_naming_the_key(root):
+    """A video other than the first one with features of another width is refused when the files are opened."""
+    anns = read_annotations([root / "train.json"])
+    first, last = anns[0].video, anns[-1].video
+    assert first != last
+    _rewrite(root / "feature" / "feats_train.hdf5", last, 9)
+    with pytest.raises(ValueError, match=rf"feats_train\.hdf5.*video '{last}' has features of width 9, but video "
+                                         rf"'{first}' has width 6"):  # fmt: skip
+        _train(root)
+
+
+def test_every_sentence_feature_width_is_checked_as_it_is_read(root):
+    anns = read_annotations([root / "train.json"])
+    first, later = anns[0].anno_id, anns[-1].anno_id
+    _rewrite(root / "feature" / "bert-base-uncased_language_tokens_features_train.hdf5", later, 7)
+    ds = _train(root)
+    assert ds.files.sentence(first)[0].shape == (20, 5)
+    with pytest.raises(ValueError, match=rf"features_train\.hdf5.*anno_id '{later}' has features of width 7, but "
+                                         rf"anno_id '{first}' has width 5"):  # fmt: skip
+        ds.files.sentence(later)
+    item = next(k for k, (i, _) in enumerate(ds.windows) if ds.annotations[i].anno_id == later)
+    with pytest.raises(ValueError, match=f"anno_id '{later}' has features of width 7"):
+        ds[item]  # a training window of that annotation
+    ds.files.expect_width("text", 5, "text_dim")  # the model's width, once the module is set up
+    with pytest.raises(ValueError, match=rf"anno_id '{later}' has features of width 7, but model\.config\.text_dim=5"):
+        ds.files.sentence(later)
+    with pytest.raises(ValueError, match=r"video '.*' has width 6, but model\.config\.video_dim=4"):
+        ds.files.expect_width("video", 4, "video_dim")

@@ -98,3 +98,23 @@ def test_convert_mad_names_the_file_and_annotation_of_a_missing_key(tmp_path):
     with pytest.raises(KeyError, match=rf"MAD_val\.json.*{first}.*ext_timestamps"):
         main(args=["convert-mad", "--annotations", str(raw / "annotations"), "--features", str(raw / "features"),
                    "--out", str(tmp_path / "mad")])  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("entry", "error", "message"),
+    [
+        ({"duration": 10.0, "sentences": ["a"]}, KeyError, r"lacks key\(s\) \['anno_ids'\]"),
+        ({"duration": 10.0, "anno_ids": ["q"]}, KeyError, r"lacks key\(s\) \['sentences'\]"),
+        ({"sentences": ["a", "b"], "anno_ids": ["q"]}, ValueError, "lists of equal length"),
+        (["a", "q"], ValueError, "is list, not an object"),
+    ],
+    ids=["no_anno_ids", "no_sentences", "lengths_differ", "not_an_object"],
+)
+def test_extract_text_features_names_the_file_and_video_of_a_malformed_entry(tmp_path, entry, error, message):
+    root = tmp_path / "ds"
+    root.mkdir()
+    good = {"duration": 10.0, "duration_frame": 80, "timestamps": [[1, 2]], "sentences": ["a"], "anno_ids": ["q0"]}
+    (root / "val.json").write_text(json.dumps({"v0": good, "v1": entry}))
+    with pytest.raises(error, match=rf"val\.json'?: video 'v1'.*{message}"):
+        main(args=["extract-text-features", "--data_root", str(root), "--split", "val", "--text_encoder",
+                   str(tmp_path / "no_such_model")])  # fmt: skip

@@ -171,8 +171,17 @@ def eval_windows(
     }
 
 
+_ITEM = {"video": "video", "text": "anno_id"}  # what keys the video / sentence feature file
+
+
 class _TSGVFiles:
-    """Opens and checks the annotation JSON, the video feature file and the sentence feature file of a split."""
+    """Opens and checks the annotation JSON, the video feature file and the sentence feature file of a split.
+
+    Feature widths: every video's features must be as wide as every other's (checked for all videos when the files
+    are opened, from the HDF5 shapes, which the row-count check reads anyway), and every sentence's as wide as every
+    other's (checked as each sentence is read: a shape per anno_id would cost seconds at start-up on MAD). The first
+    video and the first annotation's sentence set the widths until :meth:`expect_width` sets the model's.
+    """
 
     def __init__(
         self,
@@ -197,6 +206,7 @@ class _TSGVFiles:
         self.video = H5Features(video_path)
         self.text = H5Features(text_path)
         self.max_text_len = max_text_len
+        self.widths: dict[str, tuple[int, str]] = {}  # "video" / "text" -> (width, where it comes from: messages)
         video_keys, text_keys = set(self.video.keys()), set(self.text.keys())
         checked: set[str] = set()
         for a in self.annotations:
@@ -213,8 +223,33 @@ class _TSGVFiles:
                     f"{str(video_path)!r}: video {a.video!r} has {rows} feature rows but duration_frame="
                     f"{a.num_frames} in the annotation JSON"
                 )
+            self.check_width("video", a.video, shape[-1])
             checked.add(a.video)
+        if self.annotations:
+            first = self.annotations[0].anno_id
+            self.check_width("text", first, self.text.shape(first)[-1])
         self._cache: dict[str, torch.Tensor] = {}
+
+    def check_width(self, kind: str, key: str, width: int) -> None:
+        """Raise unless ``width``, the feature width of video / anno_id ``key`` (``kind`` "video" / "text"), equals
+        the width set before for that kind; the first call for a kind sets it."""
+        if kind not in self.widths:
+            self.widths[kind] = (width, f"{_ITEM[kind]} {key!r} has width {width}")
+            return
+        expected, reference = self.widths[kind]
+        if width != expected:
+            path = self.video.path if kind == "video" else self.text.path
+            raise ValueError(f"{str(path)!r}: {_ITEM[kind]} {key!r} has features of width {width}, but {reference}; "
+                             f"all {kind} features of a split must have one width; {_SEE}")  # fmt: skip
+
+    def expect_width(self, kind: str, width: int, config_key: str) -> None:
+        """Make the model's width (config key ``config_key``) the one every later :meth:`check_width` of ``kind``
+        compares with, after checking the width seen so far against it."""
+        if kind in self.widths and self.widths[kind][0] != width:
+            _, reference = self.widths[kind]
+            path = self.video.path if kind == "video" else self.text.path
+            raise ValueError(f"{str(path)!r}: {reference}, but model.config.{config_key}={width}")
+        self.widths[kind] = (width, f"model.config.{config_key}={width}")
 
     def video_rows(self, video: str, start: int, stop: int, preload: bool) -> tuple[torch.Tensor, int]:
         """Rows [max(start,0), stop) of a video's features (N, d_v) -> (rows, offset of the first row)."""
@@ -231,6 +266,7 @@ class _TSGVFiles:
     def sentence(self, anno_id: str) -> tuple[torch.Tensor, int]:
         """Token features padded/truncated to L tokens -> ((L, d_s), true length capped at L)."""
         tokens = self.text[anno_id]
+        self.check_width("text", anno_id, tokens.shape[-1])
         tokens = tokens.reshape(-1, tokens.shape[-1])[: self.max_text_len]
         out = tokens.new_zeros(self.max_text_len, tokens.shape[-1])
         out[: len(tokens)] = tokens

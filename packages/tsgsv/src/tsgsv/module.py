@@ -90,17 +90,9 @@ class TSGSVModule(pl.LightningModule):
             files = getattr(dataset, "files", None)
             if files is None or not files.annotations:
                 continue
-            first = files.annotations[0]
-            for features, key, name in (
-                (files.video, "video_dim", first.video),
-                (files.text, "text_dim", first.anno_id),
-            ):
-                width = features.shape(name)[-1]
-                if width != getattr(self.config, key):
-                    raise ValueError(
-                        f"{str(features.path)!r}: {name!r} has features of width {width}, but model.config.{key}="
-                        f"{getattr(self.config, key)}"
-                    )
+            # the files checked every video's width and the first sentence's; every later sentence read is checked
+            files.expect_width("video", self.config.video_dim, "video_dim")
+            files.expect_width("text", self.config.text_dim, "text_dim")
 
     # ----------------------------------------------------------------------------------------- training
     def current_kd_weight(self) -> float:

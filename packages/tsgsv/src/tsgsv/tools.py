@@ -18,6 +18,21 @@ __all__ = ["extract_text_features", "extract_text_features_command", "convert_ma
 log = logging.getLogger(__name__)
 
 
+def _check_sentences(path: Path, video: str, item: object) -> None:
+    """Refuse an annotation entry without list-valued ``anno_ids`` and ``sentences`` of equal length, naming the file
+    and the video (a bare KeyError('anno_ids') would name neither)."""
+    if not isinstance(item, dict):
+        raise ValueError(f"{str(path)!r}: video {video!r} is {type(item).__name__}, not an object with keys "
+                         f"'sentences' and 'anno_ids'; see README, Data preparation")  # fmt: skip
+    missing = [k for k in ("anno_ids", "sentences") if k not in item]
+    if missing:
+        raise KeyError(f"{str(path)!r}: video {video!r} lacks key(s) {missing}; see README, Data preparation")
+    ids, sentences = item["anno_ids"], item["sentences"]
+    if not isinstance(ids, list) or not isinstance(sentences, list) or len(ids) != len(sentences):
+        raise ValueError(f"{str(path)!r}: video {video!r}: 'anno_ids' and 'sentences' must be lists of equal length "
+                         f"(got {ids!r} and {sentences!r}); see README, Data preparation")  # fmt: skip
+
+
 def extract_text_features(
     data_root: str | Path, split: str, text_encoder: str, language_model: str = "bert-base-uncased",
     device: str = "cpu",
@@ -27,6 +42,12 @@ def extract_text_features(
     tokens, (n_tokens, 768) per annotation (official generation, spec §4.2).
 
     ``text_encoder`` is a local folder or hub id of a BERT checkpoint (``bert-base-uncased`` in the paper).
+
+    Raises:
+        FileNotFoundError: a missing ``<split>.json``.
+        KeyError / ValueError: an entry of it without ``anno_ids`` or ``sentences`` (or with lists of different
+            lengths), or an anno_id used for two sentences; the message names the file and the video.
+        OSError: ``text_encoder`` cannot be loaded.
     """
     import h5py
     import torch
@@ -38,7 +59,8 @@ def extract_text_features(
         path = root / f"{s}.json"
         if not path.is_file():
             raise FileNotFoundError(f"annotation file {str(path)!r} does not exist; see README, Data preparation")
-        for item in read_json(path, "annotation file").values():
+        for video, item in read_json(path, "annotation file").items():
+            _check_sentences(path, video, item)
             for anno_id, sentence in zip(map(str, item["anno_ids"]), item["sentences"], strict=True):
                 if sentences.get(anno_id, sentence) != sentence:  # one HDF5 dataset per id: the first would be lost
                     raise ValueError(
