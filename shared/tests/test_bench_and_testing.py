@@ -22,6 +22,24 @@ def test_measure_and_emit(tmp_path, monkeypatch, capsys):
     assert "smoke" not in rec
 
 
+def test_measure_reports_the_median_of_an_even_number_of_calls(monkeypatch):
+    import mmzoo.bench as bench
+
+    monkeypatch.delenv("MMZOO_BENCH_SMOKE", raising=False)
+    durations = iter([0.001, 0.004, 0.002, 0.010])  # seconds per timed call; the median is 3 ms
+    clock = [0.0]
+
+    def perf_counter():
+        return clock[0]
+
+    def step():
+        clock[0] += next(durations)
+
+    monkeypatch.setattr(bench.time, "perf_counter", perf_counter)
+    rec = measure(step, items_per_call=6, device=torch.device("cpu"), warmup=0, iters=4)
+    assert rec["step_ms"] == pytest.approx(3.0) and rec["samples_per_s"] == pytest.approx(2000.0)
+
+
 def test_measure_smoke_mode_calls_once_and_says_so(monkeypatch):
     monkeypatch.setenv("MMZOO_BENCH_SMOKE", "1")
     calls = []

@@ -215,7 +215,7 @@ def test_allow_in_checkpoints_lets_lightning_resume_a_module_built_in_python(tmp
     assert loaded.hparams.config == ToyConfig(hidden=6)
 
 
-def test_build_makes_what_the_config_describes_without_running(tmp_path):
+def test_build_makes_what_the_config_describes_without_running(tmp_path, monkeypatch):
     from lightning.pytorch.callbacks import ModelCheckpoint
 
     from mmzoo.cli import build
@@ -233,5 +233,12 @@ def test_build_makes_what_the_config_describes_without_running(tmp_path):
 
     with pytest.raises(ModuleNotFoundError, match="no mmzoo package 'nopkg'"):
         build("nopkg", "demo")
+    broken = tmp_path / "site" / "brokenpkg"  # installed, but its cli imports a dependency that is not
+    broken.mkdir(parents=True)
+    (broken / "__init__.py").write_text("")
+    (broken / "cli.py").write_text("import mmzoo_missing_dependency\n")
+    monkeypatch.syspath_prepend(str(broken.parent))
+    with pytest.raises(ModuleNotFoundError, match="^No module named 'mmzoo_missing_dependency'$"):
+        build("brokenpkg", "demo")
     with pytest.raises(FileNotFoundError, match="no shipped config of that name in toypkg"):
         build("toypkg", "nope")

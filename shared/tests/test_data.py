@@ -138,3 +138,7 @@ def test_read_json_names_the_file_and_the_fault(tmp_path):
         read_json(bad, "annotation file")
     with pytest.raises(FileNotFoundError):
         read_json(tmp_path / "missing.json")
+    latin = tmp_path / "c.json"
+    latin.write_bytes('[\n  "caf\u00e9"]'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"captions '.*c\.json' is not UTF-8 text: byte 0xe9 at line 2, column 7"):
+        read_json(latin, "captions")

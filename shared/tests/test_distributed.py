@@ -59,6 +59,29 @@ def test_shape_mismatch_names_the_gather_called(monkeypatch, gather):
         gather(torch.zeros(3, 2))
 
 
+def test_gather_backward_leaves_a_gradient_shared_with_another_branch_alone(monkeypatch):
+    """Collectives stubbed as rank 0 of 2 whose peer holds the same rows. In ``gathered + b`` autograd hands both
+    summands one gradient tensor; the gather's backward sums it over ranks and must do so in a copy."""
+
+    def all_gather(out, x):
+        for o in out:
+            o.copy_(x)
+
+    monkeypatch.setattr(distributed, "is_distributed", lambda: True)
+    monkeypatch.setattr(distributed.dist, "get_world_size", lambda: 2)
+    monkeypatch.setattr(distributed.dist, "get_rank", lambda: 0)
+    monkeypatch.setattr(distributed.dist, "all_gather", all_gather)
+    monkeypatch.setattr(distributed.dist, "all_reduce", lambda t, op=None: t.mul_(2))  # both ranks' equal grads
+    w = torch.ones(4, 3, requires_grad=True)
+    x = torch.ones(2, 3, requires_grad=True)
+    b = w * 3.0  # made before the gather, so its backward runs after the gather's
+    gathered = gather_with_grad(x, check_shapes=False)  # (4, 3)
+    c = torch.arange(12.0).view(4, 3)
+    ((gathered + b) * c).sum().backward()
+    assert torch.equal(w.grad, 3 * c)
+    assert torch.equal(x.grad, 2 * c[:2])  # this rank's rows, summed over the two ranks
+
+
 def test_gather_uneven_rows_concatenates_in_rank_order_with_an_empty_rank():
     counts = [2, 0, 3]
     results = run_distributed(dist_helpers.gather_uneven_rank, 3, args=(counts,))

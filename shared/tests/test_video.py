@@ -100,6 +100,34 @@ def test_missing_empty_corrupt_raise(tmp_path, long_video):
             r.get_frames([250])
 
 
+def test_a_damaged_header_raises_the_decode_error(tmp_path):
+    """A stream whose codec tag is unreadable (no codec context in PyAV) is a corrupt file, not an AttributeError."""
+    data = make_pattern_video(tmp_path / "ok.mp4", num_frames=12).read_bytes()
+    at = data.find(b"avc1", data.find(b"stsd"))  # the sample entry's codec tag
+    bad = tmp_path / "unknown_codec.mp4"
+    bad.write_bytes(data[:at] + b"zzzz" + data[at + 4 :])
+    with pytest.raises(VideoDecodeError, match=r"unknown_codec\.mp4.*codec is unknown"):
+        VideoReader(bad)
+
+
+def test_tags_that_are_not_utf8_do_not_stop_the_frames(tmp_path):
+    import av
+
+    path = tmp_path / "latin1_title.mp4"
+    with av.open(str(path), "w", metadata_encoding="latin-1") as out:
+        out.metadata["title"] = "café"  # stored as Latin-1 bytes, which UTF-8 cannot decode
+        stream = out.add_stream("mpeg4", rate=24)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for k in range(6):
+            img = pattern_frame(k).permute(1, 2, 0).contiguous().numpy()
+            for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    with VideoReader(path) as r:
+        assert [decode_pattern(f) for f in r.get_frames([5, 0, 3])] == [5, 0, 3]
+
+
 def test_out_of_range_index(long_video):
     with VideoReader(long_video) as r, pytest.raises(IndexError, match="300"):
         r.get_frames([300])
@@ -112,6 +140,18 @@ def test_uniform_segments_eval_centres():
     assert uniform_segment_indices(100, 4) == [12, 37, 62, 87]
     assert uniform_segment_indices(8, 8) == list(range(8))
     assert uniform_segment_indices(3, 6) == [0, 0, 1, 1, 2, 2]
+
+
+def test_uniform_segments_pick_a_frame_inside_each_segment(monkeypatch):
+    # 16 frames in 12 segments: segment 7 covers [9.33, 10.67), centre 10.0 exactly (in floats 9.999...)
+    assert uniform_segment_indices(16, 12) == [0, 2, 3, 4, 6, 7, 8, 10, 11, 12, 14, 15]
+    monkeypatch.setattr(torch, "rand", lambda n, generator=None: torch.zeros(n))  # u = 0: each segment's start
+    for n in range(1, 120):
+        for s in range(1, 40):
+            for train in (False, True):
+                for k, i in enumerate(uniform_segment_indices(n, s, train=train)):
+                    # the frame is floor(x) for a point x of segment k, [k·n/s, (k+1)·n/s)
+                    assert k * n // s <= i and i * s < (k + 1) * n, (n, s, train, k, i)
 
 
 def test_uniform_segments_train_stay_in_segments():

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import resource
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -83,8 +84,7 @@ def measure(
         fn()
         _sync(device)
         times.append(time.perf_counter() - t0)
-    times.sort()
-    median = times[len(times) // 2]
+    median = statistics.median(times)
     if device.type == "cuda":
         peak = torch.cuda.max_memory_allocated(device) / 2**20
     else:

@@ -312,6 +312,8 @@ def build(package: str, config: str, *overrides: str) -> Built:
     try:
         main = importlib.import_module(f"{package}.cli").main
     except ModuleNotFoundError as err:
+        if err.name not in (package, f"{package}.cli"):
+            raise  # the package is there; a dependency of it is missing (the error names which)
         raise ModuleNotFoundError(f"build: no mmzoo package {package!r} is installed ({err})") from err
     cli = main(["--config", config, *overrides], run=False)
     return Built(cli.model, cli.datamodule, cli.trainer)

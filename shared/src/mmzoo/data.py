@@ -17,10 +17,20 @@ log = logging.getLogger(__name__)
 
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
-    """The JSON value stored in ``path`` (UTF-8). A file that is not valid JSON raises a ValueError naming ``what``,
-    the file, and the line and column of the fault; a missing file raises FileNotFoundError as ``open`` does."""
+    """The JSON value stored in ``path`` (UTF-8). A file that is not valid JSON (text that is not UTF-8 included)
+    raises a ValueError naming ``what``, the file, and the line and column of the fault; a missing file raises
+    FileNotFoundError as ``open`` does."""
     path = Path(path)
-    text = path.read_text(encoding="utf-8")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        column = err.start - (data.rfind(b"\n", 0, err.start) + 1) + 1
+        raise ValueError(
+            f"{what} {str(path)!r} is not UTF-8 text: byte 0x{data[err.start]:02x} at line {line}, column {column} "
+            "(JSON files must be UTF-8; re-save it in that encoding)"
+        ) from err
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:

@@ -75,7 +75,9 @@ class _GatherWithGrad(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        grad = grad.contiguous()
+        # a copy: autograd may hand the same gradient tensor to another branch (``gathered + y`` gives both summands
+        # one tensor), which an in-place all-reduce would change under it
+        grad = grad.clone(memory_format=torch.contiguous_format)
         dist.all_reduce(grad, op=dist.ReduceOp.SUM)
         start = ctx.rank * ctx.batch
         return grad[start : start + ctx.batch]

@@ -164,10 +164,13 @@ class VideoReader:
 
         try:
             src = io.BytesIO(self.source) if isinstance(self.source, bytes | bytearray) else str(self.source)
-            self._container = av.open(src)
+            # tags that are not UTF-8 (a title written in Latin-1, a damaged header) must not make the frames unreadable
+            self._container = av.open(src, metadata_errors="replace")
             if not self._container.streams.video:
                 raise VideoDecodeError(self.path, "no video stream")
             self._stream = self._container.streams.video[0]
+            if self._stream.codec_context is None:
+                raise VideoDecodeError(self.path, "the video stream's codec is unknown (a damaged header?)")
             self._stream.thread_type = "AUTO"
         except av.FFmpegError as err:
             raise VideoDecodeError(self.path, str(err)) from err
@@ -518,18 +521,19 @@ def uniform_segment_indices(
 
     Segment k covers ``[k·L, (k+1)·L)`` with ``L = num_frames / num_segments``. In evaluation the frame is the
     segment's centre, ``floor(k·L + L/2)``; in training it is ``floor(k·L + u·L)`` with ``u ~ U[0, 1)`` drawn
-    per segment. Videos shorter than ``num_segments`` repeat frames.
+    per segment. Videos shorter than ``num_segments`` repeat frames. The centre is computed in integers and the
+    training frame is kept within its segment, so float rounding never moves a frame into the previous segment.
     """
     if num_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {num_frames}")
     if num_segments < 1:
         raise ValueError(f"num_segments must be >= 1, got {num_segments}")
-    seg = num_frames / num_segments
-    if train:
-        u = torch.rand(num_segments, generator=generator).tolist()
-    else:
-        u = [0.5] * num_segments
-    return [min(num_frames - 1, int(math.floor(k * seg + u[k] * seg))) for k in range(num_segments)]
+    n, s = num_frames, num_segments
+    if not train:  # exact: floor((2k+1)·n / 2s); in floats, a centre on a whole frame can come out just below it
+        return [(2 * k + 1) * n // (2 * s) for k in range(s)]
+    u = torch.rand(s, generator=generator).tolist()
+    # floor((k+u)·L), kept inside segment k's frames [floor(k·n/s), ceil((k+1)·n/s) - 1] against rounding
+    return [min(((k + 1) * n - 1) // s, max(k * n // s, math.floor((k + u[k]) * n / s))) for k in range(s)]
 
 
 def fixed_fps_indices(
