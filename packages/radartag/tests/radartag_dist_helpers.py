@@ -38,14 +38,29 @@ def evaluate_rank(rank: int, world: int, root: str) -> dict:
     return out
 
 
-def skipped_videos_rank(rank: int, world: int) -> tuple[dict, list]:
-    """Epoch-end logging of the videos without a positive tag when rank 0 holds one such video of 3 and rank 1 one
-    of 2: what the module logs and the line it prints."""
-    module = RadarModule(RadarConfig(video_dim=8, tag_dim=8, num_tags=4, hidden_dim=8, num_heads=2))
-    labels = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]])[: 3 - rank]
-    module.val_metrics.update(torch.randn(len(labels), 4), labels)
-    logged, lines = {}, []
-    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
-    radartag.module.rank_zero_info = lines.append
-    module.on_validation_epoch_end()
-    return {"skipped": logged["val/skipped_videos"]}, lines
+def skipped_videos_rank(rank: int, world: int) -> dict:
+    """Epoch-end logging of the videos without a positive tag, per case what each process logs and the lines it
+    prints (the patched ``rank_zero_*`` run on every rank; the real ones print on rank 0 only):
+
+    - ``some``: rank 0 holds one such video of 3, rank 1 one of 2;
+    - ``rank1_all``: rank 1 holds only such videos, rank 0 none (the metrics come from rank 0's videos alone);
+    - ``all``: every video of both ranks is one (the metrics are NaN on both ranks, with a warning).
+    """
+    labels = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]])
+    cases = {
+        "some": labels[: 3 - rank],
+        "rank1_all": labels[[0, 2]] if rank == 0 else torch.zeros(2, 4),
+        "all": torch.zeros(3 - rank, 4),
+    }
+    out = {}
+    for case, y in cases.items():
+        module = RadarModule(RadarConfig(video_dim=8, tag_dim=8, num_tags=4, hidden_dim=8, num_heads=2))
+        torch.manual_seed(rank)
+        module.val_metrics.update(torch.randn(len(y), 4), y)
+        logged, lines, warnings = {}, [], []
+        module.log = lambda name, value, logged=logged, **kw: logged.__setitem__(name, float(value))
+        radartag.module.rank_zero_info = lines.append
+        radartag.module.rank_zero_warn = warnings.append
+        module.on_validation_epoch_end()
+        out[case] = {"logged": logged, "lines": lines, "warnings": warnings}
+    return out

@@ -258,3 +258,53 @@ def test_video_children_values_that_are_not_integer_pids_named(root):
             read_kwai_files(root, "v")
     path.write_text(json.dumps({**children, key: [str(c) for c in children[key]]}))  # digit strings stay accepted
     assert read_kwai_files(root, "v").children[int(key)] == children[key]
+
+
+def test_tag_named_twice_in_the_label_map_rejected(root):
+    """A name on two lines would silently map to its later id (the ontology and the feature files see one tag);
+    the error names the file and both lines, also when the names differ only by surrounding white space."""
+    path = root / "label_map_kwai_v.txt"
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for repeat in (lines[1], f"  {lines[1]} "):
+        path.write_text("\n".join([*lines, repeat]) + "\n", encoding="utf-8")
+        with pytest.raises(ValueError, match=rf"label_map_kwai_v\.txt': tag '{lines[1]}' is named on lines 2 and "
+                                             rf"{len(lines) + 1}"):  # fmt: skip
+            read_kwai_files(root, "v")
+
+
+def test_tag_id_repeated_on_a_list_line_rejected(root):
+    """'<pid>\\t3\\t3' would give the video two identical has_tag edges, which the sampler could draw twice."""
+    path = root / "kwai_v_video_train_list.txt"
+    lines = path.read_text().splitlines()
+    tag = lines[2].split("\t")[1]
+    lines[2] += f"\t{tag}"
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=rf"train_list\.txt' line 3: tag id {tag} is listed more than once"):
+        read_kwai_files(root, "v")
+
+
+def test_ontology_names_are_stripped_like_the_label_map(root):
+    """'x ' in tag_parents names the label-map tag 'x' (both files strip names), not a new extra tag node; keys that
+    collide once stripped, a parent listed twice and a blank name are errors naming the file and key."""
+    path = root / "tag_parents_v.json"
+    ontology = json.loads(path.read_text(encoding="utf-8"))
+    before = read_kwai_files(root, "v")
+    child, parent = "leaf_1_2", "美妆_0"  # a label-map leaf and a label-map parent it does not have yet
+    assert parent not in ontology[child]
+    padded = {(f" {k}\t" if k == child else k): v for k, v in ontology.items()}
+    padded[f" {child}\t"] = [*ontology[child], f"{parent} "]
+    path.write_text(json.dumps(padded, ensure_ascii=False), encoding="utf-8")
+    files = read_kwai_files(root, "v")
+    assert files.tags == before.tags  # no extra tag node for the padded names
+    ids = {t: i for i, t in enumerate(files.tags)}
+    assert sorted(files.parent_edges) == sorted([*before.parent_edges, (ids[child], ids[parent])])
+    cases = [
+        ({**ontology, f"{child} ": ["parent_2"]}, rf"keys '{child}' and '{child} ' name the same tag '{child}'"),
+        ({**ontology, child: [*ontology[child], f" {ontology[child][0]}"]},
+         rf"key '{child}' lists the parent '{ontology[child][0]}' more than once"),
+        ({**ontology, child: [" "]}, rf"key '{child}' -> \[' '\]: a tag name is blank"),
+    ]  # fmt: skip
+    for bad, pattern in cases:
+        path.write_text(json.dumps(bad, ensure_ascii=False), encoding="utf-8")
+        with pytest.raises(ValueError, match=rf"tag_parents_v\.json': {pattern}"):
+            read_kwai_files(root, "v")

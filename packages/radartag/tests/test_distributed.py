@@ -1,5 +1,6 @@
 """Multi-process validation/test score every video once and equal one process (gloo CPU processes)."""
 
+import math
 import sys
 from pathlib import Path
 
@@ -28,6 +29,18 @@ def test_ddp_evaluation_counts_each_video_once_and_equals_one_process(tmp_path):
 
 def test_skipped_videos_are_counted_over_all_ranks():
     # the metric's sync in compute() is undone afterwards; the count and the line must still cover both ranks
-    for logged, lines in run_distributed(h.skipped_videos_rank, world_size=2):
-        assert logged["skipped"] == 2.0
-        assert len(lines) == 1 and "2 of 5 evaluation videos" in lines[0]
+    ranks = run_distributed(h.skipped_videos_rank, world_size=2)
+    for r in ranks:
+        some = r["some"]
+        assert some["logged"]["val/skipped_videos"] == 2.0 and not some["warnings"]
+        assert len(some["lines"]) == 1 and "2 of 5 evaluation videos" in some["lines"][0]
+        # a rank holding only skipped videos adds nothing to the sums: both ranks log rank 0's finite metrics
+        one = r["rank1_all"]
+        assert one["logged"]["val/skipped_videos"] == 2.0 and not one["warnings"]
+        assert one["logged"]["val/sample_mAP"] == ranks[0]["rank1_all"]["logged"]["val/sample_mAP"]
+        assert 0.0 < one["logged"]["val/sample_mAP"] <= 1.0
+        # no positive tag on any rank: NaN on both ranks (not 0), a warning instead of the info line
+        none = r["all"]
+        assert none["logged"]["val/skipped_videos"] == 5.0 and not none["lines"]
+        assert math.isnan(none["logged"]["val/sample_mAP"]) and math.isnan(none["logged"]["val/P@1"])
+        assert len(none["warnings"]) == 1 and "none of the 5 evaluation videos" in none["warnings"][0]

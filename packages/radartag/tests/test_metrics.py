@@ -46,3 +46,17 @@ def test_metric_over_batches():
     assert abs(float(out["label_mAP"]) - float(label_map(s, y))) < 1e-6
     assert abs(float(out["P@3"]) - float(precision_recall_at_k(s[valid], y[valid], 3)[0].mean())) < 1e-6
     assert abs(float(out["R@10"]) - float(precision_recall_at_k(s[valid], y[valid], 10)[1].mean())) < 1e-6
+
+
+def test_no_video_with_a_positive_tag_gives_nan_not_zero():
+    """A mean over no video is not a score of 0: with every video skipped the sample-based metrics are NaN (as
+    label mAP is, with no tag holding a positive); one scored video makes them finite again."""
+    m = TaggingMetrics()
+    m.update(torch.randn(3, 5), torch.zeros(3, 5))
+    out = m.compute()
+    assert int(m.skipped) == 3 and int(m.count) == 0
+    for key in ("sample_mAP", "P@1", "P@3", "R@5", "R@10", "label_mAP"):
+        assert out[key].isnan(), key
+    m.update(torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0]]), torch.tensor([[1, 0, 0, 0, 0]]))
+    out = m.compute()
+    assert float(out["sample_mAP"]) == 1.0 and float(out["P@1"]) == 1.0 and float(out["R@5"]) == 1.0

@@ -8,7 +8,7 @@ import torch
 import radartag.module
 from radartag.cli import main
 from radartag.data import GraphCollator, KwaiTagDataModule, read_kwai_files
-from radartag.losses import RadarLoss
+from radartag.losses import RadarLoss, adversarial_lambda
 from radartag.models import Radar, RadarConfig
 from radartag.module import RadarModule
 from radartag.sampler import BlockSampler
@@ -107,6 +107,65 @@ def test_skipped_videos_logged(monkeypatch):
     module.test_metrics.update(torch.randn(2, 4), labels[[0, 2]])
     module.on_test_epoch_end()
     assert logged["test/skipped_videos"] == 0.0 and len(lines) == 1  # nothing skipped: no line
+
+
+def test_all_videos_skipped_logs_nan_and_warns(monkeypatch):
+    """With no evaluation video holding a positive tag the metrics are logged as NaN (not as a real 0) and a
+    warning says why; the usual info line is not printed as well."""
+    module = RadarModule(RadarConfig(video_dim=8, tag_dim=8, num_tags=4, hidden_dim=8, num_heads=2))
+    logged, warnings, lines = {}, [], []
+    monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, float(value)))
+    monkeypatch.setattr(radartag.module, "rank_zero_warn", warnings.append, raising=False)
+    monkeypatch.setattr(radartag.module, "rank_zero_info", lines.append)
+    module.val_metrics.update(torch.randn(2, 4), torch.zeros(2, 4))
+    module.on_validation_epoch_end()
+    for name in ("sample_mAP", "label_mAP", "P@1", "P@3", "R@5", "R@10"):
+        assert math.isnan(logged[f"val/{name}"]), name
+    assert logged["val/skipped_videos"] == 2.0 and not lines
+    assert len(warnings) == 1 and "none of the 2 evaluation videos has a positive tag" in warnings[0]
+
+
+def test_fit_with_a_val_split_without_tags_ranks_the_nan_epochs_last(tmp_path):
+    """End to end: a val list whose videos carry no tags gives val/sample_mAP NaN, and the fit still keeps a best
+    checkpoint (Lightning's checkpoint callback ranks NaN below every number)."""
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
+    main(args=["validate", *_args(tmp_path), *short])  # writes the tiny vertical
+    val = tmp_path / "data" / "kwai_tiny_video_val_list.txt"
+    val.write_text("".join(line.split("\t")[0] + "\n" for line in val.read_text().splitlines()))  # pids only
+    cli = main(args=["fit", *_args(tmp_path), *short, "--trainer.default_root_dir", str(tmp_path / "nan")])
+    assert math.isnan(float(cli.trainer.callback_metrics["val/sample_mAP"]))
+    assert list((tmp_path / "nan" / "checkpoints").glob("best-*.ckpt"))
+
+
+def test_adversarial_total_step_counts_forward_passes_under_accumulation(tmp_path):
+    """λ_p's counter k advances once per training forward (spec §3.4), so the default total_step counts training
+    batches, not optimizer steps: with accumulate_grad_batches=2 and max_steps ending the fit in its third epoch,
+    the counter still ends at exactly total_step (p = 1)."""
+    cli = main(args=["fit", *_args(tmp_path), "--trainer.accumulate_grad_batches", "2", "--trainer.max_steps", "5",
+                     "--trainer.limit_val_batches", "1"])  # fmt: skip
+    trainer, loss = cli.trainer, cli.model.loss
+    assert trainer.num_training_batches == 3 and trainer.max_epochs == 3  # 2 optimizer steps per epoch
+    assert trainer.global_step == 5 and trainer.current_epoch == 3
+    assert loss.total_step == int(loss.step) == 3 + 3 + 2  # two whole epochs, then the two batches of step 5
+    lam = float(trainer.callback_metrics["train/lambda_p"])
+    assert lam == pytest.approx(adversarial_lambda(1, 1, 0.01, 20.0))
+
+
+def test_training_batches_of_a_fit():
+    from radartag.module import training_batches
+
+    def trainer(n, acc, max_epochs, max_steps=-1):
+        return SimpleNamespace(num_training_batches=n, accumulate_grad_batches=acc, max_epochs=max_epochs,
+                               max_steps=max_steps)  # fmt: skip
+
+    assert training_batches(trainer(3, 2, 3)) == 9  # Lightning's estimated_stepping_batches: 6
+    assert training_batches(trainer(3, 2, 5, max_steps=4)) == 6
+    assert training_batches(trainer(3, 2, 5, max_steps=3)) == 5
+    assert training_batches(trainer(3, 2, -1, max_steps=3)) == 5
+    assert training_batches(trainer(4, 1, 2, max_steps=100)) == 8
+    assert training_batches(trainer(float("inf"), 2, -1, max_steps=3)) == 6
+    with pytest.raises(ValueError, match=r"trainer\.max_epochs=-1 and trainer\.max_steps=-1 bound no length"):
+        training_batches(trainer(3, 1, -1))
 
 
 def test_prediction_rows_ranked_by_score_not_saturated_probability():

@@ -48,7 +48,7 @@ def test_resume_continues_adversarial_schedule(tmp_path, monkeypatch):
     a, b = full.trainer, resumed.trainer
     assert (a.current_epoch, a.global_step) == (b.current_epoch, b.global_step)
     la, lb = full.model.loss, resumed.model.loss
-    assert int(la.step) == int(lb.step) == a.global_step  # one schedule step per optimizer step
+    assert int(la.step) == int(lb.step) == a.global_step  # one schedule step per training batch (no accumulation)
     assert la.total_step == lb.total_step
     assert float(a.callback_metrics["train/lambda_p"]) == float(b.callback_metrics["train/lambda_p"])
 

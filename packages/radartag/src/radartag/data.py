@@ -35,6 +35,7 @@ __all__ = [
     "KwaiFiles",
     "read_lines",
     "read_label_map",
+    "read_tag_parents",
     "read_kwai_files",
     "build_split_graph",
     "load_split_graph",
@@ -68,13 +69,52 @@ def read_lines(path: Path) -> list[str]:
 
 def read_label_map(path: Path) -> list[str]:
     """Tag names of ``label_map_kwai_<v>.txt``, one per line, line index = tag id (spec §4.2); names are stripped of
-    surrounding white space (official). A blank line would shift every later tag id, so it is an error."""
+    surrounding white space (official). A blank line would shift every later tag id, and a name on two lines would
+    give one tag two ids (the name lookup of the ontology and the feature files would only ever see the later one),
+    so both are errors naming the file and the lines."""
     tags = [line.strip() for line in read_lines(path)]
+    first_line: dict[str, int] = {}
     for line_no, tag in enumerate(tags, 1):
         if not tag:
             raise ValueError(f"{str(path)!r} line {line_no} is blank: every line names the tag whose id is its line "
                              f"index (0-based), so a blank line would shift the ids of all later tags; remove it")  # fmt: skip
+        if tag in first_line:
+            raise ValueError(f"{str(path)!r}: tag {tag!r} is named on lines {first_line[tag]} and {line_no} (after "
+                             "stripping surrounding white space); every tag must have one line, i.e. one id")  # fmt: skip
+        first_line[tag] = line_no
     return tags
+
+
+def read_tag_parents(path: Path) -> dict[str, list[str]]:
+    """``tag_parents_<v>.json``: {"<tag>": ["<parent tag>", …]} (spec §4.2), names stripped of surrounding white
+    space as the label map's are, so ``"x "`` names the label-map tag ``x`` rather than a new extra tag ``"x "``.
+
+    Errors name the file and key: a value that is not a list of strings, a blank name, two keys that name the same
+    tag once stripped, and a parent listed twice for one tag (a duplicate r1 edge the sampler could draw twice).
+    """
+    raw = read_json(path, "tag ontology")
+    if not isinstance(raw, dict):
+        raise ValueError(f"{str(path)!r}: expected a JSON object {{\"<tag>\": [\"<parent tag>\", …]}}, got a "
+                         f"{type(raw).__name__}")  # fmt: skip
+    ontology: dict[str, list[str]] = {}
+    key_of: dict[str, str] = {}
+    for key, parents in raw.items():
+        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
+            # a bare "parent" string would otherwise be read character by character as parent tags
+            raise ValueError(f"{str(path)!r}: key {key!r} -> {parents!r}: expected a list of parent tag names")
+        child, names = key.strip(), [p.strip() for p in parents]
+        if not child or not all(names):
+            raise ValueError(f"{str(path)!r}: key {key!r} -> {parents!r}: a tag name is blank")
+        if child in key_of:
+            raise ValueError(f"{str(path)!r}: keys {key_of[child]!r} and {key!r} name the same tag {child!r} (tag "
+                             "names are stripped of surrounding white space, as in the label map); merge them")  # fmt: skip
+        repeated = sorted({p for p in names if names.count(p) > 1})
+        if repeated:
+            raise ValueError(f"{str(path)!r}: key {key!r} lists the parent {repeated[0]!r} more than once (after "
+                             "stripping surrounding white space); each sub-topic link must appear once")  # fmt: skip
+        key_of[child] = key
+        ontology[child] = names
+    return ontology
 
 
 _PID_FIELD = re.compile(r"\d+(\.\S*)?")
@@ -101,6 +141,11 @@ def _read_list(path: Path, num_tags: int) -> list[tuple[int, list[int]]]:
                              f"{line!r}") from err  # fmt: skip
         if any(not 0 <= t < num_tags for t in tags):
             raise ValueError(f"{str(path)!r} line {line_no}: tag id outside the label map (0..{num_tags - 1})")
+        repeated = sorted({t for t in tags if tags.count(t) > 1})
+        if repeated:
+            # a repeated id would become a second, identical has_tag edge that the sampler can draw twice
+            raise ValueError(f"{str(path)!r} line {line_no}: tag id {repeated[0]} is listed more than once; list each "
+                             "of the video's tags once")  # fmt: skip
         if pid in seen:
             raise ValueError(f"{str(path)!r}: pid {pid} is listed twice (lines {seen[pid]} and {line_no}); every "
                              "video must appear once")  # fmt: skip
@@ -158,15 +203,7 @@ def read_kwai_files(root: str | Path, vertical: str) -> KwaiFiles:
     num_label_map = len(tags)
     tag_id = {t: i for i, t in enumerate(tags)}
     parent_edges = []
-    ontology = read_json(names["parents"], "tag ontology")
-    if not isinstance(ontology, dict):
-        raise ValueError(f"{str(names['parents'])!r}: expected a JSON object {{\"<tag>\": [\"<parent tag>\", …]}}, "
-                         f"got a {type(ontology).__name__}")  # fmt: skip
-    for child, parents in ontology.items():
-        if not isinstance(parents, list) or not all(isinstance(p, str) for p in parents):
-            # a bare "parent" string would otherwise be read character by character as parent tags
-            raise ValueError(f"{str(names['parents'])!r}: key {child!r} -> {parents!r}: expected a list of parent tag "
-                             "names")  # fmt: skip
+    for child, parents in read_tag_parents(names["parents"]).items():
         for name in [child, *parents]:
             if name not in tag_id:  # an ontology tag absent from the label map becomes an extra tag node
                 tag_id[name] = len(tags)

@@ -57,7 +57,8 @@ class RadarLoss(nn.Module):
     Args:
         bce_weight: 333 (official loss weight).
         lambda0 / gamma: schedule constants (0.01, 20).
-        total_step: steps_per_epoch × epochs (official: ⌈N_train/1024⌉·40); the module sets it when None.
+        total_step: training batches per epoch × epochs, in the unit of k (official: ⌈N_train/1024⌉·40); the module
+            sets it when None.
     """
 
     def __init__(self, bce_weight: float = 333.0, lambda0: float = 0.01, gamma: float = 20.0,

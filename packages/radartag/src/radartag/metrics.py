@@ -58,7 +58,8 @@ class TaggingMetrics(Metric):
     """sample mAP, label mAP, P@1, P@3, R@5, R@10 (spec §5) over all evaluation videos.
 
     Sample-based metrics are accumulated as sums per video (videos without a positive tag are skipped and counted
-    in ``skipped``); label mAP needs the whole matrix, so scores and labels are kept (``cat`` states, N_eval × K).
+    in ``skipped``; when every video is skipped they are NaN); label mAP needs the whole matrix, so scores and labels
+    are kept (``cat`` states, N_eval × K).
     """
 
     higher_is_better = True
@@ -94,7 +95,10 @@ class TaggingMetrics(Metric):
         self.labels.append(labels.to(torch.uint8))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        n = self.count.clamp(min=1)
+        """The metrics over every video seen (all processes' sums). With no video holding a positive tag the
+        sample-based ones (sample mAP, P@k, R@k) are NaN, as label mAP is with no tag holding a positive video: a
+        mean over no video, not a score of 0."""
+        n = self.count.double()  # 0 -> the sums (also 0) give NaN
         out = {"sample_mAP": (self.ap_sum / n).float()}
         scores = self.scores if isinstance(self.scores, torch.Tensor) else torch.cat(self.scores)
         labels = self.labels if isinstance(self.labels, torch.Tensor) else torch.cat(self.labels)

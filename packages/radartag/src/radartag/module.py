@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import replace
 from pathlib import Path
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
 from mmzoo.distributed import is_distributed
 
@@ -16,7 +17,35 @@ from .losses import RadarLoss
 from .metrics import TaggingMetrics
 from .models import Radar, RadarConfig
 
-__all__ = ["RadarModule"]
+__all__ = ["RadarModule", "training_batches"]
+
+
+def training_batches(trainer: pl.Trainer) -> int:
+    """Training batches (forward passes) of a fit: the unit of total_step in λ_p's p = k / total_step, whose
+    counter k advances once per training forward (spec §3.4; official total_step = ⌈N_train / batch⌉ · epochs).
+
+    ``trainer.num_training_batches`` per epoch for ``trainer.max_epochs`` epochs, or fewer when ``trainer.max_steps``
+    (optimizer steps) ends the fit first: an epoch of n batches makes ⌈n / accumulate_grad_batches⌉ optimizer steps,
+    so with accumulation the count differs from Lightning's ``estimated_stepping_batches`` (optimizer steps), and
+    λ_p would otherwise reach its final value early.
+    """
+    n, acc = trainer.num_training_batches, trainer.accumulate_grad_batches
+    max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+    inf = float("inf")
+    by_epochs = inf if max_epochs in (None, -1) or n == inf else n * max(max_epochs, 1)
+    by_steps = inf
+    if max_steps != -1:
+        if n == inf:
+            by_steps = max_steps * acc
+        else:
+            full_epochs, steps_left = divmod(max_steps, max(math.ceil(n / acc), 1))
+            by_steps = full_epochs * n + min(steps_left * acc, n)  # the last window of an epoch may be short
+    total = min(by_epochs, by_steps)
+    if total == inf:
+        raise ValueError(f"model.adv_total_step=null takes λ_p's total_step from the length of the fit, but "
+                         f"trainer.max_epochs={max_epochs} and trainer.max_steps={max_steps} bound no length: set "
+                         "one of them, or model.adv_total_step (training batches, spec §3.4)")  # fmt: skip
+    return int(total)
 
 
 class RadarModule(pl.LightningModule):
@@ -28,8 +57,10 @@ class RadarModule(pl.LightningModule):
         lr / weight_decay: AdamW, constant LR (official 5e-4 / 1e-4).
         bce_weight: weight of the tagging BCE (333).
         lambda0 / adv_gamma: λ_p schedule constants (0.01, 20).
-        adv_total_step: total_step of the schedule (official steps_per_epoch × 40); null = the trainer's
-            estimated stepping batches.
+        adv_total_step: total_step of the schedule (official steps_per_epoch × 40), in training batches: the
+            schedule's counter k advances once per training forward pass (spec §3.4), so with gradient accumulation
+            this is not the number of optimizer steps; null = the batches the fit trains on
+            (:func:`training_batches`).
         predict_top_k: tags per video in the rows ``radartag predict`` writes (see :meth:`prediction_rows`).
     """
 
@@ -106,9 +137,9 @@ class RadarModule(pl.LightningModule):
         self.config = replace(self.config, num_tags=num_tags)
         self.model = Radar(self.config)
 
-    def on_fit_start(self) -> None:
+    def on_train_start(self) -> None:
         if self.loss.total_step is None:
-            self.loss.total_step = int(self.trainer.estimated_stepping_batches)
+            self.loss.total_step = training_batches(self.trainer)
 
     def transfer_batch_to_device(self, batch: GraphBatch, device: torch.device, dataloader_idx: int) -> GraphBatch:
         return batch.to(device)
@@ -130,7 +161,8 @@ class RadarModule(pl.LightningModule):
 
     def _log_metrics(self, stage: str, metrics: TaggingMetrics) -> None:
         """Log the ranking metrics and the number of evaluation videos without a positive tag (skipped by the
-        sample-based metrics, spec §5), also as a log line."""
+        sample-based metrics, spec §5), also as a log line. When every video is skipped, the metrics are logged as
+        NaN (a mean over no video; the best-checkpoint callback ranks NaN last) with a warning, never as 0."""
         for name, value in metrics.compute().items():
             self.log(f"{stage}/{name}", value, sync_dist=True)
         # the metric's sync in compute() is undone afterwards: sum this rank's counts over the ranks once more, so
@@ -140,7 +172,11 @@ class RadarModule(pl.LightningModule):
             torch.distributed.all_reduce(counts)
         skipped, total = (int(v) for v in counts.tolist())
         self.log(f"{stage}/skipped_videos", float(skipped), sync_dist=True, reduce_fx="max")
-        if skipped:
+        if skipped == total:  # the same summed counts on every rank: all ranks take this branch
+            rank_zero_warn(f"radartag {stage}: none of the {total} evaluation videos has a positive tag, so "
+                           f"{stage}/sample_mAP, P@k, R@k and label_mAP are NaN (no data to score); check the "
+                           f"tags in kwai_<v>_video_{stage}_list.txt")  # fmt: skip
+        elif skipped:
             rank_zero_info(f"radartag {stage}: {skipped} of {total} evaluation videos have no positive tag and are "
                            "skipped by the sample-based metrics (sample mAP, P@k, R@k)")  # fmt: skip
         metrics.reset()

@@ -14,7 +14,7 @@ import torch
 from mmzoo.data import read_json
 from tqdm import tqdm
 
-from .data import _read_list, read_label_map
+from .data import _read_list, read_label_map, read_tag_parents
 
 __all__ = ["pair_features", "build_ontology", "build_ontology_command", "extract_features", "extract_features_command"]
 
@@ -185,8 +185,8 @@ def extract_features(
 
         names = read_label_map(root / f"label_map_kwai_{vertical}.txt")  # the data is checked before the model loads
         parents_file = root / f"tag_parents_{vertical}.json"
-        if parents_file.is_file():
-            for child, ps in read_json(parents_file, "tag ontology").items():
+        if parents_file.is_file():  # names as the graph reader takes them (stripped), so the files match its tags
+            for child, ps in read_tag_parents(parents_file).items():
                 names += [n for n in [child, *ps] if n not in names]
         try:
             tokenizer = AutoTokenizer.from_pretrained(text_encoder)
