@@ -318,3 +318,41 @@ def test_build_lmdb_keys_are_the_ids_the_readers_look_up(tmp_path):
     make_pattern_video(tmp_path / "videos" / "other" / "clip7.mp4", num_frames=6)
     with pytest.raises(ValueError, match="share the video id 'clip7'"):
         main(["build-lmdb", "--videos", str(tmp_path / "videos"), "--out", str(tmp_path / "db2")])
+
+
+def test_nextqa_missing_option_named(tmp_path):
+    """A null option would become the candidate "question: …? answer: none" (NaN: "answer: nan") and be scored as
+    an answer the annotation never gave; it is an error naming the file, item and key. A number is its text."""
+    (tmp_path / "ann").mkdir()
+    write_lmdb(tmp_path / "db", {"v": b"x"})
+    row = {
+        "video": "v",
+        "qid": 1,
+        "type": "CW",
+        "question": "why",
+        "answer": 0,
+        **{f"a{k}": f"opt {k}" for k in range(5)},
+    }
+    cases = [
+        ({"a0": None}, r"option 'a0' must be a non-empty answer string, got None"),
+        ({"a3": float("nan")}, r"option 'a3' must be a non-empty answer string, got nan"),
+        ({"a4": "  "}, r"option 'a4' must be a non-empty answer string, got '  '"),
+        ({"a1": ["x"]}, r"option 'a1' must be a non-empty answer string, got \['x'\]"),
+        ({"question": None}, r"'question' must be a string, got None"),
+    ]
+    for i, (bad, pattern) in enumerate(cases):
+        (tmp_path / "ann" / f"n{i}.json").write_text(json.dumps([row, {**row, **bad}]))  # item 0 is valid
+        with pytest.raises(ValueError, match=rf"n{i}\.json' item 1: {pattern}"):
+            NExTQADataset(tmp_path, "test", [f"n{i}.json"], "ann", "db", **COMMON)
+    (tmp_path / "ann" / "ok.json").write_text(json.dumps([{**row, "a2": 2}]))
+    ds = NExTQADataset(tmp_path, "test", ["ok.json"], "ann", "db", **COMMON)
+    assert ds.items[0]["options"] == ["opt 0", "opt 1", "2", "opt 3", "opt 4"]
+    assert ds.items[0]["candidates"][2] == "question why? answer 2"
+    # the CSV converter: a short row (DictReader fills None, written as null) or an empty cell names the line
+    with open(tmp_path / "ann" / "short.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(NEXTQA_CSV_HEADER)
+        w.writerow(["v", 8, 32, 32, "why", 1, 7, "CW", "a", "b", "c", "d", "e"])
+        w.writerow(["v", 8, 32, 32, "why", 1, 8, "CW", "a", "", "c", "d"])
+    with pytest.raises(ValueError, match=r"short\.csv' line 3: option\(s\) \['a1', 'a4'\] are empty or missing"):
+        convert_nextqa_csv([tmp_path / "ann" / "short.csv"], tmp_path / "out.json")

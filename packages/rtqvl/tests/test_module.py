@@ -506,3 +506,60 @@ def test_retrieval_eval_on_training_items_names_the_missing_keys(multi_caption_r
     for step in (mod.test_step, mod.predict_step):
         with pytest.raises(KeyError, match=r"lacks \['captions', 'text_index', 'caption_video'\].*RetrievalDataset"):
             step(batch, 0)
+
+
+def _trainer_stub(max_epochs, max_steps=-1, batches=4, accumulate=1, epoch=1):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(max_epochs=max_epochs, max_steps=max_steps, num_training_batches=batches,
+                           accumulate_grad_batches=accumulate, current_epoch=epoch, optimizers=[])  # fmt: skip
+
+
+def test_cosine_epochs_from_the_trainer():
+    """E is max_epochs; with max_epochs -1 it is the epochs max_steps reaches; with neither bound an error names
+    both keys (E = 1 would make the lr jump between the floor and the peak from epoch to epoch)."""
+    from rtqvl.module import cosine_epochs
+
+    assert cosine_epochs(_trainer_stub(6)) == 6
+    assert cosine_epochs(_trainer_stub(6, max_steps=5)) == 6  # LAVIS' E: the epoch count, even if max_steps stops early
+    assert cosine_epochs(_trainer_stub(-1, max_steps=12)) == 3
+    assert cosine_epochs(_trainer_stub(-1, max_steps=13)) == 4  # the 4th epoch is cut short
+    assert cosine_epochs(_trainer_stub(-1, max_steps=6, accumulate=2)) == 3  # 2 optimizer steps per epoch
+    for stub in (_trainer_stub(-1), _trainer_stub(-1, max_steps=6, batches=float("inf"))):
+        with pytest.raises(
+            ValueError, match=r"trainer\.max_epochs=-1 and trainer\.max_steps=.*set trainer\.max_epochs"
+        ):
+            cosine_epochs(stub)
+
+
+def test_unbounded_epochs_refused_at_the_first_batch():
+    mod = RTQModule(tiny_config(), lr=1e-3, warmup_steps=0)
+    mod._trainer = _trainer_stub(-1)
+    with pytest.raises(ValueError, match=r"trainer\.max_epochs=-1 and trainer\.max_steps=-1"):
+        mod.on_train_batch_start(None, 0)
+
+
+class _LrRecorder(RTQModule):
+    """RTQModule's schedule and optimiser with a trivial step that records (epoch, lr) per batch."""
+
+    def training_step(self, batch, batch_idx):
+        self.seen.append((self.current_epoch, self.trainer.optimizers[0].param_groups[0]["lr"]))
+        return self.model.vision_proj.weight.sum() * 0.0
+
+
+def test_cosine_schedule_with_max_epochs_minus_one_and_max_steps(tmp_path):
+    """A real fit with max_epochs -1: E comes from max_steps (6 steps of 2 accumulated batches, 4 batches per epoch
+    -> 3 epochs), so the lr follows ½(1 + cos(π e / 3)); before, E = 1 put epoch 1 at the floor and epoch 2 at the
+    peak. Without max_steps the fit is refused at its first batch (max_time keeps a regression from running on)."""
+    mod = _LrRecorder(tiny_config(), lr=1e-3, warmup_steps=0, min_lr=0.0)
+    mod.seen = []
+    data = torch.utils.data.DataLoader(torch.zeros(4, 1), batch_size=1)
+    quiet_trainer(tmp_path, max_epochs=-1, max_steps=6, accumulate_grad_batches=2).fit(mod, train_dataloaders=data)
+    lr = dict(mod.seen)
+    assert sorted(lr) == [0, 1, 2] and len(mod.seen) == 12
+    assert all(v == lr[e] for e, v in mod.seen)  # constant within each epoch (warm-up 0)
+    assert lr[0] == pytest.approx(1e-3)
+    assert lr[1] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(math.pi / 3)))
+    assert lr[2] == pytest.approx(1e-3 * 0.5 * (1 + math.cos(2 * math.pi / 3)))
+    with pytest.raises(ValueError, match=r"trainer\.max_epochs=-1 and trainer\.max_steps=-1"):
+        quiet_trainer(tmp_path, max_epochs=-1, max_time={"seconds": 3}).fit(mod, train_dataloaders=data)

@@ -525,11 +525,25 @@ class VideoQADataset(_VideoDataset):
                 )
 
 
+def _nextqa_option(row: dict, key: str, path: Path, line: int) -> str:
+    """Candidate answer ``row[key]`` (``a0``..``a4``) as text. Every question has 5 written candidates (spec §4):
+    a null, NaN, blank or non-scalar option is an error naming the file, item and key, since ``str()`` would make
+    null the candidate "answer: none" (and NaN "answer: nan") that the model would then score."""
+    value = row[key]
+    if isinstance(value, str) and value.strip():
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)  # a converter that parsed a numeric answer such as "2" as a number
+    raise ValueError(f"{str(path)!r} item {line}: option {key!r} must be a non-empty answer string, got {value!r} "
+                     f"(every NExT-QA question has 5 candidate answers a0..a4); {_SEE}")  # fmt: skip
+
+
 class NExTQADataset(_VideoDataset):
     """NExT-QA converted JSON (spec §4): ``[{"video", "qid", "type", "question", "answer": int, "a0".."a4"}]``.
 
     Item: ``video``, ``candidates`` list of 5 normalised ``"question: {q}? answer: {a}"`` strings, ``options`` the 5
-    answers as the annotation writes them, ``answer`` int, ``type`` str, ``qid``, ``video_id``, ``index``.
+    answers as the annotation writes them, ``answer`` int, ``type`` str, ``qid``, ``video_id``, ``index``. A missing
+    (null, NaN or blank) option or a question that is not a string is an error naming the file and item.
     """
 
     def __init__(
@@ -561,12 +575,15 @@ class NExTQADataset(_VideoDataset):
                         f"candidate, got {answer!r}; {_SEE}"
                     )
                 q = row["question"]
-                cands = [normalize_text(f"question: {q}? answer: {row[f'a{k}']}") for k in range(num_choices)]
+                if not isinstance(q, str):  # null would become the text "question: none?"
+                    raise ValueError(f"{str(path)!r} item {ln}: 'question' must be a string, got {q!r}; {_SEE}")
+                options = [_nextqa_option(row, f"a{k}", path, ln) for k in range(num_choices)]
+                cands = [normalize_text(f"question: {q}? answer: {a}") for a in options]
                 self.items.append(
                     {
                         "video_id": video_key(row["video"]),
                         "candidates": cands,
-                        "options": [str(row[f"a{k}"]) for k in range(num_choices)],
+                        "options": options,
                         "answer": int(answer),
                         "type": str(row["type"]),
                         "qid": row["qid"],
@@ -611,6 +628,12 @@ def convert_nextqa_csv(csv_paths: Sequence[str | Path], out_path: str | Path) ->
                         f"{str(p)!r} line {reader.line_num}: 'qid' and 'answer' must be integers, got "
                         f"{r['qid']!r} and {r['answer']!r}; {_SEE}"
                     ) from err
+                empty = [f"a{k}" for k in range(5) if r[f"a{k}"] is None or not r[f"a{k}"].strip()]
+                if empty:  # a short row gives None, which would be written as null and read as "answer: none"
+                    raise ValueError(
+                        f"{str(p)!r} line {reader.line_num}: option(s) {empty} are empty or missing (every NExT-QA "
+                        f"question has 5 candidate answers a0..a4); {_SEE}"
+                    )
                 rows.append(
                     {
                         "video": r["video"],

@@ -21,7 +21,7 @@ from rtqvl.models.rtq import RTQConfig, build_model, momentum_update
 from rtqvl.models.weights import load_pretrained
 from rtqvl.token_store import StoreLocation, VideoTokenStore
 
-__all__ = ["RTQModule", "linear_warmup_cosine_lr", "param_groups"]
+__all__ = ["RTQModule", "cosine_epochs", "linear_warmup_cosine_lr", "param_groups"]
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,25 @@ def linear_warmup_cosine_lr(
             return peak
         return min(peak, warmup_start + (peak - warmup_start) * step / warmup_steps)
     return (peak - min_lr) * 0.5 * (1.0 + math.cos(math.pi * epoch / max_epochs)) + min_lr
+
+
+def cosine_epochs(trainer: pl.Trainer) -> int:
+    """E of :func:`linear_warmup_cosine_lr`: ``trainer.max_epochs``, or, when that is -1 (unbounded), the epochs
+    that ``trainer.max_steps`` optimizer steps reach (⌈max_steps / ⌈batches / accumulate_grad_batches⌉⌉, the last
+    one possibly cut short). With neither bound the schedule has no E: an error names both keys (taking E = 1, as
+    before, would jump between the floor and the peak from epoch to epoch)."""
+    max_epochs, max_steps = trainer.max_epochs, trainer.max_steps
+    if max_epochs is not None and max_epochs > 0:
+        return max_epochs
+    n = trainer.num_training_batches
+    if max_steps is None or max_steps < 0 or not 0 < n < float("inf"):
+        raise ValueError(
+            f"trainer.max_epochs={max_epochs} and trainer.max_steps={max_steps}: the cosine lr schedule (spec §3.3) "
+            "decays over E epochs, so set trainer.max_epochs (the paper's settings are in the shipped configs), or "
+            "trainer.max_steps with a training set of known length"
+        )
+    steps_per_epoch = math.ceil(n / trainer.accumulate_grad_batches)
+    return max(1, math.ceil(max_steps / steps_per_epoch))
 
 
 def param_groups(module: torch.nn.Module, weight_decay: float) -> list[dict]:
@@ -151,7 +170,7 @@ class RTQModule(pl.LightningModule):
             hp.warmup_lr,
             hp.warmup_steps,
             hp.min_lr,
-            max(1, self.trainer.max_epochs or 1),
+            cosine_epochs(self.trainer),
         )
         for opt in self.trainer.optimizers:
             for g in opt.param_groups:
