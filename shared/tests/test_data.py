@@ -142,3 +142,17 @@ def test_read_json_names_the_file_and_the_fault(tmp_path):
     latin.write_bytes('[\n  "caf\u00e9"]'.encode("latin-1"))
     with pytest.raises(ValueError, match=r"captions '.*c\.json' is not UTF-8 text: byte 0xe9 at line 2, column 7"):
         read_json(latin, "captions")
+
+
+def test_read_json_refuses_a_key_given_twice_with_different_values(tmp_path):
+    path = tmp_path / "parents.json"
+    path.write_text('{"leaf": ["a"], "other": {"x": 1, "x": 1}, "leaf": ["b"]}', encoding="utf-8")
+    with pytest.raises(
+        ValueError, match=r"ontology '.*parents\.json' gives the key 'leaf' twice .*\[\"a\"\].*\[\"b\"\]"
+    ):
+        read_json(path, "ontology")
+    path.write_text('[{"x": 1, "x": 1, "y": [2]}]', encoding="utf-8")  # repeated with an equal value: harmless
+    assert read_json(path) == [{"x": 1, "y": [2]}]
+    path.write_text('{"a": {"deep": 1, "deep": 2}}', encoding="utf-8")  # nested objects are checked too
+    with pytest.raises(ValueError, match="key 'deep' twice"):
+        read_json(path)

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 def read_json(path: str | Path, what: str = "JSON file") -> Any:
     """The JSON value stored in ``path`` (UTF-8). A file that is not valid JSON (text that is not UTF-8 included)
-    raises a ValueError naming ``what``, the file, and the line and column of the fault; a missing file raises
-    FileNotFoundError as ``open`` does."""
+    raises a ValueError naming ``what``, the file, and the line and column of the fault; so does an object that
+    gives one key twice with different values (plain ``json.loads`` would keep the last silently). A missing file
+    raises FileNotFoundError as ``open`` does."""
     path = Path(path)
     data = path.read_bytes()
     try:
@@ -32,11 +33,38 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
             "(JSON files must be UTF-8; re-save it in that encoding)"
         ) from err
     try:
-        return json.loads(text)
+        return json.loads(text, object_pairs_hook=_object_without_conflicts)
     except json.JSONDecodeError as err:
         raise ValueError(
             f"{what} {str(path)!r} is not valid JSON: {err.msg} (line {err.lineno}, column {err.colno})"
         ) from err
+    except _ConflictingKeyError as err:
+        raise ValueError(
+            f"{what} {str(path)!r} gives the key {err.args[0]!r} twice in one object, with different values "
+            f"({err.args[1]!r} and {err.args[2]!r}); JSON readers keep only the last, so one of them would be lost"
+        ) from None
+
+
+class _ConflictingKeyError(Exception):
+    """A key repeated in one JSON object with another value (args: key, first value, second value)."""
+
+
+def _object_without_conflicts(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads``' object builder: a dict, refusing a key repeated with a different value (plain ``json.loads``
+    keeps the last silently). A key repeated with an equal value is harmless and kept once."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        first: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in first and first[key] != value:
+                raise _ConflictingKeyError(key, _short(first[key]), _short(value))
+            first.setdefault(key, value)
+    return obj
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def reload_train_loader_every_epoch(trainer: Any, reason: str) -> None:
