@@ -215,6 +215,9 @@ def test_transforms():
     )
     with pytest.raises(KeyError, match="unknown statistics"):
         normalize(x, "nope")
+    with pytest.raises(ValueError, match="1 channels but the statistics give 3 means"):  # not broadcast to 3
+        normalize(x[:, :1], "imagenet")
+    assert normalize(x[:, :1], ([0.5], [0.25])).shape == (2, 1, 48, 64)
     with pytest.raises(ValueError, match="larger than frames"):
         center_crop(x, 100)
     with pytest.raises(ValueError, match=r"\(T, C, H, W\)"):

@@ -656,6 +656,11 @@ def normalize(x: torch.Tensor, stats: str | tuple[Sequence[float], Sequence[floa
         mean, std = NORMALIZATION[stats]
     else:
         mean, std = stats
+    if not len(mean) == len(std) == x.shape[1]:  # else broadcasting would turn one channel into three silently
+        raise ValueError(
+            f"normalize: the video has {x.shape[1]} channels but the statistics give {len(mean)} means and "
+            f"{len(std)} stds"
+        )
     m = torch.tensor(mean, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32, device=x.device).view(1, -1, 1, 1)
     y = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
