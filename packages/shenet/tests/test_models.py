@@ -472,3 +472,42 @@ def test_all_padding_video_in_every_mode(plain_attention, mode):
     assert torch.isneginf(scores[:, 1]).all()
     assert torch.isfinite(scores[:, keep]).all()
     torch.testing.assert_close(scores[:, keep], levels["S"].detach()[:, keep])
+
+
+def test_l2_normalize_zero_vector_in_every_dtype():
+    """F.normalize's ε = 1e-12 is 0 in float16, so a zero row gave 0/0 = NaN; l2_normalize keeps it zero there, and
+    is F.normalize bit for bit in float32 and bfloat16."""
+    from shenet.models import l2_normalize
+
+    x = torch.randn(3, 5, D)
+    x[1, 2] = 0.0
+    for dtype in (torch.float32, torch.bfloat16):
+        assert torch.equal(l2_normalize(x.to(dtype)), F.normalize(x.to(dtype), dim=-1))
+    half = x.half().requires_grad_()
+    y = l2_normalize(half)
+    assert torch.equal(y[1, 2], torch.zeros(D, dtype=torch.float16))
+    torch.testing.assert_close(y.float(), F.normalize(x, dim=-1), atol=2e-3, rtol=0)
+    (y * torch.randn(y.shape).half()).sum().backward()
+    assert torch.isfinite(half.grad).all()
+
+
+@pytest.mark.parametrize("mode", list(EMPTY_VIDEO_MODES))
+def test_all_padding_video_in_float16(plain_attention, mode):
+    """``precision: 16-true``: with an all-padding video (zero embedding, zero guided features) the scores, the loss
+    and every gradient stay finite, and the video's scores are 0."""
+    from shenet.losses import SHENetContrastiveLoss
+
+    torch.manual_seed(0)
+    model = tiny(**EMPTY_VIDEO_MODES[mode]).half()
+    frames = torch.randn(4, T, 3, 32, 32).half()
+    mask = torch.tensor([[1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0], [1, 1, 1, 0]]).bool()
+    text, video = model.encode_text(text_batch(4)), model.encode_video(frames * mask[..., None, None, None], mask)
+    assert video.video.dtype == torch.float16 and torch.equal(video.video[1], torch.zeros_like(video.video[1]))
+    for name, S in model.similarity(text, video).items():
+        assert torch.isfinite(S).all(), name
+        assert torch.equal(S[:, 1], torch.zeros_like(S[:, 1])), name
+    loss = SHENetContrastiveLoss(aux_weight=0.5)(text, video, model.similarity, model.logit_scale)["loss"]
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and all(torch.isfinite(g).all() for g in grads)

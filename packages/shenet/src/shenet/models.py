@@ -34,6 +34,7 @@ __all__ = [
     "uses_quick_gelu",
     "check_architecture",
     "TemporalTransformer",
+    "l2_normalize",
     "hierarchy_enhance",
     "masked_softmax",
     "syntax_guided_similarity",
@@ -357,6 +358,19 @@ class VideoFeatures:
         return self.video.shape[0]
 
 
+# ------------------------------------------------------------------------------------- L2 normalisation
+
+
+def l2_normalize(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``x / max(‖x‖₂, ε)`` along ``dim`` (:func:`torch.nn.functional.normalize`), with an ε the dtype can hold.
+
+    F.normalize's ε = 1e-12 rounds to 0 in float16 (``precision: 16-true``), so a zero vector — a padding node, an
+    all-padding video's embedding or its guided frame and region features — would give 0/0 = NaN, and NaN
+    gradients behind it. Here ε = max(1e-12, smallest normal number of the dtype): float16's 2⁻¹⁴ ≈ 6.1e-5 (a zero
+    vector stays zero), and 1e-12 in float32 and bfloat16, whose results are F.normalize's, bit for bit."""
+    return F.normalize(x, dim=dim, eps=max(1e-12, torch.finfo(x.dtype).tiny))
+
+
 # ----------------------------------------------------------------------------------------- text hierarchy
 
 
@@ -407,15 +421,15 @@ def hierarchy_enhance(
             y = x + g * child_mean
         else:
             y = x + child_mean  # x + mean of children
-        return torch.where(has[..., None], F.normalize(y, dim=-1), F.normalize(x, dim=-1))
+        return torch.where(has[..., None], l2_normalize(y, dim=-1), l2_normalize(x, dim=-1))
 
     if adjs is not None:
         adj_mean, has_adj = _children_mean(adjs, adj_mask, adj_parent, nouns.shape[1])  # (B, M, D)
         nouns_enh = combine(nouns, adj_mean, has_adj, gate_noun)
     else:
-        nouns_enh = F.normalize(nouns, dim=-1)
+        nouns_enh = l2_normalize(nouns, dim=-1)
     if not use_nouns:
-        return F.normalize(verbs, dim=-1), nouns_enh
+        return l2_normalize(verbs, dim=-1), nouns_enh
     noun_mean, has_noun = _children_mean(nouns_enh, noun_mask, noun_parent, verbs.shape[1])  # (B, V, D)
     verbs_enh = combine(verbs, noun_mean, has_noun, gate_verb)
     return verbs_enh, nouns_enh
@@ -475,15 +489,15 @@ def syntax_guided_similarity(
 
     if not guide_visual:  # spec §3.9: the means, whichever guided pooling the config names
         fw = fm.to(f.dtype) / fm.sum(-1, keepdim=True).clamp_min(1).to(f.dtype)  # (B_v, T) uniform frame weights
-        g = F.normalize(torch.einsum("bt,btd->bd", fw, f), dim=-1)  # (B_v, D) mean frame
-        r = F.normalize(torch.einsum("bt,btqd->bd", fw, p), dim=-1)  # (B_v, D) mean patch
+        g = l2_normalize(torch.einsum("bt,btd->bd", fw, f), dim=-1)  # (B_v, D) mean frame
+        r = l2_normalize(torch.einsum("bt,btqd->bd", fw, p), dim=-1)  # (B_v, D) mean patch
         S2 = torch.einsum("ajd,bd->abj", text.verbs_enh, g)  # (B_t, B_v, V)
         S3 = torch.einsum("amd,bd->abm", text.nouns_enh, r)  # (B_t, B_v, M)
     else:
         frame_valid = fm[None, :, None, :]  # (1, B_v, 1, T)
         # verb -> frames (temporal guidance)
         alpha = masked_softmax(torch.einsum("ajd,btd->abjt", text.verbs, f) / tau_frame, frame_valid)  # (B_t,B_v,V,T)
-        g = F.normalize(torch.einsum("abjt,btd->abjd", alpha.to(f.dtype), f), dim=-1)  # (B_t, B_v, V, D)
+        g = l2_normalize(torch.einsum("abjt,btd->abjd", alpha.to(f.dtype), f), dim=-1)  # (B_t, B_v, V, D)
         S2 = torch.einsum("ajd,abjd->abj", text.verbs_enh, g)  # (B_t, B_v, V)  cos(u'_j, g_j)
         # frame weights for each noun: its parent's, the root's, or uniform
         alpha0 = masked_softmax(torch.einsum("ad,btd->abt", s, f) / tau_frame, fm[None])  # (B_t, B_v, T)
@@ -502,7 +516,7 @@ def syntax_guided_similarity(
             (torch.einsum("amd,btqd->abmtq", text.nouns, p) / tau_patch).float(), -1
         )  # (B_t,B_v,M,T,P)
         gamma = (w_noun[..., None] * beta).to(p.dtype)  # (B_t, B_v, M, T, P)  α_{π(m),t} β_{m,t,q}
-        r = F.normalize(torch.einsum("abmtq,btqd->abmd", gamma, p), dim=-1)  # (B_t, B_v, M, D)
+        r = l2_normalize(torch.einsum("abmtq,btqd->abmd", gamma, p), dim=-1)  # (B_t, B_v, M, D)
         S3 = torch.einsum("amd,abmd->abm", text.nouns_enh, r)  # (B_t, B_v, M)  cos(n'_m, r_m)
     S2 = (S2 * vm[:, None, :]).sum(-1) / n_verbs[:, None]  # (B_t, B_v)  mean over verbs
     S3 = (S3 * nm[:, None, :]).sum(-1) / n_nouns[:, None]  # (B_t, B_v)  mean over nouns
@@ -520,7 +534,7 @@ def sentence_guided_similarity(
     """
     s, f, fm = text.sentence, video.frames, video.frame_mask
     alpha0 = masked_softmax(torch.einsum("ad,btd->abt", s, f) / tau_frame, fm[None])  # (B_t, B_v, T)
-    v = F.normalize(torch.einsum("abt,btd->abd", alpha0.to(f.dtype), f), dim=-1)  # (B_t, B_v, D)
+    v = l2_normalize(torch.einsum("abt,btd->abd", alpha0.to(f.dtype), f), dim=-1)  # (B_t, B_v, D)
     return torch.einsum("ad,abd->ab", s, v)  # (B_t, B_v)
 
 
@@ -637,10 +651,10 @@ class SHENet(nn.Module):
         x = clip.ln_final(x)  # (B, L, W)
         tokens = x @ clip.text_projection  # (B, L, D)  every token projected like the EOT token
         eot = ids.argmax(-1)  # (B,)  EOT has the largest id
-        sentence = F.normalize(tokens[torch.arange(ids.shape[0], device=ids.device), eot], dim=-1)  # (B, D)
+        sentence = l2_normalize(tokens[torch.arange(ids.shape[0], device=ids.device), eot], dim=-1)  # (B, D)
 
         def pool(name: str) -> torch.Tensor:  # node feature = mean of its BPE pieces' features
-            return F.normalize(
+            return l2_normalize(
                 torch.einsum("bnl,bld->bnd", batch[f"text_{name}_pool"].to(tokens.dtype), tokens), dim=-1
             )
 
@@ -683,11 +697,11 @@ class SHENet(nn.Module):
         mask = video_mask.bool()
         if self.temporal is not None:
             frames = self.temporal(frames, mask)  # (B, T, D)
-        frames = F.normalize(frames, dim=-1)
-        patches = F.normalize(patches, dim=-1)
+        frames = l2_normalize(frames, dim=-1)
+        patches = l2_normalize(patches, dim=-1)
         w = mask.to(frames.dtype)
         # a video without any valid frame gets the zero vector (0 / 1, and norm(0) = 0): every score with it is 0
-        video_emb = F.normalize((frames * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1), dim=-1)  # (B, D)
+        video_emb = l2_normalize((frames * w[..., None]).sum(1) / w.sum(1, keepdim=True).clamp_min(1), dim=-1)  # (B, D)
         return VideoFeatures(video_emb, frames, patches, mask)
 
     # -- similarity ---------------------------------------------------------------------------------------------
