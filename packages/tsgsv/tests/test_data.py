@@ -359,3 +359,21 @@ def test_every_sentence_feature_width_is_checked_as_it_is_read(root):
         ds.files.sentence(later)
     with pytest.raises(ValueError, match=r"video '.*' has width 6, but model\.config\.video_dim=4"):
         ds.files.expect_width("video", 4, "video_dim")
+
+
+@pytest.mark.parametrize("entry, kind", [([1.0, 2.0], "array"), ("v0.mp4", "string"), (12, "number"), (None, "null")])
+def test_entry_that_is_not_an_object_names_the_file_and_video(tmp_path, root, entry, kind):
+    """A list entry used to raise "lacks key 'duration'", a number or null a bare TypeError naming nothing."""
+    data = json.loads((root / "train.json").read_text())
+    data["broken_video"] = entry
+    (tmp_path / "a.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=rf"a\.json.*video 'broken_video' is a JSON {kind} .*not an object with keys "
+                                         rf"duration, duration_frame"):  # fmt: skip
+        read_annotations([tmp_path / "a.json"])
+
+
+def test_annotation_file_that_is_not_an_object_is_refused(tmp_path, root):
+    data = json.loads((root / "train.json").read_text())
+    (tmp_path / "a.json").write_text(json.dumps(list(data.values())))
+    with pytest.raises(ValueError, match=r"a\.json' holds a JSON array, not an object mapping video names"):
+        read_annotations([tmp_path / "a.json"])

@@ -72,7 +72,13 @@ class Annotation:
 
 def read_annotations(paths: list[Path], min_frames: int = 71) -> list[Annotation]:
     """Read annotation JSON files (spec §4.2). Videos with N < ``min_frames`` are dropped (official: N ≤ 70),
-    timestamps are clipped to [0, D] and pairs with τ_s ≥ τ_e dropped (spec §3.10)."""
+    timestamps are clipped to [0, D] and pairs with τ_s ≥ τ_e dropped (spec §3.10).
+
+    Raises:
+        FileNotFoundError: a missing file.
+        KeyError / ValueError: a file that is not a JSON object, an entry that is not an object or lacks a key,
+            malformed timestamps, or an anno_id used for two sentences; the message names the file and the video.
+    """
     out: list[Annotation] = []
     seen: dict[str, tuple[str, str, str]] = {}  # anno_id -> (file, video, sentence): ids key the sentence features
     dropped_videos = dropped_pairs = 0
@@ -81,8 +87,14 @@ def read_annotations(paths: list[Path], min_frames: int = 71) -> list[Annotation
             raise FileNotFoundError(f"annotation file {str(path)!r} does not exist; {_SEE}")
         with open(path) as f:
             videos = json.load(f, object_pairs_hook=_unique_video_keys(path))
+        if not isinstance(videos, dict):
+            raise ValueError(f"{str(path)!r} holds a JSON {_json_type(videos)}, not an object mapping video names to "
+                             f"annotation entries; {_SEE}")  # fmt: skip
         for video, item in videos.items():
-            for key in ("duration", "duration_frame", "timestamps", "sentences", "anno_ids"):
+            if not isinstance(item, dict):
+                raise ValueError(f"{str(path)!r}: video {video!r} is a JSON {_json_type(item)} ({_short(item)}), not "
+                                 f"an object with keys {', '.join(_ANNOTATION_KEYS)}; {_SEE}")  # fmt: skip
+            for key in _ANNOTATION_KEYS:
                 if key not in item:
                     raise KeyError(f"{str(path)!r}: video {video!r} lacks key {key!r}; {_SEE}")
             if not len(item["timestamps"]) == len(item["sentences"]) == len(item["anno_ids"]):
@@ -117,6 +129,21 @@ def read_annotations(paths: list[Path], min_frames: int = 71) -> list[Annotation
                  "moments with start >= end after clipping", ", ".join(map(str, paths)), len(out), dropped_videos,
                  min_frames, dropped_pairs)  # fmt: skip
     return out
+
+
+_ANNOTATION_KEYS = ("duration", "duration_frame", "timestamps", "sentences", "anno_ids")
+
+
+def _json_type(value: object) -> str:
+    """The JSON name of a parsed value's type (array, string, number, ...)."""
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def _short(value: object, limit: int = 60) -> str:
+    """``repr(value)`` cut to about ``limit`` characters, for error messages."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _unique_video_keys(path: Path):
