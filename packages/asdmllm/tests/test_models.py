@@ -260,3 +260,52 @@ def test_local_bf16_checkpoint_loads_its_weights_and_trains_fp32_parts(tmp_path)
     opt.step()
     changed = (inner.multi_modal_projector.linear_1.weight != before).float().mean()
     assert changed > 0.99  # kept in bf16, many of these weights would not move at all
+
+
+def _generation_inputs(m: MultimodalLLM, monkeypatch, instructions: list[str]) -> tuple[list[list[int]], list[str]]:
+    """The input ids ``generate_answers`` hands to ``model.generate`` for each instruction, and its answers."""
+    seen, generate = [], m.model.generate
+
+    def spy(**kwargs):
+        seen.append(kwargs["input_ids"][0].tolist())
+        assert kwargs["attention_mask"].tolist() == [[1] * len(seen[-1])]
+        return generate(**kwargs)
+
+    monkeypatch.setattr(m.model, "generate", spy)
+    images = torch.randint(0, 256, (len(instructions), 3, 32, 32), dtype=torch.uint8)
+    answers = m.generate_answers(images, instructions, max_new_tokens=2)
+    return seen, answers
+
+
+@pytest.mark.parametrize("case", ["legacy_trailing_space", "metaspace_trailing_space"])
+def test_generation_starts_from_the_prompt_training_puts_before_answers(llama_snapshots, monkeypatch, case):
+    """With a template ending in a space, the prompt encoded alone ends in ``: ▁``, a token that training never puts
+    before an answer (there ``▁Yes`` / ``▁a`` hold the space): generation starts after ``:``, as training does."""
+    torch.manual_seed(0)
+    m = llama_style_mllm(llama_snapshots, case)
+    tok = m.tokenizer
+    instructions = [m.yes_no_prompt(m.config.yes_no_template, "nurse"), "What is the job?"]
+    seen, answers = _generation_inputs(m, monkeypatch, instructions)
+    assert len(answers) == 2 and all(isinstance(a, str) for a in answers)
+    for instruction, ids in zip(instructions, seen, strict=True):
+        for answer in ("Yes", "a nurse", "chef"):
+            inputs = m.build_inputs([instruction], [answer])
+            assert ids == inputs["input_ids"][0, : int(inputs["prompt_lengths"][0])].tolist(), answer
+        assert tok.convert_ids_to_tokens(ids[-2:]) == ["ANT", ":"]
+        alone = m.build_inputs([instruction])["input_ids"][0].tolist()  # the prompt tokenised without an answer
+        assert alone == ids + [tok.convert_tokens_to_ids("▁")]
+        assert m.generation_prompt_ids(instruction) == ids
+
+
+@pytest.mark.parametrize("arch", ["llava", "qwen2_vl"])
+def test_character_tokenizer_generation_prompt_is_the_prompt_alone(monkeypatch, arch):
+    """The character tokenizer never merges, so generation starts from the ids of the prompt encoded alone, as it
+    did before the training-boundary rule: generated answers (and the repro's numbers) do not change."""
+    torch.manual_seed(0)
+    qwen = arch == "qwen2_vl"
+    config = MLLMConfig(arch=arch, patch_size=4, prompt_template=QWEN_TEMPLATE, answer_prefix="") if qwen else None
+    m = MultimodalLLM(config or MLLMConfig())
+    instructions = ["Is the person in the image a nurse? Answer yes or no.", "Q? ", "two\nlines  here"]
+    seen, _ = _generation_inputs(m, monkeypatch, instructions)
+    for instruction, ids in zip(instructions, seen, strict=True):
+        assert ids == m.build_inputs([instruction])["input_ids"][0].tolist()

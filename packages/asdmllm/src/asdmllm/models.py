@@ -529,6 +529,35 @@ class MultimodalLLM(nn.Module):
         x = (images.float() / 255.0 - self.image_mean) / self.image_std  # (B, 3, S, S)
         return x.to(self.model.dtype)
 
+    def _head_ids(self) -> list[int]:
+        """``[<s>] prefix <image>×N`` (Qwen2-VL: with its vision start / end markers): every sequence's first ids."""
+        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
+        return (
+            bos
+            + self._prompt_prefix_ids
+            + self._image_marker[0]
+            + [self.image_token_id] * self.num_image_tokens
+            + self._image_marker[1]
+        )
+
+    def generation_prompt_ids(self, instruction: str) -> list[int]:
+        """The ids a greedy answer to ``instruction`` is generated after: those that precede the answer in the
+        training sequence (:meth:`build_inputs` with an answer, up to its ``prompt_lengths``).
+
+        Encoding the prompt alone can end in a token training never puts before an answer: with Llama's tokenizer
+        and a template ending in a space, the prompt alone ends in ``: ▁`` while training has ``: ▁Yes`` (the
+        boundary rule of :meth:`_encode_with_answers` makes ``▁Yes`` an answer token, so the prompt ends at ``:``).
+        The boundary is placed with the answer ``answer_prefix + yes_words[0]`` (as for the ``yes_prob`` probe);
+        any answer whose first word takes in the template's space the same way (``▁a``, ``▁chef``) has the same
+        prompt ids. For the character tokenizer (which never merges) they are the ids of the prompt encoded alone.
+        """
+        suffix = self._prompt_suffix.format(instruction=instruction)
+        [(tail, start)] = self._encode_with_answers([suffix], [self.config.answer_prefix + self.config.yes_words[0]])
+        ids = self._head_ids() + tail[:start]
+        if len(ids) > self.config.max_length:
+            raise ValueError(f"sequence of {len(ids)} tokens exceeds model.mllm.max_length={self.config.max_length}")
+        return ids
+
     def build_inputs(self, instructions: list[str], answers: list[str] | None = None) -> dict[str, torch.Tensor]:
         """Token ids, attention mask and SFT labels for a batch (right padded).
 
@@ -544,14 +573,7 @@ class MultimodalLLM(nn.Module):
             raise ValueError("build_inputs: empty batch")
         if answers is not None and len(answers) != len(instructions):
             raise ValueError(f"build_inputs: {len(instructions)} instructions but {len(answers)} answers")
-        bos = [self.tokenizer.bos_token_id] if self.tokenizer.bos_token_id is not None else []
-        head = (
-            bos
-            + self._prompt_prefix_ids
-            + self._image_marker[0]
-            + [self.image_token_id] * self.num_image_tokens
-            + self._image_marker[1]
-        )
+        head = self._head_ids()
         suffixes = [self._prompt_suffix.format(instruction=instruction) for instruction in instructions]
         if answers is None:
             tails, eos = [(ids, len(ids)) for ids in self._encode_batch(suffixes)], []
@@ -664,19 +686,22 @@ class MultimodalLLM(nn.Module):
 
     @torch.no_grad()
     def generate_answers(self, images: torch.Tensor, instructions: list[str], max_new_tokens: int = 16) -> list[str]:
-        """Greedy answers (spec §3.7), decoded and stripped; used by the general-ability hook."""
+        """Greedy answers (spec §3.7), decoded and stripped; used by the general-ability hook and ``predict``.
+
+        Each answer is generated after :meth:`generation_prompt_ids`, the ids training puts before its answers."""
         outs = []
+        device = self.image_mean.device
         for i, instruction in enumerate(instructions):  # one by one: right padding does not suit generation
-            inputs = self.build_inputs([instruction])
+            input_ids = torch.tensor([self.generation_prompt_ids(instruction)], device=device)  # (1, L)
             generated = self.model.generate(
-                input_ids=inputs["input_ids"],
-                attention_mask=inputs["attention_mask"],
-                **self.vision_inputs(images[i : i + 1], inputs["input_ids"]),
+                input_ids=input_ids,
+                attention_mask=torch.ones_like(input_ids),
+                **self.vision_inputs(images[i : i + 1], input_ids),
                 max_new_tokens=max_new_tokens,
                 do_sample=False,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=self.tokenizer.eos_token_id,
             )
-            new_tokens = generated[0, inputs["input_ids"].shape[1] :]
+            new_tokens = generated[0, input_ids.shape[1] :]
             outs.append(self.tokenizer.decode(new_tokens, skip_special_tokens=True).strip())
         return outs
