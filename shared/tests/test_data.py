@@ -156,3 +156,35 @@ def test_read_json_refuses_a_key_given_twice_with_different_values(tmp_path):
     path.write_text('{"a": {"deep": 1, "deep": 2}}', encoding="utf-8")  # nested objects are checked too
     with pytest.raises(ValueError, match="key 'deep' twice"):
         read_json(path)
+
+
+def test_ensure_generated_writes_missing_or_stale_data_and_leaves_unstamped_data(tmp_path, caplog):
+    import json
+
+    from mmzoo.data import ensure_generated
+
+    marker, stamp, writes = tmp_path / "d" / "index.txt", tmp_path / "d" / "made_by.json", []
+
+    def write():
+        marker.parent.mkdir(exist_ok=True)
+        marker.write_text(str(len(writes)))
+        writes.append(1)
+
+    assert ensure_generated(marker, stamp, {"seed": 0, "sizes": (2, 3)}, write, "toy generator")
+    assert json.loads(stamp.read_text()) == {"seed": 0, "sizes": [2, 3]} and len(writes) == 1
+    assert not ensure_generated(marker, stamp, {"sizes": (2, 3), "seed": 0}, write, "toy generator")  # same: kept
+    assert ensure_generated(marker, stamp, {"seed": 1, "sizes": (2, 3)}, write, "toy generator")  # other: again
+    assert len(writes) == 2 and json.loads(stamp.read_text())["seed"] == 1
+    stamp.unlink()  # no stamp: the user's data, left alone with a warning
+    with caplog.at_level("WARNING"):
+        assert not ensure_generated(marker, stamp, {"seed": 2}, write, "toy generator")
+    assert len(writes) == 2 and "without the toy generator's stamp" in caplog.text
+    assert ensure_generated(marker, stamp, {"seed": 2}, write, "toy generator", owned=True)  # the caller's cache
+    assert len(writes) == 3 and stamp.is_file()
+
+    def fails():
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        ensure_generated(marker, stamp, {"seed": 3}, fails, "toy generator")
+    assert not stamp.exists()  # a write cut short leaves no stamp, so the half-written data are never kept as done

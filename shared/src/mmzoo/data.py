@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SplitLoaders", "evaluation_sampler", "read_json", "reload_train_loader_every_epoch", "worker_options"]
+__all__ = [
+    "SplitLoaders",
+    "ensure_generated",
+    "evaluation_sampler",
+    "read_json",
+    "reload_train_loader_every_epoch",
+    "worker_options",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +73,38 @@ def _object_without_conflicts(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _short(value: Any, limit: int = 60) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def ensure_generated(
+    marker: Path, stamp: Path, settings: dict[str, Any], write: Callable[[], Any], what: str, owned: bool = False
+) -> bool:
+    """Keep generated data (a demo's or a repro's synthetic set) in step with the settings that made it.
+
+    ``marker`` is a file the data always has; ``stamp`` the file recording ``settings`` (JSON, sorted keys). Data
+    stamped with these settings are kept; data stamped with others are written again by ``write()``; missing data
+    are written. Data without a stamp are the user's own (or written before stamps existed) and are left alone with
+    a warning naming ``what`` made stamps, unless ``owned`` says the folder belongs to the caller (a script's
+    cache), which rewrites them. The stamp is removed before writing and written last, so a write cut short is
+    never taken for a complete one. Returns True when ``write()`` ran."""
+    text = json.dumps(settings, sort_keys=True, default=list)
+    if marker.exists():
+        if not stamp.is_file():
+            if not owned:
+                log.warning(
+                    "%s holds data without the %s's stamp (%s): used as it is, not generated from the settings; "
+                    "delete it to have them applied",
+                    marker.parent, what, stamp.name,
+                )  # fmt: skip
+                return False
+        elif stamp.read_text() == text:
+            return False
+        else:
+            log.warning("%s: generating the data again (the %s's settings changed)", marker.parent, what)
+    stamp.unlink(missing_ok=True)
+    write()
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(text)
+    return True
 
 
 def reload_train_loader_every_epoch(trainer: Any, reason: str) -> None:

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import gzip
 import json
-import logging
 from pathlib import Path
 from typing import Literal
 
 import numpy as np
+from mmzoo.data import ensure_generated as ensure_generated_data
 
 __all__ = [
     "write_kg_file",
@@ -19,8 +19,6 @@ __all__ = [
     "ensure_generated",
     "DIGITS_VERSION",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def write_kg_file(path: str | Path, vectors: dict[str, np.ndarray], uri_lang: str | None = "en") -> Path:
@@ -299,16 +297,13 @@ def ensure_generated(
     if kind not in ("digits", "random"):
         raise ValueError(f"generate={kind!r}: use digits or random")
     version = DIGITS_VERSION if kind == "digits" else RANDOM_VERSION
-    stamp = json.dumps({"kind": kind, "version": version, "seed": seed, **kwargs}, sort_keys=True, default=list)
-    stamp_file = root / STAMP_FILE
-    if (root / "hierarchy.json").is_file():
-        if not stamp_file.is_file():
-            if not owned:
-                return root
-        elif stamp_file.read_text() == stamp:
-            return root
-        log.warning("%s: regenerating the synthetic %s data set (generator version or arguments changed)", root, kind)
     writer = write_digits_dataset if kind == "digits" else write_random_dataset
-    writer(root, kg_path, seed=seed, **kwargs)
-    stamp_file.write_text(stamp)
+    ensure_generated_data(
+        root / "hierarchy.json",
+        root / STAMP_FILE,
+        {"kind": kind, "version": version, "seed": seed, **kwargs},
+        lambda: writer(root, kg_path, seed=seed, **kwargs),
+        f"synthetic {kind} generator",
+        owned=owned,
+    )
     return root

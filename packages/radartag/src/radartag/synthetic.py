@@ -10,15 +10,13 @@ videos carry tag signal. ``video_children`` links every video of a followee to e
 from __future__ import annotations
 
 import json
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from mmzoo.data import ensure_generated
 
 __all__ = ["SyntheticKwaiConfig", "ensure_synthetic_vertical", "random_graph", "stamp_path", "write_synthetic_vertical"]
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -60,7 +58,6 @@ def write_synthetic_vertical(root: str | Path, vertical: str, cfg: SyntheticKwai
     cfg = cfg or SyntheticKwaiConfig()
     rng = np.random.default_rng(cfg.seed)
     root = Path(root)
-    stamp_path(root, vertical).unlink(missing_ok=True)  # written last: a copy cut short is never taken as complete
     (root / "video_feat").mkdir(parents=True, exist_ok=True)
     (root / "tag_feat_bert").mkdir(parents=True, exist_ok=True)
     d = cfg.feature_dim
@@ -129,7 +126,6 @@ def write_synthetic_vertical(root: str | Path, vertical: str, cfg: SyntheticKwai
         (root / f"kwai_{vertical}_video_{split}_list.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     (root / f"tag_parents_{vertical}.json").write_text(json.dumps(tag_parents, ensure_ascii=False), encoding="utf-8")
     (root / f"video_children_{vertical}.json").write_text(json.dumps(children))
-    stamp_path(root, vertical).write_text(_stamp(cfg))
     return root
 
 
@@ -138,32 +134,22 @@ def stamp_path(root: str | Path, vertical: str) -> Path:
     return Path(root) / f"synthetic_kwai_{vertical}.json"
 
 
-def _stamp(cfg: SyntheticKwaiConfig) -> str:
-    return json.dumps(asdict(cfg), sort_keys=True)
-
-
 def ensure_synthetic_vertical(root: str | Path, vertical: str, cfg: SyntheticKwaiConfig | None = None) -> bool:
-    """Write the synthetic vertical unless ``root`` already holds it with these settings; True when written.
+    """Write the synthetic vertical unless ``root`` already holds it with these settings; True when written
+    (:func:`mmzoo.data.ensure_generated`, stamp :func:`stamp_path`).
 
     A copy stamped with other settings (e.g. the demo's ``data.demo`` changed) is written again: every list and
     JSON file is rewritten, so the cached split graphs see new inputs and are rebuilt. A vertical without the stamp
     is the user's own data (or a copy written before stamps existed) and is left alone, with a warning."""
     cfg = cfg or SyntheticKwaiConfig()
     root = Path(root)
-    stamp = stamp_path(root, vertical)
-    if (root / f"label_map_kwai_{vertical}.txt").is_file():
-        if not stamp.is_file():
-            log.warning(
-                "%s holds a vertical %r without the synthetic generator's stamp (%s): it is used as it is, not "
-                "regenerated from the demo settings; delete the folder to have them applied",
-                root, vertical, stamp.name,
-            )  # fmt: skip
-            return False
-        if json.loads(stamp.read_text()) == json.loads(_stamp(cfg)):
-            return False
-        log.warning("%s: regenerating the synthetic vertical %r (its generator settings changed)", root, vertical)
-    write_synthetic_vertical(root, vertical, cfg)
-    return True
+    return ensure_generated(
+        root / f"label_map_kwai_{vertical}.txt",
+        stamp_path(root, vertical),
+        asdict(cfg),
+        lambda: write_synthetic_vertical(root, vertical, cfg),
+        "synthetic generator",
+    )
 
 
 def random_graph(num_videos: int, num_tags: int, dim: int, follows_per_video: int, seed: int = 0):
