@@ -202,6 +202,38 @@ def test_demo_data_regenerated_when_its_settings_change(tmp_path):
     assert shard.stat().st_mtime_ns == written
 
 
+def test_demo_data_generation_leaves_a_folder_of_shards_without_its_stamp_alone(tmp_path, caplog):
+    """A data_root that already has parquet shards but no demo_data.json stamp is the user's data: with
+    generate_demo_data it is used as it is (a warning says so), whatever the shards are called; no generated shard is
+    written beside them. Deleting the shards lets the demo data be written (and stamped) again."""
+    import json
+
+    root = tmp_path / "d"
+    dm = DebiasDataModule(str(root), image_size=32, num_workers=0, generate_demo_data=True)
+    dm.demo.n_sets = 3
+    dm.prepare_data()
+    stamp = json.loads((root / "demo_data.json").read_text())
+    assert stamp == {"demo": {**stamp["demo"], "n_sets": 3}, "image_size": 32, "seed": 0}
+    generated = root / "data" / "train-00000-of-00001.parquet"
+    user_shard = root / "data" / "train-00000-of-00061-abc.parquet"  # the hub's shard names
+    generated.rename(user_shard)
+    (root / "demo_data.json").unlink()
+    written = user_shard.stat().st_mtime_ns
+    dm.demo.n_sets = 4  # other settings: a stamped folder would be rewritten, this one is not
+    with caplog.at_level("WARNING"):
+        dm.prepare_data()
+    assert sorted(p.name for p in (root / "data").iterdir()) == [user_shard.name]
+    assert user_shard.stat().st_mtime_ns == written and not (root / "demo_data.json").exists()
+    assert "without the demo data generator's stamp (demo_data.json)" in caplog.text
+    assert (
+        len(SocialCounterfactualsDataset(root, "all", image_size=32)) == 4 * 3 * 4
+    )  # 4 occupations × the user's 3 sets
+    user_shard.unlink()
+    dm.prepare_data()
+    assert generated.is_file() and json.loads((root / "demo_data.json").read_text())["demo"]["n_sets"] == 4
+    assert len(SocialCounterfactualsDataset(root, "all", image_size=32)) == 4 * 4 * 4
+
+
 def test_fairface_reader_rejects_unknown_labels_and_repeated_files(tmp_path):
     """An out-of-vocabulary label (here 'Latino', the release says 'Latino_Hispanic') or a blank cell would silently
     drop the image from that attribute's pools; a repeated file would count one face twice."""
@@ -241,3 +273,52 @@ def test_socialcounterfactuals_concept_ignores_attribute_order_in_caption(tmp_pa
     pq.write_table(pa.Table.from_pydict(rows, schema=table.schema), shard)
     with pytest.raises(ValueError, match="no concept after a2='male'"):  # 'female' is not the word 'male'
         SocialCounterfactualsDataset(root, "all", image_size=32)
+
+
+def _rewrite_cells(shard, column: str, cells: dict[int, object]) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(shard)
+    values = table.column(column).to_pylist()
+    for row, value in cells.items():
+        values[row] = value
+    index = table.schema.get_field_index(column)
+    pq.write_table(table.set_column(index, column, pa.array(values, pa.string())), shard)
+
+
+@pytest.mark.parametrize(
+    ("reader", "column", "value"),
+    [
+        ("cmsc", "concept", ""),  # used to become a concept named ""
+        ("cmsc", "counterfactual_set", " "),  # used to gather every such row into one set
+        ("cmsc", "concept_group", None),  # used to ask for a question of group None
+        ("scounter", "counterfactual_set", ""),
+        ("scounter", "a1_type", None),  # used to fail with a bare TypeError
+    ],
+)
+def test_counterfactual_readers_name_null_or_empty_label_cells(tmp_path, reader, column, value):
+    if reader == "cmsc":
+        root = make_cmsc(tmp_path / "CMSC", {"personality": ["pleasant", "unpleasant"]}, n_sets=2)
+        read, what = (lambda: CMSCDataset(root, "all", image_size=32)), "CMSC"
+    else:
+        root = make_socialcounterfactuals(tmp_path / "sc", OCC, ["White", "Black"], ["male", "female"], 2)
+        read, what = (lambda: SocialCounterfactualsDataset(root, "all", image_size=32)), "SocialCounterfactuals"
+    size = len(read())
+    _rewrite_cells(next((root / "data").glob("*.parquet")), column, {3: value, 5: value})
+    with pytest.raises(
+        ValueError, match=rf"{what} '.*': column '{column}' is null or empty in 2 rows \(first: \[3, 5\]"
+    ):
+        read()
+    assert size > 5
+
+
+def test_fairface_max_images_must_be_positive(tmp_path):
+    """A negative cap used to be a negative slice bound, silently dropping the last images instead of keeping the first."""
+    root = make_fairface(tmp_path / "ff", 4)
+    assert len(FairFaceDataset(root, ["nurse"], ["occupation"], image_size=32, max_images=3)) == 3
+    for bad in (-1, 0):
+        with pytest.raises(ValueError, match=f"data.fairface_max_images={bad} must be a positive"):
+            FairFaceDataset(root, ["nurse"], ["occupation"], image_size=32, max_images=bad)
+        with pytest.raises(ValueError, match=f"data.fairface_max_images={bad} must be a positive"):
+            DebiasDataModule(str(tmp_path / "d"), fairface_root=str(root), fairface_max_images=bad)

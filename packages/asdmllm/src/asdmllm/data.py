@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import re
 import zlib
@@ -27,7 +26,7 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from mmzoo.data import worker_options
+from mmzoo.data import ensure_generated, worker_options
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -53,6 +52,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 SEE_README = "see README, Data preparation"
+
+DEMO_STAMP = "demo_data.json"
+"""The file in ``data_root`` recording the settings the demo data were generated with."""
 
 DEFAULT_QUESTIONS: dict[str, str] = {
     "occupation": "What is the occupation of the person in the image?",
@@ -161,6 +163,21 @@ def _read_parquet(files: list[str], required: list[str], what: str):
     if missing:
         raise KeyError(f"{what} parquet '{files[0]}': missing columns {missing} (has {ds.column_names}); {SEE_README}")
     return ds.cast_column("image", datasets.Image(decode=False))
+
+
+def _require_text(meta: dict[str, list], columns: list[str], root: Path, what: str) -> None:
+    """Raise a ValueError naming the column and rows where a cell of ``columns`` is null, empty or blank.
+
+    These cells are labels the readers group by: an empty concept would become a concept named ``""`` (scored as an
+    empty answer), an empty counterfactual set id would gather unrelated images into one set (and one split), an
+    empty attribute type would be a type of its own."""
+    for column in columns:
+        bad = [i for i, value in enumerate(meta[column]) if not isinstance(value, str) or not value.strip()]
+        if bad:
+            raise ValueError(
+                f"{what} '{root}': column {column!r} is null or empty in {len(bad)} rows (first: {bad[:5]}, row numbers "
+                f"of the shards read in name order); every row needs one; {SEE_README}"
+            )
 
 
 class _CounterfactualDataset(Dataset):
@@ -300,6 +317,7 @@ class SocialCounterfactualsDataset(_CounterfactualDataset):
             _parquet_files(root, "SocialCounterfactuals"), SCOUNTER_COLUMNS, "SocialCounterfactuals"
         )
         meta = self._table.select_columns([c for c in SCOUNTER_COLUMNS if c != "image"]).to_dict()
+        _require_text(meta, ["caption", "a1_type", "a2_type", "counterfactual_set"], root, "SocialCounterfactuals")
         captions, sets = list(meta["caption"]), list(meta["counterfactual_set"])
         concept_names, attr_rows, families = [], [], []
         for i, caption in enumerate(captions):
@@ -351,6 +369,7 @@ class CMSCDataset(_CounterfactualDataset):
         self.questions_by_group = dict(DEFAULT_QUESTIONS if questions is None else questions)
         self._table = _read_parquet(_parquet_files(root, "CMSC"), CMSC_COLUMNS, "CMSC")
         meta = self._table.select_columns([c for c in CMSC_COLUMNS if c != "image"]).to_dict()
+        _require_text(meta, ["concept", "concept_group", "counterfactual_set"], root, "CMSC")
         captions, sets, concept_names = list(meta["caption"]), list(meta["counterfactual_set"]), list(meta["concept"])
         group_of: dict[str, str] = {}
         for c, g in zip(concept_names, meta["concept_group"], strict=True):
@@ -381,6 +400,10 @@ class FairFaceDataset(Dataset):
         max_images: int | None = None,
         on_corrupt: Literal["raise", "skip"] = "raise",
     ) -> None:
+        if max_images is not None and max_images < 1:  # a negative slice bound would drop the last images instead
+            raise ValueError(
+                f"data.fairface_max_images={max_images} must be a positive number of images, or null for all"
+            )
         root = Path(data_root).expanduser()
         label_file = root / f"fairface_label_{split}.csv"
         if not label_file.is_file():
@@ -783,7 +806,8 @@ class DebiasDataModule(pl.LightningDataModule):
             cmsc_root: CMSC folder for a cross-dataset bias test (its test split); ``None`` = skip.
             probe_fraction: fraction of the training set used for the per-epoch Skew refresh (spec §3.3).
             on_corrupt: corrupt image → ``raise`` or ``skip`` (logged with its location).
-            generate_demo_data: write generated SocialCounterfactuals-format data into ``data_root`` when it is empty.
+            generate_demo_data: write generated SocialCounterfactuals-format data into ``data_root`` when it holds no
+                shards, or generated ones whose settings changed (a folder of shards without the stamp is left alone).
             demo: what ``generate_demo_data`` writes.
             seed: seed of the epoch sampler and the probe subset.
         """
@@ -792,6 +816,10 @@ class DebiasDataModule(pl.LightningDataModule):
             raise ValueError(f"data.probe_fraction={probe_fraction} must be in (0, 1]")
         if batch_size <= 0 or eval_batch_size <= 0:
             raise ValueError("data.batch_size and data.eval_batch_size must be positive")
+        if fairface_max_images is not None and fairface_max_images < 1:  # checked before a fit, not at its test
+            raise ValueError(
+                f"data.fairface_max_images={fairface_max_images} must be a positive number of images, or null for all"
+            )
         self.save_hyperparameters()
         self.demo = demo or DemoDataConfig()
         self.train_set: Dataset | None = None
@@ -800,17 +828,28 @@ class DebiasDataModule(pl.LightningDataModule):
 
     # ------------------------------------------------------------------------------------------------ setup
     def prepare_data(self) -> None:
+        """With ``generate_demo_data``: write the generated data into ``data_root`` unless it already holds them
+        with the current settings (``data.demo``, ``image_size``, ``seed``, recorded in ``demo_data.json``).
+
+        Generated data whose stamp records other settings are written again. A folder that already has parquet
+        shards but no stamp is the user's own data (or demo data written before stamps existed): it is left alone,
+        with a warning (:func:`mmzoo.data.ensure_generated`)."""
         hp = self.hparams
-        root = Path(hp.data_root).expanduser()
         if not hp.generate_demo_data:
             return
-        d = self.demo
-        stamp_file = root / "demo_data.json"  # what generated the folder: regenerate when the demo settings change
-        stamp = json.dumps({"demo": asdict(d), "image_size": hp.image_size, "seed": hp.seed}, sort_keys=True)
-        if list((root / "data").glob("*.parquet")):
-            if not stamp_file.is_file() or stamp_file.read_text() == stamp:
-                return  # user data, or generated with the same settings
-            log.info("demo settings changed since %s was generated; regenerating it", root)
+        root = Path(hp.data_root).expanduser()
+        # any shard marks the folder as filled: a user's shards have other names than the generator's one, and
+        # writing the generated shard beside them would mix the two data sets
+        shards = sorted((root / "data").glob("*.parquet"))
+        marker = shards[0] if shards else root / "data" / "train-00000-of-00001.parquet"
+        settings = {"demo": asdict(self.demo), "image_size": hp.image_size, "seed": hp.seed}
+        ensure_generated(
+            marker, root / DEMO_STAMP, settings, lambda: self._write_demo_data(root), "demo data generator"
+        )
+
+    def _write_demo_data(self, root: Path) -> None:
+        """Write the SocialCounterfactuals-format data of ``data.demo`` (and its FairFace / CMSC extras) to ``root``."""
+        hp, d = self.hparams, self.demo
         log.info("writing generated SocialCounterfactuals-format data to %s", root)
         make_socialcounterfactuals(
             root,
@@ -830,7 +869,6 @@ class DebiasDataModule(pl.LightningDataModule):
             make_cmsc(
                 root / "CMSC", n_sets=d.cmsc_sets, image_size=hp.image_size, seed=hp.seed, every_split=d.every_split
             )
-        stamp_file.write_text(stamp)
 
     def _roots(self) -> tuple[Path, Path | None, Path | None]:
         hp = self.hparams
