@@ -164,7 +164,11 @@ def test_answer_logprob_scorer(mllm):
         inputs = mllm.build_inputs(["Q?"], ["chef"])
         logits = mllm(images, inputs["input_ids"], inputs["attention_mask"])
     labels = inputs["labels"].clone()
-    labels[labels == mllm.tokenizer.eos_token_id] = -100  # the concept phrase only
+    start = int(inputs["prompt_lengths"][0])
+    assert labels[0, start] == mllm._encode(" ")[0]  # training supervises answer_prefix's " " too
+    labels[0, start] = -100  # the concept phrase only: not the prefix's " " ...
+    labels[labels == mllm.tokenizer.eos_token_id] = -100  # ... nor EOS
+    assert mllm.tokenizer.decode(labels[labels != -100]) == "chef"
     assert s.shape == (1, 2) and (s < 0).all()
     assert s[0, 0].item() == pytest.approx(token_log_likelihood(logits, labels).item(), abs=1e-5)
 

@@ -309,3 +309,46 @@ def test_character_tokenizer_generation_prompt_is_the_prompt_alone(monkeypatch, 
     seen, _ = _generation_inputs(m, monkeypatch, instructions)
     for instruction, ids in zip(instructions, seen, strict=True):
         assert ids == m.build_inputs([instruction])["input_ids"][0].tolist()
+
+
+CONCEPT_PIECES = {  # the tokens of each concept phrase after ``ASSISTANT:`` with the Llama-style tokenizer
+    "nurse": ["▁nurse"],  # one token holds the space and the word: the concept's
+    "plumber": ["▁p", "l", "u", "m", "b", "e", "r"],
+    "earning money": ["e", "a", "r", "n", "i", "n", "g", "▁", "m", "o", "n", "e", "y"],  # the space is a "▁" of its own
+}
+
+
+@pytest.mark.parametrize("case", ["char", *LLAMA_CASES])
+def test_answer_logprob_averages_the_concept_tokens_only(llama_snapshots, case):
+    """Spec §3.2: s(x, c) = (1/|c|) Σ_t log p(c_t | c_<t, question, x) over the concept phrase's own tokens. The
+    answer prefix's own token (the character tokenizer's " ", Llama's lone "▁" before a word it does not merge
+    with), which training supervises, and EOS are not part of it. Reference: log-softmax of the logits gathered by
+    hand at the concept's positions of the hand-built sequence."""
+    torch.manual_seed(0)
+    m = MultimodalLLM(MLLMConfig()) if case == "char" else llama_style_mllm(llama_snapshots, case)
+    tok, cfg = m.tokenizer, m.config
+    prefix, suffix = cfg.prompt_template.split(IMAGE_TOKEN)
+    head = [tok.bos_token_id] + encode(tok, prefix) + [m.image_token_id] * m.num_image_tokens
+    question = "What is the job?"
+    concepts = [list(CONCEPT_PIECES), list(CONCEPT_PIECES)[::-1]]  # (B=2, M=3), another order per image
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        scores = m.answer_logprob_scores(images, [[question] * 3] * 2, concepts)
+    assert scores.shape == (2, 3)
+    for b, row in enumerate(concepts):
+        for j, concept in enumerate(row):
+            ids = head + encode(tok, suffix.format(instruction=question) + cfg.answer_prefix + concept)
+            expected = list(concept) if case == "char" else CONCEPT_PIECES[concept]
+            span = range(len(ids) - len(expected), len(ids))  # the concept's positions, just before EOS
+            assert tok.convert_ids_to_tokens([ids[p] for p in span]) == expected
+            input_ids = torch.tensor([ids + [tok.eos_token_id]])
+            with torch.no_grad():
+                logits = m(images[b : b + 1], input_ids, torch.ones_like(input_ids))[0]  # (L, V)
+            log_p = [logits[p - 1].float().log_softmax(-1)[ids[p]].item() for p in span]  # log p(c_t | c_<t, ...)
+            assert scores[b, j].item() == pytest.approx(sum(log_p) / len(log_p), abs=1e-5), (concept, case)
+    if case == "legacy":  # the same text, its space in the template instead of answer_prefix: the same scores
+        with torch.no_grad():
+            moved = llama_style_mllm(llama_snapshots, "legacy_trailing_space")
+            assert torch.allclose(
+                moved.answer_logprob_scores(images, [[question] * 3] * 2, concepts), scores, atol=1e-6
+            )

@@ -669,17 +669,30 @@ class MultimodalLLM(nn.Module):
     ) -> torch.Tensor:
         """Scorer ``answer_logprob`` (spec §3.2): ``s(x, c) = (1/|c|) Σ_t log p(c_t | c_<t, question, x)``.
 
-        The concept phrase's tokens only (EOS excluded) → scores (B, M).
+        images uint8 (B, 3, S, S); ``questions[i]`` / ``concepts[i]`` the M questions and concept phrases of image i
+        → scores (B, M). The input is the training sequence of the answer ``c`` (:meth:`build_inputs`), but only the
+        concept phrase's own tokens are averaged: not EOS, and not a token that holds nothing but ``answer_prefix``
+        (the character tokenizer's ``" "``, a Llama ``▁`` before a word it does not merge with), which training
+        supervises too. A token holding the prefix and the first characters of the concept (``▁nurse``) is the
+        concept's. The boundary is found as in :meth:`_encode_with_answers`, with the prefix counted in the prompt,
+        so the same text is scored the same whether its space sits in ``prompt_template`` or in ``answer_prefix``.
         """
         batch, m = len(concepts), len(concepts[0])
         flat_q = [q for row in questions for q in row]
         flat_c = [c for row in concepts for c in row]
         inputs = self.build_inputs(flat_q, flat_c)
-        labels = inputs["labels"].clone()  # (B*M, L)
-        eos_pos = (labels != -100).cumsum(-1).argmax(-1)  # last supervised position = EOS
-        labels[torch.arange(labels.shape[0], device=labels.device), eos_pos] = -100
+        ids = inputs["input_ids"]  # (B*M, L)
+        head = len(self._head_ids())
+        prompts = [self._prompt_suffix.format(instruction=q) + self.config.answer_prefix for q in flat_q]
+        rows = ids.tolist()
+        labels = torch.full(ids.shape, -100, dtype=torch.long)  # (B*M, L) the concept's tokens only
+        for i, (tail, start) in enumerate(self._encode_with_answers(prompts, flat_c)):
+            # the same text as build_inputs tokenised, so the same ids: only the boundary differs
+            assert rows[i][head : head + len(tail)] == tail
+            labels[i, head + start : head + len(tail)] = torch.tensor(tail[start:], dtype=torch.long)
+        labels = labels.to(ids.device)
         images_rep = images.repeat_interleave(m, dim=0)  # (B*M, 3, S, S)
-        logits = self(images_rep, inputs["input_ids"], inputs["attention_mask"])  # (B*M, L, V)
+        logits = self(images_rep, ids, inputs["attention_mask"])  # (B*M, L, V)
         from .losses import token_log_likelihood
 
         return token_log_likelihood(logits, labels, "mean").view(batch, m)  # (B, M)
