@@ -308,3 +308,69 @@ def test_ontology_names_are_stripped_like_the_label_map(root):
         path.write_text(json.dumps(bad, ensure_ascii=False), encoding="utf-8")
         with pytest.raises(ValueError, match=rf"tag_parents_v\.json': {pattern}"):
             read_kwai_files(root, "v")
+
+
+def test_ontology_self_link_and_cycles_rejected(root):
+    """Sub-topic links form a DAG (spec §3.8): a tag that is its own parent, or links that lead back to where they
+    started, are errors naming the file, the tags and the lines of their keys; a DAG with shared ancestors passes."""
+    path = root / "tag_parents_v.json"
+    ontology = json.loads(path.read_text(encoding="utf-8"))
+    before = read_kwai_files(root, "v")
+
+    def write(value):  # one key per line: the key of entry i is on line i + 2
+        rows = [f"{json.dumps(k, ensure_ascii=False)}: {json.dumps(v, ensure_ascii=False)}" for k, v in value.items()]
+        path.write_text("{\n" + ",\n".join(rows) + "\n}\n", encoding="utf-8")
+        return {k: i + 2 for i, k in enumerate(value)}
+
+    line = write({**ontology, "leaf_1_2": [*ontology["leaf_1_2"], " leaf_1_2"]})  # the same tag once stripped
+    with pytest.raises(ValueError, match=rf"tag_parents_v\.json': key 'leaf_1_2' on line {line['leaf_1_2']} lists the "
+                                         r"tag 'leaf_1_2' as its own parent"):  # fmt: skip
+        read_kwai_files(root, "v")
+    # a two-link cycle through a label-map parent, and a three-link one through the extra ontology-only tag; the
+    # message may start the cycle at any of its tags
+    extra = ontology["leaf_2_0"][0]
+    assert extra not in before.tags[: before.num_label_map_tags]
+    for added, cycle in (
+        ({"parent_1": ["leaf_1_0"]}, ["leaf_1_0", "parent_1"]),
+        ({"parent_1": [extra], extra: ["leaf_1_3"]}, ["leaf_1_3", "parent_1", extra]),
+    ):
+        line = write({**ontology, **added})
+        with pytest.raises(ValueError, match=r"tag_parents_v\.json': the sub-topic links form a cycle ") as err:
+            read_kwai_files(root, "v")
+        messages = []
+        for i in range(len(cycle)):
+            tags = cycle[i:] + cycle[:i]
+            chain = " -> ".join(f"'{t}'" for t in [*tags, tags[0]])
+            keys = ", ".join(f"'{t}' on line {line[t]}" for t in tags)
+            messages.append(f"cycle {chain} (keys {keys}); the tag ontology must be acyclic")
+        assert any(m in str(err.value) for m in messages), (str(err.value), messages)
+    write({**ontology, "美妆_0": ["parent_1"], "parent_1": [extra]})  # a deeper chain with shared ancestors
+    files = read_kwai_files(root, "v")
+    assert len(files.parent_edges) == len(before.parent_edges) + 2
+
+
+def test_empty_split_lists_named(tmp_path):
+    """An evaluation list without videos is an error naming the file when the stage that evaluates it is set up
+    (Lightning would skip the loop, so the checkpoint monitor would never see a metric); a loop switched off
+    (limit 0) or a stage that does not read it passes. An empty training list is named when the files are read."""
+    from types import SimpleNamespace
+
+    dm = KwaiTagDataModule(str(tmp_path / "gen"), "v", generate_demo_data=True, demo=CFG)
+    dm.prepare_data()
+    val = tmp_path / "gen" / "kwai_v_video_val_list.txt"
+    val.write_text("")
+    for stage in ("fit", "validate"):
+        with pytest.raises(ValueError, match=r"kwai_v_video_val_list\.txt' lists no videos, so the val split has "
+                                             r"nothing to evaluate.*trainer\.limit_val_batches=0"):  # fmt: skip
+            KwaiTagDataModule(str(tmp_path / "gen"), "v", force_reload=True).setup(stage)
+    dm = KwaiTagDataModule(str(tmp_path / "gen"), "v", force_reload=True)
+    dm.setup("test")  # the test list has videos
+    assert len(dm.test_dataloader().dataset) == len(read_kwai_files(tmp_path / "gen", "v").videos["test"]) > 0
+    with pytest.raises(ValueError, match=r"kwai_v_video_val_list\.txt' lists no videos"):
+        dm.val_dataloader()
+    dm.trainer = SimpleNamespace(limit_val_batches=0)
+    dm.setup("fit")  # validation switched off
+    train = tmp_path / "gen" / "kwai_v_video_train_list.txt"
+    train.write_text("")
+    with pytest.raises(ValueError, match=r"kwai_v_video_train_list\.txt' lists no videos"):
+        read_kwai_files(tmp_path / "gen", "v")

@@ -60,3 +60,10 @@ def test_no_video_with_a_positive_tag_gives_nan_not_zero():
     m.update(torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0]]), torch.tensor([[1, 0, 0, 0, 0]]))
     out = m.compute()
     assert float(out["sample_mAP"]) == 1.0 and float(out["P@1"]) == 1.0 and float(out["R@5"]) == 1.0
+
+
+def test_no_video_at_all_gives_nan():
+    """Without any update (no evaluation video) every metric is NaN, as with no scorable video, and not an error."""
+    out = TaggingMetrics().compute()
+    assert set(out) == {"sample_mAP", "label_mAP", "P@1", "P@3", "R@5", "R@10"}
+    assert all(v.isnan() for v in out.values()), out

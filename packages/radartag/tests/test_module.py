@@ -137,6 +137,21 @@ def test_fit_with_a_val_split_without_tags_ranks_the_nan_epochs_last(tmp_path):
     assert list((tmp_path / "nan" / "checkpoints").glob("best-*.ckpt"))
 
 
+def test_empty_val_list_fails_at_setup_naming_the_file(tmp_path):
+    """End to end: with an empty val list, fit and validate stop at setup with an error naming the file (Lightning
+    would otherwise skip validation silently, log no val metric and keep no best checkpoint); with validation
+    switched off the fit runs."""
+    short = ["--trainer.max_epochs", "1", "--trainer.limit_train_batches", "1"]
+    main(args=["validate", *_args(tmp_path), *short])  # writes the tiny vertical
+    (tmp_path / "data" / "kwai_tiny_video_val_list.txt").write_text("")
+    for command in ("fit", "validate"):
+        with pytest.raises(ValueError, match=r"kwai_tiny_video_val_list\.txt' lists no videos"):
+            main(args=[command, *_args(tmp_path), *short])
+    assert not list((tmp_path / "checkpoints").glob("*.ckpt"))  # the failed fit trained nothing
+    cli = main(args=["fit", *_args(tmp_path), *short, "--trainer.limit_val_batches", "0"])
+    assert math.isfinite(float(cli.trainer.callback_metrics["train/loss"]))
+
+
 def test_adversarial_total_step_counts_forward_passes_under_accumulation(tmp_path):
     """λ_p's counter k advances once per training forward (spec §3.4), so the default total_step counts training
     batches, not optimizer steps: with accumulate_grad_batches=2 and max_steps ending the fit in its third epoch,

@@ -14,8 +14,10 @@ Features are read only through :class:`mmzoo.features.NpyFolderFeatures`.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -91,6 +93,9 @@ def read_tag_parents(path: Path) -> dict[str, list[str]]:
 
     Errors name the file and key: a value that is not a list of strings, a blank name, two keys that name the same
     tag once stripped, and a parent listed twice for one tag (a duplicate r1 edge the sampler could draw twice).
+    The sub-topic links must form a directed acyclic graph (the DAG prior of spec §3.8): a tag listed as its own
+    parent, or a chain of links that returns to its start (a → b → a), is an error naming the file, the tags of the
+    cycle and the lines of their keys.
     """
     raw = read_json(path, "tag ontology")
     if not isinstance(raw, dict):
@@ -114,7 +119,50 @@ def read_tag_parents(path: Path) -> dict[str, list[str]]:
                              "stripping surrounding white space); each sub-topic link must appear once")  # fmt: skip
         key_of[child] = key
         ontology[child] = names
+    cycle = _find_cycle(ontology)
+    if cycle is not None:
+        text = path.read_text(encoding="utf-8")
+        where = ", ".join(f"{key_of[t]!r}{_key_line(text, key_of[t])}" for t in dict.fromkeys(cycle))
+        if len(cycle) == 2:  # [t, t]: a self-link
+            raise ValueError(f"{str(path)!r}: key {where} lists the tag {cycle[0]!r} as its own parent (after "
+                             "stripping surrounding white space); a tag cannot be a sub-topic of itself, remove the "
+                             "link")  # fmt: skip
+        chain = " -> ".join(repr(t) for t in cycle)
+        raise ValueError(f"{str(path)!r}: the sub-topic links form a cycle {chain} (keys {where}); the tag ontology "
+                         "must be acyclic (spec §3.8), remove one of these links")  # fmt: skip
     return ontology
+
+
+def _key_line(text: str, key: str) -> str:
+    """`` on line N``: where ``key`` is written as an object key in the JSON ``text`` (escaped or not), or ``""``."""
+    for written in (json.dumps(key, ensure_ascii=False), json.dumps(key)):
+        found = re.search(re.escape(written) + r"\s*:", text)
+        if found:
+            return f" on line {text.count(chr(10), 0, found.start()) + 1}"
+    return ""
+
+
+def _find_cycle(graph: Mapping[Hashable, Sequence[Hashable]]) -> list | None:
+    """A directed cycle ``[n0, n1, …, n0]`` of ``graph`` (node → successors), or None; a self-link gives ``[n, n]``.
+    Iterative depth-first search in the graph's key order."""
+    state: dict = {}  # 1 = on the current path, 2 = done
+    for root in graph:
+        if root in state:
+            continue
+        path, iters = [root], [iter(graph.get(root, []))]
+        state[root] = 1
+        while path:
+            nxt = next(iters[-1], None)
+            if nxt is None:
+                state[path.pop()] = 2
+                iters.pop()
+            elif state.get(nxt) == 1:
+                return path[path.index(nxt) :] + [nxt]
+            elif nxt not in state:
+                state[nxt] = 1
+                path.append(nxt)
+                iters.append(iter(graph.get(nxt, [])))
+    return None
 
 
 _PID_FIELD = re.compile(r"\d+(\.\S*)?")
@@ -210,6 +258,9 @@ def read_kwai_files(root: str | Path, vertical: str) -> KwaiFiles:
                 tags.append(name)
         parent_edges += [(tag_id[child], tag_id[p]) for p in parents]
     videos = {s: _read_list(names[s], num_label_map) for s in ("train", "val", "test")}
+    if not videos["train"]:  # every split's graph holds the training videos, the only ones with has_tag edges
+        raise ValueError(f"{str(names['train'])!r} lists no videos: every split's graph is built on the training "
+                         f"videos and their tags; {_SEE}")  # fmt: skip
     train_pids = {p for p, _ in videos["train"]}
     for s in ("val", "test"):
         overlap = train_pids & {p for p, _ in videos[s]}
@@ -438,7 +489,26 @@ class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
         return self.graph("train")["tag"].names
 
     def setup(self, stage: str | None = None) -> None:
+        """Build the training graph (the tag count comes from it) and check that the split the stage evaluates has
+        videos, so that an empty list fails here rather than after a training epoch."""
         self.graph("train")
+        loop = {"fit": "val", "validate": "val", "test": "test", "predict": "predict"}.get(stage)
+        split = self.predict_split if loop == "predict" else loop
+        if split not in (None, "train") and getattr(self.trainer, f"limit_{loop}_batches", 1) != 0:
+            self._eval_videos(split, f"trainer.limit_{loop}_batches=0")
+
+    def _eval_videos(self, split: str, skip_key: str = "trainer.limit_<stage>_batches=0") -> torch.Tensor:
+        """Node ids of the split's evaluation videos (numbered after the training videos). A split without videos is
+        an error naming its list file: Lightning runs no loop over an empty loader, so no metric would be logged (not
+        even the NaN of a split whose videos all lack tags) and the best-checkpoint monitor would find nothing."""
+        g = self.graph(split)
+        ids = torch.arange(g["video"].num_train, g["video"].num_nodes)
+        if len(ids) == 0:
+            path = _kwai_paths(Path(self.hparams.dataset_root), self.hparams.vertical)[split]
+            raise ValueError(f"{str(path)!r} lists no videos, so the {split} split has nothing to evaluate: list its "
+                             f"videos there (one '<pid>.mp4<TAB><tag_id>…' line each), or skip the loop that reads "
+                             f"it ({skip_key})")  # fmt: skip
+        return ids
 
     def _loader(self, split: str, train: bool) -> DataLoader:
         """Evaluation is mini-batched over the split's videos like training. Its loaders (val/test/predict) under
@@ -448,8 +518,7 @@ class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
         of videos."""
         hp = self.hparams
         g = self.graph(split)
-        n_train = g["video"].num_train
-        ids = torch.arange(n_train) if split == "train" else torch.arange(n_train, g["video"].num_nodes)
+        ids = torch.arange(g["video"].num_train) if split == "train" else self._eval_videos(split)
         if hp.sampler not in ("block", "pyg"):
             raise ValueError(f"data.sampler={hp.sampler!r}: expected 'block' or 'pyg'")
         sampler_cls = PygNeighborSampler if hp.sampler == "pyg" else BlockSampler

@@ -97,12 +97,15 @@ class TaggingMetrics(Metric):
     def compute(self) -> dict[str, torch.Tensor]:
         """The metrics over every video seen (all processes' sums). With no video holding a positive tag the
         sample-based ones (sample mAP, P@k, R@k) are NaN, as label mAP is with no tag holding a positive video: a
-        mean over no video, not a score of 0."""
+        mean over no video, not a score of 0. Without any video (no update) all of them are NaN."""
         n = self.count.double()  # 0 -> the sums (also 0) give NaN
         out = {"sample_mAP": (self.ap_sum / n).float()}
-        scores = self.scores if isinstance(self.scores, torch.Tensor) else torch.cat(self.scores)
-        labels = self.labels if isinstance(self.labels, torch.Tensor) else torch.cat(self.labels)
-        out["label_mAP"] = label_map(scores, labels.float())
+        if isinstance(self.scores, list) and not self.scores:  # nothing was scored: no matrix to concatenate
+            out["label_mAP"] = torch.tensor(float("nan"), device=self.ap_sum.device)
+        else:
+            scores = self.scores if isinstance(self.scores, torch.Tensor) else torch.cat(self.scores)
+            labels = self.labels if isinstance(self.labels, torch.Tensor) else torch.cat(self.labels)
+            out["label_mAP"] = label_map(scores, labels.float())
         for i, k in enumerate(self.precision_at):
             out[f"P@{k}"] = (self.p_sum[i] / n).float()
         for i, k in enumerate(self.recall_at):

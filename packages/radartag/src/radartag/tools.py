@@ -14,7 +14,7 @@ import torch
 from mmzoo.data import read_json
 from tqdm import tqdm
 
-from .data import _read_list, read_label_map, read_tag_parents
+from .data import _find_cycle, _read_list, read_label_map, read_tag_parents
 
 __all__ = ["pair_features", "build_ontology", "build_ontology_command", "extract_features", "extract_features_command"]
 
@@ -42,28 +42,6 @@ def pair_features(tag_lists: list[list[int]], num_tags: int, text: np.ndarray | 
     feats = np.stack([co[a, b] / df[a], co[a, b] / df[b], np.log1p(df[a]), np.log1p(df[b]), np.log1p(broad[a]),
                       np.log1p(broad[b]), cos], 1)  # fmt: skip
     return np.stack([a, b], 1), feats
-
-
-def _find_cycle(graph: dict[int, list[int]]) -> list[int] | None:
-    """A directed cycle [n0, n1, …, n0] of ``graph`` (adjacency lists), or None (iterative DFS)."""
-    state: dict[int, int] = {}  # 1 = on the current path, 2 = done
-    for root in graph:
-        if root in state:
-            continue
-        path, iters = [root], [iter(graph.get(root, []))]
-        state[root] = 1
-        while path:
-            nxt = next(iters[-1], None)
-            if nxt is None:
-                state[path.pop()] = 2
-                iters.pop()
-            elif state.get(nxt) == 1:
-                return path[path.index(nxt) :] + [nxt]
-            elif nxt not in state:
-                state[nxt] = 1
-                path.append(nxt)
-                iters.append(iter(graph.get(nxt, [])))
-    return None
 
 
 def _break_cycles(edges: dict[tuple[int, int], float]) -> dict[tuple[int, int], float]:
