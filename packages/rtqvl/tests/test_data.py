@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import re
 
 import pytest
 import torch
@@ -356,3 +357,61 @@ def test_nextqa_missing_option_named(tmp_path):
         w.writerow(["v", 8, 32, 32, "why", 1, 8, "CW", "a", "", "c", "d"])
     with pytest.raises(ValueError, match=r"short\.csv' line 3: option\(s\) \['a1', 'a4'\] are empty or missing"):
         convert_nextqa_csv([tmp_path / "ann" / "short.csv"], tmp_path / "out.json")
+
+
+def test_video_names_that_share_an_id_named(tmp_path):
+    """Ids end at the first '.' (official, and the keys of build-lmdb): 'a.1.mp4' and 'a.2.mp4' would both read the
+    LMDB entry 'a', their captions merged as one video's (one retrieval target, one set of references). Every reader
+    refuses that, naming both places; the same video written with and without its file suffix is one video."""
+    (tmp_path / "ann").mkdir()
+    write_lmdb(tmp_path / "db", {"clip": b"x", "video0": b"x"})
+    ann = tmp_path / "ann"
+    (ann / "ok.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [
+        {"clip_name": "clip.a", "caption": "one"}, {"clip_name": "video0", "caption": "two"},
+        {"clip_name": "clip.a.mp4", "caption": "three"}, {"video": "video0.MP4", "caption": "four"},
+    ]))  # fmt: skip
+    ds = RetrievalDataset(tmp_path, "test", ["ok.jsonl"], "ann", "db", **COMMON)
+    assert ds.num_videos == 2 and [x["captions"] for x in ds.items] == [["one", "three"], ["two", "four"]]
+    nextqa = {"qid": 1, "type": "CW", "question": "why", "answer": 0, **{f"a{k}": "x" for k in range(5)}}
+    qa = {"question": "what?", "answer": "a", "question_id": 1}
+    cases = [
+        (RetrievalDataset, "r.jsonl", "\n".join(json.dumps({"clip_name": v, "caption": "c"}) for v in ("clip.a", "clip.b"))),
+        (CaptionDataset, "c.json", json.dumps([{"image_id": v, "caption": "c"} for v in ("clip.a.mp4", "clip.b.mp4")])),
+        (VideoQADataset, "q.json", json.dumps([{"video": v, **qa} for v in ("clip.a.mp4", "clip.b.mp4")])),
+        (NExTQADataset, "n.json", json.dumps([{"video": v, **nextqa} for v in ("clip.a", "clip.b")])),
+    ]  # fmt: skip
+    for cls, name, text in cases:
+        (ann / name).write_text(text)
+        with pytest.raises(ValueError, match=rf"{name.replace('.', '[.]')}' item 1: video 'clip\.b(\.mp4)?' and video "
+                                             rf"'clip\.a' \('.*{name.replace('.', '[.]')}' item 0\) share the video id "
+                                             r"'clip'"):  # fmt: skip
+            cls(tmp_path, "test", [name], "ann", "db", **COMMON)
+    # across the files of one split (train = train + val): the second file's item is named
+    (ann / "r2.jsonl").write_text(json.dumps({"clip_name": "clip.z", "caption": "c"}) + "\n")
+    with pytest.raises(ValueError, match=r"r2[.]jsonl' item 0: video 'clip[.]z' and video 'clip[.]a' \('.*ok[.]jsonl"):
+        RetrievalDataset(tmp_path, "train", ["ok.jsonl", "r2.jsonl"], "ann", "db", **{**COMMON, "train": True})
+
+
+def test_nextqa_question_type_checked(tmp_path):
+    """The per-type accuracies group questions by the first letter of 'type' (C, T, D): a null, blank or unknown type
+    would count in the overall accuracy but in no group (str(None) is 'None'); the reader and the CSV converter name
+    the file and item / line. A type with surrounding white space is read stripped."""
+    (tmp_path / "ann").mkdir()
+    write_lmdb(tmp_path / "db", {"v": b"x"})
+    row = {"video": "v", "qid": 1, "type": "CW", "question": "why", "answer": 0, **{f"a{k}": "x" for k in range(5)}}
+    for i, bad in enumerate((None, "", "  ", "XW", 3, ["CW"])):
+        (tmp_path / "ann" / f"t{i}.json").write_text(json.dumps([row, {**row, "type": bad}]))  # item 0 is valid
+        with pytest.raises(ValueError, match=rf"t{i}\.json' item 1: 'type' must be a NExT-QA question type whose first "
+                                             rf"letter is C \(causal\), T \(temporal\) or D \(descriptive\).*got "
+                                             rf"{re.escape(repr(bad))}"):  # fmt: skip
+            NExTQADataset(tmp_path, "test", [f"t{i}.json"], "ann", "db", **COMMON)
+    (tmp_path / "ann" / "ok.json").write_text(json.dumps([{**row, "type": " tn "}, {**row, "type": "DO"}]))
+    ds = NExTQADataset(tmp_path, "test", ["ok.json"], "ann", "db", **COMMON)
+    assert [x["type"] for x in ds.items] == ["tn", "DO"]
+    with open(tmp_path / "ann" / "t.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(NEXTQA_CSV_HEADER)
+        w.writerow(["v", 8, 32, 32, "why", 1, 7, "CW", "a", "b", "c", "d", "e"])
+        w.writerow(["v", 8, 32, 32, "why", 1, 8, "", "a", "b", "c", "d", "e"])
+    with pytest.raises(ValueError, match=r"t\.csv' line 3: 'type' must be a NExT-QA question type.*got ''"):
+        convert_nextqa_csv([tmp_path / "ann" / "t.csv"], tmp_path / "out.json")

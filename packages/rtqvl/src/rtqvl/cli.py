@@ -12,14 +12,12 @@ from pathlib import Path
 
 from mmzoo.cli import run_cli
 
-from rtqvl.data import RTQDataModule, convert_nextqa_csv, video_key, write_lmdb
+from rtqvl.data import VIDEO_EXTENSIONS, RTQDataModule, convert_nextqa_csv, video_key, write_lmdb
 from rtqvl.module import RTQModule
 
 __all__ = ["main", "build_lmdb", "convert_nextqa"]
 
 log = logging.getLogger(__name__)
-
-_VIDEO_EXT = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".wmv", ".flv")
 
 
 def build_lmdb(argv: list[str]) -> int:
@@ -29,9 +27,9 @@ def build_lmdb(argv: list[str]) -> int:
     p.add_argument("--videos", required=True, help="folder of video files (searched recursively)")
     p.add_argument("--out", required=True, help="output LMDB folder, e.g. data/vis_db/msrvtt")
     a = p.parse_args(argv)
-    files = sorted(f for f in Path(a.videos).rglob("*") if f.suffix.lower() in _VIDEO_EXT)
+    files = sorted(f for f in Path(a.videos).rglob("*") if f.suffix.lower() in VIDEO_EXTENSIONS)
     if not files:
-        raise FileNotFoundError(f"--videos {a.videos!r}: no video files ({', '.join(_VIDEO_EXT)}) found")
+        raise FileNotFoundError(f"--videos {a.videos!r}: no video files ({', '.join(VIDEO_EXTENSIONS)}) found")
     videos: dict[str, Path] = {}
     for f in files:
         key = video_key(f.name)  # the readers look videos up by the name up to its first '.'

@@ -46,6 +46,7 @@ __all__ = [
     "NExTQADataset",
     "convert_nextqa_csv",
     "video_key",
+    "VIDEO_EXTENSIONS",
     "collate",
     "RTQDataModule",
 ]
@@ -302,9 +303,21 @@ def _captions(row: dict, path: Path, line: int) -> list[str]:
     return caps
 
 
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".3gp", ".wmv", ".flv")
+"""File suffixes of video files (``rtqvl build-lmdb`` packs these; an annotation may name a video with one)."""
+
+
 def video_key(name: str) -> str:
-    """Video id without extension (``video7010.mp4`` → ``video7010``)."""
+    """Video id without extension (``video7010.mp4`` → ``video7010``): the file name up to its first '.', as the
+    official readers strip it, and the LMDB key ``rtqvl build-lmdb`` writes."""
     return str(name).split("/")[-1].split(".")[0]
+
+
+def _video_name(name: str) -> str:
+    """The name an annotation gives a video, without folders and without a video file suffix (``clip7.trim.mp4`` →
+    ``clip7.trim``): two names that differ here are two videos, even when :func:`video_key` maps them to one id."""
+    base = str(name).split("/")[-1]
+    return base[: -len(Path(base).suffix)] if Path(base).suffix.lower() in VIDEO_EXTENSIONS else base
 
 
 class _VideoDataset(Dataset):
@@ -338,6 +351,22 @@ class _VideoDataset(Dataset):
         self.on_corrupt = on_corrupt
         self.transform = VideoTransform(image_size, train, randaugment, augment=augment)
         self.items: list[dict] = []
+        self._named: dict[str, tuple[str, Path, int]] = {}  # video id → (name, file, item) of its first mention
+
+    def _video_id(self, name: str | int, path: Path, line: int) -> str:
+        """:func:`video_key` of an annotation's video name. Two names of different videos that reach the same id
+        (``a.1.mp4`` and ``a.2.mp4`` both end at their first '.' as ``a``) would be read as one video, merging their
+        captions and retrieval targets; that is an error naming both places. ``video7010`` and ``video7010.mp4`` name
+        the same video."""
+        key, full = video_key(name), _video_name(name)
+        first = self._named.setdefault(key, (full, path, line))
+        if first[0] != full:
+            raise ValueError(
+                f"{str(path)!r} item {line}: video {str(name)!r} and video {first[0]!r} ({str(first[1])!r} item "
+                f"{first[2]}) share the video id {key!r} (ids end at the first '.', as in the official readers and "
+                f"the LMDB keys of `rtqvl build-lmdb`), so two videos would be read as one; rename one; {_SEE}"
+            )
+        return key
 
     def load_video(self, video_id: str) -> torch.Tensor | None:
         try:
@@ -419,7 +448,7 @@ class RetrievalDataset(_VideoDataset):
             for ln, row in enumerate(_read_json_list(path)):
                 vid_key = "clip_name" if "clip_name" in row else "video"
                 _require(row, [vid_key, "caption"], path, ln)
-                vid = video_key(row[vid_key])
+                vid = self._video_id(row[vid_key], path, ln)
                 captions = _captions(row, path, ln)
                 vi = video_index.setdefault(vid, len(video_index))
                 texts += [(vid, normalize_text(c), vi) for c in captions]
@@ -466,7 +495,7 @@ class CaptionDataset(_VideoDataset):
                 vid_key = next((k for k in ("clip_name", "video", "image_id") if k in row), "clip_name")
                 _require(row, [vid_key, "caption"], path, ln)
                 caps = _captions(row, path, ln)
-                groups.setdefault(video_key(row[vid_key]), []).extend(caps)
+                groups.setdefault(self._video_id(row[vid_key], path, ln), []).extend(caps)
         for vid, caps in groups.items():
             if train:
                 self.items += [{"video_id": vid, "caption": normalize_text(c)} for c in caps]
@@ -515,7 +544,7 @@ class VideoQADataset(_VideoDataset):
                     )
                 self.items.append(
                     {
-                        "video_id": video_key(row["video"]),
+                        "video_id": self._video_id(row["video"], path, ln),
                         "question": normalize_text(row["question"]),
                         "answer": str(answer),
                         "weight": 1.0,
@@ -538,12 +567,27 @@ def _nextqa_option(row: dict, key: str, path: Path, line: int) -> str:
                      f"(every NExT-QA question has 5 candidate answers a0..a4); {_SEE}")  # fmt: skip
 
 
+NEXTQA_TYPE_FAMILIES = ("C", "T", "D")
+"""First letters of the NExT-QA question types (spec §4): causal (CW, CH), temporal (TN, TC, TP), descriptive (DC,
+DL, DO); the per-type accuracies acc_C, acc_T, acc_D group questions by them (spec §5)."""
+
+
+def _nextqa_type_error(value) -> str | None:
+    """Why ``value`` is not a NExT-QA question type, or None. A null, blank or other type would be counted in the
+    overall accuracy but in none of acc_C / acc_T / acc_D (official NExT-QA evaluation has no such bucket)."""
+    if isinstance(value, str) and value.strip()[:1].upper() in NEXTQA_TYPE_FAMILIES:
+        return None
+    return (f"'type' must be a NExT-QA question type whose first letter is C (causal), T (temporal) or D "
+            f"(descriptive), e.g. 'CW', 'TN', 'DC', got {value!r} (the per-type accuracies group questions by it)")  # fmt: skip
+
+
 class NExTQADataset(_VideoDataset):
     """NExT-QA converted JSON (spec §4): ``[{"video", "qid", "type", "question", "answer": int, "a0".."a4"}]``.
 
     Item: ``video``, ``candidates`` list of 5 normalised ``"question: {q}? answer: {a}"`` strings, ``options`` the 5
-    answers as the annotation writes them, ``answer`` int, ``type`` str, ``qid``, ``video_id``, ``index``. A missing
-    (null, NaN or blank) option or a question that is not a string is an error naming the file and item.
+    answers as the annotation writes them, ``answer`` int, ``type`` str (stripped), ``qid``, ``video_id``, ``index``.
+    A missing (null, NaN or blank) option, a question that is not a string, or a ``type`` that is not a question type
+    of the causal / temporal / descriptive families is an error naming the file and item.
     """
 
     def __init__(
@@ -577,15 +621,18 @@ class NExTQADataset(_VideoDataset):
                 q = row["question"]
                 if not isinstance(q, str):  # null would become the text "question: none?"
                     raise ValueError(f"{str(path)!r} item {ln}: 'question' must be a string, got {q!r}; {_SEE}")
+                type_error = _nextqa_type_error(row["type"])
+                if type_error:
+                    raise ValueError(f"{str(path)!r} item {ln}: {type_error}; {_SEE}")
                 options = [_nextqa_option(row, f"a{k}", path, ln) for k in range(num_choices)]
                 cands = [normalize_text(f"question: {q}? answer: {a}") for a in options]
                 self.items.append(
                     {
-                        "video_id": video_key(row["video"]),
+                        "video_id": self._video_id(row["video"], path, ln),
                         "candidates": cands,
                         "options": options,
                         "answer": int(answer),
-                        "type": str(row["type"]),
+                        "type": row["type"].strip(),
                         "qid": row["qid"],
                     }
                 )
@@ -634,6 +681,9 @@ def convert_nextqa_csv(csv_paths: Sequence[str | Path], out_path: str | Path) ->
                         f"{str(p)!r} line {reader.line_num}: option(s) {empty} are empty or missing (every NExT-QA "
                         f"question has 5 candidate answers a0..a4); {_SEE}"
                     )
+                type_error = _nextqa_type_error(r["type"])
+                if type_error:
+                    raise ValueError(f"{str(p)!r} line {reader.line_num}: {type_error}; {_SEE}")
                 rows.append(
                     {
                         "video": r["video"],
