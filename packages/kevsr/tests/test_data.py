@@ -329,3 +329,101 @@ def test_inconsistent_feature_shapes_name_the_video_and_file(tmp_path, fmt):
     write_random_dataset(tmp_path / "ok", None, feature_format=fmt, sizes=(3, 1, 1))
     good = KEVSRDataset(str(tmp_path / "ok"), "train", h, None, 8, 3, 3, feature_format=fmt)
     assert good[0]["f3d"].shape == (4, 8)  # consistent files still read
+
+
+def test_malformed_kg_terms_ids_and_texts_name_the_file(tmp_path):
+    """A non-string label ``kg`` used to fail in the KG loader with AttributeError("'int' object has no attribute
+    'strip'"), a numeric video_id to be reported as a video without features, a null text to raise a bare
+    TypeError in the keyword extraction; none named the file."""
+    path = tmp_path / "hierarchy.json"
+    path.write_text(json.dumps({"level1": [{"name": "food", "kg": 5}], "level2": [{"name": "bar", "parent": "food"}]}))
+    with pytest.raises(ValueError, match=r"hierarchy\.json: level1\[0\] has 'kg' = 5; a KG term"):
+        Hierarchy.from_json(path)
+    root = write_random_dataset(tmp_path / "d", None, sizes=(3, 1, 1))
+    h = Hierarchy.from_json(root / "hierarchy.json")
+    for key, value in (("video_id", 7), ("text", None)):
+        _rewrite_train(root, lambda rows, key=key, value=value: [*rows[:2], dict(rows[2], **{key: value})])
+        with pytest.raises(ValueError, match=rf"train\.jsonl:3: '{key}' must be a string, got {value}"):
+            KEVSRDataset(str(root), "train", h, None, 8, 3, 3)
+        _rewrite_train(root, lambda rows: [*rows[:2], dict(rows[2], video_id="train_002", text="x")])
+    (root / "annotations" / "train.jsonl").write_text('["video_id", "text", "label_paths"]\n')
+    with pytest.raises(ValueError, match=r"train\.jsonl:1: not a JSON object"):
+        KEVSRDataset(str(root), "train", h, None, 8, 3, 3)
+
+
+def test_kg_values_that_are_not_numbers_name_the_file_and_line(tmp_path):
+    write_kg_file(tmp_path / "kg.txt", {"a": np.ones(3, np.float32), "b": np.zeros(3, np.float32)}, uri_lang=None)
+    lines = (tmp_path / "kg.txt").read_text().splitlines()
+    lines[2] = "b 0.0 oops 0.0"
+    (tmp_path / "kg.txt").write_text("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"kg\.txt:3: term 'b' has a value that is not a number"):
+        KnowledgeEmbeddings.load(str(tmp_path / "kg.txt"))
+    assert "a" in KnowledgeEmbeddings.load(str(tmp_path / "kg.txt"), ["a"])  # the bad row is not needed
+    np.save(tmp_path / "flat.npy", np.zeros(6, np.float32))
+    (tmp_path / "flat.vocab.txt").write_text("a\nb\n")
+    with pytest.raises(ValueError, match=r"flat\.npy: expected a \(terms, dim\) matrix"):
+        KnowledgeEmbeddings.load(str(tmp_path / "flat.npy"))
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npz"])
+def test_videos_of_other_sizes_than_the_first_are_named(tmp_path, fmt):
+    """A video with another f2d width or N_f than the others used to fail only in the batch collation
+    ("stack expects each tensor to be equal size"), naming neither the video nor the file."""
+    import h5py
+    from torch.utils.data import DataLoader
+
+    root = write_random_dataset(tmp_path / "d", None, feature_format=fmt, sizes=(4, 1, 1))
+    h = Hierarchy.from_json(root / "hierarchy.json")
+
+    def edit(vid, keys, fn):
+        if fmt == "h5":
+            with h5py.File(root / "features" / "train.h5", "a") as f:
+                for key in keys:
+                    arr = f[vid][key][()]
+                    del f[vid][key]
+                    f[vid].create_dataset(key, data=fn(arr))
+        else:
+            path = root / "features" / f"{vid}.npz"
+            with np.load(path) as z:
+                arrays = dict(z)
+            for key in keys:
+                arrays[key] = fn(arrays[key])
+            np.savez(path, **arrays)
+
+    edit("train_002", ["f2d"], lambda a: a[:, :-1])  # 15 columns against the others' 16
+    edit("train_003", ["f2d", "f3d", "regions", "region_mask"], lambda a: a[:-1])  # 3 keyframes, consistent in itself
+    ds = KEVSRDataset(str(root), "train", h, None, 8, 3, 3, feature_format=fmt)
+    where = "train.h5" if fmt == "h5" else "train_002.npz"
+    with pytest.raises(ValueError, match=rf"{where}: video 'train_002' has {{'f2d width': 15}} but .*'train_000'"):
+        next(iter(DataLoader(ds, batch_size=4)))
+    where = "train.h5" if fmt == "h5" else "train_003.npz"
+    fresh = KEVSRDataset(str(root), "train", h, None, 8, 3, 3, feature_format=fmt)  # row 0 never read before
+    with pytest.raises(ValueError, match=rf"{where}: video 'train_003' has {{'N_f': 3}} but"):
+        fresh[3]
+    assert fresh[1]["f2d"].shape == (4, 16)  # videos like the first still read
+
+
+def test_setup_checks_every_split_against_the_model(tmp_path):
+    """Only the first split's widths were checked against model.config: a val split of other widths failed in
+    the first validation step with a bare matmul shape error."""
+    import h5py
+
+    from kevsr.data import KEVSRDataModule
+    from kevsr.models import KEVSRConfig
+    from kevsr.module import KEVSRModule
+
+    root = write_random_dataset(tmp_path / "d", None, sizes=(2, 2, 1))
+    with h5py.File(root / "features" / "val.h5", "a") as f:
+        for vid in list(f):
+            arr = f[vid]["f3d"][()]
+            del f[vid]["f3d"]
+            f[vid].create_dataset("f3d", data=arr[:, :-1])
+    dm = KEVSRDataModule(str(root), None, kg_dim=8, num_regions=3, num_keywords=3, num_workers=0)
+    dm.setup("fit")
+    cfg = KEVSRConfig(dim=8, f2d_dim=16, f3d_dim=8, text_dim=12, region_dim=16, kg_dim=8, num_frames=4, num_regions=3,
+                      num_keywords=3, num_level1=2, num_level2=5, temporal_heads=2, region_heads=2)  # fmt: skip
+    module = KEVSRModule(cfg, streams="temporal")
+    module._trainer = type("Trainer", (), {"datamodule": dm})()
+    with pytest.raises(ValueError, match=r"model.config.f3d_dim=8 but the val feature files have 7"):
+        module.setup("fit")
+    assert module.model.parent_index.tolist() == [0, 0, 1, 1, 1]  # the train split passed; the hierarchy was set

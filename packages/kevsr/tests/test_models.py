@@ -415,3 +415,59 @@ def test_optimizer_state_of_keyword_offsets_is_mapped_by_term_on_resume():
         assert (new[key][1] == 0).all()
     b.compute_losses(_batch())["loss"].backward()
     opt_b.step()  # shapes agree
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: _toy_cfg(assign_softmax_over="keyword"), r"model.config.assign_softmax_over='keyword' must be"),
+        (lambda: _toy_cfg(nt_fusion="knowledg"), r"model.config.nt_fusion='knowledg' must be"),
+        (lambda: _toy_cfg(keyword_source="random"), r"model.config.keyword_source='random' must be"),
+        (lambda: KeywordFusion(5, 4, "frame", 0.0), r"softmax_over='frame' must be"),
+        (lambda: _module(streams="s1"), r"streams='s1' must be"),
+        (lambda: _module(distill_stop_grad="s1"), r"distill_stop_grad='s1' must be"),
+        (lambda: _module(rp_mode="thresholds"), r"rp_mode='thresholds' must be"),
+        (lambda: _distill(stop_grad="s1"), r"stop_grad='s1' must be"),
+        (lambda: _rp(mode="thresholds"), r"mode='thresholds' must be"),
+    ],
+)
+def test_misspelt_choices_are_refused(build, message):
+    """A misspelt choice used to select another variant in silence: any assign_softmax_over but "keywords" meant
+    the frames axis, any nt_fusion but knowledge/mean the Transformer replacement, any keyword_source but
+    random_shared the KG, any distill_stop_grad but nt/t mutual distillation, any rp_mode but threshold top-1;
+    unknown streams built a model without either stream."""
+    with pytest.raises(ValueError, match=message):
+        build()
+
+
+def _distill(**kw):
+    from kevsr.losses import self_distillation_loss
+
+    s = torch.zeros(2, 3)
+    return self_distillation_loss(s, s, s, s, 1.0, 1.0, **kw)
+
+
+def _rp(**kw):
+    from kevsr.metrics import rp_at_accuracy
+
+    return rp_at_accuracy(torch.randn(4, 3), torch.ones(4, 3), 0.9, **kw)
+
+
+def _module(**kw):
+    from kevsr.module import KEVSRModule
+
+    return KEVSRModule(_toy_cfg(dim=8), **kw)
+
+
+def test_transformer_fusion_cls_is_gaussian_initialised():
+    """The [CLS] vector of the w/o-know & w-temp Transformer fusion used to stay at exactly zero, unlike S1's
+    [CLS] and every other weight (spec §3.1: Gaussian init; std ``init_std`` or 0.02)."""
+    from kevsr.models import KEVSRModel
+
+    torch.manual_seed(0)
+    for init_std, expected in ((None, 0.02), (0.3, 0.3)):
+        cfg = _toy_cfg(dim=256, nt_fusion="transformer", init_std=init_std)
+        cls = KEVSRModel(cfg, "both").nontemporal.fusion_cls.detach()
+        assert cls.shape == (1, 1, 256)
+        assert abs(float(cls.std()) - expected) < 0.2 * expected
+        assert abs(float(cls.mean())) < 0.2 * expected

@@ -56,6 +56,8 @@ class Hierarchy:
             for i, e in enumerate(data[key]):
                 if not isinstance(e, dict) or not isinstance(e.get("name"), str):
                     raise KeyError(f"{path}: {key}[{i}] = {e!r} needs a string 'name'; {README_HINT}")
+                if e.get("kg") is not None and not isinstance(e["kg"], str):  # later read as a KG term
+                    raise ValueError(f"{path}: {key}[{i}] has 'kg' = {e['kg']!r}; a KG term (string) or null")
         level1 = [e["name"] for e in data["level1"]]
         for key in ("level1", "level2"):  # a repeated name would silently map every path to its last entry
             names = [e["name"] for e in data[key]]
@@ -104,9 +106,14 @@ def read_annotations(path: Path) -> list[dict]:
                 row = json.loads(line)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path}:{lineno}: not a JSON object ({err}); {README_HINT}") from err
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{lineno}: not a JSON object; {README_HINT}")
             for key in ("video_id", "text", "label_paths"):
                 if key not in row:
                     raise KeyError(f"{path}:{lineno}: missing key {key!r}; {README_HINT}")
+            for key in ("video_id", "text"):  # a numeric id would not match the feature files' string keys
+                if not isinstance(row[key], str):
+                    raise ValueError(f"{path}:{lineno}: {key!r} must be a string, got {row[key]!r}; {README_HINT}")
             kws = row.get("keywords")
             if not isinstance(row["label_paths"], list) or not (
                 kws is None or (isinstance(kws, list) and all(isinstance(k, str) for k in kws))
@@ -169,6 +176,7 @@ class KEVSRDataset(Dataset):
             gone = set(missing)
             self.rows = [r for r in self.rows if r["video_id"] not in gone]
         self.hierarchy, self.kg, self.kg_dim = hierarchy, kg, kg_dim
+        self._reference: tuple[str, dict[str, int]] | None = None  # the first video's N_f and widths
         self.num_regions, self.num_keywords = num_regions, num_keywords
         index1 = {n: i for i, n in enumerate(hierarchy.level1)}
         index2 = {n: i for i, n in enumerate(hierarchy.level2)}
@@ -227,17 +235,52 @@ class KEVSRDataset(Dataset):
             and (len(text) == 1 or text[0] == 1)
         )
         if not ok:
-            reader = self.readers["f2d"]
-            source = reader.path(vid) if callable(reader.path) else reader.path  # <video_id>.npz or <split>.h5
             raise ValueError(
-                f"{source}: video {vid!r} has feature shapes {shapes}; expected f2d [N_f, D2], f3d [N_f, D3], "
-                f"text [Dt], regions [N_f, N_r, Dr], region_mask [N_f, N_r]; {README_HINT}"
+                f"{self._source(vid)}: video {vid!r} has feature shapes {shapes}; expected f2d [N_f, D2], "
+                f"f3d [N_f, D3], text [Dt], regions [N_f, N_r, Dr], region_mask [N_f, N_r]; {README_HINT}"
             )
 
-    def __getitem__(self, idx: int) -> dict:
+    def _source(self, vid: str) -> object:
+        reader = self.readers["f2d"]
+        return reader.path(vid) if callable(reader.path) else reader.path  # <video_id>.npz or <split>.h5
+
+    @staticmethod
+    def _sizes(feats: dict[str, torch.Tensor]) -> dict[str, int]:
+        """N_f and the feature widths, which every video of a split must share (they are batched together)."""
+        return {
+            "N_f": feats["f2d"].shape[0],
+            "f2d width": feats["f2d"].shape[1],
+            "f3d width": feats["f3d"].shape[1],
+            "text width": feats["text"].shape[-1],
+            "regions width": feats["regions"].shape[2],
+        }
+
+    def _read(self, idx: int) -> tuple[str, dict[str, torch.Tensor]]:
         vid = self.rows[idx]["video_id"]
         feats = {k: self.readers[k][vid] for k in FEATURE_KEYS}
         self._check_shapes(vid, feats)
+        return vid, feats
+
+    def _check_against_first(self, idx: int, vid: str, feats: dict[str, torch.Tensor]) -> None:
+        """A video whose N_f or feature widths differ from the split's first video (each split's first is checked
+        against the model config at setup) would only fail when batched, in a stack error naming neither video
+        nor file."""
+        if self._reference is None:
+            ref_vid, ref_feats = (vid, feats) if idx == 0 else self._read(0)
+            self._reference = (ref_vid, self._sizes(ref_feats))
+        ref_vid, ref = self._reference
+        sizes = self._sizes(feats)
+        wrong = {k: v for k, v in sizes.items() if v != ref[k]}
+        if wrong:
+            expected = {k: ref[k] for k in wrong}
+            raise ValueError(
+                f"{self._source(vid)}: video {vid!r} has {wrong} but the split's first video {ref_vid!r} has "
+                f"{expected}; every video needs the same N_f and feature widths; {README_HINT}"
+            )
+
+    def __getitem__(self, idx: int) -> dict:
+        vid, feats = self._read(idx)
+        self._check_against_first(idx, vid, feats)
         regions, mask = feats["regions"], feats["region_mask"] > 0  # (T, R', Dr), (T, R')
         t, r, dr = regions.shape
         n = self.num_regions

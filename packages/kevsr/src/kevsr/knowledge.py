@@ -93,6 +93,8 @@ class KnowledgeEmbeddings:
             if not vocab_file.is_file():
                 raise FileNotFoundError(f"data.kg_path={path!r}: missing vocabulary file {vocab_file.name!r}")
             matrix = np.load(p, mmap_mode="r")
+            if matrix.ndim != 2:
+                raise ValueError(f"{path}: expected a (terms, dim) matrix, got shape {matrix.shape}")
             terms = vocab_file.read_text(encoding="utf-8").splitlines()
             if len(terms) != matrix.shape[0]:
                 raise ValueError(f"{vocab_file}: {len(terms)} terms but {p.name} has {matrix.shape[0]} rows")
@@ -112,7 +114,10 @@ class KnowledgeEmbeddings:
                 term = keep(raw)
                 if term is None:
                     continue
-                values = np.array(rest.split(), dtype=np.float32)
+                try:
+                    values = np.array(rest.split(), dtype=np.float32)
+                except ValueError as err:  # numpy's message names neither the file nor the line
+                    raise ValueError(f"{path}:{lineno}: term {raw!r} has a value that is not a number ({err})") from err
                 if values.shape != (dim,):
                     raise ValueError(f"{path}:{lineno}: term {raw!r} has {values.size} values, expected {dim}")
                 vectors[term] = torch.from_numpy(values)

@@ -18,6 +18,10 @@ __all__ = [
 ]
 
 
+STOP_GRAD = ("none", "nt", "t")
+"""Values of the distillation's stop-gradient option (spec §3.4)."""
+
+
 def multilabel_ce_loss(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Multi-label CE of spec §3.2 (Su's extension of softmax CE), averaged over videos:
 
@@ -62,6 +66,8 @@ def self_distillation_loss(
     only S1 learns from S2) or ``t`` (detach S1). Scalar. The gradient w.r.t. one video's scores of a level is
     the unit vector (s^t − s^nt)/‖s^t − s^nt‖ divided by B, whatever the distance (README, Deviations).
     """
+    if stop_grad not in STOP_GRAD:  # anything else would silently mean "none"
+        raise ValueError(f"stop_grad={stop_grad!r} must be one of {STOP_GRAD}")
     if stop_grad == "nt":
         nt1, nt2 = nt1.detach(), nt2.detach()
     elif stop_grad == "t":
@@ -98,6 +104,8 @@ class SelfDistillationLoss(nn.Module):
 
     def __init__(self, beta1: float = 1.0, beta2: float = 1.0, stop_grad: Literal["none", "nt", "t"] = "none") -> None:
         super().__init__()
+        if stop_grad not in STOP_GRAD:
+            raise ValueError(f"distill_stop_grad={stop_grad!r} must be one of {STOP_GRAD}")
         self.beta1, self.beta2, self.stop_grad = beta1, beta2, stop_grad
 
     def forward(self, t: dict[str, torch.Tensor], nt: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -11,6 +11,10 @@ from torchmetrics.classification import MultilabelF1Score
 __all__ = ["rp_at_accuracy", "RPAtAccuracy", "micro_f1", "MultilabelF1Score"]
 
 
+RP_MODES = ("threshold", "top1")
+"""Definitions of RP@90% (spec §5): every label scoring ≥ θ, or each video's top-1 label only."""
+
+
 def micro_f1(scores: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Micro F1 over all (video, label) pairs, positive iff score > 0 (sigmoid > 0.5). Scalar in [0, 1]."""
     pred = scores > 0
@@ -74,6 +78,8 @@ def rp_at_accuracy(
         raise ValueError(f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)} must be equal (N, L)")
     if scores.shape[0] == 0:
         raise ValueError("RP@90%: no videos")
+    if mode not in RP_MODES:  # anything else would silently mean top1
+        raise ValueError(f"RP@90% mode={mode!r} must be one of {RP_MODES}")
     fn = _rp_threshold if mode == "threshold" else _rp_top1
     return fn(scores, targets, accuracy)
 
@@ -87,6 +93,8 @@ class RPAtAccuracy(Metric):
 
     def __init__(self, accuracy: float = 0.9, mode: Literal["threshold", "top1"] = "threshold") -> None:
         super().__init__()
+        if mode not in RP_MODES:
+            raise ValueError(f"rp_mode={mode!r} must be one of {RP_MODES}")
         self.accuracy, self.mode = accuracy, mode
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("targets", default=[], dist_reduce_fx="cat")

@@ -109,6 +109,11 @@ class KEVSRConfig:
     d = 64 (1000x below S1), so S2 starts at a saddle and learns very slowly."""
 
     def __post_init__(self) -> None:
+        # A misspelt choice would otherwise fall through to another variant (e.g. the frames axis, or the
+        # Transformer fusion) without a word; the CLI checks these Literals, a config built in Python does not.
+        for key, allowed in _CONFIG_CHOICES.items():
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"model.config.{key}={getattr(self, key)!r} must be one of {allowed}")
         for key in ("dim", "num_frames", "num_regions", "num_keywords", "num_level1", "num_level2", "kg_dim"):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
@@ -123,6 +128,15 @@ class KEVSRConfig:
         if self.temporal_bert_config is not None and self.temporal_init_from_bert is None:
             raise ValueError("model.config.temporal_bert_config is set but temporal_init_from_bert is null")
 
+
+_CONFIG_CHOICES = {
+    "assign_softmax_over": ("keywords", "frames"),
+    "nt_fusion": ("knowledge", "mean", "transformer"),
+    "keyword_source": ("kg", "random_shared"),
+}
+"""The allowed values of KEVSRConfig's string options."""
+
+STREAMS = ("both", "temporal", "nontemporal")
 
 _EXTRA_STATE = "_extra_state"
 """Suffix of a module's ``get_extra_state`` entry in a state dict (torch's name)."""
@@ -384,6 +398,8 @@ class KeywordFusion(nn.Module):
         self.phi_c = _mlp(kg_dim, dim, 1, dropout)
         self.phi_z = _mlp(kg_dim, dim, dim, dropout)
         self.out = nn.Linear(dim, dim)  # W^nt, b^nt
+        if softmax_over not in _CONFIG_CHOICES["assign_softmax_over"]:
+            raise ValueError(f"softmax_over={softmax_over!r} must be one of {_CONFIG_CHOICES['assign_softmax_over']}")
         self.softmax_over = softmax_over
 
     def assignment(self, frames: torch.Tensor, keywords: torch.Tensor, keyword_mask: torch.Tensor) -> torch.Tensor:
@@ -392,7 +408,7 @@ class KeywordFusion(nn.Module):
         c = self.phi_c(keywords).squeeze(-1)  # (B, K)
         logits = (torch.einsum("btd,bkd->btk", frames, w) + c[:, None, :]).float()  # (B, T, K)
         logits = logits.masked_fill(~keyword_mask[:, None, :], float("-inf"))
-        dim = -1 if self.softmax_over == "keywords" else 1
+        dim = {"keywords": -1, "frames": 1}[self.softmax_over]  # (B, T, K): K for NetVLAD's axis, T otherwise
         return torch.nan_to_num(torch.softmax(logits, dim=dim), nan=0.0)  # (B, T, K)
 
     def forward(self, frames: torch.Tensor, keywords: torch.Tensor, keyword_mask: torch.Tensor) -> torch.Tensor:
@@ -652,6 +668,8 @@ class KEVSRModel(nn.Module):
 
     def __init__(self, cfg: KEVSRConfig, streams: Literal["both", "temporal", "nontemporal"] = "both") -> None:
         super().__init__()
+        if streams not in STREAMS:
+            raise ValueError(f"streams={streams!r} must be one of {STREAMS}")
         self.cfg = cfg
         self.temporal = TemporalStream(cfg) if streams in ("both", "temporal") else None
         self.nontemporal = NonTemporalStream(cfg) if streams in ("both", "nontemporal") else None
@@ -678,6 +696,8 @@ class KEVSRModel(nn.Module):
         if self.temporal is not None and not bert:  # with BERT: cls = its [CLS] word embedding
             nn.init.normal_(self.temporal.cls, std=std or EMBEDDING_STD)
             nn.init.normal_(self.temporal.pos, std=std or EMBEDDING_STD)
+        if self.nontemporal is not None and self.cfg.nt_fusion == "transformer":  # the w/o-know & w-temp [CLS]
+            nn.init.normal_(self.nontemporal.fusion_cls, std=std or EMBEDDING_STD)
 
     def set_hierarchy(self, parent_index: torch.Tensor) -> None:
         if parent_index.shape != self.parent_index.shape:

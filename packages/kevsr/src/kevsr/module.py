@@ -121,8 +121,11 @@ class KEVSRModule(pl.LightningModule):
             self._label_vectors_set = True
         if nt is not None and nt.tune_keywords:  # offsets already there (a second setup) are moved by term
             nt.keyword_delta.set_vocabulary(dm.keyword_vocab)
-        split = next(iter(dm.datasets.values()), None)
-        if split is not None and len(split):
+        # every split's first video (each split checks its other videos against its first, KEVSRDataset): a val or
+        # test split of other widths would otherwise fail in a matmul shape error naming no file
+        for name, split in dm.datasets.items():
+            if not len(split):
+                continue
             item = split[0]
             widths = {
                 "f2d_dim": item["f2d"].shape[-1],
@@ -132,7 +135,9 @@ class KEVSRModule(pl.LightningModule):
             }
             for key, width in widths.items():
                 if getattr(cfg, key) != width:
-                    raise ValueError(f"model.config.{key}={getattr(cfg, key)} but the feature files have {width}")
+                    raise ValueError(
+                        f"model.config.{key}={getattr(cfg, key)} but the {name} feature files have {width}"
+                    )
             if nt is not None:  # S2 reads N_r regions and N_k keywords of G-d vectors as the data module pads them
                 sizes = {
                     "kg_dim": ("data.kg_dim", item["keywords"].shape[-1]),
