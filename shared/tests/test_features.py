@@ -29,6 +29,13 @@ def test_h5_groups_need_dataset_key(tmp_path, feats):
         H5Features(path)["v2"]
 
 
+def test_h5_dataset_key_refuses_plain_datasets(tmp_path, feats):
+    # with dataset_key set, an id naming a dataset would give that one array for every key
+    path = write_h5_features(tmp_path / "f.h5", feats)
+    with pytest.raises(KeyError, match="'v1' is a dataset, not a group holding 'f2d'"):
+        H5Features(path, dataset_key="f2d")["v1"]
+
+
 def test_h5_survives_pickling(tmp_path, feats):
     import pickle
 

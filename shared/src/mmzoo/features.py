@@ -36,7 +36,8 @@ class H5Features:
     Raises:
         FileNotFoundError: the file does not exist.
         ImportError: h5py is not installed (``pip install mmzoo[h5]``).
-        KeyError: on access, an id not in the file, or a group without ``dataset_key``.
+        KeyError: on access, an id not in the file, a group without ``dataset_key``, or a dataset where
+            ``dataset_key`` expects a group.
     """
 
     def __init__(self, path: str | os.PathLike, dataset_key: str | None = None, dtype: torch.dtype = torch.float32):
@@ -88,6 +89,11 @@ class H5Features:
                     f"set dataset_key to one of them (got {self.dataset_key!r})"
                 )
             node = node[self.dataset_key]
+        elif self.dataset_key is not None:  # every key would otherwise read this one array
+            raise KeyError(
+                f"{str(self.path)!r}: {video_id!r} is a dataset, not a group holding {self.dataset_key!r}; "
+                "with dataset_key set every video id must name a group"
+            )
         return node
 
     def read(self, video_id: str, start: int | None = None, stop: int | None = None) -> torch.Tensor:
