@@ -297,3 +297,58 @@ def test_bad_depth_files_name_the_file(tmp_path):
     second.write_bytes(b"not an array")
     with pytest.raises(ValueError, match=r"00001\.npy: cannot be read"):
         ds[0]
+
+
+def test_malformed_prompts_are_refused_at_construction(tmp_path):
+    """A prompts.json 'targets' string was read letter by letter (one edit per character); empty or null prompts of
+    ZVE-50 entries were accepted and failed only when edited, without the file's name."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    write_video(folder / "a.mp4", synthetic_clip(4, 16)["frames"], fps=8.0)
+    prompts = folder / "prompts.json"
+    for entry, match in (
+        ({"source": "a red circle", "targets": "a blue circle"}, r"'a\.mp4' 'targets' must be a non-empty list"),
+        ({"source": "a red circle", "targets": []}, r"'a\.mp4' 'targets' must be a non-empty list"),
+        ({"source": "a red circle", "targets": ["a blue circle", " "]}, r"'a\.mp4' 'targets'\[1\]: expected a non"),
+        ({"source": None, "targets": ["a blue circle"]}, r"'a\.mp4' 'source': expected a non-empty prompt"),
+    ):
+        prompts.write_text(json.dumps({"a.mp4": entry}))
+        with pytest.raises(ValueError, match=r"prompts\.json: entry " + match):
+            VideoFolderDataset(folder)
+    prompts.write_text(json.dumps({"a.mp4": {"source": "a red circle", "targets": ["a blue circle", "a cat"]}}))
+    assert [it["target_prompt"] for it in VideoFolderDataset(folder).items] == ["a blue circle", "a cat"]
+
+    make_zve(tmp_path, n_videos=1, frames=4, size=16)
+    ann = tmp_path / "ZVE-50" / "annotations.json"
+    good = json.loads(ann.read_text())
+    for change, match in (
+        (lambda e: e[0]["edits"][0].update(prompt=""), r"edit 0 of 'zve00' 'prompt': expected a non-empty prompt"),
+        (lambda e: e[0].update(source_prompt=None), r"entry 0 \('zve00'\) 'source_prompt': expected a non-empty"),
+        (lambda e: e[0].update(edits="a blue circle"), r"entry 0 \('zve00'\) 'edits' must be a non-empty list"),
+        (lambda e: e[0]["edits"].append("prompt: a cat"), r"edit 2 of 'zve00' is str, expected an object"),
+    ):
+        entries = json.loads(json.dumps(good))
+        change(entries)
+        ann.write_text(json.dumps(entries))
+        with pytest.raises(ValueError, match=r"annotations\.json: " + match):
+            ZVEDataset(tmp_path)
+
+
+def test_misspelt_reader_settings_are_refused(loveu_root):
+    """The readers branch on these strings: an unknown frame mode read the first frames as `stride` does, an unknown
+    on_corrupt skipped corrupt clips, an unknown LOVEU source read the frame folders; a repeated LOVEU edit type
+    doubled every clip's items."""
+    with pytest.raises(ValueError, match=r"data\.frames_mode='unifrom'"):
+        frame_indices(10, 4, "unifrom")
+    with pytest.raises(ValueError, match=r"data\.frame_stride=0"):
+        frame_indices(10, 4, "stride", 0)
+    with pytest.raises(ValueError, match=r"data\.on_corrupt='rasie'"):
+        ZVEDataset("nowhere", on_corrupt="rasie")
+    with pytest.raises(ValueError, match=r"data\.frames_mode='unifrom'"):
+        ZVEDataset("nowhere", frames_mode="unifrom")
+    with pytest.raises(ValueError, match=r"data\.frame_stride=-1"):
+        ZVEDataset("nowhere", frames_mode="stride", frame_stride=-1)
+    with pytest.raises(ValueError, match=r"data\.source='video'"):
+        LOVEUDataset(loveu_root, source="video")
+    with pytest.raises(ValueError, match=r"data\.edits=\['object', 'style', 'object'\]: an edit type is listed twice"):
+        LOVEUDataset(loveu_root, edits=["object", "style", "object"])  # each clip would be edited and scored twice

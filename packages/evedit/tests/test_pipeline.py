@@ -398,3 +398,23 @@ def test_depth_estimator_input_matches_the_dpt_image_processor(tiny_pipe, textur
     proc = DPTImageProcessor(size={"height": 384, "width": 384}, resample=Image.BICUBIC, image_mean=0.5, image_std=0.5)
     ref = proc(images=[Image.fromarray(frames[0].permute(1, 2, 0).numpy())], return_tensors="pt").pixel_values
     assert (got["x"] - ref).abs().mean() < 0.008  # 0.002 antialiased, 0.020 without
+
+
+def test_latent_smoothing_renoises_with_the_noise_estimate_under_v_prediction():
+    """The smoothed step z_{t-1} = sqrt(ᾱ_{t-1})·x̂_0 + sqrt(1-ᾱ_{t-1})·ε̂ needs the noise estimate ε̂; a v-prediction
+    UNet returns v, not ε̂. A single frame is its own neighbour mean, so smoothing must leave the edit as it is."""
+    comps = build_components(
+        ModelConfig(backbone="tiny", depth_model="precomputed", tiny_pixel_space=True, tiny_channels=[8, 16])
+    )
+    frames = _frames()[:1]
+    depth = torch.rand(1, S, S, generator=torch.Generator().manual_seed(0))
+    for prediction_type in ("epsilon", "v_prediction"):
+        comps.scheduler = DDIMScheduler.from_config(comps.scheduler.config, prediction_type=prediction_type)
+        pipe = EVEPipeline.from_components(comps)
+        pipe.set_progress_bar_config(disable=True)
+        videos = []
+        for alpha in (0.0, 0.5):
+            cfg = EditConfig(num_inference_steps=4, tcc=TCCConfig(iters=0, latent_smooth=alpha, update_until=1.0))
+            videos.append(pipe(frames, "a red circle", "a blue circle", depth=depth, config=cfg).videos[0])
+        assert videos[0].float().std() > 5  # a real picture, not a saturated one
+        assert (videos[0].int() - videos[1].int()).abs().max().item() <= 1, prediction_type

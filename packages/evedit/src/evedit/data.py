@@ -61,13 +61,29 @@ LOVEU_COLUMNS = {
 _HELP = "see README, Data preparation"
 
 
+def _check_choice(value: object, choices: tuple, key: str) -> None:
+    """A string setting the readers branch on with ``if``/``else``: a misspelt one is refused, not read as another."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
+
+
 def frame_indices(total: int, num_frames: int, mode: FramesMode, stride: int = 1) -> list[int]:
     """Indices of the F frames to edit (spec §4.3): the first F, uniform segments, or every ``stride``-th."""
+    _check_choice(mode, ("first", "uniform", "stride"), "data.frames_mode")
     if mode == "first":
         return list(range(min(total, num_frames)))
     if mode == "uniform":
         return uniform_segment_indices(total, num_frames, train=False)
+    if stride < 1:
+        raise ValueError(f"data.frame_stride={stride} must be >= 1")
     return list(range(0, total, stride))[:num_frames]
+
+
+def _prompt(value: object, where: str) -> str:
+    """A prompt read from an annotation file: a string with some text. ``where`` names the file and the entry."""
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: expected a non-empty prompt string, got {value!r}; {_HELP}")
+    return value
 
 
 def loveu_group_of_header(name: str) -> str | None:
@@ -115,6 +131,10 @@ class _ClipDataset(Dataset):
     ):
         if num_frames < 1 or size < 1:
             raise ValueError(f"num_frames={num_frames} and size={size} must be >= 1")
+        _check_choice(frames_mode, ("first", "uniform", "stride"), "data.frames_mode")
+        _check_choice(on_corrupt, ("raise", "skip"), "data.on_corrupt")
+        if frame_stride < 1:
+            raise ValueError(f"data.frame_stride={frame_stride} must be >= 1")
         self.num_frames = num_frames
         self.size = size
         self.frames_mode = frames_mode
@@ -250,10 +270,13 @@ class LOVEUDataset(_ClipDataset):
             )
         if split != "all" and split not in LOVEU_GROUPS:
             raise ValueError(f"data.split={split!r}: expected 'all' or one of {LOVEU_GROUPS}")
+        _check_choice(source, ("videos", "frames"), "data.source")
         edits = list(edits or LOVEU_COLUMNS)
         unknown = [e for e in edits if e not in LOVEU_COLUMNS]
         if unknown:
             raise ValueError(f"data.edits: unknown edit types {unknown}; expected a subset of {list(LOVEU_COLUMNS)}")
+        if len(set(edits)) != len(edits):  # each (video, type) is one output folder, edited and scored once
+            raise ValueError(f"data.edits={edits}: an edit type is listed twice")
         with open(csv_path, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
             needed = ["Video name", "Our GT caption", *(LOVEU_COLUMNS[e] for e in edits)]
@@ -347,29 +370,45 @@ class ZVEDataset(_ClipDataset):
                 f"the package layout); {_HELP}"
             )
         entries = read_json(ann_path, "ZVE-50 annotations")
+        if not isinstance(entries, list):
+            raise ValueError(f"{ann_path}: expected a list of video entries, got {type(entries).__name__}; {_HELP}")
         for k, e in enumerate(entries):
+            if not isinstance(e, dict):
+                raise ValueError(f"{ann_path}: entry {k} is {type(e).__name__}, expected an object; {_HELP}")
             for key in ("video_id", "source_prompt", "edits"):
                 if key not in e:
                     raise KeyError(f"{ann_path}: entry {k} lacks key {key!r}; {_HELP}")
             vid = e["video_id"]
+            if not isinstance(vid, str) or not vid.strip():
+                raise ValueError(f"{ann_path}: entry {k} has 'video_id' {vid!r}; expected a non-empty string; {_HELP}")
+            source_prompt = _prompt(e["source_prompt"], f"{ann_path}: entry {k} ({vid!r}) 'source_prompt'")
+            if not isinstance(e["edits"], list) or not e["edits"]:
+                raise ValueError(
+                    f"{ann_path}: entry {k} ({vid!r}) 'edits' must be a non-empty list of objects; {_HELP}"
+                )
             fps = e.get("fps")
             if fps is not None and (isinstance(fps, bool) or not isinstance(fps, int | float) or fps <= 0):
                 raise ValueError(f"{ann_path}: entry {k} ({vid!r}) has 'fps' {fps!r}; expected a number > 0; {_HELP}")
             video, frame_dir = root / "videos" / f"{vid}.mp4", root / "frames" / vid
             if not video.is_file() and not frame_dir.is_dir():
                 raise FileNotFoundError(f"ZVE-50: neither {video} nor {frame_dir} exists; {_HELP}")
-            for edit in e["edits"]:
+            for j, edit in enumerate(e["edits"]):
+                if not isinstance(edit, dict):
+                    raise ValueError(f"{ann_path}: edit {j} of {vid!r} is {type(edit).__name__}, expected an object")
                 if "prompt" not in edit:
                     raise KeyError(f"{ann_path}: an edit of {vid!r} lacks key 'prompt'; {_HELP}")
+                edit_type = edit.get("type", "object")
+                if not isinstance(edit_type, str) or not edit_type.strip():
+                    raise ValueError(f"{ann_path}: edit {j} of {vid!r} has 'type' {edit_type!r}; expected a name")
                 self.items.append(
                     {
                         "video": video if video.is_file() else None,
                         "frame_dir": None if video.is_file() else frame_dir,
                         "depth_dir": root / "depth" / vid,
-                        "source_prompt": e["source_prompt"],
-                        "target_prompt": edit["prompt"],
+                        "source_prompt": source_prompt,
+                        "target_prompt": _prompt(edit["prompt"], f"{ann_path}: edit {j} of {vid!r} 'prompt'"),
                         "video_id": vid,
-                        "edit_type": edit.get("type", "object"),
+                        "edit_type": edit_type,
                         "group": "ZVE-50",
                         "fps": float(fps) if fps is not None else None,
                     }
@@ -401,18 +440,25 @@ class VideoFolderDataset(_ClipDataset):
             raise FileNotFoundError(
                 f"data.data_root={str(root)!r}: missing {p} ({{file: {{source, targets}}}}); {_HELP}"
             )
-        for name, e in read_json(p, "prompts file").items():
-            if "source" not in e or "targets" not in e:
+        prompts = read_json(p, "prompts file")
+        if not isinstance(prompts, dict):
+            raise ValueError(f"{p}: expected an object {{file: {{source, targets}}}}, got {type(prompts).__name__}")
+        for name, e in prompts.items():
+            if not isinstance(e, dict) or "source" not in e or "targets" not in e:
                 raise KeyError(f"{p}: entry {name!r} needs keys 'source' and 'targets'; {_HELP}")
             if not (root / name).is_file():
                 raise FileNotFoundError(f"{p} names {name!r} but {root / name} does not exist; {_HELP}")
-            for k, target in enumerate(e["targets"]):
+            source_prompt = _prompt(e["source"], f"{p}: entry {name!r} 'source'")
+            targets = e["targets"]
+            if not isinstance(targets, list) or not targets:  # a bare string would be read letter by letter
+                raise ValueError(f"{p}: entry {name!r} 'targets' must be a non-empty list of prompts, got {targets!r}")
+            for k, target in enumerate(targets):
                 self.items.append(
                     {
                         "video": root / name,
                         "depth_dir": root / "depth" / Path(name).stem,
-                        "source_prompt": e["source"],
-                        "target_prompt": target,
+                        "source_prompt": source_prompt,
+                        "target_prompt": _prompt(target, f"{p}: entry {name!r} 'targets'[{k}]"),
                         "video_id": Path(name).stem,
                         "edit_type": f"edit{k}",
                         "group": "folder",

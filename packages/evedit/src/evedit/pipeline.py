@@ -49,8 +49,17 @@ def ddim_step(
     z_t, model_output (F, C, h, w); ``prediction_type`` "epsilon" or "v_prediction". Returns (x̂_0, z_{t−1}).
     Equals ``DDIMScheduler.step(...)`` (pred_original_sample, prev_sample) with eta = 0 and no clipping.
     """
-    a_t = torch.as_tensor(alpha_t, dtype=z_t.dtype, device=z_t.device)
     a_p = torch.as_tensor(alpha_prev, dtype=z_t.dtype, device=z_t.device)
+    x0, eps = _x0_and_noise(z_t, model_output, alpha_t, prediction_type)
+    return x0, a_p.sqrt() * x0 + (1 - a_p).sqrt() * eps
+
+
+def _x0_and_noise(
+    z_t: torch.Tensor, model_output: torch.Tensor, alpha_t: torch.Tensor | float, prediction_type: str
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The UNet output read as (x̂_0, ε̂) at ᾱ_t: ε-prediction gives ε̂ itself; a v-prediction v gives
+    x̂_0 = sqrt(ᾱ_t)·z_t − sqrt(1−ᾱ_t)·v and ε̂ = sqrt(ᾱ_t)·v + sqrt(1−ᾱ_t)·z_t. z_t, model_output (F, C, h, w)."""
+    a_t = torch.as_tensor(alpha_t, dtype=z_t.dtype, device=z_t.device)
     if prediction_type == "epsilon":
         eps = model_output
         x0 = (z_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()
@@ -59,7 +68,7 @@ def ddim_step(
         eps = a_t.sqrt() * model_output + (1 - a_t).sqrt() * z_t
     else:
         raise ValueError(f"ddim_step: unsupported prediction_type {prediction_type!r}")
-    return x0, a_p.sqrt() * x0 + (1 - a_p).sqrt() * eps
+    return x0, eps
 
 
 @dataclass
@@ -512,14 +521,15 @@ class EVEPipeline(DiffusionPipeline):
                     history.append(terms)
                 t_update += timer.now() - u0
             with torch.no_grad():
-                eps = self.predict_noise(z, t, emb_c, emb_null, cond, config.guidance_scale)  # ε̃ with M
+                out = self.predict_noise(z, t, emb_c, emb_null, cond, config.guidance_scale)  # ε̃ (or ṽ) with M
                 if tcc.latent_smooth > 0 and i < n_update:
                     a_t, a_prev = self.alphas(t)
-                    x0, _ = ddim_step(z, eps, a_t, a_prev, self.scheduler.config.prediction_type)
+                    # the step re-noises with the noise estimate ε̂, which is the UNet output only for ε-prediction
+                    x0, eps = _x0_and_noise(z, out, a_t, self.scheduler.config.prediction_type)
                     x0 = (1 - tcc.latent_smooth) * x0 + tcc.latent_smooth * _neighbour_mean(x0)
                     z = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps
                 else:
-                    z = self.scheduler.step(eps, t, z, eta=config.eta, generator=generator).prev_sample
+                    z = self.scheduler.step(out, t, z, eta=config.eta, generator=generator).prev_sample
         t_denoise = timer.now() - t0
         t0 = timer.now()
         video = self.decode_latents(z, config)
