@@ -46,6 +46,24 @@ def test_ties_are_pessimistic():
     assert best_gt_rank(sim, torch.tensor([[False, True, False]])).tolist() == [1]
 
 
+def test_nan_scores_rank_last(caplog):
+    nan = float("nan")
+    sim = torch.tensor(
+        [
+            [nan, 0.5, 0.9, 0.1],  # gt 0 scored NaN: behind the three numbers -> r = 3
+            [0.2, nan, 0.9, 0.1],  # gt 2 (0.9): the NaN column ranks below it -> r = 0
+            [0.3, nan, nan, 0.1],  # gt 1 scored NaN ties with the other NaN (pessimistic) -> r = 3
+        ]
+    )
+    gt = torch.tensor([[1, 0, 0, 0], [0, 0, 1, 0], [0, 1, 0, 0]], dtype=torch.bool)
+    with caplog.at_level("WARNING", logger="snps3.metrics"):
+        assert best_gt_rank(sim, gt).tolist() == [3, 0, 3]
+    assert "4 of 12 scores are NaN" in caplog.text
+    # a model whose scores are all NaN ranks every ground truth behind every other column: no recall at all
+    m = retrieval_metrics(torch.full((5, 5), nan), torch.eye(5, dtype=torch.bool), ks=(1, 4))
+    assert m["R@1"] == 0.0 and m["R@4"] == 0.0 and m["MdR"] == 5.0
+
+
 def test_qa_accuracy_counts_out_of_vocabulary_as_wrong():
     from snps3.module import SNPS3Module
 

@@ -690,7 +690,10 @@ def write_video(
             frame decodes slightly differently depending on its distance from the last keyframe, so a
             single decoded frame carries a cue to its position; synthetic tasks where frame order must not
             be recoverable from one frame should write all-intra clips (``gop=1``).
-        crf: H.264 quality (lower is better).
+        crf: H.264 quality (lower is better). ``0`` is lossless: the decoded frames are then the frames' YUV 4:2:0
+            conversion exactly. Lossy libx264 output is not always repeatable (the same frames written twice can
+            decode a few levels apart for some content), so generated data sets that must repeat bit for bit from
+            a fresh write should use ``crf=0``.
     """
     import av
 

@@ -1020,7 +1020,8 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
             batch_size, eval_batch_size: per-device batch sizes.
             num_workers, pin_memory, persistent_workers: DataLoader settings.
             on_corrupt: ``raise`` or ``skip`` (log a warning naming the file) for undecodable videos.
-            generate_synthetic: write the synthetic digits data (every official format) into data_root when absent.
+            generate_synthetic: write the synthetic digits data (every official format) into data_root when absent,
+                or when the copy there was made by another version of the generator.
             synthetic_train, synthetic_test, synthetic_size: size of that synthetic data.
         """
         super().__init__()
@@ -1037,10 +1038,10 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
 
     def prepare_data(self) -> None:
         hp = self.hparams
-        if hp.generate_synthetic and not (Path(hp.data_root) / "SYNTHETIC_DONE").is_file():
-            from snps3.synthetic import generate_synthetic_dataset
+        if hp.generate_synthetic:  # written unless a copy made by this generator version is there
+            from snps3.synthetic import ensure_synthetic_dataset
 
-            generate_synthetic_dataset(hp.data_root, hp.synthetic_train, hp.synthetic_test, size=hp.synthetic_size)
+            ensure_synthetic_dataset(hp.data_root, hp.synthetic_train, hp.synthetic_test, size=hp.synthetic_size)
 
     def build_tokenizer(self):
         """BertTokenizerFast from a hub id, a folder, or a vocab.txt (relative paths under data_root first)."""

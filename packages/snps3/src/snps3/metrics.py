@@ -7,10 +7,14 @@ way, over distinct items (:class:`ItemWeightedMean`).
 
 from __future__ import annotations
 
+import logging
+
 import torch
 from mmzoo.metrics import ListStateMetric, first_of_each_id
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
+
+log = logging.getLogger(__name__)
 
 __all__ = ["best_gt_rank", "retrieval_metrics", "RetrievalMetrics", "item_weighted_mean", "ItemWeightedMean"]
 
@@ -19,14 +23,22 @@ def best_gt_rank(sim: torch.Tensor, gt: torch.Tensor) -> torch.Tensor:
     """0-based rank of the best-ranked ground-truth column per row, ranking columns by descending score.
 
     sim (N_q, N_c) scores, gt (N_q, N_c) bool -> (N_q,) long. Ties are broken pessimistically (a column with the
-    same score as the best ground truth counts as ranked before it). A row without ground truth raises.
+    same score as the best ground truth counts as ranked before it). A NaN score ranks as −inf, below every number,
+    with a warning (left as NaN, every comparison with it is false: a ground truth scored NaN would count as ranked
+    first, and a model whose scores turned NaN would show perfect recall). A row without ground truth raises.
     """
     if sim.shape != gt.shape:
         raise ValueError(f"sim {tuple(sim.shape)} and gt {tuple(gt.shape)} must have the same shape")
     if not gt.any(1).all():
         raise ValueError("every query needs at least one ground-truth item")
-    best = sim.float().masked_fill(~gt.bool(), float("-inf")).max(1).values  # (N_q,) best ground-truth score
-    return ((sim.float() > best[:, None]) | ((sim.float() == best[:, None]) & ~gt.bool())).sum(1)  # (N_q,)
+    scores = sim.float()
+    nan = scores.isnan()
+    if nan.any():
+        log.warning("retrieval metrics: %d of %d scores are NaN and rank last", int(nan.sum()), nan.numel())
+        scores = scores.masked_fill(nan, float("-inf"))
+    gt = gt.bool()
+    best = scores.masked_fill(~gt, float("-inf")).max(1).values  # (N_q,) best ground-truth score
+    return ((scores > best[:, None]) | ((scores == best[:, None]) & ~gt)).sum(1)  # (N_q,)
 
 
 def retrieval_metrics(sim: torch.Tensor, gt: torch.Tensor, ks: tuple[int, ...] = (1, 5, 10)) -> dict[str, torch.Tensor]:

@@ -4,6 +4,9 @@ A "video" shows one scikit-learn ``digits`` image (8x8, upscaled), tinted by one
 dark canvas in one of four directions. Its caption names the three grounded content words and appends 6-10 random
 function words: ``"a red seven rises the of with it while ..."``. Only content words can be predicted from the video.
 Significant words are mined with the real pipeline (:mod:`snps3.significant`) and an injected lexicon tagger.
+
+Clips are stored as lossless H.264 (:func:`write_clip`), so that writing the data set twice gives the same decoded
+frames and a demo or test run on freshly written data repeats.
 """
 
 from __future__ import annotations
@@ -32,7 +35,9 @@ __all__ = [
     "make_caption",
     "SyntheticSample",
     "sample_items",
+    "write_clip",
     "generate_synthetic_dataset",
+    "ensure_synthetic_dataset",
     "content_top_k",
 ]
 
@@ -62,6 +67,11 @@ FILLERS = [
     "an",
 ]
 QUESTION_WORDS = ["what", "colour", "number", "how", "does", "move", "which", "digit", "is", "a"]
+SYNTHETIC_VERSION = 2
+"""Version of what :func:`generate_synthetic_dataset` writes (2: lossless clips; 1 wrote lossy clips that decoded
+differently each time they were written). It is recorded in ``SYNTHETIC_DONE`` so that
+:func:`ensure_synthetic_dataset` rewrites data made by another version."""
+MARKER_TEXT = f"version {SYNTHETIC_VERSION}"
 
 
 def synthetic_vocab() -> list[str]:
@@ -161,6 +171,19 @@ def sample_items(
     return items
 
 
+def write_clip(path: Path, frames: torch.Tensor) -> Path:
+    """Write uint8 (T, 3, S, S) frames as a lossless H.264 ``.mp4`` at 8 fps.
+
+    Lossless (``crf`` 0): the decoded frames are exactly the frames' YUV 4:2:0 conversion, whatever choices the
+    encoder makes. At its default quality libx264 is not repeatable: its macroblock-tree rate control picks
+    different quantisers from one run to the next (also with one thread), so the same frames written twice decoded
+    to pixel values a few levels apart, and the demo's metrics moved with every fresh copy of its data.
+    """
+    from mmzoo.video import write_video
+
+    return write_video(path, frames, fps=8.0, crf=0)
+
+
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -179,7 +202,6 @@ def generate_synthetic_dataset(
     and list labels; ``msrvtt_qa_antmmf/answers.json``) over ``msrvtt_videos.lmdb`` (video bytes keyed by basename).
     """
     import lmdb
-    from mmzoo.video import write_video
     from torchvision.io import write_png
     from tqdm import tqdm
 
@@ -196,7 +218,7 @@ def generate_synthetic_dataset(
     env = lmdb.open(str(root / "msrvtt_videos.lmdb"), map_size=1 << 30)
     with env.begin(write=True) as txn:
         for name, s in tqdm(clips, desc="writing synthetic videos", disable=len(clips) < 200):
-            path = write_video(vdir / f"{name}.mp4", s.frames, fps=8.0)
+            path = write_clip(vdir / f"{name}.mp4", s.frames)
             txn.put(name.encode(), path.read_bytes())
     env.close()
     (root / "images").mkdir(exist_ok=True)
@@ -277,6 +299,28 @@ def generate_synthetic_dataset(
         for w in group:
             lemma[vocab.index(w)] = list(group)
     (root / "vocab_simi_list_new.json").write_text(json.dumps(lemma))
-    (root / "SYNTHETIC_DONE").write_text("ok\n")
+    (root / "SYNTHETIC_DONE").write_text(MARKER_TEXT + "\n")  # last: a complete copy of this generator version
     log.info("synthetic SNP-S3 data written to %s", root)
     return root
+
+
+def ensure_synthetic_dataset(
+    root: str | Path, num_train: int = 24, num_test: int = 8, num_frames: int = 8, size: int = 32, seed: int = 0
+) -> Path:
+    """Write the synthetic data set into ``root`` (:func:`generate_synthetic_dataset`) unless a copy made by this
+    generator version is there.
+
+    The generator writes ``SYNTHETIC_DONE`` last, holding its version (``version 2``; earlier versions wrote
+    ``ok``). A copy made by another version is written again (same file names, overwritten), so a cached copy never
+    outlives a change of what the generator writes. A copy of the current version is kept whatever sizes it was
+    written with (tests point the shipped configs at smaller copies). A folder without ``SYNTHETIC_DONE`` gets the
+    data written into it.
+    """
+    root = Path(root)
+    marker = root / "SYNTHETIC_DONE"
+    if marker.is_file():
+        if marker.read_text().strip() == MARKER_TEXT:
+            return root
+        log.warning("%s: synthetic data from an earlier version of the generator; writing it again", root)
+        marker.unlink()  # a rewrite cut short must not pass for a complete one
+    return generate_synthetic_dataset(root, num_train, num_test, num_frames, size, seed)
