@@ -201,6 +201,33 @@ def test_sliding_and_causal_windows():
 # ------------------------------------------------------------------------------------------------- transforms
 
 
+def test_crop_offsets_and_resized_sizes_follow_torchvision_rules():
+    x = torch.arange(2 * 3 * 9 * 11, dtype=torch.float32).reshape(2, 3, 9, 11)
+    # margins 3 and 5: offsets round(1.5) = 2 and round(2.5) = 2 (Python rounds halves to even)
+    assert torch.equal(center_crop(x, (6, 6)), x[..., 2:8, 2:8])
+    assert torch.equal(center_crop(x, (4, 6)), x[..., 2:6, 2:8])  # margin 5 rows: 2; margin 5 columns: 2
+    assert torch.equal(center_crop(x, (8, 10)), x[..., 0:8, 0:10])  # margins 1: round(0.5) = 0
+    # the long side is truncated: 24 * 400 / 299 = 32.1 -> 32, 24 * 641 / 360 = 42.7 -> 42 (rounding gave 43)
+    assert resize_short_side(torch.zeros(1, 3, 299, 400, dtype=torch.uint8), 24).shape[-2:] == (24, 32)
+    assert resize_short_side(torch.zeros(1, 3, 641, 360, dtype=torch.uint8), 24).shape[-2:] == (42, 24)
+    with pytest.raises(ValueError, match="interpolation='nearest'"):
+        resize_short_side(x, 4, interpolation="nearest")
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_resize_and_crop_equal_torchvision(interpolation):
+    tf = pytest.importorskip("torchvision.transforms.functional")
+    from torchvision.transforms import InterpolationMode
+
+    g = torch.Generator().manual_seed(0)
+    for h, w in [(48, 64), (299, 400), (360, 641), (101, 77), (225, 224)]:
+        x = torch.randint(0, 256, (2, 3, h, w), dtype=torch.uint8, generator=g)
+        expected = tf.resize(x, 24, interpolation=InterpolationMode(interpolation), antialias=True)
+        assert torch.equal(resize_short_side(x, 24, interpolation=interpolation), expected), (h, w)
+        for th, tw in [(20, 17), (h - 1, w - 3), (h - 3, w - 5)]:
+            assert torch.equal(center_crop(x, (th, tw)), tf.center_crop(x, [th, tw])), (h, w, th, tw)
+
+
 def test_transforms():
     x = torch.randint(0, 256, (2, 3, 48, 64), dtype=torch.uint8)
     y = resize_short_side(x, 24)

@@ -609,28 +609,40 @@ def _check_video(x: torch.Tensor, fn: str) -> None:
         raise ValueError(f"{fn}: expected a video tensor (T, C, H, W) with C in (1, 3), got shape {tuple(x.shape)}")
 
 
-def resize_short_side(x: torch.Tensor, size: int, antialias: bool = True) -> torch.Tensor:
-    """Resize (T, C, H, W) so that ``min(H, W) == size``, keeping the aspect ratio; dtype is preserved."""
+def resize_short_side(
+    x: torch.Tensor, size: int, antialias: bool = True, interpolation: Literal["bilinear", "bicubic"] = "bilinear"
+) -> torch.Tensor:
+    """Resize (T, C, H, W) so that ``min(H, W) == size``, keeping the aspect ratio; dtype is preserved.
+
+    The long side is ``int(size * long / short)``, truncated as torchvision's ``Resize(size)`` computes it, so that
+    frames get the sizes the official pipelines (torchvision transforms) give them. ``interpolation``: ``bilinear``
+    or ``bicubic`` (CLIP's preprocessing); with ``antialias`` both follow PIL's resampling filters. uint8 results are
+    rounded and clamped to [0, 255] (bicubic overshoots)."""
     _check_video(x, "resize_short_side")
+    if interpolation not in ("bilinear", "bicubic"):
+        raise ValueError(f"resize_short_side: interpolation={interpolation!r}, expected 'bilinear' or 'bicubic'")
     h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    new = (max(1, int(round(h * scale))), max(1, int(round(w * scale))))
+    short, long = (h, w) if h <= w else (w, h)
+    new_long = max(1, int(size * long / short))
+    new = (size, new_long) if h <= w else (new_long, size)
     if new == (h, w):
         return x
-    y = F.interpolate(x.float(), size=new, mode="bilinear", align_corners=False, antialias=antialias)
+    y = F.interpolate(x.float(), size=new, mode=interpolation, align_corners=False, antialias=antialias)
     if x.dtype == torch.uint8:
         return y.round_().clamp_(0, 255).to(torch.uint8)
     return y.to(x.dtype)
 
 
 def center_crop(x: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
-    """Crop the central ``size`` (int or (h, w)) of (T, C, H, W)."""
+    """Crop the central ``size`` (int or (h, w)) of (T, C, H, W). An odd margin is split as torchvision's
+    ``CenterCrop`` splits it (offset ``round(margin / 2)``, Python's rounding), so crops match the official
+    pipelines pixel for pixel."""
     _check_video(x, "center_crop")
     th, tw = (size, size) if isinstance(size, int) else size
     h, w = x.shape[-2:]
     if th > h or tw > w:
         raise ValueError(f"center_crop: crop {th}x{tw} larger than frames {h}x{w}")
-    top, left = (h - th) // 2, (w - tw) // 2
+    top, left = int(round((h - th) / 2.0)), int(round((w - tw) / 2.0))
     return x[..., top : top + th, left : left + tw]
 
 
