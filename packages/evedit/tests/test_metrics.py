@@ -1,3 +1,5 @@
+import zlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -128,3 +130,30 @@ def test_stage_means_leave_out_metrics_no_process_updated():
     out = compute_clip_means(metrics, lambda c: seen.append(float(c)) or c)
     assert {k: float(v) for k, v in out.items()} == pytest.approx({"clip_text": 50.0, "time_s": 4.0})
     assert seen == [2.0, 2.0, 0.0] and all(int(m.count) == 0 for m in metrics.values())
+
+
+def test_tiny_clip_text_embedding_is_read_at_the_end_token():
+    # CLIP pools a prompt at its end token; the tiny embedder's word ids must not be taken for it
+    emb = build_embedder("tiny", 32)
+    prompts = ["a red car on a road", "zebra"]
+    ids = emb.tokenizer(prompts, padding="max_length", max_length=16).input_ids  # (2, 16)
+    end = [int((row != 0).nonzero().max()) for row in ids]  # the last token before the padding ends the prompt
+    assert end == [7, 2]
+    with torch.no_grad():
+        states = emb.model.text_model(input_ids=ids).last_hidden_state  # (2, 16, D) after the final LayerNorm
+        expected = F.normalize(emb.model.text_projection(states[torch.arange(2), end]), dim=-1)
+    assert torch.allclose(emb.embed_text(prompts), expected, atol=1e-6)
+    # the state at the end token sees every word: changing the last word changes the embedding
+    assert not torch.allclose(emb.embed_text(["a red car on a road"]), emb.embed_text(["a red car on a river"]))
+
+
+def test_word_tokenizer_keeps_its_end_id_for_the_end():
+    from evedit.models import WordTokenizer
+
+    tok = WordTokenizer(10, 8, end_id=9)
+    words = [f"w{i}" for i in range(200)]
+    assert {tok.word_id(w) for w in words} == set(range(3, 9))  # every id from 3 on but the end's
+    assert tok(["w1 w2"]).input_ids[0].tolist()[:4] == [1, tok.word_id("w1"), tok.word_id("w2"), 9]
+    assert WordTokenizer(10, 8).word_id("w1") == 3 + zlib.crc32(b"w1") % 7  # default ids unchanged
+    with pytest.raises(ValueError, match="end_id=10"):
+        WordTokenizer(10, 8, end_id=10)

@@ -260,6 +260,10 @@ class CLIPEmbedder(nn.Module):
         return F.normalize(emb.float(), dim=-1)  # (N, D)
 
 
+TINY_CLIP_END_ID = 999
+"""End-of-text id of the tiny metrics CLIP: the highest id of its 1,000, as real CLIP's end token is."""
+
+
 def build_embedder(
     path: str, resize: int, local_files_only: bool = True, key: str = "model.metrics.clip_path"
 ) -> CLIPEmbedder:
@@ -280,7 +284,7 @@ def build_embedder(
                     vocab_size=1000,
                     max_position_embeddings=77,
                     bos_token_id=1,
-                    eos_token_id=2,
+                    eos_token_id=TINY_CLIP_END_ID,  # not 2: the pooled state is then read at this id (WordTokenizer)
                     pad_token_id=0,
                 ).to_dict(),
                 vision_config=CLIPVisionConfig(
@@ -293,7 +297,7 @@ def build_embedder(
                 ).to_dict(),
                 projection_dim=32,
             )
-            return CLIPEmbedder(CLIPModel(cfg), WordTokenizer(1000, 16), resize=min(resize, 64))
+            return CLIPEmbedder(CLIPModel(cfg), WordTokenizer(1000, 16, TINY_CLIP_END_ID), resize=min(resize, 64))
     if not Path(path).is_dir() and local_files_only:
         raise FileNotFoundError(
             f"{key}={path!r}: no such folder. Supply a local copy of the CLIP model (e.g. "

@@ -237,17 +237,27 @@ class WordTokenizer:
     """Whitespace word tokenizer of the tiny text encoder: a word's id is a stable CRC32 hash into the vocabulary.
 
     Called like a transformers tokenizer (``tok(prompts, padding="max_length", max_length=L, truncation=True,
-    return_tensors="pt").input_ids``); id 1 starts, 2 ends and 0 pads a prompt. Used only with tiny random models.
+    return_tensors="pt").input_ids``); id 1 starts, ``end_id`` (default 2) ends and 0 pads a prompt; words take the
+    other ids from 3 on. Used only with tiny random models. A tiny CLIP whose pooled text embedding is read (the
+    metrics' embedder) needs ``end_id`` set to its config's ``eos_token_id`` other than 2: transformers reads the
+    pooled state of a CLIP whose ``eos_token_id`` is 2 at the highest id of the prompt (real CLIP's end token has the
+    highest id), which here would be a word.
     """
 
-    def __init__(self, vocab_size: int = 1000, model_max_length: int = 16):
+    def __init__(self, vocab_size: int = 1000, model_max_length: int = 16, end_id: int = 2):
         if vocab_size < 8:
             raise ValueError(f"WordTokenizer: vocab_size={vocab_size} must be >= 8")
+        if end_id != 2 and not 3 <= end_id < vocab_size:
+            raise ValueError(f"WordTokenizer: end_id={end_id} must be 2 or in [3, {vocab_size})")
         self.vocab_size = vocab_size
         self.model_max_length = model_max_length
+        self.end_id = end_id
 
     def word_id(self, word: str) -> int:
-        return 3 + zlib.crc32(word.lower().encode()) % (self.vocab_size - 3)
+        if self.end_id == 2:
+            return 3 + zlib.crc32(word.lower().encode()) % (self.vocab_size - 3)
+        k = zlib.crc32(word.lower().encode()) % (self.vocab_size - 4)  # the ids from 3 on, without end_id
+        return 3 + k + (3 + k >= self.end_id)
 
     def __call__(
         self,
@@ -261,8 +271,8 @@ class WordTokenizer:
         length = max_length or self.model_max_length
         rows = []
         for t in texts:
-            ids = [1, *(self.word_id(w) for w in t.replace(",", " ").split()), 2]
-            ids = ids[: length - 1] + [2] if len(ids) > length else ids
+            ids = [1, *(self.word_id(w) for w in t.replace(",", " ").split()), self.end_id]
+            ids = ids[: length - 1] + [self.end_id] if len(ids) > length else ids
             rows.append(ids + [0] * (length - len(ids)))
         return _Encoding(torch.tensor(rows, dtype=torch.long))
 
