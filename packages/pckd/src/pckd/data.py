@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import pickle
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import numpy as np
@@ -21,6 +21,8 @@ import torch
 import torch.nn.functional as F
 from mmzoo.data import SplitLoaders, evaluation_sampler, worker_options
 from torch.utils.data import DataLoader, Dataset
+
+from pckd.models import check_choice
 
 __all__ = [
     "CIFAR100_MEAN",
@@ -40,6 +42,8 @@ CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 README_HINT = "see README, Data preparation"
+DatasetName = Literal["cifar100", "imagenet", "digits"]
+"""Readers of :class:`PCKDDataModule` (``data.dataset``)."""
 
 
 def _random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None) -> torch.Tensor:
@@ -311,7 +315,7 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
 
     def __init__(
         self,
-        dataset: Literal["cifar100", "imagenet", "digits"] = "cifar100",
+        dataset: DatasetName = "cifar100",
         data_root: str = "data",
         hf_dataset: str | None = None,
         num_views: int = 4,
@@ -348,6 +352,7 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
                 random folder in the official format there (10 classes, 4 train + 2 test images each; spec §8a).
         """
         super().__init__()
+        check_choice("data.dataset", dataset, get_args(DatasetName))  # else a KeyError naming no key
         self.save_hyperparameters()
         if num_views < 1:
             raise ValueError(f"data.num_views={num_views} must be >= 1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -22,9 +22,14 @@ from pckd.losses import (
     PerSampleKDLoss,
     PreviewWeights,
 )
-from pckd.models import AlignHead, Embed, PCKDConfig, build_backbone
+from pckd.models import AlignHead, Embed, PCKDConfig, build_backbone, check_choice
 
 __all__ = ["PCKDModule", "load_teacher_state_dict", "TORCHVISION_WEIGHTS"]
+
+Method = Literal["ce", "kd", "crd", "pckd"]
+"""Training objectives of :class:`PCKDModule` (``model.method``)."""
+Optimizer = Literal["sgd", "adam"]
+"""Optimizers of :class:`PCKDModule` (``model.optimizer``)."""
 
 # torchvision ImageNet weight files, looked up in the local torch hub cache only (spec §4.3)
 TORCHVISION_WEIGHTS = {"tv_resnet34": "resnet34-b627a593.pth", "tv_resnet18": "resnet18-f37072fd.pth"}
@@ -80,7 +85,7 @@ class PCKDModule(pl.LightningModule):
     def __init__(
         self,
         config: PCKDConfig,
-        method: Literal["ce", "kd", "crd", "pckd"] = "pckd",
+        method: Method = "pckd",
         teacher_checkpoint: str | None = None,
         teacher_random_init: bool = False,
         w_ce: float = 1.0,
@@ -99,7 +104,7 @@ class PCKDModule(pl.LightningModule):
         crd_num_negatives: int = 16384,
         crd_temperature: float = 0.07,
         crd_momentum: float = 0.5,
-        optimizer: Literal["sgd", "adam"] = "sgd",
+        optimizer: Optimizer = "sgd",
         lr: float = 0.05,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
@@ -141,6 +146,9 @@ class PCKDModule(pl.LightningModule):
             top5: also log top-5 accuracy (ImageNet).
         """
         super().__init__()
+        # an unknown method would train CE beside an unused teacher, an unknown optimizer would be Adam
+        check_choice("model.method", method, get_args(Method))
+        check_choice("model.optimizer", optimizer, get_args(Optimizer))
         self.save_hyperparameters()
         self.config = config
         if method != "ce" and config.teacher_arch is None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import numpy as np
@@ -21,7 +21,7 @@ from mmzoo.features import H5Features
 from torch.utils.data import DataLoader, Dataset
 
 from shagcl.gcl import VG150_PREDICATE_REMAP, VG150_PREDICATES_FREQ_ORDER
-from shagcl.models import box_iou
+from shagcl.models import box_iou, check_choice
 
 __all__ = [
     "SceneRecord",
@@ -39,6 +39,16 @@ __all__ = [
 log = logging.getLogger(__name__)
 SEE_README = "see README, Data preparation"
 VG_CORRUPTED_IMAGE_IDS = (1592, 1722, 4616, 4617)
+
+DatasetName = Literal["vg150", "gqa200"]
+"""Readers of :class:`SGGDataModule` (``data.dataset``)."""
+Split = Literal["train", "val", "test"]
+Protocol = Literal["predcls", "sgcls", "sgdet"]
+"""PredCls, SGCls, SGDet (spec §2; ``data.protocol``, as ``model.config.protocol``)."""
+FeatureSource = Literal["synthetic", "cached"]
+"""Where object and union features come from (``data.feature_source``)."""
+PredicateOrder = Literal["frequency", "file"]
+"""VG150 predicate indices: the official frequency re-indexing, or the vocabulary file's (``data.predicate_order``)."""
 
 
 @dataclass
@@ -98,11 +108,19 @@ class SceneGraphDataset(Dataset):
     object_classes: list[str]
     predicate_classes: list[str]
 
+    @staticmethod
+    def _check_options(split: str, protocol: str, feature_source: str) -> None:
+        """Refuse unknown values before any file is read: the readers branch on them with if/else (an unknown split
+        reads the training images, or the GQA test file; an unknown protocol gives SGCls inputs)."""
+        check_choice("split", split, get_args(Split))
+        check_choice("data.protocol", protocol, get_args(Protocol))
+        check_choice("data.feature_source", feature_source, get_args(FeatureSource))
+
     def _init_features(
         self,
-        split: str,
-        protocol: str,
-        feature_source: str,
+        split: Split,
+        protocol: Protocol,
+        feature_source: FeatureSource,
         feature_cache: str | None,
         synthetic: SyntheticFeaturesConfig,
         max_pairs: int,
@@ -408,13 +426,13 @@ class VG150Dataset(SceneGraphDataset):
     def __init__(
         self,
         data_root: str | Path,
-        split: Literal["train", "val", "test"],
-        protocol: str = "predcls",
-        feature_source: str = "synthetic",
+        split: Split,
+        protocol: Protocol = "predcls",
+        feature_source: FeatureSource = "synthetic",
         feature_cache: str | None = None,
         synthetic: SyntheticFeaturesConfig | None = None,
         num_val_images: int = 5000,
-        predicate_order: Literal["frequency", "file"] = "frequency",
+        predicate_order: PredicateOrder = "frequency",
         box_scale: int = 1024,
         max_pairs: int = 1024,
         max_fg_pairs: int = 256,
@@ -425,6 +443,8 @@ class VG150Dataset(SceneGraphDataset):
     ) -> None:
         import h5py
 
+        self._check_options(split, protocol, feature_source)
+        check_choice("data.predicate_order", predicate_order, get_args(PredicateOrder))  # else: the file's order
         root = Path(data_root) / "vg"
         h5_path = _require(root / "VG-SGG-with-attri.h5", "VG150 annotations")
         dicts_path = _require(root / "VG-SGG-dicts-with-attri.json", "VG150 vocabularies")
@@ -527,9 +547,9 @@ class GQA200Dataset(SceneGraphDataset):
     def __init__(
         self,
         data_root: str | Path,
-        split: Literal["train", "val", "test"],
-        protocol: str = "predcls",
-        feature_source: str = "synthetic",
+        split: Split,
+        protocol: Protocol = "predcls",
+        feature_source: FeatureSource = "synthetic",
         feature_cache: str | None = None,
         synthetic: SyntheticFeaturesConfig | None = None,
         num_val_images: int = 5000,
@@ -541,6 +561,7 @@ class GQA200Dataset(SceneGraphDataset):
         max_images: int | None = None,
         sgdet_add_gt_boxes: bool = True,
     ) -> None:
+        self._check_options(split, protocol, feature_source)
         root = Path(data_root) / "gqa"
         info_path = _require(root / "GQA_200_ID_Info.json", "GQA200 vocabularies")
         split_path = _require(root / f"GQA_200_{'Train' if split == 'train' else 'Test'}.json", "GQA200 split")
@@ -737,14 +758,14 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
 
     def __init__(
         self,
-        dataset: Literal["vg150", "gqa200"] = "vg150",
+        dataset: DatasetName = "vg150",
         data_root: str = "data",
-        protocol: Literal["predcls", "sgcls", "sgdet"] = "predcls",
-        feature_source: Literal["synthetic", "cached"] = "cached",
+        protocol: Protocol = "predcls",
+        feature_source: FeatureSource = "cached",
         feature_cache: str | None = None,
         synthetic: SyntheticFeaturesConfig | None = None,
         num_val_images: int = 5000,
-        predicate_order: Literal["frequency", "file"] = "frequency",
+        predicate_order: PredicateOrder = "frequency",
         box_scale: int = 1024,
         gqa_skip_test_entry: int | None = 5580,
         max_pairs: int = 1024,
@@ -766,6 +787,15 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
         demo_num_predicates: int = 10,
     ) -> None:
         super().__init__()
+        # refused here, not at setup: an unknown dataset would skip writing the demo data, and the readers would
+        # take an unknown protocol or predicate order for another one
+        for key, value, hint in (
+            ("dataset", dataset, DatasetName),
+            ("protocol", protocol, Protocol),
+            ("feature_source", feature_source, FeatureSource),
+            ("predicate_order", predicate_order, PredicateOrder),
+        ):
+            check_choice(f"data.{key}", value, get_args(hint))
         self.save_hyperparameters()
         self.synthetic = synthetic or SyntheticFeaturesConfig()
         self.datasets: dict[str, SceneGraphDataset] = {}
@@ -787,7 +817,7 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
                     hp.demo_num_predicates,
                 )
 
-    def make_dataset(self, split: Literal["train", "val", "test"]) -> SceneGraphDataset:
+    def make_dataset(self, split: Split) -> SceneGraphDataset:
         hp = self.hparams
         cap = hp.max_train_images if split == "train" else hp.max_eval_images
         common = dict(

@@ -30,13 +30,19 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import Literal, get_args
 
 import torch
 from torch import nn
 
+from shagcl.models import check_choice
+
 __all__ = ["FasterRCNNFeatures", "extract_main", "build_detector", "filter_duplicate_detections"]
 
 log = logging.getLogger(__name__)
+
+Stage = Literal["pooled", "fc7"]
+"""What the cache stores of objects / union boxes (``--object_stage``, ``--union_stage``): ROIAlign maps or fc7."""
 
 
 def build_detector(
@@ -130,12 +136,15 @@ class FasterRCNNFeatures(nn.Module):
     def __init__(
         self,
         detector: nn.Module,
-        object_stage: str = "pooled",
-        union_stage: str = "pooled",
+        object_stage: Stage = "pooled",
+        union_stage: Stage = "pooled",
         chunk: int = 256,
         filter_duplicates: bool = True,
     ) -> None:
         super().__init__()
+        # `shagcl extract` lets argparse check these; anything else would silently cache fc7 features
+        check_choice("object_stage", object_stage, get_args(Stage))
+        check_choice("union_stage", union_stage, get_args(Stage))
         self.detector = detector.eval().requires_grad_(False)
         self.object_stage, self.union_stage, self.chunk = object_stage, union_stage, chunk
         self.filter_duplicates = filter_duplicates
@@ -261,14 +270,14 @@ def extract_main(argv: list[str]) -> Path:
     p.add_argument("--num_val_images", type=int, default=5000)
     p.add_argument(
         "--object_stage",
-        choices=["pooled", "fc7"],
+        choices=list(get_args(Stage)),
         default="pooled",
         help="pooled: ROIAlign maps for the relation head's trainable fc6/fc7 (paper, spec §3.2.1); "
         "fc7: the detector's frozen box-head features",
     )
     p.add_argument(
         "--union_stage",
-        choices=["pooled", "fc7"],
+        choices=list(get_args(Stage)),
         default="pooled",
         help="pooled: all-level union ROIAlign maps, the official union path (spec §3.2.2; "
         "≈ 100 kB per ordered pair); fc7: the detector's box head on the union box (2 kB per pair)",

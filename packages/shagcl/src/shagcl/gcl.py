@@ -8,7 +8,7 @@ Everything here is plain tensor arithmetic on predicate counts; the classifiers 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 
@@ -22,7 +22,14 @@ __all__ = [
     "map_labels_to_classifier",
     "median_resampling_rates",
     "assign_pairs",
+    "GroupSplit",
+    "BackgroundMode",
 ]
+
+GroupSplit = Literal["divide", "average"]
+"""Grouping rules of the predicates (``model.config.group_split``)."""
+BackgroundMode = Literal["rand_insert", "rand_choose", "all_include"]
+"""How background pairs are spread over the classifiers (ZERO_LABEL_PADDING_MODE, ``model.config.background_mode``)."""
 
 # Training triplet counts per predicate in frequency order; index 0 is the background count (spec §3.6.4).
 OFFICIAL_PREDICATE_COUNTS: dict[str, list[int]] = {
@@ -205,7 +212,7 @@ def group_predicates(
     counts: Sequence[int],
     mu: float = 4.0,
     min_count: int = 200,
-    mode: Literal["divide", "average"] = "divide",
+    mode: GroupSplit = "divide",
     num_average_groups: int = 5,
 ) -> list[int]:
     """Split predicates (already in descending-frequency order, background excluded) into groups (§3.6.2).
@@ -217,6 +224,8 @@ def group_predicates(
 
     Returns the group sizes in order (they sum to ``len(counts)``).
     """
+    if mode not in get_args(GroupSplit):  # anything else would silently group by the divide rule
+        raise ValueError(f"model.config.group_split={mode!r}: expected one of {list(get_args(GroupSplit))}")
     counts = [int(c) for c in counts]
     if not counts:
         raise ValueError("group_predicates: empty count list")
@@ -299,7 +308,7 @@ def assign_pairs(
     rates: torch.Tensor,
     uniform: torch.Tensor,
     background_choice: torch.Tensor,
-    background_mode: Literal["rand_insert", "rand_choose", "all_include"] = "rand_insert",
+    background_mode: BackgroundMode = "rand_insert",
     rand_choose_prob: float = 0.6,
 ) -> tuple[torch.Tensor, int]:
     """Assign a batch's relation pairs to classifiers (parallel classifier optimisation, §3.6.5).

@@ -8,13 +8,14 @@ states the formula (from the official code).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from shagcl.gcl import assign_pairs, classifier_sizes, map_labels_to_classifier
+from shagcl.gcl import BackgroundMode, assign_pairs, classifier_sizes, map_labels_to_classifier
+from shagcl.models import check_choice
 
 __all__ = [
     "KDMode",
@@ -86,6 +87,7 @@ def collaborative_kd_loss(
     predictor]: only the reverse term KL(Q̃ ‖ P̃), i.e. the larger classifier teaches the smaller one.
     ``restrain=False`` drops the weights (plain mean). Returns {k: scalar} for the classifiers with a term.
     """
+    check_choice("model.config.kd_mode", mode, get_args(KDMode))  # anything else would distil top-down
     out: dict[int, torch.Tensor] = {}
     if mode == "None":
         return out
@@ -144,7 +146,7 @@ class GCLLoss(nn.Module):
         self,
         group_sizes: Sequence[int],
         rates: torch.Tensor,
-        background_mode: Literal["rand_insert", "rand_choose", "all_include"] = "rand_insert",
+        background_mode: BackgroundMode = "rand_insert",
         kd_mode: KDMode = "KL_logit_TopDown",
         kd_coefficient: float = 1.0,
         restrain: bool = True,
@@ -152,6 +154,9 @@ class GCLLoss(nn.Module):
         resample: bool = True,
     ) -> None:
         super().__init__()
+        # refused here rather than at the first training step (background_mode) or never (kd_mode: top-down)
+        check_choice("model.config.background_mode", background_mode, get_args(BackgroundMode))
+        check_choice("model.config.kd_mode", kd_mode, get_args(KDMode))
         self.group_sizes = [int(g) for g in group_sizes]
         self.sizes = classifier_sizes(self.group_sizes)
         self.register_buffer("rates", rates.float().clone(), persistent=False)

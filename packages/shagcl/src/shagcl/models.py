@@ -11,12 +11,13 @@ Attention runs inside each image only (pad per image, key-padding mask, padded o
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +27,7 @@ from torch.nn.utils.rnn import pad_sequence
 from shagcl.gcl import classifier_sizes
 
 __all__ = [
+    "check_choice",
     "SHAGCLConfig",
     "RelationOutput",
     "encode_box_geometry",
@@ -49,6 +51,27 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+Encoder = Literal["hybrid", "self", "cross"]
+"""Context encoders (``model.config.encoder``)."""
+
+
+def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
+    """Refuse a string option outside its ``choices``, naming the config key ``key`` as a YAML file spells it.
+
+    The code branches on these strings with ``if``/``else``, so an unknown value would silently run the ``else``
+    variant. LightningCLI checks the ``Literal`` hints while it parses a YAML file; configs, modules and readers
+    built in Python (tests, ``repro.py``) are not parsed, hence this check at construction."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
+
+
+def check_literal_fields(config: object, prefix: str) -> None:
+    """:func:`check_choice` on every field of the dataclass ``config`` typed ``Literal[...]`` (key ``prefix.field``)."""
+    hints = get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        if get_origin(hints[f.name]) is Literal:
+            check_choice(f"{prefix}.{f.name}", getattr(config, f.name), get_args(hints[f.name]))
 
 
 @dataclass
@@ -77,7 +100,7 @@ class SHAGCLConfig:
     """Hybrid layers of the object encoder (§3.4)."""
     edge_layers: int = 2
     """Hybrid layers of the edge encoder (§3.4)."""
-    encoder: Literal["hybrid", "self", "cross"] = "hybrid"
+    encoder: Encoder = "hybrid"
     """hybrid = SA + CA per stream (SHA); self = the official 'Self-Attention' encoder TransformerContext (one
     fused stream Linear([r; text; box]) then self-attention layers, §3.9); cross = CA cells only (ablation)."""
     word_dim: int = 200
@@ -142,8 +165,9 @@ class SHAGCLConfig:
     """SGDet object relabelling NMS IoU (TEST.RELATION.LATER_NMS_PREDICTION_THRES, §3.4)."""
 
     def __post_init__(self) -> None:
-        if self.protocol not in ("predcls", "sgcls", "sgdet"):
-            raise ValueError(f"model.config.protocol={self.protocol!r}: expected predcls|sgcls|sgdet")
+        # protocol, encoder, word_embeddings, union_features, decoder, group_split, count_source, background_mode
+        # and kd_mode: each is read with if/else, so a misspelt one would build or train another variant
+        check_literal_fields(self, "model.config")
         if self.num_obj_classes < 2 or self.num_predicates < 2:
             raise ValueError("model.config.num_obj_classes and num_predicates include background and must be >= 2")
         for key in (
@@ -158,8 +182,6 @@ class SHAGCLConfig:
         ):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
-        if self.union_features not in ("official", "simplified"):
-            raise ValueError(f"model.config.union_features={self.union_features!r}: expected official|simplified")
         if (
             self.union_features == "official"
             and self.use_rect_features
@@ -318,9 +340,10 @@ class HybridAttentionLayer(nn.Module):
         key_dim: int,
         ffn_dim: int,
         dropout: float,
-        mode: Literal["hybrid", "self", "cross"] = "hybrid",
+        mode: Encoder = "hybrid",
     ) -> None:
         super().__init__()
+        check_choice("model.config.encoder", mode, get_args(Encoder))  # anything else would build the hybrid cells
         self.mode = mode
         args = (hidden_dim, num_heads, key_dim, ffn_dim, dropout)
         self.sa_v = AttentionLayer(*args) if mode != "cross" else None
@@ -353,7 +376,7 @@ class SHAEncoder(nn.Module):
         key_dim: int,
         ffn_dim: int,
         dropout: float,
-        mode: Literal["hybrid", "self", "cross"] = "hybrid",
+        mode: Encoder = "hybrid",
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(

@@ -24,7 +24,7 @@ import math
 import pickle
 from dataclasses import asdict
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -34,6 +34,7 @@ from mmzoo.video import VideoDecodeError, VideoReader, center_crop, normalize, r
 from torch.utils.data import DataLoader, Dataset
 
 from shenet.hierarchy import CachedParser, ParserConfig, ParseTable, build_parser
+from shenet.models import check_choice
 from shenet.tokenization import TextEncoder, collate_texts
 
 __all__ = [
@@ -49,6 +50,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 Split = Literal["train", "val", "test"]
+OnCorrupt = Literal["raise", "skip"]
+"""What an unreadable video does (``data.on_corrupt``): stop the run, or be logged and fed as padding."""
+DatasetName = Literal["msrvtt", "msvd", "didemo", "activitynet", "digits"]
+"""Readers of :class:`SHENetDataModule` (``data.dataset``)."""
 _HINT = "see README, Data preparation"
 VIDEO_EXTS = (".mp4", ".webm", ".avi", ".mkv", ".mov", ".m4v", ".flv", ".wmv", ".mpg", ".mpeg", ".3gp")
 
@@ -119,10 +124,11 @@ class _VideoTextDataset(Dataset):
         max_frames: int,
         image_size: int,
         fps: float,
-        on_corrupt: Literal["raise", "skip"],
+        on_corrupt: OnCorrupt,
     ):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train|val|test, got {split!r}")
+        check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))  # anything but 'raise' would skip
         self.root = Path(data_root)
         if not self.root.is_dir():
             raise FileNotFoundError(
@@ -218,7 +224,7 @@ class MSRVTTDataset(_VideoTextDataset):
         max_frames: int = 12,
         image_size: int = 224,
         fps: float = 1.0,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
         train_csv: str = "MSRVTT_train.9k.csv",
     ):
         super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
@@ -266,7 +272,7 @@ class MSVDDataset(_VideoTextDataset):
         max_frames: int = 12,
         image_size: int = 224,
         fps: float = 1.0,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
     ):
         super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
         with open(_require(self.root / "raw-captions.pkl", "MSVD captions"), "rb") as f:
@@ -328,7 +334,7 @@ class DiDeMoDataset(_VideoTextDataset):
         max_frames: int = 64,
         image_size: int = 224,
         fps: float = 1.0,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
     ):
         super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
         names = _read_lines(_require(self.root / f"{split}_list.txt", f"DiDeMo {split} split"))
@@ -364,7 +370,7 @@ class ActivityNetDataset(_VideoTextDataset):
         max_frames: int = 64,
         image_size: int = 224,
         fps: float = 1.0,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
     ):
         super().__init__(data_root, split, videos_dir, max_frames, image_size, fps, on_corrupt)
         ann, ids = ("train.json", "train_ids.json") if self.train else ("val_1.json", "val_ids.json")
@@ -477,7 +483,7 @@ class SHENetDataModule(SplitLoaders, pl.LightningDataModule):
 
     def __init__(
         self,
-        dataset: Literal["msrvtt", "msvd", "didemo", "activitynet", "digits"] = "msrvtt",
+        dataset: DatasetName = "msrvtt",
         data_root: str = "data/msrvtt",
         videos_dir: str | None = None,
         train_csv: str = "MSRVTT_train.9k.csv",
@@ -491,13 +497,16 @@ class SHENetDataModule(SplitLoaders, pl.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = True,
         persistent_workers: bool = False,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
         generate_demo_data: bool = False,
         demo_num_train: int = 160,
         demo_num_test: int = 40,
         seed: int = 0,
     ):
         super().__init__()
+        # an unknown dataset would read the digits task, an unknown on_corrupt would skip unreadable videos
+        check_choice("data.dataset", dataset, get_args(DatasetName))
+        check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))
         self.save_hyperparameters()
         self.parser_cfg = parser or ParserConfig()
         if max_frames < 1 or max_words < 3 or batch_size < 1 or eval_batch_size < 1:

@@ -24,6 +24,8 @@ from typing import Literal
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.data import read_json
 
+from shenet.models import check_literal_fields
+
 __all__ = [
     "SyntaxNode",
     "SyntaxHierarchy",
@@ -135,6 +137,7 @@ class ParserConfig:
     paragraph_max_adjs: int = 16
 
     def __post_init__(self) -> None:
+        check_literal_fields(self, "data.parser")  # an unknown backend would be read as auto
         if self.backend == "precomputed" and not self.cache_file:
             raise ValueError(
                 "parser.backend='precomputed' needs parser.cache_file (a JSON parse cache; "

@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import math
 import zipfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,8 @@ from mmzoo.ops import token_max_sim
 from torch import nn
 
 __all__ = [
+    "check_choice",
+    "check_literal_fields",
     "SHENetConfig",
     "TextFeatures",
     "VideoFeatures",
@@ -46,6 +49,31 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 LEVELS = ("sentence", "verb", "noun", "adj")
+
+TextEnhance = Literal["none", "mean", "gated"]
+"""Bottom-up hierarchy enhancements (``model.config.text_enhance``)."""
+GuidedPooling = Literal["softmax", "max"]
+"""Guided pooling of frames and patches (``model.config.guided_pooling``)."""
+NounTemporal = Literal["parent", "root", "uniform"]
+"""Frame weights pooling a noun's regions over time (``model.config.noun_temporal``)."""
+
+
+def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
+    """Refuse a string option outside its ``choices``, naming the config key ``key`` as a YAML file spells it.
+
+    The code branches on these strings with ``if``/``else``, so an unknown value would silently run the ``else``
+    variant. LightningCLI checks the ``Literal`` hints while it parses a YAML file; configs, modules and data modules
+    built in Python (tests, ``repro.py``, ``shenet parse``) are not parsed, hence this check at construction."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
+
+
+def check_literal_fields(config: object, prefix: str) -> None:
+    """:func:`check_choice` on every field of the dataclass ``config`` typed ``Literal[...]`` (key ``prefix.field``)."""
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        if get_origin(hints[f.name]) is Literal:
+            check_choice(f"{prefix}.{f.name}", getattr(config, f.name), get_args(hints[f.name]))
 
 
 @dataclass
@@ -91,7 +119,7 @@ class SHENetConfig:
 
     levels: list[str] = field(default_factory=lambda: list(LEVELS))
     """Text hierarchy levels in use (spec §3.9), a subset of sentence, verb, noun, adj; sentence is required."""
-    text_enhance: Literal["none", "mean", "gated"] = "mean"
+    text_enhance: TextEnhance = "mean"
     """Bottom-up hierarchy enhancement of node features (spec §3.3). Reconstruction."""
     guide_visual: bool = True
     """Syntax-guided visual representation (spec §3.5); False: verbs see the mean frame, nouns the mean patch."""
@@ -102,11 +130,11 @@ class SHENetConfig:
     (root → frames attention) instead of the mean frame. Off by default (spec §3.6: S1 = cos(s, v)). Reconstruction:
     with it, ``guide_similarity=False`` still keeps a syntax-guided visual representation, so the ablation row
     "+ syntax-guided visual representation" differs from the baseline."""
-    guided_pooling: Literal["softmax", "max"] = "softmax"
+    guided_pooling: GuidedPooling = "softmax"
     """Guided pooling: softmax attention with temperatures (spec §3.5), or hard max (``max``: verb-frame and
     noun-patch scores are token max-similarities, mmzoo.ops.token_max_sim; noun pooling is then not hierarchical).
     Only read with ``guide_visual``: without it verbs and nouns see the mean frame and mean patch either way."""
-    noun_temporal: Literal["parent", "root", "uniform"] = "parent"
+    noun_temporal: NounTemporal = "parent"
     """Frame weights pooling a noun's regions over time: its parent verb's (root's when attached to the root),
     always the root's, or uniform over valid frames. Reconstruction (spec §3.5)."""
     tau_frame: float = 0.01
@@ -121,6 +149,9 @@ class SHENetConfig:
     """``learned``: softmax over three learnable logits (zero-init) replaces ``sim_weights``."""
 
     def __post_init__(self) -> None:
+        # clip_model, temporal, text_enhance, guided_pooling, noun_temporal and sim_weighting are read with if/else:
+        # a misspelt one would silently build or score another variant (meanP, mean enhancement, softmax pooling...)
+        check_literal_fields(self, "model.config")
         bad = [lv for lv in self.levels if lv not in LEVELS]
         if bad:
             raise ValueError(f"model.config.levels has unknown levels {bad}; choose from {list(LEVELS)}")
@@ -393,7 +424,7 @@ def hierarchy_enhance(
     adj_mask: torch.Tensor | None,
     noun_parent: torch.Tensor,
     adj_parent: torch.Tensor | None,
-    mode: str = "mean",
+    mode: TextEnhance = "mean",
     gate_noun: torch.Tensor | None = None,
     gate_verb: torch.Tensor | None = None,
     use_nouns: bool = True,
@@ -412,6 +443,7 @@ def hierarchy_enhance(
 
     Reconstruction: the paper's enhancement equations are not transcribed (spec §3.3).
     """
+    check_choice("model.config.text_enhance", mode, get_args(TextEnhance))  # anything else would mean "mean"
     if mode == "none":
         return verbs, nouns
 
@@ -451,8 +483,8 @@ def syntax_guided_similarity(
     tau_frame: float | torch.Tensor = 0.01,
     tau_patch: float | torch.Tensor = 0.01,
     guide_visual: bool = True,
-    pooling: str = "softmax",
-    noun_temporal: str = "parent",
+    pooling: GuidedPooling = "softmax",
+    noun_temporal: NounTemporal = "parent",
     use_verbs: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Level similarities S1, S2, S3 of every text against every video (spec §3.5-3.6), each (B_t, B_v):
@@ -473,6 +505,9 @@ def syntax_guided_similarity(
 
     Shapes: text.* (B_t, ...), video.* (B_v, ...) as in :class:`TextFeatures` / :class:`VideoFeatures`.
     """
+    # anything else would silently mean softmax pooling / the parent's frame weights
+    check_choice("model.config.guided_pooling", pooling, get_args(GuidedPooling))
+    check_choice("model.config.noun_temporal", noun_temporal, get_args(NounTemporal))
     s, fm = text.sentence, video.frame_mask  # (B_t, D), (B_v, T)
     f, p = video.frames, video.patches  # (B_v, T, D), (B_v, T, P, D)
     S1 = s @ video.video.T  # (B_t, B_v)

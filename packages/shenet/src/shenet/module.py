@@ -4,6 +4,7 @@ chunked text × video similarity → retrieval metrics (validation/test)."""
 from __future__ import annotations
 
 from dataclasses import fields
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -14,10 +15,13 @@ from mmzoo.metrics import first_of_each_id
 
 from shenet.losses import SHENetContrastiveLoss
 from shenet.metrics import RetrievalMetrics
-from shenet.models import SHENet, SHENetConfig, TextFeatures, VideoFeatures
+from shenet.models import SHENet, SHENetConfig, TextFeatures, VideoFeatures, check_choice
 from shenet.optim import BertAdam, param_groups, warmup_cosine
 
 __all__ = ["SHENetModule", "evaluation_memory"]
+
+EvalFeatureDtype = Literal["float16", "bfloat16", "float32"]
+"""Dtypes of the stored evaluation features (``model.eval_feature_dtype``)."""
 
 
 def _cat(feats: list):
@@ -60,13 +64,12 @@ class SHENetModule(pl.LightningModule):
         aux_weight: float = 0.0,
         eval_text_chunk: int = 32,
         eval_video_chunk: int = 256,
-        eval_feature_dtype: str = "float16",
+        eval_feature_dtype: EvalFeatureDtype = "float16",
     ):
         super().__init__()
         self.save_hyperparameters()
         self.config = config or SHENetConfig()
-        if eval_feature_dtype not in ("float16", "bfloat16", "float32"):
-            raise ValueError(f"eval_feature_dtype={eval_feature_dtype!r}: float16, bfloat16 or float32 expected")
+        check_choice("model.eval_feature_dtype", eval_feature_dtype, get_args(EvalFeatureDtype))
         self.model = SHENet(self.config)
         self.loss = SHENetContrastiveLoss(aux_weight)
         # every rank assembles the whole score matrix (see _score_matrix), so the metrics never sync across ranks

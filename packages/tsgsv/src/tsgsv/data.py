@@ -17,7 +17,7 @@ import math
 import random
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -26,6 +26,7 @@ from mmzoo.features import H5Features
 from torch.utils.data import DataLoader, Dataset
 
 from .losses import gaussian_labels, hard_labels
+from .models import check_choice
 from .synthetic import SyntheticStreamConfig, write_synthetic_dataset
 
 __all__ = [
@@ -42,6 +43,9 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _SEE = "see README, Data preparation"
+
+DatasetName = Literal["activitynet", "tacos", "mad"]
+"""Datasets of :class:`TSGVDataModule` (``data.dataset``); each names its default feature files."""
 
 DEFAULT_FILES: dict[str, tuple[str, str]] = {
     "activitynet": ("activitynet_v1-3_c3d_{split}.hdf5", "bert-base-uncased"),
@@ -473,7 +477,7 @@ class TSGVDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_root: str = "data/activitynet",
-        dataset: Literal["activitynet", "tacos", "mad"] = "activitynet",
+        dataset: DatasetName = "activitynet",
         video_feature_file: str | None = None,
         language_model: str | None = None,
         train_split: str = "train",
@@ -498,6 +502,8 @@ class TSGVDataModule(pl.LightningDataModule):
         demo: SyntheticStreamConfig | None = None,
     ):
         super().__init__()
+        # else a bare KeyError, or no error at all when both file names are given
+        check_choice("data.dataset", dataset, get_args(DatasetName))
         self.save_hyperparameters()
         self.video_feature_file = video_feature_file or DEFAULT_FILES[dataset][0]
         self.language_model = language_model or DEFAULT_FILES[dataset][1]

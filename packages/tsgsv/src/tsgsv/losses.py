@@ -11,11 +11,13 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .models import check_choice
 
 __all__ = [
     "gaussian_labels",
@@ -27,6 +29,9 @@ __all__ = [
     "kd_weight_schedule",
     "TSGSVLoss",
 ]
+
+TpnType = Literal["KD", "twinnet"]
+"""How the twin branch teaches the main one (``model.tpn_type``): logit distillation or feature regression."""
 
 
 def gaussian_labels(
@@ -158,12 +163,14 @@ class TSGSVLoss(nn.Module):
     def __init__(
         self,
         hidden_dim: int,
-        tpn_type: Literal["KD", "twinnet"] = "KD",
+        tpn_type: TpnType = "KD",
         kd_weight: float = 0.4,
         gamma: float = 3.0,
         channel_weights: tuple[float, float, float] = (0.5, 0.5, 1.0),
     ):
         super().__init__()
+        # anything but 'KD' would take the regression path without its regressor and fail at the first step
+        check_choice("model.tpn_type", tpn_type, get_args(TpnType))
         self.tpn_type = tpn_type
         self.kd_weight = kd_weight
         self.gamma = gamma

@@ -10,8 +10,9 @@ Shape letters: B windows, T time steps of a memory, L sentence tokens (20), D in
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +20,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 __all__ = [
+    "check_choice",
     "TSGSVConfig",
     "PositionalEncoding",
     "SentenceEncoder",
@@ -38,6 +40,24 @@ __all__ = [
 ]
 
 CompressorKind = Literal["language_guided", "token_learner", "lstr", "scdm", "cqa", "none"]
+
+
+def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
+    """Refuse a string option outside its ``choices``, naming the config key ``key`` as a YAML file spells it.
+
+    The code branches on these strings with ``if``/``else``, so an unknown value would silently run the ``else``
+    variant. LightningCLI checks the ``Literal`` hints while it parses a YAML file; configs, losses and data modules
+    built in Python (tests, ``repro.py``) are not parsed, hence this check at construction."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
+
+
+def check_literal_fields(config: object, prefix: str) -> None:
+    """:func:`check_choice` on every field of the dataclass ``config`` typed ``Literal[...]`` (key ``prefix.field``)."""
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        if get_origin(hints[f.name]) is Literal:
+            check_choice(f"{prefix}.{f.name}", getattr(config, f.name), get_args(hints[f.name]))
 
 
 @dataclass
@@ -97,6 +117,9 @@ class TSGSVConfig:
     """τ of the cosine predictor."""
 
     def __post_init__(self) -> None:
+        # compressor, future_usage and pincer_memory are read with if/else: a misspelt future_usage would drop the
+        # twin branch, a misspelt pincer_memory would attend to the future memory only
+        check_literal_fields(self, "model.config")
         if self.hidden_dim % self.num_heads:
             raise ValueError(
                 f"model.config.num_heads={self.num_heads} must divide model.config.hidden_dim={self.hidden_dim}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from typing import Literal
 
 import lightning.pytorch as pl
 import torch
@@ -11,7 +10,7 @@ from mmzoo.cli import allow_in_checkpoints
 from torchmetrics.functional.classification import binary_average_precision
 
 from .data import eval_windows
-from .losses import TSGSVLoss, kd_weight_schedule
+from .losses import TpnType, TSGSVLoss, kd_weight_schedule
 from .metrics import GroundingEvalConfig, StreamingGroundingMetrics, calibrated_average_precision, streaming_proposals
 from .models import StreamingTSGV, TSGSVConfig
 
@@ -52,7 +51,7 @@ class TSGSVModule(pl.LightningModule):
         warmup_epochs: float = 4.0,
         warmup_start_factor: float = 0.1,
         flat_fraction: float = 0.4,
-        tpn_type: Literal["KD", "twinnet"] = "KD",
+        tpn_type: TpnType = "KD",
         kd_weight: float = 0.4,
         kd_warmup: bool = False,
         focal_gamma: float = 3.0,
