@@ -297,6 +297,31 @@ def test_load_frames_subsamples_as_clip4clip(monkeypatch):
     assert _FakeReader.requested == [[2 * s for s in seconds]] and mask.all()
 
 
+def test_load_frames_preprocess_as_clip4clip(monkeypatch):
+    # spec §3.10 / CLIP4Clip: Resize(224, BICUBIC) on the short side, CenterCrop(224), CLIP normalisation; here on
+    # 3 frames of 45 x 71 to 32 (the long side truncated to 50, an odd margin of 18 / 2 = 9 columns)
+    tf = pytest.importorskip("torchvision.transforms.functional")
+    from torchvision.transforms import InterpolationMode
+
+    frames = torch.randint(0, 256, (3, 3, 45, 71), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+    class Reader(_FakeReader):
+        def get_frames(self, idx):
+            return frames[list(idx)]
+
+    monkeypatch.setattr("shenet.data.VideoReader", lambda path: Reader(3.0, 1.0))
+    video, mask = load_frames("unused.mp4", 4, 32)
+    resized = tf.resize(frames, 32, interpolation=InterpolationMode.BICUBIC, antialias=True)
+    assert resized.shape[-2:] == (32, 50)
+    expected = tf.normalize(
+        tf.center_crop(resized, [32, 32]).float() / 255,
+        [0.48145466, 0.4578275, 0.40821073],
+        [0.26862954, 0.26130258, 0.27577711],
+    )
+    assert mask.tolist() == [True, True, True, False]
+    assert torch.allclose(video[:3], expected, atol=1e-5) and not video[3].any()
+
+
 def test_didemo_clip_is_first_31_seconds(tmp_path, monkeypatch):
     # spec §4: the DiDeMo clip is 0 to 31 s (annotations cover the first 30 s), also for longer videos
     (tmp_path / "test_data.json").write_text(json.dumps([{"video": "a.mp4", "times": [[0, 1]], "description": "x"}]))

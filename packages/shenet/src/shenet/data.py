@@ -70,8 +70,8 @@ def load_frames(
     CLIP4Clip's ``slice_framepos 2``: ``np.linspace(..., dtype=int)``), shorter side resized to ``image_size``, centre
     crop, CLIP normalisation, zero padding.
 
-    Returns video (max_frames, 3, S, S) float32 and mask (max_frames,) bool.
-    Deviation: resizing is bilinear with antialiasing (mmzoo.video), not bicubic.
+    Returns video (max_frames, 3, S, S) float32 and mask (max_frames,) bool. The resize is bicubic with
+    antialiasing and the crop is torchvision's, as CLIP4Clip's ``Resize(224, BICUBIC)`` + ``CenterCrop`` on PIL images.
     """
     with VideoReader(path) as reader:
         t0 = max(0.0, start or 0.0)
@@ -83,7 +83,8 @@ def load_frames(
         if len(idx) > max_frames:
             idx = [idx[j] for j in _uniform_indices(len(idx), max_frames)]
         frames = reader.get_frames(idx)  # (n, 3, H, W) uint8
-    frames = normalize(center_crop(resize_short_side(frames, image_size), image_size), "clip")  # (n, 3, S, S)
+    frames = resize_short_side(frames, image_size, interpolation="bicubic")
+    frames = normalize(center_crop(frames, image_size), "clip")  # (n, 3, S, S)
     video = torch.zeros(max_frames, 3, image_size, image_size)
     video[: len(idx)] = frames
     mask = torch.zeros(max_frames, dtype=torch.bool)
@@ -411,7 +412,8 @@ class DigitsDataset(Dataset):
         return len(self.specs)
 
     def __getitem__(self, i: int) -> dict:
-        video = normalize(center_crop(resize_short_side(self.frames[i], self.image_size), self.image_size), "clip")
+        frames = resize_short_side(self.frames[i], self.image_size, interpolation="bicubic")  # as real videos
+        video = normalize(center_crop(frames, self.image_size), "clip")
         return {
             "video": video,
             "video_mask": torch.ones(video.shape[0], dtype=torch.bool),
