@@ -36,3 +36,20 @@ def test_demo_data_is_the_repro_task():
     expected = asdict(SyntheticKwaiConfig(seed=0))
     expected["split"] = list(expected["split"])
     assert demo == expected
+
+
+# A misspelt choice used to run another variant without a word (the sum updater, the per-relation softmax, no
+# reducer at all); configs and data modules built in Python now refuse it, naming the key as a config file does.
+@pytest.mark.parametrize("key,value", [("updater", "gated"), ("attention", "mutal"), ("reducer", "self-attention")])
+def test_config_refuses_unknown_choices(key, value):
+    RadarConfig(**{key: {"updater": "sum", "attention": "mutual", "reducer": "self_attention"}[key]})  # valid
+    with pytest.raises(ValueError, match=f"model.config.{key}='{value}': expected one of"):
+        RadarConfig(**{key: value})
+
+
+def test_datamodule_refuses_an_unknown_sampler_when_built(tmp_path):
+    from radartag.data import KwaiTagDataModule
+
+    assert KwaiTagDataModule(str(tmp_path), "v", sampler="pyg").hparams.sampler == "pyg"
+    with pytest.raises(ValueError, match="data.sampler='blocks': expected one of"):
+        KwaiTagDataModule(str(tmp_path), "v", sampler="blocks")

@@ -90,3 +90,11 @@ def test_video_features_resnet(vertical, tmp_path, caplog):
     from mmzoo.features import NpyFolderFeatures
 
     assert NpyFolderFeatures(vertical / "video_feat")["10000"].reshape(-1).shape == (512,)
+
+
+def test_unknown_pooling_refused_before_anything_is_written(vertical, tiny_bert):
+    from radartag.tools import extract_features
+
+    with pytest.raises(ValueError, match="pooling='max': expected one of"):  # it used to write mean features
+        extract_features(vertical, "v", text_encoder=str(tiny_bert), pooling="max")
+    assert not (vertical / "tag_feat_bert").exists()

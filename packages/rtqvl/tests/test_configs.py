@@ -67,3 +67,72 @@ def test_ablation_rows_differ_from_rtq_only_in_their_switch(name, key, value):
         allowed |= {"temporal_modeling", "temporal_block"}
         assert row["temporal_modeling"] == "divided_attention" and row["temporal_block"] == row["cluster_block"]
     assert changed <= allowed
+
+
+# A misspelt choice used to run another variant without a word (an unknown refine kept every token once C >= d·P,
+# an unknown kmedoids_impl ran the torch k-medoids, an unknown caption backend scored with the python one). Configs,
+# modules and metrics built in Python now refuse it, naming the key as a config file writes it.
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [("refine", "kmedoid"), ("kmedoids_impl", "cuda"), ("temporal_modeling", "message_tokens"),
+     ("temporal_placement", "middle"), ("spectral_graph", "cosine")],
+)  # fmt: skip
+def test_vision_config_refuses_unknown_choices(key, value):
+    from rtqvl_testlib import tiny_vision
+
+    tiny_vision()  # the other fields are valid
+    with pytest.raises(ValueError, match=f"model.config.vision.{key}='{value}': expected one of"):
+        tiny_vision(**{key: value})
+
+
+def test_refine_refuses_an_unknown_mode_even_when_every_token_fits():
+    import torch
+
+    from rtqvl.models.video import refine_segments
+
+    x = torch.randn(4, 1 + 16, 8)  # one video of 4 frames, 4 segments of d = 1 frame: C = P keeps every token
+    assert torch.equal(refine_segments(x, 1, 4, "none", 16), x)
+    with pytest.raises(ValueError, match="model.config.vision.refine='kmedoid': expected one of"):
+        refine_segments(x, 1, 4, "kmedoid", 16)
+
+
+def test_refine_refuses_an_unknown_kmedoids_impl():  # it used to run the torch k-medoids
+    import torch
+
+    from rtqvl.models.video import refine_segments
+
+    x = torch.randn(4, 1 + 16, 8)
+    assert refine_segments(x, 1, 2, "kmedoids", 8).shape == (2, 1 + 8, 8)
+    with pytest.raises(ValueError, match="model.config.vision.kmedoids_impl='cuda': expected one of"):
+        refine_segments(x, 1, 2, "kmedoids", 8, kmedoids_impl="cuda")
+
+
+def test_rtq_config_refuses_an_unknown_task():
+    from rtqvl_testlib import tiny_config
+
+    with pytest.raises(ValueError, match="model.config.task='retreival': expected one of"):
+        tiny_config("retreival")
+
+
+@pytest.mark.parametrize(
+    ("task", "key", "value"),
+    [("retrieval", "caption_backend", "pycoco"), ("captioning", "caption_backend", "coco_eval"),
+     ("retrieval", "rank_ties", "pessimistic"), ("qa", "rank_ties", "average")],
+)  # fmt: skip
+def test_module_refuses_unknown_choices_whatever_the_task(task, key, value):
+    from rtqvl_testlib import tiny_config
+
+    from rtqvl.module import RTQModule
+
+    with pytest.raises(ValueError, match=f"model.{key}='{value}': expected one of"):
+        RTQModule(tiny_config(task), **{key: value})
+
+
+def test_caption_metrics_refuse_an_unknown_backend():
+    from rtqvl.metrics import CaptionMetrics, caption_metrics
+
+    assert caption_metrics(["a red box"], [["a red box"]], backend="python")["ROUGE-L"] == 100.0
+    with pytest.raises(ValueError, match="caption_backend='pycoco': expected one of"):
+        caption_metrics(["a red box"], [["a red box"]], backend="pycoco")
+    with pytest.raises(ValueError, match="caption_backend='Python': expected one of"):
+        CaptionMetrics(backend="Python")

@@ -16,6 +16,7 @@ from rtqvl.data import (
     LMDBVideoStore,
     NExTQADataset,
     RetrievalDataset,
+    RTQDataModule,
     VideoQADataset,
     collate,
     convert_nextqa_csv,
@@ -415,3 +416,11 @@ def test_nextqa_question_type_checked(tmp_path):
         w.writerow(["v", 8, 32, 32, "why", 1, 8, "", "a", "b", "c", "d", "e"])
     with pytest.raises(ValueError, match=r"t\.csv' line 3: 'type' must be a NExT-QA question type.*got ''"):
         convert_nextqa_csv([tmp_path / "ann" / "t.csv"], tmp_path / "out.json")
+
+
+def test_unknown_on_corrupt_refused(root):  # it used to skip unreadable clips like "skip"
+    assert len(RetrievalDataset(root, "test", ["ret.jsonl"], "ann", "vis_db", **COMMON)) == 2
+    with pytest.raises(ValueError, match="data.on_corrupt='skp': expected one of"):
+        RetrievalDataset(root, "test", ["ret.jsonl"], "ann", "vis_db", on_corrupt="skp", **COMMON)
+    with pytest.raises(ValueError, match="data.on_corrupt='Raise': expected one of"):
+        RTQDataModule(data_root=str(root), on_corrupt="Raise")

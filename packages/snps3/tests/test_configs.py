@@ -59,3 +59,32 @@ def test_frame_transforms_of_paper_configs():
     for name in ("pretrain_cc3m_vst", "pretrain_webvid_vst", "msrvtt_7k_retrieval", "msvd_qa"):
         data = _data_section(name)
         assert data["transform"] == "crop" and data["hflip"] == 0.5
+
+
+# A misspelt choice used to run another variant without a word (an unknown task ran the MC branches, an unknown
+# lvwm_stage added no LVWM term, lr_step_unit fell to steps, nan_policy to skip, text_mlm_input to the masked caption).
+@pytest.mark.parametrize(
+    "key,value",
+    [("task", "retreival"), ("text_mlm_input", "masked_caption"), ("lvwm_stage", "after_bert"),
+     ("lr_step_unit", "epochs"), ("nan_policy", "Raise")],
+)  # fmt: skip
+def test_module_refuses_unknown_choices(make_config, key, value):
+    from snps3.module import SNPS3Module
+
+    with pytest.raises(ValueError, match=f"model.{key}='{value}': expected one of"):
+        SNPS3Module(config=make_config(), **{key: value})
+
+
+@pytest.mark.parametrize("key,value", [("arch", "snps"), ("visual_encoder", "r50")])
+def test_config_refuses_unknown_choices(make_config, key, value):
+    with pytest.raises(ValueError, match=f"model.config.{key}='{value}': expected one of"):
+        make_config(**{key: value})
+
+
+def test_mlm_head_refuses_an_unknown_name(tiny_model):
+    import torch
+
+    hidden = torch.randn(2, 3, 16)
+    assert tiny_model.mlm_logits(hidden, "text").shape == (2, 3, 209)
+    with pytest.raises(ValueError, match="head='crosss': expected one of"):  # it used to read the cross head
+        tiny_model.mlm_logits(hidden, "crosss")

@@ -367,3 +367,34 @@ def test_answers_past_num_answers_warn_once_per_file(synthetic_root, monkeypatch
     with caplog.at_level("WARNING", logger="snps3.data"):
         dm(root, "msrvtt_qa", num_answers=len(names)).setup("fit")  # the whole list fits: nothing to report
     assert "num_answers" not in caplog.text
+
+
+# A misspelt choice used to run another variant without a word: no masking at all, the long-side resize, skipping
+# unreadable clips. Data modules, readers and transforms built in Python refuse it, naming the key as a config does.
+@pytest.mark.parametrize(
+    "key,value", [("masking", "bert"), ("transform", "center"), ("long_side_scale", "bigger"), ("on_corrupt", "skp")]
+)
+def test_datamodule_refuses_unknown_choices_when_built(synthetic_root, key, value):
+    with pytest.raises(ValueError, match=f"data.{key}='{value}': expected one of"):
+        dm(synthetic_root, "msrvtt_7k", **{key: value})
+
+
+def test_caption_processor_refuses_an_unknown_masking(synthetic_root):
+    tok = dm(synthetic_root, "msrvtt_7k").build_tokenizer()
+    with pytest.raises(ValueError, match="data.masking='MLM': expected one of"):
+        CaptionProcessor(tok, 16, "MLM")
+
+
+def test_frame_transform_refuses_an_unknown_mode():
+    with pytest.raises(ValueError, match="data.transform='centre': expected one of"):
+        FrameTransform("centre")
+
+
+def test_reader_refuses_an_unknown_on_corrupt(synthetic_root):
+    d = dm(synthetic_root, "msrvtt_7k")
+    args = dict(
+        processor=CaptionProcessor(d.build_tokenizer(), 16), transform=d._transform(), num_frames=3, train=False
+    )
+    assert len(RetrievalDataset(str(synthetic_root), "test", "msrvtt_7k", **args)) == 5
+    with pytest.raises(ValueError, match="data.on_corrupt='warn': expected one of"):
+        RetrievalDataset(str(synthetic_root), "test", "msrvtt_7k", on_corrupt="warn", **args)

@@ -11,6 +11,8 @@ import snps3_dist_helpers  # noqa: E402
 from mmzoo.testing import run_distributed  # noqa: E402
 
 from snps3.losses import (  # noqa: E402
+    LVWMLoss,
+    MILNCELoss,
     MoCoLoss,
     MoCoQueue,
     itm_loss,
@@ -203,3 +205,31 @@ def test_gathered_losses_two_processes_equal_one():
         torch.testing.assert_close(grad2, grad1)
     # reduction="none": each rank returns the terms of its own samples, so that the ranks together hold each once
     torch.testing.assert_close(torch.cat([r[2] for r in ranks]), per_sample1)
+
+
+def _reduction_calls() -> dict:
+    torch.manual_seed(0)
+    sim, t, v = torch.randn(3, 3, 2), F.normalize(torch.randn(3, 8), dim=-1), F.normalize(torch.randn(3, 2, 8), dim=-1)
+    logits, labels = torch.randn(3, 4, 5), torch.tensor([[1, -1, 2, -1]] * 3)
+    queue = F.normalize(torch.randn(4, 8), dim=-1)
+    return {
+        "milnce_loss": lambda r: milnce_loss(sim, r),
+        "moco_contrastive_loss": lambda r: moco_contrastive_loss(t, v, t, v, queue, queue, 0.05, r),
+        "masked_lm_loss": lambda r: masked_lm_loss(logits, labels, r),
+        "itm_loss": lambda r: itm_loss(torch.randn(4, 2), torch.tensor([1, 0, 1, 0]), r),
+        "MILNCELoss": lambda r: MILNCELoss()(t, v, r),
+        "LVWMLoss": lambda r: LVWMLoss()(torch.randn(3, 2, 8), v, r),
+    }
+
+
+@pytest.mark.parametrize("name", list(_reduction_calls()))
+def test_unknown_reduction_refused(name):
+    """'sum' used to give the mean (the per-sample terms in MILNCELoss and LVWMLoss, the sum in itm_loss)."""
+    call = _reduction_calls()[name]
+
+    def l1(out):
+        return out["l1"] if isinstance(out, dict) else out
+
+    assert l1(call("mean")).ndim == 0 and l1(call("none")).ndim >= 1  # both valid reductions still run
+    with pytest.raises(ValueError, match="reduction='sum': expected one of"):
+        call("sum")

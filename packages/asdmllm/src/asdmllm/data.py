@@ -21,7 +21,7 @@ import re
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import numpy as np
@@ -30,6 +30,7 @@ from mmzoo.data import ensure_generated, worker_options
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .models import check_choice
 from .sampling import ResampledEpochSampler
 
 __all__ = [
@@ -79,6 +80,13 @@ FAIRFACE_VALUES = {
     "gender": ["Male", "Female"],
     "race": ["White", "Black", "Latino_Hispanic", "East Asian", "Southeast Asian", "Indian", "Middle Eastern"],
 }
+
+Split = Literal["train", "val", "test", "all"]
+InstructionMode = Literal["concept_qa", "caption"]
+SplitBy = Literal["counterfactual_set", "occupation"]
+OnCorrupt = Literal["raise", "skip"]
+GlyphSource = Literal["digits", "shapes"]
+CounterfactualDataset = Literal["socialcounterfactuals", "cmsc"]
 
 SCOUNTER_COLUMNS = ["image", "caption", "a1_type", "a1", "a2_type", "a2", "counterfactual_set", "a1a2"]
 CMSC_COLUMNS = ["image", "caption", "concept", "concept_group", "gender", "race", "age", "counterfactual_set"]
@@ -184,9 +192,17 @@ class _CounterfactualDataset(Dataset):
     """Shared item logic of the two counterfactual readers (rows already parsed into vocabularies)."""
 
     questions_by_group: dict[str, str]
-    instruction_mode: str
+    instruction_mode: InstructionMode
     image_size: int
-    on_corrupt: str
+    on_corrupt: OnCorrupt
+
+    @staticmethod
+    def _check_options(split: str, instruction_mode: str, on_corrupt: str) -> None:
+        """Refuse a misspelt choice: an unknown instruction mode would train on captions, an unknown on_corrupt
+        would skip corrupt images, and an unknown split would read as an empty split of the data."""
+        check_choice("split", split, get_args(Split))
+        check_choice("data.instruction_mode", instruction_mode, get_args(InstructionMode))
+        check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))
 
     def _finish(
         self,
@@ -300,15 +316,17 @@ class SocialCounterfactualsDataset(_CounterfactualDataset):
     def __init__(
         self,
         data_root: str | Path,
-        split: Literal["train", "val", "test", "all"] = "train",
+        split: Split = "train",
         image_size: int = 336,
-        instruction_mode: Literal["concept_qa", "caption"] = "concept_qa",
+        instruction_mode: InstructionMode = "concept_qa",
         family: str = "race-gender",
         intersectional: bool = False,
-        split_by: Literal["counterfactual_set", "occupation"] = "counterfactual_set",
+        split_by: SplitBy = "counterfactual_set",
         questions: dict[str, str] | None = None,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
     ) -> None:
+        self._check_options(split, instruction_mode, on_corrupt)
+        check_choice("data.split_by", split_by, get_args(SplitBy))  # anything else would split by occupation
         root = Path(data_root).expanduser()
         self._source = str(root)
         self.image_size, self.instruction_mode, self.on_corrupt = image_size, instruction_mode, on_corrupt
@@ -357,12 +375,13 @@ class CMSCDataset(_CounterfactualDataset):
     def __init__(
         self,
         data_root: str | Path,
-        split: Literal["train", "val", "test", "all"] = "train",
+        split: Split = "train",
         image_size: int = 336,
-        instruction_mode: Literal["concept_qa", "caption"] = "concept_qa",
+        instruction_mode: InstructionMode = "concept_qa",
         questions: dict[str, str] | None = None,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
     ) -> None:
+        self._check_options(split, instruction_mode, on_corrupt)
         root = Path(data_root).expanduser()
         self._source = str(root)
         self.image_size, self.instruction_mode, self.on_corrupt = image_size, instruction_mode, on_corrupt
@@ -398,8 +417,9 @@ class FairFaceDataset(Dataset):
         image_size: int = 336,
         questions: dict[str, str] | None = None,
         max_images: int | None = None,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
     ) -> None:
+        check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))  # anything else would skip corrupt images
         if max_images is not None and max_images < 1:  # a negative slice bound would drop the last images instead
             raise ValueError(
                 f"data.fairface_max_images={max_images} must be a positive number of images, or null for all"
@@ -530,9 +550,11 @@ def _shape_glyph(k: int, rng: np.random.Generator) -> np.ndarray:
     return np.clip(g, 0, 1)
 
 
-def glyph_pools(source: str, classes: int, instance_fraction: tuple[float, float]) -> list[list[np.ndarray]]:
+def glyph_pools(source: GlyphSource, classes: int, instance_fraction: tuple[float, float]) -> list[list[np.ndarray]]:
     """Per class, the list of 8×8 glyphs in [0, 1] that the generated datasets draw from (``digits``: sklearn's
-    load_digits instances of digit ``k mod 10`` in the given fraction of each digit's instances; else drawn shapes)."""
+    load_digits instances of digit ``k mod 10`` in the given fraction of each digit's instances; ``shapes``: drawn
+    shapes)."""
+    check_choice("glyph_source", source, get_args(GlyphSource))  # anything else would draw shapes
     if source == "digits":
         from sklearn.datasets import load_digits
 
@@ -588,7 +610,7 @@ def make_socialcounterfactuals(
     n_sets: int,
     image_size: int = 32,
     seed: int = 0,
-    glyph_source: Literal["digits", "shapes"] = "shapes",
+    glyph_source: GlyphSource = "shapes",
     instance_fraction: tuple[float, float] = (0.0, 1.0),
     bias: float | None = None,
     glyph_noise: float = 0.0,
@@ -739,7 +761,7 @@ class DemoDataConfig:
     """Gender values (border patterns)."""
     n_sets: int = 20
     """Counterfactual sets per occupation."""
-    glyph_source: Literal["digits", "shapes"] = "shapes"
+    glyph_source: GlyphSource = "shapes"
     """Concept glyphs: scikit-learn digits or procedural shapes."""
     bias: float | None = None
     """None: balanced counterfactual sets; p: one image per set with the stereotyped race with probability p."""
@@ -750,6 +772,9 @@ class DemoDataConfig:
     every_split: bool = False
     """Number the generated sets so that every concept has sets in train, val and test (the crc32 split of a few
     consecutive set ids can leave a split with one concept, making concept accuracy meaningless); needs ≥ 3 sets."""
+
+    def __post_init__(self) -> None:
+        check_choice("data.demo.glyph_source", self.glyph_source, get_args(GlyphSource))
 
 
 class DebiasDataModule(pl.LightningDataModule):
@@ -762,24 +787,24 @@ class DebiasDataModule(pl.LightningDataModule):
     def __init__(
         self,
         data_root: str = "data",
-        dataset: Literal["socialcounterfactuals", "cmsc"] = "socialcounterfactuals",
+        dataset: CounterfactualDataset = "socialcounterfactuals",
         image_size: int = 336,
         batch_size: int = 16,
         eval_batch_size: int = 16,
         num_workers: int = 4,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        instruction_mode: Literal["concept_qa", "caption"] = "concept_qa",
+        instruction_mode: InstructionMode = "concept_qa",
         family: str = "race-gender",
         intersectional: bool = False,
-        split_by: Literal["counterfactual_set", "occupation"] = "counterfactual_set",
+        split_by: SplitBy = "counterfactual_set",
         questions: dict[str, str] | None = None,
         fairface_root: str | None = None,
         fairface_concepts: dict[str, list[str]] | None = None,
         fairface_max_images: int | None = None,
         cmsc_root: str | None = None,
         probe_fraction: float = 1.0,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
         generate_demo_data: bool = False,
         demo: DemoDataConfig | None = None,
         seed: int = 0,
@@ -812,6 +837,11 @@ class DebiasDataModule(pl.LightningDataModule):
             seed: seed of the epoch sampler and the probe subset.
         """
         super().__init__()
+        # the readers are built only at setup, and an unknown dataset would read the data as CMSC
+        check_choice("data.dataset", dataset, get_args(CounterfactualDataset))
+        check_choice("data.instruction_mode", instruction_mode, get_args(InstructionMode))
+        check_choice("data.split_by", split_by, get_args(SplitBy))
+        check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))
         if not 0 < probe_fraction <= 1:
             raise ValueError(f"data.probe_fraction={probe_fraction} must be in (0, 1]")
         if batch_size <= 0 or eval_batch_size <= 0:

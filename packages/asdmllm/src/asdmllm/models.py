@@ -33,6 +33,8 @@ __all__ = [
     "build_char_tokenizer",
     "build_tiny_llava",
     "build_tiny_qwen2_vl",
+    "check_choice",
+    "check_choices",
     "check_native_checkpoint",
     "concept_article",
     "qwen2_vl_patchify",
@@ -47,14 +49,21 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 
+def check_choice(key: str, value: object, choices: tuple[object, ...]) -> None:
+    """Refuse a string option outside ``choices`` with a ValueError naming ``key`` as a config file writes it.
+
+    The code branches on these strings with ``if``/``else``, so an unknown value would run the ``else`` variant
+    without a word. LightningCLI checks the ``Literal`` hints while parsing a YAML file; configs, modules, data
+    modules and datasets built in Python (tests, ``repro.py``) are not parsed."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
+
+
 def check_choices(config: object, prefix: str, keys: tuple[str, ...]) -> None:
-    """Raise a ValueError naming ``prefix.key`` when a ``Literal`` field of the dataclass ``config`` holds a value
-    outside its choices: the CLI checks them, a config built in Python is not checked otherwise."""
+    """:func:`check_choice` on the ``Literal`` fields ``keys`` of the dataclass ``config`` (key ``prefix.key``)."""
     hints = get_type_hints(type(config))
     for key in keys:
-        allowed = get_args(hints[key])
-        if getattr(config, key) not in allowed:
-            raise ValueError(f"{prefix}.{key}={getattr(config, key)!r} must be one of {allowed}")
+        check_choice(f"{prefix}.{key}", getattr(config, key), get_args(hints[key]))
 
 
 @dataclass

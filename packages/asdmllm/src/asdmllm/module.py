@@ -19,7 +19,7 @@ import warnings
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -43,12 +43,14 @@ from .metrics import (
     per_sample_skew,
     skew_table,
 )
-from .models import MLLMConfig, MultimodalLLM, check_choices
+from .models import MLLMConfig, MultimodalLLM, check_choice, check_choices
 from .sampling import bias_aware_resample
 
 __all__ = ["SkewConfig", "DebiasConfig", "GeneralEvalConfig", "ASDModule"]
 
 log = logging.getLogger(__name__)
+
+Scheduler = Literal["cosine", "constant"]
 
 
 @dataclass
@@ -161,7 +163,7 @@ class ASDModule(pl.LightningModule):
         weight_decay: float = 0.0,
         betas: tuple[float, float] = (0.9, 0.999),
         warmup_ratio: float = 0.03,
-        scheduler: Literal["cosine", "constant"] = "cosine",
+        scheduler: Scheduler = "cosine",
         concept_accuracy: bool = True,
     ) -> None:
         """
@@ -178,6 +180,7 @@ class ASDModule(pl.LightningModule):
             concept_accuracy: at val/test also score every concept of an image's group to report concept accuracy.
         """
         super().__init__()
+        check_choice("model.scheduler", scheduler, get_args(Scheduler))  # anything else would decay by cosine
         self.save_hyperparameters()
         self.mllm_config = mllm or MLLMConfig()
         self.debias = debias or DebiasConfig()
@@ -243,6 +246,7 @@ class ASDModule(pl.LightningModule):
         Labelled images are scored against their own concept (``own``) or every concept of their group (``group``);
         unlabelled images (concept -1, FairFace) against every concept.
         """
+        check_choice("which", which, ("own", "group"))  # anything else would score the whole group
         b, c_count = images.shape[0], len(info.concepts)
         out = torch.full((b, c_count), float("nan"), device=images.device)
         groups = info.group_ids

@@ -20,7 +20,7 @@ import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -29,7 +29,7 @@ from mmzoo.features import NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import HeteroData
 
-from .models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, SUPERTOPIC, EdgeType
+from .models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, SUPERTOPIC, EdgeType, check_choice
 from .sampler import BlockSampler, PygNeighborSampler
 from .synthetic import SyntheticKwaiConfig, ensure_synthetic_vertical
 
@@ -47,6 +47,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 _SEE = "see README, Data preparation"
+Sampler = Literal["block", "pyg"]
 
 
 @dataclass
@@ -444,7 +445,7 @@ class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
         fanout: int = 4,
         eval_fanout: int = 4,
         exclude_batch_targets: bool = False,
-        sampler: Literal["block", "pyg"] = "block",
+        sampler: Sampler = "block",
         batch_size: int = 1024,
         eval_batch_size: int = 1024,
         num_workers: int = 0,
@@ -455,6 +456,7 @@ class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
         demo: SyntheticKwaiConfig | None = None,
     ):
         super().__init__()
+        check_choice("data.sampler", sampler, get_args(Sampler))  # refused here, not first at the first loader
         self.save_hyperparameters()
         self.demo = SyntheticKwaiConfig(**demo) if isinstance(demo, dict) else demo
         self.graphs: dict[str, HeteroData] = {}
@@ -519,8 +521,6 @@ class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
         hp = self.hparams
         g = self.graph(split)
         ids = torch.arange(g["video"].num_train) if split == "train" else self._eval_videos(split)
-        if hp.sampler not in ("block", "pyg"):
-            raise ValueError(f"data.sampler={hp.sampler!r}: expected 'block' or 'pyg'")
         sampler_cls = PygNeighborSampler if hp.sampler == "pyg" else BlockSampler
         sampler = sampler_cls(g, self.relations, hp.num_layers, hp.fanout if train else hp.eval_fanout,
                               hp.exclude_batch_targets)  # fmt: skip

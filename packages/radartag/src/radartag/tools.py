@@ -8,6 +8,7 @@ import argparse
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -15,6 +16,7 @@ from mmzoo.data import read_json
 from tqdm import tqdm
 
 from .data import _find_cycle, _read_list, read_label_map, read_tag_parents
+from .models import check_choice
 
 __all__ = ["pair_features", "build_ontology", "build_ontology_command", "extract_features", "extract_features_command"]
 
@@ -140,7 +142,7 @@ def extract_features(
     root: str | Path,
     vertical: str,
     text_encoder: str | None = None,
-    pooling: str = "mean",
+    pooling: Literal["mean", "cls"] = "mean",
     video_dir: str | Path | None = None,
     image_encoder: str = "resnet50",
     image_weights: str | Path | None = None,
@@ -157,6 +159,7 @@ def extract_features(
       (weights from ``image_weights``, a state-dict file) with its classifier removed, mean-pooled over frames.
       Reconstruction: the official in-house extractor is not public.
     """
+    check_choice("pooling", pooling, ("mean", "cls"))  # anything else would average the tokens
     root = Path(root)
     if text_encoder:
         from transformers import AutoModel, AutoTokenizer

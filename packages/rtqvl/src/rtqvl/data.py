@@ -23,7 +23,7 @@ import random
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
@@ -32,6 +32,8 @@ import torchvision.transforms.v2.functional as TF
 from mmzoo.data import SplitLoaders, read_json, worker_options
 from mmzoo.video import VideoDecodeError, VideoReader, normalize
 from torch.utils.data import DataLoader, Dataset
+
+from rtqvl.models.video import check_choice
 
 __all__ = [
     "normalize_text",
@@ -53,6 +55,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+OnCorrupt = Literal["raise", "skip"]
 DatasetName = Literal[
     "msrvtt_retrieval", "didemo", "activitynet", "msrvtt_caption", "msvd_caption", "msrvtt_qa", "nextqa"
 ]
@@ -336,10 +339,11 @@ class _VideoDataset(Dataset):
         num_frames: int,
         image_size: int,
         train: bool,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
         randaugment: bool = True,
         augment: bool = True,
     ):
+        check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))  # anything else would skip unreadable clips
         self.root = Path(data_root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.data_root={str(self.root)!r} does not exist; {_SEE}")
@@ -764,7 +768,7 @@ class RTQDataModule(SplitLoaders, pl.LightningDataModule):
         persistent_workers: bool = False,
         randaugment: bool = True,
         augment: bool = True,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
         generate_demo_data: bool = False,
         demo_num_train: int = 64,
         demo_num_test: int = 32,
@@ -772,6 +776,7 @@ class RTQDataModule(SplitLoaders, pl.LightningDataModule):
         super().__init__()
         if dataset not in LAYOUT:
             raise ValueError(f"data.dataset={dataset!r}: expected one of {sorted(LAYOUT)}")
+        check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))
         self.save_hyperparameters()
         a, v, tr, va, te = LAYOUT[dataset]
         self.ann_dir = ann_dir or a

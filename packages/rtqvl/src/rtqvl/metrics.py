@@ -14,6 +14,7 @@ import re
 import shutil
 from collections import Counter, defaultdict
 from collections.abc import Sequence
+from typing import Literal, get_args
 
 import torch
 from mmzoo.metrics import first_of_each_id
@@ -41,7 +42,8 @@ __all__ = [
 # ----------------------------------------------------------------------------------------------- retrieval
 
 
-TIE_RULES = ("optimistic", "mean")
+TieRule = Literal["optimistic", "mean"]
+TIE_RULES = get_args(TieRule)
 
 
 def _check_ties(ties: str) -> None:
@@ -60,7 +62,7 @@ def _tie_counts(scores: torch.Tensor, positives: torch.Tensor) -> tuple[torch.Te
     return (s > gt_score[:, None]).sum(dim=1), (tied & ~positives).sum(dim=1), (tied & positives).sum(dim=1)
 
 
-def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor, ties: str = "optimistic") -> torch.Tensor:
+def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor, ties: TieRule = "optimistic") -> torch.Tensor:
     """0-based rank of the best-ranked ground truth of each query.
 
     ``ties="optimistic"`` (spec §5): the number of gallery items scored strictly higher, so a GT tied with other
@@ -78,7 +80,7 @@ def retrieval_ranks(scores: torch.Tensor, positives: torch.Tensor, ties: str = "
     return h.double() + e.double() / (g.double() + 1.0)
 
 
-def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, k: int, ties: str = "optimistic") -> torch.Tensor:
+def recall_at_k(scores: torch.Tensor, positives: torch.Tensor, k: int, ties: TieRule = "optimistic") -> torch.Tensor:
     """Per-query probability (Q,) that the best-ranked GT is within the top k.
 
     ``optimistic`` (spec §5): 1[h < k]. ``mean``: the probability over uniformly random orders of the tied items,
@@ -111,7 +113,7 @@ def retrieval_metrics(
     t2v_scores: torch.Tensor,
     text_to_video: torch.Tensor,
     v2t_scores: torch.Tensor | None = None,
-    ties: str = "optimistic",
+    ties: TieRule = "optimistic",
 ) -> dict[str, float]:
     """Text→video and video→text R@1/5/10, MdR, MnR and their selection metric (mean of t2v R@1/5/10).
 
@@ -152,7 +154,7 @@ class RetrievalMetrics(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, ties: str = "optimistic", **kwargs):
+    def __init__(self, ties: TieRule = "optimistic", **kwargs):
         super().__init__(**kwargs)
         _check_ties(ties)
         self.ties = ties
@@ -282,11 +284,23 @@ def _coco_available() -> bool:
     return shutil.which("java") is not None
 
 
-def caption_metrics(preds: Sequence[str], refs: Sequence[Sequence[str]], backend: str = "auto") -> dict[str, float]:
+CaptionBackend = Literal["auto", "coco", "python"]
+CAPTION_BACKENDS = get_args(CaptionBackend)
+
+
+def _check_backend(backend: str) -> None:
+    if backend not in CAPTION_BACKENDS:  # anything else would score with the python backend
+        raise ValueError(f"caption_backend={backend!r}: expected one of {list(CAPTION_BACKENDS)}")
+
+
+def caption_metrics(
+    preds: Sequence[str], refs: Sequence[Sequence[str]], backend: CaptionBackend = "auto"
+) -> dict[str, float]:
     """BLEU-4, ROUGE-L, CIDEr (and METEOR with the official backend), ×100 as the paper reports them.
 
     backend: ``auto`` (official when pycocoevalcap + java are present), ``coco`` or ``python``.
     """
+    _check_backend(backend)
     if len(preds) != len(refs):
         raise ValueError(f"caption_metrics: {len(preds)} predictions but {len(refs)} reference lists")
     if not preds:
@@ -323,8 +337,9 @@ class CaptionMetrics(Metric):
     higher_is_better = True
     full_state_update = False
 
-    def __init__(self, backend: str = "auto"):
+    def __init__(self, backend: CaptionBackend = "auto"):
         super().__init__()
+        _check_backend(backend)
         self.backend = backend
         self.preds: list[str] = []
         self.refs: list[list[str]] = []

@@ -16,8 +16,18 @@ from mmzoo.cli import allow_in_checkpoints
 from mmzoo.metrics import first_of_each_id
 
 from rtqvl.losses import AnswerLoss, CaptionLoss, ITCLoss, ITMLoss, MultipleChoiceLoss, alpha_ramp, itm_negative_indices
-from rtqvl.metrics import CaptionMetrics, NExTQAAccuracy, QAAccuracy, RetrievalMetrics
+from rtqvl.metrics import (
+    CAPTION_BACKENDS,
+    TIE_RULES,
+    CaptionBackend,
+    CaptionMetrics,
+    NExTQAAccuracy,
+    QAAccuracy,
+    RetrievalMetrics,
+    TieRule,
+)
 from rtqvl.models.rtq import RTQConfig, build_model, momentum_update
+from rtqvl.models.video import check_choice
 from rtqvl.models.weights import load_pretrained
 from rtqvl.token_store import StoreLocation, VideoTokenStore
 
@@ -115,11 +125,15 @@ class RTQModule(pl.LightningModule):
         itm_weight: float = 1.0,
         label_smoothing: float = 0.1,
         rerank: bool = True,
-        caption_backend: str = "auto",
-        rank_ties: str = "optimistic",
+        caption_backend: CaptionBackend = "auto",
+        rank_ties: TieRule = "optimistic",
         eval_token_store: StoreLocation = "pinned",
     ):
         super().__init__()
+        # checked whatever the task: each is read only by its own task's metric, where a misspelt caption backend
+        # would score with the python one
+        check_choice("model.caption_backend", caption_backend, CAPTION_BACKENDS)
+        check_choice("model.rank_ties", rank_ties, TIE_RULES)
         self.save_hyperparameters()
         self.config = config or RTQConfig()
         self.model = build_model(self.config)

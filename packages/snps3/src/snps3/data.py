@@ -15,7 +15,7 @@ import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import numpy as np
@@ -34,6 +34,7 @@ from mmzoo.video import (
 from torch.utils.data import DataLoader, Dataset
 
 from snps3.masking import MSSMasker, bert_mlm_mask
+from snps3.models import check_choice, check_literal_args
 from snps3.significant import load_rank, load_same_lemma, significant_mask
 
 log = logging.getLogger(__name__)
@@ -58,6 +59,10 @@ DatasetName = Literal[
     "webvid", "cc3m", "coco_vg", "msrvtt_7k", "msrvtt_9k", "didemo", "msvd", "msrvtt_qa", "msvd_qa", "msrvtt_mc"
 ]
 Task = Literal["pretrain", "retrieval", "qa", "mc"]
+Masking = Literal["mssm", "mlm", "none"]
+TransformMode = Literal["crop", "long_side"]
+LongSideScale = Literal["at_most", "official"]
+OnCorrupt = Literal["raise", "skip"]
 HINT = "see README, Data preparation"
 
 DATASETS: dict[str, dict] = {
@@ -247,7 +252,7 @@ class FrameTransform:
 
     def __init__(
         self,
-        mode: Literal["crop", "long_side"] = "crop",
+        mode: TransformMode = "crop",
         crop_size: int = 224,
         train_scale: Sequence[int] = (268, 336),
         eval_short_side: int = 268,
@@ -255,10 +260,10 @@ class FrameTransform:
         hflip: float = 0.5,
         randaugment: bool = True,
         stats: str = "imagenet",
-        long_side_scale: Literal["at_most", "official"] = "at_most",
+        long_side_scale: LongSideScale = "at_most",
     ):
-        if long_side_scale not in ("at_most", "official"):
-            raise ValueError(f"data.long_side_scale={long_side_scale!r} must be 'at_most' or 'official'")
+        check_choice("data.transform", mode, get_args(TransformMode))  # anything else would resize the long side
+        check_choice("data.long_side_scale", long_side_scale, get_args(LongSideScale))
         self.mode, self.crop_size, self.train_scale = mode, crop_size, tuple(train_scale)
         self.eval_short_side, self.long_side, self.hflip = eval_short_side, long_side, hflip
         self.randaugment, self.stats, self.long_side_scale = randaugment, stats, long_side_scale
@@ -317,11 +322,12 @@ class CaptionProcessor:
         self,
         tokenizer,
         max_len: int = 30,
-        masking: Literal["mssm", "mlm", "none"] = "none",
+        masking: Masking = "none",
         mask_prob: float = 0.15,
         mssm: MSSMasker | None = None,
         significant: np.ndarray | None = None,
     ):
+        check_choice("data.masking", masking, get_args(Masking))  # anything else would mask nothing
         self.tok = tokenizer
         self.significant = significant
         self.max_len = max_len
@@ -390,9 +396,10 @@ class _VideoTextBase(Dataset, abc.ABC):
         transform: FrameTransform,
         num_frames: int,
         train: bool,
-        on_corrupt: Literal["raise", "skip"],
+        on_corrupt: OnCorrupt,
         required: Sequence[str],
     ):
+        check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))  # anything else would skip unreadable clips
         self.root = Path(data_root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.data_root={data_root!r} does not exist; {HINT}")
@@ -525,7 +532,7 @@ class PretrainDataset(_VideoTextBase):
         files: Sequence[str] | None = None,
         video_store: str | None = None,
         images_root: str | None = None,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
         asr_root: str | None = None,
     ):
         super().__init__(
@@ -643,7 +650,7 @@ class RetrievalDataset(_VideoTextBase):
         train: bool,
         files: Sequence[str] | None = None,
         video_store: str | None = None,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
     ):
         super().__init__(
             data_root,
@@ -760,7 +767,7 @@ class QADataset(_VideoTextBase):
         answer_list: str | None = None,
         files: Sequence[str] | None = None,
         video_store: str | None = None,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
     ):
         super().__init__(
             data_root,
@@ -847,7 +854,7 @@ class MCDataset(_VideoTextBase):
         num_frames: int,
         files: Sequence[str] | None = None,
         video_store: str | None = None,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
     ):
         super().__init__(
             data_root,
@@ -963,17 +970,17 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
         asr_root: str | None = None,
         num_frames: int = 16,
         max_text_len: int = 30,
-        masking: Literal["mssm", "mlm", "none"] = "mssm",
+        masking: Masking = "mssm",
         mask_prob: float = 0.15,
         significant_words: str | None = None,
         same_lemma: str | None = None,
         words_top_k: int = 3000,
-        transform: Literal["crop", "long_side"] = "crop",
+        transform: TransformMode = "crop",
         crop_size: int = 224,
         train_scale: tuple[int, int] = (268, 336),
         eval_short_side: int = 268,
         long_side: int = 448,
-        long_side_scale: Literal["at_most", "official"] = "at_most",
+        long_side_scale: LongSideScale = "at_most",
         hflip: float = 0.5,
         randaugment: bool = True,
         num_answers: int = 0,
@@ -983,7 +990,7 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
         num_workers: int = 0,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        on_corrupt: Literal["raise", "skip"] = "raise",
+        on_corrupt: OnCorrupt = "raise",
         generate_synthetic: bool = False,
         synthetic_train: int = 24,
         synthetic_test: int = 8,
@@ -1028,6 +1035,8 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
         if dataset not in DATASETS:
             raise ValueError(f"data.dataset={dataset!r} is not one of {sorted(DATASETS)}")
         self.save_hyperparameters()
+        # masking, transform, long_side_scale, on_corrupt: read only when the datasets are built (setup)
+        check_literal_args(SNPS3DataModule.__init__, self.hparams, "data")
         self.task: str = TASK_OF[dataset]
         self.datasets: dict[str, Dataset] = {}
         self._processor: CaptionProcessor | None = None

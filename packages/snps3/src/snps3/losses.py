@@ -9,12 +9,14 @@ dataset indices, so a sample that a distributed sampler repeats counts once.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from mmzoo.distributed import gather_no_grad, gather_with_grad, rank_offset_labels
 from torch import nn
+
+from snps3.models import check_choice
 
 __all__ = [
     "milnce_loss",
@@ -32,6 +34,12 @@ __all__ = [
     "QALoss",
 ]
 
+Reduction = Literal["mean", "none"]
+
+
+def _check_reduction(reduction: str) -> None:
+    check_choice("reduction", reduction, get_args(Reduction))  # unknown: the mean in some losses, the terms in others
+
 
 def milnce_loss(sim: torch.Tensor, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
     """MIL-NCE of the official code (spec §3.4 b, e), one term per video j, with c* = ⌊T/2⌋:
@@ -44,6 +52,7 @@ def milnce_loss(sim: torch.Tensor, reduction: Literal["mean", "none"] = "mean") 
     sim: (B, B, T) S[text i, video j, clip c]; returns a scalar, or with ``reduction="none"`` the B terms (B,)
     (term j: pair j, i.e. text j and video j).
     """
+    _check_reduction(reduction)
     if sim.dim() != 3 or sim.shape[0] != sim.shape[1]:
         raise ValueError(f"milnce_loss: sim must be (B, B, T), got {tuple(sim.shape)}")
     if sim.shape[0] == 0:
@@ -80,6 +89,7 @@ def moco_contrastive_loss(
     t (B, D), v (B, T, D) queries; t_key (B, D), v_key (B, T, D) momentum keys; queue_t, queue_v (K, D).
     ``reduction="none"``: each term per sample b (B,) (L_v's over its T clips averaged), whose mean is the above.
     """
+    _check_reduction(reduction)
     t, v = t.float(), v.float()
     pos_t = torch.einsum("bd,bcd->bc", t, v_key.float()) / tau  # (B, T)  t_b·v̂_{b,c}/τ
     neg_t = t @ queue_v.float().T / tau  # (B, K)
@@ -111,6 +121,7 @@ def masked_lm_loss(
     logits (B, L, V), labels (B, L). Returns 0 (with a graph) when nothing is labelled. ``reduction="none"``: the
     per-token terms (B, L), 0 at unlabelled positions.
     """
+    _check_reduction(reduction)
     if reduction == "none":
         flat = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-1, reduction="none"
@@ -125,6 +136,7 @@ def masked_lm_loss(
 def itm_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
     """Video-text matching (spec §3.4 d): 2-way cross-entropy, labels 1 (matched) / 0. logits (N, 2), labels (N,);
     ``reduction="none"``: the N per-pair terms."""
+    _check_reduction(reduction)
     return F.cross_entropy(logits.float(), labels, reduction=reduction)
 
 
@@ -162,6 +174,7 @@ class MILNCELoss(nn.Module):
     def forward(self, t: torch.Tensor, v: torch.Tensor, reduction: Literal["mean", "none"] = "mean") -> torch.Tensor:
         """t (B, D), v (B, T, D) normalised level-1 embeddings of this rank -> scalar (the global-batch loss), or
         with ``reduction="none"`` the terms of this rank's B samples (B,)."""
+        _check_reduction(reduction)
         t_all, v_all = gather_with_grad(t), gather_with_grad(v)  # (W·B, D), (W·B, T, D)
         sim = torch.einsum("id,jcd->ijc", t_all.float(), v_all.float())  # (W·B, W·B, T)
         if reduction == "mean":
@@ -177,6 +190,7 @@ class LVWMLoss(nn.Module):
     ) -> torch.Tensor:
         """words (B, K, D) hidden states of the chosen words; clips (B, T, D) normalised clip embeddings -> scalar,
         or with ``reduction="none"`` the terms of this rank's B samples (B,)."""
+        _check_reduction(reduction)
         sim = word_clip_similarity(gather_with_grad(words), gather_with_grad(clips))  # (W·B, W·B, T)
         if reduction == "mean":
             return milnce_loss(sim)

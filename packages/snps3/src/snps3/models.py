@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import copy
 import logging
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +21,9 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SNPS3Config",
+    "check_choice",
+    "check_literal_args",
+    "check_literal_fields",
     "TinyCNNEncoder",
     "ResNet50Encoder",
     "PVTv2Encoder",
@@ -34,6 +38,32 @@ __all__ = [
     "load_checked",
     "is_pvt_release_format",
 ]
+
+
+def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
+    """Refuse a string option outside ``choices``, naming ``key`` as a config file writes it.
+
+    The code branches on these strings with ``if``/``else``, so an unknown value would quietly run the ``else``
+    variant. LightningCLI checks the ``Literal`` hints when it parses a YAML file; configs, modules, data modules
+    and datasets built in Python (tests, ``repro.py``) are not parsed, hence this check where they are built."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
+
+
+def check_literal_fields(config: object, prefix: str) -> None:
+    """:func:`check_choice` on every ``Literal``-typed field of the dataclass ``config`` (key ``prefix.field``)."""
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        if get_origin(hints[f.name]) is Literal:
+            check_choice(f"{prefix}.{f.name}", getattr(config, f.name), get_args(hints[f.name]))
+
+
+def check_literal_args(fn: Callable, values: Mapping[str, object], prefix: str) -> None:
+    """:func:`check_choice` on every ``Literal``-typed parameter of ``fn`` found in ``values`` (key
+    ``prefix.name``): a module's or data module's constructor arguments, as ``save_hyperparameters`` keeps them."""
+    for name, hint in get_type_hints(fn).items():
+        if get_origin(hint) is Literal and name in values:
+            check_choice(f"{prefix}.{name}", values[name], get_args(hint))
 
 
 @dataclass
@@ -95,8 +125,7 @@ class SNPS3Config:
     """LayerNorm epsilon of the two MLM heads (official value)."""
 
     def __post_init__(self) -> None:
-        if self.arch not in ("snp", "p3e"):
-            raise ValueError(f"model.config.arch={self.arch!r} must be 'snp' or 'p3e'")
+        check_literal_fields(self, "model.config")  # arch, visual_encoder
         if self.bert is None and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model.config.num_heads={self.num_heads} must divide model.config.hidden_size={self.hidden_size}"
@@ -546,6 +575,7 @@ class SNPS3Model(nn.Module):
 
     def mlm_logits(self, hidden: torch.Tensor, head: Literal["text", "cross"]) -> torch.Tensor:
         """(…, D) -> (…, V) through ``mlm_text`` or ``mlm_cross`` (decoders tied to the word embeddings)."""
+        check_choice("head", head, ("text", "cross"))  # anything else would read the cross-modal head
         return (self.mlm_text if head == "text" else self.mlm_cross)(hidden, self.word_embeddings)
 
     def qa_logits(self, pooled: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from mmzoo.predict import predict_dataset
 from snps3.losses import ITMLoss, LVWMLoss, MaskedLMLoss, MILNCELoss, MoCoLoss, QALoss, milnce_loss
 from snps3.masking import attentive_mask, restore_raw_ids, select_lvwm_words
 from snps3.metrics import ItemWeightedMean, retrieval_metrics
-from snps3.models import MomentumEncoders, SNPS3Config, SNPS3Model, load_checked
+from snps3.models import MomentumEncoders, SNPS3Config, SNPS3Model, check_literal_args, load_checked
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +108,9 @@ class SNPS3Module(pl.LightningModule):
         """
         super().__init__()
         self.save_hyperparameters()
+        # task, text_mlm_input, lvwm_stage, lr_step_unit, nan_policy: each is read with if/else (an unknown
+        # lvwm_stage would add no LVWM term at all)
+        check_literal_args(SNPS3Module.__init__, self.hparams, "model")
         self.config = config or SNPS3Config()
         self.model = SNPS3Model(self.config)
         if init_checkpoint is not None:

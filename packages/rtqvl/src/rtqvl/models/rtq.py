@@ -24,7 +24,7 @@ from torch import nn
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
 
 from rtqvl.models.text import TextConfig, blip_text_config, build_tokenizer
-from rtqvl.models.video import RTQVisionEncoder, VisionConfig
+from rtqvl.models.video import RTQVisionEncoder, VisionConfig, check_literal_fields
 
 __all__ = [
     "RTQConfig",
@@ -85,6 +85,7 @@ class RTQConfig:
     has no gradient to start from; ``repro.py`` uses 0.2 (README, Repro results)."""
 
     def __post_init__(self) -> None:
+        check_literal_fields(self, "model.config")  # task: checked again by build_model
         if self.k_test < 1:
             raise ValueError(f"model.k_test={self.k_test} must be >= 1")
         if self.queue_size < 1:

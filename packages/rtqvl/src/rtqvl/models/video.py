@@ -22,8 +22,9 @@ Ablations of the official code, by config: Refine ``spectral`` / ``token_shift``
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Sequence
+from dataclasses import dataclass, fields
+from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,8 @@ from transformers.models.blip.modeling_blip import BlipEncoderLayer, BlipVisionE
 
 __all__ = [
     "VisionConfig",
+    "check_choice",
+    "check_literal_fields",
     "kmedoids",
     "kmedoids_reference",
     "kmedoids_from_distances",
@@ -56,7 +59,26 @@ RefineMode = Literal[
 TemporalMode = Literal["message_token", "divided_attention", "video_proxy", "none"]
 TemporalPlacement = Literal["posterior", "prior"]
 SpectralGraph = Literal["heat_kernel", "knn"]
+KMedoidsImpl = Literal["torch", "triton"]
 _SHIFT_MODES = ("token_shift", "temporal_shift")
+
+
+def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
+    """Refuse a string option outside ``choices``, naming ``key`` as a config file writes it.
+
+    The code branches on these strings with ``if``/``else``, so an unknown value would quietly run the ``else``
+    variant. LightningCLI checks the ``Literal`` hints when it parses a YAML file; configs, modules, data modules and
+    datasets built in Python (tests, ``repro.py``) are not parsed, hence this check where they are built."""
+    if value not in choices:
+        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
+
+
+def check_literal_fields(config: object, prefix: str) -> None:
+    """:func:`check_choice` on every ``Literal``-typed field of the dataclass ``config`` (key ``prefix.field``)."""
+    hints = get_type_hints(type(config))
+    for f in fields(config):
+        if get_origin(hints[f.name]) is Literal:
+            check_choice(f"{prefix}.{f.name}", getattr(config, f.name), get_args(hints[f.name]))
 
 
 @dataclass
@@ -109,7 +131,7 @@ class VisionConfig:
     """C: tokens kept per segment; ``None`` = P (patches per frame, the paper's budget)."""
     kmedoids_max_iter: int = 100
     """Maximum k-medoids iterations (official: 100)."""
-    kmedoids_impl: Literal["torch", "triton"] = "torch"
+    kmedoids_impl: KMedoidsImpl = "torch"
     """k-medoids implementation: ``torch`` (reference) or ``triton`` (:mod:`rtqvl.ops`: Triton distance /
     assignment / cost kernels on CUDA; falls back to ``torch`` on CPU). Same algorithm and tie rules; the kernels
     are tested against the reference under the Triton CPU interpreter."""
@@ -134,6 +156,9 @@ class VisionConfig:
     """Activation checkpointing on the last N ViT blocks (official: 4); memory only, no effect on results."""
 
     def __post_init__(self) -> None:
+        # refine, kmedoids_impl, temporal_modeling, temporal_placement, spectral_graph: a misspelt one would run
+        # another variant (an unknown refine keeps every token when C >= d·P, an unknown kmedoids_impl runs torch)
+        check_literal_fields(self, "model.config.vision")
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"vision.image_size={self.image_size} must be a multiple of vision.patch_size={self.patch_size}"
@@ -154,8 +179,6 @@ class VisionConfig:
                 f"vision.refine={self.refine} merges no frames: set vision.num_segments ({self.num_segments}) "
                 f"= vision.num_frames ({self.num_frames})"
             )
-        if self.temporal_placement not in ("posterior", "prior"):
-            raise ValueError(f"vision.temporal_placement={self.temporal_placement!r}: expected posterior or prior")
         if self.temporal_placement == "prior":
             if self.temporal_modeling != "divided_attention":
                 raise ValueError(
@@ -167,8 +190,6 @@ class VisionConfig:
                     f"vision.temporal_placement=prior runs divided attention in blocks 0..τ−1 before Refine: need "
                     f"1 <= vision.temporal_block ({self.temporal_block}) <= vision.cluster_block ({self.cluster_block})"
                 )
-        if self.spectral_graph not in ("heat_kernel", "knn"):
-            raise ValueError(f"vision.spectral_graph={self.spectral_graph!r}: expected heat_kernel or knn")
         if self.shift_fold_div < 2:
             raise ValueError(f"vision.shift_fold_div={self.shift_fold_div} must be >= 2")
         if self.num_proxies < 1:
@@ -347,7 +368,11 @@ def _kmedoids_float32(dist: torch.Tensor, norms: torch.Tensor, num_clusters: int
 
 
 def spectral_affinity(
-    tokens: torch.Tensor, sigma: float = 2.0, graph: str = "heat_kernel", knn_k: int = 10, mutual: bool = False
+    tokens: torch.Tensor,
+    sigma: float = 2.0,
+    graph: SpectralGraph = "heat_kernel",
+    knn_k: int = 10,
+    mutual: bool = False,
 ) -> torch.Tensor:
     """Graph of ``refine: spectral`` (CenterCLIP ``constructW``): tokens (S, N, D) → W (S, N, N).
 
@@ -375,7 +400,7 @@ def spectral_medoids(
     num_clusters: int,
     sigma: float = 2.0,
     max_iter: int = 100,
-    graph: str = "heat_kernel",
+    graph: SpectralGraph = "heat_kernel",
     knn_k: int = 10,
     mutual: bool = False,
 ) -> torch.Tensor:
@@ -451,8 +476,8 @@ def refine_segments(
     generator: torch.Generator | None = None,
     spectral_sigma: float = 2.0,
     shift_fold_div: int = 8,
-    kmedoids_impl: str = "torch",
-    spectral_graph: str = "heat_kernel",
+    kmedoids_impl: KMedoidsImpl = "torch",
+    spectral_graph: SpectralGraph = "heat_kernel",
     spectral_knn_k: int = 10,
     spectral_knn_mutual: bool = False,
 ) -> torch.Tensor:
@@ -467,6 +492,8 @@ def refine_segments(
         (B·T', 1+C, D): ``[mean of the d frames' CLS ; selected patch tokens]`` (selection without gradient,
         gathered tokens keep it).
     """
+    check_choice("model.config.vision.refine", mode, get_args(RefineMode))
+    check_choice("model.config.vision.kmedoids_impl", kmedoids_impl, get_args(KMedoidsImpl))
     bt, p1, dim = x.shape
     t = bt // num_videos
     d = t // num_segments
@@ -496,14 +523,9 @@ def refine_segments(
     elif mode == "sparse_sampling":
         idx = torch.linspace(0, n - 1, num_tokens, device=z.device).round().long()
         idx = idx.unsqueeze(0).expand(z.shape[0], -1)  # (B·T', C) uniform stride
-    elif mode == "random":
+    else:  # random
         scores = torch.rand(z.shape[0], n, generator=generator).to(z.device)
         idx = scores.topk(num_tokens, dim=-1).indices.sort(dim=-1).values  # (B·T', C)
-    else:
-        raise ValueError(
-            f"vision.refine={mode!r}: expected kmedoids, spectral, pooling, sparse_sampling, random, token_shift, "
-            "temporal_shift or none"
-        )
     sel = torch.gather(z, 1, idx.unsqueeze(-1).expand(-1, -1, dim))  # (B·T', C, D)
     return torch.cat([cls, sel], dim=1)  # (B·T', 1+C, D)
 
