@@ -420,15 +420,18 @@ def test_optimizer_state_of_keyword_offsets_is_mapped_by_term_on_resume():
 @pytest.mark.parametrize(
     ("build", "message"),
     [
-        (lambda: _toy_cfg(assign_softmax_over="keyword"), r"model.config.assign_softmax_over='keyword' must be"),
-        (lambda: _toy_cfg(nt_fusion="knowledg"), r"model.config.nt_fusion='knowledg' must be"),
-        (lambda: _toy_cfg(keyword_source="random"), r"model.config.keyword_source='random' must be"),
-        (lambda: KeywordFusion(5, 4, "frame", 0.0), r"softmax_over='frame' must be"),
-        (lambda: _module(streams="s1"), r"streams='s1' must be"),
-        (lambda: _module(distill_stop_grad="s1"), r"distill_stop_grad='s1' must be"),
-        (lambda: _module(rp_mode="thresholds"), r"rp_mode='thresholds' must be"),
-        (lambda: _distill(stop_grad="s1"), r"stop_grad='s1' must be"),
-        (lambda: _rp(mode="thresholds"), r"mode='thresholds' must be"),
+        (
+            lambda: _toy_cfg(assign_softmax_over="keyword"),
+            r"model.config.assign_softmax_over='keyword': expected one of",
+        ),
+        (lambda: _toy_cfg(nt_fusion="knowledg"), r"model.config.nt_fusion='knowledg': expected one of"),
+        (lambda: _toy_cfg(keyword_source="random"), r"model.config.keyword_source='random': expected one of"),
+        (lambda: KeywordFusion(5, 4, "frame", 0.0), r"softmax_over='frame': expected one of"),
+        (lambda: _module(streams="s1"), r"streams='s1': expected one of"),
+        (lambda: _module(distill_stop_grad="s1"), r"distill_stop_grad='s1': expected one of"),
+        (lambda: _module(rp_mode="thresholds"), r"rp_mode='thresholds': expected one of"),
+        (lambda: _distill(stop_grad="s1"), r"stop_grad='s1': expected one of"),
+        (lambda: _rp(mode="thresholds"), r"mode='thresholds': expected one of"),
     ],
 )
 def test_misspelt_choices_are_refused(build, message):

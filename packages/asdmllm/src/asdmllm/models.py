@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal, get_args, get_type_hints
 
 import torch
+from mmzoo.config import check_choice
 from torch import nn
 
 __all__ = [
@@ -47,16 +48,6 @@ QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO_PAD = "<|vision_start|>", "<|visi
 QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def check_choice(key: str, value: object, choices: tuple[object, ...]) -> None:
-    """Refuse a string option outside ``choices`` with a ValueError naming ``key`` as a config file writes it.
-
-    The code branches on these strings with ``if``/``else``, so an unknown value would run the ``else`` variant
-    without a word. LightningCLI checks the ``Literal`` hints while parsing a YAML file; configs, modules, data
-    modules and datasets built in Python (tests, ``repro.py``) are not parsed."""
-    if value not in choices:
-        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
 
 
 def check_choices(config: object, prefix: str, keys: tuple[str, ...]) -> None:

@@ -19,6 +19,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_choice
 from mmzoo.data import evaluation_sampler, read_json
 from mmzoo.video import (
     VideoDecodeError,
@@ -61,15 +62,9 @@ LOVEU_COLUMNS = {
 _HELP = "see README, Data preparation"
 
 
-def _check_choice(value: object, choices: tuple, key: str) -> None:
-    """A string setting the readers branch on with ``if``/``else``: a misspelt one is refused, not read as another."""
-    if value not in choices:
-        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
-
-
 def frame_indices(total: int, num_frames: int, mode: FramesMode, stride: int = 1) -> list[int]:
     """Indices of the F frames to edit (spec §4.3): the first F, uniform segments, or every ``stride``-th."""
-    _check_choice(mode, ("first", "uniform", "stride"), "data.frames_mode")
+    check_choice("data.frames_mode", mode, ("first", "uniform", "stride"))
     if mode == "first":
         return list(range(min(total, num_frames)))
     if mode == "uniform":
@@ -131,8 +126,8 @@ class _ClipDataset(Dataset):
     ):
         if num_frames < 1 or size < 1:
             raise ValueError(f"num_frames={num_frames} and size={size} must be >= 1")
-        _check_choice(frames_mode, ("first", "uniform", "stride"), "data.frames_mode")
-        _check_choice(on_corrupt, ("raise", "skip"), "data.on_corrupt")
+        check_choice("data.frames_mode", frames_mode, ("first", "uniform", "stride"))
+        check_choice("data.on_corrupt", on_corrupt, ("raise", "skip"))
         if frame_stride < 1:
             raise ValueError(f"data.frame_stride={frame_stride} must be >= 1")
         self.num_frames = num_frames
@@ -270,7 +265,7 @@ class LOVEUDataset(_ClipDataset):
             )
         if split != "all" and split not in LOVEU_GROUPS:
             raise ValueError(f"data.split={split!r}: expected 'all' or one of {LOVEU_GROUPS}")
-        _check_choice(source, ("videos", "frames"), "data.source")
+        check_choice("data.source", source, ("videos", "frames"))
         edits = list(edits or LOVEU_COLUMNS)
         unknown = [e for e in edits if e not in LOVEU_COLUMNS]
         if unknown:

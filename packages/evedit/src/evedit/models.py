@@ -7,9 +7,7 @@ itself lives in :mod:`evedit.pipeline`.
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import typing
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +15,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_literal_fields
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -42,24 +41,6 @@ Backbone = Literal["sd15_t2i_adapter_depth", "sd14_t2i_adapter_depth", "controln
 
 
 # ----------------------------------------------------------------------------------------------------- configs
-
-
-def _check_choices(cfg: object, section: str) -> None:
-    """Refuse a value outside its ``Literal`` choices in any field of the dataclass ``cfg`` (YAML key
-    ``<section>.<field>``).
-
-    LightningCLI checks these types while parsing, but a config built in Python or read from a YAML section directly
-    (``evedit edit --config``) is not parsed, and the code branches on these strings with ``if``/``else``: a misspelt
-    choice would silently run another variant (``init: ddim_inverson`` would edit from SDEdit noise)."""
-    hints = typing.get_type_hints(type(cfg))
-    for f in dataclasses.fields(cfg):
-        hint = hints[f.name]
-        if typing.get_origin(hint) is not Literal:
-            continue
-        choices = typing.get_args(hint)
-        value = getattr(cfg, f.name)
-        if value not in choices:
-            raise ValueError(f"{section}.{f.name}={value!r}: expected one of {list(choices)}")
 
 
 @dataclass
@@ -104,7 +85,7 @@ class ModelConfig:
     """`tiny` only: prompt length in tokens."""
 
     def __post_init__(self) -> None:
-        _check_choices(self, "model.model")
+        check_literal_fields(self, "model.model")
         if self.backbone != "tiny" and self.depth_model == "tiny":
             raise ValueError("model.model.depth_model='tiny' needs model.model.backbone='tiny'")
         if self.backbone == "tiny" and len(self.tiny_channels) < 1:
@@ -127,7 +108,7 @@ class DepthConfig:
     """Side of the square input of the DPT estimator (DPT-Hybrid: 384; mean = std = 0.5)."""
 
     def __post_init__(self) -> None:
-        _check_choices(self, "model.edit.depth")
+        check_literal_fields(self, "model.edit.depth")
 
 
 @dataclass
@@ -165,7 +146,7 @@ class TCCConfig:
     spec's extra), applied during the first `update_until` fraction of the steps."""
 
     def __post_init__(self) -> None:
-        _check_choices(self, "model.edit.tcc")
+        check_literal_fields(self, "model.edit.tcc")
         if self.iters < 0:
             raise ValueError(f"model.edit.tcc.iters={self.iters} must be >= 0")
         if not 0.0 <= self.update_until <= 1.0:
@@ -217,7 +198,7 @@ class EditConfig:
     """Temporal consistency constraints (per-step latent update)."""
 
     def __post_init__(self) -> None:
-        _check_choices(self, "model.edit")
+        check_literal_fields(self, "model.edit")
         if self.num_inference_steps < 1:
             raise ValueError(f"model.edit.num_inference_steps={self.num_inference_steps} must be >= 1")
         if not 0.0 < self.strength <= 1.0:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from mmzoo.config import check_choice
 from torch import nn
 
 __all__ = [
@@ -66,8 +67,7 @@ def self_distillation_loss(
     only S1 learns from S2) or ``t`` (detach S1). Scalar. The gradient w.r.t. one video's scores of a level is
     the unit vector (s^t − s^nt)/‖s^t − s^nt‖ divided by B, whatever the distance (README, Deviations).
     """
-    if stop_grad not in STOP_GRAD:  # anything else would silently mean "none"
-        raise ValueError(f"stop_grad={stop_grad!r} must be one of {STOP_GRAD}")
+    check_choice("stop_grad", stop_grad, STOP_GRAD)  # anything else would silently mean "none"
     if stop_grad == "nt":
         nt1, nt2 = nt1.detach(), nt2.detach()
     elif stop_grad == "t":
@@ -104,8 +104,7 @@ class SelfDistillationLoss(nn.Module):
 
     def __init__(self, beta1: float = 1.0, beta2: float = 1.0, stop_grad: Literal["none", "nt", "t"] = "none") -> None:
         super().__init__()
-        if stop_grad not in STOP_GRAD:
-            raise ValueError(f"distill_stop_grad={stop_grad!r} must be one of {STOP_GRAD}")
+        check_choice("distill_stop_grad", stop_grad, STOP_GRAD)
         self.beta1, self.beta2, self.stop_grad = beta1, beta2, stop_grad
 
     def forward(self, t: dict[str, torch.Tensor], nt: dict[str, torch.Tensor]) -> torch.Tensor:

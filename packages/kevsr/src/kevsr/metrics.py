@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 import torch
+from mmzoo.config import check_choice
 from torchmetrics import Metric
 from torchmetrics.classification import MultilabelF1Score
 
@@ -78,8 +79,7 @@ def rp_at_accuracy(
         raise ValueError(f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)} must be equal (N, L)")
     if scores.shape[0] == 0:
         raise ValueError("RP@90%: no videos")
-    if mode not in RP_MODES:  # anything else would silently mean top1
-        raise ValueError(f"RP@90% mode={mode!r} must be one of {RP_MODES}")
+    check_choice("mode", mode, RP_MODES)  # anything else would silently mean top1
     fn = _rp_threshold if mode == "threshold" else _rp_top1
     return fn(scores, targets, accuracy)
 
@@ -93,8 +93,7 @@ class RPAtAccuracy(Metric):
 
     def __init__(self, accuracy: float = 0.9, mode: Literal["threshold", "top1"] = "threshold") -> None:
         super().__init__()
-        if mode not in RP_MODES:
-            raise ValueError(f"rp_mode={mode!r} must be one of {RP_MODES}")
+        check_choice("rp_mode", mode, RP_MODES)
         self.accuracy, self.mode = accuracy, mode
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("targets", default=[], dist_reduce_fx="cat")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from mmzoo.config import check_choice, check_literal_fields
 from mmzoo.data import read_json
 from torch import nn
 
@@ -111,9 +112,7 @@ class KEVSRConfig:
     def __post_init__(self) -> None:
         # A misspelt choice would otherwise fall through to another variant (e.g. the frames axis, or the
         # Transformer fusion) without a word; the CLI checks these Literals, a config built in Python does not.
-        for key, allowed in _CONFIG_CHOICES.items():
-            if getattr(self, key) not in allowed:
-                raise ValueError(f"model.config.{key}={getattr(self, key)!r} must be one of {allowed}")
+        check_literal_fields(self, "model.config")
         for key in ("dim", "num_frames", "num_regions", "num_keywords", "num_level1", "num_level2", "kg_dim"):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
@@ -128,13 +127,6 @@ class KEVSRConfig:
         if self.temporal_bert_config is not None and self.temporal_init_from_bert is None:
             raise ValueError("model.config.temporal_bert_config is set but temporal_init_from_bert is null")
 
-
-_CONFIG_CHOICES = {
-    "assign_softmax_over": ("keywords", "frames"),
-    "nt_fusion": ("knowledge", "mean", "transformer"),
-    "keyword_source": ("kg", "random_shared"),
-}
-"""The allowed values of KEVSRConfig's string options."""
 
 STREAMS = ("both", "temporal", "nontemporal")
 
@@ -398,8 +390,7 @@ class KeywordFusion(nn.Module):
         self.phi_c = _mlp(kg_dim, dim, 1, dropout)
         self.phi_z = _mlp(kg_dim, dim, dim, dropout)
         self.out = nn.Linear(dim, dim)  # W^nt, b^nt
-        if softmax_over not in _CONFIG_CHOICES["assign_softmax_over"]:
-            raise ValueError(f"softmax_over={softmax_over!r} must be one of {_CONFIG_CHOICES['assign_softmax_over']}")
+        check_choice("softmax_over", softmax_over, ("keywords", "frames"))
         self.softmax_over = softmax_over
 
     def assignment(self, frames: torch.Tensor, keywords: torch.Tensor, keyword_mask: torch.Tensor) -> torch.Tensor:
@@ -668,8 +659,7 @@ class KEVSRModel(nn.Module):
 
     def __init__(self, cfg: KEVSRConfig, streams: Literal["both", "temporal", "nontemporal"] = "both") -> None:
         super().__init__()
-        if streams not in STREAMS:
-            raise ValueError(f"streams={streams!r} must be one of {STREAMS}")
+        check_choice("streams", streams, STREAMS)
         self.cfg = cfg
         self.temporal = TemporalStream(cfg) if streams in ("both", "temporal") else None
         self.nontemporal = NonTemporalStream(cfg) if streams in ("both", "nontemporal") else None

@@ -11,12 +11,12 @@ Shape letters: N nodes, E edges, H heads, d_k = h / H, B batch videos, K tags.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import Literal, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_choice, check_literal_fields
 from torch import nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
@@ -53,25 +53,6 @@ SUBTOPIC: EdgeType = ("tag", "subtopic_of", "tag")  # r1: child tag -> parent ta
 SUPERTOPIC: EdgeType = ("tag", "supertopic_of", "tag")  # r1': parent -> child (bidirectional ablation)
 HAS_TAG: EdgeType = ("video", "has_tag", "tag")  # r2: labelled video -> its tags
 FOLLOWED_BY: EdgeType = ("video", "followed_by", "video")  # r3: followee's video -> follower's video
-
-
-def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
-    """Refuse a string option outside ``choices``, naming ``key`` as a config file writes it.
-
-    The code branches on these strings with ``if``/``else``, so an unknown value would quietly run the ``else``
-    variant. LightningCLI checks the ``Literal`` hints when it parses a YAML file; configs, modules and data modules
-    built in Python (tests, ``repro.py``) and the helper commands' arguments are not parsed, hence this check where
-    they are built."""
-    if value not in choices:
-        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
-
-
-def check_literal_fields(config: object, prefix: str) -> None:
-    """:func:`check_choice` on every ``Literal``-typed field of the dataclass ``config`` (key ``prefix.field``)."""
-    hints = get_type_hints(type(config))
-    for f in fields(config):
-        if get_origin(hints[f.name]) is Literal:
-            check_choice(f"{prefix}.{f.name}", getattr(config, f.name), get_args(hints[f.name]))
 
 
 @dataclass

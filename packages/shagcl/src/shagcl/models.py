@@ -11,16 +11,16 @@ Attention runs inside each image only (pad per image, key-padding mask, padded o
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, get_args, get_origin, get_type_hints
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_choice, check_literal_fields
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -54,24 +54,6 @@ log = logging.getLogger(__name__)
 
 Encoder = Literal["hybrid", "self", "cross"]
 """Context encoders (``model.config.encoder``)."""
-
-
-def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
-    """Refuse a string option outside its ``choices``, naming the config key ``key`` as a YAML file spells it.
-
-    The code branches on these strings with ``if``/``else``, so an unknown value would silently run the ``else``
-    variant. LightningCLI checks the ``Literal`` hints while it parses a YAML file; configs, modules and readers
-    built in Python (tests, ``repro.py``) are not parsed, hence this check at construction."""
-    if value not in choices:
-        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
-
-
-def check_literal_fields(config: object, prefix: str) -> None:
-    """:func:`check_choice` on every field of the dataclass ``config`` typed ``Literal[...]`` (key ``prefix.field``)."""
-    hints = get_type_hints(type(config))
-    for f in dataclasses.fields(config):
-        if get_origin(hints[f.name]) is Literal:
-            check_choice(f"{prefix}.{f.name}", getattr(config, f.name), get_args(hints[f.name]))
 
 
 @dataclass

@@ -17,13 +17,13 @@ from __future__ import annotations
 import logging
 import math
 import zipfile
-from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal, get_args, get_origin, get_type_hints
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_choice, check_literal_fields
 from mmzoo.ops import token_max_sim
 from torch import nn
 
@@ -56,24 +56,6 @@ GuidedPooling = Literal["softmax", "max"]
 """Guided pooling of frames and patches (``model.config.guided_pooling``)."""
 NounTemporal = Literal["parent", "root", "uniform"]
 """Frame weights pooling a noun's regions over time (``model.config.noun_temporal``)."""
-
-
-def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
-    """Refuse a string option outside its ``choices``, naming the config key ``key`` as a YAML file spells it.
-
-    The code branches on these strings with ``if``/``else``, so an unknown value would silently run the ``else``
-    variant. LightningCLI checks the ``Literal`` hints while it parses a YAML file; configs, modules and data modules
-    built in Python (tests, ``repro.py``, ``shenet parse``) are not parsed, hence this check at construction."""
-    if value not in choices:
-        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
-
-
-def check_literal_fields(config: object, prefix: str) -> None:
-    """:func:`check_choice` on every field of the dataclass ``config`` typed ``Literal[...]`` (key ``prefix.field``)."""
-    hints = get_type_hints(type(config))
-    for f in fields(config):
-        if get_origin(hints[f.name]) is Literal:
-            check_choice(f"{prefix}.{f.name}", getattr(config, f.name), get_args(hints[f.name]))
 
 
 @dataclass

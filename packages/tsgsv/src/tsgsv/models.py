@@ -10,12 +10,12 @@ Shape letters: B windows, T time steps of a memory, L sentence tokens (20), D in
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
-from typing import Literal, get_args, get_origin, get_type_hints
+from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_choice, check_literal_fields
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -40,24 +40,6 @@ __all__ = [
 ]
 
 CompressorKind = Literal["language_guided", "token_learner", "lstr", "scdm", "cqa", "none"]
-
-
-def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
-    """Refuse a string option outside its ``choices``, naming the config key ``key`` as a YAML file spells it.
-
-    The code branches on these strings with ``if``/``else``, so an unknown value would silently run the ``else``
-    variant. LightningCLI checks the ``Literal`` hints while it parses a YAML file; configs, losses and data modules
-    built in Python (tests, ``repro.py``) are not parsed, hence this check at construction."""
-    if value not in choices:
-        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
-
-
-def check_literal_fields(config: object, prefix: str) -> None:
-    """:func:`check_choice` on every field of the dataclass ``config`` typed ``Literal[...]`` (key ``prefix.field``)."""
-    hints = get_type_hints(type(config))
-    for f in fields(config):
-        if get_origin(hints[f.name]) is Literal:
-            check_choice(f"{prefix}.{f.name}", getattr(config, f.name), get_args(hints[f.name]))
 
 
 @dataclass

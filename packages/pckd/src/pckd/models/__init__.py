@@ -6,10 +6,10 @@ whose rows are the category centers) and ``feature_dim``; ``forward(x)`` returns
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from mmzoo.config import check_choice
 from torch import nn
 
 from pckd.models.cifar_resnet import CifarResNet
@@ -55,16 +55,6 @@ Arch = Literal[
 ]
 ARCHS: tuple[str, ...] = Arch.__args__  # type: ignore[attr-defined]
 DIGITS_ARCHS = ("digits_teacher", "digits_student", "digits_student64")
-
-
-def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
-    """Refuse a string option outside its ``choices``, naming the config key ``key`` as a YAML file spells it.
-
-    The code branches on these strings with ``if``/``else``, so an unknown value would silently run the ``else``
-    variant. LightningCLI checks the ``Literal`` hints while it parses a YAML file; a module or data module built
-    in Python (tests, ``repro.py``) is not parsed, hence this check at construction."""
-    if value not in choices:
-        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
 
 
 def build_backbone(arch: str, num_classes: int, in_channels: int = 3) -> nn.Module:

@@ -22,12 +22,12 @@ Ablations of the official code, by config: Refine ``spectral`` / ``token_shift``
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
-from typing import Literal, get_args, get_origin, get_type_hints
+from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_choice, check_literal_fields
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.models.blip.configuration_blip import BlipVisionConfig
@@ -61,24 +61,6 @@ TemporalPlacement = Literal["posterior", "prior"]
 SpectralGraph = Literal["heat_kernel", "knn"]
 KMedoidsImpl = Literal["torch", "triton"]
 _SHIFT_MODES = ("token_shift", "temporal_shift")
-
-
-def check_choice(key: str, value: object, choices: Sequence[object]) -> None:
-    """Refuse a string option outside ``choices``, naming ``key`` as a config file writes it.
-
-    The code branches on these strings with ``if``/``else``, so an unknown value would quietly run the ``else``
-    variant. LightningCLI checks the ``Literal`` hints when it parses a YAML file; configs, modules, data modules and
-    datasets built in Python (tests, ``repro.py``) are not parsed, hence this check where they are built."""
-    if value not in choices:
-        raise ValueError(f"{key}={value!r}: expected one of {list(choices)}")
-
-
-def check_literal_fields(config: object, prefix: str) -> None:
-    """:func:`check_choice` on every ``Literal``-typed field of the dataclass ``config`` (key ``prefix.field``)."""
-    hints = get_type_hints(type(config))
-    for f in fields(config):
-        if get_origin(hints[f.name]) is Literal:
-            check_choice(f"{prefix}.{f.name}", getattr(config, f.name), get_args(hints[f.name]))
 
 
 @dataclass
