@@ -86,6 +86,21 @@ def test_generate_demo_data_writes_cifar_folder_once(tmp_path):
     assert batch["image"].shape == (4, 4, 3, 32, 32)
 
 
+@pytest.mark.parametrize(("drop_last", "sizes"), [(True, [16, 16]), (False, [16, 16, 8])])
+def test_last_partial_training_batch_follows_drop_last(tmp_path, drop_last, sizes):
+    """40 training images at batch 16: the release's loader ends each epoch with a batch of 8 (drop_last false);
+    the default leaves it out. Evaluation keeps every image either way."""
+    write_cifar100_python(tmp_path, num_classes=10, n_train_per_class=4, n_test_per_class=2)
+    dm = PCKDDataModule(
+        dataset="cifar100", data_root=str(tmp_path), batch_size=16, eval_batch_size=16, num_workers=0,
+        drop_last=drop_last,
+    )  # fmt: skip
+    dm.setup("fit")
+    assert [len(b["label"]) for b in dm.train_dataloader()] == sizes
+    assert sum(len(b["label"]) for b in dm.val_dataloader()) == 20
+    assert PCKDDataModule(dataset="cifar100").hparams.drop_last is True  # default: full batches only
+
+
 def test_generate_demo_data_refuses_other_readers(tmp_path):
     with pytest.raises(ValueError, match="generate_demo_data"):
         PCKDDataModule(dataset="digits", data_root=str(tmp_path), generate_demo_data=True)

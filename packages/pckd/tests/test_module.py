@@ -120,3 +120,59 @@ def test_every_optimised_parameter_gets_a_gradient(method, weights):
     assert no_grad == []
     opt_params = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
     assert opt_params == {id(p) for p in module.parameters() if p.requires_grad}
+
+
+def _step_written_out(module, image, label, epoch):
+    """Spec §3.6 spelled out term by term from the module's networks and heads, with the preview weights kept in
+    the graph on the KD term and detached on the L_CC term (the release's step)."""
+    b, v = image.shape[:2]
+    flat = image.flatten(0, 1)
+    f_s = module.student.forward_features(flat)
+    z_s = module.student.fc(f_s)
+    with torch.no_grad():
+        f_t = module.teacher.forward_features(flat)
+        z_t = module.teacher.fc(f_t)
+    first = torch.arange(b * v) % v == 0  # the un-rotated view of every image
+    ce_i = torch.nn.functional.cross_entropy(z_s[first], label, reduction="none")
+    ratio = ce_i / ce_i.mean()
+    weight = torch.where(ratio <= 1.005**epoch, torch.ones_like(ratio), torch.exp(-ratio.pow(2)))
+    p_t = torch.softmax(z_t[first] / 4, 1)
+    kl_i = (p_t * (p_t.log() - torch.log_softmax(z_s[first] / 4, 1))).sum(1) * 16 / b
+    centers_s = torch.cat([module.student.fc.weight, module.student.fc.bias[:, None]], 1)
+    centers_t = torch.cat([module.teacher.fc.weight, module.teacher.fc.bias[:, None]], 1)
+    ca = (centers_s - centers_t).pow(2).mean()
+    profiles = torch.cat(
+        [module.embed_s(f_s) @ module.student.fc.weight.T, module.embed_t(f_s) @ module.teacher.fc.weight.T]
+    )
+    y = label.repeat_interleave(v).repeat(2)
+    sim = profiles @ profiles.T / 4.0
+    sim = sim - sim.max(1, keepdim=True).values.detach()
+    other = 1 - torch.eye(len(y))
+    same = (y[:, None] == y[None, :]).float() * other
+    log_p = sim - torch.log((sim.exp() * other).sum(1, keepdim=True) + 1e-7)
+    ell = -(4.0 / 0.07) * (same * log_p).sum(1) / same.sum(1)
+    cc_j = ell[: b * v] + ell[b * v :]
+    h = torch.nn.functional.normalize(module.align(f_s), dim=1)
+    fa = 2 - 2 * (h * torch.nn.functional.normalize(f_t, dim=1)).sum(1).mean()
+    cc = (weight.detach().repeat_interleave(v) * cc_j).sum() / (b * v)
+    return ce_i.mean() + (weight * kl_i).sum() + 0.05 * cc + ca + 20.0 * fa, weight
+
+
+def test_full_objective_and_its_gradient_match_the_written_out_step():
+    torch.manual_seed(3)
+    module = PCKDModule(_small_cfg(), teacher_random_init=True, detach_preview_weights=False).train()
+    image, label = torch.rand(8, 4, 1, 8, 8), torch.tensor([0, 1, 2, 3, 0, 1, 2, 0])
+    grads = []
+    for compute in (lambda: module.compute_losses(image, label, epoch=1)["loss"],
+                    lambda: _step_written_out(module, image, label, epoch=1)[0]):  # fmt: skip
+        module.zero_grad()
+        loss = compute()
+        loss.backward()
+        grads.append((loss.detach(), {n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None}))
+    (ours, g_ours), (ref, g_ref) = grads
+    weight = _step_written_out(module, image, label, epoch=1)[1]
+    assert (weight < 1).any() and (weight == 1).any()  # both easy and hard samples in the batch
+    torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
+    assert g_ours.keys() == g_ref.keys()
+    for name in g_ref:
+        torch.testing.assert_close(g_ours[name], g_ref[name], rtol=1e-4, atol=1e-6, msg=name)

@@ -330,6 +330,7 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
         digits_split_seed: int = 0,
         label_noise: float = 0.0,
         generate_demo_data: bool = False,
+        drop_last: bool = True,
     ) -> None:
         """
         Args:
@@ -350,6 +351,9 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
             label_noise: digits only: fraction of training labels flipped (spec §8c preview check).
             generate_demo_data: CIFAR-100 only: when ``<data_root>/cifar-100-python/`` is absent, write a tiny
                 random folder in the official format there (10 classes, 4 train + 2 test images each; spec §8a).
+            drop_last: leave out the last training batch of an epoch when it holds fewer than ``batch_size`` images
+                (true: every step sees a full batch). The release's loader keeps it (CIFAR-100 at batch 64: a final
+                batch of 16 images each epoch); false does the same. Evaluation never drops images.
         """
         super().__init__()
         check_choice("data.dataset", dataset, get_args(DatasetName))  # else a KeyError naming no key
@@ -429,7 +433,9 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
             batch_size=h.batch_size if train else h.eval_batch_size,
             shuffle=train,
             sampler=None if train else evaluation_sampler(data, self.trainer, unit="images"),
-            drop_last=train,  # L_CC gathers across ranks: equal shapes on every rank
+            # with drop_last false under several processes, the distributed sampler pads every rank to the same
+            # image count, so the ranks' last batches still agree in size (L_CC gathers them)
+            drop_last=train and h.drop_last,
             **worker_options(h),
         )
 
