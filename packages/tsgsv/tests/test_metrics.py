@@ -1,3 +1,5 @@
+from fractions import Fraction
+
 import pytest
 import torch
 
@@ -65,6 +67,32 @@ def test_ap_cap_examples():
     assert abs(calibrated_average_precision(scores, labels) - 0.9) < 1e-3
     zeros = torch.zeros(6, dtype=torch.long)
     assert average_precision(scores, zeros) == 1.0 and calibrated_average_precision(scores, zeros) == 1.0
+
+
+def _cap_exact(ranked_labels: list[int]) -> Fraction:
+    """cAP in exact rational arithmetic for labels already in descending-score order (spec §5, no ε)."""
+    pos = sum(ranked_labels)
+    w = Fraction(len(ranked_labels) - pos, pos)
+    tp = fp = 0
+    total = Fraction(0)
+    for y in ranked_labels:
+        tp, fp = tp + y, fp + (1 - y)
+        if y:
+            total += Fraction(tp) / (tp + fp / w)
+    return total / pos
+
+
+@pytest.mark.parametrize("negative_rank", [0, 3, 250])
+def test_cap_with_almost_only_positives_matches_exact_value(negative_rank):
+    # 1 negative among 500 frames: w = 1/499, the regime of ρ = 1 label extension on long moments. The ε of the
+    # denominators must not be felt here (the official evaluator uses the float64 machine epsilon).
+    ranked = [1] * 500
+    ranked[negative_rank] = 0
+    scores = torch.linspace(1.0, 0.0, 500, dtype=torch.float64)
+    value = calibrated_average_precision(scores, torch.tensor(ranked))
+    assert abs(value - float(_cap_exact(ranked))) < 1e-9
+    assert abs(calibrated_average_precision(torch.tensor([0.9, 0.8, 0.7, 0.3, 0.2, 0.1]),
+                                            torch.tensor([1, 0, 1, 0, 0, 0])) - 0.9) < 1e-12  # fmt: skip
 
 
 def test_recall_strict_iou():

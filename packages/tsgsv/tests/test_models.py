@@ -251,3 +251,53 @@ def test_short_memory_only_keeps_no_unused_parameters():
     assert [n for n, p in short_only.named_parameters() if p.grad is None] == []
     torch.testing.assert_close(short_only.decoder.state_dict(), with_long.decoder.state_dict())
     torch.testing.assert_close(short_only.head.state_dict(), with_long.head.state_dict())
+
+
+def test_forward_and_twin_follow_the_official_composition():
+    """Rebuild the main and twin logits step by step (spec §3.3–3.7, as the official TPNInteractor wires them) and
+    compare with the model: PE from position 0 added before compressing, the same compressors for the long memory
+    and the time-reversed future, PE re-added to the decoder output S (and to its reversal) in the twin decoders,
+    X = S_f + flip(S_b), pincer cross-attention to both compressed memories, both heads on the pooled query."""
+    cfg = _cfg()
+    torch.manual_seed(1)
+    model = StreamingTSGV(cfg).eval()
+    x = _inputs(cfg)
+    x["short_mask"][0, :2] = True  # the first window starts at the video start: padded rows
+    x["long_mask"][0] = True
+    x["future_mask"][1, 5:] = True  # the second window's future runs past the video end
+    out = model(**x)
+
+    h, M_s = cfg.hidden_dim, cfg.short_memory
+    pos = torch.arange(cfg.max_positions, dtype=torch.float64)[:, None]
+    freq = 10000.0 ** (-torch.arange(0, h, 2, dtype=torch.float64) / h)
+    pe = torch.stack([torch.sin(pos * freq), torch.cos(pos * freq)], -1).flatten(1).float()  # sin even, cos odd
+
+    def project(rows, invalid):
+        return model.video_projection.project(rows) * (~invalid)[..., None].float()
+
+    def compress(memory):
+        z = memory + pe[: memory.shape[1]]
+        for stage in model.compressors:
+            z = stage(z, q_tokens)
+        return z
+
+    def decode(layers, seq, memory):
+        causal = torch.ones(seq.shape[1], seq.shape[1], dtype=torch.bool).triu(1)
+        for layer in layers:
+            seq = layer(seq, memory, tgt_mask=causal)
+        return seq
+
+    q_tokens, q = model.sentence_encoder(x["sentence"], x["sentence_length"])
+    z_long = compress(project(x["long"], x["long_mask"]))
+    s = decode(model.decoder.layers, project(x["short"], x["short_mask"]) + pe[:M_s], z_long)
+    torch.testing.assert_close(out.logits, model.head(s, q)[0])
+
+    f_fut = compress(project(x["future"], x["future_mask"]).flip(1))
+    s_f = decode(model.twin_forward.layers, s + pe[:M_s], z_long)
+    s_b = decode(model.twin_backward.layers, s.flip(1) + pe[:M_s], f_fut)
+    mix = s_f + s_b.flip(1)
+    p = model.pincer
+    mix = p.norm1(mix + p.self_attn(mix, mix, mix)[0])
+    memory = torch.cat([z_long, f_fut], 1)
+    mix = p.norm2(mix + p.cross_attn(mix, memory, memory)[0])
+    torch.testing.assert_close(out.twin_logits, model.twin_head(mix, q)[0])

@@ -170,9 +170,15 @@ def average_precision(scores: torch.Tensor, labels: torch.Tensor) -> float:
     return float(binary_average_precision(scores.float(), labels.long()))
 
 
-def calibrated_average_precision(scores: torch.Tensor, labels: torch.Tensor, eps: float = 1e-5) -> float:
+def calibrated_average_precision(
+    scores: torch.Tensor, labels: torch.Tensor, eps: float = torch.finfo(torch.float64).eps
+) -> float:
     """Calibrated AP (online action detection, spec §5): sort by descending score, w = #neg/#pos,
-    cPrec_k = TP_k / (TP_k + FP_k / w);  cAP = (1/#pos) Σ_{k positive} cPrec_k. No positive (or NaN) -> 1.0."""
+    cPrec_k = TP_k / (TP_k + FP_k / w);  cAP = (1/#pos) Σ_{k positive} cPrec_k. No positive (or NaN) -> 1.0.
+
+    ``eps`` guards the two denominators of cPrec only and is the float64 machine epsilon, as in the official
+    evaluator: a larger one visibly shifts cAP when almost every frame is positive (w = #neg/#pos near 0, common
+    with the official label extension ρ = 1), e.g. 1e-5 moved it by ~1e-3 with 1 negative among 500 frames."""
     pos = int(labels.sum())
     if pos == 0:
         return 1.0
@@ -182,7 +188,7 @@ def calibrated_average_precision(scores: torch.Tensor, labels: torch.Tensor, eps
     fp = (1 - y).cumsum(0)
     w = (len(y) - pos) / pos
     cprec = tp / (tp + fp / (w + eps) + eps)
-    value = float((cprec * y).sum() / (pos + eps))
+    value = float((cprec * y).sum() / pos)
     return 1.0 if math.isnan(value) else value
 
 
