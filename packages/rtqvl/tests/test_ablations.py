@@ -3,6 +3,8 @@ attention and CLIP-ViP video proxies — one hand-checkable property each."""
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from rtqvl_testlib import tiny_config, tiny_vision
@@ -13,6 +15,7 @@ from rtqvl.models.video import (
     DividedTemporalAttention,
     VisionConfig,
     refine_segments,
+    sparse_sampling_indices,
     spectral_affinity,
     spectral_medoids,
     temporal_shift,
@@ -162,13 +165,16 @@ def test_temporal_variants_retrieval_head_runs(mode):
 
 
 def test_spectral_knn_graph_by_hand():
-    # four 1-D tokens 0, 1, 3, 10; σ² = ½ so W_ij = exp(−|z_i − z_j|). k = 2: each row keeps itself + its nearest
+    # four 1-D tokens 0, 1, 3, 10; σ² = ½ so W_ij = exp(−(z_i − z_j)²): the official heat kernel takes the *squared*
+    # distance (e.g. W between 1 and 3 is e⁻⁴ ≈ 0.018, not e⁻² ≈ 0.135). k = 2: each row keeps itself + its nearest
     # neighbour: 0→1, 1→0, 3→1, 10→3. Either-end (OR) graph: edges 0–1, 1–3, 3–10; mutual (AND): only 0–1.
     z = torch.tensor([0.0, 1.0, 3.0, 10.0]).view(1, 4, 1)
     sigma = 0.5**0.5
     dense = spectral_affinity(z, sigma)
-    want = torch.exp(-(z - z.transpose(1, 2)).abs())
+    want = torch.exp(-(z - z.transpose(1, 2)).square())
     assert torch.allclose(dense, want, atol=1e-6)
+    assert abs(float(dense[0, 1, 2]) - math.exp(-4.0)) < 1e-6
+    assert torch.equal(dense[0].diagonal(), torch.ones(4))
     edges_or = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 1], [0, 0, 1, 1]], dtype=torch.bool)
     edges_and = torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]], dtype=torch.bool)
     knn = spectral_affinity(z, sigma, graph="knn", knn_k=2)
@@ -230,3 +236,48 @@ def test_prior_placement_validation():
         tiny_vision(temporal_modeling="divided_attention", temporal_placement="prior", temporal_block=3)  # τ > K
     with pytest.raises(ValueError, match="temporal_placement"):
         tiny_vision(temporal_placement="middle")
+
+
+def test_sparse_sampling_stride_centres_in_eval_and_random_offsets_in_training():
+    # two videos, two segments of two frames, P = 16 patches: N = 32 tokens per segment, C = 16; every token holds
+    # its own position so the kept ones can be read back
+    b, t, p, d = 2, 4, 16, 4
+    x = torch.zeros(b * t, 1 + p, d)
+    x[:, 1:] = torch.arange(p, dtype=torch.float).view(1, p, 1)
+    x[:, 1:] += 100.0 * (torch.arange(b * t) % 2).view(-1, 1, 1)  # second frame of each segment: +100
+    flat = torch.cat([torch.arange(16.0), 100.0 + torch.arange(16.0)])  # segment token j's value
+
+    def kept(out: torch.Tensor) -> torch.Tensor:  # (B·T', C) indices into the segment's 32 tokens
+        return (out[:, 1:, 0].unsqueeze(-1) == flat).float().argmax(dim=-1)
+
+    # evaluation: the centre of every stride of N / C = 2 tokens, i.e. the odd indices, in every segment
+    out = refine_segments(x, b, 2, "sparse_sampling", 16)
+    assert torch.equal(kept(out), torch.arange(1, 32, 2).expand(4, 16))
+    # training: one random token inside each stride [2k, 2k + 1], one draw per segment position shared by the videos
+    seen = []
+    for seed in range(8):
+        g = torch.Generator().manual_seed(seed)
+        idx = kept(refine_segments(x, b, 2, "sparse_sampling", 16, generator=g, training=True))
+        assert torch.equal(idx // 2, torch.arange(16).expand(4, 16))  # inside its stride, ascending
+        assert torch.equal(idx[:2], idx[2:])  # rows b·T' + t: video 1 reuses video 0's draw for each segment
+        seen.append(idx)
+    offsets = torch.stack(seen) % 2
+    assert 0.3 < float(offsets.float().mean()) < 0.7  # both slots of a stride get drawn
+    assert len({tuple(i.flatten().tolist()) for i in seen}) > 1  # the draw changes with the generator
+    # a stride of 3 tokens (N = 48, C = 16) leaves no tail; N = 40, C = 16 (stride 2) never draws the last 8
+    assert sparse_sampling_indices(48, 16, 1, False).tolist() == [[int(1.5 + 3 * k) for k in range(16)]]
+    assert int(sparse_sampling_indices(40, 16, 50, True).max()) <= 31
+
+
+def test_encoder_sparse_sampling_is_random_only_in_training():
+    enc = RTQVisionEncoder(tiny_vision(refine="sparse_sampling"))
+    x = torch.randn(2, 4, 3, 32, 32)
+    with torch.no_grad():
+        enc.train()
+        a = enc(x, generator=torch.Generator().manual_seed(0)).tokens
+        b = enc(x, generator=torch.Generator().manual_seed(1)).tokens
+        enc.eval()
+        c = enc(x, generator=torch.Generator().manual_seed(0)).tokens
+        d = enc(x, generator=torch.Generator().manual_seed(1)).tokens
+    assert not torch.allclose(a, b)  # a different token draw per step
+    assert torch.equal(c, d)  # fixed stride centres at evaluation

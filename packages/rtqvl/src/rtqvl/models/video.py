@@ -46,6 +46,7 @@ __all__ = [
     "token_shift",
     "temporal_shift",
     "refine_segments",
+    "sparse_sampling_indices",
     "MessageTokenAttention",
     "DividedTemporalAttention",
     "RTQVisionEncoder",
@@ -92,11 +93,13 @@ class VisionConfig:
     refine: RefineMode = "kmedoids"
     """Token selection per segment: ``kmedoids`` (paper), ablations ``spectral`` (normalised spectral clustering,
     medoids picked in the spectral embedding; CenterCLIP), ``pooling`` (average the d frames), ``sparse_sampling``
-    (uniform stride), ``random``, ``none`` (keep all d·P tokens), and the shift ablations ``token_shift`` (TokShift:
-    a channel fraction of each frame's CLS moves one frame forward / back) and ``temporal_shift`` (TSM on the patch
-    tokens); the shift modes merge no frames, so they need ``num_segments == num_frames``."""
+    (one token per stride of ``d·P // C``: a random one in training, the stride centre in evaluation; see
+    :func:`sparse_sampling_indices`), ``random``, ``none`` (keep all d·P tokens), and the shift ablations
+    ``token_shift`` (TokShift: a channel fraction of each frame's CLS moves one frame forward / back) and
+    ``temporal_shift`` (TSM on the patch tokens); the shift modes merge no frames, so they need
+    ``num_segments == num_frames``."""
     spectral_sigma: float = 2.0
-    """σ of the heat-kernel affinity ``exp(−||z_i − z_j|| / 2σ²)`` of ``refine: spectral`` (CenterCLIP default)."""
+    """σ of the heat-kernel affinity ``exp(−||z_i − z_j||² / 2σ²)`` of ``refine: spectral`` (CenterCLIP default)."""
     spectral_graph: SpectralGraph = "heat_kernel"
     """Graph of ``refine: spectral`` (official ``spectral_graph``): ``heat_kernel`` = the dense affinity above;
     ``knn`` = the same affinities kept only on k-nearest-neighbour edges (official ``KNN`` mode)."""
@@ -133,7 +136,9 @@ class VisionConfig:
     with trunc-normal(0.02) (its zero init is overwritten by the generic init; spec §3.1 step 5), the default
     here."""
     drop_path_rate: float = 0.0
-    """Stochastic depth on the message-token branch."""
+    """Stochastic depth on the message-token (or divided-attention) branch only, at this one rate. The official
+    blocks drop every residual branch, with a rate rising linearly from 0 at block 0 to this value at the last
+    block; both are off at the default 0 (every official config)."""
     grad_checkpoint_last: int = 0
     """Activation checkpointing on the last N ViT blocks (official: 4); memory only, no effect on results."""
 
@@ -358,13 +363,15 @@ def spectral_affinity(
 ) -> torch.Tensor:
     """Graph of ``refine: spectral`` (CenterCLIP ``constructW``): tokens (S, N, D) → W (S, N, N).
 
-    ``heat_kernel``: W_ij = exp(−||z_i − z_j||₂ / 2σ²) (Euclidean distance, not squared, as in the official helper).
+    ``heat_kernel``: W_ij = exp(−||z_i − z_j||₂² / 2σ²), a Gaussian of the *squared* Euclidean distance: the official
+    ``constructW`` feeds ``batched_cdist_l2``, which returns ||z_i − z_j||² (its square root is commented out). The
+    squared distances here come from the exact coordinate differences, so W_ii = 1 and duplicates get exactly 1.
     ``knn``: the same W kept where W_ij is among row i's ``knn_k`` largest values (the token itself, W_ii = 1,
     counts as one of them; every value ≥ the k-th largest is kept) — for i's row *or* j's row (symmetric OR), or
     for both when ``mutual`` — and zero elsewhere.
     """
     z = tokens.float()
-    w = torch.exp(-torch.cdist(z, z) / (2.0 * sigma**2))  # (S, N, N), diagonal 1
+    w = torch.exp(-euclidean_distances(z).square() / (2.0 * sigma**2))  # (S, N, N), diagonal 1
     if graph == "heat_kernel":
         return w
     if graph != "knn":
@@ -448,6 +455,26 @@ def temporal_shift(x: torch.Tensor, num_frames: int, fold_div: int = 8) -> torch
     return torch.cat([v[:, :, :1], patches], dim=2).view(bt, n, dim)
 
 
+def sparse_sampling_indices(
+    n: int, c: int, rows: int, training: bool, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Token indices of ``refine: sparse_sampling`` (CenterCLIP ``token_sparse_sampling``), for c < n tokens.
+
+    Training: the n tokens are cut into c strides of ``s = n // c`` and one token is drawn uniformly inside each,
+    ``k·s + U{0, …, s−1}`` (a tail of ``n − c·s`` tokens is never drawn), independently for each of the ``rows``.
+    Evaluation: the centre of each of c equal strides of ``n / c``, ``⌊n/(2c) + k·n/c⌋`` (for n = 2c: the odd
+    indices). Both ascending. Returns (rows, c) int64 on the CPU.
+    """
+    if not 0 < c < n:
+        raise ValueError(f"sparse sampling needs 0 < C ({c}) < N ({n})")
+    if training:
+        stride = n // c
+        return torch.arange(c) * stride + torch.randint(stride, (rows, c), generator=generator)
+    tick = n / c
+    centres = torch.tensor([math.floor(tick / 2.0 + tick * k) for k in range(c)], dtype=torch.long)
+    return centres.expand(rows, c).clone()
+
+
 def refine_segments(
     x: torch.Tensor,
     num_videos: int,
@@ -462,6 +489,7 @@ def refine_segments(
     spectral_graph: SpectralGraph = "heat_kernel",
     spectral_knn_k: int = 10,
     spectral_knn_mutual: bool = False,
+    training: bool = False,
 ) -> torch.Tensor:
     """Refine: merge each segment's d frames into ``1 + C`` tokens (spec §3.1 step 3).
 
@@ -470,6 +498,7 @@ def refine_segments(
         mode: ``kmedoids`` (paper), ``spectral``, ``pooling``, ``sparse_sampling``, ``random``, ``none``, or the
             shift ablations ``token_shift`` / ``temporal_shift`` (need ``num_segments`` = T; no tokens dropped).
         num_tokens: C, tokens kept per segment (ignored by ``pooling``/``none``/shift modes).
+        training: ``sparse_sampling`` only: random offsets inside each stride (training) or stride centres.
     Returns:
         (B·T', 1+C, D): ``[mean of the d frames' CLS ; selected patch tokens]`` (selection without gradient,
         gathered tokens keep it).
@@ -503,8 +532,9 @@ def refine_segments(
             z.detach(), num_tokens, spectral_sigma, max_iter, spectral_graph, spectral_knn_k, spectral_knn_mutual
         )  # (B·T', C)
     elif mode == "sparse_sampling":
-        idx = torch.linspace(0, n - 1, num_tokens, device=z.device).round().long()
-        idx = idx.unsqueeze(0).expand(z.shape[0], -1)  # (B·T', C) uniform stride
+        # one draw per segment position, shared by the videos of the batch (row b·T' + t takes draw t)
+        idx = sparse_sampling_indices(n, num_tokens, num_segments, training, generator).to(z.device)  # (T', C)
+        idx = idx.repeat(num_videos, 1)  # (B·T', C)
     else:  # random
         scores = torch.rand(z.shape[0], n, generator=generator).to(z.device)
         idx = scores.topk(num_tokens, dim=-1).indices.sort(dim=-1).values  # (B·T', C)
@@ -814,4 +844,5 @@ class RTQVisionEncoder(nn.Module):
             cfg.spectral_graph,
             cfg.knn_neighbours,
             cfg.spectral_knn_mutual,
+            training=self.training,
         )
