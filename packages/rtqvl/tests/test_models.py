@@ -318,6 +318,9 @@ def test_init_std_redraws_weights_and_syncs_momentum():
     model = build_model(tiny_config(init_std=0.2))
     w = model.visual_encoder.encoder.layers[0].self_attn.qkv.weight
     assert 0.15 < float(w.std()) < 0.25  # trunc-normal(0.2) clipped at ±2
+    # the message attention's packed q/k/v weight is the official block's qkv Linear: redrawn like every Linear
+    attns = [m for m in model.visual_encoder.modules() if isinstance(m, torch.nn.MultiheadAttention)]
+    assert attns and all(0.15 < float(a.in_proj_weight.std()) < 0.25 for a in attns)
     for online, ema in model.momentum_pairs():
         for a, b in zip(online.parameters(), ema.parameters(), strict=True):
             assert torch.equal(a, b)

@@ -79,7 +79,8 @@ class RTQConfig:
     num_choices: int = 5
     """Multiple-choice candidates (NExT-QA: 5)."""
     init_std: float | None = None
-    """Random-init miniatures only: redraw every Linear / Embedding weight (trunc-normal, this std) before training.
+    """Random-init miniatures only: redraw every Linear / Embedding weight (trunc-normal, this std; the packed
+    query/key/value weight of the temporal modules' attention included) before training.
     ``None`` = the official init (trunc-normal 0.02, meant to be overwritten by the BLIP checkpoint). At width 64
     the 0.02 init makes the tiny encoders' [CLS] outputs identical for every input (cosine ≈ 1), so momentum ITC
     has no gradient to start from; ``repro.py`` uses 0.2 (README, Repro results)."""
@@ -460,10 +461,16 @@ def build_model(config: RTQConfig) -> _RTQBase:
 @torch.no_grad()
 def reinit_weights(model: _RTQBase, std: float) -> None:
     """Redraw every Linear / Embedding weight of the online modules with trunc-normal(std) and copy them to the
-    momentum modules (``RTQConfig.init_std``)."""
+    momentum modules (``RTQConfig.init_std``). The packed query/key/value projection of an ``nn.MultiheadAttention``
+    (the temporal modules' MHSA) is a Linear weight in all but name, as it is in the official blocks (``qkv``): it is
+    redrawn too."""
     momentum = {id(m) for _, ema in model.momentum_pairs() for m in ema.modules()}
     for m in model.modules():
-        if id(m) not in momentum and isinstance(m, nn.Linear | nn.Embedding):
+        if id(m) in momentum:
+            continue
+        if isinstance(m, nn.Linear | nn.Embedding):
             nn.init.trunc_normal_(m.weight, std=std)
+        elif isinstance(m, nn.MultiheadAttention) and m.in_proj_weight is not None:
+            nn.init.trunc_normal_(m.in_proj_weight, std=std)
     for online, ema in model.momentum_pairs():
         ema.load_state_dict(online.state_dict())
