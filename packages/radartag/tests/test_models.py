@@ -19,6 +19,7 @@ from radartag.models import (
     CommonUniqueAggregation,
     GatedUpdater,
     GGTConv,
+    LMFReducer,
     Radar,
     RadarConfig,
     RadarLayer,
@@ -327,3 +328,95 @@ def test_self_attention_reducer_hand_case():
                 heads.append(a[0] * red.value(xs[0])[s] + a[1] * red.value(xs[1])[s])
             rows.append(xs[i] + torch.cat(heads))
         torch.testing.assert_close(out[n], (rows[0] + rows[1]) / 2)
+
+
+def test_lmf_factors_drawn_per_input_like_two_official_parameters():
+    """The official LMF reducer holds two (R, h+1, h) factor tensors, each xavier-normal initialised on its own
+    (fan_in (h+1)·h, fan_out R·h). Both of ours must be exactly those two draws, in that order."""
+    h, rank = 64, 3
+    torch.manual_seed(3)
+    lmf = LMFReducer(h, rank)
+    torch.manual_seed(3)
+    ref = [torch.nn.init.xavier_normal_(torch.empty(rank, h + 1, h)) for _ in range(2)]
+    torch.testing.assert_close(lmf.factors.data[0], ref[0], rtol=0, atol=0)
+    torch.testing.assert_close(lmf.factors.data[1], ref[1], rtol=0, atol=0)
+    std = math.sqrt(2.0 / ((h + 1) * h + rank * h))
+    for k in range(2):
+        assert abs(float(lmf.factors.data[k].std()) / std - 1) < 0.05
+
+
+def _layer_by_hand(layer, x, num_dst, edges):
+    """One RADAR layer written out per destination, head and relation with plain loops (spec §3.3, §3.4; the
+    official message passer, gated updater and common/unique reducer composed in that order), dropout off."""
+    heads, d_k = layer.num_heads, layer.d_k
+    updated = {}
+    for r, rel in enumerate(layer.relations):
+        src, _, dst = rel
+        state = x[dst][: num_dst[dst]]
+        ei = edges[rel]
+        msg = torch.zeros_like(state)
+        for i in range(len(state)):
+            nbrs = ei[0][ei[1] == i]
+            for head in range(heads):
+                cols = slice(head * d_k, (head + 1) * d_k)
+                q = layer.query[dst](state[i])[cols]
+                keys = layer.key[src](x[src][nbrs])[:, cols] @ layer.rel_att[r, head]
+                vals = layer.value[src](x[src][nbrs])[:, cols] @ layer.rel_msg[r, head]
+                weights = torch.softmax(layer.rel_pri[r, head] * (keys @ q) / math.sqrt(d_k), 0)
+                msg[i, cols] = weights @ vals  # no neighbour: an empty sum, zero
+        upd = layer.updaters[dst]
+        z = torch.sigmoid(upd.w_z(msg) + upd.u_z(state))
+        updated[rel] = z * F.gelu(upd.w_s(state + msg)) + (1 - z) * state
+    video = layer.norms["video"](updated[FOLLOWED_BY])
+    visual = updated[HAS_TAG]
+    linguistic = 0.5 * (updated[SUBTOPIC] + updated[SUPERTOPIC])
+    aan = layer.reducer
+    u1, u2 = aan.unique1(visual), aan.unique2(linguistic)
+    c1, c2 = aan.common(visual), aan.common(linguistic)
+    fused = 0.5 * (torch.tanh(aan.attend1(c1)) * c1 + torch.tanh(aan.attend2(c2)) * c2 + torch.maximum(u1, u2))
+    w, b = aan.disc_weight[0], aan.disc_bias
+    logits = {"unique": torch.cat([u1, u2]) @ w + b, "common": torch.cat([c1, c2]) @ w + b}
+    return {"video": video, "tag": layer.norms["tag"](fused)}, logits
+
+
+def test_layer_and_scores_match_the_equations_written_out():
+    torch.manual_seed(0)
+    cfg = RadarConfig(video_dim=6, tag_dim=6, num_tags=5, hidden_dim=8, num_heads=2, dropout=0.0,
+                      bidirectional_topic=True)  # fmt: skip
+    model = Radar(cfg)
+    with torch.no_grad():  # the official init leaves W_att, W_msg tiny and μ = 1: make every term visible
+        for layer in model.layers:
+            layer.rel_att.normal_()
+            layer.rel_msg.normal_()
+            layer.rel_pri.uniform_(0.5, 2.0)
+            for norm in layer.norms.values():
+                norm.weight.normal_()
+                norm.bias.normal_()
+    layer = model.layers[1]
+    x = {"video": torch.randn(7, 8), "tag": torch.randn(5, 8)}
+    edges = {
+        FOLLOWED_BY: torch.tensor([[3, 4, 5, 6, 0], [0, 0, 0, 1, 1]]),  # video 2 has no followee
+        SUBTOPIC: torch.tensor([[0, 1, 2], [3, 3, 4]]),
+        SUPERTOPIC: torch.tensor([[3, 3, 4], [0, 1, 2]]),
+        HAS_TAG: torch.tensor([[0, 5, 6, 1], [0, 0, 2, 4]]),  # tags 1 and 3 have no video
+    }
+    num_dst = {"video": 3, "tag": 5}
+    out, logits = layer(x, num_dst, edges)
+    ref, ref_logits = _layer_by_hand(layer, x, num_dst, edges)
+    for key in ("video", "tag"):
+        torch.testing.assert_close(out[key], ref[key], rtol=1e-5, atol=1e-5)
+    for key in ("unique", "common"):
+        torch.testing.assert_close(logits[key], ref_logits[key], rtol=1e-5, atol=1e-5)
+
+    # whole model, evaluation mode: layer 0 embedding by hand, both layers, then <normalize(h_v), h_t>
+    model.eval()
+    video_x, tag_x = torch.randn(9, 6), torch.randn(5, 6)
+    blocks = [({"video": 7, "tag": 5}, {**edges, FOLLOWED_BY: torch.tensor([[7, 8, 2], [0, 0, 6]])}),
+              (num_dst, edges)]  # fmt: skip
+    emb = model.embedding
+    h = {"video": F.gelu(emb.video_proj(emb.video_norm(video_x))),
+         "tag": F.gelu(emb.tag_proj(emb.tag_norm(tag_x + emb.tag_embedding.weight)))}  # fmt: skip
+    for lay, (nd, ed) in zip(model.layers, blocks, strict=True):
+        h, _ = lay(h, nd, ed)
+    scores = model(video_x, tag_x, torch.arange(5), blocks, 3).scores
+    torch.testing.assert_close(scores, F.normalize(h["video"], dim=-1) @ h["tag"].T, rtol=1e-5, atol=1e-5)
