@@ -162,6 +162,33 @@ def test_sgdet_training_targets(tmp_path):
     assert (item["pair_labels"] > 0).sum() >= 1
 
 
+def test_sgdet_training_keeps_one_predicate_per_gt_pair(tmp_path):
+    """Spec §3.7/§4.1 (official get_groundtruth + detect_relsample): the SGDet sampler reads the relation map,
+    which holds one predicate per ordered GT pair (a random one of its duplicates), so a proposal pair is never
+    a positive twice with two different predicates."""
+    write_vg150(tmp_path, n_images=8, n_obj_classes=4, n_predicates=5)
+    ds = VG150Dataset(
+        tmp_path,
+        "train",
+        protocol="sgdet",
+        predicate_order="file",
+        num_val_images=0,
+        sgdet_add_gt_boxes=False,
+        synthetic=SyntheticFeaturesConfig(feature_dim=8, box_jitter=0.0, det_logit_scale=20.0),
+    )
+    rec = ds.records[0]
+    s, o = int(rec.rels[0, 0]), int(rec.rels[0, 1])
+    rec.rels = np.array([[s, o, 1], [s, o, 2]])  # the same ordered pair annotated with two predicates
+    seen = set()
+    for epoch in range(20):
+        ds.epoch_seed = epoch
+        item = ds[0]
+        fg = [(tuple(p), lab) for p, lab in zip(item["pair_idx"].tolist(), item["pair_labels"].tolist()) if lab > 0]
+        assert len(fg) == 1 and fg[0][0] == (s, o)  # unjittered detections: one matched proposal pair
+        seen.add(fg[0][1])
+    assert seen == {1, 2}  # either duplicate can be the one kept
+
+
 def test_sgdet_adds_gt_boxes_to_training_proposals(tmp_path):
     """Spec §3.7: in SGDet training the GT boxes join the detections (configurable); never at test."""
     write_vg150(tmp_path, n_images=8, n_obj_classes=4, n_predicates=5, n_test=2)

@@ -82,3 +82,28 @@ def test_assignment_rules():
     assert k_b == 3 and a.all()
     a, _ = assign_pairs(labels, groups, rates, u, bg, background_mode="all_include")
     assert a[:2, 4:].all() and not a[2, 4:].any()
+
+
+def test_rand_choose_keeps_or_drops_background_pairs():
+    """ZERO_LABEL_PADDING_MODE rand_choose (official predictor): a background pair joins every classifier
+    1..K_b with probability 0.6 and is otherwise left out of the batch; it never lands in a single classifier."""
+    groups = [2, 2, 2]
+    rates = torch.ones(3, 7)
+    labels = torch.tensor([4, 0, 0, 0])  # K_b = 2
+    bg = torch.tensor([0.0, 0.1, 0.59, 0.9])
+    a, k_b = assign_pairs(labels, groups, rates, torch.zeros(4), bg, background_mode="rand_choose")
+    assert k_b == 2
+    assert a[:, 1].tolist() == [True, True, False] and a[:, 2].tolist() == [True, True, False]
+    assert a[:, 3].tolist() == [False, False, False]  # dropped, not handed to one classifier
+    draws = torch.rand(20000, generator=torch.Generator().manual_seed(0))
+    a, _ = assign_pairs(
+        torch.cat([torch.tensor([4]), torch.zeros(20000, dtype=torch.long)]),
+        groups,
+        rates,
+        torch.zeros(20001),
+        torch.cat([torch.zeros(1), draws]),
+        background_mode="rand_choose",
+    )
+    kept = a[:, 1:].sum(0)  # classifiers per background pair
+    assert set(kept.unique().tolist()) == {0, 2}
+    assert abs(float((kept == 2).float().mean()) - 0.6) < 0.02

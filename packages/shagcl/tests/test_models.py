@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 from shagcl_testlib import tiny_config
@@ -100,6 +102,19 @@ def test_rect_masks_hand_example():
     assert rect.rasterise(tail, size)[0].all()
     maps = rect(head, tail, size)  # (M, C, 7, 7): added to the pooled union map
     assert maps.shape == (1, 8, 7, 7)
+
+
+def test_union_channel_reduction_init_is_he_normal_over_fan_out():
+    """The 3x3 conv that reduces the all-level union maps is maskrcnn-benchmark's make_conv3x3: weights
+    N(0, 2 / (C·9)) (He-normal over the fan-out), bias 0 — not the box head's Kaiming-uniform(a=1), whose std
+    would be sqrt(1 / (L·C·9))."""
+    torch.manual_seed(0)
+    union = UnionFeatures(tiny_config(union_features="official", roi_channels=32))
+    w = union.reduce.weight  # (32, 128, 3, 3)
+    expected = math.sqrt(2.0 / (32 * 9))  # 0.083; the uniform init would give 0.029
+    assert abs(float(w.std()) - expected) < 0.05 * expected
+    assert float(w.abs().max()) > math.sqrt(3.0) * expected  # unbounded tails: not a uniform draw
+    assert not union.reduce.bias.any()
 
 
 def test_official_union_path_and_trainable_box_head(tmp_path):

@@ -308,7 +308,12 @@ class SceneGraphDataset(Dataset):
                 )
         n = len(boxes)
         if self.protocol == "sgdet" and self.train:
-            labels, pairs, pair_labels = self._sgdet_targets(boxes, gt_boxes, gt_labels, rec.rels, g)
+            # the GT relations come from the same relation map as in PredCls/SGCls: one predicate per ordered GT
+            # pair (a random one of its duplicates), so a proposal pair never gets two conflicting positives
+            rel_map = self._relation_map(rec.rels, len(gt_boxes), g)
+            gt_pairs = rel_map.nonzero()  # (G', 2) row-major
+            gt_rel_list = torch.cat([gt_pairs, rel_map[gt_pairs[:, 0], gt_pairs[:, 1]][:, None]], 1).numpy()
+            labels, pairs, pair_labels = self._sgdet_targets(boxes, gt_boxes, gt_labels, gt_rel_list, g)
         elif self.protocol == "sgdet":
             labels = torch.zeros(n, dtype=torch.long)
             pairs, pair_labels = self._sample_pairs(torch.zeros(n, n, dtype=torch.long), g)

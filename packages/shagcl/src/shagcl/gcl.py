@@ -316,7 +316,7 @@ def assign_pairs(
     labels: (M,) predicate labels (0 = background); rates: (K, C_rel) from :func:`median_resampling_rates`;
     uniform: (M,) draws u ~ U[0, 1) (one per pair); background_choice: (M,) draws in [0, 1) used to pick the
     classifier of a background pair (``rand_insert``: classifier floor(v * K_b) + 1; ``rand_choose``: joins all
-    classifiers 1..K_b when v < ``rand_choose_prob``, else one chosen as in rand_insert [Reconstruction]).
+    classifiers 1..K_b when v < ``rand_choose_prob``, otherwise no classifier at all, as the official code drops it).
 
     Returns ``(assignment, K_b)``: assignment (K, M) bool, row k-1 = pairs classifier k trains on; K_b = group of
     the rarest label present (only classifiers 1..K_b get a loss). A batch of background only gives K_b = K and
@@ -348,8 +348,8 @@ def assign_pairs(
     elif background_mode == "all_include":
         assignment |= (~fg)[None, :] & (ks <= k_b)
     elif background_mode == "rand_choose":
-        all_k = (~fg & (background_choice < rand_choose_prob))[None, :] & (ks <= k_b)
-        assignment |= all_k | one
+        # kept by every classifier 1..K_b with probability rand_choose_prob, otherwise left out of this batch
+        assignment |= (~fg & (background_choice < rand_choose_prob))[None, :] & (ks <= k_b)
     else:
         raise ValueError(
             f"model.config.background_mode={background_mode!r}: expected rand_insert|rand_choose|all_include"

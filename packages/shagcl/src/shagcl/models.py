@@ -637,7 +637,8 @@ class UnionFeatures(nn.Module):
         super().__init__()
         c = cfg.roi_channels
         self.reduce = nn.Conv2d(cfg.fpn_levels * c, c, 3, padding=1)  # maskrcnn-benchmark make_conv3x3 + ReLU
-        nn.init.kaiming_uniform_(self.reduce.weight, a=1)
+        # make_conv3x3's init: He-normal over the fan-out (C·3·3) for a ReLU, bias 0
+        nn.init.kaiming_normal_(self.reduce.weight, mode="fan_out", nonlinearity="relu")
         nn.init.zeros_(self.reduce.bias)
         self.rect = RectFeatures(c, cfg.rect_size) if cfg.use_rect_features else None
         self.box_head = BoxHead(c, cfg.roi_resolution, cfg.feature_dim)
