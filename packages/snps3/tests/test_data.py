@@ -315,6 +315,21 @@ def test_empty_caption_uses_asr_or_warns(synthetic_root, tmp_path, caplog):
     assert int(item["attention_mask"].sum()) == 3 and vocab[int(item["input_ids"][1])] == "red"  # overlapping only
 
 
+def test_asr_file_with_the_official_extensionless_name_is_read(synthetic_root, tmp_path):
+    """The official reader opens ``<asr_root>/<video basename>`` with no extension; such a file must be found."""
+    good = (Path(synthetic_root) / "webvid" / "videos" / "train00000.mp4").read_bytes()
+    rows = [{"clip_name": "v.mp4", "caption": " ", "type": "video"}]
+    root = _mini_webvid(tmp_path / "asr", synthetic_root, rows, {"v": good}, "val")
+    (root / "asr").mkdir()
+    (root / "asr" / "v").write_text(json.dumps({"start": [0.0, 5.0], "end": [1.0, 6.0], "text": ["red", "blue"]}))
+    vocab = (root / "vocab.txt").read_text().splitlines()
+    d = dm(root, images_root="webvid", asr_root="asr")
+    d.setup("validate")
+    item = d.datasets["val"][0]
+    words = [vocab[int(i)] for i in item["input_ids"][item["attention_mask"].bool()]]
+    assert words[1:-1] == ["red", "blue"]  # no time span on the line: every segment
+
+
 def test_official_pretraining_val_names_and_qa_answer_count(synthetic_root):
     from snps3.data import DATASETS
 

@@ -296,3 +296,118 @@ def test_per_item_pretraining_terms_reduce_to_the_batch_values(synthetic_root, m
         torch.testing.assert_close(values.sum() / weights.sum(), value.float(), msg=name)
     torch.testing.assert_close(per_loss["mlm_cross"][1], n_masked.float())
     assert not torch.allclose(per_loss["l1"][0], per_loss["l1"][0].mean())  # items differ: each keeps its own
+
+
+def _hand_batch(ids: list[list[int]], significant: bool = False) -> dict:
+    """A pre-training batch built by hand: unmasked captions (no data-side labels), random 32x32 frames (T = 2)."""
+    input_ids = torch.tensor(ids)
+    attn = (input_ids != 0).long()
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "frames": torch.randn(len(ids), 2, 3, 32, 32, generator=g),
+        "input_ids": input_ids,
+        "attention_mask": attn,
+        "mlm_input_ids": input_ids.clone(),
+        "mlm_labels": torch.full_like(input_ids, -1),
+        "neg_input_ids": input_ids.flip(0),
+        "neg_attention_mask": attn.flip(0),
+    }
+    if significant:
+        batch["word_significant"] = torch.zeros_like(input_ids, dtype=torch.bool)
+    return batch
+
+
+def test_attentive_importance_sums_every_query_row(make_config, monkeypatch):
+    """Spec §3.4 f / official code: a_p sums the head-averaged attention over all query rows of every layer,
+    the padding rows included (they attend to the caption's real tokens)."""
+    import snps3.module as module_lib
+    from snps3.module import SNPS3Module
+
+    seen = []
+    real = module_lib.attentive_mask
+
+    def spy(input_ids, attention_mask, importance, *args, **kwargs):
+        seen.append(importance.clone())
+        return real(input_ids, attention_mask, importance, *args, **kwargs)
+
+    monkeypatch.setattr(module_lib, "attentive_mask", spy)
+    torch.manual_seed(0)
+    module = SNPS3Module(
+        config=make_config(num_answers=0),
+        task="pretrain",
+        with_moco=False,
+        use_l2=False,
+        use_itm=False,
+        use_lvwm=False,
+        attentive_mask_prob=1.0,
+    ).eval()  # no dropout: the text pass repeats exactly
+    batch = _hand_batch([[101, 5, 6, 7, 102, 0, 0, 0, 0, 0], [101, 8, 9, 102, 0, 0, 0, 0, 0, 0]])
+    with torch.no_grad():
+        module.pretrain_losses(batch, train=True)
+        att = module.model.encode_text(batch["input_ids"], batch["attention_mask"], output_attentions=True).attentions
+    assert len(seen) == 1
+    every_row = sum(a.mean(1).sum(1) for a in att)  # (B, L)
+    real_rows_only = sum((a.mean(1) * batch["attention_mask"][:, :, None]).sum(1) for a in att)
+    torch.testing.assert_close(seen[0], every_row)
+    assert not torch.allclose(every_row, real_rows_only)  # the padding rows carry weight
+
+
+def test_attentive_masking_reaches_itm_without_mlm(make_config):
+    """The re-masked caption feeds the cross-modal pass whose pooled output is the ITM positive, so attentive
+    masking also happens when only ITM reads that pass (as in the official code, where it is not tied to MLM)."""
+    from snps3.module import SNPS3Module
+
+    torch.manual_seed(0)
+    module = SNPS3Module(
+        config=make_config(num_answers=0),
+        task="pretrain",
+        with_moco=False,
+        use_mlm=False,
+        use_l2=False,
+        use_lvwm=False,
+        attentive_mask_prob=1.0,
+    )
+    calls = []
+    real_cross = module.model.cross
+
+    def cross(input_ids, *args):
+        calls.append(input_ids.clone())
+        return real_cross(input_ids, *args)
+
+    module.model.cross = cross
+    batch = _hand_batch([[101, 5, 6, 7, 102, 0], [101, 8, 9, 10, 11, 102]])
+    losses, _ = module.pretrain_losses(batch, train=True)
+    assert "itm" in losses and "mlm_cross" not in losses
+    positive = calls[0]  # first cross pass: (caption, own video), the ITM positive
+    assert (positive == 103).sum(1).tolist() == [1, 1]  # max(⌊0.15·n⌋, 1) = 1 [MASK] per caption
+    assert not torch.equal(positive, batch["mlm_input_ids"])
+
+
+def test_lvwm_never_picks_a_mask_token(make_config, monkeypatch):
+    """LVWM's "other" positions exclude the special ids {0, 101, 102, 103} (spec §3.4 e step 2), [MASK] included:
+    a caption whose raw ids hold a literal [MASK] and no significant word picks only its real word."""
+    import snps3.module as module_lib
+    from snps3.module import SNPS3Module
+
+    picked = []
+    real = module_lib.select_lvwm_words
+
+    def spy(*args, **kwargs):
+        out = real(*args, **kwargs)
+        picked.append(out)
+        return out
+
+    monkeypatch.setattr(module_lib, "select_lvwm_words", spy)
+    torch.manual_seed(0)
+    module = SNPS3Module(
+        config=make_config(num_answers=0),
+        task="pretrain",
+        with_moco=False,
+        use_mlm=False,
+        use_itm=False,
+        use_l2=False,
+    )
+    batch = _hand_batch([[101, 103, 7, 102, 0, 0], [101, 8, 103, 9, 102, 0]], significant=True)
+    module.pretrain_losses(batch, train=False)
+    assert picked[0][0].tolist() == [2, 2, 2]
+    assert set(picked[0][1].tolist()) <= {1, 3}

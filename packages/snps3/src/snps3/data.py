@@ -570,11 +570,13 @@ class PretrainDataset(_VideoTextBase):
         return str(self.groups[index][0][0])
 
     def asr_caption(self, clip: str, start: float | None, end: float | None) -> str:
-        """Caption from the clip's ASR file (spec §4.1, optional): ``<asr_root>/<basename>.json`` with parallel
-        lists ``start``, ``end``, ``text``; the texts of the segments overlapping ``[start, end]`` (all segments
-        when the line has no time span) joined by spaces. "" when the file is absent."""
-        path = self.asr_root / (Path(clip).stem + ".json")
-        if not path.is_file():
+        """Caption from the clip's ASR file (spec §4.1, optional): ``<asr_root>/<basename>`` (the official name: the
+        video's basename without extension) or ``<asr_root>/<basename>.json``, a JSON object with parallel lists
+        ``start``, ``end``, ``text``; the texts of the segments overlapping ``[start, end]`` (all segments when the
+        line has no time span) joined by spaces. "" when neither file exists."""
+        stem = Path(clip).stem
+        path = next((p for p in (self.asr_root / stem, self.asr_root / f"{stem}.json") if p.is_file()), None)
+        if path is None:
             return ""
         asr = read_json(path, "ASR file")
         lo = -float("inf") if start is None else start

@@ -15,6 +15,7 @@ __all__ = [
     "mssm_num_masks",
     "MSSMasker",
     "bert_mlm_mask",
+    "attention_importance",
     "attentive_mask",
     "restore_raw_ids",
     "select_lvwm_words",
@@ -108,6 +109,16 @@ def bert_mlm_mask(
             elif u < 0.9:
                 ids[p] = rng.randrange(vocab_size)
     return ids, labels
+
+
+def attention_importance(attentions: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Word importance for attentive masking (spec §3.4 f): a_p = Σ_layers Σ_queries mean_heads A[q, p].
+
+    attentions: per layer (B, heads, L, L) attention maps of the text-only pass -> (B, L), detached. The sum runs
+    over every query row, padding rows included, as in the official code: a padding query still spreads its
+    attention over the caption's real tokens, so short captions get most of their importance from those rows.
+    """
+    return sum(a.detach().float().mean(1).sum(1) for a in attentions)  # (B, L)
 
 
 def attentive_mask(

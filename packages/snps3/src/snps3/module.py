@@ -18,7 +18,7 @@ from mmzoo.metrics import IndexedMean
 from mmzoo.predict import predict_dataset
 
 from snps3.losses import ITMLoss, LVWMLoss, MaskedLMLoss, MILNCELoss, MoCoLoss, QALoss, milnce_loss
-from snps3.masking import attentive_mask, restore_raw_ids, select_lvwm_words
+from snps3.masking import attention_importance, attentive_mask, restore_raw_ids, select_lvwm_words
 from snps3.metrics import ItemWeightedMean, retrieval_metrics
 from snps3.models import MomentumEncoders, SNPS3Config, SNPS3Model, check_literal_args, load_checked
 
@@ -308,7 +308,8 @@ class SNPS3Module(pl.LightningModule):
         frames, pad_mask = batch["frames"], batch.get("pad_mask")
         ids, attn = batch["input_ids"], batch["attention_mask"]  # raw caption (B, L)
         mids, mlabels = batch["mlm_input_ids"], batch["mlm_labels"]  # data-side masked caption and labels (B, L)
-        attentive = train and hp.use_mlm and random.random() < hp.attentive_mask_prob
+        # the re-masked caption feeds the cross pass, so it reaches the MLM heads and the ITM positive
+        attentive = train and (hp.use_mlm or hp.use_itm) and random.random() < hp.attentive_mask_prob
         visual = m.encode_visual(frames, pad_mask)  # (B, T, D)
         v = m.clip_embed(visual)  # (B, T, D)
         text = m.encode_text(ids, attn, output_attentions=attentive)  # text-only pass on the raw caption
@@ -322,10 +323,9 @@ class SNPS3Module(pl.LightningModule):
         hits = in_batch_hits(torch.logsumexp(torch.einsum("id,jcd->ijc", t, v), -1).detach())  # (B,)
         mon["r1_l1"] = (hits, ones) if per_item else hits.mean()
         cross_ids, labels = mids, mlabels
-        if attentive:  # spec §3.4 f: importance a_p = Σ_layers Σ_queries mean_heads A[q, p]
-            importance = sum((a.mean(1) * attn[:, :, None]).sum(1) for a in text.attentions)  # (B, L)
+        if attentive:  # spec §3.4 f: importance a_p = Σ_layers Σ_queries mean_heads A[q, p], all query rows
             cross_ids, labels = attentive_mask(
-                ids, attn, importance.detach(), self.special_ids, self.config.mask_token_id
+                ids, attn, attention_importance(text.attentions), self.special_ids, self.config.mask_token_id
             )
         cross = m.cross(cross_ids, attn, visual)  # (masked caption, own video)
         if hp.use_mlm:
@@ -367,7 +367,8 @@ class SNPS3Module(pl.LightningModule):
                     "model.use_lvwm is on but data.significant_words is null: LVWM picks random non-special words "
                     "instead of significant ones (spec §3.4 e); set data.significant_words to a count_reprocess_*.json"
                 )
-            pos = select_lvwm_words(raw, attn, batch.get("word_significant"), self.special_ids, hp.lvwm_num_words)
+            lvwm_special = (*self.special_ids, self.config.mask_token_id)  # never [CLS], [SEP], [PAD], [MASK]
+            pos = select_lvwm_words(raw, attn, batch.get("word_significant"), lvwm_special, hp.lvwm_num_words)
             gather = pos[:, :, None].expand(-1, -1, m.hidden_size)  # (B, N_w, D)
             total = 0.0
             if hp.lvwm_stage in ("after", "both"):
