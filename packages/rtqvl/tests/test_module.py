@@ -453,8 +453,10 @@ def test_multi_caption_retrieval_test_encodes_each_video_once(multi_caption_root
     assert sorted(decoded) == sorted({v for v, _ in texts}) and set(decoded.values()) == {1}
     vids, gt, _, t2v, v2t = _multi_caption_reference(mod, dm, texts, encode)
     assert seen["gt"].tolist() == gt.tolist()
-    torch.testing.assert_close(seen["t2v"], t2v, rtol=1e-5, atol=1e-5)  # re-ranked scores reach ~10
-    torch.testing.assert_close(seen["v2t"], v2t, rtol=1e-5, atol=1e-5)
+    # re-ranked scores reach ~10 and the evaluation encodes clips in batches of 4 while the reference encodes them
+    # one by one: float32 sums in another order differ by ~1e-5 of that scale
+    torch.testing.assert_close(seen["t2v"], t2v, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(seen["v2t"], v2t, rtol=1e-5, atol=1e-4)
     ref = retrieval_metrics(t2v, gt, v2t)
     assert ref["t2v_R@1"] < 100.0  # the tiny random model does not solve it: a wrong pairing would show
     for k, v in ref.items():
