@@ -22,10 +22,10 @@ from __future__ import annotations
 import logging
 import string
 from dataclasses import dataclass, field
-from typing import Literal, get_args, get_type_hints
+from typing import Literal
 
 import torch
-from mmzoo.config import check_choice
+from mmzoo.config import check_literal_fields
 from torch import nn
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
     "build_char_tokenizer",
     "build_tiny_llava",
     "build_tiny_qwen2_vl",
-    "check_choice",
-    "check_choices",
     "check_native_checkpoint",
     "concept_article",
     "qwen2_vl_patchify",
@@ -48,13 +46,6 @@ QWEN_VISION_START, QWEN_VISION_END, QWEN_VIDEO_PAD = "<|vision_start|>", "<|visi
 QWEN_ARCHS = ("qwen2_vl", "qwen2_5_vl")
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-def check_choices(config: object, prefix: str, keys: tuple[str, ...]) -> None:
-    """:func:`check_choice` on the ``Literal`` fields ``keys`` of the dataclass ``config`` (key ``prefix.key``)."""
-    hints = get_type_hints(type(config))
-    for key in keys:
-        check_choice(f"{prefix}.{key}", getattr(config, key), get_args(hints[key]))
 
 
 @dataclass
@@ -120,7 +111,7 @@ class MLLMConfig:
     """Tiny model only: LLM context length."""
 
     def __post_init__(self) -> None:
-        check_choices(self, "model.mllm", ("arch", "torch_dtype"))  # an unknown arch would silently build a LLaVA
+        check_literal_fields(self, "model.mllm")  # an unknown arch would silently build a LLaVA
         bad = sorted(set(self.trainable) - {"vision", "projector", "llm"})
         if bad:
             raise ValueError(f"model.mllm.trainable={self.trainable}: unknown parts {bad}; use vision, projector, llm")
@@ -558,7 +549,9 @@ class MultimodalLLM(nn.Module):
             raise ValueError(f"sequence of {len(ids)} tokens exceeds model.mllm.max_length={self.config.max_length}")
         return ids
 
-    def build_inputs(self, instructions: list[str], answers: list[str] | None = None) -> dict[str, torch.Tensor]:
+    def build_inputs(
+        self, instructions: list[str], answers: list[str] | None = None, label_answer_prefix: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Token ids, attention mask and SFT labels for a batch (right padded).
 
         ``[<s>] prefix <image>×N`` then the text after ``<image>`` — ``suffix(instruction)`` and, when answers are
@@ -568,6 +561,10 @@ class MultimodalLLM(nn.Module):
         only the answer tokens (the tokens that hold ``answer_prefix + answer``, boundary rule in
         :meth:`_encode_with_answers`) and EOS are supervised. Also returns ``prompt_lengths`` (B,) — the position
         where the answer starts (without answers: the prompt's length).
+
+        ``label_answer_prefix=False`` gives the same ids but counts ``answer_prefix`` in the prompt: labels then
+        start at the answer's first token (a token holding the prefix and the answer's first characters, such as
+        ``▁nurse``, is the answer's), as the ``answer_logprob`` scorer reads them.
         """
         if not instructions:
             raise ValueError("build_inputs: empty batch")
@@ -578,7 +575,11 @@ class MultimodalLLM(nn.Module):
         if answers is None:
             tails, eos = [(ids, len(ids)) for ids in self._encode_batch(suffixes)], []
         else:
-            tails = self._encode_with_answers(suffixes, [self.config.answer_prefix + a for a in answers])
+            prefix = self.config.answer_prefix
+            if label_answer_prefix:
+                tails = self._encode_with_answers(suffixes, [prefix + a for a in answers])
+            else:  # the same text, so the same ids; only the boundary moves past the prefix
+                tails = self._encode_with_answers([suffix + prefix for suffix in suffixes], answers)
             eos = [self.tokenizer.eos_token_id]
         rows, label_rows, prompt_lengths = [], [], []
         for tail, start in tails:
@@ -674,23 +675,16 @@ class MultimodalLLM(nn.Module):
         concept phrase's own tokens are averaged: not EOS, and not a token that holds nothing but ``answer_prefix``
         (the character tokenizer's ``" "``, a Llama ``▁`` before a word it does not merge with), which training
         supervises too. A token holding the prefix and the first characters of the concept (``▁nurse``) is the
-        concept's. The boundary is found as in :meth:`_encode_with_answers`, with the prefix counted in the prompt,
-        so the same text is scored the same whether its space sits in ``prompt_template`` or in ``answer_prefix``.
+        concept's (``build_inputs(..., label_answer_prefix=False)``), so the same text is scored the same whether its
+        space sits in ``prompt_template`` or in ``answer_prefix``.
         """
         batch, m = len(concepts), len(concepts[0])
         flat_q = [q for row in questions for q in row]
         flat_c = [c for row in concepts for c in row]
-        inputs = self.build_inputs(flat_q, flat_c)
-        ids = inputs["input_ids"]  # (B*M, L)
-        head = len(self._head_ids())
-        prompts = [self._prompt_suffix.format(instruction=q) + self.config.answer_prefix for q in flat_q]
-        rows = ids.tolist()
-        labels = torch.full(ids.shape, -100, dtype=torch.long)  # (B*M, L) the concept's tokens only
-        for i, (tail, start) in enumerate(self._encode_with_answers(prompts, flat_c)):
-            # the same text as build_inputs tokenised, so the same ids: only the boundary differs
-            assert rows[i][head : head + len(tail)] == tail
-            labels[i, head + start : head + len(tail)] = torch.tensor(tail[start:], dtype=torch.long)
-        labels = labels.to(ids.device)
+        inputs = self.build_inputs(flat_q, flat_c, label_answer_prefix=False)
+        ids, labels = inputs["input_ids"], inputs["labels"].clone()  # (B*M, L)
+        eos_pos = (labels != -100).cumsum(-1).argmax(-1)  # last supervised position = EOS
+        labels[torch.arange(labels.shape[0], device=labels.device), eos_pos] = -100
         images_rep = images.repeat_interleave(m, dim=0)  # (B*M, 3, S, S)
         logits = self(images_rep, ids, inputs["attention_mask"])  # (B*M, L, V)
         from .losses import token_log_likelihood
