@@ -26,11 +26,11 @@ from typing import Any, Literal, get_args
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from mmzoo.config import check_choice
 from mmzoo.data import ensure_generated, worker_options
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from .models import check_choice
 from .sampling import ResampledEpochSampler
 
 __all__ = [

@@ -26,6 +26,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.config import check_choice, check_literal_fields
 from mmzoo.data import reload_train_loader_every_epoch
 from mmzoo.distributed import is_distributed, restore_output_capture
 from mmzoo.metrics import IndexedMean
@@ -43,7 +44,7 @@ from .metrics import (
     per_sample_skew,
     skew_table,
 )
-from .models import MLLMConfig, MultimodalLLM, check_choice, check_choices
+from .models import MLLMConfig, MultimodalLLM
 from .sampling import bias_aware_resample
 
 __all__ = ["SkewConfig", "DebiasConfig", "GeneralEvalConfig", "ASDModule"]
@@ -87,7 +88,7 @@ class SkewConfig:
         if self.clip <= 0 or self.alpha <= 0 or self.concept_chunk <= 0:
             raise ValueError("model.skew.clip, model.skew.alpha and model.skew.concept_chunk must be > 0")
         # an unknown scorer would fall to answer_logprob
-        check_choices(self, "model.skew", ("scorer", "mode", "zero_count", "per_sample"))
+        check_literal_fields(self, "model.skew")
 
 
 @dataclass
@@ -122,7 +123,7 @@ class DebiasConfig:
             raise ValueError(f"model.debias.tau1={self.tau1} and tau2={self.tau2} must be > 0")
         if self.refresh_every_n_epochs < 1:
             raise ValueError("model.debias.refresh_every_n_epochs must be >= 1")
-        check_choices(self, "model.debias", ("method", "token_reduction", "epoch_length"))
+        check_literal_fields(self, "model.debias")
 
     @property
     def use_resample(self) -> bool:

@@ -19,10 +19,9 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_choice
 from mmzoo.data import SplitLoaders, evaluation_sampler, worker_options
 from torch.utils.data import DataLoader, Dataset
-
-from pckd.models import check_choice
 
 __all__ = [
     "CIFAR100_MEAN",

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.config import check_choice
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -22,7 +23,7 @@ from pckd.losses import (
     PerSampleKDLoss,
     PreviewWeights,
 )
-from pckd.models import AlignHead, Embed, PCKDConfig, build_backbone, check_choice
+from pckd.models import AlignHead, Embed, PCKDConfig, build_backbone
 
 __all__ = ["PCKDModule", "load_teacher_state_dict", "TORCHVISION_WEIGHTS"]
 

@@ -24,12 +24,13 @@ from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
+from mmzoo.config import check_choice
 from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, worker_options
 from mmzoo.features import NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import HeteroData
 
-from .models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, SUPERTOPIC, EdgeType, check_choice
+from .models import FOLLOWED_BY, HAS_TAG, SUBTOPIC, SUPERTOPIC, EdgeType
 from .sampler import BlockSampler, PygNeighborSampler
 from .synthetic import SyntheticKwaiConfig, ensure_synthetic_vertical
 

@@ -16,15 +16,13 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_choice, check_literal_fields
+from mmzoo.config import check_literal_fields
 from torch import nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
 
 __all__ = [
     "RadarConfig",
-    "check_choice",
-    "check_literal_fields",
     "EdgeType",
     "SUBTOPIC",
     "SUPERTOPIC",

@@ -12,11 +12,11 @@ from typing import Literal
 
 import numpy as np
 import torch
+from mmzoo.config import check_choice
 from mmzoo.data import read_json
 from tqdm import tqdm
 
 from .data import _find_cycle, _read_list, read_label_map, read_tag_parents
-from .models import check_choice
 
 __all__ = ["pair_features", "build_ontology", "build_ontology_command", "extract_features", "extract_features_command"]
 

@@ -29,11 +29,10 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
+from mmzoo.config import check_choice
 from mmzoo.data import SplitLoaders, read_json, worker_options
 from mmzoo.video import VideoDecodeError, VideoReader, normalize
 from torch.utils.data import DataLoader, Dataset
-
-from rtqvl.models.video import check_choice
 
 __all__ = [
     "normalize_text",

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Literal, get_args
 
 import torch
+from mmzoo.config import check_choice
 from mmzoo.metrics import first_of_each_id
 from torchmetrics import Metric
 
@@ -289,8 +290,7 @@ CAPTION_BACKENDS = get_args(CaptionBackend)
 
 
 def _check_backend(backend: str) -> None:
-    if backend not in CAPTION_BACKENDS:  # anything else would score with the python backend
-        raise ValueError(f"caption_backend={backend!r}: expected one of {list(CAPTION_BACKENDS)}")
+    check_choice("caption_backend", backend, CAPTION_BACKENDS)  # anything else: the python backend, silently
 
 
 def caption_metrics(

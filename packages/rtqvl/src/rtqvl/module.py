@@ -13,6 +13,7 @@ import math
 import lightning.pytorch as pl
 import torch
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.config import check_choice
 from mmzoo.metrics import first_of_each_id
 
 from rtqvl.losses import AnswerLoss, CaptionLoss, ITCLoss, ITMLoss, MultipleChoiceLoss, alpha_ramp, itm_negative_indices
@@ -27,7 +28,6 @@ from rtqvl.metrics import (
     TieRule,
 )
 from rtqvl.models.rtq import RTQConfig, build_model, momentum_update
-from rtqvl.models.video import check_choice
 from rtqvl.models.weights import load_pretrained
 from rtqvl.token_store import StoreLocation, VideoTokenStore
 

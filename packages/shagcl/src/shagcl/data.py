@@ -16,12 +16,13 @@ from typing import Literal, get_args
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from mmzoo.config import check_choice
 from mmzoo.data import SplitLoaders, read_json, reload_train_loader_every_epoch, worker_options
 from mmzoo.features import H5Features
 from torch.utils.data import DataLoader, Dataset
 
 from shagcl.gcl import VG150_PREDICATE_REMAP, VG150_PREDICATES_FREQ_ORDER
-from shagcl.models import box_iou, check_choice
+from shagcl.models import box_iou
 
 __all__ = [
     "SceneRecord",

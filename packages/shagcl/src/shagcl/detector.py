@@ -33,9 +33,8 @@ from pathlib import Path
 from typing import Literal, get_args
 
 import torch
+from mmzoo.config import check_choice
 from torch import nn
-
-from shagcl.models import check_choice
 
 __all__ = ["FasterRCNNFeatures", "extract_main", "build_detector", "filter_duplicate_detections"]
 

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from typing import Literal, get_args
 
 import torch
+from mmzoo.config import check_choice
 
 __all__ = [
     "OFFICIAL_PREDICATE_COUNTS",
@@ -224,8 +225,7 @@ def group_predicates(
 
     Returns the group sizes in order (they sum to ``len(counts)``).
     """
-    if mode not in get_args(GroupSplit):  # anything else would silently group by the divide rule
-        raise ValueError(f"model.config.group_split={mode!r}: expected one of {list(get_args(GroupSplit))}")
+    check_choice("model.config.group_split", mode, get_args(GroupSplit))  # else: the divide rule, silently
     counts = [int(c) for c in counts]
     if not counts:
         raise ValueError("group_predicates: empty count list")

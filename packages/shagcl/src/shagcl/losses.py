@@ -12,10 +12,10 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_choice
 from torch import nn
 
 from shagcl.gcl import BackgroundMode, assign_pairs, classifier_sizes, map_labels_to_classifier
-from shagcl.models import check_choice
 
 __all__ = [
     "KDMode",

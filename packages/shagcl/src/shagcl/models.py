@@ -27,7 +27,6 @@ from torch.nn.utils.rnn import pad_sequence
 from shagcl.gcl import classifier_sizes
 
 __all__ = [
-    "check_choice",
     "SHAGCLConfig",
     "RelationOutput",
     "encode_box_geometry",

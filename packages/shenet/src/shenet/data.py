@@ -29,12 +29,12 @@ from typing import Literal, get_args
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from mmzoo.config import check_choice
 from mmzoo.data import SplitLoaders, read_json, worker_options
 from mmzoo.video import VideoDecodeError, VideoReader, center_crop, normalize, resize_short_side
 from torch.utils.data import DataLoader, Dataset
 
 from shenet.hierarchy import CachedParser, ParserConfig, ParseTable, build_parser
-from shenet.models import check_choice
 from shenet.tokenization import TextEncoder, collate_texts
 
 __all__ = [

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
+from mmzoo.config import check_literal_fields
 from mmzoo.data import read_json
-
-from shenet.models import check_literal_fields
 
 __all__ = [
     "SyntaxNode",

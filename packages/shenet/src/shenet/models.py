@@ -28,8 +28,6 @@ from mmzoo.ops import token_max_sim
 from torch import nn
 
 __all__ = [
-    "check_choice",
-    "check_literal_fields",
     "SHENetConfig",
     "TextFeatures",
     "VideoFeatures",

@@ -10,12 +10,13 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.config import check_choice
 from mmzoo.distributed import gather_uneven_rows, rank_and_world
 from mmzoo.metrics import first_of_each_id
 
 from shenet.losses import SHENetContrastiveLoss
 from shenet.metrics import RetrievalMetrics
-from shenet.models import SHENet, SHENetConfig, TextFeatures, VideoFeatures, check_choice
+from shenet.models import SHENet, SHENetConfig, TextFeatures, VideoFeatures
 from shenet.optim import BertAdam, param_groups, warmup_cosine
 
 __all__ = ["SHENetModule", "evaluation_memory"]

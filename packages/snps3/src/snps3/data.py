@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_choice
 from mmzoo.data import SplitLoaders, read_json, worker_options
 from mmzoo.video import (
     VideoDecodeError,
@@ -34,7 +35,7 @@ from mmzoo.video import (
 from torch.utils.data import DataLoader, Dataset
 
 from snps3.masking import MSSMasker, bert_mlm_mask
-from snps3.models import check_choice, check_literal_args
+from snps3.models import check_literal_args
 from snps3.significant import load_rank, load_same_lemma, significant_mask
 
 log = logging.getLogger(__name__)

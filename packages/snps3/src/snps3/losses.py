@@ -13,10 +13,9 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_choice
 from mmzoo.distributed import gather_no_grad, gather_with_grad, rank_offset_labels
 from torch import nn
-
-from snps3.models import check_choice
 
 __all__ = [
     "milnce_loss",

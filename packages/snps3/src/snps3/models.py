@@ -22,9 +22,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "SNPS3Config",
-    "check_choice",
     "check_literal_args",
-    "check_literal_fields",
     "TinyCNNEncoder",
     "ResNet50Encoder",
     "PVTv2Encoder",

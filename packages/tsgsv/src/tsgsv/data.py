@@ -21,12 +21,12 @@ from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
+from mmzoo.config import check_choice
 from mmzoo.data import reload_train_loader_every_epoch, worker_options
 from mmzoo.features import H5Features
 from torch.utils.data import DataLoader, Dataset
 
 from .losses import gaussian_labels, hard_labels
-from .models import check_choice
 from .synthetic import SyntheticStreamConfig, write_synthetic_dataset
 
 __all__ = [

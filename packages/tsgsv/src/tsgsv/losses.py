@@ -15,9 +15,8 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_choice
 from torch import nn
-
-from .models import check_choice
 
 __all__ = [
     "gaussian_labels",

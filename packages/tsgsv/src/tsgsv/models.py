@@ -15,12 +15,11 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_choice, check_literal_fields
+from mmzoo.config import check_literal_fields
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 __all__ = [
-    "check_choice",
     "TSGSVConfig",
     "PositionalEncoding",
     "SentenceEncoder",

@@ -9,7 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from mmzoo.config import check_choice
 from torch import nn
 
 from pckd.models.cifar_resnet import CifarResNet
@@ -22,7 +21,7 @@ from pckd.models.shufflenet import ShuffleV1, ShuffleV2
 from pckd.models.vgg import VGG, VGG_STAGES
 from pckd.models.wrn import WideResNet
 
-__all__ = ["Arch", "ARCHS", "PCKDConfig", "build_backbone", "check_choice", "Embed", "AlignHead"]
+__all__ = ["Arch", "ARCHS", "PCKDConfig", "build_backbone", "Embed", "AlignHead"]
 
 Arch = Literal[
     "resnet8",

@@ -20,11 +20,12 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_literal_fields
 from torch import nn
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
 
 from rtqvl.models.text import TextConfig, blip_text_config, build_tokenizer
-from rtqvl.models.video import RTQVisionEncoder, VisionConfig, check_literal_fields
+from rtqvl.models.video import RTQVisionEncoder, VisionConfig
 
 __all__ = [
     "RTQConfig",

@@ -35,8 +35,6 @@ from transformers.models.blip.modeling_blip import BlipEncoderLayer, BlipVisionE
 
 __all__ = [
     "VisionConfig",
-    "check_choice",
-    "check_literal_fields",
     "kmedoids",
     "kmedoids_reference",
     "kmedoids_from_distances",
