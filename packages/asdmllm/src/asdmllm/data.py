@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.data import ensure_generated, worker_options
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, Subset
@@ -327,6 +327,7 @@ class SocialCounterfactualsDataset(_CounterfactualDataset):
     ) -> None:
         self._check_options(split, instruction_mode, on_corrupt)
         check_choice("data.split_by", split_by, get_args(SplitBy))  # anything else would split by occupation
+        check_range("data.image_size", image_size, ge=1, integer=True)
         root = Path(data_root).expanduser()
         self._source = str(root)
         self.image_size, self.instruction_mode, self.on_corrupt = image_size, instruction_mode, on_corrupt
@@ -382,6 +383,7 @@ class CMSCDataset(_CounterfactualDataset):
         on_corrupt: OnCorrupt = "raise",
     ) -> None:
         self._check_options(split, instruction_mode, on_corrupt)
+        check_range("data.image_size", image_size, ge=1, integer=True)
         root = Path(data_root).expanduser()
         self._source = str(root)
         self.image_size, self.instruction_mode, self.on_corrupt = image_size, instruction_mode, on_corrupt
@@ -420,6 +422,7 @@ class FairFaceDataset(Dataset):
         on_corrupt: OnCorrupt = "raise",
     ) -> None:
         check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))  # anything else would skip corrupt images
+        check_range("data.image_size", image_size, ge=1, integer=True)
         if max_images is not None and max_images < 1:  # a negative slice bound would drop the last images instead
             raise ValueError(
                 f"data.fairface_max_images={max_images} must be a positive number of images, or null for all"
@@ -775,6 +778,11 @@ class DemoDataConfig:
 
     def __post_init__(self) -> None:
         check_choice("data.demo.glyph_source", self.glyph_source, get_args(GlyphSource))
+        check_range("data.demo.n_sets", self.n_sets, ge=1, integer=True)
+        if self.bias is not None:  # a probability
+            check_range("data.demo.bias", self.bias, ge=0, le=1)
+        check_range("data.demo.fairface_images", self.fairface_images, ge=0, integer=True)  # 0: none
+        check_range("data.demo.cmsc_sets", self.cmsc_sets, ge=0, integer=True)  # 0: none
 
 
 class DebiasDataModule(pl.LightningDataModule):
@@ -846,6 +854,8 @@ class DebiasDataModule(pl.LightningDataModule):
             raise ValueError(f"data.probe_fraction={probe_fraction} must be in (0, 1]")
         if batch_size <= 0 or eval_batch_size <= 0:
             raise ValueError("data.batch_size and data.eval_batch_size must be positive")
+        check_range("data.image_size", image_size, ge=1, integer=True)
+        check_range("data.num_workers", num_workers, ge=0, integer=True)
         if fairface_max_images is not None and fairface_max_images < 1:  # checked before a fit, not at its test
             raise ValueError(
                 f"data.fairface_max_images={fairface_max_images} must be a positive number of images, or null for all"

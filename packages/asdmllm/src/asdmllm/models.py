@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
-from mmzoo.config import check_literal_fields
+from mmzoo.config import check_literal_fields, check_range
 from torch import nn
 
 __all__ = [
@@ -121,6 +121,26 @@ class MLLMConfig:
             )
         if "{concept}" not in self.yes_no_template:
             raise ValueError(f"model.mllm.yes_no_template={self.yes_no_template!r} must contain '{{concept}}'")
+        for key in ("max_length", "image_size", "patch_size", "spatial_merge_size"):
+            check_range(f"model.mllm.{key}", getattr(self, key), ge=1, integer=True)
+        if self.lora:  # peft's rank, scaling alpha/r (0 leaves the adapters without effect) and dropout
+            check_range("model.mllm.lora_r", self.lora_r, ge=1, integer=True)
+            check_range("model.mllm.lora_alpha", self.lora_alpha, gt=0)
+            check_range("model.mllm.lora_dropout", self.lora_dropout, ge=0, lt=1)
+        if self.pretrained is None:  # the sizes of the tiny random model
+            for key in ("vision_hidden_size", "vision_layers", "text_hidden_size", "text_layers", "text_heads"):
+                check_range(f"model.mllm.{key}", getattr(self, key), ge=1, integer=True)
+            check_range("model.mllm.max_position_embeddings", self.max_position_embeddings, ge=1, integer=True)
+            if self.vision_hidden_size % 2:
+                raise ValueError(
+                    f"model.mllm.vision_hidden_size={self.vision_hidden_size}: must be even (the tiny vision "
+                    "encoder has 2 attention heads)"
+                )
+            if self.text_hidden_size % self.text_heads:
+                raise ValueError(
+                    f"model.mllm.text_heads={self.text_heads} must divide "
+                    f"model.mllm.text_hidden_size={self.text_hidden_size}"
+                )
         if self.arch in QWEN_ARCHS and self.image_size % (self.patch_size * self.spatial_merge_size):
             raise ValueError(
                 f"model.mllm.image_size={self.image_size} must be a multiple of patch_size × spatial_merge_size "

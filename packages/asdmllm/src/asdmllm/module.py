@@ -26,7 +26,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
-from mmzoo.config import check_choice, check_literal_fields
+from mmzoo.config import check_choice, check_literal_fields, check_range
 from mmzoo.data import reload_train_loader_every_epoch
 from mmzoo.distributed import is_distributed, restore_output_capture
 from mmzoo.metrics import IndexedMean
@@ -147,6 +147,11 @@ class GeneralEvalConfig:
     max_new_tokens: int = 10
     """Greedy generation length."""
 
+    def __post_init__(self) -> None:
+        if self.max_questions is not None:  # 0 keeps every question, a negative bound would drop the last ones
+            check_range("model.general_eval.max_questions", self.max_questions, ge=0, integer=True)
+        check_range("model.general_eval.max_new_tokens", self.max_new_tokens, ge=1, integer=True)
+
 
 class ASDModule(pl.LightningModule):
     """Fine-tunes an MLLM with bias-aware resampling and SFLoss (ASD/CSD) or plainly (FT)."""
@@ -182,6 +187,13 @@ class ASDModule(pl.LightningModule):
         """
         super().__init__()
         check_choice("model.scheduler", scheduler, get_args(Scheduler))  # anything else would decay by cosine
+        check_range("model.lr", lr, ge=0)
+        check_range("model.weight_decay", weight_decay, ge=0)
+        if len(betas) != 2:
+            raise ValueError(f"model.betas={list(betas)}: expected AdamW's two betas")
+        for beta in betas:  # the moments' decay rates
+            check_range("model.betas", beta, ge=0, lt=1)
+        check_range("model.warmup_ratio", warmup_ratio, ge=0, le=1)
         self.save_hyperparameters()
         self.mllm_config = mllm or MLLMConfig()
         self.debias = debias or DebiasConfig()

@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.data import evaluation_sampler, read_json
 from mmzoo.video import (
     VideoDecodeError,
@@ -124,8 +124,8 @@ class _ClipDataset(Dataset):
         on_corrupt: OnCorrupt,
         use_depth_files: bool,
     ):
-        if num_frames < 1 or size < 1:
-            raise ValueError(f"num_frames={num_frames} and size={size} must be >= 1")
+        check_range("data.num_frames", num_frames, ge=1, integer=True)
+        check_range("data.size", size, ge=1, integer=True)
         check_choice("data.frames_mode", frames_mode, ("first", "uniform", "stride"))
         check_choice("data.on_corrupt", on_corrupt, ("raise", "skip"))
         if frame_stride < 1:
@@ -648,6 +648,14 @@ class EVEDataModule(pl.LightningDataModule):
         demo_size: int = 32,
         num_workers: int = 0,
     ):
+        for key, value in (("num_frames", num_frames), ("size", size), ("frame_stride", frame_stride)):
+            check_range(f"data.{key}", value, ge=1, integer=True)
+        if max_items is not None:  # 0 would edit nothing, a negative count would drop clips from the end
+            check_range("data.max_items", max_items, ge=1, integer=True)
+        if generate_demo_data:
+            for key, value in (("demo_videos", demo_videos), ("demo_frames", demo_frames), ("demo_size", demo_size)):
+                check_range(f"data.{key}", value, ge=1, integer=True)
+        check_range("data.num_workers", num_workers, ge=0, integer=True)
         super().__init__()
         self.save_hyperparameters()
         self.dataset_name = dataset

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_range
 from mmzoo.video import NORMALIZATION
 from torch import nn
 from torchmetrics import Metric
@@ -207,6 +208,9 @@ class MetricsConfig:
     """Also compute the structure error with the editor's depth estimator (needs `model.depth_model` != precomputed)."""
     local_files_only: bool = True
     """Never reach the hub."""
+
+    def __post_init__(self) -> None:
+        check_range("model.metrics.resize", self.resize, ge=1, integer=True)
 
 
 class CLIPEmbedder(nn.Module):

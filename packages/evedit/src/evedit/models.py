@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_literal_fields
+from mmzoo.config import check_literal_fields, check_range
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -92,6 +92,23 @@ class ModelConfig:
             raise ValueError("model.model.tiny_channels must list at least one width")
         if self.tiny_pixel_scale <= 0:
             raise ValueError(f"model.model.tiny_pixel_scale must be > 0, got {self.tiny_pixel_scale}")
+        if self.backbone == "tiny":
+            for width in self.tiny_channels:
+                check_range("model.model.tiny_channels", width, ge=1, integer=True)
+            groups = min(32, self.tiny_channels[0])  # the tiny UNet's and VAE's GroupNorm groups
+            if any(width % groups for width in self.tiny_channels):
+                raise ValueError(
+                    f"model.model.tiny_channels={list(self.tiny_channels)}: every width must be a multiple of "
+                    f"min(32, first width)={groups} (the GroupNorm groups of the tiny UNet and VAE)"
+                )
+            check_range("model.model.tiny_cross_attention_dim", self.tiny_cross_attention_dim, ge=1, integer=True)
+            if self.tiny_cross_attention_dim % 4:
+                raise ValueError(
+                    f"model.model.tiny_cross_attention_dim={self.tiny_cross_attention_dim}: must be a multiple of "
+                    "the 4 attention heads of the tiny text encoder"
+                )
+            check_range("model.model.tiny_vocab_size", self.tiny_vocab_size, ge=8, integer=True)  # 3 special ids
+            check_range("model.model.tiny_max_length", self.tiny_max_length, ge=1, integer=True)
 
 
 @dataclass
@@ -109,6 +126,9 @@ class DepthConfig:
 
     def __post_init__(self) -> None:
         check_literal_fields(self, "model.edit.depth")
+        check_range("model.edit.depth.scale", self.scale)  # any multiplier (0: no depth)
+        check_range("model.edit.depth.smooth_window", self.smooth_window, ge=1, integer=True)
+        check_range("model.edit.depth.estimator_size", self.estimator_size, ge=1, integer=True)
 
 
 @dataclass
@@ -155,6 +175,9 @@ class TCCConfig:
             raise ValueError(f"model.edit.tcc.frame_chunk={self.frame_chunk} must be >= 2 (or null)")
         if not 0.0 <= self.latent_smooth <= 1.0:
             raise ValueError(f"model.edit.tcc.latent_smooth={self.latent_smooth} must lie in [0, 1]")
+        # the update descends the weighted loss: a negative step or weight would climb it (0 switches it off)
+        for key in ("step", "lambda_tmp", "lambda_agr"):
+            check_range(f"model.edit.tcc.{key}", getattr(self, key), ge=0)
         if self.frame_chunk is not None and self.temporal_pairs == "key":
             raise ValueError(
                 "model.edit.tcc.frame_chunk needs model.edit.tcc.temporal_pairs='consecutive' (key pairs span chunks)"
@@ -205,6 +228,10 @@ class EditConfig:
             raise ValueError(f"model.edit.strength={self.strength} must lie in (0, 1]")
         if self.vae_batch < 1:
             raise ValueError(f"model.edit.vae_batch={self.vae_batch} must be >= 1")
+        # any real scale (0: unconditional, 1: no guidance, < 0: guidance away from the prompt); NaN is refused
+        check_range("model.edit.guidance_scale", self.guidance_scale)
+        # DDIM's noise std is η times the posterior's: above 1 the deterministic part takes a root of a negative
+        check_range("model.edit.eta", self.eta, ge=0, le=1)
         if self.eta != 0.0 and self.tcc.latent_smooth > 0:
             raise ValueError(
                 "model.edit.tcc.latent_smooth > 0 needs model.edit.eta = 0 (the smoothed step is deterministic)"

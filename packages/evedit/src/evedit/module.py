@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.config import check_range
 from mmzoo.distributed import restore_output_capture
 
 from evedit.metrics import (
@@ -161,6 +162,8 @@ class EVEModule(pl.LightningModule):
         seed: int = 0,
         num_threads: int | None = None,
     ):
+        if num_threads is not None:
+            check_range("model.num_threads", num_threads, ge=1, integer=True)
         super().__init__()
         self.save_hyperparameters()
         self.model_cfg = model or ModelConfig()

@@ -22,6 +22,7 @@ from typing import Literal
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
+from mmzoo.config import check_range
 from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, worker_options
 from mmzoo.features import H5Features, NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
@@ -354,6 +355,15 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
             missing_features: an annotated video without features (e.g. skipped as corrupt by ``kevsr extract
                 --on-corrupt skip``): ``raise`` (at setup, naming them) or ``drop`` it from the split with a warning.
         """
+        for key, value in (
+            ("num_regions", num_regions),
+            ("num_keywords", num_keywords),
+            ("kg_dim", kg_dim),
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+        ):
+            check_range(f"data.{key}", value, ge=1, integer=True)
+        check_range("data.num_workers", num_workers, ge=0, integer=True)
         super().__init__()
         self.save_hyperparameters()
         self.hierarchy: Hierarchy | None = None

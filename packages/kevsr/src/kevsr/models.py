@@ -17,7 +17,7 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from mmzoo.config import check_choice, check_literal_fields
+from mmzoo.config import check_choice, check_literal_fields, check_range
 from mmzoo.data import read_json
 from torch import nn
 
@@ -116,8 +116,16 @@ class KEVSRConfig:
         for key in ("dim", "num_frames", "num_regions", "num_keywords", "num_level1", "num_level2", "kg_dim"):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
+        for key in ("f2d_dim", "f3d_dim", "text_dim", "region_dim"):
+            check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
+        if self.temporal_init_from_bert is None:  # with BERT, its config gives the temporal layers and heads
+            # no layer would leave the [CLS] output equal to cls + pos[0] for every video
+            check_range("model.config.temporal_layers", self.temporal_layers, ge=1, integer=True)
+        check_range("model.config.region_layers", self.region_layers, ge=0, integer=True)  # 0: projection only
+        check_range("model.config.temporal_dropout", self.temporal_dropout, ge=0, lt=1)
         heads = ("region_heads",) if self.temporal_init_from_bert else ("temporal_heads", "region_heads")
         for key in heads:  # with BERT, its config gives the temporal heads
+            check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
             if self.dim % getattr(self, key) != 0:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must divide dim={self.dim}")
         if self.init_std is not None and self.init_std <= 0:

@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.config import check_range
 from torch import nn
 from torchmetrics.classification import MultilabelF1Score
 
@@ -70,6 +71,23 @@ class KEVSRModule(pl.LightningModule):
             threshold: prediction threshold on refined scores (0 = sigmoid 0.5).
             consistent_paths: at prediction, keep a level-2 label only if its parent is predicted.
         """
+        # loss weights of 0 switch a term off; a negative one would maximise it
+        for key, value in (
+            ("beta_t", beta_t),
+            ("beta_nt", beta_nt),
+            ("beta_distill", beta_distill),
+            ("beta1", beta1),
+            ("beta2", beta2),
+            ("nt_beta1", nt_beta1),
+            ("nt_beta2", nt_beta2),
+            ("lr", lr),
+            ("weight_decay", weight_decay),
+        ):
+            check_range(f"model.{key}", value, ge=0)
+        check_range("model.warmup_ratio", warmup_ratio, ge=0, le=1)
+        # above 1 no threshold qualifies (RP = 0), at 0 every one does (RP = 1)
+        check_range("model.rp_accuracy", rp_accuracy, gt=0, le=1)
+        check_range("model.threshold", threshold)
         super().__init__()
         self.save_hyperparameters()
         self.config = config

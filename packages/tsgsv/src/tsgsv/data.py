@@ -21,7 +21,7 @@ from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.data import reload_train_loader_every_epoch, worker_options
 from mmzoo.features import H5Features
 from torch.utils.data import DataLoader, Dataset
@@ -504,6 +504,25 @@ class TSGVDataModule(pl.LightningDataModule):
         super().__init__()
         # else a bare KeyError, or no error at all when both file names are given
         check_choice("data.dataset", dataset, get_args(DatasetName))
+        check_range("data.val_fraction", val_fraction, gt=0, le=1)
+        for key, value in (
+            ("short_memory", short_memory),
+            ("long_memory", long_memory),
+            ("future_memory", future_memory),
+            ("max_text_len", max_text_len),
+            ("batch_size", batch_size),
+        ):
+            check_range(f"data.{key}", value, ge=1, integer=True)
+        check_range("data.min_frames", min_frames, ge=0, integer=True)
+        check_range("data.num_workers", num_workers, ge=0, integer=True)
+        if gaussian_label:  # a width of 0 divides 0 by 0 at the moment's own frames
+            if len(label_widths) != 3:
+                raise ValueError(f"data.label_widths={list(label_widths)}: expected 3 widths (start, end, sem)")
+            for w in label_widths:
+                check_range("data.label_widths", w, gt=0)
+        if pos_expansion_ratio is not None:  # the span kept around a moment, in moment lengths
+            check_range("data.pos_expansion_ratio", pos_expansion_ratio, ge=0)
+            check_range("data.neg_pos_ratio", neg_pos_ratio, ge=0)
         self.save_hyperparameters()
         self.video_feature_file = video_feature_file or DEFAULT_FILES[dataset][0]
         self.language_model = language_model or DEFAULT_FILES[dataset][1]

@@ -15,7 +15,7 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from torch import nn
 
 __all__ = [
@@ -170,6 +170,13 @@ class TSGSVLoss(nn.Module):
         super().__init__()
         # anything but 'KD' would take the regression path without its regressor and fail at the first step
         check_choice("model.tpn_type", tpn_type, get_args(TpnType))
+        # KD weighs the main loss by 1 − λ, so λ above 1 would push it the wrong way; the regression adds λ·‖·‖²
+        check_range("model.kd_weight", kd_weight, ge=0, le=1 if tpn_type == "KD" else None)
+        check_range("model.focal_gamma", gamma, ge=0)  # |σ(x) − y|^γ is infinite at a perfect prediction if γ < 0
+        if len(channel_weights) != 3:
+            raise ValueError(f"model.channel_weights={list(channel_weights)}: expected 3 weights (start, end, sem)")
+        for w in channel_weights:  # 0 drops a channel
+            check_range("model.channel_weights", w, ge=0)
         self.tpn_type = tpn_type
         self.kd_weight = kd_weight
         self.gamma = gamma

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from mmzoo.config import check_range
 from torchmetrics import Metric
 from torchmetrics.functional.classification import binary_average_precision
 
@@ -61,10 +62,20 @@ class GroundingEvalConfig:
     """Median-filter (window 3) the streamed scores before downsampling (official)."""
 
     def __post_init__(self) -> None:
-        if not self.recall_at or min(self.recall_at) < 1:
-            raise ValueError(f"recall_at={self.recall_at} must list positive integers")
-        if self.group_size < 1 or self.downsample_stride < 1 or self.chunk_interval < 1:
-            raise ValueError("group_size, downsample_stride and chunk_interval must be >= 1")
+        if not self.recall_at:
+            raise ValueError(f"model.evaluation.recall_at={self.recall_at} must list positive integers")
+        for n in self.recall_at:
+            check_range("model.evaluation.recall_at", n, ge=1, integer=True)
+        for key in ("group_size", "downsample_stride", "chunk_interval"):
+            check_range(f"model.evaluation.{key}", getattr(self, key), ge=1, integer=True)
+        check_range("model.evaluation.min_num_segments", self.min_num_segments, ge=0, integer=True)
+        if self.max_proposal_len is not None:  # a negative length would leave no proposal at all
+            check_range("model.evaluation.max_proposal_len", self.max_proposal_len, ge=0, integer=True)
+        # IoU > threshold suppresses: 1 or more switches NMS off, a negative one keeps a single moment
+        check_range("model.evaluation.nms_threshold", self.nms_threshold, ge=0)
+        for m in self.iou_thresholds:  # success needs IoU > m: m >= 1 never succeeds, m < 0 always does
+            check_range("model.evaluation.iou_thresholds", m, ge=0, lt=1)
+        check_range("model.evaluation.map_label_extension", self.map_label_extension, ge=0)
 
 
 def median_filter3(x: torch.Tensor) -> torch.Tensor:

@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_literal_fields
+from mmzoo.config import check_literal_fields, check_range
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
@@ -101,6 +101,12 @@ class TSGSVConfig:
         # compressor, future_usage and pincer_memory are read with if/else: a misspelt future_usage would drop the
         # twin branch, a misspelt pincer_memory would attend to the future memory only
         check_literal_fields(self, "model.config")
+        for key in ("video_dim", "text_dim", "hidden_dim", "ffn_dim", "num_heads", "gru_layers"):
+            check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
+        for key in ("dropout", "gru_dropout", "gate_dropout"):
+            check_range(f"model.config.{key}", getattr(self, key), ge=0, lt=1)
+        # the predictor's logits are τ·cos: 0 makes them constant, a negative τ flips every score
+        check_range("model.config.temperature", self.temperature, gt=0)
         if self.hidden_dim % self.num_heads:
             raise ValueError(
                 f"model.config.num_heads={self.num_heads} must divide model.config.hidden_dim={self.hidden_dim}"

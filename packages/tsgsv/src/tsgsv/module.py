@@ -7,6 +7,7 @@ import math
 import lightning.pytorch as pl
 import torch
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.config import check_range
 from torchmetrics.functional.classification import binary_average_precision
 
 from .data import eval_windows
@@ -59,6 +60,11 @@ class TSGSVModule(pl.LightningModule):
         eval_window_batch: int = 256,
         selection_metric: str = "R@1,IoU=0.5",
     ):
+        for key, value in (("lr", lr), ("weight_decay", weight_decay), ("warmup_epochs", warmup_epochs)):
+            check_range(f"model.{key}", value, ge=0)
+        check_range("model.warmup_start_factor", warmup_start_factor, ge=0)  # a negative factor: a negative LR
+        check_range("model.flat_fraction", flat_fraction, ge=0, le=1)
+        check_range("model.eval_window_batch", eval_window_batch, ge=1, integer=True)
         super().__init__()
         self.save_hyperparameters()
         self.config = config or TSGSVConfig()
