@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from kevsr.data import Hierarchy, KEVSRDataset
+from kevsr.data import Hierarchy, KEVSRDataModule, KEVSRDataset
 from kevsr.knowledge import KnowledgeEmbeddings, extract_keywords
 from kevsr.synthetic import DIGIT_WORDS, SYNONYMS, write_digits_dataset, write_kg_file, write_random_dataset
 
@@ -427,3 +427,25 @@ def test_setup_checks_every_split_against_the_model(tmp_path):
     with pytest.raises(ValueError, match=r"model.config.f3d_dim=8 but the val feature files have 7"):
         module.setup("fit")
     assert module.model.parent_index.tolist() == [0, 0, 1, 1, 1]  # the train split passed; the hierarchy was set
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("feature_format", "hdf5"),
+        ("tokenizer", "Spacy"),
+        ("missing_features", "Drop"),
+        ("kg_lang", "english"),
+        ("generate", "digit"),
+    ],
+)
+def test_misspelt_reader_options_are_refused(tmp_path, key, value):
+    """The reader branches on these strings (anything but "h5" read the npz folder, anything but "raise" dropped
+    videos without features); a misspelt one is refused where the data module or dataset is built."""
+    with pytest.raises(ValueError, match=rf"data\.{key}={value!r}: expected one of"):
+        KEVSRDataModule(data_root=str(tmp_path), **{key: value})
+    if key in ("feature_format", "tokenizer", "missing_features"):
+        root = write_random_dataset(tmp_path / "d", None, sizes=(2, 1, 1))
+        h = Hierarchy.from_json(root / "hierarchy.json")
+        with pytest.raises(ValueError, match=rf"data\.{key}={value!r}: expected one of"):
+            KEVSRDataset(str(root), "val", h, None, 8, 3, 3, **{key: value})

@@ -17,12 +17,12 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
-from mmzoo.config import check_range
+from mmzoo.config import check_choice, check_range
 from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, worker_options
 from mmzoo.features import H5Features, NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
@@ -34,6 +34,18 @@ __all__ = ["Hierarchy", "KEVSRDataset", "KEVSRDataModule", "FEATURE_KEYS"]
 log = logging.getLogger(__name__)
 README_HINT = "see README, Data preparation"
 FEATURE_KEYS = ("f2d", "f3d", "text", "regions", "region_mask")
+FeatureFormat = Literal["h5", "npz"]
+Tokenizer = Literal["whitespace", "spacy", "jieba"]
+MissingFeatures = Literal["raise", "drop"]
+KGLang = Literal["en", "zh", "none"]
+Generate = Literal["none", "digits", "random"]
+
+
+def _check_reader_choices(feature_format: str, tokenizer: str, missing_features: str) -> None:
+    """The reader's string options, checked where a dataset or data module is built (the code branches on them)."""
+    check_choice("data.feature_format", feature_format, get_args(FeatureFormat))
+    check_choice("data.tokenizer", tokenizer, get_args(Tokenizer))
+    check_choice("data.missing_features", missing_features, get_args(MissingFeatures))
 
 
 @dataclass
@@ -146,10 +158,11 @@ class KEVSRDataset(Dataset):
         kg_dim: int,
         num_regions: int,
         num_keywords: int,
-        feature_format: Literal["h5", "npz"] = "h5",
-        tokenizer: Literal["whitespace", "spacy", "jieba"] = "whitespace",
-        missing_features: Literal["raise", "drop"] = "raise",
+        feature_format: FeatureFormat = "h5",
+        tokenizer: Tokenizer = "whitespace",
+        missing_features: MissingFeatures = "raise",
     ) -> None:
+        _check_reader_choices(feature_format, tokenizer, missing_features)
         root = Path(data_root)
         self.rows = read_annotations(root / "annotations" / f"{split}.jsonl")
         if feature_format == "h5":
@@ -317,9 +330,9 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
         self,
         data_root: str = "data/koubei",
         kg_path: str | None = None,
-        kg_lang: Literal["en", "zh", "none"] = "en",
-        feature_format: Literal["h5", "npz"] = "h5",
-        tokenizer: Literal["whitespace", "spacy", "jieba"] = "whitespace",
+        kg_lang: KGLang = "en",
+        feature_format: FeatureFormat = "h5",
+        tokenizer: Tokenizer = "whitespace",
         num_regions: int = 10,
         num_keywords: int = 10,
         kg_dim: int = 300,
@@ -328,9 +341,9 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool = False,
         persistent_workers: bool = False,
-        generate: Literal["none", "digits", "random"] = "none",
+        generate: Generate = "none",
         generate_seed: int = 0,
-        missing_features: Literal["raise", "drop"] = "raise",
+        missing_features: MissingFeatures = "raise",
     ) -> None:
         """
         Args:
@@ -364,6 +377,9 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
         ):
             check_range(f"data.{key}", value, ge=1, integer=True)
         check_range("data.num_workers", num_workers, ge=0, integer=True)
+        _check_reader_choices(feature_format, tokenizer, missing_features)
+        check_choice("data.kg_lang", kg_lang, get_args(KGLang))
+        check_choice("data.generate", generate, get_args(Generate))
         super().__init__()
         self.save_hyperparameters()
         self.hierarchy: Hierarchy | None = None
