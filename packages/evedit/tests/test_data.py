@@ -352,3 +352,8 @@ def test_misspelt_reader_settings_are_refused(loveu_root):
         LOVEUDataset(loveu_root, source="video")
     with pytest.raises(ValueError, match=r"data\.edits=\['object', 'style', 'object'\]: an edit type is listed twice"):
         LOVEUDataset(loveu_root, edits=["object", "style", "object"])  # each clip would be edited and scored twice
+    # the data module read any dataset name but loveu/zve as a plain folder, and checked source only for loveu
+    with pytest.raises(ValueError, match=r"data\.dataset='LOVEU': expected one of"):
+        EVEDataModule(dataset="LOVEU", data_root=str(loveu_root))
+    with pytest.raises(ValueError, match=r"data\.source='frame': expected one of"):
+        EVEDataModule(dataset="zve", source="frame")

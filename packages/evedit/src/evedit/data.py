@@ -656,6 +656,9 @@ class EVEDataModule(pl.LightningDataModule):
             for key, value in (("demo_videos", demo_videos), ("demo_frames", demo_frames), ("demo_size", demo_size)):
                 check_range(f"data.{key}", value, ge=1, integer=True)
         check_range("data.num_workers", num_workers, ge=0, integer=True)
+        # setup() reads any other dataset name as a plain folder, and source matters only for loveu
+        check_choice("data.dataset", dataset, ("loveu", "zve", "folder"))
+        check_choice("data.source", source, ("videos", "frames"))
         super().__init__()
         self.save_hyperparameters()
         self.dataset_name = dataset
