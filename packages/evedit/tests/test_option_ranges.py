@@ -45,6 +45,7 @@ def test_model_config_accepts_boundaries():
     [
         (lambda: DepthConfig(scale=math.nan), "model.edit.depth.scale"),
         (lambda: DepthConfig(smooth_window=0), "model.edit.depth.smooth_window"),
+        (lambda: DepthConfig(smooth_window=4), "model.edit.depth.smooth_window"),  # 5 frames were averaged
         (lambda: DepthConfig(estimator_size=0), "model.edit.depth.estimator_size"),
         (lambda: TCCConfig(step=-0.1), "model.edit.tcc.step"),
         (lambda: TCCConfig(lambda_tmp=-1.0), "model.edit.tcc.lambda_tmp"),
@@ -62,6 +63,7 @@ def test_edit_configs_refuse(build, key):
 
 def test_edit_configs_accept_boundaries():
     DepthConfig(scale=0.0, smooth_window=1)
+    DepthConfig(smooth_window=3)
     TCCConfig(step=0.0, lambda_tmp=0.0, lambda_agr=0.0)
     EditConfig(guidance_scale=0.0, eta=1.0)
     EditConfig(guidance_scale=-1.0)

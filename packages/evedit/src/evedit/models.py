@@ -128,6 +128,8 @@ class DepthConfig:
         check_literal_fields(self, "model.edit.depth")
         check_range("model.edit.depth.scale", self.scale)  # any multiplier (0: no depth)
         check_range("model.edit.depth.smooth_window", self.smooth_window, ge=1, integer=True)
+        if self.smooth_window % 2 == 0:  # a centred window has the frame itself and as many on either side
+            raise ValueError(f"model.edit.depth.smooth_window={self.smooth_window}: must be odd (a centred window)")
         check_range("model.edit.depth.estimator_size", self.estimator_size, ge=1, integer=True)
 
 
@@ -541,7 +543,9 @@ def normalize_depth(depth: torch.Tensor, norm: Literal["frame", "video"] = "vide
 
 
 def smooth_depth(depth: torch.Tensor, window: int) -> torch.Tensor:
-    """Centred moving average of depth (F, H, W) over ``window`` frames (edges average what exists)."""
+    """Centred moving average of depth (F, H, W) over an odd ``window`` of frames (edges average what exists)."""
+    if window % 2 == 0:
+        raise ValueError(f"smooth_depth: window={window} must be odd (a centred window)")
     if window <= 1:
         return depth
     half = window // 2
