@@ -154,7 +154,7 @@ def test_nan_loss_raises_or_skips():
 
     cfg = SNPS3Config(
         bert=None,
-        vocab_size=50,
+        vocab_size=209,  # holds the default special-token ids (101-103)
         hidden_size=8,
         num_layers=1,
         num_heads=2,

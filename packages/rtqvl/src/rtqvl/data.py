@@ -29,7 +29,7 @@ import lightning.pytorch as pl
 import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.data import SplitLoaders, read_json, worker_options
 from mmzoo.video import VideoDecodeError, VideoReader, normalize
 from torch.utils.data import DataLoader, Dataset
@@ -343,6 +343,8 @@ class _VideoDataset(Dataset):
         augment: bool = True,
     ):
         check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))  # anything else would skip unreadable clips
+        check_range("data.num_frames", num_frames, ge=1, integer=True)
+        check_range("data.image_size", image_size, ge=1, integer=True)
         self.root = Path(data_root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.data_root={str(self.root)!r} does not exist; {_SEE}")
@@ -776,6 +778,13 @@ class RTQDataModule(SplitLoaders, pl.LightningDataModule):
         if dataset not in LAYOUT:
             raise ValueError(f"data.dataset={dataset!r}: expected one of {sorted(LAYOUT)}")
         check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))
+        for key, value in (("num_frames", num_frames), ("image_size", image_size)):
+            check_range(f"data.{key}", value, ge=1, integer=True)
+        check_range("data.batch_size", batch_size, ge=1, integer=True)
+        check_range("data.eval_batch_size", eval_batch_size, ge=1, integer=True)
+        check_range("data.num_workers", num_workers, ge=0, integer=True)
+        check_range("data.demo_num_train", demo_num_train, ge=1, integer=True)
+        check_range("data.demo_num_test", demo_num_test, ge=2, integer=True)  # num_test // 2 clip pairs
         self.save_hyperparameters()
         a, v, tr, va, te = LAYOUT[dataset]
         self.ann_dir = ann_dir or a

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_range
 from mmzoo.distributed import gather_no_grad
 from torch import nn
 
@@ -177,6 +178,7 @@ def caption_loss(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor, la
 class CaptionLoss(nn.Module):
     def __init__(self, label_smoothing: float = 0.1):
         super().__init__()
+        check_range("model.label_smoothing", label_smoothing, ge=0, le=1)
         self.label_smoothing = label_smoothing
 
     def forward(self, logits, ids, mask):
@@ -213,6 +215,7 @@ def answer_loss(
 class AnswerLoss(nn.Module):
     def __init__(self, label_smoothing: float = 0.1):
         super().__init__()
+        check_range("model.label_smoothing", label_smoothing, ge=0, le=1)
         self.label_smoothing = label_smoothing
 
     def forward(self, logits, ids, mask, weights=None):

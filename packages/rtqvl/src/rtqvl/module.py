@@ -13,7 +13,7 @@ import math
 import lightning.pytorch as pl
 import torch
 from mmzoo.cli import allow_in_checkpoints
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.metrics import first_of_each_id
 
 from rtqvl.losses import AnswerLoss, CaptionLoss, ITCLoss, ITMLoss, MultipleChoiceLoss, alpha_ramp, itm_negative_indices
@@ -134,6 +134,18 @@ class RTQModule(pl.LightningModule):
         # would score with the python one
         check_choice("model.caption_backend", caption_backend, CAPTION_BACKENDS)
         check_choice("model.rank_ties", rank_ties, TIE_RULES)
+        for key, value in (("lr", lr), ("warmup_lr", warmup_lr), ("min_lr", min_lr), ("weight_decay", weight_decay)):
+            check_range(f"model.{key}", value, ge=0)
+        check_range("model.warmup_steps", warmup_steps, integer=True)  # <= 0: no warm-up
+        if len(betas) != 2:
+            raise ValueError(f"model.betas={betas!r}: expected two moment rates")
+        for i, beta in enumerate(betas):
+            check_range(f"model.betas[{i}]", beta, ge=0, lt=1)
+        check_range("model.alpha", alpha, ge=0, le=1)  # targets mix α·momentum scores and (1 − α)·ground truth
+        check_range("model.alpha_ramp_epochs", alpha_ramp_epochs)  # <= 0: α from the first step
+        check_range("model.itc_weight", itc_weight, ge=0)
+        check_range("model.itm_weight", itm_weight, ge=0)
+        check_range("model.label_smoothing", label_smoothing, ge=0, le=1)
         self.save_hyperparameters()
         self.config = config or RTQConfig()
         self.model = build_model(self.config)

@@ -29,7 +29,7 @@ from typing import Literal, get_args
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.data import SplitLoaders, read_json, worker_options
 from mmzoo.video import VideoDecodeError, VideoReader, center_crop, normalize, resize_short_side
 from torch.utils.data import DataLoader, Dataset
@@ -111,6 +111,12 @@ def _read_lines(path: Path) -> list[str]:
     return [ln.strip() for ln in path.read_text().splitlines() if ln.strip()]
 
 
+def _check_frames(max_frames: int, image_size: int, fps: float) -> None:
+    check_range("data.max_frames", max_frames, ge=1, integer=True)
+    check_range("data.image_size", image_size, ge=1, integer=True)
+    check_range("data.fps", fps, gt=0)  # frames are taken every 1 / fps seconds
+
+
 class _VideoTextDataset(Dataset):
     """Shared machinery: ``self.videos`` (video ids in gallery order), ``self.queries`` (video ids → captions) and a
     video-path index built from ``videos_dir``."""
@@ -130,6 +136,7 @@ class _VideoTextDataset(Dataset):
         if split not in ("train", "val", "test"):
             raise ValueError(f"split must be train|val|test, got {split!r}")
         check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))  # anything but 'raise' would skip
+        _check_frames(max_frames, image_size, fps)
         self.root = Path(data_root)
         if not self.root.is_dir():
             raise FileNotFoundError(
@@ -396,6 +403,8 @@ class DigitsDataset(Dataset):
     ):
         from shenet.synthetic import digit_images, make_split, render_video
 
+        check_range(f"data.demo_num_{'train' if split == 'train' else 'test'}", num_videos, ge=1, integer=True)
+        check_range("data.image_size", image_size, ge=1, integer=True)
         self.split, self.train = split, split == "train"
         self.specs = make_split(split, num_videos, seed)
         images, labels = digit_images(split)
@@ -511,8 +520,13 @@ class SHENetDataModule(SplitLoaders, pl.LightningDataModule):
         check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))
         self.save_hyperparameters()
         self.parser_cfg = parser or ParserConfig()
-        if max_frames < 1 or max_words < 3 or batch_size < 1 or eval_batch_size < 1:
-            raise ValueError("data.max_frames >= 1, data.max_words >= 3 and batch sizes >= 1 are required")
+        _check_frames(max_frames, image_size, fps)
+        check_range("data.max_words", max_words, ge=3, integer=True)  # SOT, one token, EOT
+        check_range("data.batch_size", batch_size, ge=1, integer=True)
+        check_range("data.eval_batch_size", eval_batch_size, ge=1, integer=True)
+        check_range("data.num_workers", num_workers, ge=0, integer=True)
+        check_range("data.demo_num_train", demo_num_train, ge=1, integer=True)
+        check_range("data.demo_num_test", demo_num_test, ge=1, integer=True)
         self.datasets: dict[str, Dataset] = {}
         self.parser_backend: str | None = None
         self._text_encoder: TextEncoder | None = None

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
-from mmzoo.config import check_literal_fields
+from mmzoo.config import check_literal_fields, check_range
 from mmzoo.data import read_json
 
 __all__ = [
@@ -150,8 +150,7 @@ class ParserConfig:
             "paragraph_max_nouns",
             "paragraph_max_adjs",
         ):
-            if getattr(self, key) < 0:
-                raise ValueError(f"parser.{key}={getattr(self, key)} must be >= 0")
+            check_range(f"data.parser.{key}", getattr(self, key), ge=0, integer=True)
 
     @property
     def caps(self) -> dict[str, int]:

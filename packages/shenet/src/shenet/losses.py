@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
+from mmzoo.config import check_range
 from mmzoo.distributed import gather_no_grad, gather_with_grad, rank_and_world, rank_offset_labels
 from torch import nn
 
@@ -101,8 +102,7 @@ class SHENetContrastiveLoss(nn.Module):
 
     def __init__(self, aux_weight: float = 0.0):
         super().__init__()
-        if aux_weight < 0:
-            raise ValueError(f"aux_weight={aux_weight} must be >= 0")
+        check_range("model.aux_weight", aux_weight, ge=0)
         self.aux_weight = aux_weight
 
     def forward(

@@ -23,7 +23,7 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_choice, check_literal_fields
+from mmzoo.config import check_choice, check_literal_fields, check_range
 from mmzoo.ops import token_max_sim
 from torch import nn
 
@@ -141,6 +141,25 @@ class SHENetConfig:
             raise ValueError(f"model.config.sim_weights={self.sim_weights}: three weights >= 0 with w1 > 0 expected")
         if self.tau_frame <= 0 or self.tau_patch <= 0:
             raise ValueError("model.config.tau_frame and tau_patch must be > 0")
+        # sizes of the custom CLIP and of the seqTransf head: zeros fail inside open_clip or the first forward pass
+        for key in ("custom_embed_dim", "custom_image_size", "custom_patch_size", "custom_vision_width"):
+            check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
+        check_range("model.config.custom_vision_layers", self.custom_vision_layers, ge=0, integer=True)
+        for key in ("custom_vision_head_width", "custom_text_width", "custom_text_layers", "custom_text_heads"):
+            check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
+        check_range("model.config.custom_context_length", self.custom_context_length, ge=1, integer=True)
+        for key in ("temporal_layers", "temporal_heads", "max_frames"):
+            check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
+        if self.custom_vision_head_width > self.custom_vision_width:  # open_clip builds width // head_width heads
+            raise ValueError(
+                f"model.config.custom_vision_head_width={self.custom_vision_head_width} must not exceed "
+                f"model.config.custom_vision_width={self.custom_vision_width} (no attention head left)"
+            )
+        if self.custom_text_width % self.custom_text_heads:
+            raise ValueError(
+                f"model.config.custom_text_heads={self.custom_text_heads} must divide "
+                f"model.config.custom_text_width={self.custom_text_width}"
+            )
         if self.clip_model != "custom" and self.pretrained is None and not self.random_init:
             raise ValueError(
                 f"model.config.pretrained is not set: supply CLIP {self.clip_model} weights (a local open_clip "
@@ -592,6 +611,13 @@ class SHENet(nn.Module):
         D = self.embed_dim
         self.temporal = None
         if config.temporal == "seqTransf":
+            if D % config.temporal_heads:  # the seqTransf blocks are D wide
+                dim = (
+                    f"model.config.custom_embed_dim={D}"
+                    if config.clip_model == "custom"
+                    else f"the embedding dim {D} of model.config.clip_model={config.clip_model!r}"
+                )
+                raise ValueError(f"model.config.temporal_heads={config.temporal_heads} must divide {dim}")
             self.temporal = TemporalTransformer(D, config.temporal_layers, config.temporal_heads, config.max_frames)
             self.temporal.init_from_clip(self.clip)
         self.gate_noun = self.gate_verb = None

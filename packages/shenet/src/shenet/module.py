@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from mmzoo.cli import allow_in_checkpoints
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.distributed import gather_uneven_rows, rank_and_world
 from mmzoo.metrics import first_of_each_id
 
@@ -71,6 +71,18 @@ class SHENetModule(pl.LightningModule):
         self.save_hyperparameters()
         self.config = config or SHENetConfig()
         check_choice("model.eval_feature_dtype", eval_feature_dtype, get_args(EvalFeatureDtype))
+        check_range("model.lr", lr, ge=0)
+        check_range("model.coef_lr", coef_lr, ge=0)
+        check_range("model.weight_decay", weight_decay, ge=0)  # BertAdam applies decay only when > 0
+        check_range("model.warmup_proportion", warmup_proportion, ge=0, le=1)
+        if len(betas) != 2:
+            raise ValueError(f"model.betas={betas!r}: expected two moment rates")
+        for i, beta in enumerate(betas):
+            check_range(f"model.betas[{i}]", beta, ge=0, lt=1)
+        check_range("model.eps", eps, gt=0)
+        check_range("model.max_grad_norm", max_grad_norm)  # any number: <= 0 turns clipping off
+        check_range("model.eval_text_chunk", eval_text_chunk, ge=1, integer=True)
+        check_range("model.eval_video_chunk", eval_video_chunk, ge=1, integer=True)
         self.model = SHENet(self.config)
         self.loss = SHENetContrastiveLoss(aux_weight)
         # every rank assembles the whole score matrix (see _score_matrix), so the metrics never sync across ranks

@@ -21,7 +21,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.data import SplitLoaders, read_json, worker_options
 from mmzoo.video import (
     VideoDecodeError,
@@ -236,6 +236,31 @@ class VideoStore:
         return state
 
 
+def _check_frame_sizes(
+    crop_size: int, train_scale: Sequence[int], eval_short_side: int, long_side: int, hflip: float
+) -> None:
+    """Refuse frame sizes and a flip probability that no transform can use, naming their ``data.*`` keys."""
+    check_range("data.crop_size", crop_size, ge=1, integer=True)
+    if len(train_scale) != 2:
+        raise ValueError(f"data.train_scale={list(train_scale)}: expected [min, max] short sides")
+    for i, side in enumerate(train_scale):
+        check_range(f"data.train_scale[{i}]", side, ge=1, integer=True)
+    if train_scale[0] > train_scale[1]:  # the training short side is drawn from [min, max]
+        raise ValueError(
+            f"data.train_scale[0]={train_scale[0]} must be <= data.train_scale[1]={train_scale[1]} (min, max)"
+        )
+    check_range("data.eval_short_side", eval_short_side, ge=1, integer=True)
+    check_range("data.long_side", long_side, ge=1, integer=True)
+    check_range("data.hflip", hflip, ge=0, le=1)
+
+
+def _check_caption_settings(max_text_len: int, mask_prob: float) -> None:
+    """Refuse a text length without room for one token between [CLS] and [SEP], and a masking probability
+    outside [0, 1]."""
+    check_range("data.max_text_len", max_text_len, ge=3, integer=True)
+    check_range("data.mask_prob", mask_prob, ge=0, le=1)
+
+
 class FrameTransform:
     """uint8 (T, 3, H, W) -> normalised float32 frames (spec §3.7).
 
@@ -265,6 +290,7 @@ class FrameTransform:
     ):
         check_choice("data.transform", mode, get_args(TransformMode))  # anything else would resize the long side
         check_choice("data.long_side_scale", long_side_scale, get_args(LongSideScale))
+        _check_frame_sizes(crop_size, train_scale, eval_short_side, long_side, hflip)
         self.mode, self.crop_size, self.train_scale = mode, crop_size, tuple(train_scale)
         self.eval_short_side, self.long_side, self.hflip = eval_short_side, long_side, hflip
         self.randaugment, self.stats, self.long_side_scale = randaugment, stats, long_side_scale
@@ -329,6 +355,7 @@ class CaptionProcessor:
         significant: np.ndarray | None = None,
     ):
         check_choice("data.masking", masking, get_args(Masking))  # anything else would mask nothing
+        _check_caption_settings(max_len, mask_prob)
         self.tok = tokenizer
         self.significant = significant
         self.max_len = max_len
@@ -401,6 +428,7 @@ class _VideoTextBase(Dataset, abc.ABC):
         required: Sequence[str],
     ):
         check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))  # anything else would skip unreadable clips
+        check_range("data.num_frames", num_frames, ge=1, integer=True)
         self.root = Path(data_root)
         if not self.root.is_dir():
             raise FileNotFoundError(f"data.data_root={data_root!r} does not exist; {HINT}")
@@ -1040,6 +1068,18 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
         self.save_hyperparameters()
         # masking, transform, long_side_scale, on_corrupt: read only when the datasets are built (setup)
         check_literal_args(SNPS3DataModule.__init__, self.hparams, "data")
+        check_range("data.num_frames", num_frames, ge=1, integer=True)
+        _check_caption_settings(max_text_len, mask_prob)
+        # K_top = 0 marks no word significant: MSSM would then have nothing to mask
+        check_range("data.words_top_k", words_top_k, ge=1 if masking == "mssm" else 0, integer=True)
+        _check_frame_sizes(crop_size, train_scale, eval_short_side, long_side, hflip)
+        check_range("data.num_answers", num_answers, ge=0, integer=True)
+        check_range("data.batch_size", batch_size, ge=1, integer=True)
+        check_range("data.eval_batch_size", eval_batch_size, ge=1, integer=True)
+        check_range("data.num_workers", num_workers, ge=0, integer=True)
+        check_range("data.synthetic_train", synthetic_train, ge=1, integer=True)
+        check_range("data.synthetic_test", synthetic_test, ge=1, integer=True)
+        check_range("data.synthetic_size", synthetic_size, ge=16, integer=True)  # frames hold a 16-pixel digit
         self.task: str = TASK_OF[dataset]
         self.datasets: dict[str, Dataset] = {}
         self._processor: CaptionProcessor | None = None

@@ -13,7 +13,7 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.distributed import gather_no_grad, gather_with_grad, rank_offset_labels
 from torch import nn
 
@@ -227,6 +227,8 @@ class MoCoLoss(nn.Module):
 
     def __init__(self, queue_size: int = 16384, dim: int = 768, temperature: float = 0.05):
         super().__init__()
+        check_range("model.moco_queue_size", queue_size, ge=1, integer=True)
+        check_range("model.temperature", temperature, gt=0)  # the logits are divided by it
         self.temperature = temperature
         self.queue_t = MoCoQueue(queue_size, dim)
         self.queue_v = MoCoQueue(queue_size, dim)

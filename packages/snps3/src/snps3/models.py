@@ -15,7 +15,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_choice, check_literal_fields
+from mmzoo.config import check_choice, check_literal_fields, check_range
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -107,12 +107,45 @@ class SNPS3Config:
 
     def __post_init__(self) -> None:
         check_literal_fields(self, "model.config")  # arch, visual_encoder
+        if self.bert is None:  # the sizes of the random BERT
+            for key in (
+                "vocab_size",
+                "hidden_size",
+                "num_layers",
+                "num_heads",
+                "intermediate_size",
+                "max_position_embeddings",
+            ):
+                check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
+        for key in ("sep_token_id", "cls_token_id", "pad_token_id", "mask_token_id"):
+            check_range(f"model.config.{key}", getattr(self, key), ge=0, integer=True)
+            if self.bert is None and getattr(self, key) >= self.vocab_size:
+                raise ValueError(
+                    f"model.config.{key}={getattr(self, key)} must be < model.config.vocab_size={self.vocab_size}"
+                )
+        check_range("model.config.p3e_cross_layers", self.p3e_cross_layers, ge=1, integer=True)
+        check_range("model.config.tiny_cnn_channels", self.tiny_cnn_channels, ge=1, integer=True)
+        check_range("model.config.sim_head_dropout", self.sim_head_dropout, ge=0, le=1)
+        check_range("model.config.mlm_ln_eps", self.mlm_ln_eps, gt=0)
+        check_range("model.config.swin_embed_dim", self.swin_embed_dim, ge=1, integer=True)
+        check_range("model.config.swin_drop_path", self.swin_drop_path, ge=0, le=1)
         if self.bert is None and self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model.config.num_heads={self.num_heads} must divide model.config.hidden_size={self.hidden_size}"
             )
         if len(self.swin_depths) != 4 or len(self.swin_heads) != 4 or len(self.swin_window) != 3:
             raise ValueError("model.config.swin_depths and swin_heads need 4 entries and swin_window 3 (T, H, W)")
+        for i, (depth, heads) in enumerate(zip(self.swin_depths, self.swin_heads, strict=True)):
+            check_range(f"model.config.swin_depths[{i}]", depth, ge=0, integer=True)
+            check_range(f"model.config.swin_heads[{i}]", heads, ge=1, integer=True)
+            width = self.swin_embed_dim * 2**i  # stage i of the Video Swin is this wide
+            if self.visual_encoder == "video_swin" and width % heads:
+                raise ValueError(
+                    f"model.config.swin_heads[{i}]={heads} must divide the stage width {width} "
+                    f"(model.config.swin_embed_dim={self.swin_embed_dim} x {2**i})"
+                )
+        for i, size in enumerate(self.swin_window):
+            check_range(f"model.config.swin_window[{i}]", size, ge=1, integer=True)
         if self.num_answers < 0:
             raise ValueError(f"model.config.num_answers={self.num_answers} must be >= 0")
 

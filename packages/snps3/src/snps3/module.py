@@ -13,6 +13,7 @@ import torch
 import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.config import check_range
 from mmzoo.distributed import gather_uneven_rows, rank_and_world
 from mmzoo.metrics import IndexedMean
 from mmzoo.predict import predict_dataset
@@ -111,6 +112,24 @@ class SNPS3Module(pl.LightningModule):
         # task, text_mlm_input, lvwm_stage, lr_step_unit, nan_policy: each is read with if/else (an unknown
         # lvwm_stage would add no LVWM term at all)
         check_literal_args(SNPS3Module.__init__, self.hparams, "model")
+        check_range("model.moco_queue_size", moco_queue_size, ge=1, integer=True)
+        check_range("model.moco_momentum", moco_momentum, ge=0, le=1)
+        check_range("model.temperature", temperature, gt=0)
+        check_range("model.attentive_mask_prob", attentive_mask_prob, ge=0, le=1)
+        check_range("model.lvwm_num_words", lvwm_num_words, ge=1, integer=True)
+        check_range("model.l2_chunk", l2_chunk, ge=1, integer=True)
+        check_range("model.eval_pair_batch", eval_pair_batch, ge=1, integer=True)
+        check_range("model.lr", lr, ge=0)
+        check_range("model.weight_decay", weight_decay, ge=0)
+        if len(betas) != 2:
+            raise ValueError(f"model.betas={betas!r}: expected two moment rates")
+        for i, beta in enumerate(betas):
+            check_range(f"model.betas[{i}]", beta, ge=0, lt=1)
+        check_range("model.warmup_iterations", warmup_iterations, integer=True)  # <= 0: no warm-up
+        for i, step in enumerate(lr_steps or []):
+            check_range(f"model.lr_steps[{i}]", step, ge=0, integer=True)
+        if num_threads is not None:
+            check_range("model.num_threads", num_threads, ge=0, integer=True)  # 0 keeps torch's default
         self.config = config or SNPS3Config()
         self.model = SNPS3Model(self.config)
         if init_checkpoint is not None:

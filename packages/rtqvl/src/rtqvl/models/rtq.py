@@ -20,7 +20,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_literal_fields
+from mmzoo.config import check_literal_fields, check_range
 from torch import nn
 from transformers.models.blip.modeling_blip_text import BlipTextLMHeadModel, BlipTextModel
 
@@ -88,14 +88,29 @@ class RTQConfig:
 
     def __post_init__(self) -> None:
         check_literal_fields(self, "model.config")  # task: checked again by build_model
-        if self.k_test < 1:
-            raise ValueError(f"model.k_test={self.k_test} must be >= 1")
-        if self.queue_size < 1:
-            raise ValueError(f"model.queue_size={self.queue_size} must be >= 1")
-        if not 0.0 <= self.momentum <= 1.0:
-            raise ValueError(f"model.momentum={self.momentum} must be in [0, 1]")
-        if self.init_std is not None and self.init_std <= 0:
-            raise ValueError(f"model.init_std={self.init_std} must be > 0 (or null for the official init)")
+        check_range("model.config.k_test", self.k_test, ge=1, integer=True)
+        check_range("model.config.queue_size", self.queue_size, ge=1, integer=True)
+        check_range("model.config.momentum", self.momentum, ge=0, le=1)
+        if self.init_std is not None:  # null: the official init
+            check_range("model.config.init_std", self.init_std, gt=0)
+        check_range("model.config.embed_dim", self.embed_dim, ge=1, integer=True)
+        check_range("model.config.temp_init", self.temp_init, gt=0)  # the ITC similarities are divided by it
+        for key in ("max_text_len", "max_caption_len"):
+            check_range(f"model.config.{key}", getattr(self, key), ge=3, integer=True)  # [CLS], a token, [SEP]
+            if getattr(self, key) > self.text.max_position_embeddings:
+                raise ValueError(
+                    f"model.config.{key}={getattr(self, key)} exceeds "
+                    f"model.config.text.max_position_embeddings={self.text.max_position_embeddings}"
+                )
+        check_range("model.config.num_beams", self.num_beams, ge=1, integer=True)
+        check_range("model.config.gen_max_len", self.gen_max_len, ge=1, integer=True)
+        check_range("model.config.gen_min_len", self.gen_min_len, ge=0, integer=True)
+        if self.gen_min_len > self.gen_max_len:
+            raise ValueError(
+                f"model.config.gen_min_len={self.gen_min_len} must be <= model.config.gen_max_len={self.gen_max_len}"
+            )
+        check_range("model.config.repetition_penalty", self.repetition_penalty, gt=0)
+        check_range("model.config.num_choices", self.num_choices, ge=1, integer=True)
 
 
 @torch.no_grad()

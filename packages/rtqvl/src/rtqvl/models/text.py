@@ -12,6 +12,7 @@ import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
+from mmzoo.config import check_range
 from transformers import BertTokenizer
 from transformers.models.blip.configuration_blip import BlipTextConfig
 
@@ -43,8 +44,15 @@ class TextConfig:
     """BERT LayerNorm epsilon."""
 
     def __post_init__(self) -> None:
+        for key in ("hidden_size", "num_layers", "num_heads", "intermediate_size", "max_position_embeddings"):
+            check_range(f"model.config.text.{key}", getattr(self, key), ge=1, integer=True)
+        check_range("model.config.text.dropout", self.dropout, ge=0, le=1)
+        check_range("model.config.text.layer_norm_eps", self.layer_norm_eps, gt=0)
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"text.num_heads={self.num_heads} must divide text.hidden_size={self.hidden_size}")
+            raise ValueError(
+                f"model.config.text.num_heads={self.num_heads} must divide "
+                f"model.config.text.hidden_size={self.hidden_size}"
+            )
 
 
 def build_tokenizer(vocab_path: str) -> BertTokenizer:

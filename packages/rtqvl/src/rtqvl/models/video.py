@@ -27,7 +27,7 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_choice, check_literal_fields
+from mmzoo.config import check_choice, check_literal_fields, check_range
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers.models.blip.configuration_blip import BlipVisionConfig
@@ -144,25 +144,45 @@ class VisionConfig:
         # refine, kmedoids_impl, temporal_modeling, temporal_placement, spectral_graph: a misspelt one would run
         # another variant (an unknown refine keeps every token when C >= d·P, an unknown kmedoids_impl runs torch)
         check_literal_fields(self, "model.config.vision")
+        v = "model.config.vision"
+        for key in (
+            "image_size",
+            "patch_size",
+            "hidden_size",
+            "num_layers",
+            "num_heads",
+            "mlp_dim",
+            "num_frames",
+            "num_segments",
+            "num_proxies",
+        ):
+            check_range(f"{v}.{key}", getattr(self, key), ge=1, integer=True)
+        check_range(f"{v}.layer_norm_eps", self.layer_norm_eps, gt=0)
+        check_range(f"{v}.cluster_block", self.cluster_block, integer=True)
+        check_range(f"{v}.temporal_block", self.temporal_block, integer=True)
+        check_range(f"{v}.spectral_sigma", self.spectral_sigma, gt=0)  # the affinity divides by 2σ²
+        check_range(f"{v}.spectral_knn_k", self.spectral_knn_k, integer=True)  # < 5: the adaptive k
+        check_range(f"{v}.shift_fold_div", self.shift_fold_div, ge=2, integer=True)
+        if self.cluster_tokens is not None:  # null: P tokens per segment
+            check_range(f"{v}.cluster_tokens", self.cluster_tokens, ge=1, integer=True)
+        check_range(f"{v}.kmedoids_max_iter", self.kmedoids_max_iter, ge=0, integer=True)
+        check_range(f"{v}.drop_path_rate", self.drop_path_rate, ge=0, le=1)
+        check_range(f"{v}.grad_checkpoint_last", self.grad_checkpoint_last, ge=0, integer=True)
         if self.image_size % self.patch_size:
-            raise ValueError(
-                f"vision.image_size={self.image_size} must be a multiple of vision.patch_size={self.patch_size}"
-            )
+            raise ValueError(f"{v}.image_size={self.image_size} must be a multiple of {v}.patch_size={self.patch_size}")
         if self.hidden_size % self.num_heads:
-            raise ValueError(f"vision.num_heads={self.num_heads} must divide vision.hidden_size={self.hidden_size}")
-        if self.num_segments < 1 or self.num_frames % self.num_segments:
-            raise ValueError(f"vision.num_segments={self.num_segments} must divide vision.num_frames={self.num_frames}")
+            raise ValueError(f"{v}.num_heads={self.num_heads} must divide {v}.hidden_size={self.hidden_size}")
+        if self.num_frames % self.num_segments:
+            raise ValueError(f"{v}.num_segments={self.num_segments} must divide {v}.num_frames={self.num_frames}")
         if not 0 <= self.cluster_block <= self.temporal_block <= self.num_layers:
             raise ValueError(
-                f"need 0 <= vision.cluster_block ({self.cluster_block}) <= vision.temporal_block "
-                f"({self.temporal_block}) <= vision.num_layers ({self.num_layers})"
+                f"need 0 <= {v}.cluster_block ({self.cluster_block}) <= {v}.temporal_block "
+                f"({self.temporal_block}) <= {v}.num_layers ({self.num_layers})"
             )
-        if self.cluster_tokens is not None and self.cluster_tokens < 1:
-            raise ValueError(f"vision.cluster_tokens={self.cluster_tokens} must be >= 1 (or null for P)")
         if self.refine in _SHIFT_MODES and self.num_segments != self.num_frames:
             raise ValueError(
-                f"vision.refine={self.refine} merges no frames: set vision.num_segments ({self.num_segments}) "
-                f"= vision.num_frames ({self.num_frames})"
+                f"{v}.refine={self.refine} merges no frames: set {v}.num_segments ({self.num_segments}) "
+                f"= {v}.num_frames ({self.num_frames})"
             )
         if self.temporal_placement == "prior":
             if self.temporal_modeling != "divided_attention":
@@ -172,16 +192,12 @@ class VisionConfig:
                 )
             if not 1 <= self.temporal_block <= self.cluster_block:
                 raise ValueError(
-                    f"vision.temporal_placement=prior runs divided attention in blocks 0..τ−1 before Refine: need "
-                    f"1 <= vision.temporal_block ({self.temporal_block}) <= vision.cluster_block ({self.cluster_block})"
+                    f"{v}.temporal_placement=prior runs divided attention in blocks 0..τ−1 before Refine: need "
+                    f"1 <= {v}.temporal_block ({self.temporal_block}) <= {v}.cluster_block ({self.cluster_block})"
                 )
-        if self.shift_fold_div < 2:
-            raise ValueError(f"vision.shift_fold_div={self.shift_fold_div} must be >= 2")
-        if self.num_proxies < 1:
-            raise ValueError(f"vision.num_proxies={self.num_proxies} must be >= 1")
         if self.temporal_modeling == "video_proxy" and self.temporal_block == self.num_layers:
             raise ValueError(
-                f"vision.temporal_modeling=video_proxy needs vision.temporal_block < vision.num_layers ({self.num_layers})"
+                f"{v}.temporal_modeling=video_proxy needs {v}.temporal_block < {v}.num_layers ({self.num_layers})"
             )
 
     @property
