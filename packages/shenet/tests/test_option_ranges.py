@@ -33,6 +33,8 @@ CONFIG = [
     ("temporal_heads", 0),
     ("max_frames", 0),
     ("max_frames", 2.5),
+    ("tau_frame", math.nan),  # NaN passed the old `<= 0` test
+    ("tau_patch", math.nan),
 ]
 
 MODULE = [
@@ -144,3 +146,12 @@ def test_boundary_values_are_accepted():
     parser = ParserConfig(max_verbs=0, max_nouns=0, max_adjs=0)
     assert parser.caps == {"verb": 0, "noun": 0, "adj": 0}
     assert SHENetContrastiveLoss(aux_weight=0.0).aux_weight == 0.0
+
+
+@pytest.mark.parametrize(
+    ("weights", "key"),
+    [([1.0, math.nan, 1.0], "model.config.sim_weights[1]"), ([0.0, 1.0, 1.0], "model.config.sim_weights[0]")],
+)
+def test_sim_weights_refused_one_by_one(weights, key):
+    with pytest.raises(ValueError, match=re.escape(key)):
+        _config(sim_weights=weights)

@@ -137,10 +137,12 @@ class SHENetConfig:
             raise ValueError(f"model.config.levels has unknown levels {bad}; choose from {list(LEVELS)}")
         if "sentence" not in self.levels:
             raise ValueError("model.config.levels must contain 'sentence' (the H1 level is always used)")
-        if len(self.sim_weights) != 3 or any(w < 0 for w in self.sim_weights) or self.sim_weights[0] <= 0:
-            raise ValueError(f"model.config.sim_weights={self.sim_weights}: three weights >= 0 with w1 > 0 expected")
-        if self.tau_frame <= 0 or self.tau_patch <= 0:
-            raise ValueError("model.config.tau_frame and tau_patch must be > 0")
+        if len(self.sim_weights) != 3:
+            raise ValueError(f"model.config.sim_weights={self.sim_weights}: three weights (w1, w2, w3) expected")
+        for i, w in enumerate(self.sim_weights):  # S1 is always available, so w1 > 0 keeps the mean defined
+            check_range(f"model.config.sim_weights[{i}]", w, gt=0 if i == 0 else None, ge=0 if i else None)
+        check_range("model.config.tau_frame", self.tau_frame, gt=0)  # similarities are divided by them
+        check_range("model.config.tau_patch", self.tau_patch, gt=0)
         # sizes of the custom CLIP and of the seqTransf head: zeros fail inside open_clip or the first forward pass
         for key in ("custom_embed_dim", "custom_image_size", "custom_patch_size", "custom_vision_width"):
             check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
