@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torchmetrics.retrieval import RetrievalRecall
@@ -194,3 +196,10 @@ def test_qa_accuracies_count_a_repeated_question_once():
     n.update(torch.tensor([0, 1]), torch.tensor([0, 0]), ["CW", "TN"], [0, 1])
     n.update(torch.tensor([0]), torch.tensor([0]), ["CW"], [0])
     assert n.compute() == pytest.approx({"acc": 50.0, "acc_C": 100.0, "acc_T": 0.0})
+
+
+def test_qa_accuracies_without_questions_are_nan_not_zero():
+    """An evaluation that saw no question has no accuracy: 0 % would read as a measured result."""
+    assert torch.isnan(QAAccuracy().compute())
+    out = NExTQAAccuracy().compute()
+    assert list(out) == ["acc"] and math.isnan(out["acc"])  # still logged under the monitored key

@@ -448,7 +448,8 @@ def _first_of_each_id(ids: torch.Tensor) -> torch.Tensor:
 
 class QAAccuracy(Metric):
     """Open-ended QA accuracy. States are per-question hits and dataset indices (``ids``), concatenated over ranks;
-    a question seen twice (DistributedSampler padding) counts once, as the official per-question-id merge does."""
+    a question seen twice (DistributedSampler padding) counts once, as the official per-question-id merge does.
+    Without any question the accuracy is NaN."""
 
     higher_is_better = True
     full_state_update = False
@@ -474,8 +475,8 @@ class QAAccuracy(Metric):
         self._auto_id = 0
 
     def compute(self) -> torch.Tensor:
-        if isinstance(self.hits, list) and not self.hits:
-            return torch.tensor(0.0, device=self.device)
+        if isinstance(self.hits, list) and not self.hits:  # no question seen: not a measured 0 %
+            return torch.tensor(float("nan"), device=self.device)
         hits, ids = _cat(self.hits), _cat(self.ids)
         return 100.0 * hits[_first_of_each_id(ids)].mean()
 
@@ -499,7 +500,8 @@ def nextqa_accuracy(preds: torch.Tensor, labels: torch.Tensor, types: Sequence[s
 
 class NExTQAAccuracy(Metric):
     """NExT-QA accuracy overall and per type. States are per-question hits, type groups and dataset indices
-    (``ids``), concatenated over ranks; a question seen twice (DistributedSampler padding) counts once."""
+    (``ids``), concatenated over ranks; a question seen twice (DistributedSampler padding) counts once. Without any
+    question ``acc`` is NaN."""
 
     higher_is_better = True
     full_state_update = False
@@ -530,8 +532,8 @@ class NExTQAAccuracy(Metric):
         self._auto_id = 0
 
     def compute(self) -> dict[str, float]:
-        if isinstance(self.hits, list) and not self.hits:
-            return {}
+        if isinstance(self.hits, list) and not self.hits:  # no question seen: NaN, still logged under acc
+            return {"acc": float("nan")}
         ids = _cat(self.ids)
         keep = _first_of_each_id(ids)
         hits, groups = _cat(self.hits)[keep], _cat(self.groups)[keep]
