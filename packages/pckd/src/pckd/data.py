@@ -19,7 +19,7 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.data import SplitLoaders, evaluation_sampler, worker_options
 from torch.utils.data import DataLoader, Dataset
 
@@ -363,6 +363,7 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
             raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
         if not 0.0 <= label_noise < 1.0:
             raise ValueError(f"data.label_noise={label_noise} must be in [0, 1)")
+        check_range("data.num_workers", num_workers, ge=0, integer=True)
         if generate_demo_data and (dataset != "cifar100" or hf_dataset):
             raise ValueError("data.generate_demo_data writes CIFAR-100 pickles: it needs data.dataset=cifar100 "
                              "and no data.hf_dataset")  # fmt: skip

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -150,6 +150,24 @@ class PCKDModule(pl.LightningModule):
         # an unknown method would train CE beside an unused teacher, an unknown optimizer would be Adam
         check_choice("model.method", method, get_args(Method))
         check_choice("model.optimizer", optimizer, get_args(Optimizer))
+        # loss weights: 0 switches a term off (the ablations); a negative weight would ascend that term
+        for key, value in (
+            ("w_ce", w_ce),
+            ("w_kd", w_kd),
+            ("w_cc", w_cc),
+            ("w_ca", w_ca),
+            ("w_fa", w_fa),
+            ("w_crd", w_crd),
+        ):
+            check_range(f"model.{key}", value, ge=0, lt=math.inf)
+        # L_CC divides its logits by τ and scales the loss by τ/τ_b
+        check_range("model.cc_temperature", cc_temperature, gt=0)
+        check_range("model.cc_base_temperature", cc_base_temperature, gt=0)
+        check_range("model.momentum", momentum, ge=0, le=1)
+        check_range("model.weight_decay", weight_decay, ge=0)
+        check_range("model.lr_gamma", lr_gamma, ge=0)  # a negative factor would turn the lr negative
+        for i, epoch in enumerate(lr_milestones):
+            check_range(f"model.lr_milestones[{i}]", epoch, ge=0, integer=True)  # epochs count from 0
         self.save_hyperparameters()
         self.config = config
         if method != "ce" and config.teacher_arch is None:

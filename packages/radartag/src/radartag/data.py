@@ -24,7 +24,7 @@ from typing import Literal, get_args
 
 import lightning.pytorch as pl
 import torch
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, worker_options
 from mmzoo.features import NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
@@ -458,6 +458,10 @@ class KwaiTagDataModule(SplitLoaders, pl.LightningDataModule):
     ):
         super().__init__()
         check_choice("data.sampler", sampler, get_args(Sampler))  # refused here, not first at the first loader
+        check_range("data.num_layers", num_layers, ge=1, integer=True)
+        check_range("data.batch_size", batch_size, ge=1, integer=True)
+        check_range("data.eval_batch_size", eval_batch_size, ge=1, integer=True)
+        check_range("data.num_workers", num_workers, ge=0, integer=True)
         self.save_hyperparameters()
         self.demo = SyntheticKwaiConfig(**demo) if isinstance(demo, dict) else demo
         self.graphs: dict[str, HeteroData] = {}

@@ -16,7 +16,7 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_literal_fields
+from mmzoo.config import check_literal_fields, check_range
 from torch import nn
 from torch_geometric.nn import MessagePassing
 from torch_geometric.utils import softmax
@@ -106,6 +106,12 @@ class RadarConfig:
         # updater, attention, reducer: an unknown updater or attention would run the sum updater or the
         # per-relation softmax, an unknown reducer would build no reducer (and no LayerNorm on the combined messages)
         check_literal_fields(self, "model.config")
+        for key in ("video_dim", "tag_dim", "hidden_dim", "num_heads", "lmf_rank"):
+            check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
+        if self.num_tags is not None:  # null: the count comes from the data
+            check_range("model.config.num_tags", self.num_tags, ge=1, integer=True)
+        # dropout 1 would zero the gate candidate, the AAN inputs and every score while training
+        check_range("model.config.dropout", self.dropout, ge=0, lt=1)
         if self.hidden_dim % self.num_heads:
             raise ValueError(
                 f"model.config.num_heads={self.num_heads} must divide model.config.hidden_dim={self.hidden_dim}"

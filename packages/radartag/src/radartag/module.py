@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.config import check_range
 from mmzoo.distributed import is_distributed
 
 from .data import GraphBatch
@@ -79,6 +80,14 @@ class RadarModule(pl.LightningModule):
         predict_top_k: int = 10,
     ):
         super().__init__()
+        check_range("model.lr", lr, ge=0)
+        check_range("model.weight_decay", weight_decay, ge=0)
+        check_range("model.bce_weight", bce_weight, ge=0)
+        # λ_p = λ0·(2 / (1 + exp(−γ·p)) − 1): a negative λ0 or γ turns the reversed gradient around
+        check_range("model.lambda0", lambda0, ge=0)
+        check_range("model.adv_gamma", adv_gamma, ge=0)
+        if adv_total_step is not None:  # null: the length of the fit
+            check_range("model.adv_total_step", adv_total_step, ge=1, integer=True)
         # predict_top_k is a run-time output setting: kept out of the checkpoint's hyperparameters, which LightningCLI
         # would otherwise apply over the command line of `predict --ckpt_path ...`
         self.save_hyperparameters(ignore=["predict_top_k"])

@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from mmzoo.config import check_range
 from mmzoo.data import ensure_generated
 
 __all__ = ["SyntheticKwaiConfig", "ensure_synthetic_vertical", "random_graph", "stamp_path", "write_synthetic_vertical"]
@@ -46,6 +47,25 @@ class SyntheticKwaiConfig:
     """Leaf-specific noise around its parent's prototype in the tag text features."""
     split: tuple[float, float, float] = (0.7, 0.1, 0.2)
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        for key, least in (("num_users", 1), ("favourites", 1), ("num_parents", 2), ("leaves_per_parent", 1),
+                           ("follows", 0), ("videos_per_user", 1), ("feature_dim", 1)):  # fmt: skip
+            check_range(f"data.demo.{key}", getattr(self, key), ge=least, integer=True)
+        for key in ("homophily", "imitation"):  # probabilities
+            check_range(f"data.demo.{key}", getattr(self, key), ge=0, le=1)
+        for key in ("noise", "tag_noise"):  # standard deviations
+            check_range(f"data.demo.{key}", getattr(self, key), ge=0)
+        if len(self.split) != 3:
+            raise ValueError(f"data.demo.split={list(self.split)}: expected three fractions (train, val, test)")
+        for i, fraction in enumerate(self.split):
+            check_range(f"data.demo.split[{i}]", fraction, ge=0, le=1)
+        leaves = self.num_parents * self.leaves_per_parent
+        if self.favourites > leaves:  # drawn without replacement among the leaf tags
+            raise ValueError(
+                f"data.demo.favourites={self.favourites} exceeds the leaf tags, data.demo.num_parents={self.num_parents}"
+                f" × data.demo.leaves_per_parent={self.leaves_per_parent} = {leaves}"
+            )
 
 
 def write_synthetic_vertical(root: str | Path, vertical: str, cfg: SyntheticKwaiConfig | None = None) -> Path:

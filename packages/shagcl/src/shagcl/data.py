@@ -16,7 +16,7 @@ from typing import Literal, get_args
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from mmzoo.config import check_choice
+from mmzoo.config import check_choice, check_range
 from mmzoo.data import SplitLoaders, read_json, reload_train_loader_every_epoch, worker_options
 from mmzoo.features import H5Features
 from torch.utils.data import DataLoader, Dataset
@@ -89,6 +89,13 @@ class SyntheticFeaturesConfig:
     pooled_levels: int = 4
     """L of the synthetic union maps (model.config.fpn_levels)."""
 
+    def __post_init__(self) -> None:
+        for key in ("feature_dim", "pooled_channels", "pooled_resolution", "pooled_levels"):
+            check_range(f"data.synthetic.{key}", getattr(self, key), ge=1, integer=True)
+        # standard deviations and scales; a negative logit scale would make the synthetic detector avoid the label
+        for key in ("noise", "det_logit_scale", "box_jitter"):
+            check_range(f"data.synthetic.{key}", getattr(self, key), ge=0)
+
 
 class SceneGraphDataset(Dataset):
     """Base of the format readers: features + pair sampling for one split.
@@ -116,6 +123,19 @@ class SceneGraphDataset(Dataset):
         check_choice("split", split, get_args(Split))
         check_choice("data.protocol", protocol, get_args(Protocol))
         check_choice("data.feature_source", feature_source, get_args(FeatureSource))
+
+    @staticmethod
+    def _check_counts(
+        num_val_images: int, max_pairs: int, max_fg_pairs: int, samples_per_gt_rel: int, max_images: int | None
+    ) -> None:
+        """Refuse counts that the readers would slice with (a negative one drops images or pairs from the end) or
+        sample with (0 stops in torch.multinomial)."""
+        check_range("data.num_val_images", num_val_images, ge=0, integer=True)
+        check_range("data.max_pairs", max_pairs, ge=1, integer=True)
+        check_range("data.max_fg_pairs", max_fg_pairs, ge=1, integer=True)
+        check_range("data.samples_per_gt_rel", samples_per_gt_rel, ge=1, integer=True)
+        if max_images is not None:  # null: every image
+            check_range("max_images", max_images, ge=1, integer=True)
 
     def _init_features(
         self,
@@ -451,6 +471,8 @@ class VG150Dataset(SceneGraphDataset):
 
         self._check_options(split, protocol, feature_source)
         check_choice("data.predicate_order", predicate_order, get_args(PredicateOrder))  # else: the file's order
+        self._check_counts(num_val_images, max_pairs, max_fg_pairs, samples_per_gt_rel, max_images)
+        check_range("data.box_scale", box_scale, ge=1, integer=True)  # the stored boxes are divided by it
         root = Path(data_root) / "vg"
         h5_path = _require(root / "VG-SGG-with-attri.h5", "VG150 annotations")
         dicts_path = _require(root / "VG-SGG-dicts-with-attri.json", "VG150 vocabularies")
@@ -568,6 +590,9 @@ class GQA200Dataset(SceneGraphDataset):
         sgdet_add_gt_boxes: bool = True,
     ) -> None:
         self._check_options(split, protocol, feature_source)
+        self._check_counts(num_val_images, max_pairs, max_fg_pairs, samples_per_gt_rel, max_images)
+        if skip_test_entry is not None:  # 1-based; null skips no entry
+            check_range("data.gqa_skip_test_entry", skip_test_entry, ge=1, integer=True)
         root = Path(data_root) / "gqa"
         info_path = _require(root / "GQA_200_ID_Info.json", "GQA200 vocabularies")
         split_path = _require(root / f"GQA_200_{'Train' if split == 'train' else 'Test'}.json", "GQA200 split")
@@ -802,6 +827,23 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
             ("predicate_order", predicate_order, PredicateOrder),
         ):
             check_choice(f"data.{key}", value, get_args(hint))
+        # the readers check their own counts again when they are built (at setup); refused here already
+        SceneGraphDataset._check_counts(num_val_images, max_pairs, max_fg_pairs, samples_per_gt_rel, None)
+        check_range("data.box_scale", box_scale, ge=1, integer=True)
+        if gqa_skip_test_entry is not None:
+            check_range("data.gqa_skip_test_entry", gqa_skip_test_entry, ge=1, integer=True)
+        for key, value in (("max_train_images", max_train_images), ("max_eval_images", max_eval_images)):
+            if value is not None:  # null: every image
+                check_range(f"data.{key}", value, ge=1, integer=True)
+        for key, value, least in (
+            ("batch_size", batch_size, 1),
+            ("test_batch_size", test_batch_size, 1),
+            ("num_workers", num_workers, 0),
+            ("demo_num_images", demo_num_images, 1),
+            ("demo_num_obj_classes", demo_num_obj_classes, 1),
+            ("demo_num_predicates", demo_num_predicates, 1),
+        ):
+            check_range(f"data.{key}", value, ge=least, integer=True)
         self.save_hyperparameters()
         self.synthetic = synthetic or SyntheticFeaturesConfig()
         self.datasets: dict[str, SceneGraphDataset] = {}

@@ -20,7 +20,7 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from mmzoo.config import check_choice, check_literal_fields
+from mmzoo.config import check_choice, check_literal_fields, check_range
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -163,6 +163,14 @@ class SHAGCLConfig:
         ):
             if getattr(self, key) < 1:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
+        for key in ("roi_channels", "roi_resolution", "fpn_levels", "rect_size"):
+            check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
+        check_range("model.config.group_mu", self.group_mu, gt=1)  # the divide rule's ratio between group heads
+        check_range("model.config.group_min_count", self.group_min_count, ge=0, integer=True)
+        check_range("model.config.num_average_groups", self.num_average_groups, ge=1, integer=True)
+        check_range("model.config.kd_coefficient", self.kd_coefficient, ge=0)  # 0: no distillation
+        check_range("model.config.no_relation_penalty", self.no_relation_penalty, ge=0)
+        check_range("model.config.later_nms_threshold", self.later_nms_threshold, ge=0, le=1)  # an IoU
         if (
             self.union_features == "official"
             and self.use_rect_features

@@ -13,6 +13,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 from mmzoo.cli import allow_in_checkpoints
+from mmzoo.config import check_range
 
 from shagcl.gcl import (
     OFFICIAL_PREDICATE_COUNTS,
@@ -69,6 +70,20 @@ class SHAGCLModule(pl.LightningModule):
         draw_images: int = 1,
     ) -> None:
         super().__init__()
+        check_range("model.lr", lr, ge=0)
+        check_range("model.momentum", momentum, ge=0, le=1)
+        check_range("model.weight_decay", weight_decay, ge=0)
+        check_range("model.warmup_steps", warmup_steps, ge=0, integer=True)  # 0: no warm-up
+        check_range("model.warmup_factor", warmup_factor, ge=0)
+        check_range("model.plateau_factor", plateau_factor, ge=0, le=1)  # the lr is multiplied by it
+        check_range("model.plateau_patience", plateau_patience, ge=0, integer=True)
+        check_range("model.plateau_threshold", plateau_threshold, ge=0)
+        # training stops once the lr was reduced this often: 0 would stop before the first step
+        check_range("model.max_lr_reductions", max_lr_reductions, ge=1, integer=True)
+        for i, k in enumerate(recall_ks):
+            check_range(f"model.recall_ks[{i}]", k, ge=1, integer=True)
+        check_range("model.predict_top_k", predict_top_k, ge=1, integer=True)  # a negative k dropped the last ones
+        check_range("model.draw_images", draw_images, ge=0, integer=True)  # 0: draw nothing
         # output locations are not stored in checkpoints: LightningCLI would restore them over the command line
         self.save_hyperparameters(ignore=["report_dir", "predict_top_k", "draw_images"])
         self.report_dir = report_dir

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from mmzoo.config import check_range
 from torch import nn
 
 from pckd.models.cifar_resnet import CifarResNet
@@ -104,6 +105,7 @@ class PCKDConfig:
     """Hidden width of the align MLP H as a multiple of d_t (spec §3.3: 16·d_t)."""
 
     def __post_init__(self) -> None:
+        check_range("model.config.in_channels", self.in_channels, ge=1, integer=True)
         for key in ("student_arch", "teacher_arch"):
             arch = getattr(self, key)
             if arch is not None and arch not in ARCHS:
