@@ -374,3 +374,14 @@ def test_empty_split_lists_named(tmp_path):
     train.write_text("")
     with pytest.raises(ValueError, match=r"kwai_v_video_train_list\.txt' lists no videos"):
         read_kwai_files(tmp_path / "gen", "v")
+
+
+def test_demo_generator_refuses_settings_it_could_not_finish(tmp_path):
+    """homophily 1 draws every followee among users sharing a favourite: with fewer of them than `follows` the draw
+    looped forever; imitation with no followee failed inside numpy's choice."""
+    tiny = dict(num_users=6, favourites=1, num_parents=3, leaves_per_parent=4, feature_dim=4, follows=3)
+    with pytest.raises(ValueError, match=r"data\.demo\.homophily=1\.0: user \d+ shares a favourite tag with only"):
+        write_synthetic_vertical(tmp_path, "movie", SyntheticKwaiConfig(**tiny, homophily=1.0))
+    with pytest.raises(ValueError, match=r"data\.demo\.imitation=0\.6 needs data\.demo\.follows >= 1"):
+        SyntheticKwaiConfig(**{**tiny, "follows": 0})
+    write_synthetic_vertical(tmp_path / "ok", "movie", SyntheticKwaiConfig(**tiny, homophily=0.99))

@@ -60,6 +60,11 @@ class SyntheticKwaiConfig:
             raise ValueError(f"data.demo.split={list(self.split)}: expected three fractions (train, val, test)")
         for i, fraction in enumerate(self.split):
             check_range(f"data.demo.split[{i}]", fraction, ge=0, le=1)
+        if self.imitation > 0 and self.follows < 1:  # an imitated video is drawn from a followee
+            raise ValueError(
+                f"data.demo.imitation={self.imitation} needs data.demo.follows >= 1 (got {self.follows}): "
+                "imitated tags come from followees"
+            )
         leaves = self.num_parents * self.leaves_per_parent
         if self.favourites > leaves:  # drawn without replacement among the leaf tags
             raise ValueError(
@@ -99,6 +104,11 @@ def write_synthetic_vertical(root: str | Path, vertical: str, cfg: SyntheticKwai
     for u in range(cfg.num_users):
         similar = [v for v in range(cfg.num_users) if v != u and set(fav[v]) & set(fav[u])]
         others = [v for v in range(cfg.num_users) if v != u]
+        if cfg.homophily >= 1 and len(similar) < cfg.follows:  # every draw from `similar`: it could never end
+            raise ValueError(
+                f"data.demo.homophily={cfg.homophily}: user {u} shares a favourite tag with only {len(similar)} "
+                f"users, fewer than data.demo.follows={cfg.follows}; lower homophily below 1 or follows"
+            )
         chosen: set[int] = set()
         while len(chosen) < cfg.follows:
             pool = similar if similar and rng.random() < cfg.homophily else others
