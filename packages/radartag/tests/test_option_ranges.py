@@ -101,5 +101,5 @@ def test_boundary_values_are_accepted(tmp_path):
     assert RadarModule(RadarConfig(**SMALL), adv_total_step=1).loss.total_step == 1
     dm = KwaiTagDataModule(str(tmp_path), "v", num_workers=0, fanout=0, eval_fanout=-1, batch_size=1)
     assert dm.hparams.eval_fanout == -1
-    demo = SyntheticKwaiConfig(follows=0, homophily=0.0, imitation=1.0, noise=0.0, tag_noise=0.0, split=(1, 0, 0))
-    assert demo.follows == 0
+    demo = SyntheticKwaiConfig(follows=0, homophily=0.0, imitation=0.0, noise=0.0, tag_noise=0.0, split=(1, 0, 0))
+    assert demo.follows == 0  # no followee is fine while no video imitates one
