@@ -11,6 +11,7 @@ from tsgsv.losses import TSGSVLoss
 from tsgsv.metrics import GroundingEvalConfig
 from tsgsv.models import TSGSVConfig
 from tsgsv.module import TSGSVModule
+from tsgsv.synthetic import SyntheticStreamConfig
 
 TINY = dict(video_dim=8, text_dim=8, hidden_dim=8, ffn_dim=8, num_heads=2, compressor_tokens=[2])
 
@@ -151,3 +152,28 @@ def test_datamodule_accepts_boundaries():
     TSGVDataModule(min_frames=0, num_workers=0, val_fraction=1.0, pos_expansion_ratio=None, neg_pos_ratio=-1.0)
     TSGVDataModule(gaussian_label=False, label_widths=(0.0, 0.0, 0.0))  # hard labels use no width
     TSGVDataModule(pos_expansion_ratio=5.0, neg_pos_ratio=0.0)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "key"),
+    [
+        ({"videos_per_split": (10, -1, 5)}, "data.demo.videos_per_split[1]"),
+        ({"queries_per_video": 0}, "data.demo.queries_per_video"),
+        ({"num_classes": 0}, "data.demo.num_classes"),
+        ({"noise": -0.1}, "data.demo.noise"),
+        ({"seconds_per_frame": 0.0}, "data.demo.seconds_per_frame"),
+        ({"frames": (1, 10)}, "data.demo.frames[0]"),  # frame stamps divide by N - 1
+        ({"frames": (200, 120)}, "data.demo.frames"),  # numpy drew from an empty range
+        ({"events": (3, 9)}, "data.demo.events"),  # more events than the 8 distinct classes
+        ({"event_length": (0, 5)}, "data.demo.event_length[0]"),
+        ({"tokens": (6,)}, "data.demo.tokens"),
+    ],
+)
+def test_demo_generator_refuses(kwargs, key):
+    with pytest.raises(ValueError, match=re.escape(key)):
+        SyntheticStreamConfig(**kwargs)
+
+
+def test_demo_generator_accepts_boundaries():
+    cfg = SyntheticStreamConfig(videos_per_split=(1, 0, 0), frames=(2, 2), events=(8, 8), onset_frames=0, noise=0.0)
+    assert cfg.events == (8, 8)

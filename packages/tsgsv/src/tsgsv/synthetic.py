@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from mmzoo.config import check_range
 
 __all__ = ["SyntheticStreamConfig", "synthetic_prototypes", "write_synthetic_dataset", "write_synthetic_mad_raw"]
 
@@ -55,6 +56,36 @@ class SyntheticStreamConfig:
     write_events: bool = False
     """Also write ``events_<split>.json`` ({video: [[first_frame, end_frame, class], ...]}, every event of the video;
     not part of the official layout) for oracle analyses (``repro.py --oracle``). Does not change the data drawn."""
+
+    def __post_init__(self) -> None:
+        if len(self.videos_per_split) != 3:
+            raise ValueError(f"data.demo.videos_per_split={list(self.videos_per_split)}: expected train, val, test")
+        for i, n in enumerate(self.videos_per_split):
+            check_range(f"data.demo.videos_per_split[{i}]", n, ge=0, integer=True)
+        for key in ("queries_per_video", "num_classes", "video_dim", "text_dim", "num_filler_words"):
+            check_range(f"data.demo.{key}", getattr(self, key), ge=1, integer=True)
+        check_range("data.demo.onset_frames", self.onset_frames, ge=0, integer=True)
+        check_range("data.demo.noise", self.noise, ge=0)
+        check_range("data.demo.seconds_per_frame", self.seconds_per_frame, gt=0)
+        # inclusive [low, high] ranges; a video needs 2 frames (stamps divide by N − 1), and the events of a video
+        # have distinct classes
+        for key, least, most in (
+            ("frames", 2, None),
+            ("events", 1, self.num_classes),
+            ("event_length", 1, None),
+            ("tokens", 1, None),
+        ):
+            bounds = getattr(self, key)
+            if len(bounds) != 2:
+                raise ValueError(f"data.demo.{key}={list(bounds)}: expected [low, high]")
+            for i, b in enumerate(bounds):
+                check_range(f"data.demo.{key}[{i}]", b, ge=least, integer=True)
+            if bounds[0] > bounds[1]:
+                raise ValueError(f"data.demo.{key}={list(bounds)}: low must not exceed high")
+            if most is not None and bounds[1] > most:
+                raise ValueError(
+                    f"data.demo.{key}={list(bounds)}: at most data.demo.num_classes={most} (one class per event)"
+                )
 
 
 def frame_stamp(frame: int, num_frames: int, duration: float) -> float:
