@@ -7,6 +7,7 @@ import re
 
 import pytest
 
+from asdmllm.cmsc import CMSCBuildConfig
 from asdmllm.data import DebiasDataModule, DemoDataConfig, FairFaceDataset, SocialCounterfactualsDataset
 from asdmllm.models import MLLMConfig
 from asdmllm.module import ASDModule, GeneralEvalConfig
@@ -138,3 +139,19 @@ def test_datamodule_accepts_boundaries():
 def test_readers_refuse_image_size(tmp_path, build):
     with _expect("data.image_size"):
         build(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "flag"),
+    [
+        ({"sets_per_concept": 0}, "--sets-per-concept"),
+        ({"image_size": -8}, "--image-size"),
+        ({"num_inference_steps": 0}, "--steps"),
+        ({"shard_size": 0}, "--shard-size"),
+        ({"guidance_scale": float("nan")}, "--guidance-scale"),
+        ({"races": []}, "--races"),
+    ],
+)
+def test_build_cmsc_refuses(kwargs, flag):
+    with pytest.raises(ValueError, match=re.escape(f"build-cmsc {flag}")):
+        CMSCBuildConfig(**kwargs)

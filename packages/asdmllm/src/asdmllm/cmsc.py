@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from mmzoo.config import check_range
 from tqdm.auto import tqdm
 
 from .data import CMSC_COLUMNS, CMSC_CONCEPTS
@@ -66,6 +67,20 @@ class CMSCBuildConfig:
     """Base seed; set k of concept j uses seed + 100003·j + k for every image of the set."""
     shard_size: int = 5000
     """Images per merged parquet shard."""
+
+    def __post_init__(self) -> None:
+        # named by the build-cmsc flags that set them
+        for flag, value in (
+            ("--sets-per-concept", self.sets_per_concept),
+            ("--image-size", self.image_size),
+            ("--steps", self.num_inference_steps),
+            ("--shard-size", self.shard_size),
+        ):
+            check_range(f"build-cmsc {flag}", value, ge=1, integer=True)
+        check_range("build-cmsc --guidance-scale", self.guidance_scale)
+        for flag, words in (("--genders", self.genders), ("--ages", self.ages), ("--races", self.races)):
+            if not words:
+                raise ValueError(f"build-cmsc {flag}: at least one value is needed (each set crosses all of them)")
 
 
 def cmsc_prompt(cfg: CMSCBuildConfig, group: str, concept: str, gender: str, age: str, race: str) -> str:
