@@ -40,6 +40,10 @@ MODULE_CASES = [
     ("model.lr_gamma", dict(lr_gamma=-0.1)),
     ("model.lr_milestones", dict(lr_milestones=(150, -1))),
     ("model.lr_milestones", dict(lr_milestones=(1.5,))),
+    # the older `<= 0` checks let NaN and fractional counts through
+    ("model.kd_temperature", dict(kd_temperature=float("nan"))),
+    ("model.preview_lambda", dict(preview_lambda=float("nan"))),
+    ("model.crd_num_negatives", dict(method="crd", crd_num_negatives=2.5)),
 ]
 
 
@@ -54,9 +58,18 @@ def test_config_refuses_zero_input_channels():
         _config(in_channels=0)
 
 
-def test_datamodule_refuses_negative_num_workers():
-    with pytest.raises(ValueError, match=re.escape("data.num_workers")):
-        PCKDDataModule(dataset="digits", num_workers=-1)
+@pytest.mark.parametrize(
+    ("key", "kw"),
+    [
+        ("data.num_workers", dict(num_workers=-1)),
+        ("data.label_noise", dict(label_noise=float("nan"))),
+        ("data.eval_batch_size=0", dict(eval_batch_size=0)),  # the old message named both keys and no value
+        ("data.num_views", dict(num_views=2.5)),
+    ],
+)
+def test_datamodule_refuses(key, kw):
+    with pytest.raises(ValueError, match=re.escape(key)):
+        PCKDDataModule(dataset="digits", **kw)
 
 
 def test_boundary_values_are_accepted():

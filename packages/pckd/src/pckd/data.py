@@ -357,12 +357,10 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
         super().__init__()
         check_choice("data.dataset", dataset, get_args(DatasetName))  # else a KeyError naming no key
         self.save_hyperparameters()
-        if num_views < 1:
-            raise ValueError(f"data.num_views={num_views} must be >= 1")
-        if batch_size < 1 or eval_batch_size < 1:
-            raise ValueError("data.batch_size and data.eval_batch_size must be >= 1")
-        if not 0.0 <= label_noise < 1.0:
-            raise ValueError(f"data.label_noise={label_noise} must be in [0, 1)")
+        check_range("data.num_views", num_views, ge=1, integer=True)
+        check_range("data.batch_size", batch_size, ge=1, integer=True)
+        check_range("data.eval_batch_size", eval_batch_size, ge=1, integer=True)
+        check_range("data.label_noise", label_noise, ge=0, lt=1)
         check_range("data.num_workers", num_workers, ge=0, integer=True)
         if generate_demo_data and (dataset != "cifar100" or hf_dataset):
             raise ValueError("data.generate_demo_data writes CIFAR-100 pickles: it needs data.dataset=cifar100 "

@@ -177,11 +177,10 @@ class PCKDModule(pl.LightningModule):
             ("lr", lr),
             ("preview_lambda", preview_lambda),
             ("crd_temperature", crd_temperature),
-            ("crd_feat_dim", crd_feat_dim),
-            ("crd_num_negatives", crd_num_negatives),
         ):
-            if value <= 0:
-                raise ValueError(f"model.{key}={value} must be > 0")
+            check_range(f"model.{key}", value, gt=0)
+        check_range("model.crd_feat_dim", crd_feat_dim, ge=1, integer=True)
+        check_range("model.crd_num_negatives", crd_num_negatives, ge=1, integer=True)
         self.student = build_backbone(config.student_arch, config.num_classes, config.in_channels)
         self.teacher: nn.Module | None = None
         if method != "ce":
