@@ -23,6 +23,10 @@ CONFIG_CASES = [
     ("model.config.fpn_levels", dict(fpn_levels=0)),
     # roi_resolution 0 with rect_size -1 passed the rect-size relation
     ("model.config.roi_resolution", dict(union_features="official", roi_resolution=0, rect_size=-1)),
+    # the older `< 1` / `< 2` checks let fractional sizes and NaN through, and named no value for the class counts
+    ("model.config.hidden_dim", dict(hidden_dim=32.5)),
+    ("model.config.num_heads", dict(num_heads=float("nan"))),
+    ("model.config.num_predicates=1", dict(num_predicates=1)),
 ]
 
 

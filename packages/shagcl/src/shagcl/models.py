@@ -149,8 +149,8 @@ class SHAGCLConfig:
         # protocol, encoder, word_embeddings, union_features, decoder, group_split, count_source, background_mode
         # and kd_mode: each is read with if/else, so a misspelt one would build or train another variant
         check_literal_fields(self, "model.config")
-        if self.num_obj_classes < 2 or self.num_predicates < 2:
-            raise ValueError("model.config.num_obj_classes and num_predicates include background and must be >= 2")
+        for key in ("num_obj_classes", "num_predicates"):  # both count the background class
+            check_range(f"model.config.{key}", getattr(self, key), ge=2, integer=True)
         for key in (
             "feature_dim",
             "hidden_dim",
@@ -161,8 +161,7 @@ class SHAGCLConfig:
             "edge_layers",
             "word_dim",
         ):
-            if getattr(self, key) < 1:
-                raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
+            check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
         for key in ("roi_channels", "roi_resolution", "fpn_levels", "rect_size"):
             check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
         check_range("model.config.group_mu", self.group_mu, gt=1)  # the divide rule's ratio between group heads
