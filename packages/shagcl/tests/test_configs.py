@@ -78,6 +78,14 @@ MISSPELT = {
     ),
     "GQA200Dataset.split": (lambda: GQA200Dataset("data", "tset"), "split='tset'"),
     "GQA200Dataset.protocol": (lambda: GQA200Dataset("data", "test", protocol="sg_det"), "data.protocol='sg_det'"),
+    "VG150Dataset.missing_features": (
+        lambda: VG150Dataset("data", "test", missing_features="skip"),
+        "data.missing_features='skip'",
+    ),
+    "GQA200Dataset.missing_features": (
+        lambda: GQA200Dataset("data", "test", missing_features="skip"),
+        "data.missing_features='skip'",
+    ),
     **{
         f"SGGDataModule.{key}": (lambda key=key, value=value: SGGDataModule(**{key: value}), f"data.{key}={value!r}")
         for key, value in (
@@ -85,6 +93,7 @@ MISSPELT = {
             ("protocol", "sg_det"),
             ("feature_source", "cache"),
             ("predicate_order", "freq"),
+            ("missing_features", "skip"),
         )
     },
 }

@@ -1,4 +1,5 @@
 import json
+import re
 
 import h5py
 import numpy as np
@@ -350,3 +351,54 @@ def test_fit_reseeds_training_pairs_every_epoch(tmp_path):
     assert trainer.reload_dataloaders_every_n_epochs == 1
     assert [s for s, _ in seen] == [0, 1, 2]
     assert len({str(p) for _, p in seen}) > 1  # different pairs drawn for the same image
+
+
+def _write_cache(path, records, num_obj_classes: int, dim: int = 8) -> None:
+    """A cache in the layout ``shagcl extract --object_stage fc7 --union_stage fc7`` writes, random features."""
+    rng = np.random.default_rng(0)
+    with h5py.File(path, "w") as f:
+        for rec in records:
+            n = len(rec.boxes)
+            g = f.create_group(rec.image_id)
+            g["boxes"] = rec.boxes.astype(np.float32)
+            g["det_logits"] = rng.standard_normal((n, num_obj_classes)).astype(np.float16)
+            g["det_scores"] = rng.random(n).astype(np.float16)
+            g["num_det"] = np.array([n], dtype=np.int64)
+            g["obj_feats"] = rng.standard_normal((n, dim)).astype(np.float16)
+            g["union_feats"] = rng.standard_normal((n * (n - 1), dim)).astype(np.float16)
+
+
+def test_images_missing_from_the_feature_cache_are_refused_or_dropped_when_the_split_is_built(tmp_path):
+    write_gqa200(tmp_path, n_train=4, n_test=6, n_obj_classes=4, n_predicates=5)
+    kw = dict(num_val_images=0, skip_test_entry=None)
+    train = GQA200Dataset(tmp_path, "train", **kw).records
+    test = GQA200Dataset(tmp_path, "test", **kw).records
+    kept = [rec for i, rec in enumerate(test) if i not in (1, 4)]
+    cache = tmp_path / "feats.h5"
+    _write_cache(cache, train + kept, num_obj_classes=5)
+
+    def datamodule(**extra) -> SGGDataModule:
+        return SGGDataModule(
+            dataset="gqa200",
+            data_root=str(tmp_path),
+            feature_source="cached",
+            feature_cache=str(cache),
+            num_val_images=0,
+            gqa_skip_test_entry=None,
+            test_batch_size=2,
+            **extra,
+        )
+
+    with pytest.raises(
+        KeyError, match=rf"test: 2 of 6 images have no features in data.feature_cache='{re.escape(str(cache))}'"
+    ) as err:
+        datamodule().setup("test")
+    assert f"['{test[1].image_id}', '{test[4].image_id}']" in str(err.value)
+    assert "data.missing_features: drop" in str(err.value) and "shagcl extract" in str(err.value)
+    dm = datamodule(missing_features="drop")
+    with pytest.warns(UserWarning, match=r"test: 2 of 6 images .*dropping them"):
+        dm.setup("test")
+    assert [r.image_id for r in dm.datasets["train"].records] == [r.image_id for r in train]  # nothing missing
+    assert [r.image_id for r in dm.datasets["test"].records] == [r.image_id for r in kept]
+    batches = list(dm.test_dataloader())
+    assert [i for b in batches for i in b["image_ids"]] == [r.image_id for r in kept]

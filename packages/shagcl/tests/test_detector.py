@@ -1,9 +1,12 @@
+import logging
+import re
+
 import h5py
 import pytest
 import torch
 
 from shagcl.cli import main
-from shagcl.data import VG150Dataset
+from shagcl.data import INCOMPLETE_PREFIX, VG150Dataset
 from shagcl.testing import write_vg150
 
 SMALL = ["--random_weights", "--min_size", "64", "--max_size", "96", "--num_val_images", "0"]
@@ -174,3 +177,69 @@ def test_filter_duplicate_detections_one_per_proposal():
     assert sorted(per_class) == [(0, 1), (1, 2), (2, 1), (2, 2)]
     assert filter_duplicate_detections(boxes, scores, 0.03, 0.3, 80)[0].tolist() == [0, 1]  # score threshold
     assert filter_duplicate_detections(boxes, scores, 0.01, 0.3, 2)[0].tolist() == [0, 1]  # detections_per_img
+
+
+def test_extract_corrupt_images_raise_or_are_skipped_and_the_dataset_checks_the_cache(tmp_path, caplog):
+    """Test split of four images: the first is garbage bytes, the second a JPEG cut in half (PIL opens it; only the
+    full decode fails). ``raise`` names the file; ``skip`` leaves both out of the cache, which the cached dataset
+    then refuses (``missing_features=raise``) or drops (``drop``) when it is built."""
+    write_vg150(tmp_path, n_images=5, n_test=4, n_obj_classes=3, n_predicates=4, with_images=True, max_obj=3)
+    kw = dict(protocol="predcls", predicate_order="file", num_val_images=0)
+    records = VG150Dataset(tmp_path, "test", **kw).records
+    assert len(records) == 4
+    garbage, truncated = (tmp_path / "vg" / rec.filename for rec in records[:2])
+    garbage.write_bytes(b"\x00not an image\xff" * 64)
+    data = truncated.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    argv = ["extract", "--data_root", str(tmp_path), "--split", "test", *SMALL, "--union_stage", "fc7"]
+
+    out = tmp_path / "raise.h5"
+    with pytest.raises(ValueError, match=rf"{re.escape(str(garbage))}.*--on_corrupt skip"):
+        main(args=[*argv, "--output", str(out)])
+    with h5py.File(out, "a") as f:  # a cache already holding the garbage image's id resumes at the truncated one
+        f.create_group(records[0].image_id)
+    with pytest.raises(ValueError, match=rf"{re.escape(str(truncated))}.*truncated.*--on_corrupt skip"):
+        main(args=[*argv, "--output", str(out), "--on_corrupt", "raise"])
+
+    out = tmp_path / "skip.h5"
+    with caplog.at_level(logging.WARNING, logger="shagcl.detector"):
+        main(args=[*argv, "--output", str(out), "--on_corrupt", "skip"])
+    with h5py.File(out) as f:
+        assert set(f.keys()) == {rec.image_id for rec in records[2:]}
+    warned = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert str(garbage) in warned and str(truncated) in warned and "skipped 2 corrupt images" in warned
+
+    with pytest.raises(
+        KeyError, match=rf"2 of 4 images have no features in data.feature_cache='{re.escape(str(out))}'"
+    ):
+        VG150Dataset(tmp_path, "test", feature_source="cached", feature_cache=str(out), **kw)
+    with pytest.warns(UserWarning, match=r"2 of 4 images .*dropping them"):
+        ds = VG150Dataset(
+            tmp_path, "test", feature_source="cached", feature_cache=str(out), missing_features="drop", **kw
+        )
+    assert [rec.image_id for rec in ds.records] == [rec.image_id for rec in records[2:]]
+    assert [ds[i]["image_id"] for i in range(len(ds))] == [rec.image_id for rec in records[2:]]
+
+
+def test_extract_writes_each_image_under_a_temporary_name_and_resumes_past_a_half_written_one(tmp_path):
+    """A run stopped while an image's datasets were being written left a group under the image id that a resumed
+    run took as done (and the readers as complete); now the group carries its id only once it is complete."""
+    write_vg150(tmp_path, n_images=3, n_test=2, n_obj_classes=3, n_predicates=4, with_images=True, max_obj=3)
+    kw = dict(protocol="predcls", predicate_order="file", num_val_images=0)
+    ids = [rec.image_id for rec in VG150Dataset(tmp_path, "test", **kw).records]
+    out = tmp_path / "cache.h5"
+    argv = ["extract", "--data_root", str(tmp_path), "--split", "test", *SMALL, "--union_stage", "fc7"]
+    main(args=[*argv, "--output", str(out)])
+    with h5py.File(out, "a") as f:
+        assert set(f.keys()) == set(ids)
+        complete = {key: f[ids[1]][key][()] for key in f[ids[1]]}
+        f.move(ids[1], INCOMPLETE_PREFIX + ids[1])  # as a stop mid-image leaves it
+        del f[INCOMPLETE_PREFIX + ids[1]]["boxes"]
+    with pytest.raises(KeyError, match=r"1 of 2 images have no features"):  # the readers do not take it as done
+        VG150Dataset(tmp_path, "test", feature_source="cached", feature_cache=str(out), **kw)
+    main(args=[*argv, "--output", str(out)])  # the resumed run removes it and extracts the image again
+    with h5py.File(out) as f:
+        assert set(f.keys()) == set(ids)
+        assert set(f[ids[1]].keys()) == set(complete)
+        torch.testing.assert_close(torch.as_tensor(f[ids[1]]["boxes"][()]), torch.as_tensor(complete["boxes"]))
+    assert len(VG150Dataset(tmp_path, "test", feature_source="cached", feature_cache=str(out), **kw)) == 2

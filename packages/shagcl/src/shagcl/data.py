@@ -16,6 +16,7 @@ from typing import Literal, get_args
 import lightning.pytorch as pl
 import numpy as np
 import torch
+from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.config import check_choice, check_range
 from mmzoo.data import SplitLoaders, read_json, reload_train_loader_every_epoch, worker_options
 from mmzoo.features import H5Features
@@ -50,6 +51,11 @@ FeatureSource = Literal["synthetic", "cached"]
 """Where object and union features come from (``data.feature_source``)."""
 PredicateOrder = Literal["frequency", "file"]
 """VG150 predicate indices: the official frequency re-indexing, or the vocabulary file's (``data.predicate_order``)."""
+MissingFeatures = Literal["raise", "drop"]
+INCOMPLETE_PREFIX = "incomplete:"
+"""``shagcl extract`` writes an image's group under this prefix and renames it once every dataset is written, so a
+run stopped mid-image leaves no group that looks complete; readers ignore such names and the next run removes them."""
+"""A cached source's image without features in the cache (``data.missing_features``): refuse, or leave it out."""
 
 
 @dataclass
@@ -117,12 +123,14 @@ class SceneGraphDataset(Dataset):
     predicate_classes: list[str]
 
     @staticmethod
-    def _check_options(split: str, protocol: str, feature_source: str) -> None:
+    def _check_options(split: str, protocol: str, feature_source: str, missing_features: str = "raise") -> None:
         """Refuse unknown values before any file is read: the readers branch on them with if/else (an unknown split
-        reads the training images, or the GQA test file; an unknown protocol gives SGCls inputs)."""
+        reads the training images, or the GQA test file; an unknown protocol gives SGCls inputs; anything but
+        ``raise`` would drop images without features)."""
         check_choice("split", split, get_args(Split))
         check_choice("data.protocol", protocol, get_args(Protocol))
         check_choice("data.feature_source", feature_source, get_args(FeatureSource))
+        check_choice("data.missing_features", missing_features, get_args(MissingFeatures))
 
     @staticmethod
     def _check_counts(
@@ -149,6 +157,7 @@ class SceneGraphDataset(Dataset):
         filter_duplicate_rels: bool,
         samples_per_gt_rel: int,
         sgdet_add_gt_boxes: bool = True,
+        missing_features: MissingFeatures = "raise",
     ) -> None:
         self.split, self.protocol, self.feature_source = split, protocol, feature_source
         self.sgdet_add_gt_boxes = sgdet_add_gt_boxes
@@ -170,8 +179,10 @@ class SceneGraphDataset(Dataset):
             import h5py
 
             with h5py.File(feature_cache, "r") as f:
-                first = next((f[k] for k in f if hasattr(f[k], "keys")), None)
+                cached_ids = {k for k in f.keys() if not k.startswith(INCOMPLETE_PREFIX)}  # names only
+                first = next((f[k] for k in sorted(cached_ids) if hasattr(f[k], "keys")), None)
                 present = set(first.keys()) if first is not None else set()
+            self._check_cached_ids(feature_cache, cached_ids, missing_features)
             self.cache = {key: H5Features(feature_cache, dataset_key=key) for key in self.CACHE_KEYS if key in present}
             missing = [k for k in ("boxes", "det_logits") if k not in self.cache]
             if "obj_feats" not in self.cache and "obj_pooled" not in self.cache:
@@ -185,6 +196,26 @@ class SceneGraphDataset(Dataset):
                 )
         else:
             raise ValueError(f"data.feature_source={feature_source!r}: expected synthetic|cached")
+
+    def _check_cached_ids(self, feature_cache: str, cached_ids: set[str], missing_features: MissingFeatures) -> None:
+        """Every record's image must have a group in the cache: checked here for the whole split, not when the item
+        is first read (possibly hours into training). ``drop`` removes the others in record order, the same on
+        every rank, so DDP ranks keep equal batch counts."""
+        missing = [rec.image_id for rec in self.records if rec.image_id not in cached_ids]
+        if not missing:
+            return
+        what = (
+            f"{self.split}: {len(missing)} of {len(self.records)} images have no features in "
+            f"data.feature_cache={feature_cache!r} (e.g. {missing[:5]})"
+        )
+        if missing_features == "raise":
+            raise KeyError(
+                f"{what}; extract them with `shagcl extract` (an image skipped as corrupt, or left out by "
+                f"--max_images, has none) or set data.missing_features: drop; {SEE_README}"
+            )
+        rank_zero_warn(f"{what}; dropping them (data.missing_features: drop)")
+        gone = set(missing)
+        self.records = [rec for rec in self.records if rec.image_id not in gone]
 
     def __len__(self) -> int:
         return len(self.records)
@@ -466,10 +497,11 @@ class VG150Dataset(SceneGraphDataset):
         samples_per_gt_rel: int = 4,
         max_images: int | None = None,
         sgdet_add_gt_boxes: bool = True,
+        missing_features: MissingFeatures = "raise",
     ) -> None:
         import h5py
 
-        self._check_options(split, protocol, feature_source)
+        self._check_options(split, protocol, feature_source, missing_features)
         check_choice("data.predicate_order", predicate_order, get_args(PredicateOrder))  # else: the file's order
         self._check_counts(num_val_images, max_pairs, max_fg_pairs, samples_per_gt_rel, max_images)
         check_range("data.box_scale", box_scale, ge=1, integer=True)  # the stored boxes are divided by it
@@ -559,6 +591,7 @@ class VG150Dataset(SceneGraphDataset):
             filter_duplicate_rels,
             samples_per_gt_rel,
             sgdet_add_gt_boxes,
+            missing_features,
         )
 
 
@@ -588,8 +621,9 @@ class GQA200Dataset(SceneGraphDataset):
         samples_per_gt_rel: int = 4,
         max_images: int | None = None,
         sgdet_add_gt_boxes: bool = True,
+        missing_features: MissingFeatures = "raise",
     ) -> None:
-        self._check_options(split, protocol, feature_source)
+        self._check_options(split, protocol, feature_source, missing_features)
         self._check_counts(num_val_images, max_pairs, max_fg_pairs, samples_per_gt_rel, max_images)
         if skip_test_entry is not None:  # 1-based; null skips no entry
             check_range("data.gqa_skip_test_entry", skip_test_entry, ge=1, integer=True)
@@ -646,6 +680,7 @@ class GQA200Dataset(SceneGraphDataset):
             filter_duplicate_rels,
             samples_per_gt_rel,
             sgdet_add_gt_boxes,
+            missing_features,
         )
 
 
@@ -779,6 +814,9 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
         samples_per_gt_rel: SGDet positives per GT relation (NUM_SAMPLE_PER_GT_REL = 4).
         sgdet_add_gt_boxes: SGDet training adds the GT boxes to the proposals (spec §3.7, as the official code);
             a cached source needs them in the cache (``shagcl extract --protocol sgdet`` writes them for train).
+        missing_features: cached source: an image of the split without features in the cache (e.g. skipped as
+            corrupt by ``shagcl extract --on_corrupt skip``): ``raise`` (when the split is built, naming the cache)
+            or ``drop`` it from the split with a warning.
         statistics_filter_non_overlap: drop non-overlapping relations from the frequency-bias statistics (the
             official VG side effect, §3.5).
         max_train_images, max_eval_images: caps for quick runs (null: all).
@@ -804,6 +842,7 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
         filter_duplicate_rels: bool = True,
         samples_per_gt_rel: int = 4,
         sgdet_add_gt_boxes: bool = True,
+        missing_features: MissingFeatures = "raise",
         statistics_filter_non_overlap: bool = False,
         max_train_images: int | None = None,
         max_eval_images: int | None = None,
@@ -825,6 +864,7 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
             ("protocol", protocol, Protocol),
             ("feature_source", feature_source, FeatureSource),
             ("predicate_order", predicate_order, PredicateOrder),
+            ("missing_features", missing_features, MissingFeatures),
         ):
             check_choice(f"data.{key}", value, get_args(hint))
         # the readers check their own counts again when they are built (at setup); refused here already
@@ -880,6 +920,7 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
             samples_per_gt_rel=hp.samples_per_gt_rel,
             max_images=cap,
             sgdet_add_gt_boxes=hp.sgdet_add_gt_boxes,
+            missing_features=hp.missing_features,
         )
         if hp.dataset == "vg150":
             return VG150Dataset(

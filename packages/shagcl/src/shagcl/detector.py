@@ -244,7 +244,7 @@ def extract_main(argv: list[str]) -> Path:
     from torchvision.transforms.functional import pil_to_tensor
     from tqdm import tqdm
 
-    from shagcl.data import GQA200Dataset, VG150Dataset
+    from shagcl.data import INCOMPLETE_PREFIX, GQA200Dataset, VG150Dataset
 
     p = argparse.ArgumentParser(prog="shagcl extract", description=extract_main.__doc__)
     p.add_argument("--dataset", choices=["vg150", "gqa200"], default="vg150")
@@ -296,6 +296,13 @@ def extract_main(argv: list[str]) -> Path:
         help="SGDet: at most one detection per proposal, its best class surviving NMS (official "
         "NMS_FILTER_DUPLICATES: True); false: every surviving (proposal, class), torchvision's default",
     )
+    p.add_argument(
+        "--on_corrupt",
+        choices=["raise", "skip"],
+        default="raise",
+        help="an image file that cannot be decoded: raise (naming it) or skip it with a warning; a skipped image "
+        "has no entry in the cache (the datasets then need data.missing_features: drop)",
+    )
     p.add_argument("--random_weights", action="store_true", help="random detector (tests only)")
     args = p.parse_args(argv)
 
@@ -331,7 +338,10 @@ def extract_main(argv: list[str]) -> Path:
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
+    skipped: list[str] = []
     with h5py.File(out, "a") as f:
+        for name in [k for k in f.keys() if k.startswith(INCOMPLETE_PREFIX)]:  # an earlier run stopped mid-image
+            del f[name]
         for split, rec in tqdm(records, desc="shagcl extract", total=len(records)):
             if rec.image_id in seen or rec.image_id in f:
                 continue
@@ -339,7 +349,19 @@ def extract_main(argv: list[str]) -> Path:
             path = image_root / rec.filename
             if not path.is_file():
                 raise FileNotFoundError(f"image {str(path)!r} missing; see README, Data preparation")
-            pil = Image.open(path).convert("RGB")
+            try:
+                with Image.open(path) as im:
+                    im.load()  # decode the whole file here: a truncated one fails now, not later
+                    pil = im.convert("RGB")
+            except (OSError, ValueError, SyntaxError, EOFError) as err:  # UnidentifiedImageError is an OSError
+                if args.on_corrupt == "raise":
+                    raise ValueError(
+                        f"corrupt image {str(path)!r} (image {rec.image_id}): {err}; replace the file, or pass "
+                        "--on_corrupt skip to leave it out of the cache"
+                    ) from err
+                log.warning("skipping corrupt image %s (image %s): %s", path, rec.image_id, err)
+                skipped.append(rec.image_id)
+                continue
             if pil.size != (rec.width, rec.height):
                 log.warning(
                     "%s: file size %s differs from the annotation's %s; using the file",
@@ -359,9 +381,19 @@ def extract_main(argv: list[str]) -> Path:
             else:
                 feats = extractor(image, gt * to_file)
                 feats["boxes"] = gt
-            grp = f.create_group(rec.image_id)
+            partial = INCOMPLETE_PREFIX + rec.image_id
+            grp = f.create_group(partial)
             for key, value in feats.items():
                 dtype = {"boxes": torch.float32, "num_det": torch.int64}.get(key, torch.float16)
                 grp.create_dataset(key, data=value.cpu().to(dtype).numpy())
-    log.info("wrote %d images to %s", len(seen), out)
+            f.move(partial, rec.image_id)  # complete: only now under the image's id
+    if skipped:
+        log.warning(
+            "skipped %d corrupt images (--on_corrupt skip), e.g. %s; they have no features in %s, so the datasets "
+            "need data.missing_features: drop",
+            len(skipped),
+            skipped[:5],
+            out,
+        )
+    log.info("wrote %d images to %s", len(seen) - len(skipped), out)
     return out
