@@ -6,11 +6,13 @@ import math
 import re
 
 import pytest
+import torch
 
 from asdmllm.cmsc import CMSCBuildConfig
 from asdmllm.data import DebiasDataModule, DemoDataConfig, FairFaceDataset, SocialCounterfactualsDataset
 from asdmllm.models import MLLMConfig
-from asdmllm.module import ASDModule, GeneralEvalConfig
+from asdmllm.module import ASDModule, DebiasConfig, GeneralEvalConfig, SkewConfig
+from asdmllm.sampling import bias_aware_resample
 
 
 def _expect(key):
@@ -155,3 +157,20 @@ def test_readers_refuse_image_size(tmp_path, build):
 def test_build_cmsc_refuses(kwargs, flag):
     with pytest.raises(ValueError, match=re.escape(f"build-cmsc {flag}")):
         CMSCBuildConfig(**kwargs)
+
+
+@pytest.mark.parametrize(
+    ("build", "key"),
+    [
+        # the older checks named three keys at once (and no value), or a `method.` prefix no config has
+        (lambda: SkewConfig(alpha=0.0), "model.skew.alpha=0.0"),
+        (lambda: SkewConfig(concept_chunk=2.5), "model.skew.concept_chunk=2.5"),
+        (lambda: DebiasConfig(tau2=float("nan")), "model.debias.tau2=nan"),
+        (lambda: DebiasConfig(refresh_every_n_epochs=0), "model.debias.refresh_every_n_epochs=0"),
+        (lambda: bias_aware_resample(torch.zeros(3), tau1=-1.0), "model.debias.tau1=-1.0"),
+        (lambda: DebiasDataModule(eval_batch_size=0), "data.eval_batch_size=0"),
+    ],
+)
+def test_skew_and_debias_settings_name_one_key_and_its_value(build, key):
+    with pytest.raises(ValueError, match=re.escape(key)):
+        build()

@@ -44,6 +44,8 @@ TINY = dict(
         ("temporal_heads", 0),
         ("temporal_heads", -2),
         ("region_heads", 0),
+        ("num_frames", 2.5),  # the older `< 1` checks let fractional counts and NaN through
+        ("init_std", math.nan),
     ],
 )
 def test_config_refuses(field, value):

@@ -852,8 +852,8 @@ class DebiasDataModule(pl.LightningDataModule):
         check_choice("data.on_corrupt", on_corrupt, get_args(OnCorrupt))
         if not 0 < probe_fraction <= 1:
             raise ValueError(f"data.probe_fraction={probe_fraction} must be in (0, 1]")
-        if batch_size <= 0 or eval_batch_size <= 0:
-            raise ValueError("data.batch_size and data.eval_batch_size must be positive")
+        check_range("data.batch_size", batch_size, ge=1, integer=True)
+        check_range("data.eval_batch_size", eval_batch_size, ge=1, integer=True)
         check_range("data.image_size", image_size, ge=1, integer=True)
         check_range("data.num_workers", num_workers, ge=0, integer=True)
         if fairface_max_images is not None and fairface_max_images < 1:  # checked before a fit, not at its test

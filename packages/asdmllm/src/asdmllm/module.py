@@ -85,8 +85,9 @@ class SkewConfig:
                 raise ValueError(f"model.skew.{key}={k}: a fraction in (0, 1) or a positive integer")
         if self.topk is None:
             raise ValueError("model.skew.topk must be set")
-        if self.clip <= 0 or self.alpha <= 0 or self.concept_chunk <= 0:
-            raise ValueError("model.skew.clip, model.skew.alpha and model.skew.concept_chunk must be > 0")
+        check_range("model.skew.clip", self.clip, gt=0)
+        check_range("model.skew.alpha", self.alpha, gt=0)
+        check_range("model.skew.concept_chunk", self.concept_chunk, ge=1, integer=True)
         # an unknown scorer would fall to answer_logprob
         check_literal_fields(self, "model.skew")
 
@@ -119,10 +120,9 @@ class DebiasConfig:
     """Seed of the resampling draws (offset by the epoch; identical on every rank)."""
 
     def __post_init__(self) -> None:
-        if self.tau1 <= 0 or self.tau2 <= 0:
-            raise ValueError(f"model.debias.tau1={self.tau1} and tau2={self.tau2} must be > 0")
-        if self.refresh_every_n_epochs < 1:
-            raise ValueError("model.debias.refresh_every_n_epochs must be >= 1")
+        check_range("model.debias.tau1", self.tau1, gt=0)
+        check_range("model.debias.tau2", self.tau2, gt=0)
+        check_range("model.debias.refresh_every_n_epochs", self.refresh_every_n_epochs, ge=1, integer=True)
         check_literal_fields(self, "model.debias")
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import torch
+from mmzoo.config import check_range
 from torch.utils.data import Sampler
 
 __all__ = ["bias_aware_resample", "ResampledEpochSampler"]
@@ -24,8 +25,8 @@ def bias_aware_resample(
     """
     if skew.ndim != 1:
         raise ValueError(f"bias_aware_resample: skew must be (N,), got {tuple(skew.shape)}")
-    if tau1 <= 0 or tau2 <= 0:
-        raise ValueError(f"method.tau1={tau1} and method.tau2={tau2} must be > 0")
+    check_range("model.debias.tau1", tau1, gt=0)
+    check_range("model.debias.tau2", tau2, gt=0)
     if not bool(torch.isfinite(skew).all()):
         raise ValueError("bias_aware_resample: non-finite per-sample Skew")
     skew = skew.detach().double().cpu()

@@ -113,10 +113,10 @@ class KEVSRConfig:
         # A misspelt choice would otherwise fall through to another variant (e.g. the frames axis, or the
         # Transformer fusion) without a word; the CLI checks these Literals, a config built in Python does not.
         check_literal_fields(self, "model.config")
-        for key in ("dim", "num_frames", "num_regions", "num_keywords", "num_level1", "num_level2", "kg_dim"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"model.config.{key}={getattr(self, key)} must be >= 1")
-        for key in ("f2d_dim", "f3d_dim", "text_dim", "region_dim"):
+        for key in (
+            *("dim", "num_frames", "num_regions", "num_keywords", "num_level1", "num_level2", "kg_dim"),
+            *("f2d_dim", "f3d_dim", "text_dim", "region_dim"),
+        ):
             check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
         if self.temporal_init_from_bert is None:  # with BERT, its config gives the temporal layers and heads
             # no layer would leave the [CLS] output equal to cls + pos[0] for every video
@@ -128,10 +128,9 @@ class KEVSRConfig:
             check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
             if self.dim % getattr(self, key) != 0:
                 raise ValueError(f"model.config.{key}={getattr(self, key)} must divide dim={self.dim}")
-        if self.init_std is not None and self.init_std <= 0:
-            raise ValueError(f"model.config.init_std={self.init_std} must be > 0 (or null: 1/sqrt(fan_in))")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.config.dropout={self.dropout} must be in [0, 1)")
+        if self.init_std is not None:  # null: 1/sqrt(fan_in)
+            check_range("model.config.init_std", self.init_std, gt=0)
+        check_range("model.config.dropout", self.dropout, ge=0, lt=1)
         if self.temporal_bert_config is not None and self.temporal_init_from_bert is None:
             raise ValueError("model.config.temporal_bert_config is set but temporal_init_from_bert is null")
 
