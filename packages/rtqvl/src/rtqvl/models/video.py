@@ -187,7 +187,8 @@ class VisionConfig:
         if self.temporal_placement == "prior":
             if self.temporal_modeling != "divided_attention":
                 raise ValueError(
-                    "vision.temporal_placement=prior is only defined for vision.temporal_modeling=divided_attention, "
+                    "model.config.vision.temporal_placement=prior is only defined for "
+                    "model.config.vision.temporal_modeling=divided_attention, "
                     f"got {self.temporal_modeling}"
                 )
             if not 1 <= self.temporal_block <= self.cluster_block:
@@ -389,7 +390,7 @@ def spectral_affinity(
     if graph == "heat_kernel":
         return w
     if graph != "knn":
-        raise ValueError(f"vision.spectral_graph={graph!r}: expected heat_kernel or knn")
+        raise ValueError(f"model.config.vision.spectral_graph={graph!r}: expected heat_kernel or knn")
     k = min(knn_k, w.shape[-1])
     kth = w.topk(k, dim=-1).values[..., -1:]  # (S, N, 1) k-th largest affinity of each row
     near = w >= kth  # (S, N, N) j among i's k nearest
@@ -524,7 +525,10 @@ def refine_segments(
     d = t // num_segments
     if mode in _SHIFT_MODES:
         if d != 1:
-            raise ValueError(f"vision.refine={mode} needs vision.num_segments = vision.num_frames ({t})")
+            raise ValueError(
+                f"model.config.vision.refine={mode} needs model.config.vision.num_segments = "
+                f"model.config.vision.num_frames ({t})"
+            )
         return (token_shift if mode == "token_shift" else temporal_shift)(x, t, shift_fold_div)
     x = x.view(num_videos * num_segments, d, p1, dim)  # (B·T', d, 1+P, D)
     cls = x[:, :, 0].mean(dim=1, keepdim=True)  # (B·T', 1, D) segment CLS = mean of frame CLS
