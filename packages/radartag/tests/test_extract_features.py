@@ -7,6 +7,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from mmzoo.video import VideoDecodeError
 
 from radartag.cli import main
 from radartag.data import read_kwai_files
@@ -72,15 +73,19 @@ def test_video_features_resnet(vertical, tmp_path, caplog):
     videos.mkdir()
     for pid in (10000, 10001):
         make_pattern_video(videos / f"{pid}.mp4", num_frames=6, fps=6.0, height=32, width=40, gop=3)
-    (videos / "10002.mp4").write_bytes(b"not a video at all")  # corrupt: skipped with a warning naming the path
+    (videos / "10002.mp4").write_bytes(b"not a video at all")  # corrupt: an error, or skipped with a warning
     weights = tmp_path / "resnet18.pt"
     torch.save(torchvision.models.resnet18(weights=None).state_dict(), weights)
     with pytest.raises(FileNotFoundError, match="image_weights"):
         main(args=["extract-features", "--dataset_root", str(vertical), "--vertical", "v", "--video_dir", str(videos),
                    "--image_encoder", "resnet18"])  # fmt: skip
-    with caplog.at_level(logging.WARNING):
+    with pytest.raises(VideoDecodeError, match=r"10002\.mp4.*--on_corrupt skip"):  # the default stops, naming it
         main(args=["extract-features", "--dataset_root", str(vertical), "--vertical", "v", "--video_dir", str(videos),
                    "--image_encoder", "resnet18", "--image_weights", str(weights), "--num_frames", "2"])  # fmt: skip
+    with caplog.at_level(logging.WARNING):
+        main(args=["extract-features", "--dataset_root", str(vertical), "--vertical", "v", "--video_dir", str(videos),
+                   "--image_encoder", "resnet18", "--image_weights", str(weights), "--num_frames", "2",
+                   "--on_corrupt", "skip"])  # fmt: skip
     assert sorted(p.name for p in (vertical / "video_feat").glob("*.npy")) == ["10000.npy", "10001.npy"]
     assert "10002.mp4" in caplog.text
     for pid in (10000, 10001):

@@ -148,6 +148,7 @@ def extract_features(
     image_weights: str | Path | None = None,
     num_frames: int = 8,
     device: str = "cpu",
+    on_corrupt: Literal["raise", "skip"] = "raise",
 ) -> Path:
     """Write missing feature files of a vertical (spec §9).
 
@@ -157,9 +158,12 @@ def extract_features(
     * Video features ``video_feat/<pid>.npy`` for every ``<pid>.mp4`` in ``video_dir``: ``num_frames`` frames read
       through mmzoo.video, resized/cropped to 224, ImageNet-normalised, encoded by a torchvision ``image_encoder``
       (weights from ``image_weights``, a state-dict file) with its classifier removed, mean-pooled over frames.
-      Reconstruction: the official in-house extractor is not public.
+      Reconstruction: the official in-house extractor is not public. A video that cannot be decoded stops the run
+      with an error naming it (``on_corrupt="raise"``) or is left without a feature file, with a warning
+      (``"skip"``; the graphs then leave it out and count it in ``skipped_videos``).
     """
     check_choice("pooling", pooling, ("mean", "cls"))  # anything else would average the tokens
+    check_choice("on_corrupt", on_corrupt, ("raise", "skip"))
     root = Path(root)
     if text_encoder:
         from transformers import AutoModel, AutoTokenizer
@@ -204,6 +208,10 @@ def extract_features(
                 try:
                     frames = read_video(path, num_frames)  # (T, 3, H, W) uint8
                 except VideoDecodeError as err:
+                    if on_corrupt == "raise":
+                        raise VideoDecodeError(
+                            err.path, f"{err.reason}; pass --on_corrupt skip to leave it out"
+                        ) from err
                     log.warning("skipping corrupt video %s: %s", err.path, err)
                     continue
                 x = normalize(center_crop(resize_short_side(frames, 224), 224), "imagenet")
@@ -225,6 +233,8 @@ def extract_features_command(argv: list[str]) -> Path:
     p.add_argument("--image_weights", default=None, help="state-dict file of the torchvision encoder")
     p.add_argument("--num_frames", type=int, default=8)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--on_corrupt", choices=["raise", "skip"], default="raise",
+                   help="a video that cannot be decoded: raise (naming it) or skip it with a warning")  # fmt: skip
     a = p.parse_args(argv)
     return extract_features(a.dataset_root, a.vertical, a.text_encoder, a.pooling, a.video_dir, a.image_encoder,
-                            a.image_weights, a.num_frames, a.device)  # fmt: skip
+                            a.image_weights, a.num_frames, a.device, a.on_corrupt)  # fmt: skip
