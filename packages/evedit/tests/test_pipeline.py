@@ -418,3 +418,25 @@ def test_latent_smoothing_renoises_with_the_noise_estimate_under_v_prediction():
             videos.append(pipe(frames, "a red circle", "a blue circle", depth=depth, config=cfg).videos[0])
         assert videos[0].float().std() > 5  # a real picture, not a saturated one
         assert (videos[0].int() - videos[1].int()).abs().max().item() <= 1, prediction_type
+
+
+def test_cross_frame_attention_keeps_the_processors_the_unet_had(tiny_pipe):
+    """Processors set on the UNet before an edit (another attention backend) survive: 'none' used to install the
+    stock processor everywhere, on every call, even when nothing had been installed."""
+    from diffusers.models.attention_processor import AttnProcessor
+
+    unet = tiny_pipe.unet
+    before = unet.attn_processors
+    try:
+        unet.set_attn_processor(AttnProcessor())
+        set_cross_frame_attention(unet, 3, "none")  # nothing installed: nothing changes
+        assert all(type(p) is AttnProcessor for p in unet.attn_processors.values())
+        set_cross_frame_attention(unet, 3, "sparse_causal")
+        kinds = {name: type(p).__name__ for name, p in unet.attn_processors.items()}
+        assert all(k == "CrossFrameAttnProcessor" for n, k in kinds.items() if n.endswith("attn1.processor"))
+        assert all(k == "AttnProcessor" for n, k in kinds.items() if not n.endswith("attn1.processor"))
+        set_cross_frame_attention(unet, 3, "first")  # a second installation keeps the original set to restore
+        set_cross_frame_attention(unet, 3, "none")
+        assert all(type(p) is AttnProcessor for p in unet.attn_processors.values())
+    finally:
+        unet.set_attn_processor(before)

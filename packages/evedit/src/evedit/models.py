@@ -604,14 +604,20 @@ class CrossFrameAttnProcessor:
 
 
 def set_cross_frame_attention(unet: nn.Module, num_frames: int, mode: str) -> None:
-    """Install :class:`CrossFrameAttnProcessor` in every self-attention (``attn1``) of ``unet``; ``none`` restores
-    the stock processor everywhere."""
-    from diffusers.models.attention_processor import AttnProcessor2_0
-
-    procs = {}
-    for name in unet.attn_processors:
-        if mode != "none" and name.endswith("attn1.processor"):
-            procs[name] = CrossFrameAttnProcessor(num_frames, mode)
-        else:
-            procs[name] = AttnProcessor2_0()
+    """Install :class:`CrossFrameAttnProcessor` in every self-attention (``attn1``) of ``unet``, keeping the other
+    processors; ``none`` puts back the processors the UNet had before the first installation. A UNet without an
+    installation is left as it is, so processors set by the user (another attention backend) survive an edit."""
+    stock = getattr(unet, "_processors_before_cross_frame", None)
+    if mode == "none":
+        if stock is not None:
+            unet.set_attn_processor(dict(stock))
+            del unet._processors_before_cross_frame
+        return
+    if stock is None:
+        stock = dict(unet.attn_processors)
+        unet._processors_before_cross_frame = stock
+    procs = {
+        name: CrossFrameAttnProcessor(num_frames, mode) if name.endswith("attn1.processor") else stock[name]
+        for name in stock
+    }
     unet.set_attn_processor(procs)
