@@ -440,3 +440,15 @@ def test_cross_frame_attention_keeps_the_processors_the_unet_had(tiny_pipe):
         assert all(type(p) is AttnProcessor for p in unet.attn_processors.values())
     finally:
         unet.set_attn_processor(before)
+
+
+def test_sd2_depth_channel_stays_in_range_at_depth_edges():
+    """The depth channel of the SD2-depth UNet is depth in [0, 1] mapped to [−1, 1]; bicubic down-sizing of a
+    sharp depth edge overshot that range (by 0.19 here)."""
+    comps = build_tiny_variant(ModelConfig(backbone="tiny", depth_model="precomputed"), "sd2_depth")
+    pipe = EVEPipeline.from_components(comps)
+    depth01 = torch.zeros(2, 64, 64)
+    depth01[:, :, 30:] = 1.0  # with 2× down-sizing, the cubic kernel's negative lobe reaches across this edge
+    channel = pipe.encode_depth(depth01, EditConfig()).tensors[0]
+    assert channel.min() >= -1.0 and channel.max() <= 1.0
+    assert channel.min() == -1.0 and channel.max() == 1.0

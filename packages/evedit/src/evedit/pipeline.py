@@ -230,6 +230,7 @@ class EVEPipeline(DiffusionPipeline):
         if self.backbone == "sd2_depth":
             h, w = depth01.shape[-2] // self.vae_scale_factor, depth01.shape[-1] // self.vae_scale_factor
             d = F.interpolate(depth01[:, None], size=(h, w), mode="bicubic", align_corners=False)  # (F, 1, h, w)
+            d = d.clamp(0.0, 1.0)  # bicubic overshoots at depth edges; the UNet's depth channel is in [−1, 1]
             return DepthCondition([(2.0 * d - 1.0) * scale], scale)
         dtype = self.depth_encoder.dtype
         in_ch = self.depth_encoder.config.get("in_channels", 3) if self.backbone != "controlnet_depth" else 3
