@@ -133,6 +133,15 @@ def test_out_of_range_index(long_video):
         r.get_frames([300])
 
 
+def test_frames_at_times_are_the_nearest_and_times_outside_the_video_are_refused(long_video):
+    with VideoReader(long_video) as r:  # 300 frames at 30 fps: 10 s
+        frames = r.get_frames_at_times([0.0, 1.0, 1.02, 9.99, 10.0])
+        assert [decode_pattern(f) for f in frames] == [0, 30, 31, 299, 299]
+        for times in ([-0.5], [10.5], [float("nan")]):  # -0.5 and 10.5 were clamped to the first and last frame
+            with pytest.raises(ValueError, match=r"long\.mp4.*outside the video \[0, 10\.0\d\d\] s"):
+                r.get_frames_at_times(times)
+
+
 # --------------------------------------------------------------------------------------------------- samplers
 
 

@@ -467,8 +467,13 @@ class VideoReader:
         return torch.from_numpy(arr).permute(0, 3, 1, 2).contiguous()  # (T, 3, H, W)
 
     def get_frames_at_times(self, seconds: Sequence[float]) -> torch.Tensor:
-        """Frames nearest to the given timestamps (seconds from the start)."""
-        return self.get_frames([min(self.num_frames - 1, max(0, int(round(t * self.fps)))) for t in seconds])
+        """Frames nearest to the given timestamps (seconds from the start, within the video: a time past the last
+        frame's start up to the end maps to the last frame). A time outside the video raises ``ValueError``."""
+        end = max(self.duration, self.num_frames / self.fps)
+        bad = [t for t in seconds if not 0.0 <= t <= end]  # NaN included
+        if bad:
+            raise ValueError(f"{self.path!r}: times {bad[:5]} s outside the video [0, {end:.3f}] s")
+        return self.get_frames([min(self.num_frames - 1, int(round(t * self.fps))) for t in seconds])
 
     def close(self) -> None:
         """Release the file and the decoder, with its threads, now (a reader dropped unclosed does so when its last
