@@ -111,6 +111,8 @@ def test_eval_dataset_and_windows(root):
         assert torch.equal(w["short_mask"][t], smask) and torch.equal(w["long_mask"][t], lmask)
     half = TSGVEvalDataset(root, "test", FILE, fraction=0.5)
     assert len(half) == 2 and half.indices == TSGVEvalDataset(root, "test", FILE, fraction=0.5).indices
+    with pytest.raises(ValueError, match=r"^data\.val_fraction=0: must be a number > 0 and ≤ 1$"):
+        TSGVEvalDataset(root, "test", FILE, fraction=0)  # the data module's key (the message said "evaluation")
 
 
 def test_missing_files_and_keys(root, tmp_path):

@@ -423,8 +423,7 @@ class TSGVEvalDataset(Dataset):
         fraction: float = 1.0,
         subset_seed: int = 1949,
     ):
-        if not 0 < fraction <= 1:
-            raise ValueError(f"evaluation fraction={fraction} must be in (0, 1]")
+        check_range("data.val_fraction", fraction, gt=0, le=1)  # the data module passes data.val_fraction here
         self.files = _TSGVFiles(data_root, split, video_feature_file, language_model, min_frames, max_text_len)
         self.annotations = self.files.annotations
         self.indices = list(range(len(self.annotations)))
