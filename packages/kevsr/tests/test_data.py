@@ -2,6 +2,7 @@
 
 import json
 import math
+from functools import partial
 
 import numpy as np
 import pytest
@@ -294,31 +295,37 @@ def test_a_kg_that_matches_nothing_is_reported(tmp_path):
     assert "train: no video has a keyword found in the KG" in text
 
 
+def _edit_train_features(root, fmt, vid, keys, fn):
+    """Replace features ``keys`` of training video ``vid`` by ``fn`` of them, in either feature format."""
+    if fmt == "h5":
+        import h5py
+
+        with h5py.File(root / "features" / "train.h5", "a") as f:
+            for key in keys:
+                arr = f[vid][key][()]
+                del f[vid][key]
+                f[vid].create_dataset(key, data=fn(arr))
+    else:
+        path = root / "features" / f"{vid}.npz"
+        with np.load(path) as z:
+            arrays = dict(z)
+        for key in keys:
+            arrays[key] = fn(arrays[key])
+        np.savez(path, **arrays)
+
+
 @pytest.mark.parametrize("fmt", ["h5", "npz"])
 def test_inconsistent_feature_shapes_name_the_video_and_file(tmp_path, fmt):
     """A video whose f3d has fewer keyframes than f2d, or whose region_mask does not match its regions, used to
     fail later with a bare shape error (collate / concatenation / mask copy) that named neither."""
-    import h5py
 
     root = write_random_dataset(tmp_path / "d", None, feature_format=fmt, sizes=(3, 1, 1))
     h = Hierarchy.from_json(root / "hierarchy.json")
 
-    def edit(vid, key, fn):
-        if fmt == "h5":
-            with h5py.File(root / "features" / "train.h5", "a") as f:
-                arr = f[vid][key][()]
-                del f[vid][key]
-                f[vid].create_dataset(key, data=fn(arr))
-        else:
-            path = root / "features" / f"{vid}.npz"
-            with np.load(path) as z:
-                arrays = dict(z)
-            arrays[key] = fn(arrays[key])
-            np.savez(path, **arrays)
-
-    edit("train_000", "f3d", lambda a: a[:-1])  # 3 keyframes against f2d's 4
-    edit("train_001", "region_mask", lambda a: a[:, :-1])  # 2 mask columns against 3 regions
-    edit("train_002", "text", lambda a: np.stack([a, a]))  # two rows: not one video-level vector
+    edit = partial(_edit_train_features, root, fmt)
+    edit("train_000", ["f3d"], lambda a: a[:-1])  # 3 keyframes against f2d's 4
+    edit("train_001", ["region_mask"], lambda a: a[:, :-1])  # 2 mask columns against 3 regions
+    edit("train_002", ["text"], lambda a: np.stack([a, a]))  # two rows: not one video-level vector
     ds = KEVSRDataset(str(root), "train", h, None, 8, 3, 3, feature_format=fmt)
     source = "train.h5" if fmt == "h5" else None
     for vid in ("train_000", "train_001", "train_002"):
@@ -369,27 +376,12 @@ def test_kg_values_that_are_not_numbers_name_the_file_and_line(tmp_path):
 def test_videos_of_other_sizes_than_the_first_are_named(tmp_path, fmt):
     """A video with another f2d width or N_f than the others used to fail only in the batch collation
     ("stack expects each tensor to be equal size"), naming neither the video nor the file."""
-    import h5py
     from torch.utils.data import DataLoader
 
     root = write_random_dataset(tmp_path / "d", None, feature_format=fmt, sizes=(4, 1, 1))
     h = Hierarchy.from_json(root / "hierarchy.json")
 
-    def edit(vid, keys, fn):
-        if fmt == "h5":
-            with h5py.File(root / "features" / "train.h5", "a") as f:
-                for key in keys:
-                    arr = f[vid][key][()]
-                    del f[vid][key]
-                    f[vid].create_dataset(key, data=fn(arr))
-        else:
-            path = root / "features" / f"{vid}.npz"
-            with np.load(path) as z:
-                arrays = dict(z)
-            for key in keys:
-                arrays[key] = fn(arrays[key])
-            np.savez(path, **arrays)
-
+    edit = partial(_edit_train_features, root, fmt)
     edit("train_002", ["f2d"], lambda a: a[:, :-1])  # 15 columns against the others' 16
     edit("train_003", ["f2d", "f3d", "regions", "region_mask"], lambda a: a[:-1])  # 3 keyframes, consistent in itself
     ds = KEVSRDataset(str(root), "train", h, None, 8, 3, 3, feature_format=fmt)
