@@ -8,7 +8,14 @@ import torch
 from lightning.pytorch.utilities.model_helpers import is_overridden
 from torch.utils.data import DataLoader, TensorDataset
 
-from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, reload_train_loader_every_epoch, worker_options
+from mmzoo.data import (
+    SplitLoaders,
+    evaluation_sampler,
+    read_json,
+    read_jsonl,
+    reload_train_loader_every_epoch,
+    worker_options,
+)
 
 
 @pytest.mark.parametrize(
@@ -188,3 +195,23 @@ def test_ensure_generated_writes_missing_or_stale_data_and_leaves_unstamped_data
     with pytest.raises(RuntimeError):
         ensure_generated(marker, stamp, {"seed": 3}, fails, "toy generator")
     assert not stamp.exists()  # a write cut short leaves no stamp, so the half-written data are never kept as done
+
+
+def test_read_jsonl_gives_line_numbers_and_names_the_file_and_line_of_a_fault(tmp_path):
+    good = tmp_path / "a.jsonl"
+    good.write_bytes('{"k": "ü"}\r\n\n  \n[1, 2]\n'.encode())
+    assert read_jsonl(good) == [(1, {"k": "ü"}), (4, [1, 2])]  # blank lines skipped, CRLF accepted
+    bad = tmp_path / "b.jsonl"
+    bad.write_text('{"video": "v"}\n{"video": "w",}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"^annotation file '.*b\.jsonl' line 2 is not valid JSON: .* \(column 15\)"):
+        read_jsonl(bad, "annotation file")
+    latin = tmp_path / "c.jsonl"
+    latin.write_bytes('{"a": 1}\n{"a": "caf\u00e9"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"'.*c\.jsonl' line 2 is not UTF-8 text: byte 0xe9 at column 11"):
+        read_jsonl(latin)
+    twice = tmp_path / "d.jsonl"
+    twice.write_text('{"caption": "a dog", "caption": "a cat"}\n', encoding="utf-8")
+    with pytest.raises(ValueError, match=r"line 1 gives the key 'caption' twice in one object"):
+        read_jsonl(twice)
+    with pytest.raises(FileNotFoundError):
+        read_jsonl(tmp_path / "missing.jsonl")

@@ -1,4 +1,5 @@
-"""DataLoader plumbing that the packages' LightningDataModules share, and the JSON reader of their annotation files.
+"""DataLoader plumbing that the packages' LightningDataModules share, and the JSON / JSON Lines readers of their
+annotation files.
 
 Every package's datamodule takes ``num_workers``, ``pin_memory`` and ``persistent_workers`` as init arguments (so they
 are config keys under ``data.init_args``) and builds its loaders with one ``_loader(split, train)`` method.
@@ -17,6 +18,7 @@ __all__ = [
     "ensure_generated",
     "evaluation_sampler",
     "read_json",
+    "read_jsonl",
     "reload_train_loader_every_epoch",
     "worker_options",
 ]
@@ -51,6 +53,36 @@ def read_json(path: str | Path, what: str = "JSON file") -> Any:
             f"{what} {str(path)!r} gives the key {err.args[0]!r} twice in one object, with different values "
             f"({err.args[1]!r} and {err.args[2]!r}); JSON readers keep only the last, so one of them would be lost"
         ) from None
+
+
+def read_jsonl(path: str | Path, what: str = "JSON Lines file") -> list[tuple[int, Any]]:
+    """``(line number, value)`` for every non-blank line of the JSON Lines file ``path`` (UTF-8), numbered from 1.
+    A line that is not valid JSON, bytes that are not UTF-8, and an object giving one key twice with different
+    values raise a ValueError naming ``what``, the file and the line, as :func:`read_json` does for one value. A
+    missing file raises FileNotFoundError as ``open`` does."""
+    path = Path(path)
+    rows = []
+    for lineno, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        if not raw.strip():
+            continue
+        where = f"{what} {str(path)!r} line {lineno}"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(
+                f"{where} is not UTF-8 text: byte 0x{raw[err.start]:02x} at column {err.start + 1} (JSON Lines files "
+                "must be UTF-8; re-save it in that encoding)"
+            ) from err
+        try:
+            rows.append((lineno, json.loads(text, object_pairs_hook=_object_without_conflicts)))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{where} is not valid JSON: {err.msg} (column {err.colno})") from err
+        except _ConflictingKeyError as err:
+            raise ValueError(
+                f"{where} gives the key {err.args[0]!r} twice in one object, with different values "
+                f"({err.args[1]!r} and {err.args[2]!r}); JSON readers keep only the last, so one of them would be lost"
+            ) from None
+    return rows
 
 
 class _ConflictingKeyError(Exception):
