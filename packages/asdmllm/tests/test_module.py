@@ -97,6 +97,23 @@ def test_general_eval_hook_vqa_and_mc(tmp_path):
     module.general_eval.file = str(tmp_path / "bad.jsonl")
     with pytest.raises(KeyError, match="answers"):
         module.evaluate_general()
+    # faults name the file's own line (blank lines counted) and come before any answer is generated
+    generated = []
+    module._general_answers = lambda records, *args: generated.append(records) or ["A"] * len(records)
+    good = json.dumps(lines[0])
+    for text, error, message in (
+        (f"{good}\n\n{{oops\n", ValueError, r"model\.general_eval\.file '.*bad\.jsonl' line 3 is not valid JSON"),
+        (f'{good}\n\n"a.png question"\n', KeyError, r"bad\.jsonl: line 3 needs a JSON object with 'image'"),
+        (
+            f"{good}\n\n{json.dumps({'image': 'a.png', 'question': '?'})}\n",
+            KeyError,
+            r"bad\.jsonl: line 3 needs 'answers'",
+        ),
+    ):
+        (tmp_path / "bad.jsonl").write_text(text)
+        with pytest.raises(error, match=message):
+            module.evaluate_general()
+    assert generated == []
 
 
 @pytest.mark.parametrize("epoch_length", ["resampled", "nominal"])

@@ -234,7 +234,7 @@ def test_annotations_refuse_wrong_parents_repeated_ids_and_bad_json(tmp_path):
     with pytest.raises(ValueError, match=r"train\.jsonl:5: video_id .* already on line 2"):
         KEVSRDataset(str(root), "train", h, None, 8, 3, 3)
     (root / "annotations" / "train.jsonl").write_text('{"video_id": "a", "text": "x", "label_paths": []}\n{oops\n')
-    with pytest.raises(ValueError, match=r"train\.jsonl:2: not a JSON object"):
+    with pytest.raises(ValueError, match=r"annotation file '.*train\.jsonl' line 2 is not valid JSON"):
         KEVSRDataset(str(root), "train", h, None, 8, 3, 3)
     # keywords as one string used to be read character by character (silently no KG keyword)
     row = {"video_id": "a", "text": "x", "label_paths": [], "keywords": "hot pot"}

@@ -172,7 +172,7 @@ def test_malformed_annotations_name_the_file_and_line(tmp_path):
             RetrievalDataset,
             "a.jsonl",
             '{"clip_name": "v", "caption": "x"}\n\n{"clip_name": "v", caption: 1}\n',
-            r"a\.jsonl' line 3: not valid JSON",
+            r"annotation file .*a\.jsonl' line 3 is not valid JSON",
         ),
         (VideoQADataset, "b.json", '[{"video": "v"},]', r"annotation file .*b\.json' is not valid JSON"),
         (RetrievalDataset, "c.jsonl", '["v", "a caption"]\n', r"c\.jsonl' item 0: expected a JSON object, got list"),

@@ -72,7 +72,7 @@ def test_invalid_json_files_are_named(tmp_path):
         load_same_lemma(tmp_path / "lemma.json")
     (tmp_path / "ann.jsonl").write_text('{"caption": "a dog"}\n{"caption": "a cat"\n')
     (tmp_path / "vocab.txt").write_text("[PAD]\ndog\n")
-    with pytest.raises(ValueError, match=r"ann\.jsonl:2: not valid JSON"):
+    with pytest.raises(ValueError, match=r"annotation file .*ann\.jsonl' line 2 is not valid JSON"):
         mine_command([str(tmp_path / "ann.jsonl"), "--vocab", str(tmp_path / "vocab.txt"), "--out", "x.json"])
 
 

@@ -12,7 +12,6 @@ MaxSkew/MinSkew per attribute type (§5), concept accuracy and the answer loss.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import warnings
@@ -27,7 +26,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
 from mmzoo.config import check_choice, check_literal_fields, check_range
-from mmzoo.data import reload_train_loader_every_epoch
+from mmzoo.data import read_jsonl, reload_train_loader_every_epoch
 from mmzoo.distributed import is_distributed, restore_output_capture
 from mmzoo.metrics import IndexedMean
 from mmzoo.predict import predict_dataset
@@ -541,12 +540,11 @@ class ASDModule(pl.LightningModule):
     def _generate_answers(self, images: torch.Tensor, instructions: list[str], max_new_tokens: int) -> list[str]:
         return self.mllm.generate_answers(images, instructions, max_new_tokens)
 
-    def _general_answers(self, records: list[dict], root: Path, max_new_tokens: int, path: Path) -> list[str]:
-        """Greedy answers to the general-ability records (one image each), in order."""
+    def _general_answers(self, records: list[dict], root: Path, max_new_tokens: int) -> list[str]:
+        """Greedy answers to the general-ability records (one image each, checked by :meth:`evaluate_general`), in
+        order."""
         answers = []
-        for i, rec in enumerate(records):
-            if "image" not in rec or "question" not in rec:
-                raise KeyError(f"{path}: line {i + 1} needs 'image' and 'question'")
+        for rec in records:
             image = load_image(root / rec["image"], self.mllm.image_size).unsqueeze(0).to(self.device)
             question = rec["question"]
             if "options" in rec:
@@ -563,21 +561,25 @@ class ASDModule(pl.LightningModule):
         if not path.is_file():
             raise FileNotFoundError(f"model.general_eval.file={cfg.file!r} does not exist; see README, General ability")
         root = Path(cfg.image_root).expanduser() if cfg.image_root else path.parent
-        records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        records = records[: cfg.max_questions] if cfg.max_questions else records
+        rows = read_jsonl(path, "model.general_eval.file")
+        rows = rows[: cfg.max_questions] if cfg.max_questions else rows
+        for lineno, rec in rows:  # every record is checked before the first answer is generated
+            if not isinstance(rec, dict) or "image" not in rec or "question" not in rec:
+                raise KeyError(f"{path}: line {lineno} needs a JSON object with 'image' and 'question'")
+            if "answers" not in rec and "answer" not in rec:
+                raise KeyError(f"{path}: line {lineno} needs 'answers' (VQA) or 'options' + 'answer' (multiple choice)")
+        records = [rec for _, rec in rows]
         vqa = VQAAccuracy()
         mc_preds, mc_answers = [], []
         context = self._trainer.precision_plugin.forward_context() if self._trainer is not None else nullcontext()
         with context:  # an epoch-end hook runs outside the step's autocast (bf16 base + fp32 trained parts)
-            answers = self._general_answers(records, root, cfg.max_new_tokens, path)
-        for i, (rec, answer) in enumerate(zip(records, answers, strict=True)):
+            answers = self._general_answers(records, root, cfg.max_new_tokens)
+        for rec, answer in zip(records, answers, strict=True):
             if "answers" in rec:
                 vqa.update([answer], [rec["answers"]])
-            elif "answer" in rec:
+            else:
                 mc_preds.append(answer)
                 mc_answers.append(rec["answer"])
-            else:
-                raise KeyError(f"{path}: line {i + 1} needs 'answers' (VQA) or 'options' + 'answer' (multiple choice)")
         out = {}
         if vqa.update_count:
             out["vqa_acc"] = float(vqa.compute()) * 100

@@ -13,7 +13,6 @@ A batch is a dict: ``f2d`` (B, T, D2), ``f3d`` (B, T, D3), ``text`` (B, Dt), ``r
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.config import check_choice, check_range
-from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, worker_options
+from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, read_jsonl, worker_options
 from mmzoo.features import H5Features, NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
 
@@ -111,33 +110,26 @@ def read_annotations(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"missing {str(path)!r} (one JSON object per video); {README_HINT}")
     rows, seen = [], {}
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not a JSON object ({err}); {README_HINT}") from err
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: not a JSON object; {README_HINT}")
-            for key in ("video_id", "text", "label_paths"):
-                if key not in row:
-                    raise KeyError(f"{path}:{lineno}: missing key {key!r}; {README_HINT}")
-            for key in ("video_id", "text"):  # a numeric id would not match the feature files' string keys
-                if not isinstance(row[key], str):
-                    raise ValueError(f"{path}:{lineno}: {key!r} must be a string, got {row[key]!r}; {README_HINT}")
-            kws = row.get("keywords")
-            if not isinstance(row["label_paths"], list) or not (
-                kws is None or (isinstance(kws, list) and all(isinstance(k, str) for k in kws))
-            ):  # a bare string would be read one character at a time
-                raise ValueError(f"{path}:{lineno}: 'label_paths' must be a list of paths and 'keywords' (optional) "
-                                 f"a list of strings; {README_HINT}")  # fmt: skip
-            vid = row["video_id"]
-            if vid in seen:  # one feature group per id: a repeat would train twice on one video, maybe relabelled
-                raise ValueError(f"{path}:{lineno}: video_id {vid!r} already on line {seen[vid]}; ids must be unique")
-            seen[vid] = lineno
-            rows.append(row)
+    for lineno, row in read_jsonl(path, "annotation file"):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: not a JSON object; {README_HINT}")
+        for key in ("video_id", "text", "label_paths"):
+            if key not in row:
+                raise KeyError(f"{path}:{lineno}: missing key {key!r}; {README_HINT}")
+        for key in ("video_id", "text"):  # a numeric id would not match the feature files' string keys
+            if not isinstance(row[key], str):
+                raise ValueError(f"{path}:{lineno}: {key!r} must be a string, got {row[key]!r}; {README_HINT}")
+        kws = row.get("keywords")
+        if not isinstance(row["label_paths"], list) or not (
+            kws is None or (isinstance(kws, list) and all(isinstance(k, str) for k in kws))
+        ):  # a bare string would be read one character at a time
+            raise ValueError(f"{path}:{lineno}: 'label_paths' must be a list of paths and 'keywords' (optional) "
+                             f"a list of strings; {README_HINT}")  # fmt: skip
+        vid = row["video_id"]
+        if vid in seen:  # one feature group per id: a repeat would train twice on one video, maybe relabelled
+            raise ValueError(f"{path}:{lineno}: video_id {vid!r} already on line {seen[vid]}; ids must be unique")
+        seen[vid] = lineno
+        rows.append(row)
     return rows
 
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from mmzoo.config import check_choice, check_range
-from mmzoo.data import SplitLoaders, read_json, worker_options
+from mmzoo.data import SplitLoaders, read_json, read_jsonl, worker_options
 from mmzoo.video import VideoDecodeError, VideoReader, normalize
 from torch.utils.data import DataLoader, Dataset
 
@@ -273,14 +273,7 @@ def _read_json_list(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {str(path)!r} not found; {_SEE}")
     if path.suffix == ".jsonl":
-        data = []
-        with open(path, encoding="utf-8") as f:
-            for ln, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        data.append(json.loads(line))
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{str(path)!r} line {ln}: not valid JSON ({err}); {_SEE}") from err
+        data = [row for _, row in read_jsonl(path, "annotation file")]
     else:
         data = read_json(path, "annotation file")
         if not isinstance(data, list):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import abc
 import inspect
-import json
 import logging
 import os
 import random
@@ -23,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from mmzoo.config import check_choice, check_range
 from mmzoo.data import SplitLoaders, read_json, worker_options
+from mmzoo.data import read_jsonl as _json_lines
 from mmzoo.video import (
     VideoDecodeError,
     VideoReader,
@@ -155,18 +155,13 @@ def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"annotation file {str(path)!r} does not exist; {HINT}")
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{n + 1}: not valid JSON ({err}); {HINT}") from err
-            missing = [k for k in required if k not in row]
-            if missing:
-                raise KeyError(f"{path}:{n + 1}: missing key(s) {missing}; {HINT}")
-            rows.append(row)
+    for lineno, row in _json_lines(path, "annotation file"):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: not a JSON object; {HINT}")
+        missing = [k for k in required if k not in row]
+        if missing:
+            raise KeyError(f"{path}:{lineno}: missing key(s) {missing}; {HINT}")
+        rows.append(row)
     if not rows:
         raise ValueError(f"annotation file {str(path)!r} is empty; {HINT}")
     return rows

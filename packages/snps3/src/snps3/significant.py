@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from mmzoo.data import read_json
+from mmzoo.data import read_json, read_jsonl
 
 log = logging.getLogger(__name__)
 
@@ -245,16 +245,10 @@ def _caption_lines(paths: Sequence[str]) -> tuple[list[str], int]:
     for p in paths:
         if not Path(p).is_file():
             raise FileNotFoundError(f"annotation file {p!r} does not exist")
-        with open(p, encoding="utf-8") as f:
-            for n, line in enumerate(f):
-                if line.strip():
-                    try:
-                        item = json.loads(line)
-                    except json.JSONDecodeError as err:
-                        raise ValueError(f"{p}:{n + 1}: not valid JSON ({err})") from err
-                    if "caption" not in item:
-                        raise KeyError(f"{p}:{n + 1}: missing key 'caption'")
-                    captions.append(item["caption"])
+        for lineno, item in read_jsonl(p, "annotation file"):
+            if not isinstance(item, dict) or "caption" not in item:
+                raise KeyError(f"{p}:{lineno}: missing key 'caption'")
+            captions.append(item["caption"])
     return captions, len(captions)
 
 
