@@ -69,7 +69,9 @@ def save_edit(
     folder.mkdir(parents=True, exist_ok=True)
     for t, img in enumerate(edit):
         write_jpeg(img.contiguous(), str(folder / f"{t:05d}.jpg"), quality=95)
-    (folder / "timing.json").write_text(json.dumps(timing, indent=1))
+    partial = folder / "timing.json.partial"  # written last and renamed: the frames are complete once it exists
+    partial.write_text(json.dumps(timing, indent=1))
+    partial.replace(folder / "timing.json")
     if write_videos:
         stem = f"{item['video_id']}_{item['edit_type']}"
         fps = float(item.get("fps") or 8.0)
@@ -118,7 +120,14 @@ def _load_edit(
     files = sorted(folder.glob("*.jpg"))
     if len(files) != source.shape[0] or not (folder / "timing.json").is_file():
         return None
-    timing = json.loads((folder / "timing.json").read_text())
+    try:
+        timing = json.loads((folder / "timing.json").read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError is a ValueError
+        log.warning("not re-using %s: its timing.json is unreadable (%s); editing again", folder, err)
+        return None
+    if not isinstance(timing, dict):
+        log.warning("not re-using %s: its timing.json is not a JSON object; editing again", folder)
+        return None
     if timing.get("settings_id") != settings_id:
         log.warning("not re-using %s: it was edited with other settings (or an older version); editing again", folder)
         return None
