@@ -78,14 +78,13 @@ MISSPELT = {
     ),
     "GQA200Dataset.split": (lambda: GQA200Dataset("data", "tset"), "split='tset'"),
     "GQA200Dataset.protocol": (lambda: GQA200Dataset("data", "test", protocol="sg_det"), "data.protocol='sg_det'"),
-    "VG150Dataset.missing_features": (
-        lambda: VG150Dataset("data", "test", missing_features="skip"),
-        "data.missing_features='skip'",
-    ),
-    "GQA200Dataset.missing_features": (
-        lambda: GQA200Dataset("data", "test", missing_features="skip"),
-        "data.missing_features='skip'",
-    ),
+    **{
+        f"{reader.__name__}.missing_features": (
+            lambda reader=reader: reader("data", "test", missing_features="skip"),
+            "data.missing_features='skip'",
+        )
+        for reader in (VG150Dataset, GQA200Dataset)
+    },
     **{
         f"SGGDataModule.{key}": (lambda key=key, value=value: SGGDataModule(**{key: value}), f"data.{key}={value!r}")
         for key, value in (

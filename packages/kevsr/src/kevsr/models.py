@@ -113,10 +113,8 @@ class KEVSRConfig:
         # A misspelt choice would otherwise fall through to another variant (e.g. the frames axis, or the
         # Transformer fusion) without a word; the CLI checks these Literals, a config built in Python does not.
         check_literal_fields(self, "model.config")
-        for key in (
-            *("dim", "num_frames", "num_regions", "num_keywords", "num_level1", "num_level2", "kg_dim"),
-            *("f2d_dim", "f3d_dim", "text_dim", "region_dim"),
-        ):
+        sizes = ("dim", "num_frames", "num_regions", "num_keywords", "num_level1", "num_level2", "kg_dim")
+        for key in (*sizes, "f2d_dim", "f3d_dim", "text_dim", "region_dim"):
             check_range(f"model.config.{key}", getattr(self, key), ge=1, integer=True)
         if self.temporal_init_from_bert is None:  # with BERT, its config gives the temporal layers and heads
             # no layer would leave the [CLS] output equal to cls + pos[0] for every video

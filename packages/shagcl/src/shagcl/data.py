@@ -180,7 +180,7 @@ class SceneGraphDataset(Dataset):
 
             with h5py.File(feature_cache, "r") as f:
                 cached_ids = {k for k in f.keys() if not k.startswith(INCOMPLETE_PREFIX)}  # names only
-                first = next((f[k] for k in sorted(cached_ids) if hasattr(f[k], "keys")), None)
+                first = next((f[k] for k in cached_ids if hasattr(f[k], "keys")), None)
                 present = set(first.keys()) if first is not None else set()
             self._check_cached_ids(feature_cache, cached_ids, missing_features)
             self.cache = {key: H5Features(feature_cache, dataset_key=key) for key in self.CACHE_KEYS if key in present}
