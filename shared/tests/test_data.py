@@ -15,6 +15,7 @@ from mmzoo.data import (
     read_jsonl,
     reload_train_loader_every_epoch,
     worker_options,
+    written_whole,
 )
 
 
@@ -215,3 +216,31 @@ def test_read_jsonl_gives_line_numbers_and_names_the_file_and_line_of_a_fault(tm
         read_jsonl(twice)
     with pytest.raises(FileNotFoundError):
         read_jsonl(tmp_path / "missing.jsonl")
+
+
+def test_written_whole_renames_a_complete_file_and_leaves_the_old_one_when_the_write_fails(tmp_path):
+    path = tmp_path / "sub" / "cache.json"
+    with written_whole(path) as tmp:
+        assert tmp.parent == path.parent and tmp.name.startswith(".cache.json.") and tmp.suffix == ".partial"
+        tmp.write_text("old")
+        assert not path.exists()  # nothing under the real name until the write is over
+    assert path.read_text() == "old" and sorted(p.name for p in path.parent.iterdir()) == ["cache.json"]
+    for stop in (RuntimeError("disk full"), KeyboardInterrupt()):
+        with pytest.raises(type(stop)):
+            with written_whole(path) as tmp:
+                tmp.write_text("half of the ne")
+                raise stop
+        assert path.read_text() == "old"  # the previous complete file stays
+        assert sorted(p.name for p in path.parent.iterdir()) == ["cache.json"]  # and no temporary is left
+    with written_whole(path) as tmp:
+        tmp.write_text("new")
+    assert path.read_text() == "new"
+
+
+def test_written_whole_with_nothing_written_raises_and_keeps_the_old_file(tmp_path):
+    path = tmp_path / "x.npy"
+    path.write_text("old")
+    with pytest.raises(FileNotFoundError):
+        with written_whole(path):
+            pass  # the writer wrote nothing: that is an error, not an empty file
+    assert path.read_text() == "old"

@@ -62,3 +62,23 @@ def test_npy_and_npz_folders(tmp_path, feats):
     assert torch.equal(z["v2"], torch.from_numpy(feats["v2"]))
     with pytest.raises(KeyError, match="feat"):
         NpyFolderFeatures(tmp_path / "npz", suffix=".npz", npz_key="other")["v1"]
+
+
+def _cut_short(path, keep: float = 0.5):
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def test_files_cut_short_raise_errors_naming_them(tmp_path, feats):
+    h5 = write_h5_features(tmp_path / "f.h5", feats)
+    _cut_short(h5)
+    with pytest.raises(OSError, match=r"feature file '.*f\.h5' cannot be read as HDF5 \(.*truncated"):
+        H5Features(h5)["v1"]
+    for suffix, npz_key in ((".npy", None), (".npz", "feat")):
+        folder = write_npy_features(tmp_path / suffix[1:], feats, npz_key=npz_key)
+        _cut_short(folder / f"v1{suffix}", 0.8)
+        for mmap in (True, False):
+            reader = NpyFolderFeatures(folder, suffix=suffix, mmap=mmap)
+            with pytest.raises(ValueError, match=rf"feature file '.*v1\{suffix}' cannot be read as \{suffix}"):
+                reader["v1"]
+            assert torch.equal(reader["v2"], torch.from_numpy(feats["v2"]))  # the others still read

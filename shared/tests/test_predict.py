@@ -106,3 +106,32 @@ def test_no_tensor_file_when_no_arrays(tmp_path):
     root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
     run_cli(NoArraysToy, ToyData, "toypkg", args=["predict", "--config", "demo", *root])
     assert len(_read(tmp_path / "predictions.jsonl")) == 32 and not (tmp_path / "predictions.pt").exists()
+
+
+class FailingToy(RowsToy):
+    def predict_step(self, batch, batch_idx):
+        if batch_idx == 1:
+            raise RuntimeError("out of memory in batch 1")
+        return super().predict_step(batch, batch_idx)
+
+
+def test_a_predict_stopped_part_way_leaves_no_file_and_keeps_the_earlier_one(tmp_path):
+    root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false", "--data.n", "37"]
+    with pytest.raises(RuntimeError, match="batch 1"):
+        run_cli(FailingToy, ToyData, "toypkg", args=["predict", "--config", "demo", *root])
+    assert sorted(p.name for p in tmp_path.iterdir() if "predictions" in p.name) == []  # not 16 rows of 37
+    run_cli(RowsToy, ToyData, "toypkg", args=["predict", "--config", "demo", *root])
+    whole = (tmp_path / "predictions.jsonl").read_text()
+    with pytest.raises(RuntimeError, match="batch 1"):
+        run_cli(FailingToy, ToyData, "toypkg", args=["predict", "--config", "demo", *root])
+    assert (tmp_path / "predictions.jsonl").read_text() == whole and len(_read(tmp_path / "predictions.jsonl")) == 37
+    assert sorted(p.name for p in tmp_path.iterdir() if "predictions" in p.name) == [
+        "predictions.jsonl", "predictions.pt"]  # fmt: skip
+
+
+def test_a_tensor_file_of_an_earlier_run_is_removed_when_this_one_writes_none(tmp_path):
+    root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.logger", "false"]
+    run_cli(RowsToy, ToyData, "toypkg", args=["predict", "--config", "demo", *root])
+    assert (tmp_path / "predictions.pt").is_file()
+    run_cli(NoArraysToy, ToyData, "toypkg", args=["predict", "--config", "demo", "--data.n", "5", *root])
+    assert len(_read(tmp_path / "predictions.jsonl")) == 5 and not (tmp_path / "predictions.pt").exists()

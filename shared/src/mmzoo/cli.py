@@ -38,6 +38,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback, LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI
 
+from mmzoo.data import written_whole
 from mmzoo.predict import PredictionWriter, writes_predictions
 
 __all__ = [
@@ -322,6 +323,6 @@ def build(package: str, config: str, *overrides: str) -> Built:
 def write_metrics(trainer: pl.Trainer, path: str | os.PathLike) -> dict[str, float]:
     """Write the trainer's final scalar metrics (``callback_metrics``) as JSON; ``make demo`` reads them."""
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(metrics, indent=1, sort_keys=True))
+    with written_whole(path) as tmp:
+        tmp.write_text(json.dumps(metrics, indent=1, sort_keys=True))
     return metrics

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,7 @@ __all__ = [
     "read_jsonl",
     "reload_train_loader_every_epoch",
     "worker_options",
+    "written_whole",
 ]
 
 log = logging.getLogger(__name__)
@@ -105,6 +108,24 @@ def _object_without_conflicts(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 def _short(value: Any, limit: int = 60) -> str:
     text = json.dumps(value, ensure_ascii=False)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+@contextmanager
+def written_whole(path: str | Path) -> Iterator[Path]:
+    """Write ``path`` whole or not at all: yields a temporary path beside it (``.<name>.<pid>.partial``, a name no
+    reader looks for) to write to; on normal exit it is renamed to ``path`` in one step, replacing any old file; on
+    an exception it is removed and ``path`` is left as it was. A run stopped mid-write (Ctrl-C, a crash, a full disk)
+    so never leaves a truncated cache or feature file that a later run would read, and two processes writing the
+    same file (ranks building one cache) each rename a complete copy. The parent folder is created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def ensure_generated(

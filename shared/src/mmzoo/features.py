@@ -13,13 +13,26 @@ reopened after a ``fork`` (DataLoader workers), which h5py handles do not surviv
 from __future__ import annotations
 
 import os
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 
-__all__ = ["H5Features", "NpyFolderFeatures"]
+__all__ = ["H5Features", "NpyFolderFeatures", "open_h5"]
+
+
+def open_h5(path: str | os.PathLike, what: str = "HDF5 file"):
+    """``h5py.File(path, "r")``, with an OSError naming ``what`` and the file when it cannot be opened (h5py's own
+    message, e.g. "truncated file", names neither; a file cut short by an interrupted write reads so)."""
+    import h5py
+
+    try:
+        return h5py.File(path, "r")
+    except OSError as err:
+        raise OSError(f"{what} {str(path)!r} cannot be read as HDF5 ({err}); a write that was cut short leaves such "
+                      "a file: write it again") from err  # fmt: skip
 
 
 class H5Features:
@@ -54,10 +67,8 @@ class H5Features:
         self._pid: int | None = None
 
     def _handle(self):
-        import h5py
-
         if self._file is None or self._pid != os.getpid():
-            self._file = h5py.File(self.path, "r")
+            self._file = open_h5(self.path, "feature file")
             self._pid = os.getpid()
         return self._file
 
@@ -167,18 +178,22 @@ class NpyFolderFeatures:
         p = self.path(video_id)
         if not p.is_file():
             raise FileNotFoundError(f"{str(self.root)!r}: no feature file {p.name!r} for video id {video_id!r}")
-        if self.suffix == ".npy":
-            arr = np.load(p, mmap_mode="r" if self.mmap else None)
-        else:
-            with np.load(p) as z:
-                names = list(z.keys())
-                key = self.npz_key if self.npz_key is not None else (names[0] if len(names) == 1 else None)
-                if key is None or key not in names:
-                    raise KeyError(f"{str(p)!r}: arrays {names}; set npz_key to one of them (got {self.npz_key!r})")
-                arr = z[key]
-        if arr.ndim > 0:
-            arr = arr[slice(start, stop)]
-        return torch.as_tensor(np.array(arr)).to(self.dtype)
+        try:
+            if self.suffix == ".npy":
+                arr = np.load(p, mmap_mode="r" if self.mmap else None)
+            else:
+                with np.load(p) as z:
+                    names = list(z.keys())
+                    key = self.npz_key if self.npz_key is not None else (names[0] if len(names) == 1 else None)
+                    if key is None or key not in names:
+                        raise KeyError(f"{str(p)!r}: arrays {names}; set npz_key to one of them (got {self.npz_key!r})")
+                    arr = z[key]
+            if arr.ndim > 0:
+                arr = arr[slice(start, stop)]
+            return torch.as_tensor(np.array(arr)).to(self.dtype)
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as err:  # numpy's messages do not name the file
+            raise ValueError(f"feature file {str(p)!r} cannot be read as {self.suffix} ({err}); a write that was cut "
+                             "short leaves such a file: write it again") from err  # fmt: skip
 
     def __getitem__(self, video_id: str) -> torch.Tensor:
         return self.read(video_id)

@@ -27,6 +27,7 @@ predicted item to exactly one process, so every item is in exactly one file.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,8 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
+
+from mmzoo.data import written_whole
 
 __all__ = ["PredictionWriter", "prediction_file", "predict_dataset", "writes_predictions"]
 
@@ -70,6 +73,9 @@ class PredictionWriter(BasePredictionWriter):
     Args:
         path: the JSON-lines file; ``None``: ``predictions.jsonl`` in the trainer's log folder. Under several
             processes rank ``r`` writes ``<stem>.rank<r><suffix>``. The tensor file is the same path with ``.pt``.
+
+    The rows go to a temporary file beside ``path`` that takes its name only when prediction ends: a run that
+    stops part-way (an error, Ctrl-C) leaves no file that looks like a whole prediction, and an earlier one stays.
     """
 
     def __init__(self, path: str | None = None) -> None:
@@ -78,6 +84,7 @@ class PredictionWriter(BasePredictionWriter):
         self.written: Path | None = None  # the JSON-lines file of the last predict run (tests read it)
         self.arrays_written: Path | None = None
         self._fh = None
+        self._partial: Path | None = None
         self._arrays: dict[str, list[torch.Tensor]] = {}
         self._rows = 0
 
@@ -90,7 +97,8 @@ class PredictionWriter(BasePredictionWriter):
         path = prediction_file(trainer, self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.written, self.arrays_written = path, None
-        self._fh = open(path, "w", encoding="utf-8")
+        self._partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        self._fh = open(self._partial, "w", encoding="utf-8")
         self._arrays, self._rows = {}, 0
 
     def write_on_batch_end(
@@ -128,12 +136,20 @@ class PredictionWriter(BasePredictionWriter):
         message = f"predict: {self._rows} rows written to {self.written}"
         if self._arrays:  # prediction_arrays gave tensors (a multi-task module may give none for some tasks)
             self.arrays_written = self.written.with_suffix(".pt")
-            torch.save({k: torch.cat(v) for k, v in self._arrays.items()}, self.arrays_written)
+            with written_whole(self.arrays_written) as tmp:
+                torch.save({k: torch.cat(v) for k, v in self._arrays.items()}, tmp)
             self._arrays = {}
             message += f", tensors to {self.arrays_written}"
+        else:  # a tensor file of an earlier run would otherwise sit beside these rows as if it were theirs
+            self.written.with_suffix(".pt").unlink(missing_ok=True)
+        os.replace(self._partial, self.written)  # the rows last: the JSON lines exist only once everything does
+        self._partial = None
         rank_zero_info(message + (" (rank 0; each rank writes its own files)" if trainer.world_size > 1 else ""))
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if self._fh is not None:
             self._fh.close()
             self._fh = None
+        if self._partial is not None:
+            self._partial.unlink(missing_ok=True)
+            self._partial = None
