@@ -204,6 +204,35 @@ def test_cached_graph_is_rebuilt_when_its_files_change(root):
     assert again[SUBTOPIC].edge_index.shape[1] == g[SUBTOPIC].edge_index.shape[1] - dropped
 
 
+def test_a_cached_graph_cut_short_is_rebuilt_with_a_warning(root, caplog):
+    g = load_split_graph(root, "v", "train")
+    cache = root / "cache" / "v_train.pt"
+    whole = cache.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"", b"not a torch file"):
+        cache.write_bytes(damaged)
+        with caplog.at_level("WARNING"):
+            again = load_split_graph(root, "v", "train")
+        assert "v_train.pt: it cannot be read" in caplog.text
+        caplog.clear()
+        torch.testing.assert_close(again["video"].x, g["video"].x)
+        assert torch.equal(again[HAS_TAG].edge_index, g[HAS_TAG].edge_index)
+        assert torch.load(cache, weights_only=False)["graph"]["video"].x.shape == g["video"].x.shape  # whole again
+    assert sorted(p.name for p in cache.parent.iterdir()) == ["v_train.pt"]  # no temporary left beside it
+
+
+def test_a_graph_build_that_fails_writes_no_cache(root, monkeypatch):
+    import radartag.data as data
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(data.torch, "save", lambda obj, f: (open(f, "wb").write(b"half"), interrupted()))
+    with pytest.raises(KeyboardInterrupt):
+        load_split_graph(root, "v", "train")
+    assert not (root / "cache" / "v_train.pt").exists()
+    assert list((root / "cache").iterdir()) == []
+
+
 def test_demo_vertical_is_rewritten_when_its_settings_change_and_the_graph_follows(tmp_path, caplog):
     root = tmp_path / "gen"
 

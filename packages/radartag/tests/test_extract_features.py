@@ -103,3 +103,22 @@ def test_unknown_pooling_refused_before_anything_is_written(vertical, tiny_bert)
     with pytest.raises(ValueError, match="pooling='max': expected one of"):  # it used to write mean features
         extract_features(vertical, "v", text_encoder=str(tiny_bert), pooling="max")
     assert not (vertical / "tag_feat_bert").exists()
+
+
+def test_a_run_stopped_mid_file_leaves_only_whole_feature_files(vertical, tiny_bert, monkeypatch):
+    real_save, calls = np.save, []
+
+    def save_then_stop(file, arr):
+        calls.append(file)
+        if len(calls) == 3:  # Ctrl-C while the third file is half written
+            file.write(b"\x93NUMPY half")
+            raise KeyboardInterrupt
+        real_save(file, arr)
+
+    monkeypatch.setattr(np, "save", save_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        main(args=["extract-features", "--dataset_root", str(vertical), "--vertical", "v", "--text_encoder",
+                   str(tiny_bert)])  # fmt: skip
+    left = sorted((vertical / "tag_feat_bert").iterdir())
+    assert [p.suffix for p in left] == [".npy", ".npy"]  # the two whole ones; neither the third nor a temporary
+    assert all(np.load(p).shape == (16,) for p in left)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import Literal, get_args
 import lightning.pytorch as pl
 import torch
 from mmzoo.config import check_choice, check_range
-from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, worker_options
+from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, worker_options, written_whole
 from mmzoo.features import NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import HeteroData
@@ -344,13 +345,17 @@ def load_split_graph(root: str | Path, vertical: str, split: str, force_reload: 
     cache = root / "cache" / f"{vertical}_{split}.pt"
     stamp = _input_stamp(root, vertical)
     if cache.is_file() and not force_reload:
-        saved = torch.load(cache, weights_only=False)
-        if isinstance(saved, dict) and saved.get("inputs") == stamp:
-            return saved["graph"]
-        log.info("rebuilding %s: its input files changed since it was built", cache)
+        try:
+            saved = torch.load(cache, weights_only=False)
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # e.g. a copy cut short
+            log.warning("rebuilding %s: it cannot be read (%s)", cache, str(err).splitlines()[0])
+        else:
+            if isinstance(saved, dict) and saved.get("inputs") == stamp:
+                return saved["graph"]
+            log.info("rebuilding %s: its input files changed since it was built", cache)
     g = build_split_graph(root, vertical, split)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"graph": g, "inputs": stamp}, cache)
+    with written_whole(cache) as tmp:  # whole or absent, also when several processes build it at once
+        torch.save({"graph": g, "inputs": stamp}, tmp)
     return g
 
 

@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 from mmzoo.config import check_choice
-from mmzoo.data import read_json
+from mmzoo.data import read_json, written_whole
 from tqdm import tqdm
 
 from .data import _find_cycle, _read_list, read_label_map, read_tag_parents
@@ -122,7 +122,8 @@ def build_ontology(
     for a, b in sorted(accepted):
         parents.setdefault(tags[a], []).append(tags[b])
     out = Path(out) if out else root / f"tag_parents_{vertical}.json"
-    out.write_text(json.dumps(parents, ensure_ascii=False, indent=1), encoding="utf-8")
+    with written_whole(out) as tmp:  # the graph reads this file: never half of it
+        tmp.write_text(json.dumps(parents, ensure_ascii=False, indent=1), encoding="utf-8")
     return out
 
 
@@ -185,7 +186,7 @@ def extract_features(
                 enc = tokenizer(name, return_tensors="pt").to(device)
                 hidden = model(**enc).last_hidden_state[0]  # (n_tokens, d)
                 vec = hidden[0] if pooling == "cls" else hidden.mean(0)
-                np.save(root / "tag_feat_bert" / f"{name}.npy", vec.float().cpu().numpy())
+                _save_npy(root / "tag_feat_bert" / f"{name}.npy", vec.float().cpu().numpy())
     if video_dir:
         import torchvision
         from mmzoo.video import VideoDecodeError, center_crop, normalize, read_video, resize_short_side
@@ -216,10 +217,16 @@ def extract_features(
                     continue
                 x = normalize(center_crop(resize_short_side(frames, 224), 224), "imagenet")
                 feat = net(x.to(device)).mean(0)  # mean over frames
-                np.save(root / "video_feat" / f"{path.stem.split('.')[0]}.npy", feat.float().cpu().numpy())
+                _save_npy(root / "video_feat" / f"{path.stem.split('.')[0]}.npy", feat.float().cpu().numpy())
     if not text_encoder and not video_dir:
         raise ValueError("nothing to do: give --text_encoder and/or --video_dir")
     return root
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """``np.save`` whole or not at all: a run stopped mid-file leaves no truncated feature file."""
+    with written_whole(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, array)
 
 
 def extract_features_command(argv: list[str]) -> Path:
