@@ -370,6 +370,10 @@ def test_kg_values_that_are_not_numbers_name_the_file_and_line(tmp_path):
     (tmp_path / "flat.vocab.txt").write_text("a\nb\n")
     with pytest.raises(ValueError, match=r"flat\.npy: expected a \(terms, dim\) matrix"):
         KnowledgeEmbeddings.load(str(tmp_path / "flat.npy"))
+    np.save(tmp_path / "flat.npy", np.zeros((2, 300), np.float32))
+    (tmp_path / "flat.npy").write_bytes((tmp_path / "flat.npy").read_bytes()[:1000])  # a copy cut short
+    with pytest.raises(ValueError, match=r"data\.kg_path='.*flat\.npy' cannot be read as \.npy"):
+        KnowledgeEmbeddings.load(str(tmp_path / "flat.npy"))
 
 
 @pytest.mark.parametrize("fmt", ["h5", "npz"])

@@ -119,6 +119,7 @@ def test_extract_end_to_end_on_generated_videos(tmp_path):
         main(args=[str(tmp_path / "missing.pth") if a == m["detector"] else a for a in args])
     with pytest.raises(Exception, match="broken"):  # on_corrupt: raise (default) names the file
         main(args=args)
+    assert list((root / "features").iterdir()) == []  # a stopped run leaves no file that holds v0 and v1 only
     records: list[logging.LogRecord] = []
     handler = logging.Handler(logging.WARNING)
     handler.emit = records.append  # independent of the root logger's state left by other tests

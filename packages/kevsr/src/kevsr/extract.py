@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from mmzoo.data import written_whole
 from mmzoo.video import VideoDecodeError, VideoReader, normalize, resize_short_side, uniform_segment_indices
 
 from kevsr.data import read_annotations
@@ -163,8 +164,7 @@ def main(argv: list[str]) -> Path:
     rows = read_annotations(root / "annotations" / f"{args.split}.jsonl")
     extractor = FeatureExtractor(args)
     out = root / "features" / f"{args.split}.h5"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(out, "w") as f:
+    with written_whole(out) as tmp, h5py.File(tmp, "w") as f:  # a run stopped part-way leaves no partial file
         for row in tqdm(rows, desc=f"kevsr extract {args.split}", total=len(rows)):
             path = row.get("video_path") or str(Path(args.videos_dir) / f"{row['video_id']}.mp4")
             try:

@@ -92,7 +92,10 @@ class KnowledgeEmbeddings:
             vocab_file = p.with_suffix(".vocab.txt")
             if not vocab_file.is_file():
                 raise FileNotFoundError(f"data.kg_path={path!r}: missing vocabulary file {vocab_file.name!r}")
-            matrix = np.load(p, mmap_mode="r")
+            try:
+                matrix = np.load(p, mmap_mode="r")
+            except (ValueError, OSError, EOFError) as err:  # numpy's message names no file
+                raise ValueError(f"data.kg_path={path!r} cannot be read as .npy ({err})") from err
             if matrix.ndim != 2:
                 raise ValueError(f"{path}: expected a (terms, dim) matrix, got shape {matrix.shape}")
             terms = vocab_file.read_text(encoding="utf-8").splitlines()
