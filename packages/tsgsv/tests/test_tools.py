@@ -55,6 +55,25 @@ def test_extract_text_features_with_tiny_bert(tmp_path):
         assert len(keys) == 2
         arr = np.asarray(f[keys[0]])
         assert arr.shape == (6, 8)  # [CLS] event of class k [SEP]
+    out.unlink()
+    calls = []
+
+    def stop_at_the_second(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return forward(self, *args, **kwargs)
+
+    forward = transformers.BertModel.forward
+    transformers.BertModel.forward = stop_at_the_second
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            main(args=["extract-text-features", "--data_root", str(root), "--split", "val", "--text_encoder",
+                       str(tmp_path / "bert")])  # fmt: skip
+    finally:
+        transformers.BertModel.forward = forward
+    assert len(calls) == 2 and not out.exists()  # no file with one sentence of two
+    assert [p.name for p in out.parent.iterdir() if "partial" in p.name] == []  # and no temporary
 
 
 def test_extract_text_features_missing_model(tmp_path):
@@ -72,6 +91,16 @@ def test_convert_mad_refuses_two_durations_for_one_movie(tmp_path):
     anns[first]["movie_duration"] += 1.0
     path.write_text(json.dumps(anns))
     with pytest.raises(ValueError, match="several movie_duration"):
+        main(args=["convert-mad", "--annotations", str(raw / "annotations"), "--features", str(raw / "features"),
+                   "--out", str(tmp_path / "mad")])  # fmt: skip
+    assert list((tmp_path / "mad" / "feature").iterdir()) == []  # no file holding the movies before the fault
+
+
+def test_convert_mad_names_a_feature_file_cut_short(tmp_path):
+    raw = write_synthetic_mad_raw(tmp_path / "raw", num_movies=1, dim=8)
+    frames = raw / "features" / "CLIP_frames_features_5fps.h5"
+    frames.write_bytes(frames.read_bytes()[:3000])
+    with pytest.raises(OSError, match=r"MAD file '.*CLIP_frames_features_5fps\.h5' cannot be read as HDF5"):
         main(args=["convert-mad", "--annotations", str(raw / "annotations"), "--features", str(raw / "features"),
                    "--out", str(tmp_path / "mad")])  # fmt: skip
 

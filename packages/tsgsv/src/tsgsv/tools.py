@@ -10,7 +10,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
-from mmzoo.data import read_json
+from mmzoo.data import read_json, written_whole
+from mmzoo.features import open_h5
 from tqdm import tqdm
 
 __all__ = ["extract_text_features", "extract_text_features_command", "convert_mad", "convert_mad_command"]
@@ -78,8 +79,7 @@ def extract_text_features(
             f"feature/{language_model}_language_tokens_features_{split}.hdf5"
         ) from err
     out = root / "feature" / f"{language_model}_language_tokens_features_{split}.hdf5"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(out, "w") as f, torch.no_grad():
+    with written_whole(out) as tmp, h5py.File(tmp, "w") as f, torch.no_grad():  # whole or absent
         for anno_id, sentence in tqdm(sentences.items(), desc="text features", total=len(sentences)):
             enc = tokenizer(sentence, return_tensors="pt", add_special_tokens=True).to(device)
             hidden = model(**enc, output_hidden_states=True).hidden_states[-2][0]  # (n_tokens, 768)
@@ -120,7 +120,7 @@ def convert_mad(annotations: str | Path, features: str | Path, out: str | Path) 
         if not p.is_file():
             raise FileNotFoundError(f"MAD file {str(p)!r} does not exist; see README, Data preparation (MAD)")
     (out / "feature").mkdir(parents=True, exist_ok=True)
-    with h5py.File(frames_path, "r") as frames, h5py.File(tokens_path, "r") as tokens:
+    with open_h5(frames_path, "MAD file") as frames, open_h5(tokens_path, "MAD file") as tokens:
         for split in ("train", "val", "test"):
             ann_path = annotations / f"MAD_{split}.json"
             if not ann_path.is_file():
@@ -133,9 +133,11 @@ def convert_mad(annotations: str | Path, features: str | Path, out: str | Path) 
                                    f"holds {list(_MAD_KEYS)}")  # fmt: skip
                 by_movie[a["movie"]].append((str(key), a))
             layout = {}
-            with (
-                h5py.File(out / "feature" / f"CLIP_frames_features_5fps_{split}.hdf5", "w") as vf,
-                h5py.File(out / "feature" / f"CLIP_language_tokens_features_{split}.hdf5", "w") as tf,
+            with (  # each file whole or absent: a conversion stopped part-way leaves none of the split's
+                written_whole(out / "feature" / f"CLIP_frames_features_5fps_{split}.hdf5") as v_tmp,
+                written_whole(out / "feature" / f"CLIP_language_tokens_features_{split}.hdf5") as t_tmp,
+                h5py.File(v_tmp, "w") as vf,
+                h5py.File(t_tmp, "w") as tf,
             ):
                 for movie, items in tqdm(by_movie.items(), desc=f"MAD {split}", total=len(by_movie)):
                     durations = {float(a["movie_duration"]) for _, a in items}
@@ -157,7 +159,8 @@ def convert_mad(annotations: str | Path, features: str | Path, out: str | Path) 
                         "sentences": [a["sentence"] for _, a in items],
                         "anno_ids": [k for k, _ in items],
                     }
-            (out / f"{split}.json").write_text(json.dumps(layout))
+            with written_whole(out / f"{split}.json") as tmp:
+                tmp.write_text(json.dumps(layout))
     return out
 
 
