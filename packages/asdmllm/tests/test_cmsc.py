@@ -23,11 +23,11 @@ def test_build_cmsc_tiny_pipeline_resumable(tmp_path, monkeypatch):
     assert len(ds) == 2 * 4 and sorted(ds.concepts) == ["arts", "pleasant"]
     assert len(list((out / "data").glob("train-*.parquet"))) == 2  # 8 images / shard_size 5
     # resumable: existing sets are skipped (the pipeline is not called again), a stale temp file is removed
-    (out / "sets" / "half.parquet.tmp").write_bytes(b"partial")
+    (out / "sets" / ".half.parquet.123.partial").write_bytes(b"partial")
     calls = []
     monkeypatch.setattr(type(pipe), "__call__", lambda *a, **k: calls.append(1))
     build_cmsc(pipe, cfg, progress=False)
-    assert not calls and not list((out / "sets").glob("*.tmp"))
+    assert not calls and not [p for p in (out / "sets").iterdir() if not p.name.endswith(".parquet")]
     assert len(CMSCDataset(out, "all", image_size=32)) == 8
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import io
 import logging
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from mmzoo.config import check_range
+from mmzoo.data import written_whole
 from tqdm.auto import tqdm
 
 from .data import CMSC_COLUMNS, CMSC_CONCEPTS
@@ -99,9 +99,8 @@ def _png_bytes(image) -> bytes:
 def _write_atomic(table, path: Path) -> None:
     import pyarrow.parquet as pq
 
-    tmp = path.with_name(path.name + ".tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)  # atomic: a set file is either complete or absent
+    with written_whole(path) as tmp:  # a set file is either complete or absent
+        pq.write_table(table, tmp)
 
 
 def build_cmsc(pipe, cfg: CMSCBuildConfig, device: torch.device | str = "cpu", progress: bool = True) -> Path:
@@ -113,8 +112,8 @@ def build_cmsc(pipe, cfg: CMSCBuildConfig, device: torch.device | str = "cpu", p
 
     out = Path(cfg.out).expanduser()
     (out / "sets").mkdir(parents=True, exist_ok=True)
-    for stale in (out / "sets").glob("*.tmp"):
-        stale.unlink()  # leftovers of an interrupted write
+    for stale in (out / "sets").glob(".*.partial"):
+        stale.unlink()  # leftovers of a write killed outright (an exception removes its own)
     features = datasets.Features(
         {c: datasets.Image() if c == "image" else datasets.Value("string") for c in CMSC_COLUMNS}
     )

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from mmzoo.cli import allow_in_checkpoints
 from mmzoo.config import check_range
+from mmzoo.data import written_whole
 from mmzoo.distributed import restore_output_capture
 
 from evedit.metrics import (
@@ -69,9 +70,8 @@ def save_edit(
     folder.mkdir(parents=True, exist_ok=True)
     for t, img in enumerate(edit):
         write_jpeg(img.contiguous(), str(folder / f"{t:05d}.jpg"), quality=95)
-    partial = folder / "timing.json.partial"  # written last and renamed: the frames are complete once it exists
-    partial.write_text(json.dumps(timing, indent=1))
-    partial.replace(folder / "timing.json")
+    with written_whole(folder / "timing.json") as tmp:  # written last: the frames are complete once it exists
+        tmp.write_text(json.dumps(timing, indent=1))
     if write_videos:
         stem = f"{item['video_id']}_{item['edit_type']}"
         fps = float(item.get("fps") or 8.0)
