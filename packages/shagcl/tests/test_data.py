@@ -402,3 +402,18 @@ def test_images_missing_from_the_feature_cache_are_refused_or_dropped_when_the_s
     assert [r.image_id for r in dm.datasets["test"].records] == [r.image_id for r in kept]
     batches = list(dm.test_dataloader())
     assert [i for b in batches for i in b["image_ids"]] == [r.image_id for r in kept]
+
+
+def test_hdf5_files_cut_short_are_named(tmp_path):
+    write_vg150(tmp_path, n_images=6)
+    h5 = tmp_path / "vg" / "VG-SGG-with-attri.h5"
+    h5.write_bytes(h5.read_bytes()[:2000])
+    with pytest.raises(OSError, match=r"VG-SGG file '.*VG-SGG-with-attri\.h5' cannot be read as HDF5"):
+        VG150Dataset(tmp_path, "train", predicate_order="file")
+    write_gqa200(tmp_path, n_train=4, n_test=2, n_obj_classes=4, n_predicates=5)
+    kw = dict(num_val_images=0, skip_test_entry=None)
+    cache = tmp_path / "feats.h5"
+    _write_cache(cache, GQA200Dataset(tmp_path, "train", **kw).records, num_obj_classes=5)
+    cache.write_bytes(cache.read_bytes()[:2000])
+    with pytest.raises(OSError, match=r"data\.feature_cache '.*feats\.h5' cannot be read as HDF5"):
+        GQA200Dataset(tmp_path, "train", feature_source="cached", feature_cache=str(cache), **kw)

@@ -54,6 +54,9 @@ def test_extract_writes_a_cache_the_dataset_reads(tmp_path):
         else:
             assert item["obj_feats"].shape == (n, 1024) and item["obj_pooled"] is None
             assert item["union_feats"].shape == (n * (n - 1), 1024) and torch.isfinite(item["union_feats"]).all()
+    out.write_bytes(out.read_bytes()[:2000])  # a cache cut short (a run killed mid-write, a full disk)
+    with pytest.raises(OSError, match=r"--output '.*cache\.h5' cannot be opened as HDF5"):
+        main(args=["extract", "--data_root", str(tmp_path), "--split", "test", "--output", str(out), *SMALL])
 
 
 def test_extract_sgdet_caches_gt_boxes_for_training(tmp_path):

@@ -19,7 +19,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.config import check_choice, check_range
 from mmzoo.data import SplitLoaders, read_json, reload_train_loader_every_epoch, worker_options
-from mmzoo.features import H5Features
+from mmzoo.features import H5Features, open_h5
 from torch.utils.data import DataLoader, Dataset
 
 from shagcl.gcl import VG150_PREDICATE_REMAP, VG150_PREDICATES_FREQ_ORDER
@@ -176,9 +176,7 @@ class SceneGraphDataset(Dataset):
                     f"data.feature_cache={feature_cache!r}: no feature cache; write one with `shagcl extract` "
                     f"({SEE_README})"
                 )
-            import h5py
-
-            with h5py.File(feature_cache, "r") as f:
+            with open_h5(feature_cache, "data.feature_cache") as f:
                 cached_ids = {k for k in f.keys() if not k.startswith(INCOMPLETE_PREFIX)}  # names only
                 first = next((f[k] for k in cached_ids if hasattr(f[k], "keys")), None)
                 present = set(first.keys()) if first is not None else set()
@@ -499,8 +497,6 @@ class VG150Dataset(SceneGraphDataset):
         sgdet_add_gt_boxes: bool = True,
         missing_features: MissingFeatures = "raise",
     ) -> None:
-        import h5py
-
         self._check_options(split, protocol, feature_source, missing_features)
         check_choice("data.predicate_order", predicate_order, get_args(PredicateOrder))  # else: the file's order
         self._check_counts(num_val_images, max_pairs, max_fg_pairs, samples_per_gt_rel, max_images)
@@ -530,7 +526,7 @@ class VG150Dataset(SceneGraphDataset):
             d for d in read_json(info_path, "VG image metadata") if d["image_id"] not in VG_CORRUPTED_IMAGE_IDS
         ]
         boxes_key = f"boxes_{box_scale}"
-        with h5py.File(h5_path, "r") as f:
+        with open_h5(h5_path, "VG-SGG file") as f:
             for key in (*self.H5_KEYS, boxes_key):
                 if key not in f:
                     raise KeyError(f"{h5_path}: missing dataset {key!r}; {SEE_README}")

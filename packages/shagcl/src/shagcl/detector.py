@@ -339,7 +339,12 @@ def extract_main(argv: list[str]) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     seen: set[str] = set()
     skipped: list[str] = []
-    with h5py.File(out, "a") as f:
+    try:
+        f = h5py.File(out, "a")
+    except OSError as err:  # h5py's message names no file
+        raise OSError(f"--output {str(out)!r} cannot be opened as HDF5 ({err}); a run killed while writing can "
+                      "leave it so: delete it to extract again") from err  # fmt: skip
+    with f:
         for name in [k for k in f.keys() if k.startswith(INCOMPLETE_PREFIX)]:  # an earlier run stopped mid-image
             del f[name]
         for split, rec in tqdm(records, desc="shagcl extract", total=len(records)):
