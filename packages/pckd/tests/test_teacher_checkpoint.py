@@ -144,3 +144,42 @@ def test_repdistiller_checkpoint_mismatch_is_an_error(change, tmp_path):
     torch.save({"epoch": 240, "model": state, "accuracy": 73.3, "optimizer": {}}, path)
     with pytest.raises(KeyError, match="model.teacher_checkpoint"):
         _load(arch, path)
+
+
+def test_a_teacher_file_cut_short_names_the_option(tmp_path):
+    path = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"epoch": 240, "model": REFERENCE["resnet8x4"](100)}, path)
+    path.write_bytes(path.read_bytes()[:5000])  # a copy or export that stopped part-way
+    with pytest.raises(ValueError, match=r"model\.teacher_checkpoint='.*ckpt_epoch_240\.pth' cannot be read"):
+        _load("resnet8x4", path)
+
+
+def test_export_teacher_writes_the_repdistiller_format_whole_or_not_at_all(tmp_path, monkeypatch):
+    from pckd.cli import main
+
+    torch.manual_seed(0)
+    state = REFERENCE["resnet8x4"](100)
+    ckpt = tmp_path / "last.ckpt"  # a pckd run's checkpoint: the student becomes the teacher
+    torch.save({"epoch": 7, "state_dict": {**{f"student.{k}": v for k, v in state.items()},
+                                           "teacher.fc.weight": torch.zeros(1)}}, ckpt)  # fmt: skip
+    out = tmp_path / "teachers" / "resnet8x4_vanilla" / "ckpt_epoch_240.pth"
+    out.parent.mkdir(parents=True)
+    assert main(["export-teacher", str(ckpt), str(out)]) == str(out)
+    written = torch.load(out, weights_only=True)
+    assert written["epoch"] == 7 and set(written["model"]) == set(state)
+    loaded = _load("resnet8x4", out).teacher.state_dict()
+    for key, value in state.items():
+        torch.testing.assert_close(loaded[key], value, msg=key)
+    whole = out.read_bytes()
+    save = torch.save
+
+    def save_half_then_stop(obj, f):
+        save(obj, f)
+        with open(f, "r+b") as fh:
+            fh.truncate(1000)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", save_half_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        main(["export-teacher", str(ckpt), str(out)])
+    assert out.read_bytes() == whole and [p.name for p in out.parent.iterdir()] == [out.name]  # the old file stays

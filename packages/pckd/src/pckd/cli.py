@@ -6,6 +6,7 @@ import argparse
 
 import torch
 from mmzoo.cli import run_cli
+from mmzoo.data import written_whole
 
 from pckd.data import PCKDDataModule
 from pckd.module import PCKDModule, load_teacher_state_dict
@@ -19,7 +20,8 @@ def export_teacher(argv: list[str]) -> str:
     args = parser.parse_args(argv)
     ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
     state = load_teacher_state_dict(args.checkpoint, "")
-    torch.save({"model": state, "epoch": ckpt.get("epoch", -1)}, args.output)
+    with written_whole(args.output) as tmp:  # a teacher file is whole or absent
+        torch.save({"model": state, "epoch": ckpt.get("epoch", -1)}, tmp)
     return args.output
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import pickle
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -56,7 +57,11 @@ def load_teacher_state_dict(path: str, arch: str) -> dict[str, torch.Tensor]:
         )
     # RepDistiller checkpoints pickle an argparse Namespace ("opt"), so weights_only loading cannot read them;
     # the file is user-supplied.
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # torch's names no file
+        raise ValueError(f"model.teacher_checkpoint={path!r} cannot be read as a torch file "
+                         f"({str(err).splitlines()[0]})") from err  # fmt: skip
     if isinstance(ckpt, dict) and "model" in ckpt and isinstance(ckpt["model"], dict):
         state = ckpt["model"]
     elif isinstance(ckpt, dict) and "state_dict" in ckpt:
