@@ -13,6 +13,7 @@ from mmzoo.data import (
     evaluation_sampler,
     read_json,
     read_jsonl,
+    read_torch,
     reload_train_loader_every_epoch,
     worker_options,
     written_whole,
@@ -244,3 +245,16 @@ def test_written_whole_with_nothing_written_raises_and_keeps_the_old_file(tmp_pa
         with written_whole(path):
             pass  # the writer wrote nothing: that is an error, not an empty file
     assert path.read_text() == "old"
+
+
+def test_read_torch_names_the_option_and_file_it_cannot_read(tmp_path):
+    path = tmp_path / "w.pt"
+    torch.save({"w": torch.arange(300.0)}, path)
+    assert torch.equal(read_torch(path, "model.weights")["w"], torch.arange(300.0))
+    whole = path.read_bytes()
+    for damaged in (whole[: len(whole) // 2], b"", b"not a torch file at all"):
+        path.write_bytes(damaged)
+        with pytest.raises(ValueError, match=r"(?s)^model\.weights '.*w\.pt' cannot be read as a torch file \(.+\)$"):
+            read_torch(path, "model.weights")
+    with pytest.raises(FileNotFoundError):
+        read_torch(tmp_path / "none.pt", "model.weights")

@@ -21,6 +21,7 @@ __all__ = [
     "evaluation_sampler",
     "read_json",
     "read_jsonl",
+    "read_torch",
     "reload_train_loader_every_epoch",
     "worker_options",
     "written_whole",
@@ -86,6 +87,23 @@ def read_jsonl(path: str | Path, what: str = "JSON Lines file") -> list[tuple[in
                 f"({err.args[1]!r} and {err.args[2]!r}); JSON readers keep only the last, so one of them would be lost"
             ) from None
     return rows
+
+
+def read_torch(path: str | Path, what: str, weights_only: bool = True) -> Any:
+    """``torch.load(path, map_location="cpu")``. A file that cannot be read (cut short by a download, copy or save
+    that stopped, or not a torch file) raises a ValueError naming ``what`` (the option or flag that gave the file)
+    and the file, with torch's own message; torch's names neither. A missing file raises FileNotFoundError."""
+    import pickle
+
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except FileNotFoundError:
+        raise
+    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:
+        reason = str(err) or type(err).__name__  # an empty file gives a bare EOFError
+        raise ValueError(f"{what} {str(path)!r} cannot be read as a torch file ({reason})") from err
 
 
 class _ConflictingKeyError(Exception):
