@@ -154,6 +154,9 @@ def test_official_union_path_and_trainable_box_head(tmp_path):
         torch.testing.assert_close(head.fc7.bias, state["roi_heads.box_head.fc7.bias"])
     with pytest.raises(FileNotFoundError, match="box_head_checkpoint"):
         model.load_box_head(tmp_path / "missing.pth")
+    (tmp_path / "cut.pth").write_bytes((tmp_path / "det.pth").read_bytes()[:500])  # a copy that stopped
+    with pytest.raises(ValueError, match=r"model\.config\.box_head_checkpoint '.*cut\.pth' cannot be read"):
+        model.load_box_head(tmp_path / "cut.pth")
 
 
 def test_self_attention_encoder_is_transformer_context():
@@ -179,3 +182,37 @@ def test_self_attention_encoder_is_transformer_context():
         # attention stays inside an image: the second image's logits ignore the first image's features
         other = dict(batch, obj_feats=torch.cat([torch.randn(3, 16), batch["obj_feats"][3:]]))
         torch.testing.assert_close(model(other).rel_logits[-1][3:], out.rel_logits[-1][3:])
+
+
+def test_load_glove_reads_the_text_and_pt_formats(tmp_path):
+    from shagcl.models import load_glove
+
+    rows = {"man": [1.0, 2.0, 3.0], "table": [4.0, 5.0, 6.0], "wine": [0.5, 0.5, 0.5], "glass": [7.0, 8.0, 9.0]}
+    txt = tmp_path / "glove.6B.3d.txt"
+    txt.write_text("the 0.1 0.1 0.1\n" + "".join(f"{w} {' '.join(map(str, v))}\n" for w, v in rows.items()))
+    names = ["man", "wine glass", "table", "zebra"]
+    torch.manual_seed(0)
+    got = load_glove(txt, names, 3)
+    torch.testing.assert_close(got[0], torch.tensor(rows["man"]))
+    torch.testing.assert_close(got[1], torch.tensor(rows["glass"]))  # a multi-word name: its longest word
+    torch.testing.assert_close(got[2], torch.tensor(rows["table"]))
+    torch.manual_seed(0)
+    torch.testing.assert_close(got[3], torch.randn(4, 3)[3])  # not in the file: N(0, 1)
+    pt = tmp_path / "glove.pt"
+    torch.save({"words": list(rows), "vectors": torch.tensor(list(rows.values()))}, pt)
+    torch.manual_seed(0)
+    torch.testing.assert_close(load_glove(pt, names, 3), got)
+    with pytest.raises(ValueError, match=r"vectors have 3 dims, model\.config\.word_dim=4"):
+        load_glove(txt, names, 4)
+    txt.write_text("man 1.0 2,0 3.0\n")
+    with pytest.raises(ValueError, match=r"glove\.6B\.3d\.txt' line 1: the vector of 'man' is not a list of numbers"):
+        load_glove(txt, names, 3)
+    torch.save({"words": ["man"], "vectors": torch.zeros(2, 3)}, pt)
+    with pytest.raises(ValueError, match=r"glove\.pt'?: 1 words but 2 vectors"):
+        load_glove(pt, names, 3)
+    torch.save({"vectors": torch.zeros(2, 3)}, pt)
+    with pytest.raises(KeyError, match=r"glove\.pt'?: a \.pt GloVe file holds a dict with 'words'"):
+        load_glove(pt, names, 3)
+    pt.write_bytes(pt.read_bytes()[:300])
+    with pytest.raises(ValueError, match=r"model\.config\.glove_path '.*glove\.pt' cannot be read as a torch file"):
+        load_glove(pt, names, 3)

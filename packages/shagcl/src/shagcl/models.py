@@ -21,6 +21,7 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 from mmzoo.config import check_choice, check_literal_fields, check_range
+from mmzoo.data import read_torch
 from torch import nn
 from torch.nn.utils.rnn import pad_sequence
 
@@ -450,16 +451,26 @@ def load_glove(path: str | Path, names: Sequence[str], dim: int) -> torch.Tensor
         wanted.update(name.split(" "))
     vectors: dict[str, torch.Tensor] = {}
     if path.suffix == ".pt":
-        blob = torch.load(path, map_location="cpu")
+        blob = read_torch(path, "model.config.glove_path")
+        if not isinstance(blob, dict) or not {"words", "vectors"} <= set(blob):
+            raise KeyError(f"model.config.glove_path={str(path)!r}: a .pt GloVe file holds a dict with 'words' (a "
+                           "list of str) and 'vectors' (a (words, dim) tensor)")  # fmt: skip
+        if len(blob["words"]) != len(blob["vectors"]):
+            raise ValueError(f"model.config.glove_path={str(path)!r}: {len(blob['words'])} words but "
+                             f"{len(blob['vectors'])} vectors")  # fmt: skip
         for word, vec in zip(blob["words"], blob["vectors"], strict=True):
             if word in wanted:
                 vectors[word] = vec.float()
     else:
         with open(path, encoding="utf8") as fh:
-            for line in fh:
+            for lineno, line in enumerate(fh, 1):
                 word, _, rest = line.rstrip().partition(" ")
                 if word in wanted:
-                    vectors[word] = torch.tensor([float(x) for x in rest.split(" ")])
+                    try:
+                        vectors[word] = torch.tensor([float(x) for x in rest.split(" ")])
+                    except ValueError as err:
+                        raise ValueError(f"{str(path)!r} line {lineno}: the vector of {word!r} is not a list of "
+                                         f"numbers separated by single spaces ({err})") from err  # fmt: skip
     out = torch.randn(len(names), dim)
     for i, name in enumerate(names):
         key = name if name in vectors else max(name.split(" "), key=len)
@@ -789,7 +800,7 @@ class SHAGCL(nn.Module):
                 "given to `shagcl extract --checkpoint` (its box head initialises fc6/fc7), or null for random "
                 "init; see README, Data preparation"
             )
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = read_torch(path, "model.config.box_head_checkpoint")
         for key in ("model", "state_dict"):
             if isinstance(state, dict) and key in state and isinstance(state[key], dict):
                 state = state[key]
