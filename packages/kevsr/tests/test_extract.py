@@ -117,6 +117,9 @@ def test_extract_end_to_end_on_generated_videos(tmp_path):
     ]
     with pytest.raises(FileNotFoundError, match="--detector-weights"):
         main(args=[str(tmp_path / "missing.pth") if a == m["detector"] else a for a in args])
+    (tmp_path / "cut.pth").write_bytes(open(m["resnet"], "rb").read()[:4096])  # a download that stopped
+    with pytest.raises(ValueError, match=r"--resnet-weights '.*cut\.pth' cannot be read as a torch file"):
+        main(args=[str(tmp_path / "cut.pth") if a == m["resnet"] else a for a in args])
     with pytest.raises(Exception, match="broken"):  # on_corrupt: raise (default) names the file
         main(args=args)
     assert list((root / "features").iterdir()) == []  # a stopped run leaves no file that holds v0 and v1 only

@@ -150,7 +150,7 @@ def test_a_teacher_file_cut_short_names_the_option(tmp_path):
     path = tmp_path / "ckpt_epoch_240.pth"
     torch.save({"epoch": 240, "model": REFERENCE["resnet8x4"](100)}, path)
     path.write_bytes(path.read_bytes()[:5000])  # a copy or export that stopped part-way
-    with pytest.raises(ValueError, match=r"model\.teacher_checkpoint='.*ckpt_epoch_240\.pth' cannot be read"):
+    with pytest.raises(ValueError, match=r"model\.teacher_checkpoint '.*ckpt_epoch_240\.pth' cannot be read"):
         _load("resnet8x4", path)
 
 

@@ -79,6 +79,10 @@ def test_video_features_resnet(vertical, tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match="image_weights"):
         main(args=["extract-features", "--dataset_root", str(vertical), "--vertical", "v", "--video_dir", str(videos),
                    "--image_encoder", "resnet18"])  # fmt: skip
+    (tmp_path / "cut.pt").write_bytes(weights.read_bytes()[:4096])  # a download that stopped
+    with pytest.raises(ValueError, match=r"--image_weights '.*cut\.pt' cannot be read as a torch file"):
+        main(args=["extract-features", "--dataset_root", str(vertical), "--vertical", "v", "--video_dir", str(videos),
+                   "--image_encoder", "resnet18", "--image_weights", str(tmp_path / "cut.pt")])  # fmt: skip
     with pytest.raises(VideoDecodeError, match=r"10002\.mp4.*--on_corrupt skip"):  # the default stops, naming it
         main(args=["extract-features", "--dataset_root", str(vertical), "--vertical", "v", "--video_dir", str(videos),
                    "--image_encoder", "resnet18", "--image_weights", str(weights), "--num_frames", "2"])  # fmt: skip

@@ -249,6 +249,17 @@ def test_checkpoint_without_momentum_copies_initialises_them_from_the_online_wei
         dst.text_encoder_m.embeddings.word_embeddings.weight, src.text_encoder.embeddings.word_embeddings.weight
     )
     assert not any(k.split(".")[0] in momentum and "message_blocks" not in k and "temporal" not in k for k in missing)
+    # a folder whose weight file was cut short (a copy or download that stopped) names the key and the file
+    (tmp_path / "blip" / "model.safetensors").write_bytes((tmp_path / "blip" / "model.safetensors").read_bytes()[:99])
+    with pytest.raises(
+        ValueError, match=r"model\.pretrained_path '.*model\.safetensors' cannot be read as safetensors"
+    ):
+        load_pretrained(build_model(tiny_config(task)), str(tmp_path / "blip"))
+    (tmp_path / "blip" / "model.safetensors").unlink()
+    torch.save(state, tmp_path / "blip" / "pytorch_model.bin")
+    (tmp_path / "blip" / "pytorch_model.bin").write_bytes((tmp_path / "blip" / "pytorch_model.bin").read_bytes()[:999])
+    with pytest.raises(ValueError, match=r"model\.pretrained_path '.*pytorch_model\.bin' cannot be read as a torch"):
+        load_pretrained(build_model(tiny_config(task)), str(tmp_path / "blip"))
 
 
 def test_missing_checkpoint_and_vocab_errors(tmp_path):

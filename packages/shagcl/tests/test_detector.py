@@ -17,6 +17,10 @@ def test_extract_writes_a_cache_the_dataset_reads(tmp_path):
     out, out_fc7 = tmp_path / "cache.h5", tmp_path / "cache_fc7.h5"
     with pytest.raises(FileNotFoundError, match="--checkpoint"):
         main(args=["extract", "--data_root", str(tmp_path), "--split", "test", "--output", str(out)])
+    (tmp_path / "det.pth").write_bytes(b"PK\x03\x04 a download that stopped")
+    with pytest.raises(ValueError, match=r"--checkpoint '.*det\.pth' cannot be read as a torch file"):
+        main(args=["extract", "--data_root", str(tmp_path), "--split", "test", "--output", str(out),
+                   "--checkpoint", str(tmp_path / "det.pth")])  # fmt: skip
     main(args=["extract", "--data_root", str(tmp_path), "--split", "test", "--output", str(out), *SMALL])
     main(
         args=[

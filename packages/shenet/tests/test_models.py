@@ -340,6 +340,9 @@ def test_quick_gelu_state_dict_file_custom(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(loaded.encode_text(ids), ref.encode_text(ids))
     gelu = build_clip(SHENetConfig(clip_model="custom", pretrained=str(path))).eval()  # auto: custom = nn.GELU
+    (tmp_path / "cut.pt").write_bytes(path.read_bytes()[:4096])  # a copy that stopped
+    with pytest.raises(ValueError, match=r"model\.config\.pretrained '.*cut\.pt' cannot be read as a torch file"):
+        build_clip(SHENetConfig(clip_model="custom", pretrained=str(tmp_path / "cut.pt")))
     assert _act(gelu) == {torch.nn.GELU}
     with torch.no_grad():
         assert not torch.allclose(gelu.encode_text(ids), ref.encode_text(ids))

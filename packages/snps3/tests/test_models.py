@@ -170,6 +170,20 @@ def test_missing_weights_name_the_key(tmp_path):
         SNPS3Model(cfg(bert=str(tmp_path / "no_bert_here")))
 
 
+def test_weight_files_cut_short_name_the_key_and_file(tmp_path):
+    from snps3.module import SNPS3Module
+
+    cut = tmp_path / "cut.pth"
+    torch.save({"w": torch.zeros(1000)}, cut)
+    cut.write_bytes(cut.read_bytes()[:600])  # a download or copy that stopped
+    with pytest.raises(ValueError, match=r"model\.init_checkpoint '.*cut\.pth' cannot be read as a torch file"):
+        SNPS3Module(config=cfg(), task="retrieval", init_checkpoint=str(cut))
+    swin = dict(swin_embed_dim=8, swin_depths=[1, 1, 1, 1], swin_heads=[1, 1, 1, 1], swin_window=[2, 7, 7])
+    for encoder, extra in (("video_swin", swin), ("resnet50", {}), ("pvt_v2_b2", {})):
+        with pytest.raises(ValueError, match=r"model\.config\.visual_weights '.*cut\.pth' cannot be read"):
+            SNPS3Model(cfg(visual_encoder=encoder, visual_weights=str(cut), **extra))
+
+
 def test_config_validation():
     with pytest.raises(ValueError, match="num_heads"):
         cfg(num_heads=3)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from mmzoo.data import written_whole
+from mmzoo.data import read_torch, written_whole
 from mmzoo.video import VideoDecodeError, VideoReader, normalize, resize_short_side, uniform_segment_indices
 
 from kevsr.data import read_annotations
@@ -101,16 +101,16 @@ class FeatureExtractor:
             _require(path, flag, what)  # every file is checked before any model is built
         dev = torch.device(args.device)
         resnet = getattr(torchvision.models, args.resnet)(weights=None)
-        resnet.load_state_dict(torch.load(args.resnet_weights, map_location="cpu"))
+        resnet.load_state_dict(read_torch(args.resnet_weights, "--resnet-weights"))
         self.trunk = torch.nn.Sequential(*list(resnet.children())[:-2]).eval().to(dev)  # up to C5
         vmodel = getattr(video, args.video_model)(weights=None)
-        vmodel.load_state_dict(torch.load(args.video_model_weights, map_location="cpu"))
+        vmodel.load_state_dict(read_torch(args.video_model_weights, "--video-model-weights"))
         vmodel.fc = torch.nn.Identity()
         self.video_model = vmodel.eval().to(dev)
         det = getattr(detection, args.detector)(
             weights=None, weights_backbone=None, num_classes=args.detector_num_classes
         )
-        det.load_state_dict(torch.load(args.detector_weights, map_location="cpu"))
+        det.load_state_dict(read_torch(args.detector_weights, "--detector-weights"))
         self.detector = det.eval().to(dev)
         self.tokenizer = AutoTokenizer.from_pretrained(args.bert)
         self.bert = AutoModel.from_pretrained(args.bert).eval().to(dev)

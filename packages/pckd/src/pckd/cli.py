@@ -6,7 +6,7 @@ import argparse
 
 import torch
 from mmzoo.cli import run_cli
-from mmzoo.data import written_whole
+from mmzoo.data import read_torch, written_whole
 
 from pckd.data import PCKDDataModule
 from pckd.module import PCKDModule, load_teacher_state_dict
@@ -18,7 +18,7 @@ def export_teacher(argv: list[str]) -> str:
     parser.add_argument("checkpoint", help="a pckd checkpoint (the student of that run becomes the teacher)")
     parser.add_argument("output", help="output file, {'model': state_dict, 'epoch': ...}")
     args = parser.parse_args(argv)
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+    ckpt = read_torch(args.checkpoint, "export-teacher checkpoint", weights_only=False)
     state = load_teacher_state_dict(args.checkpoint, "")
     with written_whole(args.output) as tmp:  # a teacher file is whole or absent
         torch.save({"model": state, "epoch": ckpt.get("epoch", -1)}, tmp)

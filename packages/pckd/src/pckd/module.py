@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import pickle
 from pathlib import Path
 from typing import Literal, get_args
 
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
 from mmzoo.config import check_choice, check_range
+from mmzoo.data import read_torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -57,11 +57,7 @@ def load_teacher_state_dict(path: str, arch: str) -> dict[str, torch.Tensor]:
         )
     # RepDistiller checkpoints pickle an argparse Namespace ("opt"), so weights_only loading cannot read them;
     # the file is user-supplied.
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # torch's names no file
-        raise ValueError(f"model.teacher_checkpoint={path!r} cannot be read as a torch file "
-                         f"({str(err).splitlines()[0]})") from err  # fmt: skip
+    ckpt = read_torch(path, "model.teacher_checkpoint", weights_only=False)
     if isinstance(ckpt, dict) and "model" in ckpt and isinstance(ckpt["model"], dict):
         state = ckpt["model"]
     elif isinstance(ckpt, dict) and "state_dict" in ckpt:

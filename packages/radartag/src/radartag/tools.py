@@ -13,7 +13,7 @@ from typing import Literal
 import numpy as np
 import torch
 from mmzoo.config import check_choice
-from mmzoo.data import read_json, written_whole
+from mmzoo.data import read_json, read_torch, written_whole
 from tqdm import tqdm
 
 from .data import _find_cycle, _read_list, read_label_map, read_tag_parents
@@ -195,7 +195,7 @@ def extract_features(
             raise FileNotFoundError(f"--image_weights {image_weights!r}: a torchvision state-dict file for "
                                     f"{image_encoder!r} is needed to write video_feat/<pid>.npy")  # fmt: skip
         net = torchvision.models.get_model(image_encoder, weights=None)
-        net.load_state_dict(torch.load(image_weights, map_location="cpu", weights_only=True))
+        net.load_state_dict(read_torch(image_weights, "--image_weights"))
         if not hasattr(net, "fc"):
             raise ValueError(
                 f"--image_encoder {image_encoder!r}: only encoders with an 'fc' head (ResNets) are supported"

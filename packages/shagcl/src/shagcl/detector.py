@@ -34,6 +34,7 @@ from typing import Literal, get_args
 
 import torch
 from mmzoo.config import check_choice
+from mmzoo.data import read_torch
 from torch import nn
 
 __all__ = ["FasterRCNNFeatures", "extract_main", "build_detector", "filter_duplicate_detections"]
@@ -83,7 +84,7 @@ def build_detector(
             f"--checkpoint {checkpoint!r} does not exist (detector_checkpoint: a torchvision "
             "fasterrcnn_resnet50_fpn state dict); see README, Data preparation"
         )
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch(path, "--checkpoint")
     for key in ("model", "state_dict"):
         if isinstance(state, dict) and key in state and isinstance(state[key], dict):
             state = state[key]

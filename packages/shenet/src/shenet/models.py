@@ -24,6 +24,7 @@ from typing import Literal, get_args
 import torch
 import torch.nn.functional as F
 from mmzoo.config import check_choice, check_literal_fields, check_range
+from mmzoo.data import read_torch
 from mmzoo.ops import token_max_sim
 from torch import nn
 
@@ -273,7 +274,7 @@ def build_clip(cfg: SHENetConfig) -> nn.Module:
         )
         clip = CLIP(cfg.custom_embed_dim, vision, text, quick_gelu=uses_quick_gelu(cfg))
         if cfg.pretrained is not None:
-            clip.load_state_dict(torch.load(cfg.pretrained, map_location="cpu", weights_only=True))
+            clip.load_state_dict(read_torch(cfg.pretrained, "model.config.pretrained"))
     elif cfg.pretrained is None:
         clip = open_clip.create_model(cfg.clip_model, pretrained=None, force_quick_gelu=uses_quick_gelu(cfg))
     else:

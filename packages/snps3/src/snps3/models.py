@@ -16,6 +16,7 @@ from typing import Literal, get_args, get_origin, get_type_hints
 import torch
 import torch.nn.functional as F
 from mmzoo.config import check_choice, check_literal_fields, check_range
+from mmzoo.data import read_torch
 from torch import nn
 
 log = logging.getLogger(__name__)
@@ -324,7 +325,7 @@ class VideoSwinEncoder(nn.Module):
                     f"model.config.visual_weights={cfg.visual_weights!r} does not exist: supply VIOLET's "
                     "ckpt_video-swin.pt or torchvision's Swin3D_S_Weights.KINETICS400_V1 state dict"
                 )
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = read_torch(path, "model.config.visual_weights")
             state = state.get("state_dict", state.get("model", state))
             load_checked(
                 self.swin,
@@ -350,7 +351,7 @@ class VideoSwinEncoder(nn.Module):
 def _read_state(path: str, key: str, what: str) -> dict[str, torch.Tensor]:
     if not Path(path).is_file():
         raise FileNotFoundError(f"{key}={path!r} does not exist: supply the {what}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = read_torch(path, key)
     return state.get("state_dict", state.get("model", state))
 
 

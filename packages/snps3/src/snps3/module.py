@@ -14,6 +14,7 @@ import torch.distributed as dist
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.cli import allow_in_checkpoints
 from mmzoo.config import check_range
+from mmzoo.data import read_torch
 from mmzoo.distributed import gather_uneven_rows, rank_and_world
 from mmzoo.metrics import IndexedMean
 from mmzoo.predict import predict_dataset
@@ -215,7 +216,7 @@ class SNPS3Module(pl.LightningModule):
 
     def _load_init(self, path: str) -> None:
         try:
-            state = torch.load(path, map_location="cpu", weights_only=False)
+            state = read_torch(path, "model.init_checkpoint", weights_only=False)
         except FileNotFoundError as err:
             raise FileNotFoundError(
                 f"model.init_checkpoint={path!r} does not exist: supply an SNP-S3 pre-training "

@@ -23,6 +23,7 @@ import re
 from pathlib import Path
 
 import torch
+from mmzoo.data import read_torch
 from torch import nn
 
 from rtqvl.models.video import resize_pos_embed
@@ -80,11 +81,15 @@ def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
         st = p / "model.safetensors"
         pt = p / "pytorch_model.bin"
         if st.is_file():
+            from safetensors import SafetensorError
             from safetensors.torch import load_file
 
-            raw = load_file(str(st))
+            try:
+                raw = load_file(str(st))
+            except SafetensorError as err:  # its message names no file
+                raise ValueError(f"model.pretrained_path {str(st)!r} cannot be read as safetensors ({err})") from err
         elif pt.is_file():
-            raw = torch.load(pt, map_location="cpu", weights_only=True)
+            raw = read_torch(pt, "model.pretrained_path")
         else:
             raise FileNotFoundError(hint + " (the folder has no model.safetensors / pytorch_model.bin)")
         return {hf_to_rtq_key(k): v for k, v in raw.items()}
