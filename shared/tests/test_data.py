@@ -258,3 +258,19 @@ def test_read_torch_names_the_option_and_file_it_cannot_read(tmp_path):
             read_torch(path, "model.weights")
     with pytest.raises(FileNotFoundError):
         read_torch(tmp_path / "none.pt", "model.weights")
+
+
+def test_a_write_stopped_midway_leaves_the_target_as_it_was(tmp_path):
+    from mmzoo.testing import text_writes_stopped_midway
+
+    path = tmp_path / "out.json"
+    path.write_text('{"old": 1}')
+    with text_writes_stopped_midway() as called, pytest.raises(KeyboardInterrupt):
+        with written_whole(path) as tmp:
+            tmp.write_text('{"new": 2, "more": 3}')
+    assert len(called) == 1 and path.read_text() == '{"old": 1}' and list(tmp_path.iterdir()) == [path]
+    with text_writes_stopped_midway(), pytest.raises(KeyboardInterrupt):
+        path.write_text('{"new": 2, "more": 3}')  # a plain write is left cut short
+    assert path.read_text() == '{"new": 2,'
+    path.write_text("restored")  # the real write_text is back after the block
+    assert path.read_text() == "restored"

@@ -42,6 +42,7 @@ __all__ = [
     "run_in_triton_interpreter",
     "load_script",
     "repeated_index_reads",
+    "text_writes_stopped_midway",
 ]
 
 _GRID = 4  # 4 × 4 cells → 16 bits, frame indices up to 65535
@@ -439,3 +440,22 @@ def repeated_index_reads() -> Iterator[list[str]]:
     hits: list[str] = []
     with _RepeatedIndexReads(hits):
         yield hits
+
+
+@contextmanager
+def text_writes_stopped_midway() -> Iterator[list[Path]]:
+    """Inside the block, ``Path.write_text`` writes the first half of its text and raises KeyboardInterrupt, as a
+    run stopped mid-write would; yields the list of paths it was called on. A writer that writes through
+    :func:`mmzoo.data.written_whole` leaves its target as it was before."""
+    real, called = Path.write_text, []
+
+    def half_then_stop(self: Path, data: str, *args, **kwargs) -> int:
+        called.append(self)
+        real(self, data[: len(data) // 2], *args, **kwargs)
+        raise KeyboardInterrupt
+
+    Path.write_text = half_then_stop
+    try:
+        yield called
+    finally:
+        Path.write_text = real
