@@ -139,7 +139,12 @@ def test_msrvtt_qa_json(root):
 
 
 def test_nextqa_csv_conversion_and_reader(root):
+    from mmzoo.testing import text_writes_stopped_midway
+
     out = root / "ann" / "nextqa_test.json"
+    with text_writes_stopped_midway(), pytest.raises(KeyboardInterrupt):
+        convert_nextqa_csv([root / "ann" / "test.csv"], out)
+    assert not out.exists() and not list(out.parent.glob("*partial"))  # a stopped conversion leaves nothing
     assert convert_nextqa_csv([root / "ann" / "test.csv"], out) == 1
     ds = NExTQADataset(root, "test", ["nextqa_test.json"], "ann", "vis_db", **COMMON)
     item = ds[0]

@@ -202,3 +202,13 @@ def test_malformed_cache_names_the_file(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match=r"parser.cache_file .*parses.json.* is not valid JSON"):
         PrecomputedParser(path)
+
+
+def test_a_parse_cache_write_stopped_midway_leaves_the_earlier_cache(tmp_path):
+    from mmzoo.testing import text_writes_stopped_midway
+
+    path = write_parse_cache(["a man is playing a guitar"], HeuristicParser(), tmp_path / "parses.json")
+    before = path.read_text()
+    with text_writes_stopped_midway(), pytest.raises(KeyboardInterrupt):
+        write_parse_cache(["a man is playing a guitar", "a woman is on stage"], HeuristicParser(), path)
+    assert path.read_text() == before and list(tmp_path.iterdir()) == [path]

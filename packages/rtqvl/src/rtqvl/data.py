@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms.v2.functional as TF
 from mmzoo.config import check_choice, check_range
-from mmzoo.data import SplitLoaders, read_json, read_jsonl, worker_options
+from mmzoo.data import SplitLoaders, read_json, read_jsonl, worker_options, written_whole
 from mmzoo.video import VideoDecodeError, VideoReader, normalize
 from torch.utils.data import DataLoader, Dataset
 
@@ -692,8 +692,8 @@ def convert_nextqa_csv(csv_paths: Sequence[str | Path], out_path: str | Path) ->
                         **{f"a{k}": r[f"a{k}"] for k in range(5)},
                     }
                 )
-    Path(out_path).parent.mkdir(parents=True, exist_ok=True)
-    Path(out_path).write_text(json.dumps(rows), encoding="utf-8")
+    with written_whole(out_path) as tmp:  # whole or absent
+        tmp.write_text(json.dumps(rows), encoding="utf-8")
     return len(rows)
 
 

@@ -23,7 +23,7 @@ from typing import Literal
 
 from lightning.pytorch.utilities import rank_zero_warn
 from mmzoo.config import check_literal_fields, check_range
-from mmzoo.data import read_json
+from mmzoo.data import read_json, written_whole
 
 __all__ = [
     "SyntaxNode",
@@ -533,6 +533,6 @@ def write_parse_cache(texts: list[str], parser, path: str | Path) -> Path:
     """Parse ``texts`` (uncapped) and write the spec §3.2 JSON cache to ``path``."""
     path = Path(path)
     entries = {t: parser(t).to_json() for t in dict.fromkeys(texts)}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(entries))
+    with written_whole(path) as tmp:  # a parse stopped part-way leaves no cache that lacks captions
+        tmp.write_text(json.dumps(entries))
     return path

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 import numpy as np
-from mmzoo.data import read_json, read_jsonl
+from mmzoo.data import read_json, read_jsonl, written_whole
 
 log = logging.getLogger(__name__)
 
@@ -177,10 +177,9 @@ def write_count_json(table: dict[str, list], path: str | Path) -> Path:
     missing = [k for k in OFFICIAL_KEYS if k not in table]
     if missing:
         raise KeyError(f"significant-word table lacks keys {missing}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({k: table[k] for k in OFFICIAL_KEYS}))
-    return path
+    with written_whole(path) as tmp:  # whole or absent
+        tmp.write_text(json.dumps({k: table[k] for k in OFFICIAL_KEYS}))
+    return Path(path)
 
 
 def load_rank(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
@@ -302,6 +301,7 @@ def lemma_command(argv: list[str]) -> Path:
         return [(doc[0].lemma_ if len(doc) else "") for doc in tqdm(docs, total=len(words), desc="lemmatising vocab")]
 
     out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(build_same_lemma_table(vocab, lemmatize)))
+    table = build_same_lemma_table(vocab, lemmatize)
+    with written_whole(out) as tmp:  # whole or absent
+        tmp.write_text(json.dumps(table))
     return out
