@@ -65,6 +65,10 @@ def test_config_refuses_zero_input_channels():
         ("data.label_noise", dict(label_noise=float("nan"))),
         ("data.eval_batch_size=0", dict(eval_batch_size=0)),  # the old message named both keys and no value
         ("data.num_views", dict(num_views=2.5)),
+        (
+            "data.num_views=5: must be an integer ≥ 1 and ≤ 4",
+            dict(num_views=5),
+        ),  # view 4 = rot90 by 360 degrees = view 0
     ],
 )
 def test_datamodule_refuses(key, kw):

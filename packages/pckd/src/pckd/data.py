@@ -357,7 +357,7 @@ class PCKDDataModule(SplitLoaders, pl.LightningDataModule):
         super().__init__()
         check_choice("data.dataset", dataset, get_args(DatasetName))  # else a KeyError naming no key
         self.save_hyperparameters()
-        check_range("data.num_views", num_views, ge=1, integer=True)
+        check_range("data.num_views", num_views, ge=1, le=4, integer=True)  # a fifth view would repeat rotation 0
         check_range("data.batch_size", batch_size, ge=1, integer=True)
         check_range("data.eval_batch_size", eval_batch_size, ge=1, integer=True)
         check_range("data.label_noise", label_noise, ge=0, lt=1)
