@@ -227,6 +227,19 @@ def test_datamodule_generates_demo_data(tmp_path):
     assert stats.predicate_counts.shape == (11,) and len(dm.datasets["val"]) == 2
 
 
+def test_an_empty_split_names_the_counts_that_emptied_it(tmp_path):
+    common = dict(feature_source="synthetic", predicate_order="file", generate_demo_data=True)
+    dm = SGGDataModule(data_root=str(tmp_path / "vg"), num_val_images=100, demo_num_images=12, **common)
+    dm.setup("fit")
+    with pytest.raises(ValueError, match=r"train split of vg150 .* no usable image; .*data\.num_val_images=100 \(taken"
+                                         r" from train\)"):  # fmt: skip
+        dm.train_dataloader()
+    dm = SGGDataModule(data_root=str(tmp_path / "gqa"), dataset="gqa200", demo_num_images=3, **common)
+    dm.setup("test")
+    with pytest.raises(ValueError, match=r"test split of gqa200 .* generated with data\.demo_num_images=3"):
+        dm.test_dataloader()
+
+
 def test_quota_predicates_are_exactly_zipf_and_frequency_ordered(tmp_path):
     ids = zipf_quota_predicates(np.random.default_rng(0), 1000, 20)
     counts = np.bincount(ids, minlength=21)[1:]

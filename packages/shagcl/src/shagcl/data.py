@@ -961,7 +961,13 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
         hp = self.hparams
         ds = self.datasets[split]
         if len(ds) == 0:
-            raise ValueError(f"data: the {split} split of {hp.dataset} at {hp.data_root!r} has no usable image")
+            carved = "train" if hp.dataset == "vg150" else "test"
+            raise ValueError(
+                f"data: the {split} split of {hp.dataset} at {hp.data_root!r} has no usable image; the splits are "
+                f"carved and capped by data.num_val_images={hp.num_val_images} (taken from {carved}), "
+                f"data.max_train_images={hp.max_train_images} and data.max_eval_images={hp.max_eval_images}"
+                + (f", and generated with data.demo_num_images={hp.demo_num_images}" if hp.generate_demo_data else "")
+            )
         return DataLoader(
             ds,
             batch_size=hp.batch_size if train else hp.test_batch_size,
