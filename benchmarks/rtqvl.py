@@ -20,7 +20,7 @@ sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).re
 
 import torch  # noqa: E402
 from mmzoo.bench import emit, measure, pick_device  # noqa: E402
-from rtqvl.models import RTQConfig, TextConfig, VisionConfig, kmedoids  # noqa: E402
+from rtqvl.models import TINY_TEXT, TINY_VISION, RTQConfig, TextConfig, VisionConfig, kmedoids  # noqa: E402
 from rtqvl.models.video import kmedoids_from_distances  # noqa: E402
 from rtqvl.module import RTQModule  # noqa: E402
 from rtqvl.ops import HAS_TRITON, kmedoids_triton, pairwise_distance_triton  # noqa: E402
@@ -43,19 +43,8 @@ def _config(paper: bool, tmp: str) -> tuple[RTQConfig, int, int]:
             queue_size=14400,
         )
         return cfg, 8, 224
-    vision = VisionConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=64,
-        num_layers=4,
-        num_heads=4,
-        mlp_dim=128,
-        num_frames=4,
-        num_segments=2,
-        cluster_block=2,
-        temporal_block=3,
-    )
-    text = TextConfig(vocab_path="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
+    vision = VisionConfig(**TINY_VISION)
+    text = TextConfig(**TINY_TEXT)
     return RTQConfig(task="retrieval", vision=vision, text=text, embed_dim=32, queue_size=64, max_text_len=16), 8, 32
 
 

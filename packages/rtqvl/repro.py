@@ -54,7 +54,7 @@ import torch
 
 from rtqvl.data import RTQDataModule
 from rtqvl.metrics import retrieval_metrics
-from rtqvl.models import RTQConfig, TextConfig, VisionConfig, refine_segments
+from rtqvl.models import TINY_TEXT, TINY_VISION, RTQConfig, TextConfig, VisionConfig, refine_segments
 from rtqvl.module import RTQModule
 from rtqvl.synthetic import write_order_dataset
 
@@ -70,20 +70,8 @@ INIT_STD = 0.2  # random-init miniature (RTQConfig.init_std); fixed on a validat
 
 
 def _config(temporal: str, init_std: float | None = INIT_STD) -> RTQConfig:
-    vision = VisionConfig(
-        image_size=32,
-        patch_size=8,
-        hidden_size=64,
-        num_layers=4,
-        num_heads=4,
-        mlp_dim=128,
-        num_frames=4,
-        num_segments=2,
-        cluster_block=2,
-        temporal_block=3,
-        temporal_modeling=temporal,
-    )
-    text = TextConfig(vocab_path="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, dropout=0.0)
+    vision = VisionConfig(**TINY_VISION, temporal_modeling=temporal)
+    text = TextConfig(**TINY_TEXT, dropout=0.0)
     return RTQConfig(
         task="retrieval",
         vision=vision,

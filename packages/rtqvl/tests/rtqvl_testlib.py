@@ -6,29 +6,16 @@ import torch
 import torch.nn.functional as F
 
 from rtqvl.losses import ITCLoss
-from rtqvl.models import RTQConfig, TextConfig, VisionConfig
+from rtqvl.models import TINY_TEXT, TINY_VISION, RTQConfig, TextConfig, VisionConfig
 
 
 def tiny_vision(**over) -> VisionConfig:
-    kw = dict(
-        image_size=32,
-        patch_size=8,
-        hidden_size=64,
-        num_layers=4,
-        num_heads=4,
-        mlp_dim=128,
-        num_frames=4,
-        num_segments=2,
-        cluster_block=2,
-        temporal_block=3,
-    )
-    kw.update(over)
-    return VisionConfig(**kw)
+    return VisionConfig(**{**TINY_VISION, **over})
 
 
 def tiny_config(task: str = "retrieval", **over) -> RTQConfig:
     vision = over.pop("vision", tiny_vision())
-    text = TextConfig(vocab_path="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128, dropout=0.0)
+    text = TextConfig(**TINY_TEXT, dropout=0.0)
     kw = dict(
         task=task,
         vision=vision,

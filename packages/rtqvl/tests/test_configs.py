@@ -9,7 +9,7 @@ import yaml
 from mmzoo.cli import shipped_configs
 
 from rtqvl.cli import main
-from rtqvl.models import VisionConfig
+from rtqvl.models import TINY_TEXT, TINY_VISION, VisionConfig
 
 CONFIGS = shipped_configs("rtqvl")
 
@@ -33,6 +33,16 @@ def test_expected_configs_are_shipped():
         "msrvtt_retrieval_vip",
     ):
         assert name in CONFIGS, name
+
+
+@pytest.mark.parametrize("name", ["tiny", "demo"])
+def test_tiny_yaml_sizes_are_the_tiny_constants(name):
+    """Tests, the repro and the benchmark's CPU case build the tiny model from TINY_VISION / TINY_TEXT; the shipped
+    tiny configs must describe the same model."""
+    text = (importlib.resources.files("rtqvl.configs") / f"{name}.yaml").read_text()
+    config = yaml.safe_load(text)["model"]["config"]
+    assert {k: config["vision"][k] for k in TINY_VISION} == TINY_VISION
+    assert {k: config["text"][k] for k in TINY_TEXT} == TINY_TEXT
 
 
 @pytest.mark.parametrize("name", CONFIGS)

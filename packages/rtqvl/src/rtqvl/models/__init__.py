@@ -1,6 +1,8 @@
 """RTQ models: the video encoder (Refine + Temporal) and the BLIP query heads."""
 
 from rtqvl.models.rtq import (
+    TINY_TEXT,
+    TINY_VISION,
     RTQCaptioner,
     RTQConfig,
     RTQMultipleChoice,
@@ -23,6 +25,8 @@ from rtqvl.models.video import (
 from rtqvl.models.weights import load_pretrained
 
 __all__ = [
+    "TINY_TEXT",
+    "TINY_VISION",
     "RTQCaptioner",
     "RTQConfig",
     "RTQMultipleChoice",

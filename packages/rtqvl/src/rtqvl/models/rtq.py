@@ -40,6 +40,15 @@ __all__ = [
 Task = Literal["retrieval", "captioning", "qa", "multiple_choice"]
 
 
+TINY_VISION = dict(image_size=32, patch_size=8, hidden_size=64, num_layers=4, num_heads=4, mlp_dim=128, num_frames=4,
+                   num_segments=2, cluster_block=2, temporal_block=3)  # fmt: skip
+"""The tiny video encoder of ``tiny.yaml`` and ``demo.yaml`` (spec §8a: random init, CPU): 16 patches a frame, 4
+frames in 2 segments, the same Refine/Temporal/Query code paths as ViT-B/16. Tests, the repro and the benchmark's
+CPU case build on it (``VisionConfig(**TINY_VISION)``; ``tests/test_configs.py`` checks the YAML files match)."""
+TINY_TEXT = dict(vocab_path="tiny", hidden_size=64, num_layers=2, num_heads=4, intermediate_size=128)
+"""The tiny MED text model of ``tiny.yaml`` and ``demo.yaml``, with the shipped ~220-word vocabulary."""
+
+
 @dataclass
 class RTQConfig:
     """The whole RTQ model: video encoder, MED text model and the task head settings (spec §3)."""
