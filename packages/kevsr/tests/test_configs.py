@@ -24,3 +24,20 @@ def test_the_mmbt_row_needs_no_knowledge_graph(capsys):
     cfg = yaml.safe_load(capsys.readouterr().out)
     assert cfg["model"]["streams"] == "temporal" and cfg["data"]["kg_path"] is None
     assert cfg["data"]["missing_features"] == "raise"
+
+
+@pytest.mark.parametrize("name", [n for n in shipped_configs("kevsr") if str(n).startswith("koubei")])
+def test_paper_configs_stop_early_on_validation_f1(name, capsys):
+    """Spec §3.7 (reconstruction): early stopping on validation F1 (level 2, spec §5) with patience 5, max 30
+    epochs; prediction by threshold unless top_k is set (spec §3.5)."""
+    import yaml
+
+    with pytest.raises(SystemExit):
+        main(args=["fit", "--config", name, "--print_config"])
+    cfg = yaml.safe_load(capsys.readouterr().out)
+    stops = [c for c in cfg["trainer"]["callbacks"] or [] if c["class_path"].endswith("EarlyStopping")]
+    assert len(stops) == 1
+    args = stops[0]["init_args"]
+    assert (args["monitor"], args["mode"], args["patience"]) == ("val/f1_l2", "max", 5)
+    assert cfg["trainer"]["max_epochs"] == 30
+    assert cfg["model"]["top_k"] is None

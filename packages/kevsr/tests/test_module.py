@@ -112,3 +112,80 @@ def test_setup_names_model_and_data_sizes_that_disagree(tmp_path, key, value, me
     assert "val/f1_l2" in trainer.callback_metrics
     with pytest.raises(ValueError, match=message):
         trainer.validate(KEVSRModule(KEVSRConfig(**{**sizes, key: value})), datamodule=dm)
+
+
+def _fixed_score_module(scores1, scores2, **kwargs):
+    """A temporal-only module whose S1 returns the given refined scores (B, L1), (B, L2), and a matching batch."""
+    from kevsr.models import KEVSRConfig
+
+    b, l1, l2 = scores2.shape[0], scores1.shape[1], scores2.shape[1]
+    cfg = KEVSRConfig(dim=8, f2d_dim=2, f3d_dim=2, text_dim=2, region_dim=2, kg_dim=2, num_frames=2, num_regions=1,
+                      num_keywords=1, num_level1=l1, num_level2=l2, temporal_layers=1, temporal_heads=2,
+                      region_heads=2)  # fmt: skip
+    module = KEVSRModule(cfg, streams="temporal", **kwargs).eval()
+    module.model.forward_temporal = lambda batch: {"level1": scores1, "level2": scores2}
+    batch = {
+        "video_id": [f"v{i}" for i in range(b)],
+        "f2d": torch.zeros(b, 2, 2),
+        "regions": torch.zeros(b, 2, 1, 2),
+        "region_mask": torch.ones(b, 2, 1, dtype=torch.bool),
+    }
+    return module, batch
+
+
+def test_f1_counts_every_score_above_the_threshold_as_positive():
+    """Spec §5: a (video, label) pair is predicted positive iff its refined score > 0. Scores just above 0 round to
+    sigmoid = 0.5 exactly in float32, so a 0.5 cut on sigmoid(score) would call them negative."""
+    s1 = torch.tensor([[1e-8, -2.0], [3.0, -1e-8]])
+    s2 = torch.tensor([[5e-8, -1.0, 2.0], [-3.0, 1e-7, 4e-8]])
+    t1 = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    t2 = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]])
+    module, batch = _fixed_score_module(s1, s2)
+    module._eval_step({**batch, "target1": t1, "target2": t2}, "val")
+
+    def by_hand(s, t):  # micro F1 = 2 TP / (predicted + actual positives), positive iff s > 0
+        pred = s > 0
+        return 2 * (pred & t.bool()).sum().item() / (pred.sum().item() + t.sum().item())
+
+    assert by_hand(s1, t1) == 2 * 2 / (2 + 3) and by_hand(s2, t2) == 2 * 2 / (4 + 2)
+    for level, s, t in (("l1", s1, t1), ("l2", s2, t2), ("all", torch.cat([s1, s2], 1), torch.cat([t1, t2], 1))):
+        got = module.metrics[f"val_t_{level}_f1"].compute().item()
+        assert abs(got - by_hand(s, t)) < 1e-6, level
+
+
+def test_f1_uses_the_model_threshold():
+    s1 = torch.tensor([[0.5, 1.5]])
+    s2 = torch.tensor([[0.9, 1.1, 2.0]])
+    module, batch = _fixed_score_module(s1, s2, threshold=1.0)
+    module._eval_step({**batch, "target1": torch.tensor([[0.0, 1.0]]), "target2": torch.tensor([[1.0, 1.0, 0.0]])},
+                      "val")  # fmt: skip
+    assert module.metrics["val_t_l1_f1"].compute().item() == 1.0  # 1.5 only: TP 1
+    assert abs(module.metrics["val_t_l2_f1"].compute().item() - 2 * 1 / (2 + 2)) < 1e-6  # 1.1 and 2.0 predicted
+
+
+def test_predict_top_k_labels_per_level():
+    """Spec §3.5: inference returns the top-K labels of each level or those above the threshold."""
+    s1 = torch.tensor([[-1.0, -2.0], [3.0, 2.0]])
+    s2 = torch.tensor([[-0.5, -3.0, -0.1], [1.0, 2.0, 0.5]])
+    module, batch = _fixed_score_module(s1, s2, top_k=1)
+    out = module.predict_step(batch, 0)
+    assert out["pred1"].tolist() == [[True, False], [True, False]]  # the top label even below 0
+    assert out["pred2"].tolist() == [[False, False, True], [False, True, False]]
+    module, batch = _fixed_score_module(s1, s2, top_k=2)
+    assert module.predict_step(batch, 0)["pred2"].tolist() == [[True, False, True], [True, True, False]]
+    module, batch = _fixed_score_module(s1, s2, top_k=5)  # more than a level's labels: all of them
+    assert module.predict_step(batch, 0)["pred1"].all()
+    # consistent_paths filters the top-K level-2 labels by their predicted parents (both videos' top level-1
+    # label is 0; level-2 label 1 sits under level-1 label 1)
+    module, batch = _fixed_score_module(s1, s2, top_k=1, consistent_paths=True)
+    module.model.set_hierarchy(torch.tensor([0, 1, 0]))
+    assert module.predict_step(batch, 0)["pred2"].tolist() == [[False, False, True], [False, False, False]]
+    # null: the threshold, as before
+    module, batch = _fixed_score_module(s1, s2)
+    assert module.predict_step(batch, 0)["pred2"].tolist() == (s2 > 0).tolist()
+
+
+@pytest.mark.parametrize("value", [0, -1, 1.5, True])
+def test_top_k_out_of_range_is_refused(value):
+    with pytest.raises(ValueError, match="model.top_k"):
+        _fixed_score_module(torch.zeros(1, 2), torch.zeros(1, 3), top_k=value)

@@ -50,6 +50,7 @@ class KEVSRModule(pl.LightningModule):
         rp_mode: Literal["threshold", "top1"] = "threshold",
         threshold: float = 0.0,
         consistent_paths: bool = False,
+        top_k: int | None = None,
     ) -> None:
         """
         Args:
@@ -70,6 +71,9 @@ class KEVSRModule(pl.LightningModule):
             rp_mode: RP@90% definition: ``threshold`` (all labels ≥ θ) or ``top1`` (reconstruction).
             threshold: prediction threshold on refined scores (0 = sigmoid 0.5).
             consistent_paths: at prediction, keep a level-2 label only if its parent is predicted.
+            top_k: at prediction, each level's K highest refined scores are its labels instead of those above
+                ``threshold`` (spec §3.5: top-K or threshold; K is capped at the level's label count); null: the
+                threshold. Metrics are unaffected (F1 uses the threshold, RP@90% sweeps it).
         """
         # loss weights of 0 switch a term off; a negative one would maximise it
         for key, value in (
@@ -88,6 +92,8 @@ class KEVSRModule(pl.LightningModule):
         # above 1 no threshold qualifies (RP = 0), at 0 every one does (RP = 1)
         check_range("model.rp_accuracy", rp_accuracy, gt=0, le=1)
         check_range("model.threshold", threshold)
+        if top_k is not None:
+            check_range("model.top_k", top_k, ge=1, integer=True)
         super().__init__()
         self.save_hyperparameters()
         self.config = config
@@ -265,7 +271,10 @@ class KEVSRModule(pl.LightningModule):
                 ("all", torch.cat([s1, s2], 1), torch.cat([t1, t2], 1)),
             ):
                 key = f"{stage}_{stream}_{level}"
-                self.metrics[f"{key}_f1"].update(torch.sigmoid(s.float() - self.hparams.threshold), t.long())
+                # the decision itself (1 / 0), not sigmoid(s − threshold): float32's sigmoid rounds to exactly 0.5
+                # for 0 < s − threshold < ~1.2e-7, which the 0.5 cut would count as negative
+                positive = (s.float() > self.hparams.threshold).float()
+                self.metrics[f"{key}_f1"].update(positive, t.long())
                 self.metrics[f"{key}_rp"].update(s, t)
 
     def _eval_epoch_end(self, stage: str) -> None:
@@ -293,14 +302,15 @@ class KEVSRModule(pl.LightningModule):
 
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
         """Inference (spec §3.5): S1 only (S2 when trained alone). Returns refined scores and the predicted
-        labels (score > threshold), level-2 optionally filtered to predicted parents."""
+        labels (score > threshold, or each level's ``top_k`` highest scores), level-2 optionally filtered to
+        predicted parents."""
         scores = (
             self.model.forward_temporal(batch)
             if self.model.temporal is not None
             else self.model.forward_nontemporal(batch)
         )
-        pred1 = scores["level1"] > self.hparams.threshold  # (B, L1)
-        pred2 = scores["level2"] > self.hparams.threshold  # (B, L2)
+        pred1 = self._select(scores["level1"])  # (B, L1)
+        pred2 = self._select(scores["level2"])  # (B, L2)
         if self.hparams.consistent_paths:
             pred2 = pred2 & pred1[:, self.model.parent_index]
         return {
@@ -310,6 +320,14 @@ class KEVSRModule(pl.LightningModule):
             "pred1": pred1,
             "pred2": pred2,
         }
+
+    def _select(self, scores: torch.Tensor) -> torch.Tensor:
+        """Predicted labels of one level (B, L) bool: refined score > ``threshold``, or the ``top_k`` highest."""
+        k = self.hparams.get("top_k")
+        if k is None:
+            return scores > self.hparams.threshold
+        top = scores.topk(min(k, scores.shape[1]), dim=1).indices  # (B, K)
+        return torch.zeros_like(scores, dtype=torch.bool).scatter_(1, top, True)
 
     def prediction_rows(self, prediction: dict) -> list[dict]:
         """``kevsr predict``'s JSON lines (:mod:`mmzoo.predict`), one per video: ``video_id``, the predicted
