@@ -332,3 +332,21 @@ def test_didemo_clip_is_first_31_seconds(tmp_path, monkeypatch):
     _FakeReader.requested = []
     item = DiDeMoDataset(tmp_path, "test", max_frames=64, image_size=32)[0]
     assert _FakeReader.requested == [list(range(31))] and int(item["video_mask"].sum()) == 31
+
+
+def test_clip_end_applies_without_container_duration(monkeypatch):
+    """Spec §4 (DiDeMo: 0 to 31 s) also when the container records no duration: the length then comes from the frame
+    count, and the clip's end still cuts it."""
+
+    class NoDuration(_FakeReader):
+        def __init__(self, seconds: float, fps: float):
+            super().__init__(seconds, fps)
+            self.duration = 0.0  # unknown to the container
+
+    monkeypatch.setattr("shenet.data.VideoReader", lambda path: NoDuration(40.0, 1.0))
+    _FakeReader.requested = []
+    _, mask = load_frames("unused.mp4", 64, 32, start=0.0, end=31.0)
+    assert _FakeReader.requested == [list(range(31))] and int(mask.sum()) == 31
+    _FakeReader.requested = []
+    _, mask = load_frames("unused.mp4", 64, 32)  # no clip end: the whole video
+    assert _FakeReader.requested == [list(range(40))] and int(mask.sum()) == 40

@@ -212,3 +212,39 @@ def test_a_parse_cache_write_stopped_midway_leaves_the_earlier_cache(tmp_path):
     with text_writes_stopped_midway(), pytest.raises(KeyboardInterrupt):
         write_parse_cache(["a man is playing a guitar", "a woman is on stage"], HeuristicParser(), path)
     assert path.read_text() == before and list(tmp_path.iterdir()) == [path]
+
+
+def test_heuristic_splits_words_like_clip():
+    """Spec §3.2: the heuristic backend splits on CLIP's word regex, so a contraction suffix ('re, 'm, 'll) is not
+    an alphabetic word (hence no noun), and a word with a non-ASCII letter stays one word."""
+    p = HeuristicParser()
+    assert nodes(p("they're playing football")) == [("verb", "playing", "ROOT"), ("noun", "football", "playing")]
+    assert nodes(p("I'm cooking pasta")) == [("verb", "cooking", "ROOT"), ("noun", "pasta", "cooking")]
+    assert nodes(p("THEY'LL KICK the ball")) == [("verb", "KICK", "ROOT"), ("noun", "ball", "KICK")]
+    text = "a naïve chef is cooking"
+    h = p(text)
+    assert nodes(h) == [("noun", "naïve chef", "cooking"), ("verb", "cooking", "ROOT")]
+    for n in h.nodes:  # offsets still index the raw text
+        assert text[n.char_start : n.char_end] == n.text
+
+
+def test_heuristic_skips_pronouns_prepositions_and_conjunctions():
+    """Spec §3.2: pronouns, prepositions and conjunctions are stop-words, so none of them becomes a noun node (or is
+    merged into one): reflexive pronouns, "without", "when", "because"."""
+    p = HeuristicParser()
+    assert nodes(p("a man without a hat sings to himself")) == [
+        ("noun", "man", "sings"),
+        ("noun", "hat", "sings"),
+        ("verb", "sings", "ROOT"),
+    ]
+    assert nodes(p("a girl dances when the music plays")) == [
+        ("noun", "girl", "dances"),
+        ("verb", "dances", "ROOT"),
+        ("noun", "music", "dances"),
+        ("verb", "plays", "ROOT"),
+    ]
+    assert nodes(p("a woman cries because everyone laughs")) == [
+        ("noun", "woman", "cries"),
+        ("verb", "cries", "ROOT"),
+        ("verb", "laughs", "ROOT"),
+    ]

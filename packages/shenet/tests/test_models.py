@@ -514,3 +514,28 @@ def test_all_padding_video_in_float16(plain_attention, mode):
     assert torch.isfinite(loss) and loss > 0
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and all(torch.isfinite(g).all() for g in grads)
+
+
+def test_level_switched_off_has_no_per_level_loss_term():
+    """Spec §3.7/§3.9: the per-level terms β Σ_l L(S_l) run over the levels in use. With the noun level switched off
+    the total is L(S) + β L(S2), computed here by hand, and the noun nodes get no gradient."""
+    from shenet.losses import SHENetContrastiveLoss, symmetric_infonce_loss
+
+    torch.manual_seed(0)
+    model = tiny(levels=["sentence", "verb"])
+    batch = _noun_batch(3)
+    batch["text_noun_pool"].requires_grad_(True)
+    text = model.encode_text(batch)
+    video = model.encode_video(torch.randn(3, T, 3, 32, 32), torch.ones(3, T, dtype=torch.bool))
+    levels = model.similarity(text, video)
+    assert set(levels) == {"S", "S1", "S2"}
+    beta, scale = 0.5, model.logit_scale
+    out = SHENetContrastiveLoss(beta)(text, video, model.similarity, scale)
+    labels = torch.arange(3)
+    by_hand = symmetric_infonce_loss(levels["S"], levels["S"].T, scale, labels) + beta * symmetric_infonce_loss(
+        levels["S2"], levels["S2"].T, scale, labels
+    )
+    assert "loss_S3" not in out
+    torch.testing.assert_close(out["loss"], by_hand)
+    out["loss"].backward()
+    assert batch["text_noun_pool"].grad is None or not batch["text_noun_pool"].grad.any()

@@ -75,9 +75,9 @@ def load_frames(
     """
     with VideoReader(path) as reader:
         t0 = max(0.0, start or 0.0)
-        t1 = reader.duration if end is None or reader.duration <= 0 else min(end, reader.duration)
-        if t1 <= 0:
-            t1 = reader.num_frames / reader.fps
+        # a container without a duration: the frame count gives it (the clip's end still applies, e.g. DiDeMo's 31 s)
+        length = reader.duration if reader.duration > 0 else reader.num_frames / reader.fps
+        t1 = length if end is None else min(end, length)
         n = max(1, int(math.ceil((t1 - t0) * fps - 1e-6)))
         idx = [min(reader.num_frames - 1, int(round((t0 + k / fps) * reader.fps))) for k in range(n)]
         if len(idx) > max_frames:

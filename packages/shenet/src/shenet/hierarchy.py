@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Literal
 
@@ -183,9 +183,13 @@ _STOP = set(
     "a an the this that these those some any each every another all both no one two three four five six seven "
     "eight nine ten several many few he she it they we i you him her them his its their our my your me us "
     "someone something somebody anyone anything who whom which what whose there here "
+    "myself yourself himself herself itself ourselves yourselves themselves yours hers ours theirs "
+    "everyone everybody everything nobody nothing none anybody either neither such whoever whatever "
     # prepositions, particles, conjunctions, adverbs
     "in on at of with by from to into onto over under near for about through across behind beside besides around "
     "up down out off inside outside next front along between against during after before above below beneath "
+    "among amongst amid upon within without beyond underneath throughout past via like until since despite except "
+    "alongside per because although though if unless whether nor yet when where how why "
     "towards toward while as and or but then so than too very also just not again away back together "
     # auxiliaries (spec §3.2) and modals
     "is are was were be been being has have had does do did am will would can could shall should may might must "
@@ -243,6 +247,26 @@ _ADJS = set(
 )
 
 
+@cache
+def _clip_word_pattern():
+    """CLIP's BPE word regex (open_clip's ``SimpleTokenizer.pat`` without the special tokens). It needs the ``regex``
+    module (Unicode letter classes), which open_clip itself depends on."""
+    import regex
+
+    return regex.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+", regex.IGNORECASE)
+
+
+def clip_words(text: str) -> list[tuple[str, int, int]]:
+    """The alphabetic words of ``text`` as CLIP's tokenizer splits it: ``(lower-cased word, char_start, char_end)``.
+
+    The text is split with CLIP's word regex (case-insensitive, so character offsets into the raw text hold); pieces
+    that are not alphabetic — contraction suffixes such as ``'re``/``'ll``/``'s``, single digits, punctuation — are
+    not words. A word keeps its non-ASCII letters ("café" is one word)."""
+    return [
+        (m.group(0).lower(), m.start(), m.end()) for m in _clip_word_pattern().finditer(text) if m.group(0).isalpha()
+    ]
+
+
 def _is_verb(w: str) -> bool:
     return w in _VERBS or (w.endswith("ing") and len(w) > 4 and w not in _NOT_VERBS_ING)
 
@@ -250,21 +274,25 @@ def _is_verb(w: str) -> bool:
 class HeuristicParser:
     """Dependency-free rule parser (spec §3.2 "Heuristic backend").
 
-    Lower-cases the text and splits it into alphabetic words; stop-words (determiners, numerals, pronouns,
+    Splits the text with CLIP's word regex and keeps its alphabetic pieces, lower-cased (:func:`clip_words`: a
+    contraction suffix such as ``'re`` or ``'ll`` is not a word); stop-words (determiners, numerals, pronouns,
     prepositions, conjunctions, auxiliaries) are skipped; verbs are words of a verb lexicon or ``-ing`` words longer
     than 4 letters; adjectives are words of an adjective lexicon (colours, sizes, ages, descriptors); every other
-    word is a noun, and consecutive nouns are merged into one node (the analogue of spaCy's compounds). Parents: a
-    noun's is the nearest preceding verb, else the following verb, else the root; an adjective's is the next noun,
-    else the previous noun, else the root.
+    word is a noun. Parents: a noun's is the nearest preceding verb, else the following verb, else the root; an
+    adjective's is the next noun, else the previous noun, else the root.
 
-    Deviation: the lexicons live in this module (not as package data files), and a digit name (``zero`` ...
-    ``nine``) counts as a noun unless a noun follows it ("two dogs"), so the digits task of spec §8c parses exactly.
+    Deviations (none changes the digits task): the lexicons live in this module (not as package data files); a digit
+    name (``zero`` ... ``nine``) counts as a noun unless a noun follows it ("two dogs"), so the digits task of spec
+    §8c parses exactly; the stop-words also hold modals, the auxiliaries ``had/do/did/am`` and common adverbs and
+    particles (``very``, ``not``, ``up``, ``away``); a short list of ``-ing`` nouns (``_NOT_VERBS_ING``: "morning",
+    "building", "painting", ...) are nouns, not verbs; and nouns separated only by spaces are merged into one node
+    (the analogue of spaCy's compounds: "soccer player").
     """
 
     name = "heuristic"
 
     def __call__(self, text: str) -> SyntaxHierarchy:
-        words = [(m.group(0), m.start(), m.end()) for m in re.finditer(r"[a-z]+", text.lower())]
+        words = clip_words(text)
         tagged: list[tuple[str, int, int]] = []  # (level, start, end)
         for k, (w, s, e) in enumerate(words):
             nxt = words[k + 1][0] if k + 1 < len(words) else None

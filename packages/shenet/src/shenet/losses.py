@@ -97,7 +97,8 @@ class SHENetContrastiveLoss(nn.Module):
     only gives a loss of 0.
 
     Args:
-        aux_weight: β for the verb- and noun-level terms (spec §3.7; 0 by default).
+        aux_weight: β for the verb- and noun-level terms (spec §3.7; 0 by default), over the levels that
+            ``similarity`` returns (``S2``/``S3``: those in ``model.config.levels``).
     """
 
     def __init__(self, aux_weight: float = 0.0):

@@ -750,7 +750,9 @@ class SHENet(nn.Module):
 
     # -- similarity ---------------------------------------------------------------------------------------------
     def similarity(self, text: TextFeatures, video: VideoFeatures) -> dict[str, torch.Tensor]:
-        """Level and aggregated similarities (spec §3.6), each (B_t, B_v)."""
+        """Level and aggregated similarities (spec §3.6), each (B_t, B_v): ``{"S", "S1"}``, plus ``"S2"`` / ``"S3"``
+        with the syntax-guided similarity when the verb / noun level is in ``model.config.levels`` (a level switched
+        off has no similarity, so the per-level loss terms of spec §3.7 never train it)."""
         cfg = self.config
         tau_f, tau_p = self.taus()
         if cfg.guide_visual and cfg.sentence_guidance:
@@ -778,7 +780,12 @@ class SHENet(nn.Module):
             dim=-1,
         )  # (B_t, 3)
         S = aggregate_similarity(torch.stack([S1, S2, S3]), available, self.level_weights().to(S1.device))
-        return {"S": S, "S1": S1, "S2": S2, "S3": S3}
+        out = {"S": S, "S1": S1}
+        if "verb" in cfg.levels:
+            out["S2"] = S2
+        if "noun" in cfg.levels:
+            out["S3"] = S3
+        return out
 
     @torch.no_grad()
     def similarity_matrix(
