@@ -10,7 +10,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from mmzoo_dist_helpers import indexed_mean_rank  # noqa: E402
 
-from mmzoo.metrics import IndexedMean, first_of_each_id  # noqa: E402
+from mmzoo.metrics import IndexedMean, first_of_each_id, normalize_vqa_answer  # noqa: E402
 from mmzoo.testing import run_distributed  # noqa: E402
 
 
@@ -31,3 +31,24 @@ def test_indexed_mean_counts_each_id_once():
 def test_indexed_mean_syncs_with_a_rank_that_added_nothing():
     # torchmetrics would send the empty rank's integer ids as float32 and the gather would fail
     assert run_distributed(indexed_mean_rank, 2) == [pytest.approx(2 / 3)] * 2
+
+
+def test_vqa_normalisation_follows_the_official_evaluator():
+    """Worked by hand from the official VQA evaluation's rules."""
+    cases = {
+        "red-white": "red white",  # a '-' touching no space becomes a space
+        "hello - world": "hello world",  # ... and is deleted when one of its occurrences touches a space
+        "1,000": "1000",  # a digit-comma-digit group deletes every listed character
+        "10:30": "10:30",  # ':' is not in the evaluator's list
+        "don't": "don't",  # nor is the apostrophe
+        "dont": "don't",  # apostrophe-less contractions are restored
+        "twas": "'twas",
+        "3.5": "3.5",  # a period before a digit is kept
+        ".5": ".5",
+        "Yes.": "yes",
+        "Two Dogs!": "2 dogs",
+        "None": "0",  # the evaluator's number map also holds 'none'
+        "the\tcat": "cat",
+        "a  man!": "man",
+    }
+    assert {raw: normalize_vqa_answer(raw) for raw in cases} == cases

@@ -103,6 +103,7 @@ def test_qa_normalisation_and_accuracy():
     assert normalize_answer("The Dog.") == "dog"
     assert normalize_answer("two") == "2"
     assert normalize_answer("a  man!") == "man"
+    assert normalize_answer("wouldnt") == "wouldn't"  # the evaluator's whole contraction table (mmzoo)
     assert qa_accuracy(["The dog", "cat", "three"], ["dog", "dog", "3"]) == pytest.approx(200 / 3)
     m = QAAccuracy()
     m.update(["The dog"], ["dog"])

@@ -18,7 +18,7 @@ import re
 from typing import Literal
 
 import torch
-from mmzoo.metrics import ListStateMetric, first_of_each_id
+from mmzoo.metrics import ListStateMetric, first_of_each_id, normalize_vqa_answer
 from torchmetrics import Metric
 
 __all__ = [
@@ -317,85 +317,12 @@ class SkewMetric(ListStateMetric):
 
 
 # ------------------------------------------------------------------------------------------ general ability
-_NUMBER_WORDS = {w: str(i) for i, w in enumerate("zero one two three four five six seven eight nine ten".split())}
-_NUMBER_WORDS["none"] = "0"  # the evaluator's number map also turns 'none' into '0'
-_ARTICLES = {"a", "an", "the"}
-_VQA_PUNCT = [";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
-"""Characters the evaluator removes or turns into a space (``'`` and ``:`` are not among them)."""
-_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
-# written as in the evaluator (its "(?!<=\d)" is a look-ahead, always true before a period): a period not followed
-# by a digit
-_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_CONTRACTIONS = {
-    "aint": "ain't", "arent": "aren't", "cant": "can't", "couldve": "could've", "couldnt": "couldn't",
-    "couldn'tve": "couldn't've", "couldnt've": "couldn't've", "didnt": "didn't", "doesnt": "doesn't", "dont": "don't",
-    "hadnt": "hadn't", "hadnt've": "hadn't've", "hadn'tve": "hadn't've", "hasnt": "hasn't", "havent": "haven't",
-    "hed": "he'd", "hed've": "he'd've", "he'dve": "he'd've", "hes": "he's", "howd": "how'd", "howll": "how'll",
-    "hows": "how's", "Id've": "I'd've", "I'dve": "I'd've", "Im": "I'm", "Ive": "I've", "isnt": "isn't",
-    "itd": "it'd", "itd've": "it'd've", "it'dve": "it'd've", "itll": "it'll", "let's": "let's", "maam": "ma'am",
-    "mightnt": "mightn't", "mightnt've": "mightn't've", "mightn'tve": "mightn't've", "mightve": "might've",
-    "mustnt": "mustn't", "mustve": "must've", "neednt": "needn't", "notve": "not've", "oclock": "o'clock",
-    "oughtnt": "oughtn't", "ow's'at": "'ow's'at", "'ows'at": "'ow's'at", "'ow'sat": "'ow's'at", "shant": "shan't",
-    "shed've": "she'd've", "she'dve": "she'd've", "she's": "she's", "shouldve": "should've", "shouldnt": "shouldn't",
-    "shouldnt've": "shouldn't've", "shouldn'tve": "shouldn't've", "somebody'd": "somebodyd",
-    "somebodyd've": "somebody'd've", "somebody'dve": "somebody'd've", "somebodyll": "somebody'll",
-    "somebodys": "somebody's", "someoned": "someone'd", "someoned've": "someone'd've", "someone'dve": "someone'd've",
-    "someonell": "someone'll", "someones": "someone's", "somethingd": "something'd", "somethingd've": "something'd've",
-    "something'dve": "something'd've", "somethingll": "something'll", "thats": "that's", "thered": "there'd",
-    "thered've": "there'd've", "there'dve": "there'd've", "therere": "there're", "theres": "there's",
-    "theyd": "they'd", "theyd've": "they'd've", "they'dve": "they'd've", "theyll": "they'll", "theyre": "they're",
-    "theyve": "they've", "twas": "'twas", "wasnt": "wasn't", "wed've": "we'd've", "we'dve": "we'd've",
-    "weve": "we've", "werent": "weren't", "whatll": "what'll", "whatre": "what're", "whats": "what's",
-    "whatve": "what've", "whens": "when's", "whered": "where'd", "wheres": "where's", "whereve": "where've",
-    "whod": "who'd", "whod've": "who'd've", "who'dve": "who'd've", "wholl": "who'll", "whos": "who's",
-    "whove": "who've", "whyll": "why'll", "whyre": "why're", "whys": "why's", "wont": "won't",
-    "wouldve": "would've", "wouldnt": "wouldn't", "wouldnt've": "wouldn't've", "wouldn'tve": "wouldn't've",
-    "yall": "y'all", "yall'll": "y'all'll", "y'allll": "y'all'll", "yall'd've": "y'all'd've",
-    "y'alld've": "y'all'd've", "y'all'dve": "y'all'd've", "youd": "you'd", "youd've": "you'd've",
-    "you'dve": "you'd've", "youll": "you'll", "youre": "you're", "youve": "you've",
-}  # fmt: skip
-"""The evaluator's contraction table: an apostrophe-less spelling → its standard form (a few of its entries are
-odd, e.g. ``somebody'd`` → ``somebodyd``; they are kept as the evaluator has them)."""
-
-
-def _vqa_punctuation(text: str) -> str:
-    """The evaluator's punctuation step. Each listed character is deleted when some occurrence of it touches a space,
-    or when the text holds a digit-comma-digit group (``1,000``); otherwise it becomes a space (``red-white`` →
-    ``red white``). Both tests look at the text as it came in, not as it is being rewritten. Finally every period not
-    followed by a digit is deleted (``3.5`` and ``.5`` keep theirs)."""
-    out = text
-    has_number_comma = _DIGIT_COMMA_DIGIT.search(text) is not None
-    for p in _VQA_PUNCT:
-        if p + " " in text or " " + p in text or has_number_comma:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    return _PERIOD_NOT_BEFORE_DIGIT.sub("", out)
-
-
-def _vqa_digits_articles(text: str) -> str:
-    """The evaluator's word step: lower-case, number words → digits, articles dropped, contractions restored."""
-    words = [_NUMBER_WORDS.get(w, w) for w in text.lower().split()]
-    words = [w for w in words if w not in _ARTICLES]
-    return " ".join(_CONTRACTIONS.get(w, w) for w in words)
-
-
-def normalize_vqa_answer(answer: str) -> str:
-    """Answer normalisation of the official VQA evaluation (spec §5: lower-case, punctuation and articles stripped,
-    number words → digits), step by step as the evaluator does it: newlines and tabs → spaces, strip, the
-    punctuation step (:func:`_vqa_punctuation`), then the word step (:func:`_vqa_digits_articles`, which also maps
-    apostrophe-less contractions such as ``dont`` to ``don't``).
-
-    Deviation: the evaluator normalises the ground-truth answers only with the punctuation step and only when they
-    disagree (the VQA annotations are stored normalised); here every answer, predicted or annotated, gets the full
-    normalisation, so that raw annotations in a local file (``Two``, ``The dog``) are compared like the prediction.
-    """
-    text = answer.replace("\n", " ").replace("\t", " ").strip()
-    return _vqa_digits_articles(_vqa_punctuation(text))
-
-
 def vqa_accuracy(prediction: str, answers: list[str]) -> float:
-    """VQA soft accuracy (spec §5): mean over the 10 leave-one-annotator-out subsets of ``min(#matches/3, 1)``."""
+    """VQA soft accuracy (spec §5): mean over the 10 leave-one-annotator-out subsets of ``min(#matches/3, 1)``.
+
+    Prediction and annotations both get the official evaluator's normalisation (:func:`normalize_vqa_answer`);
+    deviation: the evaluator gives the annotations only its punctuation step, and only when they disagree (the VQA
+    files store them normalised), so raw annotations in a local file (``Two``, ``The dog``) compare like this."""
     if not answers:
         raise ValueError("vqa_accuracy: a question without ground-truth answers")
     pred = normalize_vqa_answer(prediction)

@@ -18,7 +18,7 @@ from typing import Literal, get_args
 
 import torch
 from mmzoo.config import check_choice
-from mmzoo.metrics import first_of_each_id
+from mmzoo.metrics import first_of_each_id, normalize_vqa_answer
 from torchmetrics import Metric
 
 __all__ = [
@@ -368,60 +368,10 @@ class CaptionMetrics(Metric):
 
 # ------------------------------------------------------------------------------------------------------ QA
 
-_CONTRACTIONS = {
-    "dont": "don't",
-    "doesnt": "doesn't",
-    "isnt": "isn't",
-    "arent": "aren't",
-    "cant": "can't",
-    "wont": "won't",
-    "didnt": "didn't",
-    "wasnt": "wasn't",
-    "im": "i'm",
-    "ive": "i've",
-    "youre": "you're",
-    "thats": "that's",
-    "whats": "what's",
-    "hes": "he's",
-    "shes": "she's",
-}
-_DIGITS = {
-    "none": "0",
-    "zero": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-}
-_ARTICLES = {"a", "an", "the"}
-_PUNCT_VQA = [";", r"/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!"]
-_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
-_COMMA_NUM = re.compile(r"(\d)(,)(\d)")
-
 
 def normalize_answer(answer: str) -> str:
-    """VQA-eval normalisation (spec §5): punctuation handling, number words → digits, articles removed,
-    contractions fixed, lower-cased."""
-    text = answer.replace("\n", " ").replace("\t", " ").strip().lower()
-    out = text
-    for p in _PUNCT_VQA:
-        if (p + " " in text or " " + p in text) or re.search(_COMMA_NUM, text) is not None:
-            out = out.replace(p, "")
-        else:
-            out = out.replace(p, " ")
-    out = _PERIOD.sub("", out)
-    words = []
-    for w in out.split():
-        w = _DIGITS.get(w, w)
-        if w not in _ARTICLES:
-            words.append(_CONTRACTIONS.get(w, w))
-    return " ".join(words)
+    """VQA-eval normalisation of a predicted answer (spec §5): :func:`mmzoo.metrics.normalize_vqa_answer`."""
+    return normalize_vqa_answer(answer)
 
 
 def qa_accuracy(preds: Sequence[str], answers: Sequence[str]) -> float:
