@@ -7,6 +7,7 @@ import torch
 from mmzoo.video import VideoDecodeError, write_video
 
 from evedit.data import (
+    LOVEU_GROUPS,
     EVEDataModule,
     LOVEUDataset,
     VideoFolderDataset,
@@ -357,3 +358,35 @@ def test_misspelt_reader_settings_are_refused(loveu_root):
         EVEDataModule(dataset="LOVEU", data_root=str(loveu_root))
     with pytest.raises(ValueError, match=r"data\.source='frame': expected one of"):
         EVEDataModule(dataset="zve", source="frame")
+
+
+def test_depth_files_are_resized_bicubically_in_one_step(tmp_path):
+    """Spec §3.1: a precomputed map is resized bicubically to the frame size. For 32×64 frames cropped to 16×16 (the
+    short side resized to 16, so the whole frame becomes 16×32), a 10×14 map is resized bicubically straight to 16×32
+    and centre-cropped with the frames, not resized to 32×64 first and then with the frames' bilinear resize."""
+    import torch.nn.functional as F
+
+    root = _wide_clip_with_depth(tmp_path, {"small": (10, 14)})
+    raw = torch.from_numpy(np.load(root / "ZVE-50" / "depth" / "small" / "00000.npy"))
+    ds = ZVEDataset(root, num_frames=2, size=16, use_depth_files=True, frames_mode="first")
+    expected = F.interpolate(raw[None, None], size=(16, 32), mode="bicubic", align_corners=False)[0, 0, :, 8:24]
+    torch.testing.assert_close(ds[0]["depth"][0], expected)
+
+
+def test_synthetic_loveu_csv_fits_the_official_row_slices(tmp_path):
+    """Spec §4.2 / §8b: the official script takes rows df[1:17], df[19:42], df[44:82] of the CSV (pandas indices, the
+    column header not counted) as DAVIS_480p, youtube_480p, videvo_480p. The generated CSV has its group header rows
+    at 0, 18, 43 and every video inside its own group's slice; the reader finds the same groups."""
+    import csv
+
+    root = make_loveu(tmp_path, n_videos=5, frames=2, size=16)
+    with open(root / "loveu-tgve-2023" / "LOVEU-TGVE-2023_Dataset.csv", newline="") as f:
+        rows = list(csv.reader(f))[1:]  # as pandas reads it: ",,,,," rows are kept as rows of NaN
+    names = [r[0] for r in rows]
+    assert [names[0], names[18], names[43]] == ["DAVIS Videos:", "Youtube Videos:", "Videvo Videos:"]
+    ds = LOVEUDataset(root, edits=["object"], num_frames=2, size=16)
+    by_group = {g: [it["video_id"] for it in ds.items if it["group"] == g] for g in LOVEU_GROUPS}
+    for group, (a, b) in zip(LOVEU_GROUPS, ((1, 17), (19, 42), (44, 82)), strict=True):
+        assert [n for n in names[a:b] if n] == by_group[group]
+    assert sum(len(v) for v in by_group.values()) == 5 and all(by_group.values())
+    assert len([n for n in names if n.startswith("clip")]) == 5  # no video outside the slices

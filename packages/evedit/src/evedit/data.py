@@ -37,6 +37,7 @@ __all__ = [
     "LOVEU_COLUMNS",
     "LOVEU_GROUPS",
     "LOVEU_HEADER_LABELS",
+    "LOVEU_ROW_SLICES",
     "LOVEUDataset",
     "ZVEDataset",
     "VideoFolderDataset",
@@ -52,6 +53,9 @@ OnCorrupt = Literal["raise", "skip"]
 LOVEU_GROUPS = ("DAVIS_480p", "youtube_480p", "videvo_480p")
 #: the group header rows of the official CSV ("Video name" column), in the order of LOVEU_GROUPS
 LOVEU_HEADER_LABELS = ("DAVIS Videos:", "Youtube Videos:", "Videvo Videos:")
+#: the rows (pandas indices, the column header not counted) the official evaluation script takes as each group's
+#: videos: df[1:17], df[19:42], df[44:82]; the group header rows sit just above them, at rows 0, 18 and 43
+LOVEU_ROW_SLICES = ((1, 17), (19, 42), (44, 82))
 #: edit type → column of the official CSV
 LOVEU_COLUMNS = {
     "style": "Style Change Caption",
@@ -103,13 +107,20 @@ def _prepare_depth(depth: torch.Tensor, frame_hw: tuple[int, int], size: int) ->
     """Precomputed depth (F, H', W') aligned with the frames: (F, S, S).
 
     A depth map covers the whole source frame, whatever its own resolution or aspect ratio (MiDaS is run on the
-    frame resized to its input size, e.g. 384×384), so it is first resized bicubically to the source frames' H×W
-    (spec §3.1) and then goes through exactly the frames' short-side resize + centre crop. Resizing and cropping the
-    map at its own aspect ratio would crop a different window than the frames'."""
+    frame resized to its input size, e.g. 384×384). It is resized bicubically, in one step, straight to the size the
+    frames' short-side resize gives the source frame (spec §3.1: bicubic resize to the frame size), then cropped with
+    the frames' centre crop, so it covers exactly the frames' window. Resizing and cropping the map at its own aspect
+    ratio would crop a different window; resizing it twice (to the source size, then with the frames' bilinear
+    short-side resize) would not be a bicubic resize. The same interpolation as the pipeline's resize of estimated
+    maps (:meth:`evedit.pipeline.EVEPipeline.prepare_depth`)."""
+    h, w = frame_hw
+    short, long = (h, w) if h <= w else (w, h)
+    new_long = max(1, int(size * long / short))  # the long side mmzoo.video.resize_short_side gives the frames
+    resized_hw = (size, new_long) if h <= w else (new_long, size)
     d = depth[:, None].float()  # (F, 1, H', W')
-    if tuple(d.shape[-2:]) != tuple(frame_hw):
-        d = F.interpolate(d, size=tuple(frame_hw), mode="bicubic", align_corners=False)  # (F, 1, H, W)
-    return _prepare_frames(d, size)[:, 0]  # (F, S, S), the frames' resize + crop
+    if tuple(d.shape[-2:]) != resized_hw:
+        d = F.interpolate(d, size=resized_hw, mode="bicubic", align_corners=False)  # (F, 1, h, w)
+    return center_crop(d, size)[:, 0]  # (F, S, S), the frames' crop
 
 
 class _ClipDataset(Dataset):
@@ -529,18 +540,30 @@ def _write_depth(folder: Path, depth: torch.Tensor) -> None:
 
 def make_loveu(root: str | Path, n_videos: int = 3, frames: int = 8, size: int = 32, seed: int = 0) -> Path:
     """Write a tiny LOVEU-TGVE-2023 in the official layout (CSV with group header rows, mp4s and jpg frames) plus
-    ground-truth depth; videos are spread over the three groups. Returns ``root``."""
+    ground-truth depth; videos are spread over the three groups. The CSV puts each group's header row and videos
+    where the official evaluation script slices them (:data:`LOVEU_ROW_SLICES`), blank rows filling the gaps, so at
+    most 16 + 23 + 38 videos fit. Returns ``root``."""
     from torchvision.io import write_jpeg
 
     base = Path(root) / "loveu-tgve-2023"
     base.mkdir(parents=True, exist_ok=True)
     header = ["Video name", "Our GT caption", *LOVEU_COLUMNS.values()]
+    blank = [""] * len(header)
+    capacity = [b - a for a, b in LOVEU_ROW_SLICES]
+    if n_videos > sum(capacity):
+        raise ValueError(f"make_loveu: n_videos={n_videos} exceeds the {sum(capacity)} rows of the official slices")
+    per_group: list[list[int]] = [[], [], []]
+    nxt = 0
+    for k in range(n_videos):  # round robin over the groups, passing over those whose slice is full
+        while len(per_group[nxt]) >= capacity[nxt]:
+            nxt = (nxt + 1) % 3
+        per_group[nxt].append(k)
+        nxt = (nxt + 1) % 3
     rows: list[list[str]] = []
-    per_group = [list(range(g, n_videos, 3)) for g in range(3)]
     for g, group in enumerate(LOVEU_GROUPS):
-        if g > 0:
-            rows.append([""] * len(header))  # the blank separator row of the official CSV
-        rows.append([LOVEU_HEADER_LABELS[g]] + [""] * (len(header) - 1))  # the official group label
+        first = LOVEU_ROW_SLICES[g][0]
+        rows.extend([blank] * (first - 1 - len(rows)))  # blank separator rows up to the header row
+        rows.append([LOVEU_HEADER_LABELS[g]] + [""] * (len(header) - 1))  # the official group label, row first − 1
         for k in per_group[g]:
             color, shape, target = _clip_spec(k)
             name = f"clip{k:02d}"
