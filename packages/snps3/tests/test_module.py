@@ -411,3 +411,82 @@ def test_lvwm_never_picks_a_mask_token(make_config, monkeypatch):
     module.pretrain_losses(batch, train=False)
     assert picked[0][0].tolist() == [2, 2, 2]
     assert set(picked[0][1].tolist()) <= {1, 3}
+
+
+@pytest.mark.parametrize("stage", ["after", "before"])
+def test_lvwm_in_batch_r1_monitor(make_config, stage):
+    """Spec §5: pre-training also monitors the in-batch R@1 of the LVWM word-clip matrix. Reference: the words are
+    the three non-special tokens of each caption (any order: logsumexp over words ignores it), S[i, j, c] =
+    logsumexp_k(w_ik · v_jc), a caption's score for a video = logsumexp over the clips, R@1 = arg-max on the
+    diagonal."""
+    from snps3.module import SNPS3Module
+
+    torch.manual_seed(0)
+    module = SNPS3Module(
+        config=make_config(num_answers=0),
+        task="pretrain",
+        with_moco=False,
+        use_mlm=False,
+        use_itm=False,
+        use_l2=False,
+        lvwm_stage=stage,
+    ).eval()
+    ids = [[101, 5 + 3 * b, 6 + 3 * b, 7 + 3 * b, 102, 0] for b in range(6)]
+    batch = _hand_batch(ids, significant=True)
+    with torch.no_grad():
+        losses, mon = module.pretrain_losses(batch, train=False)
+        _, per_item = module.pretrain_losses(batch, train=False, reduction="none")
+        m = module.model
+        raw, attn = batch["input_ids"], batch["attention_mask"]
+        if stage == "after":
+            feats = m.encode_text(raw, attn).hidden
+        else:
+            feats = m.bert.embeddings(input_ids=raw, token_type_ids=torch.zeros_like(raw))
+        words = feats[:, 1:4]  # (B, 3, D)
+        v = m.clip_embed(m.encode_visual(batch["frames"]))  # (B, T, D)
+    s = torch.zeros(6, 6)
+    for i in range(6):
+        for j in range(6):
+            per_clip = [torch.logsumexp(words[i] @ v[j, c], 0) for c in range(v.shape[1])]
+            s[i, j] = torch.logsumexp(torch.stack(per_clip), 0)
+    hits = (s.argmax(1) == torch.arange(6)).float()
+    assert "lvwm" in losses and "r1_lvwm" in module.pretrain_term_names()[1]
+    torch.testing.assert_close(mon["r1_lvwm"], hits.mean())
+    torch.testing.assert_close(per_item["r1_lvwm"][0], hits)
+
+
+def test_epoch_step_decay_applies_from_the_first_step_of_the_epoch(synthetic_root, tmp_path):
+    """Spec §3.7 (WebVid: x0.1 after epoch 5): with ``lr_step_unit: epoch`` and ``lr_steps: [1]`` every optimiser
+    step of epoch 1 onwards, its first step included, runs at 0.1·lr; epoch 0 at lr."""
+    import lightning.pytorch as pl
+
+    cli = main(
+        [
+            *base(synthetic_root, tmp_path),
+            "--trainer.max_epochs",
+            "3",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "0",
+            "--model.lr_steps",
+            "[1]",
+            "--model.lr_step_unit",
+            "epoch",
+            "--model.warmup_iterations",
+            "0",
+        ],
+        run=False,
+    )
+    seen = []
+
+    class RecordLR(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen.append((trainer.current_epoch, trainer.optimizers[0].param_groups[0]["lr"]))
+
+    cli.trainer.callbacks.append(RecordLR())
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    lr = cli.model.hparams.lr
+    assert [e for e, _ in seen] == [0, 0, 1, 1, 2, 2]
+    for epoch, value in seen:
+        assert value == pytest.approx(lr if epoch == 0 else 0.1 * lr), seen

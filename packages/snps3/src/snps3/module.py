@@ -19,7 +19,16 @@ from mmzoo.distributed import gather_uneven_rows, rank_and_world
 from mmzoo.metrics import IndexedMean
 from mmzoo.predict import predict_dataset
 
-from snps3.losses import ITMLoss, LVWMLoss, MaskedLMLoss, MILNCELoss, MoCoLoss, QALoss, milnce_loss
+from snps3.losses import (
+    ITMLoss,
+    LVWMLoss,
+    MaskedLMLoss,
+    MILNCELoss,
+    MoCoLoss,
+    QALoss,
+    milnce_loss,
+    word_clip_similarity,
+)
 from snps3.masking import attention_importance, attentive_mask, restore_raw_ids, select_lvwm_words
 from snps3.metrics import ItemWeightedMean, retrieval_metrics
 from snps3.models import MomentumEncoders, SNPS3Config, SNPS3Model, check_literal_args, load_checked
@@ -310,6 +319,7 @@ class SNPS3Module(pl.LightningModule):
         losses = [k for k, on in (("l1", hp.use_l1), ("mlm_cross", hp.use_mlm), ("mlm_text", hp.use_mlm)) if on]
         losses += [k for k, on in (("itm", hp.use_itm), ("l2", hp.use_l2), ("lvwm", hp.use_lvwm)) if on]
         monitors = ["r1_l1"] + [k for k, on in (("mlm_acc", hp.use_mlm), ("itm_acc", hp.use_itm)) if on]
+        monitors += ["r1_lvwm"] if hp.use_lvwm else []
         return losses, monitors + (["r1_l2"] if hp.use_l2 else [])
 
     def pretrain_losses(
@@ -390,14 +400,22 @@ class SNPS3Module(pl.LightningModule):
             lvwm_special = (*self.special_ids, self.config.mask_token_id)  # never [CLS], [SEP], [PAD], [MASK]
             pos = select_lvwm_words(raw, attn, batch.get("word_significant"), lvwm_special, hp.lvwm_num_words)
             gather = pos[:, :, None].expand(-1, -1, m.hidden_size)  # (B, N_w, D)
-            total = 0.0
+            total, monitored = 0.0, None
             if hp.lvwm_stage in ("after", "both"):
                 hidden = text.hidden if torch.equal(raw, ids) else m.encode_text(raw, attn).hidden
-                total = total + self.lvwm_loss(hidden.gather(1, gather), v, reduction)  # words after the shared BERT
+                monitored = hidden.gather(1, gather)  # (B, N_w, D) words after the shared BERT
+                total = total + self.lvwm_loss(monitored, v, reduction)
             if hp.lvwm_stage in ("before", "both"):
                 emb = m.bert.embeddings(input_ids=raw, token_type_ids=torch.zeros_like(raw))  # (B, L, D)
-                total = total + self.lvwm_loss(emb.gather(1, gather), v, reduction)
+                words = emb.gather(1, gather)  # (B, N_w, D) words from the embedding layer
+                monitored = words if monitored is None else monitored
+                total = total + self.lvwm_loss(words, v, reduction)
             losses["lvwm"] = (total, ones) if per_item else total
+            # in-batch R@1 of the word-clip matrix (spec §5), a caption's score for a video = logsumexp over its
+            # clips of S[i, j, c], as for level 1; the words after the BERT when both stages are on
+            sim_w = torch.logsumexp(word_clip_similarity(monitored.detach(), v.detach()), -1)  # (B, B)
+            hits = in_batch_hits(sim_w)
+            mon["r1_lvwm"] = (hits, ones) if per_item else hits.mean()
         return losses, mon
 
     # ---------------------------------------------------------------------------------------------- fine-tuning
@@ -795,11 +813,18 @@ class SNPS3Module(pl.LightningModule):
             warm = 1.0
             if hp.warmup_iterations > 0 and step < hp.warmup_iterations:
                 warm = 0.1 + 0.9 * step / hp.warmup_iterations
-            now = self.trainer.current_epoch if hp.lr_step_unit == "epoch" else step
+            now = step if hp.lr_step_unit == "step" else self._epoch_of_next_step()
             return warm * 0.1 ** sum(now >= s for s in steps)
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def _epoch_of_next_step(self) -> int:
+        """The 0-based epoch that the optimiser step after this scheduler update belongs to. The scheduler is
+        updated after every training batch, so after the last batch of epoch e the next step is the first of e + 1
+        (``current_epoch`` still reads e then): a decay "after epoch k" must already apply to that step."""
+        trainer = self.trainer
+        return trainer.current_epoch + int(bool(trainer.training and trainer.is_last_batch))
 
 
 # a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them
