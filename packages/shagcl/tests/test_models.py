@@ -73,6 +73,16 @@ def test_later_nms_relabel():
     assert later_nms_relabel(probs, boxes, 0.5).tolist() == [1, 2, 1]  # box 1 loses class 1 to overlapping box 0
 
 
+def test_later_nms_retired_boxes_keep_their_class_and_every_box_gets_a_foreground_class():
+    # three identical boxes, two foreground classes: box 0 takes class 1, box 1 class 2; both classes are then
+    # suppressed on box 2, whose class must still be foreground, while boxes 0 and 1 keep theirs (spec §3.4 step 5)
+    probs = torch.tensor([[0.0, 0.9, 0.1], [0.0, 0.2, 0.8], [0.0, 0.5, 0.5]])
+    boxes = torch.tensor([[0.0, 0.0, 10.0, 10.0]] * 3)
+    labels = later_nms_relabel(probs, boxes, 0.5)
+    assert labels[:2].tolist() == [1, 2]
+    assert bool((labels >= 1).all())
+
+
 def test_rect_features_and_model_shapes():
     rect = RectFeatures(8, 27, feature_dim=16)
     masks = rect.rasterise(torch.tensor([[0.0, 0.0, 49.0, 99.0]]), torch.tensor([[100.0, 100.0]]))

@@ -420,16 +420,18 @@ def later_nms_relabel(obj_probs: torch.Tensor, boxes: torch.Tensor, threshold: f
     overlap is measured between the detection boxes.
     """
     scores = obj_probs.detach().clone().float()
-    scores[:, 0] = 0.0
+    scores[:, 0] = -1.0  # background is never assigned
     n = scores.shape[0]
     labels = torch.zeros(n, dtype=torch.long, device=scores.device)
     overlap = box_iou(boxes, boxes) >= threshold  # (N, N)
+    alive = torch.ones(n, dtype=torch.bool, device=scores.device)
     for _ in range(n):
         flat = int(scores.argmax())
         box, cls = divmod(flat, scores.shape[1])
-        labels[box] = max(cls, 1)
-        scores[overlap[box], cls] = 0.0  # suppress this class on overlapping boxes
-        scores[box] = -1.0  # retire the box
+        labels[box] = cls
+        scores[overlap[box] & alive, cls] = 0.0  # suppress this class on the overlapping boxes still in play
+        scores[box] = -2.0  # retire the box: a retired box is never picked or relabelled again
+        alive[box] = False
     return labels
 
 
