@@ -43,8 +43,8 @@ def skipped_videos_rank(rank: int, world: int) -> dict:
     prints (the patched ``rank_zero_*`` run on every rank; the real ones print on rank 0 only):
 
     - ``some``: rank 0 holds one such video of 3, rank 1 one of 2;
-    - ``rank1_all``: rank 1 holds only such videos, rank 0 none (the metrics come from rank 0's videos alone);
-    - ``all``: every video of both ranks is one (the metrics are NaN on both ranks, with a warning).
+    - ``rank1_all``: rank 1 holds only such videos, rank 0 none (sample mAP and R@k come from rank 0's videos alone);
+    - ``all``: every video of both ranks is one (sample mAP and R@k are NaN on both ranks, with a warning).
     """
     labels = torch.tensor([[1.0, 0, 0, 0], [0, 0, 0, 0], [0, 1, 1, 0]])
     cases = {

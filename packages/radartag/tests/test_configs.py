@@ -53,3 +53,19 @@ def test_datamodule_refuses_an_unknown_sampler_when_built(tmp_path):
     assert KwaiTagDataModule(str(tmp_path), "v", sampler="pyg").hparams.sampler == "pyg"
     with pytest.raises(ValueError, match="data.sampler='blocks': expected one of"):
         KwaiTagDataModule(str(tmp_path), "v", sampler="blocks")
+
+
+def test_tiny_data_is_the_spec_test_vertical(tmp_path):
+    """tiny.yaml's synthetic vertical has the spec §8a sizes: 120 videos split 80 / 20 / 20, 20 leaf + 4 parent
+    tags (one parent only in the ontology), feature width 16."""
+    from radartag.data import read_kwai_files
+    from radartag.synthetic import SyntheticKwaiConfig, write_synthetic_vertical
+
+    raw = yaml.safe_load(open(resolve_config("tiny", "radartag")))
+    demo = SyntheticKwaiConfig(**raw["data"]["demo"])
+    write_synthetic_vertical(tmp_path, "tiny", demo)
+    files = read_kwai_files(tmp_path, "tiny")
+    assert {s: len(v) for s, v in files.videos.items()} == {"train": 80, "val": 20, "test": 20}
+    assert len(files.tags) == 24 and files.num_label_map_tags == 23
+    assert demo.num_parents * demo.leaves_per_parent == 20 and demo.feature_dim == 16
+    assert raw["model"]["config"]["hidden_dim"] == 32 and raw["data"]["batch_size"] == 32

@@ -39,8 +39,9 @@ def test_skipped_videos_are_counted_over_all_ranks():
         assert one["logged"]["val/skipped_videos"] == 2.0 and not one["warnings"]
         assert one["logged"]["val/sample_mAP"] == ranks[0]["rank1_all"]["logged"]["val/sample_mAP"]
         assert 0.0 < one["logged"]["val/sample_mAP"] <= 1.0
-        # no positive tag on any rank: NaN on both ranks (not 0), a warning instead of the info line
+        # no positive tag on any rank: sample mAP / R@k NaN on both ranks (not 0), a warning instead of the info line
         none = r["all"]
         assert none["logged"]["val/skipped_videos"] == 5.0 and not none["lines"]
-        assert math.isnan(none["logged"]["val/sample_mAP"]) and math.isnan(none["logged"]["val/P@1"])
+        assert math.isnan(none["logged"]["val/sample_mAP"]) and math.isnan(none["logged"]["val/R@5"])
+        assert none["logged"]["val/P@1"] == 0.0  # P@k averages over every video, each with precision 0 here
         assert len(none["warnings"]) == 1 and "none of the 5 evaluation videos" in none["warnings"][0]

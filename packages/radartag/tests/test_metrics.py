@@ -44,22 +44,59 @@ def test_metric_over_batches():
     valid = y.sum(1) > 0
     assert abs(float(out["sample_mAP"]) - float(sample_map(s, y))) < 1e-6
     assert abs(float(out["label_mAP"]) - float(label_map(s, y))) < 1e-6
-    assert abs(float(out["P@3"]) - float(precision_recall_at_k(s[valid], y[valid], 3)[0].mean())) < 1e-6
+    assert abs(float(out["P@3"]) - float(precision_recall_at_k(s, y, 3)[0].mean())) < 1e-6  # every video
     assert abs(float(out["R@10"]) - float(precision_recall_at_k(s[valid], y[valid], 10)[1].mean())) < 1e-6
 
 
+def _precision_at_k_reference(scores: torch.Tensor, labels: torch.Tensor, k: int) -> float:
+    """Spec §5 by hand: per video |top-k ∩ positives| / k (top-k: stable ascending sort, reversed), averaged over
+    every video, a video without a positive included (its precision is 0)."""
+    total = 0.0
+    for row_s, row_y in zip(scores.tolist(), labels.tolist(), strict=True):
+        ascending = sorted(range(len(row_s)), key=lambda j: row_s[j])  # Python's sort is stable
+        top = ascending[::-1][:k]
+        total += sum(row_y[j] for j in top) / k
+    return total / len(scores)
+
+
+def test_precision_at_k_averages_over_every_video():
+    """P@k counts a video without a positive tag as precision 0 (spec §5, official top_k_precision), unlike sample
+    mAP and R@k, which are undefined there and skip it. Hand case: P@1 = (1 + 0 + 0) / 3, P@3 = (1/3 + 2/3 + 0) / 3."""
+    s = torch.tensor([[0.9, 0.1, 0.2, 0.3], [0.1, 0.8, 0.7, 0.9], [0.5, 0.4, 0.3, 0.2]])
+    y = torch.tensor([[1, 0, 0, 0], [0, 1, 1, 0], [0, 0, 0, 0]])
+    m = TaggingMetrics()
+    m.update(s[:2], y[:2])
+    m.update(s[2:], y[2:])
+    out = m.compute()
+    assert abs(float(out["P@1"]) - 1 / 3) < 1e-6
+    assert abs(float(out["P@3"]) - 1 / 3) < 1e-6
+    assert abs(float(out["R@5"]) - 1.0) < 1e-6 and abs(float(out["sample_mAP"]) - (1.0 + 7 / 12) / 2) < 1e-6
+    torch.manual_seed(3)
+    s, y = torch.randint(0, 4, (25, 9)).float(), (torch.rand(25, 9) > 0.75).long()  # ties, some rows empty
+    y[:4] = 0
+    m = TaggingMetrics()
+    for i in range(0, 25, 6):
+        m.update(s[i : i + 6], y[i : i + 6])
+    out = m.compute()
+    for k in (1, 3):
+        assert abs(float(out[f"P@{k}"]) - _precision_at_k_reference(s, y, k)) < 1e-6, k
+
+
 def test_no_video_with_a_positive_tag_gives_nan_not_zero():
-    """A mean over no video is not a score of 0: with every video skipped the sample-based metrics are NaN (as
-    label mAP is, with no tag holding a positive); one scored video makes them finite again."""
+    """A mean over no video is not a score of 0: with every video skipped sample mAP and R@k are NaN (as label mAP
+    is, with no tag holding a positive), while P@k is a mean over the scored videos, each with precision 0; one
+    video with a positive makes them all finite."""
     m = TaggingMetrics()
     m.update(torch.randn(3, 5), torch.zeros(3, 5))
     out = m.compute()
     assert int(m.skipped) == 3 and int(m.count) == 0
-    for key in ("sample_mAP", "P@1", "P@3", "R@5", "R@10", "label_mAP"):
+    for key in ("sample_mAP", "R@5", "R@10", "label_mAP"):
         assert out[key].isnan(), key
+    assert float(out["P@1"]) == 0.0 and float(out["P@3"]) == 0.0
     m.update(torch.tensor([[0.9, 0.1, 0.0, 0.0, 0.0]]), torch.tensor([[1, 0, 0, 0, 0]]))
     out = m.compute()
-    assert float(out["sample_mAP"]) == 1.0 and float(out["P@1"]) == 1.0 and float(out["R@5"]) == 1.0
+    assert float(out["sample_mAP"]) == 1.0 and float(out["R@5"]) == 1.0
+    assert abs(float(out["P@1"]) - 0.25) < 1e-6  # 1 hit over 4 videos
 
 
 def test_no_video_at_all_gives_nan():

@@ -110,8 +110,8 @@ def test_skipped_videos_logged(monkeypatch):
 
 
 def test_all_videos_skipped_logs_nan_and_warns(monkeypatch):
-    """With no evaluation video holding a positive tag the metrics are logged as NaN (not as a real 0) and a
-    warning says why; the usual info line is not printed as well."""
+    """With no evaluation video holding a positive tag sample mAP, R@k and label mAP are logged as NaN (not as a
+    real 0), P@k as 0 (a mean over the scored videos), and a warning says why; the usual info line is not printed."""
     module = RadarModule(RadarConfig(video_dim=8, tag_dim=8, num_tags=4, hidden_dim=8, num_heads=2))
     logged, warnings, lines = {}, [], []
     monkeypatch.setattr(module, "log", lambda name, value, **kw: logged.__setitem__(name, float(value)))
@@ -119,8 +119,9 @@ def test_all_videos_skipped_logs_nan_and_warns(monkeypatch):
     monkeypatch.setattr(radartag.module, "rank_zero_info", lines.append)
     module.val_metrics.update(torch.randn(2, 4), torch.zeros(2, 4))
     module.on_validation_epoch_end()
-    for name in ("sample_mAP", "label_mAP", "P@1", "P@3", "R@5", "R@10"):
+    for name in ("sample_mAP", "label_mAP", "R@5", "R@10"):
         assert math.isnan(logged[f"val/{name}"]), name
+    assert logged["val/P@1"] == 0.0 and logged["val/P@3"] == 0.0  # every video scored, none with a hit
     assert logged["val/skipped_videos"] == 2.0 and not lines
     assert len(warnings) == 1 and "none of the 2 evaluation videos has a positive tag" in warnings[0]
 

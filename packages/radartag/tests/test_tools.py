@@ -74,3 +74,20 @@ def test_build_ontology_bad_input_named(tmp_path):
     path.write_text("\n".join([*lines, "555.mp4\t99"]) + "\n")
     with pytest.raises(ValueError, match=rf"train_list\.txt' line {len(lines) + 1}: tag id outside the label map"):
         main(args=args)
+
+
+def test_build_ontology_command_exposes_every_reconstruction_setting(monkeypatch, tmp_path):
+    """The builder is a reconstruction (spec §3.8), so each of its settings is an option of the command too:
+    threshold, self-training rounds and the self-training confidence reach build_ontology."""
+    import radartag.tools
+
+    seen = {}
+
+    def record(*args):
+        seen["args"] = args
+        return tmp_path / "onto.json"
+
+    monkeypatch.setattr(radartag.tools, "build_ontology", record)
+    main(args=["build-ontology", "--dataset_root", str(tmp_path), "--vertical", "v", "--labelled_pairs", "p.json",
+               "--threshold", "0.6", "--self_training_rounds", "2", "--confidence", "0.9"])  # fmt: skip
+    assert seen["args"] == (str(tmp_path), "v", "p.json", None, 0.6, 2, 0.9)

@@ -57,9 +57,11 @@ def precision_recall_at_k(scores: torch.Tensor, labels: torch.Tensor, k: int) ->
 class TaggingMetrics(Metric):
     """sample mAP, label mAP, P@1, P@3, R@5, R@10 (spec §5) over all evaluation videos.
 
-    Sample-based metrics are accumulated as sums per video (videos without a positive tag are skipped and counted
-    in ``skipped``; when every video is skipped they are NaN); label mAP needs the whole matrix, so scores and labels
-    are kept (``cat`` states, N_eval × K).
+    Sample-based metrics are accumulated as sums per video. Sample mAP and R@k are undefined for a video without a
+    positive tag (the official means turn NaN): such videos are skipped there and counted in ``skipped``, and with
+    every video skipped those two are NaN. P@k = |top-k ∩ positives| / k is defined for every video (0 without a
+    positive) and, as in the official code, averaged over all evaluation videos, the skipped ones included. Label
+    mAP needs the whole matrix, so scores and labels are kept (``cat`` states, N_eval × K).
     """
 
     higher_is_better = True
@@ -87,7 +89,7 @@ class TaggingMetrics(Metric):
         if len(s):
             self.ap_sum += row_average_precision(s, y).double().sum()
             self.count += len(s)
-            for i, k in enumerate(self.precision_at):
+            for i, k in enumerate(self.precision_at):  # the skipped videos' P@k is 0: nothing to add for them
                 self.p_sum[i] += precision_recall_at_k(s, y, k)[0].double().sum()
             for i, k in enumerate(self.recall_at):
                 self.r_sum[i] += precision_recall_at_k(s, y, k)[1].double().sum()
@@ -95,10 +97,11 @@ class TaggingMetrics(Metric):
         self.labels.append(labels.to(torch.uint8))
 
     def compute(self) -> dict[str, torch.Tensor]:
-        """The metrics over every video seen (all processes' sums). With no video holding a positive tag the
-        sample-based ones (sample mAP, P@k, R@k) are NaN, as label mAP is with no tag holding a positive video: a
-        mean over no video, not a score of 0. Without any video (no update) all of them are NaN."""
-        n = self.count.double()  # 0 -> the sums (also 0) give NaN
+        """The metrics over every video seen (all processes' sums). With no video holding a positive tag sample mAP
+        and R@k are NaN, as label mAP is with no tag holding a positive video: a mean over no video, not a score of
+        0; P@k is then 0 (every video scored, none with a hit). Without any video (no update) all of them are NaN."""
+        n = self.count.double()  # videos with a positive tag; 0 -> the sums (also 0) give NaN
+        n_all = (self.count + self.skipped).double()  # every evaluation video: the P@k denominator
         out = {"sample_mAP": (self.ap_sum / n).float()}
         if isinstance(self.scores, list) and not self.scores:  # nothing was scored: no matrix to concatenate
             out["label_mAP"] = torch.tensor(float("nan"), device=self.ap_sum.device)
@@ -107,7 +110,7 @@ class TaggingMetrics(Metric):
             labels = self.labels if isinstance(self.labels, torch.Tensor) else torch.cat(self.labels)
             out["label_mAP"] = label_map(scores, labels.float())
         for i, k in enumerate(self.precision_at):
-            out[f"P@{k}"] = (self.p_sum[i] / n).float()
+            out[f"P@{k}"] = (self.p_sum[i] / n_all).float()  # a video without a positive adds 0 to the sum
         for i, k in enumerate(self.recall_at):
             out[f"R@{k}"] = (self.r_sum[i] / n).float()
         return out

@@ -169,9 +169,10 @@ class RadarModule(pl.LightningModule):
         self.val_metrics.update(self(batch).scores, batch.labels)
 
     def _log_metrics(self, stage: str, metrics: TaggingMetrics) -> None:
-        """Log the ranking metrics and the number of evaluation videos without a positive tag (skipped by the
-        sample-based metrics, spec §5), also as a log line. When every video is skipped, the metrics are logged as
-        NaN (a mean over no video; the best-checkpoint callback ranks NaN last) with a warning, never as 0."""
+        """Log the ranking metrics and the number of evaluation videos without a positive tag (skipped by sample mAP
+        and R@k, spec §5; P@k averages over every video, such a video adding 0), also as a log line. When every video
+        is skipped, sample mAP, R@k and label mAP are logged as NaN (a mean over no video; the best-checkpoint
+        callback ranks NaN last) with a warning, never as 0."""
         for name, value in metrics.compute().items():
             self.log(f"{stage}/{name}", value, sync_dist=True)
         # the metric's sync in compute() is undone afterwards: sum this rank's counts over the ranks once more, so
@@ -183,11 +184,11 @@ class RadarModule(pl.LightningModule):
         self.log(f"{stage}/skipped_videos", float(skipped), sync_dist=True, reduce_fx="max")
         if skipped == total:  # the same summed counts on every rank: all ranks take this branch
             rank_zero_warn(f"radartag {stage}: none of the {total} evaluation videos has a positive tag, so "
-                           f"{stage}/sample_mAP, P@k, R@k and label_mAP are NaN (no data to score); check the "
+                           f"{stage}/sample_mAP, R@k and label_mAP are NaN and P@k is 0 (no data to score); check the "
                            f"tags in kwai_<v>_video_{stage}_list.txt")  # fmt: skip
         elif skipped:
             rank_zero_info(f"radartag {stage}: {skipped} of {total} evaluation videos have no positive tag and are "
-                           "skipped by the sample-based metrics (sample mAP, P@k, R@k)")  # fmt: skip
+                           "skipped by sample mAP and R@k (P@k counts them with a precision of 0)")  # fmt: skip
         metrics.reset()
 
     def on_validation_epoch_end(self) -> None:

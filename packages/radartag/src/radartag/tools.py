@@ -135,8 +135,11 @@ def build_ontology_command(argv: list[str]) -> Path:
     p.add_argument("--out", default=None, help="default: <dataset_root>/tag_parents_<vertical>.json")
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--self_training_rounds", type=int, default=3)
+    p.add_argument("--confidence", type=float, default=0.95,
+                   help="self-training takes predictions with p > confidence or p < 1 - confidence as labels")  # fmt: skip
     a = p.parse_args(argv)
-    return build_ontology(a.dataset_root, a.vertical, a.labelled_pairs, a.out, a.threshold, a.self_training_rounds)
+    return build_ontology(a.dataset_root, a.vertical, a.labelled_pairs, a.out, a.threshold, a.self_training_rounds,
+                          a.confidence)  # fmt: skip
 
 
 def extract_features(
