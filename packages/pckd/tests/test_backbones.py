@@ -1,5 +1,8 @@
 """Backbone shapes against RepDistiller's definitions where a checkpoint test does not already cover them."""
 
+import math
+
+import pytest
 import torch
 
 from pckd.models import build_backbone
@@ -47,3 +50,22 @@ def test_shufflev1_stem_is_1x1():
     assert tuple(state["conv1.weight"].shape) == (24, 3, 1, 1)
     assert tuple(state["layer1.0.conv1.weight"].shape) == (54, 24, 1, 1)  # (240 − 24) / 4, groups 1 on the stem
     assert tuple(state["linear.weight"].shape) == (100, 960)
+
+
+@pytest.mark.parametrize("arch", ["resnet8x4", "wrn_16_2", "vgg8", "MobileNetV2", "ResNet50"])
+def test_convolutions_start_he_normal_fan_out_as_in_repdistiller(arch):
+    """RepDistiller initialises these networks' convolutions from N(0, 2 / (k·k·C_out)) and their BatchNorms at
+    weight 1, bias 0 (teacher training and students start from it). The sample std of every convolution with at
+    least 1,000 weights must be within 15 % of sqrt(2 / fan_out)."""
+    torch.manual_seed(0)
+    net = build_backbone(arch, 100)
+    checked = 0
+    for name, m in net.named_modules():
+        if isinstance(m, torch.nn.Conv2d) and m.weight.numel() >= 1000:
+            fan_out = m.weight.shape[0] * m.weight[0, 0].numel()
+            ratio = float(m.weight.std()) / math.sqrt(2.0 / fan_out)
+            assert 0.85 < ratio < 1.15, f"{arch}.{name}: std / sqrt(2/fan_out) = {ratio:.3f}"
+            checked += 1
+        elif isinstance(m, torch.nn.BatchNorm2d):
+            assert torch.equal(m.weight, torch.ones_like(m.weight)) and torch.equal(m.bias, torch.zeros_like(m.bias))
+    assert checked > 0

@@ -1,6 +1,8 @@
 """ResNet50 for CIFAR (bottleneck blocks, 2048-d features) of the RepDistiller zoo.
 
 Module names follow RepDistiller: ``conv1, bn1, layer{1..4}.{j}.conv1..3/bn1..3/shortcut.{0,1}, linear``.
+Initialisation as RepDistiller's ``resnetv2.ResNet``: He-normal (fan-out) convolutions, BatchNorm at (1, 0),
+PyTorch's default for the final Linear.
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ class CifarResNet50(nn.Module):
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.linear = nn.Linear(512 * 4, num_classes)
         self.feature_dim = 512 * 4
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            elif isinstance(m, nn.BatchNorm2d):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = []
