@@ -102,6 +102,20 @@ def test_recall_strict_iou():
     assert hits.tolist() == [[0.0, 1.0], [0.0, 1.0]]
 
 
+def test_strict_iou_key_decides_ties_at_the_threshold():
+    # streamed scores whose best proposal is [0, 2] s of a 10-s video ... and a target [0, 4]: IoU exactly 0.5
+    cfg_strict = GroundingEvalConfig(recall_at=[1], iou_thresholds=[0.5], min_num_segments=16, group_size=2)
+    cfg_loose = GroundingEvalConfig(recall_at=[1], iou_thresholds=[0.5], min_num_segments=16, group_size=2,
+                                    strict_iou=False)  # fmt: skip
+    scores = torch.full((11, 3), 0.01)
+    scores[0, 0] = scores[2, 1] = 0.99  # p_start peaks at step 0, p_end at step 2: the proposal [0 s, 2 s]
+    strict = evaluate_annotation(scores, 10.0, (0.0, 4.0), 11, cfg_strict)["hits"]
+    loose = evaluate_annotation(scores, 10.0, (0.0, 4.0), 11, cfg_loose)["hits"]
+    assert strict.tolist() == [[0.0]] and loose.tolist() == [[1.0]]  # IoU 0.5: not > 0.5, but >= 0.5
+    moments = torch.tensor([[0.0, 2.0, 0.9]])
+    assert recall_hits(moments, (0.0, 4.0), [1], [0.5], strict=False).tolist() == [[1.0]]
+
+
 def test_frame_labels_extension():
     lab = frame_labels(2.0, 4.0, 10.0, 11, extension=0.0)  # s* = 2, e* = 4
     assert lab.tolist() == [0, 0, 1, 1, 1, 0, 0, 0, 0, 0, 0]

@@ -104,3 +104,47 @@ def test_feature_width_mismatch_names_the_file_and_key(tmp_path, key, file):
     model = StreamingTSGV(cfg)
     with pytest.raises(ValueError, match="model.config.text_dim=16"):  # the model itself checks too (Python API)
         model.encode_sentence(torch.zeros(2, 20, 8), torch.tensor([3, 5]))
+
+
+@pytest.mark.parametrize("positives", [0, 2])
+def test_training_ap_log_follows_the_per_batch_definition(positives):
+    # spec §5: per batch, AP and cAP of σ(x_main[:, last, sem]) against y_sem[:, last] > 0.3; a batch without a
+    # positive scores 1, so every batch is logged (it used to be skipped)
+    torch.manual_seed(0)
+    cfg = TSGSVConfig(video_dim=8, text_dim=8, hidden_dim=8, ffn_dim=8, num_heads=2, short_memory=4, long_memory=4,
+                      future_memory=4, compressor_tokens=[2], num_decoder_layers=1, future_usage="none", dropout=0.0,
+                      gru_dropout=0.0, gate_dropout=0.0)  # fmt: skip
+    module = TSGSVModule(cfg, kd_weight=0.2)
+    B = 4
+    labels = torch.zeros(B, 4, 3)
+    labels[:positives, -1, 2] = 0.9  # > 0.3: positive
+    labels[positives:, -1, 2] = 0.2  # <= 0.3: negative
+    batch = {
+        "short": torch.randn(B, 4, 8), "short_mask": torch.zeros(B, 4, dtype=torch.bool),
+        "long": torch.randn(B, 4, 8), "long_mask": torch.zeros(B, 4, dtype=torch.bool),
+        "sentence": torch.randn(B, 20, 8), "sentence_length": torch.full((B,), 5), "labels": labels,
+    }  # fmt: skip
+    logged = {}
+    module.log = lambda name, value, **kw: logged.__setitem__(name, float(value))
+    module.train()
+    with torch.no_grad():
+        module.training_step(batch, 0)
+        prob = torch.sigmoid(module.model(batch["short"], batch["short_mask"], batch["long"], batch["long_mask"],
+                                          batch["sentence"], batch["sentence_length"]).logits[:, -1, 2])  # fmt: skip
+    if positives == 0:
+        assert logged["train/AP_last"] == 1.0 and logged["train/cAP_last"] == 1.0
+        return
+    # plain reference: sort by descending score; AP = mean precision at the positives (no ties here),
+    # cAP = mean over positives of TP_k / (TP_k + FP_k / w), w = #neg / #pos
+    y = [1.0 if i < positives else 0.0 for i in range(B)]
+    order = sorted(range(B), key=lambda i: -float(prob[i]))
+    w = (B - positives) / positives
+    tp = fp = 0.0
+    ap = cap = 0.0
+    for i in order:
+        tp, fp = tp + y[i], fp + 1 - y[i]
+        if y[i]:
+            ap += tp / (tp + fp) / positives
+            cap += tp / (tp + fp / w) / positives
+    assert logged["train/AP_last"] == pytest.approx(ap, abs=1e-6)
+    assert logged["train/cAP_last"] == pytest.approx(cap, abs=1e-9)

@@ -60,6 +60,8 @@ class GroundingEvalConfig:
     """Stream every k-th frame at test time (ANet/TACoS 1, MAD 4)."""
     median_filter: bool = True
     """Median-filter (window 3) the streamed scores before downsampling (official)."""
+    strict_iou: bool = True
+    """R@n,IoU=m counts a moment when its IoU is strictly greater than m (official); false counts IoU ≥ m."""
 
     def __post_init__(self) -> None:
         if not self.recall_at:
@@ -204,9 +206,14 @@ def calibrated_average_precision(
 
 
 def recall_hits(
-    moments: torch.Tensor, target: tuple[float, float], recall_at: list[int], iou_thresholds: list[float]
+    moments: torch.Tensor,
+    target: tuple[float, float],
+    recall_at: list[int],
+    iou_thresholds: list[float],
+    strict: bool = True,
 ) -> torch.Tensor:
-    """(len(recall_at), len(iou_thresholds)) 0/1: whether one of the first n moments has IoU strictly > m."""
+    """(len(recall_at), len(iou_thresholds)) 0/1: whether one of the first n moments has IoU > m (``strict``, the
+    official rule) or IoU ≥ m."""
     out = torch.zeros(len(recall_at), len(iou_thresholds))
     if len(moments) == 0:
         return out
@@ -214,7 +221,7 @@ def recall_hits(
     for i, n in enumerate(recall_at):
         best = ious[:n].max()
         for j, m in enumerate(iou_thresholds):
-            out[i, j] = float(best > m)
+            out[i, j] = float(best > m if strict else best >= m)
     return out
 
 
@@ -229,7 +236,7 @@ def evaluate_annotation(
     return {
         "ap": average_precision(scores[:, 2], labels),
         "cap": calibrated_average_precision(scores[:, 2], labels),
-        "hits": recall_hits(moments, target, cfg.recall_at, cfg.iou_thresholds),
+        "hits": recall_hits(moments, target, cfg.recall_at, cfg.iou_thresholds, cfg.strict_iou),
     }
 
 

@@ -8,11 +8,16 @@ import lightning.pytorch as pl
 import torch
 from mmzoo.cli import allow_in_checkpoints
 from mmzoo.config import check_range
-from torchmetrics.functional.classification import binary_average_precision
 
 from .data import eval_windows
 from .losses import TpnType, TSGSVLoss, kd_weight_schedule
-from .metrics import GroundingEvalConfig, StreamingGroundingMetrics, calibrated_average_precision, streaming_proposals
+from .metrics import (
+    GroundingEvalConfig,
+    StreamingGroundingMetrics,
+    average_precision,
+    calibrated_average_precision,
+    streaming_proposals,
+)
 from .models import StreamingTSGV, TSGSVConfig
 
 __all__ = ["TSGSVModule"]
@@ -123,12 +128,12 @@ class TSGSVModule(pl.LightningModule):
         for name, value in terms.items():
             self.log(f"train/{name}", value, batch_size=B, prog_bar=name == "loss")
         self.log("train/kd_weight", kd_weight, batch_size=B)
-        # training-time log only (spec §5): AP/cAP of σ(x_main[:, last, sem]) vs y_sem[:, last] > 0.3
-        last_prob = torch.sigmoid(out.logits[:, -1, 2].detach().float())
-        last_label = (batch["labels"][:, -1, 2] > 0.3).long()
-        if 0 < int(last_label.sum()) < B:
-            self.log("train/AP_last", binary_average_precision(last_prob, last_label), batch_size=B)
-            self.log("train/cAP_last", calibrated_average_precision(last_prob.cpu(), last_label.cpu()), batch_size=B)
+        # training-time log only (spec §5): AP/cAP of σ(x_main[:, last, sem]) vs y_sem[:, last] > 0.3, every batch; a
+        # batch without a positive scores 1 (the §5 convention, as the official predictor logs it)
+        last_prob = torch.sigmoid(out.logits[:, -1, 2].detach().float()).cpu()
+        last_label = (batch["labels"][:, -1, 2] > 0.3).long().cpu()
+        self.log("train/AP_last", average_precision(last_prob, last_label), batch_size=B)
+        self.log("train/cAP_last", calibrated_average_precision(last_prob, last_label), batch_size=B)
         return terms["loss"]
 
     # ----------------------------------------------------------------------------------------- streaming eval
