@@ -413,3 +413,12 @@ def test_reader_refuses_an_unknown_on_corrupt(synthetic_root):
     assert len(RetrievalDataset(str(synthetic_root), "test", "msrvtt_7k", **args)) == 5
     with pytest.raises(ValueError, match="data.on_corrupt='warn': expected one of"):
         RetrievalDataset(str(synthetic_root), "test", "msrvtt_7k", on_corrupt="warn", **args)
+
+
+def test_a_significant_word_table_of_another_vocabulary_is_refused(synthetic_root, tmp_path):
+    table = json.loads((Path(synthetic_root) / "count_reprocess_synthetic.json").read_text())
+    table["name"][5], table["name"][6] = table["name"][6], table["name"][5]  # mined with another word order
+    (tmp_path / "other.json").write_text(json.dumps(table))
+    with pytest.raises(ValueError, match=r"other\.json': 'name'\[5\] is .* the table was mined with another vocab"):
+        dm(synthetic_root, significant_words=str(tmp_path / "other.json")).setup("fit")
+    dm(synthetic_root).setup("fit")  # the generated table matches its vocabulary

@@ -57,6 +57,11 @@ def test_json_round_trip_official_format(tmp_path):
     assert load_rank(path, 3).tolist() == [2, 0, 1]
     with pytest.raises(ValueError, match="tokenizer has 4 words"):
         load_rank(path, 4)
+    assert load_rank(path, 3, ["[PAD]", "man", "dog"]).tolist() == [2, 0, 1]
+    with pytest.raises(
+        ValueError, match=r"'name'\[1\] is 'man' but the tokenizer's word 1 is 'dog': the table was mined"
+    ):
+        load_rank(path, 3, ["[PAD]", "dog", "man"])
     with pytest.raises(FileNotFoundError, match="Data preparation"):
         load_rank(tmp_path / "missing.json")
 

@@ -1106,7 +1106,9 @@ class SNPS3DataModule(SplitLoaders, pl.LightningDataModule):
                     "mine one with `snps3 mine-words`"
                 )
             if hp.significant_words is not None and self.task == "pretrain":
-                significant = significant_mask(load_rank(self._path(hp.significant_words), len(tok)), hp.words_top_k)
+                words = tok.convert_ids_to_tokens(list(range(len(tok))))  # strings by id, for the table's 'name'
+                rank = load_rank(self._path(hp.significant_words), len(tok), words)
+                significant = significant_mask(rank, hp.words_top_k)
             if hp.masking == "mssm" and self.task == "pretrain":
                 vocab = tok.get_vocab()
                 lemma_ids: list[list[int]] = [[] for _ in range(len(tok))]

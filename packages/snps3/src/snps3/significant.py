@@ -182,8 +182,10 @@ def write_count_json(table: dict[str, list], path: str | Path) -> Path:
     return Path(path)
 
 
-def load_rank(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
-    """``rank`` list of a ``count_reprocess_*.json`` as int64 (V,); checks its length against ``vocab_size``."""
+def load_rank(path: str | Path, vocab_size: int | None = None, vocab: Sequence[str] | None = None) -> np.ndarray:
+    """``rank`` list of a ``count_reprocess_*.json`` as int64 (V,); checks its length against ``vocab_size`` and,
+    when ``vocab`` (the tokenizer's strings by id) is given, its ``name`` list against it (spec §4.1): a table mined
+    with another vocabulary would mark other words as significant."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(
@@ -197,6 +199,14 @@ def load_rank(path: str | Path, vocab_size: int | None = None) -> np.ndarray:
     rank = np.asarray(table["rank"], dtype=np.int64)
     if vocab_size is not None and len(rank) != vocab_size:
         raise ValueError(f"{str(path)!r}: 'rank' has {len(rank)} entries but the tokenizer has {vocab_size} words")
+    if vocab is not None and "name" in table:
+        names = table["name"]
+        if len(names) != len(vocab):
+            raise ValueError(f"{str(path)!r}: 'name' has {len(names)} entries but the tokenizer has {len(vocab)} words")
+        wrong = next((i for i, (a, b) in enumerate(zip(names, vocab)) if a != b), None)
+        if wrong is not None:
+            raise ValueError(f"{str(path)!r}: 'name'[{wrong}] is {names[wrong]!r} but the tokenizer's word {wrong} is "
+                             f"{vocab[wrong]!r}: the table was mined with another vocabulary")  # fmt: skip
     return rank
 
 
