@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pckd.models.init import he_fan_out_init
+
 
 class BasicBlock(nn.Module):
     """3×3 conv → BN → ReLU → 3×3 conv → BN, plus the (projected) input, then ReLU."""
@@ -67,12 +69,7 @@ class CifarResNet(nn.Module):
         return nn.Sequential(*layers)
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_fan_out_init(self)
 
     @property
     def classifier_layer(self) -> nn.Linear:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pckd.models.init import he_fan_out_init, normal_001
+
 
 def _conv_bn_relu(inp: int, oup: int, kernel: int, stride: int) -> nn.Sequential:
     return nn.Sequential(
@@ -71,15 +73,7 @@ class MobileNetV2(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        he_fan_out_init(self, normal_001)  # leaky_relu gain at slope 0 = relu gain: the same draw
 
     @property
     def classifier_layer(self) -> nn.Linear:

@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pckd.models.init import he_fan_out_init
+
 
 class Bottleneck(nn.Module):
     """1×1 → 3×3 (stride) → 1×1 (×4 channels) with a projected shortcut when shapes change."""
@@ -56,12 +58,7 @@ class CifarResNet50(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        he_fan_out_init(self)
 
     def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
         layers = []

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pckd.models.init import he_fan_out_init, normal_001
+
 # Channels per stage; vgg8 = one conv per stage.
 VGG_STAGES: dict[str, list[list[int]]] = {
     "vgg8": [[64], [128], [256], [512], [512]],
@@ -50,16 +52,7 @@ class VGG(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.normal_(m.weight, 0, 0.01)
-                nn.init.zeros_(m.bias)
+        he_fan_out_init(self, normal_001)
 
     @property
     def classifier_layer(self) -> nn.Linear:

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pckd.models.init import he_fan_out_init, zero_bias
+
 
 class WideBasicBlock(nn.Module):
     """Pre-activation block: BN → ReLU → 3×3 conv → BN → ReLU → 3×3 conv, plus the (1×1-projected) input."""
@@ -76,14 +78,7 @@ class WideResNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        he_fan_out_init(self, zero_bias)
 
     @property
     def classifier_layer(self) -> nn.Linear:
