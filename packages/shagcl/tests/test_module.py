@@ -181,3 +181,46 @@ def test_official_counts_need_the_frequency_order():
     module = SHAGCLModule(cfg)
     module.build_from_statistics(stats)
     assert module.group_sizes == [4, 6, 9, 19, 12]  # divide4 preset (spec §3.6.2)
+
+
+def test_plateau_reduction_applies_from_the_next_step(tmp_path):
+    """A reduction decided at a validation takes effect on the very next optimizer step (the official
+    WarmupReduceLROnPlateau sets the lr before the next iteration), and the checkpoint written by that validation
+    already holds the reduced lr."""
+    import lightning.pytorch as pl
+
+    seen = []
+
+    class Probe(pl.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            seen.append((trainer.global_step, trainer.optimizers[0].param_groups[0]["lr"]))
+
+    dm = synthetic_datamodule(tmp_path / "data")
+    # every validation after the first is a plateau (threshold above any recall), reduced at once (patience 1)
+    module = SHAGCLModule(
+        tiny_config(num_obj_classes=9, num_predicates=11, group_min_count=1),
+        lr=0.01,
+        warmup_steps=0,
+        plateau_patience=1,
+        plateau_threshold=10.0,
+    )
+    trainer = pl.Trainer(
+        max_steps=6,
+        gradient_clip_val=5.0,
+        val_check_interval=2,
+        check_val_every_n_epoch=None,
+        limit_val_batches=1,
+        num_sanity_val_steps=0,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[Probe()],
+        accelerator="cpu",
+    )
+    trainer.fit(module, datamodule=dm)
+    # validations after steps 2 (the first: the best so far), 4 (a plateau: ×0.1 from step 4 on) and 6 (another)
+    assert [s for s, _ in seen] == [0, 1, 2, 3, 4, 5]
+    assert [lr for _, lr in seen] == pytest.approx([0.01, 0.01, 0.01, 0.01, 0.001, 0.001])
+    assert module.lr_reductions == 2
+    assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4)  # already applied after the last one

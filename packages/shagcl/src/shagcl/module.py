@@ -374,12 +374,30 @@ class SHAGCLModule(pl.LightningModule):
             self.lr_scale *= hp.plateau_factor
             self.lr_reductions += 1
             self.bad_validations = 0
+            self._apply_lr_scale()
             rank_zero_info(
                 f"shagcl: val/mR@100 plateaued; lr scale now {self.lr_scale:g} "
                 f"(reduction {self.lr_reductions}/{hp.max_lr_reductions})"
             )
             if self.lr_reductions >= hp.max_lr_reductions:
                 self.trainer.should_stop = True
+
+    def _apply_lr_scale(self) -> None:
+        """Write the current lr (warm-up factor × plateau scale) into the optimizer now.
+
+        The LambdaLR scheduler only reads ``lr_scale`` when Lightning steps it, which happens after each training
+        batch; a validation (and so a reduction) runs after that step, so without this the first batch after a
+        reduction would still train at the old lr, and a checkpoint written by that validation would hold the old lr
+        in its optimizer state. The official WarmupReduceLROnPlateau sets the new lr before the next iteration."""
+        trainer = self._trainer
+        for config in getattr(trainer, "lr_scheduler_configs", None) or []:
+            sched = config.scheduler
+            if not isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                continue
+            # last_epoch counts the scheduler steps so far, i.e. the index of the next optimizer step
+            for group, base in zip(sched.optimizer.param_groups, sched.base_lrs, strict=True):
+                group["lr"] = base * self._lr_factor(sched.last_epoch)
+            sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
 
     def on_train_start(self) -> None:
         """A run resumed from a checkpoint written once the plateau rule had stopped training stays stopped (the
