@@ -148,3 +148,18 @@ def test_training_ap_log_follows_the_per_batch_definition(positives):
             cap += tp / (tp + fp / w) / positives
     assert logged["train/AP_last"] == pytest.approx(ap, abs=1e-6)
     assert logged["train/cAP_last"] == pytest.approx(cap, abs=1e-9)
+
+
+@pytest.mark.parametrize("max_epochs", [4, -1])
+def test_warmup_counts_epochs_of_real_steps_when_max_steps_ends_the_run(tmp_path, max_epochs):
+    """``warmup_epochs`` counts epochs of optimizer steps (spec §3.11), also when ``max_steps`` ends the run before
+    ``max_epochs`` (or ``max_epochs`` is unset): one warm-up epoch spans exactly the batches of one epoch."""
+    cli = main(args=["fit", *_tiny_args(tmp_path), "--trainer.limit_val_batches", "0", "--trainer.max_epochs",
+                     str(max_epochs), "--trainer.max_steps", "3", "--trainer.limit_train_batches", "4",
+                     "--model.warmup_epochs", "1.0", "--model.flat_fraction", "0.0"])  # fmt: skip
+    trainer = cli.trainer
+    assert trainer.num_training_batches == 4 and trainer.global_step == 3
+    factor = trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0]
+    start = cli.model.hparams.warmup_start_factor
+    # the whole 3-step run is inside the first (4-step) epoch, so inside the warm-up
+    assert [factor(s) for s in range(4)] == pytest.approx([start + (1 - start) * s / 4 for s in range(4)])

@@ -212,13 +212,12 @@ class TSGSVModule(pl.LightningModule):
 
     # ----------------------------------------------------------------------------------------- optimisation
     def configure_optimizers(self):
-        """AdamW; per-step LR: linear warm-up from 0.1·lr over ``warmup_epochs``, flat until ``flat_fraction`` of
-        all steps, cosine to 0 (official schedule, spec §3.11)."""
+        """AdamW; per-step LR: linear warm-up from 0.1·lr over ``warmup_epochs`` epochs of optimizer steps, flat until
+        ``flat_fraction`` of all steps, cosine to 0 (official schedule, spec §3.11)."""
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        per_epoch = total / max(self.trainer.max_epochs or 1, 1)
-        warmup = hp.warmup_epochs * per_epoch
+        warmup = hp.warmup_epochs * self._steps_per_epoch(total)
         flat_end = max(hp.flat_fraction * total, warmup)
 
         def factor(step: int) -> float:
@@ -230,6 +229,19 @@ class TSGSVModule(pl.LightningModule):
 
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _steps_per_epoch(self, total: int) -> float:
+        """Optimizer steps in one training epoch: the epoch's batches (after ``limit_train_batches`` and the
+        distributed split) over ``accumulate_grad_batches``, rounded up (Lightning also steps on an epoch's last,
+        incomplete accumulation). Not ``total / max_epochs``: ``max_steps`` can end the run before ``max_epochs``
+        (or with ``max_epochs`` unset), which would shrink or stretch the warm-up's epochs."""
+        trainer = self.trainer
+        if trainer.train_dataloader is None:  # estimated_stepping_batches skips loading it when max_epochs is -1
+            trainer.fit_loop.setup_data()
+        batches = trainer.num_training_batches
+        if math.isfinite(batches):
+            return max(math.ceil(batches / trainer.accumulate_grad_batches), 1)
+        return total / max(trainer.max_epochs or 1, 1)  # a loader without a length: no epoch size to go by
 
 
 # a module built in Python saves its config dataclasses in checkpoints: let weights_only loading read them
