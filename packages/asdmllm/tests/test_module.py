@@ -162,3 +162,34 @@ def test_epoch_length_follows_resampled_list(tmp_path, monkeypatch, epoch_length
     expected = [[2, 2], [3, 3]] if epoch_length == "resampled" else [[nominal, nominal]] * 2
     assert seen == expected
     assert module._nominal_total_steps() == 2 * nominal  # the LR schedule counts nominal epochs (spec §3.4)
+
+
+def test_resampled_schedule_spans_max_steps_when_epochs_are_unbounded(tmp_path):
+    """``trainer.max_epochs: -1`` with ``trainer.max_steps``: the fit ends after max_steps optimizer steps, so the
+    cosine schedule of a resampled run spans them (not one nominal epoch, after which the LR would stay at 0)."""
+    data = str(tmp_path / "data")
+    cli = main(
+        args=[
+            "fit",
+            "--config",
+            "tiny",
+            "--data.data_root",
+            data,
+            "--trainer.default_root_dir",
+            str(tmp_path),
+            "--trainer.max_epochs",
+            "-1",
+            "--trainer.max_steps",
+            "6",
+            "--trainer.limit_train_batches",
+            "2",
+            "--trainer.limit_val_batches",
+            "1",
+            "--model.scheduler",
+            "cosine",
+        ]
+    )
+    module, trainer = cli.model, cli.trainer
+    assert trainer.global_step == 6
+    assert module._schedule_total == 6
+    assert not module._warned_schedule_end  # no step ran past the schedule's end

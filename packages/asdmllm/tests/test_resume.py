@@ -63,3 +63,28 @@ def test_resume_continues_skew_table_resampling_and_schedule(tmp_path):
         torch.testing.assert_close(p, q, msg=name)
     # from Python, the checkpoint loads without a datamodule and validates as `validate --ckpt_path` does
     assert_loads_without_data(ASDModule, tmp_path / "full" / "checkpoints" / "last.ckpt", full, limit_val_batches=2)
+
+
+@pytest.mark.filterwarnings("ignore:Be aware that when using `ckpt_path`")
+@pytest.mark.parametrize(
+    "variant",
+    [["--model.debias.epoch_length", "nominal"], ["--model.debias.resample", "false"]],
+    ids=["nominal_epochs", "sfloss_only"],
+)
+def test_resume_keeps_the_skew_table_when_the_schedule_reads_the_loader(tmp_path, variant):
+    """Without resampled epochs the LR schedule is sized from ``trainer.estimated_stepping_batches``, which builds
+    the training loader in configure_optimizers, before the loop counters of a resumed fit are restored. A resume
+    at epoch 3 with a Skew table kept for two epochs (estimated at epoch 2) must go on with that table."""
+    data = str(tmp_path / "data")
+    common = [*variant, "--model.scheduler", "constant", "--model.warmup_ratio", "0.0"]
+    full = _fit(tmp_path, "full", data, [*common, "--trainer.max_epochs", "4"])
+    _fit(tmp_path, "resumed", data, [*common, "--trainer.max_epochs", "3"])
+    ckpt = str(tmp_path / "resumed" / "checkpoints" / "last.ckpt")
+    resumed = _fit(tmp_path, "resumed", data, [*common, "--trainer.max_epochs", "4", "--ckpt_path", ckpt])
+
+    a, b = full.model, resumed.model
+    assert full.trainer.global_step == resumed.trainer.global_step
+    assert a._skew_epoch == b._skew_epoch == 2
+    torch.testing.assert_close(a.sample_skew, b.sample_skew, rtol=0, atol=0)
+    for (name, p), q in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        torch.testing.assert_close(p, q, msg=name)

@@ -207,6 +207,7 @@ class ASDModule(pl.LightningModule):
         self._prepared_epoch: int | None = None  # epoch whose Skew refresh / resampling has run
         self._epoch_stats: dict[str, float] = {}  # logged in on_train_epoch_start
         self._schedule_total: int | None = None  # optimizer steps the LR schedule spans (resampled epochs only)
+        self._counting_steps = False  # True while configure_optimizers sizes the schedule (see prepare_epoch)
         self._warned_schedule_end = False
         self._infos: dict[str, list[EvalSetInfo]] = {}
         self.skew_metrics = nn.ModuleDict()
@@ -346,6 +347,13 @@ class ASDModule(pl.LightningModule):
         Called by the DataModule's ``train_dataloader`` (so that a rebuilt loader has the resampled epoch's length)
         and by ``on_train_epoch_start`` (a no-op when it already ran for ``epoch``).
         """
+        if self._counting_steps:
+            # ``trainer.estimated_stepping_batches`` builds the training loader inside configure_optimizers, before a
+            # resumed fit has restored its loop counters (``current_epoch`` reads 0 there): preparing "epoch 0" then
+            # would re-estimate the restored Skew table. The loader's length does not depend on this epoch's list
+            # whenever that estimate is used (fixed-length epochs, or no resampling), so the preparation is left to
+            # on_train_epoch_start, which runs before the epoch's batches are drawn.
+            return
         if self._prepared_epoch == epoch or not (self.debias.use_resample or self.debias.use_sfloss):
             return
         self._prepared_epoch = epoch
@@ -598,8 +606,12 @@ class ASDModule(pl.LightningModule):
         per_epoch = len(dm.train_set) // (dm.hparams.batch_size * max(1, t.world_size))  # drop_last
         limit = t.limit_train_batches
         per_epoch = min(per_epoch, int(limit)) if isinstance(limit, int) else int(per_epoch * float(limit))
-        steps = math.ceil(max(1, per_epoch) / t.accumulate_grad_batches) * max(1, t.max_epochs or 1)
-        return max(1, min(steps, t.max_steps) if t.max_steps != -1 else steps)
+        per_epoch_steps = math.ceil(max(1, per_epoch) / t.accumulate_grad_batches)
+        if t.max_epochs in (None, -1) and t.max_steps not in (None, -1):
+            # no epoch bound (``max_epochs: -1``): ``max_steps`` alone ends the fit, as in estimated_stepping_batches
+            return max(1, t.max_steps)
+        steps = per_epoch_steps * max(1, t.max_epochs or 1)
+        return max(1, min(steps, t.max_steps) if t.max_steps not in (None, -1) else steps)
 
     def configure_optimizers(self):
         """AdamW over the trainable parts (vision tower frozen by default), linear warm-up then cosine decay
@@ -609,7 +621,11 @@ class ASDModule(pl.LightningModule):
             raise ValueError("no trainable parameters: check model.mllm.trainable / model.mllm.lora")
         hp = self.hparams
         optimizer = torch.optim.AdamW(params, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
-        total = self._nominal_total_steps()
+        self._counting_steps = True
+        try:
+            total = self._nominal_total_steps()
+        finally:
+            self._counting_steps = False
         warmup = int(hp.warmup_ratio * total)
         resampled = self.debias.use_resample and self.debias.epoch_length == "resampled"
         # a resampled run's length is unknown in advance: warn if it outlives the cosine schedule (LR 0 from then on)
