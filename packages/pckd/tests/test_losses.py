@@ -125,3 +125,19 @@ def test_center_alignment_zero_identical_and_warns_on_width_mismatch():
     with pytest.warns(UserWarning, match="L_CA is inactive"):
         out = module(fc, torch.nn.Linear(16, 4))
     assert out.item() == 0.0
+
+
+def test_cc_is_float32_under_autocast():
+    """Under bfloat16 autocast L_CC keeps its float32 value (the profile products must not run in bfloat16)."""
+    g = torch.Generator().manual_seed(3)
+    n, c, d = 32, 100, 64
+    weight = torch.randn(c, d, generator=g) * 0.3
+    feat = F.normalize(torch.randn(n, d, generator=g), dim=1)
+    u = feat @ weight.T
+    w = feat @ (weight + 0.1 * torch.randn(c, d, generator=g)).T
+    labels = torch.arange(n) // 4 % 5
+    ref = category_contrastive_loss(u, w, labels, 4.0, 0.07)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = category_contrastive_loss(u, w, labels, 4.0, 0.07)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)

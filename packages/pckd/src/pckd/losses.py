@@ -122,7 +122,10 @@ def category_contrastive_loss(
     local = torch.arange(n, device=u.device) + offset
     self_index = torch.cat([local, local + n_all])  # (2N,) column of each anchor itself
 
-    logits = anchors @ contrast.T / temperature  # (2N, 2N_all) s_ab
+    # float32 even under autocast: matmul would otherwise run in float16/bfloat16 and the τ/τ_b ≈ 57 factor
+    # magnifies its rounding (a bfloat16 product is off by about 1 % of the loss)
+    with torch.autocast(u.device.type, enabled=False):
+        logits = anchors @ contrast.T / temperature  # (2N, 2N_all) s_ab
     logits = logits - logits.max(dim=1, keepdim=True).values.detach()  # row max over all b, for stability
     not_self = torch.ones_like(logits, dtype=torch.bool)
     not_self[torch.arange(2 * n, device=u.device), self_index] = False  # (2N, 2N_all) b ≠ a
