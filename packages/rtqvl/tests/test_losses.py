@@ -76,6 +76,31 @@ def test_itm_negatives_never_same_video_and_labels():
     torch.testing.assert_close(itm_loss(logits), ref)
 
 
+def test_itm_negatives_with_a_dominant_positive():
+    """Small learned τ (0.01) and a positive far above the negatives: softmax(sim/τ) of the negatives underflows to 0
+    in float32, yet every row still has admissible negatives and must get one, drawn ∝ exp(sim/τ) among them."""
+    b = 4
+    sim = torch.full((b, b), -0.5)
+    sim.fill_diagonal_(1.0)
+    sim[0, 2] = -0.4  # the clearly hardest negative of text 0 and (transposed) of video 2
+    idx = torch.arange(b)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        nv, nt = itm_negative_indices(sim, idx, 0.01, g)
+        assert (idx[nv] != idx).all() and (idx[nt] != idx).all()
+        assert nv[0] == 2 and nt[2] == 0  # exp(10) ≈ 2e4 times likelier than each other negative
+    # ordinary logits: the same distribution as before (softmax with the same-video entries zeroed)
+    sim = torch.randn(b, b) * 0.3
+    w_ref = F.softmax(sim / 0.07, dim=1).masked_fill(torch.eye(b, dtype=torch.bool), 0)
+    w_ref = w_ref / w_ref.sum(1, keepdim=True)
+    counts = torch.zeros(b, b)
+    g = torch.Generator().manual_seed(1)
+    for _ in range(2000):
+        nv, _ = itm_negative_indices(sim, idx, 0.07, g)
+        counts[torch.arange(b), nv] += 1
+    torch.testing.assert_close(counts / 2000, w_ref, atol=0.05, rtol=0)
+
+
 def test_caption_loss_ignores_bos_and_padding():
     v = 7
     logits = torch.randn(2, 4, v)

@@ -113,6 +113,18 @@ class ITCLoss(nn.Module):
 
 
 @torch.no_grad()
+def _negative_weights(logits: torch.Tensor, same: torch.Tensor) -> torch.Tensor:
+    """softmax(logits) with the same-video entries set to 0 (spec §3.2a), (B, B). A row whose negatives all underflow
+    to 0 (the positive's logit far above theirs: |sim/τ| ~ 1e2–1e3 with a small learned τ) takes the softmax over
+    its admissible entries instead, the same distribution once multinomial renormalises; the other rows keep the
+    plain form, draw for draw."""
+    w = F.softmax(logits, dim=1).masked_fill(same, 0)
+    empty = w.sum(dim=1) <= 0
+    if empty.any():
+        w[empty] = F.softmax(logits[empty].masked_fill(same[empty], float("-inf")), dim=1)
+    return w
+
+
 def itm_negative_indices(
     sim_t2v: torch.Tensor, idx: torch.Tensor, temp: torch.Tensor | float, generator: torch.Generator | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -126,13 +138,13 @@ def itm_negative_indices(
         ValueError: a row has no admissible negative (the batch holds captions of only one video).
     """
     same = idx.view(-1, 1) == idx.view(1, -1)  # (B, B)
-    w_t2v = F.softmax(sim_t2v.float() / temp, dim=1).masked_fill(same, 0)  # (B, B)
-    w_v2t = F.softmax(sim_t2v.T.float() / temp, dim=1).masked_fill(same, 0)
-    if (w_t2v.sum(dim=1) <= 0).any() or (w_v2t.sum(dim=1) <= 0).any():
+    if same.all(dim=1).any():
         raise ValueError(
             "ITM negative sampling: a sample has no other video in its batch (all captions of one video); "
             "use a larger batch or shuffle"
         )
+    w_t2v = _negative_weights(sim_t2v.float() / temp, same)  # (B, B)
+    w_v2t = _negative_weights(sim_t2v.T.float() / temp, same)
     neg_video = torch.multinomial(w_t2v.cpu(), 1, generator=generator).view(-1).to(idx.device)
     neg_text = torch.multinomial(w_v2t.cpu(), 1, generator=generator).view(-1).to(idx.device)
     return neg_video, neg_text
