@@ -176,3 +176,23 @@ def test_answer_logprob_scorer(mllm):
 def test_wrong_image_size_message(mllm):
     with pytest.raises(ValueError, match="data.image_size=32"):
         mllm.normalize_images(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+
+
+def test_yes_no_scorer_when_another_token_takes_the_mass(mllm, monkeypatch):
+    """A next-token distribution dominated by a third token (logit gap 60: p(Yes), p(No) ~ 1e-26) keeps the same
+    Yes/No ratio as the unshifted logits; the ratio depends only on the Yes and No logits."""
+    images = torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8)
+    with torch.no_grad():
+        ref = mllm.yes_no_scores(images, [["chef", "nurse"]])
+    other = next(i for i in range(1000) if i not in mllm.yes_ids + mllm.no_ids)
+    forward = mllm.forward
+
+    def dominated(*args, **kwargs):
+        out = forward(*args, **kwargs).float().clone()
+        out[..., other] += 60.0
+        return out
+
+    monkeypatch.setattr(mllm, "forward", dominated)
+    with torch.no_grad():
+        s = mllm.yes_no_scores(images, [["chef", "nurse"]])
+    torch.testing.assert_close(s, ref, atol=1e-5, rtol=0)

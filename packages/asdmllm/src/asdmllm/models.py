@@ -680,10 +680,12 @@ class MultimodalLLM(nn.Module):
         images_rep = images.repeat_interleave(m, dim=0)  # (B*M, 3, S, S)
         logits = self(images_rep, ids[:, :cut], inputs["attention_mask"][:, :cut])  # (B*M, cut, V)
         next_logits = logits[torch.arange(logits.shape[0], device=logits.device), pos].float()  # (B*M, V)
-        probs = next_logits.softmax(-1)  # (B*M, V)
-        p_yes = probs[:, self.yes_ids].sum(-1)  # (B*M,)
-        p_no = probs[:, self.no_ids].sum(-1)  # (B*M,)
-        return (p_yes / (p_yes + p_no).clamp_min(1e-12)).view(batch, m)  # (B, M) renormalised to Yes+No = 1
+        # p(Yes) / (p(Yes) + p(No)) = sigmoid(log p(Yes) − log p(No)); the softmax normaliser cancels, so the ratio
+        # is formed from log-sums of the logits: it stays exact when another token takes almost all of the mass
+        # (the probabilities themselves would underflow to 0 and the ratio would collapse).
+        log_yes = next_logits[:, self.yes_ids].logsumexp(-1)  # (B*M,) log p(Yes) + log Z
+        log_no = next_logits[:, self.no_ids].logsumexp(-1)  # (B*M,) log p(No) + log Z
+        return torch.sigmoid(log_yes - log_no).view(batch, m)  # (B, M) renormalised to Yes+No = 1
 
     def answer_logprob_scores(
         self, images: torch.Tensor, questions: list[list[str]], concepts: list[list[str]]
