@@ -135,7 +135,7 @@ def test_queue_wraparound_and_ema():
         m.enqueue(feats, feats, torch.arange(8) + 100 * step)
         assert int(m.queue_ptr) == (8 * (step + 1)) % 16
     torch.testing.assert_close(m.video_queue[:, 0:8].T, feats)  # step 4 wrote slots 0..7
-    with pytest.raises(ValueError, match="global batch of 17 .* larger than model.queue_size=16"):
+    with pytest.raises(ValueError, match="global batch of 17 .* larger than model.config.queue_size=16"):
         m.enqueue(torch.randn(17, 32), torch.randn(17, 32), torch.arange(17))
     assert int(m.queue_ptr) == 8  # the refused batch left the queue as it was
     online, ema = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)

@@ -250,12 +250,12 @@ class RTQRetrieval(_RTQBase):
         q = self.video_queue.shape[1]
         if n > q:
             raise ValueError(
-                f"a global batch of {n} (batch × devices) is larger than model.queue_size={q}: the queue must hold at "
-                "least one global batch; raise model.queue_size or lower the batch size"
+                f"a global batch of {n} (batch × devices) is larger than model.config.queue_size={q}: the queue must hold at "
+                "least one global batch; raise model.config.queue_size or lower the batch size"
             )
         ptr = int(self.queue_ptr)
         if not 0 <= ptr < q:
-            raise ValueError(f"queue_ptr={ptr} is outside the queue of model.queue_size={q} slots")
+            raise ValueError(f"queue_ptr={ptr} is outside the queue of model.config.queue_size={q} slots")
         first = min(n, q - ptr)  # columns that fit before the end of the queue; the other n − first wrap to slot 0
         for queue, cols in (
             (self.video_queue, video_feat_m.T),
