@@ -196,3 +196,9 @@ def test_yes_no_scorer_when_another_token_takes_the_mass(mllm, monkeypatch):
     with torch.no_grad():
         s = mllm.yes_no_scores(images, [["chef", "nurse"]])
     torch.testing.assert_close(s, ref, atol=1e-5, rtol=0)
+
+
+def test_sfloss_not_finite_names_the_clip_key():
+    logits, labels = torch.zeros(1, 2, 2), torch.tensor([[-100, 1]])
+    with pytest.raises(FloatingPointError, match=r"model\.skew\.clip"):
+        SocialFairnessLoss(enabled=True)(logits, labels, torch.tensor([-1e4]))

@@ -236,3 +236,13 @@ def test_skew_ties_at_the_kth_score_share_the_slots():
     got = skew_at_k(scores, values, 2, 4, "official_zero")
     expected = torch.tensor([math.log((1.5 / 4) / 0.5), math.log((2.5 / 4) / 0.5)])
     torch.testing.assert_close(got, expected)
+
+
+def test_unknown_skew_options_name_their_keys():
+    scores, values = torch.tensor([0.9, 0.1, 0.5, 0.3]), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(ValueError, match=r"model\.skew\.zero_count='none'"):
+        skew_at_k(scores, values, 2, 2, "none")
+    with pytest.raises(ValueError, match=r"model\.skew\.mode='rank'"):
+        skew_table(scores[:, None], values[:, None], torch.zeros(4, dtype=torch.long), [2], [0], "rank")
+    with pytest.raises(ValueError, match=r"model\.skew\.per_sample='mean'"):
+        per_sample_skew(torch.zeros(1, 1, 2), torch.zeros(4, dtype=torch.long), values[:, None], "mean")

@@ -213,7 +213,7 @@ def test_ensure_generated_rewrites_stale_copies_and_leaves_user_data(tmp_path, m
     assert len(calls) == 3 and not (root / synthetic.STAMP_FILE).exists()
     synthetic.ensure_generated(root, kg, "random", seed=5, owned=True)
     assert len(calls) == 4
-    with pytest.raises(ValueError, match="generate='video'"):
+    with pytest.raises(ValueError, match=r"data\.generate='video'"):
         synthetic.ensure_generated(root, kg, "video")
 
 
@@ -292,6 +292,7 @@ def test_a_kg_that_matches_nothing_is_reported(tmp_path):
         dm.setup("fit")
     text = " ".join(str(w.message) for w in record)
     assert "level 1: none of the 2 label KG terms" in text and "level 2: none of the" in text
+    assert "with data.kg_lang='en'; every label" in text
     assert "train: no video has a keyword found in the KG" in text
 
 

@@ -176,3 +176,12 @@ def test_full_objective_and_its_gradient_match_the_written_out_step():
     assert g_ours.keys() == g_ref.keys()
     for name in g_ref:
         torch.testing.assert_close(g_ours[name], g_ref[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_pckd_with_a_single_view_warns_naming_the_keys():
+    from types import SimpleNamespace
+
+    module = _module()
+    module._trainer = SimpleNamespace(datamodule=SimpleNamespace(hparams={"num_views": 1}))
+    with pytest.warns(UserWarning, match=r"model\.method=pckd with data\.num_views=1"):
+        module.on_fit_start()

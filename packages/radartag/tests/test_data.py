@@ -145,7 +145,7 @@ def test_video_children_key_with_extension_named(root):
 
 
 def test_generator_rejects_more_follows_than_users(tmp_path):
-    with pytest.raises(ValueError, match="demo.follows=6 needs demo.num_users > 6"):
+    with pytest.raises(ValueError, match=r"data\.demo\.follows=6 needs data\.demo\.num_users > 6"):
         write_synthetic_vertical(tmp_path / "k", "v", SyntheticKwaiConfig(num_users=6, follows=6))
 
 

@@ -252,30 +252,41 @@ def test_checkpoint_without_momentum_copies_initialises_them_from_the_online_wei
     # a folder whose weight file was cut short (a copy or download that stopped) names the key and the file
     (tmp_path / "blip" / "model.safetensors").write_bytes((tmp_path / "blip" / "model.safetensors").read_bytes()[:99])
     with pytest.raises(
-        ValueError, match=r"model\.pretrained_path '.*model\.safetensors' cannot be read as safetensors"
+        ValueError, match=r"model\.config\.pretrained_path '.*model\.safetensors' cannot be read as safetensors"
     ):
         load_pretrained(build_model(tiny_config(task)), str(tmp_path / "blip"))
     (tmp_path / "blip" / "model.safetensors").unlink()
     torch.save(state, tmp_path / "blip" / "pytorch_model.bin")
     (tmp_path / "blip" / "pytorch_model.bin").write_bytes((tmp_path / "blip" / "pytorch_model.bin").read_bytes()[:999])
-    with pytest.raises(ValueError, match=r"model\.pretrained_path '.*pytorch_model\.bin' cannot be read as a torch"):
+    with pytest.raises(
+        ValueError, match=r"model\.config\.pretrained_path '.*pytorch_model\.bin' cannot be read as a torch"
+    ):
         load_pretrained(build_model(tiny_config(task)), str(tmp_path / "blip"))
 
 
 def test_missing_checkpoint_and_vocab_errors(tmp_path):
-    with pytest.raises(FileNotFoundError, match="model_base_capfilt_large.pth"):
+    with pytest.raises(FileNotFoundError, match=r"model\.config\.pretrained_path=.*model_base_capfilt_large\.pth"):
         build_model(tiny_config(pretrained_path=str(tmp_path / "nope.pth")))
         load_pretrained(build_model(tiny_config()), str(tmp_path / "nope.pth"))
     cfg = tiny_config()
     cfg.text.vocab_path = str(tmp_path)
-    with pytest.raises(FileNotFoundError, match="vocab_path"):
+    with pytest.raises(FileNotFoundError, match=r"model\.config\.text\.vocab_path="):
+        build_model(cfg)
+
+
+def test_build_model_names_the_task_key():
+    cfg = tiny_config()
+    cfg.task = "ranking"  # set after the config's own check
+    with pytest.raises(ValueError, match=r"model\.config\.task='ranking': expected"):
         build_model(cfg)
 
 
 def test_bad_video_shape():
     enc = RTQVisionEncoder(tiny_vision())
-    with pytest.raises(ValueError, match="num_frames"):
+    with pytest.raises(ValueError, match=r"model\.config\.vision\.num_frames"):
         enc(torch.randn(2, 3, 3, 32, 32))
+    with pytest.raises(ValueError, match=r"model\.config\.vision\.image_size"):
+        enc(torch.randn(2, 4, 3, 16, 16))
     with pytest.raises(ValueError, match="num_segments"):
         tiny_vision(num_segments=3)
 

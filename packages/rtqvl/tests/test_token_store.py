@@ -31,7 +31,7 @@ def test_store_returns_the_requested_rows_in_order(location, dtype):
 
 
 def test_store_location_decides_where_tokens_live(monkeypatch):
-    with pytest.raises(ValueError, match="eval_token_store"):
+    with pytest.raises(ValueError, match=r"model\.eval_token_store='gpu'"):
         VideoTokenStore("gpu")
     assert VideoTokenStore("pinned").pin == torch.cuda.is_available()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)

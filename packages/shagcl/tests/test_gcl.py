@@ -34,6 +34,8 @@ def test_grouping_reproduces_official_presets(counts, mu, expected):
 def test_average_grouping_and_vg_divide4_names():
     assert group_predicates(VG[1:], mode="average") == [10] * 5
     assert group_predicates(GQA[1:], mode="average") == [20] * 5
+    with pytest.raises(ValueError, match=r"model\.config\.group_split=average with 3 groups"):
+        group_predicates([5, 3], mode="average", num_average_groups=3)
     sizes = classifier_sizes(group_predicates(VG[1:], 4))
     assert VG150_PREDICATES_FREQ_ORDER[1 : sizes[0] + 1] == ["on", "has", "wearing", "of"]
     assert VG150_PREDICATES_FREQ_ORDER[sizes[3] + 1 :][-1] == "flying in"

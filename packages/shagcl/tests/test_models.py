@@ -147,8 +147,10 @@ def test_official_union_path_and_trainable_box_head(tmp_path):
         "pair_image_sizes": torch.full((4, 2), 20.0),
     }
     assert [t.shape for t in model(batch).rel_logits] == [(4, 3), (4, 6)]
-    with pytest.raises(ValueError, match="object_stage pooled"):
+    with pytest.raises(ValueError, match=r"object_stage pooled` \(or set data\.synthetic\.pooled: true\)"):
         model({**batch, "obj_pooled": None, "obj_feats": torch.randn(5, 16)})
+    with pytest.raises(ValueError, match=r"union_stage pooled` \(or set data\.synthetic\.pooled: true\)"):
+        model({**batch, "union_pooled": None, "union_feats": torch.randn(4, 16)})
     # fc6/fc7 copies start from a detector's box head (torchvision key names)
     state = {
         "roi_heads.box_head.fc6.weight": torch.randn(16, 8 * 49),
@@ -226,3 +228,10 @@ def test_load_glove_reads_the_text_and_pt_formats(tmp_path):
     pt.write_bytes(pt.read_bytes()[:300])
     with pytest.raises(ValueError, match=r"model\.config\.glove_path '.*glove\.pt' cannot be read as a torch file"):
         load_glove(pt, names, 3)
+
+
+def test_sgcls_without_detector_logits_names_the_protocol_key():
+    model = SHAGCL(tiny_config(protocol="sgcls"))
+    model.build_decoder([2, 3], torch.ones(5, 5, 6))
+    with pytest.raises(ValueError, match=r"model\.config\.protocol=sgcls needs detector logits"):
+        model({**_toy_batch(), "det_logits": None})

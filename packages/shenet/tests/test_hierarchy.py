@@ -125,20 +125,22 @@ def test_cache_round_trip(tmp_path):
     pre = PrecomputedParser(path)
     for t in texts:
         assert pre(t) == HeuristicParser()(t)
-    with pytest.raises(KeyError, match="shenet parse"):
+    with pytest.raises(KeyError, match=r"data\.parser\.cache_file=.*shenet parse"):
         pre("an unseen caption")
     parser = build_parser(ParserConfig(backend="precomputed", cache_file=str(path)))
     assert parser.name == "precomputed" and parser(texts[1]).nodes[0] == SyntaxNode("noun", "woman", 2, 7, -1)
-    with pytest.raises(FileNotFoundError, match="parser.cache_file"):
+    with pytest.raises(FileNotFoundError, match=r"data\.parser\.cache_file"):
         PrecomputedParser(tmp_path / "missing.json")
-    with pytest.raises(ValueError, match="cache_file"):
+    with pytest.raises(ValueError, match=r"data\.parser\.backend='precomputed' needs data\.parser\.cache_file"):
         ParserConfig(backend="precomputed")
 
 
 def test_missing_spacy_model_errors_and_auto_fallback():
-    with pytest.raises(OSError, match="python -m spacy download no_such_model"):
+    with pytest.raises(
+        OSError, match=r"data\.parser\.spacy_model='no_such_model'.*python -m spacy download no_such_model"
+    ):
         load_spacy("no_such_model")
-    with pytest.warns(UserWarning, match="NOT comparable"):
+    with pytest.warns(UserWarning, match=r"data\.parser\.backend='auto'.*NOT comparable"):
         parser = build_parser(ParserConfig(backend="auto", spacy_model="no_such_model"))
     assert parser.name == "heuristic"
 
@@ -197,10 +199,10 @@ def test_cache_entries_are_validated(tmp_path, node, why):
 def test_malformed_cache_names_the_file(tmp_path):
     path = tmp_path / "parses.json"
     path.write_text(json.dumps({"a dog runs": {"node": []}}))
-    with pytest.raises(ValueError, match=r"parses.json.*'a dog runs'.*expected an object"):
+    with pytest.raises(ValueError, match=r"data\.parser\.cache_file=.*parses.json.*'a dog runs'.*expected an object"):
         PrecomputedParser(path)("a dog runs")
     path.write_text("{not json")
-    with pytest.raises(ValueError, match=r"parser.cache_file .*parses.json.* is not valid JSON"):
+    with pytest.raises(ValueError, match=r"data\.parser\.cache_file .*parses.json.* is not valid JSON"):
         PrecomputedParser(path)
 
 

@@ -92,5 +92,7 @@ class SocialFairnessLoss(nn.Module):
             return {"loss": plain, "loss_ar": plain.detach(), "mean_weight": plain.new_ones(())}
         loss = social_fairness_loss(per_sample, skew, self.normalize_weights)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"SFLoss is not finite ({loss.item()}); check skew.clip and the learning rate")
+            raise FloatingPointError(
+                f"SFLoss is not finite ({loss.item()}); check model.skew.clip and the learning rate"
+            )
         return {"loss": loss, "loss_ar": plain.detach(), "mean_weight": torch.exp(-skew.float()).mean()}

@@ -92,7 +92,7 @@ def skew_at_k(
         observed = (n_top + alpha) / (k + alpha * num_values)
         skew = torch.log(observed / desired.clamp_min(1e-300))
     else:
-        raise ValueError(f"skew.zero_count={zero_count!r}: use official_zero or laplace")
+        raise ValueError(f"model.skew.zero_count={zero_count!r}: use official_zero or laplace")
     out[present] = skew[present].clamp(-clip, clip)
     return out.float()
 
@@ -187,7 +187,7 @@ def skew_table(
                     predicted, attributes[rows, t], members, num_values[t], alpha, clip
                 )
     else:
-        raise ValueError(f"skew.mode={mode!r}: use topk or rate")
+        raise ValueError(f"model.skew.mode={mode!r}: use topk or rate")
     return table
 
 
@@ -229,7 +229,7 @@ def per_sample_skew(
         return vals.amax(-1)
     if rule == "min":
         return vals.amin(-1)
-    raise ValueError(f"skew.per_sample={rule!r}: use signed_max_abs, max or min")
+    raise ValueError(f"model.skew.per_sample={rule!r}: use signed_max_abs, max or min")
 
 
 class SkewMetric(ListStateMetric):

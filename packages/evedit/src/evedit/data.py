@@ -476,7 +476,7 @@ class VideoFolderDataset(_ClipDataset):
 def collate_one(items: list[dict | None]) -> dict | None:
     """Batch of one clip (clips of different lengths are edited one at a time); None for a skipped clip."""
     if len(items) != 1:
-        raise ValueError(f"EVE edits one clip per batch; got a batch of {len(items)} (set data.batch_size=1)")
+        raise ValueError(f"EVE edits one clip per batch; got a batch of {len(items)} (load with batch_size=1)")
     return items[0]
 
 
@@ -643,7 +643,7 @@ class EVEDataModule(pl.LightningDataModule):
         frames_mode: `first`, `uniform` (default) or `stride` (spec §4.3).
         frame_stride: stride of `frames_mode: stride`.
         source: LOVEU only: read `480p_videos` (mp4 through mmzoo.video) or `480p_frames` (jpg).
-        use_depth_files: read precomputed depth maps (with `model.depth_model: precomputed`).
+        use_depth_files: read precomputed depth maps (with `model.model.depth_model: precomputed`).
         on_corrupt: `raise` or `skip` (logged with the path) for undecodable clips.
         max_items: keep only the first N (clip, prompt) items (None = all).
         generate_demo_data: write a tiny synthetic dataset of the chosen layout into `data_root` when it is absent.

@@ -3,7 +3,7 @@
 Reconstruction: the paper's figure shows a text-only and a depth-guided UNet prediction feeding a "parameter
 update" of the learnable latent Ẑ_t; the equations are not available, so the two terms below (inter-frame
 constraint L_tmp and branch agreement L_agr) are this package's reconstruction (spec §3.4) and every choice is a
-config key (`edit.tcc.*`). Squared norms are averaged over the latent's elements (‖·‖² / (C·h·w)), so the
+config key (`model.edit.tcc.*`). Squared norms are averaged over the latent's elements (‖·‖² / (C·h·w)), so the
 weights do not depend on resolution.
 """
 
@@ -82,7 +82,7 @@ def tcc_loss(
 
 
 class TemporalConsistencyLoss(nn.Module):
-    """Holds the weights and variants of :func:`tcc_loss` (``edit.tcc.*``)."""
+    """Holds the weights and variants of :func:`tcc_loss` (``model.edit.tcc.*``)."""
 
     def __init__(
         self,

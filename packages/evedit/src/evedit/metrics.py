@@ -205,7 +205,8 @@ class MetricsConfig:
     resize: int = 480
     """Frames are first resized to resize×resize (LOVEU script), then to the CLIP input (short side + centre crop)."""
     depth_error: bool = True
-    """Also compute the structure error with the editor's depth estimator (needs `model.depth_model` != precomputed)."""
+    """Also compute the structure error with the editor's depth estimator (needs `model.model.depth_model` !=
+    precomputed)."""
     local_files_only: bool = True
     """Never reach the hub."""
 

@@ -69,7 +69,7 @@ class ModelConfig:
     """`tiny` only: no VAE (pixel space, 3 channels, factor 1; spec §8a `vae: identity`)."""
     tiny_pixel_scale: float = 1.0
     """`tiny_pixel_space` only: the identity VAE's scaling factor, Z_0 = scale·x with x in [−1, 1] (the role of
-    SD's 0.18215: latents of unit rms, so the noise schedule and `edit.tcc.step` act as they do for SD). The repro
+    SD's 0.18215: latents of unit rms, so the noise schedule and `model.edit.tcc.step` act as they do for SD). The repro
     sets 1 / rms(x) of its training frames; 1.0 = unscaled pixels."""
     tiny_clip_sample: bool = False
     """`tiny` only: the DDIM scheduler clips x̂_0 to ±tiny_pixel_scale (the data range of a pixel-space model, as

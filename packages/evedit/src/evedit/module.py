@@ -99,7 +99,7 @@ def edit_settings_id(model: ModelConfig, edit: EditConfig, seed: int) -> str:
 def edit_input_id(item: dict) -> str:
     """A short fingerprint of what an edit starts from: the source frames, the guiding depth files (when the data
     gives them) and the two prompts. Data settings that change these (``data.use_depth_files``, frame sampling,
-    ``data.image_size``) change it, so ``test`` does not re-use an edit made from other inputs."""
+    ``data.size``) change it, so ``test`` does not re-use an edit made from other inputs."""
     h = hashlib.sha1()
     for key in ("frames", "depth"):
         value = item.get(key)
@@ -312,7 +312,7 @@ class EVEModule(pl.LightningModule):
         """MiDaS maps (F, H, W) of uint8 frames (F, 3, H, W) for the structure error (spec §5): the estimator's raw
         maps at the frame size, which :func:`depth_error` normalises over the clip. Source and edit go through the
         same estimator whatever guided the edit (depth files or the estimator) and whatever the edit's
-        ``depth.norm`` / ``depth.smooth_window``, so a fresh and a re-used edit score alike."""
+        ``model.edit.depth.norm`` / ``model.edit.depth.smooth_window``, so a fresh and a re-used edit score alike."""
         raw = self.pipe.estimate_depth(frames.to(self.device), self.edit_cfg)  # (F, s', s')
         return F.interpolate(raw[:, None], size=frames.shape[-2:], mode="bicubic", align_corners=False)[:, 0]
 

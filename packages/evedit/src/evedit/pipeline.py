@@ -331,8 +331,9 @@ class EVEPipeline(DiffusionPipeline):
 
             ε = ε_θ(Z_t, t, c_inv, M);   Z_{t+1} = sqrt(ᾱ_{t+1})·(Z_t − sqrt(1−ᾱ_t)·ε)/sqrt(ᾱ_t) + sqrt(1−ᾱ_{t+1})·ε
 
-        ``timestep`` (``edit.inversion_timestep``): the UNet is asked at the step's destination timestep (diffusers'
-        inverse-scheduler convention, default) or at its source t, as the equation writes it (0 for the first step).
+        ``timestep`` (``model.edit.inversion_timestep``): the UNet is asked at the step's destination timestep
+        (diffusers' inverse-scheduler convention, default) or at its source t, as the equation writes it (0 for the
+        first step).
         Returns the trajectory [(Z_t, x̂_0 at t)] from the least to the most noisy step (the last Z is Z_T)."""
         self.inverse_scheduler.set_timesteps(num_steps, device=z0.device)
         ratio = self.inverse_scheduler.config.num_train_timesteps // num_steps

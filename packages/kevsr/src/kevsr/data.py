@@ -415,7 +415,7 @@ class KEVSRDataModule(SplitLoaders, pl.LightningDataModule):
             if named and found == 0:
                 rank_zero_warn(
                     f"level {level}: none of the {len(named)} label KG terms is in {h.kg_path} with "
-                    f"kg_lang={h.kg_lang!r}; every label of the level gets a learnable vector"
+                    f"data.kg_lang={h.kg_lang!r}; every label of the level gets a learnable vector"
                 )
 
     def setup(self, stage: str | None = None) -> None:

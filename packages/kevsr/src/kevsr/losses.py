@@ -104,7 +104,7 @@ class SelfDistillationLoss(nn.Module):
 
     def __init__(self, beta1: float = 1.0, beta2: float = 1.0, stop_grad: Literal["none", "nt", "t"] = "none") -> None:
         super().__init__()
-        check_choice("distill_stop_grad", stop_grad, STOP_GRAD)
+        check_choice("model.distill_stop_grad", stop_grad, STOP_GRAD)
         self.beta1, self.beta2, self.stop_grad = beta1, beta2, stop_grad
 
     def forward(self, t: dict[str, torch.Tensor], nt: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -93,7 +93,7 @@ class RPAtAccuracy(Metric):
 
     def __init__(self, accuracy: float = 0.9, mode: Literal["threshold", "top1"] = "threshold") -> None:
         super().__init__()
-        check_choice("rp_mode", mode, RP_MODES)
+        check_choice("model.rp_mode", mode, RP_MODES)
         self.accuracy, self.mode = accuracy, mode
         self.add_state("scores", default=[], dist_reduce_fx="cat")
         self.add_state("targets", default=[], dist_reduce_fx="cat")

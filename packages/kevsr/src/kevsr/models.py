@@ -664,7 +664,7 @@ class KEVSRModel(nn.Module):
 
     def __init__(self, cfg: KEVSRConfig, streams: Literal["both", "temporal", "nontemporal"] = "both") -> None:
         super().__init__()
-        check_choice("streams", streams, STREAMS)
+        check_choice("model.streams", streams, STREAMS)
         self.cfg = cfg
         self.temporal = TemporalStream(cfg) if streams in ("both", "temporal") else None
         self.nontemporal = NonTemporalStream(cfg) if streams in ("both", "nontemporal") else None

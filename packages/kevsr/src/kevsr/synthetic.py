@@ -295,7 +295,7 @@ def ensure_generated(
     """
     root = Path(root)
     if kind not in ("digits", "random"):
-        raise ValueError(f"generate={kind!r}: use digits or random")
+        raise ValueError(f"data.generate={kind!r}: use digits or random")
     version = DIGITS_VERSION if kind == "digits" else RANDOM_VERSION
     writer = write_digits_dataset if kind == "digits" else write_random_dataset
     ensure_generated_data(

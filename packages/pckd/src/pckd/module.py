@@ -515,7 +515,7 @@ class PCKDModule(pl.LightningModule):
             self.crd_loss.broadcast_memory()  # every rank starts from rank 0's banks (or the checkpoint's, alike)
         dm = getattr(self.trainer, "datamodule", None)
         if self.hparams.method == "pckd" and getattr(dm, "hparams", {}).get("num_views", 4) == 1:
-            rank_zero_warn("method=pckd with data.num_views=1: PCKD expects the 4 rotated views (spec §3.1)")
+            rank_zero_warn("model.method=pckd with data.num_views=1: PCKD expects the 4 rotated views (spec §3.1)")
         if not math.isfinite(self.hparams.w_cc):
             raise ValueError("model.w_cc must be finite")
 

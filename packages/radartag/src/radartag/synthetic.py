@@ -99,7 +99,9 @@ def write_synthetic_vertical(root: str | Path, vertical: str, cfg: SyntheticKwai
     num_leaves = len(leaves)
     fav = np.stack([rng.choice(num_leaves, cfg.favourites, replace=False) for _ in range(cfg.num_users)])
     if cfg.follows > cfg.num_users - 1:  # the draw below could never pick enough distinct followees
-        raise ValueError(f"demo.follows={cfg.follows} needs demo.num_users > {cfg.follows} (got {cfg.num_users})")
+        raise ValueError(
+            f"data.demo.follows={cfg.follows} needs data.demo.num_users > {cfg.follows} (got {cfg.num_users})"
+        )
     followees = []
     for u in range(cfg.num_users):
         similar = [v for v in range(cfg.num_users) if v != u and set(fav[v]) & set(fav[u])]

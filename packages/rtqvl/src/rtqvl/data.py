@@ -731,8 +731,8 @@ class RTQDataModule(SplitLoaders, pl.LightningDataModule):
         dataset: msrvtt_retrieval | didemo | activitynet | msrvtt_caption | msvd_caption | msrvtt_qa | nextqa.
         data_root: folder holding ``ann_dir`` and ``video_db``.
         ann_dir, video_db, train_files, val_files, test_files: override the layout (relative to data_root).
-        num_frames: T frames per clip (must equal ``model.vision.num_frames``).
-        image_size: frame size S (must equal ``model.vision.image_size``).
+        num_frames: T frames per clip (must equal ``model.config.vision.num_frames``).
+        image_size: frame size S (must equal ``model.config.vision.image_size``).
         batch_size, eval_batch_size: per device.
         randaugment: RandAugment in training (spec §3.1).
         augment: master switch of the training augmentation (crop, flip, RandAugment); off for tasks where

@@ -55,7 +55,7 @@ class VideoTokenStore:
 
     def __init__(self, location: StoreLocation = "pinned", slab_bytes: int = SLAB_BYTES):
         if location not in STORE_LOCATIONS:
-            raise ValueError(f"eval_token_store={location!r}: expected one of {STORE_LOCATIONS}")
+            raise ValueError(f"model.eval_token_store={location!r}: expected one of {STORE_LOCATIONS}")
         self.location = location
         self.pin = location == "pinned" and torch.cuda.is_available()
         self.slab_bytes = slab_bytes

@@ -232,7 +232,9 @@ def group_predicates(
     if mode == "average":
         size = len(counts) // num_average_groups
         if size == 0:
-            raise ValueError(f"group_split=average with {num_average_groups} groups needs >= that many predicates")
+            raise ValueError(
+                f"model.config.group_split=average with {num_average_groups} groups needs >= that many predicates"
+            )
         sizes = [size] * num_average_groups
         sizes[-1] += len(counts) - size * num_average_groups
         return sizes

@@ -827,7 +827,7 @@ class SHAGCL(nn.Module):
             raise ValueError(
                 f"model.config.trainable_box_head={self.box_head is not None} needs '{key}' in the batch: "
                 + (
-                    "extract the cache with `shagcl extract --object_stage pooled` (or set synthetic.pooled: true), "
+                    "extract the cache with `shagcl extract --object_stage pooled` (or set data.synthetic.pooled: true), "
                     "or set trainable_box_head: false"
                     if key == "obj_pooled"
                     else "extract with `--object_stage fc7`, or set trainable_box_head: true"
@@ -842,7 +842,7 @@ class SHAGCL(nn.Module):
             raise ValueError(
                 f"model.config.union_features={self.cfg.union_features} needs '{key}' in the batch: extract the "
                 f"cache with `shagcl extract --union_stage {'pooled' if key == 'union_pooled' else 'fc7'}`"
-                + (" (or set synthetic.pooled: true)" if key == "union_pooled" else "")
+                + (" (or set data.synthetic.pooled: true)" if key == "union_pooled" else "")
             )
         boxes, pair_idx = batch["boxes"], batch["pair_idx"]
         if self.union is not None:
@@ -864,7 +864,9 @@ class SHAGCL(nn.Module):
         if self.decoder is None:
             raise RuntimeError("SHAGCL.build_decoder(group_sizes, fg_matrix) must be called before forward")
         if self.cfg.protocol != "predcls" and batch.get("det_logits") is None:
-            raise ValueError(f"protocol={self.cfg.protocol} needs detector logits in the batch ('det_logits')")
+            raise ValueError(
+                f"model.config.protocol={self.cfg.protocol} needs detector logits in the batch ('det_logits')"
+            )
         edge_ctx, obj_logits, obj_labels, obj_scores = self.context(
             self.object_features(batch),
             batch["boxes"],

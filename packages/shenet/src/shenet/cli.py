@@ -15,7 +15,7 @@ __all__ = ["main", "parse_command"]
 
 def parse_command(argv: list[str]) -> Path:
     """``shenet parse --dataset D --data_root R [--backend spacy] [--out R/shenet_parses.json]``: parse every caption
-    of the dataset's splits and write the spec §3.2 JSON cache (use it with ``parser.backend: precomputed``)."""
+    of the dataset's splits and write the spec §3.2 JSON cache (use it with ``data.parser.backend: precomputed``)."""
     from shenet.hierarchy import ParserConfig, build_parser, write_parse_cache
 
     ap = argparse.ArgumentParser(prog="shenet parse", description=parse_command.__doc__)

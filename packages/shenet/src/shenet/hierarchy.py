@@ -139,7 +139,7 @@ class ParserConfig:
         check_literal_fields(self, "data.parser")  # an unknown backend would be read as auto
         if self.backend == "precomputed" and not self.cache_file:
             raise ValueError(
-                "parser.backend='precomputed' needs parser.cache_file (a JSON parse cache; "
+                "data.parser.backend='precomputed' needs data.parser.cache_file (a JSON parse cache; "
                 "write one with `shenet parse`)"
             )
         for key in (
@@ -370,14 +370,14 @@ def load_spacy(model: str):
     try:
         import spacy
     except ImportError as err:  # pragma: no cover - spacy is a dependency
-        raise ImportError("parser.backend='spacy' needs spaCy: pip install spacy") from err
+        raise ImportError("data.parser.backend='spacy' needs spaCy: pip install spacy") from err
     try:
         return spacy.load(model)
     except OSError as err:
         raise OSError(
-            f"parser.spacy_model={model!r}: the spaCy model could not be loaded. Install it with "
-            f"`python -m spacy download {model}` (spaCy's release channel, not PyPI), point parser.spacy_model at a "
-            "model folder, or use parser.backend: heuristic / precomputed (see README, Text parsing)."
+            f"data.parser.spacy_model={model!r}: the spaCy model could not be loaded. Install it with "
+            f"`python -m spacy download {model}` (spaCy's release channel, not PyPI), point data.parser.spacy_model at a "
+            "model folder, or use data.parser.backend: heuristic / precomputed (see README, Text parsing)."
         ) from err
 
 
@@ -468,21 +468,21 @@ class PrecomputedParser:
         path = Path(cache_file)
         if not path.is_file():
             raise FileNotFoundError(
-                f"parser.cache_file={str(path)!r}: no such parse cache; write one with "
+                f"data.parser.cache_file={str(path)!r}: no such parse cache; write one with "
                 "`shenet parse` (see README, Text parsing)"
             )
         self.path = path
-        self.entries: dict = read_json(path, "parser.cache_file")
+        self.entries: dict = read_json(path, "data.parser.cache_file")
         if not isinstance(self.entries, dict):
-            raise ValueError(f"parser.cache_file={str(path)!r}: expected an object mapping texts to parses")
+            raise ValueError(f"data.parser.cache_file={str(path)!r}: expected an object mapping texts to parses")
 
     def __call__(self, text: str) -> SyntaxHierarchy:
         if text not in self.entries:
             raise KeyError(
-                f"parser.cache_file={str(self.path)!r} has no parse of the text {text!r}; regenerate the "
+                f"data.parser.cache_file={str(self.path)!r} has no parse of the text {text!r}; regenerate the "
                 "cache with `shenet parse` for this dataset"
             )
-        return SyntaxHierarchy.from_json(text, self.entries[text], f"parser.cache_file={str(self.path)!r}")
+        return SyntaxHierarchy.from_json(text, self.entries[text], f"data.parser.cache_file={str(self.path)!r}")
 
 
 @dataclass
@@ -549,7 +549,7 @@ def build_parser(cfg: ParserConfig) -> CachedParser:
             parser = SpacyParser(cfg.spacy_model)
         except (OSError, ImportError) as err:
             rank_zero_warn(
-                f"parser.backend='auto': spaCy model {cfg.spacy_model!r} unavailable ({type(err).__name__}); using "
+                f"data.parser.backend='auto': spaCy model {cfg.spacy_model!r} unavailable ({type(err).__name__}); using "
                 "the heuristic parser. Results are NOT comparable to the paper's; install it with "
                 f"`python -m spacy download {cfg.spacy_model}`."
             )

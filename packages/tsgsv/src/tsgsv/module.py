@@ -34,7 +34,7 @@ class TSGSVModule(pl.LightningModule):
         warmup_start_factor: 0.1 (official).
         flat_fraction: the LR stays flat until this fraction of all steps, then cosine-decays to 0 (0.4).
         tpn_type: ``KD`` (distil the twin's probabilities, paper) or ``twinnet`` (feature regression ablation).
-        kd_weight: λ of the distillation term (ANet 0.4, TACoS/MAD 0.2). With ``config.future_usage != 'twin'``
+        kd_weight: λ of the distillation term (ANet 0.4, TACoS/MAD 0.2). With ``model.config.future_usage != 'twin'``
             only the main span loss is used.
         kd_warmup: warm λ up per step as λ·(2/(1+e^{−10p}) − 1), p = step / total steps (the official, unused hook,
             spec §3.8; False in every official config). Logged as ``train/kd_weight``.
@@ -140,7 +140,7 @@ class TSGSVModule(pl.LightningModule):
     @torch.no_grad()
     def stream_scores(self, video: torch.Tensor, sentence: torch.Tensor, sentence_length: torch.Tensor) -> torch.Tensor:
         """Streamed probabilities of one annotation (spec §3.9 step 1): for t = 0, k, 2k, … < N (k =
-        ``eval.chunk_interval``) the causal model scores the window ending at t; p(t) = σ(x_main[last]).
+        ``model.evaluation.chunk_interval``) the causal model scores the window ending at t; p(t) = σ(x_main[last]).
 
         video (N, d_v), sentence (L, d_s), sentence_length () -> (T', 3) (start, end, sem) in time order.
         Windows are batched ``eval_window_batch`` at a time; the sentence is encoded once.

@@ -477,7 +477,7 @@ def build_model(config: RTQConfig) -> _RTQBase:
     elif config.task == "multiple_choice":
         model = RTQMultipleChoice(config)
     else:
-        raise ValueError(f"model.task={config.task!r}: expected retrieval, captioning, qa or multiple_choice")
+        raise ValueError(f"model.config.task={config.task!r}: expected retrieval, captioning, qa or multiple_choice")
     if config.init_std is not None:
         reinit_weights(model, config.init_std)
     return model

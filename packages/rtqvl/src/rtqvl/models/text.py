@@ -19,7 +19,8 @@ from transformers.models.blip.configuration_blip import BlipTextConfig
 __all__ = ["TextConfig", "build_tokenizer", "blip_text_config", "TINY_VOCAB"]
 
 TINY_VOCAB = "tiny"
-"""``text.vocab_path: tiny`` selects the ~220-word vocabulary shipped for tests and demos (not for real data)."""
+"""``model.config.text.vocab_path: tiny`` selects the ~220-word vocabulary shipped for tests and demos (not for real
+data)."""
 
 
 @dataclass
@@ -70,7 +71,7 @@ def build_tokenizer(vocab_path: str) -> BertTokenizer:
             path = path / "vocab.txt"
     if not path.is_file():
         raise FileNotFoundError(
-            f"model.text.vocab_path={vocab_path!r}: no vocab.txt found. Supply a local folder holding the "
+            f"model.config.text.vocab_path={vocab_path!r}: no vocab.txt found. Supply a local folder holding the "
             "bert-base-uncased vocab.txt (e.g. a copy of the Hugging Face 'bert-base-uncased' repo); see README, "
             "Pretrained weights."
         )

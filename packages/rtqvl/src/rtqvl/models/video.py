@@ -785,11 +785,13 @@ class RTQVisionEncoder(nn.Module):
         cfg = self.config
         if video.ndim != 5 or video.shape[1] != cfg.num_frames or video.shape[2] != 3:
             raise ValueError(
-                f"video must be (B, T={cfg.num_frames}, 3, H, W) (vision.num_frames), got {tuple(video.shape)}"
+                f"video must be (B, T={cfg.num_frames}, 3, H, W) (model.config.vision.num_frames), "
+                f"got {tuple(video.shape)}"
             )
         if video.shape[-1] != cfg.image_size or video.shape[-2] != cfg.image_size:
             raise ValueError(
-                f"video frames must be {cfg.image_size}x{cfg.image_size} (vision.image_size), got {tuple(video.shape[-2:])}"
+                f"video frames must be {cfg.image_size}x{cfg.image_size} (model.config.vision.image_size), "
+                f"got {tuple(video.shape[-2:])}"
             )
         b, t = video.shape[:2]
         x = self.embeddings(video.flatten(0, 1))  # (B·T, 1+P, D)

@@ -69,11 +69,11 @@ def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
     """Read a LAVIS ``.pth`` or a transformers folder into this package's key space.
 
     Raises:
-        FileNotFoundError: naming ``model.pretrained_path`` and the expected file.
+        FileNotFoundError: naming ``model.config.pretrained_path`` and the expected file.
     """
     p = Path(path)
     hint = (
-        f"model.pretrained_path={path!r}: expected the BLIP base CapFilt-L pre-training checkpoint "
+        f"model.config.pretrained_path={path!r}: expected the BLIP base CapFilt-L pre-training checkpoint "
         "'model_base_capfilt_large.pth' (Salesforce BLIP release) or a local transformers BLIP folder; "
         "see README, Pretrained weights."
     )
@@ -87,9 +87,11 @@ def read_checkpoint(path: str) -> dict[str, torch.Tensor]:
             try:
                 raw = load_file(str(st))
             except SafetensorError as err:  # its message names no file
-                raise ValueError(f"model.pretrained_path {str(st)!r} cannot be read as safetensors ({err})") from err
+                raise ValueError(
+                    f"model.config.pretrained_path {str(st)!r} cannot be read as safetensors ({err})"
+                ) from err
         elif pt.is_file():
-            raw = read_torch(pt, "model.pretrained_path")
+            raw = read_torch(pt, "model.config.pretrained_path")
         else:
             raise FileNotFoundError(hint + " (the folder has no model.safetensors / pytorch_model.bin)")
         return {hf_to_rtq_key(k): v for k, v in raw.items()}
