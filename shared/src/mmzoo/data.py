@@ -19,6 +19,7 @@ __all__ = [
     "SplitLoaders",
     "ensure_generated",
     "evaluation_sampler",
+    "partial_path",
     "read_json",
     "read_jsonl",
     "read_torch",
@@ -128,6 +129,13 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
+def partial_path(path: str | Path) -> Path:
+    """The temporary name a file is written under before it takes ``path``'s: ``.<name>.<pid>.partial`` beside it
+    (hidden, another suffix: no reader looks for it; one per process)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.{os.getpid()}.partial")
+
+
 @contextmanager
 def written_whole(path: str | Path) -> Iterator[Path]:
     """Write ``path`` whole or not at all: yields a temporary path beside it (``.<name>.<pid>.partial``, a name no
@@ -137,7 +145,7 @@ def written_whole(path: str | Path) -> Iterator[Path]:
     same file (ranks building one cache) each rename a complete copy. The parent folder is created."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    tmp = partial_path(path)
     try:
         yield tmp
         os.replace(tmp, path)

@@ -36,7 +36,7 @@ import torch
 from lightning.pytorch.callbacks import BasePredictionWriter
 from lightning.pytorch.utilities import rank_zero_info
 
-from mmzoo.data import written_whole
+from mmzoo.data import partial_path, written_whole
 
 __all__ = ["PredictionWriter", "prediction_file", "predict_dataset", "writes_predictions"]
 
@@ -97,7 +97,7 @@ class PredictionWriter(BasePredictionWriter):
         path = prediction_file(trainer, self.path)
         path.parent.mkdir(parents=True, exist_ok=True)
         self.written, self.arrays_written = path, None
-        self._partial = path.with_name(f".{path.name}.{os.getpid()}.partial")
+        self._partial = partial_path(path)
         self._fh = open(self._partial, "w", encoding="utf-8")
         self._arrays, self._rows = {}, 0
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import re
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass
@@ -26,7 +25,7 @@ from typing import Literal, get_args
 import lightning.pytorch as pl
 import torch
 from mmzoo.config import check_choice, check_range
-from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, worker_options, written_whole
+from mmzoo.data import SplitLoaders, evaluation_sampler, read_json, read_torch, worker_options, written_whole
 from mmzoo.features import NpyFolderFeatures
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import HeteroData
@@ -346,8 +345,8 @@ def load_split_graph(root: str | Path, vertical: str, split: str, force_reload: 
     stamp = _input_stamp(root, vertical)
     if cache.is_file() and not force_reload:
         try:
-            saved = torch.load(cache, weights_only=False)
-        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError) as err:  # e.g. a copy cut short
+            saved = read_torch(cache, "graph cache", weights_only=False)
+        except ValueError as err:  # e.g. a copy cut short
             log.warning("rebuilding %s: it cannot be read (%s)", cache, str(err).splitlines()[0])
         else:
             if isinstance(saved, dict) and saved.get("inputs") == stamp:
