@@ -21,6 +21,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import numbers
 import pickle
 from dataclasses import asdict
 from pathlib import Path
@@ -156,6 +157,13 @@ class _VideoTextDataset(Dataset):
         missing = [v for v in self.videos if not self.captions.get(v)]
         if missing:
             raise KeyError(f"{self.dataset_name} {self.split}: videos without captions, e.g. {missing[:3]}; {_HINT}")
+        for v in self.videos:  # a null or numeric caption would fail later inside the tokenizer, without its video
+            odd = [c for c in self.captions[v] if not isinstance(c, str)]
+            if odd:
+                raise TypeError(
+                    f"{self.dataset_name} {self.split} (data.data_root={str(self.root)!r}): video {v!r} has a "
+                    f"caption that is not a string: {odd[0]!r}; {_HINT}"
+                )
         if not self.videos_dir.is_dir():
             raise FileNotFoundError(
                 f"data.videos_dir={str(self.videos_dir)!r}: no such folder ({self.dataset_name} videos); {_HINT}"
@@ -354,6 +362,11 @@ class DiDeMoDataset(_VideoTextDataset):
             for key in ("video", "description"):
                 if key not in row:
                     raise KeyError(f"{self.root / f'{split}_data.json'}: entry {k} lacks key {key!r}; {_HINT}")
+            if not isinstance(row["description"], str):
+                raise TypeError(
+                    f"{self.root / f'{split}_data.json'}: entry {k} (video {row['video']!r}) has description="
+                    f"{row['description']!r}; a string expected; {_HINT}"
+                )
             parts.setdefault(row["video"], []).append(row["description"].strip())
         self.videos = _matched(
             names, parts, self.root / f"{split}_list.txt", self.root / f"{split}_data.json", self.dataset_name
@@ -389,9 +402,27 @@ class ActivityNetDataset(_VideoTextDataset):
                 raise KeyError(f"{self.root / ann}: entry {k!r} lacks key 'sentences'; {_HINT}")
             vid = k[2:] if k.startswith("v_") else k
             self.videos.append(vid)
-            self.captions[vid] = [" ".join(s.strip() for s in data[k]["sentences"])]
-            if "duration" in data[k]:
-                self.intervals[vid] = (0.0, float(math.ceil(data[k]["duration"])))
+            sentences = data[k]["sentences"]
+            if not isinstance(sentences, list) or not all(isinstance(s, str) for s in sentences):
+                raise TypeError(f"{self.root / ann}: entry {k!r}: 'sentences' must be a list of strings; {_HINT}")
+            self.captions[vid] = [" ".join(s.strip() for s in sentences)]
+            duration = data[k].get("duration")
+            if duration is None:  # no duration recorded: the whole decoded video
+                continue
+            if isinstance(duration, bool) or not isinstance(duration, numbers.Real) or not math.isfinite(duration):
+                raise ValueError(
+                    f"{self.root / ann}: entry {k!r} has duration={duration!r}; expected a number of seconds, or "
+                    f"no 'duration' key to read the whole video; {_HINT}"
+                )
+            if duration > 0:
+                self.intervals[vid] = (0.0, float(math.ceil(duration)))
+            else:  # 0 would read a single frame of a video that is meant to be used whole
+                log.warning(
+                    "%s: entry %r has duration=%r; the whole decoded video is used instead",
+                    self.root / ann,
+                    k,
+                    duration,
+                )
         self._finish()
 
 

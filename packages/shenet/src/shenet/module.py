@@ -90,6 +90,33 @@ class SHENetModule(pl.LightningModule):
         self.test_metrics = RetrievalMetrics(sync_on_compute=False)
         self._eval: dict[str, list] = {}
 
+    def setup(self, stage: str) -> None:
+        """Compare the data module's text and frame lengths with what the model can take, before any batch."""
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        hp = getattr(datamodule, "hparams", None)
+        if hp is not None:
+            self.check_data(hp.get("max_words"), hp.get("max_frames"), hp.get("dataset"))
+
+    def check_data(self, max_words: int | None, max_frames: int | None = None, dataset: str | None = None) -> None:
+        """Refuse ``data.max_words`` longer than CLIP's text context and, with the seqTransf head, ``data.max_frames``
+        beyond its frame positions: both would otherwise stop the run at the first text or video batch."""
+        context = int(self.model.clip.positional_embedding.shape[0])
+        if max_words is not None and max_words > context:
+            if self.config.clip_model == "custom":
+                limit = f"model.config.custom_context_length={context}"
+            else:
+                limit = f"the text context of model.config.clip_model={self.config.clip_model!r} ({context} tokens)"
+            raise ValueError(
+                f"data.max_words={max_words} exceeds {limit}: lower data.max_words or raise the context length"
+            )
+        frames_apply = dataset != "digits"  # the digits task has its own 4 frames
+        if frames_apply and max_frames is not None and self.config.temporal == "seqTransf":
+            if max_frames > self.config.max_frames:
+                raise ValueError(
+                    f"data.max_frames={max_frames} exceeds model.config.max_frames={self.config.max_frames} "
+                    "(frame positions of the seqTransf head): raise model.config.max_frames or lower data.max_frames"
+                )
+
     # -- training -----------------------------------------------------------------------------------------------
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         B = batch["video"].shape[0]
