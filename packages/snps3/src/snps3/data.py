@@ -150,6 +150,25 @@ TASK_OF: dict[str, str] = {
 }
 
 
+_TEXT_KEYS = ("caption", "clip_name")
+"""Keys that must hold a string when a line has them (a null caption would otherwise fail inside the tokenizer)."""
+_TIME_KEYS = ("start", "end")
+"""Keys that must hold seconds (a number) or null when a line has them."""
+
+
+def _check_row_types(row: dict, path: Path, lineno: int) -> None:
+    """Refuse a line whose caption or clip name is not a string, or whose start / end is not a number or null."""
+    for key in _TEXT_KEYS:
+        if key in row and not isinstance(row[key], str):
+            raise ValueError(f"{path}:{lineno}: {key!r} = {row[key]!r} is not a string; {HINT}")
+    for key in _TIME_KEYS:
+        value = row.get(key)
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float) or not np.isfinite(value):
+            raise ValueError(f"{path}:{lineno}: {key!r} = {value!r} is not a time in seconds (or null); {HINT}")
+
+
 def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
     """Lines of a JSONL file; raises naming the file and line when a required key is missing."""
     if not path.is_file():
@@ -161,6 +180,7 @@ def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
         missing = [k for k in required if k not in row]
         if missing:
             raise KeyError(f"{path}:{lineno}: missing key(s) {missing}; {HINT}")
+        _check_row_types(row, path, lineno)
         rows.append(row)
     if not rows:
         raise ValueError(f"annotation file {str(path)!r} is empty; {HINT}")

@@ -257,6 +257,8 @@ def _caption_lines(paths: Sequence[str]) -> tuple[list[str], int]:
         for lineno, item in read_jsonl(p, "annotation file"):
             if not isinstance(item, dict) or "caption" not in item:
                 raise KeyError(f"{p}:{lineno}: missing key 'caption'")
+            if not isinstance(item["caption"], str):
+                raise ValueError(f"{p}:{lineno}: 'caption' = {item['caption']!r} is not a string")
             captions.append(item["caption"])
     return captions, len(captions)
 
