@@ -138,10 +138,13 @@ def itm_negative_indices(
         ValueError: a row has no admissible negative (the batch holds captions of only one video).
     """
     same = idx.view(-1, 1) == idx.view(1, -1)  # (B, B)
-    if same.all(dim=1).any():
+    alone = same.all(dim=1)
+    if alone.any():
+        video = int(idx[alone.nonzero()[0, 0]])
         raise ValueError(
-            "ITM negative sampling: a sample has no other video in its batch (all captions of one video); "
-            "use a larger batch or shuffle"
+            f"ITM negative sampling: the batch of {len(idx)} caption(s) holds only one video (video index {video}), "
+            "so no caption has a negative video to be matched against; raise data.batch_size (at least 2) and "
+            "shuffle the training captions"
         )
     w_t2v = _negative_weights(sim_t2v.float() / temp, same)  # (B, B)
     w_v2t = _negative_weights(sim_t2v.T.float() / temp, same)

@@ -181,6 +181,13 @@ class RTQModule(pl.LightningModule):
                 got = dm.hparams.get(key)
                 if got is not None and got != want:
                     raise ValueError(f"data.{key}={got} must equal model.config.vision.{key}={want}")
+            batch_size = dm.hparams.get("batch_size")
+            if stage == "fit" and self.config.task == "retrieval" and batch_size == 1:
+                # each caption's hard-negative video for ITM is drawn from the other videos of its batch
+                raise ValueError(
+                    "data.batch_size=1: retrieval training (model.config.task=retrieval) draws each caption's ITM "
+                    "negative video from the other videos of its batch; use data.batch_size >= 2"
+                )
 
     def _alpha(self, batch_idx: int) -> float:
         n = self._trainer.num_training_batches if self._trainer is not None else 1
