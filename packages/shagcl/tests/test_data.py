@@ -430,3 +430,29 @@ def test_hdf5_files_cut_short_are_named(tmp_path):
     cache.write_bytes(cache.read_bytes()[:2000])
     with pytest.raises(OSError, match=r"data\.feature_cache '.*feats\.h5' cannot be read as HDF5"):
         GQA200Dataset(tmp_path, "train", feature_source="cached", feature_cache=str(cache), **kw)
+
+
+def test_boxes_without_width_or_height_are_refused_naming_file_image_and_box(tmp_path):
+    """VG stores cxcywh: a width or height of 0 is refused (the official loader asserts every one is > 0). GQA stores
+    xyxy: a box with x2 < x1 has IoU 0 (or NaN) even with itself, so its relations could never be recalled."""
+    write_vg150(tmp_path, n_images=6, n_test=2)
+    h5 = tmp_path / "vg" / "VG-SGG-with-attri.h5"
+    image_ids = [d["image_id"] for d in json.loads((tmp_path / "vg" / "image_data.json").read_text())]
+    with h5py.File(h5, "a") as f:
+        i = int(np.nonzero((f["split"][:] == 0) & (f["img_to_first_rel"][:] >= 0))[0][0])
+        b0 = int(f["img_to_first_box"][i])
+        f["boxes_1024"][b0 + 1, 2] = 0
+    with pytest.raises(
+        ValueError, match=rf"image {image_ids[i]}: box 1 \(row {b0 + 1} of 'boxes_1024', data\.box_scale"
+    ):
+        VG150Dataset(tmp_path, "train", predicate_order="file", num_val_images=0)
+
+    write_gqa200(tmp_path, n_train=3, n_test=2)
+    path = tmp_path / "gqa" / "GQA_200_Train.json"
+    data = json.loads(path.read_text())
+    x1, y1, x2, y2 = data["gt_boxes_all"][1][0]
+    data["gt_boxes_all"][1][0] = [x2, y1, x1, y2]
+    path.write_text(json.dumps(data))
+    name = data["filenames_all"][1]
+    with pytest.raises(ValueError, match=rf"GQA_200_Train.json: image {name}: box 0 of gt_boxes_all .* x2 < x1"):
+        GQA200Dataset(tmp_path, "train")

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from shagcl_testlib import synthetic_datamodule, tiny_config
@@ -224,3 +225,14 @@ def test_plateau_reduction_applies_from_the_next_step(tmp_path):
     assert [lr for _, lr in seen] == pytest.approx([0.01, 0.01, 0.01, 0.01, 0.001, 0.001])
     assert module.lr_reductions == 2
     assert trainer.optimizers[0].param_groups[0]["lr"] == pytest.approx(1e-4)  # already applied after the last one
+
+
+def test_training_batch_without_any_object_pair_names_its_images(tmp_path):
+    module, _ = _tiny_module(tmp_path, "predcls")
+    dm = synthetic_datamodule(tmp_path, "predcls")
+    ds = dm.datasets["train"]
+    rec = ds.records[0]  # one object, its only relation with itself (legal in the files, never a pair)
+    rec.boxes, rec.labels, rec.rels = rec.boxes[:1], rec.labels[:1], np.array([[0, 0, 1]])
+    batch = collate_scene_graphs([ds[0]])
+    with pytest.raises(ValueError, match=rf"images \['{rec.image_id}'\]\) holds no object pair.*data\.batch_size"):
+        module.training_step(batch, 0)

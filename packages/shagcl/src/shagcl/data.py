@@ -550,6 +550,14 @@ class VG150Dataset(SceneGraphDataset):
             b0, b1 = arr["img_to_first_box"][i], arr["img_to_last_box"][i]
             r0, r1 = arr["img_to_first_rel"][i], arr["img_to_last_rel"][i]
             cxcywh = arr[boxes_key][b0 : b1 + 1].astype(np.float64)
+            empty = np.nonzero((cxcywh[:, 2:] <= 0).any(1))[0]
+            if len(empty):  # the official loader asserts every stored width and height > 0
+                j = int(empty[0])
+                raise ValueError(
+                    f"{h5_path}: image {info['image_id']}: box {j} (row {b0 + j} of {boxes_key!r}, data.box_scale="
+                    f"{box_scale}) has width/height {cxcywh[j, 2]:g}/{cxcywh[j, 3]:g}; every box needs a positive "
+                    f"width and height ({len(empty)} such boxes in this image)"
+                )
             xyxy = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1)
             xyxy = xyxy * max(info["width"], info["height"]) / box_scale
             pairs = arr["relationships"][r0 : r1 + 1] - b0
@@ -655,6 +663,14 @@ class GQA200Dataset(SceneGraphDataset):
                 raise ValueError(
                     f"{split_path}: image {fname}: {len(rec.boxes)} boxes in gt_boxes_all but {len(rec.labels)} "
                     f"classes in gt_classes_all"
+                )
+            swapped = np.nonzero((rec.boxes[:, 2:] < rec.boxes[:, :2]).any(1))[0]
+            if len(swapped):  # IoU would be 0 or NaN even against the box itself: never matched, never reported
+                j = int(swapped[0])
+                raise ValueError(
+                    f"{split_path}: image {fname}: box {j} of gt_boxes_all is {rec.boxes[j].tolist()}, with x2 < x1 "
+                    f"or y2 < y1; boxes are stored as [x1, y1, x2, y2] pixels ({len(swapped)} such boxes in this "
+                    f"image)"
                 )
             _check_annotations(
                 split_path, fname, len(rec.labels), rec.labels, rec.rels, len(self.object_classes),

@@ -187,6 +187,12 @@ class SHAGCLModule(pl.LightningModule):
 
     # ------------------------------------------------------------------ training
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if not sum(batch["num_pairs"]):
+            raise ValueError(
+                f"training batch {batch_idx} (images {batch['image_ids']}) holds no object pair: each of its images "
+                "has fewer than 2 objects (a relation of an object with itself is never a pair), so there is "
+                "nothing to classify; a larger data.batch_size mixes such images with others"
+            )
         out = self.model(batch)
         terms = self.gcl_loss(out.rel_logits, batch["pair_labels"])
         loss = terms["loss"]
