@@ -414,3 +414,19 @@ def test_demo_generator_refuses_settings_it_could_not_finish(tmp_path):
     with pytest.raises(ValueError, match=r"data\.demo\.imitation=0\.6 needs data\.demo\.follows >= 1"):
         SyntheticKwaiConfig(**{**tiny, "follows": 0})
     write_synthetic_vertical(tmp_path / "ok", "movie", SyntheticKwaiConfig(**tiny, homophily=0.99))
+
+
+def test_follow_file_with_a_repeated_child_or_two_keys_for_one_pid_is_refused(root):
+    path = root / "video_children_v.json"
+    children = json.loads(path.read_text(encoding="utf-8"))
+    key = next(k for k, v in children.items() if v)
+    bad = {**children, key: children[key] + children[key][:1]}
+    path.write_text(json.dumps(bad), encoding="utf-8")
+    with pytest.raises(
+        ValueError, match=rf"video_children_v.json.*key '{key}'.*child pid {children[key][0]} more than once"
+    ):
+        read_kwai_files(root, "v")
+    bad = {**children, "0" + key: [children[key][0]]}
+    path.write_text(json.dumps(bad), encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"keys '{key}' and '0{key}' name the same pid {key}"):
+        read_kwai_files(root, "v")

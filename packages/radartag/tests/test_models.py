@@ -420,3 +420,29 @@ def test_layer_and_scores_match_the_equations_written_out():
         h, _ = lay(h, nd, ed)
     scores = model(video_x, tag_x, torch.arange(5), blocks, 3).scores
     torch.testing.assert_close(scores, F.normalize(h["video"], dim=-1) @ h["tag"].T, rtol=1e-5, atol=1e-5)
+
+
+def test_mean_reducer_weighs_every_relation_into_tags_alike_in_the_bidirectional_variant():
+    torch.manual_seed(0)
+    cfg = RadarConfig(video_dim=6, tag_dim=6, num_tags=5, hidden_dim=8, num_heads=2, dropout=0.0,
+                      bidirectional_topic=True, reducer="mean")  # fmt: skip
+    layer = Radar(cfg).layers[0]
+    x = {"video": torch.randn(7, 8), "tag": torch.randn(5, 8)}
+    edges = {
+        FOLLOWED_BY: torch.tensor([[3, 4], [0, 1]]),
+        SUBTOPIC: torch.tensor([[0, 1, 2], [3, 3, 4]]),
+        SUPERTOPIC: torch.tensor([[3, 3, 4], [0, 1, 2]]),
+        HAS_TAG: torch.tensor([[0, 5, 6, 1], [0, 0, 2, 4]]),
+    }
+    num_dst = {"video": 3, "tag": 5}
+    m = layer.relation_messages(x, num_dst, edges)
+    out, _ = layer(x, num_dst, edges)
+    thirds = (m[HAS_TAG] + m[SUBTOPIC] + m[SUPERTOPIC]) / 3
+    torch.testing.assert_close(out["tag"], thirds, rtol=1e-5, atol=1e-6)
+    # one topic direction: the plain mean of the two messages, as before
+    layer = Radar(RadarConfig(video_dim=6, tag_dim=6, num_tags=5, hidden_dim=8, num_heads=2, dropout=0.0,
+                              reducer="mean")).layers[0]  # fmt: skip
+    edges.pop(SUPERTOPIC)
+    m = layer.relation_messages(x, num_dst, edges)
+    out, _ = layer(x, num_dst, edges)
+    torch.testing.assert_close(out["tag"], 0.5 * (m[HAS_TAG] + m[SUBTOPIC]))

@@ -213,20 +213,31 @@ def _integer_pid(value) -> int:
 
 
 def _read_children(path: Path) -> dict[int, list[int]]:
-    """``video_children_<v>.json``: {"<pid>": [<child pid>, …]} with bare integer pids (no ``.mp4``)."""
+    """``video_children_<v>.json``: {"<pid>": [<child pid>, …]} with bare integer pids (no ``.mp4``). Two keys for
+    one pid and a child listed twice under one key are errors naming the file and the key."""
     raw = read_json(path, "follow file")
     if not isinstance(raw, dict):
         raise ValueError(f"{str(path)!r}: expected a JSON object {{\"<pid>\": [<child pid>, …]}}, got a "
                          f"{type(raw).__name__}")  # fmt: skip
-    children = {}
+    children: dict[int, list[int]] = {}
+    key_of: dict[int, str] = {}
     for key, values in raw.items():
         try:
             if not isinstance(values, list):  # a bare "10601" would otherwise be read digit by digit
                 raise TypeError(type(values).__name__)
-            children[int(key)] = [_integer_pid(c) for c in values]
+            pid, kids = int(key), [_integer_pid(c) for c in values]
         except (TypeError, ValueError) as err:
             raise ValueError(f"{str(path)!r}: key {key!r} -> {values!r}: expected a bare integer pid (e.g. \"10600\", "
                              f"not \"10600.mp4\") mapped to a list of integer child pids") from err  # fmt: skip
+        if pid in key_of:  # "10600" and "010600": the later list would silently replace the earlier one
+            raise ValueError(f"{str(path)!r}: keys {key_of[pid]!r} and {key!r} name the same pid {pid}; merge their "
+                             "child lists under one key")  # fmt: skip
+        repeated = sorted({c for c in kids if kids.count(c) > 1})
+        if repeated:  # a second, identical r3 edge that the sampler could draw twice
+            raise ValueError(f"{str(path)!r}: key {key!r} lists the child pid {repeated[0]} more than once; each "
+                             "follow link must appear once")  # fmt: skip
+        key_of[pid] = key
+        children[pid] = kids
     return children
 
 

@@ -369,10 +369,14 @@ class CommonReducer(nn.Module):
 
 
 class MeanReducer(nn.Module):
-    """Ablation 'mean': mean of the relation messages."""
+    """Ablation 'mean': mean of the relation messages into tags, each relation weighed alike: (x1 + x2) / 2 with one
+    tag→tag relation, (m_r2 + m_r1 + m_r1') / 3 in the bidirectional variant (the official reducer averages the
+    stacked per-relation messages, not the visual input against the mean of the two topic directions)."""
 
-    def forward(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (x1 + x2)
+    def forward(self, x1: torch.Tensor, *topic: torch.Tensor) -> torch.Tensor:
+        if len(topic) == 1:
+            return 0.5 * (x1 + topic[0])
+        return torch.stack([x1, *topic]).mean(0)
 
 
 class LMFReducer(nn.Module):
@@ -517,6 +521,8 @@ class RadarLayer(nn.Module):
             x1, x2 = m[HAS_TAG], torch.stack(topic).mean(0)  # visual, linguistic knowledge
             if self.reducer_kind in ("aan", "common_unique"):
                 fused, disc = self.reducer(x1, x2)
+            elif self.reducer_kind == "mean":
+                fused = self.reducer(x1, *topic)
             else:
                 fused = self.reducer(x1, x2)
             out["tag"] = self._norm("tag", fused)
