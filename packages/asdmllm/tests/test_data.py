@@ -322,3 +322,16 @@ def test_fairface_max_images_must_be_positive(tmp_path):
             FairFaceDataset(root, ["nurse"], ["occupation"], image_size=32, max_images=bad)
         with pytest.raises(ValueError, match=f"data.fairface_max_images={bad} must be a positive"):
             DebiasDataModule(str(tmp_path / "d"), fairface_root=str(root), fairface_max_images=bad)
+
+
+def test_cmsc_caption_mode_names_null_or_empty_captions_and_reads_non_ascii_ones(tmp_path):
+    root = make_cmsc(tmp_path / "CMSC", {"personality": ["pleasant", "unpleasant"]}, n_sets=2)
+    shard = next((root / "data").glob("*.parquet"))
+    _rewrite_cells(shard, "caption", {1: "Un médecin 医生 👩‍⚕️"})
+    ds = CMSCDataset(root, "all", image_size=32, instruction_mode="caption")
+    assert ds[1]["answer"] == "Un médecin 医生 👩‍⚕️"
+    _rewrite_cells(shard, "caption", {3: None, 5: ""})
+    assert len(CMSCDataset(root, "all", image_size=32)) > 5  # concept_qa never reads the caption
+    with pytest.raises(ValueError, match=r"CMSC \(data\.instruction_mode=caption\) '.*': column 'caption' is null or "
+                       r"empty in 2 rows \(first: \[3, 5\]"):  # fmt: skip
+        CMSCDataset(root, "all", image_size=32, instruction_mode="caption")

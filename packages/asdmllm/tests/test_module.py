@@ -193,3 +193,37 @@ def test_resampled_schedule_spans_max_steps_when_epochs_are_unbounded(tmp_path):
     assert trainer.global_step == 6
     assert module._schedule_total == 6
     assert not module._warned_schedule_end  # no step ran past the schedule's end
+
+
+def test_general_eval_records_that_would_score_silently_wrong_are_named_before_generating(tmp_path):
+    import json
+
+    from PIL import Image
+
+    from asdmllm.module import GeneralEvalConfig
+
+    Image.new("L", (1, 1), 7).save(tmp_path / "a.png")  # a one-pixel grayscale image is a legal image
+    module = ASDModule(general_eval=GeneralEvalConfig(file=str(tmp_path / "g.jsonl"), max_new_tokens=3))
+    generated = []
+    module._general_answers = lambda records, *args: generated.append(records) or ["A"] * len(records)
+    good = {"image": "a.png", "question": "Qu'est-ce que c'est ? 颜色", "answers": ["red"] * 10}
+    mc = {"image": "a.png", "question": "", "options": {"A": "red", "B": "blue"}, "answer": "b"}
+    for bad, message in (
+        ({**good, "answers": "red"}, r"line 2: 'answers' must be a non-empty list"),
+        ({**good, "answers": []}, r"line 2: 'answers' must be a non-empty list"),
+        ({**mc, "answer": "blue"}, r"line 2: 'answer' 'blue' is not one of the option letters \['A', 'B'\]"),
+        ({**mc, "answer": "E"}, r"line 2: 'answer' 'E' is not one of the option letters"),
+        ({"image": "a.png", "question": "?", "answer": "A"}, r"line 2: a multiple-choice record needs 'options'"),
+        ({**good, "question": None}, r"line 2: 'question' must be a string"),
+        (
+            {**good, "image": "missing.png"},
+            r"line 2: image 'missing.png' is not a file.*model\.general_eval\.image_root",
+        ),
+    ):
+        (tmp_path / "g.jsonl").write_text(f"{json.dumps(good)}\n{json.dumps(bad)}\n")
+        with pytest.raises((ValueError, FileNotFoundError), match=message):
+            module.evaluate_general()
+    assert generated == []
+    (tmp_path / "g.jsonl").write_text(f"{json.dumps(good)}\n{json.dumps(mc)}\n")
+    out = module.evaluate_general()  # empty and non-ASCII questions, lower-case answer letters are fine
+    assert out["mc_acc"] == 0.0 and out["vqa_acc"] == 0.0 and len(generated) == 1

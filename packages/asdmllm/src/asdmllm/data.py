@@ -391,6 +391,8 @@ class CMSCDataset(_CounterfactualDataset):
         self._table = _read_parquet(_parquet_files(root, "CMSC"), CMSC_COLUMNS, "CMSC")
         meta = self._table.select_columns([c for c in CMSC_COLUMNS if c != "image"]).to_dict()
         _require_text(meta, ["concept", "concept_group", "counterfactual_set"], root, "CMSC")
+        if instruction_mode == "caption":  # the caption is then the answer trained on
+            _require_text(meta, ["caption"], root, "CMSC (data.instruction_mode=caption)")
         captions, sets, concept_names = list(meta["caption"]), list(meta["counterfactual_set"]), list(meta["concept"])
         group_of: dict[str, str] = {}
         for c, g in zip(concept_names, meta["concept_group"], strict=True):

@@ -152,6 +152,34 @@ class GeneralEvalConfig:
         check_range("model.general_eval.max_new_tokens", self.max_new_tokens, ge=1, integer=True)
 
 
+def _check_general_record(path: Path, lineno: int, rec: dict, root: Path) -> None:
+    """Refuse a general-ability record whose fields would fail in the middle of generation or score silently wrong:
+    a question or image that is not a string, an image file that is missing, VQA ``answers`` that are not a non-empty
+    list of strings (a bare string would be compared letter by letter), multiple-choice ``options`` that are not an
+    object of letter → text, and an ``answer`` that is none of the option letters (it could never be matched)."""
+    where = f"{path}: line {lineno}"
+    if not isinstance(rec["question"], str):
+        raise ValueError(f"{where}: 'question' must be a string, got {rec['question']!r}")
+    if not isinstance(rec["image"], str) or not (root / rec["image"]).is_file():
+        raise FileNotFoundError(f"{where}: image {rec['image']!r} is not a file under {str(root)!r} "
+                                "(model.general_eval.image_root)")  # fmt: skip
+    if "answers" in rec:
+        answers = rec["answers"]
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            raise ValueError(f"{where}: 'answers' must be a non-empty list of answer strings (the annotators' "
+                             f"answers), got {answers!r}")  # fmt: skip
+        return
+    options = rec.get("options")
+    if not isinstance(options, dict) or not options or not all(isinstance(k, str) for k in options):
+        raise ValueError(f"{where}: a multiple-choice record needs 'options', an object of option letter -> text, "
+                         f"got {options!r}")  # fmt: skip
+    letters = {k.strip().upper() for k in options}
+    answer = rec["answer"]
+    if not isinstance(answer, str) or answer.strip().upper() not in letters:
+        raise ValueError(f"{where}: 'answer' {answer!r} is not one of the option letters {sorted(letters)}; give the "
+                         "letter of the right option")  # fmt: skip
+
+
 class ASDModule(pl.LightningModule):
     """Fine-tunes an MLLM with bias-aware resampling and SFLoss (ASD/CSD) or plainly (FT)."""
 
@@ -576,6 +604,7 @@ class ASDModule(pl.LightningModule):
                 raise KeyError(f"{path}: line {lineno} needs a JSON object with 'image' and 'question'")
             if "answers" not in rec and "answer" not in rec:
                 raise KeyError(f"{path}: line {lineno} needs 'answers' (VQA) or 'options' + 'answer' (multiple choice)")
+            _check_general_record(path, lineno, rec, root)
         records = [rec for _, rec in rows]
         vqa = VQAAccuracy()
         mc_preds, mc_answers = [], []
