@@ -186,3 +186,38 @@ def test_imagenet_train_and_val_with_different_class_folders_are_refused(tmp_pat
     (tmp_path / "val" / "n02").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "val" / "n02" / "a.JPEG")
     assert ImageNetDataset(str(tmp_path), "val", train=False).class_names == ["n01", "n02", "n03"]
+
+
+def _write_jpeg(path, mode, size=(12, 10)):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    channels = {"L": (), "RGB": (3,), "CMYK": (4,)}[mode]
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], *channels), dtype=np.uint8)
+    Image.fromarray(pixels, mode).save(path, "JPEG")
+
+
+def test_imagenet_reads_grayscale_cmyk_and_one_pixel_jpegs_and_skips_other_files(tmp_path):
+    from pckd.data import ImageNetDataset
+
+    for split in ("train", "val"):
+        _write_jpeg(tmp_path / split / "n01" / "gray.JPEG", "L")
+        _write_jpeg(tmp_path / split / "n01" / "cmyk.JPEG", "CMYK")
+        _write_jpeg(tmp_path / split / "n02" / "dot.JPEG", "RGB", size=(1, 1))
+        (tmp_path / split / "n02" / "notes.txt").write_text("not an image")
+    for train, shape in ((True, (4, 3, 224, 224)), (False, (3, 224, 224))):
+        ds = ImageNetDataset(str(tmp_path), "train", train=train)
+        assert len(ds) == 3  # the text file is not an item
+        for i in range(len(ds)):
+            assert ds[i]["image"].shape == shape and torch.isfinite(ds[i]["image"]).all()
+
+
+def test_imagenet_empty_class_folder_names_the_folder_and_key(tmp_path):
+    from pckd.data import ImageNetDataset
+
+    for split in ("train", "val"):
+        _write_jpeg(tmp_path / split / "n01" / "a.JPEG", "RGB")
+        (tmp_path / split / "n02").mkdir(parents=True)
+        (tmp_path / split / "n02" / "notes.txt").write_text("not an image")
+    with pytest.raises(FileNotFoundError, match=r"data\.data_root=.*\['val/n02'\] hold no image"):
+        ImageNetDataset(str(tmp_path), "val", train=False)

@@ -1,13 +1,18 @@
 """Each loss of spec §3.4–3.5 against its equation (spec §8d)."""
 
 import math
+import re
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from pckd.losses import (
+    CategoryContrastiveLoss,
     CenterAlignmentLoss,
+    CRDLoss,
+    PerSampleKDLoss,
+    PreviewWeights,
     category_contrastive_loss,
     center_alignment_loss,
     feature_alignment_loss,
@@ -141,3 +146,22 @@ def test_cc_is_float32_under_autocast():
         out = category_contrastive_loss(u, w, labels, 4.0, 0.07)
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("build", "key"),
+    [
+        (lambda: PerSampleKDLoss(0.0), "model.kd_temperature"),
+        (lambda: CategoryContrastiveLoss(0.0, 0.07), "model.cc_temperature"),
+        (lambda: CategoryContrastiveLoss(4.0, -0.07), "model.cc_base_temperature"),
+        (lambda: PreviewWeights(0.0), "model.preview_lambda"),
+        (lambda: PreviewWeights(math.inf), "model.preview_lambda"),
+        (lambda: CRDLoss(0, 16), "model.crd_feat_dim"),
+        (lambda: CRDLoss(8, 0), "model.crd_num_negatives"),
+        (lambda: CRDLoss(8, 16, temperature=0.0), "model.crd_temperature"),
+        (lambda: CRDLoss(8, 16, momentum=1.5), "model.crd_momentum"),
+    ],
+)
+def test_loss_settings_out_of_range_name_the_yaml_key(build, key):
+    with pytest.raises(ValueError, match=rf"^{re.escape(key)}="):
+        build()

@@ -185,3 +185,14 @@ def test_pckd_with_a_single_view_warns_naming_the_keys():
     module._trainer = SimpleNamespace(datamodule=SimpleNamespace(hparams={"num_views": 1}))
     with pytest.warns(UserWarning, match=r"model\.method=pckd with data\.num_views=1"):
         module.on_fit_start()
+
+
+def test_single_view_batch_of_one_image_names_the_settings():
+    # a last batch of one image with data.num_views=1: H's BatchNorm1d cannot train on one row
+    module = PCKDModule(_small_cfg(), teacher_random_init=True).train()
+    image, label = torch.rand(1, 1, 1, 8, 8), torch.tensor([2])
+    with pytest.raises(ValueError, match=r"image index 7 .*data\.num_views=4.*data\.drop_last=true.*data\.batch_size"):
+        module.compute_losses(image, label, epoch=1, index=torch.tensor([7]))
+    # four rotated views of the same single image are four rows: trains
+    out = module.compute_losses(torch.rand(1, 4, 1, 8, 8), label, epoch=1, index=torch.tensor([7]))
+    assert torch.isfinite(out["loss"])

@@ -213,7 +213,16 @@ class ImageNetDataset(Dataset):
             )
         else:
             tf = transforms.Compose([transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor()])
-        self.folder = ImageFolder(str(folder), transform=tf)
+        try:
+            self.folder = ImageFolder(str(folder), transform=tf)
+        except FileNotFoundError as err:  # torchvision names the class but not the folder, nor the setting
+            empty = sorted(d.name for d in folder.iterdir() if d.is_dir() and not _holds_image(d))
+            raise FileNotFoundError(
+                f"data.data_root={data_root!r}: class folder(s) {[f'{split}/{d}' for d in empty[:5]]} hold no image "
+                f"file ({err}); every class folder of '{split}/' needs at least one image (the class index comes "
+                f"from the folder listing), so remove the empty folder from both splits or add its images; "
+                f"{README_HINT}"
+            ) from err
         other = Path(data_root) / ("val" if split == "train" else "train")
         if other.is_dir():  # class indices come from each folder's own listing: both must list the same wnids
             other_classes = sorted(d.name for d in other.iterdir() if d.is_dir())
@@ -242,6 +251,13 @@ class ImageNetDataset(Dataset):
         path = Path(self.folder.samples[idx][0]).relative_to(self.data_root).as_posix()
         return {"image": image, "label": torch.tensor(label, dtype=torch.long), "index": torch.tensor(idx),
                 "path": path}  # fmt: skip
+
+
+def _holds_image(folder: Path) -> bool:
+    """Whether ``folder`` (a class folder) holds a file that ImageFolder reads as an image, at any depth."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return any(p.is_file() and p.name.lower().endswith(IMG_EXTENSIONS) for p in folder.rglob("*"))
 
 
 def digits_splits(seed: int = 0) -> dict[str, np.ndarray]:

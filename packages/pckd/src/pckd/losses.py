@@ -12,6 +12,7 @@ import math
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.utilities import rank_zero_warn
+from mmzoo.config import check_range
 from mmzoo.distributed import gather_no_grad, gather_with_grad, is_distributed, rank_and_world
 from torch import nn
 
@@ -163,6 +164,7 @@ class PerSampleKDLoss(nn.Module):
 
     def __init__(self, temperature: float = 4.0) -> None:
         super().__init__()
+        check_range("model.kd_temperature", temperature, gt=0)  # the logits are divided by T
         self.temperature = temperature
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
@@ -198,8 +200,8 @@ class CategoryContrastiveLoss(nn.Module):
 
     def __init__(self, temperature: float = 4.0, base_temperature: float = 0.07) -> None:
         super().__init__()
-        if temperature <= 0 or base_temperature <= 0:
-            raise ValueError(f"L_CC temperatures must be > 0, got {temperature}, {base_temperature}")
+        check_range("model.cc_temperature", temperature, gt=0)
+        check_range("model.cc_base_temperature", base_temperature, gt=0)
         self.temperature = temperature
         self.base_temperature = base_temperature
 
@@ -220,8 +222,7 @@ class PreviewWeights(nn.Module):
 
     def __init__(self, lam: float = 1.005, detach: bool = True) -> None:
         super().__init__()
-        if lam <= 0 or not math.isfinite(lam):
-            raise ValueError(f"preview lambda must be a positive number, got {lam}")
+        check_range("model.preview_lambda", lam, gt=0, lt=math.inf)
         self.lam = lam
         self.detach = detach
 
@@ -399,10 +400,10 @@ class CRDLoss(nn.Module):
     def __init__(self, feat_dim: int = 128, num_negatives: int = 16384, temperature: float = 0.07,
                  momentum: float = 0.5) -> None:  # fmt: skip
         super().__init__()
-        if feat_dim < 1 or num_negatives < 1:
-            raise ValueError(f"CRD: feat_dim={feat_dim} and num_negatives={num_negatives} must be >= 1")
-        if temperature <= 0 or not 0.0 <= momentum <= 1.0:
-            raise ValueError(f"CRD: temperature={temperature} must be > 0 and momentum={momentum} in [0, 1]")
+        check_range("model.crd_feat_dim", feat_dim, ge=1, integer=True)
+        check_range("model.crd_num_negatives", num_negatives, ge=1, integer=True)
+        check_range("model.crd_temperature", temperature, gt=0)
+        check_range("model.crd_momentum", momentum, ge=0, le=1)
         self.feat_dim, self.num_negatives = feat_dim, num_negatives
         self.temperature, self.momentum = temperature, momentum
         self.register_buffer("memory_s", torch.empty(0, feat_dim))

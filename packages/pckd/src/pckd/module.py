@@ -329,6 +329,15 @@ class PCKDModule(pl.LightningModule):
             if h.w_ca != 0:
                 out["ca"] = self.ca_loss(student_fc, self.teacher.classifier_layer)
             if h.w_fa != 0:
+                if self.align.training and f_s.shape[0] == 1:
+                    # H's BatchNorm1d cannot form batch statistics from one row (torch's error names no setting)
+                    which = "" if index is None else f" (image index {int(index.reshape(-1)[0])} of the split)"
+                    raise ValueError(
+                        f"model.method=pckd: a training batch holds a single image with one view{which}, and "
+                        "L_FA's head H normalises with BatchNorm1d over the batch, which needs at least 2 rows; "
+                        "use data.num_views=4 (the rotated views), data.drop_last=true, or a data.batch_size that "
+                        "does not leave one image in the epoch's last batch"
+                    )
                 out["fa"] = self.fa_loss(self.align(f_s), f_t)
         if h.method == "crd":
             out["loss"] = h.w_ce * out["ce"] + h.w_kd * out["kd"] + h.w_crd * out["crd"]
