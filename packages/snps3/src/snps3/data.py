@@ -195,9 +195,9 @@ _LMDB_ENVS: dict[tuple[str, int], object] = {}  # open LMDB environments per (pa
 class VideoStore:
     """A folder of video files or an LMDB (key = basename without extension, value = the file's bytes)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, must_exist: bool = True):
         self.path = path
-        if not path.exists():
+        if must_exist and not path.exists():
             raise FileNotFoundError(f"video store {str(path)!r} does not exist (a folder of videos or an LMDB); {HINT}")
         self.is_lmdb = path.suffix == ".lmdb" or (path / "data.mdb").is_file()
         self._env = None
@@ -456,7 +456,9 @@ class _VideoTextBase(Dataset, abc.ABC):
             part = read_jsonl(self.root / f, required)
             self.rows += part
             self.row_files += [self.root / f] * len(part)
-        self.store = VideoStore(self.root / (video_store or DATASETS[dataset]["videos"]))
+        # image-text corpora (CC3M, COCO+VG) come without a video folder: it is needed only when a line is a video
+        has_videos = any(r.get("type", "video") != "image" for r in self.rows)
+        self.store = VideoStore(self.root / (video_store or DATASETS[dataset]["videos"]), must_exist=has_videos)
         self.processor, self.transform = processor, transform
         self.num_frames, self.train, self.on_corrupt = num_frames, train, on_corrupt
         self.seed = 0

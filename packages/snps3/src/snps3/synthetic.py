@@ -38,6 +38,7 @@ __all__ = [
     "write_clip",
     "generate_synthetic_dataset",
     "ensure_synthetic_dataset",
+    "write_official_layouts",
     "content_top_k",
 ]
 
@@ -324,3 +325,105 @@ def ensure_synthetic_dataset(
         log.warning("%s: synthetic data from an earlier version of the generator; writing it again", root)
         marker.unlink()  # a rewrite cut short must not pass for a complete one
     return generate_synthetic_dataset(root, num_train, num_test, num_frames, size, seed)
+
+
+def write_official_layouts(
+    root: str | Path, num_train: int = 8, num_test: int = 4, num_frames: int = 8, size: int = 32, seed: int = 0
+) -> Path:
+    """The synthetic data of :func:`generate_synthetic_dataset` plus the official layout of every other corpus the
+    shipped configs read (spec §4, README "Data preparation"), so each config runs on ``root`` unchanged:
+
+    * ``cc3m/cc_train.jsonl``, ``cc3m/image_val.jsonl`` and ``cc3m/images/*.png`` (image lines);
+    * ``coco_vg/{coco_train2017_pretrain_format_with_subfix,image_val_left,region_desc_pretrain_format_with_subfix}
+      .jsonl`` (training lines split over the three files), ``coco_vg/image_val.jsonl``, ``coco_vg/images/*.png``;
+    * ``didemo_retrieval/{train,val,test}.jsonl`` (paragraph captions) over ``didemo_videos.lmdb``;
+    * ``msvd_retrieval/MSVD_{train,test}.jsonl`` and ``msvd_qa/msvd_{train,test}_qa.jsonl`` over
+      ``YouTubeClips/<clip>.avi``;
+    * ``count_reprocess_webvid.json``, the shipped pre-training configs' significant-word file (the synthetic
+      table under that name).
+
+    The QA files hold integer answer indices only, as the official ones do (the shipped QA configs set no
+    ``data.answer_list``): ``msrvtt_qa_antmmf/test_antmmf.jsonl`` is rewritten that way.
+    """
+    import shutil
+
+    from mmzoo.video import write_video
+    from torchvision.io import write_png
+
+    root = generate_synthetic_dataset(root, num_train, num_test, num_frames, size, seed)
+    train = sample_items(num_train, seed, num_frames, size, captions_per_clip=2, image_range=(0, 1300))
+    test = sample_items(num_test, seed + 1, num_frames, size, captions_per_clip=1, image_range=(1300, 1797))
+    train_clips = [(f"train{i:05d}", s) for i, s in enumerate(train)]
+    test_clips = [(f"test{i:05d}", s) for i, s in enumerate(test)]
+    answers = list(COLOURS) + DIGIT_WORDS + list(MOTIONS)
+
+    # image-text pre-training corpora: the middle frame of each clip as an image
+    for corpus in ("cc3m", "coco_vg"):
+        (root / corpus / "images").mkdir(parents=True, exist_ok=True)
+        for name, s in train_clips + test_clips:
+            write_png(s.frames[num_frames // 2], str(root / corpus / "images" / f"{name}.png"))
+    image_train = [
+        {"clip_name": f"{n}.png", "caption": c, "type": "image", "sen_id": j}
+        for n, s in train_clips
+        for j, c in enumerate(s.captions)
+    ]
+    image_val = [{"clip_name": f"{n}.png", "caption": s.captions[0], "type": "image"} for n, s in test_clips]
+    _write_jsonl(root / "cc3m" / "cc_train.jsonl", image_train)
+    _write_jsonl(root / "cc3m" / "image_val.jsonl", image_val)
+    coco_files = (
+        "coco_train2017_pretrain_format_with_subfix.jsonl",
+        "image_val_left.jsonl",
+        "region_desc_pretrain_format_with_subfix.jsonl",
+    )
+    for k, file in enumerate(coco_files):
+        _write_jsonl(root / "coco_vg" / file, image_train[k :: len(coco_files)])
+    _write_jsonl(root / "coco_vg" / "image_val.jsonl", image_val)
+
+    # DiDeMo: paragraph captions over an LMDB of the same clips
+    if (root / "didemo_videos.lmdb").exists():
+        shutil.rmtree(root / "didemo_videos.lmdb")
+    shutil.copytree(root / "msrvtt_videos.lmdb", root / "didemo_videos.lmdb")
+    _write_jsonl(
+        root / "didemo_retrieval" / "train.jsonl",
+        [{"caption": " ".join(s.captions), "clip_name": n, "sen_id": 0} for n, s in train_clips],
+    )
+    for split in ("val", "test"):
+        _write_jsonl(
+            root / "didemo_retrieval" / f"{split}.jsonl",
+            [{"caption": s.captions[0], "clip_name": n, "retrieval_key": n} for n, s in test_clips],
+        )
+
+    # MSVD: a folder of .avi clips
+    (root / "YouTubeClips").mkdir(exist_ok=True)
+    for name, s in train_clips + test_clips:
+        write_video(root / "YouTubeClips" / f"{name}.avi", s.frames, fps=8.0, codec="mpeg4")
+    _write_jsonl(
+        root / "msvd_retrieval" / "MSVD_train.jsonl",
+        [
+            {"caption": c, "clip_name": f"{n}.avi", "sen_id": j}
+            for n, s in train_clips
+            for j, c in enumerate(s.captions)
+        ],
+    )
+    _write_jsonl(
+        root / "msvd_retrieval" / "MSVD_test.jsonl",
+        [{"caption": s.captions[0], "clip_name": f"{n}.avi", "retrieval_key": n} for n, s in test_clips],
+    )
+
+    def qa(part: list[tuple[str, SyntheticSample]], suffix: str) -> list[dict]:
+        questions = (
+            ("what colour is the digit", lambda s: s.colour),
+            ("what number is shown", lambda s: DIGIT_WORDS[s.digit]),
+            ("how does the digit move", lambda s: s.motion),
+        )
+        return [
+            {"caption": q, "clip_name": n + suffix, "label": answers.index(answer(s))}
+            for i, (n, s) in enumerate(part)
+            for q, answer in (questions[i % 3],)
+        ]
+
+    _write_jsonl(root / "msvd_qa" / "msvd_train_qa.jsonl", qa(train_clips, ".avi"))
+    _write_jsonl(root / "msvd_qa" / "msvd_test_qa.jsonl", qa(test_clips, ".avi"))
+    _write_jsonl(root / "msrvtt_qa_antmmf" / "test_antmmf.jsonl", qa(test_clips, ""))
+    shutil.copyfile(root / "count_reprocess_synthetic.json", root / "count_reprocess_webvid.json")
+    return root
