@@ -18,7 +18,16 @@ from mmzoo.video import write_video
 
 from rtqvl.data import write_lmdb
 
-__all__ = ["COLOURS", "POSITIONS", "event_frame", "order_clip", "encode_mp4", "order_pairs", "write_order_dataset"]
+__all__ = [
+    "COLOURS",
+    "POSITIONS",
+    "event_frame",
+    "order_clip",
+    "encode_mp4",
+    "order_pairs",
+    "write_order_dataset",
+    "write_official_layouts",
+]
 
 COLOURS = {
     "red": (230, 30, 30),
@@ -141,4 +150,114 @@ def write_order_dataset(
     for name, row in zip(extra_train_files, extra, strict=False):
         (ann / name).write_text(json.dumps(row) + "\n", encoding="utf-8")
     write_lmdb(root / video_db, videos)
+    return root
+
+
+def write_official_layouts(
+    root: str | Path, num_train: int = 4, num_test: int = 4, seed: int = 0, num_frames: int = 8, size: int = 32
+) -> Path:
+    """Write the temporal-order clips in the official layout of every dataset the shipped configs read (spec §4,
+    README "Data preparation"), so that each config runs on ``root`` with only ``data.data_root`` changed:
+
+    * retrieval: ``txt_db/msrvtt_retrieval/{train,val,test}.jsonl`` (captions as strings and as lists),
+      ``txt_db/didemo_retrieval/{train,test}.jsonl`` and ``txt_db/anet_retrieval/{train,dev,val1}.jsonl`` (paragraph
+      captions; ActivityNet names videos with the ``video`` key);
+    * captioning: grouped ``txt_db/msrvtt_caption/{train,test}.jsonl`` and ``txt_db/msvd_caption/{train,val,test}
+      .jsonl`` (two references per video);
+    * MSRVTT-QA: LAVIS ``annotations/msrvtt_qa/qa_{train,val,test}.json`` (``video`` with its ``.mp4``);
+    * NExT-QA: the official CSVs (``nextqa/{train,val}.csv``, ``test-data-nextqa/test.csv``, numeric video ids)
+      converted by :func:`rtqvl.data.convert_nextqa_csv` into ``annotations/nextqa/{train,test}.json``;
+    * videos: ``vis_db/{msrvtt,didemo,anet,msvd,nextqa}`` LMDBs of mp4 bytes.
+
+    Train videos are ``video0 .. video{num_train-1}``; the test videos follow, each pair with its order-swapped twin.
+    """
+    import csv
+
+    from rtqvl.data import NEXTQA_CSV_HEADER, convert_nextqa_csv
+
+    rng = random.Random(seed)
+    root = Path(root)
+    test_pairs = order_pairs(max(1, num_test // 2), rng, unordered=True)
+    test = [p for a, b in test_pairs for p in ((a, b), (b, a))]
+    train = order_pairs(num_train, rng, exclude=set(test))
+    clips = [(f"video{k}", a, b) for k, (a, b) in enumerate(train + test)]
+    train_clips, test_clips = clips[:num_train], clips[num_train:]
+    videos = {vid: encode_mp4(order_clip(a, b, num_frames, size)) for vid, a, b in clips}
+    for name in ("msrvtt", "didemo", "anet", "msvd"):
+        write_lmdb(root / "vis_db" / name, videos)
+
+    def second(a: tuple[str, str], b: tuple[str, str]) -> str:
+        return f"the {b[0]} square comes after the {a[0]} one"
+
+    def jsonl(path: Path, rows: list[dict]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+    # retrieval
+    ret = root / "txt_db" / "msrvtt_retrieval"
+    rows = [
+        {"clip_name": vid, "caption": [caption_of(a, b), second(a, b)] if k % 2 else caption_of(a, b)}
+        for k, (vid, a, b) in enumerate(train_clips)
+    ]
+    jsonl(ret / "train.jsonl", rows[:-1])
+    jsonl(ret / "val.jsonl", rows[-1:])
+    jsonl(ret / "test.jsonl", [{"clip_name": vid, "caption": caption_of(a, b)} for vid, a, b in test_clips])
+    paragraphs = {vid: f"{caption_of(a, b)}. {second(a, b)}." for vid, a, b in clips}
+    did = root / "txt_db" / "didemo_retrieval"
+    jsonl(did / "train.jsonl", [{"clip_name": vid, "caption": paragraphs[vid]} for vid, _, _ in train_clips])
+    jsonl(did / "test.jsonl", [{"clip_name": vid, "caption": paragraphs[vid]} for vid, _, _ in test_clips])
+    anet = root / "txt_db" / "anet_retrieval"
+    jsonl(anet / "train.jsonl", [{"video": vid, "caption": paragraphs[vid]} for vid, _, _ in train_clips])
+    for name in ("dev.jsonl", "val1.jsonl"):
+        jsonl(anet / name, [{"video": vid, "caption": paragraphs[vid]} for vid, _, _ in test_clips])
+
+    # captioning
+    def grouped(part: list) -> list[dict]:
+        return [{"clip_name": vid, "caption": [caption_of(a, b), second(a, b)]} for vid, a, b in part]
+
+    jsonl(root / "txt_db" / "msrvtt_caption" / "train.jsonl", grouped(train_clips))
+    jsonl(root / "txt_db" / "msrvtt_caption" / "test.jsonl", grouped(test_clips))
+    for name, part in (("train", train_clips), ("val", test_clips), ("test", test_clips)):
+        jsonl(root / "txt_db" / "msvd_caption" / f"{name}.jsonl", grouped(part))
+
+    # MSRVTT-QA (LAVIS JSON lists)
+    qa = root / "annotations" / "msrvtt_qa"
+    qa.mkdir(parents=True, exist_ok=True)
+    qid = 0
+    for name, part in (("qa_train.json", train_clips), ("qa_val.json", test_clips), ("qa_test.json", test_clips)):
+        items = []
+        for vid, a, b in part:
+            for question, answer in (("what colour is the first square", a[0]), ("where is the last square", b[1])):
+                items.append({"video": f"{vid}.mp4", "question": question, "answer": answer, "question_id": qid})
+                qid += 1
+        (qa / name).write_text(json.dumps(items), encoding="utf-8")
+
+    # NExT-QA: official CSVs, converted as the README describes
+    colours = list(COLOURS)
+    nextqa_ids = {vid: str(4010000000 + k) for k, (vid, _, _) in enumerate(clips)}
+    write_lmdb(root / "vis_db" / "nextqa", {nextqa_ids[vid]: data for vid, data in videos.items()})
+
+    def nextqa_csv(path: Path, part: list) -> Path:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="", encoding="utf-8") as f:
+            w = csv.writer(f)
+            w.writerow(NEXTQA_CSV_HEADER)
+            for k, (vid, a, _) in enumerate(part):
+                options = [c for c in colours if c != a[0]][:4]
+                answer = k % 5
+                options.insert(answer, a[0])
+                qtype = ("TP", "DC", "CW")[k % 3]
+                row = [nextqa_ids[vid], num_frames, size, size, "what colour comes first", answer, k, qtype]
+                w.writerow(row + options)
+        return path
+
+    csvs = root / "nextqa_csv"
+    out = root / "annotations" / "nextqa"
+    out.mkdir(parents=True, exist_ok=True)
+    train_csvs = [
+        nextqa_csv(csvs / "nextqa" / "train.csv", train_clips[:-1]),
+        nextqa_csv(csvs / "nextqa" / "val.csv", train_clips[-1:]),
+    ]
+    convert_nextqa_csv(train_csvs, out / "train.json")  # train = train + val (spec §4)
+    convert_nextqa_csv([nextqa_csv(csvs / "test-data-nextqa" / "test.csv", test_clips)], out / "test.json")
     return root

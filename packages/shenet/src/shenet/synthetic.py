@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import pickle
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ __all__ = [
     "caption_matches",
     "oracle_recall_at_1",
     "write_msrvtt_digits",
+    "write_digits_official",
 ]
 
 DIGIT_NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -196,4 +198,71 @@ def write_msrvtt_digits(
         w = csv.writer(f)
         w.writerow(["key", "vid_key", "video_id", "sentence"])
         w.writerows(test_rows)
+    return root
+
+
+def write_digits_official(
+    dataset: str, root: str | Path, num_train: int = 8, num_test: int = 4, seed: int = 0, scale: int = 2
+) -> Path:
+    """Write the digits task in the official layout of ``dataset`` (spec §4): ``msrvtt`` (see
+    :func:`write_msrvtt_digits`); ``msvd`` (``raw-captions.pkl`` with two token-list captions per video,
+    ``{train,val,test}_list.txt``, ``videos/<id>.avi``); ``didemo`` (``{split}_data.json`` with two descriptions per
+    video, ``{split}_list.txt`` of file names, ``videos/<name>.mp4``); ``activitynet`` (``train.json``/``val_1.json``
+    keyed by ``v_<id>``, ``train_ids.json``/``val_ids.json``, ``videos/<id>.mp4``). The val split lists the test
+    videos."""
+    from mmzoo.video import write_video
+
+    if dataset == "msrvtt":
+        return write_msrvtt_digits(root, num_train, num_test, seed, scale)
+    if dataset not in ("msvd", "didemo", "activitynet"):
+        raise ValueError(f"dataset must be msrvtt|msvd|didemo|activitynet, got {dataset!r}")
+    root = Path(root)
+    (root / "videos").mkdir(parents=True, exist_ok=True)
+    g = torch.Generator().manual_seed(seed)
+    split_specs: dict[str, list[tuple[str, DigitsSpec]]] = {}
+    k = 0
+    for split, n in (("train", num_train), ("test", num_test)):
+        images, labels = digit_images(split)
+        split_specs[split] = []
+        for spec in make_split(split, n, seed):
+            vid = f"vid{k}"
+            name = {"msvd": f"{vid}.avi", "didemo": f"{vid}.mp4", "activitynet": f"{vid}.mp4"}[dataset]
+            frames = render_video(spec, images, labels, g, scale)
+            write_video(root / "videos" / name, frames, fps=1.0, codec="mpeg4" if dataset == "msvd" else None)
+            split_specs[split].append((vid, spec))
+            k += 1
+    split_specs["val"] = split_specs["test"]
+
+    def second(spec: DigitsSpec) -> str:
+        return f"the {DIGIT_NAMES[spec.digit]} is {spec.adj}"
+
+    if dataset == "msvd":
+        raw = {
+            vid: [spec.caption.split(), second(spec).split()] for items in split_specs.values() for vid, spec in items
+        }
+        with open(root / "raw-captions.pkl", "wb") as f:
+            pickle.dump(raw, f)
+        for split, items in split_specs.items():
+            (root / f"{split}_list.txt").write_text("".join(f"{vid}\n" for vid, _ in items))
+    elif dataset == "didemo":
+        for split, items in split_specs.items():
+            rows = [
+                {"video": f"{vid}.mp4", "times": [[j, j]], "description": text, "annotation_id": 2 * i + j}
+                for i, (vid, spec) in enumerate(items)
+                for j, text in enumerate((spec.caption, second(spec)))
+            ]
+            (root / f"{split}_data.json").write_text(json.dumps(rows))
+            (root / f"{split}_list.txt").write_text("".join(f"{vid}.mp4\n" for vid, _ in items))
+    else:
+        for split, ann, ids in (("train", "train.json", "train_ids.json"), ("val", "val_1.json", "val_ids.json")):
+            data = {
+                f"v_{vid}": {
+                    "duration": float(NUM_FRAMES),
+                    "timestamps": [[0.0, 2.0], [2.0, float(NUM_FRAMES)]],
+                    "sentences": [spec.caption + ".", " " + second(spec) + "."],
+                }
+                for vid, spec in split_specs[split]
+            }
+            (root / ann).write_text(json.dumps(data))
+            (root / ids).write_text(json.dumps(list(data)))
     return root
