@@ -379,3 +379,80 @@ def test_annotation_file_that_is_not_an_object_is_refused(tmp_path, root):
     (tmp_path / "a.json").write_text(json.dumps(list(data.values())))
     with pytest.raises(ValueError, match=r"a\.json' holds a JSON array, not an object mapping video names"):
         read_annotations([tmp_path / "a.json"])
+
+
+def _add_video(root, split, name, n, duration, stamps):
+    """Append one video of ``n`` feature rows (one query per stamp) to a split of the fixture's data set."""
+    data = json.loads((root / f"{split}.json").read_text())
+    ids = [f"{name}_{k}" for k in range(len(stamps))]
+    data[name] = {"duration": duration, "duration_frame": n, "timestamps": stamps, "sentences": ["x"] * len(stamps),
+                  "anno_ids": ids}  # fmt: skip
+    (root / f"{split}.json").write_text(json.dumps(data))
+    with h5py.File(root / "feature" / FILE.format(split=split), "a") as f:
+        f[name] = np.ones((n, 6), np.float32)
+    with h5py.File(root / "feature" / f"bert-base-uncased_language_tokens_features_{split}.hdf5", "a") as f:
+        for i in ids:
+            f[i] = np.ones((3, 5), np.float32)
+
+
+@pytest.mark.parametrize("n", [0, 1, 2, 3])
+def test_videos_shorter_than_one_window_with_min_frames_lowered(root, n):
+    """data.min_frames: 0 lets videos shorter than the short memory through: their windows are those whose end is
+    within the video (none for most offsets), as Python's range gives them; a video without any feature row is
+    dropped (there is nothing to stream, and its evaluation would count a vacuous AP of 1)."""
+    _add_video(root, "train", "tiny", n, 0.5 * max(n, 1), [[0.0, 0.5 * max(n, 1)]])
+    for seed in range(8):
+        ds = _train(root, min_frames=0, seed=seed)
+        tiny = [k for k, a in enumerate(ds.annotations) if a.video == "tiny"]
+        assert bool(tiny) == (n > 0)
+        for i, a0 in ds.windows:
+            if i in tiny:
+                assert a0 + 4 <= n  # the window ends within the video
+                item = ds[ds.windows.index((i, a0))]
+                assert item["short_mask"].tolist() == [not 0 <= a0 + k < n for k in range(4)]
+                assert torch.isfinite(item["labels"]).all()
+    _add_video(root, "test", "tiny", n, 0.5 * max(n, 1), [[0.0, 0.5 * max(n, 1)]])
+    ev = TSGVEvalDataset(root, "test", FILE, min_frames=0)
+    assert any(a.video == "tiny" for a in ev.annotations) == (n > 0)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("duration", None, r"video 'odd': duration = None is not a finite number of seconds"),
+        ("duration", "NaN", r"video 'odd': duration = 'NaN' is not a finite number of seconds"),
+        ("duration_frame", None, r"video 'odd': duration_frame = None is not a whole number of feature rows"),
+        ("duration_frame", 90.5, r"video 'odd': duration_frame = 90.5 is not a whole number of feature rows"),
+        ("timestamps", [[None, 5.0]], r"video 'odd', anno_id 'odd_0': timestamps = None is not a finite number"),
+        ("timestamps", [["start", 5.0]], r"video 'odd', anno_id 'odd_0': timestamps = 'start' is not a finite"),
+    ],
+)
+def test_null_or_nan_times_name_the_file_video_and_key(root, key, value, message):
+    _add_video(root, "train", "odd", 90, 45.0, [[1.0, 5.0]])
+    data = json.loads((root / "train.json").read_text())
+    data["odd"][key] = value
+    (root / "train.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="train.json.*" + message):
+        _train(root)
+
+
+def test_numbers_written_as_strings_are_still_read(root):
+    _add_video(root, "train", "str", 90, 45.0, [[1.0, 5.0]])
+    data = json.loads((root / "train.json").read_text())
+    data["str"].update(duration="45.0", duration_frame="90", timestamps=[["1.0", "5"]])
+    (root / "train.json").write_text(json.dumps(data))
+    a = next(a for a in _train(root).annotations if a.video == "str")
+    assert (a.duration, a.num_frames, a.start, a.end) == (45.0, 90, 1.0, 5.0)
+
+
+def test_a_split_left_empty_by_the_filters_is_refused(root):
+    """Every video shorter than data.min_frames (or every moment empty): an evaluation over no query would report
+    recalls of 0 (and a validation subset a bare sampling error); the message names the file and the key."""
+    for fraction in (1.0, 0.5):
+        with pytest.raises(ValueError, match=r"val\.json'.*no annotation left in split 'val'.*data\.min_frames=500"):
+            TSGVEvalDataset(root, "val", FILE, min_frames=500, fraction=fraction)
+    data = {name: {**v, "timestamps": [[t[1], t[0]] for t in v["timestamps"]]}  # every moment reversed
+            for name, v in json.loads((root / "train.json").read_text()).items()}  # fmt: skip
+    (root / "train.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"train\.json'.*no annotation left in split 'train'"):
+        _train(root)

@@ -147,3 +147,28 @@ def test_extract_text_features_names_the_file_and_video_of_a_malformed_entry(tmp
     with pytest.raises(error, match=rf"val\.json'?: video 'v1'.*{message}"):
         main(args=["extract-text-features", "--data_root", str(root), "--split", "val", "--text_encoder",
                    str(tmp_path / "no_such_model")])  # fmt: skip
+
+
+def test_extract_text_features_of_empty_non_ascii_and_overlong_sentences(tmp_path):
+    """An empty sentence gives [CLS] [SEP], a non-ASCII one unknown-word tokens, and one longer than BERT's position
+    table (here 16) is cut to it instead of failing in the embedding lookup."""
+    transformers = pytest.importorskip("transformers")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "event"]
+    (tmp_path / "bert").mkdir()
+    (tmp_path / "bert" / "vocab.txt").write_text("\n".join(words) + "\n")
+    transformers.BertTokenizer(str(tmp_path / "bert" / "vocab.txt")).save_pretrained(tmp_path / "bert")
+    cfg = transformers.BertConfig(vocab_size=len(words), hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=16, max_position_embeddings=16)  # fmt: skip
+    transformers.BertModel(cfg).save_pretrained(tmp_path / "bert")
+    root = tmp_path / "ds"
+    root.mkdir()
+    sentences = {"empty": "", "unicode": "café 火锅 🎬", "long": " ".join(["event"] * 40)}
+    ann = {"v0": {"duration": 10.0, "duration_frame": 80, "timestamps": [[1, 2]] * 3,
+                  "sentences": list(sentences.values()), "anno_ids": list(sentences)}}  # fmt: skip
+    (root / "val.json").write_text(json.dumps(ann))
+    out = main(args=["extract-text-features", "--data_root", str(root), "--split", "val", "--text_encoder",
+                     str(tmp_path / "bert")])  # fmt: skip
+    with h5py.File(out) as f:
+        assert f["empty"].shape == (2, 8) and f["long"].shape == (16, 8)
+        assert 3 <= f["unicode"].shape[0] <= 16
+        assert all(np.isfinite(f[k][()]).all() for k in sentences)

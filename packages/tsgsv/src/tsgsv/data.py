@@ -103,15 +103,16 @@ def read_annotations(paths: list[Path], min_frames: int = 71) -> list[Annotation
                     raise KeyError(f"{str(path)!r}: video {video!r} lacks key {key!r}; {_SEE}")
             if not len(item["timestamps"]) == len(item["sentences"]) == len(item["anno_ids"]):
                 raise ValueError(f"{str(path)!r}: video {video!r}: timestamps/sentences/anno_ids differ in length")
-            n, d = int(item["duration_frame"]), float(item["duration"])
-            if n < min_frames or d <= 0:
+            n = _number(item["duration_frame"], path, video, "duration_frame", integer=True)
+            d = _number(item["duration"], path, video, "duration")
+            if n < max(min_frames, 1) or d <= 0:  # no feature row: nothing to stream, whatever data.min_frames
                 dropped_videos += 1
                 continue
             for stamp, sent, aid in zip(item["timestamps"], item["sentences"], item["anno_ids"], strict=True):
                 if not isinstance(stamp, list | tuple) or len(stamp) != 2:
                     raise ValueError(f"{str(path)!r}: video {video!r}, anno_id {aid!r}: timestamps entry {stamp!r} is not "
                                      f"a [start, end] pair in seconds; {_SEE}")  # fmt: skip
-                s, e = min(max(float(stamp[0]), 0.0), d), min(max(float(stamp[1]), 0.0), d)
+                s, e = (min(max(_number(t, path, video, "timestamps", aid), 0.0), d) for t in stamp)
                 if s >= e:
                     dropped_pairs += 1
                     continue
@@ -131,11 +132,31 @@ def read_annotations(paths: list[Path], min_frames: int = 71) -> list[Annotation
     if dropped_videos or dropped_pairs:  # the official filters, made visible
         log.info("%s: kept %d annotations; dropped %d videos with fewer than %d feature rows (or no duration) and %d "
                  "moments with start >= end after clipping", ", ".join(map(str, paths)), len(out), dropped_videos,
-                 min_frames, dropped_pairs)  # fmt: skip
+                 max(min_frames, 1), dropped_pairs)  # fmt: skip
     return out
 
 
 _ANNOTATION_KEYS = ("duration", "duration_frame", "timestamps", "sentences", "anno_ids")
+
+
+def _number(value: object, path: Path, video: str, key: str, anno_id: object = None, integer: bool = False) -> float:
+    """``value`` of annotation key ``key`` as a finite float (an int when ``integer``); otherwise a ValueError naming
+    the file, the video (and the anno_id) and the key: a null or NaN would fail later in a bare ``float()`` or give a
+    NaN loss naming nothing."""
+    number = value
+    if isinstance(value, str):  # a number written as a string, which float() has always read
+        try:
+            number = float(value)
+        except ValueError:
+            pass
+    ok = isinstance(number, int | float) and not isinstance(number, bool) and math.isfinite(number)
+    if ok and integer:
+        ok = float(number).is_integer()
+    if not ok:
+        where = f"video {video!r}" + (f", anno_id {anno_id!r}" if anno_id is not None else "")
+        need = "a whole number of feature rows" if integer else "a finite number of seconds"
+        raise ValueError(f"{str(path)!r}: {where}: {key} = {_short(value)} is not {need}; {_SEE}")
+    return int(number) if integer else float(number)
 
 
 def _json_type(value: object) -> str:
@@ -227,7 +248,14 @@ class _TSGVFiles:
         if not root.is_dir():
             raise FileNotFoundError(f"data.data_root={str(root)!r} does not exist; {_SEE}")
         json_splits = split.split("&")  # 'train&val' (TACoS) reads train.json + val.json
-        self.annotations = read_annotations([root / f"{s}.json" for s in json_splits], min_frames)
+        json_paths = [root / f"{s}.json" for s in json_splits]
+        self.annotations = read_annotations(json_paths, min_frames)
+        if not self.annotations:  # else an epoch of nothing, or metrics of 0 over no query, or a bare sampling error
+            raise ValueError(
+                f"{', '.join(repr(str(p)) for p in json_paths)}: no annotation left in split {split!r} after dropping "
+                f"videos with fewer than data.min_frames={min_frames} feature rows (or none, or no duration) and "
+                f"moments whose [start, end] is empty once clipped to the video; {_SEE}"
+            )
         video_path = root / "feature" / video_feature_file.format(split=split)
         text_path = root / "feature" / f"{language_model}_language_tokens_features_{split}.hdf5"
         for p, what in ((video_path, "video features"), (text_path, "sentence token features")):
@@ -355,7 +383,8 @@ class TSGVTrainDataset(Dataset):
         windows = []
         for i, a in enumerate(self.annotations):
             o = int(torch.randint(0, M + self.chunk_interval - 1, (1,), generator=g))
-            starts = torch.arange(o + 1 - M, a.num_frames - M + 1, M)
+            # Python's range semantics (as the official code): a video shorter than the first window's end has none
+            starts = torch.tensor(list(range(o + 1 - M, a.num_frames - M + 1, M)), dtype=torch.long)
             if self.pos_expansion_ratio is not None:
                 s, e = a.frame_span
                 length = e - s

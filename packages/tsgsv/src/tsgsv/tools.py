@@ -81,7 +81,10 @@ def extract_text_features(
     out = root / "feature" / f"{language_model}_language_tokens_features_{split}.hdf5"
     with written_whole(out) as tmp, h5py.File(tmp, "w") as f, torch.no_grad():  # whole or absent
         for anno_id, sentence in tqdm(sentences.items(), desc="text features", total=len(sentences)):
-            enc = tokenizer(sentence, return_tensors="pt", add_special_tokens=True).to(device)
+            # a sentence longer than BERT's position table (a paragraph pasted as a query) would fail in the embedding
+            # lookup; the loader keeps the first data.max_text_len tokens anyway
+            enc = tokenizer(sentence, return_tensors="pt", add_special_tokens=True, truncation=True,
+                            max_length=model.config.max_position_embeddings).to(device)  # fmt: skip
             hidden = model(**enc, output_hidden_states=True).hidden_states[-2][0]  # (n_tokens, 768)
             f.create_dataset(anno_id, data=hidden.float().cpu().numpy())
         f.create_dataset("Integrity", data=np.ones(1))
