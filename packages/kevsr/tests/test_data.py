@@ -248,7 +248,9 @@ def test_videos_without_features_are_found_at_setup(tmp_path, fmt):
     root = write_random_dataset(tmp_path / "d", None, feature_format=fmt, sizes=(4, 1, 1))
     h = Hierarchy.from_json(root / "hierarchy.json")
     _rewrite_train(root, lambda rows: [*rows, dict(rows[0], video_id="never_extracted")])  # not the first row
-    with pytest.raises(KeyError, match=r"1 of 5 videos have no features.*never_extracted"):
+    source = r"features/train\.h5' \(no group" if fmt == "h5" else r"features' \(no <video_id>\.npz\)"
+    with pytest.raises(KeyError, match=r"split 'train': 1 of 5 videos have no features in '.*" + source
+                       + r".*never_extracted.*annotations/train\.jsonl'.*data\.missing_features: drop"):  # fmt: skip
         KEVSRDataset(str(root), "train", h, None, 8, 3, 3, feature_format=fmt)
     with pytest.warns(UserWarning, match="dropping 1 of 5"):
         ds = KEVSRDataset(str(root), "train", h, None, 8, 3, 3, feature_format=fmt, missing_features="drop")
@@ -446,3 +448,67 @@ def test_misspelt_reader_options_are_refused(tmp_path, key, value):
         h = Hierarchy.from_json(root / "hierarchy.json")
         with pytest.raises(ValueError, match=rf"data\.{key}={value!r}: expected one of"):
             KEVSRDataset(str(root), "val", h, None, 8, 3, 3, **{key: value})
+
+
+@pytest.mark.parametrize("fmt", ["h5", "npz"])
+def test_non_finite_features_name_the_video_file_and_key(tmp_path, fmt):
+    """float16 features that overflowed (inf) or NaN rows used to go through to a NaN loss (training) or NaN scores
+    (evaluation) naming no video."""
+    root = write_random_dataset(tmp_path / "d", None, feature_format=fmt, sizes=(3, 1, 1))
+    h = Hierarchy.from_json(root / "hierarchy.json")
+    _edit_train_features(root, fmt, "train_001", ["f3d"], lambda a: np.where(np.arange(a.shape[1]) == 2, np.inf, a))
+    _edit_train_features(root, fmt, "train_002", ["regions"], lambda a: np.full_like(a, np.nan))
+    ds = KEVSRDataset(str(root), "train", h, None, 8, 3, 3, feature_format=fmt)
+    ids = [r["video_id"] for r in ds.rows]
+    for vid, key in (("train_001", "f3d"), ("train_002", "regions")):
+        where = "train.h5" if fmt == "h5" else f"{vid}.npz"
+        with pytest.raises(ValueError, match=rf"{where}: video '{vid}' has NaN or infinite values in \['{key}'\]"):
+            ds[ids.index(vid)]
+    assert torch.isfinite(ds[ids.index("train_000")]["f3d"]).all()
+
+
+def test_degenerate_but_legal_videos_train_and_evaluate(tmp_path):
+    """One keyframe per video (N_f = 1), a video without any label, one with an empty description (no keyword) and
+    no detected region, non-ASCII text, a last training batch of one video and level-2 labels with no test video:
+    the losses stay finite and the metrics are those of the plain definitions (spec §5)."""
+    import lightning.pytorch as pl
+
+    from kevsr.models import KEVSRConfig
+    from kevsr.module import KEVSRModule
+
+    root = write_random_dataset(tmp_path / "d", tmp_path / "kg.txt.gz", sizes=(3, 2, 2), num_frames=1)
+
+    def edit(rows):
+        rows[0].update(label_paths=[], text="", keywords=None)  # no label, no description
+        rows[1].update(text="火锅 hot pot — très épicé", keywords=None)
+        return rows
+
+    _rewrite_train(root, edit)
+    _edit_train_features(root, "h5", "train_000", ["region_mask"], np.zeros_like)  # no region detected
+    dm = KEVSRDataModule(str(root), str(tmp_path / "kg.txt.gz"), kg_dim=8, num_regions=3, num_keywords=3,
+                         batch_size=2, eval_batch_size=1, num_workers=0)  # fmt: skip
+    cfg = KEVSRConfig(dim=8, f2d_dim=16, f3d_dim=8, text_dim=12, region_dim=16, kg_dim=8, num_frames=1, num_regions=3,
+                      num_keywords=3, num_level1=2, num_level2=5, temporal_heads=2, region_heads=2)  # fmt: skip
+    module = KEVSRModule(cfg, streams="both")
+    trainer = pl.Trainer(max_epochs=1, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0)  # fmt: skip
+    trainer.fit(module, dm)
+    item = dm.datasets["train"][0]
+    assert item["target1"].sum() == 0 and item["target2"].sum() == 0 and not item["keyword_mask"].any()
+    assert dm.datasets["train"][1]["keyword_mask"].sum() == 1  # "hot pot" found in the KG, the rest not
+    for key in ("train/loss", "val/f1_l2", "val/rp90_l2", "val/s2_f1_l2"):
+        assert torch.isfinite(trainer.callback_metrics[key]), key
+    (metrics,) = trainer.test(module, dm, verbose=False)
+    assert dm.datasets["test"].targets2.sum(0).eq(0).any()  # some level-2 label has no test video
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+
+
+def test_a_label_outside_the_hierarchy_names_the_split_video_and_path(tmp_path):
+    root = write_random_dataset(tmp_path / "d", None, sizes=(3, 1, 1))
+    h = Hierarchy.from_json(root / "hierarchy.json")
+    _rewrite_train(root, lambda rows: [rows[0], dict(rows[1], label_paths=[["food", "sushi"]]), rows[2]])
+    with pytest.raises(KeyError, match=r"train\.jsonl, video 'train_001': label path \['food', 'sushi'\] not in hier"):
+        KEVSRDataset(str(root), "train", h, None, 8, 3, 3)
+    _rewrite_train(root, lambda rows: [rows[0], dict(rows[1], label_paths=[["drinks", None]]), rows[2]])
+    with pytest.raises(KeyError, match=r"video 'train_001': label path \['drinks', None\] not in hierarchy\.json"):
+        KEVSRDataset(str(root), "train", h, None, 8, 3, 3)

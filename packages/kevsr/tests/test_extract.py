@@ -182,3 +182,30 @@ def test_regions_pool_the_c5_cells_under_the_box_on_both_axes():
     got = pool_regions(c5, box, (480, 852), (224, 398))[0]
     centre = torch.tensor([400.0 * 398 / 852, 240.0 * 224 / 480])  # the box centre, in input pixels
     torch.testing.assert_close(got, centre, atol=0.5, rtol=0)
+
+
+def test_extract_short_and_odd_videos_give_n_f_keyframes(tmp_path):
+    """A one-frame video, one with fewer frames than --num-frames, an odd frame size and an empty description:
+    every video still gets N_f keyframes (repeated frames), as the data module needs one N_f per split."""
+    from mmzoo.testing import make_pattern_video
+
+    root, videos = tmp_path / "data", tmp_path / "videos"
+    (root / "annotations").mkdir(parents=True)
+    videos.mkdir()
+    make_pattern_video(videos / "one.mp4", num_frames=1, fps=8, height=48, width=64, gop=1)
+    make_pattern_video(videos / "two.mp4", num_frames=2, fps=8, height=50, width=34, gop=2)
+    rows = [{"video_id": v, "text": t, "label_paths": []} for v, t in (("one", ""), ("two", "hot pot"))]
+    (root / "annotations" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    m = _tiny_models(tmp_path)
+    out = main(args=["extract", "--data-root", str(root), "--split", "test", "--videos-dir", str(videos),
+                     "--resnet", "resnet18", "--resnet-weights", m["resnet"], "--video-model", "mc3_18",
+                     "--video-model-weights", m["video"], "--detector", "fasterrcnn_mobilenet_v3_large_320_fpn",
+                     "--detector-weights", m["detector"], "--detector-num-classes", "2", "--bert", m["bert"],
+                     "--num-frames", "3", "--clip-len", "4", "--num-regions", "2", "--image-size", "64",
+                     "--clip-size", "32"])  # fmt: skip
+    with h5py.File(out) as f:
+        for vid in ("one", "two"):
+            assert f[vid]["f2d"].shape == (3, 512) and f[vid]["f3d"].shape == (3, 512)
+            assert all(torch.isfinite(torch.from_numpy(f[vid][k][()])).all() for k in ("f2d", "f3d", "text"))
+        one = f["one"]["f2d"][()]
+        torch.testing.assert_close(torch.from_numpy(one[0]), torch.from_numpy(one[2]))  # the one frame, thrice

@@ -1,5 +1,6 @@
 """F1 and RP@90% against plain references (spec §5, §8d)."""
 
+import pytest
 import torch
 from torchmetrics.classification import MultilabelF1Score
 
@@ -54,3 +55,20 @@ def test_f1_manual_counts_and_torchmetrics_agree():
     assert abs(micro_f1(scores, targets).item() - 0.75) < 1e-6
     tm = MultilabelF1Score(num_labels=3, average="micro", threshold=0.5)
     assert abs(tm(torch.sigmoid(scores), targets).item() - 0.75) < 1e-6
+
+
+def test_rp_edge_cases_ties_no_positive_one_video_and_nan():
+    """All scores tied: one threshold, every label received at once. No positive at all: no threshold reaches
+    90 % (RP = 0). One video whose top label is right: RP = 1. NaN scores used to sort as confident correct labels
+    (RP = 1 for a model that output only NaN); they are refused."""
+    tied = torch.zeros(4, 3)
+    targets = torch.zeros(4, 3)
+    targets[:, 0] = 1  # one right label in three: accuracy 1/3 at the only threshold
+    for mode in ("threshold", "top1"):
+        assert float(rp_at_accuracy(tied, torch.zeros(4, 3), mode=mode)) == 0.0
+    assert float(rp_at_accuracy(tied, targets)) == 0.0
+    assert float(rp_at_accuracy(tied, torch.ones(4, 3))) == 1.0
+    assert float(rp_at_accuracy(torch.tensor([[2.0, -1.0]]), torch.tensor([[1.0, 0.0]]))) == 1.0
+    for mode in ("threshold", "top1"):
+        with pytest.raises(ValueError, match=r"RP@90%: 6 scores are NaN"):
+            rp_at_accuracy(torch.full((3, 2), float("nan")), torch.ones(3, 2), mode=mode)

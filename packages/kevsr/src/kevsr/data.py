@@ -156,25 +156,28 @@ class KEVSRDataset(Dataset):
     ) -> None:
         _check_reader_choices(feature_format, tokenizer, missing_features)
         root = Path(data_root)
-        self.rows = read_annotations(root / "annotations" / f"{split}.jsonl")
+        annotation_path = root / "annotations" / f"{split}.jsonl"
+        self.rows = read_annotations(annotation_path)
         if feature_format == "h5":
             path = root / "features" / f"{split}.h5"
             if not path.is_file():
                 raise FileNotFoundError(f"missing {str(path)!r} (HDF5 features, one group per video); {README_HINT}")
             self.readers = {k: H5Features(path, dataset_key=k) for k in FEATURE_KEYS}
+            feature_files = f"{str(path)!r} (no group of that name)"
         else:
             folder = root / "features"
             if not folder.is_dir():
                 raise FileNotFoundError(f"missing folder {str(folder)!r} (<video_id>.npz features); {README_HINT}")
             self.readers = {k: NpyFolderFeatures(folder, suffix=".npz", npz_key=k) for k in FEATURE_KEYS}
+            feature_files = f"{str(folder)!r} (no <video_id>.npz)"
         # Every id is checked here, not when its item is first read (possibly hours into training).
         available = set(self.readers["f2d"].keys()) if self.rows else set()
         missing = [r["video_id"] for r in self.rows if r["video_id"] not in available]
         if missing and missing_features == "raise":
             raise KeyError(
-                f"{split}: {len(missing)} of {len(self.rows)} videos have no features in {root / 'features'} "
-                f"(e.g. {missing[:5]}); remove them from {split}.jsonl or set data.missing_features: drop; "
-                f"{README_HINT}"
+                f"split {split!r}: {len(missing)} of {len(self.rows)} videos have no features in {feature_files} "
+                f"(e.g. {missing[:5]}); extract them, remove them from {str(annotation_path)!r}, or set "
+                f"data.missing_features: drop to leave them out; {README_HINT}"
             )
         if missing:  # drop: the same rows on every rank, so DDP ranks keep equal batch counts
             rank_zero_warn(f"{split}: dropping {len(missing)} of {len(self.rows)} videos without features "
@@ -265,6 +268,10 @@ class KEVSRDataset(Dataset):
         vid = self.rows[idx]["video_id"]
         feats = {k: self.readers[k][vid] for k in FEATURE_KEYS}
         self._check_shapes(vid, feats)
+        # e.g. float16 features that overflowed when written: a NaN loss later would name neither video nor file
+        bad = [k for k, v in feats.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+        if bad:
+            raise ValueError(f"{self._source(vid)}: video {vid!r} has NaN or infinite values in {bad}; {README_HINT}")
         return vid, feats
 
     def _check_against_first(self, idx: int, vid: str, feats: dict[str, torch.Tensor]) -> None:

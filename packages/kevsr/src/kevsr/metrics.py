@@ -79,6 +79,8 @@ def rp_at_accuracy(
         raise ValueError(f"scores {tuple(scores.shape)} and targets {tuple(targets.shape)} must be equal (N, L)")
     if scores.shape[0] == 0:
         raise ValueError("RP@90%: no videos")
+    if torch.isnan(scores).any():  # NaN sorts as a score of its own and would count as a confident correct label
+        raise ValueError(f"RP@90%: {int(torch.isnan(scores).sum())} scores are NaN (a diverged model or NaN inputs)")
     check_choice("mode", mode, RP_MODES)  # anything else would silently mean top1
     fn = _rp_threshold if mode == "threshold" else _rp_top1
     return fn(scores, targets, accuracy)
