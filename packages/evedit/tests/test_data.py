@@ -390,3 +390,52 @@ def test_synthetic_loveu_csv_fits_the_official_row_slices(tmp_path):
         assert [n for n in names[a:b] if n] == by_group[group]
     assert sum(len(v) for v in by_group.values()) == 5 and all(by_group.values())
     assert len([n for n in names if n.startswith("clip")]) == 5  # no video outside the slices
+
+
+@pytest.mark.parametrize("mode", ["first", "uniform", "stride"])
+@pytest.mark.parametrize("source", ["videos", "frames"])
+def test_a_clip_shorter_than_num_frames_is_edited_whole_in_every_mode(loveu_root, mode, source):
+    """6-frame clips with data.num_frames=8 (and a 1-frame clip): every frame once, in order, with its depth map;
+    uniform segments would repeat frames, whose copies would be edited and scored as frames of their own."""
+    ds = LOVEUDataset(loveu_root, edits=["object"], num_frames=8, size=16, frames_mode=mode, source=source,
+                      use_depth_files=True)  # fmt: skip
+    item = ds[0]
+    assert item["frames"].shape == (6, 3, 16, 16) and item["depth"].shape == (6, 16, 16)
+    assert len({bytes(f.numpy()) for f in item["frames"]}) == 6  # six distinct frames (the shape moves)
+    assert frame_indices(6, 8, mode) == list(range(6))
+    assert frame_indices(1, 8, mode) == [0]
+
+
+def test_loveu_csv_saved_with_a_byte_order_mark(tmp_path):
+    """A CSV re-saved by a spreadsheet starts with a UTF-8 byte-order mark, which must not hide the 'Video name'
+    column; non-ASCII captions are read as written."""
+    make_loveu(tmp_path, n_videos=1, frames=2, size=16)
+    csv_path = tmp_path / "loveu-tgve-2023" / "LOVEU-TGVE-2023_Dataset.csv"
+    text = csv_path.read_text(encoding="utf-8").replace("watercolor style", "Aquarell — 水彩画 🎨")
+    csv_path.write_text(text, encoding="utf-8-sig")
+    ds = LOVEUDataset(tmp_path, edits=["style"], num_frames=2, size=16)
+    assert len(ds) == 1 and ds[0]["target_prompt"].endswith("Aquarell — 水彩画 🎨")
+
+
+def test_frame_folders_of_grey_rgba_and_mixed_size_frames(tmp_path):
+    """Grey and RGBA frame files of odd sizes are read as RGB and cropped to data.size; a folder whose frames differ
+    in size is a broken clip named by the folder and the two files (the error used to be torch.stack's, naming no
+    file), skipped under on_corrupt: skip."""
+    from PIL import Image
+
+    make_loveu(tmp_path, n_videos=1, frames=3, size=16)
+    folder = tmp_path / "loveu-tgve-2023" / "DAVIS_480p" / "480p_frames" / "clip00"
+    for f in folder.iterdir():
+        f.unlink()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (21, 27), dtype=np.uint8), "L").save(folder / "00000.png")  # odd H and W
+    Image.fromarray(rng.integers(0, 255, (21, 27, 4), dtype=np.uint8), "RGBA").save(folder / "00001.png")
+    Image.fromarray(rng.integers(0, 255, (21, 27, 3), dtype=np.uint8), "RGB").save(folder / "00002.png")
+    ds = LOVEUDataset(tmp_path, edits=["style"], num_frames=3, size=16, source="frames")
+    assert ds[0]["frames"].shape == (3, 3, 16, 16)
+    Image.fromarray(rng.integers(0, 255, (24, 28, 3), dtype=np.uint8), "RGB").save(folder / "00002.png")
+    with pytest.raises(
+        VideoDecodeError, match=r"clip00': frames 00000\.png and 00002\.png differ in size \(\(21, 27\)"
+    ):
+        ds[0]
+    assert LOVEUDataset(tmp_path, edits=["style"], num_frames=3, size=16, source="frames", on_corrupt="skip")[0] is None

@@ -215,3 +215,11 @@ def test_depth_error_compares_estimator_maps_of_source_and_edit(tmp_path, monkey
     expected = (midas(clip["frames"]) - midas(edit)).abs().mean()
     got = module.stage_metrics["test"]["depth_err"].compute()
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+
+
+def test_a_size_the_backbone_cannot_take_is_refused_at_setup_naming_data_size(tmp_path):
+    """The tiny backbone needs multiples of 4 (VAE ×2, UNet ×2): data.size=33 is refused before any clip is edited,
+    naming the key, instead of each clip failing in the pipeline."""
+    with pytest.raises(ValueError, match=r"^data\.size=33: .* multiples of 4 for model\.model\.backbone='tiny'.* 32$"):
+        main(args=["predict", *_args(tmp_path, "--data.size", "33")])
+    assert not (tmp_path / "edits").exists()

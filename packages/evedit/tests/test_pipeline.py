@@ -1,5 +1,7 @@
 """Unit checks of spec §8d on the tiny random models."""
 
+import math
+
 import pytest
 import torch
 from diffusers import DDIMScheduler
@@ -452,3 +454,15 @@ def test_sd2_depth_channel_stays_in_range_at_depth_edges():
     channel = pipe.encode_depth(depth01, EditConfig()).tensors[0]
     assert channel.min() >= -1.0 and channel.max() <= 1.0
     assert channel.min() == -1.0 and channel.max() == 1.0
+
+
+@pytest.mark.parametrize("tcc", [{}, {"frame_chunk": 2}, {"temporal_pairs": "key"}, {"attention": "sparse_causal"}])
+def test_a_one_frame_clip_edits(tiny_pipe, tcc):
+    """A one-frame video (data.frames_mode first/stride, or any mode once a clip is shorter than data.num_frames):
+    the temporal term is 0 and the update runs on the agreement term alone; the chunked backward used to step
+    through range(0, 0, 0) and fail."""
+    frames = _frames()[:1]
+    out = tiny_pipe(frames, "a red circle", "a blue circle", config=tiny_edit(**tcc))
+    assert out.videos[0].shape == frames.shape and out.depth.shape == (1, S, S)
+    assert len(out.losses[0]) == 2 and all(math.isfinite(step["loss"]) for step in out.losses[0])
+    assert all(step["tmp"] == 0.0 for step in out.losses[0])

@@ -72,7 +72,9 @@ def frame_indices(total: int, num_frames: int, mode: FramesMode, stride: int = 1
     if mode == "first":
         return list(range(min(total, num_frames)))
     if mode == "uniform":
-        return uniform_segment_indices(total, num_frames, train=False)
+        # fewer frames than F: every frame once, as the other modes give them; uniform segments would repeat frames,
+        # whose copies would then be edited and scored as frames of their own (a flattering frame consistency)
+        return list(range(total)) if total < num_frames else uniform_segment_indices(total, num_frames, train=False)
     if stride < 1:
         raise ValueError(f"data.frame_stride={stride} must be >= 1")
     return list(range(0, total, stride))[:num_frames]
@@ -177,10 +179,17 @@ class _ClipDataset(Dataset):
             raise VideoDecodeError(frame_dir, "no .jpg/.png frames in the folder")
         idx = frame_indices(len(files), self.num_frames, self.frames_mode, self.frame_stride)
         try:
-            frames = torch.stack([read_image(str(files[i]), ImageReadMode.RGB) for i in idx])
+            images = [read_image(str(files[i]), ImageReadMode.RGB) for i in idx]  # grey / RGBA files → RGB
         except RuntimeError as err:
             raise VideoDecodeError(frame_dir, f"cannot decode a frame: {err}") from err
-        return frames, idx, 8.0
+        other = next((k for k, im in enumerate(images) if im.shape != images[0].shape), None)
+        if other is not None:  # a broken clip (data.on_corrupt applies), named by its files, not by a stack error
+            raise VideoDecodeError(
+                frame_dir,
+                f"frames {files[idx[0]].name} and {files[idx[other]].name} differ in size ({tuple(images[0].shape[-2:])} "
+                f"vs {tuple(images[other].shape[-2:])}); the frames of a clip share one size",
+            )
+        return torch.stack(images), idx, 8.0
 
     def _depth(self, depth_dir: Path | None, idx: list[int], frame_hw: tuple[int, int]) -> torch.Tensor:
         """The clip's depth files (one 2-D float map per frame, one size for the clip, any aspect ratio), aligned
@@ -283,7 +292,7 @@ class LOVEUDataset(_ClipDataset):
             raise ValueError(f"data.edits: unknown edit types {unknown}; expected a subset of {list(LOVEU_COLUMNS)}")
         if len(set(edits)) != len(edits):  # each (video, type) is one output folder, edited and scored once
             raise ValueError(f"data.edits={edits}: an edit type is listed twice")
-        with open(csv_path, newline="", encoding="utf-8") as f:
+        with open(csv_path, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark is no column
             reader = csv.DictReader(f)
             needed = ["Video name", "Our GT caption", *(LOVEU_COLUMNS[e] for e in edits)]
             missing = [c for c in needed if c not in (reader.fieldnames or [])]

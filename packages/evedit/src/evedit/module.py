@@ -258,6 +258,15 @@ class EVEModule(pl.LightningModule):
     # ------------------------------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str) -> None:
         restore_output_capture(self)  # a depth model unpickled by ddp_spawn would return no hidden states
+        dm = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        size = getattr(dm, "hparams", {}).get("size")
+        mult = self.pipe.size_multiple
+        if isinstance(size, int) and size % mult:  # else every clip would fail in the pipeline, one by one
+            raise ValueError(
+                f"data.size={size}: the frames' height and width must be multiples of {mult} for "
+                f"model.model.backbone={self.model_cfg.backbone!r} (VAE and UNet downsampling), e.g. "
+                f"{max(mult, size // mult * mult)}"
+            )
         if self.num_threads is not None and self.device.type == "cpu":
             torch.set_num_threads(self.num_threads)
 

@@ -168,6 +168,11 @@ class EVEPipeline(DiffusionPipeline):
         return next(self.unet.parameters()).device
 
     # ------------------------------------------------------------------------------------------ inputs, text
+    @property
+    def size_multiple(self) -> int:
+        """Frame heights and widths must be multiples of this: the VAE's factor times the UNet's downsampling."""
+        return self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+
     def check_inputs(
         self,
         frames: torch.Tensor,
@@ -180,9 +185,12 @@ class EVEPipeline(DiffusionPipeline):
             raise ValueError(f"frames: expected uint8 (F, 3, H, W), got {frames.dtype} {tuple(frames.shape)}")
         if frames.shape[0] < 1:
             raise ValueError("frames: the clip is empty (0 frames)")
-        mult = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        mult = self.size_multiple
         if frames.shape[-2] % mult or frames.shape[-1] % mult:
-            raise ValueError(f"frames: H×W={tuple(frames.shape[-2:])} must be multiples of {mult} for this backbone")
+            raise ValueError(
+                f"frames: H×W={tuple(frames.shape[-2:])} must be multiples of {mult} for this backbone (VAE and UNet "
+                f"downsampling; data.size sets H and W)"
+            )
         if not isinstance(source_prompt, str):
             raise ValueError(f"source_prompt must be a string, got {type(source_prompt).__name__}")
         if not target_prompts or not all(isinstance(p, str) and p.strip() for p in target_prompts):
@@ -385,7 +393,7 @@ class EVEPipeline(DiffusionPipeline):
         a_t, a_prev = self.alphas(t)
         pred = self.scheduler.config.prediction_type
         size = tcc.frame_chunk or n
-        starts = [0] + list(range(size - 1, n - 1, size - 1))
+        starts = [0] + list(range(size - 1, n - 1, max(size - 1, 1)))  # one frame: size 1, one chunk
         terms = {"loss": 0.0, "tmp": 0.0, "agr": 0.0}
         # Lightning's test/predict run under inference_mode: leave it locally and use ordinary copies of the inputs
         with torch.inference_mode(False), torch.enable_grad():
