@@ -136,6 +136,17 @@ def test_folder_store_and_padding_collate(synthetic_root):
     assert collate([None]) is None
 
 
+def test_folder_store_finds_a_clip_of_another_extension(tmp_path):
+    (tmp_path / "a.avi").write_bytes(b"x")  # MSVD's clips are .avi; the annotation names them without extension
+    (tmp_path / "b.avi").write_bytes(b"x")
+    (tmp_path / "b.mp4").write_bytes(b"x")
+    store = VideoStore(tmp_path)
+    assert store.source("a")[0] == str(tmp_path / "a.avi")
+    assert store.source("b")[0] == str(tmp_path / "b.mp4")  # .mp4 first, as the spec says
+    assert store.source("c")[0] == str(tmp_path / "c.mp4")  # none: the .mp4 name, which the reader then reports
+    assert store.source("a.webm")[0] == str(tmp_path / "a.webm")  # an explicit extension is kept
+
+
 def test_long_side_transform_keeps_aspect():
     t = FrameTransform("long_side", long_side=64, randaugment=False)
     out = t(torch.zeros(2, 3, 60, 120, dtype=torch.uint8), False, random.Random(0))

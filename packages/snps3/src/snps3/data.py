@@ -1,7 +1,7 @@
 """Readers of the official SNP-S3 formats (spec §4), frame transforms, caption processing, collate, DataModule.
 
-Every annotation file is JSON-lines. Videos live in a folder (``clip_name`` + ``.mp4`` when it has no extension)
-or in an LMDB whose key is the basename without extension and whose value is the video file's bytes. Videos are
+Every annotation file is JSON-lines. Videos live in a folder (``clip_name`` + ``.mp4`` when it has no extension;
+without such a file, ``.avi``, ``.webm``, ``.mkv`` or ``.mov``) or in an LMDB whose key is the basename without extension and whose value is the video file's bytes. Videos are
 decoded only through mmzoo.video.
 """
 
@@ -192,6 +192,10 @@ def read_jsonl(path: Path, required: Sequence[str]) -> list[dict]:
 _LMDB_ENVS: dict[tuple[str, int], object] = {}  # open LMDB environments per (path, process id)
 
 
+OTHER_VIDEO_SUFFIXES = (".avi", ".webm", ".mkv", ".mov")
+"""Looked for, in this order, when a folder store holds no ``<clip_name>.mp4`` for a clip name without extension."""
+
+
 class VideoStore:
     """A folder of video files or an LMDB (key = basename without extension, value = the file's bytes)."""
 
@@ -221,7 +225,10 @@ class VideoStore:
             if value is None:
                 raise VideoDecodeError(f"{self.path}[{key}]", "key not in the LMDB")
             return bytes(value), f"{self.path}[{key}]"
-        name = clip_name if Path(clip_name).suffix else clip_name + ".mp4"
+        name = clip_name
+        if not Path(clip_name).suffix:  # ".mp4" (spec), else another video file of that name (MSVD's are .avi)
+            candidates = [clip_name + s for s in (".mp4", *OTHER_VIDEO_SUFFIXES)]
+            name = next((c for c in candidates if (self.path / c).is_file()), candidates[0])
         return str(self.path / name), str(self.path / name)
 
     def read(
