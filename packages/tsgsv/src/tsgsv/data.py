@@ -563,10 +563,14 @@ class TSGVDataModule(pl.LightningDataModule):
     def prepare_data(self) -> None:
         hp = self.hparams
         if hp.generate_demo_data and not (Path(hp.data_root) / "train.json").is_file():
+            demo = self.demo or SyntheticStreamConfig()
+            # a split such as TACoS's 'train&val' reads its own sentence-feature file: write it as well
+            unions = [s for s in (hp.train_split, hp.val_split, hp.test_split) if "&" in s]
             cfg = replace(
-                self.demo or SyntheticStreamConfig(),
+                demo,
                 video_feature_file=self.video_feature_file,
                 language_model=self.language_model,
+                combined_splits=tuple(dict.fromkeys([*demo.combined_splits, *unions])),
             )
             write_synthetic_dataset(hp.data_root, cfg)
 

@@ -53,6 +53,10 @@ class SyntheticStreamConfig:
     seed: int = 0
     world_seed: int = 1234
     """Seed of the prototypes and word vectors (shared by all splits and by different sample seeds)."""
+    combined_splits: tuple[str, ...] = ()
+    """Also write sentence features for these unions of splits, named as the official files: ``train&val``
+    (TACoS trains on train + val) holds every anno_id of ``train.json`` and ``val.json``. Does not change the data
+    drawn."""
     write_events: bool = False
     """Also write ``events_<split>.json`` ({video: [[first_frame, end_frame, class], ...]}, every event of the video;
     not part of the official layout) for oracle analyses (``repro.py --oracle``). Does not change the data drawn."""
@@ -127,6 +131,9 @@ def write_synthetic_dataset(root: str | Path, cfg: SyntheticStreamConfig | None 
     onset, activity, background = world["onset"], world["activity"], world["background"]  # o_k, a, b
     class_words, filler = world["class_words"], world["filler"]  # w_k, filler words
     rng = np.random.default_rng(cfg.seed)
+    # a video feature file name without {split} is one file for every split (TACoS: tall_c3d_features.hdf5)
+    shared_video_file = "{split}" not in cfg.video_feature_file
+    text_by_split: dict[str, dict[str, np.ndarray]] = {}
     for split, num_videos in zip(("train", "val", "test"), cfg.videos_per_split, strict=True):
         annotations, video_feats, text_feats, all_events = {}, {}, {}, {}
         for v in range(num_videos):
@@ -177,14 +184,32 @@ def write_synthetic_dataset(root: str | Path, cfg: SyntheticStreamConfig | None 
         if cfg.write_events:
             with open(root / f"events_{split}.json", "w") as f:
                 json.dump(all_events, f)
-        with h5py.File(root / "feature" / cfg.video_feature_file.format(split=split), "w") as f:
+        mode = "a" if shared_video_file and split != "train" else "w"
+        with h5py.File(root / "feature" / cfg.video_feature_file.format(split=split), mode) as f:
             for name, arr in video_feats.items():
                 f.create_dataset(name, data=arr)
-        with h5py.File(root / "feature" / f"{cfg.language_model}_language_tokens_features_{split}.hdf5", "w") as f:
-            for aid, arr in text_feats.items():
-                f.create_dataset(aid, data=arr)
-            f.create_dataset("Integrity", data=np.ones(1))
+        _write_sentence_file(root, cfg.language_model, split, text_feats)
+        text_by_split[split] = text_feats
+    for combined in cfg.combined_splits:
+        parts = combined.split("&")
+        unknown = [p for p in parts if p not in text_by_split]
+        if unknown:
+            raise ValueError(f"data.demo.combined_splits: {combined!r} names unknown splits {unknown}")
+        _write_sentence_file(
+            root, cfg.language_model, combined, {k: v for p in parts for k, v in text_by_split[p].items()}
+        )
     return root
+
+
+def _write_sentence_file(root: Path, language_model: str, split: str, text_feats: dict[str, np.ndarray]) -> None:
+    """``feature/<language_model>_language_tokens_features_<split>.hdf5``: one dataset per anno_id and the
+    ``Integrity`` flag the official code writes."""
+    import h5py
+
+    with h5py.File(root / "feature" / f"{language_model}_language_tokens_features_{split}.hdf5", "w") as f:
+        for aid, arr in text_feats.items():
+            f.create_dataset(aid, data=arr)
+        f.create_dataset("Integrity", data=np.ones(1))
 
 
 def write_synthetic_mad_raw(root: str | Path, num_movies: int = 3, dim: int = 16, seed: int = 0) -> Path:
