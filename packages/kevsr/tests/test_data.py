@@ -277,9 +277,18 @@ def test_kg_uris_in_labels_and_chinese_phrases(tmp_path, monkeypatch):
     write_kg_file(tmp_path / "kg.txt", {"火锅店": np.ones(4, np.float32), "hot_pot": np.zeros(4, np.float32)}, "zh")
     kg = KnowledgeEmbeddings.load(str(tmp_path / "kg.txt"), None, lang="zh")
     assert "/c/zh/火锅店" in kg  # a label's kg written as a ConceptNet URI finds its row
-    monkeypatch.setitem(sys.modules, "jieba", types.SimpleNamespace(lcut=lambda text: ["火锅", "店"]))
+    fake = types.SimpleNamespace(lcut=lambda text: ["火锅", "店"], lcut_for_search=lambda text: ["火锅", "店"])
+    monkeypatch.setitem(sys.modules, "jieba", fake)
     assert "火锅店" in candidate_terms("火锅店", "jieba")  # Chinese phrases have no "_" in ConceptNet
     assert "hot_pot" in candidate_terms("hot pot", "whitespace")
+
+
+def test_jieba_candidates_include_the_words_inside_a_compound():
+    from kevsr.knowledge import candidate_terms
+
+    terms = candidate_terms("和朋友一起吃麻辣火锅", "jieba")  # jieba's precise mode keeps 麻辣火锅 whole
+    assert {"朋友", "麻辣火锅", "麻辣", "火锅"} <= set(terms)
+    assert len(terms) == len(set(terms))
 
 
 def test_a_kg_that_matches_nothing_is_reported(tmp_path):

@@ -15,8 +15,8 @@ Representatives (the configs within a group differ only in model switches of the
   (``nt_fusion: mean``), ``koubei_s2_wo_know_w_temp`` (``nt_fusion: transformer``) and ``koubei_s2_wo_kw``
   (``keyword_source: random_shared``).
 
-Every annotation lists its keywords: the shipped ``tokenizer: jieba`` (an optional extra) is needed only for
-annotations without them.
+Every third annotation has no ``keywords`` key, so its keywords are extracted from the description with the shipped
+``tokenizer: jieba`` (the ``zh`` extra; installed with the test dependencies).
 """
 
 import json
@@ -47,19 +47,15 @@ def _write_koubei_like(root, kg_path, sizes=(6, 4, 4), seed=0):
     terms = [*LEVEL1, "火锅", "电影院", "麻辣", "朋友", "电影", "票"]
     write_kg_file(kg_path, {t: rng.standard_normal(KG_DIM).astype(np.float32) for t in terms}, uri_lang="zh")
     paths = [[["美食", "火锅"]], [["美食", "面馆"], ["休闲娱乐", "电影院"]], [["休闲娱乐", None]]]
-    keywords = [["麻辣", "火锅", "朋友"], ["电影", "票", "未知词"], []]
+    keywords = [["麻辣", "火锅", "朋友"], ["电影", "票", "未知词"], None]  # None: extracted by jieba
     for split, n in zip(("train", "val", "test"), sizes):
         rows, items = [], {}
         for i in range(n):
             vid = f"{split}{i:03d}"
-            rows.append(
-                {
-                    "video_id": vid,
-                    "text": "和朋友一起吃麻辣火锅",
-                    "label_paths": paths[i % 3],
-                    "keywords": keywords[i % 3],
-                }
-            )
+            row = {"video_id": vid, "text": "和朋友一起吃麻辣火锅", "label_paths": paths[i % 3]}
+            if keywords[i % 3] is not None:
+                row["keywords"] = keywords[i % 3]
+            rows.append(row)
             mask = (np.arange(NUM_REGIONS)[None] < rng.integers(0, NUM_REGIONS + 1, NUM_FRAMES)[:, None]).astype(
                 np.uint8
             )
@@ -110,6 +106,9 @@ def test_shipped_koubei_config_fits_and_tests(koubei_dir, config, s2_logged):
         assert kg is None
     else:  # /c/zh/ rows kept for kg_lang: zh, label and keyword terms found
         assert "火锅" in kg and "电影院" in kg and "麻辣" in kg
+        train = cli.datamodule.datasets["train"]
+        assert train.keywords[1] == ["电影", "票"]  # listed; 未知词 is not in the KG
+        assert set(train.keywords[2]) == {"朋友", "麻辣", "火锅"}  # jieba's words of the description found in the KG
     m = cli.trainer.callback_metrics
     assert cli.trainer.global_step == 1
     assert math.isfinite(float(m["train/loss"]))

@@ -137,19 +137,26 @@ def candidate_terms(text: str, tokenizer: Literal["whitespace", "spacy", "jieba"
                 "data.tokenizer=jieba needs the optional 'jieba' package: pip install kevsr[zh] (or jieba)"
             ) from err
         words = [w for w in jieba.lcut(text) if w.strip()]
+        # jieba's precise mode keeps compounds whole (麻辣火锅), which the KG seldom lists; its search mode also
+        # gives the dictionary words inside them (麻辣, 火锅), added as candidates of their own
+        inner = [w for w in jieba.lcut_for_search(text) if w.strip()]
     elif tokenizer == "spacy":
+        inner = []
         try:
             import spacy
         except ImportError as err:
             raise ImportError("data.tokenizer=spacy needs spaCy: pip install kevsr[en] (or spacy)") from err
         words = [t.text for t in spacy.blank("en")(text) if not t.is_punct and not t.is_space]
     else:
+        inner = []
         words = [w for w in re.split(r"[^\w]+", text) if w]
     words = [normalize_term(w) for w in words]
     # Two-word phrases: ConceptNet joins the words of a phrase with "_" (hot_pot); Chinese terms have no
     # separator (火锅店), so jieba's adjacent tokens are joined without one.
     sep = "" if tokenizer == "jieba" else "_"
-    return words + [f"{a}{sep}{b}" for a, b in zip(words, words[1:])]
+    pairs = [f"{a}{sep}{b}" for a, b in zip(words, words[1:])]
+    known = {*words, *pairs}
+    return words + pairs + [w for w in dict.fromkeys(map(normalize_term, inner)) if w not in known]
 
 
 def extract_keywords(
