@@ -248,3 +248,16 @@ def test_wrong_weight_files_raise_naming_key_and_file(tmp_path, caplog):
         m = SNPS3Module(config=cfg(num_answers=7), task="qa", init_checkpoint=str(tmp_path / "partial.ckpt"))
     assert "sim_head.1.weight" in caplog.text and "qa_head" not in caplog.text
     assert torch.equal(m.model.bert.embeddings.word_embeddings.weight, src.model.bert.embeddings.word_embeddings.weight)
+
+
+def test_a_pretrained_bert_trains_with_its_dropout(tmp_path):
+    """from_pretrained hands BERT over in eval mode, and Lightning keeps submodule modes when fit starts: the text
+    encoder of every real config (bert-base-uncased) trained without dropout."""
+    from transformers import BertConfig, BertModel
+
+    bert = BertConfig(vocab_size=209, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                      intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    BertModel(bert, add_pooling_layer=True).save_pretrained(tmp_path / "bert")
+    model = SNPS3Model(cfg(bert=str(tmp_path / "bert"), num_layers=2))
+    assert [name for name, m in model.named_modules() if not m.training] == []
+    assert model.bert.config.hidden_dropout_prob == 0.1

@@ -494,6 +494,9 @@ class SNPS3Model(nn.Module):
                     f"model.config.bert={cfg.bert!r} could not be loaded: supply a local folder holding "
                     "bert-base-uncased (config.json + weights) or a reachable hub id, or null for a random BERT"
                 ) from err
+            # from_pretrained returns eval mode, and Lightning keeps each submodule's mode when fit starts: BERT's
+            # dropout would stay off for the whole of pre-training and fine-tuning
+            self.bert.train()
         d = self.bert.config.hidden_size
         v = self.bert.config.vocab_size
         self.hidden_size, self.vocab_size = d, v
