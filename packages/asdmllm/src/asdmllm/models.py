@@ -351,6 +351,9 @@ def _load_pretrained(config: MLLMConfig):
             f"preprocessor_config.json), e.g. a snapshot of {example}, or set "
             "model.mllm.local_files_only=false to download the hub id."
         ) from err
+    # transformers returns the loaded model in eval mode, and Lightning keeps a submodule's mode at the start of fit:
+    # without this, fine-tuning would run with dropout (e.g. LoRA's) off unless a Skew refresh had toggled the modes
+    model.train()
     image_processor = processor.image_processor
     return model, processor.tokenizer, tuple(image_processor.image_mean), tuple(image_processor.image_std)
 
