@@ -10,7 +10,12 @@ import torch
 
 from pckd.models import build_backbone
 
-__all__ = ["write_cifar100_python", "write_repdistiller_checkpoint"]
+__all__ = [
+    "write_cifar100_python",
+    "write_imagenet_folder",
+    "write_repdistiller_checkpoint",
+    "write_torchvision_weights",
+]
 
 
 def write_cifar100_python(
@@ -43,4 +48,38 @@ def write_repdistiller_checkpoint(path: str | Path, arch: str, num_classes: int,
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"model": net.state_dict(), "epoch": 240, "accuracy": 0.0}, path)
+    return path
+
+
+def write_imagenet_folder(root: str | Path, num_classes: int = 2, per_class: int = 1, size: int = 8) -> Path:
+    """Write ``<root>/{train,val}/<wnid>/*.JPEG`` (ILSVRC-2012 ImageFolder layout, spec §4.3): ``num_classes``
+    class folders named like wnids, each with ``per_class`` random ``size`` x ``size`` JPEGs per split."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    root = Path(root)
+    for split in ("train", "val"):
+        for c in range(num_classes):
+            wnid = f"n{1440764 + c:08d}"
+            folder = root / split / wnid
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+                name = f"{wnid}_{i}.JPEG" if split == "train" else f"ILSVRC2012_val_{c * per_class + i + 1:08d}.JPEG"
+                Image.fromarray(pixels, "RGB").save(folder / name, "JPEG")
+    return root
+
+
+def write_torchvision_weights(hub_dir: str | Path, arch: str) -> Path:
+    """Write a randomly initialised torchvision ResNet's state_dict (``tv_resnet18``/``tv_resnet34``) under the file
+    name torchvision gives its ImageNet weights, in ``<hub_dir>/checkpoints/`` (the local torch hub cache read for
+    ``IMAGENET1K_V1``)."""
+    import torchvision
+
+    from pckd.module import TORCHVISION_WEIGHTS
+
+    path = Path(hub_dir) / "checkpoints" / TORCHVISION_WEIGHTS[arch]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    net = getattr(torchvision.models, arch.removeprefix("tv_"))(weights=None)
+    torch.save(net.state_dict(), path)
     return path

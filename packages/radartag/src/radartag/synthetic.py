@@ -17,7 +17,14 @@ import numpy as np
 from mmzoo.config import check_range
 from mmzoo.data import ensure_generated
 
-__all__ = ["SyntheticKwaiConfig", "ensure_synthetic_vertical", "random_graph", "stamp_path", "write_synthetic_vertical"]
+__all__ = [
+    "SyntheticKwaiConfig",
+    "ensure_synthetic_vertical",
+    "pad_label_map",
+    "random_graph",
+    "stamp_path",
+    "write_synthetic_vertical",
+]
 
 
 @dataclass
@@ -159,6 +166,27 @@ def write_synthetic_vertical(root: str | Path, vertical: str, cfg: SyntheticKwai
     (root / f"tag_parents_{vertical}.json").write_text(json.dumps(tag_parents, ensure_ascii=False), encoding="utf-8")
     (root / f"video_children_{vertical}.json").write_text(json.dumps(children))
     return root
+
+
+def pad_label_map(root: str | Path, vertical: str, num_tags: int, seed: int = 0) -> int:
+    """Append tags no video carries (``rare_<i>``, each with its ``tag_feat_bert/<tag>.npy``) to the label map of
+    a vertical written by :func:`write_synthetic_vertical` until it has ``num_tags`` tag nodes (label map plus the
+    ontology tags absent from it), as a real vertical's tag count; returns the number of tags added."""
+    root = Path(root)
+    label_map_path = root / f"label_map_kwai_{vertical}.txt"
+    names = label_map_path.read_text(encoding="utf-8").splitlines()
+    ontology = json.loads((root / f"tag_parents_{vertical}.json").read_text(encoding="utf-8"))
+    extra = {p for parents in ontology.values() for p in parents} - set(names)
+    missing = num_tags - len(names) - len(extra)
+    if missing < 0:
+        raise ValueError(f"the vertical already has {len(names) + len(extra)} tags, more than {num_tags}")
+    dim = np.load(root / "tag_feat_bert" / f"{names[0]}.npy").shape[0]
+    rng = np.random.default_rng(seed)
+    added = [f"rare_{i}" for i in range(missing)]
+    for name in added:
+        np.save(root / "tag_feat_bert" / f"{name}.npy", rng.standard_normal(dim).astype(np.float32))
+    label_map_path.write_text("\n".join(names + added) + "\n", encoding="utf-8")
+    return missing
 
 
 def stamp_path(root: str | Path, vertical: str) -> Path:

@@ -8,7 +8,14 @@ from typing import Literal
 
 import numpy as np
 
-__all__ = ["write_vg150", "write_gqa200", "zipf_predicates", "zipf_quota_predicates"]
+__all__ = [
+    "write_detector_checkpoint",
+    "write_glove",
+    "write_gqa200",
+    "write_vg150",
+    "zipf_predicates",
+    "zipf_quota_predicates",
+]
 
 
 def zipf_predicates(rng: np.random.Generator, n: int, num_predicates: int, exponent: float = 1.5) -> np.ndarray:
@@ -195,8 +202,10 @@ def write_gqa200(
     min_obj: int = 3,
     max_obj: int = 6,
     exponent: float = 1.5,
+    with_images: bool = False,
 ) -> Path:
-    """Write ``root/gqa/{GQA_200_ID_Info.json, GQA_200_Train.json, GQA_200_Test.json}`` (§4.2). Returns the folder."""
+    """Write ``root/gqa/{GQA_200_ID_Info.json, GQA_200_Train.json, GQA_200_Test.json}`` (§4.2), with
+    ``with_images`` also a random JPEG of each listed size in ``root/gqa/images/``. Returns the folder."""
     rng = np.random.default_rng(seed)
     out = Path(root) / "gqa"
     out.mkdir(parents=True, exist_ok=True)
@@ -217,6 +226,12 @@ def write_gqa200(
             if name == "Train":
                 np.add.at(counts, rels[:, 2], 1)
             split["filenames_all"].append(f"{name.lower()}{i}.jpg")
+            if with_images:
+                from PIL import Image
+
+                (out / "images").mkdir(exist_ok=True)
+                pixels = rng.integers(0, 255, (height, width, 3), dtype=np.uint8)
+                Image.fromarray(pixels).save(out / "images" / f"{name.lower()}{i}.jpg")
             split["img_info_all"].append({"width": width, "height": height})
             split["gt_boxes_all"].append(boxes.tolist())
             split["gt_classes_all"].append(labels.tolist())
@@ -230,3 +245,29 @@ def write_gqa200(
     }
     (out / "GQA_200_ID_Info.json").write_text(json.dumps(info))
     return out
+
+
+def write_detector_checkpoint(path: str | Path, num_classes: int, seed: int = 0) -> Path:
+    """Write the state dict of a randomly initialised torchvision ``fasterrcnn_resnet50_fpn`` with ``num_classes``
+    (incl. background): the file ``shagcl extract --checkpoint`` and ``model.config.box_head_checkpoint`` read."""
+    import torch
+
+    from shagcl.detector import build_detector
+
+    torch.manual_seed(seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(build_detector(num_classes, None, allow_random=True).state_dict(), path)
+    return path
+
+
+def write_glove(path: str | Path, words: list[str], dim: int = 200, seed: int = 0) -> Path:
+    """Write random vectors in the ``glove.6B.<dim>d.txt`` text format (``word v1 ... v_dim`` per line) for every
+    word of ``words`` (multi-word names are split into their words)."""
+    rng = np.random.default_rng(seed)
+    vocab = sorted({w for name in words for w in name.split(" ")})
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = [" ".join([w, *(f"{v:.5f}" for v in rng.standard_normal(dim))]) for w in vocab]
+    path.write_text("\n".join(lines) + "\n", encoding="utf8")
+    return path
