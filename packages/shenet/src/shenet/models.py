@@ -297,6 +297,9 @@ def build_clip(cfg: SHENetConfig) -> nn.Module:
             clip = open_clip.create_model(
                 cfg.clip_model, pretrained=cfg.pretrained, force_quick_gelu=uses_quick_gelu(cfg)
             )
+    # open_clip's TorchScript loader returns the model in eval mode, and Lightning keeps each submodule's mode when
+    # fit starts: CLIP is fine-tuned end to end (spec §3.1), so it starts in train mode like every other module
+    clip.train()
     clip.visual.output_tokens = True
     return clip
 
