@@ -19,6 +19,7 @@ trainer's length, device, devices, strategy and logger. Cases:
 import math
 
 import pytest
+from mmzoo.testing import ONE_BATCH_EACH, QUIET_CPU_RUN
 
 from asdmllm.cli import main
 from asdmllm.data import make_cmsc, make_fairface, make_socialcounterfactuals
@@ -34,15 +35,8 @@ SMALL = [
     "--data.num_workers", "0",
     "--data.pin_memory", "false",
     "--data.persistent_workers", "false",
-    "--trainer.accelerator", "cpu",
-    "--trainer.devices", "1",
-    "--trainer.strategy", "auto",
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "1",
-    "--trainer.limit_val_batches", "1",
-    "--trainer.limit_test_batches", "1",
-    "--trainer.logger", "false",
-    "--trainer.enable_progress_bar", "false",
+    *QUIET_CPU_RUN,
+    *ONE_BATCH_EACH,
 ]  # fmt: skip
 
 # (shipped config, training data folder, bias test sets beyond the training data's own test split, resampled)

@@ -15,6 +15,7 @@ the shipped one.
 import math
 
 import pytest
+from mmzoo.testing import QUIET_CPU_RUN
 
 from evedit.cli import main
 from evedit.data import make_loveu, make_zve
@@ -25,7 +26,7 @@ TINY = [
     *("--model.metrics.clip_path", "tiny", "--model.metrics.resize", "32"),
     *("--model.edit.depth.estimator_size", "32", "--model.edit.num_inference_steps", "4"),
     *("--data.num_frames", "4", "--data.size", "32", "--data.num_workers", "2"),
-    *("--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"),
+    *QUIET_CPU_RUN,
 ]
 METRICS = ("clip_text", "clip_frame", "clip_frame_consec", "frame_acc", "depth_err", "time_s", "update_s")
 

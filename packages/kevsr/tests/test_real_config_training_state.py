@@ -23,6 +23,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from mmzoo.cli import build
+from mmzoo.testing import QUIET_CPU_RUN, training_state
 
 from kevsr.synthetic import write_features, write_kg_file
 
@@ -92,17 +93,10 @@ class _Probe(pl.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if self.seen:
             return
-        opt = trainer.optimizers[0]
         self.seen = {
-            "sanity_checking": trainer.sanity_checking,
-            "not_training": [n for n, m in module.named_modules() if not m.training],
-            "frozen": [n for n, p in module.named_parameters() if not p.requires_grad],
-            "groups": [(g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in opt.param_groups],
-            "initial_lr": [g["initial_lr"] for g in opt.param_groups],
-            "total": trainer.estimated_stepping_batches,
+            **training_state(trainer, module),
             "lr_at": [trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0](s) for s in range(400)],
             "interval": trainer.lr_scheduler_configs[0].interval,
-            "params": {id(p) for p in module.parameters()},
             "labels": {
                 lvl: (h.label_embeddings().detach().clone(), h.has_kg.clone())
                 for lvl, h in (("1", module.model.nontemporal.head1), ("2", module.model.nontemporal.head2))
@@ -124,8 +118,7 @@ def _fit(data_dir, config, *extra):
     overrides = [
         "--data.data_root", str(data_dir / "koubei"), "--data.kg_path", str(data_dir / "numberbatch.txt.gz"),
         "--data.num_workers", "0", "--data.persistent_workers", "false", "--data.pin_memory", "false",
-        "--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(root),
+        *QUIET_CPU_RUN, "--trainer.default_root_dir", str(root),
         "--trainer.num_sanity_val_steps", "1", "--trainer.limit_val_batches", "1",
         *extra,
     ]  # fmt: skip
@@ -167,7 +160,7 @@ def test_real_config_training_state(data_dir, config, bert, accumulate):
 
     # 3. one AdamW group with every parameter once, lr 1e-4 and weight decay 0.01 (spec §3.7 reconstruction)
     (group,) = seen["groups"]
-    assert len(group[2]) == len(set(group[2])) and set(group[2]) == seen["params"]
+    assert len(group[2]) == len(set(group[2])) and set(group[2]) == seen["trainable"]
     assert seen["initial_lr"] == [pytest.approx(1e-4)] and group[1] == pytest.approx(0.01)
     # warm-up over 5% of the optimizer steps of 30 epochs of ceil(40 / 32) = 2 batches, then constant
     steps_per_epoch = math.ceil(math.ceil(NUM_TRAIN / 32) / accumulate)

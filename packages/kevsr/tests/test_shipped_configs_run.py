@@ -25,6 +25,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from mmzoo.testing import QUIET_CPU_RUN
 
 from kevsr.cli import main
 from kevsr.synthetic import write_features, write_kg_file
@@ -84,8 +85,8 @@ def _overrides(tmp_path, config):
     return [
         *args,
         *("--data.batch_size", "4", "--data.eval_batch_size", "4", "--data.num_workers", "2"),
-        *("--trainer.accelerator", "cpu", "--trainer.devices", "1", "--trainer.logger", "false"),
-        *("--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / config)),
+        *QUIET_CPU_RUN,
+        *("--trainer.default_root_dir", str(tmp_path / config)),
     ]
 
 

@@ -25,6 +25,7 @@ import pytest
 import torch
 import yaml
 from mmzoo.cli import build, resolve_config, shipped_configs
+from mmzoo.testing import QUIET_CPU_RUN
 
 from pckd.testing import (
     write_cifar100_python,
@@ -47,14 +48,12 @@ SHORT = [
     "--data.num_workers", "0",
     "--data.pin_memory", "false",
     "--data.persistent_workers", "false",
-    "--trainer.accelerator", "cpu",
+    *QUIET_CPU_RUN,
     "--trainer.max_epochs", "1",
     "--trainer.limit_train_batches", "4",
     "--trainer.val_check_interval", "2",
     "--trainer.limit_val_batches", "1",
     "--trainer.num_sanity_val_steps", "1",
-    "--trainer.logger", "false",
-    "--trainer.enable_progress_bar", "false",
 ]  # fmt: skip
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from mmzoo.testing import ONE_BATCH_EACH, QUIET_CPU_RUN
 
 from pckd.cli import main
 from pckd.testing import (
@@ -44,13 +45,8 @@ SMALL = [
     "--data.num_workers", "0",
     "--data.pin_memory", "false",
     "--data.persistent_workers", "false",
-    "--trainer.accelerator", "cpu",
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "1",
-    "--trainer.limit_val_batches", "1",
-    "--trainer.limit_test_batches", "1",
-    "--trainer.logger", "false",
-    "--trainer.enable_progress_bar", "false",
+    *QUIET_CPU_RUN,
+    *ONE_BATCH_EACH,
 ]  # fmt: skip
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mmzoo.cli import build
+from mmzoo.testing import QUIET_CPU_RUN, training_state
 from torch import nn
 
 from radartag.synthetic import SyntheticKwaiConfig, pad_label_map, write_synthetic_vertical
@@ -38,13 +39,10 @@ class _Probe(pl.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if self.seen:
             return
-        opt = trainer.optimizers[0]
+        state = training_state(trainer, module)
         self.seen = {
-            "sanity_checking": trainer.sanity_checking,
-            "not_training": [n for n, m in module.named_modules() if not m.training],
-            "frozen": {n for n, p in module.named_parameters() if not p.requires_grad},
-            "groups": [(g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in opt.param_groups],
-            "trainable": {id(p) for p in module.parameters() if p.requires_grad},
+            **state,
+            "frozen": set(state["frozen"]),
             "schedulers": list(trainer.lr_scheduler_configs),
             "loss_step": int(module.loss.step),
             "running_mean": module.model.embedding.video_norm.running_mean.clone(),
@@ -80,8 +78,7 @@ def test_real_config_training_state(tmp_path, config, num_tags, total_step, froz
     pad_label_map(root, "cosmetic", num_tags)
     overrides = [
         "--data.dataset_root", str(root), "--data.num_workers", "0", "--data.pin_memory", "false",
-        "--data.persistent_workers", "false", "--trainer.accelerator", "cpu", "--trainer.logger", "false",
-        "--trainer.enable_progress_bar", "false", "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--data.persistent_workers", "false", *QUIET_CPU_RUN, "--trainer.default_root_dir", str(tmp_path / "run"),
         "--trainer.num_sanity_val_steps", "1",
     ]  # fmt: skip
     model, data, trainer = build("radartag", config, *overrides)

@@ -14,6 +14,7 @@ common/unique reducer, one discriminator layer).
 import math
 
 import pytest
+from mmzoo.testing import ONE_BATCH_EACH, QUIET_CPU_RUN
 
 from radartag.cli import main
 from radartag.synthetic import SyntheticKwaiConfig, pad_label_map, write_synthetic_vertical
@@ -38,13 +39,8 @@ SMALL = [
     "--data.num_workers", "0",
     "--data.pin_memory", "false",
     "--data.persistent_workers", "false",
-    "--trainer.accelerator", "cpu",
-    "--trainer.max_epochs", "1",
-    "--trainer.limit_train_batches", "1",
-    "--trainer.limit_val_batches", "1",
-    "--trainer.limit_test_batches", "1",
-    "--trainer.logger", "false",
-    "--trainer.enable_progress_bar", "false",
+    *QUIET_CPU_RUN,
+    *ONE_BATCH_EACH,
 ]  # fmt: skip
 
 

@@ -4,6 +4,7 @@ limits, trains one step, validates and tests on tiny data written in the officia
 import math
 
 import pytest
+from mmzoo.testing import QUIET_CPU_RUN
 
 from rtqvl.cli import main
 from rtqvl.synthetic import write_official_layouts
@@ -44,12 +45,8 @@ TINY = [
     "--data.batch_size=2",
     "--data.eval_batch_size=2",
     "--data.num_workers=0",
-    "--trainer.accelerator=cpu",
-    "--trainer.devices=1",
+    *QUIET_CPU_RUN,
     "--trainer.precision=32-true",
-    "--trainer.logger=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
 ]
 
 

@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from mmzoo.cli import build
+from mmzoo.testing import QUIET_CPU_RUN
 from torch import nn
 
 from shagcl.cli import main
@@ -37,14 +38,12 @@ SHORT = [
     "--data.batch_size", "2",
     "--data.test_batch_size", "2",
     "--data.num_workers", "0",
-    "--trainer.accelerator", "cpu",
+    *QUIET_CPU_RUN,
     "--trainer.precision", "bf16-mixed",
     "--trainer.max_steps", "3",
     "--trainer.val_check_interval", "2",
     "--trainer.limit_val_batches", "1",
     "--trainer.num_sanity_val_steps", "1",
-    "--trainer.logger", "false",
-    "--trainer.enable_progress_bar", "false",
 ]  # fmt: skip
 
 

@@ -16,6 +16,7 @@ run on a CPU) and logger. Cases: ``{vg150,gqa200}_{predcls,sgcls,sgdet}``. The V
 import math
 
 import pytest
+from mmzoo.testing import QUIET_CPU_RUN
 
 from shagcl.cli import main
 from shagcl.testing import write_detector_checkpoint, write_glove, write_gqa200, write_vg150
@@ -35,14 +36,12 @@ SMALL = [
     "--model.config.ffn_dim", "64",
     "--model.config.obj_layers", "1",
     "--model.config.edge_layers", "1",
-    "--trainer.accelerator", "cpu",
+    *QUIET_CPU_RUN,
     "--trainer.precision", "32-true",
     "--trainer.max_steps", "1",
     "--trainer.val_check_interval", "1",
     "--trainer.limit_val_batches", "1",
     "--trainer.limit_test_batches", "1",
-    "--trainer.logger", "false",
-    "--trainer.enable_progress_bar", "false",
 ]  # fmt: skip
 
 

@@ -6,6 +6,7 @@ import math
 import pytest
 import yaml
 from mmzoo.cli import resolve_config
+from mmzoo.testing import QUIET_CPU_RUN
 
 from shenet.cli import main
 from shenet.synthetic import write_digits_official
@@ -51,10 +52,7 @@ def overrides(name: str, root, data_root) -> list[str]:
         "--data.num_workers=0",
         "--data.pin_memory=false",
         "--data.persistent_workers=false",
-        "--trainer.accelerator=cpu",
-        "--trainer.logger=false",
-        "--trainer.enable_progress_bar=false",
-        "--trainer.enable_model_summary=false",
+        *QUIET_CPU_RUN,
     ]
     return args
 

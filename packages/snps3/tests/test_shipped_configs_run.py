@@ -5,6 +5,7 @@ validated and tested on tiny data written in the official layout of its corpus (
 import math
 
 import pytest
+from mmzoo.testing import QUIET_CPU_RUN
 
 from snps3.cli import main
 from snps3.synthetic import write_official_layouts
@@ -46,13 +47,8 @@ TINY = [
     "--data.num_workers=0",
     "--data.pin_memory=false",
     "--data.persistent_workers=false",
-    "--trainer.accelerator=cpu",
-    "--trainer.devices=1",
-    "--trainer.strategy=auto",
+    *QUIET_CPU_RUN,
     "--trainer.precision=32-true",
-    "--trainer.logger=false",
-    "--trainer.enable_progress_bar=false",
-    "--trainer.enable_model_summary=false",
 ]
 
 

@@ -21,6 +21,7 @@ import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mmzoo.cli import build
+from mmzoo.testing import QUIET_CPU_RUN, training_state
 
 from tsgsv.cli import main
 from tsgsv.synthetic import SyntheticStreamConfig, write_synthetic_dataset, write_synthetic_mad_raw
@@ -37,19 +38,12 @@ class _Probe(pl.Callback):
     def on_train_batch_start(self, trainer, module, batch, batch_idx):
         if self.seen:
             return
-        opt = trainer.optimizers[0]
         sched = trainer.lr_scheduler_configs[0]
         self.seen = {
-            "sanity_checking": trainer.sanity_checking,
-            "not_training": [n for n, m in module.named_modules() if not m.training],
-            "frozen": [n for n, p in module.named_parameters() if not p.requires_grad],
-            "groups": [(g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in opt.param_groups],
-            "initial_lr": [g["initial_lr"] for g in opt.param_groups],
-            "total": trainer.estimated_stepping_batches,
+            **training_state(trainer, module),
             "batches": trainer.num_training_batches,
             "factor": sched.scheduler.lr_lambdas[0],
             "interval": sched.interval,
-            "params": {id(p) for p in module.parameters()},
             "train_windows": len(trainer.datamodule.train_set),
         }
 
@@ -84,8 +78,7 @@ def test_real_config_training_state(tmp_path, config, accumulate, recipe):
     overrides = [
         "--data.data_root", str(root), "--data.batch_size", str(BATCH), "--data.num_workers", "0",
         "--data.persistent_workers", "false", "--data.pin_memory", "false",
-        "--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false",
-        "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.num_sanity_val_steps", "1",
+        *QUIET_CPU_RUN, "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.num_sanity_val_steps", "1",
         "--trainer.limit_val_batches", "1", "--trainer.accumulate_grad_batches", str(accumulate),
     ]  # fmt: skip
     model, data, trainer = build("tsgsv", config, *overrides)
@@ -106,7 +99,7 @@ def test_real_config_training_state(tmp_path, config, accumulate, recipe):
     # 2./3. one AdamW group with every parameter once, the config's lr and weight decay 5e-4
     assert seen["frozen"] == []
     (group,) = seen["groups"]
-    assert len(group[2]) == len(set(group[2])) and set(group[2]) == seen["params"]
+    assert len(group[2]) == len(set(group[2])) and set(group[2]) == seen["trainable"]
     assert seen["initial_lr"] == [pytest.approx(recipe["lr"])] and group[1] == pytest.approx(5e-4)
     assert group[0] == pytest.approx(0.1 * recipe["lr"])  # the warm-up starts from 0.1·lr
 

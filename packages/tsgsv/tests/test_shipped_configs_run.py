@@ -18,6 +18,7 @@ import math
 
 import pytest
 import torch
+from mmzoo.testing import QUIET_CPU_RUN
 
 from tsgsv.cli import main
 from tsgsv.synthetic import SyntheticStreamConfig, write_synthetic_dataset, write_synthetic_mad_raw
@@ -53,7 +54,7 @@ def test_shipped_benchmark_config_fits_and_tests(tmp_path, config):
         *("--config", config, "--data.data_root", str(root)),
         *("--model.config.video_dim", str(DIM), "--model.config.text_dim", str(DIM), *SIZES),
         *("--data.batch_size", "8", "--data.num_workers", "2"),
-        *("--trainer.accelerator", "cpu", "--trainer.logger", "false", "--trainer.enable_progress_bar", "false"),
+        *QUIET_CPU_RUN,
         *("--trainer.default_root_dir", str(tmp_path / "run")),
     ]
     limits = ["--trainer.max_steps", "1", "--trainer.limit_train_batches", "1", "--trainer.limit_val_batches", "1"]

@@ -36,6 +36,9 @@ __all__ = [
     "sync_dist_logger",
     "epoch_seeded_train_dataloader",
     "record_state_at_train_start",
+    "training_state",
+    "QUIET_CPU_RUN",
+    "ONE_BATCH_EACH",
     "assert_started_from_checkpoint",
     "assert_same_training_state",
     "assert_loads_without_data",
@@ -292,6 +295,44 @@ def record_state_at_train_start(monkeypatch, module_class: type) -> list[dict[st
 
     monkeypatch.setattr(module_class, "on_train_start", on_train_start, raising=False)
     return states
+
+
+def training_state(trainer, module) -> dict:
+    """What a fit trains with, read inside a training hook (e.g. a callback's ``on_train_batch_start``): whether
+    Lightning is still in its sanity validation, the modules not in train mode, the frozen parameters' names, the
+    first optimizer's groups as ``(lr, weight_decay, parameter ids)``, their ``initial_lr``, the trainable
+    parameters' ids and the schedule's length in optimizer steps. Tests of the shipped configs compare these with
+    the recipe: a pretrained part left in eval mode, or a parameter in no group or in two, shows here."""
+    opt = trainer.optimizers[0]
+    return {
+        "sanity_checking": trainer.sanity_checking,
+        "not_training": [n for n, m in module.named_modules() if not m.training],
+        "frozen": [n for n, p in module.named_parameters() if not p.requires_grad],
+        "groups": [(g["lr"], g["weight_decay"], [id(p) for p in g["params"]]) for g in opt.param_groups],
+        "initial_lr": [g.get("initial_lr") for g in opt.param_groups],
+        "trainable": {id(p) for p in module.parameters() if p.requires_grad},
+        "total": trainer.estimated_stepping_batches,
+    }
+
+
+QUIET_CPU_RUN = (
+    "--trainer.accelerator", "cpu",
+    "--trainer.devices", "1",
+    "--trainer.strategy", "auto",
+    "--trainer.logger", "false",
+    "--trainer.enable_progress_bar", "false",
+    "--trainer.enable_model_summary", "false",
+)  # fmt: skip
+"""CLI arguments that run a shipped config (written for several GPUs, with loggers) in one CPU process that writes
+no logs and prints no progress bar or model summary: the part every test of a shipped config overrides alike."""
+
+ONE_BATCH_EACH = (
+    "--trainer.max_epochs", "1",
+    "--trainer.limit_train_batches", "1",
+    "--trainer.limit_val_batches", "1",
+    "--trainer.limit_test_batches", "1",
+)  # fmt: skip
+"""CLI arguments that cut a fit to one training and one validation batch, and a test to one batch."""
 
 
 def assert_started_from_checkpoint(states: list[dict[str, torch.Tensor]], checkpoint: str | os.PathLike) -> None:
