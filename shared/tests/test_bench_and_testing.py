@@ -103,3 +103,46 @@ def test_repeated_index_reads_flags_only_reads_whose_backward_accumulates():
     (a,) = torch.autograd.grad(w[twice], w, g)
     (b,) = torch.autograd.grad(w.index_select(0, twice), w, g)
     torch.testing.assert_close(a, b)
+
+
+def test_first_step_probe_records_the_training_state_and_stops():
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from mmzoo.testing import FirstStepProbe
+
+    class Tiny(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.body, self.frozen, self.drop = torch.nn.Linear(2, 1), torch.nn.Linear(2, 1), torch.nn.Dropout(0.5)
+            self.frozen.requires_grad_(False)
+            self.drop.eval()  # left in eval mode, as a module loaded with from_pretrained would be
+
+        def training_step(self, batch, batch_idx):
+            return self.body(self.drop(batch[0])).sum() + self.frozen(batch[0]).sum().detach()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD([{"params": [self.body.weight], "weight_decay": 0.1}, {"params": [self.body.bias]}])
+
+    class Probe(FirstStepProbe):
+        def extra(self, trainer, module):
+            return {"weight": module.body.weight.detach().clone()}
+
+        def after_step(self, trainer, module):
+            return {"weight_after": module.body.weight.detach().clone()}
+
+    probe = Probe()
+    data = DataLoader(TensorDataset(torch.ones(8, 2)), batch_size=2)
+    trainer = pl.Trainer(max_epochs=2, callbacks=[probe], logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, accelerator="cpu")  # fmt: skip
+    module = Tiny()
+    trainer.fit(module, data)
+    seen = probe.seen
+    assert trainer.global_step == 1  # one batch trained, then stopped
+    assert seen["not_training"] == ["drop"] and seen["frozen"] == ["frozen.weight", "frozen.bias"]
+    assert [(lr, wd, ids) for lr, wd, ids in seen["groups"]] == [
+        (pytest.approx(1e-3), 0.1, [id(module.body.weight)]),
+        (pytest.approx(1e-3), 0, [id(module.body.bias)]),
+    ]
+    assert seen["trainable"] == {id(module.body.weight), id(module.body.bias)} and seen["total"] == 8
+    assert not seen["sanity_checking"] and not torch.equal(seen["weight"], seen["weight_after"])

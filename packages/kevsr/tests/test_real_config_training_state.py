@@ -17,13 +17,12 @@ two layers instead of twelve: the properties checked do not depend on the depth.
 import json
 import math
 
-import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from mmzoo.cli import build
-from mmzoo.testing import QUIET_CPU_RUN, training_state
+from mmzoo.testing import QUIET_CPU_RUN, FirstStepProbe
 
 from kevsr.synthetic import write_features, write_kg_file
 
@@ -84,33 +83,34 @@ def data_dir(tmp_path_factory):
     return tmp
 
 
-class _Probe(pl.Callback):
-    """Records the training state at the first training batch (after the sanity validation), runs one step."""
+class _Probe(FirstStepProbe):
+    """The training state at the first training batch, with the schedule's factors and the label embeddings before
+    and after the step."""
 
-    def __init__(self):
-        self.seen = {}
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if self.seen:
-            return
-        self.seen = {
-            **training_state(trainer, module),
-            "lr_at": [trainer.lr_scheduler_configs[0].scheduler.lr_lambdas[0](s) for s in range(400)],
-            "interval": trainer.lr_scheduler_configs[0].interval,
-            "labels": {
+    def extra(self, trainer, module):
+        nt = module.model.nontemporal
+        labels = (
+            {
                 lvl: (h.label_embeddings().detach().clone(), h.has_kg.clone())
-                for lvl, h in (("1", module.model.nontemporal.head1), ("2", module.model.nontemporal.head2))
+                for lvl, h in (("1", nt.head1), ("2", nt.head2))
             }
-            if module.model.nontemporal is not None
-            else {},  # fmt: skip
+            if nt
+            else {}
+        )
+        sched = trainer.lr_scheduler_configs[0]
+        return {
+            "lr_at": [sched.scheduler.lr_lambdas[0](s) for s in range(400)],
+            "interval": sched.interval,
+            "labels": labels,
         }
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        trainer.should_stop = True  # one optimizer step is enough
+    def after_step(self, trainer, module):
         nt = module.model.nontemporal
-        self.seen["labels_after"] = (
-            {"1": nt.head1.label_embeddings().detach(), "2": nt.head2.label_embeddings().detach()} if nt else {}
-        )
+        return {
+            "labels_after": {"1": nt.head1.label_embeddings().detach(), "2": nt.head2.label_embeddings().detach()}
+            if nt
+            else {}
+        }
 
 
 def _fit(data_dir, config, *extra):

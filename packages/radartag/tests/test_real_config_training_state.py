@@ -13,12 +13,11 @@ step of ``fit`` (after Lightning's sanity validation):
 The data are a small synthetic vertical in the official file layout, its label map padded to the config's tag count.
 """
 
-import lightning.pytorch as pl
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mmzoo.cli import build
-from mmzoo.testing import QUIET_CPU_RUN, training_state
+from mmzoo.testing import QUIET_CPU_RUN, FirstStepProbe
 from torch import nn
 
 from radartag.synthetic import SyntheticKwaiConfig, pad_label_map, write_synthetic_vertical
@@ -29,20 +28,11 @@ VERTICAL = SyntheticKwaiConfig(
 )  # fmt: skip
 
 
-class _Probe(pl.Callback):
-    """Records the training state at the first training batch (after the sanity validation) and the gradients of
-    that step, then stops."""
+class _Probe(FirstStepProbe):
+    """The training state at the first training batch and the gradients of that step."""
 
-    def __init__(self):
-        self.seen = {}
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if self.seen:
-            return
-        state = training_state(trainer, module)
-        self.seen = {
-            **state,
-            "frozen": set(state["frozen"]),
+    def extra(self, trainer, module):
+        return {
             "schedulers": list(trainer.lr_scheduler_configs),
             "loss_step": int(module.loss.step),
             "running_mean": module.model.embedding.video_norm.running_mean.clone(),
@@ -54,10 +44,11 @@ class _Probe(pl.Callback):
             self.seen["no_grad"] = {n for n, p in params if p.requires_grad and p.grad is None}
             self.seen["frozen_with_grad"] = {n for n, p in params if not p.requires_grad and p.grad is not None}
 
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        trainer.should_stop = True  # one optimizer step is enough
-        self.seen["loss_step_after"] = int(module.loss.step)
-        self.seen["running_mean_after"] = module.model.embedding.video_norm.running_mean.clone()
+    def after_step(self, trainer, module):
+        return {
+            "loss_step_after": int(module.loss.step),
+            "running_mean_after": module.model.embedding.video_norm.running_mean.clone(),
+        }
 
 
 @pytest.mark.parametrize(
@@ -98,8 +89,8 @@ def test_real_config_training_state(tmp_path, config, num_tags, total_step, froz
     assert (seen["loss_step"], seen["loss_step_after"]) == (0, 1)  # the sanity validation did not count
 
     # 2. exactly the unused parameters are frozen; they get no gradient, every trainable one does
-    assert seen["frozen"] == frozen
-    assert seen["frozen"] == {
+    assert set(seen["frozen"]) == frozen
+    assert set(seen["frozen"]) == {
         n for n, p in model.named_parameters() if any(p is q for q in model.model.unused_parameters())
     }
     assert seen["no_grad"] == set() and seen["frozen_with_grad"] == set()

@@ -17,11 +17,10 @@ are a few synthetic videos in the official layout.
 
 import math
 
-import lightning.pytorch as pl
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mmzoo.cli import build
-from mmzoo.testing import QUIET_CPU_RUN, training_state
+from mmzoo.testing import QUIET_CPU_RUN, FirstStepProbe
 
 from tsgsv.cli import main
 from tsgsv.synthetic import SyntheticStreamConfig, write_synthetic_dataset, write_synthetic_mad_raw
@@ -29,26 +28,17 @@ from tsgsv.synthetic import SyntheticStreamConfig, write_synthetic_dataset, writ
 BATCH = 16
 
 
-class _Probe(pl.Callback):
-    """Records the training state at the first training batch (after the sanity validation), runs one step."""
+class _Probe(FirstStepProbe):
+    """The training state at the first training batch, with the schedule and the epoch's batch count."""
 
-    def __init__(self):
-        self.seen = {}
-
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        if self.seen:
-            return
+    def extra(self, trainer, module):
         sched = trainer.lr_scheduler_configs[0]
-        self.seen = {
-            **training_state(trainer, module),
+        return {
             "batches": trainer.num_training_batches,
             "factor": sched.scheduler.lr_lambdas[0],
             "interval": sched.interval,
             "train_windows": len(trainer.datamodule.train_set),
         }
-
-    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx):
-        trainer.should_stop = True  # one optimizer step is enough
 
 
 def _write(config, root):

@@ -21,6 +21,7 @@ from types import ModuleType
 
 import numpy as np
 import torch
+from lightning.pytorch import Callback
 from torch.overrides import TorchFunctionMode
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "epoch_seeded_train_dataloader",
     "record_state_at_train_start",
     "training_state",
+    "FirstStepProbe",
     "QUIET_CPU_RUN",
     "ONE_BATCH_EACH",
     "assert_started_from_checkpoint",
@@ -313,6 +315,31 @@ def training_state(trainer, module) -> dict:
         "trainable": {id(p) for p in module.parameters() if p.requires_grad},
         "total": trainer.estimated_stepping_batches,
     }
+
+
+class FirstStepProbe(Callback):
+    """Base of a Lightning callback that records :func:`training_state`, plus what :meth:`extra` returns, in
+    ``self.seen`` at the first training batch (after the sanity validation), lets that batch train, adds what
+    :meth:`after_step` returns, and stops the fit. Subclasses add their own fields and hooks."""
+
+    def __init__(self) -> None:
+        self.seen: dict = {}
+
+    def extra(self, trainer, module) -> dict:
+        """More state read at the first training batch."""
+        return {}
+
+    def after_step(self, trainer, module) -> dict:
+        """State read once the first training batch has run."""
+        return {}
+
+    def on_train_batch_start(self, trainer, module, batch, batch_idx) -> None:
+        if not self.seen:
+            self.seen = {**training_state(trainer, module), **self.extra(trainer, module)}
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_idx) -> None:
+        trainer.should_stop = True
+        self.seen.update(self.after_step(trainer, module))
 
 
 QUIET_CPU_RUN = (
