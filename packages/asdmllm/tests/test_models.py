@@ -352,3 +352,31 @@ def test_answer_logprob_averages_the_concept_tokens_only(llama_snapshots, case):
             assert torch.allclose(
                 moved.answer_logprob_scores(images, [[question] * 3] * 2, concepts), scores, atol=1e-6
             )
+
+
+def test_gradient_checkpointing_is_non_reentrant_and_uses_the_current_switch(tmp_path):
+    """``gradient_checkpointing: true`` with LoRA: every checkpointed layer recomputes non-reentrantly (said
+    explicitly, not left to the transformers release's default), the switch is the one that stays in transformers 6
+    (no deprecation warning), and the adapters behind the frozen embeddings get gradients."""
+    import warnings
+
+    from asdmllm.losses import autoregressive_loss
+    from asdmllm.models import build_char_tokenizer
+
+    torch.manual_seed(0)
+    save_tiny_llava(tmp_path / "llava", build_char_tokenizer())
+    config = MLLMConfig(pretrained=str(tmp_path / "llava"), torch_dtype="float32", lora=True, lora_r=2)
+    config.gradient_checkpointing = True
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        m = MultimodalLLM(config)
+    deprecated = [str(w.message) for w in caught if "checkpointing" in str(w.message)]
+    assert not deprecated, deprecated
+    funcs = [f for f in (getattr(x, "_gradient_checkpointing_func", None) for x in m.model.modules()) if f is not None]
+    assert funcs and all(f.keywords == {"use_reentrant": False} for f in funcs)
+    m.model.train()
+    inputs = m.build_inputs(["What is it?"] * 2, ["nurse", "chef"])
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    autoregressive_loss(m(images, inputs["input_ids"], inputs["attention_mask"]), inputs["labels"]).mean().backward()
+    lora = [(n, p) for n, p in m.named_parameters() if "lora_B" in n]
+    assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in lora)

@@ -127,6 +127,11 @@ class _StateProbe(pl.Callback):
         assert all(p.dtype == torch.float32 for n, p in module.named_parameters() if n in trainable)
         if mllm.config.gradient_checkpointing:
             assert llm.gradient_checkpointing and llm.training
+            # every decoder layer recomputes through torch's non-reentrant checkpoint (the reentrant kind would leave
+            # the LoRA adapters without gradients behind the frozen embeddings)
+            funcs = [getattr(m, "_gradient_checkpointing_func", None) for m in llm.modules()]
+            funcs = [f for f in funcs if f is not None]
+            assert funcs and all(getattr(f, "keywords", {}).get("use_reentrant") is False for f in funcs)
         # the optimizer of spec §3.6
         names = {id(p): n for n, p in module.named_parameters()}
         (opt,) = trainer.optimizers

@@ -528,7 +528,14 @@ class MultimodalLLM(nn.Module):
             for param in low:
                 param.data = param.data.float()
         if config.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable()
+            # non-reentrant checkpointing, said explicitly: the reentrant kind gives LoRA adapters behind frozen input
+            # embeddings no gradient. Newer transformers name the switch ``activation_checkpointing_enable`` (the
+            # old name warns that it goes in v6); earlier 5.x releases have the old name only.
+            kwargs = {"use_reentrant": False}
+            if hasattr(self.model, "activation_checkpointing_enable"):
+                self.model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:
+                self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
 
     # ---------------------------------------------------------------------------------------------- inputs
     def normalize_images(self, images: torch.Tensor) -> torch.Tensor:
