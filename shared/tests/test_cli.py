@@ -189,6 +189,21 @@ def test_progress_bar_can_be_turned_off(tmp_path):
     assert cli.trainer.progress_bar_callback is None
 
 
+def test_checkpointing_can_be_turned_off(tmp_path):
+    """``--trainer.enable_checkpointing false`` runs without the default checkpoint callbacks (Lightning refuses
+    the flag beside a ModelCheckpoint) and writes no checkpoint; the LR monitor stays."""
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    root = ["--trainer.default_root_dir", str(tmp_path), "--trainer.max_epochs", "1"]
+    cli = run_cli(
+        ToyModule, ToyData, "toypkg", args=["fit", "--config", "demo", "--trainer.enable_checkpointing", "false", *root]
+    )
+    assert cli.trainer.global_step > 0
+    assert not any(isinstance(c, ModelCheckpoint) for c in cli.trainer.callbacks)
+    assert any(isinstance(c, LearningRateMonitor) for c in cli.trainer.callbacks)
+    assert not list(tmp_path.rglob("*.ckpt"))
+
+
 def test_allow_in_checkpoints_lets_lightning_resume_a_module_built_in_python(tmp_path):
     import lightning.pytorch as pl
     import torch

@@ -221,6 +221,15 @@ class _CLI(LightningCLI):
             parser.set_defaults(return_predictions=False)
         return parser
 
+    def _instantiate_trainer(self, config: dict, callbacks: list[Callback]) -> pl.Trainer:
+        # ``--trainer.enable_checkpointing false`` leaves out the default checkpoint callbacks: Lightning refuses the
+        # flag beside any ModelCheckpoint. One that the user's own config lists is still refused by Lightning.
+        if config.get("enable_checkpointing") is False:
+            defaults = self.trainer_defaults.get("callbacks") or []
+            kept = [c for c in defaults if not isinstance(c, ModelCheckpoint)]
+            self.trainer_defaults = {**self.trainer_defaults, "callbacks": kept}
+        return super()._instantiate_trainer(config, callbacks)
+
     def _parse_ckpt_path(self) -> None:
         sub = self.config.get("subcommand")
         before = _flatten(self.config[sub].get("model"), "model") if sub else {}
