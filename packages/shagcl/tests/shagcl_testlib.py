@@ -46,3 +46,11 @@ def tiny_config(**overrides) -> SHAGCLConfig:
         union_features="simplified",
     )
     return SHAGCLConfig(**{**base, **overrides})
+
+
+def assert_test_recalls(metrics) -> None:
+    """A ``test`` run logged every recall of spec §5 (R, mR, ng-R, ng-mR, zR at 20/50/100), each in [0, 1]."""
+    for k in (20, 50, 100):
+        for name in ("R", "mR", "ng-R", "ng-mR", "zR"):
+            key = f"test/{name}@{k}"
+            assert key in metrics and 0.0 <= float(metrics[key]) <= 1.0, (key, sorted(metrics))

@@ -148,8 +148,12 @@ def test_frequency_bias_tables_get_no_weight_decay(tmp_path):
 
 
 def test_test_on_two_processes_writes_the_report(trained, tmp_path):
-    """`shagcl test` on two processes (ddp_spawn on the CPU) ends and writes the per-predicate report: the report's
-    folder is looked up on every rank (Trainer.log_dir is a collective; asked on rank 0 alone it hung)."""
+    """`shagcl test` on two processes (Lightning's ``ddp``, the multi-GPU default, here on the CPU) ends and writes
+    the per-predicate report: the report's folder is looked up on every rank (Trainer.log_dir is a collective; asked
+    on rank 0 alone it hung). The run gets its own process group, so that a hang kills the rank Lightning launched
+    too, rather than leaving it holding the output pipes open."""
+    import os
+    import signal
     import subprocess
     import sys
     from pathlib import Path
@@ -157,12 +161,19 @@ def test_test_on_two_processes_writes_the_report(trained, tmp_path):
     root, common, _ = trained
     ckpt = str(root / "checkpoints" / "last.ckpt")
     common = [a if a != str(root) else str(tmp_path) for a in common]  # the run folder; the data stays
-    proc = subprocess.run(
+    proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "shagcl"), "test", *common, "--ckpt_path", ckpt, "--trainer.devices", "2",
-         "--trainer.strategy", "ddp_spawn", "--trainer.accelerator", "cpu"],
-        capture_output=True, text=True, timeout=300,
+         "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    limit = 180
+    try:
+        out, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, _ = proc.communicate()
+        pytest.fail(f"two-process test did not end within {limit} s:\n{out[-3000:]}")
+    assert proc.returncode == 0, out[-3000:]
     assert (tmp_path / "per_predicate_recall.csv").is_file()
 
 
