@@ -456,3 +456,37 @@ def test_boxes_without_width_or_height_are_refused_naming_file_image_and_box(tmp
     name = data["filenames_all"][1]
     with pytest.raises(ValueError, match=rf"GQA_200_Train.json: image {name}: box 0 of gt_boxes_all .* x2 < x1"):
         GQA200Dataset(tmp_path, "train")
+
+
+def test_boxes_are_clamped_to_their_image_as_the_official_loaders(tmp_path):
+    """``BoxList.clip_to_image`` of the official VG and GQA loaders: x to [0, W − 1], y to [0, H − 1]; boxes inside
+    the image are unchanged, and ``clip_boxes: false`` keeps the stored boxes as they are."""
+    from shagcl.data import clip_to_image
+
+    boxes = np.array([[-3.0, 2.0, 120.0, 50.0], [10.0, -1.0, 20.0, 80.0], [5.0, 6.0, 7.0, 8.0]], dtype=np.float32)
+    np.testing.assert_array_equal(
+        clip_to_image(boxes, 100, 60), [[0.0, 2.0, 99.0, 50.0], [10.0, 0.0, 20.0, 59.0], [5.0, 6.0, 7.0, 8.0]]
+    )
+    write_vg150(tmp_path, n_images=6, n_test=2)
+    infos = json.loads((tmp_path / "vg" / "image_data.json").read_text())
+    with h5py.File(tmp_path / "vg" / "VG-SGG-with-attri.h5", "a") as f:
+        i = int(np.nonzero((f["split"][:] == 2) & (f["img_to_first_rel"][:] >= 0))[0][0])
+        b0 = int(f["img_to_first_box"][i])
+        f["boxes_1024"][b0] = [1020, 4, 40, 6]  # x2 = 1040 and y1 = 1 at the 1024 scale: beyond the right edge
+    kw = dict(predicate_order="file", num_val_images=0)
+    scale = max(infos[i]["width"], infos[i]["height"]) / 1024
+    raw = np.array([1000, 1, 1040, 7]) * scale
+    clipped = VG150Dataset(tmp_path, "test", **kw).records[0].boxes[0]
+    assert clipped[2] == infos[i]["width"] - 1 and clipped[0] == pytest.approx(raw[0])
+    np.testing.assert_allclose(VG150Dataset(tmp_path, "test", clip_boxes=False, **kw).records[0].boxes[0], raw)
+
+    write_gqa200(tmp_path, n_train=3, n_test=2)
+    path = tmp_path / "gqa" / "GQA_200_Train.json"
+    data = json.loads(path.read_text())
+    w, h = data["img_info_all"][0]["width"], data["img_info_all"][0]["height"]
+    data["gt_boxes_all"][0][0] = [-5, 3, w + 10, h]
+    path.write_text(json.dumps(data))
+    assert GQA200Dataset(tmp_path, "train").records[0].boxes[0].tolist() == [0, 3, w - 1, h - 1]
+    assert GQA200Dataset(tmp_path, "train", clip_boxes=False).records[0].boxes[0].tolist() == [-5, 3, w + 10, h]
+    dm = SGGDataModule("gqa200", str(tmp_path), feature_source="synthetic", clip_boxes=False, num_val_images=1)
+    assert dm.make_dataset("train").records[0].boxes[0].tolist() == [-5, 3, w + 10, h]

@@ -250,3 +250,23 @@ def test_extract_writes_each_image_under_a_temporary_name_and_resumes_past_a_hal
         assert set(f[ids[1]].keys()) == set(complete)
         torch.testing.assert_close(torch.as_tensor(f[ids[1]]["boxes"][()]), torch.as_tensor(complete["boxes"]))
     assert len(VG150Dataset(tmp_path, "test", feature_source="cached", feature_cache=str(out), **kw)) == 2
+
+
+def test_extract_reads_boxes_as_the_datasets_do_with_clip_boxes(tmp_path):
+    """``--clip_boxes`` (default true) clamps the annotated boxes to the image before pooling, as ``data.clip_boxes``
+    does for the datasets: with the same value, the cached boxes are the dataset's boxes."""
+    import numpy as np
+
+    write_vg150(tmp_path, n_images=4, n_test=2, n_obj_classes=3, n_predicates=4, with_images=True, max_obj=3)
+    with h5py.File(tmp_path / "vg" / "VG-SGG-with-attri.h5", "a") as f:
+        i = int(np.nonzero(f["split"][:] == 2)[0][0])
+        f["boxes_1024"][int(f["img_to_first_box"][i])] = [1020, 4, 40, 6]  # beyond the right edge
+    fc7 = ["--object_stage", "fc7", "--union_stage", "fc7", "--split", "test"]
+    kw = dict(predicate_order="file", num_val_images=0, protocol="predcls", feature_source="cached")
+    for clip in ("true", "false"):
+        out = tmp_path / f"clip_{clip}.h5"
+        main(args=["extract", "--data_root", str(tmp_path), "--output", str(out), "--clip_boxes", clip, *SMALL, *fc7])
+        ds = VG150Dataset(tmp_path, "test", feature_cache=str(out), clip_boxes=clip == "true", **kw)
+        item, rec = ds[0], ds.records[0]
+        torch.testing.assert_close(item["boxes"], item["gt_boxes"])
+        assert (float(item["boxes"][0, 2]) == rec.width - 1) == (clip == "true")

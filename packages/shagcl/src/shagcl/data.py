@@ -433,6 +433,16 @@ class SceneGraphDataset(Dataset):
         return rel_map[best[pairs[:, 0]], best[pairs[:, 1]]]
 
 
+def clip_to_image(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """xyxy pixel boxes clamped to the image as the official loaders' ``BoxList.clip_to_image`` does: x to
+    [0, W − 1], y to [0, H − 1] (its ``TO_REMOVE = 1``). Deviation: the official training loader then drops a box
+    left without width or height (one wholly outside its image) with its relations; such a box is kept here."""
+    out = boxes.copy()
+    out[:, 0::2] = np.clip(out[:, 0::2], 0, width - 1)
+    out[:, 1::2] = np.clip(out[:, 1::2], 0, height - 1)
+    return out
+
+
 def _require(path: Path, what: str) -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"data.data_root: missing {str(path)!r} ({what}); {SEE_README}")
@@ -462,8 +472,9 @@ class VG150Dataset(SceneGraphDataset):
     Files: ``VG-SGG-with-attri.h5`` (split, img_to_first/last_box/rel, labels, boxes_<box_scale>, relationships,
     predicates), ``VG-SGG-dicts-with-attri.json``, ``image_data.json``. Splits: test = split 2; the first
     ``num_val_images`` of split 0 are ``val``, the rest ``train``; images without boxes or relations are dropped.
-    Boxes cxcywh at the 1024 scale -> xyxy pixels; relation rows -> local indices; predicates re-indexed to
-    frequency order (``predicate_order=frequency``, §4.3) or kept (``file``).
+    Boxes cxcywh at the 1024 scale -> xyxy pixels, clamped to the image with ``clip_boxes`` (:func:`clip_to_image`,
+    as the official loader); relation rows -> local indices; predicates re-indexed to frequency order
+    (``predicate_order=frequency``, §4.3) or kept (``file``).
     """
 
     H5_KEYS = (
@@ -496,6 +507,7 @@ class VG150Dataset(SceneGraphDataset):
         max_images: int | None = None,
         sgdet_add_gt_boxes: bool = True,
         missing_features: MissingFeatures = "raise",
+        clip_boxes: bool = True,
     ) -> None:
         self._check_options(split, protocol, feature_source, missing_features)
         check_choice("data.predicate_order", predicate_order, get_args(PredicateOrder))  # else: the file's order
@@ -560,6 +572,8 @@ class VG150Dataset(SceneGraphDataset):
                 )
             xyxy = np.concatenate([cxcywh[:, :2] - cxcywh[:, 2:] / 2, cxcywh[:, :2] + cxcywh[:, 2:] / 2], 1)
             xyxy = xyxy * max(info["width"], info["height"]) / box_scale
+            if clip_boxes:
+                xyxy = clip_to_image(xyxy, info["width"], info["height"])
             pairs = arr["relationships"][r0 : r1 + 1] - b0
             file_preds = arr["predicates"][r0 : r1 + 1, 0]
             labels = arr["labels"][b0 : b1 + 1, 0].astype(np.int64)
@@ -601,7 +615,8 @@ class VG150Dataset(SceneGraphDataset):
 
 class GQA200Dataset(SceneGraphDataset):
     """GQA200 (the authors' split, spec §4.2), under ``<data_root>/gqa/``: ``GQA_200_ID_Info.json``,
-    ``GQA_200_Train.json``, ``GQA_200_Test.json``. Boxes are xyxy pixels as stored; relations local.
+    ``GQA_200_Train.json``, ``GQA_200_Test.json``. Boxes are xyxy pixels as stored, clamped to the image with
+    ``clip_boxes`` (:func:`clip_to_image`, as the official loader); relations local.
 
     Images without objects or relations are dropped; val/test skip the ``skip_test_entry``-th entry (1-based,
     counted before filtering; 5,580 officially); ``val`` = the first ``num_val_images`` kept test images.
@@ -626,6 +641,7 @@ class GQA200Dataset(SceneGraphDataset):
         max_images: int | None = None,
         sgdet_add_gt_boxes: bool = True,
         missing_features: MissingFeatures = "raise",
+        clip_boxes: bool = True,
     ) -> None:
         self._check_options(split, protocol, feature_source, missing_features)
         self._check_counts(num_val_images, max_pairs, max_fg_pairs, samples_per_gt_rel, max_images)
@@ -676,6 +692,8 @@ class GQA200Dataset(SceneGraphDataset):
                 split_path, fname, len(rec.labels), rec.labels, rec.rels, len(self.object_classes),
                 len(self.predicate_classes),
             )  # fmt: skip
+            if clip_boxes:
+                rec.boxes = clip_to_image(rec.boxes, rec.width, rec.height)
             self.records.append(rec)
         if split == "val":
             self.records = self.records[:num_val_images]
@@ -829,6 +847,9 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
         missing_features: cached source: an image of the split without features in the cache (e.g. skipped as
             corrupt by ``shagcl extract --on_corrupt skip``): ``raise`` (when the split is built, naming the cache)
             or ``drop`` it from the split with a warning.
+        clip_boxes: clamp the annotated boxes to their image, x to [0, W − 1] and y to [0, H − 1], as the official
+            loaders (``BoxList.clip_to_image``); ``shagcl extract`` reads the boxes the same way (its
+            ``--clip_boxes``), so a cache and the datasets built with the same value hold the same boxes.
         statistics_filter_non_overlap: drop non-overlapping relations from the frequency-bias statistics (the
             official VG side effect, §3.5).
         max_train_images, max_eval_images: caps for quick runs (null: all).
@@ -855,6 +876,7 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
         samples_per_gt_rel: int = 4,
         sgdet_add_gt_boxes: bool = True,
         missing_features: MissingFeatures = "raise",
+        clip_boxes: bool = True,
         statistics_filter_non_overlap: bool = False,
         max_train_images: int | None = None,
         max_eval_images: int | None = None,
@@ -933,6 +955,7 @@ class SGGDataModule(SplitLoaders, pl.LightningDataModule):
             max_images=cap,
             sgdet_add_gt_boxes=hp.sgdet_add_gt_boxes,
             missing_features=hp.missing_features,
+            clip_boxes=hp.clip_boxes,
         )
         if hp.dataset == "vg150":
             return VG150Dataset(

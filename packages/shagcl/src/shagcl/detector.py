@@ -304,6 +304,12 @@ def extract_main(argv: list[str]) -> Path:
         help="an image file that cannot be decoded: raise (naming it) or skip it with a warning; a skipped image "
         "has no entry in the cache (the datasets then need data.missing_features: drop)",
     )
+    p.add_argument(
+        "--clip_boxes",
+        choices=["true", "false"],
+        default="true",
+        help="clamp the annotated boxes to their image as the official loaders (data.clip_boxes; use the same value)",
+    )
     p.add_argument("--random_weights", action="store_true", help="random detector (tests only)")
     args = p.parse_args(argv)
 
@@ -317,9 +323,16 @@ def extract_main(argv: list[str]) -> Path:
                 num_val_images=args.num_val_images,
                 max_images=args.max_images,
                 predicate_order="file",
+                clip_boxes=args.clip_boxes == "true",
             )
         else:
-            ds = GQA200Dataset(args.data_root, split, num_val_images=args.num_val_images, max_images=args.max_images)
+            ds = GQA200Dataset(
+                args.data_root,
+                split,
+                num_val_images=args.num_val_images,
+                max_images=args.max_images,
+                clip_boxes=args.clip_boxes == "true",
+            )
         records += [(split, rec) for rec in ds.records]
     num_classes = args.num_classes or len(ds.object_classes)
     image_root = Path(args.data_root) / ("vg" if args.dataset == "vg150" else "gqa")
