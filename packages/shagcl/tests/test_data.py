@@ -490,3 +490,22 @@ def test_boxes_are_clamped_to_their_image_as_the_official_loaders(tmp_path):
     assert GQA200Dataset(tmp_path, "train", clip_boxes=False).records[0].boxes[0].tolist() == [-5, 3, w + 10, h]
     dm = SGGDataModule("gqa200", str(tmp_path), feature_source="synthetic", clip_boxes=False, num_val_images=1)
     assert dm.make_dataset("train").records[0].boxes[0].tolist() == [-5, 3, w + 10, h]
+
+
+def test_frequency_order_needs_vg150s_own_predicates(tmp_path):
+    """``predicate_order: frequency`` re-indexes by id: a dictionary whose 50 predicates are not VG150's (alphabetical,
+    as released) would be relabelled as VG150's, so it is refused naming the file and the first differing name;
+    ``file`` keeps such a file's own ids."""
+    write_vg150(tmp_path, n_images=6, n_test=2, n_predicates=50)
+    assert VG150Dataset(tmp_path, "train", num_val_images=0).predicate_classes[1] == "on"
+    path = tmp_path / "vg" / "VG-SGG-dicts-with-attri.json"
+    dicts = json.loads(path.read_text())
+    dicts["predicate_to_idx"]["wearing a"] = dicts["predicate_to_idx"].pop("wearing")
+    path.write_text(json.dumps(dicts))
+    with pytest.raises(
+        ValueError, match=r"dicts-with-attri.json: predicate 48 is 'wearing a' where VG150 has 'wearing'"
+    ):
+        VG150Dataset(tmp_path, "train", num_val_images=0)
+    assert (
+        VG150Dataset(tmp_path, "train", num_val_images=0, predicate_order="file").predicate_classes[48] == "wearing a"
+    )

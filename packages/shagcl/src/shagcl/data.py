@@ -529,6 +529,14 @@ class VG150Dataset(SceneGraphDataset):
                     f"data.predicate_order=frequency applies the official VG150 re-indexing and needs "
                     f"50 predicates; {dicts_path} has {len(file_predicates) - 1} (use 'file')"
                 )
+            alphabetical = sorted(VG150_PREDICATES_FREQ_ORDER[1:])  # the released file's ids 1..50
+            wrong = [(i, a, b) for i, (a, b) in enumerate(zip(file_predicates[1:], alphabetical), 1) if a != b]
+            if wrong:  # the re-indexing goes by id: other names would be relabelled as VG150's predicates
+                i, got, want = wrong[0]
+                raise ValueError(
+                    f"{dicts_path}: predicate {i} is {got!r} where VG150 has {want!r} ({len(wrong)} of 50 differ); "
+                    f"data.predicate_order=frequency re-indexes VG150's own predicates by id (use 'file' for others)"
+                )
             remap = np.array(VG150_PREDICATE_REMAP)
             self.predicate_classes = list(VG150_PREDICATES_FREQ_ORDER)
         else:

@@ -8,6 +8,8 @@ from typing import Literal
 
 import numpy as np
 
+from shagcl.gcl import VG150_PREDICATES_FREQ_ORDER
+
 __all__ = [
     "write_detector_checkpoint",
     "write_glove",
@@ -175,7 +177,10 @@ def write_vg150(
         f["relationships"] = np.array(rel_pairs, dtype=np.int64).reshape(-1, 2)
         f["predicates"] = np.array(rel_preds, dtype=np.int64).reshape(-1, 1)
     obj_names = [f"object{i}" for i in range(1, n_obj_classes + 1)]
+    # VG150's own 50 names (alphabetical, as the released file numbers them): the frequency re-indexing checks them
     pred_names = [f"predicate{i}" for i in range(1, n_predicates + 1)]
+    if n_predicates == 50:
+        pred_names = sorted(VG150_PREDICATES_FREQ_ORDER[1:])
     dicts = {
         "label_to_idx": {n: i + 1 for i, n in enumerate(obj_names)},
         "idx_to_label": {str(i + 1): n for i, n in enumerate(obj_names)},
