@@ -45,8 +45,14 @@ def crd_step(v_s, v_t, index, labels, sample_idx):
     return {"loss": loss.item(), **{k: getattr(crd, k).clone() for k in ("memory_s", "memory_t", "z_s", "z_t")}}
 
 
+def two_rank_checks(rank, world):
+    """One spawn for every two-process check: the two losses that talk across ranks (L_CC, gathered with gradients;
+    CRD, shared memory) and the `test` loop's share of the digits test split."""
+    return {**loss_ranks(rank, world), "test": test_rank(rank, world)}
+
+
 def loss_ranks(rank, world):
-    """One spawn for both losses that talk across ranks: L_CC (gathered with gradients) and CRD (shared memory)."""
+    """L_CC (gathered with gradients) and CRD (shared memory) on this rank's slice."""
     v_s, v_t, index, labels, sample_idx = crd_inputs()
     n = index.shape[0] // world
     sl = slice(rank * n, (rank + 1) * n)
