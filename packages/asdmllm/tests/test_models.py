@@ -380,3 +380,15 @@ def test_gradient_checkpointing_is_non_reentrant_and_uses_the_current_switch(tmp
     autoregressive_loss(m(images, inputs["input_ids"], inputs["attention_mask"]), inputs["labels"]).mean().backward()
     lora = [(n, p) for n, p in m.named_parameters() if "lora_B" in n]
     assert lora and all(p.grad is not None and p.grad.abs().sum() > 0 for _, p in lora)
+
+
+def test_concept_article_follows_the_sound_not_the_letter():
+    from asdmllm.models import concept_article
+
+    cases = {
+        "engineer": "an", "artist": "an", "umpire": "an", "office worker": "an", "nurse": "a", "chef": "a",
+        "university": "a", "European": "a", "user": "a", "one-man band": "a", "hour": "an", "honest person": "an",
+        "high school": "a", "Uber driver": "an", "urologist": "a", "unpleasant": "an", "uninterested person": "an",
+        "uniformed officer": "a",
+    }  # fmt: skip
+    assert {c: concept_article(c) for c in cases} == cases

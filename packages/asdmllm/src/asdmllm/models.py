@@ -154,9 +154,24 @@ class MLLMConfig:
             raise ValueError("model.mllm.yes_words and model.mllm.no_words must be non-empty")
 
 
+# vowel letters read with a consonant sound ("a university", "a European", "a one-way") and a silent h ("an hour")
+_A_BEFORE = (
+    "univers", "uniform", "union", "unique", "unit", "unicorn", "unif", "use", "usu", "uti", "uro", "eu", "ewe", "one",
+    "once", "ubiq",
+)  # fmt: skip
+_AN_BEFORE = ("hour", "honest", "honor", "honour", "heir")
+
+
 def concept_article(concept: str) -> str:
-    """``an`` before a vowel, else ``a`` (the ``{article}`` of the yes/no template)."""
-    return "an" if concept[:1].lower() in "aeiou" else "a"
+    """The ``{article}`` of the yes/no template: ``an`` before a vowel sound, else ``a``. Reconstruction (the spec
+    shows ``{article}`` without a rule): by the first letter, with the usual spelling exceptions ("a university",
+    "a European", "an hour", "an honest")."""
+    word = concept.strip().lower()
+    if word.startswith(_AN_BEFORE):
+        return "an"
+    if word.startswith(_A_BEFORE):
+        return "a"
+    return "an" if word[:1] in ("a", "e", "i", "o", "u") else "a"
 
 
 def build_char_tokenizer(extra_specials: tuple[str, ...] = ()):
