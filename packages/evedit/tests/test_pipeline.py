@@ -466,3 +466,15 @@ def test_a_one_frame_clip_edits(tiny_pipe, tcc):
     assert out.videos[0].shape == frames.shape and out.depth.shape == (1, S, S)
     assert len(out.losses[0]) == 2 and all(math.isfinite(step["loss"]) for step in out.losses[0])
     assert all(step["tmp"] == 0.0 for step in out.losses[0])
+
+
+def test_updates_run_in_the_first_update_until_fraction_of_the_steps(tiny_pipe):
+    """Step i of n is updated when i/n < update_until, without rounding: 5 steps at 0.5 update at i = 0, 1, 2 (Python's
+    round-half-even took 2), 10 at 0.3 at i = 0, 1, 2, 4 at 0.5 at i = 0, 1."""
+    frames = _frames()
+    for steps, until, expected in ((5, 0.5, 3), (10, 0.3, 3), (4, 0.5, 2), (4, 0.0, 0)):
+        cfg = EditConfig(
+            num_inference_steps=steps, depth=DepthConfig(estimator_size=32), tcc=TCCConfig(iters=1, update_until=until)
+        )
+        out = tiny_pipe(frames, "a red circle", "a blue circle", config=cfg)
+        assert len(out.losses[0]) == expected, (steps, until)

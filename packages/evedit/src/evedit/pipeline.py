@@ -515,7 +515,9 @@ class EVEPipeline(DiffusionPipeline):
         emb_c = self.encode_prompt([prompt])  # (1, L, D)
         t0 = timer.now()
         z, start = self.prepare_latents(z0, config, traj, generator)
-        n_update = int(round(tcc.update_until * len(timesteps)))
+        # step i of n lies in the schedule's first `update_until` fraction when i/n < update_until (no rounding: 5
+        # steps at 0.5 update at i = 0, 1, 2)
+        n_update = sum(1 for i in range(len(timesteps)) if i / len(timesteps) < tcc.update_until)
         t_update = 0.0
         history: list[dict[str, float]] = []
         for i, t in enumerate(self.progress_bar(timesteps[start:]), start=start):
