@@ -68,6 +68,7 @@ DATA_CASES = [
     ("data.num_val_images", dict(num_val_images=-10)),
     ("data.max_pairs", dict(max_pairs=0)),
     ("data.max_fg_pairs", dict(max_fg_pairs=-1)),
+    ("data.max_fg_pairs=300 exceeds data.max_pairs=256", dict(max_pairs=256, max_fg_pairs=300)),
     ("data.samples_per_gt_rel", dict(samples_per_gt_rel=0)),  # torch.multinomial in SGDet training
     ("data.max_train_images", dict(max_train_images=0)),
     ("data.max_eval_images", dict(max_eval_images=-1)),

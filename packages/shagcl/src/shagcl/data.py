@@ -142,6 +142,11 @@ class SceneGraphDataset(Dataset):
         check_range("data.max_pairs", max_pairs, ge=1, integer=True)
         check_range("data.max_fg_pairs", max_fg_pairs, ge=1, integer=True)
         check_range("data.samples_per_gt_rel", samples_per_gt_rel, ge=1, integer=True)
+        if max_fg_pairs > max_pairs:  # official: the foreground is a fraction (0.25) of the pairs per image
+            raise ValueError(
+                f"data.max_fg_pairs={max_fg_pairs} exceeds data.max_pairs={max_pairs}: the foreground pairs are part "
+                f"of the max_pairs sampled per training image (1024 and 256 officially)"
+            )
         if max_images is not None:  # null: every image
             check_range("max_images", max_images, ge=1, integer=True)
 
