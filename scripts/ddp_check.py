@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -23,6 +24,19 @@ PACKAGES = sorted(p.name for p in (ROOT / "packages").iterdir() if (p / "pyproje
 #: evedit trains nothing: its predict edits the clips and test scores them
 COMMANDS = {"evedit": ["predict", "test"]}
 TWO_PROCESSES = ["--trainer.accelerator", "cpu", "--trainer.devices", "2", "--trainer.strategy", "ddp_spawn"]
+
+
+def run_whole(args: list[str], timeout: float, **kwargs) -> int | None:
+    """``subprocess.run(args, **kwargs).returncode`` in a process group of its own; on timeout the whole group is
+    killed (the ranks that a hung command spawned included, which would otherwise keep running into the next
+    package's commands) and None is returned."""
+    proc = subprocess.Popen(args, start_new_session=True, **kwargs)
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None
 
 
 def check(name: str, timeout: int) -> list[tuple[str, str, float]]:
@@ -46,13 +60,11 @@ def check(name: str, timeout: int) -> list[tuple[str, str, float]]:
         t0 = time.time()
         log = out / f"{command}.log"
         with open(log, "w") as fh:
-            try:
-                rc = subprocess.run(
-                    args, cwd=out, env=env, stdout=fh, stderr=subprocess.STDOUT, timeout=timeout
-                ).returncode
-                outcome = "ok" if rc == 0 else f"exit {rc} (see {log.relative_to(ROOT)})"
-            except subprocess.TimeoutExpired:
+            rc = run_whole(args, timeout, cwd=out, env=env, stdout=fh, stderr=subprocess.STDOUT)
+            if rc is None:
                 outcome = f"timed out after {timeout} s: a hang? (see {log.relative_to(ROOT)})"
+            else:
+                outcome = "ok" if rc == 0 else f"exit {rc} (see {log.relative_to(ROOT)})"
         if outcome == "ok" and command == "predict" and name not in COMMANDS:
             files = sorted(p.name for p in out.glob("predictions.rank*.jsonl"))
             if files != ["predictions.rank0.jsonl", "predictions.rank1.jsonl"]:
