@@ -64,3 +64,8 @@ def skipped_videos_rank(rank: int, world: int) -> dict:
         module.on_validation_epoch_end()
         out[case] = {"logged": logged, "lines": lines, "warnings": warnings}
     return out
+
+
+def both_checks_rank(rank: int, world: int, root: str) -> dict:
+    """One spawn for both two-process checks: evaluation first (the second patches this module's rank_zero_*)."""
+    return {"evaluate": evaluate_rank(rank, world, root), "skipped": skipped_videos_rank(rank, world)}

@@ -4,6 +4,7 @@ import math
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 from mmzoo.testing import run_distributed
 
@@ -13,12 +14,19 @@ sys.path.insert(0, str(Path(__file__).parent))
 import radartag_dist_helpers as h  # noqa: E402
 
 
-def test_ddp_evaluation_counts_each_video_once_and_equals_one_process(tmp_path):
-    root = str(tmp_path / "kwai")
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Both checks' shares on 2 processes (one spawn), and the vertical they evaluate."""
+    root = str(tmp_path_factory.mktemp("kwai"))
     write_synthetic_vertical(root, "v", h.DEMO)
+    return root, run_distributed(h.both_checks_rank, world_size=2, args=(root,))
+
+
+def test_ddp_evaluation_counts_each_video_once_and_equals_one_process(two_ranks):
+    root, both = two_ranks
     single = h.evaluate_rank(0, 1, root)
     assert single["val"]["count"] == 9 and single["test"]["count"] == 19
-    ranks = run_distributed(h.evaluate_rank, world_size=2, args=(root,))
+    ranks = [r["evaluate"] for r in both]
     for stage in ("val", "test"):
         assert sum(r[stage]["count"] for r in ranks) == single[stage]["count"]  # Lightning's default repeats one
         for r in ranks:
@@ -27,9 +35,9 @@ def test_ddp_evaluation_counts_each_video_once_and_equals_one_process(tmp_path):
                 torch.testing.assert_close(r[stage]["metrics"][name], value, msg=f"{stage}/{name}")
 
 
-def test_skipped_videos_are_counted_over_all_ranks():
+def test_skipped_videos_are_counted_over_all_ranks(two_ranks):
     # the metric's sync in compute() is undone afterwards; the count and the line must still cover both ranks
-    ranks = run_distributed(h.skipped_videos_rank, world_size=2)
+    ranks = [r["skipped"] for r in two_ranks[1]]
     for r in ranks:
         some = r["some"]
         assert some["logged"]["val/skipped_videos"] == 2.0 and not some["warnings"]
