@@ -177,9 +177,8 @@ def write_vg150(
         f["relationships"] = np.array(rel_pairs, dtype=np.int64).reshape(-1, 2)
         f["predicates"] = np.array(rel_preds, dtype=np.int64).reshape(-1, 1)
     obj_names = [f"object{i}" for i in range(1, n_obj_classes + 1)]
-    # VG150's own 50 names (alphabetical, as the released file numbers them): the frequency re-indexing checks them
     pred_names = [f"predicate{i}" for i in range(1, n_predicates + 1)]
-    if n_predicates == 50:
+    if n_predicates == 50:  # VG150's own names (alphabetical, as released), which the frequency re-indexing checks
         pred_names = sorted(VG150_PREDICATES_FREQ_ORDER[1:])
     dicts = {
         "label_to_idx": {n: i + 1 for i, n in enumerate(obj_names)},
