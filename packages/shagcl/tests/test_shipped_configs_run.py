@@ -8,7 +8,7 @@ Each case keeps every key of its shipped config except the data root and feature
 files (tiny ones written by :mod:`shagcl.testing`), ``data.num_val_images`` (the tiny splits hold a few images),
 batch sizes / loader workers, the relation head's size (``hidden_dim``, ``num_heads``, ``key_dim``, ``ffn_dim``,
 ``obj_layers``, ``edge_layers`` as small as tiny.yaml), and the trainer's length, device, precision (fp16 AMP does not
-run on a CPU) and logger. The data come from the session's ``official`` fixture (conftest.py), which the real-size
+run on a CPU), logger and checkpointing (one ``last.ckpt`` saved after the fit). The data come from the session's ``official`` fixture (conftest.py), which the real-size
 training-state checks share. Cases: ``{vg150,gqa200}_{predcls,sgcls,sgdet}``. The VG150 PredCls ablations
 ``vg150_predcls_sha`` (single classifier), ``_self_attention`` and ``_cross_attention`` (other encoders) differ from
 ``vg150_predcls`` only in that model switch and are not repeated.
