@@ -30,6 +30,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 from mmzoo.cli import build
+from mmzoo.testing import IN_PROCESS_LOADERS, QUIET_CPU_RUN
 
 from asdmllm.data import make_socialcounterfactuals
 from asdmllm.models import MLLMConfig
@@ -41,17 +42,11 @@ LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", 
 SHORT = [
     "--data.batch_size", "1",
     "--data.eval_batch_size", "4",
-    "--data.num_workers", "0",
-    "--data.pin_memory", "false",
-    "--data.persistent_workers", "false",
-    "--trainer.accelerator", "cpu",
-    "--trainer.devices", "1",
-    "--trainer.strategy", "auto",
+    *IN_PROCESS_LOADERS,
+    *QUIET_CPU_RUN,
     "--trainer.max_epochs", "1",
     "--trainer.limit_val_batches", "1",
     "--trainer.num_sanity_val_steps", "1",
-    "--trainer.logger", "false",
-    "--trainer.enable_progress_bar", "false",
 ]  # fmt: skip
 
 # (config, snapshot?, batches run); the LoRA config keeps its accumulate_grad_batches: 8

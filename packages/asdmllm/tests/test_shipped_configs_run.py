@@ -19,7 +19,7 @@ trainer's length, device, devices, strategy and logger. Cases:
 import math
 
 import pytest
-from mmzoo.testing import ONE_BATCH_EACH, QUIET_CPU_RUN
+from mmzoo.testing import IN_PROCESS_LOADERS, ONE_BATCH_EACH, QUIET_CPU_RUN
 
 from asdmllm.cli import main
 from asdmllm.data import make_cmsc, make_fairface, make_socialcounterfactuals
@@ -32,9 +32,7 @@ QWEN_IMAGE_SIZE = 448  # the Qwen2-VL config's data.image_size and model.mllm.im
 SMALL = [
     "--data.batch_size", "2",
     "--data.eval_batch_size", "4",
-    "--data.num_workers", "0",
-    "--data.pin_memory", "false",
-    "--data.persistent_workers", "false",
+    *IN_PROCESS_LOADERS,
     *QUIET_CPU_RUN,
     *ONE_BATCH_EACH,
 ]  # fmt: skip

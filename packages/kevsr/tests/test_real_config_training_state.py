@@ -22,7 +22,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 from mmzoo.cli import build
-from mmzoo.testing import QUIET_CPU_RUN, FirstStepProbe
+from mmzoo.testing import IN_PROCESS_LOADERS, QUIET_CPU_RUN, FirstStepProbe
 
 from kevsr.synthetic import write_features, write_kg_file
 
@@ -117,8 +117,7 @@ def _fit(data_dir, config, *extra):
     root = data_dir / config
     overrides = [
         "--data.data_root", str(data_dir / "koubei"), "--data.kg_path", str(data_dir / "numberbatch.txt.gz"),
-        "--data.num_workers", "0", "--data.persistent_workers", "false", "--data.pin_memory", "false",
-        *QUIET_CPU_RUN, "--trainer.default_root_dir", str(root),
+        *IN_PROCESS_LOADERS, *QUIET_CPU_RUN, "--trainer.default_root_dir", str(root),
         "--trainer.num_sanity_val_steps", "1", "--trainer.limit_val_batches", "1",
         *extra,
     ]  # fmt: skip

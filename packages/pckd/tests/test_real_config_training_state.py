@@ -25,7 +25,7 @@ import pytest
 import torch
 import yaml
 from mmzoo.cli import build, resolve_config, shipped_configs
-from mmzoo.testing import QUIET_CPU_RUN
+from mmzoo.testing import IN_PROCESS_LOADERS, QUIET_CPU_RUN
 
 from pckd.testing import (
     write_cifar100_python,
@@ -45,9 +45,7 @@ FIT_CONFIGS = [
 SHORT = [
     "--data.batch_size", "2",
     "--data.eval_batch_size", "2",
-    "--data.num_workers", "0",
-    "--data.pin_memory", "false",
-    "--data.persistent_workers", "false",
+    *IN_PROCESS_LOADERS,
     *QUIET_CPU_RUN,
     "--trainer.enable_checkpointing", "false",  # nothing here reads one (ImageNet's: 0.25 GB, two per validation)
     "--trainer.max_epochs", "1",

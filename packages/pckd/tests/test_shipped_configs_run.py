@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from mmzoo.testing import ONE_BATCH_EACH, QUIET_CPU_RUN
+from mmzoo.testing import IN_PROCESS_LOADERS, ONE_BATCH_EACH, QUIET_CPU_RUN
 
 from pckd.cli import main
 from pckd.testing import (
@@ -42,9 +42,7 @@ CIFAR_CASES = [
 SMALL = [
     "--data.batch_size", "2",
     "--data.eval_batch_size", "4",
-    "--data.num_workers", "0",
-    "--data.pin_memory", "false",
-    "--data.persistent_workers", "false",
+    *IN_PROCESS_LOADERS,
     *QUIET_CPU_RUN,
     *ONE_BATCH_EACH,
 ]  # fmt: skip

@@ -17,7 +17,7 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mmzoo.cli import build
-from mmzoo.testing import QUIET_CPU_RUN, FirstStepProbe
+from mmzoo.testing import IN_PROCESS_LOADERS, QUIET_CPU_RUN, FirstStepProbe
 from torch import nn
 
 from radartag.synthetic import SyntheticKwaiConfig, pad_label_map, write_synthetic_vertical
@@ -68,8 +68,8 @@ def test_real_config_training_state(tmp_path, config, num_tags, total_step, froz
     write_synthetic_vertical(root, "cosmetic", VERTICAL)
     pad_label_map(root, "cosmetic", num_tags)
     overrides = [
-        "--data.dataset_root", str(root), "--data.num_workers", "0", "--data.pin_memory", "false",
-        "--data.persistent_workers", "false", *QUIET_CPU_RUN, "--trainer.default_root_dir", str(tmp_path / "run"),
+        "--data.dataset_root", str(root), *IN_PROCESS_LOADERS, *QUIET_CPU_RUN,
+        "--trainer.default_root_dir", str(tmp_path / "run"),
         "--trainer.num_sanity_val_steps", "1",
     ]  # fmt: skip
     model, data, trainer = build("radartag", config, *overrides)

@@ -14,7 +14,7 @@ common/unique reducer, one discriminator layer).
 import math
 
 import pytest
-from mmzoo.testing import ONE_BATCH_EACH, QUIET_CPU_RUN
+from mmzoo.testing import IN_PROCESS_LOADERS, ONE_BATCH_EACH, QUIET_CPU_RUN
 
 from radartag.cli import main
 from radartag.synthetic import SyntheticKwaiConfig, pad_label_map, write_synthetic_vertical
@@ -36,9 +36,7 @@ SMALL = [
     "--model.config.hidden_dim", "32",
     "--data.batch_size", "8",
     "--data.eval_batch_size", "8",
-    "--data.num_workers", "0",
-    "--data.pin_memory", "false",
-    "--data.persistent_workers", "false",
+    *IN_PROCESS_LOADERS,
     *QUIET_CPU_RUN,
     *ONE_BATCH_EACH,
 ]  # fmt: skip

@@ -20,7 +20,7 @@ import math
 import pytest
 from lightning.pytorch.callbacks import ModelCheckpoint
 from mmzoo.cli import build
-from mmzoo.testing import QUIET_CPU_RUN, FirstStepProbe
+from mmzoo.testing import IN_PROCESS_LOADERS, QUIET_CPU_RUN, FirstStepProbe
 
 from tsgsv.cli import main
 from tsgsv.synthetic import SyntheticStreamConfig, write_synthetic_dataset, write_synthetic_mad_raw
@@ -66,8 +66,7 @@ def test_real_config_training_state(tmp_path, config, accumulate, recipe):
     root = tmp_path / config
     _write(config, root)
     overrides = [
-        "--data.data_root", str(root), "--data.batch_size", str(BATCH), "--data.num_workers", "0",
-        "--data.persistent_workers", "false", "--data.pin_memory", "false",
+        "--data.data_root", str(root), "--data.batch_size", str(BATCH), *IN_PROCESS_LOADERS,
         *QUIET_CPU_RUN, "--trainer.default_root_dir", str(tmp_path / "run"), "--trainer.num_sanity_val_steps", "1",
         "--trainer.limit_val_batches", "1", "--trainer.accumulate_grad_batches", str(accumulate),
     ]  # fmt: skip

@@ -353,6 +353,14 @@ QUIET_CPU_RUN = (
 """CLI arguments that run a shipped config (written for several GPUs, with loggers) in one CPU process that writes
 no logs and prints no progress bar or model summary: the part every test of a shipped config overrides alike."""
 
+IN_PROCESS_LOADERS = (
+    "--data.num_workers", "0",
+    "--data.pin_memory", "false",
+    "--data.persistent_workers", "false",
+)  # fmt: skip
+"""CLI arguments that make a shipped config's loaders read in the test process (no worker processes, no pinned
+memory), for the datamodules that take those three keys."""
+
 ONE_BATCH_EACH = (
     "--trainer.max_epochs", "1",
     "--trainer.limit_train_batches", "1",
